@@ -1,0 +1,79 @@
+//! Command-line interface. Exit codes: 0 success, 1 a negative verdict (e.g. an invalid
+//! signature), 2 a usage or configuration error (clap's own usage errors also exit 2).
+
+mod demo;
+mod scheme;
+mod sign;
+mod verify;
+
+use clap::{Parser, Subcommand};
+use std::io::Read;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "payflow-edge", version, about = "Edge gateway for PayFlow payment webhooks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the signature header(s) for a body read from standard input.
+    Sign(sign::SignArgs),
+    /// Verify a body from standard input: exit 0 valid, 1 invalid (reason on stderr), 2 usage.
+    Verify(verify::VerifyArgs),
+    /// Run everything on loopback with embedded defaults and show what happens.
+    Demo,
+}
+
+/// How a command failed.
+pub enum Failure {
+    /// A negative verdict: exit 1.
+    Negative(String),
+    /// Bad usage, configuration or I/O: exit 2.
+    Usage(anyhow::Error),
+}
+
+macro_rules! usage_errors {
+    ($($error:ty),*) => {$(
+        impl From<$error> for Failure {
+            fn from(e: $error) -> Self {
+                Failure::Usage(e.into())
+            }
+        }
+    )*};
+}
+usage_errors!(anyhow::Error, std::io::Error, payflow_verify::ConfigError, payflow_verify::SignError);
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sign(args) => sign::run(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Demo => demo::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Negative(reason)) => {
+            eprintln!("invalid: {reason}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Usage(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The whole of standard input: the raw body, byte for byte.
+fn read_stdin() -> anyhow::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    std::io::stdin().read_to_end(&mut body)?;
+    Ok(body)
+}
+
+/// Current unix time in seconds.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what the build and the tests need, on a fresh machine that has only rustup.
+# Idempotent and quick when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+installed=$(rustup target list --installed)
+for target in wasm32-unknown-unknown wasm32-wasip2 wasm32v1-none; do
+  grep -qx "$target" <<<"$installed" || rustup target add "$target"
+done
+
+# Node and Python run the third-party signature libraries that make our test vectors.
+need_apt=()
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+fi
+if [ ! -f verify/tests/vectors/node_modules/.package-lock.json ] \
+   || [ verify/tests/vectors/package-lock.json -nt verify/tests/vectors/node_modules/.package-lock.json ]; then
+  (cd verify/tests/vectors && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# cargo-fuzz drives libFuzzer; on stable it runs with RUSTC_BOOTSTRAP=1 (see scripts/fuzz.sh).
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --version 0.13.2

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test of payflow-edge. This is the README's test command and what CI runs.
+# It installs what it needs first (scripts/setup.sh), so a fresh machine with rustup suffices.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# A build cache outside the clone, so fresh CI clones on one machine reuse it.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step setup
+scripts/setup.sh
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "payflow-verify is no_std + alloc (wasm32v1-none has no std at all) and builds for wasm"
+cargo build -p payflow-verify --locked --target wasm32v1-none
+cargo build -p payflow-verify --locked --target wasm32-unknown-unknown --release
+
+step "tests"
+cargo test --workspace --locked
+
+step "fuzz targets, briefly (longer: scripts/fuzz.sh 600)"
+scripts/fuzz.sh "${PAYFLOW_FUZZ_SECONDS:-20}"

@@ -1,0 +1,74 @@
+//! The endpoint's secrets, turned into keyed HMAC-SHA256 states once, at construction.
+//!
+//! Keying an HMAC hashes two key blocks; doing that once per secret instead of once per request
+//! is what lets verification stay at the cost of hashing the body itself.
+
+use alloc::vec::Vec;
+use hmac::{Hmac, Mac as _};
+use sha2::Sha256;
+
+use crate::encoding::{from_base64, Mac};
+use crate::verifier::ConfigError;
+use crate::Scheme;
+
+type HmacSha256 = Hmac<Sha256>;
+
+#[derive(Clone)]
+pub(crate) struct Keyring {
+    keys: Vec<HmacSha256>,
+}
+
+impl Keyring {
+    pub(crate) fn new<S: AsRef<str>>(scheme: &Scheme, secrets: &[S]) -> Result<Self, ConfigError> {
+        if secrets.is_empty() {
+            return Err(ConfigError::NoSecrets);
+        }
+        let keys = secrets
+            .iter()
+            .enumerate()
+            .map(|(index, secret)| {
+                let bytes = key_bytes(scheme, secret.as_ref(), index)?;
+                HmacSha256::new_from_slice(&bytes).map_err(|_| ConfigError::EmptySecret { index })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Keyring { keys })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The MAC of `prefix… ‖ body` under each key, in the order the secrets were given.
+    pub(crate) fn macs<'a>(
+        &'a self,
+        prefix: &'a [&'a [u8]],
+        body: &'a [u8],
+    ) -> impl Iterator<Item = Mac> + 'a {
+        self.keys.iter().map(move |key| {
+            let mut mac = key.clone();
+            for part in prefix {
+                mac.update(part);
+            }
+            mac.update(body);
+            mac.finalize().into_bytes().into()
+        })
+    }
+}
+
+/// The HMAC key a secret stands for. Standard Webhooks secrets are `whsec_` + base64 of the key;
+/// every other scheme (Stripe's `whsec_` included) uses the secret's bytes as they are.
+fn key_bytes(scheme: &Scheme, secret: &str, index: usize) -> Result<Vec<u8>, ConfigError> {
+    if secret.is_empty() {
+        return Err(ConfigError::EmptySecret { index });
+    }
+    match scheme {
+        Scheme::StandardWebhooks => {
+            let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
+            match from_base64(encoded) {
+                Some(key) if !key.is_empty() => Ok(key),
+                _ => Err(ConfigError::BadStandardWebhooksSecret { index }),
+            }
+        }
+        _ => Ok(secret.as_bytes().to_vec()),
+    }
+}

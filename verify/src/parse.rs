@@ -1,0 +1,166 @@
+//! Header parsers: from a scheme's headers to the signatures they claim.
+//!
+//! Parsers never panic and never decide validity: they only say which well-formed MACs a
+//! request claims, and over which timestamp and id. Entries that are not well-formed are
+//! skipped (another entry may still match); a header with no well-formed entry is malformed.
+
+use alloc::borrow::Cow;
+use alloc::vec::Vec;
+
+use crate::encoding::{base64_mac, hex_mac, trim_ows, unix_seconds, Mac};
+use crate::headers::header_names as names;
+use crate::verifier::VerifyError;
+use crate::{Encoding, Headers};
+
+/// What a request's signature headers claim.
+#[derive(Debug)]
+pub(crate) struct Claim<'h> {
+    pub timestamp: Option<Timestamp<'h>>,
+    pub id: Option<&'h [u8]>,
+    pub macs: Vec<Mac>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Timestamp<'h> {
+    pub unix: i64,
+    /// The digits exactly as sent: they are part of the signed content.
+    pub text: Cow<'h, [u8]>,
+}
+
+impl Claim<'_> {
+    /// The bytes signed before the body: `"{id}.{t}."`, `"{t}."` or nothing.
+    pub fn signed_prefix(&self) -> Vec<&[u8]> {
+        let mut parts = Vec::with_capacity(4);
+        if let Some(id) = self.id {
+            parts.extend([id, b"."]);
+        }
+        if let Some(ts) = &self.timestamp {
+            parts.extend([&ts.text[..], b"."]);
+        }
+        parts
+    }
+}
+
+fn malformed(why: &'static str) -> VerifyError {
+    VerifyError::MalformedSignature(why)
+}
+
+/// All non-empty values of a list header, joined with `sep` (HTTP's rule for repeated headers).
+fn list<'h>(headers: &'h (impl Headers + ?Sized), name: &str, sep: u8) -> Option<Cow<'h, [u8]>> {
+    let mut values: Vec<&[u8]> =
+        headers.get_all(name).into_iter().map(trim_ows).filter(|v| !v.is_empty()).collect();
+    match values.len() {
+        0 => None,
+        1 => values.pop().map(Cow::Borrowed),
+        _ => Some(Cow::Owned(values.join(&sep))),
+    }
+}
+
+/// A header that must appear at most once (or repeat one identical value).
+fn single<'h>(headers: &'h (impl Headers + ?Sized), name: &str) -> Result<Option<&'h [u8]>, VerifyError> {
+    let values: Vec<&[u8]> =
+        headers.get_all(name).into_iter().map(trim_ows).filter(|v| !v.is_empty()).collect();
+    match values.split_first() {
+        None => Ok(None),
+        Some((first, rest)) if rest.iter().all(|v| v == first) => Ok(Some(first)),
+        Some(_) => Err(malformed("a single-valued signature header was sent with different values")),
+    }
+}
+
+fn split_items(value: &[u8], sep: impl Fn(u8) -> bool) -> impl Iterator<Item = &[u8]> {
+    value.split(move |&c| sep(c)).map(trim_ows).filter(|item| !item.is_empty())
+}
+
+/// `X-PayFlow-Signature`: v1 `t=<unix>,v1=<hex>[,v1=<hex>…]` or v0 `<hex>[,<hex>…]`.
+pub(crate) fn payflow(headers: &(impl Headers + ?Sized)) -> Result<Claim<'_>, VerifyError> {
+    let value = list(headers, names::PAYFLOW_SIGNATURE, b',')
+        .ok_or(VerifyError::MissingSignature("no X-PayFlow-Signature header"))?;
+    if value.contains(&b'=') {
+        return timestamped_items(value);
+    }
+    let macs: Vec<Mac> = split_items(&value, |c| c == b',').filter_map(hex_mac).collect();
+    if macs.is_empty() {
+        return Err(malformed("the v0 signature is not 64 lowercase hex digits"));
+    }
+    Ok(Claim { timestamp: None, id: None, macs })
+}
+
+/// `Stripe-Signature: t=<ts>,v1=<hex>,v0=…`; only `v1` entries count.
+pub(crate) fn stripe(headers: &(impl Headers + ?Sized)) -> Result<Claim<'_>, VerifyError> {
+    let value = list(headers, names::STRIPE_SIGNATURE, b',')
+        .ok_or(VerifyError::MissingSignature("no Stripe-Signature header"))?;
+    timestamped_items(value)
+}
+
+/// The `t=…,v1=…` item list shared by PayFlow v1 and Stripe. Unknown keys (`v0`, future
+/// schemes) are ignored, so a downgrade to them finds no signature.
+fn timestamped_items(value: Cow<'_, [u8]>) -> Result<Claim<'static>, VerifyError> {
+    let mut timestamp = None;
+    let mut macs = Vec::new();
+    for item in split_items(&value, |c| c == b',') {
+        let Some(eq) = item.iter().position(|&c| c == b'=') else { continue };
+        let (key, val) = (&item[..eq], &item[eq + 1..]);
+        match key {
+            b"t" => {
+                if timestamp.is_some() {
+                    return Err(malformed("more than one t= timestamp"));
+                }
+                let unix = unix_seconds(val).ok_or(malformed("t= is not a unix timestamp"))?;
+                timestamp = Some(Timestamp { unix, text: Cow::Owned(val.to_vec()) });
+            }
+            b"v1" => macs.extend(hex_mac(val)),
+            _ => {}
+        }
+    }
+    let timestamp = timestamp.ok_or(malformed("no t= timestamp"))?;
+    if macs.is_empty() {
+        return Err(malformed("no well-formed v1= signature"));
+    }
+    Ok(Claim { timestamp: Some(timestamp), id: None, macs })
+}
+
+/// Standard Webhooks, under the `webhook-*` names or Svix's `svix-*` names (never mixed).
+pub(crate) fn standard_webhooks(headers: &(impl Headers + ?Sized)) -> Result<Claim<'_>, VerifyError> {
+    let family = [
+        (names::WEBHOOK_SIGNATURE, names::WEBHOOK_ID, names::WEBHOOK_TIMESTAMP),
+        (names::SVIX_SIGNATURE, names::SVIX_ID, names::SVIX_TIMESTAMP),
+    ];
+    let Some((value, id_name, ts_name)) =
+        family.iter().find_map(|(sig, id, ts)| list(headers, sig, b' ').map(|v| (v, *id, *ts)))
+    else {
+        return Err(VerifyError::MissingSignature("no webhook-signature header"));
+    };
+    let id = single(headers, id_name)?.ok_or(malformed("no webhook-id header"))?;
+    let ts_text = single(headers, ts_name)?.ok_or(malformed("no webhook-timestamp header"))?;
+    let unix = unix_seconds(ts_text).ok_or(malformed("webhook-timestamp is not a unix timestamp"))?;
+    let macs: Vec<Mac> = split_items(&value, |c| c.is_ascii_whitespace())
+        .filter_map(|entry| match entry.iter().position(|&c| c == b',') {
+            Some(comma) if &entry[..comma] == b"v1" => base64_mac(&entry[comma + 1..]),
+            _ => None,
+        })
+        .collect();
+    if macs.is_empty() {
+        return Err(malformed("no well-formed v1,<base64> signature"));
+    }
+    Ok(Claim { timestamp: Some(Timestamp { unix, text: Cow::Borrowed(ts_text) }), id: Some(id), macs })
+}
+
+/// One signature in one header, after an optional prefix: GitHub, Shopify, generic `hmac`.
+pub(crate) fn prefixed<'h>(
+    headers: &'h (impl Headers + ?Sized),
+    name: &str,
+    prefix: &str,
+    encoding: Encoding,
+) -> Result<Claim<'h>, VerifyError> {
+    let value =
+        single(headers, name)?.ok_or(VerifyError::MissingSignature("the signature header is absent"))?;
+    let encoded =
+        value.strip_prefix(prefix.as_bytes()).ok_or(malformed("the signature lacks its scheme prefix"))?;
+    let mac = match encoding {
+        Encoding::Hex => hex_mac(encoded).ok_or(malformed("the signature is not 64 lowercase hex digits")),
+        Encoding::Base64 => {
+            base64_mac(encoded).ok_or(malformed("the signature is not 44 characters of base64"))
+        }
+    }?;
+    Ok(Claim { timestamp: None, id: None, macs: alloc::vec![mac] })
+}
