@@ -16,19 +16,32 @@ pub(crate) fn hex_mac(text: &[u8]) -> Option<Mac> {
         return None;
     }
     let mut out = [0u8; MAC_LEN];
+    // One table lookup per digit and a single validity check at the end: this runs on every
+    // request, and the signature is public, so branching on its content leaks nothing.
+    let mut invalid = 0u8;
     for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        let (hi, lo) = (HEX[usize::from(pair[0])], HEX[usize::from(pair[1])]);
+        invalid |= (hi | lo) & 0x80;
+        *byte = (hi << 4) | (lo & 0x0f);
     }
-    Some(out)
+    (invalid == 0).then_some(out)
 }
 
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+/// Lowercase hex digit values; 0x80 marks every other byte.
+const HEX: [u8; 256] = {
+    let mut table = [0x80u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// Standard base64 with canonical padding, exactly one MAC long (44 characters).
 pub(crate) fn base64_mac(text: &[u8]) -> Option<Mac> {

@@ -27,17 +27,35 @@ pub(crate) struct Timestamp<'h> {
     pub text: Cow<'h, [u8]>,
 }
 
+/// The parts signed before the body, without allocating: `"{id}.{t}."`, `"{t}."` or nothing.
+pub(crate) struct SignedPrefix<'a> {
+    parts: [&'a [u8]; 4],
+    len: usize,
+}
+
+impl<'a> SignedPrefix<'a> {
+    pub fn as_slice(&self) -> &[&'a [u8]] {
+        &self.parts[..self.len]
+    }
+}
+
 impl Claim<'_> {
-    /// The bytes signed before the body: `"{id}.{t}."`, `"{t}."` or nothing.
-    pub fn signed_prefix(&self) -> Vec<&[u8]> {
-        let mut parts = Vec::with_capacity(4);
+    /// The bytes signed before the body.
+    pub fn signed_prefix(&self) -> SignedPrefix<'_> {
+        let mut prefix = SignedPrefix { parts: [&[]; 4], len: 0 };
+        let mut push = |part| {
+            prefix.parts[prefix.len] = part;
+            prefix.len += 1;
+        };
         if let Some(id) = self.id {
-            parts.extend([id, b"."]);
+            push(id);
+            push(b".");
         }
         if let Some(ts) = &self.timestamp {
-            parts.extend([&ts.text[..], b"."]);
+            push(&ts.text[..]);
+            push(b".");
         }
-        parts
+        prefix
     }
 }
 
@@ -47,8 +65,9 @@ fn malformed(why: &'static str) -> VerifyError {
 
 /// All non-empty values of a list header, joined with `sep` (HTTP's rule for repeated headers).
 fn list<'h>(headers: &'h (impl Headers + ?Sized), name: &str, sep: u8) -> Option<Cow<'h, [u8]>> {
-    let mut values: Vec<&[u8]> =
-        headers.get_all(name).into_iter().map(trim_ows).filter(|v| !v.is_empty()).collect();
+    let mut values = headers.get_all(name);
+    values.iter_mut().for_each(|v| *v = trim_ows(v));
+    values.retain(|v| !v.is_empty());
     match values.len() {
         0 => None,
         1 => values.pop().map(Cow::Borrowed),
@@ -94,10 +113,17 @@ pub(crate) fn stripe(headers: &(impl Headers + ?Sized)) -> Result<Claim<'_>, Ver
 
 /// The `t=…,v1=…` item list shared by PayFlow v1 and Stripe. Unknown keys (`v0`, future
 /// schemes) are ignored, so a downgrade to them finds no signature.
-fn timestamped_items(value: Cow<'_, [u8]>) -> Result<Claim<'static>, VerifyError> {
+fn timestamped_items(value: Cow<'_, [u8]>) -> Result<Claim<'_>, VerifyError> {
     let mut timestamp = None;
     let mut macs = Vec::new();
-    for item in split_items(&value, |c| c == b',') {
+    let mut start = 0;
+    // Walks items by offset so the timestamp can borrow from the header value.
+    while start <= value.len() {
+        let end = value[start..].iter().position(|&c| c == b',').map_or(value.len(), |i| start + i);
+        let raw = &value[start..end];
+        let item = trim_ows(raw);
+        let item_start = start + raw.iter().take_while(|&&c| c == b' ' || c == b'\t').count();
+        start = end + 1;
         let Some(eq) = item.iter().position(|&c| c == b'=') else { continue };
         let (key, val) = (&item[..eq], &item[eq + 1..]);
         match key {
@@ -106,17 +132,21 @@ fn timestamped_items(value: Cow<'_, [u8]>) -> Result<Claim<'static>, VerifyError
                     return Err(malformed("more than one t= timestamp"));
                 }
                 let unix = unix_seconds(val).ok_or(malformed("t= is not a unix timestamp"))?;
-                timestamp = Some(Timestamp { unix, text: Cow::Owned(val.to_vec()) });
+                timestamp = Some((unix, item_start + eq + 1..item_start + item.len()));
             }
             b"v1" => macs.extend(hex_mac(val)),
             _ => {}
         }
     }
-    let timestamp = timestamp.ok_or(malformed("no t= timestamp"))?;
+    let (unix, range) = timestamp.ok_or(malformed("no t= timestamp"))?;
     if macs.is_empty() {
         return Err(malformed("no well-formed v1= signature"));
     }
-    Ok(Claim { timestamp: Some(timestamp), id: None, macs })
+    let text = match value {
+        Cow::Borrowed(v) => Cow::Borrowed(&v[range]),
+        Cow::Owned(v) => Cow::Owned(v[range].to_vec()),
+    };
+    Ok(Claim { timestamp: Some(Timestamp { unix, text }), id: None, macs })
 }
 
 /// Standard Webhooks, under the `webhook-*` names or Svix's `svix-*` names (never mixed).
