@@ -1,6 +1,16 @@
 //! payflow-edge: an edge gateway for PayFlow payment webhooks.
 //!
-//! The library holds everything the binary's commands use; `main.rs` only parses the command
-//! line and maps results to exit codes.
+//! The request path lives in [`pipeline`]; each stage it calls has its own module. The binary
+//! (`main.rs`, `cli/`) only parses the command line, starts a [`gateway::Gateway`] and maps
+//! outcomes to exit codes.
 
+pub mod admin;
+pub mod clock;
+pub mod config;
+pub mod delivery;
+pub mod gateway;
+pub mod http;
+pub mod ingress;
+pub mod pipeline;
 pub mod samples;
+pub mod store;

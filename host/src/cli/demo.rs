@@ -1,108 +1,183 @@
-//! `payflow-edge demo`: the product's main job on embedded defaults, narrated.
+//! `payflow-edge demo`: the whole flow on loopback with embedded defaults, narrated.
 //!
-//! At this stage of the project the gateway itself is not built yet, so the demo shows the
-//! verifier the gateway will run: a sample event signed in every scheme and verified, then the
-//! forgeries a webhook endpoint meets, each refused with its reason. It fails (exit 2) if any
-//! verdict is not the expected one, so it doubles as a smoke test.
+//! Starts a sample legacy app (an HTTP server that just records what it receives) and the
+//! gateway in front of it (queue mode, a temporary SQLite file), then sends the events a real
+//! endpoint meets: valid ones of each seed type, a duplicate, forgeries, a stale replay, an
+//! authentic but invalid event. It prints what the gateway answered and what the legacy app
+//! saw, and exits non-zero if anything differs from what DESIGN promises, so it doubles as a
+//! smoke test.
 
-use anyhow::bail;
-use payflow_verify::{
-    HmacScheme, PayFlowForm, Reason, Scheme, SignOptions, Signer, Verifier, VerifierConfig,
-};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use super::{unix_now, Failure};
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
+use payflow_edge::config::Config;
+use payflow_edge::gateway::Gateway;
 use payflow_edge::samples::sample_event;
+use payflow_verify::{SignOptions, Signer};
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+use super::client::HttpClient;
+use super::{unix_now, Failure};
 
 const SECRET: &str = "whsec_demo_secret_do_not_use_in_production";
-/// Signature headers as (name, value).
-type Signed = Vec<(String, String)>;
+const ADMIN_TOKEN: &str = "demo-admin-token-0123456789";
 
-const SW_SECRET: &str = "whsec_ZGVtby1zdGFuZGFyZC13ZWJob29rcy1rZXk=";
+/// What the sample legacy app received: (X-PayFlow-Event-Id, body).
+type Received = Arc<Mutex<Vec<(String, String)>>>;
+/// Signature headers as (name, value).
+type Headers = Vec<(String, String)>;
 
 pub fn run() -> Result<(), Failure> {
-    Ok(narrate()?)
+    Ok(super::runtime()?.block_on(narrate())?)
 }
 
-fn narrate() -> anyhow::Result<()> {
+async fn legacy_app() -> anyhow::Result<(String, Received)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/payflow", listener.local_addr()?);
+    let received: Received = Arc::default();
+    let log = received.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let log = log.clone();
+                    async move {
+                        let id = request.headers().get("x-payflow-event-id").and_then(|v| v.to_str().ok());
+                        let id = id.unwrap_or("").to_string();
+                        let body =
+                            request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        log.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((id, String::from_utf8_lossy(&body).into()));
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"OK"))))
+                    }
+                });
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    Ok((url, received))
+}
+
+async fn narrate() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("payflow-edge-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (legacy_url, received) = legacy_app().await?;
+    let config_text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[store]
+path = "{db}"
+[admin]
+listen = "127.0.0.1:0"
+token = "{ADMIN_TOKEN}"
+[[endpoint]]
+path = "/webhooks/payflow"
+scheme = "payflow"
+secrets = ["{SECRET}"]
+upstream = "legacy"
+[[upstream]]
+name = "legacy"
+url = "{legacy_url}"
+retry_base_ms = 200
+"#,
+        db = dir.join("demo.db").display()
+    );
+    let config = Config::parse(&config_text, |_| None).context("the demo's embedded config")?;
+    let gateway = Gateway::start(config).await?;
+    let url = format!("http://{}/webhooks/payflow", gateway.ingress_addr);
+    println!("payflow-edge demo: everything on loopback, embedded defaults\n");
+    println!("  gateway   {url}  (queue mode, store {})", dir.join("demo.db").display());
+    println!("  legacy    {legacy_url}  (a sample app that records what it receives)");
+    println!("  admin     http://{}\n", gateway.admin_addr.map(|a| a.to_string()).unwrap_or_default());
+
     let now = unix_now();
-    let id = format!("evt_demo_{now}");
-    let body = serde_json::to_vec_pretty(&sample_event("payment.succeeded", &id, now))?;
-    println!("payflow-edge demo: signature verification on embedded defaults\n");
-    println!("sample event {id} (payment.succeeded, 2500 PKR), {} bytes\n", body.len());
+    let signer = Signer::new(payflow_verify::Scheme::PayFlow, &[SECRET])?;
+    let attacker = Signer::new(payflow_verify::Scheme::PayFlow, &["whsec_attacker"])?;
+    let event = |t: &str, id: &str| serde_json::to_vec(&sample_event(t, id, now)).unwrap_or_default();
+    let paid = event("payment.succeeded", "evt_demo_paid");
+    let customer = event("customer.created", "evt_demo_customer");
+    let mut invalid: Value = sample_event("payment.failed", "evt_demo_invalid", now);
+    invalid["data"]["amount"] = serde_json::json!(25.5);
+    let invalid = serde_json::to_vec(&invalid)?;
+    let tampered =
+        String::from_utf8_lossy(&paid).replace("2500", "1").replace("evt_demo_paid", "evt_demo_tampered");
 
-    println!("{:<22} {:<60} verdict", "scheme", "signature header (abbreviated)");
-    let schemes: [(&str, Scheme, PayFlowForm, &str); 7] = [
-        ("payflow v1", Scheme::PayFlow, PayFlowForm::V1, SECRET),
-        ("payflow v0 (seed)", Scheme::PayFlow, PayFlowForm::V0, SECRET),
-        ("standard-webhooks", Scheme::StandardWebhooks, PayFlowForm::V1, SW_SECRET),
-        ("stripe", Scheme::Stripe, PayFlowForm::V1, SECRET),
-        ("github", Scheme::GitHub, PayFlowForm::V1, SECRET),
-        ("shopify", Scheme::Shopify, PayFlowForm::V1, SECRET),
-        ("hmac (X-Signature)", Scheme::Hmac(HmacScheme::default()), PayFlowForm::V1, SECRET),
+    let sign = |s: &Signer, body: &[u8], at: i64| s.sign(body, &SignOptions::at(at)).unwrap_or_default();
+    let cases: Vec<(&str, Vec<u8>, Headers, u16)> = vec![
+        ("payment.succeeded, signed", paid.clone(), sign(&signer, &paid, now), 200),
+        ("the same event again (PayFlow retry)", paid.clone(), sign(&signer, &paid, now), 200),
+        ("customer.created, signed", customer.clone(), sign(&signer, &customer, now), 200),
+        ("signed with the wrong secret", paid.clone(), sign(&attacker, &paid, now), 401),
+        ("amount changed after signing", tampered.clone().into_bytes(), sign(&signer, &paid, now), 401),
+        ("replayed 10 minutes later", paid.clone(), sign(&signer, &paid, now - 600), 401),
+        ("no signature", paid.clone(), Vec::new(), 401),
+        ("authentic, amount 25.5 (invalid)", invalid.clone(), sign(&signer, &invalid, now), 200),
+        ("authentic, not JSON", b"amount=2500".to_vec(), sign(&signer, b"amount=2500", now), 400),
     ];
-    for (label, scheme, form, secret) in schemes {
-        let headers = sign(&scheme, secret, &body, now, &id, form)?;
-        let verdict = verify(&scheme, secret, &headers, &body, now)?;
-        println!("{label:<22} {:<60} {}", abbreviate(headers.last()), show(verdict));
-        if verdict.is_some() {
-            bail!("demo: a correctly signed {label} event was refused");
+    let client = HttpClient::new();
+    println!("{:<40} {:<6} gateway's reply", "sent", "status");
+    let mut surprises = Vec::new();
+    for (label, body, headers, expected) in cases {
+        let (status, reply) = client.request(Method::POST, &url, &headers, body).await?;
+        println!("{label:<40} {:<6} {}", status.as_u16(), String::from_utf8_lossy(&reply));
+        if status.as_u16() != expected {
+            surprises.push(format!("{label}: expected {expected}, got {}", status.as_u16()));
         }
     }
 
-    println!("\nforgeries against a payflow endpoint (tolerance 300 s):");
-    let good = sign(&Scheme::PayFlow, SECRET, &body, now, &id, PayFlowForm::V1)?;
-    let tampered = String::from_utf8_lossy(&body).replace("2500", "9500").into_bytes();
-    let stale = sign(&Scheme::PayFlow, SECRET, &body, now - 600, &id, PayFlowForm::V1)?;
-    let truncated = vec![(good[0].0.clone(), good[0].1[..good[0].1.len() - 8].to_string())];
-    let cases: [(&str, &Signed, &[u8], &str, Reason); 5] = [
-        ("amount changed 2500 -> 9500", &good, &tampered, SECRET, Reason::InvalidSignature),
-        ("signed with another secret", &good, &body, "whsec_attacker", Reason::InvalidSignature),
-        ("replayed 10 minutes later", &stale, &body, SECRET, Reason::TimestampOutOfTolerance),
-        ("signature cut short", &truncated, &body, SECRET, Reason::MalformedSignature),
-        ("no signature header", &Vec::new(), &body, SECRET, Reason::MissingSignature),
-    ];
-    for (label, headers, body, secret, expected) in cases {
-        let verdict = verify(&Scheme::PayFlow, secret, headers, body, now)?;
-        println!("  {label:<32} {}", show(verdict));
-        if verdict != Some(expected) {
-            bail!("demo: expected {expected} for '{label}', got {}", show(verdict));
+    // Deliveries run from the durable queue: wait for the two valid events to arrive.
+    for _ in 0..100 {
+        if received.lock().map(|r| r.len()).unwrap_or(0) >= 2 {
+            break;
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("\nevery signed event was accepted and every forgery refused with its reason.");
+    tokio::time::sleep(Duration::from_millis(200)).await; // a third delivery would show up now
+    println!("\nthe legacy app received:");
+    let seen = received.lock().map(|r| r.clone()).unwrap_or_default();
+    for (id, body) in &seen {
+        let ev: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        println!("  X-PayFlow-Event-Id: {id:<22} {}", ev["type"].as_str().unwrap_or("?"));
+    }
+    let mut ids: Vec<&str> = seen.iter().map(|(id, _)| id.as_str()).collect();
+    ids.sort_unstable();
+    if ids != ["evt_demo_customer", "evt_demo_paid"] {
+        surprises
+            .push(format!("the legacy app should see exactly the two valid events once each, saw {ids:?}"));
+    }
+
+    let admin = format!("http://{}/api/events", gateway.admin_addr.context("admin listener")?);
+    let auth = vec![("Authorization".to_string(), format!("Bearer {ADMIN_TOKEN}"))];
+    let (_, listing) = client.request(Method::GET, &admin, &auth, Vec::new()).await?;
+    let listing: Value = serde_json::from_slice(&listing)?;
+    println!("\nthe store (admin API, GET /api/events):");
+    for e in listing["events"].as_array().into_iter().flatten() {
+        let reason = e["reason"].as_str().map(|r| format!("  ({r})")).unwrap_or_default();
+        println!(
+            "  {:<22} {:<18} {}{reason}",
+            e["id"].as_str().unwrap_or(""),
+            e["type"].as_str().unwrap_or(""),
+            e["status"].as_str().unwrap_or("")
+        );
+    }
+    gateway.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    if !surprises.is_empty() {
+        bail!("the demo saw something unexpected:\n  {}", surprises.join("\n  "));
+    }
+    println!("\nforgeries were refused with their reason, the duplicate was acknowledged but not");
+    println!("delivered twice, the invalid event was kept (quarantined) but not delivered.");
     Ok(())
-}
-
-fn sign(
-    scheme: &Scheme,
-    secret: &str,
-    body: &[u8],
-    now: i64,
-    id: &str,
-    form: PayFlowForm,
-) -> anyhow::Result<Signed> {
-    let signer = Signer::new(scheme.clone(), &[secret])?;
-    Ok(signer.sign(body, &SignOptions { timestamp: now, id: Some(id), payflow_form: form })?)
-}
-
-/// `None` when valid, else the reason.
-fn verify(
-    scheme: &Scheme,
-    secret: &str,
-    headers: &[(String, String)],
-    body: &[u8],
-    now: i64,
-) -> anyhow::Result<Option<Reason>> {
-    let verifier = Verifier::new(VerifierConfig::new(scheme.clone(), [secret]))?;
-    Ok(verifier.verify(headers, body, now).err().map(|e| e.reason()))
-}
-
-fn show(verdict: Option<Reason>) -> String {
-    verdict.map_or_else(|| "valid".to_string(), |r| format!("refused: {r}"))
-}
-
-/// Never print a whole signature, even in a demo.
-fn abbreviate(header: Option<&(String, String)>) -> String {
-    let Some((name, value)) = header else { return String::new() };
-    let shown: String = value.chars().take(28).collect();
-    format!("{name}: {shown}…")
 }

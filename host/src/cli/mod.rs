@@ -1,8 +1,12 @@
 //! Command-line interface. Exit codes: 0 success, 1 a negative verdict (e.g. an invalid
 //! signature), 2 a usage or configuration error (clap's own usage errors also exit 2).
 
+mod client;
 mod demo;
+mod events;
 mod scheme;
+mod send;
+mod serve;
 mod sign;
 mod verify;
 
@@ -19,6 +23,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway (until SIGTERM or Ctrl-C).
+    Serve(serve::ServeArgs),
+    /// Sign sample events and POST them to a webhook endpoint.
+    Send(send::SendArgs),
+    /// List, show or replay stored events through the admin API.
+    Events(events::EventsArgs),
     /// Print the signature header(s) for a body read from standard input.
     Sign(sign::SignArgs),
     /// Verify a body from standard input: exit 0 valid, 1 invalid (reason on stderr), 2 usage.
@@ -44,11 +54,39 @@ macro_rules! usage_errors {
         }
     )*};
 }
-usage_errors!(anyhow::Error, std::io::Error, payflow_verify::ConfigError, payflow_verify::SignError);
+usage_errors!(
+    anyhow::Error,
+    std::io::Error,
+    payflow_verify::ConfigError,
+    payflow_verify::SignError,
+    payflow_edge::config::ConfigError,
+    payflow_edge::gateway::StartError
+);
+
+/// A multi-threaded runtime for commands that do I/O.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+/// Logs to stderr; `PAYFLOW_EDGE_LOG` filters (default `info`), `PAYFLOW_EDGE_LOG_FORMAT=json`
+/// switches to one JSON object per line.
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PAYFLOW_EDGE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("PAYFLOW_EDGE_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Send(args) => send::run(args),
+        Command::Events(args) => events::run(args),
         Command::Sign(args) => sign::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Demo => demo::run(),

@@ -1,0 +1,199 @@
+//! The admin API on its own listener: events (list, show, replay) and health.
+//!
+//! Every `/api` route needs `Authorization: Bearer <token>`, compared in constant time. The
+//! operator's token sees every merchant; a merchant's token sees only that merchant's events,
+//! and another merchant's event answers 404, exactly like one that does not exist, so a token
+//! cannot even learn which ids other merchants have.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use hyper::{Method, Request, StatusCode};
+use serde_json::json;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::http::{self, percent_decode, query_pairs, Reply};
+use crate::ingress::Handler;
+use crate::pipeline::Endpoint;
+use crate::store::{EventFilter, Store};
+
+/// Default and largest page sizes for `GET /api/events`.
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 500;
+
+/// The admin listener's handler.
+pub struct Admin {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Tokens and scopes.
+    pub config: Arc<Config>,
+    /// Endpoints by path (to find an event's upstream on replay).
+    pub endpoints: HashMap<String, Arc<Endpoint>>,
+}
+
+/// Who is asking: `None` is the operator, `Some(id)` a merchant.
+type Scope = Option<String>;
+
+fn unauthorized() -> Reply {
+    let mut reply = http::error(StatusCode::UNAUTHORIZED, "unauthorized");
+    reply.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    reply
+}
+
+fn not_found() -> Reply {
+    http::error(StatusCode::NOT_FOUND, "not_found")
+}
+
+fn store_error(e: crate::store::StoreError) -> Reply {
+    tracing::warn!(error = %e, "admin request failed in the store");
+    http::error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+}
+
+impl Admin {
+    fn scope(&self, request: &Request<Incoming>) -> Option<Scope> {
+        let value = request.headers().get(AUTHORIZATION)?.to_str().ok()?;
+        let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?.trim();
+        self.config.token_scope(token)
+    }
+
+    async fn list_events(&self, scope: Scope, query: Option<&str>) -> Reply {
+        let mut filter = EventFilter { merchant: scope, limit: DEFAULT_PAGE, ..EventFilter::default() };
+        for (key, value) in query_pairs(query) {
+            match key.as_str() {
+                "status" => filter.status = Some(value),
+                "type" => filter.event_type = Some(value),
+                "endpoint" => filter.endpoint = Some(value),
+                "merchant" if filter.merchant.is_none() => filter.merchant = Some(value),
+                "merchant" => {} // a merchant token stays scoped to itself
+                "limit" => match value.parse::<usize>() {
+                    Ok(n) if (1..=MAX_PAGE).contains(&n) => filter.limit = n,
+                    _ => {
+                        return http::error(
+                            StatusCode::BAD_REQUEST,
+                            &format!("limit must be 1 to {MAX_PAGE}"),
+                        )
+                    }
+                },
+                "before" => match decode_cursor(&value) {
+                    Some(cursor) => filter.before = Some(cursor),
+                    None => {
+                        return http::error(
+                            StatusCode::BAD_REQUEST,
+                            "before is not a cursor from a previous page",
+                        )
+                    }
+                },
+                other => {
+                    return http::error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("unknown query parameter {other:?}"),
+                    )
+                }
+            }
+        }
+        let limit = filter.limit;
+        match self.store.list_events(filter).await {
+            Ok(events) => {
+                let next = (events.len() == limit)
+                    .then(|| events.last().map(|e| encode_cursor(e.received_at_ms, &e.merchant, &e.id)))
+                    .flatten();
+                http::json(StatusCode::OK, &json!({ "events": events, "next": next }))
+            }
+            Err(e) => store_error(e),
+        }
+    }
+
+    async fn show_event(&self, scope: Scope, id: &str) -> Reply {
+        match self.store.get_event(scope.as_deref(), id).await {
+            Ok(Some(detail)) => http::json(StatusCode::OK, &json!(detail)),
+            Ok(None) => not_found(),
+            Err(e) => store_error(e),
+        }
+    }
+
+    async fn replay_event(&self, scope: Scope, id: &str) -> Reply {
+        let detail = match self.store.get_event(scope.as_deref(), id).await {
+            Ok(Some(detail)) => detail,
+            Ok(None) => return not_found(),
+            Err(e) => return store_error(e),
+        };
+        let upstream = self.endpoints.get(&detail.summary.endpoint).and_then(|e| e.upstream.clone());
+        let Some(upstream) = upstream else {
+            return http::error(StatusCode::CONFLICT, "the event's endpoint has no upstream to deliver to");
+        };
+        let merchant = Some(detail.summary.merchant.as_str());
+        match self.store.replay(merchant, id, Some(&upstream.name), self.clock.now_ms()).await {
+            Ok(true) => {
+                upstream.wake.notify_one();
+                http::json(
+                    StatusCode::ACCEPTED,
+                    &json!({ "replayed": true, "id": id, "upstream": upstream.name }),
+                )
+            }
+            Ok(false) => not_found(),
+            Err(e) => store_error(e),
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for Admin {
+    async fn handle(&self, request: Request<Incoming>) -> Reply {
+        let path = request.uri().path().to_string();
+        if path == "/healthz" {
+            return http::json(StatusCode::OK, &json!({ "status": "ok" }));
+        }
+        if !path.starts_with("/api/") {
+            return not_found();
+        }
+        let Some(scope) = self.scope(&request) else { return unauthorized() };
+        let segments: Vec<String> = path.trim_start_matches("/api/").split('/').map(percent_decode).collect();
+        let method = request.method().clone();
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        match (segments.as_slice(), &method) {
+            (["events"], &Method::GET) => self.list_events(scope, request.uri().query()).await,
+            (["events", id], &Method::GET) => self.show_event(scope, id).await,
+            (["events", id, "replay"], &Method::POST) => self.replay_event(scope, id).await,
+            (["events"] | ["events", _] | ["events", _, "replay"], _) => {
+                http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
+            _ => not_found(),
+        }
+    }
+}
+
+/// Opaque paging cursor: hex of `received_at_ms \n merchant \n id`.
+fn encode_cursor(at_ms: i64, merchant: &str, id: &str) -> String {
+    format!("{at_ms}\n{merchant}\n{id}").bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_cursor(text: &str) -> Option<(i64, String, String)> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> =
+        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect();
+    let text = String::from_utf8(bytes?).ok()?;
+    let mut parts = text.splitn(3, '\n');
+    Some((parts.next()?.parse().ok()?, parts.next()?.to_string(), parts.next()?.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let c = encode_cursor(1_705_314_600_000, "acme", "evt_1\nx");
+        assert_eq!(decode_cursor(&c), Some((1_705_314_600_000, "acme".into(), "evt_1\nx".into())));
+        for bad in ["", "zz", "123", "41"] {
+            assert_eq!(decode_cursor(bad), None, "{bad}");
+        }
+    }
+}

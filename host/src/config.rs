@@ -1,0 +1,500 @@
+//! The TOML configuration: parsing, `${VAR}` expansion from the environment, and validation
+//! with errors that name the key and the problem. Nothing here opens sockets or files other
+//! than the config file itself; the result is a checked [`Config`] the gateway is built from.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use payflow_verify::{Encoding, HmacScheme, Scheme, Verifier, VerifierConfig};
+use serde::Deserialize;
+
+/// The merchant that owns everything not explicitly assigned.
+pub const DEFAULT_MERCHANT: &str = "default";
+
+/// A configuration that cannot be used, with the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The path given.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax or shape (unknown key, wrong type), with toml's line and column.
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    /// A key whose value is wrong.
+    #[error("{key}: {problem}")]
+    Invalid {
+        /// Dotted key, e.g. `endpoint[0].upstream`.
+        key: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), problem: problem.into() }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Ingress listener and limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The durable store.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The admin listener (absent: no admin API).
+    pub admin: Option<AdminConfig>,
+    /// Merchants (tenants); without any, everything belongs to `default`.
+    #[serde(default)]
+    pub merchant: Vec<MerchantConfig>,
+    /// Webhook endpoints.
+    #[serde(default)]
+    pub endpoint: Vec<EndpointConfig>,
+    /// Upstreams events are delivered to.
+    #[serde(default)]
+    pub upstream: Vec<UpstreamConfig>,
+    /// Plugins (see issue 4: not run by this build yet).
+    #[serde(default)]
+    pub plugin: Vec<toml::Table>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// Largest accepted body; larger requests get 413 without being read.
+    pub max_body_bytes: usize,
+    /// Time a client has to send its request headers.
+    pub header_timeout_ms: u64,
+    /// Time a client has to send its whole body once the headers are in.
+    pub body_timeout_ms: u64,
+    /// Connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// PEM certificate chain; with `tls_key`, ingress speaks HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 1024 * 1024,
+            header_timeout_ms: 5_000,
+            body_timeout_ms: 10_000,
+            max_connections: 1024,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// SQLite database file.
+    pub path: String,
+    /// How long a write waits for a lock held by another process before answering 503.
+    pub busy_timeout_ms: u64,
+    /// Largest number of writes shared by one commit (one fsync).
+    pub max_batch: usize,
+    /// Optional cap on the database size; writes past it fail (503) instead of filling the disk.
+    pub max_size_mb: Option<u64>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: "payflow-edge.db".into(),
+            busy_timeout_ms: 2_000,
+            max_batch: 512,
+            max_size_mb: None,
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// The operator's bearer token (sees every merchant).
+    pub token: String,
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".into()
+}
+
+/// `[[merchant]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MerchantConfig {
+    /// Merchant id.
+    pub id: String,
+    /// Admin token scoped to this merchant.
+    pub token: Option<String>,
+}
+
+/// How an endpoint answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Acknowledge after the durable write; deliver from the queue with retries.
+    #[default]
+    Queue,
+    /// Forward synchronously and answer with the upstream's reply.
+    Proxy,
+}
+
+/// `[[endpoint]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Owning merchant.
+    #[serde(default = "default_merchant")]
+    pub merchant: String,
+    /// URL path, e.g. `/webhooks/payflow`.
+    pub path: String,
+    /// Signature scheme name.
+    #[serde(default = "default_scheme")]
+    pub scheme: String,
+    /// Secrets; any one matching passes.
+    pub secrets: Vec<String>,
+    /// Timestamp tolerance, both ways.
+    #[serde(default = "default_tolerance")]
+    pub tolerance_secs: u64,
+    /// payflow: refuse v0.
+    #[serde(default)]
+    pub require_timestamp: bool,
+    /// payflow: accept the seed's JSON.stringify form.
+    #[serde(default)]
+    pub json_compat: bool,
+    /// Queue or proxy.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Plugin names, in order (issue 4).
+    #[serde(default)]
+    pub plugins: Vec<String>,
+    /// Upstream name to deliver to.
+    pub upstream: Option<String>,
+    /// hmac scheme: header name.
+    pub hmac_header: Option<String>,
+    /// hmac scheme: prefix before the signature.
+    pub hmac_prefix: Option<String>,
+    /// hmac scheme: `hex` or `base64`.
+    pub hmac_encoding: Option<String>,
+}
+
+fn default_merchant() -> String {
+    DEFAULT_MERCHANT.into()
+}
+fn default_scheme() -> String {
+    "payflow".into()
+}
+fn default_tolerance() -> u64 {
+    payflow_verify::DEFAULT_TOLERANCE_SECS
+}
+
+/// `[[upstream]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Name endpoints refer to.
+    pub name: String,
+    /// Owning merchant.
+    #[serde(default = "default_merchant")]
+    pub merchant: String,
+    /// `http://host:port/path`.
+    pub url: String,
+    /// Per-request timeout.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    /// Attempts before a delivery is `dead`.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Requests in flight to this upstream at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// First retry delay; doubles each attempt (with jitter).
+    #[serde(default = "default_retry_base")]
+    pub retry_base_ms: u64,
+    /// Longest delay between attempts.
+    #[serde(default = "default_retry_max")]
+    pub retry_max_ms: u64,
+    /// Re-sign each delivery with this secret (payflow v1 signature).
+    pub sign_secret: Option<String>,
+}
+
+fn default_timeout() -> u64 {
+    5_000
+}
+fn default_attempts() -> u32 {
+    8
+}
+fn default_concurrency() -> usize {
+    16
+}
+fn default_retry_base() -> u64 {
+    1_000
+}
+fn default_retry_max() -> u64 {
+    3_600_000
+}
+
+impl Config {
+    /// Reads, expands and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::parse(&text, |name| std::env::var(name).ok())
+    }
+
+    /// Parses TOML text, expanding `${VAR}` with `env`, and validates the result.
+    pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text)?;
+        config.expand(&env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn expand(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let x = |key: String, value: &mut String| expand_vars(&key, value, env);
+        x("server.listen".into(), &mut self.server.listen)?;
+        x("store.path".into(), &mut self.store.path)?;
+        if let Some(admin) = &mut self.admin {
+            x("admin.listen".into(), &mut admin.listen)?;
+            x("admin.token".into(), &mut admin.token)?;
+        }
+        for (i, m) in self.merchant.iter_mut().enumerate() {
+            if let Some(token) = &mut m.token {
+                x(format!("merchant[{i}].token"), token)?;
+            }
+        }
+        for (i, e) in self.endpoint.iter_mut().enumerate() {
+            x(format!("endpoint[{i}].path"), &mut e.path)?;
+            for (j, s) in e.secrets.iter_mut().enumerate() {
+                x(format!("endpoint[{i}].secrets[{j}]"), s)?;
+            }
+        }
+        for (i, u) in self.upstream.iter_mut().enumerate() {
+            x(format!("upstream[{i}].url"), &mut u.url)?;
+            if let Some(s) = &mut u.sign_secret {
+                x(format!("upstream[{i}].sign_secret"), s)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        parse_addr("server.listen", &self.server.listen)?;
+        if self.server.max_body_bytes == 0 {
+            return Err(invalid("server.max_body_bytes", "must be at least 1"));
+        }
+        if self.server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            (Some(_), None) => return Err(invalid("server.tls_key", "is required with server.tls_cert")),
+            (None, Some(_)) => return Err(invalid("server.tls_cert", "is required with server.tls_key")),
+            _ => {}
+        }
+        if self.store.max_batch == 0 {
+            return Err(invalid("store.max_batch", "must be at least 1"));
+        }
+        if let Some(admin) = &self.admin {
+            parse_addr("admin.listen", &admin.listen)?;
+            if admin.token.trim().len() < 16 {
+                return Err(invalid(
+                    "admin.token",
+                    "must be at least 16 characters (it guards the admin API)",
+                ));
+            }
+        }
+
+        let mut merchants = BTreeSet::from([DEFAULT_MERCHANT.to_string()]);
+        for (i, m) in self.merchant.iter().enumerate() {
+            if m.id.is_empty() || !m.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(invalid(format!("merchant[{i}].id"), "must be letters, digits, '-' or '_'"));
+            }
+            if m.id != DEFAULT_MERCHANT && !merchants.insert(m.id.clone()) {
+                return Err(invalid(format!("merchant[{i}].id"), format!("{:?} is declared twice", m.id)));
+            }
+            if let Some(token) = &m.token {
+                if token.trim().len() < 16 {
+                    return Err(invalid(format!("merchant[{i}].token"), "must be at least 16 characters"));
+                }
+            }
+        }
+
+        let mut upstreams = BTreeMap::new();
+        for (i, u) in self.upstream.iter().enumerate() {
+            let key = |k: &str| format!("upstream[{i}].{k}");
+            if u.name.is_empty() {
+                return Err(invalid(key("name"), "must not be empty"));
+            }
+            if upstreams.insert(u.name.clone(), u).is_some() {
+                return Err(invalid(key("name"), format!("{:?} is declared twice", u.name)));
+            }
+            if !merchants.contains(&u.merchant) {
+                return Err(invalid(key("merchant"), format!("unknown merchant {:?}", u.merchant)));
+            }
+            let uri: hyper::Uri =
+                u.url.parse().map_err(|e| invalid(key("url"), format!("{:?} is not a URL: {e}", u.url)))?;
+            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                return Err(invalid(
+                    key("url"),
+                    format!(
+                        "{:?} must be an http:// URL with a host (https upstreams are not supported yet)",
+                        u.url
+                    ),
+                ));
+            }
+            if u.max_attempts == 0 {
+                return Err(invalid(key("max_attempts"), "must be at least 1"));
+            }
+            if u.concurrency == 0 {
+                return Err(invalid(key("concurrency"), "must be at least 1"));
+            }
+            if u.timeout_ms == 0 {
+                return Err(invalid(key("timeout_ms"), "must be at least 1"));
+            }
+            if matches!(&u.sign_secret, Some(s) if s.is_empty()) {
+                return Err(invalid(key("sign_secret"), "must not be empty"));
+            }
+        }
+
+        let mut paths = BTreeSet::new();
+        for (i, e) in self.endpoint.iter().enumerate() {
+            let key = |k: &str| format!("endpoint[{i}].{k}");
+            if !e.path.starts_with('/') || e.path.starts_with("/api/") {
+                return Err(invalid(
+                    key("path"),
+                    format!("{:?} must start with '/' (and not /api/)", e.path),
+                ));
+            }
+            if !paths.insert(e.path.clone()) {
+                return Err(invalid(key("path"), format!("{:?} is used by two endpoints", e.path)));
+            }
+            if !merchants.contains(&e.merchant) {
+                return Err(invalid(key("merchant"), format!("unknown merchant {:?}", e.merchant)));
+            }
+            if e.secrets.is_empty() || e.secrets.iter().any(|s| s.is_empty()) {
+                return Err(invalid(key("secrets"), "needs at least one non-empty secret"));
+            }
+            e.verifier().map_err(|problem| invalid(key("scheme"), problem))?;
+            match (&e.upstream, e.mode) {
+                (None, Mode::Proxy) => return Err(invalid(key("upstream"), "is required in proxy mode")),
+                (Some(name), _) => match upstreams.get(name) {
+                    None => return Err(invalid(key("upstream"), format!("unknown upstream {name:?}"))),
+                    Some(u) if u.merchant != e.merchant => {
+                        return Err(invalid(
+                            key("upstream"),
+                            format!(
+                                "upstream {name:?} belongs to merchant {:?}, not {:?}",
+                                u.merchant, e.merchant
+                            ),
+                        ))
+                    }
+                    Some(_) => {}
+                },
+                (None, Mode::Queue) => {}
+            }
+            if !e.plugins.is_empty() {
+                return Err(invalid(key("plugins"), "plugins are not supported by this build yet"));
+            }
+        }
+        if self.endpoint.is_empty() {
+            return Err(invalid("endpoint", "at least one [[endpoint]] is needed"));
+        }
+        Ok(())
+    }
+
+    /// The merchant an admin token belongs to: `Some(None)` for the operator, `Some(Some(id))`
+    /// for a merchant, `None` for no match. Compared in constant time.
+    pub fn token_scope(&self, token: &str) -> Option<Option<String>> {
+        use subtle::ConstantTimeEq;
+        let matches = |t: &str| bool::from(t.as_bytes().ct_eq(token.as_bytes()));
+        let mut scope = None;
+        if self.admin.as_ref().is_some_and(|a| matches(&a.token)) {
+            scope = Some(None);
+        }
+        for m in &self.merchant {
+            if m.token.as_deref().is_some_and(matches) {
+                scope = Some(Some(m.id.clone()));
+            }
+        }
+        scope
+    }
+}
+
+impl EndpointConfig {
+    /// The endpoint's verifier, or why it cannot be built.
+    pub fn verifier(&self) -> Result<Verifier, String> {
+        let mut scheme: Scheme = self.scheme.parse().map_err(|e| format!("{e}"))?;
+        if let Scheme::Hmac(h) = &mut scheme {
+            *h = HmacScheme {
+                header: self.hmac_header.clone().unwrap_or(h.header.clone()),
+                prefix: self.hmac_prefix.clone().unwrap_or_default(),
+                encoding: match self.hmac_encoding.as_deref() {
+                    None => Encoding::Hex,
+                    Some(e) => e.parse().map_err(|e| format!("{e}"))?,
+                },
+            };
+        } else if self.hmac_header.is_some() || self.hmac_prefix.is_some() || self.hmac_encoding.is_some() {
+            return Err("hmac_header/hmac_prefix/hmac_encoding apply only to scheme = \"hmac\"".into());
+        }
+        let mut config = VerifierConfig::new(scheme, self.secrets.clone());
+        config.tolerance_secs = self.tolerance_secs;
+        config.require_timestamp = self.require_timestamp;
+        config.json_compat = self.json_compat;
+        Verifier::new(config).map_err(|e| e.to_string())
+    }
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| invalid(key, format!("{value:?} is not an address such as 127.0.0.1:8080")))
+}
+
+/// Replaces each `${NAME}` with the variable's value; an unset variable is an error naming
+/// both the key and the variable. `$$` is no escape: values with `${` are rare in secrets.
+fn expand_vars(
+    key: &str,
+    value: &mut String,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    if !value.contains("${") {
+        return Ok(());
+    }
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value.as_str();
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| invalid(key, "has an unterminated ${"))?;
+        let name = &after[..end];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(invalid(key, format!("${{{name}}} is not a valid environment variable name")));
+        }
+        let var = env(name).ok_or_else(|| invalid(key, format!("environment variable {name} is not set")))?;
+        out.push_str(&var);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    *value = out;
+    Ok(())
+}

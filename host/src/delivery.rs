@@ -1,0 +1,445 @@
+//! Delivery to upstreams: the HTTP request to the merchant's app, the retry policy, and the
+//! dispatcher that drains the durable queue.
+//!
+//! At least once: a delivery is marked done only after the upstream answered 2xx and that was
+//! recorded; a crash in between means it is sent again, with the same `X-PayFlow-Event-Id`
+//! so the upstream can de-duplicate. This module never invents events: it only sends what the
+//! store holds. 2xx is success; 408, 429, 5xx, timeouts and connection errors are retried with
+//! exponential backoff and jitter (or the upstream's `Retry-After`); other 4xx are permanent.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use hyper::{Request, StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use payflow_verify::{Scheme, SignOptions, Signer};
+use rand::Rng;
+use tokio::sync::{watch, Notify, Semaphore};
+
+use crate::clock::Clock;
+use crate::config::UpstreamConfig;
+use crate::store::{Attempt, AttemptOutcome, DueDelivery, Store};
+
+/// Header carrying the event id on every delivery.
+pub const EVENT_ID_HEADER: &str = "x-payflow-event-id";
+/// Header carrying the ingress request id, for tracing across hops.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The most of an upstream's reply that is read and kept.
+const MAX_REPLY_BYTES: usize = 64 * 1024;
+/// The most of an upstream's reply stored with an attempt (for the admin view).
+const STORED_REPLY_BYTES: usize = 1024;
+
+/// A configured upstream, ready to send to.
+pub struct Upstream {
+    /// Name.
+    pub name: String,
+    /// Owning merchant.
+    pub merchant: String,
+    /// Target URL.
+    pub uri: Uri,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Attempts before `dead`.
+    pub max_attempts: u32,
+    retry_base: Duration,
+    retry_max: Duration,
+    signer: Option<Signer>,
+    /// Limits requests in flight to this upstream.
+    pub permits: Arc<Semaphore>,
+    /// Wakes this upstream's dispatcher loop.
+    pub wake: Arc<Notify>,
+}
+
+impl Upstream {
+    /// Builds an upstream from validated configuration.
+    pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
+        let signer = match &config.sign_secret {
+            Some(secret) => Some(Signer::new(Scheme::PayFlow, &[secret]).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        Ok(Upstream {
+            name: config.name.clone(),
+            merchant: config.merchant.clone(),
+            uri: config.url.parse().map_err(|e| format!("{e}"))?,
+            timeout: Duration::from_millis(config.timeout_ms),
+            max_attempts: config.max_attempts,
+            retry_base: Duration::from_millis(config.retry_base_ms),
+            retry_max: Duration::from_millis(config.retry_max_ms),
+            signer,
+            permits: Arc::new(Semaphore::new(config.concurrency)),
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    /// The delay before attempt `attempts + 1`: `base · 2^(attempts-1)`, capped, with jitter
+    /// in [½, 1] of it so that a burst of failures does not retry in lockstep. A
+    /// `Retry-After` from the upstream wins (capped by the same maximum).
+    pub fn backoff(&self, attempts: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(after) = retry_after {
+            return after.min(self.retry_max);
+        }
+        let exp = self.retry_base.saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
+        let capped = exp.min(self.retry_max);
+        let half = capped / 2;
+        half + Duration::from_millis(rand::rng().random_range(0..=half.as_millis().max(1) as u64))
+    }
+}
+
+/// An upstream's answer.
+#[derive(Debug)]
+pub struct UpstreamReply {
+    /// Status.
+    pub status: StatusCode,
+    /// Its content type, passed back in proxy mode.
+    pub content_type: Option<HeaderValue>,
+    /// `Retry-After` in seconds, when given.
+    pub retry_after: Option<Duration>,
+    /// Body (at most 64 KiB).
+    pub body: Bytes,
+}
+
+/// Why no answer came.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No complete answer within the upstream's timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// Could not connect, or the connection broke.
+    #[error("connection failed: {0}")]
+    Connection(String),
+}
+
+/// What to do after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// 2xx.
+    Delivered,
+    /// Try again (408, 429, 5xx, no answer).
+    Retry,
+    /// Never succeed (other 4xx, 3xx).
+    Permanent,
+}
+
+/// The policy of DESIGN.md's "Delivery to upstreams".
+pub fn classify(result: &Result<UpstreamReply, SendError>) -> Verdict {
+    match result {
+        Ok(r) if r.status.is_success() => Verdict::Delivered,
+        Ok(r) if r.status == StatusCode::REQUEST_TIMEOUT || r.status == StatusCode::TOO_MANY_REQUESTS => {
+            Verdict::Retry
+        }
+        Ok(r) if r.status.is_server_error() => Verdict::Retry,
+        Ok(_) => Verdict::Permanent,
+        Err(_) => Verdict::Retry,
+    }
+}
+
+/// The HTTP client for upstreams (HTTP/1.1, pooled keep-alive connections).
+#[derive(Clone)]
+pub struct UpstreamClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for UpstreamClient {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        UpstreamClient { client: Client::builder(TokioExecutor::new()).build(connector) }
+    }
+}
+
+impl UpstreamClient {
+    /// POSTs an event's raw body to the upstream with `X-PayFlow-Event-Id` (and a fresh
+    /// signature when the upstream has a `sign_secret`).
+    pub async fn send(
+        &self,
+        upstream: &Upstream,
+        event_id: &str,
+        request_id: &str,
+        body: Bytes,
+        now_secs: i64,
+    ) -> Result<UpstreamReply, SendError> {
+        let mut request = Request::post(upstream.uri.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(USER_AGENT, concat!("payflow-edge/", env!("CARGO_PKG_VERSION")))
+            .header(EVENT_ID_HEADER, event_id)
+            .header(REQUEST_ID_HEADER, request_id);
+        if let Some(signer) = &upstream.signer {
+            if let Ok(headers) = signer.sign(&body, &SignOptions::at(now_secs)) {
+                for (name, value) in headers {
+                    request = request.header(name, value);
+                }
+            }
+        }
+        let request = request.body(Full::new(body)).map_err(|e| SendError::Connection(e.to_string()))?;
+        let exchange = async {
+            let response =
+                self.client.request(request).await.map_err(|e| SendError::Connection(error_chain(&e)))?;
+            let status = response.status();
+            let content_type = response.headers().get(CONTENT_TYPE).cloned();
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let body = Limited::new(response.into_body(), MAX_REPLY_BYTES)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Ok(UpstreamReply { status, content_type, retry_after, body })
+        };
+        tokio::time::timeout(upstream.timeout, exchange)
+            .await
+            .map_err(|_| SendError::Timeout(upstream.timeout))?
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The start of a reply body, for the admin view.
+pub fn reply_excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(STORED_REPLY_BYTES)]);
+    text.into_owned()
+}
+
+/// An attempt under way: started now, recorded by [`AttemptStart::finish`] with its result.
+pub struct AttemptStart {
+    merchant: String,
+    event_id: String,
+    number: u32,
+    at_ms: i64,
+    started: Instant,
+}
+
+impl AttemptStart {
+    /// Starts attempt `number` of delivering `event_id` at `at_ms`.
+    pub fn new(merchant: &str, event_id: &str, number: u32, at_ms: i64) -> Self {
+        AttemptStart {
+            merchant: merchant.to_string(),
+            event_id: event_id.to_string(),
+            number,
+            at_ms,
+            started: Instant::now(),
+        }
+    }
+
+    /// The record of this attempt, to store.
+    pub fn finish(
+        self,
+        upstream: &Upstream,
+        result: &Result<UpstreamReply, SendError>,
+        outcome: AttemptOutcome,
+    ) -> Attempt {
+        Attempt {
+            merchant: self.merchant,
+            event_id: self.event_id,
+            upstream: upstream.name.clone(),
+            number: self.number,
+            at_ms: self.at_ms,
+            duration_ms: self.started.elapsed().as_millis() as i64,
+            status_code: result.as_ref().ok().map(|r| r.status.as_u16()),
+            error: result.as_ref().err().map(ToString::to_string),
+            response: result.as_ref().ok().map(|r| reply_excerpt(&r.body)),
+            outcome,
+        }
+    }
+}
+
+/// Drains the durable queue: one loop per upstream, each with its own concurrency limit, so a
+/// slow upstream never holds back another's deliveries.
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    client: UpstreamClient,
+    upstreams: HashMap<String, Arc<Upstream>>,
+}
+
+impl Dispatcher {
+    /// A dispatcher over these upstreams.
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        client: UpstreamClient,
+        upstreams: HashMap<String, Arc<Upstream>>,
+    ) -> Self {
+        Dispatcher { store, clock, client, upstreams }
+    }
+
+    /// Starts one loop per upstream; they stop when `shutdown` turns true, after their
+    /// in-flight deliveries finish (or time out).
+    pub fn spawn(self, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+        let this = Arc::new(self);
+        this.upstreams
+            .values()
+            .map(|upstream| {
+                let (this, upstream, shutdown) = (this.clone(), upstream.clone(), shutdown.clone());
+                tokio::spawn(async move { this.run(upstream, shutdown).await })
+            })
+            .collect()
+    }
+
+    async fn run(self: Arc<Self>, upstream: Arc<Upstream>, mut shutdown: watch::Receiver<bool>) {
+        let in_flight: Arc<Mutex<HashSet<(String, String)>>> = Arc::default();
+        let mut tasks = tokio::task::JoinSet::new();
+        while !*shutdown.borrow() {
+            while tasks.try_join_next().is_some() {}
+            let busy = in_flight.lock().map_or(0, |s| s.len());
+            let free = upstream.permits.available_permits();
+            let mut started = 0;
+            if free > 0 {
+                let now = self.clock.now_ms();
+                match self.store.due_deliveries(&upstream.name, now, free + busy).await {
+                    Ok(due) => {
+                        for delivery in due {
+                            let key = (delivery.merchant.clone(), delivery.event_id.clone());
+                            if in_flight.lock().map_or(true, |s| s.contains(&key)) {
+                                continue;
+                            }
+                            let Ok(permit) = upstream.permits.clone().try_acquire_owned() else { break };
+                            if let Ok(mut s) = in_flight.lock() {
+                                s.insert(key.clone());
+                            }
+                            started += 1;
+                            let (this, upstream, in_flight) =
+                                (self.clone(), upstream.clone(), in_flight.clone());
+                            tasks.spawn(async move {
+                                this.deliver(&upstream, delivery).await;
+                                if let Ok(mut s) = in_flight.lock() {
+                                    s.remove(&key);
+                                }
+                                drop(permit);
+                                upstream.wake.notify_one();
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(upstream = %upstream.name, error = %e, "cannot read due deliveries")
+                    }
+                }
+            }
+            if started == 0 {
+                let idle = match self.store.next_due(&upstream.name).await {
+                    Ok(Some(at)) => Duration::from_millis((at - self.clock.now_ms()).clamp(5, 1_000) as u64),
+                    _ => Duration::from_secs(1),
+                };
+                tokio::select! {
+                    _ = upstream.wake.notified() => {}
+                    _ = tokio::time::sleep(idle) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+        // Let in-flight deliveries finish; each is bounded by the upstream's timeout.
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn deliver(&self, upstream: &Upstream, d: DueDelivery) {
+        let number = d.attempts + 1;
+        let attempt = AttemptStart::new(&d.merchant, &d.event_id, number, self.clock.now_ms());
+        let result = self
+            .client
+            .send(upstream, &d.event_id, &d.request_id, Bytes::from(d.body), self.clock.now_secs())
+            .await;
+        let outcome = match classify(&result) {
+            Verdict::Delivered => AttemptOutcome::Delivered,
+            Verdict::Permanent => AttemptOutcome::Dead,
+            Verdict::Retry if number >= upstream.max_attempts => AttemptOutcome::Dead,
+            Verdict::Retry => {
+                let retry_after = result.as_ref().ok().and_then(|r| r.retry_after);
+                let delay = upstream.backoff(number, retry_after);
+                AttemptOutcome::Retry { next_at_ms: self.clock.now_ms() + delay.as_millis() as i64 }
+            }
+        };
+        let status = result.as_ref().map(|r| r.status.as_u16()).ok();
+        let error = result.as_ref().err().map(ToString::to_string);
+        tracing::info!(
+            request_id = %d.request_id, merchant = %d.merchant, event_id = %d.event_id, upstream = %upstream.name,
+            attempt = number, status = ?status, error = ?error, outcome = ?outcome, "delivery attempt"
+        );
+        if let Err(e) = self.store.record_attempt(attempt.finish(upstream, &result, outcome)).await {
+            // Not recorded means still pending in the store: it will be sent again (at least once).
+            tracing::warn!(event_id = %d.event_id, error = %e, "cannot record a delivery attempt; it will be retried");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream() -> Upstream {
+        Upstream::new(&UpstreamConfig {
+            name: "u".into(),
+            merchant: "default".into(),
+            url: "http://127.0.0.1:1/".into(),
+            timeout_ms: 100,
+            max_attempts: 5,
+            concurrency: 1,
+            retry_base_ms: 1_000,
+            retry_max_ms: 60_000,
+            sign_secret: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let u = upstream();
+        for attempts in 1..=10u32 {
+            let full = Duration::from_millis((1_000u64 << (attempts - 1)).min(60_000));
+            for _ in 0..50 {
+                let d = u.backoff(attempts, None);
+                assert!(
+                    d >= full / 2 && d <= full,
+                    "attempt {attempts}: {d:?} not in [{:?}, {full:?}]",
+                    full / 2
+                );
+            }
+        }
+        assert_eq!(u.backoff(1, Some(Duration::from_secs(7))), Duration::from_secs(7));
+        assert_eq!(u.backoff(1, Some(Duration::from_secs(7_000))), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn classification_follows_design() {
+        let reply = |code: u16| -> Result<UpstreamReply, SendError> {
+            Ok(UpstreamReply {
+                status: StatusCode::from_u16(code).unwrap(),
+                content_type: None,
+                retry_after: None,
+                body: Bytes::new(),
+            })
+        };
+        for (code, verdict) in [
+            (200, Verdict::Delivered),
+            (204, Verdict::Delivered),
+            (408, Verdict::Retry),
+            (429, Verdict::Retry),
+            (500, Verdict::Retry),
+            (503, Verdict::Retry),
+            (400, Verdict::Permanent),
+            (404, Verdict::Permanent),
+            (301, Verdict::Permanent),
+        ] {
+            assert_eq!(classify(&reply(code)), verdict, "{code}");
+        }
+        assert_eq!(classify(&Err(SendError::Timeout(Duration::ZERO))), Verdict::Retry);
+    }
+}

@@ -1,0 +1,159 @@
+//! Assembles a running gateway from a checked [`Config`]: the store, the upstreams and
+//! endpoints, the ingress and admin listeners, and the delivery dispatcher; and takes it down
+//! gracefully (stop accepting, finish in-flight requests and deliveries, flush the store).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::Admin;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::delivery::{Dispatcher, Upstream, UpstreamClient};
+use crate::ingress::{self, ServeOptions, WebhookRouter};
+use crate::pipeline::{Endpoint, Pipeline};
+use crate::store::{SqliteStore, Store, StoreError};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS material is unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A configured item cannot be built.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// Where webhooks are received.
+    pub ingress_addr: SocketAddr,
+    /// Whether ingress speaks TLS.
+    pub ingress_tls: bool,
+    /// Where the admin API listens.
+    pub admin_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    listeners: Vec<JoinHandle<()>>,
+    dispatchers: Vec<JoinHandle<()>>,
+    store: Arc<dyn Store>,
+}
+
+async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr: addr.to_string(), source })
+}
+
+impl Gateway {
+    /// Starts everything with the system clock.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        Gateway::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Starts everything with the given clock.
+    pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Gateway, StartError> {
+        let config = Arc::new(config);
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store)?);
+
+        let mut upstreams = HashMap::new();
+        for u in &config.upstream {
+            let upstream =
+                Upstream::new(u).map_err(|e| StartError::Config(format!("upstream {}: {e}", u.name)))?;
+            upstreams.insert(u.name.clone(), Arc::new(upstream));
+        }
+        let mut endpoints = HashMap::new();
+        for e in &config.endpoint {
+            let endpoint = Endpoint {
+                merchant: e.merchant.clone(),
+                path: e.path.clone(),
+                mode: e.mode,
+                verifier: e
+                    .verifier()
+                    .map_err(|p| StartError::Config(format!("endpoint {}: {p}", e.path)))?,
+                upstream: e.upstream.as_ref().and_then(|name| upstreams.get(name).cloned()),
+            };
+            endpoints.insert(e.path.clone(), Arc::new(endpoint));
+        }
+
+        let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(ingress::tls_acceptor(Path::new(cert), Path::new(key)).map_err(StartError::Tls)?)
+            }
+            _ => None,
+        };
+        let ingress_listener = bind("ingress", &config.server.listen).await?;
+        let ingress_addr = ingress_listener.local_addr().map_err(|source| StartError::Bind {
+            what: "ingress",
+            addr: config.server.listen.clone(),
+            source,
+        })?;
+        let admin_listener = match &config.admin {
+            Some(admin) => Some(bind("admin", &admin.listen).await?),
+            None => None,
+        };
+        let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        let (shutdown, watch_shutdown) = watch::channel(false);
+        let client = UpstreamClient::default();
+        let header_timeout = Duration::from_millis(config.server.header_timeout_ms);
+        let router = Arc::new(WebhookRouter {
+            endpoints: endpoints.clone(),
+            pipeline: Pipeline {
+                store: store.clone(),
+                clock: clock.clone(),
+                client: client.clone(),
+                max_body_bytes: config.server.max_body_bytes,
+                body_timeout: Duration::from_millis(config.server.body_timeout_ms),
+            },
+        });
+        let ingress_tls = tls.is_some();
+        let mut listeners = vec![tokio::spawn(ingress::serve(
+            ingress_listener,
+            router,
+            ServeOptions { header_timeout, max_connections: config.server.max_connections, tls },
+            watch_shutdown.clone(),
+        ))];
+        if let Some(listener) = admin_listener {
+            let admin = Arc::new(Admin {
+                store: store.clone(),
+                clock: clock.clone(),
+                config: config.clone(),
+                endpoints,
+            });
+            let options = ServeOptions { header_timeout, max_connections: 64, tls: None };
+            listeners.push(tokio::spawn(ingress::serve(listener, admin, options, watch_shutdown.clone())));
+        }
+        let dispatchers = Dispatcher::new(store.clone(), clock, client, upstreams).spawn(watch_shutdown);
+        Ok(Gateway { ingress_addr, ingress_tls, admin_addr, shutdown, listeners, dispatchers, store })
+    }
+
+    /// Stops accepting, lets in-flight requests and deliveries finish, and flushes the store.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.listeners {
+            let _ = task.await;
+        }
+        for task in self.dispatchers {
+            let _ = task.await;
+        }
+        self.store.close().await;
+    }
+}

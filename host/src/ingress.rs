@@ -1,0 +1,172 @@
+//! Listeners: accepting connections (optionally TLS), the limits that protect them, graceful
+//! shutdown, and the webhook router that hands each request to the pipeline.
+//!
+//! Limits and why: a connection cap so a flood cannot exhaust file descriptors or memory (the
+//! rest wait in the kernel's accept queue); a header read timeout so a slow client cannot hold a
+//! connection open by trickling headers (slowloris); the body timeout and size cap are applied
+//! by the pipeline. On shutdown the listener stops accepting at once and in-flight requests are
+//! given time to finish.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use rand::Rng;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::delivery::REQUEST_ID_HEADER;
+use crate::http::{self, Reply};
+use crate::pipeline::{Endpoint, Pipeline};
+
+/// Longest time in-flight requests get to finish after shutdown begins.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Something that answers requests.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request.
+    async fn handle(&self, request: Request<Incoming>) -> Reply;
+}
+
+/// How a listener treats its connections.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// Time allowed for a request's headers (and a TLS handshake).
+    pub header_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// TLS, when configured.
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Serves `listener` until `shutdown` turns true, then drains in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    handler: Arc<dyn Handler>,
+    options: ServeOptions,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(options.max_connections));
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => break,
+        };
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (handler, options, watcher) = (handler.clone(), options.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |request| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler.handle(request).await) }
+            });
+            let mut builder = http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(options.header_timeout);
+            let result = match options.tls {
+                None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await,
+                Some(acceptor) => match tokio::time::timeout(options.header_timeout, acceptor.accept(stream))
+                    .await
+                {
+                    Ok(Ok(tls)) => watcher.watch(builder.serve_connection(TokioIo::new(tls), service)).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                },
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
+    }
+}
+
+/// Loads a PEM certificate chain and key into a TLS acceptor.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("server.tls_cert: cannot read {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("server.tls_cert: {} holds no certificate", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("server.tls_key: cannot read {}: {e}", key.display()))?;
+    let config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| format!("server.tls_cert/tls_key: {e}"))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A request id: the caller's `X-Request-Id` when it is short and printable, else a new one.
+pub fn request_id(request: &Request<Incoming>) -> String {
+    request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| format!("req_{:016x}", rand::rng().random::<u64>()), str::to_string)
+}
+
+/// Routes webhook requests to their endpoint's pipeline.
+pub struct WebhookRouter {
+    /// Endpoints by path.
+    pub endpoints: HashMap<String, Arc<Endpoint>>,
+    /// The shared request path.
+    pub pipeline: Pipeline,
+}
+
+#[async_trait]
+impl Handler for WebhookRouter {
+    async fn handle(&self, request: Request<Incoming>) -> Reply {
+        let id = request_id(&request);
+        let mut reply = match self.endpoints.get(request.uri().path()) {
+            None => http::error(StatusCode::NOT_FOUND, "not_found"),
+            Some(_) if request.method() != Method::POST => {
+                let mut reply = http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+                reply.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+                reply
+            }
+            Some(endpoint) => self.pipeline.receive(endpoint, request, &id).await,
+        };
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            reply.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        reply
+    }
+}

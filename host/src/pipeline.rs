@@ -1,0 +1,214 @@
+//! The request path of a webhook, top to bottom in one place:
+//!
+//! receive → limits → verify → parse → de-duplicate + persist → acknowledge (queue mode)
+//!                                                           → forward and answer (proxy mode)
+//!
+//! Each stage is a call into its own module (`http` for limits, `payflow_verify` for verify
+//! and parse, `store` for persistence, `delivery` for forwarding); no stage reaches around
+//! another. This module decides the HTTP reply for every outcome (DESIGN's contract) and must
+//! never acknowledge an event before the store said it is durable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use payflow_verify::{event, Verifier};
+use serde_json::json;
+
+use crate::clock::Clock;
+use crate::config::Mode;
+use crate::delivery::{classify, AttemptStart, SendError, Upstream, UpstreamClient, Verdict};
+use crate::http::{self, BodyError, HttpHeaders, Reply};
+use crate::store::{AttemptOutcome, EventStatus, Inserted, NewEvent, Store};
+
+/// Request headers kept with a stored event (never the signature headers).
+const KEPT_HEADERS: [&str; 7] = [
+    "content-type",
+    "user-agent",
+    "webhook-id",
+    "webhook-timestamp",
+    "svix-id",
+    "svix-timestamp",
+    "x-forwarded-for",
+];
+
+/// One configured endpoint, ready to serve.
+pub struct Endpoint {
+    /// Owning merchant.
+    pub merchant: String,
+    /// URL path.
+    pub path: String,
+    /// Queue or proxy.
+    pub mode: Mode,
+    /// Its signature verifier.
+    pub verifier: Verifier,
+    /// Where its events go.
+    pub upstream: Option<Arc<Upstream>>,
+}
+
+/// What every request on the path shares.
+pub struct Pipeline {
+    /// The durable store.
+    pub store: Arc<dyn Store>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// For proxy-mode forwards.
+    pub client: UpstreamClient,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+    /// Time allowed for the body to arrive.
+    pub body_timeout: Duration,
+}
+
+fn received(duplicate: bool) -> Reply {
+    if duplicate {
+        http::json(StatusCode::OK, &json!({ "received": true, "duplicate": true }))
+    } else {
+        http::json(StatusCode::OK, &json!({ "received": true }))
+    }
+}
+
+impl Pipeline {
+    /// Handles one POST to `endpoint`.
+    pub async fn receive(&self, endpoint: &Endpoint, request: Request<Incoming>, request_id: &str) -> Reply {
+        // Limits: a declared oversize body is refused before a byte of it is read.
+        let (parts, body) = request.into_parts();
+        if http::content_length(&parts.headers).is_some_and(|n| n > self.max_body_bytes as u64) {
+            return http::error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+        }
+        let body = match http::read_body(body, self.max_body_bytes, self.body_timeout).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge(_)) => {
+                return http::error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+            }
+            Err(BodyError::Timeout(_)) => return http::error(StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            Err(BodyError::Broken(_)) => return http::error(StatusCode::BAD_REQUEST, "body_unreadable"),
+        };
+
+        // Verify: over the raw bytes, before anything looks inside them.
+        let verified = endpoint.verifier.verify(&HttpHeaders(&parts.headers), &body, self.clock.now_secs());
+        if let Err(e) = verified {
+            tracing::info!(request_id, endpoint = %endpoint.path, reason = %e.reason(), "signature refused");
+            return http::error(StatusCode::UNAUTHORIZED, e.reason().as_str());
+        }
+
+        // Parse: no JSON object with an id means nothing to store or de-duplicate.
+        let parsed = match event::parse(&body) {
+            Ok(parsed) => parsed,
+            Err(e) => return http::error(StatusCode::BAD_REQUEST, &e.to_string()),
+        };
+
+        // De-duplicate and persist. Authentic but invalid events are kept, quarantined.
+        let (status, reason) = match (&parsed.checked, endpoint.mode, &endpoint.upstream) {
+            (Err(problem), _, _) => (EventStatus::Quarantined, Some(problem.to_string())),
+            (Ok(_), Mode::Proxy, _) => (EventStatus::Forwarding, None),
+            (Ok(_), Mode::Queue, Some(_)) => (EventStatus::Queued, None),
+            (Ok(_), Mode::Queue, None) => (EventStatus::Stored, None),
+        };
+        let deliveries = match (status, &endpoint.upstream) {
+            (EventStatus::Queued, Some(upstream)) => vec![upstream.name.clone()],
+            _ => Vec::new(),
+        };
+        let new = NewEvent {
+            merchant: endpoint.merchant.clone(),
+            id: parsed.id.clone(),
+            endpoint: endpoint.path.clone(),
+            event_type: parsed.event_type.clone(),
+            status,
+            reason: reason.clone(),
+            body: body.to_vec(),
+            headers: kept_headers(&parts.headers),
+            received_at_ms: self.clock.now_ms(),
+            deliveries,
+            request_id: request_id.to_string(),
+        };
+        let inserted = match self.store.insert_event(new).await {
+            Ok(inserted) => inserted,
+            Err(e) => {
+                tracing::warn!(request_id, event_id = %parsed.id, error = %e, "not stored; answering 503");
+                return http::error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
+            }
+        };
+        if let Some(reason) = &reason {
+            tracing::info!(request_id, event_id = %parsed.id, %reason, "quarantined");
+        }
+
+        // Acknowledge (queue mode), or forward and answer with the upstream's reply (proxy).
+        match (endpoint.mode, inserted) {
+            (Mode::Queue, Inserted::New) => {
+                if let Some(upstream) = &endpoint.upstream {
+                    upstream.wake.notify_one();
+                }
+                received(false)
+            }
+            (Mode::Queue, Inserted::Duplicate(_)) => received(true),
+            (Mode::Proxy, Inserted::New) if status == EventStatus::Quarantined => received(false),
+            (Mode::Proxy, Inserted::New) => self.forward(endpoint, &parsed.id, body, request_id).await,
+            (Mode::Proxy, Inserted::Duplicate(EventStatus::Failed | EventStatus::Forwarding)) => {
+                self.forward_again(endpoint, &parsed.id, body, request_id).await
+            }
+            (Mode::Proxy, Inserted::Duplicate(_)) => received(true),
+        }
+    }
+
+    /// Proxy mode: a duplicate whose earlier forward failed is forwarded again, once, by
+    /// whichever request claims it; a duplicate arriving while one is in flight is told to
+    /// retry later.
+    async fn forward_again(&self, endpoint: &Endpoint, id: &str, body: Bytes, request_id: &str) -> Reply {
+        let timeout = endpoint.upstream.as_ref().map_or(Duration::from_secs(5), |u| u.timeout);
+        let now = self.clock.now_ms();
+        // A forward still marked in flight after twice its timeout was cut short by a crash.
+        let stale_before = now - 2 * timeout.as_millis() as i64;
+        match self.store.claim_forward(&endpoint.merchant, id, now, stale_before).await {
+            Ok(true) => self.forward(endpoint, id, body, request_id).await,
+            Ok(false) => {
+                let mut reply = http::error(StatusCode::CONFLICT, "in_progress");
+                reply.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
+                reply
+            }
+            Err(_) => http::error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+        }
+    }
+
+    async fn forward(&self, endpoint: &Endpoint, id: &str, body: Bytes, request_id: &str) -> Reply {
+        let Some(upstream) = &endpoint.upstream else {
+            return http::error(StatusCode::INTERNAL_SERVER_ERROR, "no_upstream");
+        };
+        let attempt = AttemptStart::new(&endpoint.merchant, id, 1, self.clock.now_ms());
+        let result = self.client.send(upstream, id, request_id, body, self.clock.now_secs()).await;
+        let outcome = match classify(&result) {
+            Verdict::Delivered => AttemptOutcome::Delivered,
+            _ => AttemptOutcome::Dead,
+        };
+        if let Err(e) = self.store.finish_forward(attempt.finish(upstream, &result, outcome)).await {
+            // The claim's lease runs out and the sender's retry forwards again.
+            tracing::warn!(request_id, event_id = id, error = %e, "cannot record the forward");
+        }
+        match result {
+            Ok(reply) => {
+                let mut response = Response::new(Full::new(reply.body));
+                *response.status_mut() = reply.status;
+                if let Some(ct) = reply.content_type {
+                    response.headers_mut().insert(CONTENT_TYPE, ct);
+                }
+                response
+            }
+            Err(SendError::Timeout(_)) => http::error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            Err(SendError::Connection(_)) => http::error(StatusCode::BAD_GATEWAY, "upstream_unreachable"),
+        }
+    }
+}
+
+fn kept_headers(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
+    KEPT_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let value = headers.get(*name)?.to_str().ok()?;
+            Some((name.to_string(), value.chars().take(256).collect()))
+        })
+        .collect()
+}

@@ -1,0 +1,585 @@
+//! SQLite (WAL) in one file: the embedded default store.
+//!
+//! Group commit: every write goes to one writer thread, which takes whatever writes are
+//! waiting (up to `max_batch`), applies each in its own savepoint inside one transaction, and
+//! commits once: one fsync for the whole batch. A write is answered only after that commit.
+//! While one batch is being fsync'd the next one queues up, so under load the commit rate, not
+//! the request rate, is bounded by the disk. Reads use a separate connection (WAL lets them run
+//! beside the writer). SQL stays portable (`ON CONFLICT … DO NOTHING`, no SQLite-only types)
+//! for the PostgreSQL backend to come.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use super::{
+    Attempt, AttemptInfo, AttemptOutcome, DeliveryInfo, DueDelivery, EventDetail, EventFilter, EventStatus,
+    EventSummary, Inserted, NewEvent, Store, StoreError,
+};
+use crate::config::StoreConfig;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    merchant        TEXT    NOT NULL,
+    id              TEXT    NOT NULL,
+    endpoint        TEXT    NOT NULL,
+    event_type      TEXT,
+    status          TEXT    NOT NULL,
+    reason          TEXT,
+    body            BLOB    NOT NULL,
+    headers         TEXT    NOT NULL,
+    request_id      TEXT    NOT NULL,
+    received_at_ms  BIGINT  NOT NULL,
+    claimed_at_ms   BIGINT,
+    PRIMARY KEY (merchant, id)
+);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (received_at_ms);
+CREATE TABLE IF NOT EXISTS deliveries (
+    merchant            TEXT    NOT NULL,
+    event_id            TEXT    NOT NULL,
+    upstream            TEXT    NOT NULL,
+    status              TEXT    NOT NULL,
+    attempts            INTEGER NOT NULL,
+    next_attempt_at_ms  BIGINT  NOT NULL,
+    PRIMARY KEY (merchant, event_id, upstream)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (upstream, status, next_attempt_at_ms);
+CREATE TABLE IF NOT EXISTS attempts (
+    merchant     TEXT    NOT NULL,
+    event_id     TEXT    NOT NULL,
+    upstream     TEXT    NOT NULL,
+    number       INTEGER NOT NULL,
+    at_ms        BIGINT  NOT NULL,
+    duration_ms  BIGINT  NOT NULL,
+    status_code  INTEGER,
+    error        TEXT,
+    response     TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_by_event ON attempts (merchant, event_id);
+";
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// A write waiting for the writer thread.
+trait WriteJob: Send {
+    /// Runs inside the batch's transaction; false rolls back this job's savepoint.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Answers the caller once the batch's fate is known.
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>);
+}
+
+struct Job<T, F> {
+    work: Option<F>,
+    result: Option<rusqlite::Result<T>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T: Send, F: FnOnce(&Connection) -> rusqlite::Result<T> + Send> WriteJob for Job<T, F> {
+    fn run(&mut self, conn: &Connection) -> bool {
+        let result = self.work.take().map(|work| work(conn));
+        let ok = matches!(result, Some(Ok(_)));
+        self.result = result;
+        ok
+    }
+
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
+        let answer = match (committed, self.result) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(Ok(value))) => Ok(value),
+            (Ok(()), Some(Err(e))) => Err(unavailable(e)),
+            (Ok(()), None) => Err(StoreError::Unavailable("write was not run".into())),
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    writer: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+fn open(path: &Path, config: &StoreConfig) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_millis(config.busy_timeout_ms))?;
+    // WAL lets reads run beside the writer; synchronous=FULL makes every commit an fsync, which
+    // is what "acknowledged after the durable write" means (NORMAL would survive kill -9 but
+    // not a power cut).
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    if let Some(mb) = config.max_size_mb {
+        let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        conn.pragma_update(None, "max_page_count", (mb as i64 * 1024 * 1024) / page_size)?;
+    }
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and starts the writer thread.
+    pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        let path = Path::new(&config.path);
+        let writer_conn = open(path, config)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open database {}: {e}", path.display())))?;
+        writer_conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        let reader = open(path, config).map_err(unavailable)?;
+        let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>();
+        let max_batch = config.max_batch;
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(writer_conn, rx, max_batch))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore {
+            writer: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
+
+    async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Box<dyn WriteJob> = Box::new(Job { work: Some(work), result: None, reply });
+        {
+            let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            writer.as_ref().ok_or(StoreError::Closed)?.send(job).map_err(|_| StoreError::Closed)?;
+        }
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            work(&conn).map_err(unavailable)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+    }
+}
+
+fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Box<dyn WriteJob>>, max_batch: usize) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let committed = run_batch(&conn, &mut batch);
+        if let Err(e) = &committed {
+            tracing::warn!(writes = batch.len(), error = %e, "store commit failed; answering 503");
+        }
+        for job in batch {
+            job.finish(committed.clone());
+        }
+    }
+    // Every sender is gone: fold the WAL back into the main file so the db is self-contained.
+    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+        tracing::warn!(error = %e, "final WAL checkpoint failed");
+    }
+}
+
+fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(unavailable)?;
+    for job in batch.iter_mut() {
+        let step = conn.execute_batch("SAVEPOINT job").and_then(|()| {
+            if job.run(conn) {
+                conn.execute_batch("RELEASE job")
+            } else {
+                conn.execute_batch("ROLLBACK TO job; RELEASE job")
+            }
+        });
+        if let Err(e) = step {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(unavailable(e));
+        }
+    }
+    conn.execute_batch("COMMIT").map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        unavailable(e)
+    })
+}
+
+fn status_of(conn: &Connection, merchant: &str, id: &str) -> rusqlite::Result<EventStatus> {
+    let s: String = conn.query_row(
+        "SELECT status FROM events WHERE merchant = ?1 AND id = ?2",
+        params![merchant, id],
+        |r| r.get(0),
+    )?;
+    Ok(EventStatus::parse(&s).unwrap_or(EventStatus::Stored))
+}
+
+fn insert_attempt(conn: &Connection, a: &Attempt) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO attempts (merchant, event_id, upstream, number, at_ms, duration_ms, status_code, error, response)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        a.merchant,
+        a.event_id,
+        a.upstream,
+        a.number,
+        a.at_ms,
+        a.duration_ms,
+        a.status_code,
+        a.error,
+        a.response
+    ])?;
+    Ok(())
+}
+
+/// An event's status from its deliveries: dead if any is dead, delivered if all are.
+fn settle_event(conn: &Connection, merchant: &str, event_id: &str) -> rusqlite::Result<()> {
+    let (total, delivered, dead): (i64, i64, i64) = conn.query_row(
+        "SELECT COUNT(*),
+                COALESCE(SUM(CASE WHEN status = 'delivered' THEN 1 ELSE 0 END), 0),
+                COALESCE(SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END), 0)
+         FROM deliveries WHERE merchant = ?1 AND event_id = ?2",
+        params![merchant, event_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    if total == 0 {
+        return Ok(()); // nothing to deliver: the status stays what it was (stored, quarantined)
+    }
+    let status = if dead > 0 {
+        EventStatus::Dead
+    } else if delivered == total {
+        EventStatus::Delivered
+    } else {
+        EventStatus::Queued
+    };
+    conn.execute(
+        "UPDATE events SET status = ?3 WHERE merchant = ?1 AND id = ?2",
+        params![merchant, event_id, status.as_str()],
+    )?;
+    Ok(())
+}
+
+fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventSummary> {
+    Ok(EventSummary {
+        merchant: row.get(0)?,
+        id: row.get(1)?,
+        endpoint: row.get(2)?,
+        event_type: row.get(3)?,
+        status: row.get(4)?,
+        reason: row.get(5)?,
+        received_at_ms: row.get(6)?,
+    })
+}
+
+const SUMMARY_COLUMNS: &str = "merchant, id, endpoint, event_type, status, reason, received_at_ms";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_event(&self, event: NewEvent) -> Result<Inserted, StoreError> {
+        self.write(move |conn| {
+            let headers = serde_json::to_string(&event.headers).unwrap_or_else(|_| "[]".into());
+            let claimed = (event.status == EventStatus::Forwarding).then_some(event.received_at_ms);
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO events (merchant, id, endpoint, event_type, status, reason, body, headers,
+                                         request_id, received_at_ms, claimed_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                     ON CONFLICT (merchant, id) DO NOTHING",
+                )?
+                .execute(params![
+                    event.merchant,
+                    event.id,
+                    event.endpoint,
+                    event.event_type,
+                    event.status.as_str(),
+                    event.reason,
+                    event.body,
+                    headers,
+                    event.request_id,
+                    event.received_at_ms,
+                    claimed
+                ])?;
+            if inserted == 0 {
+                return Ok(Inserted::Duplicate(status_of(conn, &event.merchant, &event.id)?));
+            }
+            let mut add = conn.prepare_cached(
+                "INSERT INTO deliveries (merchant, event_id, upstream, status, attempts, next_attempt_at_ms)
+                 VALUES (?1, ?2, ?3, 'pending', 0, ?4)",
+            )?;
+            for upstream in &event.deliveries {
+                add.execute(params![event.merchant, event.id, upstream, event.received_at_ms])?;
+            }
+            Ok(Inserted::New)
+        })
+        .await
+    }
+
+    async fn claim_forward(
+        &self,
+        merchant: &str,
+        id: &str,
+        now_ms: i64,
+        stale_before_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (merchant, id) = (merchant.to_string(), id.to_string());
+        self.write(move |conn| {
+            let n = conn.execute(
+                "UPDATE events SET status = 'forwarding', claimed_at_ms = ?3
+                 WHERE merchant = ?1 AND id = ?2
+                   AND (status = 'failed' OR (status = 'forwarding' AND claimed_at_ms < ?4))",
+                params![merchant, id, now_ms, stale_before_ms],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn finish_forward(&self, attempt: Attempt) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            insert_attempt(conn, &attempt)?;
+            let (status, reason) = match attempt.outcome {
+                AttemptOutcome::Delivered => (EventStatus::Delivered, None),
+                _ => (
+                    EventStatus::Failed,
+                    Some(attempt.error.clone().unwrap_or_else(|| {
+                        format!("upstream answered {}", attempt.status_code.unwrap_or_default())
+                    })),
+                ),
+            };
+            conn.execute(
+                "UPDATE events SET status = ?3, reason = ?4 WHERE merchant = ?1 AND id = ?2",
+                params![attempt.merchant, attempt.event_id, status.as_str(), reason],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn due_deliveries(
+        &self,
+        upstream: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
+        let upstream = upstream.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT d.merchant, d.event_id, d.upstream, d.attempts, e.body, e.event_type, e.request_id
+                 FROM deliveries d JOIN events e ON e.merchant = d.merchant AND e.id = d.event_id
+                 WHERE d.upstream = ?1 AND d.status = 'pending' AND d.next_attempt_at_ms <= ?2
+                 ORDER BY d.next_attempt_at_ms LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![upstream, now_ms, limit as i64], |r| {
+                Ok(DueDelivery {
+                    merchant: r.get(0)?,
+                    event_id: r.get(1)?,
+                    upstream: r.get(2)?,
+                    attempts: r.get(3)?,
+                    body: r.get(4)?,
+                    event_type: r.get(5)?,
+                    request_id: r.get(6)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn next_due(&self, upstream: &str) -> Result<Option<i64>, StoreError> {
+        let upstream = upstream.to_string();
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE upstream = ?1 AND status = 'pending'",
+                params![upstream],
+                |r| r.get(0),
+            )
+        })
+        .await
+    }
+
+    async fn record_attempt(&self, attempt: Attempt) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            insert_attempt(conn, &attempt)?;
+            let key = params![attempt.merchant, attempt.event_id, attempt.upstream, attempt.number];
+            match attempt.outcome {
+                AttemptOutcome::Delivered => conn.execute(
+                    "UPDATE deliveries SET status = 'delivered', attempts = ?4
+                     WHERE merchant = ?1 AND event_id = ?2 AND upstream = ?3",
+                    key,
+                )?,
+                AttemptOutcome::Dead => conn.execute(
+                    "UPDATE deliveries SET status = 'dead', attempts = ?4
+                     WHERE merchant = ?1 AND event_id = ?2 AND upstream = ?3",
+                    key,
+                )?,
+                AttemptOutcome::Retry { next_at_ms } => conn.execute(
+                    "UPDATE deliveries SET attempts = ?4, next_attempt_at_ms = ?5
+                     WHERE merchant = ?1 AND event_id = ?2 AND upstream = ?3",
+                    params![attempt.merchant, attempt.event_id, attempt.upstream, attempt.number, next_at_ms],
+                )?,
+            };
+            settle_event(conn, &attempt.merchant, &attempt.event_id)
+        })
+        .await
+    }
+
+    async fn list_events(&self, filter: EventFilter) -> Result<Vec<EventSummary>, StoreError> {
+        self.read(move |conn| {
+            let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM events WHERE 1 = 1");
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            let mut add = |clause: &str, value: rusqlite::types::Value| {
+                args.push(value);
+                sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+            };
+            if let Some(m) = filter.merchant {
+                add(" AND merchant = ?", m.into());
+            }
+            if let Some(s) = filter.status {
+                add(" AND status = ?", s.into());
+            }
+            if let Some(t) = filter.event_type {
+                add(" AND event_type = ?", t.into());
+            }
+            if let Some(e) = filter.endpoint {
+                add(" AND endpoint = ?", e.into());
+            }
+            if let Some((at, merchant, id)) = filter.before {
+                // Keyset paging on (received_at_ms, merchant, id), newest first.
+                add(" AND (received_at_ms < ?", at.into());
+                add(" OR (received_at_ms = ?", at.into());
+                add(" AND (merchant < ?", merchant.clone().into());
+                add(" OR (merchant = ?", merchant.into());
+                add(" AND id < ?))))", id.into());
+            }
+            add(
+                " ORDER BY received_at_ms DESC, merchant DESC, id DESC LIMIT ?",
+                (filter.limit.clamp(1, 1000) as i64).into(),
+            );
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), summary)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn get_event(&self, merchant: Option<&str>, id: &str) -> Result<Option<EventDetail>, StoreError> {
+        let (merchant, id) = (merchant.map(str::to_string), id.to_string());
+        self.read(move |conn| {
+            let found = conn
+                .query_row(
+                    &format!(
+                        "SELECT {SUMMARY_COLUMNS}, body, headers, request_id FROM events
+                         WHERE id = ?1 AND (?2 IS NULL OR merchant = ?2) ORDER BY merchant LIMIT 1"
+                    ),
+                    params![id, merchant],
+                    |r| {
+                        let body: Vec<u8> = r.get(7)?;
+                        let headers: String = r.get(8)?;
+                        Ok((summary(r)?, body, headers, r.get::<_, String>(9)?))
+                    },
+                )
+                .optional()?;
+            let Some((summary, body, headers, request_id)) = found else { return Ok(None) };
+            let deliveries = conn
+                .prepare_cached(
+                    "SELECT upstream, status, attempts, next_attempt_at_ms FROM deliveries
+                     WHERE merchant = ?1 AND event_id = ?2 ORDER BY upstream",
+                )?
+                .query_map(params![summary.merchant, summary.id], |r| {
+                    let status: String = r.get(1)?;
+                    let next: i64 = r.get(3)?;
+                    Ok(DeliveryInfo {
+                        upstream: r.get(0)?,
+                        next_attempt_at_ms: (status == "pending").then_some(next),
+                        status,
+                        attempts: r.get(2)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let attempts = conn
+                .prepare_cached(
+                    "SELECT upstream, number, at_ms, duration_ms, status_code, error, response FROM attempts
+                     WHERE merchant = ?1 AND event_id = ?2 ORDER BY at_ms, rowid",
+                )?
+                .query_map(params![summary.merchant, summary.id], |r| {
+                    Ok(AttemptInfo {
+                        upstream: r.get(0)?,
+                        number: r.get(1)?,
+                        at_ms: r.get(2)?,
+                        duration_ms: r.get(3)?,
+                        status_code: r.get(4)?,
+                        error: r.get(5)?,
+                        response: r.get(6)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Some(EventDetail {
+                summary,
+                body: String::from_utf8_lossy(&body).into_owned(),
+                headers: serde_json::from_str(&headers).unwrap_or_default(),
+                request_id,
+                deliveries,
+                attempts,
+            }))
+        })
+        .await
+    }
+
+    async fn replay(
+        &self,
+        merchant: Option<&str>,
+        id: &str,
+        upstream: Option<&str>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (merchant, id, upstream) =
+            (merchant.map(str::to_string), id.to_string(), upstream.map(str::to_string));
+        self.write(move |conn| {
+            let Some(owner): Option<String> = conn
+                .query_row(
+                    "SELECT merchant FROM events WHERE id = ?1 AND (?2 IS NULL OR merchant = ?2) ORDER BY merchant LIMIT 1",
+                    params![id, merchant],
+                    |r| r.get(0),
+                )
+                .optional()?
+            else {
+                return Ok(false);
+            };
+            conn.execute(
+                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at_ms = ?3
+                 WHERE merchant = ?1 AND event_id = ?2",
+                params![owner, id, now_ms],
+            )?;
+            if let Some(upstream) = upstream {
+                conn.execute(
+                    "INSERT INTO deliveries (merchant, event_id, upstream, status, attempts, next_attempt_at_ms)
+                     VALUES (?1, ?2, ?3, 'pending', 0, ?4) ON CONFLICT (merchant, event_id, upstream) DO NOTHING",
+                    params![owner, id, upstream, now_ms],
+                )?;
+            }
+            settle_event(conn, &owner, &id)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
