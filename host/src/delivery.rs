@@ -32,6 +32,8 @@ pub const EVENT_ID_HEADER: &str = "x-payflow-event-id";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// The most of an upstream's reply that is read and kept.
 const MAX_REPLY_BYTES: usize = 64 * 1024;
+/// Longest `Retry-After` obeyed; a larger one is taken as this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// The most of an upstream's reply stored with an attempt (for the admin view).
 const STORED_REPLY_BYTES: usize = 1024;
 
@@ -79,10 +81,11 @@ impl Upstream {
 
     /// The delay before attempt `attempts + 1`: `base · 2^(attempts-1)`, capped, with jitter
     /// in [½, 1] of it so that a burst of failures does not retry in lockstep. A
-    /// `Retry-After` from the upstream wins (capped by the same maximum).
+    /// `Retry-After` from the upstream wins: retrying sooner than it asked would not be
+    /// honouring it, so `retry_max_ms` does not shorten it (only a one-day sanity bound does).
     pub fn backoff(&self, attempts: u32, retry_after: Option<Duration>) -> Duration {
         if let Some(after) = retry_after {
-            return after.min(self.retry_max);
+            return after.min(MAX_RETRY_AFTER);
         }
         let exp = self.retry_base.saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
         let capped = exp.min(self.retry_max);
@@ -414,7 +417,9 @@ mod tests {
             }
         }
         assert_eq!(u.backoff(1, Some(Duration::from_secs(7))), Duration::from_secs(7));
-        assert_eq!(u.backoff(1, Some(Duration::from_secs(7_000))), Duration::from_secs(60));
+        // Retry-After beats retry_max (60 s here); only a day bounds it.
+        assert_eq!(u.backoff(1, Some(Duration::from_secs(7_000))), Duration::from_secs(7_000));
+        assert_eq!(u.backoff(1, Some(Duration::from_secs(10_000_000))), MAX_RETRY_AFTER);
     }
 
     #[test]

@@ -1,0 +1,184 @@
+//! Every row of DESIGN's ingress contract over real HTTP against the real binary, and each
+//! signature scheme at least once (accepted, duplicate, refused).
+
+mod support;
+
+use payflow_verify::{HmacScheme, Scheme};
+use serde_json::json;
+use support::*;
+
+const SW_SECRET: &str = "whsec_c3RhbmRhcmQtd2ViaG9va3MtdGVzdC1rZXk=";
+
+fn config(db: &std::path::Path) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+max_body_bytes = 4096
+[store]
+path = "{db}"
+[[endpoint]]
+path = "/wh/payflow"
+secrets = ["{SECRET}"]
+[[endpoint]]
+path = "/wh/standard"
+scheme = "standard-webhooks"
+secrets = ["{SW_SECRET}"]
+[[endpoint]]
+path = "/wh/stripe"
+scheme = "stripe"
+secrets = ["{SECRET}"]
+[[endpoint]]
+path = "/wh/github"
+scheme = "github"
+secrets = ["{SECRET}"]
+[[endpoint]]
+path = "/wh/shopify"
+scheme = "shopify"
+secrets = ["{SECRET}"]
+[[endpoint]]
+path = "/wh/hmac"
+scheme = "hmac"
+hmac_header = "X-Legacy-Signature"
+hmac_prefix = "sha256="
+secrets = ["{SECRET}"]
+"#,
+        db = db.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_scheme_accepts_deduplicates_and_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &config(&dir.path().join("db")));
+    let client = client();
+    let hmac = Scheme::Hmac(HmacScheme {
+        header: "X-Legacy-Signature".into(),
+        prefix: "sha256=".into(),
+        ..HmacScheme::default()
+    });
+    for (path, scheme, secret) in [
+        ("/wh/payflow", Scheme::PayFlow, SECRET),
+        ("/wh/standard", Scheme::StandardWebhooks, SW_SECRET),
+        ("/wh/stripe", Scheme::Stripe, SECRET),
+        ("/wh/github", Scheme::GitHub, SECRET),
+        ("/wh/shopify", Scheme::Shopify, SECRET),
+        ("/wh/hmac", hmac, SECRET),
+    ] {
+        let id = format!("evt_{}", path.trim_start_matches("/wh/"));
+        let body = event_body(&id, "payment.succeeded");
+        let headers = sign(scheme.clone(), secret, &body, &id);
+        let url = gw.url(path);
+        assert_eq!(
+            post(&client, &url, &headers, body.clone()).await,
+            (200, json!({"received": true})),
+            "{path}"
+        );
+        assert_eq!(
+            post(&client, &url, &headers, body.clone()).await,
+            (200, json!({"received": true, "duplicate": true})),
+            "{path} duplicate"
+        );
+        let tampered = String::from_utf8(body).unwrap().replace("2500", "2501").into_bytes();
+        assert_eq!(
+            post(&client, &url, &headers, tampered).await,
+            (401, json!({"error": "invalid_signature"})),
+            "{path}"
+        );
+        let (status, reply) = post(&client, &url, &[], event_body("evt_unsigned", "payment.succeeded")).await;
+        assert_eq!((status, reply["error"].as_str()), (401, Some("missing_signature")), "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signature_failures_name_their_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &config(&dir.path().join("db")));
+    let (client, url) = (client(), gw.url("/wh/payflow"));
+    let body = event_body("evt_reasons", "payment.succeeded");
+    let stale = payflow_verify::Signer::new(Scheme::PayFlow, &[SECRET])
+        .unwrap()
+        .sign(&body, &payflow_verify::SignOptions::at(unix_now() - 3600))
+        .unwrap();
+    let future = payflow_verify::Signer::new(Scheme::PayFlow, &[SECRET])
+        .unwrap()
+        .sign(&body, &payflow_verify::SignOptions::at(unix_now() + 3600))
+        .unwrap();
+    let h = |v: &str| vec![("X-PayFlow-Signature".to_string(), v.to_string())];
+    for (headers, reason) in [
+        (vec![], "missing_signature"),
+        (h(""), "missing_signature"),
+        (h("t=abc,v1=00"), "malformed_signature"),
+        (h("deadbeef"), "malformed_signature"),
+        (h(&format!("t={},v1={}", unix_now(), "0".repeat(64))), "invalid_signature"),
+        (sign(Scheme::PayFlow, "whsec_wrong", &body, "x"), "invalid_signature"),
+        (stale, "timestamp_out_of_tolerance"),
+        (future, "timestamp_out_of_tolerance"),
+    ] {
+        let (status, reply) = post(&client, &url, &headers, body.clone()).await;
+        assert_eq!((status, reply), (401, json!({"error": reason})), "{headers:?}");
+    }
+    // None of the refused requests was stored: the authentic one is still new.
+    assert_eq!(
+        post(&client, &url, &sign(Scheme::PayFlow, SECRET, &body, "x"), body).await.1,
+        json!({"received": true})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_bodies_get_400_and_oversize_413() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &config(&dir.path().join("db")));
+    let (client, url) = (client(), gw.url("/wh/payflow"));
+    for (body, needle) in [
+        (b"amount=2500".to_vec(), "not valid JSON"),
+        (b"{\"type\":\"payment.succeeded\"}".to_vec(), "no \"id\""),
+        (b"[1,2,3]".to_vec(), "must be a JSON object"),
+        (b"{\"id\":42}".to_vec(), "\"id\" must be a string"),
+    ] {
+        let (status, reply) =
+            post(&client, &url, &sign(Scheme::PayFlow, SECRET, &body, "x"), body.clone()).await;
+        assert_eq!(status, 400, "{reply}");
+        assert!(reply["error"].as_str().unwrap().contains(needle), "{reply} lacks {needle}");
+    }
+
+    // Declared too large: refused from the headers alone.
+    let big = vec![b' '; 5000];
+    let (status, reply) = post(&client, &url, &sign(Scheme::PayFlow, SECRET, &big, "x"), big.clone()).await;
+    assert_eq!((status, reply), (413, json!({"error": "body_too_large"})));
+    // Chunked, no length: refused once the limit is passed.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..10).map(|_| Ok(vec![b' '; 1000])).collect();
+    let response =
+        client.post(&url).body(reqwest::Body::wrap_stream(futures_stream(chunks))).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+}
+
+fn futures_stream(
+    chunks: Vec<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    struct Iter(std::vec::IntoIter<Result<Vec<u8>, std::io::Error>>);
+    impl futures_core::Stream for Iter {
+        type Item = Result<Vec<u8>, std::io::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            std::task::Poll::Ready(self.0.next())
+        }
+    }
+    Iter(chunks.into_iter())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_paths_404_and_wrong_methods_405() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &config(&dir.path().join("db")));
+    let client = client();
+    let response = client.post(gw.url("/wh/nope")).body("{}").send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    let response = client.get(gw.url("/wh/payflow")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+    // Every reply carries a request id for support.
+    assert!(response.headers().get("x-request-id").is_some());
+}

@@ -1,0 +1,91 @@
+//! When the store cannot take a write, the sender gets 503 (so PayFlow retries) and nothing
+//! is acknowledged or half-written. The fault is real: another process holds SQLite's write
+//! lock on the database file (as a backup tool or a second gateway might), and the gateway's
+//! `busy_timeout_ms` runs out.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_locked_database_answers_503_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    let upstream = Upstream::start().await;
+    let config = queue_config(&db, &upstream.url(), "").replace("[store]", "[store]\nbusy_timeout_ms = 300");
+    let gw = Gateway::start(dir.path(), &config);
+    let (client, url) = (client(), gw.url("/webhooks/payflow"));
+    assert_eq!(send_event(&client, &url, "evt_before").await, (200, json!({"received": true})));
+
+    // Another process takes the write lock and holds it until its stdin closes.
+    let mut locker = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+             c.execute('BEGIN IMMEDIATE')\n\
+             print('locked', flush=True)\n\
+             sys.stdin.read()\n\
+             c.execute('ROLLBACK')",
+        ])
+        .arg(&db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(locker.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "locked");
+
+    assert_eq!(send_event(&client, &url, "evt_during").await, (503, json!({"error": "store_unavailable"})));
+
+    // Release the lock: nothing of the refused event was kept, so it is new when retried.
+    drop(locker.stdin.take().unwrap().flush());
+    locker.wait().unwrap();
+    let (code, _) = admin_get(&client, &gw.admin_url("/api/events/evt_during"), ADMIN_TOKEN).await;
+    assert_eq!(code, 404, "a refused event must not be stored");
+    assert_eq!(send_event(&client, &url, "evt_during").await, (200, json!({"received": true})));
+    upstream.wait_for(std::time::Duration::from_secs(10), "both events delivered", |r| r.len() == 2).await;
+    assert_eq!(upstream.ids(), ["evt_before", "evt_during"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_database_answers_503_and_keeps_what_it_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"{}\"\nmax_size_mb = 1\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{ADMIN_TOKEN}\"\n[[endpoint]]\npath = \"/wh\"\nsecrets = [\"{SECRET}\"]\n",
+        db.display()
+    );
+    let gw = Gateway::start(dir.path(), &config);
+    let (client, url) = (client(), gw.url("/wh"));
+    // ~3.5 KB events into a 1 MB database: it fills up within a few hundred.
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    for i in 0..600 {
+        let id = format!("evt_fill_{i:04}");
+        let mut event: serde_json::Value =
+            serde_json::from_slice(&event_body(&id, "payment.succeeded")).unwrap();
+        event["data"]["note"] = json!("x".repeat(3500));
+        let body = serde_json::to_vec(&event).unwrap();
+        match post(&client, &url, &sign(payflow_verify::Scheme::PayFlow, SECRET, &body, &id), body).await {
+            (200, _) => acknowledged.push(id),
+            (503, reply) => {
+                assert_eq!(reply, json!({"error": "store_unavailable"}));
+                refused += 1;
+            }
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+    assert!(refused > 0 && acknowledged.len() > 50, "{} acknowledged, {refused} refused", acknowledged.len());
+    for id in &acknowledged {
+        let (code, event) =
+            admin_get(&client, &gw.admin_url(&format!("/api/events/{id}")), ADMIN_TOKEN).await;
+        assert_eq!(code, 200, "acknowledged {id} is missing");
+        assert!(event["body"].as_str().unwrap().contains(id));
+    }
+}

@@ -1,0 +1,341 @@
+//! Test support: the real `payflow-edge serve` process, a small fake upstream (the "legacy
+//! app"), and helpers to sign and send events over loopback.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use payflow_verify::{Scheme, SignOptions, Signer};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+pub const SECRET: &str = "whsec_test_secret_0123456789";
+pub const ADMIN_TOKEN: &str = "operator-token-0123456789abcdef";
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// A running `payflow-edge serve` process, killed when dropped.
+pub struct Gateway {
+    pub child: Child,
+    pub ingress: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub tls: bool,
+    pub dir: PathBuf,
+    pub stderr_log: PathBuf,
+}
+
+impl Gateway {
+    /// Writes `config` to `dir/payflow-edge.toml` and starts the gateway on it.
+    pub fn start(dir: &Path, config: &str) -> Gateway {
+        let path = dir.join("payflow-edge.toml");
+        std::fs::write(&path, config).unwrap();
+        let stderr_log = dir.join(format!("gateway-{}.log", Instant::now().elapsed().as_nanos()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_payflow-edge"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("PAYFLOW_EDGE_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_log).unwrap())
+            .spawn()
+            .expect("start payflow-edge serve");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (mut ingress, mut admin, mut tls) = (None, None, false);
+        for line in stdout.lines() {
+            let Ok(line) = line else { break };
+            if let Some(url) = line.strip_prefix("payflow-edge: ingress listening on ") {
+                tls = url.starts_with("https://");
+                ingress = Some(url.split("://").nth(1).unwrap().parse().unwrap());
+                if !config.contains("[admin]") {
+                    break;
+                }
+            } else if let Some(url) = line.strip_prefix("payflow-edge: admin listening on http://") {
+                admin = Some(url.parse().unwrap());
+                break;
+            }
+        }
+        let Some(ingress) = ingress else {
+            let _ = child.wait();
+            panic!("gateway did not start:\n{}", std::fs::read_to_string(&stderr_log).unwrap_or_default());
+        };
+        Gateway { child, ingress, admin, tls, dir: dir.to_path_buf(), stderr_log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}://{}{path}", if self.tls { "https" } else { "http" }, self.ingress)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin.expect("admin listener"))
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// kill -9: no chance to flush or finish anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One request the fake upstream received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub event_id: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// How the fake upstream answers: scripted statuses first (with optional headers), then
+/// `default_status`; each reply after `delay`.
+pub struct Behavior {
+    pub script: VecDeque<(u16, Vec<(String, String)>)>,
+    pub default_status: u16,
+    pub delay: Duration,
+}
+
+/// A small HTTP server standing in for the merchant's legacy app.
+#[derive(Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    pub behavior: Arc<Mutex<Behavior>>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        Upstream::start_on("127.0.0.1:0").await
+    }
+
+    pub async fn start_on(addr: &str) -> Upstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let upstream = Upstream {
+            addr: listener.local_addr().unwrap(),
+            received: Arc::default(),
+            behavior: Arc::new(Mutex::new(Behavior {
+                script: VecDeque::new(),
+                default_status: 200,
+                delay: Duration::ZERO,
+            })),
+        };
+        let this = upstream.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let this = this.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let this = this.clone();
+                        async move { Ok::<_, Infallible>(this.answer(request).await) }
+                    });
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        upstream
+    }
+
+    async fn answer(&self, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        let headers: Vec<(String, String)> = request
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let event_id =
+            request.headers().get("x-payflow-event-id").map_or("", |v| v.to_str().unwrap()).to_string();
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        let ((status, extra), delay) = {
+            let mut b = self.behavior.lock().unwrap();
+            (b.script.pop_front().unwrap_or((b.default_status, Vec::new())), b.delay)
+        };
+        tokio::time::sleep(delay).await;
+        // Recorded once the reply is decided, i.e. what the upstream "processed".
+        self.received.lock().unwrap().push(Received {
+            event_id: event_id.clone(),
+            headers,
+            body,
+            at: Instant::now(),
+        });
+        let mut response =
+            Response::new(Full::new(Bytes::from(format!("legacy says {status} to {event_id}"))));
+        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+        for (name, value) in extra {
+            response.headers_mut().insert(
+                hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                hyper::header::HeaderValue::from_str(&value).unwrap(),
+            );
+        }
+        response
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/payflow", self.addr)
+    }
+
+    pub fn set_default(&self, status: u16) {
+        self.behavior.lock().unwrap().default_status = status;
+    }
+
+    pub fn script(&self, replies: &[(u16, &[(&str, &str)])]) {
+        let mut b = self.behavior.lock().unwrap();
+        for (status, headers) in replies {
+            b.script
+                .push_back((*status, headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()));
+        }
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.behavior.lock().unwrap().delay = delay;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.received().into_iter().map(|r| r.event_id).collect()
+    }
+
+    /// Waits until `pred` holds for what was received, or panics after `timeout`.
+    pub async fn wait_for(&self, timeout: Duration, what: &str, pred: impl Fn(&[Received]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if pred(&self.received()) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; upstream received {:?}", self.ids());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A seed-shaped event body.
+pub fn event_body(id: &str, event_type: &str) -> Vec<u8> {
+    serde_json::to_vec(&payflow_edge::samples::sample_event(event_type, id, unix_now())).unwrap()
+}
+
+/// Signature headers for `body` under `scheme` (our signer, itself checked against Python's
+/// hmac in cli_sign_verify.rs; the verifier is checked against third-party vectors).
+pub fn sign(scheme: Scheme, secret: &str, body: &[u8], id: &str) -> Vec<(String, String)> {
+    let signer = Signer::new(scheme, &[secret]).unwrap();
+    let mut headers =
+        signer.sign(body, &SignOptions { id: Some(id), ..SignOptions::at(unix_now()) }).unwrap();
+    headers.push(("content-type".into(), "application/json".into()));
+    headers
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// POSTs a payflow-v1-signed body; returns (status, JSON reply).
+pub async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(String, String)],
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let mut request = client.post(url).body(body);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(json!({ "raw": text })))
+}
+
+/// Sends one signed event (payflow v1 with SECRET).
+pub async fn send_event(client: &reqwest::Client, url: &str, id: &str) -> (u16, Value) {
+    let body = event_body(id, "payment.succeeded");
+    post(client, url, &sign(Scheme::PayFlow, SECRET, &body, id), body).await
+}
+
+/// GET on the admin API with a token.
+pub async fn admin_get(client: &reqwest::Client, url: &str, token: &str) -> (u16, Value) {
+    let response = client.get(url).bearer_auth(token).send().await.expect("admin request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls the admin API until the event has `status`, or panics.
+pub async fn wait_for_status(
+    client: &reqwest::Client,
+    gateway: &Gateway,
+    id: &str,
+    status: &str,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        let (code, event) =
+            admin_get(client, &gateway.admin_url(&format!("/api/events/{id}")), ADMIN_TOKEN).await;
+        if code == 200 && event["status"] == status {
+            return;
+        }
+        last = event;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("event {id} never reached {status}; last seen {last}");
+}
+
+/// A config with one payflow queue endpoint delivering to `upstream_url`.
+pub fn queue_config(db: &Path, upstream_url: &str, extra_upstream: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[store]
+path = "{db}"
+[admin]
+listen = "127.0.0.1:0"
+token = "{ADMIN_TOKEN}"
+[[endpoint]]
+path = "/webhooks/payflow"
+secrets = ["{SECRET}"]
+upstream = "legacy"
+[[upstream]]
+name = "legacy"
+url = "{upstream_url}"
+{extra_upstream}
+"#,
+        db = db.display()
+    )
+}
