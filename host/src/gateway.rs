@@ -71,6 +71,13 @@ impl Gateway {
     /// Starts everything with the given clock.
     pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Gateway, StartError> {
         let config = Arc::new(config);
+        // Cheap checks first, so a bad certificate leaves no database behind.
+        let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(ingress::tls_acceptor(Path::new(cert), Path::new(key)).map_err(StartError::Tls)?)
+            }
+            _ => None,
+        };
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store)?);
 
         let mut upstreams = HashMap::new();
@@ -93,12 +100,6 @@ impl Gateway {
             endpoints.insert(e.path.clone(), Arc::new(endpoint));
         }
 
-        let tls = match (&config.server.tls_cert, &config.server.tls_key) {
-            (Some(cert), Some(key)) => {
-                Some(ingress::tls_acceptor(Path::new(cert), Path::new(key)).map_err(StartError::Tls)?)
-            }
-            _ => None,
-        };
         let ingress_listener = bind("ingress", &config.server.listen).await?;
         let ingress_addr = ingress_listener.local_addr().map_err(|source| StartError::Bind {
             what: "ingress",

@@ -1,0 +1,155 @@
+//! The admin API's tokens: the operator sees every merchant; a merchant's token sees and
+//! replays only that merchant's events (another's answer 404, like a missing one); no token
+//! or a wrong one is 401. Health needs no token.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const ACME: &str = "acme-token-0123456789abcdef";
+const GLOBEX: &str = "globex-token-0123456789abcdef";
+
+fn config(db: &std::path::Path, upstream: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[store]
+path = "{db}"
+[admin]
+listen = "127.0.0.1:0"
+token = "{ADMIN_TOKEN}"
+[[merchant]]
+id = "acme"
+token = "{ACME}"
+[[merchant]]
+id = "globex"
+token = "{GLOBEX}"
+[[endpoint]]
+merchant = "acme"
+path = "/acme"
+secrets = ["{SECRET}"]
+upstream = "acme-app"
+[[endpoint]]
+merchant = "globex"
+path = "/globex"
+secrets = ["{SECRET}"]
+upstream = "globex-app"
+[[upstream]]
+name = "acme-app"
+merchant = "acme"
+url = "{upstream}"
+[[upstream]]
+name = "globex-app"
+merchant = "globex"
+url = "{upstream}"
+"#,
+        db = db.display()
+    )
+}
+
+fn ids(listing: &Value) -> Vec<String> {
+    let mut ids: Vec<String> =
+        listing["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn merchant_tokens_see_and_replay_only_their_own_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(dir.path(), &config(&dir.path().join("db"), &upstream.url()));
+    let client = client();
+    for (path, id) in [("/acme", "evt_a1"), ("/acme", "evt_a2"), ("/globex", "evt_g1")] {
+        assert_eq!(send_event(&client, &gw.url(path), id).await.0, 200);
+    }
+    upstream.wait_for(Duration::from_secs(10), "three deliveries", |r| r.len() == 3).await;
+
+    let list = gw.admin_url("/api/events");
+    assert_eq!(ids(&admin_get(&client, &list, ADMIN_TOKEN).await.1), ["evt_a1", "evt_a2", "evt_g1"]);
+    assert_eq!(ids(&admin_get(&client, &list, ACME).await.1), ["evt_a1", "evt_a2"]);
+    assert_eq!(ids(&admin_get(&client, &list, GLOBEX).await.1), ["evt_g1"]);
+    // A merchant cannot widen its scope with a query parameter.
+    assert_eq!(
+        ids(&admin_get(&client, &format!("{list}?merchant=globex"), ACME).await.1),
+        ["evt_a1", "evt_a2"]
+    );
+    assert_eq!(ids(&admin_get(&client, &format!("{list}?merchant=globex"), ADMIN_TOKEN).await.1), ["evt_g1"]);
+
+    let g1 = gw.admin_url("/api/events/evt_g1");
+    assert_eq!(admin_get(&client, &g1, ACME).await.0, 404);
+    assert_eq!(admin_get(&client, &g1, GLOBEX).await.0, 200);
+    assert_eq!(admin_get(&client, &g1, ADMIN_TOKEN).await.1["merchant"], "globex");
+
+    let replay = |token: &'static str| {
+        let (client, url) = (client.clone(), gw.admin_url("/api/events/evt_g1/replay"));
+        async move { client.post(url).bearer_auth(token).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(replay(ACME).await, 404);
+    assert_eq!(upstream.received().len(), 3, "a refused replay delivers nothing");
+    assert_eq!(replay(GLOBEX).await, 202);
+    upstream.wait_for(Duration::from_secs(10), "the replay", |r| r.len() == 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_or_wrong_token_is_401_and_health_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(dir.path(), &config(&dir.path().join("db"), &upstream.url()));
+    let client = client();
+    let list = gw.admin_url("/api/events");
+    let response = client.get(&list).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    for token in ["wrong", "operator-token-0123456789abcdeX", &ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1], ""] {
+        assert_eq!(admin_get(&client, &list, token).await.0, 401, "{token:?}");
+    }
+    let response =
+        client.get(&list).header("authorization", format!("Basic {ADMIN_TOKEN}")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let health = client.get(gw.admin_url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    // Bad queries are explained, not ignored.
+    for query in ["limit=0", "limit=abc", "before=zz", "colour=red"] {
+        let (code, reply) = admin_get(&client, &format!("{list}?{query}"), ADMIN_TOKEN).await;
+        assert_eq!(code, 400, "{query}: {reply}");
+        assert!(reply["error"].is_string());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_page_newest_first_with_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(dir.path(), &config(&dir.path().join("db"), &upstream.url()));
+    let client = client();
+    for i in 0..7 {
+        assert_eq!(send_event(&client, &gw.url("/acme"), &format!("evt_page_{i}")).await.0, 200);
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let body = event_body("evt_customer", "customer.created");
+    let headers = sign(payflow_verify::Scheme::PayFlow, SECRET, &body, "x");
+    assert_eq!(post(&client, &gw.url("/acme"), &headers, body).await.0, 200);
+
+    let mut seen = Vec::new();
+    let mut url = gw.admin_url("/api/events?limit=3&type=payment.succeeded");
+    loop {
+        let (code, page) = admin_get(&client, &url, ACME).await;
+        assert_eq!(code, 200);
+        seen.extend(page["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_string()));
+        match page["next"].as_str() {
+            Some(cursor) => {
+                url = gw.admin_url(&format!("/api/events?limit=3&type=payment.succeeded&before={cursor}"))
+            }
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..7).rev().map(|i| format!("evt_page_{i}")).collect();
+    assert_eq!(seen, expected);
+    let (_, customers) = admin_get(&client, &gw.admin_url("/api/events?type=customer.created"), ACME).await;
+    assert_eq!(ids(&customers), ["evt_customer"]);
+}
