@@ -130,7 +130,7 @@ impl Admin {
         let merchant = Some(detail.summary.merchant.as_str());
         match self.store.replay(merchant, id, Some(&upstream.name), self.clock.now_ms()).await {
             Ok(true) => {
-                upstream.wake.notify_one();
+                upstream.poll_store_now();
                 http::json(
                     StatusCode::ACCEPTED,
                     &json!({ "replayed": true, "id": id, "upstream": upstream.name }),

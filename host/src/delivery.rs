@@ -7,7 +7,8 @@
 //! store holds. 2xx is success; 408, 429, 5xx, timeouts and connection errors are retried with
 //! exponential backoff and jitter (or the upstream's `Retry-After`); other 4xx are permanent.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,11 @@ pub const EVENT_ID_HEADER: &str = "x-payflow-event-id";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// The most of an upstream's reply that is read and kept.
 const MAX_REPLY_BYTES: usize = 64 * 1024;
+/// Fresh events waiting in memory per upstream; beyond this they wait in the store only.
+const HANDOFF_CAPACITY: usize = 4096;
+/// How often the dispatcher polls the store for due retries when nothing else wakes it. A
+/// retry may start up to this late; polling more often costs reads for nothing.
+const STORE_POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Longest `Retry-After` obeyed; a larger one is taken as this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// The most of an upstream's reply stored with an attempt (for the admin view).
@@ -55,7 +61,14 @@ pub struct Upstream {
     /// Limits requests in flight to this upstream.
     pub permits: Arc<Semaphore>,
     /// Wakes this upstream's dispatcher loop.
-    pub wake: Arc<Notify>,
+    wake: Notify,
+    /// Fresh events handed over by ingress right after their durable write, so the dispatcher
+    /// need not read back what it was just given. The store stays the source of truth: what
+    /// does not fit here, retries, replays and anything left by a crash come from the store.
+    handoff: Mutex<VecDeque<DueDelivery>>,
+    /// Set when the store may hold due deliveries the dispatcher does not know of (start-up,
+    /// replay): it polls the store at once instead of at its next interval.
+    poll_store: AtomicBool,
 }
 
 impl Upstream {
@@ -75,8 +88,27 @@ impl Upstream {
             retry_max: Duration::from_millis(config.retry_max_ms),
             signer,
             permits: Arc::new(Semaphore::new(config.concurrency)),
-            wake: Arc::new(Notify::new()),
+            wake: Notify::new(),
+            handoff: Mutex::new(VecDeque::new()),
+            poll_store: AtomicBool::new(true),
         })
+    }
+
+    /// Hands a just-stored event to the dispatcher (dropped when the hand-off queue is full:
+    /// the store still has it and the next poll picks it up).
+    pub fn hand_off(&self, delivery: DueDelivery) {
+        if let Ok(mut queue) = self.handoff.lock() {
+            if queue.len() < HANDOFF_CAPACITY {
+                queue.push_back(delivery);
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Tells the dispatcher the store has new due deliveries (e.g. after a replay).
+    pub fn poll_store_now(&self) {
+        self.poll_store.store(true, Ordering::Release);
+        self.wake.notify_one();
     }
 
     /// The delay before attempt `attempts + 1`: `base · 2^(attempts-1)`, capped, with jitter
@@ -299,58 +331,83 @@ impl Dispatcher {
     }
 
     async fn run(self: Arc<Self>, upstream: Arc<Upstream>, mut shutdown: watch::Receiver<bool>) {
-        let in_flight: Arc<Mutex<HashSet<(String, String)>>> = Arc::default();
+        // Deliveries started and not yet recorded, by (merchant, event id): never started twice.
+        let claimed: Arc<Mutex<HashSet<(String, String)>>> = Arc::default();
         let mut tasks = tokio::task::JoinSet::new();
+        let mut next_poll = Instant::now();
         while !*shutdown.borrow() {
             while tasks.try_join_next().is_some() {}
-            let busy = in_flight.lock().map_or(0, |s| s.len());
+            // Fresh events first: they are in memory already.
+            while upstream.permits.available_permits() > 0 {
+                let Some(delivery) = upstream.handoff.lock().ok().and_then(|mut q| q.pop_front()) else {
+                    break;
+                };
+                self.start(&upstream, &claimed, &mut tasks, delivery);
+            }
+            // Then the store: retries that came due, replays, what a crash left behind.
             let free = upstream.permits.available_permits();
-            let mut started = 0;
-            if free > 0 {
-                let now = self.clock.now_ms();
-                match self.store.due_deliveries(&upstream.name, now, free + busy).await {
+            if free > 0 && (upstream.poll_store.swap(false, Ordering::AcqRel) || Instant::now() >= next_poll)
+            {
+                let busy = claimed.lock().map_or(0, |c| c.len());
+                let limit = free + busy;
+                match self.store.due_deliveries(&upstream.name, self.clock.now_ms(), limit).await {
                     Ok(due) => {
+                        let full_page = due.len() == limit;
                         for delivery in due {
-                            let key = (delivery.merchant.clone(), delivery.event_id.clone());
-                            if in_flight.lock().map_or(true, |s| s.contains(&key)) {
-                                continue;
+                            if upstream.permits.available_permits() == 0 {
+                                break;
                             }
-                            let Ok(permit) = upstream.permits.clone().try_acquire_owned() else { break };
-                            if let Ok(mut s) = in_flight.lock() {
-                                s.insert(key.clone());
-                            }
-                            started += 1;
-                            let (this, upstream, in_flight) =
-                                (self.clone(), upstream.clone(), in_flight.clone());
-                            tasks.spawn(async move {
-                                this.deliver(&upstream, delivery).await;
-                                if let Ok(mut s) = in_flight.lock() {
-                                    s.remove(&key);
-                                }
-                                drop(permit);
-                                upstream.wake.notify_one();
-                            });
+                            self.start(&upstream, &claimed, &mut tasks, delivery);
+                        }
+                        if full_page {
+                            // More may be waiting (e.g. a backlog after a restart): poll again
+                            // as soon as a slot frees.
+                            upstream.poll_store.store(true, Ordering::Release);
                         }
                     }
                     Err(e) => {
                         tracing::warn!(upstream = %upstream.name, error = %e, "cannot read due deliveries")
                     }
                 }
+                next_poll = Instant::now() + STORE_POLL_INTERVAL;
             }
-            if started == 0 {
-                let idle = match self.store.next_due(&upstream.name).await {
-                    Ok(Some(at)) => Duration::from_millis((at - self.clock.now_ms()).clamp(5, 1_000) as u64),
-                    _ => Duration::from_secs(1),
-                };
-                tokio::select! {
-                    _ = upstream.wake.notified() => {}
-                    _ = tokio::time::sleep(idle) => {}
-                    _ = shutdown.changed() => {}
-                }
+            tokio::select! {
+                _ = upstream.wake.notified() => {}
+                _ = tokio::time::sleep_until(next_poll.into()) => {}
+                _ = shutdown.changed() => {}
             }
         }
         // Let in-flight deliveries finish; each is bounded by the upstream's timeout.
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// Starts one delivery unless it is already under way. Call only with a free permit.
+    fn start(
+        self: &Arc<Self>,
+        upstream: &Arc<Upstream>,
+        claimed: &Arc<Mutex<HashSet<(String, String)>>>,
+        tasks: &mut tokio::task::JoinSet<()>,
+        delivery: DueDelivery,
+    ) {
+        let key = (delivery.merchant.clone(), delivery.event_id.clone());
+        if !claimed.lock().is_ok_and(|mut c| c.insert(key.clone())) {
+            return;
+        }
+        let Ok(permit) = upstream.permits.clone().try_acquire_owned() else {
+            if let Ok(mut c) = claimed.lock() {
+                c.remove(&key);
+            }
+            return;
+        };
+        let (this, upstream, claimed) = (self.clone(), upstream.clone(), claimed.clone());
+        tasks.spawn(async move {
+            this.deliver(&upstream, delivery).await;
+            if let Ok(mut c) = claimed.lock() {
+                c.remove(&key);
+            }
+            drop(permit);
+            upstream.wake.notify_one();
+        });
     }
 
     async fn deliver(&self, upstream: &Upstream, d: DueDelivery) {

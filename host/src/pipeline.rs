@@ -23,7 +23,7 @@ use crate::clock::Clock;
 use crate::config::Mode;
 use crate::delivery::{classify, AttemptStart, SendError, Upstream, UpstreamClient, Verdict};
 use crate::http::{self, BodyError, HttpHeaders, Reply};
-use crate::store::{AttemptOutcome, EventStatus, Inserted, NewEvent, Store};
+use crate::store::{AttemptOutcome, DueDelivery, EventStatus, Inserted, NewEvent, Store};
 
 /// Request headers kept with a stored event (never the signature headers).
 const KEPT_HEADERS: [&str; 7] = [
@@ -140,8 +140,16 @@ impl Pipeline {
         // Acknowledge (queue mode), or forward and answer with the upstream's reply (proxy).
         match (endpoint.mode, inserted) {
             (Mode::Queue, Inserted::New) => {
-                if let Some(upstream) = &endpoint.upstream {
-                    upstream.wake.notify_one();
+                if let (EventStatus::Queued, Some(upstream)) = (status, &endpoint.upstream) {
+                    upstream.hand_off(DueDelivery {
+                        merchant: endpoint.merchant.clone(),
+                        event_id: parsed.id,
+                        upstream: upstream.name.clone(),
+                        attempts: 0,
+                        body: body.to_vec(),
+                        event_type: parsed.event_type,
+                        request_id: request_id.to_string(),
+                    });
                 }
                 received(false)
             }

@@ -282,9 +282,6 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<DueDelivery>, StoreError>;
 
-    /// Earliest pending attempt time for `upstream`, if any.
-    async fn next_due(&self, upstream: &str) -> Result<Option<i64>, StoreError>;
-
     /// Records an attempt and its outcome; updates the event's status.
     async fn record_attempt(&self, attempt: Attempt) -> Result<(), StoreError>;
 

@@ -115,6 +115,8 @@ fn open(path: &Path, config: &StoreConfig) -> rusqlite::Result<Connection> {
     // not a power cut).
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Savepoint (statement) journals and sorts stay in memory: they never need to survive.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     if let Some(mb) = config.max_size_mb {
         let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
         conn.pragma_update(None, "max_page_count", (mb as i64 * 1024 * 1024) / page_size)?;
@@ -195,14 +197,19 @@ fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Box<dyn WriteJob>>, max_ba
     }
 }
 
+/// Runs one of the batch's fixed control statements, prepared once per connection.
+fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<(), StoreError> {
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(unavailable)?;
+    control(conn, "BEGIN IMMEDIATE").map_err(unavailable)?;
     for job in batch.iter_mut() {
-        let step = conn.execute_batch("SAVEPOINT job").and_then(|()| {
+        let step = control(conn, "SAVEPOINT job").and_then(|()| {
             if job.run(conn) {
-                conn.execute_batch("RELEASE job")
+                control(conn, "RELEASE job")
             } else {
-                conn.execute_batch("ROLLBACK TO job; RELEASE job")
+                control(conn, "ROLLBACK TO job").and_then(|()| control(conn, "RELEASE job"))
             }
         });
         if let Err(e) = step {
@@ -210,7 +217,7 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<(), S
             return Err(unavailable(e));
         }
     }
-    conn.execute_batch("COMMIT").map_err(|e| {
+    control(conn, "COMMIT").map_err(|e| {
         let _ = conn.execute_batch("ROLLBACK");
         unavailable(e)
     })
@@ -244,30 +251,21 @@ fn insert_attempt(conn: &Connection, a: &Attempt) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// An event's status from its deliveries: dead if any is dead, delivered if all are.
+/// An event's status from its deliveries: dead if any is dead, delivered if all are, else
+/// queued. An event without deliveries keeps its status (stored, quarantined). One statement:
+/// this runs after every delivery attempt.
 fn settle_event(conn: &Connection, merchant: &str, event_id: &str) -> rusqlite::Result<()> {
-    let (total, delivered, dead): (i64, i64, i64) = conn.query_row(
-        "SELECT COUNT(*),
-                COALESCE(SUM(CASE WHEN status = 'delivered' THEN 1 ELSE 0 END), 0),
-                COALESCE(SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END), 0)
-         FROM deliveries WHERE merchant = ?1 AND event_id = ?2",
-        params![merchant, event_id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
-    if total == 0 {
-        return Ok(()); // nothing to deliver: the status stays what it was (stored, quarantined)
-    }
-    let status = if dead > 0 {
-        EventStatus::Dead
-    } else if delivered == total {
-        EventStatus::Delivered
-    } else {
-        EventStatus::Queued
-    };
-    conn.execute(
-        "UPDATE events SET status = ?3 WHERE merchant = ?1 AND id = ?2",
-        params![merchant, event_id, status.as_str()],
-    )?;
+    conn.prepare_cached(
+        "UPDATE events SET status = CASE
+             WHEN EXISTS (SELECT 1 FROM deliveries d
+                          WHERE d.merchant = ?1 AND d.event_id = ?2 AND d.status = 'dead') THEN 'dead'
+             WHEN NOT EXISTS (SELECT 1 FROM deliveries d
+                              WHERE d.merchant = ?1 AND d.event_id = ?2 AND d.status <> 'delivered') THEN 'delivered'
+             ELSE 'queued' END
+         WHERE merchant = ?1 AND id = ?2
+           AND EXISTS (SELECT 1 FROM deliveries d WHERE d.merchant = ?1 AND d.event_id = ?2)",
+    )?
+    .execute(params![merchant, event_id])?;
     Ok(())
 }
 
@@ -393,18 +391,6 @@ impl Store for SqliteStore {
                 })
             })?;
             rows.collect()
-        })
-        .await
-    }
-
-    async fn next_due(&self, upstream: &str) -> Result<Option<i64>, StoreError> {
-        let upstream = upstream.to_string();
-        self.read(move |conn| {
-            conn.query_row(
-                "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE upstream = ?1 AND status = 'pending'",
-                params![upstream],
-                |r| r.get(0),
-            )
         })
         .await
     }

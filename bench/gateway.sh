@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Side-by-side ingress benchmark, all in one run on this machine:
+#   (a) bare hyper: read the body, answer 200 (the ceiling)
+#   (b) the seed's Express example (express.json() + verifyWebhookSignature)
+#   (c) payflow-edge, queue mode: verify, parse, durable (fsync'd) store, then 200;
+#       deliveries to (a) run at the same time
+#   (d) payflow-edge, proxy mode: verify, store, forward to (a), answer with its reply
+# Usage: bench/gateway.sh [CONCURRENCY] [REQUESTS]   (defaults 64 and 40000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
+conc="${1:-64}"
+requests="${2:-40000}"
+secret="whsec_bench_secret"
+cargo build --release --locked -p payflow-edge -p payflow-bench >&2
+bin="$CARGO_TARGET_DIR/release"
+(cd bench/express && [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error >&2)
+
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
+
+bare=$(free_port); "$bin/loadgen" bare --listen "127.0.0.1:$bare" >/dev/null & pids+=($!)
+express=$(free_port); node bench/express/server.js "$express" "$secret" >/dev/null & pids+=($!)
+edge=$(free_port)
+cat > "$work/edge.toml" <<TOML
+[server]
+listen = "127.0.0.1:$edge"
+[store]
+path = "$work/bench.db"
+[[endpoint]]
+path = "/queue"
+secrets = ["$secret"]
+upstream = "bare"
+[[endpoint]]
+path = "/proxy"
+secrets = ["$secret"]
+mode = "proxy"
+upstream = "bare"
+[[upstream]]
+name = "bare"
+url = "http://127.0.0.1:$bare/"
+concurrency = 32
+TOML
+PAYFLOW_EDGE_LOG=warn "$bin/payflow-edge" serve --config "$work/edge.toml" >/dev/null & pids+=($!)
+wait_port "$bare"; wait_port "$express"; wait_port "$edge"
+
+echo "concurrency $conc, $requests requests per target, $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
+echo
+echo "| target | requests | non-2xx | req/s | p50 ms | p90 ms | p99 ms | max ms |"
+echo "|---|---|---|---|---|---|---|---|"
+run() { "$bin/loadgen" run --url "$1" --concurrency "$conc" --requests "$requests" --secret "$secret" --sign "$2" --label "$3"; }
+run "http://127.0.0.1:$bare/" payflow "(a) bare hyper"
+run "http://127.0.0.1:$express/webhooks/payflow" seed "(b) seed Express"
+run "http://127.0.0.1:$edge/queue" payflow "(c) payflow-edge queue"
+run "http://127.0.0.1:$edge/proxy" payflow "(d) payflow-edge proxy"

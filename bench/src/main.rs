@@ -1,0 +1,196 @@
+//! `loadgen`: a fixed-concurrency load generator with pre-signed unique events, and `bare`, the
+//! ceiling server (hyper reading the body and answering 200, nothing else).
+//!
+//! loadgen run --url URL --concurrency 64 --requests 50000 --sign payflow|seed --secret S
+//! loadgen bare --listen 127.0.0.1:7000
+//!
+//! Each worker owns one keep-alive HTTP/1.1 connection and sends its share of the requests
+//! back to back; latencies are measured per request from write to complete reply.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use clap::{Parser, Subcommand, ValueEnum};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response, Uri};
+use hyper_util::rt::TokioIo;
+use payflow_verify::{Scheme, SignOptions, Signer};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Sign {
+    /// payflow v1: X-PayFlow-Signature: t=…,v1=… over "{t}.{body}"
+    Payflow,
+    /// The seed's own algorithm: hex HMAC over JSON.stringify(JSON.parse(body))
+    Seed,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Send pre-signed unique events and report throughput and latency percentiles.
+    Run {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 50_000)]
+        requests: usize,
+        #[arg(long, value_enum, default_value = "payflow")]
+        sign: Sign,
+        #[arg(long, default_value = "whsec_bench_secret")]
+        secret: String,
+        /// Label for the report line.
+        #[arg(long, default_value = "target")]
+        label: String,
+    },
+    /// The ceiling: read the body, answer 200 {"received":true}.
+    Bare {
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        listen: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match Cli::parse().command {
+        Command::Run { url, concurrency, requests, sign, secret, label } => {
+            runtime.block_on(run(url, concurrency, requests, sign, secret, label))
+        }
+        Command::Bare { listen } => runtime.block_on(bare(listen)),
+    }
+}
+
+async fn bare(listen: String) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&listen).await?;
+    println!("bare listening on http://{}", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let service = service_fn(|request: Request<hyper::body::Incoming>| async move {
+                let _ = request.into_body().collect().await;
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{\"received\":true}"))))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// One pre-built request: body and headers.
+struct Prepared {
+    body: Bytes,
+    headers: Vec<(String, String)>,
+}
+
+fn prepare(count: usize, sign: Sign, secret: &str) -> anyhow::Result<Vec<Prepared>> {
+    let signer = Signer::new(Scheme::PayFlow, &[secret])?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+    let run = std::process::id();
+    (0..count)
+        .map(|i| {
+            let id = format!("evt_bench_{run}_{i:08}");
+            let body = serde_json::to_vec_pretty(&payflow_edge::samples::sample_event(
+                "payment.succeeded",
+                &id,
+                now,
+            ))?;
+            let headers = match sign {
+                Sign::Payflow => signer.sign(&body, &SignOptions::at(now))?,
+                Sign::Seed => {
+                    let canonical = payflow_verify::js_canonical_json(&body).context("sample is JSON")?;
+                    signer.sign(
+                        &canonical,
+                        &SignOptions {
+                            payflow_form: payflow_verify::PayFlowForm::V0,
+                            ..SignOptions::at(now)
+                        },
+                    )?
+                }
+            };
+            Ok(Prepared { body: Bytes::from(body), headers })
+        })
+        .collect()
+}
+
+async fn run(
+    url: String,
+    concurrency: usize,
+    requests: usize,
+    sign: Sign,
+    secret: String,
+    label: String,
+) -> anyhow::Result<()> {
+    let uri: Uri = url.parse()?;
+    let authority = uri.authority().context("url needs host:port")?.to_string();
+    let prepared = Arc::new(prepare(requests, sign, &secret)?);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let (prepared, uri, authority) = (prepared.clone(), uri.clone(), authority.clone());
+        workers.push(tokio::spawn(async move {
+            let stream = TcpStream::connect(&authority).await?;
+            stream.set_nodelay(true)?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            let mut latencies = Vec::new();
+            let mut errors = 0usize;
+            for p in prepared.iter().skip(w).step_by(concurrency) {
+                let mut request = Request::post(uri.clone())
+                    .header("host", &authority)
+                    .header("content-type", "application/json");
+                for (n, v) in &p.headers {
+                    request = request.header(n, v);
+                }
+                let request = request.body(Full::new(p.body.clone()))?;
+                let t = Instant::now();
+                sender.ready().await?;
+                let response = sender.send_request(request).await?;
+                let ok = response.status().is_success();
+                let _ = response.into_body().collect().await?;
+                latencies.push(t.elapsed());
+                if !ok {
+                    errors += 1;
+                }
+            }
+            anyhow::Ok((latencies, errors))
+        }));
+    }
+    let mut latencies = Vec::with_capacity(requests);
+    let mut errors = 0;
+    for w in workers {
+        let (l, e) = w.await??;
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    if latencies.is_empty() {
+        bail!("no request completed");
+    }
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "| {label} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
+        latencies.len(),
+        errors,
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        ms(pct(0.50)),
+        ms(pct(0.90)),
+        ms(pct(0.99)),
+        ms(*latencies.last().unwrap_or(&Duration::ZERO)),
+    );
+    Ok(())
+}
