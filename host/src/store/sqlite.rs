@@ -105,6 +105,21 @@ pub struct SqliteStore {
     writer: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     reader: Arc<Mutex<Connection>>,
+    /// Dropping it stops the checkpointer thread.
+    checkpointer: Mutex<Option<mpsc::Sender<()>>>,
+}
+
+/// How often WAL frames are copied back into the database file. SQLite's automatic
+/// checkpoint would do it inside a commit on the writer thread, stalling every request in
+/// that batch; a PASSIVE checkpoint on its own connection never blocks the writer.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_INTERVAL) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "passive checkpoint skipped");
+        }
+    }
 }
 
 fn open(path: &Path, config: &StoreConfig) -> rusqlite::Result<Connection> {
@@ -131,7 +146,14 @@ impl SqliteStore {
         let writer_conn = open(path, config)
             .map_err(|e| StoreError::Unavailable(format!("cannot open database {}: {e}", path.display())))?;
         writer_conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        writer_conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(unavailable)?;
         let reader = open(path, config).map_err(unavailable)?;
+        let (stop_checkpoints, stopped) = mpsc::channel();
+        let checkpoint_conn = open(path, config).map_err(unavailable)?;
+        std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpoint_conn, stopped))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpoint thread: {e}")))?;
         let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>();
         let max_batch = config.max_batch;
         let thread = std::thread::Builder::new()
@@ -142,6 +164,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             reader: Arc::new(Mutex::new(reader)),
+            checkpointer: Mutex::new(Some(stop_checkpoints)),
         })
     }
 
@@ -562,6 +585,7 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        self.checkpointer.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(thread) = thread {
