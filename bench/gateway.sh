@@ -37,6 +37,9 @@ path = "/queue"
 secrets = ["$secret"]
 upstream = "bare"
 [[endpoint]]
+path = "/stored"
+secrets = ["$secret"]
+[[endpoint]]
 path = "/proxy"
 secrets = ["$secret"]
 mode = "proxy"
@@ -58,3 +61,4 @@ run "http://127.0.0.1:$bare/" payflow "(a) bare hyper"
 run "http://127.0.0.1:$express/webhooks/payflow" seed "(b) seed Express"
 run "http://127.0.0.1:$edge/queue" payflow "(c) payflow-edge queue"
 run "http://127.0.0.1:$edge/proxy" payflow "(d) payflow-edge proxy"
+run "http://127.0.0.1:$edge/stored" payflow "(c0) queue, no upstream"

@@ -78,3 +78,17 @@ fn env_vars_are_expanded_and_a_missing_file_is_named() {
         });
     assert!(err.unwrap_err().to_string().contains("unterminated"));
 }
+
+#[test]
+fn the_example_config_in_the_repo_is_valid() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../payflow-edge.example.toml"))
+        .unwrap();
+    let config =
+        payflow_edge::config::Config::parse(&text, |name| Some(format!("value-of-{name}-0123456789")))
+            .unwrap();
+    assert_eq!(config.endpoint[0].secrets, ["value-of-PAYFLOW_WEBHOOK_SECRET-0123456789"]);
+    assert_eq!(config.upstream[0].max_attempts, 8);
+    // Without its variables it says which one is missing.
+    let err = payflow_edge::config::Config::parse(&text, |_| None).unwrap_err().to_string();
+    assert!(err.contains("PAYFLOW_EDGE_ADMIN_TOKEN is not set"), "{err}");
+}
