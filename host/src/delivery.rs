@@ -25,7 +25,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::clock::Clock;
 use crate::config::UpstreamConfig;
-use crate::store::{Attempt, AttemptOutcome, DueDelivery, Store};
+use crate::store::{Attempt, AttemptInfo, AttemptOutcome, DueDelivery, Store};
 
 /// Header carrying the event id on every delivery.
 pub const EVENT_ID_HEADER: &str = "x-payflow-event-id";
@@ -285,13 +285,15 @@ impl AttemptStart {
         Attempt {
             merchant: self.merchant,
             event_id: self.event_id,
-            upstream: upstream.name.clone(),
-            number: self.number,
-            at_ms: self.at_ms,
-            duration_ms: self.started.elapsed().as_millis() as i64,
-            status_code: result.as_ref().ok().map(|r| r.status.as_u16()),
-            error: result.as_ref().err().map(ToString::to_string),
-            response: result.as_ref().ok().map(|r| reply_excerpt(&r.body)),
+            info: AttemptInfo {
+                upstream: upstream.name.clone(),
+                number: self.number,
+                at_ms: self.at_ms,
+                duration_ms: self.started.elapsed().as_millis() as i64,
+                status_code: result.as_ref().ok().map(|r| r.status.as_u16()),
+                error: result.as_ref().err().map(ToString::to_string),
+                response: result.as_ref().ok().map(|r| reply_excerpt(&r.body)),
+            },
             outcome,
         }
     }

@@ -149,20 +149,8 @@ pub struct Attempt {
     pub merchant: String,
     /// Event id.
     pub event_id: String,
-    /// Upstream name.
-    pub upstream: String,
-    /// 1-based attempt number.
-    pub number: u32,
-    /// Start, unix ms.
-    pub at_ms: i64,
-    /// Duration in ms.
-    pub duration_ms: i64,
-    /// HTTP status, when a response came.
-    pub status_code: Option<u16>,
-    /// Connection error or timeout, when none came.
-    pub error: Option<String>,
-    /// The start of the upstream's reply body.
-    pub response: Option<String>,
+    /// What happened, as the admin API shows it.
+    pub info: AttemptInfo,
     /// What happens next.
     pub outcome: AttemptOutcome,
 }

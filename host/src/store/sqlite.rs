@@ -255,14 +255,15 @@ fn status_of(conn: &Connection, merchant: &str, id: &str) -> rusqlite::Result<Ev
     Ok(EventStatus::parse(&s).unwrap_or(EventStatus::Stored))
 }
 
-fn insert_attempt(conn: &Connection, a: &Attempt) -> rusqlite::Result<()> {
+fn insert_attempt(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
+    let a = &attempt.info;
     conn.prepare_cached(
         "INSERT INTO attempts (merchant, event_id, upstream, number, at_ms, duration_ms, status_code, error, response)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
-        a.merchant,
-        a.event_id,
+        attempt.merchant,
+        attempt.event_id,
         a.upstream,
         a.number,
         a.at_ms,
@@ -374,8 +375,8 @@ impl Store for SqliteStore {
                 AttemptOutcome::Delivered => (EventStatus::Delivered, None),
                 _ => (
                     EventStatus::Failed,
-                    Some(attempt.error.clone().unwrap_or_else(|| {
-                        format!("upstream answered {}", attempt.status_code.unwrap_or_default())
+                    Some(attempt.info.error.clone().unwrap_or_else(|| {
+                        format!("upstream answered {}", attempt.info.status_code.unwrap_or_default())
                     })),
                 ),
             };
@@ -421,24 +422,24 @@ impl Store for SqliteStore {
     async fn record_attempt(&self, attempt: Attempt) -> Result<(), StoreError> {
         self.write(move |conn| {
             insert_attempt(conn, &attempt)?;
-            let key = params![attempt.merchant, attempt.event_id, attempt.upstream, attempt.number];
-            match attempt.outcome {
-                AttemptOutcome::Delivered => conn.execute(
-                    "UPDATE deliveries SET status = 'delivered', attempts = ?4
-                     WHERE merchant = ?1 AND event_id = ?2 AND upstream = ?3",
-                    key,
-                )?,
-                AttemptOutcome::Dead => conn.execute(
-                    "UPDATE deliveries SET status = 'dead', attempts = ?4
-                     WHERE merchant = ?1 AND event_id = ?2 AND upstream = ?3",
-                    key,
-                )?,
-                AttemptOutcome::Retry { next_at_ms } => conn.execute(
-                    "UPDATE deliveries SET attempts = ?4, next_attempt_at_ms = ?5
-                     WHERE merchant = ?1 AND event_id = ?2 AND upstream = ?3",
-                    params![attempt.merchant, attempt.event_id, attempt.upstream, attempt.number, next_at_ms],
-                )?,
+            let (status, next_at_ms) = match attempt.outcome {
+                AttemptOutcome::Delivered => ("delivered", None),
+                AttemptOutcome::Dead => ("dead", None),
+                AttemptOutcome::Retry { next_at_ms } => ("pending", Some(next_at_ms)),
             };
+            conn.prepare_cached(
+                "UPDATE deliveries
+                 SET status = ?5, attempts = ?4, next_attempt_at_ms = COALESCE(?6, next_attempt_at_ms)
+                 WHERE merchant = ?1 AND event_id = ?2 AND upstream = ?3",
+            )?
+            .execute(params![
+                attempt.merchant,
+                attempt.event_id,
+                attempt.info.upstream,
+                attempt.info.number,
+                status,
+                next_at_ms
+            ])?;
             settle_event(conn, &attempt.merchant, &attempt.event_id)
         })
         .await
