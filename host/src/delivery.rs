@@ -8,7 +8,6 @@
 //! exponential backoff and jitter (or the upstream's `Retry-After`); other 4xx are permanent.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use payflow_verify::{Scheme, SignOptions, Signer};
 use rand::Rng;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify};
 
 use crate::clock::Clock;
 use crate::config::UpstreamConfig;
@@ -33,8 +32,10 @@ pub const EVENT_ID_HEADER: &str = "x-payflow-event-id";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// The most of an upstream's reply that is read and kept.
 const MAX_REPLY_BYTES: usize = 64 * 1024;
-/// Fresh events waiting in memory per upstream; beyond this they wait in the store only.
-const HANDOFF_CAPACITY: usize = 4096;
+/// Deliveries waiting in memory per upstream; beyond this they wait in the store only.
+const QUEUE_CAPACITY: usize = 4096;
+/// Rows read from the store per poll.
+const POLL_PAGE: usize = 512;
 /// How often the dispatcher polls the store for due retries when nothing else wakes it. A
 /// retry may start up to this late; polling more often costs reads for nothing.
 const STORE_POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -58,17 +59,59 @@ pub struct Upstream {
     retry_base: Duration,
     retry_max: Duration,
     signer: Option<Signer>,
-    /// Limits requests in flight to this upstream.
-    pub permits: Arc<Semaphore>,
-    /// Wakes this upstream's dispatcher loop.
-    wake: Notify,
-    /// Fresh events handed over by ingress right after their durable write, so the dispatcher
-    /// need not read back what it was just given. The store stays the source of truth: what
-    /// does not fit here, retries, replays and anything left by a crash come from the store.
-    handoff: Mutex<VecDeque<DueDelivery>>,
-    /// Set when the store may hold due deliveries the dispatcher does not know of (start-up,
-    /// replay): it polls the store at once instead of at its next interval.
-    poll_store: AtomicBool,
+    /// Deliveries in flight at once: the number of worker tasks.
+    pub concurrency: usize,
+    /// Deliveries waiting for a worker, fed by ingress and by the store poller.
+    queue: DeliveryQueue,
+    /// Wakes the store poller before its interval is up.
+    poll_now: Notify,
+}
+
+/// The deliveries waiting for an upstream's workers, and every one claimed (queued or in
+/// flight), so that neither ingress nor the store poller can start one twice.
+#[derive(Default)]
+struct DeliveryQueue {
+    state: Mutex<QueueState>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct QueueState {
+    waiting: VecDeque<DueDelivery>,
+    claimed: HashSet<(String, String)>,
+}
+
+impl DeliveryQueue {
+    /// Queues a delivery unless it is already claimed or the queue is full (the store keeps it
+    /// either way). True when queued.
+    fn push(&self, delivery: DueDelivery) -> bool {
+        let queued = self.state.lock().is_ok_and(|mut s| {
+            let key = (delivery.merchant.clone(), delivery.event_id.clone());
+            if s.waiting.len() >= QUEUE_CAPACITY || !s.claimed.insert(key) {
+                return false;
+            }
+            s.waiting.push_back(delivery);
+            true
+        });
+        if queued {
+            self.ready.notify_one();
+        }
+        queued
+    }
+
+    fn pop(&self) -> Option<DueDelivery> {
+        self.state.lock().ok()?.waiting.pop_front()
+    }
+
+    fn release(&self, merchant: &str, event_id: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            s.claimed.remove(&(merchant.to_string(), event_id.to_string()));
+        }
+    }
+
+    fn room(&self) -> usize {
+        self.state.lock().map_or(0, |s| QUEUE_CAPACITY.saturating_sub(s.waiting.len()))
+    }
 }
 
 impl Upstream {
@@ -87,28 +130,21 @@ impl Upstream {
             retry_base: Duration::from_millis(config.retry_base_ms),
             retry_max: Duration::from_millis(config.retry_max_ms),
             signer,
-            permits: Arc::new(Semaphore::new(config.concurrency)),
-            wake: Notify::new(),
-            handoff: Mutex::new(VecDeque::new()),
-            poll_store: AtomicBool::new(true),
+            concurrency: config.concurrency,
+            queue: DeliveryQueue::default(),
+            poll_now: Notify::new(),
         })
     }
 
-    /// Hands a just-stored event to the dispatcher (dropped when the hand-off queue is full:
-    /// the store still has it and the next poll picks it up).
+    /// Hands a just-stored event to the workers, so they need not read back what ingress just
+    /// wrote. The store stays the source of truth: if the queue is full the poller finds it.
     pub fn hand_off(&self, delivery: DueDelivery) {
-        if let Ok(mut queue) = self.handoff.lock() {
-            if queue.len() < HANDOFF_CAPACITY {
-                queue.push_back(delivery);
-            }
-        }
-        self.wake.notify_one();
+        self.queue.push(delivery);
     }
 
-    /// Tells the dispatcher the store has new due deliveries (e.g. after a replay).
+    /// Tells the poller the store has due deliveries it has not seen (e.g. after a replay).
     pub fn poll_store_now(&self) {
-        self.poll_store.store(true, Ordering::Release);
-        self.wake.notify_one();
+        self.poll_now.notify_one();
     }
 
     /// The delay before attempt `attempts + 1`: `base · 2^(attempts-1)`, capped, with jitter
@@ -319,97 +355,77 @@ impl Dispatcher {
         Dispatcher { store, clock, client, upstreams }
     }
 
-    /// Starts one loop per upstream; they stop when `shutdown` turns true, after their
-    /// in-flight deliveries finish (or time out).
+    /// Starts, per upstream, its store poller and `concurrency` workers; they stop when
+    /// `shutdown` turns true, the workers after the delivery in hand.
     pub fn spawn(self, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
         let this = Arc::new(self);
-        this.upstreams
-            .values()
-            .map(|upstream| {
-                let (this, upstream, shutdown) = (this.clone(), upstream.clone(), shutdown.clone());
-                tokio::spawn(async move { this.run(upstream, shutdown).await })
-            })
-            .collect()
+        let mut tasks = Vec::new();
+        for upstream in this.upstreams.values() {
+            let (me, up, stop) = (this.clone(), upstream.clone(), shutdown.clone());
+            tasks.push(tokio::spawn(async move { me.poll(up, stop).await }));
+            for _ in 0..upstream.concurrency {
+                let (me, up, stop) = (this.clone(), upstream.clone(), shutdown.clone());
+                tasks.push(tokio::spawn(async move { me.work(up, stop).await }));
+            }
+        }
+        tasks
     }
 
-    async fn run(self: Arc<Self>, upstream: Arc<Upstream>, mut shutdown: watch::Receiver<bool>) {
-        // Deliveries started and not yet recorded, by (merchant, event id): never started twice.
-        let claimed: Arc<Mutex<HashSet<(String, String)>>> = Arc::default();
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut next_poll = Instant::now();
+    /// A worker: one delivery at a time, from the upstream's queue.
+    async fn work(self: Arc<Self>, upstream: Arc<Upstream>, mut shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() {
-            while tasks.try_join_next().is_some() {}
-            // Fresh events first: they are in memory already.
-            while upstream.permits.available_permits() > 0 {
-                let Some(delivery) = upstream.handoff.lock().ok().and_then(|mut q| q.pop_front()) else {
-                    break;
-                };
-                self.start(&upstream, &claimed, &mut tasks, delivery);
+            match upstream.queue.pop() {
+                Some(delivery) => {
+                    let (merchant, event_id) = (delivery.merchant.clone(), delivery.event_id.clone());
+                    self.deliver(&upstream, delivery).await;
+                    upstream.queue.release(&merchant, &event_id);
+                }
+                None => {
+                    // The queue ran dry: if the store has a backlog, let the poller refill it now.
+                    upstream.poll_now.notify_one();
+                    tokio::select! {
+                        _ = upstream.queue.ready.notified() => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
             }
-            // Then the store: retries that came due, replays, what a crash left behind.
-            let free = upstream.permits.available_permits();
-            if free > 0 && (upstream.poll_store.swap(false, Ordering::AcqRel) || Instant::now() >= next_poll)
-            {
-                let busy = claimed.lock().map_or(0, |c| c.len());
-                let limit = free + busy;
-                match self.store.due_deliveries(&upstream.name, self.clock.now_ms(), limit).await {
+        }
+    }
+
+    /// The store poller: retries that came due, replays, and what a crash left behind. It pages
+    /// through due rows with a cursor so a large backlog drains at delivery speed, and starts
+    /// over from the oldest when it reaches the end.
+    async fn poll(self: Arc<Self>, upstream: Arc<Upstream>, mut shutdown: watch::Receiver<bool>) {
+        let mut cursor = None;
+        while !*shutdown.borrow() {
+            let room = upstream.queue.room();
+            if room > 0 {
+                let page = room.min(POLL_PAGE);
+                match self
+                    .store
+                    .due_deliveries(&upstream.name, self.clock.now_ms(), cursor.as_ref(), page)
+                    .await
+                {
                     Ok(due) => {
-                        let full_page = due.len() == limit;
+                        cursor = (due.len() == page).then(|| due.last().map(DueDelivery::cursor)).flatten();
                         for delivery in due {
-                            if upstream.permits.available_permits() == 0 {
-                                break;
-                            }
-                            self.start(&upstream, &claimed, &mut tasks, delivery);
-                        }
-                        if full_page {
-                            // More may be waiting (e.g. a backlog after a restart): poll again
-                            // as soon as a slot frees.
-                            upstream.poll_store.store(true, Ordering::Release);
+                            upstream.queue.push(delivery);
                         }
                     }
                     Err(e) => {
                         tracing::warn!(upstream = %upstream.name, error = %e, "cannot read due deliveries")
                     }
                 }
-                next_poll = Instant::now() + STORE_POLL_INTERVAL;
+            }
+            if cursor.is_some() && upstream.queue.room() > 0 {
+                continue; // more pages of backlog, and room for them
             }
             tokio::select! {
-                _ = upstream.wake.notified() => {}
-                _ = tokio::time::sleep_until(next_poll.into()) => {}
+                _ = upstream.poll_now.notified() => {}
+                _ = tokio::time::sleep(STORE_POLL_INTERVAL) => {}
                 _ = shutdown.changed() => {}
             }
         }
-        // Let in-flight deliveries finish; each is bounded by the upstream's timeout.
-        while tasks.join_next().await.is_some() {}
-    }
-
-    /// Starts one delivery unless it is already under way. Call only with a free permit.
-    fn start(
-        self: &Arc<Self>,
-        upstream: &Arc<Upstream>,
-        claimed: &Arc<Mutex<HashSet<(String, String)>>>,
-        tasks: &mut tokio::task::JoinSet<()>,
-        delivery: DueDelivery,
-    ) {
-        let key = (delivery.merchant.clone(), delivery.event_id.clone());
-        if !claimed.lock().is_ok_and(|mut c| c.insert(key.clone())) {
-            return;
-        }
-        let Ok(permit) = upstream.permits.clone().try_acquire_owned() else {
-            if let Ok(mut c) = claimed.lock() {
-                c.remove(&key);
-            }
-            return;
-        };
-        let (this, upstream, claimed) = (self.clone(), upstream.clone(), claimed.clone());
-        tasks.spawn(async move {
-            this.deliver(&upstream, delivery).await;
-            if let Ok(mut c) = claimed.lock() {
-                c.remove(&key);
-            }
-            drop(permit);
-            upstream.wake.notify_one();
-        });
     }
 
     async fn deliver(&self, upstream: &Upstream, d: DueDelivery) {

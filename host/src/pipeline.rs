@@ -149,6 +149,7 @@ impl Pipeline {
                         body: body.to_vec(),
                         event_type: parsed.event_type,
                         request_id: request_id.to_string(),
+                        next_attempt_at_ms: 0,
                     });
                 }
                 received(false)

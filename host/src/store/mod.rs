@@ -126,6 +126,18 @@ pub struct DueDelivery {
     pub event_type: Option<String>,
     /// Request id of the ingress request that stored it.
     pub request_id: String,
+    /// When it became due (unix ms).
+    pub next_attempt_at_ms: i64,
+}
+
+/// Where a page of due deliveries ended: (next attempt time, merchant, event id).
+pub type DueCursor = (i64, String, String);
+
+impl DueDelivery {
+    /// The cursor just after this delivery.
+    pub fn cursor(&self) -> DueCursor {
+        (self.next_attempt_at_ms, self.merchant.clone(), self.event_id.clone())
+    }
 }
 
 /// How a delivery attempt ended.
@@ -262,11 +274,12 @@ pub trait Store: Send + Sync + 'static {
     /// Proxy mode: records a forward's attempt and sets the event delivered or failed.
     async fn finish_forward(&self, attempt: Attempt) -> Result<(), StoreError>;
 
-    /// Pending deliveries to `upstream` due at `now_ms`, oldest first.
+    /// Pending deliveries to `upstream` due at `now_ms`, oldest first, after `cursor`.
     async fn due_deliveries(
         &self,
         upstream: &str,
         now_ms: i64,
+        cursor: Option<&DueCursor>,
         limit: usize,
     ) -> Result<Vec<DueDelivery>, StoreError>;
 

@@ -18,8 +18,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::{
-    Attempt, AttemptInfo, AttemptOutcome, DeliveryInfo, DueDelivery, EventDetail, EventFilter, EventStatus,
-    EventSummary, Inserted, NewEvent, Store, StoreError,
+    Attempt, AttemptInfo, AttemptOutcome, DeliveryInfo, DueCursor, DueDelivery, EventDetail, EventFilter,
+    EventStatus, EventSummary, Inserted, NewEvent, Store, StoreError,
 };
 use crate::config::StoreConfig;
 
@@ -125,6 +125,8 @@ fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
 fn open(path: &Path, config: &StoreConfig) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_millis(config.busy_timeout_ms))?;
+    // Room for every statement the gateway prepares, so none is ever re-parsed.
+    conn.set_prepared_statement_cache_capacity(64);
     // WAL lets reads run beside the writer; synchronous=FULL makes every commit an fsync, which
     // is what "acknowledged after the durable write" means (NORMAL would survive kill -9 but
     // not a power cut).
@@ -393,17 +395,24 @@ impl Store for SqliteStore {
         &self,
         upstream: &str,
         now_ms: i64,
+        cursor: Option<&DueCursor>,
         limit: usize,
     ) -> Result<Vec<DueDelivery>, StoreError> {
         let upstream = upstream.to_string();
+        let (at, merchant, id) = match cursor.cloned() {
+            Some((at, merchant, id)) => (Some(at), Some(merchant), Some(id)),
+            None => (None, None, None),
+        };
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT d.merchant, d.event_id, d.upstream, d.attempts, e.body, e.event_type, e.request_id
+                "SELECT d.merchant, d.event_id, d.upstream, d.attempts, e.body, e.event_type, e.request_id,
+                        d.next_attempt_at_ms
                  FROM deliveries d JOIN events e ON e.merchant = d.merchant AND e.id = d.event_id
                  WHERE d.upstream = ?1 AND d.status = 'pending' AND d.next_attempt_at_ms <= ?2
-                 ORDER BY d.next_attempt_at_ms LIMIT ?3",
+                   AND (?4 IS NULL OR (d.next_attempt_at_ms, d.merchant, d.event_id) > (?4, ?5, ?6))
+                 ORDER BY d.next_attempt_at_ms, d.merchant, d.event_id LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![upstream, now_ms, limit as i64], |r| {
+            let rows = stmt.query_map(params![upstream, now_ms, limit as i64, at, merchant, id], |r| {
                 Ok(DueDelivery {
                     merchant: r.get(0)?,
                     event_id: r.get(1)?,
@@ -412,6 +421,7 @@ impl Store for SqliteStore {
                     body: r.get(4)?,
                     event_type: r.get(5)?,
                     request_id: r.get(6)?,
+                    next_attempt_at_ms: r.get(7)?,
                 })
             })?;
             rows.collect()
