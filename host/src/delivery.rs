@@ -8,6 +8,7 @@
 //! exponential backoff and jitter (or the upstream's `Retry-After`); other 4xx are permanent.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,8 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 const MAX_REPLY_BYTES: usize = 64 * 1024;
 /// Deliveries waiting in memory per upstream; beyond this they wait in the store only.
 const QUEUE_CAPACITY: usize = 4096;
+/// How often the store is polled while the workers are busy with what ingress handed them.
+const BUSY_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Rows read from the store per poll.
 const POLL_PAGE: usize = 512;
 /// How often the dispatcher polls the store for due retries when nothing else wakes it. A
@@ -65,6 +68,9 @@ pub struct Upstream {
     queue: DeliveryQueue,
     /// Wakes the store poller before its interval is up.
     poll_now: Notify,
+    /// Set while the store holds more due deliveries than the last poll could take: workers
+    /// that run dry then ask for the next page at once instead of waiting for the interval.
+    backlog: AtomicBool,
 }
 
 /// The deliveries waiting for an upstream's workers, and every one claimed (queued or in
@@ -109,6 +115,10 @@ impl DeliveryQueue {
         }
     }
 
+    fn waiting(&self) -> usize {
+        self.state.lock().map_or(0, |s| s.waiting.len())
+    }
+
     fn room(&self) -> usize {
         self.state.lock().map_or(0, |s| QUEUE_CAPACITY.saturating_sub(s.waiting.len()))
     }
@@ -133,6 +143,7 @@ impl Upstream {
             concurrency: config.concurrency,
             queue: DeliveryQueue::default(),
             poll_now: Notify::new(),
+            backlog: AtomicBool::new(false),
         })
     }
 
@@ -381,8 +392,11 @@ impl Dispatcher {
                     upstream.queue.release(&merchant, &event_id);
                 }
                 None => {
-                    // The queue ran dry: if the store has a backlog, let the poller refill it now.
-                    upstream.poll_now.notify_one();
+                    // Ran dry: with a backlog in the store, have the poller fetch the next page now.
+                    // (Without one, polling here would re-read rows already in flight.)
+                    if upstream.backlog.load(Ordering::Acquire) {
+                        upstream.poll_now.notify_one();
+                    }
                     tokio::select! {
                         _ = upstream.queue.ready.notified() => {}
                         _ = shutdown.changed() => {}
@@ -397,28 +411,37 @@ impl Dispatcher {
     /// over from the oldest when it reaches the end.
     async fn poll(self: Arc<Self>, upstream: Arc<Upstream>, mut shutdown: watch::Receiver<bool>) {
         let mut cursor = None;
+        let mut last_poll: Option<Instant> = None;
         while !*shutdown.borrow() {
-            let room = upstream.queue.room();
-            if room > 0 {
-                let page = room.min(POLL_PAGE);
-                match self
-                    .store
-                    .due_deliveries(&upstream.name, self.clock.now_ms(), cursor.as_ref(), page)
-                    .await
-                {
-                    Ok(due) => {
-                        cursor = (due.len() == page).then(|| due.last().map(DueDelivery::cursor)).flatten();
-                        for delivery in due {
-                            upstream.queue.push(delivery);
+            // While the workers have enough queued in memory, the store is read only at a slow
+            // pace (for retries that came due): its due rows are then mostly the very events
+            // already queued, and reading them again would cost more than delivering them.
+            let busy = upstream.queue.waiting() >= upstream.concurrency;
+            let stale = last_poll.is_none_or(|t| t.elapsed() >= BUSY_POLL_INTERVAL);
+            let mut added = 0;
+            if !busy || stale {
+                let page = upstream.queue.room().min(POLL_PAGE);
+                if page > 0 {
+                    match self
+                        .store
+                        .due_deliveries(&upstream.name, self.clock.now_ms(), cursor.as_ref(), page)
+                        .await
+                    {
+                        Ok(due) => {
+                            cursor =
+                                (due.len() == page).then(|| due.last().map(DueDelivery::cursor)).flatten();
+                            upstream.backlog.store(cursor.is_some(), Ordering::Release);
+                            added = due.into_iter().filter(|d| upstream.queue.push(d.clone())).count();
+                        }
+                        Err(e) => {
+                            tracing::warn!(upstream = %upstream.name, error = %e, "cannot read due deliveries")
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(upstream = %upstream.name, error = %e, "cannot read due deliveries")
-                    }
+                    last_poll = Some(Instant::now());
                 }
             }
-            if cursor.is_some() && upstream.queue.room() > 0 {
-                continue; // more pages of backlog, and room for them
+            if added > 0 && cursor.is_some() && upstream.queue.waiting() < upstream.concurrency {
+                continue; // a backlog in the store, and the workers are running low
             }
             tokio::select! {
                 _ = upstream.poll_now.notified() => {}
