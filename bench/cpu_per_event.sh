@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Gateway CPU time per event, queue mode with and without an upstream. Steadier than req/s on
+# a shared machine: it counts the gateway's own user+system time (/proc/PID/stat) per event.
+# Usage: bench/cpu_per_event.sh [REQUESTS]   (default 30000; 64 connections)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
+cargo build --release --locked -p payflow-edge -p payflow-bench >&2
+bin="$CARGO_TARGET_DIR/release"
+n="${1:-30000}"
+work=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+bare=$(free_port); edge=$(free_port)
+"$bin/loadgen" bare --listen "127.0.0.1:$bare" >/dev/null & pids+=($!)
+cat > "$work/e.toml" <<TOML
+[server]
+listen = "127.0.0.1:$edge"
+[store]
+path = "$work/b.db"
+[[endpoint]]
+path = "/queue"
+secrets = ["whsec_bench_secret"]
+upstream = "bare"
+[[endpoint]]
+path = "/stored"
+secrets = ["whsec_bench_secret"]
+[[upstream]]
+name = "bare"
+url = "http://127.0.0.1:$bare/"
+concurrency = 32
+TOML
+PAYFLOW_EDGE_LOG=warn "$bin/payflow-edge" serve --config "$work/e.toml" >/dev/null & gw=$!; pids+=($gw)
+wait_port "$bare"; wait_port "$edge"
+ticks() { awk '{print $14+$15}' "/proc/$gw/stat"; }
+hz=$(getconf CLK_TCK)
+for path in stored queue; do
+  t0=$(ticks)
+  line=$("$bin/loadgen" run --url "http://127.0.0.1:$edge/$path" --concurrency 64 --requests "$n" --label "$path")
+  sleep 2 # let queued deliveries finish: their CPU belongs to these events
+  t1=$(ticks)
+  echo "$path: $(cut -d'|' -f5 <<<"$line" | xargs) req/s, gateway CPU $(( (t1 - t0) * 1000000 / hz / n )) µs/event"
+done
