@@ -8,13 +8,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
 cargo build --release --locked -p payflow-edge -p payflow-bench >&2
 bin="$CARGO_TARGET_DIR/release"
 n="${1:-30000}"
-work=$(mktemp -d)
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+source bench/lib.sh
+work="$bench_work"
 bare=$(free_port); edge=$(free_port)
-"$bin/loadgen" bare --listen "127.0.0.1:$bare" >/dev/null & pids+=($!)
+start_bg "$bin/loadgen" bare --listen "127.0.0.1:$bare"
 cat > "$work/e.toml" <<TOML
 [server]
 listen = "127.0.0.1:$edge"
@@ -32,7 +29,8 @@ name = "bare"
 url = "http://127.0.0.1:$bare/"
 concurrency = 32
 TOML
-PAYFLOW_EDGE_LOG=warn "$bin/payflow-edge" serve --config "$work/e.toml" >/dev/null & gw=$!; pids+=($gw)
+PAYFLOW_EDGE_LOG=warn start_bg "$bin/payflow-edge" serve --config "$work/e.toml"
+gw="${bench_pids[-1]}"
 wait_port "$bare"; wait_port "$edge"
 ticks() { awk '{print $14+$15}' "/proc/$gw/stat"; }
 hz=$(getconf CLK_TCK)

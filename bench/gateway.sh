@@ -16,16 +16,11 @@ cargo build --release --locked -p payflow-edge -p payflow-bench >&2
 bin="$CARGO_TARGET_DIR/release"
 (cd bench/express && [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error >&2)
 
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+source bench/lib.sh
+work="$bench_work"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
-
-bare=$(free_port); "$bin/loadgen" bare --listen "127.0.0.1:$bare" >/dev/null & pids+=($!)
-express=$(free_port); node bench/express/server.js "$express" "$secret" >/dev/null & pids+=($!)
+bare=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$bare"
+express=$(free_port); start_bg node bench/express/server.js "$express" "$secret"
 edge=$(free_port)
 cat > "$work/edge.toml" <<TOML
 [server]
@@ -49,7 +44,7 @@ name = "bare"
 url = "http://127.0.0.1:$bare/"
 concurrency = 32
 TOML
-PAYFLOW_EDGE_LOG=warn "$bin/payflow-edge" serve --config "$work/edge.toml" >/dev/null & pids+=($!)
+PAYFLOW_EDGE_LOG=warn start_bg "$bin/payflow-edge" serve --config "$work/edge.toml"
 wait_port "$bare"; wait_port "$express"; wait_port "$edge"
 
 echo "concurrency $conc, $requests requests per target, $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
