@@ -431,7 +431,11 @@ impl Dispatcher {
                             cursor =
                                 (due.len() == page).then(|| due.last().map(DueDelivery::cursor)).flatten();
                             upstream.backlog.store(cursor.is_some(), Ordering::Release);
-                            added = due.into_iter().filter(|d| upstream.queue.push(d.clone())).count();
+                            added = due
+                                .into_iter()
+                                .map(|d| upstream.queue.push(d))
+                                .filter(|&queued| queued)
+                                .count();
                         }
                         Err(e) => {
                             tracing::warn!(upstream = %upstream.name, error = %e, "cannot read due deliveries")
