@@ -460,7 +460,7 @@ impl Dispatcher {
         let attempt = AttemptStart::new(&d.merchant, &d.event_id, number, self.clock.now_ms());
         let result = self
             .client
-            .send(upstream, &d.event_id, &d.request_id, Bytes::from(d.body), self.clock.now_secs())
+            .send(upstream, &d.event_id, &d.request_id, d.body.clone(), self.clock.now_secs())
             .await;
         let outcome = match classify(&result) {
             Verdict::Delivered => AttemptOutcome::Delivered,

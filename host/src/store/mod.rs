@@ -11,6 +11,7 @@ mod sqlite;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use serde::Serialize;
 
 /// A store that cannot serve the request. Ingress answers 503 so the sender retries.
@@ -88,8 +89,8 @@ pub struct NewEvent {
     pub status: EventStatus,
     /// Quarantine reason.
     pub reason: Option<String>,
-    /// The raw body, byte for byte.
-    pub body: Vec<u8>,
+    /// The raw body, byte for byte (shared, not copied, with the hand-off to delivery).
+    pub body: Bytes,
     /// Headers of interest (signature headers are not among them).
     pub headers: Vec<(String, String)>,
     /// Arrival time, unix milliseconds.
@@ -121,7 +122,7 @@ pub struct DueDelivery {
     /// Attempts made so far.
     pub attempts: u32,
     /// The event's raw body.
-    pub body: Vec<u8>,
+    pub body: Bytes,
     /// The event's type.
     pub event_type: Option<String>,
     /// Request id of the ingress request that stored it.

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
@@ -342,7 +343,7 @@ impl Store for SqliteStore {
                     event.event_type,
                     event.status.as_str(),
                     event.reason,
-                    event.body,
+                    &event.body[..],
                     headers,
                     event.request_id,
                     event.received_at_ms,
@@ -431,7 +432,7 @@ impl Store for SqliteStore {
                     event_id: r.get(1)?,
                     upstream: r.get(2)?,
                     attempts: r.get(3)?,
-                    body: r.get(4)?,
+                    body: Bytes::from(r.get::<_, Vec<u8>>(4)?),
                     event_type: r.get(5)?,
                     request_id: r.get(6)?,
                     next_attempt_at_ms: r.get(7)?,
