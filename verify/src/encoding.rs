@@ -3,8 +3,6 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
 
 /// Length of an HMAC-SHA256 tag.
 pub(crate) const MAC_LEN: usize = 32;
@@ -49,15 +47,8 @@ pub(crate) fn base64_mac(text: &[u8]) -> Option<Mac> {
     if text.len() != 44 {
         return None;
     }
-    let mut buf = [0u8; MAC_LEN + 1];
-    match STANDARD.decode_slice(text, &mut buf) {
-        Ok(MAC_LEN) => {
-            let mut out = [0u8; MAC_LEN];
-            out.copy_from_slice(&buf[..MAC_LEN]);
-            Some(out)
-        }
-        _ => None,
-    }
+    let mut out = [0u8; MAC_LEN];
+    (decode_base64_into(text, &mut out)? == MAC_LEN).then_some(out)
 }
 
 pub(crate) fn to_hex(bytes: &[u8]) -> String {
@@ -70,12 +61,68 @@ pub(crate) fn to_hex(bytes: &[u8]) -> String {
     out
 }
 
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding. (Hand-written rather than the `base64` crate: the web build
+/// counts bytes, and this is all the codec any scheme needs.)
 pub(crate) fn to_base64(bytes: &[u8]) -> String {
-    STANDARD.encode(bytes)
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() { BASE64[(n >> (18 - 6 * i)) as usize & 63] as char } else { '=' });
+        }
+    }
+    out
 }
 
+/// Strict standard base64: padded to a multiple of 4, `=` only at the end, unused bits zero.
 pub(crate) fn from_base64(text: &str) -> Option<Vec<u8>> {
-    STANDARD.decode(text).ok()
+    let mut out = alloc::vec![0u8; text.len() / 4 * 3];
+    let len = decode_base64_into(text.as_bytes(), &mut out)?;
+    out.truncate(len);
+    Some(out)
+}
+
+/// Decodes strict standard base64 into `out`; the decoded length, or `None` if `text` is not
+/// canonical base64 or does not fit.
+fn decode_base64_into(text: &[u8], out: &mut [u8]) -> Option<usize> {
+    if text.len() % 4 != 0 {
+        return None;
+    }
+    let mut len = 0;
+    let quads = text.len() / 4;
+    for (q, quad) in text.chunks_exact(4).enumerate() {
+        let pad = match quad {
+            [.., b'=', b'='] if q + 1 == quads => 2,
+            [.., b'='] if q + 1 == quads => 1,
+            _ => 0,
+        };
+        let mut n = 0u32;
+        for &c in &quad[..4 - pad] {
+            n = n << 6 | u32::from(base64_value(c)?);
+        }
+        n <<= 6 * pad as u32;
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        // Canonical: the bits under the padding must be zero.
+        if bytes[3 - pad..].iter().any(|&b| b != 0) {
+            return None;
+        }
+        out.get_mut(len..len + 3 - pad)?.copy_from_slice(&bytes[..3 - pad]);
+        len += 3 - pad;
+    }
+    Some(len)
+}
+
+fn base64_value(c: u8) -> Option<u8> {
+    Some(match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => return None,
+    })
 }
 
 /// Strips the optional white space (space, tab) HTTP allows around a header value or list item.
@@ -125,6 +172,31 @@ mod tests {
         assert!(base64_mac(good.trim_end_matches('=').as_bytes()).is_none());
         assert!(base64_mac(to_base64(&[7u8; 31]).as_bytes()).is_none());
         assert!(base64_mac(b"").is_none());
+    }
+
+    // The `base64` crate (strict STANDARD engine) is the independent reference.
+    proptest::proptest! {
+        #[test]
+        fn base64_encoding_matches_the_base64_crate(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
+            use base64::Engine as _;
+            proptest::prop_assert_eq!(to_base64(&bytes), base64::engine::general_purpose::STANDARD.encode(&bytes));
+        }
+
+        #[test]
+        fn base64_decoding_matches_the_base64_crate(text in "[A-Za-z0-9+/=]{0,12}|[A-Za-z0-9+/]{0,60}={0,3}|.{0,8}") {
+            use base64::Engine as _;
+            let reference = base64::engine::general_purpose::STANDARD.decode(&text).ok();
+            proptest::prop_assert_eq!(from_base64(&text), reference, "{:?}", text);
+        }
+    }
+
+    #[test]
+    fn base64_decoding_refuses_non_canonical_forms() {
+        for bad in ["QQ", "QQ=", "QR==", "Q===", "====", "QQ==QQ==", "QUJD\n", "QUJ=D", " QUJD"] {
+            assert_eq!(from_base64(bad), None, "{bad:?}");
+        }
+        assert_eq!(from_base64("QQ==").as_deref(), Some(&b"A"[..]));
+        assert_eq!(from_base64("").as_deref(), Some(&b""[..]));
     }
 
     #[test]

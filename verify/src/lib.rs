@@ -25,6 +25,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+#[cfg(feature = "json-compat")]
 mod compat;
 mod encoding;
 pub mod event;
@@ -36,6 +37,7 @@ mod scheme;
 mod sign;
 mod verifier;
 
+#[cfg(feature = "json-compat")]
 pub use compat::js_canonical_json;
 pub use headers::{header_names, Headers};
 pub use scheme::{Encoding, HmacScheme, Scheme, UnknownEncoding, UnknownScheme};

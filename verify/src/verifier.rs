@@ -7,7 +7,7 @@ use subtle::{Choice, ConstantTimeEq};
 
 use crate::encoding::Mac;
 use crate::keyring::Keyring;
-use crate::{compat, parse, Encoding, Headers, Scheme, DEFAULT_TOLERANCE_SECS};
+use crate::{parse, Encoding, Headers, Scheme, DEFAULT_TOLERANCE_SECS};
 
 /// How an endpoint verifies: its scheme, secrets and options.
 #[derive(Clone, Debug)]
@@ -66,6 +66,9 @@ pub enum ConfigError {
     /// Other timestamped schemes always require their timestamp; untimestamped ones have none.
     #[error("require_timestamp applies only to the payflow scheme, not {0}")]
     RequireTimestampUnsupported(&'static str),
+    /// This build of the crate was made without the `json-compat` feature.
+    #[error("json_compat is not in this build (the json-compat feature is off)")]
+    JsonCompatUnavailable,
     /// The generic scheme needs to know where to look.
     #[error("the hmac scheme needs a header name")]
     EmptyHmacHeader,
@@ -184,6 +187,9 @@ impl Verifier {
         if config.json_compat && !payflow {
             return Err(ConfigError::JsonCompatUnsupported(config.scheme.name()));
         }
+        if config.json_compat && !cfg!(feature = "json-compat") {
+            return Err(ConfigError::JsonCompatUnavailable);
+        }
         if config.require_timestamp && !payflow {
             return Err(ConfigError::RequireTimestampUnsupported(config.scheme.name()));
         }
@@ -248,8 +254,9 @@ impl Verifier {
         if self.any_matches(&claim.macs, prefix, body) {
             return Ok(Verified { timestamp, via_json_compat: false });
         }
+        #[cfg(feature = "json-compat")]
         if self.json_compat {
-            if let Some(canonical) = compat::js_canonical_json(body) {
+            if let Some(canonical) = crate::compat::js_canonical_json(body) {
                 if canonical != body && self.any_matches(&claim.macs, prefix, &canonical) {
                     return Ok(Verified { timestamp, via_json_compat: true });
                 }
