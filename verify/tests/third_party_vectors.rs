@@ -4,43 +4,16 @@
 //! wherever one exists (two documented, deliberate differences are marked in the generator).
 
 mod support;
+#[path = "support/vector_case.rs"]
+mod vector_case;
 
-use base64::Engine as _;
-use payflow_verify::{HmacScheme, Scheme, Verifier, VerifierConfig};
 use serde_json::Value;
 use std::collections::BTreeSet;
 
 fn run_case(case: &Value) -> Result<(), String> {
     let name = case["name"].as_str().unwrap();
-    let scheme = match case["scheme"].as_str().unwrap() {
-        "hmac" => Scheme::Hmac(HmacScheme {
-            header: case["hmac"]["header"].as_str().unwrap().into(),
-            prefix: case["hmac"]["prefix"].as_str().unwrap().into(),
-            encoding: case["hmac"]["encoding"].as_str().unwrap().parse().unwrap(),
-        }),
-        other => other.parse().unwrap(),
-    };
-    let secrets: Vec<String> =
-        case["secrets"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().into()).collect();
-    let mut config = VerifierConfig::new(scheme, secrets);
-    config.tolerance_secs = case["tolerance"].as_u64().unwrap();
-    config.require_timestamp = case["require_timestamp"].as_bool().unwrap();
-    config.json_compat = case["json_compat"].as_bool().unwrap();
-    let verifier = Verifier::new(config).map_err(|e| format!("{name}: config refused: {e}"))?;
-
-    let headers: Vec<(String, Vec<u8>)> = case["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| (h[0].as_str().unwrap().to_string(), h[1].as_str().unwrap().as_bytes().to_vec()))
-        .collect();
-    let body = base64::engine::general_purpose::STANDARD.decode(case["body_b64"].as_str().unwrap()).unwrap();
-    let now = case["now"].as_i64().unwrap();
-
-    let got = match verifier.verify(&headers, &body, now) {
-        Ok(_) => "ok",
-        Err(e) => e.reason().as_str(),
-    };
+    let got = vector_case::verdict(case)?;
+    let got = got.as_str();
     let expect = case["expect"].as_str().unwrap();
     if got != expect {
         return Err(format!("{name}: expected {expect}, got {got}"));
