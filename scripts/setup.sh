@@ -15,13 +15,19 @@ need_apt=()
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+# Headless Chromium for the web package's browser tests: Debian's, never a downloaded one.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need_apt[@]}"
 fi
 if [ ! -f verify/tests/vectors/node_modules/.package-lock.json ] \
    || [ verify/tests/vectors/package-lock.json -nt verify/tests/vectors/node_modules/.package-lock.json ]; then
   (cd verify/tests/vectors && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+# The web package's build tools (wasm-bindgen CLI at the crate's version, npm binaryen and
+# playwright-core) are installed by web/build.sh, which the tests run.
 
 # cargo-fuzz drives libFuzzer; on stable it runs with RUSTC_BOOTSTRAP=1 (see scripts/fuzz.sh).
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --version 0.13.2

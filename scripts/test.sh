@@ -18,10 +18,15 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "payflow-verify is no_std + alloc (wasm32v1-none has no std at all) and builds for wasm"
 cargo build -p payflow-verify --locked --target wasm32v1-none
+cargo build -p payflow-verify --locked --target wasm32v1-none --no-default-features
 cargo build -p payflow-verify --locked --target wasm32-unknown-unknown --release
 
 step "tests"
 cargo test --workspace --locked
+
+step "web package: build (wasm-bindgen, wasm-opt), then Node and headless Chromium tests"
+web/build.sh
+(cd web && npm test)
 
 step "fuzz targets, briefly (longer: scripts/fuzz.sh 600)"
 scripts/fuzz.sh "${PAYFLOW_FUZZ_SECONDS:-20}"

@@ -1,0 +1,196 @@
+//! payflow-verify for JavaScript: the gateway's own verifier, compiled to wasm with
+//! wasm-bindgen for browsers, Node, Deno and edge workers.
+//!
+//! This is the thin, low-level half of the npm package. `web/js/index.js` is the public API:
+//! it turns `Headers` objects, plain objects, strings and `Uint8Array`s into the flat arguments
+//! taken here, caches keyed verifiers, runs the `jsonCompat` fallback with the engine's own
+//! JSON, and turns every failure into a value. This module must never add verification logic
+//! of its own (that lives in `payflow-verify`, shared with the gateway, so both give the same
+//! verdicts) and must stay small: every byte is downloaded by every page that verifies. Hence
+//! `no_std` on wasm with a panic handler that only traps, and messages as static text: nothing
+//! here may pull in `core::fmt`, which alone would double the module.
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use payflow_verify::{
+    ConfigError, Encoding, HmacScheme, PayFlowForm, Scheme, SignError, SignOptions, Signer, Verifier,
+    VerifierConfig,
+};
+use wasm_bindgen::prelude::*;
+
+// A free-list allocator of a few hundred bytes (dlmalloc is ~6 KB): a verify makes a handful of
+// small, short-lived allocations, and wasm32 here has one thread.
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+// SAFETY: wasm32-unknown-unknown without the atomics feature runs one thread per instance.
+static ALLOCATOR: lol_alloc::AssumeSingleThreaded<lol_alloc::FreeListAllocator> =
+    unsafe { lol_alloc::AssumeSingleThreaded::new(lol_alloc::FreeListAllocator::new()) };
+
+// No input reaches a panic (payflow-verify is fuzzed for that); if one ever did, trapping is
+// what std's panic=abort would do too, without linking the message formatting.
+#[cfg(target_arch = "wasm32")]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    core::arch::wasm32::unreachable()
+}
+
+/// Errors cross to JS as `"<reason>: <message>"`; the JS API splits them into a value.
+fn invalid_config(message: &str) -> String {
+    String::from("invalid_config: ") + message
+}
+
+fn invalid_input(message: &str) -> String {
+    String::from("invalid_input: ") + message
+}
+
+/// The JS API's words for a refused configuration (its option names, not the gateway's keys).
+fn config_message(error: &ConfigError) -> &'static str {
+    match error {
+        ConfigError::NoSecrets => "no secrets: give at least one",
+        ConfigError::EmptySecret { .. } => "a secret is empty",
+        ConfigError::BadStandardWebhooksSecret { .. } => {
+            "a secret is not a Standard Webhooks secret (whsec_ followed by base64)"
+        }
+        ConfigError::JsonCompatUnsupported(_) | ConfigError::JsonCompatUnavailable => {
+            "jsonCompat applies only to the payflow scheme"
+        }
+        ConfigError::RequireTimestampUnsupported(_) => "requireTimestamp applies only to the payflow scheme",
+        ConfigError::EmptyHmacHeader => {
+            "the hmac scheme needs hmac.header, the header that holds the signature"
+        }
+    }
+}
+
+fn sign_message(error: &SignError) -> &'static str {
+    match error {
+        SignError::MissingId => "standard-webhooks signs a message id: give id (it becomes webhook-id)",
+        SignError::BadTimestamp => "timestamp must be whole unix seconds, 0 or more",
+        SignError::OneSignatureOnly(_) => {
+            "this scheme carries one signature per header: sign with one secret"
+        }
+    }
+}
+
+/// Whether a number (already checked to be in i64 range) has no fraction. (`f64::fract` needs std.)
+fn whole(n: f64) -> bool {
+    n as i64 as f64 == n
+}
+
+/// Headers as the JS wrapper passes them: names and values alternating, each ended by `\n`
+/// (which neither may contain: HTTP forbids it and the wrapper refuses it). One string crosses
+/// the boundary far more cheaply, in time and in glue code, than a list of strings.
+struct JoinedHeaders<'a>(&'a str);
+
+impl payflow_verify::Headers for JoinedHeaders<'_> {
+    fn get_all(&self, name: &str) -> Vec<&[u8]> {
+        let mut fields = self.0.split_terminator('\n');
+        let mut out = Vec::new();
+        while let (Some(k), Some(v)) = (fields.next(), fields.next()) {
+            if k.eq_ignore_ascii_case(name) {
+                out.push(v.as_bytes());
+            }
+        }
+        out
+    }
+}
+
+/// The scheme from its DESIGN name; the generic `hmac` scheme takes its header, prefix and
+/// encoding (`hex` or `base64`).
+fn scheme(name: &str, hmac_header: &str, hmac_prefix: &str, hmac_encoding: &str) -> Result<Scheme, String> {
+    if name == "hmac" {
+        let encoding: Encoding =
+            hmac_encoding.parse().map_err(|_| invalid_config("hmac.encoding must be hex or base64"))?;
+        return Ok(Scheme::Hmac(HmacScheme {
+            header: hmac_header.into(),
+            prefix: hmac_prefix.into(),
+            encoding,
+        }));
+    }
+    name.parse().map_err(|_| {
+        invalid_config("unknown scheme: expected payflow, standard-webhooks, stripe, github, shopify or hmac")
+    })
+}
+
+/// One scheme and its secrets, keyed once: the JS API builds one per configuration (secrets
+/// are added one by one, so none needs escaping) and caches it.
+#[wasm_bindgen]
+pub struct Keys {
+    scheme: Scheme,
+    secrets: Vec<String>,
+    verifier: Option<Verifier>,
+}
+
+#[wasm_bindgen]
+impl Keys {
+    /// Throws a message (caught and turned into a value by the JS API) for an unknown scheme.
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        scheme_name: &str,
+        hmac_header: &str,
+        hmac_prefix: &str,
+        hmac_encoding: &str,
+    ) -> Result<Keys, String> {
+        Ok(Keys {
+            scheme: scheme(scheme_name, hmac_header, hmac_prefix, hmac_encoding)?,
+            secrets: Vec::new(),
+            verifier: None,
+        })
+    }
+
+    /// Adds a secret (before `prepare_verify` or `sign`).
+    pub fn add_secret(&mut self, secret: &str) {
+        self.secrets.push(secret.into());
+    }
+
+    /// Keys the secrets for verification. Throws a message when they cannot verify anything.
+    pub fn prepare_verify(&mut self, tolerance_secs: f64, require_timestamp: bool) -> Result<(), String> {
+        // Bounded so the cast is exact; 136 years is more tolerance than anyone means.
+        if !(0.0..=u32::MAX as f64).contains(&tolerance_secs) || !whole(tolerance_secs) {
+            return Err(invalid_config("toleranceSecs must be whole seconds, 0 or more"));
+        }
+        let mut config = VerifierConfig::new(self.scheme.clone(), self.secrets.iter());
+        config.tolerance_secs = tolerance_secs as u64;
+        config.require_timestamp = require_timestamp;
+        self.verifier = Some(Verifier::new(config).map_err(|e| invalid_config(config_message(&e)))?);
+        Ok(())
+    }
+
+    /// `""` when a signature matches, else the DESIGN reason (`missing_signature`,
+    /// `malformed_signature`, `invalid_signature`, `timestamp_out_of_tolerance`).
+    pub fn verify(&self, headers: &str, body: &[u8], now_secs: f64) -> String {
+        let Some(verifier) = &self.verifier else {
+            return "invalid_config".into();
+        };
+        match verifier.verify(&JoinedHeaders(headers), body, now_secs as i64) {
+            Ok(_) => String::new(),
+            Err(e) => e.reason().as_str().into(),
+        }
+    }
+
+    /// The headers that sign `body`, joined like `verify`'s. `id` may be empty (only
+    /// standard-webhooks needs one). Throws a message for a bad configuration or input.
+    pub fn sign(&self, body: &[u8], timestamp: f64, id: &str, payflow_v0: bool) -> Result<String, String> {
+        let signer = Signer::new(self.scheme.clone(), &self.secrets)
+            .map_err(|e| invalid_config(config_message(&e)))?;
+        if !(0.0..=1e15).contains(&timestamp) || !whole(timestamp) {
+            return Err(invalid_input(sign_message(&SignError::BadTimestamp)));
+        }
+        let options = SignOptions {
+            timestamp: timestamp as i64,
+            id: Some(id),
+            payflow_form: if payflow_v0 { PayFlowForm::V0 } else { PayFlowForm::V1 },
+        };
+        let headers = signer.sign(body, &options).map_err(|e| invalid_input(sign_message(&e)))?;
+        let mut joined = String::new();
+        for (name, value) in headers {
+            for field in [name, value] {
+                joined.push_str(&field);
+                joined.push('\n');
+            }
+        }
+        Ok(joined)
+    }
+}
