@@ -120,9 +120,13 @@ function unixSeconds(value, what) {
   return secs;
 }
 
-function keysFor(options) {
+function schemeOf(options) {
   if (typeof options.scheme !== 'string') throw new InputError('scheme is required (payflow, standard-webhooks, stripe, github, shopify or hmac)');
-  const keys = new Keys(options.scheme, ...hmacOptions(options));
+  return options.scheme;
+}
+
+function keysFor(options) {
+  const keys = new Keys(schemeOf(options), ...hmacOptions(options));
   for (const secret of secretList(options)) keys.add_secret(secret);
   return keys;
 }
@@ -137,7 +141,8 @@ function verifierFor(options) {
   if (typeof tolerance !== 'number') throw new InputError('toleranceSecs must be a number');
   const requireTimestamp = flag(options, 'requireTimestamp');
   // Every part is length-prefixed, so no two configurations share a key.
-  let cacheKey = `${options.scheme.length}:${options.scheme}${tolerance}:${requireTimestamp}`;
+  const scheme = schemeOf(options);
+  let cacheKey = `${scheme.length}:${scheme}${tolerance}:${requireTimestamp}`;
   for (const part of [...hmacOptions(options), ...secretList(options)]) cacheKey += `|${part.length}:${part}`;
   let keys = verifiers.get(cacheKey);
   if (keys === undefined) {
@@ -194,7 +199,6 @@ export function verify(options) {
 export function sign(options) {
   try {
     if (options === null || typeof options !== 'object') throw new InputError('sign takes an options object');
-    if (typeof options.scheme !== 'string') throw new InputError('scheme is required');
     if (options.id !== undefined && (typeof options.id !== 'string' || hasLineBreak(options.id))) throw new InputError('id must be a string without line breaks');
     if (options.form !== undefined && options.form !== 'v0' && options.form !== 'v1') throw new InputError("form must be 'v0' or 'v1'");
     const body = bodyBytes(options.body);
