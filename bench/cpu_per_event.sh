@@ -2,6 +2,7 @@
 # Gateway CPU time per event, queue mode with and without an upstream. Steadier than req/s on
 # a shared machine: it counts the gateway's own user+system time (/proc/PID/stat) per event.
 # Usage: bench/cpu_per_event.sh [REQUESTS]   (default 30000; 64 connections)
+# A/B: EDGE_BIN=/path/to/other/payflow-edge bench/cpu_per_event.sh measures that build instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
@@ -29,7 +30,7 @@ name = "bare"
 url = "http://127.0.0.1:$bare/"
 concurrency = 32
 TOML
-PAYFLOW_EDGE_LOG=warn start_bg "$bin/payflow-edge" serve --config "$work/e.toml"
+PAYFLOW_EDGE_LOG=warn start_bg "${EDGE_BIN:-$bin/payflow-edge}" serve --config "$work/e.toml"
 gw="${bench_pids[-1]}"
 wait_port "$bare"; wait_port "$edge"
 ticks() { awk '{print $14+$15}' "/proc/$gw/stat"; }

@@ -5,6 +5,9 @@
 #   (c) payflow-edge, queue mode: verify, parse, durable (fsync'd) store, then 200;
 #       deliveries to (a) run at the same time
 #   (d) payflow-edge, proxy mode: verify, store, forward to (a), answer with its reply
+#   (c0) payflow-edge, queue mode on an endpoint without upstream: ingress and the store alone
+#   (e) the floor for (c) on this machine: answer 200, deliver to (a) in the background, with
+#       no verification and no storage (loadgen forward)
 # Usage: bench/gateway.sh [CONCURRENCY] [REQUESTS]   (defaults 64 and 40000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +23,7 @@ source bench/lib.sh
 work="$bench_work"
 
 bare=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$bare"
+fwd=$(free_port); start_bg "$bin/loadgen" forward --listen "127.0.0.1:$fwd" --upstream "http://127.0.0.1:$bare/"
 express=$(free_port); start_bg node bench/express/server.js "$express" "$secret"
 edge=$(free_port)
 cat > "$work/edge.toml" <<TOML
@@ -45,7 +49,7 @@ url = "http://127.0.0.1:$bare/"
 concurrency = 32
 TOML
 PAYFLOW_EDGE_LOG=warn start_bg "$bin/payflow-edge" serve --config "$work/edge.toml"
-wait_port "$bare"; wait_port "$express"; wait_port "$edge"
+wait_port "$bare"; wait_port "$fwd"; wait_port "$express"; wait_port "$edge"
 
 echo "concurrency $conc, $requests requests per target, $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
 echo
@@ -57,3 +61,4 @@ run "http://127.0.0.1:$express/webhooks/payflow" seed "(b) seed Express"
 run "http://127.0.0.1:$edge/queue" payflow "(c) payflow-edge queue"
 run "http://127.0.0.1:$edge/proxy" payflow "(d) payflow-edge proxy"
 run "http://127.0.0.1:$edge/stored" payflow "(c0) queue, no upstream"
+run "http://127.0.0.1:$fwd/" payflow "(e) floor: ack, then forward"

@@ -3,6 +3,11 @@
 //!
 //! loadgen run --url URL --concurrency 64 --requests 50000 --sign payflow|seed --secret S
 //! loadgen bare --listen 127.0.0.1:7000
+//! loadgen forward --listen 127.0.0.1:7001 --upstream http://127.0.0.1:7000/
+//!
+//! `forward` is the floor for any queue-mode gateway on one machine: it answers 200 at once and
+//! delivers each body to the upstream in the background (up to 32 at a time), with no
+//! verification and no storage. Whatever a real gateway costs beyond that is its own work.
 //!
 //! Each worker owns one keep-alive HTTP/1.1 connection and sends its share of the requests
 //! back to back; latencies are measured per request from write to complete reply.
@@ -58,6 +63,13 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7000")]
         listen: String,
     },
+    /// The queue-mode floor: answer 200, then deliver the body to the upstream in the background.
+    Forward {
+        #[arg(long, default_value = "127.0.0.1:7001")]
+        listen: String,
+        #[arg(long)]
+        upstream: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +79,40 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(run(url, concurrency, requests, sign, secret, label))
         }
         Command::Bare { listen } => runtime.block_on(bare(listen)),
+        Command::Forward { listen, upstream } => runtime.block_on(forward(listen, upstream)),
+    }
+}
+
+async fn forward(listen: String, upstream: String) -> anyhow::Result<()> {
+    let upstream: Uri = upstream.parse()?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let slots = Arc::new(tokio::sync::Semaphore::new(32));
+    let listener = TcpListener::bind(&listen).await?;
+    println!("forward listening on http://{}", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let (client, slots, upstream) = (client.clone(), slots.clone(), upstream.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let (client, slots, upstream) = (client.clone(), slots.clone(), upstream.clone());
+                async move {
+                    let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    tokio::spawn(async move {
+                        let _slot = slots.acquire_owned().await;
+                        let request = Request::post(upstream).body(Full::new(body)).expect("request");
+                        if let Ok(response) = client.request(request).await {
+                            let _ = response.into_body().collect().await;
+                        }
+                    });
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{\"received\":true}"))))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
     }
 }
 
