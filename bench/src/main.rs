@@ -116,16 +116,28 @@ async fn forward(listen: String, upstream: String) -> anyhow::Result<()> {
     }
 }
 
+/// `bare` also counts the POSTs it answered; `GET /__count` tells, so a benchmark can see when
+/// a gateway's queued deliveries have all arrived.
 async fn bare(listen: String) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&listen).await?;
     println!("bare listening on http://{}", listener.local_addr()?);
+    let posts = Arc::new(std::sync::atomic::AtomicU64::new(0));
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
+        let posts = posts.clone();
         tokio::spawn(async move {
-            let service = service_fn(|request: Request<hyper::body::Incoming>| async move {
-                let _ = request.into_body().collect().await;
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{\"received\":true}"))))
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let posts = posts.clone();
+                async move {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    if request.method() == hyper::Method::GET && request.uri().path() == "/__count" {
+                        return Ok(Response::new(Full::new(Bytes::from(posts.load(Relaxed).to_string()))));
+                    }
+                    let _ = request.into_body().collect().await;
+                    posts.fetch_add(1, Relaxed);
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{\"received\":true}"))))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)

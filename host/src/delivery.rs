@@ -6,6 +6,12 @@
 //! so the upstream can de-duplicate. This module never invents events: it only sends what the
 //! store holds. 2xx is success; 408, 429, 5xx, timeouts and connection errors are retried with
 //! exponential backoff and jitter (or the upstream's `Retry-After`); other 4xx are permanent.
+//!
+//! Acknowledgements come first: the dispatcher runs on its own thread ([`Dispatcher::start`])
+//! at a lower CPU priority than ingress, so a burst is acknowledged at the speed of the store
+//! and delivered as the CPU allows, instead of deliveries taking the CPU that senders, waiting
+//! on their timeouts, need. Under sustained overload deliveries still get a share (a nice
+//! value weighs, it never starves), and nothing is lost: the queue is durable.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -346,6 +352,25 @@ impl AttemptStart {
     }
 }
 
+/// How much lower than ingress the delivery thread's CPU priority is. Linux weighs nice 10
+/// against nice 0 at about 1:10: under contention deliveries get a tenth of a core per busy
+/// ingress core; when ingress is quiet they get all the CPU there is.
+pub const DELIVERY_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority by [`DELIVERY_NICE`] (Linux, where a nice value is
+/// per thread). Elsewhere, or if refused, deliveries simply run at normal priority.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls on the calling thread's own id, with no memory passed.
+    unsafe {
+        let tid = libc::gettid();
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, now + DELIVERY_NICE) != 0 {
+            tracing::debug!("could not lower the delivery thread's priority");
+        }
+    }
+}
+
 /// Drains the durable queue: one loop per upstream, each with its own concurrency limit, so a
 /// slow upstream never holds back another's deliveries.
 pub struct Dispatcher {
@@ -366,9 +391,30 @@ impl Dispatcher {
         Dispatcher { store, clock, client, upstreams }
     }
 
-    /// Starts, per upstream, its store poller and `concurrency` workers; they stop when
-    /// `shutdown` turns true, the workers after the delivery in hand.
-    pub fn spawn(self, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+    /// Starts the dispatcher on a thread of its own ("payflow-deliver", CPU priority lowered by
+    /// [`DELIVERY_NICE`]) with, per upstream, its store poller and `concurrency` workers. They
+    /// stop when `shutdown` turns true, the workers after the delivery in hand; the returned
+    /// receiver completes then.
+    pub fn start(
+        self,
+        shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (done, stopped) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new().name("payflow-deliver".into()).spawn(move || {
+            lower_this_threads_priority();
+            runtime.block_on(async move {
+                for task in self.spawn(shutdown) {
+                    let _ = task.await;
+                }
+            });
+            let _ = done.send(());
+        })?;
+        Ok(stopped)
+    }
+
+    /// Spawns the pollers and workers on the current runtime.
+    fn spawn(self, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
         let this = Arc::new(self);
         let mut tasks = Vec::new();
         for upstream in this.upstreams.values() {

@@ -42,6 +42,9 @@ pub enum StartError {
     /// A configured item cannot be built.
     #[error("{0}")]
     Config(String),
+    /// The delivery thread could not be started.
+    #[error("cannot start the delivery thread: {0}")]
+    DeliveryThread(std::io::Error),
 }
 
 /// A running gateway.
@@ -54,7 +57,8 @@ pub struct Gateway {
     pub admin_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     listeners: Vec<JoinHandle<()>>,
-    dispatchers: Vec<JoinHandle<()>>,
+    /// Completes when the dispatcher's thread has stopped.
+    dispatcher: tokio::sync::oneshot::Receiver<()>,
     store: Arc<dyn Store>,
 }
 
@@ -142,8 +146,12 @@ impl Gateway {
             let options = ServeOptions { header_timeout, max_connections: 64, tls: None };
             listeners.push(tokio::spawn(ingress::serve(listener, admin, options, watch_shutdown.clone())));
         }
-        let dispatchers = Dispatcher::new(store.clone(), clock, client, upstreams).spawn(watch_shutdown);
-        Ok(Gateway { ingress_addr, ingress_tls, admin_addr, shutdown, listeners, dispatchers, store })
+        // Its own connection pool: proxy-mode forwards must not ride on connections driven by the
+        // (lower-priority) delivery thread.
+        let dispatcher = Dispatcher::new(store.clone(), clock, UpstreamClient::default(), upstreams)
+            .start(watch_shutdown)
+            .map_err(StartError::DeliveryThread)?;
+        Ok(Gateway { ingress_addr, ingress_tls, admin_addr, shutdown, listeners, dispatcher, store })
     }
 
     /// Stops accepting, lets in-flight requests and deliveries finish, and flushes the store.
@@ -152,9 +160,7 @@ impl Gateway {
         for task in self.listeners {
             let _ = task.await;
         }
-        for task in self.dispatchers {
-            let _ = task.await;
-        }
+        let _ = self.dispatcher.await;
         self.store.close().await;
     }
 }

@@ -1,13 +1,16 @@
 //! SQLite (WAL) in one file: the embedded default store.
 //!
 //! Group commit: every write goes to one writer thread, which takes whatever writes are
-//! waiting (up to `max_batch`), applies each in its own savepoint inside one transaction, and
-//! commits once: one fsync for the whole batch. A write is answered only after that commit.
-//! While one batch is being fsync'd the next one queues up, so under load the commit rate, not
-//! the request rate, is bounded by the disk. Reads use a separate connection (WAL lets them run
-//! beside the writer). SQL stays portable (`ON CONFLICT … DO NOTHING`, no SQLite-only types)
-//! for the PostgreSQL backend to come.
+//! waiting (up to `max_batch`), applies them in one transaction (redoing each alone if one
+//! fails) and commits once: one fsync for the whole batch. A write is answered only after that
+//! commit. While one batch is being fsync'd the next one queues up, so under load the commit
+//! rate, not the request rate, is bounded by the disk. Writes that a sender's acknowledgement
+//! waits on go first: delivery bookkeeping takes at most a few places in a batch while they
+//! wait. Reads use a separate connection (WAL lets them run beside the writer). SQL stays
+//! portable (`ON CONFLICT … DO NOTHING`, no SQLite-only types) for the PostgreSQL backend to
+//! come.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -68,6 +71,20 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// How urgent a write is. Someone is waiting on an acknowledgement for an `Ack` write (a
+/// sender with a timeout); a `Background` write records what the dispatcher did, and only
+/// holds back the next delivery of its own worker.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Priority {
+    Ack,
+    Background,
+}
+
+/// While acknowledgements are waiting, at most this many background writes join a batch, so
+/// delivery bookkeeping cannot lengthen the commits senders wait on; it still progresses, and
+/// takes the whole batch whenever no acknowledgement is waiting.
+const BACKGROUND_PER_BUSY_BATCH: usize = 8;
+
 /// A write waiting for the writer thread. It may run twice: once in its batch and, if another
 /// write in the batch failed, again in a transaction of its own.
 trait WriteJob: Send {
@@ -75,9 +92,12 @@ trait WriteJob: Send {
     fn run(&mut self, conn: &Connection) -> bool;
     /// Answers the caller once the write's fate is known.
     fn finish(self: Box<Self>, committed: Result<(), StoreError>);
+    /// Its priority.
+    fn priority(&self) -> Priority;
 }
 
 struct Job<T, F> {
+    priority: Priority,
     work: F,
     result: Option<rusqlite::Result<T>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
@@ -99,6 +119,10 @@ impl<T: Send, F: Fn(&Connection) -> rusqlite::Result<T> + Send> WriteJob for Job
             (Ok(()), None) => Err(StoreError::Unavailable("write was not run".into())),
         };
         let _ = self.reply.send(answer);
+    }
+
+    fn priority(&self) -> Priority {
+        self.priority
     }
 }
 
@@ -177,8 +201,16 @@ impl SqliteStore {
         T: Send + 'static,
         F: Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
+        self.write_with(Priority::Ack, work).await
+    }
+
+    async fn write_with<T, F>(&self, priority: Priority, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
-        let job: Box<dyn WriteJob> = Box::new(Job { work, result: None, reply });
+        let job: Box<dyn WriteJob> = Box::new(Job { priority, work, result: None, reply });
         {
             let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
             writer.as_ref().ok_or(StoreError::Closed)?.send(job).map_err(|_| StoreError::Closed)?;
@@ -202,14 +234,26 @@ impl SqliteStore {
 }
 
 fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Box<dyn WriteJob>>, max_batch: usize) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
+    let mut queues: [VecDeque<Box<dyn WriteJob>>; 2] = Default::default();
+    let sort = |queues: &mut [VecDeque<_>; 2], job: Box<dyn WriteJob>| {
+        queues[usize::from(job.priority() == Priority::Background)].push_back(job)
+    };
+    loop {
+        if queues.iter().all(VecDeque::is_empty) {
+            match jobs.recv() {
+                Ok(job) => sort(&mut queues, job),
                 Err(_) => break,
             }
         }
+        // Everything waiting (bounded: every caller awaits its write), sorted by priority.
+        while let Ok(job) = jobs.try_recv() {
+            sort(&mut queues, job);
+        }
+        let [acks, background] = &mut queues;
+        let mut batch: Vec<_> = acks.drain(..acks.len().min(max_batch)).collect();
+        let room = max_batch - batch.len();
+        let share = if batch.is_empty() { room } else { room.min(BACKGROUND_PER_BUSY_BATCH) };
+        batch.extend(background.drain(..background.len().min(share)));
         let outcomes = run_batch(&conn, &mut batch);
         for (job, committed) in batch.into_iter().zip(outcomes) {
             job.finish(committed);
@@ -444,7 +488,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_attempt(&self, attempt: Attempt) -> Result<(), StoreError> {
-        self.write(move |conn| {
+        self.write_with(Priority::Background, move |conn| {
             insert_attempt(conn, &attempt)?;
             let (status, next_at_ms) = match attempt.outcome {
                 AttemptOutcome::Delivered => ("delivered", None),
