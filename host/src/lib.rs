@@ -12,5 +12,6 @@ pub mod gateway;
 pub mod http;
 pub mod ingress;
 pub mod pipeline;
+pub mod plugins;
 pub mod samples;
 pub mod store;

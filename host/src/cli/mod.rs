@@ -4,6 +4,7 @@
 mod client;
 mod demo;
 mod events;
+mod plugin;
 mod scheme;
 mod send;
 mod serve;
@@ -33,6 +34,8 @@ enum Command {
     Sign(sign::SignArgs),
     /// Verify a body from standard input: exit 0 valid, 1 invalid (reason on stderr), 2 usage.
     Verify(verify::VerifyArgs),
+    /// Check a plugin, or run it on one event: outcome, fuel, time and logs.
+    Plugin(plugin::PluginArgs),
     /// Run everything on loopback with embedded defaults and show what happens.
     Demo,
 }
@@ -89,6 +92,7 @@ pub fn run() -> ExitCode {
         Command::Events(args) => events::run(args),
         Command::Sign(args) => sign::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Plugin(args) => plugin::run(args),
         Command::Demo => demo::run(),
     };
     match result {
