@@ -1,0 +1,147 @@
+//! Plugins built from source (plugins/ and tests/fixtures/plugins/) run in the sandbox through
+//! `payflow-edge plugin check|run`, as real processes: the example does its job, and every
+//! hostile plugin fails with the right named reason instead of hurting the host.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// Builds the example and hostile plugins for wasm32-wasip2 (once per test run) and returns
+/// the folder holding their .wasm files.
+fn guests() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| repo.join("target"))
+            .join("guests");
+        for project in ["plugins/amount-threshold", "tests/fixtures/plugins"] {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
+                .current_dir(repo.join(project))
+                .env("CARGO_TARGET_DIR", &target)
+                .env_remove("RUSTFLAGS")
+                .status()
+                .expect("cargo runs");
+            assert!(
+                status.success(),
+                "building {project} for wasm32-wasip2 failed (scripts/setup.sh adds the target)"
+            );
+        }
+        target.join("wasm32-wasip2/release")
+    })
+}
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_payflow-edge")).args(args).output().expect("payflow-edge runs")
+}
+
+fn event_file(dir: &Path, amount: i64) -> String {
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&support::event_body("evt_plugin_1", "payment.succeeded")).unwrap();
+    body["data"]["amount"] = amount.into();
+    let path = dir.join(format!("event-{amount}.json"));
+    std::fs::write(&path, serde_json::to_vec(&body).unwrap()).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn run_plugin(name: &str, extra: &[&str]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = guests().join(format!("{name}.wasm"));
+    let event = event_file(dir.path(), 2500);
+    let mut args = vec!["plugin", "run", wasm.to_str().unwrap(), "--event", &event];
+    args.extend_from_slice(extra);
+    cli(&args)
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+#[test]
+fn amount_threshold_drops_small_payments_and_tags_large_ones() {
+    let dropped = run_plugin("amount_threshold", &["--config", "min_amount=5000"]);
+    assert!(dropped.status.success(), "{}", text(&dropped));
+    let out = text(&dropped);
+    assert!(out.contains("outcome: drop (amount 2500 is under min_amount 5000)"), "{out}");
+    assert!(out.contains("log [info] evt_plugin_1: 2500"), "{out}");
+    assert!(out.contains("fuel: "), "{out}");
+
+    let kept = run_plugin("amount_threshold", &["--config", "min_amount=100", "--config", "high_value=2000"]);
+    let out = text(&kept);
+    assert!(out.contains("outcome: continue") && out.contains("tag: high-value"), "{out}");
+
+    let misconfigured = run_plugin("amount_threshold", &["--config", "min_amount=lots"]);
+    assert_eq!(misconfigured.status.code(), Some(1));
+    assert!(
+        text(&misconfigured).contains("plugin_error: config min_amount must be an integer"),
+        "{}",
+        text(&misconfigured)
+    );
+}
+
+#[test]
+fn hostile_plugins_fail_with_the_reason_named() {
+    let cases = [
+        ("spin", "fuel_exhausted"),
+        ("memory_bomb", "memory_exhausted"),
+        ("deep_recursion", "trap: wasm trap: call stack exhausted"),
+        ("panic", "trap: wasm trap: wasm `unreachable`"),
+        ("huge_output", "bad_output: the outcome is 8388608 bytes"),
+        ("kv_flood", "plugin_error: kv quota of 1048576 bytes exceeded"),
+    ];
+    for (name, reason) in cases {
+        let output = run_plugin(name, &[]);
+        assert_eq!(output.status.code(), Some(1), "{name}: {}", text(&output));
+        assert!(text(&output).contains(&format!("plugin run failed: {reason}")), "{name}: {}", text(&output));
+    }
+    // The panic message reaches the run's log (the plugin's stderr).
+    assert!(text(&run_plugin("panic", &[])).contains("plugin bug on evt_plugin_1"));
+}
+
+#[test]
+fn a_spinning_plugin_with_fuel_to_spare_is_stopped_by_its_deadline() {
+    let output = run_plugin("spin", &["--fuel", "100000000000000", "--timeout-ms", "200"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(text(&output).contains("plugin run failed: timeout"), "{}", text(&output));
+}
+
+#[test]
+fn a_log_flood_is_capped_and_the_run_still_succeeds() {
+    let output = run_plugin("log_flood", &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    let out = text(&output);
+    assert!(out.contains("outcome: continue"), "{out}");
+    assert!(out.contains("bytes over the cap were dropped"), "{out}");
+    assert!(out.len() < 64 << 10, "the kept log is capped: {} bytes printed", out.len());
+}
+
+#[test]
+fn check_refuses_what_is_not_a_plugin_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let random = dir.path().join("random.wasm");
+    std::fs::write(
+        &random,
+        (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let foreign = guests().join("foreign_import.wasm");
+    let cases = [
+        (core.to_str().unwrap(), "core WebAssembly module"),
+        (random.to_str().unwrap(), "not WebAssembly"),
+        (foreign.to_str().unwrap(), "evil:escape/net"),
+    ];
+    for (file, message) in cases {
+        let output = cli(&["plugin", "check", file]);
+        assert_eq!(output.status.code(), Some(1), "{file}: {}", text(&output));
+        assert!(text(&output).contains(message), "{file}: {}", text(&output));
+    }
+    let ok = cli(&["plugin", "check", guests().join("amount_threshold.wasm").to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(text(&ok).contains("payflow:plugin/plugin@0.1.0 component"));
+}
