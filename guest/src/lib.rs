@@ -1,31 +1,9 @@
-//! Write a payflow-edge plugin in Rust.
-//!
-//! A plugin is a WebAssembly component that the gateway runs on every verified event of the
-//! endpoints it is attached to. Implement [`Plugin`], export it with [`export_plugin!`], and
-//! build with `cargo build --release --target wasm32-wasip2`:
-//!
-//! ```ignore
-//! use payflow_plugin::{export_plugin, Event, Outcome, Plugin};
-//!
-//! struct DropSmallPayments;
-//!
-//! impl Plugin for DropSmallPayments {
-//!     fn handle(event: Event) -> Result<Outcome, String> {
-//!         let min: i64 = payflow_plugin::config("min_amount").and_then(|v| v.parse().ok()).unwrap_or(0);
-//!         match payflow_plugin::payment(&event) {
-//!             Some(p) if p.amount < min => Ok(Outcome::drop(format!("amount {} under {min}", p.amount))),
-//!             _ => Ok(Outcome::proceed()),
-//!         }
-//!     }
-//! }
-//!
-//! export_plugin!(DropSmallPayments);
-//! ```
+//! Write a payflow-edge plugin in Rust: see the README (it is this crate's documentation).
 //!
 //! The contract is `wit/plugin.wit` (package `payflow:plugin`): this crate only generates
 //! bindings for it and adds conveniences; it must never add behaviour the WIT does not
 //! describe, so plugins written in other languages see the same world.
-
+#![doc = include_str!("../README.md")]
 #![no_std]
 extern crate alloc;
 

@@ -259,6 +259,27 @@ impl LoadedPlugin {
         limits: &Limits,
     ) -> Run {
         let started = Instant::now();
+        let (mut store, output) = self.new_store(config, kv, limits);
+        arm(&mut store, limits);
+        match self.pre.instantiate(&mut store) {
+            Ok(plugin) => call(&mut store, &plugin, event, limits, &output, started),
+            Err(error) => finish(&mut store, Err(error), limits, &output, started),
+        }
+    }
+
+    /// An instance kept for many events (for runtimes whose start-up is costly: JS, Python).
+    /// State the plugin keeps in its memory survives between events; fuel, deadline and logs
+    /// are per run. After a failed run the instance is discarded and the next run starts afresh.
+    pub fn warm(&self, config: &HashMap<String, String>, kv: Arc<dyn Kv>, limits: &Limits) -> WarmInstance {
+        WarmInstance { plugin: self.clone(), config: config.clone(), kv, limits: limits.clone(), live: None }
+    }
+
+    fn new_store(
+        &self,
+        config: &HashMap<String, String>,
+        kv: Arc<dyn Kv>,
+        limits: &Limits,
+    ) -> (Store<RunState>, CappedOutput) {
         let output = CappedOutput::new(limits.log_bytes);
         let wasi = WasiCtxBuilder::new().stdout(output.clone()).stderr(output.clone()).build();
         let state = RunState {
@@ -274,34 +295,96 @@ impl LoadedPlugin {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let _ = store.set_fuel(limits.fuel);
-        let ticks = limits.timeout.as_micros().div_ceil(EPOCH_TICK.as_micros()).max(1) as u64;
-        store.set_epoch_deadline(ticks + 1);
-        store.epoch_deadline_trap();
+        (store, output)
+    }
+}
 
-        let called = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|plugin| plugin.payflow_plugin_handler().call_handle(&mut store, event));
-        let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
-        let result = match called {
-            Ok(Ok(outcome)) => check_output(outcome, limits.output_bytes),
-            Ok(Err(message)) => Err(Failure::PluginError(message)),
-            Err(error) => Err(classify(&error, store.data().limiter.denied.load(Ordering::Relaxed))),
+/// See [`LoadedPlugin::warm`].
+pub struct WarmInstance {
+    plugin: LoadedPlugin,
+    config: HashMap<String, String>,
+    kv: Arc<dyn Kv>,
+    limits: Limits,
+    live: Option<(Store<RunState>, PluginWorld, CappedOutput)>,
+}
+
+impl WarmInstance {
+    /// Runs the plugin on `event`, instantiating it first if needed. Blocking.
+    pub fn run(&mut self, event: &Event) -> Run {
+        let started = Instant::now();
+        let (mut store, plugin, output) = match self.live.take() {
+            Some(live) => live,
+            None => {
+                let (mut store, output) = self.plugin.new_store(&self.config, self.kv.clone(), &self.limits);
+                arm(&mut store, &self.limits);
+                match self.plugin.pre.instantiate(&mut store) {
+                    Ok(plugin) => (store, plugin, output),
+                    Err(error) => return finish(&mut store, Err(error), &self.limits, &output, started),
+                }
+            }
         };
-        let state = store.into_data();
-        let mut logs = state.logs;
-        let (captured, output_dropped) = output.take();
-        if !captured.is_empty() {
-            logs.push(LogLine { level: "stdout", message: String::from_utf8_lossy(&captured).into_owned() });
+        arm(&mut store, &self.limits);
+        let run = call(&mut store, &plugin, event, &self.limits, &output, started);
+        if !matches!(
+            run.result,
+            Err(Failure::FuelExhausted | Failure::Timeout | Failure::MemoryExhausted | Failure::Trap(_))
+        ) {
+            self.live = Some((store, plugin, output));
         }
-        Run {
-            result,
-            fuel_used,
-            duration: started.elapsed(),
-            logs,
-            logs_dropped_bytes: state.logs_dropped_bytes + output_dropped,
-        }
+        run
+    }
+}
+
+/// Gives the store a fresh fuel budget, deadline and log allowance for one run.
+fn arm(store: &mut Store<RunState>, limits: &Limits) {
+    let _ = store.set_fuel(limits.fuel);
+    let ticks = limits.timeout.as_micros().div_ceil(EPOCH_TICK.as_micros()).max(1) as u64;
+    store.set_epoch_deadline(ticks + 1);
+    store.epoch_deadline_trap();
+    let state = store.data_mut();
+    state.logs.clear();
+    state.log_room = limits.log_bytes;
+    state.logs_dropped_bytes = 0;
+}
+
+fn call(
+    store: &mut Store<RunState>,
+    plugin: &PluginWorld,
+    event: &Event,
+    limits: &Limits,
+    output: &CappedOutput,
+    started: Instant,
+) -> Run {
+    let called = plugin.payflow_plugin_handler().call_handle(&mut *store, event);
+    finish(store, called, limits, output, started)
+}
+
+/// Turns what the call returned into a [`Run`], with the fuel used and the log.
+fn finish(
+    store: &mut Store<RunState>,
+    called: wasmtime::Result<Result<Outcome, String>>,
+    limits: &Limits,
+    output: &CappedOutput,
+    started: Instant,
+) -> Run {
+    let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+    let result = match called {
+        Ok(Ok(outcome)) => check_output(outcome, limits.output_bytes),
+        Ok(Err(message)) => Err(Failure::PluginError(message)),
+        Err(error) => Err(classify(&error, store.data().limiter.denied.swap(false, Ordering::Relaxed))),
+    };
+    let state = store.data_mut();
+    let mut logs = std::mem::take(&mut state.logs);
+    let (captured, output_dropped) = output.take();
+    if !captured.is_empty() {
+        logs.push(LogLine { level: "stdout", message: String::from_utf8_lossy(&captured).into_owned() });
+    }
+    Run {
+        result,
+        fuel_used,
+        duration: started.elapsed(),
+        logs,
+        logs_dropped_bytes: state.logs_dropped_bytes + output_dropped,
     }
 }
 

@@ -145,3 +145,43 @@ fn check_refuses_what_is_not_a_plugin_with_a_clear_message() {
     assert!(ok.status.success(), "{}", text(&ok));
     assert!(text(&ok).contains("payflow:plugin/plugin@0.1.0 component"));
 }
+
+#[test]
+fn a_warm_instance_serves_many_events_and_is_replaced_after_a_failure() {
+    use payflow_edge::plugins::{Action, Event, Failure, Limits, MemoryKv, Runtime};
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    let runtime = Runtime::new().unwrap();
+    let event = |amount: i64| {
+        let mut body: serde_json::Value =
+            serde_json::from_slice(&support::event_body("evt_warm", "payment.succeeded")).unwrap();
+        body["data"]["amount"] = amount.into();
+        Event {
+            id: "evt_warm".into(),
+            event_type: "payment.succeeded".into(),
+            endpoint: "/webhooks/payflow".into(),
+            merchant: "default".into(),
+            body: serde_json::to_vec(&body).unwrap(),
+            received_at_ms: 0,
+        }
+    };
+    let config = HashMap::from([("min_amount".to_string(), "1000".to_string())]);
+    let limits = Limits::default();
+
+    let threshold = runtime.load(&std::fs::read(guests().join("amount_threshold.wasm")).unwrap()).unwrap();
+    let mut warm = threshold.warm(&config, Arc::new(MemoryKv::default()), &limits);
+    for (amount, dropped) in [(500, true), (5000, false), (999, true), (1000, false)] {
+        let run = warm.run(&event(amount));
+        let outcome = run.result.unwrap();
+        assert_eq!(matches!(outcome.action, Action::Drop(_)), dropped, "amount {amount}");
+        // Logs are per run, not accumulated across the instance's life.
+        assert!(run.logs.len() <= 1, "{:?}", run.logs);
+    }
+
+    let panics = runtime.load(&std::fs::read(guests().join("panic.wasm")).unwrap()).unwrap();
+    let mut warm = panics.warm(&config, Arc::new(MemoryKv::default()), &limits);
+    for _ in 0..3 {
+        assert!(matches!(warm.run(&event(5000)).result, Err(Failure::Trap(_))));
+    }
+}

@@ -1,0 +1,63 @@
+//! `plugin-overhead FILE [RUNS]`: the per-event cost of a plugin in the gateway's sandbox, for
+//! a fresh instance per event (the default) and for a warm instance reused across events, side
+//! by side in one run. Prints p50/p90/p99 of each run (instantiate + call + collecting the
+//! outcome and logs), as the gateway would pay it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use payflow_edge::plugins::{Event, Limits, MemoryKv, Runtime};
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let file = args.next().context("usage: plugin-overhead FILE.wasm [RUNS]")?;
+    let runs: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(20_000);
+    let bytes = std::fs::read(&file).with_context(|| format!("cannot read {file}"))?;
+    let runtime = Runtime::new()?;
+    let plugin = runtime.load(&bytes)?;
+    let body = serde_json::to_vec(&payflow_edge::samples::sample_event(
+        "payment.succeeded",
+        "evt_bench",
+        1_700_000_000,
+    ))?;
+    let event = Event {
+        id: "evt_bench".into(),
+        event_type: "payment.succeeded".into(),
+        endpoint: "/webhooks/payflow".into(),
+        merchant: "default".into(),
+        body,
+        received_at_ms: 1_700_000_000_000,
+    };
+    let config = HashMap::from([("min_amount".to_string(), "100".to_string())]);
+    let kv = Arc::new(MemoryKv::default());
+    let limits = Limits::default();
+
+    let mut warm = plugin.warm(&config, kv.clone(), &limits);
+    let (mut fresh_times, mut warm_times) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    // Interleaved, so drift on a shared machine hits both alike.
+    for _ in 0..runs {
+        let run = plugin.run(&event, &config, kv.clone(), &limits);
+        run.result.map_err(|e| anyhow::anyhow!("fresh run failed: {e}"))?;
+        fresh_times.push(run.duration);
+        let run = warm.run(&event);
+        run.result.map_err(|e| anyhow::anyhow!("warm run failed: {e}"))?;
+        warm_times.push(run.duration);
+    }
+    println!("| plugin | instance | runs | p50 µs | p90 µs | p99 µs |");
+    println!("|---|---|---|---|---|---|");
+    for (label, mut times) in [("fresh per event", fresh_times), ("warm, reused", warm_times)] {
+        times.sort_unstable();
+        let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        println!(
+            "| {} | {label} | {runs} | {:.1} | {:.1} | {:.1} |",
+            std::path::Path::new(&file).file_name().unwrap_or_default().to_string_lossy(),
+            us(pct(0.5)),
+            us(pct(0.9)),
+            us(pct(0.99))
+        );
+    }
+    Ok(())
+}
