@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -231,16 +231,16 @@ impl Runtime {
     }
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`], for deadlines. One thread per engine,
-/// for the life of the process.
+/// Advances the engine's epoch every [`EPOCH_TICK`], for deadlines: one thread per engine,
+/// which ends once the engine is dropped.
 fn start_epoch_clock(engine: &Engine) {
-    static STARTED: OnceLock<()> = OnceLock::new();
-    let engine = engine.clone();
-    STARTED.get_or_init(|| {
-        let _ = std::thread::Builder::new().name("plugin-epoch".into()).spawn(move || loop {
-            std::thread::sleep(EPOCH_TICK);
+    let engine = engine.weak();
+    let _ = std::thread::Builder::new().name("plugin-epoch".into()).spawn(move || {
+        while let Some(engine) = engine.upgrade() {
             engine.increment_epoch();
-        });
+            drop(engine);
+            std::thread::sleep(EPOCH_TICK);
+        }
     });
 }
 

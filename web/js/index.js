@@ -125,9 +125,9 @@ function schemeOf(options) {
   return options.scheme;
 }
 
-function keysFor(options) {
-  const keys = new Keys(schemeOf(options), ...hmacOptions(options));
-  for (const secret of secretList(options)) keys.add_secret(secret);
+function keysFor(scheme, hmac, secrets) {
+  const keys = new Keys(scheme, ...hmac);
+  for (const secret of secrets) keys.add_secret(secret);
   return keys;
 }
 
@@ -142,11 +142,13 @@ function verifierFor(options) {
   const requireTimestamp = flag(options, 'requireTimestamp');
   // Every part is length-prefixed, so no two configurations share a key.
   const scheme = schemeOf(options);
+  const hmac = hmacOptions(options);
+  const secrets = secretList(options);
   let cacheKey = `${scheme.length}:${scheme}${tolerance}:${requireTimestamp}`;
-  for (const part of [...hmacOptions(options), ...secretList(options)]) cacheKey += `|${part.length}:${part}`;
+  for (const part of [...hmac, ...secrets]) cacheKey += `|${part.length}:${part}`;
   let keys = verifiers.get(cacheKey);
   if (keys === undefined) {
-    keys = keysFor(options);
+    keys = keysFor(scheme, hmac, secrets);
     try {
       keys.prepare_verify(tolerance, requireTimestamp);
     } catch (error) {
@@ -203,7 +205,7 @@ export function sign(options) {
     if (options.form !== undefined && options.form !== 'v0' && options.form !== 'v1') throw new InputError("form must be 'v0' or 'v1'");
     const body = bodyBytes(options.body);
     const timestamp = unixSeconds(options.timestamp, 'timestamp');
-    const keys = keysFor(options);
+    const keys = keysFor(schemeOf(options), hmacOptions(options), secretList(options));
     let fields;
     try {
       fields = keys.sign(body, timestamp, options.id ?? '', options.form === 'v0').split('\n');
