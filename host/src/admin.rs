@@ -1,9 +1,11 @@
-//! The admin API on its own listener: events (list, show, replay) and health.
+//! The admin API on its own listener: events (list, show, replay), plugins (list, show,
+//! upload, delete, roll back) and health.
 //!
 //! Every `/api` route needs `Authorization: Bearer <token>`, compared in constant time. The
 //! operator's token sees every merchant; a merchant's token sees only that merchant's events,
 //! and another merchant's event answers 404, exactly like one that does not exist, so a token
-//! cannot even learn which ids other merchants have.
+//! cannot even learn which ids other merchants have. The same holds for plugins: a merchant's
+//! token uploads, shows and rolls back only its own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,9 +18,10 @@ use serde_json::json;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::http::{self, percent_decode, query_pairs, Reply};
+use crate::http::{self, percent_decode, query_pairs, BodyError, Reply};
 use crate::ingress::Handler;
 use crate::pipeline::Endpoint;
+use crate::plugins::{PluginStage, Registry, RegistryError};
 use crate::store::{EventFilter, Store};
 
 /// Default and largest page sizes for `GET /api/events`.
@@ -35,6 +38,8 @@ pub struct Admin {
     pub config: Arc<Config>,
     /// Endpoints by path (to find an event's upstream on replay).
     pub endpoints: HashMap<String, Arc<Endpoint>>,
+    /// Plugins, when any are configured.
+    pub plugins: Option<Arc<PluginStage>>,
 }
 
 /// Who is asking: `None` is the operator, `Some(id)` a merchant.
@@ -123,7 +128,7 @@ impl Admin {
             Ok(None) => return not_found(),
             Err(e) => return store_error(e),
         };
-        let upstream = self.endpoints.get(&detail.summary.endpoint).and_then(|e| e.upstream.clone());
+        let upstream = self.endpoints.get(&detail.summary.endpoint).and_then(|e| e.first_hop.clone());
         let Some(upstream) = upstream else {
             return http::error(StatusCode::CONFLICT, "the event's endpoint has no upstream to deliver to");
         };
@@ -141,6 +146,89 @@ impl Admin {
         }
     }
 }
+
+fn plugin_error(e: RegistryError) -> Reply {
+    let (status, reason) = match &e {
+        RegistryError::Unknown(_) => (StatusCode::NOT_FOUND, "unknown_plugin"),
+        RegistryError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_plugin"),
+        RegistryError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "plugin_too_large"),
+        RegistryError::NoVersion(_) => (StatusCode::CONFLICT, "no_previous_version"),
+        RegistryError::File { .. } | RegistryError::Store(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+        }
+    };
+    http::json(status, &json!({ "error": reason, "message": e.to_string() }))
+}
+
+impl Admin {
+    fn registry(&self) -> Option<&Arc<Registry>> {
+        self.plugins.as_ref().map(|p| p.registry())
+    }
+
+    async fn list_plugins(&self, scope: Scope) -> Reply {
+        let Some(registry) = self.registry() else {
+            return http::json(StatusCode::OK, &json!({ "plugins": [] }));
+        };
+        let mut plugins = Vec::new();
+        for slot in registry.slots(scope.as_deref()) {
+            match registry.show(&slot.merchant, &slot.name).await {
+                Ok(status) => plugins.push(status),
+                Err(e) => return plugin_error(e),
+            }
+        }
+        http::json(StatusCode::OK, &json!({ "plugins": plugins }))
+    }
+
+    async fn plugin_route(
+        &self,
+        scope: Scope,
+        name: &str,
+        rest: &[String],
+        request: Request<Incoming>,
+    ) -> Reply {
+        let unknown = || plugin_error(RegistryError::Unknown(name.to_string()));
+        let Some(registry) = self.registry() else { return unknown() };
+        // Names are unique across merchants; a merchant's token finds only its own.
+        let Some(slot) = registry.slots(scope.as_deref()).into_iter().find(|s| s.name == name).cloned()
+        else {
+            return unknown();
+        };
+        let merchant = slot.merchant.as_str();
+        let method = request.method().clone();
+        let result = match (rest, &method) {
+            ([], &Method::GET) => registry.show(merchant, name).await,
+            ([], &Method::PUT) => {
+                let limit = self.config.plugins.max_upload_bytes;
+                let body = match http::read_body(request.into_body(), limit, UPLOAD_TIMEOUT).await {
+                    Ok(body) => body,
+                    Err(BodyError::TooLarge(_)) => {
+                        return plugin_error(RegistryError::TooLarge { size: limit + 1, limit })
+                    }
+                    Err(_) => return http::error(StatusCode::BAD_REQUEST, "body_unreadable"),
+                };
+                registry.upload(merchant, name, body).await
+            }
+            ([], &Method::DELETE) => {
+                return match registry.delete(merchant, name).await {
+                    Ok(deleted) => http::json(StatusCode::OK, &json!({ "deleted": deleted, "name": name })),
+                    Err(e) => plugin_error(e),
+                }
+            }
+            ([r], &Method::POST) if r == "rollback" => registry.rollback(merchant, name).await,
+            ([], _) | ([_], _) if rest.first().is_none_or(|r| r == "rollback") => {
+                return http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
+            _ => return not_found(),
+        };
+        match result {
+            Ok(status) => http::json(StatusCode::OK, &json!(status)),
+            Err(e) => plugin_error(e),
+        }
+    }
+}
+
+/// Time an upload's body has to arrive (components can be tens of megabytes).
+const UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[async_trait]
 impl Handler for Admin {
@@ -163,6 +251,13 @@ impl Handler for Admin {
             (["events"] | ["events", _] | ["events", _, "replay"], _) => {
                 http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }
+            (["plugins"], &Method::GET) => self.list_plugins(scope).await,
+            (["plugins", name, rest @ ..], _) => {
+                let name = name.to_string();
+                let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+                self.plugin_route(scope, &name, &rest, request).await
+            }
+            (["plugins"], _) => http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             _ => not_found(),
         }
     }

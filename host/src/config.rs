@@ -61,9 +61,12 @@ pub struct Config {
     /// Upstreams events are delivered to.
     #[serde(default)]
     pub upstream: Vec<UpstreamConfig>,
-    /// Plugins (see issue 4: not run by this build yet).
+    /// Plugins endpoints run, by name.
     #[serde(default)]
-    pub plugin: Vec<toml::Table>,
+    pub plugin: Vec<PluginConfig>,
+    /// How plugins are run.
+    #[serde(default)]
+    pub plugins: PluginsConfig,
 }
 
 /// `[server]`
@@ -240,6 +243,91 @@ pub struct UpstreamConfig {
     pub sign_secret: Option<String>,
 }
 
+/// `[[plugin]]`: a plugin and its sandbox limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Name endpoints and the admin API refer to.
+    pub name: String,
+    /// Owning merchant.
+    #[serde(default = "default_merchant")]
+    pub merchant: String,
+    /// The `.wasm` component to load at start. Without it the plugin is uploaded through the
+    /// admin API; until then its events wait (retried, then `dead`).
+    pub path: Option<PathBuf>,
+    /// Fuel per run (roughly, wasm instructions).
+    #[serde(default = "default_fuel")]
+    pub fuel: u64,
+    /// Wall-clock deadline per run.
+    #[serde(default = "default_plugin_timeout")]
+    pub timeout_ms: u64,
+    /// Linear memory cap.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u64,
+    /// The outcome's bodies, headers and tags together.
+    #[serde(default = "default_output_bytes")]
+    pub output_bytes: usize,
+    /// Log kept per run.
+    #[serde(default = "default_log_bytes")]
+    pub log_bytes: usize,
+    /// The plugin's key-value space, keys and values together.
+    #[serde(default = "default_kv_bytes")]
+    pub kv_bytes: usize,
+    /// Keep one instance alive between events (for JS and Python, whose start-up is costly).
+    #[serde(default)]
+    pub warm: bool,
+    /// What the plugin reads with `config(key)`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+fn default_fuel() -> u64 {
+    100_000_000
+}
+fn default_plugin_timeout() -> u64 {
+    1_000
+}
+fn default_memory_mb() -> u64 {
+    32
+}
+fn default_output_bytes() -> usize {
+    1 << 20
+}
+fn default_log_bytes() -> usize {
+    16 << 10
+}
+fn default_kv_bytes() -> usize {
+    1 << 20
+}
+
+/// `[plugins]`: how the plugin step runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Threads running plugins (0: one per CPU). Plugins never run on the ingress threads.
+    pub workers: usize,
+    /// Attempts of an event's plugin step before the event is `dead`.
+    pub max_attempts: u32,
+    /// First retry delay of a failed plugin step; doubles each attempt (with jitter).
+    pub retry_base_ms: u64,
+    /// Longest delay between attempts.
+    pub retry_max_ms: u64,
+    /// Largest component accepted by `PUT /api/plugins/{name}`.
+    pub max_upload_bytes: usize,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            workers: 0,
+            max_attempts: 3,
+            retry_base_ms: 1_000,
+            retry_max_ms: 60_000,
+            max_upload_bytes: 32 << 20,
+        }
+    }
+}
+
 fn default_timeout() -> u64 {
     5_000
 }
@@ -289,6 +377,11 @@ impl Config {
             x(format!("endpoint[{i}].path"), &mut e.path)?;
             for (j, s) in e.secrets.iter_mut().enumerate() {
                 x(format!("endpoint[{i}].secrets[{j}]"), s)?;
+            }
+        }
+        for (i, p) in self.plugin.iter_mut().enumerate() {
+            for (k, v) in p.config.iter_mut() {
+                x(format!("plugin[{i}].config.{k}"), v)?;
             }
         }
         for (i, u) in self.upstream.iter_mut().enumerate() {
@@ -344,8 +437,8 @@ impl Config {
         let mut upstreams = BTreeMap::new();
         for (i, u) in self.upstream.iter().enumerate() {
             let key = |k: &str| format!("upstream[{i}].{k}");
-            if u.name.is_empty() {
-                return Err(invalid(key("name"), "must not be empty"));
+            if u.name.is_empty() || u.name.starts_with('@') {
+                return Err(invalid(key("name"), "must not be empty or start with '@'"));
             }
             if upstreams.insert(u.name.clone(), u).is_some() {
                 return Err(invalid(key("name"), format!("{:?} is declared twice", u.name)));
@@ -378,6 +471,7 @@ impl Config {
             }
         }
 
+        let plugins = self.validate_plugins(&merchants)?;
         let mut paths = BTreeSet::new();
         for (i, e) in self.endpoint.iter().enumerate() {
             let key = |k: &str| format!("endpoint[{i}].{k}");
@@ -414,14 +508,79 @@ impl Config {
                 },
                 (None, Mode::Queue) => {}
             }
-            if !e.plugins.is_empty() {
-                return Err(invalid(key("plugins"), "plugins are not supported by this build yet"));
+            for (j, name) in e.plugins.iter().enumerate() {
+                match plugins.get(name) {
+                    None => {
+                        return Err(invalid(
+                            format!("endpoint[{i}].plugins[{j}]"),
+                            format!("unknown plugin {name:?} (declare it with [[plugin]])"),
+                        ))
+                    }
+                    Some(p) if p.merchant != e.merchant => {
+                        return Err(invalid(
+                            format!("endpoint[{i}].plugins[{j}]"),
+                            format!(
+                                "plugin {name:?} belongs to merchant {:?}, not {:?}",
+                                p.merchant, e.merchant
+                            ),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+                if e.plugins[..j].contains(name) {
+                    return Err(invalid(
+                        format!("endpoint[{i}].plugins[{j}]"),
+                        format!("{name:?} is listed twice"),
+                    ));
+                }
             }
         }
         if self.endpoint.is_empty() {
             return Err(invalid("endpoint", "at least one [[endpoint]] is needed"));
         }
         Ok(())
+    }
+
+    fn validate_plugins(
+        &self,
+        merchants: &BTreeSet<String>,
+    ) -> Result<BTreeMap<String, &PluginConfig>, ConfigError> {
+        let p = &self.plugins;
+        if p.max_attempts == 0 {
+            return Err(invalid("plugins.max_attempts", "must be at least 1"));
+        }
+        if p.max_upload_bytes < 1024 {
+            return Err(invalid("plugins.max_upload_bytes", "must be at least 1024"));
+        }
+        let mut plugins = BTreeMap::new();
+        for (i, p) in self.plugin.iter().enumerate() {
+            let key = |k: &str| format!("plugin[{i}].{k}");
+            if !valid_plugin_name(&p.name) {
+                return Err(invalid(key("name"), "must be 1 to 64 letters, digits, '-' or '_'"));
+            }
+            if plugins.insert(p.name.clone(), p).is_some() {
+                return Err(invalid(key("name"), format!("{:?} is declared twice", p.name)));
+            }
+            if !merchants.contains(&p.merchant) {
+                return Err(invalid(key("merchant"), format!("unknown merchant {:?}", p.merchant)));
+            }
+            // Bounds that keep one plugin from taking the gateway with it: a deadline of a
+            // minute or memory of 4 GiB is a misconfiguration, not a plugin.
+            let ranges: [(&str, u64, u64, u64); 6] = [
+                ("fuel", p.fuel, 1_000, 100_000_000_000),
+                ("timeout_ms", p.timeout_ms, 1, 60_000),
+                ("memory_mb", p.memory_mb, 1, 256),
+                ("output_bytes", p.output_bytes as u64, 1, 64 << 20),
+                ("log_bytes", p.log_bytes as u64, 0, 16 << 20),
+                ("kv_bytes", p.kv_bytes as u64, 0, 256 << 20),
+            ];
+            for (name, value, min, max) in ranges {
+                if !(min..=max).contains(&value) {
+                    return Err(invalid(key(name), format!("must be between {min} and {max}")));
+                }
+            }
+        }
+        Ok(plugins)
     }
 
     /// The merchant an admin token belongs to: `Some(None)` for the operator, `Some(Some(id))`
@@ -464,6 +623,11 @@ impl EndpointConfig {
         config.json_compat = self.json_compat;
         Verifier::new(config).map_err(|e| e.to_string())
     }
+}
+
+/// Plugin names travel in URL paths and log lines: keep them plain.
+pub fn valid_plugin_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {

@@ -30,8 +30,9 @@ use rand::Rng;
 use tokio::sync::{watch, Notify};
 
 use crate::clock::Clock;
-use crate::config::UpstreamConfig;
-use crate::store::{Attempt, AttemptInfo, AttemptOutcome, DueDelivery, Store};
+use crate::config::{PluginsConfig, UpstreamConfig};
+use crate::plugins::PluginStage;
+use crate::store::{Attempt, AttemptInfo, AttemptOutcome, DueDelivery, Store, PLUGIN_STEP};
 
 /// Header carrying the event id on every delivery.
 pub const EVENT_ID_HEADER: &str = "x-payflow-event-id";
@@ -153,6 +154,26 @@ impl Upstream {
         })
     }
 
+    /// The pseudo-upstream of the plugin step ([`PLUGIN_STEP`]): never sent to over HTTP (the
+    /// dispatcher hands its deliveries to the plugin stage); it only lends the step the
+    /// dispatcher's queue, workers, retry policy and poller.
+    pub fn plugin_step(config: &PluginsConfig, workers: usize) -> Self {
+        Upstream::new(&UpstreamConfig {
+            name: PLUGIN_STEP.into(),
+            merchant: String::new(),
+            url: "http://plugins.invalid/".into(),
+            timeout_ms: 1,
+            max_attempts: config.max_attempts,
+            // Enough steps in flight to keep every scheduler thread fed while others wait on
+            // their commit.
+            concurrency: workers * 4,
+            retry_base_ms: config.retry_base_ms,
+            retry_max_ms: config.retry_max_ms,
+            sign_secret: None,
+        })
+        .expect("a constant, valid URL")
+    }
+
     /// Hands a just-stored event to the workers, so they need not read back what ingress just
     /// wrote. The store stays the source of truth: if the queue is full the poller finds it.
     pub fn hand_off(&self, delivery: DueDelivery) {
@@ -243,18 +264,27 @@ impl Default for UpstreamClient {
 }
 
 impl UpstreamClient {
-    /// POSTs an event's raw body to the upstream with `X-PayFlow-Event-Id` (and a fresh
-    /// signature when the upstream has a `sign_secret`).
+    /// POSTs an event's body to the upstream with `X-PayFlow-Event-Id` (and a fresh
+    /// signature when the upstream has a `sign_secret`), plus the headers plugins added (a
+    /// plugin's `content-type` replaces the JSON one).
     pub async fn send(
         &self,
         upstream: &Upstream,
         event_id: &str,
         request_id: &str,
         body: Bytes,
+        headers: &[(String, String)],
         now_secs: i64,
     ) -> Result<UpstreamReply, SendError> {
-        let mut request = Request::post(upstream.uri.clone())
-            .header(CONTENT_TYPE, "application/json")
+        let typed = headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
+        let mut request = Request::post(upstream.uri.clone());
+        if !typed {
+            request = request.header(CONTENT_TYPE, "application/json");
+        }
+        for (name, value) in headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let mut request = request
             .header(USER_AGENT, concat!("payflow-edge/", env!("CARGO_PKG_VERSION")))
             .header(EVENT_ID_HEADER, event_id)
             .header(REQUEST_ID_HEADER, request_id);
@@ -359,7 +389,7 @@ pub const DELIVERY_NICE: i32 = 10;
 
 /// Lowers the calling thread's CPU priority by [`DELIVERY_NICE`] (Linux, where a nice value is
 /// per thread). Elsewhere, or if refused, deliveries simply run at normal priority.
-fn lower_this_threads_priority() {
+pub(crate) fn lower_this_threads_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: plain syscalls on the calling thread's own id, with no memory passed.
     unsafe {
@@ -378,17 +408,19 @@ pub struct Dispatcher {
     clock: Arc<dyn Clock>,
     client: UpstreamClient,
     upstreams: HashMap<String, Arc<Upstream>>,
+    plugins: Option<Arc<PluginStage>>,
 }
 
 impl Dispatcher {
-    /// A dispatcher over these upstreams.
+    /// A dispatcher over these upstreams (with the plugin step's among them when `plugins`).
     pub fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         client: UpstreamClient,
         upstreams: HashMap<String, Arc<Upstream>>,
+        plugins: Option<Arc<PluginStage>>,
     ) -> Self {
-        Dispatcher { store, clock, client, upstreams }
+        Dispatcher { store, clock, client, upstreams, plugins }
     }
 
     /// Starts the dispatcher on a thread of its own ("payflow-deliver", CPU priority lowered by
@@ -502,11 +534,20 @@ impl Dispatcher {
     }
 
     async fn deliver(&self, upstream: &Upstream, d: DueDelivery) {
+        if d.upstream == PLUGIN_STEP {
+            match &self.plugins {
+                Some(plugins) => plugins.run_queued(upstream, d).await,
+                None => {
+                    tracing::warn!(event_id = %d.event_id, "a plugin step is due but no plugins are configured")
+                }
+            }
+            return;
+        }
         let number = d.attempts + 1;
         let attempt = AttemptStart::new(&d.merchant, &d.event_id, number, self.clock.now_ms());
         let result = self
             .client
-            .send(upstream, &d.event_id, &d.request_id, d.body.clone(), self.clock.now_secs())
+            .send(upstream, &d.event_id, &d.request_id, d.body.clone(), &d.headers, self.clock.now_secs())
             .await;
         let outcome = match classify(&result) {
             Verdict::Delivered => AttemptOutcome::Delivered,

@@ -18,7 +18,8 @@ use crate::config::Config;
 use crate::delivery::{Dispatcher, Upstream, UpstreamClient};
 use crate::ingress::{self, ServeOptions, WebhookRouter};
 use crate::pipeline::{Endpoint, Pipeline};
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::plugins::{EndpointPlugins, PluginStage, Registry, Runtime, Scheduler};
+use crate::store::{SqliteStore, Store, StoreError, PLUGIN_STEP};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,14 @@ pub enum StartError {
     /// The delivery thread could not be started.
     #[error("cannot start the delivery thread: {0}")]
     DeliveryThread(std::io::Error),
+    /// A plugin cannot be loaded, or the plugin runtime cannot start.
+    #[error("plugin {name}: {problem}")]
+    Plugin {
+        /// Which plugin ("*" for the runtime).
+        name: String,
+        /// Why.
+        problem: String,
+    },
 }
 
 /// A running gateway.
@@ -59,6 +68,7 @@ pub struct Gateway {
     listeners: Vec<JoinHandle<()>>,
     /// Completes when the dispatcher's thread has stopped.
     dispatcher: tokio::sync::oneshot::Receiver<()>,
+    plugins: Option<Arc<PluginStage>>,
     store: Arc<dyn Store>,
 }
 
@@ -84,14 +94,19 @@ impl Gateway {
         };
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store)?);
 
-        let mut upstreams = HashMap::new();
+        let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
         for u in &config.upstream {
             let upstream =
                 Upstream::new(u).map_err(|e| StartError::Config(format!("upstream {}: {e}", u.name)))?;
             upstreams.insert(u.name.clone(), Arc::new(upstream));
         }
+        let plugins = start_plugins(&config, &store, &clock, &upstreams).await?;
+        let step = plugins.as_ref().map(|(_, step)| step.clone());
+        let plugins = plugins.map(|(stage, _)| stage);
         let mut endpoints = HashMap::new();
         for e in &config.endpoint {
+            let upstream = e.upstream.as_ref().and_then(|name| upstreams.get(name).cloned());
+            let first_hop = if e.plugins.is_empty() { upstream.clone() } else { step.clone() };
             let endpoint = Endpoint {
                 merchant: e.merchant.clone(),
                 path: e.path.clone(),
@@ -99,9 +114,13 @@ impl Gateway {
                 verifier: e
                     .verifier()
                     .map_err(|p| StartError::Config(format!("endpoint {}: {p}", e.path)))?,
-                upstream: e.upstream.as_ref().and_then(|name| upstreams.get(name).cloned()),
+                upstream,
+                first_hop,
             };
             endpoints.insert(e.path.clone(), Arc::new(endpoint));
+        }
+        if let Some(step) = step {
+            upstreams.insert(PLUGIN_STEP.to_string(), step);
         }
 
         let ingress_listener = bind("ingress", &config.server.listen).await?;
@@ -127,6 +146,7 @@ impl Gateway {
                 client: client.clone(),
                 max_body_bytes: config.server.max_body_bytes,
                 body_timeout: Duration::from_millis(config.server.body_timeout_ms),
+                plugins: plugins.clone(),
             },
         });
         let ingress_tls = tls.is_some();
@@ -142,16 +162,18 @@ impl Gateway {
                 clock: clock.clone(),
                 config: config.clone(),
                 endpoints,
+                plugins: plugins.clone(),
             });
             let options = ServeOptions { header_timeout, max_connections: 64, tls: None };
             listeners.push(tokio::spawn(ingress::serve(listener, admin, options, watch_shutdown.clone())));
         }
         // Its own connection pool: proxy-mode forwards must not ride on connections driven by the
         // (lower-priority) delivery thread.
-        let dispatcher = Dispatcher::new(store.clone(), clock, UpstreamClient::default(), upstreams)
-            .start(watch_shutdown)
-            .map_err(StartError::DeliveryThread)?;
-        Ok(Gateway { ingress_addr, ingress_tls, admin_addr, shutdown, listeners, dispatcher, store })
+        let dispatcher =
+            Dispatcher::new(store.clone(), clock, UpstreamClient::default(), upstreams, plugins.clone())
+                .start(watch_shutdown)
+                .map_err(StartError::DeliveryThread)?;
+        Ok(Gateway { ingress_addr, ingress_tls, admin_addr, shutdown, listeners, dispatcher, plugins, store })
     }
 
     /// Stops accepting, lets in-flight requests and deliveries finish, and flushes the store.
@@ -161,6 +183,63 @@ impl Gateway {
             let _ = task.await;
         }
         let _ = self.dispatcher.await;
+        if let Some(plugins) = &self.plugins {
+            plugins.stop();
+        }
         self.store.close().await;
     }
+}
+
+/// The plugin runtime, registry (each plugin's active version loaded), scheduler and stage, and
+/// the plugin step's pseudo-upstream; `None` when no plugin is configured.
+async fn start_plugins(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    clock: &Arc<dyn Clock>,
+    upstreams: &HashMap<String, Arc<Upstream>>,
+) -> Result<Option<(Arc<PluginStage>, Arc<Upstream>)>, StartError> {
+    if config.plugin.is_empty() {
+        return Ok(None);
+    }
+    let problem = |name: &str, problem: String| StartError::Plugin { name: name.to_string(), problem };
+    let runtime = Runtime::new().map_err(|e| problem("*", e.to_string()))?;
+    let registry = Registry::load(
+        runtime,
+        store.clone(),
+        clock.clone(),
+        &config.plugin,
+        config.plugins.max_upload_bytes,
+    )
+    .await
+    .map_err(|(name, e)| problem(&name, e.to_string()))?;
+    let workers = match config.plugins.workers {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let scheduler = Scheduler::start(workers, crate::delivery::lower_this_threads_priority)
+        .map_err(|e| problem("*", format!("cannot start the plugin threads: {e}")))?;
+    let endpoints = config
+        .endpoint
+        .iter()
+        .filter(|e| !e.plugins.is_empty())
+        .map(|e| {
+            let plugins = EndpointPlugins {
+                merchant: e.merchant.clone(),
+                chain: e.plugins.clone(),
+                upstream: e.upstream.clone(),
+            };
+            (e.path.clone(), plugins)
+        })
+        .collect();
+    let stage = PluginStage::new(
+        Arc::new(registry),
+        scheduler,
+        store.clone(),
+        clock.clone(),
+        tokio::runtime::Handle::current(),
+        endpoints,
+        upstreams.clone(),
+    );
+    let step = Arc::new(Upstream::plugin_step(&config.plugins, workers));
+    Ok(Some((Arc::new(stage), step)))
 }

@@ -1,11 +1,14 @@
 //! The request path of a webhook, top to bottom in one place:
 //!
-//! receive → limits → verify → parse → de-duplicate + persist → acknowledge (queue mode)
-//!                                                           → forward and answer (proxy mode)
+//! receive → limits → verify → parse → de-duplicate + persist → acknowledge (queue mode;
+//!                                                           plugins and deliveries follow
+//!                                                           from the durable queue)
+//!                                                           → plugins → forward and answer
+//!                                                           (proxy mode)
 //!
 //! Each stage is a call into its own module (`http` for limits, `payflow_verify` for verify
-//! and parse, `store` for persistence, `delivery` for forwarding); no stage reaches around
-//! another. This module decides the HTTP reply for every outcome (DESIGN's contract) and must
+//! and parse, `store` for persistence, `plugins` for the merchant's plugins, `delivery` for
+//! forwarding); no stage reaches around another. This module decides the HTTP reply for every outcome (DESIGN's contract) and must
 //! never acknowledge an event before the store said it is durable.
 
 use std::sync::Arc;
@@ -23,6 +26,7 @@ use crate::clock::Clock;
 use crate::config::Mode;
 use crate::delivery::{classify, AttemptStart, SendError, Upstream, UpstreamClient, Verdict};
 use crate::http::{self, BodyError, HttpHeaders, Reply};
+use crate::plugins::{ChainOutcome, PluginStage, StepInput};
 use crate::store::{AttemptOutcome, DueDelivery, EventStatus, Inserted, NewEvent, Store};
 
 /// Request headers kept with a stored event (never the signature headers).
@@ -48,6 +52,9 @@ pub struct Endpoint {
     pub verifier: Verifier,
     /// Where its events go.
     pub upstream: Option<Arc<Upstream>>,
+    /// Queue mode: where a stored event goes first: the plugin step when the endpoint has
+    /// plugins, else its upstream.
+    pub first_hop: Option<Arc<Upstream>>,
 }
 
 /// What every request on the path shares.
@@ -62,6 +69,17 @@ pub struct Pipeline {
     pub max_body_bytes: usize,
     /// Time allowed for the body to arrive.
     pub body_timeout: Duration,
+    /// Merchants' plugins, when any are configured.
+    pub plugins: Option<Arc<PluginStage>>,
+}
+
+/// An event on its way to the upstream in proxy mode.
+struct Proxied<'a> {
+    id: &'a str,
+    event_type: Option<String>,
+    body: Bytes,
+    received_at_ms: i64,
+    request_id: &'a str,
 }
 
 fn received(duplicate: bool) -> Reply {
@@ -103,16 +121,17 @@ impl Pipeline {
         };
 
         // De-duplicate and persist. Authentic but invalid events are kept, quarantined.
-        let (status, reason) = match (&parsed.checked, endpoint.mode, &endpoint.upstream) {
+        let (status, reason) = match (&parsed.checked, endpoint.mode, &endpoint.first_hop) {
             (Err(problem), _, _) => (EventStatus::Quarantined, Some(problem.to_string())),
             (Ok(_), Mode::Proxy, _) => (EventStatus::Forwarding, None),
             (Ok(_), Mode::Queue, Some(_)) => (EventStatus::Queued, None),
             (Ok(_), Mode::Queue, None) => (EventStatus::Stored, None),
         };
-        let deliveries = match (status, &endpoint.upstream) {
-            (EventStatus::Queued, Some(upstream)) => vec![upstream.name.clone()],
+        let deliveries = match (status, &endpoint.first_hop) {
+            (EventStatus::Queued, Some(hop)) => vec![hop.name.clone()],
             _ => Vec::new(),
         };
+        let received_at_ms = self.clock.now_ms();
         let new = NewEvent {
             merchant: endpoint.merchant.clone(),
             id: parsed.id.clone(),
@@ -122,7 +141,7 @@ impl Pipeline {
             reason: reason.clone(),
             body: body.clone(),
             headers: kept_headers(&parts.headers),
-            received_at_ms: self.clock.now_ms(),
+            received_at_ms,
             deliveries,
             request_id: request_id.to_string(),
         };
@@ -138,42 +157,88 @@ impl Pipeline {
         }
 
         // Acknowledge (queue mode), or forward and answer with the upstream's reply (proxy).
+        let proxied = Proxied {
+            id: &parsed.id,
+            event_type: parsed.event_type.clone(),
+            body,
+            received_at_ms,
+            request_id,
+        };
         match (endpoint.mode, inserted) {
             (Mode::Queue, Inserted::New) => {
-                if let (EventStatus::Queued, Some(upstream)) = (status, &endpoint.upstream) {
-                    upstream.hand_off(DueDelivery {
+                if let (EventStatus::Queued, Some(hop)) = (status, &endpoint.first_hop) {
+                    hop.hand_off(DueDelivery {
                         merchant: endpoint.merchant.clone(),
-                        event_id: parsed.id,
-                        upstream: upstream.name.clone(),
+                        event_id: parsed.id.clone(),
+                        upstream: hop.name.clone(),
+                        endpoint: endpoint.path.clone(),
                         attempts: 0,
-                        body: body.clone(),
+                        body: proxied.body,
+                        headers: Vec::new(),
                         event_type: parsed.event_type,
                         request_id: request_id.to_string(),
                         next_attempt_at_ms: 0,
+                        received_at_ms,
                     });
                 }
                 received(false)
             }
             (Mode::Queue, Inserted::Duplicate(_)) => received(true),
             (Mode::Proxy, Inserted::New) if status == EventStatus::Quarantined => received(false),
-            (Mode::Proxy, Inserted::New) => self.forward(endpoint, &parsed.id, body, request_id).await,
+            (Mode::Proxy, Inserted::New) => self.proxy(endpoint, proxied).await,
             (Mode::Proxy, Inserted::Duplicate(EventStatus::Failed | EventStatus::Forwarding)) => {
-                self.forward_again(endpoint, &parsed.id, body, request_id).await
+                self.forward_again(endpoint, proxied).await
             }
             (Mode::Proxy, Inserted::Duplicate(_)) => received(true),
+        }
+    }
+
+    /// Proxy mode: the endpoint's plugins, then the forward. A plugin failure answers 503 so
+    /// the sender retries (and the plugins run again); a drop answers 200.
+    async fn proxy(&self, endpoint: &Endpoint, event: Proxied<'_>) -> Reply {
+        let Some(plugins) = self.plugins.as_ref().filter(|p| p.has_plugins(&endpoint.path)) else {
+            return self.forward(endpoint, event.id, event.body, &[], event.request_id).await;
+        };
+        let input = StepInput {
+            merchant: endpoint.merchant.clone(),
+            event_id: event.id.to_string(),
+            endpoint: endpoint.path.clone(),
+            event_type: event.event_type,
+            body: event.body.clone(),
+            received_at_ms: event.received_at_ms,
+            request_id: event.request_id.to_string(),
+            attempts: 0,
+        };
+        match plugins.run_proxied(input).await {
+            ChainOutcome::Continue { body, headers, .. } => {
+                let body = body.unwrap_or(event.body);
+                self.forward(endpoint, event.id, body, &headers, event.request_id).await
+            }
+            ChainOutcome::Drop { reason, .. } => {
+                http::json(StatusCode::OK, &json!({ "received": true, "dropped": reason }))
+            }
+            ChainOutcome::Failed { reason } => {
+                tracing::info!(request_id = event.request_id, event_id = event.id, %reason, "plugin step failed");
+                let mut reply = http::json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({ "error": "plugin_failed", "message": reason }),
+                );
+                reply.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
+                reply
+            }
         }
     }
 
     /// Proxy mode: a duplicate whose earlier forward failed is forwarded again, once, by
     /// whichever request claims it; a duplicate arriving while one is in flight is told to
     /// retry later.
-    async fn forward_again(&self, endpoint: &Endpoint, id: &str, body: Bytes, request_id: &str) -> Reply {
+    async fn forward_again(&self, endpoint: &Endpoint, event: Proxied<'_>) -> Reply {
         let timeout = endpoint.upstream.as_ref().map_or(Duration::from_secs(5), |u| u.timeout);
         let now = self.clock.now_ms();
         // A forward still marked in flight after twice its timeout was cut short by a crash.
         let stale_before = now - 2 * timeout.as_millis() as i64;
-        match self.store.claim_forward(&endpoint.merchant, id, now, stale_before).await {
-            Ok(true) => self.forward(endpoint, id, body, request_id).await,
+        match self.store.claim_forward(&endpoint.merchant, event.id, now, stale_before).await {
+            Ok(true) => self.proxy(endpoint, event).await,
             Ok(false) => {
                 let mut reply = http::error(StatusCode::CONFLICT, "in_progress");
                 reply.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
@@ -183,12 +248,19 @@ impl Pipeline {
         }
     }
 
-    async fn forward(&self, endpoint: &Endpoint, id: &str, body: Bytes, request_id: &str) -> Reply {
+    async fn forward(
+        &self,
+        endpoint: &Endpoint,
+        id: &str,
+        body: Bytes,
+        headers: &[(String, String)],
+        request_id: &str,
+    ) -> Reply {
         let Some(upstream) = &endpoint.upstream else {
             return http::error(StatusCode::INTERNAL_SERVER_ERROR, "no_upstream");
         };
         let attempt = AttemptStart::new(&endpoint.merchant, id, 1, self.clock.now_ms());
-        let result = self.client.send(upstream, id, request_id, body, self.clock.now_secs()).await;
+        let result = self.client.send(upstream, id, request_id, body, headers, self.clock.now_secs()).await;
         let outcome = match classify(&result) {
             Verdict::Delivered => AttemptOutcome::Delivered,
             _ => AttemptOutcome::Dead,

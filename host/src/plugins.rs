@@ -24,6 +24,16 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+mod chain;
+mod registry;
+mod scheduler;
+mod stage;
+
+pub use chain::{ChainInput, ChainOutcome, ChainResult};
+pub use registry::{PluginStatus, Registry, RegistryError, Slot};
+pub use scheduler::Scheduler;
+pub use stage::{EndpointPlugins, PluginStage, StepInput};
+
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
@@ -58,6 +68,19 @@ pub struct Limits {
     pub kv_bytes: usize,
 }
 
+impl From<&crate::config::PluginConfig> for Limits {
+    fn from(c: &crate::config::PluginConfig) -> Self {
+        Limits {
+            fuel: c.fuel,
+            timeout: Duration::from_millis(c.timeout_ms),
+            memory_bytes: (c.memory_mb as usize) << 20,
+            output_bytes: c.output_bytes,
+            log_bytes: c.log_bytes,
+            kv_bytes: c.kv_bytes,
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -89,9 +112,12 @@ pub enum Failure {
     /// The plugin answered `err(message)`.
     #[error("plugin_error: {0}")]
     PluginError(String),
-    /// The outcome breaks the contract: too big, not JSON where JSON is needed.
+    /// The outcome breaks the contract: too big, a header the gateway owns, a forward twice.
     #[error("bad_output: {0}")]
     BadOutput(String),
+    /// A forward names an upstream that is not configured for the plugin's merchant.
+    #[error("unknown_upstream: {0:?} is not an upstream of this merchant")]
+    UnknownUpstream(String),
 }
 
 impl Failure {
@@ -104,6 +130,7 @@ impl Failure {
             Failure::Trap(_) => "trap",
             Failure::PluginError(_) => "plugin_error",
             Failure::BadOutput(_) => "bad_output",
+            Failure::UnknownUpstream(_) => "unknown_upstream",
         }
     }
 }
@@ -214,6 +241,12 @@ impl Runtime {
     /// component of the `payflow:plugin` world (a core module, random bytes, a missing export,
     /// an import the gateway does not provide).
     pub fn load(&self, bytes: &[u8]) -> Result<LoadedPlugin, LoadError> {
+        self.compile(bytes).map(|(plugin, _)| plugin)
+    }
+
+    /// Like [`Runtime::load`], and also returns the compiled artifact to cache for
+    /// [`Runtime::load_compiled`].
+    pub fn compile(&self, bytes: &[u8]) -> Result<(LoadedPlugin, Vec<u8>), LoadError> {
         if wasmparser::Parser::is_core_wasm(bytes) {
             return Err(LoadError::NotAComponent(
                 "this is a core WebAssembly module; build a component (e.g. --target wasm32-wasip2)".into(),
@@ -224,8 +257,26 @@ impl Runtime {
         }
         let component =
             Component::new(&self.engine, bytes).map_err(|e| LoadError::NotAComponent(format!("{e:#}")))?;
+        let compiled = component.serialize().map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        Ok((self.link(&component)?, compiled))
+    }
+
+    /// Loads an artifact from [`Runtime::compile`] without compiling again. Fails (and the
+    /// caller compiles the component instead) if it was made by another engine version or
+    /// configuration.
+    pub fn load_compiled(&self, compiled: &[u8]) -> Result<LoadedPlugin, LoadError> {
+        // SAFETY: wasmtime requires that the bytes come from `Component::serialize` of a
+        // compatible engine and were not tampered with. They come from our own store (the
+        // operator's database, written by `compile`), never from a merchant; wasmtime itself
+        // checks the engine version and configuration recorded in them.
+        let component = unsafe { Component::deserialize(&self.engine, compiled) }
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        self.link(&component)
+    }
+
+    fn link(&self, component: &Component) -> Result<LoadedPlugin, LoadError> {
         let pre =
-            self.linker.instantiate_pre(&component).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+            self.linker.instantiate_pre(component).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let pre = PluginPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         Ok(LoadedPlugin { engine: self.engine.clone(), pre })
     }
@@ -311,6 +362,14 @@ pub struct WarmInstance {
 }
 
 impl WarmInstance {
+    /// The key-value space the following runs see (each run may get its own view).
+    pub fn set_kv(&mut self, kv: Arc<dyn Kv>) {
+        if let Some((store, _, _)) = &mut self.live {
+            store.data_mut().kv = kv.clone();
+        }
+        self.kv = kv;
+    }
+
     /// Runs the plugin on `event`, instantiating it first if needed. Blocking.
     pub fn run(&mut self, event: &Event) -> Run {
         let started = Instant::now();

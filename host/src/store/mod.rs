@@ -25,6 +25,11 @@ pub enum StoreError {
     Closed,
 }
 
+/// The name under which an event's plugin step sits among its deliveries: it is due, retried,
+/// made `dead` and replayed exactly like a delivery, and its success creates the real ones.
+/// Upstream names cannot start with `@`.
+pub const PLUGIN_STEP: &str = "@plugins";
+
 /// Where an event stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -43,6 +48,8 @@ pub enum EventStatus {
     Forwarding,
     /// Proxy mode: the last forward failed; the sender's retry forwards it again.
     Failed,
+    /// A plugin dropped it (the reason is kept); nothing is delivered.
+    Dropped,
 }
 
 impl EventStatus {
@@ -56,6 +63,7 @@ impl EventStatus {
             EventStatus::Stored => "stored",
             EventStatus::Forwarding => "forwarding",
             EventStatus::Failed => "failed",
+            EventStatus::Dropped => "dropped",
         }
     }
 
@@ -69,6 +77,7 @@ impl EventStatus {
             "stored" => EventStatus::Stored,
             "forwarding" => EventStatus::Forwarding,
             "failed" => EventStatus::Failed,
+            "dropped" => EventStatus::Dropped,
             _ => return None,
         })
     }
@@ -117,12 +126,18 @@ pub struct DueDelivery {
     pub merchant: String,
     /// Event id.
     pub event_id: String,
-    /// Upstream name.
+    /// Upstream name ([`PLUGIN_STEP`] for the plugin step).
     pub upstream: String,
+    /// Endpoint path the event arrived on.
+    pub endpoint: String,
     /// Attempts made so far.
     pub attempts: u32,
-    /// The event's raw body.
+    /// What to send: the event's raw body, or the body a plugin gave this delivery.
     pub body: Bytes,
+    /// Headers a plugin added to this delivery.
+    pub headers: Vec<(String, String)>,
+    /// When the event arrived (unix ms).
+    pub received_at_ms: i64,
     /// The event's type.
     pub event_type: Option<String>,
     /// Request id of the ingress request that stored it.
@@ -168,6 +183,136 @@ pub struct Attempt {
     pub outcome: AttemptOutcome,
 }
 
+/// A delivery a plugin step created.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// Upstream name.
+    pub upstream: String,
+    /// The body to send instead of the event's raw body.
+    pub body: Option<Bytes>,
+    /// Headers to add.
+    pub headers: Vec<(String, String)>,
+}
+
+/// One plugin's run in a plugin step, as recorded and shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginRunInfo {
+    /// Plugin name.
+    pub plugin: String,
+    /// The version that ran.
+    pub version: u32,
+    /// Which attempt of the plugin step.
+    pub attempt: u32,
+    /// Start, unix ms.
+    pub at_ms: i64,
+    /// Wall-clock time, instantiation included.
+    pub duration_us: i64,
+    /// Fuel used.
+    pub fuel_used: u64,
+    /// `continue`, `drop`, or the failure's reason (`trap`, `timeout`, `fuel_exhausted`…).
+    pub outcome: String,
+    /// The drop reason, or what the failure said.
+    pub detail: Option<String>,
+    /// The run's log: (level, message).
+    pub logs: Vec<(String, String)>,
+}
+
+/// A value a plugin stored, committed with its step.
+#[derive(Debug, Clone)]
+pub struct KvWrite {
+    /// Plugin name.
+    pub plugin: String,
+    /// Key.
+    pub key: String,
+    /// Value.
+    pub value: Vec<u8>,
+}
+
+/// The result of an event's plugin step, written in one commit: the runs, the plugins' kv
+/// writes, the step's own outcome, the event's new status and the deliveries it created. A
+/// failed step writes no kv: a run that failed leaves nothing behind but its record.
+#[derive(Debug, Clone)]
+pub struct PluginStep {
+    /// Owning merchant.
+    pub merchant: String,
+    /// Event id.
+    pub event_id: String,
+    /// The step as an attempt (upstream [`PLUGIN_STEP`]).
+    pub attempt: AttemptInfo,
+    /// What becomes of the step: delivered (it finished), retry or dead.
+    pub step: AttemptOutcome,
+    /// Each plugin that ran.
+    pub runs: Vec<PluginRunInfo>,
+    /// kv writes, applied only when the step finished.
+    pub kv: Vec<KvWrite>,
+    /// The event's status after the step.
+    pub status: EventStatus,
+    /// Its reason (drop reason, failure).
+    pub reason: Option<String>,
+    /// Deliveries to create, due now.
+    pub deliveries: Vec<NewDelivery>,
+    /// Tags plugins put on the event.
+    pub tags: Vec<String>,
+}
+
+/// Where a plugin's code comes from.
+#[derive(Debug, Clone)]
+pub struct NewPluginVersion {
+    /// Owning merchant.
+    pub merchant: String,
+    /// Plugin name.
+    pub name: String,
+    /// The component.
+    pub wasm: Bytes,
+    /// Hex SHA-256 of the component.
+    pub sha256: String,
+    /// The engine's compiled artifact, so a restart need not compile again.
+    pub compiled: Vec<u8>,
+    /// `file` (from the config's path) or `upload`.
+    pub source: String,
+    /// When, unix ms.
+    pub created_at_ms: i64,
+}
+
+/// A stored plugin version.
+#[derive(Debug, Clone)]
+pub struct StoredPlugin {
+    /// Its version number (1, 2, …, per merchant and name).
+    pub version: u32,
+    /// The component.
+    pub wasm: Bytes,
+    /// The compiled artifact.
+    pub compiled: Vec<u8>,
+    /// Its info.
+    pub info: PluginVersionInfo,
+}
+
+/// A plugin version as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginVersionInfo {
+    /// Version number.
+    pub version: u32,
+    /// Hex SHA-256 of the component.
+    pub sha256: String,
+    /// Size of the component.
+    pub size: usize,
+    /// `file` or `upload`.
+    pub source: String,
+    /// When it was stored, unix ms.
+    pub created_at_ms: i64,
+}
+
+/// A plugin's versions and which one is active.
+#[derive(Debug, Clone, Default)]
+pub struct PluginHistory {
+    /// The active version, if any.
+    pub active: Option<u32>,
+    /// SHA-256 of the config file last imported.
+    pub file_sha256: Option<String>,
+    /// Every version, oldest first.
+    pub versions: Vec<PluginVersionInfo>,
+}
+
 /// Filters for listing events. `merchant: None` means every merchant (operator).
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
@@ -199,10 +344,12 @@ pub struct EventSummary {
     pub event_type: Option<String>,
     /// Status.
     pub status: String,
-    /// Quarantine or failure reason.
+    /// Quarantine, drop or failure reason.
     pub reason: Option<String>,
     /// Arrival, unix ms.
     pub received_at_ms: i64,
+    /// Tags plugins put on it.
+    pub tags: Vec<String>,
 }
 
 /// A delivery as shown.
@@ -253,6 +400,8 @@ pub struct EventDetail {
     pub deliveries: Vec<DeliveryInfo>,
     /// Attempts, oldest first.
     pub attempts: Vec<AttemptInfo>,
+    /// Plugin runs, oldest first.
+    pub plugin_runs: Vec<PluginRunInfo>,
 }
 
 /// The durable store.
@@ -293,8 +442,45 @@ pub trait Store: Send + Sync + 'static {
     /// One event with its deliveries and attempts; `merchant: None` searches all merchants.
     async fn get_event(&self, merchant: Option<&str>, id: &str) -> Result<Option<EventDetail>, StoreError>;
 
+    /// Records a plugin step (see [`PluginStep`]).
+    async fn finish_plugin_step(&self, step: PluginStep) -> Result<(), StoreError>;
+
+    /// A plugin's key-value space.
+    async fn load_kv(&self, merchant: &str, plugin: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Stores a new version of a plugin and makes it the active one; `file_sha256` records
+    /// the config file it was imported from. Returns its version number.
+    async fn add_plugin_version(
+        &self,
+        version: NewPluginVersion,
+        file_sha256: Option<String>,
+    ) -> Result<u32, StoreError>;
+
+    /// The active version of a plugin, with its bytes and compiled artifact.
+    async fn active_plugin(&self, merchant: &str, name: &str) -> Result<Option<StoredPlugin>, StoreError>;
+
+    /// A plugin's versions.
+    async fn plugin_history(&self, merchant: &str, name: &str) -> Result<PluginHistory, StoreError>;
+
+    /// Makes `version` the active one (it must exist). False when it does not.
+    async fn activate_plugin(&self, merchant: &str, name: &str, version: u32) -> Result<bool, StoreError>;
+
+    /// Replaces a version's compiled artifact (after an engine upgrade made the old one unusable).
+    async fn save_compiled(
+        &self,
+        merchant: &str,
+        name: &str,
+        version: u32,
+        compiled: Vec<u8>,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes a plugin: its versions and its kv. False when it had none.
+    async fn delete_plugin(&self, merchant: &str, name: &str) -> Result<bool, StoreError>;
+
     /// Makes an event's deliveries pending again (attempts reset), adding one to `upstream`
-    /// if it has none (e.g. a quarantined event). False when the event is not found.
+    /// if it has none (e.g. a quarantined event). An event with a plugin step replays from
+    /// that step: the deliveries it created are removed, and the plugins decide again.
+    /// False when the event is not found.
     async fn replay(
         &self,
         merchant: Option<&str>,

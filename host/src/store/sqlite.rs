@@ -23,7 +23,8 @@ use tokio::sync::oneshot;
 
 use super::{
     Attempt, AttemptInfo, AttemptOutcome, DeliveryInfo, DueCursor, DueDelivery, EventDetail, EventFilter,
-    EventStatus, EventSummary, Inserted, NewEvent, Store, StoreError,
+    EventStatus, EventSummary, Inserted, NewEvent, NewPluginVersion, PluginHistory, PluginRunInfo,
+    PluginStep, PluginVersionInfo, Store, StoreError, StoredPlugin, PLUGIN_STEP,
 };
 use crate::config::StoreConfig;
 
@@ -65,7 +66,64 @@ CREATE TABLE IF NOT EXISTS attempts (
     response     TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_by_event ON attempts (merchant, event_id);
+CREATE TABLE IF NOT EXISTS plugin_runs (
+    merchant     TEXT    NOT NULL,
+    event_id     TEXT    NOT NULL,
+    plugin       TEXT    NOT NULL,
+    version      INTEGER NOT NULL,
+    attempt      INTEGER NOT NULL,
+    at_ms        BIGINT  NOT NULL,
+    duration_us  BIGINT  NOT NULL,
+    fuel_used    BIGINT  NOT NULL,
+    outcome      TEXT    NOT NULL,
+    detail       TEXT,
+    logs         TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS plugin_runs_by_event ON plugin_runs (merchant, event_id);
+CREATE TABLE IF NOT EXISTS plugins (
+    merchant        TEXT    NOT NULL,
+    name            TEXT    NOT NULL,
+    active_version  INTEGER,
+    file_sha256     TEXT,
+    PRIMARY KEY (merchant, name)
+);
+CREATE TABLE IF NOT EXISTS plugin_versions (
+    merchant        TEXT    NOT NULL,
+    name            TEXT    NOT NULL,
+    version         INTEGER NOT NULL,
+    sha256          TEXT    NOT NULL,
+    wasm            BLOB    NOT NULL,
+    compiled        BLOB    NOT NULL,
+    source          TEXT    NOT NULL,
+    created_at_ms   BIGINT  NOT NULL,
+    PRIMARY KEY (merchant, name, version)
+);
+CREATE TABLE IF NOT EXISTS plugin_kv (
+    merchant  TEXT  NOT NULL,
+    plugin    TEXT  NOT NULL,
+    key       TEXT  NOT NULL,
+    value     BLOB  NOT NULL,
+    PRIMARY KEY (merchant, plugin, key)
+);
 ";
+
+/// Columns added after the first release, for databases created before them.
+const ADDED_COLUMNS: [(&str, &str, &str); 3] =
+    [("events", "tags", "TEXT"), ("deliveries", "body", "BLOB"), ("deliveries", "headers", "TEXT")];
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, kind) in ADDED_COLUMNS {
+        let exists: bool = conn.query_row(
+            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [column],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
+}
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -174,6 +232,7 @@ impl SqliteStore {
         let writer_conn = open(path, config)
             .map_err(|e| StoreError::Unavailable(format!("cannot open database {}: {e}", path.display())))?;
         writer_conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        migrate(&writer_conn).map_err(unavailable)?;
         writer_conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(unavailable)?;
         let reader = open(path, config).map_err(unavailable)?;
         let (stop_checkpoints, stopped) = mpsc::channel();
@@ -362,10 +421,14 @@ fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventSummary> {
         status: row.get(4)?,
         reason: row.get(5)?,
         received_at_ms: row.get(6)?,
+        tags: row
+            .get::<_, Option<String>>(7)?
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default(),
     })
 }
 
-const SUMMARY_COLUMNS: &str = "merchant, id, endpoint, event_type, status, reason, received_at_ms";
+const SUMMARY_COLUMNS: &str = "merchant, id, endpoint, event_type, status, reason, received_at_ms, tags";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -463,8 +526,8 @@ impl Store for SqliteStore {
         };
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT d.merchant, d.event_id, d.upstream, d.attempts, e.body, e.event_type, e.request_id,
-                        d.next_attempt_at_ms
+                "SELECT d.merchant, d.event_id, d.upstream, d.attempts, COALESCE(d.body, e.body), e.event_type,
+                        e.request_id, d.next_attempt_at_ms, e.endpoint, d.headers, e.received_at_ms
                  FROM deliveries d JOIN events e ON e.merchant = d.merchant AND e.id = d.event_id
                  WHERE d.upstream = ?1 AND d.status = 'pending' AND d.next_attempt_at_ms <= ?2
                    AND (?4 IS NULL OR (d.next_attempt_at_ms, d.merchant, d.event_id) > (?4, ?5, ?6))
@@ -480,6 +543,12 @@ impl Store for SqliteStore {
                     event_type: r.get(5)?,
                     request_id: r.get(6)?,
                     next_attempt_at_ms: r.get(7)?,
+                    endpoint: r.get(8)?,
+                    headers: r
+                        .get::<_, Option<String>>(9)?
+                        .and_then(|h| serde_json::from_str(&h).ok())
+                        .unwrap_or_default(),
+                    received_at_ms: r.get(10)?,
                 })
             })?;
             rows.collect()
@@ -576,9 +645,9 @@ impl Store for SqliteStore {
                     ),
                     params![id, merchant],
                     |r| {
-                        let body: Vec<u8> = r.get(7)?;
-                        let headers: String = r.get(8)?;
-                        Ok((summary(r)?, body, headers, r.get::<_, String>(9)?))
+                        let body: Vec<u8> = r.get(8)?;
+                        let headers: String = r.get(9)?;
+                        Ok((summary(r)?, body, headers, r.get::<_, String>(10)?))
                     },
                 )
                 .optional()?;
@@ -616,6 +685,25 @@ impl Store for SqliteStore {
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            let plugin_runs = conn
+                .prepare_cached(
+                    "SELECT plugin, version, attempt, at_ms, duration_us, fuel_used, outcome, detail, logs
+                     FROM plugin_runs WHERE merchant = ?1 AND event_id = ?2 ORDER BY at_ms, rowid",
+                )?
+                .query_map(params![summary.merchant, summary.id], |r| {
+                    Ok(PluginRunInfo {
+                        plugin: r.get(0)?,
+                        version: r.get(1)?,
+                        attempt: r.get(2)?,
+                        at_ms: r.get(3)?,
+                        duration_us: r.get(4)?,
+                        fuel_used: r.get::<_, i64>(5)? as u64,
+                        outcome: r.get(6)?,
+                        detail: r.get(7)?,
+                        logs: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default(),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(Some(EventDetail {
                 summary,
                 body: String::from_utf8_lossy(&body).into_owned(),
@@ -623,6 +711,7 @@ impl Store for SqliteStore {
                 request_id,
                 deliveries,
                 attempts,
+                plugin_runs,
             }))
         })
         .await
@@ -648,11 +737,30 @@ impl Store for SqliteStore {
             else {
                 return Ok(false);
             };
+            let from_plugins = upstream.as_deref() == Some(PLUGIN_STEP)
+                || conn
+                    .query_row(
+                        "SELECT COUNT(*) > 0 FROM deliveries WHERE merchant = ?1 AND event_id = ?2 AND upstream = ?3",
+                        params![owner, id, PLUGIN_STEP],
+                        |r| r.get::<_, bool>(0),
+                    )?;
+            if from_plugins {
+                // The plugins decide again (perhaps a fixed version): what they created goes.
+                conn.execute(
+                    "DELETE FROM deliveries WHERE merchant = ?1 AND event_id = ?2 AND upstream <> ?3",
+                    params![owner, id, PLUGIN_STEP],
+                )?;
+                conn.execute(
+                    "UPDATE events SET reason = NULL WHERE merchant = ?1 AND id = ?2",
+                    params![owner, id],
+                )?;
+            }
             conn.execute(
                 "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at_ms = ?3
                  WHERE merchant = ?1 AND event_id = ?2",
                 params![owner, id, now_ms],
             )?;
+            let upstream = if from_plugins { Some(PLUGIN_STEP.to_string()) } else { upstream.clone() };
             if let Some(upstream) = &upstream {
                 conn.execute(
                     "INSERT INTO deliveries (merchant, event_id, upstream, status, attempts, next_attempt_at_ms)
@@ -662,6 +770,227 @@ impl Store for SqliteStore {
             }
             settle_event(conn, &owner, &id)?;
             Ok(true)
+        })
+        .await
+    }
+
+    async fn finish_plugin_step(&self, step: PluginStep) -> Result<(), StoreError> {
+        self.write_with(Priority::Background, move |conn| {
+            let (merchant, id) = (&step.merchant, &step.event_id);
+            let mut run = conn.prepare_cached(
+                "INSERT INTO plugin_runs (merchant, event_id, plugin, version, attempt, at_ms, duration_us,
+                                          fuel_used, outcome, detail, logs)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            for r in &step.runs {
+                let logs = serde_json::to_string(&r.logs).unwrap_or_else(|_| "[]".into());
+                run.execute(params![
+                    merchant,
+                    id,
+                    r.plugin,
+                    r.version,
+                    r.attempt,
+                    r.at_ms,
+                    r.duration_us,
+                    r.fuel_used as i64,
+                    r.outcome,
+                    r.detail,
+                    logs
+                ])?;
+            }
+            insert_attempt(
+                conn,
+                &Attempt {
+                    merchant: merchant.clone(),
+                    event_id: id.clone(),
+                    info: step.attempt.clone(),
+                    outcome: step.step,
+                },
+            )?;
+            let (step_status, next_at_ms) = match step.step {
+                AttemptOutcome::Delivered => ("delivered", None),
+                AttemptOutcome::Dead => ("dead", None),
+                AttemptOutcome::Retry { next_at_ms } => ("pending", Some(next_at_ms)),
+            };
+            conn.prepare_cached(
+                "UPDATE deliveries
+                 SET status = ?4, attempts = ?5, next_attempt_at_ms = COALESCE(?6, next_attempt_at_ms)
+                 WHERE merchant = ?1 AND event_id = ?2 AND upstream = ?3",
+            )?
+            .execute(params![merchant, id, PLUGIN_STEP, step_status, step.attempt.number, next_at_ms])?;
+            let mut kv = conn.prepare_cached(
+                "INSERT INTO plugin_kv (merchant, plugin, key, value) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value",
+            )?;
+            for w in &step.kv {
+                kv.execute(params![merchant, w.plugin, w.key, w.value])?;
+            }
+            let mut add = conn.prepare_cached(
+                "INSERT INTO deliveries (merchant, event_id, upstream, status, attempts, next_attempt_at_ms,
+                                         body, headers)
+                 VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?5, ?6)
+                 ON CONFLICT (merchant, event_id, upstream) DO UPDATE
+                 SET status = 'pending', attempts = 0, next_attempt_at_ms = excluded.next_attempt_at_ms,
+                     body = excluded.body, headers = excluded.headers",
+            )?;
+            for d in &step.deliveries {
+                let headers = (!d.headers.is_empty()).then(|| serde_json::to_string(&d.headers).unwrap_or_default());
+                add.execute(params![merchant, id, d.upstream, step.attempt.at_ms, d.body.as_deref(), headers])?;
+            }
+            let tags = (!step.tags.is_empty()).then(|| serde_json::to_string(&step.tags).unwrap_or_default());
+            conn.prepare_cached(
+                "UPDATE events SET status = ?3, reason = ?4, tags = COALESCE(?5, tags) WHERE merchant = ?1 AND id = ?2",
+            )?
+            .execute(params![merchant, id, step.status.as_str(), step.reason, tags])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load_kv(&self, merchant: &str, plugin: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let (merchant, plugin) = (merchant.to_string(), plugin.to_string());
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT key, value FROM plugin_kv WHERE merchant = ?1 AND plugin = ?2")?
+                .query_map(params![merchant, plugin], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .await
+    }
+
+    async fn add_plugin_version(
+        &self,
+        v: NewPluginVersion,
+        file_sha256: Option<String>,
+    ) -> Result<u32, StoreError> {
+        self.write(move |conn| {
+            let version: u32 = conn.query_row(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM plugin_versions WHERE merchant = ?1 AND name = ?2",
+                params![v.merchant, v.name],
+                |r| r.get(0),
+            )?;
+            conn.execute(
+                "INSERT INTO plugin_versions (merchant, name, version, sha256, wasm, compiled, source, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![v.merchant, v.name, version, v.sha256, &v.wasm[..], v.compiled, v.source, v.created_at_ms],
+            )?;
+            conn.execute(
+                "INSERT INTO plugins (merchant, name, active_version, file_sha256) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (merchant, name) DO UPDATE
+                 SET active_version = excluded.active_version,
+                     file_sha256 = COALESCE(excluded.file_sha256, plugins.file_sha256)",
+                params![v.merchant, v.name, version, file_sha256],
+            )?;
+            Ok(version)
+        })
+        .await
+    }
+
+    async fn active_plugin(&self, merchant: &str, name: &str) -> Result<Option<StoredPlugin>, StoreError> {
+        let (merchant, name) = (merchant.to_string(), name.to_string());
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT v.version, v.wasm, v.compiled, v.sha256, v.source, v.created_at_ms
+                 FROM plugins p JOIN plugin_versions v
+                   ON v.merchant = p.merchant AND v.name = p.name AND v.version = p.active_version
+                 WHERE p.merchant = ?1 AND p.name = ?2",
+                params![merchant, name],
+                |r| {
+                    let wasm: Vec<u8> = r.get(1)?;
+                    Ok(StoredPlugin {
+                        version: r.get(0)?,
+                        compiled: r.get(2)?,
+                        info: PluginVersionInfo {
+                            version: r.get(0)?,
+                            sha256: r.get(3)?,
+                            size: wasm.len(),
+                            source: r.get(4)?,
+                            created_at_ms: r.get(5)?,
+                        },
+                        wasm: Bytes::from(wasm),
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn plugin_history(&self, merchant: &str, name: &str) -> Result<PluginHistory, StoreError> {
+        let (merchant, name) = (merchant.to_string(), name.to_string());
+        self.read(move |conn| {
+            let (active, file_sha256) = conn
+                .query_row(
+                    "SELECT active_version, file_sha256 FROM plugins WHERE merchant = ?1 AND name = ?2",
+                    params![merchant, name],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?
+                .unwrap_or((None, None));
+            let versions = conn
+                .prepare_cached(
+                    "SELECT version, sha256, LENGTH(wasm), source, created_at_ms FROM plugin_versions
+                     WHERE merchant = ?1 AND name = ?2 ORDER BY version",
+                )?
+                .query_map(params![merchant, name], |r| {
+                    Ok(PluginVersionInfo {
+                        version: r.get(0)?,
+                        sha256: r.get(1)?,
+                        size: r.get::<_, i64>(2)? as usize,
+                        source: r.get(3)?,
+                        created_at_ms: r.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(PluginHistory { active, file_sha256, versions })
+        })
+        .await
+    }
+
+    async fn activate_plugin(&self, merchant: &str, name: &str, version: u32) -> Result<bool, StoreError> {
+        let (merchant, name) = (merchant.to_string(), name.to_string());
+        self.write(move |conn| {
+            let n = conn.execute(
+                "UPDATE plugins SET active_version = ?3 WHERE merchant = ?1 AND name = ?2
+                   AND EXISTS (SELECT 1 FROM plugin_versions v WHERE v.merchant = ?1 AND v.name = ?2 AND v.version = ?3)",
+                params![merchant, name, version],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn save_compiled(
+        &self,
+        merchant: &str,
+        name: &str,
+        version: u32,
+        compiled: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let (merchant, name) = (merchant.to_string(), name.to_string());
+        self.write_with(Priority::Background, move |conn| {
+            conn.execute(
+                "UPDATE plugin_versions SET compiled = ?4 WHERE merchant = ?1 AND name = ?2 AND version = ?3",
+                params![merchant, name, version, compiled],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_plugin(&self, merchant: &str, name: &str) -> Result<bool, StoreError> {
+        let (merchant, name) = (merchant.to_string(), name.to_string());
+        self.write(move |conn| {
+            let n = conn
+                .execute("DELETE FROM plugins WHERE merchant = ?1 AND name = ?2", params![merchant, name])?;
+            conn.execute(
+                "DELETE FROM plugin_versions WHERE merchant = ?1 AND name = ?2",
+                params![merchant, name],
+            )?;
+            conn.execute(
+                "DELETE FROM plugin_kv WHERE merchant = ?1 AND plugin = ?2",
+                params![merchant, name],
+            )?;
+            Ok(n == 1)
         })
         .await
     }

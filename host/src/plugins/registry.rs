@@ -1,0 +1,359 @@
+//! The plugins a gateway can run: one [`Slot`] per configured `[[plugin]]`, holding the active
+//! compiled version, its sandbox limits and configuration, and its key-value space.
+//!
+//! Versions live in the store with their compiled artifact, so a restart loads them without
+//! compiling. A new version (from the config file or an upload) is compiled and validated
+//! before it is stored, and swapped in with one pointer store: a run that already took the old
+//! version finishes on it, the next run gets the new one, and nothing ever sees a half-loaded
+//! plugin. This module must never run a plugin (that is [`super::chain`]'s job, on the
+//! scheduler's threads) nor decide who may change one (the admin API checks scopes).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::{Kv, Limits, LoadError, LoadedPlugin, Runtime, WarmInstance};
+use crate::clock::Clock;
+use crate::config::PluginConfig;
+use crate::store::{NewPluginVersion, PluginHistory, PluginVersionInfo, Store, StoreError, StoredPlugin};
+
+/// Why a plugin change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// No `[[plugin]]` of that name for that merchant.
+    #[error("no plugin named {0:?} is configured for this merchant (declare it with [[plugin]])")]
+    Unknown(String),
+    /// The component is unusable.
+    #[error(transparent)]
+    Invalid(#[from] LoadError),
+    /// Over `plugins.max_upload_bytes`.
+    #[error("the component is {size} bytes; the limit is {limit}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Nothing to roll back to.
+    #[error("{0}")]
+    NoVersion(String),
+    /// The config's file cannot be read.
+    #[error("cannot read {path}: {error}")]
+    File {
+        /// The path.
+        path: String,
+        /// Why.
+        error: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A plugin version, compiled and linked.
+pub struct Version {
+    /// Its number.
+    pub info: PluginVersionInfo,
+    /// Ready to instantiate.
+    pub plugin: LoadedPlugin,
+    /// Loaded from the store's compiled artifact (not compiled in this process).
+    pub from_cache: bool,
+    /// Idle warm instances (`warm = true` only).
+    warm: Mutex<Vec<WarmInstance>>,
+}
+
+impl Version {
+    /// Takes an idle warm instance, or makes one.
+    pub fn take_warm(&self, slot: &Slot, kv: Arc<dyn Kv>) -> WarmInstance {
+        let idle = self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match idle {
+            Some(mut instance) => {
+                instance.set_kv(kv);
+                instance
+            }
+            None => self.plugin.warm(&slot.config, kv, &slot.limits),
+        }
+    }
+
+    /// Gives a warm instance back for the next event.
+    pub fn put_warm(&self, instance: WarmInstance) {
+        self.warm.lock().unwrap_or_else(|p| p.into_inner()).push(instance);
+    }
+}
+
+/// A plugin's key-value space in memory, loaded from the store on first use. The store holds
+/// the committed state; this copy lets a run read without a query.
+#[derive(Default)]
+pub struct KvSpace {
+    /// `None` until loaded (and again after a failed commit, to reload).
+    pub values: Option<HashMap<String, Vec<u8>>>,
+}
+
+/// One configured plugin.
+pub struct Slot {
+    /// Owning merchant.
+    pub merchant: String,
+    /// Name.
+    pub name: String,
+    /// Its sandbox.
+    pub limits: Limits,
+    /// What `config(key)` answers.
+    pub config: HashMap<String, String>,
+    /// Reuse instances between events.
+    pub warm: bool,
+    active: RwLock<Option<Arc<Version>>>,
+    /// The key-value space.
+    pub kv: Mutex<KvSpace>,
+    /// Held for a whole run: runs of one plugin are serialized.
+    pub(super) turn: Mutex<()>,
+    /// Serializes changes (upload, rollback, delete) to this slot.
+    changing: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    /// The active version, if any. Cheap: an `Arc` clone.
+    pub fn active(&self) -> Option<Arc<Version>> {
+        self.active.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn swap(&self, version: Option<Arc<Version>>) {
+        *self.active.write().unwrap_or_else(|p| p.into_inner()) = version;
+    }
+}
+
+/// A plugin as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginStatus {
+    /// Name.
+    pub name: String,
+    /// Owning merchant.
+    pub merchant: String,
+    /// The active version.
+    pub active_version: Option<u32>,
+    /// Whether the running version was loaded from the compiled cache.
+    pub loaded_from_cache: Option<bool>,
+    /// Its limits.
+    pub fuel: u64,
+    /// Deadline.
+    pub timeout_ms: u64,
+    /// Memory cap.
+    pub memory_mb: u64,
+    /// Warm instances.
+    pub warm: bool,
+    /// Every stored version.
+    pub versions: Vec<PluginVersionInfo>,
+}
+
+/// Every configured plugin.
+pub struct Registry {
+    runtime: Runtime,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    max_upload_bytes: usize,
+    slots: HashMap<(String, String), Arc<Slot>>,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Registry {
+    /// Builds the registry and loads each plugin's active version: the config's file when it
+    /// changed since it was last imported (a new version), otherwise the stored version from its
+    /// compiled artifact (recompiled only if this engine cannot use it).
+    pub async fn load(
+        runtime: Runtime,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        plugins: &[PluginConfig],
+        max_upload_bytes: usize,
+    ) -> Result<Registry, (String, RegistryError)> {
+        let mut registry = Registry { runtime, store, clock, max_upload_bytes, slots: HashMap::new() };
+        for p in plugins {
+            let slot = Arc::new(Slot {
+                merchant: p.merchant.clone(),
+                name: p.name.clone(),
+                limits: Limits::from(p),
+                config: p.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                warm: p.warm,
+                active: RwLock::new(None),
+                kv: Mutex::new(KvSpace::default()),
+                turn: Mutex::new(()),
+                changing: tokio::sync::Mutex::new(()),
+            });
+            registry.start_slot(&slot, p).await.map_err(|e| (p.name.clone(), e))?;
+            registry.slots.insert((p.merchant.clone(), p.name.clone()), slot);
+        }
+        Ok(registry)
+    }
+
+    async fn start_slot(&self, slot: &Slot, config: &PluginConfig) -> Result<(), RegistryError> {
+        if let Some(path) = &config.path {
+            let wasm = std::fs::read(path).map_err(|e| RegistryError::File {
+                path: path.display().to_string(),
+                error: e.to_string(),
+            })?;
+            let sha = sha256_hex(&wasm);
+            let history = self.store.plugin_history(&slot.merchant, &slot.name).await?;
+            if history.file_sha256.as_deref() != Some(sha.as_str()) {
+                let version = self.add_version(slot, Bytes::from(wasm), "file", Some(sha)).await?;
+                slot.swap(Some(version));
+                return Ok(());
+            }
+        }
+        if let Some(stored) = self.store.active_plugin(&slot.merchant, &slot.name).await? {
+            slot.swap(Some(self.load_stored(slot, stored).await?));
+        }
+        Ok(())
+    }
+
+    /// Loads a stored version from its compiled artifact, or compiles it again (and saves the
+    /// new artifact) when this engine cannot use the old one.
+    async fn load_stored(&self, slot: &Slot, stored: StoredPlugin) -> Result<Arc<Version>, RegistryError> {
+        let runtime = self.runtime.clone();
+        let compiled = stored.compiled;
+        let cached = tokio::task::spawn_blocking(move || runtime.load_compiled(&compiled))
+            .await
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        let (plugin, from_cache) = match cached {
+            Ok(plugin) => (plugin, true),
+            Err(e) => {
+                tracing::info!(plugin = %slot.name, error = %e, "compiled artifact unusable; compiling again");
+                let (plugin, compiled) = self.compile(stored.wasm.clone()).await?;
+                self.store.save_compiled(&slot.merchant, &slot.name, stored.version, compiled).await?;
+                (plugin, false)
+            }
+        };
+        Ok(Arc::new(Version { info: stored.info, plugin, from_cache, warm: Mutex::new(Vec::new()) }))
+    }
+
+    async fn compile(&self, wasm: Bytes) -> Result<(LoadedPlugin, Vec<u8>), RegistryError> {
+        let runtime = self.runtime.clone();
+        // Compiling takes from milliseconds (Rust) to seconds (JS, Python): never on the reactor.
+        let compiled = tokio::task::spawn_blocking(move || runtime.compile(&wasm))
+            .await
+            .map_err(|e| LoadError::Engine(e.to_string()))??;
+        Ok(compiled)
+    }
+
+    async fn add_version(
+        &self,
+        slot: &Slot,
+        wasm: Bytes,
+        source: &str,
+        file_sha256: Option<String>,
+    ) -> Result<Arc<Version>, RegistryError> {
+        if wasm.len() > self.max_upload_bytes {
+            return Err(RegistryError::TooLarge { size: wasm.len(), limit: self.max_upload_bytes });
+        }
+        let (plugin, compiled) = self.compile(wasm.clone()).await?;
+        let sha256 = sha256_hex(&wasm);
+        let created_at_ms = self.clock.now_ms();
+        let size = wasm.len();
+        let new = NewPluginVersion {
+            merchant: slot.merchant.clone(),
+            name: slot.name.clone(),
+            wasm,
+            sha256: sha256.clone(),
+            compiled,
+            source: source.to_string(),
+            created_at_ms,
+        };
+        let version = self.store.add_plugin_version(new, file_sha256).await?;
+        let info = PluginVersionInfo { version, sha256, size, source: source.to_string(), created_at_ms };
+        tracing::info!(merchant = %slot.merchant, plugin = %slot.name, version, source, "plugin version active");
+        Ok(Arc::new(Version { info, plugin, from_cache: false, warm: Mutex::new(Vec::new()) }))
+    }
+
+    /// The slot of `merchant`'s plugin `name`.
+    pub fn slot(&self, merchant: &str, name: &str) -> Option<&Arc<Slot>> {
+        self.slots.get(&(merchant.to_string(), name.to_string()))
+    }
+
+    /// Every slot, in name order; `merchant: None` for all merchants.
+    pub fn slots(&self, merchant: Option<&str>) -> Vec<&Arc<Slot>> {
+        let mut slots: Vec<_> =
+            self.slots.values().filter(|s| merchant.is_none_or(|m| s.merchant == m)).collect();
+        slots.sort_by(|a, b| (&a.merchant, &a.name).cmp(&(&b.merchant, &b.name)));
+        slots
+    }
+
+    fn find(&self, merchant: &str, name: &str) -> Result<&Arc<Slot>, RegistryError> {
+        self.slot(merchant, name).ok_or_else(|| RegistryError::Unknown(name.to_string()))
+    }
+
+    /// Validates, compiles and stores an uploaded component, then swaps it in.
+    pub async fn upload(
+        &self,
+        merchant: &str,
+        name: &str,
+        wasm: Bytes,
+    ) -> Result<PluginStatus, RegistryError> {
+        let slot = self.find(merchant, name)?;
+        let _changing = slot.changing.lock().await;
+        let version = self.add_version(slot, wasm, "upload", None).await?;
+        slot.swap(Some(version));
+        self.status(slot).await
+    }
+
+    /// Makes the version before the active one active again.
+    pub async fn rollback(&self, merchant: &str, name: &str) -> Result<PluginStatus, RegistryError> {
+        let slot = self.find(merchant, name)?;
+        let _changing = slot.changing.lock().await;
+        let history = self.store.plugin_history(merchant, name).await?;
+        let Some(active) = history.active else {
+            return Err(RegistryError::NoVersion("the plugin has no version to roll back from".into()));
+        };
+        let Some(previous) = history.versions.iter().rev().map(|v| v.version).find(|&v| v < active) else {
+            return Err(RegistryError::NoVersion(format!(
+                "version {active} is the oldest; nothing to roll back to"
+            )));
+        };
+        self.store.activate_plugin(merchant, name, previous).await?;
+        let stored = self
+            .store
+            .active_plugin(merchant, name)
+            .await?
+            .ok_or_else(|| RegistryError::NoVersion("the version vanished".into()))?;
+        slot.swap(Some(self.load_stored(slot, stored).await?));
+        self.status(slot).await
+    }
+
+    /// Deletes every version and the kv space; the plugin's events wait until a new upload.
+    pub async fn delete(&self, merchant: &str, name: &str) -> Result<bool, RegistryError> {
+        let slot = self.find(merchant, name)?;
+        let _changing = slot.changing.lock().await;
+        let deleted = self.store.delete_plugin(merchant, name).await?;
+        slot.swap(None);
+        slot.kv.lock().unwrap_or_else(|p| p.into_inner()).values = None;
+        Ok(deleted)
+    }
+
+    /// A plugin as shown.
+    pub async fn show(&self, merchant: &str, name: &str) -> Result<PluginStatus, RegistryError> {
+        self.status(self.find(merchant, name)?).await
+    }
+
+    async fn status(&self, slot: &Slot) -> Result<PluginStatus, RegistryError> {
+        let PluginHistory { versions, .. } = self.store.plugin_history(&slot.merchant, &slot.name).await?;
+        let active = slot.active();
+        Ok(PluginStatus {
+            name: slot.name.clone(),
+            merchant: slot.merchant.clone(),
+            active_version: active.as_ref().map(|v| v.info.version),
+            loaded_from_cache: active.as_ref().map(|v| v.from_cache),
+            fuel: slot.limits.fuel,
+            timeout_ms: slot.limits.timeout.as_millis() as u64,
+            memory_mb: (slot.limits.memory_bytes >> 20) as u64,
+            warm: slot.warm,
+            versions,
+        })
+    }
+
+    /// The store (for kv loads).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+}

@@ -1,0 +1,174 @@
+//! The threads plugins run on, shared fairly between merchants.
+//!
+//! Plugins run synchronously (wasmtime, fuel and an epoch deadline) on a small pool of plain
+//! threads at lowered CPU priority, never on the async reactor: a plugin that computes for its
+//! whole deadline delays only plugin work, never an acknowledgement.
+//!
+//! Fairness: each merchant has its own queue and a running total of the time its jobs took.
+//! A free worker takes the next job of the merchant with the least time used (start-time fair
+//! queueing, as in Linux's CFS), and a merchant that was idle starts level with the busy ones
+//! instead of with credit saved up. No merchant may hold every worker at once: one is always
+//! left for the others, so a merchant whose plugins all spin to their deadline slows only
+//! itself. This module must never look inside a job; it only orders them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct Merchant {
+    /// Time its jobs have used, in the scheduler's virtual clock.
+    used: Duration,
+    jobs: VecDeque<Job>,
+    running: usize,
+}
+
+#[derive(Default)]
+struct State {
+    merchants: HashMap<String, Merchant>,
+    stopping: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    ready: Condvar,
+    workers: usize,
+}
+
+/// See the module docs.
+#[derive(Clone)]
+pub struct Scheduler {
+    shared: Arc<Shared>,
+}
+
+impl Scheduler {
+    /// Starts `workers` threads (at least 1), with `setup` run first on each (e.g. to lower its
+    /// priority).
+    pub fn start(workers: usize, setup: fn()) -> std::io::Result<Scheduler> {
+        let workers = workers.max(1);
+        let shared = Arc::new(Shared { state: Mutex::default(), ready: Condvar::new(), workers });
+        for i in 0..workers {
+            let shared = shared.clone();
+            std::thread::Builder::new().name(format!("payflow-plugin-{i}")).spawn(move || {
+                setup();
+                work(&shared);
+            })?;
+        }
+        Ok(Scheduler { shared })
+    }
+
+    /// Number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.shared.workers
+    }
+
+    /// Queues `job` for `merchant`; the receiver gets its result.
+    pub fn submit<T: Send + 'static>(
+        &self,
+        merchant: &str,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> oneshot::Receiver<T> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(job());
+        });
+        let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.stopping {
+            return rx; // dropped sender: the caller sees the scheduler stopped
+        }
+        let level =
+            state.merchants.values().filter(|m| !m.jobs.is_empty() || m.running > 0).map(|m| m.used).min();
+        let m = state.merchants.entry(merchant.to_string()).or_default();
+        if m.jobs.is_empty() && m.running == 0 {
+            // Idle time earns no credit.
+            m.used = m.used.max(level.unwrap_or_default());
+        }
+        m.jobs.push_back(job);
+        drop(state);
+        self.shared.ready.notify_one();
+        rx
+    }
+
+    /// Stops the workers once the jobs already queued are done.
+    pub fn stop(&self) {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).stopping = true;
+        self.shared.ready.notify_all();
+    }
+}
+
+fn work(shared: &Shared) {
+    let cap = if shared.workers > 1 { shared.workers - 1 } else { 1 };
+    let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let next = state
+            .merchants
+            .iter_mut()
+            .filter(|(_, m)| !m.jobs.is_empty() && m.running < cap)
+            .min_by_key(|(_, m)| m.used)
+            .map(|(id, m)| (id.clone(), m));
+        let Some((merchant, m)) = next else {
+            if state.stopping && state.merchants.values().all(|m| m.jobs.is_empty()) {
+                return;
+            }
+            state = shared.ready.wait(state).unwrap_or_else(|p| p.into_inner());
+            continue;
+        };
+        let job = m.jobs.pop_front().expect("filtered on non-empty");
+        m.running += 1;
+        drop(state);
+        let started = Instant::now();
+        job();
+        let took = started.elapsed();
+        state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = state.merchants.get_mut(&merchant) {
+            m.running -= 1;
+            m.used += took;
+        }
+        // A job of this merchant may have waited on the per-merchant cap.
+        shared.ready.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With one merchant's jobs each taking 20 ms and queued first, another merchant's cheap
+    /// jobs still start long before the slow backlog is through.
+    #[test]
+    fn a_slow_merchant_does_not_starve_another() {
+        let scheduler = Scheduler::start(2, || {}).unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waits = Vec::new();
+        for i in 0..20 {
+            let order = order.clone();
+            waits.push(scheduler.submit("slow", move || {
+                std::thread::sleep(Duration::from_millis(20));
+                order.lock().unwrap().push(format!("slow{i}"));
+            }));
+        }
+        for i in 0..5 {
+            let order = order.clone();
+            waits.push(scheduler.submit("fast", move || order.lock().unwrap().push(format!("fast{i}"))));
+        }
+        for w in waits {
+            w.blocking_recv().unwrap();
+        }
+        let order = order.lock().unwrap();
+        let last_fast = order.iter().rposition(|s| s.starts_with("fast")).unwrap();
+        // "slow" may hold one of the two workers at a time, so "fast" runs on the other at once.
+        assert!(last_fast < 8, "fast jobs waited behind the slow backlog: {order:?}");
+        scheduler.stop();
+    }
+
+    #[test]
+    fn stopped_scheduler_refuses_new_jobs() {
+        let scheduler = Scheduler::start(1, || {}).unwrap();
+        scheduler.stop();
+        assert!(scheduler.submit("m", || 1).blocking_recv().is_err());
+    }
+}

@@ -1,0 +1,314 @@
+//! The plugin stage of the request path: after an event is stored (queue mode, from the
+//! durable queue) or before it is forwarded (proxy mode), it goes through its endpoint's
+//! plugins on the [`Scheduler`], and what they decided is recorded in one commit.
+//!
+//! Queue mode: the step is the event's [`PLUGIN_STEP`] delivery; when it finishes it creates
+//! the real deliveries (the endpoint's upstream with the rewritten body and headers, and the
+//! plugins' forwards), and a failure is retried like a delivery and leaves the event `dead`
+//! for replay. This module never sends anything itself: deliveries go to the dispatcher.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::runtime::Handle;
+
+use super::chain::{self, ChainInput, ChainOutcome, ChainResult};
+use super::{Registry, Scheduler};
+use crate::clock::Clock;
+use crate::delivery::Upstream;
+use crate::store::{
+    AttemptInfo, AttemptOutcome, DueDelivery, EventStatus, NewDelivery, PluginStep, Store, PLUGIN_STEP,
+};
+
+/// An endpoint's plugins.
+#[derive(Debug, Clone)]
+pub struct EndpointPlugins {
+    /// Owning merchant.
+    pub merchant: String,
+    /// Plugin names, in order.
+    pub chain: Vec<String>,
+    /// The endpoint's own upstream.
+    pub upstream: Option<String>,
+}
+
+/// See the module docs.
+pub struct PluginStage {
+    registry: Arc<Registry>,
+    scheduler: Scheduler,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    handle: Handle,
+    endpoints: HashMap<String, EndpointPlugins>,
+    /// Upstream names per merchant: what its plugins may forward to.
+    allowed: HashMap<String, Arc<BTreeSet<String>>>,
+    upstreams: HashMap<String, Arc<Upstream>>,
+}
+
+/// An event as the stage takes it.
+pub struct StepInput {
+    /// Owning merchant.
+    pub merchant: String,
+    /// Event id.
+    pub event_id: String,
+    /// Endpoint path.
+    pub endpoint: String,
+    /// Type.
+    pub event_type: Option<String>,
+    /// Raw body.
+    pub body: Bytes,
+    /// Arrival, unix ms.
+    pub received_at_ms: i64,
+    /// Request id, for logs and hand-offs.
+    pub request_id: String,
+    /// Attempts of the step so far.
+    pub attempts: u32,
+}
+
+impl PluginStage {
+    /// A stage over these plugins and upstreams; `handle` is the runtime kv loads run on.
+    pub fn new(
+        registry: Arc<Registry>,
+        scheduler: Scheduler,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        handle: Handle,
+        endpoints: HashMap<String, EndpointPlugins>,
+        upstreams: HashMap<String, Arc<Upstream>>,
+    ) -> Self {
+        let mut by_merchant: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for u in upstreams.values() {
+            by_merchant.entry(u.merchant.clone()).or_default().insert(u.name.clone());
+        }
+        let allowed = by_merchant.into_iter().map(|(m, names)| (m, Arc::new(names))).collect();
+        PluginStage { registry, scheduler, store, clock, handle, endpoints, allowed, upstreams }
+    }
+
+    /// The registry (for the admin API).
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Whether events of `endpoint` go through plugins.
+    pub fn has_plugins(&self, endpoint: &str) -> bool {
+        self.endpoints.get(endpoint).is_some_and(|e| !e.chain.is_empty())
+    }
+
+    /// Runs the endpoint's chain on the scheduler and waits for it.
+    async fn run_chain(&self, input: &StepInput, at_ms: i64) -> ChainResult {
+        let Some(plugins) = self.endpoints.get(&input.endpoint).cloned() else {
+            return ChainResult {
+                runs: Vec::new(),
+                kv: Vec::new(),
+                outcome: ChainOutcome::Failed {
+                    reason: format!("endpoint {} is no longer configured", input.endpoint),
+                },
+            };
+        };
+        let chain_input = ChainInput {
+            merchant: input.merchant.clone(),
+            endpoint: input.endpoint.clone(),
+            event_id: input.event_id.clone(),
+            event_type: input.event_type.clone().unwrap_or_default(),
+            body: input.body.clone(),
+            received_at_ms: input.received_at_ms,
+            attempt: input.attempts + 1,
+            at_ms,
+        };
+        let registry = self.registry.clone();
+        let handle = self.handle.clone();
+        let allowed = self.allowed.get(&input.merchant).cloned().unwrap_or_default();
+        let job = move || {
+            chain::run(
+                &registry,
+                &handle,
+                &plugins.chain,
+                &allowed,
+                plugins.upstream.as_deref(),
+                &chain_input,
+            )
+        };
+        match self.scheduler.submit(&input.merchant, job).await {
+            Ok(result) => result,
+            Err(_) => ChainResult {
+                runs: Vec::new(),
+                kv: Vec::new(),
+                outcome: ChainOutcome::Failed { reason: "the plugin scheduler stopped".into() },
+            },
+        }
+    }
+
+    /// Queue mode: runs the plugin step of a due [`PLUGIN_STEP`] delivery and records it.
+    /// `step` carries the retry policy.
+    pub async fn run_queued(&self, step: &Upstream, d: DueDelivery) {
+        let input = StepInput {
+            merchant: d.merchant,
+            event_id: d.event_id,
+            endpoint: d.endpoint,
+            event_type: d.event_type,
+            body: d.body,
+            received_at_ms: d.received_at_ms,
+            request_id: d.request_id,
+            attempts: d.attempts,
+        };
+        let at_ms = self.clock.now_ms();
+        let started = Instant::now();
+        let result = self.run_chain(&input, at_ms).await;
+        let number = input.attempts + 1;
+        let own = self.endpoints.get(&input.endpoint).and_then(|e| e.upstream.clone());
+        let (status, reason, outcome, deliveries, tags) = match result.outcome {
+            ChainOutcome::Continue { body, headers, forwards, tags } => {
+                let mut deliveries = match own {
+                    Some(upstream) => vec![NewDelivery { upstream, body, headers }],
+                    None => Vec::new(),
+                };
+                deliveries.extend(forwards);
+                let status = if deliveries.is_empty() { EventStatus::Stored } else { EventStatus::Queued };
+                (status, None, AttemptOutcome::Delivered, deliveries, tags)
+            }
+            ChainOutcome::Drop { reason, tags } => {
+                (EventStatus::Dropped, Some(reason), AttemptOutcome::Delivered, Vec::new(), tags)
+            }
+            ChainOutcome::Failed { reason } if number >= step.max_attempts => {
+                (EventStatus::Dead, Some(reason), AttemptOutcome::Dead, Vec::new(), Vec::new())
+            }
+            ChainOutcome::Failed { reason } => {
+                let next_at_ms = self.clock.now_ms() + step.backoff(number, None).as_millis() as i64;
+                (
+                    EventStatus::Queued,
+                    Some(reason),
+                    AttemptOutcome::Retry { next_at_ms },
+                    Vec::new(),
+                    Vec::new(),
+                )
+            }
+        };
+        tracing::info!(
+            request_id = %input.request_id, merchant = %input.merchant, event_id = %input.event_id,
+            attempt = number, status = status.as_str(), reason = ?reason, "plugin step"
+        );
+        let record = PluginStep {
+            merchant: input.merchant.clone(),
+            event_id: input.event_id.clone(),
+            attempt: step_attempt(number, at_ms, started, status, reason.as_deref(), &deliveries),
+            step: outcome,
+            runs: result.runs,
+            kv: result.kv,
+            status,
+            reason,
+            deliveries: deliveries.clone(),
+            tags,
+        };
+        if let Err(e) = self.store.finish_plugin_step(record).await {
+            // Still pending in the store: the step runs again; its kv writes were not committed.
+            chain::forget_kv(&self.registry, &input.merchant, &self.chain_of(&input.endpoint));
+            tracing::warn!(event_id = %input.event_id, error = %e, "cannot record a plugin step; it will run again");
+            return;
+        }
+        self.hand_off(&input, at_ms, deliveries);
+    }
+
+    /// Proxy mode: runs the chain before the forward and records it. The event is left
+    /// `dropped` or `failed` (the sender's retry runs the plugins again) as they decided;
+    /// on `Continue` the caller forwards, and the plugins' extra forwards are queued.
+    pub async fn run_proxied(&self, input: StepInput) -> ChainOutcome {
+        let at_ms = self.clock.now_ms();
+        let started = Instant::now();
+        let result = self.run_chain(&input, at_ms).await;
+        let (status, reason, deliveries, tags) = match &result.outcome {
+            ChainOutcome::Continue { forwards, tags, .. } => {
+                (EventStatus::Forwarding, None, forwards.clone(), tags.clone())
+            }
+            ChainOutcome::Drop { reason, tags } => {
+                (EventStatus::Dropped, Some(reason.clone()), Vec::new(), tags.clone())
+            }
+            ChainOutcome::Failed { reason } => {
+                (EventStatus::Failed, Some(reason.clone()), Vec::new(), Vec::new())
+            }
+        };
+        let record = PluginStep {
+            merchant: input.merchant.clone(),
+            event_id: input.event_id.clone(),
+            attempt: step_attempt(1, at_ms, started, status, reason.as_deref(), &deliveries),
+            step: AttemptOutcome::Delivered,
+            runs: result.runs,
+            kv: result.kv,
+            status,
+            reason,
+            deliveries: deliveries.clone(),
+            tags,
+        };
+        if let Err(e) = self.store.finish_plugin_step(record).await {
+            chain::forget_kv(&self.registry, &input.merchant, &self.chain_of(&input.endpoint));
+            return ChainOutcome::Failed { reason: format!("cannot record the plugin step: {e}") };
+        }
+        self.hand_off(&input, at_ms, deliveries);
+        result.outcome
+    }
+
+    /// Hands just-recorded deliveries to their upstreams' workers (the store stays the source
+    /// of truth if one is full).
+    fn hand_off(&self, input: &StepInput, at_ms: i64, deliveries: Vec<NewDelivery>) {
+        for d in deliveries {
+            if let Some(upstream) = self.upstreams.get(&d.upstream) {
+                upstream.hand_off(DueDelivery {
+                    merchant: input.merchant.clone(),
+                    event_id: input.event_id.clone(),
+                    upstream: d.upstream,
+                    endpoint: input.endpoint.clone(),
+                    attempts: 0,
+                    body: d.body.unwrap_or_else(|| input.body.clone()),
+                    headers: d.headers,
+                    event_type: input.event_type.clone(),
+                    request_id: input.request_id.clone(),
+                    next_attempt_at_ms: at_ms,
+                    received_at_ms: input.received_at_ms,
+                });
+            }
+        }
+    }
+
+    fn chain_of(&self, endpoint: &str) -> Vec<String> {
+        self.endpoints.get(endpoint).map(|e| e.chain.clone()).unwrap_or_default()
+    }
+
+    /// Stops the scheduler's threads once their queued work is done.
+    pub fn stop(&self) {
+        self.scheduler.stop();
+    }
+}
+
+/// The step as an attempt, for the event's history.
+fn step_attempt(
+    number: u32,
+    at_ms: i64,
+    started: Instant,
+    status: EventStatus,
+    reason: Option<&str>,
+    deliveries: &[NewDelivery],
+) -> AttemptInfo {
+    let failed =
+        matches!(status, EventStatus::Dead | EventStatus::Failed | EventStatus::Queued) && reason.is_some();
+    let response = match status {
+        EventStatus::Dropped => format!("dropped: {}", reason.unwrap_or_default()),
+        _ if failed => String::new(),
+        _ => {
+            let to: Vec<&str> = deliveries.iter().map(|d| d.upstream.as_str()).collect();
+            if to.is_empty() {
+                "continue".into()
+            } else {
+                format!("continue → {}", to.join(", "))
+            }
+        }
+    };
+    AttemptInfo {
+        upstream: PLUGIN_STEP.to_string(),
+        number,
+        at_ms,
+        duration_ms: started.elapsed().as_millis() as i64,
+        status_code: None,
+        error: failed.then(|| reason.unwrap_or_default().to_string()),
+        response: (!failed).then_some(response),
+    }
+}
