@@ -4,36 +4,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
-/// Builds the example and hostile plugins for wasm32-wasip2 (once per test run) and returns
-/// the folder holding their .wasm files.
-fn guests() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| repo.join("target"))
-            .join("guests");
-        for project in ["plugins/amount-threshold", "tests/fixtures/plugins"] {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
-                .current_dir(repo.join(project))
-                .env("CARGO_TARGET_DIR", &target)
-                .env_remove("RUSTFLAGS")
-                .status()
-                .expect("cargo runs");
-            assert!(
-                status.success(),
-                "building {project} for wasm32-wasip2 failed (scripts/setup.sh adds the target)"
-            );
-        }
-        target.join("wasm32-wasip2/release")
-    })
-}
+use support::guests;
 
 fn cli(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_payflow-edge")).args(args).output().expect("payflow-edge runs")

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -338,4 +338,31 @@ url = "{upstream_url}"
 "#,
         db = db.display()
     )
+}
+
+/// Builds the example and hostile plugins for wasm32-wasip2 (once per test run) and returns
+/// the folder holding their .wasm files.
+pub fn guests() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| repo.join("target"))
+            .join("guests");
+        for project in ["plugins", "tests/fixtures/plugins"] {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
+                .current_dir(repo.join(project))
+                .env("CARGO_TARGET_DIR", &target)
+                .env_remove("RUSTFLAGS")
+                .status()
+                .expect("cargo runs");
+            assert!(
+                status.success(),
+                "building {project} for wasm32-wasip2 failed (scripts/setup.sh adds the target)"
+            );
+        }
+        target.join("wasm32-wasip2/release")
+    })
 }

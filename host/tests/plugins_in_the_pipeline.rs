@@ -1,0 +1,297 @@
+//! Merchants' plugins, built from source, in a real gateway process: queue mode runs an
+//! endpoint's plugins in order after the acknowledgement and delivers what they decided;
+//! hostile plugins fail their event's step with the reason named and leave it `dead`, while
+//! other endpoints keep being acknowledged and other merchants' plugins keep running; proxy
+//! mode answers 503 when a plugin fails, so the sender retries.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{
+    admin_get, client, guests, send_event, wait_for_status, Gateway, Upstream, ADMIN_TOKEN, SECRET,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn wasm(name: &str) -> String {
+    guests().join(format!("{name}.wasm")).display().to_string()
+}
+
+fn base(db: &Path) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[store]
+path = "{db}"
+[admin]
+listen = "127.0.0.1:0"
+token = "{ADMIN_TOKEN}"
+[plugins]
+workers = 2
+max_attempts = 2
+retry_base_ms = 50
+retry_max_ms = 100
+"#,
+        db = db.display()
+    )
+}
+
+fn endpoint(path: &str, merchant: &str, plugins: &[&str], upstream: Option<&str>, mode: &str) -> String {
+    let list: Vec<String> = plugins.iter().map(|p| format!("{p:?}")).collect();
+    let upstream = upstream.map(|u| format!("upstream = {u:?}")).unwrap_or_default();
+    format!(
+        "[[endpoint]]\nmerchant = {merchant:?}\npath = {path:?}\nsecrets = [\"{SECRET}\"]\nmode = {mode:?}\nplugins = [{}]\n{upstream}\n",
+        list.join(", ")
+    )
+}
+
+fn upstream(name: &str, merchant: &str, url: &str) -> String {
+    format!("[[upstream]]\nname = {name:?}\nmerchant = {merchant:?}\nurl = {url:?}\nmax_attempts = 3\nretry_base_ms = 50\n")
+}
+
+fn plugin(name: &str, merchant: &str, file: &str, extra: &str) -> String {
+    format!("[[plugin]]\nname = {name:?}\nmerchant = {merchant:?}\npath = {:?}\n{extra}\n", wasm(file))
+}
+
+/// A payment event with this amount and customer.
+fn payment(id: &str, amount: i64, email: &str) -> Vec<u8> {
+    let mut body: Value = serde_json::from_slice(&support::event_body(id, "payment.succeeded")).unwrap();
+    body["data"]["amount"] = amount.into();
+    body["data"]["customer_email"] = email.into();
+    serde_json::to_vec(&body).unwrap()
+}
+
+async fn send(client: &reqwest::Client, url: &str, id: &str, body: Vec<u8>) -> (u16, Value) {
+    let headers = support::sign(payflow_verify::Scheme::PayFlow, SECRET, &body, id);
+    support::post(client, url, &headers, body).await
+}
+
+async fn event(client: &reqwest::Client, gateway: &Gateway, id: &str) -> Value {
+    admin_get(client, &gateway.admin_url(&format!("/api/events/{id}")), ADMIN_TOKEN).await.1
+}
+
+/// Python's urllib decodes the form, not our own code.
+fn parse_form(body: &[u8]) -> Vec<(String, String)> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, json, urllib.parse; print(json.dumps(urllib.parse.parse_qsl(sys.stdin.read(), keep_blank_values=True, strict_parsing=True)))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(body)?;
+            child.wait_with_output()
+        })
+        .expect("python3 runs");
+    assert!(out.status.success(), "python could not parse {:?}", String::from_utf8_lossy(body));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_mode_runs_the_plugins_in_order_and_delivers_what_they_decided() {
+    let dir = tempfile::tempdir().unwrap();
+    let legacy = Upstream::start().await;
+    let config = base(&dir.path().join("db.sqlite"))
+        + &endpoint(
+            "/webhooks/payflow",
+            "default",
+            &["amount-threshold", "ledger", "legacy-form"],
+            Some("legacy"),
+            "queue",
+        )
+        + &upstream("legacy", "default", &legacy.url())
+        + &plugin("amount-threshold", "default", "amount_threshold", "config = { min_amount = \"1000\" }")
+        + &plugin("ledger", "default", "ledger", "")
+        + &plugin("legacy-form", "default", "legacy_form", "");
+    let gateway = Gateway::start(dir.path(), &config);
+    let client = client();
+    let url = gateway.url("/webhooks/payflow");
+
+    assert_eq!(send(&client, &url, "evt_small", payment("evt_small", 500, "ann@example.com")).await.0, 200);
+    for (id, amount) in [("evt_a", 5000), ("evt_b", 2500)] {
+        assert_eq!(send(&client, &url, id, payment(id, amount, "ann o'neil+1@example.com")).await.0, 200);
+        wait_for_status(&client, &gateway, id, "delivered", WAIT).await;
+    }
+    wait_for_status(&client, &gateway, "evt_small", "dropped", WAIT).await;
+
+    // The small payment was dropped by the first plugin, with its reason; nothing was sent.
+    let small = event(&client, &gateway, "evt_small").await;
+    assert_eq!(small["reason"], "amount-threshold: amount 500 is under min_amount 1000", "{small}");
+    let runs = small["plugin_runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "the chain stops at a drop: {small}");
+    assert_eq!(runs[0]["outcome"], "drop");
+    assert!(runs[0]["fuel_used"].as_u64().unwrap() > 0);
+    assert_eq!(runs[0]["logs"][0][0], "info", "{small}");
+
+    // The others went through all three, in order, and the legacy app got a form with the
+    // ledger's running total.
+    let received = legacy.received();
+    assert_eq!(legacy.ids(), ["evt_a", "evt_b"]);
+    for (r, total) in received.iter().zip(["5000 PKR", "7500 PKR"]) {
+        assert_eq!(r.header("content-type"), Some("application/x-www-form-urlencoded"));
+        assert_eq!(r.header("x-ledger-total"), Some(total), "{:?}", r.headers);
+        assert_eq!(r.header("x-payflow-event-id"), Some(r.event_id.as_str()));
+        let form = parse_form(&r.body);
+        let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("event_id"), Some(r.event_id.as_str()));
+        assert_eq!(get("event_type"), Some("payment.succeeded"));
+        assert_eq!(get("data[customer_email]"), Some("ann o'neil+1@example.com"));
+    }
+    let a = event(&client, &gateway, "evt_a").await;
+    let names: Vec<&str> =
+        a["plugin_runs"].as_array().unwrap().iter().map(|r| r["plugin"].as_str().unwrap()).collect();
+    assert_eq!(names, ["amount-threshold", "ledger", "legacy-form"], "{a}");
+
+    // A replay runs the plugins again; the ledger counts each event once.
+    let replay = client
+        .post(gateway.admin_url("/api/events/evt_a/replay"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 202);
+    legacy.wait_for(WAIT, "the replayed evt_a", |r| r.len() == 3).await;
+    assert_eq!(legacy.received()[2].header("x-ledger-total"), Some("7500 PKR"));
+}
+
+/// Each hostile plugin on its own endpoint, with a stream of events to a well-behaved merchant
+/// going on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_plugins_fail_their_step_with_the_reason_named_and_others_keep_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let legacy = Upstream::start().await;
+    let good = Upstream::start().await;
+    let cases = [
+        ("spin", "fuel_exhausted", "fuel = 50000000"),
+        ("spin-deadline", "timeout", "fuel = 100000000000\ntimeout_ms = 100"),
+        ("memory_bomb", "memory_exhausted", "memory_mb = 16"),
+        ("deep_recursion", "trap", ""),
+        ("panic", "trap", ""),
+        ("huge_output", "bad_output", ""),
+        ("kv_flood", "plugin_error", "kv_bytes = 262144"),
+        ("forward_unknown", "unknown_upstream", ""),
+    ];
+    let mut config = base(&dir.path().join("db.sqlite"))
+        + "[[merchant]]\nid = \"evil\"\n[[merchant]]\nid = \"good\"\n"
+        + &upstream("legacy", "evil", &legacy.url())
+        + &upstream("good-app", "good", &good.url())
+        + &plugin("threshold", "good", "amount_threshold", "config = { min_amount = \"1\" }")
+        + &endpoint("/good", "good", &["threshold"], Some("good-app"), "queue")
+        + &endpoint("/evil/log-flood", "evil", &["log-flood"], Some("legacy"), "queue")
+        + &plugin("log-flood", "evil", "log_flood", "log_bytes = 4096");
+    for (name, _, limits) in &cases {
+        let file = if *name == "spin-deadline" { "spin" } else { name };
+        let plugin_name = name.replace('_', "-");
+        config += &plugin(&plugin_name, "evil", file, limits);
+        config +=
+            &endpoint(&format!("/evil/{plugin_name}"), "evil", &[&plugin_name], Some("legacy"), "queue");
+    }
+    let gateway = Gateway::start(dir.path(), &config);
+    let client = client();
+
+    // The attack: every hostile plugin gets events, two attempts each.
+    for (name, _, _) in &cases {
+        let path = format!("/evil/{}", name.replace('_', "-"));
+        for i in 0..3 {
+            let id = format!("evt_{name}_{i}");
+            assert_eq!(send_event(&client, &gateway.url(&path), &id).await.0, 200, "{path}");
+        }
+    }
+    assert_eq!(send_event(&client, &gateway.url("/evil/log-flood"), "evt_log_flood").await.0, 200);
+    // Meanwhile the good merchant's events are acknowledged and its plugin runs.
+    for i in 0..20 {
+        let id = format!("evt_good_{i}");
+        assert_eq!(send_event(&client, &gateway.url("/good"), &id).await.0, 200);
+    }
+    good.wait_for(WAIT, "the good merchant's events", |r| r.len() >= 20).await;
+
+    for (name, reason, _) in &cases {
+        for i in 0..3 {
+            let id = format!("evt_{name}_{i}");
+            wait_for_status(&client, &gateway, &id, "dead", WAIT).await;
+            let e = event(&client, &gateway, &id).await;
+            let runs = e["plugin_runs"].as_array().unwrap();
+            assert_eq!(runs.len(), 2, "{name}: one run per attempt: {e}");
+            for run in runs {
+                assert_eq!(run["outcome"], *reason, "{name}: {e}");
+            }
+            assert!(e["reason"].as_str().unwrap().contains(reason), "{name}: {e}");
+        }
+    }
+    // A log flood is capped, and the run still succeeds.
+    wait_for_status(&client, &gateway, "evt_log_flood", "delivered", WAIT).await;
+    assert_eq!(legacy.ids(), ["evt_log_flood"], "nothing of a failed step is delivered");
+    let flood = event(&client, &gateway, "evt_log_flood").await;
+    let logs = flood["plugin_runs"][0]["logs"].as_array().unwrap();
+    let kept: usize = logs.iter().map(|l| l[1].as_str().unwrap().len()).sum();
+    assert!(kept < 8192, "kept {kept} bytes of log");
+    assert!(logs.iter().any(|l| l[1].as_str().unwrap().contains("more log bytes dropped")), "{flood}");
+
+    // The kv flood wrote nothing: a failed run leaves no trace in the store.
+    drop(gateway);
+    let db = rusqlite_count(&dir.path().join("db.sqlite"), "SELECT COUNT(*) FROM plugin_kv");
+    assert_eq!(db, 0);
+}
+
+fn rusqlite_count(db: &Path, sql: &str) -> i64 {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute({sql:?}).fetchone()[0])"
+            ),
+            db.to_str().unwrap(),
+        ])
+        .output()
+        .expect("python3 runs");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("{out:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_mode_answers_503_when_a_plugin_fails_and_forwards_what_plugins_rewrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let legacy = Upstream::start().await;
+    let config = base(&dir.path().join("db.sqlite"))
+        + &endpoint("/proxy/form", "default", &["threshold", "legacy-form"], Some("legacy"), "proxy")
+        + &endpoint("/proxy/panic", "default", &["panic"], Some("legacy"), "proxy")
+        + &upstream("legacy", "default", &legacy.url())
+        + &plugin("threshold", "default", "amount_threshold", "config = { min_amount = \"1000\" }")
+        + &plugin("legacy-form", "default", "legacy_form", "")
+        + &plugin("panic", "default", "panic", "");
+    let gateway = Gateway::start(dir.path(), &config);
+    let client = client();
+
+    let (status, reply) =
+        send(&client, &gateway.url("/proxy/form"), "evt_p1", payment("evt_p1", 5000, "a@b.c")).await;
+    assert_eq!(status, 200, "{reply}");
+    let received = legacy.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].header("content-type"), Some("application/x-www-form-urlencoded"));
+
+    let (status, reply) =
+        send(&client, &gateway.url("/proxy/form"), "evt_p2", payment("evt_p2", 10, "a@b.c")).await;
+    assert_eq!(
+        (status, reply["dropped"].as_str()),
+        (200, Some("threshold: amount 10 is under min_amount 1000"))
+    );
+
+    for _ in 0..2 {
+        // The sender's retry runs the plugin again, and fails again.
+        let (status, reply) = send_event(&client, &gateway.url("/proxy/panic"), "evt_p3").await;
+        assert_eq!(status, 503, "{reply}");
+        assert_eq!(reply["error"], "plugin_failed");
+        assert!(reply["message"].as_str().unwrap().starts_with("panic: trap"), "{reply}");
+    }
+    let e = event(&client, &gateway, "evt_p3").await;
+    assert_eq!(e["status"], "failed");
+    assert_eq!(e["plugin_runs"].as_array().unwrap().len(), 2, "{e}");
+    assert_eq!(legacy.received().len(), 1, "nothing forwarded after a failed plugin");
+}
