@@ -92,6 +92,11 @@ struct DeliveryQueue {
 struct QueueState {
     waiting: VecDeque<DueDelivery>,
     claimed: HashSet<(String, String)>,
+    /// Deliveries finished (recorded, then released) since the poller's last read began, with
+    /// the sequence number of their release. A row the poller read as pending may have been
+    /// finished while the read ran; without this, it would be queued and sent again.
+    finished: HashMap<(String, String), u64>,
+    released: u64,
 }
 
 impl DeliveryQueue {
@@ -112,13 +117,39 @@ impl DeliveryQueue {
         queued
     }
 
+    /// Queues what the poller read in a read that began at `since` (see [`Self::since`]),
+    /// except deliveries finished after that: the read may predate their record. True when
+    /// queued.
+    fn push_polled(&self, delivery: DueDelivery, since: u64) -> bool {
+        let key = (delivery.merchant.clone(), delivery.event_id.clone());
+        let stale = self.state.lock().is_ok_and(|s| s.finished.get(&key).is_some_and(|&at| at > since));
+        !stale && self.push(delivery)
+    }
+
+    /// The release sequence a poll's read starts at.
+    fn since(&self) -> u64 {
+        self.state.lock().map_or(0, |s| s.released)
+    }
+
+    /// After a poll that began at `since`: releases up to it are visible to every later read.
+    fn forget_finished(&self, since: u64) {
+        if let Ok(mut s) = self.state.lock() {
+            s.finished.retain(|_, at| *at > since);
+        }
+    }
+
     fn pop(&self) -> Option<DueDelivery> {
         self.state.lock().ok()?.waiting.pop_front()
     }
 
+    /// Called once the delivery's outcome is recorded in the store.
     fn release(&self, merchant: &str, event_id: &str) {
         if let Ok(mut s) = self.state.lock() {
-            s.claimed.remove(&(merchant.to_string(), event_id.to_string()));
+            let key = (merchant.to_string(), event_id.to_string());
+            s.claimed.remove(&key);
+            s.released += 1;
+            let at = s.released;
+            s.finished.insert(key, at);
         }
     }
 
@@ -500,6 +531,7 @@ impl Dispatcher {
             if !busy || stale {
                 let page = upstream.queue.room().min(POLL_PAGE);
                 if page > 0 {
+                    let since = upstream.queue.since();
                     match self
                         .store
                         .due_deliveries(&upstream.name, self.clock.now_ms(), cursor.as_ref(), page)
@@ -511,9 +543,10 @@ impl Dispatcher {
                             upstream.backlog.store(cursor.is_some(), Ordering::Release);
                             added = due
                                 .into_iter()
-                                .map(|d| upstream.queue.push(d))
+                                .map(|d| upstream.queue.push_polled(d, since))
                                 .filter(|&queued| queued)
                                 .count();
+                            upstream.queue.forget_finished(since);
                         }
                         Err(e) => {
                             tracing::warn!(upstream = %upstream.name, error = %e, "cannot read due deliveries")
@@ -589,6 +622,42 @@ mod tests {
             sign_secret: None,
         })
         .unwrap()
+    }
+
+    fn due(id: &str) -> DueDelivery {
+        DueDelivery {
+            merchant: "m".into(),
+            event_id: id.into(),
+            upstream: "u".into(),
+            endpoint: "/e".into(),
+            attempts: 0,
+            body: Bytes::new(),
+            headers: Vec::new(),
+            event_type: None,
+            request_id: String::new(),
+            next_attempt_at_ms: 0,
+            received_at_ms: 0,
+        }
+    }
+
+    /// Regression: a poll whose read began before a delivery was recorded saw it still pending
+    /// and queued it again after the worker released it, so it was sent twice.
+    #[test]
+    fn a_delivery_finished_during_a_poll_is_not_queued_again() {
+        let queue = DeliveryQueue::default();
+        assert!(queue.push(due("evt_1")));
+        let since = queue.since(); // the poller's read begins
+        let taken = queue.pop().unwrap(); // a worker delivers it, records it, releases it
+        queue.release(&taken.merchant, &taken.event_id);
+        assert!(!queue.push_polled(due("evt_1"), since), "the stale row must not be queued");
+        assert!(queue.push_polled(due("evt_2"), since), "other rows are");
+        queue.forget_finished(since);
+        // A read that began after the release sees the record; if the row is still due then
+        // (a retry), it is queued.
+        let later = queue.since();
+        queue.forget_finished(later);
+        assert!(queue.pop().is_some());
+        assert!(queue.push_polled(due("evt_1"), later));
     }
 
     #[test]

@@ -2,19 +2,14 @@
 
 use clap::{Args, Subcommand};
 use hyper::Method;
-use serde_json::Value;
 
-use super::client::HttpClient;
+use super::client::{encode, AdminArgs};
 use super::Failure;
 
 #[derive(Args, Debug)]
 pub struct EventsArgs {
-    /// The admin listener.
-    #[arg(long, env = "PAYFLOW_EDGE_ADMIN_URL", default_value = "http://127.0.0.1:9090", global = true)]
-    admin: String,
-    /// Admin bearer token (the operator's or a merchant's).
-    #[arg(long, env = "PAYFLOW_EDGE_ADMIN_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    admin: AdminArgs,
     #[command(subcommand)]
     command: EventsCommand,
 }
@@ -23,7 +18,7 @@ pub struct EventsArgs {
 enum EventsCommand {
     /// List events, newest first.
     List {
-        /// Only this status (queued, delivered, dead, quarantined, stored, failed).
+        /// Only this status (queued, delivered, dead, dropped, quarantined, stored, failed).
         #[arg(long)]
         status: Option<String>,
         /// Only this event type.
@@ -42,21 +37,7 @@ enum EventsCommand {
     Replay { id: String },
 }
 
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 pub fn run(args: EventsArgs) -> Result<(), Failure> {
-    let token = args
-        .token
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("an admin token is needed: --token or $PAYFLOW_EDGE_ADMIN_TOKEN"))?;
-    let base = args.admin.trim_end_matches('/').to_string();
     let (method, url) = match &args.command {
         EventsCommand::List { status, event_type, endpoint, limit } => {
             let mut query = vec![format!("limit={limit}")];
@@ -65,19 +46,12 @@ pub fn run(args: EventsArgs) -> Result<(), Failure> {
                     query.push(format!("{key}={}", encode(v)));
                 }
             }
-            (Method::GET, format!("{base}/api/events?{}", query.join("&")))
+            (Method::GET, format!("/api/events?{}", query.join("&")))
         }
-        EventsCommand::Show { id } => (Method::GET, format!("{base}/api/events/{}", encode(id))),
-        EventsCommand::Replay { id } => (Method::POST, format!("{base}/api/events/{}/replay", encode(id))),
+        EventsCommand::Show { id } => (Method::GET, format!("/api/events/{}", encode(id))),
+        EventsCommand::Replay { id } => (Method::POST, format!("/api/events/{}/replay", encode(id))),
     };
-    let headers = vec![("Authorization".to_string(), format!("Bearer {token}"))];
-    let (status, body) =
-        super::runtime()?.block_on(HttpClient::new().request(method, &url, &headers, Vec::new()))?;
-    let reply: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    if !status.is_success() {
-        let reason = reply.get("error").and_then(Value::as_str).unwrap_or("no reason given").to_string();
-        return Err(Failure::Negative(format!("{} {reason}", status.as_u16())));
-    }
+    let reply = args.admin.call(method, &url, Vec::new())?;
     match args.command {
         EventsCommand::List { .. } => {
             println!(

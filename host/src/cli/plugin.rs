@@ -1,6 +1,7 @@
 //! `payflow-edge plugin check FILE` and `payflow-edge plugin run FILE --event e.json`: load a
 //! plugin as the gateway would, and run it on one event with the same sandbox and limits,
 //! printing the outcome, fuel, time and logs (like Shopify's function-runner).
+//! `plugin upload|list|rollback`: the admin API's plugin routes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,6 +11,10 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use payflow_edge::plugins::{Action, Event, Limits, LoadedPlugin, MemoryKv, Runtime, WORLD};
 
+use hyper::Method;
+use serde_json::Value;
+
+use super::client::{encode, AdminArgs};
 use super::Failure;
 
 #[derive(Args, Debug)]
@@ -48,10 +53,76 @@ enum PluginCommand {
         #[arg(long, default_value_t = Limits::default().memory_bytes >> 20)]
         memory_mb: usize,
     },
+    /// Upload FILE as the new version of the configured plugin NAME (checked here first, then
+    /// by the gateway, which swaps it in atomically).
+    Upload {
+        /// The plugin's name, as in its [[plugin]].
+        name: String,
+        /// The plugin's .wasm.
+        file: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the plugins the token may see, with their active versions.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make the version before the active one active again.
+    Rollback {
+        /// The plugin's name.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+fn print_status(p: &Value) {
+    let version = p["active_version"].as_u64().map_or("none".to_string(), |v| format!("v{v}"));
+    let source = p["versions"]
+        .as_array()
+        .and_then(|vs| vs.iter().find(|v| v["version"] == p["active_version"]))
+        .map(|v| {
+            let sha = v["sha256"].as_str().unwrap_or("");
+            let size = v["size"].as_u64().unwrap_or(0).div_ceil(1024);
+            format!(
+                "{} {size} KiB sha256:{}",
+                v["source"].as_str().unwrap_or(""),
+                sha.get(..12).unwrap_or(sha)
+            )
+        })
+        .unwrap_or_default();
+    println!(
+        "{:<24} {:<12} {:<6} {:<4} {}",
+        p["name"].as_str().unwrap_or(""),
+        p["merchant"].as_str().unwrap_or(""),
+        version,
+        p["versions"].as_array().map_or(0, Vec::len),
+        source
+    );
 }
 
 pub fn run(args: PluginArgs) -> Result<(), Failure> {
     match args.command {
+        PluginCommand::Upload { name, file, admin } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {file}"))?;
+            load(&file)?; // the same checks the gateway makes, without a round trip
+            let status = admin.call(Method::PUT, &format!("/api/plugins/{}", encode(&name)), bytes)?;
+            println!("uploaded {file} as {name} v{}", status["active_version"]);
+            Ok(())
+        }
+        PluginCommand::List { admin } => {
+            let reply = admin.call(Method::GET, "/api/plugins", Vec::new())?;
+            println!("{:<24} {:<12} {:<6} {:<4} active version", "name", "merchant", "active", "vers");
+            reply["plugins"].as_array().into_iter().flatten().for_each(print_status);
+            Ok(())
+        }
+        PluginCommand::Rollback { name, admin } => {
+            let status =
+                admin.call(Method::POST, &format!("/api/plugins/{}/rollback", encode(&name)), Vec::new())?;
+            println!("{name} is back at v{}", status["active_version"]);
+            Ok(())
+        }
         PluginCommand::Check { file } => {
             let (plugin, size) = load(&file)?;
             drop(plugin);

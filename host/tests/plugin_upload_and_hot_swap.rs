@@ -1,0 +1,241 @@
+//! Uploading plugins through the admin API: validation with clear refusals, merchant scoping,
+//! an atomic swap under load (no event lost or run on a half-loaded plugin), rollback, and a
+//! restart that loads every version from the compiled cache instead of compiling again.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{client, guests, send_event, wait_for_status, Gateway, Upstream, ADMIN_TOKEN, SECRET};
+
+const ACME: &str = "acme-token-0123456789abcdef";
+const GLOBEX: &str = "globex-token-0123456789abcdef";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn config(db: &std::path::Path, acme_app: &str, globex_app: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[store]
+path = "{db}"
+[admin]
+listen = "127.0.0.1:0"
+token = "{ADMIN_TOKEN}"
+[plugins]
+max_attempts = 100
+retry_base_ms = 50
+retry_max_ms = 200
+max_upload_bytes = 400000
+[[merchant]]
+id = "acme"
+token = "{ACME}"
+[[merchant]]
+id = "globex"
+token = "{GLOBEX}"
+[[endpoint]]
+merchant = "acme"
+path = "/acme"
+secrets = ["{SECRET}"]
+plugins = ["transform"]
+upstream = "acme-app"
+[[endpoint]]
+merchant = "globex"
+path = "/globex"
+secrets = ["{SECRET}"]
+plugins = ["g-threshold"]
+upstream = "globex-app"
+[[upstream]]
+name = "acme-app"
+merchant = "acme"
+url = "{acme_app}"
+[[upstream]]
+name = "globex-app"
+merchant = "globex"
+url = "{globex_app}"
+[[plugin]]
+name = "transform"
+merchant = "acme"
+[[plugin]]
+name = "g-threshold"
+merchant = "globex"
+path = "{threshold}"
+config = {{ min_amount = "1" }}
+"#,
+        db = db.display(),
+        threshold = guests().join("amount_threshold.wasm").display()
+    )
+}
+
+async fn call(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    token: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let response = client.request(method, url).bearer_auth(token).body(body).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn wasm(name: &str) -> Vec<u8> {
+    std::fs::read(guests().join(format!("{name}.wasm"))).unwrap()
+}
+
+/// Which version's behaviour a delivery shows: v1 (legacy-form) sends a form, v2 (ledger)
+/// JSON with a running total. Never both, never neither.
+fn version_seen(r: &support::Received) -> u64 {
+    let form = r.header("content-type") == Some("application/x-www-form-urlencoded");
+    let ledger = r.header("x-ledger-total").is_some();
+    match (form, ledger) {
+        (true, false) => 1,
+        (false, true) => 2,
+        _ => panic!("delivery of {} shows neither or both versions: {:?}", r.event_id, r.headers),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_validate_scope_hot_swap_rollback_and_restart_from_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let acme_app = Upstream::start().await;
+    let globex_app = Upstream::start().await;
+    let text = config(&dir.path().join("db.sqlite"), &acme_app.url(), &globex_app.url());
+    let mut gateway = Gateway::start(dir.path(), &text);
+    let client = client();
+    let plugin_url = |g: &Gateway, rest: &str| g.admin_url(&format!("/api/plugins/transform{rest}"));
+    use reqwest::Method;
+
+    // Not uploaded yet: an event waits, retried, with the reason shown.
+    assert_eq!(send_event(&client, &gateway.url("/acme"), "evt_early").await.0, 200);
+    let (code, listed) = call(&client, Method::GET, gateway.admin_url("/api/plugins"), ACME, vec![]).await;
+    assert_eq!(code, 200);
+    let names: Vec<&str> =
+        listed["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["transform"], "a merchant sees only its own plugins");
+    assert_eq!(listed["plugins"][0]["active_version"], Value::Null);
+
+    // Refusals, each with a clear message.
+    let random: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let cases: [(Vec<u8>, u16, &str); 4] = [
+        (b"\0asm\x01\0\0\0".to_vec(), 400, "core WebAssembly module"),
+        (random, 400, "not WebAssembly"),
+        (wasm("foreign_import"), 400, "evil:escape"),
+        (vec![0; 500_000], 413, "the limit is 400000"),
+    ];
+    for (body, status, message) in cases {
+        let (code, reply) = call(&client, Method::PUT, plugin_url(&gateway, ""), ACME, body).await;
+        assert_eq!(code, status, "{reply}");
+        assert!(reply["message"].as_str().unwrap_or("").contains(message), "{reply}");
+    }
+    // Another merchant's token cannot see, upload or roll back acme's plugin.
+    for (method, rest) in
+        [(Method::GET, ""), (Method::PUT, ""), (Method::POST, "/rollback"), (Method::DELETE, "")]
+    {
+        let (code, reply) =
+            call(&client, method.clone(), plugin_url(&gateway, rest), GLOBEX, wasm("ledger")).await;
+        assert_eq!((code, reply["error"].as_str()), (404, Some("unknown_plugin")), "{method} {rest}");
+    }
+
+    // v1: the waiting event goes through it.
+    let (code, v1) = call(&client, Method::PUT, plugin_url(&gateway, ""), ACME, wasm("legacy_form")).await;
+    assert_eq!((code, v1["active_version"].as_u64()), (200, Some(1)), "{v1}");
+    wait_for_status(&client, &gateway, "evt_early", "delivered", WAIT).await;
+    assert_eq!(version_seen(&acme_app.received()[0]), 1);
+
+    // Hot swap under load: events keep coming while v2 is uploaded.
+    let swap_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let (client, url, swap_done) = (client.clone(), gateway.url("/acme"), swap_done.clone());
+        tokio::spawn(async move {
+            // Until the swap is done, and 30 more after it.
+            let mut sent = Vec::new();
+            let mut after = 0;
+            for i in 0.. {
+                if swap_done.load(std::sync::atomic::Ordering::SeqCst) {
+                    after += 1;
+                    if after > 30 {
+                        break;
+                    }
+                }
+                let id = format!("evt_swap_{i}");
+                let started = std::time::Instant::now();
+                let (code, _) = send_event(&client, &url, &id).await;
+                assert_eq!(code, 200, "{id}");
+                sent.push((id, started));
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (code, v2) = call(&client, Method::PUT, plugin_url(&gateway, ""), ACME, wasm("ledger")).await;
+    let swapped = std::time::Instant::now();
+    swap_done.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!((code, v2["active_version"].as_u64()), (200, Some(2)), "{v2}");
+    let sent = sender.await.unwrap();
+    let expected = sent.len() + 1;
+    acme_app.wait_for(WAIT, "every event of the swap", |r| r.len() >= expected).await;
+    let received = acme_app.received();
+    let mut ids: Vec<&str> = received.iter().map(|r| r.event_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!((ids.len(), received.len()), (expected, expected), "no event lost or delivered twice");
+    assert!(
+        received.iter().any(|r| version_seen(r) == 1 && r.event_id.starts_with("evt_swap_")),
+        "v1 ran some"
+    );
+    // An event sent after the upload answered was stored after the swap: v2 ran it.
+    let late: Vec<&String> = sent.iter().filter(|(_, at)| *at > swapped).map(|(id, _)| id).collect();
+    for id in late {
+        let r = received.iter().find(|r| &r.event_id == id).unwrap();
+        assert_eq!(version_seen(r), 2, "{id} was sent after the swap");
+    }
+    // Each recorded run names the version that ran, and it matches what was delivered.
+    for r in received.iter().filter(|r| r.event_id.starts_with("evt_swap_")).take(40) {
+        let (_, e) = support::admin_get(
+            &client,
+            &gateway.admin_url(&format!("/api/events/{}", r.event_id)),
+            ADMIN_TOKEN,
+        )
+        .await;
+        assert_eq!(e["plugin_runs"][0]["version"].as_u64(), Some(version_seen(r)), "{e}");
+    }
+
+    // Rollback: v1 again, for the next event.
+    let (code, back) = call(&client, Method::POST, plugin_url(&gateway, "/rollback"), ACME, vec![]).await;
+    assert_eq!((code, back["active_version"].as_u64()), (200, Some(1)), "{back}");
+    assert_eq!(send_event(&client, &gateway.url("/acme"), "evt_rolled_back").await.0, 200);
+    acme_app
+        .wait_for(WAIT, "the event after the rollback", |r| r.iter().any(|r| r.event_id == "evt_rolled_back"))
+        .await;
+    assert_eq!(
+        version_seen(acme_app.received().iter().find(|r| r.event_id == "evt_rolled_back").unwrap()),
+        1
+    );
+
+    // Restart: the active version (v1) comes back from the compiled cache, not a compile.
+    assert!(gateway.terminate().success());
+    let gateway = Gateway::start(dir.path(), &text);
+    for (token, name) in [(ACME, "transform"), (GLOBEX, "g-threshold")] {
+        let url = gateway.admin_url(&format!("/api/plugins/{name}"));
+        let (code, status) = call(&client, Method::GET, url, token, vec![]).await;
+        assert_eq!(code, 200, "{status}");
+        assert_eq!(status["loaded_from_cache"], true, "{status}");
+        assert_eq!(status["versions"].as_array().unwrap().len(), if name == "transform" { 2 } else { 1 });
+    }
+    assert_eq!(send_event(&client, &gateway.url("/acme"), "evt_restarted").await.0, 200);
+    acme_app
+        .wait_for(WAIT, "the event after the restart", |r| r.iter().any(|r| r.event_id == "evt_restarted"))
+        .await;
+    assert_eq!(version_seen(acme_app.received().iter().find(|r| r.event_id == "evt_restarted").unwrap()), 1);
+
+    // Delete: gone, and events wait again.
+    let (code, deleted) = call(&client, Method::DELETE, plugin_url(&gateway, ""), ACME, vec![]).await;
+    assert_eq!((code, deleted["deleted"].as_bool()), (200, Some(true)));
+    let (_, status) = call(&client, Method::GET, plugin_url(&gateway, ""), ACME, vec![]).await;
+    assert_eq!(
+        (status["active_version"].clone(), status["versions"].as_array().map(Vec::len)),
+        (Value::Null, Some(0))
+    );
+}
