@@ -295,3 +295,47 @@ async fn proxy_mode_answers_503_when_a_plugin_fails_and_forwards_what_plugins_re
     assert_eq!(e["plugin_runs"].as_array().unwrap().len(), 2, "{e}");
     assert_eq!(legacy.received().len(), 1, "nothing forwarded after a failed plugin");
 }
+
+/// The JavaScript and Python examples, with warm instances: the JS one rewrites the body and
+/// counts events in kv; the Python one forwards a chat message to the merchant's `chat`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_and_python_plugins_rewrite_count_and_forward_to_chat() {
+    let dir = tempfile::tempdir().unwrap();
+    let legacy = Upstream::start().await;
+    let chat = Upstream::start().await;
+    let config = base(&dir.path().join("db.sqlite"))
+        + &endpoint("/shop", "default", &["js-enrich", "notifier"], Some("legacy"), "queue")
+        + &upstream("legacy", "default", &legacy.url())
+        + &upstream("chat", "default", &chat.url())
+        + &plugin("js-enrich", "default", "js_enrich", "warm = true")
+        + &plugin("notifier", "default", "notifier", "warm = true\nmemory_mb = 64");
+    let gateway = Gateway::start(dir.path(), &config);
+    let client = client();
+    for (i, amount) in [500050, 1999, 100].into_iter().enumerate() {
+        let id = format!("evt_shop_{i}");
+        assert_eq!(
+            send(&client, &gateway.url("/shop"), &id, payment(&id, amount, "bo@example.com")).await.0,
+            200
+        );
+        // One at a time, so that the counts arrive in order.
+        wait_for_status(&client, &gateway, &id, "delivered", WAIT).await;
+    }
+    let received = legacy.received();
+    for (i, (r, display)) in received.iter().zip(["5,000.50 PKR", "19.99 PKR", "1.00 PKR"]).enumerate() {
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["data"]["amount_display"], display, "{body}");
+        assert_eq!(r.header("x-event-count"), Some((i + 1).to_string().as_str()));
+    }
+    let messages: Vec<String> = chat
+        .received()
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    assert!(
+        messages[0].starts_with("✅ Payment of 5,000.50 PKR from bo@example.com succeeded"),
+        "{messages:?}"
+    );
+    let e = event(&client, &gateway, "evt_shop_0").await;
+    assert_eq!(e["tags"], serde_json::json!(["currency:PKR", "notified"]), "{e}");
+}

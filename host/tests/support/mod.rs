@@ -340,29 +340,19 @@ url = "{upstream_url}"
     )
 }
 
-/// Builds the example and hostile plugins for wasm32-wasip2 (once per test run) and returns
-/// the folder holding their .wasm files.
+/// Builds every example and hostile plugin from source (Rust, JavaScript, Python; once per
+/// test run, by scripts/build-plugins.sh) and returns the folder holding their .wasm files.
 pub fn guests() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| repo.join("target"))
-            .join("guests");
-        for project in ["plugins", "tests/fixtures/plugins"] {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
-                .current_dir(repo.join(project))
-                .env("CARGO_TARGET_DIR", &target)
-                .env_remove("RUSTFLAGS")
-                .status()
-                .expect("cargo runs");
-            assert!(
-                status.success(),
-                "building {project} for wasm32-wasip2 failed (scripts/setup.sh adds the target)"
-            );
-        }
-        target.join("wasm32-wasip2/release")
+        let target =
+            std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo.join("target"));
+        let status = Command::new(repo.join("scripts/build-plugins.sh"))
+            .env("CARGO_TARGET_DIR", &target)
+            .status()
+            .expect("scripts/build-plugins.sh runs");
+        assert!(status.success(), "building the plugins failed (scripts/setup.sh installs what it needs)");
+        target.join("guests/wasm32-wasip2/release")
     })
 }
