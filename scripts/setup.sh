@@ -15,6 +15,8 @@ need_apt=()
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+# The Python plugin is built with componentize-py from pip, in a venv.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # Headless Chromium for the web package's browser tests: Debian's, never a downloaded one.
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -26,6 +28,8 @@ if [ ! -f verify/tests/vectors/node_modules/.package-lock.json ] \
   (cd verify/tests/vectors && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+# The plugins' guest toolchains (componentize-js from npm, componentize-py from pip) are
+# installed by scripts/build-plugins.sh, which the tests run.
 # The web package's build tools (wasm-bindgen CLI at the crate's version, npm binaryen and
 # playwright-core) are installed by web/build.sh, which the tests run.
 

@@ -21,6 +21,9 @@ cargo build -p payflow-verify --locked --target wasm32v1-none
 cargo build -p payflow-verify --locked --target wasm32v1-none --no-default-features
 cargo build -p payflow-verify --locked --target wasm32-unknown-unknown --release
 
+step "plugins: Rust, JavaScript and Python examples and the hostile fixtures, from source"
+scripts/build-plugins.sh
+
 step "tests"
 cargo test --workspace --locked
 
