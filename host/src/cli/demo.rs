@@ -1,11 +1,12 @@
 //! `payflow-edge demo`: the whole flow on loopback with embedded defaults, narrated.
 //!
 //! Starts a sample legacy app (an HTTP server that just records what it receives) and the
-//! gateway in front of it (queue mode, a temporary SQLite file), then sends the events a real
+//! gateway in front of it (queue mode, a temporary SQLite file) with three example plugins
+//! built into this binary (amount-threshold, ledger, legacy-form), then sends the events a real
 //! endpoint meets: valid ones of each seed type, a duplicate, forgeries, a stale replay, an
-//! authentic but invalid event. It prints what the gateway answered and what the legacy app
-//! saw, and exits non-zero if anything differs from what DESIGN promises, so it doubles as a
-//! smoke test.
+//! authentic but invalid event, a payment under the threshold. It prints what the gateway
+//! answered and what the legacy app saw, and exits non-zero if anything differs from what
+//! DESIGN promises, so it doubles as a smoke test.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -31,8 +32,20 @@ use super::{unix_now, Failure};
 const SECRET: &str = "whsec_demo_secret_do_not_use_in_production";
 const ADMIN_TOKEN: &str = "demo-admin-token-0123456789";
 
-/// What the sample legacy app received: (X-PayFlow-Event-Id, body).
-type Received = Arc<Mutex<Vec<(String, String)>>>;
+/// What the sample legacy app received: (X-PayFlow-Event-Id, headers of interest, body).
+type Received = Arc<Mutex<Vec<(String, String, String)>>>;
+
+/// The example plugins, built from plugins/ by build.rs (empty if that failed).
+const PLUGINS: [(&str, &[u8], &str); 3] = [
+    (
+        "amount-threshold",
+        include_bytes!(concat!(env!("OUT_DIR"), "/amount_threshold.wasm")),
+        "config = { min_amount = \"1000\" }",
+    ),
+    ("ledger", include_bytes!(concat!(env!("OUT_DIR"), "/ledger.wasm")), ""),
+    ("legacy-form", include_bytes!(concat!(env!("OUT_DIR"), "/legacy_form.wasm")), ""),
+];
+const PLUGINS_PROBLEM: &str = include_str!(concat!(env!("OUT_DIR"), "/demo-plugins-problem.txt"));
 /// Signature headers as (name, value).
 type Headers = Vec<(String, String)>;
 
@@ -52,13 +65,27 @@ async fn legacy_app() -> anyhow::Result<(String, Received)> {
                 let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                     let log = log.clone();
                     async move {
-                        let id = request.headers().get("x-payflow-event-id").and_then(|v| v.to_str().ok());
-                        let id = id.unwrap_or("").to_string();
+                        let header = |name: &str| {
+                            request
+                                .headers()
+                                .get(name)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string()
+                        };
+                        let id = header("x-payflow-event-id");
+                        let shown = format!(
+                            "{}; X-Ledger-Total: {}",
+                            header("content-type"),
+                            Some(header("x-ledger-total")).filter(|t| !t.is_empty()).unwrap_or("-".into())
+                        );
                         let body =
                             request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                        log.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push((id, String::from_utf8_lossy(&body).into()));
+                        log.lock().unwrap_or_else(|p| p.into_inner()).push((
+                            id,
+                            shown,
+                            String::from_utf8_lossy(&body).into(),
+                        ));
                         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"OK"))))
                     }
                 });
@@ -73,6 +100,16 @@ async fn narrate() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("payflow-edge-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (legacy_url, received) = legacy_app().await?;
+    let with_plugins = PLUGINS.iter().all(|(_, wasm, _)| !wasm.is_empty());
+    let mut plugins_config = String::new();
+    if with_plugins {
+        for (name, wasm, extra) in PLUGINS {
+            let path = dir.join(format!("{name}.wasm"));
+            std::fs::write(&path, wasm)?;
+            plugins_config += &format!("[[plugin]]\nname = {name:?}\npath = {:?}\n{extra}\n", path.display());
+        }
+    }
+    let chain = if with_plugins { r#"["amount-threshold", "ledger", "legacy-form"]"# } else { "[]" };
     let config_text = format!(
         r#"
 [server]
@@ -87,11 +124,12 @@ path = "/webhooks/payflow"
 scheme = "payflow"
 secrets = ["{SECRET}"]
 upstream = "legacy"
+plugins = {chain}
 [[upstream]]
 name = "legacy"
 url = "{legacy_url}"
 retry_base_ms = 200
-"#,
+{plugins_config}"#,
         db = dir.join("demo.db").display()
     );
     let config = Config::parse(&config_text, |_| None).context("the demo's embedded config")?;
@@ -100,7 +138,12 @@ retry_base_ms = 200
     println!("payflow-edge demo: everything on loopback, embedded defaults\n");
     println!("  gateway   {url}  (queue mode, store {})", dir.join("demo.db").display());
     println!("  legacy    {legacy_url}  (a sample app that records what it receives)");
-    println!("  admin     http://{}\n", gateway.admin_addr.map(|a| a.to_string()).unwrap_or_default());
+    println!("  admin     http://{}", gateway.admin_addr.map(|a| a.to_string()).unwrap_or_default());
+    if with_plugins {
+        println!("  plugins   amount-threshold (min_amount 1000) → ledger → legacy-form, in wasmtime\n");
+    } else {
+        println!("  plugins   none: {}\n", PLUGINS_PROBLEM.trim());
+    }
 
     let now = unix_now();
     let signer = Signer::new(payflow_verify::Scheme::PayFlow, &[SECRET])?;
@@ -113,6 +156,9 @@ retry_base_ms = 200
     let invalid = serde_json::to_vec(&invalid)?;
     let tampered =
         String::from_utf8_lossy(&paid).replace("2500", "1").replace("evt_demo_paid", "evt_demo_tampered");
+    let mut small: Value = sample_event("payment.succeeded", "evt_demo_small", now);
+    small["data"]["amount"] = serde_json::json!(500);
+    let small = serde_json::to_vec(&small)?;
 
     let sign = |s: &Signer, body: &[u8], at: i64| s.sign(body, &SignOptions::at(at)).unwrap_or_default();
     let cases: Vec<(&str, Vec<u8>, Headers, u16)> = vec![
@@ -125,6 +171,7 @@ retry_base_ms = 200
         ("no signature", paid.clone(), Vec::new(), 401),
         ("authentic, amount 25.5 (invalid)", invalid.clone(), sign(&signer, &invalid, now), 200),
         ("authentic, not JSON", b"amount=2500".to_vec(), sign(&signer, b"amount=2500", now), 400),
+        ("payment.succeeded, amount 500", small.clone(), sign(&signer, &small, now), 200),
     ];
     let client = HttpClient::new();
     println!("{:<40} {:<6} gateway's reply", "sent", "status");
@@ -137,9 +184,9 @@ retry_base_ms = 200
         }
     }
 
-    // Deliveries run from the durable queue: wait for the two valid events to arrive.
+    // Plugins and deliveries run from the durable queue: wait for the valid events to arrive.
     for _ in 0..100 {
-        if received.lock().map(|r| r.len()).unwrap_or(0) >= 2 {
+        if received.lock().map(|r| r.len()).unwrap_or(0) >= 2 + usize::from(!with_plugins) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -147,15 +194,19 @@ retry_base_ms = 200
     tokio::time::sleep(Duration::from_millis(200)).await; // a third delivery would show up now
     println!("\nthe legacy app received:");
     let seen = received.lock().map(|r| r.clone()).unwrap_or_default();
-    for (id, body) in &seen {
-        let ev: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-        println!("  X-PayFlow-Event-Id: {id:<22} {}", ev["type"].as_str().unwrap_or("?"));
+    for (id, headers, body) in &seen {
+        println!("  X-PayFlow-Event-Id: {id:<22} {headers}");
+        println!("    {}", body.chars().take(110).collect::<String>());
     }
-    let mut ids: Vec<&str> = seen.iter().map(|(id, _)| id.as_str()).collect();
+    let mut ids: Vec<&str> = seen.iter().map(|(id, _, _)| id.as_str()).collect();
     ids.sort_unstable();
-    if ids != ["evt_demo_customer", "evt_demo_paid"] {
-        surprises
-            .push(format!("the legacy app should see exactly the two valid events once each, saw {ids:?}"));
+    let expected: &[&str] = if with_plugins {
+        &["evt_demo_customer", "evt_demo_paid"]
+    } else {
+        &["evt_demo_customer", "evt_demo_paid", "evt_demo_small"]
+    };
+    if ids != expected {
+        surprises.push(format!("the legacy app should see exactly {expected:?} once each, saw {ids:?}"));
     }
 
     let admin = format!("http://{}/api/events", gateway.admin_addr.context("admin listener")?);
@@ -163,6 +214,14 @@ retry_base_ms = 200
     let (_, listing) = client.request(Method::GET, &admin, &auth, Vec::new()).await?;
     let listing: Value = serde_json::from_slice(&listing)?;
     println!("\nthe store (admin API, GET /api/events):");
+    let small_status = listing["events"]
+        .as_array()
+        .and_then(|events| events.iter().find(|e| e["id"] == "evt_demo_small"))
+        .and_then(|e| e["status"].as_str())
+        .unwrap_or("missing");
+    if with_plugins && small_status != "dropped" {
+        surprises.push(format!("amount-threshold should have dropped evt_demo_small; it is {small_status}"));
+    }
     for e in listing["events"].as_array().into_iter().flatten() {
         let reason = e["reason"].as_str().map(|r| format!("  ({r})")).unwrap_or_default();
         println!(
@@ -179,5 +238,9 @@ retry_base_ms = 200
     }
     println!("\nforgeries were refused with their reason, the duplicate was acknowledged but not");
     println!("delivered twice, the invalid event was kept (quarantined) but not delivered.");
+    if with_plugins {
+        println!("the plugins dropped the small payment, kept a running total per customer, and");
+        println!("rewrote the rest as the form posts an old PHP app expects.");
+    }
     Ok(())
 }

@@ -147,7 +147,7 @@ pub fn run(
     let mut headers: Vec<(String, String)> = Vec::new();
     let mut forwards: Vec<NewDelivery> = Vec::new();
     let mut tags: Vec<String> = Vec::new();
-    let mut applied: Vec<(Arc<Slot>, HashMap<String, Vec<u8>>)> = Vec::new();
+    let mut applied: Applied = Vec::new();
     for name in chain {
         let Some(slot) = registry.slot(&input.merchant, name).cloned() else {
             return failed(runs, format!("{name}: plugin_missing: not configured"));
@@ -221,8 +221,11 @@ pub fn run(
     ChainResult { runs, kv, outcome: ChainOutcome::Continue { body, headers, forwards, tags } }
 }
 
+/// Each plugin's kv writes in a step, kept until the step has finished.
+type Applied = Vec<(Arc<Slot>, HashMap<String, Vec<u8>>)>;
+
 /// Makes a finished step's kv writes visible to the next runs (the caller commits them).
-fn apply(applied: Vec<(Arc<Slot>, HashMap<String, Vec<u8>>)>) {
+fn apply(applied: Applied) {
     for (slot, writes) in applied {
         if let Some(values) = &mut slot.kv.lock().unwrap_or_else(|p| p.into_inner()).values {
             values.extend(writes);
