@@ -1,7 +1,7 @@
 # Shared by the bench scripts (source it): ports, readiness, and cleanup of started servers.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+wait_port() { # wait_port PORT [TENTHS_OF_SECONDS]
+  for _ in $(seq "${2:-100}"); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
   echo "port $1 never opened" >&2; return 1
 }
 bench_pids=()

@@ -12,7 +12,7 @@ out="$target/wasm32-wasip2/release"
 COMPONENTIZE_PY=0.25.1
 
 for project in plugins tests/fixtures/plugins; do
-  (cd "$project" && CARGO_TARGET_DIR="$target" RUSTFLAGS= cargo build --quiet --locked --release --target wasm32-wasip2)
+  (cd "$project" && CARGO_TARGET_DIR="$target" env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS cargo build --quiet --locked --release --target wasm32-wasip2)
 done
 
 # newer OUT SOURCES...: true when OUT is missing or older than any source.

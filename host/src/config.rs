@@ -306,6 +306,9 @@ fn default_kv_bytes() -> usize {
 pub struct PluginsConfig {
     /// Threads running plugins (0: one per CPU). Plugins never run on the ingress threads.
     pub workers: usize,
+    /// Plugin steps in flight at once. A step spends most of its time waiting for its commit,
+    /// not running: this many keep the plugin threads busy while earlier steps are committed.
+    pub concurrency: usize,
     /// Attempts of an event's plugin step before the event is `dead`.
     pub max_attempts: u32,
     /// First retry delay of a failed plugin step; doubles each attempt (with jitter).
@@ -320,6 +323,7 @@ impl Default for PluginsConfig {
     fn default() -> Self {
         PluginsConfig {
             workers: 0,
+            concurrency: 64,
             max_attempts: 3,
             retry_base_ms: 1_000,
             retry_max_ms: 60_000,
@@ -548,6 +552,9 @@ impl Config {
         let p = &self.plugins;
         if p.max_attempts == 0 {
             return Err(invalid("plugins.max_attempts", "must be at least 1"));
+        }
+        if p.concurrency == 0 {
+            return Err(invalid("plugins.concurrency", "must be at least 1"));
         }
         if p.max_upload_bytes < 1024 {
             return Err(invalid("plugins.max_upload_bytes", "must be at least 1024"));

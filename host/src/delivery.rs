@@ -188,16 +188,14 @@ impl Upstream {
     /// The pseudo-upstream of the plugin step ([`PLUGIN_STEP`]): never sent to over HTTP (the
     /// dispatcher hands its deliveries to the plugin stage); it only lends the step the
     /// dispatcher's queue, workers, retry policy and poller.
-    pub fn plugin_step(config: &PluginsConfig, workers: usize) -> Self {
+    pub fn plugin_step(config: &PluginsConfig) -> Self {
         Upstream::new(&UpstreamConfig {
             name: PLUGIN_STEP.into(),
             merchant: String::new(),
             url: "http://plugins.invalid/".into(),
             timeout_ms: 1,
             max_attempts: config.max_attempts,
-            // Enough steps in flight to keep every scheduler thread fed while others wait on
-            // their commit.
-            concurrency: workers * 4,
+            concurrency: config.concurrency,
             retry_base_ms: config.retry_base_ms,
             retry_max_ms: config.retry_max_ms,
             sign_secret: None,

@@ -240,6 +240,6 @@ async fn start_plugins(
         endpoints,
         upstreams.clone(),
     );
-    let step = Arc::new(Upstream::plugin_step(&config.plugins, workers));
+    let step = Arc::new(Upstream::plugin_step(&config.plugins));
     Ok(Some((Arc::new(stage), step)))
 }
