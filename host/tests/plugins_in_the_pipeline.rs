@@ -339,3 +339,39 @@ async fn javascript_and_python_plugins_rewrite_count_and_forward_to_chat() {
     let e = event(&client, &gateway, "evt_shop_0").await;
     assert_eq!(e["tags"], serde_json::json!(["currency:PKR", "notified"]), "{e}");
 }
+
+/// Fairness between merchants: one merchant's plugin spins to its deadline on every event and
+/// has a long backlog; another merchant's events, sent after it, are all delivered while that
+/// backlog is still being worked through (it may hold only one of the two plugin threads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_flooding_slow_plugins_does_not_starve_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow_app = Upstream::start().await;
+    let fast_app = Upstream::start().await;
+    let config = base(&dir.path().join("db.sqlite"))
+        + "[[merchant]]\nid = \"slow\"\n[[merchant]]\nid = \"fast\"\n"
+        + &upstream("slow-app", "slow", &slow_app.url())
+        + &upstream("fast-app", "fast", &fast_app.url())
+        + &plugin("spin", "slow", "spin", "fuel = 100000000000\ntimeout_ms = 300")
+        + &plugin("threshold", "fast", "amount_threshold", "")
+        + &endpoint("/slow", "slow", &["spin"], Some("slow-app"), "queue")
+        + &endpoint("/fast", "fast", &["threshold"], Some("fast-app"), "queue");
+    let gateway = Gateway::start(dir.path(), &config);
+    let client = client();
+    // 20 events × 2 attempts × 300 ms: 12 s of plugin time for the slow merchant.
+    for i in 0..20 {
+        assert_eq!(send_event(&client, &gateway.url("/slow"), &format!("evt_slow_{i}")).await.0, 200);
+    }
+    for i in 0..20 {
+        assert_eq!(send_event(&client, &gateway.url("/fast"), &format!("evt_fast_{i}")).await.0, 200);
+    }
+    fast_app.wait_for(WAIT, "the fast merchant's events", |r| r.len() == 20).await;
+    // First come, first served would have run all 20 slow first attempts (3 s on both threads)
+    // before any fast event.
+    let mut slow_runs = 0;
+    for i in 0..20 {
+        slow_runs +=
+            event(&client, &gateway, &format!("evt_slow_{i}")).await["plugin_runs"].as_array().unwrap().len();
+    }
+    assert!(slow_runs < 12, "the fast merchant waited for {slow_runs} runs of the slow merchant's plugin");
+}
