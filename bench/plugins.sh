@@ -28,7 +28,7 @@ if [[ $parts == *1* ]]; then
 echo "### 1. Per-event overhead"
 echo
 first=1
-for plugin in "amount_threshold $runs" "js_enrich $((runs / 40))" "notifier $((runs / 100))"; do
+for plugin in "noop $runs" "amount_threshold $runs" "js_enrich $((runs / 40))" "notifier $((runs / 100))"; do
   set -- $plugin
   "$bin/plugin-overhead" "$wasm/$1.wasm" "$2" | { if [ $first = 1 ]; then cat; else tail -n +3; fi; }
   first=0

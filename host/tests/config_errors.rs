@@ -81,8 +81,13 @@ fn env_vars_are_expanded_and_a_missing_file_is_named() {
 
 #[test]
 fn the_example_config_in_the_repo_is_valid() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../payflow-edge.example.toml"))
-        .unwrap();
+    let text = std::fs::read_to_string(
+        std::path::Path::new(
+            &std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
+        )
+        .join("../payflow-edge.example.toml"),
+    )
+    .unwrap();
     let config =
         payflow_edge::config::Config::parse(&text, |name| Some(format!("value-of-{name}-0123456789")))
             .unwrap();

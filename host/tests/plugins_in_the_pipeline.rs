@@ -169,15 +169,17 @@ async fn hostile_plugins_fail_their_step_with_the_reason_named_and_others_keep_r
     let dir = tempfile::tempdir().unwrap();
     let legacy = Upstream::start().await;
     let good = Upstream::start().await;
+    // Deadlines far beyond what each needs, except where the deadline is the point: the test
+    // machine may be busy, and a slow run must not turn another reason into `timeout`.
     let cases = [
-        ("spin", "fuel_exhausted", "fuel = 50000000"),
+        ("spin", "fuel_exhausted", "fuel = 50000000\ntimeout_ms = 30000"),
         ("spin-deadline", "timeout", "fuel = 100000000000\ntimeout_ms = 100"),
-        ("memory_bomb", "memory_exhausted", "memory_mb = 16"),
-        ("deep_recursion", "trap", ""),
-        ("panic", "trap", ""),
-        ("huge_output", "bad_output", ""),
-        ("kv_flood", "plugin_error", "kv_bytes = 262144"),
-        ("forward_unknown", "unknown_upstream", ""),
+        ("memory_bomb", "memory_exhausted", "memory_mb = 16\ntimeout_ms = 30000"),
+        ("deep_recursion", "trap", "timeout_ms = 30000"),
+        ("panic", "trap", "timeout_ms = 30000"),
+        ("huge_output", "bad_output", "timeout_ms = 30000"),
+        ("kv_flood", "plugin_error", "kv_bytes = 262144\ntimeout_ms = 30000"),
+        ("forward_unknown", "unknown_upstream", "timeout_ms = 30000"),
     ];
     let mut config = base(&dir.path().join("db.sqlite"))
         + "[[merchant]]\nid = \"evil\"\n[[merchant]]\nid = \"good\"\n"

@@ -11,7 +11,9 @@ type Edit = Box<dyn FnOnce(&mut Value)>;
 type IsExpected = fn(&EnvelopeError) -> bool;
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/tests/fixtures/events/{name}.json", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    // Read at run time: the binary may come from a build in another checkout.
+    let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR");
+    std::fs::read(format!("{dir}/tests/fixtures/events/{name}.json")).unwrap()
 }
 
 #[test]

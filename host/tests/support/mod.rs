@@ -345,7 +345,7 @@ url = "{upstream_url}"
 pub fn guests() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+        let repo = manifest_dir().parent().unwrap().to_path_buf();
         let target =
             std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo.join("target"));
         let status = Command::new(repo.join("scripts/build-plugins.sh"))
@@ -355,4 +355,11 @@ pub fn guests() -> &'static Path {
         assert!(status.success(), "building the plugins failed (scripts/setup.sh installs what it needs)");
         target.join("guests/wasm32-wasip2/release")
     })
+}
+
+/// The package's directory, read when the test runs: a test binary may be reused from a build in
+/// another checkout that shares the build cache, so `env!("CARGO_MANIFEST_DIR")` (fixed at
+/// compile time) can name a directory that no longer exists.
+pub fn manifest_dir() -> PathBuf {
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
 }

@@ -1,11 +1,11 @@
 //! Runs the vector generators kept beside the tests (Node and Python, third-party code only).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Once;
 
 pub fn vectors_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
+    manifest_dir().join("tests/vectors")
 }
 
 /// Installs the generators' npm packages (pinned by package-lock.json) once, if missing.
@@ -38,4 +38,11 @@ pub fn generate(program: &str, script: &str, args: &[&str]) -> serde_json::Value
         .unwrap_or_else(|e| panic!("cannot run {program} {script}: {e}"));
     assert!(out.status.success(), "{program} {script} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{script} printed no JSON: {e}"))
+}
+
+/// The package's directory, read when the test runs: a test binary may be reused from a build in
+/// another checkout that shares the build cache, so `env!("CARGO_MANIFEST_DIR")` (fixed at
+/// compile time) can name a directory that no longer exists.
+pub fn manifest_dir() -> PathBuf {
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
 }
