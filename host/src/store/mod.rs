@@ -237,7 +237,8 @@ pub struct PluginStep {
     pub merchant: String,
     /// Event id.
     pub event_id: String,
-    /// The step as an attempt (upstream [`PLUGIN_STEP`]).
+    /// The step as an attempt (upstream [`PLUGIN_STEP`]); stored as one only when it failed
+    /// (its runs record a step that finished).
     pub attempt: AttemptInfo,
     /// What becomes of the step: delivered (it finished), retry or dead.
     pub step: AttemptOutcome,

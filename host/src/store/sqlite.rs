@@ -798,15 +798,19 @@ impl Store for SqliteStore {
                     logs
                 ])?;
             }
-            insert_attempt(
-                conn,
-                &Attempt {
-                    merchant: merchant.clone(),
-                    event_id: id.clone(),
-                    info: step.attempt.clone(),
-                    outcome: step.step,
-                },
-            )?;
+            // A step that finished is recorded by its runs; an attempt row is kept for the
+            // failures (and the admin view of retries) only.
+            if step.step != AttemptOutcome::Delivered {
+                insert_attempt(
+                    conn,
+                    &Attempt {
+                        merchant: merchant.clone(),
+                        event_id: id.clone(),
+                        info: step.attempt.clone(),
+                        outcome: step.step,
+                    },
+                )?;
+            }
             let (step_status, next_at_ms) = match step.step {
                 AttemptOutcome::Delivered => ("delivered", None),
                 AttemptOutcome::Dead => ("dead", None),
@@ -838,6 +842,15 @@ impl Store for SqliteStore {
                 add.execute(params![merchant, id, d.upstream, step.attempt.at_ms, d.body.as_deref(), headers])?;
             }
             let tags = (!step.tags.is_empty()).then(|| serde_json::to_string(&step.tags).unwrap_or_default());
+            // The common case changes nothing about the event: a first attempt (ingress left it
+            // queued, without a reason) that continued, untagged.
+            let unchanged = step.attempt.number == 1
+                && step.status == EventStatus::Queued
+                && step.reason.is_none()
+                && tags.is_none();
+            if unchanged {
+                return Ok(());
+            }
             conn.prepare_cached(
                 "UPDATE events SET status = ?3, reason = ?4, tags = COALESCE(?5, tags) WHERE merchant = ?1 AND id = ?2",
             )?
