@@ -9,25 +9,14 @@ use std::time::Duration;
 use serde_json::Value;
 use support::*;
 
-const ACME: &str = "acme-token-0123456789abcdef";
-const GLOBEX: &str = "globex-token-0123456789abcdef";
+const ACME: &str = ACME_TOKEN;
+const GLOBEX: &str = GLOBEX_TOKEN;
 
 fn config(db: &std::path::Path, upstream: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[store]
-path = "{db}"
-[admin]
-listen = "127.0.0.1:0"
-token = "{ADMIN_TOKEN}"
-[[merchant]]
-id = "acme"
-token = "{ACME}"
-[[merchant]]
-id = "globex"
-token = "{GLOBEX}"
+    config_head(db)
+        + TWO_MERCHANTS
+        + &format!(
+            r#"
 [[endpoint]]
 merchant = "acme"
 path = "/acme"
@@ -46,9 +35,8 @@ url = "{upstream}"
 name = "globex-app"
 merchant = "globex"
 url = "{upstream}"
-"#,
-        db = db.display()
-    )
+"#
+        )
 }
 
 fn ids(listing: &Value) -> Vec<String> {

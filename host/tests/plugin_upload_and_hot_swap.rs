@@ -9,31 +9,20 @@ use std::time::Duration;
 use serde_json::Value;
 use support::{client, guests, send_event, wait_for_status, Gateway, Upstream, ADMIN_TOKEN, SECRET};
 
-const ACME: &str = "acme-token-0123456789abcdef";
-const GLOBEX: &str = "globex-token-0123456789abcdef";
+const ACME: &str = support::ACME_TOKEN;
+const GLOBEX: &str = support::GLOBEX_TOKEN;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn config(db: &std::path::Path, acme_app: &str, globex_app: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[store]
-path = "{db}"
-[admin]
-listen = "127.0.0.1:0"
-token = "{ADMIN_TOKEN}"
+    support::config_head(db)
+        + support::TWO_MERCHANTS
+        + &format!(
+            r#"
 [plugins]
 max_attempts = 100
 retry_base_ms = 50
 retry_max_ms = 200
 max_upload_bytes = 400000
-[[merchant]]
-id = "acme"
-token = "{ACME}"
-[[merchant]]
-id = "globex"
-token = "{GLOBEX}"
 [[endpoint]]
 merchant = "acme"
 path = "/acme"
@@ -63,9 +52,8 @@ merchant = "globex"
 path = "{threshold}"
 config = {{ min_amount = "1" }}
 "#,
-        db = db.display(),
-        threshold = guests().join("amount_threshold.wasm").display()
-    )
+            threshold = guests().join("amount_threshold.wasm").display()
+        )
 }
 
 async fn call(

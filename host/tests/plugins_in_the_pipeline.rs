@@ -22,23 +22,8 @@ fn wasm(name: &str) -> String {
 }
 
 fn base(db: &Path) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[store]
-path = "{db}"
-[admin]
-listen = "127.0.0.1:0"
-token = "{ADMIN_TOKEN}"
-[plugins]
-workers = 2
-max_attempts = 2
-retry_base_ms = 50
-retry_max_ms = 100
-"#,
-        db = db.display()
-    )
+    support::config_head(db)
+        + "[plugins]\nworkers = 2\nmax_attempts = 2\nretry_base_ms = 50\nretry_max_ms = 100\n"
 }
 
 fn endpoint(path: &str, merchant: &str, plugins: &[&str], upstream: Option<&str>, mode: &str) -> String {

@@ -19,7 +19,8 @@ use super::{Registry, Scheduler};
 use crate::clock::Clock;
 use crate::delivery::Upstream;
 use crate::store::{
-    AttemptInfo, AttemptOutcome, DueDelivery, EventStatus, NewDelivery, PluginStep, Store, PLUGIN_STEP,
+    AttemptInfo, AttemptOutcome, DueDelivery, EventStatus, KvWrite, NewDelivery, PluginRunInfo, PluginStep,
+    Store, PLUGIN_STEP,
 };
 
 /// An endpoint's plugins.
@@ -154,10 +155,10 @@ impl PluginStage {
         };
         let at_ms = self.clock.now_ms();
         let started = Instant::now();
-        let result = self.run_chain(&input, at_ms).await;
+        let ChainResult { runs, kv, outcome } = self.run_chain(&input, at_ms).await;
         let number = input.attempts + 1;
         let own = self.endpoints.get(&input.endpoint).and_then(|e| e.upstream.clone());
-        let (status, reason, outcome, deliveries, tags) = match result.outcome {
+        let (status, reason, outcome, deliveries, tags) = match outcome {
             ChainOutcome::Continue { body, headers, forwards, tags } => {
                 let mut deliveries = match own {
                     Some(upstream) => vec![NewDelivery { upstream, body, headers }],
@@ -188,25 +189,11 @@ impl PluginStage {
             request_id = %input.request_id, merchant = %input.merchant, event_id = %input.event_id,
             attempt = number, status = status.as_str(), reason = ?reason, "plugin step"
         );
-        let record = PluginStep {
-            merchant: input.merchant.clone(),
-            event_id: input.event_id.clone(),
-            attempt: step_attempt(number, at_ms, started, status, reason.as_deref(), &deliveries),
-            step: outcome,
-            runs: result.runs,
-            kv: result.kv,
-            status,
-            reason,
-            deliveries: deliveries.clone(),
-            tags,
-        };
-        if let Err(e) = self.store.finish_plugin_step(record).await {
-            // Still pending in the store: the step runs again; its kv writes were not committed.
-            chain::forget_kv(&self.registry, &input.merchant, &self.chain_of(&input.endpoint));
+        let decision = Decision { step: outcome, status, reason, deliveries, tags, runs, kv };
+        if let Err(e) = self.commit(&input, number, at_ms, started, decision).await {
+            // Still pending in the store: the step runs again.
             tracing::warn!(event_id = %input.event_id, error = %e, "cannot record a plugin step; it will run again");
-            return;
         }
-        self.hand_off(&input, at_ms, deliveries);
     }
 
     /// Proxy mode: runs the chain before the forward and records it. The event is left
@@ -227,13 +214,34 @@ impl PluginStage {
                 (EventStatus::Failed, Some(reason.clone()), Vec::new(), Vec::new())
             }
         };
+        let (runs, kv) = (result.runs, result.kv);
+        let decision =
+            Decision { step: AttemptOutcome::Delivered, status, reason, deliveries, tags, runs, kv };
+        if let Err(e) = self.commit(&input, 1, at_ms, started, decision).await {
+            return ChainOutcome::Failed { reason: format!("cannot record the plugin step: {e}") };
+        }
+        result.outcome
+    }
+
+    /// Records a step (its runs, kv writes and `decision`) in one commit, then hands the
+    /// deliveries it created to their upstreams. If the commit fails, the kv writes the chain
+    /// made visible in memory are forgotten (they were not committed).
+    async fn commit(
+        &self,
+        input: &StepInput,
+        number: u32,
+        at_ms: i64,
+        started: Instant,
+        decision: Decision,
+    ) -> Result<(), crate::store::StoreError> {
+        let Decision { step, status, reason, deliveries, tags, runs, kv } = decision;
         let record = PluginStep {
             merchant: input.merchant.clone(),
             event_id: input.event_id.clone(),
-            attempt: step_attempt(1, at_ms, started, status, reason.as_deref(), &deliveries),
-            step: AttemptOutcome::Delivered,
-            runs: result.runs,
-            kv: result.kv,
+            attempt: step_attempt(number, at_ms, started, status, reason.as_deref(), &deliveries),
+            step,
+            runs,
+            kv,
             status,
             reason,
             deliveries: deliveries.clone(),
@@ -241,10 +249,10 @@ impl PluginStage {
         };
         if let Err(e) = self.store.finish_plugin_step(record).await {
             chain::forget_kv(&self.registry, &input.merchant, &self.chain_of(&input.endpoint));
-            return ChainOutcome::Failed { reason: format!("cannot record the plugin step: {e}") };
+            return Err(e);
         }
-        self.hand_off(&input, at_ms, deliveries);
-        result.outcome
+        self.hand_off(input, at_ms, deliveries);
+        Ok(())
     }
 
     /// Hands just-recorded deliveries to their upstreams' workers (the store stays the source
@@ -277,6 +285,17 @@ impl PluginStage {
     pub fn stop(&self) {
         self.scheduler.stop();
     }
+}
+
+/// What a step decided about its event.
+struct Decision {
+    step: AttemptOutcome,
+    status: EventStatus,
+    reason: Option<String>,
+    deliveries: Vec<NewDelivery>,
+    tags: Vec<String>,
+    runs: Vec<PluginRunInfo>,
+    kv: Vec<KvWrite>,
 }
 
 /// The step as an attempt, for the event's history.

@@ -316,17 +316,26 @@ pub async fn wait_for_status(
     panic!("event {id} never reached {status}; last seen {last}");
 }
 
+/// The lines every test gateway's config starts with: loopback listeners on free ports, the
+/// store at `db`, the admin API with the operator's token.
+pub fn config_head(db: &Path) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{ADMIN_TOKEN}\"\n",
+        db.display().to_string()
+    )
+}
+
+/// Admin tokens of the two merchants of [`TWO_MERCHANTS`].
+pub const ACME_TOKEN: &str = "acme-token-0123456789abcdef";
+pub const GLOBEX_TOKEN: &str = "globex-token-0123456789abcdef";
+/// Two merchants, `acme` and `globex`, each with its scoped admin token.
+pub const TWO_MERCHANTS: &str = "[[merchant]]\nid = \"acme\"\ntoken = \"acme-token-0123456789abcdef\"\n[[merchant]]\nid = \"globex\"\ntoken = \"globex-token-0123456789abcdef\"\n";
+
 /// A config with one payflow queue endpoint delivering to `upstream_url`.
 pub fn queue_config(db: &Path, upstream_url: &str, extra_upstream: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[store]
-path = "{db}"
-[admin]
-listen = "127.0.0.1:0"
-token = "{ADMIN_TOKEN}"
+    config_head(db)
+        + &format!(
+            r#"
 [[endpoint]]
 path = "/webhooks/payflow"
 secrets = ["{SECRET}"]
@@ -335,9 +344,8 @@ upstream = "legacy"
 name = "legacy"
 url = "{upstream_url}"
 {extra_upstream}
-"#,
-        db = db.display()
-    )
+"#
+        )
 }
 
 /// Builds every example and hostile plugin from source (Rust, JavaScript, Python; once per
