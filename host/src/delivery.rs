@@ -71,6 +71,9 @@ pub struct Upstream {
     signer: Option<Signer>,
     /// Deliveries in flight at once: the number of worker tasks.
     pub concurrency: usize,
+    /// One per delivery in flight, from the workers and from plugin steps that deliver their
+    /// event's first attempt themselves: together they never exceed `concurrency`.
+    permits: tokio::sync::Semaphore,
     /// Deliveries waiting for a worker, fed by ingress and by the store poller.
     queue: DeliveryQueue,
     /// Wakes the store poller before its interval is up.
@@ -179,6 +182,7 @@ impl Upstream {
             retry_max: Duration::from_millis(config.retry_max_ms),
             signer,
             concurrency: config.concurrency,
+            permits: tokio::sync::Semaphore::new(config.concurrency),
             queue: DeliveryQueue::default(),
             poll_now: Notify::new(),
             backlog: AtomicBool::new(false),
@@ -574,33 +578,44 @@ impl Dispatcher {
             }
             return;
         }
-        let number = d.attempts + 1;
-        let attempt = AttemptStart::new(&d.merchant, &d.event_id, number, self.clock.now_ms());
-        let result = self
-            .client
-            .send(upstream, &d.event_id, &d.request_id, d.body.clone(), &d.headers, self.clock.now_secs())
-            .await;
-        let outcome = match classify(&result) {
-            Verdict::Delivered => AttemptOutcome::Delivered,
-            Verdict::Permanent => AttemptOutcome::Dead,
-            Verdict::Retry if number >= upstream.max_attempts => AttemptOutcome::Dead,
-            Verdict::Retry => {
-                let retry_after = result.as_ref().ok().and_then(|r| r.retry_after);
-                let delay = upstream.backoff(number, retry_after);
-                AttemptOutcome::Retry { next_at_ms: self.clock.now_ms() + delay.as_millis() as i64 }
-            }
-        };
-        let status = result.as_ref().map(|r| r.status.as_u16()).ok();
-        let error = result.as_ref().err().map(ToString::to_string);
-        tracing::info!(
-            request_id = %d.request_id, merchant = %d.merchant, event_id = %d.event_id, upstream = %upstream.name,
-            attempt = number, status = ?status, error = ?error, outcome = ?outcome, "delivery attempt"
-        );
-        if let Err(e) = self.store.record_attempt(attempt.finish(upstream, &result, outcome)).await {
+        let attempt = attempt(&self.client, &*self.clock, upstream, &d).await;
+        if let Err(e) = self.store.record_attempt(attempt).await {
             // Not recorded means still pending in the store: it will be sent again (at least once).
             tracing::warn!(event_id = %d.event_id, error = %e, "cannot record a delivery attempt; it will be retried");
         }
     }
+}
+
+/// Makes delivery attempt `d.attempts + 1` (within the upstream's concurrency) and decides
+/// what follows under the retry policy. The caller records the result.
+pub async fn attempt(
+    client: &UpstreamClient,
+    clock: &dyn Clock,
+    upstream: &Upstream,
+    d: &DueDelivery,
+) -> Attempt {
+    let number = d.attempts + 1;
+    let _permit = upstream.permits.acquire().await;
+    let attempt = AttemptStart::new(&d.merchant, &d.event_id, number, clock.now_ms());
+    let result =
+        client.send(upstream, &d.event_id, &d.request_id, d.body.clone(), &d.headers, clock.now_secs()).await;
+    let outcome = match classify(&result) {
+        Verdict::Delivered => AttemptOutcome::Delivered,
+        Verdict::Permanent => AttemptOutcome::Dead,
+        Verdict::Retry if number >= upstream.max_attempts => AttemptOutcome::Dead,
+        Verdict::Retry => {
+            let retry_after = result.as_ref().ok().and_then(|r| r.retry_after);
+            let delay = upstream.backoff(number, retry_after);
+            AttemptOutcome::Retry { next_at_ms: clock.now_ms() + delay.as_millis() as i64 }
+        }
+    };
+    let status = result.as_ref().map(|r| r.status.as_u16()).ok();
+    let error = result.as_ref().err().map(ToString::to_string);
+    tracing::info!(
+        request_id = %d.request_id, merchant = %d.merchant, event_id = %d.event_id, upstream = %upstream.name,
+        attempt = number, status = ?status, error = ?error, outcome = ?outcome, "delivery attempt"
+    );
+    attempt.finish(upstream, &result, outcome)
 }
 
 #[cfg(test)]

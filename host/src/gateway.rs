@@ -100,7 +100,10 @@ impl Gateway {
                 Upstream::new(u).map_err(|e| StartError::Config(format!("upstream {}: {e}", u.name)))?;
             upstreams.insert(u.name.clone(), Arc::new(upstream));
         }
-        let plugins = start_plugins(&config, &store, &clock, &upstreams).await?;
+        // The delivery thread's connection pool, shared with plugin steps (which deliver their
+        // event's first attempt): proxy-mode forwards keep their own.
+        let delivery_client = UpstreamClient::default();
+        let plugins = start_plugins(&config, &store, &clock, &upstreams, delivery_client.clone()).await?;
         let step = plugins.as_ref().map(|(_, step)| step.clone());
         let plugins = plugins.map(|(stage, _)| stage);
         let mut endpoints = HashMap::new();
@@ -169,10 +172,9 @@ impl Gateway {
         }
         // Its own connection pool: proxy-mode forwards must not ride on connections driven by the
         // (lower-priority) delivery thread.
-        let dispatcher =
-            Dispatcher::new(store.clone(), clock, UpstreamClient::default(), upstreams, plugins.clone())
-                .start(watch_shutdown)
-                .map_err(StartError::DeliveryThread)?;
+        let dispatcher = Dispatcher::new(store.clone(), clock, delivery_client, upstreams, plugins.clone())
+            .start(watch_shutdown)
+            .map_err(StartError::DeliveryThread)?;
         Ok(Gateway { ingress_addr, ingress_tls, admin_addr, shutdown, listeners, dispatcher, plugins, store })
     }
 
@@ -197,6 +199,7 @@ async fn start_plugins(
     store: &Arc<dyn Store>,
     clock: &Arc<dyn Clock>,
     upstreams: &HashMap<String, Arc<Upstream>>,
+    client: UpstreamClient,
 ) -> Result<Option<(Arc<PluginStage>, Arc<Upstream>)>, StartError> {
     if config.plugin.is_empty() {
         return Ok(None);
@@ -236,9 +239,9 @@ async fn start_plugins(
         scheduler,
         store.clone(),
         clock.clone(),
-        tokio::runtime::Handle::current(),
         endpoints,
         upstreams.clone(),
+        client,
     );
     let step = Arc::new(Upstream::plugin_step(&config.plugins));
     Ok(Some((Arc::new(stage), step)))

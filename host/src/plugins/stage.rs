@@ -5,7 +5,9 @@
 //! Queue mode: the step is the event's [`PLUGIN_STEP`] delivery; when it finishes it creates
 //! the real deliveries (the endpoint's upstream with the rewritten body and headers, and the
 //! plugins' forwards), and a failure is retried like a delivery and leaves the event `dead`
-//! for replay. This module never sends anything itself: deliveries go to the dispatcher.
+//! for replay. The first attempt to the endpoint's own upstream is made by the step itself,
+//! before its commit, so that runs and that attempt are recorded together (one commit and one
+//! queue hop less per event); retries and forwards go to the dispatcher.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -17,10 +19,10 @@ use tokio::runtime::Handle;
 use super::chain::{self, ChainInput, ChainOutcome, ChainResult};
 use super::{Registry, Scheduler};
 use crate::clock::Clock;
-use crate::delivery::Upstream;
+use crate::delivery::{self, Upstream, UpstreamClient};
 use crate::store::{
-    AttemptInfo, AttemptOutcome, DueDelivery, EventStatus, KvWrite, NewDelivery, PluginRunInfo, PluginStep,
-    Store, PLUGIN_STEP,
+    Attempt, AttemptInfo, AttemptOutcome, DueDelivery, EventStatus, KvWrite, NewDelivery, PluginRunInfo,
+    PluginStep, Store, PLUGIN_STEP,
 };
 
 /// An endpoint's plugins.
@@ -45,6 +47,7 @@ pub struct PluginStage {
     /// Upstream names per merchant: what its plugins may forward to.
     allowed: HashMap<String, Arc<BTreeSet<String>>>,
     upstreams: HashMap<String, Arc<Upstream>>,
+    client: UpstreamClient,
 }
 
 /// An event as the stage takes it.
@@ -68,22 +71,23 @@ pub struct StepInput {
 }
 
 impl PluginStage {
-    /// A stage over these plugins and upstreams; `handle` is the runtime kv loads run on.
+    /// A stage over these plugins and upstreams. Call it on the runtime kv loads should run on.
     pub fn new(
         registry: Arc<Registry>,
         scheduler: Scheduler,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
-        handle: Handle,
         endpoints: HashMap<String, EndpointPlugins>,
         upstreams: HashMap<String, Arc<Upstream>>,
+        client: UpstreamClient,
     ) -> Self {
         let mut by_merchant: HashMap<String, BTreeSet<String>> = HashMap::new();
         for u in upstreams.values() {
             by_merchant.entry(u.merchant.clone()).or_default().insert(u.name.clone());
         }
         let allowed = by_merchant.into_iter().map(|(m, names)| (m, Arc::new(names))).collect();
-        PluginStage { registry, scheduler, store, clock, handle, endpoints, allowed, upstreams }
+        let handle = Handle::current();
+        PluginStage { registry, scheduler, store, clock, handle, endpoints, allowed, upstreams, client }
     }
 
     /// The registry (for the admin API).
@@ -189,7 +193,13 @@ impl PluginStage {
             request_id = %input.request_id, merchant = %input.merchant, event_id = %input.event_id,
             attempt = number, status = status.as_str(), reason = ?reason, "plugin step"
         );
-        let decision = Decision { step: outcome, status, reason, deliveries, tags, runs, kv };
+        let first_delivery = match (status, deliveries.first()) {
+            (EventStatus::Queued, Some(own)) if Some(&own.upstream) == self.own_upstream(&input.endpoint) => {
+                self.first_attempt(&input, own, at_ms).await
+            }
+            _ => None,
+        };
+        let decision = Decision { step: outcome, status, reason, deliveries, tags, runs, kv, first_delivery };
         if let Err(e) = self.commit(&input, number, at_ms, started, decision).await {
             // Still pending in the store: the step runs again.
             tracing::warn!(event_id = %input.event_id, error = %e, "cannot record a plugin step; it will run again");
@@ -215,8 +225,16 @@ impl PluginStage {
             }
         };
         let (runs, kv) = (result.runs, result.kv);
-        let decision =
-            Decision { step: AttemptOutcome::Delivered, status, reason, deliveries, tags, runs, kv };
+        let decision = Decision {
+            step: AttemptOutcome::Delivered,
+            status,
+            reason,
+            deliveries,
+            tags,
+            runs,
+            kv,
+            first_delivery: None,
+        };
         if let Err(e) = self.commit(&input, 1, at_ms, started, decision).await {
             return ChainOutcome::Failed { reason: format!("cannot record the plugin step: {e}") };
         }
@@ -234,7 +252,13 @@ impl PluginStage {
         started: Instant,
         decision: Decision,
     ) -> Result<(), crate::store::StoreError> {
-        let Decision { step, status, reason, deliveries, tags, runs, kv } = decision;
+        let Decision { step, status, reason, deliveries, tags, runs, kv, first_delivery } = decision;
+        // The delivery the step already attempted is in the store now (delivered, or due later).
+        let to_hand_off: Vec<NewDelivery> = deliveries
+            .iter()
+            .filter(|d| first_delivery.as_ref().is_none_or(|a| a.info.upstream != d.upstream))
+            .cloned()
+            .collect();
         let record = PluginStep {
             merchant: input.merchant.clone(),
             event_id: input.event_id.clone(),
@@ -244,37 +268,36 @@ impl PluginStage {
             kv,
             status,
             reason,
-            deliveries: deliveries.clone(),
+            deliveries,
             tags,
+            first_delivery,
         };
         if let Err(e) = self.store.finish_plugin_step(record).await {
             chain::forget_kv(&self.registry, &input.merchant, &self.chain_of(&input.endpoint));
             return Err(e);
         }
-        self.hand_off(input, at_ms, deliveries);
+        self.hand_off(input, at_ms, to_hand_off);
         Ok(())
     }
 
     /// Hands just-recorded deliveries to their upstreams' workers (the store stays the source
     /// of truth if one is full).
     fn hand_off(&self, input: &StepInput, at_ms: i64, deliveries: Vec<NewDelivery>) {
-        for d in deliveries {
+        for d in &deliveries {
             if let Some(upstream) = self.upstreams.get(&d.upstream) {
-                upstream.hand_off(DueDelivery {
-                    merchant: input.merchant.clone(),
-                    event_id: input.event_id.clone(),
-                    upstream: d.upstream,
-                    endpoint: input.endpoint.clone(),
-                    attempts: 0,
-                    body: d.body.unwrap_or_else(|| input.body.clone()),
-                    headers: d.headers,
-                    event_type: input.event_type.clone(),
-                    request_id: input.request_id.clone(),
-                    next_attempt_at_ms: at_ms,
-                    received_at_ms: input.received_at_ms,
-                });
+                upstream.hand_off(due(input, d, at_ms));
             }
         }
+    }
+
+    fn own_upstream(&self, endpoint: &str) -> Option<&String> {
+        self.endpoints.get(endpoint).and_then(|e| e.upstream.as_ref())
+    }
+
+    /// The first attempt of the endpoint's own delivery, made by the step (see the module docs).
+    async fn first_attempt(&self, input: &StepInput, own: &NewDelivery, at_ms: i64) -> Option<Attempt> {
+        let upstream = self.upstreams.get(&own.upstream)?;
+        Some(delivery::attempt(&self.client, &*self.clock, upstream, &due(input, own, at_ms)).await)
     }
 
     fn chain_of(&self, endpoint: &str) -> Vec<String> {
@@ -287,6 +310,23 @@ impl PluginStage {
     }
 }
 
+/// A delivery the step created, as the dispatcher takes it (first attempt, due now).
+fn due(input: &StepInput, d: &NewDelivery, at_ms: i64) -> DueDelivery {
+    DueDelivery {
+        merchant: input.merchant.clone(),
+        event_id: input.event_id.clone(),
+        upstream: d.upstream.clone(),
+        endpoint: input.endpoint.clone(),
+        attempts: 0,
+        body: d.body.clone().unwrap_or_else(|| input.body.clone()),
+        headers: d.headers.clone(),
+        event_type: input.event_type.clone(),
+        request_id: input.request_id.clone(),
+        next_attempt_at_ms: at_ms,
+        received_at_ms: input.received_at_ms,
+    }
+}
+
 /// What a step decided about its event.
 struct Decision {
     step: AttemptOutcome,
@@ -296,6 +336,7 @@ struct Decision {
     tags: Vec<String>,
     runs: Vec<PluginRunInfo>,
     kv: Vec<KvWrite>,
+    first_delivery: Option<Attempt>,
 }
 
 /// The step as an attempt, for the event's history.

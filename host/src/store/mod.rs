@@ -254,6 +254,10 @@ pub struct PluginStep {
     pub deliveries: Vec<NewDelivery>,
     /// Tags plugins put on the event.
     pub tags: Vec<String>,
+    /// The first attempt of one of `deliveries`, already made by the step itself (queue mode:
+    /// the endpoint's own upstream), recorded with it. A crash before this commit sends it
+    /// again when the step runs again: at least once, as every delivery.
+    pub first_delivery: Option<Attempt>,
 }
 
 /// Where a plugin's code comes from.

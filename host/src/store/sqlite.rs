@@ -394,6 +394,51 @@ fn insert_attempt(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> 
     Ok(())
 }
 
+/// Sets a delivery's status, attempt count and next attempt time from an attempt's outcome.
+fn update_delivery(
+    conn: &Connection,
+    merchant: &str,
+    event_id: &str,
+    upstream: &str,
+    number: u32,
+    outcome: AttemptOutcome,
+) -> rusqlite::Result<()> {
+    let (status, next_at_ms) = match outcome {
+        AttemptOutcome::Delivered => ("delivered", None),
+        AttemptOutcome::Dead => ("dead", None),
+        AttemptOutcome::Retry { next_at_ms } => ("pending", Some(next_at_ms)),
+    };
+    conn.prepare_cached(
+        "UPDATE deliveries
+         SET status = ?5, attempts = ?4, next_attempt_at_ms = COALESCE(?6, next_attempt_at_ms)
+         WHERE merchant = ?1 AND event_id = ?2 AND upstream = ?3",
+    )?
+    .execute(params![merchant, event_id, upstream, number, status, next_at_ms])?;
+    Ok(())
+}
+
+/// Records a delivery attempt: the attempt, the delivery's new state, and what its outcome
+/// changes about the event.
+fn apply_attempt(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
+    insert_attempt(conn, attempt)?;
+    let a = &attempt.info;
+    update_delivery(conn, &attempt.merchant, &attempt.event_id, &a.upstream, a.number, attempt.outcome)?;
+    // What this outcome can change about the event (the general rule is settle_event): a retry
+    // nothing; a dead delivery makes it dead; a delivered one makes it delivered once no other
+    // delivery of it is unfinished.
+    let settle = match attempt.outcome {
+        AttemptOutcome::Retry { .. } => return Ok(()),
+        AttemptOutcome::Dead => "UPDATE events SET status = 'dead' WHERE merchant = ?1 AND id = ?2",
+        AttemptOutcome::Delivered => {
+            "UPDATE events SET status = 'delivered' WHERE merchant = ?1 AND id = ?2
+               AND NOT EXISTS (SELECT 1 FROM deliveries d
+                               WHERE d.merchant = ?1 AND d.event_id = ?2 AND d.status <> 'delivered')"
+        }
+    };
+    conn.prepare_cached(settle)?.execute(params![attempt.merchant, attempt.event_id])?;
+    Ok(())
+}
+
 /// An event's status from its deliveries: dead if any is dead, delivered if all are, else
 /// queued. An event without deliveries keeps its status (stored, quarantined). Used after a
 /// replay; a single attempt's outcome settles the event more cheaply in `record_attempt`.
@@ -557,42 +602,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_attempt(&self, attempt: Attempt) -> Result<(), StoreError> {
-        self.write_with(Priority::Background, move |conn| {
-            insert_attempt(conn, &attempt)?;
-            let (status, next_at_ms) = match attempt.outcome {
-                AttemptOutcome::Delivered => ("delivered", None),
-                AttemptOutcome::Dead => ("dead", None),
-                AttemptOutcome::Retry { next_at_ms } => ("pending", Some(next_at_ms)),
-            };
-            conn.prepare_cached(
-                "UPDATE deliveries
-                 SET status = ?5, attempts = ?4, next_attempt_at_ms = COALESCE(?6, next_attempt_at_ms)
-                 WHERE merchant = ?1 AND event_id = ?2 AND upstream = ?3",
-            )?
-            .execute(params![
-                attempt.merchant,
-                attempt.event_id,
-                attempt.info.upstream,
-                attempt.info.number,
-                status,
-                next_at_ms
-            ])?;
-            // What this outcome can change about the event (the general rule is settle_event):
-            // a retry nothing; a dead delivery makes it dead; a delivered one makes it delivered
-            // once no other delivery of it is unfinished.
-            let settle = match attempt.outcome {
-                AttemptOutcome::Retry { .. } => return Ok(()),
-                AttemptOutcome::Dead => "UPDATE events SET status = 'dead' WHERE merchant = ?1 AND id = ?2",
-                AttemptOutcome::Delivered => {
-                    "UPDATE events SET status = 'delivered' WHERE merchant = ?1 AND id = ?2
-                       AND NOT EXISTS (SELECT 1 FROM deliveries d
-                                       WHERE d.merchant = ?1 AND d.event_id = ?2 AND d.status <> 'delivered')"
-                }
-            };
-            conn.prepare_cached(settle)?.execute(params![attempt.merchant, attempt.event_id])?;
-            Ok(())
-        })
-        .await
+        self.write_with(Priority::Background, move |conn| apply_attempt(conn, &attempt)).await
     }
 
     async fn list_events(&self, filter: EventFilter) -> Result<Vec<EventSummary>, StoreError> {
@@ -811,17 +821,7 @@ impl Store for SqliteStore {
                     },
                 )?;
             }
-            let (step_status, next_at_ms) = match step.step {
-                AttemptOutcome::Delivered => ("delivered", None),
-                AttemptOutcome::Dead => ("dead", None),
-                AttemptOutcome::Retry { next_at_ms } => ("pending", Some(next_at_ms)),
-            };
-            conn.prepare_cached(
-                "UPDATE deliveries
-                 SET status = ?4, attempts = ?5, next_attempt_at_ms = COALESCE(?6, next_attempt_at_ms)
-                 WHERE merchant = ?1 AND event_id = ?2 AND upstream = ?3",
-            )?
-            .execute(params![merchant, id, PLUGIN_STEP, step_status, step.attempt.number, next_at_ms])?;
+            update_delivery(conn, merchant, id, PLUGIN_STEP, step.attempt.number, step.step)?;
             let mut kv = conn.prepare_cached(
                 "INSERT INTO plugin_kv (merchant, plugin, key, value) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value",
@@ -838,8 +838,16 @@ impl Store for SqliteStore {
                      body = excluded.body, headers = excluded.headers",
             )?;
             for d in &step.deliveries {
-                let headers = (!d.headers.is_empty()).then(|| serde_json::to_string(&d.headers).unwrap_or_default());
-                add.execute(params![merchant, id, d.upstream, step.attempt.at_ms, d.body.as_deref(), headers])?;
+                let headers =
+                    (!d.headers.is_empty()).then(|| serde_json::to_string(&d.headers).unwrap_or_default());
+                add.execute(params![
+                    merchant,
+                    id,
+                    d.upstream,
+                    step.attempt.at_ms,
+                    d.body.as_deref(),
+                    headers
+                ])?;
             }
             let tags = (!step.tags.is_empty()).then(|| serde_json::to_string(&step.tags).unwrap_or_default());
             // The common case changes nothing about the event: a first attempt (ingress left it
@@ -848,13 +856,16 @@ impl Store for SqliteStore {
                 && step.status == EventStatus::Queued
                 && step.reason.is_none()
                 && tags.is_none();
-            if unchanged {
-                return Ok(());
+            if !unchanged {
+                conn.prepare_cached(
+                    "UPDATE events SET status = ?3, reason = ?4, tags = COALESCE(?5, tags)
+                     WHERE merchant = ?1 AND id = ?2",
+                )?
+                .execute(params![merchant, id, step.status.as_str(), step.reason, tags])?;
             }
-            conn.prepare_cached(
-                "UPDATE events SET status = ?3, reason = ?4, tags = COALESCE(?5, tags) WHERE merchant = ?1 AND id = ?2",
-            )?
-            .execute(params![merchant, id, step.status.as_str(), step.reason, tags])?;
+            if let Some(first) = &step.first_delivery {
+                apply_attempt(conn, first)?;
+            }
             Ok(())
         })
         .await
