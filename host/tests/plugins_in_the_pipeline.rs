@@ -362,3 +362,29 @@ async fn a_merchant_flooding_slow_plugins_does_not_starve_another() {
     }
     assert!(slow_runs < 12, "the fast merchant waited for {slow_runs} runs of the slow merchant's plugin");
 }
+
+/// The plugin step makes the first delivery attempt itself; when that fails, the delivery is
+/// retried from the queue like any other, with the plugin's rewritten body, and the plugin does
+/// not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_first_delivery_after_the_plugins_is_retried_without_running_them_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let legacy = Upstream::start().await;
+    legacy.script(&[(503, &[]), (500, &[])]);
+    let config = base(&dir.path().join("db.sqlite"))
+        + &endpoint("/form", "default", &["legacy-form"], Some("legacy"), "queue")
+        + &upstream("legacy", "default", &legacy.url())
+        + &plugin("legacy-form", "default", "legacy_form", "");
+    let gateway = Gateway::start(dir.path(), &config);
+    let client = client();
+    assert_eq!(send_event(&client, &gateway.url("/form"), "evt_retry").await.0, 200);
+    wait_for_status(&client, &gateway, "evt_retry", "delivered", WAIT).await;
+    let received = legacy.received();
+    assert_eq!(received.len(), 3, "two failures, then delivered");
+    assert!(received.iter().all(|r| r.header("content-type") == Some("application/x-www-form-urlencoded")));
+    let e = event(&client, &gateway, "evt_retry").await;
+    assert_eq!(e["plugin_runs"].as_array().unwrap().len(), 1, "{e}");
+    let codes: Vec<u64> =
+        e["attempts"].as_array().unwrap().iter().filter_map(|a| a["status_code"].as_u64()).collect();
+    assert_eq!(codes, [503, 500, 200], "{e}");
+}

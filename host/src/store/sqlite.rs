@@ -394,6 +394,15 @@ fn insert_attempt(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> 
     Ok(())
 }
 
+/// A delivery's status and next attempt time after an attempt with this outcome.
+fn delivery_state(outcome: AttemptOutcome) -> (&'static str, Option<i64>) {
+    match outcome {
+        AttemptOutcome::Delivered => ("delivered", None),
+        AttemptOutcome::Dead => ("dead", None),
+        AttemptOutcome::Retry { next_at_ms } => ("pending", Some(next_at_ms)),
+    }
+}
+
 /// Sets a delivery's status, attempt count and next attempt time from an attempt's outcome.
 fn update_delivery(
     conn: &Connection,
@@ -403,11 +412,7 @@ fn update_delivery(
     number: u32,
     outcome: AttemptOutcome,
 ) -> rusqlite::Result<()> {
-    let (status, next_at_ms) = match outcome {
-        AttemptOutcome::Delivered => ("delivered", None),
-        AttemptOutcome::Dead => ("dead", None),
-        AttemptOutcome::Retry { next_at_ms } => ("pending", Some(next_at_ms)),
-    };
+    let (status, next_at_ms) = delivery_state(outcome);
     conn.prepare_cached(
         "UPDATE deliveries
          SET status = ?5, attempts = ?4, next_attempt_at_ms = COALESCE(?6, next_attempt_at_ms)
@@ -423,6 +428,11 @@ fn apply_attempt(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
     insert_attempt(conn, attempt)?;
     let a = &attempt.info;
     update_delivery(conn, &attempt.merchant, &attempt.event_id, &a.upstream, a.number, attempt.outcome)?;
+    settle_after(conn, attempt)
+}
+
+/// What an attempt's outcome changes about its event.
+fn settle_after(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
     // What this outcome can change about the event (the general rule is settle_event): a retry
     // nothing; a dead delivery makes it dead; a delivered one makes it delivered once no other
     // delivery of it is unfinished.
@@ -832,21 +842,32 @@ impl Store for SqliteStore {
             let mut add = conn.prepare_cached(
                 "INSERT INTO deliveries (merchant, event_id, upstream, status, attempts, next_attempt_at_ms,
                                          body, headers)
-                 VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?5, ?6)
+                 VALUES (?1, ?2, ?3, ?7, ?8, ?4, ?5, ?6)
                  ON CONFLICT (merchant, event_id, upstream) DO UPDATE
-                 SET status = 'pending', attempts = 0, next_attempt_at_ms = excluded.next_attempt_at_ms,
+                 SET status = excluded.status, attempts = excluded.attempts,
+                     next_attempt_at_ms = excluded.next_attempt_at_ms,
                      body = excluded.body, headers = excluded.headers",
             )?;
             for d in &step.deliveries {
                 let headers =
                     (!d.headers.is_empty()).then(|| serde_json::to_string(&d.headers).unwrap_or_default());
+                // The one the step already attempted goes in as that attempt left it.
+                let (status, attempts, next_at_ms) = match &step.first_delivery {
+                    Some(first) if first.info.upstream == d.upstream => {
+                        let (status, next) = delivery_state(first.outcome);
+                        (status, first.info.number, next.unwrap_or(step.attempt.at_ms))
+                    }
+                    _ => ("pending", 0, step.attempt.at_ms),
+                };
                 add.execute(params![
                     merchant,
                     id,
                     d.upstream,
-                    step.attempt.at_ms,
+                    next_at_ms,
                     d.body.as_deref(),
-                    headers
+                    headers,
+                    status,
+                    attempts
                 ])?;
             }
             let tags = (!step.tags.is_empty()).then(|| serde_json::to_string(&step.tags).unwrap_or_default());
@@ -864,7 +885,8 @@ impl Store for SqliteStore {
                 .execute(params![merchant, id, step.status.as_str(), step.reason, tags])?;
             }
             if let Some(first) = &step.first_delivery {
-                apply_attempt(conn, first)?;
+                insert_attempt(conn, first)?;
+                settle_after(conn, first)?;
             }
             Ok(())
         })
