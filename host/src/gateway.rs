@@ -92,6 +92,14 @@ impl Gateway {
             }
             _ => None,
         };
+        for p in &config.plugin {
+            if let Some(path) = &p.path {
+                std::fs::metadata(path).map_err(|e| StartError::Plugin {
+                    name: p.name.clone(),
+                    problem: format!("cannot read {}: {e}", path.display()),
+                })?;
+            }
+        }
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store)?);
 
         let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();

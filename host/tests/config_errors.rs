@@ -15,6 +15,7 @@ fn serve(config: &str) -> (Option<i32>, String) {
 }
 
 const BASE: &str = "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"DB\"\n";
+const PLUGIN: &str = "[[plugin]]\nname = \"p\"\n";
 
 #[test]
 fn bad_configs_exit_2_naming_the_key() {
@@ -43,7 +44,27 @@ fn bad_configs_exit_2_naming_the_key() {
         ),
         (format!("{BASE}[admin]\ntoken = \"short\"\n{endpoint}"), &["admin.token", "at least 16"]),
         (BASE.to_string(), &["at least one [[endpoint]]"]),
-        (format!("{BASE}{endpoint}plugins = [\"x\"]\n"), &["endpoint[0].plugins"]),
+        (format!("{BASE}{endpoint}plugins = [\"x\"]\n"), &["endpoint[0].plugins[0]", "unknown plugin \"x\""]),
+        (
+            format!("{BASE}[[merchant]]\nid = \"acme\"\n{endpoint}plugins = [\"p\"]\n{PLUGIN}merchant = \"acme\"\n"),
+            &["endpoint[0].plugins[0]", "belongs to merchant \"acme\""],
+        ),
+        (format!("{BASE}{endpoint}plugins = [\"p\", \"p\"]\n{PLUGIN}"), &["endpoint[0].plugins[1]", "listed twice"]),
+        (format!("{BASE}{endpoint}{PLUGIN}{PLUGIN}"), &["plugin[1].name", "declared twice"]),
+        (format!("{BASE}{endpoint}[[plugin]]\nname = \"no spaces\"\n"), &["plugin[0].name", "letters, digits"]),
+        (format!("{BASE}{endpoint}{PLUGIN}merchant = \"ghost\"\n"), &["plugin[0].merchant", "unknown merchant"]),
+        (format!("{BASE}{endpoint}{PLUGIN}memory_mb = 4096\n"), &["plugin[0].memory_mb", "between 1 and 256"]),
+        (format!("{BASE}{endpoint}{PLUGIN}timeout_ms = 0\n"), &["plugin[0].timeout_ms", "between 1 and 60000"]),
+        (format!("{BASE}{endpoint}{PLUGIN}fule = 10\n"), &["unknown field `fule`"]),
+        (format!("{BASE}{endpoint}[plugins]\nmax_attempts = 0\n"), &["plugins.max_attempts", "at least 1"]),
+        (
+            format!("{BASE}{endpoint}{PLUGIN}path = \"/nonexistent/p.wasm\"\n"),
+            &["plugin p", "/nonexistent/p.wasm"],
+        ),
+        (
+            format!("{BASE}{endpoint}[[upstream]]\nname = \"@plugins\"\nurl = \"http://127.0.0.1:1/\"\n"),
+            &["upstream[0].name", "start with '@'"],
+        ),
         ("this is not toml".to_string(), &["TOML parse error"]),
     ];
     for (config, needles) in cases {
