@@ -215,7 +215,8 @@ impl Admin {
                 }
             }
             ([r], &Method::POST) if r == "rollback" => registry.rollback(merchant, name).await,
-            ([], _) | ([_], _) if rest.first().is_none_or(|r| r == "rollback") => {
+            ([], _) => return http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ([r], _) if r == "rollback" => {
                 return http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }
             _ => return not_found(),

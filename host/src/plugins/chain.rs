@@ -2,9 +2,12 @@
 //! left it; headers, forwards and tags add up; the first `drop` or failure ends the chain.
 //!
 //! Runs on a scheduler thread (blocking). The chain checks what plugins may not do: forward to
-//! an upstream that is not their merchant's, or set a header the gateway owns. Its kv writes
-//! are kept aside and become visible (and are committed by the caller) only if every plugin
-//! succeeded: a failed step leaves no trace but its record.
+//! an upstream that is not their merchant's, or set a header the gateway owns. A run's kv
+//! writes are kept aside while it runs, made visible to the plugin's next run as soon as it
+//! succeeds (still within its turn, so no run of that plugin reads a value older than the last
+//! successful run's), and committed by the caller with the step. If a later plugin fails, or
+//! the commit does, the plugins' spaces are read again from the store: a failed step leaves no
+//! trace in the store but its record (a run that overlapped it may have seen its writes).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -14,7 +17,7 @@ use bytes::Bytes;
 use tokio::runtime::Handle;
 
 use super::registry::{KvSpace, Slot};
-use super::{Action, Event, Failure, Kv, Outcome, Registry, Run};
+use super::{check_quota, Action, Event, Failure, Kv, KvMap, Outcome, Registry, Run};
 use crate::store::{KvWrite, NewDelivery, PluginRunInfo};
 
 /// Headers the gateway sets itself; a plugin may not set or override them.
@@ -94,39 +97,42 @@ pub struct ChainResult {
 }
 
 /// A run's view of a plugin's kv space: reads see the committed values and this run's own
-/// writes; writes stay here until the step succeeds.
+/// writes; writes stay here until the run succeeds.
 struct Overlay {
     slot: Arc<Slot>,
-    writes: Mutex<HashMap<String, Vec<u8>>>,
+    writes: Mutex<Writes>,
+}
+
+/// A run's writes, and how many bytes they add to the space (negative when they shrink it).
+#[derive(Default)]
+struct Writes {
+    values: HashMap<String, Vec<u8>>,
+    growth: isize,
 }
 
 impl Overlay {
-    fn with_space<T>(&self, f: impl FnOnce(&HashMap<String, Vec<u8>>) -> T) -> T {
+    fn with_space<T>(&self, f: impl FnOnce(&KvMap) -> T) -> T {
         let space = self.slot.kv.lock().unwrap_or_else(|p| p.into_inner());
-        f(space.values.as_ref().unwrap_or(&HashMap::new()))
+        f(space.values.as_ref().unwrap_or(&KvMap::default()))
     }
 }
 
 impl Kv for Overlay {
     fn get(&self, key: &str) -> Option<Vec<u8>> {
-        if let Some(v) = self.writes.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
+        if let Some(v) = self.writes.lock().unwrap_or_else(|p| p.into_inner()).values.get(key) {
             return Some(v.clone());
         }
-        self.with_space(|values| values.get(key).cloned())
+        self.with_space(|space| space.get(key).cloned())
     }
 
     fn set(&self, key: &str, value: &[u8], quota_bytes: usize) -> Result<(), String> {
         let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
-        let used = self.with_space(|values| {
-            let size = |k: &str| writes.get(k).or_else(|| values.get(k)).map_or(0, |v| k.len() + v.len());
-            let committed: usize = values.keys().map(|k| size(k)).sum();
-            let fresh: usize = writes.keys().filter(|k| !values.contains_key(*k)).map(|k| size(k)).sum();
-            committed + fresh - size(key)
-        });
-        if used + key.len() + value.len() > quota_bytes {
-            return Err(format!("kv quota of {quota_bytes} bytes exceeded"));
-        }
-        writes.insert(key.to_string(), value.to_vec());
+        let (committed, old) = self.with_space(|space| (space.used(), space.size(key)));
+        let old = writes.values.get(key).map_or(old, |v| key.len() + v.len());
+        let used = committed.saturating_add_signed(writes.growth);
+        check_quota(used, old, key, value, quota_bytes)?;
+        writes.growth += (key.len() + value.len()) as isize - old as isize;
+        writes.values.insert(key.to_string(), value.to_vec());
         Ok(())
     }
 }
@@ -147,21 +153,26 @@ pub fn run(
     let mut headers: Vec<(String, String)> = Vec::new();
     let mut forwards: Vec<NewDelivery> = Vec::new();
     let mut tags: Vec<String> = Vec::new();
-    let mut applied: Applied = Vec::new();
+    // Plugins whose writes are visible in memory but not committed yet.
+    let mut written: Vec<Arc<Slot>> = Vec::new();
+    let failed = |runs, written: &[Arc<Slot>], reason| {
+        forget(written);
+        ChainResult { runs, kv: Vec::new(), outcome: ChainOutcome::Failed { reason } }
+    };
     for name in chain {
         let Some(slot) = registry.slot(&input.merchant, name).cloned() else {
-            return failed(runs, format!("{name}: plugin_missing: not configured"));
+            return failed(runs, &written, format!("{name}: plugin_missing: not configured"));
         };
         let Some(version) = slot.active() else {
-            return failed(runs, format!("{name}: plugin_missing: no version uploaded yet"));
+            return failed(runs, &written, format!("{name}: plugin_missing: no version uploaded yet"));
         };
         // Runs of one plugin are serialized, so a read-modify-write of a key is never
         // interleaved with another run's.
         let _turn = slot.turn.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = ensure_loaded(registry, handle, &slot) {
-            return failed(runs, format!("{name}: store_unavailable: {e}"));
+            return failed(runs, &written, format!("{name}: store_unavailable: {e}"));
         }
-        let overlay = Arc::new(Overlay { slot: slot.clone(), writes: Mutex::new(HashMap::new()) });
+        let overlay = Arc::new(Overlay { slot: slot.clone(), writes: Mutex::default() });
         let event = Event {
             id: input.event_id.clone(),
             event_type: input.event_type.clone(),
@@ -188,19 +199,25 @@ pub fn run(
         let outcome = match (run.result, checked) {
             (Ok(outcome), Ok(())) => outcome,
             (_, Err(failure)) | (Err(failure), _) => {
-                return failed(runs, format!("{name}: {failure}"));
+                return failed(runs, &written, format!("{name}: {failure}"));
             }
         };
-        let writes = std::mem::take(&mut *overlay.writes.lock().unwrap_or_else(|p| p.into_inner()));
-        kv.extend(writes.iter().map(|(k, v)| KvWrite {
-            plugin: name.clone(),
-            key: k.clone(),
-            value: v.clone(),
-        }));
-        applied.push((slot.clone(), writes));
+        let writes = std::mem::take(&mut overlay.writes.lock().unwrap_or_else(|p| p.into_inner()).values);
+        if !writes.is_empty() {
+            kv.extend(writes.iter().map(|(k, v)| KvWrite {
+                plugin: name.clone(),
+                key: k.clone(),
+                value: v.clone(),
+            }));
+            if let Some(space) = &mut slot.kv.lock().unwrap_or_else(|p| p.into_inner()).values {
+                for (key, value) in writes {
+                    space.insert(key, value);
+                }
+            }
+            written.push(slot.clone());
+        }
         tags.extend(outcome.tags);
         if let Action::Drop(reason) = outcome.action {
-            apply(applied);
             return ChainResult {
                 runs,
                 kv,
@@ -217,29 +234,22 @@ pub fn run(
             headers: f.headers.into_iter().map(|h| (h.name, h.value)).collect(),
         }));
     }
-    apply(applied);
     ChainResult { runs, kv, outcome: ChainOutcome::Continue { body, headers, forwards, tags } }
 }
 
-/// Each plugin's kv writes in a step, kept until the step has finished.
-type Applied = Vec<(Arc<Slot>, HashMap<String, Vec<u8>>)>;
-
-/// Makes a finished step's kv writes visible to the next runs (the caller commits them).
-fn apply(applied: Applied) {
-    for (slot, writes) in applied {
-        if let Some(values) = &mut slot.kv.lock().unwrap_or_else(|p| p.into_inner()).values {
-            values.extend(writes);
-        }
+/// What is in memory may be ahead of the store (a failed step, a failed commit): the next run
+/// of each of these plugins reads its space from the store again.
+fn forget(slots: &[Arc<Slot>]) {
+    for slot in slots {
+        slot.kv.lock().unwrap_or_else(|p| p.into_inner()).values = None;
     }
 }
 
-/// After a commit failed, what is in memory may be ahead of the store: read it again.
-pub fn forget_kv(registry: &Registry, merchant: &str, plugins: &[String]) {
-    for name in plugins {
-        if let Some(slot) = registry.slot(merchant, name) {
-            slot.kv.lock().unwrap_or_else(|p| p.into_inner()).values = None;
-        }
-    }
+/// [`forget`] for the plugins of `chain`, after the step's commit failed.
+pub fn forget_kv(registry: &Registry, merchant: &str, chain: &[String]) {
+    let slots: Vec<Arc<Slot>> =
+        chain.iter().filter_map(|name| registry.slot(merchant, name).cloned()).collect();
+    forget(&slots);
 }
 
 fn ensure_loaded(registry: &Registry, handle: &Handle, slot: &Slot) -> Result<(), String> {
@@ -250,13 +260,9 @@ fn ensure_loaded(registry: &Registry, handle: &Handle, slot: &Slot) -> Result<()
         handle.block_on(registry.store().load_kv(&slot.merchant, &slot.name)).map_err(|e| e.to_string())?;
     let mut space = slot.kv.lock().unwrap_or_else(|p| p.into_inner());
     if space.values.is_none() {
-        *space = KvSpace { values: Some(rows.into_iter().collect()) };
+        *space = KvSpace { values: Some(rows.into_iter().collect::<KvMap>()) };
     }
     Ok(())
-}
-
-fn failed(runs: Vec<PluginRunInfo>, reason: String) -> ChainResult {
-    ChainResult { runs, kv: Vec::new(), outcome: ChainOutcome::Failed { reason } }
 }
 
 /// What a plugin may not ask for, beyond what the sandbox already checked.

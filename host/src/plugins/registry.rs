@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::{Kv, Limits, LoadError, LoadedPlugin, Runtime, WarmInstance};
+use super::{Kv, KvMap, Limits, LoadError, LoadedPlugin, Runtime, WarmInstance};
 use crate::clock::Clock;
 use crate::config::PluginConfig;
 use crate::store::{NewPluginVersion, PluginHistory, PluginVersionInfo, Store, StoreError, StoredPlugin};
@@ -87,8 +87,8 @@ impl Version {
 /// the committed state; this copy lets a run read without a query.
 #[derive(Default)]
 pub struct KvSpace {
-    /// `None` until loaded (and again after a failed commit, to reload).
-    pub values: Option<HashMap<String, Vec<u8>>>,
+    /// `None` until loaded (and again after a failed step or commit, to reload).
+    pub values: Option<KvMap>,
 }
 
 /// One configured plugin.

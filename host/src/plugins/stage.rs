@@ -43,7 +43,8 @@ pub struct PluginStage {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     handle: Handle,
-    endpoints: HashMap<String, EndpointPlugins>,
+    /// Shared with each step's job, so a step clones a pointer, not the chain.
+    endpoints: HashMap<String, Arc<EndpointPlugins>>,
     /// Upstream names per merchant: what its plugins may forward to.
     allowed: HashMap<String, Arc<BTreeSet<String>>>,
     upstreams: HashMap<String, Arc<Upstream>>,
@@ -86,6 +87,7 @@ impl PluginStage {
             by_merchant.entry(u.merchant.clone()).or_default().insert(u.name.clone());
         }
         let allowed = by_merchant.into_iter().map(|(m, names)| (m, Arc::new(names))).collect();
+        let endpoints = endpoints.into_iter().map(|(path, e)| (path, Arc::new(e))).collect();
         let handle = Handle::current();
         PluginStage { registry, scheduler, store, clock, handle, endpoints, allowed, upstreams, client }
     }
