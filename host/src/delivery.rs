@@ -54,21 +54,34 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// The most of an upstream's reply stored with an attempt (for the admin view).
 const STORED_REPLY_BYTES: usize = 1024;
 
+/// What a due delivery of an upstream does.
+pub enum Target {
+    /// An HTTP POST to the merchant's app, re-signed when it has a `sign_secret`.
+    Http {
+        /// Target URL.
+        uri: Uri,
+        /// Re-signs each delivery.
+        signer: Option<Signer>,
+    },
+    /// The plugin step ([`PLUGIN_STEP`]): handed to the plugin stage. It shares the queue,
+    /// workers, retry policy and poller of HTTP upstreams; nothing is sent from here.
+    PluginStep,
+}
+
 /// A configured upstream, ready to send to.
 pub struct Upstream {
     /// Name.
     pub name: String,
     /// Owning merchant.
     pub merchant: String,
-    /// Target URL.
-    pub uri: Uri,
+    /// Where its deliveries go.
+    pub target: Target,
     /// Per-request timeout.
     pub timeout: Duration,
     /// Attempts before `dead`.
     pub max_attempts: u32,
     retry_base: Duration,
     retry_max: Duration,
-    signer: Option<Signer>,
     /// Deliveries in flight at once: the number of worker tasks.
     pub concurrency: usize,
     /// One per delivery in flight, from the workers and from plugin steps that deliver their
@@ -172,39 +185,41 @@ impl Upstream {
             Some(secret) => Some(Signer::new(Scheme::PayFlow, &[secret]).map_err(|e| e.to_string())?),
             None => None,
         };
-        Ok(Upstream {
-            name: config.name.clone(),
-            merchant: config.merchant.clone(),
-            uri: config.url.parse().map_err(|e| format!("{e}"))?,
-            timeout: Duration::from_millis(config.timeout_ms),
-            max_attempts: config.max_attempts,
-            retry_base: Duration::from_millis(config.retry_base_ms),
-            retry_max: Duration::from_millis(config.retry_max_ms),
-            signer,
-            concurrency: config.concurrency,
-            permits: tokio::sync::Semaphore::new(config.concurrency),
-            queue: DeliveryQueue::default(),
-            poll_now: Notify::new(),
-            backlog: AtomicBool::new(false),
-        })
+        let uri = config.url.parse().map_err(|e| format!("{e}"))?;
+        Ok(Upstream::with(config, Target::Http { uri, signer }))
     }
 
-    /// The pseudo-upstream of the plugin step ([`PLUGIN_STEP`]): never sent to over HTTP (the
-    /// dispatcher hands its deliveries to the plugin stage); it only lends the step the
-    /// dispatcher's queue, workers, retry policy and poller.
+    /// The plugin step's upstream ([`Target::PluginStep`]).
     pub fn plugin_step(config: &PluginsConfig) -> Self {
-        Upstream::new(&UpstreamConfig {
+        let policy = UpstreamConfig {
             name: PLUGIN_STEP.into(),
             merchant: String::new(),
-            url: "http://plugins.invalid/".into(),
-            timeout_ms: 1,
+            url: String::new(),
+            timeout_ms: 0,
             max_attempts: config.max_attempts,
             concurrency: config.concurrency,
             retry_base_ms: config.retry_base_ms,
             retry_max_ms: config.retry_max_ms,
             sign_secret: None,
-        })
-        .expect("a constant, valid URL")
+        };
+        Upstream::with(&policy, Target::PluginStep)
+    }
+
+    fn with(config: &UpstreamConfig, target: Target) -> Self {
+        Upstream {
+            name: config.name.clone(),
+            merchant: config.merchant.clone(),
+            target,
+            timeout: Duration::from_millis(config.timeout_ms),
+            max_attempts: config.max_attempts,
+            retry_base: Duration::from_millis(config.retry_base_ms),
+            retry_max: Duration::from_millis(config.retry_max_ms),
+            concurrency: config.concurrency,
+            permits: tokio::sync::Semaphore::new(config.concurrency),
+            queue: DeliveryQueue::default(),
+            poll_now: Notify::new(),
+            backlog: AtomicBool::new(false),
+        }
     }
 
     /// Hands a just-stored event to the workers, so they need not read back what ingress just
@@ -309,8 +324,11 @@ impl UpstreamClient {
         headers: &[(String, String)],
         now_secs: i64,
     ) -> Result<UpstreamReply, SendError> {
+        let Target::Http { uri, signer } = &upstream.target else {
+            return Err(SendError::Connection(format!("{} is not an HTTP upstream", upstream.name)));
+        };
         let typed = headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
-        let mut request = Request::post(upstream.uri.clone());
+        let mut request = Request::post(uri.clone());
         if !typed {
             request = request.header(CONTENT_TYPE, "application/json");
         }
@@ -321,7 +339,7 @@ impl UpstreamClient {
             .header(USER_AGENT, concat!("payflow-edge/", env!("CARGO_PKG_VERSION")))
             .header(EVENT_ID_HEADER, event_id)
             .header(REQUEST_ID_HEADER, request_id);
-        if let Some(signer) = &upstream.signer {
+        if let Some(signer) = signer {
             if let Ok(headers) = signer.sign(&body, &SignOptions::at(now_secs)) {
                 for (name, value) in headers {
                     request = request.header(name, value);
@@ -569,7 +587,7 @@ impl Dispatcher {
     }
 
     async fn deliver(&self, upstream: &Upstream, d: DueDelivery) {
-        if d.upstream == PLUGIN_STEP {
+        if let Target::PluginStep = upstream.target {
             match &self.plugins {
                 Some(plugins) => plugins.run_queued(upstream, d).await,
                 None => {
