@@ -1,11 +1,18 @@
 //! The admin API on its own listener: events (list, show, replay), plugins (list, show,
-//! upload, delete, roll back) and health.
+//! upload, delete, roll back), endpoints and test webhooks, metrics and health, and the
+//! dashboard that drives them. `openapi.json` beside this file describes every route.
 //!
+//! `/healthz`, `/readyz`, the dashboard's static files and `/openapi.json` are open: they hold
+//! no merchant data.
 //! Every `/api` route needs `Authorization: Bearer <token>`, compared in constant time. The
 //! operator's token sees every merchant; a merchant's token sees only that merchant's events,
 //! and another merchant's event answers 404, exactly like one that does not exist, so a token
 //! cannot even learn which ids other merchants have. The same holds for plugins: a merchant's
 //! token uploads, shows and rolls back only its own.
+
+mod dashboard;
+mod endpoints;
+mod observe;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +25,7 @@ use serde_json::json;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::delivery::Upstream;
 use crate::http::{self, percent_decode, query_pairs, BodyError, Reply};
 use crate::ingress::Handler;
 use crate::pipeline::Endpoint;
@@ -38,8 +46,15 @@ pub struct Admin {
     pub config: Arc<Config>,
     /// Endpoints by path (to find an event's upstream on replay).
     pub endpoints: HashMap<String, Arc<Endpoint>>,
+    /// The merchants' upstreams (for their metrics).
+    pub upstreams: Vec<Arc<Upstream>>,
     /// Plugins, when any are configured.
     pub plugins: Option<Arc<PluginStage>>,
+    /// `http://host:port` of the ingress listener, where test webhooks are sent (`None` when
+    /// it speaks TLS only).
+    pub ingress_url: Option<String>,
+    /// For test webhooks.
+    pub client: http::Client,
 }
 
 /// Who is asking: `None` is the operator, `Some(id)` a merchant.
@@ -235,17 +250,49 @@ const UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 impl Handler for Admin {
     async fn handle(&self, request: Request<Incoming>) -> Reply {
         let path = request.uri().path().to_string();
-        if path == "/healthz" {
-            return http::json(StatusCode::OK, &json!({ "status": "ok" }));
+        let method = request.method().clone();
+        match (path.as_str(), &method) {
+            ("/healthz", &Method::GET) => return http::json(StatusCode::OK, &json!({ "status": "ok" })),
+            ("/readyz", &Method::GET) => return self.readyz().await,
+            (_, &Method::GET) if !path.starts_with("/api/") && path != "/metrics" => {
+                return dashboard::asset(&path).unwrap_or_else(not_found)
+            }
+            _ => {}
         }
-        if !path.starts_with("/api/") {
+        if !path.starts_with("/api/") && path != "/metrics" {
             return not_found();
         }
         let Some(scope) = self.scope(&request) else { return unauthorized() };
+        if path == "/metrics" {
+            return match method {
+                Method::GET => self.metrics(scope).await,
+                _ => http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            };
+        }
         let segments: Vec<String> = path.trim_start_matches("/api/").split('/').map(percent_decode).collect();
-        let method = request.method().clone();
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         match (segments.as_slice(), &method) {
+            (["whoami"], &Method::GET) => http::json(
+                StatusCode::OK,
+                &json!({ "merchant": scope, "operator": scope.is_none(), "checker": dashboard::has_checker() }),
+            ),
+            (["stats"], &Method::GET) => self.stats(scope),
+            (["endpoints"], &Method::GET) => self.list_endpoints(&scope),
+            (["test-webhook"], &Method::POST) => {
+                let (_, body) = request.into_parts();
+                match http::read_body(body, endpoints::MAX_TEST_REQUEST, std::time::Duration::from_secs(10))
+                    .await
+                {
+                    Ok(body) => self.test_webhook(&scope, &body).await,
+                    Err(BodyError::TooLarge(_)) => {
+                        http::error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+                    }
+                    Err(_) => http::error(StatusCode::BAD_REQUEST, "body_unreadable"),
+                }
+            }
+            (["whoami"] | ["stats"] | ["endpoints"] | ["test-webhook"], _) => {
+                http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
             (["events"], &Method::GET) => self.list_events(scope, request.uri().query()).await,
             (["events", id], &Method::GET) => self.show_event(scope, id).await,
             (["events", id, "replay"], &Method::POST) => self.replay_event(scope, id).await,

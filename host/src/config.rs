@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use payflow_verify::{Encoding, HmacScheme, Scheme, Verifier, VerifierConfig};
+use payflow_verify::{Encoding, HmacScheme, Scheme, Signer, Verifier, VerifierConfig};
 use serde::Deserialize;
 
 /// The merchant that owns everything not explicitly assigned.
@@ -611,6 +611,21 @@ impl Config {
 impl EndpointConfig {
     /// The endpoint's verifier, or why it cannot be built.
     pub fn verifier(&self) -> Result<Verifier, String> {
+        let mut config = VerifierConfig::new(self.signature_scheme()?, self.secrets.clone());
+        config.tolerance_secs = self.tolerance_secs;
+        config.require_timestamp = self.require_timestamp;
+        config.json_compat = self.json_compat;
+        Verifier::new(config).map_err(|e| e.to_string())
+    }
+
+    /// A signer that the endpoint's verifier accepts (with its first secret): the admin API's
+    /// test webhooks.
+    pub fn signer(&self) -> Result<Signer, String> {
+        Signer::new(self.signature_scheme()?, &self.secrets[..self.secrets.len().min(1)])
+            .map_err(|e| e.to_string())
+    }
+
+    fn signature_scheme(&self) -> Result<Scheme, String> {
         let mut scheme: Scheme = self.scheme.parse().map_err(|e| format!("{e}"))?;
         if let Scheme::Hmac(h) = &mut scheme {
             *h = HmacScheme {
@@ -624,11 +639,7 @@ impl EndpointConfig {
         } else if self.hmac_header.is_some() || self.hmac_prefix.is_some() || self.hmac_encoding.is_some() {
             return Err("hmac_header/hmac_prefix/hmac_encoding apply only to scheme = \"hmac\"".into());
         }
-        let mut config = VerifierConfig::new(scheme, self.secrets.clone());
-        config.tolerance_secs = self.tolerance_secs;
-        config.require_timestamp = self.require_timestamp;
-        config.json_compat = self.json_compat;
-        Verifier::new(config).map_err(|e| e.to_string())
+        Ok(scheme)
     }
 }
 

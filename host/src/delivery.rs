@@ -31,6 +31,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::clock::Clock;
 use crate::config::{PluginsConfig, UpstreamConfig};
+use crate::metrics::Counter;
 use crate::plugins::PluginStage;
 use crate::store::{Attempt, AttemptInfo, AttemptOutcome, DueDelivery, Store, PLUGIN_STEP};
 
@@ -94,6 +95,29 @@ pub struct Upstream {
     /// Set while the store holds more due deliveries than the last poll could take: workers
     /// that run dry then ask for the next page at once instead of waiting for the interval.
     backlog: AtomicBool,
+    /// Attempts, by outcome.
+    pub counts: DeliveryCounts,
+}
+
+/// An upstream's delivery attempts by outcome: `payflow_edge_deliveries_total{outcome}`.
+#[derive(Debug, Default)]
+pub struct DeliveryCounts {
+    /// 2xx.
+    pub delivered: Counter,
+    /// Failed; will be tried again.
+    pub retry: Counter,
+    /// Failed; no more attempts (`dead`, or proxy mode's one forward).
+    pub dead: Counter,
+}
+
+impl DeliveryCounts {
+    fn count(&self, outcome: &AttemptOutcome) {
+        match outcome {
+            AttemptOutcome::Delivered => self.delivered.inc(),
+            AttemptOutcome::Retry { .. } => self.retry.inc(),
+            AttemptOutcome::Dead => self.dead.inc(),
+        }
+    }
 }
 
 /// The deliveries waiting for an upstream's workers, and every one claimed (queued or in
@@ -219,6 +243,7 @@ impl Upstream {
             queue: DeliveryQueue::default(),
             poll_now: Notify::new(),
             backlog: AtomicBool::new(false),
+            counts: DeliveryCounts::default(),
         }
     }
 
@@ -416,6 +441,7 @@ impl AttemptStart {
         result: &Result<UpstreamReply, SendError>,
         outcome: AttemptOutcome,
     ) -> Attempt {
+        upstream.counts.count(&outcome);
         Attempt {
             merchant: self.merchant,
             event_id: self.event_id,

@@ -127,9 +127,12 @@ impl Gateway {
                     .map_err(|p| StartError::Config(format!("endpoint {}: {p}", e.path)))?,
                 upstream,
                 first_hop,
+                counts: Default::default(),
             };
             endpoints.insert(e.path.clone(), Arc::new(endpoint));
         }
+        let mut merchant_upstreams: Vec<Arc<Upstream>> = upstreams.values().cloned().collect();
+        merchant_upstreams.sort_by(|a, b| a.name.cmp(&b.name));
         if let Some(step) = step {
             upstreams.insert(PLUGIN_STEP.to_string(), step);
         }
@@ -173,7 +176,10 @@ impl Gateway {
                 clock: clock.clone(),
                 config: config.clone(),
                 endpoints,
+                upstreams: merchant_upstreams,
                 plugins: plugins.clone(),
+                ingress_url: (!ingress_tls).then(|| format!("http://{}", loopback(ingress_addr))),
+                client: crate::http::Client::new(),
             });
             let options = ServeOptions { header_timeout, max_connections: 64, tls: None };
             listeners.push(tokio::spawn(ingress::serve(listener, admin, options, watch_shutdown.clone())));
@@ -197,6 +203,18 @@ impl Gateway {
             plugins.stop();
         }
         self.store.close().await;
+    }
+}
+
+/// Where to reach a listener bound to `addr` from this host: an unspecified address (all
+/// interfaces) is reached on loopback.
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
     }
 }
 

@@ -20,6 +20,14 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
     response
 }
 
+/// A plain-text reply.
+pub fn text(status: StatusCode, text: String) -> Reply {
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
 /// `{"error": "<reason>"}` with a status.
 pub fn error(status: StatusCode, reason: &str) -> Reply {
     json(status, &serde_json::json!({ "error": reason }))
@@ -122,5 +130,84 @@ mod tests {
         assert_eq!(percent_decode("%2Fwebhooks%2Fpayflow+x"), "/webhooks/payflow x");
         assert_eq!(percent_decode("bad%zz%"), "bad%zz%");
         assert_eq!(percent_decode("%4"), "%4");
+    }
+}
+
+/// Why a [`Client`] request got no reply.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Only plain HTTP is spoken.
+    #[error("{0}: https is not supported here; use the gateway's http listener")]
+    Https(String),
+    /// The URL or a header is unusable.
+    #[error("bad request to {url}: {error}")]
+    Request {
+        /// Where.
+        url: String,
+        /// Why.
+        error: String,
+    },
+    /// No connection, or no reply.
+    #[error("cannot reach {url}: {error}")]
+    Unreachable {
+        /// Where.
+        url: String,
+        /// Why.
+        error: String,
+    },
+    /// The reply's body broke off.
+    #[error("the reply from {0} was cut short")]
+    CutShort(String),
+}
+
+/// A minimal HTTP/1.1 client: the admin API's test webhooks, and the CLI's commands.
+#[derive(Clone)]
+pub struct Client(
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+);
+
+impl Default for Client {
+    fn default() -> Self {
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        Client(
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(connector),
+        )
+    }
+}
+
+impl Client {
+    /// A client with its own connection pool.
+    pub fn new() -> Self {
+        Client::default()
+    }
+
+    /// Sends a request and reads the whole reply.
+    pub async fn request(
+        &self,
+        method: hyper::Method,
+        url: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        if url.starts_with("https://") {
+            return Err(ClientError::Https(url.to_string()));
+        }
+        let mut request = hyper::Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ClientError::Request { url: url.to_string(), error: e.to_string() })?;
+        let response = self
+            .0
+            .request(request)
+            .await
+            .map_err(|e| ClientError::Unreachable { url: url.to_string(), error: e.to_string() })?;
+        let status = response.status();
+        let body =
+            response.into_body().collect().await.map_err(|_| ClientError::CutShort(url.to_string()))?;
+        Ok((status, body.to_bytes()))
     }
 }

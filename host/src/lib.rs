@@ -11,6 +11,7 @@ pub mod delivery;
 pub mod gateway;
 pub mod http;
 pub mod ingress;
+pub mod metrics;
 pub mod pipeline;
 pub mod plugins;
 pub mod samples;

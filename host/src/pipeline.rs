@@ -26,6 +26,7 @@ use crate::clock::Clock;
 use crate::config::Mode;
 use crate::delivery::{classify, AttemptStart, SendError, Upstream, UpstreamClient, Verdict};
 use crate::http::{self, BodyError, HttpHeaders, Reply};
+use crate::metrics::{Counter, CounterMap};
 use crate::plugins::{ChainOutcome, PluginStage, StepInput};
 use crate::store::{AttemptOutcome, DueDelivery, EventStatus, Inserted, NewEvent, Store};
 
@@ -55,6 +56,104 @@ pub struct Endpoint {
     /// Queue mode: where a stored event goes first: the plugin step when the endpoint has
     /// plugins, else its upstream.
     pub first_hop: Option<Arc<Upstream>>,
+    /// What became of its requests.
+    pub counts: EndpointCounts,
+}
+
+/// What became of a request: `payflow_edge_requests_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored (and acknowledged, in queue mode).
+    Received,
+    /// Already stored: acknowledged again.
+    Duplicate,
+    /// Authentic but not a valid event: stored aside.
+    Quarantined,
+    /// A plugin dropped it (proxy mode).
+    Dropped,
+    /// Its signature was refused.
+    SignatureRefused,
+    /// Its body was too large.
+    TooLarge,
+    /// Its body did not arrive in time.
+    BodyTimeout,
+    /// Unreadable body, or not a JSON event with an id.
+    BadRequest,
+    /// The store could not make it durable.
+    StoreUnavailable,
+    /// A plugin failed (proxy mode: the sender retries).
+    PluginFailed,
+    /// Proxy mode: forwarded, and the upstream's reply passed back.
+    Forwarded,
+    /// Proxy mode: the upstream did not answer.
+    UpstreamFailed,
+    /// Proxy mode: a duplicate arrived while its first copy was being forwarded.
+    InProgress,
+}
+
+impl Outcome {
+    /// Every outcome, in the order of [`EndpointCounts`]'s counters.
+    pub const ALL: [Outcome; 13] = [
+        Outcome::Received,
+        Outcome::Duplicate,
+        Outcome::Quarantined,
+        Outcome::Dropped,
+        Outcome::SignatureRefused,
+        Outcome::TooLarge,
+        Outcome::BodyTimeout,
+        Outcome::BadRequest,
+        Outcome::StoreUnavailable,
+        Outcome::PluginFailed,
+        Outcome::Forwarded,
+        Outcome::UpstreamFailed,
+        Outcome::InProgress,
+    ];
+
+    /// Whether the sender was told no (a 4xx or 5xx of ours, or none from the upstream).
+    pub fn is_refusal(self) -> bool {
+        !matches!(
+            self,
+            Outcome::Received
+                | Outcome::Duplicate
+                | Outcome::Quarantined
+                | Outcome::Dropped
+                | Outcome::Forwarded
+        )
+    }
+
+    /// The `outcome` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Received => "received",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Quarantined => "quarantined",
+            Outcome::Dropped => "dropped",
+            Outcome::SignatureRefused => "signature_refused",
+            Outcome::TooLarge => "body_too_large",
+            Outcome::BodyTimeout => "body_timeout",
+            Outcome::BadRequest => "bad_request",
+            Outcome::StoreUnavailable => "store_unavailable",
+            Outcome::PluginFailed => "plugin_failed",
+            Outcome::Forwarded => "forwarded",
+            Outcome::UpstreamFailed => "upstream_failed",
+            Outcome::InProgress => "in_progress",
+        }
+    }
+}
+
+/// An endpoint's request counts.
+#[derive(Debug, Default)]
+pub struct EndpointCounts {
+    requests: [Counter; Outcome::ALL.len()],
+    /// Refused signatures, by reason.
+    pub verification_failures: CounterMap,
+}
+
+impl EndpointCounts {
+    /// Requests that ended with `outcome`.
+    pub fn requests(&self, outcome: Outcome) -> u64 {
+        self.requests[outcome as usize].get()
+    }
 }
 
 /// What every request on the path shares.
@@ -93,31 +192,47 @@ fn received(duplicate: bool) -> Reply {
 impl Pipeline {
     /// Handles one POST to `endpoint`.
     pub async fn receive(&self, endpoint: &Endpoint, request: Request<Incoming>, request_id: &str) -> Reply {
+        let (reply, outcome) = self.answer(endpoint, request, request_id).await;
+        endpoint.counts.requests[outcome as usize].inc();
+        reply
+    }
+
+    async fn answer(
+        &self,
+        endpoint: &Endpoint,
+        request: Request<Incoming>,
+        request_id: &str,
+    ) -> (Reply, Outcome) {
         // Limits: a declared oversize body is refused before a byte of it is read.
         let (parts, body) = request.into_parts();
         if http::content_length(&parts.headers).is_some_and(|n| n > self.max_body_bytes as u64) {
-            return http::error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+            return (http::error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"), Outcome::TooLarge);
         }
         let body = match http::read_body(body, self.max_body_bytes, self.body_timeout).await {
             Ok(body) => body,
             Err(BodyError::TooLarge(_)) => {
-                return http::error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+                return (http::error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"), Outcome::TooLarge)
             }
-            Err(BodyError::Timeout(_)) => return http::error(StatusCode::REQUEST_TIMEOUT, "body_timeout"),
-            Err(BodyError::Broken(_)) => return http::error(StatusCode::BAD_REQUEST, "body_unreadable"),
+            Err(BodyError::Timeout(_)) => {
+                return (http::error(StatusCode::REQUEST_TIMEOUT, "body_timeout"), Outcome::BodyTimeout)
+            }
+            Err(BodyError::Broken(_)) => {
+                return (http::error(StatusCode::BAD_REQUEST, "body_unreadable"), Outcome::BadRequest)
+            }
         };
 
         // Verify: over the raw bytes, before anything looks inside them.
         let verified = endpoint.verifier.verify(&HttpHeaders(&parts.headers), &body, self.clock.now_secs());
         if let Err(e) = verified {
             tracing::info!(request_id, endpoint = %endpoint.path, reason = %e.reason(), "signature refused");
-            return http::error(StatusCode::UNAUTHORIZED, e.reason().as_str());
+            endpoint.counts.verification_failures.inc(e.reason().as_str());
+            return (http::error(StatusCode::UNAUTHORIZED, e.reason().as_str()), Outcome::SignatureRefused);
         }
 
         // Parse: no JSON object with an id means nothing to store or de-duplicate.
         let parsed = match event::parse(&body) {
             Ok(parsed) => parsed,
-            Err(e) => return http::error(StatusCode::BAD_REQUEST, &e.to_string()),
+            Err(e) => return (http::error(StatusCode::BAD_REQUEST, &e.to_string()), Outcome::BadRequest),
         };
 
         // De-duplicate and persist. Authentic but invalid events are kept, quarantined.
@@ -149,7 +264,10 @@ impl Pipeline {
             Ok(inserted) => inserted,
             Err(e) => {
                 tracing::warn!(request_id, event_id = %parsed.id, error = %e, "not stored; answering 503");
-                return http::error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
+                return (
+                    http::error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+                    Outcome::StoreUnavailable,
+                );
             }
         };
         if let Some(reason) = &reason {
@@ -181,21 +299,25 @@ impl Pipeline {
                         received_at_ms,
                     });
                 }
-                received(false)
+                let outcome =
+                    if status == EventStatus::Quarantined { Outcome::Quarantined } else { Outcome::Received };
+                (received(false), outcome)
             }
-            (Mode::Queue, Inserted::Duplicate(_)) => received(true),
-            (Mode::Proxy, Inserted::New) if status == EventStatus::Quarantined => received(false),
+            (Mode::Queue, Inserted::Duplicate(_)) => (received(true), Outcome::Duplicate),
+            (Mode::Proxy, Inserted::New) if status == EventStatus::Quarantined => {
+                (received(false), Outcome::Quarantined)
+            }
             (Mode::Proxy, Inserted::New) => self.proxy(endpoint, proxied).await,
             (Mode::Proxy, Inserted::Duplicate(EventStatus::Failed | EventStatus::Forwarding)) => {
                 self.forward_again(endpoint, proxied).await
             }
-            (Mode::Proxy, Inserted::Duplicate(_)) => received(true),
+            (Mode::Proxy, Inserted::Duplicate(_)) => (received(true), Outcome::Duplicate),
         }
     }
 
     /// Proxy mode: the endpoint's plugins, then the forward. A plugin failure answers 503 so
     /// the sender retries (and the plugins run again); a drop answers 200.
-    async fn proxy(&self, endpoint: &Endpoint, event: Proxied<'_>) -> Reply {
+    async fn proxy(&self, endpoint: &Endpoint, event: Proxied<'_>) -> (Reply, Outcome) {
         let Some(plugins) = self.plugins.as_ref().filter(|p| p.has_plugins(&endpoint.path)) else {
             return self.forward(endpoint, event.id, event.body, &[], event.request_id).await;
         };
@@ -214,9 +336,10 @@ impl Pipeline {
                 let body = body.unwrap_or(event.body);
                 self.forward(endpoint, event.id, body, &headers, event.request_id).await
             }
-            ChainOutcome::Drop { reason, .. } => {
-                http::json(StatusCode::OK, &json!({ "received": true, "dropped": reason }))
-            }
+            ChainOutcome::Drop { reason, .. } => (
+                http::json(StatusCode::OK, &json!({ "received": true, "dropped": reason })),
+                Outcome::Dropped,
+            ),
             ChainOutcome::Failed { reason } => {
                 tracing::info!(request_id = event.request_id, event_id = event.id, %reason, "plugin step failed");
                 let mut reply = http::json(
@@ -224,7 +347,7 @@ impl Pipeline {
                     &json!({ "error": "plugin_failed", "message": reason }),
                 );
                 reply.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
-                reply
+                (reply, Outcome::PluginFailed)
             }
         }
     }
@@ -232,7 +355,7 @@ impl Pipeline {
     /// Proxy mode: a duplicate whose earlier forward failed is forwarded again, once, by
     /// whichever request claims it; a duplicate arriving while one is in flight is told to
     /// retry later.
-    async fn forward_again(&self, endpoint: &Endpoint, event: Proxied<'_>) -> Reply {
+    async fn forward_again(&self, endpoint: &Endpoint, event: Proxied<'_>) -> (Reply, Outcome) {
         let timeout = endpoint.upstream.as_ref().map_or(Duration::from_secs(5), |u| u.timeout);
         let now = self.clock.now_ms();
         // A forward still marked in flight after twice its timeout was cut short by a crash.
@@ -242,9 +365,11 @@ impl Pipeline {
             Ok(false) => {
                 let mut reply = http::error(StatusCode::CONFLICT, "in_progress");
                 reply.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
-                reply
+                (reply, Outcome::InProgress)
             }
-            Err(_) => http::error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            Err(_) => {
+                (http::error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"), Outcome::StoreUnavailable)
+            }
         }
     }
 
@@ -255,9 +380,9 @@ impl Pipeline {
         body: Bytes,
         headers: &[(String, String)],
         request_id: &str,
-    ) -> Reply {
+    ) -> (Reply, Outcome) {
         let Some(upstream) = &endpoint.upstream else {
-            return http::error(StatusCode::INTERNAL_SERVER_ERROR, "no_upstream");
+            return (http::error(StatusCode::INTERNAL_SERVER_ERROR, "no_upstream"), Outcome::UpstreamFailed);
         };
         let attempt = AttemptStart::new(&endpoint.merchant, id, 1, self.clock.now_ms());
         let result = self.client.send(upstream, id, request_id, body, headers, self.clock.now_secs()).await;
@@ -276,10 +401,14 @@ impl Pipeline {
                 if let Some(ct) = reply.content_type {
                     response.headers_mut().insert(CONTENT_TYPE, ct);
                 }
-                response
+                (response, Outcome::Forwarded)
             }
-            Err(SendError::Timeout(_)) => http::error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
-            Err(SendError::Connection(_)) => http::error(StatusCode::BAD_GATEWAY, "upstream_unreachable"),
+            Err(SendError::Timeout(_)) => {
+                (http::error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"), Outcome::UpstreamFailed)
+            }
+            Err(SendError::Connection(_)) => {
+                (http::error(StatusCode::BAD_GATEWAY, "upstream_unreachable"), Outcome::UpstreamFailed)
+            }
         }
     }
 }

@@ -36,6 +36,25 @@ pub fn sample_event(event_type: &str, id: &str, created_at_unix: i64) -> Value {
     })
 }
 
+/// Sets the field at `path` (`["data", "amount"]`) to `value`, creating objects on the way.
+pub fn set_field(target: &mut Value, path: &[String], value: Value) -> Result<(), String> {
+    let Some((last, parents)) = path.split_last() else { return Err("empty field path".into()) };
+    let mut node = target;
+    for key in parents {
+        if !node.get(key).is_some_and(Value::is_object) {
+            node[key] = Value::Object(Default::default());
+        }
+        node = &mut node[key];
+    }
+    match node {
+        Value::Object(map) => {
+            map.insert(last.clone(), value);
+            Ok(())
+        }
+        _ => Err(format!("{}: not inside an object", path.join("."))),
+    }
+}
+
 /// `YYYY-MM-DDTHH:MM:SSZ` for unix seconds (UTC).
 pub fn rfc3339(unix: i64) -> String {
     let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));

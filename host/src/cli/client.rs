@@ -1,45 +1,11 @@
-//! A minimal HTTP/1.1 client for the CLI's `send`, `events` and `plugin` commands, and the
-//! admin API's address and token as every admin command takes them.
+//! The admin API's address and token as every admin command takes them, and the HTTP client
+//! the CLI's commands share with the library.
 
-use anyhow::{bail, Context as _};
-use bytes::Bytes;
 use clap::Args;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use hyper::Method;
 use serde_json::Value;
 
-pub struct HttpClient(Client<HttpConnector, Full<Bytes>>);
-
-impl HttpClient {
-    pub fn new() -> Self {
-        HttpClient(Client::builder(TokioExecutor::new()).build(HttpConnector::new()))
-    }
-
-    /// Sends a request and reads the whole reply.
-    pub async fn request(
-        &self,
-        method: Method,
-        url: &str,
-        headers: &[(String, String)],
-        body: Vec<u8>,
-    ) -> anyhow::Result<(StatusCode, Bytes)> {
-        if url.starts_with("https://") {
-            bail!("{url}: https is not supported by this command yet; use the gateway's http listener");
-        }
-        let mut request = Request::builder().method(method).uri(url);
-        for (name, value) in headers {
-            request = request.header(name, value);
-        }
-        let request =
-            request.body(Full::new(Bytes::from(body))).with_context(|| format!("bad request to {url}"))?;
-        let response = self.0.request(request).await.with_context(|| format!("cannot reach {url}"))?;
-        let status = response.status();
-        let body = response.into_body().collect().await.context("reply cut short")?.to_bytes();
-        Ok((status, body))
-    }
-}
+pub use payflow_edge::http::Client as HttpClient;
 
 /// Where the admin API is and the token to use.
 #[derive(Args, Debug, Clone)]
@@ -64,8 +30,9 @@ impl AdminArgs {
         if !body.is_empty() {
             headers.push(("Content-Type".to_string(), "application/wasm".to_string()));
         }
-        let (status, body) =
-            super::runtime()?.block_on(HttpClient::new().request(method, &url, &headers, body))?;
+        let (status, body) = super::runtime()?
+            .block_on(HttpClient::new().request(method, &url, &headers, body))
+            .map_err(anyhow::Error::from)?;
         let reply: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if !status.is_success() {
             let reason = reply.get("error").and_then(Value::as_str).unwrap_or("no reason given");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 use clap::Args;
 use hyper::Method;
-use payflow_edge::samples::sample_event;
+use payflow_edge::samples::{sample_event, set_field};
 use payflow_verify::{SignOptions, Signer};
 use rand::Rng;
 use serde_json::Value;
@@ -57,7 +57,7 @@ pub fn run(args: SendArgs) -> Result<(), Failure> {
             let now = unix_now();
             let mut event = sample_event(&args.event_type, &id, now);
             for (path, value) in &sets {
-                set_path(&mut event, path, value.clone())?;
+                set_field(&mut event, path, value.clone()).map_err(anyhow::Error::msg)?;
             }
             let body = serde_json::to_vec(&event)?;
             let options = SignOptions { timestamp: now, id: Some(&id), payflow_form: form };
@@ -114,24 +114,6 @@ fn parse_set(text: &str) -> anyhow::Result<(Vec<String>, Value)> {
     Ok((path, value))
 }
 
-fn set_path(target: &mut Value, path: &[String], value: Value) -> anyhow::Result<()> {
-    let (last, parents) = path.split_last().context("empty --set path")?;
-    let mut node = target;
-    for key in parents {
-        if !node.get(key).is_some_and(Value::is_object) {
-            node[key] = Value::Object(Default::default());
-        }
-        node = node.get_mut(key).context("unreachable")?;
-    }
-    match node {
-        Value::Object(map) => {
-            map.insert(last.clone(), value);
-            Ok(())
-        }
-        _ => bail!("--set {}: not inside an object", path.join(".")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,7 +124,7 @@ mod tests {
         let mut event = json!({"data": {"amount": 2500}});
         for s in ["data.amount=5000", "data.currency=\"USD\"", "data.note=plain text", "meta.x.y=true"] {
             let (path, value) = parse_set(s).unwrap();
-            set_path(&mut event, &path, value).unwrap();
+            set_field(&mut event, &path, value).unwrap();
         }
         assert_eq!(
             event,

@@ -195,7 +195,9 @@ pub fn run(
             .as_ref()
             .map_err(Clone::clone)
             .and_then(|outcome| check_outcome(outcome, upstreams, own_upstream, &forwards));
-        runs.push(record(name, version.info.version, input, &run, started, &checked));
+        let info = record(name, version.info.version, input, &run, started, &checked);
+        slot.counts.record(&info, &input.event_id);
+        runs.push(info);
         let outcome = match (run.result, checked) {
             (Ok(outcome), Ok(())) => outcome,
             (_, Err(failure)) | (Err(failure), _) => {

@@ -8,7 +8,7 @@
 //! plugin. This module must never run a plugin (that is [`super::chain`]'s job, on the
 //! scheduler's threads) nor decide who may change one (the admin API checks scopes).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
@@ -17,7 +17,10 @@ use sha2::{Digest, Sha256};
 use super::{Kv, KvMap, Limits, LoadError, LoadedPlugin, Runtime, WarmInstance};
 use crate::clock::Clock;
 use crate::config::PluginConfig;
-use crate::store::{NewPluginVersion, PluginHistory, PluginVersionInfo, Store, StoreError, StoredPlugin};
+use crate::metrics::{CounterMap, Histogram, FUEL_BUCKETS, SECONDS_BUCKETS};
+use crate::store::{
+    NewPluginVersion, PluginHistory, PluginRunInfo, PluginVersionInfo, Store, StoreError, StoredPlugin,
+};
 
 /// Why a plugin change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +113,78 @@ pub struct Slot {
     pub(super) turn: Mutex<()>,
     /// Serializes changes (upload, rollback, delete) to this slot.
     changing: tokio::sync::Mutex<()>,
+    /// Its runs since the gateway started.
+    pub counts: PluginCounts,
+}
+
+/// A plugin's runs since the gateway started: the metrics' runs by outcome, duration and fuel,
+/// and the latest failure of each reason (what an operator looks at first).
+pub struct PluginCounts {
+    /// Runs by outcome (`continue`, `drop`, or a failure's reason).
+    pub runs: CounterMap,
+    /// Wall-clock seconds per run, instantiation included.
+    pub duration: Histogram,
+    /// Fuel per run.
+    pub fuel: Histogram,
+    failures: Mutex<BTreeMap<String, RecentFailure>>,
+}
+
+/// The failures of one reason since the gateway started, and the latest one.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecentFailure {
+    /// `trap`, `timeout`, `fuel_exhausted`…
+    pub reason: String,
+    /// How many.
+    pub count: u64,
+    /// The latest: when (unix ms).
+    pub last_at_ms: i64,
+    /// The latest: which event.
+    pub last_event_id: String,
+    /// The latest: what it said.
+    pub last_message: Option<String>,
+}
+
+impl Default for PluginCounts {
+    fn default() -> Self {
+        PluginCounts {
+            runs: CounterMap::default(),
+            duration: Histogram::new(SECONDS_BUCKETS),
+            fuel: Histogram::new(FUEL_BUCKETS),
+            failures: Mutex::default(),
+        }
+    }
+}
+
+impl PluginCounts {
+    /// Counts one run of this plugin on `event_id`.
+    pub fn record(&self, run: &PluginRunInfo, event_id: &str) {
+        self.runs.inc(&run.outcome);
+        self.duration.observe(run.duration_us as f64 / 1e6);
+        self.fuel.observe(run.fuel_used as f64);
+        if run.outcome == "continue" || run.outcome == "drop" {
+            return;
+        }
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = failures.entry(run.outcome.clone()).or_insert_with(|| RecentFailure {
+            reason: run.outcome.clone(),
+            count: 0,
+            last_at_ms: 0,
+            last_event_id: String::new(),
+            last_message: None,
+        });
+        entry.count += 1;
+        entry.last_at_ms = run.at_ms;
+        entry.last_event_id = event_id.to_string();
+        entry.last_message = run.detail.clone();
+    }
+
+    /// Failures by reason, the most recent first.
+    pub fn recent_failures(&self) -> Vec<RecentFailure> {
+        let mut all: Vec<_> =
+            self.failures.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        all.sort_by_key(|f| std::cmp::Reverse(f.last_at_ms));
+        all
+    }
 }
 
 impl Slot {
@@ -144,6 +219,10 @@ pub struct PluginStatus {
     pub warm: bool,
     /// Every stored version.
     pub versions: Vec<PluginVersionInfo>,
+    /// Runs since the gateway started, by outcome.
+    pub runs: BTreeMap<String, u64>,
+    /// Failures since the gateway started, by reason, the most recent first.
+    pub recent_failures: Vec<RecentFailure>,
 }
 
 /// Every configured plugin.
@@ -182,6 +261,7 @@ impl Registry {
                 kv: Mutex::new(KvSpace::default()),
                 turn: Mutex::new(()),
                 changing: tokio::sync::Mutex::new(()),
+                counts: PluginCounts::default(),
             });
             registry.start_slot(&slot, p).await.map_err(|e| (p.name.clone(), e))?;
             registry.slots.insert((p.merchant.clone(), p.name.clone()), slot);
@@ -349,6 +429,8 @@ impl Registry {
             memory_mb: (slot.limits.memory_bytes >> 20) as u64,
             warm: slot.warm,
             versions,
+            runs: slot.counts.runs.snapshot().into_iter().collect(),
+            recent_failures: slot.counts.recent_failures(),
         })
     }
 

@@ -14,6 +14,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::metrics::HistogramSnapshot;
+
 /// A store that cannot serve the request. Ingress answers 503 so the sender retries.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -493,6 +495,17 @@ pub trait Store: Send + Sync + 'static {
         upstream: Option<&str>,
         now_ms: i64,
     ) -> Result<bool, StoreError>;
+
+    /// Pending deliveries (due now or later) to each of `upstreams`, by merchant:
+    /// (upstream, merchant, count).
+    async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<(String, String, u64)>, StoreError>;
+
+    /// Proves the store can commit a write now (for readiness): a write that changes nothing,
+    /// through the same path as every other write.
+    async fn check_writable(&self) -> Result<(), StoreError>;
+
+    /// Time each commit took, since the store opened.
+    fn commit_seconds(&self) -> HistogramSnapshot;
 
     /// Flushes and closes; later calls fail with `Closed`.
     async fn close(&self);

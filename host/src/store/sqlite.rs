@@ -27,8 +27,13 @@ use super::{
     PluginStep, PluginVersionInfo, Store, StoreError, StoredPlugin, PLUGIN_STEP,
 };
 use crate::config::StoreConfig;
+use crate::metrics::{Histogram, HistogramSnapshot, SECONDS_BUCKETS};
 
 const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS health (
+    id              INTEGER PRIMARY KEY,
+    checked_at_ms   BIGINT  NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     merchant        TEXT    NOT NULL,
     id              TEXT    NOT NULL,
@@ -191,6 +196,8 @@ pub struct SqliteStore {
     reader: Arc<Mutex<Connection>>,
     /// Dropping it stops the checkpointer thread.
     checkpointer: Mutex<Option<mpsc::Sender<()>>>,
+    /// Each batch's commit time.
+    commits: Arc<Histogram>,
 }
 
 /// How often WAL frames are copied back into the database file. SQLite's automatic
@@ -243,15 +250,18 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpoint thread: {e}")))?;
         let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>();
         let max_batch = config.max_batch;
+        let commits = Arc::new(Histogram::new(SECONDS_BUCKETS));
+        let timed = commits.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(writer_conn, rx, max_batch))
+            .spawn(move || writer_loop(writer_conn, rx, max_batch, &timed))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             reader: Arc::new(Mutex::new(reader)),
             checkpointer: Mutex::new(Some(stop_checkpoints)),
+            commits,
         })
     }
 
@@ -292,7 +302,12 @@ impl SqliteStore {
     }
 }
 
-fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Box<dyn WriteJob>>, max_batch: usize) {
+fn writer_loop(
+    conn: Connection,
+    jobs: mpsc::Receiver<Box<dyn WriteJob>>,
+    max_batch: usize,
+    commits: &Histogram,
+) {
     let mut queues: [VecDeque<Box<dyn WriteJob>>; 2] = Default::default();
     let sort = |queues: &mut [VecDeque<_>; 2], job: Box<dyn WriteJob>| {
         queues[usize::from(job.priority() == Priority::Background)].push_back(job)
@@ -313,7 +328,9 @@ fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Box<dyn WriteJob>>, max_ba
         let room = max_batch - batch.len();
         let share = if batch.is_empty() { room } else { room.min(BACKGROUND_PER_BUSY_BATCH) };
         batch.extend(background.drain(..background.len().min(share)));
+        let started = std::time::Instant::now();
         let outcomes = run_batch(&conn, &mut batch);
+        commits.observe_duration(started.elapsed());
         for (job, committed) in batch.into_iter().zip(outcomes) {
             job.finish(committed);
         }
@@ -1039,6 +1056,46 @@ impl Store for SqliteStore {
             Ok(n == 1)
         })
         .await
+    }
+
+    async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<(String, String, u64)>, StoreError> {
+        self.read(move |conn| {
+            // Per upstream, so each count is a range of the `deliveries_due` index.
+            let mut statement = conn.prepare_cached(
+                "SELECT merchant, COUNT(*) FROM deliveries WHERE upstream = ?1 AND status = 'pending'
+                 GROUP BY merchant",
+            )?;
+            let mut depths = Vec::new();
+            for upstream in upstreams {
+                let rows = statement
+                    .query_map(params![upstream], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+                for row in rows {
+                    let (merchant, n) = row?;
+                    depths.push((upstream.clone(), merchant, n as u64));
+                }
+            }
+            Ok(depths)
+        })
+        .await
+    }
+
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.write_with(Priority::Background, move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO health (id, checked_at_ms) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET checked_at_ms = excluded.checked_at_ms",
+            )?
+            .execute(params![now_ms])
+            .map(drop)
+        })
+        .await
+    }
+
+    fn commit_seconds(&self) -> HistogramSnapshot {
+        self.commits.snapshot()
     }
 
     async fn close(&self) {

@@ -1,0 +1,398 @@
+// The payflow-edge dashboard: a page over the admin API. The token lives in this tab's
+// sessionStorage and goes out only as the Authorization header of same-origin /api calls.
+// Every value from the API reaches the page as text (textContent), never as markup.
+
+const TOKEN_KEY = 'payflow-edge-token';
+const views = ['login', 'events', 'event', 'plugins', 'endpoints', 'checker'];
+const $ = (id) => document.getElementById(id);
+
+/** Builds an element: el('td', { class: 'x' }, 'text', childNode, …). */
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
+    else if (v !== undefined && v !== null) node.setAttribute(k, v);
+  }
+  for (const c of children.flat()) {
+    if (c !== undefined && c !== null) node.append(c instanceof Node ? c : String(c));
+  }
+  return node;
+}
+
+const time = (ms) => (ms ? new Date(ms).toLocaleString() : '');
+const fill = (tbody, rows) => tbody.replaceChildren(...rows);
+
+class Unauthorized extends Error {}
+
+/** Calls the admin API; JSON in and out. A 401 logs out. */
+async function api(method, path, body, contentType = 'application/json') {
+  const headers = { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY) ?? ''}` };
+  if (body !== undefined) headers['Content-Type'] = contentType;
+  const response = await fetch(path, { method, headers, body });
+  if (response.status === 401) throw new Unauthorized('unauthorized');
+  const text = await response.text();
+  let json;
+  try { json = JSON.parse(text); } catch { json = { error: text }; }
+  if (!response.ok) {
+    const message = json.message ? `: ${json.message}` : '';
+    throw new Error(`${response.status} ${json.error ?? ''}${message}`);
+  }
+  return json;
+}
+
+// ---------------------------------------------------------------- session and routing
+
+let session = null; // { merchant, operator, checker }
+
+async function login(token) {
+  sessionStorage.setItem(TOKEN_KEY, token);
+  try {
+    session = await api('GET', '/api/whoami');
+  } catch (e) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    session = null;
+    throw e;
+  }
+}
+
+function logout() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  session = null;
+  cursor = null;
+  $('filter-endpoint').replaceChildren(el('option', { value: '' }, 'any'));
+  location.hash = '#/login';
+  route();
+}
+
+function show(view) {
+  for (const v of views) $(`${v}-view`).hidden = v !== view;
+  $('nav').hidden = $('logout').hidden = !session;
+  $('who').textContent = session ? (session.operator ? 'operator' : `merchant ${session.merchant}`) : '';
+  for (const a of document.querySelectorAll('#nav a')) {
+    a.classList.toggle('active', a.dataset.view === view || (view === 'event' && a.dataset.view === 'events'));
+  }
+}
+
+async function route() {
+  stopTimers();
+  if (!session && sessionStorage.getItem(TOKEN_KEY)) {
+    try { await login(sessionStorage.getItem(TOKEN_KEY)); } catch { /* back to the login form */ }
+  }
+  const [, view = 'events', arg] = location.hash.split('/');
+  if (!session) return show('login');
+  try {
+    switch (view) {
+      case 'event': return await showEvent(decodeURIComponent(arg ?? ''));
+      case 'plugins': return await showPlugins();
+      case 'endpoints': return await showEndpoints();
+      case 'checker': return showChecker();
+      default: return await showEvents();
+    }
+  } catch (e) {
+    if (e instanceof Unauthorized) return logout();
+    throw e;
+  }
+}
+
+let timers = [];
+function every(ms, f) { timers.push(setInterval(() => f().catch(onTimerError), ms)); }
+function stopTimers() { timers.forEach(clearInterval); timers = []; }
+function onTimerError(e) { if (e instanceof Unauthorized) logout(); }
+
+// ---------------------------------------------------------------- events
+
+let cursor = null; // the page being shown: null is the newest
+let nextCursor = null;
+
+async function showEvents() {
+  show('events');
+  await loadEndpointFilter();
+  await loadEvents();
+  startChart();
+  // The newest page follows new events as they arrive.
+  every(2000, async () => { if (cursor === null) await loadEvents(); });
+}
+
+async function loadEndpointFilter() {
+  const select = $('filter-endpoint');
+  if (select.options.length > 1) return;
+  const { endpoints } = await api('GET', '/api/endpoints');
+  select.append(...endpoints.map((e) => el('option', { value: e.path }, e.path)));
+}
+
+async function loadEvents() {
+  const query = new URLSearchParams({ limit: '25' });
+  const filters = { status: $('filter-status').value, type: $('filter-type').value.trim(), endpoint: $('filter-endpoint').value };
+  for (const [k, v] of Object.entries(filters)) if (v) query.set(k, v);
+  if (cursor) query.set('before', cursor);
+  const { events, next } = await api('GET', `/api/events?${query}`);
+  nextCursor = next;
+  $('older').disabled = !next;
+  $('newest').disabled = cursor === null;
+  $('events-empty').hidden = events.length > 0;
+  fill($('events').tBodies[0], events.map((e) => el('tr', { 'data-id': e.id },
+    el('td', {}, time(e.received_at_ms)),
+    el('td', {}, el('a', { href: `#/event/${encodeURIComponent(e.id)}` }, e.id)),
+    el('td', {}, e.type ?? ''),
+    el('td', { class: `status status-${e.status}` }, e.status, e.reason ? ` (${e.reason})` : ''),
+    el('td', {}, e.endpoint),
+    el('td', {}, e.merchant),
+  )));
+}
+
+// ---------------------------------------------------------------- live chart
+
+const WINDOW = 120; // seconds shown
+let samples = []; // { t, received, delivered, failed } running totals, one a second
+
+function startChart() {
+  samples = [];
+  const tick = async () => {
+    const s = await api('GET', '/api/stats');
+    samples.push({ t: s.at_ms, received: s.received, delivered: s.delivered, failed: s.failed });
+    if (samples.length > WINDOW + 1) samples.shift();
+    drawChart();
+  };
+  tick().catch(onTimerError);
+  every(1000, tick);
+}
+
+function rates() {
+  const out = [];
+  for (let i = 1; i < samples.length; i++) {
+    const [a, b] = [samples[i - 1], samples[i]];
+    const dt = Math.max((b.t - a.t) / 1000, 0.001);
+    out.push({
+      received: (b.received - a.received) / dt,
+      delivered: (b.delivered - a.delivered) / dt,
+      failed: (b.failed - a.failed) / dt,
+    });
+  }
+  return out;
+}
+
+function drawChart() {
+  const canvas = $('chart');
+  const ctx = canvas.getContext('2d');
+  const series = rates();
+  const last = series.at(-1) ?? { received: 0, delivered: 0, failed: 0 };
+  for (const k of ['received', 'delivered', 'failed']) $(`rate-${k}`).textContent = last[k].toFixed(1);
+  const { width: w, height: h } = canvas;
+  ctx.clearRect(0, 0, w, h);
+  const top = Math.max(1, ...series.flatMap((r) => [r.received, r.delivered, r.failed]));
+  ctx.fillStyle = '#5b6470';
+  ctx.font = '11px system-ui';
+  ctx.fillText(`${top.toFixed(0)}/s`, 4, 12);
+  const colors = { received: '#2450c4', delivered: '#137333', failed: '#b42318' };
+  for (const [k, color] of Object.entries(colors)) {
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    series.forEach((r, i) => {
+      const x = w - (series.length - 1 - i) * (w / WINDOW);
+      const y = h - 4 - (r[k] / top) * (h - 20);
+      if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+    });
+    ctx.stroke();
+  }
+}
+
+// ---------------------------------------------------------------- one event
+
+async function showEvent(id) {
+  show('event');
+  $('replay-result').textContent = '';
+  await loadEvent(id);
+}
+
+async function loadEvent(id) {
+  const e = await api('GET', `/api/events/${encodeURIComponent(id)}`);
+  $('event-title').textContent = e.id;
+  $('replay').dataset.id = e.id;
+  const facts = [
+    ['Type', e.type ?? '—'], ['Status', e.status + (e.reason ? ` (${e.reason})` : '')],
+    ['Endpoint', e.endpoint], ['Merchant', e.merchant], ['Received', time(e.received_at_ms)],
+    ['Request id', e.request_id], ['Tags', (e.tags ?? []).join(', ') || '—'],
+  ];
+  $('event-summary').replaceChildren(...facts.flatMap(([k, v]) => [el('dt', {}, k), el('dd', { 'data-fact': k }, v)]));
+  let body = e.body;
+  try { body = JSON.stringify(JSON.parse(e.body), null, 2); } catch { /* shown as received */ }
+  $('event-body').textContent = body;
+  fill($('event-headers').tBodies[0], e.headers.map(([k, v]) => el('tr', {}, el('th', {}, k), el('td', {}, v))));
+  fill($('event-runs').tBodies[0], e.plugin_runs.map((r) => el('tr', {},
+    el('td', {}, r.attempt), el('td', {}, r.plugin), el('td', {}, r.version),
+    el('td', { class: 'status' }, r.outcome),
+    el('td', {}, `${(r.duration_us / 1000).toFixed(2)} ms`), el('td', {}, r.fuel_used),
+    el('td', {}, r.detail ?? '', el('ul', { class: 'logs' }, r.logs.map(([level, msg]) => el('li', {}, `${level}: ${msg}`)))),
+  )));
+  fill($('event-deliveries').tBodies[0], e.deliveries.map((d) => el('tr', {},
+    el('td', {}, d.upstream), el('td', { class: `status status-${d.status}` }, d.status),
+    el('td', {}, d.attempts), el('td', {}, time(d.next_attempt_at_ms)),
+  )));
+  fill($('event-attempts').tBodies[0], e.attempts.map((a) => el('tr', {},
+    el('td', {}, a.number), el('td', {}, a.upstream), el('td', {}, time(a.at_ms)),
+    el('td', {}, `${a.duration_ms} ms`), el('td', {}, a.status_code ?? '—'),
+    el('td', {}, el('code', {}, a.error ?? a.response ?? '')),
+  )));
+}
+
+async function replay() {
+  const id = $('replay').dataset.id;
+  const out = $('replay-result');
+  try {
+    const r = await api('POST', `/api/events/${encodeURIComponent(id)}/replay`);
+    out.className = 'ok';
+    out.textContent = `Replayed: delivery to ${r.upstream} queued.`;
+    setTimeout(() => loadEvent(id).catch(onTimerError), 1000);
+  } catch (e) {
+    out.className = 'error';
+    out.textContent = `Replay refused: ${e.message}`;
+  }
+}
+
+// ---------------------------------------------------------------- plugins
+
+async function showPlugins() {
+  show('plugins');
+  const { plugins } = await api('GET', '/api/plugins');
+  $('plugins-empty').hidden = plugins.length > 0;
+  $('plugins').replaceChildren(...plugins.map(pluginCard));
+}
+
+function pluginCard(p) {
+  const result = el('p', { class: 'result', role: 'status' });
+  const file = el('input', { type: 'file', accept: '.wasm,application/wasm', 'aria-label': `component for ${p.name}` });
+  const upload = async () => {
+    if (!file.files.length) { result.className = 'error'; result.textContent = 'Choose a .wasm component first.'; return; }
+    await act(result, () => api('PUT', `/api/plugins/${encodeURIComponent(p.name)}`, file.files[0], 'application/wasm'),
+      (s) => `Uploaded: version ${s.active_version} is active.`);
+  };
+  const rollback = () => act(result, () => api('POST', `/api/plugins/${encodeURIComponent(p.name)}/rollback`),
+    (s) => `Rolled back: version ${s.active_version} is active.`);
+  const runs = Object.entries(p.runs ?? {}).map(([k, n]) => `${k} ${n}`).join(', ') || 'none yet';
+  return el('article', { class: 'plugin', 'data-plugin': p.name },
+    el('h2', {}, p.name),
+    el('dl', { class: 'facts' },
+      el('dt', {}, 'Merchant'), el('dd', {}, p.merchant),
+      el('dt', {}, 'Active version'), el('dd', { class: 'active-version' }, p.active_version ?? 'none'),
+      el('dt', {}, 'Limits'), el('dd', {}, `fuel ${p.fuel}, ${p.timeout_ms} ms, ${p.memory_mb} MiB${p.warm ? ', warm' : ''}`),
+      el('dt', {}, 'Runs since start'), el('dd', {}, runs)),
+    el('h3', {}, 'Versions'),
+    el('table', { class: 'versions' },
+      el('thead', {}, el('tr', {}, ['Version', 'SHA-256', 'Size', 'Source', 'Added', ''].map((h) => el('th', {}, h)))),
+      el('tbody', {}, p.versions.map((v) => el('tr', {},
+        el('td', {}, v.version), el('td', {}, el('code', {}, v.sha256.slice(0, 16))), el('td', {}, `${v.size} B`),
+        el('td', {}, v.source), el('td', {}, time(v.created_at_ms)),
+        el('td', {}, v.version === p.active_version ? 'active' : ''))))),
+    el('h3', {}, 'Recent failures'),
+    p.recent_failures.length === 0 ? el('p', {}, 'None since the gateway started.') :
+      el('table', { class: 'failures' },
+        el('thead', {}, el('tr', {}, ['Reason', 'Count', 'Last', 'Event', 'Message'].map((h) => el('th', {}, h)))),
+        el('tbody', {}, p.recent_failures.map((f) => el('tr', {},
+          el('td', {}, f.reason), el('td', {}, f.count), el('td', {}, time(f.last_at_ms)),
+          el('td', {}, el('a', { href: `#/event/${encodeURIComponent(f.last_event_id)}` }, f.last_event_id)),
+          el('td', {}, f.last_message ?? ''))))),
+    el('div', { class: 'row' }, file,
+      el('button', { type: 'button', class: 'upload', onclick: upload }, 'Upload'),
+      el('button', { type: 'button', class: 'rollback', onclick: rollback }, 'Roll back')),
+    result);
+}
+
+async function act(out, call, say) {
+  try {
+    const status = await call();
+    await showPlugins();
+    const card = document.querySelector(`[data-plugin="${CSS.escape(status.name)}"] .result`);
+    card.className = 'result ok';
+    card.textContent = say(status);
+  } catch (e) {
+    if (e instanceof Unauthorized) return logout();
+    out.className = 'result error';
+    out.textContent = e.message;
+  }
+}
+
+// ---------------------------------------------------------------- endpoints and test webhooks
+
+const TYPES = ['payment.succeeded', 'payment.failed', 'payment.cancelled', 'customer.created'];
+
+async function showEndpoints() {
+  show('endpoints');
+  $('test-result').textContent = '';
+  const { endpoints } = await api('GET', '/api/endpoints');
+  fill($('endpoints').tBodies[0], endpoints.map((e) => {
+    const type = el('select', { 'aria-label': `event type for ${e.path}` }, TYPES.map((t) => el('option', {}, t)));
+    const send = async () => {
+      const out = $('test-result');
+      try {
+        const r = await api('POST', '/api/test-webhook', JSON.stringify({ endpoint: e.path, type: type.value }));
+        out.className = r.status < 300 ? 'ok' : 'error';
+        out.textContent = `Sent ${r.id} (${r.type}) to ${r.endpoint}: ${r.status} ${JSON.stringify(r.reply)}`;
+        out.dataset.eventId = r.id;
+      } catch (err) {
+        out.className = 'error';
+        out.textContent = `Not sent: ${err.message}`;
+      }
+    };
+    return el('tr', { 'data-endpoint': e.path },
+      el('td', {}, el('code', {}, e.path)), el('td', {}, e.merchant), el('td', {}, e.mode), el('td', {}, e.scheme),
+      el('td', {}, e.upstream ?? '—'), el('td', {}, e.plugins.join(' → ') || '—'),
+      el('td', {}, el('div', { class: 'row' }, type, el('button', { type: 'button', class: 'send-test', onclick: send }, 'Send test webhook'))));
+  }));
+}
+
+// ---------------------------------------------------------------- signature checker
+
+let verifyModule = null;
+
+function showChecker() {
+  show('checker');
+  $('checker-missing').hidden = session.checker;
+  $('check').disabled = !session.checker;
+}
+
+async function check() {
+  const out = $('check-result');
+  try {
+    verifyModule ??= await import('/assets/payflow-verify/index.js');
+    const headers = $('check-headers').value.split('\n').map((line) => line.trim()).filter(Boolean).map((line) => {
+      const at = line.indexOf(':');
+      return at < 0 ? [line, ''] : [line.slice(0, at).trim(), line.slice(at + 1).trim()];
+    });
+    const result = verifyModule.verify({
+      scheme: $('check-scheme').value,
+      secret: $('check-secret').value,
+      headers,
+      body: $('check-body').value,
+      toleranceSecs: Number($('check-tolerance').value || 300),
+    });
+    out.className = result.ok ? 'ok' : 'error';
+    out.textContent = result.ok ? 'Valid signature.' : `Not valid: ${result.reason}${result.message ? ` (${result.message})` : ''}`;
+  } catch (e) {
+    out.className = 'error';
+    out.textContent = `The checker could not run: ${e.message}`;
+  }
+}
+
+// ---------------------------------------------------------------- wiring
+
+$('login-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  $('login-error').textContent = '';
+  try {
+    await login($('token').value.trim());
+    $('token').value = '';
+    if (location.hash === '' || location.hash === '#/login') location.hash = '#/events';
+    else await route();
+  } catch (e) {
+    $('login-error').textContent = e instanceof Unauthorized ? 'That token was refused.' : `Cannot log in: ${e.message}`;
+  }
+});
+$('logout').addEventListener('click', logout);
+$('filters').addEventListener('submit', (event) => { event.preventDefault(); cursor = null; loadEvents().catch(onTimerError); });
+$('older').addEventListener('click', () => { if (nextCursor) { cursor = nextCursor; loadEvents().catch(onTimerError); } });
+$('newest').addEventListener('click', () => { cursor = null; loadEvents().catch(onTimerError); });
+$('replay').addEventListener('click', replay);
+$('checker-form').addEventListener('submit', (event) => { event.preventDefault(); check(); });
+window.addEventListener('hashchange', () => route());
+route();
