@@ -23,10 +23,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need_apt[@]}"
 fi
-if [ ! -f verify/tests/vectors/node_modules/.package-lock.json ] \
-   || [ verify/tests/vectors/package-lock.json -nt verify/tests/vectors/node_modules/.package-lock.json ]; then
-  (cd verify/tests/vectors && npm ci --no-audit --no-fund --loglevel=error)
-fi
+# npm packages: the third-party signature SDKs that make test vectors, and playwright-core for
+# the dashboard's browser tests.
+for dir in verify/tests/vectors tests/dashboard; do
+  if [ ! -f "$dir/node_modules/.package-lock.json" ] \
+     || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+done
 
 # The plugins' guest toolchains (componentize-js from npm, componentize-py from pip) are
 # installed by scripts/build-plugins.sh, which the tests run.

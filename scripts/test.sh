@@ -12,6 +12,9 @@ step() { printf '\n=== %s\n' "$*"; }
 step setup
 scripts/setup.sh
 
+step "web package: build (wasm-bindgen, wasm-opt); the gateway embeds it for the dashboard"
+web/build.sh
+
 step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -27,8 +30,10 @@ scripts/build-plugins.sh
 step "tests"
 cargo test --workspace --locked
 
-step "web package: build (wasm-bindgen, wasm-opt), then Node and headless Chromium tests"
-web/build.sh
+step "dashboard: headless Chromium against a running gateway (screenshots in tests/dashboard/artifacts)"
+(cd tests/dashboard && PAYFLOW_EDGE_REQUIRE_CHECKER=1 npm test)
+
+step "web package: Node and headless Chromium tests"
 (cd web && npm test)
 
 step "fuzz targets, briefly (longer: scripts/fuzz.sh 600)"

@@ -65,6 +65,7 @@ function logout() {
 }
 
 function show(view) {
+  $('page-error').hidden = true;
   for (const v of views) $(`${v}-view`).hidden = v !== view;
   $('nav').hidden = $('logout').hidden = !session;
   $('who').textContent = session ? (session.operator ? 'operator' : `merchant ${session.merchant}`) : '';
@@ -90,7 +91,11 @@ async function route() {
     }
   } catch (e) {
     if (e instanceof Unauthorized) return logout();
-    throw e;
+    for (const v of views) $(`${v}-view`).hidden = true;
+    $('page-error').hidden = false;
+    $('page-error').textContent = view === 'event' && e.message.startsWith('404')
+      ? `No event ${arg ? decodeURIComponent(arg) : ''} here: it does not exist, or it is not this token's to see.`
+      : `The gateway did not answer as expected: ${e.message}`;
   }
 }
 
@@ -177,6 +182,8 @@ function drawChart() {
   const series = rates();
   const last = series.at(-1) ?? { received: 0, delivered: 0, failed: 0 };
   for (const k of ['received', 'delivered', 'failed']) $(`rate-${k}`).textContent = last[k].toFixed(1);
+  // Draw at the size it is shown (CSS stretches it), so lines and labels stay sharp.
+  if (canvas.width !== canvas.clientWidth && canvas.clientWidth > 0) canvas.width = canvas.clientWidth;
   const { width: w, height: h } = canvas;
   ctx.clearRect(0, 0, w, h);
   const top = Math.max(1, ...series.flatMap((r) => [r.received, r.delivered, r.failed]));
@@ -263,7 +270,7 @@ function pluginCard(p) {
   const result = el('p', { class: 'result', role: 'status' });
   const file = el('input', { type: 'file', accept: '.wasm,application/wasm', 'aria-label': `component for ${p.name}` });
   const upload = async () => {
-    if (!file.files.length) { result.className = 'error'; result.textContent = 'Choose a .wasm component first.'; return; }
+    if (!file.files.length) { result.className = 'result error'; result.textContent = 'Choose a .wasm component first.'; return; }
     await act(result, () => api('PUT', `/api/plugins/${encodeURIComponent(p.name)}`, file.files[0], 'application/wasm'),
       (s) => `Uploaded: version ${s.active_version} is active.`);
   };
