@@ -273,6 +273,9 @@ impl Pipeline {
         if let Some(reason) = &reason {
             tracing::info!(request_id, event_id = %parsed.id, %reason, "quarantined");
         }
+        // Debug, not info: one line per accepted webhook costs the hot path a write to stderr;
+        // the delivery and plugin lines carry the same request id at info.
+        tracing::debug!(request_id, merchant = %endpoint.merchant, event_id = %parsed.id, duplicate = matches!(inserted, Inserted::Duplicate(_)), "stored");
 
         // Acknowledge (queue mode), or forward and answer with the upstream's reply (proxy).
         let proxied = Proxied {

@@ -41,6 +41,11 @@ pub struct Gateway {
 impl Gateway {
     /// Writes `config` to `dir/payflow-edge.toml` and starts the gateway on it.
     pub fn start(dir: &Path, config: &str) -> Gateway {
+        Gateway::start_with_env(dir, config, &[])
+    }
+
+    /// [`Gateway::start`] with extra environment variables.
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Gateway {
         let path = dir.join("payflow-edge.toml");
         std::fs::write(&path, config).unwrap();
         let stderr_log = dir.join(format!("gateway-{}.log", Instant::now().elapsed().as_nanos()));
@@ -48,6 +53,7 @@ impl Gateway {
             .args(["serve", "--config"])
             .arg(&path)
             .env("PAYFLOW_EDGE_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_log).unwrap())
             .spawn()
