@@ -49,8 +49,16 @@ const PLUGINS_PROBLEM: &str = include_str!(concat!(env!("OUT_DIR"), "/demo-plugi
 /// Signature headers as (name, value).
 type Headers = Vec<(String, String)>;
 
-pub fn run() -> Result<(), Failure> {
-    Ok(super::runtime()?.block_on(narrate())?)
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// After the narration, keep the gateway running (Ctrl-C stops it) to explore the
+    /// dashboard at the admin address.
+    #[arg(long)]
+    stay: bool,
+}
+
+pub fn run(args: DemoArgs) -> Result<(), Failure> {
+    Ok(super::runtime()?.block_on(narrate(args.stay))?)
 }
 
 async fn legacy_app() -> anyhow::Result<(String, Received)> {
@@ -96,7 +104,7 @@ async fn legacy_app() -> anyhow::Result<(String, Received)> {
     Ok((url, received))
 }
 
-async fn narrate() -> anyhow::Result<()> {
+async fn narrate(stay: bool) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("payflow-edge-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (legacy_url, received) = legacy_app().await?;
@@ -230,6 +238,11 @@ retry_base_ms = 200
             e["type"].as_str().unwrap_or(""),
             e["status"].as_str().unwrap_or("")
         );
+    }
+    if stay {
+        let admin = gateway.admin_addr.context("admin listener")?;
+        println!("\ndashboard: http://{admin}/  (token {ADMIN_TOKEN}); Ctrl-C stops the demo");
+        tokio::signal::ctrl_c().await?;
     }
     gateway.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);

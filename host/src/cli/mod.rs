@@ -37,7 +37,7 @@ enum Command {
     /// Check a plugin, or run it on one event: outcome, fuel, time and logs.
     Plugin(plugin::PluginArgs),
     /// Run everything on loopback with embedded defaults and show what happens.
-    Demo,
+    Demo(demo::DemoArgs),
 }
 
 /// How a command failed.
@@ -93,7 +93,7 @@ pub fn run() -> ExitCode {
         Command::Sign(args) => sign::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Plugin(args) => plugin::run(args),
-        Command::Demo => demo::run(),
+        Command::Demo(args) => demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
