@@ -23,9 +23,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need_apt[@]}"
 fi
-# npm packages: the third-party signature SDKs that make test vectors, and playwright-core for
-# the dashboard's browser tests.
-for dir in verify/tests/vectors tests/dashboard; do
+# npm packages: the third-party signature SDKs that make test vectors.
+for dir in verify/tests/vectors; do
   if [ ! -f "$dir/node_modules/.package-lock.json" ] \
      || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)

@@ -31,7 +31,7 @@ step "tests"
 cargo test --workspace --locked
 
 step "dashboard: headless Chromium against a running gateway (screenshots in tests/dashboard/artifacts)"
-(cd tests/dashboard && PAYFLOW_EDGE_REQUIRE_CHECKER=1 npm test)
+PAYFLOW_EDGE_REQUIRE_CHECKER=1 node --test --test-concurrency=1 tests/dashboard/*.test.mjs
 
 step "web package: Node and headless Chromium tests"
 (cd web && npm test)

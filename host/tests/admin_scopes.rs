@@ -13,30 +13,7 @@ const ACME: &str = ACME_TOKEN;
 const GLOBEX: &str = GLOBEX_TOKEN;
 
 fn config(db: &std::path::Path, upstream: &str) -> String {
-    config_head(db)
-        + TWO_MERCHANTS
-        + &format!(
-            r#"
-[[endpoint]]
-merchant = "acme"
-path = "/acme"
-secrets = ["{SECRET}"]
-upstream = "acme-app"
-[[endpoint]]
-merchant = "globex"
-path = "/globex"
-secrets = ["{SECRET}"]
-upstream = "globex-app"
-[[upstream]]
-name = "acme-app"
-merchant = "acme"
-url = "{upstream}"
-[[upstream]]
-name = "globex-app"
-merchant = "globex"
-url = "{upstream}"
-"#
-        )
+    two_merchants_config(db, upstream, "")
 }
 
 fn ids(listing: &Value) -> Vec<String> {

@@ -12,37 +12,25 @@ use payflow_verify::Scheme;
 use serde_json::{json, Value};
 use support::*;
 
-/// Two merchants: acme's endpoint runs the `noop` plugin, globex's has none.
+/// Two merchants: acme's endpoint runs the `noop` plugin, globex's has none; bodies over 4 KiB
+/// are refused.
 fn config(db: &std::path::Path, upstream: &str, noop: &std::path::Path) -> String {
-    let head = config_head(db).replace("[store]", "max_body_bytes = 4096\n[store]");
-    head + TWO_MERCHANTS
-        + &format!(
-            r#"
-[[endpoint]]
-merchant = "acme"
-path = "/acme"
-secrets = ["{SECRET}"]
-upstream = "acme-app"
-plugins = ["noop"]
-[[endpoint]]
-merchant = "globex"
-path = "/globex"
-secrets = ["{SECRET}"]
-upstream = "globex-app"
-[[upstream]]
-name = "acme-app"
-merchant = "acme"
-url = "{upstream}"
-[[upstream]]
-name = "globex-app"
-merchant = "globex"
-url = "{upstream}"
-[[plugin]]
-name = "noop"
-merchant = "acme"
-path = {noop:?}
-"#
-        )
+    let config = two_merchants_config(db, upstream, r#"plugins = ["noop"]"#)
+        + &format!("[[plugin]]\nname = \"noop\"\nmerchant = \"acme\"\npath = {noop:?}\n");
+    config.replace("[store]", "max_body_bytes = 4096\n[store]")
+}
+
+/// A gateway on [`config`] (edited by `edit`) and its upstream, in a temporary directory.
+async fn start(edit: impl FnOnce(String) -> String) -> (tempfile::TempDir, Upstream, Gateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let config = edit(config(&dir.path().join("db"), &upstream.url(), &noop()));
+    let gw = Gateway::start(dir.path(), &config);
+    (dir, upstream, gw)
+}
+
+fn noop() -> std::path::PathBuf {
+    guests().join("noop.wasm")
 }
 
 /// `name{labels} value` lines of a scrape, by `name{labels}`.
@@ -68,10 +56,7 @@ async fn scrape(client: &reqwest::Client, gw: &Gateway, token: &str) -> (u16, St
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_known_traffic_and_scope_series_to_the_merchant() {
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = Upstream::start().await;
-    let noop = guests().join("noop.wasm");
-    let gw = Gateway::start(dir.path(), &config(&dir.path().join("db"), &upstream.url(), &noop));
+    let (_dir, _upstream, gw) = start(|c| c).await;
     let client = client();
 
     // acme: three new events, one duplicate, a wrong secret, an oversize body.
@@ -162,13 +147,8 @@ async fn metrics_count_known_traffic_and_scope_series_to_the_merchant() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_waits_for_every_plugin_and_healthz_only_for_the_process() {
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = Upstream::start().await;
-    let noop = guests().join("noop.wasm");
     // `noop` declared without a file: nothing to run until one is uploaded.
-    let config =
-        config(&dir.path().join("db"), &upstream.url(), &noop).replace(&format!("path = {noop:?}\n"), "");
-    let gw = Gateway::start(dir.path(), &config);
+    let (_dir, _upstream, gw) = start(|c| c.replace(&format!("path = {:?}\n", noop()), "")).await;
     let client = client();
     let health = client.get(gw.admin_url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
@@ -181,7 +161,7 @@ async fn readyz_waits_for_every_plugin_and_healthz_only_for_the_process() {
     let uploaded = client
         .put(gw.admin_url("/api/plugins/noop"))
         .bearer_auth(ACME_TOKEN)
-        .body(std::fs::read(&noop).unwrap())
+        .body(std::fs::read(noop()).unwrap())
         .send()
         .await
         .unwrap();
@@ -192,10 +172,7 @@ async fn readyz_waits_for_every_plugin_and_healthz_only_for_the_process() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn test_webhooks_are_signed_sent_through_ingress_and_delivered() {
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = Upstream::start().await;
-    let noop = guests().join("noop.wasm");
-    let gw = Gateway::start(dir.path(), &config(&dir.path().join("db"), &upstream.url(), &noop));
+    let (_dir, upstream, gw) = start(|c| c).await;
     let client = client();
     let send = |token: &'static str, body: Value| {
         let request = client.post(gw.admin_url("/api/test-webhook")).bearer_auth(token).json(&body);
@@ -263,10 +240,7 @@ async fn test_webhooks_are_signed_sent_through_ingress_and_delivered() {
 /// leaves out (a sample of near misses answers 404).
 #[tokio::test(flavor = "multi_thread")]
 async fn every_documented_route_answers_as_documented() {
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = Upstream::start().await;
-    let noop = guests().join("noop.wasm");
-    let gw = Gateway::start(dir.path(), &config(&dir.path().join("db"), &upstream.url(), &noop));
+    let (_dir, _upstream, gw) = start(|c| c).await;
     let client = client();
     assert_eq!(send_event(&client, &gw.url("/acme"), "evt_doc").await.0, 200);
     wait_for_status(&client, &gw, "evt_doc", "delivered", Duration::from_secs(20)).await;
@@ -292,7 +266,7 @@ async fn every_documented_route_answers_as_documented() {
             request = request.bearer_auth(ADMIN_TOKEN);
         }
         request = match (path.as_str(), method.as_str()) {
-            ("/api/plugins/{name}", "put") => request.body(std::fs::read(&noop).unwrap()),
+            ("/api/plugins/{name}", "put") => request.body(std::fs::read(noop()).unwrap()),
             ("/api/test-webhook", _) => request.json(&json!({ "endpoint": "/acme" })),
             _ => request,
         };
@@ -324,10 +298,7 @@ async fn every_documented_route_answers_as_documented() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_is_served_from_the_binary_with_a_strict_policy() {
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = Upstream::start().await;
-    let noop = guests().join("noop.wasm");
-    let gw = Gateway::start(dir.path(), &config(&dir.path().join("db"), &upstream.url(), &noop));
+    let (_dir, _upstream, gw) = start(|c| c).await;
     let client = client();
     let page = client.get(gw.admin_url("/")).send().await.unwrap();
     assert_eq!(page.status(), 200);

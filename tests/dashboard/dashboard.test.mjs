@@ -14,13 +14,13 @@ import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+// playwright-core comes from web/'s packages (web/build.sh installs them).
+import { launchChromium } from '../../web/test/chromium.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const targetDir = process.env.CARGO_TARGET_DIR ?? '/var/tmp/payflow-edge-target';
 const BIN = process.env.PAYFLOW_EDGE_BIN ?? join(targetDir, 'debug/payflow-edge');
 const GUESTS = join(targetDir, 'guests/wasm32-wasip2/release');
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const ARTIFACTS = join(here, 'artifacts');
 
 const OPERATOR = 'operator-token-0123456789abcdef';
@@ -117,11 +117,7 @@ merchant = "globex"
 path = "${join(GUESTS, 'noop.wasm')}"
 `);
   admin = gateway.admin;
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {

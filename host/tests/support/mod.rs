@@ -337,6 +337,37 @@ pub const GLOBEX_TOKEN: &str = "globex-token-0123456789abcdef";
 /// Two merchants, `acme` and `globex`, each with its scoped admin token.
 pub const TWO_MERCHANTS: &str = "[[merchant]]\nid = \"acme\"\ntoken = \"acme-token-0123456789abcdef\"\n[[merchant]]\nid = \"globex\"\ntoken = \"globex-token-0123456789abcdef\"\n";
 
+/// [`TWO_MERCHANTS`], each with a queue endpoint (`/acme`, `/globex`) delivering to its own
+/// upstream (`acme-app`, `globex-app`, both at `upstream_url`); `acme_extra` goes into acme's
+/// endpoint (say, its plugins).
+pub fn two_merchants_config(db: &Path, upstream_url: &str, acme_extra: &str) -> String {
+    config_head(db)
+        + TWO_MERCHANTS
+        + &format!(
+            r#"
+[[endpoint]]
+merchant = "acme"
+path = "/acme"
+secrets = ["{SECRET}"]
+upstream = "acme-app"
+{acme_extra}
+[[endpoint]]
+merchant = "globex"
+path = "/globex"
+secrets = ["{SECRET}"]
+upstream = "globex-app"
+[[upstream]]
+name = "acme-app"
+merchant = "acme"
+url = "{upstream_url}"
+[[upstream]]
+name = "globex-app"
+merchant = "globex"
+url = "{upstream_url}"
+"#
+        )
+}
+
 /// A config with one payflow queue endpoint delivering to `upstream_url`.
 pub fn queue_config(db: &Path, upstream_url: &str, extra_upstream: &str) -> String {
     config_head(db)
