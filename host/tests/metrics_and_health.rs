@@ -317,3 +317,49 @@ async fn the_dashboard_is_served_from_the_binary_with_a_strict_policy() {
     let expected = if who["checker"] == true { 200 } else { 404 };
     assert_eq!(wasm.status(), expected, "checker assets present exactly when whoami says so");
 }
+
+/// A plugin that traps: its failures show on the plugin (by reason, with the latest event and
+/// message, as the dashboard lists them) and in the metrics, and the event ends `dead`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_plugins_recent_failures_are_listed_by_reason() {
+    let panics = guests().join("panic.wasm");
+    let (_dir, _upstream, gw) = start(|c| {
+        c.replace(r#"plugins = ["noop"]"#, r#"plugins = ["noop", "panicky"]"#)
+            + &format!("[[plugin]]\nname = \"panicky\"\nmerchant = \"acme\"\npath = {panics:?}\n")
+            + "[plugins]\nmax_attempts = 2\nretry_base_ms = 10\nretry_max_ms = 20\n"
+    })
+    .await;
+    let client = client();
+    for id in ["evt_trap_1", "evt_trap_2"] {
+        assert_eq!(send_event(&client, &gw.url("/acme"), id).await.0, 200);
+    }
+    for id in ["evt_trap_1", "evt_trap_2"] {
+        wait_for_status(&client, &gw, id, "dead", Duration::from_secs(20)).await;
+    }
+    let (status, plugin) = admin_get(&client, &gw.admin_url("/api/plugins/panicky"), ACME_TOKEN).await;
+    assert_eq!(status, 200);
+    let failures = plugin["recent_failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{plugin}");
+    assert_eq!(failures[0]["reason"], "trap");
+    assert_eq!(failures[0]["count"], 4, "two events, two attempts each: {plugin}");
+    assert!(failures[0]["last_event_id"].as_str().unwrap().starts_with("evt_trap_"));
+    assert!(failures[0]["last_message"].as_str().unwrap().contains("unreachable"), "{plugin}");
+    assert_eq!(plugin["runs"], json!({ "trap": 4 }));
+    // The plugin before it ran fine each time, and has no failures.
+    let (_, noop) = admin_get(&client, &gw.admin_url("/api/plugins/noop"), ACME_TOKEN).await;
+    assert_eq!(
+        (noop["runs"]["continue"].as_u64(), noop["recent_failures"].as_array().unwrap().len()),
+        (Some(4), 0)
+    );
+
+    let (_, page) = scrape(&client, &gw, ACME_TOKEN).await;
+    let s = samples(&page);
+    assert_eq!(
+        s["payflow_edge_plugin_runs_total{merchant=\"acme\",plugin=\"panicky\",outcome=\"trap\"}"],
+        4.0
+    );
+    assert_eq!(
+        s["payflow_edge_requests_total{merchant=\"acme\",endpoint=\"/acme\",outcome=\"received\"}"],
+        2.0
+    );
+}

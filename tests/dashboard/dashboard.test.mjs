@@ -349,6 +349,33 @@ test('the signature checker verifies in the page and never sends the secret', as
   await context.close();
 });
 
+test('the events list pages back through older events without gaps or repeats', async () => {
+  for (let i = 0; i < 30; i++) {
+    assert.equal((await operatorApi('POST', '/api/test-webhook', { endpoint: '/webhooks/globex', type: 'customer.created' })).status, 200);
+  }
+  const { page, context, errors } = await openDashboard();
+  await logIn(page, GLOBEX);
+  await page.waitForSelector('#events tbody tr');
+  await page.selectOption('#filter-endpoint', '/webhooks/globex');
+  await page.fill('#filter-type', 'customer.created');
+  await page.click('#filters button[type=submit]');
+  const ids = async () => page.locator('#events tbody tr').evaluateAll((rows) => rows.map((r) => r.dataset.id));
+  await page.waitForFunction(() => [...document.querySelectorAll('#events tbody tr td:nth-child(3)')].every((td) => td.textContent === 'customer.created'));
+  const first = await ids();
+  assert.equal(first.length, 25);
+  await page.click('#older');
+  await page.waitForFunction((first) => !document.querySelector(`#events tr[data-id="${first}"]`), first[0]);
+  const second = await ids();
+  assert.equal(second.length, 5);
+  assert.equal(new Set([...first, ...second]).size, 30, 'thirty distinct events over two pages');
+  assert.equal(await page.isDisabled('#older'), true);
+  await shot(page, '13-older-page');
+  await page.click('#newest');
+  await page.waitForFunction(() => document.querySelectorAll('#events tbody tr').length === 25);
+  assert.deepEqual(errors, []);
+  await context.close();
+});
+
 test('logging out forgets the token', async () => {
   const { page, context } = await openDashboard();
   await logIn(page, ACME);
