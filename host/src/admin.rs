@@ -60,6 +60,11 @@ pub struct Admin {
 /// Who is asking: `None` is the operator, `Some(id)` a merchant.
 type Scope = Option<String>;
 
+/// Whether `scope` may see what belongs to `merchant`.
+fn visible(scope: &Scope, merchant: &str) -> bool {
+    scope.as_deref().is_none_or(|m| m == merchant)
+}
+
 fn unauthorized() -> Reply {
     let mut reply = http::error(StatusCode::UNAUTHORIZED, "unauthorized");
     reply.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -243,6 +248,9 @@ impl Admin {
     }
 }
 
+/// Time a test webhook request's (small) body has to arrive.
+const TEST_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Time an upload's body has to arrive (components can be tens of megabytes).
 const UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -279,8 +287,7 @@ impl Handler for Admin {
             (["stats"], &Method::GET) => self.stats(scope),
             (["endpoints"], &Method::GET) => self.list_endpoints(&scope),
             (["test-webhook"], &Method::POST) => {
-                let (_, body) = request.into_parts();
-                match http::read_body(body, endpoints::MAX_TEST_REQUEST, std::time::Duration::from_secs(10))
+                match http::read_body(request.into_body(), endpoints::MAX_TEST_REQUEST, TEST_REQUEST_TIMEOUT)
                     .await
                 {
                     Ok(body) => self.test_webhook(&scope, &body).await,

@@ -154,7 +154,7 @@ pub struct MerchantConfig {
 }
 
 /// How an endpoint answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Acknowledge after the durable write; deliver from the queue with retries.

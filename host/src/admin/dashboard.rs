@@ -24,7 +24,7 @@ const CSP: &str = "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; sty
 
 /// The file at `path`, if it is one of the dashboard's.
 pub fn asset(path: &str) -> Option<Reply> {
-    let (body, content_type): (&'static [u8], &str) = match path {
+    let (body, content_type): (&'static [u8], &'static str) = match path {
         "/" | "/index.html" => (include_bytes!("dashboard/index.html"), "text/html; charset=utf-8"),
         "/assets/app.js" => (include_bytes!("dashboard/app.js"), "text/javascript; charset=utf-8"),
         "/assets/app.css" => (include_bytes!("dashboard/app.css"), "text/css; charset=utf-8"),
@@ -42,7 +42,7 @@ pub fn asset(path: &str) -> Option<Reply> {
     };
     let mut reply = Response::new(Full::new(Bytes::from_static(body)));
     let headers = reply.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_str(content_type).ok()?);
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert("content-security-policy", HeaderValue::from_static(CSP));
     headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));

@@ -9,8 +9,7 @@ use rand::Rng;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{Admin, Scope};
-use crate::config::Mode;
+use super::{visible, Admin, Scope};
 use crate::http::{self, Reply};
 use crate::samples::{sample_event, set_field};
 
@@ -42,13 +41,13 @@ impl Admin {
             .config
             .endpoint
             .iter()
-            .filter(|e| scope.as_deref().is_none_or(|m| m == e.merchant))
+            .filter(|e| visible(scope, &e.merchant))
             .map(|e| {
                 json!({
                     "path": e.path,
                     "merchant": e.merchant,
                     "scheme": e.scheme,
-                    "mode": match e.mode { Mode::Queue => "queue", Mode::Proxy => "proxy" },
+                    "mode": e.mode,
                     "upstream": e.upstream,
                     "plugins": e.plugins,
                 })
@@ -70,11 +69,8 @@ impl Admin {
                 ))
             }
         };
-        let Some(endpoint) = self
-            .config
-            .endpoint
-            .iter()
-            .find(|e| e.path == request.endpoint && scope.as_deref().is_none_or(|m| m == e.merchant))
+        let Some(endpoint) =
+            self.config.endpoint.iter().find(|e| e.path == request.endpoint && visible(scope, &e.merchant))
         else {
             return http::json(
                 StatusCode::NOT_FOUND,

@@ -8,7 +8,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::StatusCode;
 use serde_json::json;
 
-use super::{Admin, Scope};
+use super::{visible, Admin, Scope};
 use crate::http::{self, Reply};
 use crate::metrics::{Exposition, CONTENT_TYPE as METRICS_TYPE};
 use crate::pipeline::Outcome;
@@ -21,10 +21,6 @@ const VERIFY_REASONS: [&str; 4] =
 
 /// How long `/readyz` waits for its test write: a store slower than this is not ready.
 const READY_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
-
-fn visible(scope: &Scope, merchant: &str) -> bool {
-    scope.as_deref().is_none_or(|m| m == merchant)
-}
 
 impl Admin {
     /// `GET /metrics`: the operator's token sees every series; a merchant's, its own only.
@@ -111,7 +107,7 @@ impl Admin {
         if let Some(registry) = self.registry() {
             let slots = registry.slots(scope.as_deref());
             for s in &slots {
-                for (outcome, n) in s.counts.runs.snapshot() {
+                for (outcome, n) in s.counts.runs() {
                     page.counter(
                         "payflow_edge_plugin_runs_total",
                         "Plugin runs, by plugin and outcome (continue, drop, or a failure's reason).",
@@ -146,7 +142,8 @@ impl Admin {
     /// version to run; else 503 saying what is not ready.
     pub(super) async fn readyz(&self) -> Reply {
         let mut problems = Vec::new();
-        match tokio::time::timeout(READY_WRITE_TIMEOUT, self.store.check_writable()).await {
+        match tokio::time::timeout(READY_WRITE_TIMEOUT, self.store.check_writable(self.clock.now_ms())).await
+        {
             Ok(Ok(())) => {}
             Ok(Err(e)) => problems.push(format!("store: {e}")),
             Err(_) => problems.push(format!("store: no commit within {READY_WRITE_TIMEOUT:?}")),

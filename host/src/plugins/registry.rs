@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use super::{Kv, KvMap, Limits, LoadError, LoadedPlugin, Runtime, WarmInstance};
 use crate::clock::Clock;
 use crate::config::PluginConfig;
-use crate::metrics::{CounterMap, Histogram, FUEL_BUCKETS, SECONDS_BUCKETS};
+use crate::metrics::{Counter, Histogram, FUEL_BUCKETS, SECONDS_BUCKETS};
 use crate::store::{
     NewPluginVersion, PluginHistory, PluginRunInfo, PluginVersionInfo, Store, StoreError, StoredPlugin,
 };
@@ -118,10 +118,11 @@ pub struct Slot {
 }
 
 /// A plugin's runs since the gateway started: the metrics' runs by outcome, duration and fuel,
-/// and the latest failure of each reason (what an operator looks at first).
+/// and the latest failure of each reason (what an operator looks at first). The common
+/// outcomes are plain atomics; only a failure takes the lock.
 pub struct PluginCounts {
-    /// Runs by outcome (`continue`, `drop`, or a failure's reason).
-    pub runs: CounterMap,
+    continued: Counter,
+    dropped: Counter,
     /// Wall-clock seconds per run, instantiation included.
     pub duration: Histogram,
     /// Fuel per run.
@@ -147,7 +148,8 @@ pub struct RecentFailure {
 impl Default for PluginCounts {
     fn default() -> Self {
         PluginCounts {
-            runs: CounterMap::default(),
+            continued: Counter::default(),
+            dropped: Counter::default(),
             duration: Histogram::new(SECONDS_BUCKETS),
             fuel: Histogram::new(FUEL_BUCKETS),
             failures: Mutex::default(),
@@ -158,11 +160,12 @@ impl Default for PluginCounts {
 impl PluginCounts {
     /// Counts one run of this plugin on `event_id`.
     pub fn record(&self, run: &PluginRunInfo, event_id: &str) {
-        self.runs.inc(&run.outcome);
         self.duration.observe(run.duration_us as f64 / 1e6);
         self.fuel.observe(run.fuel_used as f64);
-        if run.outcome == "continue" || run.outcome == "drop" {
-            return;
+        match run.outcome.as_str() {
+            "continue" => return self.continued.inc(),
+            "drop" => return self.dropped.inc(),
+            _ => {}
         }
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let entry = failures.entry(run.outcome.clone()).or_insert_with(|| RecentFailure {
@@ -176,6 +179,19 @@ impl PluginCounts {
         entry.last_at_ms = run.at_ms;
         entry.last_event_id = event_id.to_string();
         entry.last_message = run.detail.clone();
+    }
+
+    /// Runs by outcome (`continue`, `drop`, or a failure's reason), those that happened.
+    pub fn runs(&self) -> BTreeMap<String, u64> {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut runs: BTreeMap<String, u64> =
+            failures.values().map(|f| (f.reason.clone(), f.count)).collect();
+        for (outcome, counter) in [("continue", &self.continued), ("drop", &self.dropped)] {
+            if counter.get() > 0 {
+                runs.insert(outcome.to_string(), counter.get());
+            }
+        }
+        runs
     }
 
     /// Failures by reason, the most recent first.
@@ -429,7 +445,7 @@ impl Registry {
             memory_mb: (slot.limits.memory_bytes >> 20) as u64,
             warm: slot.warm,
             versions,
-            runs: slot.counts.runs.snapshot().into_iter().collect(),
+            runs: slot.counts.runs(),
             recent_failures: slot.counts.recent_failures(),
         })
     }

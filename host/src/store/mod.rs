@@ -500,9 +500,9 @@ pub trait Store: Send + Sync + 'static {
     /// (upstream, merchant, count).
     async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<(String, String, u64)>, StoreError>;
 
-    /// Proves the store can commit a write now (for readiness): a write that changes nothing,
-    /// through the same path as every other write.
-    async fn check_writable(&self) -> Result<(), StoreError>;
+    /// Proves the store can commit a write now (for readiness): a one-row write stamped
+    /// `now_ms`, through the same path as every other write.
+    async fn check_writable(&self, now_ms: i64) -> Result<(), StoreError>;
 
     /// Time each commit took, since the store opened.
     fn commit_seconds(&self) -> HistogramSnapshot;

@@ -1079,10 +1079,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn check_writable(&self) -> Result<(), StoreError> {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+    async fn check_writable(&self, now_ms: i64) -> Result<(), StoreError> {
         self.write_with(Priority::Background, move |conn| {
             conn.prepare_cached(
                 "INSERT INTO health (id, checked_at_ms) VALUES (1, ?1)
