@@ -136,6 +136,22 @@ pub(crate) fn trim_ows(mut s: &[u8]) -> &[u8] {
     s
 }
 
+/// `n` in decimal. (`to_string` would link `core::fmt`'s integer formatting, a few KB of the
+/// web build, for the one number any scheme writes: a timestamp.)
+pub(crate) fn decimal(mut n: u64) -> String {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    digits[start..].iter().map(|&d| char::from(d)).collect()
+}
+
 /// A unix timestamp in seconds: 1 to 18 ASCII digits, nothing else.
 pub(crate) fn unix_seconds(text: &[u8]) -> Option<i64> {
     if text.is_empty() || text.len() > 18 {
@@ -197,6 +213,13 @@ mod tests {
         }
         assert_eq!(from_base64("QQ==").as_deref(), Some(&b"A"[..]));
         assert_eq!(from_base64("").as_deref(), Some(&b""[..]));
+    }
+
+    #[test]
+    fn decimal_matches_display() {
+        for n in [0, 7, 10, 99, 1_700_000_000, u64::MAX] {
+            assert_eq!(decimal(n), std::format!("{n}"));
+        }
     }
 
     #[test]

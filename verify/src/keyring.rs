@@ -3,15 +3,11 @@
 //! Keying an HMAC hashes two key blocks; doing that once per secret instead of once per request
 //! is what lets verification stay at the cost of hashing the body itself.
 
-use alloc::vec::Vec;
-use hmac::{Hmac, Mac as _};
-use sha2::Sha256;
-
 use crate::encoding::{from_base64, Mac};
+use crate::hmac::HmacSha256;
 use crate::verifier::ConfigError;
 use crate::Scheme;
-
-type HmacSha256 = Hmac<Sha256>;
+use alloc::vec::Vec;
 
 #[derive(Clone)]
 pub(crate) struct Keyring {
@@ -26,10 +22,7 @@ impl Keyring {
         let keys = secrets
             .iter()
             .enumerate()
-            .map(|(index, secret)| {
-                let bytes = key_bytes(scheme, secret.as_ref(), index)?;
-                HmacSha256::new_from_slice(&bytes).map_err(|_| ConfigError::EmptySecret { index })
-            })
+            .map(|(index, secret)| Ok(HmacSha256::new(&key_bytes(scheme, secret.as_ref(), index)?)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Keyring { keys })
     }
@@ -50,7 +43,7 @@ impl Keyring {
                 mac.update(part);
             }
             mac.update(body);
-            mac.finalize().into_bytes().into()
+            mac.finalize()
         })
     }
 }

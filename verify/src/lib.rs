@@ -30,6 +30,7 @@ mod compat;
 mod encoding;
 pub mod event;
 mod headers;
+mod hmac;
 pub mod json;
 mod keyring;
 mod parse;

@@ -4,7 +4,7 @@
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use crate::encoding::{to_base64, to_hex};
+use crate::encoding::{decimal, to_base64, to_hex};
 use crate::headers::header_names as names;
 use crate::keyring::Keyring;
 use crate::verifier::ConfigError;
@@ -67,10 +67,7 @@ impl Signer {
 
     /// The headers (name, value) that sign `body`.
     pub fn sign(&self, body: &[u8], options: &SignOptions<'_>) -> Result<Vec<(String, String)>, SignError> {
-        if options.timestamp < 0 {
-            return Err(SignError::BadTimestamp);
-        }
-        let t = options.timestamp.to_string();
+        let t = decimal(u64::try_from(options.timestamp).map_err(|_| SignError::BadTimestamp)?);
         let timestamped: [&[u8]; 2] = [t.as_bytes(), b"."];
         let header = |name: &str, value: String| (name.to_string(), value);
         Ok(match &self.scheme {

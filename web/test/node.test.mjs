@@ -156,3 +156,20 @@ test('many configurations in turn stay correct (the keyed-verifier cache evicts)
     assert.equal(verify({ scheme: 'payflow', secret: `${secret}x`, headers, body }).reason, 'invalid_signature');
   }
 });
+
+test('a secrets array changed between calls is keyed again, not taken from the last call', () => {
+  const body = '{"id":"evt_memo"}';
+  const mac = (secret) => crypto.createHmac('sha256', secret).update(body).digest('hex');
+  const secrets = ['whsec_first'];
+  const options = { scheme: 'payflow', secrets, headers: { 'X-PayFlow-Signature': mac('whsec_first') }, body };
+  assert.deepEqual(verify(options), { ok: true });
+  secrets[0] = 'whsec_second';
+  assert.equal(verify(options).reason, 'invalid_signature');
+  options.headers = { 'X-PayFlow-Signature': mac('whsec_second') };
+  assert.deepEqual(verify(options), { ok: true });
+  secrets.push('whsec_third');
+  options.toleranceSecs = 60;
+  assert.deepEqual(verify(options), { ok: true });
+  options.scheme = 'github';
+  assert.equal(verify(options).reason, 'missing_signature');
+});
