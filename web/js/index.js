@@ -27,6 +27,8 @@ const REASONS = reasons().split('\n');
 
 class InputError extends Error {}
 class ConfigError extends Error {}
+// A refusal from the wasm side: "<reason>: <message>".
+class WasmError extends Error {}
 
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
@@ -45,10 +47,9 @@ function sameBytes(a, b) {
 function fail(error) {
   if (error instanceof InputError) return { ok: false, reason: 'invalid_input', message: error.message };
   if (error instanceof ConfigError) return { ok: false, reason: 'invalid_config', message: error.message };
-  // The wasm side throws "<reason>: <message>" strings for refused configurations or inputs.
   const text = String(error?.message ?? error);
   const colon = text.indexOf(': ');
-  if (typeof error === 'string' && colon > 0) {
+  if (error instanceof WasmError && colon > 0) {
     return { ok: false, reason: text.slice(0, colon), message: text.slice(colon + 2) };
   }
   return { ok: false, reason: 'internal_error', message: text };
@@ -167,11 +168,10 @@ function verifierFor(options) {
   let keys = verifiers.get(cacheKey);
   if (keys === undefined) {
     keys = keysFor(scheme, hmac, secrets);
-    try {
-      keys.prepare_verify(tolerance, requireTimestamp);
-    } catch (error) {
+    if (!keys.prepare_verify(tolerance, requireTimestamp)) {
+      const problem = keys.problem();
       keys.free();
-      throw error;
+      throw new WasmError(problem);
     }
     if (verifiers.size >= MAX_VERIFIERS) {
       const [oldestKey, oldest] = verifiers.entries().next().value;
@@ -230,7 +230,9 @@ export function sign(options) {
     const keys = keysFor(schemeOf(options), hmacOptions(options), secretList(options));
     let fields;
     try {
-      fields = keys.sign(body, timestamp, options.id ?? '', options.form === 'v0').split('\n');
+      const joined = keys.sign(body, timestamp, options.id ?? '', options.form === 'v0');
+      if (joined === '') throw new WasmError(keys.problem());
+      fields = joined.split('\n');
     } finally {
       keys.free();
     }

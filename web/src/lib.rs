@@ -131,28 +131,29 @@ pub fn reasons() -> String {
 
 /// One scheme and its secrets, keyed once: the JS API builds one per configuration (secrets
 /// are added one by one, so none needs escaping) and caches it.
+///
+/// No method throws: a refused configuration or input is kept as [`Keys::problem`] and the
+/// method answers `false` or `""`. (Throwing a string from wasm links wasm-bindgen's externref
+/// table and conversion glue, which cost more than this whole API.)
 #[wasm_bindgen]
 pub struct Keys {
-    scheme: Scheme,
+    scheme: Result<Scheme, String>,
     secrets: Vec<String>,
     verifier: Option<Verifier>,
+    problem: String,
 }
 
 #[wasm_bindgen]
 impl Keys {
-    /// Throws a message (caught and turned into a value by the JS API) for an unknown scheme.
+    /// An unknown scheme is kept as the problem, reported by `prepare_verify` and `sign`.
     #[wasm_bindgen(constructor)]
-    pub fn new(
-        scheme_name: &str,
-        hmac_header: &str,
-        hmac_prefix: &str,
-        hmac_encoding: &str,
-    ) -> Result<Keys, String> {
-        Ok(Keys {
-            scheme: scheme(scheme_name, hmac_header, hmac_prefix, hmac_encoding)?,
+    pub fn new(scheme_name: &str, hmac_header: &str, hmac_prefix: &str, hmac_encoding: &str) -> Keys {
+        Keys {
+            scheme: scheme(scheme_name, hmac_header, hmac_prefix, hmac_encoding),
             secrets: Vec::new(),
             verifier: None,
-        })
+            problem: String::new(),
+        }
     }
 
     /// Adds a secret (before `prepare_verify` or `sign`).
@@ -160,17 +161,36 @@ impl Keys {
         self.secrets.push(secret.into());
     }
 
-    /// Keys the secrets for verification. Throws a message when they cannot verify anything.
-    pub fn prepare_verify(&mut self, tolerance_secs: f64, require_timestamp: bool) -> Result<(), String> {
+    /// Why the last `prepare_verify` or `sign` failed: `"<reason>: <message>"`.
+    pub fn problem(&self) -> String {
+        self.problem.clone()
+    }
+
+    /// Keys the secrets for verification; `false` (see `problem`) when they cannot verify
+    /// anything.
+    pub fn prepare_verify(&mut self, tolerance_secs: f64, require_timestamp: bool) -> bool {
+        match self.try_prepare_verify(tolerance_secs, require_timestamp) {
+            Ok(verifier) => {
+                self.verifier = Some(verifier);
+                true
+            }
+            Err(problem) => {
+                self.problem = problem;
+                false
+            }
+        }
+    }
+
+    fn try_prepare_verify(&self, tolerance_secs: f64, require_timestamp: bool) -> Result<Verifier, String> {
+        let scheme = self.scheme.clone()?;
         // Bounded so the cast is exact; 136 years is more tolerance than anyone means.
         if !(0.0..=u32::MAX as f64).contains(&tolerance_secs) || !whole(tolerance_secs) {
             return Err(invalid_config("toleranceSecs must be whole seconds, 0 or more"));
         }
-        let mut config = VerifierConfig::new(self.scheme.clone(), self.secrets.iter());
+        let mut config = VerifierConfig::new(scheme, self.secrets.iter());
         config.tolerance_secs = tolerance_secs as u64;
         config.require_timestamp = require_timestamp;
-        self.verifier = Some(Verifier::new(config).map_err(|e| invalid_config(config_message(&e)))?);
-        Ok(())
+        Verifier::new(config).map_err(|e| invalid_config(config_message(&e)))
     }
 
     /// 0 when a signature matches, else the code of the DESIGN reason: line `code - 1` of
@@ -188,10 +208,20 @@ impl Keys {
         }
     }
 
-    /// The headers that sign `body`, joined like `verify`'s. `id` may be empty (only
-    /// standard-webhooks needs one). Throws a message for a bad configuration or input.
-    pub fn sign(&self, body: &[u8], timestamp: f64, id: &str, payflow_v0: bool) -> Result<String, String> {
-        let signer = Signer::new(self.scheme.clone(), &self.secrets)
+    /// The headers that sign `body`, joined like `verify`'s; `""` (see `problem`) for a bad
+    /// configuration or input. `id` may be empty (only standard-webhooks needs one).
+    pub fn sign(&mut self, body: &[u8], timestamp: f64, id: &str, payflow_v0: bool) -> String {
+        match self.try_sign(body, timestamp, id, payflow_v0) {
+            Ok(joined) => joined,
+            Err(problem) => {
+                self.problem = problem;
+                String::new()
+            }
+        }
+    }
+
+    fn try_sign(&self, body: &[u8], timestamp: f64, id: &str, payflow_v0: bool) -> Result<String, String> {
+        let signer = Signer::new(self.scheme.clone()?, &self.secrets)
             .map_err(|e| invalid_config(config_message(&e)))?;
         if !(0.0..=1e15).contains(&timestamp) || !whole(timestamp) {
             return Err(invalid_input(sign_message(&SignError::BadTimestamp)));
