@@ -51,29 +51,35 @@ pub(crate) fn base64_mac(text: &[u8]) -> Option<Mac> {
     (decode_base64_into(text, &mut out)? == MAC_LEN).then_some(out)
 }
 
-pub(crate) fn to_hex(bytes: &[u8]) -> String {
+impl crate::Encoding {
+    /// Appends `bytes` in this encoding.
+    pub(crate) fn append(self, out: &mut String, bytes: &[u8]) {
+        match self {
+            crate::Encoding::Hex => push_hex(out, bytes),
+            crate::Encoding::Base64 => push_base64(out, bytes),
+        }
+    }
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         out.push(DIGITS[(b >> 4) as usize] as char);
         out.push(DIGITS[(b & 15) as usize] as char);
     }
-    out
 }
 
 const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// Standard base64 with padding. (Hand-written rather than the `base64` crate: the web build
 /// counts bytes, and this is all the codec any scheme needs.)
-pub(crate) fn to_base64(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+fn push_base64(out: &mut String, bytes: &[u8]) {
     for chunk in bytes.chunks(3) {
         let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
         for i in 0..4 {
             out.push(if i <= chunk.len() { BASE64[(n >> (18 - 6 * i)) as usize & 63] as char } else { '=' });
         }
     }
-    out
 }
 
 /// Strict standard base64: padded to a multiple of 4, `=` only at the end, unused bits zero.
@@ -170,6 +176,12 @@ pub(crate) fn unix_seconds(text: &[u8]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn to_base64(bytes: &[u8]) -> String {
+        let mut out = String::new();
+        push_base64(&mut out, bytes);
+        out
+    }
 
     #[test]
     fn hex_is_strict() {

@@ -19,11 +19,10 @@ impl Keyring {
         if secrets.is_empty() {
             return Err(ConfigError::NoSecrets);
         }
-        let keys = secrets
-            .iter()
-            .enumerate()
-            .map(|(index, secret)| Ok(HmacSha256::new(&key_bytes(scheme, secret.as_ref(), index)?)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut keys = Vec::with_capacity(secrets.len());
+        for (index, secret) in secrets.iter().enumerate() {
+            keys.push(HmacSha256::new(&key_bytes(scheme, secret.as_ref(), index)?));
+        }
         Ok(Keyring { keys })
     }
 

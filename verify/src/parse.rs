@@ -65,29 +65,39 @@ fn malformed(why: &'static str) -> VerifyError {
 
 /// All non-empty values of a list header, joined with `sep` (HTTP's rule for repeated headers).
 fn list<'h>(headers: &'h (impl Headers + ?Sized), name: &str, sep: u8) -> Option<Cow<'h, [u8]>> {
-    let mut values = headers.get_all(name);
-    values.iter_mut().for_each(|v| *v = trim_ows(v));
-    values.retain(|v| !v.is_empty());
-    match values.len() {
-        0 => None,
-        1 => values.pop().map(Cow::Borrowed),
-        _ => Some(Cow::Owned(values.join(&sep))),
+    let mut joined: Option<Cow<'h, [u8]>> = None;
+    for value in headers.get_all(name).into_iter().map(trim_ows).filter(|v| !v.is_empty()) {
+        joined = Some(match joined {
+            None => Cow::Borrowed(value),
+            Some(before) => {
+                let mut all = before.into_owned();
+                all.push(sep);
+                all.extend_from_slice(value);
+                Cow::Owned(all)
+            }
+        });
     }
+    joined
 }
 
 /// A header that must appear at most once (or repeat one identical value).
 fn single<'h>(headers: &'h (impl Headers + ?Sized), name: &str) -> Result<Option<&'h [u8]>, VerifyError> {
-    let values: Vec<&[u8]> =
-        headers.get_all(name).into_iter().map(trim_ows).filter(|v| !v.is_empty()).collect();
-    match values.split_first() {
-        None => Ok(None),
-        Some((first, rest)) if rest.iter().all(|v| v == first) => Ok(Some(first)),
-        Some(_) => Err(malformed("a single-valued signature header was sent with different values")),
+    let mut found = None;
+    for value in headers.get_all(name).into_iter().map(trim_ows).filter(|v| !v.is_empty()) {
+        match found {
+            Some(first) if first != value => {
+                return Err(malformed("a single-valued signature header was sent with different values"))
+            }
+            _ => found = Some(value),
+        }
     }
+    Ok(found)
 }
 
-fn split_items(value: &[u8], sep: impl Fn(u8) -> bool) -> impl Iterator<Item = &[u8]> {
-    value.split(move |&c| sep(c)).map(trim_ows).filter(|item| !item.is_empty())
+/// The non-empty, trimmed items of a list. (A function pointer, not a closure type, so every
+/// caller shares one copy of the splitting code.)
+fn split_items(value: &[u8], sep: fn(&u8) -> bool) -> impl Iterator<Item = &[u8]> {
+    value.split(sep).map(trim_ows).filter(|item| !item.is_empty())
 }
 
 /// `X-PayFlow-Signature`: v1 `t=<unix>,v1=<hex>[,v1=<hex>…]` or v0 `<hex>[,<hex>…]`.
@@ -97,7 +107,7 @@ pub(crate) fn payflow(headers: &(impl Headers + ?Sized)) -> Result<Claim<'_>, Ve
     if value.contains(&b'=') {
         return timestamped_items(value);
     }
-    let macs: Vec<Mac> = split_items(&value, |c| c == b',').filter_map(hex_mac).collect();
+    let macs: Vec<Mac> = split_items(&value, |&c| c == b',').filter_map(hex_mac).collect();
     if macs.is_empty() {
         return Err(malformed("the v0 signature is not 64 lowercase hex digits"));
     }
@@ -163,7 +173,7 @@ pub(crate) fn standard_webhooks(headers: &(impl Headers + ?Sized)) -> Result<Cla
     let id = single(headers, id_name)?.ok_or(malformed("no webhook-id header"))?;
     let ts_text = single(headers, ts_name)?.ok_or(malformed("no webhook-timestamp header"))?;
     let unix = unix_seconds(ts_text).ok_or(malformed("webhook-timestamp is not a unix timestamp"))?;
-    let macs: Vec<Mac> = split_items(&value, |c| c.is_ascii_whitespace())
+    let macs: Vec<Mac> = split_items(&value, u8::is_ascii_whitespace)
         .filter_map(|entry| match entry.iter().position(|&c| c == b',') {
             Some(comma) if &entry[..comma] == b"v1" => base64_mac(&entry[comma + 1..]),
             _ => None,

@@ -4,7 +4,7 @@
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use crate::encoding::{decimal, to_base64, to_hex};
+use crate::encoding::decimal;
 use crate::headers::header_names as names;
 use crate::keyring::Keyring;
 use crate::verifier::ConfigError;
@@ -68,72 +68,48 @@ impl Signer {
     /// The headers (name, value) that sign `body`.
     pub fn sign(&self, body: &[u8], options: &SignOptions<'_>) -> Result<Vec<(String, String)>, SignError> {
         let t = decimal(u64::try_from(options.timestamp).map_err(|_| SignError::BadTimestamp)?);
+        let id = options.id.filter(|id| !id.is_empty());
         let timestamped: [&[u8]; 2] = [t.as_bytes(), b"."];
-        let header = |name: &str, value: String| (name.to_string(), value);
-        Ok(match &self.scheme {
-            Scheme::PayFlow if options.payflow_form == PayFlowForm::V0 => {
-                alloc::vec![header(
-                    names::PAYFLOW_SIGNATURE,
-                    list(&[], self.keys.macs(&[], body).map(|m| to_hex(&m)), ",")
-                )]
-            }
-            Scheme::PayFlow | Scheme::Stripe => {
-                let name = if self.scheme == Scheme::PayFlow {
-                    names::PAYFLOW_SIGNATURE
-                } else {
-                    names::STRIPE_SIGNATURE
-                };
-                alloc::vec![header(
-                    name,
-                    list(&["t=", &t, ",v1="], self.keys.macs(&timestamped, body).map(|m| to_hex(&m)), ",v1=")
-                )]
-            }
-            Scheme::StandardWebhooks => {
-                let id = options.id.filter(|id| !id.is_empty()).ok_or(SignError::MissingId)?;
-                let prefix: [&[u8]; 4] = [id.as_bytes(), b".", t.as_bytes(), b"."];
-                let signatures = self.keys.macs(&prefix, body).map(|m| to_base64(&m));
-                alloc::vec![
-                    header(names::WEBHOOK_ID, id.to_string()),
-                    header(names::WEBHOOK_TIMESTAMP, t.clone()),
-                    header(names::WEBHOOK_SIGNATURE, list(&["v1,"], signatures, " v1,")),
-                ]
-            }
-            Scheme::GitHub => alloc::vec![header(
-                names::GITHUB_SIGNATURE,
-                list(&["sha256="], core::iter::once(self.single(body, Encoding::Hex)?), "")
-            )],
-            Scheme::Shopify => {
-                alloc::vec![header(names::SHOPIFY_SIGNATURE, self.single(body, Encoding::Base64)?)]
-            }
-            Scheme::Hmac(h) => alloc::vec![header(
-                &h.header,
-                list(&[&h.prefix], core::iter::once(self.single(body, h.encoding)?), "")
-            )],
-        })
-    }
-
-    fn single(&self, body: &[u8], encoding: Encoding) -> Result<String, SignError> {
-        if self.keys.len() != 1 {
+        let mut headers = Vec::new();
+        // Every scheme's header is one shape: a head, then each secret's MAC (in the scheme's
+        // encoding, over the scheme's signed prefix and the body), a separator between them.
+        // One path for all six keeps the web build small.
+        let (name, head, separator, encoding, signed): (&str, [&str; 3], &str, Encoding, &[&[u8]]) =
+            match &self.scheme {
+                Scheme::PayFlow if options.payflow_form == PayFlowForm::V0 => {
+                    (names::PAYFLOW_SIGNATURE, ["", "", ""], ",", Encoding::Hex, &[])
+                }
+                Scheme::PayFlow => {
+                    (names::PAYFLOW_SIGNATURE, ["t=", &t, ",v1="], ",v1=", Encoding::Hex, &timestamped)
+                }
+                Scheme::Stripe => {
+                    (names::STRIPE_SIGNATURE, ["t=", &t, ",v1="], ",v1=", Encoding::Hex, &timestamped)
+                }
+                Scheme::StandardWebhooks => {
+                    let id = id.ok_or(SignError::MissingId)?;
+                    headers.push((names::WEBHOOK_ID.to_string(), id.to_string()));
+                    headers.push((names::WEBHOOK_TIMESTAMP.to_string(), t.clone()));
+                    (names::WEBHOOK_SIGNATURE, ["v1,", "", ""], " v1,", Encoding::Base64, &[])
+                }
+                Scheme::GitHub => (names::GITHUB_SIGNATURE, ["sha256=", "", ""], "", Encoding::Hex, &[]),
+                Scheme::Shopify => (names::SHOPIFY_SIGNATURE, ["", "", ""], "", Encoding::Base64, &[]),
+                Scheme::Hmac(h) => (&h.header, [&h.prefix, "", ""], "", h.encoding, &[]),
+            };
+        // Standard Webhooks signs "{id}.{t}." (built here: the id is only known now).
+        let with_id: [&[u8]; 4] = [id.unwrap_or_default().as_bytes(), b".", t.as_bytes(), b"."];
+        let signed = if self.scheme == Scheme::StandardWebhooks { &with_id[..] } else { signed };
+        if separator.is_empty() && self.keys.len() != 1 {
             return Err(SignError::OneSignatureOnly(self.scheme.name()));
         }
-        let mac = self.keys.macs(&[], body).next().ok_or(SignError::OneSignatureOnly(self.scheme.name()))?;
-        Ok(match encoding {
-            Encoding::Hex => to_hex(&mac),
-            Encoding::Base64 => to_base64(&mac),
-        })
-    }
-}
-
-/// `head` then the items, `separator` between them: the shape of every signature header value.
-/// (One loop instead of `format!`/`concat`/`join`, which would each add code to the web build.)
-fn list(head: &[&str], items: impl Iterator<Item = String>, separator: &str) -> String {
-    let mut out = String::new();
-    head.iter().for_each(|part| out.push_str(part));
-    for (i, item) in items.enumerate() {
-        if i > 0 {
-            out.push_str(separator);
+        let mut value = String::new();
+        head.iter().for_each(|part| value.push_str(part));
+        for (i, mac) in self.keys.macs(signed, body).enumerate() {
+            if i > 0 {
+                value.push_str(separator);
+            }
+            encoding.append(&mut value, &mac);
         }
-        out.push_str(&item);
+        headers.push((name.to_string(), value));
+        Ok(headers)
     }
-    out
 }

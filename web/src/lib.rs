@@ -86,11 +86,19 @@ struct JoinedHeaders<'a>(&'a str);
 
 impl payflow_verify::Headers for JoinedHeaders<'_> {
     fn get_all(&self, name: &str) -> Vec<&[u8]> {
-        let mut fields = self.0.split_terminator('\n');
+        // A plain loop over the bytes: `split_terminator` links a generic searcher (~800 bytes).
         let mut out = Vec::new();
-        while let (Some(k), Some(v)) = (fields.next(), fields.next()) {
-            if k.eq_ignore_ascii_case(name) {
-                out.push(v.as_bytes());
+        let (mut start, mut key) = (0, None);
+        for (i, &c) in self.0.as_bytes().iter().enumerate() {
+            if c != b'\n' {
+                continue;
+            }
+            let field = &self.0.as_bytes()[start..i];
+            start = i + 1;
+            match key.take() {
+                None => key = Some(field),
+                Some(k) if k.eq_ignore_ascii_case(name.as_bytes()) => out.push(field),
+                Some(_) => {}
             }
         }
         out
