@@ -1,7 +1,13 @@
-//! `plugin-overhead FILE [RUNS]`: the per-event cost of a plugin in the gateway's sandbox, for
+//! `plugin-overhead FILE [RUNS] [both|fresh|warm] [BLOCK]`: the per-event cost of a plugin in the gateway's sandbox, for
 //! a fresh instance per event (the default) and for a warm instance reused across events, side
 //! by side in one run. Prints p50/p90/p99 of each run (instantiate + call + collecting the
-//! outcome and logs), as the gateway would pay it.
+//! outcome and logs), as the gateway would pay it. `fresh` or `warm` runs only that kind (for a
+//! profiler).
+//!
+//! The two kinds alternate in blocks of BLOCK runs (default 500), so drift on a shared machine
+//! hits both alike. A block of 1 alternates every run; that measures a warm run just after a
+//! fresh instantiation has swept the caches, which is not what reuse looks like (a reused
+//! instance runs event after event) and measured about twice as slow.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +20,14 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let file = args.next().context("usage: plugin-overhead FILE.wasm [RUNS]")?;
     let runs: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(20_000);
+    let kinds = args.next().unwrap_or_else(|| "both".into());
+    let (fresh, warm_too) = match kinds.as_str() {
+        "both" => (true, true),
+        "fresh" => (true, false),
+        "warm" => (false, true),
+        other => anyhow::bail!("expected both, fresh or warm, not {other:?}"),
+    };
+    let block: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(500).max(1);
     let bytes = std::fs::read(&file).with_context(|| format!("cannot read {file}"))?;
     let runtime = Runtime::new()?;
     let plugin = runtime.load(&bytes)?;
@@ -36,18 +50,28 @@ fn main() -> anyhow::Result<()> {
 
     let mut warm = plugin.warm(&config, kv.clone(), &limits);
     let (mut fresh_times, mut warm_times) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
-    // Interleaved, so drift on a shared machine hits both alike.
-    for _ in 0..runs {
-        let run = plugin.run(&event, &config, kv.clone(), &limits);
-        run.result.map_err(|e| anyhow::anyhow!("fresh run failed: {e}"))?;
-        fresh_times.push(run.duration);
-        let run = warm.run(&event);
-        run.result.map_err(|e| anyhow::anyhow!("warm run failed: {e}"))?;
-        warm_times.push(run.duration);
+    // Interleaved in blocks, so drift on a shared machine hits both alike.
+    let mut done = 0;
+    while done < runs {
+        let n = block.min(runs - done);
+        for _ in 0..if fresh { n } else { 0 } {
+            let run = plugin.run(&event, &config, kv.clone(), &limits);
+            run.result.map_err(|e| anyhow::anyhow!("fresh run failed: {e}"))?;
+            fresh_times.push(run.duration);
+        }
+        for _ in 0..if warm_too { n } else { 0 } {
+            let run = warm.run(&event);
+            run.result.map_err(|e| anyhow::anyhow!("warm run failed: {e}"))?;
+            warm_times.push(run.duration);
+        }
+        done += n;
     }
     println!("| plugin | instance | runs | p50 µs | p90 µs | p99 µs |");
     println!("|---|---|---|---|---|---|");
     for (label, mut times) in [("fresh per event", fresh_times), ("warm, reused", warm_times)] {
+        if times.is_empty() {
+            continue;
+        }
         times.sort_unstable();
         let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
         let us = |d: Duration| d.as_secs_f64() * 1e6;
