@@ -126,14 +126,7 @@ pub(crate) fn stripe(headers: &(impl Headers + ?Sized)) -> Result<Claim<'_>, Ver
 fn timestamped_items(value: Cow<'_, [u8]>) -> Result<Claim<'_>, VerifyError> {
     let mut timestamp = None;
     let mut macs = Vec::new();
-    let mut start = 0;
-    // Walks items by offset so the timestamp can borrow from the header value.
-    while start <= value.len() {
-        let end = value[start..].iter().position(|&c| c == b',').map_or(value.len(), |i| start + i);
-        let raw = &value[start..end];
-        let item = trim_ows(raw);
-        let item_start = start + raw.iter().take_while(|&&c| c == b' ' || c == b'\t').count();
-        start = end + 1;
+    for item in split_items(&value, |&c| c == b',') {
         let Some(eq) = item.iter().position(|&c| c == b'=') else { continue };
         let (key, val) = (&item[..eq], &item[eq + 1..]);
         match key {
@@ -142,7 +135,10 @@ fn timestamped_items(value: Cow<'_, [u8]>) -> Result<Claim<'_>, VerifyError> {
                     return Err(malformed("more than one t= timestamp"));
                 }
                 let unix = unix_seconds(val).ok_or(malformed("t= is not a unix timestamp"))?;
-                timestamp = Some((unix, item_start + eq + 1..item_start + item.len()));
+                // Where the digits sit in the value, so the timestamp can borrow from the
+                // header once the value's own borrow ends.
+                let start = val.as_ptr() as usize - value.as_ptr() as usize;
+                timestamp = Some((unix, start..start + val.len()));
             }
             b"v1" => macs.extend(hex_mac(val)),
             _ => {}

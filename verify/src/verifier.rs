@@ -193,7 +193,7 @@ impl Verifier {
         if config.require_timestamp && !payflow {
             return Err(ConfigError::RequireTimestampUnsupported(config.scheme.name()));
         }
-        if matches!(&config.scheme, Scheme::Hmac(h) if h.header.trim().is_empty()) {
+        if matches!(&config.scheme, Scheme::Hmac(h) if h.header.trim_ascii().is_empty()) {
             return Err(ConfigError::EmptyHmacHeader);
         }
         Ok(Verifier {
