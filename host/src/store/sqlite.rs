@@ -552,12 +552,14 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         let (merchant, id) = (merchant.to_string(), id.to_string());
         self.write(move |conn| {
-            let n = conn.execute(
-                "UPDATE events SET status = 'forwarding', claimed_at_ms = ?3
-                 WHERE merchant = ?1 AND id = ?2
-                   AND (status = 'failed' OR (status = 'forwarding' AND claimed_at_ms < ?4))",
-                params![merchant, id, now_ms, stale_before_ms],
-            )?;
+            // Proxy mode's request path: prepared once, like ingress's statements.
+            let n = conn
+                .prepare_cached(
+                    "UPDATE events SET status = 'forwarding', claimed_at_ms = ?3
+                     WHERE merchant = ?1 AND id = ?2
+                       AND (status = 'failed' OR (status = 'forwarding' AND claimed_at_ms < ?4))",
+                )?
+                .execute(params![merchant, id, now_ms, stale_before_ms])?;
             Ok(n == 1)
         })
         .await
@@ -575,10 +577,10 @@ impl Store for SqliteStore {
                     })),
                 ),
             };
-            conn.execute(
+            conn.prepare_cached(
                 "UPDATE events SET status = ?3, reason = ?4 WHERE merchant = ?1 AND id = ?2",
-                params![attempt.merchant, attempt.event_id, status.as_str(), reason],
-            )?;
+            )?
+            .execute(params![attempt.merchant, attempt.event_id, status.as_str(), reason])?;
             Ok(())
         })
         .await
