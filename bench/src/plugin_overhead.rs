@@ -54,15 +54,19 @@ fn main() -> anyhow::Result<()> {
     let mut done = 0;
     while done < runs {
         let n = block.min(runs - done);
-        for _ in 0..if fresh { n } else { 0 } {
-            let run = plugin.run(&event, &config, kv.clone(), &limits);
-            run.result.map_err(|e| anyhow::anyhow!("fresh run failed: {e}"))?;
-            fresh_times.push(run.duration);
+        if fresh {
+            for _ in 0..n {
+                let run = plugin.run(&event, &config, kv.clone(), &limits);
+                run.result.map_err(|e| anyhow::anyhow!("fresh run failed: {e}"))?;
+                fresh_times.push(run.duration);
+            }
         }
-        for _ in 0..if warm_too { n } else { 0 } {
-            let run = warm.run(&event);
-            run.result.map_err(|e| anyhow::anyhow!("warm run failed: {e}"))?;
-            warm_times.push(run.duration);
+        if warm_too {
+            for _ in 0..n {
+                let run = warm.run(&event);
+                run.result.map_err(|e| anyhow::anyhow!("warm run failed: {e}"))?;
+                warm_times.push(run.duration);
+            }
         }
         done += n;
     }

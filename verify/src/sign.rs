@@ -70,6 +70,8 @@ impl Signer {
         let t = decimal(u64::try_from(options.timestamp).map_err(|_| SignError::BadTimestamp)?);
         let id = options.id.filter(|id| !id.is_empty());
         let timestamped: [&[u8]; 2] = [t.as_bytes(), b"."];
+        // Standard Webhooks signs "{id}.{t}." (its arm refuses a missing id).
+        let with_id: [&[u8]; 4] = [id.unwrap_or_default().as_bytes(), b".", t.as_bytes(), b"."];
         let mut headers = Vec::new();
         // Every scheme's header is one shape: a head, then each secret's MAC (in the scheme's
         // encoding, over the scheme's signed prefix and the body), a separator between them.
@@ -89,15 +91,13 @@ impl Signer {
                     let id = id.ok_or(SignError::MissingId)?;
                     headers.push((names::WEBHOOK_ID.to_string(), id.to_string()));
                     headers.push((names::WEBHOOK_TIMESTAMP.to_string(), t.clone()));
-                    (names::WEBHOOK_SIGNATURE, ["v1,", "", ""], " v1,", Encoding::Base64, &[])
+                    (names::WEBHOOK_SIGNATURE, ["v1,", "", ""], " v1,", Encoding::Base64, &with_id)
                 }
                 Scheme::GitHub => (names::GITHUB_SIGNATURE, ["sha256=", "", ""], "", Encoding::Hex, &[]),
                 Scheme::Shopify => (names::SHOPIFY_SIGNATURE, ["", "", ""], "", Encoding::Base64, &[]),
                 Scheme::Hmac(h) => (&h.header, [&h.prefix, "", ""], "", h.encoding, &[]),
             };
-        // Standard Webhooks signs "{id}.{t}." (built here: the id is only known now).
-        let with_id: [&[u8]; 4] = [id.unwrap_or_default().as_bytes(), b".", t.as_bytes(), b"."];
-        let signed = if self.scheme == Scheme::StandardWebhooks { &with_id[..] } else { signed };
+        // A scheme without a separator carries exactly one signature.
         if separator.is_empty() && self.keys.len() != 1 {
             return Err(SignError::OneSignatureOnly(self.scheme.name()));
         }
