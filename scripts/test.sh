@@ -29,6 +29,8 @@ scripts/build-plugins.sh
 
 step "tests"
 cargo test --workspace --locked
+# The verifier's own tests as the web package builds it: without json-compat and details.
+cargo test -p payflow-verify --locked --no-default-features --lib
 
 step "dashboard: headless Chromium against a running gateway (screenshots in tests/dashboard/artifacts)"
 PAYFLOW_EDGE_REQUIRE_CHECKER=1 node --test --test-concurrency=1 tests/dashboard/*.test.mjs

@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 
 use crate::encoding::{base64_mac, hex_mac, trim_ows, unix_seconds, Mac};
 use crate::headers::header_names as names;
-use crate::verifier::VerifyError;
+use crate::verifier::{detail, VerifyError};
 use crate::{Encoding, Headers};
 
 /// What a request's signature headers claim.
@@ -59,8 +59,15 @@ impl Claim<'_> {
     }
 }
 
+// Inlined, so that without the `details` feature the texts at the call sites are unused.
+#[inline(always)]
 fn malformed(why: &'static str) -> VerifyError {
-    VerifyError::MalformedSignature(why)
+    VerifyError::MalformedSignature(detail(why))
+}
+
+#[inline(always)]
+fn missing(why: &'static str) -> VerifyError {
+    VerifyError::MissingSignature(detail(why))
 }
 
 /// All non-empty values of a list header, joined with `sep` (HTTP's rule for repeated headers).
@@ -102,8 +109,8 @@ fn split_items(value: &[u8], sep: fn(&u8) -> bool) -> impl Iterator<Item = &[u8]
 
 /// `X-PayFlow-Signature`: v1 `t=<unix>,v1=<hex>[,v1=<hex>…]` or v0 `<hex>[,<hex>…]`.
 pub(crate) fn payflow(headers: &(impl Headers + ?Sized)) -> Result<Claim<'_>, VerifyError> {
-    let value = list(headers, names::PAYFLOW_SIGNATURE, b',')
-        .ok_or(VerifyError::MissingSignature("no X-PayFlow-Signature header"))?;
+    let value =
+        list(headers, names::PAYFLOW_SIGNATURE, b',').ok_or(missing("no X-PayFlow-Signature header"))?;
     if value.contains(&b'=') {
         return timestamped_items(value);
     }
@@ -116,8 +123,7 @@ pub(crate) fn payflow(headers: &(impl Headers + ?Sized)) -> Result<Claim<'_>, Ve
 
 /// `Stripe-Signature: t=<ts>,v1=<hex>,v0=…`; only `v1` entries count.
 pub(crate) fn stripe(headers: &(impl Headers + ?Sized)) -> Result<Claim<'_>, VerifyError> {
-    let value = list(headers, names::STRIPE_SIGNATURE, b',')
-        .ok_or(VerifyError::MissingSignature("no Stripe-Signature header"))?;
+    let value = list(headers, names::STRIPE_SIGNATURE, b',').ok_or(missing("no Stripe-Signature header"))?;
     timestamped_items(value)
 }
 
@@ -164,7 +170,7 @@ pub(crate) fn standard_webhooks(headers: &(impl Headers + ?Sized)) -> Result<Cla
     let Some((value, id_name, ts_name)) =
         family.iter().find_map(|(sig, id, ts)| list(headers, sig, b' ').map(|v| (v, *id, *ts)))
     else {
-        return Err(VerifyError::MissingSignature("no webhook-signature header"));
+        return Err(missing("no webhook-signature header"));
     };
     let id = single(headers, id_name)?.ok_or(malformed("no webhook-id header"))?;
     let ts_text = single(headers, ts_name)?.ok_or(malformed("no webhook-timestamp header"))?;
@@ -188,8 +194,7 @@ pub(crate) fn prefixed<'h>(
     prefix: &str,
     encoding: Encoding,
 ) -> Result<Claim<'h>, VerifyError> {
-    let value =
-        single(headers, name)?.ok_or(VerifyError::MissingSignature("the signature header is absent"))?;
+    let value = single(headers, name)?.ok_or(missing("the signature header is absent"))?;
     let encoded =
         value.strip_prefix(prefix.as_bytes()).ok_or(malformed("the signature lacks its scheme prefix"))?;
     let mac = match encoding {
