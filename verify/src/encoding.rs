@@ -17,7 +17,7 @@ pub(crate) fn hex_mac(text: &[u8]) -> Option<Mac> {
     // One table lookup per digit and a single validity check at the end: this runs on every
     // request, and the signature is public, so branching on its content leaks nothing.
     let mut invalid = 0u8;
-    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+    for (byte, pair) in out.iter_mut().zip(text.as_chunks::<2>().0) {
         let (hi, lo) = (HEX[usize::from(pair[0])], HEX[usize::from(pair[1])]);
         invalid |= (hi | lo) & 0x80;
         *byte = (hi << 4) | (lo & 0x0f);
@@ -93,29 +93,29 @@ pub(crate) fn from_base64(text: &str) -> Option<Vec<u8>> {
 /// Decodes strict standard base64 into `out`; the decoded length, or `None` if `text` is not
 /// canonical base64 or does not fit.
 fn decode_base64_into(text: &[u8], out: &mut [u8]) -> Option<usize> {
-    if text.len() % 4 != 0 {
-        return None;
-    }
+    let (quads, []) = text.as_chunks::<4>() else { return None };
     let mut len = 0;
-    let quads = text.len() / 4;
-    for (q, quad) in text.chunks_exact(4).enumerate() {
+    for (q, quad) in quads.iter().enumerate() {
         let pad = match quad {
-            [.., b'=', b'='] if q + 1 == quads => 2,
-            [.., b'='] if q + 1 == quads => 1,
+            [.., b'=', b'='] if q + 1 == quads.len() => 2,
+            [.., b'='] if q + 1 == quads.len() => 1,
             _ => 0,
         };
+        // Iterators and `get`, not slicing by `pad`: slicing links a panic path (and its
+        // message) into the web build.
         let mut n = 0u32;
-        for &c in &quad[..4 - pad] {
-            n = n << 6 | u32::from(base64_value(c)?);
+        for (i, &c) in quad.iter().enumerate() {
+            n = n << 6 | if i < 4 - pad { u32::from(base64_value(c)?) } else { 0 };
         }
-        n <<= 6 * pad as u32;
         let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
         // Canonical: the bits under the padding must be zero.
-        if bytes[3 - pad..].iter().any(|&b| b != 0) {
+        if bytes.iter().skip(3 - pad).any(|&b| b != 0) {
             return None;
         }
-        out.get_mut(len..len + 3 - pad)?.copy_from_slice(&bytes[..3 - pad]);
-        len += 3 - pad;
+        for &b in bytes.iter().take(3 - pad) {
+            *out.get_mut(len)? = b;
+            len += 1;
+        }
     }
     Some(len)
 }

@@ -110,19 +110,16 @@ impl Sha256 {
         Sha256 { state: INITIAL, buffer: [0; BLOCK], buffered: 0, length: 0 }
     }
 
+    // No slicing by computed bounds and no `copy_from_slice` here or in `finalize`: each links
+    // a panic path with its message and location into the web build (~1 KB in all). The
+    // partial block is filled byte by byte at a masked index instead (at most 63 bytes at each
+    // end of an update; whole blocks are hashed where they lie).
     fn update(&mut self, mut data: &[u8]) {
         self.length = self.length.wrapping_add(data.len() as u64);
-        if self.buffered > 0 {
-            let take = (BLOCK - self.buffered).min(data.len());
-            let (head, rest) = data.split_at(take);
-            self.buffer[self.buffered..self.buffered + take].copy_from_slice(head);
-            self.buffered += take;
+        while self.buffered != 0 {
+            let Some((&byte, rest)) = data.split_first() else { return };
+            self.push(byte);
             data = rest;
-            if self.buffered < BLOCK {
-                return;
-            }
-            compress(&mut self.state, &self.buffer);
-            self.buffered = 0;
         }
         let mut blocks = data.chunks_exact(BLOCK);
         for block in &mut blocks {
@@ -132,24 +129,34 @@ impl Sha256 {
                 compress(&mut self.state, block);
             }
         }
-        let rest = blocks.remainder();
-        self.buffer[..rest.len()].copy_from_slice(rest);
-        self.buffered = rest.len();
+        for &byte in blocks.remainder() {
+            self.push(byte);
+        }
+    }
+
+    /// One byte into the partial block, hashing it once full.
+    fn push(&mut self, byte: u8) {
+        self.buffer[self.buffered % BLOCK] = byte;
+        self.buffered += 1;
+        if self.buffered == BLOCK {
+            compress(&mut self.state, &self.buffer);
+            self.buffered = 0;
+        }
     }
 
     fn finalize(mut self) -> Mac {
+        const PAD: [u8; BLOCK] = {
+            let mut pad = [0; BLOCK];
+            pad[0] = 0x80;
+            pad
+        };
         let bits = self.length.wrapping_mul(8);
-        let mut pad = [0u8; BLOCK + 8];
-        pad[0] = 0x80;
         // The 0x80, then zeros up to 8 bytes short of a block boundary, then the bit length.
         let zeros = (BLOCK + BLOCK - 8 - 1 - self.buffered) % BLOCK;
-        pad[1 + zeros..1 + zeros + 8].copy_from_slice(&bits.to_be_bytes());
-        self.update(&pad[..1 + zeros + 8]);
-        let mut out = [0u8; 32];
-        for (bytes, word) in out.chunks_exact_mut(4).zip(self.state) {
-            bytes.copy_from_slice(&word.to_be_bytes());
-        }
-        out
+        self.update(PAD.get(..1 + zeros).unwrap_or(&PAD));
+        self.update(&bits.to_be_bytes());
+        // Big-endian words; `% 8` only tells the compiler what it cannot see (i < 32).
+        core::array::from_fn(|i| (self.state[i / 4 % 8] >> (24 - 8 * (i % 4))) as u8)
     }
 }
 
@@ -164,12 +171,17 @@ pub(crate) struct HmacSha256 {
 impl HmacSha256 {
     pub(crate) fn new(key: &[u8]) -> Self {
         let mut block = [0u8; BLOCK];
-        if key.len() > BLOCK {
+        let hashed;
+        let key = if key.len() > BLOCK {
             let mut hash = Sha256::new();
             hash.update(key);
-            block[..32].copy_from_slice(&hash.finalize());
+            hashed = hash.finalize();
+            &hashed[..]
         } else {
-            block[..key.len()].copy_from_slice(key);
+            key
+        };
+        for (b, k) in block.iter_mut().zip(key) {
+            *b = *k;
         }
         let pad = |byte: u8| {
             let mut hash = Sha256::new();
