@@ -17,7 +17,9 @@ pub(crate) fn hex_mac(text: &[u8]) -> Option<Mac> {
     // One table lookup per digit and a single validity check at the end: this runs on every
     // request, and the signature is public, so branching on its content leaks nothing.
     let mut invalid = 0u8;
-    for (byte, pair) in out.iter_mut().zip(text.as_chunks::<2>().0) {
+    // Pairs as arrays: indexing a slice would link a panic path into the web build.
+    let pairs = text.chunks_exact(2).filter_map(|pair| <&[u8; 2]>::try_from(pair).ok());
+    for (byte, pair) in out.iter_mut().zip(pairs) {
         let (hi, lo) = (HEX[usize::from(pair[0])], HEX[usize::from(pair[1])]);
         invalid |= (hi | lo) & 0x80;
         *byte = (hi << 4) | (lo & 0x0f);
@@ -93,12 +95,15 @@ pub(crate) fn from_base64(text: &str) -> Option<Vec<u8>> {
 /// Decodes strict standard base64 into `out`; the decoded length, or `None` if `text` is not
 /// canonical base64 or does not fit.
 fn decode_base64_into(text: &[u8], out: &mut [u8]) -> Option<usize> {
-    let (quads, []) = text.as_chunks::<4>() else { return None };
+    if text.len() % 4 != 0 {
+        return None;
+    }
+    let quads = text.len() / 4;
     let mut len = 0;
-    for (q, quad) in quads.iter().enumerate() {
+    for (q, quad) in text.chunks_exact(4).enumerate() {
         let pad = match quad {
-            [.., b'=', b'='] if q + 1 == quads.len() => 2,
-            [.., b'='] if q + 1 == quads.len() => 1,
+            [.., b'=', b'='] if q + 1 == quads => 2,
+            [.., b'='] if q + 1 == quads => 1,
             _ => 0,
         };
         // Iterators and `get`, not slicing by `pad`: slicing links a panic path (and its
@@ -145,17 +150,19 @@ pub(crate) fn trim_ows(mut s: &[u8]) -> &[u8] {
 /// `n` in decimal. (`to_string` would link `core::fmt`'s integer formatting, a few KB of the
 /// web build, for the one number any scheme writes: a timestamp.)
 pub(crate) fn decimal(mut n: u64) -> String {
+    // Least significant first; u64 has at most 20 digits (`% 20` says so to the compiler,
+    // which would otherwise link a bounds-check panic into the web build).
     let mut digits = [0u8; 20];
-    let mut start = digits.len();
+    let mut len = 0;
     loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
+        digits[len % 20] = b'0' + (n % 10) as u8;
+        len += 1;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    digits[start..].iter().map(|&d| char::from(d)).collect()
+    digits.iter().take(len).rev().map(|&d| char::from(d)).collect()
 }
 
 /// A unix timestamp in seconds: 1 to 18 ASCII digits, nothing else.

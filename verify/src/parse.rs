@@ -27,36 +27,29 @@ pub(crate) struct Timestamp<'h> {
     pub text: Cow<'h, [u8]>,
 }
 
-/// The parts signed before the body, without allocating: `"{id}.{t}."`, `"{t}."` or nothing.
-pub(crate) struct SignedPrefix<'a> {
-    parts: [&'a [u8]; 4],
-    len: usize,
-}
-
-impl<'a> SignedPrefix<'a> {
-    pub fn as_slice(&self) -> &[&'a [u8]] {
-        &self.parts[..self.len]
-    }
-}
-
 impl Claim<'_> {
-    /// The bytes signed before the body.
-    pub fn signed_prefix(&self) -> SignedPrefix<'_> {
-        let mut prefix = SignedPrefix { parts: [&[]; 4], len: 0 };
-        let mut push = |part| {
-            prefix.parts[prefix.len] = part;
-            prefix.len += 1;
-        };
-        if let Some(id) = self.id {
-            push(id);
-            push(b".");
-        }
-        if let Some(ts) = &self.timestamp {
-            push(&ts.text[..]);
-            push(b".");
-        }
-        prefix
+    /// The bytes signed before the body, without allocating: `"{id}.{t}."`, `"{t}."` or
+    /// nothing, as four parts of which the missing ones are empty.
+    pub fn signed_prefix(&self) -> [&[u8]; 4] {
+        let [id, id_dot] = dotted(self.id);
+        let [ts, ts_dot] = dotted(self.timestamp.as_ref().map(|ts| &ts.text[..]));
+        [id, id_dot, ts, ts_dot]
     }
+}
+
+/// A signed part and the dot after it, or two empty parts.
+fn dotted(part: Option<&[u8]>) -> [&[u8]; 2] {
+    match part {
+        Some(part) => [part, b"."],
+        None => [b"", b""],
+    }
+}
+
+/// `item` split at the first `sep`, which neither half keeps. (Through `splitn`, whose halves
+/// need no bounds check: slicing by the position would link a panic path into the web build.)
+fn split_once(item: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
+    let mut halves = item.splitn(2, |&c| c == sep);
+    Some((halves.next()?, halves.next()?))
 }
 
 // Inlined, so that without the `details` feature the texts at the call sites are unused.
@@ -133,8 +126,7 @@ fn timestamped_items(value: Cow<'_, [u8]>) -> Result<Claim<'_>, VerifyError> {
     let mut timestamp = None;
     let mut macs = Vec::new();
     for item in split_items(&value, |&c| c == b',') {
-        let Some(eq) = item.iter().position(|&c| c == b'=') else { continue };
-        let (key, val) = (&item[..eq], &item[eq + 1..]);
+        let Some((key, val)) = split_once(item, b'=') else { continue };
         match key {
             b"t" => {
                 if timestamp.is_some() {
@@ -154,9 +146,10 @@ fn timestamped_items(value: Cow<'_, [u8]>) -> Result<Claim<'_>, VerifyError> {
     if macs.is_empty() {
         return Err(malformed("no well-formed v1= signature"));
     }
+    // `range` lies within `value` (it was measured there); `get` only spares a panic path.
     let text = match value {
-        Cow::Borrowed(v) => Cow::Borrowed(&v[range]),
-        Cow::Owned(v) => Cow::Owned(v[range].to_vec()),
+        Cow::Borrowed(v) => Cow::Borrowed(v.get(range).unwrap_or_default()),
+        Cow::Owned(v) => Cow::Owned(v.get(range).unwrap_or_default().to_vec()),
     };
     Ok(Claim { timestamp: Some(Timestamp { unix, text }), id: None, macs })
 }
@@ -176,8 +169,8 @@ pub(crate) fn standard_webhooks(headers: &(impl Headers + ?Sized)) -> Result<Cla
     let ts_text = single(headers, ts_name)?.ok_or(malformed("no webhook-timestamp header"))?;
     let unix = unix_seconds(ts_text).ok_or(malformed("webhook-timestamp is not a unix timestamp"))?;
     let macs: Vec<Mac> = split_items(&value, u8::is_ascii_whitespace)
-        .filter_map(|entry| match entry.iter().position(|&c| c == b',') {
-            Some(comma) if &entry[..comma] == b"v1" => base64_mac(&entry[comma + 1..]),
+        .filter_map(|entry| match split_once(entry, b',') {
+            Some((b"v1", mac)) => base64_mac(mac),
             _ => None,
         })
         .collect();

@@ -262,14 +262,13 @@ impl Verifier {
             None => {}
         }
         let prefix = claim.signed_prefix();
-        let prefix = prefix.as_slice();
-        if self.any_matches(&claim.macs, prefix, body) {
+        if self.any_matches(&claim.macs, &prefix, body) {
             return Ok(Verified { timestamp, via_json_compat: false });
         }
         #[cfg(feature = "json-compat")]
         if self.json_compat {
             if let Some(canonical) = crate::compat::js_canonical_json(body) {
-                if canonical != body && self.any_matches(&claim.macs, prefix, &canonical) {
+                if canonical != body && self.any_matches(&claim.macs, &prefix, &canonical) {
                     return Ok(Verified { timestamp, via_json_compat: true });
                 }
             }

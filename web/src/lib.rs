@@ -86,19 +86,14 @@ struct JoinedHeaders<'a>(&'a str);
 
 impl payflow_verify::Headers for JoinedHeaders<'_> {
     fn get_all(&self, name: &str) -> Vec<&[u8]> {
-        // A plain loop over the bytes: `split_terminator` links a generic searcher (~800 bytes).
+        // Byte-slice `split` with a closure: `str::split_terminator` links a generic searcher
+        // (~800 bytes) and slicing by positions a panic path. The trailing `\n` leaves an
+        // empty last field, which has no value and ends the loop.
         let mut out = Vec::new();
-        let (mut start, mut key) = (0, None);
-        for (i, &c) in self.0.as_bytes().iter().enumerate() {
-            if c != b'\n' {
-                continue;
-            }
-            let field = &self.0.as_bytes()[start..i];
-            start = i + 1;
-            match key.take() {
-                None => key = Some(field),
-                Some(k) if k.eq_ignore_ascii_case(name.as_bytes()) => out.push(field),
-                Some(_) => {}
+        let mut fields = self.0.as_bytes().split(|&c| c == b'\n');
+        while let (Some(key), Some(value)) = (fields.next(), fields.next()) {
+            if key.eq_ignore_ascii_case(name.as_bytes()) {
+                out.push(value);
             }
         }
         out

@@ -1,6 +1,6 @@
 // The npm package in Node: third-party vectors give the native verifier's verdicts, in every
 // header and body form the API accepts; signatures it makes pass the providers' own verifiers;
-// bad calls come back as values, never exceptions.
+// bad calls come back as values, never exceptions; the module links no bounds-check panics.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
@@ -172,4 +172,18 @@ test('a secrets array changed between calls is keyed again, not taken from the l
   assert.deepEqual(verify(options), { ok: true });
   options.scheme = 'github';
   assert.equal(verify(options).reason, 'missing_signature');
+});
+
+// Regression guard for the module's size (issue 5): core's bounds-check and slice-copy panics
+// bring their formatted messages, source paths and index helpers (~1.5 KB). The verifier and
+// this crate avoid them (zips, `get`, fixed-size chunks); only alloc's out-of-memory and
+// capacity paths remain, which no code here can avoid.
+test('the wasm module links no bounds-check or slice panics', async () => {
+  const { readFile } = await import('node:fs/promises');
+  const text = (await readFile(new URL('../pkg/payflow_verify_web_bg.wasm', import.meta.url))).toString('latin1');
+  const messages = ['index out of bounds', 'slice index starts at', 'range start index', 'range end index',
+    'copy_from_slice', 'mid > len'].filter((message) => text.includes(message));
+  const sources = text.match(/(verify|web)\/src\/[a-z_/]+\.rs/g) ?? [];
+  const found = [...messages, ...sources];
+  assert.deepEqual(found, [], 'a panic path is linked into the web build: find it with twiggy (see bench/RESULTS.md)');
 });

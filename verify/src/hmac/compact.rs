@@ -111,15 +111,19 @@ impl Sha256 {
     }
 
     // No slicing by computed bounds and no `copy_from_slice` here or in `finalize`: each links
-    // a panic path with its message and location into the web build (~1 KB in all). The
-    // partial block is filled byte by byte at a masked index instead (at most 63 bytes at each
-    // end of an update; whole blocks are hashed where they lie).
+    // a panic path with its message and location into the web build (~1 KB in all). Bytes go
+    // into the partial block through zips, which need no bounds checks.
     fn update(&mut self, mut data: &[u8]) {
         self.length = self.length.wrapping_add(data.len() as u64);
-        while self.buffered != 0 {
-            let Some((&byte, rest)) = data.split_first() else { return };
-            self.push(byte);
-            data = rest;
+        if self.buffered > 0 {
+            let taken = fill(self.buffer.iter_mut().skip(self.buffered), data);
+            self.buffered += taken;
+            data = data.get(taken..).unwrap_or_default();
+            if self.buffered < BLOCK {
+                return;
+            }
+            compress(&mut self.state, &self.buffer);
+            self.buffered = 0;
         }
         let mut blocks = data.chunks_exact(BLOCK);
         for block in &mut blocks {
@@ -129,19 +133,7 @@ impl Sha256 {
                 compress(&mut self.state, block);
             }
         }
-        for &byte in blocks.remainder() {
-            self.push(byte);
-        }
-    }
-
-    /// One byte into the partial block, hashing it once full.
-    fn push(&mut self, byte: u8) {
-        self.buffer[self.buffered % BLOCK] = byte;
-        self.buffered += 1;
-        if self.buffered == BLOCK {
-            compress(&mut self.state, &self.buffer);
-            self.buffered = 0;
-        }
+        self.buffered = fill(self.buffer.iter_mut(), blocks.remainder());
     }
 
     fn finalize(mut self) -> Mac {
@@ -158,6 +150,16 @@ impl Sha256 {
         // Big-endian words; `% 8` only tells the compiler what it cannot see (i < 32).
         core::array::from_fn(|i| (self.state[i / 4 % 8] >> (24 - 8 * (i % 4))) as u8)
     }
+}
+
+/// Copies as much of `data` as `into` has room for; how many bytes that was.
+fn fill<'a>(into: impl Iterator<Item = &'a mut u8>, data: &[u8]) -> usize {
+    let mut n = 0;
+    for (slot, &byte) in into.zip(data) {
+        *slot = byte;
+        n += 1;
+    }
+    n
 }
 
 /// A keyed HMAC-SHA256 state: clone it, feed it, finish it. Both pads are hashed at keying,
