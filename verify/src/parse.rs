@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 
 use crate::encoding::{base64_mac, hex_mac, trim_ows, unix_seconds, Mac};
 use crate::headers::header_names as names;
-use crate::verifier::{detail, VerifyError};
+use crate::verifier::{malformed, missing, VerifyError};
 use crate::{Encoding, Headers};
 
 /// What a request's signature headers claim.
@@ -50,17 +50,6 @@ fn dotted(part: Option<&[u8]>) -> [&[u8]; 2] {
 fn split_once(item: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
     let mut halves = item.splitn(2, |&c| c == sep);
     Some((halves.next()?, halves.next()?))
-}
-
-// Inlined, so that without the `details` feature the texts at the call sites are unused.
-#[inline(always)]
-fn malformed(why: &'static str) -> VerifyError {
-    VerifyError::MalformedSignature(detail(why))
-}
-
-#[inline(always)]
-fn missing(why: &'static str) -> VerifyError {
-    VerifyError::MissingSignature(detail(why))
 }
 
 /// All non-empty values of a list header, joined with `sep` (HTTP's rule for repeated headers).

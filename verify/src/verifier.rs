@@ -140,12 +140,24 @@ pub enum VerifyError {
 /// reports the reason alone) get an empty one: there no caller could read the texts, and
 /// leaving them out takes ~700 bytes off the module.
 #[inline(always)]
-pub(crate) const fn detail(text: &'static str) -> &'static str {
+const fn detail(text: &'static str) -> &'static str {
     if cfg!(feature = "details") {
         text
     } else {
         ""
     }
+}
+
+// The two refusals that carry a detail, built through `detail`. Inlined, so that without the
+// `details` feature the texts at the call sites are unused and left out.
+#[inline(always)]
+pub(crate) fn malformed(why: &'static str) -> VerifyError {
+    VerifyError::MalformedSignature(detail(why))
+}
+
+#[inline(always)]
+pub(crate) fn missing(why: &'static str) -> VerifyError {
+    VerifyError::MissingSignature(detail(why))
 }
 
 impl VerifyError {
@@ -255,9 +267,7 @@ impl Verifier {
                 }
             }
             None if self.require_timestamp => {
-                return Err(VerifyError::MalformedSignature(detail(
-                    "this endpoint requires the timestamped form t=<unix>,v1=<hex>",
-                )))
+                return Err(malformed("this endpoint requires the timestamped form t=<unix>,v1=<hex>"))
             }
             None => {}
         }

@@ -27,6 +27,13 @@ struct Merchant {
     running: usize,
 }
 
+impl Merchant {
+    /// Whether its next job could start now, under the per-merchant cap.
+    fn runnable(&self, cap: usize) -> bool {
+        !self.jobs.is_empty() && self.running < cap
+    }
+}
+
 #[derive(Default)]
 struct State {
     merchants: HashMap<String, Merchant>,
@@ -38,7 +45,7 @@ struct State {
 impl State {
     /// Whether some queued job could start now.
     fn runnable(&self, cap: usize) -> bool {
-        self.merchants.values().any(|m| !m.jobs.is_empty() && m.running < cap)
+        self.merchants.values().any(|m| m.runnable(cap))
     }
 }
 
@@ -111,7 +118,7 @@ impl Scheduler {
         // Wake a worker only if one is idle and the job can start now: a job held back by its
         // merchant's cap is taken by that merchant's running worker when it finishes. (Waking
         // one for nothing costs a futex call here and two context switches there, per event.)
-        let wake = m.running < self.shared.cap() && state.idle > 0;
+        let wake = m.runnable(self.shared.cap()) && state.idle > 0;
         drop(state);
         if wake {
             self.shared.ready.notify_one();
@@ -133,7 +140,7 @@ fn work(shared: &Shared) {
         let next = state
             .merchants
             .iter_mut()
-            .filter(|(_, m)| !m.jobs.is_empty() && m.running < cap)
+            .filter(|(_, m)| m.runnable(cap))
             .min_by_key(|(_, m)| m.used)
             .map(|(id, m)| (id.clone(), m));
         let Some((merchant, m)) = next else {
