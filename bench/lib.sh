@@ -9,3 +9,7 @@ bench_work=$(mktemp -d)
 trap 'kill "${bench_pids[@]}" 2>/dev/null || true; rm -rf "$bench_work"' EXIT
 # start_bg CMD...: runs a server in the background, stopped when the script exits.
 start_bg() { "$@" >/dev/null & bench_pids+=($!); }
+# delivered PORT [N]: how many POSTs the `loadgen bare` server on PORT has answered; with N, once
+# it has answered N. Polls inside one process: a python3 started per poll would take ~0.2 s of
+# the CPU the gateway under test is using to deliver (needs $bin, the release directory).
+delivered() { "$bin/loadgen" count --url "http://127.0.0.1:$1/" ${2:+--at-least "$2"}; }
