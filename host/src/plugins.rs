@@ -397,9 +397,9 @@ impl LoadedPlugin {
         limits: &Limits,
     ) -> (Store<RunState>, CappedOutput) {
         let output = CappedOutput::new(limits.log_bytes);
-        let wasi = WasiCtxBuilder::new().stdout(output.clone()).stderr(output.clone()).build();
         let state = RunState {
-            wasi,
+            wasi: None,
+            output: output.clone(),
             table: ResourceTable::new(),
             limiter: MemoryCap { cap: limits.memory_bytes, denied: AtomicBool::new(false) },
             config: config.clone(),
@@ -578,7 +578,10 @@ impl ResourceLimiter for MemoryCap {
 
 /// Everything one run's store holds.
 struct RunState {
-    wasi: WasiCtx,
+    /// Built on the plugin's first WASI call: most plugins make none (a Rust plugin's std only
+    /// calls WASI to print), and building one seeds two random generators on every run.
+    wasi: Option<WasiCtx>,
+    output: CappedOutput,
     table: ResourceTable,
     limiter: MemoryCap,
     config: HashMap<String, String>,
@@ -591,7 +594,11 @@ struct RunState {
 
 impl WasiView for RunState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        let output = &self.output;
+        let ctx = self.wasi.get_or_insert_with(|| {
+            WasiCtxBuilder::new().stdout(output.clone()).stderr(output.clone()).build()
+        });
+        WasiCtxView { ctx, table: &mut self.table }
     }
 }
 

@@ -89,6 +89,8 @@ fn a_log_flood_is_capped_and_the_run_still_succeeds() {
     assert!(output.status.success(), "{}", text(&output));
     let out = text(&output);
     assert!(out.contains("outcome: continue"), "{out}");
+    // What it printed reaches its log too (WASI's stdout, set up on the plugin's first print).
+    assert!(out.contains(&format!("log [stdout] {}", "x".repeat(1000))), "{out}");
     assert!(out.contains("bytes over the cap were dropped"), "{out}");
     assert!(out.len() < 64 << 10, "the kept log is capped: {} bytes printed", out.len());
 }
