@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use payflow_edge::plugins::{Event, Limits, MemoryKv, Runtime};
+use payflow_edge::plugins::{Event, Limits, MemoryKv, Run, Runtime};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -51,22 +51,22 @@ fn main() -> anyhow::Result<()> {
     let mut warm = plugin.warm(&config, kv.clone(), &limits);
     let (mut fresh_times, mut warm_times) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
     // Interleaved in blocks, so drift on a shared machine hits both alike.
+    let time = |n: usize, times: &mut Vec<Duration>, kind: &str, run: &mut dyn FnMut() -> Run| {
+        for _ in 0..n {
+            let run = run();
+            run.result.map_err(|e| anyhow::anyhow!("{kind} run failed: {e}"))?;
+            times.push(run.duration);
+        }
+        anyhow::Ok(())
+    };
     let mut done = 0;
     while done < runs {
         let n = block.min(runs - done);
         if fresh {
-            for _ in 0..n {
-                let run = plugin.run(&event, &config, kv.clone(), &limits);
-                run.result.map_err(|e| anyhow::anyhow!("fresh run failed: {e}"))?;
-                fresh_times.push(run.duration);
-            }
+            time(n, &mut fresh_times, "fresh", &mut || plugin.run(&event, &config, kv.clone(), &limits))?;
         }
         if warm_too {
-            for _ in 0..n {
-                let run = warm.run(&event);
-                run.result.map_err(|e| anyhow::anyhow!("warm run failed: {e}"))?;
-                warm_times.push(run.duration);
-            }
+            time(n, &mut warm_times, "warm", &mut || warm.run(&event))?;
         }
         done += n;
     }

@@ -12,7 +12,7 @@ use core::fmt;
 /// exists so that a hostile body is an error, not a stack overflow (also in a 1 MiB wasm stack).
 pub const MAX_DEPTH: usize = 128;
 
-/// Members reserved for a non-empty object (PayFlow's envelope has 7, its objects up to 12).
+/// Members reserved for a non-empty object: the seed's envelope has 4, its payment data 7.
 const OBJECT_MEMBERS: usize = 8;
 
 /// A parsed JSON value, borrowing strings and numbers from the input text.
