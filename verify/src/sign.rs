@@ -59,6 +59,13 @@ pub struct Signer {
     keys: Keyring,
 }
 
+/// A verifier's scheme and keyed secrets, for signing: what it accepts, this signs.
+impl From<&crate::Verifier> for Signer {
+    fn from(verifier: &crate::Verifier) -> Self {
+        Signer { scheme: verifier.scheme().clone(), keys: verifier.keys().clone() }
+    }
+}
+
 impl Signer {
     /// Keys every secret once; the same secret rules as verification apply.
     pub fn new<S: AsRef<str>>(scheme: Scheme, secrets: &[S]) -> Result<Self, ConfigError> {
@@ -67,12 +74,25 @@ impl Signer {
 
     /// The headers (name, value) that sign `body`.
     pub fn sign(&self, body: &[u8], options: &SignOptions<'_>) -> Result<Vec<(String, String)>, SignError> {
+        let mut headers = Vec::new();
+        self.sign_each(body, options, |name, value| headers.push((name.to_string(), value.to_string())))?;
+        Ok(headers)
+    }
+
+    /// Like [`Signer::sign`], handing each header to `header` in order instead of collecting
+    /// them; on an error, none is handed over.
+    pub fn sign_each(
+        &self,
+        body: &[u8],
+        options: &SignOptions<'_>,
+        mut header: impl FnMut(&str, &str),
+    ) -> Result<(), SignError> {
         let t = decimal(u64::try_from(options.timestamp).map_err(|_| SignError::BadTimestamp)?);
         let id = options.id.filter(|id| !id.is_empty());
         let timestamped: [&[u8]; 2] = [t.as_bytes(), b"."];
         // Standard Webhooks signs "{id}.{t}." (its arm refuses a missing id).
         let with_id: [&[u8]; 4] = [id.unwrap_or_default().as_bytes(), b".", t.as_bytes(), b"."];
-        let mut headers = Vec::new();
+        let mut id_header = None;
         // Every scheme's header is one shape: a head, then each secret's MAC (in the scheme's
         // encoding, over the scheme's signed prefix and the body), a separator between them.
         // One path for all six keeps the web build small.
@@ -88,9 +108,7 @@ impl Signer {
                     (names::STRIPE_SIGNATURE, ["t=", &t, ",v1="], ",v1=", Encoding::Hex, &timestamped)
                 }
                 Scheme::StandardWebhooks => {
-                    let id = id.ok_or(SignError::MissingId)?;
-                    headers.push((names::WEBHOOK_ID.to_string(), id.to_string()));
-                    headers.push((names::WEBHOOK_TIMESTAMP.to_string(), t.clone()));
+                    id_header = Some(id.ok_or(SignError::MissingId)?);
                     (names::WEBHOOK_SIGNATURE, ["v1,", "", ""], " v1,", Encoding::Base64, &with_id)
                 }
                 Scheme::GitHub => (names::GITHUB_SIGNATURE, ["sha256=", "", ""], "", Encoding::Hex, &[]),
@@ -109,7 +127,11 @@ impl Signer {
             }
             encoding.append(&mut value, &mac);
         }
-        headers.push((name.to_string(), value));
-        Ok(headers)
+        if let Some(id) = id_header {
+            header(names::WEBHOOK_ID, id);
+            header(names::WEBHOOK_TIMESTAMP, &t);
+        }
+        header(name, &value);
+        Ok(())
     }
 }

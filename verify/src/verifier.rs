@@ -234,6 +234,10 @@ impl Verifier {
         &self.scheme
     }
 
+    pub(crate) fn keys(&self) -> &Keyring {
+        &self.keys
+    }
+
     /// Verifies `body` (the raw request bytes) against the signature headers, with `now` in
     /// unix seconds.
     pub fn verify(

@@ -117,7 +117,7 @@ fn scheme(name: &str, hmac_header: &str, hmac_prefix: &str, hmac_encoding: &str)
     })
 }
 
-/// `verify`'s code when no configuration was prepared (the JS API always prepares one first).
+/// `verify`'s code for a slot that holds no verifier (the JS API only passes live ones).
 const NOT_PREPARED: u32 = Reason::ALL.len() as u32 + 1;
 
 /// The names of `verify`'s codes, one per line: the reasons, then `invalid_config` for
@@ -132,75 +132,116 @@ pub fn reasons() -> String {
     names
 }
 
-/// One scheme and its secrets, keyed once: the JS API builds one per configuration (secrets
-/// are added one by one, so none needs escaping) and caches it.
+/// What the JS API holds between calls: keyed verifiers by slot number, the secrets of the
+/// configuration being built, and why the last call failed.
 ///
-/// No method throws: a refused configuration or input is kept as [`Keys::problem`] and the
-/// method answers `false` or `""`. (Throwing a string from wasm links wasm-bindgen's externref
-/// table and conversion glue, which cost more than this whole API.)
-#[wasm_bindgen]
-pub struct Keys {
-    scheme: Result<Scheme, String>,
+/// Slots instead of a wasm-bindgen class: a class links wasm-bindgen's shared-ownership cell,
+/// borrow checks and thrown errors into every method, about a kilobyte of this module. A slot
+/// number the JS side got wrong finds no verifier and fails as a value, never as a panic.
+struct State {
     secrets: Vec<String>,
-    verifier: Option<Verifier>,
+    slots: Vec<Option<Verifier>>,
     problem: String,
 }
 
-#[wasm_bindgen]
-impl Keys {
-    /// An unknown scheme is kept as the problem, reported by `prepare_verify` and `sign`.
-    #[wasm_bindgen(constructor)]
-    pub fn new(scheme_name: &str, hmac_header: &str, hmac_prefix: &str, hmac_encoding: &str) -> Keys {
-        Keys {
-            scheme: scheme(scheme_name, hmac_header, hmac_prefix, hmac_encoding),
+/// Runs `f` on the module's state.
+fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> R {
+    #[cfg(target_arch = "wasm32")]
+    {
+        struct Global(core::cell::UnsafeCell<State>);
+        // SAFETY: wasm32-unknown-unknown without the atomics feature runs one thread per
+        // instance, so the state is never shared between threads.
+        unsafe impl Sync for Global {}
+        static STATE: Global = Global(core::cell::UnsafeCell::new(State {
             secrets: Vec::new(),
-            verifier: None,
+            slots: Vec::new(),
             problem: String::new(),
-        }
+        }));
+        // SAFETY: one thread, and `f` is never re-entered: nothing here calls into JS, so
+        // no export runs while another does, and this is the only reference to the state.
+        f(unsafe { &mut *STATE.0.get() })
     }
-
-    /// Adds a secret (before `prepare_verify` or `sign`).
-    pub fn add_secret(&mut self, secret: &str) {
-        self.secrets.push(secret.into());
+    // Native builds exist for clippy and the docs; a state per thread keeps them sound.
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        std::thread_local!(static STATE: core::cell::RefCell<State> = const {
+            core::cell::RefCell::new(State { secrets: Vec::new(), slots: Vec::new(), problem: String::new() })
+        });
+        STATE.with(|state| f(&mut state.borrow_mut()))
     }
+}
 
-    /// Why the last `prepare_verify` or `sign` failed: `"<reason>: <message>"`.
-    pub fn problem(&self) -> String {
-        self.problem.clone()
-    }
+/// Adds a secret to the configuration the next [`configure`] keys. (One call per secret, so no
+/// secret needs escaping.)
+#[wasm_bindgen]
+pub fn add_secret(secret: &str) {
+    with_state(|state| state.secrets.push(secret.into()));
+}
 
-    /// Keys the secrets for verification; `false` (see `problem`) when they cannot verify
-    /// anything.
-    pub fn prepare_verify(&mut self, tolerance_secs: f64, require_timestamp: bool) -> bool {
-        match self.try_prepare_verify(tolerance_secs, require_timestamp) {
+/// Keys the secrets added since the last call for one scheme: the slot number (1 or more) of
+/// the verifier, or 0 (see [`problem`]) when the configuration cannot verify anything.
+#[wasm_bindgen]
+pub fn configure(
+    scheme_name: &str,
+    hmac_header: &str,
+    hmac_prefix: &str,
+    hmac_encoding: &str,
+    tolerance_secs: f64,
+    require_timestamp: bool,
+) -> u32 {
+    with_state(|state| {
+        let secrets = core::mem::take(&mut state.secrets);
+        let verifier = scheme(scheme_name, hmac_header, hmac_prefix, hmac_encoding).and_then(|scheme| {
+            // Bounded so the cast is exact; 136 years is more tolerance than anyone means.
+            if !(0.0..=u32::MAX as f64).contains(&tolerance_secs) || !whole(tolerance_secs) {
+                return Err(invalid_config("toleranceSecs must be whole seconds, 0 or more"));
+            }
+            let mut config = VerifierConfig::new(scheme, secrets);
+            config.tolerance_secs = tolerance_secs as u64;
+            config.require_timestamp = require_timestamp;
+            Verifier::new(config).map_err(|e| invalid_config(config_message(&e)))
+        });
+        match verifier {
             Ok(verifier) => {
-                self.verifier = Some(verifier);
-                true
+                // The first free slot, so a page that cycles configurations reuses its slots.
+                let free = state.slots.iter().position(Option::is_none).unwrap_or(state.slots.len());
+                match state.slots.get_mut(free) {
+                    Some(slot) => *slot = Some(verifier),
+                    None => state.slots.push(Some(verifier)),
+                }
+                free as u32 + 1
             }
             Err(problem) => {
-                self.problem = problem;
-                false
+                state.problem = problem;
+                0
             }
         }
-    }
+    })
+}
 
-    fn try_prepare_verify(&self, tolerance_secs: f64, require_timestamp: bool) -> Result<Verifier, String> {
-        let scheme = self.scheme.clone()?;
-        // Bounded so the cast is exact; 136 years is more tolerance than anyone means.
-        if !(0.0..=u32::MAX as f64).contains(&tolerance_secs) || !whole(tolerance_secs) {
-            return Err(invalid_config("toleranceSecs must be whole seconds, 0 or more"));
+/// Drops the verifier in `slot`; its number may be handed out again.
+#[wasm_bindgen]
+pub fn release(slot: u32) {
+    with_state(|state| {
+        if let Some(verifier) = state.slots.get_mut(slot.wrapping_sub(1) as usize) {
+            *verifier = None;
         }
-        let mut config = VerifierConfig::new(scheme, self.secrets.iter());
-        config.tolerance_secs = tolerance_secs as u64;
-        config.require_timestamp = require_timestamp;
-        Verifier::new(config).map_err(|e| invalid_config(config_message(&e)))
-    }
+    });
+}
 
-    /// 0 when a signature matches, else the code of the DESIGN reason: line `code - 1` of
-    /// [`reasons`]. A number crosses to JS without allocating or decoding a string, which is
-    /// a measurable part of a small verify.
-    pub fn verify(&self, headers: &str, body: &[u8], now_secs: f64) -> u32 {
-        let Some(verifier) = &self.verifier else {
+/// Why the last `configure` or `sign` failed: `"<reason>: <message>"`.
+#[wasm_bindgen]
+pub fn problem() -> String {
+    with_state(|state| state.problem.clone())
+}
+
+/// 0 when a signature matches, else the code of the DESIGN reason: line `code - 1` of
+/// [`reasons`]. A number crosses to JS without allocating or decoding a string, which is a
+/// measurable part of a small verify.
+#[wasm_bindgen]
+pub fn verify(slot: u32, headers: &str, body: &[u8], now_secs: f64) -> u32 {
+    with_state(|state| {
+        let Some(Some(verifier)) = state.slots.get(slot.wrapping_sub(1) as usize) else {
             return NOT_PREPARED;
         };
         match verifier.verify(&JoinedHeaders(headers), body, now_secs as i64) {
@@ -209,39 +250,48 @@ impl Keys {
                 Reason::ALL.iter().position(|r| *r == e.reason()).map_or(NOT_PREPARED, |i| i as u32 + 1)
             }
         }
-    }
+    })
+}
 
-    /// The headers that sign `body`, joined like `verify`'s; `""` (see `problem`) for a bad
-    /// configuration or input. `id` may be empty (only standard-webhooks needs one).
-    pub fn sign(&mut self, body: &[u8], timestamp: f64, id: &str, payflow_v0: bool) -> String {
-        match self.try_sign(body, timestamp, id, payflow_v0) {
-            Ok(joined) => joined,
-            Err(problem) => {
-                self.problem = problem;
-                String::new()
-            }
-        }
-    }
-
-    fn try_sign(&self, body: &[u8], timestamp: f64, id: &str, payflow_v0: bool) -> Result<String, String> {
-        let signer = Signer::new(self.scheme.clone()?, &self.secrets)
-            .map_err(|e| invalid_config(config_message(&e)))?;
-        if !(0.0..=1e15).contains(&timestamp) || !whole(timestamp) {
-            return Err(invalid_input(sign_message(&SignError::BadTimestamp)));
-        }
-        let options = SignOptions {
-            timestamp: timestamp as i64,
-            id: Some(id),
-            payflow_form: if payflow_v0 { PayFlowForm::V0 } else { PayFlowForm::V1 },
+/// The headers that sign `body` with the secrets of `slot`, joined like `verify`'s; `""` (see
+/// [`problem`]) for a bad input. `id` may be empty (only standard-webhooks needs one).
+#[wasm_bindgen]
+pub fn sign(slot: u32, body: &[u8], timestamp: f64, id: &str, payflow_v0: bool) -> String {
+    with_state(|state| {
+        let signed = match state.slots.get(slot.wrapping_sub(1) as usize) {
+            Some(Some(verifier)) => sign_with(Signer::from(verifier), body, timestamp, id, payflow_v0),
+            _ => Err(invalid_config("no configuration")),
         };
-        let headers = signer.sign(body, &options).map_err(|e| invalid_input(sign_message(&e)))?;
-        let mut joined = String::new();
-        for (name, value) in headers {
+        signed.unwrap_or_else(|problem| {
+            state.problem = problem;
+            String::new()
+        })
+    })
+}
+
+fn sign_with(
+    signer: Signer,
+    body: &[u8],
+    timestamp: f64,
+    id: &str,
+    payflow_v0: bool,
+) -> Result<String, String> {
+    if !(0.0..=1e15).contains(&timestamp) || !whole(timestamp) {
+        return Err(invalid_input(sign_message(&SignError::BadTimestamp)));
+    }
+    let options = SignOptions {
+        timestamp: timestamp as i64,
+        id: Some(id),
+        payflow_form: if payflow_v0 { PayFlowForm::V0 } else { PayFlowForm::V1 },
+    };
+    let mut joined = String::new();
+    signer
+        .sign_each(body, &options, |name, value| {
             for field in [name, value] {
-                joined.push_str(&field);
+                joined.push_str(field);
                 joined.push('\n');
             }
-        }
-        Ok(joined)
-    }
+        })
+        .map_err(|e| invalid_input(sign_message(&e)))?;
+    Ok(joined)
 }
