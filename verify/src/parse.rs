@@ -55,7 +55,11 @@ fn split_once(item: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
 /// All non-empty values of a list header, joined with `sep` (HTTP's rule for repeated headers).
 fn list<'h>(headers: &'h (impl Headers + ?Sized), name: &str, sep: u8) -> Option<Cow<'h, [u8]>> {
     let mut joined: Option<Cow<'h, [u8]>> = None;
-    for value in headers.get_all(name).into_iter().map(trim_ows).filter(|v| !v.is_empty()) {
+    for value in headers.get_all(name) {
+        let value = trim_ows(value);
+        if value.is_empty() {
+            continue;
+        }
         joined = Some(match joined {
             None => Cow::Borrowed(value),
             Some(before) => {
@@ -72,7 +76,11 @@ fn list<'h>(headers: &'h (impl Headers + ?Sized), name: &str, sep: u8) -> Option
 /// A header that must appear at most once (or repeat one identical value).
 fn single<'h>(headers: &'h (impl Headers + ?Sized), name: &str) -> Result<Option<&'h [u8]>, VerifyError> {
     let mut found = None;
-    for value in headers.get_all(name).into_iter().map(trim_ows).filter(|v| !v.is_empty()) {
+    for value in headers.get_all(name) {
+        let value = trim_ows(value);
+        if value.is_empty() {
+            continue;
+        }
         match found {
             Some(first) if first != value => {
                 return Err(malformed("a single-valued signature header was sent with different values"))
@@ -83,10 +91,19 @@ fn single<'h>(headers: &'h (impl Headers + ?Sized), name: &str) -> Result<Option
     Ok(found)
 }
 
-/// The non-empty, trimmed items of a list. (A function pointer, not a closure type, so every
-/// caller shares one copy of the splitting code.)
+/// Adds a well-formed MAC. (Every parser collects through this one `push` rather than its own
+/// `collect` or `extend`, each of which would be a separate copy of `Vec`'s growth code.)
+fn push_some(macs: &mut Vec<Mac>, mac: Option<Mac>) {
+    if let Some(mac) = mac {
+        macs.push(mac);
+    }
+}
+
+/// The trimmed items of a list. Empty ones are not skipped here: no caller can find a signature
+/// in one. (A function pointer, not a closure type, so every caller shares one copy of the
+/// splitting code.)
 fn split_items(value: &[u8], sep: fn(&u8) -> bool) -> impl Iterator<Item = &[u8]> {
-    value.split(sep).map(trim_ows).filter(|item| !item.is_empty())
+    value.split(sep).map(trim_ows)
 }
 
 /// `X-PayFlow-Signature`: v1 `t=<unix>,v1=<hex>[,v1=<hex>…]` or v0 `<hex>[,<hex>…]`.
@@ -96,7 +113,10 @@ pub(crate) fn payflow(headers: &(impl Headers + ?Sized)) -> Result<Claim<'_>, Ve
     if value.contains(&b'=') {
         return timestamped_items(value);
     }
-    let macs: Vec<Mac> = split_items(&value, |&c| c == b',').filter_map(hex_mac).collect();
+    let mut macs = Vec::new();
+    for item in split_items(&value, |&c| c == b',') {
+        push_some(&mut macs, hex_mac(item));
+    }
     if macs.is_empty() {
         return Err(malformed("the v0 signature is not 64 lowercase hex digits"));
     }
@@ -127,7 +147,7 @@ fn timestamped_items(value: Cow<'_, [u8]>) -> Result<Claim<'_>, VerifyError> {
                 let start = val.as_ptr() as usize - value.as_ptr() as usize;
                 timestamp = Some((unix, start..start + val.len()));
             }
-            b"v1" => macs.extend(hex_mac(val)),
+            b"v1" => push_some(&mut macs, hex_mac(val)),
             _ => {}
         }
     }
@@ -157,12 +177,12 @@ pub(crate) fn standard_webhooks(headers: &(impl Headers + ?Sized)) -> Result<Cla
     let id = single(headers, id_name)?.ok_or(malformed("no webhook-id header"))?;
     let ts_text = single(headers, ts_name)?.ok_or(malformed("no webhook-timestamp header"))?;
     let unix = unix_seconds(ts_text).ok_or(malformed("webhook-timestamp is not a unix timestamp"))?;
-    let macs: Vec<Mac> = split_items(&value, u8::is_ascii_whitespace)
-        .filter_map(|entry| match split_once(entry, b',') {
-            Some((b"v1", mac)) => base64_mac(mac),
-            _ => None,
-        })
-        .collect();
+    let mut macs = Vec::new();
+    for entry in split_items(&value, u8::is_ascii_whitespace) {
+        if let Some((b"v1", mac)) = split_once(entry, b',') {
+            push_some(&mut macs, base64_mac(mac));
+        }
+    }
     if macs.is_empty() {
         return Err(malformed("no well-formed v1,<base64> signature"));
     }
@@ -179,11 +199,14 @@ pub(crate) fn prefixed<'h>(
     let value = single(headers, name)?.ok_or(missing("the signature header is absent"))?;
     let encoded =
         value.strip_prefix(prefix.as_bytes()).ok_or(malformed("the signature lacks its scheme prefix"))?;
-    let mac = match encoding {
-        Encoding::Hex => hex_mac(encoded).ok_or(malformed("the signature is not 64 lowercase hex digits")),
-        Encoding::Base64 => {
-            base64_mac(encoded).ok_or(malformed("the signature is not 44 characters of base64"))
-        }
-    }?;
-    Ok(Claim { timestamp: None, id: None, macs: alloc::vec![mac] })
+    let (mac, why) = match encoding {
+        Encoding::Hex => (hex_mac(encoded), "the signature is not 64 lowercase hex digits"),
+        Encoding::Base64 => (base64_mac(encoded), "the signature is not 44 characters of base64"),
+    };
+    let mut macs = Vec::new();
+    push_some(&mut macs, mac);
+    if macs.is_empty() {
+        return Err(malformed(why));
+    }
+    Ok(Claim { timestamp: None, id: None, macs })
 }

@@ -81,14 +81,22 @@ impl FromStr for Scheme {
     /// Parses a configuration name. `hmac` yields the generic scheme with its defaults
     /// (`X-Signature`, no prefix, hex); set its fields for other layouts.
     fn from_str(name: &str) -> Result<Self, Self::Err> {
-        Ok(match name {
+        Scheme::from_name(name).ok_or_else(|| UnknownScheme(name.into()))
+    }
+}
+
+impl Scheme {
+    /// The scheme a configuration name stands for, like [`str::parse`] but without an error
+    /// value to allocate. `hmac` yields the generic scheme with its defaults.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
             "payflow" => Scheme::PayFlow,
             "standard-webhooks" | "svix" => Scheme::StandardWebhooks,
             "stripe" => Scheme::Stripe,
             "github" => Scheme::GitHub,
             "shopify" => Scheme::Shopify,
             "hmac" => Scheme::Hmac(HmacScheme::default()),
-            other => return Err(UnknownScheme(other.into())),
+            _ => return None,
         })
     }
 }
@@ -107,10 +115,17 @@ pub struct UnknownEncoding(pub String);
 impl FromStr for Encoding {
     type Err = UnknownEncoding;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "hex" => Ok(Encoding::Hex),
-            "base64" => Ok(Encoding::Base64),
-            other => Err(UnknownEncoding(other.into())),
+        Encoding::from_name(s).ok_or_else(|| UnknownEncoding(s.into()))
+    }
+}
+
+impl Encoding {
+    /// `hex` or `base64`, like [`str::parse`] but without an error value to allocate.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "hex" => Some(Encoding::Hex),
+            "base64" => Some(Encoding::Base64),
+            _ => None,
         }
     }
 }

@@ -55,15 +55,8 @@ pub enum SignError {
 /// Produces signature headers with one or more secrets.
 #[derive(Clone)]
 pub struct Signer {
-    scheme: Scheme,
-    keys: Keyring,
-}
-
-/// A verifier's scheme and keyed secrets, for signing: what it accepts, this signs.
-impl From<&crate::Verifier> for Signer {
-    fn from(verifier: &crate::Verifier) -> Self {
-        Signer { scheme: verifier.scheme().clone(), keys: verifier.keys().clone() }
-    }
+    pub(crate) scheme: Scheme,
+    pub(crate) keys: Keyring,
 }
 
 impl Signer {

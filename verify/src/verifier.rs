@@ -7,7 +7,7 @@ use subtle::{Choice, ConstantTimeEq};
 
 use crate::encoding::Mac;
 use crate::keyring::Keyring;
-use crate::{parse, Encoding, Headers, Scheme, DEFAULT_TOLERANCE_SECS};
+use crate::{parse, Encoding, Headers, Scheme, Signer, DEFAULT_TOLERANCE_SECS};
 
 /// How an endpoint verifies: its scheme, secrets and options.
 #[derive(Clone, Debug)]
@@ -184,8 +184,8 @@ pub struct Verified {
 /// Verifies requests for one endpoint. Cheap to share; immutable after construction.
 #[derive(Clone)]
 pub struct Verifier {
-    scheme: Scheme,
-    keys: Keyring,
+    /// The scheme and the keyed secrets: what signs is what verifies.
+    signer: Signer,
     tolerance_secs: u64,
     require_timestamp: bool,
     json_compat: bool,
@@ -195,8 +195,8 @@ impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print key material.
         f.debug_struct("Verifier")
-            .field("scheme", &self.scheme)
-            .field("secrets", &self.keys.len())
+            .field("scheme", self.scheme())
+            .field("secrets", &self.signer.keys.len())
             .field("tolerance_secs", &self.tolerance_secs)
             .field("require_timestamp", &self.require_timestamp)
             .field("json_compat", &self.json_compat)
@@ -221,8 +221,7 @@ impl Verifier {
             return Err(ConfigError::EmptyHmacHeader);
         }
         Ok(Verifier {
-            keys: Keyring::new(&config.scheme, &config.secrets)?,
-            scheme: config.scheme,
+            signer: Signer { keys: Keyring::new(&config.scheme, &config.secrets)?, scheme: config.scheme },
             tolerance_secs: config.tolerance_secs,
             require_timestamp: config.require_timestamp,
             json_compat: config.json_compat,
@@ -231,11 +230,12 @@ impl Verifier {
 
     /// The scheme this verifier checks.
     pub fn scheme(&self) -> &Scheme {
-        &self.scheme
+        &self.signer.scheme
     }
 
-    pub(crate) fn keys(&self) -> &Keyring {
-        &self.keys
+    /// What signs as this verifier accepts: the same scheme and secrets.
+    pub fn signer(&self) -> &Signer {
+        &self.signer
     }
 
     /// Verifies `body` (the raw request bytes) against the signature headers, with `now` in
@@ -246,7 +246,7 @@ impl Verifier {
         body: &[u8],
         now: i64,
     ) -> Result<Verified, VerifyError> {
-        let claim = match &self.scheme {
+        let claim = match self.scheme() {
             Scheme::PayFlow => parse::payflow(headers),
             Scheme::StandardWebhooks => parse::standard_webhooks(headers),
             Scheme::Stripe => parse::stripe(headers),
@@ -294,7 +294,7 @@ impl Verifier {
     /// stopping early, so timing says nothing about which secret or signature was close.
     fn any_matches(&self, claimed: &[Mac], prefix: &[&[u8]], body: &[u8]) -> bool {
         let mut found = Choice::from(0);
-        for mac in self.keys.macs(prefix, body) {
+        for mac in self.signer.keys.macs(prefix, body) {
             for candidate in claimed {
                 found |= mac.ct_eq(candidate);
             }

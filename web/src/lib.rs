@@ -104,15 +104,15 @@ impl payflow_verify::Headers for JoinedHeaders<'_> {
 /// encoding (`hex` or `base64`).
 fn scheme(name: &str, hmac_header: &str, hmac_prefix: &str, hmac_encoding: &str) -> Result<Scheme, String> {
     if name == "hmac" {
-        let encoding: Encoding =
-            hmac_encoding.parse().map_err(|_| invalid_config("hmac.encoding must be hex or base64"))?;
+        let encoding = Encoding::from_name(hmac_encoding)
+            .ok_or_else(|| invalid_config("hmac.encoding must be hex or base64"))?;
         return Ok(Scheme::Hmac(HmacScheme {
             header: hmac_header.into(),
             prefix: hmac_prefix.into(),
             encoding,
         }));
     }
-    name.parse().map_err(|_| {
+    Scheme::from_name(name).ok_or_else(|| {
         invalid_config("unknown scheme: expected payflow, standard-webhooks, stripe, github, shopify or hmac")
     })
 }
@@ -125,11 +125,11 @@ const NOT_PREPARED: u32 = Reason::ALL.len() as u32 + 1;
 #[wasm_bindgen]
 pub fn reasons() -> String {
     let mut names = String::new();
-    for name in Reason::ALL.iter().map(|r| r.as_str()).chain(["invalid_config"]) {
-        names.push_str(name);
+    for reason in Reason::ALL {
+        names.push_str(reason.as_str());
         names.push('\n');
     }
-    names
+    names + "invalid_config\n"
 }
 
 /// What the JS API holds between calls: keyed verifiers by slot number, the secrets of the
@@ -196,9 +196,13 @@ pub fn configure(
             if !(0.0..=u32::MAX as f64).contains(&tolerance_secs) || !whole(tolerance_secs) {
                 return Err(invalid_config("toleranceSecs must be whole seconds, 0 or more"));
             }
-            let mut config = VerifierConfig::new(scheme, secrets);
-            config.tolerance_secs = tolerance_secs as u64;
-            config.require_timestamp = require_timestamp;
+            let config = VerifierConfig {
+                scheme,
+                secrets,
+                tolerance_secs: tolerance_secs as u64,
+                require_timestamp,
+                json_compat: false,
+            };
             Verifier::new(config).map_err(|e| invalid_config(config_message(&e)))
         });
         match verifier {
@@ -259,7 +263,7 @@ pub fn verify(slot: u32, headers: &str, body: &[u8], now_secs: f64) -> u32 {
 pub fn sign(slot: u32, body: &[u8], timestamp: f64, id: &str, payflow_v0: bool) -> String {
     with_state(|state| {
         let signed = match state.slots.get(slot.wrapping_sub(1) as usize) {
-            Some(Some(verifier)) => sign_with(Signer::from(verifier), body, timestamp, id, payflow_v0),
+            Some(Some(verifier)) => sign_with(verifier.signer(), body, timestamp, id, payflow_v0),
             _ => Err(invalid_config("no configuration")),
         };
         signed.unwrap_or_else(|problem| {
@@ -270,7 +274,7 @@ pub fn sign(slot: u32, body: &[u8], timestamp: f64, id: &str, payflow_v0: bool) 
 }
 
 fn sign_with(
-    signer: Signer,
+    signer: &Signer,
     body: &[u8],
     timestamp: f64,
     id: &str,
