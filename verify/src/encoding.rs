@@ -4,136 +4,134 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::Encoding;
+
 /// Length of an HMAC-SHA256 tag.
 pub(crate) const MAC_LEN: usize = 32;
 pub(crate) type Mac = [u8; MAC_LEN];
 
 /// Exactly 64 lowercase hex digits.
 pub(crate) fn hex_mac(text: &[u8]) -> Option<Mac> {
-    if text.len() != 2 * MAC_LEN {
-        return None;
-    }
-    let mut out = [0u8; MAC_LEN];
-    // One table lookup per digit and a single validity check at the end: this runs on every
-    // request, and the signature is public, so branching on its content leaks nothing.
-    let mut invalid = 0u8;
-    // Pairs as arrays: indexing a slice would link a panic path into the web build.
-    let pairs = text.chunks_exact(2).filter_map(|pair| <&[u8; 2]>::try_from(pair).ok());
-    for (byte, pair) in out.iter_mut().zip(pairs) {
-        let (hi, lo) = (HEX[usize::from(pair[0])], HEX[usize::from(pair[1])]);
-        invalid |= (hi | lo) & 0x80;
-        *byte = (hi << 4) | (lo & 0x0f);
-    }
-    (invalid == 0).then_some(out)
+    mac(Encoding::Hex, text, 2 * MAC_LEN)
 }
-
-/// Lowercase hex digit values; 0x80 marks every other byte.
-const HEX: [u8; 256] = {
-    let mut table = [0x80u8; 256];
-    let mut i = 0;
-    while i < 10 {
-        table[b'0' as usize + i] = i as u8;
-        i += 1;
-    }
-    let mut i = 0;
-    while i < 6 {
-        table[b'a' as usize + i] = 10 + i as u8;
-        i += 1;
-    }
-    table
-};
 
 /// Standard base64 with canonical padding, exactly one MAC long (44 characters).
 pub(crate) fn base64_mac(text: &[u8]) -> Option<Mac> {
+    mac(Encoding::Base64, text, 44)
+}
+
+fn mac(encoding: Encoding, text: &[u8], chars: usize) -> Option<Mac> {
     // Checking the length first keeps a hostile header from costing more than one small buffer.
-    if text.len() != 44 {
+    if text.len() != chars {
         return None;
     }
     let mut out = [0u8; MAC_LEN];
-    (decode_base64_into(text, &mut out)? == MAC_LEN).then_some(out)
-}
-
-impl crate::Encoding {
-    /// Appends `bytes` in this encoding.
-    pub(crate) fn append(self, out: &mut String, bytes: &[u8]) {
-        match self {
-            crate::Encoding::Hex => push_hex(out, bytes),
-            crate::Encoding::Base64 => push_base64(out, bytes),
-        }
-    }
-}
-
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 15) as usize] as char);
-    }
-}
-
-const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding. (Hand-written rather than the `base64` crate: the web build
-/// counts bytes, and this is all the codec any scheme needs.)
-fn push_base64(out: &mut String, bytes: &[u8]) {
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            out.push(if i <= chunk.len() { BASE64[(n >> (18 - 6 * i)) as usize & 63] as char } else { '=' });
-        }
-    }
+    (encoding.decode_into(text, &mut out)? == MAC_LEN).then_some(out)
 }
 
 /// Strict standard base64: padded to a multiple of 4, `=` only at the end, unused bits zero.
 pub(crate) fn from_base64(text: &str) -> Option<Vec<u8>> {
     let mut out = alloc::vec![0u8; text.len() / 4 * 3];
-    let len = decode_base64_into(text.as_bytes(), &mut out)?;
+    let len = Encoding::Base64.decode_into(text.as_bytes(), &mut out)?;
     out.truncate(len);
     Some(out)
 }
 
-/// Decodes strict standard base64 into `out`; the decoded length, or `None` if `text` is not
-/// canonical base64 or does not fit.
-fn decode_base64_into(text: &[u8], out: &mut [u8]) -> Option<usize> {
-    if text.len() % 4 != 0 {
-        return None;
-    }
-    let quads = text.len() / 4;
-    let mut len = 0;
-    for (q, quad) in text.chunks_exact(4).enumerate() {
-        let pad = match quad {
-            [.., b'=', b'='] if q + 1 == quads => 2,
-            [.., b'='] if q + 1 == quads => 1,
-            _ => 0,
-        };
-        // Iterators and `get`, not slicing by `pad`: slicing links a panic path (and its
-        // message) into the web build.
-        let mut n = 0u32;
-        for (i, &c) in quad.iter().enumerate() {
-            n = n << 6 | if i < 4 - pad { u32::from(base64_value(c)?) } else { 0 };
-        }
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        // Canonical: the bits under the padding must be zero.
-        if bytes.iter().skip(3 - pad).any(|&b| b != 0) {
-            return None;
-        }
-        for &b in bytes.iter().take(3 - pad) {
-            *out.get_mut(len)? = b;
-            len += 1;
-        }
-    }
-    Some(len)
-}
+/// Base64's alphabet; hex's sixteen digits are in it too (`0`–`9` at 52, `a`–`f` at 26).
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-fn base64_value(c: u8) -> Option<u8> {
-    Some(match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => return None,
-    })
+// Hex and base64 are one codec here: a character carries 4 or 6 bits of a bit stream, and
+// base64 pads with `=` to a multiple of four characters. (Hand-written rather than the `base64`
+// crate, and one loop each way rather than one per encoding: the web build counts bytes.)
+impl Encoding {
+    fn bits(self) -> u32 {
+        match self {
+            Encoding::Hex => 4,
+            Encoding::Base64 => 6,
+        }
+    }
+
+    /// The character for a digit value (below `1 << bits`).
+    fn char(self, value: u32) -> char {
+        let index = match self {
+            Encoding::Hex if value < 10 => value + 52,
+            Encoding::Hex => value + 16,
+            Encoding::Base64 => value,
+        };
+        char::from(BASE64[index as usize & 63])
+    }
+
+    /// A character's digit value; hex takes lowercase digits only.
+    fn value(self, c: u8) -> Option<u32> {
+        let value = u32::from(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        });
+        match self {
+            Encoding::Base64 => Some(value),
+            Encoding::Hex => match value {
+                52..=61 => Some(value - 52),
+                26..=31 => Some(value - 16),
+                _ => None,
+            },
+        }
+    }
+
+    /// Appends `bytes` in this encoding.
+    pub(crate) fn append(self, out: &mut String, bytes: &[u8]) {
+        let bits = self.bits();
+        let start = out.len();
+        // `acc` keeps the bits not yet written in its low `pending` bits.
+        let (mut acc, mut pending) = (0u32, 0);
+        for &b in bytes {
+            acc = acc << 8 | u32::from(b);
+            pending += 8;
+            while pending >= bits {
+                pending -= bits;
+                out.push(self.char(acc >> pending & ((1 << bits) - 1)));
+            }
+        }
+        if pending > 0 {
+            out.push(self.char(acc << (bits - pending) & ((1 << bits) - 1)));
+        }
+        while self == Encoding::Base64 && (out.len() - start) % 4 != 0 {
+            out.push('=');
+        }
+    }
+
+    /// Decodes `text` into `out`: the decoded length, or `None` if `text` is not canonical in
+    /// this encoding (base64: a multiple of 4 characters, at most two `=` and only at the end,
+    /// the bits under the padding zero) or does not fit.
+    fn decode_into(self, text: &[u8], out: &mut [u8]) -> Option<usize> {
+        let bits = self.bits();
+        let mut digits = text;
+        if self == Encoding::Base64 {
+            if text.len() % 4 != 0 {
+                return None;
+            }
+            for _ in 0..2 {
+                if let [rest @ .., b'='] = digits {
+                    digits = rest;
+                }
+            }
+        }
+        let (mut acc, mut pending, mut len) = (0u32, 0, 0);
+        for &c in digits {
+            acc = acc << bits | self.value(c)?;
+            pending += bits;
+            if pending >= 8 {
+                pending -= 8;
+                *out.get_mut(len)? = (acc >> pending) as u8;
+                len += 1;
+            }
+        }
+        // Left over: less than one character's bits (a lone last character is refused), zero.
+        (pending < bits && acc & ((1 << pending) - 1) == 0).then_some(len)
+    }
 }
 
 /// Strips the optional white space (space, tab) HTTP allows around a header value or list item.
@@ -186,7 +184,7 @@ mod tests {
 
     fn to_base64(bytes: &[u8]) -> String {
         let mut out = String::new();
-        push_base64(&mut out, bytes);
+        Encoding::Base64.append(&mut out, bytes);
         out
     }
 
@@ -222,6 +220,27 @@ mod tests {
             use base64::Engine as _;
             let reference = base64::engine::general_purpose::STANDARD.decode(&text).ok();
             proptest::prop_assert_eq!(from_base64(&text), reference, "{:?}", text);
+        }
+    }
+
+    // Hex against `format!` and `u8::from_str_radix` (lowercase only, as the schemes send it).
+    proptest::proptest! {
+        #[test]
+        fn hex_encoding_matches_format(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
+            let mut out = String::new();
+            Encoding::Hex.append(&mut out, &bytes);
+            let reference: String = bytes.iter().map(|b| std::format!("{b:02x}")).collect();
+            proptest::prop_assert_eq!(out, reference);
+        }
+
+        #[test]
+        fn hex_decoding_matches_from_str_radix(text in "[0-9a-f]{64}|[0-9a-fA-Fg+/= ]{64}") {
+            let reference = text.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')).then(|| {
+                let bytes: Vec<u8> =
+                    (0..64).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect();
+                <[u8; 32]>::try_from(bytes).unwrap()
+            });
+            proptest::prop_assert_eq!(hex_mac(text.as_bytes()), reference);
         }
     }
 
