@@ -4,7 +4,6 @@
 //! request claims, and over which timestamp and id. Entries that are not well-formed are
 //! skipped (another entry may still match); a header with no well-formed entry is malformed.
 
-use alloc::borrow::Cow;
 use alloc::vec::Vec;
 
 use crate::encoding::{base64_mac, hex_mac, trim_ows, unix_seconds, Mac};
@@ -14,34 +13,21 @@ use crate::{Encoding, Headers};
 
 /// What a request's signature headers claim.
 #[derive(Debug)]
-pub(crate) struct Claim<'h> {
-    pub timestamp: Option<Timestamp<'h>>,
-    pub id: Option<&'h [u8]>,
+pub(crate) struct Claim {
+    /// The signed timestamp, for timestamped forms.
+    pub timestamp: Option<i64>,
+    /// The bytes signed before the body: `"{id}.{t}."`, `"{t}."` or none, with the id and the
+    /// timestamp's digits exactly as sent. (Copied out of the headers: a few bytes, and no
+    /// borrow of a joined header value to keep alive.)
+    pub prefix: Vec<u8>,
     pub macs: Vec<Mac>,
 }
 
-#[derive(Debug)]
-pub(crate) struct Timestamp<'h> {
-    pub unix: i64,
-    /// The digits exactly as sent: they are part of the signed content.
-    pub text: Cow<'h, [u8]>,
-}
-
-impl Claim<'_> {
-    /// The bytes signed before the body, without allocating: `"{id}.{t}."`, `"{t}."` or
-    /// nothing, as four parts of which the missing ones are empty.
-    pub fn signed_prefix(&self) -> [&[u8]; 4] {
-        let [id, id_dot] = dotted(self.id);
-        let [ts, ts_dot] = dotted(self.timestamp.as_ref().map(|ts| &ts.text[..]));
-        [id, id_dot, ts, ts_dot]
-    }
-}
-
-/// A signed part and the dot after it, or two empty parts.
-fn dotted(part: Option<&[u8]>) -> [&[u8]; 2] {
-    match part {
-        Some(part) => [part, b"."],
-        None => [b"", b""],
+/// Appends each part and a dot after it.
+fn dotted(prefix: &mut Vec<u8>, parts: &[&[u8]]) {
+    for part in parts {
+        prefix.extend_from_slice(part);
+        prefix.push(b'.');
     }
 }
 
@@ -53,22 +39,20 @@ fn split_once(item: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
 }
 
 /// All non-empty values of a list header, joined with `sep` (HTTP's rule for repeated headers).
-fn list<'h>(headers: &'h (impl Headers + ?Sized), name: &str, sep: u8) -> Option<Cow<'h, [u8]>> {
-    let mut joined: Option<Cow<'h, [u8]>> = None;
+fn list(headers: &(impl Headers + ?Sized), name: &str, sep: u8) -> Option<Vec<u8>> {
+    let mut joined: Option<Vec<u8>> = None;
     for value in headers.get_all(name) {
         let value = trim_ows(value);
         if value.is_empty() {
             continue;
         }
-        joined = Some(match joined {
-            None => Cow::Borrowed(value),
-            Some(before) => {
-                let mut all = before.into_owned();
+        match &mut joined {
+            None => joined = Some(value.to_vec()),
+            Some(all) => {
                 all.push(sep);
                 all.extend_from_slice(value);
-                Cow::Owned(all)
             }
-        });
+        }
     }
     joined
 }
@@ -107,11 +91,11 @@ fn split_items(value: &[u8], sep: fn(&u8) -> bool) -> impl Iterator<Item = &[u8]
 }
 
 /// `X-PayFlow-Signature`: v1 `t=<unix>,v1=<hex>[,v1=<hex>…]` or v0 `<hex>[,<hex>…]`.
-pub(crate) fn payflow(headers: &(impl Headers + ?Sized)) -> Result<Claim<'_>, VerifyError> {
+pub(crate) fn payflow(headers: &(impl Headers + ?Sized)) -> Result<Claim, VerifyError> {
     let value =
         list(headers, names::PAYFLOW_SIGNATURE, b',').ok_or(missing("no X-PayFlow-Signature header"))?;
     if value.contains(&b'=') {
-        return timestamped_items(value);
+        return timestamped_items(&value);
     }
     let mut macs = Vec::new();
     for item in split_items(&value, |&c| c == b',') {
@@ -120,51 +104,44 @@ pub(crate) fn payflow(headers: &(impl Headers + ?Sized)) -> Result<Claim<'_>, Ve
     if macs.is_empty() {
         return Err(malformed("the v0 signature is not 64 lowercase hex digits"));
     }
-    Ok(Claim { timestamp: None, id: None, macs })
+    Ok(Claim { timestamp: None, prefix: Vec::new(), macs })
 }
 
 /// `Stripe-Signature: t=<ts>,v1=<hex>,v0=…`; only `v1` entries count.
-pub(crate) fn stripe(headers: &(impl Headers + ?Sized)) -> Result<Claim<'_>, VerifyError> {
+pub(crate) fn stripe(headers: &(impl Headers + ?Sized)) -> Result<Claim, VerifyError> {
     let value = list(headers, names::STRIPE_SIGNATURE, b',').ok_or(missing("no Stripe-Signature header"))?;
-    timestamped_items(value)
+    timestamped_items(&value)
 }
 
 /// The `t=…,v1=…` item list shared by PayFlow v1 and Stripe. Unknown keys (`v0`, future
 /// schemes) are ignored, so a downgrade to them finds no signature.
-fn timestamped_items(value: Cow<'_, [u8]>) -> Result<Claim<'_>, VerifyError> {
+fn timestamped_items(value: &[u8]) -> Result<Claim, VerifyError> {
     let mut timestamp = None;
+    let mut prefix = Vec::new();
     let mut macs = Vec::new();
-    for item in split_items(&value, |&c| c == b',') {
+    for item in split_items(value, |&c| c == b',') {
         let Some((key, val)) = split_once(item, b'=') else { continue };
         match key {
             b"t" => {
                 if timestamp.is_some() {
                     return Err(malformed("more than one t= timestamp"));
                 }
-                let unix = unix_seconds(val).ok_or(malformed("t= is not a unix timestamp"))?;
-                // Where the digits sit in the value, so the timestamp can borrow from the
-                // header once the value's own borrow ends.
-                let start = val.as_ptr() as usize - value.as_ptr() as usize;
-                timestamp = Some((unix, start..start + val.len()));
+                timestamp = Some(unix_seconds(val).ok_or(malformed("t= is not a unix timestamp"))?);
+                dotted(&mut prefix, &[val]);
             }
             b"v1" => push_some(&mut macs, hex_mac(val)),
             _ => {}
         }
     }
-    let (unix, range) = timestamp.ok_or(malformed("no t= timestamp"))?;
+    let timestamp = timestamp.ok_or(malformed("no t= timestamp"))?;
     if macs.is_empty() {
         return Err(malformed("no well-formed v1= signature"));
     }
-    // `range` lies within `value` (it was measured there); `get` only spares a panic path.
-    let text = match value {
-        Cow::Borrowed(v) => Cow::Borrowed(v.get(range).unwrap_or_default()),
-        Cow::Owned(v) => Cow::Owned(v.get(range).unwrap_or_default().to_vec()),
-    };
-    Ok(Claim { timestamp: Some(Timestamp { unix, text }), id: None, macs })
+    Ok(Claim { timestamp: Some(timestamp), prefix, macs })
 }
 
 /// Standard Webhooks, under the `webhook-*` names or Svix's `svix-*` names (never mixed).
-pub(crate) fn standard_webhooks(headers: &(impl Headers + ?Sized)) -> Result<Claim<'_>, VerifyError> {
+pub(crate) fn standard_webhooks(headers: &(impl Headers + ?Sized)) -> Result<Claim, VerifyError> {
     let family = [
         (names::WEBHOOK_SIGNATURE, names::WEBHOOK_ID, names::WEBHOOK_TIMESTAMP),
         (names::SVIX_SIGNATURE, names::SVIX_ID, names::SVIX_TIMESTAMP),
@@ -186,16 +163,18 @@ pub(crate) fn standard_webhooks(headers: &(impl Headers + ?Sized)) -> Result<Cla
     if macs.is_empty() {
         return Err(malformed("no well-formed v1,<base64> signature"));
     }
-    Ok(Claim { timestamp: Some(Timestamp { unix, text: Cow::Borrowed(ts_text) }), id: Some(id), macs })
+    let mut prefix = Vec::new();
+    dotted(&mut prefix, &[id, ts_text]);
+    Ok(Claim { timestamp: Some(unix), prefix, macs })
 }
 
 /// One signature in one header, after an optional prefix: GitHub, Shopify, generic `hmac`.
-pub(crate) fn prefixed<'h>(
-    headers: &'h (impl Headers + ?Sized),
+pub(crate) fn prefixed(
+    headers: &(impl Headers + ?Sized),
     name: &str,
     prefix: &str,
     encoding: Encoding,
-) -> Result<Claim<'h>, VerifyError> {
+) -> Result<Claim, VerifyError> {
     let value = single(headers, name)?.ok_or(missing("the signature header is absent"))?;
     let encoded =
         value.strip_prefix(prefix.as_bytes()).ok_or(malformed("the signature lacks its scheme prefix"))?;
@@ -208,5 +187,5 @@ pub(crate) fn prefixed<'h>(
     if macs.is_empty() {
         return Err(malformed(why));
     }
-    Ok(Claim { timestamp: None, id: None, macs })
+    Ok(Claim { timestamp: None, prefix: Vec::new(), macs })
 }
