@@ -324,7 +324,7 @@ fn encode_cursor(at_ms: i64, merchant: &str, id: &str) -> String {
 }
 
 fn decode_cursor(text: &str) -> Option<(i64, String, String)> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> =

@@ -98,7 +98,7 @@ impl Encoding {
         if pending > 0 {
             out.push(self.char(acc << (bits - pending) & ((1 << bits) - 1)));
         }
-        while self == Encoding::Base64 && (out.len() - start) % 4 != 0 {
+        while self == Encoding::Base64 && !(out.len() - start).is_multiple_of(4) {
             out.push('=');
         }
     }
@@ -110,7 +110,7 @@ impl Encoding {
         let bits = self.bits();
         let mut digits = text;
         if self == Encoding::Base64 {
-            if text.len() % 4 != 0 {
+            if !text.len().is_multiple_of(4) {
                 return None;
             }
             for _ in 0..2 {

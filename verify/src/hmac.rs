@@ -6,8 +6,8 @@
 //! - wasm32 (the browser/edge package and plugins) uses the `compact` implementation below. A
 //!   wasm engine has no SHA instructions, so `sha2` falls back to fully unrolled software rounds
 //!   there: 8 KB of the browser's module (a fifth of it), and every copy of the `digest`
-//!   plumbing inlined into each entry point. Sixteen rounds unrolled in a loop come within
-//!   ~12% of that speed under V8 at a third of the size (`web/bench/ab.mjs`, bench/RESULTS.md).
+//!   plumbing inlined into each entry point. Eight rounds unrolled in a loop take 1.2 KB;
+//!   their speed under V8 is measured in bench/RESULTS.md (`web/bench/ab.mjs`).
 //!
 //! The compact implementation is compiled and tested on every target: its tests check it against
 //! the RustCrypto crates (an independent implementation) and RFC 4231's vectors.

@@ -1,4 +1,4 @@
-//! SHA-256 and HMAC-SHA256 written for size: a few hundred bytes of wasm, no tables but the
+//! SHA-256 and HMAC-SHA256 written for size: about 2 KB of wasm, no tables but the
 //! round constants. Constant-time by construction (no branch or index depends on the data).
 
 use crate::encoding::Mac;
@@ -19,40 +19,32 @@ const K: [u32; 64] = [
 const INITIAL: [u32; 8] =
     [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
 
-/// One block into the state. The message schedule is a rolling window of 16 words and the
-/// rounds are unrolled sixteen at a time, so every index into the window is a constant: the
-/// window and the eight working variables all live in locals (registers, once a JIT has them),
-/// without the full 64-round unrolling (8 KB) of `sha2`'s software backend.
+/// One block into the state: the whole 64-word message schedule first, then the rounds eight
+/// at a time (after eight, the working variables are back in their places, so no round moves
+/// them): 1.2 KB of wasm. Sixteen rounds per pass with the schedule kept in locals ran
+/// ~10% faster under V8 but took 2.9 KB, a fifth of the web package gzipped; that package is
+/// still well over WebCrypto's speed (bench/RESULTS.md), and every page downloads the bytes.
 fn compress(state: &mut [u32; 8], block: &[u8; BLOCK]) {
-    let word =
-        |i: usize| u32::from_be_bytes([block[4 * i], block[4 * i + 1], block[4 * i + 2], block[4 * i + 3]]);
-    let mut w = [
-        word(0),
-        word(1),
-        word(2),
-        word(3),
-        word(4),
-        word(5),
-        word(6),
-        word(7),
-        word(8),
-        word(9),
-        word(10),
-        word(11),
-        word(12),
-        word(13),
-        word(14),
-        word(15),
-    ];
+    let mut w = [0u32; 64];
+    // `% 64` only tells the compiler what it cannot see (16 words), sparing a panic path.
+    for (i, word) in block.chunks_exact(4).enumerate() {
+        w[i % 64] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+    }
+    for i in 16..64 {
+        let (w2, w15) = (w[i - 2], w[i - 15]);
+        let s1 = w2.rotate_right(17) ^ w2.rotate_right(19) ^ (w2 >> 10);
+        let s0 = w15.rotate_right(7) ^ w15.rotate_right(18) ^ (w15 >> 3);
+        w[i] = w[i - 16].wrapping_add(s0).wrapping_add(w[i - 7]).wrapping_add(s1);
+    }
     let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *state;
-
-    for group in 0..4 {
+    // Eight rounds per pass over arrays of eight, so every index below is a constant.
+    for (k, w) in K.as_chunks::<8>().0.iter().zip(w.as_chunks::<8>().0) {
         macro_rules! round {
             ($a:ident, $b:ident, $c:ident, $d:ident, $e:ident, $f:ident, $g:ident, $h:ident, $r:literal) => {
                 let t1 = $h
                     .wrapping_add($e.rotate_right(6) ^ $e.rotate_right(11) ^ $e.rotate_right(25))
                     .wrapping_add(($e & $f) ^ (!$e & $g))
-                    .wrapping_add(K[group * 16 + $r])
+                    .wrapping_add(k[$r])
                     .wrapping_add(w[$r]);
                 let t2 = ($a.rotate_right(2) ^ $a.rotate_right(13) ^ $a.rotate_right(22))
                     .wrapping_add(($a & $b) ^ ($a & $c) ^ ($b & $c));
@@ -68,29 +60,7 @@ fn compress(state: &mut [u32; 8], block: &[u8; BLOCK]) {
         round!(d, e, f, g, h, a, b, c, 5);
         round!(c, d, e, f, g, h, a, b, 6);
         round!(b, c, d, e, f, g, h, a, 7);
-        round!(a, b, c, d, e, f, g, h, 8);
-        round!(h, a, b, c, d, e, f, g, 9);
-        round!(g, h, a, b, c, d, e, f, 10);
-        round!(f, g, h, a, b, c, d, e, 11);
-        round!(e, f, g, h, a, b, c, d, 12);
-        round!(d, e, f, g, h, a, b, c, 13);
-        round!(c, d, e, f, g, h, a, b, 14);
-        round!(b, c, d, e, f, g, h, a, 15);
-
-        // The next sixteen words of the schedule, in place (one branch per group, not per round).
-        if group < 3 {
-            macro_rules! schedule {
-                ($($r:literal)*) => {$(
-                    let (w2, w15) = (w[($r + 14) & 15], w[($r + 1) & 15]);
-                    let s1 = w2.rotate_right(17) ^ w2.rotate_right(19) ^ (w2 >> 10);
-                    let s0 = w15.rotate_right(7) ^ w15.rotate_right(18) ^ (w15 >> 3);
-                    w[$r] = w[$r].wrapping_add(s1).wrapping_add(w[($r + 9) & 15]).wrapping_add(s0);
-                )*};
-            }
-            schedule!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
-        }
     }
-
     for (s, v) in state.iter_mut().zip([a, b, c, d, e, f, g, h]) {
         *s = s.wrapping_add(v);
     }
