@@ -308,6 +308,15 @@ mod tests {
     use super::*;
     use alloc::string::ToString;
 
+    /// The web package turns a reason into its code as `reason as u32`, which is its place in
+    /// `ALL` only while `ALL` lists them in declaration order.
+    #[test]
+    fn reasons_are_listed_in_declaration_order() {
+        for (i, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{reason}");
+        }
+    }
+
     /// Without `details` (the web build) a refusal keeps its reason and loses only its text.
     /// `scripts/test.sh` runs this both ways.
     #[test]
