@@ -134,12 +134,31 @@ test('bad calls come back as values naming the problem, never as exceptions', ()
     [{ scheme: 'payflow', secrets: [], body }, 'invalid_config'],
     [{ scheme: 'nope', secret: 's', body }, 'invalid_config'],
     [{ scheme: 'payflow', secret: 's', body: null }, 'invalid_input'],
+    [{ scheme: 'hmac', secret: 's', body }, 'invalid_config'], // no header to sign into
   ];
   for (const [options, reason] of signRefused) {
     const r = sign(options);
     assert.equal(r.ok, false, JSON.stringify(options));
     assert.equal(r.reason, reason, `${JSON.stringify(options)}: ${JSON.stringify(r)}`);
   }
+});
+
+// Secrets are handed to the wasm module one by one before the configuration that keys them; a
+// configuration it refuses must not leave them behind for the next one.
+test('a refused configuration keys none of its secrets into the next', () => {
+  const body = '{"id":"evt_leftover"}';
+  const headers = { 'X-PayFlow-Signature': crypto.createHmac('sha256', 'left-over').update(body).digest('hex') };
+  const refusals = [
+    [verify, { scheme: 'paypal', headers }],
+    [verify, { scheme: 'payflow', toleranceSecs: 1.5, headers }],
+    [sign, { scheme: 'paypal' }],
+    [sign, { scheme: 'hmac' }],
+  ];
+  for (const [call, refused] of refusals) {
+    assert.equal(call({ ...refused, secrets: ['left-over'], body }).reason, 'invalid_config');
+    assert.equal(verify({ scheme: 'payflow', secret: 'other', headers, body }).reason, 'invalid_signature');
+  }
+  assert.deepEqual(verify({ scheme: 'payflow', secret: 'left-over', headers, body }), { ok: true });
 });
 
 test('a secret never appears in a result', () => {
