@@ -36,18 +36,22 @@ fn compress(state: &mut [u32; 8], block: &[u8; BLOCK]) {
         let s0 = w15.rotate_right(7) ^ w15.rotate_right(18) ^ (w15 >> 3);
         w[i] = w[i - 16].wrapping_add(s0).wrapping_add(w[i - 7]).wrapping_add(s1);
     }
+    // Each round adds its constant and its word: added here, in one pass, they are one load.
+    for (w, k) in w.iter_mut().zip(&K) {
+        *w = w.wrapping_add(*k);
+    }
     let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *state;
-    // Eight rounds per pass over arrays of eight, so every index below is a constant.
-    for (k, w) in K.as_chunks::<8>().0.iter().zip(w.as_chunks::<8>().0) {
+    // Eight rounds per pass over arrays of eight, so every index below is a constant. Ch and
+    // Maj in their three- and four-operation forms (FIPS 180-4 writes them with five).
+    for w in w.as_chunks::<8>().0 {
         macro_rules! round {
             ($a:ident, $b:ident, $c:ident, $d:ident, $e:ident, $f:ident, $g:ident, $h:ident, $r:literal) => {
                 let t1 = $h
                     .wrapping_add($e.rotate_right(6) ^ $e.rotate_right(11) ^ $e.rotate_right(25))
-                    .wrapping_add(($e & $f) ^ (!$e & $g))
-                    .wrapping_add(k[$r])
+                    .wrapping_add($g ^ ($e & ($f ^ $g)))
                     .wrapping_add(w[$r]);
                 let t2 = ($a.rotate_right(2) ^ $a.rotate_right(13) ^ $a.rotate_right(22))
-                    .wrapping_add(($a & $b) ^ ($a & $c) ^ ($b & $c));
+                    .wrapping_add(($a & $b) | ($c & ($a | $b)));
                 $d = $d.wrapping_add(t1);
                 $h = t1.wrapping_add(t2);
             };
