@@ -4,6 +4,7 @@
 //! request claims, and over which timestamp and id. Entries that are not well-formed are
 //! skipped (another entry may still match); a header with no well-formed entry is malformed.
 
+use alloc::borrow::Cow;
 use alloc::vec::Vec;
 
 use crate::encoding::{base64_mac, hex_mac, trim_ows, unix_seconds, Mac};
@@ -38,21 +39,24 @@ fn split_once(item: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
     Some((halves.next()?, halves.next()?))
 }
 
-/// All non-empty values of a list header, joined with `sep` (HTTP's rule for repeated headers).
-fn list(headers: &(impl Headers + ?Sized), name: &str, sep: u8) -> Option<Vec<u8>> {
-    let mut joined: Option<Vec<u8>> = None;
+/// All non-empty values of a list header, joined with `sep` (HTTP's rule for repeated headers);
+/// borrowed when there is one, as there almost always is.
+fn list<'h>(headers: &'h (impl Headers + ?Sized), name: &str, sep: u8) -> Option<Cow<'h, [u8]>> {
+    let mut joined: Option<Cow<'h, [u8]>> = None;
     for value in headers.get_all(name) {
         let value = trim_ows(value);
         if value.is_empty() {
             continue;
         }
-        match &mut joined {
-            None => joined = Some(value.to_vec()),
-            Some(all) => {
+        joined = Some(match joined {
+            None => Cow::Borrowed(value),
+            Some(before) => {
+                let mut all = before.into_owned();
                 all.push(sep);
                 all.extend_from_slice(value);
+                Cow::Owned(all)
             }
-        }
+        });
     }
     joined
 }
