@@ -191,20 +191,15 @@ pub fn configure(
 ) -> u32 {
     with_state(|state| {
         let secrets = core::mem::take(&mut state.secrets);
-        let verifier = scheme(scheme_name, hmac_header, hmac_prefix, hmac_encoding).and_then(|scheme| {
-            // Bounded so the cast is exact; 136 years is more tolerance than anyone means.
-            if !(0.0..=u32::MAX as f64).contains(&tolerance_secs) || !whole(tolerance_secs) {
-                return Err(invalid_config("toleranceSecs must be whole seconds, 0 or more"));
-            }
-            let config = VerifierConfig {
-                scheme,
-                secrets,
-                tolerance_secs: tolerance_secs as u64,
-                require_timestamp,
-                json_compat: false,
-            };
-            Verifier::new(config).map_err(|e| invalid_config(config_message(&e)))
-        });
+        let verifier = keyed(
+            scheme_name,
+            hmac_header,
+            hmac_prefix,
+            hmac_encoding,
+            secrets,
+            tolerance_secs,
+            require_timestamp,
+        );
         match verifier {
             Ok(verifier) => {
                 // The first free slot, so a page that cycles configurations reuses its slots.
@@ -221,6 +216,30 @@ pub fn configure(
             }
         }
     })
+}
+
+fn keyed(
+    scheme_name: &str,
+    hmac_header: &str,
+    hmac_prefix: &str,
+    hmac_encoding: &str,
+    secrets: Vec<String>,
+    tolerance_secs: f64,
+    require_timestamp: bool,
+) -> Result<Verifier, String> {
+    let scheme = scheme(scheme_name, hmac_header, hmac_prefix, hmac_encoding)?;
+    // Bounded so the cast is exact; 136 years is more tolerance than anyone means.
+    if !(0.0..=u32::MAX as f64).contains(&tolerance_secs) || !whole(tolerance_secs) {
+        return Err(invalid_config("toleranceSecs must be whole seconds, 0 or more"));
+    }
+    let config = VerifierConfig {
+        scheme,
+        secrets,
+        tolerance_secs: tolerance_secs as u64,
+        require_timestamp,
+        json_compat: false,
+    };
+    Verifier::new(config).map_err(|e| invalid_config(config_message(&e)))
 }
 
 /// Drops the verifier in `slot`; its number may be handed out again.
