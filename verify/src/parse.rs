@@ -27,6 +27,8 @@ pub(crate) struct Claim {
 /// Appends each part and a dot after it.
 fn dotted(prefix: &mut Vec<u8>, parts: &[&[u8]]) {
     for part in parts {
+        // With room for the dot: growing for it would reallocate.
+        prefix.reserve(part.len() + 1);
         prefix.extend_from_slice(part);
         prefix.push(b'.');
     }
