@@ -98,7 +98,7 @@ impl Reason {
         }
     }
 
-    /// Every reason, for metrics that want a zero for each.
+    /// Every reason, in declaration order, for metrics that want a zero for each.
     pub const ALL: [Reason; 4] = [
         Reason::MissingSignature,
         Reason::MalformedSignature,
