@@ -144,6 +144,15 @@ struct State {
     problem: String,
 }
 
+impl State {
+    const EMPTY: State = State { secrets: Vec::new(), slots: Vec::new(), problem: String::new() };
+
+    /// Slot `number`'s place (numbers start at 1, so 0 is never a verifier).
+    fn slot(&mut self, number: u32) -> Option<&mut Option<Verifier>> {
+        self.slots.get_mut(number.wrapping_sub(1) as usize)
+    }
+}
+
 /// Runs `f` on the module's state.
 fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> R {
     #[cfg(target_arch = "wasm32")]
@@ -152,11 +161,7 @@ fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> R {
         // SAFETY: wasm32-unknown-unknown without the atomics feature runs one thread per
         // instance, so the state is never shared between threads.
         unsafe impl Sync for Global {}
-        static STATE: Global = Global(core::cell::UnsafeCell::new(State {
-            secrets: Vec::new(),
-            slots: Vec::new(),
-            problem: String::new(),
-        }));
+        static STATE: Global = Global(core::cell::UnsafeCell::new(State::EMPTY));
         // SAFETY: one thread, and `f` is never re-entered: nothing here calls into JS, so
         // no export runs while another does, and this is the only reference to the state.
         f(unsafe { &mut *STATE.0.get() })
@@ -164,9 +169,7 @@ fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> R {
     // Native builds exist for clippy and the docs; a state per thread keeps them sound.
     #[cfg(not(target_arch = "wasm32"))]
     {
-        std::thread_local!(static STATE: core::cell::RefCell<State> = const {
-            core::cell::RefCell::new(State { secrets: Vec::new(), slots: Vec::new(), problem: String::new() })
-        });
+        std::thread_local!(static STATE: core::cell::RefCell<State> = const { core::cell::RefCell::new(State::EMPTY) });
         STATE.with(|state| f(&mut state.borrow_mut()))
     }
 }
@@ -246,7 +249,7 @@ fn keyed(
 #[wasm_bindgen]
 pub fn release(slot: u32) {
     with_state(|state| {
-        if let Some(verifier) = state.slots.get_mut(slot.wrapping_sub(1) as usize) {
+        if let Some(verifier) = state.slot(slot) {
             *verifier = None;
         }
     });
@@ -264,7 +267,7 @@ pub fn problem() -> String {
 #[wasm_bindgen]
 pub fn verify(slot: u32, headers: &str, body: &[u8], now_secs: f64) -> u32 {
     with_state(|state| {
-        let Some(Some(verifier)) = state.slots.get(slot.wrapping_sub(1) as usize) else {
+        let Some(Some(verifier)) = state.slot(slot) else {
             return NOT_PREPARED;
         };
         match verifier.verify(&JoinedHeaders(headers), body, now_secs as i64) {
@@ -280,7 +283,7 @@ pub fn verify(slot: u32, headers: &str, body: &[u8], now_secs: f64) -> u32 {
 #[wasm_bindgen]
 pub fn sign(slot: u32, body: &[u8], timestamp: f64, id: &str, payflow_v0: bool) -> String {
     with_state(|state| {
-        let signed = match state.slots.get(slot.wrapping_sub(1) as usize) {
+        let signed = match state.slot(slot) {
             Some(Some(verifier)) => sign_with(verifier.signer(), body, timestamp, id, payflow_v0),
             _ => Err(invalid_config("no configuration")),
         };
