@@ -83,6 +83,10 @@ pub struct ServerConfig {
     pub body_timeout_ms: u64,
     /// Connections served at once; more wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Largest request line plus headers; a larger block is answered 431 and the connection
+    /// closed. hyper buffers an unfinished block in full, so this is what each connection that
+    /// trickles headers can cost in memory (hyper's own default is ~400 KB).
+    pub max_header_bytes: usize,
     /// PEM certificate chain; with `tls_key`, ingress speaks HTTPS.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key.
@@ -97,11 +101,20 @@ impl Default for ServerConfig {
             header_timeout_ms: 5_000,
             body_timeout_ms: 10_000,
             max_connections: 1024,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             tls_cert: None,
             tls_key: None,
         }
     }
 }
+
+/// `server.max_header_bytes` by default: PayFlow's and the other providers' requests carry a
+/// few hundred bytes of headers.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
+/// hyper's smallest read buffer (it refuses anything below).
+const MIN_MAX_HEADER_BYTES: usize = 8 << 10;
+/// Past this, a connection's header block costs more memory than any real sender needs.
+const MAX_MAX_HEADER_BYTES: usize = 1 << 20;
 
 /// `[store]`
 #[derive(Debug, Clone, Deserialize)]
@@ -404,6 +417,12 @@ impl Config {
         }
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        if !(MIN_MAX_HEADER_BYTES..=MAX_MAX_HEADER_BYTES).contains(&self.server.max_header_bytes) {
+            return Err(invalid(
+                "server.max_header_bytes",
+                format!("must be from {MIN_MAX_HEADER_BYTES} to {MAX_MAX_HEADER_BYTES} (default {DEFAULT_MAX_HEADER_BYTES})"),
+            ));
         }
         match (&self.server.tls_cert, &self.server.tls_key) {
             (Some(_), None) => return Err(invalid("server.tls_key", "is required with server.tls_cert")),

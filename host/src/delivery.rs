@@ -280,7 +280,7 @@ pub struct UpstreamReply {
     pub status: StatusCode,
     /// Its content type, passed back in proxy mode.
     pub content_type: Option<HeaderValue>,
-    /// `Retry-After` in seconds, when given.
+    /// `Retry-After` as a delay from now, when given (either form).
     pub retry_after: Option<Duration>,
     /// Body (at most 64 KiB).
     pub body: Bytes,
@@ -381,8 +381,7 @@ impl UpstreamClient {
                 .headers()
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+                .and_then(|v| parse_retry_after(v, now_secs));
             let body = Limited::new(response.into_body(), MAX_REPLY_BYTES)
                 .collect()
                 .await
@@ -394,6 +393,20 @@ impl UpstreamClient {
             .await
             .map_err(|_| SendError::Timeout(upstream.timeout))?
     }
+}
+
+/// A `Retry-After` value as a delay from `now_secs` (unix): RFC 9110 allows whole seconds or
+/// an HTTP-date (IMF-fixdate, and the obsolete RFC 850 and asctime forms a recipient must
+/// accept). A date already past means "now". `None` for anything else, so the usual backoff
+/// applies.
+pub fn parse_retry_after(value: &str, now_secs: i64) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    let at_secs = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64;
+    Some(Duration::from_secs(at_secs.saturating_sub(now_secs).max(0) as u64))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -735,6 +748,24 @@ mod tests {
         // Retry-After beats retry_max (60 s here); only a day bounds it.
         assert_eq!(u.backoff(1, Some(Duration::from_secs(7_000))), Duration::from_secs(7_000));
         assert_eq!(u.backoff(1, Some(Duration::from_secs(10_000_000))), MAX_RETRY_AFTER);
+    }
+
+    /// Regression (issue 16, item 16): only the integer form was read, so an upstream asking
+    /// for a pause with an HTTP-date was retried on the short backoff.
+    #[test]
+    fn retry_after_is_honoured_in_both_of_its_forms() {
+        // Sun, 06 Nov 1994 08:49:37 GMT, RFC 9110's own example, in each of its three forms.
+        let example = 784_111_777;
+        for date in
+            ["Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"]
+        {
+            assert_eq!(parse_retry_after(date, example - 120), Some(Duration::from_secs(120)), "{date}");
+            assert_eq!(parse_retry_after(date, example + 5), Some(Duration::ZERO), "{date} (past)");
+        }
+        assert_eq!(parse_retry_after(" 30 ", example), Some(Duration::from_secs(30)));
+        for bad in ["", "soon", "-5", "1.5", "Sun, 32 Nov 1994 08:49:37 GMT"] {
+            assert_eq!(parse_retry_after(bad, example), None, "{bad:?}");
+        }
     }
 
     #[test]

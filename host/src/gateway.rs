@@ -167,7 +167,12 @@ impl Gateway {
         let mut listeners = vec![tokio::spawn(ingress::serve(
             ingress_listener,
             router,
-            ServeOptions { header_timeout, max_connections: config.server.max_connections, tls },
+            ServeOptions {
+                header_timeout,
+                max_connections: config.server.max_connections,
+                max_header_bytes: config.server.max_header_bytes,
+                tls,
+            },
             watch_shutdown.clone(),
         ))];
         if let Some(listener) = admin_listener {
@@ -181,7 +186,12 @@ impl Gateway {
                 ingress_url: (!ingress_tls).then(|| format!("http://{}", loopback(ingress_addr))),
                 client: crate::http::Client::new(),
             });
-            let options = ServeOptions { header_timeout, max_connections: 64, tls: None };
+            let options = ServeOptions {
+                header_timeout,
+                max_connections: 64,
+                max_header_bytes: config.server.max_header_bytes,
+                tls: None,
+            };
             listeners.push(tokio::spawn(ingress::serve(listener, admin, options, watch_shutdown.clone())));
         }
         // Its own connection pool: proxy-mode forwards must not ride on connections driven by the

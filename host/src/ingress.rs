@@ -47,6 +47,8 @@ pub struct ServeOptions {
     pub header_timeout: Duration,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Request line plus headers; larger is answered 431.
+    pub max_header_bytes: usize,
     /// TLS, when configured.
     pub tls: Option<TlsAcceptor>,
 }
@@ -81,12 +83,26 @@ pub async fn serve(
         let (handler, options, watcher) = (handler.clone(), options.clone(), graceful.watcher());
         tokio::spawn(async move {
             let _permit = permit;
+            let max_header_bytes = options.max_header_bytes;
             let service = service_fn(move |request| {
                 let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler.handle(request).await) }
+                async move {
+                    // hyper's buffer cap stops a block that is still arriving, but it is checked
+                    // between reads: a block that arrives whole may pass it by up to twice.
+                    if header_bytes(&request) > max_header_bytes {
+                        return Ok::<_, Infallible>(http::error(
+                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                            "header_fields_too_large",
+                        ));
+                    }
+                    Ok::<_, Infallible>(handler.handle(request).await)
+                }
             });
             let mut builder = http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(options.header_timeout);
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(options.header_timeout)
+                .max_buf_size(options.max_header_bytes);
             let result = match options.tls {
                 None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await,
                 Some(acceptor) => match tokio::time::timeout(options.header_timeout, acceptor.accept(stream))
@@ -109,6 +125,15 @@ pub async fn serve(
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
         tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
     }
+}
+
+/// The size of a request's line and header block, as sent (to within the separators).
+fn header_bytes(request: &Request<Incoming>) -> usize {
+    let line = request.method().as_str().len()
+        + request.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + " HTTP/1.1\r\n".len();
+    let headers: usize = request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    line + headers + 2
 }
 
 /// Loads a PEM certificate chain and key into a TLS acceptor.

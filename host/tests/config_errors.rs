@@ -65,6 +65,7 @@ fn bad_configs_exit_2_naming_the_key() {
             format!("{BASE}{endpoint}[[upstream]]\nname = \"@plugins\"\nurl = \"http://127.0.0.1:1/\"\n"),
             &["upstream[0].name", "start with '@'"],
         ),
+        (BASE.replace("[store]", "max_header_bytes = 1024\n[store]") + endpoint, &["server.max_header_bytes", "from 8192"]),
         ("this is not toml".to_string(), &["TOML parse error"]),
     ];
     for (config, needles) in cases {
