@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
     };
     let block: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(500).max(1);
     let bytes = std::fs::read(&file).with_context(|| format!("cannot read {file}"))?;
-    let runtime = Runtime::new()?;
+    let runtime = Runtime::new(1)?;
     let plugin = runtime.load(&bytes)?;
     let body = serde_json::to_vec(&payflow_edge::samples::sample_event(
         "payment.succeeded",

@@ -241,7 +241,13 @@ async fn start_plugins(
         return Ok(None);
     }
     let problem = |name: &str, problem: String| StartError::Plugin { name: name.to_string(), problem };
-    let runtime = Runtime::new().map_err(|e| problem("*", e.to_string()))?;
+    let workers = match config.plugins.workers {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    // Instances alive at once: one per plugin thread running, one idle per warm plugin.
+    let warm = config.plugin.iter().filter(|p| p.warm).count();
+    let runtime = Runtime::new(workers + warm).map_err(|e| problem("*", e.to_string()))?;
     let registry = Registry::load(
         runtime,
         store.clone(),
@@ -251,10 +257,6 @@ async fn start_plugins(
     )
     .await
     .map_err(|(name, e)| problem(&name, e.to_string()))?;
-    let workers = match config.plugins.workers {
-        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-        n => n,
-    };
     let scheduler = Scheduler::start(workers, crate::delivery::lower_this_threads_priority)
         .map_err(|e| problem("*", format!("cannot start the plugin threads: {e}")))?;
     let endpoints = config

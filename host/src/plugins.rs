@@ -18,11 +18,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store};
+use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolConcurrencyLimitError, PoolingAllocationConfig,
+    ResourceLimiter, Store, StoreContextMut,
+};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamError};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 mod chain;
 mod registry;
@@ -51,6 +54,32 @@ pub const WORLD: &str = "payflow:plugin/plugin@0.1.0";
 /// How often the deadline clock ticks. A run's deadline is rounded up to whole ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// What one component may declare, checked when it is compiled (upload, `plugin check`) and
+/// again when a stored artifact is loaded. A component may legally hold hundreds of core
+/// instances, each with its own memory and tables; without a cap one plugin could take the
+/// whole instance pool that every merchant's runs draw from. The examples need far less: the
+/// Python one (componentize-py) has 14 core instances, every example 1 memory and 2 tables.
+pub const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+/// See [`MAX_CORE_INSTANCES_PER_COMPONENT`].
+pub const MAX_MEMORIES_PER_COMPONENT: u32 = 4;
+/// See [`MAX_CORE_INSTANCES_PER_COMPONENT`].
+pub const MAX_TABLES_PER_COMPONENT: u32 = 16;
+
+/// What a table element costs against `memory_mb`: tables live in host memory, a pointer each.
+const TABLE_ELEMENT_BYTES: usize = 8;
+
+/// The longest drop reason, error message or trap text kept from a run; the rest is cut with
+/// a marker that says how much. These texts are stored with the event and listed by the admin
+/// API and dashboard, so they must stay small whatever a plugin returns.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+/// Tags kept per run, and the longest tag; the excess is dropped and counted in the run's log.
+pub const MAX_TAGS: usize = 32;
+/// See [`MAX_TAGS`].
+pub const MAX_TAG_BYTES: usize = 128;
+/// What each log line costs against `log_bytes` beyond its text, so that a flood of empty
+/// lines is bounded as surely as a flood of long ones (and roughly what a stored line costs).
+const LOG_LINE_OVERHEAD: usize = 32;
+
 /// What one run may use.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -58,7 +87,7 @@ pub struct Limits {
     pub fuel: u64,
     /// Wall-clock time for the whole run, instantiation included.
     pub timeout: Duration,
-    /// Linear memory, in bytes.
+    /// Every linear memory and table of the instance together, in bytes.
     pub memory_bytes: usize,
     /// The outcome's bodies, headers and tags together, in bytes.
     pub output_bytes: usize,
@@ -118,6 +147,10 @@ pub enum Failure {
     /// A forward names an upstream that is not configured for the plugin's merchant.
     #[error("unknown_upstream: {0:?} is not an upstream of this merchant")]
     UnknownUpstream(String),
+    /// No instance slot came free before the deadline (the pool is sized so that this needs
+    /// more runs at once than the gateway starts; retried like any failure).
+    #[error("pool_busy: no instance slot came free before the deadline")]
+    PoolBusy,
 }
 
 impl Failure {
@@ -131,6 +164,7 @@ impl Failure {
             Failure::PluginError(_) => "plugin_error",
             Failure::BadOutput(_) => "bad_output",
             Failure::UnknownUpstream(_) => "unknown_upstream",
+            Failure::PoolBusy => "pool_busy",
         }
     }
 }
@@ -145,6 +179,10 @@ pub enum LoadError {
     /// the gateway does not provide.
     #[error("not a {WORLD} component: {0}")]
     WrongWorld(String),
+    /// The component declares more core instances, memories or tables than one plugin may
+    /// (see [`MAX_CORE_INSTANCES_PER_COMPONENT`]).
+    #[error("the component is over the sandbox's limits: {0}")]
+    TooBig(String),
     /// The engine could not be configured.
     #[error("plugin engine: {0}")]
     Engine(String),
@@ -172,6 +210,27 @@ pub struct Run {
     pub logs: Vec<LogLine>,
     /// Log bytes dropped over the cap.
     pub logs_dropped_bytes: usize,
+    /// Log lines dropped over the cap.
+    pub logs_dropped_lines: usize,
+    /// Tags dropped over [`MAX_TAGS`] (kept tags longer than [`MAX_TAG_BYTES`] are cut).
+    pub tags_dropped: usize,
+}
+
+impl Run {
+    /// What the caps dropped from this run, as a line for its log; `None` when nothing was.
+    pub fn dropped(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.logs_dropped_lines > 0 || self.logs_dropped_bytes > 0 {
+            parts.push(format!(
+                "{} more log lines, {} more log bytes dropped (log_bytes cap)",
+                self.logs_dropped_lines, self.logs_dropped_bytes
+            ));
+        }
+        if self.tags_dropped > 0 {
+            parts.push(format!("{} tags dropped (at most {MAX_TAGS} per run)", self.tags_dropped));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
 }
 
 /// A plugin's key-value space: per merchant and plugin.
@@ -264,15 +323,27 @@ pub struct Runtime {
 
 impl Runtime {
     /// An engine with fuel, epoch deadlines and the pooling allocator, and a linker with WASI
-    /// (nothing granted) and the `host` interface.
-    pub fn new() -> Result<Self, LoadError> {
+    /// (nothing granted) and the `host` interface. `instances` is how many instances can be
+    /// alive at once: one per plugin thread, plus one per warm plugin (its idle instance).
+    ///
+    /// The pool is sized for that many instances of the largest component the caps allow, so
+    /// no run can ever find it empty because of what another merchant's plugin declared.
+    pub fn new(instances: usize) -> Result<Self, LoadError> {
         let mut config = Config::new();
         config.consume_fuel(true).epoch_interruption(true);
         // Deep recursion must trap inside the plugin's own stack, long before the host's.
         config.max_wasm_stack(512 << 10);
         let mut pool = PoolingAllocationConfig::default();
-        // Enough slots for a burst of concurrent runs; memory is capped per run by the limiter.
-        pool.total_component_instances(256).total_core_instances(1024).total_memories(512).total_tables(1024);
+        // One spare instance: a warm instance of a version being replaced may briefly overlap
+        // its successor's.
+        let instances = u32::try_from(instances.max(1) + 1).unwrap_or(u32::MAX / 64);
+        pool.max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
+            .total_component_instances(instances)
+            .total_core_instances(instances * MAX_CORE_INSTANCES_PER_COMPONENT)
+            .total_memories(instances * MAX_MEMORIES_PER_COMPONENT)
+            .total_tables(instances * MAX_TABLES_PER_COMPONENT);
         pool.max_memory_size(256 << 20);
         // Reset the first MiB of a memory slot with memset between runs instead of decommitting
         // it: a fresh instance then costs 13 µs instead of 40 (page faults and TLB shootdowns,
@@ -286,6 +357,7 @@ impl Runtime {
             .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         PluginWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        cap_sleeps_at_the_deadline(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         start_epoch_clock(&engine);
         Ok(Runtime { engine, linker: Arc::new(linker) })
     }
@@ -308,8 +380,14 @@ impl Runtime {
         if !wasmparser::Parser::is_component(bytes) {
             return Err(LoadError::NotAComponent("the file is not WebAssembly".into()));
         }
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| LoadError::NotAComponent(format!("{e:#}")))?;
+        let component = Component::new(&self.engine, bytes).map_err(|e| {
+            let text = format!("{e:#}");
+            if text.contains("exceeds the configured maximum") {
+                LoadError::TooBig(text)
+            } else {
+                LoadError::NotAComponent(text)
+            }
+        })?;
         let compiled = component.serialize().map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         release_free_memory();
         Ok((self.link(&component)?, compiled))
@@ -377,9 +455,23 @@ impl LoadedPlugin {
         let started = Instant::now();
         let (mut store, output) = self.new_store(config, kv, limits);
         arm(&mut store, limits);
-        match self.pre.instantiate(&mut store) {
+        match self.instantiate(&mut store) {
             Ok(plugin) => call(&mut store, &plugin, event, limits, &output, started),
             Err(error) => finish(&mut store, Err(error), limits, &output, started),
+        }
+    }
+
+    /// Instantiates in `store`. Should the pool have no slot free (it is sized so that this
+    /// does not happen, see [`Runtime::new`]), waits for one until the run's deadline rather
+    /// than failing at once.
+    fn instantiate(&self, store: &mut Store<RunState>) -> wasmtime::Result<PluginWorld> {
+        loop {
+            match self.pre.instantiate(&mut *store) {
+                Err(e) if e.is::<PoolConcurrencyLimitError>() && Instant::now() < store.data().deadline => {
+                    std::thread::sleep(EPOCH_TICK);
+                }
+                result => return result,
+            }
         }
     }
 
@@ -401,13 +493,16 @@ impl LoadedPlugin {
             wasi: None,
             output: output.clone(),
             table: ResourceTable::new(),
-            limiter: MemoryCap { cap: limits.memory_bytes, denied: AtomicBool::new(false) },
+            limiter: MemoryCap { cap: limits.memory_bytes, used: 0, denied: AtomicBool::new(false) },
+            deadline: Instant::now() + limits.timeout,
+            deadline_hit: Arc::default(),
             config: config.clone(),
             kv,
             kv_quota: limits.kv_bytes,
             logs: Vec::new(),
             log_room: limits.log_bytes,
             logs_dropped_bytes: 0,
+            logs_dropped_lines: 0,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -441,7 +536,7 @@ impl WarmInstance {
             None => {
                 let (mut store, output) = self.plugin.new_store(&self.config, self.kv.clone(), &self.limits);
                 arm(&mut store, &self.limits);
-                match self.plugin.pre.instantiate(&mut store) {
+                match self.plugin.instantiate(&mut store) {
                     Ok(plugin) => (store, plugin, output),
                     Err(error) => return finish(&mut store, Err(error), &self.limits, &output, started),
                 }
@@ -466,9 +561,12 @@ fn arm(store: &mut Store<RunState>, limits: &Limits) {
     store.set_epoch_deadline(ticks + 1);
     store.epoch_deadline_trap();
     let state = store.data_mut();
+    state.deadline = Instant::now() + limits.timeout;
+    state.deadline_hit.store(false, Ordering::Relaxed);
     state.logs.clear();
     state.log_room = limits.log_bytes;
     state.logs_dropped_bytes = 0;
+    state.logs_dropped_lines = 0;
 }
 
 fn call(
@@ -492,9 +590,17 @@ fn finish(
     started: Instant,
 ) -> Run {
     let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+    let mut tags_dropped = 0;
     let result = match called {
-        Ok(Ok(outcome)) => check_output(outcome, limits.output_bytes),
-        Ok(Err(message)) => Err(Failure::PluginError(message)),
+        // A guest woken from a sleep by its deadline may answer before the epoch trap fires:
+        // it still ran out of time.
+        _ if store.data().deadline_hit.load(Ordering::Relaxed) => Err(Failure::Timeout),
+        Ok(Ok(outcome)) => check_output(outcome, limits.output_bytes).map(|outcome| {
+            let (outcome, dropped) = bound_texts(outcome);
+            tags_dropped = dropped;
+            outcome
+        }),
+        Ok(Err(message)) => Err(Failure::PluginError(truncate(message, MAX_MESSAGE_BYTES))),
         Err(error) => Err(classify(&error, store.data().limiter.denied.swap(false, Ordering::Relaxed))),
     };
     let state = store.data_mut();
@@ -509,7 +615,39 @@ fn finish(
         duration: started.elapsed(),
         logs,
         logs_dropped_bytes: state.logs_dropped_bytes + output_dropped,
+        logs_dropped_lines: state.logs_dropped_lines,
+        tags_dropped,
     }
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), with a marker saying how many
+/// bytes were cut.
+pub fn truncate(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = text.len() - end;
+    text.truncate(end);
+    text.push_str(&format!("… [{cut} more bytes cut]"));
+    text
+}
+
+/// The drop reason and tags of an outcome bounded (see [`MAX_MESSAGE_BYTES`], [`MAX_TAGS`]),
+/// and how many tags were dropped.
+fn bound_texts(mut outcome: Outcome) -> (Outcome, usize) {
+    if let Action::Drop(reason) = &mut outcome.action {
+        *reason = truncate(std::mem::take(reason), MAX_MESSAGE_BYTES);
+    }
+    let dropped = outcome.tags.len().saturating_sub(MAX_TAGS);
+    outcome.tags.truncate(MAX_TAGS);
+    for tag in &mut outcome.tags {
+        *tag = truncate(std::mem::take(tag), MAX_TAG_BYTES);
+    }
+    (outcome, dropped)
 }
 
 fn classify(error: &wasmtime::Error, memory_denied: bool) -> Failure {
@@ -517,15 +655,21 @@ fn classify(error: &wasmtime::Error, memory_denied: bool) -> Failure {
         Some(wasmtime::Trap::OutOfFuel) => Failure::FuelExhausted,
         Some(wasmtime::Trap::Interrupt) => Failure::Timeout,
         _ if memory_denied => Failure::MemoryExhausted,
+        _ if error.is::<PoolConcurrencyLimitError>() => Failure::PoolBusy,
         Some(trap) => Failure::Trap(trap.to_string()),
-        None => Failure::Trap(format!("{error:#}")),
+        None => Failure::Trap(truncate(format!("{error:#}"), MAX_MESSAGE_BYTES)),
     }
 }
 
 /// The outcome within the output cap, naming only what the contract allows.
 fn check_output(outcome: Outcome, cap: usize) -> Result<Outcome, Failure> {
     let headers = |hs: &[Header]| hs.iter().map(|h| h.name.len() + h.value.len()).sum::<usize>();
-    let size = outcome.body.as_ref().map_or(0, Vec::len)
+    let reason = match &outcome.action {
+        Action::Drop(reason) => reason.len(),
+        Action::Continue => 0,
+    };
+    let size = reason
+        + outcome.body.as_ref().map_or(0, Vec::len)
         + headers(&outcome.headers)
         + outcome.tags.iter().map(String::len).sum::<usize>()
         + outcome
@@ -546,33 +690,53 @@ fn check_output(outcome: Outcome, cap: usize) -> Result<Outcome, Failure> {
     Ok(outcome)
 }
 
-/// Caps linear memory, and remembers that it refused, so the trap that follows is named.
+/// Caps what an instance holds in every memory and table together (a component may have
+/// several core instances, each with its own), and remembers that it refused, so the trap that
+/// follows is named. wasmtime asks before creating each memory or table (from 0) and before
+/// each growth.
 struct MemoryCap {
     cap: usize,
+    /// Bytes granted so far, over every memory and table of the store.
+    used: usize,
     denied: AtomicBool,
+}
+
+impl MemoryCap {
+    fn grow(&mut self, current: usize, desired: usize) -> bool {
+        let used = (self.used + desired).saturating_sub(current);
+        if used > self.cap {
+            self.denied.store(true, Ordering::Relaxed);
+            return false;
+        }
+        self.used = used;
+        true
+    }
 }
 
 impl ResourceLimiter for MemoryCap {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.cap {
-            self.denied.store(true, Ordering::Relaxed);
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(self.grow(current, desired))
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        Ok(self
+            .grow(current.saturating_mul(TABLE_ELEMENT_BYTES), desired.saturating_mul(TABLE_ELEMENT_BYTES)))
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        // Granted but not done: wasmtime gives no sizes here, so the grant stays counted. That
+        // errs on the safe side (the run can only be refused sooner), and the run fails anyway.
+        Ok(())
     }
 }
 
@@ -584,19 +748,31 @@ struct RunState {
     output: CappedOutput,
     table: ResourceTable,
     limiter: MemoryCap,
+    /// When this run must end. A guest's sleeps are cut short here (see
+    /// [`cap_sleeps_at_the_deadline`]); the epoch deadline stops its computing.
+    deadline: Instant,
+    /// Set when a sleep was cut short by the deadline: the run has timed out, whatever the
+    /// guest answers afterwards.
+    deadline_hit: Arc<AtomicBool>,
     config: HashMap<String, String>,
     kv: Arc<dyn Kv>,
     kv_quota: usize,
     logs: Vec<LogLine>,
     log_room: usize,
     logs_dropped_bytes: usize,
+    logs_dropped_lines: usize,
 }
 
 impl WasiView for RunState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         let output = &self.output;
         let ctx = self.wasi.get_or_insert_with(|| {
-            WasiCtxBuilder::new().stdout(output.clone()).stderr(output.clone()).build()
+            WasiCtxBuilder::new()
+                .stdout(output.clone())
+                .stderr(output.clone())
+                .wall_clock(FixedWallClock)
+                .monotonic_clock(ProcessClock)
+                .build()
         });
         WasiCtxView { ctx, table: &mut self.table }
     }
@@ -604,12 +780,119 @@ impl WasiView for RunState {
 
 impl RunState {
     fn log_line(&mut self, level: &'static str, message: String) {
-        if message.len() > self.log_room {
+        let cost = message.len() + LOG_LINE_OVERHEAD;
+        if cost > self.log_room {
             self.logs_dropped_bytes += message.len();
+            self.logs_dropped_lines += 1;
             return;
         }
-        self.log_room -= message.len();
+        self.log_room -= cost;
         self.logs.push(LogLine { level, message });
+    }
+}
+
+/// `wasi:clocks/wall-clock` as the contract promises it: plugins are deterministic (as
+/// Shopify's Functions are), so the same event and kv give the same outcome on a replay or a
+/// dry run. The event carries its own times (`received-at-ms`, the body's `created_at`); the
+/// wall clock always reads the Unix epoch.
+struct FixedWallClock;
+
+impl HostWallClock for FixedWallClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+/// `wasi:clocks/monotonic-clock`: nanoseconds since this process's first plugin run, so that
+/// [`cap_sleeps_at_the_deadline`] can turn a guest's instant into a host one.
+struct ProcessClock;
+
+fn process_epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl HostMonotonicClock for ProcessClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        process_epoch().elapsed().as_nanos() as u64
+    }
+}
+
+/// The WASI version whose `monotonic-clock` [`cap_sleeps_at_the_deadline`] replaces: the one
+/// wasmtime-wasi links (older 0.2 guests are served by it too).
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+/// Replaces `subscribe-duration` and `subscribe-instant` of WASI's monotonic clock with ones
+/// whose pollable is ready no later than the run's deadline. The epoch deadline stops a guest
+/// that computes, but not one blocked in the host: a guest sleeping on the clock (e.g.
+/// `std::thread::sleep`) would hold its plugin thread for as long as it asked, past its
+/// `timeout_ms` and past shutdown. Sleeping is the only way a guest can block here: stdin is
+/// empty, stdout and stderr never wait, and no socket or file is granted.
+fn cap_sleeps_at_the_deadline(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK)?;
+    clock.func_wrap("subscribe-duration", |store: StoreContextMut<'_, RunState>, (nanos,): (u64,)| {
+        Ok((sleep_until_deadline(store, Duration::from_nanos(nanos))?,))
+    })?;
+    clock.func_wrap("subscribe-instant", |store: StoreContextMut<'_, RunState>, (when,): (u64,)| {
+        let now = ProcessClock.now();
+        Ok((sleep_until_deadline(store, Duration::from_nanos(when.saturating_sub(now)))?,))
+    })?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+fn sleep_until_deadline(
+    mut store: StoreContextMut<'_, RunState>,
+    wanted: Duration,
+) -> wasmtime::Result<Resource<DynPollable>> {
+    let state = store.data_mut();
+    let now = Instant::now();
+    let left = state.deadline.saturating_duration_since(now);
+    let sleep = if wanted.is_zero() {
+        Sleep::Yield { yielded: false }
+    } else if wanted < left {
+        Sleep::Until { at: now + wanted, hits_deadline: None }
+    } else {
+        Sleep::Until { at: state.deadline, hits_deadline: Some(state.deadline_hit.clone()) }
+    };
+    let sleep = state.table.push(sleep)?;
+    wasmtime_wasi::p2::subscribe(&mut state.table, sleep)
+}
+
+/// A guest's sleep, as [`sleep_until_deadline`] bounded it.
+enum Sleep {
+    /// A zero-length sleep: yields once, as WASI's own does (a guest polling in a loop with a
+    /// zero timeout must not starve the reactor).
+    Yield { yielded: bool },
+    /// Ready at `at`; when that is the run's deadline, the flag records that it was reached.
+    Until { at: Instant, hits_deadline: Option<Arc<AtomicBool>> },
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Sleep {
+    async fn ready(&mut self) {
+        match self {
+            Sleep::Yield { yielded: true } => {}
+            Sleep::Yield { yielded } => {
+                *yielded = true;
+                tokio::task::yield_now().await;
+            }
+            Sleep::Until { at, hits_deadline } => {
+                tokio::time::sleep_until((*at).into()).await;
+                if let Some(flag) = hits_deadline {
+                    flag.store(true, Ordering::Relaxed);
+                }
+            }
+        }
     }
 }
 

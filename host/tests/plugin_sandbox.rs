@@ -83,6 +83,67 @@ fn a_spinning_plugin_with_fuel_to_spare_is_stopped_by_its_deadline() {
     assert!(text(&output).contains("plugin run failed: timeout"), "{}", text(&output));
 }
 
+/// Regression (issue 16, item 2): a guest sleeping on WASI's monotonic clock ran 3 s under
+/// `timeout_ms = 200`, holding its plugin thread, because the epoch deadline only stops wasm
+/// code, not a guest blocked in the host.
+#[test]
+fn a_sleeping_plugin_is_stopped_at_its_deadline() {
+    let started = std::time::Instant::now();
+    let output = run_plugin("clocks", &["--config", "sleep_ms=3000", "--timeout-ms", "200"]);
+    let took = started.elapsed();
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(text(&output).contains("plugin run failed: timeout"), "{}", text(&output));
+    // The whole process (start-up and compiling included) ends long before the 3 s sleep.
+    assert!(took < std::time::Duration::from_millis(2500), "the sleep was not cut short: {took:?}");
+    // A short sleep within the deadline is untouched.
+    let output = run_plugin("clocks", &["--config", "sleep_ms=20", "--timeout-ms", "2000"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("log [info] slept 2"), "{}", text(&output));
+}
+
+/// Regression (issue 16, item 6): `wasi:clocks/wall-clock.now()` returned the host's time,
+/// though the contract promises plugins no wall clock. It reads the Unix epoch: plugins are
+/// deterministic, and the event carries its own times.
+#[test]
+fn the_wall_clock_reads_the_unix_epoch() {
+    let output = run_plugin("clocks", &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("log [info] wall clock: 0 s"), "{}", text(&output));
+}
+
+/// Regression (issue 16, item 4): an 8 MiB drop reason was stored in full under a 4 KiB
+/// output cap, error messages and tags (20,000 of them) were not bounded at all, and 100,000 empty log lines
+/// passed a byte cap. Each is now cut with a marker or counted.
+#[test]
+fn everything_a_plugin_says_is_bounded_and_the_excess_counted() {
+    let drop = run_plugin("loud", &["--config", "mode=drop"]);
+    assert_eq!(drop.status.code(), Some(1), "{}", text(&drop));
+    assert!(text(&drop).contains("bad_output: the outcome is 8388608 bytes"), "{}", text(&drop));
+
+    let error = run_plugin("loud", &["--config", "mode=error"]);
+    let out = text(&error);
+    assert_eq!(error.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("plugin_error: rrr") && out.contains(&format!("[{} more bytes cut]", (8 << 20) - 1024)),
+        "{out}"
+    );
+    assert!(out.len() < 4096, "the message was kept whole: {} bytes", out.len());
+
+    let tags = run_plugin("loud", &["--config", "mode=tags"]);
+    let out = text(&tags);
+    assert!(tags.status.success(), "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("tag: ")).count(), 32, "{out}");
+    assert!(out.contains("19968 tags dropped (at most 32 per run)"), "{out}");
+
+    let lines = run_plugin("loud", &["--config", "mode=lines"]);
+    let out = text(&lines);
+    assert!(lines.status.success(), "{out}");
+    let kept = out.lines().filter(|l| l.starts_with("log [info]")).count();
+    // 16 KiB of log at 32 bytes a line at the least.
+    assert!(kept > 0 && kept <= 512, "{kept} empty lines kept");
+    assert!(out.contains(&format!("{} more log lines, 0 more log bytes dropped", 100_000 - kept)), "{out}");
+}
+
 #[test]
 fn a_log_flood_is_capped_and_the_run_still_succeeds() {
     let output = run_plugin("log_flood", &[]);
@@ -91,7 +152,7 @@ fn a_log_flood_is_capped_and_the_run_still_succeeds() {
     assert!(out.contains("outcome: continue"), "{out}");
     // What it printed reaches its log too (WASI's stdout, set up on the plugin's first print).
     assert!(out.contains(&format!("log [stdout] {}", "x".repeat(1000))), "{out}");
-    assert!(out.contains("bytes over the cap were dropped"), "{out}");
+    assert!(out.contains("more log bytes dropped (log_bytes cap)"), "{out}");
     assert!(out.len() < 64 << 10, "the kept log is capped: {} bytes printed", out.len());
 }
 
@@ -128,7 +189,7 @@ fn a_warm_instance_serves_many_events_and_is_replaced_after_a_failure() {
     use std::collections::HashMap;
     use std::sync::Arc;
 
-    let runtime = Runtime::new().unwrap();
+    let runtime = Runtime::new(1).unwrap();
     let event = |amount: i64| {
         let mut body: serde_json::Value =
             serde_json::from_slice(&support::event_body("evt_warm", "payment.succeeded")).unwrap();

@@ -162,8 +162,8 @@ pub fn run(args: PluginArgs) -> Result<(), Failure> {
             for line in &run.logs {
                 println!("log [{}] {}", line.level, line.message.trim_end());
             }
-            if run.logs_dropped_bytes > 0 {
-                println!("log: {} bytes over the cap were dropped", run.logs_dropped_bytes);
+            if let Some(dropped) = run.dropped() {
+                println!("log: {dropped}");
             }
             match run.result {
                 Ok(outcome) => {
@@ -193,7 +193,8 @@ pub fn run(args: PluginArgs) -> Result<(), Failure> {
 
 fn load(file: &str) -> Result<(LoadedPlugin, usize), Failure> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {file}"))?;
-    let runtime = Runtime::new().map_err(|e| Failure::Usage(e.into()))?;
+    // One run at a time here.
+    let runtime = Runtime::new(1).map_err(|e| Failure::Usage(e.into()))?;
     let plugin = runtime.load(&bytes).map_err(|e| Failure::Negative(format!("{file}: {e}")))?;
     Ok((plugin, bytes.len()))
 }

@@ -317,11 +317,8 @@ fn record(
     };
     let mut logs: Vec<(String, String)> =
         run.logs.iter().map(|l| (l.level.to_string(), l.message.clone())).collect();
-    if run.logs_dropped_bytes > 0 {
-        logs.push((
-            "gateway".into(),
-            format!("{} more log bytes dropped (log_bytes cap)", run.logs_dropped_bytes),
-        ));
+    if let Some(dropped) = run.dropped() {
+        logs.push(("gateway".into(), dropped));
     }
     PluginRunInfo {
         plugin: name.to_string(),
