@@ -182,3 +182,39 @@ async fn unknown_paths_404_and_wrong_methods_405() {
     // Every reply carries a request id for support.
     assert!(response.headers().get("x-request-id").is_some());
 }
+
+/// The status the store holds for event `id` (read with Python's sqlite3, not our code).
+fn stored_status(db: &std::path::Path, id: &str) -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sqlite3, sys; print([r[0] for r in sqlite3.connect(sys.argv[1]).execute('select status from events where id = ?', (sys.argv[2],))])"])
+        .arg(db)
+        .arg(id)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Regression (issue 16, items 14 and 15): an authentic event whose id differed from an
+/// earlier one only in a lone surrogate was answered as a duplicate and lost, and one nested
+/// 200 levels deep was refused with 400 into endless sender retries. Both are kept now, the
+/// deep one quarantined with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_authentic_event_is_kept_whatever_its_id_or_nesting() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let gw = Gateway::start(dir.path(), &config(&db));
+    let (client, url) = (client(), gw.url("/wh/payflow"));
+    let signed = |body: &str| (sign(Scheme::PayFlow, SECRET, body.as_bytes(), "x"), body.as_bytes().to_vec());
+    for id in [r"evt_\ud800", r"evt_\udbff"] {
+        let (headers, body) = signed(&format!(r#"{{"id":"{id}","type":"payment.succeeded"}}"#));
+        assert_eq!(post(&client, &url, &headers, body).await, (200, json!({"received": true})), "{id}");
+    }
+    let data = "{\"a\":[".repeat(200) + "1" + &"]}".repeat(200);
+    let (headers, body) = signed(&format!(r#"{{"id":"evt_deep","type":"payment.succeeded","data":{data}}}"#));
+    assert_eq!(post(&client, &url, &headers, body.clone()).await, (200, json!({"received": true})));
+    assert_eq!(post(&client, &url, &headers, body).await.1, json!({"received": true, "duplicate": true}));
+    drop(gw);
+    assert_eq!(stored_status(&db, r"evt_\ud800"), "['quarantined']");
+    assert_eq!(stored_status(&db, r"evt_\udbff"), "['quarantined']");
+    assert_eq!(stored_status(&db, "evt_deep"), "['quarantined']");
+}

@@ -20,44 +20,71 @@ use core::fmt::Write as _;
 
 use crate::json::{self, Member, Value};
 
-/// `JSON.stringify(JSON.parse(body))` as UTF-8 bytes, or `None` where `JSON.parse` throws.
+/// Deepest nesting tried in compat mode. Node 20's `JSON.stringify` throws ("Maximum call
+/// stack size exceeded") between 4,096 and 6,000 levels, so nothing deeper can carry a seed
+/// signature; the bound keeps what an unsigned body can cost (about 200 bytes a level) small.
+pub const COMPAT_MAX_DEPTH: usize = 8192;
+
+/// `JSON.stringify(JSON.parse(body))` as UTF-8 bytes, or `None` where `JSON.parse` throws (or
+/// the body nests deeper than [`COMPAT_MAX_DEPTH`]). Nothing here recurses.
 pub fn js_canonical_json(body: &[u8]) -> Option<Vec<u8>> {
     let text = String::from_utf8_lossy(body);
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let value = json::parse(text).ok()?;
+    let value = json::parse_deep(text, COMPAT_MAX_DEPTH).ok()?;
     let mut out = Vec::with_capacity(body.len());
     write_value(&value, &mut out);
     Some(out)
 }
 
+/// What is left to write, last first.
+enum Pending<'v, 'a> {
+    Value(&'v Value<'a>),
+    Key(Cow<'a, [u8]>),
+    Byte(u8),
+}
+
 fn write_value(value: &Value<'_>, out: &mut Vec<u8>) {
-    match value {
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::Bool(true) => out.extend_from_slice(b"true"),
-        Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(raw) => write_number(raw.parse::<f64>().unwrap_or(f64::NAN), out),
-        Value::String(s) => write_string(&s.to_wtf8(), out),
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_value(item, out);
+    let mut pending = alloc::vec![Pending::Value(value)];
+    while let Some(next) = pending.pop() {
+        let value = match next {
+            Pending::Byte(b) => {
+                out.push(b);
+                continue;
             }
-            out.push(b']');
-        }
-        Value::Object(members) => {
-            out.push(b'{');
-            for (i, (key, value)) in js_property_order(members).into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
+            Pending::Key(key) => {
                 write_string(&key, out);
                 out.push(b':');
-                write_value(value, out);
+                continue;
             }
-            out.push(b'}');
+            Pending::Value(value) => value,
+        };
+        match value {
+            Value::Null => out.extend_from_slice(b"null"),
+            Value::Bool(true) => out.extend_from_slice(b"true"),
+            Value::Bool(false) => out.extend_from_slice(b"false"),
+            Value::Number(raw) => write_number(raw.parse::<f64>().unwrap_or(f64::NAN), out),
+            Value::String(s) => write_string(&s.to_wtf8(), out),
+            Value::Array(items) => {
+                out.push(b'[');
+                pending.push(Pending::Byte(b']'));
+                for (i, item) in items.iter().enumerate().rev() {
+                    pending.push(Pending::Value(item));
+                    if i > 0 {
+                        pending.push(Pending::Byte(b','));
+                    }
+                }
+            }
+            Value::Object(members) => {
+                out.push(b'{');
+                pending.push(Pending::Byte(b'}'));
+                for (i, (key, value)) in js_property_order(members).into_iter().enumerate().rev() {
+                    pending.push(Pending::Value(value));
+                    pending.push(Pending::Key(key));
+                    if i > 0 {
+                        pending.push(Pending::Byte(b','));
+                    }
+                }
+            }
         }
     }
 }

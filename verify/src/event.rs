@@ -158,13 +158,32 @@ pub struct Customer {
 /// Parses a raw webhook body into an event.
 pub fn parse(body: &[u8]) -> Result<ParsedEvent, EnvelopeError> {
     let text = core::str::from_utf8(body).map_err(|_| EnvelopeError::NotUtf8)?;
-    let root = json::parse(text)?;
+    match json::parse(text) {
+        Ok(root) => envelope(&root, |id| validate(&root, id)),
+        // Nesting is no reason to refuse an authentic event (the sender would retry it for
+        // ever): it is kept, quarantined, if its envelope can be read at all. (Only authentic
+        // bodies get here, so the parse needs no bound beyond the body size.)
+        Err(e) if e.problem == json::TOO_DEEP => {
+            let root = json::parse_deep(text, usize::MAX)?;
+            envelope(&root, |_| {
+                Err(invalid("body", alloc::format!("nests deeper than {} levels", json::MAX_DEPTH)))
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The id and type of a parsed body, and `check` of the rest.
+fn envelope(
+    root: &Value<'_>,
+    check: impl FnOnce(&str) -> Result<Event, ValidationError>,
+) -> Result<ParsedEvent, EnvelopeError> {
     if !matches!(root, Value::Object(_)) {
         return Err(EnvelopeError::NotObject(root.kind()));
     }
     let id = match root.get("id").map(|m| &m.value) {
         None | Some(Value::Null) => return Err(EnvelopeError::MissingId),
-        Some(Value::String(s)) => s.to_str().into_owned(),
+        Some(Value::String(s)) => s.to_exact_str().into_owned(),
         Some(_) => return Err(EnvelopeError::BadId),
     };
     if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
@@ -174,7 +193,7 @@ pub fn parse(body: &[u8]) -> Result<ParsedEvent, EnvelopeError> {
         Some(Value::String(s)) => Some(s.to_str().into_owned()),
         _ => None,
     };
-    let checked = validate(&root, &id);
+    let checked = check(&id);
     Ok(ParsedEvent { id, event_type, checked })
 }
 

@@ -126,3 +126,34 @@ fn duplicate_keys_take_the_last_value_like_json_parse() {
             .unwrap();
     assert_eq!(parsed.id, "evt_b");
 }
+
+/// Regression (issue 16, item 14): ids were decoded with U+FFFD for a lone surrogate, so two
+/// authentic events whose ids differ only there collapsed into one and the second was lost.
+#[test]
+fn ids_that_differ_only_in_a_lone_surrogate_stay_different() {
+    let id = |body: &[u8]| event::parse(body).unwrap().id;
+    let a = id(br#"{"id":"evt_\ud800","type":"payment.succeeded"}"#);
+    let b = id(br#"{"id":"evt_\udbff","type":"payment.succeeded"}"#);
+    assert_ne!(a, b);
+    assert_eq!(a, "evt_\\ud800");
+    assert_eq!(id(br#"{"id":"evt_\uDBFF","type":"x"}"#), b, "the escape's case does not matter");
+    // Everything else decodes as before, a well-formed pair included.
+    assert_eq!(id(br#"{"id":"evt_\ud83d\ude00\u0041","type":"x"}"#), "evt_😀A");
+}
+
+/// Regression (issue 16, item 15): an authentic body nested past 128 levels was refused with
+/// 400, so its sender retried it for ever. Its envelope is read and it is kept for quarantine.
+#[test]
+fn an_event_nested_past_the_bound_is_kept_for_quarantine_not_refused() {
+    let data = "{\"a\":[".repeat(200) + "1" + &"]}".repeat(200);
+    let body = format!(r#"{{"id":"evt_deep","type":"payment.succeeded","data":{data}}}"#);
+    let parsed = event::parse(body.as_bytes()).unwrap();
+    assert_eq!(parsed.id, "evt_deep");
+    assert_eq!(parsed.event_type.as_deref(), Some("payment.succeeded"));
+    let reason = parsed.checked.unwrap_err().to_string();
+    assert_eq!(reason, "body: nests deeper than 128 levels");
+    // A deep body that is not JSON is still refused, as is one with no id.
+    assert!(matches!(event::parse(&body.as_bytes()[..body.len() - 1]), Err(EnvelopeError::NotJson(_))));
+    let no_id = format!(r#"{{"type":"payment.succeeded","data":{data}}}"#);
+    assert!(matches!(event::parse(no_id.as_bytes()), Err(EnvelopeError::MissingId)));
+}

@@ -76,6 +76,10 @@ const curated = [
   '[1e21, 1e-7, -0, 0.1, 123e-20, 1E400, -1e400, 5e-324]', '"\\ud800"', '"\\udc00\\ud800"',
   '{"\\u0061":1,"a":2}', '{"__proto__":{"x":1}}', '  {"a" : [ ] , "b" : { } }  ', '\ufeff{"bom":true}',
   '{"amount":2500.00,"currency":"PKR"}', '[1,]', '{"a":1,}', '', 'nul', '[01]',
+  // Deep nesting that Node signs without complaint (its JSON.stringify gives up somewhere
+  // between 4,096 and 6,000 levels): 2,000 levels of reordered keys and numbers, 4,096 arrays.
+  '{"id":"evt_deep","data":' + '{ "z" : 1.0 , "1":[ '.repeat(1000) + '-0' + ' ] }'.repeat(1000) + '}',
+  '['.repeat(4096) + ']'.repeat(4096),
 ];
 
 const decoder = new TextDecoder('utf-8');
