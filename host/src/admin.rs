@@ -15,7 +15,7 @@ mod endpoints;
 mod observe;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use hyper::body::Incoming;
@@ -55,6 +55,41 @@ pub struct Admin {
     pub ingress_url: Option<String>,
     /// For test webhooks.
     pub client: http::Client,
+    /// Uploads in flight per token (see [`UPLOADS_PER_TOKEN`]).
+    pub uploads: Mutex<HashMap<Scope, usize>>,
+}
+
+/// Uploads one token may have in flight. An upload holds its connection until its body is in
+/// (up to [`UPLOAD_TIMEOUT`]); without a bound a merchant's token could hold every admin
+/// connection with slow uploads and lock the operator out.
+const UPLOADS_PER_TOKEN: usize = 2;
+
+/// An upload's place among its token's, given back when dropped.
+struct UploadTurn<'a> {
+    admin: &'a Admin,
+    scope: Scope,
+}
+
+impl Admin {
+    /// A place for one more upload by `scope`, unless it has [`UPLOADS_PER_TOKEN`] in flight.
+    fn upload_turn(&self, scope: &Scope) -> Option<UploadTurn<'_>> {
+        let mut uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let n = uploads.entry(scope.clone()).or_default();
+        if *n >= UPLOADS_PER_TOKEN {
+            return None;
+        }
+        *n += 1;
+        Some(UploadTurn { admin: self, scope: scope.clone() })
+    }
+}
+
+impl Drop for UploadTurn<'_> {
+    fn drop(&mut self) {
+        let mut uploads = self.admin.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = uploads.get_mut(&self.scope) {
+            *n -= 1;
+        }
+    }
 }
 
 /// Who is asking: `None` is the operator, `Some(id)` a merchant.
@@ -218,6 +253,13 @@ impl Admin {
         let result = match (rest, &method) {
             ([], &Method::GET) => registry.show(merchant, name).await,
             ([], &Method::PUT) => {
+                let Some(_turn) = self.upload_turn(&scope) else {
+                    let mut reply = http::error(StatusCode::TOO_MANY_REQUESTS, "too_many_uploads");
+                    reply
+                        .headers_mut()
+                        .insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("5"));
+                    return reply;
+                };
                 let limit = self.config.plugins.max_upload_bytes;
                 let body = match http::read_body(request.into_body(), limit, UPLOAD_TIMEOUT).await {
                     Ok(body) => body,

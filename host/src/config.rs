@@ -81,8 +81,13 @@ pub struct ServerConfig {
     pub header_timeout_ms: u64,
     /// Time a client has to send its whole body once the headers are in.
     pub body_timeout_ms: u64,
-    /// Connections served at once; more wait in the kernel's accept queue.
+    /// Connections served at once. A new one beyond this closes the connection that has waited
+    /// longest for a request (never one whose request is being answered).
     pub max_connections: usize,
+    /// Connections at once from one client address; a client over it loses its own
+    /// longest-waiting connection. Behind a proxy every sender has the proxy's address: set it
+    /// to `max_connections` there.
+    pub max_connections_per_client: usize,
     /// Largest request line plus headers; a larger block is answered 431 and the connection
     /// closed. hyper buffers an unfinished block in full, so this is what each connection that
     /// trickles headers can cost in memory (hyper's own default is ~400 KB).
@@ -101,6 +106,7 @@ impl Default for ServerConfig {
             header_timeout_ms: 5_000,
             body_timeout_ms: 10_000,
             max_connections: 1024,
+            max_connections_per_client: 256,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             tls_cert: None,
             tls_key: None,
@@ -417,6 +423,9 @@ impl Config {
         }
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        if self.server.max_connections_per_client == 0 {
+            return Err(invalid("server.max_connections_per_client", "must be at least 1"));
         }
         if !(MIN_MAX_HEADER_BYTES..=MAX_MAX_HEADER_BYTES).contains(&self.server.max_header_bytes) {
             return Err(invalid(

@@ -8,13 +8,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::connections::Caps;
 use crate::delivery::{Dispatcher, Upstream, UpstreamClient};
 use crate::ingress::{self, ServeOptions, WebhookRouter};
 use crate::pipeline::{Endpoint, Pipeline};
@@ -72,8 +73,24 @@ pub struct Gateway {
     store: Arc<dyn Store>,
 }
 
+/// The admin listener's connection caps: its users are a few operators, merchants' tools and a
+/// metrics scraper. No address may hold more than a quarter, so one merchant's client cannot
+/// lock the operator (or `/healthz`, `/metrics`) out.
+const ADMIN_CONNECTIONS: Caps = Caps { max: 64, per_client: 16 };
+
+/// Pending connections the kernel may queue per listener (tokio's default is 1024): bursts
+/// and floods wait there rather than being refused by the kernel.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr: addr.to_string(), source })
+    let error = |source| StartError::Bind { what, addr: addr.to_string(), source };
+    let parsed: SocketAddr = addr
+        .parse()
+        .map_err(|_| error(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an address")))?;
+    let socket = if parsed.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(error)?;
+    socket.set_reuseaddr(true).map_err(error)?;
+    socket.bind(parsed).map_err(error)?;
+    socket.listen(LISTEN_BACKLOG).map_err(error)
 }
 
 impl Gateway {
@@ -169,7 +186,10 @@ impl Gateway {
             router,
             ServeOptions {
                 header_timeout,
-                max_connections: config.server.max_connections,
+                caps: Caps {
+                    max: config.server.max_connections,
+                    per_client: config.server.max_connections_per_client,
+                },
                 max_header_bytes: config.server.max_header_bytes,
                 tls,
             },
@@ -185,10 +205,11 @@ impl Gateway {
                 plugins: plugins.clone(),
                 ingress_url: (!ingress_tls).then(|| format!("http://{}", loopback(ingress_addr))),
                 client: crate::http::Client::new(),
+                uploads: Default::default(),
             });
             let options = ServeOptions {
                 header_timeout,
-                max_connections: 64,
+                caps: ADMIN_CONNECTIONS,
                 max_header_bytes: config.server.max_header_bytes,
                 tls: None,
             };

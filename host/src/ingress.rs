@@ -1,10 +1,12 @@
 //! Listeners: accepting connections (optionally TLS), the limits that protect them, graceful
 //! shutdown, and the webhook router that hands each request to the pipeline.
 //!
-//! Limits and why: a connection cap so a flood cannot exhaust file descriptors or memory (the
-//! rest wait in the kernel's accept queue); a header read timeout so a slow client cannot hold a
-//! connection open by trickling headers (slowloris); the body timeout and size cap are applied
-//! by the pipeline. On shutdown the listener stops accepting at once and in-flight requests are
+//! Limits and why: connection caps, in all and per client address, so a flood cannot exhaust
+//! file descriptors or memory nor crowd out other senders (a full listener closes the
+//! connection that has waited longest for a request, see [`crate::connections`], and never
+//! stops accepting); a header read timeout so a slow client cannot hold a connection open by
+//! trickling headers (slowloris); a cap on the header block (431); the body timeout and size
+//! cap are applied by the pipeline. On shutdown the listener stops accepting at once and in-flight requests are
 //! given time to finish.
 
 use std::collections::HashMap;
@@ -23,9 +25,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use rand::Rng;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::connections::{Caps, Connections};
 use crate::delivery::REQUEST_ID_HEADER;
 use crate::http::{self, Reply};
 use crate::pipeline::{Endpoint, Pipeline};
@@ -45,8 +48,8 @@ pub trait Handler: Send + Sync + 'static {
 pub struct ServeOptions {
     /// Time allowed for a request's headers (and a TLS handshake).
     pub header_timeout: Duration,
-    /// Connections served at once.
-    pub max_connections: usize,
+    /// Connections at once, in all and per client address (see [`crate::connections`]).
+    pub caps: Caps,
     /// Request line plus headers; larger is answered 431.
     pub max_header_bytes: usize,
     /// TLS, when configured.
@@ -61,13 +64,9 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(options.max_connections));
+    let connections = Connections::new(options.caps);
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
-            _ = shutdown.changed() => break,
-        };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -79,23 +78,27 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
+        // Full of busy connections: closing the newcomer at once lets its client retry.
+        let Some(admitted) = connections.admit(peer.ip()) else { continue };
         let _ = stream.set_nodelay(true);
         let (handler, options, watcher) = (handler.clone(), options.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let _permit = permit;
+            let close = admitted.close.clone();
+            let admitted = Arc::new(admitted);
             let max_header_bytes = options.max_header_bytes;
             let service = service_fn(move |request| {
-                let handler = handler.clone();
+                let (handler, admitted) = (handler.clone(), admitted.clone());
                 async move {
+                    admitted.busy();
                     // hyper's buffer cap stops a block that is still arriving, but it is checked
                     // between reads: a block that arrives whole may pass it by up to twice.
-                    if header_bytes(&request) > max_header_bytes {
-                        return Ok::<_, Infallible>(http::error(
-                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                            "header_fields_too_large",
-                        ));
-                    }
-                    Ok::<_, Infallible>(handler.handle(request).await)
+                    let reply = if header_bytes(&request) > max_header_bytes {
+                        http::error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "header_fields_too_large")
+                    } else {
+                        handler.handle(request).await
+                    };
+                    admitted.waiting();
+                    Ok::<_, Infallible>(reply)
                 }
             });
             let mut builder = http1::Builder::new();
@@ -103,21 +106,31 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(options.header_timeout)
                 .max_buf_size(options.max_header_bytes);
-            let result = match options.tls {
-                None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await,
-                Some(acceptor) => match tokio::time::timeout(options.header_timeout, acceptor.accept(stream))
-                    .await
-                {
-                    Ok(Ok(tls)) => watcher.watch(builder.serve_connection(TokioIo::new(tls), service)).await,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "TLS handshake failed");
-                        return;
+            let served = async {
+                match options.tls {
+                    None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(options.header_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => {
+                                watcher.watch(builder.serve_connection(TokioIo::new(tls), service)).await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                Ok(())
+                            }
+                            Err(_) => Ok(()),
+                        }
                     }
-                    Err(_) => return,
-                },
+                }
             };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "connection ended with an error");
+            tokio::select! {
+                result = served => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+                // Dropping the connection closes it.
+                _ = close.notified() => tracing::debug!(%peer, "connection closed to make room for another"),
             }
         });
     }

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod delivery;
 pub mod gateway;
 pub mod http;

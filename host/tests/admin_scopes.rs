@@ -118,3 +118,76 @@ async fn events_page_newest_first_with_filters() {
     let (_, customers) = admin_get(&client, &gw.admin_url("/api/events?type=customer.created"), ACME).await;
     assert_eq!(ids(&customers), ["evt_customer"]);
 }
+
+/// One slow upload: the headers with `token`, then a body byte every 200 ms from `from`, for as
+/// long as the gateway keeps the connection and `stop` is unset. Returns the status line if the
+/// gateway answered.
+async fn slow_upload(
+    from: std::net::SocketAddr,
+    to: std::net::SocketAddr,
+    token: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(from).unwrap();
+    let mut stream = socket.connect(to).await.ok()?;
+    let head = format!(
+        "PUT /api/plugins/p HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 10000000\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.ok()?;
+    let mut reply = [0u8; 64];
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        tokio::select! {
+            read = stream.read(&mut reply) => {
+                let n = read.ok()?;
+                return (n > 0).then(|| String::from_utf8_lossy(&reply[..n]).lines().next().unwrap_or("").to_string());
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                stream.write_all(b"\0").await.ok()?;
+            }
+        }
+    }
+    None
+}
+
+/// Regression (issue 16, item 10): a merchant's token opening ~70 slow uploads locked the
+/// operator out of the admin listener: `/healthz`, `/metrics` and `/api/whoami` got no answer.
+/// Now a token has at most two uploads in flight (429 beyond), one address at most 16 of the
+/// 64 admin connections, and the operator is answered throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_uploads_by_a_merchant_never_lock_the_operator_out() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let config =
+        config(&dir.path().join("db"), &upstream.url()) + "[[plugin]]\nname = \"p\"\nmerchant = \"acme\"\n";
+    let gw = Gateway::start(dir.path(), &config);
+    let admin = gw.admin.unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    // 72 slow uploads from four addresses, more than the listener's 64 connections.
+    let uploads: Vec<_> = (0..72)
+        .map(|i| {
+            let from: std::net::SocketAddr = format!("127.0.0.{}:0", 2 + i % 4).parse().unwrap();
+            tokio::spawn(slow_upload(from, admin, ACME, stop.clone()))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    for _ in 0..5 {
+        for (path, token) in [("/healthz", ""), ("/metrics", ADMIN_TOKEN), ("/api/whoami", ADMIN_TOKEN)] {
+            let response = client.get(gw.admin_url(path)).bearer_auth(token).send().await;
+            let status = response.map(|r| r.status().as_u16());
+            assert_eq!(status.ok(), Some(200), "{path} during the slow uploads");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut answers = Vec::new();
+    for upload in uploads {
+        answers.extend(upload.await.unwrap());
+    }
+    // Uploads beyond the token's two were told to come back later.
+    assert!(answers.iter().any(|a| a.starts_with("HTTP/1.1 429")), "{answers:?}");
+}
