@@ -13,7 +13,7 @@
 //! on their timeouts, need. Under sustained overload deliveries still get a share (a nice
 //! value weighs, it never starves), and nothing is lost: the queue is durable.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +29,10 @@ use payflow_verify::{Scheme, SignOptions, Signer};
 use rand::Rng;
 use tokio::sync::{watch, Notify};
 
+mod fair_queue;
+
+use fair_queue::FairQueue;
+
 use crate::clock::Clock;
 use crate::config::{PluginsConfig, UpstreamConfig};
 use crate::metrics::Counter;
@@ -43,6 +47,9 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 const MAX_REPLY_BYTES: usize = 64 * 1024;
 /// Deliveries waiting in memory per upstream; beyond this they wait in the store only.
 const QUEUE_CAPACITY: usize = 4096;
+/// Deliveries one merchant may have waiting in memory per upstream: a merchant's backlog
+/// must not fill the queue that another's new events are handed to.
+const MERCHANT_QUEUE_SHARE: usize = QUEUE_CAPACITY / 4;
 /// How often the store is polled while the workers are busy with what ingress handed them.
 const BUSY_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Rows read from the store per poll.
@@ -85,6 +92,11 @@ pub struct Upstream {
     retry_max: Duration,
     /// Deliveries in flight at once: the number of worker tasks.
     pub concurrency: usize,
+    /// Deliveries one merchant may have in flight at once. Only the plugin step's queue is
+    /// shared between merchants: there a merchant gets three quarters of the workers, so that
+    /// while its steps run long (plugins spinning to their deadline) the rest take the others'
+    /// at once. An HTTP upstream has one merchant, who gets every worker.
+    merchant_in_flight: usize,
     /// One per delivery in flight, from the workers and from plugin steps that deliver their
     /// event's first attempt themselves: together they never exceed `concurrency`.
     permits: tokio::sync::Semaphore,
@@ -130,7 +142,8 @@ struct DeliveryQueue {
 
 #[derive(Default)]
 struct QueueState {
-    waiting: VecDeque<DueDelivery>,
+    /// In turn: merchants, then their endpoints, round robin (see [`fair_queue`]).
+    waiting: FairQueue<DueDelivery>,
     claimed: HashSet<(String, String)>,
     /// Deliveries finished (recorded, then released) since the poller's last read began, with
     /// the sequence number of their release. A row the poller read as pending may have been
@@ -145,10 +158,14 @@ impl DeliveryQueue {
     fn push(&self, delivery: DueDelivery) -> bool {
         let queued = self.state.lock().is_ok_and(|mut s| {
             let key = (delivery.merchant.clone(), delivery.event_id.clone());
-            if s.waiting.len() >= QUEUE_CAPACITY || !s.claimed.insert(key) {
+            if s.waiting.len() >= QUEUE_CAPACITY
+                || s.waiting.waiting(&delivery.merchant) >= MERCHANT_QUEUE_SHARE
+                || !s.claimed.insert(key)
+            {
                 return false;
             }
-            s.waiting.push_back(delivery);
+            let (merchant, endpoint) = (delivery.merchant.clone(), delivery.endpoint.clone());
+            s.waiting.push(&merchant, &endpoint, delivery);
             true
         });
         if queued {
@@ -178,8 +195,10 @@ impl DeliveryQueue {
         }
     }
 
-    fn pop(&self) -> Option<DueDelivery> {
-        self.state.lock().ok()?.waiting.pop_front()
+    /// The next delivery in turn of a merchant with fewer than `max_in_flight` popped and not
+    /// yet released.
+    fn pop(&self, max_in_flight: usize) -> Option<DueDelivery> {
+        self.state.lock().ok()?.waiting.pop(max_in_flight)
     }
 
     /// Called once the delivery's outcome is recorded in the store.
@@ -187,6 +206,7 @@ impl DeliveryQueue {
         if let Ok(mut s) = self.state.lock() {
             let key = (merchant.to_string(), event_id.to_string());
             s.claimed.remove(&key);
+            s.waiting.finish(merchant);
             s.released += 1;
             let at = s.released;
             s.finished.insert(key, at);
@@ -226,7 +246,9 @@ impl Upstream {
             retry_max_ms: config.retry_max_ms,
             sign_secret: None,
         };
-        Upstream::with(&policy, Target::PluginStep)
+        let mut step = Upstream::with(&policy, Target::PluginStep);
+        step.merchant_in_flight = (step.concurrency - step.concurrency / 4).max(1);
+        step
     }
 
     fn with(config: &UpstreamConfig, target: Target) -> Self {
@@ -239,6 +261,7 @@ impl Upstream {
             retry_base: Duration::from_millis(config.retry_base_ms),
             retry_max: Duration::from_millis(config.retry_max_ms),
             concurrency: config.concurrency,
+            merchant_in_flight: config.concurrency,
             permits: tokio::sync::Semaphore::new(config.concurrency),
             queue: DeliveryQueue::default(),
             poll_now: Notify::new(),
@@ -553,7 +576,7 @@ impl Dispatcher {
     /// A worker: one delivery at a time, from the upstream's queue.
     async fn work(self: Arc<Self>, upstream: Arc<Upstream>, mut shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() {
-            match upstream.queue.pop() {
+            match upstream.queue.pop(upstream.merchant_in_flight) {
                 Some(delivery) => {
                     let (merchant, event_id) = (delivery.merchant.clone(), delivery.event_id.clone());
                     self.deliver(&upstream, delivery).await;
@@ -717,7 +740,7 @@ mod tests {
         let queue = DeliveryQueue::default();
         assert!(queue.push(due("evt_1")));
         let since = queue.since(); // the poller's read begins
-        let taken = queue.pop().unwrap(); // a worker delivers it, records it, releases it
+        let taken = queue.pop(usize::MAX).unwrap(); // a worker delivers it, records it, releases it
         queue.release(&taken.merchant, &taken.event_id);
         assert!(!queue.push_polled(due("evt_1"), since), "the stale row must not be queued");
         assert!(queue.push_polled(due("evt_2"), since), "other rows are");
@@ -726,7 +749,7 @@ mod tests {
         // (a retry), it is queued.
         let later = queue.since();
         queue.forget_finished(later);
-        assert!(queue.pop().is_some());
+        assert!(queue.pop(usize::MAX).is_some());
         assert!(queue.push_polled(due("evt_1"), later));
     }
 
