@@ -109,6 +109,10 @@ pub struct Upstream {
     backlog: AtomicBool,
     /// Attempts, by outcome.
     pub counts: DeliveryCounts,
+    /// Attempts made but not yet recorded (the store refused the write). Their deliveries stay
+    /// claimed until they are recorded, so the store's stale row (still due, its attempts not
+    /// counted) is never sent again: backoff and `max_attempts` hold while the store is full.
+    unrecorded: Mutex<Vec<Attempt>>,
 }
 
 /// An upstream's delivery attempts by outcome: `payflow_edge_deliveries_total{outcome}`.
@@ -267,6 +271,7 @@ impl Upstream {
             poll_now: Notify::new(),
             backlog: AtomicBool::new(false),
             counts: DeliveryCounts::default(),
+            unrecorded: Mutex::default(),
         }
     }
 
@@ -579,8 +584,21 @@ impl Dispatcher {
             match upstream.queue.pop(upstream.merchant_in_flight) {
                 Some(delivery) => {
                     let (merchant, event_id) = (delivery.merchant.clone(), delivery.event_id.clone());
-                    self.deliver(&upstream, delivery).await;
-                    upstream.queue.release(&merchant, &event_id);
+                    let attempts = delivery.attempts;
+                    if self.deliver(&upstream, delivery).await {
+                        upstream.queue.release(&merchant, &event_id);
+                    } else if let Target::PluginStep = upstream.target {
+                        // A step whose record the store refused runs again, but not before its
+                        // backoff and not before the store takes writes again.
+                        let (me, up) = (self.clone(), upstream.clone());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(up.backoff(attempts + 1, None)).await;
+                            while me.store.check_writable(me.clock.now_ms()).await.is_err() {
+                                tokio::time::sleep(BUSY_POLL_INTERVAL).await;
+                            }
+                            up.queue.release(&merchant, &event_id);
+                        });
+                    }
                 }
                 None => {
                     // Ran dry: with a backlog in the store, have the poller fetch the next page now.
@@ -604,6 +622,7 @@ impl Dispatcher {
         let mut cursor = None;
         let mut last_poll: Option<Instant> = None;
         while !*shutdown.borrow() {
+            self.record_unrecorded(&upstream).await;
             // While the workers have enough queued in memory, the store is read only at a slow
             // pace (for retries that came due): its due rows are then mostly the very events
             // already queued, and reading them again would cost more than delivering them.
@@ -648,21 +667,43 @@ impl Dispatcher {
         }
     }
 
-    async fn deliver(&self, upstream: &Upstream, d: DueDelivery) {
+    /// Makes the attempt (or runs the plugin step) and records it; false when the store refused
+    /// the record, and the delivery must stay claimed (see [`Upstream::unrecorded`]).
+    async fn deliver(&self, upstream: &Upstream, d: DueDelivery) -> bool {
         if let Target::PluginStep = upstream.target {
-            match &self.plugins {
+            return match &self.plugins {
                 Some(plugins) => plugins.run_queued(upstream, d).await,
                 None => {
-                    tracing::warn!(event_id = %d.event_id, "a plugin step is due but no plugins are configured")
+                    tracing::warn!(event_id = %d.event_id, "a plugin step is due but no plugins are configured");
+                    true
                 }
-            }
-            return;
+            };
         }
         let attempt = attempt(&self.client, &*self.clock, upstream, &d).await;
-        if let Err(e) = self.store.record_attempt(attempt).await {
-            // Not recorded means still pending in the store: it will be sent again (at least once).
-            tracing::warn!(event_id = %d.event_id, error = %e, "cannot record a delivery attempt; it will be retried");
+        if let Err(e) = self.store.record_attempt(attempt.clone()).await {
+            tracing::warn!(event_id = %d.event_id, error = %e, "cannot record a delivery attempt; kept until the store takes it");
+            upstream.unrecorded.lock().unwrap_or_else(|p| p.into_inner()).push(attempt);
+            return false;
         }
+        true
+    }
+
+    /// Records the attempts the store refused before, releasing each delivery once it is.
+    async fn record_unrecorded(&self, upstream: &Upstream) {
+        let attempts = std::mem::take(&mut *upstream.unrecorded.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut left = Vec::new();
+        for attempt in attempts {
+            if !left.is_empty() {
+                left.push(attempt); // the store is still refusing: try the rest next time
+                continue;
+            }
+            let (merchant, event_id) = (attempt.merchant.clone(), attempt.event_id.clone());
+            match self.store.record_attempt(attempt.clone()).await {
+                Ok(()) => upstream.queue.release(&merchant, &event_id),
+                Err(_) => left.push(attempt),
+            }
+        }
+        upstream.unrecorded.lock().unwrap_or_else(|p| p.into_inner()).extend(left);
     }
 }
 

@@ -456,6 +456,7 @@ async fn a_merchant_saturating_its_plugins_leaves_anothers_latency_within_three_
     assert!(loaded <= unloaded * 3 + Duration::from_millis(100), "{unloaded:?} unloaded, {loaded:?} loaded");
     // The flood was really running: most of the slow merchant's events were still waiting.
     let db = dir.path().join("db.sqlite");
-    let pending = rusqlite_count(&db, "select count(*) from events where merchant = 'slow' and status = 'queued'");
+    let pending =
+        rusqlite_count(&db, "select count(*) from events where merchant = 'slow' and status = 'queued'");
     assert!(pending > 100, "only {pending} of the slow merchant's events were still queued");
 }

@@ -89,3 +89,57 @@ async fn a_full_database_answers_503_and_keeps_what_it_acknowledged() {
         assert!(event["body"].as_str().unwrap().contains(id));
     }
 }
+
+/// Regression (issue 16, item 11): with the store full, a delivery attempt that could not be
+/// recorded left its event due with 0 attempts, and it was sent again ~5 times a second (75
+/// events, ~350 upstream requests). An unrecorded attempt is now kept in memory, its delivery
+/// claimed, until the store takes it: backoff holds (one request per event here, with a
+/// 60 s backoff), and `/readyz` answers 503 while the store refuses writes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_store_never_turns_retries_into_a_delivery_storm() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    let upstream = Upstream::start().await;
+    upstream.set_default(503);
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"{}\"\nmax_size_mb = 1\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{ADMIN_TOKEN}\"\n[[endpoint]]\npath = \"/wh\"\nsecrets = [\"{SECRET}\"]\nupstream = \"legacy\"\n[[upstream]]\nname = \"legacy\"\nurl = \"{}\"\nretry_base_ms = 60000\n",
+        db.display(),
+        upstream.url()
+    );
+    let gw = Gateway::start(dir.path(), &config);
+    let (client, url) = (client(), gw.url("/wh"));
+    let ready = || {
+        let (client, url) = (client.clone(), gw.admin_url("/readyz"));
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(ready().await, 200);
+    let mut acknowledged = 0;
+    for i in 0..600 {
+        let id = format!("evt_full_{i:04}");
+        let mut event: serde_json::Value =
+            serde_json::from_slice(&event_body(&id, "payment.succeeded")).unwrap();
+        event["data"]["note"] = json!("x".repeat(3500));
+        let body = serde_json::to_vec(&event).unwrap();
+        if post(&client, &url, &sign(payflow_verify::Scheme::PayFlow, SECRET, &body, &id), body).await.0
+            == 200
+        {
+            acknowledged += 1;
+        }
+    }
+    assert!(acknowledged > 50 && acknowledged < 600, "{acknowledged} acknowledged");
+    assert_eq!(ready().await, 503, "ready while the store refuses writes");
+    // Time for a storm: the poller reads due rows every 200 ms.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let received = upstream.ids();
+    let mut per_event = std::collections::HashMap::<String, usize>::new();
+    for id in &received {
+        *per_event.entry(id.clone()).or_default() += 1;
+    }
+    let most = per_event.values().max().copied().unwrap_or(0);
+    assert!(
+        most <= 1,
+        "an event was sent {most} times in 3 s; {} requests for {acknowledged} events",
+        received.len()
+    );
+    assert!(received.len() <= acknowledged, "{} requests for {acknowledged} events", received.len());
+}

@@ -147,8 +147,8 @@ impl PluginStage {
     }
 
     /// Queue mode: runs the plugin step of a due [`PLUGIN_STEP`] delivery and records it.
-    /// `step` carries the retry policy.
-    pub async fn run_queued(&self, step: &Upstream, d: DueDelivery) {
+    /// `step` carries the retry policy. False when the store refused the record.
+    pub async fn run_queued(&self, step: &Upstream, d: DueDelivery) -> bool {
         let input = StepInput {
             merchant: d.merchant,
             event_id: d.event_id,
@@ -205,7 +205,9 @@ impl PluginStage {
         if let Err(e) = self.commit(&input, number, at_ms, started, decision).await {
             // Still pending in the store: the step runs again.
             tracing::warn!(event_id = %input.event_id, error = %e, "cannot record a plugin step; it will run again");
+            return false;
         }
+        true
     }
 
     /// Proxy mode: runs the chain before the forward and records it. The event is left

@@ -500,8 +500,8 @@ pub trait Store: Send + Sync + 'static {
     /// (upstream, merchant, count).
     async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<(String, String, u64)>, StoreError>;
 
-    /// Proves the store can commit a write now (for readiness): a one-row write stamped
-    /// `now_ms`, through the same path as every other write.
+    /// Proves the store can commit a write now (for readiness): a write as large as an event's
+    /// and a row stamped `now_ms`, through the same path as every other write.
     async fn check_writable(&self, now_ms: i64) -> Result<(), StoreError>;
 
     /// Time each commit took, since the store opened.

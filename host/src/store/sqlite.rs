@@ -29,10 +29,16 @@ use super::{
 use crate::config::StoreConfig;
 use crate::metrics::{Histogram, HistogramSnapshot, SECONDS_BUCKETS};
 
+/// What the readiness probe writes (and deletes): more than a typical event with its rows.
+const READY_ROOM_BYTES: i64 = 64 << 10;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS health (
     id              INTEGER PRIMARY KEY,
     checked_at_ms   BIGINT  NOT NULL
+);
+CREATE TABLE IF NOT EXISTS health_room (
+    room            BLOB    NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     merchant        TEXT    NOT NULL,
@@ -1083,6 +1089,12 @@ impl Store for SqliteStore {
 
     async fn check_writable(&self, now_ms: i64) -> Result<(), StoreError> {
         self.write_with(Priority::Background, move |conn| {
+            // Room for a real write, not just the one-row stamp: a full database (max_size_mb,
+            // or a full disk) may still update a row in place while refusing every event. The
+            // blob is deleted in the same transaction; only the room is tried.
+            conn.prepare_cached("INSERT INTO health_room (room) VALUES (zeroblob(?1))")?
+                .execute(params![READY_ROOM_BYTES])?;
+            conn.prepare_cached("DELETE FROM health_room")?.execute([])?;
             conn.prepare_cached(
                 "INSERT INTO health (id, checked_at_ms) VALUES (1, ?1)
                  ON CONFLICT (id) DO UPDATE SET checked_at_ms = excluded.checked_at_ms",
