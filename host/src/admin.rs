@@ -208,6 +208,7 @@ fn plugin_error(e: RegistryError) -> Reply {
         RegistryError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_plugin"),
         RegistryError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "plugin_too_large"),
         RegistryError::NoVersion(_) => (StatusCode::CONFLICT, "no_previous_version"),
+        RegistryError::Quota(_) => (StatusCode::INSUFFICIENT_STORAGE, "storage_quota_exceeded"),
         RegistryError::File { .. } | RegistryError::Store(_) => {
             (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
         }

@@ -336,6 +336,12 @@ pub struct PluginsConfig {
     pub retry_max_ms: u64,
     /// Largest component accepted by `PUT /api/plugins/{name}`.
     pub max_upload_bytes: usize,
+    /// Versions kept per plugin; the oldest beyond are deleted (never the active one nor the
+    /// one before it, which rollback returns to).
+    pub max_versions: u32,
+    /// What all of one merchant's plugin versions (components and compiled code) may take in
+    /// the store; an upload beyond is refused.
+    pub merchant_storage_mb: u64,
 }
 
 impl Default for PluginsConfig {
@@ -347,6 +353,8 @@ impl Default for PluginsConfig {
             retry_base_ms: 1_000,
             retry_max_ms: 60_000,
             max_upload_bytes: 32 << 20,
+            max_versions: 5,
+            merchant_storage_mb: 1024,
         }
     }
 }
@@ -580,6 +588,15 @@ impl Config {
         let p = &self.plugins;
         if p.max_attempts == 0 {
             return Err(invalid("plugins.max_attempts", "must be at least 1"));
+        }
+        if p.max_versions < 2 {
+            return Err(invalid(
+                "plugins.max_versions",
+                "must be at least 2 (the active version and the one before it)",
+            ));
+        }
+        if p.merchant_storage_mb == 0 {
+            return Err(invalid("plugins.merchant_storage_mb", "must be at least 1"));
         }
         if p.concurrency == 0 {
             return Err(invalid("plugins.concurrency", "must be at least 1"));

@@ -269,15 +269,9 @@ async fn start_plugins(
     // Instances alive at once: one per plugin thread running, one idle per warm plugin.
     let warm = config.plugin.iter().filter(|p| p.warm).count();
     let runtime = Runtime::new(workers + warm).map_err(|e| problem("*", e.to_string()))?;
-    let registry = Registry::load(
-        runtime,
-        store.clone(),
-        clock.clone(),
-        &config.plugin,
-        config.plugins.max_upload_bytes,
-    )
-    .await
-    .map_err(|(name, e)| problem(&name, e.to_string()))?;
+    let registry = Registry::load(runtime, store.clone(), clock.clone(), &config.plugin, &config.plugins)
+        .await
+        .map_err(|(name, e)| problem(&name, e.to_string()))?;
     let scheduler = Scheduler::start(workers, crate::delivery::lower_this_threads_priority)
         .map_err(|e| problem("*", format!("cannot start the plugin threads: {e}")))?;
     let endpoints = config

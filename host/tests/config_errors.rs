@@ -57,6 +57,7 @@ fn bad_configs_exit_2_naming_the_key() {
         (format!("{BASE}{endpoint}{PLUGIN}timeout_ms = 0\n"), &["plugin[0].timeout_ms", "between 1 and 60000"]),
         (format!("{BASE}{endpoint}{PLUGIN}fule = 10\n"), &["unknown field `fule`"]),
         (format!("{BASE}{endpoint}[plugins]\nmax_attempts = 0\n"), &["plugins.max_attempts", "at least 1"]),
+        (format!("{BASE}{endpoint}[plugins]\nmax_versions = 1\n"), &["plugins.max_versions", "at least 2"]),
         (
             format!("{BASE}{endpoint}{PLUGIN}path = \"/nonexistent/p.wasm\"\n"),
             &["plugin p", "/nonexistent/p.wasm"],

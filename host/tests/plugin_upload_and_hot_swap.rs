@@ -227,3 +227,76 @@ async fn upload_validate_scope_hot_swap_rollback_and_restart_from_cache() {
         (Value::Null, Some(0))
     );
 }
+
+/// The version numbers a plugin's status lists, oldest first, and the active one.
+fn versions(status: &Value) -> (Vec<u64>, u64) {
+    let list =
+        status["versions"].as_array().unwrap().iter().map(|v| v["version"].as_u64().unwrap()).collect();
+    (list, status["active_version"].as_u64().unwrap_or(0))
+}
+
+/// Regression (issue 16, item 5): six uploads of one 7 MiB component added six versions, and
+/// a merchant's token could fill the disk. The same component is one version; each plugin keeps
+/// `[plugins] max_versions` (the active one and the one before it always); a merchant's
+/// versions fit `merchant_storage_mb`, or the upload is refused (507) and nothing is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_versions_are_bounded_in_number_and_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (acme_app, globex_app) = (Upstream::start().await, Upstream::start().await);
+    let bounded = config(&dir.path().join("db"), &acme_app.url(), &globex_app.url()).replace(
+        "max_upload_bytes = 400000",
+        "max_upload_bytes = 400000\nmax_versions = 3\nmerchant_storage_mb = 4",
+    );
+    let gw = Gateway::start(dir.path(), &bounded);
+    let client = client();
+    let url = gw.admin_url("/api/plugins/transform");
+    let put = |name: &str| call(&client, reqwest::Method::PUT, url.clone(), ACME, wasm(name));
+
+    for _ in 0..6 {
+        let (code, status) = put("legacy_form").await;
+        assert_eq!(code, 200, "{status}");
+        assert_eq!(versions(&status), (vec![1], 1), "the same component twice is one version");
+    }
+    for name in ["ledger", "amount_threshold", "clocks"] {
+        assert_eq!(put(name).await.0, 200, "{name}");
+    }
+    let (_, status) = call(&client, reqwest::Method::GET, url.clone(), ACME, vec![]).await;
+    assert_eq!(versions(&status), (vec![2, 3, 4], 4), "at most three versions, the newest kept");
+
+    // A component that is already stored is activated again, not stored twice.
+    let (_, status) = put("amount_threshold").await;
+    assert_eq!(versions(&status), (vec![2, 3, 4], 3));
+    // The active (3) and the one it replaced (4) survive the next upload; the oldest goes.
+    let (_, status) = put("loud").await;
+    assert_eq!(versions(&status), (vec![3, 4, 5], 5));
+    let rolled = call(&client, reqwest::Method::POST, format!("{url}/rollback"), ACME, vec![]).await;
+    assert_eq!(versions(&rolled.1).1, 4, "{rolled:?}");
+
+    drop(gw);
+
+    // A 1 MiB quota fills within a few versions (components with their compiled code): the
+    // upload that would pass it is refused by name, and the versions stay as they were.
+    let dir = tempfile::tempdir().unwrap();
+    let tight = config(&dir.path().join("db"), &acme_app.url(), &globex_app.url())
+        .replace("max_upload_bytes = 400000", "max_upload_bytes = 400000\nmerchant_storage_mb = 1");
+    let gw = Gateway::start(dir.path(), &tight);
+    let url = gw.admin_url("/api/plugins/transform");
+    let put = |name: &str| call(&client, reqwest::Method::PUT, url.clone(), ACME, wasm(name));
+    let mut stored = 0;
+    let mut refused = None;
+    for name in ["legacy_form", "ledger", "amount_threshold", "clocks", "loud", "spin", "panic", "log_flood"]
+    {
+        let (code, reply) = put(name).await;
+        if code == 507 {
+            refused = Some(reply);
+            break;
+        }
+        assert_eq!(code, 200, "{name}: {reply}");
+        stored += 1;
+    }
+    let reply = refused.expect("the 1 MiB quota never filled");
+    assert_eq!(reply["error"], "storage_quota_exceeded", "{reply}");
+    assert!(reply["message"].as_str().unwrap().contains("merchant_storage_mb"), "{reply}");
+    let (_, after) = call(&client, reqwest::Method::GET, url.clone(), ACME, vec![]).await;
+    assert_eq!(after["versions"].as_array().unwrap().len(), stored, "{after}");
+}

@@ -16,10 +16,11 @@ use sha2::{Digest, Sha256};
 
 use super::{Kv, KvMap, Limits, LoadError, LoadedPlugin, Runtime, WarmInstance};
 use crate::clock::Clock;
-use crate::config::PluginConfig;
+use crate::config::{PluginConfig, PluginsConfig};
 use crate::metrics::{Counter, Histogram, FUEL_BUCKETS, SECONDS_BUCKETS};
 use crate::store::{
-    NewPluginVersion, PluginHistory, PluginRunInfo, PluginVersionInfo, Store, StoreError, StoredPlugin,
+    NewPluginVersion, PluginHistory, PluginRunInfo, PluginVersionInfo, QuotaExceeded, Store, StoreError,
+    StoredPlugin, VersionBounds,
 };
 
 /// Why a plugin change was refused.
@@ -50,6 +51,9 @@ pub enum RegistryError {
         /// Why.
         error: String,
     },
+    /// The merchant's plugin versions would take more than its storage quota.
+    #[error(transparent)]
+    Quota(#[from] QuotaExceeded),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -247,6 +251,7 @@ pub struct Registry {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     max_upload_bytes: usize,
+    bounds: VersionBounds,
     slots: HashMap<(String, String), Arc<Slot>>,
 }
 
@@ -263,9 +268,15 @@ impl Registry {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         plugins: &[PluginConfig],
-        max_upload_bytes: usize,
+        settings: &PluginsConfig,
     ) -> Result<Registry, (String, RegistryError)> {
-        let mut registry = Registry { runtime, store, clock, max_upload_bytes, slots: HashMap::new() };
+        let bounds = VersionBounds {
+            max_versions: settings.max_versions,
+            merchant_bytes: settings.merchant_storage_mb.saturating_mul(1 << 20),
+        };
+        let max_upload_bytes = settings.max_upload_bytes;
+        let mut registry =
+            Registry { runtime, store, clock, max_upload_bytes, bounds, slots: HashMap::new() };
         for p in plugins {
             let slot = Arc::new(Slot {
                 merchant: p.merchant.clone(),
@@ -357,7 +368,7 @@ impl Registry {
             source: source.to_string(),
             created_at_ms,
         };
-        let version = self.store.add_plugin_version(new, file_sha256).await?;
+        let version = self.store.add_plugin_version(new, file_sha256, self.bounds).await??;
         let info = PluginVersionInfo { version, sha256, size, source: source.to_string(), created_at_ms };
         tracing::info!(merchant = %slot.merchant, plugin = %slot.name, version, source, "plugin version active");
         Ok(Arc::new(Version { info, plugin, from_cache: false, warm: Mutex::new(Vec::new()) }))
@@ -389,9 +400,31 @@ impl Registry {
     ) -> Result<PluginStatus, RegistryError> {
         let slot = self.find(merchant, name)?;
         let _changing = slot.changing.lock().await;
+        // The same component again is the same version: made active if it is not, never stored
+        // twice (six uploads of one 7 MiB component used to take six versions).
+        let sha256 = sha256_hex(&wasm);
+        let history = self.store.plugin_history(merchant, name).await?;
+        if let Some(same) = history.versions.iter().rev().find(|v| v.sha256 == sha256) {
+            if history.active != Some(same.version) {
+                self.activate(slot, same.version).await?;
+            }
+            return self.status(slot).await;
+        }
         let version = self.add_version(slot, wasm, "upload", None).await?;
         slot.swap(Some(version));
         self.status(slot).await
+    }
+
+    /// Makes the stored `version` active and swaps it in.
+    async fn activate(&self, slot: &Slot, version: u32) -> Result<(), RegistryError> {
+        self.store.activate_plugin(&slot.merchant, &slot.name, version).await?;
+        let stored = self
+            .store
+            .active_plugin(&slot.merchant, &slot.name)
+            .await?
+            .ok_or_else(|| RegistryError::NoVersion("the version vanished".into()))?;
+        slot.swap(Some(self.load_stored(slot, stored).await?));
+        Ok(())
     }
 
     /// Makes the version before the active one active again.
@@ -407,13 +440,7 @@ impl Registry {
                 "version {active} is the oldest; nothing to roll back to"
             )));
         };
-        self.store.activate_plugin(merchant, name, previous).await?;
-        let stored = self
-            .store
-            .active_plugin(merchant, name)
-            .await?
-            .ok_or_else(|| RegistryError::NoVersion("the version vanished".into()))?;
-        slot.swap(Some(self.load_stored(slot, stored).await?));
+        self.activate(slot, previous).await?;
         self.status(slot).await
     }
 

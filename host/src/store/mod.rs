@@ -32,6 +32,25 @@ pub enum StoreError {
 /// Upstream names cannot start with `@`.
 pub const PLUGIN_STEP: &str = "@plugins";
 
+/// How much of the store a plugin's versions may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionBounds {
+    /// Versions kept per plugin (at least 2: the active one and the one before it).
+    pub max_versions: u32,
+    /// Bytes (components and compiled code) all of a merchant's plugin versions may take.
+    pub merchant_bytes: u64,
+}
+
+/// A version that would take a merchant's plugins over their storage quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the merchant's plugin versions would take {needed} bytes; the quota is {quota} ([plugins] merchant_storage_mb); delete a plugin or lower [plugins] max_versions")]
+pub struct QuotaExceeded {
+    /// What they would take with the new version.
+    pub needed: u64,
+    /// The quota.
+    pub quota: u64,
+}
+
 /// Where an event stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -456,12 +475,16 @@ pub trait Store: Send + Sync + 'static {
     async fn load_kv(&self, merchant: &str, plugin: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
     /// Stores a new version of a plugin and makes it the active one; `file_sha256` records
-    /// the config file it was imported from. Returns its version number.
+    /// the config file it was imported from. In the same transaction, the plugin's versions
+    /// beyond `bounds.max_versions` are deleted, oldest first (never the new one nor the one
+    /// it replaces); if the merchant's versions would then take more than
+    /// `bounds.merchant_bytes`, nothing is written. Returns the new version's number.
     async fn add_plugin_version(
         &self,
         version: NewPluginVersion,
         file_sha256: Option<String>,
-    ) -> Result<u32, StoreError>;
+        bounds: VersionBounds,
+    ) -> Result<Result<u32, QuotaExceeded>, StoreError>;
 
     /// The active version of a plugin, with its bytes and compiled artifact.
     async fn active_plugin(&self, merchant: &str, name: &str) -> Result<Option<StoredPlugin>, StoreError>;

@@ -24,7 +24,8 @@ use tokio::sync::oneshot;
 use super::{
     Attempt, AttemptInfo, AttemptOutcome, DeliveryInfo, DueCursor, DueDelivery, EventDetail, EventFilter,
     EventStatus, EventSummary, Inserted, NewEvent, NewPluginVersion, PluginHistory, PluginRunInfo,
-    PluginStep, PluginVersionInfo, Store, StoreError, StoredPlugin, PLUGIN_STEP,
+    PluginStep, PluginVersionInfo, QuotaExceeded, Store, StoreError, StoredPlugin, VersionBounds,
+    PLUGIN_STEP,
 };
 use crate::config::StoreConfig;
 use crate::metrics::{Histogram, HistogramSnapshot, SECONDS_BUCKETS};
@@ -932,13 +933,46 @@ impl Store for SqliteStore {
         &self,
         v: NewPluginVersion,
         file_sha256: Option<String>,
-    ) -> Result<u32, StoreError> {
+        bounds: VersionBounds,
+    ) -> Result<Result<u32, QuotaExceeded>, StoreError> {
         self.write(move |conn| {
             let version: u32 = conn.query_row(
                 "SELECT COALESCE(MAX(version), 0) + 1 FROM plugin_versions WHERE merchant = ?1 AND name = ?2",
                 params![v.merchant, v.name],
                 |r| r.get(0),
             )?;
+            let active: Option<u32> = conn
+                .query_row(
+                    "SELECT active_version FROM plugins WHERE merchant = ?1 AND name = ?2",
+                    params![v.merchant, v.name],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .flatten();
+            // Kept: the new version, the one it replaces, and the newest others up to the cap.
+            let others = bounds.max_versions.saturating_sub(1 + u32::from(active.is_some()));
+            let pruned: Vec<(u32, u64)> = conn
+                .prepare_cached(
+                    "SELECT version, LENGTH(wasm) + LENGTH(compiled) FROM plugin_versions
+                     WHERE merchant = ?1 AND name = ?2 AND version IS NOT ?3
+                     ORDER BY version DESC LIMIT -1 OFFSET ?4",
+                )?
+                .query_map(params![v.merchant, v.name, active, others], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let used: u64 = conn.query_row(
+                "SELECT COALESCE(SUM(LENGTH(wasm) + LENGTH(compiled)), 0) FROM plugin_versions WHERE merchant = ?1",
+                params![v.merchant],
+                |r| r.get(0),
+            )?;
+            let needed = used - pruned.iter().map(|(_, size)| size).sum::<u64>()
+                + (v.wasm.len() + v.compiled.len()) as u64;
+            if needed > bounds.merchant_bytes {
+                return Ok(Err(QuotaExceeded { needed, quota: bounds.merchant_bytes }));
+            }
+            for (old, _) in &pruned {
+                conn.prepare_cached("DELETE FROM plugin_versions WHERE merchant = ?1 AND name = ?2 AND version = ?3")?
+                    .execute(params![v.merchant, v.name, old])?;
+            }
             conn.execute(
                 "INSERT INTO plugin_versions (merchant, name, version, sha256, wasm, compiled, source, created_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -951,7 +985,7 @@ impl Store for SqliteStore {
                      file_sha256 = COALESCE(excluded.file_sha256, plugins.file_sha256)",
                 params![v.merchant, v.name, version, file_sha256],
             )?;
-            Ok(version)
+            Ok(Ok(version))
         })
         .await
     }
