@@ -30,7 +30,7 @@ use crate::http::{self, percent_decode, query_pairs, BodyError, Reply};
 use crate::ingress::Handler;
 use crate::pipeline::Endpoint;
 use crate::plugins::{PluginStage, Registry, RegistryError};
-use crate::store::{EventFilter, Store};
+use crate::store::{EventDetail, EventFilter, Store};
 
 /// Default and largest page sizes for `GET /api/events`.
 const DEFAULT_PAGE: usize = 50;
@@ -169,19 +169,59 @@ impl Admin {
         }
     }
 
-    async fn show_event(&self, scope: Scope, id: &str) -> Reply {
-        match self.store.get_event(scope.as_deref(), id).await {
-            Ok(Some(detail)) => http::json(StatusCode::OK, &json!(detail)),
-            Ok(None) => not_found(),
-            Err(e) => store_error(e),
+    /// The event `id` a request addresses, with its deliveries and attempts. Ids are unique per
+    /// merchant only, so the address is (merchant, id): a merchant's token has its own; the
+    /// operator names one with `?merchant=`, or, without it, gets the event if exactly one
+    /// merchant holds that id and `409 ambiguous_event_id` naming them if several do (never
+    /// one of them picked silently).
+    async fn find_event(&self, scope: &Scope, query: Option<&str>, id: &str) -> Result<EventDetail, Reply> {
+        let asked = query_pairs(query).into_iter().find(|(k, _)| k == "merchant").map(|(_, v)| v);
+        let candidates: Vec<String> = match (scope, asked) {
+            (Some(own), Some(asked)) if *own != asked => return Err(not_found()),
+            (Some(own), _) => vec![own.clone()],
+            (None, Some(asked)) => vec![asked],
+            (None, None) => {
+                let merchants: std::collections::BTreeSet<&str> =
+                    self.config.endpoint.iter().map(|e| e.merchant.as_str()).collect();
+                merchants.into_iter().map(str::to_string).collect()
+            }
+        };
+        let mut found = Vec::new();
+        for merchant in &candidates {
+            match self.store.get_event(Some(merchant), id).await {
+                Ok(Some(detail)) => found.push(detail),
+                Ok(None) => {}
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        match found.len() {
+            0 => Err(not_found()),
+            1 => Ok(found.remove(0)),
+            _ => {
+                let merchants: Vec<&str> = found.iter().map(|d| d.summary.merchant.as_str()).collect();
+                Err(http::json(
+                    StatusCode::CONFLICT,
+                    &json!({
+                        "error": "ambiguous_event_id",
+                        "message": format!("merchants {} each hold an event {id:?}: add ?merchant=", merchants.join(", ")),
+                        "merchants": merchants,
+                    }),
+                ))
+            }
         }
     }
 
-    async fn replay_event(&self, scope: Scope, id: &str) -> Reply {
-        let detail = match self.store.get_event(scope.as_deref(), id).await {
-            Ok(Some(detail)) => detail,
-            Ok(None) => return not_found(),
-            Err(e) => return store_error(e),
+    async fn show_event(&self, scope: Scope, query: Option<&str>, id: &str) -> Reply {
+        match self.find_event(&scope, query, id).await {
+            Ok(detail) => http::json(StatusCode::OK, &json!(detail)),
+            Err(reply) => reply,
+        }
+    }
+
+    async fn replay_event(&self, scope: Scope, query: Option<&str>, id: &str) -> Reply {
+        let detail = match self.find_event(&scope, query, id).await {
+            Ok(detail) => detail,
+            Err(reply) => return reply,
         };
         let upstream = self.endpoints.get(&detail.summary.endpoint).and_then(|e| e.first_hop.clone());
         let Some(upstream) = upstream else {
@@ -193,7 +233,7 @@ impl Admin {
                 upstream.poll_store_now();
                 http::json(
                     StatusCode::ACCEPTED,
-                    &json!({ "replayed": true, "id": id, "upstream": upstream.name }),
+                    &json!({ "replayed": true, "id": id, "merchant": detail.summary.merchant, "upstream": upstream.name }),
                 )
             }
             Ok(false) => not_found(),
@@ -344,8 +384,10 @@ impl Handler for Admin {
                 http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }
             (["events"], &Method::GET) => self.list_events(scope, request.uri().query()).await,
-            (["events", id], &Method::GET) => self.show_event(scope, id).await,
-            (["events", id, "replay"], &Method::POST) => self.replay_event(scope, id).await,
+            (["events", id], &Method::GET) => self.show_event(scope, request.uri().query(), id).await,
+            (["events", id, "replay"], &Method::POST) => {
+                self.replay_event(scope, request.uri().query(), id).await
+            }
             (["events"] | ["events", _] | ["events", _, "replay"], _) => {
                 http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }

@@ -191,3 +191,53 @@ async fn slow_uploads_by_a_merchant_never_lock_the_operator_out() {
     // Uploads beyond the token's two were told to come back later.
     assert!(answers.iter().any(|a| a.starts_with("HTTP/1.1 429")), "{answers:?}");
 }
+
+/// Regression (issue 16, item 13): when two merchants held the same id, the operator's
+/// `GET /api/events/{id}` and replay always picked one of them, so the other could be neither
+/// seen nor replayed, and replay re-sent the wrong one. The address is (merchant, id):
+/// `?merchant=` picks one, and without it an id that two merchants hold is `409`.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_event_is_addressable_when_two_merchants_hold_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(dir.path(), &config(&dir.path().join("db"), &upstream.url()));
+    let client = client();
+    for (path, amount) in [("/acme", 1111), ("/globex", 2222)] {
+        let mut body: Value = serde_json::from_slice(&event_body("evt_same", "payment.succeeded")).unwrap();
+        body["data"]["amount"] = amount.into();
+        let body = serde_json::to_vec(&body).unwrap();
+        let headers = sign(payflow_verify::Scheme::PayFlow, SECRET, &body, "evt_same");
+        assert_eq!(post(&client, &gw.url(path), &headers, body).await.0, 200);
+    }
+    upstream.wait_for(Duration::from_secs(10), "both deliveries", |r| r.len() == 2).await;
+
+    let (code, reply) = admin_get(&client, &gw.admin_url("/api/events/evt_same"), ADMIN_TOKEN).await;
+    assert_eq!((code, reply["error"].as_str()), (409, Some("ambiguous_event_id")), "{reply}");
+    assert_eq!(reply["merchants"], serde_json::json!(["acme", "globex"]));
+    for merchant in ["acme", "globex"] {
+        let url = gw.admin_url(&format!("/api/events/evt_same?merchant={merchant}"));
+        assert_eq!(admin_get(&client, &url, ADMIN_TOKEN).await.1["merchant"], merchant);
+    }
+    // A merchant's token addresses its own without saying so, and cannot name another's.
+    assert_eq!(
+        admin_get(&client, &gw.admin_url("/api/events/evt_same"), GLOBEX).await.1["merchant"],
+        "globex"
+    );
+    let other = gw.admin_url("/api/events/evt_same?merchant=acme");
+    assert_eq!(admin_get(&client, &other, GLOBEX).await.0, 404);
+
+    // Replay re-sends the one named, and only that one.
+    let replay = client
+        .post(gw.admin_url("/api/events/evt_same/replay?merchant=globex"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status().as_u16(), 202);
+    upstream.wait_for(Duration::from_secs(10), "the replay", |r| r.len() == 3).await;
+    let replayed = &upstream.received()[2];
+    assert!(String::from_utf8_lossy(&replayed.body).contains("2222"), "the wrong event was replayed");
+    let ambiguous =
+        client.post(gw.admin_url("/api/events/evt_same/replay")).bearer_auth(ADMIN_TOKEN).send().await;
+    assert_eq!(ambiguous.unwrap().status().as_u16(), 409);
+}

@@ -330,19 +330,25 @@ async fn javascript_and_python_plugins_rewrite_count_and_forward_to_chat() {
 /// Fairness between merchants: one merchant's plugin spins to its deadline on every event and
 /// has a long backlog; another merchant's events, sent after it, are all delivered while that
 /// backlog is still being worked through (it may hold only one of the two plugin threads).
+/// Merchants `slow`, whose plugin spins to its `timeout_ms` deadline on every event (at
+/// `/slow`), and `fast`, whose plugin is quick (at `/fast`), each delivering to its own app.
+fn slow_and_fast(dir: &Path, slow_app: &Upstream, fast_app: &Upstream, timeout_ms: u64) -> String {
+    base(&dir.join("db.sqlite"))
+        + "[[merchant]]\nid = \"slow\"\n[[merchant]]\nid = \"fast\"\n"
+        + &upstream("slow-app", "slow", &slow_app.url())
+        + &upstream("fast-app", "fast", &fast_app.url())
+        + &plugin("spin", "slow", "spin", &format!("fuel = 100000000000\ntimeout_ms = {timeout_ms}"))
+        + &plugin("threshold", "fast", "amount_threshold", "")
+        + &endpoint("/slow", "slow", &["spin"], Some("slow-app"), "queue")
+        + &endpoint("/fast", "fast", &["threshold"], Some("fast-app"), "queue")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merchant_flooding_slow_plugins_does_not_starve_another() {
     let dir = tempfile::tempdir().unwrap();
     let slow_app = Upstream::start().await;
     let fast_app = Upstream::start().await;
-    let config = base(&dir.path().join("db.sqlite"))
-        + "[[merchant]]\nid = \"slow\"\n[[merchant]]\nid = \"fast\"\n"
-        + &upstream("slow-app", "slow", &slow_app.url())
-        + &upstream("fast-app", "fast", &fast_app.url())
-        + &plugin("spin", "slow", "spin", "fuel = 100000000000\ntimeout_ms = 300")
-        + &plugin("threshold", "fast", "amount_threshold", "")
-        + &endpoint("/slow", "slow", &["spin"], Some("slow-app"), "queue")
-        + &endpoint("/fast", "fast", &["threshold"], Some("fast-app"), "queue");
+    let config = slow_and_fast(dir.path(), &slow_app, &fast_app, 300);
     let gateway = Gateway::start(dir.path(), &config);
     let client = client();
     // 20 events × 2 attempts × 300 ms: 12 s of plugin time for the slow merchant.
@@ -421,14 +427,7 @@ async fn a_merchant_saturating_its_plugins_leaves_anothers_latency_within_three_
     let dir = tempfile::tempdir().unwrap();
     let slow_app = Upstream::start().await;
     let fast_app = Upstream::start().await;
-    let config = base(&dir.path().join("db.sqlite"))
-        + "[[merchant]]\nid = \"slow\"\n[[merchant]]\nid = \"fast\"\n"
-        + &upstream("slow-app", "slow", &slow_app.url())
-        + &upstream("fast-app", "fast", &fast_app.url())
-        + &plugin("spin", "slow", "spin", "fuel = 100000000000\ntimeout_ms = 100")
-        + &plugin("threshold", "fast", "amount_threshold", "")
-        + &endpoint("/slow", "slow", &["spin"], Some("slow-app"), "queue")
-        + &endpoint("/fast", "fast", &["threshold"], Some("fast-app"), "queue");
+    let config = slow_and_fast(dir.path(), &slow_app, &fast_app, 100);
     let gateway = Gateway::start(dir.path(), &config);
     let client = client();
     let fast = gateway.url("/fast");

@@ -32,9 +32,25 @@ enum EventsCommand {
         limit: usize,
     },
     /// Show one event with its deliveries and attempts (JSON).
-    Show { id: String },
+    Show {
+        id: String,
+        /// The merchant whose event it is, when several hold that id (operator's token).
+        #[arg(long)]
+        merchant: Option<String>,
+    },
     /// Deliver an event again (e.g. a dead one, once the upstream is fixed).
-    Replay { id: String },
+    Replay {
+        id: String,
+        /// The merchant whose event it is, when several hold that id (operator's token).
+        #[arg(long)]
+        merchant: Option<String>,
+    },
+}
+
+/// `/api/events/{id}{action}`, with `?merchant=` when one is named.
+fn event_url(id: &str, action: &str, merchant: Option<&str>) -> String {
+    let query = merchant.map(|m| format!("?merchant={}", encode(m))).unwrap_or_default();
+    format!("/api/events/{}{action}{query}", encode(id))
 }
 
 pub fn run(args: EventsArgs) -> Result<(), Failure> {
@@ -48,8 +64,8 @@ pub fn run(args: EventsArgs) -> Result<(), Failure> {
             }
             (Method::GET, format!("/api/events?{}", query.join("&")))
         }
-        EventsCommand::Show { id } => (Method::GET, format!("/api/events/{}", encode(id))),
-        EventsCommand::Replay { id } => (Method::POST, format!("/api/events/{}/replay", encode(id))),
+        EventsCommand::Show { id, merchant } => (Method::GET, event_url(id, "", merchant.as_deref())),
+        EventsCommand::Replay { id, merchant } => (Method::POST, event_url(id, "/replay", merchant.as_deref())),
     };
     let reply = args.admin.call(method, &url, Vec::new())?;
     match args.command {

@@ -79,11 +79,11 @@ async function route() {
   if (!session && sessionStorage.getItem(TOKEN_KEY)) {
     try { await login(sessionStorage.getItem(TOKEN_KEY)); } catch { /* back to the login form */ }
   }
-  const [, view = 'events', arg] = location.hash.split('/');
+  const [, view = 'events', arg, arg2] = location.hash.split('/');
   if (!session) return show('login');
   try {
     switch (view) {
-      case 'event': return await showEvent(decodeURIComponent(arg ?? ''));
+      case 'event': return await showEvent(decodeURIComponent(arg ?? ''), decodeURIComponent(arg2 ?? ''));
       case 'plugins': return await showPlugins();
       case 'endpoints': return await showEndpoints();
       case 'checker': return showChecker();
@@ -137,7 +137,7 @@ async function loadEvents() {
   $('events-empty').hidden = events.length > 0;
   fill($('events').tBodies[0], events.map((e) => el('tr', { 'data-id': e.id },
     el('td', {}, time(e.received_at_ms)),
-    el('td', {}, el('a', { href: `#/event/${encodeURIComponent(e.id)}` }, e.id)),
+    el('td', {}, el('a', { href: eventLink(e.id, e.merchant) }, e.id)),
     el('td', {}, e.type ?? ''),
     el('td', { class: `status status-${e.status}` }, e.status, e.reason ? ` (${e.reason})` : ''),
     el('td', {}, e.endpoint),
@@ -206,16 +206,26 @@ function drawChart() {
 
 // ---------------------------------------------------------------- one event
 
-async function showEvent(id) {
-  show('event');
-  $('replay-result').textContent = '';
-  await loadEvent(id);
+// An event's address: ids are unique per merchant only, so every link names the merchant too.
+function eventLink(id, merchant) {
+  return `#/event/${encodeURIComponent(id)}/${encodeURIComponent(merchant)}`;
 }
 
-async function loadEvent(id) {
-  const e = await api('GET', `/api/events/${encodeURIComponent(id)}`);
+function eventPath(id, merchant, action = '') {
+  return `/api/events/${encodeURIComponent(id)}${action}` + (merchant ? `?merchant=${encodeURIComponent(merchant)}` : '');
+}
+
+async function showEvent(id, merchant) {
+  show('event');
+  $('replay-result').textContent = '';
+  await loadEvent(id, merchant);
+}
+
+async function loadEvent(id, merchant) {
+  const e = await api('GET', eventPath(id, merchant));
   $('event-title').textContent = e.id;
   $('replay').dataset.id = e.id;
+  $('replay').dataset.merchant = e.merchant;
   const facts = [
     ['Type', e.type ?? '—'], ['Status', e.status + (e.reason ? ` (${e.reason})` : '')],
     ['Endpoint', e.endpoint], ['Merchant', e.merchant], ['Received', time(e.received_at_ms)],
@@ -244,13 +254,13 @@ async function loadEvent(id) {
 }
 
 async function replay() {
-  const id = $('replay').dataset.id;
+  const { id, merchant } = $('replay').dataset;
   const out = $('replay-result');
   try {
-    const r = await api('POST', `/api/events/${encodeURIComponent(id)}/replay`);
+    const r = await api('POST', eventPath(id, merchant, '/replay'));
     out.className = 'ok';
     out.textContent = `Replayed: delivery to ${r.upstream} queued.`;
-    setTimeout(() => loadEvent(id).catch(onTimerError), 1000);
+    setTimeout(() => loadEvent(id, merchant).catch(onTimerError), 1000);
   } catch (e) {
     out.className = 'error';
     out.textContent = `Replay refused: ${e.message}`;
@@ -297,7 +307,7 @@ function pluginCard(p) {
         el('thead', {}, el('tr', {}, ['Reason', 'Count', 'Last', 'Event', 'Message'].map((h) => el('th', {}, h)))),
         el('tbody', {}, p.recent_failures.map((f) => el('tr', {},
           el('td', {}, f.reason), el('td', {}, f.count), el('td', {}, time(f.last_at_ms)),
-          el('td', {}, el('a', { href: `#/event/${encodeURIComponent(f.last_event_id)}` }, f.last_event_id)),
+          el('td', {}, el('a', { href: eventLink(f.last_event_id, p.merchant) }, f.last_event_id)),
           el('td', {}, f.last_message ?? ''))))),
     el('div', { class: 'row' }, file,
       el('button', { type: 'button', class: 'upload', onclick: upload }, 'Upload'),
