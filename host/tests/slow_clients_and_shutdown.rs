@@ -157,16 +157,20 @@ async fn a_slow_header_flood_from_one_address_does_not_hold_up_other_senders() {
     let sender = reqwest::Client::builder()
         .local_address(std::net::IpAddr::from([127, 0, 0, 1]))
         .pool_max_idle_per_host(0) // a new connection each time: the accept path is what is under attack
-        .timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(3))
         .build()
         .unwrap();
     let url = gw.url("/wh");
+    // Each webhook's time, a refusal or time-out counting as the 3 s it was given.
     let mut took = Vec::new();
-    for i in 0..100 {
+    let mut failed = 0;
+    for i in 0..60 {
         let started = std::time::Instant::now();
         let status = try_send(&sender, &url, &format!("evt_flood_{i}")).await;
-        took.push(started.elapsed());
-        assert_eq!(status.ok(), Some(200), "webhook {i} was not acknowledged during the flood");
+        if status.ok() != Some(200) {
+            failed += 1;
+        }
+        took.push(if status.is_ok() { started.elapsed() } else { Duration::from_secs(3) });
     }
     stop.store(true, Ordering::Relaxed);
     let mut opened = 0;
@@ -176,10 +180,12 @@ async fn a_slow_header_flood_from_one_address_does_not_hold_up_other_senders() {
     took.sort();
     let (p50, p99) = (took[took.len() / 2], took[took.len() * 99 / 100]);
     eprintln!(
-        "flood: {opened} attacker connections opened; webhooks p50 {p50:?}, p99 {p99:?}, max {:?}",
+        "flood: {opened} attacker connections opened; {failed} of {} webhooks not acknowledged; p50 {p50:?}, p99 {p99:?}, max {:?}",
+        took.len(),
         took[took.len() - 1]
     );
     assert!(opened >= 1500, "the flood did not open its connections: {opened}");
+    assert_eq!(failed, 0, "webhooks were not acknowledged during the flood");
     assert!(p99 < Duration::from_secs(1), "p99 {p99:?} during the flood");
 }
 

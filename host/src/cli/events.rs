@@ -65,7 +65,9 @@ pub fn run(args: EventsArgs) -> Result<(), Failure> {
             (Method::GET, format!("/api/events?{}", query.join("&")))
         }
         EventsCommand::Show { id, merchant } => (Method::GET, event_url(id, "", merchant.as_deref())),
-        EventsCommand::Replay { id, merchant } => (Method::POST, event_url(id, "/replay", merchant.as_deref())),
+        EventsCommand::Replay { id, merchant } => {
+            (Method::POST, event_url(id, "/replay", merchant.as_deref()))
+        }
     };
     let reply = args.admin.call(method, &url, Vec::new())?;
     match args.command {
