@@ -166,11 +166,11 @@ async fn a_slow_header_flood_from_one_address_does_not_hold_up_other_senders() {
     let mut failed = 0;
     for i in 0..60 {
         let started = std::time::Instant::now();
-        let status = try_send(&sender, &url, &format!("evt_flood_{i}")).await;
-        if status.ok() != Some(200) {
+        let status = try_send(&sender, &url, &format!("evt_flood_{i}")).await.ok();
+        if status != Some(200) {
             failed += 1;
         }
-        took.push(if status.is_ok() { started.elapsed() } else { Duration::from_secs(3) });
+        took.push(if status.is_some() { started.elapsed() } else { Duration::from_secs(3) });
     }
     stop.store(true, Ordering::Relaxed);
     let mut opened = 0;
