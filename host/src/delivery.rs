@@ -112,7 +112,7 @@ pub struct Upstream {
     /// Attempts made but not yet recorded (the store refused the write). Their deliveries stay
     /// claimed until they are recorded, so the store's stale row (still due, its attempts not
     /// counted) is never sent again: backoff and `max_attempts` hold while the store is full.
-    unrecorded: Mutex<Vec<Attempt>>,
+    unrecorded: Mutex<Vec<Arc<Attempt>>>,
 }
 
 /// An upstream's delivery attempts by outcome: `payflow_edge_deliveries_total{outcome}`.
@@ -679,7 +679,7 @@ impl Dispatcher {
                 }
             };
         }
-        let attempt = attempt(&self.client, &*self.clock, upstream, &d).await;
+        let attempt = Arc::new(attempt(&self.client, &*self.clock, upstream, &d).await);
         if let Err(e) = self.store.record_attempt(attempt.clone()).await {
             tracing::warn!(event_id = %d.event_id, error = %e, "cannot record a delivery attempt; kept until the store takes it");
             upstream.unrecorded.lock().unwrap_or_else(|p| p.into_inner()).push(attempt);

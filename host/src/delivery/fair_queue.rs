@@ -50,11 +50,20 @@ impl<T> FairQueue<T> {
 
     /// Queues `item` for `merchant`'s `endpoint`, last of that endpoint's.
     pub fn push(&mut self, merchant: &str, endpoint: &str, item: T) {
-        let m = self.merchants.entry(merchant.to_string()).or_default();
+        // Looked up before inserting: this runs for every delivery, and the names are copied
+        // only the first time a merchant or endpoint is seen (entries are kept once made: there
+        // are as many as configured endpoints).
+        if !self.merchants.contains_key(merchant) {
+            self.merchants.insert(merchant.to_string(), Merchant::default());
+        }
+        let m = self.merchants.get_mut(merchant).expect("inserted above");
         if m.waiting == 0 {
             self.turn.push_back(merchant.to_string());
         }
-        let queue = m.endpoints.entry(endpoint.to_string()).or_default();
+        if !m.endpoints.contains_key(endpoint) {
+            m.endpoints.insert(endpoint.to_string(), VecDeque::new());
+        }
+        let queue = m.endpoints.get_mut(endpoint).expect("inserted above");
         if queue.is_empty() {
             m.turn.push_back(endpoint.to_string());
         }
@@ -76,9 +85,7 @@ impl<T> FairQueue<T> {
             let endpoint = m.turn.pop_front()?;
             let queue = m.endpoints.get_mut(&endpoint)?;
             let item = queue.pop_front()?;
-            if queue.is_empty() {
-                m.endpoints.remove(&endpoint);
-            } else {
+            if !queue.is_empty() {
                 m.turn.push_back(endpoint);
             }
             m.waiting -= 1;
@@ -96,9 +103,6 @@ impl<T> FairQueue<T> {
     pub fn finish(&mut self, merchant: &str) {
         if let Some(m) = self.merchants.get_mut(merchant) {
             m.in_flight = m.in_flight.saturating_sub(1);
-            if m.in_flight == 0 && m.waiting == 0 {
-                self.merchants.remove(merchant);
-            }
         }
     }
 }

@@ -8,6 +8,8 @@
 
 mod sqlite;
 
+use std::sync::Arc;
+
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -459,8 +461,9 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<DueDelivery>, StoreError>;
 
-    /// Records an attempt and its outcome; updates the event's status.
-    async fn record_attempt(&self, attempt: Attempt) -> Result<(), StoreError>;
+    /// Records an attempt and its outcome; updates the event's status. Shared, so that a caller
+    /// can keep the attempt (to record it again) if the store refuses it, without a copy.
+    async fn record_attempt(&self, attempt: Arc<Attempt>) -> Result<(), StoreError>;
 
     /// Lists events, newest first.
     async fn list_events(&self, filter: EventFilter) -> Result<Vec<EventSummary>, StoreError>;

@@ -637,7 +637,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_attempt(&self, attempt: Attempt) -> Result<(), StoreError> {
+    async fn record_attempt(&self, attempt: Arc<Attempt>) -> Result<(), StoreError> {
         self.write_with(Priority::Background, move |conn| apply_attempt(conn, &attempt)).await
     }
 
