@@ -11,6 +11,15 @@ use std::process::{Command, Stdio};
 use serde_json::json;
 use support::*;
 
+/// Sends a signed event with ~3.5 KB of data, so that a 1 MB database fills within a few
+/// hundred.
+async fn post_large_event(client: &reqwest::Client, url: &str, id: &str) -> (u16, serde_json::Value) {
+    let mut event: serde_json::Value = serde_json::from_slice(&event_body(id, "payment.succeeded")).unwrap();
+    event["data"]["note"] = json!("x".repeat(3500));
+    let body = serde_json::to_vec(&event).unwrap();
+    post(client, url, &sign(payflow_verify::Scheme::PayFlow, SECRET, &body, id), body).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_locked_database_answers_503_and_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -68,11 +77,7 @@ async fn a_full_database_answers_503_and_keeps_what_it_acknowledged() {
     let mut refused = 0;
     for i in 0..600 {
         let id = format!("evt_fill_{i:04}");
-        let mut event: serde_json::Value =
-            serde_json::from_slice(&event_body(&id, "payment.succeeded")).unwrap();
-        event["data"]["note"] = json!("x".repeat(3500));
-        let body = serde_json::to_vec(&event).unwrap();
-        match post(&client, &url, &sign(payflow_verify::Scheme::PayFlow, SECRET, &body, &id), body).await {
+        match post_large_event(&client, &url, &id).await {
             (200, _) => acknowledged.push(id),
             (503, reply) => {
                 assert_eq!(reply, json!({"error": "store_unavailable"}));
@@ -115,14 +120,7 @@ async fn a_full_store_never_turns_retries_into_a_delivery_storm() {
     assert_eq!(ready().await, 200);
     let mut acknowledged = 0;
     for i in 0..600 {
-        let id = format!("evt_full_{i:04}");
-        let mut event: serde_json::Value =
-            serde_json::from_slice(&event_body(&id, "payment.succeeded")).unwrap();
-        event["data"]["note"] = json!("x".repeat(3500));
-        let body = serde_json::to_vec(&event).unwrap();
-        if post(&client, &url, &sign(payflow_verify::Scheme::PayFlow, SECRET, &body, &id), body).await.0
-            == 200
-        {
+        if post_large_event(&client, &url, &format!("evt_full_{i:04}")).await.0 == 200 {
             acknowledged += 1;
         }
     }
