@@ -30,11 +30,13 @@ use crate::http::{self, percent_decode, query_pairs, BodyError, Reply};
 use crate::ingress::Handler;
 use crate::pipeline::Endpoint;
 use crate::plugins::{PluginStage, Registry, RegistryError};
-use crate::store::{EventDetail, EventFilter, Store};
+use crate::store::{EventDetail, EventFilter, EventKey, EventSummary, Store};
 
 /// Default and largest page sizes for `GET /api/events`.
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
+/// Events an ambiguous id's `409` names at most (the reply stays small however many match).
+const AMBIGUOUS_SHOWN: usize = 16;
 
 /// The admin listener's handler.
 pub struct Admin {
@@ -160,54 +162,63 @@ impl Admin {
         let limit = filter.limit;
         match self.store.list_events(filter).await {
             Ok(events) => {
-                let next = (events.len() == limit)
-                    .then(|| events.last().map(|e| encode_cursor(e.received_at_ms, &e.merchant, &e.id)))
-                    .flatten();
+                let next = (events.len() == limit).then(|| events.last().map(encode_cursor)).flatten();
                 http::json(StatusCode::OK, &json!({ "events": events, "next": next }))
             }
             Err(e) => store_error(e),
         }
     }
 
-    /// The event `id` a request addresses, with its deliveries and attempts. Ids are unique per
-    /// merchant only, so the address is (merchant, id): a merchant's token has its own; the
-    /// operator names one with `?merchant=`, or, without it, gets the event if exactly one
-    /// merchant holds that id and `409 ambiguous_event_id` naming them if several do (never
-    /// one of them picked silently).
+    /// The event `id` a request addresses, with its deliveries and attempts. Ids are unique
+    /// per (merchant, de-duplication scope) only, so `?merchant=` and `?scope=` narrow the
+    /// search (a merchant's token is held to its own merchant); an id that still names several
+    /// events answers `409 ambiguous_event_id` listing each one's address, never one of them
+    /// picked silently.
     async fn find_event(&self, scope: &Scope, query: Option<&str>, id: &str) -> Result<EventDetail, Reply> {
-        let asked = query_pairs(query).into_iter().find(|(k, _)| k == "merchant").map(|(_, v)| v);
-        let candidates: Vec<String> = match (scope, asked) {
-            (Some(own), Some(asked)) if *own != asked => return Err(not_found()),
-            (Some(own), _) => vec![own.clone()],
-            (None, Some(asked)) => vec![asked],
-            (None, None) => {
-                let merchants: std::collections::BTreeSet<&str> =
-                    self.config.endpoint.iter().map(|e| e.merchant.as_str()).collect();
-                merchants.into_iter().map(str::to_string).collect()
-            }
-        };
-        let mut found = Vec::new();
-        for merchant in &candidates {
-            match self.store.get_event(Some(merchant), id).await {
-                Ok(Some(detail)) => found.push(detail),
-                Ok(None) => {}
-                Err(e) => return Err(store_error(e)),
+        let (mut asked_merchant, mut asked_scope) = (None, None);
+        for (key, value) in query_pairs(query) {
+            match key.as_str() {
+                "merchant" => asked_merchant = Some(value),
+                "scope" => asked_scope = Some(value),
+                _ => {}
             }
         }
-        match found.len() {
-            0 => Err(not_found()),
-            1 => Ok(found.remove(0)),
-            _ => {
-                let merchants: Vec<&str> = found.iter().map(|d| d.summary.merchant.as_str()).collect();
-                Err(http::json(
+        let merchant = match (scope, asked_merchant) {
+            (Some(own), Some(asked)) if *own != asked => return Err(not_found()),
+            (Some(own), _) => Some(own.clone()),
+            (None, asked) => asked,
+        };
+        let keys = self
+            .store
+            .find_events(merchant.as_deref(), asked_scope.as_deref(), id, AMBIGUOUS_SHOWN)
+            .await
+            .map_err(store_error)?;
+        let key = match keys.as_slice() {
+            [] => return Err(not_found()),
+            [key] => key,
+            several => {
+                let merchants: std::collections::BTreeSet<&str> =
+                    several.iter().map(|k| k.merchant.as_str()).collect();
+                let named: Vec<String> =
+                    several.iter().map(|k| format!("merchant {} scope {}", k.merchant, k.scope)).collect();
+                return Err(http::json(
                     StatusCode::CONFLICT,
                     &json!({
                         "error": "ambiguous_event_id",
-                        "message": format!("merchants {} each hold an event {id:?}: add ?merchant=", merchants.join(", ")),
+                        "message": format!(
+                            "several events have id {id:?} ({}): add ?merchant= and ?scope=",
+                            named.join("; ")
+                        ),
                         "merchants": merchants,
+                        "events": several.iter().map(|k| json!({"merchant": k.merchant, "scope": k.scope})).collect::<Vec<_>>(),
                     }),
-                ))
+                ));
             }
+        };
+        match self.store.get_event(key).await {
+            Ok(Some(detail)) => Ok(detail),
+            Ok(None) => Err(not_found()),
+            Err(e) => Err(store_error(e)),
         }
     }
 
@@ -227,13 +238,23 @@ impl Admin {
         let Some(upstream) = upstream else {
             return http::error(StatusCode::CONFLICT, "the event's endpoint has no upstream to deliver to");
         };
-        let merchant = Some(detail.summary.merchant.as_str());
-        match self.store.replay(merchant, id, Some(&upstream.name), self.clock.now_ms()).await {
+        let key = EventKey {
+            merchant: detail.summary.merchant.clone(),
+            scope: detail.summary.scope.clone(),
+            id: id.into(),
+        };
+        match self.store.replay(&key, Some(&upstream.name), self.clock.now_ms()).await {
             Ok(true) => {
                 upstream.poll_store_now();
                 http::json(
                     StatusCode::ACCEPTED,
-                    &json!({ "replayed": true, "id": id, "merchant": detail.summary.merchant, "upstream": upstream.name }),
+                    &json!({
+                        "replayed": true,
+                        "id": id,
+                        "merchant": key.merchant,
+                        "scope": key.scope,
+                        "upstream": upstream.name,
+                    }),
                 )
             }
             Ok(false) => not_found(),
@@ -404,19 +425,27 @@ impl Handler for Admin {
 }
 
 /// Opaque paging cursor: hex of `received_at_ms \n merchant \n id`.
-fn encode_cursor(at_ms: i64, merchant: &str, id: &str) -> String {
-    format!("{at_ms}\n{merchant}\n{id}").bytes().map(|b| format!("{b:02x}")).collect()
+/// A page's end as an opaque token: the event's time and key. Merchants and scopes hold no
+/// newline (validated names, URL paths); the id, last, may hold anything.
+fn encode_cursor(event: &EventSummary) -> String {
+    let EventSummary { received_at_ms, merchant, scope, id, .. } = event;
+    format!("{received_at_ms}\n{merchant}\n{scope}\n{id}").bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-fn decode_cursor(text: &str) -> Option<(i64, String, String)> {
+fn decode_cursor(text: &str) -> Option<(i64, String, String, String)> {
     if !text.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> =
         (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect();
     let text = String::from_utf8(bytes?).ok()?;
-    let mut parts = text.splitn(3, '\n');
-    Some((parts.next()?.parse().ok()?, parts.next()?.to_string(), parts.next()?.to_string()))
+    let mut parts = text.splitn(4, '\n');
+    Some((
+        parts.next()?.parse().ok()?,
+        parts.next()?.to_string(),
+        parts.next()?.to_string(),
+        parts.next()?.to_string(),
+    ))
 }
 
 #[cfg(test)]
@@ -425,8 +454,22 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
-        let c = encode_cursor(1_705_314_600_000, "acme", "evt_1\nx");
-        assert_eq!(decode_cursor(&c), Some((1_705_314_600_000, "acme".into(), "evt_1\nx".into())));
+        let event = EventSummary {
+            id: "evt_1\nx".into(),
+            merchant: "acme".into(),
+            scope: "/webhooks/github".into(),
+            endpoint: "/webhooks/github".into(),
+            event_type: None,
+            status: "queued".into(),
+            reason: None,
+            received_at_ms: 1_705_314_600_000,
+            tags: Vec::new(),
+        };
+        let c = encode_cursor(&event);
+        assert_eq!(
+            decode_cursor(&c),
+            Some((1_705_314_600_000, "acme".into(), "/webhooks/github".into(), "evt_1\nx".into()))
+        );
         for bad in ["", "zz", "123", "41"] {
             assert_eq!(decode_cursor(bad), None, "{bad}");
         }

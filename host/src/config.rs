@@ -220,6 +220,18 @@ pub struct EndpointConfig {
     pub hmac_prefix: Option<String>,
     /// hmac scheme: `hex` or `base64`.
     pub hmac_encoding: Option<String>,
+    /// Where this endpoint's event ids are de-duplicated: by default its own path, so ids
+    /// from different senders never collide. Endpoints that receive the same stream (a move
+    /// to a new path, two paths behind one sender) name one shared scope: a name, or the path
+    /// of the endpoint whose scope they join.
+    pub dedup_scope: Option<String>,
+}
+
+impl EndpointConfig {
+    /// The de-duplication scope of this endpoint's events, within its merchant.
+    pub fn scope(&self) -> &str {
+        self.dedup_scope.as_deref().unwrap_or(&self.path)
+    }
 }
 
 fn default_merchant() -> String {
@@ -577,6 +589,62 @@ impl Config {
         }
         if self.endpoint.is_empty() {
             return Err(invalid("endpoint", "at least one [[endpoint]] is needed"));
+        }
+        self.validate_scopes()
+    }
+
+    /// A shared scope must be one the reader can see is shared on purpose: a plain name, or
+    /// the path of an endpoint of the same merchant that keeps its own scope; and endpoints
+    /// sharing one answer duplicates the same way (one mode).
+    fn validate_scopes(&self) -> Result<(), ConfigError> {
+        let mut modes: BTreeMap<(&str, &str), Mode> = BTreeMap::new();
+        for e in &self.endpoint {
+            modes.entry((&e.merchant, e.scope())).or_insert(e.mode);
+        }
+        for (i, e) in self.endpoint.iter().enumerate() {
+            let key = format!("endpoint[{i}].dedup_scope");
+            let Some(scope) = &e.dedup_scope else { continue };
+            if scope.starts_with('/') {
+                let joined = self.endpoint.iter().find(|o| o.path == *scope);
+                match joined {
+                    Some(o) if o.merchant != e.merchant => {
+                        return Err(invalid(
+                            key,
+                            format!("{scope:?} is an endpoint of merchant {:?}, not {:?}", o.merchant, e.merchant),
+                        ))
+                    }
+                    Some(o) if o.dedup_scope.is_some() && o.path != e.path => {
+                        return Err(invalid(
+                            key,
+                            format!(
+                                "endpoint {scope:?} de-duplicates in scope {:?}: name that scope instead",
+                                o.scope()
+                            ),
+                        ))
+                    }
+                    Some(_) => {}
+                    None => {
+                        return Err(invalid(
+                            key,
+                            format!("{scope:?} is no endpoint's path; a shared scope is a name without '/' or an endpoint's path"),
+                        ))
+                    }
+                }
+            } else if scope.is_empty()
+                || scope.len() > 64
+                || !scope.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(invalid(
+                    key,
+                    "must be up to 64 letters, digits, '-', '_' or '.', or an endpoint's path",
+                ));
+            }
+            if modes[&(e.merchant.as_str(), e.scope())] != e.mode {
+                return Err(invalid(
+                    key,
+                    format!("endpoints sharing scope {:?} must use one mode (queue or proxy)", e.scope()),
+                ));
+            }
         }
         Ok(())
     }

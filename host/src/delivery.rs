@@ -37,7 +37,7 @@ use crate::clock::Clock;
 use crate::config::{PluginsConfig, UpstreamConfig};
 use crate::metrics::Counter;
 use crate::plugins::PluginStage;
-use crate::store::{Attempt, AttemptInfo, AttemptOutcome, DueDelivery, Store, PLUGIN_STEP};
+use crate::store::{Attempt, AttemptInfo, AttemptOutcome, DueDelivery, EventKey, Store, PLUGIN_STEP};
 
 /// Header carrying the event id on every delivery.
 pub const EVENT_ID_HEADER: &str = "x-payflow-event-id";
@@ -148,11 +148,11 @@ struct DeliveryQueue {
 struct QueueState {
     /// In turn: merchants, then their endpoints, round robin (see [`fair_queue`]).
     waiting: FairQueue<DueDelivery>,
-    claimed: HashSet<(String, String)>,
+    claimed: HashSet<EventKey>,
     /// Deliveries finished (recorded, then released) since the poller's last read began, with
     /// the sequence number of their release. A row the poller read as pending may have been
     /// finished while the read ran; without this, it would be queued and sent again.
-    finished: HashMap<(String, String), u64>,
+    finished: HashMap<EventKey, u64>,
     released: u64,
 }
 
@@ -161,14 +161,13 @@ impl DeliveryQueue {
     /// either way). True when queued.
     fn push(&self, delivery: DueDelivery) -> bool {
         let queued = self.state.lock().is_ok_and(|mut s| {
-            let key = (delivery.merchant.clone(), delivery.event_id.clone());
             if s.waiting.len() >= QUEUE_CAPACITY
-                || s.waiting.waiting(&delivery.merchant) >= MERCHANT_QUEUE_SHARE
-                || !s.claimed.insert(key)
+                || s.waiting.waiting(&delivery.key.merchant) >= MERCHANT_QUEUE_SHARE
+                || !s.claimed.insert(delivery.key.clone())
             {
                 return false;
             }
-            let (merchant, endpoint) = (delivery.merchant.clone(), delivery.endpoint.clone());
+            let (merchant, endpoint) = (delivery.key.merchant.clone(), delivery.endpoint.clone());
             s.waiting.push(&merchant, &endpoint, delivery);
             true
         });
@@ -182,8 +181,8 @@ impl DeliveryQueue {
     /// except deliveries finished after that: the read may predate their record. True when
     /// queued.
     fn push_polled(&self, delivery: DueDelivery, since: u64) -> bool {
-        let key = (delivery.merchant.clone(), delivery.event_id.clone());
-        let stale = self.state.lock().is_ok_and(|s| s.finished.get(&key).is_some_and(|&at| at > since));
+        let stale =
+            self.state.lock().is_ok_and(|s| s.finished.get(&delivery.key).is_some_and(|&at| at > since));
         !stale && self.push(delivery)
     }
 
@@ -206,14 +205,13 @@ impl DeliveryQueue {
     }
 
     /// Called once the delivery's outcome is recorded in the store.
-    fn release(&self, merchant: &str, event_id: &str) {
+    fn release(&self, key: &EventKey) {
         if let Ok(mut s) = self.state.lock() {
-            let key = (merchant.to_string(), event_id.to_string());
-            s.claimed.remove(&key);
-            s.waiting.finish(merchant);
+            s.claimed.remove(key);
+            s.waiting.finish(&key.merchant);
             s.released += 1;
             let at = s.released;
-            s.finished.insert(key, at);
+            s.finished.insert(key.clone(), at);
         }
     }
 
@@ -456,23 +454,16 @@ pub fn reply_excerpt(body: &[u8]) -> String {
 
 /// An attempt under way: started now, recorded by [`AttemptStart::finish`] with its result.
 pub struct AttemptStart {
-    merchant: String,
-    event_id: String,
+    key: EventKey,
     number: u32,
     at_ms: i64,
     started: Instant,
 }
 
 impl AttemptStart {
-    /// Starts attempt `number` of delivering `event_id` at `at_ms`.
-    pub fn new(merchant: &str, event_id: &str, number: u32, at_ms: i64) -> Self {
-        AttemptStart {
-            merchant: merchant.to_string(),
-            event_id: event_id.to_string(),
-            number,
-            at_ms,
-            started: Instant::now(),
-        }
+    /// Starts attempt `number` of delivering the event `key` at `at_ms`.
+    pub fn new(key: EventKey, number: u32, at_ms: i64) -> Self {
+        AttemptStart { key, number, at_ms, started: Instant::now() }
     }
 
     /// The record of this attempt, to store.
@@ -484,8 +475,7 @@ impl AttemptStart {
     ) -> Attempt {
         upstream.counts.count(&outcome);
         Attempt {
-            merchant: self.merchant,
-            event_id: self.event_id,
+            key: self.key,
             info: AttemptInfo {
                 upstream: upstream.name.clone(),
                 number: self.number,
@@ -583,10 +573,10 @@ impl Dispatcher {
         while !*shutdown.borrow() {
             match upstream.queue.pop(upstream.merchant_in_flight) {
                 Some(delivery) => {
-                    let (merchant, event_id) = (delivery.merchant.clone(), delivery.event_id.clone());
+                    let key = delivery.key.clone();
                     let attempts = delivery.attempts;
                     if self.deliver(&upstream, delivery).await {
-                        upstream.queue.release(&merchant, &event_id);
+                        upstream.queue.release(&key);
                     } else if let Target::PluginStep = upstream.target {
                         // A step whose record the store refused runs again, but not before its
                         // backoff and not before the store takes writes again.
@@ -596,7 +586,7 @@ impl Dispatcher {
                             while me.store.check_writable(me.clock.now_ms()).await.is_err() {
                                 tokio::time::sleep(BUSY_POLL_INTERVAL).await;
                             }
-                            up.queue.release(&merchant, &event_id);
+                            up.queue.release(&key);
                         });
                     }
                 }
@@ -674,14 +664,14 @@ impl Dispatcher {
             return match &self.plugins {
                 Some(plugins) => plugins.run_queued(upstream, d).await,
                 None => {
-                    tracing::warn!(event_id = %d.event_id, "a plugin step is due but no plugins are configured");
+                    tracing::warn!(event_id = %d.key.id, "a plugin step is due but no plugins are configured");
                     true
                 }
             };
         }
         let attempt = Arc::new(attempt(&self.client, &*self.clock, upstream, &d).await);
         if let Err(e) = self.store.record_attempt(attempt.clone()).await {
-            tracing::warn!(event_id = %d.event_id, error = %e, "cannot record a delivery attempt; kept until the store takes it");
+            tracing::warn!(event_id = %d.key.id, error = %e, "cannot record a delivery attempt; kept until the store takes it");
             upstream.unrecorded.lock().unwrap_or_else(|p| p.into_inner()).push(attempt);
             return false;
         }
@@ -697,9 +687,8 @@ impl Dispatcher {
                 left.push(attempt); // the store is still refusing: try the rest next time
                 continue;
             }
-            let (merchant, event_id) = (attempt.merchant.clone(), attempt.event_id.clone());
             match self.store.record_attempt(attempt.clone()).await {
-                Ok(()) => upstream.queue.release(&merchant, &event_id),
+                Ok(()) => upstream.queue.release(&attempt.key),
                 Err(_) => left.push(attempt),
             }
         }
@@ -717,9 +706,9 @@ pub async fn attempt(
 ) -> Attempt {
     let number = d.attempts + 1;
     let _permit = upstream.permits.acquire().await;
-    let attempt = AttemptStart::new(&d.merchant, &d.event_id, number, clock.now_ms());
+    let attempt = AttemptStart::new(d.key.clone(), number, clock.now_ms());
     let result =
-        client.send(upstream, &d.event_id, &d.request_id, d.body.clone(), &d.headers, clock.now_secs()).await;
+        client.send(upstream, &d.key.id, &d.request_id, d.body.clone(), &d.headers, clock.now_secs()).await;
     let outcome = match classify(&result) {
         Verdict::Delivered => AttemptOutcome::Delivered,
         Verdict::Permanent => AttemptOutcome::Dead,
@@ -733,7 +722,7 @@ pub async fn attempt(
     let status = result.as_ref().map(|r| r.status.as_u16()).ok();
     let error = result.as_ref().err().map(ToString::to_string);
     tracing::info!(
-        request_id = %d.request_id, merchant = %d.merchant, event_id = %d.event_id, upstream = %upstream.name,
+        request_id = %d.request_id, merchant = %d.key.merchant, event_id = %d.key.id, upstream = %upstream.name,
         attempt = number, status = ?status, error = ?error, outcome = ?outcome, "delivery attempt"
     );
     attempt.finish(upstream, &result, outcome)
@@ -760,8 +749,7 @@ mod tests {
 
     fn due(id: &str) -> DueDelivery {
         DueDelivery {
-            merchant: "m".into(),
-            event_id: id.into(),
+            key: EventKey { merchant: "m".into(), scope: "/e".into(), id: id.into() },
             upstream: "u".into(),
             endpoint: "/e".into(),
             attempts: 0,
@@ -782,7 +770,7 @@ mod tests {
         assert!(queue.push(due("evt_1")));
         let since = queue.since(); // the poller's read begins
         let taken = queue.pop(usize::MAX).unwrap(); // a worker delivers it, records it, releases it
-        queue.release(&taken.merchant, &taken.event_id);
+        queue.release(&taken.key);
         assert!(!queue.push_polled(due("evt_1"), since), "the stale row must not be queued");
         assert!(queue.push_polled(due("evt_2"), since), "other rows are");
         queue.forget_finished(since);

@@ -138,6 +138,7 @@ impl Gateway {
             let endpoint = Endpoint {
                 merchant: e.merchant.clone(),
                 path: e.path.clone(),
+                scope: e.scope().to_string(),
                 mode: e.mode,
                 verifier: e
                     .verifier()

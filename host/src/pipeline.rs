@@ -28,7 +28,7 @@ use crate::delivery::{classify, AttemptStart, SendError, Upstream, UpstreamClien
 use crate::http::{self, BodyError, HttpHeaders, Reply};
 use crate::metrics::{Counter, CounterMap};
 use crate::plugins::{ChainOutcome, PluginStage, StepInput};
-use crate::store::{AttemptOutcome, DueDelivery, EventStatus, Inserted, NewEvent, Store};
+use crate::store::{AttemptOutcome, DueDelivery, EventKey, EventStatus, Inserted, NewEvent, Store};
 
 /// Request headers kept with a stored event (never the signature headers).
 const KEPT_HEADERS: [&str; 7] = [
@@ -47,6 +47,8 @@ pub struct Endpoint {
     pub merchant: String,
     /// URL path.
     pub path: String,
+    /// Where its event ids are de-duplicated (its path unless it shares a `dedup_scope`).
+    pub scope: String,
     /// Queue or proxy.
     pub mode: Mode,
     /// Its signature verifier.
@@ -174,7 +176,7 @@ pub struct Pipeline {
 
 /// An event on its way to the upstream in proxy mode.
 struct Proxied<'a> {
-    id: &'a str,
+    key: EventKey,
     event_type: Option<String>,
     body: Bytes,
     received_at_ms: i64,
@@ -247,9 +249,13 @@ impl Pipeline {
             _ => Vec::new(),
         };
         let received_at_ms = self.clock.now_ms();
-        let new = NewEvent {
+        let key = EventKey {
             merchant: endpoint.merchant.clone(),
+            scope: endpoint.scope.clone(),
             id: parsed.id.clone(),
+        };
+        let new = NewEvent {
+            key: key.clone(),
             endpoint: endpoint.path.clone(),
             event_type: parsed.event_type.clone(),
             status,
@@ -278,19 +284,13 @@ impl Pipeline {
         tracing::debug!(request_id, merchant = %endpoint.merchant, event_id = %parsed.id, duplicate = matches!(inserted, Inserted::Duplicate(_)), "stored");
 
         // Acknowledge (queue mode), or forward and answer with the upstream's reply (proxy).
-        let proxied = Proxied {
-            id: &parsed.id,
-            event_type: parsed.event_type.clone(),
-            body,
-            received_at_ms,
-            request_id,
-        };
+        let proxied =
+            Proxied { key, event_type: parsed.event_type.clone(), body, received_at_ms, request_id };
         match (endpoint.mode, inserted) {
             (Mode::Queue, Inserted::New) => {
                 if let (EventStatus::Queued, Some(hop)) = (status, &endpoint.first_hop) {
                     hop.hand_off(DueDelivery {
-                        merchant: endpoint.merchant.clone(),
-                        event_id: parsed.id.clone(),
+                        key: proxied.key,
                         upstream: hop.name.clone(),
                         endpoint: endpoint.path.clone(),
                         attempts: 0,
@@ -322,11 +322,10 @@ impl Pipeline {
     /// the sender retries (and the plugins run again); a drop answers 200.
     async fn proxy(&self, endpoint: &Endpoint, event: Proxied<'_>) -> (Reply, Outcome) {
         let Some(plugins) = self.plugins.as_ref().filter(|p| p.has_plugins(&endpoint.path)) else {
-            return self.forward(endpoint, event.id, event.body, &[], event.request_id).await;
+            return self.forward(endpoint, event.key, event.body, &[], event.request_id).await;
         };
         let input = StepInput {
-            merchant: endpoint.merchant.clone(),
-            event_id: event.id.to_string(),
+            key: event.key.clone(),
             endpoint: endpoint.path.clone(),
             event_type: event.event_type,
             body: event.body.clone(),
@@ -337,14 +336,14 @@ impl Pipeline {
         match plugins.run_proxied(input).await {
             ChainOutcome::Continue { body, headers, .. } => {
                 let body = body.unwrap_or(event.body);
-                self.forward(endpoint, event.id, body, &headers, event.request_id).await
+                self.forward(endpoint, event.key, body, &headers, event.request_id).await
             }
             ChainOutcome::Drop { reason, .. } => (
                 http::json(StatusCode::OK, &json!({ "received": true, "dropped": reason })),
                 Outcome::Dropped,
             ),
             ChainOutcome::Failed { reason } => {
-                tracing::info!(request_id = event.request_id, event_id = event.id, %reason, "plugin step failed");
+                tracing::info!(request_id = event.request_id, event_id = event.key.id, %reason, "plugin step failed");
                 let mut reply = http::json(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &json!({ "error": "plugin_failed", "message": reason }),
@@ -363,7 +362,7 @@ impl Pipeline {
         let now = self.clock.now_ms();
         // A forward still marked in flight after twice its timeout was cut short by a crash.
         let stale_before = now - 2 * timeout.as_millis() as i64;
-        match self.store.claim_forward(&endpoint.merchant, event.id, now, stale_before).await {
+        match self.store.claim_forward(&event.key, now, stale_before).await {
             Ok(true) => self.proxy(endpoint, event).await,
             Ok(false) => {
                 let mut reply = http::error(StatusCode::CONFLICT, "in_progress");
@@ -379,7 +378,7 @@ impl Pipeline {
     async fn forward(
         &self,
         endpoint: &Endpoint,
-        id: &str,
+        key: EventKey,
         body: Bytes,
         headers: &[(String, String)],
         request_id: &str,
@@ -387,15 +386,16 @@ impl Pipeline {
         let Some(upstream) = &endpoint.upstream else {
             return (http::error(StatusCode::INTERNAL_SERVER_ERROR, "no_upstream"), Outcome::UpstreamFailed);
         };
-        let attempt = AttemptStart::new(&endpoint.merchant, id, 1, self.clock.now_ms());
-        let result = self.client.send(upstream, id, request_id, body, headers, self.clock.now_secs()).await;
+        let attempt = AttemptStart::new(key.clone(), 1, self.clock.now_ms());
+        let result =
+            self.client.send(upstream, &key.id, request_id, body, headers, self.clock.now_secs()).await;
         let outcome = match classify(&result) {
             Verdict::Delivered => AttemptOutcome::Delivered,
             _ => AttemptOutcome::Dead,
         };
         if let Err(e) = self.store.finish_forward(attempt.finish(upstream, &result, outcome)).await {
             // The claim's lease runs out and the sender's retry forwards again.
-            tracing::warn!(request_id, event_id = id, error = %e, "cannot record the forward");
+            tracing::warn!(request_id, event_id = key.id, error = %e, "cannot record the forward");
         }
         match result {
             Ok(reply) => {

@@ -67,6 +67,20 @@ fn bad_configs_exit_2_naming_the_key() {
             &["upstream[0].name", "start with '@'"],
         ),
         (BASE.replace("[store]", "max_header_bytes = 1024\n[store]") + endpoint, &["server.max_header_bytes", "from 8192"]),
+        (format!("{BASE}{endpoint}dedup_scope = \"/elsewhere\"\n"), &["endpoint[0].dedup_scope", "no endpoint's path"]),
+        (format!("{BASE}{endpoint}dedup_scope = \"a b\"\n"), &["endpoint[0].dedup_scope", "letters, digits"]),
+        (
+            format!("{BASE}[[merchant]]\nid = \"acme\"\n{endpoint}[[endpoint]]\npath = \"/b\"\nmerchant = \"acme\"\nsecrets = [\"s\"]\ndedup_scope = \"/wh\"\n"),
+            &["endpoint[1].dedup_scope", "\"/wh\" is an endpoint of merchant \"default\", not \"acme\""],
+        ),
+        (
+            format!("{BASE}{endpoint}dedup_scope = \"s\"\n[[endpoint]]\npath = \"/b\"\nsecrets = [\"s\"]\ndedup_scope = \"/wh\"\n"),
+            &["endpoint[1].dedup_scope", "de-duplicates in scope \"s\": name that scope instead"],
+        ),
+        (
+            format!("{BASE}{endpoint}dedup_scope = \"s\"\n[[endpoint]]\npath = \"/b\"\nsecrets = [\"s\"]\ndedup_scope = \"s\"\nmode = \"proxy\"\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nurl = \"http://127.0.0.1:1/\"\n"),
+            &["endpoint[1].dedup_scope", "must use one mode"],
+        ),
         ("this is not toml".to_string(), &["TOML parse error"]),
     ];
     for (config, needles) in cases {

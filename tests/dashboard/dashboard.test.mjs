@@ -194,6 +194,9 @@ test('a merchant sends a test webhook, sees it delivered, opens it, replays it',
 
   await eventRow.locator('a').click();
   await page.waitForSelector(`#event-title:has-text("${id}")`);
+  // The link names the whole address: id, merchant and de-duplication scope.
+  assert.equal(new URL(page.url()).hash, `#/event/${id}/acme/${encodeURIComponent('/webhooks/acme')}`);
+  assert.equal(await page.textContent('#event-summary dd[data-fact="Scope"]'), '/webhooks/acme');
   assert.match(await page.textContent('#event-body'), new RegExp(`"id": "${id}"`));
   const run = page.locator('#event-runs tbody tr').first();
   assert.equal(await run.locator('td').nth(1).textContent(), 'acme-enrich');

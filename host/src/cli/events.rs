@@ -34,22 +34,36 @@ enum EventsCommand {
     /// Show one event with its deliveries and attempts (JSON).
     Show {
         id: String,
-        /// The merchant whose event it is, when several hold that id (operator's token).
-        #[arg(long)]
-        merchant: Option<String>,
+        #[command(flatten)]
+        address: EventAddress,
     },
     /// Deliver an event again (e.g. a dead one, once the upstream is fixed).
     Replay {
         id: String,
-        /// The merchant whose event it is, when several hold that id (operator's token).
-        #[arg(long)]
-        merchant: Option<String>,
+        #[command(flatten)]
+        address: EventAddress,
     },
 }
 
-/// `/api/events/{id}{action}`, with `?merchant=` when one is named.
-fn event_url(id: &str, action: &str, merchant: Option<&str>) -> String {
-    let query = merchant.map(|m| format!("?merchant={}", encode(m))).unwrap_or_default();
+/// Which of several events with one id: ids are unique per merchant and scope only.
+#[derive(Args, Debug)]
+struct EventAddress {
+    /// The merchant whose event it is, when several hold that id (operator's token).
+    #[arg(long)]
+    merchant: Option<String>,
+    /// Its de-duplication scope (the endpoint path, unless endpoints share a `dedup_scope`),
+    /// when several endpoints received that id.
+    #[arg(long)]
+    scope: Option<String>,
+}
+
+/// `/api/events/{id}{action}`, with `?merchant=` and `?scope=` when named.
+fn event_url(id: &str, action: &str, address: &EventAddress) -> String {
+    let query: Vec<String> = [("merchant", &address.merchant), ("scope", &address.scope)]
+        .into_iter()
+        .filter_map(|(key, value)| Some(format!("{key}={}", encode(value.as_deref()?))))
+        .collect();
+    let query = if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) };
     format!("/api/events/{}{action}{query}", encode(id))
 }
 
@@ -64,10 +78,8 @@ pub fn run(args: EventsArgs) -> Result<(), Failure> {
             }
             (Method::GET, format!("/api/events?{}", query.join("&")))
         }
-        EventsCommand::Show { id, merchant } => (Method::GET, event_url(id, "", merchant.as_deref())),
-        EventsCommand::Replay { id, merchant } => {
-            (Method::POST, event_url(id, "/replay", merchant.as_deref()))
-        }
+        EventsCommand::Show { id, address } => (Method::GET, event_url(id, "", address)),
+        EventsCommand::Replay { id, address } => (Method::POST, event_url(id, "/replay", address)),
     };
     let reply = args.admin.call(method, &url, Vec::new())?;
     match args.command {

@@ -18,7 +18,7 @@ use tokio::runtime::Handle;
 
 use super::registry::{KvSpace, Slot};
 use super::{check_quota, Action, Event, Failure, Kv, KvMap, Outcome, Registry, Run};
-use crate::store::{KvWrite, NewDelivery, PluginRunInfo};
+use crate::store::{EventKey, KvWrite, NewDelivery, PluginRunInfo};
 
 /// Headers the gateway sets itself; a plugin may not set or override them.
 const RESERVED_HEADERS: [&str; 12] = [
@@ -39,12 +39,10 @@ const RESERVED_HEADERS: [&str; 12] = [
 /// The event as the chain sees it.
 #[derive(Debug, Clone)]
 pub struct ChainInput {
-    /// Owning merchant.
-    pub merchant: String,
+    /// The event's key.
+    pub key: EventKey,
     /// Endpoint path.
     pub endpoint: String,
-    /// Event id.
-    pub event_id: String,
     /// Type ("" when none).
     pub event_type: String,
     /// The raw body.
@@ -160,7 +158,7 @@ pub fn run(
         ChainResult { runs, kv: Vec::new(), outcome: ChainOutcome::Failed { reason } }
     };
     for name in chain {
-        let Some(slot) = registry.slot(&input.merchant, name).cloned() else {
+        let Some(slot) = registry.slot(&input.key.merchant, name).cloned() else {
             return failed(runs, &written, format!("{name}: plugin_missing: not configured"));
         };
         let Some(version) = slot.active() else {
@@ -174,10 +172,10 @@ pub fn run(
         }
         let overlay = Arc::new(Overlay { slot: slot.clone(), writes: Mutex::default() });
         let event = Event {
-            id: input.event_id.clone(),
+            id: input.key.id.clone(),
             event_type: input.event_type.clone(),
             endpoint: input.endpoint.clone(),
-            merchant: input.merchant.clone(),
+            merchant: input.key.merchant.clone(),
             body: body.as_ref().unwrap_or(&input.body).to_vec(),
             received_at_ms: input.received_at_ms as u64,
         };
@@ -196,7 +194,7 @@ pub fn run(
             .map_err(Clone::clone)
             .and_then(|outcome| check_outcome(outcome, upstreams, own_upstream, &forwards));
         let info = record(name, version.info.version, input, &run, started, &checked);
-        slot.counts.record(&info, &input.event_id);
+        slot.counts.record(&info, &input.key);
         runs.push(info);
         let outcome = match (run.result, checked) {
             (Ok(outcome), Ok(())) => outcome,

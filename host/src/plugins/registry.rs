@@ -19,8 +19,8 @@ use crate::clock::Clock;
 use crate::config::{PluginConfig, PluginsConfig};
 use crate::metrics::{Counter, Histogram, FUEL_BUCKETS, SECONDS_BUCKETS};
 use crate::store::{
-    NewPluginVersion, PluginHistory, PluginRunInfo, PluginVersionInfo, QuotaExceeded, Store, StoreError,
-    StoredPlugin, VersionBounds,
+    EventKey, NewPluginVersion, PluginHistory, PluginRunInfo, PluginVersionInfo, QuotaExceeded, Store,
+    StoreError, StoredPlugin, VersionBounds,
 };
 
 /// Why a plugin change was refused.
@@ -143,8 +143,10 @@ pub struct RecentFailure {
     pub count: u64,
     /// The latest: when (unix ms).
     pub last_at_ms: i64,
-    /// The latest: which event.
+    /// The latest: which event (its id).
     pub last_event_id: String,
+    /// The latest: which event (its de-duplication scope, to address it).
+    pub last_event_scope: String,
     /// The latest: what it said.
     pub last_message: Option<String>,
 }
@@ -162,8 +164,8 @@ impl Default for PluginCounts {
 }
 
 impl PluginCounts {
-    /// Counts one run of this plugin on `event_id`.
-    pub fn record(&self, run: &PluginRunInfo, event_id: &str) {
+    /// Counts one run of this plugin on the event `key`.
+    pub fn record(&self, run: &PluginRunInfo, key: &EventKey) {
         self.duration.observe(run.duration_us as f64 / 1e6);
         self.fuel.observe(run.fuel_used as f64);
         match run.outcome.as_str() {
@@ -177,11 +179,13 @@ impl PluginCounts {
             count: 0,
             last_at_ms: 0,
             last_event_id: String::new(),
+            last_event_scope: String::new(),
             last_message: None,
         });
         entry.count += 1;
         entry.last_at_ms = run.at_ms;
-        entry.last_event_id = event_id.to_string();
+        entry.last_event_id.clone_from(&key.id);
+        entry.last_event_scope.clone_from(&key.scope);
         entry.last_message = run.detail.clone();
     }
 

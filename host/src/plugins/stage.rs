@@ -21,8 +21,8 @@ use super::{Registry, Scheduler};
 use crate::clock::Clock;
 use crate::delivery::{self, Upstream, UpstreamClient};
 use crate::store::{
-    Attempt, AttemptInfo, AttemptOutcome, DueDelivery, EventStatus, KvWrite, NewDelivery, PluginRunInfo,
-    PluginStep, Store, PLUGIN_STEP,
+    Attempt, AttemptInfo, AttemptOutcome, DueDelivery, EventKey, EventStatus, KvWrite, NewDelivery,
+    PluginRunInfo, PluginStep, Store, PLUGIN_STEP,
 };
 
 /// An endpoint's plugins.
@@ -53,10 +53,8 @@ pub struct PluginStage {
 
 /// An event as the stage takes it.
 pub struct StepInput {
-    /// Owning merchant.
-    pub merchant: String,
-    /// Event id.
-    pub event_id: String,
+    /// The event's key.
+    pub key: EventKey,
     /// Endpoint path.
     pub endpoint: String,
     /// Type.
@@ -114,9 +112,8 @@ impl PluginStage {
             };
         };
         let chain_input = ChainInput {
-            merchant: input.merchant.clone(),
+            key: input.key.clone(),
             endpoint: input.endpoint.clone(),
-            event_id: input.event_id.clone(),
             event_type: input.event_type.clone().unwrap_or_default(),
             body: input.body.clone(),
             received_at_ms: input.received_at_ms,
@@ -125,7 +122,7 @@ impl PluginStage {
         };
         let registry = self.registry.clone();
         let handle = self.handle.clone();
-        let allowed = self.allowed.get(&input.merchant).cloned().unwrap_or_default();
+        let allowed = self.allowed.get(&input.key.merchant).cloned().unwrap_or_default();
         let job = move || {
             chain::run(
                 &registry,
@@ -136,7 +133,7 @@ impl PluginStage {
                 &chain_input,
             )
         };
-        match self.scheduler.submit(&input.merchant, job).await {
+        match self.scheduler.submit(&input.key.merchant, job).await {
             Ok(result) => result,
             Err(_) => ChainResult {
                 runs: Vec::new(),
@@ -150,8 +147,7 @@ impl PluginStage {
     /// `step` carries the retry policy. False when the store refused the record.
     pub async fn run_queued(&self, step: &Upstream, d: DueDelivery) -> bool {
         let input = StepInput {
-            merchant: d.merchant,
-            event_id: d.event_id,
+            key: d.key,
             endpoint: d.endpoint,
             event_type: d.event_type,
             body: d.body,
@@ -192,7 +188,7 @@ impl PluginStage {
             }
         };
         tracing::info!(
-            request_id = %input.request_id, merchant = %input.merchant, event_id = %input.event_id,
+            request_id = %input.request_id, merchant = %input.key.merchant, event_id = %input.key.id,
             attempt = number, status = status.as_str(), reason = ?reason, "plugin step"
         );
         let first_delivery = match (status, deliveries.first()) {
@@ -204,7 +200,7 @@ impl PluginStage {
         let decision = Decision { step: outcome, status, reason, deliveries, tags, runs, kv, first_delivery };
         if let Err(e) = self.commit(&input, number, at_ms, started, decision).await {
             // Still pending in the store: the step runs again.
-            tracing::warn!(event_id = %input.event_id, error = %e, "cannot record a plugin step; it will run again");
+            tracing::warn!(event_id = %input.key.id, error = %e, "cannot record a plugin step; it will run again");
             return false;
         }
         true
@@ -264,8 +260,7 @@ impl PluginStage {
             .cloned()
             .collect();
         let record = PluginStep {
-            merchant: input.merchant.clone(),
-            event_id: input.event_id.clone(),
+            key: input.key.clone(),
             attempt: step_attempt(number, at_ms, started, status, reason.as_deref(), &deliveries),
             step,
             runs,
@@ -277,7 +272,7 @@ impl PluginStage {
             first_delivery,
         };
         if let Err(e) = self.store.finish_plugin_step(record).await {
-            chain::forget_kv(&self.registry, &input.merchant, &self.chain_of(&input.endpoint));
+            chain::forget_kv(&self.registry, &input.key.merchant, &self.chain_of(&input.endpoint));
             return Err(e);
         }
         self.hand_off(input, at_ms, to_hand_off);
@@ -317,8 +312,7 @@ impl PluginStage {
 /// A delivery the step created, as the dispatcher takes it (first attempt, due now).
 fn due(input: &StepInput, d: &NewDelivery, at_ms: i64) -> DueDelivery {
     DueDelivery {
-        merchant: input.merchant.clone(),
-        event_id: input.event_id.clone(),
+        key: input.key.clone(),
         upstream: d.upstream.clone(),
         endpoint: input.endpoint.clone(),
         attempts: 0,

@@ -1,8 +1,8 @@
 //! The durable store, behind one trait so a PostgreSQL backend can follow SQLite.
 //!
 //! What the store promises: a write that returns `Ok` is on disk (fsync'd) — the gateway
-//! acknowledges a webhook only after it; de-duplication by (merchant, event id) is atomic; the
-//! raw body is kept byte for byte; every row carries its merchant. What it must never do:
+//! acknowledges a webhook only after it; de-duplication by [`EventKey`] (merchant, scope, event
+//! id) is atomic; the raw body is kept byte for byte; every row carries its event's whole key. What it must never do:
 //! half-write (a failed write leaves nothing behind) or decide policy (retries, statuses are
 //! chosen by the pipeline and the dispatcher and only recorded here).
 
@@ -51,6 +51,20 @@ pub struct QuotaExceeded {
     pub needed: u64,
     /// The quota.
     pub quota: u64,
+}
+
+/// Where a stored event lives. A sender's ids are unique only among its own events, so an id
+/// is de-duplicated within its merchant's *scope*: by default the endpoint it arrived on (a
+/// GitHub delivery id never collides with a PayFlow event id on another endpoint); endpoints
+/// that receive the same stream share a scope by naming it (`dedup_scope`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct EventKey {
+    /// Owning merchant.
+    pub merchant: String,
+    /// De-duplication scope within the merchant.
+    pub scope: String,
+    /// The sender's event id.
+    pub id: String,
 }
 
 /// Where an event stands.
@@ -109,10 +123,8 @@ impl EventStatus {
 /// A verified event to store.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
-    /// Owning merchant.
-    pub merchant: String,
-    /// Event id (de-duplication key within the merchant).
-    pub id: String,
+    /// Its key: the sender's id within its merchant's de-duplication scope.
+    pub key: EventKey,
     /// Endpoint path it arrived on.
     pub endpoint: String,
     /// `type`, when it is a string.
@@ -145,10 +157,8 @@ pub enum Inserted {
 /// A delivery that is due.
 #[derive(Debug, Clone)]
 pub struct DueDelivery {
-    /// Owning merchant.
-    pub merchant: String,
-    /// Event id.
-    pub event_id: String,
+    /// The event's key.
+    pub key: EventKey,
     /// Upstream name ([`PLUGIN_STEP`] for the plugin step).
     pub upstream: String,
     /// Endpoint path the event arrived on.
@@ -169,13 +179,13 @@ pub struct DueDelivery {
     pub next_attempt_at_ms: i64,
 }
 
-/// Where a page of due deliveries ended: (next attempt time, merchant, event id).
-pub type DueCursor = (i64, String, String);
+/// Where a page of due deliveries ended: (next attempt time, event key).
+pub type DueCursor = (i64, EventKey);
 
 impl DueDelivery {
     /// The cursor just after this delivery.
     pub fn cursor(&self) -> DueCursor {
-        (self.next_attempt_at_ms, self.merchant.clone(), self.event_id.clone())
+        (self.next_attempt_at_ms, self.key.clone())
     }
 }
 
@@ -196,10 +206,8 @@ pub enum AttemptOutcome {
 /// One delivery attempt, to record.
 #[derive(Debug, Clone)]
 pub struct Attempt {
-    /// Owning merchant.
-    pub merchant: String,
-    /// Event id.
-    pub event_id: String,
+    /// The event's key.
+    pub key: EventKey,
     /// What happened, as the admin API shows it.
     pub info: AttemptInfo,
     /// What happens next.
@@ -256,10 +264,8 @@ pub struct KvWrite {
 /// failed step writes no kv: a run that failed leaves nothing behind but its record.
 #[derive(Debug, Clone)]
 pub struct PluginStep {
-    /// Owning merchant.
-    pub merchant: String,
-    /// Event id.
-    pub event_id: String,
+    /// The event's key.
+    pub key: EventKey,
     /// The step as an attempt (upstream [`PLUGIN_STEP`]); stored as one only when it failed
     /// (its runs record a step that finished).
     pub attempt: AttemptInfo,
@@ -354,17 +360,19 @@ pub struct EventFilter {
     pub endpoint: Option<String>,
     /// Page size.
     pub limit: usize,
-    /// Page after this (received_at_ms, merchant, id) cursor, newest first.
-    pub before: Option<(i64, String, String)>,
+    /// Page after this (received_at_ms, merchant, scope, id) cursor, newest first.
+    pub before: Option<(i64, String, String, String)>,
 }
 
 /// An event as listed.
 #[derive(Debug, Clone, Serialize)]
 pub struct EventSummary {
-    /// Event id.
+    /// The sender's event id.
     pub id: String,
     /// Owning merchant.
     pub merchant: String,
+    /// De-duplication scope (the endpoint path unless endpoints share a `dedup_scope`).
+    pub scope: String,
     /// Endpoint path.
     pub endpoint: String,
     /// Type.
@@ -436,15 +444,14 @@ pub struct EventDetail {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores a new event and its pending deliveries in one durable commit, unless an event
-    /// with the same (merchant, id) exists, in which case nothing is written.
+    /// with the same key (merchant, scope, id) exists, in which case nothing is written.
     async fn insert_event(&self, event: NewEvent) -> Result<Inserted, StoreError>;
 
     /// Proxy mode: takes the right to forward an event whose last forward failed or whose
     /// forwarding lease (taken before `stale_before_ms`) ran out. True when taken.
     async fn claim_forward(
         &self,
-        merchant: &str,
-        id: &str,
+        key: &EventKey,
         now_ms: i64,
         stale_before_ms: i64,
     ) -> Result<bool, StoreError>;
@@ -468,8 +475,18 @@ pub trait Store: Send + Sync + 'static {
     /// Lists events, newest first.
     async fn list_events(&self, filter: EventFilter) -> Result<Vec<EventSummary>, StoreError>;
 
-    /// One event with its deliveries and attempts; `merchant: None` searches all merchants.
-    async fn get_event(&self, merchant: Option<&str>, id: &str) -> Result<Option<EventDetail>, StoreError>;
+    /// The keys of the events with sender id `id`, narrowed to a merchant and a scope when
+    /// given; at most `limit`, in key order. How the admin API resolves a partial address.
+    async fn find_events(
+        &self,
+        merchant: Option<&str>,
+        scope: Option<&str>,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<EventKey>, StoreError>;
+
+    /// One event with its deliveries and attempts.
+    async fn get_event(&self, key: &EventKey) -> Result<Option<EventDetail>, StoreError>;
 
     /// Records a plugin step (see [`PluginStep`]).
     async fn finish_plugin_step(&self, step: PluginStep) -> Result<(), StoreError>;
@@ -514,13 +531,7 @@ pub trait Store: Send + Sync + 'static {
     /// if it has none (e.g. a quarantined event). An event with a plugin step replays from
     /// that step: the deliveries it created are removed, and the plugins decide again.
     /// False when the event is not found.
-    async fn replay(
-        &self,
-        merchant: Option<&str>,
-        id: &str,
-        upstream: Option<&str>,
-        now_ms: i64,
-    ) -> Result<bool, StoreError>;
+    async fn replay(&self, key: &EventKey, upstream: Option<&str>, now_ms: i64) -> Result<bool, StoreError>;
 
     /// Pending deliveries (due now or later) to each of `upstreams`, by merchant:
     /// (upstream, merchant, count).

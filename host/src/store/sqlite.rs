@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 use super::{
     Attempt, AttemptInfo, AttemptOutcome, DeliveryInfo, DueCursor, DueDelivery, EventDetail, EventFilter,
-    EventStatus, EventSummary, Inserted, NewEvent, NewPluginVersion, PluginHistory, PluginRunInfo,
+    EventKey, EventStatus, EventSummary, Inserted, NewEvent, NewPluginVersion, PluginHistory, PluginRunInfo,
     PluginStep, PluginVersionInfo, QuotaExceeded, Store, StoreError, StoredPlugin, VersionBounds,
     PLUGIN_STEP,
 };
@@ -33,7 +33,9 @@ use crate::metrics::{Histogram, HistogramSnapshot, SECONDS_BUCKETS};
 /// What the readiness probe writes (and deletes): more than a typical event with its rows.
 const READY_ROOM_BYTES: i64 = 64 << 10;
 
-const SCHEMA: &str = "
+/// The tables, as a new database gets them. Every row of an event's carries its whole key
+/// (merchant, scope, id): see [`super::EventKey`].
+const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS health (
     id              INTEGER PRIMARY KEY,
     checked_at_ms   BIGINT  NOT NULL
@@ -43,6 +45,7 @@ CREATE TABLE IF NOT EXISTS health_room (
 );
 CREATE TABLE IF NOT EXISTS events (
     merchant        TEXT    NOT NULL,
+    scope           TEXT    NOT NULL,
     id              TEXT    NOT NULL,
     endpoint        TEXT    NOT NULL,
     event_type      TEXT,
@@ -53,21 +56,24 @@ CREATE TABLE IF NOT EXISTS events (
     request_id      TEXT    NOT NULL,
     received_at_ms  BIGINT  NOT NULL,
     claimed_at_ms   BIGINT,
-    PRIMARY KEY (merchant, id)
+    tags            TEXT,
+    PRIMARY KEY (merchant, scope, id)
 );
-CREATE INDEX IF NOT EXISTS events_by_time ON events (received_at_ms);
 CREATE TABLE IF NOT EXISTS deliveries (
     merchant            TEXT    NOT NULL,
+    scope               TEXT    NOT NULL,
     event_id            TEXT    NOT NULL,
     upstream            TEXT    NOT NULL,
     status              TEXT    NOT NULL,
     attempts            INTEGER NOT NULL,
     next_attempt_at_ms  BIGINT  NOT NULL,
-    PRIMARY KEY (merchant, event_id, upstream)
+    body                BLOB,
+    headers             TEXT,
+    PRIMARY KEY (merchant, scope, event_id, upstream)
 );
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (upstream, status, next_attempt_at_ms);
 CREATE TABLE IF NOT EXISTS attempts (
     merchant     TEXT    NOT NULL,
+    scope        TEXT    NOT NULL,
     event_id     TEXT    NOT NULL,
     upstream     TEXT    NOT NULL,
     number       INTEGER NOT NULL,
@@ -77,9 +83,9 @@ CREATE TABLE IF NOT EXISTS attempts (
     error        TEXT,
     response     TEXT
 );
-CREATE INDEX IF NOT EXISTS attempts_by_event ON attempts (merchant, event_id);
 CREATE TABLE IF NOT EXISTS plugin_runs (
     merchant     TEXT    NOT NULL,
+    scope        TEXT    NOT NULL,
     event_id     TEXT    NOT NULL,
     plugin       TEXT    NOT NULL,
     version      INTEGER NOT NULL,
@@ -91,7 +97,6 @@ CREATE TABLE IF NOT EXISTS plugin_runs (
     detail       TEXT,
     logs         TEXT    NOT NULL
 );
-CREATE INDEX IF NOT EXISTS plugin_runs_by_event ON plugin_runs (merchant, event_id);
 CREATE TABLE IF NOT EXISTS plugins (
     merchant        TEXT    NOT NULL,
     name            TEXT    NOT NULL,
@@ -119,22 +124,69 @@ CREATE TABLE IF NOT EXISTS plugin_kv (
 );
 ";
 
+/// Indexes, created once the tables (old ones migrated) have every column they name.
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS events_by_time ON events (received_at_ms);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (upstream, status, next_attempt_at_ms);
+CREATE INDEX IF NOT EXISTS attempts_by_key ON attempts (merchant, scope, event_id);
+CREATE INDEX IF NOT EXISTS plugin_runs_by_key ON plugin_runs (merchant, scope, event_id);
+";
+
 /// Columns added after the first release, for databases created before them.
 const ADDED_COLUMNS: [(&str, &str, &str); 3] =
     [("events", "tags", "TEXT"), ("deliveries", "body", "BLOB"), ("deliveries", "headers", "TEXT")];
 
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+        [column],
+        |r| r.get(0),
+    )
+}
+
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     for (table, column, kind) in ADDED_COLUMNS {
-        let exists: bool = conn.query_row(
-            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
-            [column],
-            |r| r.get(0),
-        )?;
-        if !exists {
+        if !has_column(conn, table, column)? {
             conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
         }
     }
-    Ok(())
+    if !has_column(conn, "events", "scope")? {
+        // A database from before de-duplication scopes: each event's scope becomes the endpoint
+        // it arrived on, exactly the default scope, so every stored event keeps its identity and
+        // a sender's retry of one is still a duplicate. Ids were unique per merchant then, so
+        // joining the other tables on (merchant, id) is exact. `events` and `deliveries` change
+        // primary key, which SQLite can only do by copying them into new tables.
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE;
+             ALTER TABLE events RENAME TO events_unscoped;
+             ALTER TABLE deliveries RENAME TO deliveries_unscoped;
+             DROP INDEX IF EXISTS events_by_time;
+             DROP INDEX IF EXISTS deliveries_due;
+             DROP INDEX IF EXISTS attempts_by_event;
+             DROP INDEX IF EXISTS plugin_runs_by_event;
+             {TABLES}
+             INSERT INTO events (merchant, scope, id, endpoint, event_type, status, reason, body, headers,
+                                 request_id, received_at_ms, claimed_at_ms, tags)
+                 SELECT merchant, endpoint, id, endpoint, event_type, status, reason, body, headers,
+                        request_id, received_at_ms, claimed_at_ms, tags
+                 FROM events_unscoped;
+             INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts,
+                                     next_attempt_at_ms, body, headers)
+                 SELECT d.merchant, e.endpoint, d.event_id, d.upstream, d.status, d.attempts,
+                        d.next_attempt_at_ms, d.body, d.headers
+                 FROM deliveries_unscoped d JOIN events_unscoped e ON e.merchant = d.merchant AND e.id = d.event_id;
+             ALTER TABLE attempts ADD COLUMN scope TEXT NOT NULL DEFAULT '';
+             UPDATE attempts SET scope = COALESCE((SELECT e.endpoint FROM events_unscoped e
+                 WHERE e.merchant = attempts.merchant AND e.id = attempts.event_id), '');
+             ALTER TABLE plugin_runs ADD COLUMN scope TEXT NOT NULL DEFAULT '';
+             UPDATE plugin_runs SET scope = COALESCE((SELECT e.endpoint FROM events_unscoped e
+                 WHERE e.merchant = plugin_runs.merchant AND e.id = plugin_runs.event_id), '');
+             DROP TABLE deliveries_unscoped;
+             DROP TABLE events_unscoped;
+             COMMIT;"
+        ))?;
+    }
+    conn.execute_batch(INDEXES)
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
@@ -245,7 +297,7 @@ impl SqliteStore {
         let path = Path::new(&config.path);
         let writer_conn = open(path, config)
             .map_err(|e| StoreError::Unavailable(format!("cannot open database {}: {e}", path.display())))?;
-        writer_conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        writer_conn.execute_batch(TABLES).map_err(unavailable)?;
         migrate(&writer_conn).map_err(unavailable)?;
         writer_conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(unavailable)?;
         let reader = open(path, config).map_err(unavailable)?;
@@ -389,10 +441,10 @@ fn transaction(conn: &Connection, work: impl FnOnce(&Connection) -> bool) -> Res
     Ok(true)
 }
 
-fn status_of(conn: &Connection, merchant: &str, id: &str) -> rusqlite::Result<EventStatus> {
+fn status_of(conn: &Connection, key: &EventKey) -> rusqlite::Result<EventStatus> {
     let s: String = conn.query_row(
-        "SELECT status FROM events WHERE merchant = ?1 AND id = ?2",
-        params![merchant, id],
+        "SELECT status FROM events WHERE merchant = ?1 AND scope = ?2 AND id = ?3",
+        params![key.merchant, key.scope, key.id],
         |r| r.get(0),
     )?;
     Ok(EventStatus::parse(&s).unwrap_or(EventStatus::Stored))
@@ -401,12 +453,14 @@ fn status_of(conn: &Connection, merchant: &str, id: &str) -> rusqlite::Result<Ev
 fn insert_attempt(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
     let a = &attempt.info;
     conn.prepare_cached(
-        "INSERT INTO attempts (merchant, event_id, upstream, number, at_ms, duration_ms, status_code, error, response)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO attempts (merchant, scope, event_id, upstream, number, at_ms, duration_ms, status_code,
+                               error, response)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
-        attempt.merchant,
-        attempt.event_id,
+        attempt.key.merchant,
+        attempt.key.scope,
+        attempt.key.id,
         a.upstream,
         a.number,
         a.at_ms,
@@ -430,19 +484,19 @@ fn delivery_state(outcome: AttemptOutcome) -> (&'static str, Option<i64>) {
 /// Sets a delivery's status, attempt count and next attempt time from an attempt's outcome.
 fn update_delivery(
     conn: &Connection,
-    merchant: &str,
-    event_id: &str,
+    key: (&str, &str, &str),
     upstream: &str,
     number: u32,
     outcome: AttemptOutcome,
 ) -> rusqlite::Result<()> {
     let (status, next_at_ms) = delivery_state(outcome);
+    let (merchant, scope, event_id) = key;
     conn.prepare_cached(
         "UPDATE deliveries
          SET status = ?5, attempts = ?4, next_attempt_at_ms = COALESCE(?6, next_attempt_at_ms)
-         WHERE merchant = ?1 AND event_id = ?2 AND upstream = ?3",
+         WHERE merchant = ?1 AND scope = ?7 AND event_id = ?2 AND upstream = ?3",
     )?
-    .execute(params![merchant, event_id, upstream, number, status, next_at_ms])?;
+    .execute(params![merchant, event_id, upstream, number, status, next_at_ms, scope])?;
     Ok(())
 }
 
@@ -451,8 +505,13 @@ fn update_delivery(
 fn apply_attempt(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
     insert_attempt(conn, attempt)?;
     let a = &attempt.info;
-    update_delivery(conn, &attempt.merchant, &attempt.event_id, &a.upstream, a.number, attempt.outcome)?;
+    update_delivery(conn, key_of(&attempt.key), &a.upstream, a.number, attempt.outcome)?;
     settle_after(conn, attempt)
+}
+
+/// An event key as the statements bind it: (merchant, scope, id).
+fn key_of(key: &EventKey) -> (&str, &str, &str) {
+    (&key.merchant, &key.scope, &key.id)
 }
 
 /// What an attempt's outcome changes about its event.
@@ -462,32 +521,36 @@ fn settle_after(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
     // delivery of it is unfinished.
     let settle = match attempt.outcome {
         AttemptOutcome::Retry { .. } => return Ok(()),
-        AttemptOutcome::Dead => "UPDATE events SET status = 'dead' WHERE merchant = ?1 AND id = ?2",
+        AttemptOutcome::Dead => {
+            "UPDATE events SET status = 'dead' WHERE merchant = ?1 AND scope = ?2 AND id = ?3"
+        }
         AttemptOutcome::Delivered => {
-            "UPDATE events SET status = 'delivered' WHERE merchant = ?1 AND id = ?2
+            "UPDATE events SET status = 'delivered' WHERE merchant = ?1 AND scope = ?2 AND id = ?3
                AND NOT EXISTS (SELECT 1 FROM deliveries d
-                               WHERE d.merchant = ?1 AND d.event_id = ?2 AND d.status <> 'delivered')"
+                               WHERE d.merchant = ?1 AND d.scope = ?2 AND d.event_id = ?3
+                                 AND d.status <> 'delivered')"
         }
     };
-    conn.prepare_cached(settle)?.execute(params![attempt.merchant, attempt.event_id])?;
+    let (merchant, scope, id) = key_of(&attempt.key);
+    conn.prepare_cached(settle)?.execute(params![merchant, scope, id])?;
     Ok(())
 }
 
 /// An event's status from its deliveries: dead if any is dead, delivered if all are, else
 /// queued. An event without deliveries keeps its status (stored, quarantined). Used after a
 /// replay; a single attempt's outcome settles the event more cheaply in `record_attempt`.
-fn settle_event(conn: &Connection, merchant: &str, event_id: &str) -> rusqlite::Result<()> {
+fn settle_event(conn: &Connection, key: &EventKey) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "UPDATE events SET status = CASE
-             WHEN EXISTS (SELECT 1 FROM deliveries d
-                          WHERE d.merchant = ?1 AND d.event_id = ?2 AND d.status = 'dead') THEN 'dead'
-             WHEN NOT EXISTS (SELECT 1 FROM deliveries d
-                              WHERE d.merchant = ?1 AND d.event_id = ?2 AND d.status <> 'delivered') THEN 'delivered'
+             WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.merchant = ?1 AND d.scope = ?2
+                            AND d.event_id = ?3 AND d.status = 'dead') THEN 'dead'
+             WHEN NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.merchant = ?1 AND d.scope = ?2
+                                AND d.event_id = ?3 AND d.status <> 'delivered') THEN 'delivered'
              ELSE 'queued' END
-         WHERE merchant = ?1 AND id = ?2
-           AND EXISTS (SELECT 1 FROM deliveries d WHERE d.merchant = ?1 AND d.event_id = ?2)",
+         WHERE merchant = ?1 AND scope = ?2 AND id = ?3
+           AND EXISTS (SELECT 1 FROM deliveries d WHERE d.merchant = ?1 AND d.scope = ?2 AND d.event_id = ?3)",
     )?
-    .execute(params![merchant, event_id])?;
+    .execute(params![key.merchant, key.scope, key.id])?;
     Ok(())
 }
 
@@ -500,6 +563,7 @@ fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventSummary> {
         status: row.get(4)?,
         reason: row.get(5)?,
         received_at_ms: row.get(6)?,
+        scope: row.get(8)?,
         tags: row
             .get::<_, Option<String>>(7)?
             .and_then(|t| serde_json::from_str(&t).ok())
@@ -507,7 +571,8 @@ fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventSummary> {
     })
 }
 
-const SUMMARY_COLUMNS: &str = "merchant, id, endpoint, event_type, status, reason, received_at_ms, tags";
+const SUMMARY_COLUMNS: &str =
+    "merchant, id, endpoint, event_type, status, reason, received_at_ms, tags, scope";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -518,13 +583,13 @@ impl Store for SqliteStore {
             let inserted = conn
                 .prepare_cached(
                     "INSERT INTO events (merchant, id, endpoint, event_type, status, reason, body, headers,
-                                         request_id, received_at_ms, claimed_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                     ON CONFLICT (merchant, id) DO NOTHING",
+                                         request_id, received_at_ms, claimed_at_ms, scope)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                     ON CONFLICT (merchant, scope, id) DO NOTHING",
                 )?
                 .execute(params![
-                    event.merchant,
-                    event.id,
+                    event.key.merchant,
+                    event.key.id,
                     event.endpoint,
                     event.event_type,
                     event.status.as_str(),
@@ -533,17 +598,19 @@ impl Store for SqliteStore {
                     headers,
                     event.request_id,
                     event.received_at_ms,
-                    claimed
+                    claimed,
+                    event.key.scope
                 ])?;
             if inserted == 0 {
-                return Ok(Inserted::Duplicate(status_of(conn, &event.merchant, &event.id)?));
+                return Ok(Inserted::Duplicate(status_of(conn, &event.key)?));
             }
             let mut add = conn.prepare_cached(
-                "INSERT INTO deliveries (merchant, event_id, upstream, status, attempts, next_attempt_at_ms)
-                 VALUES (?1, ?2, ?3, 'pending', 0, ?4)",
+                "INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5)",
             )?;
             for upstream in &event.deliveries {
-                add.execute(params![event.merchant, event.id, upstream, event.received_at_ms])?;
+                let (merchant, scope, id) = key_of(&event.key);
+                add.execute(params![merchant, scope, id, upstream, event.received_at_ms])?;
             }
             Ok(Inserted::New)
         })
@@ -552,21 +619,20 @@ impl Store for SqliteStore {
 
     async fn claim_forward(
         &self,
-        merchant: &str,
-        id: &str,
+        key: &EventKey,
         now_ms: i64,
         stale_before_ms: i64,
     ) -> Result<bool, StoreError> {
-        let (merchant, id) = (merchant.to_string(), id.to_string());
+        let key = key.clone();
         self.write(move |conn| {
             // Proxy mode's request path: prepared once, like ingress's statements.
             let n = conn
                 .prepare_cached(
                     "UPDATE events SET status = 'forwarding', claimed_at_ms = ?3
-                     WHERE merchant = ?1 AND id = ?2
+                     WHERE merchant = ?1 AND scope = ?5 AND id = ?2
                        AND (status = 'failed' OR (status = 'forwarding' AND claimed_at_ms < ?4))",
                 )?
-                .execute(params![merchant, id, now_ms, stale_before_ms])?;
+                .execute(params![key.merchant, key.id, now_ms, stale_before_ms, key.scope])?;
             Ok(n == 1)
         })
         .await
@@ -585,9 +651,15 @@ impl Store for SqliteStore {
                 ),
             };
             conn.prepare_cached(
-                "UPDATE events SET status = ?3, reason = ?4 WHERE merchant = ?1 AND id = ?2",
+                "UPDATE events SET status = ?3, reason = ?4 WHERE merchant = ?1 AND scope = ?5 AND id = ?2",
             )?
-            .execute(params![attempt.merchant, attempt.event_id, status.as_str(), reason])?;
+            .execute(params![
+                attempt.key.merchant,
+                attempt.key.id,
+                status.as_str(),
+                reason,
+                attempt.key.scope
+            ])?;
             Ok(())
         })
         .await
@@ -601,23 +673,24 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<DueDelivery>, StoreError> {
         let upstream = upstream.to_string();
-        let (at, merchant, id) = match cursor.cloned() {
-            Some((at, merchant, id)) => (Some(at), Some(merchant), Some(id)),
-            None => (None, None, None),
+        let (at, merchant, scope, id) = match cursor.cloned() {
+            Some((at, key)) => (Some(at), Some(key.merchant), Some(key.scope), Some(key.id)),
+            None => (None, None, None, None),
         };
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT d.merchant, d.event_id, d.upstream, d.attempts, COALESCE(d.body, e.body), e.event_type,
-                        e.request_id, d.next_attempt_at_ms, e.endpoint, d.headers, e.received_at_ms
-                 FROM deliveries d JOIN events e ON e.merchant = d.merchant AND e.id = d.event_id
+                        e.request_id, d.next_attempt_at_ms, e.endpoint, d.headers, e.received_at_ms, d.scope
+                 FROM deliveries d
+                 JOIN events e ON e.merchant = d.merchant AND e.scope = d.scope AND e.id = d.event_id
                  WHERE d.upstream = ?1 AND d.status = 'pending' AND d.next_attempt_at_ms <= ?2
-                   AND (?4 IS NULL OR (d.next_attempt_at_ms, d.merchant, d.event_id) > (?4, ?5, ?6))
-                 ORDER BY d.next_attempt_at_ms, d.merchant, d.event_id LIMIT ?3",
+                   AND (?4 IS NULL
+                        OR (d.next_attempt_at_ms, d.merchant, d.scope, d.event_id) > (?4, ?5, ?7, ?6))
+                 ORDER BY d.next_attempt_at_ms, d.merchant, d.scope, d.event_id LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![upstream, now_ms, limit as i64, at, merchant, id], |r| {
+            let rows = stmt.query_map(params![upstream, now_ms, limit as i64, at, merchant, id, scope], |r| {
                 Ok(DueDelivery {
-                    merchant: r.get(0)?,
-                    event_id: r.get(1)?,
+                    key: EventKey { merchant: r.get(0)?, scope: r.get(11)?, id: r.get(1)? },
                     upstream: r.get(2)?,
                     attempts: r.get(3)?,
                     body: Bytes::from(r.get::<_, Vec<u8>>(4)?),
@@ -661,16 +734,15 @@ impl Store for SqliteStore {
             if let Some(e) = filter.endpoint {
                 add(" AND endpoint = ?", e.into());
             }
-            if let Some((at, merchant, id)) = filter.before {
-                // Keyset paging on (received_at_ms, merchant, id), newest first.
-                add(" AND (received_at_ms < ?", at.into());
-                add(" OR (received_at_ms = ?", at.into());
-                add(" AND (merchant < ?", merchant.clone().into());
-                add(" OR (merchant = ?", merchant.into());
-                add(" AND id < ?))))", id.into());
+            if let Some((at, merchant, scope, id)) = filter.before {
+                // Keyset paging on (received_at_ms, merchant, scope, id), newest first.
+                add(" AND (received_at_ms, merchant, scope, id) < (?", at.into());
+                add(", ?", merchant.into());
+                add(", ?", scope.into());
+                add(", ?)", id.into());
             }
             add(
-                " ORDER BY received_at_ms DESC, merchant DESC, id DESC LIMIT ?",
+                " ORDER BY received_at_ms DESC, merchant DESC, scope DESC, id DESC LIMIT ?",
                 (filter.limit.clamp(1, 1000) as i64).into(),
             );
             let mut stmt = conn.prepare(&sql)?;
@@ -680,20 +752,42 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn get_event(&self, merchant: Option<&str>, id: &str) -> Result<Option<EventDetail>, StoreError> {
-        let (merchant, id) = (merchant.map(str::to_string), id.to_string());
+    async fn find_events(
+        &self,
+        merchant: Option<&str>,
+        scope: Option<&str>,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<EventKey>, StoreError> {
+        let (merchant, scope, id) = (merchant.map(str::to_string), scope.map(str::to_string), id.to_string());
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT merchant, scope FROM events
+                 WHERE id = ?1 AND (?2 IS NULL OR merchant = ?2) AND (?3 IS NULL OR scope = ?3)
+                 ORDER BY merchant, scope LIMIT ?4",
+            )?
+            .query_map(params![id, merchant, scope, limit as i64], |r| {
+                Ok(EventKey { merchant: r.get(0)?, scope: r.get(1)?, id: id.clone() })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn get_event(&self, key: &EventKey) -> Result<Option<EventDetail>, StoreError> {
+        let key = key.clone();
         self.read(move |conn| {
             let found = conn
                 .query_row(
                     &format!(
                         "SELECT {SUMMARY_COLUMNS}, body, headers, request_id FROM events
-                         WHERE id = ?1 AND (?2 IS NULL OR merchant = ?2) ORDER BY merchant LIMIT 1"
+                         WHERE merchant = ?1 AND scope = ?2 AND id = ?3"
                     ),
-                    params![id, merchant],
+                    params![key.merchant, key.scope, key.id],
                     |r| {
-                        let body: Vec<u8> = r.get(8)?;
-                        let headers: String = r.get(9)?;
-                        Ok((summary(r)?, body, headers, r.get::<_, String>(10)?))
+                        let body: Vec<u8> = r.get(9)?;
+                        let headers: String = r.get(10)?;
+                        Ok((summary(r)?, body, headers, r.get::<_, String>(11)?))
                     },
                 )
                 .optional()?;
@@ -701,9 +795,9 @@ impl Store for SqliteStore {
             let deliveries = conn
                 .prepare_cached(
                     "SELECT upstream, status, attempts, next_attempt_at_ms FROM deliveries
-                     WHERE merchant = ?1 AND event_id = ?2 ORDER BY upstream",
+                     WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3 ORDER BY upstream",
                 )?
-                .query_map(params![summary.merchant, summary.id], |r| {
+                .query_map(params![key.merchant, key.scope, key.id], |r| {
                     let status: String = r.get(1)?;
                     let next: i64 = r.get(3)?;
                     Ok(DeliveryInfo {
@@ -717,9 +811,9 @@ impl Store for SqliteStore {
             let attempts = conn
                 .prepare_cached(
                     "SELECT upstream, number, at_ms, duration_ms, status_code, error, response FROM attempts
-                     WHERE merchant = ?1 AND event_id = ?2 ORDER BY at_ms, rowid",
+                     WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3 ORDER BY at_ms, rowid",
                 )?
-                .query_map(params![summary.merchant, summary.id], |r| {
+                .query_map(params![key.merchant, key.scope, key.id], |r| {
                     Ok(AttemptInfo {
                         upstream: r.get(0)?,
                         number: r.get(1)?,
@@ -734,9 +828,10 @@ impl Store for SqliteStore {
             let plugin_runs = conn
                 .prepare_cached(
                     "SELECT plugin, version, attempt, at_ms, duration_us, fuel_used, outcome, detail, logs
-                     FROM plugin_runs WHERE merchant = ?1 AND event_id = ?2 ORDER BY at_ms, rowid",
+                     FROM plugin_runs WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3
+                     ORDER BY at_ms, rowid",
                 )?
-                .query_map(params![summary.merchant, summary.id], |r| {
+                .query_map(params![key.merchant, key.scope, key.id], |r| {
                     Ok(PluginRunInfo {
                         plugin: r.get(0)?,
                         version: r.get(1)?,
@@ -763,58 +858,48 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn replay(
-        &self,
-        merchant: Option<&str>,
-        id: &str,
-        upstream: Option<&str>,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let (merchant, id, upstream) =
-            (merchant.map(str::to_string), id.to_string(), upstream.map(str::to_string));
+    async fn replay(&self, key: &EventKey, upstream: Option<&str>, now_ms: i64) -> Result<bool, StoreError> {
+        let (key, upstream) = (key.clone(), upstream.map(str::to_string));
         self.write(move |conn| {
-            let Some(owner): Option<String> = conn
-                .query_row(
-                    "SELECT merchant FROM events WHERE id = ?1 AND (?2 IS NULL OR merchant = ?2) ORDER BY merchant LIMIT 1",
-                    params![id, merchant],
-                    |r| r.get(0),
-                )
-                .optional()?
-            else {
+            let k = params![key.merchant, key.scope, key.id];
+            let found: bool = conn.query_row(
+                "SELECT COUNT(*) > 0 FROM events WHERE merchant = ?1 AND scope = ?2 AND id = ?3",
+                k,
+                |r| r.get(0),
+            )?;
+            if !found {
                 return Ok(false);
-            };
+            }
             let from_plugins = upstream.as_deref() == Some(PLUGIN_STEP)
-                || conn
-                    .query_row(
-                        "SELECT COUNT(*) > 0 FROM deliveries WHERE merchant = ?1 AND event_id = ?2 AND upstream = ?3",
-                        params![owner, id, PLUGIN_STEP],
-                        |r| r.get::<_, bool>(0),
-                    )?;
+                || conn.query_row(
+                    "SELECT COUNT(*) > 0 FROM deliveries
+                     WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3 AND upstream = ?4",
+                    params![key.merchant, key.scope, key.id, PLUGIN_STEP],
+                    |r| r.get::<_, bool>(0),
+                )?;
             if from_plugins {
                 // The plugins decide again (perhaps a fixed version): what they created goes.
                 conn.execute(
-                    "DELETE FROM deliveries WHERE merchant = ?1 AND event_id = ?2 AND upstream <> ?3",
-                    params![owner, id, PLUGIN_STEP],
+                    "DELETE FROM deliveries WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3 AND upstream <> ?4",
+                    params![key.merchant, key.scope, key.id, PLUGIN_STEP],
                 )?;
-                conn.execute(
-                    "UPDATE events SET reason = NULL WHERE merchant = ?1 AND id = ?2",
-                    params![owner, id],
-                )?;
+                conn.execute("UPDATE events SET reason = NULL WHERE merchant = ?1 AND scope = ?2 AND id = ?3", k)?;
             }
             conn.execute(
-                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at_ms = ?3
-                 WHERE merchant = ?1 AND event_id = ?2",
-                params![owner, id, now_ms],
+                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at_ms = ?4
+                 WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3",
+                params![key.merchant, key.scope, key.id, now_ms],
             )?;
             let upstream = if from_plugins { Some(PLUGIN_STEP.to_string()) } else { upstream.clone() };
             if let Some(upstream) = &upstream {
                 conn.execute(
-                    "INSERT INTO deliveries (merchant, event_id, upstream, status, attempts, next_attempt_at_ms)
-                     VALUES (?1, ?2, ?3, 'pending', 0, ?4) ON CONFLICT (merchant, event_id, upstream) DO NOTHING",
-                    params![owner, id, upstream, now_ms],
+                    "INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5)
+                     ON CONFLICT (merchant, scope, event_id, upstream) DO NOTHING",
+                    params![key.merchant, key.scope, key.id, upstream, now_ms],
                 )?;
             }
-            settle_event(conn, &owner, &id)?;
+            settle_event(conn, &key)?;
             Ok(true)
         })
         .await
@@ -822,16 +907,17 @@ impl Store for SqliteStore {
 
     async fn finish_plugin_step(&self, step: PluginStep) -> Result<(), StoreError> {
         self.write_with(Priority::Background, move |conn| {
-            let (merchant, id) = (&step.merchant, &step.event_id);
+            let (merchant, scope, id) = key_of(&step.key);
             let mut run = conn.prepare_cached(
-                "INSERT INTO plugin_runs (merchant, event_id, plugin, version, attempt, at_ms, duration_us,
+                "INSERT INTO plugin_runs (merchant, scope, event_id, plugin, version, attempt, at_ms, duration_us,
                                           fuel_used, outcome, detail, logs)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
             for r in &step.runs {
                 let logs = serde_json::to_string(&r.logs).unwrap_or_else(|_| "[]".into());
                 run.execute(params![
                     merchant,
+                    scope,
                     id,
                     r.plugin,
                     r.version,
@@ -850,14 +936,13 @@ impl Store for SqliteStore {
                 insert_attempt(
                     conn,
                     &Attempt {
-                        merchant: merchant.clone(),
-                        event_id: id.clone(),
+                        key: step.key.clone(),
                         info: step.attempt.clone(),
                         outcome: step.step,
                     },
                 )?;
             }
-            update_delivery(conn, merchant, id, PLUGIN_STEP, step.attempt.number, step.step)?;
+            update_delivery(conn, (merchant, scope, id), PLUGIN_STEP, step.attempt.number, step.step)?;
             let mut kv = conn.prepare_cached(
                 "INSERT INTO plugin_kv (merchant, plugin, key, value) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value",
@@ -867,9 +952,9 @@ impl Store for SqliteStore {
             }
             let mut add = conn.prepare_cached(
                 "INSERT INTO deliveries (merchant, event_id, upstream, status, attempts, next_attempt_at_ms,
-                                         body, headers)
-                 VALUES (?1, ?2, ?3, ?7, ?8, ?4, ?5, ?6)
-                 ON CONFLICT (merchant, event_id, upstream) DO UPDATE
+                                         body, headers, scope)
+                 VALUES (?1, ?2, ?3, ?7, ?8, ?4, ?5, ?6, ?9)
+                 ON CONFLICT (merchant, scope, event_id, upstream) DO UPDATE
                  SET status = excluded.status, attempts = excluded.attempts,
                      next_attempt_at_ms = excluded.next_attempt_at_ms,
                      body = excluded.body, headers = excluded.headers",
@@ -893,7 +978,8 @@ impl Store for SqliteStore {
                     d.body.as_deref(),
                     headers,
                     status,
-                    attempts
+                    attempts,
+                    scope
                 ])?;
             }
             let tags = (!step.tags.is_empty()).then(|| serde_json::to_string(&step.tags).unwrap_or_default());
@@ -906,9 +992,9 @@ impl Store for SqliteStore {
             if !unchanged {
                 conn.prepare_cached(
                     "UPDATE events SET status = ?3, reason = ?4, tags = COALESCE(?5, tags)
-                     WHERE merchant = ?1 AND id = ?2",
+                     WHERE merchant = ?1 AND scope = ?6 AND id = ?2",
                 )?
-                .execute(params![merchant, id, step.status.as_str(), step.reason, tags])?;
+                .execute(params![merchant, id, step.status.as_str(), step.reason, tags, scope])?;
             }
             if let Some(first) = &step.first_delivery {
                 insert_attempt(conn, first)?;

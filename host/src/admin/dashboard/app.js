@@ -74,16 +74,21 @@ function show(view) {
   }
 }
 
+// A part of the location's hash, as typed or linked (a malformed escape is kept as typed).
+function decodePart(part) {
+  try { return decodeURIComponent(part); } catch { return part; }
+}
+
 async function route() {
   stopTimers();
   if (!session && sessionStorage.getItem(TOKEN_KEY)) {
     try { await login(sessionStorage.getItem(TOKEN_KEY)); } catch { /* back to the login form */ }
   }
-  const [, view = 'events', arg, arg2] = location.hash.split('/');
+  const [, view = 'events', ...args] = location.hash.split('/').map(decodePart);
   if (!session) return show('login');
   try {
     switch (view) {
-      case 'event': return await showEvent(decodeURIComponent(arg ?? ''), decodeURIComponent(arg2 ?? ''));
+      case 'event': return await showEvent(...args);
       case 'plugins': return await showPlugins();
       case 'endpoints': return await showEndpoints();
       case 'checker': return showChecker();
@@ -94,7 +99,7 @@ async function route() {
     for (const v of views) $(`${v}-view`).hidden = true;
     $('page-error').hidden = false;
     $('page-error').textContent = view === 'event' && e.message.startsWith('404')
-      ? `No event ${arg ? decodeURIComponent(arg) : ''} here: it does not exist, or it is not this token's to see.`
+      ? `No event ${args[0] ?? ''} here: it does not exist, or it is not this token's to see.`
       : `The gateway did not answer as expected: ${e.message}`;
   }
 }
@@ -137,7 +142,7 @@ async function loadEvents() {
   $('events-empty').hidden = events.length > 0;
   fill($('events').tBodies[0], events.map((e) => el('tr', { 'data-id': e.id },
     el('td', {}, time(e.received_at_ms)),
-    el('td', {}, el('a', { href: eventLink(e.id, e.merchant) }, e.id)),
+    el('td', {}, el('a', { href: eventLink(e.id, e.merchant, e.scope) }, e.id)),
     el('td', {}, e.type ?? ''),
     el('td', { class: `status status-${e.status}` }, e.status, e.reason ? ` (${e.reason})` : ''),
     el('td', {}, e.endpoint),
@@ -206,29 +211,32 @@ function drawChart() {
 
 // ---------------------------------------------------------------- one event
 
-// An event's address: ids are unique per merchant only, so every link names the merchant too.
-function eventLink(id, merchant) {
-  return `#/event/${encodeURIComponent(id)}/${encodeURIComponent(merchant)}`;
+// An event's address: ids are unique per merchant and de-duplication scope only, so every
+// link names both.
+function eventLink(id, merchant, scope) {
+  return `#/event/${[id, merchant, scope].map(encodeURIComponent).join('/')}`;
 }
 
-function eventPath(id, merchant, action = '') {
-  return `/api/events/${encodeURIComponent(id)}${action}` + (merchant ? `?merchant=${encodeURIComponent(merchant)}` : '');
+function eventPath(id, merchant, scope, action = '') {
+  const query = new URLSearchParams();
+  if (merchant) query.set('merchant', merchant);
+  if (scope) query.set('scope', scope);
+  return `/api/events/${encodeURIComponent(id)}${action}` + (query.size ? `?${query}` : '');
 }
 
-async function showEvent(id, merchant) {
+async function showEvent(id, merchant, scope) {
   show('event');
   $('replay-result').textContent = '';
-  await loadEvent(id, merchant);
+  await loadEvent(id, merchant, scope);
 }
 
-async function loadEvent(id, merchant) {
-  const e = await api('GET', eventPath(id, merchant));
+async function loadEvent(id, merchant, scope) {
+  const e = await api('GET', eventPath(id, merchant, scope));
   $('event-title').textContent = e.id;
-  $('replay').dataset.id = e.id;
-  $('replay').dataset.merchant = e.merchant;
+  Object.assign($('replay').dataset, { id: e.id, merchant: e.merchant, scope: e.scope });
   const facts = [
     ['Type', e.type ?? '—'], ['Status', e.status + (e.reason ? ` (${e.reason})` : '')],
-    ['Endpoint', e.endpoint], ['Merchant', e.merchant], ['Received', time(e.received_at_ms)],
+    ['Endpoint', e.endpoint], ['Scope', e.scope], ['Merchant', e.merchant], ['Received', time(e.received_at_ms)],
     ['Request id', e.request_id], ['Tags', (e.tags ?? []).join(', ') || '—'],
   ];
   $('event-summary').replaceChildren(...facts.flatMap(([k, v]) => [el('dt', {}, k), el('dd', { 'data-fact': k }, v)]));
@@ -254,13 +262,13 @@ async function loadEvent(id, merchant) {
 }
 
 async function replay() {
-  const { id, merchant } = $('replay').dataset;
+  const { id, merchant, scope } = $('replay').dataset;
   const out = $('replay-result');
   try {
-    const r = await api('POST', eventPath(id, merchant, '/replay'));
+    const r = await api('POST', eventPath(id, merchant, scope, '/replay'));
     out.className = 'ok';
     out.textContent = `Replayed: delivery to ${r.upstream} queued.`;
-    setTimeout(() => loadEvent(id, merchant).catch(onTimerError), 1000);
+    setTimeout(() => loadEvent(id, merchant, scope).catch(onTimerError), 1000);
   } catch (e) {
     out.className = 'error';
     out.textContent = `Replay refused: ${e.message}`;
@@ -307,7 +315,7 @@ function pluginCard(p) {
         el('thead', {}, el('tr', {}, ['Reason', 'Count', 'Last', 'Event', 'Message'].map((h) => el('th', {}, h)))),
         el('tbody', {}, p.recent_failures.map((f) => el('tr', {},
           el('td', {}, f.reason), el('td', {}, f.count), el('td', {}, time(f.last_at_ms)),
-          el('td', {}, el('a', { href: eventLink(f.last_event_id, p.merchant) }, f.last_event_id)),
+          el('td', {}, el('a', { href: eventLink(f.last_event_id, p.merchant, f.last_event_scope) }, f.last_event_id)),
           el('td', {}, f.last_message ?? ''))))),
     el('div', { class: 'row' }, file,
       el('button', { type: 'button', class: 'upload', onclick: upload }, 'Upload'),
