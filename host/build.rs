@@ -1,6 +1,5 @@
 //! Builds the Rust example plugins (plugins/) for wasm32-wasip2 so that `payflow-edge demo`
-//! can embed them: the demo then runs on embedded defaults with nothing else to build. Also
-//! copies in the web package (web/pkg) for the dashboard's signature checker, when built.
+//! can embed them: the demo then runs on embedded defaults with nothing else to build.
 //!
 //! If the wasm target is missing it is added with rustup (the README's first command must do
 //! all the set-up); if the plugins still cannot be built, the gateway builds anyway and the demo
@@ -38,26 +37,6 @@ fn main() {
         }
     };
     std::fs::write(out.join("demo-plugins-problem.txt"), problem).expect("OUT_DIR is writable");
-    embed_web_package(&repo, &out);
-}
-
-/// The web package's files for the dashboard's signature checker, when `web/build.sh` has
-/// built them; empty files otherwise (the dashboard then says how to get the checker).
-fn embed_web_package(repo: &Path, out: &Path) {
-    let pkg = repo.join("web/pkg");
-    println!("cargo:rerun-if-changed={}", pkg.display());
-    let dir = out.join("web-pkg");
-    std::fs::create_dir_all(&dir).expect("OUT_DIR is writable");
-    let files = ["index.js", "payflow_verify_web.js", "payflow_verify_web_bg.wasm"];
-    let complete = files.iter().all(|f| pkg.join(f).is_file());
-    if !complete {
-        println!("cargo:warning=web/pkg is not built: the dashboard's signature checker is left out (run web/build.sh)");
-    }
-    for f in files {
-        println!("cargo:rerun-if-changed={}", pkg.join(f).display());
-        let bytes = if complete { std::fs::read(pkg.join(f)).unwrap_or_default() } else { Vec::new() };
-        std::fs::write(dir.join(f), bytes).expect("OUT_DIR is writable");
-    }
 }
 
 fn build(repo: &Path, out: &Path) -> Result<(), String> {

@@ -200,7 +200,7 @@ fn prepare(count: usize, sign: Sign, secret: &str) -> anyhow::Result<Vec<Prepare
     (0..count)
         .map(|i| {
             let id = format!("evt_bench_{run}_{i:08}");
-            let body = serde_json::to_vec_pretty(&payflow_edge::samples::sample_event(
+            let body = serde_json::to_vec_pretty(&payflow_gateway::samples::sample_event(
                 "payment.succeeded",
                 &id,
                 now,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use payflow_edge::plugins::{Event, Limits, MemoryKv, Run, Runtime};
+use payflow_plugins::{Event, Limits, MemoryKv, Run, Runtime};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
     let bytes = std::fs::read(&file).with_context(|| format!("cannot read {file}"))?;
     let runtime = Runtime::new(1)?;
     let plugin = runtime.load(&bytes)?;
-    let body = serde_json::to_vec(&payflow_edge::samples::sample_event(
+    let body = serde_json::to_vec(&payflow_gateway::samples::sample_event(
         "payment.succeeded",
         "evt_bench",
         1_700_000_000,

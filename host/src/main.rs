@@ -1,6 +1,8 @@
 //! The `payflow-edge` binary: parses the command line and maps outcomes to exit codes.
 //! Everything it does lives in the library (`payflow_edge`) or in `cli/`.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 
 // Every webhook allocates on a tokio worker and is freed on the store's writer thread; glibc's

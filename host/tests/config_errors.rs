@@ -103,16 +103,14 @@ fn env_vars_are_expanded_and_a_missing_file_is_named() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.toml"));
 
-    let config = payflow_edge::config::Config::parse(
+    let config = payflow_config::Config::parse(
         "[[endpoint]]\npath = \"/wh\"\nsecrets = [\"pre-${A}-${B_2}\"]\n",
         |name| Some(format!("<{name}>")),
     )
     .unwrap();
     assert_eq!(config.endpoint[0].secrets, ["pre-<A>-<B_2>"]);
     let err =
-        payflow_edge::config::Config::parse("[[endpoint]]\npath = \"/wh\"\nsecrets = [\"${OOPS\"]\n", |_| {
-            None
-        });
+        payflow_config::Config::parse("[[endpoint]]\npath = \"/wh\"\nsecrets = [\"${OOPS\"]\n", |_| None);
     assert!(err.unwrap_err().to_string().contains("unterminated"));
 }
 
@@ -126,11 +124,10 @@ fn the_example_config_in_the_repo_is_valid() {
     )
     .unwrap();
     let config =
-        payflow_edge::config::Config::parse(&text, |name| Some(format!("value-of-{name}-0123456789")))
-            .unwrap();
+        payflow_config::Config::parse(&text, |name| Some(format!("value-of-{name}-0123456789"))).unwrap();
     assert_eq!(config.endpoint[0].secrets, ["value-of-PAYFLOW_WEBHOOK_SECRET-0123456789"]);
     assert_eq!(config.upstream[0].max_attempts, 8);
     // Without its variables it says which one is missing.
-    let err = payflow_edge::config::Config::parse(&text, |_| None).unwrap_err().to_string();
+    let err = payflow_config::Config::parse(&text, |_| None).unwrap_err().to_string();
     assert!(err.contains("PAYFLOW_EDGE_ADMIN_TOKEN is not set"), "{err}");
 }

@@ -246,9 +246,10 @@ async fn every_documented_route_answers_as_documented() {
     wait_for_status(&client, &gw, "evt_doc", "delivered", Duration::from_secs(20)).await;
 
     let doc: Value = client.get(gw.admin_url("/openapi.json")).send().await.unwrap().json().await.unwrap();
-    let checked_in: Value =
-        serde_json::from_slice(&std::fs::read(manifest_dir().join("src/admin/openapi.json")).unwrap())
-            .unwrap();
+    let checked_in: Value = serde_json::from_slice(
+        &std::fs::read(manifest_dir().join("gateway/src/admin/openapi.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(doc, checked_in, "the served document is the one in the repository");
     let mut operations = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {

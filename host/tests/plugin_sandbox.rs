@@ -185,7 +185,7 @@ fn check_refuses_what_is_not_a_plugin_with_a_clear_message() {
 
 #[test]
 fn a_warm_instance_serves_many_events_and_is_replaced_after_a_failure() {
-    use payflow_edge::plugins::{Action, Event, Failure, Limits, MemoryKv, Runtime};
+    use payflow_plugins::{Action, Event, Failure, Limits, MemoryKv, Runtime};
     use std::collections::HashMap;
     use std::sync::Arc;
 

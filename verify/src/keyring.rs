@@ -4,8 +4,8 @@
 //! is what lets verification stay at the cost of hashing the body itself.
 
 use crate::encoding::{from_base64, Mac};
+use crate::error::ConfigError;
 use crate::hmac::HmacSha256;
-use crate::verifier::ConfigError;
 use crate::Scheme;
 use alloc::vec::Vec;
 

@@ -28,6 +28,7 @@ extern crate std;
 #[cfg(feature = "json-compat")]
 mod compat;
 mod encoding;
+mod error;
 pub mod event;
 mod headers;
 mod hmac;
@@ -40,10 +41,11 @@ mod verifier;
 
 #[cfg(feature = "json-compat")]
 pub use compat::js_canonical_json;
+pub use error::{ConfigError, Reason, VerifyError};
 pub use headers::{header_names, Headers};
 pub use scheme::{Encoding, HmacScheme, Scheme, UnknownEncoding, UnknownScheme};
 pub use sign::{PayFlowForm, SignError, SignOptions, Signer};
-pub use verifier::{ConfigError, Reason, Verified, Verifier, VerifierConfig, VerifyError};
+pub use verifier::{Verified, Verifier, VerifierConfig};
 
 /// Default tolerance for timestamped schemes, both into the past and the future.
 pub const DEFAULT_TOLERANCE_SECS: u64 = 300;

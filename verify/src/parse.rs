@@ -8,8 +8,8 @@ use alloc::borrow::Cow;
 use alloc::vec::Vec;
 
 use crate::encoding::{base64_mac, hex_mac, trim_ows, unix_seconds, Mac};
+use crate::error::{malformed, missing, VerifyError};
 use crate::headers::header_names as names;
-use crate::verifier::{malformed, missing, VerifyError};
 use crate::{Encoding, Headers};
 
 /// What a request's signature headers claim.

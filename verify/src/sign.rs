@@ -5,9 +5,9 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use crate::encoding::decimal;
+use crate::error::ConfigError;
 use crate::headers::header_names as names;
 use crate::keyring::Keyring;
-use crate::verifier::ConfigError;
 use crate::{Encoding, Scheme};
 
 /// Which PayFlow form to produce.

@@ -5,7 +5,7 @@ use clap::Args;
 use hyper::Method;
 use serde_json::Value;
 
-pub use payflow_edge::http::Client as HttpClient;
+pub use payflow_gateway::http::Client as HttpClient;
 
 /// Where the admin API is and the token to use.
 #[derive(Args, Debug, Clone)]

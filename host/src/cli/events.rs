@@ -96,7 +96,7 @@ pub fn run(args: EventsArgs) -> Result<(), Failure> {
                     e["type"].as_str().unwrap_or("-"),
                     e["status"].as_str().unwrap_or(""),
                     e["endpoint"].as_str().unwrap_or(""),
-                    payflow_edge::samples::rfc3339(e["received_at_ms"].as_i64().unwrap_or(0) / 1000),
+                    payflow_gateway::samples::rfc3339(e["received_at_ms"].as_i64().unwrap_or(0) / 1000),
                 );
             }
         }

@@ -62,8 +62,8 @@ usage_errors!(
     std::io::Error,
     payflow_verify::ConfigError,
     payflow_verify::SignError,
-    payflow_edge::config::ConfigError,
-    payflow_edge::gateway::StartError
+    payflow_config::ConfigError,
+    payflow_gateway::StartError
 );
 
 /// A multi-threaded runtime for commands that do I/O.
@@ -71,11 +71,40 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }
 
+/// The crates a `payflow_edge=<level>` directive covers: the gateway's code lives in these
+/// crates, and a filter that names the product keeps meaning all of it.
+const PRODUCT_CRATES: [&str; 7] = [
+    "payflow_gateway",
+    "payflow_delivery",
+    "payflow_plugins",
+    "payflow_store",
+    "payflow_config",
+    "payflow_metrics",
+    "payflow_clock",
+];
+
+/// `filter` with each directive for the `payflow_edge` target repeated for every crate of the
+/// product, e.g. `payflow_edge=debug` → `payflow_edge=debug,payflow_gateway=debug,…`.
+fn expand_product_target(filter: &str) -> String {
+    let mut directives = Vec::new();
+    for directive in filter.split(',') {
+        directives.push(directive.to_string());
+        let Some(rest) = directive.trim().strip_prefix("payflow_edge") else { continue };
+        if rest.is_empty() || rest.starts_with('=') || rest.starts_with('[') {
+            directives.extend(PRODUCT_CRATES.iter().map(|c| format!("{c}{rest}")));
+        }
+    }
+    directives.join(",")
+}
+
 /// Logs to stderr; `PAYFLOW_EDGE_LOG` filters (default `info`), `PAYFLOW_EDGE_LOG_FORMAT=json`
 /// switches to one JSON object per line.
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("PAYFLOW_EDGE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let asked = std::env::var("PAYFLOW_EDGE_LOG").ok();
+    let filter = asked
+        .and_then(|f| EnvFilter::try_new(expand_product_target(&f)).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var("PAYFLOW_EDGE_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
@@ -118,4 +147,21 @@ fn read_stdin() -> anyhow::Result<Vec<u8>> {
 /// Current unix time in seconds.
 fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filter_naming_payflow_edge_covers_every_crate_of_the_product() {
+        let expanded = expand_product_target("warn,payflow_edge=debug");
+        assert!(expanded.starts_with("warn,payflow_edge=debug,"), "{expanded}");
+        for c in PRODUCT_CRATES {
+            assert!(expanded.contains(&format!("{c}=debug")), "{expanded} lacks {c}");
+        }
+        // Other targets, and module paths below the old crate, are left as they are.
+        assert_eq!(expand_product_target("hyper=info"), "hyper=info");
+        assert_eq!(expand_product_target("payflow_edge_x=info"), "payflow_edge_x=info");
+    }
 }

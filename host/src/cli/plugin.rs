@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use payflow_edge::plugins::{Action, Event, Limits, LoadedPlugin, MemoryKv, Runtime, WORLD};
+use payflow_plugins::{Action, Event, Limits, LoadedPlugin, MemoryKv, Runtime, WORLD};
 
 use hyper::Method;
 use serde_json::Value;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 use clap::Args;
 use hyper::Method;
-use payflow_edge::samples::{sample_event, set_field};
+use payflow_gateway::samples::{sample_event, set_field};
 use payflow_verify::{SignOptions, Signer};
 use rand::Rng;
 use serde_json::Value;

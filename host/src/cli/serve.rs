@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use payflow_edge::config::Config;
-use payflow_edge::gateway::Gateway;
+use payflow_config::Config;
+use payflow_gateway::Gateway;
 
 use super::Failure;
 

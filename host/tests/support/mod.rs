@@ -253,7 +253,7 @@ impl Upstream {
 
 /// A seed-shaped event body.
 pub fn event_body(id: &str, event_type: &str) -> Vec<u8> {
-    serde_json::to_vec(&payflow_edge::samples::sample_event(event_type, id, unix_now())).unwrap()
+    serde_json::to_vec(&payflow_gateway::samples::sample_event(event_type, id, unix_now())).unwrap()
 }
 
 /// Signature headers for `body` under `scheme` (our signer, itself checked against Python's

@@ -1,0 +1,798 @@
+//! payflow-config: the TOML configuration: parsing, `${VAR}` expansion from the environment, and validation
+//! with errors that name the key and the problem. Nothing here opens sockets or files other
+//! than the config file itself; the result is a checked [`Config`] the gateway is built from.
+//! It must never depend on the crates it configures: each takes the section it needs.
+
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use payflow_verify::{Encoding, HmacScheme, Scheme, Signer, Verifier, VerifierConfig};
+use serde::Deserialize;
+
+/// The merchant that owns everything not explicitly assigned.
+pub const DEFAULT_MERCHANT: &str = "default";
+
+/// A configuration that cannot be used, with the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The path given.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax or shape (unknown key, wrong type), with toml's line and column.
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    /// A key whose value is wrong.
+    #[error("{key}: {problem}")]
+    Invalid {
+        /// Dotted key, e.g. `endpoint[0].upstream`.
+        key: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), problem: problem.into() }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Ingress listener and limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The durable store.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The admin listener (absent: no admin API).
+    pub admin: Option<AdminConfig>,
+    /// Merchants (tenants); without any, everything belongs to `default`.
+    #[serde(default)]
+    pub merchant: Vec<MerchantConfig>,
+    /// Webhook endpoints.
+    #[serde(default)]
+    pub endpoint: Vec<EndpointConfig>,
+    /// Upstreams events are delivered to.
+    #[serde(default)]
+    pub upstream: Vec<UpstreamConfig>,
+    /// Plugins endpoints run, by name.
+    #[serde(default)]
+    pub plugin: Vec<PluginConfig>,
+    /// How plugins are run.
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// Largest accepted body; larger requests get 413 without being read.
+    pub max_body_bytes: usize,
+    /// Time a client has to send its request headers.
+    pub header_timeout_ms: u64,
+    /// Time a client has to send its whole body once the headers are in.
+    pub body_timeout_ms: u64,
+    /// Connections served at once. A new one beyond this closes the connection that has waited
+    /// longest for a request (never one whose request is being answered).
+    pub max_connections: usize,
+    /// Connections at once from one client address; a client over it loses its own
+    /// longest-waiting connection. Behind a proxy every sender has the proxy's address: set it
+    /// to `max_connections` there.
+    pub max_connections_per_client: usize,
+    /// Largest request line plus headers; a larger block is answered 431 and the connection
+    /// closed. hyper buffers an unfinished block in full, so this is what each connection that
+    /// trickles headers can cost in memory (hyper's own default is ~400 KB).
+    pub max_header_bytes: usize,
+    /// PEM certificate chain; with `tls_key`, ingress speaks HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 1024 * 1024,
+            header_timeout_ms: 5_000,
+            body_timeout_ms: 10_000,
+            max_connections: 1024,
+            max_connections_per_client: 256,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+/// `server.max_header_bytes` by default: PayFlow's and the other providers' requests carry a
+/// few hundred bytes of headers.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
+/// hyper's smallest read buffer (it refuses anything below).
+const MIN_MAX_HEADER_BYTES: usize = 8 << 10;
+/// Past this, a connection's header block costs more memory than any real sender needs.
+const MAX_MAX_HEADER_BYTES: usize = 1 << 20;
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// SQLite database file.
+    pub path: String,
+    /// How long a write waits for a lock held by another process before answering 503.
+    pub busy_timeout_ms: u64,
+    /// Largest number of writes shared by one commit (one fsync).
+    pub max_batch: usize,
+    /// Optional cap on the database size; writes past it fail (503) instead of filling the disk.
+    pub max_size_mb: Option<u64>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: "payflow-edge.db".into(),
+            busy_timeout_ms: 2_000,
+            max_batch: 512,
+            max_size_mb: None,
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// The operator's bearer token (sees every merchant).
+    pub token: String,
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".into()
+}
+
+/// `[[merchant]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MerchantConfig {
+    /// Merchant id.
+    pub id: String,
+    /// Admin token scoped to this merchant.
+    pub token: Option<String>,
+}
+
+/// How an endpoint answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Acknowledge after the durable write; deliver from the queue with retries.
+    #[default]
+    Queue,
+    /// Forward synchronously and answer with the upstream's reply.
+    Proxy,
+}
+
+/// `[[endpoint]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Owning merchant.
+    #[serde(default = "default_merchant")]
+    pub merchant: String,
+    /// URL path, e.g. `/webhooks/payflow`.
+    pub path: String,
+    /// Signature scheme name.
+    #[serde(default = "default_scheme")]
+    pub scheme: String,
+    /// Secrets; any one matching passes.
+    pub secrets: Vec<String>,
+    /// Timestamp tolerance, both ways.
+    #[serde(default = "default_tolerance")]
+    pub tolerance_secs: u64,
+    /// payflow: refuse v0.
+    #[serde(default)]
+    pub require_timestamp: bool,
+    /// payflow: accept the seed's JSON.stringify form.
+    #[serde(default)]
+    pub json_compat: bool,
+    /// Queue or proxy.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Plugin names, in order (issue 4).
+    #[serde(default)]
+    pub plugins: Vec<String>,
+    /// Upstream name to deliver to.
+    pub upstream: Option<String>,
+    /// hmac scheme: header name.
+    pub hmac_header: Option<String>,
+    /// hmac scheme: prefix before the signature.
+    pub hmac_prefix: Option<String>,
+    /// hmac scheme: `hex` or `base64`.
+    pub hmac_encoding: Option<String>,
+    /// Where this endpoint's event ids are de-duplicated: by default its own path, so ids
+    /// from different senders never collide. Endpoints that receive the same stream (a move
+    /// to a new path, two paths behind one sender) name one shared scope: a name, or the path
+    /// of the endpoint whose scope they join.
+    pub dedup_scope: Option<String>,
+}
+
+impl EndpointConfig {
+    /// The de-duplication scope of this endpoint's events, within its merchant.
+    pub fn scope(&self) -> &str {
+        self.dedup_scope.as_deref().unwrap_or(&self.path)
+    }
+}
+
+fn default_merchant() -> String {
+    DEFAULT_MERCHANT.into()
+}
+fn default_scheme() -> String {
+    "payflow".into()
+}
+fn default_tolerance() -> u64 {
+    payflow_verify::DEFAULT_TOLERANCE_SECS
+}
+
+/// `[[upstream]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Name endpoints refer to.
+    pub name: String,
+    /// Owning merchant.
+    #[serde(default = "default_merchant")]
+    pub merchant: String,
+    /// `http://host:port/path`.
+    pub url: String,
+    /// Per-request timeout.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    /// Attempts before a delivery is `dead`.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Requests in flight to this upstream at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// First retry delay; doubles each attempt (with jitter).
+    #[serde(default = "default_retry_base")]
+    pub retry_base_ms: u64,
+    /// Longest delay between attempts.
+    #[serde(default = "default_retry_max")]
+    pub retry_max_ms: u64,
+    /// Re-sign each delivery with this secret (payflow v1 signature).
+    pub sign_secret: Option<String>,
+}
+
+/// `[[plugin]]`: a plugin and its sandbox limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Name endpoints and the admin API refer to.
+    pub name: String,
+    /// Owning merchant.
+    #[serde(default = "default_merchant")]
+    pub merchant: String,
+    /// The `.wasm` component to load at start. Without it the plugin is uploaded through the
+    /// admin API; until then its events wait (retried, then `dead`).
+    pub path: Option<PathBuf>,
+    /// Fuel per run (roughly, wasm instructions).
+    #[serde(default = "default_fuel")]
+    pub fuel: u64,
+    /// Wall-clock deadline per run.
+    #[serde(default = "default_plugin_timeout")]
+    pub timeout_ms: u64,
+    /// Linear memory cap.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u64,
+    /// The outcome's bodies, headers and tags together.
+    #[serde(default = "default_output_bytes")]
+    pub output_bytes: usize,
+    /// Log kept per run.
+    #[serde(default = "default_log_bytes")]
+    pub log_bytes: usize,
+    /// The plugin's key-value space, keys and values together.
+    #[serde(default = "default_kv_bytes")]
+    pub kv_bytes: usize,
+    /// Keep one instance alive between events (for JS and Python, whose start-up is costly).
+    #[serde(default)]
+    pub warm: bool,
+    /// What the plugin reads with `config(key)`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+fn default_fuel() -> u64 {
+    100_000_000
+}
+fn default_plugin_timeout() -> u64 {
+    1_000
+}
+fn default_memory_mb() -> u64 {
+    32
+}
+fn default_output_bytes() -> usize {
+    1 << 20
+}
+fn default_log_bytes() -> usize {
+    16 << 10
+}
+fn default_kv_bytes() -> usize {
+    1 << 20
+}
+
+/// `[plugins]`: how the plugin step runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Threads running plugins (0: one per CPU). Plugins never run on the ingress threads.
+    pub workers: usize,
+    /// Plugin steps in flight at once. A step spends most of its time waiting for its commit,
+    /// not running: this many keep the plugin threads busy while earlier steps are committed.
+    pub concurrency: usize,
+    /// Attempts of an event's plugin step before the event is `dead`.
+    pub max_attempts: u32,
+    /// First retry delay of a failed plugin step; doubles each attempt (with jitter).
+    pub retry_base_ms: u64,
+    /// Longest delay between attempts.
+    pub retry_max_ms: u64,
+    /// Largest component accepted by `PUT /api/plugins/{name}`.
+    pub max_upload_bytes: usize,
+    /// Versions kept per plugin; the oldest beyond are deleted (never the active one nor the
+    /// one before it, which rollback returns to).
+    pub max_versions: u32,
+    /// What all of one merchant's plugin versions (components and compiled code) may take in
+    /// the store; an upload beyond is refused.
+    pub merchant_storage_mb: u64,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            workers: 0,
+            concurrency: 64,
+            max_attempts: 3,
+            retry_base_ms: 1_000,
+            retry_max_ms: 60_000,
+            max_upload_bytes: 32 << 20,
+            max_versions: 5,
+            merchant_storage_mb: 1024,
+        }
+    }
+}
+
+fn default_timeout() -> u64 {
+    5_000
+}
+fn default_attempts() -> u32 {
+    8
+}
+fn default_concurrency() -> usize {
+    16
+}
+fn default_retry_base() -> u64 {
+    1_000
+}
+fn default_retry_max() -> u64 {
+    3_600_000
+}
+
+impl Config {
+    /// Reads, expands and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::parse(&text, |name| std::env::var(name).ok())
+    }
+
+    /// Parses TOML text, expanding `${VAR}` with `env`, and validates the result.
+    pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text)?;
+        config.expand(&env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn expand(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let x = |key: String, value: &mut String| expand_vars(&key, value, env);
+        x("server.listen".into(), &mut self.server.listen)?;
+        x("store.path".into(), &mut self.store.path)?;
+        if let Some(admin) = &mut self.admin {
+            x("admin.listen".into(), &mut admin.listen)?;
+            x("admin.token".into(), &mut admin.token)?;
+        }
+        for (i, m) in self.merchant.iter_mut().enumerate() {
+            if let Some(token) = &mut m.token {
+                x(format!("merchant[{i}].token"), token)?;
+            }
+        }
+        for (i, e) in self.endpoint.iter_mut().enumerate() {
+            x(format!("endpoint[{i}].path"), &mut e.path)?;
+            for (j, s) in e.secrets.iter_mut().enumerate() {
+                x(format!("endpoint[{i}].secrets[{j}]"), s)?;
+            }
+        }
+        for (i, p) in self.plugin.iter_mut().enumerate() {
+            for (k, v) in p.config.iter_mut() {
+                x(format!("plugin[{i}].config.{k}"), v)?;
+            }
+        }
+        for (i, u) in self.upstream.iter_mut().enumerate() {
+            x(format!("upstream[{i}].url"), &mut u.url)?;
+            if let Some(s) = &mut u.sign_secret {
+                x(format!("upstream[{i}].sign_secret"), s)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        parse_addr("server.listen", &self.server.listen)?;
+        if self.server.max_body_bytes == 0 {
+            return Err(invalid("server.max_body_bytes", "must be at least 1"));
+        }
+        if self.server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        if self.server.max_connections_per_client == 0 {
+            return Err(invalid("server.max_connections_per_client", "must be at least 1"));
+        }
+        if !(MIN_MAX_HEADER_BYTES..=MAX_MAX_HEADER_BYTES).contains(&self.server.max_header_bytes) {
+            return Err(invalid(
+                "server.max_header_bytes",
+                format!("must be from {MIN_MAX_HEADER_BYTES} to {MAX_MAX_HEADER_BYTES} (default {DEFAULT_MAX_HEADER_BYTES})"),
+            ));
+        }
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            (Some(_), None) => return Err(invalid("server.tls_key", "is required with server.tls_cert")),
+            (None, Some(_)) => return Err(invalid("server.tls_cert", "is required with server.tls_key")),
+            _ => {}
+        }
+        if self.store.max_batch == 0 {
+            return Err(invalid("store.max_batch", "must be at least 1"));
+        }
+        if let Some(admin) = &self.admin {
+            parse_addr("admin.listen", &admin.listen)?;
+            if admin.token.trim().len() < 16 {
+                return Err(invalid(
+                    "admin.token",
+                    "must be at least 16 characters (it guards the admin API)",
+                ));
+            }
+        }
+
+        let mut merchants = BTreeSet::from([DEFAULT_MERCHANT.to_string()]);
+        for (i, m) in self.merchant.iter().enumerate() {
+            if m.id.is_empty() || !m.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(invalid(format!("merchant[{i}].id"), "must be letters, digits, '-' or '_'"));
+            }
+            if m.id != DEFAULT_MERCHANT && !merchants.insert(m.id.clone()) {
+                return Err(invalid(format!("merchant[{i}].id"), format!("{:?} is declared twice", m.id)));
+            }
+            if let Some(token) = &m.token {
+                if token.trim().len() < 16 {
+                    return Err(invalid(format!("merchant[{i}].token"), "must be at least 16 characters"));
+                }
+            }
+        }
+
+        let mut upstreams = BTreeMap::new();
+        for (i, u) in self.upstream.iter().enumerate() {
+            let key = |k: &str| format!("upstream[{i}].{k}");
+            if u.name.is_empty() || u.name.starts_with('@') {
+                return Err(invalid(key("name"), "must not be empty or start with '@'"));
+            }
+            if upstreams.insert(u.name.clone(), u).is_some() {
+                return Err(invalid(key("name"), format!("{:?} is declared twice", u.name)));
+            }
+            if !merchants.contains(&u.merchant) {
+                return Err(invalid(key("merchant"), format!("unknown merchant {:?}", u.merchant)));
+            }
+            let uri: http::Uri =
+                u.url.parse().map_err(|e| invalid(key("url"), format!("{:?} is not a URL: {e}", u.url)))?;
+            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                return Err(invalid(
+                    key("url"),
+                    format!(
+                        "{:?} must be an http:// URL with a host (https upstreams are not supported yet)",
+                        u.url
+                    ),
+                ));
+            }
+            if u.max_attempts == 0 {
+                return Err(invalid(key("max_attempts"), "must be at least 1"));
+            }
+            if u.concurrency == 0 {
+                return Err(invalid(key("concurrency"), "must be at least 1"));
+            }
+            if u.timeout_ms == 0 {
+                return Err(invalid(key("timeout_ms"), "must be at least 1"));
+            }
+            if matches!(&u.sign_secret, Some(s) if s.is_empty()) {
+                return Err(invalid(key("sign_secret"), "must not be empty"));
+            }
+        }
+
+        let plugins = self.validate_plugins(&merchants)?;
+        let mut paths = BTreeSet::new();
+        for (i, e) in self.endpoint.iter().enumerate() {
+            let key = |k: &str| format!("endpoint[{i}].{k}");
+            if !e.path.starts_with('/') || e.path.starts_with("/api/") {
+                return Err(invalid(
+                    key("path"),
+                    format!("{:?} must start with '/' (and not /api/)", e.path),
+                ));
+            }
+            if !paths.insert(e.path.clone()) {
+                return Err(invalid(key("path"), format!("{:?} is used by two endpoints", e.path)));
+            }
+            if !merchants.contains(&e.merchant) {
+                return Err(invalid(key("merchant"), format!("unknown merchant {:?}", e.merchant)));
+            }
+            if e.secrets.is_empty() || e.secrets.iter().any(|s| s.is_empty()) {
+                return Err(invalid(key("secrets"), "needs at least one non-empty secret"));
+            }
+            e.verifier().map_err(|problem| invalid(key("scheme"), problem))?;
+            match (&e.upstream, e.mode) {
+                (None, Mode::Proxy) => return Err(invalid(key("upstream"), "is required in proxy mode")),
+                (Some(name), _) => match upstreams.get(name) {
+                    None => return Err(invalid(key("upstream"), format!("unknown upstream {name:?}"))),
+                    Some(u) if u.merchant != e.merchant => {
+                        return Err(invalid(
+                            key("upstream"),
+                            format!(
+                                "upstream {name:?} belongs to merchant {:?}, not {:?}",
+                                u.merchant, e.merchant
+                            ),
+                        ))
+                    }
+                    Some(_) => {}
+                },
+                (None, Mode::Queue) => {}
+            }
+            for (j, name) in e.plugins.iter().enumerate() {
+                match plugins.get(name) {
+                    None => {
+                        return Err(invalid(
+                            format!("endpoint[{i}].plugins[{j}]"),
+                            format!("unknown plugin {name:?} (declare it with [[plugin]])"),
+                        ))
+                    }
+                    Some(p) if p.merchant != e.merchant => {
+                        return Err(invalid(
+                            format!("endpoint[{i}].plugins[{j}]"),
+                            format!(
+                                "plugin {name:?} belongs to merchant {:?}, not {:?}",
+                                p.merchant, e.merchant
+                            ),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+                if e.plugins[..j].contains(name) {
+                    return Err(invalid(
+                        format!("endpoint[{i}].plugins[{j}]"),
+                        format!("{name:?} is listed twice"),
+                    ));
+                }
+            }
+        }
+        if self.endpoint.is_empty() {
+            return Err(invalid("endpoint", "at least one [[endpoint]] is needed"));
+        }
+        self.validate_scopes()
+    }
+
+    /// A shared scope must be one the reader can see is shared on purpose: a plain name, or
+    /// the path of an endpoint of the same merchant that keeps its own scope; and endpoints
+    /// sharing one answer duplicates the same way (one mode).
+    fn validate_scopes(&self) -> Result<(), ConfigError> {
+        let mut modes: BTreeMap<(&str, &str), Mode> = BTreeMap::new();
+        for e in &self.endpoint {
+            modes.entry((&e.merchant, e.scope())).or_insert(e.mode);
+        }
+        for (i, e) in self.endpoint.iter().enumerate() {
+            let key = format!("endpoint[{i}].dedup_scope");
+            let Some(scope) = &e.dedup_scope else { continue };
+            if scope.starts_with('/') {
+                let joined = self.endpoint.iter().find(|o| o.path == *scope);
+                match joined {
+                    Some(o) if o.merchant != e.merchant => {
+                        return Err(invalid(
+                            key,
+                            format!("{scope:?} is an endpoint of merchant {:?}, not {:?}", o.merchant, e.merchant),
+                        ))
+                    }
+                    Some(o) if o.dedup_scope.is_some() && o.path != e.path => {
+                        return Err(invalid(
+                            key,
+                            format!(
+                                "endpoint {scope:?} de-duplicates in scope {:?}: name that scope instead",
+                                o.scope()
+                            ),
+                        ))
+                    }
+                    Some(_) => {}
+                    None => {
+                        return Err(invalid(
+                            key,
+                            format!("{scope:?} is no endpoint's path; a shared scope is a name without '/' or an endpoint's path"),
+                        ))
+                    }
+                }
+            } else if scope.is_empty()
+                || scope.len() > 64
+                || !scope.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(invalid(
+                    key,
+                    "must be up to 64 letters, digits, '-', '_' or '.', or an endpoint's path",
+                ));
+            }
+            if modes[&(e.merchant.as_str(), e.scope())] != e.mode {
+                return Err(invalid(
+                    key,
+                    format!("endpoints sharing scope {:?} must use one mode (queue or proxy)", e.scope()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_plugins(
+        &self,
+        merchants: &BTreeSet<String>,
+    ) -> Result<BTreeMap<String, &PluginConfig>, ConfigError> {
+        let p = &self.plugins;
+        if p.max_attempts == 0 {
+            return Err(invalid("plugins.max_attempts", "must be at least 1"));
+        }
+        if p.max_versions < 2 {
+            return Err(invalid(
+                "plugins.max_versions",
+                "must be at least 2 (the active version and the one before it)",
+            ));
+        }
+        if p.merchant_storage_mb == 0 {
+            return Err(invalid("plugins.merchant_storage_mb", "must be at least 1"));
+        }
+        if p.concurrency == 0 {
+            return Err(invalid("plugins.concurrency", "must be at least 1"));
+        }
+        if p.max_upload_bytes < 1024 {
+            return Err(invalid("plugins.max_upload_bytes", "must be at least 1024"));
+        }
+        let mut plugins = BTreeMap::new();
+        for (i, p) in self.plugin.iter().enumerate() {
+            let key = |k: &str| format!("plugin[{i}].{k}");
+            if !valid_plugin_name(&p.name) {
+                return Err(invalid(key("name"), "must be 1 to 64 letters, digits, '-' or '_'"));
+            }
+            if plugins.insert(p.name.clone(), p).is_some() {
+                return Err(invalid(key("name"), format!("{:?} is declared twice", p.name)));
+            }
+            if !merchants.contains(&p.merchant) {
+                return Err(invalid(key("merchant"), format!("unknown merchant {:?}", p.merchant)));
+            }
+            // Bounds that keep one plugin from taking the gateway with it: a deadline of a
+            // minute or memory of 4 GiB is a misconfiguration, not a plugin.
+            let ranges: [(&str, u64, u64, u64); 6] = [
+                ("fuel", p.fuel, 1_000, 100_000_000_000),
+                ("timeout_ms", p.timeout_ms, 1, 60_000),
+                ("memory_mb", p.memory_mb, 1, 256),
+                ("output_bytes", p.output_bytes as u64, 1, 64 << 20),
+                ("log_bytes", p.log_bytes as u64, 0, 16 << 20),
+                ("kv_bytes", p.kv_bytes as u64, 0, 256 << 20),
+            ];
+            for (name, value, min, max) in ranges {
+                if !(min..=max).contains(&value) {
+                    return Err(invalid(key(name), format!("must be between {min} and {max}")));
+                }
+            }
+        }
+        Ok(plugins)
+    }
+
+    /// The merchant an admin token belongs to: `Some(None)` for the operator, `Some(Some(id))`
+    /// for a merchant, `None` for no match. Compared in constant time.
+    pub fn token_scope(&self, token: &str) -> Option<Option<String>> {
+        use subtle::ConstantTimeEq;
+        let matches = |t: &str| bool::from(t.as_bytes().ct_eq(token.as_bytes()));
+        let mut scope = None;
+        if self.admin.as_ref().is_some_and(|a| matches(&a.token)) {
+            scope = Some(None);
+        }
+        for m in &self.merchant {
+            if m.token.as_deref().is_some_and(matches) {
+                scope = Some(Some(m.id.clone()));
+            }
+        }
+        scope
+    }
+}
+
+impl EndpointConfig {
+    /// The endpoint's verifier, or why it cannot be built.
+    pub fn verifier(&self) -> Result<Verifier, String> {
+        let mut config = VerifierConfig::new(self.signature_scheme()?, self.secrets.clone());
+        config.tolerance_secs = self.tolerance_secs;
+        config.require_timestamp = self.require_timestamp;
+        config.json_compat = self.json_compat;
+        Verifier::new(config).map_err(|e| e.to_string())
+    }
+
+    /// A signer that the endpoint's verifier accepts (with its first secret): the admin API's
+    /// test webhooks.
+    pub fn signer(&self) -> Result<Signer, String> {
+        Signer::new(self.signature_scheme()?, &self.secrets[..self.secrets.len().min(1)])
+            .map_err(|e| e.to_string())
+    }
+
+    fn signature_scheme(&self) -> Result<Scheme, String> {
+        let mut scheme: Scheme = self.scheme.parse().map_err(|e| format!("{e}"))?;
+        if let Scheme::Hmac(h) = &mut scheme {
+            *h = HmacScheme {
+                header: self.hmac_header.clone().unwrap_or(h.header.clone()),
+                prefix: self.hmac_prefix.clone().unwrap_or_default(),
+                encoding: match self.hmac_encoding.as_deref() {
+                    None => Encoding::Hex,
+                    Some(e) => e.parse().map_err(|e| format!("{e}"))?,
+                },
+            };
+        } else if self.hmac_header.is_some() || self.hmac_prefix.is_some() || self.hmac_encoding.is_some() {
+            return Err("hmac_header/hmac_prefix/hmac_encoding apply only to scheme = \"hmac\"".into());
+        }
+        Ok(scheme)
+    }
+}
+
+/// Plugin names travel in URL paths and log lines: keep them plain.
+pub fn valid_plugin_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| invalid(key, format!("{value:?} is not an address such as 127.0.0.1:8080")))
+}
+
+/// Replaces each `${NAME}` with the variable's value; an unset variable is an error naming
+/// both the key and the variable. `$$` is no escape: values with `${` are rare in secrets.
+fn expand_vars(
+    key: &str,
+    value: &mut String,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    if !value.contains("${") {
+        return Ok(());
+    }
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value.as_str();
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| invalid(key, "has an unterminated ${"))?;
+        let name = &after[..end];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(invalid(key, format!("${{{name}}} is not a valid environment variable name")));
+        }
+        let var = env(name).ok_or_else(|| invalid(key, format!("environment variable {name} is not set")))?;
+        out.push_str(&var);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    *value = out;
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! What operators watch: Prometheus `/metrics`, `/readyz`, and `/api/stats` (the dashboard's
+//! live chart). Reads the counters the request path, deliveries, plugins and store keep; never
+//! changes anything, and never shows a merchant's token another merchant's series.
+
+use std::time::Duration;
+
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::StatusCode;
+use serde_json::json;
+
+use super::{visible, Admin, Scope};
+use crate::http::{self, Reply};
+use crate::pipeline::Outcome;
+use payflow_metrics::{Exposition, CONTENT_TYPE as METRICS_TYPE};
+use payflow_store::PLUGIN_STEP;
+
+/// The verification failure reasons, so that each has a series from the start (a rate over
+/// a series that appears only with its first failure misses that failure).
+const VERIFY_REASONS: [&str; 4] =
+    ["missing_signature", "malformed_signature", "invalid_signature", "timestamp_out_of_tolerance"];
+
+/// How long `/readyz` waits for its test write: a store slower than this is not ready.
+const READY_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Admin {
+    /// `GET /metrics`: the operator's token sees every series; a merchant's, its own only.
+    pub(super) async fn metrics(&self, scope: Scope) -> Reply {
+        let mut page = Exposition::default();
+        page.gauge(
+            "payflow_edge_build_info",
+            "The running version.",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            1.0,
+        );
+        let mut endpoints: Vec<_> =
+            self.endpoints.values().filter(|e| visible(&scope, &e.merchant)).collect();
+        endpoints.sort_by(|a, b| a.path.cmp(&b.path));
+        for e in &endpoints {
+            for outcome in Outcome::ALL {
+                page.counter(
+                    "payflow_edge_requests_total",
+                    "Webhook requests, by endpoint and what became of them.",
+                    &[("merchant", &e.merchant), ("endpoint", &e.path), ("outcome", outcome.as_str())],
+                    e.counts.requests(outcome),
+                );
+            }
+        }
+        for e in &endpoints {
+            let seen = e.counts.verification_failures.snapshot();
+            let count = |reason: &str| seen.iter().find(|(r, _)| r == reason).map_or(0, |(_, n)| *n);
+            for reason in VERIFY_REASONS {
+                page.counter(
+                    "payflow_edge_verification_failures_total",
+                    "Refused signatures, by endpoint and reason.",
+                    &[("merchant", &e.merchant), ("endpoint", &e.path), ("reason", reason)],
+                    count(reason),
+                );
+            }
+        }
+        let upstreams: Vec<_> = self.upstreams.iter().filter(|u| visible(&scope, &u.merchant)).collect();
+        for u in &upstreams {
+            for (outcome, counter) in
+                [("delivered", &u.counts.delivered), ("retry", &u.counts.retry), ("dead", &u.counts.dead)]
+            {
+                page.counter(
+                    "payflow_edge_deliveries_total",
+                    "Delivery attempts, by upstream and outcome (retry: failed, tried again later; dead: failed for good).",
+                    &[("merchant", &u.merchant), ("upstream", &u.name), ("outcome", outcome)],
+                    counter.get(),
+                );
+            }
+        }
+        // The plugin step is a queue too: its depth is per merchant, under the step's name.
+        let mut names: Vec<String> = upstreams.iter().map(|u| u.name.clone()).collect();
+        if self.plugins.is_some() {
+            names.push(PLUGIN_STEP.to_string());
+        }
+        match self.store.queue_depth(names).await {
+            Ok(depths) => {
+                let mut depths: Vec<_> = depths.into_iter().filter(|(_, m, _)| visible(&scope, m)).collect();
+                // Every visible upstream has a series, zero when nothing is pending.
+                for u in &upstreams {
+                    if !depths.iter().any(|(name, m, _)| name == &u.name && m == &u.merchant) {
+                        depths.push((u.name.clone(), u.merchant.clone(), 0));
+                    }
+                }
+                depths.sort();
+                for (upstream, merchant, n) in depths {
+                    page.gauge(
+                        "payflow_edge_queue_depth",
+                        "Deliveries pending (due now or waiting to retry), by upstream.",
+                        &[("merchant", &merchant), ("upstream", &upstream)],
+                        n as f64,
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "metrics: cannot read the queue depth"),
+        }
+        if scope.is_none() {
+            page.histogram(
+                "payflow_edge_store_commit_seconds",
+                "Time to commit one batch of writes (one fsync).",
+                &[],
+                &self.store.commit_seconds(),
+            );
+        }
+        if let Some(registry) = self.registry() {
+            let slots = registry.slots(scope.as_deref());
+            for s in &slots {
+                for (outcome, n) in s.counts.runs() {
+                    page.counter(
+                        "payflow_edge_plugin_runs_total",
+                        "Plugin runs, by plugin and outcome (continue, drop, or a failure's reason).",
+                        &[("merchant", &s.merchant), ("plugin", &s.name), ("outcome", &outcome)],
+                        n,
+                    );
+                }
+            }
+            for s in &slots {
+                page.histogram(
+                    "payflow_edge_plugin_duration_seconds",
+                    "Wall-clock time of one plugin run, instantiation included.",
+                    &[("merchant", &s.merchant), ("plugin", &s.name)],
+                    &s.counts.duration.snapshot(),
+                );
+            }
+            for s in &slots {
+                page.histogram(
+                    "payflow_edge_plugin_fuel_used",
+                    "Wasm fuel one plugin run used.",
+                    &[("merchant", &s.merchant), ("plugin", &s.name)],
+                    &s.counts.fuel.snapshot(),
+                );
+            }
+        }
+        let mut reply = http::text(StatusCode::OK, page.finish());
+        reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_TYPE));
+        reply
+    }
+
+    /// `GET /readyz`: 200 when the store commits a write and every configured plugin has a
+    /// version to run; else 503 saying what is not ready.
+    pub(super) async fn readyz(&self) -> Reply {
+        let mut problems = Vec::new();
+        match tokio::time::timeout(READY_WRITE_TIMEOUT, self.store.check_writable(self.clock.now_ms())).await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => problems.push(format!("store: {e}")),
+            Err(_) => problems.push(format!("store: no commit within {READY_WRITE_TIMEOUT:?}")),
+        }
+        if let Some(registry) = self.registry() {
+            for slot in registry.slots(None) {
+                if slot.active().is_none() {
+                    problems.push(format!("plugin {}: no version loaded (upload one)", slot.name));
+                }
+            }
+        }
+        if problems.is_empty() {
+            http::json(StatusCode::OK, &json!({ "status": "ready" }))
+        } else {
+            http::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({ "status": "not_ready", "problems": problems }),
+            )
+        }
+    }
+
+    /// `GET /api/stats`: running totals for the dashboard's chart, in the token's scope.
+    /// `received`: webhook requests to its endpoints; `delivered`: successful delivery
+    /// attempts; `failed`: refused requests plus failed delivery attempts.
+    pub(super) fn stats(&self, scope: Scope) -> Reply {
+        let (mut received, mut refused) = (0, 0);
+        for e in self.endpoints.values().filter(|e| visible(&scope, &e.merchant)) {
+            for outcome in Outcome::ALL {
+                let n = e.counts.requests(outcome);
+                received += n;
+                if outcome.is_refusal() {
+                    refused += n;
+                }
+            }
+        }
+        let (mut delivered, mut failed) = (0, refused);
+        for u in self.upstreams.iter().filter(|u| visible(&scope, &u.merchant)) {
+            delivered += u.counts.delivered.get();
+            failed += u.counts.retry.get() + u.counts.dead.get();
+        }
+        http::json(
+            StatusCode::OK,
+            &json!({ "at_ms": self.clock.now_ms(), "received": received, "delivered": delivered, "failed": failed }),
+        )
+    }
+}

@@ -1,0 +1,310 @@
+//! Assembles a running gateway from a checked [`Config`]: the store, the upstreams and
+//! endpoints, the ingress and admin listeners, and the delivery dispatcher; and takes it down
+//! gracefully (stop accepting, finish in-flight requests and deliveries, flush the store).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::Admin;
+use crate::connections::Caps;
+use crate::ingress::{self, ServeOptions, WebhookRouter};
+use crate::pipeline::{Endpoint, Pipeline};
+use payflow_clock::{Clock, SystemClock};
+use payflow_config::Config;
+use payflow_delivery::{Dispatcher, Upstream, UpstreamClient};
+use payflow_plugins::{Registry, Runtime, Scheduler};
+
+use crate::stage::{EndpointPlugins, PluginStage};
+use payflow_store::{SqliteStore, Store, StoreError, PLUGIN_STEP};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS material is unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A configured item cannot be built.
+    #[error("{0}")]
+    Config(String),
+    /// The delivery thread could not be started.
+    #[error("cannot start the delivery thread: {0}")]
+    DeliveryThread(std::io::Error),
+    /// A plugin cannot be loaded, or the plugin runtime cannot start.
+    #[error("plugin {name}: {problem}")]
+    Plugin {
+        /// Which plugin ("*" for the runtime).
+        name: String,
+        /// Why.
+        problem: String,
+    },
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// Where webhooks are received.
+    pub ingress_addr: SocketAddr,
+    /// Whether ingress speaks TLS.
+    pub ingress_tls: bool,
+    /// Where the admin API listens.
+    pub admin_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    listeners: Vec<JoinHandle<()>>,
+    /// Completes when the dispatcher's thread has stopped.
+    dispatcher: tokio::sync::oneshot::Receiver<()>,
+    plugins: Option<Arc<PluginStage>>,
+    store: Arc<dyn Store>,
+}
+
+/// The admin listener's connection caps: its users are a few operators, merchants' tools and a
+/// metrics scraper. No address may hold more than a quarter, so one merchant's client cannot
+/// lock the operator (or `/healthz`, `/metrics`) out.
+const ADMIN_CONNECTIONS: Caps = Caps { max: 64, per_client: 16 };
+
+/// Pending connections the kernel may queue per listener (tokio's default is 1024): bursts
+/// and floods wait there rather than being refused by the kernel.
+const LISTEN_BACKLOG: u32 = 4096;
+
+async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, StartError> {
+    let error = |source| StartError::Bind { what, addr: addr.to_string(), source };
+    let parsed: SocketAddr = addr
+        .parse()
+        .map_err(|_| error(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an address")))?;
+    let socket = if parsed.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(error)?;
+    socket.set_reuseaddr(true).map_err(error)?;
+    socket.bind(parsed).map_err(error)?;
+    socket.listen(LISTEN_BACKLOG).map_err(error)
+}
+
+impl Gateway {
+    /// Starts everything with the system clock.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        Gateway::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Starts everything with the given clock.
+    pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Gateway, StartError> {
+        let config = Arc::new(config);
+        // Cheap checks first, so a bad certificate leaves no database behind.
+        let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(ingress::tls_acceptor(Path::new(cert), Path::new(key)).map_err(StartError::Tls)?)
+            }
+            _ => None,
+        };
+        for p in &config.plugin {
+            if let Some(path) = &p.path {
+                std::fs::metadata(path).map_err(|e| StartError::Plugin {
+                    name: p.name.clone(),
+                    problem: format!("cannot read {}: {e}", path.display()),
+                })?;
+            }
+        }
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store)?);
+
+        let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
+        for u in &config.upstream {
+            let upstream =
+                Upstream::new(u).map_err(|e| StartError::Config(format!("upstream {}: {e}", u.name)))?;
+            upstreams.insert(u.name.clone(), Arc::new(upstream));
+        }
+        // The delivery thread's connection pool, shared with plugin steps (which deliver their
+        // event's first attempt): proxy-mode forwards keep their own.
+        let delivery_client = UpstreamClient::default();
+        let plugins = start_plugins(&config, &store, &clock, &upstreams, delivery_client.clone()).await?;
+        let step = plugins.as_ref().map(|(_, step)| step.clone());
+        let plugins = plugins.map(|(stage, _)| stage);
+        let mut endpoints = HashMap::new();
+        for e in &config.endpoint {
+            let upstream = e.upstream.as_ref().and_then(|name| upstreams.get(name).cloned());
+            let first_hop = if e.plugins.is_empty() { upstream.clone() } else { step.clone() };
+            let endpoint = Endpoint {
+                merchant: e.merchant.clone(),
+                path: e.path.clone(),
+                scope: e.scope().to_string(),
+                mode: e.mode,
+                verifier: e
+                    .verifier()
+                    .map_err(|p| StartError::Config(format!("endpoint {}: {p}", e.path)))?,
+                upstream,
+                first_hop,
+                counts: Default::default(),
+            };
+            endpoints.insert(e.path.clone(), Arc::new(endpoint));
+        }
+        let mut merchant_upstreams: Vec<Arc<Upstream>> = upstreams.values().cloned().collect();
+        merchant_upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(step) = step {
+            upstreams.insert(PLUGIN_STEP.to_string(), step);
+        }
+
+        let ingress_listener = bind("ingress", &config.server.listen).await?;
+        let ingress_addr = ingress_listener.local_addr().map_err(|source| StartError::Bind {
+            what: "ingress",
+            addr: config.server.listen.clone(),
+            source,
+        })?;
+        let admin_listener = match &config.admin {
+            Some(admin) => Some(bind("admin", &admin.listen).await?),
+            None => None,
+        };
+        let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        let (shutdown, watch_shutdown) = watch::channel(false);
+        let client = UpstreamClient::default();
+        let header_timeout = Duration::from_millis(config.server.header_timeout_ms);
+        let router = Arc::new(WebhookRouter {
+            endpoints: endpoints.clone(),
+            pipeline: Pipeline {
+                store: store.clone(),
+                clock: clock.clone(),
+                client: client.clone(),
+                max_body_bytes: config.server.max_body_bytes,
+                body_timeout: Duration::from_millis(config.server.body_timeout_ms),
+                plugins: plugins.clone(),
+            },
+        });
+        let ingress_tls = tls.is_some();
+        let mut listeners = vec![tokio::spawn(ingress::serve(
+            ingress_listener,
+            router,
+            ServeOptions {
+                header_timeout,
+                caps: Caps {
+                    max: config.server.max_connections,
+                    per_client: config.server.max_connections_per_client,
+                },
+                max_header_bytes: config.server.max_header_bytes,
+                tls,
+            },
+            watch_shutdown.clone(),
+        ))];
+        if let Some(listener) = admin_listener {
+            let admin = Arc::new(Admin {
+                store: store.clone(),
+                clock: clock.clone(),
+                config: config.clone(),
+                endpoints,
+                upstreams: merchant_upstreams,
+                plugins: plugins.clone(),
+                ingress_url: (!ingress_tls).then(|| format!("http://{}", loopback(ingress_addr))),
+                client: crate::http::Client::new(),
+                uploads: Default::default(),
+            });
+            let options = ServeOptions {
+                header_timeout,
+                caps: ADMIN_CONNECTIONS,
+                max_header_bytes: config.server.max_header_bytes,
+                tls: None,
+            };
+            listeners.push(tokio::spawn(ingress::serve(listener, admin, options, watch_shutdown.clone())));
+        }
+        // Its own connection pool: proxy-mode forwards must not ride on connections driven by the
+        // (lower-priority) delivery thread.
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            clock,
+            delivery_client,
+            upstreams,
+            plugins.clone().map(|stage| stage as Arc<dyn payflow_delivery::Step>),
+        )
+        .start(watch_shutdown)
+        .map_err(StartError::DeliveryThread)?;
+        Ok(Gateway { ingress_addr, ingress_tls, admin_addr, shutdown, listeners, dispatcher, plugins, store })
+    }
+
+    /// Stops accepting, lets in-flight requests and deliveries finish, and flushes the store.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.listeners {
+            let _ = task.await;
+        }
+        let _ = self.dispatcher.await;
+        if let Some(plugins) = &self.plugins {
+            plugins.stop();
+        }
+        self.store.close().await;
+    }
+}
+
+/// Where to reach a listener bound to `addr` from this host: an unspecified address (all
+/// interfaces) is reached on loopback.
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    }
+}
+
+/// The plugin runtime, registry (each plugin's active version loaded), scheduler and stage, and
+/// the plugin step's pseudo-upstream; `None` when no plugin is configured.
+async fn start_plugins(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    clock: &Arc<dyn Clock>,
+    upstreams: &HashMap<String, Arc<Upstream>>,
+    client: UpstreamClient,
+) -> Result<Option<(Arc<PluginStage>, Arc<Upstream>)>, StartError> {
+    if config.plugin.is_empty() {
+        return Ok(None);
+    }
+    let problem = |name: &str, problem: String| StartError::Plugin { name: name.to_string(), problem };
+    let workers = match config.plugins.workers {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    // Instances alive at once: one per plugin thread running, one idle per warm plugin.
+    let warm = config.plugin.iter().filter(|p| p.warm).count();
+    let runtime = Runtime::new(workers + warm).map_err(|e| problem("*", e.to_string()))?;
+    let registry = Registry::load(runtime, store.clone(), clock.clone(), &config.plugin, &config.plugins)
+        .await
+        .map_err(|(name, e)| problem(&name, e.to_string()))?;
+    let scheduler = Scheduler::start(workers, payflow_delivery::lower_this_threads_priority)
+        .map_err(|e| problem("*", format!("cannot start the plugin threads: {e}")))?;
+    let endpoints = config
+        .endpoint
+        .iter()
+        .filter(|e| !e.plugins.is_empty())
+        .map(|e| {
+            let plugins = EndpointPlugins {
+                merchant: e.merchant.clone(),
+                chain: e.plugins.clone(),
+                upstream: e.upstream.clone(),
+            };
+            (e.path.clone(), plugins)
+        })
+        .collect();
+    let stage = PluginStage::new(
+        Arc::new(registry),
+        scheduler,
+        store.clone(),
+        clock.clone(),
+        endpoints,
+        upstreams.clone(),
+        client,
+    );
+    let step = Arc::new(Upstream::plugin_step(&config.plugins));
+    Ok(Some((Arc::new(stage), step)))
+}

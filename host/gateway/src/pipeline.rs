@@ -1,0 +1,429 @@
+//! The request path of a webhook, top to bottom in one place:
+//!
+//! receive → limits → verify → parse → de-duplicate + persist → acknowledge (queue mode;
+//!                                                           plugins and deliveries follow
+//!                                                           from the durable queue)
+//!                                                           → plugins → forward and answer
+//!                                                           (proxy mode)
+//!
+//! Each stage is a call into its own module (`http` for limits, `payflow_verify` for verify
+//! and parse, `store` for persistence, `plugins` for the merchant's plugins, `delivery` for
+//! forwarding); no stage reaches around another. This module decides the HTTP reply for every outcome (DESIGN's contract) and must
+//! never acknowledge an event before the store said it is durable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use payflow_verify::{event, Verifier};
+use serde_json::json;
+
+use crate::http::{self, BodyError, HttpHeaders, Reply};
+use payflow_clock::Clock;
+use payflow_config::Mode;
+use payflow_delivery::{classify, AttemptStart, SendError, Upstream, UpstreamClient, Verdict};
+use payflow_metrics::{Counter, CounterMap};
+use payflow_plugins::ChainOutcome;
+
+use crate::stage::{PluginStage, StepInput};
+use payflow_store::{AttemptOutcome, DueDelivery, EventKey, EventStatus, Inserted, NewEvent, Store};
+
+/// Request headers kept with a stored event (never the signature headers).
+const KEPT_HEADERS: [&str; 7] = [
+    "content-type",
+    "user-agent",
+    "webhook-id",
+    "webhook-timestamp",
+    "svix-id",
+    "svix-timestamp",
+    "x-forwarded-for",
+];
+
+/// One configured endpoint, ready to serve.
+pub struct Endpoint {
+    /// Owning merchant.
+    pub merchant: String,
+    /// URL path.
+    pub path: String,
+    /// Where its event ids are de-duplicated (its path unless it shares a `dedup_scope`).
+    pub scope: String,
+    /// Queue or proxy.
+    pub mode: Mode,
+    /// Its signature verifier.
+    pub verifier: Verifier,
+    /// Where its events go.
+    pub upstream: Option<Arc<Upstream>>,
+    /// Queue mode: where a stored event goes first: the plugin step when the endpoint has
+    /// plugins, else its upstream.
+    pub first_hop: Option<Arc<Upstream>>,
+    /// What became of its requests.
+    pub counts: EndpointCounts,
+}
+
+/// What became of a request: `payflow_edge_requests_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored (and acknowledged, in queue mode).
+    Received,
+    /// Already stored: acknowledged again.
+    Duplicate,
+    /// Authentic but not a valid event: stored aside.
+    Quarantined,
+    /// A plugin dropped it (proxy mode).
+    Dropped,
+    /// Its signature was refused.
+    SignatureRefused,
+    /// Its body was too large.
+    TooLarge,
+    /// Its body did not arrive in time.
+    BodyTimeout,
+    /// Unreadable body, or not a JSON event with an id.
+    BadRequest,
+    /// The store could not make it durable.
+    StoreUnavailable,
+    /// A plugin failed (proxy mode: the sender retries).
+    PluginFailed,
+    /// Proxy mode: forwarded, and the upstream's reply passed back.
+    Forwarded,
+    /// Proxy mode: the upstream did not answer.
+    UpstreamFailed,
+    /// Proxy mode: a duplicate arrived while its first copy was being forwarded.
+    InProgress,
+}
+
+impl Outcome {
+    /// Every outcome, in the order of [`EndpointCounts`]'s counters.
+    pub const ALL: [Outcome; 13] = [
+        Outcome::Received,
+        Outcome::Duplicate,
+        Outcome::Quarantined,
+        Outcome::Dropped,
+        Outcome::SignatureRefused,
+        Outcome::TooLarge,
+        Outcome::BodyTimeout,
+        Outcome::BadRequest,
+        Outcome::StoreUnavailable,
+        Outcome::PluginFailed,
+        Outcome::Forwarded,
+        Outcome::UpstreamFailed,
+        Outcome::InProgress,
+    ];
+
+    /// Whether the sender was told no (a 4xx or 5xx of ours, or none from the upstream).
+    pub fn is_refusal(self) -> bool {
+        !matches!(
+            self,
+            Outcome::Received
+                | Outcome::Duplicate
+                | Outcome::Quarantined
+                | Outcome::Dropped
+                | Outcome::Forwarded
+        )
+    }
+
+    /// The `outcome` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Received => "received",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Quarantined => "quarantined",
+            Outcome::Dropped => "dropped",
+            Outcome::SignatureRefused => "signature_refused",
+            Outcome::TooLarge => "body_too_large",
+            Outcome::BodyTimeout => "body_timeout",
+            Outcome::BadRequest => "bad_request",
+            Outcome::StoreUnavailable => "store_unavailable",
+            Outcome::PluginFailed => "plugin_failed",
+            Outcome::Forwarded => "forwarded",
+            Outcome::UpstreamFailed => "upstream_failed",
+            Outcome::InProgress => "in_progress",
+        }
+    }
+}
+
+/// An endpoint's request counts.
+#[derive(Debug, Default)]
+pub struct EndpointCounts {
+    requests: [Counter; Outcome::ALL.len()],
+    /// Refused signatures, by reason.
+    pub verification_failures: CounterMap,
+}
+
+impl EndpointCounts {
+    /// Requests that ended with `outcome`.
+    pub fn requests(&self, outcome: Outcome) -> u64 {
+        self.requests[outcome as usize].get()
+    }
+}
+
+/// What every request on the path shares.
+pub struct Pipeline {
+    /// The durable store.
+    pub store: Arc<dyn Store>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// For proxy-mode forwards.
+    pub client: UpstreamClient,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+    /// Time allowed for the body to arrive.
+    pub body_timeout: Duration,
+    /// Merchants' plugins, when any are configured.
+    pub plugins: Option<Arc<PluginStage>>,
+}
+
+/// An event on its way to the upstream in proxy mode.
+struct Proxied<'a> {
+    key: EventKey,
+    event_type: Option<String>,
+    body: Bytes,
+    received_at_ms: i64,
+    request_id: &'a str,
+}
+
+fn received(duplicate: bool) -> Reply {
+    if duplicate {
+        http::json(StatusCode::OK, &json!({ "received": true, "duplicate": true }))
+    } else {
+        http::json(StatusCode::OK, &json!({ "received": true }))
+    }
+}
+
+impl Pipeline {
+    /// Handles one POST to `endpoint`.
+    pub async fn receive(&self, endpoint: &Endpoint, request: Request<Incoming>, request_id: &str) -> Reply {
+        let (reply, outcome) = self.answer(endpoint, request, request_id).await;
+        endpoint.counts.requests[outcome as usize].inc();
+        reply
+    }
+
+    async fn answer(
+        &self,
+        endpoint: &Endpoint,
+        request: Request<Incoming>,
+        request_id: &str,
+    ) -> (Reply, Outcome) {
+        // Limits: a declared oversize body is refused before a byte of it is read.
+        let (parts, body) = request.into_parts();
+        if http::content_length(&parts.headers).is_some_and(|n| n > self.max_body_bytes as u64) {
+            return (http::error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"), Outcome::TooLarge);
+        }
+        let body = match http::read_body(body, self.max_body_bytes, self.body_timeout).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge(_)) => {
+                return (http::error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"), Outcome::TooLarge)
+            }
+            Err(BodyError::Timeout(_)) => {
+                return (http::error(StatusCode::REQUEST_TIMEOUT, "body_timeout"), Outcome::BodyTimeout)
+            }
+            Err(BodyError::Broken(_)) => {
+                return (http::error(StatusCode::BAD_REQUEST, "body_unreadable"), Outcome::BadRequest)
+            }
+        };
+
+        // Verify: over the raw bytes, before anything looks inside them.
+        let verified = endpoint.verifier.verify(&HttpHeaders(&parts.headers), &body, self.clock.now_secs());
+        if let Err(e) = verified {
+            tracing::info!(request_id, endpoint = %endpoint.path, reason = %e.reason(), "signature refused");
+            endpoint.counts.verification_failures.inc(e.reason().as_str());
+            return (http::error(StatusCode::UNAUTHORIZED, e.reason().as_str()), Outcome::SignatureRefused);
+        }
+
+        // Parse: no JSON object with an id means nothing to store or de-duplicate.
+        let parsed = match event::parse(&body) {
+            Ok(parsed) => parsed,
+            Err(e) => return (http::error(StatusCode::BAD_REQUEST, &e.to_string()), Outcome::BadRequest),
+        };
+
+        // De-duplicate and persist. Authentic but invalid events are kept, quarantined.
+        let (status, reason) = match (&parsed.checked, endpoint.mode, &endpoint.first_hop) {
+            (Err(problem), _, _) => (EventStatus::Quarantined, Some(problem.to_string())),
+            (Ok(_), Mode::Proxy, _) => (EventStatus::Forwarding, None),
+            (Ok(_), Mode::Queue, Some(_)) => (EventStatus::Queued, None),
+            (Ok(_), Mode::Queue, None) => (EventStatus::Stored, None),
+        };
+        let deliveries = match (status, &endpoint.first_hop) {
+            (EventStatus::Queued, Some(hop)) => vec![hop.name.clone()],
+            _ => Vec::new(),
+        };
+        let received_at_ms = self.clock.now_ms();
+        let key = EventKey {
+            merchant: endpoint.merchant.clone(),
+            scope: endpoint.scope.clone(),
+            id: parsed.id.clone(),
+        };
+        let new = NewEvent {
+            key: key.clone(),
+            endpoint: endpoint.path.clone(),
+            event_type: parsed.event_type.clone(),
+            status,
+            reason: reason.clone(),
+            body: body.clone(),
+            headers: kept_headers(&parts.headers),
+            received_at_ms,
+            deliveries,
+            request_id: request_id.to_string(),
+        };
+        let inserted = match self.store.insert_event(new).await {
+            Ok(inserted) => inserted,
+            Err(e) => {
+                tracing::warn!(request_id, event_id = %parsed.id, error = %e, "not stored; answering 503");
+                return (
+                    http::error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+                    Outcome::StoreUnavailable,
+                );
+            }
+        };
+        if let Some(reason) = &reason {
+            tracing::info!(request_id, event_id = %parsed.id, %reason, "quarantined");
+        }
+        // Debug, not info: one line per accepted webhook costs the hot path a write to stderr;
+        // the delivery and plugin lines carry the same request id at info.
+        tracing::debug!(request_id, merchant = %endpoint.merchant, event_id = %parsed.id, duplicate = matches!(inserted, Inserted::Duplicate(_)), "stored");
+
+        // Acknowledge (queue mode), or forward and answer with the upstream's reply (proxy).
+        let proxied =
+            Proxied { key, event_type: parsed.event_type.clone(), body, received_at_ms, request_id };
+        match (endpoint.mode, inserted) {
+            (Mode::Queue, Inserted::New) => {
+                if let (EventStatus::Queued, Some(hop)) = (status, &endpoint.first_hop) {
+                    hop.hand_off(DueDelivery {
+                        key: proxied.key,
+                        upstream: hop.name.clone(),
+                        endpoint: endpoint.path.clone(),
+                        attempts: 0,
+                        body: proxied.body,
+                        headers: Vec::new(),
+                        event_type: parsed.event_type,
+                        request_id: request_id.to_string(),
+                        next_attempt_at_ms: 0,
+                        received_at_ms,
+                    });
+                }
+                let outcome =
+                    if status == EventStatus::Quarantined { Outcome::Quarantined } else { Outcome::Received };
+                (received(false), outcome)
+            }
+            (Mode::Queue, Inserted::Duplicate(_)) => (received(true), Outcome::Duplicate),
+            (Mode::Proxy, Inserted::New) if status == EventStatus::Quarantined => {
+                (received(false), Outcome::Quarantined)
+            }
+            (Mode::Proxy, Inserted::New) => self.proxy(endpoint, proxied).await,
+            (Mode::Proxy, Inserted::Duplicate(EventStatus::Failed | EventStatus::Forwarding)) => {
+                self.forward_again(endpoint, proxied).await
+            }
+            (Mode::Proxy, Inserted::Duplicate(_)) => (received(true), Outcome::Duplicate),
+        }
+    }
+
+    /// Proxy mode: the endpoint's plugins, then the forward. A plugin failure answers 503 so
+    /// the sender retries (and the plugins run again); a drop answers 200.
+    async fn proxy(&self, endpoint: &Endpoint, event: Proxied<'_>) -> (Reply, Outcome) {
+        let Some(plugins) = self.plugins.as_ref().filter(|p| p.has_plugins(&endpoint.path)) else {
+            return self.forward(endpoint, event.key, event.body, &[], event.request_id).await;
+        };
+        let input = StepInput {
+            key: event.key.clone(),
+            endpoint: endpoint.path.clone(),
+            event_type: event.event_type,
+            body: event.body.clone(),
+            received_at_ms: event.received_at_ms,
+            request_id: event.request_id.to_string(),
+            attempts: 0,
+        };
+        match plugins.run_proxied(input).await {
+            ChainOutcome::Continue { body, headers, .. } => {
+                let body = body.unwrap_or(event.body);
+                self.forward(endpoint, event.key, body, &headers, event.request_id).await
+            }
+            ChainOutcome::Drop { reason, .. } => (
+                http::json(StatusCode::OK, &json!({ "received": true, "dropped": reason })),
+                Outcome::Dropped,
+            ),
+            ChainOutcome::Failed { reason } => {
+                tracing::info!(request_id = event.request_id, event_id = event.key.id, %reason, "plugin step failed");
+                let mut reply = http::json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({ "error": "plugin_failed", "message": reason }),
+                );
+                reply.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
+                (reply, Outcome::PluginFailed)
+            }
+        }
+    }
+
+    /// Proxy mode: a duplicate whose earlier forward failed is forwarded again, once, by
+    /// whichever request claims it; a duplicate arriving while one is in flight is told to
+    /// retry later.
+    async fn forward_again(&self, endpoint: &Endpoint, event: Proxied<'_>) -> (Reply, Outcome) {
+        let timeout = endpoint.upstream.as_ref().map_or(Duration::from_secs(5), |u| u.timeout);
+        let now = self.clock.now_ms();
+        // A forward still marked in flight after twice its timeout was cut short by a crash.
+        let stale_before = now - 2 * timeout.as_millis() as i64;
+        match self.store.claim_forward(&event.key, now, stale_before).await {
+            Ok(true) => self.proxy(endpoint, event).await,
+            Ok(false) => {
+                let mut reply = http::error(StatusCode::CONFLICT, "in_progress");
+                reply.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
+                (reply, Outcome::InProgress)
+            }
+            Err(_) => {
+                (http::error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"), Outcome::StoreUnavailable)
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        endpoint: &Endpoint,
+        key: EventKey,
+        body: Bytes,
+        headers: &[(String, String)],
+        request_id: &str,
+    ) -> (Reply, Outcome) {
+        let Some(upstream) = &endpoint.upstream else {
+            return (http::error(StatusCode::INTERNAL_SERVER_ERROR, "no_upstream"), Outcome::UpstreamFailed);
+        };
+        let attempt = AttemptStart::new(key.clone(), 1, self.clock.now_ms());
+        let result =
+            self.client.send(upstream, &key.id, request_id, body, headers, self.clock.now_secs()).await;
+        let outcome = match classify(&result) {
+            Verdict::Delivered => AttemptOutcome::Delivered,
+            _ => AttemptOutcome::Dead,
+        };
+        if let Err(e) = self.store.finish_forward(attempt.finish(upstream, &result, outcome)).await {
+            // The claim's lease runs out and the sender's retry forwards again.
+            tracing::warn!(request_id, event_id = key.id, error = %e, "cannot record the forward");
+        }
+        match result {
+            Ok(reply) => {
+                let mut response = Response::new(Full::new(reply.body));
+                *response.status_mut() = reply.status;
+                if let Some(ct) = reply.content_type {
+                    response.headers_mut().insert(CONTENT_TYPE, ct);
+                }
+                (response, Outcome::Forwarded)
+            }
+            Err(SendError::Timeout(_)) => {
+                (http::error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"), Outcome::UpstreamFailed)
+            }
+            Err(SendError::Connection(_)) => {
+                (http::error(StatusCode::BAD_GATEWAY, "upstream_unreachable"), Outcome::UpstreamFailed)
+            }
+        }
+    }
+}
+
+fn kept_headers(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
+    KEPT_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let value = headers.get(*name)?.to_str().ok()?;
+            Some((name.to_string(), value.chars().take(256).collect()))
+        })
+        .collect()
+}

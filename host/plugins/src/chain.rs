@@ -1,0 +1,332 @@
+//! One event through an endpoint's plugins, in order: each sees the body as the one before it
+//! left it; headers, forwards and tags add up; the first `drop` or failure ends the chain.
+//!
+//! Runs on a scheduler thread (blocking). The chain checks what plugins may not do: forward to
+//! an upstream that is not their merchant's, or set a header the gateway owns. A run's kv
+//! writes are kept aside while it runs, made visible to the plugin's next run as soon as it
+//! succeeds (still within its turn, so no run of that plugin reads a value older than the last
+//! successful run's), and committed by the caller with the step. If a later plugin fails, or
+//! the commit does, the plugins' spaces are read again from the store: a failed step leaves no
+//! trace in the store but its record (a run that overlapped it may have seen its writes).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::runtime::Handle;
+
+use super::registry::{KvSpace, Slot};
+use super::{check_quota, Action, Event, Failure, Kv, KvMap, Outcome, Registry, Run};
+use payflow_store::{EventKey, KvWrite, NewDelivery, PluginRunInfo};
+
+/// Headers the gateway sets itself; a plugin may not set or override them.
+const RESERVED_HEADERS: [&str; 12] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "x-payflow-event-id",
+    "x-request-id",
+    "x-payflow-signature",
+    "webhook-signature",
+    "stripe-signature",
+];
+
+/// The event as the chain sees it.
+#[derive(Debug, Clone)]
+pub struct ChainInput {
+    /// The event's key.
+    pub key: EventKey,
+    /// Endpoint path.
+    pub endpoint: String,
+    /// Type ("" when none).
+    pub event_type: String,
+    /// The raw body.
+    pub body: Bytes,
+    /// Arrival, unix ms.
+    pub received_at_ms: i64,
+    /// Which attempt of the plugin step this is (1-based).
+    pub attempt: u32,
+    /// Start of the step, unix ms.
+    pub at_ms: i64,
+}
+
+/// How the chain ended.
+#[derive(Debug, Clone)]
+pub enum ChainOutcome {
+    /// Every plugin continued.
+    Continue {
+        /// The body to deliver (rewritten, or the original).
+        body: Option<Bytes>,
+        /// Headers to add to the endpoint's own delivery.
+        headers: Vec<(String, String)>,
+        /// Extra deliveries to named upstreams.
+        forwards: Vec<NewDelivery>,
+        /// Tags.
+        tags: Vec<String>,
+    },
+    /// A plugin dropped the event.
+    Drop {
+        /// `plugin: reason`.
+        reason: String,
+        /// Tags given up to then.
+        tags: Vec<String>,
+    },
+    /// A plugin failed (or was missing); the step is retried.
+    Failed {
+        /// `plugin: reason: detail`.
+        reason: String,
+    },
+}
+
+/// What the chain did.
+#[derive(Debug)]
+pub struct ChainResult {
+    /// Each run, for the record.
+    pub runs: Vec<PluginRunInfo>,
+    /// kv writes to commit with the step (empty unless it continued or dropped).
+    pub kv: Vec<KvWrite>,
+    /// The outcome.
+    pub outcome: ChainOutcome,
+}
+
+/// A run's view of a plugin's kv space: reads see the committed values and this run's own
+/// writes; writes stay here until the run succeeds.
+struct Overlay {
+    slot: Arc<Slot>,
+    writes: Mutex<Writes>,
+}
+
+/// A run's writes, and how many bytes they add to the space (negative when they shrink it).
+#[derive(Default)]
+struct Writes {
+    values: HashMap<String, Vec<u8>>,
+    growth: isize,
+}
+
+impl Overlay {
+    fn with_space<T>(&self, f: impl FnOnce(&KvMap) -> T) -> T {
+        let space = self.slot.kv.lock().unwrap_or_else(|p| p.into_inner());
+        f(space.values.as_ref().unwrap_or(&KvMap::default()))
+    }
+}
+
+impl Kv for Overlay {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        if let Some(v) = self.writes.lock().unwrap_or_else(|p| p.into_inner()).values.get(key) {
+            return Some(v.clone());
+        }
+        self.with_space(|space| space.get(key).cloned())
+    }
+
+    fn set(&self, key: &str, value: &[u8], quota_bytes: usize) -> Result<(), String> {
+        let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        let (committed, old) = self.with_space(|space| (space.used(), space.size(key)));
+        let old = writes.values.get(key).map_or(old, |v| key.len() + v.len());
+        let used = committed.saturating_add_signed(writes.growth);
+        check_quota(used, old, key, value, quota_bytes)?;
+        writes.growth += (key.len() + value.len()) as isize - old as isize;
+        writes.values.insert(key.to_string(), value.to_vec());
+        Ok(())
+    }
+}
+
+/// Runs `chain` (plugin names, in order) on `input`. `upstreams` are the names the merchant's
+/// plugins may forward to; `own_upstream` the endpoint's (forwards may not name it). Blocking.
+pub fn run(
+    registry: &Registry,
+    handle: &Handle,
+    chain: &[String],
+    upstreams: &BTreeSet<String>,
+    own_upstream: Option<&str>,
+    input: &ChainInput,
+) -> ChainResult {
+    let mut runs = Vec::new();
+    let mut kv = Vec::new();
+    let mut body: Option<Bytes> = None;
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let mut forwards: Vec<NewDelivery> = Vec::new();
+    let mut tags: Vec<String> = Vec::new();
+    // Plugins whose writes are visible in memory but not committed yet.
+    let mut written: Vec<Arc<Slot>> = Vec::new();
+    let failed = |runs, written: &[Arc<Slot>], reason| {
+        forget(written);
+        ChainResult { runs, kv: Vec::new(), outcome: ChainOutcome::Failed { reason } }
+    };
+    for name in chain {
+        let Some(slot) = registry.slot(&input.key.merchant, name).cloned() else {
+            return failed(runs, &written, format!("{name}: plugin_missing: not configured"));
+        };
+        let Some(version) = slot.active() else {
+            return failed(runs, &written, format!("{name}: plugin_missing: no version uploaded yet"));
+        };
+        // Runs of one plugin are serialized, so a read-modify-write of a key is never
+        // interleaved with another run's.
+        let _turn = slot.turn.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = ensure_loaded(registry, handle, &slot) {
+            return failed(runs, &written, format!("{name}: store_unavailable: {e}"));
+        }
+        let overlay = Arc::new(Overlay { slot: slot.clone(), writes: Mutex::default() });
+        let event = Event {
+            id: input.key.id.clone(),
+            event_type: input.event_type.clone(),
+            endpoint: input.endpoint.clone(),
+            merchant: input.key.merchant.clone(),
+            body: body.as_ref().unwrap_or(&input.body).to_vec(),
+            received_at_ms: input.received_at_ms as u64,
+        };
+        let started = Instant::now();
+        let run = if slot.warm {
+            let mut instance = version.take_warm(&slot, overlay.clone());
+            let run = instance.run(&event);
+            version.put_warm(instance);
+            run
+        } else {
+            version.plugin.run(&event, &slot.config, overlay.clone(), &slot.limits)
+        };
+        let checked = run
+            .result
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|outcome| check_outcome(outcome, upstreams, own_upstream, &forwards));
+        let info = record(name, version.info.version, input, &run, started, &checked);
+        slot.counts.record(&info, &input.key);
+        runs.push(info);
+        let outcome = match (run.result, checked) {
+            (Ok(outcome), Ok(())) => outcome,
+            (_, Err(failure)) | (Err(failure), _) => {
+                return failed(runs, &written, format!("{name}: {failure}"));
+            }
+        };
+        let writes = std::mem::take(&mut overlay.writes.lock().unwrap_or_else(|p| p.into_inner()).values);
+        if !writes.is_empty() {
+            kv.extend(writes.iter().map(|(k, v)| KvWrite {
+                plugin: name.clone(),
+                key: k.clone(),
+                value: v.clone(),
+            }));
+            if let Some(space) = &mut slot.kv.lock().unwrap_or_else(|p| p.into_inner()).values {
+                for (key, value) in writes {
+                    space.insert(key, value);
+                }
+            }
+            written.push(slot.clone());
+        }
+        tags.extend(outcome.tags);
+        if let Action::Drop(reason) = outcome.action {
+            return ChainResult {
+                runs,
+                kv,
+                outcome: ChainOutcome::Drop { reason: format!("{name}: {reason}"), tags },
+            };
+        }
+        if let Some(new_body) = outcome.body {
+            body = Some(Bytes::from(new_body));
+        }
+        headers.extend(outcome.headers.into_iter().map(|h| (h.name, h.value)));
+        forwards.extend(outcome.forwards.into_iter().map(|f| NewDelivery {
+            upstream: f.upstream,
+            body: f.body.map(Bytes::from),
+            headers: f.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+        }));
+    }
+    ChainResult { runs, kv, outcome: ChainOutcome::Continue { body, headers, forwards, tags } }
+}
+
+/// What is in memory may be ahead of the store (a failed step, a failed commit): the next run
+/// of each of these plugins reads its space from the store again.
+fn forget(slots: &[Arc<Slot>]) {
+    for slot in slots {
+        slot.kv.lock().unwrap_or_else(|p| p.into_inner()).values = None;
+    }
+}
+
+/// [`forget`] for the plugins of `chain`, after the step's commit failed.
+pub fn forget_kv(registry: &Registry, merchant: &str, chain: &[String]) {
+    let slots: Vec<Arc<Slot>> =
+        chain.iter().filter_map(|name| registry.slot(merchant, name).cloned()).collect();
+    forget(&slots);
+}
+
+fn ensure_loaded(registry: &Registry, handle: &Handle, slot: &Slot) -> Result<(), String> {
+    if slot.kv.lock().unwrap_or_else(|p| p.into_inner()).values.is_some() {
+        return Ok(());
+    }
+    let rows =
+        handle.block_on(registry.store().load_kv(&slot.merchant, &slot.name)).map_err(|e| e.to_string())?;
+    let mut space = slot.kv.lock().unwrap_or_else(|p| p.into_inner());
+    if space.values.is_none() {
+        *space = KvSpace { values: Some(rows.into_iter().collect::<KvMap>()) };
+    }
+    Ok(())
+}
+
+/// What a plugin may not ask for, beyond what the sandbox already checked.
+fn check_outcome(
+    outcome: &Outcome,
+    upstreams: &BTreeSet<String>,
+    own_upstream: Option<&str>,
+    earlier: &[NewDelivery],
+) -> Result<(), Failure> {
+    let reserved = |name: &str| RESERVED_HEADERS.iter().any(|r| r.eq_ignore_ascii_case(name));
+    let all_headers = outcome.headers.iter().chain(outcome.forwards.iter().flat_map(|f| &f.headers));
+    if let Some(h) = all_headers.into_iter().find(|h| reserved(&h.name)) {
+        return Err(Failure::BadOutput(format!("header {:?} is set by the gateway, not by plugins", h.name)));
+    }
+    for (i, f) in outcome.forwards.iter().enumerate() {
+        if !upstreams.contains(&f.upstream) {
+            return Err(Failure::UnknownUpstream(f.upstream.clone()));
+        }
+        if own_upstream == Some(f.upstream.as_str()) {
+            return Err(Failure::BadOutput(format!(
+                "forward to {:?}, the endpoint's own upstream: change the outcome's body and headers instead",
+                f.upstream
+            )));
+        }
+        let twice =
+            outcome.forwards[..i].iter().map(|g| &g.upstream).chain(earlier.iter().map(|d| &d.upstream));
+        if twice.into_iter().any(|u| *u == f.upstream) {
+            return Err(Failure::BadOutput(format!("two forwards to {:?}", f.upstream)));
+        }
+    }
+    Ok(())
+}
+
+fn record(
+    name: &str,
+    version: u32,
+    input: &ChainInput,
+    run: &Run,
+    started: Instant,
+    checked: &Result<(), Failure>,
+) -> PluginRunInfo {
+    let (outcome, detail) = match (&run.result, checked) {
+        (Err(failure), _) | (Ok(_), Err(failure)) => {
+            (failure.reason().to_string(), Some(failure.to_string()))
+        }
+        (Ok(o), Ok(())) => match &o.action {
+            Action::Continue => ("continue".to_string(), None),
+            Action::Drop(reason) => ("drop".to_string(), Some(reason.clone())),
+        },
+    };
+    let mut logs: Vec<(String, String)> =
+        run.logs.iter().map(|l| (l.level.to_string(), l.message.clone())).collect();
+    if let Some(dropped) = run.dropped() {
+        logs.push(("gateway".into(), dropped));
+    }
+    PluginRunInfo {
+        plugin: name.to_string(),
+        version,
+        attempt: input.attempt,
+        at_ms: input.at_ms,
+        duration_us: started.elapsed().as_micros() as i64,
+        fuel_used: run.fuel_used,
+        outcome,
+        detail,
+        logs,
+    }
+}

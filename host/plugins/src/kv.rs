@@ -1,0 +1,87 @@
+//! A plugin's key-value space as runs see it: the [`Kv`] trait the registry implements (writes
+//! are committed with the plugin step), the in-memory map with its quota, and an in-memory
+//! store for `plugin run` and tests. It must never persist anything itself.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// A plugin's key-value space: per merchant and plugin.
+pub trait Kv: Send + Sync {
+    /// The value under `key`.
+    fn get(&self, key: &str) -> Option<Vec<u8>>;
+    /// Stores `value`, unless the space would then exceed `quota_bytes`.
+    fn set(&self, key: &str, value: &[u8], quota_bytes: usize) -> Result<(), String>;
+}
+
+/// Keys and values with their total size (keys and values together) kept up to date, so a
+/// quota check costs O(1) however many keys a plugin holds.
+#[derive(Debug, Clone, Default)]
+pub struct KvMap {
+    pub(crate) values: HashMap<String, Vec<u8>>,
+    pub(crate) used: usize,
+}
+
+impl KvMap {
+    /// The value under `key`.
+    pub fn get(&self, key: &str) -> Option<&Vec<u8>> {
+        self.values.get(key)
+    }
+
+    /// What `key` takes now (0 when absent).
+    pub fn size(&self, key: &str) -> usize {
+        self.values.get(key).map_or(0, |v| key.len() + v.len())
+    }
+
+    /// Keys and values together.
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    /// Stores `value` under `key`, with no quota check.
+    pub fn insert(&mut self, key: String, value: Vec<u8>) {
+        self.used = self.used - self.size(&key) + key.len() + value.len();
+        self.values.insert(key, value);
+    }
+}
+
+impl FromIterator<(String, Vec<u8>)> for KvMap {
+    fn from_iter<I: IntoIterator<Item = (String, Vec<u8>)>>(entries: I) -> Self {
+        let mut map = KvMap::default();
+        for (key, value) in entries {
+            map.insert(key, value);
+        }
+        map
+    }
+}
+
+/// Refuses a write that would take a space using `used` bytes, of which `key` takes `old`, over
+/// `quota_bytes`.
+pub fn check_quota(
+    used: usize,
+    old: usize,
+    key: &str,
+    value: &[u8],
+    quota_bytes: usize,
+) -> Result<(), String> {
+    if used - old + key.len() + value.len() > quota_bytes {
+        return Err(format!("kv quota of {quota_bytes} bytes exceeded"));
+    }
+    Ok(())
+}
+
+/// A key-value space in memory (for `plugin run` and tests).
+#[derive(Default)]
+pub struct MemoryKv(Mutex<KvMap>);
+
+impl Kv for MemoryKv {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+    }
+
+    fn set(&self, key: &str, value: &[u8], quota_bytes: usize) -> Result<(), String> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        check_quota(map.used(), map.size(key), key, value, quota_bytes)?;
+        map.insert(key.to_string(), value.to_vec());
+        Ok(())
+    }
+}

@@ -1,0 +1,488 @@
+//! The plugins a gateway can run: one [`Slot`] per configured `[[plugin]]`, holding the active
+//! compiled version, its sandbox limits and configuration, and its key-value space.
+//!
+//! Versions live in the store with their compiled artifact, so a restart loads them without
+//! compiling. A new version (from the config file or an upload) is compiled and validated
+//! before it is stored, and swapped in with one pointer store: a run that already took the old
+//! version finishes on it, the next run gets the new one, and nothing ever sees a half-loaded
+//! plugin. This module must never run a plugin (that is [`super::chain`]'s job, on the
+//! scheduler's threads) nor decide who may change one (the admin API checks scopes).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::{Kv, KvMap, Limits, LoadError, LoadedPlugin, Runtime, WarmInstance};
+use payflow_clock::Clock;
+use payflow_config::{PluginConfig, PluginsConfig};
+use payflow_metrics::{Counter, Histogram, FUEL_BUCKETS, SECONDS_BUCKETS};
+use payflow_store::{
+    EventKey, NewPluginVersion, PluginHistory, PluginRunInfo, PluginVersionInfo, QuotaExceeded, Store,
+    StoreError, StoredPlugin, VersionBounds,
+};
+
+/// Why a plugin change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// No `[[plugin]]` of that name for that merchant.
+    #[error("no plugin named {0:?} is configured for this merchant (declare it with [[plugin]])")]
+    Unknown(String),
+    /// The component is unusable.
+    #[error(transparent)]
+    Invalid(#[from] LoadError),
+    /// Over `plugins.max_upload_bytes`.
+    #[error("the component is {size} bytes; the limit is {limit}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Nothing to roll back to.
+    #[error("{0}")]
+    NoVersion(String),
+    /// The config's file cannot be read.
+    #[error("cannot read {path}: {error}")]
+    File {
+        /// The path.
+        path: String,
+        /// Why.
+        error: String,
+    },
+    /// The merchant's plugin versions would take more than its storage quota.
+    #[error(transparent)]
+    Quota(#[from] QuotaExceeded),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A plugin version, compiled and linked.
+pub struct Version {
+    /// Its number.
+    pub info: PluginVersionInfo,
+    /// Ready to instantiate.
+    pub plugin: LoadedPlugin,
+    /// Loaded from the store's compiled artifact (not compiled in this process).
+    pub from_cache: bool,
+    /// Idle warm instances (`warm = true` only).
+    warm: Mutex<Vec<WarmInstance>>,
+}
+
+impl Version {
+    /// Takes an idle warm instance, or makes one.
+    pub fn take_warm(&self, slot: &Slot, kv: Arc<dyn Kv>) -> WarmInstance {
+        let idle = self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match idle {
+            Some(mut instance) => {
+                instance.set_kv(kv);
+                instance
+            }
+            None => self.plugin.warm(&slot.config, kv, &slot.limits),
+        }
+    }
+
+    /// Gives a warm instance back for the next event.
+    pub fn put_warm(&self, instance: WarmInstance) {
+        self.warm.lock().unwrap_or_else(|p| p.into_inner()).push(instance);
+    }
+}
+
+/// A plugin's key-value space in memory, loaded from the store on first use. The store holds
+/// the committed state; this copy lets a run read without a query.
+#[derive(Default)]
+pub struct KvSpace {
+    /// `None` until loaded (and again after a failed step or commit, to reload).
+    pub values: Option<KvMap>,
+}
+
+/// One configured plugin.
+pub struct Slot {
+    /// Owning merchant.
+    pub merchant: String,
+    /// Name.
+    pub name: String,
+    /// Its sandbox.
+    pub limits: Limits,
+    /// What `config(key)` answers.
+    pub config: HashMap<String, String>,
+    /// Reuse instances between events.
+    pub warm: bool,
+    active: RwLock<Option<Arc<Version>>>,
+    /// The key-value space.
+    pub kv: Mutex<KvSpace>,
+    /// Held for a whole run: runs of one plugin are serialized.
+    pub(super) turn: Mutex<()>,
+    /// Serializes changes (upload, rollback, delete) to this slot.
+    changing: tokio::sync::Mutex<()>,
+    /// Its runs since the gateway started.
+    pub counts: PluginCounts,
+}
+
+/// A plugin's runs since the gateway started: the metrics' runs by outcome, duration and fuel,
+/// and the latest failure of each reason (what an operator looks at first). The common
+/// outcomes are plain atomics; only a failure takes the lock.
+pub struct PluginCounts {
+    continued: Counter,
+    dropped: Counter,
+    /// Wall-clock seconds per run, instantiation included.
+    pub duration: Histogram,
+    /// Fuel per run.
+    pub fuel: Histogram,
+    failures: Mutex<BTreeMap<String, RecentFailure>>,
+}
+
+/// The failures of one reason since the gateway started, and the latest one.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecentFailure {
+    /// `trap`, `timeout`, `fuel_exhausted`…
+    pub reason: String,
+    /// How many.
+    pub count: u64,
+    /// The latest: when (unix ms).
+    pub last_at_ms: i64,
+    /// The latest: which event (its id).
+    pub last_event_id: String,
+    /// The latest: which event (its de-duplication scope, to address it).
+    pub last_event_scope: String,
+    /// The latest: what it said.
+    pub last_message: Option<String>,
+}
+
+impl Default for PluginCounts {
+    fn default() -> Self {
+        PluginCounts {
+            continued: Counter::default(),
+            dropped: Counter::default(),
+            duration: Histogram::new(SECONDS_BUCKETS),
+            fuel: Histogram::new(FUEL_BUCKETS),
+            failures: Mutex::default(),
+        }
+    }
+}
+
+impl PluginCounts {
+    /// Counts one run of this plugin on the event `key`.
+    pub fn record(&self, run: &PluginRunInfo, key: &EventKey) {
+        self.duration.observe(run.duration_us as f64 / 1e6);
+        self.fuel.observe(run.fuel_used as f64);
+        match run.outcome.as_str() {
+            "continue" => return self.continued.inc(),
+            "drop" => return self.dropped.inc(),
+            _ => {}
+        }
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = failures.entry(run.outcome.clone()).or_insert_with(|| RecentFailure {
+            reason: run.outcome.clone(),
+            count: 0,
+            last_at_ms: 0,
+            last_event_id: String::new(),
+            last_event_scope: String::new(),
+            last_message: None,
+        });
+        entry.count += 1;
+        entry.last_at_ms = run.at_ms;
+        entry.last_event_id.clone_from(&key.id);
+        entry.last_event_scope.clone_from(&key.scope);
+        entry.last_message = run.detail.clone();
+    }
+
+    /// Runs by outcome (`continue`, `drop`, or a failure's reason), those that happened.
+    pub fn runs(&self) -> BTreeMap<String, u64> {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut runs: BTreeMap<String, u64> =
+            failures.values().map(|f| (f.reason.clone(), f.count)).collect();
+        for (outcome, counter) in [("continue", &self.continued), ("drop", &self.dropped)] {
+            if counter.get() > 0 {
+                runs.insert(outcome.to_string(), counter.get());
+            }
+        }
+        runs
+    }
+
+    /// Failures by reason, the most recent first.
+    pub fn recent_failures(&self) -> Vec<RecentFailure> {
+        let mut all: Vec<_> =
+            self.failures.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        all.sort_by_key(|f| std::cmp::Reverse(f.last_at_ms));
+        all
+    }
+}
+
+impl Slot {
+    /// The active version, if any. Cheap: an `Arc` clone.
+    pub fn active(&self) -> Option<Arc<Version>> {
+        self.active.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn swap(&self, version: Option<Arc<Version>>) {
+        *self.active.write().unwrap_or_else(|p| p.into_inner()) = version;
+    }
+}
+
+/// A plugin as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginStatus {
+    /// Name.
+    pub name: String,
+    /// Owning merchant.
+    pub merchant: String,
+    /// The active version.
+    pub active_version: Option<u32>,
+    /// Whether the running version was loaded from the compiled cache.
+    pub loaded_from_cache: Option<bool>,
+    /// Its limits.
+    pub fuel: u64,
+    /// Deadline.
+    pub timeout_ms: u64,
+    /// Memory cap.
+    pub memory_mb: u64,
+    /// Warm instances.
+    pub warm: bool,
+    /// Every stored version.
+    pub versions: Vec<PluginVersionInfo>,
+    /// Runs since the gateway started, by outcome.
+    pub runs: BTreeMap<String, u64>,
+    /// Failures since the gateway started, by reason, the most recent first.
+    pub recent_failures: Vec<RecentFailure>,
+}
+
+/// Every configured plugin.
+pub struct Registry {
+    runtime: Runtime,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    max_upload_bytes: usize,
+    bounds: VersionBounds,
+    slots: HashMap<(String, String), Arc<Slot>>,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Registry {
+    /// Builds the registry and loads each plugin's active version: the config's file when it
+    /// changed since it was last imported (a new version), otherwise the stored version from its
+    /// compiled artifact (recompiled only if this engine cannot use it).
+    pub async fn load(
+        runtime: Runtime,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        plugins: &[PluginConfig],
+        settings: &PluginsConfig,
+    ) -> Result<Registry, (String, RegistryError)> {
+        let bounds = VersionBounds {
+            max_versions: settings.max_versions,
+            merchant_bytes: settings.merchant_storage_mb.saturating_mul(1 << 20),
+        };
+        let max_upload_bytes = settings.max_upload_bytes;
+        let mut registry =
+            Registry { runtime, store, clock, max_upload_bytes, bounds, slots: HashMap::new() };
+        for p in plugins {
+            let slot = Arc::new(Slot {
+                merchant: p.merchant.clone(),
+                name: p.name.clone(),
+                limits: Limits::from(p),
+                config: p.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                warm: p.warm,
+                active: RwLock::new(None),
+                kv: Mutex::new(KvSpace::default()),
+                turn: Mutex::new(()),
+                changing: tokio::sync::Mutex::new(()),
+                counts: PluginCounts::default(),
+            });
+            registry.start_slot(&slot, p).await.map_err(|e| (p.name.clone(), e))?;
+            registry.slots.insert((p.merchant.clone(), p.name.clone()), slot);
+        }
+        Ok(registry)
+    }
+
+    async fn start_slot(&self, slot: &Slot, config: &PluginConfig) -> Result<(), RegistryError> {
+        if let Some(path) = &config.path {
+            let wasm = std::fs::read(path).map_err(|e| RegistryError::File {
+                path: path.display().to_string(),
+                error: e.to_string(),
+            })?;
+            let sha = sha256_hex(&wasm);
+            let history = self.store.plugin_history(&slot.merchant, &slot.name).await?;
+            if history.file_sha256.as_deref() != Some(sha.as_str()) {
+                let version = self.add_version(slot, Bytes::from(wasm), "file", Some(sha)).await?;
+                slot.swap(Some(version));
+                return Ok(());
+            }
+        }
+        if let Some(stored) = self.store.active_plugin(&slot.merchant, &slot.name).await? {
+            slot.swap(Some(self.load_stored(slot, stored).await?));
+        }
+        Ok(())
+    }
+
+    /// Loads a stored version from its compiled artifact, or compiles it again (and saves the
+    /// new artifact) when this engine cannot use the old one.
+    async fn load_stored(&self, slot: &Slot, stored: StoredPlugin) -> Result<Arc<Version>, RegistryError> {
+        let runtime = self.runtime.clone();
+        let compiled = stored.compiled;
+        let cached = tokio::task::spawn_blocking(move || runtime.load_compiled(&compiled))
+            .await
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        let (plugin, from_cache) = match cached {
+            Ok(plugin) => (plugin, true),
+            Err(e) => {
+                tracing::info!(plugin = %slot.name, error = %e, "compiled artifact unusable; compiling again");
+                let (plugin, compiled) = self.compile(stored.wasm.clone()).await?;
+                self.store.save_compiled(&slot.merchant, &slot.name, stored.version, compiled).await?;
+                (plugin, false)
+            }
+        };
+        Ok(Arc::new(Version { info: stored.info, plugin, from_cache, warm: Mutex::new(Vec::new()) }))
+    }
+
+    async fn compile(&self, wasm: Bytes) -> Result<(LoadedPlugin, Vec<u8>), RegistryError> {
+        let runtime = self.runtime.clone();
+        // Compiling takes from milliseconds (Rust) to seconds (JS, Python): never on the reactor.
+        let compiled = tokio::task::spawn_blocking(move || runtime.compile(&wasm))
+            .await
+            .map_err(|e| LoadError::Engine(e.to_string()))??;
+        Ok(compiled)
+    }
+
+    async fn add_version(
+        &self,
+        slot: &Slot,
+        wasm: Bytes,
+        source: &str,
+        file_sha256: Option<String>,
+    ) -> Result<Arc<Version>, RegistryError> {
+        if wasm.len() > self.max_upload_bytes {
+            return Err(RegistryError::TooLarge { size: wasm.len(), limit: self.max_upload_bytes });
+        }
+        let (plugin, compiled) = self.compile(wasm.clone()).await?;
+        let sha256 = sha256_hex(&wasm);
+        let created_at_ms = self.clock.now_ms();
+        let size = wasm.len();
+        let new = NewPluginVersion {
+            merchant: slot.merchant.clone(),
+            name: slot.name.clone(),
+            wasm,
+            sha256: sha256.clone(),
+            compiled,
+            source: source.to_string(),
+            created_at_ms,
+        };
+        let version = self.store.add_plugin_version(new, file_sha256, self.bounds).await??;
+        let info = PluginVersionInfo { version, sha256, size, source: source.to_string(), created_at_ms };
+        tracing::info!(merchant = %slot.merchant, plugin = %slot.name, version, source, "plugin version active");
+        Ok(Arc::new(Version { info, plugin, from_cache: false, warm: Mutex::new(Vec::new()) }))
+    }
+
+    /// The slot of `merchant`'s plugin `name`.
+    pub fn slot(&self, merchant: &str, name: &str) -> Option<&Arc<Slot>> {
+        self.slots.get(&(merchant.to_string(), name.to_string()))
+    }
+
+    /// Every slot, in name order; `merchant: None` for all merchants.
+    pub fn slots(&self, merchant: Option<&str>) -> Vec<&Arc<Slot>> {
+        let mut slots: Vec<_> =
+            self.slots.values().filter(|s| merchant.is_none_or(|m| s.merchant == m)).collect();
+        slots.sort_by(|a, b| (&a.merchant, &a.name).cmp(&(&b.merchant, &b.name)));
+        slots
+    }
+
+    fn find(&self, merchant: &str, name: &str) -> Result<&Arc<Slot>, RegistryError> {
+        self.slot(merchant, name).ok_or_else(|| RegistryError::Unknown(name.to_string()))
+    }
+
+    /// Validates, compiles and stores an uploaded component, then swaps it in.
+    pub async fn upload(
+        &self,
+        merchant: &str,
+        name: &str,
+        wasm: Bytes,
+    ) -> Result<PluginStatus, RegistryError> {
+        let slot = self.find(merchant, name)?;
+        let _changing = slot.changing.lock().await;
+        // The same component again is the same version: made active if it is not, never stored
+        // twice (six uploads of one 7 MiB component used to take six versions).
+        let sha256 = sha256_hex(&wasm);
+        let history = self.store.plugin_history(merchant, name).await?;
+        if let Some(same) = history.versions.iter().rev().find(|v| v.sha256 == sha256) {
+            if history.active != Some(same.version) {
+                self.activate(slot, same.version).await?;
+            }
+            return self.status(slot).await;
+        }
+        let version = self.add_version(slot, wasm, "upload", None).await?;
+        slot.swap(Some(version));
+        self.status(slot).await
+    }
+
+    /// Makes the stored `version` active and swaps it in.
+    async fn activate(&self, slot: &Slot, version: u32) -> Result<(), RegistryError> {
+        self.store.activate_plugin(&slot.merchant, &slot.name, version).await?;
+        let stored = self
+            .store
+            .active_plugin(&slot.merchant, &slot.name)
+            .await?
+            .ok_or_else(|| RegistryError::NoVersion("the version vanished".into()))?;
+        slot.swap(Some(self.load_stored(slot, stored).await?));
+        Ok(())
+    }
+
+    /// Makes the version before the active one active again.
+    pub async fn rollback(&self, merchant: &str, name: &str) -> Result<PluginStatus, RegistryError> {
+        let slot = self.find(merchant, name)?;
+        let _changing = slot.changing.lock().await;
+        let history = self.store.plugin_history(merchant, name).await?;
+        let Some(active) = history.active else {
+            return Err(RegistryError::NoVersion("the plugin has no version to roll back from".into()));
+        };
+        let Some(previous) = history.versions.iter().rev().map(|v| v.version).find(|&v| v < active) else {
+            return Err(RegistryError::NoVersion(format!(
+                "version {active} is the oldest; nothing to roll back to"
+            )));
+        };
+        self.activate(slot, previous).await?;
+        self.status(slot).await
+    }
+
+    /// Deletes every version and the kv space; the plugin's events wait until a new upload.
+    pub async fn delete(&self, merchant: &str, name: &str) -> Result<bool, RegistryError> {
+        let slot = self.find(merchant, name)?;
+        let _changing = slot.changing.lock().await;
+        let deleted = self.store.delete_plugin(merchant, name).await?;
+        slot.swap(None);
+        slot.kv.lock().unwrap_or_else(|p| p.into_inner()).values = None;
+        Ok(deleted)
+    }
+
+    /// A plugin as shown.
+    pub async fn show(&self, merchant: &str, name: &str) -> Result<PluginStatus, RegistryError> {
+        self.status(self.find(merchant, name)?).await
+    }
+
+    async fn status(&self, slot: &Slot) -> Result<PluginStatus, RegistryError> {
+        let PluginHistory { versions, .. } = self.store.plugin_history(&slot.merchant, &slot.name).await?;
+        let active = slot.active();
+        Ok(PluginStatus {
+            name: slot.name.clone(),
+            merchant: slot.merchant.clone(),
+            active_version: active.as_ref().map(|v| v.info.version),
+            loaded_from_cache: active.as_ref().map(|v| v.from_cache),
+            fuel: slot.limits.fuel,
+            timeout_ms: slot.limits.timeout.as_millis() as u64,
+            memory_mb: (slot.limits.memory_bytes >> 20) as u64,
+            warm: slot.warm,
+            versions,
+            runs: slot.counts.runs(),
+            recent_failures: slot.counts.recent_failures(),
+        })
+    }
+
+    /// The store (for kv loads).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+}

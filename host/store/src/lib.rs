@@ -1,0 +1,554 @@
+//! payflow-store: the durable store, behind one trait so a PostgreSQL backend can follow
+//! SQLite, and the embedded SQLite backend ([`SqliteStore`]), the only crate that links
+//! rusqlite.
+//!
+//! What the store promises: a write that returns `Ok` is on disk (fsync'd) — the gateway
+//! acknowledges a webhook only after it; de-duplication by [`EventKey`] (merchant, scope, event
+//! id) is atomic; the raw body is kept byte for byte; every row carries its event's whole key.
+//! What it must never do: half-write (a failed write leaves nothing behind), decide policy
+//! (retries, statuses are chosen by the pipeline and the dispatcher and only recorded here), or
+//! know of HTTP or wasmtime.
+
+#![forbid(unsafe_code)]
+
+mod sqlite;
+
+use std::sync::Arc;
+
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Serialize;
+
+use payflow_metrics::HistogramSnapshot;
+
+/// A store that cannot serve the request. Ingress answers 503 so the sender retries.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed the operation (locked, full, I/O error…).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store was shut down.
+    #[error("store is closed")]
+    Closed,
+}
+
+/// The name under which an event's plugin step sits among its deliveries: it is due, retried,
+/// made `dead` and replayed exactly like a delivery, and its success creates the real ones.
+/// Upstream names cannot start with `@`.
+pub const PLUGIN_STEP: &str = "@plugins";
+
+/// How much of the store a plugin's versions may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionBounds {
+    /// Versions kept per plugin (at least 2: the active one and the one before it).
+    pub max_versions: u32,
+    /// Bytes (components and compiled code) all of a merchant's plugin versions may take.
+    pub merchant_bytes: u64,
+}
+
+/// A version that would take a merchant's plugins over their storage quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the merchant's plugin versions would take {needed} bytes; the quota is {quota} ([plugins] merchant_storage_mb); delete a plugin or lower [plugins] max_versions")]
+pub struct QuotaExceeded {
+    /// What they would take with the new version.
+    pub needed: u64,
+    /// The quota.
+    pub quota: u64,
+}
+
+/// Where a stored event lives. A sender's ids are unique only among its own events, so an id
+/// is de-duplicated within its merchant's *scope*: by default the endpoint it arrived on (a
+/// GitHub delivery id never collides with a PayFlow event id on another endpoint); endpoints
+/// that receive the same stream share a scope by naming it (`dedup_scope`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct EventKey {
+    /// Owning merchant.
+    pub merchant: String,
+    /// De-duplication scope within the merchant.
+    pub scope: String,
+    /// The sender's event id.
+    pub id: String,
+}
+
+/// Where an event stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventStatus {
+    /// Stored, deliveries pending (queue mode).
+    Queued,
+    /// Every delivery succeeded.
+    Delivered,
+    /// A delivery failed for good; replay to try again.
+    Dead,
+    /// Authentic but invalid: kept with the reason, not delivered.
+    Quarantined,
+    /// Stored; the endpoint has no upstream.
+    Stored,
+    /// Proxy mode: a request is forwarding it now.
+    Forwarding,
+    /// Proxy mode: the last forward failed; the sender's retry forwards it again.
+    Failed,
+    /// A plugin dropped it (the reason is kept); nothing is delivered.
+    Dropped,
+}
+
+impl EventStatus {
+    /// As stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Queued => "queued",
+            EventStatus::Delivered => "delivered",
+            EventStatus::Dead => "dead",
+            EventStatus::Quarantined => "quarantined",
+            EventStatus::Stored => "stored",
+            EventStatus::Forwarding => "forwarding",
+            EventStatus::Failed => "failed",
+            EventStatus::Dropped => "dropped",
+        }
+    }
+
+    /// Parses a stored status.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => EventStatus::Queued,
+            "delivered" => EventStatus::Delivered,
+            "dead" => EventStatus::Dead,
+            "quarantined" => EventStatus::Quarantined,
+            "stored" => EventStatus::Stored,
+            "forwarding" => EventStatus::Forwarding,
+            "failed" => EventStatus::Failed,
+            "dropped" => EventStatus::Dropped,
+            _ => return None,
+        })
+    }
+}
+
+/// A verified event to store.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Its key: the sender's id within its merchant's de-duplication scope.
+    pub key: EventKey,
+    /// Endpoint path it arrived on.
+    pub endpoint: String,
+    /// `type`, when it is a string.
+    pub event_type: Option<String>,
+    /// Initial status.
+    pub status: EventStatus,
+    /// Quarantine reason.
+    pub reason: Option<String>,
+    /// The raw body, byte for byte (shared, not copied, with the hand-off to delivery).
+    pub body: Bytes,
+    /// Headers of interest (signature headers are not among them).
+    pub headers: Vec<(String, String)>,
+    /// Arrival time, unix milliseconds.
+    pub received_at_ms: i64,
+    /// Upstreams to deliver to, each as a pending delivery due now.
+    pub deliveries: Vec<String>,
+    /// Request id carried from ingress to delivery logs.
+    pub request_id: String,
+}
+
+/// What storing an event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// New: stored and durable.
+    New,
+    /// Already known; nothing was written. Its current status.
+    Duplicate(EventStatus),
+}
+
+/// A delivery that is due.
+#[derive(Debug, Clone)]
+pub struct DueDelivery {
+    /// The event's key.
+    pub key: EventKey,
+    /// Upstream name ([`PLUGIN_STEP`] for the plugin step).
+    pub upstream: String,
+    /// Endpoint path the event arrived on.
+    pub endpoint: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// What to send: the event's raw body, or the body a plugin gave this delivery.
+    pub body: Bytes,
+    /// Headers a plugin added to this delivery.
+    pub headers: Vec<(String, String)>,
+    /// When the event arrived (unix ms).
+    pub received_at_ms: i64,
+    /// The event's type.
+    pub event_type: Option<String>,
+    /// Request id of the ingress request that stored it.
+    pub request_id: String,
+    /// When it became due (unix ms).
+    pub next_attempt_at_ms: i64,
+}
+
+/// Where a page of due deliveries ended: (next attempt time, event key).
+pub type DueCursor = (i64, EventKey);
+
+impl DueDelivery {
+    /// The cursor just after this delivery.
+    pub fn cursor(&self) -> DueCursor {
+        (self.next_attempt_at_ms, self.key.clone())
+    }
+}
+
+/// How a delivery attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// 2xx.
+    Delivered,
+    /// Retry at this time (unix ms).
+    Retry {
+        /// When.
+        next_at_ms: i64,
+    },
+    /// No more attempts.
+    Dead,
+}
+
+/// One delivery attempt, to record.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// The event's key.
+    pub key: EventKey,
+    /// What happened, as the admin API shows it.
+    pub info: AttemptInfo,
+    /// What happens next.
+    pub outcome: AttemptOutcome,
+}
+
+/// A delivery a plugin step created.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// Upstream name.
+    pub upstream: String,
+    /// The body to send instead of the event's raw body.
+    pub body: Option<Bytes>,
+    /// Headers to add.
+    pub headers: Vec<(String, String)>,
+}
+
+/// One plugin's run in a plugin step, as recorded and shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginRunInfo {
+    /// Plugin name.
+    pub plugin: String,
+    /// The version that ran.
+    pub version: u32,
+    /// Which attempt of the plugin step.
+    pub attempt: u32,
+    /// Start, unix ms.
+    pub at_ms: i64,
+    /// Wall-clock time, instantiation included.
+    pub duration_us: i64,
+    /// Fuel used.
+    pub fuel_used: u64,
+    /// `continue`, `drop`, or the failure's reason (`trap`, `timeout`, `fuel_exhausted`…).
+    pub outcome: String,
+    /// The drop reason, or what the failure said.
+    pub detail: Option<String>,
+    /// The run's log: (level, message).
+    pub logs: Vec<(String, String)>,
+}
+
+/// A value a plugin stored, committed with its step.
+#[derive(Debug, Clone)]
+pub struct KvWrite {
+    /// Plugin name.
+    pub plugin: String,
+    /// Key.
+    pub key: String,
+    /// Value.
+    pub value: Vec<u8>,
+}
+
+/// The result of an event's plugin step, written in one commit: the runs, the plugins' kv
+/// writes, the step's own outcome, the event's new status and the deliveries it created. A
+/// failed step writes no kv: a run that failed leaves nothing behind but its record.
+#[derive(Debug, Clone)]
+pub struct PluginStep {
+    /// The event's key.
+    pub key: EventKey,
+    /// The step as an attempt (upstream [`PLUGIN_STEP`]); stored as one only when it failed
+    /// (its runs record a step that finished).
+    pub attempt: AttemptInfo,
+    /// What becomes of the step: delivered (it finished), retry or dead.
+    pub step: AttemptOutcome,
+    /// Each plugin that ran.
+    pub runs: Vec<PluginRunInfo>,
+    /// kv writes, applied only when the step finished.
+    pub kv: Vec<KvWrite>,
+    /// The event's status after the step.
+    pub status: EventStatus,
+    /// Its reason (drop reason, failure).
+    pub reason: Option<String>,
+    /// Deliveries to create, due now.
+    pub deliveries: Vec<NewDelivery>,
+    /// Tags plugins put on the event.
+    pub tags: Vec<String>,
+    /// The first attempt of one of `deliveries`, already made by the step itself (queue mode:
+    /// the endpoint's own upstream), recorded with it. A crash before this commit sends it
+    /// again when the step runs again: at least once, as every delivery.
+    pub first_delivery: Option<Attempt>,
+}
+
+/// Where a plugin's code comes from.
+#[derive(Debug, Clone)]
+pub struct NewPluginVersion {
+    /// Owning merchant.
+    pub merchant: String,
+    /// Plugin name.
+    pub name: String,
+    /// The component.
+    pub wasm: Bytes,
+    /// Hex SHA-256 of the component.
+    pub sha256: String,
+    /// The engine's compiled artifact, so a restart need not compile again.
+    pub compiled: Vec<u8>,
+    /// `file` (from the config's path) or `upload`.
+    pub source: String,
+    /// When, unix ms.
+    pub created_at_ms: i64,
+}
+
+/// A stored plugin version.
+#[derive(Debug, Clone)]
+pub struct StoredPlugin {
+    /// Its version number (1, 2, …, per merchant and name).
+    pub version: u32,
+    /// The component.
+    pub wasm: Bytes,
+    /// The compiled artifact.
+    pub compiled: Vec<u8>,
+    /// Its info.
+    pub info: PluginVersionInfo,
+}
+
+/// A plugin version as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginVersionInfo {
+    /// Version number.
+    pub version: u32,
+    /// Hex SHA-256 of the component.
+    pub sha256: String,
+    /// Size of the component.
+    pub size: usize,
+    /// `file` or `upload`.
+    pub source: String,
+    /// When it was stored, unix ms.
+    pub created_at_ms: i64,
+}
+
+/// A plugin's versions and which one is active.
+#[derive(Debug, Clone, Default)]
+pub struct PluginHistory {
+    /// The active version, if any.
+    pub active: Option<u32>,
+    /// SHA-256 of the config file last imported.
+    pub file_sha256: Option<String>,
+    /// Every version, oldest first.
+    pub versions: Vec<PluginVersionInfo>,
+}
+
+/// Filters for listing events. `merchant: None` means every merchant (operator).
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only this merchant's events.
+    pub merchant: Option<String>,
+    /// Only this status.
+    pub status: Option<String>,
+    /// Only this type.
+    pub event_type: Option<String>,
+    /// Only this endpoint.
+    pub endpoint: Option<String>,
+    /// Page size.
+    pub limit: usize,
+    /// Page after this (received_at_ms, merchant, scope, id) cursor, newest first.
+    pub before: Option<(i64, String, String, String)>,
+}
+
+/// An event as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventSummary {
+    /// The sender's event id.
+    pub id: String,
+    /// Owning merchant.
+    pub merchant: String,
+    /// De-duplication scope (the endpoint path unless endpoints share a `dedup_scope`).
+    pub scope: String,
+    /// Endpoint path.
+    pub endpoint: String,
+    /// Type.
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// Status.
+    pub status: String,
+    /// Quarantine, drop or failure reason.
+    pub reason: Option<String>,
+    /// Arrival, unix ms.
+    pub received_at_ms: i64,
+    /// Tags plugins put on it.
+    pub tags: Vec<String>,
+}
+
+/// A delivery as shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryInfo {
+    /// Upstream name.
+    pub upstream: String,
+    /// pending, delivered or dead.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Next attempt, unix ms (pending only).
+    pub next_attempt_at_ms: Option<i64>,
+}
+
+/// A delivery attempt as shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptInfo {
+    /// Upstream name.
+    pub upstream: String,
+    /// 1-based attempt number.
+    pub number: u32,
+    /// Start, unix ms.
+    pub at_ms: i64,
+    /// Duration.
+    pub duration_ms: i64,
+    /// HTTP status.
+    pub status_code: Option<u16>,
+    /// Error, when no response.
+    pub error: Option<String>,
+    /// The start of the reply body.
+    pub response: Option<String>,
+}
+
+/// An event with everything known about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventDetail {
+    /// The listing fields.
+    #[serde(flatten)]
+    pub summary: EventSummary,
+    /// The raw body (lossy UTF-8 for display; the stored bytes are exact).
+    pub body: String,
+    /// Headers of interest.
+    pub headers: Vec<(String, String)>,
+    /// Request id.
+    pub request_id: String,
+    /// Deliveries.
+    pub deliveries: Vec<DeliveryInfo>,
+    /// Attempts, oldest first.
+    pub attempts: Vec<AttemptInfo>,
+    /// Plugin runs, oldest first.
+    pub plugin_runs: Vec<PluginRunInfo>,
+}
+
+/// The durable store.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new event and its pending deliveries in one durable commit, unless an event
+    /// with the same key (merchant, scope, id) exists, in which case nothing is written.
+    async fn insert_event(&self, event: NewEvent) -> Result<Inserted, StoreError>;
+
+    /// Proxy mode: takes the right to forward an event whose last forward failed or whose
+    /// forwarding lease (taken before `stale_before_ms`) ran out. True when taken.
+    async fn claim_forward(
+        &self,
+        key: &EventKey,
+        now_ms: i64,
+        stale_before_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Proxy mode: records a forward's attempt and sets the event delivered or failed.
+    async fn finish_forward(&self, attempt: Attempt) -> Result<(), StoreError>;
+
+    /// Pending deliveries to `upstream` due at `now_ms`, oldest first, after `cursor`.
+    async fn due_deliveries(
+        &self,
+        upstream: &str,
+        now_ms: i64,
+        cursor: Option<&DueCursor>,
+        limit: usize,
+    ) -> Result<Vec<DueDelivery>, StoreError>;
+
+    /// Records an attempt and its outcome; updates the event's status. Shared, so that a caller
+    /// can keep the attempt (to record it again) if the store refuses it, without a copy.
+    async fn record_attempt(&self, attempt: Arc<Attempt>) -> Result<(), StoreError>;
+
+    /// Lists events, newest first.
+    async fn list_events(&self, filter: EventFilter) -> Result<Vec<EventSummary>, StoreError>;
+
+    /// The keys of the events with sender id `id`, narrowed to a merchant and a scope when
+    /// given; at most `limit`, in key order. How the admin API resolves a partial address.
+    async fn find_events(
+        &self,
+        merchant: Option<&str>,
+        scope: Option<&str>,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<EventKey>, StoreError>;
+
+    /// One event with its deliveries and attempts.
+    async fn get_event(&self, key: &EventKey) -> Result<Option<EventDetail>, StoreError>;
+
+    /// Records a plugin step (see [`PluginStep`]).
+    async fn finish_plugin_step(&self, step: PluginStep) -> Result<(), StoreError>;
+
+    /// A plugin's key-value space.
+    async fn load_kv(&self, merchant: &str, plugin: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Stores a new version of a plugin and makes it the active one; `file_sha256` records
+    /// the config file it was imported from. In the same transaction, the plugin's versions
+    /// beyond `bounds.max_versions` are deleted, oldest first (never the new one nor the one
+    /// it replaces); if the merchant's versions would then take more than
+    /// `bounds.merchant_bytes`, nothing is written. Returns the new version's number.
+    async fn add_plugin_version(
+        &self,
+        version: NewPluginVersion,
+        file_sha256: Option<String>,
+        bounds: VersionBounds,
+    ) -> Result<Result<u32, QuotaExceeded>, StoreError>;
+
+    /// The active version of a plugin, with its bytes and compiled artifact.
+    async fn active_plugin(&self, merchant: &str, name: &str) -> Result<Option<StoredPlugin>, StoreError>;
+
+    /// A plugin's versions.
+    async fn plugin_history(&self, merchant: &str, name: &str) -> Result<PluginHistory, StoreError>;
+
+    /// Makes `version` the active one (it must exist). False when it does not.
+    async fn activate_plugin(&self, merchant: &str, name: &str, version: u32) -> Result<bool, StoreError>;
+
+    /// Replaces a version's compiled artifact (after an engine upgrade made the old one unusable).
+    async fn save_compiled(
+        &self,
+        merchant: &str,
+        name: &str,
+        version: u32,
+        compiled: Vec<u8>,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes a plugin: its versions and its kv. False when it had none.
+    async fn delete_plugin(&self, merchant: &str, name: &str) -> Result<bool, StoreError>;
+
+    /// Makes an event's deliveries pending again (attempts reset), adding one to `upstream`
+    /// if it has none (e.g. a quarantined event). An event with a plugin step replays from
+    /// that step: the deliveries it created are removed, and the plugins decide again.
+    /// False when the event is not found.
+    async fn replay(&self, key: &EventKey, upstream: Option<&str>, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// Pending deliveries (due now or later) to each of `upstreams`, by merchant:
+    /// (upstream, merchant, count).
+    async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<(String, String, u64)>, StoreError>;
+
+    /// Proves the store can commit a write now (for readiness): a write as large as an event's
+    /// and a row stamped `now_ms`, through the same path as every other write.
+    async fn check_writable(&self, now_ms: i64) -> Result<(), StoreError>;
+
+    /// Time each commit took, since the store opened.
+    fn commit_seconds(&self) -> HistogramSnapshot;
+
+    /// Flushes and closes; later calls fail with `Closed`.
+    async fn close(&self);
+}

@@ -1,0 +1,1240 @@
+//! SQLite (WAL) in one file: the embedded default store.
+//!
+//! Group commit: every write goes to one writer thread, which takes whatever writes are
+//! waiting (up to `max_batch`), applies them in one transaction (redoing each alone if one
+//! fails) and commits once: one fsync for the whole batch. A write is answered only after that
+//! commit. While one batch is being fsync'd the next one queues up, so under load the commit
+//! rate, not the request rate, is bounded by the disk. Writes that a sender's acknowledgement
+//! waits on go first: delivery bookkeeping takes at most a few places in a batch while they
+//! wait. Reads use a separate connection (WAL lets them run beside the writer). SQL stays
+//! portable (`ON CONFLICT … DO NOTHING`, no SQLite-only types) for the PostgreSQL backend to
+//! come.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use super::{
+    Attempt, AttemptInfo, AttemptOutcome, DeliveryInfo, DueCursor, DueDelivery, EventDetail, EventFilter,
+    EventKey, EventStatus, EventSummary, Inserted, NewEvent, NewPluginVersion, PluginHistory, PluginRunInfo,
+    PluginStep, PluginVersionInfo, QuotaExceeded, Store, StoreError, StoredPlugin, VersionBounds,
+    PLUGIN_STEP,
+};
+use payflow_config::StoreConfig;
+use payflow_metrics::{Histogram, HistogramSnapshot, SECONDS_BUCKETS};
+
+/// What the readiness probe writes (and deletes): more than a typical event with its rows.
+const READY_ROOM_BYTES: i64 = 64 << 10;
+
+/// The tables, as a new database gets them. Every row of an event's carries its whole key
+/// (merchant, scope, id): see [`super::EventKey`].
+const TABLES: &str = "
+CREATE TABLE IF NOT EXISTS health (
+    id              INTEGER PRIMARY KEY,
+    checked_at_ms   BIGINT  NOT NULL
+);
+CREATE TABLE IF NOT EXISTS health_room (
+    room            BLOB    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    merchant        TEXT    NOT NULL,
+    scope           TEXT    NOT NULL,
+    id              TEXT    NOT NULL,
+    endpoint        TEXT    NOT NULL,
+    event_type      TEXT,
+    status          TEXT    NOT NULL,
+    reason          TEXT,
+    body            BLOB    NOT NULL,
+    headers         TEXT    NOT NULL,
+    request_id      TEXT    NOT NULL,
+    received_at_ms  BIGINT  NOT NULL,
+    claimed_at_ms   BIGINT,
+    tags            TEXT,
+    PRIMARY KEY (merchant, scope, id)
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    merchant            TEXT    NOT NULL,
+    scope               TEXT    NOT NULL,
+    event_id            TEXT    NOT NULL,
+    upstream            TEXT    NOT NULL,
+    status              TEXT    NOT NULL,
+    attempts            INTEGER NOT NULL,
+    next_attempt_at_ms  BIGINT  NOT NULL,
+    body                BLOB,
+    headers             TEXT,
+    PRIMARY KEY (merchant, scope, event_id, upstream)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    merchant     TEXT    NOT NULL,
+    scope        TEXT    NOT NULL,
+    event_id     TEXT    NOT NULL,
+    upstream     TEXT    NOT NULL,
+    number       INTEGER NOT NULL,
+    at_ms        BIGINT  NOT NULL,
+    duration_ms  BIGINT  NOT NULL,
+    status_code  INTEGER,
+    error        TEXT,
+    response     TEXT
+);
+CREATE TABLE IF NOT EXISTS plugin_runs (
+    merchant     TEXT    NOT NULL,
+    scope        TEXT    NOT NULL,
+    event_id     TEXT    NOT NULL,
+    plugin       TEXT    NOT NULL,
+    version      INTEGER NOT NULL,
+    attempt      INTEGER NOT NULL,
+    at_ms        BIGINT  NOT NULL,
+    duration_us  BIGINT  NOT NULL,
+    fuel_used    BIGINT  NOT NULL,
+    outcome      TEXT    NOT NULL,
+    detail       TEXT,
+    logs         TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS plugins (
+    merchant        TEXT    NOT NULL,
+    name            TEXT    NOT NULL,
+    active_version  INTEGER,
+    file_sha256     TEXT,
+    PRIMARY KEY (merchant, name)
+);
+CREATE TABLE IF NOT EXISTS plugin_versions (
+    merchant        TEXT    NOT NULL,
+    name            TEXT    NOT NULL,
+    version         INTEGER NOT NULL,
+    sha256          TEXT    NOT NULL,
+    wasm            BLOB    NOT NULL,
+    compiled        BLOB    NOT NULL,
+    source          TEXT    NOT NULL,
+    created_at_ms   BIGINT  NOT NULL,
+    PRIMARY KEY (merchant, name, version)
+);
+CREATE TABLE IF NOT EXISTS plugin_kv (
+    merchant  TEXT  NOT NULL,
+    plugin    TEXT  NOT NULL,
+    key       TEXT  NOT NULL,
+    value     BLOB  NOT NULL,
+    PRIMARY KEY (merchant, plugin, key)
+);
+";
+
+/// Indexes, created once the tables (old ones migrated) have every column they name.
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS events_by_time ON events (received_at_ms);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (upstream, status, next_attempt_at_ms);
+CREATE INDEX IF NOT EXISTS attempts_by_key ON attempts (merchant, scope, event_id);
+CREATE INDEX IF NOT EXISTS plugin_runs_by_key ON plugin_runs (merchant, scope, event_id);
+";
+
+/// Columns added after the first release, for databases created before them.
+const ADDED_COLUMNS: [(&str, &str, &str); 3] =
+    [("events", "tags", "TEXT"), ("deliveries", "body", "BLOB"), ("deliveries", "headers", "TEXT")];
+
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+        [column],
+        |r| r.get(0),
+    )
+}
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, kind) in ADDED_COLUMNS {
+        if !has_column(conn, table, column)? {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    if !has_column(conn, "events", "scope")? {
+        // A database from before de-duplication scopes: each event's scope becomes the endpoint
+        // it arrived on, exactly the default scope, so every stored event keeps its identity and
+        // a sender's retry of one is still a duplicate. Ids were unique per merchant then, so
+        // joining the other tables on (merchant, id) is exact. `events` and `deliveries` change
+        // primary key, which SQLite can only do by copying them into new tables.
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE;
+             ALTER TABLE events RENAME TO events_unscoped;
+             ALTER TABLE deliveries RENAME TO deliveries_unscoped;
+             DROP INDEX IF EXISTS events_by_time;
+             DROP INDEX IF EXISTS deliveries_due;
+             DROP INDEX IF EXISTS attempts_by_event;
+             DROP INDEX IF EXISTS plugin_runs_by_event;
+             {TABLES}
+             INSERT INTO events (merchant, scope, id, endpoint, event_type, status, reason, body, headers,
+                                 request_id, received_at_ms, claimed_at_ms, tags)
+                 SELECT merchant, endpoint, id, endpoint, event_type, status, reason, body, headers,
+                        request_id, received_at_ms, claimed_at_ms, tags
+                 FROM events_unscoped;
+             INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts,
+                                     next_attempt_at_ms, body, headers)
+                 SELECT d.merchant, e.endpoint, d.event_id, d.upstream, d.status, d.attempts,
+                        d.next_attempt_at_ms, d.body, d.headers
+                 FROM deliveries_unscoped d JOIN events_unscoped e ON e.merchant = d.merchant AND e.id = d.event_id;
+             ALTER TABLE attempts ADD COLUMN scope TEXT NOT NULL DEFAULT '';
+             UPDATE attempts SET scope = COALESCE((SELECT e.endpoint FROM events_unscoped e
+                 WHERE e.merchant = attempts.merchant AND e.id = attempts.event_id), '');
+             ALTER TABLE plugin_runs ADD COLUMN scope TEXT NOT NULL DEFAULT '';
+             UPDATE plugin_runs SET scope = COALESCE((SELECT e.endpoint FROM events_unscoped e
+                 WHERE e.merchant = plugin_runs.merchant AND e.id = plugin_runs.event_id), '');
+             DROP TABLE deliveries_unscoped;
+             DROP TABLE events_unscoped;
+             COMMIT;"
+        ))?;
+    }
+    conn.execute_batch(INDEXES)
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// How urgent a write is. Someone is waiting on an acknowledgement for an `Ack` write (a
+/// sender with a timeout); a `Background` write records what the dispatcher did, and only
+/// holds back the next delivery of its own worker.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Priority {
+    Ack,
+    Background,
+}
+
+/// While acknowledgements are waiting, at most this many background writes join a batch, so
+/// delivery bookkeeping cannot lengthen the commits senders wait on; it still progresses, and
+/// takes the whole batch whenever no acknowledgement is waiting.
+const BACKGROUND_PER_BUSY_BATCH: usize = 8;
+
+/// A write waiting for the writer thread. It may run twice: once in its batch and, if another
+/// write in the batch failed, again in a transaction of its own.
+trait WriteJob: Send {
+    /// Runs (again), keeping the result; false if it failed.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Answers the caller once the write's fate is known.
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>);
+    /// Its priority.
+    fn priority(&self) -> Priority;
+}
+
+struct Job<T, F> {
+    priority: Priority,
+    work: F,
+    result: Option<rusqlite::Result<T>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T: Send, F: Fn(&Connection) -> rusqlite::Result<T> + Send> WriteJob for Job<T, F> {
+    fn run(&mut self, conn: &Connection) -> bool {
+        let result = (self.work)(conn);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
+        let answer = match (committed, self.result) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(Ok(value))) => Ok(value),
+            (Ok(()), Some(Err(e))) => Err(unavailable(e)),
+            (Ok(()), None) => Err(StoreError::Unavailable("write was not run".into())),
+        };
+        let _ = self.reply.send(answer);
+    }
+
+    fn priority(&self) -> Priority {
+        self.priority
+    }
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    writer: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    reader: Arc<Mutex<Connection>>,
+    /// Dropping it stops the checkpointer thread.
+    checkpointer: Mutex<Option<mpsc::Sender<()>>>,
+    /// Each batch's commit time.
+    commits: Arc<Histogram>,
+}
+
+/// How often WAL frames are copied back into the database file. SQLite's automatic
+/// checkpoint would do it inside a commit on the writer thread, stalling every request in
+/// that batch; a PASSIVE checkpoint on its own connection never blocks the writer.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_INTERVAL) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "passive checkpoint skipped");
+        }
+    }
+}
+
+fn open(path: &Path, config: &StoreConfig) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_millis(config.busy_timeout_ms))?;
+    // Room for every statement the gateway prepares, so none is ever re-parsed.
+    conn.set_prepared_statement_cache_capacity(64);
+    // WAL lets reads run beside the writer; synchronous=FULL makes every commit an fsync, which
+    // is what "acknowledged after the durable write" means (NORMAL would survive kill -9 but
+    // not a power cut).
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    // Savepoint (statement) journals and sorts stay in memory: they never need to survive.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    if let Some(mb) = config.max_size_mb {
+        let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        conn.pragma_update(None, "max_page_count", (mb as i64 * 1024 * 1024) / page_size)?;
+    }
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and starts the writer thread.
+    pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        let path = Path::new(&config.path);
+        let writer_conn = open(path, config)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open database {}: {e}", path.display())))?;
+        writer_conn.execute_batch(TABLES).map_err(unavailable)?;
+        migrate(&writer_conn).map_err(unavailable)?;
+        writer_conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(unavailable)?;
+        let reader = open(path, config).map_err(unavailable)?;
+        let (stop_checkpoints, stopped) = mpsc::channel();
+        let checkpoint_conn = open(path, config).map_err(unavailable)?;
+        std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpoint_conn, stopped))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpoint thread: {e}")))?;
+        let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>();
+        let max_batch = config.max_batch;
+        let commits = Arc::new(Histogram::new(SECONDS_BUCKETS));
+        let timed = commits.clone();
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(writer_conn, rx, max_batch, &timed))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore {
+            writer: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            reader: Arc::new(Mutex::new(reader)),
+            checkpointer: Mutex::new(Some(stop_checkpoints)),
+            commits,
+        })
+    }
+
+    async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.write_with(Priority::Ack, work).await
+    }
+
+    async fn write_with<T, F>(&self, priority: Priority, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Box<dyn WriteJob> = Box::new(Job { priority, work, result: None, reply });
+        {
+            let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            writer.as_ref().ok_or(StoreError::Closed)?.send(job).map_err(|_| StoreError::Closed)?;
+        }
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            work(&conn).map_err(unavailable)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+    }
+}
+
+fn writer_loop(
+    conn: Connection,
+    jobs: mpsc::Receiver<Box<dyn WriteJob>>,
+    max_batch: usize,
+    commits: &Histogram,
+) {
+    let mut queues: [VecDeque<Box<dyn WriteJob>>; 2] = Default::default();
+    let sort = |queues: &mut [VecDeque<_>; 2], job: Box<dyn WriteJob>| {
+        queues[usize::from(job.priority() == Priority::Background)].push_back(job)
+    };
+    loop {
+        if queues.iter().all(VecDeque::is_empty) {
+            match jobs.recv() {
+                Ok(job) => sort(&mut queues, job),
+                Err(_) => break,
+            }
+        }
+        // Everything waiting (bounded: every caller awaits its write), sorted by priority.
+        while let Ok(job) = jobs.try_recv() {
+            sort(&mut queues, job);
+        }
+        let [acks, background] = &mut queues;
+        let mut batch: Vec<_> = acks.drain(..acks.len().min(max_batch)).collect();
+        let room = max_batch - batch.len();
+        let share = if batch.is_empty() { room } else { room.min(BACKGROUND_PER_BUSY_BATCH) };
+        batch.extend(background.drain(..background.len().min(share)));
+        let started = std::time::Instant::now();
+        let outcomes = run_batch(&conn, &mut batch);
+        commits.observe_duration(started.elapsed());
+        for (job, committed) in batch.into_iter().zip(outcomes) {
+            job.finish(committed);
+        }
+    }
+    // Every sender is gone: fold the WAL back into the main file so the db is self-contained.
+    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+        tracing::warn!(error = %e, "final WAL checkpoint failed");
+    }
+}
+
+/// Runs one of the batch's fixed control statements, prepared once per connection.
+fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
+/// Commits the batch in one transaction (one fsync). If any write in it fails, the batch is
+/// rolled back and each write is redone in a transaction of its own, so one failure (a full
+/// disk, say) never takes the others down. Savepoints would isolate writes too, but cost a
+/// page copy into the statement journal for every page each write touches, on every batch.
+fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> Vec<Result<(), StoreError>> {
+    let all = transaction(conn, |conn| {
+        let mut ok = true;
+        for job in batch.iter_mut() {
+            ok &= job.run(conn);
+        }
+        ok
+    });
+    match all {
+        Ok(true) => batch.iter().map(|_| Ok(())).collect(),
+        Err(e) => {
+            tracing::warn!(writes = batch.len(), error = %e, "store commit failed; answering 503");
+            batch.iter().map(|_| Err(e.clone())).collect()
+        }
+        Ok(false) => batch.iter_mut().map(|job| transaction(conn, |conn| job.run(conn)).map(drop)).collect(),
+    }
+}
+
+/// Runs `work` in a transaction: committed when it returns true, rolled back when false.
+fn transaction(conn: &Connection, work: impl FnOnce(&Connection) -> bool) -> Result<bool, StoreError> {
+    control(conn, "BEGIN IMMEDIATE").map_err(unavailable)?;
+    if !work(conn) {
+        control(conn, "ROLLBACK").map_err(unavailable)?;
+        return Ok(false);
+    }
+    control(conn, "COMMIT").map_err(|e| {
+        let _ = control(conn, "ROLLBACK");
+        unavailable(e)
+    })?;
+    Ok(true)
+}
+
+fn status_of(conn: &Connection, key: &EventKey) -> rusqlite::Result<EventStatus> {
+    let s: String = conn.query_row(
+        "SELECT status FROM events WHERE merchant = ?1 AND scope = ?2 AND id = ?3",
+        params![key.merchant, key.scope, key.id],
+        |r| r.get(0),
+    )?;
+    Ok(EventStatus::parse(&s).unwrap_or(EventStatus::Stored))
+}
+
+fn insert_attempt(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
+    let a = &attempt.info;
+    conn.prepare_cached(
+        "INSERT INTO attempts (merchant, scope, event_id, upstream, number, at_ms, duration_ms, status_code,
+                               error, response)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        attempt.key.merchant,
+        attempt.key.scope,
+        attempt.key.id,
+        a.upstream,
+        a.number,
+        a.at_ms,
+        a.duration_ms,
+        a.status_code,
+        a.error,
+        a.response
+    ])?;
+    Ok(())
+}
+
+/// A delivery's status and next attempt time after an attempt with this outcome.
+fn delivery_state(outcome: AttemptOutcome) -> (&'static str, Option<i64>) {
+    match outcome {
+        AttemptOutcome::Delivered => ("delivered", None),
+        AttemptOutcome::Dead => ("dead", None),
+        AttemptOutcome::Retry { next_at_ms } => ("pending", Some(next_at_ms)),
+    }
+}
+
+/// Sets a delivery's status, attempt count and next attempt time from an attempt's outcome.
+fn update_delivery(
+    conn: &Connection,
+    key: (&str, &str, &str),
+    upstream: &str,
+    number: u32,
+    outcome: AttemptOutcome,
+) -> rusqlite::Result<()> {
+    let (status, next_at_ms) = delivery_state(outcome);
+    let (merchant, scope, event_id) = key;
+    conn.prepare_cached(
+        "UPDATE deliveries
+         SET status = ?5, attempts = ?4, next_attempt_at_ms = COALESCE(?6, next_attempt_at_ms)
+         WHERE merchant = ?1 AND scope = ?7 AND event_id = ?2 AND upstream = ?3",
+    )?
+    .execute(params![merchant, event_id, upstream, number, status, next_at_ms, scope])?;
+    Ok(())
+}
+
+/// Records a delivery attempt: the attempt, the delivery's new state, and what its outcome
+/// changes about the event.
+fn apply_attempt(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
+    insert_attempt(conn, attempt)?;
+    let a = &attempt.info;
+    update_delivery(conn, key_of(&attempt.key), &a.upstream, a.number, attempt.outcome)?;
+    settle_after(conn, attempt)
+}
+
+/// An event key as the statements bind it: (merchant, scope, id).
+fn key_of(key: &EventKey) -> (&str, &str, &str) {
+    (&key.merchant, &key.scope, &key.id)
+}
+
+/// What an attempt's outcome changes about its event.
+fn settle_after(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
+    // What this outcome can change about the event (the general rule is settle_event): a retry
+    // nothing; a dead delivery makes it dead; a delivered one makes it delivered once no other
+    // delivery of it is unfinished.
+    let settle = match attempt.outcome {
+        AttemptOutcome::Retry { .. } => return Ok(()),
+        AttemptOutcome::Dead => {
+            "UPDATE events SET status = 'dead' WHERE merchant = ?1 AND scope = ?2 AND id = ?3"
+        }
+        AttemptOutcome::Delivered => {
+            "UPDATE events SET status = 'delivered' WHERE merchant = ?1 AND scope = ?2 AND id = ?3
+               AND NOT EXISTS (SELECT 1 FROM deliveries d
+                               WHERE d.merchant = ?1 AND d.scope = ?2 AND d.event_id = ?3
+                                 AND d.status <> 'delivered')"
+        }
+    };
+    let (merchant, scope, id) = key_of(&attempt.key);
+    conn.prepare_cached(settle)?.execute(params![merchant, scope, id])?;
+    Ok(())
+}
+
+/// An event's status from its deliveries: dead if any is dead, delivered if all are, else
+/// queued. An event without deliveries keeps its status (stored, quarantined). Used after a
+/// replay; a single attempt's outcome settles the event more cheaply in `record_attempt`.
+fn settle_event(conn: &Connection, key: &EventKey) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE events SET status = CASE
+             WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.merchant = ?1 AND d.scope = ?2
+                            AND d.event_id = ?3 AND d.status = 'dead') THEN 'dead'
+             WHEN NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.merchant = ?1 AND d.scope = ?2
+                                AND d.event_id = ?3 AND d.status <> 'delivered') THEN 'delivered'
+             ELSE 'queued' END
+         WHERE merchant = ?1 AND scope = ?2 AND id = ?3
+           AND EXISTS (SELECT 1 FROM deliveries d WHERE d.merchant = ?1 AND d.scope = ?2 AND d.event_id = ?3)",
+    )?
+    .execute(params![key.merchant, key.scope, key.id])?;
+    Ok(())
+}
+
+fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventSummary> {
+    Ok(EventSummary {
+        merchant: row.get(0)?,
+        id: row.get(1)?,
+        endpoint: row.get(2)?,
+        event_type: row.get(3)?,
+        status: row.get(4)?,
+        reason: row.get(5)?,
+        received_at_ms: row.get(6)?,
+        scope: row.get(8)?,
+        tags: row
+            .get::<_, Option<String>>(7)?
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default(),
+    })
+}
+
+const SUMMARY_COLUMNS: &str =
+    "merchant, id, endpoint, event_type, status, reason, received_at_ms, tags, scope";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_event(&self, event: NewEvent) -> Result<Inserted, StoreError> {
+        self.write(move |conn| {
+            let headers = serde_json::to_string(&event.headers).unwrap_or_else(|_| "[]".into());
+            let claimed = (event.status == EventStatus::Forwarding).then_some(event.received_at_ms);
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO events (merchant, id, endpoint, event_type, status, reason, body, headers,
+                                         request_id, received_at_ms, claimed_at_ms, scope)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                     ON CONFLICT (merchant, scope, id) DO NOTHING",
+                )?
+                .execute(params![
+                    event.key.merchant,
+                    event.key.id,
+                    event.endpoint,
+                    event.event_type,
+                    event.status.as_str(),
+                    event.reason,
+                    &event.body[..],
+                    headers,
+                    event.request_id,
+                    event.received_at_ms,
+                    claimed,
+                    event.key.scope
+                ])?;
+            if inserted == 0 {
+                return Ok(Inserted::Duplicate(status_of(conn, &event.key)?));
+            }
+            let mut add = conn.prepare_cached(
+                "INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5)",
+            )?;
+            for upstream in &event.deliveries {
+                let (merchant, scope, id) = key_of(&event.key);
+                add.execute(params![merchant, scope, id, upstream, event.received_at_ms])?;
+            }
+            Ok(Inserted::New)
+        })
+        .await
+    }
+
+    async fn claim_forward(
+        &self,
+        key: &EventKey,
+        now_ms: i64,
+        stale_before_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let key = key.clone();
+        self.write(move |conn| {
+            // Proxy mode's request path: prepared once, like ingress's statements.
+            let n = conn
+                .prepare_cached(
+                    "UPDATE events SET status = 'forwarding', claimed_at_ms = ?3
+                     WHERE merchant = ?1 AND scope = ?5 AND id = ?2
+                       AND (status = 'failed' OR (status = 'forwarding' AND claimed_at_ms < ?4))",
+                )?
+                .execute(params![key.merchant, key.id, now_ms, stale_before_ms, key.scope])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn finish_forward(&self, attempt: Attempt) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            insert_attempt(conn, &attempt)?;
+            let (status, reason) = match attempt.outcome {
+                AttemptOutcome::Delivered => (EventStatus::Delivered, None),
+                _ => (
+                    EventStatus::Failed,
+                    Some(attempt.info.error.clone().unwrap_or_else(|| {
+                        format!("upstream answered {}", attempt.info.status_code.unwrap_or_default())
+                    })),
+                ),
+            };
+            conn.prepare_cached(
+                "UPDATE events SET status = ?3, reason = ?4 WHERE merchant = ?1 AND scope = ?5 AND id = ?2",
+            )?
+            .execute(params![
+                attempt.key.merchant,
+                attempt.key.id,
+                status.as_str(),
+                reason,
+                attempt.key.scope
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn due_deliveries(
+        &self,
+        upstream: &str,
+        now_ms: i64,
+        cursor: Option<&DueCursor>,
+        limit: usize,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
+        let upstream = upstream.to_string();
+        let (at, merchant, scope, id) = match cursor.cloned() {
+            Some((at, key)) => (Some(at), Some(key.merchant), Some(key.scope), Some(key.id)),
+            None => (None, None, None, None),
+        };
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT d.merchant, d.event_id, d.upstream, d.attempts, COALESCE(d.body, e.body), e.event_type,
+                        e.request_id, d.next_attempt_at_ms, e.endpoint, d.headers, e.received_at_ms, d.scope
+                 FROM deliveries d
+                 JOIN events e ON e.merchant = d.merchant AND e.scope = d.scope AND e.id = d.event_id
+                 WHERE d.upstream = ?1 AND d.status = 'pending' AND d.next_attempt_at_ms <= ?2
+                   AND (?4 IS NULL
+                        OR (d.next_attempt_at_ms, d.merchant, d.scope, d.event_id) > (?4, ?5, ?7, ?6))
+                 ORDER BY d.next_attempt_at_ms, d.merchant, d.scope, d.event_id LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![upstream, now_ms, limit as i64, at, merchant, id, scope], |r| {
+                Ok(DueDelivery {
+                    key: EventKey { merchant: r.get(0)?, scope: r.get(11)?, id: r.get(1)? },
+                    upstream: r.get(2)?,
+                    attempts: r.get(3)?,
+                    body: Bytes::from(r.get::<_, Vec<u8>>(4)?),
+                    event_type: r.get(5)?,
+                    request_id: r.get(6)?,
+                    next_attempt_at_ms: r.get(7)?,
+                    endpoint: r.get(8)?,
+                    headers: r
+                        .get::<_, Option<String>>(9)?
+                        .and_then(|h| serde_json::from_str(&h).ok())
+                        .unwrap_or_default(),
+                    received_at_ms: r.get(10)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn record_attempt(&self, attempt: Arc<Attempt>) -> Result<(), StoreError> {
+        self.write_with(Priority::Background, move |conn| apply_attempt(conn, &attempt)).await
+    }
+
+    async fn list_events(&self, filter: EventFilter) -> Result<Vec<EventSummary>, StoreError> {
+        self.read(move |conn| {
+            let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM events WHERE 1 = 1");
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            let mut add = |clause: &str, value: rusqlite::types::Value| {
+                args.push(value);
+                sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+            };
+            if let Some(m) = filter.merchant {
+                add(" AND merchant = ?", m.into());
+            }
+            if let Some(s) = filter.status {
+                add(" AND status = ?", s.into());
+            }
+            if let Some(t) = filter.event_type {
+                add(" AND event_type = ?", t.into());
+            }
+            if let Some(e) = filter.endpoint {
+                add(" AND endpoint = ?", e.into());
+            }
+            if let Some((at, merchant, scope, id)) = filter.before {
+                // Keyset paging on (received_at_ms, merchant, scope, id), newest first.
+                add(" AND (received_at_ms, merchant, scope, id) < (?", at.into());
+                add(", ?", merchant.into());
+                add(", ?", scope.into());
+                add(", ?)", id.into());
+            }
+            add(
+                " ORDER BY received_at_ms DESC, merchant DESC, scope DESC, id DESC LIMIT ?",
+                (filter.limit.clamp(1, 1000) as i64).into(),
+            );
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), summary)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn find_events(
+        &self,
+        merchant: Option<&str>,
+        scope: Option<&str>,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<EventKey>, StoreError> {
+        let (merchant, scope, id) = (merchant.map(str::to_string), scope.map(str::to_string), id.to_string());
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT merchant, scope FROM events
+                 WHERE id = ?1 AND (?2 IS NULL OR merchant = ?2) AND (?3 IS NULL OR scope = ?3)
+                 ORDER BY merchant, scope LIMIT ?4",
+            )?
+            .query_map(params![id, merchant, scope, limit as i64], |r| {
+                Ok(EventKey { merchant: r.get(0)?, scope: r.get(1)?, id: id.clone() })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn get_event(&self, key: &EventKey) -> Result<Option<EventDetail>, StoreError> {
+        let key = key.clone();
+        self.read(move |conn| {
+            let found = conn
+                .query_row(
+                    &format!(
+                        "SELECT {SUMMARY_COLUMNS}, body, headers, request_id FROM events
+                         WHERE merchant = ?1 AND scope = ?2 AND id = ?3"
+                    ),
+                    params![key.merchant, key.scope, key.id],
+                    |r| {
+                        let body: Vec<u8> = r.get(9)?;
+                        let headers: String = r.get(10)?;
+                        Ok((summary(r)?, body, headers, r.get::<_, String>(11)?))
+                    },
+                )
+                .optional()?;
+            let Some((summary, body, headers, request_id)) = found else { return Ok(None) };
+            let deliveries = conn
+                .prepare_cached(
+                    "SELECT upstream, status, attempts, next_attempt_at_ms FROM deliveries
+                     WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3 ORDER BY upstream",
+                )?
+                .query_map(params![key.merchant, key.scope, key.id], |r| {
+                    let status: String = r.get(1)?;
+                    let next: i64 = r.get(3)?;
+                    Ok(DeliveryInfo {
+                        upstream: r.get(0)?,
+                        next_attempt_at_ms: (status == "pending").then_some(next),
+                        status,
+                        attempts: r.get(2)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let attempts = conn
+                .prepare_cached(
+                    "SELECT upstream, number, at_ms, duration_ms, status_code, error, response FROM attempts
+                     WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3 ORDER BY at_ms, rowid",
+                )?
+                .query_map(params![key.merchant, key.scope, key.id], |r| {
+                    Ok(AttemptInfo {
+                        upstream: r.get(0)?,
+                        number: r.get(1)?,
+                        at_ms: r.get(2)?,
+                        duration_ms: r.get(3)?,
+                        status_code: r.get(4)?,
+                        error: r.get(5)?,
+                        response: r.get(6)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let plugin_runs = conn
+                .prepare_cached(
+                    "SELECT plugin, version, attempt, at_ms, duration_us, fuel_used, outcome, detail, logs
+                     FROM plugin_runs WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3
+                     ORDER BY at_ms, rowid",
+                )?
+                .query_map(params![key.merchant, key.scope, key.id], |r| {
+                    Ok(PluginRunInfo {
+                        plugin: r.get(0)?,
+                        version: r.get(1)?,
+                        attempt: r.get(2)?,
+                        at_ms: r.get(3)?,
+                        duration_us: r.get(4)?,
+                        fuel_used: r.get::<_, i64>(5)? as u64,
+                        outcome: r.get(6)?,
+                        detail: r.get(7)?,
+                        logs: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default(),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Some(EventDetail {
+                summary,
+                body: String::from_utf8_lossy(&body).into_owned(),
+                headers: serde_json::from_str(&headers).unwrap_or_default(),
+                request_id,
+                deliveries,
+                attempts,
+                plugin_runs,
+            }))
+        })
+        .await
+    }
+
+    async fn replay(&self, key: &EventKey, upstream: Option<&str>, now_ms: i64) -> Result<bool, StoreError> {
+        let (key, upstream) = (key.clone(), upstream.map(str::to_string));
+        self.write(move |conn| {
+            let k = params![key.merchant, key.scope, key.id];
+            let found: bool = conn.query_row(
+                "SELECT COUNT(*) > 0 FROM events WHERE merchant = ?1 AND scope = ?2 AND id = ?3",
+                k,
+                |r| r.get(0),
+            )?;
+            if !found {
+                return Ok(false);
+            }
+            let from_plugins = upstream.as_deref() == Some(PLUGIN_STEP)
+                || conn.query_row(
+                    "SELECT COUNT(*) > 0 FROM deliveries
+                     WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3 AND upstream = ?4",
+                    params![key.merchant, key.scope, key.id, PLUGIN_STEP],
+                    |r| r.get::<_, bool>(0),
+                )?;
+            if from_plugins {
+                // The plugins decide again (perhaps a fixed version): what they created goes.
+                conn.execute(
+                    "DELETE FROM deliveries WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3 AND upstream <> ?4",
+                    params![key.merchant, key.scope, key.id, PLUGIN_STEP],
+                )?;
+                conn.execute("UPDATE events SET reason = NULL WHERE merchant = ?1 AND scope = ?2 AND id = ?3", k)?;
+            }
+            conn.execute(
+                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at_ms = ?4
+                 WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3",
+                params![key.merchant, key.scope, key.id, now_ms],
+            )?;
+            let upstream = if from_plugins { Some(PLUGIN_STEP.to_string()) } else { upstream.clone() };
+            if let Some(upstream) = &upstream {
+                conn.execute(
+                    "INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5)
+                     ON CONFLICT (merchant, scope, event_id, upstream) DO NOTHING",
+                    params![key.merchant, key.scope, key.id, upstream, now_ms],
+                )?;
+            }
+            settle_event(conn, &key)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn finish_plugin_step(&self, step: PluginStep) -> Result<(), StoreError> {
+        self.write_with(Priority::Background, move |conn| {
+            let (merchant, scope, id) = key_of(&step.key);
+            let mut run = conn.prepare_cached(
+                "INSERT INTO plugin_runs (merchant, scope, event_id, plugin, version, attempt, at_ms, duration_us,
+                                          fuel_used, outcome, detail, logs)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?;
+            for r in &step.runs {
+                let logs = serde_json::to_string(&r.logs).unwrap_or_else(|_| "[]".into());
+                run.execute(params![
+                    merchant,
+                    scope,
+                    id,
+                    r.plugin,
+                    r.version,
+                    r.attempt,
+                    r.at_ms,
+                    r.duration_us,
+                    r.fuel_used as i64,
+                    r.outcome,
+                    r.detail,
+                    logs
+                ])?;
+            }
+            // A step that finished is recorded by its runs; an attempt row is kept for the
+            // failures (and the admin view of retries) only.
+            if step.step != AttemptOutcome::Delivered {
+                insert_attempt(
+                    conn,
+                    &Attempt {
+                        key: step.key.clone(),
+                        info: step.attempt.clone(),
+                        outcome: step.step,
+                    },
+                )?;
+            }
+            update_delivery(conn, (merchant, scope, id), PLUGIN_STEP, step.attempt.number, step.step)?;
+            let mut kv = conn.prepare_cached(
+                "INSERT INTO plugin_kv (merchant, plugin, key, value) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value",
+            )?;
+            for w in &step.kv {
+                kv.execute(params![merchant, w.plugin, w.key, w.value])?;
+            }
+            let mut add = conn.prepare_cached(
+                "INSERT INTO deliveries (merchant, event_id, upstream, status, attempts, next_attempt_at_ms,
+                                         body, headers, scope)
+                 VALUES (?1, ?2, ?3, ?7, ?8, ?4, ?5, ?6, ?9)
+                 ON CONFLICT (merchant, scope, event_id, upstream) DO UPDATE
+                 SET status = excluded.status, attempts = excluded.attempts,
+                     next_attempt_at_ms = excluded.next_attempt_at_ms,
+                     body = excluded.body, headers = excluded.headers",
+            )?;
+            for d in &step.deliveries {
+                let headers =
+                    (!d.headers.is_empty()).then(|| serde_json::to_string(&d.headers).unwrap_or_default());
+                // The one the step already attempted goes in as that attempt left it.
+                let (status, attempts, next_at_ms) = match &step.first_delivery {
+                    Some(first) if first.info.upstream == d.upstream => {
+                        let (status, next) = delivery_state(first.outcome);
+                        (status, first.info.number, next.unwrap_or(step.attempt.at_ms))
+                    }
+                    _ => ("pending", 0, step.attempt.at_ms),
+                };
+                add.execute(params![
+                    merchant,
+                    id,
+                    d.upstream,
+                    next_at_ms,
+                    d.body.as_deref(),
+                    headers,
+                    status,
+                    attempts,
+                    scope
+                ])?;
+            }
+            let tags = (!step.tags.is_empty()).then(|| serde_json::to_string(&step.tags).unwrap_or_default());
+            // The common case changes nothing about the event: a first attempt (ingress left it
+            // queued, without a reason) that continued, untagged.
+            let unchanged = step.attempt.number == 1
+                && step.status == EventStatus::Queued
+                && step.reason.is_none()
+                && tags.is_none();
+            if !unchanged {
+                conn.prepare_cached(
+                    "UPDATE events SET status = ?3, reason = ?4, tags = COALESCE(?5, tags)
+                     WHERE merchant = ?1 AND scope = ?6 AND id = ?2",
+                )?
+                .execute(params![merchant, id, step.status.as_str(), step.reason, tags, scope])?;
+            }
+            if let Some(first) = &step.first_delivery {
+                insert_attempt(conn, first)?;
+                settle_after(conn, first)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load_kv(&self, merchant: &str, plugin: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let (merchant, plugin) = (merchant.to_string(), plugin.to_string());
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT key, value FROM plugin_kv WHERE merchant = ?1 AND plugin = ?2")?
+                .query_map(params![merchant, plugin], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .await
+    }
+
+    async fn add_plugin_version(
+        &self,
+        v: NewPluginVersion,
+        file_sha256: Option<String>,
+        bounds: VersionBounds,
+    ) -> Result<Result<u32, QuotaExceeded>, StoreError> {
+        self.write(move |conn| {
+            let version: u32 = conn.query_row(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM plugin_versions WHERE merchant = ?1 AND name = ?2",
+                params![v.merchant, v.name],
+                |r| r.get(0),
+            )?;
+            let active: Option<u32> = conn
+                .query_row(
+                    "SELECT active_version FROM plugins WHERE merchant = ?1 AND name = ?2",
+                    params![v.merchant, v.name],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .flatten();
+            // Kept: the new version, the one it replaces, and the newest others up to the cap.
+            let others = bounds.max_versions.saturating_sub(1 + u32::from(active.is_some()));
+            let pruned: Vec<(u32, u64)> = conn
+                .prepare_cached(
+                    "SELECT version, LENGTH(wasm) + LENGTH(compiled) FROM plugin_versions
+                     WHERE merchant = ?1 AND name = ?2 AND version IS NOT ?3
+                     ORDER BY version DESC LIMIT -1 OFFSET ?4",
+                )?
+                .query_map(params![v.merchant, v.name, active, others], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let used: u64 = conn.query_row(
+                "SELECT COALESCE(SUM(LENGTH(wasm) + LENGTH(compiled)), 0) FROM plugin_versions WHERE merchant = ?1",
+                params![v.merchant],
+                |r| r.get(0),
+            )?;
+            let needed = used - pruned.iter().map(|(_, size)| size).sum::<u64>()
+                + (v.wasm.len() + v.compiled.len()) as u64;
+            if needed > bounds.merchant_bytes {
+                return Ok(Err(QuotaExceeded { needed, quota: bounds.merchant_bytes }));
+            }
+            for (old, _) in &pruned {
+                conn.prepare_cached("DELETE FROM plugin_versions WHERE merchant = ?1 AND name = ?2 AND version = ?3")?
+                    .execute(params![v.merchant, v.name, old])?;
+            }
+            conn.execute(
+                "INSERT INTO plugin_versions (merchant, name, version, sha256, wasm, compiled, source, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![v.merchant, v.name, version, v.sha256, &v.wasm[..], v.compiled, v.source, v.created_at_ms],
+            )?;
+            conn.execute(
+                "INSERT INTO plugins (merchant, name, active_version, file_sha256) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (merchant, name) DO UPDATE
+                 SET active_version = excluded.active_version,
+                     file_sha256 = COALESCE(excluded.file_sha256, plugins.file_sha256)",
+                params![v.merchant, v.name, version, file_sha256],
+            )?;
+            Ok(Ok(version))
+        })
+        .await
+    }
+
+    async fn active_plugin(&self, merchant: &str, name: &str) -> Result<Option<StoredPlugin>, StoreError> {
+        let (merchant, name) = (merchant.to_string(), name.to_string());
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT v.version, v.wasm, v.compiled, v.sha256, v.source, v.created_at_ms
+                 FROM plugins p JOIN plugin_versions v
+                   ON v.merchant = p.merchant AND v.name = p.name AND v.version = p.active_version
+                 WHERE p.merchant = ?1 AND p.name = ?2",
+                params![merchant, name],
+                |r| {
+                    let wasm: Vec<u8> = r.get(1)?;
+                    Ok(StoredPlugin {
+                        version: r.get(0)?,
+                        compiled: r.get(2)?,
+                        info: PluginVersionInfo {
+                            version: r.get(0)?,
+                            sha256: r.get(3)?,
+                            size: wasm.len(),
+                            source: r.get(4)?,
+                            created_at_ms: r.get(5)?,
+                        },
+                        wasm: Bytes::from(wasm),
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn plugin_history(&self, merchant: &str, name: &str) -> Result<PluginHistory, StoreError> {
+        let (merchant, name) = (merchant.to_string(), name.to_string());
+        self.read(move |conn| {
+            let (active, file_sha256) = conn
+                .query_row(
+                    "SELECT active_version, file_sha256 FROM plugins WHERE merchant = ?1 AND name = ?2",
+                    params![merchant, name],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?
+                .unwrap_or((None, None));
+            let versions = conn
+                .prepare_cached(
+                    "SELECT version, sha256, LENGTH(wasm), source, created_at_ms FROM plugin_versions
+                     WHERE merchant = ?1 AND name = ?2 ORDER BY version",
+                )?
+                .query_map(params![merchant, name], |r| {
+                    Ok(PluginVersionInfo {
+                        version: r.get(0)?,
+                        sha256: r.get(1)?,
+                        size: r.get::<_, i64>(2)? as usize,
+                        source: r.get(3)?,
+                        created_at_ms: r.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(PluginHistory { active, file_sha256, versions })
+        })
+        .await
+    }
+
+    async fn activate_plugin(&self, merchant: &str, name: &str, version: u32) -> Result<bool, StoreError> {
+        let (merchant, name) = (merchant.to_string(), name.to_string());
+        self.write(move |conn| {
+            let n = conn.execute(
+                "UPDATE plugins SET active_version = ?3 WHERE merchant = ?1 AND name = ?2
+                   AND EXISTS (SELECT 1 FROM plugin_versions v WHERE v.merchant = ?1 AND v.name = ?2 AND v.version = ?3)",
+                params![merchant, name, version],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn save_compiled(
+        &self,
+        merchant: &str,
+        name: &str,
+        version: u32,
+        compiled: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let (merchant, name) = (merchant.to_string(), name.to_string());
+        self.write_with(Priority::Background, move |conn| {
+            conn.execute(
+                "UPDATE plugin_versions SET compiled = ?4 WHERE merchant = ?1 AND name = ?2 AND version = ?3",
+                params![merchant, name, version, compiled],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_plugin(&self, merchant: &str, name: &str) -> Result<bool, StoreError> {
+        let (merchant, name) = (merchant.to_string(), name.to_string());
+        self.write(move |conn| {
+            let n = conn
+                .execute("DELETE FROM plugins WHERE merchant = ?1 AND name = ?2", params![merchant, name])?;
+            conn.execute(
+                "DELETE FROM plugin_versions WHERE merchant = ?1 AND name = ?2",
+                params![merchant, name],
+            )?;
+            conn.execute(
+                "DELETE FROM plugin_kv WHERE merchant = ?1 AND plugin = ?2",
+                params![merchant, name],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<(String, String, u64)>, StoreError> {
+        self.read(move |conn| {
+            // Per upstream, so each count is a range of the `deliveries_due` index.
+            let mut statement = conn.prepare_cached(
+                "SELECT merchant, COUNT(*) FROM deliveries WHERE upstream = ?1 AND status = 'pending'
+                 GROUP BY merchant",
+            )?;
+            let mut depths = Vec::new();
+            for upstream in upstreams {
+                let rows = statement
+                    .query_map(params![upstream], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+                for row in rows {
+                    let (merchant, n) = row?;
+                    depths.push((upstream.clone(), merchant, n as u64));
+                }
+            }
+            Ok(depths)
+        })
+        .await
+    }
+
+    async fn check_writable(&self, now_ms: i64) -> Result<(), StoreError> {
+        self.write_with(Priority::Background, move |conn| {
+            // Room for a real write, not just the one-row stamp: a full database (max_size_mb,
+            // or a full disk) may still update a row in place while refusing every event. The
+            // blob is deleted in the same transaction; only the room is tried.
+            conn.prepare_cached("INSERT INTO health_room (room) VALUES (zeroblob(?1))")?
+                .execute(params![READY_ROOM_BYTES])?;
+            conn.prepare_cached("DELETE FROM health_room")?.execute([])?;
+            conn.prepare_cached(
+                "INSERT INTO health (id, checked_at_ms) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET checked_at_ms = excluded.checked_at_ms",
+            )?
+            .execute(params![now_ms])
+            .map(drop)
+        })
+        .await
+    }
+
+    fn commit_seconds(&self) -> HistogramSnapshot {
+        self.commits.snapshot()
+    }
+
+    async fn close(&self) {
+        self.checkpointer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
