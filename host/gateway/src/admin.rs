@@ -330,7 +330,7 @@ impl Admin {
                     Err(BodyError::TooLarge(_)) => {
                         return plugin_error(RegistryError::TooLarge { size: limit + 1, limit })
                     }
-                    Err(_) => return http::error(StatusCode::BAD_REQUEST, "body_unreadable"),
+                    Err(e) => return e.reply(),
                 };
                 registry.upload(merchant, name, body).await
             }
@@ -397,10 +397,7 @@ impl Handler for Admin {
                     .await
                 {
                     Ok(body) => self.test_webhook(&scope, &body).await,
-                    Err(BodyError::TooLarge(_)) => {
-                        http::error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
-                    }
-                    Err(_) => http::error(StatusCode::BAD_REQUEST, "body_unreadable"),
+                    Err(e) => e.reply(),
                 }
             }
             (["whoami"] | ["stats"] | ["endpoints"] | ["test-webhook"], _) => {

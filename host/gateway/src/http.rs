@@ -47,6 +47,18 @@ pub enum BodyError {
     Broken(String),
 }
 
+impl BodyError {
+    /// The reply to a request whose body this was: `413 body_too_large`, `408 body_timeout` or
+    /// `400 body_unreadable`.
+    pub fn reply(&self) -> Reply {
+        match self {
+            BodyError::TooLarge(_) => error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            BodyError::Timeout(_) => error(StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            BodyError::Broken(_) => error(StatusCode::BAD_REQUEST, "body_unreadable"),
+        }
+    }
+}
+
 /// Reads a whole body, stopping as soon as it passes `limit` bytes or `timeout` elapses.
 pub async fn read_body<B>(mut body: B, limit: usize, timeout: Duration) -> Result<Bytes, BodyError>
 where

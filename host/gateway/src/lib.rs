@@ -1,7 +1,8 @@
 //! payflow-gateway: everything that answers a request, wired together.
 //!
 //! The request path reads top to bottom in [`pipeline`] (receive → limits → verify → parse →
-//! dedup+persist → ack → plugins → deliveries); [`ingress`] and [`connections`] serve the
+//! dedup+persist → ack → plugins → deliveries), each way it can end and its reply in
+//! [`answer`]; [`ingress`] and [`connections`] serve the
 //! listener, [`stage`] is the plugin step of the queue path (it implements delivery's
 //! [`payflow_delivery::Step`]), [`admin`] the admin API and dashboard, and [`Gateway`]
 //! builds all of them from a configuration and runs them until shutdown. This crate owns
@@ -11,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod answer;
 pub mod connections;
 mod gateway;
 pub mod http;

@@ -15,13 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::{Request, Response, StatusCode};
+use hyper::Request;
 use payflow_verify::{event, Verifier};
-use serde_json::json;
 
+use crate::answer::Answer;
+pub use crate::answer::Outcome;
 use crate::http::{self, BodyError, HttpHeaders, Reply};
 use payflow_clock::Clock;
 use payflow_config::Mode;
@@ -64,87 +63,6 @@ pub struct Endpoint {
     pub counts: EndpointCounts,
 }
 
-/// What became of a request: `payflow_edge_requests_total{outcome}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Stored (and acknowledged, in queue mode).
-    Received,
-    /// Already stored: acknowledged again.
-    Duplicate,
-    /// Authentic but not a valid event: stored aside.
-    Quarantined,
-    /// A plugin dropped it (proxy mode).
-    Dropped,
-    /// Its signature was refused.
-    SignatureRefused,
-    /// Its body was too large.
-    TooLarge,
-    /// Its body did not arrive in time.
-    BodyTimeout,
-    /// Unreadable body, or not a JSON event with an id.
-    BadRequest,
-    /// The store could not make it durable.
-    StoreUnavailable,
-    /// A plugin failed (proxy mode: the sender retries).
-    PluginFailed,
-    /// Proxy mode: forwarded, and the upstream's reply passed back.
-    Forwarded,
-    /// Proxy mode: the upstream did not answer.
-    UpstreamFailed,
-    /// Proxy mode: a duplicate arrived while its first copy was being forwarded.
-    InProgress,
-}
-
-impl Outcome {
-    /// Every outcome, in the order of [`EndpointCounts`]'s counters.
-    pub const ALL: [Outcome; 13] = [
-        Outcome::Received,
-        Outcome::Duplicate,
-        Outcome::Quarantined,
-        Outcome::Dropped,
-        Outcome::SignatureRefused,
-        Outcome::TooLarge,
-        Outcome::BodyTimeout,
-        Outcome::BadRequest,
-        Outcome::StoreUnavailable,
-        Outcome::PluginFailed,
-        Outcome::Forwarded,
-        Outcome::UpstreamFailed,
-        Outcome::InProgress,
-    ];
-
-    /// Whether the sender was told no (a 4xx or 5xx of ours, or none from the upstream).
-    pub fn is_refusal(self) -> bool {
-        !matches!(
-            self,
-            Outcome::Received
-                | Outcome::Duplicate
-                | Outcome::Quarantined
-                | Outcome::Dropped
-                | Outcome::Forwarded
-        )
-    }
-
-    /// The `outcome` label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Received => "received",
-            Outcome::Duplicate => "duplicate",
-            Outcome::Quarantined => "quarantined",
-            Outcome::Dropped => "dropped",
-            Outcome::SignatureRefused => "signature_refused",
-            Outcome::TooLarge => "body_too_large",
-            Outcome::BodyTimeout => "body_timeout",
-            Outcome::BadRequest => "bad_request",
-            Outcome::StoreUnavailable => "store_unavailable",
-            Outcome::PluginFailed => "plugin_failed",
-            Outcome::Forwarded => "forwarded",
-            Outcome::UpstreamFailed => "upstream_failed",
-            Outcome::InProgress => "in_progress",
-        }
-    }
-}
-
 /// An endpoint's request counts.
 #[derive(Debug, Default)]
 pub struct EndpointCounts {
@@ -185,44 +103,23 @@ struct Proxied<'a> {
     request_id: &'a str,
 }
 
-fn received(duplicate: bool) -> Reply {
-    if duplicate {
-        http::json(StatusCode::OK, &json!({ "received": true, "duplicate": true }))
-    } else {
-        http::json(StatusCode::OK, &json!({ "received": true }))
-    }
-}
-
 impl Pipeline {
     /// Handles one POST to `endpoint`.
     pub async fn receive(&self, endpoint: &Endpoint, request: Request<Incoming>, request_id: &str) -> Reply {
-        let (reply, outcome) = self.answer(endpoint, request, request_id).await;
-        endpoint.counts.requests[outcome as usize].inc();
-        reply
+        let answer = self.answer(endpoint, request, request_id).await;
+        endpoint.counts.requests[answer.outcome() as usize].inc();
+        answer.into_reply()
     }
 
-    async fn answer(
-        &self,
-        endpoint: &Endpoint,
-        request: Request<Incoming>,
-        request_id: &str,
-    ) -> (Reply, Outcome) {
+    async fn answer(&self, endpoint: &Endpoint, request: Request<Incoming>, request_id: &str) -> Answer {
         // Limits: a declared oversize body is refused before a byte of it is read.
         let (parts, body) = request.into_parts();
         if http::content_length(&parts.headers).is_some_and(|n| n > self.max_body_bytes as u64) {
-            return (http::error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"), Outcome::TooLarge);
+            return Answer::Body(BodyError::TooLarge(self.max_body_bytes));
         }
         let body = match http::read_body(body, self.max_body_bytes, self.body_timeout).await {
             Ok(body) => body,
-            Err(BodyError::TooLarge(_)) => {
-                return (http::error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"), Outcome::TooLarge)
-            }
-            Err(BodyError::Timeout(_)) => {
-                return (http::error(StatusCode::REQUEST_TIMEOUT, "body_timeout"), Outcome::BodyTimeout)
-            }
-            Err(BodyError::Broken(_)) => {
-                return (http::error(StatusCode::BAD_REQUEST, "body_unreadable"), Outcome::BadRequest)
-            }
+            Err(e) => return Answer::Body(e),
         };
 
         // Verify: over the raw bytes, before anything looks inside them.
@@ -230,13 +127,13 @@ impl Pipeline {
         if let Err(e) = verified {
             tracing::info!(request_id, endpoint = %endpoint.path, reason = %e.reason(), "signature refused");
             endpoint.counts.verification_failures.inc(e.reason().as_str());
-            return (http::error(StatusCode::UNAUTHORIZED, e.reason().as_str()), Outcome::SignatureRefused);
+            return Answer::SignatureRefused(e.reason());
         }
 
         // Parse: no JSON object with an id means nothing to store or de-duplicate.
         let parsed = match event::parse(&body) {
             Ok(parsed) => parsed,
-            Err(e) => return (http::error(StatusCode::BAD_REQUEST, &e.to_string()), Outcome::BadRequest),
+            Err(e) => return Answer::NotAnEvent(e.to_string()),
         };
 
         // De-duplicate and persist. Authentic but invalid events are kept, quarantined.
@@ -272,10 +169,7 @@ impl Pipeline {
             Ok(inserted) => inserted,
             Err(e) => {
                 tracing::warn!(request_id, event_id = %parsed.id, error = %e, "not stored; answering 503");
-                return (
-                    http::error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
-                    Outcome::StoreUnavailable,
-                );
+                return Answer::StoreUnavailable;
             }
         };
         if let Some(reason) = &reason {
@@ -304,25 +198,25 @@ impl Pipeline {
                         received_at_ms,
                     });
                 }
-                let outcome =
-                    if status == EventStatus::Quarantined { Outcome::Quarantined } else { Outcome::Received };
-                (received(false), outcome)
+                if status == EventStatus::Quarantined {
+                    Answer::Quarantined
+                } else {
+                    Answer::Received
+                }
             }
-            (Mode::Queue, Inserted::Duplicate(_)) => (received(true), Outcome::Duplicate),
-            (Mode::Proxy, Inserted::New) if status == EventStatus::Quarantined => {
-                (received(false), Outcome::Quarantined)
-            }
+            (Mode::Queue, Inserted::Duplicate(_)) => Answer::Duplicate,
+            (Mode::Proxy, Inserted::New) if status == EventStatus::Quarantined => Answer::Quarantined,
             (Mode::Proxy, Inserted::New) => self.proxy(endpoint, proxied).await,
             (Mode::Proxy, Inserted::Duplicate(EventStatus::Failed | EventStatus::Forwarding)) => {
                 self.forward_again(endpoint, proxied).await
             }
-            (Mode::Proxy, Inserted::Duplicate(_)) => (received(true), Outcome::Duplicate),
+            (Mode::Proxy, Inserted::Duplicate(_)) => Answer::Duplicate,
         }
     }
 
     /// Proxy mode: the endpoint's plugins, then the forward. A plugin failure answers 503 so
     /// the sender retries (and the plugins run again); a drop answers 200.
-    async fn proxy(&self, endpoint: &Endpoint, event: Proxied<'_>) -> (Reply, Outcome) {
+    async fn proxy(&self, endpoint: &Endpoint, event: Proxied<'_>) -> Answer {
         let Some(plugins) = self.plugins.as_ref().filter(|p| p.has_plugins(&endpoint.path)) else {
             return self.forward(endpoint, event.key, event.body, &[], event.request_id).await;
         };
@@ -340,18 +234,10 @@ impl Pipeline {
                 let body = body.unwrap_or(event.body);
                 self.forward(endpoint, event.key, body, &headers, event.request_id).await
             }
-            ChainOutcome::Drop { reason, .. } => (
-                http::json(StatusCode::OK, &json!({ "received": true, "dropped": reason })),
-                Outcome::Dropped,
-            ),
+            ChainOutcome::Drop { reason, .. } => Answer::Dropped(reason),
             ChainOutcome::Failed { reason } => {
                 tracing::info!(request_id = event.request_id, event_id = event.key.id, %reason, "plugin step failed");
-                let mut reply = http::json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &json!({ "error": "plugin_failed", "message": reason }),
-                );
-                reply.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
-                (reply, Outcome::PluginFailed)
+                Answer::PluginFailed(reason)
             }
         }
     }
@@ -359,21 +245,15 @@ impl Pipeline {
     /// Proxy mode: a duplicate whose earlier forward failed is forwarded again, once, by
     /// whichever request claims it; a duplicate arriving while one is in flight is told to
     /// retry later.
-    async fn forward_again(&self, endpoint: &Endpoint, event: Proxied<'_>) -> (Reply, Outcome) {
+    async fn forward_again(&self, endpoint: &Endpoint, event: Proxied<'_>) -> Answer {
         let timeout = endpoint.upstream.as_ref().map_or(Duration::from_secs(5), |u| u.timeout);
         let now = self.clock.now_ms();
         // A forward still marked in flight after twice its timeout was cut short by a crash.
         let stale_before = now - 2 * timeout.as_millis() as i64;
         match self.store.claim_forward(&event.key, now, stale_before).await {
             Ok(true) => self.proxy(endpoint, event).await,
-            Ok(false) => {
-                let mut reply = http::error(StatusCode::CONFLICT, "in_progress");
-                reply.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
-                (reply, Outcome::InProgress)
-            }
-            Err(_) => {
-                (http::error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"), Outcome::StoreUnavailable)
-            }
+            Ok(false) => Answer::InProgress,
+            Err(_) => Answer::StoreUnavailable,
         }
     }
 
@@ -384,9 +264,9 @@ impl Pipeline {
         body: Bytes,
         headers: &[(String, String)],
         request_id: &str,
-    ) -> (Reply, Outcome) {
+    ) -> Answer {
         let Some(upstream) = &endpoint.upstream else {
-            return (http::error(StatusCode::INTERNAL_SERVER_ERROR, "no_upstream"), Outcome::UpstreamFailed);
+            return Answer::NoUpstream;
         };
         let attempt = AttemptStart::new(key.clone(), 1, self.clock.now_ms());
         let result =
@@ -400,20 +280,9 @@ impl Pipeline {
             tracing::warn!(request_id, event_id = key.id, error = %e, "cannot record the forward");
         }
         match result {
-            Ok(reply) => {
-                let mut response = Response::new(Full::new(reply.body));
-                *response.status_mut() = reply.status;
-                if let Some(ct) = reply.content_type {
-                    response.headers_mut().insert(CONTENT_TYPE, ct);
-                }
-                (response, Outcome::Forwarded)
-            }
-            Err(SendError::Timeout(_)) => {
-                (http::error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"), Outcome::UpstreamFailed)
-            }
-            Err(SendError::Connection(_)) => {
-                (http::error(StatusCode::BAD_GATEWAY, "upstream_unreachable"), Outcome::UpstreamFailed)
-            }
+            Ok(reply) => Answer::Forwarded(reply),
+            Err(SendError::Timeout(_)) => Answer::UpstreamTimeout,
+            Err(SendError::Connection(_)) => Answer::UpstreamUnreachable,
         }
     }
 }

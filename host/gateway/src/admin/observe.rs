@@ -9,8 +9,8 @@ use hyper::StatusCode;
 use serde_json::json;
 
 use super::{visible, Admin, Scope};
+use crate::answer::Outcome;
 use crate::http::{self, Reply};
-use crate::pipeline::Outcome;
 use payflow_metrics::{Exposition, CONTENT_TYPE as METRICS_TYPE};
 use payflow_store::PLUGIN_STEP;
 
