@@ -203,9 +203,7 @@ async fn every_event_is_addressable_when_two_merchants_hold_its_id() {
     let gw = Gateway::start(dir.path(), &config(&dir.path().join("db"), &upstream.url()));
     let client = client();
     for (path, amount) in [("/acme", 1111), ("/globex", 2222)] {
-        let mut body: Value = serde_json::from_slice(&event_body("evt_same", "payment.succeeded")).unwrap();
-        body["data"]["amount"] = amount.into();
-        let body = serde_json::to_vec(&body).unwrap();
+        let body = serde_json::to_vec(&payment_with_amount("evt_same", amount)).unwrap();
         let headers = sign(payflow_verify::Scheme::PayFlow, SECRET, &body, "evt_same");
         assert_eq!(post(&client, &gw.url(path), &headers, body).await.0, 200);
     }

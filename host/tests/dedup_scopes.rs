@@ -32,15 +32,9 @@ url = "{upstream_url}"
         )
 }
 
-/// A body with `id` whose amount tells the two senders' events apart.
-fn body_with_amount(id: &str, amount: u64) -> Vec<u8> {
-    let mut body: Value = serde_json::from_slice(&event_body(id, "payment.succeeded")).unwrap();
-    body["data"]["amount"] = amount.into();
-    serde_json::to_vec(&body).unwrap()
-}
-
-async fn send_signed(gw: &Gateway, path: &str, scheme: Scheme, id: &str, amount: u64) -> Value {
-    let body = body_with_amount(id, amount);
+/// Sends event `id` signed under `scheme`; its amount tells the two senders' events apart.
+async fn send_signed(gw: &Gateway, path: &str, scheme: Scheme, id: &str, amount: i64) -> Value {
+    let body = serde_json::to_vec(&payment_with_amount(id, amount)).unwrap();
     let (code, reply) = post(&client(), &gw.url(path), &sign(scheme, SECRET, &body, id), body).await;
     assert_eq!(code, 200, "{path}: {reply}");
     reply

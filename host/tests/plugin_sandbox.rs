@@ -14,9 +14,7 @@ fn cli(args: &[&str]) -> Output {
 }
 
 fn event_file(dir: &Path, amount: i64) -> String {
-    let mut body: serde_json::Value =
-        serde_json::from_slice(&support::event_body("evt_plugin_1", "payment.succeeded")).unwrap();
-    body["data"]["amount"] = amount.into();
+    let body = support::payment_with_amount("evt_plugin_1", amount);
     let path = dir.join(format!("event-{amount}.json"));
     std::fs::write(&path, serde_json::to_vec(&body).unwrap()).unwrap();
     path.to_str().unwrap().to_string()
@@ -191,9 +189,7 @@ fn a_warm_instance_serves_many_events_and_is_replaced_after_a_failure() {
 
     let runtime = Runtime::new(1).unwrap();
     let event = |amount: i64| {
-        let mut body: serde_json::Value =
-            serde_json::from_slice(&support::event_body("evt_warm", "payment.succeeded")).unwrap();
-        body["data"]["amount"] = amount.into();
+        let body = support::payment_with_amount("evt_warm", amount);
         Event {
             id: "evt_warm".into(),
             event_type: "payment.succeeded".into(),

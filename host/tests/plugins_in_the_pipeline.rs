@@ -45,8 +45,7 @@ fn plugin(name: &str, merchant: &str, file: &str, extra: &str) -> String {
 
 /// A payment event with this amount and customer.
 fn payment(id: &str, amount: i64, email: &str) -> Vec<u8> {
-    let mut body: Value = serde_json::from_slice(&support::event_body(id, "payment.succeeded")).unwrap();
-    body["data"]["amount"] = amount.into();
+    let mut body = support::payment_with_amount(id, amount);
     body["data"]["customer_email"] = email.into();
     serde_json::to_vec(&body).unwrap()
 }

@@ -32,6 +32,7 @@ use payflow_delivery::Upstream;
 use payflow_plugins::{Registry, RegistryError};
 
 use crate::stage::PluginStage;
+use payflow_metrics::Histogram;
 use payflow_store::{EventDetail, EventFilter, EventKey, EventSummary, Store};
 
 /// Default and largest page sizes for `GET /api/events`.
@@ -61,6 +62,8 @@ pub struct Admin {
     pub client: http::Client,
     /// Uploads in flight per token (see [`UPLOADS_PER_TOKEN`]).
     pub uploads: Mutex<HashMap<Scope, usize>>,
+    /// How long the store's commits took (`payflow_edge_store_commit_seconds`).
+    pub commits: Arc<Histogram>,
 }
 
 /// Uploads one token may have in flight. An upload holds its connection until its body is in

@@ -22,7 +22,8 @@ use payflow_delivery::{Dispatcher, Upstream, UpstreamClient};
 use payflow_plugins::{Registry, Runtime, Scheduler};
 
 use crate::stage::{EndpointPlugins, PluginStage};
-use payflow_store::{SqliteStore, Store, StoreError, PLUGIN_STEP};
+use payflow_metrics::{Histogram, SECONDS_BUCKETS};
+use payflow_store::{CommitObserver, SqliteStore, Store, StoreError, PLUGIN_STEP};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +120,9 @@ impl Gateway {
                 })?;
             }
         }
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store)?);
+        let commits = Arc::new(Histogram::new(SECONDS_BUCKETS));
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&config.store, Arc::new(CommitTimes(commits.clone())))?);
 
         let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
         for u in &config.upstream {
@@ -209,6 +212,7 @@ impl Gateway {
                 ingress_url: (!ingress_tls).then(|| format!("http://{}", loopback(ingress_addr))),
                 client: crate::http::Client::new(),
                 uploads: Default::default(),
+                commits,
             });
             let options = ServeOptions {
                 header_timeout,
@@ -307,4 +311,13 @@ async fn start_plugins(
     );
     let step = Arc::new(Upstream::plugin_step(&config.plugins));
     Ok(Some((Arc::new(stage), step)))
+}
+
+/// The store's commit times, into the `payflow_edge_store_commit_seconds` histogram.
+struct CommitTimes(Arc<Histogram>);
+
+impl CommitObserver for CommitTimes {
+    fn committed(&self, took: Duration) {
+        self.0.observe_duration(took);
+    }
 }

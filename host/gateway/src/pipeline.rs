@@ -29,7 +29,7 @@ use payflow_metrics::{Counter, CounterMap};
 use payflow_plugins::ChainOutcome;
 
 use crate::stage::{PluginStage, StepInput};
-use payflow_store::{AttemptOutcome, DueDelivery, EventKey, EventStatus, Inserted, NewEvent, Store};
+use payflow_store::{AttemptOutcome, DueDelivery, EventKey, EventStatus, Ingest, Inserted, NewEvent};
 
 /// Request headers kept with a stored event (never the signature headers).
 const KEPT_HEADERS: [&str; 7] = [
@@ -81,7 +81,7 @@ impl EndpointCounts {
 /// What every request on the path shares.
 pub struct Pipeline {
     /// The durable store.
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn Ingest>,
     /// Time.
     pub clock: Arc<dyn Clock>,
     /// For proxy-mode forwards.

@@ -21,8 +21,8 @@ use payflow_delivery::{Step, Upstream, UpstreamClient};
 use payflow_plugins::chain::{self, ChainInput, ChainOutcome, ChainResult};
 use payflow_plugins::{Registry, Scheduler};
 use payflow_store::{
-    Attempt, AttemptInfo, AttemptOutcome, DueDelivery, EventKey, EventStatus, KvWrite, NewDelivery,
-    PluginRunInfo, PluginStep, Store, PLUGIN_STEP,
+    Attempt, AttemptInfo, AttemptOutcome, DeliveryQueue, DueDelivery, EventKey, EventStatus, KvWrite,
+    NewDelivery, PluginRunInfo, PluginStep, PLUGIN_STEP,
 };
 
 /// An endpoint's plugins.
@@ -40,7 +40,7 @@ pub struct EndpointPlugins {
 pub struct PluginStage {
     registry: Arc<Registry>,
     scheduler: Scheduler,
-    store: Arc<dyn Store>,
+    store: Arc<dyn DeliveryQueue>,
     clock: Arc<dyn Clock>,
     handle: Handle,
     /// Shared with each step's job, so a step clones a pointer, not the chain.
@@ -74,7 +74,7 @@ impl PluginStage {
     pub fn new(
         registry: Arc<Registry>,
         scheduler: Scheduler,
-        store: Arc<dyn Store>,
+        store: Arc<dyn DeliveryQueue>,
         clock: Arc<dyn Clock>,
         endpoints: HashMap<String, EndpointPlugins>,
         upstreams: HashMap<String, Arc<Upstream>>,

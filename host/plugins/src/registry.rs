@@ -19,7 +19,7 @@ use payflow_clock::Clock;
 use payflow_config::{PluginConfig, PluginsConfig};
 use payflow_metrics::{Counter, Histogram, FUEL_BUCKETS, SECONDS_BUCKETS};
 use payflow_store::{
-    EventKey, NewPluginVersion, PluginHistory, PluginRunInfo, PluginVersionInfo, QuotaExceeded, Store,
+    EventKey, NewPluginVersion, PluginHistory, PluginRunInfo, PluginStore, PluginVersionInfo, QuotaExceeded,
     StoreError, StoredPlugin, VersionBounds,
 };
 
@@ -252,7 +252,7 @@ pub struct PluginStatus {
 /// Every configured plugin.
 pub struct Registry {
     runtime: Runtime,
-    store: Arc<dyn Store>,
+    store: Arc<dyn PluginStore>,
     clock: Arc<dyn Clock>,
     max_upload_bytes: usize,
     bounds: VersionBounds,
@@ -269,7 +269,7 @@ impl Registry {
     /// compiled artifact (recompiled only if this engine cannot use it).
     pub async fn load(
         runtime: Runtime,
-        store: Arc<dyn Store>,
+        store: Arc<dyn PluginStore>,
         clock: Arc<dyn Clock>,
         plugins: &[PluginConfig],
         settings: &PluginsConfig,
@@ -482,7 +482,7 @@ impl Registry {
     }
 
     /// The store (for kv loads).
-    pub fn store(&self) -> &Arc<dyn Store> {
+    pub fn store(&self) -> &Arc<dyn PluginStore> {
         &self.store
     }
 }

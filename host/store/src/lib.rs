@@ -11,6 +11,8 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 mod sqlite;
 
 use std::sync::Arc;
@@ -20,8 +22,6 @@ pub use sqlite::SqliteStore;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Serialize;
-
-use payflow_metrics::HistogramSnapshot;
 
 /// A store that cannot serve the request. Ingress answers 503 so the sender retries.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -56,6 +56,17 @@ pub struct QuotaExceeded {
     pub needed: u64,
     /// The quota.
     pub quota: u64,
+}
+
+/// Told how long each commit took: the gateway's metrics listen, so the store needs none.
+pub trait CommitObserver: Send + Sync + 'static {
+    /// One commit (one fsync) took `took`.
+    fn committed(&self, took: std::time::Duration);
+}
+
+/// Nobody listening.
+impl CommitObserver for () {
+    fn committed(&self, _took: std::time::Duration) {}
 }
 
 /// Where a stored event lives. A sender's ids are unique only among its own events, so an id
@@ -122,6 +133,25 @@ impl EventStatus {
             "dropped" => EventStatus::Dropped,
             _ => return None,
         })
+    }
+}
+
+/// An event's status from its deliveries' statuses (`pending`, `delivered`, `dead`): dead if
+/// any is dead, delivered once all are, else queued. `None` for an event without deliveries,
+/// which keeps its status (stored, quarantined, dropped). The one rule every backend applies
+/// after an attempt or a replay; the policy lives here, not in a backend's queries.
+pub fn settled_status<'a>(deliveries: impl IntoIterator<Item = &'a str>) -> Option<EventStatus> {
+    let (mut any, mut dead, mut unfinished) = (false, false, false);
+    for status in deliveries {
+        any = true;
+        dead |= status == "dead";
+        unfinished |= status != "delivered";
+    }
+    match (any, dead, unfinished) {
+        (false, _, _) => None,
+        (true, true, _) => Some(EventStatus::Dead),
+        (true, false, true) => Some(EventStatus::Queued),
+        (true, false, false) => Some(EventStatus::Delivered),
     }
 }
 
@@ -265,8 +295,9 @@ pub struct KvWrite {
 }
 
 /// The result of an event's plugin step, written in one commit: the runs, the plugins' kv
-/// writes, the step's own outcome, the event's new status and the deliveries it created. A
-/// failed step writes no kv: a run that failed leaves nothing behind but its record.
+/// writes, the step's own outcome, the event's new status and the deliveries it created. The
+/// chain gives no kv writes for a failed step, so a run that failed leaves nothing behind but
+/// its record.
 #[derive(Debug, Clone)]
 pub struct PluginStep {
     /// The event's key.
@@ -278,7 +309,7 @@ pub struct PluginStep {
     pub step: AttemptOutcome,
     /// Each plugin that ran.
     pub runs: Vec<PluginRunInfo>,
-    /// kv writes, applied only when the step finished.
+    /// kv writes, applied with the step. The chain gives none for a step that failed.
     pub kv: Vec<KvWrite>,
     /// The event's status after the step.
     pub status: EventStatus,
@@ -445,9 +476,9 @@ pub struct EventDetail {
     pub plugin_runs: Vec<PluginRunInfo>,
 }
 
-/// The durable store.
+/// What ingress writes: new events (de-duplicated), and proxy mode's forwards.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Ingest: Send + Sync + 'static {
     /// Stores a new event and its pending deliveries in one durable commit, unless an event
     /// with the same key (merchant, scope, id) exists, in which case nothing is written.
     async fn insert_event(&self, event: NewEvent) -> Result<Inserted, StoreError>;
@@ -463,7 +494,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Proxy mode: records a forward's attempt and sets the event delivered or failed.
     async fn finish_forward(&self, attempt: Attempt) -> Result<(), StoreError>;
+}
 
+/// The durable queue the dispatcher drains: due deliveries, their attempts, plugin steps.
+#[async_trait]
+pub trait DeliveryQueue: Send + Sync + 'static {
     /// Pending deliveries to `upstream` due at `now_ms`, oldest first, after `cursor`.
     async fn due_deliveries(
         &self,
@@ -477,25 +512,17 @@ pub trait Store: Send + Sync + 'static {
     /// can keep the attempt (to record it again) if the store refuses it, without a copy.
     async fn record_attempt(&self, attempt: Arc<Attempt>) -> Result<(), StoreError>;
 
-    /// Lists events, newest first.
-    async fn list_events(&self, filter: EventFilter) -> Result<Vec<EventSummary>, StoreError>;
-
-    /// The keys of the events with sender id `id`, narrowed to a merchant and a scope when
-    /// given; at most `limit`, in key order. How the admin API resolves a partial address.
-    async fn find_events(
-        &self,
-        merchant: Option<&str>,
-        scope: Option<&str>,
-        id: &str,
-        limit: usize,
-    ) -> Result<Vec<EventKey>, StoreError>;
-
-    /// One event with its deliveries and attempts.
-    async fn get_event(&self, key: &EventKey) -> Result<Option<EventDetail>, StoreError>;
-
     /// Records a plugin step (see [`PluginStep`]).
     async fn finish_plugin_step(&self, step: PluginStep) -> Result<(), StoreError>;
 
+    /// Pending deliveries (due now or later) to each of `upstreams`, by merchant:
+    /// (upstream, merchant, count).
+    async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<(String, String, u64)>, StoreError>;
+}
+
+/// Plugin versions and the plugins' key-value spaces, per merchant.
+#[async_trait]
+pub trait PluginStore: Send + Sync + 'static {
     /// A plugin's key-value space.
     async fn load_kv(&self, merchant: &str, plugin: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
@@ -531,24 +558,61 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes a plugin: its versions and its kv. False when it had none.
     async fn delete_plugin(&self, merchant: &str, name: &str) -> Result<bool, StoreError>;
+}
+
+/// What the admin API reads and replays.
+#[async_trait]
+pub trait AdminQueries: Send + Sync + 'static {
+    /// Lists events, newest first.
+    async fn list_events(&self, filter: EventFilter) -> Result<Vec<EventSummary>, StoreError>;
+
+    /// The keys of the events with sender id `id`, narrowed to a merchant and a scope when
+    /// given; at most `limit`, in key order. How the admin API resolves a partial address.
+    async fn find_events(
+        &self,
+        merchant: Option<&str>,
+        scope: Option<&str>,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<EventKey>, StoreError>;
+
+    /// One event with its deliveries and attempts.
+    async fn get_event(&self, key: &EventKey) -> Result<Option<EventDetail>, StoreError>;
 
     /// Makes an event's deliveries pending again (attempts reset), adding one to `upstream`
     /// if it has none (e.g. a quarantined event). An event with a plugin step replays from
     /// that step: the deliveries it created are removed, and the plugins decide again.
     /// False when the event is not found.
     async fn replay(&self, key: &EventKey, upstream: Option<&str>, now_ms: i64) -> Result<bool, StoreError>;
+}
 
-    /// Pending deliveries (due now or later) to each of `upstreams`, by merchant:
-    /// (upstream, merchant, count).
-    async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<(String, String, u64)>, StoreError>;
-
+/// Readiness and shutdown.
+#[async_trait]
+pub trait Lifecycle: Send + Sync + 'static {
     /// Proves the store can commit a write now (for readiness): a write as large as an event's
     /// and a row stamped `now_ms`, through the same path as every other write.
     async fn check_writable(&self, now_ms: i64) -> Result<(), StoreError>;
 
-    /// Time each commit took, since the store opened.
-    fn commit_seconds(&self) -> HistogramSnapshot;
-
     /// Flushes and closes; later calls fail with `Closed`.
     async fn close(&self);
+}
+
+/// The durable store: every role at once, as a backend implements it. Each part of the
+/// gateway names the roles it uses.
+pub trait Store: Ingest + DeliveryQueue + PluginStore + AdminQueries + Lifecycle {}
+
+impl<T: Ingest + DeliveryQueue + PluginStore + AdminQueries + Lifecycle> Store for T {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_is_dead_if_any_delivery_is_and_delivered_once_all_are() {
+        assert_eq!(settled_status([]), None);
+        assert_eq!(settled_status(["pending"]), Some(EventStatus::Queued));
+        assert_eq!(settled_status(["delivered", "pending"]), Some(EventStatus::Queued));
+        assert_eq!(settled_status(["delivered", "delivered"]), Some(EventStatus::Delivered));
+        assert_eq!(settled_status(["delivered", "dead", "pending"]), Some(EventStatus::Dead));
+    }
 }

@@ -22,13 +22,12 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::{
-    Attempt, AttemptInfo, AttemptOutcome, DeliveryInfo, DueCursor, DueDelivery, EventDetail, EventFilter,
-    EventKey, EventStatus, EventSummary, Inserted, NewEvent, NewPluginVersion, PluginHistory, PluginRunInfo,
-    PluginStep, PluginVersionInfo, QuotaExceeded, Store, StoreError, StoredPlugin, VersionBounds,
-    PLUGIN_STEP,
+    settled_status, AdminQueries, Attempt, AttemptInfo, AttemptOutcome, CommitObserver, DeliveryInfo,
+    DeliveryQueue, DueCursor, DueDelivery, EventDetail, EventFilter, EventKey, EventStatus, EventSummary,
+    Ingest, Inserted, Lifecycle, NewEvent, NewPluginVersion, PluginHistory, PluginRunInfo, PluginStep,
+    PluginStore, PluginVersionInfo, QuotaExceeded, StoreError, StoredPlugin, VersionBounds, PLUGIN_STEP,
 };
 use payflow_config::StoreConfig;
-use payflow_metrics::{Histogram, HistogramSnapshot, SECONDS_BUCKETS};
 
 /// What the readiness probe writes (and deletes): more than a typical event with its rows.
 const READY_ROOM_BYTES: i64 = 64 << 10;
@@ -255,8 +254,6 @@ pub struct SqliteStore {
     reader: Arc<Mutex<Connection>>,
     /// Dropping it stops the checkpointer thread.
     checkpointer: Mutex<Option<mpsc::Sender<()>>>,
-    /// Each batch's commit time.
-    commits: Arc<Histogram>,
 }
 
 /// How often WAL frames are copied back into the database file. SQLite's automatic
@@ -292,8 +289,9 @@ fn open(path: &Path, config: &StoreConfig) -> rusqlite::Result<Connection> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and starts the writer thread.
-    pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) the database file and starts the writer thread, which tells
+    /// `commits` how long each commit took.
+    pub fn open(config: &StoreConfig, commits: Arc<dyn CommitObserver>) -> Result<Self, StoreError> {
         let path = Path::new(&config.path);
         let writer_conn = open(path, config)
             .map_err(|e| StoreError::Unavailable(format!("cannot open database {}: {e}", path.display())))?;
@@ -309,18 +307,15 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpoint thread: {e}")))?;
         let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>();
         let max_batch = config.max_batch;
-        let commits = Arc::new(Histogram::new(SECONDS_BUCKETS));
-        let timed = commits.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(writer_conn, rx, max_batch, &timed))
+            .spawn(move || writer_loop(writer_conn, rx, max_batch, &*commits))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             reader: Arc::new(Mutex::new(reader)),
             checkpointer: Mutex::new(Some(stop_checkpoints)),
-            commits,
         })
     }
 
@@ -365,7 +360,7 @@ fn writer_loop(
     conn: Connection,
     jobs: mpsc::Receiver<Box<dyn WriteJob>>,
     max_batch: usize,
-    commits: &Histogram,
+    commits: &dyn CommitObserver,
 ) {
     let mut queues: [VecDeque<Box<dyn WriteJob>>; 2] = Default::default();
     let sort = |queues: &mut [VecDeque<_>; 2], job: Box<dyn WriteJob>| {
@@ -389,7 +384,7 @@ fn writer_loop(
         batch.extend(background.drain(..background.len().min(share)));
         let started = std::time::Instant::now();
         let outcomes = run_batch(&conn, &mut batch);
-        commits.observe_duration(started.elapsed());
+        commits.committed(started.elapsed());
         for (job, committed) in batch.into_iter().zip(outcomes) {
             job.finish(committed);
         }
@@ -514,43 +509,27 @@ fn key_of(key: &EventKey) -> (&str, &str, &str) {
     (&key.merchant, &key.scope, &key.id)
 }
 
-/// What an attempt's outcome changes about its event.
+/// What an attempt's outcome changes about its event: a retry leaves the delivery pending,
+/// which changes nothing ([`settled_status`] gives what the event already has); any other
+/// outcome settles the event.
 fn settle_after(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
-    // What this outcome can change about the event (the general rule is settle_event): a retry
-    // nothing; a dead delivery makes it dead; a delivered one makes it delivered once no other
-    // delivery of it is unfinished.
-    let settle = match attempt.outcome {
-        AttemptOutcome::Retry { .. } => return Ok(()),
-        AttemptOutcome::Dead => {
-            "UPDATE events SET status = 'dead' WHERE merchant = ?1 AND scope = ?2 AND id = ?3"
-        }
-        AttemptOutcome::Delivered => {
-            "UPDATE events SET status = 'delivered' WHERE merchant = ?1 AND scope = ?2 AND id = ?3
-               AND NOT EXISTS (SELECT 1 FROM deliveries d
-                               WHERE d.merchant = ?1 AND d.scope = ?2 AND d.event_id = ?3
-                                 AND d.status <> 'delivered')"
-        }
-    };
-    let (merchant, scope, id) = key_of(&attempt.key);
-    conn.prepare_cached(settle)?.execute(params![merchant, scope, id])?;
-    Ok(())
+    match attempt.outcome {
+        AttemptOutcome::Retry { .. } => Ok(()),
+        AttemptOutcome::Delivered | AttemptOutcome::Dead => settle_event(conn, &attempt.key),
+    }
 }
 
-/// An event's status from its deliveries: dead if any is dead, delivered if all are, else
-/// queued. An event without deliveries keeps its status (stored, quarantined). Used after a
-/// replay; a single attempt's outcome settles the event more cheaply in `record_attempt`.
+/// Sets an event's status from its deliveries', by the one rule every backend applies
+/// ([`settled_status`]). An event without deliveries keeps its status.
 fn settle_event(conn: &Connection, key: &EventKey) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "UPDATE events SET status = CASE
-             WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.merchant = ?1 AND d.scope = ?2
-                            AND d.event_id = ?3 AND d.status = 'dead') THEN 'dead'
-             WHEN NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.merchant = ?1 AND d.scope = ?2
-                                AND d.event_id = ?3 AND d.status <> 'delivered') THEN 'delivered'
-             ELSE 'queued' END
-         WHERE merchant = ?1 AND scope = ?2 AND id = ?3
-           AND EXISTS (SELECT 1 FROM deliveries d WHERE d.merchant = ?1 AND d.scope = ?2 AND d.event_id = ?3)",
-    )?
-    .execute(params![key.merchant, key.scope, key.id])?;
+    let statuses: Vec<String> = conn
+        .prepare_cached("SELECT status FROM deliveries WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3")?
+        .query_map(params![key.merchant, key.scope, key.id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if let Some(status) = settled_status(statuses.iter().map(String::as_str)) {
+        conn.prepare_cached("UPDATE events SET status = ?4 WHERE merchant = ?1 AND scope = ?2 AND id = ?3")?
+            .execute(params![key.merchant, key.scope, key.id, status.as_str()])?;
+    }
     Ok(())
 }
 
@@ -575,7 +554,7 @@ const SUMMARY_COLUMNS: &str =
     "merchant, id, endpoint, event_type, status, reason, received_at_ms, tags, scope";
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Ingest for SqliteStore {
     async fn insert_event(&self, event: NewEvent) -> Result<Inserted, StoreError> {
         self.write(move |conn| {
             let headers = serde_json::to_string(&event.headers).unwrap_or_else(|_| "[]".into());
@@ -664,7 +643,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl DeliveryQueue for SqliteStore {
     async fn due_deliveries(
         &self,
         upstream: &str,
@@ -714,6 +696,314 @@ impl Store for SqliteStore {
         self.write_with(Priority::Background, move |conn| apply_attempt(conn, &attempt)).await
     }
 
+    async fn finish_plugin_step(&self, step: PluginStep) -> Result<(), StoreError> {
+        self.write_with(Priority::Background, move |conn| {
+            let (merchant, scope, id) = key_of(&step.key);
+            let mut run = conn.prepare_cached(
+                "INSERT INTO plugin_runs (merchant, scope, event_id, plugin, version, attempt, at_ms, duration_us,
+                                          fuel_used, outcome, detail, logs)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?;
+            for r in &step.runs {
+                let logs = serde_json::to_string(&r.logs).unwrap_or_else(|_| "[]".into());
+                run.execute(params![
+                    merchant,
+                    scope,
+                    id,
+                    r.plugin,
+                    r.version,
+                    r.attempt,
+                    r.at_ms,
+                    r.duration_us,
+                    r.fuel_used as i64,
+                    r.outcome,
+                    r.detail,
+                    logs
+                ])?;
+            }
+            // A step that finished is recorded by its runs; an attempt row is kept for the
+            // failures (and the admin view of retries) only.
+            if step.step != AttemptOutcome::Delivered {
+                insert_attempt(
+                    conn,
+                    &Attempt {
+                        key: step.key.clone(),
+                        info: step.attempt.clone(),
+                        outcome: step.step,
+                    },
+                )?;
+            }
+            update_delivery(conn, (merchant, scope, id), PLUGIN_STEP, step.attempt.number, step.step)?;
+            let mut kv = conn.prepare_cached(
+                "INSERT INTO plugin_kv (merchant, plugin, key, value) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value",
+            )?;
+            for w in &step.kv {
+                kv.execute(params![merchant, w.plugin, w.key, w.value])?;
+            }
+            let mut add = conn.prepare_cached(
+                "INSERT INTO deliveries (merchant, event_id, upstream, status, attempts, next_attempt_at_ms,
+                                         body, headers, scope)
+                 VALUES (?1, ?2, ?3, ?7, ?8, ?4, ?5, ?6, ?9)
+                 ON CONFLICT (merchant, scope, event_id, upstream) DO UPDATE
+                 SET status = excluded.status, attempts = excluded.attempts,
+                     next_attempt_at_ms = excluded.next_attempt_at_ms,
+                     body = excluded.body, headers = excluded.headers",
+            )?;
+            for d in &step.deliveries {
+                let headers =
+                    (!d.headers.is_empty()).then(|| serde_json::to_string(&d.headers).unwrap_or_default());
+                // The one the step already attempted goes in as that attempt left it.
+                let (status, attempts, next_at_ms) = match &step.first_delivery {
+                    Some(first) if first.info.upstream == d.upstream => {
+                        let (status, next) = delivery_state(first.outcome);
+                        (status, first.info.number, next.unwrap_or(step.attempt.at_ms))
+                    }
+                    _ => ("pending", 0, step.attempt.at_ms),
+                };
+                add.execute(params![
+                    merchant,
+                    id,
+                    d.upstream,
+                    next_at_ms,
+                    d.body.as_deref(),
+                    headers,
+                    status,
+                    attempts,
+                    scope
+                ])?;
+            }
+            let tags = (!step.tags.is_empty()).then(|| serde_json::to_string(&step.tags).unwrap_or_default());
+            // The common case changes nothing about the event: a first attempt (ingress left it
+            // queued, without a reason) that continued, untagged.
+            let unchanged = step.attempt.number == 1
+                && step.status == EventStatus::Queued
+                && step.reason.is_none()
+                && tags.is_none();
+            if !unchanged {
+                conn.prepare_cached(
+                    "UPDATE events SET status = ?3, reason = ?4, tags = COALESCE(?5, tags)
+                     WHERE merchant = ?1 AND scope = ?6 AND id = ?2",
+                )?
+                .execute(params![merchant, id, step.status.as_str(), step.reason, tags, scope])?;
+            }
+            if let Some(first) = &step.first_delivery {
+                insert_attempt(conn, first)?;
+                settle_after(conn, first)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<(String, String, u64)>, StoreError> {
+        self.read(move |conn| {
+            // Per upstream, so each count is a range of the `deliveries_due` index.
+            let mut statement = conn.prepare_cached(
+                "SELECT merchant, COUNT(*) FROM deliveries WHERE upstream = ?1 AND status = 'pending'
+                 GROUP BY merchant",
+            )?;
+            let mut depths = Vec::new();
+            for upstream in upstreams {
+                let rows = statement
+                    .query_map(params![upstream], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+                for row in rows {
+                    let (merchant, n) = row?;
+                    depths.push((upstream.clone(), merchant, n as u64));
+                }
+            }
+            Ok(depths)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl PluginStore for SqliteStore {
+    async fn load_kv(&self, merchant: &str, plugin: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let (merchant, plugin) = (merchant.to_string(), plugin.to_string());
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT key, value FROM plugin_kv WHERE merchant = ?1 AND plugin = ?2")?
+                .query_map(params![merchant, plugin], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .await
+    }
+
+    async fn add_plugin_version(
+        &self,
+        v: NewPluginVersion,
+        file_sha256: Option<String>,
+        bounds: VersionBounds,
+    ) -> Result<Result<u32, QuotaExceeded>, StoreError> {
+        self.write(move |conn| {
+            let version: u32 = conn.query_row(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM plugin_versions WHERE merchant = ?1 AND name = ?2",
+                params![v.merchant, v.name],
+                |r| r.get(0),
+            )?;
+            let active: Option<u32> = conn
+                .query_row(
+                    "SELECT active_version FROM plugins WHERE merchant = ?1 AND name = ?2",
+                    params![v.merchant, v.name],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .flatten();
+            // Kept: the new version, the one it replaces, and the newest others up to the cap.
+            let others = bounds.max_versions.saturating_sub(1 + u32::from(active.is_some()));
+            let pruned: Vec<(u32, u64)> = conn
+                .prepare_cached(
+                    "SELECT version, LENGTH(wasm) + LENGTH(compiled) FROM plugin_versions
+                     WHERE merchant = ?1 AND name = ?2 AND version IS NOT ?3
+                     ORDER BY version DESC LIMIT -1 OFFSET ?4",
+                )?
+                .query_map(params![v.merchant, v.name, active, others], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let used: u64 = conn.query_row(
+                "SELECT COALESCE(SUM(LENGTH(wasm) + LENGTH(compiled)), 0) FROM plugin_versions WHERE merchant = ?1",
+                params![v.merchant],
+                |r| r.get(0),
+            )?;
+            let needed = used - pruned.iter().map(|(_, size)| size).sum::<u64>()
+                + (v.wasm.len() + v.compiled.len()) as u64;
+            if needed > bounds.merchant_bytes {
+                return Ok(Err(QuotaExceeded { needed, quota: bounds.merchant_bytes }));
+            }
+            for (old, _) in &pruned {
+                conn.prepare_cached("DELETE FROM plugin_versions WHERE merchant = ?1 AND name = ?2 AND version = ?3")?
+                    .execute(params![v.merchant, v.name, old])?;
+            }
+            conn.execute(
+                "INSERT INTO plugin_versions (merchant, name, version, sha256, wasm, compiled, source, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![v.merchant, v.name, version, v.sha256, &v.wasm[..], v.compiled, v.source, v.created_at_ms],
+            )?;
+            conn.execute(
+                "INSERT INTO plugins (merchant, name, active_version, file_sha256) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (merchant, name) DO UPDATE
+                 SET active_version = excluded.active_version,
+                     file_sha256 = COALESCE(excluded.file_sha256, plugins.file_sha256)",
+                params![v.merchant, v.name, version, file_sha256],
+            )?;
+            Ok(Ok(version))
+        })
+        .await
+    }
+
+    async fn active_plugin(&self, merchant: &str, name: &str) -> Result<Option<StoredPlugin>, StoreError> {
+        let (merchant, name) = (merchant.to_string(), name.to_string());
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT v.version, v.wasm, v.compiled, v.sha256, v.source, v.created_at_ms
+                 FROM plugins p JOIN plugin_versions v
+                   ON v.merchant = p.merchant AND v.name = p.name AND v.version = p.active_version
+                 WHERE p.merchant = ?1 AND p.name = ?2",
+                params![merchant, name],
+                |r| {
+                    let wasm: Vec<u8> = r.get(1)?;
+                    Ok(StoredPlugin {
+                        version: r.get(0)?,
+                        compiled: r.get(2)?,
+                        info: PluginVersionInfo {
+                            version: r.get(0)?,
+                            sha256: r.get(3)?,
+                            size: wasm.len(),
+                            source: r.get(4)?,
+                            created_at_ms: r.get(5)?,
+                        },
+                        wasm: Bytes::from(wasm),
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn plugin_history(&self, merchant: &str, name: &str) -> Result<PluginHistory, StoreError> {
+        let (merchant, name) = (merchant.to_string(), name.to_string());
+        self.read(move |conn| {
+            let (active, file_sha256) = conn
+                .query_row(
+                    "SELECT active_version, file_sha256 FROM plugins WHERE merchant = ?1 AND name = ?2",
+                    params![merchant, name],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?
+                .unwrap_or((None, None));
+            let versions = conn
+                .prepare_cached(
+                    "SELECT version, sha256, LENGTH(wasm), source, created_at_ms FROM plugin_versions
+                     WHERE merchant = ?1 AND name = ?2 ORDER BY version",
+                )?
+                .query_map(params![merchant, name], |r| {
+                    Ok(PluginVersionInfo {
+                        version: r.get(0)?,
+                        sha256: r.get(1)?,
+                        size: r.get::<_, i64>(2)? as usize,
+                        source: r.get(3)?,
+                        created_at_ms: r.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(PluginHistory { active, file_sha256, versions })
+        })
+        .await
+    }
+
+    async fn activate_plugin(&self, merchant: &str, name: &str, version: u32) -> Result<bool, StoreError> {
+        let (merchant, name) = (merchant.to_string(), name.to_string());
+        self.write(move |conn| {
+            let n = conn.execute(
+                "UPDATE plugins SET active_version = ?3 WHERE merchant = ?1 AND name = ?2
+                   AND EXISTS (SELECT 1 FROM plugin_versions v WHERE v.merchant = ?1 AND v.name = ?2 AND v.version = ?3)",
+                params![merchant, name, version],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn save_compiled(
+        &self,
+        merchant: &str,
+        name: &str,
+        version: u32,
+        compiled: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let (merchant, name) = (merchant.to_string(), name.to_string());
+        self.write_with(Priority::Background, move |conn| {
+            conn.execute(
+                "UPDATE plugin_versions SET compiled = ?4 WHERE merchant = ?1 AND name = ?2 AND version = ?3",
+                params![merchant, name, version, compiled],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_plugin(&self, merchant: &str, name: &str) -> Result<bool, StoreError> {
+        let (merchant, name) = (merchant.to_string(), name.to_string());
+        self.write(move |conn| {
+            let n = conn
+                .execute("DELETE FROM plugins WHERE merchant = ?1 AND name = ?2", params![merchant, name])?;
+            conn.execute(
+                "DELETE FROM plugin_versions WHERE merchant = ?1 AND name = ?2",
+                params![merchant, name],
+            )?;
+            conn.execute(
+                "DELETE FROM plugin_kv WHERE merchant = ?1 AND plugin = ?2",
+                params![merchant, name],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl AdminQueries for SqliteStore {
     async fn list_events(&self, filter: EventFilter) -> Result<Vec<EventSummary>, StoreError> {
         self.read(move |conn| {
             let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM events WHERE 1 = 1");
@@ -904,309 +1194,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
-    async fn finish_plugin_step(&self, step: PluginStep) -> Result<(), StoreError> {
-        self.write_with(Priority::Background, move |conn| {
-            let (merchant, scope, id) = key_of(&step.key);
-            let mut run = conn.prepare_cached(
-                "INSERT INTO plugin_runs (merchant, scope, event_id, plugin, version, attempt, at_ms, duration_us,
-                                          fuel_used, outcome, detail, logs)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            )?;
-            for r in &step.runs {
-                let logs = serde_json::to_string(&r.logs).unwrap_or_else(|_| "[]".into());
-                run.execute(params![
-                    merchant,
-                    scope,
-                    id,
-                    r.plugin,
-                    r.version,
-                    r.attempt,
-                    r.at_ms,
-                    r.duration_us,
-                    r.fuel_used as i64,
-                    r.outcome,
-                    r.detail,
-                    logs
-                ])?;
-            }
-            // A step that finished is recorded by its runs; an attempt row is kept for the
-            // failures (and the admin view of retries) only.
-            if step.step != AttemptOutcome::Delivered {
-                insert_attempt(
-                    conn,
-                    &Attempt {
-                        key: step.key.clone(),
-                        info: step.attempt.clone(),
-                        outcome: step.step,
-                    },
-                )?;
-            }
-            update_delivery(conn, (merchant, scope, id), PLUGIN_STEP, step.attempt.number, step.step)?;
-            let mut kv = conn.prepare_cached(
-                "INSERT INTO plugin_kv (merchant, plugin, key, value) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value",
-            )?;
-            for w in &step.kv {
-                kv.execute(params![merchant, w.plugin, w.key, w.value])?;
-            }
-            let mut add = conn.prepare_cached(
-                "INSERT INTO deliveries (merchant, event_id, upstream, status, attempts, next_attempt_at_ms,
-                                         body, headers, scope)
-                 VALUES (?1, ?2, ?3, ?7, ?8, ?4, ?5, ?6, ?9)
-                 ON CONFLICT (merchant, scope, event_id, upstream) DO UPDATE
-                 SET status = excluded.status, attempts = excluded.attempts,
-                     next_attempt_at_ms = excluded.next_attempt_at_ms,
-                     body = excluded.body, headers = excluded.headers",
-            )?;
-            for d in &step.deliveries {
-                let headers =
-                    (!d.headers.is_empty()).then(|| serde_json::to_string(&d.headers).unwrap_or_default());
-                // The one the step already attempted goes in as that attempt left it.
-                let (status, attempts, next_at_ms) = match &step.first_delivery {
-                    Some(first) if first.info.upstream == d.upstream => {
-                        let (status, next) = delivery_state(first.outcome);
-                        (status, first.info.number, next.unwrap_or(step.attempt.at_ms))
-                    }
-                    _ => ("pending", 0, step.attempt.at_ms),
-                };
-                add.execute(params![
-                    merchant,
-                    id,
-                    d.upstream,
-                    next_at_ms,
-                    d.body.as_deref(),
-                    headers,
-                    status,
-                    attempts,
-                    scope
-                ])?;
-            }
-            let tags = (!step.tags.is_empty()).then(|| serde_json::to_string(&step.tags).unwrap_or_default());
-            // The common case changes nothing about the event: a first attempt (ingress left it
-            // queued, without a reason) that continued, untagged.
-            let unchanged = step.attempt.number == 1
-                && step.status == EventStatus::Queued
-                && step.reason.is_none()
-                && tags.is_none();
-            if !unchanged {
-                conn.prepare_cached(
-                    "UPDATE events SET status = ?3, reason = ?4, tags = COALESCE(?5, tags)
-                     WHERE merchant = ?1 AND scope = ?6 AND id = ?2",
-                )?
-                .execute(params![merchant, id, step.status.as_str(), step.reason, tags, scope])?;
-            }
-            if let Some(first) = &step.first_delivery {
-                insert_attempt(conn, first)?;
-                settle_after(conn, first)?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    async fn load_kv(&self, merchant: &str, plugin: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let (merchant, plugin) = (merchant.to_string(), plugin.to_string());
-        self.read(move |conn| {
-            conn.prepare_cached("SELECT key, value FROM plugin_kv WHERE merchant = ?1 AND plugin = ?2")?
-                .query_map(params![merchant, plugin], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect()
-        })
-        .await
-    }
-
-    async fn add_plugin_version(
-        &self,
-        v: NewPluginVersion,
-        file_sha256: Option<String>,
-        bounds: VersionBounds,
-    ) -> Result<Result<u32, QuotaExceeded>, StoreError> {
-        self.write(move |conn| {
-            let version: u32 = conn.query_row(
-                "SELECT COALESCE(MAX(version), 0) + 1 FROM plugin_versions WHERE merchant = ?1 AND name = ?2",
-                params![v.merchant, v.name],
-                |r| r.get(0),
-            )?;
-            let active: Option<u32> = conn
-                .query_row(
-                    "SELECT active_version FROM plugins WHERE merchant = ?1 AND name = ?2",
-                    params![v.merchant, v.name],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .flatten();
-            // Kept: the new version, the one it replaces, and the newest others up to the cap.
-            let others = bounds.max_versions.saturating_sub(1 + u32::from(active.is_some()));
-            let pruned: Vec<(u32, u64)> = conn
-                .prepare_cached(
-                    "SELECT version, LENGTH(wasm) + LENGTH(compiled) FROM plugin_versions
-                     WHERE merchant = ?1 AND name = ?2 AND version IS NOT ?3
-                     ORDER BY version DESC LIMIT -1 OFFSET ?4",
-                )?
-                .query_map(params![v.merchant, v.name, active, others], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            let used: u64 = conn.query_row(
-                "SELECT COALESCE(SUM(LENGTH(wasm) + LENGTH(compiled)), 0) FROM plugin_versions WHERE merchant = ?1",
-                params![v.merchant],
-                |r| r.get(0),
-            )?;
-            let needed = used - pruned.iter().map(|(_, size)| size).sum::<u64>()
-                + (v.wasm.len() + v.compiled.len()) as u64;
-            if needed > bounds.merchant_bytes {
-                return Ok(Err(QuotaExceeded { needed, quota: bounds.merchant_bytes }));
-            }
-            for (old, _) in &pruned {
-                conn.prepare_cached("DELETE FROM plugin_versions WHERE merchant = ?1 AND name = ?2 AND version = ?3")?
-                    .execute(params![v.merchant, v.name, old])?;
-            }
-            conn.execute(
-                "INSERT INTO plugin_versions (merchant, name, version, sha256, wasm, compiled, source, created_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![v.merchant, v.name, version, v.sha256, &v.wasm[..], v.compiled, v.source, v.created_at_ms],
-            )?;
-            conn.execute(
-                "INSERT INTO plugins (merchant, name, active_version, file_sha256) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (merchant, name) DO UPDATE
-                 SET active_version = excluded.active_version,
-                     file_sha256 = COALESCE(excluded.file_sha256, plugins.file_sha256)",
-                params![v.merchant, v.name, version, file_sha256],
-            )?;
-            Ok(Ok(version))
-        })
-        .await
-    }
-
-    async fn active_plugin(&self, merchant: &str, name: &str) -> Result<Option<StoredPlugin>, StoreError> {
-        let (merchant, name) = (merchant.to_string(), name.to_string());
-        self.read(move |conn| {
-            conn.query_row(
-                "SELECT v.version, v.wasm, v.compiled, v.sha256, v.source, v.created_at_ms
-                 FROM plugins p JOIN plugin_versions v
-                   ON v.merchant = p.merchant AND v.name = p.name AND v.version = p.active_version
-                 WHERE p.merchant = ?1 AND p.name = ?2",
-                params![merchant, name],
-                |r| {
-                    let wasm: Vec<u8> = r.get(1)?;
-                    Ok(StoredPlugin {
-                        version: r.get(0)?,
-                        compiled: r.get(2)?,
-                        info: PluginVersionInfo {
-                            version: r.get(0)?,
-                            sha256: r.get(3)?,
-                            size: wasm.len(),
-                            source: r.get(4)?,
-                            created_at_ms: r.get(5)?,
-                        },
-                        wasm: Bytes::from(wasm),
-                    })
-                },
-            )
-            .optional()
-        })
-        .await
-    }
-
-    async fn plugin_history(&self, merchant: &str, name: &str) -> Result<PluginHistory, StoreError> {
-        let (merchant, name) = (merchant.to_string(), name.to_string());
-        self.read(move |conn| {
-            let (active, file_sha256) = conn
-                .query_row(
-                    "SELECT active_version, file_sha256 FROM plugins WHERE merchant = ?1 AND name = ?2",
-                    params![merchant, name],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?
-                .unwrap_or((None, None));
-            let versions = conn
-                .prepare_cached(
-                    "SELECT version, sha256, LENGTH(wasm), source, created_at_ms FROM plugin_versions
-                     WHERE merchant = ?1 AND name = ?2 ORDER BY version",
-                )?
-                .query_map(params![merchant, name], |r| {
-                    Ok(PluginVersionInfo {
-                        version: r.get(0)?,
-                        sha256: r.get(1)?,
-                        size: r.get::<_, i64>(2)? as usize,
-                        source: r.get(3)?,
-                        created_at_ms: r.get(4)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(PluginHistory { active, file_sha256, versions })
-        })
-        .await
-    }
-
-    async fn activate_plugin(&self, merchant: &str, name: &str, version: u32) -> Result<bool, StoreError> {
-        let (merchant, name) = (merchant.to_string(), name.to_string());
-        self.write(move |conn| {
-            let n = conn.execute(
-                "UPDATE plugins SET active_version = ?3 WHERE merchant = ?1 AND name = ?2
-                   AND EXISTS (SELECT 1 FROM plugin_versions v WHERE v.merchant = ?1 AND v.name = ?2 AND v.version = ?3)",
-                params![merchant, name, version],
-            )?;
-            Ok(n == 1)
-        })
-        .await
-    }
-
-    async fn save_compiled(
-        &self,
-        merchant: &str,
-        name: &str,
-        version: u32,
-        compiled: Vec<u8>,
-    ) -> Result<(), StoreError> {
-        let (merchant, name) = (merchant.to_string(), name.to_string());
-        self.write_with(Priority::Background, move |conn| {
-            conn.execute(
-                "UPDATE plugin_versions SET compiled = ?4 WHERE merchant = ?1 AND name = ?2 AND version = ?3",
-                params![merchant, name, version, compiled],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn delete_plugin(&self, merchant: &str, name: &str) -> Result<bool, StoreError> {
-        let (merchant, name) = (merchant.to_string(), name.to_string());
-        self.write(move |conn| {
-            let n = conn
-                .execute("DELETE FROM plugins WHERE merchant = ?1 AND name = ?2", params![merchant, name])?;
-            conn.execute(
-                "DELETE FROM plugin_versions WHERE merchant = ?1 AND name = ?2",
-                params![merchant, name],
-            )?;
-            conn.execute(
-                "DELETE FROM plugin_kv WHERE merchant = ?1 AND plugin = ?2",
-                params![merchant, name],
-            )?;
-            Ok(n == 1)
-        })
-        .await
-    }
-
-    async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<(String, String, u64)>, StoreError> {
-        self.read(move |conn| {
-            // Per upstream, so each count is a range of the `deliveries_due` index.
-            let mut statement = conn.prepare_cached(
-                "SELECT merchant, COUNT(*) FROM deliveries WHERE upstream = ?1 AND status = 'pending'
-                 GROUP BY merchant",
-            )?;
-            let mut depths = Vec::new();
-            for upstream in upstreams {
-                let rows = statement
-                    .query_map(params![upstream], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-                for row in rows {
-                    let (merchant, n) = row?;
-                    depths.push((upstream.clone(), merchant, n as u64));
-                }
-            }
-            Ok(depths)
-        })
-        .await
-    }
-
+#[async_trait]
+impl Lifecycle for SqliteStore {
     async fn check_writable(&self, now_ms: i64) -> Result<(), StoreError> {
         self.write_with(Priority::Background, move |conn| {
             // Room for a real write, not just the one-row stamp: a full database (max_size_mb,
@@ -1225,10 +1216,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    fn commit_seconds(&self) -> HistogramSnapshot {
-        self.commits.snapshot()
-    }
-
     async fn close(&self) {
         self.checkpointer.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -1237,4 +1224,19 @@ impl Store for SqliteStore {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Store;
+
+    async fn open() -> (Arc<dyn Store>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            StoreConfig { path: dir.path().join("db").display().to_string(), ..StoreConfig::default() };
+        (Arc::new(SqliteStore::open(&config, Arc::new(())).unwrap()), dir)
+    }
+
+    crate::conformance_tests!(open);
 }

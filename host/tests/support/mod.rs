@@ -256,6 +256,13 @@ pub fn event_body(id: &str, event_type: &str) -> Vec<u8> {
     serde_json::to_vec(&payflow_gateway::samples::sample_event(event_type, id, unix_now())).unwrap()
 }
 
+/// A seed-shaped `payment.succeeded` event with this amount, to change further or serialise.
+pub fn payment_with_amount(id: &str, amount: i64) -> Value {
+    let mut body: Value = serde_json::from_slice(&event_body(id, "payment.succeeded")).unwrap();
+    body["data"]["amount"] = amount.into();
+    body
+}
+
 /// Signature headers for `body` under `scheme` (our signer, itself checked against Python's
 /// hmac in cli_sign_verify.rs; the verifier is checked against third-party vectors).
 pub fn sign(scheme: Scheme, secret: &str, body: &[u8], id: &str) -> Vec<(String, String)> {

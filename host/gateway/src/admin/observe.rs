@@ -101,7 +101,7 @@ impl Admin {
                 "payflow_edge_store_commit_seconds",
                 "Time to commit one batch of writes (one fsync).",
                 &[],
-                &self.store.commit_seconds(),
+                &self.commits.snapshot(),
             );
         }
         if let Some(registry) = self.registry() {

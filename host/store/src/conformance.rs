@@ -1,0 +1,336 @@
+//! The conformance suite every store backend must pass: what the rest of the gateway relies on,
+//! checked through the [`Store`] trait alone. A backend runs it with [`conformance_tests!`],
+//! giving a function that opens a fresh, empty store; each check becomes a test of its own.
+//!
+//! These checks must never look inside a backend (no SQL, no files): a second backend passes
+//! exactly the same suite.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::{
+    AttemptInfo, AttemptOutcome, EventFilter, EventKey, EventStatus, Inserted, KvWrite, NewDelivery,
+    NewEvent, NewPluginVersion, PluginRunInfo, PluginStep, Store, VersionBounds, PLUGIN_STEP,
+};
+
+/// Generates one `#[tokio::test]` per check, each on a store from `$open`: an async function
+/// returning a fresh, empty store and whatever must live as long as it (a temporary
+/// directory, a database to drop), as `(Arc<dyn Store>, guard)`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($open:path) => {
+        $crate::conformance_tests!(@each $open;
+            the_same_key_stored_concurrently_is_new_exactly_once,
+            one_id_in_two_scopes_or_merchants_is_two_events,
+            a_due_delivery_is_read_recorded_and_retried_at_its_time,
+            a_dead_delivery_makes_its_event_dead_and_replay_revives_it,
+            a_plugin_step_commits_its_runs_kv_and_deliveries_together,
+            events_page_newest_first_without_gaps_or_repeats,
+            plugin_versions_are_bounded_and_activated,
+            a_stored_body_comes_back_byte_for_byte,
+        );
+    };
+    (@each $open:path; $($check:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread")]
+            async fn $check() {
+                let (store, _guard) = $open().await;
+                $crate::conformance::$check(store).await;
+            }
+        )+
+    };
+}
+
+const NOW: i64 = 1_764_000_000_000;
+
+fn key(merchant: &str, scope: &str, id: &str) -> EventKey {
+    EventKey { merchant: merchant.into(), scope: scope.into(), id: id.into() }
+}
+
+fn event(key: &EventKey, at_ms: i64, deliveries: &[&str]) -> NewEvent {
+    NewEvent {
+        key: key.clone(),
+        endpoint: key.scope.clone(),
+        event_type: Some("payment.succeeded".into()),
+        status: if deliveries.is_empty() { EventStatus::Stored } else { EventStatus::Queued },
+        reason: None,
+        body: Bytes::from(format!("{{\"id\":\"{}\"}}", key.id)),
+        headers: vec![("content-type".into(), "application/json".into())],
+        received_at_ms: at_ms,
+        deliveries: deliveries.iter().map(|d| d.to_string()).collect(),
+        request_id: format!("req_{}", key.id),
+    }
+}
+
+fn attempt_info(upstream: &str, number: u32, at_ms: i64, status: u16) -> AttemptInfo {
+    AttemptInfo {
+        upstream: upstream.into(),
+        number,
+        at_ms,
+        duration_ms: 3,
+        status_code: Some(status),
+        error: None,
+        response: Some("ok".into()),
+    }
+}
+
+async fn status_of(store: &dyn Store, key: &EventKey) -> String {
+    store.get_event(key).await.unwrap().expect("the event is stored").summary.status
+}
+
+/// De-duplication is atomic: of many concurrent inserts of one key, exactly one is new.
+pub async fn the_same_key_stored_concurrently_is_new_exactly_once(store: Arc<dyn Store>) {
+    let key = key("acme", "/wh", "evt_race");
+    let inserts = (0..16).map(|_| {
+        let (store, event) = (store.clone(), event(&key, NOW, &["legacy"]));
+        tokio::spawn(async move { store.insert_event(event).await.unwrap() })
+    });
+    let mut new = 0;
+    for insert in inserts {
+        if insert.await.unwrap() == Inserted::New {
+            new += 1;
+        }
+    }
+    assert_eq!(new, 1, "exactly one insert is new");
+    let due = store.due_deliveries("legacy", NOW, None, 100).await.unwrap();
+    assert_eq!(due.len(), 1, "and only it created a delivery");
+    assert_eq!(
+        store.insert_event(event(&key, NOW, &["legacy"])).await.unwrap(),
+        Inserted::Duplicate(EventStatus::Queued)
+    );
+}
+
+/// The key is (merchant, scope, id): the same id elsewhere is another event.
+pub async fn one_id_in_two_scopes_or_merchants_is_two_events(store: Arc<dyn Store>) {
+    let keys = [
+        key("acme", "/payflow", "evt_1"),
+        key("acme", "/github", "evt_1"),
+        key("globex", "/payflow", "evt_1"),
+    ];
+    for k in &keys {
+        assert_eq!(store.insert_event(event(k, NOW, &[])).await.unwrap(), Inserted::New, "{k:?}");
+    }
+    let all = store.find_events(None, None, "evt_1", 10).await.unwrap();
+    assert_eq!(all.len(), 3);
+    let acme = store.find_events(Some("acme"), None, "evt_1", 10).await.unwrap();
+    assert_eq!(acme, vec![keys[1].clone(), keys[0].clone()], "in key order");
+    let github = store.find_events(None, Some("/github"), "evt_1", 10).await.unwrap();
+    assert_eq!(github, vec![keys[1].clone()]);
+    assert_eq!(store.find_events(None, None, "evt_1", 2).await.unwrap().len(), 2, "limit holds");
+    assert!(store.get_event(&key("acme", "/other", "evt_1")).await.unwrap().is_none());
+}
+
+/// A pending delivery is due at its time, and an attempt's outcome moves it: a retry is due
+/// again only at its next time, a success settles the event.
+pub async fn a_due_delivery_is_read_recorded_and_retried_at_its_time(store: Arc<dyn Store>) {
+    let k = key("acme", "/wh", "evt_due");
+    store.insert_event(event(&k, NOW, &["legacy"])).await.unwrap();
+    assert!(store.due_deliveries("legacy", NOW - 1, None, 10).await.unwrap().is_empty(), "not due yet");
+    assert!(store.due_deliveries("other", NOW, None, 10).await.unwrap().is_empty(), "another upstream's");
+    let due = store.due_deliveries("legacy", NOW, None, 10).await.unwrap();
+    assert_eq!((due.len(), &due[0].key, due[0].attempts), (1, &k, 0));
+    assert_eq!(&due[0].body[..], format!("{{\"id\":\"{}\"}}", k.id).as_bytes());
+
+    let retry_at = NOW + 60_000;
+    let first = crate::Attempt {
+        key: k.clone(),
+        info: attempt_info("legacy", 1, NOW, 503),
+        outcome: AttemptOutcome::Retry { next_at_ms: retry_at },
+    };
+    store.record_attempt(Arc::new(first)).await.unwrap();
+    assert!(store.due_deliveries("legacy", retry_at - 1, None, 10).await.unwrap().is_empty(), "backing off");
+    let again = store.due_deliveries("legacy", retry_at, None, 10).await.unwrap();
+    assert_eq!(again[0].attempts, 1);
+    assert_eq!(status_of(&*store, &k).await, "queued");
+    let depth = store.queue_depth(vec!["legacy".into()]).await.unwrap();
+    assert_eq!(depth, vec![("legacy".to_string(), "acme".to_string(), 1)]);
+
+    let second = crate::Attempt {
+        key: k.clone(),
+        info: attempt_info("legacy", 2, retry_at, 200),
+        outcome: AttemptOutcome::Delivered,
+    };
+    store.record_attempt(Arc::new(second)).await.unwrap();
+    assert!(store.due_deliveries("legacy", retry_at * 2, None, 10).await.unwrap().is_empty());
+    let detail = store.get_event(&k).await.unwrap().unwrap();
+    assert_eq!(detail.summary.status, "delivered");
+    assert_eq!(detail.attempts.iter().map(|a| a.number).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(detail.deliveries[0].status, "delivered");
+}
+
+/// One dead delivery makes its event dead; a replay makes every delivery pending again with
+/// its attempts reset, and the event queued.
+pub async fn a_dead_delivery_makes_its_event_dead_and_replay_revives_it(store: Arc<dyn Store>) {
+    let k = key("acme", "/wh", "evt_dead");
+    store.insert_event(event(&k, NOW, &["a", "b"])).await.unwrap();
+    let delivered = crate::Attempt {
+        key: k.clone(),
+        info: attempt_info("a", 1, NOW, 200),
+        outcome: AttemptOutcome::Delivered,
+    };
+    store.record_attempt(Arc::new(delivered)).await.unwrap();
+    assert_eq!(status_of(&*store, &k).await, "queued", "b is still pending");
+    let dead = crate::Attempt {
+        key: k.clone(),
+        info: attempt_info("b", 1, NOW, 400),
+        outcome: AttemptOutcome::Dead,
+    };
+    store.record_attempt(Arc::new(dead)).await.unwrap();
+    assert_eq!(status_of(&*store, &k).await, "dead");
+
+    assert!(store.replay(&k, Some("b"), NOW + 5).await.unwrap());
+    assert_eq!(status_of(&*store, &k).await, "queued");
+    let due = store.due_deliveries("b", NOW + 5, None, 10).await.unwrap();
+    assert_eq!((due.len(), due[0].attempts), (1, 0));
+    assert!(!store.replay(&key("acme", "/wh", "evt_missing"), Some("b"), NOW).await.unwrap());
+}
+
+/// A plugin step writes its runs, its kv writes and the deliveries it created in one commit;
+/// a failed step is recorded as an attempt to retry and creates no delivery.
+pub async fn a_plugin_step_commits_its_runs_kv_and_deliveries_together(store: Arc<dyn Store>) {
+    let k = key("acme", "/wh", "evt_step");
+    store.insert_event(event(&k, NOW, &[PLUGIN_STEP])).await.unwrap();
+    let run = PluginRunInfo {
+        plugin: "enrich".into(),
+        version: 1,
+        attempt: 1,
+        at_ms: NOW,
+        duration_us: 40,
+        fuel_used: 1000,
+        outcome: "continue".into(),
+        detail: None,
+        logs: vec![("info".into(), "hello".into())],
+    };
+    let failed = PluginStep {
+        key: k.clone(),
+        attempt: attempt_info(PLUGIN_STEP, 1, NOW, 0),
+        step: AttemptOutcome::Retry { next_at_ms: NOW + 1_000 },
+        runs: vec![PluginRunInfo { outcome: "trap".into(), ..run.clone() }],
+        kv: Vec::new(),
+        status: EventStatus::Queued,
+        reason: Some("enrich: trap".into()),
+        deliveries: Vec::new(),
+        tags: Vec::new(),
+        first_delivery: None,
+    };
+    store.finish_plugin_step(failed).await.unwrap();
+    assert!(store.due_deliveries(PLUGIN_STEP, NOW + 999, None, 10).await.unwrap().is_empty(), "backing off");
+    let retry = store.due_deliveries(PLUGIN_STEP, NOW + 1_000, None, 10).await.unwrap();
+    assert_eq!(retry[0].attempts, 1);
+    assert!(store.due_deliveries("legacy", NOW + 1_000, None, 10).await.unwrap().is_empty());
+    let detail = store.get_event(&k).await.unwrap().unwrap();
+    assert_eq!(detail.summary.reason.as_deref(), Some("enrich: trap"));
+    assert_eq!(detail.attempts.len(), 1, "the failure is recorded as an attempt");
+
+    let finished = PluginStep {
+        key: k.clone(),
+        attempt: attempt_info(PLUGIN_STEP, 2, NOW + 1_000, 0),
+        step: AttemptOutcome::Delivered,
+        runs: vec![PluginRunInfo { attempt: 2, ..run }],
+        kv: vec![KvWrite { plugin: "enrich".into(), key: "seen".into(), value: b"2".to_vec() }],
+        status: EventStatus::Queued,
+        reason: None,
+        deliveries: vec![NewDelivery {
+            upstream: "legacy".into(),
+            body: Some(Bytes::from_static(b"{\"rewritten\":true}")),
+            headers: vec![("x-tier".into(), "gold".into())],
+        }],
+        tags: vec!["gold".into()],
+        first_delivery: None,
+    };
+    store.finish_plugin_step(finished).await.unwrap();
+    assert_eq!(store.load_kv("acme", "enrich").await.unwrap(), vec![("seen".to_string(), b"2".to_vec())]);
+    assert!(store.load_kv("globex", "enrich").await.unwrap().is_empty(), "kv is per merchant");
+    let due = store.due_deliveries("legacy", NOW + 1_000, None, 10).await.unwrap();
+    assert_eq!(&due[0].body[..], b"{\"rewritten\":true}");
+    assert_eq!(due[0].headers, vec![("x-tier".to_string(), "gold".to_string())]);
+    let detail = store.get_event(&k).await.unwrap().unwrap();
+    assert_eq!(detail.plugin_runs.len(), 2);
+    assert_eq!(detail.summary.tags, ["gold"]);
+    assert_eq!(detail.summary.reason, None, "the retry that continued cleared the failure");
+}
+
+/// Listing pages newest first by cursor, with no event missed or repeated, even when events
+/// share a timestamp.
+pub async fn events_page_newest_first_without_gaps_or_repeats(store: Arc<dyn Store>) {
+    let mut stored = Vec::new();
+    for i in 0..23 {
+        let k = key(if i % 2 == 0 { "acme" } else { "globex" }, "/wh", &format!("evt_{i:02}"));
+        store.insert_event(event(&k, NOW + (i / 3) as i64, &[])).await.unwrap();
+        stored.push(k.id);
+    }
+    let mut seen: Vec<String> = Vec::new();
+    let mut filter = EventFilter { limit: 5, ..EventFilter::default() };
+    loop {
+        let page = store.list_events(filter.clone()).await.unwrap();
+        for pair in page.windows(2) {
+            assert!(pair[0].received_at_ms >= pair[1].received_at_ms, "newest first");
+        }
+        seen.extend(page.iter().map(|e| e.id.clone()));
+        let Some(last) = page.last() else { break };
+        filter.before =
+            Some((last.received_at_ms, last.merchant.clone(), last.scope.clone(), last.id.clone()));
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "no repeats");
+    stored.sort();
+    assert_eq!(sorted, stored, "no gaps");
+    let acme = store.list_events(EventFilter {
+        merchant: Some("acme".into()),
+        limit: 100,
+        ..EventFilter::default()
+    });
+    assert_eq!(acme.await.unwrap().len(), 12);
+}
+
+fn version(name: &str, content: &[u8], at_ms: i64) -> NewPluginVersion {
+    NewPluginVersion {
+        merchant: "acme".into(),
+        name: name.into(),
+        wasm: Bytes::copy_from_slice(content),
+        sha256: format!("{:064x}", content.len() as u64 * 7919 + content[0] as u64),
+        compiled: vec![0; 10],
+        source: "upload".into(),
+        created_at_ms: at_ms,
+    }
+}
+
+/// Versions are numbered per plugin, the newest is active, at most `max_versions` are kept
+/// (never the active one or the one it replaced), the merchant's quota holds, and any kept
+/// version can be activated again.
+pub async fn plugin_versions_are_bounded_and_activated(store: Arc<dyn Store>) {
+    let bounds = VersionBounds { max_versions: 3, merchant_bytes: 1 << 20 };
+    for i in 1..=5u8 {
+        let number = store.add_plugin_version(version("p", &[i; 100], NOW), None, bounds).await.unwrap();
+        assert_eq!(number, Ok(u32::from(i)));
+    }
+    let history = store.plugin_history("acme", "p").await.unwrap();
+    assert_eq!(history.active, Some(5));
+    assert_eq!(history.versions.iter().map(|v| v.version).collect::<Vec<_>>(), [3, 4, 5]);
+    assert!(store.activate_plugin("acme", "p", 4).await.unwrap());
+    assert!(!store.activate_plugin("acme", "p", 1).await.unwrap(), "pruned");
+    assert_eq!(store.active_plugin("acme", "p").await.unwrap().unwrap().version, 4);
+    assert!(store.active_plugin("globex", "p").await.unwrap().is_none(), "plugins are per merchant");
+
+    let small = VersionBounds { max_versions: 3, merchant_bytes: 500 };
+    let refused = store.add_plugin_version(version("q", &[9; 300], NOW), None, small).await.unwrap();
+    assert!(refused.is_err(), "over the merchant's quota");
+    assert!(store.plugin_history("acme", "q").await.unwrap().versions.is_empty(), "nothing written");
+
+    assert!(store.delete_plugin("acme", "p").await.unwrap());
+    assert!(store.active_plugin("acme", "p").await.unwrap().is_none());
+}
+
+/// The raw body is kept byte for byte, whatever it holds.
+pub async fn a_stored_body_comes_back_byte_for_byte(store: Arc<dyn Store>) {
+    let k = key("acme", "/wh", "evt_bytes");
+    let body: Vec<u8> = (0..=255u8).chain(b"{\"id\":\"evt_bytes\"}".iter().copied()).collect();
+    let mut new = event(&k, NOW, &["legacy"]);
+    new.body = Bytes::from(body.clone());
+    store.insert_event(new).await.unwrap();
+    let due = store.due_deliveries("legacy", NOW, None, 10).await.unwrap();
+    assert_eq!(&due[0].body[..], &body[..]);
+}
