@@ -228,12 +228,12 @@ impl DeliveryQueue {
 
 impl Upstream {
     /// Builds an upstream from validated configuration.
-    pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
+    pub fn new(config: &UpstreamConfig) -> Result<Self, UpstreamError> {
         let signer = match &config.sign_secret {
-            Some(secret) => Some(Signer::new(Scheme::PayFlow, &[secret]).map_err(|e| e.to_string())?),
+            Some(secret) => Some(Signer::new(Scheme::PayFlow, &[secret])?),
             None => None,
         };
-        let uri = config.url.parse().map_err(|e| format!("{e}"))?;
+        let uri = config.url.parse()?;
         Ok(Upstream::with(config, Target::Http { uri, signer }))
     }
 
@@ -299,6 +299,17 @@ impl Upstream {
         let half = capped / 2;
         half + Duration::from_millis(rand::rng().random_range(0..=half.as_millis().max(1) as u64))
     }
+}
+
+/// An upstream configuration that cannot be used (the configuration check refuses both first).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// `sign_secret` cannot sign.
+    #[error("sign_secret: {0}")]
+    SignSecret(#[from] payflow_verify::ConfigError),
+    /// `url` is not a URL.
+    #[error("url: {0}")]
+    Url(#[from] hyper::http::uri::InvalidUri),
 }
 
 /// An upstream's answer.
@@ -783,6 +794,27 @@ mod tests {
         queue.forget_finished(later);
         assert!(queue.pop(usize::MAX).is_some());
         assert!(queue.push_polled(due("evt_1"), later));
+    }
+
+    /// The retry policy through the clock seam, without sleeping: a failed attempt is due
+    /// again at the clock's time plus its backoff, and the last allowed attempt is dead.
+    #[tokio::test]
+    async fn a_failed_attempt_is_due_again_after_its_backoff_and_the_last_is_dead() {
+        let (client, u) = (UpstreamClient::default(), upstream()); // 127.0.0.1:1 refuses
+        let clock = payflow_clock::ManualClock::at(1_700_000_000_000);
+        let mut d = due("evt_retry");
+        d.attempts = 2;
+        let third = attempt(&client, &clock, &u, &d).await;
+        let AttemptOutcome::Retry { next_at_ms } = third.outcome else { panic!("{:?}", third.outcome) };
+        let wait = next_at_ms - clock.now_ms();
+        assert!((2_000..=4_000).contains(&wait), "third attempt backs off 2-4 s, not {wait} ms");
+        assert_eq!((third.info.number, third.info.at_ms), (3, 1_700_000_000_000));
+
+        clock.advance(wait);
+        d.attempts = u.max_attempts - 1;
+        let last = attempt(&client, &clock, &u, &d).await;
+        assert_eq!(last.outcome, AttemptOutcome::Dead, "attempt {} of {}", last.info.number, u.max_attempts);
+        assert_eq!(last.info.at_ms, next_at_ms);
     }
 
     #[test]

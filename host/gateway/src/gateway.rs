@@ -40,7 +40,7 @@ pub enum StartError {
     },
     /// TLS material is unusable.
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[from] crate::ingress::TlsError),
     /// The store cannot be opened.
     #[error(transparent)]
     Store(#[from] StoreError),

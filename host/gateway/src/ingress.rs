@@ -149,25 +149,50 @@ fn header_bytes(request: &Request<Incoming>) -> usize {
     line + headers + 2
 }
 
+/// A certificate or key the TLS listener cannot use; each names the config key to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The certificate file cannot be read as PEM.
+    #[error("server.tls_cert: cannot read {}: {source}", path.display())]
+    ReadCert {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The certificate file holds no certificate.
+    #[error("server.tls_cert: {} holds no certificate", .0.display())]
+    NoCertificate(std::path::PathBuf),
+    /// The key file cannot be read as PEM.
+    #[error("server.tls_key: cannot read {}: {source}", path.display())]
+    ReadKey {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// rustls refused the pair (a key that does not match the certificate, say).
+    #[error("server.tls_cert/tls_key: {0}")]
+    Refused(#[from] rustls::Error),
+}
+
 /// Loads a PEM certificate chain and key into a TLS acceptor.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("server.tls_cert: cannot read {}: {e}", cert.display()))?;
+        .map_err(|source| TlsError::ReadCert { path: cert.to_path_buf(), source })?;
     if certs.is_empty() {
-        return Err(format!("server.tls_cert: {} holds no certificate", cert.display()));
+        return Err(TlsError::NoCertificate(cert.to_path_buf()));
     }
     let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("server.tls_key: cannot read {}: {e}", key.display()))?;
+        .map_err(|source| TlsError::ReadKey { path: key.to_path_buf(), source })?;
     let config =
         rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| format!("server.tls_cert/tls_key: {e}"))?;
+            .with_single_cert(certs, key)?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

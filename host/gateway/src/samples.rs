@@ -36,9 +36,20 @@ pub fn sample_event(event_type: &str, id: &str, created_at_unix: i64) -> Value {
     })
 }
 
+/// A field `set_field` cannot set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    /// No path at all.
+    #[error("empty field path")]
+    EmptyPath,
+    /// The path goes through something that is not an object (e.g. into a string).
+    #[error("{0}: not inside an object")]
+    NotInObject(String),
+}
+
 /// Sets the field at `path` (`["data", "amount"]`) to `value`, creating objects on the way.
-pub fn set_field(target: &mut Value, path: &[String], value: Value) -> Result<(), String> {
-    let Some((last, parents)) = path.split_last() else { return Err("empty field path".into()) };
+pub fn set_field(target: &mut Value, path: &[String], value: Value) -> Result<(), FieldError> {
+    let Some((last, parents)) = path.split_last() else { return Err(FieldError::EmptyPath) };
     let mut node = target;
     for key in parents {
         if !node.get(key).is_some_and(Value::is_object) {
@@ -51,7 +62,7 @@ pub fn set_field(target: &mut Value, path: &[String], value: Value) -> Result<()
             map.insert(last.clone(), value);
             Ok(())
         }
-        _ => Err(format!("{}: not inside an object", path.join("."))),
+        _ => Err(FieldError::NotInObject(path.join("."))),
     }
 }
 

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::runtime::Handle;
 
 use super::registry::{KvSpace, Slot};
-use super::{check_quota, Action, Event, Failure, Kv, KvMap, Outcome, Registry, Run};
+use super::{check_quota, Action, Event, Failure, Kv, KvMap, KvQuotaExceeded, Outcome, Registry, Run};
 use payflow_store::{EventKey, KvWrite, NewDelivery, PluginRunInfo};
 
 /// Headers the gateway sets itself; a plugin may not set or override them.
@@ -123,7 +123,7 @@ impl Kv for Overlay {
         self.with_space(|space| space.get(key).cloned())
     }
 
-    fn set(&self, key: &str, value: &[u8], quota_bytes: usize) -> Result<(), String> {
+    fn set(&self, key: &str, value: &[u8], quota_bytes: usize) -> Result<(), KvQuotaExceeded> {
         let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
         let (committed, old) = self.with_space(|space| (space.used(), space.size(key)));
         let old = writes.values.get(key).map_or(old, |v| key.len() + v.len());

@@ -90,7 +90,8 @@ impl bindings::payflow::plugin::host::Host for RunState {
         self.kv.get(&key)
     }
 
+    // The WIT boundary: the guest gets the refusal as text.
     fn kv_set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
-        self.kv.set(&key, &value, self.kv_quota)
+        self.kv.set(&key, &value, self.kv_quota).map_err(|e| e.to_string())
     }
 }

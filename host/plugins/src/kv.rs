@@ -10,7 +10,7 @@ pub trait Kv: Send + Sync {
     /// The value under `key`.
     fn get(&self, key: &str) -> Option<Vec<u8>>;
     /// Stores `value`, unless the space would then exceed `quota_bytes`.
-    fn set(&self, key: &str, value: &[u8], quota_bytes: usize) -> Result<(), String>;
+    fn set(&self, key: &str, value: &[u8], quota_bytes: usize) -> Result<(), KvQuotaExceeded>;
 }
 
 /// Keys and values with their total size (keys and values together) kept up to date, so a
@@ -54,6 +54,15 @@ impl FromIterator<(String, Vec<u8>)> for KvMap {
     }
 }
 
+/// A write that would take a plugin's key-value space over its quota; what the guest's
+/// `kv-set` gets back as its error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("kv quota of {quota_bytes} bytes exceeded")]
+pub struct KvQuotaExceeded {
+    /// The plugin's `kv_quota_bytes`.
+    pub quota_bytes: usize,
+}
+
 /// Refuses a write that would take a space using `used` bytes, of which `key` takes `old`, over
 /// `quota_bytes`.
 pub fn check_quota(
@@ -62,9 +71,9 @@ pub fn check_quota(
     key: &str,
     value: &[u8],
     quota_bytes: usize,
-) -> Result<(), String> {
+) -> Result<(), KvQuotaExceeded> {
     if used - old + key.len() + value.len() > quota_bytes {
-        return Err(format!("kv quota of {quota_bytes} bytes exceeded"));
+        return Err(KvQuotaExceeded { quota_bytes });
     }
     Ok(())
 }
@@ -78,7 +87,7 @@ impl Kv for MemoryKv {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
     }
 
-    fn set(&self, key: &str, value: &[u8], quota_bytes: usize) -> Result<(), String> {
+    fn set(&self, key: &str, value: &[u8], quota_bytes: usize) -> Result<(), KvQuotaExceeded> {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         check_quota(map.used(), map.size(key), key, value, quota_bytes)?;
         map.insert(key.to_string(), value.to_vec());

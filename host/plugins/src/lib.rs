@@ -25,7 +25,7 @@ pub use chain::{ChainInput, ChainOutcome, ChainResult};
 pub use engine::Runtime;
 pub use failure::{Failure, LoadError};
 pub use instance::{LoadedPlugin, WarmInstance};
-pub use kv::{check_quota, Kv, KvMap, MemoryKv};
+pub use kv::{check_quota, Kv, KvMap, KvQuotaExceeded, MemoryKv};
 pub use limits::{
     Limits, MAX_CORE_INSTANCES_PER_COMPONENT, MAX_MEMORIES_PER_COMPONENT, MAX_TABLES_PER_COMPONENT,
 };

@@ -57,7 +57,7 @@ pub fn run(args: SendArgs) -> Result<(), Failure> {
             let now = unix_now();
             let mut event = sample_event(&args.event_type, &id, now);
             for (path, value) in &sets {
-                set_field(&mut event, path, value.clone()).map_err(anyhow::Error::msg)?;
+                set_field(&mut event, path, value.clone())?;
             }
             let body = serde_json::to_vec(&event)?;
             let options = SignOptions { timestamp: now, id: Some(&id), payflow_form: form };
