@@ -1,0 +1,106 @@
+//! An upstream's in-memory queue in front of the durable one: deliveries handed over by
+//! ingress, the plugin stage and the store poller, fair between merchants and endpoints, each
+//! claimed once until its outcome is recorded. It must never be the only copy of a delivery:
+//! the store keeps every one.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+use crate::fair_queue::FairQueue;
+use payflow_store::{DueDelivery, EventKey};
+
+/// Deliveries waiting in memory per upstream; beyond this they wait in the store only.
+pub(crate) const QUEUE_CAPACITY: usize = 4096;
+/// Deliveries one merchant may have waiting in memory per upstream: a merchant's backlog
+/// must not fill the queue that another's new events are handed to.
+pub(crate) const MERCHANT_QUEUE_SHARE: usize = QUEUE_CAPACITY / 4;
+
+/// The deliveries waiting for an upstream's workers, and every one claimed (queued or in
+/// flight), so that neither ingress nor the store poller can start one twice.
+#[derive(Default)]
+pub(crate) struct DeliveryQueue {
+    pub(crate) state: Mutex<QueueState>,
+    pub(crate) ready: Notify,
+}
+
+#[derive(Default)]
+pub(crate) struct QueueState {
+    /// In turn: merchants, then their endpoints, round robin (see [`fair_queue`]).
+    pub(crate) waiting: FairQueue<DueDelivery>,
+    pub(crate) claimed: HashSet<EventKey>,
+    /// Deliveries finished (recorded, then released) since the poller's last read began, with
+    /// the sequence number of their release. A row the poller read as pending may have been
+    /// finished while the read ran; without this, it would be queued and sent again.
+    pub(crate) finished: HashMap<EventKey, u64>,
+    pub(crate) released: u64,
+}
+
+impl DeliveryQueue {
+    /// Queues a delivery unless it is already claimed or the queue is full (the store keeps it
+    /// either way). True when queued.
+    pub(crate) fn push(&self, delivery: DueDelivery) -> bool {
+        let queued = self.state.lock().is_ok_and(|mut s| {
+            if s.waiting.len() >= QUEUE_CAPACITY
+                || s.waiting.waiting(&delivery.key.merchant) >= MERCHANT_QUEUE_SHARE
+                || !s.claimed.insert(delivery.key.clone())
+            {
+                return false;
+            }
+            let (merchant, endpoint) = (delivery.key.merchant.clone(), delivery.endpoint.clone());
+            s.waiting.push(&merchant, &endpoint, delivery);
+            true
+        });
+        if queued {
+            self.ready.notify_one();
+        }
+        queued
+    }
+
+    /// Queues what the poller read in a read that began at `since` (see [`Self::since`]),
+    /// except deliveries finished after that: the read may predate their record. True when
+    /// queued.
+    pub(crate) fn push_polled(&self, delivery: DueDelivery, since: u64) -> bool {
+        let stale =
+            self.state.lock().is_ok_and(|s| s.finished.get(&delivery.key).is_some_and(|&at| at > since));
+        !stale && self.push(delivery)
+    }
+
+    /// The release sequence a poll's read starts at.
+    pub(crate) fn since(&self) -> u64 {
+        self.state.lock().map_or(0, |s| s.released)
+    }
+
+    /// After a poll that began at `since`: releases up to it are visible to every later read.
+    pub(crate) fn forget_finished(&self, since: u64) {
+        if let Ok(mut s) = self.state.lock() {
+            s.finished.retain(|_, at| *at > since);
+        }
+    }
+
+    /// The next delivery in turn of a merchant with fewer than `max_in_flight` popped and not
+    /// yet released.
+    pub(crate) fn pop(&self, max_in_flight: usize) -> Option<DueDelivery> {
+        self.state.lock().ok()?.waiting.pop(max_in_flight)
+    }
+
+    /// Called once the delivery's outcome is recorded in the store.
+    pub(crate) fn release(&self, key: &EventKey) {
+        if let Ok(mut s) = self.state.lock() {
+            s.claimed.remove(key);
+            s.waiting.finish(&key.merchant);
+            s.released += 1;
+            let at = s.released;
+            s.finished.insert(key.clone(), at);
+        }
+    }
+
+    pub(crate) fn waiting(&self) -> usize {
+        self.state.lock().map_or(0, |s| s.waiting.len())
+    }
+
+    pub(crate) fn room(&self) -> usize {
+        self.state.lock().map_or(0, |s| QUEUE_CAPACITY.saturating_sub(s.waiting.len()))
+    }
+}

@@ -1,0 +1,146 @@
+//! Unit tests of the retry policy, the queue and the client's header parsing.
+
+use crate::client::MAX_RETRY_AFTER;
+use crate::queue::DeliveryQueue;
+use crate::*;
+use bytes::Bytes;
+use hyper::StatusCode;
+use payflow_clock::Clock;
+use payflow_config::UpstreamConfig;
+use payflow_store::{AttemptOutcome, DueDelivery, EventKey};
+use std::time::Duration;
+
+fn upstream() -> Upstream {
+    Upstream::new(&UpstreamConfig {
+        name: "u".into(),
+        merchant: "default".into(),
+        url: "http://127.0.0.1:1/".into(),
+        timeout_ms: 100,
+        max_attempts: 5,
+        concurrency: 1,
+        retry_base_ms: 1_000,
+        retry_max_ms: 60_000,
+        sign_secret: None,
+    })
+    .unwrap()
+}
+
+fn due(id: &str) -> DueDelivery {
+    DueDelivery {
+        key: EventKey { merchant: "m".into(), scope: "/e".into(), id: id.into() },
+        upstream: "u".into(),
+        endpoint: "/e".into(),
+        attempts: 0,
+        body: Bytes::new(),
+        headers: Vec::new(),
+        event_type: None,
+        request_id: String::new(),
+        next_attempt_at_ms: 0,
+        received_at_ms: 0,
+    }
+}
+
+/// Regression: a poll whose read began before a delivery was recorded saw it still pending
+/// and queued it again after the worker released it, so it was sent twice.
+#[test]
+fn a_delivery_finished_during_a_poll_is_not_queued_again() {
+    let queue = DeliveryQueue::default();
+    assert!(queue.push(due("evt_1")));
+    let since = queue.since(); // the poller's read begins
+    let taken = queue.pop(usize::MAX).unwrap(); // a worker delivers it, records it, releases it
+    queue.release(&taken.key);
+    assert!(!queue.push_polled(due("evt_1"), since), "the stale row must not be queued");
+    assert!(queue.push_polled(due("evt_2"), since), "other rows are");
+    queue.forget_finished(since);
+    // A read that began after the release sees the record; if the row is still due then
+    // (a retry), it is queued.
+    let later = queue.since();
+    queue.forget_finished(later);
+    assert!(queue.pop(usize::MAX).is_some());
+    assert!(queue.push_polled(due("evt_1"), later));
+}
+
+/// The retry policy through the clock seam, without sleeping: a failed attempt is due
+/// again at the clock's time plus its backoff, and the last allowed attempt is dead.
+#[tokio::test]
+async fn a_failed_attempt_is_due_again_after_its_backoff_and_the_last_is_dead() {
+    let (client, u) = (UpstreamClient::default(), upstream()); // 127.0.0.1:1 refuses
+    let clock = payflow_clock::ManualClock::at(1_700_000_000_000);
+    let mut d = due("evt_retry");
+    d.attempts = 2;
+    let third = attempt(&client, &clock, &u, &d).await;
+    let AttemptOutcome::Retry { next_at_ms } = third.outcome else { panic!("{:?}", third.outcome) };
+    let wait = next_at_ms - clock.now_ms();
+    assert!((2_000..=4_000).contains(&wait), "third attempt backs off 2-4 s, not {wait} ms");
+    assert_eq!((third.info.number, third.info.at_ms), (3, 1_700_000_000_000));
+
+    clock.advance(wait);
+    d.attempts = u.max_attempts - 1;
+    let last = attempt(&client, &clock, &u, &d).await;
+    assert_eq!(last.outcome, AttemptOutcome::Dead, "attempt {} of {}", last.info.number, u.max_attempts);
+    assert_eq!(last.info.at_ms, next_at_ms);
+}
+
+#[test]
+fn backoff_doubles_with_jitter_and_is_capped() {
+    let u = upstream();
+    for attempts in 1..=10u32 {
+        let full = Duration::from_millis((1_000u64 << (attempts - 1)).min(60_000));
+        for _ in 0..50 {
+            let d = u.backoff(attempts, None);
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempts}: {d:?} not in [{:?}, {full:?}]",
+                full / 2
+            );
+        }
+    }
+    assert_eq!(u.backoff(1, Some(Duration::from_secs(7))), Duration::from_secs(7));
+    // Retry-After beats retry_max (60 s here); only a day bounds it.
+    assert_eq!(u.backoff(1, Some(Duration::from_secs(7_000))), Duration::from_secs(7_000));
+    assert_eq!(u.backoff(1, Some(Duration::from_secs(10_000_000))), MAX_RETRY_AFTER);
+}
+
+/// Regression (issue 16, item 16): only the integer form was read, so an upstream asking
+/// for a pause with an HTTP-date was retried on the short backoff.
+#[test]
+fn retry_after_is_honoured_in_both_of_its_forms() {
+    // Sun, 06 Nov 1994 08:49:37 GMT, RFC 9110's own example, in each of its three forms.
+    let example = 784_111_777;
+    for date in
+        ["Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"]
+    {
+        assert_eq!(parse_retry_after(date, example - 120), Some(Duration::from_secs(120)), "{date}");
+        assert_eq!(parse_retry_after(date, example + 5), Some(Duration::ZERO), "{date} (past)");
+    }
+    assert_eq!(parse_retry_after(" 30 ", example), Some(Duration::from_secs(30)));
+    for bad in ["", "soon", "-5", "1.5", "Sun, 32 Nov 1994 08:49:37 GMT"] {
+        assert_eq!(parse_retry_after(bad, example), None, "{bad:?}");
+    }
+}
+
+#[test]
+fn classification_follows_design() {
+    let reply = |code: u16| -> Result<UpstreamReply, SendError> {
+        Ok(UpstreamReply {
+            status: StatusCode::from_u16(code).unwrap(),
+            content_type: None,
+            retry_after: None,
+            body: Bytes::new(),
+        })
+    };
+    for (code, verdict) in [
+        (200, Verdict::Delivered),
+        (204, Verdict::Delivered),
+        (408, Verdict::Retry),
+        (429, Verdict::Retry),
+        (500, Verdict::Retry),
+        (503, Verdict::Retry),
+        (400, Verdict::Permanent),
+        (404, Verdict::Permanent),
+        (301, Verdict::Permanent),
+    ] {
+        assert_eq!(classify(&reply(code)), verdict, "{code}");
+    }
+    assert_eq!(classify(&Err(SendError::Timeout(Duration::ZERO))), Verdict::Retry);
+}
