@@ -2,11 +2,13 @@
 # Gateway CPU time per event, queue mode with and without an upstream. Steadier than req/s on
 # a shared machine: it counts the gateway's own user+system time (/proc/PID/stat) per event.
 # Usage: bench/cpu_per_event.sh [REQUESTS]   (default 30000; 64 connections)
-# A/B: EDGE_BIN=/path/to/other/payflow-edge bench/cpu_per_event.sh measures that build instead.
+# A/B: EDGE_BIN=/path/to/other/payflow-edge bench/cpu_per_event.sh measures that build instead;
+# with BENCH_NO_BUILD=1 nothing is rebuilt between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
-cargo build --release --locked -p payflow-edge -p payflow-bench >&2
+# BENCH_NO_BUILD=1: measure what is built (an A/B series must not rebuild between runs).
+[[ -n "${BENCH_NO_BUILD:-}" ]] || cargo build --release --locked -p payflow-edge -p payflow-bench >&2
 bin="$CARGO_TARGET_DIR/release"
 n="${1:-30000}"
 source bench/lib.sh
