@@ -545,7 +545,7 @@ impl Config {
             if e.secrets.is_empty() || e.secrets.iter().any(|s| s.is_empty()) {
                 return Err(invalid(key("secrets"), "needs at least one non-empty secret"));
             }
-            e.verifier().map_err(|problem| invalid(key("scheme"), problem))?;
+            e.verifier().map_err(|problem| invalid(key("scheme"), problem.to_string()))?;
             match (&e.upstream, e.mode) {
                 (None, Mode::Proxy) => return Err(invalid(key("upstream"), "is required in proxy mode")),
                 (Some(name), _) => match upstreams.get(name) {
@@ -724,36 +724,52 @@ impl Config {
     }
 }
 
+/// Why an endpoint's scheme settings cannot verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchemeError {
+    /// `scheme` names no scheme.
+    #[error(transparent)]
+    UnknownScheme(#[from] payflow_verify::UnknownScheme),
+    /// `hmac_encoding` names no encoding.
+    #[error(transparent)]
+    UnknownEncoding(#[from] payflow_verify::UnknownEncoding),
+    /// `hmac_*` keys on another scheme.
+    #[error("hmac_header/hmac_prefix/hmac_encoding apply only to scheme = \"hmac\"")]
+    HmacKeysOnOtherScheme,
+    /// The verifier refused the combination (secrets, json_compat, require_timestamp…).
+    #[error(transparent)]
+    Verifier(#[from] payflow_verify::ConfigError),
+}
+
 impl EndpointConfig {
     /// The endpoint's verifier, or why it cannot be built.
-    pub fn verifier(&self) -> Result<Verifier, String> {
+    pub fn verifier(&self) -> Result<Verifier, SchemeError> {
         let mut config = VerifierConfig::new(self.signature_scheme()?, self.secrets.clone());
         config.tolerance_secs = self.tolerance_secs;
         config.require_timestamp = self.require_timestamp;
         config.json_compat = self.json_compat;
-        Verifier::new(config).map_err(|e| e.to_string())
+        Ok(Verifier::new(config)?)
     }
 
     /// A signer that the endpoint's verifier accepts (with its first secret): the admin API's
     /// test webhooks.
-    pub fn signer(&self) -> Result<Signer, String> {
-        Signer::new(self.signature_scheme()?, &self.secrets[..self.secrets.len().min(1)])
-            .map_err(|e| e.to_string())
+    pub fn signer(&self) -> Result<Signer, SchemeError> {
+        Ok(Signer::new(self.signature_scheme()?, &self.secrets[..self.secrets.len().min(1)])?)
     }
 
-    fn signature_scheme(&self) -> Result<Scheme, String> {
-        let mut scheme: Scheme = self.scheme.parse().map_err(|e| format!("{e}"))?;
+    fn signature_scheme(&self) -> Result<Scheme, SchemeError> {
+        let mut scheme: Scheme = self.scheme.parse()?;
         if let Scheme::Hmac(h) = &mut scheme {
             *h = HmacScheme {
                 header: self.hmac_header.clone().unwrap_or(h.header.clone()),
                 prefix: self.hmac_prefix.clone().unwrap_or_default(),
                 encoding: match self.hmac_encoding.as_deref() {
                     None => Encoding::Hex,
-                    Some(e) => e.parse().map_err(|e| format!("{e}"))?,
+                    Some(e) => e.parse()?,
                 },
             };
         } else if self.hmac_header.is_some() || self.hmac_prefix.is_some() || self.hmac_encoding.is_some() {
-            return Err("hmac_header/hmac_prefix/hmac_encoding apply only to scheme = \"hmac\"".into());
+            return Err(SchemeError::HmacKeysOnOtherScheme);
         }
         Ok(scheme)
     }

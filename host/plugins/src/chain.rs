@@ -18,7 +18,7 @@ use tokio::runtime::Handle;
 
 use super::registry::{KvSpace, Slot};
 use super::{check_quota, Action, Event, Failure, Kv, KvMap, KvQuotaExceeded, Outcome, Registry, Run};
-use payflow_store::{EventKey, KvWrite, NewDelivery, PluginRunInfo};
+use payflow_store::{EventKey, KvWrite, NewDelivery, PluginRunInfo, StoreError};
 
 /// Headers the gateway sets itself; a plugin may not set or override them.
 const RESERVED_HEADERS: [&str; 12] = [
@@ -252,12 +252,11 @@ pub fn forget_kv(registry: &Registry, merchant: &str, chain: &[String]) {
     forget(&slots);
 }
 
-fn ensure_loaded(registry: &Registry, handle: &Handle, slot: &Slot) -> Result<(), String> {
+fn ensure_loaded(registry: &Registry, handle: &Handle, slot: &Slot) -> Result<(), StoreError> {
     if slot.kv.lock().unwrap_or_else(|p| p.into_inner()).values.is_some() {
         return Ok(());
     }
-    let rows =
-        handle.block_on(registry.store().load_kv(&slot.merchant, &slot.name)).map_err(|e| e.to_string())?;
+    let rows = handle.block_on(registry.store().load_kv(&slot.merchant, &slot.name))?;
     let mut space = slot.kv.lock().unwrap_or_else(|p| p.into_inner());
     if space.values.is_none() {
         *space = KvSpace { values: Some(rows.into_iter().collect::<KvMap>()) };
