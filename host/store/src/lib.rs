@@ -1,13 +1,14 @@
-//! payflow-store: the durable store, behind one trait so a PostgreSQL backend can follow
-//! SQLite, and the embedded SQLite backend ([`SqliteStore`]), the only crate that links
-//! rusqlite.
+//! payflow-store: the durable store's contract, split by role ([`Ingest`], [`DeliveryQueue`],
+//! [`PluginStore`], [`AdminQueries`], [`Lifecycle`]; [`Store`] is all of them), the
+//! conformance suite every backend passes (`conformance`, feature `conformance`), and the
+//! embedded SQLite backend ([`SqliteStore`]), the only crate that links rusqlite.
 //!
 //! What the store promises: a write that returns `Ok` is on disk (fsync'd) — the gateway
 //! acknowledges a webhook only after it; de-duplication by [`EventKey`] (merchant, scope, event
 //! id) is atomic; the raw body is kept byte for byte; every row carries its event's whole key.
 //! What it must never do: half-write (a failed write leaves nothing behind), decide policy
-//! (retries, statuses are chosen by the pipeline and the dispatcher and only recorded here), or
-//! know of HTTP or wasmtime.
+//! beyond [`settled_status`] (retries and statuses are chosen by the pipeline, the stage and
+//! the dispatcher, and only recorded here), or know of HTTP, wasmtime or metrics.
 
 #![forbid(unsafe_code)]
 
