@@ -50,13 +50,10 @@ async fn merchant_tokens_see_and_replay_only_their_own_events() {
     assert_eq!(admin_get(&client, &g1, GLOBEX).await.0, 200);
     assert_eq!(admin_get(&client, &g1, ADMIN_TOKEN).await.1["merchant"], "globex");
 
-    let replay = |token: &'static str| {
-        let (client, url) = (client.clone(), gw.admin_url("/api/events/evt_g1/replay"));
-        async move { client.post(url).bearer_auth(token).send().await.unwrap().status().as_u16() }
-    };
-    assert_eq!(replay(ACME).await, 404);
+    let replay = gw.admin_url("/api/events/evt_g1/replay");
+    assert_eq!(admin_post(&client, &replay, ACME).await, 404);
     assert_eq!(upstream.received().len(), 3, "a refused replay delivers nothing");
-    assert_eq!(replay(GLOBEX).await, 202);
+    assert_eq!(admin_post(&client, &replay, GLOBEX).await, 202);
     upstream.wait_for(Duration::from_secs(10), "the replay", |r| r.len() == 4).await;
 }
 
@@ -225,17 +222,11 @@ async fn every_event_is_addressable_when_two_merchants_hold_its_id() {
     assert_eq!(admin_get(&client, &other, GLOBEX).await.0, 404);
 
     // Replay re-sends the one named, and only that one.
-    let replay = client
-        .post(gw.admin_url("/api/events/evt_same/replay?merchant=globex"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(replay.status().as_u16(), 202);
+    let replay = gw.admin_url("/api/events/evt_same/replay?merchant=globex");
+    assert_eq!(admin_post(&client, &replay, ADMIN_TOKEN).await, 202);
     upstream.wait_for(Duration::from_secs(10), "the replay", |r| r.len() == 3).await;
     let replayed = &upstream.received()[2];
     assert!(String::from_utf8_lossy(&replayed.body).contains("2222"), "the wrong event was replayed");
-    let ambiguous =
-        client.post(gw.admin_url("/api/events/evt_same/replay")).bearer_auth(ADMIN_TOKEN).send().await;
-    assert_eq!(ambiguous.unwrap().status().as_u16(), 409);
+    let ambiguous = gw.admin_url("/api/events/evt_same/replay");
+    assert_eq!(admin_post(&client, &ambiguous, ADMIN_TOKEN).await, 409);
 }

@@ -11,25 +11,12 @@ use payflow_verify::Scheme;
 use serde_json::Value;
 use support::*;
 
-/// A payflow endpoint and a GitHub one, both delivering to `upstream_url`.
+/// The payflow endpoint of [`queue_config`] and a GitHub one, both delivering to `upstream_url`.
 fn two_senders_config(db: &std::path::Path, upstream_url: &str) -> String {
-    config_head(db)
-        + &format!(
-            r#"
-[[endpoint]]
-path = "/webhooks/payflow"
-secrets = ["{SECRET}"]
-upstream = "legacy"
-[[endpoint]]
-path = "/webhooks/github"
-scheme = "github"
-secrets = ["{SECRET}"]
-upstream = "legacy"
-[[upstream]]
-name = "legacy"
-url = "{upstream_url}"
-"#
-        )
+    let github = format!(
+        "[[endpoint]]\npath = \"/webhooks/github\"\nscheme = \"github\"\nsecrets = [\"{SECRET}\"]\nupstream = \"legacy\"\n"
+    );
+    queue_config(db, upstream_url, &github)
 }
 
 /// Sends event `id` signed under `scheme`; its amount tells the two senders' events apart.
@@ -88,13 +75,8 @@ async fn the_same_id_from_two_senders_is_two_events_each_delivered() {
     assert_eq!(listing["events"].as_array().unwrap().len(), 2, "{listing}");
 
     // Replay re-sends the one named.
-    let replay = client
-        .post(gw.admin_url("/api/events/evt_shared/replay?scope=/webhooks/github"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(replay.status().as_u16(), 202);
+    let replay = gw.admin_url("/api/events/evt_shared/replay?scope=/webhooks/github");
+    assert_eq!(admin_post(&client, &replay, ADMIN_TOKEN).await, 202);
     upstream.wait_for(Duration::from_secs(10), "the replay", |r| r.len() == 3).await;
     assert!(
         String::from_utf8_lossy(&upstream.received()[2].body).contains("2222"),

@@ -307,6 +307,11 @@ pub async fn admin_get(client: &reqwest::Client, url: &str, token: &str) -> (u16
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// An empty POST on the admin API with a token (a replay, say); returns the status.
+pub async fn admin_post(client: &reqwest::Client, url: &str, token: &str) -> u16 {
+    client.post(url).bearer_auth(token).send().await.expect("admin request").status().as_u16()
+}
+
 /// Polls the admin API until the event has `status`, or panics.
 pub async fn wait_for_status(
     client: &reqwest::Client,
