@@ -8,14 +8,18 @@
 #      Python examples; at start and after events went through them.
 # Usage: bench/plugins.sh [RUST_RUNS] [REQUESTS]   (defaults 20000 and 20000)
 #        PLUGIN_BENCH=2 bench/plugins.sh ...       (only part 2; any of 1, 2, 3, e.g. "13")
+# A/B: EDGE_BIN=/path/to/other/payflow-edge measures that gateway build instead; with
+# BENCH_NO_BUILD=1 nothing is rebuilt between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
 runs="${1:-20000}"
 requests="${2:-20000}"
 secret="whsec_bench_secret"
-cargo build --release --locked -p payflow-edge -p payflow-bench >&2
-scripts/build-plugins.sh >&2
+if [[ -z "${BENCH_NO_BUILD:-}" ]]; then
+  cargo build --release --locked -p payflow-edge -p payflow-bench >&2
+  scripts/build-plugins.sh >&2
+fi
 bin="$CARGO_TARGET_DIR/release"
 wasm="$CARGO_TARGET_DIR/guests/wasm32-wasip2/release"
 source bench/lib.sh
@@ -64,7 +68,7 @@ name = "amount-threshold"
 path = "$wasm/amount_threshold.wasm"
 config = { min_amount = "1000" }
 TOML
-PAYFLOW_EDGE_LOG=warn start_bg "$bin/payflow-edge" serve --config "$work/edge.toml"
+PAYFLOW_EDGE_LOG=warn start_bg "${EDGE_BIN:-$bin/payflow-edge}" serve --config "$work/edge.toml"
 wait_port "$bare"; wait_port "$edge"
 echo "| round | path | requests | ack req/s | ack p99 ms | delivered/s (first request → last delivery) |"
 echo "|---|---|---|---|---|---|"

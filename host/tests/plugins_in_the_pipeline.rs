@@ -462,3 +462,67 @@ async fn a_merchant_saturating_its_plugins_leaves_anothers_latency_within_three_
         rusqlite_count(&db, "select count(*) from events where merchant = 'slow' and status = 'queued'");
     assert!(pending > 100, "only {pending} of the slow merchant's events were still queued");
 }
+
+/// Regression (issue 17): the plugin step posed as an upstream named `@plugins`, listed among
+/// an event's deliveries and attempts and in the queue-depth metric. It is its own hop now:
+/// shown as the event's plugin step, followed by the deliveries it created, and replayed from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_step_is_shown_apart_from_the_deliveries_it_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let legacy = Upstream::start().await;
+    let config = base(&dir.path().join("db.sqlite"))
+        + &endpoint("/ok", "default", &["threshold"], Some("legacy"), "queue")
+        + &endpoint("/panics", "default", &["panic"], Some("legacy"), "queue")
+        + &upstream("legacy", "default", &legacy.url())
+        + &plugin("threshold", "default", "amount_threshold", "config = { min_amount = \"1000\" }")
+        + &plugin("panic", "default", "panic", "");
+    let gateway = Gateway::start(dir.path(), &config);
+    let client = client();
+
+    assert_eq!(send(&client, &gateway.url("/ok"), "evt_ok", payment("evt_ok", 5000, "a@b.c")).await.0, 200);
+    assert_eq!(send_event(&client, &gateway.url("/panics"), "evt_panics").await.0, 200);
+    wait_for_status(&client, &gateway, "evt_ok", "delivered", WAIT).await;
+    wait_for_status(&client, &gateway, "evt_panics", "dead", WAIT).await;
+
+    let ok = event(&client, &gateway, "evt_ok").await;
+    assert_eq!(
+        (&ok["plugin_step"]["status"], &ok["plugin_step"]["attempts"]),
+        (&"done".into(), &1.into()),
+        "{ok}"
+    );
+    let upstreams = |e: &Value, list: &str| -> Vec<String> {
+        e[list].as_array().unwrap().iter().map(|d| d["upstream"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(upstreams(&ok, "deliveries"), ["legacy"], "{ok}");
+    assert_eq!(upstreams(&ok, "attempts"), ["legacy"], "{ok}");
+
+    let dead = event(&client, &gateway, "evt_panics").await;
+    let step = &dead["plugin_step"];
+    assert_eq!((&step["status"], &step["attempts"]), (&"dead".into(), &2.into()), "{dead}");
+    assert!(step["error"].as_str().unwrap().starts_with("panic: trap"), "{dead}");
+    assert!(upstreams(&dead, "deliveries").is_empty() && upstreams(&dead, "attempts").is_empty(), "{dead}");
+    assert_eq!(dead["plugin_runs"].as_array().unwrap().len(), 2, "{dead}");
+
+    let metrics = client.get(gateway.admin_url("/metrics")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(!metrics.contains('@'), "no pseudo-upstream in the metrics:\n{metrics}");
+    assert!(
+        metrics.contains("payflow_edge_queue_depth{merchant=\"default\",upstream=\"legacy\"} 0"),
+        "{metrics}"
+    );
+
+    // Replay starts over at the plugins: the step runs (and fails) twice more.
+    let url = gateway.admin_url("/api/events/evt_panics/replay");
+    let reply: Value = client.post(url).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    assert_eq!((&reply["plugins"], &reply["upstream"]), (&true.into(), &"legacy".into()), "{reply}");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let e = event(&client, &gateway, "evt_panics").await;
+        if e["plugin_runs"].as_array().unwrap().len() == 4 && e["plugin_step"]["status"] == "dead" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the replayed step did not run twice: {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(legacy.ids(), ["evt_ok"], "nothing the plugins failed on is delivered");
+}

@@ -492,6 +492,9 @@ impl Config {
         let mut upstreams = BTreeMap::new();
         for (i, u) in self.upstream.iter().enumerate() {
             let key = |k: &str| format!("upstream[{i}].{k}");
+            // `@` stays reserved: databases from before plugin steps had a table of their own
+            // held them as deliveries to `@plugins` (migrated at start-up), and names the
+            // gateway may need for itself must never be a merchant's.
             if u.name.is_empty() || u.name.starts_with('@') {
                 return Err(invalid(key("name"), "must not be empty or start with '@'"));
             }

@@ -13,7 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use payflow_verify::SignOptions;
 
-use crate::upstream::{Target, Upstream};
+use crate::upstream::Upstream;
 
 /// Header carrying the event id on every delivery.
 pub const EVENT_ID_HEADER: &str = "x-payflow-event-id";
@@ -79,9 +79,7 @@ impl UpstreamClient {
         headers: &[(String, String)],
         now_secs: i64,
     ) -> Result<UpstreamReply, SendError> {
-        let Target::Http { uri, signer } = &upstream.target else {
-            return Err(SendError::Connection(format!("{} is not an HTTP upstream", upstream.name)));
-        };
+        let (uri, signer) = (&upstream.uri, &upstream.signer);
         let typed = headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
         let mut request = Request::post(uri.clone());
         if !typed {

@@ -1,20 +1,25 @@
-//! The dispatcher: per upstream, a store poller and `concurrency` workers, on a thread of its
-//! own at a lower CPU priority than ingress. It drains the queue, makes each attempt (or runs
-//! the step), and records it; an attempt the store refuses is kept in memory until it is taken.
+//! The dispatcher: per lane (each upstream's deliveries, and the plugin steps), a store
+//! poller and `concurrency` workers, on a thread of its own at a lower CPU priority than
+//! ingress. It drains the durable queue in the one direction events flow, stored → plugin step
+//! → deliveries: a worker runs a due step, queues the deliveries it created, and makes and
+//! records delivery attempts; an attempt the store refuses is kept in memory until it is taken.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::client::UpstreamClient;
+use crate::lane::Lane;
 use crate::policy::attempt;
-use crate::step::Step;
-use crate::upstream::{Target, Upstream};
+use crate::queue::Queued;
+use crate::step::{Step, StepDone};
+use crate::upstream::Upstream;
 use payflow_clock::Clock;
-use payflow_store::{DueDelivery, Store};
+use payflow_store::{DueCursor, DueDelivery, DueStep, Store, StoreError};
 
 /// How often the store is polled while the workers are busy with what ingress handed them.
 pub(crate) const BUSY_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -43,30 +48,136 @@ pub fn lower_this_threads_priority() {
     }
 }
 
-/// Drains the durable queue: one loop per upstream, each with its own concurrency limit, so a
-/// slow upstream never holds back another's deliveries.
+/// Drains the durable queue: one loop per lane, each with its own concurrency limit, so a
+/// slow upstream never holds back another's deliveries, nor the plugins anyone's.
 pub struct Dispatcher {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) client: UpstreamClient,
     pub(crate) upstreams: HashMap<String, Arc<Upstream>>,
-    pub(crate) step: Option<Arc<dyn Step>>,
+    steps: Option<Arc<Steps>>,
+}
+
+/// The plugin steps' lane and what runs them, as [`Dispatcher::new`] takes them.
+pub type StepLane = (Arc<Lane<DueStep>>, Arc<dyn Step>);
+
+/// The plugin steps' lane and what runs them.
+struct Steps {
+    lane: Arc<Lane<DueStep>>,
+    step: Arc<dyn Step>,
+}
+
+/// One lane as the dispatcher drains it: where its due rows come from and what a worker does
+/// with one.
+#[async_trait]
+trait Drain: Send + Sync + 'static {
+    type Due: Queued;
+    fn lane(&self) -> &Lane<Self::Due>;
+    /// For logs.
+    fn name(&self) -> &str;
+    async fn due(
+        &self,
+        store: &dyn Store,
+        now_ms: i64,
+        cursor: Option<&DueCursor>,
+        limit: usize,
+    ) -> Result<Vec<Self::Due>, StoreError>;
+    /// Before each poll: what the store refused to record before.
+    async fn before_poll(&self, _dispatcher: &Dispatcher) {}
+    /// Runs one. True when its outcome is recorded and it can be released now.
+    async fn run(self: Arc<Self>, dispatcher: Arc<Dispatcher>, due: Self::Due) -> bool;
+}
+
+#[async_trait]
+impl Drain for Upstream {
+    type Due = DueDelivery;
+    fn lane(&self) -> &Lane<DueDelivery> {
+        &self.lane
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    async fn due(
+        &self,
+        store: &dyn Store,
+        now_ms: i64,
+        cursor: Option<&DueCursor>,
+        limit: usize,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
+        store.due_deliveries(&self.name, now_ms, cursor, limit).await
+    }
+    async fn before_poll(&self, dispatcher: &Dispatcher) {
+        dispatcher.record_unrecorded(self).await;
+    }
+    async fn run(self: Arc<Self>, dispatcher: Arc<Dispatcher>, due: DueDelivery) -> bool {
+        dispatcher.deliver(&self, due).await
+    }
+}
+
+#[async_trait]
+impl Drain for Steps {
+    type Due = DueStep;
+    fn lane(&self) -> &Lane<DueStep> {
+        &self.lane
+    }
+    fn name(&self) -> &str {
+        "plugin steps"
+    }
+    async fn due(
+        &self,
+        store: &dyn Store,
+        now_ms: i64,
+        cursor: Option<&DueCursor>,
+        limit: usize,
+    ) -> Result<Vec<DueStep>, StoreError> {
+        store.due_steps(now_ms, cursor, limit).await
+    }
+    async fn run(self: Arc<Self>, dispatcher: Arc<Dispatcher>, due: DueStep) -> bool {
+        let (key, attempts) = (due.event.key.clone(), due.attempts);
+        match self.step.run(&self.lane.policy, due).await {
+            StepDone::Recorded(deliveries) => {
+                for d in deliveries {
+                    match dispatcher.upstreams.get(&d.upstream) {
+                        Some(upstream) => upstream.hand_off(d),
+                        None => {
+                            tracing::warn!(upstream = %d.upstream, "a plugin step created a delivery to an unknown upstream")
+                        }
+                    }
+                }
+                true
+            }
+            StepDone::Refused => {
+                // Runs again, but not before its backoff and not before the store takes
+                // writes again.
+                tokio::spawn(async move {
+                    tokio::time::sleep(self.lane.policy.backoff(attempts + 1, None)).await;
+                    while dispatcher.store.check_writable(dispatcher.clock.now_ms()).await.is_err() {
+                        tokio::time::sleep(BUSY_POLL_INTERVAL).await;
+                    }
+                    self.lane.queue.release(&key);
+                });
+                false
+            }
+        }
+    }
 }
 
 impl Dispatcher {
-    /// A dispatcher over these upstreams (with the step's queue among them when `step`).
+    /// A dispatcher over these upstreams and, when `steps`, the plugin steps' lane with what
+    /// runs them.
     pub fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         client: UpstreamClient,
         upstreams: HashMap<String, Arc<Upstream>>,
-        step: Option<Arc<dyn Step>>,
+        steps: Option<StepLane>,
     ) -> Self {
-        Dispatcher { store, clock, client, upstreams, step }
+        let steps = steps.map(|(lane, step)| Arc::new(Steps { lane, step }));
+        Dispatcher { store, clock, client, upstreams, steps }
     }
 
     /// Starts the dispatcher on a thread of its own ("payflow-deliver", CPU priority lowered by
-    /// [`DELIVERY_NICE`]) with, per upstream, its store poller and `concurrency` workers. They
+    /// [`DELIVERY_NICE`]) with, per lane, its store poller and `concurrency` workers. They
     /// stop when `shutdown` turns true, the workers after the delivery in hand; the returned
     /// receiver completes then.
     pub fn start(
@@ -92,46 +203,49 @@ impl Dispatcher {
         let this = Arc::new(self);
         let mut tasks = Vec::new();
         for upstream in this.upstreams.values() {
-            let (me, up, stop) = (this.clone(), upstream.clone(), shutdown.clone());
-            tasks.push(tokio::spawn(async move { me.poll(up, stop).await }));
-            for _ in 0..upstream.concurrency {
-                let (me, up, stop) = (this.clone(), upstream.clone(), shutdown.clone());
-                tasks.push(tokio::spawn(async move { me.work(up, stop).await }));
-            }
+            tasks.extend(this.clone().drain(upstream.clone(), &shutdown));
+        }
+        if let Some(steps) = &this.steps {
+            tasks.extend(this.clone().drain(steps.clone(), &shutdown));
         }
         tasks
     }
 
-    /// A worker: one delivery at a time, from the upstream's queue.
-    pub(crate) async fn work(self: Arc<Self>, upstream: Arc<Upstream>, mut shutdown: watch::Receiver<bool>) {
+    /// A lane's poller and workers.
+    fn drain<D: Drain>(
+        self: Arc<Self>,
+        lane: Arc<D>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        let (me, l, stop) = (self.clone(), lane.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move { me.poll(l, stop).await }));
+        for _ in 0..lane.lane().concurrency {
+            let (me, l, stop) = (self.clone(), lane.clone(), shutdown.clone());
+            tasks.push(tokio::spawn(async move { me.work(l, stop).await }));
+        }
+        tasks
+    }
+
+    /// A worker: one at a time, from the lane's queue.
+    async fn work<D: Drain>(self: Arc<Self>, drain: Arc<D>, mut shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() {
-            match upstream.queue.pop(upstream.merchant_in_flight) {
-                Some(delivery) => {
-                    let key = delivery.key.clone();
-                    let attempts = delivery.attempts;
-                    if self.deliver(&upstream, delivery).await {
-                        upstream.queue.release(&key);
-                    } else if let Target::PluginStep = upstream.target {
-                        // A step whose record the store refused runs again, but not before its
-                        // backoff and not before the store takes writes again.
-                        let (me, up) = (self.clone(), upstream.clone());
-                        tokio::spawn(async move {
-                            tokio::time::sleep(up.backoff(attempts + 1, None)).await;
-                            while me.store.check_writable(me.clock.now_ms()).await.is_err() {
-                                tokio::time::sleep(BUSY_POLL_INTERVAL).await;
-                            }
-                            up.queue.release(&key);
-                        });
+            let lane = drain.lane();
+            match lane.queue.pop(lane.merchant_in_flight) {
+                Some(due) => {
+                    let key = due.event().key.clone();
+                    if drain.clone().run(self.clone(), due).await {
+                        drain.lane().queue.release(&key);
                     }
                 }
                 None => {
                     // Ran dry: with a backlog in the store, have the poller fetch the next page now.
                     // (Without one, polling here would re-read rows already in flight.)
-                    if upstream.backlog.load(Ordering::Acquire) {
-                        upstream.poll_now.notify_one();
+                    if lane.backlog.load(Ordering::Acquire) {
+                        lane.poll_now.notify_one();
                     }
                     tokio::select! {
-                        _ = upstream.queue.ready.notified() => {}
+                        _ = lane.queue.ready.notified() => {}
                         _ = shutdown.changed() => {}
                     }
                 }
@@ -142,70 +256,55 @@ impl Dispatcher {
     /// The store poller: retries that came due, replays, and what a crash left behind. It pages
     /// through due rows with a cursor so a large backlog drains at delivery speed, and starts
     /// over from the oldest when it reaches the end.
-    pub(crate) async fn poll(self: Arc<Self>, upstream: Arc<Upstream>, mut shutdown: watch::Receiver<bool>) {
+    async fn poll<D: Drain>(self: Arc<Self>, drain: Arc<D>, mut shutdown: watch::Receiver<bool>) {
+        let lane = drain.lane();
         let mut cursor = None;
         let mut last_poll: Option<Instant> = None;
         while !*shutdown.borrow() {
-            self.record_unrecorded(&upstream).await;
+            drain.before_poll(&self).await;
             // While the workers have enough queued in memory, the store is read only at a slow
             // pace (for retries that came due): its due rows are then mostly the very events
             // already queued, and reading them again would cost more than delivering them.
-            let busy = upstream.queue.waiting() >= upstream.concurrency;
+            let busy = lane.queue.waiting() >= lane.concurrency;
             let stale = last_poll.is_none_or(|t| t.elapsed() >= BUSY_POLL_INTERVAL);
             let mut added = 0;
             if !busy || stale {
-                let page = upstream.queue.room().min(POLL_PAGE);
+                let page = lane.queue.room().min(POLL_PAGE);
                 if page > 0 {
-                    let since = upstream.queue.since();
-                    match self
-                        .store
-                        .due_deliveries(&upstream.name, self.clock.now_ms(), cursor.as_ref(), page)
-                        .await
-                    {
+                    let since = lane.queue.since();
+                    match drain.due(&*self.store, self.clock.now_ms(), cursor.as_ref(), page).await {
                         Ok(due) => {
-                            cursor =
-                                (due.len() == page).then(|| due.last().map(DueDelivery::cursor)).flatten();
-                            upstream.backlog.store(cursor.is_some(), Ordering::Release);
+                            cursor = (due.len() == page).then(|| due.last().map(Queued::cursor)).flatten();
+                            lane.backlog.store(cursor.is_some(), Ordering::Release);
                             added = due
                                 .into_iter()
-                                .map(|d| upstream.queue.push_polled(d, since))
+                                .map(|d| lane.queue.push_polled(d, since))
                                 .filter(|&queued| queued)
                                 .count();
-                            upstream.queue.forget_finished(since);
+                            lane.queue.forget_finished(since);
                         }
-                        Err(e) => {
-                            tracing::warn!(upstream = %upstream.name, error = %e, "cannot read due deliveries")
-                        }
+                        Err(e) => tracing::warn!(lane = drain.name(), error = %e, "cannot read what is due"),
                     }
                     last_poll = Some(Instant::now());
                 }
             }
-            if added > 0 && cursor.is_some() && upstream.queue.waiting() < upstream.concurrency {
+            if added > 0 && cursor.is_some() && lane.queue.waiting() < lane.concurrency {
                 continue; // a backlog in the store, and the workers are running low
             }
             tokio::select! {
-                _ = upstream.poll_now.notified() => {}
+                _ = lane.poll_now.notified() => {}
                 _ = tokio::time::sleep(STORE_POLL_INTERVAL) => {}
                 _ = shutdown.changed() => {}
             }
         }
     }
 
-    /// Makes the attempt (or runs the plugin step) and records it; false when the store refused
-    /// the record, and the delivery must stay claimed (see [`Upstream::unrecorded`]).
+    /// Makes the attempt and records it; false when the store refused the record, and the
+    /// delivery must stay claimed (see [`Upstream::unrecorded`]).
     pub(crate) async fn deliver(&self, upstream: &Upstream, d: DueDelivery) -> bool {
-        if let Target::PluginStep = upstream.target {
-            return match &self.step {
-                Some(step) => step.run(upstream, d).await,
-                None => {
-                    tracing::warn!(event_id = %d.key.id, "a plugin step is due but no plugins are configured");
-                    true
-                }
-            };
-        }
         let attempt = Arc::new(attempt(&self.client, &*self.clock, upstream, &d).await);
         if let Err(e) = self.store.record_attempt(attempt.clone()).await {
-            tracing::warn!(event_id = %d.key.id, error = %e, "cannot record a delivery attempt; kept until the store takes it");
+            tracing::warn!(event_id = %d.event.key.id, error = %e, "cannot record a delivery attempt; kept until the store takes it");
             upstream.unrecorded.lock().unwrap_or_else(|p| p.into_inner()).push(attempt);
             return false;
         }
@@ -222,7 +321,7 @@ impl Dispatcher {
                 continue;
             }
             match self.store.record_attempt(attempt.clone()).await {
-                Ok(()) => upstream.queue.release(&attempt.key),
+                Ok(()) => upstream.lane.queue.release(&attempt.key),
                 Err(_) => left.push(attempt),
             }
         }

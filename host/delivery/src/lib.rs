@@ -1,6 +1,8 @@
 //! payflow-delivery: delivery to upstreams: the HTTP request to the merchant's app, the retry
-//! policy, and the dispatcher that drains the durable queue (with the fair queue per
-//! upstream, `fair_queue.rs`, and the [`Step`] an event may go through before its deliveries).
+//! policy, and the dispatcher that drains the durable queue lane by lane (each upstream's
+//! deliveries and the plugin steps, with a fair queue per lane, `fair_queue.rs`), in the one
+//! direction an event goes: stored → its [`Step`] (the plugins, when its endpoint has any) →
+//! its deliveries.
 //!
 //! At least once: a delivery is marked done only after the upstream answered 2xx and that was
 //! recorded; a crash in between means it is sent again, with the same `X-PayFlow-Event-Id`
@@ -17,6 +19,7 @@
 mod client;
 mod dispatcher;
 mod fair_queue;
+mod lane;
 mod policy;
 mod queue;
 mod step;
@@ -28,7 +31,9 @@ pub use client::{
     parse_retry_after, reply_excerpt, SendError, UpstreamClient, UpstreamReply, EVENT_ID_HEADER,
     REQUEST_ID_HEADER,
 };
-pub use dispatcher::{lower_this_threads_priority, Dispatcher, DELIVERY_NICE};
-pub use policy::{attempt, classify, AttemptStart, Verdict};
-pub use step::Step;
-pub use upstream::{DeliveryCounts, Target, Upstream, UpstreamError};
+pub use dispatcher::{lower_this_threads_priority, Dispatcher, StepLane, DELIVERY_NICE};
+pub use lane::Lane;
+pub use policy::{attempt, classify, AttemptStart, RetryPolicy, Verdict};
+pub use queue::Queued;
+pub use step::{plugin_steps, Step, StepDone};
+pub use upstream::{DeliveryCounts, Upstream, UpstreamError};

@@ -1,14 +1,52 @@
-//! The retry policy applied to one attempt: which replies are delivered, retried or permanent,
-//! and the attempt's record with what happens next. It must never touch the store.
+//! The retry policy: how many attempts and how far apart ([`RetryPolicy`], for deliveries and
+//! plugin steps alike), which replies are delivered, retried or permanent, and an attempt's
+//! record with what happens next. It must never touch the store.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
+use rand::Rng;
 
-use crate::client::{reply_excerpt, SendError, UpstreamClient, UpstreamReply};
+use crate::client::{reply_excerpt, SendError, UpstreamClient, UpstreamReply, MAX_RETRY_AFTER};
 use crate::upstream::Upstream;
 use payflow_clock::Clock;
 use payflow_store::{Attempt, AttemptInfo, AttemptOutcome, DueDelivery, EventKey};
+
+/// How often, and how far apart, a delivery or a plugin step is tried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts before `dead`.
+    pub max_attempts: u32,
+    /// The first retry's delay, doubled for each one after it.
+    pub base: Duration,
+    /// The longest delay between two attempts.
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    /// The delay before attempt `attempts + 1`: `base · 2^(attempts-1)`, capped, with jitter
+    /// in [½, 1] of it so that a burst of failures does not retry in lockstep. A
+    /// `Retry-After` from the upstream wins: retrying sooner than it asked would not be
+    /// honouring it, so `retry_max_ms` does not shorten it (only a one-day sanity bound does).
+    pub fn backoff(&self, attempts: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(after) = retry_after {
+            return after.min(MAX_RETRY_AFTER);
+        }
+        let exp = self.base.saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
+        let capped = exp.min(self.max);
+        let half = capped / 2;
+        half + Duration::from_millis(rand::rng().random_range(0..=half.as_millis().max(1) as u64))
+    }
+
+    /// What follows failed attempt `number` at `now_ms`: dead after the last, else a retry
+    /// after the backoff.
+    pub fn after_failure(&self, number: u32, retry_after: Option<Duration>, now_ms: i64) -> AttemptOutcome {
+        if number >= self.max_attempts {
+            return AttemptOutcome::Dead;
+        }
+        AttemptOutcome::Retry { next_at_ms: now_ms + self.backoff(number, retry_after).as_millis() as i64 }
+    }
+}
 
 /// What to do after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,8 +111,8 @@ impl AttemptStart {
     }
 }
 
-/// Makes delivery attempt `d.attempts + 1` (within the upstream's concurrency) and decides
-/// what follows under the retry policy. The caller records the result.
+/// Makes delivery attempt `d.attempts + 1` and decides what follows under the upstream's
+/// retry policy. The caller records the result.
 pub async fn attempt(
     client: &UpstreamClient,
     clock: &dyn Clock,
@@ -82,24 +120,22 @@ pub async fn attempt(
     d: &DueDelivery,
 ) -> Attempt {
     let number = d.attempts + 1;
-    let _permit = upstream.permits.acquire().await;
-    let attempt = AttemptStart::new(d.key.clone(), number, clock.now_ms());
+    let e = &d.event;
+    let attempt = AttemptStart::new(e.key.clone(), number, clock.now_ms());
     let result =
-        client.send(upstream, &d.key.id, &d.request_id, d.body.clone(), &d.headers, clock.now_secs()).await;
+        client.send(upstream, &e.key.id, &e.request_id, d.body().clone(), &d.headers, clock.now_secs()).await;
     let outcome = match classify(&result) {
         Verdict::Delivered => AttemptOutcome::Delivered,
         Verdict::Permanent => AttemptOutcome::Dead,
-        Verdict::Retry if number >= upstream.max_attempts => AttemptOutcome::Dead,
         Verdict::Retry => {
             let retry_after = result.as_ref().ok().and_then(|r| r.retry_after);
-            let delay = upstream.backoff(number, retry_after);
-            AttemptOutcome::Retry { next_at_ms: clock.now_ms() + delay.as_millis() as i64 }
+            upstream.lane.policy.after_failure(number, retry_after, clock.now_ms())
         }
     };
     let status = result.as_ref().map(|r| r.status.as_u16()).ok();
     let error = result.as_ref().err().map(ToString::to_string);
     tracing::info!(
-        request_id = %d.request_id, merchant = %d.key.merchant, event_id = %d.key.id, upstream = %upstream.name,
+        request_id = %e.request_id, merchant = %e.key.merchant, event_id = %e.key.id, upstream = %upstream.name,
         attempt = number, status = ?status, error = ?error, outcome = ?outcome, "delivery attempt"
     );
     attempt.finish(upstream, &result, outcome)

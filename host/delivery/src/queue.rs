@@ -1,7 +1,7 @@
-//! An upstream's in-memory queue in front of the durable one: deliveries handed over by
-//! ingress, the plugin stage and the store poller, fair between merchants and endpoints, each
-//! claimed once until its outcome is recorded. It must never be the only copy of a delivery:
-//! the store keeps every one.
+//! A lane's in-memory queue in front of the durable one: deliveries (or plugin steps) handed
+//! over by ingress, the plugin step and the store poller, fair between merchants and endpoints,
+//! each claimed once until its outcome is recorded. It must never be the only copy of one: the
+//! store keeps every one.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -9,26 +9,60 @@ use std::sync::Mutex;
 use tokio::sync::Notify;
 
 use crate::fair_queue::FairQueue;
-use payflow_store::{DueDelivery, EventKey};
+use payflow_store::{DueCursor, DueDelivery, DueStep, Event, EventKey};
 
-/// Deliveries waiting in memory per upstream; beyond this they wait in the store only.
+/// What a lane queues: a due row of the store, for one event.
+pub trait Queued: Send + Sync + 'static {
+    /// The event it is for.
+    fn event(&self) -> &Event;
+    /// When it became due (unix ms).
+    fn due_at_ms(&self) -> i64;
+    /// The store's paging cursor just after it.
+    fn cursor(&self) -> DueCursor {
+        (self.due_at_ms(), self.event().key.clone())
+    }
+}
+
+impl Queued for DueDelivery {
+    fn event(&self) -> &Event {
+        &self.event
+    }
+    fn due_at_ms(&self) -> i64 {
+        self.next_attempt_at_ms
+    }
+}
+
+impl Queued for DueStep {
+    fn event(&self) -> &Event {
+        &self.event
+    }
+    fn due_at_ms(&self) -> i64 {
+        self.next_attempt_at_ms
+    }
+}
+
+/// Deliveries waiting in memory per lane; beyond this they wait in the store only.
 pub(crate) const QUEUE_CAPACITY: usize = 4096;
 /// Deliveries one merchant may have waiting in memory per upstream: a merchant's backlog
 /// must not fill the queue that another's new events are handed to.
 pub(crate) const MERCHANT_QUEUE_SHARE: usize = QUEUE_CAPACITY / 4;
 
-/// The deliveries waiting for an upstream's workers, and every one claimed (queued or in
-/// flight), so that neither ingress nor the store poller can start one twice.
-#[derive(Default)]
-pub(crate) struct DeliveryQueue {
-    pub(crate) state: Mutex<QueueState>,
+/// What waits for a lane's workers, and every one claimed (queued or in flight), so that
+/// neither ingress nor the store poller can start one twice.
+pub(crate) struct WaitQueue<T> {
+    pub(crate) state: Mutex<QueueState<T>>,
     pub(crate) ready: Notify,
 }
 
-#[derive(Default)]
-pub(crate) struct QueueState {
+impl<T> Default for WaitQueue<T> {
+    fn default() -> Self {
+        WaitQueue { state: Mutex::new(QueueState::default()), ready: Notify::new() }
+    }
+}
+
+pub(crate) struct QueueState<T> {
     /// In turn: merchants, then their endpoints, round robin (see [`fair_queue`]).
-    pub(crate) waiting: FairQueue<DueDelivery>,
+    pub(crate) waiting: FairQueue<T>,
     pub(crate) claimed: HashSet<EventKey>,
     /// Deliveries finished (recorded, then released) since the poller's last read began, with
     /// the sequence number of their release. A row the poller read as pending may have been
@@ -37,19 +71,31 @@ pub(crate) struct QueueState {
     pub(crate) released: u64,
 }
 
-impl DeliveryQueue {
+impl<T> Default for QueueState<T> {
+    fn default() -> Self {
+        QueueState {
+            waiting: FairQueue::default(),
+            claimed: HashSet::new(),
+            finished: HashMap::new(),
+            released: 0,
+        }
+    }
+}
+
+impl<T: Queued> WaitQueue<T> {
     /// Queues a delivery unless it is already claimed or the queue is full (the store keeps it
     /// either way). True when queued.
-    pub(crate) fn push(&self, delivery: DueDelivery) -> bool {
+    pub(crate) fn push(&self, due: T) -> bool {
         let queued = self.state.lock().is_ok_and(|mut s| {
+            let event = due.event();
             if s.waiting.len() >= QUEUE_CAPACITY
-                || s.waiting.waiting(&delivery.key.merchant) >= MERCHANT_QUEUE_SHARE
-                || !s.claimed.insert(delivery.key.clone())
+                || s.waiting.waiting(&event.key.merchant) >= MERCHANT_QUEUE_SHARE
+                || !s.claimed.insert(event.key.clone())
             {
                 return false;
             }
-            let (merchant, endpoint) = (delivery.key.merchant.clone(), delivery.endpoint.clone());
-            s.waiting.push(&merchant, &endpoint, delivery);
+            let (merchant, endpoint) = (event.key.merchant.clone(), event.endpoint.clone());
+            s.waiting.push(&merchant, &endpoint, due);
             true
         });
         if queued {
@@ -61,10 +107,10 @@ impl DeliveryQueue {
     /// Queues what the poller read in a read that began at `since` (see [`Self::since`]),
     /// except deliveries finished after that: the read may predate their record. True when
     /// queued.
-    pub(crate) fn push_polled(&self, delivery: DueDelivery, since: u64) -> bool {
+    pub(crate) fn push_polled(&self, due: T, since: u64) -> bool {
         let stale =
-            self.state.lock().is_ok_and(|s| s.finished.get(&delivery.key).is_some_and(|&at| at > since));
-        !stale && self.push(delivery)
+            self.state.lock().is_ok_and(|s| s.finished.get(&due.event().key).is_some_and(|&at| at > since));
+        !stale && self.push(due)
     }
 
     /// The release sequence a poll's read starts at.
@@ -81,7 +127,7 @@ impl DeliveryQueue {
 
     /// The next delivery in turn of a merchant with fewer than `max_in_flight` popped and not
     /// yet released.
-    pub(crate) fn pop(&self, max_in_flight: usize) -> Option<DueDelivery> {
+    pub(crate) fn pop(&self, max_in_flight: usize) -> Option<T> {
         self.state.lock().ok()?.waiting.pop(max_in_flight)
     }
 

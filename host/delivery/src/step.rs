@@ -1,21 +1,47 @@
 //! The seam between the dispatcher and what runs before an event's deliveries.
 //!
-//! After the acknowledgement an event goes through an explicit sequence: stored → its step
-//! (the gateway's plugin stage, when the endpoint has plugins) → its deliveries. The
-//! dispatcher owns the queue, the claim and the retry policy of every hop, the step's
-//! included; the step only decides and records. This module must never name the plugin
-//! stage: the gateway implements the trait, so delivery depends on nothing above it.
+//! After the acknowledgement an event goes through an explicit sequence: stored → its plugin
+//! step (when the endpoint has plugins) → its deliveries. The dispatcher owns the queues, the
+//! claims and the retry policy of every hop, the plugin step's included; the step only decides
+//! and records, and gives back the deliveries it created, which the dispatcher queues. Data
+//! flows one way: the step never sends, never queues, and never calls back into delivery.
+//! This module must never name the plugin stage: the gateway implements the trait, so delivery
+//! depends on nothing above it.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
-use payflow_store::DueDelivery;
+use payflow_config::PluginsConfig;
+use payflow_store::{DueDelivery, DueStep};
 
-use crate::Upstream;
+use crate::lane::Lane;
+use crate::policy::RetryPolicy;
 
-/// What runs an event's step before its deliveries.
+/// What runs an event's plugin step before its deliveries.
 #[async_trait]
 pub trait Step: Send + Sync {
-    /// Runs the step of `due` (a delivery of the step's own queue, `queue`, which carries the
-    /// retry policy) and records its outcome. False when the store refused the record: the
-    /// dispatcher keeps the delivery claimed and runs it again after its backoff.
-    async fn run(&self, queue: &Upstream, due: DueDelivery) -> bool;
+    /// Runs the step of `due` under `policy` (which decides its retries) and records the
+    /// outcome in the store.
+    async fn run(&self, policy: &RetryPolicy, due: DueStep) -> StepDone;
+}
+
+/// How a step ended, for the dispatcher.
+pub enum StepDone {
+    /// Its outcome is in the store; these deliveries were created by it, due now.
+    Recorded(Vec<DueDelivery>),
+    /// The store refused the record: the step stays claimed and runs again after its backoff,
+    /// once the store takes writes again.
+    Refused,
+}
+
+/// The plugin steps' lane, from `[plugins]`: shared by every merchant, three quarters of its
+/// workers at most for one (see [`Lane`]).
+pub fn plugin_steps(config: &PluginsConfig) -> Lane<DueStep> {
+    let policy = RetryPolicy {
+        max_attempts: config.max_attempts,
+        base: Duration::from_millis(config.retry_base_ms),
+        max: Duration::from_millis(config.retry_max_ms),
+    };
+    let concurrency = config.concurrency;
+    Lane::new(policy, concurrency, (concurrency - concurrency / 4).max(1))
 }

@@ -1,13 +1,13 @@
 //! Unit tests of the retry policy, the queue and the client's header parsing.
 
 use crate::client::MAX_RETRY_AFTER;
-use crate::queue::DeliveryQueue;
+use crate::queue::WaitQueue;
 use crate::*;
 use bytes::Bytes;
 use hyper::StatusCode;
 use payflow_clock::Clock;
 use payflow_config::UpstreamConfig;
-use payflow_store::{AttemptOutcome, DueDelivery, EventKey};
+use payflow_store::{AttemptOutcome, DueDelivery, Event, EventKey};
 use std::time::Duration;
 
 fn upstream() -> Upstream {
@@ -26,29 +26,26 @@ fn upstream() -> Upstream {
 }
 
 fn due(id: &str) -> DueDelivery {
-    DueDelivery {
+    let event = Event {
         key: EventKey { merchant: "m".into(), scope: "/e".into(), id: id.into() },
-        upstream: "u".into(),
         endpoint: "/e".into(),
-        attempts: 0,
-        body: Bytes::new(),
-        headers: Vec::new(),
         event_type: None,
-        request_id: String::new(),
-        next_attempt_at_ms: 0,
+        body: Bytes::new(),
         received_at_ms: 0,
-    }
+        request_id: String::new(),
+    };
+    DueDelivery::new(event, "u".into(), 0)
 }
 
 /// Regression: a poll whose read began before a delivery was recorded saw it still pending
 /// and queued it again after the worker released it, so it was sent twice.
 #[test]
 fn a_delivery_finished_during_a_poll_is_not_queued_again() {
-    let queue = DeliveryQueue::default();
+    let queue = WaitQueue::<DueDelivery>::default();
     assert!(queue.push(due("evt_1")));
     let since = queue.since(); // the poller's read begins
     let taken = queue.pop(usize::MAX).unwrap(); // a worker delivers it, records it, releases it
-    queue.release(&taken.key);
+    queue.release(&taken.event.key);
     assert!(!queue.push_polled(due("evt_1"), since), "the stale row must not be queued");
     assert!(queue.push_polled(due("evt_2"), since), "other rows are");
     queue.forget_finished(since);
@@ -75,15 +72,16 @@ async fn a_failed_attempt_is_due_again_after_its_backoff_and_the_last_is_dead() 
     assert_eq!((third.info.number, third.info.at_ms), (3, 1_700_000_000_000));
 
     clock.advance(wait);
-    d.attempts = u.max_attempts - 1;
+    let max_attempts = u.lane.policy.max_attempts;
+    d.attempts = max_attempts - 1;
     let last = attempt(&client, &clock, &u, &d).await;
-    assert_eq!(last.outcome, AttemptOutcome::Dead, "attempt {} of {}", last.info.number, u.max_attempts);
+    assert_eq!(last.outcome, AttemptOutcome::Dead, "attempt {} of {max_attempts}", last.info.number);
     assert_eq!(last.info.at_ms, next_at_ms);
 }
 
 #[test]
 fn backoff_doubles_with_jitter_and_is_capped() {
-    let u = upstream();
+    let u = upstream().lane.policy;
     for attempts in 1..=10u32 {
         let full = Duration::from_millis((1_000u64 << (attempts - 1)).min(60_000));
         for _ in 0..50 {

@@ -25,7 +25,7 @@ use serde_json::json;
 
 use crate::http::{self, percent_decode, query_pairs, BodyError, Reply};
 use crate::ingress::Handler;
-use crate::pipeline::Endpoint;
+use crate::pipeline::{Endpoint, FirstHop};
 use payflow_clock::Clock;
 use payflow_config::Config;
 use payflow_delivery::Upstream;
@@ -239,8 +239,8 @@ impl Admin {
             Ok(detail) => detail,
             Err(reply) => return reply,
         };
-        let upstream = self.endpoints.get(&detail.summary.endpoint).and_then(|e| e.first_hop.clone());
-        let Some(upstream) = upstream else {
+        let endpoint = self.endpoints.get(&detail.summary.endpoint);
+        let Some((endpoint, hop)) = endpoint.and_then(|e| Some((e, e.first_hop.clone()?))) else {
             return http::error(StatusCode::CONFLICT, "the event's endpoint has no upstream to deliver to");
         };
         let key = EventKey {
@@ -248,9 +248,9 @@ impl Admin {
             scope: detail.summary.scope.clone(),
             id: id.into(),
         };
-        match self.store.replay(&key, Some(&upstream.name), self.clock.now_ms()).await {
+        match self.store.replay(&key, &hop.hop(), self.clock.now_ms()).await {
             Ok(true) => {
-                upstream.poll_store_now();
+                hop.poll_store_now();
                 http::json(
                     StatusCode::ACCEPTED,
                     &json!({
@@ -258,7 +258,8 @@ impl Admin {
                         "id": id,
                         "merchant": key.merchant,
                         "scope": key.scope,
-                        "upstream": upstream.name,
+                        "upstream": endpoint.upstream.as_ref().map(|u| &u.name),
+                        "plugins": matches!(hop, FirstHop::Plugins(_)),
                     }),
                 )
             }

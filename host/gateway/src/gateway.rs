@@ -15,15 +15,15 @@ use tokio::task::JoinHandle;
 use crate::admin::Admin;
 use crate::connections::Caps;
 use crate::ingress::{self, ServeOptions, WebhookRouter};
-use crate::pipeline::{Endpoint, Pipeline};
+use crate::pipeline::{Endpoint, FirstHop, Pipeline};
 use payflow_clock::{Clock, SystemClock};
 use payflow_config::Config;
-use payflow_delivery::{Dispatcher, Upstream, UpstreamClient};
+use payflow_delivery::{Dispatcher, Lane, Step, Upstream, UpstreamClient};
 use payflow_plugins::{Registry, Runtime, Scheduler};
 
 use crate::stage::{EndpointPlugins, PluginStage};
 use payflow_metrics::{Histogram, SECONDS_BUCKETS};
-use payflow_store::{CommitObserver, SqliteStore, Store, StoreError, PLUGIN_STEP};
+use payflow_store::{CommitObserver, DueStep, SqliteStore, Store, StoreError};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -130,16 +130,17 @@ impl Gateway {
                 Upstream::new(u).map_err(|e| StartError::Config(format!("upstream {}: {e}", u.name)))?;
             upstreams.insert(u.name.clone(), Arc::new(upstream));
         }
-        // The delivery thread's connection pool, shared with plugin steps (which deliver their
-        // event's first attempt): proxy-mode forwards keep their own.
-        let delivery_client = UpstreamClient::default();
-        let plugins = start_plugins(&config, &store, &clock, &upstreams, delivery_client.clone()).await?;
-        let step = plugins.as_ref().map(|(_, step)| step.clone());
+        let plugins = start_plugins(&config, &store, &clock).await?;
+        let steps = plugins.as_ref().map(|(_, lane)| lane.clone());
         let plugins = plugins.map(|(stage, _)| stage);
         let mut endpoints = HashMap::new();
         for e in &config.endpoint {
             let upstream = e.upstream.as_ref().and_then(|name| upstreams.get(name).cloned());
-            let first_hop = if e.plugins.is_empty() { upstream.clone() } else { step.clone() };
+            let first_hop = match (&steps, &upstream) {
+                (Some(steps), _) if !e.plugins.is_empty() => Some(FirstHop::Plugins(steps.clone())),
+                (_, Some(upstream)) => Some(FirstHop::Upstream(upstream.clone())),
+                _ => None,
+            };
             let endpoint = Endpoint {
                 merchant: e.merchant.clone(),
                 path: e.path.clone(),
@@ -156,9 +157,6 @@ impl Gateway {
         }
         let mut merchant_upstreams: Vec<Arc<Upstream>> = upstreams.values().cloned().collect();
         merchant_upstreams.sort_by(|a, b| a.name.cmp(&b.name));
-        if let Some(step) = step {
-            upstreams.insert(PLUGIN_STEP.to_string(), step);
-        }
 
         let ingress_listener = bind("ingress", &config.server.listen).await?;
         let ingress_addr = ingress_listener.local_addr().map_err(|source| StartError::Bind {
@@ -224,15 +222,10 @@ impl Gateway {
         }
         // Its own connection pool: proxy-mode forwards must not ride on connections driven by the
         // (lower-priority) delivery thread.
-        let dispatcher = Dispatcher::new(
-            store.clone(),
-            clock,
-            delivery_client,
-            upstreams,
-            plugins.clone().map(|stage| stage as Arc<dyn payflow_delivery::Step>),
-        )
-        .start(watch_shutdown)
-        .map_err(StartError::DeliveryThread)?;
+        let steps = steps.zip(plugins.clone().map(|stage| stage as Arc<dyn Step>));
+        let dispatcher = Dispatcher::new(store.clone(), clock, UpstreamClient::default(), upstreams, steps)
+            .start(watch_shutdown)
+            .map_err(StartError::DeliveryThread)?;
         Ok(Gateway { ingress_addr, ingress_tls, admin_addr, shutdown, listeners, dispatcher, plugins, store })
     }
 
@@ -263,14 +256,12 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
 }
 
 /// The plugin runtime, registry (each plugin's active version loaded), scheduler and stage, and
-/// the plugin step's pseudo-upstream; `None` when no plugin is configured.
+/// the plugin steps' lane; `None` when no plugin is configured.
 async fn start_plugins(
     config: &Config,
     store: &Arc<dyn Store>,
     clock: &Arc<dyn Clock>,
-    upstreams: &HashMap<String, Arc<Upstream>>,
-    client: UpstreamClient,
-) -> Result<Option<(Arc<PluginStage>, Arc<Upstream>)>, StartError> {
+) -> Result<Option<(Arc<PluginStage>, Arc<Lane<DueStep>>)>, StartError> {
     if config.plugin.is_empty() {
         return Ok(None);
     }
@@ -306,11 +297,10 @@ async fn start_plugins(
         store.clone(),
         clock.clone(),
         endpoints,
-        upstreams.clone(),
-        client,
+        config.upstream.iter().map(|u| (u.merchant.clone(), u.name.clone())),
     );
-    let step = Arc::new(Upstream::plugin_step(&config.plugins));
-    Ok(Some((Arc::new(stage), step)))
+    let lane = Arc::new(payflow_delivery::plugin_steps(&config.plugins));
+    Ok(Some((Arc::new(stage), lane)))
 }
 
 /// The store's commit times, into the `payflow_edge_store_commit_seconds` histogram.

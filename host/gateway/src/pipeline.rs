@@ -24,12 +24,14 @@ pub use crate::answer::Outcome;
 use crate::http::{self, BodyError, HttpHeaders, Reply};
 use payflow_clock::Clock;
 use payflow_config::Mode;
-use payflow_delivery::{classify, AttemptStart, SendError, Upstream, UpstreamClient, Verdict};
+use payflow_delivery::{classify, AttemptStart, Lane, SendError, Upstream, UpstreamClient, Verdict};
 use payflow_metrics::{Counter, CounterMap};
 use payflow_plugins::ChainOutcome;
 
-use crate::stage::{PluginStage, StepInput};
-use payflow_store::{AttemptOutcome, DueDelivery, EventKey, EventStatus, Ingest, Inserted, NewEvent};
+use crate::stage::PluginStage;
+use payflow_store::{
+    AttemptOutcome, DueDelivery, DueStep, Event, EventKey, EventStatus, Hop, Ingest, Inserted, NewEvent,
+};
 
 /// Request headers kept with a stored event (never the signature headers).
 const KEPT_HEADERS: [&str; 7] = [
@@ -56,11 +58,45 @@ pub struct Endpoint {
     pub verifier: Verifier,
     /// Where its events go.
     pub upstream: Option<Arc<Upstream>>,
-    /// Queue mode: where a stored event goes first: the plugin step when the endpoint has
-    /// plugins, else its upstream.
-    pub first_hop: Option<Arc<Upstream>>,
+    /// Queue mode: where a stored event goes first.
+    pub first_hop: Option<FirstHop>,
     /// What became of its requests.
     pub counts: EndpointCounts,
+}
+
+/// Queue mode: where a stored event goes first, stored → plugins → deliveries.
+#[derive(Clone)]
+pub enum FirstHop {
+    /// The plugin steps' lane: the endpoint has plugins.
+    Plugins(Arc<Lane<DueStep>>),
+    /// The endpoint's upstream: it has no plugins.
+    Upstream(Arc<Upstream>),
+}
+
+impl FirstHop {
+    /// As the store records it.
+    pub fn hop(&self) -> Hop {
+        match self {
+            FirstHop::Plugins(_) => Hop::Plugins,
+            FirstHop::Upstream(u) => Hop::Upstream(u.name.clone()),
+        }
+    }
+
+    /// Hands a just-stored event to the hop's workers, due now.
+    pub fn hand_off(&self, event: Event) {
+        match self {
+            FirstHop::Plugins(lane) => lane.hand_off(DueStep { event, attempts: 0, next_attempt_at_ms: 0 }),
+            FirstHop::Upstream(u) => u.hand_off(DueDelivery::new(event, u.name.clone(), 0)),
+        }
+    }
+
+    /// Tells the hop's poller the store has due rows it has not seen (after a replay).
+    pub fn poll_store_now(&self) {
+        match self {
+            FirstHop::Plugins(lane) => lane.poll_store_now(),
+            FirstHop::Upstream(u) => u.poll_store_now(),
+        }
+    }
 }
 
 /// An endpoint's request counts.
@@ -92,15 +128,6 @@ pub struct Pipeline {
     pub body_timeout: Duration,
     /// Merchants' plugins, when any are configured.
     pub plugins: Option<Arc<PluginStage>>,
-}
-
-/// An event on its way to the upstream in proxy mode.
-struct Proxied<'a> {
-    key: EventKey,
-    event_type: Option<String>,
-    body: Bytes,
-    received_at_ms: i64,
-    request_id: &'a str,
 }
 
 impl Pipeline {
@@ -143,27 +170,28 @@ impl Pipeline {
             (Ok(_), Mode::Queue, Some(_)) => (EventStatus::Queued, None),
             (Ok(_), Mode::Queue, None) => (EventStatus::Stored, None),
         };
-        let deliveries = match (status, &endpoint.first_hop) {
-            (EventStatus::Queued, Some(hop)) => vec![hop.name.clone()],
-            _ => Vec::new(),
+        let first_hop = match (status, &endpoint.first_hop) {
+            (EventStatus::Queued, Some(hop)) => Some(hop),
+            _ => None,
         };
-        let received_at_ms = self.clock.now_ms();
-        let key = EventKey {
-            merchant: endpoint.merchant.clone(),
-            scope: endpoint.scope.clone(),
-            id: parsed.id.clone(),
+        let event = Event {
+            key: EventKey {
+                merchant: endpoint.merchant.clone(),
+                scope: endpoint.scope.clone(),
+                id: parsed.id.clone(),
+            },
+            endpoint: endpoint.path.clone(),
+            event_type: parsed.event_type,
+            body,
+            received_at_ms: self.clock.now_ms(),
+            request_id: request_id.to_string(),
         };
         let new = NewEvent {
-            key: key.clone(),
-            endpoint: endpoint.path.clone(),
-            event_type: parsed.event_type.clone(),
+            event: event.clone(),
             status,
             reason: reason.clone(),
-            body: body.clone(),
             headers: kept_headers(&parts.headers),
-            received_at_ms,
-            deliveries,
-            request_id: request_id.to_string(),
+            first_hop: first_hop.map(FirstHop::hop),
         };
         let inserted = match self.store.insert_event(new).await {
             Ok(inserted) => inserted,
@@ -180,23 +208,10 @@ impl Pipeline {
         tracing::debug!(request_id, merchant = %endpoint.merchant, event_id = %parsed.id, duplicate = matches!(inserted, Inserted::Duplicate(_)), "stored");
 
         // Acknowledge (queue mode), or forward and answer with the upstream's reply (proxy).
-        let proxied =
-            Proxied { key, event_type: parsed.event_type.clone(), body, received_at_ms, request_id };
         match (endpoint.mode, inserted) {
             (Mode::Queue, Inserted::New) => {
-                if let (EventStatus::Queued, Some(hop)) = (status, &endpoint.first_hop) {
-                    hop.hand_off(DueDelivery {
-                        key: proxied.key,
-                        upstream: hop.name.clone(),
-                        endpoint: endpoint.path.clone(),
-                        attempts: 0,
-                        body: proxied.body,
-                        headers: Vec::new(),
-                        event_type: parsed.event_type,
-                        request_id: request_id.to_string(),
-                        next_attempt_at_ms: 0,
-                        received_at_ms,
-                    });
+                if let Some(hop) = first_hop {
+                    hop.hand_off(event);
                 }
                 if status == EventStatus::Quarantined {
                     Answer::Quarantined
@@ -206,9 +221,9 @@ impl Pipeline {
             }
             (Mode::Queue, Inserted::Duplicate(_)) => Answer::Duplicate,
             (Mode::Proxy, Inserted::New) if status == EventStatus::Quarantined => Answer::Quarantined,
-            (Mode::Proxy, Inserted::New) => self.proxy(endpoint, proxied).await,
+            (Mode::Proxy, Inserted::New) => self.proxy(endpoint, event).await,
             (Mode::Proxy, Inserted::Duplicate(EventStatus::Failed | EventStatus::Forwarding)) => {
-                self.forward_again(endpoint, proxied).await
+                self.forward_again(endpoint, event).await
             }
             (Mode::Proxy, Inserted::Duplicate(_)) => Answer::Duplicate,
         }
@@ -216,23 +231,15 @@ impl Pipeline {
 
     /// Proxy mode: the endpoint's plugins, then the forward. A plugin failure answers 503 so
     /// the sender retries (and the plugins run again); a drop answers 200.
-    async fn proxy(&self, endpoint: &Endpoint, event: Proxied<'_>) -> Answer {
+    async fn proxy(&self, endpoint: &Endpoint, event: Event) -> Answer {
         let Some(plugins) = self.plugins.as_ref().filter(|p| p.has_plugins(&endpoint.path)) else {
-            return self.forward(endpoint, event.key, event.body, &[], event.request_id).await;
+            let body = event.body.clone();
+            return self.forward(endpoint, &event, body, &[]).await;
         };
-        let input = StepInput {
-            key: event.key.clone(),
-            endpoint: endpoint.path.clone(),
-            event_type: event.event_type,
-            body: event.body.clone(),
-            received_at_ms: event.received_at_ms,
-            request_id: event.request_id.to_string(),
-            attempts: 0,
-        };
-        match plugins.run_proxied(input).await {
+        match plugins.run_proxied(&event).await {
             ChainOutcome::Continue { body, headers, .. } => {
-                let body = body.unwrap_or(event.body);
-                self.forward(endpoint, event.key, body, &headers, event.request_id).await
+                let body = body.unwrap_or_else(|| event.body.clone());
+                self.forward(endpoint, &event, body, &headers).await
             }
             ChainOutcome::Drop { reason, .. } => Answer::Dropped(reason),
             ChainOutcome::Failed { reason } => {
@@ -245,7 +252,7 @@ impl Pipeline {
     /// Proxy mode: a duplicate whose earlier forward failed is forwarded again, once, by
     /// whichever request claims it; a duplicate arriving while one is in flight is told to
     /// retry later.
-    async fn forward_again(&self, endpoint: &Endpoint, event: Proxied<'_>) -> Answer {
+    async fn forward_again(&self, endpoint: &Endpoint, event: Event) -> Answer {
         let timeout = endpoint.upstream.as_ref().map_or(Duration::from_secs(5), |u| u.timeout);
         let now = self.clock.now_ms();
         // A forward still marked in flight after twice its timeout was cut short by a crash.
@@ -260,14 +267,14 @@ impl Pipeline {
     async fn forward(
         &self,
         endpoint: &Endpoint,
-        key: EventKey,
+        event: &Event,
         body: Bytes,
         headers: &[(String, String)],
-        request_id: &str,
     ) -> Answer {
         let Some(upstream) = &endpoint.upstream else {
             return Answer::NoUpstream;
         };
+        let (key, request_id) = (&event.key, event.request_id.as_str());
         let attempt = AttemptStart::new(key.clone(), 1, self.clock.now_ms());
         let result =
             self.client.send(upstream, &key.id, request_id, body, headers, self.clock.now_secs()).await;

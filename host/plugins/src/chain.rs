@@ -18,7 +18,7 @@ use tokio::runtime::Handle;
 
 use super::registry::{KvSpace, Slot};
 use super::{check_quota, Action, Event, Failure, Kv, KvMap, KvQuotaExceeded, Outcome, Registry, Run};
-use payflow_store::{EventKey, KvWrite, NewDelivery, PluginRunInfo, StoreError};
+use payflow_store::{Event as StoredEvent, KvWrite, NewDelivery, PluginRunInfo, StoreError};
 
 /// Headers the gateway sets itself; a plugin may not set or override them.
 const RESERVED_HEADERS: [&str; 12] = [
@@ -36,19 +36,11 @@ const RESERVED_HEADERS: [&str; 12] = [
     "stripe-signature",
 ];
 
-/// The event as the chain sees it.
+/// An event's turn through the chain.
 #[derive(Debug, Clone)]
 pub struct ChainInput {
-    /// The event's key.
-    pub key: EventKey,
-    /// Endpoint path.
-    pub endpoint: String,
-    /// Type ("" when none).
-    pub event_type: String,
-    /// The raw body.
-    pub body: Bytes,
-    /// Arrival, unix ms.
-    pub received_at_ms: i64,
+    /// The event, as it arrived.
+    pub event: StoredEvent,
     /// Which attempt of the plugin step this is (1-based).
     pub attempt: u32,
     /// Start of the step, unix ms.
@@ -158,7 +150,7 @@ pub fn run(
         ChainResult { runs, kv: Vec::new(), outcome: ChainOutcome::Failed { reason } }
     };
     for name in chain {
-        let Some(slot) = registry.slot(&input.key.merchant, name).cloned() else {
+        let Some(slot) = registry.slot(&input.event.key.merchant, name).cloned() else {
             return failed(runs, &written, format!("{name}: plugin_missing: not configured"));
         };
         let Some(version) = slot.active() else {
@@ -171,14 +163,7 @@ pub fn run(
             return failed(runs, &written, format!("{name}: store_unavailable: {e}"));
         }
         let overlay = Arc::new(Overlay { slot: slot.clone(), writes: Mutex::default() });
-        let event = Event {
-            id: input.key.id.clone(),
-            event_type: input.event_type.clone(),
-            endpoint: input.endpoint.clone(),
-            merchant: input.key.merchant.clone(),
-            body: body.as_ref().unwrap_or(&input.body).to_vec(),
-            received_at_ms: input.received_at_ms as u64,
-        };
+        let event = Event::of(&input.event, body.as_ref().unwrap_or(&input.event.body));
         let started = Instant::now();
         let run = if slot.warm {
             let mut instance = version.take_warm(&slot, overlay.clone());
@@ -194,7 +179,7 @@ pub fn run(
             .map_err(Clone::clone)
             .and_then(|outcome| check_outcome(outcome, upstreams, own_upstream, &forwards));
         let info = record(name, version.info.version, input, &run, started, &checked);
-        slot.counts.record(&info, &input.key);
+        slot.counts.record(&info, &input.event.key);
         runs.push(info);
         let outcome = match (run.result, checked) {
             (Ok(outcome), Ok(())) => outcome,

@@ -49,6 +49,7 @@ pub(crate) use bindings::{Plugin as PluginWorld, PluginPre};
 
 mod clocks;
 pub mod engine;
+mod event;
 mod failure;
 pub mod host;
 pub mod instance;

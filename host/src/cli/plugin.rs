@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use bytes::Bytes;
 use clap::{Args, Subcommand};
 use payflow_plugins::{Action, Event, Limits, LoadedPlugin, MemoryKv, Runtime, WORLD};
+use payflow_store::EventKey;
 
 use hyper::Method;
 use serde_json::Value;
@@ -134,14 +136,15 @@ pub fn run(args: PluginArgs) -> Result<(), Failure> {
             let body = std::fs::read(&event).with_context(|| format!("cannot read the event {event}"))?;
             let parsed = payflow_verify::event::parse(&body)
                 .map_err(|e| Failure::Usage(anyhow::anyhow!("{event} is not a PayFlow event: {e}")))?;
-            let event = Event {
-                id: parsed.id,
-                event_type: parsed.event_type.unwrap_or_default(),
+            let event = payflow_store::Event {
+                key: EventKey { merchant: "default".into(), scope: endpoint.clone(), id: parsed.id },
                 endpoint,
-                merchant: "default".into(),
-                body,
-                received_at_ms: super::unix_now() as u64 * 1000,
+                event_type: parsed.event_type,
+                body: Bytes::from(body),
+                received_at_ms: super::unix_now() * 1000,
+                request_id: String::new(),
             };
+            let event = Event::of(&event, &event.body);
             let config = config
                 .iter()
                 .map(|kv| {

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::{
-    AttemptInfo, AttemptOutcome, EventFilter, EventKey, EventStatus, Inserted, KvWrite, NewDelivery,
-    NewEvent, NewPluginVersion, PluginRunInfo, PluginStep, Store, VersionBounds, PLUGIN_STEP,
+    AttemptInfo, AttemptOutcome, Event, EventFilter, EventKey, EventStatus, Hop, Inserted, KvWrite,
+    NewDelivery, NewEvent, NewPluginVersion, PluginRunInfo, PluginStep, Store, VersionBounds,
 };
 
 /// Generates one `#[tokio::test]` per check, each on a store from `$open`: an async function
@@ -26,6 +26,7 @@ macro_rules! conformance_tests {
             a_due_delivery_is_read_recorded_and_retried_at_its_time,
             a_dead_delivery_makes_its_event_dead_and_replay_revives_it,
             a_plugin_step_commits_its_runs_kv_and_deliveries_together,
+            a_dead_plugin_step_makes_its_event_dead_and_replay_runs_it_again,
             events_page_newest_first_without_gaps_or_repeats,
             plugin_versions_are_bounded_and_activated,
             a_stored_body_comes_back_byte_for_byte,
@@ -48,18 +49,62 @@ fn key(merchant: &str, scope: &str, id: &str) -> EventKey {
     EventKey { merchant: merchant.into(), scope: scope.into(), id: id.into() }
 }
 
-fn event(key: &EventKey, at_ms: i64, deliveries: &[&str]) -> NewEvent {
+fn event(key: &EventKey, at_ms: i64, first_hop: Option<Hop>) -> NewEvent {
     NewEvent {
-        key: key.clone(),
-        endpoint: key.scope.clone(),
-        event_type: Some("payment.succeeded".into()),
-        status: if deliveries.is_empty() { EventStatus::Stored } else { EventStatus::Queued },
+        event: Event {
+            key: key.clone(),
+            endpoint: key.scope.clone(),
+            event_type: Some("payment.succeeded".into()),
+            body: Bytes::from(format!("{{\"id\":\"{}\"}}", key.id)),
+            received_at_ms: at_ms,
+            request_id: format!("req_{}", key.id),
+        },
+        status: if first_hop.is_none() { EventStatus::Stored } else { EventStatus::Queued },
         reason: None,
-        body: Bytes::from(format!("{{\"id\":\"{}\"}}", key.id)),
         headers: vec![("content-type".into(), "application/json".into())],
-        received_at_ms: at_ms,
-        deliveries: deliveries.iter().map(|d| d.to_string()).collect(),
-        request_id: format!("req_{}", key.id),
+        first_hop,
+    }
+}
+
+fn to(upstream: &str) -> Option<Hop> {
+    Some(Hop::Upstream(upstream.into()))
+}
+
+fn run(attempt: u32, outcome: &str) -> PluginRunInfo {
+    PluginRunInfo {
+        plugin: "enrich".into(),
+        version: 1,
+        attempt,
+        at_ms: NOW,
+        duration_us: 40,
+        fuel_used: 1000,
+        outcome: outcome.into(),
+        detail: None,
+        logs: vec![("info".into(), "hello".into())],
+    }
+}
+
+/// A plugin step that ran as `number` and ended as `step`, creating deliveries to `to`.
+fn step(k: &EventKey, number: u32, at_ms: i64, step: AttemptOutcome, to: &[&str]) -> PluginStep {
+    let failed = step != AttemptOutcome::Delivered;
+    PluginStep {
+        key: k.clone(),
+        number,
+        at_ms,
+        step,
+        error: failed.then(|| "enrich: trap".into()),
+        runs: vec![run(number, if failed { "trap" } else { "continue" })],
+        kv: Vec::new(),
+        status: match step {
+            AttemptOutcome::Dead => EventStatus::Dead,
+            _ => EventStatus::Queued,
+        },
+        reason: failed.then(|| "enrich: trap".into()),
+        deliveries: to
+            .iter()
+            .map(|u| NewDelivery { upstream: u.to_string(), body: None, headers: Vec::new() })
+            .collect(),
+        tags: Vec::new(),
     }
 }
 
@@ -83,7 +128,7 @@ async fn status_of(store: &dyn Store, key: &EventKey) -> String {
 pub async fn the_same_key_stored_concurrently_is_new_exactly_once(store: Arc<dyn Store>) {
     let key = key("acme", "/wh", "evt_race");
     let inserts = (0..16).map(|_| {
-        let (store, event) = (store.clone(), event(&key, NOW, &["legacy"]));
+        let (store, event) = (store.clone(), event(&key, NOW, to("legacy")));
         tokio::spawn(async move { store.insert_event(event).await.unwrap() })
     });
     let mut new = 0;
@@ -96,7 +141,7 @@ pub async fn the_same_key_stored_concurrently_is_new_exactly_once(store: Arc<dyn
     let due = store.due_deliveries("legacy", NOW, None, 100).await.unwrap();
     assert_eq!(due.len(), 1, "and only it created a delivery");
     assert_eq!(
-        store.insert_event(event(&key, NOW, &["legacy"])).await.unwrap(),
+        store.insert_event(event(&key, NOW, to("legacy"))).await.unwrap(),
         Inserted::Duplicate(EventStatus::Queued)
     );
 }
@@ -109,7 +154,7 @@ pub async fn one_id_in_two_scopes_or_merchants_is_two_events(store: Arc<dyn Stor
         key("globex", "/payflow", "evt_1"),
     ];
     for k in &keys {
-        assert_eq!(store.insert_event(event(k, NOW, &[])).await.unwrap(), Inserted::New, "{k:?}");
+        assert_eq!(store.insert_event(event(k, NOW, None)).await.unwrap(), Inserted::New, "{k:?}");
     }
     let all = store.find_events(None, None, "evt_1", 10).await.unwrap();
     assert_eq!(all.len(), 3);
@@ -125,12 +170,13 @@ pub async fn one_id_in_two_scopes_or_merchants_is_two_events(store: Arc<dyn Stor
 /// again only at its next time, a success settles the event.
 pub async fn a_due_delivery_is_read_recorded_and_retried_at_its_time(store: Arc<dyn Store>) {
     let k = key("acme", "/wh", "evt_due");
-    store.insert_event(event(&k, NOW, &["legacy"])).await.unwrap();
+    store.insert_event(event(&k, NOW, to("legacy"))).await.unwrap();
     assert!(store.due_deliveries("legacy", NOW - 1, None, 10).await.unwrap().is_empty(), "not due yet");
     assert!(store.due_deliveries("other", NOW, None, 10).await.unwrap().is_empty(), "another upstream's");
     let due = store.due_deliveries("legacy", NOW, None, 10).await.unwrap();
-    assert_eq!((due.len(), &due[0].key, due[0].attempts), (1, &k, 0));
-    assert_eq!(&due[0].body[..], format!("{{\"id\":\"{}\"}}", k.id).as_bytes());
+    assert_eq!((due.len(), &due[0].event.key, due[0].attempts), (1, &k, 0));
+    assert_eq!(&due[0].body()[..], format!("{{\"id\":\"{}\"}}", k.id).as_bytes());
+    assert_eq!((&due[0].event.request_id[..], due[0].event.received_at_ms), ("req_evt_due", NOW));
 
     let retry_at = NOW + 60_000;
     let first = crate::Attempt {
@@ -163,7 +209,8 @@ pub async fn a_due_delivery_is_read_recorded_and_retried_at_its_time(store: Arc<
 /// its attempts reset, and the event queued.
 pub async fn a_dead_delivery_makes_its_event_dead_and_replay_revives_it(store: Arc<dyn Store>) {
     let k = key("acme", "/wh", "evt_dead");
-    store.insert_event(event(&k, NOW, &["a", "b"])).await.unwrap();
+    store.insert_event(event(&k, NOW, Some(Hop::Plugins))).await.unwrap();
+    store.finish_plugin_step(step(&k, 1, NOW, AttemptOutcome::Delivered, &["a", "b"])).await.unwrap();
     let delivered = crate::Attempt {
         key: k.clone(),
         info: attempt_info("a", 1, NOW, 200),
@@ -176,74 +223,111 @@ pub async fn a_dead_delivery_makes_its_event_dead_and_replay_revives_it(store: A
         info: attempt_info("b", 1, NOW, 400),
         outcome: AttemptOutcome::Dead,
     };
-    store.record_attempt(Arc::new(dead)).await.unwrap();
+    store.record_attempt(Arc::new(dead.clone())).await.unwrap();
     assert_eq!(status_of(&*store, &k).await, "dead");
 
-    assert!(store.replay(&k, Some("b"), NOW + 5).await.unwrap());
-    assert_eq!(status_of(&*store, &k).await, "queued");
+    // Without a step, a replay makes the deliveries pending again.
+    let plain = key("acme", "/wh", "evt_dead_plain");
+    store.insert_event(event(&plain, NOW, to("b"))).await.unwrap();
+    let dead = crate::Attempt { key: plain.clone(), ..dead };
+    store.record_attempt(Arc::new(dead)).await.unwrap();
+    assert_eq!(status_of(&*store, &plain).await, "dead");
+    assert!(store.replay(&plain, &Hop::Upstream("b".into()), NOW + 5).await.unwrap());
+    assert_eq!(status_of(&*store, &plain).await, "queued");
     let due = store.due_deliveries("b", NOW + 5, None, 10).await.unwrap();
-    assert_eq!((due.len(), due[0].attempts), (1, 0));
-    assert!(!store.replay(&key("acme", "/wh", "evt_missing"), Some("b"), NOW).await.unwrap());
+    assert_eq!(due.len(), 1, "only the plain event's: the other's wait for its step");
+    assert_eq!((&due[0].event.key, due[0].attempts), (&plain, 0));
+    assert!(!store
+        .replay(&key("acme", "/wh", "evt_missing"), &Hop::Upstream("b".into()), NOW)
+        .await
+        .unwrap());
+
+    // With a step, the plugins decide again: what they created is gone until they do.
+    assert!(store.replay(&k, &Hop::Plugins, NOW + 5).await.unwrap());
+    assert_eq!(status_of(&*store, &k).await, "queued");
+    assert!(store.get_event(&k).await.unwrap().unwrap().deliveries.is_empty());
+    let steps = store.due_steps(NOW + 5, None, 10).await.unwrap();
+    assert_eq!((steps.len(), &steps[0].event.key, steps[0].attempts), (1, &k, 0));
+}
+
+/// A plugin step that fails for good makes its event dead and stops being due; replay runs it
+/// again from its first attempt. A quarantined event replayed into the plugins gets a step.
+pub async fn a_dead_plugin_step_makes_its_event_dead_and_replay_runs_it_again(store: Arc<dyn Store>) {
+    let k = key("acme", "/wh", "evt_step_dead");
+    store.insert_event(event(&k, NOW, Some(Hop::Plugins))).await.unwrap();
+    assert_eq!(store.steps_pending().await.unwrap(), vec![("acme".to_string(), 1)]);
+    store.finish_plugin_step(step(&k, 1, NOW, AttemptOutcome::Dead, &[])).await.unwrap();
+    assert_eq!(status_of(&*store, &k).await, "dead");
+    assert!(store.due_steps(NOW * 2, None, 10).await.unwrap().is_empty(), "a dead step is not due");
+    assert!(store.steps_pending().await.unwrap().is_empty());
+    let shown = store.get_event(&k).await.unwrap().unwrap().plugin_step.expect("the step is shown");
+    assert_eq!(
+        (&shown.status[..], shown.attempts, shown.error.as_deref()),
+        ("dead", 1, Some("enrich: trap"))
+    );
+
+    assert!(store.replay(&k, &Hop::Plugins, NOW + 9).await.unwrap());
+    let detail = store.get_event(&k).await.unwrap().unwrap();
+    assert_eq!((&detail.summary.status[..], detail.summary.reason.as_deref()), ("queued", None));
+    let shown = detail.plugin_step.unwrap();
+    assert_eq!((&shown.status[..], shown.attempts, shown.next_attempt_at_ms), ("pending", 0, Some(NOW + 9)));
+
+    let quarantined = key("acme", "/wh", "evt_quarantined");
+    let mut new = event(&quarantined, NOW, None);
+    new.status = EventStatus::Quarantined;
+    store.insert_event(new).await.unwrap();
+    assert!(store.get_event(&quarantined).await.unwrap().unwrap().plugin_step.is_none());
+    assert!(store.replay(&quarantined, &Hop::Plugins, NOW + 9).await.unwrap());
+    let due: Vec<EventKey> =
+        store.due_steps(NOW + 9, None, 10).await.unwrap().into_iter().map(|s| s.event.key).collect();
+    assert_eq!(due, vec![quarantined, k], "oldest first: the quarantined one arrived first");
 }
 
 /// A plugin step writes its runs, its kv writes and the deliveries it created in one commit;
-/// a failed step is recorded as an attempt to retry and creates no delivery.
+/// a failed step is due again at its retry time, keeps its error, and creates no delivery.
 pub async fn a_plugin_step_commits_its_runs_kv_and_deliveries_together(store: Arc<dyn Store>) {
     let k = key("acme", "/wh", "evt_step");
-    store.insert_event(event(&k, NOW, &[PLUGIN_STEP])).await.unwrap();
-    let run = PluginRunInfo {
-        plugin: "enrich".into(),
-        version: 1,
-        attempt: 1,
-        at_ms: NOW,
-        duration_us: 40,
-        fuel_used: 1000,
-        outcome: "continue".into(),
-        detail: None,
-        logs: vec![("info".into(), "hello".into())],
-    };
-    let failed = PluginStep {
-        key: k.clone(),
-        attempt: attempt_info(PLUGIN_STEP, 1, NOW, 0),
-        step: AttemptOutcome::Retry { next_at_ms: NOW + 1_000 },
-        runs: vec![PluginRunInfo { outcome: "trap".into(), ..run.clone() }],
-        kv: Vec::new(),
-        status: EventStatus::Queued,
-        reason: Some("enrich: trap".into()),
-        deliveries: Vec::new(),
-        tags: Vec::new(),
-        first_delivery: None,
-    };
-    store.finish_plugin_step(failed).await.unwrap();
-    assert!(store.due_deliveries(PLUGIN_STEP, NOW + 999, None, 10).await.unwrap().is_empty(), "backing off");
-    let retry = store.due_deliveries(PLUGIN_STEP, NOW + 1_000, None, 10).await.unwrap();
+    store.insert_event(event(&k, NOW, Some(Hop::Plugins))).await.unwrap();
+    let first = store.due_steps(NOW, None, 10).await.unwrap();
+    assert_eq!((first.len(), &first[0].event.key, first[0].attempts), (1, &k, 0));
+    assert_eq!(first[0].event.event_type.as_deref(), Some("payment.succeeded"));
+    assert!(store.due_deliveries("legacy", NOW, None, 10).await.unwrap().is_empty(), "the step comes first");
+
+    store
+        .finish_plugin_step(step(&k, 1, NOW, AttemptOutcome::Retry { next_at_ms: NOW + 1_000 }, &[]))
+        .await
+        .unwrap();
+    assert!(store.due_steps(NOW + 999, None, 10).await.unwrap().is_empty(), "backing off");
+    let retry = store.due_steps(NOW + 1_000, None, 10).await.unwrap();
     assert_eq!(retry[0].attempts, 1);
     assert!(store.due_deliveries("legacy", NOW + 1_000, None, 10).await.unwrap().is_empty());
     let detail = store.get_event(&k).await.unwrap().unwrap();
     assert_eq!(detail.summary.reason.as_deref(), Some("enrich: trap"));
-    assert_eq!(detail.attempts.len(), 1, "the failure is recorded as an attempt");
+    let shown = detail.plugin_step.expect("the step is shown");
+    assert_eq!(
+        (&shown.status[..], shown.attempts, shown.next_attempt_at_ms),
+        ("pending", 1, Some(NOW + 1_000))
+    );
+    assert_eq!(shown.error.as_deref(), Some("enrich: trap"));
+    assert!(detail.deliveries.is_empty() && detail.attempts.is_empty(), "a step is neither");
 
     let finished = PluginStep {
-        key: k.clone(),
-        attempt: attempt_info(PLUGIN_STEP, 2, NOW + 1_000, 0),
-        step: AttemptOutcome::Delivered,
-        runs: vec![PluginRunInfo { attempt: 2, ..run }],
         kv: vec![KvWrite { plugin: "enrich".into(), key: "seen".into(), value: b"2".to_vec() }],
-        status: EventStatus::Queued,
-        reason: None,
         deliveries: vec![NewDelivery {
             upstream: "legacy".into(),
             body: Some(Bytes::from_static(b"{\"rewritten\":true}")),
             headers: vec![("x-tier".into(), "gold".into())],
         }],
         tags: vec!["gold".into()],
-        first_delivery: None,
+        ..step(&k, 2, NOW + 1_000, AttemptOutcome::Delivered, &[])
     };
     store.finish_plugin_step(finished).await.unwrap();
+    assert!(store.due_steps(NOW * 2, None, 10).await.unwrap().is_empty(), "a finished step is not due");
     assert_eq!(store.load_kv("acme", "enrich").await.unwrap(), vec![("seen".to_string(), b"2".to_vec())]);
     assert!(store.load_kv("globex", "enrich").await.unwrap().is_empty(), "kv is per merchant");
     let due = store.due_deliveries("legacy", NOW + 1_000, None, 10).await.unwrap();
-    assert_eq!(&due[0].body[..], b"{\"rewritten\":true}");
+    assert_eq!(&due[0].body()[..], b"{\"rewritten\":true}");
+    assert_eq!(&due[0].event.body[..], b"{\"id\":\"evt_step\"}", "the event keeps its own body");
     assert_eq!(due[0].headers, vec![("x-tier".to_string(), "gold".to_string())]);
     let detail = store.get_event(&k).await.unwrap().unwrap();
     assert_eq!(detail.plugin_runs.len(), 2);
@@ -257,7 +341,7 @@ pub async fn events_page_newest_first_without_gaps_or_repeats(store: Arc<dyn Sto
     let mut stored = Vec::new();
     for i in 0..23 {
         let k = key(if i % 2 == 0 { "acme" } else { "globex" }, "/wh", &format!("evt_{i:02}"));
-        store.insert_event(event(&k, NOW + (i / 3) as i64, &[])).await.unwrap();
+        store.insert_event(event(&k, NOW + (i / 3) as i64, None)).await.unwrap();
         stored.push(k.id);
     }
     let mut seen: Vec<String> = Vec::new();
@@ -328,9 +412,9 @@ pub async fn plugin_versions_are_bounded_and_activated(store: Arc<dyn Store>) {
 pub async fn a_stored_body_comes_back_byte_for_byte(store: Arc<dyn Store>) {
     let k = key("acme", "/wh", "evt_bytes");
     let body: Vec<u8> = (0..=255u8).chain(b"{\"id\":\"evt_bytes\"}".iter().copied()).collect();
-    let mut new = event(&k, NOW, &["legacy"]);
-    new.body = Bytes::from(body.clone());
+    let mut new = event(&k, NOW, to("legacy"));
+    new.event.body = Bytes::from(body.clone());
     store.insert_event(new).await.unwrap();
     let due = store.due_deliveries("legacy", NOW, None, 10).await.unwrap();
-    assert_eq!(&due[0].body[..], &body[..]);
+    assert_eq!(&due[0].body()[..], &body[..]);
 }

@@ -35,11 +35,6 @@ pub enum StoreError {
     Closed,
 }
 
-/// The name under which an event's plugin step sits among its deliveries: it is due, retried,
-/// made `dead` and replayed exactly like a delivery, and its success creates the real ones.
-/// Upstream names cannot start with `@`.
-pub const PLUGIN_STEP: &str = "@plugins";
-
 /// How much of the store a plugin's versions may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VersionBounds {
@@ -156,29 +151,50 @@ pub fn settled_status<'a>(deliveries: impl IntoIterator<Item = &'a str>) -> Opti
     }
 }
 
-/// A verified event to store.
+/// An event as every stage after verification sees it: ingress stores it, the plugin step
+/// and the deliveries carry it (embedded, never copied field by field), and the plugins get it
+/// as their WIT `event` record through one conversion (`payflow-plugins`).
 #[derive(Debug, Clone)]
-pub struct NewEvent {
+pub struct Event {
     /// Its key: the sender's id within its merchant's de-duplication scope.
     pub key: EventKey,
     /// Endpoint path it arrived on.
     pub endpoint: String,
     /// `type`, when it is a string.
     pub event_type: Option<String>,
+    /// The raw body, byte for byte as the sender signed it (shared, not copied, between the
+    /// store's write and the hand-offs).
+    pub body: Bytes,
+    /// Arrival time, unix milliseconds.
+    pub received_at_ms: i64,
+    /// Id of the ingress request that stored it, carried into the plugin and delivery logs.
+    pub request_id: String,
+}
+
+/// Where a stored event goes after the acknowledgement: the steps run in this order, stored →
+/// plugins → deliveries, and an event enters at the first its endpoint has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hop {
+    /// The endpoint's plugins decide first; their step creates the deliveries.
+    Plugins,
+    /// Straight to this upstream.
+    Upstream(String),
+}
+
+/// A verified event to store.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The event.
+    pub event: Event,
     /// Initial status.
     pub status: EventStatus,
     /// Quarantine reason.
     pub reason: Option<String>,
-    /// The raw body, byte for byte (shared, not copied, with the hand-off to delivery).
-    pub body: Bytes,
     /// Headers of interest (signature headers are not among them).
     pub headers: Vec<(String, String)>,
-    /// Arrival time, unix milliseconds.
-    pub received_at_ms: i64,
-    /// Upstreams to deliver to, each as a pending delivery due now.
-    pub deliveries: Vec<String>,
-    /// Request id carried from ingress to delivery logs.
-    pub request_id: String,
+    /// Queue mode: where it goes next, due now; `None` when it stays (quarantined, no
+    /// upstream, proxy mode).
+    pub first_hop: Option<Hop>,
 }
 
 /// What storing an event did.
@@ -193,37 +209,52 @@ pub enum Inserted {
 /// A delivery that is due.
 #[derive(Debug, Clone)]
 pub struct DueDelivery {
-    /// The event's key.
-    pub key: EventKey,
-    /// Upstream name ([`PLUGIN_STEP`] for the plugin step).
+    /// The event it delivers.
+    pub event: Event,
+    /// Upstream name.
     pub upstream: String,
-    /// Endpoint path the event arrived on.
-    pub endpoint: String,
     /// Attempts made so far.
     pub attempts: u32,
-    /// What to send: the event's raw body, or the body a plugin gave this delivery.
-    pub body: Bytes,
+    /// The body a plugin gave this delivery, sent instead of the event's.
+    pub body: Option<Bytes>,
     /// Headers a plugin added to this delivery.
     pub headers: Vec<(String, String)>,
-    /// When the event arrived (unix ms).
-    pub received_at_ms: i64,
-    /// The event's type.
-    pub event_type: Option<String>,
-    /// Request id of the ingress request that stored it.
-    pub request_id: String,
     /// When it became due (unix ms).
     pub next_attempt_at_ms: i64,
 }
 
-/// Where a page of due deliveries ended: (next attempt time, event key).
-pub type DueCursor = (i64, EventKey);
-
 impl DueDelivery {
-    /// The cursor just after this delivery.
-    pub fn cursor(&self) -> DueCursor {
-        (self.next_attempt_at_ms, self.key.clone())
+    /// A new delivery of `event`, due at `at_ms`, with the event's body.
+    pub fn new(event: Event, upstream: String, at_ms: i64) -> Self {
+        DueDelivery {
+            event,
+            upstream,
+            attempts: 0,
+            body: None,
+            headers: Vec::new(),
+            next_attempt_at_ms: at_ms,
+        }
+    }
+
+    /// What to send.
+    pub fn body(&self) -> &Bytes {
+        self.body.as_ref().unwrap_or(&self.event.body)
     }
 }
+
+/// An event whose plugin step is due.
+#[derive(Debug, Clone)]
+pub struct DueStep {
+    /// The event, as it arrived.
+    pub event: Event,
+    /// Times the step ran before and failed.
+    pub attempts: u32,
+    /// When it became due (unix ms).
+    pub next_attempt_at_ms: i64,
+}
+
+/// Where a page of due deliveries or steps ended: (due time, event key).
+pub type DueCursor = (i64, EventKey);
 
 /// How a delivery attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,11 +334,14 @@ pub struct KvWrite {
 pub struct PluginStep {
     /// The event's key.
     pub key: EventKey,
-    /// The step as an attempt (upstream [`PLUGIN_STEP`]); stored as one only when it failed
-    /// (its runs record a step that finished).
-    pub attempt: AttemptInfo,
+    /// Which run of the step this was (1-based).
+    pub number: u32,
+    /// When it started, unix ms: the created deliveries are due then.
+    pub at_ms: i64,
     /// What becomes of the step: delivered (it finished), retry or dead.
     pub step: AttemptOutcome,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
     /// Each plugin that ran.
     pub runs: Vec<PluginRunInfo>,
     /// kv writes, applied with the step. The chain gives none for a step that failed.
@@ -320,10 +354,6 @@ pub struct PluginStep {
     pub deliveries: Vec<NewDelivery>,
     /// Tags plugins put on the event.
     pub tags: Vec<String>,
-    /// The first attempt of one of `deliveries`, already made by the step itself (queue mode:
-    /// the endpoint's own upstream), recorded with it. A crash before this commit sends it
-    /// again when the step runs again: at least once, as every delivery.
-    pub first_delivery: Option<Attempt>,
 }
 
 /// Where a plugin's code comes from.
@@ -438,6 +468,19 @@ pub struct DeliveryInfo {
     pub next_attempt_at_ms: Option<i64>,
 }
 
+/// An event's plugin step as shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepInfo {
+    /// pending, done or dead.
+    pub status: String,
+    /// Times it ran.
+    pub attempts: u32,
+    /// Next run, unix ms (pending only).
+    pub next_attempt_at_ms: Option<i64>,
+    /// Why its last run failed (the runs' records say which plugin and how).
+    pub error: Option<String>,
+}
+
 /// A delivery attempt as shown.
 #[derive(Debug, Clone, Serialize)]
 pub struct AttemptInfo {
@@ -469,6 +512,8 @@ pub struct EventDetail {
     pub headers: Vec<(String, String)>,
     /// Request id.
     pub request_id: String,
+    /// Its plugin step, when its endpoint has plugins.
+    pub plugin_step: Option<StepInfo>,
     /// Deliveries.
     pub deliveries: Vec<DeliveryInfo>,
     /// Attempts, oldest first.
@@ -513,12 +558,23 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     /// can keep the attempt (to record it again) if the store refuses it, without a copy.
     async fn record_attempt(&self, attempt: Arc<Attempt>) -> Result<(), StoreError>;
 
+    /// Events whose plugin step is due at `now_ms`, oldest first, after `cursor`.
+    async fn due_steps(
+        &self,
+        now_ms: i64,
+        cursor: Option<&DueCursor>,
+        limit: usize,
+    ) -> Result<Vec<DueStep>, StoreError>;
+
     /// Records a plugin step (see [`PluginStep`]).
     async fn finish_plugin_step(&self, step: PluginStep) -> Result<(), StoreError>;
 
     /// Pending deliveries (due now or later) to each of `upstreams`, by merchant:
     /// (upstream, merchant, count).
     async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<(String, String, u64)>, StoreError>;
+
+    /// Pending plugin steps (due now or later), by merchant: (merchant, count).
+    async fn steps_pending(&self) -> Result<Vec<(String, u64)>, StoreError>;
 }
 
 /// Plugin versions and the plugins' key-value spaces, per merchant.
@@ -580,11 +636,11 @@ pub trait AdminQueries: Send + Sync + 'static {
     /// One event with its deliveries and attempts.
     async fn get_event(&self, key: &EventKey) -> Result<Option<EventDetail>, StoreError>;
 
-    /// Makes an event's deliveries pending again (attempts reset), adding one to `upstream`
-    /// if it has none (e.g. a quarantined event). An event with a plugin step replays from
-    /// that step: the deliveries it created are removed, and the plugins decide again.
-    /// False when the event is not found.
-    async fn replay(&self, key: &EventKey, upstream: Option<&str>, now_ms: i64) -> Result<bool, StoreError>;
+    /// Makes an event's deliveries pending again (attempts reset), entering at `first_hop`
+    /// if it has none (e.g. a quarantined event). An event with a plugin step, or replayed
+    /// into [`Hop::Plugins`], replays from that step: the deliveries it created are removed,
+    /// and the plugins decide again. False when the event is not found.
+    async fn replay(&self, key: &EventKey, first_hop: &Hop, now_ms: i64) -> Result<bool, StoreError>;
 }
 
 /// Readiness and shutdown.

@@ -23,9 +23,10 @@ use tokio::sync::oneshot;
 
 use super::{
     settled_status, AdminQueries, Attempt, AttemptInfo, AttemptOutcome, CommitObserver, DeliveryInfo,
-    DeliveryQueue, DueCursor, DueDelivery, EventDetail, EventFilter, EventKey, EventStatus, EventSummary,
-    Ingest, Inserted, Lifecycle, NewEvent, NewPluginVersion, PluginHistory, PluginRunInfo, PluginStep,
-    PluginStore, PluginVersionInfo, QuotaExceeded, StoreError, StoredPlugin, VersionBounds, PLUGIN_STEP,
+    DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventDetail, EventFilter, EventKey, EventStatus,
+    EventSummary, Hop, Ingest, Inserted, Lifecycle, NewEvent, NewPluginVersion, PluginHistory, PluginRunInfo,
+    PluginStep, PluginStore, PluginVersionInfo, QuotaExceeded, StepInfo, StoreError, StoredPlugin,
+    VersionBounds,
 };
 use payflow_config::StoreConfig;
 
@@ -69,6 +70,16 @@ CREATE TABLE IF NOT EXISTS deliveries (
     body                BLOB,
     headers             TEXT,
     PRIMARY KEY (merchant, scope, event_id, upstream)
+);
+CREATE TABLE IF NOT EXISTS plugin_steps (
+    merchant            TEXT    NOT NULL,
+    scope               TEXT    NOT NULL,
+    event_id            TEXT    NOT NULL,
+    status              TEXT    NOT NULL,
+    attempts            INTEGER NOT NULL,
+    next_attempt_at_ms  BIGINT  NOT NULL,
+    error               TEXT,
+    PRIMARY KEY (merchant, scope, event_id)
 );
 CREATE TABLE IF NOT EXISTS attempts (
     merchant     TEXT    NOT NULL,
@@ -127,6 +138,7 @@ CREATE TABLE IF NOT EXISTS plugin_kv (
 const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS events_by_time ON events (received_at_ms);
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (upstream, status, next_attempt_at_ms);
+CREATE INDEX IF NOT EXISTS plugin_steps_due ON plugin_steps (status, next_attempt_at_ms);
 CREATE INDEX IF NOT EXISTS attempts_by_key ON attempts (merchant, scope, event_id);
 CREATE INDEX IF NOT EXISTS plugin_runs_by_key ON plugin_runs (merchant, scope, event_id);
 ";
@@ -185,6 +197,23 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              COMMIT;"
         ))?;
     }
+    // A database from before plugin steps had a table of their own kept each step as a
+    // delivery to the sentinel upstream `@plugins`, and its failures as that upstream's
+    // attempts: each becomes its event's step, with its last failure (the runs' own records,
+    // which say which plugin failed and how, stay as they are).
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         INSERT INTO plugin_steps (merchant, scope, event_id, status, attempts, next_attempt_at_ms, error)
+             SELECT d.merchant, d.scope, d.event_id, CASE d.status WHEN 'delivered' THEN 'done' ELSE d.status END,
+                    d.attempts, d.next_attempt_at_ms,
+                    (SELECT a.error FROM attempts a WHERE a.merchant = d.merchant AND a.scope = d.scope
+                       AND a.event_id = d.event_id AND a.upstream = '@plugins' ORDER BY a.number DESC LIMIT 1)
+             FROM deliveries d WHERE d.upstream = '@plugins'
+             ON CONFLICT (merchant, scope, event_id) DO NOTHING;
+         DELETE FROM deliveries WHERE upstream = '@plugins';
+         DELETE FROM attempts WHERE upstream = '@plugins';
+         COMMIT;",
+    )?;
     conn.execute_batch(INDEXES)
 }
 
@@ -546,6 +575,43 @@ fn settle_event(conn: &Connection, key: &EventKey) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Makes an event's first hop pending, due at `at_ms`: its plugin step, or a delivery. Nothing
+/// when it is already there.
+fn add_first_hop(conn: &Connection, key: &EventKey, hop: &Hop, at_ms: i64) -> rusqlite::Result<()> {
+    let (merchant, scope, id) = key_of(key);
+    match hop {
+        Hop::Plugins => conn.prepare_cached(
+            "INSERT INTO plugin_steps (merchant, scope, event_id, status, attempts, next_attempt_at_ms)
+             VALUES (?1, ?2, ?3, 'pending', 0, ?4)
+             ON CONFLICT (merchant, scope, event_id) DO NOTHING",
+        )?
+        .execute(params![merchant, scope, id, at_ms]),
+        Hop::Upstream(upstream) => conn.prepare_cached(
+            "INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms)
+             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5)
+             ON CONFLICT (merchant, scope, event_id, upstream) DO NOTHING",
+        )?
+        .execute(params![merchant, scope, id, upstream, at_ms]),
+    }
+    .map(drop)
+}
+
+/// The event of a due row, read from `events` columns in [`EVENT_COLUMNS`] order from `at`.
+fn event_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Event> {
+    Ok(Event {
+        key: EventKey { merchant: r.get(at)?, scope: r.get(at + 1)?, id: r.get(at + 2)? },
+        endpoint: r.get(at + 3)?,
+        event_type: r.get(at + 4)?,
+        body: Bytes::from(r.get::<_, Vec<u8>>(at + 5)?),
+        received_at_ms: r.get(at + 6)?,
+        request_id: r.get(at + 7)?,
+    })
+}
+
+/// The `events` columns [`event_at`] reads, as `e`.
+const EVENT_COLUMNS: &str =
+    "e.merchant, e.scope, e.id, e.endpoint, e.event_type, e.body, e.received_at_ms, e.request_id";
+
 fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventSummary> {
     Ok(EventSummary {
         merchant: row.get(0)?,
@@ -568,10 +634,11 @@ const SUMMARY_COLUMNS: &str =
 
 #[async_trait]
 impl Ingest for SqliteStore {
-    async fn insert_event(&self, event: NewEvent) -> Result<Inserted, StoreError> {
+    async fn insert_event(&self, new: NewEvent) -> Result<Inserted, StoreError> {
         self.write(move |conn| {
-            let headers = serde_json::to_string(&event.headers).unwrap_or_else(|_| "[]".into());
-            let claimed = (event.status == EventStatus::Forwarding).then_some(event.received_at_ms);
+            let NewEvent { event, status, reason, headers, first_hop } = &new;
+            let headers = serde_json::to_string(headers).unwrap_or_else(|_| "[]".into());
+            let claimed = (*status == EventStatus::Forwarding).then_some(event.received_at_ms);
             let inserted = conn
                 .prepare_cached(
                     "INSERT INTO events (merchant, id, endpoint, event_type, status, reason, body, headers,
@@ -584,8 +651,8 @@ impl Ingest for SqliteStore {
                     event.key.id,
                     event.endpoint,
                     event.event_type,
-                    event.status.as_str(),
-                    event.reason,
+                    status.as_str(),
+                    reason,
                     &event.body[..],
                     headers,
                     event.request_id,
@@ -596,13 +663,8 @@ impl Ingest for SqliteStore {
             if inserted == 0 {
                 return Ok(Inserted::Duplicate(status_of(conn, &event.key)?));
             }
-            let mut add = conn.prepare_cached(
-                "INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5)",
-            )?;
-            for upstream in &event.deliveries {
-                let (merchant, scope, id) = key_of(&event.key);
-                add.execute(params![merchant, scope, id, upstream, event.received_at_ms])?;
+            if let Some(hop) = first_hop {
+                add_first_hop(conn, &event.key, hop, event.received_at_ms)?;
             }
             Ok(Inserted::New)
         })
@@ -673,32 +735,56 @@ impl DeliveryQueue for SqliteStore {
             None => (None, None, None, None),
         };
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT d.merchant, d.event_id, d.upstream, d.attempts, COALESCE(d.body, e.body), e.event_type,
-                        e.request_id, d.next_attempt_at_ms, e.endpoint, d.headers, e.received_at_ms, d.scope
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT d.upstream, d.attempts, d.body, d.headers, d.next_attempt_at_ms, {EVENT_COLUMNS}
                  FROM deliveries d
                  JOIN events e ON e.merchant = d.merchant AND e.scope = d.scope AND e.id = d.event_id
                  WHERE d.upstream = ?1 AND d.status = 'pending' AND d.next_attempt_at_ms <= ?2
                    AND (?4 IS NULL
                         OR (d.next_attempt_at_ms, d.merchant, d.scope, d.event_id) > (?4, ?5, ?7, ?6))
-                 ORDER BY d.next_attempt_at_ms, d.merchant, d.scope, d.event_id LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(params![upstream, now_ms, limit as i64, at, merchant, id, scope], |r| {
-                Ok(DueDelivery {
-                    key: EventKey { merchant: r.get(0)?, scope: r.get(11)?, id: r.get(1)? },
-                    upstream: r.get(2)?,
-                    attempts: r.get(3)?,
-                    body: Bytes::from(r.get::<_, Vec<u8>>(4)?),
-                    event_type: r.get(5)?,
-                    request_id: r.get(6)?,
-                    next_attempt_at_ms: r.get(7)?,
-                    endpoint: r.get(8)?,
-                    headers: r
-                        .get::<_, Option<String>>(9)?
-                        .and_then(|h| serde_json::from_str(&h).ok())
-                        .unwrap_or_default(),
-                    received_at_ms: r.get(10)?,
-                })
+                 ORDER BY d.next_attempt_at_ms, d.merchant, d.scope, d.event_id LIMIT ?3"
+            ))?;
+            let rows =
+                stmt.query_map(params![upstream, now_ms, limit as i64, at, merchant, id, scope], |r| {
+                    Ok(DueDelivery {
+                        upstream: r.get(0)?,
+                        attempts: r.get(1)?,
+                        body: r.get::<_, Option<Vec<u8>>>(2)?.map(Bytes::from),
+                        headers: r
+                            .get::<_, Option<String>>(3)?
+                            .and_then(|h| serde_json::from_str(&h).ok())
+                            .unwrap_or_default(),
+                        next_attempt_at_ms: r.get(4)?,
+                        event: event_at(r, 5)?,
+                    })
+                })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn due_steps(
+        &self,
+        now_ms: i64,
+        cursor: Option<&DueCursor>,
+        limit: usize,
+    ) -> Result<Vec<DueStep>, StoreError> {
+        let (at, merchant, scope, id) = match cursor.cloned() {
+            Some((at, key)) => (Some(at), Some(key.merchant), Some(key.scope), Some(key.id)),
+            None => (None, None, None, None),
+        };
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT s.attempts, s.next_attempt_at_ms, {EVENT_COLUMNS}
+                 FROM plugin_steps s
+                 JOIN events e ON e.merchant = s.merchant AND e.scope = s.scope AND e.id = s.event_id
+                 WHERE s.status = 'pending' AND s.next_attempt_at_ms <= ?1
+                   AND (?3 IS NULL
+                        OR (s.next_attempt_at_ms, s.merchant, s.scope, s.event_id) > (?3, ?4, ?5, ?6))
+                 ORDER BY s.next_attempt_at_ms, s.merchant, s.scope, s.event_id LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![now_ms, limit as i64, at, merchant, scope, id], |r| {
+                Ok(DueStep { attempts: r.get(0)?, next_attempt_at_ms: r.get(1)?, event: event_at(r, 2)? })
             })?;
             rows.collect()
         })
@@ -734,19 +820,18 @@ impl DeliveryQueue for SqliteStore {
                     logs
                 ])?;
             }
-            // A step that finished is recorded by its runs; an attempt row is kept for the
-            // failures (and the admin view of retries) only.
-            if step.step != AttemptOutcome::Delivered {
-                insert_attempt(
-                    conn,
-                    &Attempt {
-                        key: step.key.clone(),
-                        info: step.attempt.clone(),
-                        outcome: step.step,
-                    },
-                )?;
-            }
-            update_delivery(conn, (merchant, scope, id), PLUGIN_STEP, step.attempt.number, step.step)?;
+            let (status, next_at_ms) = match step.step {
+                AttemptOutcome::Delivered => ("done", None),
+                AttemptOutcome::Dead => ("dead", None),
+                AttemptOutcome::Retry { next_at_ms } => ("pending", Some(next_at_ms)),
+            };
+            // Proxy mode's steps have no row: they run inside the sender's request.
+            conn.prepare_cached(
+                "UPDATE plugin_steps
+                 SET status = ?4, attempts = ?5, next_attempt_at_ms = COALESCE(?6, next_attempt_at_ms), error = ?7
+                 WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3",
+            )?
+            .execute(params![merchant, scope, id, status, step.number, next_at_ms, step.error])?;
             let mut kv = conn.prepare_cached(
                 "INSERT INTO plugin_kv (merchant, plugin, key, value) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value",
@@ -755,41 +840,22 @@ impl DeliveryQueue for SqliteStore {
                 kv.execute(params![merchant, w.plugin, w.key, w.value])?;
             }
             let mut add = conn.prepare_cached(
-                "INSERT INTO deliveries (merchant, event_id, upstream, status, attempts, next_attempt_at_ms,
-                                         body, headers, scope)
-                 VALUES (?1, ?2, ?3, ?7, ?8, ?4, ?5, ?6, ?9)
+                "INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms,
+                                         body, headers)
+                 VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?7)
                  ON CONFLICT (merchant, scope, event_id, upstream) DO UPDATE
-                 SET status = excluded.status, attempts = excluded.attempts,
-                     next_attempt_at_ms = excluded.next_attempt_at_ms,
+                 SET status = 'pending', attempts = 0, next_attempt_at_ms = excluded.next_attempt_at_ms,
                      body = excluded.body, headers = excluded.headers",
             )?;
             for d in &step.deliveries {
                 let headers =
                     (!d.headers.is_empty()).then(|| serde_json::to_string(&d.headers).unwrap_or_default());
-                // The one the step already attempted goes in as that attempt left it.
-                let (status, attempts, next_at_ms) = match &step.first_delivery {
-                    Some(first) if first.info.upstream == d.upstream => {
-                        let (status, next) = delivery_state(first.outcome);
-                        (status, first.info.number, next.unwrap_or(step.attempt.at_ms))
-                    }
-                    _ => ("pending", 0, step.attempt.at_ms),
-                };
-                add.execute(params![
-                    merchant,
-                    id,
-                    d.upstream,
-                    next_at_ms,
-                    d.body.as_deref(),
-                    headers,
-                    status,
-                    attempts,
-                    scope
-                ])?;
+                add.execute(params![merchant, scope, id, d.upstream, step.at_ms, d.body.as_deref(), headers])?;
             }
             let tags = (!step.tags.is_empty()).then(|| serde_json::to_string(&step.tags).unwrap_or_default());
             // The common case changes nothing about the event: a first attempt (ingress left it
             // queued, without a reason) that continued, untagged.
-            let unchanged = step.attempt.number == 1
+            let unchanged = step.number == 1
                 && step.status == EventStatus::Queued
                 && step.reason.is_none()
                 && tags.is_none();
@@ -799,10 +865,6 @@ impl DeliveryQueue for SqliteStore {
                      WHERE merchant = ?1 AND scope = ?6 AND id = ?2",
                 )?
                 .execute(params![merchant, id, step.status.as_str(), step.reason, tags, scope])?;
-            }
-            if let Some(first) = &step.first_delivery {
-                insert_attempt(conn, first)?;
-                settle_after(conn, first)?;
             }
             Ok(())
         })
@@ -826,6 +888,17 @@ impl DeliveryQueue for SqliteStore {
                 }
             }
             Ok(depths)
+        })
+        .await
+    }
+
+    async fn steps_pending(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT merchant, COUNT(*) FROM plugin_steps WHERE status = 'pending' GROUP BY merchant",
+            )?
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?
+            .collect()
         })
         .await
     }
@@ -1095,6 +1168,22 @@ impl AdminQueries for SqliteStore {
                 )
                 .optional()?;
             let Some((summary, body, headers, request_id)) = found else { return Ok(None) };
+            let plugin_step = conn
+                .prepare_cached(
+                    "SELECT status, attempts, next_attempt_at_ms, error FROM plugin_steps
+                     WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3",
+                )?
+                .query_row(params![key.merchant, key.scope, key.id], |r| {
+                    let status: String = r.get(0)?;
+                    let next: i64 = r.get(2)?;
+                    Ok(StepInfo {
+                        next_attempt_at_ms: (status == "pending").then_some(next),
+                        status,
+                        attempts: r.get(1)?,
+                        error: r.get(3)?,
+                    })
+                })
+                .optional()?;
             let deliveries = conn
                 .prepare_cached(
                     "SELECT upstream, status, attempts, next_attempt_at_ms FROM deliveries
@@ -1153,6 +1242,7 @@ impl AdminQueries for SqliteStore {
                 body: String::from_utf8_lossy(&body).into_owned(),
                 headers: serde_json::from_str(&headers).unwrap_or_default(),
                 request_id,
+                plugin_step,
                 deliveries,
                 attempts,
                 plugin_runs,
@@ -1161,8 +1251,8 @@ impl AdminQueries for SqliteStore {
         .await
     }
 
-    async fn replay(&self, key: &EventKey, upstream: Option<&str>, now_ms: i64) -> Result<bool, StoreError> {
-        let (key, upstream) = (key.clone(), upstream.map(str::to_string));
+    async fn replay(&self, key: &EventKey, first_hop: &Hop, now_ms: i64) -> Result<bool, StoreError> {
+        let (key, first_hop) = (key.clone(), first_hop.clone());
         self.write(move |conn| {
             let k = params![key.merchant, key.scope, key.id];
             let found: bool = conn.query_row(
@@ -1173,35 +1263,32 @@ impl AdminQueries for SqliteStore {
             if !found {
                 return Ok(false);
             }
-            let from_plugins = upstream.as_deref() == Some(PLUGIN_STEP)
-                || conn.query_row(
-                    "SELECT COUNT(*) > 0 FROM deliveries
-                     WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3 AND upstream = ?4",
-                    params![key.merchant, key.scope, key.id, PLUGIN_STEP],
-                    |r| r.get::<_, bool>(0),
-                )?;
-            if from_plugins {
+            let has_step: bool = conn.query_row(
+                "SELECT COUNT(*) > 0 FROM plugin_steps WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3",
+                k,
+                |r| r.get(0),
+            )?;
+            if has_step || first_hop == Hop::Plugins {
                 // The plugins decide again (perhaps a fixed version): what they created goes.
+                conn.execute("DELETE FROM deliveries WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3", k)?;
                 conn.execute(
-                    "DELETE FROM deliveries WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3 AND upstream <> ?4",
-                    params![key.merchant, key.scope, key.id, PLUGIN_STEP],
+                    "UPDATE plugin_steps SET status = 'pending', attempts = 0, next_attempt_at_ms = ?4, error = NULL
+                     WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3",
+                    params![key.merchant, key.scope, key.id, now_ms],
                 )?;
-                conn.execute("UPDATE events SET reason = NULL WHERE merchant = ?1 AND scope = ?2 AND id = ?3", k)?;
+                add_first_hop(conn, &key, &Hop::Plugins, now_ms)?;
+                conn.execute(
+                    "UPDATE events SET status = 'queued', reason = NULL WHERE merchant = ?1 AND scope = ?2 AND id = ?3",
+                    k,
+                )?;
+                return Ok(true);
             }
             conn.execute(
                 "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at_ms = ?4
                  WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3",
                 params![key.merchant, key.scope, key.id, now_ms],
             )?;
-            let upstream = if from_plugins { Some(PLUGIN_STEP.to_string()) } else { upstream.clone() };
-            if let Some(upstream) = &upstream {
-                conn.execute(
-                    "INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5)
-                     ON CONFLICT (merchant, scope, event_id, upstream) DO NOTHING",
-                    params![key.merchant, key.scope, key.id, upstream, now_ms],
-                )?;
-            }
+            add_first_hop(conn, &key, &first_hop, now_ms)?;
             settle_event(conn, &key)?;
             Ok(true)
         })
@@ -1252,4 +1339,55 @@ mod tests {
     }
 
     crate::conformance_tests!(open);
+
+    /// A database from before plugin steps had a table of their own: each `@plugins` delivery
+    /// becomes its event's step (pending ones still due, failed ones with their last error),
+    /// and nothing of the sentinel is left among deliveries or attempts.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn plugin_steps_kept_as_sentinel_deliveries_are_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            StoreConfig { path: dir.path().join("db").display().to_string(), ..StoreConfig::default() };
+        let key = |id: &str| EventKey { merchant: "acme".into(), scope: "/wh".into(), id: id.into() };
+        let store = SqliteStore::open(&config, Arc::new(())).unwrap();
+        for id in ["evt_waiting", "evt_failed"] {
+            let event = Event {
+                key: key(id),
+                endpoint: "/wh".into(),
+                event_type: None,
+                body: Bytes::from_static(b"{}"),
+                received_at_ms: 1_000,
+                request_id: "req".into(),
+            };
+            let new = NewEvent {
+                event,
+                status: EventStatus::Queued,
+                reason: None,
+                headers: Vec::new(),
+                first_hop: None,
+            };
+            store.insert_event(new).await.unwrap();
+        }
+        store.close().await;
+        // What the older gateway wrote, as it wrote it.
+        let conn = Connection::open(&config.path).unwrap();
+        conn.execute_batch(
+            "INSERT INTO deliveries VALUES ('acme', '/wh', 'evt_waiting', '@plugins', 'pending', 0, 1000, NULL, NULL);
+             INSERT INTO deliveries VALUES ('acme', '/wh', 'evt_failed', '@plugins', 'dead', 2, 1500, NULL, NULL);
+             INSERT INTO attempts VALUES ('acme', '/wh', 'evt_failed', '@plugins', 1, 1000, 5, NULL, 'p: trap', NULL);
+             INSERT INTO attempts VALUES ('acme', '/wh', 'evt_failed', '@plugins', 2, 1500, 5, NULL, 'p: timeout', NULL);",
+        )
+        .unwrap();
+        drop(conn);
+
+        let store = SqliteStore::open(&config, Arc::new(())).unwrap();
+        let due = store.due_steps(1_000, None, 10).await.unwrap();
+        assert_eq!(due.iter().map(|d| d.event.key.id.as_str()).collect::<Vec<_>>(), ["evt_waiting"]);
+        let failed = store.get_event(&key("evt_failed")).await.unwrap().unwrap();
+        let step = failed.plugin_step.clone().expect("the step is kept");
+        assert_eq!((&step.status[..], step.attempts, step.error.as_deref()), ("dead", 2, Some("p: timeout")));
+        assert!(failed.deliveries.is_empty() && failed.attempts.is_empty(), "{failed:?}");
+        assert!(store.due_deliveries("@plugins", i64::MAX, None, 10).await.unwrap().is_empty());
+        store.close().await;
+    }
 }

@@ -12,7 +12,6 @@ use super::{visible, Admin, Scope};
 use crate::answer::Outcome;
 use crate::http::{self, Reply};
 use payflow_metrics::{Exposition, CONTENT_TYPE as METRICS_TYPE};
-use payflow_store::PLUGIN_STEP;
 
 /// The verification failure reasons, so that each has a series from the start (a rate over
 /// a series that appears only with its first failure misses that failure).
@@ -70,11 +69,7 @@ impl Admin {
                 );
             }
         }
-        // The plugin step is a queue too: its depth is per merchant, under the step's name.
-        let mut names: Vec<String> = upstreams.iter().map(|u| u.name.clone()).collect();
-        if self.plugins.is_some() {
-            names.push(PLUGIN_STEP.to_string());
-        }
+        let names: Vec<String> = upstreams.iter().map(|u| u.name.clone()).collect();
         match self.store.queue_depth(names).await {
             Ok(depths) => {
                 let mut depths: Vec<_> = depths.into_iter().filter(|(_, m, _)| visible(&scope, m)).collect();
@@ -95,6 +90,24 @@ impl Admin {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "metrics: cannot read the queue depth"),
+        }
+        if self.plugins.is_some() {
+            match self.store.steps_pending().await {
+                Ok(pending) => {
+                    let mut pending: Vec<_> =
+                        pending.into_iter().filter(|(m, _)| visible(&scope, m)).collect();
+                    pending.sort();
+                    for (merchant, n) in pending {
+                        page.gauge(
+                            "payflow_edge_plugin_queue_depth",
+                            "Events waiting for their plugins (due now or waiting to retry), by merchant.",
+                            &[("merchant", &merchant)],
+                            n as f64,
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "metrics: cannot read the plugin steps pending"),
+            }
         }
         if scope.is_none() {
             page.histogram(

@@ -239,6 +239,11 @@ async function loadEvent(id, merchant, scope) {
     ['Endpoint', e.endpoint], ['Scope', e.scope], ['Merchant', e.merchant], ['Received', time(e.received_at_ms)],
     ['Request id', e.request_id], ['Tags', (e.tags ?? []).join(', ') || '—'],
   ];
+  const step = e.plugin_step;
+  if (step) {
+    const next = step.next_attempt_at_ms ? `, next ${time(step.next_attempt_at_ms)}` : '';
+    facts.push(['Plugin step', `${step.status} after ${step.attempts} run(s)${next}${step.error ? ` (${step.error})` : ''}`]);
+  }
   $('event-summary').replaceChildren(...facts.flatMap(([k, v]) => [el('dt', {}, k), el('dd', { 'data-fact': k }, v)]));
   let body = e.body;
   try { body = JSON.stringify(JSON.parse(e.body), null, 2); } catch { /* shown as received */ }
@@ -267,7 +272,7 @@ async function replay() {
   try {
     const r = await api('POST', eventPath(id, merchant, scope, '/replay'));
     out.className = 'ok';
-    out.textContent = `Replayed: delivery to ${r.upstream} queued.`;
+    out.textContent = r.plugins ? 'Replayed: the plugins decide again.' : `Replayed: delivery to ${r.upstream} queued.`;
     setTimeout(() => loadEvent(id, merchant, scope).catch(onTimerError), 1000);
   } catch (e) {
     out.className = 'error';

@@ -1,0 +1,58 @@
+//! A lane: one hop of the sequence after the acknowledgement (an upstream's deliveries, or the
+//! plugin steps), as the dispatcher drains it: its retry policy, its workers' number, its
+//! in-memory queue in front of the store's and the poller's state. A lane never sends or
+//! runs anything itself: the dispatcher does, by what the lane holds.
+
+use std::sync::atomic::AtomicBool;
+
+use tokio::sync::Notify;
+
+use crate::policy::RetryPolicy;
+use crate::queue::{Queued, WaitQueue};
+
+/// See the module docs. `T` is what it queues: [`payflow_store::DueDelivery`] or
+/// [`payflow_store::DueStep`].
+pub struct Lane<T> {
+    /// Attempts and backoff.
+    pub policy: RetryPolicy,
+    /// In flight at once: the number of worker tasks.
+    pub concurrency: usize,
+    /// In flight at once for one merchant. An upstream has one merchant, who gets every
+    /// worker; the plugin steps' lane is shared, and there a merchant gets three quarters of
+    /// the workers, so that while its steps run long (plugins spinning to their deadline) the
+    /// rest take the others' at once.
+    pub(crate) merchant_in_flight: usize,
+    /// Waiting for a worker, fed by ingress, the plugin step and the store poller.
+    pub(crate) queue: WaitQueue<T>,
+    /// Wakes the store poller before its interval is up.
+    pub(crate) poll_now: Notify,
+    /// Set while the store holds more due rows than the last poll could take: workers that
+    /// run dry then ask for the next page at once instead of waiting for the interval.
+    pub(crate) backlog: AtomicBool,
+}
+
+impl<T: Queued> Lane<T> {
+    /// A lane whose merchants share its `concurrency` workers; `merchant_in_flight` bounds one
+    /// merchant's share.
+    pub fn new(policy: RetryPolicy, concurrency: usize, merchant_in_flight: usize) -> Self {
+        Lane {
+            policy,
+            concurrency,
+            merchant_in_flight,
+            queue: WaitQueue::default(),
+            poll_now: Notify::new(),
+            backlog: AtomicBool::new(false),
+        }
+    }
+
+    /// Hands a just-stored row to the workers, so they need not read back what was just
+    /// written. The store stays the source of truth: if the queue is full the poller finds it.
+    pub fn hand_off(&self, due: T) {
+        self.queue.push(due);
+    }
+
+    /// Tells the poller the store has due rows it has not seen (e.g. after a replay).
+    pub fn poll_store_now(&self) {
+        self.poll_now.notify_one();
+    }
+}
