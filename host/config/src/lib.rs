@@ -23,7 +23,7 @@ pub enum ConfigError {
     Read {
         /// The path given.
         path: PathBuf,
-        /// Why.
+        /// The operating system's error (not found, permission denied…).
         source: std::io::Error,
     },
     /// TOML syntax or shape (unknown key, wrong type), with toml's line and column.

@@ -30,7 +30,7 @@ pub(crate) const STORED_REPLY_BYTES: usize = 1024;
 /// An upstream's answer.
 #[derive(Debug)]
 pub struct UpstreamReply {
-    /// Status.
+    /// The upstream's HTTP status: 2xx delivered, else classified by the retry policy.
     pub status: StatusCode,
     /// Its content type, passed back in proxy mode.
     pub content_type: Option<HeaderValue>,

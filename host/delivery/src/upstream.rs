@@ -15,7 +15,7 @@ use payflow_store::{Attempt, AttemptOutcome, DueDelivery};
 
 /// A configured upstream, ready to send to.
 pub struct Upstream {
-    /// Name.
+    /// Its name in the config, as deliveries and metrics carry it.
     pub name: String,
     /// Owning merchant.
     pub merchant: String,

@@ -45,7 +45,7 @@ const AMBIGUOUS_SHOWN: usize = 16;
 pub struct Admin {
     /// The store.
     pub store: Arc<dyn Store>,
-    /// Time.
+    /// The time replays are due at (a test drives it).
     pub clock: Arc<dyn Clock>,
     /// Tokens and scopes.
     pub config: Arc<Config>,

@@ -31,11 +31,11 @@ pub enum StartError {
     /// A listener could not bind.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
-        /// Which listener.
+        /// `ingress` or `admin`.
         what: &'static str,
-        /// The address.
+        /// The configured address it could not bind.
         addr: String,
-        /// Why.
+        /// The operating system's refusal (in use, not permitted, no such address…).
         source: std::io::Error,
     },
     /// TLS material is unusable.
@@ -55,7 +55,7 @@ pub enum StartError {
     Plugin {
         /// Which plugin ("*" for the runtime).
         name: String,
-        /// Why.
+        /// What is wrong with it, naming the file or setting to fix.
         problem: String,
     },
 }

@@ -154,17 +154,17 @@ pub enum ClientError {
     /// The URL or a header is unusable.
     #[error("bad request to {url}: {error}")]
     Request {
-        /// Where.
+        /// The URL requested.
         url: String,
-        /// Why.
+        /// What made the request unusable.
         error: String,
     },
     /// No connection, or no reply.
     #[error("cannot reach {url}: {error}")]
     Unreachable {
-        /// Where.
+        /// The URL requested.
         url: String,
-        /// Why.
+        /// The connection's or hyper's error, as text for the log.
         error: String,
     },
     /// The reply's body broke off.

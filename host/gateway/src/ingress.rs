@@ -157,7 +157,7 @@ pub enum TlsError {
     ReadCert {
         /// The file.
         path: std::path::PathBuf,
-        /// Why.
+        /// What the PEM parser refused.
         source: rustls::pki_types::pem::Error,
     },
     /// The certificate file holds no certificate.
@@ -168,7 +168,7 @@ pub enum TlsError {
     ReadKey {
         /// The file.
         path: std::path::PathBuf,
-        /// Why.
+        /// What the PEM parser refused.
         source: rustls::pki_types::pem::Error,
     },
     /// rustls refused the pair (a key that does not match the certificate, say).

@@ -118,7 +118,7 @@ impl EndpointCounts {
 pub struct Pipeline {
     /// The durable store.
     pub store: Arc<dyn Ingest>,
-    /// Time.
+    /// Arrival times, signature tolerance and forward leases read it (a test drives it).
     pub clock: Arc<dyn Clock>,
     /// For proxy-mode forwards.
     pub client: UpstreamClient,

@@ -58,7 +58,7 @@ pub enum ChainOutcome {
         headers: Vec<(String, String)>,
         /// Extra deliveries to named upstreams.
         forwards: Vec<NewDelivery>,
-        /// Tags.
+        /// Tags the plugins put on the event.
         tags: Vec<String>,
     },
     /// A plugin dropped the event.
@@ -82,7 +82,7 @@ pub struct ChainResult {
     pub runs: Vec<PluginRunInfo>,
     /// kv writes to commit with the step (empty unless it continued or dropped).
     pub kv: Vec<KvWrite>,
-    /// The outcome.
+    /// How the chain ended.
     pub outcome: ChainOutcome,
 }
 

@@ -46,9 +46,9 @@ pub enum RegistryError {
     /// The config's file cannot be read.
     #[error("cannot read {path}: {error}")]
     File {
-        /// The path.
+        /// The `path` from the config.
         path: String,
-        /// Why.
+        /// The operating system's error (not found, permission denied…).
         error: String,
     },
     /// The merchant's plugin versions would take more than its storage quota.
@@ -102,7 +102,7 @@ pub struct KvSpace {
 pub struct Slot {
     /// Owning merchant.
     pub merchant: String,
-    /// Name.
+    /// The plugin's name in the config.
     pub name: String,
     /// Its sandbox.
     pub limits: Limits,
@@ -225,7 +225,7 @@ impl Slot {
 /// A plugin as the admin API shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PluginStatus {
-    /// Name.
+    /// The plugin's name in the config.
     pub name: String,
     /// Owning merchant.
     pub merchant: String,

@@ -27,7 +27,7 @@ enum EventsCommand {
         /// Only this endpoint path.
         #[arg(long)]
         endpoint: Option<String>,
-        /// Page size.
+        /// Events per page (the API caps it at 1000).
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },

@@ -184,7 +184,7 @@ pub enum Hop {
 /// A verified event to store.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
-    /// The event.
+    /// The event, as every later step carries it.
     pub event: Event,
     /// Initial status.
     pub status: EventStatus,
@@ -263,7 +263,7 @@ pub enum AttemptOutcome {
     Delivered,
     /// Retry at this time (unix ms).
     Retry {
-        /// When.
+        /// The retry's due time, unix ms.
         next_at_ms: i64,
     },
     /// No more attempts.
@@ -320,9 +320,9 @@ pub struct PluginRunInfo {
 pub struct KvWrite {
     /// Plugin name.
     pub plugin: String,
-    /// Key.
+    /// Key within the plugin's space.
     pub key: String,
-    /// Value.
+    /// The value, opaque bytes.
     pub value: Vec<u8>,
 }
 
@@ -384,7 +384,7 @@ pub struct StoredPlugin {
     pub wasm: Bytes,
     /// The compiled artifact.
     pub compiled: Vec<u8>,
-    /// Its info.
+    /// Its hash, size, source and time, as listed.
     pub info: PluginVersionInfo,
 }
 
@@ -425,7 +425,7 @@ pub struct EventFilter {
     pub event_type: Option<String>,
     /// Only this endpoint.
     pub endpoint: Option<String>,
-    /// Page size.
+    /// Events per page (clamped to 1..=1000).
     pub limit: usize,
     /// Page after this (received_at_ms, merchant, scope, id) cursor, newest first.
     pub before: Option<(i64, String, String, String)>,
@@ -442,10 +442,10 @@ pub struct EventSummary {
     pub scope: String,
     /// Endpoint path.
     pub endpoint: String,
-    /// Type.
+    /// The event's `type`, when it is a string.
     #[serde(rename = "type")]
     pub event_type: Option<String>,
-    /// Status.
+    /// Its [`EventStatus`], as stored.
     pub status: String,
     /// Quarantine, drop or failure reason.
     pub reason: Option<String>,
@@ -490,7 +490,7 @@ pub struct AttemptInfo {
     pub number: u32,
     /// Start, unix ms.
     pub at_ms: i64,
-    /// Duration.
+    /// How long the attempt took, ms.
     pub duration_ms: i64,
     /// HTTP status.
     pub status_code: Option<u16>,
