@@ -67,6 +67,14 @@ struct Steps {
     step: Arc<dyn Step>,
 }
 
+/// One poll's read: what is due at `now_ms`, after `cursor`, at most `limit`.
+#[derive(Clone, Copy)]
+struct Page<'a> {
+    now_ms: i64,
+    cursor: Option<&'a DueCursor>,
+    limit: usize,
+}
+
 /// One lane as the dispatcher drains it: where its due rows come from and what a worker does
 /// with one.
 #[async_trait]
@@ -75,13 +83,7 @@ trait Drain: Send + Sync + 'static {
     fn lane(&self) -> &Lane<Self::Due>;
     /// For logs.
     fn name(&self) -> &str;
-    async fn due(
-        &self,
-        store: &dyn Store,
-        now_ms: i64,
-        cursor: Option<&DueCursor>,
-        limit: usize,
-    ) -> Result<Vec<Self::Due>, StoreError>;
+    async fn due(&self, store: &dyn Store, page: Page<'_>) -> Result<Vec<Self::Due>, StoreError>;
     /// Before each poll: what the store refused to record before.
     async fn before_poll(&self, _dispatcher: &Dispatcher) {}
     /// Runs one. True when its outcome is recorded and it can be released now.
@@ -97,14 +99,8 @@ impl Drain for Upstream {
     fn name(&self) -> &str {
         &self.name
     }
-    async fn due(
-        &self,
-        store: &dyn Store,
-        now_ms: i64,
-        cursor: Option<&DueCursor>,
-        limit: usize,
-    ) -> Result<Vec<DueDelivery>, StoreError> {
-        store.due_deliveries(&self.name, now_ms, cursor, limit).await
+    async fn due(&self, store: &dyn Store, page: Page<'_>) -> Result<Vec<DueDelivery>, StoreError> {
+        store.due_deliveries(&self.name, page.now_ms, page.cursor, page.limit).await
     }
     async fn before_poll(&self, dispatcher: &Dispatcher) {
         dispatcher.record_unrecorded(self).await;
@@ -123,14 +119,8 @@ impl Drain for Steps {
     fn name(&self) -> &str {
         "plugin steps"
     }
-    async fn due(
-        &self,
-        store: &dyn Store,
-        now_ms: i64,
-        cursor: Option<&DueCursor>,
-        limit: usize,
-    ) -> Result<Vec<DueStep>, StoreError> {
-        store.due_steps(now_ms, cursor, limit).await
+    async fn due(&self, store: &dyn Store, page: Page<'_>) -> Result<Vec<DueStep>, StoreError> {
+        store.due_steps(page.now_ms, page.cursor, page.limit).await
     }
     async fn run(self: Arc<Self>, dispatcher: Arc<Dispatcher>, due: DueStep) -> bool {
         let (key, attempts) = (due.event.key.clone(), due.attempts);
@@ -272,7 +262,8 @@ impl Dispatcher {
                 let page = lane.queue.room().min(POLL_PAGE);
                 if page > 0 {
                     let since = lane.queue.since();
-                    match drain.due(&*self.store, self.clock.now_ms(), cursor.as_ref(), page).await {
+                    let read = Page { now_ms: self.clock.now_ms(), cursor: cursor.as_ref(), limit: page };
+                    match drain.due(&*self.store, read).await {
                         Ok(due) => {
                             cursor = (due.len() == page).then(|| due.last().map(Queued::cursor)).flatten();
                             lane.backlog.store(cursor.is_some(), Ordering::Release);
