@@ -19,6 +19,8 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # Headless Chromium for the web package's browser tests: Debian's, never a downloaded one.
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+# PostgreSQL for the replicated store's tests (a throwaway server per test run, on loopback).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need_apt[@]}"

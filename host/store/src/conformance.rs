@@ -27,6 +27,7 @@ macro_rules! conformance_tests {
             a_dead_delivery_makes_its_event_dead_and_replay_revives_it,
             a_plugin_step_commits_its_runs_kv_and_deliveries_together,
             a_dead_plugin_step_makes_its_event_dead_and_replay_runs_it_again,
+            a_claimed_row_is_due_for_no_other_reader_until_its_claim_ends,
             events_page_newest_first_without_gaps_or_repeats,
             plugin_versions_are_bounded_and_activated,
             a_stored_body_comes_back_byte_for_byte,
@@ -333,6 +334,43 @@ pub async fn a_plugin_step_commits_its_runs_kv_and_deliveries_together(store: Ar
     assert_eq!(detail.plugin_runs.len(), 2);
     assert_eq!(detail.summary.tags, ["gold"]);
     assert_eq!(detail.summary.reason, None, "the retry that continued cleared the failure");
+}
+
+/// A store shared by several gateways ([`Store::claims`]): the read that returns a due row
+/// claims it, so a second read (another replica's) does not get it while the first holds it;
+/// recording its outcome ends the claim, and a claim whose holder never records (a replica
+/// killed mid-delivery) runs out, after which the row is due again. A store with one gateway
+/// makes no claims: for it this check only proves that it says so consistently.
+pub async fn a_claimed_row_is_due_for_no_other_reader_until_its_claim_ends(store: Arc<dyn Store>) {
+    if !store.claims() {
+        return;
+    }
+    let k = key("acme", "/wh", "evt_claimed");
+    store.insert_event(event(&k, NOW, to("legacy"))).await.unwrap();
+    assert_eq!(
+        store.due_deliveries("legacy", NOW, None, 10).await.unwrap().len(),
+        1,
+        "the first reader claims it"
+    );
+    assert!(store.due_deliveries("legacy", NOW, None, 10).await.unwrap().is_empty(), "not a second one");
+    let retry = crate::Attempt {
+        key: k.clone(),
+        info: attempt_info("legacy", 1, NOW, 503),
+        outcome: AttemptOutcome::Retry { next_at_ms: NOW + 10 },
+    };
+    store.record_attempt(Arc::new(retry)).await.unwrap();
+    let again = store.due_deliveries("legacy", NOW + 10, None, 10).await.unwrap();
+    assert_eq!(again.len(), 1, "recording the outcome ended the claim");
+    assert!(store.due_deliveries("legacy", NOW + 20, None, 10).await.unwrap().is_empty(), "claimed again");
+    let day = 86_400_000;
+    let taken_over = store.due_deliveries("legacy", NOW + day, None, 10).await.unwrap();
+    assert_eq!(taken_over.len(), 1, "a claim nobody ended runs out");
+
+    let s = key("acme", "/wh", "evt_claimed_step");
+    store.insert_event(event(&s, NOW, Some(Hop::Plugins))).await.unwrap();
+    assert_eq!(store.due_steps(NOW, None, 10).await.unwrap().len(), 1);
+    assert!(store.due_steps(NOW, None, 10).await.unwrap().is_empty(), "a step is claimed the same way");
+    assert_eq!(store.due_steps(NOW + day, None, 10).await.unwrap().len(), 1);
 }
 
 /// Listing pages newest first by cursor, with no event missed or repeated, even when events

@@ -575,6 +575,13 @@ pub trait DeliveryQueue: Send + Sync + 'static {
 
     /// Pending plugin steps (due now or later), by merchant: (merchant, count).
     async fn steps_pending(&self) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// True when several gateways share this store: then a due row is claimed by the read that
+    /// returns it (until its outcome is recorded, or its lease runs out), and a gateway must
+    /// not hand a row it wrote to its own workers without reading (claiming) it first.
+    fn claims(&self) -> bool {
+        false
+    }
 }
 
 /// Plugin versions and the plugins' key-value spaces, per merchant.

@@ -1,0 +1,215 @@
+//! Plugin versions (with their compiled code) and the plugins' key-value spaces, shared by
+//! every replica.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use payflow_store::{
+    NewPluginVersion, PluginHistory, PluginStore, PluginVersionInfo, QuotaExceeded, StoreError, StoredPlugin,
+    VersionBounds,
+};
+
+use crate::{unavailable, PostgresStore};
+
+fn version_info(r: &tokio_postgres::Row) -> PluginVersionInfo {
+    PluginVersionInfo {
+        version: r.get::<_, i32>(0) as u32,
+        sha256: r.get(1),
+        size: r.get::<_, i32>(2) as usize,
+        source: r.get(3),
+        created_at_ms: r.get(4),
+    }
+}
+
+#[async_trait]
+impl PluginStore for PostgresStore {
+    async fn load_kv(&self, merchant: &str, plugin: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT key, value FROM plugin_kv WHERE merchant = $1 AND plugin = $2",
+                &[&merchant, &plugin],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn add_plugin_version(
+        &self,
+        v: NewPluginVersion,
+        file_sha256: Option<String>,
+        bounds: VersionBounds,
+    ) -> Result<Result<u32, QuotaExceeded>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        // One upload of a merchant's plugins at a time, whichever replica takes it: the quota
+        // and the version numbers are read and written in one go.
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&v.merchant])
+            .await
+            .map_err(unavailable)?;
+        let version: i32 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM plugin_versions WHERE merchant = $1 AND name = $2",
+                &[&v.merchant, &v.name],
+            )
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        let active: Option<i32> = tx
+            .query_opt(
+                "SELECT active_version FROM plugins WHERE merchant = $1 AND name = $2",
+                &[&v.merchant, &v.name],
+            )
+            .await
+            .map_err(unavailable)?
+            .and_then(|r| r.get(0));
+        let others = bounds.max_versions.saturating_sub(1 + u32::from(active.is_some())) as i64;
+        let pruned: Vec<(i32, i64)> = tx
+            .query(
+                "SELECT version, (LENGTH(wasm) + LENGTH(compiled))::int8 FROM plugin_versions
+                 WHERE merchant = $1 AND name = $2 AND version IS DISTINCT FROM $3
+                 ORDER BY version DESC OFFSET $4",
+                &[&v.merchant, &v.name, &active, &others],
+            )
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let used: i64 = tx
+            .query_one(
+                "SELECT COALESCE(SUM(LENGTH(wasm) + LENGTH(compiled)), 0)::int8 FROM plugin_versions WHERE merchant = $1",
+                &[&v.merchant],
+            )
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        let needed = (used - pruned.iter().map(|(_, size)| size).sum::<i64>()) as u64
+            + (v.wasm.len() + v.compiled.len()) as u64;
+        if needed > bounds.merchant_bytes {
+            return Ok(Err(QuotaExceeded { needed, quota: bounds.merchant_bytes }));
+        }
+        for (old, _) in &pruned {
+            tx.execute(
+                "DELETE FROM plugin_versions WHERE merchant = $1 AND name = $2 AND version = $3",
+                &[&v.merchant, &v.name, old],
+            )
+            .await
+            .map_err(unavailable)?;
+        }
+        tx.execute(
+            "INSERT INTO plugin_versions (merchant, name, version, sha256, wasm, compiled, source, created_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[&v.merchant, &v.name, &version, &v.sha256, &&v.wasm[..], &v.compiled, &v.source, &v.created_at_ms],
+        )
+        .await
+        .map_err(unavailable)?;
+        tx.execute(
+            "INSERT INTO plugins (merchant, name, active_version, file_sha256) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (merchant, name) DO UPDATE
+             SET active_version = excluded.active_version,
+                 file_sha256 = COALESCE(excluded.file_sha256, plugins.file_sha256)",
+            &[&v.merchant, &v.name, &version, &file_sha256],
+        )
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Ok(version as u32))
+    }
+
+    async fn active_plugin(&self, merchant: &str, name: &str) -> Result<Option<StoredPlugin>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT v.version, v.sha256, LENGTH(v.wasm), v.source, v.created_at_ms, v.wasm, v.compiled
+                 FROM plugins p JOIN plugin_versions v
+                   ON v.merchant = p.merchant AND v.name = p.name AND v.version = p.active_version
+                 WHERE p.merchant = $1 AND p.name = $2",
+                &[&merchant, &name],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(row.map(|r| StoredPlugin {
+            version: r.get::<_, i32>(0) as u32,
+            info: version_info(&r),
+            wasm: Bytes::from(r.get::<_, Vec<u8>>(5)),
+            compiled: r.get(6),
+        }))
+    }
+
+    async fn plugin_history(&self, merchant: &str, name: &str) -> Result<PluginHistory, StoreError> {
+        let client = self.client().await?;
+        let head = client
+            .query_opt(
+                "SELECT active_version, file_sha256 FROM plugins WHERE merchant = $1 AND name = $2",
+                &[&merchant, &name],
+            )
+            .await
+            .map_err(unavailable)?;
+        let (active, file_sha256) =
+            head.map(|r| (r.get::<_, Option<i32>>(0).map(|v| v as u32), r.get(1))).unwrap_or((None, None));
+        let versions = client
+            .query(
+                "SELECT version, sha256, LENGTH(wasm), source, created_at_ms FROM plugin_versions
+                 WHERE merchant = $1 AND name = $2 ORDER BY version",
+                &[&merchant, &name],
+            )
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(version_info)
+            .collect();
+        Ok(PluginHistory { active, file_sha256, versions })
+    }
+
+    async fn activate_plugin(&self, merchant: &str, name: &str, version: u32) -> Result<bool, StoreError> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE plugins SET active_version = $3 WHERE merchant = $1 AND name = $2
+                   AND EXISTS (SELECT 1 FROM plugin_versions v WHERE v.merchant = $1 AND v.name = $2 AND v.version = $3)",
+                &[&merchant, &name, &(version as i32)],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+
+    async fn save_compiled(
+        &self,
+        merchant: &str,
+        name: &str,
+        version: u32,
+        compiled: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE plugin_versions SET compiled = $4 WHERE merchant = $1 AND name = $2 AND version = $3",
+                &[&merchant, &name, &(version as i32), &compiled],
+            )
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
+    async fn delete_plugin(&self, merchant: &str, name: &str) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let n = tx
+            .execute("DELETE FROM plugins WHERE merchant = $1 AND name = $2", &[&merchant, &name])
+            .await
+            .map_err(unavailable)?;
+        for sql in [
+            "DELETE FROM plugin_versions WHERE merchant = $1 AND name = $2",
+            "DELETE FROM plugin_kv WHERE merchant = $1 AND plugin = $2",
+        ] {
+            tx.execute(sql, &[&merchant, &name]).await.map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(n == 1)
+    }
+}

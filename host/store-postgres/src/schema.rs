@@ -1,0 +1,156 @@
+//! The schema, as numbered migrations applied at start-up. Several replicas may start at once:
+//! each takes a session-level advisory lock before it looks at `schema_migrations`, so exactly
+//! one applies what is missing while the others wait, then find nothing left to do. A
+//! migration is never edited once released: a change is a new one.
+
+use tokio_postgres::Client;
+
+/// The advisory lock's key: any constant no other application on the database uses.
+const MIGRATION_LOCK: i64 = 0x7061_7966_6c6f_7701; // "payflow" + 1
+
+/// Every migration, in order. Every row of an event's carries its whole key (merchant, scope,
+/// id). `lease_until_ms` is a replica's claim on a due row (see the crate docs).
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "
+CREATE TABLE health (
+    id              INTEGER PRIMARY KEY,
+    checked_at_ms   BIGINT  NOT NULL
+);
+CREATE TABLE events (
+    merchant        TEXT    NOT NULL,
+    scope           TEXT    NOT NULL,
+    id              TEXT    NOT NULL,
+    endpoint        TEXT    NOT NULL,
+    event_type      TEXT,
+    status          TEXT    NOT NULL,
+    reason          TEXT,
+    body            BYTEA   NOT NULL,
+    headers         TEXT    NOT NULL,
+    request_id      TEXT    NOT NULL,
+    received_at_ms  BIGINT  NOT NULL,
+    claimed_at_ms   BIGINT,
+    tags            TEXT,
+    PRIMARY KEY (merchant, scope, id)
+);
+CREATE INDEX events_by_time ON events (received_at_ms);
+CREATE INDEX events_by_id ON events (id);
+CREATE TABLE deliveries (
+    merchant            TEXT    NOT NULL,
+    scope               TEXT    NOT NULL,
+    event_id            TEXT    NOT NULL,
+    upstream            TEXT    NOT NULL,
+    status              TEXT    NOT NULL,
+    attempts            INTEGER NOT NULL,
+    next_attempt_at_ms  BIGINT  NOT NULL,
+    body                BYTEA,
+    headers             TEXT,
+    lease_until_ms      BIGINT,
+    PRIMARY KEY (merchant, scope, event_id, upstream)
+);
+CREATE INDEX deliveries_due ON deliveries (upstream, status, next_attempt_at_ms);
+CREATE TABLE plugin_steps (
+    merchant            TEXT    NOT NULL,
+    scope               TEXT    NOT NULL,
+    event_id            TEXT    NOT NULL,
+    status              TEXT    NOT NULL,
+    attempts            INTEGER NOT NULL,
+    next_attempt_at_ms  BIGINT  NOT NULL,
+    error               TEXT,
+    lease_until_ms      BIGINT,
+    PRIMARY KEY (merchant, scope, event_id)
+);
+CREATE INDEX plugin_steps_due ON plugin_steps (status, next_attempt_at_ms);
+CREATE TABLE attempts (
+    seq          BIGSERIAL PRIMARY KEY,
+    merchant     TEXT    NOT NULL,
+    scope        TEXT    NOT NULL,
+    event_id     TEXT    NOT NULL,
+    upstream     TEXT    NOT NULL,
+    number       INTEGER NOT NULL,
+    at_ms        BIGINT  NOT NULL,
+    duration_ms  BIGINT  NOT NULL,
+    status_code  INTEGER,
+    error        TEXT,
+    response     TEXT
+);
+CREATE INDEX attempts_by_key ON attempts (merchant, scope, event_id);
+CREATE TABLE plugin_runs (
+    seq          BIGSERIAL PRIMARY KEY,
+    merchant     TEXT    NOT NULL,
+    scope        TEXT    NOT NULL,
+    event_id     TEXT    NOT NULL,
+    plugin       TEXT    NOT NULL,
+    version      INTEGER NOT NULL,
+    attempt      INTEGER NOT NULL,
+    at_ms        BIGINT  NOT NULL,
+    duration_us  BIGINT  NOT NULL,
+    fuel_used    BIGINT  NOT NULL,
+    outcome      TEXT    NOT NULL,
+    detail       TEXT,
+    logs         TEXT    NOT NULL
+);
+CREATE INDEX plugin_runs_by_key ON plugin_runs (merchant, scope, event_id);
+CREATE TABLE plugins (
+    merchant        TEXT    NOT NULL,
+    name            TEXT    NOT NULL,
+    active_version  INTEGER,
+    file_sha256     TEXT,
+    PRIMARY KEY (merchant, name)
+);
+CREATE TABLE plugin_versions (
+    merchant        TEXT    NOT NULL,
+    name            TEXT    NOT NULL,
+    version         INTEGER NOT NULL,
+    sha256          TEXT    NOT NULL,
+    wasm            BYTEA   NOT NULL,
+    compiled        BYTEA   NOT NULL,
+    source          TEXT    NOT NULL,
+    created_at_ms   BIGINT  NOT NULL,
+    PRIMARY KEY (merchant, name, version)
+);
+CREATE TABLE plugin_kv (
+    merchant  TEXT   NOT NULL,
+    plugin    TEXT   NOT NULL,
+    key       TEXT   NOT NULL,
+    value     BYTEA  NOT NULL,
+    PRIMARY KEY (merchant, plugin, key)
+);
+",
+)];
+
+/// Applies the migrations this database lacks, under the advisory lock. Returns the number
+/// applied.
+pub(crate) async fn migrate(client: &mut Client) -> Result<usize, tokio_postgres::Error> {
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+    let applied = apply(client).await;
+    // Released even when a migration failed; a lost connection releases it too.
+    let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+    let applied = applied?;
+    unlocked?;
+    Ok(applied)
+}
+
+async fn apply(client: &mut Client) -> Result<usize, tokio_postgres::Error> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version     INTEGER PRIMARY KEY,
+                 applied_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+             )",
+        )
+        .await?;
+    let mut applied = 0;
+    for (version, sql) in MIGRATIONS {
+        let done = client.query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[version]).await?;
+        if done.is_some() {
+            continue;
+        }
+        let tx = client.transaction().await?;
+        tx.batch_execute(sql).await?;
+        tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[version]).await?;
+        tx.commit().await?;
+        applied += 1;
+    }
+    Ok(applied)
+}
