@@ -129,8 +129,17 @@ const MAX_MAX_HEADER_BYTES: usize = 1 << 20;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// SQLite database file.
+    /// SQLite database file (the embedded store, one gateway on one machine).
     pub path: String,
+    /// A PostgreSQL database (`postgres://user:pass@host:port/db` or `postgresql://…`) shared
+    /// by several gateway replicas; when set, `path` is not used.
+    pub url: Option<String>,
+    /// PostgreSQL: how long a replica's claim on a due delivery or plugin step lasts before
+    /// another replica may take it over (after a crash). Longer than any upstream's
+    /// `timeout_ms` and any plugin's, or a slow delivery is made twice.
+    pub lease_ms: u64,
+    /// PostgreSQL: connections per replica.
+    pub pool_size: usize,
     /// How long a write waits for a lock held by another process before answering 503.
     pub busy_timeout_ms: u64,
     /// Largest number of writes shared by one commit (one fsync).
@@ -143,6 +152,9 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: "payflow-edge.db".into(),
+            url: None,
+            lease_ms: 60_000,
+            pool_size: 16,
             busy_timeout_ms: 2_000,
             max_batch: 512,
             max_size_mb: None,
@@ -410,6 +422,9 @@ impl Config {
         let x = |key: String, value: &mut String| expand_vars(&key, value, env);
         x("server.listen".into(), &mut self.server.listen)?;
         x("store.path".into(), &mut self.store.path)?;
+        if let Some(url) = &mut self.store.url {
+            x("store.url".into(), url)?;
+        }
         if let Some(admin) = &mut self.admin {
             x("admin.listen".into(), &mut admin.listen)?;
             x("admin.token".into(), &mut admin.token)?;
@@ -460,6 +475,24 @@ impl Config {
             (Some(_), None) => return Err(invalid("server.tls_key", "is required with server.tls_cert")),
             (None, Some(_)) => return Err(invalid("server.tls_cert", "is required with server.tls_key")),
             _ => {}
+        }
+        if let Some(url) = &self.store.url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(invalid(
+                    "store.url",
+                    "must be a PostgreSQL URL (postgres://user:pass@host:port/db); for SQLite set store.path",
+                ));
+            }
+            let slowest = self.upstream.iter().map(|u| u.timeout_ms).max().unwrap_or(0);
+            if self.store.lease_ms <= slowest {
+                return Err(invalid(
+                    "store.lease_ms",
+                    format!("must be longer than the slowest upstream's timeout_ms ({slowest})"),
+                ));
+            }
+            if self.store.pool_size < 2 {
+                return Err(invalid("store.pool_size", "must be at least 2"));
+            }
         }
         if self.store.max_batch == 0 {
             return Err(invalid("store.max_batch", "must be at least 1"));

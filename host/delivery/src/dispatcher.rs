@@ -126,8 +126,11 @@ impl Drain for Steps {
         let (key, attempts) = (due.event.key.clone(), due.attempts);
         match self.step.run(&self.lane.policy, due).await {
             StepDone::Recorded(deliveries) => {
+                let hand_off = !dispatcher.store.claims();
                 for d in deliveries {
                     match dispatcher.upstreams.get(&d.upstream) {
+                        // Replicas share the store: the row is taken by the read that claims it.
+                        Some(upstream) if !hand_off => upstream.poll_store_now(),
                         Some(upstream) => upstream.hand_off(d),
                         None => {
                             tracing::warn!(upstream = %d.upstream, "a plugin step created a delivery to an unknown upstream")

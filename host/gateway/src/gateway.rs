@@ -24,6 +24,7 @@ use payflow_plugins::{Registry, Runtime, Scheduler};
 use crate::stage::{EndpointPlugins, PluginStage};
 use payflow_metrics::{Histogram, SECONDS_BUCKETS};
 use payflow_store::{CommitObserver, DueStep, SqliteStore, Store, StoreError};
+use payflow_store_postgres::{PostgresOptions, PostgresStore};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -121,8 +122,18 @@ impl Gateway {
             }
         }
         let commits = Arc::new(Histogram::new(SECONDS_BUCKETS));
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&config.store, Arc::new(CommitTimes(commits.clone())))?);
+        let store: Arc<dyn Store> = match &config.store.url {
+            Some(url) => {
+                let options = PostgresOptions {
+                    pool_size: config.store.pool_size,
+                    max_batch: config.store.max_batch,
+                    lease: Duration::from_millis(config.store.lease_ms),
+                    ..PostgresOptions::default()
+                };
+                Arc::new(PostgresStore::connect(url, options).await?)
+            }
+            None => Arc::new(SqliteStore::open(&config.store, Arc::new(CommitTimes(commits.clone())))?),
+        };
 
         let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
         for u in &config.upstream {
@@ -182,6 +193,7 @@ impl Gateway {
                 max_body_bytes: config.server.max_body_bytes,
                 body_timeout: Duration::from_millis(config.server.body_timeout_ms),
                 plugins: plugins.clone(),
+                hand_off: !store.claims(),
             },
         });
         let ingress_tls = tls.is_some();

@@ -128,6 +128,10 @@ pub struct Pipeline {
     pub body_timeout: Duration,
     /// Merchants' plugins, when any are configured.
     pub plugins: Option<Arc<PluginStage>>,
+    /// Whether a stored event goes straight to this gateway's workers. Not when replicas
+    /// share the store ([`payflow_store::DeliveryQueue::claims`]): a row is then taken by
+    /// the read that claims it, so the workers are only told to read.
+    pub hand_off: bool,
 }
 
 impl Pipeline {
@@ -210,8 +214,10 @@ impl Pipeline {
         // Acknowledge (queue mode), or forward and answer with the upstream's reply (proxy).
         match (endpoint.mode, inserted) {
             (Mode::Queue, Inserted::New) => {
-                if let Some(hop) = first_hop {
-                    hop.hand_off(event);
+                match first_hop {
+                    Some(hop) if self.hand_off => hop.hand_off(event),
+                    Some(hop) => hop.poll_store_now(),
+                    None => {}
                 }
                 if status == EventStatus::Quarantined {
                     Answer::Quarantined
