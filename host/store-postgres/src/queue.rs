@@ -63,14 +63,6 @@ pub(crate) async fn settle_event(
     Ok(())
 }
 
-fn state(outcome: AttemptOutcome) -> (&'static str, Option<i64>) {
-    match outcome {
-        AttemptOutcome::Delivered => ("delivered", None),
-        AttemptOutcome::Dead => ("dead", None),
-        AttemptOutcome::Retry { next_at_ms } => ("pending", Some(next_at_ms)),
-    }
-}
-
 #[async_trait]
 impl DeliveryQueue for PostgresStore {
     /// Claims what is due; the cursor is not needed: claimed rows are not due for anyone.
@@ -164,7 +156,7 @@ impl DeliveryQueue for PostgresStore {
         let tx = client.transaction().await.map_err(unavailable)?;
         lock_event(&tx, &attempt.key).await.map_err(unavailable)?;
         insert_attempt(&tx, &attempt).await.map_err(unavailable)?;
-        let (status, next_at_ms) = state(attempt.outcome);
+        let (status, next_at_ms) = attempt.outcome.delivery_row();
         let [m, s, i] = key_params(&attempt.key);
         tx.execute(
             "UPDATE deliveries
@@ -210,11 +202,7 @@ impl DeliveryQueue for PostgresStore {
             .await
             .map_err(unavailable)?;
         }
-        let (status, next_at_ms) = match step.step {
-            AttemptOutcome::Delivered => ("done", None),
-            AttemptOutcome::Dead => ("dead", None),
-            AttemptOutcome::Retry { next_at_ms } => ("pending", Some(next_at_ms)),
-        };
+        let (status, next_at_ms) = step.step.step_row();
         tx.execute(
             "UPDATE plugin_steps
              SET status = $4, attempts = $5, next_attempt_at_ms = COALESCE($6, next_attempt_at_ms), error = $7,

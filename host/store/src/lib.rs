@@ -270,6 +270,27 @@ pub enum AttemptOutcome {
     Dead,
 }
 
+impl AttemptOutcome {
+    /// The row a delivery is left in after an attempt with this outcome, as every backend
+    /// stores it: (status, next attempt time when it is retried).
+    pub fn delivery_row(self) -> (&'static str, Option<i64>) {
+        match self {
+            AttemptOutcome::Delivered => ("delivered", None),
+            AttemptOutcome::Dead => ("dead", None),
+            AttemptOutcome::Retry { next_at_ms } => ("pending", Some(next_at_ms)),
+        }
+    }
+
+    /// The row a plugin step is left in after a run with this outcome: `done` when it
+    /// finished, else as [`Self::delivery_row`].
+    pub fn step_row(self) -> (&'static str, Option<i64>) {
+        match self {
+            AttemptOutcome::Delivered => ("done", None),
+            other => other.delivery_row(),
+        }
+    }
+}
+
 /// One delivery attempt, to record.
 #[derive(Debug, Clone)]
 pub struct Attempt {

@@ -496,15 +496,6 @@ fn insert_attempt(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> 
     Ok(())
 }
 
-/// A delivery's status and next attempt time after an attempt with this outcome.
-fn delivery_state(outcome: AttemptOutcome) -> (&'static str, Option<i64>) {
-    match outcome {
-        AttemptOutcome::Delivered => ("delivered", None),
-        AttemptOutcome::Dead => ("dead", None),
-        AttemptOutcome::Retry { next_at_ms } => ("pending", Some(next_at_ms)),
-    }
-}
-
 /// Sets a delivery's status, attempt count and next attempt time from an attempt's outcome.
 fn update_delivery(
     conn: &Connection,
@@ -513,7 +504,7 @@ fn update_delivery(
     number: u32,
     outcome: AttemptOutcome,
 ) -> rusqlite::Result<()> {
-    let (status, next_at_ms) = delivery_state(outcome);
+    let (status, next_at_ms) = outcome.delivery_row();
     let (merchant, scope, event_id) = key;
     conn.prepare_cached(
         "UPDATE deliveries
@@ -820,11 +811,7 @@ impl DeliveryQueue for SqliteStore {
                     logs
                 ])?;
             }
-            let (status, next_at_ms) = match step.step {
-                AttemptOutcome::Delivered => ("done", None),
-                AttemptOutcome::Dead => ("dead", None),
-                AttemptOutcome::Retry { next_at_ms } => ("pending", Some(next_at_ms)),
-            };
+            let (status, next_at_ms) = step.step.step_row();
             // Proxy mode's steps have no row: they run inside the sender's request.
             conn.prepare_cached(
                 "UPDATE plugin_steps
