@@ -67,6 +67,23 @@ fn bad_configs_exit_2_naming_the_key() {
             &["upstream[0].name", "start with '@'"],
         ),
         (BASE.replace("[store]", "max_header_bytes = 1024\n[store]") + endpoint, &["server.max_header_bytes", "from 8192"]),
+        (
+            BASE.replace("[store]\n", "[store]\nurl = \"mysql://db/payflow\"\n") + endpoint,
+            &["store.url", "PostgreSQL URL", "store.path"],
+        ),
+        (
+            BASE.replace("[store]\n", "[store]\nurl = \"postgres://${PAYFLOW_WEBHOOK_SECRET}@db/p\"\n") + endpoint,
+            &["store.url", "PAYFLOW_WEBHOOK_SECRET is not set"],
+        ),
+        (
+            BASE.replace("[store]\n", "[store]\nurl = \"postgres://db/p\"\nlease_ms = 1000\n")
+                + &format!("{endpoint}upstream = \"u\"\n[[upstream]]\nname = \"u\"\nurl = \"http://127.0.0.1:1/\"\ntimeout_ms = 5000\n"),
+            &["store.lease_ms", "slowest upstream's timeout_ms (5000)"],
+        ),
+        (
+            BASE.replace("[store]\n", "[store]\nurl = \"postgresql://db/p\"\npool_size = 1\n") + endpoint,
+            &["store.pool_size", "at least 2"],
+        ),
         (format!("{BASE}{endpoint}dedup_scope = \"/elsewhere\"\n"), &["endpoint[0].dedup_scope", "no endpoint's path"]),
         (format!("{BASE}{endpoint}dedup_scope = \"a b\"\n"), &["endpoint[0].dedup_scope", "letters, digits"]),
         (

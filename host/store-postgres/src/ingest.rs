@@ -16,7 +16,7 @@ use payflow_store::{
 };
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::{key_params, unavailable, PostgresStore};
+use crate::{key_params, pool_error, unavailable, PostgresStore};
 
 /// Batches in flight at once.
 const BATCHES_IN_FLIGHT: usize = 4;
@@ -90,7 +90,7 @@ async fn insert_batch(pool: &Pool, events: &[NewEvent]) -> Result<Vec<Inserted>,
         .map(|&i| (events[i].status == EventStatus::Forwarding).then_some(events[i].event.received_at_ms))
         .collect();
 
-    let mut client = pool.get().await.map_err(unavailable)?;
+    let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(unavailable)?;
     let inserted = tx
         .query(

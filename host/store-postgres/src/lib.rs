@@ -85,7 +85,7 @@ impl PostgresStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(unavailable)?;
-        let mut client = pool.get().await.map_err(unavailable)?;
+        let mut client = pool.get().await.map_err(pool_error)?;
         let applied = schema::migrate(&mut client).await.map_err(unavailable)?;
         if applied > 0 {
             tracing::info!(applied, "store: PostgreSQL schema migrated");
@@ -100,7 +100,16 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<Object, StoreError> {
-        self.pool.get().await.map_err(unavailable)
+        self.pool.get().await.map_err(pool_error)
+    }
+}
+
+/// A connection the pool cannot give: `Closed` after [`payflow_store::Lifecycle::close`],
+/// else unavailable (the server is down or every connection is busy past the timeout).
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Closed => StoreError::Closed,
+        e => unavailable(e),
     }
 }
 

@@ -63,6 +63,57 @@ pub(crate) async fn settle_event(
     Ok(())
 }
 
+/// Where a claimed row's own `columns` start: after its due time and its event.
+const CLAIMED: usize = 9;
+
+impl PostgresStore {
+    /// Claims up to `limit` rows of `table` (`deliveries` of `upstream`, or `plugin_steps`)
+    /// due at `now_ms` that no claim holds: locked past any concurrent claimant (`SKIP
+    /// LOCKED`, so two replicas never take the same row) and leased until `now + lease`. Each
+    /// row comes back as its due time, its event ([`EVENT_COLUMNS`]), then `columns` (of the
+    /// row as `t`), oldest first.
+    async fn claim(
+        &self,
+        table: &str,
+        upstream: Option<&str>,
+        now_ms: i64,
+        limit: usize,
+        columns: &str,
+    ) -> Result<Vec<Row>, StoreError> {
+        // Steps have no upstream: there $4 is NULL, and named once so that its type is known.
+        let (due_filter, row_filter) = match upstream {
+            Some(_) => ("AND upstream = $4", "AND t.upstream = $4"),
+            None => ("AND $4::text IS NULL", ""),
+        };
+        let mut rows = self
+            .client()
+            .await?
+            .query(
+                &format!(
+                    "WITH due AS (
+                         SELECT merchant, scope, event_id FROM {table}
+                         WHERE status = 'pending' AND next_attempt_at_ms <= $1
+                           AND COALESCE(lease_until_ms, 0) < $1 {due_filter}
+                         ORDER BY next_attempt_at_ms, merchant, scope, event_id LIMIT $2
+                         FOR UPDATE SKIP LOCKED)
+                     UPDATE {table} t SET lease_until_ms = $1 + $3
+                     FROM due, events e
+                     WHERE t.merchant = due.merchant AND t.scope = due.scope AND t.event_id = due.event_id
+                       {row_filter}
+                       AND e.merchant = t.merchant AND e.scope = t.scope AND e.id = t.event_id
+                     RETURNING t.next_attempt_at_ms, {EVENT_COLUMNS}, {columns}"
+                ),
+                &[&now_ms, &(limit as i64), &self.lease_ms, &upstream],
+            )
+            .await
+            .map_err(unavailable)?;
+        rows.sort_by_cached_key(|r| {
+            (r.get::<_, i64>(0), r.get::<_, String>(1), r.get::<_, String>(2), r.get::<_, String>(3))
+        });
+        Ok(rows)
+    }
+}
+
 #[async_trait]
 impl DeliveryQueue for PostgresStore {
     /// Claims what is due; the cursor is not needed: claimed rows are not due for anyone.
@@ -73,44 +124,22 @@ impl DeliveryQueue for PostgresStore {
         _cursor: Option<&DueCursor>,
         limit: usize,
     ) -> Result<Vec<DueDelivery>, StoreError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                &format!(
-                    "WITH due AS (
-                         SELECT merchant, scope, event_id FROM deliveries
-                         WHERE upstream = $1 AND status = 'pending' AND next_attempt_at_ms <= $2
-                           AND COALESCE(lease_until_ms, 0) < $2
-                         ORDER BY next_attempt_at_ms, merchant, scope, event_id LIMIT $3
-                         FOR UPDATE SKIP LOCKED)
-                     UPDATE deliveries d SET lease_until_ms = $2 + $4
-                     FROM due, events e
-                     WHERE d.upstream = $1 AND d.merchant = due.merchant AND d.scope = due.scope
-                       AND d.event_id = due.event_id
-                       AND e.merchant = d.merchant AND e.scope = d.scope AND e.id = d.event_id
-                     RETURNING d.attempts, d.body, d.headers, d.next_attempt_at_ms, {EVENT_COLUMNS}"
-                ),
-                &[&upstream, &now_ms, &(limit as i64), &self.lease_ms],
-            )
-            .await
-            .map_err(unavailable)?;
-        let mut due: Vec<DueDelivery> = rows
+        let rows =
+            self.claim("deliveries", Some(upstream), now_ms, limit, "t.attempts, t.body, t.headers").await?;
+        Ok(rows
             .iter()
             .map(|r| DueDelivery {
                 upstream: upstream.to_string(),
-                attempts: r.get::<_, i32>(0) as u32,
-                body: r.get::<_, Option<Vec<u8>>>(1).map(Bytes::from),
+                next_attempt_at_ms: r.get(0),
+                event: event_at(r, 1),
+                attempts: r.get::<_, i32>(CLAIMED).max(0) as u32,
+                body: r.get::<_, Option<Vec<u8>>>(CLAIMED + 1).map(Bytes::from),
                 headers: r
-                    .get::<_, Option<String>>(2)
+                    .get::<_, Option<String>>(CLAIMED + 2)
                     .and_then(|h| serde_json::from_str(&h).ok())
                     .unwrap_or_default(),
-                next_attempt_at_ms: r.get(3),
-                event: event_at(r, 4),
             })
-            .collect();
-        due.sort_by(|a, b| (a.next_attempt_at_ms, &a.event.key).cmp(&(b.next_attempt_at_ms, &b.event.key)));
-        Ok(due)
+            .collect())
     }
 
     async fn due_steps(
@@ -119,36 +148,15 @@ impl DeliveryQueue for PostgresStore {
         _cursor: Option<&DueCursor>,
         limit: usize,
     ) -> Result<Vec<DueStep>, StoreError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                &format!(
-                    "WITH due AS (
-                         SELECT merchant, scope, event_id FROM plugin_steps
-                         WHERE status = 'pending' AND next_attempt_at_ms <= $1 AND COALESCE(lease_until_ms, 0) < $1
-                         ORDER BY next_attempt_at_ms, merchant, scope, event_id LIMIT $2
-                         FOR UPDATE SKIP LOCKED)
-                     UPDATE plugin_steps s SET lease_until_ms = $1 + $3
-                     FROM due, events e
-                     WHERE s.merchant = due.merchant AND s.scope = due.scope AND s.event_id = due.event_id
-                       AND e.merchant = s.merchant AND e.scope = s.scope AND e.id = s.event_id
-                     RETURNING s.attempts, s.next_attempt_at_ms, {EVENT_COLUMNS}"
-                ),
-                &[&now_ms, &(limit as i64), &self.lease_ms],
-            )
-            .await
-            .map_err(unavailable)?;
-        let mut due: Vec<DueStep> = rows
+        let rows = self.claim("plugin_steps", None, now_ms, limit, "t.attempts").await?;
+        Ok(rows
             .iter()
             .map(|r| DueStep {
-                attempts: r.get::<_, i32>(0) as u32,
-                next_attempt_at_ms: r.get(1),
-                event: event_at(r, 2),
+                next_attempt_at_ms: r.get(0),
+                event: event_at(r, 1),
+                attempts: r.get::<_, i32>(CLAIMED).max(0) as u32,
             })
-            .collect();
-        due.sort_by(|a, b| (a.next_attempt_at_ms, &a.event.key).cmp(&(b.next_attempt_at_ms, &b.event.key)));
-        Ok(due)
+            .collect())
     }
 
     async fn record_attempt(&self, attempt: Arc<Attempt>) -> Result<(), StoreError> {
