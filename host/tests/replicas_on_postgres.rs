@@ -65,3 +65,84 @@ async fn sixty_copies_over_three_replicas_are_stored_once_and_delivered_once() {
     expected.sort();
     assert_eq!(ids, expected, "each event delivered exactly once");
 }
+
+/// The replica holding acknowledged events' deliveries is killed (-9) mid-delivery: their
+/// claims run out (`lease_ms`) and another replica, started afterwards, delivers every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_claimed_by_a_killed_replica_are_taken_over_when_their_lease_runs_out() {
+    let pg = TestServer::start();
+    let url = pg.database("takeover");
+    // The first replica's upstream holds every request far past the upstream's timeout: its
+    // deliveries are in flight, claimed, when it dies.
+    let stuck = Upstream::start().await;
+    stuck.set_delay(Duration::from_secs(60));
+    let legacy = Upstream::start().await;
+    let config = |upstream: &str| {
+        queue_config(Path::new("unused.db"), upstream, "timeout_ms = 2000\n")
+            .replace("[store]\n", &format!("[store]\nurl = {url:?}\nlease_ms = 3000\n"))
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = Gateway::start(dir_a.path(), &config(&stuck.url()));
+    let client = client();
+    for i in 0..10 {
+        let (status, reply) = send_event(&client, &a.url("/webhooks/payflow"), &format!("evt_k{i}")).await;
+        assert_eq!(status, 200, "{reply}");
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while stuck.started.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the first replica never started a delivery");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.kill9();
+
+    let b = Gateway::start(dir_b.path(), &config(&legacy.url()));
+    legacy.wait_for(WAIT, "the ten deliveries, taken over", |r| r.len() >= 10).await;
+    let mut ids = legacy.ids();
+    ids.sort();
+    assert_eq!(ids, (0..10).map(|i| format!("evt_k{i}")).collect::<Vec<_>>(), "each once");
+    for i in 0..10 {
+        wait_for_status(&client, &b, &format!("evt_k{i}"), "delivered", WAIT).await;
+    }
+    assert!(stuck.received().is_empty(), "the first replica never got an answer");
+}
+
+/// PostgreSQL stopped: webhooks get `503 store_unavailable` (never a 200 that was not
+/// committed) and `/readyz` 503. Started again: the same replica recovers without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_database_is_503_and_the_replica_recovers_when_it_is_back() {
+    let pg = TestServer::start();
+    let url = pg.database("faults");
+    let legacy = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &replica_config(&url, &legacy.url()));
+    let client = client();
+    let webhooks = gw.url("/webhooks/payflow");
+    assert_eq!(send_event(&client, &webhooks, "evt_before").await.0, 200);
+    let ready = |client: reqwest::Client| {
+        let url = gw.admin_url("/readyz");
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(ready(client.clone()).await, 200);
+
+    pg.stop();
+    let (status, reply) = send_event(&client, &webhooks, "evt_during").await;
+    assert_eq!((status, &reply["error"]), (503, &"store_unavailable".into()), "{reply}");
+    assert_eq!(ready(client.clone()).await, 503);
+
+    pg.restart();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, reply) = send_event(&client, &webhooks, "evt_during").await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(reply["error"], "store_unavailable", "{reply}");
+        assert!(std::time::Instant::now() < deadline, "the replica did not recover: {status} {reply}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(ready(client.clone()).await, 200);
+    legacy.wait_for(WAIT, "both events", |r| r.len() >= 2).await;
+    let mut ids = legacy.ids();
+    ids.sort();
+    assert_eq!(ids, ["evt_before", "evt_during"], "the refused copy was not stored; its retry was");
+}

@@ -141,6 +141,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub received: Arc<Mutex<Vec<Received>>>,
     pub behavior: Arc<Mutex<Behavior>>,
+    /// Requests whose headers arrived, answered or not (a delayed reply is counted at once).
+    pub started: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Upstream {
@@ -153,6 +155,7 @@ impl Upstream {
         let upstream = Upstream {
             addr: listener.local_addr().unwrap(),
             received: Arc::default(),
+            started: Arc::default(),
             behavior: Arc::new(Mutex::new(Behavior {
                 script: VecDeque::new(),
                 default_status: 200,
@@ -176,6 +179,7 @@ impl Upstream {
     }
 
     async fn answer(&self, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        self.started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let headers: Vec<(String, String)> = request
             .headers()
             .iter()
