@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use payflow_store_postgres::server::TestServer;
-use support::{client, queue_config, send_event, wait_for_status, Gateway, Upstream};
+use serde_json::Value;
+use support::{client, guests, queue_config, send_event, wait_for_status, Gateway, Upstream, ADMIN_TOKEN};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -26,7 +27,16 @@ async fn sixty_copies_over_three_replicas_are_stored_once_and_delivered_once() {
     let legacy = Upstream::start().await;
     let config = replica_config(&url, &legacy.url());
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let replicas: Vec<Gateway> = dirs.iter().map(|d| Gateway::start(d.path(), &config)).collect();
+    let replicas: Vec<Gateway> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            Gateway::start(
+                d.path(),
+                &config.replace("[server]\n", &format!("[server]\nreplica = \"edge-{i}\"\n")),
+            )
+        })
+        .collect();
     let client = client();
 
     // 60 copies of one event, 20 to each replica, all at once.
@@ -64,6 +74,26 @@ async fn sixty_copies_over_three_replicas_are_stored_once_and_delivered_once() {
     expected.push("evt_once".into());
     expected.sort();
     assert_eq!(ids, expected, "each event delivered exactly once");
+
+    // Each replica's metrics carry its name; their delivery counts add up to one per event.
+    let mut delivered = 0;
+    for (i, replica) in replicas.iter().enumerate() {
+        let page = client.get(replica.admin_url("/metrics")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+        let page = page.text().await.unwrap();
+        let series = format!(
+            "payflow_edge_deliveries_total{{merchant=\"default\",upstream=\"legacy\",outcome=\"delivered\",replica=\"edge-{i}\"}} "
+        );
+        let line = page
+            .lines()
+            .find(|l| l.starts_with(&series))
+            .unwrap_or_else(|| panic!("no {series} in:\n{page}"));
+        delivered += line[series.len()..].parse::<u64>().unwrap();
+        assert!(page
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .all(|l| l.contains(&format!("replica=\"edge-{i}\""))));
+    }
+    assert_eq!(delivered, 31, "the replicas' delivery counts add up to one per event");
 }
 
 /// The replica holding acknowledged events' deliveries is killed (-9) mid-delivery: their
@@ -145,4 +175,75 @@ async fn a_stopped_database_is_503_and_the_replica_recovers_when_it_is_back() {
     let mut ids = legacy.ids();
     ids.sort();
     assert_eq!(ids, ["evt_before", "evt_during"], "the refused copy was not stored; its retry was");
+}
+
+/// A plugin uploaded, replaced and rolled back through one replica's admin API is live on the
+/// other replica without a restart (it follows the store's active versions every second), and
+/// events arriving there run that version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_upload_or_rollback_on_one_replica_is_live_on_the_other() {
+    let pg = TestServer::start();
+    let url = pg.database("plugins");
+    let legacy = Upstream::start().await;
+    let config = replica_config(&url, &legacy.url())
+        .replace("upstream = \"legacy\"\n", "upstream = \"legacy\"\nplugins = [\"shape\"]\n")
+        + "[[plugin]]\nname = \"shape\"\n";
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Gateway::start(dir_a.path(), &config);
+    let b = Gateway::start(dir_b.path(), &config);
+    let client = client();
+    let wasm = |name: &str| std::fs::read(guests().join(format!("{name}.wasm"))).unwrap();
+    let change = |method: reqwest::Method, path: &str, body: Vec<u8>| {
+        let request = client.request(method, a.admin_url(&format!("/api/plugins/shape{path}")));
+        async move { request.bearer_auth(ADMIN_TOKEN).body(body).send().await.unwrap().status().as_u16() }
+    };
+    // The version replica B has loaded (not what the store says: what it runs).
+    let loaded_on_b = || async {
+        let url = b.admin_url("/api/plugins/shape");
+        let reply: Value =
+            client.get(url).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+        reply["active_version"].as_u64()
+    };
+    let wait_on_b = |version: u64| async move {
+        let started = std::time::Instant::now();
+        while loaded_on_b().await != Some(version) {
+            assert!(started.elapsed() < WAIT, "replica B never loaded version {version}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!(
+            "replica B runs version {version} {} ms after the change on A",
+            started.elapsed().as_millis()
+        );
+    };
+
+    assert_eq!(change(reqwest::Method::PUT, "", wasm("legacy_form")).await, 200);
+    wait_on_b(1).await;
+    assert_eq!(send_event(&client, &b.url("/webhooks/payflow"), "evt_v1").await.0, 200);
+    assert_eq!(change(reqwest::Method::PUT, "", wasm("ledger")).await, 200);
+    wait_on_b(2).await;
+    // The ledger's running total lives in the shared kv: B, then A, then B again each add to
+    // what the other replica committed (B's second run must not read its own stale copy).
+    for (n, (replica, id)) in [(&b, "evt_v2"), (&a, "evt_v2a"), (&b, "evt_v2b")].into_iter().enumerate() {
+        assert_eq!(send_event(&client, &replica.url("/webhooks/payflow"), id).await.0, 200);
+        legacy.wait_for(WAIT, id, |r| r.len() >= n + 2).await;
+    }
+    assert_eq!(change(reqwest::Method::POST, "/rollback", Vec::new()).await, 200);
+    wait_on_b(1).await;
+
+    let received = legacy.received();
+    let total = |id: &str| -> i64 {
+        let r = received.iter().find(|r| r.event_id == id).unwrap();
+        let header =
+            r.header("x-ledger-total").unwrap_or_else(|| panic!("v2 (ledger) shapes {id}: {:?}", r.headers));
+        header.split(' ').next().unwrap().parse().unwrap()
+    };
+    let first = total("evt_v2");
+    assert_eq!((total("evt_v2a"), total("evt_v2b")), (2 * first, 3 * first), "one total across the replicas");
+    let v1 = received.iter().find(|r| r.event_id == "evt_v1").unwrap();
+    assert_eq!(
+        v1.header("content-type"),
+        Some("application/x-www-form-urlencoded"),
+        "v1 (legacy-form) shapes evt_v1"
+    );
+    assert_eq!(received.len(), 4);
 }

@@ -99,6 +99,9 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key.
     pub tls_key: Option<PathBuf>,
+    /// This replica's name, the `replica` label of its metrics when replicas share a store
+    /// (`[store] url`); the host name when unset.
+    pub replica: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -113,6 +116,7 @@ impl Default for ServerConfig {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             tls_cert: None,
             tls_key: None,
+            replica: None,
         }
     }
 }

@@ -64,6 +64,8 @@ pub struct Admin {
     pub uploads: Mutex<HashMap<Scope, usize>>,
     /// How long the store's commits took (`payflow_edge_store_commit_seconds`).
     pub commits: Arc<Histogram>,
+    /// Replicas on a shared store: this one's name, a label on every series.
+    pub replica: Option<String>,
 }
 
 /// Uploads one token may have in flight. An upload holds its connection until its body is in

@@ -223,6 +223,7 @@ impl Gateway {
                 client: crate::http::Client::new(),
                 uploads: Default::default(),
                 commits,
+                replica: store.claims().then(|| replica_name(&config)),
             });
             let options = ServeOptions {
                 header_timeout,
@@ -231,6 +232,9 @@ impl Gateway {
                 tls: None,
             };
             listeners.push(tokio::spawn(ingress::serve(listener, admin, options, watch_shutdown.clone())));
+        }
+        if let (true, Some(stage)) = (store.claims(), &plugins) {
+            listeners.push(tokio::spawn(follow_plugins(stage.registry().clone(), watch_shutdown.clone())));
         }
         // Its own connection pool: proxy-mode forwards must not ride on connections driven by the
         // (lower-priority) delivery thread.
@@ -313,6 +317,36 @@ async fn start_plugins(
     );
     let lane = Arc::new(payflow_delivery::plugin_steps(&config.plugins));
     Ok(Some((Arc::new(stage), lane)))
+}
+
+/// This replica's name: `[server] replica`, else the host name.
+fn replica_name(config: &Config) -> String {
+    config.server.replica.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "replica".into())
+    })
+}
+
+/// How often a replica on a shared store looks for plugin versions activated elsewhere: an
+/// upload or rollback on one replica is live on every replica within this (plus the load).
+const PLUGIN_FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Replicas on a shared store: follows uploads, rollbacks and deletes made on the others
+/// until shutdown.
+async fn follow_plugins(registry: Arc<Registry>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PLUGIN_FOLLOW_INTERVAL) => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(e) = registry.follow_store().await {
+            tracing::warn!(error = %e, "cannot follow plugin versions activated elsewhere");
+        }
+    }
 }
 
 /// The store's commit times, into the `payflow_edge_store_commit_seconds` histogram.

@@ -217,12 +217,15 @@ impl PluginStage {
             deliveries: deliveries.clone(),
             tags,
         };
-        if let Err(e) = self.store.finish_plugin_step(record).await {
+        let recorded = self.store.finish_plugin_step(record).await;
+        // The next run reads the plugins' kv spaces from the store again when the writes made
+        // visible in memory were not committed, and, with replicas sharing the store, always:
+        // another replica may have written since (across replicas the last write wins).
+        if recorded.is_err() || self.store.claims() {
             let chain = self.endpoints.get(&event.endpoint).map(|e| e.chain.clone()).unwrap_or_default();
             chain::forget_kv(&self.registry, &event.key.merchant, &chain);
-            return Err(e);
         }
-        Ok(deliveries)
+        recorded.map(|()| deliveries)
     }
 
     /// Stops the scheduler's threads once their queued work is done.

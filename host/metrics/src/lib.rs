@@ -122,12 +122,19 @@ pub struct Exposition {
     /// The family whose HELP/TYPE lines were written last: samples of one family must be
     /// contiguous, so callers write a family's samples together.
     current: Option<&'static str>,
+    /// A label every sample carries (a replica's name).
+    constant: Option<(&'static str, String)>,
 }
 
 /// The content type of [`Exposition`]'s text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 impl Exposition {
+    /// A page whose every sample also carries `name="value"`.
+    pub fn with_label(name: &'static str, value: String) -> Self {
+        Exposition { constant: Some((name, value)), ..Exposition::default() }
+    }
+
     fn family(&mut self, name: &'static str, kind: &str, help: &str) {
         if self.current != Some(name) {
             let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -136,26 +143,29 @@ impl Exposition {
     }
 
     fn labels(&mut self, labels: &[(&str, &str)], extra: Option<(&str, &str)>) {
-        if labels.is_empty() && extra.is_none() {
+        let shared = self.constant.as_ref().map(|(k, v)| (*k, v.as_str()));
+        let text = &mut self.text;
+        let mut all = labels.iter().copied().chain(shared).chain(extra).peekable();
+        if all.peek().is_none() {
             return;
         }
-        self.text.push('{');
-        for (i, (k, v)) in labels.iter().chain(extra.as_ref()).enumerate() {
+        text.push('{');
+        for (i, (k, v)) in all.enumerate() {
             if i > 0 {
-                self.text.push(',');
+                text.push(',');
             }
-            let _ = write!(self.text, "{k}=\"");
+            let _ = write!(text, "{k}=\"");
             for c in v.chars() {
                 match c {
-                    '\\' => self.text.push_str("\\\\"),
-                    '"' => self.text.push_str("\\\""),
-                    '\n' => self.text.push_str("\\n"),
-                    c => self.text.push(c),
+                    '\\' => text.push_str("\\\\"),
+                    '"' => text.push_str("\\\""),
+                    '\n' => text.push_str("\\n"),
+                    c => text.push(c),
                 }
             }
-            self.text.push('"');
+            text.push('"');
         }
-        self.text.push('}');
+        text.push('}');
     }
 
     /// One sample of a counter family.
@@ -233,5 +243,20 @@ mod tests {
              # HELP d_seconds Ds.\n# TYPE d_seconds histogram\nd_seconds_bucket{p=\"n\",le=\"1\"} 0\n\
              d_seconds_bucket{p=\"n\",le=\"+Inf\"} 1\nd_seconds_sum{p=\"n\"} 2\nd_seconds_count{p=\"n\"} 1\n"
         );
+    }
+
+    #[test]
+    fn a_pages_constant_label_is_on_every_sample() {
+        let mut page = Exposition::with_label("replica", "edge-\"2\"".into());
+        page.gauge("up", "Up.", &[], 1.0);
+        page.counter("x_total", "Xs.", &[("a", "b")], 2);
+        let h = Histogram::new(&[1.0]);
+        page.histogram("d_seconds", "Ds.", &[], &h.snapshot());
+        let text = page.finish();
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(samples[0], "up{replica=\"edge-\\\"2\\\"\"} 1");
+        assert_eq!(samples[1], "x_total{a=\"b\",replica=\"edge-\\\"2\\\"\"} 2");
+        assert_eq!(samples[2], "d_seconds_bucket{replica=\"edge-\\\"2\\\"\",le=\"1\"} 0");
+        assert!(samples.iter().all(|s| s.contains("replica=")), "{text}");
     }
 }

@@ -458,6 +458,39 @@ impl Registry {
         Ok(deleted)
     }
 
+    /// Follows what happened to the plugins elsewhere (another replica on a shared store
+    /// uploaded, rolled back or deleted one): each plugin whose active version in the store is
+    /// not the one loaded here is loaded again (from its compiled code), or unloaded. Returns
+    /// how many changed. Cheap when nothing did: one read.
+    pub async fn follow_store(&self) -> Result<usize, RegistryError> {
+        let active: HashMap<(String, String), u32> =
+            self.store.active_versions().await?.into_iter().map(|(m, n, v)| ((m, n), v)).collect();
+        let mut changed = 0;
+        for (key, slot) in &self.slots {
+            let loaded = |slot: &Slot| slot.active().map(|v| v.info.version);
+            if active.get(key).copied() == loaded(slot) {
+                continue;
+            }
+            // Under the slot's lock, from the store again: a change made here meanwhile wins.
+            let _changing = slot.changing.lock().await;
+            match self.store.active_plugin(&slot.merchant, &slot.name).await? {
+                Some(stored) if Some(stored.version) != loaded(slot) => {
+                    tracing::info!(merchant = %slot.merchant, plugin = %slot.name, version = stored.version, "plugin version activated elsewhere; loaded");
+                    slot.swap(Some(self.load_stored(slot, stored).await?));
+                    changed += 1;
+                }
+                None if loaded(slot).is_some() => {
+                    tracing::info!(merchant = %slot.merchant, plugin = %slot.name, "plugin deleted elsewhere; unloaded");
+                    slot.swap(None);
+                    slot.kv.lock().unwrap_or_else(|p| p.into_inner()).values = None;
+                    changed += 1;
+                }
+                _ => {}
+            }
+        }
+        Ok(changed)
+    }
+
     /// A plugin as shown.
     pub async fn show(&self, merchant: &str, name: &str) -> Result<PluginStatus, RegistryError> {
         self.status(self.find(merchant, name)?).await

@@ -139,6 +139,20 @@ impl PluginStore for PostgresStore {
         }))
     }
 
+    async fn active_versions(&self) -> Result<Vec<(String, String, u32)>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT merchant, name, active_version FROM plugins WHERE active_version IS NOT NULL
+                 ORDER BY merchant, name",
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get::<_, i32>(2) as u32)).collect())
+    }
+
     async fn plugin_history(&self, merchant: &str, name: &str) -> Result<PluginHistory, StoreError> {
         let client = self.client().await?;
         let head = client

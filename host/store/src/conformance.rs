@@ -433,6 +433,7 @@ pub async fn plugin_versions_are_bounded_and_activated(store: Arc<dyn Store>) {
     assert_eq!(history.active, Some(5));
     assert_eq!(history.versions.iter().map(|v| v.version).collect::<Vec<_>>(), [3, 4, 5]);
     assert!(store.activate_plugin("acme", "p", 4).await.unwrap());
+    assert_eq!(store.active_versions().await.unwrap(), vec![("acme".to_string(), "p".to_string(), 4)]);
     assert!(!store.activate_plugin("acme", "p", 1).await.unwrap(), "pruned");
     assert_eq!(store.active_plugin("acme", "p").await.unwrap().unwrap().version, 4);
     assert!(store.active_plugin("globex", "p").await.unwrap().is_none(), "plugins are per merchant");
@@ -444,6 +445,7 @@ pub async fn plugin_versions_are_bounded_and_activated(store: Arc<dyn Store>) {
 
     assert!(store.delete_plugin("acme", "p").await.unwrap());
     assert!(store.active_plugin("acme", "p").await.unwrap().is_none());
+    assert!(store.active_versions().await.unwrap().is_empty(), "a deleted plugin has no active version");
 }
 
 /// The raw body is kept byte for byte, whatever it holds.

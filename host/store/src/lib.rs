@@ -626,6 +626,10 @@ pub trait PluginStore: Send + Sync + 'static {
     /// The active version of a plugin, with its bytes and compiled artifact.
     async fn active_plugin(&self, merchant: &str, name: &str) -> Result<Option<StoredPlugin>, StoreError>;
 
+    /// Every plugin's active version: (merchant, name, version). How a replica follows what
+    /// another activated (see `Registry::follow_store`).
+    async fn active_versions(&self) -> Result<Vec<(String, String, u32)>, StoreError>;
+
     /// A plugin's versions.
     async fn plugin_history(&self, merchant: &str, name: &str) -> Result<PluginHistory, StoreError>;
 

@@ -994,6 +994,18 @@ impl PluginStore for SqliteStore {
         .await
     }
 
+    async fn active_versions(&self) -> Result<Vec<(String, String, u32)>, StoreError> {
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT merchant, name, active_version FROM plugins WHERE active_version IS NOT NULL
+                 ORDER BY merchant, name",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect()
+        })
+        .await
+    }
+
     async fn plugin_history(&self, merchant: &str, name: &str) -> Result<PluginHistory, StoreError> {
         let (merchant, name) = (merchant.to_string(), name.to_string());
         self.read(move |conn| {

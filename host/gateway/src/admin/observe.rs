@@ -24,7 +24,10 @@ const READY_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 impl Admin {
     /// `GET /metrics`: the operator's token sees every series; a merchant's, its own only.
     pub(super) async fn metrics(&self, scope: Scope) -> Reply {
-        let mut page = Exposition::default();
+        let mut page = match &self.replica {
+            Some(name) => Exposition::with_label("replica", name.clone()),
+            None => Exposition::default(),
+        };
         page.gauge(
             "payflow_edge_build_info",
             "The running version.",
