@@ -3,7 +3,9 @@
 # a shared machine: it counts the gateway's own user+system time (/proc/PID/stat) per event.
 # Usage: bench/cpu_per_event.sh [REQUESTS]   (default 30000; 64 connections)
 # A/B: EDGE_BIN=/path/to/other/payflow-edge bench/cpu_per_event.sh measures that build instead;
-# with BENCH_NO_BUILD=1 nothing is rebuilt between runs.
+# with BENCH_NO_BUILD=1 nothing is rebuilt between runs. STORE_URL=postgres://… measures the
+# gateway on that PostgreSQL database instead of SQLite, and the database server's own CPU per
+# event too (its processes' time, when they run on this machine as the postgres user).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
@@ -19,7 +21,7 @@ cat > "$work/e.toml" <<TOML
 [server]
 listen = "127.0.0.1:$edge"
 [store]
-path = "$work/b.db"
+$(if [[ -n "${STORE_URL:-}" ]]; then echo "url = \"$STORE_URL\""; else echo "path = \"$work/b.db\""; fi)
 [[endpoint]]
 path = "/queue"
 secrets = ["whsec_bench_secret"]
@@ -36,11 +38,20 @@ PAYFLOW_EDGE_LOG=warn start_bg "${EDGE_BIN:-$bin/payflow-edge}" serve --config "
 gw="${bench_pids[-1]}"
 wait_port "$bare"; wait_port "$edge"
 ticks() { awk '{print $14+$15}' "/proc/$gw/stat"; }
+# The database server's processes (PostgreSQL forks one per connection): their user+system time.
+db_ticks() {
+  local total=0 pid
+  for pid in $(pgrep -u postgres 2>/dev/null); do
+    total=$(( total + $(awk '{print $14+$15}' "/proc/$pid/stat" 2>/dev/null || echo 0) ))
+  done
+  echo "$total"
+}
 hz=$(getconf CLK_TCK)
 for path in stored queue; do
-  t0=$(ticks)
+  t0=$(ticks); d0=$(db_ticks)
   line=$("$bin/loadgen" run --url "http://127.0.0.1:$edge/$path" --concurrency 64 --requests "$n" --label "$path")
   sleep 2 # let queued deliveries finish: their CPU belongs to these events
-  t1=$(ticks)
-  echo "$path: $(cut -d'|' -f5 <<<"$line" | xargs) req/s, gateway CPU $(( (t1 - t0) * 1000000 / hz / n )) µs/event"
+  t1=$(ticks); d1=$(db_ticks)
+  db=""; [[ -z "${STORE_URL:-}" ]] || db=", database CPU $(( (d1 - d0) * 1000000 / hz / n )) µs/event"
+  echo "$path: $(cut -d'|' -f5 <<<"$line" | xargs) req/s, gateway CPU $(( (t1 - t0) * 1000000 / hz / n )) µs/event$db"
 done

@@ -130,7 +130,7 @@ impl Gateway {
                     lease: Duration::from_millis(config.store.lease_ms),
                     ..PostgresOptions::default()
                 };
-                Arc::new(PostgresStore::connect(url, options).await?)
+                Arc::new(PostgresStore::connect(url, options, Arc::new(CommitTimes(commits.clone()))).await?)
             }
             None => Arc::new(SqliteStore::open(&config.store, Arc::new(CommitTimes(commits.clone())))?),
         };

@@ -9,7 +9,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use crate::queue::settle_event;
-use crate::{key_params, unavailable, PostgresStore};
+use crate::{exec, key_params, query, query_opt, unavailable, PostgresStore};
 
 const SUMMARY_COLUMNS: &str =
     "merchant, id, endpoint, event_type, status, reason, received_at_ms, tags, scope";
@@ -39,7 +39,8 @@ async fn add_first_hop(
     match hop {
         Hop::Plugins => {
             let params: [&(dyn ToSql + Sync); 4] = [m, s, i, &at_ms];
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO plugin_steps (merchant, scope, event_id, status, attempts, next_attempt_at_ms)
                  VALUES ($1, $2, $3, 'pending', 0, $4) ON CONFLICT DO NOTHING",
                 &params,
@@ -48,7 +49,7 @@ async fn add_first_hop(
         }
         Hop::Upstream(upstream) => {
             let params: [&(dyn ToSql + Sync); 5] = [m, s, i, upstream, &at_ms];
-            tx.execute(
+            exec(tx,
                 "INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms)
                  VALUES ($1, $2, $3, $4, 'pending', 0, $5) ON CONFLICT DO NOTHING",
                 &params,
@@ -92,7 +93,7 @@ impl AdminQueries for PostgresStore {
             Box::new(filter.limit.clamp(1, 1000) as i64),
         );
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| &**a as &(dyn ToSql + Sync)).collect();
-        let rows = self.client().await?.query(&sql, &params).await.map_err(unavailable)?;
+        let rows = query(&self.client().await?, &sql, &params).await.map_err(unavailable)?;
         Ok(rows.iter().map(summary).collect())
     }
 
@@ -103,17 +104,15 @@ impl AdminQueries for PostgresStore {
         id: &str,
         limit: usize,
     ) -> Result<Vec<EventKey>, StoreError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT merchant, scope FROM events
+        let rows = query(
+            &self.client().await?,
+            "SELECT merchant, scope FROM events
                  WHERE id = $1 AND ($2::text IS NULL OR merchant = $2) AND ($3::text IS NULL OR scope = $3)
                  ORDER BY merchant, scope LIMIT $4",
-                &[&id, &merchant, &scope, &(limit as i64)],
-            )
-            .await
-            .map_err(unavailable)?;
+            &[&id, &merchant, &scope, &(limit as i64)],
+        )
+        .await
+        .map_err(unavailable)?;
         Ok(rows
             .iter()
             .map(|r| EventKey { merchant: r.get(0), scope: r.get(1), id: id.to_string() })
@@ -124,93 +123,93 @@ impl AdminQueries for PostgresStore {
         let client = self.client().await?;
         let [m, s, i] = key_params(key);
         let k: &[&(dyn ToSql + Sync)] = &[m, s, i];
-        let found = client
-            .query_opt(
-                &format!(
-                    "SELECT {SUMMARY_COLUMNS}, body, headers, request_id FROM events
+        let found = query_opt(
+            &client,
+            &format!(
+                "SELECT {SUMMARY_COLUMNS}, body, headers, request_id FROM events
                      WHERE merchant = $1 AND scope = $2 AND id = $3"
-                ),
-                k,
-            )
-            .await
-            .map_err(unavailable)?;
+            ),
+            k,
+        )
+        .await
+        .map_err(unavailable)?;
         let Some(row) = found else { return Ok(None) };
-        let plugin_step = client
-            .query_opt(
-                "SELECT status, attempts, next_attempt_at_ms, error FROM plugin_steps
+        let plugin_step = query_opt(
+            &client,
+            "SELECT status, attempts, next_attempt_at_ms, error FROM plugin_steps
                  WHERE merchant = $1 AND scope = $2 AND event_id = $3",
-                k,
-            )
-            .await
-            .map_err(unavailable)?
-            .map(|r| {
-                let status: String = r.get(0);
-                StepInfo {
-                    next_attempt_at_ms: (status == "pending").then(|| r.get(2)),
-                    status,
-                    attempts: r.get::<_, i32>(1) as u32,
-                    error: r.get(3),
-                }
-            });
-        let deliveries = client
-            .query(
-                "SELECT upstream, status, attempts, next_attempt_at_ms FROM deliveries
+            k,
+        )
+        .await
+        .map_err(unavailable)?
+        .map(|r| {
+            let status: String = r.get(0);
+            StepInfo {
+                next_attempt_at_ms: (status == "pending").then(|| r.get(2)),
+                status,
+                attempts: r.get::<_, i32>(1) as u32,
+                error: r.get(3),
+            }
+        });
+        let deliveries = query(
+            &client,
+            "SELECT upstream, status, attempts, next_attempt_at_ms FROM deliveries
                  WHERE merchant = $1 AND scope = $2 AND event_id = $3 ORDER BY upstream",
-                k,
-            )
-            .await
-            .map_err(unavailable)?
-            .iter()
-            .map(|r| {
-                let status: String = r.get(1);
-                DeliveryInfo {
-                    upstream: r.get(0),
-                    next_attempt_at_ms: (status == "pending").then(|| r.get(3)),
-                    status,
-                    attempts: r.get::<_, i32>(2) as u32,
-                }
-            })
-            .collect();
-        let attempts = client
-            .query(
-                "SELECT upstream, number, at_ms, duration_ms, status_code, error, response FROM attempts
-                 WHERE merchant = $1 AND scope = $2 AND event_id = $3 ORDER BY at_ms, seq",
-                k,
-            )
-            .await
-            .map_err(unavailable)?
-            .iter()
-            .map(|r| AttemptInfo {
+            k,
+        )
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(|r| {
+            let status: String = r.get(1);
+            DeliveryInfo {
                 upstream: r.get(0),
-                number: r.get::<_, i32>(1) as u32,
-                at_ms: r.get(2),
-                duration_ms: r.get(3),
-                status_code: r.get::<_, Option<i32>>(4).map(|c| c as u16),
-                error: r.get(5),
-                response: r.get(6),
-            })
-            .collect();
-        let plugin_runs = client
-            .query(
-                "SELECT plugin, version, attempt, at_ms, duration_us, fuel_used, outcome, detail, logs
+                next_attempt_at_ms: (status == "pending").then(|| r.get(3)),
+                status,
+                attempts: r.get::<_, i32>(2) as u32,
+            }
+        })
+        .collect();
+        let attempts = query(
+            &client,
+            "SELECT upstream, number, at_ms, duration_ms, status_code, error, response FROM attempts
+                 WHERE merchant = $1 AND scope = $2 AND event_id = $3 ORDER BY at_ms, seq",
+            k,
+        )
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(|r| AttemptInfo {
+            upstream: r.get(0),
+            number: r.get::<_, i32>(1) as u32,
+            at_ms: r.get(2),
+            duration_ms: r.get(3),
+            status_code: r.get::<_, Option<i32>>(4).map(|c| c as u16),
+            error: r.get(5),
+            response: r.get(6),
+        })
+        .collect();
+        let plugin_runs = query(
+            &client,
+            "SELECT plugin, version, attempt, at_ms, duration_us, fuel_used, outcome, detail, logs
                  FROM plugin_runs WHERE merchant = $1 AND scope = $2 AND event_id = $3 ORDER BY at_ms, seq",
-                k,
-            )
-            .await
-            .map_err(unavailable)?
-            .iter()
-            .map(|r| PluginRunInfo {
-                plugin: r.get(0),
-                version: r.get::<_, i32>(1) as u32,
-                attempt: r.get::<_, i32>(2) as u32,
-                at_ms: r.get(3),
-                duration_us: r.get(4),
-                fuel_used: r.get::<_, i64>(5) as u64,
-                outcome: r.get(6),
-                detail: r.get(7),
-                logs: serde_json::from_str(&r.get::<_, String>(8)).unwrap_or_default(),
-            })
-            .collect();
+            k,
+        )
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(|r| PluginRunInfo {
+            plugin: r.get(0),
+            version: r.get::<_, i32>(1) as u32,
+            attempt: r.get::<_, i32>(2) as u32,
+            at_ms: r.get(3),
+            duration_us: r.get(4),
+            fuel_used: r.get::<_, i64>(5) as u64,
+            outcome: r.get(6),
+            detail: r.get(7),
+            logs: serde_json::from_str(&r.get::<_, String>(8)).unwrap_or_default(),
+        })
+        .collect();
         let body: Vec<u8> = row.get(9);
         let headers: String = row.get(10);
         Ok(Some(EventDetail {
@@ -230,24 +229,30 @@ impl AdminQueries for PostgresStore {
         let tx = client.transaction().await.map_err(unavailable)?;
         let [m, s, i] = key_params(key);
         let k: &[&(dyn ToSql + Sync)] = &[m, s, i];
-        let found = tx
-            .query_opt("SELECT 1 FROM events WHERE merchant = $1 AND scope = $2 AND id = $3 FOR UPDATE", k)
-            .await
-            .map_err(unavailable)?;
+        let found = query_opt(
+            &tx,
+            "SELECT 1 FROM events WHERE merchant = $1 AND scope = $2 AND id = $3 FOR UPDATE",
+            k,
+        )
+        .await
+        .map_err(unavailable)?;
         if found.is_none() {
             return Ok(false);
         }
-        let has_step = tx
-            .query_opt("SELECT 1 FROM plugin_steps WHERE merchant = $1 AND scope = $2 AND event_id = $3", k)
-            .await
-            .map_err(unavailable)?
-            .is_some();
+        let has_step = query_opt(
+            &tx,
+            "SELECT 1 FROM plugin_steps WHERE merchant = $1 AND scope = $2 AND event_id = $3",
+            k,
+        )
+        .await
+        .map_err(unavailable)?
+        .is_some();
         if has_step || *first_hop == Hop::Plugins {
             // The plugins decide again (perhaps a fixed version): what they created goes.
-            tx.execute("DELETE FROM deliveries WHERE merchant = $1 AND scope = $2 AND event_id = $3", k)
+            exec(&tx, "DELETE FROM deliveries WHERE merchant = $1 AND scope = $2 AND event_id = $3", k)
                 .await
                 .map_err(unavailable)?;
-            tx.execute(
+            exec(&tx,
                 "UPDATE plugin_steps SET status = 'pending', attempts = 0, next_attempt_at_ms = $4, error = NULL,
                         lease_until_ms = NULL
                  WHERE merchant = $1 AND scope = $2 AND event_id = $3",
@@ -256,14 +261,14 @@ impl AdminQueries for PostgresStore {
             .await
             .map_err(unavailable)?;
             add_first_hop(&tx, key, &Hop::Plugins, now_ms).await.map_err(unavailable)?;
-            tx.execute(
+            exec(&tx,
                 "UPDATE events SET status = 'queued', reason = NULL WHERE merchant = $1 AND scope = $2 AND id = $3",
                 k,
             )
             .await
             .map_err(unavailable)?;
         } else {
-            tx.execute(
+            exec(&tx,
                 "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at_ms = $4, lease_until_ms = NULL
                  WHERE merchant = $1 AND scope = $2 AND event_id = $3",
                 &[m, s, i, &now_ms],
@@ -281,16 +286,15 @@ impl AdminQueries for PostgresStore {
 #[async_trait]
 impl Lifecycle for PostgresStore {
     async fn check_writable(&self, now_ms: i64) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO health (id, checked_at_ms) VALUES (1, $1)
+        exec(
+            &self.client().await?,
+            "INSERT INTO health (id, checked_at_ms) VALUES (1, $1)
                  ON CONFLICT (id) DO UPDATE SET checked_at_ms = excluded.checked_at_ms",
-                &[&now_ms],
-            )
-            .await
-            .map(drop)
-            .map_err(unavailable)
+            &[&now_ms],
+        )
+        .await
+        .map(drop)
+        .map_err(unavailable)
     }
 
     async fn close(&self) {

@@ -12,11 +12,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use payflow_store::{
-    Attempt, AttemptOutcome, EventKey, EventStatus, Hop, Ingest, Inserted, NewEvent, StoreError,
+    Attempt, AttemptOutcome, CommitObserver, EventKey, EventStatus, Hop, Ingest, Inserted, NewEvent,
+    StoreError,
 };
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::{key_params, pool_error, unavailable, PostgresStore};
+use crate::{exec, key_params, pool_error, query, unavailable, PostgresStore};
 
 /// Batches in flight at once.
 const BATCHES_IN_FLIGHT: usize = 4;
@@ -29,7 +30,7 @@ pub(crate) struct Batcher {
 }
 
 impl Batcher {
-    pub(crate) fn start(pool: Pool, max_batch: usize) -> Self {
+    pub(crate) fn start(pool: Pool, max_batch: usize, commits: Arc<dyn CommitObserver>) -> Self {
         let (queue, mut waiting) = mpsc::unbounded_channel::<(NewEvent, Reply)>();
         tokio::spawn(async move {
             let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
@@ -43,10 +44,13 @@ impl Batcher {
                         Err(_) => break,
                     }
                 }
-                let pool = pool.clone();
+                let (pool, commits) = (pool.clone(), commits.clone());
                 tokio::spawn(async move {
                     let (events, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                    match insert_batch(&pool, &events).await {
+                    let started = std::time::Instant::now();
+                    let inserted = insert_batch(&pool, &events).await;
+                    commits.committed(started.elapsed());
+                    match inserted {
                         Ok(answers) => {
                             for (reply, answer) in replies.into_iter().zip(answers) {
                                 let _ = reply.send(Ok(answer));
@@ -92,31 +96,31 @@ async fn insert_batch(pool: &Pool, events: &[NewEvent]) -> Result<Vec<Inserted>,
 
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(unavailable)?;
-    let inserted = tx
-        .query(
-            "INSERT INTO events (merchant, scope, id, endpoint, event_type, status, reason, body, headers,
+    let inserted = query(
+        &tx,
+        "INSERT INTO events (merchant, scope, id, endpoint, event_type, status, reason, body, headers,
                                  request_id, received_at_ms, claimed_at_ms)
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                                   $7::text[], $8::bytea[], $9::text[], $10::text[], $11::int8[], $12::int8[])
              ON CONFLICT (merchant, scope, id) DO NOTHING
              RETURNING merchant, scope, id",
-            &[
-                &merchants,
-                &scopes,
-                &ids,
-                &endpoints,
-                &types,
-                &statuses,
-                &reasons,
-                &bodies,
-                &headers,
-                &request_ids,
-                &received,
-                &claimed,
-            ],
-        )
-        .await
-        .map_err(unavailable)?;
+        &[
+            &merchants,
+            &scopes,
+            &ids,
+            &endpoints,
+            &types,
+            &statuses,
+            &reasons,
+            &bodies,
+            &headers,
+            &request_ids,
+            &received,
+            &claimed,
+        ],
+    )
+    .await
+    .map_err(unavailable)?;
     let mut new: HashMap<EventKey, bool> = inserted
         .iter()
         .map(|r| (EventKey { merchant: r.get(0), scope: r.get(1), id: r.get(2) }, true))
@@ -140,15 +144,15 @@ async fn insert_batch(pool: &Pool, events: &[NewEvent]) -> Result<Vec<Inserted>,
         let keys = |f: fn(&EventKey) -> &String| -> Vec<&String> {
             known.iter().map(|&i| f(&events[i].event.key)).collect()
         };
-        let rows = tx
-            .query(
-                "SELECT e.merchant, e.scope, e.id, e.status FROM events e
+        let rows = query(
+            &tx,
+            "SELECT e.merchant, e.scope, e.id, e.status FROM events e
                  JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(merchant, scope, id)
                    ON e.merchant = k.merchant AND e.scope = k.scope AND e.id = k.id",
-                &[&keys(|k| &k.merchant), &keys(|k| &k.scope), &keys(|k| &k.id)],
-            )
-            .await
-            .map_err(unavailable)?;
+            &[&keys(|k| &k.merchant), &keys(|k| &k.scope), &keys(|k| &k.id)],
+        )
+        .await
+        .map_err(unavailable)?;
         let statuses: HashMap<EventKey, EventStatus> = rows
             .iter()
             .map(|r| {
@@ -188,7 +192,7 @@ async fn insert_batch(pool: &Pool, events: &[NewEvent]) -> Result<Vec<Inserted>,
         }
     }
     if !step_at.is_empty() {
-        tx.execute(
+        exec(&tx,
             "INSERT INTO plugin_steps (merchant, scope, event_id, status, attempts, next_attempt_at_ms)
              SELECT m, s, i, 'pending', 0, t FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[]) AS u(m, s, i, t)
              ON CONFLICT DO NOTHING",
@@ -198,7 +202,7 @@ async fn insert_batch(pool: &Pool, events: &[NewEvent]) -> Result<Vec<Inserted>,
         .map_err(unavailable)?;
     }
     if !delivery_at.is_empty() {
-        tx.execute(
+        exec(&tx,
             "INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms)
              SELECT m, s, i, u, 'pending', 0, t
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]) AS x(m, s, i, u, t)
@@ -219,7 +223,8 @@ pub(crate) async fn insert_attempt(
 ) -> Result<(), tokio_postgres::Error> {
     let a = &attempt.info;
     let k = &attempt.key;
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO attempts (merchant, scope, event_id, upstream, number, at_ms, duration_ms, status_code,
                                error, response)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -255,17 +260,15 @@ impl Ingest for PostgresStore {
         stale_before_ms: i64,
     ) -> Result<bool, StoreError> {
         let [m, s, i] = key_params(key);
-        let n = self
-            .client()
-            .await?
-            .execute(
-                "UPDATE events SET status = 'forwarding', claimed_at_ms = $4
+        let n = exec(
+            &self.client().await?,
+            "UPDATE events SET status = 'forwarding', claimed_at_ms = $4
                  WHERE merchant = $1 AND scope = $2 AND id = $3
                    AND (status = 'failed' OR (status = 'forwarding' AND claimed_at_ms < $5))",
-                &[m, s, i, &now_ms, &stale_before_ms],
-            )
-            .await
-            .map_err(unavailable)?;
+            &[m, s, i, &now_ms, &stale_before_ms],
+        )
+        .await
+        .map_err(unavailable)?;
         Ok(n == 1)
     }
 
@@ -283,7 +286,8 @@ impl Ingest for PostgresStore {
             ),
         };
         let [m, s, i] = key_params(&attempt.key);
-        tx.execute(
+        exec(
+            &tx,
             "UPDATE events SET status = $4, reason = $5 WHERE merchant = $1 AND scope = $2 AND id = $3",
             &[m, s, i, &status.as_str(), &reason],
         )

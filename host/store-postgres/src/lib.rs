@@ -29,9 +29,12 @@ pub mod server;
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
-use payflow_store::{EventKey, StoreError};
-use tokio_postgres::NoTls;
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use std::sync::Arc;
+
+use payflow_store::{CommitObserver, EventKey, StoreError};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
 
 /// How the backend is tuned.
 #[derive(Debug, Clone)]
@@ -68,8 +71,13 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     /// Connects to `url` (`postgres://user:pass@host:port/db`), applies the missing
-    /// migrations and starts the group-commit task. Call it within a tokio runtime.
-    pub async fn connect(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+    /// migrations and starts the group-commit task, which tells `commits` how long each batch
+    /// took. Call it within a tokio runtime.
+    pub async fn connect(
+        url: &str,
+        options: PostgresOptions,
+        commits: Arc<dyn CommitObserver>,
+    ) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|e| StoreError::Unavailable(format!("store url: {e}")))?;
         config.connect_timeout(options.timeout);
@@ -93,7 +101,7 @@ impl PostgresStore {
         drop(client);
         let pool_for_ingest = pool.clone();
         Ok(PostgresStore {
-            ingest: ingest::Batcher::start(pool_for_ingest, options.max_batch),
+            ingest: ingest::Batcher::start(pool_for_ingest, options.max_batch, commits),
             pool,
             lease_ms: options.lease.as_millis() as i64,
         })
@@ -111,6 +119,38 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
         deadpool_postgres::PoolError::Closed => StoreError::Closed,
         e => unavailable(e),
     }
+}
+
+/// Runs `sql` as a statement prepared once per connection (the pool's statement cache): the
+/// server parses and plans each of the store's statements once, not on every call, and a call
+/// is one round trip.
+async fn exec(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, tokio_postgres::Error> {
+    let statement = c.prepare_cached(sql).await?;
+    c.execute(&statement, params).await
+}
+
+/// [`exec`] for a statement that returns rows.
+async fn query(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let statement = c.prepare_cached(sql).await?;
+    c.query(&statement, params).await
+}
+
+/// [`exec`] for a statement that returns at most one row.
+async fn query_opt(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>, tokio_postgres::Error> {
+    let statement = c.prepare_cached(sql).await?;
+    c.query_opt(&statement, params).await
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -141,7 +181,8 @@ mod tests {
     async fn open() -> (Arc<dyn Store>, ()) {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let url = server().database(&format!("conformance_{}", NEXT.fetch_add(1, Ordering::Relaxed)));
-        let store = PostgresStore::connect(&url, PostgresOptions::default()).await.expect("connects");
+        let store =
+            PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.expect("connects");
         (Arc::new(store), ())
     }
 

@@ -8,7 +8,7 @@ use payflow_store::{
     VersionBounds,
 };
 
-use crate::{unavailable, PostgresStore};
+use crate::{exec, query, query_opt, unavailable, PostgresStore};
 
 fn version_info(r: &tokio_postgres::Row) -> PluginVersionInfo {
     PluginVersionInfo {
@@ -23,15 +23,13 @@ fn version_info(r: &tokio_postgres::Row) -> PluginVersionInfo {
 #[async_trait]
 impl PluginStore for PostgresStore {
     async fn load_kv(&self, merchant: &str, plugin: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT key, value FROM plugin_kv WHERE merchant = $1 AND plugin = $2",
-                &[&merchant, &plugin],
-            )
-            .await
-            .map_err(unavailable)?;
+        let rows = query(
+            &self.client().await?,
+            "SELECT key, value FROM plugin_kv WHERE merchant = $1 AND plugin = $2",
+            &[&merchant, &plugin],
+        )
+        .await
+        .map_err(unavailable)?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -45,9 +43,7 @@ impl PluginStore for PostgresStore {
         let tx = client.transaction().await.map_err(unavailable)?;
         // One upload of a merchant's plugins at a time, whichever replica takes it: the quota
         // and the version numbers are read and written in one go.
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&v.merchant])
-            .await
-            .map_err(unavailable)?;
+        exec(&tx, "SELECT pg_advisory_xact_lock(hashtext($1))", &[&v.merchant]).await.map_err(unavailable)?;
         let version: i32 = tx
             .query_one(
                 "SELECT COALESCE(MAX(version), 0) + 1 FROM plugin_versions WHERE merchant = $1 AND name = $2",
@@ -56,27 +52,27 @@ impl PluginStore for PostgresStore {
             .await
             .map_err(unavailable)?
             .get(0);
-        let active: Option<i32> = tx
-            .query_opt(
-                "SELECT active_version FROM plugins WHERE merchant = $1 AND name = $2",
-                &[&v.merchant, &v.name],
-            )
-            .await
-            .map_err(unavailable)?
-            .and_then(|r| r.get(0));
+        let active: Option<i32> = query_opt(
+            &tx,
+            "SELECT active_version FROM plugins WHERE merchant = $1 AND name = $2",
+            &[&v.merchant, &v.name],
+        )
+        .await
+        .map_err(unavailable)?
+        .and_then(|r| r.get(0));
         let others = bounds.max_versions.saturating_sub(1 + u32::from(active.is_some())) as i64;
-        let pruned: Vec<(i32, i64)> = tx
-            .query(
-                "SELECT version, (LENGTH(wasm) + LENGTH(compiled))::int8 FROM plugin_versions
+        let pruned: Vec<(i32, i64)> = query(
+            &tx,
+            "SELECT version, (LENGTH(wasm) + LENGTH(compiled))::int8 FROM plugin_versions
                  WHERE merchant = $1 AND name = $2 AND version IS DISTINCT FROM $3
                  ORDER BY version DESC OFFSET $4",
-                &[&v.merchant, &v.name, &active, &others],
-            )
-            .await
-            .map_err(unavailable)?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
+            &[&v.merchant, &v.name, &active, &others],
+        )
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
         let used: i64 = tx
             .query_one(
                 "SELECT COALESCE(SUM(LENGTH(wasm) + LENGTH(compiled)), 0)::int8 FROM plugin_versions WHERE merchant = $1",
@@ -91,21 +87,23 @@ impl PluginStore for PostgresStore {
             return Ok(Err(QuotaExceeded { needed, quota: bounds.merchant_bytes }));
         }
         for (old, _) in &pruned {
-            tx.execute(
+            exec(
+                &tx,
                 "DELETE FROM plugin_versions WHERE merchant = $1 AND name = $2 AND version = $3",
                 &[&v.merchant, &v.name, old],
             )
             .await
             .map_err(unavailable)?;
         }
-        tx.execute(
+        exec(&tx,
             "INSERT INTO plugin_versions (merchant, name, version, sha256, wasm, compiled, source, created_at_ms)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[&v.merchant, &v.name, &version, &v.sha256, &&v.wasm[..], &v.compiled, &v.source, &v.created_at_ms],
         )
         .await
         .map_err(unavailable)?;
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO plugins (merchant, name, active_version, file_sha256) VALUES ($1, $2, $3, $4)
              ON CONFLICT (merchant, name) DO UPDATE
              SET active_version = excluded.active_version,
@@ -119,18 +117,16 @@ impl PluginStore for PostgresStore {
     }
 
     async fn active_plugin(&self, merchant: &str, name: &str) -> Result<Option<StoredPlugin>, StoreError> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT v.version, v.sha256, LENGTH(v.wasm), v.source, v.created_at_ms, v.wasm, v.compiled
+        let row = query_opt(
+            &self.client().await?,
+            "SELECT v.version, v.sha256, LENGTH(v.wasm), v.source, v.created_at_ms, v.wasm, v.compiled
                  FROM plugins p JOIN plugin_versions v
                    ON v.merchant = p.merchant AND v.name = p.name AND v.version = p.active_version
                  WHERE p.merchant = $1 AND p.name = $2",
-                &[&merchant, &name],
-            )
-            .await
-            .map_err(unavailable)?;
+            &[&merchant, &name],
+        )
+        .await
+        .map_err(unavailable)?;
         Ok(row.map(|r| StoredPlugin {
             version: r.get::<_, i32>(0) as u32,
             info: version_info(&r),
@@ -140,49 +136,44 @@ impl PluginStore for PostgresStore {
     }
 
     async fn active_versions(&self) -> Result<Vec<(String, String, u32)>, StoreError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT merchant, name, active_version FROM plugins WHERE active_version IS NOT NULL
+        let rows = query(
+            &self.client().await?,
+            "SELECT merchant, name, active_version FROM plugins WHERE active_version IS NOT NULL
                  ORDER BY merchant, name",
-                &[],
-            )
-            .await
-            .map_err(unavailable)?;
+            &[],
+        )
+        .await
+        .map_err(unavailable)?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get::<_, i32>(2) as u32)).collect())
     }
 
     async fn plugin_history(&self, merchant: &str, name: &str) -> Result<PluginHistory, StoreError> {
         let client = self.client().await?;
-        let head = client
-            .query_opt(
-                "SELECT active_version, file_sha256 FROM plugins WHERE merchant = $1 AND name = $2",
-                &[&merchant, &name],
-            )
-            .await
-            .map_err(unavailable)?;
+        let head = query_opt(
+            &client,
+            "SELECT active_version, file_sha256 FROM plugins WHERE merchant = $1 AND name = $2",
+            &[&merchant, &name],
+        )
+        .await
+        .map_err(unavailable)?;
         let (active, file_sha256) =
             head.map(|r| (r.get::<_, Option<i32>>(0).map(|v| v as u32), r.get(1))).unwrap_or((None, None));
-        let versions = client
-            .query(
-                "SELECT version, sha256, LENGTH(wasm), source, created_at_ms FROM plugin_versions
+        let versions = query(
+            &client,
+            "SELECT version, sha256, LENGTH(wasm), source, created_at_ms FROM plugin_versions
                  WHERE merchant = $1 AND name = $2 ORDER BY version",
-                &[&merchant, &name],
-            )
-            .await
-            .map_err(unavailable)?
-            .iter()
-            .map(version_info)
-            .collect();
+            &[&merchant, &name],
+        )
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(version_info)
+        .collect();
         Ok(PluginHistory { active, file_sha256, versions })
     }
 
     async fn activate_plugin(&self, merchant: &str, name: &str, version: u32) -> Result<bool, StoreError> {
-        let n = self
-            .client()
-            .await?
-            .execute(
+        let n = exec(&self.client().await?,
                 "UPDATE plugins SET active_version = $3 WHERE merchant = $1 AND name = $2
                    AND EXISTS (SELECT 1 FROM plugin_versions v WHERE v.merchant = $1 AND v.name = $2 AND v.version = $3)",
                 &[&merchant, &name, &(version as i32)],
@@ -199,29 +190,27 @@ impl PluginStore for PostgresStore {
         version: u32,
         compiled: Vec<u8>,
     ) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE plugin_versions SET compiled = $4 WHERE merchant = $1 AND name = $2 AND version = $3",
-                &[&merchant, &name, &(version as i32), &compiled],
-            )
-            .await
-            .map(drop)
-            .map_err(unavailable)
+        exec(
+            &self.client().await?,
+            "UPDATE plugin_versions SET compiled = $4 WHERE merchant = $1 AND name = $2 AND version = $3",
+            &[&merchant, &name, &(version as i32), &compiled],
+        )
+        .await
+        .map(drop)
+        .map_err(unavailable)
     }
 
     async fn delete_plugin(&self, merchant: &str, name: &str) -> Result<bool, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(unavailable)?;
-        let n = tx
-            .execute("DELETE FROM plugins WHERE merchant = $1 AND name = $2", &[&merchant, &name])
+        let n = exec(&tx, "DELETE FROM plugins WHERE merchant = $1 AND name = $2", &[&merchant, &name])
             .await
             .map_err(unavailable)?;
         for sql in [
             "DELETE FROM plugin_versions WHERE merchant = $1 AND name = $2",
             "DELETE FROM plugin_kv WHERE merchant = $1 AND plugin = $2",
         ] {
-            tx.execute(sql, &[&merchant, &name]).await.map_err(unavailable)?;
+            exec(&tx, sql, &[&merchant, &name]).await.map_err(unavailable)?;
         }
         tx.commit().await.map_err(unavailable)?;
         Ok(n == 1)

@@ -13,7 +13,7 @@ use payflow_store::{
 use tokio_postgres::Row;
 
 use crate::ingest::insert_attempt;
-use crate::{key_params, unavailable, PostgresStore};
+use crate::{exec, key_params, query, query_opt, unavailable, PostgresStore};
 
 /// The `events` columns [`event_at`] reads, as `e`.
 pub(crate) const EVENT_COLUMNS: &str =
@@ -35,9 +35,13 @@ pub(crate) fn event_at(r: &Row, at: usize) -> Event {
 /// deliveries at once then settle it one after the other, each seeing the other's outcome.
 async fn lock_event(tx: &impl GenericClient, key: &EventKey) -> Result<(), tokio_postgres::Error> {
     let [m, s, i] = key_params(key);
-    tx.query_opt("SELECT 1 FROM events WHERE merchant = $1 AND scope = $2 AND id = $3 FOR UPDATE", &[m, s, i])
-        .await
-        .map(drop)
+    query_opt(
+        tx,
+        "SELECT 1 FROM events WHERE merchant = $1 AND scope = $2 AND id = $3 FOR UPDATE",
+        &[m, s, i],
+    )
+    .await
+    .map(drop)
 }
 
 /// Sets an event's status from its deliveries' by [`payflow_store::settled_status`].
@@ -46,15 +50,16 @@ pub(crate) async fn settle_event(
     key: &EventKey,
 ) -> Result<(), tokio_postgres::Error> {
     let [m, s, i] = key_params(key);
-    let rows = tx
-        .query(
-            "SELECT status FROM deliveries WHERE merchant = $1 AND scope = $2 AND event_id = $3",
-            &[m, s, i],
-        )
-        .await?;
+    let rows = query(
+        tx,
+        "SELECT status FROM deliveries WHERE merchant = $1 AND scope = $2 AND event_id = $3",
+        &[m, s, i],
+    )
+    .await?;
     let statuses: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     if let Some(status) = payflow_store::settled_status(statuses.iter().map(String::as_str)) {
-        tx.execute(
+        exec(
+            tx,
             "UPDATE events SET status = $4 WHERE merchant = $1 AND scope = $2 AND id = $3",
             &[m, s, i, &status.as_str()],
         )
@@ -85,12 +90,10 @@ impl PostgresStore {
             Some(_) => ("AND upstream = $4", "AND t.upstream = $4"),
             None => ("AND $4::text IS NULL", ""),
         };
-        let mut rows = self
-            .client()
-            .await?
-            .query(
-                &format!(
-                    "WITH due AS (
+        let mut rows = query(
+            &self.client().await?,
+            &format!(
+                "WITH due AS (
                          SELECT merchant, scope, event_id FROM {table}
                          WHERE status = 'pending' AND next_attempt_at_ms <= $1
                            AND COALESCE(lease_until_ms, 0) < $1 {due_filter}
@@ -102,11 +105,11 @@ impl PostgresStore {
                        {row_filter}
                        AND e.merchant = t.merchant AND e.scope = t.scope AND e.id = t.event_id
                      RETURNING t.next_attempt_at_ms, {EVENT_COLUMNS}, {columns}"
-                ),
-                &[&now_ms, &(limit as i64), &self.lease_ms, &upstream],
-            )
-            .await
-            .map_err(unavailable)?;
+            ),
+            &[&now_ms, &(limit as i64), &self.lease_ms, &upstream],
+        )
+        .await
+        .map_err(unavailable)?;
         rows.sort_by_cached_key(|r| {
             (r.get::<_, i64>(0), r.get::<_, String>(1), r.get::<_, String>(2), r.get::<_, String>(3))
         });
@@ -166,7 +169,8 @@ impl DeliveryQueue for PostgresStore {
         insert_attempt(&tx, &attempt).await.map_err(unavailable)?;
         let (status, next_at_ms) = attempt.outcome.delivery_row();
         let [m, s, i] = key_params(&attempt.key);
-        tx.execute(
+        exec(
+            &tx,
             "UPDATE deliveries
              SET status = $5, attempts = $6, next_attempt_at_ms = COALESCE($7, next_attempt_at_ms),
                  lease_until_ms = NULL
@@ -188,7 +192,7 @@ impl DeliveryQueue for PostgresStore {
         lock_event(&tx, &step.key).await.map_err(unavailable)?;
         for r in &step.runs {
             let logs = serde_json::to_string(&r.logs).unwrap_or_else(|_| "[]".into());
-            tx.execute(
+            exec(&tx,
                 "INSERT INTO plugin_runs (merchant, scope, event_id, plugin, version, attempt, at_ms, duration_us,
                                           fuel_used, outcome, detail, logs)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
@@ -211,7 +215,7 @@ impl DeliveryQueue for PostgresStore {
             .map_err(unavailable)?;
         }
         let (status, next_at_ms) = step.step.step_row();
-        tx.execute(
+        exec(&tx,
             "UPDATE plugin_steps
              SET status = $4, attempts = $5, next_attempt_at_ms = COALESCE($6, next_attempt_at_ms), error = $7,
                  lease_until_ms = NULL
@@ -221,7 +225,8 @@ impl DeliveryQueue for PostgresStore {
         .await
         .map_err(unavailable)?;
         for w in &step.kv {
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO plugin_kv (merchant, plugin, key, value) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value",
                 &[m, &w.plugin, &w.key, &w.value],
@@ -232,7 +237,7 @@ impl DeliveryQueue for PostgresStore {
         for d in &step.deliveries {
             let headers =
                 (!d.headers.is_empty()).then(|| serde_json::to_string(&d.headers).unwrap_or_default());
-            tx.execute(
+            exec(&tx,
                 "INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms,
                                          body, headers)
                  VALUES ($1, $2, $3, $4, 'pending', 0, $5, $6, $7)
@@ -245,7 +250,8 @@ impl DeliveryQueue for PostgresStore {
             .map_err(unavailable)?;
         }
         let tags = (!step.tags.is_empty()).then(|| serde_json::to_string(&step.tags).unwrap_or_default());
-        tx.execute(
+        exec(
+            &tx,
             "UPDATE events SET status = $4, reason = $5, tags = COALESCE($6, tags)
              WHERE merchant = $1 AND scope = $2 AND id = $3",
             &[m, s, i, &step.status.as_str(), &step.reason, &tags],
@@ -256,29 +262,25 @@ impl DeliveryQueue for PostgresStore {
     }
 
     async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<(String, String, u64)>, StoreError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT upstream, merchant, COUNT(*) FROM deliveries
+        let rows = query(
+            &self.client().await?,
+            "SELECT upstream, merchant, COUNT(*) FROM deliveries
                  WHERE upstream = ANY($1) AND status = 'pending' GROUP BY upstream, merchant",
-                &[&upstreams],
-            )
-            .await
-            .map_err(unavailable)?;
+            &[&upstreams],
+        )
+        .await
+        .map_err(unavailable)?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2) as u64)).collect())
     }
 
     async fn steps_pending(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT merchant, COUNT(*) FROM plugin_steps WHERE status = 'pending' GROUP BY merchant",
-                &[],
-            )
-            .await
-            .map_err(unavailable)?;
+        let rows = query(
+            &self.client().await?,
+            "SELECT merchant, COUNT(*) FROM plugin_steps WHERE status = 'pending' GROUP BY merchant",
+            &[],
+        )
+        .await
+        .map_err(unavailable)?;
         Ok(rows.iter().map(|r| (r.get(0), r.get::<_, i64>(1) as u64)).collect())
     }
 

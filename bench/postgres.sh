@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The gateway on PostgreSQL against the gateway on SQLite, side by side in one run:
+# bench/cpu_per_event.sh (queue mode, stored only and stored+delivered, 64 connections) on each
+# store, interleaved over PAIRS pairs. PostgreSQL is a throwaway server started here (initdb into
+# a temporary directory, a loopback port, as the postgres user when run as root), synchronous
+# commit on: an acknowledgement waits for the WAL flush, as SQLite's waits for its fsync.
+# Usage: bench/postgres.sh [REQUESTS] [PAIRS]   (defaults 20000 and 3)
+# A/B of two builds on PostgreSQL: PG_ONLY=1 skips the SQLite runs; EDGE_BIN and BENCH_NO_BUILD
+# pass through to bench/cpu_per_event.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
+n="${1:-20000}"; pairs="${2:-3}"
+[[ -n "${BENCH_NO_BUILD:-}" ]] || cargo build --release --locked -p payflow-edge -p payflow-bench >&2
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+dir=$(mktemp -d /tmp/payflow-bench-pg.XXXXXX)
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+[ "$(id -u)" = 0 ] && chown postgres:postgres "$dir"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+as_pg "$pg_bin/initdb" -D "$dir/data" -U payflow --auth=trust -E UTF8 >/dev/null
+as_pg "$pg_bin/pg_ctl" -D "$dir/data" -l "$dir/log" -o "-p $port -k $dir -c listen_addresses=127.0.0.1" -w start >/dev/null
+trap 'as_pg "$pg_bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1; rm -rf "$dir"' EXIT
+echo "$(nproc) cores; PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}'), $n requests per run"
+for pair in $(seq 1 "$pairs"); do
+  db="bench_$pair"
+  "$pg_bin/psql" -h 127.0.0.1 -p "$port" -U payflow -d postgres -qc "CREATE DATABASE $db"
+  if [[ -z "${PG_ONLY:-}" ]]; then
+    echo "pair $pair, sqlite:"; BENCH_NO_BUILD=1 bench/cpu_per_event.sh "$n" | sed 's/^/  /'
+  fi
+  echo "pair $pair, postgres:"; BENCH_NO_BUILD=1 STORE_URL="postgres://payflow@127.0.0.1:$port/$db" bench/cpu_per_event.sh "$n" | sed 's/^/  /'
+done
