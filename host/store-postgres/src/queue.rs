@@ -74,7 +74,11 @@ const CLAIMED: usize = 9;
 impl PostgresStore {
     /// Claims up to `limit` rows of `table` (`deliveries` of `upstream`, or `plugin_steps`)
     /// due at `now_ms` that no claim holds: locked past any concurrent claimant (`SKIP
-    /// LOCKED`, so two replicas never take the same row) and leased until `now + lease`. Each
+    /// LOCKED`, so two replicas never take the same row) and leased until `now + lease`. A row
+    /// is claimable from the later of its due time and its lease's end: the `*_claimable`
+    /// indexes hold exactly that, so a claim reads a range and never steps over the rows in
+    /// flight (filtering them out after the due index cost each poll a scan of every claimed
+    /// row). Each
     /// row comes back as its due time, its event ([`EVENT_COLUMNS`]), then `columns` (of the
     /// row as `t`), oldest first.
     async fn claim(
@@ -95,9 +99,10 @@ impl PostgresStore {
             &format!(
                 "WITH due AS (
                          SELECT merchant, scope, event_id FROM {table}
-                         WHERE status = 'pending' AND next_attempt_at_ms <= $1
-                           AND COALESCE(lease_until_ms, 0) < $1 {due_filter}
-                         ORDER BY next_attempt_at_ms, merchant, scope, event_id LIMIT $2
+                         WHERE status = 'pending' {due_filter}
+                           AND GREATEST(next_attempt_at_ms, COALESCE(lease_until_ms, 0)) <= $1
+                         ORDER BY GREATEST(next_attempt_at_ms, COALESCE(lease_until_ms, 0)), merchant, scope, event_id
+                         LIMIT $2
                          FOR UPDATE SKIP LOCKED)
                      UPDATE {table} t SET lease_until_ms = $1 + $3
                      FROM due, events e

@@ -10,9 +10,10 @@ const MIGRATION_LOCK: i64 = 0x7061_7966_6c6f_7701; // "payflow" + 1
 
 /// Every migration, in order. Every row of an event's carries its whole key (merchant, scope,
 /// id). `lease_until_ms` is a replica's claim on a due row (see the crate docs).
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "
 CREATE TABLE health (
     id              INTEGER PRIMARY KEY,
     checked_at_ms   BIGINT  NOT NULL
@@ -117,7 +118,17 @@ CREATE TABLE plugin_kv (
     PRIMARY KEY (merchant, plugin, key)
 );
 ",
-)];
+    ),
+    (
+        2,
+        "
+CREATE INDEX deliveries_claimable
+    ON deliveries (upstream, status, (GREATEST(next_attempt_at_ms, COALESCE(lease_until_ms, 0))));
+CREATE INDEX plugin_steps_claimable
+    ON plugin_steps (status, (GREATEST(next_attempt_at_ms, COALESCE(lease_until_ms, 0))));
+",
+    ),
+];
 
 /// Applies the migrations this database lacks, under the advisory lock. Returns the number
 /// applied.
