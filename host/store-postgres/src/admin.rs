@@ -8,7 +8,7 @@ use payflow_store::{
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use crate::queue::settle_event;
+use crate::record::{begin, settle_events};
 use crate::{exec, key_params, query, query_opt, unavailable, PostgresStore};
 
 const SUMMARY_COLUMNS: &str =
@@ -226,7 +226,7 @@ impl AdminQueries for PostgresStore {
 
     async fn replay(&self, key: &EventKey, first_hop: &Hop, now_ms: i64) -> Result<bool, StoreError> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(unavailable)?;
+        let tx = begin(&mut client).await.map_err(unavailable)?;
         let [m, s, i] = key_params(key);
         let k: &[&(dyn ToSql + Sync)] = &[m, s, i];
         let found = query_opt(
@@ -276,7 +276,7 @@ impl AdminQueries for PostgresStore {
             .await
             .map_err(unavailable)?;
             add_first_hop(&tx, key, first_hop, now_ms).await.map_err(unavailable)?;
-            settle_event(&tx, key).await.map_err(unavailable)?;
+            settle_events(&tx, &[key].into()).await.map_err(unavailable)?;
         }
         tx.commit().await.map_err(unavailable)?;
         Ok(true)

@@ -5,7 +5,8 @@
 //! - **Durable acknowledgements**: a write returns `Ok` only after its transaction committed
 //!   (the server's `synchronous_commit`, on by default, makes that a flushed WAL record).
 //!   New events are group-committed: concurrent requests share one transaction and one
-//!   multi-row insert (`ingest.rs`), so throughput is not one round trip per webhook.
+//!   multi-row insert (`ingest.rs`), so throughput is not one round trip per webhook; so are
+//!   deliveries' outcomes (`record.rs`). Both through one group-commit task type (`group.rs`).
 //! - **De-duplication across replicas**: the events' primary key and `ON CONFLICT DO NOTHING`.
 //! - **Claims**: a due delivery or plugin step is claimed by the read that returns it (`FOR
 //!   UPDATE SKIP LOCKED`, then a lease until `now + lease`), so no two replicas take the same
@@ -20,9 +21,11 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod group;
 mod ingest;
 mod plugins;
 mod queue;
+mod record;
 mod schema;
 #[cfg(feature = "test-server")]
 pub mod server;
@@ -66,6 +69,7 @@ impl Default for PostgresOptions {
 pub struct PostgresStore {
     pool: Pool,
     ingest: ingest::Batcher,
+    recorder: record::Recorder,
     lease_ms: i64,
 }
 
@@ -99,9 +103,9 @@ impl PostgresStore {
             tracing::info!(applied, "store: PostgreSQL schema migrated");
         }
         drop(client);
-        let pool_for_ingest = pool.clone();
         Ok(PostgresStore {
-            ingest: ingest::Batcher::start(pool_for_ingest, options.max_batch, commits),
+            ingest: ingest::Batcher::start(pool.clone(), options.max_batch, commits.clone()),
+            recorder: record::Recorder::start(pool.clone(), options.max_batch, commits),
             pool,
             lease_ms: options.lease.as_millis() as i64,
         })

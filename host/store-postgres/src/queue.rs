@@ -7,12 +7,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use deadpool_postgres::GenericClient;
 use payflow_store::{
-    Attempt, AttemptOutcome, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventKey, PluginStep,
-    StoreError,
+    Attempt, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventKey, PluginStep, StoreError,
 };
 use tokio_postgres::Row;
 
-use crate::ingest::insert_attempt;
 use crate::{exec, key_params, query, query_opt, unavailable, PostgresStore};
 
 /// The `events` columns [`event_at`] reads, as `e`.
@@ -42,30 +40,6 @@ async fn lock_event(tx: &impl GenericClient, key: &EventKey) -> Result<(), tokio
     )
     .await
     .map(drop)
-}
-
-/// Sets an event's status from its deliveries' by [`payflow_store::settled_status`].
-pub(crate) async fn settle_event(
-    tx: &impl GenericClient,
-    key: &EventKey,
-) -> Result<(), tokio_postgres::Error> {
-    let [m, s, i] = key_params(key);
-    let rows = query(
-        tx,
-        "SELECT status FROM deliveries WHERE merchant = $1 AND scope = $2 AND event_id = $3",
-        &[m, s, i],
-    )
-    .await?;
-    let statuses: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    if let Some(status) = payflow_store::settled_status(statuses.iter().map(String::as_str)) {
-        exec(
-            tx,
-            "UPDATE events SET status = $4 WHERE merchant = $1 AND scope = $2 AND id = $3",
-            &[m, s, i, &status.as_str()],
-        )
-        .await?;
-    }
-    Ok(())
 }
 
 /// Where a claimed row's own `columns` start: after its due time and its event.
@@ -168,26 +142,7 @@ impl DeliveryQueue for PostgresStore {
     }
 
     async fn record_attempt(&self, attempt: Arc<Attempt>) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(unavailable)?;
-        lock_event(&tx, &attempt.key).await.map_err(unavailable)?;
-        insert_attempt(&tx, &attempt).await.map_err(unavailable)?;
-        let (status, next_at_ms) = attempt.outcome.delivery_row();
-        let [m, s, i] = key_params(&attempt.key);
-        exec(
-            &tx,
-            "UPDATE deliveries
-             SET status = $5, attempts = $6, next_attempt_at_ms = COALESCE($7, next_attempt_at_ms),
-                 lease_until_ms = NULL
-             WHERE merchant = $1 AND scope = $2 AND event_id = $3 AND upstream = $4",
-            &[m, s, i, &attempt.info.upstream, &status, &(attempt.info.number as i32), &next_at_ms],
-        )
-        .await
-        .map_err(unavailable)?;
-        if !matches!(attempt.outcome, AttemptOutcome::Retry { .. }) {
-            settle_event(&tx, &attempt.key).await.map_err(unavailable)?;
-        }
-        tx.commit().await.map_err(unavailable)
+        self.recorder.record(attempt).await
     }
 
     async fn finish_plugin_step(&self, step: PluginStep) -> Result<(), StoreError> {

@@ -1,0 +1,211 @@
+//! Deliveries' outcomes, group-committed: the attempts the dispatcher's workers finish at the
+//! same time are recorded in one transaction (their attempt rows, their deliveries' new state,
+//! their events' settled status), so a delivery costs a share of one commit instead of a
+//! commit (a WAL flush) of its own, as ingest's new events do (`ingest.rs`).
+//!
+//! Every event of a batch is locked first, in key order: two replicas settling two deliveries
+//! of one event then go one after the other, each seeing the other's outcome, and two batches
+//! never deadlock. A batch's statements join arrays against the tables, so they are planned
+//! for each batch (`begin`): a cached generic plan made when a table was small would scan it
+//! whole on every batch once it has grown.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use deadpool_postgres::{GenericClient, Object, Pool, Transaction};
+use payflow_store::{Attempt, AttemptOutcome, CommitObserver, EventKey, StoreError};
+
+use crate::group::GroupCommit;
+use crate::{exec, pool_error, query, unavailable};
+
+/// Batches being written at once: as for new events (`ingest.rs`), one, so what finishes
+/// during a commit joins the next batch.
+const BATCHES_IN_FLIGHT: usize = 1;
+
+/// The group-commit task of deliveries' outcomes.
+pub(crate) struct Recorder(GroupCommit<Arc<Attempt>, ()>);
+
+impl Recorder {
+    pub(crate) fn start(pool: Pool, max_batch: usize, commits: Arc<dyn CommitObserver>) -> Self {
+        Recorder(GroupCommit::start(
+            max_batch,
+            BATCHES_IN_FLIGHT,
+            move |attempts| {
+                let pool = pool.clone();
+                async move { record_batch(&pool, &attempts).await.map(|()| vec![(); attempts.len()]) }
+            },
+            move |took| commits.committed(took),
+        ))
+    }
+
+    /// Records `attempt` with whatever else is being recorded; returns once it committed.
+    pub(crate) async fn record(&self, attempt: Arc<Attempt>) -> Result<(), StoreError> {
+        self.0.submit(attempt).await
+    }
+}
+
+/// A transaction whose statements are planned for their parameters each time (see the module
+/// docs).
+pub(crate) async fn begin(client: &mut Object) -> Result<Transaction<'_>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan").await?;
+    Ok(tx)
+}
+
+async fn record_batch(pool: &Pool, attempts: &[Arc<Attempt>]) -> Result<(), StoreError> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let tx = begin(&mut client).await.map_err(unavailable)?;
+    let keys: BTreeSet<&EventKey> = attempts.iter().map(|a| &a.key).collect();
+    lock_events(&tx, &keys).await.map_err(unavailable)?;
+    let all: Vec<&Attempt> = attempts.iter().map(|a| &**a).collect();
+    insert_attempts(&tx, &all).await.map_err(unavailable)?;
+    // One update per round, each delivery at most once in a round: a batch never holds two
+    // attempts of one delivery today (its next attempt waits for this record), but if it did
+    // both would apply, in order.
+    let mut rounds: Vec<Vec<&Attempt>> = Vec::new();
+    for attempt in &all {
+        let same = |a: &&Attempt| a.key == attempt.key && a.info.upstream == attempt.info.upstream;
+        match rounds.iter_mut().find(|round| !round.iter().any(same)) {
+            Some(round) => round.push(attempt),
+            None => rounds.push(vec![attempt]),
+        }
+    }
+    for round in rounds {
+        update_deliveries(&tx, &round).await.map_err(unavailable)?;
+    }
+    let settled: BTreeSet<&EventKey> =
+        all.iter().filter(|a| !matches!(a.outcome, AttemptOutcome::Retry { .. })).map(|a| &a.key).collect();
+    settle_events(&tx, &settled).await.map_err(unavailable)?;
+    tx.commit().await.map_err(unavailable)
+}
+
+/// A key part of each of `keys`, as a statement's array parameter.
+fn part<'a>(keys: impl IntoIterator<Item = &'a EventKey>, f: fn(&EventKey) -> &String) -> Vec<&'a String> {
+    keys.into_iter().map(f).collect()
+}
+
+/// Locks the events' rows for the rest of the transaction, in key order.
+async fn lock_events(tx: &Transaction<'_>, keys: &BTreeSet<&EventKey>) -> Result<(), tokio_postgres::Error> {
+    let ks = || keys.iter().copied();
+    query(
+        tx,
+        "SELECT 1 FROM events e
+             JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(merchant, scope, id) USING (merchant, scope, id)
+             ORDER BY e.merchant, e.scope, e.id
+             FOR UPDATE OF e",
+        &[&part(ks(), |k| &k.merchant), &part(ks(), |k| &k.scope), &part(ks(), |k| &k.id)],
+    )
+    .await
+    .map(drop)
+}
+
+/// Records attempt rows, one multi-row insert.
+pub(crate) async fn insert_attempts(
+    tx: &impl GenericClient,
+    attempts: &[&Attempt],
+) -> Result<(), tokio_postgres::Error> {
+    let ks = || attempts.iter().map(|a| &a.key);
+    let column = |f: fn(&Attempt) -> Option<String>| -> Vec<Option<String>> {
+        attempts.iter().map(|a| f(a)).collect()
+    };
+    let number: Vec<i32> = attempts.iter().map(|a| a.info.number as i32).collect();
+    let at: Vec<i64> = attempts.iter().map(|a| a.info.at_ms).collect();
+    let duration: Vec<i64> = attempts.iter().map(|a| a.info.duration_ms).collect();
+    let status_code: Vec<Option<i32>> = attempts.iter().map(|a| a.info.status_code.map(i32::from)).collect();
+    exec(
+        tx,
+        "INSERT INTO attempts (merchant, scope, event_id, upstream, number, at_ms, duration_ms, status_code,
+                               error, response)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int8[],
+                              $7::int8[], $8::int4[], $9::text[], $10::text[])",
+        &[
+            &part(ks(), |k| &k.merchant),
+            &part(ks(), |k| &k.scope),
+            &part(ks(), |k| &k.id),
+            &column(|a| Some(a.info.upstream.clone())),
+            &number,
+            &at,
+            &duration,
+            &status_code,
+            &column(|a| a.info.error.clone()),
+            &column(|a| a.info.response.clone()),
+        ],
+    )
+    .await
+    .map(drop)
+}
+
+/// Leaves each attempt's delivery as its outcome says, its claim ended.
+async fn update_deliveries(tx: &Transaction<'_>, attempts: &[&Attempt]) -> Result<(), tokio_postgres::Error> {
+    let ks = || attempts.iter().map(|a| &a.key);
+    let upstreams: Vec<&String> = attempts.iter().map(|a| &a.info.upstream).collect();
+    let rows: Vec<(&str, Option<i64>)> = attempts.iter().map(|a| a.outcome.delivery_row()).collect();
+    let statuses: Vec<&str> = rows.iter().map(|r| r.0).collect();
+    let next_at: Vec<Option<i64>> = rows.iter().map(|r| r.1).collect();
+    let numbers: Vec<i32> = attempts.iter().map(|a| a.info.number as i32).collect();
+    exec(
+        tx,
+        "UPDATE deliveries d
+         SET status = a.status, attempts = a.number, next_attempt_at_ms = COALESCE(a.next_at, d.next_attempt_at_ms),
+             lease_until_ms = NULL
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::int8[])
+             AS a(merchant, scope, event_id, upstream, status, number, next_at)
+         WHERE d.merchant = a.merchant AND d.scope = a.scope AND d.event_id = a.event_id AND d.upstream = a.upstream",
+        &[
+            &part(ks(), |k| &k.merchant),
+            &part(ks(), |k| &k.scope),
+            &part(ks(), |k| &k.id),
+            &upstreams,
+            &statuses,
+            &numbers,
+            &next_at,
+        ],
+    )
+    .await
+    .map(drop)
+}
+
+/// Sets each event's status from its deliveries' by [`payflow_store::settled_status`]. Call
+/// it in a transaction from [`begin`], with the events locked.
+pub(crate) async fn settle_events(
+    tx: &Transaction<'_>,
+    keys: &BTreeSet<&EventKey>,
+) -> Result<(), tokio_postgres::Error> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let ks = || keys.iter().copied();
+    let rows = query(
+        tx,
+        "SELECT d.merchant, d.scope, d.event_id, d.status FROM deliveries d
+             JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(merchant, scope, event_id)
+               USING (merchant, scope, event_id)",
+        &[&part(ks(), |k| &k.merchant), &part(ks(), |k| &k.scope), &part(ks(), |k| &k.id)],
+    )
+    .await?;
+    let mut deliveries: BTreeMap<EventKey, Vec<String>> = BTreeMap::new();
+    for r in &rows {
+        let key = EventKey { merchant: r.get(0), scope: r.get(1), id: r.get(2) };
+        deliveries.entry(key).or_default().push(r.get(3));
+    }
+    let settled: Vec<(&EventKey, &'static str)> = deliveries
+        .iter()
+        .filter_map(|(key, statuses)| {
+            payflow_store::settled_status(statuses.iter().map(String::as_str)).map(|s| (key, s.as_str()))
+        })
+        .collect();
+    if settled.is_empty() {
+        return Ok(());
+    }
+    let status: Vec<&str> = settled.iter().map(|s| s.1).collect();
+    let ks = || settled.iter().map(|s| s.0);
+    exec(
+        tx,
+        "UPDATE events e SET status = x.status
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS x(merchant, scope, id, status)
+         WHERE e.merchant = x.merchant AND e.scope = x.scope AND e.id = x.id",
+        &[&part(ks(), |k| &k.merchant), &part(ks(), |k| &k.scope), &part(ks(), |k| &k.id), &status],
+    )
+    .await
+    .map(drop)
+}
