@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The gateway on PostgreSQL against the gateway on SQLite, side by side in one run:
-# bench/cpu_per_event.sh (queue mode, stored only and stored+delivered, 64 connections) on each
-# store, interleaved over PAIRS pairs. PostgreSQL is a throwaway server started here (initdb into
+# bench/cpu_per_event.sh (queue mode, stored only and stored+delivered, 64 connections) on
+# SQLite, on PostgreSQL with one replica and with three (the connections spread over them),
+# interleaved over PAIRS rounds. PostgreSQL is a throwaway server started here (initdb into
 # a temporary directory, a loopback port, as the postgres user when run as root), synchronous
 # commit on: an acknowledgement waits for the WAL flush, as SQLite's waits for its fsync.
 # Usage: bench/postgres.sh [REQUESTS] [PAIRS]   (defaults 20000 and 3)
-# A/B of two builds on PostgreSQL: PG_ONLY=1 skips the SQLite runs; EDGE_BIN and BENCH_NO_BUILD
-# pass through to bench/cpu_per_event.sh.
+# A/B of two builds on PostgreSQL: PG_ONLY=1 skips the SQLite runs, PG_REPLICAS= (empty) the
+# three-replica ones; EDGE_BIN and BENCH_NO_BUILD pass through to bench/cpu_per_event.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
@@ -22,10 +23,14 @@ as_pg "$pg_bin/pg_ctl" -D "$dir/data" -l "$dir/log" -o "-p $port -k $dir -c list
 trap 'as_pg "$pg_bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1; rm -rf "$dir"' EXIT
 echo "$(nproc) cores; PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}'), $n requests per run"
 for pair in $(seq 1 "$pairs"); do
-  db="bench_$pair"
-  "$pg_bin/psql" -h 127.0.0.1 -p "$port" -U payflow -d postgres -qc "CREATE DATABASE $db"
   if [[ -z "${PG_ONLY:-}" ]]; then
     echo "pair $pair, sqlite:"; BENCH_NO_BUILD=1 bench/cpu_per_event.sh "$n" | sed 's/^/  /'
   fi
-  echo "pair $pair, postgres:"; BENCH_NO_BUILD=1 STORE_URL="postgres://payflow@127.0.0.1:$port/$db" bench/cpu_per_event.sh "$n" | sed 's/^/  /'
+  for replicas in 1 ${PG_REPLICAS-3}; do
+    db="bench_${pair}_$replicas"
+    "$pg_bin/psql" -h 127.0.0.1 -p "$port" -U payflow -d postgres -qc "CREATE DATABASE $db"
+    echo "pair $pair, postgres, $replicas replica(s):"
+    BENCH_NO_BUILD=1 REPLICAS=$replicas STORE_URL="postgres://payflow@127.0.0.1:$port/$db" \
+      bench/cpu_per_event.sh "$n" | sed 's/^/  /'
+  done
 done

@@ -45,8 +45,10 @@ enum Sign {
 enum Command {
     /// Send pre-signed unique events and report throughput and latency percentiles.
     Run {
-        #[arg(long)]
-        url: String,
+        /// Where to send. Repeat it to spread the connections over several gateways (replicas
+        /// behind no balancer): connection `i` goes to the `i mod n`-th.
+        #[arg(long, required = true)]
+        url: Vec<String>,
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
         #[arg(long, default_value_t = 50_000)]
@@ -224,20 +226,27 @@ fn prepare(count: usize, sign: Sign, secret: &str) -> anyhow::Result<Vec<Prepare
 }
 
 async fn run(
-    url: String,
+    urls: Vec<String>,
     concurrency: usize,
     requests: usize,
     sign: Sign,
     secret: String,
     label: String,
 ) -> anyhow::Result<()> {
-    let uri: Uri = url.parse()?;
-    let authority = uri.authority().context("url needs host:port")?.to_string();
+    let targets = urls
+        .iter()
+        .map(|url| {
+            let uri: Uri = url.parse()?;
+            let authority = uri.authority().context("url needs host:port")?.to_string();
+            anyhow::Ok((uri, authority))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let prepared = Arc::new(prepare(requests, sign, &secret)?);
     let started = Instant::now();
     let mut workers = Vec::new();
     for w in 0..concurrency {
-        let (prepared, uri, authority) = (prepared.clone(), uri.clone(), authority.clone());
+        let (uri, authority) = targets[w % targets.len()].clone();
+        let prepared = prepared.clone();
         workers.push(tokio::spawn(async move {
             let stream = TcpStream::connect(&authority).await?;
             stream.set_nodelay(true)?;

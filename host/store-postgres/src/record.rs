@@ -6,8 +6,9 @@
 //! Every event of a batch is locked first, in key order: two replicas settling two deliveries
 //! of one event then go one after the other, each seeing the other's outcome, and two batches
 //! never deadlock. A batch's statements join arrays against the tables, so they are planned
-//! for each batch (`begin`): a cached generic plan made when a table was small would scan it
-//! whole on every batch once it has grown.
+//! for each batch (`begin`): the cached generic plans PostgreSQL switches to after five runs
+//! join the deliveries by scanning them whole, and 40,000 deliveries then took 850–1,850 µs of
+//! database CPU each instead of ~290 (planning each batch costs ~40 µs per event).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

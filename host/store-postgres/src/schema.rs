@@ -10,6 +10,10 @@ const MIGRATION_LOCK: i64 = 0x7061_7966_6c6f_7701; // "payflow" + 1
 
 /// Every migration, in order. Every row of an event's carries its whole key (merchant, scope,
 /// id). `lease_until_ms` is a replica's claim on a due row (see the crate docs).
+///
+/// 3: the queue's indexes hold only pending rows (a finished delivery leaves them, so they
+/// stay as small as the backlog), and the `*_due` indexes are gone: the claimable ones serve
+/// every query that used them, and each index is written again on every claim and record.
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -126,6 +130,21 @@ CREATE INDEX deliveries_claimable
     ON deliveries (upstream, status, (GREATEST(next_attempt_at_ms, COALESCE(lease_until_ms, 0))));
 CREATE INDEX plugin_steps_claimable
     ON plugin_steps (status, (GREATEST(next_attempt_at_ms, COALESCE(lease_until_ms, 0))));
+",
+    ),
+    (
+        3,
+        "
+DROP INDEX deliveries_due;
+DROP INDEX plugin_steps_due;
+DROP INDEX deliveries_claimable;
+DROP INDEX plugin_steps_claimable;
+CREATE INDEX deliveries_claimable
+    ON deliveries (upstream, (GREATEST(next_attempt_at_ms, COALESCE(lease_until_ms, 0))))
+    WHERE status = 'pending';
+CREATE INDEX plugin_steps_claimable
+    ON plugin_steps ((GREATEST(next_attempt_at_ms, COALESCE(lease_until_ms, 0))))
+    WHERE status = 'pending';
 ",
     ),
 ];
