@@ -3,8 +3,11 @@
 //! because of another merchant's plugin), the epoch clock that enforces deadlines, and
 //! compiling or loading a component. It must never run a plugin: that is [`crate::instance`].
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
+
+use sha2::{Digest, Sha256};
 
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -24,6 +27,7 @@ pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 pub struct Runtime {
     pub(crate) engine: Engine,
     pub(crate) linker: Arc<Linker<RunState>>,
+    fingerprint: Arc<str>,
 }
 
 impl Runtime {
@@ -64,7 +68,14 @@ impl Runtime {
             .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         cap_sleeps_at_the_deadline(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         start_epoch_clock(&engine);
-        Ok(Runtime { engine, linker: Arc::new(linker) })
+        Ok(Runtime { fingerprint: fingerprint(&engine).into(), engine, linker: Arc::new(linker) })
+    }
+
+    /// What a compiled artifact of this engine is stored under: engines with the same one (the
+    /// same wasmtime version, settings and target) can load each other's artifacts; others
+    /// compile their own.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// Compiles and links a plugin: fails with a clear message for anything that is not a
@@ -139,4 +150,22 @@ pub(crate) fn start_epoch_clock(engine: &Engine) {
             std::thread::sleep(EPOCH_TICK);
         }
     });
+}
+
+/// Hex SHA-256 (its first 16 bytes) of what wasmtime hashes to decide whether an artifact is
+/// loadable. SHA-256 rather than `DefaultHasher`, whose output may change between Rust
+/// releases: two builds of one engine must agree.
+fn fingerprint(engine: &Engine) -> String {
+    struct Sha(Sha256);
+    impl Hasher for Sha {
+        fn finish(&self) -> u64 {
+            unreachable!("only the SHA-256 is read")
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+    }
+    let mut sha = Sha(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut sha);
+    sha.0.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -314,26 +314,37 @@ impl Registry {
                 return Ok(());
             }
         }
-        if let Some(stored) = self.store.active_plugin(&slot.merchant, &slot.name).await? {
+        if let Some(stored) =
+            self.store.active_plugin(&slot.merchant, &slot.name, self.runtime.fingerprint()).await?
+        {
             slot.swap(Some(self.load_stored(slot, stored).await?));
         }
         Ok(())
     }
 
-    /// Loads a stored version from its compiled artifact, or compiles it again (and saves the
-    /// new artifact) when this engine cannot use the old one.
+    /// Loads a stored version from this engine's compiled artifact, or compiles it (and saves
+    /// the artifact under this engine's fingerprint) when there is none or it is unusable.
     async fn load_stored(&self, slot: &Slot, stored: StoredPlugin) -> Result<Arc<Version>, RegistryError> {
-        let runtime = self.runtime.clone();
-        let compiled = stored.compiled;
-        let cached = tokio::task::spawn_blocking(move || runtime.load_compiled(&compiled))
-            .await
-            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        let cached = match stored.compiled {
+            Some(compiled) => {
+                let runtime = self.runtime.clone();
+                tokio::task::spawn_blocking(move || {
+                    runtime.load_compiled(&compiled).map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| LoadError::Engine(e.to_string()))?
+            }
+            None => Err("none compiled by this engine yet".to_string()),
+        };
         let (plugin, from_cache) = match cached {
             Ok(plugin) => (plugin, true),
-            Err(e) => {
-                tracing::info!(plugin = %slot.name, error = %e, "compiled artifact unusable; compiling again");
+            Err(why) => {
+                tracing::info!(plugin = %slot.name, version = stored.version, why = %why, "compiling the stored version");
                 let (plugin, compiled) = self.compile(stored.wasm.clone()).await?;
-                self.store.save_compiled(&slot.merchant, &slot.name, stored.version, compiled).await?;
+                let engine = self.runtime.fingerprint();
+                self.store
+                    .save_compiled(&slot.merchant, &slot.name, stored.version, engine, compiled)
+                    .await?;
                 (plugin, false)
             }
         };
@@ -369,6 +380,7 @@ impl Registry {
             wasm,
             sha256: sha256.clone(),
             compiled,
+            engine: self.runtime.fingerprint().to_string(),
             source: source.to_string(),
             created_at_ms,
         };
@@ -424,7 +436,7 @@ impl Registry {
         self.store.activate_plugin(&slot.merchant, &slot.name, version).await?;
         let stored = self
             .store
-            .active_plugin(&slot.merchant, &slot.name)
+            .active_plugin(&slot.merchant, &slot.name, self.runtime.fingerprint())
             .await?
             .ok_or_else(|| RegistryError::NoVersion("the version vanished".into()))?;
         slot.swap(Some(self.load_stored(slot, stored).await?));
@@ -473,7 +485,7 @@ impl Registry {
             }
             // Under the slot's lock, from the store again: a change made here meanwhile wins.
             let _changing = slot.changing.lock().await;
-            match self.store.active_plugin(&slot.merchant, &slot.name).await? {
+            match self.store.active_plugin(&slot.merchant, &slot.name, self.runtime.fingerprint()).await? {
                 Some(stored) if Some(stored.version) != loaded(slot) => {
                     tracing::info!(merchant = %slot.merchant, plugin = %slot.name, version = stored.version, "plugin version activated elsewhere; loaded");
                     slot.swap(Some(self.load_stored(slot, stored).await?));

@@ -63,7 +63,10 @@ impl PluginStore for PostgresStore {
         let others = bounds.max_versions.saturating_sub(1 + u32::from(active.is_some())) as i64;
         let pruned: Vec<(i32, i64)> = query(
             &tx,
-            "SELECT version, (LENGTH(wasm) + LENGTH(compiled))::int8 FROM plugin_versions
+            "SELECT version, (LENGTH(wasm) + (SELECT COALESCE(SUM(LENGTH(c.compiled)), 0) FROM plugin_compiled c
+                                                WHERE c.merchant = v.merchant AND c.name = v.name
+                                                  AND c.version = v.version))::int8
+                 FROM plugin_versions v
                  WHERE merchant = $1 AND name = $2 AND version IS DISTINCT FROM $3
                  ORDER BY version DESC OFFSET $4",
             &[&v.merchant, &v.name, &active, &others],
@@ -75,7 +78,8 @@ impl PluginStore for PostgresStore {
         .collect();
         let used: i64 = tx
             .query_one(
-                "SELECT COALESCE(SUM(LENGTH(wasm) + LENGTH(compiled)), 0)::int8 FROM plugin_versions WHERE merchant = $1",
+                "SELECT ((SELECT COALESCE(SUM(LENGTH(wasm)), 0) FROM plugin_versions WHERE merchant = $1)
+                         + (SELECT COALESCE(SUM(LENGTH(compiled)), 0) FROM plugin_compiled WHERE merchant = $1))::int8",
                 &[&v.merchant],
             )
             .await
@@ -87,18 +91,25 @@ impl PluginStore for PostgresStore {
             return Ok(Err(QuotaExceeded { needed, quota: bounds.merchant_bytes }));
         }
         for (old, _) in &pruned {
-            exec(
-                &tx,
+            for sql in [
                 "DELETE FROM plugin_versions WHERE merchant = $1 AND name = $2 AND version = $3",
-                &[&v.merchant, &v.name, old],
-            )
-            .await
-            .map_err(unavailable)?;
+                "DELETE FROM plugin_compiled WHERE merchant = $1 AND name = $2 AND version = $3",
+            ] {
+                exec(&tx, sql, &[&v.merchant, &v.name, old]).await.map_err(unavailable)?;
+            }
         }
-        exec(&tx,
-            "INSERT INTO plugin_versions (merchant, name, version, sha256, wasm, compiled, source, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[&v.merchant, &v.name, &version, &v.sha256, &&v.wasm[..], &v.compiled, &v.source, &v.created_at_ms],
+        exec(
+            &tx,
+            "INSERT INTO plugin_versions (merchant, name, version, sha256, wasm, source, created_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[&v.merchant, &v.name, &version, &v.sha256, &&v.wasm[..], &v.source, &v.created_at_ms],
+        )
+        .await
+        .map_err(unavailable)?;
+        exec(
+            &tx,
+            "INSERT INTO plugin_compiled (merchant, name, version, engine, compiled) VALUES ($1, $2, $3, $4, $5)",
+            &[&v.merchant, &v.name, &version, &v.engine, &v.compiled],
         )
         .await
         .map_err(unavailable)?;
@@ -116,14 +127,21 @@ impl PluginStore for PostgresStore {
         Ok(Ok(version as u32))
     }
 
-    async fn active_plugin(&self, merchant: &str, name: &str) -> Result<Option<StoredPlugin>, StoreError> {
+    async fn active_plugin(
+        &self,
+        merchant: &str,
+        name: &str,
+        engine: &str,
+    ) -> Result<Option<StoredPlugin>, StoreError> {
         let row = query_opt(
             &self.client().await?,
-            "SELECT v.version, v.sha256, LENGTH(v.wasm), v.source, v.created_at_ms, v.wasm, v.compiled
+            "SELECT v.version, v.sha256, LENGTH(v.wasm), v.source, v.created_at_ms, v.wasm, c.compiled
                  FROM plugins p JOIN plugin_versions v
                    ON v.merchant = p.merchant AND v.name = p.name AND v.version = p.active_version
+                 LEFT JOIN plugin_compiled c
+                   ON c.merchant = v.merchant AND c.name = v.name AND c.version = v.version AND c.engine = $3
                  WHERE p.merchant = $1 AND p.name = $2",
-            &[&merchant, &name],
+            &[&merchant, &name, &engine],
         )
         .await
         .map_err(unavailable)?;
@@ -188,16 +206,26 @@ impl PluginStore for PostgresStore {
         merchant: &str,
         name: &str,
         version: u32,
+        engine: &str,
         compiled: Vec<u8>,
     ) -> Result<(), StoreError> {
+        // Only for a version that still exists, under the merchant's upload lock: one pruned
+        // meanwhile leaves nothing behind. Not held to the quota: a replica must be able to run
+        // what is active, and one engine's artifact is about the size of another's.
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        exec(&tx, "SELECT pg_advisory_xact_lock(hashtext($1))", &[&merchant]).await.map_err(unavailable)?;
         exec(
-            &self.client().await?,
-            "UPDATE plugin_versions SET compiled = $4 WHERE merchant = $1 AND name = $2 AND version = $3",
-            &[&merchant, &name, &(version as i32), &compiled],
+            &tx,
+            "INSERT INTO plugin_compiled (merchant, name, version, engine, compiled)
+             SELECT $1, $2, $3, $4, $5 WHERE EXISTS
+                 (SELECT 1 FROM plugin_versions WHERE merchant = $1 AND name = $2 AND version = $3)
+             ON CONFLICT (merchant, name, version, engine) DO UPDATE SET compiled = excluded.compiled",
+            &[&merchant, &name, &(version as i32), &engine, &compiled],
         )
         .await
-        .map(drop)
-        .map_err(unavailable)
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
     }
 
     async fn delete_plugin(&self, merchant: &str, name: &str) -> Result<bool, StoreError> {
@@ -208,6 +236,7 @@ impl PluginStore for PostgresStore {
             .map_err(unavailable)?;
         for sql in [
             "DELETE FROM plugin_versions WHERE merchant = $1 AND name = $2",
+            "DELETE FROM plugin_compiled WHERE merchant = $1 AND name = $2",
             "DELETE FROM plugin_kv WHERE merchant = $1 AND plugin = $2",
         ] {
             exec(&tx, sql, &[&merchant, &name]).await.map_err(unavailable)?;

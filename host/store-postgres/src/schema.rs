@@ -14,6 +14,13 @@ const MIGRATION_LOCK: i64 = 0x7061_7966_6c6f_7701; // "payflow" + 1
 /// 3: the queue's indexes hold only pending rows (a finished delivery leaves them, so they
 /// stay as small as the backlog), and the `*_due` indexes are gone: the claimable ones serve
 /// every query that used them, and each index is written again on every claim and record.
+///
+/// 4: compiled code per engine fingerprint, so replicas of two builds (an upgrade, one replica
+/// at a time) each load their own instead of replacing each other's on every start. The one
+/// artifact a version had is not used: its engine is unknown, so the first engine to load the
+/// version compiles it once. Its column stays, empty for new versions, because a replica of
+/// the previous release, still running during the roll, reads and writes it (it finds it
+/// empty, compiles, and saves there); a later release drops it.
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -145,6 +152,20 @@ CREATE INDEX deliveries_claimable
 CREATE INDEX plugin_steps_claimable
     ON plugin_steps ((GREATEST(next_attempt_at_ms, COALESCE(lease_until_ms, 0))))
     WHERE status = 'pending';
+",
+    ),
+    (
+        4,
+        "
+CREATE TABLE plugin_compiled (
+    merchant        TEXT    NOT NULL,
+    name            TEXT    NOT NULL,
+    version         INTEGER NOT NULL,
+    engine          TEXT    NOT NULL,
+    compiled        BYTEA   NOT NULL,
+    PRIMARY KEY (merchant, name, version, engine)
+);
+ALTER TABLE plugin_versions ALTER COLUMN compiled SET DEFAULT '';
 ",
     ),
 ];

@@ -30,6 +30,7 @@ macro_rules! conformance_tests {
             a_claimed_row_is_due_for_no_other_reader_until_its_claim_ends,
             events_page_newest_first_without_gaps_or_repeats,
             plugin_versions_are_bounded_and_activated,
+            compiled_code_is_kept_per_engine,
             a_stored_body_comes_back_byte_for_byte,
         );
     };
@@ -415,6 +416,7 @@ fn version(name: &str, content: &[u8], at_ms: i64) -> NewPluginVersion {
         wasm: Bytes::copy_from_slice(content),
         sha256: format!("{:064x}", content.len() as u64 * 7919 + content[0] as u64),
         compiled: vec![0; 10],
+        engine: "engine-a".into(),
         source: "upload".into(),
         created_at_ms: at_ms,
     }
@@ -435,8 +437,11 @@ pub async fn plugin_versions_are_bounded_and_activated(store: Arc<dyn Store>) {
     assert!(store.activate_plugin("acme", "p", 4).await.unwrap());
     assert_eq!(store.active_versions().await.unwrap(), vec![("acme".to_string(), "p".to_string(), 4)]);
     assert!(!store.activate_plugin("acme", "p", 1).await.unwrap(), "pruned");
-    assert_eq!(store.active_plugin("acme", "p").await.unwrap().unwrap().version, 4);
-    assert!(store.active_plugin("globex", "p").await.unwrap().is_none(), "plugins are per merchant");
+    assert_eq!(store.active_plugin("acme", "p", "engine-a").await.unwrap().unwrap().version, 4);
+    assert!(
+        store.active_plugin("globex", "p", "engine-a").await.unwrap().is_none(),
+        "plugins are per merchant"
+    );
 
     let small = VersionBounds { max_versions: 3, merchant_bytes: 500 };
     let refused = store.add_plugin_version(version("q", &[9; 300], NOW), None, small).await.unwrap();
@@ -444,8 +449,42 @@ pub async fn plugin_versions_are_bounded_and_activated(store: Arc<dyn Store>) {
     assert!(store.plugin_history("acme", "q").await.unwrap().versions.is_empty(), "nothing written");
 
     assert!(store.delete_plugin("acme", "p").await.unwrap());
-    assert!(store.active_plugin("acme", "p").await.unwrap().is_none());
+    assert!(store.active_plugin("acme", "p", "engine-a").await.unwrap().is_none());
     assert!(store.active_versions().await.unwrap().is_empty(), "a deleted plugin has no active version");
+}
+
+/// Each engine (fingerprint) has its own compiled artifact of a version: one engine saving its
+/// own never replaces another's, what it saved is what it reads, and the artifacts count
+/// towards the merchant's quota and go with their version.
+pub async fn compiled_code_is_kept_per_engine(store: Arc<dyn Store>) {
+    let bounds = VersionBounds { max_versions: 2, merchant_bytes: 1 << 20 };
+    assert_eq!(store.add_plugin_version(version("p", &[1; 100], NOW), None, bounds).await.unwrap(), Ok(1));
+    let compiled = |engine: &'static str| {
+        let store = store.clone();
+        async move { store.active_plugin("acme", "p", engine).await.unwrap().unwrap().compiled }
+    };
+    assert_eq!(compiled("engine-a").await, Some(vec![0; 10]), "the uploading engine's artifact");
+    assert_eq!(compiled("engine-b").await, None, "nothing compiled for another engine yet");
+    store.save_compiled("acme", "p", 1, "engine-b", vec![2; 20]).await.unwrap();
+    assert_eq!(compiled("engine-b").await, Some(vec![2; 20]));
+    assert_eq!(compiled("engine-a").await, Some(vec![0; 10]), "engine b's artifact did not replace a's");
+    store.save_compiled("acme", "p", 1, "engine-a", vec![3; 10]).await.unwrap();
+    assert_eq!(compiled("engine-a").await, Some(vec![3; 10]), "an engine replaces its own");
+
+    // Version 1 now takes 100 + 10 + 20 bytes; each new one 100 + 10.
+    let add = |content: u8, max_versions: u32, merchant_bytes: u64| {
+        let store = store.clone();
+        async move {
+            let bounds = VersionBounds { max_versions, merchant_bytes };
+            store.add_plugin_version(version("p", &[content; 100], NOW), None, bounds).await.unwrap()
+        }
+    };
+    assert!(add(2, 3, 239).await.is_err(), "130 + 110 > 239: engine b's artifact counts too");
+    assert_eq!(add(2, 3, 240).await, Ok(2));
+    // Two kept (the new one and the one it replaces): version 1 goes, with both artifacts.
+    assert_eq!(add(3, 2, 240).await, Ok(3), "240 - 130 + 110");
+    assert_eq!(add(4, 2, 220).await, Ok(4), "220 - 110 + 110: nothing of version 1 was left behind");
+    assert_eq!(compiled("engine-b").await, None, "version 4 was never compiled by engine b");
 }
 
 /// The raw body is kept byte for byte, whatever it holds.

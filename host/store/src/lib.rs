@@ -390,6 +390,9 @@ pub struct NewPluginVersion {
     pub sha256: String,
     /// The engine's compiled artifact, so a restart need not compile again.
     pub compiled: Vec<u8>,
+    /// The fingerprint of the engine that compiled it: only an engine with the same one (the
+    /// same wasmtime build and settings) may load it.
+    pub engine: String,
     /// `file` (from the config's path) or `upload`.
     pub source: String,
     /// When, unix ms.
@@ -403,8 +406,9 @@ pub struct StoredPlugin {
     pub version: u32,
     /// The component.
     pub wasm: Bytes,
-    /// The compiled artifact.
-    pub compiled: Vec<u8>,
+    /// The compiled artifact of the engine asked for, if that engine saved one. Replicas of
+    /// different builds (an upgrade one replica at a time) each keep their own.
+    pub compiled: Option<Vec<u8>>,
     /// Its hash, size, source and time, as listed.
     pub info: PluginVersionInfo,
 }
@@ -623,8 +627,14 @@ pub trait PluginStore: Send + Sync + 'static {
         bounds: VersionBounds,
     ) -> Result<Result<u32, QuotaExceeded>, StoreError>;
 
-    /// The active version of a plugin, with its bytes and compiled artifact.
-    async fn active_plugin(&self, merchant: &str, name: &str) -> Result<Option<StoredPlugin>, StoreError>;
+    /// The active version of a plugin, with its bytes and the compiled artifact of the engine
+    /// whose fingerprint is `engine`.
+    async fn active_plugin(
+        &self,
+        merchant: &str,
+        name: &str,
+        engine: &str,
+    ) -> Result<Option<StoredPlugin>, StoreError>;
 
     /// Every plugin's active version: (merchant, name, version). How a replica follows what
     /// another activated (see `Registry::follow_store`).
@@ -636,12 +646,15 @@ pub trait PluginStore: Send + Sync + 'static {
     /// Makes `version` the active one (it must exist). False when it does not.
     async fn activate_plugin(&self, merchant: &str, name: &str, version: u32) -> Result<bool, StoreError>;
 
-    /// Replaces a version's compiled artifact (after an engine upgrade made the old one unusable).
+    /// Saves (or replaces) the compiled artifact of a version for the engine whose fingerprint
+    /// is `engine`: one engine's artifact never replaces another's, so two builds sharing a
+    /// store do not compile the same version again and again.
     async fn save_compiled(
         &self,
         merchant: &str,
         name: &str,
         version: u32,
+        engine: &str,
         compiled: Vec<u8>,
     ) -> Result<(), StoreError>;
 

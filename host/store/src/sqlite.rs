@@ -120,10 +120,17 @@ CREATE TABLE IF NOT EXISTS plugin_versions (
     version         INTEGER NOT NULL,
     sha256          TEXT    NOT NULL,
     wasm            BLOB    NOT NULL,
-    compiled        BLOB    NOT NULL,
     source          TEXT    NOT NULL,
     created_at_ms   BIGINT  NOT NULL,
     PRIMARY KEY (merchant, name, version)
+);
+CREATE TABLE IF NOT EXISTS plugin_compiled (
+    merchant        TEXT    NOT NULL,
+    name            TEXT    NOT NULL,
+    version         INTEGER NOT NULL,
+    engine          TEXT    NOT NULL,
+    compiled        BLOB    NOT NULL,
+    PRIMARY KEY (merchant, name, version, engine)
 );
 CREATE TABLE IF NOT EXISTS plugin_kv (
     merchant  TEXT  NOT NULL,
@@ -214,6 +221,12 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
          DELETE FROM attempts WHERE upstream = '@plugins';
          COMMIT;",
     )?;
+    if has_column(conn, "plugin_versions", "compiled")? {
+        // A database from before compiled code was kept per engine: the one artifact it held
+        // has no engine to go with, so it goes, and each version is compiled once more, by the
+        // first engine that loads it (an upgrade would mostly have made it unusable anyway).
+        conn.execute_batch("ALTER TABLE plugin_versions DROP COLUMN compiled")?;
+    }
     conn.execute_batch(INDEXES)
 }
 
@@ -927,14 +940,18 @@ impl PluginStore for SqliteStore {
             let others = bounds.max_versions.saturating_sub(1 + u32::from(active.is_some()));
             let pruned: Vec<(u32, u64)> = conn
                 .prepare_cached(
-                    "SELECT version, LENGTH(wasm) + LENGTH(compiled) FROM plugin_versions
+                    "SELECT version, LENGTH(wasm) + (SELECT COALESCE(SUM(LENGTH(c.compiled)), 0) FROM plugin_compiled c
+                                                     WHERE c.merchant = v.merchant AND c.name = v.name
+                                                       AND c.version = v.version)
+                     FROM plugin_versions v
                      WHERE merchant = ?1 AND name = ?2 AND version IS NOT ?3
                      ORDER BY version DESC LIMIT -1 OFFSET ?4",
                 )?
                 .query_map(params![v.merchant, v.name, active, others], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
             let used: u64 = conn.query_row(
-                "SELECT COALESCE(SUM(LENGTH(wasm) + LENGTH(compiled)), 0) FROM plugin_versions WHERE merchant = ?1",
+                "SELECT (SELECT COALESCE(SUM(LENGTH(wasm)), 0) FROM plugin_versions WHERE merchant = ?1)
+                      + (SELECT COALESCE(SUM(LENGTH(compiled)), 0) FROM plugin_compiled WHERE merchant = ?1)",
                 params![v.merchant],
                 |r| r.get(0),
             )?;
@@ -944,13 +961,21 @@ impl PluginStore for SqliteStore {
                 return Ok(Err(QuotaExceeded { needed, quota: bounds.merchant_bytes }));
             }
             for (old, _) in &pruned {
-                conn.prepare_cached("DELETE FROM plugin_versions WHERE merchant = ?1 AND name = ?2 AND version = ?3")?
+                for table in ["plugin_versions", "plugin_compiled"] {
+                    conn.prepare_cached(&format!(
+                        "DELETE FROM {table} WHERE merchant = ?1 AND name = ?2 AND version = ?3"
+                    ))?
                     .execute(params![v.merchant, v.name, old])?;
+                }
             }
             conn.execute(
-                "INSERT INTO plugin_versions (merchant, name, version, sha256, wasm, compiled, source, created_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![v.merchant, v.name, version, v.sha256, &v.wasm[..], v.compiled, v.source, v.created_at_ms],
+                "INSERT INTO plugin_versions (merchant, name, version, sha256, wasm, source, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![v.merchant, v.name, version, v.sha256, &v.wasm[..], v.source, v.created_at_ms],
+            )?;
+            conn.execute(
+                "INSERT INTO plugin_compiled (merchant, name, version, engine, compiled) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![v.merchant, v.name, version, v.engine, v.compiled],
             )?;
             conn.execute(
                 "INSERT INTO plugins (merchant, name, active_version, file_sha256) VALUES (?1, ?2, ?3, ?4)
@@ -964,15 +989,22 @@ impl PluginStore for SqliteStore {
         .await
     }
 
-    async fn active_plugin(&self, merchant: &str, name: &str) -> Result<Option<StoredPlugin>, StoreError> {
-        let (merchant, name) = (merchant.to_string(), name.to_string());
+    async fn active_plugin(
+        &self,
+        merchant: &str,
+        name: &str,
+        engine: &str,
+    ) -> Result<Option<StoredPlugin>, StoreError> {
+        let (merchant, name, engine) = (merchant.to_string(), name.to_string(), engine.to_string());
         self.read(move |conn| {
             conn.query_row(
-                "SELECT v.version, v.wasm, v.compiled, v.sha256, v.source, v.created_at_ms
+                "SELECT v.version, v.wasm, c.compiled, v.sha256, v.source, v.created_at_ms
                  FROM plugins p JOIN plugin_versions v
                    ON v.merchant = p.merchant AND v.name = p.name AND v.version = p.active_version
+                 LEFT JOIN plugin_compiled c
+                   ON c.merchant = v.merchant AND c.name = v.name AND c.version = v.version AND c.engine = ?3
                  WHERE p.merchant = ?1 AND p.name = ?2",
-                params![merchant, name],
+                params![merchant, name, engine],
                 |r| {
                     let wasm: Vec<u8> = r.get(1)?;
                     Ok(StoredPlugin {
@@ -1055,13 +1087,18 @@ impl PluginStore for SqliteStore {
         merchant: &str,
         name: &str,
         version: u32,
+        engine: &str,
         compiled: Vec<u8>,
     ) -> Result<(), StoreError> {
-        let (merchant, name) = (merchant.to_string(), name.to_string());
+        let (merchant, name, engine) = (merchant.to_string(), name.to_string(), engine.to_string());
         self.write_with(Priority::Background, move |conn| {
+            // Only for a version that still exists: one pruned meanwhile leaves nothing behind.
             conn.execute(
-                "UPDATE plugin_versions SET compiled = ?4 WHERE merchant = ?1 AND name = ?2 AND version = ?3",
-                params![merchant, name, version, compiled],
+                "INSERT INTO plugin_compiled (merchant, name, version, engine, compiled)
+                 SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS
+                     (SELECT 1 FROM plugin_versions WHERE merchant = ?1 AND name = ?2 AND version = ?3)
+                 ON CONFLICT (merchant, name, version, engine) DO UPDATE SET compiled = excluded.compiled",
+                params![merchant, name, version, engine, compiled],
             )?;
             Ok(())
         })
@@ -1073,14 +1110,13 @@ impl PluginStore for SqliteStore {
         self.write(move |conn| {
             let n = conn
                 .execute("DELETE FROM plugins WHERE merchant = ?1 AND name = ?2", params![merchant, name])?;
-            conn.execute(
+            for sql in [
                 "DELETE FROM plugin_versions WHERE merchant = ?1 AND name = ?2",
-                params![merchant, name],
-            )?;
-            conn.execute(
+                "DELETE FROM plugin_compiled WHERE merchant = ?1 AND name = ?2",
                 "DELETE FROM plugin_kv WHERE merchant = ?1 AND plugin = ?2",
-                params![merchant, name],
-            )?;
+            ] {
+                conn.execute(sql, params![merchant, name])?;
+            }
             Ok(n == 1)
         })
         .await
@@ -1387,6 +1423,35 @@ mod tests {
         assert_eq!((&step.status[..], step.attempts, step.error.as_deref()), ("dead", 2, Some("p: timeout")));
         assert!(failed.deliveries.is_empty() && failed.attempts.is_empty(), "{failed:?}");
         assert!(store.due_deliveries("@plugins", i64::MAX, None, 10).await.unwrap().is_empty());
+        store.close().await;
+    }
+
+    /// A database from before compiled code was kept per engine: its versions stay, active and
+    /// loadable, and the one artifact each had (of an unknown engine) is not offered to any.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn plugin_versions_with_one_compiled_artifact_are_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db").display().to_string();
+        // The older gateway's table, as it made it.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE plugin_versions (merchant TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL,
+                 sha256 TEXT NOT NULL, wasm BLOB NOT NULL, compiled BLOB NOT NULL, source TEXT NOT NULL,
+                 created_at_ms BIGINT NOT NULL, PRIMARY KEY (merchant, name, version));
+             CREATE TABLE plugins (merchant TEXT NOT NULL, name TEXT NOT NULL, active_version INTEGER,
+                 file_sha256 TEXT, PRIMARY KEY (merchant, name));
+             INSERT INTO plugin_versions VALUES ('acme', 'p', 1, 'abc', X'0061736d', X'01020304', 'upload', 5);
+             INSERT INTO plugins VALUES ('acme', 'p', 1, NULL);",
+        )
+        .unwrap();
+        drop(conn);
+
+        let store = SqliteStore::open(&StoreConfig { path, ..StoreConfig::default() }, Arc::new(())).unwrap();
+        let active = store.active_plugin("acme", "p", "engine-a").await.unwrap().expect("still active");
+        assert_eq!((active.version, &active.wasm[..], active.compiled), (1, &b"\0asm"[..], None));
+        store.save_compiled("acme", "p", 1, "engine-a", vec![7; 4]).await.unwrap();
+        let active = store.active_plugin("acme", "p", "engine-a").await.unwrap().unwrap();
+        assert_eq!(active.compiled, Some(vec![7; 4]));
         store.close().await;
     }
 }
