@@ -1,16 +1,22 @@
 //! Several gateway replicas on one PostgreSQL database (a real server, started for the test),
 //! each a real `payflow-edge serve` process: the same event sent to every replica at once is
 //! stored once and delivered once, distinct events spread over the replicas are each
-//! delivered once, and any replica's admin API answers for all of them.
+//! delivered once, and any replica's admin API answers for all of them. Under load, a replica
+//! killed (-9) or the database restarted loses no acknowledged event.
 
 mod support;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use payflow_store_postgres::server::TestServer;
 use serde_json::Value;
-use support::{client, guests, queue_config, send_event, wait_for_status, Gateway, Upstream, ADMIN_TOKEN};
+use support::{
+    client, guests, queue_config, send_event, try_send_event, wait_for_status, Gateway, Upstream, ADMIN_TOKEN,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -134,6 +140,155 @@ async fn deliveries_claimed_by_a_killed_replica_are_taken_over_when_their_lease_
         wait_for_status(&client, &b, &format!("evt_k{i}"), "delivered", WAIT).await;
     }
     assert!(stuck.received().is_empty(), "the first replica never got an answer");
+}
+
+/// Senders that keep webhooks coming, as PayFlow would: `senders` tasks, each sending its own
+/// `per_sender` events, one after another. A request answered 503, or never answered (its
+/// replica died), is sent again (to the next replica in `urls`, as a load balancer would)
+/// until it gets a 200: every event ends acknowledged. Every reply must be a 200 or a `503
+/// store_unavailable`. `acked` counts the acknowledgements as they come.
+struct Load {
+    acked: Arc<AtomicUsize>,
+    /// The id of each acknowledged event, with the URL that acknowledged it.
+    by: Arc<Mutex<BTreeMap<String, String>>>,
+    refused: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(urls: Vec<String>, senders: usize, per_sender: usize) -> Load {
+        let acked = Arc::new(AtomicUsize::new(0));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let by = Arc::new(Mutex::new(BTreeMap::new()));
+        let client = client();
+        let tasks = (0..senders)
+            .map(|s| {
+                let (urls, acked, refused, by, client) =
+                    (urls.clone(), acked.clone(), refused.clone(), by.clone(), client.clone());
+                tokio::spawn(async move {
+                    let mut next = s;
+                    for n in 0..per_sender {
+                        let id = format!("evt_s{s}_{n:03}");
+                        let deadline = Instant::now() + WAIT;
+                        loop {
+                            assert!(Instant::now() < deadline, "{id} was never acknowledged");
+                            let url = &urls[next % urls.len()];
+                            next += 1;
+                            match try_send_event(&client, url, &id).await {
+                                Ok((200, _)) => {
+                                    by.lock().unwrap().insert(id, url.clone());
+                                    acked.fetch_add(1, Ordering::SeqCst);
+                                    break;
+                                }
+                                Ok((503, reply)) => {
+                                    assert_eq!(reply["error"], "store_unavailable", "{id}: {reply}");
+                                    refused.fetch_add(1, Ordering::SeqCst);
+                                }
+                                Ok((status, reply)) => panic!("{id}: {status} {reply}"),
+                                Err(_) => {} // The replica is gone: the next one.
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { acked, by, refused, tasks }
+    }
+
+    async fn wait_until_acked(&self, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.acked.load(Ordering::SeqCst) < n {
+            assert!(Instant::now() < deadline, "never {n} acknowledgements");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits for every sender; returns each event with the URL that acknowledged it.
+    async fn finish(self) -> BTreeMap<String, String> {
+        for task in self.tasks {
+            task.await.expect("a sender failed");
+        }
+        Arc::try_unwrap(self.by).unwrap().into_inner().unwrap()
+    }
+}
+
+/// Three replicas under load; one is killed (-9) while it is acknowledging events and holding
+/// claimed deliveries. Every event it acknowledged is delivered (by the others, after its
+/// claims' lease), and so is every other one: nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_under_load_loses_no_acknowledged_event() {
+    let pg = TestServer::start();
+    let url = pg.database("kill_under_load");
+    let legacy = Upstream::start().await;
+    // Slow enough that the replica to be killed has deliveries in flight when it dies.
+    legacy.set_delay(Duration::from_millis(30));
+    let config = queue_config(Path::new("unused.db"), &legacy.url(), "timeout_ms = 2000\n")
+        .replace("[store]\n", &format!("[store]\nurl = {url:?}\nlease_ms = 3000\n"));
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut replicas: Vec<Gateway> = dirs.iter().map(|d| Gateway::start(d.path(), &config)).collect();
+    let urls: Vec<String> = replicas.iter().map(|r| r.url("/webhooks/payflow")).collect();
+
+    let load = Load::start(urls.clone(), 6, 40);
+    load.wait_until_acked(60).await;
+    replicas[0].kill9();
+    let acked_at_kill = load.acked.load(Ordering::SeqCst);
+    let acked = load.finish().await;
+    assert_eq!(acked.len(), 240, "every event acknowledged, by a replica left alive after the kill");
+    let by_killed: BTreeSet<&String> =
+        acked.iter().filter(|(_, u)| **u == urls[0]).map(|(id, _)| id).collect();
+    assert!(!by_killed.is_empty(), "the killed replica had acknowledged events");
+    eprintln!(
+        "{} acknowledged when replica 0 was killed, {} of them by it; {} acknowledged in all",
+        acked_at_kill,
+        by_killed.len(),
+        acked.len()
+    );
+
+    legacy
+        .wait_for(WAIT, "every acknowledged event delivered", |r| {
+            let got: BTreeSet<&str> = r.iter().map(|r| r.event_id.as_str()).collect();
+            acked.keys().all(|id| got.contains(id.as_str()))
+        })
+        .await;
+    let client = client();
+    for id in &by_killed {
+        wait_for_status(&client, &replicas[1], id, "delivered", WAIT).await;
+    }
+}
+
+/// One replica under load while PostgreSQL is stopped (immediately, as a crash would) and
+/// started again: every reply is a 200 or a `503 store_unavailable`, the senders' retries are
+/// acknowledged once the database is back, without restarting the replica, and every event
+/// that got a 200, before, during or after, is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_under_load_loses_no_acknowledged_event() {
+    let pg = TestServer::start();
+    let url = pg.database("restart_under_load");
+    let legacy = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &replica_config(&url, &legacy.url()));
+
+    let load = Load::start(vec![gw.url("/webhooks/payflow")], 6, 40);
+    load.wait_until_acked(60).await;
+    tokio::task::block_in_place(|| pg.stop());
+    let refused_before = load.refused.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let acked_while_down = load.acked.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(load.acked.load(Ordering::SeqCst), acked_while_down, "no 200 while the database is down");
+    tokio::task::block_in_place(|| pg.restart());
+    let refused = load.refused.clone();
+    let acked = load.finish().await;
+    assert_eq!(acked.len(), 240);
+    assert!(refused.load(Ordering::SeqCst) > refused_before, "the senders were refused while it was down");
+
+    legacy
+        .wait_for(WAIT, "every acknowledged event delivered", |r| {
+            let got: BTreeSet<&str> = r.iter().map(|r| r.event_id.as_str()).collect();
+            acked.keys().all(|id| got.contains(id.as_str()))
+        })
+        .await;
 }
 
 /// PostgreSQL stopped: webhooks get `503 store_unavailable` (never a 200 that was not

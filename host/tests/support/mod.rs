@@ -288,20 +288,39 @@ pub async fn post(
     headers: &[(String, String)],
     body: Vec<u8>,
 ) -> (u16, Value) {
+    try_post(client, url, headers, body).await.expect("request")
+}
+
+/// [`post`], or the error when no reply came (the connection was refused or cut).
+pub async fn try_post(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(String, String)],
+    body: Vec<u8>,
+) -> Result<(u16, Value), reqwest::Error> {
     let mut request = client.post(url).body(body);
     for (name, value) in headers {
         request = request.header(name, value);
     }
-    let response = request.send().await.expect("request");
+    let response = request.send().await?;
     let status = response.status().as_u16();
-    let text = response.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(json!({ "raw": text })))
+    let text = response.text().await?;
+    Ok((status, serde_json::from_str(&text).unwrap_or(json!({ "raw": text }))))
 }
 
 /// Sends one signed event (payflow v1 with SECRET).
 pub async fn send_event(client: &reqwest::Client, url: &str, id: &str) -> (u16, Value) {
+    try_send_event(client, url, id).await.expect("request")
+}
+
+/// [`send_event`], or the error when no reply came.
+pub async fn try_send_event(
+    client: &reqwest::Client,
+    url: &str,
+    id: &str,
+) -> Result<(u16, Value), reqwest::Error> {
     let body = event_body(id, "payment.succeeded");
-    post(client, url, &sign(Scheme::PayFlow, SECRET, &body, id), body).await
+    try_post(client, url, &sign(Scheme::PayFlow, SECRET, &body, id), body).await
 }
 
 /// GET on the admin API with a token.
