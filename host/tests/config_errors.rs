@@ -84,6 +84,22 @@ fn bad_configs_exit_2_naming_the_key() {
             BASE.replace("[store]\n", "[store]\nurl = \"postgresql://db/p\"\npool_size = 1\n") + endpoint,
             &["store.pool_size", "at least 2"],
         ),
+        (
+            format!("{BASE}{endpoint}[[upstream]]\nname = \"u\"\nurl = \"http://127.0.0.1:1/\"\nsign_secret = \"s\"\nsign_scheme = \"payflow-v2\"\n"),
+            &["sign_scheme", "payflow-v0", "standard-webhooks"],
+        ),
+        (
+            format!("{BASE}{endpoint}[[upstream]]\nname = \"u\"\nurl = \"http://127.0.0.1:1/\"\nsign_secret = \"s\"\nsign_scheme = \"none\"\n"),
+            &["upstream[0].sign_scheme", "remove sign_secret"],
+        ),
+        (
+            format!("{BASE}{endpoint}[[upstream]]\nname = \"u\"\nurl = \"http://127.0.0.1:1/\"\nsign_scheme = \"payflow\"\n"),
+            &["upstream[0].sign_secret", "sign_scheme = \"payflow\" needs a sign_secret"],
+        ),
+        (
+            format!("{BASE}{endpoint}[[upstream]]\nname = \"u\"\nurl = \"http://127.0.0.1:1/\"\nsign_secret = \"not-a-key\"\nsign_scheme = \"standard-webhooks\"\n"),
+            &["upstream[0].sign_secret", "whsec_"],
+        ),
         (format!("{BASE}{endpoint}dedup_scope = \"/elsewhere\"\n"), &["endpoint[0].dedup_scope", "no endpoint's path"]),
         (format!("{BASE}{endpoint}dedup_scope = \"a b\"\n"), &["endpoint[0].dedup_scope", "letters, digits"]),
         (

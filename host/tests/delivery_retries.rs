@@ -113,8 +113,11 @@ async fn deliveries_carry_the_event_id_and_a_fresh_signature() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = Upstream::start().await;
     let hop_secret = "whsec_hop_secret_for_the_legacy_app";
-    let config =
-        queue_config(&dir.path().join("db"), &upstream.url(), &format!("sign_secret = \"{hop_secret}\""));
+    let config = queue_config(
+        &dir.path().join("db"),
+        &upstream.url(),
+        &format!("sign_secret = \"{hop_secret}\"\nsign_scheme = \"payflow\""),
+    );
     let gw = Gateway::start(dir.path(), &config);
     let client = client();
     assert_eq!(

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use payflow_verify::{Encoding, HmacScheme, Scheme, Signer, Verifier, VerifierConfig};
+use payflow_verify::{Encoding, HmacScheme, PayFlowForm, Scheme, Signer, Verifier, VerifierConfig};
 use serde::Deserialize;
 
 /// The merchant that owns everything not explicitly assigned.
@@ -289,8 +289,56 @@ pub struct UpstreamConfig {
     /// Longest delay between attempts.
     #[serde(default = "default_retry_max")]
     pub retry_max_ms: u64,
-    /// Re-sign each delivery with this secret (payflow v1 signature).
+    /// Re-sign each delivery with this secret, in the form `sign_scheme` names.
     pub sign_secret: Option<String>,
+    /// How deliveries are signed with `sign_secret`: `payflow-v0` when not given (what PayFlow
+    /// itself sends, so an app that checks signatures as PayFlow's page says accepts them).
+    pub sign_scheme: Option<SignScheme>,
+}
+
+/// The form an upstream's deliveries are signed in (`sign_scheme`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignScheme {
+    /// `X-PayFlow-Signature: <hex>`: hex HMAC-SHA256 of the delivered body, exactly what PayFlow
+    /// sends and what its page tells apps to check.
+    PayflowV0,
+    /// `X-PayFlow-Signature: t=<unix>,v1=<hex>` over `"{t}.{body}"`: timestamped, so a replay
+    /// of an old delivery can be refused.
+    Payflow,
+    /// Standard Webhooks (`webhook-id` = the event id, `webhook-timestamp`,
+    /// `webhook-signature`); the secret is a `whsec_…` key.
+    StandardWebhooks,
+    /// Deliveries are not signed.
+    None,
+}
+
+impl SignScheme {
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignScheme::PayflowV0 => "payflow-v0",
+            SignScheme::Payflow => "payflow",
+            SignScheme::StandardWebhooks => "standard-webhooks",
+            SignScheme::None => "none",
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// What signs deliveries to this upstream, and in which PayFlow form; `None` when they are
+    /// not signed. Fails when the secret cannot sign in that scheme (a Standard Webhooks key
+    /// that is not `whsec_` and base64).
+    pub fn signer(&self) -> Result<Option<(Signer, PayFlowForm)>, payflow_verify::ConfigError> {
+        let Some(secret) = &self.sign_secret else { return Ok(None) };
+        let (scheme, form) = match self.sign_scheme.unwrap_or(SignScheme::PayflowV0) {
+            SignScheme::PayflowV0 => (Scheme::PayFlow, PayFlowForm::V0),
+            SignScheme::Payflow => (Scheme::PayFlow, PayFlowForm::V1),
+            SignScheme::StandardWebhooks => (Scheme::StandardWebhooks, PayFlowForm::V1),
+            SignScheme::None => return Ok(None),
+        };
+        Ok(Some((Signer::new(scheme, &[secret])?, form)))
+    }
 }
 
 /// `[[plugin]]`: a plugin and its sandbox limits.
@@ -563,6 +611,24 @@ impl Config {
             }
             if matches!(&u.sign_secret, Some(s) if s.is_empty()) {
                 return Err(invalid(key("sign_secret"), "must not be empty"));
+            }
+            match (u.sign_scheme, &u.sign_secret) {
+                (Some(SignScheme::None), Some(_)) => {
+                    return Err(invalid(
+                        key("sign_scheme"),
+                        "\"none\" with a sign_secret: remove sign_secret, or choose payflow-v0, payflow or standard-webhooks",
+                    ))
+                }
+                (Some(scheme), None) if scheme != SignScheme::None => {
+                    return Err(invalid(
+                        key("sign_secret"),
+                        format!("sign_scheme = \"{}\" needs a sign_secret to sign with", scheme.as_str()),
+                    ))
+                }
+                _ => {}
+            }
+            if let Err(e) = u.signer() {
+                return Err(invalid(key("sign_secret"), e.to_string()));
             }
         }
 

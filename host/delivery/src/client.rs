@@ -68,7 +68,7 @@ impl Default for UpstreamClient {
 
 impl UpstreamClient {
     /// POSTs an event's body to the upstream with `X-PayFlow-Event-Id` (and a fresh
-    /// signature when the upstream has a `sign_secret`), plus the headers plugins added (a
+    /// signature in its `sign_scheme` when the upstream has a `sign_secret`), plus the headers plugins added (a
     /// plugin's `content-type` replaces the JSON one).
     pub async fn send(
         &self,
@@ -92,8 +92,12 @@ impl UpstreamClient {
             .header(USER_AGENT, concat!("payflow-edge/", env!("CARGO_PKG_VERSION")))
             .header(EVENT_ID_HEADER, event_id)
             .header(REQUEST_ID_HEADER, request_id);
-        if let Some(signer) = signer {
-            if let Ok(headers) = signer.sign(&body, &SignOptions::at(now_secs)) {
+        if let Some((signer, payflow_form)) = signer {
+            // Standard Webhooks signs a message id: the event's, which the upstream also gets as
+            // X-PayFlow-Event-Id. The configuration check proved the secret can sign.
+            let options =
+                SignOptions { timestamp: now_secs, id: Some(event_id), payflow_form: *payflow_form };
+            if let Ok(headers) = signer.sign(&body, &options) {
                 for (name, value) in headers {
                     request = request.header(name, value);
                 }

@@ -21,6 +21,7 @@ fn upstream() -> Upstream {
         retry_base_ms: 1_000,
         retry_max_ms: 60_000,
         sign_secret: None,
+        sign_scheme: None,
     })
     .unwrap()
 }

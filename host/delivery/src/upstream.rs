@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::Uri;
-use payflow_verify::{Scheme, Signer};
+use payflow_verify::{PayFlowForm, Signer};
 
 use crate::lane::Lane;
 use crate::policy::RetryPolicy;
@@ -21,8 +21,9 @@ pub struct Upstream {
     pub merchant: String,
     /// Target URL.
     pub uri: Uri,
-    /// Re-signs each delivery when the upstream has a `sign_secret`.
-    pub signer: Option<Signer>,
+    /// Re-signs each delivery when the upstream has a `sign_secret`, in the PayFlow form its
+    /// `sign_scheme` names (ignored by the other schemes).
+    pub signer: Option<(Signer, PayFlowForm)>,
     /// Per-request timeout.
     pub timeout: Duration,
     /// Its deliveries, as the dispatcher drains them.
@@ -59,10 +60,7 @@ impl DeliveryCounts {
 impl Upstream {
     /// Builds an upstream from validated configuration.
     pub fn new(config: &UpstreamConfig) -> Result<Self, UpstreamError> {
-        let signer = match &config.sign_secret {
-            Some(secret) => Some(Signer::new(Scheme::PayFlow, &[secret])?),
-            None => None,
-        };
+        let signer = config.signer()?;
         let policy = RetryPolicy {
             max_attempts: config.max_attempts,
             base: Duration::from_millis(config.retry_base_ms),
