@@ -169,3 +169,38 @@ fn sign_with_two_secrets_lists_both_signatures() {
     let b = python(&format!("mac(secret, b'{NOW}.' + body).hexdigest()"), "whsec_b", BODY);
     assert_eq!(line.trim(), format!("X-PayFlow-Signature: t={NOW},v1={a},v1={b}"));
 }
+
+/// A signature made the way PayFlow's page computes it (HMAC over the compact re-serialised
+/// JSON, here by Node's own JSON.stringify), checked against a body sent pretty-printed: the
+/// raw bytes do not match, so `verify` refuses it, and says that `--json-compat` would accept
+/// it; with the flag it passes. A plain forgery gets no such hint.
+#[test]
+fn verify_names_json_compat_when_only_the_reserialised_body_matches() {
+    let pretty = "{\n  \"id\": \"evt_cli_pretty\",\n  \"type\": \"payment.succeeded\",\n  \"data\": {\"amount\": 2500}\n}";
+    let node = Command::new("node")
+        .args([
+            "-e",
+            "const c=require('crypto');const [s,b]=process.argv.slice(1);\
+             process.stdout.write(c.createHmac('sha256',s).update(JSON.stringify(JSON.parse(b))).digest('hex'))",
+            SECRET,
+            pretty,
+        ])
+        .output()
+        .expect("node");
+    let hex = String::from_utf8(node.stdout).unwrap();
+    assert_eq!(hex.len(), 64, "{}", String::from_utf8_lossy(&node.stderr));
+    let header = format!("X-PayFlow-Signature: {hex}");
+
+    let refused = verify(&["--header", &header], pretty);
+    assert_eq!(code(&refused), 1);
+    let message = stderr(&refused);
+    assert!(message.contains("invalid_signature") && message.contains("--json-compat"), "{message}");
+    assert!(message.contains("PayFlow's documented algorithm"), "{message}");
+
+    let accepted = verify(&["--header", &header, "--json-compat"], pretty);
+    assert_eq!(code(&accepted), 0, "{}", stderr(&accepted));
+
+    let forged = verify(&["--header", &format!("X-PayFlow-Signature: {}", "ab".repeat(32))], pretty);
+    assert_eq!(code(&forged), 1);
+    assert!(!stderr(&forged).contains("json-compat"), "{}", stderr(&forged));
+}

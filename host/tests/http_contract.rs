@@ -218,3 +218,40 @@ async fn every_authentic_event_is_kept_whatever_its_id_or_nesting() {
     assert_eq!(stored_status(&db, r"evt_\udbff"), "['quarantined']");
     assert_eq!(stored_status(&db, "evt_deep"), "['quarantined']");
 }
+
+/// A request signed by PayFlow's documented algorithm (HMAC over `JSON.stringify(JSON.parse
+/// (body))`, computed here by Node) whose body arrived re-serialised: the sender still gets
+/// `401 invalid_signature` and nothing more, while the gateway's log tells the operator the
+/// option that would accept it. A forgery leaves no such hint.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signature_over_reserialised_json_is_refused_with_a_hint_in_the_log_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &config(&dir.path().join("db")));
+    let (client, url) = (client(), gw.url("/wh/payflow"));
+    let pretty =
+        "{\n  \"id\": \"evt_pretty\",\n  \"type\": \"payment.succeeded\",\n  \"data\": {\"amount\": 2500}\n}";
+    let node = std::process::Command::new("node")
+        .args([
+            "-e",
+            "const c=require('crypto');const [s,b]=process.argv.slice(1);\
+             process.stdout.write(c.createHmac('sha256',s).update(JSON.stringify(JSON.parse(b))).digest('hex'))",
+            SECRET,
+            pretty,
+        ])
+        .output()
+        .expect("node");
+    let hex = String::from_utf8(node.stdout).unwrap();
+    let h = |v: &str| vec![("X-PayFlow-Signature".to_string(), v.to_string())];
+
+    let (status, reply) = post(&client, &url, &h(&"ab".repeat(32)), pretty.into()).await;
+    assert_eq!((status, reply), (401, json!({"error": "invalid_signature"})));
+    let (status, reply) = post(&client, &url, &h(&hex), pretty.into()).await;
+    assert_eq!((status, reply), (401, json!({"error": "invalid_signature"})), "the reply says no more");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !gw.logs().contains("json_compat = true") {
+        assert!(std::time::Instant::now() < deadline, "no hint in the log:\n{}", gw.logs());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let hints = gw.logs().lines().filter(|l| l.contains("json_compat = true")).count();
+    assert_eq!(hints, 1, "one hint, for the re-serialised request only:\n{}", gw.logs());
+}

@@ -119,6 +119,29 @@ impl Verifier {
         body: &[u8],
         now: i64,
     ) -> Result<Verified, VerifyError> {
+        self.verify_with(headers, body, now, self.json_compat)
+    }
+
+    /// Whether a request this verifier refuses as `invalid_signature` would pass with
+    /// `json_compat` on: its signature is PayFlow's documented algorithm (HMAC over
+    /// `JSON.stringify(JSON.parse(body))`) and the sender re-serialised its JSON. False for
+    /// other schemes, and when `json_compat` is already on. The caller says so where its
+    /// operator reads (a log, the CLI's message), naming the option, never in the reply to the
+    /// sender, which learns the reason and nothing more.
+    #[cfg(feature = "json-compat")]
+    pub fn would_match_json_compat(&self, headers: &(impl Headers + ?Sized), body: &[u8], now: i64) -> bool {
+        !self.json_compat
+            && matches!(self.scheme(), Scheme::PayFlow)
+            && self.verify_with(headers, body, now, true).is_ok_and(|v| v.via_json_compat)
+    }
+
+    fn verify_with(
+        &self,
+        headers: &(impl Headers + ?Sized),
+        body: &[u8],
+        now: i64,
+        json_compat: bool,
+    ) -> Result<Verified, VerifyError> {
         let claim = match self.scheme() {
             Scheme::PayFlow => parse::payflow(headers),
             Scheme::StandardWebhooks => parse::standard_webhooks(headers),
@@ -153,13 +176,14 @@ impl Verifier {
             return Ok(Verified { timestamp, via_json_compat: false });
         }
         #[cfg(feature = "json-compat")]
-        if self.json_compat {
+        if json_compat {
             if let Some(canonical) = crate::compat::js_canonical_json(body) {
                 if canonical != body && self.any_matches(&claim.macs, &prefix, &canonical) {
                     return Ok(Verified { timestamp, via_json_compat: true });
                 }
             }
         }
+        let _ = json_compat; // without the json-compat feature there is no other form
         Err(VerifyError::InvalidSignature)
     }
 

@@ -222,7 +222,8 @@ pub struct EndpointConfig {
     /// payflow: refuse v0.
     #[serde(default)]
     pub require_timestamp: bool,
-    /// payflow: accept the seed's JSON.stringify form.
+    /// payflow: also accept PayFlow's documented algorithm, an HMAC over
+    /// `JSON.stringify(JSON.parse(body))` (for senders that re-serialise their JSON).
     #[serde(default)]
     pub json_compat: bool,
     /// Queue or proxy.

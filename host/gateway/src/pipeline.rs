@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::Request;
-use payflow_verify::{event, Verifier};
+use payflow_verify::{event, Reason, Verifier};
 
 use crate::answer::Answer;
 pub use crate::answer::Outcome;
@@ -154,9 +154,26 @@ impl Pipeline {
         };
 
         // Verify: over the raw bytes, before anything looks inside them.
-        let verified = endpoint.verifier.verify(&HttpHeaders(&parts.headers), &body, self.clock.now_secs());
+        let (headers, now) = (HttpHeaders(&parts.headers), self.clock.now_secs());
+        let verified = endpoint.verifier.verify(&headers, &body, now);
         if let Err(e) = verified {
-            tracing::info!(request_id, endpoint = %endpoint.path, reason = %e.reason(), "signature refused");
+            // Only on a refusal, only for payflow endpoints: one more HMAC over the re-serialised
+            // body, so the operator learns why an app's own signatures fail. The sender's reply
+            // stays `invalid_signature`.
+            if e.reason() == Reason::InvalidSignature
+                && endpoint.verifier.would_match_json_compat(&headers, &body, now)
+            {
+                tracing::warn!(
+                    request_id,
+                    endpoint = %endpoint.path,
+                    reason = %e.reason(),
+                    "signature refused, but it matches PayFlow's documented algorithm (HMAC over \
+                     JSON.stringify(JSON.parse(body))): the sender re-serialised its JSON. Set \
+                     json_compat = true on this [[endpoint]] to accept such requests"
+                );
+            } else {
+                tracing::info!(request_id, endpoint = %endpoint.path, reason = %e.reason(), "signature refused");
+            }
             endpoint.counts.verification_failures.inc(e.reason().as_str());
             return Answer::SignatureRefused(e.reason());
         }

@@ -8,7 +8,7 @@ use payflow_verify::{Encoding, HmacScheme, PayFlowForm, Scheme};
 pub enum SchemeName {
     /// X-PayFlow-Signature; signs the timestamped v1 form, verifies v0 and v1
     Payflow,
-    /// X-PayFlow-Signature, the seed's untimestamped hex form
+    /// X-PayFlow-Signature: <hex>, untimestamped: what PayFlow sends and its page checks
     PayflowV0,
     /// webhook-id / webhook-timestamp / webhook-signature
     StandardWebhooks,

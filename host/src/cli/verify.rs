@@ -22,7 +22,8 @@ pub struct VerifyArgs {
     /// payflow: refuse the untimestamped v0 form.
     #[arg(long)]
     require_timestamp: bool,
-    /// payflow: also accept the seed's HMAC over JSON.stringify(JSON.parse(body)).
+    /// payflow: also accept PayFlow's documented algorithm, an HMAC over
+    /// JSON.stringify(JSON.parse(body)).
     #[arg(long)]
     json_compat: bool,
 }
@@ -35,15 +36,24 @@ pub fn run(args: VerifyArgs) -> Result<(), Failure> {
     config.json_compat = args.json_compat;
     let verifier = Verifier::new(config)?;
     let body = read_stdin()?;
-    let verified = verifier
-        .verify(&headers, &body, args.now.unwrap_or_else(unix_now))
-        .map_err(|e| Failure::Negative(e.to_string()))?;
+    let now = args.now.unwrap_or_else(unix_now);
+    let verified = verifier.verify(&headers, &body, now).map_err(|e| {
+        let mut message = e.to_string();
+        if verifier.would_match_json_compat(&headers, &body, now) {
+            message.push_str(
+                "\nhint: it matches PayFlow's documented algorithm (HMAC over JSON.stringify(JSON.parse(body))): \
+                 the body was re-serialised after signing. --json-compat accepts it (json_compat = true on a \
+                 gateway endpoint)",
+            );
+        }
+        Failure::Negative(message)
+    })?;
     let mut line = format!("valid {} signature", verifier.scheme());
     if let Some(ts) = verified.timestamp {
         line.push_str(&format!(", signed at {ts}"));
     }
     if verified.via_json_compat {
-        line.push_str(" (matched the seed's JSON.stringify form)");
+        line.push_str(" (matched PayFlow's documented JSON.stringify form)");
     }
     println!("{line}");
     Ok(())
