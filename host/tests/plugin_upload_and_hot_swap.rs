@@ -300,3 +300,49 @@ async fn plugin_versions_are_bounded_in_number_and_storage() {
     let (_, after) = call(&client, reqwest::Method::GET, url.clone(), ACME, vec![]).await;
     assert_eq!(after["versions"].as_array().unwrap().len(), stored, "{after}");
 }
+
+/// Regression: events arriving before a declared plugin had a version went `dead` within ~3 s
+/// (three failed attempts) although PayFlow had its 200. Now, with the default retry policy
+/// (three attempts), they wait, queued, using up no attempt, for as long as nobody uploads;
+/// `serve` warns at start-up, `/readyz` says why, and the upload delivers them.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_for_a_plugin_without_a_version_wait_for_one_instead_of_dying() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = Upstream::start().await;
+    let config = support::queue_config(&dir.path().join("db"), &app.url(), "")
+        .replace("upstream = \"legacy\"\n", "upstream = \"legacy\"\nplugins = [\"shape\"]\n")
+        + "[[plugin]]\nname = \"shape\"\n";
+    let gw = Gateway::start(dir.path(), &config);
+    assert!(
+        gw.logs().contains("plugin shape has no version yet") && gw.logs().contains("/webhooks/payflow"),
+        "serve warns at start-up:\n{}",
+        gw.logs()
+    );
+    let client = client();
+    let (status, ready) = support::admin_get(&client, &gw.admin_url("/readyz"), ADMIN_TOKEN).await;
+    assert_eq!(status, 503);
+    assert!(ready["problems"].to_string().contains("plugin shape: no version"), "{ready}");
+
+    assert_eq!(send_event(&client, &gw.url("/webhooks/payflow"), "evt_early").await.0, 200);
+    // Longer than three attempts with the default backoff (1 s, 2 s) would have taken.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, event) = support::admin_get(&client, &gw.admin_url("/api/events/evt_early"), ADMIN_TOKEN).await;
+    assert_eq!(event["status"], "queued", "{event}");
+    let step = &event["plugin_step"];
+    assert_eq!(step["status"], "pending", "{event}");
+    assert_eq!(step["attempts"], 0, "waiting uses up no attempt: {event}");
+    assert!(
+        step["error"].as_str().unwrap_or_default().starts_with("waiting: plugin shape has no version"),
+        "{event}"
+    );
+    assert!(app.received().is_empty());
+
+    let wasm = std::fs::read(guests().join("legacy_form.wasm")).unwrap();
+    let reply =
+        client.put(gw.admin_url("/api/plugins/shape")).bearer_auth(ADMIN_TOKEN).body(wasm).send().await;
+    assert_eq!(reply.unwrap().status(), 200);
+    wait_for_status(&client, &gw, "evt_early", "delivered", WAIT).await;
+    assert_eq!(app.ids(), ["evt_early"]);
+    let (status, _) = support::admin_get(&client, &gw.admin_url("/readyz"), ADMIN_TOKEN).await;
+    assert_eq!(status, 200);
+}

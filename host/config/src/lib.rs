@@ -352,7 +352,8 @@ pub struct PluginConfig {
     #[serde(default = "default_merchant")]
     pub merchant: String,
     /// The `.wasm` component to load at start. Without it the plugin is uploaded through the
-    /// admin API; until then its events wait (retried, then `dead`).
+    /// admin API; until then its endpoints' events are acknowledged and wait for it (queued,
+    /// no attempt used up), `serve` warns at start-up and `/readyz` says why.
     pub path: Option<PathBuf>,
     /// Fuel per run (roughly, wasm instructions).
     #[serde(default = "default_fuel")]

@@ -292,6 +292,28 @@ async fn start_plugins(
     let registry = Registry::load(runtime, store.clone(), clock.clone(), &config.plugin, &config.plugins)
         .await
         .map_err(|(name, e)| problem(&name, e.to_string()))?;
+    // A plugin declared without a file, never uploaded: its endpoints' events are acknowledged
+    // and wait (see `PluginStage::run_queued`). Said once here; /readyz says it too.
+    for slot in registry.slots(None) {
+        if slot.active().is_none() {
+            let endpoints: Vec<&str> = config
+                .endpoint
+                .iter()
+                .filter(|e| e.merchant == slot.merchant && e.plugins.contains(&slot.name))
+                .map(|e| e.path.as_str())
+                .collect();
+            tracing::warn!(
+                plugin = %slot.name,
+                merchant = %slot.merchant,
+                endpoints = ?endpoints,
+                "plugin {} has no version yet: events of {} are acknowledged and wait until one is uploaded \
+                 (payflow-edge plugin upload {} FILE.wasm)",
+                slot.name,
+                endpoints.join(", "),
+                slot.name
+            );
+        }
+    }
     let scheduler = Scheduler::start(workers, payflow_delivery::lower_this_threads_priority)
         .map_err(|e| problem("*", format!("cannot start the plugin threads: {e}")))?;
     let endpoints = config

@@ -265,7 +265,7 @@ impl Pipeline {
                 self.forward(endpoint, &event, body, &headers).await
             }
             ChainOutcome::Drop { reason, .. } => Answer::Dropped(reason),
-            ChainOutcome::Failed { reason } => {
+            ChainOutcome::Failed { reason } | ChainOutcome::Waiting { reason } => {
                 tracing::info!(request_id = event.request_id, event_id = event.key.id, %reason, "plugin step failed");
                 Answer::PluginFailed(reason)
             }

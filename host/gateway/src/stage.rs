@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::runtime::Handle;
 
@@ -121,7 +122,7 @@ impl PluginStage {
     /// still pending there and runs again).
     pub async fn run_queued(&self, policy: &RetryPolicy, due: DueStep) -> StepDone {
         let event = &due.event;
-        let number = due.attempts + 1;
+        let mut number = due.attempts + 1;
         let at_ms = self.clock.now_ms();
         let ChainResult { runs, kv, outcome } = self.run_chain(event, number, at_ms).await;
         let own = self.endpoints.get(&event.endpoint).and_then(|e| e.upstream.clone());
@@ -143,6 +144,18 @@ impl PluginStage {
                 let status =
                     if step == AttemptOutcome::Dead { EventStatus::Dead } else { EventStatus::Queued };
                 (status, Some(reason), step, Vec::new(), Vec::new())
+            }
+            ChainOutcome::Waiting { reason } => {
+                // Not an attempt: the event waits, queued, for as long as it takes.
+                number = due.attempts;
+                let next_at_ms = at_ms + waiting_recheck(at_ms - event.received_at_ms).as_millis() as i64;
+                (
+                    EventStatus::Queued,
+                    Some(reason),
+                    AttemptOutcome::Retry { next_at_ms },
+                    Vec::new(),
+                    Vec::new(),
+                )
             }
         };
         tracing::info!(
@@ -179,7 +192,7 @@ impl PluginStage {
             ChainOutcome::Drop { reason, tags } => {
                 (EventStatus::Dropped, Some(reason.clone()), Vec::new(), tags.clone())
             }
-            ChainOutcome::Failed { reason } => {
+            ChainOutcome::Failed { reason } | ChainOutcome::Waiting { reason } => {
                 (EventStatus::Failed, Some(reason.clone()), Vec::new(), Vec::new())
             }
         };
@@ -232,6 +245,14 @@ impl PluginStage {
     pub fn stop(&self) {
         self.scheduler.stop();
     }
+}
+
+/// How long an event whose plugin has no version yet waits before it looks again, after
+/// waiting `waited`: a second at first, then a quarter of the time waited, at most 30 s. A
+/// fixed short interval would rewrite every waiting event's step each second for as long as
+/// nobody uploads; growing, an upload reaches an event within a quarter of its age.
+fn waiting_recheck(waited_ms: i64) -> Duration {
+    Duration::from_millis((waited_ms / 4).clamp(1_000, 30_000) as u64)
 }
 
 /// Queue mode: the dispatcher's step before an event's deliveries.

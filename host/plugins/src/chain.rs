@@ -73,6 +73,12 @@ pub enum ChainOutcome {
         /// `plugin: reason: detail`.
         reason: String,
     },
+    /// A plugin of the chain has no version yet (declared without a file, nothing uploaded):
+    /// nothing ran, and the step waits for one without using up its attempts.
+    Waiting {
+        /// `waiting: …`, naming the plugin and how to give it a version.
+        reason: String,
+    },
 }
 
 /// What the chain did.
@@ -154,7 +160,11 @@ pub fn run(
             return failed(runs, &written, format!("{name}: plugin_missing: not configured"));
         };
         let Some(version) = slot.active() else {
-            return failed(runs, &written, format!("{name}: plugin_missing: no version uploaded yet"));
+            forget(&written);
+            let reason = format!(
+                "waiting: plugin {name} has no version yet (upload one: payflow-edge plugin upload {name} FILE.wasm)"
+            );
+            return ChainResult { runs, kv: Vec::new(), outcome: ChainOutcome::Waiting { reason } };
         };
         // Runs of one plugin are serialized, so a read-modify-write of a key is never
         // interleaved with another run's.

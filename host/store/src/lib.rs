@@ -502,7 +502,8 @@ pub struct StepInfo {
     pub attempts: u32,
     /// Next run, unix ms (pending only).
     pub next_attempt_at_ms: Option<i64>,
-    /// Why its last run failed (the runs' records say which plugin and how).
+    /// Why its last run failed (the runs' records say which plugin and how), or `waiting: …`
+    /// while a plugin of its chain has no version yet.
     pub error: Option<String>,
 }
 
