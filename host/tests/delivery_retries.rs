@@ -155,3 +155,62 @@ async fn deliveries_carry_the_event_id_and_a_fresh_signature() {
     let (_, event) = admin_get(&client, &gw.admin_url("/api/events/evt_signed"), ADMIN_TOKEN).await;
     assert_eq!(event["body"].as_str().unwrap().as_bytes(), &r.body[..]);
 }
+
+/// Regression: replaying a quarantined event delivered it, although quarantined events are
+/// never delivered. Now a replay of one is refused (409, naming `--force`) unless forced; a
+/// forced replay delivers it and the event keeps who forced it, and when.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quarantined_event_is_replayed_only_when_forced_and_keeps_who_forced_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let gw =
+        Gateway::start(dir.path(), &queue_config(&dir.path().join("db"), &upstream.url(), &fast_retries("")));
+    let client = client();
+    let id = "evt_fractional";
+    let body = serde_json::to_vec(&payment_with_amount(id, 0)).unwrap();
+    let body = String::from_utf8(body).unwrap().replace("\"amount\":0", "\"amount\":25.5").into_bytes();
+    let (status, _) = post(
+        &client,
+        &gw.url("/webhooks/payflow"),
+        &sign(payflow_verify::Scheme::PayFlow, SECRET, &body, id),
+        body,
+    )
+    .await;
+    assert_eq!(status, 200);
+    wait_for_status(&client, &gw, id, "quarantined", Duration::from_secs(5)).await;
+
+    let replay = |body: &'static str| {
+        let request = client.post(gw.admin_url(&format!("/api/events/{id}/replay"))).bearer_auth(ADMIN_TOKEN);
+        async move {
+            let reply = request.body(body).send().await.unwrap();
+            (reply.status().as_u16(), reply.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, reply) = replay("").await;
+    assert_eq!((status, &reply["error"]), (409, &json!("quarantined")), "{reply}");
+    assert!(reply["message"].as_str().unwrap().contains("--force"), "{reply}");
+    assert_eq!(replay(r#"{"force":"yes"}"#).await.0, 400);
+    assert_eq!(replay(r#"{"forse":true}"#).await.0, 400);
+    assert_eq!(replay(r#"{"force":false}"#).await.0, 409);
+
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_payflow-edge")).args(args).output().unwrap();
+    let admin = gw.admin_url("");
+    let out = run(&["events", "replay", id, "--admin", &admin, "--token", ADMIN_TOKEN]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("409 quarantined") && stderr.contains("--force"), "{stderr}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(upstream.received().is_empty(), "nothing delivered without force");
+
+    let out = run(&["events", "replay", id, "--force", "--admin", &admin, "--token", ADMIN_TOKEN]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for_status(&client, &gw, id, "delivered", Duration::from_secs(10)).await;
+    assert_eq!(upstream.ids(), [id]);
+    let (_, event) = admin_get(&client, &gw.admin_url(&format!("/api/events/{id}")), ADMIN_TOKEN).await;
+    let forced = event["forced_by"].as_str().unwrap_or_default();
+    assert!(forced.starts_with("the operator's token, 20"), "{event}");
+    assert!(
+        event["reason"].as_str().unwrap_or_default().contains("amount"),
+        "the quarantine reason stays: {event}"
+    );
+}

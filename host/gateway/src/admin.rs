@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use hyper::{Method, Request, StatusCode};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::http::{self, percent_decode, query_pairs, BodyError, Reply};
 use crate::ingress::Handler;
@@ -33,7 +33,7 @@ use payflow_plugins::{Registry, RegistryError};
 
 use crate::stage::PluginStage;
 use payflow_metrics::Histogram;
-use payflow_store::{EventDetail, EventFilter, EventKey, EventSummary, Store};
+use payflow_store::{EventDetail, EventFilter, EventKey, EventStatus, EventSummary, Store};
 
 /// Default and largest page sizes for `GET /api/events`.
 const DEFAULT_PAGE: usize = 50;
@@ -236,11 +236,38 @@ impl Admin {
         }
     }
 
-    async fn replay_event(&self, scope: Scope, query: Option<&str>, id: &str) -> Reply {
+    /// `POST /api/events/{id}/replay`. A quarantined event breaks PayFlow's event model and is
+    /// never delivered unless the caller forces it (`{"force": true}`); who forced it, and
+    /// when, stays on the event.
+    async fn replay_event(&self, scope: Scope, query: Option<&str>, id: &str, force: bool) -> Reply {
         let detail = match self.find_event(&scope, query, id).await {
             Ok(detail) => detail,
             Err(reply) => return reply,
         };
+        let quarantined = detail.summary.status == EventStatus::Quarantined.as_str();
+        if quarantined && !force {
+            let why = detail.summary.reason.as_deref().unwrap_or("it breaks PayFlow's event model");
+            return http::json(
+                StatusCode::CONFLICT,
+                &json!({
+                    "error": "quarantined",
+                    "message": format!(
+                        "{id} is quarantined ({why}) and is never delivered unless forced: replay it with \
+                         {{\"force\": true}} (payflow-edge events replay {id} --force) to deliver it anyway"
+                    ),
+                }),
+            );
+        }
+        let forced_by = quarantined.then(|| {
+            let who = match &scope {
+                None => "the operator's token".to_string(),
+                Some(merchant) => format!("merchant {merchant}'s token"),
+            };
+            format!("{who}, {}", crate::samples::rfc3339(self.clock.now_ms() / 1000))
+        });
+        if let Some(who) = &forced_by {
+            tracing::warn!(event_id = id, merchant = %detail.summary.merchant, forced_by = %who, "replay of a quarantined event forced");
+        }
         let endpoint = self.endpoints.get(&detail.summary.endpoint);
         let Some((endpoint, hop)) = endpoint.and_then(|e| Some((e, e.first_hop.clone()?))) else {
             return http::error(StatusCode::CONFLICT, "the event's endpoint has no upstream to deliver to");
@@ -250,7 +277,7 @@ impl Admin {
             scope: detail.summary.scope.clone(),
             id: id.into(),
         };
-        match self.store.replay(&key, &hop.hop(), self.clock.now_ms()).await {
+        match self.store.replay(&key, &hop.hop(), self.clock.now_ms(), forced_by.as_deref()).await {
             Ok(true) => {
                 hop.poll_store_now();
                 http::json(
@@ -363,6 +390,25 @@ impl Admin {
 /// Time a test webhook request's (small) body has to arrive.
 const TEST_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// A replay's body: `{"force": true}` at most.
+const MAX_REPLAY_BODY: usize = 1024;
+
+/// Whether a replay's body (empty, or a JSON object with an optional boolean `force`) forces
+/// it; `None` for any other body.
+fn replay_force(body: &[u8]) -> Option<bool> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Some(false);
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(o)) if o.keys().all(|k| k == "force") => match o.get("force") {
+            None => Some(false),
+            Some(Value::Bool(force)) => Some(*force),
+            Some(_) => None,
+        },
+        _ => None,
+    }
+}
+
 /// Time an upload's body has to arrive (components can be tens of megabytes).
 const UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -412,7 +458,17 @@ impl Handler for Admin {
             (["events"], &Method::GET) => self.list_events(scope, request.uri().query()).await,
             (["events", id], &Method::GET) => self.show_event(scope, request.uri().query(), id).await,
             (["events", id, "replay"], &Method::POST) => {
-                self.replay_event(scope, request.uri().query(), id).await
+                let query = request.uri().query().map(str::to_string);
+                match http::read_body(request.into_body(), MAX_REPLAY_BODY, TEST_REQUEST_TIMEOUT).await {
+                    Ok(body) => match replay_force(&body) {
+                        Some(force) => self.replay_event(scope, query.as_deref(), id, force).await,
+                        None => http::json(
+                            StatusCode::BAD_REQUEST,
+                            &json!({ "error": "bad_request", "message": "a replay's body is empty or {\"force\": true}" }),
+                        ),
+                    },
+                    Err(e) => e.reply(),
+                }
             }
             (["events"] | ["events", _] | ["events", _, "replay"], _) => {
                 http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
@@ -469,6 +525,7 @@ mod tests {
             reason: None,
             received_at_ms: 1_705_314_600_000,
             tags: Vec::new(),
+            forced_by: None,
         };
         let c = encode_cursor(&event);
         assert_eq!(

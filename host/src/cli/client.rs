@@ -28,7 +28,9 @@ impl AdminArgs {
         let url = format!("{}{path}", self.admin.trim_end_matches('/'));
         let mut headers = vec![("Authorization".to_string(), format!("Bearer {token}"))];
         if !body.is_empty() {
-            headers.push(("Content-Type".to_string(), "application/wasm".to_string()));
+            // Uploads are components; everything else the CLI sends is a JSON object.
+            let kind = if body.starts_with(b"{") { "application/json" } else { "application/wasm" };
+            headers.push(("Content-Type".to_string(), kind.to_string()));
         }
         let (status, body) = super::runtime()?
             .block_on(HttpClient::new().request(method, &url, &headers, body))

@@ -42,6 +42,10 @@ enum EventsCommand {
         id: String,
         #[command(flatten)]
         address: EventAddress,
+        /// Deliver it even if it is quarantined (it breaks PayFlow's event model); who forced
+        /// it, and when, is kept on the event.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -79,9 +83,13 @@ pub fn run(args: EventsArgs) -> Result<(), Failure> {
             (Method::GET, format!("/api/events?{}", query.join("&")))
         }
         EventsCommand::Show { id, address } => (Method::GET, event_url(id, "", address)),
-        EventsCommand::Replay { id, address } => (Method::POST, event_url(id, "/replay", address)),
+        EventsCommand::Replay { id, address, .. } => (Method::POST, event_url(id, "/replay", address)),
     };
-    let reply = args.admin.call(method, &url, Vec::new())?;
+    let body = match &args.command {
+        EventsCommand::Replay { force: true, .. } => br#"{"force":true}"#.to_vec(),
+        _ => Vec::new(),
+    };
+    let reply = args.admin.call(method, &url, body)?;
     match args.command {
         EventsCommand::List { .. } => {
             println!(

@@ -12,7 +12,7 @@ use crate::record::{begin, settle_events};
 use crate::{exec, key_params, query, query_opt, unavailable, PostgresStore};
 
 const SUMMARY_COLUMNS: &str =
-    "merchant, id, endpoint, event_type, status, reason, received_at_ms, tags, scope";
+    "merchant, id, endpoint, event_type, status, reason, received_at_ms, tags, scope, forced_by";
 
 fn summary(r: &Row) -> EventSummary {
     EventSummary {
@@ -25,6 +25,7 @@ fn summary(r: &Row) -> EventSummary {
         received_at_ms: r.get(6),
         tags: r.get::<_, Option<String>>(7).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default(),
         scope: r.get(8),
+        forced_by: r.get(9),
     }
 }
 
@@ -210,13 +211,13 @@ impl AdminQueries for PostgresStore {
             logs: serde_json::from_str(&r.get::<_, String>(8)).unwrap_or_default(),
         })
         .collect();
-        let body: Vec<u8> = row.get(9);
-        let headers: String = row.get(10);
+        let body: Vec<u8> = row.get(10);
+        let headers: String = row.get(11);
         Ok(Some(EventDetail {
             summary: summary(&row),
             body: String::from_utf8_lossy(&body).into_owned(),
             headers: serde_json::from_str(&headers).unwrap_or_default(),
-            request_id: row.get(11),
+            request_id: row.get(12),
             plugin_step,
             deliveries,
             attempts,
@@ -224,7 +225,13 @@ impl AdminQueries for PostgresStore {
         }))
     }
 
-    async fn replay(&self, key: &EventKey, first_hop: &Hop, now_ms: i64) -> Result<bool, StoreError> {
+    async fn replay(
+        &self,
+        key: &EventKey,
+        first_hop: &Hop,
+        now_ms: i64,
+        forced_by: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let mut client = self.client().await?;
         let tx = begin(&mut client).await.map_err(unavailable)?;
         let [m, s, i] = key_params(key);
@@ -238,6 +245,15 @@ impl AdminQueries for PostgresStore {
         .map_err(unavailable)?;
         if found.is_none() {
             return Ok(false);
+        }
+        if let Some(who) = forced_by {
+            exec(
+                &tx,
+                "UPDATE events SET forced_by = $4 WHERE merchant = $1 AND scope = $2 AND id = $3",
+                &[m, s, i, &who],
+            )
+            .await
+            .map_err(unavailable)?;
         }
         let has_step = query_opt(
             &tx,

@@ -21,6 +21,8 @@ const MIGRATION_LOCK: i64 = 0x7061_7966_6c6f_7701; // "payflow" + 1
 /// version compiles it once. Its column stays, empty for new versions, because a replica of
 /// the previous release, still running during the roll, reads and writes it (it finds it
 /// empty, compiles, and saves there); a later release drops it.
+///
+/// 5: who forced the replay of a quarantined event.
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -168,6 +170,7 @@ CREATE TABLE plugin_compiled (
 ALTER TABLE plugin_versions ALTER COLUMN compiled SET DEFAULT '';
 ",
     ),
+    (5, "ALTER TABLE events ADD COLUMN forced_by TEXT;"),
 ];
 
 /// Applies the migrations this database lacks, under the advisory lock. Returns the number

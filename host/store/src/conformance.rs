@@ -234,18 +234,18 @@ pub async fn a_dead_delivery_makes_its_event_dead_and_replay_revives_it(store: A
     let dead = crate::Attempt { key: plain.clone(), ..dead };
     store.record_attempt(Arc::new(dead)).await.unwrap();
     assert_eq!(status_of(&*store, &plain).await, "dead");
-    assert!(store.replay(&plain, &Hop::Upstream("b".into()), NOW + 5).await.unwrap());
+    assert!(store.replay(&plain, &Hop::Upstream("b".into()), NOW + 5, None).await.unwrap());
     assert_eq!(status_of(&*store, &plain).await, "queued");
     let due = store.due_deliveries("b", NOW + 5, None, 10).await.unwrap();
     assert_eq!(due.len(), 1, "only the plain event's: the other's wait for its step");
     assert_eq!((&due[0].event.key, due[0].attempts), (&plain, 0));
     assert!(!store
-        .replay(&key("acme", "/wh", "evt_missing"), &Hop::Upstream("b".into()), NOW)
+        .replay(&key("acme", "/wh", "evt_missing"), &Hop::Upstream("b".into()), NOW, None)
         .await
         .unwrap());
 
     // With a step, the plugins decide again: what they created is gone until they do.
-    assert!(store.replay(&k, &Hop::Plugins, NOW + 5).await.unwrap());
+    assert!(store.replay(&k, &Hop::Plugins, NOW + 5, None).await.unwrap());
     assert_eq!(status_of(&*store, &k).await, "queued");
     assert!(store.get_event(&k).await.unwrap().unwrap().deliveries.is_empty());
     let steps = store.due_steps(NOW + 5, None, 10).await.unwrap();
@@ -253,7 +253,8 @@ pub async fn a_dead_delivery_makes_its_event_dead_and_replay_revives_it(store: A
 }
 
 /// A plugin step that fails for good makes its event dead and stops being due; replay runs it
-/// again from its first attempt. A quarantined event replayed into the plugins gets a step.
+/// again from its first attempt. A quarantined event replayed into the plugins gets a step,
+/// and keeps who forced that.
 pub async fn a_dead_plugin_step_makes_its_event_dead_and_replay_runs_it_again(store: Arc<dyn Store>) {
     let k = key("acme", "/wh", "evt_step_dead");
     store.insert_event(event(&k, NOW, Some(Hop::Plugins))).await.unwrap();
@@ -268,7 +269,7 @@ pub async fn a_dead_plugin_step_makes_its_event_dead_and_replay_runs_it_again(st
         ("dead", 1, Some("enrich: trap"))
     );
 
-    assert!(store.replay(&k, &Hop::Plugins, NOW + 9).await.unwrap());
+    assert!(store.replay(&k, &Hop::Plugins, NOW + 9, None).await.unwrap());
     let detail = store.get_event(&k).await.unwrap().unwrap();
     assert_eq!((&detail.summary.status[..], detail.summary.reason.as_deref()), ("queued", None));
     let shown = detail.plugin_step.unwrap();
@@ -279,7 +280,11 @@ pub async fn a_dead_plugin_step_makes_its_event_dead_and_replay_runs_it_again(st
     new.status = EventStatus::Quarantined;
     store.insert_event(new).await.unwrap();
     assert!(store.get_event(&quarantined).await.unwrap().unwrap().plugin_step.is_none());
-    assert!(store.replay(&quarantined, &Hop::Plugins, NOW + 9).await.unwrap());
+    let forced = "the operator's token, 2025-11-24T16:00:09Z";
+    assert!(store.replay(&quarantined, &Hop::Plugins, NOW + 9, Some(forced)).await.unwrap());
+    let summary = store.get_event(&quarantined).await.unwrap().unwrap().summary;
+    assert_eq!(summary.forced_by.as_deref(), Some(forced), "who forced it is kept");
+    assert_eq!(store.get_event(&k).await.unwrap().unwrap().summary.forced_by, None);
     let due: Vec<EventKey> =
         store.due_steps(NOW + 9, None, 10).await.unwrap().into_iter().map(|s| s.event.key).collect();
     assert_eq!(due, vec![quarantined, k], "oldest first: the quarantined one arrived first");

@@ -478,6 +478,8 @@ pub struct EventSummary {
     pub received_at_ms: i64,
     /// Tags plugins put on it.
     pub tags: Vec<String>,
+    /// Who forced a replay of it although it was quarantined, and when.
+    pub forced_by: Option<String>,
 }
 
 /// A delivery as shown.
@@ -685,8 +687,15 @@ pub trait AdminQueries: Send + Sync + 'static {
     /// Makes an event's deliveries pending again (attempts reset), entering at `first_hop`
     /// if it has none (e.g. a quarantined event). An event with a plugin step, or replayed
     /// into [`Hop::Plugins`], replays from that step: the deliveries it created are removed,
-    /// and the plugins decide again. False when the event is not found.
-    async fn replay(&self, key: &EventKey, first_hop: &Hop, now_ms: i64) -> Result<bool, StoreError>;
+    /// and the plugins decide again. `forced_by` (who forced the replay of a quarantined
+    /// event, and when) is kept on the event for good. False when the event is not found.
+    async fn replay(
+        &self,
+        key: &EventKey,
+        first_hop: &Hop,
+        now_ms: i64,
+        forced_by: Option<&str>,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Readiness and shutdown.

@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS events (
     received_at_ms  BIGINT  NOT NULL,
     claimed_at_ms   BIGINT,
     tags            TEXT,
+    forced_by       TEXT,
     PRIMARY KEY (merchant, scope, id)
 );
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -151,8 +152,12 @@ CREATE INDEX IF NOT EXISTS plugin_runs_by_key ON plugin_runs (merchant, scope, e
 ";
 
 /// Columns added after the first release, for databases created before them.
-const ADDED_COLUMNS: [(&str, &str, &str); 3] =
-    [("events", "tags", "TEXT"), ("deliveries", "body", "BLOB"), ("deliveries", "headers", "TEXT")];
+const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
+    ("events", "tags", "TEXT"),
+    ("deliveries", "body", "BLOB"),
+    ("deliveries", "headers", "TEXT"),
+    ("events", "forced_by", "TEXT"),
+];
 
 fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
     conn.query_row(
@@ -626,6 +631,7 @@ fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventSummary> {
         reason: row.get(5)?,
         received_at_ms: row.get(6)?,
         scope: row.get(8)?,
+        forced_by: row.get(9)?,
         tags: row
             .get::<_, Option<String>>(7)?
             .and_then(|t| serde_json::from_str(&t).ok())
@@ -634,7 +640,7 @@ fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventSummary> {
 }
 
 const SUMMARY_COLUMNS: &str =
-    "merchant, id, endpoint, event_type, status, reason, received_at_ms, tags, scope";
+    "merchant, id, endpoint, event_type, status, reason, received_at_ms, tags, scope, forced_by";
 
 #[async_trait]
 impl Ingest for SqliteStore {
@@ -1196,9 +1202,9 @@ impl AdminQueries for SqliteStore {
                     ),
                     params![key.merchant, key.scope, key.id],
                     |r| {
-                        let body: Vec<u8> = r.get(9)?;
-                        let headers: String = r.get(10)?;
-                        Ok((summary(r)?, body, headers, r.get::<_, String>(11)?))
+                        let body: Vec<u8> = r.get(10)?;
+                        let headers: String = r.get(11)?;
+                        Ok((summary(r)?, body, headers, r.get::<_, String>(12)?))
                     },
                 )
                 .optional()?;
@@ -1286,8 +1292,14 @@ impl AdminQueries for SqliteStore {
         .await
     }
 
-    async fn replay(&self, key: &EventKey, first_hop: &Hop, now_ms: i64) -> Result<bool, StoreError> {
-        let (key, first_hop) = (key.clone(), first_hop.clone());
+    async fn replay(
+        &self,
+        key: &EventKey,
+        first_hop: &Hop,
+        now_ms: i64,
+        forced_by: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let (key, first_hop, forced_by) = (key.clone(), first_hop.clone(), forced_by.map(str::to_string));
         self.write(move |conn| {
             let k = params![key.merchant, key.scope, key.id];
             let found: bool = conn.query_row(
@@ -1297,6 +1309,12 @@ impl AdminQueries for SqliteStore {
             )?;
             if !found {
                 return Ok(false);
+            }
+            if let Some(who) = &forced_by {
+                conn.execute(
+                    "UPDATE events SET forced_by = ?4 WHERE merchant = ?1 AND scope = ?2 AND id = ?3",
+                    params![key.merchant, key.scope, key.id, who],
+                )?;
             }
             let has_step: bool = conn.query_row(
                 "SELECT COUNT(*) > 0 FROM plugin_steps WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3",
