@@ -164,3 +164,45 @@ fn the_example_config_in_the_repo_is_valid() {
     let err = payflow_config::Config::parse(&text, |_| None).unwrap_err().to_string();
     assert!(err.contains("PAYFLOW_EDGE_ADMIN_TOKEN is not set"), "{err}");
 }
+
+/// Regression: a TOML error was printed twice and never named the file; an I/O error repeated
+/// its cause (`Address already in use (os error 98): Address already in use (os error 98)`);
+/// a missing file gave no idea where to start. Each is now said once, with the file.
+#[test]
+fn each_error_is_said_once_and_names_its_file() {
+    let (code, stderr) = serve(&format!("{BASE}[[endpoint]]\npath = 5\n"));
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("payflow-edge.toml: TOML parse error at line 6"), "{stderr}");
+    assert_eq!(stderr.matches("TOML parse error").count(), 1, "{stderr}");
+
+    let (code, stderr) = serve(&format!("{BASE}[[endpoint]]\npath = \"/wh\"\nsecrets = []\n"));
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("payflow-edge.toml: endpoint[0].secrets"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_payflow-edge"))
+        .args(["serve", "--config"])
+        .arg(dir.path().join("nope.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("payflow-edge.example.toml"), "where to start: {stderr}");
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
+
+    // A port already taken: the operating system's words once.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = format!("{BASE}[[endpoint]]\npath = \"/wh\"\nsecrets = [\"s\"]\n")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+        .replace("DB", &dir.path().join("db").display().to_string());
+    std::fs::write(dir.path().join("taken.toml"), config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_payflow-edge"))
+        .args(["serve", "--config"])
+        .arg(dir.path().join("taken.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert_eq!(stderr.matches("in use").count(), 1, "{stderr}");
+}

@@ -18,17 +18,26 @@ pub const DEFAULT_MERCHANT: &str = "default";
 /// A configuration that cannot be used, with the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file cannot be read.
-    #[error("cannot read {path}: {source}")]
+    /// The file cannot be read. (Its error is part of the message, not a `source`: printed
+    /// with its causes, it would be said twice.)
+    #[error("cannot read {}: {error}{}", path.display(), missing_file_hint(error))]
     Read {
         /// The path given.
         path: PathBuf,
         /// The operating system's error (not found, permission denied…).
-        source: std::io::Error,
+        error: std::io::Error,
+    },
+    /// What is wrong in a file, named.
+    #[error("{}: {error}", path.display())]
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// The problem in it.
+        error: Box<ConfigError>,
     },
     /// TOML syntax or shape (unknown key, wrong type), with toml's line and column.
     #[error("{0}")]
-    Toml(#[from] toml::de::Error),
+    Toml(toml::de::Error),
     /// A key whose value is wrong.
     #[error("{key}: {problem}")]
     Invalid {
@@ -37,6 +46,16 @@ pub enum ConfigError {
         /// What is wrong with it.
         problem: String,
     },
+}
+
+/// For a config file that is not there: where to start one.
+fn missing_file_hint(error: &std::io::Error) -> &'static str {
+    if error.kind() == std::io::ErrorKind::NotFound {
+        " (start from the example: copy payflow-edge.example.toml from the repository to this \
+         path and edit it; `payflow-edge demo` runs without one)"
+    } else {
+        ""
+    }
 }
 
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
@@ -460,13 +479,14 @@ impl Config {
     /// Reads, expands and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+            .map_err(|error| ConfigError::Read { path: path.to_path_buf(), error })?;
         Config::parse(&text, |name| std::env::var(name).ok())
+            .map_err(|error| ConfigError::InFile { path: path.to_path_buf(), error: Box::new(error) })
     }
 
     /// Parses TOML text, expanding `${VAR}` with `env`, and validates the result.
     pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text)?;
+        let mut config: Config = toml::from_str(text).map_err(ConfigError::Toml)?;
         config.expand(&env)?;
         config.validate()?;
         Ok(config)

@@ -134,9 +134,16 @@ pub async fn attempt(
     };
     let status = result.as_ref().map(|r| r.status.as_u16()).ok();
     let error = result.as_ref().err().map(ToString::to_string);
+    // Typed fields: a number, a string, or (when there is none) no field at all; never the
+    // Debug text of an Option (`"Some(200)"`, `"None"`) in JSON logs.
+    let (next, next_attempt_at_ms) = match outcome {
+        AttemptOutcome::Delivered => ("delivered", None),
+        AttemptOutcome::Dead => ("dead", None),
+        AttemptOutcome::Retry { next_at_ms } => ("retry", Some(next_at_ms)),
+    };
     tracing::info!(
         request_id = %e.request_id, merchant = %e.key.merchant, event_id = %e.key.id, upstream = %upstream.name,
-        attempt = number, status = ?status, error = ?error, outcome = ?outcome, "delivery attempt"
+        attempt = number, status, error = error.as_deref(), outcome = next, next_attempt_at_ms, "delivery attempt"
     );
     attempt.finish(upstream, &result, outcome)
 }

@@ -160,7 +160,7 @@ impl PluginStage {
         };
         tracing::info!(
             request_id = %event.request_id, merchant = %event.key.merchant, event_id = %event.key.id,
-            attempt = number, status = status.as_str(), reason = ?reason, "plugin step"
+            attempt = number, status = status.as_str(), reason = reason.as_deref(), "plugin step"
         );
         let decision = Decision { step, status, reason, deliveries, tags, runs, kv };
         match self.commit(event, number, at_ms, decision).await {

@@ -105,7 +105,10 @@ fn init_tracing() {
     let filter = asked
         .and_then(|f| EnvFilter::try_new(expand_product_target(&f)).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a terminal: a file, a pipe or journald gets plain text.
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colours);
     if std::env::var("PAYFLOW_EDGE_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {
@@ -131,10 +134,25 @@ pub fn run() -> ExitCode {
             ExitCode::from(1)
         }
         Err(Failure::Usage(e)) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error and its causes, each said once. Many errors already carry their cause in their
+/// own message (`cannot listen on …: Address already in use`), which printing the chain with
+/// `{:#}` would then repeat.
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// The whole of standard input: the raw body, byte for byte.
