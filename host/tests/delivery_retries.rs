@@ -214,3 +214,50 @@ async fn a_quarantined_event_is_replayed_only_when_forced_and_keeps_who_forced_i
         "the quarantine reason stays: {event}"
     );
 }
+
+/// Regression: admin commands ignored the gateway's config and went to the default address.
+/// `--config FILE` takes the admin address and token from it; a refused connection names the
+/// flags and variables that point the CLI elsewhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_commands_take_the_address_and_token_from_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = queue_config(&dir.path().join("db"), &upstream.url(), "")
+        .replace("[admin]\nlisten = \"127.0.0.1:0\"", &format!("[admin]\nlisten = \"0.0.0.0:{port}\""));
+    let gw = Gateway::start(dir.path(), &config);
+    let client = client();
+    assert_eq!(send_event(&client, &gw.url("/webhooks/payflow"), "evt_via_config").await.0, 200);
+
+    let file = dir.path().join("payflow-edge.toml");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_payflow-edge"))
+            .args(args)
+            .env_remove("PAYFLOW_EDGE_ADMIN_URL")
+            .env_remove("PAYFLOW_EDGE_ADMIN_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["events", "list", "--config", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("evt_via_config"));
+    let out = run(&["events", "show", "evt_via_config", "--config", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A flag wins over the file.
+    let out =
+        run(&["events", "list", "--config", file.to_str().unwrap(), "--token", "wrong-token-wrong-token"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+
+    let out = run(&["events", "list", "--admin", "http://127.0.0.1:1", "--token", "some-token-some-token"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for named in ["http://127.0.0.1:1", "refused", "--admin", "PAYFLOW_EDGE_ADMIN_URL", "--config"] {
+        assert!(stderr.contains(named), "{named} in: {stderr}");
+    }
+
+    let bare = dir.path().join("no-admin.toml");
+    std::fs::write(&bare, "[[endpoint]]\npath = \"/wh\"\nsecrets = [\"s\"]\n").unwrap();
+    let out = run(&["events", "list", "--config", bare.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no [admin] section"));
+}

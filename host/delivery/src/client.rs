@@ -141,7 +141,9 @@ pub fn parse_retry_after(value: &str, now_secs: i64) -> Option<Duration> {
     Some(Duration::from_secs(at_secs.saturating_sub(now_secs).max(0) as u64))
 }
 
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error with its sources, as one line: hyper's own message ("client error (Connect)")
+/// says nothing of the refused connection beneath it.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

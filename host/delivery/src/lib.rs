@@ -28,7 +28,7 @@ mod tests;
 mod upstream;
 
 pub use client::{
-    parse_retry_after, reply_excerpt, SendError, UpstreamClient, UpstreamReply, EVENT_ID_HEADER,
+    error_chain, parse_retry_after, reply_excerpt, SendError, UpstreamClient, UpstreamReply, EVENT_ID_HEADER,
     REQUEST_ID_HEADER,
 };
 pub use dispatcher::{lower_this_threads_priority, Dispatcher, StepLane, DELIVERY_NICE};

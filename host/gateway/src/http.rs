@@ -212,11 +212,10 @@ impl Client {
         let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| ClientError::Request { url: url.to_string(), error: e.to_string() })?;
-        let response = self
-            .0
-            .request(request)
-            .await
-            .map_err(|e| ClientError::Unreachable { url: url.to_string(), error: e.to_string() })?;
+        let response = self.0.request(request).await.map_err(|e| ClientError::Unreachable {
+            url: url.to_string(),
+            error: payflow_delivery::error_chain(&e),
+        })?;
         let status = response.status();
         let body =
             response.into_body().collect().await.map_err(|_| ClientError::CutShort(url.to_string()))?;
