@@ -486,9 +486,16 @@ impl Config {
 
     /// Parses TOML text, expanding `${VAR}` with `env`, and validates the result.
     pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let config = Config::parse_unchecked(text, env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// [`Config::parse`] without the validation: what `config check` lists [`Config::problems`]
+    /// of. Fails only on TOML and on `${VAR}` expansion.
+    pub fn parse_unchecked(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(ConfigError::Toml)?;
         config.expand(&env)?;
-        config.validate()?;
         Ok(config)
     }
 
@@ -529,6 +536,196 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        match self.problems().into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem of an expanded configuration, for `config check`: each section, each
+    /// merchant, upstream and endpoint is checked on its own, and reports its first problem
+    /// (a later check of one entry may depend on an earlier one). Empty when it is valid.
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut problems: Vec<ConfigError> = [self.check_server(), self.check_store(), self.check_admin()]
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        let mut merchants = BTreeSet::from([DEFAULT_MERCHANT.to_string()]);
+        for (i, m) in self.merchant.iter().enumerate() {
+            let mut check = || -> Result<(), ConfigError> {
+                if m.id.is_empty() || !m.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
+                    return Err(invalid(format!("merchant[{i}].id"), "must be letters, digits, '-' or '_'"));
+                }
+                if m.id != DEFAULT_MERCHANT && !merchants.insert(m.id.clone()) {
+                    return Err(invalid(
+                        format!("merchant[{i}].id"),
+                        format!("{:?} is declared twice", m.id),
+                    ));
+                }
+                if let Some(token) = &m.token {
+                    if token.trim().len() < 16 {
+                        return Err(invalid(
+                            format!("merchant[{i}].token"),
+                            "must be at least 16 characters",
+                        ));
+                    }
+                }
+                Ok(())
+            };
+            problems.extend(check().err());
+        }
+
+        let mut upstreams = BTreeMap::new();
+        for (i, u) in self.upstream.iter().enumerate() {
+            let mut check = || -> Result<(), ConfigError> {
+                let key = |k: &str| format!("upstream[{i}].{k}");
+                // `@` stays reserved: databases from before plugin steps had a table of their own
+                // held them as deliveries to `@plugins` (migrated at start-up), and names the
+                // gateway may need for itself must never be a merchant's.
+                if u.name.is_empty() || u.name.starts_with('@') {
+                    return Err(invalid(key("name"), "must not be empty or start with '@'"));
+                }
+                if upstreams.insert(u.name.clone(), u).is_some() {
+                    return Err(invalid(key("name"), format!("{:?} is declared twice", u.name)));
+                }
+                if !merchants.contains(&u.merchant) {
+                    return Err(invalid(key("merchant"), format!("unknown merchant {:?}", u.merchant)));
+                }
+                let uri: http::Uri = u
+                    .url
+                    .parse()
+                    .map_err(|e| invalid(key("url"), format!("{:?} is not a URL: {e}", u.url)))?;
+                if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                    return Err(invalid(
+                        key("url"),
+                        format!(
+                            "{:?} must be an http:// URL with a host (https upstreams are not supported yet)",
+                            u.url
+                        ),
+                    ));
+                }
+                if u.max_attempts == 0 {
+                    return Err(invalid(key("max_attempts"), "must be at least 1"));
+                }
+                if u.concurrency == 0 {
+                    return Err(invalid(key("concurrency"), "must be at least 1"));
+                }
+                if u.timeout_ms == 0 {
+                    return Err(invalid(key("timeout_ms"), "must be at least 1"));
+                }
+                if matches!(&u.sign_secret, Some(s) if s.is_empty()) {
+                    return Err(invalid(key("sign_secret"), "must not be empty"));
+                }
+                match (u.sign_scheme, &u.sign_secret) {
+                (Some(SignScheme::None), Some(_)) => {
+                    return Err(invalid(
+                        key("sign_scheme"),
+                        "\"none\" with a sign_secret: remove sign_secret, or choose payflow-v0, payflow or standard-webhooks",
+                    ))
+                }
+                (Some(scheme), None) if scheme != SignScheme::None => {
+                    return Err(invalid(
+                        key("sign_secret"),
+                        format!("sign_scheme = \"{}\" needs a sign_secret to sign with", scheme.as_str()),
+                    ))
+                }
+                _ => {}
+            }
+                if let Err(e) = u.signer() {
+                    return Err(invalid(key("sign_secret"), e.to_string()));
+                }
+                Ok(())
+            };
+            problems.extend(check().err());
+        }
+
+        // Without the plugins' table the endpoints' plugin lists are not checked: each would
+        // only repeat that the table is wrong.
+        let plugins = match self.validate_plugins(&merchants) {
+            Ok(plugins) => Some(plugins),
+            Err(problem) => {
+                problems.push(problem);
+                None
+            }
+        };
+        let mut paths = BTreeSet::new();
+        for (i, e) in self.endpoint.iter().enumerate() {
+            let mut check = || -> Result<(), ConfigError> {
+                let key = |k: &str| format!("endpoint[{i}].{k}");
+                if !e.path.starts_with('/') || e.path.starts_with("/api/") {
+                    return Err(invalid(
+                        key("path"),
+                        format!("{:?} must start with '/' (and not /api/)", e.path),
+                    ));
+                }
+                if !paths.insert(e.path.clone()) {
+                    return Err(invalid(key("path"), format!("{:?} is used by two endpoints", e.path)));
+                }
+                if !merchants.contains(&e.merchant) {
+                    return Err(invalid(key("merchant"), format!("unknown merchant {:?}", e.merchant)));
+                }
+                if e.secrets.is_empty() || e.secrets.iter().any(|s| s.is_empty()) {
+                    return Err(invalid(key("secrets"), "needs at least one non-empty secret"));
+                }
+                e.verifier().map_err(|problem| invalid(key("scheme"), problem.to_string()))?;
+                match (&e.upstream, e.mode) {
+                    (None, Mode::Proxy) => return Err(invalid(key("upstream"), "is required in proxy mode")),
+                    (Some(name), _) => match upstreams.get(name) {
+                        None => return Err(invalid(key("upstream"), format!("unknown upstream {name:?}"))),
+                        Some(u) if u.merchant != e.merchant => {
+                            return Err(invalid(
+                                key("upstream"),
+                                format!(
+                                    "upstream {name:?} belongs to merchant {:?}, not {:?}",
+                                    u.merchant, e.merchant
+                                ),
+                            ))
+                        }
+                        Some(_) => {}
+                    },
+                    (None, Mode::Queue) => {}
+                }
+                let Some(plugins) = &plugins else { return Ok(()) };
+                for (j, name) in e.plugins.iter().enumerate() {
+                    match plugins.get(name) {
+                        None => {
+                            return Err(invalid(
+                                format!("endpoint[{i}].plugins[{j}]"),
+                                format!("unknown plugin {name:?} (declare it with [[plugin]])"),
+                            ))
+                        }
+                        Some(p) if p.merchant != e.merchant => {
+                            return Err(invalid(
+                                format!("endpoint[{i}].plugins[{j}]"),
+                                format!(
+                                    "plugin {name:?} belongs to merchant {:?}, not {:?}",
+                                    p.merchant, e.merchant
+                                ),
+                            ))
+                        }
+                        Some(_) => {}
+                    }
+                    if e.plugins[..j].contains(name) {
+                        return Err(invalid(
+                            format!("endpoint[{i}].plugins[{j}]"),
+                            format!("{name:?} is listed twice"),
+                        ));
+                    }
+                }
+                Ok(())
+            };
+            problems.extend(check().err());
+        }
+        if self.endpoint.is_empty() {
+            problems.push(invalid("endpoint", "at least one [[endpoint]] is needed"));
+        }
+        problems.extend(self.validate_scopes().err());
+        problems
+    }
+
+    /// `[server]`.
+    fn check_server(&self) -> Result<(), ConfigError> {
         parse_addr("server.listen", &self.server.listen)?;
         if self.server.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be at least 1"));
@@ -550,6 +747,11 @@ impl Config {
             (None, Some(_)) => return Err(invalid("server.tls_cert", "is required with server.tls_key")),
             _ => {}
         }
+        Ok(())
+    }
+
+    /// `[store]`.
+    fn check_store(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.store.url {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                 return Err(invalid(
@@ -571,6 +773,11 @@ impl Config {
         if self.store.max_batch == 0 {
             return Err(invalid("store.max_batch", "must be at least 1"));
         }
+        Ok(())
+    }
+
+    /// `[admin]`.
+    fn check_admin(&self) -> Result<(), ConfigError> {
         if let Some(admin) = &self.admin {
             parse_addr("admin.listen", &admin.listen)?;
             if admin.token.trim().len() < 16 {
@@ -580,148 +787,7 @@ impl Config {
                 ));
             }
         }
-
-        let mut merchants = BTreeSet::from([DEFAULT_MERCHANT.to_string()]);
-        for (i, m) in self.merchant.iter().enumerate() {
-            if m.id.is_empty() || !m.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(invalid(format!("merchant[{i}].id"), "must be letters, digits, '-' or '_'"));
-            }
-            if m.id != DEFAULT_MERCHANT && !merchants.insert(m.id.clone()) {
-                return Err(invalid(format!("merchant[{i}].id"), format!("{:?} is declared twice", m.id)));
-            }
-            if let Some(token) = &m.token {
-                if token.trim().len() < 16 {
-                    return Err(invalid(format!("merchant[{i}].token"), "must be at least 16 characters"));
-                }
-            }
-        }
-
-        let mut upstreams = BTreeMap::new();
-        for (i, u) in self.upstream.iter().enumerate() {
-            let key = |k: &str| format!("upstream[{i}].{k}");
-            // `@` stays reserved: databases from before plugin steps had a table of their own
-            // held them as deliveries to `@plugins` (migrated at start-up), and names the
-            // gateway may need for itself must never be a merchant's.
-            if u.name.is_empty() || u.name.starts_with('@') {
-                return Err(invalid(key("name"), "must not be empty or start with '@'"));
-            }
-            if upstreams.insert(u.name.clone(), u).is_some() {
-                return Err(invalid(key("name"), format!("{:?} is declared twice", u.name)));
-            }
-            if !merchants.contains(&u.merchant) {
-                return Err(invalid(key("merchant"), format!("unknown merchant {:?}", u.merchant)));
-            }
-            let uri: http::Uri =
-                u.url.parse().map_err(|e| invalid(key("url"), format!("{:?} is not a URL: {e}", u.url)))?;
-            if uri.scheme_str() != Some("http") || uri.host().is_none() {
-                return Err(invalid(
-                    key("url"),
-                    format!(
-                        "{:?} must be an http:// URL with a host (https upstreams are not supported yet)",
-                        u.url
-                    ),
-                ));
-            }
-            if u.max_attempts == 0 {
-                return Err(invalid(key("max_attempts"), "must be at least 1"));
-            }
-            if u.concurrency == 0 {
-                return Err(invalid(key("concurrency"), "must be at least 1"));
-            }
-            if u.timeout_ms == 0 {
-                return Err(invalid(key("timeout_ms"), "must be at least 1"));
-            }
-            if matches!(&u.sign_secret, Some(s) if s.is_empty()) {
-                return Err(invalid(key("sign_secret"), "must not be empty"));
-            }
-            match (u.sign_scheme, &u.sign_secret) {
-                (Some(SignScheme::None), Some(_)) => {
-                    return Err(invalid(
-                        key("sign_scheme"),
-                        "\"none\" with a sign_secret: remove sign_secret, or choose payflow-v0, payflow or standard-webhooks",
-                    ))
-                }
-                (Some(scheme), None) if scheme != SignScheme::None => {
-                    return Err(invalid(
-                        key("sign_secret"),
-                        format!("sign_scheme = \"{}\" needs a sign_secret to sign with", scheme.as_str()),
-                    ))
-                }
-                _ => {}
-            }
-            if let Err(e) = u.signer() {
-                return Err(invalid(key("sign_secret"), e.to_string()));
-            }
-        }
-
-        let plugins = self.validate_plugins(&merchants)?;
-        let mut paths = BTreeSet::new();
-        for (i, e) in self.endpoint.iter().enumerate() {
-            let key = |k: &str| format!("endpoint[{i}].{k}");
-            if !e.path.starts_with('/') || e.path.starts_with("/api/") {
-                return Err(invalid(
-                    key("path"),
-                    format!("{:?} must start with '/' (and not /api/)", e.path),
-                ));
-            }
-            if !paths.insert(e.path.clone()) {
-                return Err(invalid(key("path"), format!("{:?} is used by two endpoints", e.path)));
-            }
-            if !merchants.contains(&e.merchant) {
-                return Err(invalid(key("merchant"), format!("unknown merchant {:?}", e.merchant)));
-            }
-            if e.secrets.is_empty() || e.secrets.iter().any(|s| s.is_empty()) {
-                return Err(invalid(key("secrets"), "needs at least one non-empty secret"));
-            }
-            e.verifier().map_err(|problem| invalid(key("scheme"), problem.to_string()))?;
-            match (&e.upstream, e.mode) {
-                (None, Mode::Proxy) => return Err(invalid(key("upstream"), "is required in proxy mode")),
-                (Some(name), _) => match upstreams.get(name) {
-                    None => return Err(invalid(key("upstream"), format!("unknown upstream {name:?}"))),
-                    Some(u) if u.merchant != e.merchant => {
-                        return Err(invalid(
-                            key("upstream"),
-                            format!(
-                                "upstream {name:?} belongs to merchant {:?}, not {:?}",
-                                u.merchant, e.merchant
-                            ),
-                        ))
-                    }
-                    Some(_) => {}
-                },
-                (None, Mode::Queue) => {}
-            }
-            for (j, name) in e.plugins.iter().enumerate() {
-                match plugins.get(name) {
-                    None => {
-                        return Err(invalid(
-                            format!("endpoint[{i}].plugins[{j}]"),
-                            format!("unknown plugin {name:?} (declare it with [[plugin]])"),
-                        ))
-                    }
-                    Some(p) if p.merchant != e.merchant => {
-                        return Err(invalid(
-                            format!("endpoint[{i}].plugins[{j}]"),
-                            format!(
-                                "plugin {name:?} belongs to merchant {:?}, not {:?}",
-                                p.merchant, e.merchant
-                            ),
-                        ))
-                    }
-                    Some(_) => {}
-                }
-                if e.plugins[..j].contains(name) {
-                    return Err(invalid(
-                        format!("endpoint[{i}].plugins[{j}]"),
-                        format!("{name:?} is listed twice"),
-                    ));
-                }
-            }
-        }
-        if self.endpoint.is_empty() {
-            return Err(invalid("endpoint", "at least one [[endpoint]] is needed"));
-        }
-        self.validate_scopes()
+        Ok(())
     }
 
     /// A shared scope must be one the reader can see is shared on purpose: a plain name, or

@@ -2,6 +2,7 @@
 //! signature), 2 a usage or configuration error (clap's own usage errors also exit 2).
 
 mod client;
+mod config;
 mod demo;
 mod events;
 mod plugin;
@@ -11,7 +12,7 @@ mod serve;
 mod sign;
 mod verify;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::io::Read;
 use std::process::ExitCode;
 
@@ -38,6 +39,15 @@ enum Command {
     Plugin(plugin::PluginArgs),
     /// Run everything on loopback with embedded defaults and show what happens.
     Demo(demo::DemoArgs),
+    /// Check a config file, listing every problem.
+    Config(config::ConfigArgs),
+    /// Print a shell completion script: `payflow-edge completions bash > /etc/bash_completion.d/payflow-edge`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `payflow-edge man > /usr/local/share/man/man1/payflow-edge.1`.
+    Man,
 }
 
 /// How a command failed.
@@ -126,6 +136,14 @@ pub fn run() -> ExitCode {
         Command::Verify(args) => verify::run(args),
         Command::Plugin(args) => plugin::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Config(args) => config::run(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "payflow-edge", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).map_err(Failure::from)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
