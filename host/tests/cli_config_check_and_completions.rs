@@ -26,7 +26,8 @@ fn config_check_lists_every_problem_and_exits_1() {
     let out = run(&["config", "check", "--config", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    for key in ["server.listen", "admin.token", "upstream[0].url", "endpoint[0].upstream", "endpoint[1].path"] {
+    for key in ["server.listen", "admin.token", "upstream[0].url", "endpoint[0].upstream", "endpoint[1].path"]
+    {
         assert!(stderr.contains(&format!("edge.toml: {key}: ")), "{key} in:\n{stderr}");
     }
     assert!(stderr.contains("5 problems"), "{stderr}");

@@ -96,3 +96,35 @@ async fn send_signs_with_the_chosen_scheme() {
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("{\"received\":true}"), "{stdout}");
 }
+
+/// By default `send` signs as PayFlow does (`X-PayFlow-Signature: <hex>` over the body,
+/// checked here with Node's crypto as PayFlow's page computes it), not in the timestamped form;
+/// a URL without `http://` gets the fix suggested, and a refused connection names the address.
+#[tokio::test(flavor = "multi_thread")]
+async fn send_signs_as_payflow_does_by_default_and_says_what_to_fix() {
+    let app = Upstream::start().await;
+    let (code, _, stderr) = send(&["--url", &app.url(), "--secret", SECRET, "--id", "evt_form"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let received = app.received();
+    let signature = received[0].header("x-payflow-signature").unwrap().to_string();
+    let node = Command::new("node")
+        .args([
+            "-e",
+            "const c=require('crypto');const [s,b]=process.argv.slice(1);\
+             process.stdout.write(c.createHmac('sha256',s).update(JSON.stringify(JSON.parse(b))).digest('hex'))",
+            SECRET,
+            std::str::from_utf8(&received[0].body).unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(signature, String::from_utf8(node.stdout).unwrap(), "the page's check accepts it");
+
+    let bare = app.url().trim_start_matches("http://").to_string();
+    let (code, _, stderr) = send(&["--url", &bare, "--secret", SECRET]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains(&format!("http://{bare}")), "{stderr}");
+
+    let (code, _, stderr) = send(&["--url", "http://127.0.0.1:1/webhooks", "--secret", SECRET]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("127.0.0.1:1") && stderr.contains("refused"), "{stderr}");
+}

@@ -97,9 +97,22 @@ async fn a_400_is_dead_at_once_and_replay_delivers_it_once_fixed() {
     let admin = gw.admin_url("");
     let out = run(&["events", "list", "--admin", &admin, "--token", ADMIN_TOKEN, "--status", "delivered"]);
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("evt_400"));
-    let out = run(&["events", "show", "evt_400", "--admin", &admin, "--token", ADMIN_TOKEN]);
+    let out = run(&["events", "show", "evt_400", "--json", "--admin", &admin, "--token", ADMIN_TOKEN]);
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["attempts"].as_array().unwrap().len(), 2);
+    // For a person: the event, its delivery, and each attempt's answer.
+    let out = run(&["events", "show", "evt_400", "--admin", &admin, "--token", ADMIN_TOKEN]);
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.starts_with("evt_400  delivered  payment.succeeded"), "{summary}");
+    assert!(summary.contains("delivery to legacy: delivered after 1 attempt(s)"), "{summary}");
+    assert!(summary.contains(" 400") && summary.contains(" 200"), "{summary}");
+    // A typo in --status is refused with the choices, not answered with an empty page; the API
+    // refuses it too.
+    let out = run(&["events", "list", "--admin", &admin, "--token", ADMIN_TOKEN, "--status", "deliverd"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("quarantined"));
+    let (status, _) = admin_get(&client, &gw.admin_url("/api/events?status=deliverd"), ADMIN_TOKEN).await;
+    assert_eq!(status, 400);
     let out = run(&["events", "replay", "evt_nope", "--admin", &admin, "--token", ADMIN_TOKEN]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
@@ -207,6 +220,22 @@ async fn a_quarantined_event_is_replayed_only_when_forced_and_keeps_who_forced_i
     wait_for_status(&client, &gw, id, "delivered", Duration::from_secs(10)).await;
     assert_eq!(upstream.ids(), [id]);
     let (_, event) = admin_get(&client, &gw.admin_url(&format!("/api/events/{id}")), ADMIN_TOKEN).await;
+    // Listed with its reason; pages with --before; --json is the API's reply.
+    assert_eq!(send_event(&client, &gw.url("/webhooks/payflow"), "evt_later").await.0, 200);
+    let page = |extra: &[&str]| {
+        let mut args = vec!["events", "list", "--limit", "1", "--admin", &admin, "--token", ADMIN_TOKEN];
+        args.extend_from_slice(extra);
+        String::from_utf8(run(&args).stdout).unwrap()
+    };
+    let first = page(&[]);
+    assert!(first.contains("evt_later") && !first.contains(id), "{first}");
+    let cursor = first.lines().find_map(|l| l.strip_prefix("more: --before ")).expect(&first).to_string();
+    let second = page(&["--before", &cursor]);
+    assert!(second.contains(id) && second.contains("amount"), "the reason is shown: {second}");
+    let json: Value = serde_json::from_str(&page(&["--json"])).unwrap();
+    assert_eq!(json["events"][0]["id"], "evt_later");
+    assert!(json["next"].is_string());
+
     let forced = event["forced_by"].as_str().unwrap_or_default();
     assert!(forced.starts_with("the operator's token, 20"), "{event}");
     assert!(

@@ -345,4 +345,21 @@ async fn events_for_a_plugin_without_a_version_wait_for_one_instead_of_dying() {
     assert_eq!(app.ids(), ["evt_early"]);
     let (status, _) = support::admin_get(&client, &gw.admin_url("/readyz"), ADMIN_TOKEN).await;
     assert_eq!(status, 200);
+
+    // `plugin list`: a header that names its columns, a row under it; --json for programs.
+    let list = |extra: &[&str]| {
+        let admin = gw.admin_url("");
+        let mut args = vec!["plugin", "list", "--admin", &admin, "--token", ADMIN_TOKEN];
+        args.extend_from_slice(extra);
+        let out =
+            std::process::Command::new(env!("CARGO_BIN_EXE_payflow-edge")).args(&args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = list(&[]);
+    let lines: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(lines[0][..4], ["name", "merchant", "active", "versions"], "{table}");
+    assert_eq!(lines[1][..5], ["shape", "default", "v1", "1", "upload"], "{table}");
+    let json: Value = serde_json::from_str(&list(&["--json"])).unwrap();
+    assert_eq!(json["plugins"][0]["name"], "shape");
 }

@@ -135,7 +135,14 @@ impl Admin {
         let mut filter = EventFilter { merchant: scope, limit: DEFAULT_PAGE, ..EventFilter::default() };
         for (key, value) in query_pairs(query) {
             match key.as_str() {
-                "status" => filter.status = Some(value),
+                "status" => match EventStatus::parse(&value) {
+                    Some(_) => filter.status = Some(value),
+                    None => return http::error(
+                        StatusCode::BAD_REQUEST,
+                        "status must be one of queued, delivered, dead, quarantined, stored, forwarding, \
+                             failed, dropped",
+                    ),
+                },
                 "type" => filter.event_type = Some(value),
                 "endpoint" => filter.endpoint = Some(value),
                 "merchant" if filter.merchant.is_none() => filter.merchant = Some(value),

@@ -1,7 +1,9 @@
-//! `payflow-edge events list|show|replay`: the admin API from the command line.
+//! `payflow-edge events list|show|replay`: the admin API from the command line. Listings and
+//! shows print for a person; `--json` prints the API's reply for a program.
 
 use clap::{Args, Subcommand};
 use hyper::Method;
+use serde_json::Value;
 
 use super::client::{encode, AdminArgs};
 use super::Failure;
@@ -18,9 +20,9 @@ pub struct EventsArgs {
 enum EventsCommand {
     /// List events, newest first.
     List {
-        /// Only this status (queued, delivered, dead, dropped, quarantined, stored, failed).
-        #[arg(long)]
-        status: Option<String>,
+        /// Only this status.
+        #[arg(long, value_enum)]
+        status: Option<StatusName>,
         /// Only this event type.
         #[arg(long = "type")]
         event_type: Option<String>,
@@ -30,12 +32,21 @@ enum EventsCommand {
         /// Events per page (the API caps it at 1000).
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// The next page: the cursor the previous page printed.
+        #[arg(long)]
+        before: Option<String>,
+        /// Print the API's JSON reply (with its `next` cursor) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
-    /// Show one event with its deliveries and attempts (JSON).
+    /// Show one event with its plugin step, deliveries and attempts.
     Show {
         id: String,
         #[command(flatten)]
         address: EventAddress,
+        /// Print the API's JSON reply instead of a summary.
+        #[arg(long)]
+        json: bool,
     },
     /// Deliver an event again (e.g. a dead one, once the upstream is fixed).
     Replay {
@@ -47,6 +58,20 @@ enum EventsCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// An event status, as `--status` takes it: a typo is refused with the list, not answered with
+/// an empty page.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum StatusName {
+    Queued,
+    Delivered,
+    Dead,
+    Quarantined,
+    Stored,
+    Forwarding,
+    Failed,
+    Dropped,
 }
 
 /// Which of several events with one id: ids are unique per merchant and scope only.
@@ -73,16 +98,19 @@ fn event_url(id: &str, action: &str, address: &EventAddress) -> String {
 
 pub fn run(args: EventsArgs) -> Result<(), Failure> {
     let (method, url) = match &args.command {
-        EventsCommand::List { status, event_type, endpoint, limit } => {
+        EventsCommand::List { status, event_type, endpoint, limit, before, .. } => {
             let mut query = vec![format!("limit={limit}")];
-            for (key, value) in [("status", status), ("type", event_type), ("endpoint", endpoint)] {
+            let status = status.map(|s| format!("{s:?}").to_lowercase());
+            for (key, value) in
+                [("status", &status), ("type", event_type), ("endpoint", endpoint), ("before", before)]
+            {
                 if let Some(v) = value {
                     query.push(format!("{key}={}", encode(v)));
                 }
             }
             (Method::GET, format!("/api/events?{}", query.join("&")))
         }
-        EventsCommand::Show { id, address } => (Method::GET, event_url(id, "", address)),
+        EventsCommand::Show { id, address, .. } => (Method::GET, event_url(id, "", address)),
         EventsCommand::Replay { id, address, .. } => (Method::POST, event_url(id, "/replay", address)),
     };
     let body = match &args.command {
@@ -91,24 +119,95 @@ pub fn run(args: EventsArgs) -> Result<(), Failure> {
     };
     let reply = args.admin.call(method, &url, body)?;
     match args.command {
-        EventsCommand::List { .. } => {
-            println!(
-                "{:<28} {:<10} {:<20} {:<12} {:<24} received",
-                "id", "merchant", "type", "status", "endpoint"
-            );
-            for e in reply["events"].as_array().into_iter().flatten() {
-                println!(
-                    "{:<28} {:<10} {:<20} {:<12} {:<24} {}",
-                    e["id"].as_str().unwrap_or(""),
-                    e["merchant"].as_str().unwrap_or(""),
-                    e["type"].as_str().unwrap_or("-"),
-                    e["status"].as_str().unwrap_or(""),
-                    e["endpoint"].as_str().unwrap_or(""),
-                    payflow_gateway::samples::rfc3339(e["received_at_ms"].as_i64().unwrap_or(0) / 1000),
-                );
-            }
-        }
+        EventsCommand::List { json: false, .. } => print_list(&reply),
+        EventsCommand::Show { json: false, .. } => print_event(&reply),
         _ => println!("{}", serde_json::to_string_pretty(&reply).unwrap_or_default()),
     }
     Ok(())
+}
+
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+fn when(ms: &Value) -> String {
+    payflow_gateway::samples::rfc3339(ms.as_i64().unwrap_or(0) / 1000)
+}
+
+fn tags(v: &Value) -> String {
+    let tags: Vec<&str> = v.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    if tags.is_empty() {
+        "-".into()
+    } else {
+        tags.join(",")
+    }
+}
+
+/// A page of events as a table, then how to get the next page.
+fn print_list(reply: &Value) {
+    println!(
+        "{:<20} {:<28} {:<12} {:<18} {:<16} {:<24} reason",
+        "received", "id", "status", "type", "tags", "endpoint"
+    );
+    for e in reply["events"].as_array().into_iter().flatten() {
+        println!(
+            "{:<20} {:<28} {:<12} {:<18} {:<16} {:<24} {}",
+            when(&e["received_at_ms"]),
+            text(&e["id"]),
+            text(&e["status"]),
+            e["type"].as_str().unwrap_or("-"),
+            tags(&e["tags"]),
+            text(&e["endpoint"]),
+            e["reason"].as_str().unwrap_or(""),
+        );
+    }
+    if let Some(next) = reply["next"].as_str() {
+        println!("more: --before {next}");
+    }
+}
+
+/// One event: what it is, where it stands, and each hop.
+fn print_event(e: &Value) {
+    println!("{}  {}  {}", text(&e["id"]), text(&e["status"]), e["type"].as_str().unwrap_or("-"));
+    println!(
+        "  merchant {}  endpoint {}  scope {}",
+        text(&e["merchant"]),
+        text(&e["endpoint"]),
+        text(&e["scope"])
+    );
+    println!("  received {}  request {}", when(&e["received_at_ms"]), text(&e["request_id"]));
+    for (label, key) in [("reason", "reason"), ("forced by", "forced_by")] {
+        if let Some(v) = e[key].as_str() {
+            println!("  {label}: {v}");
+        }
+    }
+    if e["tags"].as_array().is_some_and(|t| !t.is_empty()) {
+        println!("  tags: {}", tags(&e["tags"]));
+    }
+    if let Some(step) = e["plugin_step"].as_object() {
+        let error = step.get("error").and_then(Value::as_str).map(|x| format!(": {x}")).unwrap_or_default();
+        println!("  plugins: {} after {} run(s){error}", text(&step["status"]), step["attempts"]);
+    }
+    for d in e["deliveries"].as_array().into_iter().flatten() {
+        println!(
+            "  delivery to {}: {} after {} attempt(s)",
+            text(&d["upstream"]),
+            text(&d["status"]),
+            d["attempts"]
+        );
+    }
+    for a in e["attempts"].as_array().into_iter().flatten() {
+        let outcome = match (a["status_code"].as_u64(), a["error"].as_str()) {
+            (Some(code), _) => code.to_string(),
+            (None, Some(error)) => error.to_string(),
+            (None, None) => "-".into(),
+        };
+        println!(
+            "    #{} {} {} {} ms: {outcome}",
+            a["number"],
+            text(&a["upstream"]),
+            when(&a["at_ms"]),
+            a["duration_ms"]
+        );
+    }
 }

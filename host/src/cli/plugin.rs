@@ -69,6 +69,9 @@ enum PluginCommand {
     List {
         #[command(flatten)]
         admin: AdminArgs,
+        /// Print the API's JSON reply instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Make the version before the active one active again.
     Rollback {
@@ -95,7 +98,7 @@ fn print_status(p: &Value) {
         })
         .unwrap_or_default();
     println!(
-        "{:<24} {:<12} {:<6} {:<4} {}",
+        "{:<24} {:<12} {:<6} {:<8} {}",
         p["name"].as_str().unwrap_or(""),
         p["merchant"].as_str().unwrap_or(""),
         version,
@@ -113,9 +116,16 @@ pub fn run(args: PluginArgs) -> Result<(), Failure> {
             println!("uploaded {file} as {name} v{}", status["active_version"]);
             Ok(())
         }
-        PluginCommand::List { admin } => {
+        PluginCommand::List { admin, json } => {
             let reply = admin.call(Method::GET, "/api/plugins", Vec::new())?;
-            println!("{:<24} {:<12} {:<6} {:<4} active version", "name", "merchant", "active", "vers");
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reply).unwrap_or_default());
+                return Ok(());
+            }
+            println!(
+                "{:<24} {:<12} {:<6} {:<8} active version's source",
+                "name", "merchant", "active", "versions"
+            );
             reply["plugins"].as_array().into_iter().flatten().for_each(print_status);
             Ok(())
         }

@@ -17,6 +17,8 @@ use super::scheme::SchemeArgs;
 use super::{unix_now, Failure};
 
 #[derive(Args, Debug)]
+// What PayFlow itself sends (hex over the body, no timestamp), unless --scheme says otherwise.
+#[command(mut_arg("scheme", |a| a.default_value("payflow-v0")))]
 pub struct SendArgs {
     /// The webhook endpoint, e.g. http://127.0.0.1:8080/webhooks/payflow
     #[arg(long)]
@@ -42,6 +44,14 @@ pub struct SendArgs {
 }
 
 pub fn run(args: SendArgs) -> Result<(), Failure> {
+    if !args.url.contains("://") {
+        return Err(anyhow::anyhow!(
+            "--url {} has no scheme: did you mean http://{}? (PayFlow itself only sends to https://)",
+            args.url,
+            args.url
+        )
+        .into());
+    }
     if args.count == 0 || args.concurrency == 0 {
         return Err(anyhow::anyhow!("--count and --concurrency must be at least 1").into());
     }
