@@ -4,6 +4,7 @@ another). The event itself continues unchanged to the endpoint's own upstream.""
 
 import json
 
+from payflow import forward, header, proceed
 from wit_world import exports
 from wit_world.imports import host, types
 
@@ -17,9 +18,8 @@ def money(amount: int, currency: str) -> str:
 
 class Handler(exports.Handler):
     def handle(self, event: types.Event) -> types.Outcome:
-        proceed = types.Outcome(types.Action_Continue(), None, [], [], [])
         if not event.event_type.startswith("payment."):
-            return proceed
+            return proceed()
         data = json.loads(event.body).get("data") or {}
         status = event.event_type.split(".", 1)[1]
         who = data.get("customer_email") or "an unknown customer"
@@ -31,7 +31,5 @@ class Handler(exports.Handler):
         host.log(host.Level.INFO, text)
         upstream = host.config("upstream") or "chat"
         message = json.dumps({"text": text}, ensure_ascii=False).encode()
-        forward = types.Forward(upstream, message, [types.Header("Content-Type", "application/json")])
-        proceed.forwards.append(forward)
-        proceed.tags.append("notified")
-        return proceed
+        chat = forward(upstream, message, [header("Content-Type", "application/json")])
+        return proceed(forwards=[chat], tags=["notified"])
