@@ -218,3 +218,49 @@ fn a_warm_instance_serves_many_events_and_is_replaced_after_a_failure() {
         assert!(matches!(warm.run(&event(5000)).result, Err(Failure::Trap(_))));
     }
 }
+
+/// `plugin run` as a plugin's author iterates: the event from standard input, a generated
+/// sample instead of a file, kv kept between runs in a file (the ledger plugin's running total
+/// grows run after run), and a warning when the gateway would quarantine the event.
+#[test]
+fn plugin_run_reads_stdin_generates_samples_keeps_kv_and_warns_of_quarantine() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = guests().join("ledger.wasm");
+    let wasm = wasm.to_str().unwrap();
+    let kv = dir.path().join("ledger-kv.json");
+    let kv = kv.to_str().unwrap();
+
+    // Two samples, two different ids: the total for the sample's customer is added twice.
+    for _ in 0..2 {
+        let out = cli(&["plugin", "run", wasm, "--sample", "payment.succeeded", "--kv", kv]);
+        assert!(out.status.success(), "{}", text(&out));
+        std::thread::sleep(std::time::Duration::from_millis(1100)); // a new sample id each second
+    }
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(kv).unwrap()).unwrap();
+    let (key, value) = saved.as_object().unwrap().iter().next().expect("the ledger wrote its total");
+    assert!(key.starts_with("total:"), "{saved}");
+    let total: i64 = value.as_str().unwrap().lines().next().unwrap().parse().unwrap();
+    let out = cli(&["plugin", "run", wasm, "--sample", "payment.succeeded"]);
+    let one = text(&out);
+    assert!(one.contains("outcome: continue"), "{one}");
+    assert!(total > 0 && total % 2 == 0, "two sample amounts: {saved}");
+
+    // --event - reads standard input; an amount the gateway would quarantine is warned of.
+    let body = serde_json::to_vec(&support::payment_with_amount("evt_stdin", 0)).unwrap();
+    let body = String::from_utf8(body).unwrap().replace("\"amount\":0", "\"amount\":25.5");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_payflow-edge"))
+        .args(["plugin", "run", wasm, "--event", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("would quarantine") && stderr.contains("amount"), "{stderr}");
+
+    let out = cli(&["plugin", "run", wasm]);
+    assert_eq!(out.status.code(), Some(2), "--event or --sample is required");
+}

@@ -362,4 +362,29 @@ async fn events_for_a_plugin_without_a_version_wait_for_one_instead_of_dying() {
     assert_eq!(lines[1][..5], ["shape", "default", "v1", "1", "upload"], "{table}");
     let json: Value = serde_json::from_str(&list(&["--json"])).unwrap();
     assert_eq!(json["plugins"][0]["name"], "shape");
+
+    // `plugin activate NAME VERSION` rolls back and forward again; an unknown version is named.
+    let wasm = std::fs::read(guests().join("ledger.wasm")).unwrap();
+    let reply =
+        client.put(gw.admin_url("/api/plugins/shape")).bearer_auth(ADMIN_TOKEN).body(wasm).send().await;
+    assert_eq!(reply.unwrap().status(), 200);
+    let cli = |args: &[&str]| {
+        let admin = gw.admin_url("");
+        let mut all = vec!["plugin"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--admin", &admin, "--token", ADMIN_TOKEN]);
+        std::process::Command::new(env!("CARGO_BIN_EXE_payflow-edge")).args(&all).output().unwrap()
+    };
+    for (version, line) in [("1", "shape is at v1"), ("2", "shape is at v2")] {
+        let out = cli(&["activate", "shape", version]);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(line),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = cli(&["activate", "shape", "9"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("404 unknown_version") && stderr.contains("kept: 1, 2"), "{stderr}");
 }

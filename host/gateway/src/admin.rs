@@ -311,6 +311,7 @@ fn plugin_error(e: RegistryError) -> Reply {
         RegistryError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_plugin"),
         RegistryError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "plugin_too_large"),
         RegistryError::NoVersion(_) => (StatusCode::CONFLICT, "no_previous_version"),
+        RegistryError::UnknownVersion(_) => (StatusCode::NOT_FOUND, "unknown_version"),
         RegistryError::Quota(_) => (StatusCode::INSUFFICIENT_STORAGE, "storage_quota_exceeded"),
         RegistryError::File { .. } | RegistryError::Store(_) => {
             (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
@@ -381,6 +382,10 @@ impl Admin {
                 }
             }
             ([r], &Method::POST) if r == "rollback" => registry.rollback(merchant, name).await,
+            ([v, n, a], &Method::POST) if v == "versions" && a == "activate" => match n.parse::<u32>() {
+                Ok(version) => registry.activate_version(merchant, name, version).await,
+                Err(_) => return http::error(StatusCode::NOT_FOUND, "unknown_version"),
+            },
             ([], _) => return http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ([r], _) if r == "rollback" => {
                 return http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")

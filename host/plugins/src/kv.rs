@@ -82,6 +82,21 @@ pub fn check_quota(
 #[derive(Default)]
 pub struct MemoryKv(Mutex<KvMap>);
 
+impl MemoryKv {
+    /// A space holding `entries` (`plugin run --kv FILE` reads them back between runs).
+    pub fn with(entries: impl IntoIterator<Item = (String, Vec<u8>)>) -> Self {
+        MemoryKv(Mutex::new(entries.into_iter().collect()))
+    }
+
+    /// Its entries, in key order.
+    pub fn entries(&self) -> Vec<(String, Vec<u8>)> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries: Vec<_> = map.values.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        entries.sort();
+        entries
+    }
+}
+
 impl Kv for MemoryKv {
     fn get(&self, key: &str) -> Option<Vec<u8>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()

@@ -43,6 +43,9 @@ pub enum RegistryError {
     /// Nothing to roll back to.
     #[error("{0}")]
     NoVersion(String),
+    /// No such stored version (never uploaded, or pruned).
+    #[error("{0}")]
+    UnknownVersion(String),
     /// The config's file cannot be read.
     #[error("cannot read {path}: {error}")]
     File {
@@ -457,6 +460,28 @@ impl Registry {
             )));
         };
         self.activate(slot, previous).await?;
+        self.status(slot).await
+    }
+
+    /// Makes a stored version active, older or newer than the active one: rolls back, or forward
+    /// again after a rollback.
+    pub async fn activate_version(
+        &self,
+        merchant: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<PluginStatus, RegistryError> {
+        let slot = self.find(merchant, name)?;
+        let _changing = slot.changing.lock().await;
+        let history = self.store.plugin_history(merchant, name).await?;
+        if !history.versions.iter().any(|v| v.version == version) {
+            let kept: Vec<String> = history.versions.iter().map(|v| v.version.to_string()).collect();
+            return Err(RegistryError::UnknownVersion(format!(
+                "{name} has no version {version} (kept: {})",
+                if kept.is_empty() { "none".to_string() } else { kept.join(", ") }
+            )));
+        }
+        self.activate(slot, version).await?;
         self.status(slot).await
     }
 

@@ -36,9 +36,16 @@ enum PluginCommand {
     Run {
         /// The plugin's .wasm.
         file: String,
-        /// The event's body (JSON, as PayFlow sends it).
-        #[arg(long)]
-        event: String,
+        /// The event's body (JSON, as PayFlow sends it); `-` reads it from standard input.
+        #[arg(long, required_unless_present = "sample", conflicts_with = "sample")]
+        event: Option<String>,
+        /// Run on a generated sample of this type instead (payment.succeeded, payment.failed,
+        /// payment.cancelled, customer.created, or any other type).
+        #[arg(long, value_name = "TYPE")]
+        sample: Option<String>,
+        /// Keep the plugin's kv between runs in this JSON file (read before, written after).
+        #[arg(long, value_name = "FILE")]
+        kv: Option<std::path::PathBuf>,
         /// A plugin config value: --config min_amount=1000. Repeatable.
         #[arg(long = "config", value_name = "KEY=VALUE")]
         config: Vec<String>,
@@ -77,6 +84,15 @@ enum PluginCommand {
     Rollback {
         /// The plugin's name.
         name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make a stored version active: back to an older one, or forward again after a rollback.
+    Activate {
+        /// The plugin's name.
+        name: String,
+        /// The version number (`plugin list --json` shows the versions kept).
+        version: u32,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -129,6 +145,12 @@ pub fn run(args: PluginArgs) -> Result<(), Failure> {
             reply["plugins"].as_array().into_iter().flatten().for_each(print_status);
             Ok(())
         }
+        PluginCommand::Activate { name, version, admin } => {
+            let path = format!("/api/plugins/{}/versions/{version}/activate", encode(&name));
+            let status = admin.call(Method::POST, &path, Vec::new())?;
+            println!("{name} is at v{}", status["active_version"]);
+            Ok(())
+        }
         PluginCommand::Rollback { name, admin } => {
             let status =
                 admin.call(Method::POST, &format!("/api/plugins/{}/rollback", encode(&name)), Vec::new())?;
@@ -141,11 +163,29 @@ pub fn run(args: PluginArgs) -> Result<(), Failure> {
             println!("ok: {file} is a {WORLD} component ({} KiB)", size.div_ceil(1024));
             Ok(())
         }
-        PluginCommand::Run { file, event, config, endpoint, fuel, timeout_ms, memory_mb } => {
+        PluginCommand::Run { file, event, sample, kv, config, endpoint, fuel, timeout_ms, memory_mb } => {
             let (plugin, _) = load(&file)?;
-            let body = std::fs::read(&event).with_context(|| format!("cannot read the event {event}"))?;
+            let (body, source) = match (&event, &sample) {
+                (Some(path), _) if path == "-" => (super::read_stdin()?, "standard input".to_string()),
+                (Some(path), _) => (
+                    std::fs::read(path).with_context(|| format!("cannot read the event {path}"))?,
+                    path.clone(),
+                ),
+                (None, Some(event_type)) => {
+                    let id = format!("evt_sample_{}", super::unix_now());
+                    let sample = payflow_gateway::samples::sample_event(event_type, &id, super::unix_now());
+                    (serde_json::to_vec(&sample).unwrap_or_default(), format!("a sample {event_type}"))
+                }
+                (None, None) => unreachable!("clap requires --event or --sample"),
+            };
             let parsed = payflow_verify::event::parse(&body)
-                .map_err(|e| Failure::Usage(anyhow::anyhow!("{event} is not a PayFlow event: {e}")))?;
+                .map_err(|e| Failure::Usage(anyhow::anyhow!("{source} is not a PayFlow event: {e}")))?;
+            if let Err(problem) = &parsed.checked {
+                eprintln!(
+                    "warning: the gateway would quarantine this event ({problem}): it would be kept, \
+                     but never reach the plugins"
+                );
+            }
             let event = payflow_store::Event {
                 key: EventKey { merchant: "default".into(), scope: endpoint.clone(), id: parsed.id },
                 endpoint,
@@ -169,7 +209,14 @@ pub fn run(args: PluginArgs) -> Result<(), Failure> {
                 memory_bytes: memory_mb << 20,
                 ..Limits::default()
             };
-            let run = plugin.run(&event, &config, Arc::new(MemoryKv::default()), &limits);
+            let space = Arc::new(match &kv {
+                Some(path) => kv_file::read(path)?,
+                None => MemoryKv::default(),
+            });
+            let run = plugin.run(&event, &config, space.clone(), &limits);
+            if let (Some(path), Ok(_)) = (&kv, &run.result) {
+                kv_file::write(path, &space)?;
+            }
             println!("time: {:.3} ms", run.duration.as_secs_f64() * 1000.0);
             println!("fuel: {}", run.fuel_used);
             for line in &run.logs {
@@ -210,4 +257,69 @@ fn load(file: &str) -> Result<(LoadedPlugin, usize), Failure> {
     let runtime = Runtime::new(1).map_err(|e| Failure::Usage(e.into()))?;
     let plugin = runtime.load(&bytes).map_err(|e| Failure::Negative(format!("{file}: {e}")))?;
     Ok((plugin, bytes.len()))
+}
+
+/// `plugin run --kv FILE`: the plugin's kv space kept in a JSON object between runs, each value
+/// a string when it is UTF-8 text, else an array of its bytes. A missing file is an empty space.
+mod kv_file {
+    use std::path::Path;
+
+    use anyhow::Context as _;
+    use payflow_plugins::MemoryKv;
+    use serde_json::{Map, Value};
+
+    use super::Failure;
+
+    pub fn read(path: &Path) -> Result<MemoryKv, Failure> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(MemoryKv::default()),
+            Err(e) => {
+                return Err(anyhow::Error::from(e)
+                    .context(format!("cannot read --kv {}", path.display()))
+                    .into())
+            }
+        };
+        let object: Map<String, Value> = serde_json::from_str(&text)
+            .with_context(|| format!("--kv {} is not a JSON object", path.display()))?;
+        let mut entries = Vec::new();
+        for (key, value) in object {
+            let bytes = match value {
+                Value::String(s) => s.into_bytes(),
+                Value::Array(items) => items
+                    .iter()
+                    .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                    .collect::<Option<Vec<u8>>>()
+                    .with_context(|| {
+                        format!("--kv {}: {key:?} is not a string or an array of bytes", path.display())
+                    })?,
+                _ => {
+                    return Err(anyhow::anyhow!(
+                        "--kv {}: {key:?} is not a string or an array of bytes",
+                        path.display()
+                    )
+                    .into())
+                }
+            };
+            entries.push((key, bytes));
+        }
+        Ok(MemoryKv::with(entries))
+    }
+
+    pub fn write(path: &Path, space: &MemoryKv) -> Result<(), Failure> {
+        let object: Map<String, Value> = space
+            .entries()
+            .into_iter()
+            .map(|(key, bytes)| {
+                let value = match String::from_utf8(bytes) {
+                    Ok(text) => Value::String(text),
+                    Err(e) => Value::Array(e.into_bytes().into_iter().map(Value::from).collect()),
+                };
+                (key, value)
+            })
+            .collect();
+        let text = serde_json::to_string_pretty(&Value::Object(object)).unwrap_or_default();
+        std::fs::write(path, text + "\n").with_context(|| format!("cannot write --kv {}", path.display()))?;
+        Ok(())
+    }
 }
