@@ -290,3 +290,50 @@ async fn admin_commands_take_the_address_and_token_from_the_config() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no [admin] section"));
 }
+
+/// `events tail` prints what happens after it starts: a new event, then its status changes as
+/// its delivery is retried and succeeds; the history before it started is not replayed.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_tail_follows_new_events_and_their_delivery() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let gw =
+        Gateway::start(dir.path(), &queue_config(&dir.path().join("db"), &upstream.url(), &fast_retries("")));
+    let client = client();
+    assert_eq!(send_event(&client, &gw.url("/webhooks/payflow"), "evt_before_tail").await.0, 200);
+    wait_for_status(&client, &gw, "evt_before_tail", "delivered", Duration::from_secs(10)).await;
+
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_payflow-edge"))
+        .args(["events", "tail", "--admin", &gw.admin_url(""), "--token", ADMIN_TOKEN])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = BufReader::new(tail.stderr.take().unwrap());
+    let mut line = String::new();
+    ready.read_line(&mut line).unwrap();
+    assert!(line.contains("tailing events"), "{line}");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = tail.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+
+    upstream.script(&[(503, &[])]); // the first attempt fails, the retry succeeds
+    assert_eq!(send_event(&client, &gw.url("/webhooks/payflow"), "evt_tailed").await.0, 200);
+    let mut printed = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !printed.iter().any(|l: &String| l.contains("evt_tailed") && l.contains("delivered")) {
+        assert!(std::time::Instant::now() < deadline, "no delivered line: {printed:?}");
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
+            printed.push(line);
+        }
+    }
+    let _ = tail.kill();
+    let _ = tail.wait();
+    assert!(printed.iter().all(|l| !l.contains("evt_before_tail")), "history is not replayed: {printed:?}");
+    assert!(printed.iter().all(|l| l.contains("evt_tailed")), "{printed:?}");
+}

@@ -39,6 +39,22 @@ enum EventsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Follow events live (like `stripe logs tail`): each new event, and each change of an
+    /// event's status (queued → delivered, dead, …), as it happens. Ctrl-C stops.
+    Tail {
+        /// Only this status.
+        #[arg(long, value_enum)]
+        status: Option<StatusName>,
+        /// Only this event type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Only this endpoint path.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show one event with its plugin step, deliveries and attempts.
     Show {
         id: String,
@@ -96,7 +112,72 @@ fn event_url(id: &str, action: &str, address: &EventAddress) -> String {
     format!("/api/events/{}{action}{query}", encode(id))
 }
 
+/// How often `tail` asks the admin API what changed.
+const TAIL_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The newest events `tail` compares each time: more new events than this within one poll are
+/// not all shown.
+const TAIL_PAGE: usize = 200;
+
+/// `events tail`: polls the newest page and prints what is new or changed since the last poll
+/// (nothing of the history before it starts).
+fn tail(admin: &AdminArgs, filters: &[(&str, Option<String>)], json: bool) -> Result<(), Failure> {
+    let mut query = vec![format!("limit={TAIL_PAGE}")];
+    for (key, value) in filters {
+        if let Some(v) = value {
+            query.push(format!("{key}={}", encode(v)));
+        }
+    }
+    let url = format!("/api/events?{}", query.join("&"));
+    let mut seen: std::collections::HashMap<(String, String, String), String> = Default::default();
+    let mut first = true;
+    loop {
+        let reply = admin.call(Method::GET, &url, Vec::new())?;
+        let mut events: Vec<&Value> = reply["events"].as_array().into_iter().flatten().collect();
+        events.reverse(); // oldest first
+        for e in events {
+            let key =
+                (text(&e["merchant"]).to_string(), text(&e["scope"]).to_string(), text(&e["id"]).to_string());
+            let status = text(&e["status"]).to_string();
+            if seen.get(&key) == Some(&status) {
+                continue;
+            }
+            seen.insert(key, status);
+            if first {
+                continue;
+            }
+            if json {
+                println!("{e}");
+            } else {
+                println!(
+                    "{}  {:<28} {:<12} {:<18} {} {}",
+                    when(&e["received_at_ms"]),
+                    text(&e["id"]),
+                    text(&e["status"]),
+                    e["type"].as_str().unwrap_or("-"),
+                    text(&e["endpoint"]),
+                    e["reason"].as_str().unwrap_or(""),
+                );
+            }
+        }
+        if first {
+            eprintln!("tailing events ({}): Ctrl-C to stop", admin_target(admin));
+            first = false;
+        }
+        std::thread::sleep(TAIL_POLL);
+    }
+}
+
+fn admin_target(admin: &AdminArgs) -> String {
+    admin.admin.clone().unwrap_or_else(|| "the admin API".to_string())
+}
+
 pub fn run(args: EventsArgs) -> Result<(), Failure> {
+    if let EventsCommand::Tail { status, event_type, endpoint, json } = &args.command {
+        let status = status.map(|s| format!("{s:?}").to_lowercase());
+        let filters = [("status", status), ("type", event_type.clone()), ("endpoint", endpoint.clone())];
+        return tail(&args.admin, &filters, *json);
+    }
     let (method, url) = match &args.command {
         EventsCommand::List { status, event_type, endpoint, limit, before, .. } => {
             let mut query = vec![format!("limit={limit}")];
@@ -112,6 +193,7 @@ pub fn run(args: EventsArgs) -> Result<(), Failure> {
         }
         EventsCommand::Show { id, address, .. } => (Method::GET, event_url(id, "", address)),
         EventsCommand::Replay { id, address, .. } => (Method::POST, event_url(id, "/replay", address)),
+        EventsCommand::Tail { .. } => unreachable!("tail returned above"),
     };
     let body = match &args.command {
         EventsCommand::Replay { force: true, .. } => br#"{"force":true}"#.to_vec(),
