@@ -119,9 +119,16 @@ const TAIL_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 /// not all shown.
 const TAIL_PAGE: usize = 200;
 
-/// `events tail`: polls the newest page and prints what is new or changed since the last poll
-/// (nothing of the history before it starts).
-fn tail(admin: &AdminArgs, filters: &[(&str, Option<String>)], json: bool) -> Result<(), Failure> {
+/// `events tail`: polls the newest page and prints what is new or changed since the last poll.
+/// What the first poll finds is history, not shown, unless it arrived at `since_ms` or later
+/// (unix ms): whoever starts the tail before the traffic sees all of it.
+pub(crate) fn tail(
+    admin: &AdminArgs,
+    filters: &[(&str, Option<String>)],
+    json: bool,
+    announce: bool,
+    since_ms: i64,
+) -> Result<(), Failure> {
     let mut query = vec![format!("limit={TAIL_PAGE}")];
     for (key, value) in filters {
         if let Some(v) = value {
@@ -143,7 +150,7 @@ fn tail(admin: &AdminArgs, filters: &[(&str, Option<String>)], json: bool) -> Re
                 continue;
             }
             seen.insert(key, status);
-            if first {
+            if first && e["received_at_ms"].as_i64().unwrap_or(0) < since_ms {
                 continue;
             }
             if json {
@@ -160,10 +167,10 @@ fn tail(admin: &AdminArgs, filters: &[(&str, Option<String>)], json: bool) -> Re
                 );
             }
         }
-        if first {
+        if first && announce {
             eprintln!("tailing events ({}): Ctrl-C to stop", admin_target(admin));
-            first = false;
         }
+        first = false;
         std::thread::sleep(TAIL_POLL);
     }
 }
@@ -176,7 +183,7 @@ pub fn run(args: EventsArgs) -> Result<(), Failure> {
     if let EventsCommand::Tail { status, event_type, endpoint, json } = &args.command {
         let status = status.map(|s| format!("{s:?}").to_lowercase());
         let filters = [("status", status), ("type", event_type.clone()), ("endpoint", endpoint.clone())];
-        return tail(&args.admin, &filters, *json);
+        return tail(&args.admin, &filters, *json, true, super::unix_now() * 1000);
     }
     let (method, url) = match &args.command {
         EventsCommand::List { status, event_type, endpoint, limit, before, .. } => {

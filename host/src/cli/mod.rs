@@ -5,6 +5,7 @@ mod client;
 mod config;
 mod demo;
 mod events;
+mod listen;
 mod plugin;
 mod scheme;
 mod send;
@@ -41,6 +42,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Check a config file, listing every problem.
     Config(config::ConfigArgs),
+    /// A local gateway with nothing to configure (like `stripe listen`): a signing secret kept
+    /// across restarts, events forwarded to your app and shown live.
+    Listen(listen::ListenArgs),
     /// Print a shell completion script: `payflow-edge completions bash > /etc/bash_completion.d/payflow-edge`.
     Completions {
         #[arg(value_enum)]
@@ -137,6 +141,7 @@ pub fn run() -> ExitCode {
         Command::Plugin(args) => plugin::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Config(args) => config::run(args),
+        Command::Listen(args) => listen::run(args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "payflow-edge", &mut std::io::stdout());
             Ok(())
