@@ -183,7 +183,7 @@ pub fn run(args: EventsArgs) -> Result<(), Failure> {
     if let EventsCommand::Tail { status, event_type, endpoint, json } = &args.command {
         let status = status.map(|s| format!("{s:?}").to_lowercase());
         let filters = [("status", status), ("type", event_type.clone()), ("endpoint", endpoint.clone())];
-        return tail(&args.admin, &filters, *json, true, super::unix_now() * 1000);
+        return tail(&args.admin, &filters, *json, true, super::unix_now_ms());
     }
     let (method, url) = match &args.command {
         EventsCommand::List { status, event_type, endpoint, limit, before, .. } => {

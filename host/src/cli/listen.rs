@@ -104,7 +104,7 @@ retry_max_ms = 10000
         forward_to = args.forward_to,
     );
     let config = Config::parse(&text, |_| None)?;
-    let started_ms = super::unix_now() * 1000;
+    let started_ms = super::unix_now_ms();
     super::runtime()?.block_on(async move {
         let gateway = Gateway::start(config).await?;
         let admin = gateway.admin_addr.context("admin listener")?;

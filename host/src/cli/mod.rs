@@ -187,7 +187,12 @@ fn read_stdin() -> anyhow::Result<Vec<u8>> {
 
 /// Current unix time in seconds.
 fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    unix_now_ms() / 1000
+}
+
+/// Current unix time in milliseconds.
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]
