@@ -2,6 +2,8 @@
 //! 0 (valid) / 1 (invalid, reason on stderr) / 2 (usage). Signatures to verify come from
 //! Python's hmac, and what `sign` prints is checked by Python's hmac, never by our own code.
 
+mod support;
+
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
@@ -177,18 +179,7 @@ fn sign_with_two_secrets_lists_both_signatures() {
 #[test]
 fn verify_names_json_compat_when_only_the_reserialised_body_matches() {
     let pretty = "{\n  \"id\": \"evt_cli_pretty\",\n  \"type\": \"payment.succeeded\",\n  \"data\": {\"amount\": 2500}\n}";
-    let node = Command::new("node")
-        .args([
-            "-e",
-            "const c=require('crypto');const [s,b]=process.argv.slice(1);\
-             process.stdout.write(c.createHmac('sha256',s).update(JSON.stringify(JSON.parse(b))).digest('hex'))",
-            SECRET,
-            pretty,
-        ])
-        .output()
-        .expect("node");
-    let hex = String::from_utf8(node.stdout).unwrap();
-    assert_eq!(hex.len(), 64, "{}", String::from_utf8_lossy(&node.stderr));
+    let hex = support::payflow_page_signature(SECRET, pretty);
     let header = format!("X-PayFlow-Signature: {hex}");
 
     let refused = verify(&["--header", &header], pretty);

@@ -230,17 +230,7 @@ async fn a_signature_over_reserialised_json_is_refused_with_a_hint_in_the_log_on
     let (client, url) = (client(), gw.url("/wh/payflow"));
     let pretty =
         "{\n  \"id\": \"evt_pretty\",\n  \"type\": \"payment.succeeded\",\n  \"data\": {\"amount\": 2500}\n}";
-    let node = std::process::Command::new("node")
-        .args([
-            "-e",
-            "const c=require('crypto');const [s,b]=process.argv.slice(1);\
-             process.stdout.write(c.createHmac('sha256',s).update(JSON.stringify(JSON.parse(b))).digest('hex'))",
-            SECRET,
-            pretty,
-        ])
-        .output()
-        .expect("node");
-    let hex = String::from_utf8(node.stdout).unwrap();
+    let hex = payflow_page_signature(SECRET, pretty);
     let h = |v: &str| vec![("X-PayFlow-Signature".to_string(), v.to_string())];
 
     let (status, reply) = post(&client, &url, &h(&"ab".repeat(32)), pretty.into()).await;

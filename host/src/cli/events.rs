@@ -3,6 +3,7 @@
 
 use clap::{Args, Subcommand};
 use hyper::Method;
+use payflow_store::EventStatus;
 use serde_json::Value;
 
 use super::client::{encode, AdminArgs};
@@ -20,15 +21,8 @@ pub struct EventsArgs {
 enum EventsCommand {
     /// List events, newest first.
     List {
-        /// Only this status.
-        #[arg(long, value_enum)]
-        status: Option<StatusName>,
-        /// Only this event type.
-        #[arg(long = "type")]
-        event_type: Option<String>,
-        /// Only this endpoint path.
-        #[arg(long)]
-        endpoint: Option<String>,
+        #[command(flatten)]
+        filters: Filters,
         /// Events per page (the API caps it at 1000).
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -42,15 +36,8 @@ enum EventsCommand {
     /// Follow events live (like `stripe logs tail`): each new event, and each change of an
     /// event's status (queued → delivered, dead, …), as it happens. Ctrl-C stops.
     Tail {
-        /// Only this status.
-        #[arg(long, value_enum)]
-        status: Option<StatusName>,
-        /// Only this event type.
-        #[arg(long = "type")]
-        event_type: Option<String>,
-        /// Only this endpoint path.
-        #[arg(long)]
-        endpoint: Option<String>,
+        #[command(flatten)]
+        filters: Filters,
         /// One JSON object per line instead of text.
         #[arg(long)]
         json: bool,
@@ -76,18 +63,29 @@ enum EventsCommand {
     },
 }
 
-/// An event status, as `--status` takes it: a typo is refused with the list, not answered with
-/// an empty page.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum StatusName {
-    Queued,
-    Delivered,
-    Dead,
-    Quarantined,
-    Stored,
-    Forwarding,
-    Failed,
-    Dropped,
+/// Which events a listing or a tail shows.
+#[derive(Args, Debug)]
+struct Filters {
+    /// Only this status (a typo is refused with the list, not answered with an empty page).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(EventStatus::ALL.map(EventStatus::as_str)))]
+    status: Option<String>,
+    /// Only this event type.
+    #[arg(long = "type")]
+    event_type: Option<String>,
+    /// Only this endpoint path.
+    #[arg(long)]
+    endpoint: Option<String>,
+}
+
+impl Filters {
+    /// As the admin API's query parameters.
+    fn query(&self) -> [(&'static str, Option<String>); 3] {
+        [
+            ("status", self.status.clone()),
+            ("type", self.event_type.clone()),
+            ("endpoint", self.endpoint.clone()),
+        ]
+    }
 }
 
 /// Which of several events with one id: ids are unique per merchant and scope only.
@@ -180,20 +178,16 @@ fn admin_target(admin: &AdminArgs) -> String {
 }
 
 pub fn run(args: EventsArgs) -> Result<(), Failure> {
-    if let EventsCommand::Tail { status, event_type, endpoint, json } = &args.command {
-        let status = status.map(|s| format!("{s:?}").to_lowercase());
-        let filters = [("status", status), ("type", event_type.clone()), ("endpoint", endpoint.clone())];
-        return tail(&args.admin, &filters, *json, true, super::unix_now_ms());
+    if let EventsCommand::Tail { filters, json } = &args.command {
+        return tail(&args.admin, &filters.query(), *json, true, super::unix_now_ms());
     }
     let (method, url) = match &args.command {
-        EventsCommand::List { status, event_type, endpoint, limit, before, .. } => {
+        EventsCommand::List { filters, limit, before, .. } => {
             let mut query = vec![format!("limit={limit}")];
-            let status = status.map(|s| format!("{s:?}").to_lowercase());
-            for (key, value) in
-                [("status", &status), ("type", event_type), ("endpoint", endpoint), ("before", before)]
-            {
+            let [status, event_type, endpoint] = filters.query();
+            for (key, value) in [status, event_type, endpoint, ("before", before.clone())] {
                 if let Some(v) = value {
-                    query.push(format!("{key}={}", encode(v)));
+                    query.push(format!("{key}={}", encode(&v)));
                 }
             }
             (Method::GET, format!("/api/events?{}", query.join("&")))

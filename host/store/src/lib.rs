@@ -102,6 +102,18 @@ pub enum EventStatus {
 }
 
 impl EventStatus {
+    /// Every status.
+    pub const ALL: [EventStatus; 8] = [
+        EventStatus::Queued,
+        EventStatus::Delivered,
+        EventStatus::Dead,
+        EventStatus::Quarantined,
+        EventStatus::Stored,
+        EventStatus::Forwarding,
+        EventStatus::Failed,
+        EventStatus::Dropped,
+    ];
+
     /// As stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -118,17 +130,7 @@ impl EventStatus {
 
     /// Parses a stored status.
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "queued" => EventStatus::Queued,
-            "delivered" => EventStatus::Delivered,
-            "dead" => EventStatus::Dead,
-            "quarantined" => EventStatus::Quarantined,
-            "stored" => EventStatus::Stored,
-            "forwarding" => EventStatus::Forwarding,
-            "failed" => EventStatus::Failed,
-            "dropped" => EventStatus::Dropped,
-            _ => return None,
-        })
+        EventStatus::ALL.into_iter().find(|status| status.as_str() == s)
     }
 }
 

@@ -443,3 +443,21 @@ pub fn guests() -> &'static Path {
 pub fn manifest_dir() -> PathBuf {
     PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
 }
+
+/// The signature PayFlow's page computes for `body`: hex HMAC-SHA256 over
+/// `JSON.stringify(JSON.parse(body))`, by Node's own crypto and JSON (not our code).
+pub fn payflow_page_signature(secret: &str, body: &str) -> String {
+    let node = std::process::Command::new("node")
+        .args([
+            "-e",
+            "const c=require('crypto');const [s,b]=process.argv.slice(1);\
+             process.stdout.write(c.createHmac('sha256',s).update(JSON.stringify(JSON.parse(b))).digest('hex'))",
+            secret,
+            body,
+        ])
+        .output()
+        .expect("node (scripts/setup.sh installs it)");
+    let hex = String::from_utf8(node.stdout).unwrap();
+    assert_eq!(hex.len(), 64, "{}", String::from_utf8_lossy(&node.stderr));
+    hex
+}
