@@ -182,6 +182,8 @@ test('a merchant sends a test webhook, sees it delivered, opens it, replays it',
   const result = await page.textContent('#test-result');
   assert.match(result, /^Sent evt_test_[0-9a-f]+ \(payment\.failed\) to \/webhooks\/acme: 200 /);
   const id = await page.getAttribute('#test-result', 'data-event-id');
+  // The result links to the event it created, by its whole address.
+  assert.equal(await page.getAttribute('#test-event-link', 'href'), `#/event/${id}/acme/${encodeURIComponent('/webhooks/acme')}`);
   await shot(page, '02-test-webhook-sent');
 
   // The newest page follows new events: it arrives, then is delivered, without a reload.
@@ -388,5 +390,28 @@ test('logging out forgets the token', async () => {
   assert.equal(await page.evaluate(() => sessionStorage.length), 0);
   await page.reload();
   await page.waitForSelector('#login-view:visible');
+  await context.close();
+});
+
+test('on a 420 px screen the pages fit the width and wide tables scroll in their own box', async () => {
+  const context = await browser.newContext({ viewport: { width: 420, height: 860 } });
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(`${admin}/`);
+  await logIn(page, OPERATOR);
+  await page.waitForSelector('#events tbody tr');
+  for (const view of ['events', 'endpoints', 'plugins', 'checker']) {
+    await page.click(`#nav a[data-view="${view}"]`);
+    await page.waitForSelector(`#${view}-view:visible`);
+    const [pageWidth, viewport] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+    assert.ok(pageWidth <= viewport, `${view}: the page is ${pageWidth} px wide on a ${viewport} px screen`);
+    await shot(page, `09-narrow-${view}`);
+  }
+  // The events table keeps every column (tags last), reachable by scrolling the table itself.
+  await page.click('#nav a[data-view="events"]');
+  const headers = await page.locator('#events thead th').allTextContents();
+  assert.deepEqual(headers, ['Received', 'Event', 'Type', 'Status', 'Endpoint', 'Merchant', 'Tags']);
+  assert.deepEqual(errors, []);
   await context.close();
 });

@@ -114,7 +114,15 @@ impl Admin {
                     .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&reply).into_owned()));
                 http::json(
                     StatusCode::OK,
-                    &json!({ "id": id, "endpoint": endpoint.path, "type": request.event_type, "status": status.as_u16(), "reply": reply }),
+                    &json!({
+                        "id": id,
+                        "merchant": endpoint.merchant,
+                        "scope": endpoint.scope(),
+                        "endpoint": endpoint.path,
+                        "type": request.event_type,
+                        "status": status.as_u16(),
+                        "reply": reply,
+                    }),
                 )
             }
             Err(e) => http::json(

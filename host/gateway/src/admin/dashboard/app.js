@@ -147,6 +147,7 @@ async function loadEvents() {
     el('td', { class: `status status-${e.status}` }, e.status, e.reason ? ` (${e.reason})` : ''),
     el('td', {}, e.endpoint),
     el('td', {}, e.merchant),
+    el('td', { class: 'tags' }, (e.tags ?? []).join(', ')),
   )));
 }
 
@@ -357,8 +358,10 @@ async function showEndpoints() {
       try {
         const r = await api('POST', '/api/test-webhook', JSON.stringify({ endpoint: e.path, type: type.value }));
         out.className = r.status < 300 ? 'ok' : 'error';
-        out.textContent = `Sent ${r.id} (${r.type}) to ${r.endpoint}: ${r.status} ${JSON.stringify(r.reply)}`;
+        out.textContent = `Sent ${r.id} (${r.type}) to ${r.endpoint}: ${r.status} ${JSON.stringify(r.reply)} `;
         out.dataset.eventId = r.id;
+        // The event it created, one click away (a refused one was not stored: no link).
+        if (r.status < 300) out.append(el('a', { id: 'test-event-link', href: eventLink(r.id, r.merchant, r.scope) }, 'Open the event'));
       } catch (err) {
         out.className = 'error';
         out.textContent = `Not sent: ${err.message}`;
