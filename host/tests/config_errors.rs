@@ -7,10 +7,16 @@ fn serve(config: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("payflow-edge.toml");
     std::fs::write(&path, config.replace("DB", &dir.path().join("db").display().to_string())).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_payflow-edge"));
-    command.args(["serve", "--config"]).arg(&path).env_remove("PAYFLOW_WEBHOOK_SECRET");
-    let out = command.output().unwrap();
+    let refused = serve_file(&path);
     assert!(!dir.path().join("db").exists(), "a refused config must not create the database");
+    refused
+}
+
+/// `serve --config path`: its exit code and what it said.
+fn serve_file(path: &std::path::Path) -> (Option<i32>, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_payflow-edge"));
+    command.args(["serve", "--config"]).arg(path).env_remove("PAYFLOW_WEBHOOK_SECRET");
+    let out = command.output().unwrap();
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -128,13 +134,9 @@ fn bad_configs_exit_2_naming_the_key() {
 #[test]
 fn env_vars_are_expanded_and_a_missing_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_payflow-edge"))
-        .args(["serve", "--config"])
-        .arg(dir.path().join("nope.toml"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.toml"));
+    let (code, stderr) = serve_file(&dir.path().join("nope.toml"));
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("nope.toml"));
 
     let config = payflow_config::Config::parse(
         "[[endpoint]]\npath = \"/wh\"\nsecrets = [\"pre-${A}-${B_2}\"]\n",
@@ -180,12 +182,7 @@ fn each_error_is_said_once_and_names_its_file() {
     assert!(stderr.contains("payflow-edge.toml: endpoint[0].secrets"), "{stderr}");
 
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_payflow-edge"))
-        .args(["serve", "--config"])
-        .arg(dir.path().join("nope.toml"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (_, stderr) = serve_file(&dir.path().join("nope.toml"));
     assert!(stderr.contains("payflow-edge.example.toml"), "where to start: {stderr}");
     assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
 
@@ -196,13 +193,8 @@ fn each_error_is_said_once_and_names_its_file() {
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
         .replace("DB", &dir.path().join("db").display().to_string());
     std::fs::write(dir.path().join("taken.toml"), config).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_payflow-edge"))
-        .args(["serve", "--config"])
-        .arg(dir.path().join("taken.toml"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = serve_file(&dir.path().join("taken.toml"));
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
     assert_eq!(stderr.matches("in use").count(), 1, "{stderr}");
 }
