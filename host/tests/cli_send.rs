@@ -4,24 +4,13 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
 
 fn send(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_payflow-edge"))
-        .arg("send")
-        .args(args)
-        .env_remove("PAYFLOW_WEBHOOK_SECRET")
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cli(&[&["send"], args].concat())
 }
 
 #[tokio::test(flavor = "multi_thread")]

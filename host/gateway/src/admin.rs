@@ -55,10 +55,11 @@ pub struct Admin {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Plugins, when any are configured.
     pub plugins: Option<Arc<PluginStage>>,
-    /// `http://host:port` of the ingress listener, where test webhooks are sent (`None` when
-    /// it speaks TLS only).
-    pub ingress_url: Option<String>,
-    /// For test webhooks.
+    /// `http://host:port` (or `https://`) of the ingress listener on loopback, where test
+    /// webhooks are sent.
+    pub ingress_url: String,
+    /// For test webhooks (trusting any certificate when the ingress speaks TLS: it is this
+    /// gateway's own listener on loopback).
     pub client: http::Client,
     /// Uploads in flight per token (see [`UPLOADS_PER_TOKEN`]).
     pub uploads: Mutex<HashMap<Scope, usize>>,

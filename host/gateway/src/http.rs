@@ -1,5 +1,10 @@
 //! Small HTTP helpers shared by ingress, admin and delivery: JSON replies, bounded body
-//! reading, and the adapter that lets `payflow-verify` read hyper's headers.
+//! reading, the adapter that lets `payflow-verify` read hyper's headers, and the small
+//! client the CLI and the admin's test webhooks use.
+
+mod client;
+
+pub use client::{Client, ClientError, Trust};
 
 use std::time::Duration;
 
@@ -142,83 +147,5 @@ mod tests {
         assert_eq!(percent_decode("%2Fwebhooks%2Fpayflow+x"), "/webhooks/payflow x");
         assert_eq!(percent_decode("bad%zz%"), "bad%zz%");
         assert_eq!(percent_decode("%4"), "%4");
-    }
-}
-
-/// Why a [`Client`] request got no reply.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// Only plain HTTP is spoken.
-    #[error("{0}: https is not supported here; use the gateway's http listener")]
-    Https(String),
-    /// The URL or a header is unusable.
-    #[error("bad request to {url}: {error}")]
-    Request {
-        /// The URL requested.
-        url: String,
-        /// What made the request unusable.
-        error: String,
-    },
-    /// No connection, or no reply.
-    #[error("cannot reach {url}: {error}")]
-    Unreachable {
-        /// The URL requested.
-        url: String,
-        /// The connection's or hyper's error, as text for the log.
-        error: String,
-    },
-    /// The reply's body broke off.
-    #[error("the reply from {0} was cut short")]
-    CutShort(String),
-}
-
-/// A minimal HTTP/1.1 client: the admin API's test webhooks, and the CLI's commands.
-#[derive(Clone)]
-pub struct Client(
-    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-);
-
-impl Default for Client {
-    fn default() -> Self {
-        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        Client(
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(connector),
-        )
-    }
-}
-
-impl Client {
-    /// A client with its own connection pool.
-    pub fn new() -> Self {
-        Client::default()
-    }
-
-    /// Sends a request and reads the whole reply.
-    pub async fn request(
-        &self,
-        method: hyper::Method,
-        url: &str,
-        headers: &[(String, String)],
-        body: Vec<u8>,
-    ) -> Result<(StatusCode, Bytes), ClientError> {
-        if url.starts_with("https://") {
-            return Err(ClientError::Https(url.to_string()));
-        }
-        let mut request = hyper::Request::builder().method(method).uri(url);
-        for (name, value) in headers {
-            request = request.header(name, value);
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| ClientError::Request { url: url.to_string(), error: e.to_string() })?;
-        let response = self.0.request(request).await.map_err(|e| ClientError::Unreachable {
-            url: url.to_string(),
-            error: payflow_delivery::error_chain(&e),
-        })?;
-        let status = response.status();
-        let body =
-            response.into_body().collect().await.map_err(|_| ClientError::CutShort(url.to_string()))?;
-        Ok((status, body.to_bytes()))
     }
 }

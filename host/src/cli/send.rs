@@ -15,6 +15,7 @@ use serde_json::Value;
 use super::client::HttpClient;
 use super::scheme::SchemeArgs;
 use super::{unix_now, Failure};
+use payflow_gateway::http::Trust;
 
 #[derive(Args, Debug)]
 // What PayFlow itself sends (hex over the body, no timestamp), unless --scheme says otherwise.
@@ -41,6 +42,14 @@ pub struct SendArgs {
     /// Event id; with --count N the same event is sent N times (to see de-duplication).
     #[arg(long)]
     id: Option<String>,
+    /// For https:// URLs: trust the certificates in this PEM file (a private CA, or the
+    /// gateway's own self-signed tls_cert) instead of the system's roots.
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    cacert: Option<std::path::PathBuf>,
+    /// For https:// URLs: accept any certificate (a test certificate on loopback). The
+    /// connection is still encrypted, but anyone in between could read it.
+    #[arg(long)]
+    insecure: bool,
 }
 
 pub fn run(args: SendArgs) -> Result<(), Failure> {
@@ -58,8 +67,13 @@ pub fn run(args: SendArgs) -> Result<(), Failure> {
     let sets = args.sets.iter().map(|s| parse_set(s)).collect::<anyhow::Result<Vec<_>>>()?;
     let signer = Arc::new(Signer::new(args.scheme.scheme(), &args.scheme.secrets)?);
     let form = args.scheme.payflow_form();
+    let trust = match (args.cacert.clone(), args.insecure) {
+        (Some(file), _) => Trust::CaFile(file),
+        (None, true) => Trust::Insecure,
+        (None, false) => Trust::System,
+    };
     let failures = super::runtime()?.block_on(async move {
-        let client = Arc::new(HttpClient::new());
+        let client = Arc::new(HttpClient::with_trust(&trust)?);
         let limit = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..args.count {

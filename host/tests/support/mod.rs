@@ -461,3 +461,18 @@ pub fn payflow_page_signature(secret: &str, body: &str) -> String {
     assert_eq!(hex.len(), 64, "{}", String::from_utf8_lossy(&node.stderr));
     hex
 }
+
+/// Runs `payflow-edge ARGS…` to completion: (exit code, stdout, stderr).
+pub fn cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_payflow-edge"))
+        .args(args)
+        .env_remove("PAYFLOW_WEBHOOK_SECRET")
+        .env_remove("PAYFLOW_EDGE_ADMIN_TOKEN")
+        .output()
+        .expect("payflow-edge runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
