@@ -6,7 +6,6 @@
 //! runs without plugins, saying why. Never fails the host's build.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const PLUGINS: [&str; 3] = ["amount_threshold", "ledger", "legacy_form"];
 
@@ -41,29 +40,17 @@ fn main() {
 
 fn build(repo: &Path, out: &Path) -> Result<(), String> {
     let target_dir = out.join("guests");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let attempt = || {
-        let mut command = Command::new(&cargo);
-        command
-            .args(["build", "--quiet", "--locked", "--release", "--target", "wasm32-wasip2"])
-            .current_dir(repo.join("plugins"))
-            // Its own target dir: the outer build holds the lock on ours.
-            .env("CARGO_TARGET_DIR", &target_dir);
-        for inherited in
-            ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER"]
-        {
-            command.env_remove(inherited);
+    let built = payflow_build_support::cargo_build_for(
+        "wasm32-wasip2",
+        &repo.join("plugins"),
+        &["--release"],
+        &target_dir,
+    );
+    if let Err(e) = built {
+        for name in PLUGINS {
+            std::fs::write(out.join(format!("{name}.wasm")), b"").map_err(|e| e.to_string())?;
         }
-        command.status().map(|s| s.success()).unwrap_or(false)
-    };
-    if !attempt() {
-        let added = Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).status();
-        if !added.is_ok_and(|s| s.success()) || !attempt() {
-            for name in PLUGINS {
-                std::fs::write(out.join(format!("{name}.wasm")), b"").map_err(|e| e.to_string())?;
-            }
-            return Err("cargo build --target wasm32-wasip2 in plugins/ failed".into());
-        }
+        return Err(e);
     }
     for name in PLUGINS {
         let built = target_dir.join("wasm32-wasip2/release").join(format!("{name}.wasm"));
