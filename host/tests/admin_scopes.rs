@@ -230,3 +230,60 @@ async fn every_event_is_addressable_when_two_merchants_hold_its_id() {
     let ambiguous = gw.admin_url("/api/events/evt_same/replay");
     assert_eq!(admin_post(&client, &ambiguous, ADMIN_TOKEN).await, 409);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bulk_replay_revives_only_the_dead_events_the_filter_and_token_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    upstream.set_default(400); // a permanent failure: dead at the first attempt
+    let gw = Gateway::start(dir.path(), &config(&dir.path().join("db"), &upstream.url()));
+    let client = client();
+    for (path, id, event_type) in [
+        ("/acme", "evt_a1", "payment.succeeded"),
+        ("/acme", "evt_a2", "payment.failed"),
+        ("/globex", "evt_g1", "payment.failed"),
+    ] {
+        let body = event_body(id, event_type);
+        let headers = sign(payflow_verify::Scheme::PayFlow, SECRET, &body, id);
+        assert_eq!(post(&client, &gw.url(path), &headers, body).await.0, 200);
+    }
+    for id in ["evt_a1", "evt_a2", "evt_g1"] {
+        wait_for_status(&client, &gw, id, "dead", Duration::from_secs(10)).await;
+    }
+    upstream.set_default(200);
+    let bulk = |query: &str, token: &'static str| {
+        let request = client.post(gw.admin_url(&format!("/api/events/replay{query}"))).bearer_auth(token);
+        async move {
+            let reply = request.send().await.unwrap();
+            (reply.status().as_u16(), reply.json::<Value>().await.unwrap())
+        }
+    };
+
+    // Only dead events are replayed in bulk, and the reply says how to ask.
+    let (status, reply) = bulk("", ACME).await;
+    assert_eq!(status, 400);
+    assert!(reply["message"].as_str().unwrap().contains("status=dead"), "{reply}");
+    assert_eq!(bulk("?status=quarantined", ACME).await.0, 400);
+    assert_eq!(bulk("?status=dead&nonsense=1", ACME).await.0, 400);
+
+    // The type filter narrows it to one event.
+    let (status, reply) = bulk("?status=dead&type=payment.failed", ACME).await;
+    assert_eq!((status, reply["replayed"].as_u64()), (200, Some(1)), "{reply}");
+    assert_eq!(reply["more"], false);
+    wait_for_status(&client, &gw, "evt_a2", "delivered", Duration::from_secs(10)).await;
+
+    // A merchant's token cannot reach another's events, whatever the query says.
+    let (_, reply) = bulk("?status=dead&merchant=globex", ACME).await;
+    assert_eq!(reply["replayed"], 1, "{reply}");
+    wait_for_status(&client, &gw, "evt_a1", "delivered", Duration::from_secs(10)).await;
+    let (_, g1) = admin_get(&client, &gw.admin_url("/api/events/evt_g1"), ADMIN_TOKEN).await;
+    assert_eq!(g1["status"], "dead", "globex's event was left alone");
+
+    // The operator's token replays what is left; nothing dead remains to replay after it.
+    assert_eq!(bulk("?status=dead", ADMIN_TOKEN).await.1["replayed"], 1);
+    wait_for_status(&client, &gw, "evt_g1", "delivered", Duration::from_secs(10)).await;
+    assert_eq!(bulk("?status=dead", ADMIN_TOKEN).await.1["replayed"], 0);
+    let mut delivered = upstream.ids();
+    delivered.sort();
+    assert_eq!(delivered, ["evt_a1", "evt_a1", "evt_a2", "evt_a2", "evt_g1", "evt_g1"]);
+}

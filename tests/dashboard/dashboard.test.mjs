@@ -34,17 +34,19 @@ let browser;
 let admin;
 
 /** A fake legacy app: records every request, answers 200. */
+// A legacy app that records what it gets and answers `state.status` (200 unless a test says).
 function startUpstream() {
   const received = [];
+  const state = { status: 200 };
   const server = createServer((req, res) => {
     const chunks = [];
     req.on('data', (c) => chunks.push(c));
     req.on('end', () => {
       received.push({ headers: req.headers, body: Buffer.concat(chunks).toString() });
-      res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}');
+      res.writeHead(state.status, { 'content-type': 'application/json' }).end('{"ok":true}');
     });
   });
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({ server, received, url: `http://127.0.0.1:${server.address().port}/hook` })));
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({ server, received, state, url: `http://127.0.0.1:${server.address().port}/hook` })));
 }
 
 function startGateway(config) {
@@ -192,6 +194,8 @@ test('a merchant sends a test webhook, sees it delivered, opens it, replays it',
   await eventRow.waitFor();
   await page.waitForFunction((id) => document.querySelector(`#events tr[data-id="${id}"] .status`)?.textContent === 'delivered', id, { timeout: 20000 });
   assert.equal(await eventRow.locator('td').nth(2).textContent(), 'payment.failed');
+  // The sample's amount, 2500 in PKR's smallest unit, in rupees.
+  assert.match(await eventRow.locator('td.amount').textContent(), /PKR\s?25\.00/);
   await shot(page, '03-event-arrived');
 
   await eventRow.locator('a').click();
@@ -223,10 +227,13 @@ test('a merchant sends a test webhook, sees it delivered, opens it, replays it',
   await context.close();
 });
 
-test('the live chart shows traffic per second', async () => {
+test('the chart shows the last hour from the server, so a reload keeps it', async () => {
   const { page, context, errors } = await openDashboard();
   await logIn(page, ACME);
   await page.waitForSelector('#events-view:visible');
+  const charted = () => document.getElementById('chart').dataset.received !== undefined;
+  await page.waitForFunction(charted, null, { timeout: 5000 });
+  const before = Number(await page.getAttribute('#chart', 'data-received'));
   const sending = (async () => {
     for (let i = 0; i < 12; i++) {
       await operatorApi('POST', '/api/test-webhook', { endpoint: '/webhooks/acme' });
@@ -237,8 +244,24 @@ test('the live chart shows traffic per second', async () => {
   await page.waitForFunction(() => Number(document.getElementById('rate-delivered').textContent) > 0, null, { timeout: 15000 });
   await sending;
   await shot(page, '06-live-chart');
+  // A reload draws the hour at once (from the server, not from samples this page took)…
+  await page.reload();
+  await page.waitForFunction((n) => Number(document.getElementById('chart').dataset.received) >= n + 12, before, { timeout: 5000 });
   assert.deepEqual(errors, []);
   await context.close();
+
+  // Another merchant's chart does not count acme's events.
+  const other = await openDashboard();
+  await logIn(other.page, GLOBEX);
+  await other.page.waitForFunction(charted, null, { timeout: 5000 });
+  const globex = await other.page.evaluate(async (token) => {
+    const r = await fetch('/api/stats/history', { headers: { authorization: `Bearer ${token}` } });
+    return (await r.json()).buckets.reduce((n, b) => n + b.received, 0);
+  }, GLOBEX);
+  assert.ok(globex < 12, `globex's chart counts ${globex} requests`);
+  assert.equal(Number(await other.page.getAttribute('#chart', 'data-received')), globex);
+  assert.deepEqual(other.errors, []);
+  await other.context.close();
 });
 
 test('a merchant uploads a plugin version and rolls it back', async () => {
@@ -283,7 +306,7 @@ test("a merchant's dashboard shows none of another merchant's events or plugins"
   const { page, context, errors, requests } = await openDashboard();
   await logIn(page, ACME);
   await page.waitForSelector('#events tbody tr');
-  const listed = await page.locator('#events tbody tr').evaluateAll((rows) => rows.map((r) => [r.dataset.id, r.children[5].textContent]));
+  const listed = await page.locator('#events tbody tr').evaluateAll((rows) => rows.map((r) => [r.dataset.id, r.children[6].textContent]));
   assert.ok(listed.length > 0);
   assert.ok(listed.every(([, merchant]) => merchant === 'acme'), JSON.stringify(listed));
   assert.ok(!listed.some(([id]) => id === globexId));
@@ -411,7 +434,49 @@ test('on a 420 px screen the pages fit the width and wide tables scroll in their
   // The events table keeps every column (tags last), reachable by scrolling the table itself.
   await page.click('#nav a[data-view="events"]');
   const headers = await page.locator('#events thead th').allTextContents();
-  assert.deepEqual(headers, ['Received', 'Event', 'Type', 'Status', 'Endpoint', 'Merchant', 'Tags']);
+  assert.deepEqual(headers, ['Received', 'Event', 'Type', 'Amount', 'Status', 'Endpoint', 'Merchant', 'Tags']);
+  assert.deepEqual(errors, []);
+  await context.close();
+});
+
+test('a merchant replays every dead event the filter shows, in one go', async () => {
+  upstream.state.status = 400; // a permanent failure: each event is dead at its first attempt
+  const ids = [];
+  for (let i = 0; i < 3; i++) {
+    const sent = await operatorApi('POST', '/api/test-webhook', { endpoint: '/webhooks/acme', type: 'payment.failed' });
+    assert.equal(sent.json.status, 200);
+    ids.push(sent.json.id);
+  }
+  const statusOf = async (id) => (await operatorApi('GET', `/api/events/${id}?merchant=acme`)).json.status;
+  const waitFor = async (status) => {
+    for (let i = 0; i < 200 && (await Promise.all(ids.map(statusOf))).some((s) => s !== status); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.deepEqual(await Promise.all(ids.map(statusOf)), ids.map(() => status));
+  };
+  await waitFor('dead');
+  upstream.state.status = 200;
+
+  const { page, context, errors } = await openDashboard();
+  await logIn(page, ACME);
+  await page.waitForSelector('#events-view:visible');
+  assert.equal(await page.isVisible('#replay-dead'), false, 'offered only for a list of dead events');
+  await page.selectOption('#filter-status', 'dead');
+  await page.click('#filters button[type=submit]');
+  await page.waitForSelector('#replay-dead:visible');
+  await shot(page, '10-dead-events');
+  const dialogs = [];
+  page.on('dialog', (d) => { dialogs.push(d.message()); d.accept(); });
+  await page.click('#replay-dead');
+  await page.waitForSelector('#bulk-result:has-text("Replayed 3 dead events.")');
+  assert.match(dialogs[0], /Replay every dead event/);
+  // The list reloads: nothing dead is left, and the bulk button goes with it.
+  await page.waitForSelector('#events-empty:visible');
+  assert.equal(await page.isVisible('#replay-dead'), false);
+  await waitFor('delivered');
+  for (const id of ids) {
+    assert.equal(upstream.received.filter((r) => r.headers['x-payflow-event-id'] === id).length, 2, id);
+  }
   assert.deepEqual(errors, []);
   await context.close();
 });

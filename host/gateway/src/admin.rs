@@ -12,7 +12,10 @@
 
 mod dashboard;
 mod endpoints;
+mod history;
 mod observe;
+
+pub use history::{RateHistory, STEP_MS as HISTORY_STEP_MS};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -67,6 +70,8 @@ pub struct Admin {
     pub commits: Arc<Histogram>,
     /// Replicas on a shared store: this one's name, a label on every series.
     pub replica: Option<String>,
+    /// The last hour's totals, for the dashboard's chart (written by [`Admin::record_history`]).
+    pub history: RateHistory,
 }
 
 /// Uploads one token may have in flight. An upload holds its connection until its body is in
@@ -133,47 +138,10 @@ impl Admin {
     }
 
     async fn list_events(&self, scope: Scope, query: Option<&str>) -> Reply {
-        let mut filter = EventFilter { merchant: scope, limit: DEFAULT_PAGE, ..EventFilter::default() };
-        for (key, value) in query_pairs(query) {
-            match key.as_str() {
-                "status" => match EventStatus::parse(&value) {
-                    Some(_) => filter.status = Some(value),
-                    None => return http::error(
-                        StatusCode::BAD_REQUEST,
-                        "status must be one of queued, delivered, dead, quarantined, stored, forwarding, \
-                             failed, dropped",
-                    ),
-                },
-                "type" => filter.event_type = Some(value),
-                "endpoint" => filter.endpoint = Some(value),
-                "merchant" if filter.merchant.is_none() => filter.merchant = Some(value),
-                "merchant" => {} // a merchant token stays scoped to itself
-                "limit" => match value.parse::<usize>() {
-                    Ok(n) if (1..=MAX_PAGE).contains(&n) => filter.limit = n,
-                    _ => {
-                        return http::error(
-                            StatusCode::BAD_REQUEST,
-                            &format!("limit must be 1 to {MAX_PAGE}"),
-                        )
-                    }
-                },
-                "before" => match decode_cursor(&value) {
-                    Some(cursor) => filter.before = Some(cursor),
-                    None => {
-                        return http::error(
-                            StatusCode::BAD_REQUEST,
-                            "before is not a cursor from a previous page",
-                        )
-                    }
-                },
-                other => {
-                    return http::error(
-                        StatusCode::BAD_REQUEST,
-                        &format!("unknown query parameter {other:?}"),
-                    )
-                }
-            }
-        }
+        let filter = match event_filter(scope, query) {
+            Ok(filter) => filter,
+            Err(message) => return http::error(StatusCode::BAD_REQUEST, &message),
+        };
         let limit = filter.limit;
         match self.store.list_events(filter).await {
             Ok(events) => {
@@ -276,34 +244,131 @@ impl Admin {
         if let Some(who) = &forced_by {
             tracing::warn!(event_id = id, merchant = %detail.summary.merchant, forced_by = %who, "replay of a quarantined event forced");
         }
-        let endpoint = self.endpoints.get(&detail.summary.endpoint);
-        let Some((endpoint, hop)) = endpoint.and_then(|e| Some((e, e.first_hop.clone()?))) else {
-            return http::error(StatusCode::CONFLICT, "the event's endpoint has no upstream to deliver to");
-        };
-        let key = EventKey {
-            merchant: detail.summary.merchant.clone(),
-            scope: detail.summary.scope.clone(),
-            id: id.into(),
-        };
-        match self.store.replay(&key, &hop.hop(), self.clock.now_ms(), forced_by.as_deref()).await {
-            Ok(true) => {
-                hop.poll_store_now();
-                http::json(
-                    StatusCode::ACCEPTED,
-                    &json!({
-                        "replayed": true,
-                        "id": id,
-                        "merchant": key.merchant,
-                        "scope": key.scope,
-                        "upstream": endpoint.upstream.as_ref().map(|u| &u.name),
-                        "plugins": matches!(hop, FirstHop::Plugins(_)),
-                    }),
-                )
-            }
-            Ok(false) => not_found(),
-            Err(e) => store_error(e),
+        match self.replay_one(&detail.summary, forced_by.as_deref()).await {
+            Ok(replayed) => http::json(
+                StatusCode::ACCEPTED,
+                &json!({
+                    "replayed": true,
+                    "id": id,
+                    "merchant": detail.summary.merchant,
+                    "scope": detail.summary.scope,
+                    "upstream": replayed.upstream,
+                    "plugins": replayed.plugins,
+                }),
+            ),
+            Err(reply) => reply,
         }
     }
+
+    /// Makes an event's first hop due now again (its plugins, or its upstream).
+    async fn replay_one(&self, event: &EventSummary, forced_by: Option<&str>) -> Result<Replayed, Reply> {
+        let endpoint = self.endpoints.get(&event.endpoint);
+        let Some((endpoint, hop)) = endpoint.and_then(|e| Some((e, e.first_hop.clone()?))) else {
+            return Err(http::error(
+                StatusCode::CONFLICT,
+                "the event's endpoint has no upstream to deliver to",
+            ));
+        };
+        let key =
+            EventKey { merchant: event.merchant.clone(), scope: event.scope.clone(), id: event.id.clone() };
+        match self.store.replay(&key, &hop.hop(), self.clock.now_ms(), forced_by).await {
+            Ok(true) => {
+                hop.poll_store_now();
+                Ok(Replayed {
+                    upstream: endpoint.upstream.as_ref().map(|u| u.name.clone()),
+                    plugins: matches!(hop, FirstHop::Plugins(_)),
+                })
+            }
+            Ok(false) => Err(not_found()),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    /// `POST /api/events/replay?status=dead[&type=…&endpoint=…&merchant=…]`: replays the dead
+    /// events the filter matches, up to [`MAX_PAGE`] per call (`more` says call again).
+    /// Quarantined events are never replayed in bulk: each needs its own forced replay.
+    async fn replay_matching(&self, scope: Scope, query: Option<&str>) -> Reply {
+        let mut filter = match event_filter(scope, query) {
+            Ok(filter) => filter,
+            Err(message) => return http::error(StatusCode::BAD_REQUEST, &message),
+        };
+        if filter.status.as_deref() != Some(EventStatus::Dead.as_str()) || filter.before.is_some() {
+            return http::json(
+                StatusCode::BAD_REQUEST,
+                &json!({
+                    "error": "bad_request",
+                    "message": "a bulk replay takes dead events only: add status=dead (and type, endpoint or \
+                                merchant to narrow it); a quarantined event is replayed on its own, with force",
+                }),
+            );
+        }
+        if !query_pairs(query).iter().any(|(k, _)| k == "limit") {
+            filter.limit = MAX_PAGE;
+        }
+        let limit = filter.limit;
+        let events = match self.store.list_events(filter).await {
+            Ok(events) => events,
+            Err(e) => return store_error(e),
+        };
+        let (mut replayed, mut skipped) = (0, Vec::new());
+        for event in &events {
+            match self.replay_one(event, None).await {
+                Ok(_) => replayed += 1,
+                // The store is gone: stop here and say so; what was replayed stays replayed.
+                Err(reply) if reply.status() == StatusCode::SERVICE_UNAVAILABLE => return reply,
+                Err(reply) => skipped.push(json!({
+                    "id": event.id,
+                    "merchant": event.merchant,
+                    "scope": event.scope,
+                    "status": reply.status().as_u16(),
+                })),
+            }
+        }
+        tracing::info!(replayed, skipped = skipped.len(), "bulk replay of dead events");
+        http::json(
+            StatusCode::OK,
+            &json!({ "replayed": replayed, "skipped": skipped, "more": events.len() == limit && replayed > 0 }),
+        )
+    }
+}
+
+/// Where a replayed event goes.
+struct Replayed {
+    upstream: Option<String>,
+    plugins: bool,
+}
+
+/// The events a query names (`status`, `type`, `endpoint`, `merchant`, `limit`, `before`), in
+/// the token's scope: a merchant's token stays scoped to itself whatever `merchant` says. The
+/// error is the `400`'s message.
+fn event_filter(scope: Scope, query: Option<&str>) -> Result<EventFilter, String> {
+    let mut filter = EventFilter { merchant: scope, limit: DEFAULT_PAGE, ..EventFilter::default() };
+    for (key, value) in query_pairs(query) {
+        match key.as_str() {
+            "status" => match EventStatus::parse(&value) {
+                Some(_) => filter.status = Some(value),
+                None => {
+                    return Err("status must be one of queued, delivered, dead, quarantined, stored, \
+                                forwarding, failed, dropped"
+                        .into())
+                }
+            },
+            "type" => filter.event_type = Some(value),
+            "endpoint" => filter.endpoint = Some(value),
+            "merchant" if filter.merchant.is_none() => filter.merchant = Some(value),
+            "merchant" => {} // a merchant token stays scoped to itself
+            "limit" => match value.parse::<usize>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => filter.limit = n,
+                _ => return Err(format!("limit must be 1 to {MAX_PAGE}")),
+            },
+            "before" => match decode_cursor(&value) {
+                Some(cursor) => filter.before = Some(cursor),
+                None => return Err("before is not a cursor from a previous page".into()),
+            },
+            other => return Err(format!("unknown query parameter {other:?}")),
+        }
+    }
+    Ok(filter)
 }
 
 fn plugin_error(e: RegistryError) -> Reply {
@@ -456,6 +521,7 @@ impl Handler for Admin {
                 &json!({ "merchant": scope, "operator": scope.is_none(), "checker": dashboard::has_checker() }),
             ),
             (["stats"], &Method::GET) => self.stats(scope),
+            (["stats", "history"], &Method::GET) => self.stats_history(scope),
             (["endpoints"], &Method::GET) => self.list_endpoints(&scope),
             (["test-webhook"], &Method::POST) => {
                 match http::read_body(request.into_body(), endpoints::MAX_TEST_REQUEST, TEST_REQUEST_TIMEOUT)
@@ -465,10 +531,11 @@ impl Handler for Admin {
                     Err(e) => e.reply(),
                 }
             }
-            (["whoami"] | ["stats"] | ["endpoints"] | ["test-webhook"], _) => {
+            (["whoami"] | ["stats"] | ["stats", "history"] | ["endpoints"] | ["test-webhook"], _) => {
                 http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }
             (["events"], &Method::GET) => self.list_events(scope, request.uri().query()).await,
+            (["events", "replay"], &Method::POST) => self.replay_matching(scope, request.uri().query()).await,
             (["events", id], &Method::GET) => self.show_event(scope, request.uri().query(), id).await,
             (["events", id, "replay"], &Method::POST) => {
                 let query = request.uri().query().map(str::to_string);
@@ -539,6 +606,7 @@ mod tests {
             received_at_ms: 1_705_314_600_000,
             tags: Vec::new(),
             forced_by: None,
+            amount: None,
         };
         let c = encode_cursor(&event);
         assert_eq!(

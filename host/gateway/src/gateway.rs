@@ -235,7 +235,9 @@ impl Gateway {
                 uploads: Default::default(),
                 commits,
                 replica: store.claims().then(|| replica_name(&config)),
+                history: Default::default(),
             });
+            listeners.push(tokio::spawn(admin.clone().record_history(watch_shutdown.clone())));
             let options = ServeOptions {
                 header_timeout,
                 caps: ADMIN_CONNECTIONS,

@@ -226,19 +226,29 @@ fn tags(v: &Value) -> String {
     }
 }
 
+/// `2500 PKR`: the amount in the currency's smallest unit, as PayFlow sends it.
+fn amount(v: &Value) -> String {
+    match (v["value"].as_i64(), v["currency"].as_str()) {
+        (Some(value), Some(currency)) => format!("{value} {}", currency.escape_debug()),
+        (Some(value), None) => value.to_string(),
+        _ => "-".into(),
+    }
+}
+
 /// A page of events as a table, then how to get the next page.
 fn print_list(reply: &Value) {
     println!(
-        "{:<20} {:<28} {:<12} {:<18} {:<16} {:<24} reason",
-        "received", "id", "status", "type", "tags", "endpoint"
+        "{:<20} {:<28} {:<12} {:<18} {:<12} {:<16} {:<24} reason",
+        "received", "id", "status", "type", "amount", "tags", "endpoint"
     );
     for e in reply["events"].as_array().into_iter().flatten() {
         println!(
-            "{:<20} {:<28} {:<12} {:<18} {:<16} {:<24} {}",
+            "{:<20} {:<28} {:<12} {:<18} {:<12} {:<16} {:<24} {}",
             when(&e["received_at_ms"]),
             text(&e["id"]),
             text(&e["status"]),
             e["type"].as_str().unwrap_or("-"),
+            amount(&e["amount"]),
             tags(&e["tags"]),
             text(&e["endpoint"]),
             e["reason"].as_str().unwrap_or(""),

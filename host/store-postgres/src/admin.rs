@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use payflow_store::{
-    AdminQueries, AttemptInfo, DeliveryInfo, EventDetail, EventFilter, EventKey, EventSummary, Hop,
+    AdminQueries, Amount, AttemptInfo, DeliveryInfo, EventDetail, EventFilter, EventKey, EventSummary, Hop,
     Lifecycle, PluginRunInfo, StepInfo, StoreError,
 };
 use tokio_postgres::types::ToSql;
@@ -11,8 +11,12 @@ use tokio_postgres::Row;
 use crate::record::{begin, settle_events};
 use crate::{exec, key_params, query, query_opt, unavailable, PostgresStore};
 
+/// How many columns [`SUMMARY_COLUMNS`] names.
+const SUMMARY_WIDTH: usize = 11;
+/// The last column is the body, for its [`Amount`], when it is small enough to look into.
 const SUMMARY_COLUMNS: &str =
-    "merchant, id, endpoint, event_type, status, reason, received_at_ms, tags, scope, forced_by";
+    "merchant, id, endpoint, event_type, status, reason, received_at_ms, tags, scope, \
+     forced_by, CASE WHEN length(body) <= 65536 THEN body END";
 
 fn summary(r: &Row) -> EventSummary {
     EventSummary {
@@ -26,6 +30,7 @@ fn summary(r: &Row) -> EventSummary {
         tags: r.get::<_, Option<String>>(7).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default(),
         scope: r.get(8),
         forced_by: r.get(9),
+        amount: r.get::<_, Option<Vec<u8>>>(10).and_then(|body| Amount::of(&body)),
     }
 }
 
@@ -211,13 +216,13 @@ impl AdminQueries for PostgresStore {
             logs: serde_json::from_str(&r.get::<_, String>(8)).unwrap_or_default(),
         })
         .collect();
-        let body: Vec<u8> = row.get(10);
-        let headers: String = row.get(11);
+        let body: Vec<u8> = row.get(SUMMARY_WIDTH);
+        let headers: String = row.get(SUMMARY_WIDTH + 1);
         Ok(Some(EventDetail {
             summary: summary(&row),
             body: String::from_utf8_lossy(&body).into_owned(),
             headers: serde_json::from_str(&headers).unwrap_or_default(),
-            request_id: row.get(12),
+            request_id: row.get(SUMMARY_WIDTH + 2),
             plugin_step,
             deliveries,
             attempts,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::{
-    AttemptInfo, AttemptOutcome, Event, EventFilter, EventKey, EventStatus, Hop, Inserted, KvWrite,
+    Amount, AttemptInfo, AttemptOutcome, Event, EventFilter, EventKey, EventStatus, Hop, Inserted, KvWrite,
     NewDelivery, NewEvent, NewPluginVersion, PluginRunInfo, PluginStep, Store, VersionBounds,
 };
 
@@ -32,6 +32,7 @@ macro_rules! conformance_tests {
             plugin_versions_are_bounded_and_activated,
             compiled_code_is_kept_per_engine,
             a_stored_body_comes_back_byte_for_byte,
+            listed_events_show_the_amount_of_their_body,
         );
     };
     (@each $open:path; $($check:ident),+ $(,)?) => {
@@ -501,4 +502,45 @@ pub async fn a_stored_body_comes_back_byte_for_byte(store: Arc<dyn Store>) {
     store.insert_event(new).await.unwrap();
     let due = store.due_deliveries("legacy", NOW, None, 10).await.unwrap();
     assert_eq!(&due[0].body()[..], &body[..]);
+}
+
+/// The events list shows `data.amount` and `data.currency`, and lists bodies it cannot read
+/// one from (not JSON, a fraction, too large) without one, never failing the page.
+pub async fn listed_events_show_the_amount_of_their_body(store: Arc<dyn Store>) {
+    let big = format!("{{\"id\":\"evt_big\",\"data\":{{\"amount\":1,\"pad\":\"{}\"}}}}", "x".repeat(70_000));
+    let bodies = [
+        ("evt_pkr", r#"{"id":"evt_pkr","data":{"amount":2500,"currency":"PKR"}}"#.to_string()),
+        ("evt_nocur", r#"{"id":"evt_nocur","data":{"amount":7}}"#.to_string()),
+        ("evt_frac", r#"{"id":"evt_frac","data":{"amount":2.5,"currency":"USD"}}"#.to_string()),
+        ("evt_nul", "{\"id\":\"evt_nul\",\"data\":{\"amount\":3,\"currency\":\"\\u0000\"}}".to_string()),
+        ("evt_junk", "\u{0}\u{ff}not json".to_string()),
+        ("evt_big", big),
+    ];
+    for (i, (id, body)) in bodies.iter().enumerate() {
+        let mut new = event(&key("acme", "/wh", id), NOW + i as i64, None);
+        new.event.body = Bytes::from(body.clone());
+        store.insert_event(new).await.unwrap();
+    }
+    let listed = store.list_events(EventFilter { limit: 10, ..Default::default() }).await.unwrap();
+    let amounts: Vec<(&str, Option<Amount>)> =
+        listed.iter().rev().map(|e| (e.id.as_str(), e.amount.clone())).collect();
+    let amount =
+        |value, currency: Option<&str>| Some(Amount { value, currency: currency.map(str::to_string) });
+    assert_eq!(
+        amounts,
+        vec![
+            ("evt_pkr", amount(2500, Some("PKR"))),
+            ("evt_nocur", amount(7, None)),
+            ("evt_frac", None),
+            ("evt_nul", amount(3, Some("\0"))),
+            ("evt_junk", None),
+            ("evt_big", None),
+        ]
+    );
+    // One event shown whole has the same amount beside its body, headers and request id.
+    let shown = store.get_event(&key("acme", "/wh", "evt_pkr")).await.unwrap().expect("stored");
+    assert_eq!(shown.summary.amount, amount(2500, Some("PKR")));
+    assert_eq!(shown.body, bodies[0].1);
+    assert_eq!(shown.headers, vec![("content-type".to_string(), "application/json".to_string())]);
+    assert_eq!(shown.request_id, "req_evt_pkr");
 }

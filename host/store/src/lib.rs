@@ -482,6 +482,37 @@ pub struct EventSummary {
     pub tags: Vec<String>,
     /// Who forced a replay of it although it was quarantined, and when.
     pub forced_by: Option<String>,
+    /// `data.amount` and `data.currency` of the body as received, when it has them.
+    pub amount: Option<Amount>,
+}
+
+/// A payment's amount as PayFlow sends it: in the currency's smallest unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Amount {
+    /// In the smallest unit (2500 PKR is 25.00 rupees).
+    pub value: i64,
+    /// Three upper-case letters, when the event says.
+    pub currency: Option<String>,
+}
+
+/// Bodies the events list looks into for an [`Amount`]; larger ones are listed without one,
+/// so a page of the list never reads more than `limit` × this. PayFlow's events are ~300 bytes.
+pub const AMOUNT_BODY_LIMIT: usize = 64 * 1024;
+
+impl Amount {
+    /// `data.amount` (an integer) and `data.currency` of a JSON body, if it has them. Never
+    /// fails: anything else (not JSON, no amount, a fraction) is `None`.
+    pub fn of(body: &[u8]) -> Option<Amount> {
+        if body.len() > AMOUNT_BODY_LIMIT {
+            return None;
+        }
+        let event: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let data = event.get("data")?;
+        Some(Amount {
+            value: data.get("amount")?.as_i64()?,
+            currency: data.get("currency").and_then(|c| c.as_str()).map(str::to_string),
+        })
+    }
 }
 
 /// A delivery as shown.

@@ -22,7 +22,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::{
-    settled_status, AdminQueries, Attempt, AttemptInfo, AttemptOutcome, CommitObserver, DeliveryInfo,
+    settled_status, AdminQueries, Amount, Attempt, AttemptInfo, AttemptOutcome, CommitObserver, DeliveryInfo,
     DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventDetail, EventFilter, EventKey, EventStatus,
     EventSummary, Hop, Ingest, Inserted, Lifecycle, NewEvent, NewPluginVersion, PluginHistory, PluginRunInfo,
     PluginStep, PluginStore, PluginVersionInfo, QuotaExceeded, StepInfo, StoreError, StoredPlugin,
@@ -632,6 +632,7 @@ fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventSummary> {
         received_at_ms: row.get(6)?,
         scope: row.get(8)?,
         forced_by: row.get(9)?,
+        amount: row.get::<_, Option<Vec<u8>>>(10)?.and_then(|body| Amount::of(&body)),
         tags: row
             .get::<_, Option<String>>(7)?
             .and_then(|t| serde_json::from_str(&t).ok())
@@ -639,8 +640,12 @@ fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventSummary> {
     })
 }
 
+/// How many columns [`SUMMARY_COLUMNS`] names.
+const SUMMARY_WIDTH: usize = 11;
+/// The last column is the body, for its [`Amount`], when it is small enough to look into.
 const SUMMARY_COLUMNS: &str =
-    "merchant, id, endpoint, event_type, status, reason, received_at_ms, tags, scope, forced_by";
+    "merchant, id, endpoint, event_type, status, reason, received_at_ms, tags, scope, \
+     forced_by, CASE WHEN length(body) <= 65536 THEN body END";
 
 #[async_trait]
 impl Ingest for SqliteStore {
@@ -1202,9 +1207,9 @@ impl AdminQueries for SqliteStore {
                     ),
                     params![key.merchant, key.scope, key.id],
                     |r| {
-                        let body: Vec<u8> = r.get(10)?;
-                        let headers: String = r.get(11)?;
-                        Ok((summary(r)?, body, headers, r.get::<_, String>(12)?))
+                        let body: Vec<u8> = r.get(SUMMARY_WIDTH)?;
+                        let headers: String = r.get(SUMMARY_WIDTH + 1)?;
+                        Ok((summary(r)?, body, headers, r.get::<_, String>(SUMMARY_WIDTH + 2)?))
                     },
                 )
                 .optional()?;

@@ -2,12 +2,14 @@
 //! live chart). Reads the counters the request path, deliveries, plugins and store keep; never
 //! changes anything, and never shows a merchant's token another merchant's series.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::StatusCode;
 use serde_json::json;
 
+use super::history::{Totals, STEP_MS};
 use super::{visible, Admin, Scope};
 use crate::answer::Outcome;
 use crate::http::{self, Reply};
@@ -181,28 +183,60 @@ impl Admin {
         }
     }
 
-    /// `GET /api/stats`: running totals for the dashboard's chart, in the token's scope.
-    /// `received`: webhook requests to its endpoints; `delivered`: successful delivery
-    /// attempts; `failed`: refused requests plus failed delivery attempts.
-    pub(super) fn stats(&self, scope: Scope) -> Reply {
-        let (mut received, mut refused) = (0, 0);
-        for e in self.endpoints.values().filter(|e| visible(&scope, &e.merchant)) {
+    /// Every merchant's running totals. `received`: webhook requests to its endpoints;
+    /// `delivered`: successful delivery attempts; `failed`: refused requests plus failed
+    /// delivery attempts.
+    pub(crate) fn totals_by_merchant(&self) -> BTreeMap<String, Totals> {
+        let mut by_merchant: BTreeMap<String, Totals> = BTreeMap::new();
+        for e in self.endpoints.values() {
+            let totals = by_merchant.entry(e.merchant.clone()).or_default();
             for outcome in Outcome::ALL {
                 let n = e.counts.requests(outcome);
-                received += n;
+                totals.received += n;
                 if outcome.is_refusal() {
-                    refused += n;
+                    totals.failed += n;
                 }
             }
         }
-        let (mut delivered, mut failed) = (0, refused);
-        for u in self.upstreams.iter().filter(|u| visible(&scope, &u.merchant)) {
-            delivered += u.counts.delivered.get();
-            failed += u.counts.retry.get() + u.counts.dead.get();
+        for u in &self.upstreams {
+            let totals = by_merchant.entry(u.merchant.clone()).or_default();
+            totals.delivered += u.counts.delivered.get();
+            totals.failed += u.counts.retry.get() + u.counts.dead.get();
+        }
+        by_merchant
+    }
+
+    /// `GET /api/stats`: running totals for the dashboard's live figures, in the token's scope.
+    pub(super) fn stats(&self, scope: Scope) -> Reply {
+        let mut sum = Totals::default();
+        for (_, totals) in self.totals_by_merchant().into_iter().filter(|(m, _)| visible(&scope, m)) {
+            sum += totals;
         }
         http::json(
             StatusCode::OK,
-            &json!({ "at_ms": self.clock.now_ms(), "received": received, "delivered": delivered, "failed": failed }),
+            &json!({ "at_ms": self.clock.now_ms(), "received": sum.received, "delivered": sum.delivered, "failed": sum.failed }),
         )
+    }
+
+    /// Writes down every merchant's totals every [`STEP_MS`] until `shutdown`, for the chart.
+    pub async fn record_history(
+        self: std::sync::Arc<Self>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut ticks = tokio::time::interval(Duration::from_millis(STEP_MS as u64));
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => self.history.record(self.clock.now_ms(), self.totals_by_merchant()),
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// `GET /api/stats/history`: the last hour in buckets of [`STEP_MS`] (the last one ends
+    /// now), in the token's scope, for the dashboard's chart.
+    pub(super) fn stats_history(&self, scope: Scope) -> Reply {
+        let now = self.clock.now_ms();
+        let buckets = self.history.buckets(|m| visible(&scope, m), now, &self.totals_by_merchant());
+        http::json(StatusCode::OK, &json!({ "at_ms": now, "step_ms": STEP_MS, "buckets": buckets }))
     }
 }

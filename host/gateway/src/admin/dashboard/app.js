@@ -130,20 +130,31 @@ async function loadEndpointFilter() {
   select.append(...endpoints.map((e) => el('option', { value: e.path }, e.path)));
 }
 
-async function loadEvents() {
-  const query = new URLSearchParams({ limit: '25' });
-  const filters = { status: $('filter-status').value, type: $('filter-type').value.trim(), endpoint: $('filter-endpoint').value };
+let shownFilters = {}; // the filters of the list on screen (the form may have changed since)
+
+function filterQuery(filters) {
+  const query = new URLSearchParams();
   for (const [k, v] of Object.entries(filters)) if (v) query.set(k, v);
+  return query;
+}
+
+async function loadEvents() {
+  const filters = { status: $('filter-status').value, type: $('filter-type').value.trim(), endpoint: $('filter-endpoint').value };
+  const query = filterQuery(filters);
+  query.set('limit', '25');
   if (cursor) query.set('before', cursor);
   const { events, next } = await api('GET', `/api/events?${query}`);
+  shownFilters = filters;
   nextCursor = next;
   $('older').disabled = !next;
   $('newest').disabled = cursor === null;
   $('events-empty').hidden = events.length > 0;
+  $('bulk').hidden = !(filters.status === 'dead' && events.length > 0);
   fill($('events').tBodies[0], events.map((e) => el('tr', { 'data-id': e.id },
     el('td', {}, time(e.received_at_ms)),
     el('td', {}, el('a', { href: eventLink(e.id, e.merchant, e.scope) }, e.id)),
     el('td', {}, e.type ?? ''),
+    el('td', { class: 'amount' }, money(e.amount)),
     el('td', { class: `status status-${e.status}` }, e.status, e.reason ? ` (${e.reason})` : ''),
     el('td', {}, e.endpoint),
     el('td', {}, e.merchant),
@@ -151,60 +162,116 @@ async function loadEvents() {
   )));
 }
 
-// ---------------------------------------------------------------- live chart
+// Replays every dead event the list's filters match, a page (500) per call until none is left.
+async function replayDead() {
+  const query = filterQuery(shownFilters);
+  const what = [shownFilters.type, shownFilters.endpoint].filter(Boolean).join(', ');
+  if (!confirm(`Replay every dead event${what ? ` (${what})` : ''}? Each is delivered again.`)) return;
+  $('replay-dead').disabled = true;
+  let [replayed, skipped] = [0, 0];
+  try {
+    for (let call = 0; call < 100; call++) {
+      const r = await api('POST', `/api/events/replay?${query}`);
+      replayed += r.replayed;
+      skipped += r.skipped.length;
+      $('bulk-result').textContent = `Replayed ${replayed}…`;
+      if (!r.more) break;
+    }
+    $('bulk-result').textContent = `Replayed ${replayed} dead event${replayed === 1 ? '' : 's'}` +
+      (skipped ? `; ${skipped} skipped (gone, or their endpoint has no upstream now)` : '') + '.';
+  } catch (e) {
+    $('bulk-result').textContent = `Stopped after ${replayed}: ${e.message}`;
+    if (e instanceof Unauthorized) throw e;
+  } finally {
+    $('replay-dead').disabled = false;
+  }
+  cursor = null;
+  await loadEvents();
+}
 
-const WINDOW = 120; // seconds shown
-let samples = []; // { t, received, delivered, failed } running totals, one a second
+// An amount in the currency's smallest unit (PayFlow's form), shown in its major unit:
+// {value: 2500, currency: "PKR"} is "PKR 25.00" (in the browser's locale). The exponent is
+// ISO 4217's, not the locale's display digits (which show PKR without decimals).
+const ZERO_DECIMAL = new Set('BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF'.split(' '));
+const THREE_DECIMAL = new Set('BHD IQD JOD KWD LYD OMR TND'.split(' '));
+
+function money(amount) {
+  if (!amount) return '';
+  if (!amount.currency) return String(amount.value);
+  const digits = ZERO_DECIMAL.has(amount.currency) ? 0 : THREE_DECIMAL.has(amount.currency) ? 3 : 2;
+  try {
+    return new Intl.NumberFormat(undefined, {
+      style: 'currency', currency: amount.currency, minimumFractionDigits: digits, maximumFractionDigits: digits,
+    }).format(amount.value / 10 ** digits);
+  } catch {
+    return `${amount.value} ${amount.currency}`; // not a currency code: as sent
+  }
+}
+
+// ---------------------------------------------------------------- chart
+// The chart is the server's last hour (GET /api/stats/history, 10 s buckets), so a reload
+// keeps it; the figures beside it are live rates from the last two one-second samples.
+
+const HOUR_MS = 3600 * 1000;
+let samples = []; // the last two { t, received, delivered, failed } running totals
+let buckets = []; // the server's { from_ms, to_ms, received, delivered, failed }
 
 function startChart() {
   samples = [];
-  const tick = async () => {
+  buckets = [];
+  const sample = async () => {
     const s = await api('GET', '/api/stats');
-    samples.push({ t: s.at_ms, received: s.received, delivered: s.delivered, failed: s.failed });
-    if (samples.length > WINDOW + 1) samples.shift();
+    samples = [...samples.slice(-1), { t: s.at_ms, received: s.received, delivered: s.delivered, failed: s.failed }];
+    showRates();
+  };
+  const history = async () => {
+    buckets = (await api('GET', '/api/stats/history')).buckets;
     drawChart();
   };
-  tick().catch(onTimerError);
-  every(1000, tick);
+  sample().catch(onTimerError);
+  history().catch(onTimerError);
+  every(1000, sample);
+  every(5000, history);
 }
+addEventListener('resize', drawChart);
 
-function rates() {
-  const out = [];
-  for (let i = 1; i < samples.length; i++) {
-    const [a, b] = [samples[i - 1], samples[i]];
-    const dt = Math.max((b.t - a.t) / 1000, 0.001);
-    out.push({
-      received: (b.received - a.received) / dt,
-      delivered: (b.delivered - a.delivered) / dt,
-      failed: (b.failed - a.failed) / dt,
-    });
+function showRates() {
+  const [a, b] = samples;
+  for (const k of ['received', 'delivered', 'failed']) {
+    const rate = a && b ? (b[k] - a[k]) / Math.max((b.t - a.t) / 1000, 0.001) : 0;
+    $(`rate-${k}`).textContent = rate.toFixed(1);
   }
-  return out;
 }
 
 function drawChart() {
   const canvas = $('chart');
   const ctx = canvas.getContext('2d');
-  const series = rates();
-  const last = series.at(-1) ?? { received: 0, delivered: 0, failed: 0 };
-  for (const k of ['received', 'delivered', 'failed']) $(`rate-${k}`).textContent = last[k].toFixed(1);
+  // What the chart holds, for screen readers and tests: events counted in the hour shown.
+  for (const k of ['received', 'delivered', 'failed']) {
+    canvas.dataset[k] = String(buckets.reduce((n, b) => n + b[k], 0));
+  }
   // Draw at the size it is shown (CSS stretches it), so lines and labels stay sharp.
   if (canvas.width !== canvas.clientWidth && canvas.clientWidth > 0) canvas.width = canvas.clientWidth;
   const { width: w, height: h } = canvas;
   ctx.clearRect(0, 0, w, h);
-  const top = Math.max(1, ...series.flatMap((r) => [r.received, r.delivered, r.failed]));
+  const end = buckets.at(-1)?.to_ms ?? Date.now();
+  const rate = (b, k) => b[k] / Math.max((b.to_ms - b.from_ms) / 1000, 1);
+  const top = Math.max(1, ...buckets.flatMap((b) => [rate(b, 'received'), rate(b, 'delivered'), rate(b, 'failed')]));
   ctx.fillStyle = '#5b6470';
   ctx.font = '11px system-ui';
-  ctx.fillText(`${top.toFixed(0)}/s`, 4, 12);
+  ctx.fillText(`${top.toFixed(top < 10 ? 1 : 0)}/s`, 4, 12);
+  ctx.fillText('1 h ago', 4, h - 4);
+  ctx.fillText('now', w - 24, h - 4);
+  const x = (ms) => w - ((end - ms) / HOUR_MS) * w;
   const colors = { received: '#2450c4', delivered: '#137333', failed: '#b42318' };
   for (const [k, color] of Object.entries(colors)) {
     ctx.strokeStyle = color;
     ctx.lineWidth = 2;
     ctx.beginPath();
-    series.forEach((r, i) => {
-      const x = w - (series.length - 1 - i) * (w / WINDOW);
-      const y = h - 4 - (r[k] / top) * (h - 20);
-      if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+    buckets.forEach((b, i) => {
+      const y = h - 16 - (rate(b, k) / top) * (h - 32);
+      if (i === 0) ctx.moveTo(x(b.from_ms), y);
+      ctx.lineTo(x(b.to_ms), y);
     });
     ctx.stroke();
   }
@@ -423,6 +490,7 @@ $('login-form').addEventListener('submit', async (event) => {
 });
 $('logout').addEventListener('click', logout);
 $('filters').addEventListener('submit', (event) => { event.preventDefault(); cursor = null; loadEvents().catch(onTimerError); });
+$('replay-dead').addEventListener('click', () => replayDead().catch(onTimerError));
 $('older').addEventListener('click', () => { if (nextCursor) { cursor = nextCursor; loadEvents().catch(onTimerError); } });
 $('newest').addEventListener('click', () => { cursor = null; loadEvents().catch(onTimerError); });
 $('replay').addEventListener('click', replay);
