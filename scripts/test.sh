@@ -32,6 +32,10 @@ cargo test --workspace --locked
 # The verifier's own tests as the web package builds it: without json-compat and details.
 cargo test -p payflow-verify --locked --no-default-features --lib
 
+step "the static binary (musl): built, then its demo, dashboard and checker smoke-tested"
+# The static-ci profile: the release binary's code and assets at half a release build's cost.
+scripts/static.sh --profile static-ci
+
 step "dashboard: headless Chromium against a running gateway (screenshots in tests/dashboard/artifacts)"
 PAYFLOW_EDGE_REQUIRE_CHECKER=1 node --test --test-concurrency=1 tests/dashboard/*.test.mjs
 
