@@ -10,24 +10,15 @@ use support::*;
 #[tokio::test(flavor = "multi_thread")]
 async fn serves_https_with_the_configured_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n[store]\npath = \"{}\"\n[[endpoint]]\npath = \"/wh\"\nsecrets = [\"{SECRET}\"]\n",
-        cert_path.display(),
-        key_path.display(),
-        dir.path().join("db").display()
-    );
-    let gw = Gateway::start(dir.path(), &config);
+    let (gw, cert_path) = tls_gateway(dir.path());
+    let cert_pem = std::fs::read(cert_path).unwrap();
     assert!(gw.tls, "serve must announce an https listener");
     let port = gw.ingress.port();
 
     let trusting = reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .add_root_certificate(reqwest::Certificate::from_pem(&cert_pem).unwrap())
         .resolve("localhost", gw.ingress)
         .build()
         .unwrap();

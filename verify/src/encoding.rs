@@ -29,6 +29,18 @@ pub(crate) fn hex_mac(text: &[u8]) -> Option<Mac> {
     (valid != 0).then_some(out)
 }
 
+/// Length of an Ed25519 signature.
+pub(crate) const ED25519_SIGNATURE_LEN: usize = 64;
+
+/// Standard base64 with canonical padding, exactly one Ed25519 signature long (88 characters).
+pub(crate) fn base64_ed25519_signature(text: &[u8]) -> Option<[u8; ED25519_SIGNATURE_LEN]> {
+    if text.len() != 88 {
+        return None;
+    }
+    let mut out = [0u8; ED25519_SIGNATURE_LEN];
+    (decode_base64_into(text, &mut out)? == ED25519_SIGNATURE_LEN).then_some(out)
+}
+
 /// Standard base64 with canonical padding, exactly one MAC long (44 characters).
 pub(crate) fn base64_mac(text: &[u8]) -> Option<Mac> {
     // Checking the length first keeps a hostile header from costing more than one small buffer.

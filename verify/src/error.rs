@@ -17,6 +17,18 @@ pub enum ConfigError {
         /// Zero-based position in the list.
         index: usize,
     },
+    /// A Standard Webhooks public key must be `whpk_` followed by the base64 of 32 bytes.
+    #[error("secret #{} is not a Standard Webhooks public key (whpk_ followed by the base64 of 32 bytes)", index + 1)]
+    BadPublicKey {
+        /// Zero-based position in the list.
+        index: usize,
+    },
+    /// This build verifies no Ed25519 signatures.
+    #[error("secret #{} is an Ed25519 public key (whpk_), which this build does not verify", index + 1)]
+    PublicKeysUnavailable {
+        /// Zero-based position in the list.
+        index: usize,
+    },
     /// A Standard Webhooks secret must be `whsec_` followed by base64.
     #[error("secret #{} is not a Standard Webhooks secret (whsec_ followed by base64)", index + 1)]
     BadStandardWebhooksSecret {

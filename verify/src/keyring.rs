@@ -19,9 +19,18 @@ impl Keyring {
         if secrets.is_empty() {
             return Err(ConfigError::NoSecrets);
         }
-        let mut keys = Vec::with_capacity(secrets.len());
-        for (index, secret) in secrets.iter().enumerate() {
-            keys.push(HmacSha256::new(&key_bytes(scheme, secret.as_ref(), index)?));
+        Keyring::of(scheme, secrets.iter().map(AsRef::as_ref).enumerate())
+    }
+
+    /// The HMAC keys of `(index, secret)` pairs; none at all is allowed (a verifier whose keys
+    /// are all public keys). The index names a bad secret in the error.
+    pub(crate) fn of<'a>(
+        scheme: &Scheme,
+        secrets: impl Iterator<Item = (usize, &'a str)>,
+    ) -> Result<Self, ConfigError> {
+        let mut keys = Vec::new();
+        for (index, secret) in secrets {
+            keys.push(HmacSha256::new(&key_bytes(scheme, secret, index)?));
         }
         Ok(Keyring { keys })
     }

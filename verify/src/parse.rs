@@ -22,7 +22,24 @@ pub(crate) struct Claim {
     /// borrow of a joined header value to keep alive.)
     pub prefix: Vec<u8>,
     pub macs: Vec<Mac>,
+    /// Standard Webhooks' asymmetric `v1a,` signatures (Ed25519), at most
+    /// [`MAX_ED25519_SIGNATURES`]. Parsed in every build, so a header's verdict (malformed or
+    /// not) is the same with and without the `ed25519` feature; only checked with it.
+    #[cfg_attr(not(feature = "ed25519"), allow(dead_code))]
+    pub ed25519: Vec<[u8; crate::encoding::ED25519_SIGNATURE_LEN]>,
 }
+
+impl Claim {
+    /// A claim of HMAC signatures only.
+    fn hmac(timestamp: Option<i64>, prefix: Vec<u8>, macs: Vec<Mac>) -> Claim {
+        Claim { timestamp, prefix, macs, ed25519: Vec::new() }
+    }
+}
+
+/// `v1a` signatures looked at per request. Checking one costs ~50 µs against each public key,
+/// so a header packed with hundreds would cost a request tens of milliseconds; a rotation
+/// needs two or three.
+pub(crate) const MAX_ED25519_SIGNATURES: usize = 8;
 
 /// Appends each part and a dot after it.
 fn dotted(prefix: &mut Vec<u8>, parts: &[&[u8]]) {
@@ -110,7 +127,7 @@ pub(crate) fn payflow(headers: &(impl Headers + ?Sized)) -> Result<Claim, Verify
     if macs.is_empty() {
         return Err(malformed("the v0 signature is not 64 lowercase hex digits"));
     }
-    Ok(Claim { timestamp: None, prefix: Vec::new(), macs })
+    Ok(Claim::hmac(None, Vec::new(), macs))
 }
 
 /// `Stripe-Signature: t=<ts>,v1=<hex>,v0=…`; only `v1` entries count.
@@ -143,7 +160,7 @@ fn timestamped_items(value: &[u8]) -> Result<Claim, VerifyError> {
     if macs.is_empty() {
         return Err(malformed("no well-formed v1= signature"));
     }
-    Ok(Claim { timestamp: Some(timestamp), prefix, macs })
+    Ok(Claim::hmac(Some(timestamp), prefix, macs))
 }
 
 /// Standard Webhooks, under the `webhook-*` names or Svix's `svix-*` names (never mixed).
@@ -161,17 +178,22 @@ pub(crate) fn standard_webhooks(headers: &(impl Headers + ?Sized)) -> Result<Cla
     let ts_text = single(headers, ts_name)?.ok_or(malformed("no webhook-timestamp header"))?;
     let unix = unix_seconds(ts_text).ok_or(malformed("webhook-timestamp is not a unix timestamp"))?;
     let mut macs = Vec::new();
+    let mut ed25519 = Vec::new();
     for entry in split_items(&value, u8::is_ascii_whitespace) {
-        if let Some((b"v1", mac)) = split_once(entry, b',') {
-            push_some(&mut macs, base64_mac(mac));
+        match split_once(entry, b',') {
+            Some((b"v1", mac)) => push_some(&mut macs, base64_mac(mac)),
+            Some((b"v1a", signature)) if ed25519.len() < MAX_ED25519_SIGNATURES => {
+                ed25519.extend(crate::encoding::base64_ed25519_signature(signature))
+            }
+            _ => {}
         }
     }
-    if macs.is_empty() {
-        return Err(malformed("no well-formed v1,<base64> signature"));
+    if macs.is_empty() && ed25519.is_empty() {
+        return Err(malformed("no well-formed v1,<base64> or v1a,<base64> signature"));
     }
     let mut prefix = Vec::new();
     dotted(&mut prefix, &[id, ts_text]);
-    Ok(Claim { timestamp: Some(unix), prefix, macs })
+    Ok(Claim { timestamp: Some(unix), prefix, macs, ed25519 })
 }
 
 /// One signature in one header, after an optional prefix: GitHub, Shopify, generic `hmac`.
@@ -193,5 +215,5 @@ pub(crate) fn prefixed(
     if macs.is_empty() {
         return Err(malformed(why));
     }
-    Ok(Claim { timestamp: None, prefix: Vec::new(), macs })
+    Ok(Claim::hmac(None, Vec::new(), macs))
 }

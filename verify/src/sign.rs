@@ -47,6 +47,9 @@ pub enum SignError {
     /// Timestamps are unix seconds, not negative.
     #[error("the timestamp must be a non-negative unix time in seconds")]
     BadTimestamp,
+    /// Every key is a public key (`whpk_`): it verifies, but nothing here can sign with it.
+    #[error("only public keys (whpk_) are configured: they verify, and signing needs a whsec_ secret")]
+    NoSigningKey,
     /// The scheme's header holds one signature, so only one secret can sign.
     #[error("the {0} scheme carries one signature per header: sign with a single secret")]
     OneSignatureOnly(&'static str),
@@ -108,6 +111,9 @@ impl Signer {
                 Scheme::Shopify => (names::SHOPIFY_SIGNATURE, ["", "", ""], "", Encoding::Base64, &[]),
                 Scheme::Hmac(h) => (&h.header, [&h.prefix, "", ""], "", h.encoding, &[]),
             };
+        if self.keys.len() == 0 {
+            return Err(SignError::NoSigningKey);
+        }
         // A scheme without a separator carries exactly one signature.
         if separator.is_empty() && self.keys.len() != 1 {
             return Err(SignError::OneSignatureOnly(self.scheme.name()));

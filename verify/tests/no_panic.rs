@@ -12,6 +12,7 @@ fn header_value() -> impl Strategy<Value = Vec<u8>> {
         Just(b"v1=".to_vec()),
         Just(b"v0=".to_vec()),
         Just(b"v1,".to_vec()),
+        Just(b"v1a,".to_vec()),
         Just(b"sha256=".to_vec()),
         Just(b",".to_vec()),
         Just(b" ".to_vec()),
@@ -19,6 +20,7 @@ fn header_value() -> impl Strategy<Value = Vec<u8>> {
         "[0-9]{1,20}".prop_map(String::into_bytes),
         "[0-9a-f]{60,66}".prop_map(String::into_bytes),
         "[A-Za-z0-9+/]{40,46}={0,2}".prop_map(String::into_bytes),
+        "[A-Za-z0-9+/]{84,88}={0,2}".prop_map(String::into_bytes),
         proptest::collection::vec(any::<u8>(), 0..8),
     ];
     proptest::collection::vec(piece, 0..12).prop_map(|p| p.concat())
@@ -36,8 +38,14 @@ fn verifiers() -> Vec<Verifier> {
     schemes
         .into_iter()
         .map(|scheme| {
-            let secret = if scheme == Scheme::StandardWebhooks { "whsec_cHJvcHRlc3Q=" } else { "proptest" };
-            let mut config = VerifierConfig::new(scheme.clone(), [secret]);
+            let secrets: &[&str] = if scheme == Scheme::StandardWebhooks {
+                // An HMAC secret and an Ed25519 public key (RFC 8032's first), so `v1a,` entries
+                // are parsed and checked too.
+                &["whsec_cHJvcHRlc3Q=", "whpk_11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="]
+            } else {
+                &["proptest"]
+            };
+            let mut config = VerifierConfig::new(scheme.clone(), secrets.iter().copied());
             config.json_compat = scheme == Scheme::PayFlow;
             Verifier::new(config).unwrap()
         })

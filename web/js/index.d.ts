@@ -34,10 +34,20 @@ export interface HmacOptions {
   encoding?: 'hex' | 'base64';
 }
 
+/** A secret accepted until `notAfter` (inclusive, to the second). */
+export interface SecretWithEnd {
+  secret: string;
+  /** A Date, unix seconds, or RFC 3339 text such as `2026-12-31T23:59:59Z`. */
+  notAfter?: Date | number | string;
+}
+
 interface KeyOptions {
   scheme: Scheme;
-  /** One secret, or several during a rotation (any one matching passes). */
-  secrets?: string | string[];
+  /**
+   * One secret, or several during a rotation (any one matching passes). A secret may carry
+   * `notAfter`, the last moment it is accepted (a rotated-out secret stops passing then).
+   */
+  secrets?: string | Array<string | SecretWithEnd>;
   /** Shorthand for a single secret. */
   secret?: string;
   /** Required for `scheme: 'hmac'`. */

@@ -96,13 +96,37 @@ function joinedHeaders(headers) {
   return joined;
 }
 
+// The secrets and, in the same order, the last unix second each is accepted at (Infinity:
+// no end). An entry is a string or {secret, notAfter} (a Date, unix seconds or RFC 3339 text).
 function secretList(options) {
   const secrets = options.secrets ?? (options.secret === undefined ? undefined : [options.secret]);
   const list = typeof secrets === 'string' ? [secrets] : secrets;
-  if (!Array.isArray(list) || list.some((s) => typeof s !== 'string')) {
-    throw new InputError('secrets must be a string or an array of strings');
+  if (!Array.isArray(list)) throw new InputError('secrets must be a string or an array of strings');
+  const values = [];
+  const ends = [];
+  for (const entry of list) {
+    if (typeof entry === 'string') {
+      values.push(entry);
+      ends.push(Infinity);
+    } else if (entry !== null && typeof entry === 'object' && typeof entry.secret === 'string') {
+      values.push(entry.secret);
+      ends.push(notAfter(entry.notAfter));
+    } else {
+      throw new InputError('secrets must be a string or an array of strings and {secret, notAfter} objects');
+    }
   }
-  return list;
+  return [values, ends];
+}
+
+function notAfter(value) {
+  if (value === undefined) return Infinity;
+  const ms = value instanceof Date ? value.getTime()
+    : typeof value === 'string' ? Date.parse(value)
+      : typeof value === 'number' ? value * 1000 : NaN;
+  if (!Number.isFinite(ms)) {
+    throw new InputError('notAfter must be a Date, unix seconds or an RFC 3339 time (2026-12-31T23:59:59Z)');
+  }
+  return Math.floor(ms / 1000);
 }
 
 function hmacOptions(options) {
@@ -129,8 +153,8 @@ function schemeOf(options) {
 }
 
 // Keys a configuration in the wasm module: its slot number there, which `release` frees.
-function configured(scheme, hmac, secrets, tolerance = 300, requireTimestamp = false) {
-  for (const secret of secrets) addSecret(secret);
+function configured(scheme, hmac, [secrets, ends], tolerance = 300, requireTimestamp = false) {
+  secrets.forEach((secret, i) => addSecret(secret, ends[i]));
   const slot = configure(scheme, ...hmac, tolerance, requireTimestamp);
   if (slot === 0) throw new WasmError(problem());
   return slot;
@@ -147,7 +171,8 @@ let last = null;
 
 function sameAsLast(scheme, tolerance, requireTimestamp, hmac, secrets) {
   return last !== null && last.scheme === scheme && last.tolerance === tolerance &&
-    last.requireTimestamp === requireTimestamp && sameList(last.hmac, hmac) && sameList(last.secrets, secrets);
+    last.requireTimestamp === requireTimestamp && sameList(last.hmac, hmac) &&
+    sameList(last.secrets[0], secrets[0]) && sameList(last.secrets[1], secrets[1]);
 }
 
 function sameList(a, b) {
@@ -166,7 +191,8 @@ function verifierFor(options) {
   if (sameAsLast(scheme, tolerance, requireTimestamp, hmac, secrets)) return last.slot;
   // Every part is length-prefixed, so no two configurations share a key.
   let cacheKey = `${scheme.length}:${scheme}${tolerance}:${requireTimestamp}`;
-  for (const part of [...hmac, ...secrets]) cacheKey += `|${part.length}:${part}`;
+  for (const part of [...hmac, ...secrets[0]]) cacheKey += `|${part.length}:${part}`;
+  cacheKey += `|${secrets[1].join(',')}`;
   let slot = verifiers.get(cacheKey);
   if (slot === undefined) {
     slot = configured(scheme, hmac, secrets, tolerance, requireTimestamp);
@@ -179,7 +205,7 @@ function verifierFor(options) {
     verifiers.set(cacheKey, slot);
   }
   // A copy of the secrets: the caller may change its array after this call.
-  last = { scheme, tolerance, requireTimestamp, hmac, secrets: [...secrets], slot };
+  last = { scheme, tolerance, requireTimestamp, hmac, secrets: [[...secrets[0]], [...secrets[1]]], slot };
   return slot;
 }
 

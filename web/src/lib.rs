@@ -51,6 +51,10 @@ fn config_message(error: &ConfigError) -> &'static str {
     match error {
         ConfigError::NoSecrets => "no secrets: give at least one",
         ConfigError::EmptySecret { .. } => "a secret is empty",
+        ConfigError::BadPublicKey { .. } => {
+            "a whpk_ key is not a Standard Webhooks public key (whpk_ followed by the base64 of 32 bytes)"
+        }
+        ConfigError::PublicKeysUnavailable { .. } => "public keys (whpk_) are not verified by this build",
         ConfigError::BadStandardWebhooksSecret { .. } => {
             "a secret is not a Standard Webhooks secret (whsec_ followed by base64)"
         }
@@ -67,6 +71,7 @@ fn config_message(error: &ConfigError) -> &'static str {
 fn sign_message(error: &SignError) -> &'static str {
     match error {
         SignError::MissingId => "standard-webhooks signs a message id: give id (it becomes webhook-id)",
+        SignError::NoSigningKey => "public keys (whpk_) only verify: sign with a whsec_ secret",
         SignError::BadTimestamp => "timestamp must be whole unix seconds, 0 or more",
         SignError::OneSignatureOnly(_) => {
             "this scheme carries one signature per header: sign with one secret"
@@ -140,12 +145,14 @@ pub fn reasons() -> String {
 /// number the JS side got wrong finds no verifier and fails as a value, never as a panic.
 struct State {
     secrets: Vec<String>,
+    not_after: Vec<Option<i64>>,
     slots: Vec<Option<Verifier>>,
     problem: String,
 }
 
 impl State {
-    const EMPTY: State = State { secrets: Vec::new(), slots: Vec::new(), problem: String::new() };
+    const EMPTY: State =
+        State { secrets: Vec::new(), not_after: Vec::new(), slots: Vec::new(), problem: String::new() };
 
     /// Slot `number`'s place (numbers start at 1, so 0 is never a verifier).
     fn slot(&mut self, number: u32) -> Option<&mut Option<Verifier>> {
@@ -174,11 +181,15 @@ fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> R {
     }
 }
 
-/// Adds a secret to the configuration the next [`configure`] keys. (One call per secret, so no
-/// secret needs escaping.)
+/// Adds a secret to the configuration the next [`configure`] keys, with the last unix second
+/// it is accepted at (not finite: no end). (One call per secret, so no secret needs escaping.)
 #[wasm_bindgen]
-pub fn add_secret(secret: &str) {
-    with_state(|state| state.secrets.push(secret.into()));
+pub fn add_secret(secret: &str, not_after: f64) {
+    with_state(|state| {
+        state.secrets.push(secret.into());
+        // `as` saturates, so a date past i64's range is as good as no end.
+        state.not_after.push(not_after.is_finite().then_some(not_after as i64));
+    });
 }
 
 /// Keys the secrets added since the last call for one scheme: the slot number (1 or more) of
@@ -194,12 +205,13 @@ pub fn configure(
 ) -> u32 {
     with_state(|state| {
         let secrets = core::mem::take(&mut state.secrets);
+        let not_after = core::mem::take(&mut state.not_after);
         let verifier = keyed(
             scheme_name,
             hmac_header,
             hmac_prefix,
             hmac_encoding,
-            secrets,
+            (secrets, not_after),
             tolerance_secs,
             require_timestamp,
         );
@@ -226,7 +238,7 @@ fn keyed(
     hmac_header: &str,
     hmac_prefix: &str,
     hmac_encoding: &str,
-    secrets: Vec<String>,
+    (secrets, not_after): (Vec<String>, Vec<Option<i64>>),
     tolerance_secs: f64,
     require_timestamp: bool,
 ) -> Result<Verifier, String> {
@@ -238,6 +250,7 @@ fn keyed(
     let config = VerifierConfig {
         scheme,
         secrets,
+        not_after,
         tolerance_secs: tolerance_secs as u64,
         require_timestamp,
         json_compat: false,

@@ -193,6 +193,44 @@ test('a secrets array changed between calls is keyed again, not taken from the l
   assert.equal(verify(options).reason, 'missing_signature');
 });
 
+test('a secret with notAfter is accepted through that second and refused after it, as the gateway does', () => {
+  const body = '{"id":"evt_rotation"}';
+  const mac = (secret) => crypto.createHmac('sha256', secret).update(body).digest('hex');
+  const end = Date.parse('2026-12-31T23:59:59Z') / 1000;
+  for (const notAfter of ['2026-12-31T23:59:59Z', new Date(end * 1000), end]) {
+    const options = {
+      scheme: 'payflow', body, headers: { 'X-PayFlow-Signature': mac('whsec_old') },
+      secrets: ['whsec_new', { secret: 'whsec_old', notAfter }],
+    };
+    assert.deepEqual(verify({ ...options, now: end }), { ok: true }, String(notAfter));
+    assert.equal(verify({ ...options, now: end + 1 }).reason, 'invalid_signature', String(notAfter));
+    // The new secret has no end.
+    const current = { ...options, headers: { 'X-PayFlow-Signature': mac('whsec_new') }, now: end + 86400 * 365 };
+    assert.deepEqual(verify(current), { ok: true });
+  }
+  // A changed notAfter is keyed again, not taken from the last call.
+  const options = { scheme: 'payflow', body, headers: { 'X-PayFlow-Signature': mac('whsec_old') }, now: end + 1 };
+  assert.equal(verify({ ...options, secrets: [{ secret: 'whsec_old', notAfter: end }] }).reason, 'invalid_signature');
+  assert.deepEqual(verify({ ...options, secrets: [{ secret: 'whsec_old', notAfter: end + 1 }] }), { ok: true });
+  // Unreadable ends are refused as input, naming the option.
+  for (const notAfter of ['next tuesday', NaN, {}, null]) {
+    const result = verify({ ...options, secrets: [{ secret: 'whsec_old', notAfter }] });
+    assert.equal(result.reason, 'invalid_input', String(notAfter));
+    assert.match(result.message, /notAfter/);
+  }
+  assert.equal(verify({ ...options, secrets: [{ notAfter: end }] }).reason, 'invalid_input');
+});
+
+test('an Ed25519 public key (whpk_) is refused as a configuration this build does not verify', () => {
+  const result = verify({
+    scheme: 'standard-webhooks', secrets: ['whpk_11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo='], body: '{}',
+    headers: { 'webhook-id': 'msg_1', 'webhook-timestamp': '1700000000', 'webhook-signature': `v1a,${'A'.repeat(86)}==` },
+    now: 1700000000,
+  });
+  assert.equal(result.reason, 'invalid_config');
+  assert.match(result.message, /whpk_/);
+});
+
 // Regression guard for the module's size (issue 5): core's bounds-check and slice-copy panics
 // bring their formatted messages, source paths and index helpers (~1.5 KB). The verifier and
 // this crate avoid them (zips, `get`, fixed-size chunks); only alloc's out-of-memory and

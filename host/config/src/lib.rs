@@ -221,6 +221,65 @@ pub enum Mode {
     Proxy,
 }
 
+/// One of an endpoint's secrets: a string, or a table that also says when it stops being
+/// accepted, for a rotation with a known end.
+#[derive(Clone, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a secret: a string, or a table { secret = \"…\", not_after = \"2026-12-31T23:59:59Z\" }"
+)]
+pub enum SecretEntry {
+    /// Accepted until it is removed from the configuration.
+    Plain(String),
+    /// Accepted through `not_after` (RFC 3339, inclusive to the second), refused after it.
+    Dated {
+        /// The secret.
+        secret: String,
+        /// The last moment it is accepted, as written (see [`SecretEntry::not_after`]).
+        not_after: String,
+    },
+}
+
+impl std::fmt::Debug for SecretEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret itself.
+        match self {
+            SecretEntry::Plain(_) => f.write_str("SecretEntry(…)"),
+            SecretEntry::Dated { not_after, .. } => write!(f, "SecretEntry(…, not_after {not_after})"),
+        }
+    }
+}
+
+impl SecretEntry {
+    /// The secret.
+    pub fn value(&self) -> &str {
+        match self {
+            SecretEntry::Plain(secret) | SecretEntry::Dated { secret, .. } => secret,
+        }
+    }
+
+    fn value_mut(&mut self) -> &mut String {
+        match self {
+            SecretEntry::Plain(secret) | SecretEntry::Dated { secret, .. } => secret,
+        }
+    }
+
+    /// The last unix second it is accepted at; `None` when it has no end (or, before
+    /// validation, when `not_after` is not a time).
+    pub fn not_after(&self) -> Option<i64> {
+        match self {
+            SecretEntry::Plain(_) => None,
+            SecretEntry::Dated { not_after, .. } => payflow_verify::event::rfc3339_to_unix(not_after),
+        }
+    }
+}
+
+impl From<&str> for SecretEntry {
+    fn from(secret: &str) -> Self {
+        SecretEntry::Plain(secret.to_string())
+    }
+}
+
 /// `[[endpoint]]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -233,8 +292,8 @@ pub struct EndpointConfig {
     /// Signature scheme name.
     #[serde(default = "default_scheme")]
     pub scheme: String,
-    /// Secrets; any one matching passes.
-    pub secrets: Vec<String>,
+    /// Secrets; any one matching passes. Each may end at a known time (`not_after`).
+    pub secrets: Vec<SecretEntry>,
     /// Timestamp tolerance, both ways.
     #[serde(default = "default_tolerance")]
     pub tolerance_secs: u64,
@@ -518,7 +577,7 @@ impl Config {
         for (i, e) in self.endpoint.iter_mut().enumerate() {
             x(format!("endpoint[{i}].path"), &mut e.path)?;
             for (j, s) in e.secrets.iter_mut().enumerate() {
-                x(format!("endpoint[{i}].secrets[{j}]"), s)?;
+                x(format!("endpoint[{i}].secrets[{j}]"), s.value_mut())?;
             }
         }
         for (i, p) in self.plugin.iter_mut().enumerate() {
@@ -665,8 +724,20 @@ impl Config {
                 if !merchants.contains(&e.merchant) {
                     return Err(invalid(key("merchant"), format!("unknown merchant {:?}", e.merchant)));
                 }
-                if e.secrets.is_empty() || e.secrets.iter().any(|s| s.is_empty()) {
+                if e.secrets.is_empty() || e.secrets.iter().any(|s| s.value().is_empty()) {
                     return Err(invalid(key("secrets"), "needs at least one non-empty secret"));
+                }
+                for (j, secret) in e.secrets.iter().enumerate() {
+                    if let SecretEntry::Dated { not_after, .. } = secret {
+                        if secret.not_after().is_none() {
+                            return Err(invalid(
+                                key(&format!("secrets[{j}].not_after")),
+                                format!(
+                                    "{not_after:?} is not an RFC 3339 time, e.g. \"2026-12-31T23:59:59Z\""
+                                ),
+                            ));
+                        }
+                    }
                 }
                 e.verifier().map_err(|problem| invalid(key("scheme"), problem.to_string()))?;
                 match (&e.upstream, e.mode) {
@@ -938,17 +1009,25 @@ pub enum SchemeError {
 impl EndpointConfig {
     /// The endpoint's verifier, or why it cannot be built.
     pub fn verifier(&self) -> Result<Verifier, SchemeError> {
-        let mut config = VerifierConfig::new(self.signature_scheme()?, self.secrets.clone());
+        let mut config =
+            VerifierConfig::new(self.signature_scheme()?, self.secrets.iter().map(|s| s.value().to_string()));
+        config.not_after = self.secrets.iter().map(SecretEntry::not_after).collect();
         config.tolerance_secs = self.tolerance_secs;
         config.require_timestamp = self.require_timestamp;
         config.json_compat = self.json_compat;
         Ok(Verifier::new(config)?)
     }
 
-    /// A signer that the endpoint's verifier accepts (with its first secret): the admin API's
-    /// test webhooks.
+    /// A signer that the endpoint's verifier accepts, for the admin API's test webhooks: with
+    /// the first secret that never ends, else the one that ends last.
     pub fn signer(&self) -> Result<Signer, SchemeError> {
-        Ok(Signer::new(self.signature_scheme()?, &self.secrets[..self.secrets.len().min(1)])?)
+        let longest = self
+            .secrets
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, s)| (s.not_after().unwrap_or(i64::MAX), std::cmp::Reverse(*i)));
+        let secrets: Vec<&str> = longest.map(|(_, s)| s.value()).into_iter().collect();
+        Ok(Signer::new(self.signature_scheme()?, &secrets)?)
     }
 
     fn signature_scheme(&self) -> Result<Scheme, SchemeError> {

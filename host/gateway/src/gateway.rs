@@ -246,6 +246,11 @@ impl Gateway {
             };
             listeners.push(tokio::spawn(ingress::serve(listener, admin, options, watch_shutdown.clone())));
         }
+        listeners.push(tokio::spawn(crate::secret_expiry::watch(
+            config.clone(),
+            clock.clone(),
+            watch_shutdown.clone(),
+        )));
         if let (true, Some(stage)) = (store.claims(), &plugins) {
             listeners.push(tokio::spawn(follow_plugins(stage.registry().clone(), watch_shutdown.clone())));
         }

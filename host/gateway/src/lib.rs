@@ -19,6 +19,7 @@ pub mod http;
 pub mod ingress;
 pub mod pipeline;
 pub mod samples;
+pub mod secret_expiry;
 pub mod stage;
 
 pub use gateway::{Gateway, StartError};

@@ -109,6 +109,49 @@ for (const [lib, Webhook, prefix] of [['standardwebhooks', StandardWebhook, 'web
   garbage.forEach((g, i) => sw(`garbage_${i}`, [secret], body, headers(g, now), g.trim() === '' ? 'missing_signature' : 'malformed_signature'));
 }
 
+// ------------------------- standard-webhooks v1a: Ed25519 with whpk_ public keys (node:crypto)
+{
+  // Fixed seeds, so the vectors are the same every run: PKCS#8 for an Ed25519 seed.
+  const keyFrom = (seed) => crypto.createPrivateKey({
+    key: Buffer.concat([Buffer.from('302e020100300506032b657004220420', 'hex'), Buffer.from(seed.padEnd(32, '.').slice(0, 32))]),
+    format: 'der', type: 'pkcs8',
+  });
+  const key = keyFrom('standard-webhooks-ed25519-key-1');
+  const otherKey = keyFrom('another-ed25519-key-entirely-2');
+  const whpk = (k) => 'whpk_' + Buffer.from(crypto.createPublicKey(k).export({ format: 'jwk' }).x, 'base64url').toString('base64');
+  const secret = whpk(key);
+  const other = whpk(otherKey);
+  const hmacSecret = 'whsec_' + Buffer.from('standard-webhooks-key-0123456789').toString('base64');
+  const msgId = 'msg_2Lh9KRb0pzN4LePd3XiA4xYsbml';
+  const v1a = (k, ts, b = body, id = msgId) => 'v1a,' + crypto.sign(null, Buffer.from(`${id}.${ts}.${b}`), k).toString('base64');
+  const headers = (sig, ts, id = msgId) => [['webhook-id', id], ['webhook-timestamp', String(ts)], ['webhook-signature', sig]];
+  // Node's own Ed25519 verify over "{id}.{ts}.{body}", for every v1a signature and key, with
+  // the spec's timestamp tolerance (as the standardwebhooks SDK applies it).
+  const libVerify = (secrets, b, hs) => {
+    const h = Object.fromEntries(hs);
+    if (Math.abs(now - Number(h['webhook-timestamp'])) > TOL) return false;
+    const signed = Buffer.from(`${h['webhook-id']}.${h['webhook-timestamp']}.${b}`);
+    const sigs = h['webhook-signature'].split(' ').filter((e) => e.startsWith('v1a,')).map((e) => Buffer.from(e.slice(4), 'base64'));
+    return secrets.filter((s) => s.startsWith('whpk_')).some((s) => {
+      const pub = crypto.createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(s.slice(5), 'base64').toString('base64url') }, format: 'jwk' });
+      return sigs.some((sig) => sig.length === 64 && crypto.verify(null, signed, pub, sig));
+    });
+  };
+  const ed = (name, secrets, b, hs, expect) => add({ name: `standard-webhooks-ed25519/${name}`, scheme: 'standard-webhooks', secrets, body: b, headers: hs, expect, library_ok: libVerify(secrets, b, hs), source: 'node:crypto sign (Ed25519)' });
+  const sig = v1a(key, now);
+  ed('valid', [secret], body, headers(sig, now), 'ok');
+  ed('tampered_body', [secret], tampered, headers(sig, now), 'invalid_signature');
+  ed('wrong_key', [other], body, headers(sig, now), 'invalid_signature');
+  ed('rotation_second_key', [other, secret], body, headers(sig, now), 'ok');
+  ed('several_signatures_one_valid', [secret], body, headers(`${v1a(otherKey, now)} ${sig}`, now), 'ok');
+  ed('beside_an_hmac_secret', [hmacSecret, secret], body, headers(`v1,${'A'.repeat(43)}= ${sig}`, now), 'ok');
+  ed('swapped_id', [secret], body, headers(sig, now, 'msg_other'), 'invalid_signature');
+  ed('swapped_timestamp', [secret], body, headers(v1a(key, now - 10), now - 20), 'invalid_signature');
+  ed('stale', [secret], body, headers(v1a(key, STALE), STALE), 'timestamp_out_of_tolerance');
+  ed('truncated', [secret], body, headers(sig.slice(0, -4), now), 'malformed_signature');
+  ed('v1a_against_hmac_secret_only', [hmacSecret], body, headers(sig, now), 'invalid_signature');
+}
+
 // ------------------------------------------------------------------------------ stripe SDK
 {
   const secret = 'whsec_stripe_test_secret_0123456789';
