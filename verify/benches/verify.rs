@@ -7,6 +7,9 @@
 //! - `bare_hmac_prekeyed`: the same with the key schedule done once (the strict floor);
 //! - `verify`: a full payflow v1 verification (header parse, tolerance, MAC, constant-time
 //!   compare), as the gateway runs it.
+//!
+//! And `ed25519_v1a`: a Standard Webhooks asymmetric verification of a 1 KiB body (one `v1a`
+//! signature, one `whpk_` key), the cost an endpoint with a public key pays per request.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hmac::{Hmac, Mac};
@@ -55,5 +58,25 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+fn ed25519(c: &mut Criterion) {
+    use base64::Engine as _;
+    let pair = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([7; 32]));
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = format!("whpk_{}", b64.encode(*pair.pk));
+    let verifier = Verifier::new(VerifierConfig::new(Scheme::StandardWebhooks, [key])).unwrap();
+    let body = body(1024);
+    let signed = [format!("msg_1.{NOW}.").into_bytes(), body.clone()].concat();
+    let signature = format!("v1a,{}", b64.encode(*pair.sk.sign(&signed, None)));
+    let headers = [
+        ("webhook-id", "msg_1"),
+        ("webhook-timestamp", &NOW.to_string()[..]),
+        ("webhook-signature", &signature[..]),
+    ];
+    assert!(verifier.verify(&headers[..], &body, NOW).is_ok());
+    c.bench_function("ed25519_v1a_1KiB", |b| {
+        b.iter(|| black_box(verifier.verify(black_box(&headers[..]), black_box(&body), NOW)).is_ok())
+    });
+}
+
+criterion_group!(benches, bench, ed25519);
 criterion_main!(benches);

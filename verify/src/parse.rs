@@ -36,9 +36,9 @@ impl Claim {
     }
 }
 
-/// `v1a` signatures looked at per request. Checking one costs ~50 µs against each public key,
-/// so a header packed with hundreds would cost a request tens of milliseconds; a rotation
-/// needs two or three.
+/// `v1a` signatures looked at per request. Checking one costs ~90 µs against each public key
+/// (bench/RESULTS.md), so a header packed with hundreds would cost a request tens of
+/// milliseconds; a rotation needs two or three.
 pub(crate) const MAX_ED25519_SIGNATURES: usize = 8;
 
 /// Appends each part and a dot after it.
