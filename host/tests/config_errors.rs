@@ -35,6 +35,46 @@ fn bad_configs_exit_2_naming_the_key() {
         (format!("{BASE}{endpoint}scheme = \"carrier-pigeon\"\n"), &["endpoint[0].scheme", "unknown scheme"]),
         (format!("{BASE}{endpoint}scheme = \"stripe\"\njson_compat = true\n"), &["endpoint[0].scheme", "json_compat"]),
         (format!("{BASE}{endpoint}mode = \"proxy\"\n"), &["endpoint[0].upstream", "required in proxy mode"]),
+        (
+            format!("{BASE}{endpoint}[[endpoint.route]]\nupstream = \"ghost\"\n"),
+            &["endpoint[0].route[0].upstream", "unknown upstream \"ghost\""],
+        ),
+        (
+            format!("{BASE}{endpoint}mode = \"proxy\"\nupstream = \"u\"\n[[endpoint.route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nurl = \"http://127.0.0.1:1/\"\n"),
+            &["endpoint[0].route", "routes need mode = \"queue\""],
+        ),
+        (
+            format!("{BASE}{endpoint}[[endpoint.route]]\nupstream = \"u\"\nwhere = {{ \"data..currency\" = \"PKR\" }}\n[[upstream]]\nname = \"u\"\nurl = \"http://127.0.0.1:1/\"\n"),
+            &["endpoint[0].route[0].where", "not a dotted JSON path"],
+        ),
+        (
+            format!("{BASE}{endpoint}[[endpoint.route]]\nupstream = \"u\"\nwhere = {{ \"data.currency\" = {{ nested = 1 }} }}\n[[upstream]]\nname = \"u\"\nurl = \"http://127.0.0.1:1/\"\n"),
+            &["where"],
+        ),
+        (
+            format!("{BASE}{endpoint}[[endpoint.route]]\nupstream = \"u\"\ntypes = [\"\"]\n[[upstream]]\nname = \"u\"\nurl = \"http://127.0.0.1:1/\"\n"),
+            &["endpoint[0].route[0].types", "must not be empty"],
+        ),
+        (
+            format!("{BASE}{endpoint}upstream = \"u\"\n[[upstream]]\nname = \"u\"\nurl = \"http://127.0.0.1:1/\"\nrate = \"fast\"\n"),
+            &["upstream[0].rate", "\"50/s\""],
+        ),
+        (
+            format!("{BASE}{endpoint}upstream = \"u\"\n[[upstream]]\nname = \"u\"\nurl = \"http://127.0.0.1:1/\"\nrate = \"0/s\"\n"),
+            &["upstream[0].rate"],
+        ),
+        (
+            format!("{BASE}{endpoint}upstream = \"u\"\n[[upstream]]\nname = \"u\"\nurl = \"http://127.0.0.1:1/\"\nbreaker = {{ failures = 0 }}\n"),
+            &["upstream[0].breaker.failures", "at least 1"],
+        ),
+        (
+            format!("{BASE}{endpoint}upstream = \"u\"\n[[upstream]]\nname = \"u\"\nurl = \"http://127.0.0.1:1/\"\nordering_key = \"data.\"\n"),
+            &["upstream[0].ordering_key", "not a dotted JSON path"],
+        ),
+        (
+            format!("{BASE}{endpoint}upstream = \"u\"\n[[endpoint.route]]\nupstream = \"v\"\n[[upstream]]\nname = \"u\"\nurl = \"http://127.0.0.1:1/\"\nordering_key = \"data.id\"\n[[upstream]]\nname = \"v\"\nurl = \"http://127.0.0.1:1/\"\nordering_key = \"data.customer_email\"\n"),
+            &["endpoint[0].upstream", "one ordering key"],
+        ),
         (format!("{BASE}{endpoint}mode = \"carrier\"\n"), &["mode", "unknown variant"]),
         (format!("{BASE}{endpoint}secret = [\"typo\"]\n"), &["unknown field `secret`"]),
         (format!("{BASE}{endpoint}{endpoint}"), &["endpoint[1].path", "used by two endpoints"]),

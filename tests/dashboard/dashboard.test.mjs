@@ -108,6 +108,8 @@ url = "${upstream.url}"
 name = "globex-legacy"
 merchant = "globex"
 url = "${upstream.url}"
+ordering_key = "data.customer_email"
+breaker = { failures = 50, cool_down_ms = 1000 }
 [[plugin]]
 name = "acme-enrich"
 merchant = "acme"
@@ -477,6 +479,50 @@ test('a merchant replays every dead event the filter shows, in one go', async ()
   for (const id of ids) {
     assert.equal(upstream.received.filter((r) => r.headers['x-payflow-event-id'] === id).length, 2, id);
   }
+  assert.deepEqual(errors, []);
+  await context.close();
+});
+
+test("a merchant sees its upstream's flow control, finds the key a dead event holds, and skips it", async () => {
+  upstream.state.status = 400; // the head dies at its first attempt
+  const send = async () => {
+    const sent = await operatorApi('POST', '/api/test-webhook', { endpoint: '/webhooks/globex', type: 'payment.failed' });
+    assert.equal(sent.json.status, 200);
+    return sent.json.id;
+  };
+  const statusOf = async (id) => (await operatorApi('GET', `/api/events/${id}?merchant=globex`)).json.status;
+  const waitFor = async (id, status) => {
+    for (let i = 0; i < 200 && (await statusOf(id)) !== status; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(await statusOf(id), status, id);
+  };
+  const head = await send();
+  await waitFor(head, 'dead');
+  upstream.state.status = 200;
+  const behind = await send(); // same customer: it waits for the dead head
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal(await statusOf(behind), 'queued');
+
+  const { page, context, errors } = await openDashboard();
+  await logIn(page, GLOBEX);
+  await page.waitForSelector('#events-view:visible');
+  await page.click('a[data-view=endpoints]');
+  await page.waitForSelector('#upstreams tr[data-upstream="globex-legacy"]');
+  const row = await page.textContent('#upstreams tr[data-upstream="globex-legacy"]');
+  assert.match(row, /data\.customer_email/);
+  assert.match(row, /closed/);
+  assert.equal(await page.locator('#upstreams tr[data-upstream="acme-legacy"]').count(), 0, "another merchant's upstream");
+  await page.waitForSelector('#held tr[data-key="customer@example.com"]');
+  const held = await page.textContent('#held tr[data-key="customer@example.com"]');
+  assert.match(held, new RegExp(`${head}.*dead`));
+  await shot(page, '11-held-key');
+  await page.click(`#held a:has-text("${head}")`);
+  await page.waitForSelector('#event-view:visible');
+  await page.waitForSelector('[data-fact="Ordering key"]:has-text("customer@example.com")');
+  await page.click('#skip');
+  await page.waitForSelector('#replay-result:has-text("Skipped")');
+  await waitFor(behind, 'delivered');
+  assert.equal(await statusOf(head), 'dead', 'a skipped event stays dead');
+  await shot(page, '12-skipped');
   assert.deepEqual(errors, []);
   await context.close();
 });

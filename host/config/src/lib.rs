@@ -310,8 +310,13 @@ pub struct EndpointConfig {
     /// Plugin names, in order (issue 4).
     #[serde(default)]
     pub plugins: Vec<String>,
-    /// Upstream name to deliver to.
+    /// The default route: the upstream that gets the events no `[[endpoint.route]]` takes (all
+    /// of them when the endpoint has no routes).
     pub upstream: Option<String>,
+    /// More upstreams, each for the events its filters match (`[[endpoint.route]]`), decided
+    /// after the plugins, on what they gave back.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
     /// hmac scheme: header name.
     pub hmac_header: Option<String>,
     /// hmac scheme: prefix before the signature.
@@ -330,6 +335,91 @@ impl EndpointConfig {
     pub fn scope(&self) -> &str {
         self.dedup_scope.as_deref().unwrap_or(&self.path)
     }
+}
+
+/// `[[endpoint.route]]`: an upstream that gets the endpoint's events its filters match. Every
+/// filter given must match; a route without filters takes every event.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The upstream, of the endpoint's merchant.
+    pub upstream: String,
+    /// Globs over the event's `type` (`*` matches any run of characters); any one matching.
+    #[serde(default)]
+    pub types: Vec<String>,
+    /// Tags the plugins put on the event; all of them present.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Dotted JSON paths into the delivered body and the value each must have (a list: any
+    /// one of them).
+    #[serde(default, rename = "where")]
+    pub fields: BTreeMap<String, FieldValue>,
+}
+
+/// A value a route's `where` compares a body field with.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum FieldValue {
+    /// A string.
+    Text(String),
+    /// An integer.
+    Integer(i64),
+    /// A number with a fraction.
+    Float(f64),
+    /// `true` or `false`.
+    Bool(bool),
+    /// Any one of these.
+    AnyOf(Vec<FieldValue>),
+}
+
+/// A dotted JSON path (`data.customer.email`) as a route or an ordering key names it: its
+/// segments, each an object's key (or, all digits, an array's index). `None` when one is
+/// empty.
+pub fn json_path(path: &str) -> Option<Vec<String>> {
+    let segments: Vec<String> = path.split('.').map(str::to_string).collect();
+    (!path.is_empty() && segments.iter().all(|s| !s.is_empty())).then_some(segments)
+}
+
+/// An upstream's `rate`: at most `per_second` deliveries started per second, in bursts of at
+/// most `burst`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Deliveries per second, on average.
+    pub per_second: f64,
+    /// The bucket's size: one second's worth, at least one.
+    pub burst: u32,
+}
+
+impl Rate {
+    /// Parses `"50/s"`, `"600/m"` or `"1000/h"`.
+    pub fn parse(text: &str) -> Option<Rate> {
+        let (count, unit) = text.trim().split_once('/')?;
+        let count: u32 = count.trim().parse().ok().filter(|&n| n > 0)?;
+        let seconds = match unit.trim() {
+            "s" | "sec" | "second" => 1.0,
+            "m" | "min" | "minute" => 60.0,
+            "h" | "hour" => 3600.0,
+            _ => return None,
+        };
+        let per_second = f64::from(count) / seconds;
+        Some(Rate { per_second, burst: (per_second.ceil() as u32).max(1) })
+    }
+}
+
+/// An upstream's circuit breaker: after `failures` failed attempts in a row, no attempt for
+/// `cool_down_ms`, then one probe: its success closes the breaker, its failure opens it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Failed attempts in a row (retryable failures: 408, 429, 5xx, no answer) that open it.
+    pub failures: u32,
+    /// How long it stays open before the probe.
+    #[serde(default = "default_cool_down")]
+    pub cool_down_ms: u64,
+}
+
+fn default_cool_down() -> u64 {
+    30_000
 }
 
 fn default_merchant() -> String {
@@ -373,6 +463,15 @@ pub struct UpstreamConfig {
     /// How deliveries are signed with `sign_secret`: `payflow-v0` when not given (what PayFlow
     /// itself sends, so an app that checks signatures as PayFlow's page says accepts them).
     pub sign_scheme: Option<SignScheme>,
+    /// Deliver in order per key: a dotted JSON path into the delivered body (`data.id`).
+    /// Events with the same key go one at a time, in the order they were received; different
+    /// keys in parallel. Events without the field are not ordered.
+    pub ordering_key: Option<String>,
+    /// Start at most this many deliveries: `"50/s"`, `"600/m"`, `"1000/h"` (a token bucket
+    /// holding one second's worth). Checked as text so the error can show the form.
+    pub rate: Option<String>,
+    /// Stop sending for a cool-down after this many failures in a row.
+    pub breaker: Option<BreakerConfig>,
 }
 
 /// The form an upstream's deliveries are signed in (`sign_scheme`).
@@ -405,6 +504,16 @@ impl SignScheme {
 }
 
 impl UpstreamConfig {
+    /// `rate`, parsed (the configuration check refuses one that does not parse).
+    pub fn rate(&self) -> Option<Rate> {
+        self.rate.as_deref().and_then(Rate::parse)
+    }
+
+    /// `ordering_key`, as path segments.
+    pub fn ordering_path(&self) -> Option<Vec<String>> {
+        self.ordering_key.as_deref().and_then(json_path)
+    }
+
     /// What signs deliveries to this upstream, and in which PayFlow form; `None` when they are
     /// not signed. Fails when the secret cannot sign in that scheme (a Standard Webhooks key
     /// that is not `whsec_` and base64).
@@ -694,6 +803,32 @@ impl Config {
                 if let Err(e) = u.signer() {
                     return Err(invalid(key("sign_secret"), e.to_string()));
                 }
+                if let Some(rate) = &u.rate {
+                    if Rate::parse(rate).is_none() {
+                        return Err(invalid(
+                            key("rate"),
+                            format!(
+                                "{rate:?} is not a rate: write a whole number per s, m or h, e.g. \"50/s\""
+                            ),
+                        ));
+                    }
+                }
+                if let Some(path) = &u.ordering_key {
+                    if json_path(path).is_none() {
+                        return Err(invalid(
+                            key("ordering_key"),
+                            format!("{path:?} is not a dotted JSON path, e.g. \"data.id\""),
+                        ));
+                    }
+                }
+                if let Some(breaker) = &u.breaker {
+                    if breaker.failures == 0 {
+                        return Err(invalid(key("breaker.failures"), "must be at least 1"));
+                    }
+                    if breaker.cool_down_ms == 0 {
+                        return Err(invalid(key("breaker.cool_down_ms"), "must be at least 1"));
+                    }
+                }
                 Ok(())
             };
             problems.extend(check().err());
@@ -740,22 +875,64 @@ impl Config {
                     }
                 }
                 e.verifier().map_err(|problem| invalid(key("scheme"), problem.to_string()))?;
+                let owned = |at: String, name: &str| match upstreams.get(name) {
+                    None => Err(invalid(at, format!("unknown upstream {name:?}"))),
+                    Some(u) if u.merchant != e.merchant => Err(invalid(
+                        at,
+                        format!(
+                            "upstream {name:?} belongs to merchant {:?}, not {:?}",
+                            u.merchant, e.merchant
+                        ),
+                    )),
+                    Some(_) => Ok(()),
+                };
                 match (&e.upstream, e.mode) {
                     (None, Mode::Proxy) => return Err(invalid(key("upstream"), "is required in proxy mode")),
-                    (Some(name), _) => match upstreams.get(name) {
-                        None => return Err(invalid(key("upstream"), format!("unknown upstream {name:?}"))),
-                        Some(u) if u.merchant != e.merchant => {
-                            return Err(invalid(
-                                key("upstream"),
-                                format!(
-                                    "upstream {name:?} belongs to merchant {:?}, not {:?}",
-                                    u.merchant, e.merchant
-                                ),
-                            ))
-                        }
-                        Some(_) => {}
-                    },
+                    (Some(name), _) => owned(key("upstream"), name)?,
                     (None, Mode::Queue) => {}
+                }
+                if e.mode == Mode::Proxy && !e.routes.is_empty() {
+                    return Err(invalid(
+                        key("route"),
+                        "routes need mode = \"queue\": a proxy answers with its one upstream's reply \
+                         (move the routes to a queue-mode endpoint, or use a plugin's forwards)",
+                    ));
+                }
+                let mut ordered = self.ordered_upstreams(e);
+                if let Some((first, path)) = ordered.next() {
+                    if let Some((other, other_path)) = ordered.find(|(_, p)| p != &path) {
+                        return Err(invalid(
+                            key("upstream"),
+                            format!(
+                                "its events may reach upstreams {first:?} (ordering_key = {path:?}) and {other:?} \
+                                 (ordering_key = {other_path:?}): an endpoint's events have one ordering key, so \
+                                 give those upstreams the same one"
+                            ),
+                        ));
+                    }
+                }
+                for (j, route) in e.routes.iter().enumerate() {
+                    let at = |k: &str| format!("endpoint[{i}].route[{j}].{k}");
+                    owned(at("upstream"), &route.upstream)?;
+                    if let Some(t) = route.types.iter().find(|t| t.is_empty()) {
+                        return Err(invalid(at("types"), format!("{t:?}: a type glob must not be empty")));
+                    }
+                    for (path, value) in &route.fields {
+                        if json_path(path).is_none() {
+                            return Err(invalid(
+                                at("where"),
+                                format!("{path:?} is not a dotted JSON path, e.g. \"data.currency\""),
+                            ));
+                        }
+                        if let FieldValue::AnyOf(values) = value {
+                            if values.is_empty() || values.iter().any(|v| matches!(v, FieldValue::AnyOf(_))) {
+                                return Err(invalid(
+                                    at("where"),
+                                    format!("{path:?}: a list must hold one or more plain values"),
+                                ));
+                            }
+                        }
+                    }
                 }
                 let Some(plugins) = &plugins else { return Ok(()) };
                 for (j, name) in e.plugins.iter().enumerate() {
@@ -793,6 +970,34 @@ impl Config {
         }
         problems.extend(self.validate_scopes().err());
         problems
+    }
+
+    /// The ordered upstreams an endpoint's events may reach, with their `ordering_key`: its
+    /// default upstream and its routes', and, when it has plugins (whose forwards may name
+    /// any of the merchant's upstreams), every ordered upstream of its merchant.
+    fn ordered_upstreams<'a>(
+        &'a self,
+        e: &'a EndpointConfig,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let routed: Vec<&str> = e
+            .upstream
+            .iter()
+            .map(String::as_str)
+            .chain(e.routes.iter().map(|r| r.upstream.as_str()))
+            .collect();
+        self.upstream
+            .iter()
+            .filter(move |u| {
+                u.merchant == e.merchant && (routed.contains(&u.name.as_str()) || !e.plugins.is_empty())
+            })
+            .filter_map(|u| Some((u.name.as_str(), u.ordering_key.as_deref()?)))
+    }
+
+    /// The path of an endpoint's events' ordering key (see [`UpstreamConfig::ordering_key`]):
+    /// read from the event as received, once, for every ordered upstream it may reach (which
+    /// the configuration check requires to agree). `None` when it reaches none.
+    pub fn ordering_path(&self, e: &EndpointConfig) -> Option<Vec<String>> {
+        self.ordered_upstreams(e).next().and_then(|(_, path)| json_path(path))
     }
 
     /// `[server]`.

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::client::UpstreamClient;
+use crate::flow::{Flow, Permit};
 use crate::lane::Lane;
 use crate::policy::attempt;
 use crate::queue::Queued;
@@ -86,8 +87,18 @@ trait Drain: Send + Sync + 'static {
     async fn due(&self, store: &dyn Store, page: Page<'_>) -> Result<Vec<Self::Due>, StoreError>;
     /// Before each poll: what the store refused to record before.
     async fn before_poll(&self, _dispatcher: &Dispatcher) {}
-    /// Runs one. True when its outcome is recorded and it can be released now.
-    async fn run(self: Arc<Self>, dispatcher: Arc<Dispatcher>, due: Self::Due) -> bool;
+    /// What admits each attempt (rate limit, breaker), if anything.
+    fn flow(&self) -> Option<&Flow> {
+        None
+    }
+    /// Runs one, under `permit` when the lane has flow control. True when its outcome is
+    /// recorded and it can be released now.
+    async fn run(
+        self: Arc<Self>,
+        dispatcher: Arc<Dispatcher>,
+        due: Self::Due,
+        permit: Option<Permit>,
+    ) -> bool;
 }
 
 #[async_trait]
@@ -100,13 +111,24 @@ impl Drain for Upstream {
         &self.name
     }
     async fn due(&self, store: &dyn Store, page: Page<'_>) -> Result<Vec<DueDelivery>, StoreError> {
-        store.due_deliveries(&self.name, page.now_ms, page.cursor, page.limit).await
+        match self.ordering {
+            Some(_) => store.due_ordered_deliveries(&self.name, page.now_ms, page.cursor, page.limit).await,
+            None => store.due_deliveries(&self.name, page.now_ms, page.cursor, page.limit).await,
+        }
     }
     async fn before_poll(&self, dispatcher: &Dispatcher) {
         dispatcher.record_unrecorded(self).await;
     }
-    async fn run(self: Arc<Self>, dispatcher: Arc<Dispatcher>, due: DueDelivery) -> bool {
-        dispatcher.deliver(&self, due).await
+    fn flow(&self) -> Option<&Flow> {
+        Some(&self.flow)
+    }
+    async fn run(
+        self: Arc<Self>,
+        dispatcher: Arc<Dispatcher>,
+        due: DueDelivery,
+        permit: Option<Permit>,
+    ) -> bool {
+        dispatcher.deliver(&self, due, permit).await
     }
 }
 
@@ -122,7 +144,7 @@ impl Drain for Steps {
     async fn due(&self, store: &dyn Store, page: Page<'_>) -> Result<Vec<DueStep>, StoreError> {
         store.due_steps(page.now_ms, page.cursor, page.limit).await
     }
-    async fn run(self: Arc<Self>, dispatcher: Arc<Dispatcher>, due: DueStep) -> bool {
+    async fn run(self: Arc<Self>, dispatcher: Arc<Dispatcher>, due: DueStep, _: Option<Permit>) -> bool {
         let (key, attempts) = (due.event.key.clone(), due.attempts);
         match self.step.run(&self.lane.policy, due).await {
             StepDone::Recorded(deliveries) => {
@@ -224,14 +246,26 @@ impl Dispatcher {
     async fn work<D: Drain>(self: Arc<Self>, drain: Arc<D>, mut shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() {
             let lane = drain.lane();
+            // Leave first, then a delivery: while the breaker is open (or the bucket empty)
+            // deliveries stay queued, none taken and held.
+            let permit = match drain.flow() {
+                Some(flow) => tokio::select! {
+                    permit = flow.admit() => Some(permit),
+                    _ = shutdown.changed() => continue,
+                },
+                None => None,
+            };
             match lane.queue.pop(lane.merchant_in_flight) {
                 Some(due) => {
                     let key = due.event().key.clone();
-                    if drain.clone().run(self.clone(), due).await {
+                    if drain.clone().run(self.clone(), due, permit).await {
                         drain.lane().queue.release(&key);
                     }
                 }
                 None => {
+                    if let (Some(flow), Some(permit)) = (drain.flow(), permit) {
+                        flow.unused(permit);
+                    }
                     // Ran dry: with a backlog in the store, have the poller fetch the next page now.
                     // (Without one, polling here would re-read rows already in flight.)
                     if lane.backlog.load(Ordering::Acquire) {
@@ -260,8 +294,10 @@ impl Dispatcher {
             // already queued, and reading them again would cost more than delivering them.
             let busy = lane.queue.waiting() >= lane.concurrency;
             let stale = last_poll.is_none_or(|t| t.elapsed() >= BUSY_POLL_INTERVAL);
+            // Nothing is fetched while the breaker is open: it would only wait in memory.
+            let open = !drain.flow().is_none_or(Flow::accepting);
             let mut added = 0;
-            if !busy || stale {
+            if !open && (!busy || stale) {
                 let page = lane.queue.room().min(POLL_PAGE);
                 if page > 0 {
                     let since = lane.queue.since();
@@ -295,12 +331,21 @@ impl Dispatcher {
 
     /// Makes the attempt and records it; false when the store refused the record, and the
     /// delivery must stay claimed (see [`Upstream::unrecorded`]).
-    pub(crate) async fn deliver(&self, upstream: &Upstream, d: DueDelivery) -> bool {
+    pub(crate) async fn deliver(&self, upstream: &Upstream, d: DueDelivery, permit: Option<Permit>) -> bool {
         let attempt = Arc::new(attempt(&self.client, &*self.clock, upstream, &d).await);
+        if let Some(permit) = permit {
+            let info = &attempt.info;
+            let failed = info.error.is_some() || matches!(info.status_code, Some(408 | 429 | 500..=599));
+            upstream.flow.finished(permit, failed);
+        }
         if let Err(e) = self.store.record_attempt(attempt.clone()).await {
             tracing::warn!(event_id = %d.event.key.id, error = %e, "cannot record a delivery attempt; kept until the store takes it");
             upstream.unrecorded.lock().unwrap_or_else(|p| p.into_inner()).push(attempt);
             return false;
+        }
+        if upstream.ordering.is_some() {
+            // The next of this key may be due now: the store alone knows (see `hand_off`).
+            upstream.poll_store_now();
         }
         true
     }

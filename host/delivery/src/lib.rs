@@ -19,9 +19,12 @@
 mod client;
 mod dispatcher;
 mod fair_queue;
+pub mod fields;
+mod flow;
 mod lane;
 mod policy;
 mod queue;
+pub mod route;
 mod step;
 #[cfg(test)]
 mod tests;
@@ -32,6 +35,7 @@ pub use client::{
     REQUEST_ID_HEADER,
 };
 pub use dispatcher::{lower_this_threads_priority, Dispatcher, StepLane, DELIVERY_NICE};
+pub use flow::{BreakerState, Flow, FlowCounts, Permit};
 pub use lane::Lane;
 pub use policy::{attempt, classify, AttemptStart, RetryPolicy, Verdict};
 pub use queue::Queued;

@@ -22,6 +22,9 @@ fn upstream() -> Upstream {
         retry_max_ms: 60_000,
         sign_secret: None,
         sign_scheme: None,
+        ordering_key: None,
+        rate: None,
+        breaker: None,
     })
     .unwrap()
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use hyper::Uri;
 use payflow_verify::{PayFlowForm, Signer};
 
+use crate::flow::Flow;
 use crate::lane::Lane;
 use crate::policy::RetryPolicy;
 use payflow_config::UpstreamConfig;
@@ -30,6 +31,10 @@ pub struct Upstream {
     pub lane: Lane<DueDelivery>,
     /// Attempts, by outcome.
     pub counts: DeliveryCounts,
+    /// Its rate limit and circuit breaker.
+    pub flow: Flow,
+    /// `ordering_key`, as path segments: same key, one at a time, in arrival order.
+    pub ordering: Option<Vec<String>>,
     /// Attempts made but not yet recorded (the store refused the write). Their deliveries stay
     /// claimed until they are recorded, so the store's stale row (still due, its attempts not
     /// counted) is never sent again: backoff and `max_attempts` hold while the store is full.
@@ -74,13 +79,27 @@ impl Upstream {
             timeout: Duration::from_millis(config.timeout_ms),
             lane: Lane::new(policy, config.concurrency, config.concurrency),
             counts: DeliveryCounts::default(),
+            flow: Flow::new(config.rate(), config.breaker),
+            ordering: config.ordering_path(),
             unrecorded: Mutex::default(),
         })
     }
 
-    /// Hands a just-stored delivery to the workers (see [`Lane::hand_off`]).
+    /// Hands a just-stored delivery to the workers (see [`Lane::hand_off`]). An ordered
+    /// upstream's come from the store only, which gives each key's head alone: the poller is
+    /// woken instead.
     pub fn hand_off(&self, delivery: DueDelivery) {
-        self.lane.hand_off(delivery);
+        match self.ordering {
+            Some(_) => self.lane.poll_store_now(),
+            None => self.lane.hand_off(delivery),
+        }
+    }
+
+    /// The ordering key of a delivery of `body` to this upstream: `None` when the upstream is
+    /// not ordered, or the body has no such field (then it is not ordered either).
+    pub fn ordering_key(&self, body: &[u8]) -> Option<String> {
+        let path = self.ordering.as_ref()?;
+        crate::fields::field(&crate::fields::parse(body), path).and_then(crate::fields::key_text)
     }
 
     /// Tells the poller the store has due deliveries it has not seen (e.g. after a replay).

@@ -14,6 +14,7 @@ mod dashboard;
 mod endpoints;
 mod history;
 mod observe;
+mod upstreams;
 
 pub use history::{RateHistory, STEP_MS as HISTORY_STEP_MS};
 
@@ -523,6 +524,8 @@ impl Handler for Admin {
             (["stats"], &Method::GET) => self.stats(scope),
             (["stats", "history"], &Method::GET) => self.stats_history(scope),
             (["endpoints"], &Method::GET) => self.list_endpoints(&scope),
+            (["upstreams"], &Method::GET) => self.list_upstreams(&scope),
+            (["ordering"], &Method::GET) => self.held_keys(&scope).await,
             (["test-webhook"], &Method::POST) => {
                 match http::read_body(request.into_body(), endpoints::MAX_TEST_REQUEST, TEST_REQUEST_TIMEOUT)
                     .await
@@ -531,9 +534,16 @@ impl Handler for Admin {
                     Err(e) => e.reply(),
                 }
             }
-            (["whoami"] | ["stats"] | ["stats", "history"] | ["endpoints"] | ["test-webhook"], _) => {
-                http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
-            }
+            (
+                ["whoami"]
+                | ["stats"]
+                | ["stats", "history"]
+                | ["endpoints"]
+                | ["upstreams"]
+                | ["ordering"]
+                | ["test-webhook"],
+                _,
+            ) => http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             (["events"], &Method::GET) => self.list_events(scope, request.uri().query()).await,
             (["events", "replay"], &Method::POST) => self.replay_matching(scope, request.uri().query()).await,
             (["events", id], &Method::GET) => self.show_event(scope, request.uri().query(), id).await,
@@ -550,7 +560,10 @@ impl Handler for Admin {
                     Err(e) => e.reply(),
                 }
             }
-            (["events"] | ["events", _] | ["events", _, "replay"], _) => {
+            (["events", id, "skip"], &Method::POST) => {
+                self.skip_event(scope, request.uri().query(), id).await
+            }
+            (["events"] | ["events", _] | ["events", _, "replay" | "skip"], _) => {
                 http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }
             (["plugins"], &Method::GET) => self.list_plugins(scope).await,

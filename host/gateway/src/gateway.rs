@@ -18,6 +18,7 @@ use crate::ingress::{self, ServeOptions, WebhookRouter};
 use crate::pipeline::{Endpoint, FirstHop, Pipeline};
 use payflow_clock::{Clock, SystemClock};
 use payflow_config::Config;
+use payflow_delivery::route::Routes;
 use payflow_delivery::{Dispatcher, Lane, Step, Upstream, UpstreamClient};
 use payflow_plugins::{Registry, Runtime, Scheduler};
 
@@ -148,7 +149,9 @@ impl Gateway {
         for e in &config.endpoint {
             let upstream = e.upstream.as_ref().and_then(|name| upstreams.get(name).cloned());
             let first_hop = match (&steps, &upstream) {
-                (Some(steps), _) if !e.plugins.is_empty() => Some(FirstHop::Plugins(steps.clone())),
+                (Some(steps), _) if !e.plugins.is_empty() || !e.routes.is_empty() => {
+                    Some(FirstHop::Plugins(steps.clone()))
+                }
                 (_, Some(upstream)) => Some(FirstHop::Upstream(upstream.clone())),
                 _ => None,
             };
@@ -161,6 +164,7 @@ impl Gateway {
                     .verifier()
                     .map_err(|p| StartError::Config(format!("endpoint {}: {p}", e.path)))?,
                 upstream,
+                ordering: config.ordering_path(e),
                 first_hop,
                 counts: Default::default(),
             };
@@ -290,13 +294,14 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
 }
 
 /// The plugin runtime, registry (each plugin's active version loaded), scheduler and stage, and
-/// the plugin steps' lane; `None` when no plugin is configured.
+/// the plugin steps' lane; `None` when no plugin and no route is configured (the step runs
+/// an endpoint's plugins, then its routes).
 async fn start_plugins(
     config: &Config,
     store: &Arc<dyn Store>,
     clock: &Arc<dyn Clock>,
 ) -> Result<Option<(Arc<PluginStage>, Arc<Lane<DueStep>>)>, StartError> {
-    if config.plugin.is_empty() {
+    if config.plugin.is_empty() && config.endpoint.iter().all(|e| e.routes.is_empty()) {
         return Ok(None);
     }
     let problem = |name: &str, problem: String| StartError::Plugin { name: name.to_string(), problem };
@@ -337,12 +342,13 @@ async fn start_plugins(
     let endpoints = config
         .endpoint
         .iter()
-        .filter(|e| !e.plugins.is_empty())
+        .filter(|e| !e.plugins.is_empty() || !e.routes.is_empty())
         .map(|e| {
             let plugins = EndpointPlugins {
                 merchant: e.merchant.clone(),
                 chain: e.plugins.clone(),
                 upstream: e.upstream.clone(),
+                routes: Routes::new(e.upstream.clone(), &e.routes),
             };
             (e.path.clone(), plugins)
         })

@@ -24,7 +24,7 @@ pub use crate::answer::Outcome;
 use crate::http::{self, BodyError, HttpHeaders, Reply};
 use payflow_clock::Clock;
 use payflow_config::Mode;
-use payflow_delivery::{classify, AttemptStart, Lane, SendError, Upstream, UpstreamClient, Verdict};
+use payflow_delivery::{classify, fields, AttemptStart, Lane, SendError, Upstream, UpstreamClient, Verdict};
 use payflow_metrics::{Counter, CounterMap};
 use payflow_plugins::ChainOutcome;
 
@@ -58,6 +58,8 @@ pub struct Endpoint {
     pub verifier: Verifier,
     /// Where its events go.
     pub upstream: Option<Arc<Upstream>>,
+    /// The path of its events' ordering key, when they may reach an ordered upstream.
+    pub ordering: Option<Vec<String>>,
     /// Queue mode: where a stored event goes first.
     pub first_hop: Option<FirstHop>,
     /// What became of its requests.
@@ -207,12 +209,20 @@ impl Pipeline {
             received_at_ms: self.clock.now_ms(),
             request_id: request_id.to_string(),
         };
+        // Read from the event as received, so a plugin's rewrite never reorders it.
+        let order_key = match (&endpoint.ordering, first_hop) {
+            (Some(path), Some(_)) => {
+                fields::field(&fields::parse(&event.body), path).and_then(fields::key_text)
+            }
+            _ => None,
+        };
         let new = NewEvent {
             event: event.clone(),
             status,
             reason: reason.clone(),
             headers: kept_headers(&parts.headers),
             first_hop: first_hop.map(FirstHop::hop),
+            order_key,
         };
         let inserted = match self.store.insert_event(new).await {
             Ok(inserted) => inserted,

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 
 use payflow_clock::Clock;
+use payflow_delivery::route::Routes;
 use payflow_delivery::{RetryPolicy, Step, StepDone};
 use payflow_plugins::chain::{self, ChainInput, ChainOutcome, ChainResult};
 use payflow_plugins::{Registry, Scheduler};
@@ -24,15 +25,17 @@ use payflow_store::{
     PluginRunInfo, PluginStep,
 };
 
-/// An endpoint's plugins.
+/// An endpoint's plugins and routes.
 #[derive(Debug, Clone)]
 pub struct EndpointPlugins {
     /// Owning merchant.
     pub merchant: String,
-    /// Plugin names, in order.
+    /// Plugin names, in order (none: the step only routes).
     pub chain: Vec<String>,
     /// The endpoint's own upstream.
     pub upstream: Option<String>,
+    /// Its routes (with `upstream` as the default route), decided after the plugins.
+    pub routes: Routes,
 }
 
 /// See the module docs.
@@ -92,6 +95,16 @@ impl PluginStage {
                 },
             };
         };
+        if plugins.chain.is_empty() {
+            // An endpoint with routes and no plugins: nothing to run, only to route.
+            let outcome = ChainOutcome::Continue {
+                body: None,
+                headers: Vec::new(),
+                forwards: Vec::new(),
+                tags: Vec::new(),
+            };
+            return ChainResult { runs: Vec::new(), kv: Vec::new(), outcome };
+        }
         let merchant = event.key.merchant.clone();
         let chain_input = ChainInput { event: event.clone(), attempt: number, at_ms };
         let registry = self.registry.clone();
@@ -125,16 +138,42 @@ impl PluginStage {
         let mut number = due.attempts + 1;
         let at_ms = self.clock.now_ms();
         let ChainResult { runs, kv, outcome } = self.run_chain(event, number, at_ms).await;
-        let own = self.endpoints.get(&event.endpoint).and_then(|e| e.upstream.clone());
+        let endpoint = self.endpoints.get(&event.endpoint).cloned();
+        let mut routes = None;
         let (status, reason, step, deliveries, tags) = match outcome {
             ChainOutcome::Continue { body, headers, forwards, tags } => {
-                let mut deliveries = match own {
-                    Some(upstream) => vec![NewDelivery { upstream, body, headers }],
-                    None => Vec::new(),
-                };
+                let routing = endpoint.as_ref().map(|e| &e.routes);
+                let delivered = body.as_ref().unwrap_or(&event.body);
+                let routed = routing.map(|r| r.select(event.event_type.as_deref(), delivered, &tags));
+                // A plugin's forward to an upstream a route also takes wins: it is explicit,
+                // with its own body.
+                let mut deliveries: Vec<NewDelivery> = routed
+                    .iter()
+                    .flat_map(|r| &r.upstreams)
+                    .filter(|u| !forwards.iter().any(|f| &f.upstream == *u))
+                    .map(|u| NewDelivery {
+                        upstream: u.clone(),
+                        body: body.clone(),
+                        headers: headers.clone(),
+                    })
+                    .collect();
                 deliveries.extend(forwards);
-                let status = if deliveries.is_empty() { EventStatus::Stored } else { EventStatus::Queued };
-                (status, None, AttemptOutcome::Delivered, deliveries, tags)
+                let has_routes = routing.is_some_and(Routes::any);
+                let (status, reason) = match (deliveries.is_empty(), has_routes) {
+                    (false, _) => (EventStatus::Queued, None),
+                    (true, false) => (EventStatus::Stored, None),
+                    (true, true) => (
+                        EventStatus::Unrouted,
+                        Some(format!(
+                            "no route matched (type {})",
+                            event.event_type.as_deref().unwrap_or("none")
+                        )),
+                    ),
+                };
+                if has_routes {
+                    routes = routed.map(|r| r.matched);
+                }
+                (status, reason, AttemptOutcome::Delivered, deliveries, tags)
             }
             ChainOutcome::Drop { reason, tags } => {
                 (EventStatus::Dropped, Some(reason), AttemptOutcome::Delivered, Vec::new(), tags)
@@ -162,7 +201,7 @@ impl PluginStage {
             request_id = %event.request_id, merchant = %event.key.merchant, event_id = %event.key.id,
             attempt = number, status = status.as_str(), reason = reason.as_deref(), "plugin step"
         );
-        let decision = Decision { step, status, reason, deliveries, tags, runs, kv };
+        let decision = Decision { step, status, reason, deliveries, tags, runs, kv, routes };
         match self.commit(event, number, at_ms, decision).await {
             Ok(created) => {
                 let due = |d: NewDelivery| DueDelivery {
@@ -197,8 +236,16 @@ impl PluginStage {
             }
         };
         let (runs, kv) = (result.runs, result.kv);
-        let decision =
-            Decision { step: AttemptOutcome::Delivered, status, reason, deliveries, tags, runs, kv };
+        let decision = Decision {
+            step: AttemptOutcome::Delivered,
+            status,
+            reason,
+            deliveries,
+            tags,
+            runs,
+            kv,
+            routes: None,
+        };
         if let Err(e) = self.commit(event, 1, at_ms, decision).await {
             return ChainOutcome::Failed { reason: format!("cannot record the plugin step: {e}") };
         }
@@ -215,7 +262,7 @@ impl PluginStage {
         at_ms: i64,
         decision: Decision,
     ) -> Result<Vec<NewDelivery>, payflow_store::StoreError> {
-        let Decision { step, status, reason, deliveries, tags, runs, kv } = decision;
+        let Decision { step, status, reason, deliveries, tags, runs, kv, routes } = decision;
         let failed = step != AttemptOutcome::Delivered;
         let record = PluginStep {
             key: event.key.clone(),
@@ -229,6 +276,7 @@ impl PluginStage {
             reason,
             deliveries: deliveries.clone(),
             tags,
+            routes,
         };
         let recorded = self.store.finish_plugin_step(record).await;
         // The next run reads the plugins' kv spaces from the store again when the writes made
@@ -272,4 +320,5 @@ struct Decision {
     tags: Vec<String>,
     runs: Vec<PluginRunInfo>,
     kv: Vec<KvWrite>,
+    routes: Option<Vec<String>>,
 }

@@ -1,4 +1,4 @@
-//! `payflow-edge events list|show|replay`: the admin API from the command line. Listings and
+//! `payflow-edge events list|show|replay|skip|held`: the admin API from the command line. Listings and
 //! shows print for a person; `--json` prints the API's reply for a program.
 
 use clap::{Args, Subcommand};
@@ -60,6 +60,19 @@ enum EventsCommand {
         /// it, and when, is kept on the event.
         #[arg(long)]
         force: bool,
+    },
+    /// Release a dead event's ordering key (ordered upstreams), so the events with that key
+    /// behind it go on. It stays dead; a replay delivers it later, unordered.
+    Skip {
+        id: String,
+        #[command(flatten)]
+        address: EventAddress,
+    },
+    /// The ordering keys held back by a failing or dead event, oldest first.
+    Held {
+        /// Print the API's JSON reply instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -194,6 +207,8 @@ pub fn run(args: EventsArgs) -> Result<(), Failure> {
         }
         EventsCommand::Show { id, address, .. } => (Method::GET, event_url(id, "", address)),
         EventsCommand::Replay { id, address, .. } => (Method::POST, event_url(id, "/replay", address)),
+        EventsCommand::Skip { id, address } => (Method::POST, event_url(id, "/skip", address)),
+        EventsCommand::Held { .. } => (Method::GET, "/api/ordering".to_string()),
         EventsCommand::Tail { .. } => unreachable!("tail returned above"),
     };
     let body = match &args.command {
@@ -204,6 +219,7 @@ pub fn run(args: EventsArgs) -> Result<(), Failure> {
     match args.command {
         EventsCommand::List { json: false, .. } => print_list(&reply),
         EventsCommand::Show { json: false, .. } => print_event(&reply),
+        EventsCommand::Held { json: false } => print_held(&reply),
         _ => println!("{}", serde_json::to_string_pretty(&reply).unwrap_or_default()),
     }
     Ok(())
@@ -233,6 +249,32 @@ fn amount(v: &Value) -> String {
         (Some(value), None) => value.to_string(),
         _ => "-".into(),
     }
+}
+
+/// Held ordering keys as a table.
+fn print_held(reply: &Value) {
+    let keys = reply["keys"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if keys.is_empty() {
+        println!("no ordering key is held back");
+        return;
+    }
+    println!(
+        "{:<10} {:<24} {:<28} {:<8} {:<9} {:<8} next attempt",
+        "merchant", "key", "head event", "status", "attempts", "waiting"
+    );
+    for k in keys {
+        let next = k["next_attempt_at_ms"].as_i64().map(|ms| when(&ms.into())).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<10} {:<24} {:<28} {:<8} {:<9} {:<8} {next}",
+            text(&k["merchant"]),
+            text(&k["key"]),
+            text(&k["event_id"]),
+            text(&k["status"]),
+            k["attempts"],
+            k["waiting"],
+        );
+    }
+    println!("a dead head holds its key until you replay it (payflow-edge events replay ID) or skip it (payflow-edge events skip ID)");
 }
 
 /// A page of events as a table, then how to get the next page.
@@ -277,9 +319,19 @@ fn print_event(e: &Value) {
     if e["tags"].as_array().is_some_and(|t| !t.is_empty()) {
         println!("  tags: {}", tags(&e["tags"]));
     }
+    if let Some(key) = e["order_key"].as_str() {
+        println!("  ordering key: {key}");
+    }
     if let Some(step) = e["plugin_step"].as_object() {
         let error = step.get("error").and_then(Value::as_str).map(|x| format!(": {x}")).unwrap_or_default();
-        println!("  plugins: {} after {} run(s){error}", text(&step["status"]), step["attempts"]);
+        println!("  step: {} after {} run(s){error}", text(&step["status"]), step["attempts"]);
+        if let Some(routes) = step.get("routes").and_then(Value::as_array) {
+            let matched: Vec<&str> = routes.iter().filter_map(Value::as_str).collect();
+            match matched.is_empty() {
+                true => println!("  routes: none matched"),
+                false => println!("  routes: {}", matched.join(", ")),
+            }
+        }
     }
     for d in e["deliveries"].as_array().into_iter().flatten() {
         println!(

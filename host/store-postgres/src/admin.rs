@@ -2,8 +2,8 @@
 
 use async_trait::async_trait;
 use payflow_store::{
-    AdminQueries, Amount, AttemptInfo, DeliveryInfo, EventDetail, EventFilter, EventKey, EventSummary, Hop,
-    Lifecycle, PluginRunInfo, StepInfo, StoreError,
+    AdminQueries, Amount, AttemptInfo, DeliveryInfo, EventDetail, EventFilter, EventKey, EventSummary,
+    HeldKey, Hop, Lifecycle, PluginRunInfo, StepInfo, StoreError,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -132,7 +132,7 @@ impl AdminQueries for PostgresStore {
         let found = query_opt(
             &client,
             &format!(
-                "SELECT {SUMMARY_COLUMNS}, body, headers, request_id FROM events
+                "SELECT {SUMMARY_COLUMNS}, body, headers, request_id, order_key FROM events
                      WHERE merchant = $1 AND scope = $2 AND id = $3"
             ),
             k,
@@ -142,7 +142,7 @@ impl AdminQueries for PostgresStore {
         let Some(row) = found else { return Ok(None) };
         let plugin_step = query_opt(
             &client,
-            "SELECT status, attempts, next_attempt_at_ms, error FROM plugin_steps
+            "SELECT status, attempts, next_attempt_at_ms, error, routes FROM plugin_steps
                  WHERE merchant = $1 AND scope = $2 AND event_id = $3",
             k,
         )
@@ -155,6 +155,7 @@ impl AdminQueries for PostgresStore {
                 status,
                 attempts: r.get::<_, i32>(1) as u32,
                 error: r.get(3),
+                routes: r.get::<_, Option<String>>(4).and_then(|t| serde_json::from_str(&t).ok()),
             }
         });
         let deliveries = query(
@@ -223,6 +224,7 @@ impl AdminQueries for PostgresStore {
             body: String::from_utf8_lossy(&body).into_owned(),
             headers: serde_json::from_str(&headers).unwrap_or_default(),
             request_id: row.get(SUMMARY_WIDTH + 2),
+            order_key: row.get(SUMMARY_WIDTH + 3),
             plugin_step,
             deliveries,
             attempts,
@@ -301,6 +303,40 @@ impl AdminQueries for PostgresStore {
         }
         tx.commit().await.map_err(unavailable)?;
         Ok(true)
+    }
+
+    async fn held_keys(&self, merchant: Option<&str>, limit: usize) -> Result<Vec<HeldKey>, StoreError> {
+        let rows = query(
+            &self.client().await?,
+            &payflow_store::ordering::held_keys("order_seq", "$1::text", "$2"),
+            &[&merchant, &(limit as i64)],
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let status: String = r.get(4);
+                HeldKey {
+                    merchant: r.get(0),
+                    key: r.get(1),
+                    event_id: r.get(2),
+                    scope: r.get(3),
+                    attempts: r.get::<_, i32>(5).max(0) as u32,
+                    next_attempt_at_ms: if status == "dead" { None } else { r.get(6) },
+                    status,
+                    waiting: r.get::<_, i64>(7).max(0) as u64,
+                }
+            })
+            .collect())
+    }
+
+    async fn skip_in_order(&self, key: &EventKey) -> Result<bool, StoreError> {
+        let [m, s, i] = key_params(key);
+        let n = exec(&self.client().await?, &payflow_store::ordering::skip("$1", "$2", "$3"), &[m, s, i])
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
     }
 }
 

@@ -80,6 +80,10 @@ async fn insert_batch(pool: &Pool, events: &[NewEvent]) -> Result<Vec<Inserted>,
         Some(Hop::Upstream(name)) => Some(name.clone()),
         _ => None,
     });
+    let order_keys = column(&|e| e.order_key.clone());
+    // Arrival order within the batch: ordered events are numbered in it (rows are inserted in
+    // key order, for the locks).
+    let arrival: Vec<i64> = order.iter().map(|&i| i as i64).collect();
     let bodies: Vec<&[u8]> = order.iter().map(|&i| &events[i].event.body[..]).collect();
     let received: Vec<i64> = order.iter().map(|&i| events[i].event.received_at_ms).collect();
     let claimed: Vec<Option<i64>> = order
@@ -93,15 +97,18 @@ async fn insert_batch(pool: &Pool, events: &[NewEvent]) -> Result<Vec<Inserted>,
         "WITH input AS (
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                                   $7::text[], $8::bytea[], $9::text[], $10::text[], $11::int8[], $12::int8[],
-                                  $13::text[], $14::text[])
+                                  $13::text[], $14::text[], $15::text[], $16::int8[])
                  AS i(merchant, scope, id, endpoint, event_type, status, reason, body, headers, request_id,
-                      received_at_ms, claimed_at_ms, hop, upstream)
+                      received_at_ms, claimed_at_ms, hop, upstream, order_key, arrival)
+         ), numbered AS (
+             SELECT n.*, CASE WHEN n.order_key IS NOT NULL THEN nextval('events_order_seq') END AS order_seq
+             FROM (SELECT * FROM input ORDER BY arrival) n
          ), inserted AS (
              INSERT INTO events (merchant, scope, id, endpoint, event_type, status, reason, body, headers,
-                                 request_id, received_at_ms, claimed_at_ms)
+                                 request_id, received_at_ms, claimed_at_ms, order_key, order_seq)
              SELECT merchant, scope, id, endpoint, event_type, status, reason, body, headers, request_id,
-                    received_at_ms, claimed_at_ms
-             FROM input
+                    received_at_ms, claimed_at_ms, order_key, order_seq
+             FROM numbered ORDER BY merchant, scope, id
              ON CONFLICT (merchant, scope, id) DO NOTHING
              RETURNING merchant, scope, id
          ), steps AS (
@@ -133,6 +140,8 @@ async fn insert_batch(pool: &Pool, events: &[NewEvent]) -> Result<Vec<Inserted>,
             &claimed,
             &hops,
             &upstreams,
+            &order_keys,
+            &arrival,
         ],
     )
     .await

@@ -1,7 +1,7 @@
 //! The durable queue: due deliveries and plugin steps, claimed by the read that returns them;
 //! attempts and steps recorded, each ending its claim.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -63,6 +63,7 @@ impl PostgresStore {
         now_ms: i64,
         limit: usize,
         columns: &str,
+        condition: &str,
     ) -> Result<Vec<Row>, StoreError> {
         // Steps have no upstream: there $4 is NULL, and named once so that its type is known.
         let (due_filter, row_filter) = match upstream {
@@ -73,9 +74,10 @@ impl PostgresStore {
             &self.client().await?,
             &format!(
                 "WITH due AS (
-                         SELECT merchant, scope, event_id FROM {table}
+                         SELECT merchant, scope, event_id FROM {table} c
                          WHERE status = 'pending' {due_filter}
                            AND GREATEST(next_attempt_at_ms, COALESCE(lease_until_ms, 0)) <= $1
+                           {condition}
                          ORDER BY GREATEST(next_attempt_at_ms, COALESCE(lease_until_ms, 0))
                          LIMIT $2
                          FOR UPDATE SKIP LOCKED)
@@ -97,6 +99,28 @@ impl PostgresStore {
     }
 }
 
+/// The condition on an ordered upstream's claimable delivery `c` (see
+/// [`payflow_store::ordering`]); `$4` is the upstream.
+static IN_ORDER: LazyLock<String> =
+    LazyLock::new(|| payflow_store::ordering::in_order("c", "order_seq", "$4"));
+
+/// Claimed delivery rows (see `claim`'s columns) as due deliveries to `upstream`.
+fn due_deliveries(upstream: &str, rows: &[Row]) -> Vec<DueDelivery> {
+    rows.iter()
+        .map(|r| DueDelivery {
+            upstream: upstream.to_string(),
+            next_attempt_at_ms: r.get(0),
+            event: event_at(r, 1),
+            attempts: r.get::<_, i32>(CLAIMED).max(0) as u32,
+            body: r.get::<_, Option<Vec<u8>>>(CLAIMED + 1).map(Bytes::from),
+            headers: r
+                .get::<_, Option<String>>(CLAIMED + 2)
+                .and_then(|h| serde_json::from_str(&h).ok())
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
 #[async_trait]
 impl DeliveryQueue for PostgresStore {
     /// Claims what is due; the cursor is not needed: claimed rows are not due for anyone.
@@ -107,22 +131,22 @@ impl DeliveryQueue for PostgresStore {
         _cursor: Option<&DueCursor>,
         limit: usize,
     ) -> Result<Vec<DueDelivery>, StoreError> {
-        let rows =
-            self.claim("deliveries", Some(upstream), now_ms, limit, "t.attempts, t.body, t.headers").await?;
-        Ok(rows
-            .iter()
-            .map(|r| DueDelivery {
-                upstream: upstream.to_string(),
-                next_attempt_at_ms: r.get(0),
-                event: event_at(r, 1),
-                attempts: r.get::<_, i32>(CLAIMED).max(0) as u32,
-                body: r.get::<_, Option<Vec<u8>>>(CLAIMED + 1).map(Bytes::from),
-                headers: r
-                    .get::<_, Option<String>>(CLAIMED + 2)
-                    .and_then(|h| serde_json::from_str(&h).ok())
-                    .unwrap_or_default(),
-            })
-            .collect())
+        let rows = self
+            .claim("deliveries", Some(upstream), now_ms, limit, "t.attempts, t.body, t.headers", "")
+            .await?;
+        Ok(due_deliveries(upstream, &rows))
+    }
+
+    async fn due_ordered_deliveries(
+        &self,
+        upstream: &str,
+        now_ms: i64,
+        _cursor: Option<&DueCursor>,
+        limit: usize,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
+        let columns = "t.attempts, t.body, t.headers";
+        let rows = self.claim("deliveries", Some(upstream), now_ms, limit, columns, &IN_ORDER).await?;
+        Ok(due_deliveries(upstream, &rows))
     }
 
     async fn due_steps(
@@ -131,7 +155,7 @@ impl DeliveryQueue for PostgresStore {
         _cursor: Option<&DueCursor>,
         limit: usize,
     ) -> Result<Vec<DueStep>, StoreError> {
-        let rows = self.claim("plugin_steps", None, now_ms, limit, "t.attempts").await?;
+        let rows = self.claim("plugin_steps", None, now_ms, limit, "t.attempts", "").await?;
         Ok(rows
             .iter()
             .map(|r| DueStep {
@@ -176,12 +200,13 @@ impl DeliveryQueue for PostgresStore {
             .map_err(unavailable)?;
         }
         let (status, next_at_ms) = step.step.step_row();
+        let routes = step.routes.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default());
         exec(&tx,
             "UPDATE plugin_steps
              SET status = $4, attempts = $5, next_attempt_at_ms = COALESCE($6, next_attempt_at_ms), error = $7,
-                 lease_until_ms = NULL
+                 lease_until_ms = NULL, routes = $8
              WHERE merchant = $1 AND scope = $2 AND event_id = $3",
-            &[m, s, i, &status, &(step.number as i32), &next_at_ms, &step.error],
+            &[m, s, i, &status, &(step.number as i32), &next_at_ms, &step.error, &routes],
         )
         .await
         .map_err(unavailable)?;

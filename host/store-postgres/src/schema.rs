@@ -171,6 +171,15 @@ ALTER TABLE plugin_versions ALTER COLUMN compiled SET DEFAULT '';
 ",
     ),
     (5, "ALTER TABLE events ADD COLUMN forced_by TEXT;"),
+    (
+        6,
+        "
+CREATE SEQUENCE events_order_seq;
+ALTER TABLE events ADD COLUMN order_key TEXT, ADD COLUMN order_seq BIGINT;
+ALTER TABLE plugin_steps ADD COLUMN routes TEXT;
+CREATE INDEX events_in_order ON events (merchant, order_key, status, order_seq) WHERE order_key IS NOT NULL;
+",
+    ),
 ];
 
 /// Applies the migrations this database lacks, under the advisory lock. Returns the number

@@ -33,6 +33,7 @@ macro_rules! conformance_tests {
             compiled_code_is_kept_per_engine,
             a_stored_body_comes_back_byte_for_byte,
             listed_events_show_the_amount_of_their_body,
+            an_ordered_delivery_waits_for_its_keys_head_and_a_skip_releases_it,
         );
     };
     (@each $open:path; $($check:ident),+ $(,)?) => {
@@ -66,6 +67,7 @@ fn event(key: &EventKey, at_ms: i64, first_hop: Option<Hop>) -> NewEvent {
         reason: None,
         headers: vec![("content-type".into(), "application/json".into())],
         first_hop,
+        order_key: None,
     }
 }
 
@@ -108,6 +110,7 @@ fn step(k: &EventKey, number: u32, at_ms: i64, step: AttemptOutcome, to: &[&str]
             .map(|u| NewDelivery { upstream: u.to_string(), body: None, headers: Vec::new() })
             .collect(),
         tags: Vec::new(),
+        routes: None,
     }
 }
 
@@ -327,6 +330,7 @@ pub async fn a_plugin_step_commits_its_runs_kv_and_deliveries_together(store: Ar
             headers: vec![("x-tier".into(), "gold".into())],
         }],
         tags: vec!["gold".into()],
+        routes: Some(vec!["route[1]: legacy".into()]),
         ..step(&k, 2, NOW + 1_000, AttemptOutcome::Delivered, &[])
     };
     store.finish_plugin_step(finished).await.unwrap();
@@ -341,6 +345,8 @@ pub async fn a_plugin_step_commits_its_runs_kv_and_deliveries_together(store: Ar
     assert_eq!(detail.plugin_runs.len(), 2);
     assert_eq!(detail.summary.tags, ["gold"]);
     assert_eq!(detail.summary.reason, None, "the retry that continued cleared the failure");
+    let routes = detail.plugin_step.and_then(|s| s.routes);
+    assert_eq!(routes, Some(vec!["route[1]: legacy".to_string()]), "what the routes matched is kept");
 }
 
 /// A store shared by several gateways ([`Store::claims`]): the read that returns a due row
@@ -543,4 +549,76 @@ pub async fn listed_events_show_the_amount_of_their_body(store: Arc<dyn Store>) 
     assert_eq!(shown.body, bodies[0].1);
     assert_eq!(shown.headers, vec![("content-type".to_string(), "application/json".to_string())]);
     assert_eq!(shown.request_id, "req_evt_pkr");
+}
+
+/// Ordered delivery: of the events with one ordering key, only the oldest unfinished one is
+/// due to an ordered upstream; it holds its key while it retries and, dead, until it is
+/// skipped, while other keys and unkeyed events go on. An earlier event whose plugin step has
+/// not decided its deliveries yet holds its key too. Unordered reads ignore keys.
+pub async fn an_ordered_delivery_waits_for_its_keys_head_and_a_skip_releases_it(store: Arc<dyn Store>) {
+    let store = &*store;
+    let keyed = |id: &str, order_key: Option<&str>, hop: Option<Hop>| NewEvent {
+        order_key: order_key.map(str::to_string),
+        ..event(&key("acme", "/wh", id), NOW, hop)
+    };
+    for (id, order_key) in [("a1", Some("A")), ("b1", Some("B")), ("a2", Some("A")), ("n1", None)] {
+        store.insert_event(keyed(id, order_key, to("ledger"))).await.unwrap();
+    }
+    let due = |at: i64| async move {
+        let mut ids: Vec<String> = store
+            .due_ordered_deliveries("ledger", at, None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.event.key.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    let record = |id: &str, number: u32, at: i64, status: u16, outcome: AttemptOutcome| {
+        let attempt = crate::Attempt {
+            key: key("acme", "/wh", id),
+            info: attempt_info("ledger", number, at, status),
+            outcome,
+        };
+        async move { store.record_attempt(Arc::new(attempt)).await.unwrap() }
+    };
+    assert_eq!(due(NOW).await, ["a1", "b1", "n1"], "a2 waits behind a1");
+    record("a1", 1, NOW, 503, AttemptOutcome::Retry { next_at_ms: NOW + 1_000 }).await;
+    record("b1", 1, NOW, 200, AttemptOutcome::Delivered).await;
+    record("n1", 1, NOW, 200, AttemptOutcome::Delivered).await;
+    assert!(due(NOW + 999).await.is_empty(), "a1 backs off, and a2 still waits for it");
+    let held = store.held_keys(None, 10).await.unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
+    let h = &held[0];
+    assert_eq!((&h.key[..], &h.event_id[..], &h.status[..], h.attempts), ("A", "a1", "queued", 1));
+    assert_eq!((h.next_attempt_at_ms, h.waiting), (Some(NOW + 1_000), 1));
+    assert!(store.held_keys(Some("globex"), 10).await.unwrap().is_empty(), "held keys are per merchant");
+
+    assert_eq!(due(NOW + 1_000).await, ["a1"]);
+    record("a1", 2, NOW + 1_000, 400, AttemptOutcome::Dead).await;
+    assert!(due(NOW + 2_000).await.is_empty(), "a dead head holds its key");
+    let held = store.held_keys(Some("acme"), 10).await.unwrap();
+    assert_eq!((&held[0].status[..], held[0].next_attempt_at_ms), ("dead", None));
+    assert!(!store.skip_in_order(&key("acme", "/wh", "b1")).await.unwrap(), "only a dead event is skipped");
+    assert!(store.skip_in_order(&key("acme", "/wh", "a1")).await.unwrap());
+    assert!(!store.skip_in_order(&key("acme", "/wh", "a1")).await.unwrap(), "skipped once");
+    let skipped = store.get_event(&key("acme", "/wh", "a1")).await.unwrap().unwrap();
+    assert_eq!((&skipped.summary.status[..], skipped.order_key.as_deref()), ("dead", None));
+    assert!(store.held_keys(None, 10).await.unwrap().is_empty());
+    assert_eq!(due(NOW + 2_000).await, ["a2"], "the skip released the key");
+    record("a2", 1, NOW + 2_000, 200, AttemptOutcome::Delivered).await;
+
+    // A step that has not decided yet holds its key.
+    store.insert_event(keyed("c1", Some("C"), Some(Hop::Plugins))).await.unwrap();
+    store.insert_event(keyed("c2", Some("C"), to("ledger"))).await.unwrap();
+    assert!(due(NOW + 3_000).await.is_empty(), "c2 waits for c1's plugins");
+    let c1 = key("acme", "/wh", "c1");
+    store
+        .finish_plugin_step(step(&c1, 1, NOW + 3_000, AttemptOutcome::Delivered, &["ledger"]))
+        .await
+        .unwrap();
+    assert_eq!(due(NOW + 3_000).await, ["c1"]);
+    record("c1", 1, NOW + 3_000, 200, AttemptOutcome::Delivered).await;
+    assert_eq!(due(NOW + 3_000).await, ["c2"]);
 }

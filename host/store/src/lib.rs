@@ -14,6 +14,7 @@
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod ordering;
 mod sqlite;
 
 use std::sync::Arc;
@@ -99,11 +100,14 @@ pub enum EventStatus {
     Failed,
     /// A plugin dropped it (the reason is kept); nothing is delivered.
     Dropped,
+    /// No route of its endpoint took it, and the endpoint has no default `upstream` (the
+    /// reason says what it was); kept, and replayable once a route would take it.
+    Unrouted,
 }
 
 impl EventStatus {
     /// Every status.
-    pub const ALL: [EventStatus; 8] = [
+    pub const ALL: [EventStatus; 9] = [
         EventStatus::Queued,
         EventStatus::Delivered,
         EventStatus::Dead,
@@ -112,6 +116,7 @@ impl EventStatus {
         EventStatus::Forwarding,
         EventStatus::Failed,
         EventStatus::Dropped,
+        EventStatus::Unrouted,
     ];
 
     /// As stored and shown.
@@ -125,6 +130,7 @@ impl EventStatus {
             EventStatus::Forwarding => "forwarding",
             EventStatus::Failed => "failed",
             EventStatus::Dropped => "dropped",
+            EventStatus::Unrouted => "unrouted",
         }
     }
 
@@ -197,6 +203,10 @@ pub struct NewEvent {
     /// Queue mode: where it goes next, due now; `None` when it stays (quarantined, no
     /// upstream, proxy mode).
     pub first_hop: Option<Hop>,
+    /// Its ordering key, when its endpoint delivers to an ordered upstream: an ordered
+    /// upstream takes it only once every earlier event of its merchant with this key is
+    /// finished there (see [`DeliveryQueue::due_ordered_deliveries`]).
+    pub order_key: Option<String>,
 }
 
 /// What storing an event did.
@@ -377,6 +387,9 @@ pub struct PluginStep {
     pub deliveries: Vec<NewDelivery>,
     /// Tags plugins put on the event.
     pub tags: Vec<String>,
+    /// What its endpoint's routes matched (`route[0]: crm`, `upstream: legacy`), when the
+    /// endpoint has routes; empty when none did.
+    pub routes: Option<Vec<String>>,
 }
 
 /// Where a plugin's code comes from.
@@ -540,6 +553,31 @@ pub struct StepInfo {
     /// Why its last run failed (the runs' records say which plugin and how), or `waiting: …`
     /// while a plugin of its chain has no version yet.
     pub error: Option<String>,
+    /// What the endpoint's routes matched, when it has routes (empty: none did).
+    pub routes: Option<Vec<String>>,
+}
+
+/// An ordering key held back by its head event: the oldest unfinished event with that key,
+/// failing (retrying) or dead. Later events with the key wait for it; other keys do not.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldKey {
+    /// Owning merchant.
+    pub merchant: String,
+    /// The key's value.
+    pub key: String,
+    /// The head event's id.
+    pub event_id: String,
+    /// The head event's de-duplication scope.
+    pub scope: String,
+    /// The head event's status: `queued` (retrying) or `dead` (held until an operator skips
+    /// or replays it).
+    pub status: String,
+    /// Attempts made on the head (its deliveries' most, or its plugin step's).
+    pub attempts: u32,
+    /// When the head is tried next, unix ms (while it retries).
+    pub next_attempt_at_ms: Option<i64>,
+    /// Events with this key waiting behind the head.
+    pub waiting: u64,
 }
 
 /// A delivery attempt as shown.
@@ -573,6 +611,8 @@ pub struct EventDetail {
     pub headers: Vec<(String, String)>,
     /// Request id.
     pub request_id: String,
+    /// Its ordering key, while it has one (ordered upstreams; released by a skip).
+    pub order_key: Option<String>,
     /// Its plugin step, when its endpoint has plugins.
     pub plugin_step: Option<StepInfo>,
     /// Deliveries.
@@ -608,6 +648,18 @@ pub trait Ingest: Send + Sync + 'static {
 pub trait DeliveryQueue: Send + Sync + 'static {
     /// Pending deliveries to `upstream` due at `now_ms`, oldest first, after `cursor`.
     async fn due_deliveries(
+        &self,
+        upstream: &str,
+        now_ms: i64,
+        cursor: Option<&DueCursor>,
+        limit: usize,
+    ) -> Result<Vec<DueDelivery>, StoreError>;
+
+    /// Like [`due_deliveries`](Self::due_deliveries), for an ordered upstream: a delivery of an
+    /// event with an ordering key is due only while no earlier event of its merchant with that
+    /// key (in arrival order) is unfinished for this upstream: a delivery to it pending or
+    /// dead, or its plugin step (which decides the deliveries) pending or dead.
+    async fn due_ordered_deliveries(
         &self,
         upstream: &str,
         now_ms: i64,
@@ -729,6 +781,15 @@ pub trait AdminQueries: Send + Sync + 'static {
         now_ms: i64,
         forced_by: Option<&str>,
     ) -> Result<bool, StoreError>;
+
+    /// Ordering keys whose head event is failing or dead, oldest first, of `merchant` when
+    /// given; at most `limit`.
+    async fn held_keys(&self, merchant: Option<&str>, limit: usize) -> Result<Vec<HeldKey>, StoreError>;
+
+    /// Skips a dead event in its key's order: it keeps its status and can be replayed, but no
+    /// longer holds later events with its key back (nor will it, replayed). False when the
+    /// event is not found, not dead, or has no ordering key.
+    async fn skip_in_order(&self, key: &EventKey) -> Result<bool, StoreError>;
 }
 
 /// Readiness and shutdown.

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
@@ -24,9 +24,9 @@ use tokio::sync::oneshot;
 use super::{
     settled_status, AdminQueries, Amount, Attempt, AttemptInfo, AttemptOutcome, CommitObserver, DeliveryInfo,
     DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventDetail, EventFilter, EventKey, EventStatus,
-    EventSummary, Hop, Ingest, Inserted, Lifecycle, NewEvent, NewPluginVersion, PluginHistory, PluginRunInfo,
-    PluginStep, PluginStore, PluginVersionInfo, QuotaExceeded, StepInfo, StoreError, StoredPlugin,
-    VersionBounds,
+    EventSummary, HeldKey, Hop, Ingest, Inserted, Lifecycle, NewEvent, NewPluginVersion, PluginHistory,
+    PluginRunInfo, PluginStep, PluginStore, PluginVersionInfo, QuotaExceeded, StepInfo, StoreError,
+    StoredPlugin, VersionBounds,
 };
 use payflow_config::StoreConfig;
 
@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS events (
     claimed_at_ms   BIGINT,
     tags            TEXT,
     forced_by       TEXT,
+    order_key       TEXT,
     PRIMARY KEY (merchant, scope, id)
 );
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -80,6 +81,7 @@ CREATE TABLE IF NOT EXISTS plugin_steps (
     attempts            INTEGER NOT NULL,
     next_attempt_at_ms  BIGINT  NOT NULL,
     error               TEXT,
+    routes              TEXT,
     PRIMARY KEY (merchant, scope, event_id)
 );
 CREATE TABLE IF NOT EXISTS attempts (
@@ -149,14 +151,17 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (upstream, status, next_
 CREATE INDEX IF NOT EXISTS plugin_steps_due ON plugin_steps (status, next_attempt_at_ms);
 CREATE INDEX IF NOT EXISTS attempts_by_key ON attempts (merchant, scope, event_id);
 CREATE INDEX IF NOT EXISTS plugin_runs_by_key ON plugin_runs (merchant, scope, event_id);
+CREATE INDEX IF NOT EXISTS events_in_order ON events (merchant, order_key, status) WHERE order_key IS NOT NULL;
 ";
 
 /// Columns added after the first release, for databases created before them.
-const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 6] = [
     ("events", "tags", "TEXT"),
     ("deliveries", "body", "BLOB"),
     ("deliveries", "headers", "TEXT"),
     ("events", "forced_by", "TEXT"),
+    ("events", "order_key", "TEXT"),
+    ("plugin_steps", "routes", "TEXT"),
 ];
 
 fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
@@ -647,18 +652,68 @@ const SUMMARY_COLUMNS: &str =
     "merchant, id, endpoint, event_type, status, reason, received_at_ms, tags, scope, \
      forced_by, CASE WHEN length(body) <= 65536 THEN body END";
 
+/// The condition on an ordered upstream's due delivery (see [`crate::ordering`]): events are
+/// numbered in arrival order by their rowid.
+static IN_ORDER: LazyLock<String> = LazyLock::new(|| crate::ordering::in_order("d", "rowid", "?1"));
+
+impl SqliteStore {
+    /// Due deliveries to `upstream`, with `condition` (empty, or [`IN_ORDER`]) on each.
+    async fn due(
+        &self,
+        upstream: &str,
+        condition: String,
+        now_ms: i64,
+        cursor: Option<&DueCursor>,
+        limit: usize,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
+        let upstream = upstream.to_string();
+        let (at, merchant, scope, id) = match cursor.cloned() {
+            Some((at, key)) => (Some(at), Some(key.merchant), Some(key.scope), Some(key.id)),
+            None => (None, None, None, None),
+        };
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT d.upstream, d.attempts, d.body, d.headers, d.next_attempt_at_ms, {EVENT_COLUMNS}
+                 FROM deliveries d
+                 JOIN events e ON e.merchant = d.merchant AND e.scope = d.scope AND e.id = d.event_id
+                 WHERE d.upstream = ?1 AND d.status = 'pending' AND d.next_attempt_at_ms <= ?2
+                   AND (?4 IS NULL
+                        OR (d.next_attempt_at_ms, d.merchant, d.scope, d.event_id) > (?4, ?5, ?7, ?6))
+                   {condition}
+                 ORDER BY d.next_attempt_at_ms, d.merchant, d.scope, d.event_id LIMIT ?3"
+            ))?;
+            let rows =
+                stmt.query_map(params![upstream, now_ms, limit as i64, at, merchant, id, scope], |r| {
+                    Ok(DueDelivery {
+                        upstream: r.get(0)?,
+                        attempts: r.get(1)?,
+                        body: r.get::<_, Option<Vec<u8>>>(2)?.map(Bytes::from),
+                        headers: r
+                            .get::<_, Option<String>>(3)?
+                            .and_then(|h| serde_json::from_str(&h).ok())
+                            .unwrap_or_default(),
+                        next_attempt_at_ms: r.get(4)?,
+                        event: event_at(r, 5)?,
+                    })
+                })?;
+            rows.collect()
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl Ingest for SqliteStore {
     async fn insert_event(&self, new: NewEvent) -> Result<Inserted, StoreError> {
         self.write(move |conn| {
-            let NewEvent { event, status, reason, headers, first_hop } = &new;
+            let NewEvent { event, status, reason, headers, first_hop, order_key } = &new;
             let headers = serde_json::to_string(headers).unwrap_or_else(|_| "[]".into());
             let claimed = (*status == EventStatus::Forwarding).then_some(event.received_at_ms);
             let inserted = conn
                 .prepare_cached(
                     "INSERT INTO events (merchant, id, endpoint, event_type, status, reason, body, headers,
-                                         request_id, received_at_ms, claimed_at_ms, scope)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                                         request_id, received_at_ms, claimed_at_ms, scope, order_key)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
                      ON CONFLICT (merchant, scope, id) DO NOTHING",
                 )?
                 .execute(params![
@@ -673,7 +728,8 @@ impl Ingest for SqliteStore {
                     event.request_id,
                     event.received_at_ms,
                     claimed,
-                    event.key.scope
+                    event.key.scope,
+                    order_key
                 ])?;
             if inserted == 0 {
                 return Ok(Inserted::Duplicate(status_of(conn, &event.key)?));
@@ -744,38 +800,17 @@ impl DeliveryQueue for SqliteStore {
         cursor: Option<&DueCursor>,
         limit: usize,
     ) -> Result<Vec<DueDelivery>, StoreError> {
-        let upstream = upstream.to_string();
-        let (at, merchant, scope, id) = match cursor.cloned() {
-            Some((at, key)) => (Some(at), Some(key.merchant), Some(key.scope), Some(key.id)),
-            None => (None, None, None, None),
-        };
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT d.upstream, d.attempts, d.body, d.headers, d.next_attempt_at_ms, {EVENT_COLUMNS}
-                 FROM deliveries d
-                 JOIN events e ON e.merchant = d.merchant AND e.scope = d.scope AND e.id = d.event_id
-                 WHERE d.upstream = ?1 AND d.status = 'pending' AND d.next_attempt_at_ms <= ?2
-                   AND (?4 IS NULL
-                        OR (d.next_attempt_at_ms, d.merchant, d.scope, d.event_id) > (?4, ?5, ?7, ?6))
-                 ORDER BY d.next_attempt_at_ms, d.merchant, d.scope, d.event_id LIMIT ?3"
-            ))?;
-            let rows =
-                stmt.query_map(params![upstream, now_ms, limit as i64, at, merchant, id, scope], |r| {
-                    Ok(DueDelivery {
-                        upstream: r.get(0)?,
-                        attempts: r.get(1)?,
-                        body: r.get::<_, Option<Vec<u8>>>(2)?.map(Bytes::from),
-                        headers: r
-                            .get::<_, Option<String>>(3)?
-                            .and_then(|h| serde_json::from_str(&h).ok())
-                            .unwrap_or_default(),
-                        next_attempt_at_ms: r.get(4)?,
-                        event: event_at(r, 5)?,
-                    })
-                })?;
-            rows.collect()
-        })
-        .await
+        self.due(upstream, String::new(), now_ms, cursor, limit).await
+    }
+
+    async fn due_ordered_deliveries(
+        &self,
+        upstream: &str,
+        now_ms: i64,
+        cursor: Option<&DueCursor>,
+        limit: usize,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
+        self.due(upstream, IN_ORDER.clone(), now_ms, cursor, limit).await
     }
 
     async fn due_steps(
@@ -837,12 +872,14 @@ impl DeliveryQueue for SqliteStore {
             }
             let (status, next_at_ms) = step.step.step_row();
             // Proxy mode's steps have no row: they run inside the sender's request.
+            let routes = step.routes.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default());
             conn.prepare_cached(
                 "UPDATE plugin_steps
-                 SET status = ?4, attempts = ?5, next_attempt_at_ms = COALESCE(?6, next_attempt_at_ms), error = ?7
+                 SET status = ?4, attempts = ?5, next_attempt_at_ms = COALESCE(?6, next_attempt_at_ms), error = ?7,
+                     routes = ?8
                  WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3",
             )?
-            .execute(params![merchant, scope, id, status, step.number, next_at_ms, step.error])?;
+            .execute(params![merchant, scope, id, status, step.number, next_at_ms, step.error, routes])?;
             let mut kv = conn.prepare_cached(
                 "INSERT INTO plugin_kv (merchant, plugin, key, value) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value",
@@ -1202,21 +1239,22 @@ impl AdminQueries for SqliteStore {
             let found = conn
                 .query_row(
                     &format!(
-                        "SELECT {SUMMARY_COLUMNS}, body, headers, request_id FROM events
+                        "SELECT {SUMMARY_COLUMNS}, body, headers, request_id, order_key FROM events
                          WHERE merchant = ?1 AND scope = ?2 AND id = ?3"
                     ),
                     params![key.merchant, key.scope, key.id],
                     |r| {
                         let body: Vec<u8> = r.get(SUMMARY_WIDTH)?;
                         let headers: String = r.get(SUMMARY_WIDTH + 1)?;
-                        Ok((summary(r)?, body, headers, r.get::<_, String>(SUMMARY_WIDTH + 2)?))
+                        let order_key: Option<String> = r.get(SUMMARY_WIDTH + 3)?;
+                        Ok((summary(r)?, body, headers, r.get::<_, String>(SUMMARY_WIDTH + 2)?, order_key))
                     },
                 )
                 .optional()?;
-            let Some((summary, body, headers, request_id)) = found else { return Ok(None) };
+            let Some((summary, body, headers, request_id, order_key)) = found else { return Ok(None) };
             let plugin_step = conn
                 .prepare_cached(
-                    "SELECT status, attempts, next_attempt_at_ms, error FROM plugin_steps
+                    "SELECT status, attempts, next_attempt_at_ms, error, routes FROM plugin_steps
                      WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3",
                 )?
                 .query_row(params![key.merchant, key.scope, key.id], |r| {
@@ -1227,6 +1265,7 @@ impl AdminQueries for SqliteStore {
                         status,
                         attempts: r.get(1)?,
                         error: r.get(3)?,
+                        routes: r.get::<_, Option<String>>(4)?.and_then(|t| serde_json::from_str(&t).ok()),
                     })
                 })
                 .optional()?;
@@ -1288,6 +1327,7 @@ impl AdminQueries for SqliteStore {
                 body: String::from_utf8_lossy(&body).into_owned(),
                 headers: serde_json::from_str(&headers).unwrap_or_default(),
                 request_id,
+                order_key,
                 plugin_step,
                 deliveries,
                 attempts,
@@ -1352,6 +1392,39 @@ impl AdminQueries for SqliteStore {
         })
         .await
     }
+
+    async fn held_keys(&self, merchant: Option<&str>, limit: usize) -> Result<Vec<HeldKey>, StoreError> {
+        let merchant = merchant.map(str::to_string);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&crate::ordering::held_keys("rowid", "?1", "?2"))?;
+            let rows = stmt.query_map(params![merchant, limit as i64], held_key)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn skip_in_order(&self, key: &EventKey) -> Result<bool, StoreError> {
+        let key = key.clone();
+        self.write(move |conn| {
+            conn.execute(&crate::ordering::skip("?1", "?2", "?3"), params![key.merchant, key.scope, key.id])
+                .map(|n| n > 0)
+        })
+        .await
+    }
+}
+
+fn held_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<HeldKey> {
+    let status: String = r.get(4)?;
+    Ok(HeldKey {
+        merchant: r.get(0)?,
+        key: r.get(1)?,
+        event_id: r.get(2)?,
+        scope: r.get(3)?,
+        attempts: r.get(5)?,
+        next_attempt_at_ms: if status == "dead" { None } else { r.get(6)? },
+        status,
+        waiting: r.get::<_, i64>(7)?.max(0) as u64,
+    })
 }
 
 #[async_trait]
@@ -1423,6 +1496,7 @@ mod tests {
                 reason: None,
                 headers: Vec::new(),
                 first_hop: None,
+                order_key: None,
             };
             store.insert_event(new).await.unwrap();
         }

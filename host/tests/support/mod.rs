@@ -119,6 +119,8 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
     pub at: Instant,
+    /// What the upstream answered.
+    pub status: u16,
 }
 
 impl Received {
@@ -133,6 +135,9 @@ pub struct Behavior {
     pub script: VecDeque<(u16, Vec<(String, String)>)>,
     pub default_status: u16,
     pub delay: Duration,
+    /// Events answered with a status of their own, before the script: (status, times left;
+    /// `u32::MAX` for ever).
+    pub by_event: std::collections::HashMap<String, (u16, u32)>,
 }
 
 /// A small HTTP server standing in for the merchant's legacy app.
@@ -160,6 +165,7 @@ impl Upstream {
                 script: VecDeque::new(),
                 default_status: 200,
                 delay: Duration::ZERO,
+                by_event: Default::default(),
             })),
         };
         let this = upstream.clone();
@@ -190,7 +196,15 @@ impl Upstream {
         let body = request.into_body().collect().await.unwrap().to_bytes();
         let ((status, extra), delay) = {
             let mut b = self.behavior.lock().unwrap();
-            (b.script.pop_front().unwrap_or((b.default_status, Vec::new())), b.delay)
+            let own = match b.by_event.get_mut(&event_id) {
+                Some((status, left)) if *left > 0 => {
+                    *left = left.saturating_sub(u32::from(*left != u32::MAX));
+                    Some((*status, Vec::new()))
+                }
+                _ => None,
+            };
+            let reply = own.or_else(|| b.script.pop_front()).unwrap_or((b.default_status, Vec::new()));
+            (reply, b.delay)
         };
         tokio::time::sleep(delay).await;
         // Recorded once the reply is decided, i.e. what the upstream "processed".
@@ -199,6 +213,7 @@ impl Upstream {
             headers,
             body,
             at: Instant::now(),
+            status,
         });
         let mut response =
             Response::new(Full::new(Bytes::from(format!("legacy says {status} to {event_id}"))));
@@ -226,6 +241,12 @@ impl Upstream {
             b.script
                 .push_back((*status, headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()));
         }
+    }
+
+    /// Answers `event_id`'s requests with `status`, `times` times (`u32::MAX`: until told
+    /// otherwise), whatever the script says.
+    pub fn answer_event(&self, event_id: &str, status: u16, times: u32) {
+        self.behavior.lock().unwrap().by_event.insert(event_id.to_string(), (status, times));
     }
 
     pub fn set_delay(&self, delay: Duration) {

@@ -13,6 +13,7 @@ use super::history::{Totals, STEP_MS};
 use super::{visible, Admin, Scope};
 use crate::answer::Outcome;
 use crate::http::{self, Reply};
+use payflow_delivery::Upstream;
 use payflow_metrics::{Exposition, CONTENT_TYPE as METRICS_TYPE};
 
 /// The verification failure reasons, so that each has a series from the start (a rate over
@@ -73,6 +74,40 @@ impl Admin {
                     counter.get(),
                 );
             }
+        }
+        // One loop per family: a family's samples must be together.
+        let labels = |u: &Upstream| [("merchant", u.merchant.clone()), ("upstream", u.name.clone())];
+        for u in &upstreams {
+            let [m, n] = labels(u);
+            page.gauge(
+                "payflow_edge_breaker_state",
+                "An upstream's circuit breaker: 0 closed (sending), 1 open (cooling down), 2 half-open (one probe).",
+                &[(m.0, &m.1), (n.0, &n.1)],
+                u.flow.state().gauge(),
+            );
+        }
+        for u in &upstreams {
+            let [m, n] = labels(u);
+            let flow = &u.flow.counts;
+            for (to, counter) in
+                [("open", &flow.opened), ("half-open", &flow.half_opened), ("closed", &flow.closed)]
+            {
+                page.counter(
+                    "payflow_edge_breaker_transitions_total",
+                    "Circuit breaker transitions, by upstream and the state entered.",
+                    &[(m.0, &m.1), (n.0, &n.1), ("to", to)],
+                    counter.get(),
+                );
+            }
+        }
+        for u in &upstreams {
+            let [m, n] = labels(u);
+            page.counter(
+                "payflow_edge_rate_limited_total",
+                "Deliveries that waited for their upstream's rate limit.",
+                &[(m.0, &m.1), (n.0, &n.1)],
+                u.flow.counts.rate_limited.get(),
+            );
         }
         let names: Vec<String> = upstreams.iter().map(|u| u.name.clone()).collect();
         match self.store.queue_depth(names).await {

@@ -311,7 +311,10 @@ async function loadEvent(id, merchant, scope) {
   if (step) {
     const next = step.next_attempt_at_ms ? `, next ${time(step.next_attempt_at_ms)}` : '';
     facts.push(['Plugin step', `${step.status} after ${step.attempts} run(s)${next}${step.error ? ` (${step.error})` : ''}`]);
+    if (step.routes) facts.push(['Routes', step.routes.join(', ') || 'none matched']);
   }
+  if (e.order_key) facts.push(['Ordering key', e.order_key]);
+  $('skip').hidden = !(e.order_key && e.status === 'dead');
   $('event-summary').replaceChildren(...facts.flatMap(([k, v]) => [el('dt', {}, k), el('dd', { 'data-fact': k }, v)]));
   let body = e.body;
   try { body = JSON.stringify(JSON.parse(e.body), null, 2); } catch { /* shown as received */ }
@@ -345,6 +348,20 @@ async function replay() {
   } catch (e) {
     out.className = 'error';
     out.textContent = `Replay refused: ${e.message}`;
+  }
+}
+
+async function skip() {
+  const { id, merchant, scope } = $('replay').dataset;
+  const out = $('replay-result');
+  try {
+    const r = await api('POST', eventPath(id, merchant, scope, '/skip'));
+    out.className = 'ok';
+    out.textContent = `Skipped: the events with key ${r.key} behind it go on.`;
+    await loadEvent(id, merchant, scope);
+  } catch (e) {
+    out.className = 'error';
+    out.textContent = `Skip refused: ${e.message}`;
   }
 }
 
@@ -439,6 +456,24 @@ async function showEndpoints() {
       el('td', {}, e.upstream ?? '—'), el('td', {}, e.plugins.join(' → ') || '—'),
       el('td', {}, el('div', { class: 'row' }, type, el('button', { type: 'button', class: 'send-test', onclick: send }, 'Send test webhook'))));
   }));
+  await loadFlow();
+  every(2000, loadFlow);
+}
+
+/** The upstreams' flow control and the held ordering keys, refreshed while shown. */
+async function loadFlow() {
+  const [{ upstreams }, { keys }] = await Promise.all([api('GET', '/api/upstreams'), api('GET', '/api/ordering')]);
+  fill($('upstreams').tBodies[0], upstreams.map((u) => el('tr', { 'data-upstream': u.name },
+    el('td', {}, u.name), el('td', {}, u.merchant), el('td', {}, u.ordering_key ?? '—'), el('td', {}, u.rate ?? '—'),
+    el('td', { class: `breaker breaker-${u.breaker?.state ?? 'none'}` },
+      u.breaker ? `${u.breaker.state} (opened ${u.breaker.opened}×)` : '—'),
+    el('td', {}, u.delivered), el('td', {}, u.retried), el('td', {}, u.dead))));
+  $('held-empty').hidden = keys.length > 0;
+  fill($('held').tBodies[0], keys.map((k) => el('tr', { 'data-key': k.key },
+    el('td', {}, k.merchant), el('td', {}, el('code', {}, k.key)),
+    el('td', {}, el('a', { href: eventLink(k.event_id, k.merchant, k.scope) }, k.event_id)),
+    el('td', { class: `status status-${k.status}` }, k.status), el('td', {}, k.attempts), el('td', {}, k.waiting),
+    el('td', {}, time(k.next_attempt_at_ms)))));
 }
 
 // ---------------------------------------------------------------- signature checker
@@ -494,6 +529,7 @@ $('replay-dead').addEventListener('click', () => replayDead().catch(onTimerError
 $('older').addEventListener('click', () => { if (nextCursor) { cursor = nextCursor; loadEvents().catch(onTimerError); } });
 $('newest').addEventListener('click', () => { cursor = null; loadEvents().catch(onTimerError); });
 $('replay').addEventListener('click', replay);
+$('skip').addEventListener('click', skip);
 $('checker-form').addEventListener('submit', (event) => { event.preventDefault(); check(); });
 window.addEventListener('hashchange', () => route());
 route();
