@@ -36,6 +36,14 @@ fn bad_configs_exit_2_naming_the_key() {
         (format!("{BASE}{endpoint}scheme = \"stripe\"\njson_compat = true\n"), &["endpoint[0].scheme", "json_compat"]),
         (format!("{BASE}{endpoint}mode = \"proxy\"\n"), &["endpoint[0].upstream", "required in proxy mode"]),
         (
+            format!("{BASE}[telemetry]\notlp_endpoint = \"https://collector:4318\"\n{endpoint}"),
+            &["telemetry.otlp_endpoint", "http:// URL of an OTLP/HTTP collector"],
+        ),
+        (
+            format!("{BASE}[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample = 1\n{endpoint}"),
+            &["unknown field `sample`"],
+        ),
+        (
             format!("{BASE}{endpoint}[[endpoint.route]]\nupstream = \"ghost\"\n"),
             &["endpoint[0].route[0].upstream", "unknown upstream \"ghost\""],
         ),

@@ -89,6 +89,26 @@ pub struct Config {
     /// How plugins are run.
     #[serde(default)]
     pub plugins: PluginsConfig,
+    /// Traces of each event's way (OpenTelemetry, over OTLP/HTTP).
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// The OTLP/HTTP collector (`http://host:4318`, or its full `/v1/traces` URL); without it
+    /// no span is recorded.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` the spans carry.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { otlp_endpoint: None, service_name: "payflow-edge".into() }
+    }
 }
 
 /// `[server]`
@@ -714,10 +734,11 @@ impl Config {
     /// merchant, upstream and endpoint is checked on its own, and reports its first problem
     /// (a later check of one entry may depend on an earlier one). Empty when it is valid.
     pub fn problems(&self) -> Vec<ConfigError> {
-        let mut problems: Vec<ConfigError> = [self.check_server(), self.check_store(), self.check_admin()]
-            .into_iter()
-            .filter_map(Result::err)
-            .collect();
+        let mut problems: Vec<ConfigError> =
+            [self.check_server(), self.check_store(), self.check_admin(), self.check_telemetry()]
+                .into_iter()
+                .filter_map(Result::err)
+                .collect();
         let mut merchants = BTreeSet::from([DEFAULT_MERCHANT.to_string()]);
         for (i, m) in self.merchant.iter().enumerate() {
             let mut check = || -> Result<(), ConfigError> {
@@ -1048,6 +1069,26 @@ impl Config {
         }
         if self.store.max_batch == 0 {
             return Err(invalid("store.max_batch", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// `[telemetry]`.
+    fn check_telemetry(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.telemetry.otlp_endpoint {
+            let uri: Option<http::Uri> = url.parse().ok();
+            if !uri.is_some_and(|u| u.scheme_str() == Some("http") && u.host().is_some()) {
+                return Err(invalid(
+                    "telemetry.otlp_endpoint",
+                    format!(
+                        "{url:?} must be the http:// URL of an OTLP/HTTP collector, e.g. \"http://127.0.0.1:4318\" \
+                         (https collectors are not supported yet: run one on loopback or a private network)"
+                    ),
+                ));
+            }
+        }
+        if self.telemetry.service_name.trim().is_empty() {
+            return Err(invalid("telemetry.service_name", "must not be empty"));
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ use crate::step::{Step, StepDone};
 use crate::upstream::Upstream;
 use payflow_clock::Clock;
 use payflow_store::{DueCursor, DueDelivery, DueStep, Store, StoreError};
+use payflow_telemetry::Telemetry;
 
 /// How often the store is polled while the workers are busy with what ingress handed them.
 pub(crate) const BUSY_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -57,6 +58,8 @@ pub struct Dispatcher {
     pub(crate) client: UpstreamClient,
     pub(crate) upstreams: HashMap<String, Arc<Upstream>>,
     steps: Option<Arc<Steps>>,
+    /// Where each attempt's span goes (disabled unless [`Dispatcher::with_telemetry`]).
+    telemetry: Arc<Telemetry>,
 }
 
 /// The plugin steps' lane and what runs them, as [`Dispatcher::new`] takes them.
@@ -188,7 +191,13 @@ impl Dispatcher {
         steps: Option<StepLane>,
     ) -> Self {
         let steps = steps.map(|(lane, step)| Arc::new(Steps { lane, step }));
-        Dispatcher { store, clock, client, upstreams, steps }
+        Dispatcher { store, clock, client, upstreams, steps, telemetry: Arc::new(Telemetry::disabled()) }
+    }
+
+    /// Records a span of each delivery attempt there (and sends its `traceparent`).
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = telemetry;
+        self
     }
 
     /// Starts the dispatcher on a thread of its own ("payflow-deliver", CPU priority lowered by
@@ -332,7 +341,7 @@ impl Dispatcher {
     /// Makes the attempt and records it; false when the store refused the record, and the
     /// delivery must stay claimed (see [`Upstream::unrecorded`]).
     pub(crate) async fn deliver(&self, upstream: &Upstream, d: DueDelivery, permit: Option<Permit>) -> bool {
-        let attempt = Arc::new(attempt(&self.client, &*self.clock, upstream, &d).await);
+        let attempt = Arc::new(attempt(&self.client, &*self.clock, upstream, &d, &self.telemetry).await);
         if let Some(permit) = permit {
             let info = &attempt.info;
             let failed = info.error.is_some() || matches!(info.status_code, Some(408 | 429 | 500..=599));

@@ -2,7 +2,7 @@
 //! plugin steps alike), which replies are delivered, retried or permanent, and an attempt's
 //! record with what happens next. It must never touch the store.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hyper::StatusCode;
 use rand::Rng;
@@ -11,6 +11,7 @@ use crate::client::{reply_excerpt, SendError, UpstreamClient, UpstreamReply, MAX
 use crate::upstream::Upstream;
 use payflow_clock::Clock;
 use payflow_store::{Attempt, AttemptInfo, AttemptOutcome, DueDelivery, EventKey};
+use payflow_telemetry::{new_span_id, traceparent, Attribute, EventTrace, SpanRecord, Telemetry};
 
 /// How often, and how far apart, a delivery or a plugin step is tried.
 #[derive(Debug, Clone, Copy)]
@@ -112,18 +113,37 @@ impl AttemptStart {
 }
 
 /// Makes delivery attempt `d.attempts + 1` and decides what follows under the upstream's
-/// retry policy. The caller records the result.
+/// retry policy. The caller records the result. With `telemetry` on, the attempt is a
+/// `deliver UPSTREAM` span under its event's `receive`, and the upstream gets its
+/// `traceparent` (replacing one a plugin set: the gateway's own trace is the one continued).
 pub async fn attempt(
     client: &UpstreamClient,
     clock: &dyn Clock,
     upstream: &Upstream,
     d: &DueDelivery,
+    telemetry: &Telemetry,
 ) -> Attempt {
     let number = d.attempts + 1;
     let e = &d.event;
     let attempt = AttemptStart::new(e.key.clone(), number, clock.now_ms());
+    let traced = telemetry.enabled().then(|| {
+        let trace = EventTrace::of(&e.key.merchant, &e.key.scope, &e.key.id, e.received_at_ms);
+        (trace, new_span_id(), SystemTime::now())
+    });
+    let traced_headers: Vec<(String, String)>;
+    let headers = match &traced {
+        Some((trace, span, _)) => {
+            let own = d.headers.iter().filter(|(name, _)| !name.eq_ignore_ascii_case("traceparent"));
+            traced_headers = own
+                .cloned()
+                .chain([("traceparent".to_string(), traceparent(trace.trace_id, *span))])
+                .collect();
+            &traced_headers
+        }
+        None => &d.headers,
+    };
     let result =
-        client.send(upstream, &e.key.id, &e.request_id, d.body().clone(), &d.headers, clock.now_secs()).await;
+        client.send(upstream, &e.key.id, &e.request_id, d.body().clone(), headers, clock.now_secs()).await;
     let outcome = match classify(&result) {
         Verdict::Delivered => AttemptOutcome::Delivered,
         Verdict::Permanent => AttemptOutcome::Dead,
@@ -145,5 +165,28 @@ pub async fn attempt(
         request_id = %e.request_id, merchant = %e.key.merchant, event_id = %e.key.id, upstream = %upstream.name,
         attempt = number, status, error = error.as_deref(), outcome = next, next_attempt_at_ms, "delivery attempt"
     );
+    if let Some((trace, span_id, start)) = traced {
+        let mut attributes = vec![
+            Attribute::new("payflow.event_id", e.key.id.clone()),
+            Attribute::new("payflow.upstream", upstream.name.clone()),
+            Attribute::new("payflow.attempt", i64::from(number)),
+            Attribute::new("payflow.outcome", next),
+        ];
+        attributes.extend(status.map(|s| Attribute::new("http.response.status_code", i64::from(s))));
+        let failed = !matches!(outcome, AttemptOutcome::Delivered);
+        telemetry.record(SpanRecord {
+            name: format!("deliver {}", upstream.name),
+            trace_id: trace.trace_id,
+            span_id,
+            parent: Some(trace.receive),
+            kind: payflow_telemetry::SpanKind::Client,
+            start,
+            end: SystemTime::now(),
+            attributes,
+            error: failed.then(|| {
+                error.clone().unwrap_or_else(|| format!("upstream answered {}", status.unwrap_or(0)))
+            }),
+        });
+    }
     attempt.finish(upstream, &result, outcome)
 }

@@ -69,7 +69,7 @@ async fn a_failed_attempt_is_due_again_after_its_backoff_and_the_last_is_dead() 
     let clock = payflow_clock::ManualClock::at(1_700_000_000_000);
     let mut d = due("evt_retry");
     d.attempts = 2;
-    let third = attempt(&client, &clock, &u, &d).await;
+    let third = attempt(&client, &clock, &u, &d, &payflow_telemetry::Telemetry::disabled()).await;
     let AttemptOutcome::Retry { next_at_ms } = third.outcome else { panic!("{:?}", third.outcome) };
     let wait = next_at_ms - clock.now_ms();
     assert!((2_000..=4_000).contains(&wait), "third attempt backs off 2-4 s, not {wait} ms");
@@ -78,7 +78,7 @@ async fn a_failed_attempt_is_due_again_after_its_backoff_and_the_last_is_dead() 
     clock.advance(wait);
     let max_attempts = u.lane.policy.max_attempts;
     d.attempts = max_attempts - 1;
-    let last = attempt(&client, &clock, &u, &d).await;
+    let last = attempt(&client, &clock, &u, &d, &payflow_telemetry::Telemetry::disabled()).await;
     assert_eq!(last.outcome, AttemptOutcome::Dead, "attempt {} of {max_attempts}", last.info.number);
     assert_eq!(last.info.at_ms, next_at_ms);
 }

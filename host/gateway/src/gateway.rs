@@ -21,6 +21,7 @@ use payflow_config::Config;
 use payflow_delivery::route::Routes;
 use payflow_delivery::{Dispatcher, Lane, Step, Upstream, UpstreamClient};
 use payflow_plugins::{Registry, Runtime, Scheduler};
+use payflow_telemetry::Telemetry;
 
 use crate::stage::{EndpointPlugins, PluginStage};
 use payflow_metrics::{Histogram, SECONDS_BUCKETS};
@@ -76,6 +77,7 @@ pub struct Gateway {
     dispatcher: tokio::sync::oneshot::Receiver<()>,
     plugins: Option<Arc<PluginStage>>,
     store: Arc<dyn Store>,
+    telemetry: Arc<Telemetry>,
 }
 
 /// The admin listener's connection caps: its users are a few operators, merchants' tools and a
@@ -122,6 +124,11 @@ impl Gateway {
                 })?;
             }
         }
+        let telemetry = Arc::new(match &config.telemetry.otlp_endpoint {
+            Some(endpoint) => Telemetry::otlp(endpoint, &config.telemetry.service_name)
+                .map_err(|e| StartError::Config(format!("telemetry.{e}")))?,
+            None => Telemetry::disabled(),
+        });
         let commits = Arc::new(Histogram::new(SECONDS_BUCKETS));
         let store: Arc<dyn Store> = match &config.store.url {
             Some(url) => {
@@ -142,7 +149,7 @@ impl Gateway {
                 Upstream::new(u).map_err(|e| StartError::Config(format!("upstream {}: {e}", u.name)))?;
             upstreams.insert(u.name.clone(), Arc::new(upstream));
         }
-        let plugins = start_plugins(&config, &store, &clock).await?;
+        let plugins = start_plugins(&config, &store, &clock, &telemetry).await?;
         let steps = plugins.as_ref().map(|(_, lane)| lane.clone());
         let plugins = plugins.map(|(stage, _)| stage);
         let mut endpoints = HashMap::new();
@@ -197,6 +204,7 @@ impl Gateway {
                 max_body_bytes: config.server.max_body_bytes,
                 body_timeout: Duration::from_millis(config.server.body_timeout_ms),
                 plugins: plugins.clone(),
+                telemetry: telemetry.clone(),
                 hand_off: !store.claims(),
             },
         });
@@ -262,9 +270,20 @@ impl Gateway {
         // (lower-priority) delivery thread.
         let steps = steps.zip(plugins.clone().map(|stage| stage as Arc<dyn Step>));
         let dispatcher = Dispatcher::new(store.clone(), clock, UpstreamClient::default(), upstreams, steps)
+            .with_telemetry(telemetry.clone())
             .start(watch_shutdown)
             .map_err(StartError::DeliveryThread)?;
-        Ok(Gateway { ingress_addr, ingress_tls, admin_addr, shutdown, listeners, dispatcher, plugins, store })
+        Ok(Gateway {
+            ingress_addr,
+            ingress_tls,
+            admin_addr,
+            shutdown,
+            listeners,
+            dispatcher,
+            plugins,
+            store,
+            telemetry,
+        })
     }
 
     /// Stops accepting, lets in-flight requests and deliveries finish, and flushes the store.
@@ -278,6 +297,10 @@ impl Gateway {
             plugins.stop();
         }
         self.store.close().await;
+        // The last spans (the deliveries just finished) go out before the process ends; the
+        // exporter's own thread does the sending.
+        let telemetry = self.telemetry;
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     }
 }
 
@@ -300,6 +323,7 @@ async fn start_plugins(
     config: &Config,
     store: &Arc<dyn Store>,
     clock: &Arc<dyn Clock>,
+    telemetry: &Arc<Telemetry>,
 ) -> Result<Option<(Arc<PluginStage>, Arc<Lane<DueStep>>)>, StartError> {
     if config.plugin.is_empty() && config.endpoint.iter().all(|e| e.routes.is_empty()) {
         return Ok(None);
@@ -360,7 +384,8 @@ async fn start_plugins(
         clock.clone(),
         endpoints,
         config.upstream.iter().map(|u| (u.merchant.clone(), u.name.clone())),
-    );
+    )
+    .with_telemetry(telemetry.clone());
     let lane = Arc::new(payflow_delivery::plugin_steps(&config.plugins));
     Ok(Some((Arc::new(stage), lane)))
 }

@@ -21,5 +21,6 @@ pub mod pipeline;
 pub mod samples;
 pub mod secret_expiry;
 pub mod stage;
+mod trace;
 
 pub use gateway::{Gateway, StartError};

@@ -12,7 +12,7 @@
 //! never acknowledge an event before the store said it is durable.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -29,9 +29,11 @@ use payflow_metrics::{Counter, CounterMap};
 use payflow_plugins::ChainOutcome;
 
 use crate::stage::PluginStage;
+use crate::trace::Timeline;
 use payflow_store::{
     AttemptOutcome, DueDelivery, DueStep, Event, EventKey, EventStatus, Hop, Ingest, Inserted, NewEvent,
 };
+use payflow_telemetry::Telemetry;
 
 /// Request headers kept with a stored event (never the signature headers).
 const KEPT_HEADERS: [&str; 7] = [
@@ -130,6 +132,8 @@ pub struct Pipeline {
     pub body_timeout: Duration,
     /// Merchants' plugins, when any are configured.
     pub plugins: Option<Arc<PluginStage>>,
+    /// Where the requests' spans go.
+    pub telemetry: Arc<Telemetry>,
     /// Whether a stored event goes straight to this gateway's workers. Not when replicas
     /// share the store ([`payflow_store::DeliveryQueue::claims`]): a row is then taken by
     /// the read that claims it, so the workers are only told to read.
@@ -139,12 +143,22 @@ pub struct Pipeline {
 impl Pipeline {
     /// Handles one POST to `endpoint`.
     pub async fn receive(&self, endpoint: &Endpoint, request: Request<Incoming>, request_id: &str) -> Reply {
-        let answer = self.answer(endpoint, request, request_id).await;
+        let mut timeline = self.telemetry.enabled().then(Timeline::start);
+        let answer = self.answer(endpoint, request, request_id, timeline.as_mut()).await;
         endpoint.counts.requests[answer.outcome() as usize].inc();
+        if let Some(timeline) = timeline {
+            timeline.record(&self.telemetry, &endpoint.path, request_id, answer.outcome());
+        }
         answer.into_reply()
     }
 
-    async fn answer(&self, endpoint: &Endpoint, request: Request<Incoming>, request_id: &str) -> Answer {
+    async fn answer(
+        &self,
+        endpoint: &Endpoint,
+        request: Request<Incoming>,
+        request_id: &str,
+        mut timeline: Option<&mut Timeline>,
+    ) -> Answer {
         // Limits: a declared oversize body is refused before a byte of it is read.
         let (parts, body) = request.into_parts();
         if http::content_length(&parts.headers).is_some_and(|n| n > self.max_body_bytes as u64) {
@@ -157,7 +171,11 @@ impl Pipeline {
 
         // Verify: over the raw bytes, before anything looks inside them.
         let (headers, now) = (HttpHeaders(&parts.headers), self.clock.now_secs());
+        let verify_started = timeline.is_some().then(SystemTime::now);
         let verified = endpoint.verifier.verify(&headers, &body, now);
+        if let (Some(t), Some(started)) = (timeline.as_deref_mut(), verify_started) {
+            t.verified(started, verified.as_ref().err().map(|e| e.reason().as_str()));
+        }
         if let Err(e) = verified {
             // Only on a refusal, only for payflow endpoints: one more HMAC over the re-serialised
             // body, so the operator learns why an app's own signatures fail. The sender's reply
@@ -224,7 +242,13 @@ impl Pipeline {
             first_hop: first_hop.map(FirstHop::hop),
             order_key,
         };
-        let inserted = match self.store.insert_event(new).await {
+        let store_started = timeline.is_some().then(SystemTime::now);
+        let inserted = self.store.insert_event(new).await;
+        if let (Some(t), Some(started)) = (timeline, store_started) {
+            let error = inserted.as_ref().err().map(ToString::to_string);
+            t.stored(started, &event, matches!(inserted, Ok(Inserted::New)), error);
+        }
+        let inserted = match inserted {
             Ok(inserted) => inserted,
             Err(e) => {
                 tracing::warn!(request_id, event_id = %parsed.id, error = %e, "not stored; answering 503");

@@ -24,6 +24,9 @@ use payflow_store::{
     AttemptOutcome, DeliveryQueue, DueDelivery, DueStep, Event, EventStatus, KvWrite, NewDelivery,
     PluginRunInfo, PluginStep,
 };
+use payflow_telemetry::Telemetry;
+
+use crate::trace::StepSpan;
 
 /// An endpoint's plugins and routes.
 #[derive(Debug, Clone)]
@@ -49,6 +52,8 @@ pub struct PluginStage {
     endpoints: HashMap<String, Arc<EndpointPlugins>>,
     /// Upstream names per merchant: what its plugins may forward to.
     allowed: HashMap<String, Arc<BTreeSet<String>>>,
+    /// Where each step's spans go.
+    telemetry: Arc<Telemetry>,
 }
 
 impl PluginStage {
@@ -70,7 +75,14 @@ impl PluginStage {
         let allowed = by_merchant.into_iter().map(|(m, names)| (m, Arc::new(names))).collect();
         let endpoints = endpoints.into_iter().map(|(path, e)| (path, Arc::new(e))).collect();
         let handle = Handle::current();
-        PluginStage { registry, scheduler, store, clock, handle, endpoints, allowed }
+        let telemetry = Arc::new(Telemetry::disabled());
+        PluginStage { registry, scheduler, store, clock, handle, endpoints, allowed, telemetry }
+    }
+
+    /// Records a span of each step and of each plugin run in it.
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = telemetry;
+        self
     }
 
     /// The registry (for the admin API).
@@ -201,6 +213,13 @@ impl PluginStage {
             request_id = %event.request_id, merchant = %event.key.merchant, event_id = %event.key.id,
             attempt = number, status = status.as_str(), reason = reason.as_deref(), "plugin step"
         );
+        if self.telemetry.enabled() {
+            let name = if self.has_plugins(&event.endpoint) { "plugin step" } else { "route" };
+            let failed = step != AttemptOutcome::Delivered;
+            let error = reason.as_deref().filter(|_| failed);
+            let span = StepSpan { name, number, at_ms, status: status.as_str(), error };
+            crate::trace::record_step(&self.telemetry, event, span, &runs);
+        }
         let decision = Decision { step, status, reason, deliveries, tags, runs, kv, routes };
         match self.commit(event, number, at_ms, decision).await {
             Ok(created) => {
