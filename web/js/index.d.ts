@@ -88,6 +88,13 @@ export type SignResult =
 /** Verifies a webhook's signature over its raw body. Never throws. */
 export function verify(options: VerifyOptions): VerifyResult;
 
+/** verify(), first loading the Ed25519 module when a secret is a `whpk_` public key. */
+export function verifyAsync(options: VerifyOptions): Promise<VerifyResult>;
+
+/** Loads the module that also verifies Ed25519 public keys (`whpk_`), once; afterwards
+ * verify() takes them synchronously. */
+export function loadEd25519(): Promise<void>;
+
 /** The headers a sender would attach to `body`. Never throws. */
 export function sign(options: SignOptions): SignResult;
 

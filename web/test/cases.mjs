@@ -79,9 +79,23 @@ export async function webCryptoOk(c) {
       const prefix = all('webhook-signature').length ? 'webhook' : 'svix';
       const [id, t, sigs] = [one(`${prefix}-id`), one(`${prefix}-timestamp`), one(`${prefix}-signature`)];
       if (id === null || t === null || sigs === null || !fresh(t)) return false;
-      const keys = o.secrets.map((s) => Uint8Array.from(atob(s.replace(/^whsec_/, '')), (ch) => ch.charCodeAt(0)));
+      const message = concat(`${id}.${t}.`, o.body);
+      const keys = o.secrets.filter((s) => !s.startsWith('whpk_'))
+        .map((s) => Uint8Array.from(atob(s.replace(/^whsec_/, '')), (ch) => ch.charCodeAt(0)));
       const candidates = sigs.split(' ').filter((s) => s.startsWith('v1,')).map((s) => s.slice(3));
-      return anyMac(keys, concat(`${id}.${t}.`, o.body), candidates, b64);
+      if (await anyMac(keys, message, candidates, b64)) return true;
+      // Ed25519 ("v1a,<base64 signature>") against each whpk_ public key, by WebCrypto.
+      const publicKeys = o.secrets.filter((s) => s.startsWith('whpk_')).map((s) => fromBase64(s.slice(5)));
+      const signatures = sigs.split(' ').filter((s) => s.startsWith('v1a,')).map((s) => s.slice(4));
+      for (const raw of publicKeys) {
+        const key = await crypto.subtle.importKey('raw', raw, { name: 'Ed25519' }, false, ['verify']);
+        for (const sig of signatures) {
+          let bytes;
+          try { bytes = fromBase64(sig); } catch { continue; }
+          if (await crypto.subtle.verify({ name: 'Ed25519' }, key, bytes, message)) return true;
+        }
+      }
+      return false;
     }
     case 'stripe': {
       const header = one('Stripe-Signature');

@@ -6,12 +6,29 @@ import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import crypto from 'node:crypto';
-import { verify, sign } from '../pkg/index.js';
-import { loadVectors, repo } from './vectors.mjs';
+import { verify, verifyAsync, loadEd25519, sign } from '../pkg/index.js';
+import { loadVectors, publicKeyCase, repo } from './vectors.mjs';
 import { verifyOptions, webCryptoOk } from './cases.mjs';
 
 const cases = loadVectors();
 const sdk = createRequire(path.join(repo, 'verify/tests/vectors/package.json'));
+
+// First in the file: it needs the Ed25519 module not loaded yet.
+test('a whpk_ key is refused until the Ed25519 module is loaded, naming how to load it', async () => {
+  const c = cases.find((k) => publicKeyCase(k) && k.native === 'ok');
+  assert.ok(c, 'a valid Ed25519 vector');
+  const before = verify(verifyOptions(c));
+  assert.equal(before.reason, 'invalid_config');
+  assert.match(before.message, /whpk_.*verifyAsync\(\).*loadEd25519\(\)/);
+  assert.deepEqual(await verifyAsync(verifyOptions(c)), { ok: true }, 'verifyAsync loads it');
+  assert.deepEqual(verify(verifyOptions(c)), { ok: true }, 'then verify takes the key synchronously');
+  await loadEd25519(); // again: loaded once, nothing more
+  const refusedKey = await verifyAsync({ ...verifyOptions(c), secrets: ['whpk_not-base64!'] });
+  assert.equal(refusedKey.reason, 'invalid_config', 'a bad public key names the key');
+  assert.match(refusedKey.message, /whpk_/);
+  assert.equal(sign({ scheme: 'standard-webhooks', secret: c.secrets.find((s) => s.startsWith('whpk_')), body: '{}', id: 'msg_1' }).reason, 'invalid_config',
+    'a public key only verifies');
+});
 
 test('the vectors cover every scheme and every verdict', () => {
   assert.ok(cases.length >= 150, `only ${cases.length} cases`);
@@ -19,10 +36,11 @@ test('the vectors cover every scheme and every verdict', () => {
   assert.equal(new Set(cases.map((c) => c.native)).size, 5);
 });
 
-test('every vector gives the native verdict', () => {
+test('every vector gives the native verdict, Ed25519 ones included', async () => {
+  assert.ok(cases.filter(publicKeyCase).length >= 10, 'the Ed25519 vectors are in');
   const wrong = [];
   for (const c of cases) {
-    const r = verify(verifyOptions(c));
+    const r = await verifyAsync(verifyOptions(c));
     const got = r.ok ? 'ok' : r.reason;
     if (got !== c.native) wrong.push(`${c.name}: native ${c.native}, web ${got}${r.message ? ` (${r.message})` : ''}`);
   }
@@ -219,16 +237,6 @@ test('a secret with notAfter is accepted through that second and refused after i
     assert.match(result.message, /notAfter/);
   }
   assert.equal(verify({ ...options, secrets: [{ notAfter: end }] }).reason, 'invalid_input');
-});
-
-test('an Ed25519 public key (whpk_) is refused as a configuration this build does not verify', () => {
-  const result = verify({
-    scheme: 'standard-webhooks', secrets: ['whpk_11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo='], body: '{}',
-    headers: { 'webhook-id': 'msg_1', 'webhook-timestamp': '1700000000', 'webhook-signature': `v1a,${'A'.repeat(86)}==` },
-    now: 1700000000,
-  });
-  assert.equal(result.reason, 'invalid_config');
-  assert.match(result.message, /whpk_/);
 });
 
 // Regression guard for the module's size (issue 5): core's bounds-check and slice-copy panics

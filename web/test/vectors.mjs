@@ -22,19 +22,17 @@ function nativeVerdicts(generated) {
   return JSON.parse(out);
 }
 
-/** Standard Webhooks' Ed25519 public keys: the gateway verifies them; this package does not
- * link Ed25519 (it would double the module), so it refuses them as a configuration. */
+/** Standard Webhooks' Ed25519 public keys: the package verifies them with its second module
+ * (loadEd25519, or verifyAsync). */
 export const publicKeyCase = (c) => c.secrets.some((s) => s.startsWith('whpk_'));
 
-/** Every case the package verifies, each with `native`: the Rust verifier's verdict. */
+/** Every case, each with `native`: the Rust verifier's verdict. */
 export function loadVectors() {
   const cases = [];
   for (const [program, script] of [['node', 'generate.mjs'], ['python3', 'generate.py']]) {
     const generated = run(program, [script], { cwd: vectorsDir });
     const native = nativeVerdicts(generated);
-    for (const c of JSON.parse(generated).cases) {
-      if (!publicKeyCase(c)) cases.push({ ...c, native: native[c.name] });
-    }
+    for (const c of JSON.parse(generated).cases) cases.push({ ...c, native: native[c.name] });
   }
   return cases;
 }
