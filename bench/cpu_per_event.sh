@@ -7,7 +7,10 @@
 # gateway on that PostgreSQL database instead of SQLite, and the database server's own CPU per
 # event too (its processes' time, when they run on this machine as the postgres user); with
 # REPLICAS=N (PostgreSQL only), N gateways share that database and the load is spread over
-# them, and the gateway CPU is theirs summed.
+# them, and the gateway CPU is theirs summed. QUEUE_EXTRA (TOML lines) goes into the /queue
+# endpoint and UPSTREAM_EXTRA into its upstream, e.g. a route or an ordering key:
+#   QUEUE_EXTRA=$'[[endpoint.route]]\nupstream = "bare"\ntypes = ["payment.*"]'
+#   UPSTREAM_EXTRA='ordering_key = "data.id"'   (loadgen's events each have their own data.id)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
@@ -31,16 +34,18 @@ replica = "r$r"
 [store]
 $(if [[ -n "${STORE_URL:-}" ]]; then echo "url = \"$STORE_URL\""; else echo "path = \"$work/b.db\""; fi)
 [[endpoint]]
-path = "/queue"
-secrets = ["whsec_bench_secret"]
-upstream = "bare"
-[[endpoint]]
 path = "/stored"
 secrets = ["whsec_bench_secret"]
 [[upstream]]
 name = "bare"
 url = "http://127.0.0.1:$bare/"
 concurrency = 32
+${UPSTREAM_EXTRA:-}
+[[endpoint]]
+path = "/queue"
+secrets = ["whsec_bench_secret"]
+upstream = "bare"
+${QUEUE_EXTRA:-}
 TOML
   PAYFLOW_EDGE_LOG=warn start_bg "${EDGE_BIN:-$bin/payflow-edge}" serve --config "$work/e$r.toml"
   gws+=("${bench_pids[-1]}")

@@ -337,33 +337,24 @@ async function loadEvent(id, merchant, scope) {
   )));
 }
 
-async function replay() {
+/** POSTs `action` (`/replay`, `/skip`) on the event shown, says what came of it, reloads it. */
+async function onEvent(action, refused, said) {
   const { id, merchant, scope } = $('replay').dataset;
   const out = $('replay-result');
   try {
-    const r = await api('POST', eventPath(id, merchant, scope, '/replay'));
+    const r = await api('POST', eventPath(id, merchant, scope, action));
     out.className = 'ok';
-    out.textContent = r.plugins ? 'Replayed: the plugins decide again.' : `Replayed: delivery to ${r.upstream} queued.`;
+    out.textContent = said(r);
     setTimeout(() => loadEvent(id, merchant, scope).catch(onTimerError), 1000);
   } catch (e) {
     out.className = 'error';
-    out.textContent = `Replay refused: ${e.message}`;
+    out.textContent = `${refused}: ${e.message}`;
   }
 }
 
-async function skip() {
-  const { id, merchant, scope } = $('replay').dataset;
-  const out = $('replay-result');
-  try {
-    const r = await api('POST', eventPath(id, merchant, scope, '/skip'));
-    out.className = 'ok';
-    out.textContent = `Skipped: the events with key ${r.key} behind it go on.`;
-    await loadEvent(id, merchant, scope);
-  } catch (e) {
-    out.className = 'error';
-    out.textContent = `Skip refused: ${e.message}`;
-  }
-}
+const replay = () => onEvent('/replay', 'Replay refused',
+  (r) => (r.plugins ? 'Replayed: the plugins decide again.' : `Replayed: delivery to ${r.upstream} queued.`));
+const skip = () => onEvent('/skip', 'Skip refused', (r) => `Skipped: the events with key ${r.key} behind it go on.`);
 
 // ---------------------------------------------------------------- plugins
 
