@@ -1,7 +1,7 @@
 //! `loadgen`: a fixed-concurrency load generator with pre-signed unique events, and `bare`, the
 //! ceiling server (hyper reading the body and answering 200, nothing else).
 //!
-//! loadgen run --url URL --concurrency 64 --requests 50000 --sign payflow|seed --secret S
+//! loadgen run --url URL --concurrency 64 --requests 50000 --sign payflow|seed --secret S [--rate R]
 //! loadgen bare --listen 127.0.0.1:7000
 //! loadgen forward --listen 127.0.0.1:7001 --upstream http://127.0.0.1:7000/
 //! loadgen count --url http://127.0.0.1:7000/ [--at-least N]
@@ -11,7 +11,11 @@
 //! verification and no storage. Whatever a real gateway costs beyond that is its own work.
 //!
 //! Each worker owns one keep-alive HTTP/1.1 connection and sends its share of the requests
-//! back to back; latencies are measured per request from write to complete reply.
+//! back to back; latencies are measured per request from write to complete reply. With
+//! `--rate R` the load is offered at a fixed rate instead (request `i` is due at `i / R`
+//! seconds): a worker waits for each request's time, and its latency counts from that time, so
+//! a gateway falling behind shows as latency (no coordinated omission), and the line says how
+//! late the last request started.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -60,6 +64,10 @@ enum Command {
         /// Label for the report line.
         #[arg(long, default_value = "target")]
         label: String,
+        /// Offer the requests at this many per second (all connections together) instead of
+        /// as fast as they are answered.
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// The ceiling: read the body, answer 200 {"received":true}.
     Bare {
@@ -92,8 +100,12 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match Cli::parse().command {
-        Command::Run { url, concurrency, requests, sign, secret, label } => {
-            runtime.block_on(run(url, concurrency, requests, sign, secret, label))
+        Command::Run { url, concurrency, requests, sign, secret, label, rate } => {
+            if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+                bail!("--rate must be a positive number of requests per second");
+            }
+            let load = Load { concurrency, requests, rate };
+            runtime.block_on(run(url, load, sign, secret, label))
         }
         Command::Bare { listen } => runtime.block_on(bare(listen)),
         Command::Count { url, at_least, timeout_secs } => {
@@ -225,14 +237,17 @@ fn prepare(count: usize, sign: Sign, secret: &str) -> anyhow::Result<Vec<Prepare
         .collect()
 }
 
-async fn run(
-    urls: Vec<String>,
+/// How the requests are offered.
+#[derive(Clone, Copy)]
+struct Load {
     concurrency: usize,
     requests: usize,
-    sign: Sign,
-    secret: String,
-    label: String,
-) -> anyhow::Result<()> {
+    /// Requests per second, when offered at a fixed rate.
+    rate: Option<f64>,
+}
+
+async fn run(urls: Vec<String>, load: Load, sign: Sign, secret: String, label: String) -> anyhow::Result<()> {
+    let Load { concurrency, requests, rate } = load;
     let targets = urls
         .iter()
         .map(|url| {
@@ -255,7 +270,9 @@ async fn run(
             tokio::spawn(connection);
             let mut latencies = Vec::new();
             let mut errors = 0usize;
-            for p in prepared.iter().skip(w).step_by(concurrency) {
+            let mut late = Duration::ZERO;
+            for (i, p) in prepared.iter().enumerate().skip(w).step_by(concurrency) {
+                let due = rate.map(|r| started + Duration::from_secs_f64(i as f64 / r));
                 let mut request = Request::post(uri.clone())
                     .header("host", &authority)
                     .header("content-type", "application/json");
@@ -263,7 +280,11 @@ async fn run(
                     request = request.header(n, v);
                 }
                 let request = request.body(Full::new(p.body.clone()))?;
-                let t = Instant::now();
+                if let Some(due) = due {
+                    tokio::time::sleep_until(due.into()).await;
+                    late = late.max(due.elapsed());
+                }
+                let t = due.unwrap_or_else(Instant::now);
                 sender.ready().await?;
                 let response = sender.send_request(request).await?;
                 let ok = response.status().is_success();
@@ -273,15 +294,17 @@ async fn run(
                     errors += 1;
                 }
             }
-            anyhow::Ok((latencies, errors))
+            anyhow::Ok((latencies, errors, late))
         }));
     }
     let mut latencies = Vec::with_capacity(requests);
     let mut errors = 0;
+    let mut late = Duration::ZERO;
     for w in workers {
-        let (l, e) = w.await??;
+        let (l, e, behind) = w.await??;
         latencies.extend(l);
         errors += e;
+        late = late.max(behind);
     }
     let elapsed = started.elapsed();
     if latencies.is_empty() {
@@ -300,5 +323,12 @@ async fn run(
         ms(pct(0.99)),
         ms(*latencies.last().unwrap_or(&Duration::ZERO)),
     );
+    if let Some(rate) = rate {
+        // Stderr: scripts parse the table line on stdout.
+        eprintln!(
+            "{label}: offered {rate:.0}/s; the last request started {:.1} ms behind its time",
+            ms(late)
+        );
+    }
     Ok(())
 }
