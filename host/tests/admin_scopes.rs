@@ -287,3 +287,44 @@ async fn a_bulk_replay_revives_only_the_dead_events_the_filter_and_token_allow()
     delivered.sort();
     assert_eq!(delivered, ["evt_a1", "evt_a1", "evt_a2", "evt_a2", "evt_g1", "evt_g1"]);
 }
+
+/// Ordering and flow control are a merchant's own: its token sees only its upstreams' state and
+/// its held keys, and cannot skip another merchant's dead head (which holds that merchant's
+/// key), nor see that it exists.
+#[tokio::test(flavor = "multi_thread")]
+async fn held_keys_upstream_state_and_skips_stay_within_the_merchant() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    upstream.answer_event("evt_g_dead", 400, u32::MAX);
+    let config = config(&dir.path().join("db"), &upstream.url())
+        .replace(
+            "name = \"globex-app\"\nmerchant = \"globex\"\n",
+            "name = \"globex-app\"\nmerchant = \"globex\"\nordering_key = \"data.customer_email\"\nbreaker = { failures = 9 }\n",
+        );
+    assert!(config.contains("ordering_key"), "{config}");
+    let gw = Gateway::start(dir.path(), &config);
+    let client = client();
+    for id in ["evt_g_dead", "evt_g_behind"] {
+        assert_eq!(send_event(&client, &gw.url("/globex"), id).await.0, 200);
+    }
+    wait_for_status(&client, &gw, "evt_g_dead", "dead", Duration::from_secs(20)).await;
+
+    let held = gw.admin_url("/api/ordering");
+    assert_eq!(admin_get(&client, &held, GLOBEX).await.1["keys"][0]["event_id"], "evt_g_dead");
+    assert_eq!(
+        admin_get(&client, &held, ACME).await.1["keys"],
+        serde_json::json!([]),
+        "another merchant's key"
+    );
+    let upstreams = admin_get(&client, &gw.admin_url("/api/upstreams"), ACME).await.1;
+    let names: Vec<&str> =
+        upstreams["upstreams"].as_array().unwrap().iter().filter_map(|u| u["name"].as_str()).collect();
+    assert_eq!(names, ["acme-app"], "{upstreams}");
+
+    let skip = gw.admin_url("/api/events/evt_g_dead/skip");
+    assert_eq!(admin_post(&client, &skip, ACME).await, 404, "as if it did not exist");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!upstream.ids().contains(&"evt_g_behind".to_string()), "acme's token released globex's key");
+    assert_eq!(admin_post(&client, &skip, GLOBEX).await, 200);
+    wait_for_status(&client, &gw, "evt_g_behind", "delivered", Duration::from_secs(20)).await;
+}
