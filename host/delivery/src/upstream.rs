@@ -95,13 +95,6 @@ impl Upstream {
         }
     }
 
-    /// The ordering key of a delivery of `body` to this upstream: `None` when the upstream is
-    /// not ordered, or the body has no such field (then it is not ordered either).
-    pub fn ordering_key(&self, body: &[u8]) -> Option<String> {
-        let path = self.ordering.as_ref()?;
-        crate::fields::field(&crate::fields::parse(body), path).and_then(crate::fields::key_text)
-    }
-
     /// Tells the poller the store has due deliveries it has not seen (e.g. after a replay).
     pub fn poll_store_now(&self) {
         self.lane.poll_store_now();
