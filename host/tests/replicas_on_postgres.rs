@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use payflow_store_postgres::server::TestServer;
 use serde_json::Value;
 use support::{
-    client, guests, queue_config, send_event, try_send_event, wait_for_status, Gateway, Upstream, ADMIN_TOKEN,
+    client, guests, queue_config, send_event, sigterm_mid_delivery_then_restart, try_send_event,
+    wait_for_status, Gateway, Upstream, ADMIN_TOKEN,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -406,4 +407,18 @@ async fn a_plugin_upload_or_rollback_on_one_replica_is_live_on_the_other() {
         "v1 (legacy-form) shapes evt_v1"
     );
     assert_eq!(received.len(), 4);
+}
+
+/// On PostgreSQL a delivery attempt is recorded by the dispatcher's own task (there is no
+/// writer thread to hand it to), which a worker no longer waits for: SIGTERM must wait for
+/// those tasks, or the attempts they carry are lost and sent again after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_deliveries_records_every_attempt_so_none_is_sent_twice() {
+    let pg = TestServer::start();
+    let url = pg.database("sigterm");
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        replica_config(&url, &upstream.url()).replace("[[upstream]]\n", "[[upstream]]\nconcurrency = 8\n");
+    sigterm_mid_delivery_then_restart(dir.path(), &config, &upstream).await;
 }

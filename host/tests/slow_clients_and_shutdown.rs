@@ -1,8 +1,8 @@
 //! Slow clients cannot hold the gateway: headers must arrive within `header_timeout_ms`, the
 //! body within `body_timeout_ms` (408), the header block is capped (431), and a full listener
 //! makes room by closing the connection that waited longest, so a flood from one address does
-//! not hold up other senders. On SIGTERM it stops accepting, finishes the request in flight,
-//! and exits 0.
+//! not hold up other senders. On SIGTERM it stops accepting, finishes the request in flight
+//! and the deliveries in hand, records every attempt made, and exits 0.
 
 mod support;
 
@@ -225,6 +225,19 @@ fn sigterm_finishes_the_request_in_flight_then_exits_0() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("evt_in_flight"));
+}
+
+/// Workers do not wait for an attempt's record before taking the next delivery, so at SIGTERM
+/// records may still be on their way to the store. The gateway exits only once every attempt
+/// made is recorded: after a restart, nothing the upstream already has is sent again. (The
+/// same on PostgreSQL, whose records are written by the dispatcher's own tasks, in
+/// replicas_on_postgres.rs.)
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_deliveries_records_every_attempt_so_none_is_sent_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let config = queue_config(&dir.path().join("events.db"), &upstream.url(), "concurrency = 8");
+    sigterm_mid_delivery_then_restart(dir.path(), &config, &upstream).await;
 }
 
 /// Sends a request whose one header holds `filler` bytes, and returns the reply's status line.

@@ -60,6 +60,36 @@ pub struct Dispatcher {
     steps: Option<Arc<Steps>>,
     /// Where each attempt's span goes (disabled unless [`Dispatcher::with_telemetry`]).
     telemetry: Arc<Telemetry>,
+    /// Attempt records on their way to the store.
+    recording: Recording,
+}
+
+/// How many attempt records are on their way to the store. A worker does not wait for its
+/// attempt's record before it takes the next delivery (the delivery stays claimed until then),
+/// so the store gets the records of every worker's last attempts together and commits them at
+/// once, rather than one small batch per round of the workers (bench/RESULTS.md, issue 21).
+/// The dispatcher stops only once every record has arrived: a record dropped at shutdown would
+/// send its delivery again after a restart.
+struct Recording(watch::Sender<usize>);
+
+impl Default for Recording {
+    fn default() -> Self {
+        Recording(watch::channel(0).0)
+    }
+}
+
+impl Recording {
+    fn start(&self) {
+        self.0.send_modify(|n| *n += 1);
+    }
+
+    fn end(&self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+
+    async fn drained(&self) {
+        let _ = self.0.subscribe().wait_for(|&n| n == 0).await;
+    }
 }
 
 /// The plugin steps' lane and what runs them, as [`Dispatcher::new`] takes them.
@@ -131,7 +161,8 @@ impl Drain for Upstream {
         due: DueDelivery,
         permit: Option<Permit>,
     ) -> bool {
-        dispatcher.deliver(&self, due, permit).await
+        dispatcher.deliver(self, due, permit).await;
+        false // released once its attempt is recorded
     }
 }
 
@@ -191,7 +222,15 @@ impl Dispatcher {
         steps: Option<StepLane>,
     ) -> Self {
         let steps = steps.map(|(lane, step)| Arc::new(Steps { lane, step }));
-        Dispatcher { store, clock, client, upstreams, steps, telemetry: Arc::new(Telemetry::disabled()) }
+        Dispatcher {
+            store,
+            clock,
+            client,
+            upstreams,
+            steps,
+            telemetry: Arc::new(Telemetry::disabled()),
+            recording: Recording::default(),
+        }
     }
 
     /// Records a span of each delivery attempt there (and sends its `traceparent`).
@@ -213,9 +252,11 @@ impl Dispatcher {
         std::thread::Builder::new().name("payflow-deliver".into()).spawn(move || {
             lower_this_threads_priority();
             runtime.block_on(async move {
-                for task in self.spawn(shutdown) {
+                let (this, tasks) = self.spawn(shutdown);
+                for task in tasks {
                     let _ = task.await;
                 }
+                this.recording.drained().await;
             });
             let _ = done.send(());
         })?;
@@ -223,7 +264,10 @@ impl Dispatcher {
     }
 
     /// Spawns the pollers and workers on the current runtime.
-    pub(crate) fn spawn(self, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+    pub(crate) fn spawn(
+        self,
+        shutdown: watch::Receiver<bool>,
+    ) -> (Arc<Self>, Vec<tokio::task::JoinHandle<()>>) {
         let this = Arc::new(self);
         let mut tasks = Vec::new();
         for upstream in this.upstreams.values() {
@@ -232,7 +276,7 @@ impl Dispatcher {
         if let Some(steps) = &this.steps {
             tasks.extend(this.clone().drain(steps.clone(), &shutdown));
         }
-        tasks
+        (this, tasks)
     }
 
     /// A lane's poller and workers.
@@ -338,25 +382,39 @@ impl Dispatcher {
         }
     }
 
-    /// Makes the attempt and records it; false when the store refused the record, and the
-    /// delivery must stay claimed (see [`Upstream::unrecorded`]).
-    pub(crate) async fn deliver(&self, upstream: &Upstream, d: DueDelivery, permit: Option<Permit>) -> bool {
-        let attempt = Arc::new(attempt(&self.client, &*self.clock, upstream, &d, &self.telemetry).await);
+    /// Makes the attempt, frees the worker's turn, and sends the record to the store without
+    /// waiting for it (see [`Recording`]): the delivery is released once it is recorded, or
+    /// kept claimed if the store refused the record (see [`Upstream::unrecorded`]).
+    pub(crate) async fn deliver(
+        self: Arc<Self>,
+        upstream: Arc<Upstream>,
+        d: DueDelivery,
+        permit: Option<Permit>,
+    ) {
+        let attempt = Arc::new(attempt(&self.client, &*self.clock, &upstream, &d, &self.telemetry).await);
         if let Some(permit) = permit {
             let info = &attempt.info;
             let failed = info.error.is_some() || matches!(info.status_code, Some(408 | 429 | 500..=599));
             upstream.flow.finished(permit, failed);
         }
-        if let Err(e) = self.store.record_attempt(attempt.clone()).await {
-            tracing::warn!(event_id = %d.event.key.id, error = %e, "cannot record a delivery attempt; kept until the store takes it");
-            upstream.unrecorded.lock().unwrap_or_else(|p| p.into_inner()).push(attempt);
-            return false;
-        }
-        if upstream.ordering.is_some() {
-            // The next of this key may be due now: the store alone knows (see `hand_off`).
-            upstream.poll_store_now();
-        }
-        true
+        upstream.lane.queue.attempted(&d.event.key.merchant);
+        self.recording.start();
+        tokio::spawn(async move {
+            match self.store.record_attempt(attempt.clone()).await {
+                Ok(()) => {
+                    upstream.lane.queue.unclaim(&attempt.key);
+                    if upstream.ordering.is_some() {
+                        // The next of this key may be due now: the store alone knows (see `hand_off`).
+                        upstream.poll_store_now();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(event_id = %attempt.key.id, error = %e, "cannot record a delivery attempt; kept until the store takes it");
+                    upstream.unrecorded.lock().unwrap_or_else(|p| p.into_inner()).push(attempt);
+                }
+            }
+            self.recording.end();
+        });
     }
 
     /// Records the attempts the store refused before, releasing each delivery once it is.
@@ -369,7 +427,7 @@ impl Dispatcher {
                 continue;
             }
             match self.store.record_attempt(attempt.clone()).await {
-                Ok(()) => upstream.lane.queue.release(&attempt.key),
+                Ok(()) => upstream.lane.queue.unclaim(&attempt.key),
                 Err(_) => left.push(attempt),
             }
         }

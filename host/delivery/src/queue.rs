@@ -82,6 +82,15 @@ impl<T> Default for QueueState<T> {
     }
 }
 
+impl<T> QueueState<T> {
+    fn unclaim(&mut self, key: &EventKey) {
+        self.claimed.remove(key);
+        self.released += 1;
+        let at = self.released;
+        self.finished.insert(key.clone(), at);
+    }
+}
+
 impl<T: Queued> WaitQueue<T> {
     /// Queues a delivery unless it is already claimed or the queue is full (the store keeps it
     /// either way). True when queued.
@@ -131,14 +140,29 @@ impl<T: Queued> WaitQueue<T> {
         self.state.lock().ok()?.waiting.pop(max_in_flight)
     }
 
-    /// Called once the delivery's outcome is recorded in the store.
+    /// Called once the delivery's outcome is recorded in the store: its worker's turn and its
+    /// claim end together ([`Self::attempted`] and [`Self::unclaim`] in one).
     pub(crate) fn release(&self, key: &EventKey) {
         if let Ok(mut s) = self.state.lock() {
-            s.claimed.remove(key);
             s.waiting.finish(&key.merchant);
-            s.released += 1;
-            let at = s.released;
-            s.finished.insert(key.clone(), at);
+            s.unclaim(key);
+        }
+    }
+
+    /// Called when a worker is done with one of `merchant`'s, before its outcome is recorded:
+    /// the merchant's turn is free for its next one, while the claim stays until
+    /// [`Self::unclaim`].
+    pub(crate) fn attempted(&self, merchant: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            s.waiting.finish(merchant);
+        }
+    }
+
+    /// Called once the delivery's outcome is recorded in the store: from now on a read of the
+    /// store sees the record, and the delivery may be queued again (a retry that came due).
+    pub(crate) fn unclaim(&self, key: &EventKey) {
+        if let Ok(mut s) = self.state.lock() {
+            s.unclaim(key);
         }
     }
 

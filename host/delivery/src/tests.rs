@@ -41,6 +41,24 @@ fn due(id: &str) -> DueDelivery {
     DueDelivery::new(event, "u".into(), 0)
 }
 
+/// A worker takes its next delivery without waiting for the last one's record: the attempt
+/// frees its merchant's turn at once, while the delivery stays claimed (neither ingress nor the
+/// poller can queue it again) until its record is in the store.
+#[test]
+fn an_attempt_frees_its_turn_at_once_but_its_claim_only_once_recorded() {
+    let queue = WaitQueue::<DueDelivery>::default();
+    assert!(queue.push(due("evt_1")));
+    assert!(queue.push(due("evt_2")));
+    let first = queue.pop(1).unwrap();
+    assert!(queue.pop(1).is_none(), "one in flight per merchant here: the second waits its turn");
+    queue.attempted(&first.event.key.merchant);
+    let second = queue.pop(1).expect("the attempt ended: the merchant's turn is free");
+    assert_eq!(second.event.key.id, "evt_2");
+    assert!(!queue.push(due("evt_1")), "queued again before its record is in the store");
+    queue.unclaim(&first.event.key);
+    assert!(queue.push(due("evt_1")), "recorded and still due (a retry): it may be queued again");
+}
+
 /// Regression: a poll whose read began before a delivery was recorded saw it still pending
 /// and queued it again after the worker released it, so it was sent twice.
 #[test]

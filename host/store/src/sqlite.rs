@@ -245,8 +245,8 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
 }
 
 /// How urgent a write is. Someone is waiting on an acknowledgement for an `Ack` write (a
-/// sender with a timeout); a `Background` write records what the dispatcher did, and only
-/// holds back the next delivery of its own worker.
+/// sender with a timeout); a `Background` write records what the dispatcher did, which no
+/// one waits on (its delivery stays claimed in memory until it is recorded).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Priority {
     Ack,

@@ -497,3 +497,39 @@ pub fn cli(args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Sends 40 events through a gateway on `config` (a queue endpoint to `upstream`, 8 workers),
+/// SIGTERMs it while every worker holds a delivery (the upstream answers slowly), restarts it,
+/// and checks that each event reached the upstream exactly once: every attempt made before
+/// the exit was recorded.
+pub async fn sigterm_mid_delivery_then_restart(dir: &Path, config: &str, upstream: &Upstream) {
+    upstream.set_delay(Duration::from_millis(300));
+    let mut gw = Gateway::start(dir, config);
+    let (client, url) = (client(), gw.url("/webhooks/payflow"));
+    let ids: Vec<String> = (0..40).map(|i| format!("evt_sigterm_{i:02}")).collect();
+    for id in &ids {
+        assert_eq!(send_event(&client, &url, id).await.0, 200);
+    }
+    upstream.wait_for(Duration::from_secs(10), "the first deliveries", |r| r.len() >= 4).await;
+    let (status, logs) = tokio::task::spawn_blocking(move || (gw.terminate(), gw.logs())).await.unwrap();
+    assert!(status.success(), "exit status {status:?}\n{logs}");
+    let before_restart = upstream.ids().len();
+    assert!(before_restart < ids.len(), "all delivered before SIGTERM: the test proves nothing");
+
+    upstream.set_delay(Duration::ZERO);
+    let _gw = Gateway::start(dir, config);
+    upstream
+        .wait_for(Duration::from_secs(30), "every event delivered", |r| {
+            let mut seen: Vec<&str> = r.iter().map(|r| r.event_id.as_str()).collect();
+            seen.sort_unstable();
+            seen.dedup();
+            seen.len() == ids.len()
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // a second sending would have come by now
+    let mut received = upstream.ids();
+    received.sort();
+    let mut once = received.clone();
+    once.dedup();
+    assert_eq!(received.len(), once.len(), "sent twice: {received:?} ({before_restart} before the restart)");
+}

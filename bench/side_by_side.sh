@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Issue 21's figures, side by side in one run: CPU per request of bare hyper, of the seed's
+# Express receiver and of the gateway (stored only; stored and delivered), each the process's
+# own user+system time over the run (/proc/PID/stat), the gateway's also per thread; with the
+# acknowledgement rate and p99 of each, and for queue mode how fast the burst was delivered.
+# Usage: bench/side_by_side.sh [REQUESTS] [EDGE_BIN…]   (default 20000 requests, 64 connections)
+# With several gateway binaries they run one after another against the same bare and Express
+# servers, each on a fresh database: an A/B pair in one run. STORE_URL=postgres://… measures
+# the gateway on that database (and the database server's CPU, as the postgres user's processes).
+# Prints one markdown row per target; ratios are to bare hyper in the same run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
+[[ -n "${BENCH_NO_BUILD:-}" ]] || cargo build --release --locked -p payflow-edge -p payflow-bench >&2
+(cd bench/express && [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error >&2)
+bin="$CARGO_TARGET_DIR/release"
+n="${1:-20000}"; shift || true
+edges=("$@"); [[ ${#edges[@]} -gt 0 ]] || edges=("$bin/payflow-edge")
+secret="whsec_bench_secret"
+source bench/lib.sh
+work="$bench_work"
+hz=$(getconf CLK_TCK)
+
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# Per-thread ticks of a process, summed by thread name: "name ticks" lines.
+thread_ticks() {
+  for t in /proc/"$1"/task/*; do
+    python3 - "$t/stat" <<'PY' 2>/dev/null || true
+import sys
+s = open(sys.argv[1]).read()
+name = s[s.index('(') + 1:s.rindex(')')]
+f = s[s.rindex(')') + 2:].split()
+print(name.replace(' ', '_'), int(f[11]) + int(f[12]))
+PY
+  done | awk '{t[$1]+=$2} END {for (k in t) print k, t[k]}'
+}
+db_ticks() {
+  local total=0 pid
+  for pid in $(pgrep -u postgres 2>/dev/null); do
+    total=$(( total + $(awk '{print $14+$15}' "/proc/$pid/stat" 2>/dev/null || echo 0) ))
+  done
+  echo "$total"
+}
+us() { python3 -c "print(round($1 * 1e6 / $hz / $n, 1))"; }
+
+bare=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$bare"; bare_pid=${bench_pids[-1]}
+express=$(free_port); start_bg node bench/express/server.js "$express" "$secret"; express_pid=${bench_pids[-1]}
+wait_port "$bare"; wait_port "$express"
+
+# load LABEL URL SIGN PID: runs the load, prints "req/s p99 µs_per_request"
+load() {
+  local t0 t1 line
+  t0=$(ticks "$4")
+  line=$("$bin/loadgen" run --url "$2" --concurrency 64 --requests "$n" --secret "$secret" --sign "$3" --label "$1")
+  sleep 0.5
+  t1=$(ticks "$4")
+  echo "$(cut -d'|' -f5 <<<"$line" | xargs) $(cut -d'|' -f8 <<<"$line" | xargs) $(us $((t1 - t0)))"
+}
+
+echo "$n requests per target, 64 connections, $(nproc) cores"
+echo
+echo "| target | req/s | ack p99 ms | CPU µs/req | × bare | delivered/s (× ack rate) | per thread µs/req |"
+echo "|---|---|---|---|---|---|---|"
+read -r b_rate b_p99 b_cpu < <(load "bare hyper" "http://127.0.0.1:$bare/" payflow "$bare_pid")
+echo "| bare hyper | $b_rate | $b_p99 | $b_cpu | 1.0 | | |"
+read -r x_rate x_p99 x_cpu < <(load "seed Express" "http://127.0.0.1:$express/webhooks/payflow" seed "$express_pid")
+echo "| seed Express | $x_rate | $x_p99 | $x_cpu | $(python3 -c "print(round($x_cpu / $b_cpu, 1))") | | |"
+
+i=0
+for edge_bin in "${edges[@]}"; do
+  i=$((i + 1))
+  edge=$(free_port)
+  if [[ -n "${STORE_URL:-}" ]]; then store="url = \"$STORE_URL\""; else store="path = \"$work/g$i.db\""; fi
+  cat > "$work/g$i.toml" <<TOML
+[server]
+listen = "127.0.0.1:$edge"
+[store]
+$store
+[[endpoint]]
+path = "/stored"
+secrets = ["$secret"]
+[[endpoint]]
+path = "/queue"
+secrets = ["$secret"]
+upstream = "bare"
+[[upstream]]
+name = "bare"
+url = "http://127.0.0.1:$bare/"
+concurrency = 32
+TOML
+  PAYFLOW_EDGE_LOG=warn start_bg "$edge_bin" serve --config "$work/g$i.toml"
+  pid=${bench_pids[-1]}
+  wait_port "$edge"
+  for path in stored queue; do
+    before_threads=$(thread_ticks "$pid"); t0=$(ticks "$pid"); d0=$(db_ticks)
+    posted=$(delivered "$bare"); started=$(date +%s.%N)
+    line=$("$bin/loadgen" run --url "http://127.0.0.1:$edge/$path" --concurrency 64 --requests "$n" --label "$path")
+    drate=""
+    if [[ $path == queue ]]; then
+      delivered "$bare" $((posted + n)) >/dev/null
+      drate=$(python3 -c "import time; print(round($n / (time.time() - $started)))")
+    fi
+    sleep 1 # the last commits and the pollers' idle rounds
+    t1=$(ticks "$pid"); d1=$(db_ticks)
+    after_threads=$(thread_ticks "$pid")
+    per_thread=$(join -a2 -e0 -o 0,1.2,2.2 <(sort <<<"$before_threads") <(sort <<<"$after_threads") |
+      awk -v hz="$hz" -v n="$n" '{d=($3-$2)*1e6/hz/n; if (d >= 0.5) printf "%s %.0f, ", $1, d}' | sed 's/, $//')
+    rate=$(cut -d'|' -f5 <<<"$line" | xargs); p99=$(cut -d'|' -f8 <<<"$line" | xargs)
+    cpu=$(us $((t1 - t0)))
+    [[ -z "${STORE_URL:-}" ]] || per_thread="$per_thread; database $(us $((d1 - d0)))"
+    shown=""; [[ -z "$drate" ]] || shown="$drate ($(python3 -c "print(round($drate / $rate, 2))"))"
+    echo "| $(basename "$edge_bin") $path | $rate | $p99 | $cpu | $(python3 -c "print(round($cpu / $b_cpu, 1))") | $shown | $per_thread |"
+  done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  [[ -z "${STORE_URL:-}" ]] || psql "$STORE_URL" -qc "DROP SCHEMA public CASCADE; CREATE SCHEMA public" >/dev/null
+done
