@@ -8,6 +8,9 @@
 # Usage: bench/postgres.sh [REQUESTS] [PAIRS]   (defaults 20000 and 3)
 # A/B of two builds on PostgreSQL: PG_ONLY=1 skips the SQLite runs, PG_REPLICAS= (empty) the
 # three-replica ones; EDGE_BIN and BENCH_NO_BUILD pass through to bench/cpu_per_event.sh.
+# SIDE_BY_SIDE="BIN_A BIN_B": instead, per pair, bench/side_by_side.sh on PostgreSQL with those
+# gateway builds (bare hyper and the seed's Express receiver in the same run), A first in odd
+# pairs and B first in even ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
@@ -23,6 +26,13 @@ as_pg "$pg_bin/pg_ctl" -D "$dir/data" -l "$dir/log" -o "-p $port -k $dir -c list
 trap 'as_pg "$pg_bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1; rm -rf "$dir"' EXIT
 echo "$(nproc) cores; PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}'), $n requests per run"
 for pair in $(seq 1 "$pairs"); do
+  if [[ -n "${SIDE_BY_SIDE:-}" ]]; then
+    read -r a b <<<"$SIDE_BY_SIDE"; if (( pair % 2 )); then bins=("$a" "$b"); else bins=("$b" "$a"); fi
+    "$pg_bin/psql" -h 127.0.0.1 -p "$port" -U payflow -d postgres -qc "CREATE DATABASE side_$pair"
+    echo "pair $pair:"
+    BENCH_NO_BUILD=1 STORE_URL="postgres://payflow@127.0.0.1:$port/side_$pair" bench/side_by_side.sh "$n" "${bins[@]}" | grep '^|'
+    continue
+  fi
   if [[ -z "${PG_ONLY:-}" ]]; then
     echo "pair $pair, sqlite:"; BENCH_NO_BUILD=1 bench/cpu_per_event.sh "$n" | sed 's/^/  /'
   fi

@@ -112,5 +112,5 @@ TOML
     echo "| $(basename "$edge_bin") $path | $rate | $p99 | $cpu | $(python3 -c "print(round($cpu / $b_cpu, 1))") | $shown | $per_thread |"
   done
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  [[ -z "${STORE_URL:-}" ]] || psql "$STORE_URL" -qc "DROP SCHEMA public CASCADE; CREATE SCHEMA public" >/dev/null
+  [[ -z "${STORE_URL:-}" ]] || psql "$STORE_URL" -qc "DROP SCHEMA public CASCADE; CREATE SCHEMA public" >/dev/null 2>&1
 done
