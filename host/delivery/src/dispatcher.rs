@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::client::UpstreamClient;
 use crate::flow::{Flow, Permit};
@@ -64,31 +64,34 @@ pub struct Dispatcher {
     recording: Recording,
 }
 
-/// How many attempt records are on their way to the store. A worker does not wait for its
-/// attempt's record before it takes the next delivery (the delivery stays claimed until then),
-/// so the store gets the records of every worker's last attempts together and commits them at
-/// once, rather than one small batch per round of the workers (bench/RESULTS.md, issue 21).
-/// The dispatcher stops only once every record has arrived: a record dropped at shutdown would
-/// send its delivery again after a restart.
-struct Recording(watch::Sender<usize>);
+/// Attempt records on their way to the store. A worker does not wait for its attempt's
+/// record before it takes the next delivery (the delivery stays claimed until then), so the
+/// store gets the records of every worker's last attempts together and commits them at once,
+/// rather than one small batch per round of the workers (bench/RESULTS.md, issue 21). At most
+/// [`MAX_RECORDING`] are on their way at once: past that, workers wait (a slow store must not
+/// grow the dispatcher's memory without bound). The dispatcher stops only once every record
+/// has arrived: a record dropped at shutdown would send its delivery again after a restart.
+struct Recording(Arc<Semaphore>);
+
+/// The most attempt records on their way to the store at once, for all upstreams: a few hundred bytes
+/// each, and more than a busy writer commits in a few batches.
+const MAX_RECORDING: u32 = 4096;
 
 impl Default for Recording {
     fn default() -> Self {
-        Recording(watch::channel(0).0)
+        Recording(Arc::new(Semaphore::new(MAX_RECORDING as usize)))
     }
 }
 
 impl Recording {
-    fn start(&self) {
-        self.0.send_modify(|n| *n += 1);
+    /// Room for one more record, held until it has arrived.
+    async fn start(&self) -> OwnedSemaphorePermit {
+        self.0.clone().acquire_owned().await.expect("the semaphore is never closed")
     }
 
-    fn end(&self) {
-        self.0.send_modify(|n| *n -= 1);
-    }
-
+    /// Once every record sent has arrived.
     async fn drained(&self) {
-        let _ = self.0.subscribe().wait_for(|&n| n == 0).await;
+        let _ = self.0.acquire_many(MAX_RECORDING).await;
     }
 }
 
@@ -398,7 +401,7 @@ impl Dispatcher {
             upstream.flow.finished(permit, failed);
         }
         upstream.lane.queue.attempted(&d.event.key.merchant);
-        self.recording.start();
+        let recording = self.recording.start().await;
         tokio::spawn(async move {
             match self.store.record_attempt(attempt.clone()).await {
                 Ok(()) => {
@@ -413,7 +416,7 @@ impl Dispatcher {
                     upstream.unrecorded.lock().unwrap_or_else(|p| p.into_inner()).push(attempt);
                 }
             }
-            self.recording.end();
+            drop(recording);
         });
     }
 
