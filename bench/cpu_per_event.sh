@@ -27,26 +27,8 @@ start_bg "$bin/loadgen" bare --listen "127.0.0.1:$bare"
 ports=(); gws=()
 for r in $(seq 1 "$replicas"); do
   edge=$(free_port); ports+=("$edge")
-  cat > "$work/e$r.toml" <<TOML
-[server]
-listen = "127.0.0.1:$edge"
-replica = "r$r"
-[store]
-$(if [[ -n "${STORE_URL:-}" ]]; then echo "url = \"$STORE_URL\""; else echo "path = \"$work/b.db\""; fi)
-[[endpoint]]
-path = "/stored"
-secrets = ["whsec_bench_secret"]
-[[upstream]]
-name = "bare"
-url = "http://127.0.0.1:$bare/"
-concurrency = 32
-${UPSTREAM_EXTRA:-}
-[[endpoint]]
-path = "/queue"
-secrets = ["whsec_bench_secret"]
-upstream = "bare"
-${QUEUE_EXTRA:-}
-TOML
+  if [[ -n "${STORE_URL:-}" ]]; then store="url = \"$STORE_URL\""; else store="path = \"$work/b.db\""; fi
+  SERVER_EXTRA="replica = \"r$r\"" edge_config "$edge" "$store" "$bare" > "$work/e$r.toml"
   PAYFLOW_EDGE_LOG=warn start_bg "${EDGE_BIN:-$bin/payflow-edge}" serve --config "$work/e$r.toml"
   gws+=("${bench_pids[-1]}")
   # One at a time: the first applies the migrations while the others would wait on its lock.
@@ -54,14 +36,6 @@ TOML
 done
 wait_port "$bare"
 ticks() { local total=0 pid; for pid in "${gws[@]}"; do total=$(( total + $(awk '{print $14+$15}' "/proc/$pid/stat") )); done; echo "$total"; }
-# The database server's processes (PostgreSQL forks one per connection): their user+system time.
-db_ticks() {
-  local total=0 pid
-  for pid in $(pgrep -u postgres 2>/dev/null); do
-    total=$(( total + $(awk '{print $14+$15}' "/proc/$pid/stat" 2>/dev/null || echo 0) ))
-  done
-  echo "$total"
-}
 hz=$(getconf CLK_TCK)
 for path in stored queue; do
   t0=$(ticks); d0=$(db_ticks); started=$(date +%s.%N)

@@ -12,20 +12,7 @@ source bench/lib.sh
 work="$bench_work"
 L="$CARGO_TARGET_DIR/release/loadgen"
 bare=$(free_port); edge=$(free_port)
-cat > "$work/e.toml" <<TOML
-[server]
-listen = "127.0.0.1:$edge"
-[store]
-path = "$work/b.db"
-[[endpoint]]
-path = "/queue"
-secrets = ["whsec_bench_secret"]
-upstream = "bare"
-[[upstream]]
-name = "bare"
-url = "http://127.0.0.1:$bare/"
-concurrency = 32
-TOML
+edge_config "$edge" "path = \"$work/b.db\"" "$bare" > "$work/e.toml"
 start_bg "$L" bare --listen "127.0.0.1:$bare"
 PAYFLOW_EDGE_LOG=warn start_bg "${EDGE_BIN:-$CARGO_TARGET_DIR/release/payflow-edge}" serve --config "$work/e.toml"
 wait_port "$edge"; wait_port "$bare"

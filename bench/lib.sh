@@ -13,3 +13,37 @@ start_bg() { "$@" >/dev/null & bench_pids+=($!); }
 # it has answered N. Polls inside one process: a python3 started per poll would take ~0.2 s of
 # the CPU the gateway under test is using to deliver (needs $bin, the release directory).
 delivered() { "$bin/loadgen" count --url "http://127.0.0.1:$1/" ${2:+--at-least "$2"}; }
+# edge_config PORT STORE_LINE BARE_PORT: a gateway config with /stored (no upstream) and /queue
+# (delivered to the `loadgen bare` server on BARE_PORT); TOML lines in $SERVER_EXTRA go into
+# [server], $UPSTREAM_EXTRA into the upstream, $QUEUE_EXTRA into the /queue endpoint.
+edge_config() {
+  cat <<TOML
+[server]
+listen = "127.0.0.1:$1"
+${SERVER_EXTRA:-}
+[store]
+$2
+[[endpoint]]
+path = "/stored"
+secrets = ["whsec_bench_secret"]
+[[upstream]]
+name = "bare"
+url = "http://127.0.0.1:$3/"
+concurrency = 32
+${UPSTREAM_EXTRA:-}
+[[endpoint]]
+path = "/queue"
+secrets = ["whsec_bench_secret"]
+upstream = "bare"
+${QUEUE_EXTRA:-}
+TOML
+}
+# db_ticks: user+system ticks of the database server's processes (PostgreSQL forks one per
+# connection), when they run on this machine as the postgres user.
+db_ticks() {
+  local total=0 pid
+  for pid in $(pgrep -u postgres 2>/dev/null); do
+    total=$(( total + $(awk '{print $14+$15}' "/proc/$pid/stat" 2>/dev/null || echo 0) ))
+  done
+  echo "$total"
+}

@@ -34,13 +34,6 @@ print(name.replace(' ', '_'), int(f[11]) + int(f[12]))
 PY
   done | awk '{t[$1]+=$2} END {for (k in t) print k, t[k]}'
 }
-db_ticks() {
-  local total=0 pid
-  for pid in $(pgrep -u postgres 2>/dev/null); do
-    total=$(( total + $(awk '{print $14+$15}' "/proc/$pid/stat" 2>/dev/null || echo 0) ))
-  done
-  echo "$total"
-}
 us() { python3 -c "print(round($1 * 1e6 / $hz / $n, 1))"; }
 
 bare=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$bare"; bare_pid=${bench_pids[-1]}
@@ -71,23 +64,7 @@ for edge_bin in "${edges[@]}"; do
   i=$((i + 1))
   edge=$(free_port)
   if [[ -n "${STORE_URL:-}" ]]; then store="url = \"$STORE_URL\""; else store="path = \"$work/g$i.db\""; fi
-  cat > "$work/g$i.toml" <<TOML
-[server]
-listen = "127.0.0.1:$edge"
-[store]
-$store
-[[endpoint]]
-path = "/stored"
-secrets = ["$secret"]
-[[endpoint]]
-path = "/queue"
-secrets = ["$secret"]
-upstream = "bare"
-[[upstream]]
-name = "bare"
-url = "http://127.0.0.1:$bare/"
-concurrency = 32
-TOML
+  edge_config "$edge" "$store" "$bare" > "$work/g$i.toml"
   PAYFLOW_EDGE_LOG=warn start_bg "$edge_bin" serve --config "$work/g$i.toml"
   pid=${bench_pids[-1]}
   wait_port "$edge"
