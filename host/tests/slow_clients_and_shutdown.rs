@@ -231,7 +231,7 @@ fn sigterm_finishes_the_request_in_flight_then_exits_0() {
 /// records may still be on their way to the store. The gateway exits only once every attempt
 /// made is recorded: after a restart, nothing the upstream already has is sent again. (The
 /// same on PostgreSQL, whose records are written by the dispatcher's own tasks, in
-/// replicas_on_postgres.rs.)
+/// replicas_on_postgres.rs, which also proves the claims never started are handed back.)
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_during_deliveries_records_every_attempt_so_none_is_sent_twice() {
     let dir = tempfile::tempdir().unwrap();

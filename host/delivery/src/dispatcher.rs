@@ -20,7 +20,7 @@ use crate::queue::Queued;
 use crate::step::{Step, StepDone};
 use crate::upstream::Upstream;
 use payflow_clock::Clock;
-use payflow_store::{DueCursor, DueDelivery, DueStep, Store, StoreError};
+use payflow_store::{Claim, DueCursor, DueDelivery, DueStep, Store, StoreError};
 use payflow_telemetry::Telemetry;
 
 /// How often the store is polled while the workers are busy with what ingress handed them.
@@ -260,6 +260,7 @@ impl Dispatcher {
                     let _ = task.await;
                 }
                 this.recording.drained().await;
+                this.release_claims().await;
             });
             let _ = done.send(());
         })?;
@@ -418,6 +419,32 @@ impl Dispatcher {
             }
             drop(recording);
         });
+    }
+
+    /// On stopping: hands back the rows this gateway claimed but never started, so that the
+    /// other replicas take them at once instead of when their leases run out.
+    async fn release_claims(&self) {
+        let mut claims: Vec<Claim> = self
+            .upstreams
+            .values()
+            .flat_map(|u| u.lane.queue.take_waiting())
+            .filter_map(|d| d.claim())
+            .collect();
+        if let Some(steps) = &self.steps {
+            claims.extend(steps.lane.queue.take_waiting().into_iter().filter_map(|s| s.claim()));
+        }
+        if claims.is_empty() {
+            return;
+        }
+        let count = claims.len();
+        match self.store.release_claims(claims).await {
+            Ok(()) => {
+                tracing::info!(count, "handed back the deliveries and plugin steps claimed but not started")
+            }
+            Err(e) => {
+                tracing::warn!(count, error = %e, "cannot hand back claims; the other replicas take them when their leases run out")
+            }
+        }
     }
 
     /// Records the attempts the store refused before, releasing each delivery once it is.

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use tokio::sync::Notify;
 
 use crate::fair_queue::FairQueue;
-use payflow_store::{DueCursor, DueDelivery, DueStep, Event, EventKey};
+use payflow_store::{Claim, DueCursor, DueDelivery, DueStep, Event, EventKey};
 
 /// What a lane queues: a due row of the store, for one event.
 pub trait Queued: Send + Sync + 'static {
@@ -21,6 +21,8 @@ pub trait Queued: Send + Sync + 'static {
     fn cursor(&self) -> DueCursor {
         (self.due_at_ms(), self.event().key.clone())
     }
+    /// The claim this gateway's read took on it, if the store claims rows.
+    fn claim(&self) -> Option<Claim>;
 }
 
 impl Queued for DueDelivery {
@@ -30,6 +32,9 @@ impl Queued for DueDelivery {
     fn due_at_ms(&self) -> i64 {
         self.next_attempt_at_ms
     }
+    fn claim(&self) -> Option<Claim> {
+        DueDelivery::claim(self)
+    }
 }
 
 impl Queued for DueStep {
@@ -38,6 +43,9 @@ impl Queued for DueStep {
     }
     fn due_at_ms(&self) -> i64 {
         self.next_attempt_at_ms
+    }
+    fn claim(&self) -> Option<Claim> {
+        DueStep::claim(self)
     }
 }
 
@@ -164,6 +172,13 @@ impl<T: Queued> WaitQueue<T> {
         if let Ok(mut s) = self.state.lock() {
             s.unclaim(key);
         }
+    }
+
+    /// Takes everything still waiting (the dispatcher is stopping): none of it was started.
+    pub(crate) fn take_waiting(&self) -> Vec<T> {
+        self.state
+            .lock()
+            .map_or_else(|_| Vec::new(), |mut s| std::iter::from_fn(|| s.waiting.pop(usize::MAX)).collect())
     }
 
     pub(crate) fn waiting(&self) -> usize {

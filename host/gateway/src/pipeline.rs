@@ -89,7 +89,9 @@ impl FirstHop {
     /// Hands a just-stored event to the hop's workers, due now.
     pub fn hand_off(&self, event: Event) {
         match self {
-            FirstHop::Plugins(lane) => lane.hand_off(DueStep { event, attempts: 0, next_attempt_at_ms: 0 }),
+            FirstHop::Plugins(lane) => {
+                lane.hand_off(DueStep { event, attempts: 0, next_attempt_at_ms: 0, claimed_until_ms: None })
+            }
             FirstHop::Upstream(u) => u.hand_off(DueDelivery::new(event, u.name.clone(), 0)),
         }
     }

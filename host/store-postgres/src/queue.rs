@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use deadpool_postgres::GenericClient;
 use payflow_store::{
-    Attempt, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventKey, PluginStep, StoreError,
+    Attempt, Claim, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventKey, PluginStep, StoreError,
 };
 use tokio_postgres::Row;
 
@@ -55,7 +55,8 @@ impl PostgresStore {
     /// row). It reads in the index's order and stops at `limit`: a tie-break on the key in
     /// the `ORDER BY` made every claim read and sort the whole backlog (28 ms per claim of 400
     /// with 20,000 due). Each row comes back as its due time, its event ([`EVENT_COLUMNS`]),
-    /// then `columns` (of the row as `t`), oldest first (ties in key order).
+    /// `columns` (of the row as `t`), then the lease's end (see [`claimed_until`]), oldest
+    /// first (ties in key order).
     async fn claim(
         &self,
         table: &str,
@@ -86,7 +87,7 @@ impl PostgresStore {
                      WHERE t.merchant = due.merchant AND t.scope = due.scope AND t.event_id = due.event_id
                        {row_filter}
                        AND e.merchant = t.merchant AND e.scope = t.scope AND e.id = t.event_id
-                     RETURNING t.next_attempt_at_ms, {EVENT_COLUMNS}, {columns}"
+                     RETURNING t.next_attempt_at_ms, {EVENT_COLUMNS}, {columns}, t.lease_until_ms"
             ),
             &[&now_ms, &(limit as i64), &self.lease_ms, &upstream],
         )
@@ -104,6 +105,11 @@ impl PostgresStore {
 static IN_ORDER: LazyLock<String> =
     LazyLock::new(|| payflow_store::ordering::in_order("c", "order_seq", "$4"));
 
+/// The end of the lease a claimed row took: its last column.
+fn claimed_until(r: &Row) -> Option<i64> {
+    r.get(r.len() - 1)
+}
+
 /// Claimed delivery rows (see `claim`'s columns) as due deliveries to `upstream`.
 fn due_deliveries(upstream: &str, rows: &[Row]) -> Vec<DueDelivery> {
     rows.iter()
@@ -117,6 +123,7 @@ fn due_deliveries(upstream: &str, rows: &[Row]) -> Vec<DueDelivery> {
                 .get::<_, Option<String>>(CLAIMED + 2)
                 .and_then(|h| serde_json::from_str(&h).ok())
                 .unwrap_or_default(),
+            claimed_until_ms: claimed_until(r),
         })
         .collect()
 }
@@ -162,12 +169,60 @@ impl DeliveryQueue for PostgresStore {
                 next_attempt_at_ms: r.get(0),
                 event: event_at(r, 1),
                 attempts: r.get::<_, i32>(CLAIMED).max(0) as u32,
+                claimed_until_ms: claimed_until(r),
             })
             .collect())
     }
 
     async fn record_attempt(&self, attempt: Arc<Attempt>) -> Result<(), StoreError> {
         self.recorder.record(attempt).await
+    }
+
+    /// One statement per table, the claims as arrays; a row is handed back only while it still
+    /// holds the very lease this gateway's claim took.
+    async fn release_claims(&self, claims: Vec<Claim>) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let (steps, deliveries): (Vec<Claim>, Vec<Claim>) =
+            claims.into_iter().partition(|c| c.upstream.is_none());
+        let column =
+            |claims: &[Claim], f: fn(&Claim) -> String| claims.iter().map(f).collect::<Vec<String>>();
+        let until = |claims: &[Claim]| claims.iter().map(|c| c.until_ms).collect::<Vec<i64>>();
+        if !deliveries.is_empty() {
+            let (m, s, i) = (
+                column(&deliveries, |c| c.key.merchant.clone()),
+                column(&deliveries, |c| c.key.scope.clone()),
+                column(&deliveries, |c| c.key.id.clone()),
+            );
+            let u = column(&deliveries, |c| c.upstream.clone().unwrap_or_default());
+            exec(
+                &client,
+                "UPDATE deliveries d SET lease_until_ms = NULL
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) AS r(m, s, i, u, l)
+                 WHERE d.merchant = r.m AND d.scope = r.s AND d.event_id = r.i AND d.upstream = r.u
+                   AND d.lease_until_ms = r.l AND d.status = 'pending'",
+                &[&m, &s, &i, &u, &until(&deliveries)],
+            )
+            .await
+            .map_err(unavailable)?;
+        }
+        if !steps.is_empty() {
+            let (m, s, i) = (
+                column(&steps, |c| c.key.merchant.clone()),
+                column(&steps, |c| c.key.scope.clone()),
+                column(&steps, |c| c.key.id.clone()),
+            );
+            exec(
+                &client,
+                "UPDATE plugin_steps p SET lease_until_ms = NULL
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS r(m, s, i, l)
+                 WHERE p.merchant = r.m AND p.scope = r.s AND p.event_id = r.i
+                   AND p.lease_until_ms = r.l AND p.status = 'pending'",
+                &[&m, &s, &i, &until(&steps)],
+            )
+            .await
+            .map_err(unavailable)?;
+        }
+        Ok(())
     }
 
     async fn finish_plugin_step(&self, step: PluginStep) -> Result<(), StoreError> {

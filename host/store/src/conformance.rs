@@ -28,6 +28,7 @@ macro_rules! conformance_tests {
             a_plugin_step_commits_its_runs_kv_and_deliveries_together,
             a_dead_plugin_step_makes_its_event_dead_and_replay_runs_it_again,
             a_claimed_row_is_due_for_no_other_reader_until_its_claim_ends,
+            a_claim_handed_back_is_due_again_at_once_unless_its_lease_passed_on,
             events_page_newest_first_without_gaps_or_repeats,
             plugin_versions_are_bounded_and_activated,
             compiled_code_is_kept_per_engine,
@@ -384,6 +385,40 @@ pub async fn a_claimed_row_is_due_for_no_other_reader_until_its_claim_ends(store
     assert_eq!(store.due_steps(NOW, None, 10).await.unwrap().len(), 1);
     assert!(store.due_steps(NOW, None, 10).await.unwrap().is_empty(), "a step is claimed the same way");
     assert_eq!(store.due_steps(NOW + day, None, 10).await.unwrap().len(), 1);
+}
+
+/// A gateway that stops hands back what it claimed but never started
+/// ([`DeliveryQueue::release_claims`](crate::DeliveryQueue::release_claims)): the rows are due
+/// again at once for the other readers, deliveries and plugin steps alike. A claim whose
+/// lease has passed to another reader since (its own ran out) is not handed back: that
+/// reader may be delivering it. A store that makes no claims has nothing to hand back, and its
+/// due rows stay due.
+pub async fn a_claim_handed_back_is_due_again_at_once_unless_its_lease_passed_on(store: Arc<dyn Store>) {
+    let d = key("acme", "/wh", "evt_handed_back");
+    let s = key("acme", "/wh", "evt_handed_back_step");
+    store.insert_event(event(&d, NOW, to("legacy"))).await.unwrap();
+    store.insert_event(event(&s, NOW, Some(Hop::Plugins))).await.unwrap();
+    let delivery = store.due_deliveries("legacy", NOW, None, 10).await.unwrap();
+    let step = store.due_steps(NOW, None, 10).await.unwrap();
+    assert_eq!((delivery.len(), step.len()), (1, 1));
+    assert_eq!(delivery[0].claim().is_some(), store.claims(), "a claim exactly when the store claims");
+    assert_eq!(step[0].claim().is_some(), store.claims());
+    let claims: Vec<_> = delivery[0].claim().into_iter().chain(step[0].claim()).collect();
+    store.release_claims(claims.clone()).await.unwrap();
+    // Read a millisecond later, as another reader would: its lease ends a millisecond later.
+    let delivery = store.due_deliveries("legacy", NOW + 1, None, 10).await.unwrap();
+    let step = store.due_steps(NOW + 1, None, 10).await.unwrap();
+    assert_eq!((delivery.len(), step.len()), (1, 1), "handed back: due again at once");
+    if !store.claims() {
+        return;
+    }
+    // Handing back the first claims again: their leases have passed on to the second read.
+    store.release_claims(claims).await.unwrap();
+    assert!(
+        store.due_deliveries("legacy", NOW + 2, None, 10).await.unwrap().is_empty(),
+        "another reader's claim"
+    );
+    assert!(store.due_steps(NOW + 2, None, 10).await.unwrap().is_empty(), "another reader's claim");
 }
 
 /// Listing pages newest first by cursor, with no event missed or repeated, even when events

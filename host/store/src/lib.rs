@@ -233,6 +233,9 @@ pub struct DueDelivery {
     pub headers: Vec<(String, String)>,
     /// When it became due (unix ms).
     pub next_attempt_at_ms: i64,
+    /// The end of the lease this gateway's read took on the row (unix ms), when the store
+    /// claims rows ([`DeliveryQueue::claims`]); what [`DeliveryQueue::release_claims`] hands back.
+    pub claimed_until_ms: Option<i64>,
 }
 
 impl DueDelivery {
@@ -245,6 +248,7 @@ impl DueDelivery {
             body: None,
             headers: Vec::new(),
             next_attempt_at_ms: at_ms,
+            claimed_until_ms: None,
         }
     }
 
@@ -263,6 +267,37 @@ pub struct DueStep {
     pub attempts: u32,
     /// When it became due (unix ms).
     pub next_attempt_at_ms: i64,
+    /// As [`DueDelivery::claimed_until_ms`].
+    pub claimed_until_ms: Option<i64>,
+}
+
+/// A due row this gateway claimed and will not start (it is stopping), to hand back with
+/// [`DeliveryQueue::release_claims`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The row's event.
+    pub key: EventKey,
+    /// The delivery's upstream; `None` for the event's plugin step.
+    pub upstream: Option<String>,
+    /// The end of the lease the claim took ([`DueDelivery::claimed_until_ms`]): a row whose
+    /// lease has since passed to another gateway is not this one's to hand back.
+    pub until_ms: i64,
+}
+
+impl DueDelivery {
+    /// This gateway's claim on the row, if the store claimed it.
+    pub fn claim(&self) -> Option<Claim> {
+        let until_ms = self.claimed_until_ms?;
+        Some(Claim { key: self.event.key.clone(), upstream: Some(self.upstream.clone()), until_ms })
+    }
+}
+
+impl DueStep {
+    /// This gateway's claim on the row, if the store claimed it.
+    pub fn claim(&self) -> Option<Claim> {
+        let until_ms = self.claimed_until_ms?;
+        Some(Claim { key: self.event.key.clone(), upstream: None, until_ms })
+    }
 }
 
 /// Where a page of due deliveries or steps ended: (due time, event key).
@@ -694,6 +729,14 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     /// not hand a row it wrote to its own workers without reading (claiming) it first.
     fn claims(&self) -> bool {
         false
+    }
+
+    /// Hands back rows this gateway claimed but will not start (it is stopping), so that the
+    /// other gateways take them at once rather than when the lease runs out. A claim whose
+    /// lease another gateway has taken since is left alone. Nothing to do for a store that
+    /// makes no claims.
+    async fn release_claims(&self, _claims: Vec<Claim>) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 

@@ -694,6 +694,7 @@ impl SqliteStore {
                             .unwrap_or_default(),
                         next_attempt_at_ms: r.get(4)?,
                         event: event_at(r, 5)?,
+                        claimed_until_ms: None,
                     })
                 })?;
             rows.collect()
@@ -834,7 +835,12 @@ impl DeliveryQueue for SqliteStore {
                  ORDER BY s.next_attempt_at_ms, s.merchant, s.scope, s.event_id LIMIT ?2"
             ))?;
             let rows = stmt.query_map(params![now_ms, limit as i64, at, merchant, scope, id], |r| {
-                Ok(DueStep { attempts: r.get(0)?, next_attempt_at_ms: r.get(1)?, event: event_at(r, 2)? })
+                Ok(DueStep {
+                    attempts: r.get(0)?,
+                    next_attempt_at_ms: r.get(1)?,
+                    event: event_at(r, 2)?,
+                    claimed_until_ms: None,
+                })
             })?;
             rows.collect()
         })

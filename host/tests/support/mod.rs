@@ -510,7 +510,7 @@ pub async fn sigterm_mid_delivery_then_restart(dir: &Path, config: &str, upstrea
     for id in &ids {
         assert_eq!(send_event(&client, &url, id).await.0, 200);
     }
-    upstream.wait_for(Duration::from_secs(10), "the first deliveries", |r| r.len() >= 4).await;
+    upstream.wait_for(Duration::from_secs(10), "the first deliveries", |r| !r.is_empty()).await;
     let (status, logs) = tokio::task::spawn_blocking(move || (gw.terminate(), gw.logs())).await.unwrap();
     assert!(status.success(), "exit status {status:?}\n{logs}");
     let before_restart = upstream.ids().len();
