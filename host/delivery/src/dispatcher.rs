@@ -73,8 +73,8 @@ pub struct Dispatcher {
 /// has arrived: a record dropped at shutdown would send its delivery again after a restart.
 struct Recording(Arc<Semaphore>);
 
-/// The most attempt records on their way to the store at once, for all upstreams: a few hundred bytes
-/// each, and more than a busy writer commits in a few batches.
+/// The most attempt records on their way to the store at once, for all upstreams: a few
+/// hundred bytes each, and more than a busy writer commits in a few batches.
 const MAX_RECORDING: u32 = 4096;
 
 impl Default for Recording {

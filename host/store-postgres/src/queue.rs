@@ -105,6 +105,33 @@ impl PostgresStore {
 static IN_ORDER: LazyLock<String> =
     LazyLock::new(|| payflow_store::ordering::in_order("c", "order_seq", "$4"));
 
+/// Clears the leases of `claims` on `table`'s rows (see [`DeliveryQueue::release_claims`]).
+/// A plugin step's claim has no upstream, and `plugin_steps` no such column: there the
+/// condition on it is left out.
+async fn hand_back(client: &impl GenericClient, table: &str, claims: &[Claim]) -> Result<(), StoreError> {
+    if claims.is_empty() {
+        return Ok(());
+    }
+    let text = |f: fn(&Claim) -> &str| claims.iter().map(|c| f(c).to_owned()).collect::<Vec<String>>();
+    let (m, s, i) = (text(|c| &c.key.merchant), text(|c| &c.key.scope), text(|c| &c.key.id));
+    let u = text(|c| c.upstream.as_deref().unwrap_or_default());
+    let l: Vec<i64> = claims.iter().map(|c| c.until_ms).collect();
+    let upstream = if table == "deliveries" { "AND t.upstream = r.u" } else { "" };
+    exec(
+        client,
+        &format!(
+            "UPDATE {table} t SET lease_until_ms = NULL
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) AS r(m, s, i, u, l)
+             WHERE t.merchant = r.m AND t.scope = r.s AND t.event_id = r.i {upstream}
+               AND t.lease_until_ms = r.l AND t.status = 'pending'"
+        ),
+        &[&m, &s, &i, &u, &l],
+    )
+    .await
+    .map(drop)
+    .map_err(unavailable)
+}
+
 /// The end of the lease a claimed row took: its last column.
 fn claimed_until(r: &Row) -> Option<i64> {
     r.get(r.len() - 1)
@@ -184,45 +211,8 @@ impl DeliveryQueue for PostgresStore {
         let client = self.client().await?;
         let (steps, deliveries): (Vec<Claim>, Vec<Claim>) =
             claims.into_iter().partition(|c| c.upstream.is_none());
-        let column =
-            |claims: &[Claim], f: fn(&Claim) -> String| claims.iter().map(f).collect::<Vec<String>>();
-        let until = |claims: &[Claim]| claims.iter().map(|c| c.until_ms).collect::<Vec<i64>>();
-        if !deliveries.is_empty() {
-            let (m, s, i) = (
-                column(&deliveries, |c| c.key.merchant.clone()),
-                column(&deliveries, |c| c.key.scope.clone()),
-                column(&deliveries, |c| c.key.id.clone()),
-            );
-            let u = column(&deliveries, |c| c.upstream.clone().unwrap_or_default());
-            exec(
-                &client,
-                "UPDATE deliveries d SET lease_until_ms = NULL
-                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) AS r(m, s, i, u, l)
-                 WHERE d.merchant = r.m AND d.scope = r.s AND d.event_id = r.i AND d.upstream = r.u
-                   AND d.lease_until_ms = r.l AND d.status = 'pending'",
-                &[&m, &s, &i, &u, &until(&deliveries)],
-            )
-            .await
-            .map_err(unavailable)?;
-        }
-        if !steps.is_empty() {
-            let (m, s, i) = (
-                column(&steps, |c| c.key.merchant.clone()),
-                column(&steps, |c| c.key.scope.clone()),
-                column(&steps, |c| c.key.id.clone()),
-            );
-            exec(
-                &client,
-                "UPDATE plugin_steps p SET lease_until_ms = NULL
-                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS r(m, s, i, l)
-                 WHERE p.merchant = r.m AND p.scope = r.s AND p.event_id = r.i
-                   AND p.lease_until_ms = r.l AND p.status = 'pending'",
-                &[&m, &s, &i, &until(&steps)],
-            )
-            .await
-            .map_err(unavailable)?;
-        }
-        Ok(())
+        hand_back(&client, "deliveries", &deliveries).await?;
+        hand_back(&client, "plugin_steps", &steps).await
     }
 
     async fn finish_plugin_step(&self, step: PluginStep) -> Result<(), StoreError> {
