@@ -420,7 +420,7 @@ async fn sigterm_records_every_attempt_and_hands_back_the_claims_it_never_starte
     let url = pg.database("sigterm");
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = queue_config(Path::new("unused.db"), &upstream.url(), "concurrency = 8\n")
-        .replace("[store]\n", &format!("[store]\nurl = {url:?}\n"));
+    let config =
+        replica_config(&url, &upstream.url()).replace("[[upstream]]\n", "[[upstream]]\nconcurrency = 8\n");
     sigterm_mid_delivery_then_restart(dir.path(), &config, &upstream).await;
 }
