@@ -273,7 +273,8 @@ async fn every_documented_route_answers_as_documented() {
         request = match (path.as_str(), method.as_str()) {
             // A component other than the configured one: the same one again would be the same
             // version, and the rollback after it would have nothing to return to.
-            ("/api/plugins/{name}", "put") => {
+            // A dry run of a different component beside the active one.
+            ("/api/plugins/{name}", "put") | ("/api/plugins/{name}/try", "post") => {
                 request.body(std::fs::read(guests().join("amount_threshold.wasm")).unwrap())
             }
             ("/api/test-webhook", _) => request.json(&json!({ "endpoint": "/acme" })),

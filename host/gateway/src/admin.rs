@@ -14,6 +14,7 @@ mod dashboard;
 mod endpoints;
 mod history;
 mod observe;
+mod trial;
 mod upstreams;
 
 pub use history::{RateHistory, STEP_MS as HISTORY_STEP_MS};
@@ -425,22 +426,21 @@ impl Admin {
         let result = match (rest, &method) {
             ([], &Method::GET) => registry.show(merchant, name).await,
             ([], &Method::PUT) => {
-                let Some(_turn) = self.upload_turn(&scope) else {
-                    let mut reply = http::error(StatusCode::TOO_MANY_REQUESTS, "too_many_uploads");
-                    reply
-                        .headers_mut()
-                        .insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("5"));
-                    return reply;
+                let Some(_turn) = self.upload_turn(&scope) else { return too_many_uploads() };
+                match self.read_upload(request).await {
+                    Ok(body) => registry.upload(merchant, name, body).await,
+                    Err(reply) => return reply,
+                }
+            }
+            ([r], &Method::POST) if r == "try" => {
+                // A dry run holds a candidate in memory like an upload, so it takes an upload's place.
+                let Some(_turn) = self.upload_turn(&scope) else { return too_many_uploads() };
+                let Some(stage) = self.plugins.clone() else { return unknown() };
+                let query = request.uri().query().map(str::to_string);
+                return match self.read_upload(request).await {
+                    Ok(body) => self.try_plugin(&stage, merchant, name, query.as_deref(), body).await,
+                    Err(reply) => reply,
                 };
-                let limit = self.config.plugins.max_upload_bytes;
-                let body = match http::read_body(request.into_body(), limit, UPLOAD_TIMEOUT).await {
-                    Ok(body) => body,
-                    Err(BodyError::TooLarge(_)) => {
-                        return plugin_error(RegistryError::TooLarge { size: limit + 1, limit })
-                    }
-                    Err(e) => return e.reply(),
-                };
-                registry.upload(merchant, name, body).await
             }
             ([], &Method::DELETE) => {
                 return match registry.delete(merchant, name).await {
@@ -454,7 +454,7 @@ impl Admin {
                 Err(_) => return http::error(StatusCode::NOT_FOUND, "unknown_version"),
             },
             ([], _) => return http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ([r], _) if r == "rollback" => {
+            ([r], _) if r == "rollback" || r == "try" => {
                 return http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }
             _ => return not_found(),
@@ -462,6 +462,26 @@ impl Admin {
         match result {
             Ok(status) => http::json(StatusCode::OK, &json!(status)),
             Err(e) => plugin_error(e),
+        }
+    }
+}
+
+fn too_many_uploads() -> Reply {
+    let mut reply = http::error(StatusCode::TOO_MANY_REQUESTS, "too_many_uploads");
+    reply.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
+    reply
+}
+
+impl Admin {
+    /// A component's bytes from an upload's body, up to `plugins.max_upload_bytes`.
+    async fn read_upload(&self, request: Request<Incoming>) -> Result<bytes::Bytes, Reply> {
+        let limit = self.config.plugins.max_upload_bytes;
+        match http::read_body(request.into_body(), limit, UPLOAD_TIMEOUT).await {
+            Ok(body) => Ok(body),
+            Err(BodyError::TooLarge(_)) => {
+                Err(plugin_error(RegistryError::TooLarge { size: limit + 1, limit }))
+            }
+            Err(e) => Err(e.reply()),
         }
     }
 }

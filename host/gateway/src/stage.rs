@@ -19,7 +19,7 @@ use payflow_clock::Clock;
 use payflow_delivery::route::Routes;
 use payflow_delivery::{RetryPolicy, Step, StepDone};
 use payflow_plugins::chain::{self, ChainInput, ChainOutcome, ChainResult};
-use payflow_plugins::{Registry, Scheduler};
+use payflow_plugins::{trial, Registry, RegistryError, Scheduler, Side, TrialReport};
 use payflow_store::{
     AttemptOutcome, DeliveryQueue, DueDelivery, DueStep, Event, EventStatus, KvWrite, NewDelivery,
     PluginRunInfo, PluginStep,
@@ -88,6 +88,40 @@ impl PluginStage {
     /// The registry (for the admin API).
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// Whether events of `endpoint` go through plugin `name`.
+    pub fn runs_plugin(&self, endpoint: &str, name: &str) -> bool {
+        self.endpoints.get(endpoint).is_some_and(|e| e.chain.iter().any(|n| n == name))
+    }
+
+    /// A dry run of `wasm` beside `merchant`'s plugin `name` on `events` (oldest first): each
+    /// run is an idle job on the scheduler, after every live one ([`Scheduler::submit_idle`]),
+    /// and nothing is recorded, delivered or written to kv.
+    pub async fn dry_run(
+        &self,
+        merchant: &str,
+        name: &str,
+        wasm: bytes::Bytes,
+        events: Vec<Event>,
+    ) -> Result<TrialReport, RegistryError> {
+        let upstreams = self.allowed.get(merchant).cloned().unwrap_or_default();
+        let trial = Arc::new(self.registry.trial(merchant, name, wasm, upstreams).await?);
+        let stopped =
+            || RegistryError::NoVersion("the gateway is stopping: try again once it is back".into());
+        let mut tried = Vec::with_capacity(events.len());
+        for event in events {
+            let event = Arc::new(event);
+            let own = self.endpoints.get(&event.endpoint).and_then(|e| e.upstream.clone());
+            let side = |side: Side| {
+                let (trial, event, own) = (trial.clone(), event.clone(), own.clone());
+                self.scheduler.submit_idle(move || trial.run(side, &event, own.as_deref()))
+            };
+            let active = side(Side::Active).await.map_err(|_| stopped())?;
+            let candidate = side(Side::Candidate).await.map_err(|_| stopped())?;
+            tried.push(trial::compare(&event, active, candidate));
+        }
+        Ok(TrialReport::new(name, trial.active_version(), tried))
     }
 
     /// Whether events of `endpoint` go through plugins.

@@ -261,7 +261,7 @@ fn ensure_loaded(registry: &Registry, handle: &Handle, slot: &Slot) -> Result<()
 }
 
 /// What a plugin may not ask for, beyond what the sandbox already checked.
-fn check_outcome(
+pub(crate) fn check_outcome(
     outcome: &Outcome,
     upstreams: &BTreeSet<String>,
     own_upstream: Option<&str>,

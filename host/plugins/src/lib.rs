@@ -20,6 +20,7 @@
 pub mod chain;
 pub mod registry;
 mod scheduler;
+pub mod trial;
 
 pub use chain::{ChainInput, ChainOutcome, ChainResult};
 pub use engine::Runtime;
@@ -33,6 +34,7 @@ pub use output::{truncate, MAX_MESSAGE_BYTES, MAX_TAGS, MAX_TAG_BYTES};
 pub use registry::{PluginStatus, Registry, RegistryError, Slot};
 pub use run::{LogLine, Run};
 pub use scheduler::Scheduler;
+pub use trial::{Side, SideFigures, SideRun, Trial, TrialEvent, TrialReport};
 
 // Generated from the WIT: its docs are the WIT's.
 #[allow(missing_docs)]
@@ -40,6 +42,8 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit",
         world: "payflow:plugin/plugin",
+        // A dry run compares two versions' outcomes field by field.
+        additional_derives: [PartialEq],
     });
 }
 

@@ -8,13 +8,13 @@
 //! plugin. This module must never run a plugin (that is [`super::chain`]'s job, on the
 //! scheduler's threads) nor decide who may change one (the admin API checks scopes).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::{Kv, KvMap, Limits, LoadError, LoadedPlugin, Runtime, WarmInstance};
+use super::{Kv, KvMap, Limits, LoadError, LoadedPlugin, Runtime, Trial, WarmInstance};
 use payflow_clock::Clock;
 use payflow_config::{PluginConfig, PluginsConfig};
 use payflow_metrics::{Counter, Histogram, FUEL_BUCKETS, SECONDS_BUCKETS};
@@ -432,6 +432,31 @@ impl Registry {
         let version = self.add_version(slot, wasm, "upload", None).await?;
         slot.swap(Some(version));
         self.status(slot).await
+    }
+
+    /// A dry run of `wasm` beside `merchant`'s plugin `name` as it is now ([`Trial`]): the
+    /// component is checked and compiled as an upload would be, but never stored; the kv
+    /// snapshot is the committed space. `upstreams` are what the merchant's plugins may
+    /// forward to.
+    pub async fn trial(
+        &self,
+        merchant: &str,
+        name: &str,
+        wasm: Bytes,
+        upstreams: Arc<BTreeSet<String>>,
+    ) -> Result<Trial, RegistryError> {
+        let slot = self.find(merchant, name)?;
+        if wasm.len() > self.max_upload_bytes {
+            return Err(RegistryError::TooLarge { size: wasm.len(), limit: self.max_upload_bytes });
+        }
+        let Some(active) = slot.active() else {
+            return Err(RegistryError::NoVersion(format!(
+                "plugin {name} has no active version to compare with: upload one first (payflow-edge plugin upload {name} FILE.wasm)"
+            )));
+        };
+        let (candidate, _) = self.compile(wasm).await?;
+        let kv = self.store.load_kv(merchant, name).await?;
+        Ok(Trial::new(slot.clone(), active, candidate, kv, upstreams))
     }
 
     /// Makes the stored `version` active and swaps it in.

@@ -10,6 +10,11 @@
 //! instead of with credit saved up. No merchant may hold every worker at once: one is always
 //! left for the others, so a merchant whose plugins all spin to their deadline slows only
 //! itself. This module must never look inside a job; it only orders them.
+//!
+//! Idle jobs (dry runs of a candidate version, [`Scheduler::submit_idle`]) come last: a worker
+//! takes one only when no live job could start, and only one runs at a time, so with two or
+//! more workers a live event always finds a worker free or about to be, and waits at most for
+//! one idle run (bounded by its plugin's deadline) with one worker.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
@@ -40,6 +45,10 @@ struct State {
     stopping: bool,
     /// Workers waiting on `ready`.
     idle: usize,
+    /// Jobs that run only when no live job can (see the module docs).
+    idle_jobs: VecDeque<Job>,
+    /// Whether an idle job is running (at most one is).
+    idle_running: bool,
 }
 
 impl State {
@@ -126,6 +135,29 @@ impl Scheduler {
         rx
     }
 
+    /// Queues `job` to run when no live job could start, one such job at a time (see the
+    /// module docs); the receiver gets its result.
+    pub fn submit_idle<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> oneshot::Receiver<T> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(job());
+        });
+        let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.stopping {
+            return rx;
+        }
+        state.idle_jobs.push_back(job);
+        let wake = state.idle > 0 && !state.idle_running;
+        drop(state);
+        if wake {
+            self.shared.ready.notify_one();
+        }
+        rx
+    }
+
     /// Stops the workers once the jobs already queued are done.
     pub fn stop(&self) {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).stopping = true;
@@ -144,7 +176,20 @@ fn work(shared: &Shared) {
             .min_by_key(|(_, m)| m.used)
             .map(|(id, m)| (id.clone(), m));
         let Some((merchant, m)) = next else {
-            if state.stopping && state.merchants.values().all(|m| m.jobs.is_empty()) {
+            if !state.idle_running {
+                if let Some(job) = state.idle_jobs.pop_front() {
+                    state.idle_running = true;
+                    drop(state);
+                    job();
+                    state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+                    state.idle_running = false;
+                    continue;
+                }
+            }
+            if state.stopping
+                && state.merchants.values().all(|m| m.jobs.is_empty())
+                && state.idle_jobs.is_empty()
+            {
                 // The others may be waiting for work that will not come.
                 shared.ready.notify_all();
                 return;
@@ -227,6 +272,54 @@ mod tests {
         for _ in 0..3 {
             finished.recv_timeout(Duration::from_secs(60)).expect("a queued job was never run");
         }
+        scheduler.stop();
+    }
+
+    /// An idle job waits while live jobs could start, and idle jobs never run two at a time:
+    /// with two workers, one is always free for live events.
+    #[test]
+    fn idle_jobs_run_after_live_ones_and_one_at_a_time() {
+        let scheduler = Scheduler::start(2, || {}).unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // Hold both workers so everything below is queued before any of it starts.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = Arc::new(Mutex::new(held));
+        let blockers: Vec<_> = (0..2)
+            .map(|i| {
+                let held = held.clone();
+                scheduler.submit(&format!("m{i}"), move || {
+                    let _ = held.lock().unwrap().recv();
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut waits = Vec::new();
+        for i in 0..4 {
+            let (log, running) = (log.clone(), running.clone());
+            waits.push(scheduler.submit_idle(move || {
+                let at_once = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                std::thread::sleep(Duration::from_millis(10));
+                log.lock().unwrap().push(format!("idle{i} ({at_once} at once)"));
+                running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }));
+        }
+        for i in 0..6 {
+            let log = log.clone();
+            waits.push(
+                scheduler
+                    .submit(&format!("m{}", i % 3), move || log.lock().unwrap().push(format!("live{i}"))),
+            );
+        }
+        release.send(()).unwrap();
+        release.send(()).unwrap();
+        for w in blockers.into_iter().chain(waits) {
+            w.blocking_recv().unwrap();
+        }
+        let log = log.lock().unwrap();
+        let first_idle = log.iter().position(|s| s.starts_with("idle")).unwrap();
+        assert_eq!(first_idle, 6, "an idle job started before the queued live ones: {log:?}");
+        assert!(log.iter().filter(|s| s.starts_with("idle")).all(|s| s.ends_with("(1 at once)")), "{log:?}");
         scheduler.stop();
     }
 

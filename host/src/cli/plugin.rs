@@ -72,6 +72,29 @@ enum PluginCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Dry run: run FILE beside NAME's active version on the merchant's recorded events and
+    /// show where their outcomes differ. Nothing is stored, delivered or written to kv; the
+    /// runs wait behind every live event.
+    Try {
+        /// The plugin's name, as in its [[plugin]].
+        name: String,
+        /// The candidate .wasm.
+        file: String,
+        /// The newest this many events (1 to 1000).
+        #[arg(long, default_value_t = 200)]
+        last: usize,
+        /// Only events received within this long: 90s, 30m, 1h, 7d.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events of this type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Print the API's JSON report instead.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// List the plugins the token may see, with their active versions.
     List {
         #[command(flatten)]
@@ -123,6 +146,45 @@ fn print_status(p: &Value) {
     );
 }
 
+/// A dry run's report as a merchant reads it: what changed, event by event, then the counts
+/// and both versions' fuel and time.
+fn print_trial(name: &str, file: &str, report: &Value) {
+    let t = &report["totals"];
+    println!(
+        "{file} beside {name} v{} on {} events: {} same, {} different, {} failed",
+        report["active_version"], t["events"], t["same"], t["different"], t["failed"]
+    );
+    for e in report["events"].as_array().into_iter().flatten().filter(|e| e["verdict"] != "same") {
+        println!(
+            "\n{} {} ({})",
+            e["verdict"].as_str().unwrap_or(""),
+            e["id"].as_str().unwrap_or(""),
+            e["type"].as_str().unwrap_or("no type")
+        );
+        for change in e["changes"].as_array().into_iter().flatten() {
+            println!("  {}", change.as_str().unwrap_or(""));
+        }
+    }
+    let side = |s: &Value| {
+        let failures: Vec<String> = s["failures"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        [
+            format!("{} / {}", s["fuel_p50"], s["fuel_p99"]),
+            format!("{} / {}", s["time_us_p50"], s["time_us_p99"]),
+            if failures.is_empty() { "none".into() } else { failures.join(", ") },
+        ]
+    };
+    let (a, c) = (side(&report["active"]), side(&report["candidate"]));
+    println!("\n{:<20} {:<24} candidate", "", format!("active v{}", report["active_version"]));
+    for (i, label) in ["fuel p50 / p99", "time µs p50 / p99", "failures"].iter().enumerate() {
+        println!("{label:<20} {:<24} {}", a[i], c[i]);
+    }
+}
+
 pub fn run(args: PluginArgs) -> Result<(), Failure> {
     match args.command {
         PluginCommand::Upload { name, file, admin } => {
@@ -130,6 +192,24 @@ pub fn run(args: PluginArgs) -> Result<(), Failure> {
             load(&file)?; // the same checks the gateway makes, without a round trip
             let status = admin.call(Method::PUT, &format!("/api/plugins/{}", encode(&name)), bytes)?;
             println!("uploaded {file} as {name} v{}", status["active_version"]);
+            Ok(())
+        }
+        PluginCommand::Try { name, file, last, since, event_type, json, admin } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {file}"))?;
+            load(&file)?;
+            let mut query = format!("last={last}");
+            for (key, value) in [("since", &since), ("type", &event_type)] {
+                if let Some(v) = value {
+                    query.push_str(&format!("&{key}={}", encode(v)));
+                }
+            }
+            let path = format!("/api/plugins/{}/try?{query}", encode(&name));
+            let report = admin.call(Method::POST, &path, bytes)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            } else {
+                print_trial(&name, &file, &report);
+            }
             Ok(())
         }
         PluginCommand::List { admin, json } => {
