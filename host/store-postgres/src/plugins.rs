@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use payflow_store::{
-    NewPluginVersion, PluginHistory, PluginStore, PluginVersionInfo, QuotaExceeded, StoreError, StoredPlugin,
-    VersionBounds,
+    Canary, NewPluginVersion, PluginHistory, PluginStore, PluginVersionInfo, QuotaExceeded, StoreError,
+    StoredPlugin, VersionBounds,
 };
 
 use crate::{exec, query, query_opt, unavailable, PostgresStore};
@@ -117,9 +117,9 @@ impl PluginStore for PostgresStore {
             &tx,
             "INSERT INTO plugins (merchant, name, active_version, file_sha256) VALUES ($1, $2, $3, $4)
              ON CONFLICT (merchant, name) DO UPDATE
-             SET active_version = excluded.active_version,
+             SET active_version = COALESCE(excluded.active_version, plugins.active_version),
                  file_sha256 = COALESCE(excluded.file_sha256, plugins.file_sha256)",
-            &[&v.merchant, &v.name, &version, &file_sha256],
+            &[&v.merchant, &v.name, &v.activate.then_some(version), &file_sha256],
         )
         .await
         .map_err(unavailable)?;
@@ -133,24 +133,54 @@ impl PluginStore for PostgresStore {
         name: &str,
         engine: &str,
     ) -> Result<Option<StoredPlugin>, StoreError> {
-        let row = query_opt(
+        self.stored_at(merchant, name, engine, None).await
+    }
+
+    async fn stored_plugin(
+        &self,
+        merchant: &str,
+        name: &str,
+        version: u32,
+        engine: &str,
+    ) -> Result<Option<StoredPlugin>, StoreError> {
+        self.stored_at(merchant, name, engine, Some(version)).await
+    }
+
+    async fn set_canary(&self, merchant: &str, name: &str, c: Canary) -> Result<bool, StoreError> {
+        let (version, percent) = (c.version as i32, i32::from(c.percent));
+        let client = self.client().await?;
+        let n = if c.running() {
+            exec(
+                &client,
+                "INSERT INTO plugin_canaries (merchant, name, version, percent, state, reason, at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (merchant, name) DO UPDATE SET version = excluded.version, percent = excluded.percent,
+                     state = excluded.state, reason = excluded.reason, at_ms = excluded.at_ms",
+                &[&merchant, &name, &version, &percent, &c.state, &c.reason, &c.at_ms],
+            )
+            .await
+        } else {
+            exec(
+                &client,
+                "UPDATE plugin_canaries SET state = $4, reason = $5, at_ms = $6
+                 WHERE merchant = $1 AND name = $2 AND version = $3 AND state = 'running'",
+                &[&merchant, &name, &version, &c.state, &c.reason, &c.at_ms],
+            )
+            .await
+        }
+        .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+
+    async fn canaries(&self) -> Result<Vec<(String, String, Canary)>, StoreError> {
+        let rows = query(
             &self.client().await?,
-            "SELECT v.version, v.sha256, LENGTH(v.wasm), v.source, v.created_at_ms, v.wasm, c.compiled
-                 FROM plugins p JOIN plugin_versions v
-                   ON v.merchant = p.merchant AND v.name = p.name AND v.version = p.active_version
-                 LEFT JOIN plugin_compiled c
-                   ON c.merchant = v.merchant AND c.name = v.name AND c.version = v.version AND c.engine = $3
-                 WHERE p.merchant = $1 AND p.name = $2",
-            &[&merchant, &name, &engine],
+            "SELECT merchant, name, version, percent, state, reason, at_ms FROM plugin_canaries ORDER BY merchant, name",
+            &[],
         )
         .await
         .map_err(unavailable)?;
-        Ok(row.map(|r| StoredPlugin {
-            version: r.get::<_, i32>(0) as u32,
-            info: version_info(&r),
-            wasm: Bytes::from(r.get::<_, Vec<u8>>(5)),
-            compiled: r.get(6),
-        }))
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), canary_at(r, 2))).collect())
     }
 
     async fn active_versions(&self) -> Result<Vec<(String, String, u32)>, StoreError> {
@@ -187,7 +217,15 @@ impl PluginStore for PostgresStore {
         .iter()
         .map(version_info)
         .collect();
-        Ok(PluginHistory { active, file_sha256, versions })
+        let canary = query_opt(
+            &client,
+            "SELECT version, percent, state, reason, at_ms FROM plugin_canaries WHERE merchant = $1 AND name = $2",
+            &[&merchant, &name],
+        )
+        .await
+        .map_err(unavailable)?
+        .map(|r| canary_at(&r, 0));
+        Ok(PluginHistory { active, file_sha256, versions, canary })
     }
 
     async fn activate_plugin(&self, merchant: &str, name: &str, version: u32) -> Result<bool, StoreError> {
@@ -238,10 +276,53 @@ impl PluginStore for PostgresStore {
             "DELETE FROM plugin_versions WHERE merchant = $1 AND name = $2",
             "DELETE FROM plugin_compiled WHERE merchant = $1 AND name = $2",
             "DELETE FROM plugin_kv WHERE merchant = $1 AND plugin = $2",
+            "DELETE FROM plugin_canaries WHERE merchant = $1 AND name = $2",
         ] {
             exec(&tx, sql, &[&merchant, &name]).await.map_err(unavailable)?;
         }
         tx.commit().await.map_err(unavailable)?;
         Ok(n == 1)
+    }
+}
+
+impl PostgresStore {
+    /// A stored version with the compiled artifact of `engine`: `version`, or the active one.
+    async fn stored_at(
+        &self,
+        merchant: &str,
+        name: &str,
+        engine: &str,
+        version: Option<u32>,
+    ) -> Result<Option<StoredPlugin>, StoreError> {
+        let version = version.map(|v| v as i32);
+        let row = query_opt(
+            &self.client().await?,
+            "SELECT v.version, v.sha256, LENGTH(v.wasm), v.source, v.created_at_ms, v.wasm, c.compiled
+                 FROM plugins p JOIN plugin_versions v
+                   ON v.merchant = p.merchant AND v.name = p.name AND v.version = COALESCE($4, p.active_version)
+                 LEFT JOIN plugin_compiled c
+                   ON c.merchant = v.merchant AND c.name = v.name AND c.version = v.version AND c.engine = $3
+                 WHERE p.merchant = $1 AND p.name = $2",
+            &[&merchant, &name, &engine, &version],
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(row.map(|r| StoredPlugin {
+            version: r.get::<_, i32>(0) as u32,
+            info: version_info(&r),
+            wasm: Bytes::from(r.get::<_, Vec<u8>>(5)),
+            compiled: r.get(6),
+        }))
+    }
+}
+
+/// A canary from its five columns (version, percent, state, reason, at_ms) starting at `at`.
+fn canary_at(r: &tokio_postgres::Row, at: usize) -> Canary {
+    Canary {
+        version: r.get::<_, i32>(at) as u32,
+        percent: r.get::<_, i32>(at + 1).clamp(0, 100) as u8,
+        state: r.get(at + 2),
+        reason: r.get(at + 3),
+        at_ms: r.get(at + 4),
     }
 }

@@ -180,6 +180,21 @@ ALTER TABLE plugin_steps ADD COLUMN routes TEXT;
 CREATE INDEX events_in_order ON events (merchant, order_key, status, order_seq) WHERE order_key IS NOT NULL;
 ",
     ),
+    (
+        7,
+        "
+CREATE TABLE plugin_canaries (
+    merchant        TEXT    NOT NULL,
+    name            TEXT    NOT NULL,
+    version         INTEGER NOT NULL,
+    percent         INTEGER NOT NULL,
+    state           TEXT    NOT NULL,
+    reason          TEXT,
+    at_ms           BIGINT  NOT NULL,
+    PRIMARY KEY (merchant, name)
+);
+",
+    ),
 ];
 
 /// Applies the migrations this database lacks, under the advisory lock. Returns the number

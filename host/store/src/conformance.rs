@@ -10,8 +10,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::{
-    Amount, AttemptInfo, AttemptOutcome, Event, EventFilter, EventKey, EventStatus, Hop, Inserted, KvWrite,
-    NewDelivery, NewEvent, NewPluginVersion, PluginRunInfo, PluginStep, Store, VersionBounds,
+    Amount, AttemptInfo, AttemptOutcome, Canary, Event, EventFilter, EventKey, EventStatus, Hop, Inserted,
+    KvWrite, NewDelivery, NewEvent, NewPluginVersion, PluginRunInfo, PluginStep, Store, VersionBounds,
 };
 
 /// Generates one `#[tokio::test]` per check, each on a store from `$open`: an async function
@@ -32,6 +32,7 @@ macro_rules! conformance_tests {
             events_page_newest_first_without_gaps_or_repeats,
             plugin_versions_are_bounded_and_activated,
             compiled_code_is_kept_per_engine,
+            a_canary_version_is_stored_beside_the_active_one_and_ends_once,
             a_stored_body_comes_back_byte_for_byte,
             listed_events_show_the_amount_of_their_body,
             an_ordered_delivery_waits_for_its_keys_head_and_a_skip_releases_it,
@@ -466,6 +467,7 @@ fn version(name: &str, content: &[u8], at_ms: i64) -> NewPluginVersion {
         engine: "engine-a".into(),
         source: "upload".into(),
         created_at_ms: at_ms,
+        activate: true,
     }
 }
 
@@ -498,6 +500,40 @@ pub async fn plugin_versions_are_bounded_and_activated(store: Arc<dyn Store>) {
     assert!(store.delete_plugin("acme", "p").await.unwrap());
     assert!(store.active_plugin("acme", "p", "engine-a").await.unwrap().is_none());
     assert!(store.active_versions().await.unwrap().is_empty(), "a deleted plugin has no active version");
+}
+
+/// A canary's version is stored without becoming active and can be loaded by number; its row
+/// is shown with the history and followed by `canaries`; it ends once (a second end, as by
+/// another replica, changes nothing), and it goes with its plugin.
+pub async fn a_canary_version_is_stored_beside_the_active_one_and_ends_once(store: Arc<dyn Store>) {
+    let bounds = VersionBounds { max_versions: 3, merchant_bytes: 1 << 20 };
+    assert_eq!(store.add_plugin_version(version("p", &[1; 100], NOW), None, bounds).await.unwrap(), Ok(1));
+    let canary_version = NewPluginVersion { activate: false, ..version("p", &[2; 100], NOW) };
+    assert_eq!(store.add_plugin_version(canary_version, None, bounds).await.unwrap(), Ok(2));
+    assert_eq!(store.plugin_history("acme", "p").await.unwrap().active, Some(1), "the canary is not active");
+    assert_eq!(store.active_plugin("acme", "p", "engine-a").await.unwrap().unwrap().version, 1);
+    let stored = store.stored_plugin("acme", "p", 2, "engine-a").await.unwrap().unwrap();
+    assert_eq!((stored.version, &stored.wasm[..], stored.compiled), (2, &[2u8; 100][..], Some(vec![0; 10])));
+    assert!(store.stored_plugin("acme", "p", 9, "engine-a").await.unwrap().is_none());
+
+    let running = Canary { version: 2, percent: 10, state: "running".into(), reason: None, at_ms: NOW };
+    assert!(store.set_canary("acme", "p", running.clone()).await.unwrap());
+    assert_eq!(store.plugin_history("acme", "p").await.unwrap().canary, Some(running.clone()));
+    assert_eq!(store.canaries().await.unwrap(), vec![("acme".into(), "p".into(), running)]);
+    let ended = Canary {
+        state: "rolled_back".into(),
+        reason: Some("traps".into()),
+        at_ms: NOW + 5,
+        ..Canary::clone(&store.canaries().await.unwrap()[0].2)
+    };
+    assert!(store.set_canary("acme", "p", ended.clone()).await.unwrap());
+    let again = Canary { state: "promoted".into(), reason: None, ..ended.clone() };
+    assert!(!store.set_canary("acme", "p", again).await.unwrap(), "ended already");
+    assert_eq!(store.plugin_history("acme", "p").await.unwrap().canary, Some(ended));
+    assert_eq!(store.plugin_history("acme", "p").await.unwrap().active, Some(1));
+
+    assert!(store.delete_plugin("acme", "p").await.unwrap());
+    assert!(store.canaries().await.unwrap().is_empty(), "the canary went with its plugin");
 }
 
 /// Each engine (fingerprint) has its own compiled artifact of a version: one engine saving its

@@ -447,6 +447,32 @@ pub struct NewPluginVersion {
     pub source: String,
     /// When, unix ms.
     pub created_at_ms: i64,
+    /// Whether it becomes the active version. A canary's is stored beside the active one
+    /// instead ([`PluginStore::set_canary`] then gives it its share of events).
+    pub activate: bool,
+}
+
+/// A plugin's canary: a stored version that runs on `percent` of the events (chosen by event
+/// id) beside the active version, or how the last one ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Canary {
+    /// The version tried.
+    pub version: u32,
+    /// Share of events it runs on, 1 to 100.
+    pub percent: u8,
+    /// `running`, or how it ended: `promoted`, `rolled_back`, `cancelled`.
+    pub state: String,
+    /// Why it ended (a rollback's failure rates, or what replaced it).
+    pub reason: Option<String>,
+    /// When it started or ended, unix ms.
+    pub at_ms: i64,
+}
+
+impl Canary {
+    /// Whether it still takes its share of events.
+    pub fn running(&self) -> bool {
+        self.state == "running"
+    }
 }
 
 /// A stored plugin version.
@@ -487,6 +513,8 @@ pub struct PluginHistory {
     pub file_sha256: Option<String>,
     /// Every version, oldest first.
     pub versions: Vec<PluginVersionInfo>,
+    /// Its canary, running or the last one's end.
+    pub canary: Option<Canary>,
 }
 
 /// Filters for listing events. `merchant: None` means every merchant (operator).
@@ -766,6 +794,24 @@ pub trait PluginStore: Send + Sync + 'static {
         name: &str,
         engine: &str,
     ) -> Result<Option<StoredPlugin>, StoreError>;
+
+    /// A stored version, as [`PluginStore::active_plugin`] gives the active one.
+    async fn stored_plugin(
+        &self,
+        merchant: &str,
+        name: &str,
+        version: u32,
+        engine: &str,
+    ) -> Result<Option<StoredPlugin>, StoreError>;
+
+    /// Starts a canary (state `running`) or records how it ended. Ending one that is not the
+    /// running canary of that version changes nothing and answers false (another replica
+    /// ended it first).
+    async fn set_canary(&self, merchant: &str, name: &str, canary: Canary) -> Result<bool, StoreError>;
+
+    /// Every plugin's canary row: (merchant, name, canary). How a replica follows a canary
+    /// another started or ended.
+    async fn canaries(&self) -> Result<Vec<(String, String, Canary)>, StoreError>;
 
     /// Every plugin's active version: (merchant, name, version). How a replica follows what
     /// another activated (see `Registry::follow_store`).

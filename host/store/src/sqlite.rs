@@ -22,11 +22,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::{
-    settled_status, AdminQueries, Amount, Attempt, AttemptInfo, AttemptOutcome, CommitObserver, DeliveryInfo,
-    DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventDetail, EventFilter, EventKey, EventStatus,
-    EventSummary, HeldKey, Hop, Ingest, Inserted, Lifecycle, NewEvent, NewPluginVersion, PluginHistory,
-    PluginRunInfo, PluginStep, PluginStore, PluginVersionInfo, QuotaExceeded, StepInfo, StoreError,
-    StoredPlugin, VersionBounds,
+    settled_status, AdminQueries, Amount, Attempt, AttemptInfo, AttemptOutcome, Canary, CommitObserver,
+    DeliveryInfo, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventDetail, EventFilter, EventKey,
+    EventStatus, EventSummary, HeldKey, Hop, Ingest, Inserted, Lifecycle, NewEvent, NewPluginVersion,
+    PluginHistory, PluginRunInfo, PluginStep, PluginStore, PluginVersionInfo, QuotaExceeded, StepInfo,
+    StoreError, StoredPlugin, VersionBounds,
 };
 use payflow_config::StoreConfig;
 
@@ -126,6 +126,16 @@ CREATE TABLE IF NOT EXISTS plugin_versions (
     source          TEXT    NOT NULL,
     created_at_ms   BIGINT  NOT NULL,
     PRIMARY KEY (merchant, name, version)
+);
+CREATE TABLE IF NOT EXISTS plugin_canaries (
+    merchant        TEXT    NOT NULL,
+    name            TEXT    NOT NULL,
+    version         INTEGER NOT NULL,
+    percent         INTEGER NOT NULL,
+    state           TEXT    NOT NULL,
+    reason          TEXT,
+    at_ms           BIGINT  NOT NULL,
+    PRIMARY KEY (merchant, name)
 );
 CREATE TABLE IF NOT EXISTS plugin_compiled (
     merchant        TEXT    NOT NULL,
@@ -1034,9 +1044,9 @@ impl PluginStore for SqliteStore {
             conn.execute(
                 "INSERT INTO plugins (merchant, name, active_version, file_sha256) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (merchant, name) DO UPDATE
-                 SET active_version = excluded.active_version,
+                 SET active_version = COALESCE(excluded.active_version, plugins.active_version),
                      file_sha256 = COALESCE(excluded.file_sha256, plugins.file_sha256)",
-                params![v.merchant, v.name, version, file_sha256],
+                params![v.merchant, v.name, v.activate.then_some(version), file_sha256],
             )?;
             Ok(Ok(version))
         })
@@ -1049,33 +1059,51 @@ impl PluginStore for SqliteStore {
         name: &str,
         engine: &str,
     ) -> Result<Option<StoredPlugin>, StoreError> {
-        let (merchant, name, engine) = (merchant.to_string(), name.to_string(), engine.to_string());
-        self.read(move |conn| {
-            conn.query_row(
-                "SELECT v.version, v.wasm, c.compiled, v.sha256, v.source, v.created_at_ms
-                 FROM plugins p JOIN plugin_versions v
-                   ON v.merchant = p.merchant AND v.name = p.name AND v.version = p.active_version
-                 LEFT JOIN plugin_compiled c
-                   ON c.merchant = v.merchant AND c.name = v.name AND c.version = v.version AND c.engine = ?3
-                 WHERE p.merchant = ?1 AND p.name = ?2",
-                params![merchant, name, engine],
-                |r| {
-                    let wasm: Vec<u8> = r.get(1)?;
-                    Ok(StoredPlugin {
-                        version: r.get(0)?,
-                        compiled: r.get(2)?,
-                        info: PluginVersionInfo {
-                            version: r.get(0)?,
-                            sha256: r.get(3)?,
-                            size: wasm.len(),
-                            source: r.get(4)?,
-                            created_at_ms: r.get(5)?,
-                        },
-                        wasm: Bytes::from(wasm),
-                    })
-                },
-            )
-            .optional()
+        self.stored_at(merchant, name, engine, None).await
+    }
+
+    async fn stored_plugin(
+        &self,
+        merchant: &str,
+        name: &str,
+        version: u32,
+        engine: &str,
+    ) -> Result<Option<StoredPlugin>, StoreError> {
+        self.stored_at(merchant, name, engine, Some(version)).await
+    }
+
+    async fn set_canary(&self, merchant: &str, name: &str, c: Canary) -> Result<bool, StoreError> {
+        let (merchant, name) = (merchant.to_string(), name.to_string());
+        self.write(move |conn| {
+            let n = if c.running() {
+                conn.execute(
+                    "INSERT INTO plugin_canaries (merchant, name, version, percent, state, reason, at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (merchant, name) DO UPDATE SET version = excluded.version,
+                         percent = excluded.percent, state = excluded.state, reason = excluded.reason,
+                         at_ms = excluded.at_ms",
+                    params![merchant, name, c.version, c.percent, c.state, c.reason, c.at_ms],
+                )?
+            } else {
+                conn.execute(
+                    "UPDATE plugin_canaries SET state = ?4, reason = ?5, at_ms = ?6
+                     WHERE merchant = ?1 AND name = ?2 AND version = ?3 AND state = 'running'",
+                    params![merchant, name, c.version, c.state, c.reason, c.at_ms],
+                )?
+            };
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn canaries(&self) -> Result<Vec<(String, String, Canary)>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT merchant, name, version, percent, state, reason, at_ms FROM plugin_canaries
+                 ORDER BY merchant, name",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, canary_at(r, 2)?)))?
+            .collect()
         })
         .await
     }
@@ -1118,7 +1146,14 @@ impl PluginStore for SqliteStore {
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(PluginHistory { active, file_sha256, versions })
+            let canary = conn
+                .query_row(
+                    "SELECT version, percent, state, reason, at_ms FROM plugin_canaries WHERE merchant = ?1 AND name = ?2",
+                    params![merchant, name],
+                    |r| canary_at(r, 0),
+                )
+                .optional()?;
+            Ok(PluginHistory { active, file_sha256, versions, canary })
         })
         .await
     }
@@ -1168,6 +1203,7 @@ impl PluginStore for SqliteStore {
                 "DELETE FROM plugin_versions WHERE merchant = ?1 AND name = ?2",
                 "DELETE FROM plugin_compiled WHERE merchant = ?1 AND name = ?2",
                 "DELETE FROM plugin_kv WHERE merchant = ?1 AND plugin = ?2",
+                "DELETE FROM plugin_canaries WHERE merchant = ?1 AND name = ?2",
             ] {
                 conn.execute(sql, params![merchant, name])?;
             }
@@ -1175,6 +1211,58 @@ impl PluginStore for SqliteStore {
         })
         .await
     }
+}
+
+impl SqliteStore {
+    /// A stored version with the compiled artifact of `engine`: `version`, or the active one.
+    async fn stored_at(
+        &self,
+        merchant: &str,
+        name: &str,
+        engine: &str,
+        version: Option<u32>,
+    ) -> Result<Option<StoredPlugin>, StoreError> {
+        let (merchant, name, engine) = (merchant.to_string(), name.to_string(), engine.to_string());
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT v.version, v.wasm, c.compiled, v.sha256, v.source, v.created_at_ms
+                 FROM plugins p JOIN plugin_versions v
+                   ON v.merchant = p.merchant AND v.name = p.name AND v.version = COALESCE(?4, p.active_version)
+                 LEFT JOIN plugin_compiled c
+                   ON c.merchant = v.merchant AND c.name = v.name AND c.version = v.version AND c.engine = ?3
+                 WHERE p.merchant = ?1 AND p.name = ?2",
+                params![merchant, name, engine, version],
+                |r| {
+                    let wasm: Vec<u8> = r.get(1)?;
+                    Ok(StoredPlugin {
+                        version: r.get(0)?,
+                        compiled: r.get(2)?,
+                        info: PluginVersionInfo {
+                            version: r.get(0)?,
+                            sha256: r.get(3)?,
+                            size: wasm.len(),
+                            source: r.get(4)?,
+                            created_at_ms: r.get(5)?,
+                        },
+                        wasm: Bytes::from(wasm),
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+}
+
+/// A canary from its five columns (version, percent, state, reason, at_ms) starting at `at`.
+fn canary_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Canary> {
+    Ok(Canary {
+        version: r.get(at)?,
+        percent: r.get(at + 1)?,
+        state: r.get(at + 2)?,
+        reason: r.get(at + 3)?,
+        at_ms: r.get(at + 4)?,
+    })
 }
 
 #[async_trait]
