@@ -630,6 +630,12 @@ pub struct PluginsConfig {
     /// What all of one merchant's plugin versions (components and compiled code) may take in
     /// the store; an upload beyond is refused.
     pub merchant_storage_mb: u64,
+    /// Runs of a canary (and of the active version beside it) its failure rate is taken over.
+    /// Fewer would roll back on one unlucky event; more would wait longer on a broken one.
+    pub canary_window: usize,
+    /// How many percentage points the canary's failure rate may exceed the active version's
+    /// over the window before it is rolled back by itself.
+    pub canary_margin_percent: u32,
 }
 
 impl Default for PluginsConfig {
@@ -643,6 +649,8 @@ impl Default for PluginsConfig {
             max_upload_bytes: 32 << 20,
             max_versions: 5,
             merchant_storage_mb: 1024,
+            canary_window: 20,
+            canary_margin_percent: 20,
         }
     }
 }
@@ -1176,6 +1184,12 @@ impl Config {
                 "plugins.max_versions",
                 "must be at least 2 (the active version and the one before it)",
             ));
+        }
+        if !(1..=10_000).contains(&p.canary_window) {
+            return Err(invalid("plugins.canary_window", "must be 1 to 10000 runs"));
+        }
+        if p.canary_margin_percent > 100 {
+            return Err(invalid("plugins.canary_margin_percent", "must be 0 to 100 (percentage points)"));
         }
         if p.merchant_storage_mb == 0 {
             return Err(invalid("plugins.merchant_storage_mb", "must be at least 1"));

@@ -427,11 +427,24 @@ impl Admin {
             ([], &Method::GET) => registry.show(merchant, name).await,
             ([], &Method::PUT) => {
                 let Some(_turn) = self.upload_turn(&scope) else { return too_many_uploads() };
-                match self.read_upload(request).await {
-                    Ok(body) => registry.upload(merchant, name, body).await,
-                    Err(reply) => return reply,
+                // The body is read first even when the query is wrong: answering before it is in
+                // would cut the connection under a client still sending, which then sees no reply.
+                let canary = canary_share(request.uri().query());
+                match (self.read_upload(request).await, canary) {
+                    (Err(reply), _) => return reply,
+                    (_, Err(message)) => {
+                        return http::json(
+                            StatusCode::BAD_REQUEST,
+                            &json!({ "error": "bad_query", "message": message }),
+                        )
+                    }
+                    (Ok(body), Ok(None)) => registry.upload(merchant, name, body).await,
+                    (Ok(body), Ok(Some(percent))) => {
+                        registry.upload_canary(merchant, name, body, percent).await
+                    }
                 }
             }
+            ([r], &Method::POST) if r == "promote" => registry.promote(merchant, name).await,
             ([r], &Method::POST) if r == "try" => {
                 // A dry run holds a candidate in memory like an upload, so it takes an upload's place.
                 let Some(_turn) = self.upload_turn(&scope) else { return too_many_uploads() };
@@ -454,7 +467,7 @@ impl Admin {
                 Err(_) => return http::error(StatusCode::NOT_FOUND, "unknown_version"),
             },
             ([], _) => return http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ([r], _) if r == "rollback" || r == "try" => {
+            ([r], _) if r == "rollback" || r == "try" || r == "promote" => {
                 return http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }
             _ => return not_found(),
@@ -464,6 +477,22 @@ impl Admin {
             Err(e) => plugin_error(e),
         }
     }
+}
+
+/// An upload's `?canary=10` (or `10%`): the share of events the new version takes, 1 to 100;
+/// none for a plain upload. The error is the `400`'s message.
+fn canary_share(query: Option<&str>) -> Result<Option<u8>, String> {
+    let mut share = None;
+    for (key, value) in query_pairs(query) {
+        match key.as_str() {
+            "canary" => match value.trim_end_matches('%').parse::<u8>() {
+                Ok(p) if (1..=100).contains(&p) => share = Some(p),
+                _ => return Err(format!("canary must be a share of events from 1% to 100%, not {value:?}")),
+            },
+            other => return Err(format!("unknown query parameter {other:?} (canary)")),
+        }
+    }
+    Ok(share)
 }
 
 fn too_many_uploads() -> Reply {

@@ -159,7 +159,8 @@ pub fn run(
         let Some(slot) = registry.slot(&input.event.key.merchant, name).cloned() else {
             return failed(runs, &written, format!("{name}: plugin_missing: not configured"));
         };
-        let Some(version) = slot.active() else {
+        // The canary for its share of event ids, else the active version.
+        let Some((version, _)) = slot.version_for(&input.event.key.id) else {
             forget(&written);
             let reason = format!(
                 "waiting: plugin {name} has no version yet (upload one: payflow-edge plugin upload {name} FILE.wasm)"
@@ -190,6 +191,13 @@ pub fn run(
             .and_then(|outcome| check_outcome(outcome, upstreams, own_upstream, &forwards));
         let info = record(name, version.info.version, input, &run, started, &checked);
         slot.counts.record(&info, &input.event.key);
+        let failure = (info.outcome != "continue" && info.outcome != "drop").then(|| failure_text(&info));
+        if let Some((canary, why)) = slot.observe(version.info.version, failure.as_deref()) {
+            // Out of service already; this records it (rare: once per canary).
+            if let Err(e) = handle.block_on(registry.roll_back_canary(&slot.merchant, name, canary, why)) {
+                tracing::warn!(plugin = %name, error = %e, "cannot record the canary's rollback; it stays out of service here");
+            }
+        }
         runs.push(info);
         let outcome = match (run.result, checked) {
             (Ok(outcome), Ok(())) => outcome,
@@ -258,6 +266,18 @@ fn ensure_loaded(registry: &Registry, handle: &Handle, slot: &Slot) -> Result<()
         *space = KvSpace { values: Some(rows.into_iter().collect::<KvMap>()) };
     }
     Ok(())
+}
+
+/// A failed run as a canary's rollback names it: the failure, and the run's last log line
+/// (a panic's message is there, not in the trap).
+fn failure_text(run: &PluginRunInfo) -> String {
+    let failure = run.detail.clone().unwrap_or_else(|| run.outcome.clone());
+    match run.logs.last() {
+        Some((level, line)) => {
+            format!("{failure} (log: {level}: {})", crate::truncate(line.trim().to_string(), 200))
+        }
+        None => failure,
+    }
 }
 
 /// What a plugin may not ask for, beyond what the sandbox already checked.

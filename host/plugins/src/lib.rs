@@ -17,6 +17,7 @@
 //! plugin may compute for its whole deadline), never hands a plugin anything but the event it
 //! is asked to handle, and knows nothing of HTTP or of how the store is built.
 
+pub mod canary;
 pub mod chain;
 pub mod registry;
 mod scheduler;

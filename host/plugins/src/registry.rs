@@ -14,13 +14,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use super::canary::{CanaryVersion, Watch};
 use super::{Kv, KvMap, Limits, LoadError, LoadedPlugin, Runtime, Trial, WarmInstance};
 use payflow_clock::Clock;
 use payflow_config::{PluginConfig, PluginsConfig};
 use payflow_metrics::{Counter, Histogram, FUEL_BUCKETS, SECONDS_BUCKETS};
 use payflow_store::{
-    EventKey, NewPluginVersion, PluginHistory, PluginRunInfo, PluginStore, PluginVersionInfo, QuotaExceeded,
-    StoreError, StoredPlugin, VersionBounds,
+    Canary, EventKey, NewPluginVersion, PluginHistory, PluginRunInfo, PluginStore, PluginVersionInfo,
+    QuotaExceeded, StoreError, StoredPlugin, VersionBounds,
 };
 
 /// Why a plugin change was refused.
@@ -120,6 +121,10 @@ pub struct Slot {
     pub(super) turn: Mutex<()>,
     /// Serializes changes (upload, rollback, delete) to this slot.
     changing: tokio::sync::Mutex<()>,
+    /// The version taking a share of events beside the active one, while a canary runs.
+    canary: RwLock<Option<Arc<CanaryVersion>>>,
+    /// The canary's and the active version's last runs.
+    watch: Mutex<Watch>,
     /// Its runs since the gateway started.
     pub counts: PluginCounts,
 }
@@ -223,6 +228,41 @@ impl Slot {
     fn swap(&self, version: Option<Arc<Version>>) {
         *self.active.write().unwrap_or_else(|p| p.into_inner()) = version;
     }
+
+    /// The running canary, if any.
+    pub fn canary(&self) -> Option<Arc<CanaryVersion>> {
+        self.canary.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The version the event with this id runs on, and whether it is the canary: the canary
+    /// for its share of ids (by [`crate::canary::bucket`]), else the active version.
+    pub fn version_for(&self, event_id: &str) -> Option<(Arc<Version>, bool)> {
+        match self.canary() {
+            Some(c) if c.takes(event_id) => Some((c.version.clone(), true)),
+            _ => self.active().map(|v| (v, false)),
+        }
+    }
+
+    /// Counts a run of `version` (`failure`: its reason when it failed); answers why the
+    /// running canary must end when this run showed it failing beyond the margin. The canary
+    /// then stops taking events at once; recording its end is the caller's.
+    pub fn observe(&self, version: u32, failure: Option<&str>) -> Option<(u32, String)> {
+        let canary = self.canary()?;
+        let on_canary = canary.version.info.version == version;
+        let why = self.watch.lock().unwrap_or_else(|p| p.into_inner()).observe(on_canary, failure)?;
+        let mut running = self.canary.write().unwrap_or_else(|p| p.into_inner());
+        // Only the observer that finds it still there ends it.
+        if running.as_ref().is_some_and(|c| Arc::ptr_eq(c, &canary)) {
+            *running = None;
+            return Some((version, why));
+        }
+        None
+    }
+
+    fn set_canary(&self, canary: Option<Arc<CanaryVersion>>, watch: Watch) {
+        *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = watch;
+        *self.canary.write().unwrap_or_else(|p| p.into_inner()) = canary;
+    }
 }
 
 /// A plugin as the admin API shows it.
@@ -250,6 +290,8 @@ pub struct PluginStatus {
     pub runs: BTreeMap<String, u64>,
     /// Failures since the gateway started, by reason, the most recent first.
     pub recent_failures: Vec<RecentFailure>,
+    /// The running canary (version and share), or how the last one ended and why.
+    pub canary: Option<Canary>,
 }
 
 /// Every configured plugin.
@@ -260,6 +302,10 @@ pub struct Registry {
     max_upload_bytes: usize,
     bounds: VersionBounds,
     slots: HashMap<(String, String), Arc<Slot>>,
+    /// `[plugins] canary_window`.
+    canary_window: usize,
+    /// `[plugins] canary_margin_percent`.
+    canary_margin: u32,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -282,8 +328,16 @@ impl Registry {
             merchant_bytes: settings.merchant_storage_mb.saturating_mul(1 << 20),
         };
         let max_upload_bytes = settings.max_upload_bytes;
-        let mut registry =
-            Registry { runtime, store, clock, max_upload_bytes, bounds, slots: HashMap::new() };
+        let mut registry = Registry {
+            runtime,
+            store,
+            clock,
+            max_upload_bytes,
+            bounds,
+            canary_window: settings.canary_window,
+            canary_margin: settings.canary_margin_percent,
+            slots: HashMap::new(),
+        };
         for p in plugins {
             let slot = Arc::new(Slot {
                 merchant: p.merchant.clone(),
@@ -295,6 +349,8 @@ impl Registry {
                 kv: Mutex::new(KvSpace::default()),
                 turn: Mutex::new(()),
                 changing: tokio::sync::Mutex::new(()),
+                canary: RwLock::new(None),
+                watch: Mutex::new(Watch::new(1, 0)),
                 counts: PluginCounts::default(),
             });
             registry.start_slot(&slot, p).await.map_err(|e| (p.name.clone(), e))?;
@@ -321,6 +377,125 @@ impl Registry {
             self.store.active_plugin(&slot.merchant, &slot.name, self.runtime.fingerprint()).await?
         {
             slot.swap(Some(self.load_stored(slot, stored).await?));
+        }
+        let history = self.store.plugin_history(&slot.merchant, &slot.name).await?;
+        self.follow_canary(slot, history.canary.as_ref()).await?;
+        Ok(())
+    }
+
+    /// Makes the slot's canary the store's running one (loading its version), or none.
+    /// Returns whether it changed.
+    async fn follow_canary(&self, slot: &Slot, stored: Option<&Canary>) -> Result<bool, RegistryError> {
+        let wanted = stored.filter(|c| c.running()).map(|c| (c.version, c.percent));
+        let loaded = slot.canary().map(|c| (c.version.info.version, c.percent));
+        if wanted == loaded {
+            return Ok(false);
+        }
+        let canary = match wanted {
+            Some((version, percent)) => {
+                let Some(stored) = self
+                    .store
+                    .stored_plugin(&slot.merchant, &slot.name, version, self.runtime.fingerprint())
+                    .await?
+                else {
+                    return Ok(false); // pruned meanwhile: nothing to run
+                };
+                Some(Arc::new(CanaryVersion { version: self.load_stored(slot, stored).await?, percent }))
+            }
+            None => None,
+        };
+        slot.set_canary(canary, Watch::new(self.canary_window, self.canary_margin));
+        Ok(true)
+    }
+
+    /// Stores `wasm` as a new version of `merchant`'s plugin `name` and starts it as a canary
+    /// on `percent` of the events (by event id); the active version keeps the rest.
+    pub async fn upload_canary(
+        &self,
+        merchant: &str,
+        name: &str,
+        wasm: Bytes,
+        percent: u8,
+    ) -> Result<PluginStatus, RegistryError> {
+        let slot = self.find(merchant, name)?;
+        let _changing = slot.changing.lock().await;
+        let Some(active) = slot.active() else {
+            return Err(RegistryError::NoVersion(format!(
+                "plugin {name} has no active version for a canary to run beside: upload the first one without --canary"
+            )));
+        };
+        if sha256_hex(&wasm) == active.info.sha256 {
+            return Err(RegistryError::NoVersion(format!(
+                "this component is v{}, the active version: a canary must be a new one",
+                active.info.version
+            )));
+        }
+        let version = self.add_version_as(slot, wasm, "upload", None, false).await?;
+        let canary = Canary {
+            version: version.info.version,
+            percent,
+            state: "running".into(),
+            reason: None,
+            at_ms: self.clock.now_ms(),
+        };
+        self.store.set_canary(merchant, name, canary).await?;
+        tracing::info!(merchant, plugin = name, version = version.info.version, percent, "canary started");
+        let running = Arc::new(CanaryVersion { version, percent });
+        slot.set_canary(Some(running), Watch::new(self.canary_window, self.canary_margin));
+        self.status(slot).await
+    }
+
+    /// Makes the running canary the active version for every event.
+    pub async fn promote(&self, merchant: &str, name: &str) -> Result<PluginStatus, RegistryError> {
+        let slot = self.find(merchant, name)?;
+        let _changing = slot.changing.lock().await;
+        let Some(canary) = slot.canary() else {
+            return Err(RegistryError::NoVersion(format!(
+                "plugin {name} has no canary running (start one: payflow-edge plugin upload {name} FILE.wasm --canary 10%)"
+            )));
+        };
+        let version = canary.version.info.version;
+        self.store.activate_plugin(merchant, name, version).await?;
+        self.end(slot, version, "promoted", None).await?;
+        slot.swap(Some(canary.version.clone()));
+        slot.set_canary(None, Watch::new(self.canary_window, self.canary_margin));
+        tracing::info!(merchant, plugin = name, version, "canary promoted");
+        self.status(slot).await
+    }
+
+    /// Records that the canary `version` of `slot` ended (`promoted`, `rolled_back`,
+    /// `cancelled`) and why.
+    async fn end(
+        &self,
+        slot: &Slot,
+        version: u32,
+        state: &str,
+        reason: Option<String>,
+    ) -> Result<(), RegistryError> {
+        let canary = Canary { version, percent: 0, state: state.into(), reason, at_ms: self.clock.now_ms() };
+        self.store.set_canary(&slot.merchant, &slot.name, canary).await?;
+        Ok(())
+    }
+
+    /// Rolls back the canary `version` of `merchant`'s plugin `name`, which
+    /// [`Slot::observe`] already took out of service, recording `why`.
+    pub async fn roll_back_canary(
+        &self,
+        merchant: &str,
+        name: &str,
+        version: u32,
+        why: String,
+    ) -> Result<(), RegistryError> {
+        let slot = self.find(merchant, name)?;
+        tracing::warn!(merchant, plugin = name, version, why = %why, "canary rolled back");
+        self.end(slot, version, "rolled_back", Some(why)).await
+    }
+
+    /// Ends a running canary that a change of the active version replaced.
+    async fn cancel_canary(&self, slot: &Slot, why: String) -> Result<(), RegistryError> {
+        if let Some(canary) = slot.canary() {
+            slot.set_canary(None, Watch::new(self.canary_window, self.canary_margin));
+            self.end(slot, canary.version.info.version, "cancelled", Some(why)).await?;
         }
         Ok(())
     }
@@ -370,6 +545,18 @@ impl Registry {
         source: &str,
         file_sha256: Option<String>,
     ) -> Result<Arc<Version>, RegistryError> {
+        self.add_version_as(slot, wasm, source, file_sha256, true).await
+    }
+
+    /// Compiles and stores a new version, made active or not (a canary's).
+    async fn add_version_as(
+        &self,
+        slot: &Slot,
+        wasm: Bytes,
+        source: &str,
+        file_sha256: Option<String>,
+        activate: bool,
+    ) -> Result<Arc<Version>, RegistryError> {
         if wasm.len() > self.max_upload_bytes {
             return Err(RegistryError::TooLarge { size: wasm.len(), limit: self.max_upload_bytes });
         }
@@ -386,10 +573,11 @@ impl Registry {
             engine: self.runtime.fingerprint().to_string(),
             source: source.to_string(),
             created_at_ms,
+            activate,
         };
         let version = self.store.add_plugin_version(new, file_sha256, self.bounds).await??;
         let info = PluginVersionInfo { version, sha256, size, source: source.to_string(), created_at_ms };
-        tracing::info!(merchant = %slot.merchant, plugin = %slot.name, version, source, "plugin version active");
+        tracing::info!(merchant = %slot.merchant, plugin = %slot.name, version, source, activate, "plugin version stored");
         Ok(Arc::new(Version { info, plugin, from_cache: false, warm: Mutex::new(Vec::new()) }))
     }
 
@@ -426,11 +614,15 @@ impl Registry {
         if let Some(same) = history.versions.iter().rev().find(|v| v.sha256 == sha256) {
             if history.active != Some(same.version) {
                 self.activate(slot, same.version).await?;
+                self.cancel_canary(slot, format!("v{} was made active for every event", same.version))
+                    .await?;
             }
             return self.status(slot).await;
         }
         let version = self.add_version(slot, wasm, "upload", None).await?;
+        let number = version.info.version;
         slot.swap(Some(version));
+        self.cancel_canary(slot, format!("v{number} was uploaded for every event")).await?;
         self.status(slot).await
     }
 
@@ -485,6 +677,7 @@ impl Registry {
             )));
         };
         self.activate(slot, previous).await?;
+        self.cancel_canary(slot, format!("rolled back to v{previous}")).await?;
         self.status(slot).await
     }
 
@@ -507,6 +700,7 @@ impl Registry {
             )));
         }
         self.activate(slot, version).await?;
+        self.cancel_canary(slot, format!("v{version} was made active for every event")).await?;
         self.status(slot).await
     }
 
@@ -516,6 +710,7 @@ impl Registry {
         let _changing = slot.changing.lock().await;
         let deleted = self.store.delete_plugin(merchant, name).await?;
         slot.swap(None);
+        slot.set_canary(None, Watch::new(self.canary_window, self.canary_margin));
         slot.kv.lock().unwrap_or_else(|p| p.into_inner()).values = None;
         Ok(deleted)
     }
@@ -550,6 +745,20 @@ impl Registry {
                 _ => {}
             }
         }
+        let canaries: HashMap<(String, String), Canary> =
+            self.store.canaries().await?.into_iter().map(|(m, n, c)| ((m, n), c)).collect();
+        for (key, slot) in &self.slots {
+            let wanted = canaries.get(key).filter(|c| c.running()).map(|c| (c.version, c.percent));
+            if wanted == slot.canary().map(|c| (c.version.info.version, c.percent)) {
+                continue;
+            }
+            let _changing = slot.changing.lock().await;
+            let history = self.store.plugin_history(&slot.merchant, &slot.name).await?;
+            if self.follow_canary(slot, history.canary.as_ref()).await? {
+                tracing::info!(merchant = %slot.merchant, plugin = %slot.name, "canary started or ended elsewhere; followed");
+                changed += 1;
+            }
+        }
         Ok(changed)
     }
 
@@ -559,7 +768,8 @@ impl Registry {
     }
 
     async fn status(&self, slot: &Slot) -> Result<PluginStatus, RegistryError> {
-        let PluginHistory { versions, .. } = self.store.plugin_history(&slot.merchant, &slot.name).await?;
+        let PluginHistory { versions, canary, .. } =
+            self.store.plugin_history(&slot.merchant, &slot.name).await?;
         let active = slot.active();
         Ok(PluginStatus {
             name: slot.name.clone(),
@@ -573,6 +783,7 @@ impl Registry {
             versions,
             runs: slot.counts.runs(),
             recent_failures: slot.counts.recent_failures(),
+            canary,
         })
     }
 

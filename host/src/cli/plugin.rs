@@ -69,6 +69,11 @@ enum PluginCommand {
         name: String,
         /// The plugin's .wasm.
         file: String,
+        /// Start it as a canary on this share of events (chosen by event id), e.g. 10%: the
+        /// active version keeps the rest; rolled back by itself when it fails clearly more
+        /// often; `plugin promote NAME` makes it active for all.
+        #[arg(long, value_name = "PERCENT")]
+        canary: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -102,6 +107,13 @@ enum PluginCommand {
         /// Print the API's JSON reply instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Make the running canary the active version for every event.
+    Promote {
+        /// The plugin's name.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Make the version before the active one active again.
     Rollback {
@@ -144,6 +156,17 @@ fn print_status(p: &Value) {
         p["versions"].as_array().map_or(0, Vec::len),
         source
     );
+    let c = &p["canary"];
+    match c["state"].as_str() {
+        Some("running") => println!("  canary v{} on {}% of events", c["version"], c["percent"]),
+        Some(state) => println!(
+            "  last canary v{}: {}{}",
+            c["version"],
+            state.replace('_', " "),
+            c["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default()
+        ),
+        None => {}
+    }
 }
 
 /// A dry run's report as a merchant reads it: what changed, event by event, then the counts
@@ -187,11 +210,25 @@ fn print_trial(name: &str, file: &str, report: &Value) {
 
 pub fn run(args: PluginArgs) -> Result<(), Failure> {
     match args.command {
-        PluginCommand::Upload { name, file, admin } => {
+        PluginCommand::Upload { name, file, canary, admin } => {
             let bytes = std::fs::read(&file).with_context(|| format!("cannot read {file}"))?;
             load(&file)?; // the same checks the gateway makes, without a round trip
-            let status = admin.call(Method::PUT, &format!("/api/plugins/{}", encode(&name)), bytes)?;
-            println!("uploaded {file} as {name} v{}", status["active_version"]);
+            let query = canary.as_ref().map(|c| format!("?canary={}", encode(c))).unwrap_or_default();
+            let status = admin.call(Method::PUT, &format!("/api/plugins/{}{query}", encode(&name)), bytes)?;
+            match canary {
+                None => println!("uploaded {file} as {name} v{}", status["active_version"]),
+                Some(_) => println!(
+                    "uploaded {file} as {name} v{}, a canary on {}% of events beside v{} \
+                     (plugin promote {name} when it looks right; it is rolled back by itself if it fails)",
+                    status["canary"]["version"], status["canary"]["percent"], status["active_version"]
+                ),
+            }
+            Ok(())
+        }
+        PluginCommand::Promote { name, admin } => {
+            let status =
+                admin.call(Method::POST, &format!("/api/plugins/{}/promote", encode(&name)), Vec::new())?;
+            println!("{name} v{} is active for every event", status["active_version"]);
             Ok(())
         }
         PluginCommand::Try { name, file, last, since, event_type, json, admin } => {
