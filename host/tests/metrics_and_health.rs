@@ -122,6 +122,13 @@ async fn metrics_count_known_traffic_and_scope_series_to_the_merchant() {
     assert_eq!(get("payflow_edge_plugin_duration_seconds_count{merchant=\"acme\",plugin=\"noop\"}"), 3.0);
     assert_eq!(get("payflow_edge_plugin_fuel_used_count{merchant=\"acme\",plugin=\"noop\"}"), 3.0);
     assert!(get("payflow_edge_plugin_fuel_used_sum{merchant=\"acme\",plugin=\"noop\"}") > 0.0);
+    // The same runs by version, with the version's time quantiles.
+    assert_eq!(
+        get("payflow_edge_plugin_version_runs_total{merchant=\"acme\",plugin=\"noop\",version=\"1\",outcome=\"continue\"}"),
+        3.0
+    );
+    let p99 = get("payflow_edge_plugin_version_duration_seconds{merchant=\"acme\",plugin=\"noop\",version=\"1\",quantile=\"0.99\"}");
+    assert!(p99 > 0.0 && p99 < 10.0, "{p99}");
     // Every stored event and every recorded attempt went through a commit.
     let commits = get("payflow_edge_store_commit_seconds_count");
     assert!(commits >= 5.0, "{commits} commits");

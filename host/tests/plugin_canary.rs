@@ -110,6 +110,22 @@ async fn a_canary_that_traps_on_some_events_is_rolled_back_by_itself_and_nothing
     );
     let (_, out, _) = cli_as_acme(&gw, &["plugin", "list"]);
     assert!(out.contains("last canary v2: rolled back: the canary failed"), "{out}");
+    // Per-version figures: the canary's traps are its own, the active version's runs are clean.
+    let by_version = status["by_version"].as_array().unwrap();
+    let figures =
+        |v: u64| by_version.iter().find(|f| f["version"] == v).unwrap_or_else(|| panic!("v{v}: {status:#}"));
+    assert!(
+        figures(2)["outcomes"]["trap"].as_u64().unwrap() >= 3
+            && figures(2)["outcomes"]["continue"].as_u64().unwrap() >= 1,
+        "{status:#}"
+    );
+    assert_eq!(
+        (figures(1)["failed"].as_u64(), figures(1)["runs"].as_u64() > Some(0)),
+        (Some(0), true),
+        "{status:#}"
+    );
+    assert!(figures(1)["time_us_p99"].as_u64().unwrap() > 0 && figures(2)["fuel_p50"].as_u64().unwrap() > 0);
+    assert!(out.contains("v2: ") && out.contains("trap"), "plugin list shows each version's runs: {out}");
 
     // The canary did take its share: some events continued on it before it was rolled back.
     let mut on_canary = 0;

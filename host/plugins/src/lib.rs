@@ -21,6 +21,7 @@ pub mod canary;
 pub mod chain;
 pub mod registry;
 mod scheduler;
+pub mod stats;
 pub mod trial;
 
 pub use chain::{ChainInput, ChainOutcome, ChainResult};

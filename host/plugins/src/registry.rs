@@ -15,6 +15,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::canary::{CanaryVersion, Watch};
+use super::stats::{VersionFigures, VersionStats};
 use super::{Kv, KvMap, Limits, LoadError, LoadedPlugin, Runtime, Trial, WarmInstance};
 use payflow_clock::Clock;
 use payflow_config::{PluginConfig, PluginsConfig};
@@ -140,6 +141,8 @@ pub struct PluginCounts {
     /// Fuel per run.
     pub fuel: Histogram,
     failures: Mutex<BTreeMap<String, RecentFailure>>,
+    /// Per version (one uncontended lock per run: runs of a plugin are serialized anyway).
+    versions: Mutex<BTreeMap<u32, VersionStats>>,
 }
 
 /// The failures of one reason since the gateway started, and the latest one.
@@ -167,6 +170,7 @@ impl Default for PluginCounts {
             duration: Histogram::new(SECONDS_BUCKETS),
             fuel: Histogram::new(FUEL_BUCKETS),
             failures: Mutex::default(),
+            versions: Mutex::default(),
         }
     }
 }
@@ -176,6 +180,11 @@ impl PluginCounts {
     pub fn record(&self, run: &PluginRunInfo, key: &EventKey) {
         self.duration.observe(run.duration_us as f64 / 1e6);
         self.fuel.observe(run.fuel_used as f64);
+        self.versions.lock().unwrap_or_else(|p| p.into_inner()).entry(run.version).or_default().record(
+            &run.outcome,
+            run.duration_us.max(0) as u64,
+            run.fuel_used,
+        );
         match run.outcome.as_str() {
             "continue" => return self.continued.inc(),
             "drop" => return self.dropped.inc(),
@@ -208,6 +217,12 @@ impl PluginCounts {
             }
         }
         runs
+    }
+
+    /// Each version's figures since the gateway started, oldest version first.
+    pub fn by_version(&self) -> Vec<VersionFigures> {
+        let versions = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        versions.iter().map(|(v, stats)| stats.figures(*v)).collect()
     }
 
     /// Failures by reason, the most recent first.
@@ -292,6 +307,8 @@ pub struct PluginStatus {
     pub recent_failures: Vec<RecentFailure>,
     /// The running canary (version and share), or how the last one ended and why.
     pub canary: Option<Canary>,
+    /// Runs per version since the gateway started: outcomes, time and fuel.
+    pub by_version: Vec<VersionFigures>,
 }
 
 /// Every configured plugin.
@@ -784,6 +801,7 @@ impl Registry {
             runs: slot.counts.runs(),
             recent_failures: slot.counts.recent_failures(),
             canary,
+            by_version: slot.counts.by_version(),
         })
     }
 

@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use super::chain::check_outcome;
 use super::registry::{Slot, Version};
+use super::stats::quantile;
 use super::{Action, Event, LoadedPlugin, MemoryKv, Outcome};
 use payflow_store::Event as StoredEvent;
 
@@ -304,19 +305,15 @@ impl SideFigures {
         for r in runs.iter().filter(|r| r.decided.is_none()) {
             *failures.entry(r.outcome.clone()).or_default() += 1;
         }
-        let quantile = |mut v: Vec<u64>, q: f64| {
-            v.sort_unstable();
-            v.get(((v.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0)
-        };
-        let fuel: Vec<u64> = runs.iter().map(|r| r.fuel).collect();
-        let time: Vec<u64> = runs.iter().map(|r| r.duration_us).collect();
+        let fuel = || runs.iter().map(|r| r.fuel);
+        let time = || runs.iter().map(|r| r.duration_us);
         SideFigures {
             runs: runs.len(),
             failures,
-            fuel_p50: quantile(fuel.clone(), 0.5),
-            fuel_p99: quantile(fuel, 0.99),
-            time_us_p50: quantile(time.clone(), 0.5),
-            time_us_p99: quantile(time, 0.99),
+            fuel_p50: quantile(fuel(), 0.5),
+            fuel_p99: quantile(fuel(), 0.99),
+            time_us_p50: quantile(time(), 0.5),
+            time_us_p99: quantile(time(), 0.99),
         }
     }
 }

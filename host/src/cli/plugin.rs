@@ -156,6 +156,20 @@ fn print_status(p: &Value) {
         p["versions"].as_array().map_or(0, Vec::len),
         source
     );
+    for v in p["by_version"].as_array().into_iter().flatten() {
+        let outcomes: Vec<String> =
+            v["outcomes"].as_object().into_iter().flatten().map(|(o, n)| format!("{o} {n}")).collect();
+        println!(
+            "  v{}: {} runs ({}), time µs p50/p99 {}/{}, fuel p50/p99 {}/{}",
+            v["version"],
+            v["runs"],
+            outcomes.join(", "),
+            v["time_us_p50"],
+            v["time_us_p99"],
+            v["fuel_p50"],
+            v["fuel_p99"]
+        );
+    }
     let c = &p["canary"];
     match c["state"].as_str() {
         Some("running") => println!("  canary v{} on {}% of events", c["version"], c["percent"]),

@@ -169,6 +169,39 @@ impl Admin {
                     );
                 }
             }
+            // Each family's samples together, as the exposition format asks.
+            let versions: Vec<_> = slots.iter().map(|s| (s, s.counts.by_version())).collect();
+            for (s, figures) in &versions {
+                for v in figures {
+                    let version = v.version.to_string();
+                    for (outcome, n) in &v.outcomes {
+                        page.counter(
+                            "payflow_edge_plugin_version_runs_total",
+                            "Plugin runs by version and outcome (a canary beside the active version shows here).",
+                            &[("merchant", &s.merchant), ("plugin", &s.name), ("version", &version), ("outcome", outcome)],
+                            *n,
+                        );
+                    }
+                }
+            }
+            for (s, figures) in &versions {
+                for v in figures {
+                    let version = v.version.to_string();
+                    for (q, us) in [("0.5", v.time_us_p50), ("0.99", v.time_us_p99)] {
+                        page.gauge(
+                            "payflow_edge_plugin_version_duration_seconds",
+                            "Time of one run of a plugin version, quantile over its latest 1000 runs.",
+                            &[
+                                ("merchant", &s.merchant),
+                                ("plugin", &s.name),
+                                ("version", &version),
+                                ("quantile", q),
+                            ],
+                            us as f64 / 1e6,
+                        );
+                    }
+                }
+            }
             for s in &slots {
                 page.histogram(
                     "payflow_edge_plugin_duration_seconds",
