@@ -14,6 +14,7 @@ mod dashboard;
 mod endpoints;
 mod history;
 mod observe;
+mod plugin_state;
 mod trial;
 mod upstreams;
 
@@ -445,6 +446,16 @@ impl Admin {
                 }
             }
             ([r], &Method::POST) if r == "promote" => registry.promote(merchant, name).await,
+            ([r], &Method::GET) if r == "logs" => return self.plugin_logs(&slot, request.uri().query()),
+            ([r], &Method::GET) if r == "kv" => return self.plugin_kv(&slot, None, false).await,
+            ([r, key], &Method::GET) if r == "kv" => return self.plugin_kv(&slot, Some(key), false).await,
+            ([r, key], &Method::DELETE) if r == "kv" => return self.plugin_kv(&slot, Some(key), true).await,
+            ([r], _) if r == "logs" || r == "kv" => {
+                return http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
+            ([r, _], _) if r == "kv" => {
+                return http::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
             ([r], &Method::POST) if r == "try" => {
                 // A dry run holds a candidate in memory like an upload, so it takes an upload's place.
                 let Some(_turn) = self.upload_turn(&scope) else { return too_many_uploads() };

@@ -191,6 +191,7 @@ pub fn run(
             .and_then(|outcome| check_outcome(outcome, upstreams, own_upstream, &forwards));
         let info = record(name, version.info.version, input, &run, started, &checked);
         slot.counts.record(&info, &input.event.key);
+        slot.logs.push(&info, &input.event.key.id);
         let failure = (info.outcome != "continue" && info.outcome != "drop").then(|| failure_text(&info));
         if let Some((canary, why)) = slot.observe(version.info.version, failure.as_deref()) {
             // Out of service already; this records it (rare: once per canary).

@@ -64,6 +64,7 @@ pub mod limits;
 mod log_stream;
 mod output;
 mod run;
+pub mod run_log;
 
 /// The WIT package this gateway runs.
 pub const WORLD: &str = "payflow:plugin/plugin@0.1.0";

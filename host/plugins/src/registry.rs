@@ -15,6 +15,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::canary::{CanaryVersion, Watch};
+use super::run_log::RunLog;
 use super::stats::{VersionFigures, VersionStats};
 use super::{Kv, KvMap, Limits, LoadError, LoadedPlugin, Runtime, Trial, WarmInstance};
 use payflow_clock::Clock;
@@ -128,6 +129,8 @@ pub struct Slot {
     watch: Mutex<Watch>,
     /// Its runs since the gateway started.
     pub counts: PluginCounts,
+    /// Its latest runs' log lines, for following them live.
+    pub logs: RunLog,
 }
 
 /// A plugin's runs since the gateway started: the metrics' runs by outcome, duration and fuel,
@@ -369,6 +372,7 @@ impl Registry {
                 canary: RwLock::new(None),
                 watch: Mutex::new(Watch::new(1, 0)),
                 counts: PluginCounts::default(),
+                logs: RunLog::default(),
             });
             registry.start_slot(&slot, p).await.map_err(|e| (p.name.clone(), e))?;
             registry.slots.insert((p.merchant.clone(), p.name.clone()), slot);
@@ -777,6 +781,29 @@ impl Registry {
             }
         }
         Ok(changed)
+    }
+
+    /// `merchant`'s plugin `name`'s key-value space, as committed, in key order.
+    pub async fn kv(&self, merchant: &str, name: &str) -> Result<Vec<(String, Vec<u8>)>, RegistryError> {
+        self.find(merchant, name)?;
+        let mut entries = self.store.load_kv(merchant, name).await?;
+        entries.sort();
+        Ok(entries)
+    }
+
+    /// Deletes one key of the plugin's space (a repair). Waits for a run of the plugin in
+    /// progress to end, then drops the in-memory copy, so the next run reads the store again
+    /// and never a space changing under it. False when the key was not there.
+    pub async fn delete_kv(&self, merchant: &str, name: &str, key: &str) -> Result<bool, RegistryError> {
+        let slot = self.find(merchant, name)?.clone();
+        let deleted = self.store.delete_kv(merchant, name, key).await?;
+        tokio::task::spawn_blocking(move || {
+            let _turn = slot.turn.lock().unwrap_or_else(|p| p.into_inner());
+            slot.kv.lock().unwrap_or_else(|p| p.into_inner()).values = None;
+        })
+        .await
+        .map_err(|e| RegistryError::Store(StoreError::Unavailable(e.to_string())))?;
+        Ok(deleted)
     }
 
     /// A plugin as shown.

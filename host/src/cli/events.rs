@@ -229,7 +229,7 @@ fn text(v: &Value) -> &str {
     v.as_str().unwrap_or("")
 }
 
-fn when(ms: &Value) -> String {
+pub(crate) fn when(ms: &Value) -> String {
     payflow_gateway::samples::rfc3339(ms.as_i64().unwrap_or(0) / 1000)
 }
 

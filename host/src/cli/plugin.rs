@@ -108,6 +108,35 @@ enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print the plugin's latest runs' log lines (with the version and event of each); with
+    /// --follow, keep printing new ones as runs write them (Ctrl-C to stop).
+    Logs {
+        /// The plugin's name.
+        name: String,
+        /// Keep printing new lines as they come.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// How many of the latest lines to print first (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        lines: usize,
+        /// One JSON object per line instead.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Inspect or repair the plugin's key-value space: list its keys, get one, delete one.
+    Kv {
+        /// The plugin's name.
+        name: String,
+        #[command(subcommand)]
+        action: KvAction,
+        /// Print the API's JSON reply instead.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Make the running canary the active version for every event.
     Promote {
         /// The plugin's name.
@@ -131,6 +160,96 @@ enum PluginCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum KvAction {
+    /// Every key, with its size and the start of its value.
+    List,
+    /// One key's whole value (as text when it is UTF-8, else base64).
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Delete one key; the plugin's next run no longer sees it.
+    Delete {
+        /// The key.
+        key: String,
+    },
+}
+
+/// How often `plugin logs --follow` asks for new lines.
+const LOGS_POLL: Duration = Duration::from_millis(500);
+
+/// `plugin logs`: the latest lines, then (following) each new one once, in order.
+fn logs(admin: &AdminArgs, name: &str, follow: bool, lines: usize, json: bool) -> Result<(), Failure> {
+    let base = format!("/api/plugins/{}/logs", encode(name));
+    let mut url = format!("{base}?limit={lines}");
+    loop {
+        let reply = admin.call(Method::GET, &url, Vec::new())?;
+        for line in reply["lines"].as_array().into_iter().flatten() {
+            if json {
+                println!("{line}");
+            } else {
+                println!(
+                    "{}  v{} {:<28} {}: {}",
+                    super::events::when(&line["at_ms"]),
+                    line["version"],
+                    line["event_id"].as_str().unwrap_or(""),
+                    line["level"].as_str().unwrap_or(""),
+                    line["message"].as_str().unwrap_or("")
+                );
+            }
+        }
+        if !follow {
+            return Ok(());
+        }
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        url = format!("{base}?after={}&limit=1000", reply["next"].as_u64().unwrap_or(0));
+        std::thread::sleep(LOGS_POLL);
+    }
+}
+
+fn kv(admin: &AdminArgs, name: &str, action: KvAction, json: bool) -> Result<(), Failure> {
+    let base = format!("/api/plugins/{}/kv", encode(name));
+    let (method, url) = match &action {
+        KvAction::List => (Method::GET, base),
+        KvAction::Get { key } => (Method::GET, format!("{base}/{}", encode(key))),
+        KvAction::Delete { key } => (Method::DELETE, format!("{base}/{}", encode(key))),
+    };
+    let reply = admin.call(method, &url, Vec::new())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reply).unwrap_or_default());
+        return Ok(());
+    }
+    match action {
+        KvAction::List => {
+            println!(
+                "{} keys, {} of {} bytes used",
+                reply["keys"].as_array().map_or(0, Vec::len),
+                reply["used_bytes"],
+                reply["quota_bytes"]
+            );
+            for k in reply["keys"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<40} {:>8} B  {}",
+                    k["key"].as_str().unwrap_or(""),
+                    k["size"],
+                    k["preview"].as_str().unwrap_or("")
+                );
+            }
+        }
+        KvAction::Get { .. } => match reply["text"].as_str() {
+            Some(text) => println!("{text}"),
+            None => println!("base64:{}", reply["base64"].as_str().unwrap_or("")),
+        },
+        KvAction::Delete { key } => match reply["deleted"].as_bool() {
+            Some(true) => println!("deleted {key:?} from {name}'s kv"),
+            _ => return Err(Failure::Negative(format!("{name} has no key {key:?}"))),
+        },
+    }
+    Ok(())
 }
 
 fn print_status(p: &Value) {
@@ -239,6 +358,8 @@ pub fn run(args: PluginArgs) -> Result<(), Failure> {
             }
             Ok(())
         }
+        PluginCommand::Logs { name, follow, lines, json, admin } => logs(&admin, &name, follow, lines, json),
+        PluginCommand::Kv { name, action, json, admin } => kv(&admin, &name, action, json),
         PluginCommand::Promote { name, admin } => {
             let status =
                 admin.call(Method::POST, &format!("/api/plugins/{}/promote", encode(&name)), Vec::new())?;

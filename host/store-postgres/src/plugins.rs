@@ -33,6 +33,17 @@ impl PluginStore for PostgresStore {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    async fn delete_kv(&self, merchant: &str, plugin: &str, key: &str) -> Result<bool, StoreError> {
+        let n = exec(
+            &self.client().await?,
+            "DELETE FROM plugin_kv WHERE merchant = $1 AND plugin = $2 AND key = $3",
+            &[&merchant, &plugin, &key],
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+
     async fn add_plugin_version(
         &self,
         v: NewPluginVersion,

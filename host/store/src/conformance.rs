@@ -33,6 +33,7 @@ macro_rules! conformance_tests {
             plugin_versions_are_bounded_and_activated,
             compiled_code_is_kept_per_engine,
             a_canary_version_is_stored_beside_the_active_one_and_ends_once,
+            a_kv_key_deleted_is_gone_for_that_plugin_only,
             a_stored_body_comes_back_byte_for_byte,
             listed_events_show_the_amount_of_their_body,
             an_ordered_delivery_waits_for_its_keys_head_and_a_skip_releases_it,
@@ -534,6 +535,24 @@ pub async fn a_canary_version_is_stored_beside_the_active_one_and_ends_once(stor
 
     assert!(store.delete_plugin("acme", "p").await.unwrap());
     assert!(store.canaries().await.unwrap().is_empty(), "the canary went with its plugin");
+}
+
+/// Deleting a kv key (a repair) removes that key of that plugin of that merchant, nothing else.
+pub async fn a_kv_key_deleted_is_gone_for_that_plugin_only(store: Arc<dyn Store>) {
+    let k = key("acme", "/wh", "evt_kv");
+    store.insert_event(event(&k, NOW, Some(Hop::Plugins))).await.unwrap();
+    let write =
+        |plugin: &str, key: &str| KvWrite { plugin: plugin.into(), key: key.into(), value: b"v".to_vec() };
+    let finished = PluginStep {
+        kv: vec![write("p", "a"), write("p", "b"), write("q", "a")],
+        ..step(&k, 1, NOW, AttemptOutcome::Delivered, &[])
+    };
+    store.finish_plugin_step(finished).await.unwrap();
+    assert!(store.delete_kv("acme", "p", "a").await.unwrap());
+    assert!(!store.delete_kv("acme", "p", "a").await.unwrap(), "already gone");
+    assert!(!store.delete_kv("globex", "q", "a").await.unwrap(), "another merchant's space");
+    assert_eq!(store.load_kv("acme", "p").await.unwrap(), vec![("b".to_string(), b"v".to_vec())]);
+    assert_eq!(store.load_kv("acme", "q").await.unwrap().len(), 1, "another plugin's key stays");
 }
 
 /// Each engine (fingerprint) has its own compiled artifact of a version: one engine saving its

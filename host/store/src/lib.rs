@@ -774,6 +774,10 @@ pub trait PluginStore: Send + Sync + 'static {
     /// A plugin's key-value space.
     async fn load_kv(&self, merchant: &str, plugin: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
+    /// Deletes one key of a plugin's key-value space (an operator's or merchant's repair).
+    /// False when it was not there.
+    async fn delete_kv(&self, merchant: &str, plugin: &str, key: &str) -> Result<bool, StoreError>;
+
     /// Stores a new version of a plugin and makes it the active one; `file_sha256` records
     /// the config file it was imported from. In the same transaction, the plugin's versions
     /// beyond `bounds.max_versions` are deleted, oldest first (never the new one nor the one

@@ -980,6 +980,18 @@ impl PluginStore for SqliteStore {
         .await
     }
 
+    async fn delete_kv(&self, merchant: &str, plugin: &str, key: &str) -> Result<bool, StoreError> {
+        let (merchant, plugin, key) = (merchant.to_string(), plugin.to_string(), key.to_string());
+        self.write(move |conn| {
+            let n = conn.execute(
+                "DELETE FROM plugin_kv WHERE merchant = ?1 AND plugin = ?2 AND key = ?3",
+                params![merchant, plugin, key],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     async fn add_plugin_version(
         &self,
         v: NewPluginVersion,

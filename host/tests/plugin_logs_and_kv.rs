@@ -1,0 +1,160 @@
+//! What a merchant debugs a plugin with, against the ledger example built from source:
+//! `plugin logs NAME --follow` prints each run's lines as they are written, once each, and
+//! `plugin kv NAME list|get|delete` shows what the plugin remembers and repairs it. Another
+//! merchant's token sees neither.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use support::{
+    client, guests, payment_with_amount, post, sign, Gateway, Upstream, ACME_TOKEN, GLOBEX_TOKEN, SECRET,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+const TOTAL_KEY: &str = "total:customer@example.com:PKR";
+
+fn config(db: &std::path::Path, app: &str) -> String {
+    support::two_merchants_config(db, app, r#"plugins = ["ledger"]"#)
+        + &format!(
+            r#"
+[[plugin]]
+name = "ledger"
+merchant = "acme"
+path = "{}"
+"#,
+            guests().join("ledger.wasm").display()
+        )
+}
+
+async fn send(gw: &Gateway, id: &str, amount: i64) {
+    let body = serde_json::to_vec(&payment_with_amount(id, amount)).unwrap();
+    let headers = sign(payflow_verify::Scheme::PayFlow, SECRET, &body, id);
+    assert_eq!(post(&client(), &gw.url("/acme"), &headers, body).await.0, 200);
+}
+
+fn cli(gw: &Gateway, token: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let admin = gw.admin_url("");
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--admin", &admin, "--token", token]);
+    support::cli(&all)
+}
+
+/// Waits for a line of `lines` containing `needle`; every line read is kept in `seen`.
+fn wait_line(lines: &mpsc::Receiver<String>, seen: &mut Vec<String>, needle: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !seen.iter().any(|l| l.contains(needle)) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no line with {needle:?} within {WAIT:?}; saw:\n{}", seen.join("\n")),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_logs_follow_prints_each_runs_lines_live_and_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = Upstream::start().await;
+    let gw = Gateway::start(dir.path(), &config(&dir.path().join("db"), &app.url()));
+    send(&gw, "evt_log_1", 5000).await;
+    app.wait_for(WAIT, "the first event", |r| r.len() == 1).await;
+
+    let admin = gw.admin_url("");
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_payflow-edge"))
+        .args(["plugin", "logs", "ledger", "--follow", "--admin", &admin, "--token", ACME_TOKEN])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    // The run before the follow started: among the latest lines.
+    wait_line(&lines, &mut seen, "evt_log_1");
+    // Runs after it: printed as they happen, with their version.
+    send(&gw, "evt_log_2", 700).await;
+    wait_line(&lines, &mut seen, "evt_log_2");
+    send(&gw, "evt_log_3", 300).await;
+    wait_line(&lines, &mut seen, "evt_log_3");
+    follow.kill().unwrap();
+    let _ = follow.wait();
+    let line = seen.iter().find(|l| l.contains("evt_log_2")).unwrap();
+    assert!(line.contains("v1") && line.contains("info: customer@example.com: +700 = 5700 PKR"), "{line}");
+    for id in ["evt_log_1", "evt_log_2", "evt_log_3"] {
+        assert_eq!(
+            seen.iter().filter(|l| l.contains(id)).count(),
+            1,
+            "{id} printed once:\n{}",
+            seen.join("\n")
+        );
+    }
+
+    // Without --follow: the latest lines, then done; JSON on request; others' tokens see nothing.
+    let (code, out, _) = cli(&gw, ACME_TOKEN, &["plugin", "logs", "ledger", "--lines", "2", "--json"]);
+    assert_eq!(code, Some(0));
+    let last: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(last.len(), 2);
+    assert_eq!(last[1]["event_id"], "evt_log_3");
+    let (code, _, err) = cli(&gw, GLOBEX_TOKEN, &["plugin", "logs", "ledger"]);
+    assert_eq!(code, Some(1), "{err}");
+    let bad = client()
+        .get(gw.admin_url("/api/plugins/ledger/logs?after=soon"))
+        .bearer_auth(ACME_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_kv_is_listed_read_and_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = Upstream::start().await;
+    let gw = Gateway::start(dir.path(), &config(&dir.path().join("db"), &app.url()));
+    send(&gw, "evt_kv_1", 5000).await;
+    send(&gw, "evt_kv_2", 700).await;
+    app.wait_for(WAIT, "both events", |r| r.len() == 2).await;
+
+    let (code, out, err) = cli(&gw, ACME_TOKEN, &["plugin", "kv", "ledger", "list"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("1 keys,") && out.contains(TOTAL_KEY) && out.contains("5700"), "{out}");
+    let (code, out, _) = cli(&gw, ACME_TOKEN, &["plugin", "kv", "ledger", "get", TOTAL_KEY]);
+    assert_eq!(code, Some(0));
+    assert_eq!(out, "5700\nevt_kv_1\nevt_kv_2\n", "the whole value, as the plugin wrote it");
+    let (_, out, _) = cli(&gw, ACME_TOKEN, &["plugin", "kv", "ledger", "get", TOTAL_KEY, "--json"]);
+    let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(value["size"], 22);
+
+    // Another merchant cannot read or delete it; a key that is not there says so.
+    let (code, _, _) = cli(&gw, GLOBEX_TOKEN, &["plugin", "kv", "ledger", "delete", TOTAL_KEY]);
+    assert_eq!(code, Some(1));
+    let (code, _, err) = cli(&gw, ACME_TOKEN, &["plugin", "kv", "ledger", "get", "total:nobody:PKR"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no key"), "{err}");
+
+    // The repair: the total is reset, and the next run starts from nothing.
+    let (code, out, _) = cli(&gw, ACME_TOKEN, &["plugin", "kv", "ledger", "delete", TOTAL_KEY]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("deleted"), "{out}");
+    let (_, out, _) = cli(&gw, ACME_TOKEN, &["plugin", "kv", "ledger", "list"]);
+    assert!(out.starts_with("0 keys,"), "{out}");
+    let (code, _, _) = cli(&gw, ACME_TOKEN, &["plugin", "kv", "ledger", "delete", TOTAL_KEY]);
+    assert_eq!(code, Some(1), "already gone");
+    send(&gw, "evt_kv_3", 300).await;
+    app.wait_for(WAIT, "the event after the repair", |r| r.len() == 3).await;
+    let after = app.received().into_iter().find(|r| r.event_id == "evt_kv_3").unwrap();
+    assert_eq!(
+        after.header("x-ledger-total"),
+        Some("300 PKR"),
+        "the run after the repair read the old total"
+    );
+}
