@@ -298,6 +298,49 @@ test('a merchant uploads a plugin version and rolls it back', async () => {
   await context.close();
 });
 
+test('a merchant tries a candidate on recent events, starts it as a canary and promotes it', async () => {
+  // An event the candidate (amount_threshold, min_amount 1000) would drop, where noop continues.
+  const sent = await fetch(`${admin}/api/test-webhook`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${ACME}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ endpoint: '/webhooks/acme', set: { 'data.amount': 500 } }),
+  });
+  assert.equal(sent.status, 200);
+  const { id } = await sent.json();
+  assert.match(id, /^evt_test_/);
+
+  const { page, context, errors } = await openDashboard();
+  await logIn(page, ACME);
+  await page.waitForSelector('#events-view:visible');
+  await page.click('#nav a[data-view="plugins"]');
+  const card = page.locator('article[data-plugin="acme-enrich"]');
+  await card.waitFor();
+  await card.locator('input[type=file]').setInputFiles(join(GUESTS, 'amount_threshold.wasm'));
+  await card.locator('button.try').click();
+  await page.waitForSelector('article[data-plugin="acme-enrich"] .result.ok:has-text("Tried beside version 1")');
+  const changed = card.locator(`table.trial-events tr[data-event="${id}"]`);
+  assert.equal(await changed.locator('.verdict').textContent(), 'different');
+  assert.match(await changed.textContent(), /action: continue → drop \(amount 500 is under min_amount 1000\)/);
+  assert.equal(await card.locator('.active-version').textContent(), '1', 'a dry run changes nothing');
+  await shot(page, '09-plugin-tried');
+
+  await card.locator('input.share').fill('50');
+  await card.locator('button.canary-upload').click();
+  await page.waitForSelector('article[data-plugin="acme-enrich"] .result.ok:has-text("takes 50% of events beside version 1")');
+  assert.match(await card.locator('.canary').textContent(), /^version \d+ on 50% of events$/);
+  await shot(page, '10-plugin-canary');
+  await card.locator('button.promote').click();
+  await page.waitForSelector('article[data-plugin="acme-enrich"] .result.ok:has-text("is active for every event")');
+  assert.match(await card.locator('.canary').textContent(), /: promoted$/);
+  assert.notEqual(await card.locator('.active-version').textContent(), '1');
+
+  // Back to version 1 for the tests that follow.
+  await card.locator('button.rollback').click();
+  await page.waitForSelector('article[data-plugin="acme-enrich"] .result.ok:has-text("version 1 is active")');
+  assert.deepEqual(errors, []);
+  await context.close();
+});
+
 test("a merchant's dashboard shows none of another merchant's events or plugins", async () => {
   // globex gets events of its own (sent by the operator).
   const sent = await operatorApi('POST', '/api/test-webhook', { endpoint: '/webhooks/globex' });

@@ -451,7 +451,19 @@ impl Registry {
                 active.info.version
             )));
         }
-        let version = self.add_version_as(slot, wasm, "upload", None, false).await?;
+        // A component already stored (an earlier version) is that version again, not a copy.
+        let sha256 = sha256_hex(&wasm);
+        let history = self.store.plugin_history(merchant, name).await?;
+        let stored = match history.versions.iter().rev().find(|v| v.sha256 == sha256) {
+            Some(same) => {
+                self.store.stored_plugin(merchant, name, same.version, self.runtime.fingerprint()).await?
+            }
+            None => None,
+        };
+        let version = match stored {
+            Some(stored) => self.load_stored(slot, stored).await?,
+            None => self.add_version_as(slot, wasm, "upload", None, false).await?,
+        };
         let canary = Canary {
             version: version.info.version,
             percent,

@@ -77,6 +77,8 @@ pub struct TrialEvent {
     pub event_type: Option<String>,
     /// Endpoint it arrived on.
     pub endpoint: String,
+    /// Its de-duplication scope (with the id, its address in the admin API).
+    pub scope: String,
     /// Arrival, unix ms.
     pub received_at_ms: i64,
     /// `same`, `different`, or `failed` (the candidate failed).
@@ -167,6 +169,7 @@ pub fn compare(event: &StoredEvent, active: SideRun, candidate: SideRun) -> Tria
         id: event.key.id.clone(),
         event_type: event.event_type.clone(),
         endpoint: event.endpoint.clone(),
+        scope: event.key.scope.clone(),
         received_at_ms: event.received_at_ms,
         verdict,
         changes,

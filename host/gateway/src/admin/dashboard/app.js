@@ -375,21 +375,50 @@ function pluginCard(p) {
   };
   const rollback = () => act(result, () => api('POST', `/api/plugins/${encodeURIComponent(p.name)}/rollback`),
     (s) => `Rolled back: version ${s.active_version} is active.`);
+  const share = el('input', { type: 'number', min: 1, max: 100, value: 10, class: 'share', 'aria-label': `canary share for ${p.name} (%)` });
+  const canary = async () => {
+    if (!file.files.length) { result.className = 'result error'; result.textContent = 'Choose a .wasm component first.'; return; }
+    await act(result, () => api('PUT', `/api/plugins/${encodeURIComponent(p.name)}?canary=${encodeURIComponent(share.value)}`, file.files[0], 'application/wasm'),
+      (s) => `Canary: version ${s.canary.version} takes ${s.canary.percent}% of events beside version ${s.active_version}.`);
+  };
+  const promote = () => act(result, () => api('POST', `/api/plugins/${encodeURIComponent(p.name)}/promote`),
+    (s) => `Promoted: version ${s.active_version} is active for every event.`);
+  const trial = el('div', { class: 'trial' });
+  const tryIt = async () => {
+    if (!file.files.length) { result.className = 'result error'; result.textContent = 'Choose a .wasm component first.'; return; }
+    result.className = 'result'; result.textContent = 'Trying it on the latest 200 events…';
+    try {
+      const r = await api('POST', `/api/plugins/${encodeURIComponent(p.name)}/try?last=200`, file.files[0], 'application/wasm');
+      result.className = 'result ok';
+      result.textContent = `Tried beside version ${r.active_version} on ${r.totals.events} events: ${r.totals.same} same, ${r.totals.different} different, ${r.totals.failed} failed.`;
+      trial.replaceChildren(trialTable(p, r));
+    } catch (e) {
+      if (e instanceof Unauthorized) return logout();
+      result.className = 'result error'; result.textContent = e.message;
+    }
+  };
   const runs = Object.entries(p.runs ?? {}).map(([k, n]) => `${k} ${n}`).join(', ') || 'none yet';
+  const figures = Object.fromEntries((p.by_version ?? []).map((f) => [f.version, f]));
+  const c = p.canary;
+  const canaryText = !c ? 'none' : c.state === 'running' ? `version ${c.version} on ${c.percent}% of events`
+    : `last one, version ${c.version}: ${c.state.replace('_', ' ')}${c.reason ? ` (${c.reason})` : ''}`;
   return el('article', { class: 'plugin', 'data-plugin': p.name },
     el('h2', {}, p.name),
     el('dl', { class: 'facts' },
       el('dt', {}, 'Merchant'), el('dd', {}, p.merchant),
       el('dt', {}, 'Active version'), el('dd', { class: 'active-version' }, p.active_version ?? 'none'),
       el('dt', {}, 'Limits'), el('dd', {}, `fuel ${p.fuel}, ${p.timeout_ms} ms, ${p.memory_mb} MiB${p.warm ? ', warm' : ''}`),
-      el('dt', {}, 'Runs since start'), el('dd', {}, runs)),
+      el('dt', {}, 'Runs since start'), el('dd', {}, runs),
+      el('dt', {}, 'Canary'), el('dd', { class: 'canary' }, canaryText)),
     el('h3', {}, 'Versions'),
     el('table', { class: 'versions' },
-      el('thead', {}, el('tr', {}, ['Version', 'SHA-256', 'Size', 'Source', 'Added', ''].map((h) => el('th', {}, h)))),
-      el('tbody', {}, p.versions.map((v) => el('tr', {},
+      el('thead', {}, el('tr', {}, ['Version', 'SHA-256', 'Size', 'Source', 'Added', 'Runs', 'Failed', 'µs p50 / p99', ''].map((h) => el('th', {}, h)))),
+      el('tbody', {}, p.versions.map((v) => { const f = figures[v.version]; return el('tr', {},
         el('td', {}, v.version), el('td', {}, el('code', {}, v.sha256.slice(0, 16))), el('td', {}, `${v.size} B`),
         el('td', {}, v.source), el('td', {}, time(v.created_at_ms)),
-        el('td', {}, v.version === p.active_version ? 'active' : ''))))),
+        el('td', { class: 'runs' }, f?.runs ?? 0), el('td', { class: 'failed' }, f?.failed ?? 0),
+        el('td', {}, f ? `${f.time_us_p50} / ${f.time_us_p99}` : ''),
+        el('td', {}, v.version === p.active_version ? 'active' : c?.state === 'running' && v.version === c.version ? 'canary' : '')); }))),
     el('h3', {}, 'Recent failures'),
     p.recent_failures.length === 0 ? el('p', {}, 'None since the gateway started.') :
       el('table', { class: 'failures' },
@@ -399,9 +428,24 @@ function pluginCard(p) {
           el('td', {}, el('a', { href: eventLink(f.last_event_id, p.merchant, f.last_event_scope) }, f.last_event_id)),
           el('td', {}, f.last_message ?? ''))))),
     el('div', { class: 'row' }, file,
+      el('button', { type: 'button', class: 'try', onclick: tryIt }, 'Try on recent events'),
       el('button', { type: 'button', class: 'upload', onclick: upload }, 'Upload'),
+      el('label', {}, 'Canary share (%)', share),
+      el('button', { type: 'button', class: 'canary-upload', onclick: canary }, 'Upload as canary'),
+      c?.state === 'running' ? el('button', { type: 'button', class: 'promote', onclick: promote }, 'Promote') : null,
       el('button', { type: 'button', class: 'rollback', onclick: rollback }, 'Roll back')),
-    result);
+    result, trial);
+}
+
+/** A dry run's events whose outcome would change or fail, with what changed. */
+function trialTable(p, r) {
+  const shown = r.events.filter((e) => e.verdict !== 'same');
+  if (shown.length === 0) return el('p', {}, 'No event would be handled differently.');
+  return el('table', { class: 'trial-events' },
+    el('thead', {}, el('tr', {}, ['Event', 'Type', 'Verdict', 'What changes'].map((h) => el('th', {}, h)))),
+    el('tbody', {}, shown.map((e) => el('tr', { 'data-event': e.id },
+      el('td', {}, el('a', { href: eventLink(e.id, p.merchant, e.scope) }, e.id)), el('td', {}, e.type ?? ''),
+      el('td', { class: 'verdict' }, e.verdict), el('td', {}, el('ul', {}, e.changes.map((x) => el('li', {}, x))))))));
 }
 
 async function act(out, call, say) {
