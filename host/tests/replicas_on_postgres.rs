@@ -409,6 +409,77 @@ async fn a_plugin_upload_or_rollback_on_one_replica_is_live_on_the_other() {
     assert_eq!(received.len(), 4);
 }
 
+/// A canary started through one replica runs on the other too, and when the other rolls it
+/// back (its runs trap), the first follows: every replica stops sending events to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_started_on_one_replica_runs_on_the_other_and_its_rollback_is_followed() {
+    let pg = TestServer::start();
+    let url = pg.database("canary");
+    let legacy = Upstream::start().await;
+    let config = replica_config(&url, &legacy.url())
+        .replace("upstream = \"legacy\"\n", "upstream = \"legacy\"\nplugins = [\"shape\"]\n")
+        + "[[plugin]]\nname = \"shape\"\n[plugins]\ncanary_window = 4\nretry_base_ms = 50\nretry_max_ms = 200\nmax_attempts = 100\n";
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Gateway::start(dir_a.path(), &config);
+    let b = Gateway::start(dir_b.path(), &config);
+    let client = client();
+    let put = |path: &str, name: &str| {
+        let request = client
+            .put(a.admin_url(&format!("/api/plugins/shape{path}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .body(std::fs::read(guests().join(format!("{name}.wasm"))).unwrap());
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(put("", "noop").await, 200);
+    assert_eq!(put("?canary=100", "picky").await, 200);
+    // Events sent to `replica` until one is delivered carrying (or not) the canary's tag.
+    let serial = AtomicUsize::new(0);
+    let until_tagged = |replica: &Gateway, tagged: bool, event_type: &'static str| {
+        let url = replica.url("/webhooks/payflow");
+        let (client, serial, legacy) = (client.clone(), &serial, &legacy);
+        let admin = replica.admin_url("/api/events/");
+        async move {
+            let started = Instant::now();
+            loop {
+                assert!(started.elapsed() < WAIT, "no event on {url} was tagged={tagged}");
+                let id = format!("evt_canary_{}", serial.fetch_add(1, Ordering::SeqCst));
+                let body = support::event_body(&id, event_type);
+                let headers = support::sign(payflow_verify::Scheme::PayFlow, support::SECRET, &body, &id);
+                assert_eq!(support::post(&client, &url, &headers, body).await.0, 200);
+                legacy.wait_for(WAIT, &id, |r| r.iter().any(|r| r.event_id == id)).await;
+                let (_, event) = support::admin_get(&client, &format!("{admin}{id}"), ADMIN_TOKEN).await;
+                if event["tags"].as_array().is_some_and(|t| t.iter().any(|t| t == "picky")) == tagged {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // B follows the canary started on A: its events run on it.
+    until_tagged(&b, true, "payment.succeeded").await;
+    // On B the canary traps on failed payments and is rolled back (by B); A follows.
+    for i in 0..4 {
+        let body = support::event_body(&format!("evt_pf_{i}"), "payment.failed");
+        let headers =
+            support::sign(payflow_verify::Scheme::PayFlow, support::SECRET, &body, &format!("evt_pf_{i}"));
+        assert_eq!(support::post(&client, &b.url("/webhooks/payflow"), &headers, body).await.0, 200);
+    }
+    let started = Instant::now();
+    loop {
+        let (_, status) = support::admin_get(&client, &a.admin_url("/api/plugins/shape"), ADMIN_TOKEN).await;
+        if status["canary"]["state"] == "rolled_back" {
+            assert!(status["canary"]["reason"].as_str().unwrap().contains("trap"), "{status}");
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "the canary was never rolled back: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until_tagged(&a, false, "payment.succeeded").await;
+    for i in 0..4 {
+        support::wait_for_status(&client, &b, &format!("evt_pf_{i}"), "delivered", WAIT).await;
+    }
+}
+
 /// On PostgreSQL a delivery attempt is recorded by the dispatcher's own task (there is no
 /// writer thread to hand it to), which a worker no longer waits for: SIGTERM must wait for
 /// those tasks, or the attempts they carry are lost and sent again after the restart. What it
