@@ -7,14 +7,16 @@
 //! starts as a snapshot of the plugin's committed space: reads see the snapshot plus that
 //! side's own earlier writes, and nothing is ever written back. The outcome gets the chain's
 //! checks (reserved headers, forwards only to the merchant's upstreams), so a candidate that
-//! would fail live fails here too. The two outcomes are then compared field by field.
+//! would fail live fails here too. Runs are timed in CPU time, held to the plugin's deadline:
+//! they run when the CPU is otherwise idle (see the scheduler), so wall-clock time would
+//! measure the live traffic, not the plugin. The two outcomes are then compared field by field.
 //!
 //! This module must never deliver, record a run, touch the committed kv or the slot's
 //! counters, or swap a version in: a dry run leaves no trace but its report.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -22,11 +24,28 @@ use serde_json::Value;
 use super::chain::check_outcome;
 use super::registry::{Slot, Version};
 use super::stats::quantile;
-use super::{Action, Event, LoadedPlugin, MemoryKv, Outcome};
+use super::{Action, Event, Failure, Limits, LoadedPlugin, MemoryKv, Outcome};
 use payflow_store::Event as StoredEvent;
 
 /// Changes listed per event at most (a rewrite of a whole body would list every field).
 const MAX_CHANGES: usize = 20;
+
+/// The wall-clock deadline of a dry run's run, a backstop (see [`Trial::run`]).
+const TRIAL_WALL_DEADLINE: Duration = Duration::from_secs(60);
+
+/// CPU time this thread has used (Linux; elsewhere wall-clock time since a fixed instant).
+fn thread_cpu_time() -> Duration {
+    #[cfg(target_os = "linux")]
+    {
+        let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes the timespec it is given, which outlives the call.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0 {
+            return Duration::new(t.tv_sec as u64, t.tv_nsec as u32);
+        }
+    }
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed()
+}
 
 /// Which of the two versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +76,7 @@ pub struct SideRun {
     pub detail: Option<String>,
     /// Fuel used.
     pub fuel: u64,
-    /// Wall-clock time, instantiation included.
+    /// CPU time, instantiation included (what the run costs, however long it waited for CPU).
     pub duration_us: u64,
     /// The run's log lines as `level: message`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -118,12 +137,19 @@ impl Trial {
             Side::Active => (&self.active.plugin, &self.kv[0]),
             Side::Candidate => (&self.candidate, &self.kv[1]),
         };
-        let started = Instant::now();
-        let run =
-            plugin.run(&Event::of(event, &event.body), &self.slot.config, kv.clone(), &self.slot.limits);
-        let duration_us = started.elapsed().as_micros() as u64;
-        let checked =
-            run.result.and_then(|o| check_outcome(&o, &self.upstreams, own_upstream, &[]).map(|()| o));
+        // Under SCHED_IDLE a run may wait long for CPU: the wall-clock deadline is only a
+        // backstop, and the run's own CPU time is held to the plugin's deadline instead.
+        let limits =
+            Limits { timeout: self.slot.limits.timeout.max(TRIAL_WALL_DEADLINE), ..self.slot.limits.clone() };
+        let started = thread_cpu_time();
+        let run = plugin.run(&Event::of(event, &event.body), &self.slot.config, kv.clone(), &limits);
+        let cpu = thread_cpu_time().saturating_sub(started);
+        let result = match run.result {
+            Ok(_) if cpu > self.slot.limits.timeout => Err(Failure::Timeout),
+            result => result,
+        };
+        let duration_us = cpu.as_micros() as u64;
+        let checked = result.and_then(|o| check_outcome(&o, &self.upstreams, own_upstream, &[]).map(|()| o));
         let logs = run.logs.iter().map(|l| format!("{}: {}", l.level, l.message)).collect();
         let (outcome, detail) = match &checked {
             Ok(o) => match &o.action {
