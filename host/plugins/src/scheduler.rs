@@ -175,7 +175,7 @@ impl Scheduler {
 
 /// Puts the calling thread under `SCHED_IDLE` (Linux): it runs only on CPU nothing else
 /// wants. Elsewhere, or if refused, it keeps the priority it has.
-fn idle_priority() {
+pub(crate) fn idle_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: a plain syscall on the calling thread (pid 0), with a parameter that outlives it.
     unsafe {
