@@ -49,10 +49,7 @@ merchant = "acme"
 }
 
 fn cli_as_acme(gw: &Gateway, args: &[&str]) -> (Option<i32>, String, String) {
-    let admin = gw.admin_url("");
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(["--admin", &admin, "--token", ACME_TOKEN]);
-    support::cli(&all)
+    support::admin_cli(gw, ACME_TOKEN, args)
 }
 
 async fn send(client: &reqwest::Client, gw: &Gateway, id: &str, event_type: &str) {

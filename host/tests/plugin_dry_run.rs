@@ -90,20 +90,9 @@ async fn gateway_with_history(dir: &std::path::Path, app: &Upstream) -> Gateway 
 /// `plugin try NAME FILE ARGS… --json` as acme; the parsed report.
 fn try_json(gw: &Gateway, name: &str, wasm: &str, args: &[&str]) -> Value {
     let file = guests().join(wasm);
-    let admin = gw.admin_url("");
-    let mut all = vec![
-        "plugin",
-        "try",
-        name,
-        file.to_str().unwrap(),
-        "--json",
-        "--admin",
-        &admin,
-        "--token",
-        ACME_TOKEN,
-    ];
+    let mut all = vec!["plugin", "try", name, file.to_str().unwrap(), "--json"];
     all.extend_from_slice(args);
-    let (code, out, err) = support::cli(&all);
+    let (code, out, err) = support::admin_cli(gw, ACME_TOKEN, &all);
     assert_eq!(code, Some(0), "plugin try failed:\n{out}\n{err}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
@@ -162,17 +151,8 @@ async fn a_dry_run_finds_the_one_event_whose_outcome_changed_and_leaves_no_trace
         0
     );
     let file = guests().join("amount_threshold.wasm");
-    let admin = gw.admin_url("");
-    let (code, out, err) = support::cli(&[
-        "plugin",
-        "try",
-        "gate",
-        file.to_str().unwrap(),
-        "--admin",
-        &admin,
-        "--token",
-        ACME_TOKEN,
-    ]);
+    let (code, out, err) =
+        support::admin_cli(&gw, ACME_TOKEN, &["plugin", "try", "gate", file.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{err}");
     assert!(
         out.contains("4 events: 3 same, 1 different, 0 failed") && out.contains("different evt_acme_1"),

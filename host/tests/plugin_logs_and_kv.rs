@@ -36,13 +36,6 @@ async fn send(gw: &Gateway, id: &str, amount: i64) {
     assert_eq!(post(&client(), &gw.url("/acme"), &headers, body).await.0, 200);
 }
 
-fn cli(gw: &Gateway, token: &str, args: &[&str]) -> (Option<i32>, String, String) {
-    let admin = gw.admin_url("");
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(["--admin", &admin, "--token", token]);
-    support::cli(&all)
-}
-
 /// Waits for a line of `lines` containing `needle`; every line read is kept in `seen`.
 fn wait_line(lines: &mpsc::Receiver<String>, seen: &mut Vec<String>, needle: &str) {
     let deadline = std::time::Instant::now() + WAIT;
@@ -99,12 +92,13 @@ async fn plugin_logs_follow_prints_each_runs_lines_live_and_once() {
     }
 
     // Without --follow: the latest lines, then done; JSON on request; others' tokens see nothing.
-    let (code, out, _) = cli(&gw, ACME_TOKEN, &["plugin", "logs", "ledger", "--lines", "2", "--json"]);
+    let (code, out, _) =
+        support::admin_cli(&gw, ACME_TOKEN, &["plugin", "logs", "ledger", "--lines", "2", "--json"]);
     assert_eq!(code, Some(0));
     let last: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(last.len(), 2);
     assert_eq!(last[1]["event_id"], "evt_log_3");
-    let (code, _, err) = cli(&gw, GLOBEX_TOKEN, &["plugin", "logs", "ledger"]);
+    let (code, _, err) = support::admin_cli(&gw, GLOBEX_TOKEN, &["plugin", "logs", "ledger"]);
     assert_eq!(code, Some(1), "{err}");
     let bad = client()
         .get(gw.admin_url("/api/plugins/ledger/logs?after=soon"))
@@ -124,30 +118,34 @@ async fn plugin_kv_is_listed_read_and_repaired() {
     send(&gw, "evt_kv_2", 700).await;
     app.wait_for(WAIT, "both events", |r| r.len() == 2).await;
 
-    let (code, out, err) = cli(&gw, ACME_TOKEN, &["plugin", "kv", "ledger", "list"]);
+    let (code, out, err) = support::admin_cli(&gw, ACME_TOKEN, &["plugin", "kv", "ledger", "list"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("1 keys,") && out.contains(TOTAL_KEY) && out.contains("5700"), "{out}");
-    let (code, out, _) = cli(&gw, ACME_TOKEN, &["plugin", "kv", "ledger", "get", TOTAL_KEY]);
+    let (code, out, _) = support::admin_cli(&gw, ACME_TOKEN, &["plugin", "kv", "ledger", "get", TOTAL_KEY]);
     assert_eq!(code, Some(0));
     assert_eq!(out, "5700\nevt_kv_1\nevt_kv_2\n", "the whole value, as the plugin wrote it");
-    let (_, out, _) = cli(&gw, ACME_TOKEN, &["plugin", "kv", "ledger", "get", TOTAL_KEY, "--json"]);
+    let (_, out, _) =
+        support::admin_cli(&gw, ACME_TOKEN, &["plugin", "kv", "ledger", "get", TOTAL_KEY, "--json"]);
     let value: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(value["size"], 22);
 
     // Another merchant cannot read or delete it; a key that is not there says so.
-    let (code, _, _) = cli(&gw, GLOBEX_TOKEN, &["plugin", "kv", "ledger", "delete", TOTAL_KEY]);
+    let (code, _, _) =
+        support::admin_cli(&gw, GLOBEX_TOKEN, &["plugin", "kv", "ledger", "delete", TOTAL_KEY]);
     assert_eq!(code, Some(1));
-    let (code, _, err) = cli(&gw, ACME_TOKEN, &["plugin", "kv", "ledger", "get", "total:nobody:PKR"]);
+    let (code, _, err) =
+        support::admin_cli(&gw, ACME_TOKEN, &["plugin", "kv", "ledger", "get", "total:nobody:PKR"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("no key"), "{err}");
 
     // The repair: the total is reset, and the next run starts from nothing.
-    let (code, out, _) = cli(&gw, ACME_TOKEN, &["plugin", "kv", "ledger", "delete", TOTAL_KEY]);
+    let (code, out, _) =
+        support::admin_cli(&gw, ACME_TOKEN, &["plugin", "kv", "ledger", "delete", TOTAL_KEY]);
     assert_eq!(code, Some(0));
     assert!(out.contains("deleted"), "{out}");
-    let (_, out, _) = cli(&gw, ACME_TOKEN, &["plugin", "kv", "ledger", "list"]);
+    let (_, out, _) = support::admin_cli(&gw, ACME_TOKEN, &["plugin", "kv", "ledger", "list"]);
     assert!(out.starts_with("0 keys,"), "{out}");
-    let (code, _, _) = cli(&gw, ACME_TOKEN, &["plugin", "kv", "ledger", "delete", TOTAL_KEY]);
+    let (code, _, _) = support::admin_cli(&gw, ACME_TOKEN, &["plugin", "kv", "ledger", "delete", TOTAL_KEY]);
     assert_eq!(code, Some(1), "already gone");
     send(&gw, "evt_kv_3", 300).await;
     app.wait_for(WAIT, "the event after the repair", |r| r.len() == 3).await;

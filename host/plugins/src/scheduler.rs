@@ -13,7 +13,8 @@
 //!
 //! Idle jobs (dry runs of a candidate version, [`Scheduler::submit_idle`]) never take a worker:
 //! they run one at a time on a thread of their own under Linux's `SCHED_IDLE` policy, which
-//! gets CPU only when no other thread of the machine wants it. A dry run therefore waits while
+//! gets CPU only when no other thread of the machine wants it, and which steps back for a
+//! while after a job that had to wait for CPU. A dry run therefore waits while
 //! live traffic keeps the CPU busy, rather than slowing it (bench/RESULTS.md measured a dry run
 //! on the workers' lowered priority cutting live deliveries sevenfold).
 
@@ -186,6 +187,24 @@ pub(crate) fn idle_priority() {
     }
 }
 
+/// The longest the idle thread steps back after a job that had to wait for CPU.
+const IDLE_BACKOFF_MAX: Duration = Duration::from_millis(100);
+
+/// CPU time the calling thread has used (Linux; elsewhere wall-clock time since a fixed
+/// instant).
+pub(crate) fn thread_cpu_time() -> Duration {
+    #[cfg(target_os = "linux")]
+    {
+        let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes the timespec it is given, which outlives the call.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0 {
+            return Duration::new(t.tv_sec as u64, t.tv_nsec as u32);
+        }
+    }
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed()
+}
+
 fn work_when_idle(shared: &Shared) {
     let mut idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner());
     loop {
@@ -193,7 +212,15 @@ fn work_when_idle(shared: &Shared) {
         match jobs.pop_front() {
             Some(job) => {
                 drop(idle);
+                let (started, cpu) = (Instant::now(), thread_cpu_time());
                 job();
+                let (wall, cpu) = (started.elapsed(), thread_cpu_time().saturating_sub(cpu));
+                // A job that waited for CPU more than it used means other threads want it:
+                // step back as long again, so the gaps between live bursts stay theirs.
+                // On an idle machine a job waits for nothing and the next starts at once.
+                if cpu * 2 < wall {
+                    std::thread::sleep(wall.min(IDLE_BACKOFF_MAX));
+                }
                 idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner());
             }
             None => idle = shared.idle_ready.wait(idle).unwrap_or_else(|p| p.into_inner()),

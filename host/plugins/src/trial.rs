@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use super::chain::check_outcome;
 use super::registry::{Slot, Version};
+use super::scheduler::thread_cpu_time;
 use super::stats::quantile;
 use super::{Action, Event, Failure, Limits, LoadedPlugin, MemoryKv, Outcome};
 use payflow_store::Event as StoredEvent;
@@ -32,20 +33,6 @@ const MAX_CHANGES: usize = 20;
 
 /// The wall-clock deadline of a dry run's run, a backstop (see [`Trial::run`]).
 const TRIAL_WALL_DEADLINE: Duration = Duration::from_secs(60);
-
-/// CPU time this thread has used (Linux; elsewhere wall-clock time since a fixed instant).
-fn thread_cpu_time() -> Duration {
-    #[cfg(target_os = "linux")]
-    {
-        let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: clock_gettime writes the timespec it is given, which outlives the call.
-        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0 {
-            return Duration::new(t.tv_sec as u64, t.tv_nsec as u32);
-        }
-    }
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed()
-}
 
 /// Which of the two versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -498,6 +498,15 @@ pub fn cli(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// Runs `payflow-edge ARGS…` against `gw`'s admin API with `token` (an admin command:
+/// `plugin`, `events`…): (exit code, stdout, stderr).
+pub fn admin_cli(gw: &Gateway, token: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let admin = gw.admin_url("");
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--admin", &admin, "--token", token]);
+    cli(&all)
+}
+
 /// Sends 40 events through a gateway on `config` (a queue endpoint to `upstream`, 8 workers),
 /// SIGTERMs it while every worker holds a delivery (the upstream answers slowly), restarts it,
 /// and checks that each event reached the upstream exactly once: every attempt made before
