@@ -178,9 +178,11 @@ impl Scheduler {
 /// wants. Elsewhere, or if refused, it keeps the priority it has.
 pub(crate) fn idle_priority() {
     #[cfg(target_os = "linux")]
-    // SAFETY: a plain syscall on the calling thread (pid 0), with a parameter that outlives it.
+    // SAFETY: a plain syscall on the calling thread (pid 0), with a parameter that outlives it;
+    // `sched_param` is plain integers (musl's has more fields than glibc's), so zeroes are a
+    // valid value, priority 0 as SCHED_IDLE requires.
     unsafe {
-        let param = libc::sched_param { sched_priority: 0 };
+        let param: libc::sched_param = std::mem::zeroed();
         if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
             tracing::debug!("could not put the dry-run thread under SCHED_IDLE");
         }
