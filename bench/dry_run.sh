@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 22: does a dry run (`plugin try`) delay live events? Live events go through a plugin
 # (the JavaScript example, warm instances) and are delivered to a bare upstream; in alternate
-# rounds a loop of dry runs (the same component, on the latest 1000 events, fresh instances,
-# so each dry run is ~2,000 JS instantiations) runs beside them. Per round: the live events'
+# rounds a loop of dry runs (the same component, on the latest 1000 events: 2,000 JS runs, in
+# warm instances as the plugin's live runs are, from builds after 2026-12-02; fresh ones
+# before) runs beside them. Per round: the live events'
 # ack rate and p99, how fast all of them were delivered (counted from the first request), the
 # gateway's CPU per live event, and how many dry runs finished meanwhile.
 # Usage: bench/dry_run.sh [REQUESTS] [PAIRS]   (defaults 5000 and 3; 64 connections)

@@ -18,7 +18,8 @@ const WAIT: Duration = Duration::from_secs(30);
 /// acme's amounts; the threshold candidate drops only the 700.
 const AMOUNTS: [i64; 4] = [5000, 700, 2500, 1200];
 
-fn config(db: &std::path::Path, app: &str) -> String {
+/// The test config; `gate` is the plugin dry runs try, with `gate_options` added to it.
+fn config(db: &std::path::Path, app: &str, gate_options: &str) -> String {
     support::config_head(db)
         + support::TWO_MERCHANTS
         + &format!(
@@ -52,6 +53,7 @@ name = "gate"
 merchant = "acme"
 path = "{noop}"
 config = {{ min_amount = "1000" }}
+{gate_options}
 [[plugin]]
 name = "g-gate"
 merchant = "globex"
@@ -67,7 +69,12 @@ merchant = "acme"
 /// A gateway with acme's four events and two of globex's (one of 100, which the threshold
 /// would drop were it ever picked) delivered.
 async fn gateway_with_history(dir: &std::path::Path, app: &Upstream) -> Gateway {
-    let gw = Gateway::start(dir, &config(&dir.join("db"), &app.url()));
+    gateway_with_history_and(dir, app, "").await
+}
+
+/// [`gateway_with_history`], with `gate_options` in the `gate` plugin's config.
+async fn gateway_with_history_and(dir: &std::path::Path, app: &Upstream, gate_options: &str) -> Gateway {
+    let gw = Gateway::start(dir, &config(&dir.join("db"), &app.url(), gate_options));
     let client = client();
     let sent = AMOUNTS
         .iter()
@@ -240,6 +247,33 @@ async fn javascript_and_python_candidates_are_tried_too() {
     let changes = py["events"][0]["changes"].to_string();
     assert!(changes.contains("forward: + chat") && changes.contains("tag: + notified"), "{changes}");
     assert!(py["candidate"]["time_us_p50"].as_u64().unwrap() > 0);
+}
+
+/// The candidate counts its runs in its own memory. A plugin with `warm = true` keeps one
+/// instance across events live, so its dry run must too (1, 2, 3, 4); any other gets a fresh
+/// instance per event (always 1).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_instantiates_as_live_runs_do_one_warm_instance_per_side_or_fresh_per_event() {
+    let runs_seen = |report: &Value| -> Vec<String> {
+        report["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let changes = e["changes"].to_string();
+                let at = changes.find("x-instance-runs").unwrap_or_else(|| panic!("{changes}"));
+                changes[at..].split(['"', ',']).next().unwrap().to_string()
+            })
+            .collect()
+    };
+    for (options, expected) in [("warm = true", ["1", "2", "3", "4"]), ("", ["1", "1", "1", "1"])] {
+        let dir = tempfile::tempdir().unwrap();
+        let app = Upstream::start().await;
+        let gw = gateway_with_history_and(dir.path(), &app, options).await;
+        let report = try_json(&gw, "gate", "counter.wasm", &[]);
+        let expected: Vec<String> = expected.iter().map(|n| format!("x-instance-runs: {n}")).collect();
+        assert_eq!(runs_seen(&report), expected, "{options:?}: {report:#}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

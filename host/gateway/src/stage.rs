@@ -19,7 +19,7 @@ use payflow_clock::Clock;
 use payflow_delivery::route::Routes;
 use payflow_delivery::{RetryPolicy, Step, StepDone};
 use payflow_plugins::chain::{self, ChainInput, ChainOutcome, ChainResult};
-use payflow_plugins::{trial, Registry, RegistryError, Scheduler, Side, TrialReport};
+use payflow_plugins::{trial, Registry, RegistryError, Scheduler, Side, Trial, TrialEvent, TrialReport};
 use payflow_store::{
     AttemptOutcome, DeliveryQueue, DueDelivery, DueStep, Event, EventStatus, KvWrite, NewDelivery,
     PluginRunInfo, PluginStep,
@@ -95,33 +95,17 @@ impl PluginStage {
         self.endpoints.get(endpoint).is_some_and(|e| e.chain.iter().any(|n| n == name))
     }
 
-    /// A dry run of `wasm` beside `merchant`'s plugin `name` on `events` (oldest first): each
-    /// run is an idle job on the scheduler, after every live one ([`Scheduler::submit_idle`]),
-    /// and nothing is recorded, delivered or written to kv.
+    /// Starts a dry run of `wasm` beside `merchant`'s plugin `name`: the candidate is checked
+    /// and compiled; the events are then given one at a time ([`DryRun::try_event`]).
     pub async fn dry_run(
         &self,
         merchant: &str,
         name: &str,
         wasm: bytes::Bytes,
-        events: Vec<Event>,
-    ) -> Result<TrialReport, RegistryError> {
+    ) -> Result<DryRun<'_>, RegistryError> {
         let upstreams = self.allowed.get(merchant).cloned().unwrap_or_default();
         let trial = Arc::new(self.registry.trial(merchant, name, wasm, upstreams).await?);
-        let stopped =
-            || RegistryError::NoVersion("the gateway is stopping: try again once it is back".into());
-        let mut tried = Vec::with_capacity(events.len());
-        for event in events {
-            let event = Arc::new(event);
-            let own = self.endpoints.get(&event.endpoint).and_then(|e| e.upstream.clone());
-            let side = |side: Side| {
-                let (trial, event, own) = (trial.clone(), event.clone(), own.clone());
-                self.scheduler.submit_idle(move || trial.run(side, &event, own.as_deref()))
-            };
-            let active = side(Side::Active).await.map_err(|_| stopped())?;
-            let candidate = side(Side::Candidate).await.map_err(|_| stopped())?;
-            tried.push(trial::compare(&event, active, candidate));
-        }
-        Ok(TrialReport::new(name, trial.active_version(), tried))
+        Ok(DryRun { stage: self, trial, name: name.to_string(), tried: Vec::new() })
     }
 
     /// Whether events of `endpoint` go through plugins.
@@ -374,4 +358,37 @@ struct Decision {
     runs: Vec<PluginRunInfo>,
     kv: Vec<KvWrite>,
     routes: Option<Vec<String>>,
+}
+
+/// A dry run under way ([`PluginStage::dry_run`]). Nothing it does is recorded, delivered or
+/// written to kv.
+pub struct DryRun<'a> {
+    stage: &'a PluginStage,
+    trial: Arc<Trial>,
+    name: String,
+    tried: Vec<TrialEvent>,
+}
+
+impl DryRun<'_> {
+    /// Runs both versions on `event` (the next oldest), each as an idle job on the scheduler,
+    /// after every live one ([`Scheduler::submit_idle`]).
+    pub async fn try_event(&mut self, event: Event) -> Result<(), RegistryError> {
+        let event = Arc::new(event);
+        let own = self.stage.endpoints.get(&event.endpoint).and_then(|e| e.upstream.clone());
+        let side = |side: Side| {
+            let (trial, event, own) = (self.trial.clone(), event.clone(), own.clone());
+            self.stage.scheduler.submit_idle(move || trial.run(side, &event, own.as_deref()))
+        };
+        let stopped =
+            || RegistryError::NoVersion("the gateway is stopping: try again once it is back".into());
+        let active = side(Side::Active).await.map_err(|_| stopped())?;
+        let candidate = side(Side::Candidate).await.map_err(|_| stopped())?;
+        self.tried.push(trial::compare(&event, active, candidate));
+        Ok(())
+    }
+
+    /// The report on the events tried.
+    pub fn report(self) -> TrialReport {
+        TrialReport::new(&self.name, self.trial.active_version(), self.tried)
+    }
 }

@@ -91,25 +91,46 @@ impl Admin {
                 )
             }
         };
-        let events = match self.trial_events(stage, merchant, name, &query).await {
-            Ok(events) => events,
+        let keys = match self.trial_keys(stage, merchant, name, &query).await {
+            Ok(keys) => keys,
             Err(e) => return store_error(e),
         };
-        match stage.dry_run(merchant, name, wasm, events).await {
-            Ok(report) => http::json(StatusCode::OK, &json!(report)),
-            Err(e) => plugin_error(e),
+        let mut dry_run = match stage.dry_run(merchant, name, wasm).await {
+            Ok(dry_run) => dry_run,
+            Err(e) => return plugin_error(e),
+        };
+        // Each event is read only once the one before it has run: the runs wait for CPU live
+        // traffic leaves idle, and so, at that pace, do these reads on the store's read
+        // connection, which live traffic shares.
+        for key in keys {
+            let event = match self.store.get_event(&key).await {
+                Ok(Some(detail)) => Event {
+                    endpoint: detail.summary.endpoint,
+                    event_type: detail.summary.event_type,
+                    body: Bytes::from(detail.body),
+                    received_at_ms: detail.summary.received_at_ms,
+                    request_id: detail.request_id,
+                    key,
+                },
+                Ok(None) => continue,
+                Err(e) => return store_error(e),
+            };
+            if let Err(e) = dry_run.try_event(event).await {
+                return plugin_error(e);
+            }
         }
+        http::json(StatusCode::OK, &json!(dry_run.report()))
     }
 
-    /// The merchant's events that went through plugin `name` (not quarantined: those never
-    /// reach plugins), newest `query.last` that match, returned oldest first.
-    async fn trial_events(
+    /// The keys of the merchant's events that went through plugin `name` (not quarantined:
+    /// those never reach plugins), newest `query.last` that match, returned oldest first.
+    async fn trial_keys(
         &self,
         stage: &PluginStage,
         merchant: &str,
         name: &str,
         query: &TrialQuery,
-    ) -> Result<Vec<Event>, payflow_store::StoreError> {
+    ) -> Result<Vec<EventKey>, payflow_store::StoreError> {
         let cutoff = query.since_ms.map(|ms| self.clock.now_ms() - ms);
         let mut picked = Vec::new();
         let mut filter = EventFilter {
@@ -147,21 +168,8 @@ impl Admin {
                 _ => break,
             }
         }
-        let mut events = Vec::with_capacity(picked.len());
-        for key in picked.into_iter().rev() {
-            if let Some(detail) = self.store.get_event(&key).await? {
-                let s = detail.summary;
-                events.push(Event {
-                    key,
-                    endpoint: s.endpoint,
-                    event_type: s.event_type,
-                    body: Bytes::from(detail.body),
-                    received_at_ms: s.received_at_ms,
-                    request_id: detail.request_id,
-                });
-            }
-        }
-        Ok(events)
+        picked.reverse();
+        Ok(picked)
     }
 }
 
