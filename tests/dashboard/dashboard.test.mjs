@@ -150,6 +150,17 @@ async function logIn(page, token) {
   await page.click('#login');
 }
 
+/** A fresh page logged in with `token`, on the plugins view, with plugin `name`'s card shown. */
+async function openPluginCard(token, name) {
+  const opened = await openDashboard();
+  await logIn(opened.page, token);
+  await opened.page.waitForSelector('#events-view:visible');
+  await opened.page.click('#nav a[data-view="plugins"]');
+  const card = opened.page.locator(`article[data-plugin="${name}"]`);
+  await card.waitFor();
+  return { ...opened, card };
+}
+
 const shot = (page, name) => page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
 
 async function operatorApi(method, path, body) {
@@ -267,12 +278,7 @@ test('the chart shows the last hour from the server, so a reload keeps it', asyn
 });
 
 test('a merchant uploads a plugin version and rolls it back', async () => {
-  const { page, context, errors } = await openDashboard();
-  await logIn(page, ACME);
-  await page.waitForSelector('#events-view:visible');
-  await page.click('#nav a[data-view="plugins"]');
-  const card = page.locator('article[data-plugin="acme-enrich"]');
-  await card.waitFor();
+  const { page, context, errors, card } = await openPluginCard(ACME, 'acme-enrich');
   assert.equal(await card.locator('.active-version').textContent(), '1');
 
   // Uploading nothing, or something that is not a component, is refused and changes nothing.
@@ -309,12 +315,7 @@ test('a merchant tries a candidate on recent events, starts it as a canary and p
   const { id } = await sent.json();
   assert.match(id, /^evt_test_/);
 
-  const { page, context, errors } = await openDashboard();
-  await logIn(page, ACME);
-  await page.waitForSelector('#events-view:visible');
-  await page.click('#nav a[data-view="plugins"]');
-  const card = page.locator('article[data-plugin="acme-enrich"]');
-  await card.waitFor();
+  const { page, context, errors, card } = await openPluginCard(ACME, 'acme-enrich');
   await card.locator('input[type=file]').setInputFiles(join(GUESTS, 'amount_threshold.wasm'));
   await card.locator('button.try').click();
   await page.waitForSelector('article[data-plugin="acme-enrich"] .result.ok:has-text("Tried beside version 1")');
