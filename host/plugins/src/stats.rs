@@ -1,7 +1,7 @@
 //! Run statistics per plugin version: runs by outcome, and the median and 99th percentile of
 //! time and fuel over the version's most recent runs. What the API, the dashboard and the
 //! metrics show, so a merchant can compare a new version with the one before it (and a dry
-//! run's two sides use the same [`quantile`]). It must never hold more than
+//! run's two sides use the same [`RunPercentiles`]). It must never hold more than
 //! [`RECENT_RUNS`] samples per version.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -10,6 +10,34 @@ use serde::Serialize;
 
 /// Runs per version the percentiles are taken over: enough for a stable p99, bounded memory.
 pub const RECENT_RUNS: usize = 1000;
+
+/// Median and 99th percentile of time and fuel over a set of runs: a version's latest, or one
+/// side of a dry run.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RunPercentiles {
+    /// Time per run in µs, median.
+    pub time_us_p50: u64,
+    /// Time per run in µs, 99th percentile.
+    pub time_us_p99: u64,
+    /// Fuel per run, median.
+    pub fuel_p50: u64,
+    /// Fuel per run, 99th percentile.
+    pub fuel_p99: u64,
+}
+
+impl RunPercentiles {
+    /// The percentiles of runs given as (µs, fuel).
+    pub fn of(runs: impl Iterator<Item = (u64, u64)> + Clone) -> RunPercentiles {
+        let time = || runs.clone().map(|r| r.0);
+        let fuel = || runs.clone().map(|r| r.1);
+        RunPercentiles {
+            time_us_p50: quantile(time(), 0.5),
+            time_us_p99: quantile(time(), 0.99),
+            fuel_p50: quantile(fuel(), 0.5),
+            fuel_p99: quantile(fuel(), 0.99),
+        }
+    }
+}
 
 /// The `q` quantile (0 to 1) of `values`, nearest rank; 0 for none.
 pub fn quantile(values: impl IntoIterator<Item = u64>, q: f64) -> u64 {
@@ -40,17 +68,12 @@ impl VersionStats {
     pub fn figures(&self, version: u32) -> VersionFigures {
         let failed =
             self.outcomes.iter().filter(|(o, _)| *o != "continue" && *o != "drop").map(|(_, n)| n).sum();
-        let time = || self.recent.iter().map(|r| r.0);
-        let fuel = || self.recent.iter().map(|r| r.1);
         VersionFigures {
             version,
             runs: self.outcomes.values().sum(),
             failed,
             outcomes: self.outcomes.clone(),
-            time_us_p50: quantile(time(), 0.5),
-            time_us_p99: quantile(time(), 0.99),
-            fuel_p50: quantile(fuel(), 0.5),
-            fuel_p99: quantile(fuel(), 0.99),
+            latest: RunPercentiles::of(self.recent.iter().copied()),
         }
     }
 }
@@ -66,14 +89,9 @@ pub struct VersionFigures {
     pub failed: u64,
     /// Runs by outcome: `continue`, `drop`, or a failure's reason.
     pub outcomes: BTreeMap<String, u64>,
-    /// Time per run in µs over the latest runs, median.
-    pub time_us_p50: u64,
-    /// Time per run in µs over the latest runs, 99th percentile.
-    pub time_us_p99: u64,
-    /// Fuel per run over the latest runs, median.
-    pub fuel_p50: u64,
-    /// Fuel per run over the latest runs, 99th percentile.
-    pub fuel_p99: u64,
+    /// Over the latest [`RECENT_RUNS`] runs.
+    #[serde(flatten)]
+    pub latest: RunPercentiles,
 }
 
 #[cfg(test)]
@@ -91,8 +109,8 @@ mod tests {
         let f = stats.figures(3);
         assert_eq!((f.version, f.runs, f.failed), (3, 1500, 150));
         assert_eq!(f.outcomes["continue"], 1350);
-        assert!(f.time_us_p99 < 1_000_000, "an evicted slow run counted: {f:?}");
-        assert_eq!((f.fuel_p50, f.fuel_p99), (7, 7));
+        assert!(f.latest.time_us_p99 < 1_000_000, "an evicted slow run counted: {f:?}");
+        assert_eq!((f.latest.fuel_p50, f.latest.fuel_p99), (7, 7));
         assert_eq!(quantile([5, 1, 3], 0.5), 3);
         assert_eq!(quantile([], 0.99), 0);
     }

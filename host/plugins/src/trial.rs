@@ -26,7 +26,7 @@ use serde_json::Value;
 use super::chain::check_outcome;
 use super::registry::{Slot, Version};
 use super::scheduler::thread_cpu_time;
-use super::stats::quantile;
+use super::stats::RunPercentiles;
 use super::{Action, Event, Failure, Limits, LoadedPlugin, MemoryKv, Outcome, WarmInstance};
 use payflow_store::Event as StoredEvent;
 
@@ -317,14 +317,9 @@ pub struct SideFigures {
     pub runs: usize,
     /// Runs that failed, by reason.
     pub failures: BTreeMap<String, usize>,
-    /// Fuel, median.
-    pub fuel_p50: u64,
-    /// Fuel, 99th percentile.
-    pub fuel_p99: u64,
-    /// Time per run in µs, median.
-    pub time_us_p50: u64,
-    /// Time per run in µs, 99th percentile.
-    pub time_us_p99: u64,
+    /// Over every run of this side.
+    #[serde(flatten)]
+    pub percentiles: RunPercentiles,
 }
 
 impl SideFigures {
@@ -335,15 +330,10 @@ impl SideFigures {
         for r in runs.iter().filter(|r| r.decided.is_none()) {
             *failures.entry(r.outcome.clone()).or_default() += 1;
         }
-        let fuel = || runs.iter().map(|r| r.fuel);
-        let time = || runs.iter().map(|r| r.duration_us);
         SideFigures {
             runs: runs.len(),
             failures,
-            fuel_p50: quantile(fuel(), 0.5),
-            fuel_p99: quantile(fuel(), 0.99),
-            time_us_p50: quantile(time(), 0.5),
-            time_us_p99: quantile(time(), 0.99),
+            percentiles: RunPercentiles::of(runs.iter().map(|r| (r.duration_us, r.fuel))),
         }
     }
 }

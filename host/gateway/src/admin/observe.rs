@@ -187,7 +187,7 @@ impl Admin {
             for (s, figures) in &versions {
                 for v in figures {
                     let version = v.version.to_string();
-                    for (q, us) in [("0.5", v.time_us_p50), ("0.99", v.time_us_p99)] {
+                    for (q, us) in [("0.5", v.latest.time_us_p50), ("0.99", v.latest.time_us_p99)] {
                         page.gauge(
                             "payflow_edge_plugin_version_duration_seconds",
                             "Time of one run of a plugin version, quantile over its latest 1000 runs.",
