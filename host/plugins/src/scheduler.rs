@@ -223,28 +223,24 @@ pub(crate) fn thread_cpu_time() -> Duration {
 }
 
 fn work_when_idle(shared: &Shared) {
-    let mut idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner());
+    let lock = || shared.idle.lock().unwrap_or_else(|p| p.into_inner());
+    let mut idle = lock();
     loop {
         let Some(jobs) = idle.as_mut() else { return };
-        if !jobs.is_empty() && shared.state.lock().unwrap_or_else(|p| p.into_inner()).live_work() {
-            drop(idle);
-            std::thread::sleep(IDLE_LIVE_PACE);
-            idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(jobs) = idle.as_mut() else { return };
-            let Some(job) = jobs.pop_front() else { continue };
-            drop(idle);
-            run_idle_job(job);
-            idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if jobs.is_empty() {
+            idle = shared.idle_ready.wait(idle).unwrap_or_else(|p| p.into_inner());
             continue;
         }
-        match jobs.pop_front() {
-            Some(job) => {
-                drop(idle);
-                run_idle_job(job);
-                idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner());
-            }
-            None => idle = shared.idle_ready.wait(idle).unwrap_or_else(|p| p.into_inner()),
+        if shared.state.lock().unwrap_or_else(|p| p.into_inner()).live_work() {
+            // Live plugin work under way: one job per pace (see the module docs).
+            drop(idle);
+            std::thread::sleep(IDLE_LIVE_PACE);
+            idle = lock();
         }
+        let Some(job) = idle.as_mut().and_then(VecDeque::pop_front) else { continue };
+        drop(idle);
+        run_idle_job(job);
+        idle = lock();
     }
 }
 

@@ -5,9 +5,10 @@
 //! Each side runs with the slot's limits and configuration, on the event as it was received,
 //! in arrival order, and instantiated as live runs are: a fresh instance per event, or, for a
 //! plugin with `warm = true`, one instance per side kept for the whole dry run (it starts
-//! afresh, so state a live warm instance carries from earlier events is not there at first). Each side has its own scratch key-value space that
-//! starts as a snapshot of the plugin's committed space: reads see the snapshot plus that
-//! side's own earlier writes, and nothing is ever written back. The outcome gets the chain's
+//! afresh, so state a live warm instance carries from earlier events is not there at first).
+//! Each side has its own scratch key-value space that starts as a snapshot of the plugin's
+//! committed space: reads see the snapshot plus that side's own earlier writes, and nothing is
+//! ever written back. The outcome gets the chain's
 //! checks (reserved headers, forwards only to the merchant's upstreams), so a candidate that
 //! would fail live fails here too. Runs are timed in CPU time, held to the plugin's deadline:
 //! they run when the CPU is otherwise idle (see the scheduler), so wall-clock time would
