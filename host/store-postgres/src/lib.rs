@@ -179,7 +179,13 @@ mod tests {
     /// One server for the test binary; a fresh database per test.
     fn server() -> &'static TestServer {
         static SERVER: OnceLock<TestServer> = OnceLock::new();
-        SERVER.get_or_init(TestServer::start)
+        SERVER.get_or_init(|| {
+            let server = TestServer::start();
+            // A static is never dropped: without this, every run of these tests left a
+            // PostgreSQL server running, with its data directory, behind it.
+            server.stop_when_this_process_exits();
+            server
+        })
     }
 
     async fn open() -> (Arc<dyn Store>, ()) {

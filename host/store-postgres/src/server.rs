@@ -107,6 +107,34 @@ impl TestServer {
         self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-o", &options, "-w", "start"]);
     }
 
+    /// For a server that is never dropped (one shared by a whole test binary): a watcher
+    /// process stops it and removes its directory once this process has exited.
+    pub fn stop_when_this_process_exits(&self) {
+        let pg_ctl =
+            if self.bin.as_os_str().is_empty() { PathBuf::from("pg_ctl") } else { self.bin.join("pg_ctl") };
+        let as_postgres = if as_root() { "runuser -u postgres -- " } else { "" };
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {as_postgres}'{pg_ctl}' -D '{data}' -m immediate -w stop; rm -rf '{dir}'",
+            pid = std::process::id(),
+            pg_ctl = pg_ctl.display(),
+            data = self.data(),
+            dir = self.dir.path().display(),
+        );
+        let watcher = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if let Err(e) = watcher {
+            eprintln!(
+                "cannot watch the test PostgreSQL server; stop it by hand ({}): {e}",
+                self.dir.path().display()
+            );
+        }
+    }
+
     /// Its directory (data and log).
     pub fn dir(&self) -> &Path {
         self.dir.path()
