@@ -61,9 +61,17 @@ impl TestServer {
         self.dir.path().join("data").display().to_string()
     }
 
+    /// A PostgreSQL program's path (found on `PATH` when no bin directory was found).
+    fn program(&self, name: &str) -> PathBuf {
+        if self.bin.as_os_str().is_empty() {
+            PathBuf::from(name)
+        } else {
+            self.bin.join(name)
+        }
+    }
+
     fn run(&self, program: &str, args: &[&str]) -> Output {
-        let path =
-            if self.bin.as_os_str().is_empty() { PathBuf::from(program) } else { self.bin.join(program) };
+        let path = self.program(program);
         let mut command = if as_root() {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(&path);
@@ -110,8 +118,7 @@ impl TestServer {
     /// For a server that is never dropped (one shared by a whole test binary): a watcher
     /// process stops it and removes its directory once this process has exited.
     pub fn stop_when_this_process_exits(&self) {
-        let pg_ctl =
-            if self.bin.as_os_str().is_empty() { PathBuf::from("pg_ctl") } else { self.bin.join("pg_ctl") };
+        let pg_ctl = self.program("pg_ctl");
         let as_postgres = if as_root() { "runuser -u postgres -- " } else { "" };
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {as_postgres}'{pg_ctl}' -D '{data}' -m immediate -w stop; rm -rf '{dir}'",
