@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# A queue-mode burst and its catch-up, second by second (issue 21): every 200 ms, how many
+# events the upstream has received and each gateway thread's CPU so far (ticks of 1/CLK_TCK s,
+# from /proc/PID/task/*/stat), while the load generator is still sending and after. It shows
+# which thread, if any, is saturated while the burst is acknowledged and while the backlog is
+# delivered. Usage: bench/catch_up.sh [REQUESTS] (default 40000, 64 connections);
+# EDGE_BIN=… measures another build, CONCURRENCY=… sets the upstream's workers (default 32).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
+[[ -n "${BENCH_NO_BUILD:-}" ]] || cargo build --release --locked -p payflow-edge -p payflow-bench >&2
+source bench/lib.sh
+bin="$CARGO_TARGET_DIR/release"
+edge_bin="${EDGE_BIN:-$bin/payflow-edge}"
+n="${1:-40000}"
+work="$bench_work"
+
+bare=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$bare"
+edge=$(free_port)
+edge_config "$edge" "path = \"$work/g.db\"" "$bare" \
+  | sed "s/^concurrency = 32$/concurrency = ${CONCURRENCY:-32}/" > "$work/g.toml"
+PAYFLOW_EDGE_LOG=warn start_bg "$edge_bin" serve --config "$work/g.toml"; pid=${bench_pids[-1]}
+wait_port "$edge"; wait_port "$bare"
+
+# "thread=ticks …" for the gateway, summed by thread name.
+threads() {
+  for t in /proc/"$pid"/task/*; do
+    s=$(cat "$t/stat" 2>/dev/null) || continue
+    name=${s#*(}; name=${name%%)*}; f=(${s##*) })
+    echo "${name// /_} $((f[11] + f[12]))"
+  done | awk '{t[$1]+=$2} END {for (k in t) printf "%s=%d ", k, t[k]}'
+}
+"$bin/loadgen" run --url "http://127.0.0.1:$edge/queue" --concurrency 64 --requests "$n" > "$work/run.txt" &
+sender=$!
+start=$(date +%s.%N)
+while :; do
+  got=$(delivered "$bare")
+  sending=$(kill -0 "$sender" 2>/dev/null && echo sending || echo sent)
+  printf '%5.1f s  delivered %6d  %s %s\n' "$(echo "$(date +%s.%N) - $start" | bc)" "$got" "$sending" "$(threads)"
+  [[ "$got" -ge "$n" ]] && break
+  sleep 0.2
+done
+wait "$sender"
+echo "loadgen: $(cat "$work/run.txt")"
