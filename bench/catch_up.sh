@@ -19,6 +19,8 @@ bare=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$bare"
 edge=$(free_port)
 edge_config "$edge" "path = \"$work/g.db\"" "$bare" \
   | sed "s/^concurrency = 32$/concurrency = ${CONCURRENCY:-32}/" > "$work/g.toml"
+admin=$(free_port); token="bench-admin-token-0123456789"
+printf '[admin]\nlisten = "127.0.0.1:%s"\ntoken = "%s"\n' "$admin" "$token" >> "$work/g.toml"
 PAYFLOW_EDGE_LOG=warn start_bg "$edge_bin" serve --config "$work/g.toml"; pid=${bench_pids[-1]}
 wait_port "$edge"; wait_port "$bare"
 
@@ -42,3 +44,8 @@ while :; do
 done
 wait "$sender"
 echo "loadgen: $(cat "$work/run.txt")"
+# The writer's busy time: its commits (statements and fsync) added up, against the wall clock.
+elapsed=$(echo "$(date +%s.%N) - $start" | bc)
+commits=$(curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$admin/metrics" \
+  | awk '/^payflow_edge_store_commit_seconds_(sum|count)/ {v[$1]=$2} END {for (k in v) print k, v[k]}')
+echo "$commits" | awk -v e="$elapsed" '/_sum/ {printf "commits took %.2f s of %.2f s (%.0f%%)\n", $2, e, 100*$2/e} /_count/ {print $2, "commits"}'
