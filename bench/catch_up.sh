@@ -8,10 +8,8 @@
 # EDGE_BIN=… measures another build, CONCURRENCY=… sets the upstream's workers (default 32).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
-[[ -n "${BENCH_NO_BUILD:-}" ]] || cargo build --release --locked -p payflow-edge -p payflow-bench >&2
 source bench/lib.sh
-bin="$CARGO_TARGET_DIR/release"
+build_release
 edge_bin="${EDGE_BIN:-$bin/payflow-edge}"
 n="${1:-40000}"
 work="$bench_work"

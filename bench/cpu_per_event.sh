@@ -13,12 +13,9 @@
 #   UPSTREAM_EXTRA='ordering_key = "data.id"'   (loadgen's events each have their own data.id)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
-# BENCH_NO_BUILD=1: measure what is built (an A/B series must not rebuild between runs).
-[[ -n "${BENCH_NO_BUILD:-}" ]] || cargo build --release --locked -p payflow-edge -p payflow-bench >&2
-bin="$CARGO_TARGET_DIR/release"
-n="${1:-30000}"
 source bench/lib.sh
+build_release
+n="${1:-30000}"
 work="$bench_work"
 replicas="${REPLICAS:-1}"
 if [[ "$replicas" != 1 && -z "${STORE_URL:-}" ]]; then echo "REPLICAS needs STORE_URL" >&2; exit 2; fi

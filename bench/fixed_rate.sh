@@ -6,9 +6,8 @@
 # [RATE…] (default 3000 6000 9000); EDGE_BIN=… measures another build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
-[[ -n "${BENCH_NO_BUILD:-}" ]] || cargo build --release --locked -p payflow-edge -p payflow-bench >&2
 source bench/lib.sh
+build_release
 work="$bench_work"
 L="$CARGO_TARGET_DIR/release/loadgen"
 bare=$(free_port); edge=$(free_port)

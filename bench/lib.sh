@@ -4,6 +4,13 @@ wait_port() { # wait_port PORT [TENTHS_OF_SECONDS]
   for _ in $(seq "${2:-100}"); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
   echo "port $1 never opened" >&2; return 1
 }
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
+# build_release: builds the gateway and loadgen (release) and sets $bin to where they are.
+# BENCH_NO_BUILD=1 measures what is built: an A/B series must not rebuild between runs.
+build_release() {
+  [[ -n "${BENCH_NO_BUILD:-}" ]] || cargo build --release --locked -p payflow-edge -p payflow-bench >&2
+  bin="$CARGO_TARGET_DIR/release"
+}
 bench_pids=()
 bench_work=$(mktemp -d)
 trap 'kill "${bench_pids[@]}" 2>/dev/null || true; rm -rf "$bench_work"' EXIT

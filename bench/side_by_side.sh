@@ -10,14 +10,12 @@
 # Prints one markdown row per target; ratios are to bare hyper in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
-[[ -n "${BENCH_NO_BUILD:-}" ]] || cargo build --release --locked -p payflow-edge -p payflow-bench >&2
+source bench/lib.sh
+build_release
 (cd bench/express && [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error >&2)
-bin="$CARGO_TARGET_DIR/release"
 n="${1:-20000}"; shift || true
 edges=("$@"); [[ ${#edges[@]} -gt 0 ]] || edges=("$bin/payflow-edge")
 secret="whsec_bench_secret"
-source bench/lib.sh
 work="$bench_work"
 hz=$(getconf CLK_TCK)
 
