@@ -4,8 +4,9 @@
 # from /proc/PID/task/*/stat), while the load generator is still sending and after. It shows
 # which thread, if any, is saturated while the burst is acknowledged and while the backlog is
 # delivered. At the end, how much of the wall time the store's commits took (the writer's
-# statements and fsync, from the payflow_edge_store_commit_seconds metric). Usage: bench/catch_up.sh [REQUESTS] (default 40000, 64 connections);
-# EDGE_BIN=… measures another build, CONCURRENCY=… sets the upstream's workers (default 32).
+# statements and fsync, from the payflow_edge_store_commit_seconds metric, read with curl).
+# Usage: bench/catch_up.sh [REQUESTS] (default 40000, 64 connections); EDGE_BIN=… measures
+# another build, CONCURRENCY=… sets the upstream's workers (default 32).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh

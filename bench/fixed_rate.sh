@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 build_release
 work="$bench_work"
-L="$CARGO_TARGET_DIR/release/loadgen"
+L="$bin/loadgen"
 bare=$(free_port); edge=$(free_port)
 edge_config "$edge" "path = \"$work/b.db\"" "$bare" > "$work/e.toml"
 start_bg "$L" bare --listen "127.0.0.1:$bare"
