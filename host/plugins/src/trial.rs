@@ -8,11 +8,11 @@
 //! afresh, so state a live warm instance carries from earlier events is not there at first).
 //! Each side has its own scratch key-value space that starts as a snapshot of the plugin's
 //! committed space: reads see the snapshot plus that side's own earlier writes, and nothing is
-//! ever written back. The outcome gets the chain's
-//! checks (reserved headers, forwards only to the merchant's upstreams), so a candidate that
-//! would fail live fails here too. Runs are timed in CPU time, held to the plugin's deadline:
-//! they run when the CPU is otherwise idle (see the scheduler), so wall-clock time would
-//! measure the live traffic, not the plugin. The two outcomes are then compared field by field.
+//! ever written back. The outcome gets the chain's checks (reserved headers, forwards only to
+//! the merchant's upstreams), so a candidate that would fail live fails here too. Runs are
+//! timed in CPU time, held to the plugin's deadline: they run when the CPU is otherwise idle
+//! (see the scheduler), so wall-clock time would measure the live traffic, not the plugin. The
+//! two outcomes are then compared field by field.
 //!
 //! This module must never deliver, record a run, touch the committed kv or the slot's
 //! counters, or swap a version in: a dry run leaves no trace but its report.
