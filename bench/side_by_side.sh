@@ -2,7 +2,9 @@
 # Issue 21's figures, side by side in one run: CPU per request of bare hyper, of the seed's
 # Express receiver and of the gateway (stored only; stored and delivered), each the process's
 # own user+system time over the run (/proc/PID/stat), the gateway's also per thread; with the
-# acknowledgement rate and p99 of each, and for queue mode how fast the burst was delivered.
+# acknowledgement rate and p99 of each, and for queue mode how fast the burst was delivered;
+# for the gateway also its threads' context switches per request (voluntary and not, from
+# /proc/PID/task/*/status): how often a thread slept and was woken, which CPU time hides.
 # Usage: bench/side_by_side.sh [REQUESTS] [EDGE_BIN…]   (default 20000 requests, 64 connections)
 # With several gateway binaries they run one after another against the same bare and Express
 # servers, each on a fresh database: an A/B pair in one run. STORE_URL=postgres://… measures
@@ -33,6 +35,8 @@ PY
   done | awk '{t[$1]+=$2} END {for (k in t) print k, t[k]}'
 }
 us() { python3 -c "print(round($1 * 1e6 / $hz / $n, 1))"; }
+# Context switches of a process's live threads, summed.
+switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
 
 bare=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$bare"; bare_pid=${bench_pids[-1]}
 express=$(free_port); start_bg node bench/express/server.js "$express" "$secret"; express_pid=${bench_pids[-1]}
@@ -50,12 +54,12 @@ load() {
 
 echo "$n requests per target, 64 connections, $(nproc) cores"
 echo
-echo "| target | req/s | ack p99 ms | CPU µs/req | × bare | delivered/s (× ack rate) | per thread µs/req |"
-echo "|---|---|---|---|---|---|---|"
+echo "| target | req/s | ack p99 ms | CPU µs/req | × bare | delivered/s (× ack rate) | per thread µs/req | switches/req |"
+echo "|---|---|---|---|---|---|---|---|"
 read -r b_rate b_p99 b_cpu < <(load "bare hyper" "http://127.0.0.1:$bare/" payflow "$bare_pid")
-echo "| bare hyper | $b_rate | $b_p99 | $b_cpu | 1.0 | | |"
+echo "| bare hyper | $b_rate | $b_p99 | $b_cpu | 1.0 | | | |"
 read -r x_rate x_p99 x_cpu < <(load "seed Express" "http://127.0.0.1:$express/webhooks/payflow" seed "$express_pid")
-echo "| seed Express | $x_rate | $x_p99 | $x_cpu | $(python3 -c "print(round($x_cpu / $b_cpu, 1))") | | |"
+echo "| seed Express | $x_rate | $x_p99 | $x_cpu | $(python3 -c "print(round($x_cpu / $b_cpu, 1))") | | | |"
 
 i=0
 for edge_bin in "${edges[@]}"; do
@@ -67,7 +71,7 @@ for edge_bin in "${edges[@]}"; do
   pid=${bench_pids[-1]}
   wait_port "$edge"
   for path in stored queue; do
-    before_threads=$(thread_ticks "$pid"); t0=$(ticks "$pid"); d0=$(db_ticks)
+    before_threads=$(thread_ticks "$pid"); t0=$(ticks "$pid"); d0=$(db_ticks); s0=$(switches "$pid")
     posted=$(delivered "$bare"); started=$(date +%s.%N)
     line=$("$bin/loadgen" run --url "http://127.0.0.1:$edge/$path" --concurrency 64 --requests "$n" --label "$path")
     drate=""
@@ -76,7 +80,7 @@ for edge_bin in "${edges[@]}"; do
       drate=$(python3 -c "import time; print(round($n / (time.time() - $started)))")
     fi
     sleep 1 # the last commits and the pollers' idle rounds
-    t1=$(ticks "$pid"); d1=$(db_ticks)
+    t1=$(ticks "$pid"); d1=$(db_ticks); s1=$(switches "$pid")
     after_threads=$(thread_ticks "$pid")
     per_thread=$(join -a2 -e0 -o 0,1.2,2.2 <(sort <<<"$before_threads") <(sort <<<"$after_threads") |
       awk -v hz="$hz" -v n="$n" '{d=($3-$2)*1e6/hz/n; if (d >= 0.5) printf "%s %.0f, ", $1, d}' | sed 's/, $//')
@@ -84,7 +88,7 @@ for edge_bin in "${edges[@]}"; do
     cpu=$(us $((t1 - t0)))
     [[ -z "${STORE_URL:-}" ]] || per_thread="$per_thread; database $(us $((d1 - d0)))"
     shown=""; [[ -z "$drate" ]] || shown="$drate ($(python3 -c "print(round($drate / $rate, 2))"))"
-    echo "| $(basename "$edge_bin") $path | $rate | $p99 | $cpu | $(python3 -c "print(round($cpu / $b_cpu, 1))") | $shown | $per_thread |"
+    echo "| $(basename "$edge_bin") $path | $rate | $p99 | $cpu | $(python3 -c "print(round($cpu / $b_cpu, 1))") | $shown | $per_thread | $(python3 -c "print(round(($s1 - $s0) / $n, 2))") |"
   done
   kill "$pid"; wait "$pid" 2>/dev/null || true
   [[ -z "${STORE_URL:-}" ]] || psql "$STORE_URL" -qc "DROP SCHEMA public CASCADE; CREATE SCHEMA public" >/dev/null 2>&1
