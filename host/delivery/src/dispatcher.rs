@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 
 use crate::client::UpstreamClient;
 use crate::flow::{Flow, Permit};
 use crate::lane::Lane;
 use crate::policy::attempt;
 use crate::queue::Queued;
+use crate::recorder::Recorder;
 use crate::step::{Step, StepDone};
 use crate::upstream::Upstream;
 use payflow_clock::Clock;
@@ -61,38 +62,7 @@ pub struct Dispatcher {
     /// Where each attempt's span goes (disabled unless [`Dispatcher::with_telemetry`]).
     telemetry: Arc<Telemetry>,
     /// Attempt records on their way to the store.
-    recording: Recording,
-}
-
-/// Attempt records on their way to the store. A worker does not wait for its attempt's
-/// record before it takes the next delivery (the delivery stays claimed until then), so the
-/// store gets the records of every worker's last attempts together and commits them at once,
-/// rather than one small batch per round of the workers (bench/RESULTS.md, issue 21). At most
-/// [`MAX_RECORDING`] are on their way at once: past that, workers wait (a slow store must not
-/// grow the dispatcher's memory without bound). The dispatcher stops only once every record
-/// has arrived: a record dropped at shutdown would send its delivery again after a restart.
-struct Recording(Arc<Semaphore>);
-
-/// The most attempt records on their way to the store at once, for all upstreams: a few
-/// hundred bytes each, and more than a busy writer commits in a few batches.
-const MAX_RECORDING: u32 = 4096;
-
-impl Default for Recording {
-    fn default() -> Self {
-        Recording(Arc::new(Semaphore::new(MAX_RECORDING as usize)))
-    }
-}
-
-impl Recording {
-    /// Room for one more record, held until it has arrived.
-    async fn start(&self) -> OwnedSemaphorePermit {
-        self.0.clone().acquire_owned().await.expect("the semaphore is never closed")
-    }
-
-    /// Once every record sent has arrived.
-    async fn drained(&self) {
-        let _ = self.0.acquire_many(MAX_RECORDING).await;
-    }
+    recorder: Recorder,
 }
 
 /// The plugin steps' lane and what runs them, as [`Dispatcher::new`] takes them.
@@ -232,7 +202,7 @@ impl Dispatcher {
             upstreams,
             steps,
             telemetry: Arc::new(Telemetry::disabled()),
-            recording: Recording::default(),
+            recorder: Recorder::default(),
         }
     }
 
@@ -259,7 +229,7 @@ impl Dispatcher {
                 for task in tasks {
                     let _ = task.await;
                 }
-                this.recording.drained().await;
+                this.recorder.drained().await;
                 this.release_claims().await;
             });
             let _ = done.send(());
@@ -273,6 +243,7 @@ impl Dispatcher {
         shutdown: watch::Receiver<bool>,
     ) -> (Arc<Self>, Vec<tokio::task::JoinHandle<()>>) {
         let this = Arc::new(self);
+        this.recorder.start(this.store.clone());
         let mut tasks = Vec::new();
         for upstream in this.upstreams.values() {
             tasks.extend(this.clone().drain(upstream.clone(), &shutdown));
@@ -387,7 +358,7 @@ impl Dispatcher {
     }
 
     /// Makes the attempt, frees the worker's turn, and sends the record to the store without
-    /// waiting for it (see [`Recording`]): the delivery is released once it is recorded, or
+    /// waiting for it (see [`Recorder`]): the delivery is released once it is recorded, or
     /// kept claimed if the store refused the record (see [`Upstream::unrecorded`]).
     pub(crate) async fn deliver(
         self: Arc<Self>,
@@ -402,23 +373,7 @@ impl Dispatcher {
             upstream.flow.finished(permit, failed);
         }
         upstream.lane.queue.attempted(&d.event.key.merchant);
-        let recording = self.recording.start().await;
-        tokio::spawn(async move {
-            match self.store.record_attempt(attempt.clone()).await {
-                Ok(()) => {
-                    upstream.lane.queue.unclaim(&attempt.key);
-                    if upstream.ordering.is_some() {
-                        // The next of this key may be due now: the store alone knows (see `hand_off`).
-                        upstream.poll_store_now();
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(event_id = %attempt.key.id, error = %e, "cannot record a delivery attempt; kept until the store takes it");
-                    upstream.unrecorded.lock().unwrap_or_else(|p| p.into_inner()).push(attempt);
-                }
-            }
-            drop(recording);
-        });
+        self.recorder.send(upstream, attempt).await;
     }
 
     /// On stopping: hands back the rows this gateway claimed but never started, so that the
@@ -447,20 +402,16 @@ impl Dispatcher {
         }
     }
 
-    /// Records the attempts the store refused before, releasing each delivery once it is.
+    /// Records the attempts the store refused before (all in one write), releasing their
+    /// deliveries once they are.
     pub(crate) async fn record_unrecorded(&self, upstream: &Upstream) {
-        let attempts = std::mem::take(&mut *upstream.unrecorded.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut left = Vec::new();
-        for attempt in attempts {
-            if !left.is_empty() {
-                left.push(attempt); // the store is still refusing: try the rest next time
-                continue;
-            }
-            match self.store.record_attempt(attempt.clone()).await {
-                Ok(()) => upstream.lane.queue.unclaim(&attempt.key),
-                Err(_) => left.push(attempt),
-            }
+        let attempts = upstream.take_unrecorded();
+        if attempts.is_empty() {
+            return;
         }
-        upstream.unrecorded.lock().unwrap_or_else(|p| p.into_inner()).extend(left);
+        match self.store.record_attempts(attempts.clone()).await {
+            Ok(()) => attempts.iter().for_each(|a| upstream.recorded(a)),
+            Err(_) => upstream.keep_unrecorded(attempts), // the store is still refusing: next time
+        }
     }
 }

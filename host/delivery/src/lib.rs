@@ -24,6 +24,7 @@ mod flow;
 mod lane;
 mod policy;
 mod queue;
+mod recorder;
 pub mod route;
 mod step;
 #[cfg(test)]

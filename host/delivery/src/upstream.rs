@@ -99,6 +99,25 @@ impl Upstream {
     pub fn poll_store_now(&self) {
         self.lane.poll_store_now();
     }
+
+    /// Once `attempt` is recorded: its delivery is released, and on an ordered upstream the
+    /// next of its key may be due now, which the store alone knows (see [`Upstream::hand_off`]).
+    pub(crate) fn recorded(&self, attempt: &Attempt) {
+        self.lane.queue.unclaim(&attempt.key);
+        if self.ordering.is_some() {
+            self.poll_store_now();
+        }
+    }
+
+    /// Keeps attempts the store refused (their deliveries stay claimed) until it takes them.
+    pub(crate) fn keep_unrecorded(&self, attempts: Vec<Arc<Attempt>>) {
+        self.unrecorded.lock().unwrap_or_else(|p| p.into_inner()).extend(attempts);
+    }
+
+    /// Takes the attempts the store refused before, to record them again.
+    pub(crate) fn take_unrecorded(&self) -> Vec<Arc<Attempt>> {
+        std::mem::take(&mut *self.unrecorded.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 /// An upstream configuration that cannot be used (the configuration check refuses both first).

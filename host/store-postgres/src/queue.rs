@@ -201,8 +201,8 @@ impl DeliveryQueue for PostgresStore {
             .collect())
     }
 
-    async fn record_attempt(&self, attempt: Arc<Attempt>) -> Result<(), StoreError> {
-        self.recorder.record(attempt).await
+    async fn record_attempts(&self, attempts: Vec<Arc<Attempt>>) -> Result<(), StoreError> {
+        self.recorder.record(attempts).await
     }
 
     /// One statement per table, the claims as arrays; a row is handed back only while it still

@@ -23,25 +23,28 @@ use crate::{exec, pool_error, query, unavailable};
 /// during a commit joins the next batch.
 const BATCHES_IN_FLIGHT: usize = 1;
 
-/// The group-commit task of deliveries' outcomes.
-pub(crate) struct Recorder(GroupCommit<Arc<Attempt>, ()>);
+/// The group-commit task of deliveries' outcomes. Its items are the callers' sets of attempts,
+/// each all in one transaction or none (as [`DeliveryQueue::record_attempts`] promises).
+///
+/// [`DeliveryQueue::record_attempts`]: payflow_store::DeliveryQueue::record_attempts
+pub(crate) struct Recorder(GroupCommit<Vec<Arc<Attempt>>, ()>);
 
 impl Recorder {
     pub(crate) fn start(pool: Pool, max_batch: usize, commits: Arc<dyn CommitObserver>) -> Self {
         Recorder(GroupCommit::start(
             max_batch,
             BATCHES_IN_FLIGHT,
-            move |attempts| {
+            move |sets: Vec<Vec<Arc<Attempt>>>| {
                 let pool = pool.clone();
-                async move { record_batch(&pool, &attempts).await.map(|()| vec![(); attempts.len()]) }
+                async move { record_batch(&pool, &sets.concat()).await.map(|()| vec![(); sets.len()]) }
             },
             move |took| commits.committed(took),
         ))
     }
 
-    /// Records `attempt` with whatever else is being recorded; returns once it committed.
-    pub(crate) async fn record(&self, attempt: Arc<Attempt>) -> Result<(), StoreError> {
-        self.0.submit(attempt).await
+    /// Records `attempts` with whatever else is being recorded; returns once they committed.
+    pub(crate) async fn record(&self, attempts: Vec<Arc<Attempt>>) -> Result<(), StoreError> {
+        self.0.submit(attempts).await
     }
 }
 

@@ -25,6 +25,7 @@ macro_rules! conformance_tests {
             one_id_in_two_scopes_or_merchants_is_two_events,
             a_due_delivery_is_read_recorded_and_retried_at_its_time,
             a_dead_delivery_makes_its_event_dead_and_replay_revives_it,
+            attempts_recorded_together_each_settle_their_own_event,
             a_plugin_step_commits_its_runs_kv_and_deliveries_together,
             a_dead_plugin_step_makes_its_event_dead_and_replay_runs_it_again,
             a_claimed_row_is_due_for_no_other_reader_until_its_claim_ends,
@@ -212,6 +213,52 @@ pub async fn a_due_delivery_is_read_recorded_and_retried_at_its_time(store: Arc<
     assert_eq!(detail.summary.status, "delivered");
     assert_eq!(detail.attempts.iter().map(|a| a.number).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(detail.deliveries[0].status, "delivered");
+}
+
+/// Attempts recorded in one write each apply to their own delivery and event, and two of one
+/// delivery apply in the order given.
+pub async fn attempts_recorded_together_each_settle_their_own_event(store: Arc<dyn Store>) {
+    let [done, retried, dead, twice] =
+        ["evt_b_done", "evt_b_retried", "evt_b_dead", "evt_b_twice"].map(|id| {
+            let k = key("acme", "/wh", id);
+            (k.clone(), event(&k, NOW, to("legacy")))
+        });
+    for (_, new) in [&done, &retried, &dead, &twice] {
+        store.insert_event(new.clone()).await.unwrap();
+    }
+    let of = |k: &EventKey, number: u32, status: u16, outcome: AttemptOutcome| {
+        Arc::new(crate::Attempt {
+            key: k.clone(),
+            info: attempt_info("legacy", number, NOW, status),
+            outcome,
+        })
+    };
+    let retry_at = NOW + 60_000;
+    store
+        .record_attempts(vec![
+            of(&done.0, 1, 200, AttemptOutcome::Delivered),
+            of(&retried.0, 1, 503, AttemptOutcome::Retry { next_at_ms: retry_at }),
+            of(&dead.0, 1, 400, AttemptOutcome::Dead),
+            of(&twice.0, 1, 503, AttemptOutcome::Retry { next_at_ms: retry_at }),
+            of(&twice.0, 2, 200, AttemptOutcome::Delivered),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(status_of(&*store, &done.0).await, "delivered");
+    assert_eq!(status_of(&*store, &retried.0).await, "queued");
+    assert_eq!(status_of(&*store, &dead.0).await, "dead");
+    assert_eq!(status_of(&*store, &twice.0).await, "delivered", "its second attempt applied last");
+    let detail = store.get_event(&twice.0).await.unwrap().unwrap();
+    assert_eq!(detail.attempts.iter().map(|a| a.number).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!((detail.deliveries[0].status.as_str(), detail.deliveries[0].attempts), ("delivered", 2));
+    let due = store.due_deliveries("legacy", retry_at, None, 10).await.unwrap();
+    assert_eq!(
+        due.iter().map(|d| &d.event.key).collect::<Vec<_>>(),
+        [&retried.0],
+        "only the retry is due again"
+    );
+    assert_eq!(due[0].attempts, 1);
+    store.record_attempts(Vec::new()).await.expect("recording nothing is no error");
 }
 
 /// One dead delivery makes its event dead; a replay makes every delivery pending again with

@@ -730,9 +730,16 @@ pub trait DeliveryQueue: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<DueDelivery>, StoreError>;
 
-    /// Records an attempt and its outcome; updates the event's status. Shared, so that a caller
-    /// can keep the attempt (to record it again) if the store refuses it, without a copy.
-    async fn record_attempt(&self, attempt: Arc<Attempt>) -> Result<(), StoreError>;
+    /// Records attempts and their outcomes, and updates their events' statuses: all of them
+    /// in one write, or none (so a caller that keeps them on an error records none twice).
+    /// Attempts of one delivery apply in the order given. Shared, so that a caller can keep the
+    /// attempts (to record them again) if the store refuses them, without a copy.
+    async fn record_attempts(&self, attempts: Vec<Arc<Attempt>>) -> Result<(), StoreError>;
+
+    /// Records one attempt: [`record_attempts`](Self::record_attempts) of one.
+    async fn record_attempt(&self, attempt: Arc<Attempt>) -> Result<(), StoreError> {
+        self.record_attempts(vec![attempt]).await
+    }
 
     /// Events whose plugin step is due at `now_ms`, oldest first, after `cursor`.
     async fn due_steps(

@@ -260,12 +260,15 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Priority {
     Ack,
-    Background,
+    /// Bookkeeping no sender waits on, with how many records it writes (a delivery's attempts
+    /// come in batches): the writer shares its batches by records, not by writes.
+    Background(usize),
 }
 
-/// While acknowledgements are waiting, at most this many background writes join a batch, so
-/// delivery bookkeeping cannot lengthen the commits senders wait on; it still progresses, and
-/// takes the whole batch whenever no acknowledgement is waiting.
+/// While acknowledgements are waiting, background writes join a batch only until they carry
+/// this many records (the first always joins, whatever it carries), so delivery bookkeeping
+/// cannot lengthen the commits senders wait on; it still progresses, and takes the whole batch
+/// whenever no acknowledgement is waiting.
 const BACKGROUND_PER_BUSY_BATCH: usize = 8;
 
 /// A write waiting for the writer thread. It may run twice: once in its batch and, if another
@@ -426,7 +429,7 @@ fn writer_loop(
 ) {
     let mut queues: [VecDeque<Box<dyn WriteJob>>; 2] = Default::default();
     let sort = |queues: &mut [VecDeque<_>; 2], job: Box<dyn WriteJob>| {
-        queues[usize::from(job.priority() == Priority::Background)].push_back(job)
+        queues[usize::from(job.priority() != Priority::Ack)].push_back(job)
     };
     loop {
         if queues.iter().all(VecDeque::is_empty) {
@@ -441,9 +444,15 @@ fn writer_loop(
         }
         let [acks, background] = &mut queues;
         let mut batch: Vec<_> = acks.drain(..acks.len().min(max_batch)).collect();
-        let room = max_batch - batch.len();
-        let share = if batch.is_empty() { room } else { room.min(BACKGROUND_PER_BUSY_BATCH) };
-        batch.extend(background.drain(..background.len().min(share)));
+        let share = if batch.is_empty() { usize::MAX } else { BACKGROUND_PER_BUSY_BATCH };
+        let mut records = 0;
+        while let Some(Priority::Background(carries)) = background.front().map(|job| job.priority()) {
+            if batch.len() == max_batch || (records > 0 && records + carries > share) {
+                break;
+            }
+            records += carries;
+            batch.extend(background.pop_front());
+        }
         let started = std::time::Instant::now();
         let outcomes = run_batch(&conn, &mut batch);
         commits.committed(started.elapsed());
@@ -857,12 +866,16 @@ impl DeliveryQueue for SqliteStore {
         .await
     }
 
-    async fn record_attempt(&self, attempt: Arc<Attempt>) -> Result<(), StoreError> {
-        self.write_with(Priority::Background, move |conn| apply_attempt(conn, &attempt)).await
+    async fn record_attempts(&self, attempts: Vec<Arc<Attempt>>) -> Result<(), StoreError> {
+        let records = attempts.len();
+        self.write_with(Priority::Background(records), move |conn| {
+            attempts.iter().try_for_each(|attempt| apply_attempt(conn, attempt))
+        })
+        .await
     }
 
     async fn finish_plugin_step(&self, step: PluginStep) -> Result<(), StoreError> {
-        self.write_with(Priority::Background, move |conn| {
+        self.write_with(Priority::Background(1), move |conn| {
             let (merchant, scope, id) = key_of(&step.key);
             let mut run = conn.prepare_cached(
                 "INSERT INTO plugin_runs (merchant, scope, event_id, plugin, version, attempt, at_ms, duration_us,
@@ -1192,7 +1205,7 @@ impl PluginStore for SqliteStore {
         compiled: Vec<u8>,
     ) -> Result<(), StoreError> {
         let (merchant, name, engine) = (merchant.to_string(), name.to_string(), engine.to_string());
-        self.write_with(Priority::Background, move |conn| {
+        self.write_with(Priority::Background(1), move |conn| {
             // Only for a version that still exists: one pruned meanwhile leaves nothing behind.
             conn.execute(
                 "INSERT INTO plugin_compiled (merchant, name, version, engine, compiled)
@@ -1536,7 +1549,7 @@ fn held_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<HeldKey> {
 #[async_trait]
 impl Lifecycle for SqliteStore {
     async fn check_writable(&self, now_ms: i64) -> Result<(), StoreError> {
-        self.write_with(Priority::Background, move |conn| {
+        self.write_with(Priority::Background(1), move |conn| {
             // Room for a real write, not just the one-row stamp: a full database (max_size_mb,
             // or a full disk) may still update a row in place while refusing every event. The
             // blob is deleted in the same transaction; only the room is tried.
