@@ -2,8 +2,9 @@
 # Sustained load at fixed offered rates (issue 21): does delivery keep pace with the
 # acknowledgements? For each rate, 8 s of signed events to a queue endpoint delivering to a bare
 # upstream: the loadgen line (latency counted from each request's due time), how many were
-# delivered when the offer ended, and how long the rest took. Usage: bench/fixed_rate.sh
-# [RATE…] (default 3000 6000 9000); EDGE_BIN=… measures another build.
+# delivered when the offer ended, how long the rest took, the gateway's CPU per event (user+
+# system, offer and drain) and the size of the SQLite WAL file then. Usage: bench/fixed_rate.sh
+# [RATE…] (default 3000 6000 9000); EDGE_BIN=… measures another build, SECONDS_PER_RATE=… (8).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -14,19 +15,21 @@ bare=$(free_port); edge=$(free_port)
 edge_config "$edge" "path = \"$work/b.db\"" "$bare" > "$work/e.toml"
 start_bg "$L" bare --listen "127.0.0.1:$bare"
 PAYFLOW_EDGE_LOG=warn start_bg "${EDGE_BIN:-$CARGO_TARGET_DIR/release/payflow-edge}" serve --config "$work/e.toml"
+pid=${bench_pids[-1]}
+ticks() { awk '{print $14+$15}' "/proc/$pid/stat"; }
 wait_port "$edge"; wait_port "$bare"
 rates=("$@"); [[ ${#rates[@]} -gt 0 ]] || rates=(3000 6000 9000)
 for rate in "${rates[@]}"; do
-  n=$((rate * 8))
-  before=$($L count --url http://127.0.0.1:$bare/)
+  n=$((rate * ${SECONDS_PER_RATE:-8}))
+  before=$($L count --url http://127.0.0.1:$bare/); c0=$(ticks)
   t0=$(date +%s.%N)
   line=$($L run --url http://127.0.0.1:$edge/queue --concurrency 64 --requests $n --rate $rate --label "rate $rate" 2>"$work/late.txt")
   t1=$(date +%s.%N)
   at_end=$(( $($L count --url http://127.0.0.1:$bare/) - before ))
   $L count --url http://127.0.0.1:$bare/ --at-least $((before + n)) >/dev/null
-  t2=$(date +%s.%N)
+  t2=$(date +%s.%N); c1=$(ticks); wal=$(stat -c %s "$work/b.db-wal")
   python3 -c "
 n=$n; t0=$t0; t1=$t1; t2=$t2; at_end=$at_end
-print('$line'.strip(), '| backlog at the end of the offer:', n-at_end, '| delivered by then: %.0f%%' % (100*at_end/n), '| drained %.1f s later' % (t2-t1), '| delivery rate over the run %.0f/s' % (n/(t2-t0)))"
+print('$line'.strip(), '| backlog at the end of the offer:', n-at_end, '| delivered by then: %.0f%%' % (100*at_end/n), '| drained %.1f s later' % (t2-t1), '| delivery rate over the run %.0f/s' % (n/(t2-t0)), '| gateway CPU %.0f µs/event' % (($c1-$c0)*1e6/$(getconf CLK_TCK)/n), '| WAL %d MB' % ($wal >> 20))"
   cat "$work/late.txt"
 done
