@@ -338,8 +338,8 @@ const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_milli
 /// than a checkpoint runs one always lands mid-checkpoint. Without this the WAL grew by
 /// 66 MB/s at a steady 4,000 events/s (1.3 GB in 20 s, against a 68 MB database), until the
 /// disk was full, and every page read searched a longer WAL index (bench/RESULTS.md, issue 21).
-/// Each start-over holds the writer up for a few fsyncs (its checkpoint, the new WAL header:
-/// 5–15 ms measured), so it should be rare: 32,768 frames is 128 MiB at the default 4 KiB
+/// Each start-over holds the writer up for a few fsyncs (its checkpoint's two took 3–7 ms
+/// here, then the new WAL header's), so it should be rare: 32,768 frames is 128 MiB at the default 4 KiB
 /// pages, once per ~20,000 events of a burst. Small in tests, to reach it quickly.
 const WAL_RESTART_FRAMES: i64 = if cfg!(test) { 256 } else { 32_768 };
 
@@ -357,8 +357,13 @@ const QUICK_CHECKPOINT: std::time::Duration = std::time::Duration::from_millis(5
 /// one before, so they get shorter as long as copying outpaces committing.
 const CATCH_UP_CHECKPOINTS: usize = 4;
 
+/// Copies what it can of the WAL back without waiting for anyone; the WAL's size in frames.
+fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+}
+
 fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>, wal_full: Arc<AtomicBool>) {
-    let checkpoint = || conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1));
+    let checkpoint = || passive_checkpoint(&conn);
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_INTERVAL) {
         match checkpoint() {
             Ok(frames) if frames >= WAL_RESTART_FRAMES => {
@@ -382,7 +387,7 @@ fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>, wal_full: Arc<Ato
 /// next write finds every frame copied and starts the WAL over. It never waits: a reader still
 /// in the WAL, or the checkpointer mid-run, only puts it off to the next signal.
 fn let_the_wal_start_over(conn: &Connection) {
-    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+    if let Err(e) = passive_checkpoint(conn) {
         tracing::debug!(error = %e, "the writer's checkpoint was skipped");
     }
 }
