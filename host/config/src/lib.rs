@@ -168,6 +168,10 @@ const MIN_MAX_HEADER_BYTES: usize = 8 << 10;
 /// Past this, a connection's header block costs more memory than any real sender needs.
 const MAX_MAX_HEADER_BYTES: usize = 1 << 20;
 
+/// Past this a commit delay holds every acknowledgement for longer than the commits it saves
+/// are worth: at 1 ms the writes a steady stream brings already share a commit.
+const MAX_COMMIT_DELAY_US: u64 = 10_000;
+
 /// `[store]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -187,6 +191,11 @@ pub struct StoreConfig {
     pub busy_timeout_ms: u64,
     /// Largest number of writes shared by one commit (one fsync).
     pub max_batch: usize,
+    /// SQLite: how long, in microseconds, a write that finds the writer idle shortly after a
+    /// commit waits for others to share its commit. Under steady traffic it trades that much
+    /// acknowledgement latency for less CPU per event (a quarter less at 2,000 events/s); a
+    /// write after a quiet spell, from a lone client or in a burst goes at once. 0 turns it off.
+    pub commit_delay_us: u64,
     /// Optional cap on the database size; writes past it fail (503) instead of filling the disk.
     pub max_size_mb: Option<u64>,
 }
@@ -200,6 +209,7 @@ impl Default for StoreConfig {
             pool_size: 16,
             busy_timeout_ms: 2_000,
             max_batch: 512,
+            commit_delay_us: 1_000,
             max_size_mb: None,
         }
     }
@@ -1077,6 +1087,12 @@ impl Config {
         }
         if self.store.max_batch == 0 {
             return Err(invalid("store.max_batch", "must be at least 1"));
+        }
+        if self.store.commit_delay_us > MAX_COMMIT_DELAY_US {
+            return Err(invalid(
+                "store.commit_delay_us",
+                format!("must be at most {MAX_COMMIT_DELAY_US} (10 ms); 1000 is the default, 0 turns it off"),
+            ));
         }
         Ok(())
     }

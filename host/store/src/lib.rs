@@ -1,7 +1,8 @@
 //! payflow-store: the durable store's contract, split by role ([`Ingest`], [`DeliveryQueue`],
 //! [`PluginStore`], [`AdminQueries`], [`Lifecycle`]; [`Store`] is all of them), the
 //! conformance suite every backend passes (`conformance`, feature `conformance`), and the
-//! embedded SQLite backend ([`SqliteStore`]), the only crate that links rusqlite.
+//! embedded SQLite backend ([`SqliteStore`]), the only crate that links rusqlite, with its
+//! group commit's [`commit_delay`].
 //!
 //! What the store promises: a write that returns `Ok` is on disk (fsync'd) — the gateway
 //! acknowledges a webhook only after it; de-duplication by [`EventKey`] (merchant, scope, event
@@ -12,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod commit_delay;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod ordering;

@@ -27,6 +27,7 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
+use super::commit_delay::CommitDelay;
 use super::{
     settled_status, AdminQueries, Amount, Attempt, AttemptInfo, AttemptOutcome, Canary, CommitObserver,
     DeliveryInfo, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventDetail, EventFilter, EventKey,
@@ -433,9 +434,10 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpoint thread: {e}")))?;
         let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>();
         let max_batch = config.max_batch;
+        let delay = CommitDelay::new(std::time::Duration::from_micros(config.commit_delay_us));
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(writer_conn, rx, max_batch, &*commits, &wal_full))
+            .spawn(move || writer_loop(writer_conn, rx, max_batch, delay, &*commits, &wal_full))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             writer: Mutex::new(Some(tx)),
@@ -486,6 +488,7 @@ fn writer_loop(
     conn: Connection,
     jobs: mpsc::Receiver<Box<dyn WriteJob>>,
     max_batch: usize,
+    mut delay: CommitDelay,
     commits: &dyn CommitObserver,
     wal_full: &AtomicBool,
 ) {
@@ -494,18 +497,29 @@ fn writer_loop(
         queues[usize::from(job.priority() != Priority::Ack)].push_back(job)
     };
     loop {
+        let mut waited = false;
         if queues.iter().all(VecDeque::is_empty) {
             match jobs.recv() {
                 Ok(job) => sort(&mut queues, job),
                 Err(_) => break,
+            }
+            // A sleep, not a wait on the channel: writes arriving meanwhile must not wake the
+            // writer one by one, which would cost the wake-ups the delay is there to save.
+            if let Some(wait) = delay.wait(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+                waited = true;
             }
         }
         // Everything waiting (bounded: every caller awaits its write), sorted by priority.
         while let Ok(job) = jobs.try_recv() {
             sort(&mut queues, job);
         }
+        if waited {
+            delay.waited(queues.iter().map(VecDeque::len).sum::<usize>() - 1);
+        }
         let [acks, background] = &mut queues;
         let mut batch: Vec<_> = acks.drain(..acks.len().min(max_batch)).collect();
+        let acks_in_batch = batch.len();
         let share = if batch.is_empty() { usize::MAX } else { BACKGROUND_PER_BUSY_BATCH };
         let mut records = 0;
         while let Some(Priority::Background(carries)) = background.front().map(|job| job.priority()) {
@@ -518,6 +532,7 @@ fn writer_loop(
         let started = std::time::Instant::now();
         let outcomes = run_batch(&conn, &mut batch);
         commits.committed(started.elapsed());
+        delay.committed(std::time::Instant::now(), acks_in_batch);
         for (job, committed) in batch.into_iter().zip(outcomes) {
             job.finish(committed);
         }
@@ -1654,6 +1669,77 @@ mod tests {
     }
 
     crate::conformance_tests!(open);
+
+    /// Counts commits.
+    #[derive(Default)]
+    struct Commits(std::sync::atomic::AtomicUsize);
+
+    impl CommitObserver for Commits {
+        fn committed(&self, _took: std::time::Duration) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A store whose writer waits `delay_ms` for company, and its commit count.
+    fn open_delayed(delay_ms: u64) -> (Arc<SqliteStore>, Arc<Commits>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            path: dir.path().join("db").display().to_string(),
+            commit_delay_us: delay_ms * 1000,
+            ..StoreConfig::default()
+        };
+        let commits = Arc::new(Commits::default());
+        (Arc::new(SqliteStore::open(&config, commits.clone()).unwrap()), commits, dir)
+    }
+
+    fn stored(id: &str) -> NewEvent {
+        let key = EventKey { merchant: "acme".into(), scope: "/wh".into(), id: id.into() };
+        let event = Event {
+            key,
+            endpoint: "/wh".into(),
+            event_type: None,
+            body: Bytes::from_static(b"{}"),
+            received_at_ms: 0,
+            request_id: "req".into(),
+        };
+        NewEvent {
+            event,
+            status: EventStatus::Stored,
+            reason: None,
+            headers: Vec::new(),
+            first_hop: None,
+            order_key: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn writes_soon_after_a_commit_wait_to_share_the_next_one() {
+        let (store, commits, _dir) = open_delayed(500);
+        store.insert_event(stored("evt_1")).await.unwrap();
+        assert_eq!(commits.0.load(Ordering::Relaxed), 1, "the first write goes at once");
+        let second = tokio::spawn({
+            let store = store.clone();
+            async move { store.insert_event(stored("evt_2")).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let third = store.insert_event(stored("evt_3")).await.unwrap();
+        assert_eq!((second.await.unwrap().unwrap(), third), (Inserted::New, Inserted::New));
+        assert_eq!(commits.0.load(Ordering::Relaxed), 2, "the second write waited for the third");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_lone_client_writing_one_after_another_is_not_held_up_by_the_commit_delay() {
+        let (store, commits, _dir) = open_delayed(300);
+        let started = std::time::Instant::now();
+        for i in 0..20 {
+            store.insert_event(stored(&format!("evt_{i}"))).await.unwrap();
+        }
+        // Each write waiting would take 19 × 300 ms; the first wait finds nobody and stops
+        // the waits but for one probe in `PROBE_EVERY`.
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_millis(2_000), "20 sequential writes took {took:?}");
+        assert_eq!(commits.0.load(Ordering::Relaxed), 20);
+    }
 
     /// Regression: under writes without a lull the WAL file only grew (1.3 GB in 20 s at
     /// 4,000 events/s), because SQLite starts it over only when a write finds every frame
