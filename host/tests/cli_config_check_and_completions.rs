@@ -1,6 +1,8 @@
 //! `config check` (every problem of a file at once; exit 0 valid, 1 problems, 2 unreadable),
 //! shell completions and the man page, as a user runs them: the real binary.
 
+mod support;
+
 use std::process::{Command, Output};
 
 fn run(args: &[&str]) -> Output {
@@ -43,7 +45,7 @@ fn config_check_lists_every_problem_and_exits_1() {
 
 #[test]
 fn config_check_passes_the_example_and_says_what_it_sets_up() {
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../payflow-edge.example.toml");
+    let example = support::manifest_dir().join("../payflow-edge.example.toml");
     let out = Command::new(env!("CARGO_BIN_EXE_payflow-edge"))
         .args(["config", "check", "--config", example.to_str().unwrap()])
         .env("PAYFLOW_WEBHOOK_SECRET", "whsec_example_secret")

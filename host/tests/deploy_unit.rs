@@ -2,12 +2,13 @@
 //! accepts it (with the built binary where it expects /usr/local/bin/payflow-edge), and the
 //! command it runs is this binary's `serve --config`.
 
+mod support;
+
 use std::process::Command;
 
 #[test]
 fn the_systemd_unit_verifies_and_runs_serve() {
-    let unit_path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deploy/payflow-edge.service");
+    let unit_path = support::manifest_dir().join("../docs/deploy/payflow-edge.service");
     let unit = std::fs::read_to_string(&unit_path).unwrap();
     let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("an ExecStart");
     assert!(exec.starts_with("/usr/local/bin/payflow-edge serve --config "), "{exec}");

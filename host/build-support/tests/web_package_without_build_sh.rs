@@ -5,8 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The repository, from the package's directory as cargo gives it when the test runs: a test
+/// binary may be reused from a build in another checkout sharing the build cache, and
+/// `env!("CARGO_MANIFEST_DIR")` would name that checkout (regression: this test failed with
+/// "cargo build … in /check/work/main failed", a directory gone since).
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).unwrap().to_path_buf()
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR");
+    Path::new(&manifest).ancestors().nth(2).unwrap().to_path_buf()
 }
 
 #[test]
