@@ -22,7 +22,8 @@ start_bg() { "$@" >/dev/null & bench_pids+=($!); }
 delivered() { "$bin/loadgen" count --url "http://127.0.0.1:$1/" ${2:+--at-least "$2"}; }
 # edge_config PORT STORE_LINE BARE_PORT: a gateway config with /stored (no upstream) and /queue
 # (delivered to the `loadgen bare` server on BARE_PORT); TOML lines in $SERVER_EXTRA go into
-# [server], $UPSTREAM_EXTRA into the upstream, $QUEUE_EXTRA into the /queue endpoint.
+# [server], $STORE_EXTRA into [store], $UPSTREAM_EXTRA into the upstream, $QUEUE_EXTRA into the
+# /queue endpoint.
 edge_config() {
   cat <<TOML
 [server]
@@ -30,6 +31,7 @@ listen = "127.0.0.1:$1"
 ${SERVER_EXTRA:-}
 [store]
 $2
+${STORE_EXTRA:-}
 [[endpoint]]
 path = "/stored"
 secrets = ["whsec_bench_secret"]
