@@ -1692,14 +1692,19 @@ mod tests {
         (Arc::new(SqliteStore::open(&config, commits.clone()).unwrap()), commits, dir)
     }
 
+    /// A new event `id` of acme's, stored only.
     fn stored(id: &str) -> NewEvent {
+        stored_with(id, Bytes::from_static(b"{}"), 0)
+    }
+
+    fn stored_with(id: &str, body: Bytes, received_at_ms: i64) -> NewEvent {
         let key = EventKey { merchant: "acme".into(), scope: "/wh".into(), id: id.into() };
         let event = Event {
             key,
             endpoint: "/wh".into(),
             event_type: None,
-            body: Bytes::from_static(b"{}"),
-            received_at_ms: 0,
+            body,
+            received_at_ms,
             request_id: "req".into(),
         };
         NewEvent {
@@ -1757,27 +1762,11 @@ mod tests {
                 tokio::spawn(async move {
                     let mut written = 0;
                     while std::time::Instant::now() < until {
-                        let key = EventKey {
-                            merchant: "acme".into(),
-                            scope: "/wh".into(),
-                            id: format!("evt_{w}_{written}"),
-                        };
-                        let event = Event {
-                            key,
-                            endpoint: "/wh".into(),
-                            event_type: None,
-                            body: Bytes::from(vec![b'x'; 2048]),
-                            received_at_ms: written,
-                            request_id: "req".into(),
-                        };
-                        let new = NewEvent {
-                            event,
-                            status: EventStatus::Stored,
-                            reason: None,
-                            headers: Vec::new(),
-                            first_hop: None,
-                            order_key: None,
-                        };
+                        let new = stored_with(
+                            &format!("evt_{w}_{written}"),
+                            Bytes::from(vec![b'x'; 2048]),
+                            written,
+                        );
                         assert_eq!(store.insert_event(new).await.unwrap(), Inserted::New);
                         written += 1;
                     }
