@@ -4,9 +4,12 @@
 //! waiting (up to `max_batch`), applies them in one transaction (redoing each alone if one
 //! fails) and commits once: one fsync for the whole batch. A write is answered only after that
 //! commit. While one batch is being fsync'd the next one queues up, so under load the commit
-//! rate, not the request rate, is bounded by the disk. Writes that a sender's acknowledgement
-//! waits on go first: delivery bookkeeping takes at most a few places in a batch while they
-//! wait. Reads use a separate connection (WAL lets them run beside the writer).
+//! rate, not the request rate, is bounded by the disk. Under steady traffic, too light for
+//! writes to queue up during a commit, a write that finds the writer idle may first wait for
+//! others to share its commit (`[store] commit_delay_us`, [`crate::commit_delay`]). Writes that
+//! a sender's acknowledgement waits on go first: delivery bookkeeping takes at most a few
+//! places in a batch while they wait. Reads use a separate connection (WAL lets them run beside
+//! the writer).
 //!
 //! A checkpointer thread copies the WAL back into the database file. It must never let the WAL
 //! grow without bound, and never hold the writer up for more than the copy of the last few
