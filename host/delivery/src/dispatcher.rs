@@ -316,6 +316,7 @@ impl Dispatcher {
         let mut cursor = None;
         let mut last_poll: Option<Instant> = None;
         while !*shutdown.borrow() {
+            self.hand_back_refused(lane).await;
             drain.before_poll(&self).await;
             // While the workers have enough queued in memory, the store is read only at a slow
             // pace (for retries that came due): its due rows are then mostly the very events
@@ -379,14 +380,13 @@ impl Dispatcher {
     /// On stopping: hands back the rows this gateway claimed but never started, so that the
     /// other replicas take them at once instead of when their leases run out.
     async fn release_claims(&self) {
-        let mut claims: Vec<Claim> = self
-            .upstreams
-            .values()
-            .flat_map(|u| u.lane.queue.take_waiting())
-            .filter_map(|d| d.claim())
-            .collect();
+        fn held<T: Queued>(lane: &Lane<T>) -> impl Iterator<Item = Claim> {
+            let waiting = lane.queue.take_waiting().into_iter().filter_map(|d| d.claim());
+            lane.take_refused().into_iter().chain(waiting)
+        }
+        let mut claims: Vec<Claim> = self.upstreams.values().flat_map(|u| held(&u.lane)).collect();
         if let Some(steps) = &self.steps {
-            claims.extend(steps.lane.queue.take_waiting().into_iter().filter_map(|s| s.claim()));
+            claims.extend(held(&steps.lane));
         }
         if claims.is_empty() {
             return;
@@ -399,6 +399,20 @@ impl Dispatcher {
             Err(e) => {
                 tracing::warn!(count, error = %e, "cannot hand back claims; the other replicas take them when their leases run out")
             }
+        }
+    }
+
+    /// Hands back the claims of the rows stored claimed whose hand-off the lane's queue
+    /// refused (see [`Lane::hand_off`]), so that they are due at once, for this poll too.
+    /// Kept for the next poll if the store refuses; at worst they run out.
+    async fn hand_back_refused<T: Queued>(&self, lane: &Lane<T>) {
+        let claims = lane.take_refused();
+        if claims.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.release_claims(claims.clone()).await {
+            tracing::warn!(count = claims.len(), error = %e, "cannot hand back the claims of refused hand-offs; trying again at the next poll");
+            lane.refused.lock().unwrap_or_else(|p| p.into_inner()).extend(claims);
         }
     }
 

@@ -4,7 +4,9 @@
 //! runs anything itself: the dispatcher does, by what the lane holds.
 
 use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
 
+use payflow_store::Claim;
 use tokio::sync::Notify;
 
 use crate::policy::RetryPolicy;
@@ -29,6 +31,9 @@ pub struct Lane<T> {
     /// Set while the store holds more due rows than the last poll could take: workers that
     /// run dry then ask for the next page at once instead of waiting for the interval.
     pub(crate) backlog: AtomicBool,
+    /// Claims taken at insert for hand-offs the queue refused (see [`Lane::hand_off`]): the
+    /// poller hands them back to the store before its next read.
+    pub(crate) refused: Mutex<Vec<Claim>>,
 }
 
 impl<T: Queued> Lane<T> {
@@ -42,13 +47,34 @@ impl<T: Queued> Lane<T> {
             queue: WaitQueue::default(),
             poll_now: Notify::new(),
             backlog: AtomicBool::new(false),
+            refused: Mutex::default(),
         }
     }
 
     /// Hands a just-stored row to the workers, so they need not read back what was just
     /// written. The store stays the source of truth: if the queue is full the poller finds it.
+    /// A row stored claimed by this gateway (the store claims rows) would wait out its claim
+    /// there, so a refused one's claim goes to the poller to hand back at once.
     pub fn hand_off(&self, due: T) {
-        self.queue.push(due);
+        if let Err(refused) = self.queue.try_push(due) {
+            if let Some(claim) = refused.claim() {
+                self.refused.lock().unwrap_or_else(|p| p.into_inner()).push(claim);
+                self.poll_now.notify_one();
+            }
+        }
+    }
+
+    /// Whether a hand-off of `merchant`'s would be queued now. A gateway on a store that
+    /// claims rows stores a row claimed only then, so that a full queue costs no hand-backs.
+    /// (It may still be refused, by the hand-offs of the moment between: then it is handed
+    /// back.)
+    pub fn has_room(&self, merchant: &str) -> bool {
+        self.queue.has_room(merchant)
+    }
+
+    /// Takes the claims of refused hand-offs, to hand back.
+    pub(crate) fn take_refused(&self) -> Vec<Claim> {
+        std::mem::take(&mut *self.refused.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Tells the poller the store has due rows it has not seen (e.g. after a replay).

@@ -91,6 +91,10 @@ impl<T> Default for QueueState<T> {
 }
 
 impl<T> QueueState<T> {
+    fn has_room(&self, merchant: &str) -> bool {
+        self.waiting.len() < QUEUE_CAPACITY && self.waiting.waiting(merchant) < MERCHANT_QUEUE_SHARE
+    }
+
     fn unclaim(&mut self, key: &EventKey) {
         self.claimed.remove(key);
         self.released += 1;
@@ -103,22 +107,26 @@ impl<T: Queued> WaitQueue<T> {
     /// Queues a delivery unless it is already claimed or the queue is full (the store keeps it
     /// either way). True when queued.
     pub(crate) fn push(&self, due: T) -> bool {
-        let queued = self.state.lock().is_ok_and(|mut s| {
-            let event = due.event();
-            if s.waiting.len() >= QUEUE_CAPACITY
-                || s.waiting.waiting(&event.key.merchant) >= MERCHANT_QUEUE_SHARE
-                || !s.claimed.insert(event.key.clone())
-            {
-                return false;
-            }
-            let (merchant, endpoint) = (event.key.merchant.clone(), event.endpoint.clone());
-            s.waiting.push(&merchant, &endpoint, due);
-            true
-        });
-        if queued {
-            self.ready.notify_one();
+        self.try_push(due).is_ok()
+    }
+
+    /// As [`Self::push`], giving back what it did not queue.
+    pub(crate) fn try_push(&self, due: T) -> Result<(), T> {
+        let Ok(mut s) = self.state.lock() else { return Err(due) };
+        let event = due.event();
+        if !s.has_room(&event.key.merchant) || !s.claimed.insert(event.key.clone()) {
+            return Err(due);
         }
-        queued
+        let (merchant, endpoint) = (event.key.merchant.clone(), event.endpoint.clone());
+        s.waiting.push(&merchant, &endpoint, due);
+        drop(s);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Whether one more of `merchant`'s would be queued now (unless already claimed).
+    pub(crate) fn has_room(&self, merchant: &str) -> bool {
+        self.state.lock().is_ok_and(|s| s.has_room(merchant))
     }
 
     /// Queues what the poller read in a read that began at `since` (see [`Self::since`]),

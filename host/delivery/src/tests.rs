@@ -59,6 +59,31 @@ fn an_attempt_frees_its_turn_at_once_but_its_claim_only_once_recorded() {
     assert!(queue.push(due("evt_1")), "recorded and still due (a retry): it may be queued again");
 }
 
+/// On a store shared by replicas, a hand-off is stored claimed by this gateway: one its
+/// queue refuses (the merchant's share is full) would wait out the claim, so its claim is
+/// kept for the poller to hand back at once. A refused hand-off stored unclaimed needs
+/// nothing (the poller finds it), and `takes_hand_off` says no before the queue would.
+#[test]
+fn a_claimed_hand_off_the_full_queue_refuses_is_kept_for_the_poller_to_hand_back() {
+    let upstream = upstream();
+    let claimed = |id: &str| DueDelivery { claimed_until_ms: Some(60_000), ..due(id) };
+    for i in 0..crate::queue::MERCHANT_QUEUE_SHARE {
+        assert!(upstream.takes_hand_off("m"), "room for the {i}th");
+        upstream.hand_off(claimed(&format!("evt_{i}")));
+    }
+    assert!(upstream.lane.take_refused().is_empty(), "every one queued");
+    assert!(!upstream.takes_hand_off("m"), "the merchant's share is full");
+    assert!(upstream.takes_hand_off("other"), "another merchant's is not");
+    upstream.hand_off(due("evt_unclaimed"));
+    assert!(upstream.lane.take_refused().is_empty(), "stored unclaimed: the poller finds it");
+    upstream.hand_off(claimed("evt_claimed"));
+    let refused = upstream.lane.take_refused();
+    assert_eq!(refused.len(), 1);
+    assert_eq!((refused[0].key.id.as_str(), refused[0].until_ms), ("evt_claimed", 60_000));
+    assert_eq!(refused[0].upstream.as_deref(), Some("u"));
+    assert!(upstream.lane.take_refused().is_empty(), "taken once");
+}
+
 /// Regression: a poll whose read began before a delivery was recorded saw it still pending
 /// and queued it again after the worker released it, so it was sent twice.
 #[test]

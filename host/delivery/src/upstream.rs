@@ -95,6 +95,12 @@ impl Upstream {
         }
     }
 
+    /// Whether [`Upstream::hand_off`] would queue one of `merchant`'s now: never on an
+    /// ordered upstream (see there).
+    pub fn takes_hand_off(&self, merchant: &str) -> bool {
+        self.ordering.is_none() && self.lane.has_room(merchant)
+    }
+
     /// Tells the poller the store has due deliveries it has not seen (e.g. after a replay).
     pub fn poll_store_now(&self) {
         self.lane.poll_store_now();

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::admin::Admin;
 use crate::connections::Caps;
 use crate::ingress::{self, ServeOptions, WebhookRouter};
-use crate::pipeline::{Endpoint, FirstHop, Pipeline};
+use crate::pipeline::{Endpoint, FirstHop, HandOff, Pipeline};
 use payflow_clock::{Clock, SystemClock};
 use payflow_config::Config;
 use payflow_delivery::route::Routes;
@@ -205,7 +205,10 @@ impl Gateway {
                 body_timeout: Duration::from_millis(config.server.body_timeout_ms),
                 plugins: plugins.clone(),
                 telemetry: telemetry.clone(),
-                hand_off: !store.claims(),
+                hand_off: match store.claims() {
+                    true => HandOff::Claimed { lease_ms: config.store.lease_ms as i64 },
+                    false => HandOff::Direct,
+                },
             },
         });
         let ingress_tls = tls.is_some();

@@ -86,13 +86,24 @@ impl FirstHop {
         }
     }
 
-    /// Hands a just-stored event to the hop's workers, due now.
-    pub fn hand_off(&self, event: Event) {
+    /// Hands a just-stored event to the hop's workers, due now; `claimed_until_ms` when it was
+    /// stored claimed by this gateway ([`NewEvent::claim_until_ms`]).
+    pub fn hand_off(&self, event: Event, claimed_until_ms: Option<i64>) {
         match self {
             FirstHop::Plugins(lane) => {
-                lane.hand_off(DueStep { event, attempts: 0, next_attempt_at_ms: 0, claimed_until_ms: None })
+                lane.hand_off(DueStep { event, attempts: 0, next_attempt_at_ms: 0, claimed_until_ms })
             }
-            FirstHop::Upstream(u) => u.hand_off(DueDelivery::new(event, u.name.clone(), 0)),
+            FirstHop::Upstream(u) => {
+                u.hand_off(DueDelivery { claimed_until_ms, ..DueDelivery::new(event, u.name.clone(), 0) })
+            }
+        }
+    }
+
+    /// Whether [`FirstHop::hand_off`] would queue one of `merchant`'s now.
+    fn takes_hand_off(&self, merchant: &str) -> bool {
+        match self {
+            FirstHop::Plugins(lane) => lane.has_room(merchant),
+            FirstHop::Upstream(u) => u.takes_hand_off(merchant),
         }
     }
 
@@ -136,10 +147,24 @@ pub struct Pipeline {
     pub plugins: Option<Arc<PluginStage>>,
     /// Where the requests' spans go.
     pub telemetry: Arc<Telemetry>,
-    /// Whether a stored event goes straight to this gateway's workers. Not when replicas
-    /// share the store ([`payflow_store::DeliveryQueue::claims`]): a row is then taken by
-    /// the read that claims it, so the workers are only told to read.
-    pub hand_off: bool,
+    /// How a stored event reaches this gateway's workers.
+    pub hand_off: HandOff,
+}
+
+/// How a stored event reaches this gateway's workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandOff {
+    /// Straight away: this gateway alone drains the store.
+    Direct,
+    /// Replicas share the store ([`payflow_store::DeliveryQueue::claims`]): stored claimed by
+    /// this gateway for `lease_ms` (as a poll's read would claim it) and handed over, when
+    /// its hop's queue has room; otherwise left to whichever replica's poll claims it, and
+    /// this gateway's poller told to read.
+    Claimed {
+        /// How long the claim lasts (`[store] lease_ms`): if this gateway dies holding it,
+        /// another replica takes the row then.
+        lease_ms: i64,
+    },
 }
 
 impl Pipeline {
@@ -236,6 +261,12 @@ impl Pipeline {
             }
             _ => None,
         };
+        let claim_until_ms = match (self.hand_off, first_hop) {
+            (HandOff::Claimed { lease_ms }, Some(hop)) if hop.takes_hand_off(&event.key.merchant) => {
+                Some(event.received_at_ms + lease_ms)
+            }
+            _ => None,
+        };
         let new = NewEvent {
             event: event.clone(),
             status,
@@ -243,6 +274,7 @@ impl Pipeline {
             headers: kept_headers(&parts.headers),
             first_hop: first_hop.map(FirstHop::hop),
             order_key,
+            claim_until_ms,
         };
         let store_started = timeline.is_some().then(SystemTime::now);
         let inserted = self.store.insert_event(new).await;
@@ -268,7 +300,9 @@ impl Pipeline {
         match (endpoint.mode, inserted) {
             (Mode::Queue, Inserted::New) => {
                 match first_hop {
-                    Some(hop) if self.hand_off => hop.hand_off(event),
+                    Some(hop) if self.hand_off == HandOff::Direct || claim_until_ms.is_some() => {
+                        hop.hand_off(event, claim_until_ms)
+                    }
                     Some(hop) => hop.poll_store_now(),
                     None => {}
                 }

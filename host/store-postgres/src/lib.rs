@@ -11,7 +11,9 @@
 //! - **Claims**: a due delivery or plugin step is claimed by the read that returns it (`FOR
 //!   UPDATE SKIP LOCKED`, then a lease until `now + lease`), so no two replicas take the same
 //!   row; recording its outcome ends the claim, and a replica that dies leaves its claims to
-//!   run out, after which any replica takes them. At least once, as everywhere.
+//!   run out, after which any replica takes them. At least once, as everywhere. A new event's
+//!   first hop may be written claimed already by the replica that stored it
+//!   ([`payflow_store::NewEvent::claim_until_ms`]), which hands it to its own workers.
 //! - **Migrations** at start-up, numbered, under an advisory lock (`schema.rs`).
 //!
 //! Like every backend it must never decide policy beyond [`payflow_store::settled_status`],

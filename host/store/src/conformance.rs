@@ -10,8 +10,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::{
-    Amount, AttemptInfo, AttemptOutcome, Canary, Event, EventFilter, EventKey, EventStatus, Hop, Inserted,
-    KvWrite, NewDelivery, NewEvent, NewPluginVersion, PluginRunInfo, PluginStep, Store, VersionBounds,
+    Amount, AttemptInfo, AttemptOutcome, Canary, Claim, Event, EventFilter, EventKey, EventStatus, Hop,
+    Inserted, KvWrite, NewDelivery, NewEvent, NewPluginVersion, PluginRunInfo, PluginStep, Store,
+    VersionBounds,
 };
 
 /// Generates one `#[tokio::test]` per check, each on a store from `$open`: an async function
@@ -30,6 +31,7 @@ macro_rules! conformance_tests {
             a_dead_plugin_step_makes_its_event_dead_and_replay_runs_it_again,
             a_claimed_row_is_due_for_no_other_reader_until_its_claim_ends,
             a_claim_handed_back_is_due_again_at_once_unless_its_lease_passed_on,
+            a_first_hop_claimed_at_insert_is_due_for_no_reader_until_its_claim_ends,
             events_page_newest_first_without_gaps_or_repeats,
             plugin_versions_are_bounded_and_activated,
             compiled_code_is_kept_per_engine,
@@ -72,6 +74,7 @@ fn event(key: &EventKey, at_ms: i64, first_hop: Option<Hop>) -> NewEvent {
         headers: vec![("content-type".into(), "application/json".into())],
         first_hop,
         order_key: None,
+        claim_until_ms: None,
     }
 }
 
@@ -468,6 +471,42 @@ pub async fn a_claim_handed_back_is_due_again_at_once_unless_its_lease_passed_on
         "another reader's claim"
     );
     assert!(store.due_steps(NOW + 2, None, 10).await.unwrap().is_empty(), "another reader's claim");
+}
+
+/// A gateway that hands an event's first hop to its own workers stores it already claimed
+/// ([`NewEvent::claim_until_ms`]): no reader gets the delivery or the plugin step before that
+/// claim ends, a hand-back of it (the gateway's queue had no room after all) makes it due at
+/// once, and one nobody ends runs out. A store that makes no claims ignores it: the rows are
+/// due at once.
+pub async fn a_first_hop_claimed_at_insert_is_due_for_no_reader_until_its_claim_ends(store: Arc<dyn Store>) {
+    let until = NOW + 60_000;
+    let claimed = |id: &str, hop: Option<Hop>| NewEvent {
+        claim_until_ms: Some(until),
+        ..event(&key("acme", "/wh", id), NOW, hop)
+    };
+    store.insert_event(claimed("evt_held", to("legacy"))).await.unwrap();
+    store.insert_event(claimed("evt_held_step", Some(Hop::Plugins))).await.unwrap();
+    store.insert_event(claimed("evt_handed_back", to("legacy"))).await.unwrap();
+    let due_now = store.due_deliveries("legacy", NOW, None, 10).await.unwrap().len();
+    let steps_now = store.due_steps(NOW, None, 10).await.unwrap().len();
+    if !store.claims() {
+        assert_eq!((due_now, steps_now), (2, 1), "a store that does not claim ignores the claim");
+        return;
+    }
+    assert_eq!((due_now, steps_now), (0, 0), "claimed by the gateway that stored them");
+    let handed_back = Claim {
+        key: key("acme", "/wh", "evt_handed_back"),
+        upstream: Some("legacy".into()),
+        until_ms: until,
+    };
+    store.release_claims(vec![handed_back]).await.unwrap();
+    let due = store.due_deliveries("legacy", NOW + 1, None, 10).await.unwrap();
+    let ids: Vec<&str> = due.iter().map(|d| d.event.key.id.as_str()).collect();
+    assert_eq!(ids, ["evt_handed_back"], "handed back: due at once; the other still held");
+    let due = store.due_deliveries("legacy", until, None, 10).await.unwrap();
+    assert_eq!(due.len(), 1, "a claim nobody ended runs out");
+    assert_eq!(due[0].event.key.id, "evt_held");
+    assert_eq!(store.due_steps(until, None, 10).await.unwrap().len(), 1, "the step's too");
 }
 
 /// Listing pages newest first by cursor, with no event missed or repeated, even when events

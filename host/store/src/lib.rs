@@ -209,6 +209,13 @@ pub struct NewEvent {
     /// upstream takes it only once every earlier event of its merchant with this key is
     /// finished there (see [`DeliveryQueue::due_ordered_deliveries`]).
     pub order_key: Option<String>,
+    /// Set when this gateway hands the first hop to its own workers: a store that claims rows
+    /// ([`DeliveryQueue::claims`]) writes the hop's row already claimed by this gateway until
+    /// then (unix ms), as if its poll had read it. No other replica takes the row meanwhile,
+    /// and no poll of this gateway's reads back what it holds in memory: on PostgreSQL that
+    /// read was a statement per poll (the claim, with the body). Stores that do not claim
+    /// ignore it.
+    pub claim_until_ms: Option<i64>,
 }
 
 /// What storing an event did.

@@ -809,7 +809,7 @@ impl SqliteStore {
 impl Ingest for SqliteStore {
     async fn insert_event(&self, new: NewEvent) -> Result<Inserted, StoreError> {
         self.write(move |conn| {
-            let NewEvent { event, status, reason, headers, first_hop, order_key } = &new;
+            let NewEvent { event, status, reason, headers, first_hop, order_key, .. } = &new;
             let headers = serde_json::to_string(headers).unwrap_or_else(|_| "[]".into());
             let claimed = (*status == EventStatus::Forwarding).then_some(event.received_at_ms);
             let inserted = conn
@@ -1717,6 +1717,7 @@ mod tests {
             headers: Vec::new(),
             first_hop: None,
             order_key: None,
+            claim_until_ms: None,
         }
     }
 
@@ -1827,6 +1828,7 @@ mod tests {
                 headers: Vec::new(),
                 first_hop: None,
                 order_key: None,
+                claim_until_ms: None,
             };
             store.insert_event(new).await.unwrap();
         }
