@@ -412,7 +412,7 @@ impl Dispatcher {
         }
         if let Err(e) = self.store.release_claims(claims.clone()).await {
             tracing::warn!(count = claims.len(), error = %e, "cannot hand back the claims of refused hand-offs; trying again at the next poll");
-            lane.refused.lock().unwrap_or_else(|p| p.into_inner()).extend(claims);
+            lane.keep_refused(claims);
         }
     }
 

@@ -33,7 +33,7 @@ pub struct Lane<T> {
     pub(crate) backlog: AtomicBool,
     /// Claims taken at insert for hand-offs the queue refused (see [`Lane::hand_off`]): the
     /// poller hands them back to the store before its next read.
-    pub(crate) refused: Mutex<Vec<Claim>>,
+    refused: Mutex<Vec<Claim>>,
 }
 
 impl<T: Queued> Lane<T> {
@@ -58,7 +58,7 @@ impl<T: Queued> Lane<T> {
     pub fn hand_off(&self, due: T) {
         if let Err(refused) = self.queue.try_push(due) {
             if let Some(claim) = refused.claim() {
-                self.refused.lock().unwrap_or_else(|p| p.into_inner()).push(claim);
+                self.keep_refused([claim]);
                 self.poll_now.notify_one();
             }
         }
@@ -70,6 +70,11 @@ impl<T: Queued> Lane<T> {
     /// back.)
     pub fn has_room(&self, merchant: &str) -> bool {
         self.queue.has_room(merchant)
+    }
+
+    /// Keeps claims of refused hand-offs for the poller to hand back.
+    pub(crate) fn keep_refused(&self, claims: impl IntoIterator<Item = Claim>) {
+        self.refused.lock().unwrap_or_else(|p| p.into_inner()).extend(claims);
     }
 
     /// Takes the claims of refused hand-offs, to hand back.
