@@ -50,10 +50,10 @@ impl Batcher {
 /// One statement, so one round trip and one commit (autocommit: it is its own transaction,
 /// durable when the reply comes): the events' insert and the new events' first hops (only for
 /// the rows actually inserted), each claimed from the start when the gateway hands it to its
-/// own workers ([`NewEvent::claim_until_ms`]). Only when some keys were already there are their statuses read,
-/// by a second statement. Reading them in the first one too (a join on `events`) made the
-/// statement's cached generic plan, chosen while the table was small, scan the whole table on
-/// every batch as it grew: 400 µs of database CPU per event instead of 80.
+/// own workers ([`NewEvent::claim_until_ms`]). Only when some keys were already there are
+/// their statuses read, by a second statement. Reading them in the first one too (a join on
+/// `events`) made the statement's cached generic plan, chosen while the table was small, scan
+/// the whole table on every batch as it grew: 400 µs of database CPU per event instead of 80.
 async fn insert_batch(pool: &Pool, events: &[NewEvent]) -> Result<Vec<Inserted>, StoreError> {
     // The batch's distinct keys in key order (rows locked in one order across batches and
     // replicas, so two never deadlock); a stable sort keeps each key's first copy first.
