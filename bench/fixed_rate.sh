@@ -3,7 +3,8 @@
 # acknowledgements? For each rate, 8 s of signed events to a queue endpoint delivering to a bare
 # upstream: the loadgen line (latency counted from each request's due time), how many were
 # delivered when the offer ended, how long the rest took, the gateway's CPU per event (user+
-# system, offer and drain) and the size of the SQLite WAL file then. Before each rate, the
+# system, offer and drain), the size of the SQLite WAL file then, and how many deliveries the
+# upstream accepted twice (the store records every attempt; none may). Before each rate, the
 # same offer goes to the bare upstream itself: a bare hyper request's CPU at that rate, the
 # side-by-side base (a sleeping server pays a wake-up per request, so every server costs more
 # per request at a steady rate than in a burst). Usage: bench/fixed_rate.sh [RATE…] (default
@@ -38,11 +39,17 @@ for rate in "${rates[@]}"; do
   at_end=$(( $($L count --url http://127.0.0.1:$bare/) - before ))
   $L count --url http://127.0.0.1:$bare/ --at-least $((before + n)) >/dev/null
   t2=$(date +%s.%N); c1=$(ticks); d1=$(db_ticks)
+  # Deliveries the upstream answered 2xx more than once, so far (the store records every attempt).
+  twice="SELECT count(*) FROM (SELECT 1 FROM attempts GROUP BY merchant, scope, event_id, upstream
+         HAVING sum(CASE WHEN status_code BETWEEN 200 AND 299 THEN 1 ELSE 0 END) > 1) t"
   if [[ -n "${STORE_URL:-}" ]]; then
     db="| database CPU $(( (d1 - d0) * 1000000 / $(getconf CLK_TCK) / n )) µs/event"
+    again=$(psql "$STORE_URL" -tAc "$twice")
   else
     db="| WAL $(( $(stat -c %s "$work/b.db-wal") >> 20 )) MB"
+    again=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchone()[0])" "$work/b.db" "$twice")
   fi
+  db="$db | delivered twice so far: $again"
   python3 -c "
 n=$n; t0=$t0; t1=$t1; t2=$t2; at_end=$at_end
 print('$line'.strip(), '| backlog at the end of the offer:', n-at_end, '| delivered by then: %.0f%%' % (100*at_end/n), '| drained %.1f s later' % (t2-t1), '| delivery rate over the run %.0f/s' % (n/(t2-t0)), '| gateway CPU %.0f µs/event' % (($c1-$c0)*1e6/$(getconf CLK_TCK)/n), '| bare hyper %.1f µs/request' % (($b1-$b0)*1e6/$(getconf CLK_TCK)/n), '(gateway × %.1f)' % (($c1-$c0)/max($b1-$b0, 1)), '$db')"

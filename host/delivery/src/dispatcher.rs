@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::client::UpstreamClient;
 use crate::flow::{Flow, Permit};
+use crate::hand_offs::HandOffs;
 use crate::lane::Lane;
 use crate::policy::attempt;
 use crate::queue::Queued;
@@ -63,6 +64,8 @@ pub struct Dispatcher {
     telemetry: Arc<Telemetry>,
     /// Attempt records on their way to the store.
     recorder: Recorder,
+    /// Rows whose writer hands them off itself: the pollers leave them alone meanwhile.
+    hand_offs: Arc<HandOffs>,
 }
 
 /// The plugin steps' lane and what runs them, as [`Dispatcher::new`] takes them.
@@ -153,9 +156,11 @@ impl Drain for Steps {
     }
     async fn run(self: Arc<Self>, dispatcher: Arc<Dispatcher>, due: DueStep, _: Option<Permit>) -> bool {
         let (key, attempts) = (due.event.key.clone(), due.attempts);
+        let hand_off = !dispatcher.store.claims();
+        // The deliveries the step creates are visible to the pollers from its record on.
+        let under_way = hand_off.then(|| dispatcher.hand_offs.begin(&key));
         match self.step.run(&self.lane.policy, due).await {
             StepDone::Recorded(deliveries) => {
-                let hand_off = !dispatcher.store.claims();
                 for d in deliveries {
                     match dispatcher.upstreams.get(&d.upstream) {
                         // Replicas share the store: the row is taken by the read that claims it.
@@ -166,9 +171,11 @@ impl Drain for Steps {
                         }
                     }
                 }
+                drop(under_way);
                 true
             }
             StepDone::Refused => {
+                drop(under_way);
                 // Runs again, but not before its backoff and not before the store takes
                 // writes again.
                 tokio::spawn(async move {
@@ -186,13 +193,14 @@ impl Drain for Steps {
 
 impl Dispatcher {
     /// A dispatcher over these upstreams and, when `steps`, the plugin steps' lane with what
-    /// runs them.
+    /// runs them; `hand_offs` is shared with the ingress that hands it stored events.
     pub fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         client: UpstreamClient,
         upstreams: HashMap<String, Arc<Upstream>>,
         steps: Option<StepLane>,
+        hand_offs: Arc<HandOffs>,
     ) -> Self {
         let steps = steps.map(|(lane, step)| Arc::new(Steps { lane, step }));
         Dispatcher {
@@ -203,6 +211,7 @@ impl Dispatcher {
             steps,
             telemetry: Arc::new(Telemetry::disabled()),
             recorder: Recorder::default(),
+            hand_offs,
         }
     }
 
@@ -335,8 +344,10 @@ impl Dispatcher {
                         Ok(due) => {
                             cursor = (due.len() == page).then(|| due.last().map(Queued::cursor)).flatten();
                             lane.backlog.store(cursor.is_some(), Ordering::Release);
+                            // A row whose writer is about to hand it off is left to it.
                             added = due
                                 .into_iter()
+                                .filter(|d| !self.hand_offs.under_way(&d.event().key))
                                 .map(|d| lane.queue.push_polled(d, since))
                                 .filter(|&queued| queued)
                                 .count();

@@ -21,6 +21,7 @@ mod dispatcher;
 mod fair_queue;
 pub mod fields;
 mod flow;
+mod hand_offs;
 mod lane;
 mod policy;
 mod queue;
@@ -37,6 +38,7 @@ pub use client::{
 };
 pub use dispatcher::{lower_this_threads_priority, Dispatcher, StepLane, DELIVERY_NICE};
 pub use flow::{BreakerState, Flow, FlowCounts, Permit};
+pub use hand_offs::{HandOffs, UnderWay};
 pub use lane::Lane;
 pub use policy::{attempt, classify, AttemptStart, RetryPolicy, Verdict};
 pub use queue::Queued;

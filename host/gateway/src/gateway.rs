@@ -19,7 +19,7 @@ use crate::pipeline::{Endpoint, FirstHop, HandOff, Pipeline};
 use payflow_clock::{Clock, SystemClock};
 use payflow_config::Config;
 use payflow_delivery::route::Routes;
-use payflow_delivery::{Dispatcher, Lane, Step, Upstream, UpstreamClient};
+use payflow_delivery::{Dispatcher, HandOffs, Lane, Step, Upstream, UpstreamClient};
 use payflow_plugins::{Registry, Runtime, Scheduler};
 use payflow_telemetry::Telemetry;
 
@@ -194,6 +194,7 @@ impl Gateway {
 
         let (shutdown, watch_shutdown) = watch::channel(false);
         let client = UpstreamClient::default();
+        let hand_offs = Arc::new(HandOffs::default());
         let header_timeout = Duration::from_millis(config.server.header_timeout_ms);
         let router = Arc::new(WebhookRouter {
             endpoints: endpoints.clone(),
@@ -207,7 +208,7 @@ impl Gateway {
                 telemetry: telemetry.clone(),
                 hand_off: match store.claims() {
                     true => HandOff::Claimed { lease_ms: config.store.lease_ms as i64 },
-                    false => HandOff::Direct,
+                    false => HandOff::Direct(hand_offs.clone()),
                 },
             },
         });
@@ -272,10 +273,11 @@ impl Gateway {
         // Its own connection pool: proxy-mode forwards must not ride on connections driven by the
         // (lower-priority) delivery thread.
         let steps = steps.zip(plugins.clone().map(|stage| stage as Arc<dyn Step>));
-        let dispatcher = Dispatcher::new(store.clone(), clock, UpstreamClient::default(), upstreams, steps)
-            .with_telemetry(telemetry.clone())
-            .start(watch_shutdown)
-            .map_err(StartError::DeliveryThread)?;
+        let dispatcher =
+            Dispatcher::new(store.clone(), clock, UpstreamClient::default(), upstreams, steps, hand_offs)
+                .with_telemetry(telemetry.clone())
+                .start(watch_shutdown)
+                .map_err(StartError::DeliveryThread)?;
         Ok(Gateway {
             ingress_addr,
             ingress_tls,

@@ -24,7 +24,9 @@ pub use crate::answer::Outcome;
 use crate::http::{self, BodyError, HttpHeaders, Reply};
 use payflow_clock::Clock;
 use payflow_config::Mode;
-use payflow_delivery::{classify, fields, AttemptStart, Lane, SendError, Upstream, UpstreamClient, Verdict};
+use payflow_delivery::{
+    classify, fields, AttemptStart, HandOffs, Lane, SendError, Upstream, UpstreamClient, Verdict,
+};
 use payflow_metrics::{Counter, CounterMap};
 use payflow_plugins::ChainOutcome;
 
@@ -152,10 +154,12 @@ pub struct Pipeline {
 }
 
 /// How a stored event reaches this gateway's workers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum HandOff {
-    /// Straight away: this gateway alone drains the store.
-    Direct,
+    /// Straight away: this gateway alone drains the store. The hand-off is under way in
+    /// [`HandOffs`] (shared with the dispatcher) from before the write until it is done, so
+    /// that the store poller, which sees the row from its commit, leaves it alone meanwhile.
+    Direct(Arc<HandOffs>),
     /// Replicas share the store ([`payflow_store::DeliveryQueue::claims`]): stored claimed by
     /// this gateway for `lease_ms` (as a poll's read would claim it) and handed over, when
     /// its hop's queue has room; otherwise left to whichever replica's poll claims it, and
@@ -261,11 +265,14 @@ impl Pipeline {
             }
             _ => None,
         };
-        let claim_until_ms = match (self.hand_off, first_hop) {
+        // Either the row is stored claimed, or its hand-off is under way until it is handed off
+        // below (the guard lives to the end of this function).
+        let (claim_until_ms, under_way) = match (&self.hand_off, first_hop) {
             (HandOff::Claimed { lease_ms }, Some(hop)) if hop.takes_hand_off(&event.key.merchant) => {
-                Some(event.received_at_ms + lease_ms)
+                (Some(event.received_at_ms + lease_ms), None)
             }
-            _ => None,
+            (HandOff::Direct(hand_offs), Some(_)) => (None, Some(hand_offs.begin(&event.key))),
+            _ => (None, None),
         };
         let new = NewEvent {
             event: event.clone(),
@@ -300,7 +307,7 @@ impl Pipeline {
         match (endpoint.mode, inserted) {
             (Mode::Queue, Inserted::New) => {
                 match first_hop {
-                    Some(hop) if self.hand_off == HandOff::Direct || claim_until_ms.is_some() => {
+                    Some(hop) if under_way.is_some() || claim_until_ms.is_some() => {
                         hop.hand_off(event, claim_until_ms)
                     }
                     Some(hop) => hop.poll_store_now(),
