@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
 export CARGO_TERM_COLOR=never
 
-step() { printf '\n=== %s\n' "$*"; }
+# Each step is stamped with the minutes since the start, so a slow fresh machine shows where
+# its time went (CI's limit is 90 minutes; we aim under 45).
+step() { printf '\n=== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 step setup
 scripts/setup.sh
@@ -44,3 +46,4 @@ step "web package: Node and headless Chromium tests"
 
 step "fuzz targets, briefly (longer: scripts/fuzz.sh 600)"
 scripts/fuzz.sh "${PAYFLOW_FUZZ_SECONDS:-20}"
+step "all passed"
