@@ -16,7 +16,7 @@ target=x86_64-unknown-linux-musl
 rustup target list --installed | grep -qx "$target" || rustup target add "$target"
 if ! command -v musl-gcc >/dev/null 2>&1; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq && $sudo apt-get install -y -qq musl-tools
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends musl-tools
 fi
 
 profile=release
