@@ -23,9 +23,13 @@ stale() {
   return 1
 }
 
+# Installed even when the component is up to date: the guide's test builds a copy of this
+# template against these packages (a work tree restored without its ignored files once had
+# the component built but no node_modules, and that test failed).
+(cd plugins/js-enrich
+ [[ -d node_modules/@bytecodealliance/componentize-js ]] || npm ci --no-audit --no-fund --loglevel=error)
 if stale "$out/js_enrich.wasm" plugins/js-enrich/*.js plugins/js-enrich/*.mjs plugins/js-enrich/package-lock.json wit/plugin.wit; then
   (cd plugins/js-enrich
-   [[ -d node_modules/@bytecodealliance/componentize-js ]] || npm ci --no-audit --no-fund --loglevel=error
    node build.mjs "$out/js_enrich.wasm.tmp")
   mv "$out/js_enrich.wasm.tmp" "$out/js_enrich.wasm"
 fi
