@@ -19,7 +19,12 @@ pub type Reply = Response<Full<Bytes>>;
 
 /// A JSON reply.
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
-    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    json_text(status, Bytes::from(value.to_string()))
+}
+
+/// A JSON reply whose body is already JSON text (a fixed answer, built once).
+pub fn json_text(status: StatusCode, body: Bytes) -> Reply {
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response

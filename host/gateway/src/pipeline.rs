@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use hyper::body::Incoming;
+use hyper::header::{HeaderName, CONTENT_TYPE, USER_AGENT};
 use hyper::Request;
 use payflow_verify::{event, Reason, Verifier};
 
@@ -37,15 +38,16 @@ use payflow_store::{
 };
 use payflow_telemetry::Telemetry;
 
-/// Request headers kept with a stored event (never the signature headers).
-const KEPT_HEADERS: [&str; 7] = [
-    "content-type",
-    "user-agent",
-    "webhook-id",
-    "webhook-timestamp",
-    "svix-id",
-    "svix-timestamp",
-    "x-forwarded-for",
+/// Request headers kept with a stored event (never the signature headers). Names, not
+/// strings: a lookup by string parses and lower-cases it first, seven times per event.
+const KEPT_HEADERS: [HeaderName; 7] = [
+    CONTENT_TYPE,
+    USER_AGENT,
+    HeaderName::from_static("webhook-id"),
+    HeaderName::from_static("webhook-timestamp"),
+    HeaderName::from_static("svix-id"),
+    HeaderName::from_static("svix-timestamp"),
+    HeaderName::from_static("x-forwarded-for"),
 ];
 
 /// One configured endpoint, ready to serve.
@@ -398,8 +400,36 @@ fn kept_headers(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
     KEPT_HEADERS
         .iter()
         .filter_map(|name| {
-            let value = headers.get(*name)?.to_str().ok()?;
-            Some((name.to_string(), value.chars().take(256).collect()))
+            let value = headers.get(name)?.to_str().ok()?;
+            Some((name.as_str().to_string(), value.chars().take(256).collect()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::HeaderMap;
+
+    #[test]
+    fn kept_headers_are_the_listed_ones_in_order_cut_to_256_chars_and_never_a_signature() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("x-forwarded-for", "203.0.113.7".to_string()),
+            ("webhook-signature", "v1,c2VjcmV0".to_string()),
+            ("svix-signature", "v1,c2VjcmV0".to_string()),
+            ("payflow-signature", "t=1,v1=00".to_string()),
+            ("authorization", "Bearer hunter2".to_string()),
+            ("User-Agent", "a".repeat(300)),
+            ("webhook-id", "msg_1".to_string()),
+            ("content-type", "application/json".to_string()),
+        ] {
+            headers.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        }
+        let kept = kept_headers(&headers);
+        let names: Vec<&str> = kept.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["content-type", "user-agent", "webhook-id", "x-forwarded-for"]);
+        assert_eq!(kept[1].1, "a".repeat(256));
+        assert_eq!(kept[3].1, "203.0.113.7");
+    }
 }
