@@ -406,6 +406,12 @@ fn open(path: &Path, config: &StoreConfig) -> rusqlite::Result<Connection> {
     // not a power cut).
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // A prepared statement keeps its plan whatever is bound to it. Without this, SQLite marks
+    // a statement whose plan looked at a bound value (any `LIMIT ?`) to be planned again on
+    // the first step after every bind, so the dispatcher's due scans and the event listings
+    // were parsed and planned anew on every run despite the statement cache. The plans that
+    // depend on values need `ANALYZE` statistics, which the store never gathers.
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     // Savepoint (statement) journals and sorts stay in memory: they never need to survive.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     if let Some(mb) = config.max_size_mb {
@@ -758,6 +764,20 @@ const SUMMARY_COLUMNS: &str =
 /// numbered in arrival order by their rowid.
 static IN_ORDER: LazyLock<String> = LazyLock::new(|| crate::ordering::in_order("d", "rowid", "?1"));
 
+/// The due-deliveries read, with `condition` (empty, or [`IN_ORDER`]) on each delivery.
+fn due_sql(condition: &str) -> String {
+    format!(
+        "SELECT d.upstream, d.attempts, d.body, d.headers, d.next_attempt_at_ms, {EVENT_COLUMNS}
+         FROM deliveries d
+         JOIN events e ON e.merchant = d.merchant AND e.scope = d.scope AND e.id = d.event_id
+         WHERE d.upstream = ?1 AND d.status = 'pending' AND d.next_attempt_at_ms <= ?2
+           AND (?4 IS NULL
+                OR (d.next_attempt_at_ms, d.merchant, d.scope, d.event_id) > (?4, ?5, ?7, ?6))
+           {condition}
+         ORDER BY d.next_attempt_at_ms, d.merchant, d.scope, d.event_id LIMIT ?3"
+    )
+}
+
 impl SqliteStore {
     /// Due deliveries to `upstream`, with `condition` (empty, or [`IN_ORDER`]) on each.
     async fn due(
@@ -774,16 +794,7 @@ impl SqliteStore {
             None => (None, None, None, None),
         };
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT d.upstream, d.attempts, d.body, d.headers, d.next_attempt_at_ms, {EVENT_COLUMNS}
-                 FROM deliveries d
-                 JOIN events e ON e.merchant = d.merchant AND e.scope = d.scope AND e.id = d.event_id
-                 WHERE d.upstream = ?1 AND d.status = 'pending' AND d.next_attempt_at_ms <= ?2
-                   AND (?4 IS NULL
-                        OR (d.next_attempt_at_ms, d.merchant, d.scope, d.event_id) > (?4, ?5, ?7, ?6))
-                   {condition}
-                 ORDER BY d.next_attempt_at_ms, d.merchant, d.scope, d.event_id LIMIT ?3"
-            ))?;
+            let mut stmt = conn.prepare_cached(&due_sql(&condition))?;
             let rows =
                 stmt.query_map(params![upstream, now_ms, limit as i64, at, merchant, id, scope], |r| {
                     Ok(DueDelivery {
@@ -1734,6 +1745,19 @@ mod tests {
         let third = store.insert_event(stored("evt_3")).await.unwrap();
         assert_eq!((second.await.unwrap().unwrap(), third), (Inserted::New, Inserted::New));
         assert_eq!(commits.0.load(Ordering::Relaxed), 2, "the second write waited for the third");
+    }
+
+    /// Regression: every due scan was parsed and planned again (SQLite's `LIMIT ?` marked the
+    /// cached statement to be re-prepared whenever a value was bound to it).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn regression_a_due_scan_is_planned_once_not_on_every_run() {
+        let (store, _commits, _dir) = open_delayed(0);
+        for limit in [10, 20, 10] {
+            store.due_deliveries("up", 0, None, limit).await.unwrap();
+        }
+        let reader = store.reader.lock().unwrap();
+        let stmt = reader.prepare_cached(&due_sql("")).unwrap();
+        assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
     }
 
     #[tokio::test(flavor = "multi_thread")]
