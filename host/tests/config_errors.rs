@@ -143,6 +143,10 @@ fn bad_configs_exit_2_naming_the_key() {
             &["store.commit_delay_us", "at most 10000", "0 turns it off"],
         ),
         (
+            BASE.replace("[store]\n", "[store]\nwal_prefill_mb = 100000\n") + endpoint,
+            &["store.wal_prefill_mb", "at most 4096", "0 turns it off"],
+        ),
+        (
             format!("{BASE}{endpoint}[[upstream]]\nname = \"u\"\nurl = \"http://127.0.0.1:1/\"\nsign_secret = \"s\"\nsign_scheme = \"payflow-v2\"\n"),
             &["sign_scheme", "payflow-v0", "standard-webhooks"],
         ),

@@ -172,6 +172,13 @@ const MAX_MAX_HEADER_BYTES: usize = 1 << 20;
 /// are worth: at 1 ms the writes a steady stream brings already share a commit.
 const MAX_COMMIT_DELAY_US: u64 = 10_000;
 
+/// `[store] wal_prefill_mb` by default: the SQLite store's WAL working size (it starts over
+/// past 32,768 frames of 4 KiB pages).
+const DEFAULT_WAL_PREFILL_MB: u64 = 128;
+
+/// Largest `[store] wal_prefill_mb` taken: more is a typo, not a plan.
+const MAX_WAL_PREFILL_MB: u64 = 4_096;
+
 /// `[store]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -198,6 +205,14 @@ pub struct StoreConfig {
     pub commit_delay_us: u64,
     /// Optional cap on the database size; writes past it fail (503) instead of filling the disk.
     pub max_size_mb: Option<u64>,
+    /// SQLite: how much of the write-ahead log, in MiB, is written (with zeros) at start-up,
+    /// before the first event. A WAL that grows into new blocks costs every commit their
+    /// allocation and a journal flush; one written ahead is overwritten in place. The default
+    /// is the size the WAL reaches under sustained load anyway, so a freshly started gateway
+    /// takes a burst (a sender's retries after a restart) as cheaply as one that has run for a
+    /// while. It takes that much disk from the start, and start-up time (0.1 s for 128 MiB on
+    /// the machine the benchmarks ran on); 0 turns it off.
+    pub wal_prefill_mb: u64,
 }
 
 impl Default for StoreConfig {
@@ -211,6 +226,7 @@ impl Default for StoreConfig {
             max_batch: 512,
             commit_delay_us: 1_000,
             max_size_mb: None,
+            wal_prefill_mb: DEFAULT_WAL_PREFILL_MB,
         }
     }
 }
@@ -1092,6 +1108,14 @@ impl Config {
             return Err(invalid(
                 "store.commit_delay_us",
                 format!("must be at most {MAX_COMMIT_DELAY_US} (10 ms); 1000 is the default, 0 turns it off"),
+            ));
+        }
+        if self.store.wal_prefill_mb > MAX_WAL_PREFILL_MB {
+            return Err(invalid(
+                "store.wal_prefill_mb",
+                format!(
+                    "must be at most {MAX_WAL_PREFILL_MB} (MiB); {DEFAULT_WAL_PREFILL_MB} is the default, 0 turns it off"
+                ),
             ));
         }
         Ok(())

@@ -154,7 +154,11 @@ impl OneBox {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("one-box.db").to_str().unwrap().to_string();
         let store = Arc::new(
-            SqliteStore::open(&StoreConfig { path, ..StoreConfig::default() }, Arc::new(())).unwrap(),
+            SqliteStore::open(
+                &StoreConfig { path, wal_prefill_mb: 1, ..StoreConfig::default() },
+                Arc::new(()),
+            )
+            .unwrap(),
         );
         let (url, delivered) = counting_upstream().await;
         let upstream = Arc::new(upstream_at(&url));

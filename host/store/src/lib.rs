@@ -18,6 +18,7 @@ pub mod commit_delay;
 pub mod conformance;
 pub mod ordering;
 mod sqlite;
+mod wal_prefill;
 
 use std::sync::Arc;
 

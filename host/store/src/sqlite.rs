@@ -13,7 +13,8 @@
 //!
 //! A checkpointer thread copies the WAL back into the database file. It must never let the WAL
 //! grow without bound, and never hold the writer up for more than the copy of the last few
-//! frames (see [`WAL_RESTART_FRAMES`]).
+//! frames (see [`WAL_RESTART_FRAMES`]). At open, before the threads start, the WAL's working
+//! size is written ahead ([`crate::wal_prefill`]).
 //!
 //! SQL stays portable (`ON CONFLICT … DO NOTHING`, no SQLite-only types), as the PostgreSQL
 //! backend shares much of it.
@@ -432,6 +433,7 @@ impl SqliteStore {
         migrate(&writer_conn).map_err(unavailable)?;
         writer_conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(unavailable)?;
         writer_conn.pragma_update(None, "journal_size_limit", WAL_KEPT_BYTES).map_err(unavailable)?;
+        crate::wal_prefill::prefill(&writer_conn, path, config.wal_prefill_mb);
         let reader = open(path, config).map_err(unavailable)?;
         let (stop_checkpoints, stopped) = mpsc::channel();
         let checkpoint_conn = open(path, config).map_err(unavailable)?;
@@ -1677,8 +1679,11 @@ mod tests {
 
     async fn open() -> (Arc<dyn Store>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let config =
-            StoreConfig { path: dir.path().join("db").display().to_string(), ..StoreConfig::default() };
+        let config = StoreConfig {
+            path: dir.path().join("db").display().to_string(),
+            wal_prefill_mb: 1,
+            ..StoreConfig::default()
+        };
         (Arc::new(SqliteStore::open(&config, Arc::new(())).unwrap()), dir)
     }
 
@@ -1700,6 +1705,7 @@ mod tests {
         let config = StoreConfig {
             path: dir.path().join("db").display().to_string(),
             commit_delay_us: delay_ms * 1000,
+            wal_prefill_mb: 1,
             ..StoreConfig::default()
         };
         let commits = Arc::new(Commits::default());
@@ -1832,8 +1838,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn plugin_steps_kept_as_sentinel_deliveries_are_upgraded_in_place() {
         let dir = tempfile::tempdir().unwrap();
-        let config =
-            StoreConfig { path: dir.path().join("db").display().to_string(), ..StoreConfig::default() };
+        let config = StoreConfig {
+            path: dir.path().join("db").display().to_string(),
+            wal_prefill_mb: 1,
+            ..StoreConfig::default()
+        };
         let key = |id: &str| EventKey { merchant: "acme".into(), scope: "/wh".into(), id: id.into() };
         let store = SqliteStore::open(&config, Arc::new(())).unwrap();
         for id in ["evt_waiting", "evt_failed"] {
@@ -1899,7 +1908,11 @@ mod tests {
         .unwrap();
         drop(conn);
 
-        let store = SqliteStore::open(&StoreConfig { path, ..StoreConfig::default() }, Arc::new(())).unwrap();
+        let store = SqliteStore::open(
+            &StoreConfig { path, wal_prefill_mb: 1, ..StoreConfig::default() },
+            Arc::new(()),
+        )
+        .unwrap();
         let active = store.active_plugin("acme", "p", "engine-a").await.unwrap().expect("still active");
         assert_eq!((active.version, &active.wasm[..], active.compiled), (1, &b"\0asm"[..], None));
         store.save_compiled("acme", "p", 1, "engine-a", vec![7; 4]).await.unwrap();
