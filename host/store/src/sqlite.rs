@@ -1677,14 +1677,18 @@ mod tests {
     use super::*;
     use crate::Store;
 
-    async fn open() -> (Arc<dyn Store>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let config = StoreConfig {
+    /// A store in `dir`, its WAL written ahead by 1 MiB rather than the default's 128.
+    fn config_in(dir: &tempfile::TempDir) -> StoreConfig {
+        StoreConfig {
             path: dir.path().join("db").display().to_string(),
             wal_prefill_mb: 1,
             ..StoreConfig::default()
-        };
-        (Arc::new(SqliteStore::open(&config, Arc::new(())).unwrap()), dir)
+        }
+    }
+
+    async fn open() -> (Arc<dyn Store>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        (Arc::new(SqliteStore::open(&config_in(&dir), Arc::new(())).unwrap()), dir)
     }
 
     crate::conformance_tests!(open);
@@ -1702,12 +1706,7 @@ mod tests {
     /// A store whose writer waits `delay_ms` for company, and its commit count.
     fn open_delayed(delay_ms: u64) -> (Arc<SqliteStore>, Arc<Commits>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let config = StoreConfig {
-            path: dir.path().join("db").display().to_string(),
-            commit_delay_us: delay_ms * 1000,
-            wal_prefill_mb: 1,
-            ..StoreConfig::default()
-        };
+        let config = StoreConfig { commit_delay_us: delay_ms * 1000, ..config_in(&dir) };
         let commits = Arc::new(Commits::default());
         (Arc::new(SqliteStore::open(&config, commits.clone()).unwrap()), commits, dir)
     }
@@ -1838,11 +1837,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn plugin_steps_kept_as_sentinel_deliveries_are_upgraded_in_place() {
         let dir = tempfile::tempdir().unwrap();
-        let config = StoreConfig {
-            path: dir.path().join("db").display().to_string(),
-            wal_prefill_mb: 1,
-            ..StoreConfig::default()
-        };
+        let config = config_in(&dir);
         let key = |id: &str| EventKey { merchant: "acme".into(), scope: "/wh".into(), id: id.into() };
         let store = SqliteStore::open(&config, Arc::new(())).unwrap();
         for id in ["evt_waiting", "evt_failed"] {
