@@ -76,6 +76,9 @@ async fn listen_keeps_its_secret_forwards_resigned_and_shows_deliveries() {
         &std::fs::metadata(data.path().join("listen-secret")).unwrap().permissions(),
     );
     assert_eq!(mode & 0o777, 0o600, "the secret is readable by its owner only");
+    // A developer's listener takes a few events: no 128 MiB WAL written ahead in their data dir.
+    let wal = std::fs::metadata(data.path().join("listen.db-wal")).map(|m| m.len()).unwrap_or(0);
+    assert!(wal < 1 << 20, "the listener's WAL is {wal} bytes");
 
     // Signed with the printed secret, as PayFlow would: forwarded, re-signed, shown live.
     let body = support::event_body("evt_listened", "payment.succeeded");

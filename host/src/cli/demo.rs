@@ -124,6 +124,7 @@ async fn narrate(stay: bool) -> anyhow::Result<()> {
 listen = "127.0.0.1:0"
 [store]
 path = "{db}"
+wal_prefill_mb = 0  # a few local events: no WAL written ahead (the default 128 MiB) for them
 [admin]
 listen = "127.0.0.1:0"
 token = "{ADMIN_TOKEN}"

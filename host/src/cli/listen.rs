@@ -84,6 +84,7 @@ pub fn run(args: ListenArgs) -> Result<(), Failure> {
 listen = {listen:?}
 [store]
 path = {db:?}
+wal_prefill_mb = 0  # a few local events: no WAL written ahead (the default 128 MiB) for them
 [admin]
 listen = "127.0.0.1:0"
 token = "{token}"
