@@ -168,7 +168,11 @@ CREATE TABLE IF NOT EXISTS plugin_kv (
 /// Indexes, created once the tables (old ones migrated) have every column they name.
 const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS events_by_time ON events (received_at_ms);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (upstream, status, next_attempt_at_ms);
+-- Pending deliveries only, as on PostgreSQL: the due scans and the queue depths read nothing
+-- else, and the index that held every delivery ever made (upstream, status, time) grew by one
+-- entry per delivered event for good and moved it at each delivery.
+DROP INDEX IF EXISTS deliveries_due;
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (upstream, next_attempt_at_ms) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS plugin_steps_due ON plugin_steps (status, next_attempt_at_ms);
 CREATE INDEX IF NOT EXISTS attempts_by_key ON attempts (merchant, scope, event_id);
 CREATE INDEX IF NOT EXISTS plugin_runs_by_key ON plugin_runs (merchant, scope, event_id);
@@ -1046,7 +1050,7 @@ impl DeliveryQueue for SqliteStore {
 
     async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<(String, String, u64)>, StoreError> {
         self.read(move |conn| {
-            // Per upstream, so each count is a range of the `deliveries_due` index.
+            // Per upstream, so each count is a range of the `deliveries_pending` index.
             let mut statement = conn.prepare_cached(
                 "SELECT merchant, COUNT(*) FROM deliveries WHERE upstream = ?1 AND status = 'pending'
                  GROUP BY merchant",
@@ -1750,6 +1754,32 @@ mod tests {
         let third = store.insert_event(stored("evt_3")).await.unwrap();
         assert_eq!((second.await.unwrap().unwrap(), third), (Inserted::New, Inserted::New));
         assert_eq!(commits.0.load(Ordering::Relaxed), 2, "the second write waited for the third");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_due_index_holds_pending_deliveries_only_and_replaces_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        SqliteStore::open(&config_in(&dir), Arc::new(())).unwrap().close().await;
+        // A database from before: the index over every delivery.
+        Connection::open(&db)
+            .unwrap()
+            .execute_batch("CREATE INDEX deliveries_due ON deliveries (upstream, status, next_attempt_at_ms)")
+            .unwrap();
+        let store = SqliteStore::open(&config_in(&dir), Arc::new(())).unwrap();
+        let indexes: Vec<(String, String)> = store
+            .reader
+            .lock()
+            .unwrap()
+            .prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'deliveries' AND sql IS NOT NULL")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(indexes.len(), 1, "{indexes:?}");
+        assert_eq!(indexes[0].0, "deliveries_pending");
+        assert!(indexes[0].1.ends_with("WHERE status = 'pending'"), "{}", indexes[0].1);
     }
 
     /// Regression: every due scan was parsed and planned again (SQLite's `LIMIT ?` marked the
