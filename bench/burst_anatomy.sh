@@ -34,17 +34,10 @@ wait_port "$edge"; wait_port "$bare"; wait_port "$admin"
 [[ $path != queue ]] || delivered "$bare" 3000 >/dev/null
 sleep 1
 
-# "name ticks" per thread name, summed.
-threads() {
-  for t in /proc/"$pid"/task/*; do echo "$(tr ' ' _ < "$t/comm") $(awk '{print $14+$15}' "$t/stat")"; done |
-    awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' | sort
-}
+threads() { thread_ticks "$pid" | sort; }
 busy() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
 io() { awk -v k="$1" '$1==k":" {print $2}' "/proc/$pid/io"; }
-commits() {
-  curl -s -H "authorization: Bearer $token" "http://127.0.0.1:$admin/metrics" |
-    awk '/^payflow_edge_store_commit_seconds_sum/ {s=$2} /^payflow_edge_store_commit_seconds_count/ {c=$2} END {print s, c}'
-}
+commits() { commit_seconds "$admin" "$token"; }
 
 threads > "$work/t0"; read -r b0 a0 < <(busy); w0=$(io wchar); s0=$(io syscw); read -r cs0 cc0 < <(commits)
 start=$(date +%s.%N)

@@ -25,13 +25,7 @@ PAYFLOW_EDGE_LOG=warn start_bg "$edge_bin" serve --config "$work/g.toml"; pid=${
 wait_port "$edge"; wait_port "$bare"
 
 # "thread=ticks …" for the gateway, summed by thread name.
-threads() {
-  for t in /proc/"$pid"/task/*; do
-    s=$(cat "$t/stat" 2>/dev/null) || continue
-    name=${s#*(}; name=${name%%)*}; f=(${s##*) })
-    echo "${name// /_} $((f[11] + f[12]))"
-  done | awk '{t[$1]+=$2} END {for (k in t) printf "%s=%d ", k, t[k]}'
-}
+threads() { thread_ticks "$pid" | awk '{printf "%s=%d ", $1, $2}'; }
 "$bin/loadgen" run --url "http://127.0.0.1:$edge/queue" --concurrency 64 --requests "$n" > "$work/run.txt" &
 sender=$!
 start=$(date +%s.%N)
@@ -46,6 +40,5 @@ wait "$sender"
 echo "loadgen: $(cat "$work/run.txt")"
 # The writer's busy time: its commits (statements and fsync) added up, against the wall clock.
 elapsed=$(echo "$(date +%s.%N) - $start" | bc)
-commits=$(curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$admin/metrics" \
-  | awk '/^payflow_edge_store_commit_seconds_(sum|count)/ {v[$1]=$2} END {for (k in v) print k, v[k]}')
-echo "$commits" | awk -v e="$elapsed" '/_sum/ {printf "commits took %.2f s of %.2f s (%.0f%%)\n", $2, e, 100*$2/e} /_count/ {print $2, "commits"}'
+commit_seconds "$admin" "$token" |
+  awk -v e="$elapsed" '{printf "commits took %.2f s of %.2f s (%.0f%%)\n%d commits\n", $1, e, 100*$1/e, $2}'

@@ -56,3 +56,18 @@ db_ticks() {
   done
   echo "$total"
 }
+# thread_ticks PID: user+system ticks of a process's live threads, summed by thread name
+# ("name ticks" lines, spaces in names as _), from /proc/PID/task/*/stat.
+thread_ticks() {
+  local t s name f
+  for t in /proc/"$1"/task/*; do
+    s=$(cat "$t/stat" 2>/dev/null) || continue
+    name=${s#*(}; name=${name%)*}; read -r -a f <<<"${s##*) }"
+    echo "${name// /_} $((f[11] + f[12]))"
+  done | awk '{t[$1]+=$2} END {for (k in t) print k, t[k]}'
+}
+# commit_seconds ADMIN_PORT TOKEN: "sum count" of the gateway's payflow_edge_store_commit_seconds.
+commit_seconds() {
+  curl -s -H "Authorization: Bearer $2" "http://127.0.0.1:$1/metrics" |
+    awk '/^payflow_edge_store_commit_seconds_sum/ {s=$2} /^payflow_edge_store_commit_seconds_count/ {c=$2} END {print s+0, c+0}'
+}

@@ -22,18 +22,6 @@ work="$bench_work"
 hz=$(getconf CLK_TCK)
 
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-# Per-thread ticks of a process, summed by thread name: "name ticks" lines.
-thread_ticks() {
-  for t in /proc/"$1"/task/*; do
-    python3 - "$t/stat" <<'PY' 2>/dev/null || true
-import sys
-s = open(sys.argv[1]).read()
-name = s[s.index('(') + 1:s.rindex(')')]
-f = s[s.rindex(')') + 2:].split()
-print(name.replace(' ', '_'), int(f[11]) + int(f[12]))
-PY
-  done | awk '{t[$1]+=$2} END {for (k in t) print k, t[k]}'
-}
 us() { python3 -c "print(round($1 * 1e6 / $hz / $n, 1))"; }
 # Context switches of a process's live threads, summed.
 switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
