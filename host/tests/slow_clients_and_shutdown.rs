@@ -39,6 +39,24 @@ fn a_client_trickling_headers_is_cut_off() {
     assert!(started.elapsed() < Duration::from_secs(9), "connection held for {:?}", started.elapsed());
 }
 
+/// A kept-alive connection is bounded like a new one: waiting `header_timeout_ms` for its next
+/// request closes it, so idle clients cannot hold the listener either. (README says so, and
+/// tells clients to drop pooled connections sooner.)
+#[test]
+fn a_kept_alive_connection_idle_for_the_header_timeout_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &config(&dir.path().join("db"), ""));
+    let mut stream = TcpStream::connect(gw.ingress).unwrap();
+    stream.write_all(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let reply = read_to_close_after_reply(&mut stream);
+    assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
+    assert!(!reply.to_ascii_lowercase().contains("connection: close"), "kept alive: {reply}");
+    let idle = Instant::now();
+    assert_eq!(read_to_close(&mut stream), "", "nothing more is sent, the connection just closes");
+    assert!(idle.elapsed() >= Duration::from_millis(400), "closed too soon: {:?}", idle.elapsed());
+    assert!(idle.elapsed() < Duration::from_secs(9), "held idle for {:?}", idle.elapsed());
+}
+
 #[test]
 fn a_client_stalling_its_body_gets_408() {
     let dir = tempfile::tempdir().unwrap();

@@ -299,7 +299,15 @@ pub fn sign(scheme: Scheme, secret: &str, body: &[u8], id: &str) -> Vec<(String,
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+    // The gateway closes a kept-alive connection that has waited `header_timeout_ms` (5 s) for
+    // a request. A pooled connection reused at that moment is reset under the request: a test
+    // that slept 5 s and then asked the admin API failed on CI that way. A client must drop
+    // idle connections sooner than the server does, as this one does.
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_idle_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
 }
 
 /// POSTs a payflow-v1-signed body; returns (status, JSON reply).
