@@ -26,6 +26,7 @@ macro_rules! conformance_tests {
             one_id_in_two_scopes_or_merchants_is_two_events,
             a_due_delivery_is_read_recorded_and_retried_at_its_time,
             a_dead_delivery_makes_its_event_dead_and_replay_revives_it,
+            a_replay_keeps_the_attempts_so_far_in_the_events_history,
             attempts_recorded_together_each_settle_their_own_event,
             a_plugin_step_commits_its_runs_kv_and_deliveries_together,
             a_dead_plugin_step_makes_its_event_dead_and_replay_runs_it_again,
@@ -216,6 +217,69 @@ pub async fn a_due_delivery_is_read_recorded_and_retried_at_its_time(store: Arc<
     assert_eq!(detail.summary.status, "delivered");
     assert_eq!(detail.attempts.iter().map(|a| a.number).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(detail.deliveries[0].status, "delivered");
+}
+
+/// An event's attempts are its history: a replay (plain, or through its plugin step, which
+/// drops and makes the deliveries again) starts the counts over and keeps every attempt made,
+/// listed in the order they were made, each upstream's with its own numbers.
+pub async fn a_replay_keeps_the_attempts_so_far_in_the_events_history(store: Arc<dyn Store>) {
+    let attempt = |k: &EventKey, upstream: &str, number: u32, at_ms: i64, status: u16, outcome| {
+        crate::Attempt { key: k.clone(), info: attempt_info(upstream, number, at_ms, status), outcome }
+    };
+    let history = |detail: &crate::EventDetail| {
+        detail.attempts.iter().map(|a| (a.upstream.clone(), a.number, a.at_ms)).collect::<Vec<_>>()
+    };
+    let own = |v: &[(&str, u32, i64)]| v.iter().map(|(u, n, t)| (u.to_string(), *n, *t)).collect::<Vec<_>>();
+
+    let plain = key("acme", "/wh", "evt_history");
+    store.insert_event(event(&plain, NOW, to("legacy"))).await.unwrap();
+    let retry = AttemptOutcome::Retry { next_at_ms: NOW + 10 };
+    store.record_attempt(Arc::new(attempt(&plain, "legacy", 1, NOW, 503, retry))).await.unwrap();
+    store
+        .record_attempt(Arc::new(attempt(&plain, "legacy", 2, NOW + 10, 400, AttemptOutcome::Dead)))
+        .await
+        .unwrap();
+    assert!(store.replay(&plain, &Hop::Upstream("legacy".into()), NOW + 20, None).await.unwrap());
+    let detail = store.get_event(&plain).await.unwrap().unwrap();
+    assert_eq!(history(&detail), own(&[("legacy", 1, NOW), ("legacy", 2, NOW + 10)]), "kept by the replay");
+    assert_eq!(detail.deliveries[0].attempts, 0, "the count starts over");
+    store
+        .record_attempt(Arc::new(attempt(&plain, "legacy", 1, NOW + 20, 200, AttemptOutcome::Delivered)))
+        .await
+        .unwrap();
+    let detail = store.get_event(&plain).await.unwrap().unwrap();
+    assert_eq!(
+        history(&detail),
+        own(&[("legacy", 1, NOW), ("legacy", 2, NOW + 10), ("legacy", 1, NOW + 20)]),
+        "{detail:?}"
+    );
+    assert_eq!(detail.attempts[2].status_code, Some(200));
+    assert_eq!((detail.summary.status.as_str(), detail.deliveries[0].attempts), ("delivered", 1));
+
+    // Through a plugin step: its deliveries are dropped and made again, their attempts kept.
+    let stepped = key("acme", "/wh", "evt_history_step");
+    store.insert_event(event(&stepped, NOW, Some(Hop::Plugins))).await.unwrap();
+    store.finish_plugin_step(step(&stepped, 1, NOW, AttemptOutcome::Delivered, &["a", "b"])).await.unwrap();
+    store
+        .record_attempt(Arc::new(attempt(&stepped, "b", 1, NOW + 1, 400, AttemptOutcome::Dead)))
+        .await
+        .unwrap();
+    store
+        .record_attempt(Arc::new(attempt(&stepped, "a", 1, NOW + 2, 200, AttemptOutcome::Delivered)))
+        .await
+        .unwrap();
+    assert!(store.replay(&stepped, &Hop::Plugins, NOW + 30, None).await.unwrap());
+    let detail = store.get_event(&stepped).await.unwrap().unwrap();
+    assert!(detail.deliveries.is_empty(), "the step decides again: {detail:?}");
+    assert_eq!(history(&detail), own(&[("b", 1, NOW + 1), ("a", 1, NOW + 2)]));
+    store.finish_plugin_step(step(&stepped, 1, NOW + 30, AttemptOutcome::Delivered, &["a"])).await.unwrap();
+    store
+        .record_attempt(Arc::new(attempt(&stepped, "a", 1, NOW + 31, 200, AttemptOutcome::Delivered)))
+        .await
+        .unwrap();
+    let detail = store.get_event(&stepped).await.unwrap().unwrap();
+    assert_eq!(history(&detail), own(&[("b", 1, NOW + 1), ("a", 1, NOW + 2), ("a", 1, NOW + 31)]));
+    assert_eq!(detail.summary.status, "delivered");
 }
 
 /// Attempts recorded in one write each apply to their own delivery and event, and two of one

@@ -82,6 +82,13 @@ CREATE TABLE IF NOT EXISTS deliveries (
     next_attempt_at_ms  BIGINT  NOT NULL,
     body                BLOB,
     headers             TEXT,
+    -- The delivery's latest attempt (its number is `attempts`); earlier ones are in `attempts`.
+    -- A first attempt that succeeds, nearly every delivery's only one, writes no row of its own.
+    last_at_ms          BIGINT,
+    last_duration_ms    BIGINT,
+    last_status_code    INTEGER,
+    last_error          TEXT,
+    last_response       TEXT,
     PRIMARY KEY (merchant, scope, event_id, upstream)
 );
 CREATE TABLE IF NOT EXISTS plugin_steps (
@@ -180,13 +187,18 @@ CREATE INDEX IF NOT EXISTS events_in_order ON events (merchant, order_key, statu
 ";
 
 /// Columns added after the first release, for databases created before them.
-const ADDED_COLUMNS: [(&str, &str, &str); 6] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 11] = [
     ("events", "tags", "TEXT"),
     ("deliveries", "body", "BLOB"),
     ("deliveries", "headers", "TEXT"),
     ("events", "forced_by", "TEXT"),
     ("events", "order_key", "TEXT"),
     ("plugin_steps", "routes", "TEXT"),
+    ("deliveries", "last_at_ms", "BIGINT"),
+    ("deliveries", "last_duration_ms", "BIGINT"),
+    ("deliveries", "last_status_code", "INTEGER"),
+    ("deliveries", "last_error", "TEXT"),
+    ("deliveries", "last_response", "TEXT"),
 ];
 
 fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
@@ -642,31 +654,77 @@ fn insert_attempt(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> 
     Ok(())
 }
 
-/// Sets a delivery's status, attempt count and next attempt time from an attempt's outcome.
-fn update_delivery(
-    conn: &Connection,
-    key: (&str, &str, &str),
-    upstream: &str,
-    number: u32,
-    outcome: AttemptOutcome,
-) -> rusqlite::Result<()> {
-    let (status, next_at_ms) = outcome.delivery_row();
-    let (merchant, scope, event_id) = key;
+/// Records an attempt on its delivery's row: the delivery's status, attempt count and next
+/// attempt time from the outcome, and the attempt itself as the row's latest. The caller has
+/// filed the row's previous attempt first ([`file_latest_attempt`]).
+fn record_on_delivery(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
+    let a = &attempt.info;
+    let (status, next_at_ms) = attempt.outcome.delivery_row();
+    let (merchant, scope, event_id) = key_of(&attempt.key);
     conn.prepare_cached(
         "UPDATE deliveries
-         SET status = ?5, attempts = ?4, next_attempt_at_ms = COALESCE(?6, next_attempt_at_ms)
-         WHERE merchant = ?1 AND scope = ?7 AND event_id = ?2 AND upstream = ?3",
+         SET status = ?5, attempts = ?4, next_attempt_at_ms = COALESCE(?6, next_attempt_at_ms),
+             last_at_ms = ?7, last_duration_ms = ?8, last_status_code = ?9, last_error = ?10,
+             last_response = ?11
+         WHERE merchant = ?1 AND scope = ?12 AND event_id = ?2 AND upstream = ?3",
     )?
-    .execute(params![merchant, event_id, upstream, number, status, next_at_ms, scope])?;
+    .execute(params![
+        merchant,
+        event_id,
+        a.upstream,
+        a.number,
+        status,
+        next_at_ms,
+        a.at_ms,
+        a.duration_ms,
+        a.status_code,
+        a.error,
+        a.response,
+        scope
+    ])?;
     Ok(())
 }
 
-/// Records a delivery attempt: the attempt, the delivery's new state, and what its outcome
-/// changes about the event.
+/// Copies the latest attempt kept on an event's delivery rows (one upstream's, or all of them)
+/// into `attempts`, where the earlier ones are. Needed before a row's latest is replaced.
+fn file_latest_attempt(conn: &Connection, key: &EventKey, upstream: Option<&str>) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO attempts (merchant, scope, event_id, upstream, number, at_ms, duration_ms, status_code,
+                               error, response)
+         SELECT merchant, scope, event_id, upstream, attempts, last_at_ms, last_duration_ms, last_status_code,
+                last_error, last_response
+         FROM deliveries
+         WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3 AND (?4 IS NULL OR upstream = ?4)
+           AND last_at_ms IS NOT NULL
+         ORDER BY upstream",
+    )?
+    .execute(params![key.merchant, key.scope, key.id, upstream])?;
+    Ok(())
+}
+
+/// Files every delivery's latest attempt of an event and clears it from the rows: before the
+/// rows' attempt counts start over (a replay, a plugin's new decision) or the rows go.
+fn file_latest_attempts(conn: &Connection, key: &EventKey) -> rusqlite::Result<()> {
+    file_latest_attempt(conn, key, None)?;
+    conn.prepare_cached(
+        "UPDATE deliveries
+         SET last_at_ms = NULL, last_duration_ms = NULL, last_status_code = NULL, last_error = NULL,
+             last_response = NULL
+         WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3 AND last_at_ms IS NOT NULL",
+    )?
+    .execute(params![key.merchant, key.scope, key.id])?;
+    Ok(())
+}
+
+/// Records a delivery attempt: on the delivery's row, with the row's previous attempt (there
+/// is one from the second attempt on) filed in `attempts`, and what its outcome changes about
+/// the event. A first attempt, the only one of nearly every delivery, is one row update: an
+/// `attempts` row of its own cost a queue-mode event ~4% more CPU (bench/RESULTS.md).
 fn apply_attempt(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
-    insert_attempt(conn, attempt)?;
-    let a = &attempt.info;
-    update_delivery(conn, key_of(&attempt.key), &a.upstream, a.number, attempt.outcome)?;
+    if attempt.info.number > 1 {
+        file_latest_attempt(conn, &attempt.key, Some(&attempt.info.upstream))?;
+    }
+    record_on_delivery(conn, attempt)?;
     settle_after(conn, attempt)
 }
 
@@ -1033,6 +1091,10 @@ impl DeliveryQueue for SqliteStore {
                  SET status = 'pending', attempts = 0, next_attempt_at_ms = excluded.next_attempt_at_ms,
                      body = excluded.body, headers = excluded.headers",
             )?;
+            if !step.deliveries.is_empty() {
+                // A delivery the plugins route to again starts its count over.
+                file_latest_attempts(conn, &step.key)?;
+            }
             for d in &step.deliveries {
                 let headers =
                     (!d.headers.is_empty()).then(|| serde_json::to_string(&d.headers).unwrap_or_default());
@@ -1515,8 +1577,17 @@ impl AdminQueries for SqliteStore {
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let attempts = conn
                 .prepare_cached(
-                    "SELECT upstream, number, at_ms, duration_ms, status_code, error, response FROM attempts
-                     WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3 ORDER BY at_ms, rowid",
+                    // The filed attempts, then each delivery's latest (the newest of its own).
+                    "SELECT upstream, number, at_ms, duration_ms, status_code, error, response FROM (
+                         SELECT upstream, number, at_ms, duration_ms, status_code, error, response,
+                                0 AS latest, rowid AS filed
+                         FROM attempts WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3
+                         UNION ALL
+                         SELECT upstream, attempts, last_at_ms, last_duration_ms, last_status_code, last_error,
+                                last_response, 1, 0
+                         FROM deliveries WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3
+                           AND last_at_ms IS NOT NULL)
+                     ORDER BY at_ms, latest, filed, upstream",
                 )?
                 .query_map(params![key.merchant, key.scope, key.id], |r| {
                     Ok(AttemptInfo {
@@ -1594,6 +1665,8 @@ impl AdminQueries for SqliteStore {
                 k,
                 |r| r.get(0),
             )?;
+            // The attempts so far stay in the event's history; the rows start over or go.
+            file_latest_attempts(conn, &key)?;
             if has_step || first_hop == Hop::Plugins {
                 // The plugins decide again (perhaps a fixed version): what they created goes.
                 conn.execute("DELETE FROM deliveries WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3", k)?;
@@ -1750,6 +1823,75 @@ mod tests {
         }
     }
 
+    /// A first attempt lives on its delivery's row: no `attempts` row of its own. The second
+    /// files the first there. A database from before, whose attempts are all in the table and
+    /// whose rows hold none, lists them as it did.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_first_attempt_is_kept_on_its_delivery_row_and_filed_when_the_next_one_comes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_in(&dir);
+        let store = SqliteStore::open(&config, Arc::new(())).unwrap();
+        let filed = || {
+            Connection::open(&config.path)
+                .unwrap()
+                .query_row("SELECT COUNT(*) FROM attempts", [], |r| r.get::<_, i64>(0))
+                .unwrap()
+        };
+        let key = |id: &str| EventKey { merchant: "acme".into(), scope: "/wh".into(), id: id.into() };
+        let attempt = |id: &str, number: u32, status: u16, outcome| {
+            Arc::new(Attempt {
+                key: key(id),
+                info: AttemptInfo {
+                    upstream: "legacy".into(),
+                    number,
+                    at_ms: number as i64,
+                    duration_ms: 3,
+                    status_code: Some(status),
+                    error: None,
+                    response: Some(format!("reply {number}")),
+                },
+                outcome,
+            })
+        };
+        for id in ["evt_once", "evt_twice"] {
+            let new = NewEvent { first_hop: Some(Hop::Upstream("legacy".into())), ..stored(id) };
+            store.insert_event(new).await.unwrap();
+        }
+        store.record_attempts(vec![attempt("evt_once", 1, 200, AttemptOutcome::Delivered)]).await.unwrap();
+        assert_eq!(filed(), 0, "a first attempt that succeeds writes no row of its own");
+        let once = store.get_event(&key("evt_once")).await.unwrap().unwrap();
+        assert_eq!(once.attempts.len(), 1);
+        let a = &once.attempts[0];
+        assert_eq!(
+            (&a.upstream[..], a.number, a.at_ms, a.duration_ms, a.status_code, a.response.as_deref()),
+            ("legacy", 1, 1, 3, Some(200), Some("reply 1"))
+        );
+
+        let retry = AttemptOutcome::Retry { next_at_ms: 10 };
+        store.record_attempts(vec![attempt("evt_twice", 1, 503, retry)]).await.unwrap();
+        store.record_attempts(vec![attempt("evt_twice", 2, 200, AttemptOutcome::Delivered)]).await.unwrap();
+        assert_eq!(filed(), 1, "the first, filed when the second took its place");
+        let twice = store.get_event(&key("evt_twice")).await.unwrap().unwrap();
+        let shown: Vec<_> = twice.attempts.iter().map(|a| (a.number, a.status_code)).collect();
+        assert_eq!(shown, [(1, Some(503)), (2, Some(200))]);
+
+        // As a gateway from before wrote it: the attempts in the table, nothing on the row.
+        store.close().await;
+        Connection::open(&config.path)
+            .unwrap()
+            .execute_batch(
+                "INSERT INTO attempts (merchant, scope, event_id, upstream, number, at_ms, duration_ms, status_code)
+                     SELECT merchant, scope, event_id, upstream, attempts, last_at_ms, last_duration_ms,
+                            last_status_code FROM deliveries WHERE last_at_ms IS NOT NULL;
+                 UPDATE deliveries SET last_at_ms = NULL;",
+            )
+            .unwrap();
+        let store = SqliteStore::open(&config, Arc::new(())).unwrap();
+        let twice = store.get_event(&key("evt_twice")).await.unwrap().unwrap();
+        let shown: Vec<_> = twice.attempts.iter().map(|a| (a.number, a.status_code)).collect();
+        assert_eq!(shown, [(1, Some(503)), (2, Some(200))]);
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn writes_soon_after_a_commit_wait_to_share_the_next_one() {
         let (store, commits, _dir) = open_delayed(500);
@@ -1903,8 +2045,9 @@ mod tests {
         // What the older gateway wrote, as it wrote it.
         let conn = Connection::open(&config.path).unwrap();
         conn.execute_batch(
-            "INSERT INTO deliveries VALUES ('acme', '/wh', 'evt_waiting', '@plugins', 'pending', 0, 1000, NULL, NULL);
-             INSERT INTO deliveries VALUES ('acme', '/wh', 'evt_failed', '@plugins', 'dead', 2, 1500, NULL, NULL);
+            "INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms)
+                 VALUES ('acme', '/wh', 'evt_waiting', '@plugins', 'pending', 0, 1000),
+                        ('acme', '/wh', 'evt_failed', '@plugins', 'dead', 2, 1500);
              INSERT INTO attempts VALUES ('acme', '/wh', 'evt_failed', '@plugins', 1, 1000, 5, NULL, 'p: trap', NULL);
              INSERT INTO attempts VALUES ('acme', '/wh', 'evt_failed', '@plugins', 2, 1500, 5, NULL, 'p: timeout', NULL);",
         )
