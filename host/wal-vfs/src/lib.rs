@@ -23,6 +23,7 @@
 //!   other connections would read the file before they reach it. The store opens every
 //!   connection with `synchronous = FULL`.
 
+#[cfg(test)]
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::OnceLock;
@@ -148,6 +149,7 @@ static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     xUnfetch: Some(unfetch),
 };
 
+#[cfg(test)]
 thread_local! {
     /// Writes handed to the kernel for WAL files on this thread (SQLite runs a connection's
     /// I/O on the thread that steps it): what the tests count.
@@ -192,6 +194,7 @@ unsafe fn real(file: *mut ffi::sqlite3_file) -> (*mut ffi::sqlite3_file, &'stati
 
 unsafe fn real_write(file: *mut ffi::sqlite3_file, bytes: *const c_void, len: c_int, offset: i64) -> c_int {
     let (real, m) = real(file);
+    #[cfg(test)]
     if !(*file.cast::<File>()).gathered.is_null() {
         WAL_WRITES.with(|n| n.set(n.get() + 1));
     }
