@@ -226,9 +226,9 @@ unsafe extern "C" fn write(
     if gathered.is_null() {
         return real_write(file, bytes, len, offset);
     }
-    let g = &mut *gathered;
-    let follows = g.start + g.bytes.len() as i64 == offset;
-    if !g.bytes.is_empty() && (!follows || g.bytes.len() + len as usize > GATHER_LIMIT) {
+    // No reference into `gathered` is held across `write_out`, which takes its own.
+    let (start, held) = ((*gathered).start, (*gathered).bytes.len());
+    if held > 0 && (start + held as i64 != offset || held + len as usize > GATHER_LIMIT) {
         let rc = write_out(file);
         if rc != ffi::SQLITE_OK {
             return rc;
@@ -237,6 +237,7 @@ unsafe extern "C" fn write(
     if len as usize > GATHER_LIMIT {
         return real_write(file, bytes, len, offset);
     }
+    let g = &mut *gathered;
     if g.bytes.is_empty() {
         g.start = offset;
     }
