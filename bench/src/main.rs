@@ -1,7 +1,7 @@
 //! `loadgen`: a fixed-concurrency load generator with pre-signed unique events, and `bare`, the
 //! ceiling server (hyper reading the body and answering 200, nothing else).
 //!
-//! loadgen run --url URL --concurrency 64 --requests 50000 --sign payflow|seed --secret S [--rate R]
+//! loadgen run --url URL --concurrency 64 --requests 50000 --sign payflow|seed --secret S [--rate R] [--timeline F]
 //! loadgen bare --listen 127.0.0.1:7000
 //! loadgen forward --listen 127.0.0.1:7001 --upstream http://127.0.0.1:7000/
 //! loadgen count --url http://127.0.0.1:7000/ [--at-least N]
@@ -68,6 +68,11 @@ enum Command {
         /// as fast as they are answered.
         #[arg(long)]
         rate: Option<f64>,
+        /// Write each request's start (µs after the run began) and latency (µs) to this file,
+        /// one `start,latency` line per request in start order: where the slow ones fall in
+        /// time tells a stall that holds every connection from a run that is slow throughout.
+        #[arg(long)]
+        timeline: Option<std::path::PathBuf>,
     },
     /// The ceiling: read the body, answer 200 {"received":true}.
     Bare {
@@ -100,12 +105,12 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match Cli::parse().command {
-        Command::Run { url, concurrency, requests, sign, secret, label, rate } => {
+        Command::Run { url, concurrency, requests, sign, secret, label, rate, timeline } => {
             if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
                 bail!("--rate must be a positive number of requests per second");
             }
             let load = Load { concurrency, requests, rate };
-            runtime.block_on(run(url, load, sign, secret, label))
+            runtime.block_on(run(url, load, sign, secret, label, timeline))
         }
         Command::Bare { listen } => runtime.block_on(bare(listen)),
         Command::Count { url, at_least, timeout_secs } => {
@@ -237,6 +242,19 @@ fn prepare(count: usize, sign: Sign, secret: &str) -> anyhow::Result<Vec<Prepare
         .collect()
 }
 
+/// Writes `start,latency` in microseconds, one line per request, sorted by start.
+fn write_timeline(path: &std::path::Path, requests: &mut [(Duration, Duration)]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    requests.sort_unstable();
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    for (start, latency) in requests.iter() {
+        writeln!(out, "{},{}", start.as_micros(), latency.as_micros())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 /// How the requests are offered.
 #[derive(Clone, Copy)]
 struct Load {
@@ -246,7 +264,14 @@ struct Load {
     rate: Option<f64>,
 }
 
-async fn run(urls: Vec<String>, load: Load, sign: Sign, secret: String, label: String) -> anyhow::Result<()> {
+async fn run(
+    urls: Vec<String>,
+    load: Load,
+    sign: Sign,
+    secret: String,
+    label: String,
+    timeline: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     let Load { concurrency, requests, rate } = load;
     let targets = urls
         .iter()
@@ -289,7 +314,7 @@ async fn run(urls: Vec<String>, load: Load, sign: Sign, secret: String, label: S
                 let response = sender.send_request(request).await?;
                 let ok = response.status().is_success();
                 let _ = response.into_body().collect().await?;
-                latencies.push(t.elapsed());
+                latencies.push((t - started, t.elapsed()));
                 if !ok {
                     errors += 1;
                 }
@@ -310,6 +335,10 @@ async fn run(urls: Vec<String>, load: Load, sign: Sign, secret: String, label: S
     if latencies.is_empty() {
         bail!("no request completed");
     }
+    if let Some(path) = timeline {
+        write_timeline(&path, &mut latencies)?;
+    }
+    let mut latencies: Vec<Duration> = latencies.into_iter().map(|(_, l)| l).collect();
     latencies.sort_unstable();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
