@@ -28,6 +28,7 @@ macro_rules! conformance_tests {
             a_dead_delivery_makes_its_event_dead_and_replay_revives_it,
             a_replay_keeps_the_attempts_so_far_in_the_events_history,
             attempts_recorded_together_each_settle_their_own_event,
+            an_event_is_delivered_once_every_delivery_is_wherever_its_status_is_read,
             a_plugin_step_commits_its_runs_kv_and_deliveries_together,
             a_dead_plugin_step_makes_its_event_dead_and_replay_runs_it_again,
             a_claimed_row_is_due_for_no_other_reader_until_its_claim_ends,
@@ -326,6 +327,50 @@ pub async fn attempts_recorded_together_each_settle_their_own_event(store: Arc<d
     );
     assert_eq!(due[0].attempts, 1);
     store.record_attempts(Vec::new()).await.expect("recording nothing is no error");
+}
+
+/// How an event's status reads: its lookup, whether listings filtered by `queued` and by
+/// `delivered` include it, and what storing it again answers.
+async fn status_everywhere(store: &dyn Store, new: &NewEvent) -> (String, bool, bool, Inserted) {
+    let listed =
+        |status: &str| EventFilter { status: Some(status.into()), limit: 100, ..EventFilter::default() };
+    let id = &new.event.key.id;
+    let queued = store.list_events(listed("queued")).await.unwrap().iter().any(|e| &e.id == id);
+    let delivered = store.list_events(listed("delivered")).await.unwrap().iter().any(|e| &e.id == id);
+    let again = store.insert_event(new.clone()).await.unwrap();
+    (status_of(store, &new.event.key).await, queued, delivered, again)
+}
+
+/// An event its plugin step fanned out to two upstreams is queued while one delivery is left
+/// and delivered once both are, alike in a lookup, in listings filtered by status and in the
+/// answer to its duplicate; replayed, it is queued again everywhere. (SQLite settles a
+/// delivered event as it is read, not by rewriting its row: this holds the two ways equal.)
+pub async fn an_event_is_delivered_once_every_delivery_is_wherever_its_status_is_read(store: Arc<dyn Store>) {
+    let k = key("acme", "/wh", "evt_fanned");
+    let new = event(&k, NOW, Some(Hop::Plugins));
+    store.insert_event(new.clone()).await.unwrap();
+    let queued = ("queued".to_string(), true, false, Inserted::Duplicate(EventStatus::Queued));
+    assert_eq!(status_everywhere(&*store, &new).await, queued, "its plugin step is due");
+    store
+        .finish_plugin_step(step(&k, 1, NOW, AttemptOutcome::Delivered, &["legacy", "ledger"]))
+        .await
+        .unwrap();
+    let delivered_to = |upstream: &str| {
+        vec![Arc::new(crate::Attempt {
+            key: k.clone(),
+            info: attempt_info(upstream, 1, NOW + 1, 200),
+            outcome: AttemptOutcome::Delivered,
+        })]
+    };
+    store.record_attempts(delivered_to("ledger")).await.unwrap();
+    assert_eq!(status_everywhere(&*store, &new).await, queued, "legacy's delivery is left");
+    store.record_attempts(delivered_to("legacy")).await.unwrap();
+    assert_eq!(
+        status_everywhere(&*store, &new).await,
+        ("delivered".to_string(), false, true, Inserted::Duplicate(EventStatus::Delivered))
+    );
+    assert!(store.replay(&k, &Hop::Plugins, NOW + 2, None).await.unwrap());
+    assert_eq!(status_everywhere(&*store, &new).await, queued, "replayed, its plugins decide again");
 }
 
 /// One dead delivery makes its event dead; a replay makes every delivery pending again with

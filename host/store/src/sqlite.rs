@@ -44,6 +44,25 @@ use payflow_config::StoreConfig;
 /// What the readiness probe writes (and deletes): more than a typical event with its rows.
 const READY_ROOM_BYTES: i64 = 64 << 10;
 
+/// An event's status as the store reports it, from a query over `events`. A delivered attempt
+/// does not rewrite its event's row ([`settle_after`]), so a row that says `queued` is
+/// `delivered` once the event has deliveries and every one of them is: [`settled_status`]'s
+/// "delivered once all are", read instead of written. Every other status is the row's own:
+/// one written at insert, by a plugin step, by a dead delivery, or by a replay (which also
+/// resets or removes the deliveries, so none is left delivered behind a `queued` row).
+macro_rules! event_status {
+    () => {
+        "(CASE WHEN events.status = 'queued'
+                AND EXISTS (SELECT 1 FROM deliveries sd
+                            WHERE sd.merchant = events.merchant AND sd.scope = events.scope
+                              AND sd.event_id = events.id)
+                AND NOT EXISTS (SELECT 1 FROM deliveries sd
+                                WHERE sd.merchant = events.merchant AND sd.scope = events.scope
+                                  AND sd.event_id = events.id AND sd.status <> 'delivered')
+           THEN 'delivered' ELSE events.status END)"
+    };
+}
+
 /// The tables, as a new database gets them. Every row of an event's carries its whole key
 /// (merchant, scope, id): see [`super::EventKey`].
 const TABLES: &str = "
@@ -625,7 +644,7 @@ fn transaction(conn: &Connection, work: impl FnOnce(&Connection) -> bool) -> Res
 
 fn status_of(conn: &Connection, key: &EventKey) -> rusqlite::Result<EventStatus> {
     let s: String = conn.query_row(
-        "SELECT status FROM events WHERE merchant = ?1 AND scope = ?2 AND id = ?3",
+        concat!("SELECT ", event_status!(), " FROM events WHERE merchant = ?1 AND scope = ?2 AND id = ?3"),
         params![key.merchant, key.scope, key.id],
         |r| r.get(0),
     )?;
@@ -735,9 +754,14 @@ fn key_of(key: &EventKey) -> (&str, &str, &str) {
 
 /// What an attempt's outcome changes about its event, by [`settled_status`]: a retry leaves
 /// the delivery pending, which changes nothing; a dead delivery settles the event. A delivered
-/// one, the outcome of nearly every attempt, is the rule's "delivered once all are" in one
-/// statement: reading the deliveries back to apply the rule in Rust cost queue mode ~7% more
-/// CPU per event (bench/RESULTS.md). The conformance suite holds the two to the same answers.
+/// one, the outcome of nearly every attempt, is the rule's "delivered once all are", which
+/// `event_status!` applies as the event is read: the event's row is left as it is. Rewriting
+/// it (body and all) cost queue mode ~13% of its CPU per event (bench/RESULTS.md). Only an
+/// event with an ordering key is still marked here, in one statement, because the ordered
+/// scans narrow a key's history by the row's status ([`crate::ordering`]). (The subquery names
+/// the row's columns, not the parameters, so that SQLite runs it after the cheap test on
+/// `order_key` instead of once up front for every event.) The conformance suite holds both
+/// ways to the same answers as PostgreSQL's.
 fn settle_after(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
     match attempt.outcome {
         AttemptOutcome::Retry { .. } => Ok(()),
@@ -746,9 +770,10 @@ fn settle_after(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
             let k = &attempt.key;
             conn.prepare_cached(
                 "UPDATE events SET status = 'delivered' WHERE merchant = ?1 AND scope = ?2 AND id = ?3
+                   AND order_key IS NOT NULL
                    AND NOT EXISTS (SELECT 1 FROM deliveries d
-                                   WHERE d.merchant = ?1 AND d.scope = ?2 AND d.event_id = ?3
-                                     AND d.status <> 'delivered')",
+                                   WHERE d.merchant = events.merchant AND d.scope = events.scope
+                                     AND d.event_id = events.id AND d.status <> 'delivered')",
             )?
             .execute(params![k.merchant, k.scope, k.id])?;
             Ok(())
@@ -829,9 +854,11 @@ fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventSummary> {
 /// How many columns [`SUMMARY_COLUMNS`] names.
 const SUMMARY_WIDTH: usize = 11;
 /// The last column is the body, for its [`Amount`], when it is small enough to look into.
-const SUMMARY_COLUMNS: &str =
-    "merchant, id, endpoint, event_type, status, reason, received_at_ms, tags, scope, \
-     forced_by, CASE WHEN length(body) <= 65536 THEN body END";
+const SUMMARY_COLUMNS: &str = concat!(
+    "merchant, id, endpoint, event_type, ",
+    event_status!(),
+    ", reason, received_at_ms, tags, scope, forced_by, CASE WHEN length(body) <= 65536 THEN body END"
+);
 
 /// The condition on an ordered upstream's due delivery (see [`crate::ordering`]): events are
 /// numbered in arrival order by their rowid.
@@ -1475,7 +1502,7 @@ impl AdminQueries for SqliteStore {
                 add(" AND merchant = ?", m.into());
             }
             if let Some(s) = filter.status {
-                add(" AND status = ?", s.into());
+                add(concat!(" AND ", event_status!(), " = ?"), s.into());
             }
             if let Some(t) = filter.event_type {
                 add(" AND event_type = ?", t.into());
@@ -1820,6 +1847,52 @@ mod tests {
             first_hop: None,
             order_key: None,
             claim_until_ms: None,
+        }
+    }
+
+    /// A delivered attempt leaves its event's row alone unless the event has an ordering key,
+    /// whose scans read a key's history by the row's status; the event reads as delivered
+    /// either way.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_delivered_event_is_settled_as_read_and_only_an_ordered_ones_row_is_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_in(&dir);
+        let store = SqliteStore::open(&config, Arc::new(())).unwrap();
+        let key = |id: &str| EventKey { merchant: "acme".into(), scope: "/wh".into(), id: id.into() };
+        for (id, order_key) in [("evt_plain", None), ("evt_ordered", Some("cus_1".to_string()))] {
+            let new = NewEvent {
+                first_hop: Some(Hop::Upstream("legacy".into())),
+                order_key,
+                status: EventStatus::Queued,
+                ..stored(id)
+            };
+            store.insert_event(new).await.unwrap();
+            let attempt = Attempt {
+                key: key(id),
+                info: AttemptInfo {
+                    upstream: "legacy".into(),
+                    number: 1,
+                    at_ms: 1,
+                    duration_ms: 3,
+                    status_code: Some(200),
+                    error: None,
+                    response: None,
+                },
+                outcome: AttemptOutcome::Delivered,
+            };
+            store.record_attempts(vec![Arc::new(attempt)]).await.unwrap();
+        }
+        let row = |id: &str| {
+            Connection::open(&config.path)
+                .unwrap()
+                .query_row("SELECT status FROM events WHERE id = ?1", [id], |r| r.get::<_, String>(0))
+                .unwrap()
+        };
+        assert_eq!(row("evt_plain"), "queued", "the row is not rewritten");
+        assert_eq!(row("evt_ordered"), "delivered");
+        for id in ["evt_plain", "evt_ordered"] {
+            let detail = store.get_event(&key(id)).await.unwrap().unwrap();
+            assert_eq!(detail.summary.status, "delivered", "{id}");
         }
     }
 
