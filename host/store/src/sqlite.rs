@@ -756,7 +756,8 @@ fn key_of(key: &EventKey) -> (&str, &str, &str) {
 /// the delivery pending, which changes nothing; a dead delivery settles the event. A delivered
 /// one, the outcome of nearly every attempt, is the rule's "delivered once all are", which
 /// `event_status!` applies as the event is read: the event's row is left as it is. Rewriting
-/// it (body and all) cost queue mode ~13% of its CPU per event (bench/RESULTS.md). Only an
+/// it (body and all) cost a queue-mode event ~8% more WAL bytes and a few per cent more CPU
+/// (bench/RESULTS.md). Only an
 /// event with an ordering key is still marked here, in one statement, because the ordered
 /// scans narrow a key's history by the row's status ([`crate::ordering`]). (The subquery names
 /// the row's columns, not the parameters, so that SQLite runs it after the cheap test on
