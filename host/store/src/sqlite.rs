@@ -757,12 +757,11 @@ fn key_of(key: &EventKey) -> (&str, &str, &str) {
 /// one, the outcome of nearly every attempt, is the rule's "delivered once all are", which
 /// `event_status!` applies as the event is read: the event's row is left as it is. Rewriting
 /// it (body and all) cost a queue-mode event ~8% more WAL bytes and a few per cent more CPU
-/// (bench/RESULTS.md). Only an
-/// event with an ordering key is still marked here, in one statement, because the ordered
-/// scans narrow a key's history by the row's status ([`crate::ordering`]). (The subquery names
-/// the row's columns, not the parameters, so that SQLite runs it after the cheap test on
-/// `order_key` instead of once up front for every event.) The conformance suite holds both
-/// ways to the same answers as PostgreSQL's.
+/// (bench/RESULTS.md). Only an event with an ordering key is still marked here, in one
+/// statement, because the ordered scans narrow a key's history by the row's status
+/// ([`crate::ordering`]). (The subquery names the row's columns, not the parameters, so that
+/// SQLite runs it after the cheap test on `order_key` instead of once up front for every
+/// event.) The conformance suite holds both ways to the same answers as PostgreSQL's.
 fn settle_after(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
     match attempt.outcome {
         AttemptOutcome::Retry { .. } => Ok(()),
