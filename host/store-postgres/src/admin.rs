@@ -14,9 +14,11 @@ use crate::{exec, key_params, query, query_opt, unavailable, PostgresStore};
 /// How many columns [`SUMMARY_COLUMNS`] names.
 const SUMMARY_WIDTH: usize = 11;
 /// The last column is the body, for its [`Amount`], when it is small enough to look into.
-const SUMMARY_COLUMNS: &str =
-    "merchant, id, endpoint, event_type, status, reason, received_at_ms, tags, scope, \
-     forced_by, CASE WHEN length(body) <= 65536 THEN body END";
+const SUMMARY_COLUMNS: &str = concat!(
+    "merchant, id, endpoint, event_type, ",
+    payflow_store::event_status!(),
+    ", reason, received_at_ms, tags, scope, forced_by, CASE WHEN length(body) <= 65536 THEN body END"
+);
 
 fn summary(r: &Row) -> EventSummary {
     EventSummary {
@@ -79,7 +81,7 @@ impl AdminQueries for PostgresStore {
             add(" AND merchant = ?", Box::new(m));
         }
         if let Some(s) = filter.status {
-            add(" AND status = ?", Box::new(s));
+            add(concat!(" AND ", payflow_store::event_status!(), " = ?"), Box::new(s));
         }
         if let Some(t) = filter.event_type {
             add(" AND event_type = ?", Box::new(t));

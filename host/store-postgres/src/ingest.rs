@@ -162,9 +162,13 @@ async fn insert_batch(pool: &Pool, events: &[NewEvent]) -> Result<Vec<Inserted>,
         // that scans the table (see above). Duplicates are the rare case.
         let rows = client
             .query(
-                "SELECT e.merchant, e.scope, e.id, e.status FROM events e
+                concat!(
+                    "SELECT events.merchant, events.scope, events.id, ",
+                    payflow_store::event_status!(),
+                    " FROM events
                      JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(merchant, scope, id)
-                       ON e.merchant = k.merchant AND e.scope = k.scope AND e.id = k.id",
+                       ON events.merchant = k.merchant AND events.scope = k.scope AND events.id = k.id"
+                ),
                 &[&part(|k| &k.merchant), &part(|k| &k.scope), &part(|k| &k.id)],
             )
             .await

@@ -199,4 +199,129 @@ mod tests {
     }
 
     payflow_store::conformance_tests!(open);
+
+    use bytes::Bytes;
+    use payflow_store::{
+        AdminQueries, Attempt, AttemptInfo, AttemptOutcome, DeliveryQueue, Event, EventStatus, Hop, Ingest,
+        NewEvent,
+    };
+
+    /// Two replicas on one fresh database, and a client to read its rows as they are.
+    async fn two_replicas(name: &str) -> (PostgresStore, PostgresStore, tokio_postgres::Client) {
+        let url = server().database(name);
+        let open = || PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(()));
+        let (one, two) = (open().await.expect("connects"), open().await.expect("connects"));
+        let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connects");
+        tokio::spawn(connection);
+        (one, two, client)
+    }
+
+    fn key(id: &str) -> EventKey {
+        EventKey { merchant: "acme".into(), scope: "/wh".into(), id: id.into() }
+    }
+
+    /// An event queued for upstream `a`, with a second delivery pending to `b` when `fanned`.
+    async fn queued(
+        store: &PostgresStore,
+        db: &tokio_postgres::Client,
+        id: &str,
+        order_key: Option<&str>,
+        fanned: bool,
+    ) {
+        let new = NewEvent {
+            event: Event {
+                key: key(id),
+                endpoint: "/wh".into(),
+                event_type: Some("payment.succeeded".into()),
+                body: Bytes::from(format!("{{\"id\":\"{id}\"}}")),
+                received_at_ms: 1,
+                request_id: format!("req_{id}"),
+            },
+            status: EventStatus::Queued,
+            reason: None,
+            headers: Vec::new(),
+            first_hop: Some(Hop::Upstream("a".into())),
+            order_key: order_key.map(str::to_string),
+            claim_until_ms: None,
+        };
+        store.insert_event(new).await.unwrap();
+        if fanned {
+            db.execute(
+                "INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms)
+                 VALUES ('acme', '/wh', $1, 'b', 'pending', 0, 1)",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        }
+    }
+
+    fn attempt(id: &str, upstream: &str, outcome: AttemptOutcome) -> Vec<Arc<Attempt>> {
+        let status_code = Some(if outcome == AttemptOutcome::Delivered { 200 } else { 400 });
+        let info = AttemptInfo {
+            upstream: upstream.into(),
+            number: 1,
+            at_ms: 2,
+            duration_ms: 3,
+            status_code,
+            error: None,
+            response: None,
+        };
+        vec![Arc::new(Attempt { key: key(id), info, outcome })]
+    }
+
+    async fn row_status(db: &tokio_postgres::Client, id: &str) -> String {
+        db.query_one("SELECT status FROM events WHERE id = $1", &[&id]).await.unwrap().get(0)
+    }
+
+    /// A delivered attempt rewrites no unordered event's row (a new row version, and an entry in
+    /// each of its indexes); the event still reads as delivered. An ordered event's row is
+    /// marked, since the ordered scans read it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_delivered_event_is_settled_as_read_and_only_an_ordered_ones_row_is_rewritten() {
+        let (store, _, db) = two_replicas("settled_as_read").await;
+        for (id, order_key) in [("evt_plain", None), ("evt_ordered", Some("cus_1"))] {
+            queued(&store, &db, id, order_key, false).await;
+            store.record_attempts(attempt(id, "a", AttemptOutcome::Delivered)).await.unwrap();
+        }
+        assert_eq!(row_status(&db, "evt_plain").await, "queued", "the row is not rewritten");
+        assert_eq!(row_status(&db, "evt_ordered").await, "delivered");
+        for id in ["evt_plain", "evt_ordered"] {
+            assert_eq!(store.get_event(&key(id)).await.unwrap().unwrap().summary.status, "delivered", "{id}");
+        }
+    }
+
+    /// Two replicas record an event's two outcomes at the same moment. A dead one makes the
+    /// event dead whatever the other's order, though the delivered one locks nothing; an
+    /// ordered event's two deliveries leave its row delivered, each replica's settle waiting
+    /// for the other's (without that lock each would see the other's delivery pending, and
+    /// the key's later events would wait behind it for good).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn two_replicas_settling_one_event_at_once_leave_it_as_its_deliveries_say() {
+        let (one, two, db) = two_replicas("settled_at_once").await;
+        const EVENTS: usize = 24;
+        for i in 0..EVENTS {
+            queued(&one, &db, &format!("evt_dead_{i}"), None, true).await;
+            queued(&one, &db, &format!("evt_ordered_{i}"), Some(&format!("cus_{i}")), true).await;
+        }
+        for i in 0..EVENTS {
+            let (dead, ordered) = (format!("evt_dead_{i}"), format!("evt_ordered_{i}"));
+            // Alternate which replica records which outcome, so that either may commit first.
+            let (x, y) = if i % 2 == 0 { (&one, &two) } else { (&two, &one) };
+            let (r1, r2, r3, r4) = tokio::join!(
+                x.record_attempts(attempt(&dead, "a", AttemptOutcome::Delivered)),
+                y.record_attempts(attempt(&dead, "b", AttemptOutcome::Dead)),
+                x.record_attempts(attempt(&ordered, "a", AttemptOutcome::Delivered)),
+                y.record_attempts(attempt(&ordered, "b", AttemptOutcome::Delivered)),
+            );
+            for recorded in [r1, r2, r3, r4] {
+                recorded.unwrap();
+            }
+        }
+        for i in 0..EVENTS {
+            let (dead, ordered) = (format!("evt_dead_{i}"), format!("evt_ordered_{i}"));
+            assert_eq!(one.get_event(&key(&dead)).await.unwrap().unwrap().summary.status, "dead", "{dead}");
+            assert_eq!(row_status(&db, &ordered).await, "delivered", "{ordered}");
+        }
+    }
 }

@@ -1,11 +1,13 @@
 //! Deliveries' outcomes, group-committed: the attempts the dispatcher's workers finish at the
 //! same time are recorded in one transaction (their attempt rows, their deliveries' new state,
-//! their events' settled status), so a delivery costs a share of one commit instead of a
-//! commit (a WAL flush) of its own, as ingest's new events do (`ingest.rs`).
+//! the settled status of the events whose rows an outcome changes), so a delivery costs a
+//! share of one commit instead of a commit (a WAL flush) of its own, as ingest's new events do
+//! (`ingest.rs`).
 //!
-//! Every event of a batch is locked first, in key order: two replicas settling two deliveries
+//! The events to settle are locked first, in key order: two replicas settling two deliveries
 //! of one event then go one after the other, each seeing the other's outcome, and two batches
-//! never deadlock. A batch's statements join arrays against the tables, so they are planned
+//! never deadlock. An unordered event's delivered outcome leaves its row alone (see
+//! `lock_events_to_settle`). A batch's statements join arrays against the tables, so they are planned
 //! for each batch (`begin`): the cached generic plans PostgreSQL switches to after five runs
 //! join the deliveries by scanning them whole, and 40,000 deliveries then took 850–1,850 µs of
 //! database CPU each instead of ~290 (planning each batch costs ~40 µs per event).
@@ -59,9 +61,8 @@ pub(crate) async fn begin(client: &mut Object) -> Result<Transaction<'_>, tokio_
 async fn record_batch(pool: &Pool, attempts: &[Arc<Attempt>]) -> Result<(), StoreError> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = begin(&mut client).await.map_err(unavailable)?;
-    let keys: BTreeSet<&EventKey> = attempts.iter().map(|a| &a.key).collect();
-    lock_events(&tx, &keys).await.map_err(unavailable)?;
     let all: Vec<&Attempt> = attempts.iter().map(|a| &**a).collect();
+    let to_settle = lock_events_to_settle(&tx, &all).await.map_err(unavailable)?;
     insert_attempts(&tx, &all).await.map_err(unavailable)?;
     // One update per round, each delivery at most once in a round: a batch never holds two
     // attempts of one delivery today (its next attempt waits for this record), but if it did
@@ -77,9 +78,7 @@ async fn record_batch(pool: &Pool, attempts: &[Arc<Attempt>]) -> Result<(), Stor
     for round in rounds {
         update_deliveries(&tx, &round).await.map_err(unavailable)?;
     }
-    let settled: BTreeSet<&EventKey> =
-        all.iter().filter(|a| !matches!(a.outcome, AttemptOutcome::Retry { .. })).map(|a| &a.key).collect();
-    settle_events(&tx, &settled).await.map_err(unavailable)?;
+    settle_events(&tx, &to_settle.iter().collect()).await.map_err(unavailable)?;
     tx.commit().await.map_err(unavailable)
 }
 
@@ -88,19 +87,51 @@ fn part<'a>(keys: impl IntoIterator<Item = &'a EventKey>, f: fn(&EventKey) -> &S
     keys.into_iter().map(f).collect()
 }
 
-/// Locks the events' rows for the rest of the transaction, in key order.
-async fn lock_events(tx: &Transaction<'_>, keys: &BTreeSet<&EventKey>) -> Result<(), tokio_postgres::Error> {
-    let ks = || keys.iter().copied();
-    query(
+/// Of the events the attempts finish, the ones whose rows an outcome may change, locked for
+/// the rest of the transaction in key order: an event with a dead delivery (it becomes dead)
+/// and an ordered event (the ordered scans read its row's status, so it is marked delivered
+/// when its last delivery is). A delivered attempt of any other event changes nothing on its
+/// row ([`payflow_store::event_status!`] reads it as delivered once every delivery is), and a
+/// retry changes nothing either; their events are neither locked nor written. Writing each
+/// delivered event's row (a new row version and an entry in each of its indexes) cost the
+/// database more than any other record statement (bench/RESULTS.md).
+///
+/// The lock is what makes two replicas' settles of one event see each other's outcomes: the
+/// second waits for the first to commit, then reads every delivery's status. An event whose
+/// delivered outcome takes no lock needs none: "dead if any is dead" is written by the dead
+/// outcome's settle, whatever the others' are, and "delivered" is never written for it.
+async fn lock_events_to_settle(
+    tx: &Transaction<'_>,
+    attempts: &[&Attempt],
+) -> Result<BTreeSet<EventKey>, tokio_postgres::Error> {
+    // Each finished event, and whether one of its outcomes here is a dead delivery.
+    let mut finished: BTreeMap<&EventKey, bool> = BTreeMap::new();
+    for a in attempts {
+        match a.outcome {
+            AttemptOutcome::Retry { .. } => {}
+            AttemptOutcome::Dead => *finished.entry(&a.key).or_default() = true,
+            AttemptOutcome::Delivered => {
+                finished.entry(&a.key).or_default();
+            }
+        }
+    }
+    if finished.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let ks = || finished.keys().copied();
+    let dead: Vec<bool> = finished.values().copied().collect();
+    let rows = query(
         tx,
-        "SELECT 1 FROM events e
-             JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(merchant, scope, id) USING (merchant, scope, id)
+        "SELECT e.merchant, e.scope, e.id FROM events e
+             JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::bool[]) AS k(merchant, scope, id, dead)
+               USING (merchant, scope, id)
+             WHERE k.dead OR e.order_key IS NOT NULL
              ORDER BY e.merchant, e.scope, e.id
              FOR UPDATE OF e",
-        &[&part(ks(), |k| &k.merchant), &part(ks(), |k| &k.scope), &part(ks(), |k| &k.id)],
+        &[&part(ks(), |k| &k.merchant), &part(ks(), |k| &k.scope), &part(ks(), |k| &k.id), &dead],
     )
-    .await
-    .map(drop)
+    .await?;
+    Ok(rows.iter().map(|r| EventKey { merchant: r.get(0), scope: r.get(1), id: r.get(2) }).collect())
 }
 
 /// Records attempt rows, one multi-row insert.
@@ -207,7 +238,7 @@ pub(crate) async fn settle_events(
         tx,
         "UPDATE events e SET status = x.status
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS x(merchant, scope, id, status)
-         WHERE e.merchant = x.merchant AND e.scope = x.scope AND e.id = x.id",
+         WHERE e.merchant = x.merchant AND e.scope = x.scope AND e.id = x.id AND e.status <> x.status",
         &[&part(ks(), |k| &k.merchant), &part(ks(), |k| &k.scope), &part(ks(), |k| &k.id), &status],
     )
     .await

@@ -162,6 +162,29 @@ pub fn settled_status<'a>(deliveries: impl IntoIterator<Item = &'a str>) -> Opti
     }
 }
 
+/// An event's status as every backend reports it, an SQL expression over a row of `events`
+/// (named `events`, not aliased). Neither backend rewrites an unordered event's row when its
+/// deliveries succeed: a row that says `queued` is `delivered` once the event has deliveries
+/// and every one of them is, [`settled_status`]'s "delivered once all are", read instead of
+/// written. Every other status is the row's own: one written at insert, by a plugin step, by a
+/// dead delivery (which any backend writes), by the settle of an ordered event (whose row the
+/// ordered scans read, [`ordering`]), or by a replay (which also resets or removes the
+/// deliveries, so none is left delivered behind a `queued` row). Rewriting the row at each
+/// delivery cost a queue-mode event a second copy of its row, body included (bench/RESULTS.md).
+#[macro_export]
+macro_rules! event_status {
+    () => {
+        "(CASE WHEN events.status = 'queued'
+                AND EXISTS (SELECT 1 FROM deliveries sd
+                            WHERE sd.merchant = events.merchant AND sd.scope = events.scope
+                              AND sd.event_id = events.id)
+                AND NOT EXISTS (SELECT 1 FROM deliveries sd
+                                WHERE sd.merchant = events.merchant AND sd.scope = events.scope
+                                  AND sd.event_id = events.id AND sd.status <> 'delivered')
+           THEN 'delivered' ELSE events.status END)"
+    };
+}
+
 /// An event as every stage after verification sees it: ingress stores it, the plugin step
 /// and the deliveries carry it (embedded, never copied field by field), and the plugins get it
 /// as their WIT `event` record through one conversion (`payflow-plugins`).

@@ -44,25 +44,6 @@ use payflow_config::StoreConfig;
 /// What the readiness probe writes (and deletes): more than a typical event with its rows.
 const READY_ROOM_BYTES: i64 = 64 << 10;
 
-/// An event's status as the store reports it, from a query over `events`. A delivered attempt
-/// does not rewrite its event's row ([`settle_after`]), so a row that says `queued` is
-/// `delivered` once the event has deliveries and every one of them is: [`settled_status`]'s
-/// "delivered once all are", read instead of written. Every other status is the row's own:
-/// one written at insert, by a plugin step, by a dead delivery, or by a replay (which also
-/// resets or removes the deliveries, so none is left delivered behind a `queued` row).
-macro_rules! event_status {
-    () => {
-        "(CASE WHEN events.status = 'queued'
-                AND EXISTS (SELECT 1 FROM deliveries sd
-                            WHERE sd.merchant = events.merchant AND sd.scope = events.scope
-                              AND sd.event_id = events.id)
-                AND NOT EXISTS (SELECT 1 FROM deliveries sd
-                                WHERE sd.merchant = events.merchant AND sd.scope = events.scope
-                                  AND sd.event_id = events.id AND sd.status <> 'delivered')
-           THEN 'delivered' ELSE events.status END)"
-    };
-}
-
 /// The tables, as a new database gets them. Every row of an event's carries its whole key
 /// (merchant, scope, id): see [`super::EventKey`].
 const TABLES: &str = "
@@ -644,7 +625,11 @@ fn transaction(conn: &Connection, work: impl FnOnce(&Connection) -> bool) -> Res
 
 fn status_of(conn: &Connection, key: &EventKey) -> rusqlite::Result<EventStatus> {
     let s: String = conn.query_row(
-        concat!("SELECT ", event_status!(), " FROM events WHERE merchant = ?1 AND scope = ?2 AND id = ?3"),
+        concat!(
+            "SELECT ",
+            crate::event_status!(),
+            " FROM events WHERE merchant = ?1 AND scope = ?2 AND id = ?3"
+        ),
         params![key.merchant, key.scope, key.id],
         |r| r.get(0),
     )?;
@@ -755,13 +740,14 @@ fn key_of(key: &EventKey) -> (&str, &str, &str) {
 /// What an attempt's outcome changes about its event, by [`settled_status`]: a retry leaves
 /// the delivery pending, which changes nothing; a dead delivery settles the event. A delivered
 /// one, the outcome of nearly every attempt, is the rule's "delivered once all are", which
-/// `event_status!` applies as the event is read: the event's row is left as it is. Rewriting
-/// it (body and all) cost a queue-mode event ~8% more WAL bytes and a few per cent more CPU
-/// (bench/RESULTS.md). Only an event with an ordering key is still marked here, in one
+/// [`crate::event_status!`] applies as the event is read: the event's row is left as it is.
+/// Rewriting it (body and all) cost a queue-mode event ~8% more WAL bytes and a few per cent
+/// more CPU (bench/RESULTS.md). Only an event with an ordering key is still marked here, in one
 /// statement, because the ordered scans narrow a key's history by the row's status
 /// ([`crate::ordering`]). (The subquery names the row's columns, not the parameters, so that
 /// SQLite runs it after the cheap test on `order_key` instead of once up front for every
-/// event.) The conformance suite holds both ways to the same answers as PostgreSQL's.
+/// event.) PostgreSQL's recorder does the same; the conformance suite holds both to the same
+/// answers.
 fn settle_after(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
     match attempt.outcome {
         AttemptOutcome::Retry { .. } => Ok(()),
@@ -856,7 +842,7 @@ const SUMMARY_WIDTH: usize = 11;
 /// The last column is the body, for its [`Amount`], when it is small enough to look into.
 const SUMMARY_COLUMNS: &str = concat!(
     "merchant, id, endpoint, event_type, ",
-    event_status!(),
+    crate::event_status!(),
     ", reason, received_at_ms, tags, scope, forced_by, CASE WHEN length(body) <= 65536 THEN body END"
 );
 
@@ -1502,7 +1488,7 @@ impl AdminQueries for SqliteStore {
                 add(" AND merchant = ?", m.into());
             }
             if let Some(s) = filter.status {
-                add(concat!(" AND ", event_status!(), " = ?"), s.into());
+                add(concat!(" AND ", crate::event_status!(), " = ?"), s.into());
             }
             if let Some(t) = filter.event_type {
                 add(" AND event_type = ?", t.into());
