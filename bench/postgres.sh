@@ -10,7 +10,8 @@
 # three-replica ones; EDGE_BIN and BENCH_NO_BUILD pass through to bench/cpu_per_event.sh.
 # SIDE_BY_SIDE="BIN_A BIN_B": instead, per pair, bench/side_by_side.sh on PostgreSQL with those
 # gateway builds (bare hyper and the seed's Express receiver in the same run), A first in odd
-# pairs and B first in even ones.
+# pairs and B first in even ones. With FIXED_RATES="RATE…" as well, each build runs
+# bench/fixed_rate.sh at those offered rates instead (a fresh database each), in the same order.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
@@ -28,6 +29,16 @@ echo "$(nproc) cores; PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3
 for pair in $(seq 1 "$pairs"); do
   if [[ -n "${SIDE_BY_SIDE:-}" ]]; then
     read -r a b <<<"$SIDE_BY_SIDE"; if (( pair % 2 )); then bins=("$a" "$b"); else bins=("$b" "$a"); fi
+    if [[ -n "${FIXED_RATES:-}" ]]; then
+      for i in 0 1; do
+        "$pg_bin/psql" -h 127.0.0.1 -p "$port" -U payflow -d postgres -qc "CREATE DATABASE fixed_${pair}_$i"
+        echo "pair $pair: $(basename "${bins[$i]}")"
+        # shellcheck disable=SC2086 # the rates are words
+        BENCH_NO_BUILD=1 EDGE_BIN="${bins[$i]}" STORE_URL="postgres://payflow@127.0.0.1:$port/fixed_${pair}_$i" \
+          bench/fixed_rate.sh $FIXED_RATES | grep '^| rate'
+      done
+      continue
+    fi
     "$pg_bin/psql" -h 127.0.0.1 -p "$port" -U payflow -d postgres -qc "CREATE DATABASE side_$pair"
     echo "pair $pair:"
     BENCH_NO_BUILD=1 STORE_URL="postgres://payflow@127.0.0.1:$port/side_$pair" bench/side_by_side.sh "$n" "${bins[@]}" | grep '^|'
