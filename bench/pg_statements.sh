@@ -5,8 +5,11 @@
 # and every delivery. Prints each statement's calls, rows, and execution and planning time per
 # event of the burst, costliest first. PLANS=1 also loads auto_explain and counts, per
 # statement, the plans over 1 ms that scanned a whole table ("Seq Scan"): a statement meant to
-# look a batch's keys up by index should have none.
-# Usage: bench/pg_statements.sh [REQUESTS]   (default 20000); EDGE_BIN=… measures another build.
+# look a batch's keys up by index should have none. The times are PostgreSQL's own (wall clock
+# inside each statement), so on a machine whose cores the load generator and the gateways
+# share they include time spent waiting for a core: compare statements within one run.
+# Usage: bench/pg_statements.sh [REQUESTS]   (default 20000); EDGE_BIN=… measures another build;
+# REPLICAS=N runs N gateways on the database, the load spread over them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -29,19 +32,24 @@ psql -d postgres -qc "CREATE DATABASE statements"
 psql -d statements -qc "CREATE EXTENSION pg_stat_statements"
 
 bare=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$bare"
-edge=$(free_port)
-edge_config "$edge" "url = \"postgres://payflow@127.0.0.1:$port/statements\"" "$bare" > "$bench_work/g.toml"
-PAYFLOW_EDGE_LOG=warn start_bg "$edge_bin" serve --config "$bench_work/g.toml"
-wait_port "$edge"; wait_port "$bare"
-"$bin/loadgen" run --url "http://127.0.0.1:$edge/queue" --concurrency 64 --requests 3000 --label warm >/dev/null
+urls=()
+for r in $(seq 1 "${REPLICAS:-1}"); do
+  edge=$(free_port); urls+=(--url "http://127.0.0.1:$edge/queue")
+  SERVER_EXTRA="replica = \"r$r\"" \
+    edge_config "$edge" "url = \"postgres://payflow@127.0.0.1:$port/statements\"" "$bare" > "$bench_work/g$r.toml"
+  PAYFLOW_EDGE_LOG=warn start_bg "$edge_bin" serve --config "$bench_work/g$r.toml"
+  wait_port "$edge" # one at a time: the first applies the migrations
+done
+wait_port "$bare"
+"$bin/loadgen" run "${urls[@]}" --concurrency 64 --requests 3000 --label warm >/dev/null
 delivered "$bare" 3000 >/dev/null
 psql -d statements -qAtc "SELECT pg_stat_statements_reset()" >/dev/null
 log_from=$(wc -l < "$dir/log")
-"$bin/loadgen" run --url "http://127.0.0.1:$edge/queue" --concurrency 64 --requests "$n" --label queue
+"$bin/loadgen" run "${urls[@]}" --concurrency 64 --requests "$n" --label queue
 delivered "$bare" $((3000 + n)) >/dev/null
 
 echo
-echo "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}'), $n queue-mode events, $(basename "$edge_bin"):"
+echo "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}'), $n queue-mode events, ${REPLICAS:-1} replica(s) of $(basename "$edge_bin"):"
 echo
 echo "| calls | rows | exec µs/event | plan µs/event | statement |"
 echo "|---|---|---|---|---|"
