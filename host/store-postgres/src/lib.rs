@@ -173,7 +173,11 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, OnceLock};
 
-    use payflow_store::Store;
+    use bytes::Bytes;
+    use payflow_store::{
+        AdminQueries, Attempt, AttemptInfo, AttemptOutcome, DeliveryQueue, Event, EventStatus, Hop, Ingest,
+        NewEvent, Store,
+    };
 
     use super::*;
     use crate::server::TestServer;
@@ -199,12 +203,6 @@ mod tests {
     }
 
     payflow_store::conformance_tests!(open);
-
-    use bytes::Bytes;
-    use payflow_store::{
-        AdminQueries, Attempt, AttemptInfo, AttemptOutcome, DeliveryQueue, Event, EventStatus, Hop, Ingest,
-        NewEvent,
-    };
 
     /// Two replicas on one fresh database, and a client to read its rows as they are.
     async fn two_replicas(name: &str) -> (PostgresStore, PostgresStore, tokio_postgres::Client) {

@@ -7,10 +7,11 @@
 //! The events to settle are locked first, in key order: two replicas settling two deliveries
 //! of one event then go one after the other, each seeing the other's outcome, and two batches
 //! never deadlock. An unordered event's delivered outcome leaves its row alone (see
-//! `lock_events_to_settle`). A batch's statements join arrays against the tables, so they are planned
-//! for each batch (`begin`): the cached generic plans PostgreSQL switches to after five runs
-//! join the deliveries by scanning them whole, and 40,000 deliveries then took 850–1,850 µs of
-//! database CPU each instead of ~290 (planning each batch costs ~40 µs per event).
+//! `lock_events_to_settle`). A batch's statements join arrays against the tables, so they are
+//! planned for each batch (`begin`): the cached generic plans PostgreSQL switches to after five
+//! runs join the deliveries by scanning them whole, and 40,000 deliveries then took
+//! 850–1,850 µs of database CPU each instead of ~290 (planning each batch costs ~40 µs per
+//! event).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
