@@ -9,7 +9,8 @@
 # inside each statement), so on a machine whose cores the load generator and the gateways
 # share they include time spent waiting for a core: compare statements within one run.
 # Usage: bench/pg_statements.sh [REQUESTS]   (default 20000); EDGE_BIN=… measures another build;
-# REPLICAS=N runs N gateways on the database, the load spread over them.
+# REPLICAS=N runs N gateways on the database, the load spread over them; RATE=R offers the
+# events at R a second instead of as one burst (a steady load's statements, batched less).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -45,11 +46,11 @@ wait_port "$bare"
 delivered "$bare" 3000 >/dev/null
 psql -d statements -qAtc "SELECT pg_stat_statements_reset()" >/dev/null
 log_from=$(wc -l < "$dir/log")
-"$bin/loadgen" run "${urls[@]}" --concurrency 64 --requests "$n" --label queue
+"$bin/loadgen" run "${urls[@]}" --concurrency 64 --requests "$n" ${RATE:+--rate "$RATE"} --label queue
 delivered "$bare" $((3000 + n)) >/dev/null
 
 echo
-echo "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}'), $n queue-mode events, ${REPLICAS:-1} replica(s) of $(basename "$edge_bin"):"
+echo "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}'), $n queue-mode events${RATE:+ at $RATE/s}, ${REPLICAS:-1} replica(s) of $(basename "$edge_bin"):"
 echo
 echo "| calls | rows | exec µs/event | plan µs/event | statement |"
 echo "|---|---|---|---|---|"
