@@ -8,7 +8,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
-import { mkdtempSync, writeFileSync, mkdirSync, existsSync, openSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, mkdirSync, existsSync, openSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
@@ -57,7 +57,7 @@ function startGateway(config) {
   const child = spawn(BIN, ['serve', '--config', path], { stdio: ['ignore', 'pipe', log] });
   return new Promise((resolve, reject) => {
     const lines = createInterface({ input: child.stdout });
-    const found = {};
+    const found = { dir };
     lines.on('line', (line) => {
       const ingress = line.match(/^payflow-edge: ingress listening on (\S+)/);
       const adminUrl = line.match(/^payflow-edge: admin listening on (\S+)/);
@@ -126,7 +126,16 @@ path = "${join(GUESTS, 'noop.wasm')}"
 
 after(async () => {
   await browser?.close();
-  gateway?.child.kill();
+  if (gateway) {
+    const { child } = gateway;
+    if (child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.kill();
+      await exited;
+    }
+    // Its config and database; every run used to leave one behind in the temp directory.
+    rmSync(gateway.dir, { recursive: true, force: true });
+  }
   upstream?.server.close();
 });
 
