@@ -13,7 +13,28 @@ build_release() {
 }
 bench_pids=()
 bench_work=$(mktemp -d)
-trap 'kill "${bench_pids[@]}" 2>/dev/null || true; rm -rf "$bench_work"' EXIT
+pg_dir=""
+bench_cleanup() {
+  kill "${bench_pids[@]}" 2>/dev/null || true
+  if [[ -n "$pg_dir" ]]; then as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1; rm -rf "$pg_dir"; fi
+  rm -rf "$bench_work"
+}
+trap bench_cleanup EXIT
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# start_postgres [-c NAME=VALUE…]: a throw-away PostgreSQL server (initdb into a temporary
+# directory, trust auth for user payflow, a loopback port; as the postgres user when run as
+# root, which PostgreSQL refuses), with those settings, stopped and removed when the script
+# exits. Sets $pg_bin, $pg_dir (its log is $pg_dir/log) and $pg_port; pg_psql runs psql on it.
+start_postgres() {
+  pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  pg_dir=$(mktemp -d /tmp/payflow-bench-pg.XXXXXX)
+  [ "$(id -u)" = 0 ] && chown postgres:postgres "$pg_dir"
+  pg_port=$(free_port)
+  as_pg "$pg_bin/initdb" -D "$pg_dir/data" -U payflow --auth=trust -E UTF8 >/dev/null
+  as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w start \
+    -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 $*" >/dev/null
+}
+pg_psql() { "$pg_bin/psql" -h 127.0.0.1 -p "$pg_port" -U payflow "$@"; }
 # start_bg CMD...: runs a server in the background, stopped when the script exits.
 start_bg() { "$@" >/dev/null & bench_pids+=($!); }
 # delivered PORT [N]: how many POSTs the `loadgen bare` server on PORT has answered; with N, once

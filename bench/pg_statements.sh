@@ -17,35 +17,26 @@ source bench/lib.sh
 build_release
 edge_bin="${EDGE_BIN:-$bin/payflow-edge}"
 n="${1:-20000}"
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-dir=$(mktemp -d /tmp/payflow-bench-pg.XXXXXX)
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-[ "$(id -u)" = 0 ] && chown postgres:postgres "$dir"
-port=$(free_port)
 libs=pg_stat_statements; [[ -z "${PLANS:-}" ]] || libs=pg_stat_statements,auto_explain
-as_pg "$pg_bin/initdb" -D "$dir/data" -U payflow --auth=trust -E UTF8 >/dev/null
-as_pg "$pg_bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w start -o "-p $port -k $dir \
-  -c listen_addresses=127.0.0.1 -c shared_preload_libraries=$libs -c pg_stat_statements.track_planning=on \
-  -c auto_explain.log_min_duration=1 -c auto_explain.log_nested_statements=on" >/dev/null
-trap 'kill "${bench_pids[@]}" 2>/dev/null || true; as_pg "$pg_bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1; rm -rf "$dir" "$bench_work"' EXIT
-psql() { "$pg_bin/psql" -h 127.0.0.1 -p "$port" -U payflow "$@"; }
-psql -d postgres -qc "CREATE DATABASE statements"
-psql -d statements -qc "CREATE EXTENSION pg_stat_statements"
+start_postgres -c shared_preload_libraries=$libs -c pg_stat_statements.track_planning=on \
+  -c auto_explain.log_min_duration=1 -c auto_explain.log_nested_statements=on
+pg_psql -d postgres -qc "CREATE DATABASE statements"
+pg_psql -d statements -qc "CREATE EXTENSION pg_stat_statements"
 
 bare=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$bare"
 urls=()
 for r in $(seq 1 "${REPLICAS:-1}"); do
   edge=$(free_port); urls+=(--url "http://127.0.0.1:$edge/queue")
   SERVER_EXTRA="replica = \"r$r\"" \
-    edge_config "$edge" "url = \"postgres://payflow@127.0.0.1:$port/statements\"" "$bare" > "$bench_work/g$r.toml"
+    edge_config "$edge" "url = \"postgres://payflow@127.0.0.1:$pg_port/statements\"" "$bare" > "$bench_work/g$r.toml"
   PAYFLOW_EDGE_LOG=warn start_bg "$edge_bin" serve --config "$bench_work/g$r.toml"
   wait_port "$edge" # one at a time: the first applies the migrations
 done
 wait_port "$bare"
 "$bin/loadgen" run "${urls[@]}" --concurrency 64 --requests 3000 --label warm >/dev/null
 delivered "$bare" 3000 >/dev/null
-psql -d statements -qAtc "SELECT pg_stat_statements_reset()" >/dev/null
-log_from=$(wc -l < "$dir/log")
+pg_psql -d statements -qAtc "SELECT pg_stat_statements_reset()" >/dev/null
+log_from=$(wc -l < "$pg_dir/log")
 "$bin/loadgen" run "${urls[@]}" --concurrency 64 --requests "$n" ${RATE:+--rate "$RATE"} --label queue
 delivered "$bare" $((3000 + n)) >/dev/null
 
@@ -54,7 +45,7 @@ echo "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}'), $n queue-mo
 echo
 echo "| calls | rows | exec µs/event | plan µs/event | statement |"
 echo "|---|---|---|---|---|"
-psql -d statements -qAt -F ' | ' -c "
+pg_psql -d statements -qAt -F ' | ' -c "
   SELECT calls, rows, round((total_exec_time * 1000 / $n)::numeric, 1), round((total_plan_time * 1000 / $n)::numeric, 1),
          left(regexp_replace(query, '\s+', ' ', 'g'), 100)
   FROM pg_stat_statements
@@ -63,7 +54,7 @@ psql -d statements -qAt -F ' | ' -c "
 if [[ -n "${PLANS:-}" ]]; then
   echo
   echo "plans over 1 ms during the burst that scanned a table, by statement:"
-  tail -n +"$((log_from + 1))" "$dir/log" | awk '
+  tail -n +"$((log_from + 1))" "$pg_dir/log" | awk '
     /Query Text:/ { sub(/.*Query Text: */, ""); q = substr($0, 1, 60) }
     /Seq Scan on/ { n[q]++ }
     END { for (k in n) printf "  %5d  %s\n", n[k], k; if (!length(n)) print "  none" }'

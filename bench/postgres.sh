@@ -17,21 +17,16 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
 n="${1:-20000}"; pairs="${2:-3}"
 [[ -n "${BENCH_NO_BUILD:-}" ]] || cargo build --release --locked -p payflow-edge -p payflow-bench >&2
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-dir=$(mktemp -d /tmp/payflow-bench-pg.XXXXXX)
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-[ "$(id -u)" = 0 ] && chown postgres:postgres "$dir"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-as_pg "$pg_bin/initdb" -D "$dir/data" -U payflow --auth=trust -E UTF8 >/dev/null
-as_pg "$pg_bin/pg_ctl" -D "$dir/data" -l "$dir/log" -o "-p $port -k $dir -c listen_addresses=127.0.0.1" -w start >/dev/null
-trap 'as_pg "$pg_bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1; rm -rf "$dir"' EXIT
+source bench/lib.sh
+start_postgres
+port=$pg_port
 echo "$(nproc) cores; PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}'), $n requests per run"
 for pair in $(seq 1 "$pairs"); do
   if [[ -n "${SIDE_BY_SIDE:-}" ]]; then
     read -r a b <<<"$SIDE_BY_SIDE"; if (( pair % 2 )); then bins=("$a" "$b"); else bins=("$b" "$a"); fi
     if [[ -n "${FIXED_RATES:-}" ]]; then
       for i in 0 1; do
-        "$pg_bin/psql" -h 127.0.0.1 -p "$port" -U payflow -d postgres -qc "CREATE DATABASE fixed_${pair}_$i"
+        pg_psql -d postgres -qc "CREATE DATABASE fixed_${pair}_$i"
         echo "pair $pair: $(basename "${bins[$i]}")"
         # shellcheck disable=SC2086 # the rates are words
         BENCH_NO_BUILD=1 EDGE_BIN="${bins[$i]}" STORE_URL="postgres://payflow@127.0.0.1:$port/fixed_${pair}_$i" \
@@ -39,7 +34,7 @@ for pair in $(seq 1 "$pairs"); do
       done
       continue
     fi
-    "$pg_bin/psql" -h 127.0.0.1 -p "$port" -U payflow -d postgres -qc "CREATE DATABASE side_$pair"
+    pg_psql -d postgres -qc "CREATE DATABASE side_$pair"
     echo "pair $pair:"
     BENCH_NO_BUILD=1 STORE_URL="postgres://payflow@127.0.0.1:$port/side_$pair" bench/side_by_side.sh "$n" "${bins[@]}" | grep '^|'
     continue
@@ -49,7 +44,7 @@ for pair in $(seq 1 "$pairs"); do
   fi
   for replicas in 1 ${PG_REPLICAS-3}; do
     db="bench_${pair}_$replicas"
-    "$pg_bin/psql" -h 127.0.0.1 -p "$port" -U payflow -d postgres -qc "CREATE DATABASE $db"
+    pg_psql -d postgres -qc "CREATE DATABASE $db"
     echo "pair $pair, postgres, $replicas replica(s):"
     BENCH_NO_BUILD=1 REPLICAS=$replicas STORE_URL="postgres://payflow@127.0.0.1:$port/$db" \
       bench/cpu_per_event.sh "$n" | sed 's/^/  /'
