@@ -7,11 +7,9 @@
 //! The events to settle are locked first, in key order: two replicas settling two deliveries
 //! of one event then go one after the other, each seeing the other's outcome, and two batches
 //! never deadlock. An unordered event's delivered outcome leaves its row alone (see
-//! `lock_events_to_settle`). A batch's statements join arrays against the tables, so they are
-//! planned for each batch (`begin`): the cached generic plans PostgreSQL switches to after five
-//! runs join the deliveries by scanning them whole, and 40,000 deliveries then took
-//! 850–1,850 µs of database CPU each instead of ~290 (planning each batch costs ~40 µs per
-//! event).
+//! `lock_events_to_settle`). A batch's statements join arrays of keys against the tables, and
+//! run in a transaction from `begin` that allows the planner nothing but a nested loop of
+//! index lookups, on a plan made once per connection (see `begin` for why).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -51,11 +49,56 @@ impl Recorder {
     }
 }
 
-/// A transaction whose statements are planned for their parameters each time (see the module
-/// docs).
+/// Locks the events whose rows an outcome may change (`lock_events_to_settle`). This and the
+/// three below join a batch's keys against a table, in a transaction from [`begin`].
+pub(crate) const LOCK_EVENTS: &str = "SELECT e.merchant, e.scope, e.id FROM events e
+     JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::bool[]) AS k(merchant, scope, id, dead)
+       USING (merchant, scope, id)
+     WHERE k.dead OR e.order_key IS NOT NULL
+     ORDER BY e.merchant, e.scope, e.id
+     FOR UPDATE OF e";
+
+/// Leaves deliveries as their attempts' outcomes say (`update_deliveries`).
+pub(crate) const UPDATE_DELIVERIES: &str = "UPDATE deliveries d
+     SET status = a.status, attempts = a.number, next_attempt_at_ms = COALESCE(a.next_at, d.next_attempt_at_ms),
+         lease_until_ms = NULL
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::int8[])
+         AS a(merchant, scope, event_id, upstream, status, number, next_at)
+     WHERE d.merchant = a.merchant AND d.scope = a.scope AND d.event_id = a.event_id AND d.upstream = a.upstream";
+
+/// The deliveries' statuses of the events to settle (`settle_events`).
+pub(crate) const SETTLING_DELIVERIES: &str =
+    "SELECT d.merchant, d.scope, d.event_id, d.status FROM deliveries d
+     JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(merchant, scope, event_id)
+       USING (merchant, scope, event_id)";
+
+/// Writes the events' settled statuses (`settle_events`).
+pub(crate) const SETTLE_EVENTS: &str = "UPDATE events e SET status = x.status
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS x(merchant, scope, id, status)
+     WHERE e.merchant = x.merchant AND e.scope = x.scope AND e.id = x.id AND e.status <> x.status";
+
+/// What a transaction from [`begin`] allows the planner: its statements join a batch's keys
+/// (arrays) against a table by primary key, and the one plan that suits them at any table size
+/// is a nested loop of index lookups, made once per connection and kept (the generic plan).
+/// - Left free, the planner scanned the whole table where its statistics were missing or
+///   stale (a new database's first minute; a table grown since autovacuum last analyzed it): a
+///   scan and a hash join looked cheaper to it than ~130 lookups, and took about twice their
+///   time. A generic plan chosen while a table was small kept scanning it as it grew: 40,000
+///   deliveries took 850–1,850 µs of database CPU each instead of ~290.
+/// - Planned for each batch instead (`force_custom_plan`, as they were before), the statements
+///   cost more to plan than to run at a steady load, where a batch carries a few attempts:
+///   ~17% of the database's CPU at 2,000 events/s (bench/RESULTS.md, fourteenth look).
+///
+/// Scans and hash or merge joins are only priced out (`enable_*`), not forbidden, so a statement
+/// with no index to use still runs.
+pub(crate) const KEYED_PLANS: &str =
+    "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off;
+     SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+
+/// A transaction whose statements look keys up by index, on plans made once ([`KEYED_PLANS`]).
 pub(crate) async fn begin(client: &mut Object) -> Result<Transaction<'_>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan").await?;
+    tx.batch_execute(KEYED_PLANS).await?;
     Ok(tx)
 }
 
@@ -123,12 +166,7 @@ async fn lock_events_to_settle(
     let dead: Vec<bool> = finished.values().copied().collect();
     let rows = query(
         tx,
-        "SELECT e.merchant, e.scope, e.id FROM events e
-             JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::bool[]) AS k(merchant, scope, id, dead)
-               USING (merchant, scope, id)
-             WHERE k.dead OR e.order_key IS NOT NULL
-             ORDER BY e.merchant, e.scope, e.id
-             FOR UPDATE OF e",
+        LOCK_EVENTS,
         &[&part(ks(), |k| &k.merchant), &part(ks(), |k| &k.scope), &part(ks(), |k| &k.id), &dead],
     )
     .await?;
@@ -181,12 +219,7 @@ async fn update_deliveries(tx: &Transaction<'_>, attempts: &[&Attempt]) -> Resul
     let numbers: Vec<i32> = attempts.iter().map(|a| a.info.number as i32).collect();
     exec(
         tx,
-        "UPDATE deliveries d
-         SET status = a.status, attempts = a.number, next_attempt_at_ms = COALESCE(a.next_at, d.next_attempt_at_ms),
-             lease_until_ms = NULL
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::int8[])
-             AS a(merchant, scope, event_id, upstream, status, number, next_at)
-         WHERE d.merchant = a.merchant AND d.scope = a.scope AND d.event_id = a.event_id AND d.upstream = a.upstream",
+        UPDATE_DELIVERIES,
         &[
             &part(ks(), |k| &k.merchant),
             &part(ks(), |k| &k.scope),
@@ -213,9 +246,7 @@ pub(crate) async fn settle_events(
     let ks = || keys.iter().copied();
     let rows = query(
         tx,
-        "SELECT d.merchant, d.scope, d.event_id, d.status FROM deliveries d
-             JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(merchant, scope, event_id)
-               USING (merchant, scope, event_id)",
+        SETTLING_DELIVERIES,
         &[&part(ks(), |k| &k.merchant), &part(ks(), |k| &k.scope), &part(ks(), |k| &k.id)],
     )
     .await?;
@@ -237,9 +268,7 @@ pub(crate) async fn settle_events(
     let ks = || settled.iter().map(|s| s.0);
     exec(
         tx,
-        "UPDATE events e SET status = x.status
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS x(merchant, scope, id, status)
-         WHERE e.merchant = x.merchant AND e.scope = x.scope AND e.id = x.id AND e.status <> x.status",
+        SETTLE_EVENTS,
         &[&part(ks(), |k| &k.merchant), &part(ks(), |k| &k.scope), &part(ks(), |k| &k.id), &status],
     )
     .await
