@@ -23,7 +23,8 @@ trap bench_cleanup EXIT
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 # start_postgres [-c NAME=VALUE…]: a throw-away PostgreSQL server (initdb into a temporary
 # directory, trust auth for user payflow, a loopback port; as the postgres user when run as
-# root, which PostgreSQL refuses), with those settings, stopped and removed when the script
+# root, which PostgreSQL refuses), with those settings and any in $PG_OPTS (e.g.
+# PG_OPTS="-c random_page_cost=1.1"), stopped and removed when the script
 # exits. Sets $pg_bin, $pg_dir (its log is $pg_dir/log) and $pg_port; pg_psql runs psql on it.
 start_postgres() {
   pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
@@ -32,7 +33,7 @@ start_postgres() {
   pg_port=$(free_port)
   as_pg "$pg_bin/initdb" -D "$pg_dir/data" -U payflow --auth=trust -E UTF8 >/dev/null
   as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w start \
-    -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 $*" >/dev/null
+    -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 $* ${PG_OPTS:-}" >/dev/null
 }
 pg_psql() { "$pg_bin/psql" -h 127.0.0.1 -p "$pg_port" -U payflow "$@"; }
 # start_bg CMD...: runs a server in the background, stopped when the script exits.
