@@ -90,7 +90,9 @@ pub(crate) const SETTLE_EVENTS: &str = "UPDATE events e SET status = x.status
 ///   ~17% of the database's CPU at 2,000 events/s (bench/RESULTS.md, fourteenth look).
 ///
 /// Scans and hash or merge joins are only priced out (`enable_*`), not forbidden, so a statement
-/// with no index to use still runs.
+/// with no index to use still runs. A prepared statement keeps the one generic plan it made
+/// first, whatever the settings of a later transaction: so the statements that need these plans
+/// ([`LOCK_EVENTS`] and the three after it) run only in transactions from [`begin`].
 pub(crate) const KEYED_PLANS: &str =
     "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off;
      SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
