@@ -34,6 +34,21 @@ start_postgres() {
   as_pg "$pg_bin/initdb" -D "$pg_dir/data" -U payflow --auth=trust -E UTF8 >/dev/null
   as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w start \
     -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 $* ${PG_OPTS:-}" >/dev/null
+  [[ -n "${PG_COLD_WAL:-}" ]] || warm_wal
+}
+# warm_wal: leaves the server writing its WAL into recycled segment files, as one that has run
+# a while does. A new server creates and zero-fills a 16 MB file for each segment instead: at
+# ~10,000 queue-mode events/s that is one every second or so, each stalling the commits behind
+# it for 15-25 ms and spending the database's CPU (bench/RESULTS.md, fourteenth look). 48
+# segments written and checkpointed here are recycled for the runs to come (PG_COLD_WAL=1
+# keeps the new server as it is).
+warm_wal() {
+  pg_psql -d postgres -q >/dev/null <<'SQL'
+CREATE TABLE wal_warm (x int);
+DO $$ BEGIN FOR i IN 1..48 LOOP INSERT INTO wal_warm VALUES (i); PERFORM pg_switch_wal(); END LOOP; END $$;
+DROP TABLE wal_warm;
+CHECKPOINT;
+SQL
 }
 pg_psql() { "$pg_bin/psql" -h 127.0.0.1 -p "$pg_port" -U payflow "$@"; }
 # start_bg CMD...: runs a server in the background, stopped when the script exits.
