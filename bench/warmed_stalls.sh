@@ -4,7 +4,8 @@
 # 64 connections. A stall is a cluster of at least 32 requests over 12 ms finishing within
 # 3 ms of each other: the whole gateway held, not a slow run (`loadgen run --timeline`).
 # Usage: bench/warmed_stalls.sh [EDGE_BIN] [VAR=VALUE…]   (the gateway runs with those in its
-# environment, e.g. MIMALLOC_PURGE_DELAY=-1)
+# environment, e.g. MIMALLOC_PURGE_DELAY=-1). PG=1: on a throw-away PostgreSQL instead of a
+# SQLite file (start_postgres: its WAL warmed unless PG_COLD_WAL=1), its CPU added to the line.
 # Prints one line: CPU µs/event of each burst (the queue one through its last delivery), the
 # queue burst's ack p99, acks/s and stalls, and the gateway's resident size afterwards.
 set -euo pipefail
@@ -15,7 +16,12 @@ edge_bin="${1:-$bin/payflow-edge}"; shift || true
 work="$bench_work"; hz=$(getconf CLK_TCK); n=20000
 bare=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$bare"
 edge=$(free_port)
-edge_config "$edge" "path = \"$work/g.db\"" "$bare" > "$work/g.toml"
+store="path = \"$work/g.db\""
+if [[ -n "${PG:-}" ]]; then
+  start_postgres; pg_psql -d postgres -qc "CREATE DATABASE stalls"
+  store="url = \"postgres://payflow@127.0.0.1:$pg_port/stalls\""
+fi
+edge_config "$edge" "$store" "$bare" > "$work/g.toml"
 start_bg env "$@" PAYFLOW_EDGE_LOG=warn "$edge_bin" serve --config "$work/g.toml"
 pid=${bench_pids[-1]}
 wait_port "$edge"; wait_port "$bare"
@@ -23,9 +29,9 @@ ticks() { awk '{print $14+$15}' "/proc/$pid/stat"; }
 per_event() { python3 -c "print(round(($2 - $1) * 1e6 / $hz / $n, 1))"; }
 t0=$(ticks)
 "$bin/loadgen" run --url "http://127.0.0.1:$edge/stored" --concurrency 64 --requests "$n" --label stored >/dev/null
-sleep 1; t1=$(ticks)
+sleep 1; t1=$(ticks); d1=$(db_ticks)
 q=$("$bin/loadgen" run --url "http://127.0.0.1:$edge/queue" --concurrency 64 --requests "$n" --label queue --timeline "$work/timeline.csv")
-delivered "$bare" "$n" >/dev/null; sleep 1; t2=$(ticks)
+delivered "$bare" "$n" >/dev/null; sleep 1; t2=$(ticks); d2=$(db_ticks)
 stalls=$(python3 - "$work/timeline.csv" <<'PY'
 import sys
 done = sorted(int(s) + int(l) for s, l in (line.split(',') for line in open(sys.argv[1])) if int(l) > 12000)
@@ -41,4 +47,4 @@ PY
 )
 echo "stored $(per_event "$t0" "$t1") µs/event; queue $(per_event "$t1" "$t2") µs/event," \
   "p99 $(cut -d'|' -f8 <<<"$q" | xargs) ms, $(cut -d'|' -f5 <<<"$q" | xargs) acks/s, $stalls stalls;" \
-  "resident $(awk '/VmRSS/ {print $2}' "/proc/$pid/status") kB"
+  "resident $(awk '/VmRSS/ {print $2}' "/proc/$pid/status") kB${PG:+; database $(per_event "$d1" "$d2") µs/queue event}"
