@@ -7,8 +7,10 @@
 # /proc/PID/task/*/status): how often a thread slept and was woken, which CPU time hides.
 # Usage: bench/side_by_side.sh [REQUESTS] [EDGE_BIN…]   (default 20000 requests, 64 connections)
 # With several gateway binaries they run one after another against the same bare and Express
-# servers, each on a fresh database: an A/B pair in one run. STORE_URL=postgres://… measures
-# the gateway on that database (and the database server's CPU, as the postgres user's processes).
+# servers, each on a fresh SQLite file: an A/B pair in one run. STORE_URL=postgres://… measures
+# the gateway on that database (and the database server's CPU, as the postgres user's processes);
+# every gateway of the run then shares it, so a later one's bursts land on tables the earlier
+# ones filled, and the earlier gateways stay up (bench/postgres.sh alternates the order).
 # Prints one markdown row per target; ratios are to bare hyper in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
