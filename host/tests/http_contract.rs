@@ -245,3 +245,32 @@ async fn a_signature_over_reserialised_json_is_refused_with_a_hint_in_the_log_on
     let hints = gw.logs().lines().filter(|l| l.contains("json_compat = true")).count();
     assert_eq!(hints, 1, "one hint, for the re-serialised request only:\n{}", gw.logs());
 }
+
+/// Regression (CI, seventh session): a reply sent before the request's body was read (here a
+/// `404`, a `413` from the headers alone, and the admin API's `401`) was sometimes lost to a
+/// reset. The gateway closed the connection with the client's unread upload still in its
+/// socket, so the kernel answered with a reset, and the client's kernel dropped the reply it had
+/// received but not yet read: `IncompleteMessage` instead of a status. Each refusal here must
+/// arrive, every time, to a client still sending megabytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_sent_before_the_body_is_read_reaches_a_client_still_sending_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_head(&dir.path().join("db"))
+        + &format!("[[endpoint]]\npath = \"/wh/payflow\"\nsecrets = [\"{SECRET}\"]\n");
+    let gw = Gateway::start(dir.path(), &text);
+    // Over the default 1 MiB body cap, and more than loopback's socket buffers hold.
+    let upload = vec![b'x'; 16 << 20];
+    let cases = [
+        (reqwest::Method::POST, gw.url("/wh/nowhere"), 404),
+        (reqwest::Method::POST, gw.url("/wh/payflow"), 413),
+        (reqwest::Method::PUT, gw.admin_url("/api/plugins/transform"), 401),
+    ];
+    for (method, url, status) in cases {
+        for round in 0..20 {
+            // A new client each time: every round is a new connection, cut (or not) anew.
+            let sent = client().request(method.clone(), &url).body(upload.clone()).send().await;
+            let got = sent.map(|r| r.status().as_u16()).map_err(|e| format!("{e:?}"));
+            assert_eq!(got, Ok(status), "{method} {url}, round {round}");
+        }
+    }
+}

@@ -6,8 +6,9 @@
 //! connection that has waited longest for a request, see [`crate::connections`], and never
 //! stops accepting); a header read timeout so a slow client cannot hold a connection open by
 //! trickling headers (slowloris); a cap on the header block (431); the body timeout and size
-//! cap are applied by the pipeline. On shutdown the listener stops accepting at once and in-flight requests are
-//! given time to finish.
+//! cap are applied by the pipeline; a closing connection lingers to read what its client still
+//! sends, so that a refusal sent before the body reaches it (see [`crate::linger`]). On shutdown
+//! the listener stops accepting at once and in-flight requests are given time to finish.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -30,6 +31,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::connections::{Caps, Connections};
 use crate::http::{self, Reply};
+use crate::linger::Linger;
 use crate::pipeline::{Endpoint, Pipeline};
 use payflow_delivery::REQUEST_ID_HEADER;
 
@@ -108,11 +110,17 @@ pub async fn serve(
                 .max_buf_size(options.max_header_bytes);
             let served = async {
                 match options.tls {
-                    None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await,
+                    None => {
+                        watcher
+                            .watch(builder.serve_connection(TokioIo::new(Linger::new(stream)), service))
+                            .await
+                    }
                     Some(acceptor) => {
                         match tokio::time::timeout(options.header_timeout, acceptor.accept(stream)).await {
                             Ok(Ok(tls)) => {
-                                watcher.watch(builder.serve_connection(TokioIo::new(tls), service)).await
+                                watcher
+                                    .watch(builder.serve_connection(TokioIo::new(Linger::new(tls)), service))
+                                    .await
                             }
                             Ok(Err(e)) => {
                                 tracing::debug!(error = %e, "TLS handshake failed");

@@ -17,6 +17,7 @@ pub mod connections;
 mod gateway;
 pub mod http;
 pub mod ingress;
+pub mod linger;
 pub mod pipeline;
 pub mod samples;
 pub mod secret_expiry;
