@@ -7,8 +7,9 @@
 //! stops accepting); a header read timeout so a slow client cannot hold a connection open by
 //! trickling headers (slowloris); a cap on the header block (431); the body timeout and size
 //! cap are applied by the pipeline; a closing connection lingers to read what its client still
-//! sends, so that a refusal sent before the body reaches it (see [`crate::linger`]). On shutdown
-//! the listener stops accepting at once and in-flight requests are given time to finish.
+//! sends, so that a refusal answered before the body was read still reaches the client (see
+//! [`crate::linger`]). On shutdown the listener stops accepting at once and in-flight requests
+//! are given time to finish.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
