@@ -20,6 +20,8 @@ web/build.sh
 step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Module docs are where the code says what a part is for: their links must resolve.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked -q
 
 step "payflow-verify is no_std + alloc (wasm32v1-none has no std at all) and builds for wasm"
 cargo build -p payflow-verify --locked --target wasm32v1-none

@@ -26,7 +26,7 @@ use crate::json::{self, Member, Value};
 pub const COMPAT_MAX_DEPTH: usize = 8192;
 
 /// `JSON.stringify(JSON.parse(body))` as UTF-8 bytes, or `None` where `JSON.parse` throws (or
-/// the body nests deeper than [`COMPAT_MAX_DEPTH`]). Nothing here recurses.
+/// the body nests deeper than `COMPAT_MAX_DEPTH`). Nothing here recurses.
 pub fn js_canonical_json(body: &[u8]) -> Option<Vec<u8>> {
     let text = String::from_utf8_lossy(body);
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);

@@ -126,7 +126,7 @@ fn scheme(name: &str, hmac_header: &str, hmac_prefix: &str, hmac_encoding: &str)
 const NOT_PREPARED: u32 = Reason::ALL.len() as u32 + 1;
 
 /// The names of `verify`'s codes, one per line: the reasons, then `invalid_config` for
-/// [`NOT_PREPARED`]. The JS API reads them once, so the names have one source.
+/// `NOT_PREPARED`. The JS API reads them once, so the names have one source.
 #[wasm_bindgen]
 pub fn reasons() -> String {
     let mut names = String::new();

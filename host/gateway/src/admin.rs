@@ -67,7 +67,7 @@ pub struct Admin {
     /// For test webhooks (trusting any certificate when the ingress speaks TLS: it is this
     /// gateway's own listener on loopback).
     pub client: http::Client,
-    /// Uploads in flight per token (see [`UPLOADS_PER_TOKEN`]).
+    /// Uploads in flight per token (at most `UPLOADS_PER_TOKEN`).
     pub uploads: Mutex<HashMap<Scope, usize>>,
     /// How long the store's commits took (`payflow_edge_store_commit_seconds`).
     pub commits: Arc<Histogram>,

@@ -147,7 +147,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Every outcome, in the order of [`EndpointCounts`]'s counters.
+    /// Every outcome, in the order of [`crate::pipeline::EndpointCounts`]'s counters.
     pub const ALL: [Outcome; 13] = [
         Outcome::Received,
         Outcome::Duplicate,

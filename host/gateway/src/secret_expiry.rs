@@ -80,7 +80,7 @@ fn log(notice: &Notice, now: i64) {
     }
 }
 
-/// Logs the warnings due now, then every [`CHECK_EVERY`] until `shutdown`.
+/// Logs the warnings due now, then every `CHECK_EVERY` until `shutdown`.
 pub async fn watch(config: Arc<Config>, clock: Arc<dyn Clock>, mut shutdown: watch::Receiver<bool>) {
     let mut given = HashSet::new();
     loop {

@@ -249,8 +249,9 @@ fn forget(slots: &[Arc<Slot>]) {
     }
 }
 
-/// [`forget`] for the plugins of `chain`: after the step's commit failed, or after any step
-/// when replicas share the store (their next run reads what the others wrote).
+/// Forgets the in-memory key-value spaces of the plugins of `chain`, so that their next run
+/// reads the store: after the step's commit failed, or after any step when replicas share the
+/// store (their next run reads what the others wrote).
 pub fn forget_kv(registry: &Registry, merchant: &str, chain: &[String]) {
     let slots: Vec<Arc<Slot>> =
         chain.iter().filter_map(|name| registry.slot(merchant, name).cloned()).collect();

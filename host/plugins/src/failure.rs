@@ -64,7 +64,7 @@ pub enum LoadError {
     #[error("not a {WORLD} component: {0}")]
     WrongWorld(String),
     /// The component declares more core instances, memories or tables than one plugin may
-    /// (see [`MAX_CORE_INSTANCES_PER_COMPONENT`]).
+    /// (see [`crate::limits::MAX_CORE_INSTANCES_PER_COMPONENT`]).
     #[error("the component is over the sandbox's limits: {0}")]
     TooBig(String),
     /// The engine could not be configured.

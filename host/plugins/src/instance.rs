@@ -1,4 +1,4 @@
-//! Running a plugin: a fresh instance per event from the pre-linked [`crate::PluginPre`] (or a
+//! Running a plugin: a fresh instance per event from the pre-linked `PluginPre` (or a
 //! reused warm instance for heavy runtimes), armed with its fuel, deadline and caps, and the
 //! call's result turned into a [`Run`]. It must never run on the async reactor: a run may
 //! compute for its whole deadline.

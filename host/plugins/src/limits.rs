@@ -1,7 +1,7 @@
 //! What one run may use and what one component may declare: the [`Limits`] of a run (fuel,
 //! deadline, memory, output and log caps) and the memory cap that holds across every memory
 //! and table of an instance. It must never decide what happens to a run that oversteps them:
-//! it only refuses, and [`crate::failure`] names the refusal.
+//! it only refuses, and `failure` names the refusal.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

@@ -31,7 +31,7 @@ pub struct Run {
     pub logs_dropped_bytes: usize,
     /// Log lines dropped over the cap.
     pub logs_dropped_lines: usize,
-    /// Tags dropped over [`MAX_TAGS`] (kept tags longer than [`MAX_TAG_BYTES`] are cut).
+    /// Tags dropped over [`crate::MAX_TAGS`] (kept tags longer than [`crate::MAX_TAG_BYTES`] are cut).
     pub tags_dropped: usize,
 }
 
