@@ -274,3 +274,52 @@ async fn a_refusal_sent_before_the_body_is_read_reaches_a_client_still_sending_i
         }
     }
 }
+
+/// Regression (`plugin_upload_and_hot_swap` failed in CI with `IncompleteMessage`): a refusal
+/// answered before the body was read went out without `Connection: close`, so the client put
+/// the connection back in its pool, and its next request was written into a connection the
+/// gateway was closing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_that_leaves_the_body_unread_says_connection_close_and_the_next_request_is_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_head(&dir.path().join("db"))
+        + &format!("[[endpoint]]\npath = \"/wh/payflow\"\nsecrets = [\"{SECRET}\"]\n");
+    let gw = Gateway::start(dir.path(), &text);
+    // Over the default 1 MiB body cap, but small enough to sit in loopback's socket buffers:
+    // this is about the connection's reuse, not about a reset.
+    let upload = vec![b'x'; (1 << 20) + 1];
+    let cases = [
+        (reqwest::Method::POST, gw.url("/wh/nowhere"), 404, gw.url("/wh/payflow"), 405),
+        (reqwest::Method::POST, gw.url("/wh/payflow"), 413, gw.url("/wh/payflow"), 405),
+        (reqwest::Method::PUT, gw.admin_url("/api/plugins/transform"), 401, gw.admin_url("/healthz"), 200),
+    ];
+    // One client for all rounds: its pool is what reuses a connection.
+    let client = client();
+    for (method, url, status, next, next_status) in cases {
+        for round in 0..50 {
+            let refused = client.request(method.clone(), &url).body(upload.clone()).send().await.unwrap();
+            assert_eq!(refused.status().as_u16(), status, "{method} {url}, round {round}");
+            let close = refused.headers().get("connection").and_then(|v| v.to_str().ok());
+            assert_eq!(
+                close,
+                Some("close"),
+                "{method} {url}: a reply that left the body unread, round {round}"
+            );
+            let got =
+                client.get(&next).send().await.map(|r| r.status().as_u16()).map_err(|e| format!("{e:?}"));
+            assert_eq!(got, Ok(next_status), "GET {next} after {method} {url}, round {round}");
+        }
+    }
+    // A body that was read keeps the connection, whatever the answer: accepted, or refused
+    // after reading (a bad signature).
+    let body = event_body("evt_kept_alive", "payment.succeeded");
+    for (secret, status) in [(SECRET, 200), ("whsec_wrong", 401)] {
+        let mut request = client.post(gw.url("/wh/payflow")).body(body.clone());
+        for (name, value) in sign(Scheme::PayFlow, secret, &body, "evt_kept_alive") {
+            request = request.header(name, value);
+        }
+        let reply = request.send().await.unwrap();
+        assert_eq!(reply.status().as_u16(), status);
+        assert_eq!(reply.headers().get("connection"), None, "a read body, answered {status}");
+    }
+}

@@ -24,12 +24,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use hyper::{Method, Request, StatusCode};
 use serde_json::{json, Value};
 
-use crate::http::{self, percent_decode, query_pairs, BodyError, Reply};
+use crate::http::{self, percent_decode, query_pairs, BodyError, Reply, RequestBody};
 use crate::ingress::Handler;
 use crate::pipeline::{Endpoint, FirstHop};
 use payflow_clock::Clock;
@@ -134,7 +133,7 @@ fn store_error(e: payflow_store::StoreError) -> Reply {
 }
 
 impl Admin {
-    fn scope(&self, request: &Request<Incoming>) -> Option<Scope> {
+    fn scope(&self, request: &Request<RequestBody>) -> Option<Scope> {
         let value = request.headers().get(AUTHORIZATION)?.to_str().ok()?;
         let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?.trim();
         self.config.token_scope(token)
@@ -413,7 +412,7 @@ impl Admin {
         scope: Scope,
         name: &str,
         rest: &[String],
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
     ) -> Reply {
         let unknown = || plugin_error(RegistryError::Unknown(name.to_string()));
         let Some(registry) = self.registry() else { return unknown() };
@@ -514,7 +513,7 @@ fn too_many_uploads() -> Reply {
 
 impl Admin {
     /// A component's bytes from an upload's body, up to `plugins.max_upload_bytes`.
-    async fn read_upload(&self, request: Request<Incoming>) -> Result<bytes::Bytes, Reply> {
+    async fn read_upload(&self, request: Request<RequestBody>) -> Result<bytes::Bytes, Reply> {
         let limit = self.config.plugins.max_upload_bytes;
         match http::read_body(request.into_body(), limit, UPLOAD_TIMEOUT).await {
             Ok(body) => Ok(body),
@@ -553,7 +552,7 @@ const UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[async_trait]
 impl Handler for Admin {
-    async fn handle(&self, request: Request<Incoming>) -> Reply {
+    async fn handle(&self, request: Request<RequestBody>) -> Reply {
         let path = request.uri().path().to_string();
         let method = request.method().clone();
         match (path.as_str(), &method) {

@@ -3,8 +3,10 @@
 //! client the CLI and the admin's test webhooks use.
 
 mod client;
+mod request_body;
 
 pub use client::{Client, ClientError, Trust};
+pub use request_body::{BodyEnd, RequestBody};
 
 use std::time::Duration;
 

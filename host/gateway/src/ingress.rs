@@ -6,7 +6,9 @@
 //! connection that has waited longest for a request, see [`crate::connections`], and never
 //! stops accepting); a header read timeout so a slow client cannot hold a connection open by
 //! trickling headers (slowloris); a cap on the header block (431); the body timeout and size
-//! cap are applied by the pipeline; a closing connection lingers to read what its client still
+//! cap are applied by the pipeline; a reply that leaves its request's body unread says
+//! `Connection: close`, so the client does not reuse a connection hyper is closing (see
+//! [`crate::http::RequestBody`]); a closing connection lingers to read what its client still
 //! sends, so that a refusal answered before the body was read still reaches the client (see
 //! [`crate::linger`]). On shutdown the listener stops accepting at once and in-flight requests
 //! are given time to finish.
@@ -18,8 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
@@ -31,7 +32,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::connections::{Caps, Connections};
-use crate::http::{self, Reply};
+use crate::http::{self, Reply, RequestBody};
 use crate::linger::Linger;
 use crate::pipeline::{Endpoint, Pipeline};
 use payflow_delivery::REQUEST_ID_HEADER;
@@ -43,7 +44,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request.
-    async fn handle(&self, request: Request<Incoming>) -> Reply;
+    async fn handle(&self, request: Request<RequestBody>) -> Reply;
 }
 
 /// How a listener treats its connections.
@@ -93,13 +94,19 @@ pub async fn serve(
                 let (handler, admitted) = (handler.clone(), admitted.clone());
                 async move {
                     admitted.busy();
+                    let (request, body_end) = RequestBody::wrap(request);
                     // hyper's buffer cap stops a block that is still arriving, but it is checked
                     // between reads: a block that arrives whole may pass it by up to twice.
-                    let reply = if header_bytes(&request) > max_header_bytes {
+                    let mut reply = if header_bytes(&request) > max_header_bytes {
                         http::error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "header_fields_too_large")
                     } else {
                         handler.handle(request).await
                     };
+                    // The rest of an unread body is still coming: hyper will close rather than
+                    // read it, and the client must know before it reuses the connection.
+                    if !body_end.reached() {
+                        reply.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                    }
                     admitted.waiting();
                     Ok::<_, Infallible>(reply)
                 }
@@ -150,7 +157,7 @@ pub async fn serve(
 }
 
 /// The size of a request's line and header block, as sent (to within the separators).
-fn header_bytes(request: &Request<Incoming>) -> usize {
+fn header_bytes(request: &Request<RequestBody>) -> usize {
     let line = request.method().as_str().len()
         + request.uri().path_and_query().map_or(1, |p| p.as_str().len())
         + " HTTP/1.1\r\n".len();
@@ -206,7 +213,7 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
 }
 
 /// A request id: the caller's `X-Request-Id` when it is short and printable, else a new one.
-pub fn request_id(request: &Request<Incoming>) -> String {
+pub fn request_id(request: &Request<RequestBody>) -> String {
     request
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -225,7 +232,7 @@ pub struct WebhookRouter {
 
 #[async_trait]
 impl Handler for WebhookRouter {
-    async fn handle(&self, request: Request<Incoming>) -> Reply {
+    async fn handle(&self, request: Request<RequestBody>) -> Reply {
         let id = request_id(&request);
         let mut reply = match self.endpoints.get(request.uri().path()) {
             None => http::error(StatusCode::NOT_FOUND, "not_found"),

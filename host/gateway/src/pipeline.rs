@@ -15,14 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use hyper::body::Incoming;
 use hyper::header::{HeaderName, CONTENT_TYPE, USER_AGENT};
 use hyper::Request;
 use payflow_verify::{event, Reason, Verifier};
 
 use crate::answer::Answer;
 pub use crate::answer::Outcome;
-use crate::http::{self, BodyError, HttpHeaders, Reply};
+use crate::http::{self, BodyError, HttpHeaders, Reply, RequestBody};
 use payflow_clock::Clock;
 use payflow_config::Mode;
 use payflow_delivery::{
@@ -175,7 +174,12 @@ pub enum HandOff {
 
 impl Pipeline {
     /// Handles one POST to `endpoint`.
-    pub async fn receive(&self, endpoint: &Endpoint, request: Request<Incoming>, request_id: &str) -> Reply {
+    pub async fn receive(
+        &self,
+        endpoint: &Endpoint,
+        request: Request<RequestBody>,
+        request_id: &str,
+    ) -> Reply {
         let mut timeline = self.telemetry.enabled().then(Timeline::start);
         let answer = self.answer(endpoint, request, request_id, timeline.as_mut()).await;
         endpoint.counts.requests[answer.outcome() as usize].inc();
@@ -188,7 +192,7 @@ impl Pipeline {
     async fn answer(
         &self,
         endpoint: &Endpoint,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         request_id: &str,
         mut timeline: Option<&mut Timeline>,
     ) -> Answer {
