@@ -113,6 +113,10 @@ fn bad_configs_exit_2_naming_the_key() {
         (format!("{BASE}{endpoint}[plugins]\nmax_attempts = 0\n"), &["plugins.max_attempts", "at least 1"]),
         (format!("{BASE}{endpoint}[plugins]\nmax_versions = 1\n"), &["plugins.max_versions", "at least 2"]),
         (
+            format!("{BASE}{endpoint}[plugins]\ndry_run_timeout_ms = 50\n"),
+            &["plugins.dry_run_timeout_ms", "1000 to 3600000"],
+        ),
+        (
             format!("{BASE}{endpoint}{PLUGIN}path = \"/nonexistent/p.wasm\"\n"),
             &["plugin p", "/nonexistent/p.wasm"],
         ),

@@ -320,3 +320,79 @@ async fn a_dry_run_refuses_what_it_cannot_do_and_other_merchants_plugins() {
         "no min_amount configured for g-gate: nothing dropped"
     );
 }
+
+/// Busy loops on every CPU at normal priority, as another process's work would be, until
+/// dropped.
+struct CpuHogs(std::sync::Arc<std::sync::atomic::AtomicBool>, Vec<std::thread::JoinHandle<()>>);
+
+impl CpuHogs {
+    fn start() -> CpuHogs {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..cpus)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        CpuHogs(stop, threads)
+    }
+}
+
+impl Drop for CpuHogs {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.1.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Regression: with every CPU kept busy by other work, a dry run (whose runs take only idle
+/// CPU) waited without end, and `plugin try` with it: 48 minutes under two busy loops on two
+/// cores before it was killed. It now answers `503 dry_run_timed_out` once `[plugins]
+/// dry_run_timeout_ms` is up, saying how far it got and what to do, and the same dry run on a
+/// machine with CPU to spare still completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_on_a_machine_with_no_idle_cpu_answers_503_at_its_timeout_instead_of_waiting_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = Upstream::start().await;
+    let gw = gateway_with_history_and(dir.path(), &app, "[plugins]\ndry_run_timeout_ms = 3000\n").await;
+    let file = guests().join("amount_threshold.wasm");
+    let try_it = || {
+        let request = client()
+            .post(gw.admin_url("/api/plugins/gate/try"))
+            .bearer_auth(ACME_TOKEN)
+            .body(std::fs::read(&file).unwrap());
+        async move {
+            let started = std::time::Instant::now();
+            let response = request.send().await.expect("no answer within the client's timeout");
+            let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+            (
+                response.status().as_u16(),
+                retry_after,
+                response.json::<Value>().await.unwrap(),
+                started.elapsed(),
+            )
+        }
+    };
+    let hogs = CpuHogs::start();
+    let (status, retry_after, reply, took) = try_it().await;
+    drop(hogs);
+    assert_eq!((status, reply["error"].as_str()), (503, Some("dry_run_timed_out")), "{reply}");
+    assert_eq!(retry_after.as_deref(), Some("60"));
+    assert!(took >= Duration::from_secs(3), "answered before its timeout: {took:?}");
+    let message = reply["message"].as_str().unwrap();
+    for part in ["of 4 events in 3 s", "[plugins] dry_run_timeout_ms", "fewer events"] {
+        assert!(message.contains(part), "{part:?} not in {message:?}");
+    }
+    assert!(reply["tried"].as_u64().unwrap() < 4, "{reply}");
+    // Not a timeout too short for any dry run: with the CPUs free again, the same one completes.
+    let (status, _, report, _) = try_it().await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["totals"]["events"], 4, "{report}");
+}

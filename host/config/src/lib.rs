@@ -662,6 +662,11 @@ pub struct PluginsConfig {
     /// How many percentage points the canary's failure rate may exceed the active version's
     /// over the window before it is rolled back by itself.
     pub canary_margin_percent: u32,
+    /// The longest a dry run (`POST /api/plugins/{name}/try`) may take before it answers
+    /// `503 dry_run_timed_out`. Its runs take only CPU nothing else wants, so on a machine kept
+    /// busy (by live traffic or by other processes) it would otherwise wait without end, and
+    /// its client with it.
+    pub dry_run_timeout_ms: u64,
 }
 
 impl Default for PluginsConfig {
@@ -677,6 +682,9 @@ impl Default for PluginsConfig {
             merchant_storage_mb: 1024,
             canary_window: 20,
             canary_margin_percent: 20,
+            // About four times what a 1,000-event dry run takes beside sustained live traffic (see the
+            // plugin scheduler), so only a machine with no CPU to spare reaches it.
+            dry_run_timeout_ms: 120_000,
         }
     }
 }
@@ -1230,6 +1238,9 @@ impl Config {
         }
         if p.canary_margin_percent > 100 {
             return Err(invalid("plugins.canary_margin_percent", "must be 0 to 100 (percentage points)"));
+        }
+        if !(1_000..=3_600_000).contains(&p.dry_run_timeout_ms) {
+            return Err(invalid("plugins.dry_run_timeout_ms", "must be 1000 to 3600000 (1 s to 1 h)"));
         }
         if p.merchant_storage_mb == 0 {
             return Err(invalid("plugins.merchant_storage_mb", "must be at least 1"));

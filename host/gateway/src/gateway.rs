@@ -390,7 +390,8 @@ async fn start_plugins(
         endpoints,
         config.upstream.iter().map(|u| (u.merchant.clone(), u.name.clone())),
     )
-    .with_telemetry(telemetry.clone());
+    .with_telemetry(telemetry.clone())
+    .with_dry_run_timeout(Duration::from_millis(config.plugins.dry_run_timeout_ms));
     let lane = Arc::new(payflow_delivery::plugin_steps(&config.plugins));
     Ok(Some((Arc::new(stage), lane)))
 }

@@ -54,6 +54,8 @@ pub struct PluginStage {
     allowed: HashMap<String, Arc<BTreeSet<String>>>,
     /// Where each step's spans go.
     telemetry: Arc<Telemetry>,
+    /// `[plugins] dry_run_timeout_ms`: the longest a dry run may take.
+    dry_run_timeout: Duration,
 }
 
 impl PluginStage {
@@ -76,7 +78,30 @@ impl PluginStage {
         let endpoints = endpoints.into_iter().map(|(path, e)| (path, Arc::new(e))).collect();
         let handle = Handle::current();
         let telemetry = Arc::new(Telemetry::disabled());
-        PluginStage { registry, scheduler, store, clock, handle, endpoints, allowed, telemetry }
+        let dry_run_timeout =
+            Duration::from_millis(payflow_config::PluginsConfig::default().dry_run_timeout_ms);
+        PluginStage {
+            registry,
+            scheduler,
+            store,
+            clock,
+            handle,
+            endpoints,
+            allowed,
+            telemetry,
+            dry_run_timeout,
+        }
+    }
+
+    /// Gives a dry run at most `timeout` (`[plugins] dry_run_timeout_ms`).
+    pub fn with_dry_run_timeout(mut self, timeout: Duration) -> Self {
+        self.dry_run_timeout = timeout;
+        self
+    }
+
+    /// The longest a dry run may take ([`PluginStage::with_dry_run_timeout`]).
+    pub fn dry_run_timeout(&self) -> Duration {
+        self.dry_run_timeout
     }
 
     /// Records a span of each step and of each plugin run in it.

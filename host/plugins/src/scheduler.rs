@@ -158,14 +158,18 @@ impl Scheduler {
     }
 
     /// Queues `job` for the idle thread (see the module docs); the receiver gets its result,
-    /// or an error if the scheduler stopped first.
+    /// or an error if the scheduler stopped first. A job whose receiver is dropped before it
+    /// starts never runs: a dry run given up on (timed out, its client gone) leaves no work
+    /// behind to take idle CPU later.
     pub fn submit_idle<T: Send + 'static>(
         &self,
         job: impl FnOnce() -> T + Send + 'static,
     ) -> oneshot::Receiver<T> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
-            let _ = tx.send(job());
+            if !tx.is_closed() {
+                let _ = tx.send(job());
+            }
         });
         if let Some(jobs) = self.shared.idle.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             jobs.push_back(job);
@@ -387,6 +391,28 @@ mod tests {
         blocker.blocking_recv().unwrap();
         scheduler.stop();
         assert!(scheduler.submit_idle(|| 1).blocking_recv().is_err(), "a stopped scheduler takes no dry run");
+    }
+
+    /// An idle job whose receiver was dropped while it waited (its dry run timed out, or its
+    /// client went away) is skipped, and the jobs behind it still run.
+    #[test]
+    fn an_idle_job_given_up_on_before_it_starts_never_runs() {
+        let scheduler = Scheduler::start(1, || {}).unwrap();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let blocker = scheduler.submit_idle(move || {
+            let _ = held.recv();
+        });
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let given_up = {
+            let ran = ran.clone();
+            scheduler.submit_idle(move || ran.store(true, std::sync::atomic::Ordering::SeqCst))
+        };
+        drop(given_up);
+        release.send(()).unwrap();
+        blocker.blocking_recv().unwrap();
+        assert_eq!(scheduler.submit_idle(|| 7).blocking_recv(), Ok(7), "the job behind it did not run");
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst), "a job nobody waited for still ran");
+        scheduler.stop();
     }
 
     #[test]

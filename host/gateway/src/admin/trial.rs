@@ -1,10 +1,14 @@
 //! `POST /api/plugins/{name}/try`: a dry run of an uploaded candidate beside the plugin's
 //! active version on the merchant's own recorded events (`?last=200`, `?since=1h`,
 //! `?type=payment.failed`). This module only picks the events and answers; the runs are the
-//! plugin stage's, as idle work behind every live event. It must never store the candidate,
-//! deliver, or pick another merchant's events.
+//! plugin stage's, as idle work behind every live event. Those runs take only idle CPU, so a
+//! machine with none to spare would keep the request waiting without end: past `[plugins]
+//! dry_run_timeout_ms` it answers `503 dry_run_timed_out` with how far it got, and its runs not
+//! yet started are dropped. It must never store the candidate, deliver, or pick another
+//! merchant's events.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::StatusCode;
@@ -54,6 +58,34 @@ impl TrialQuery {
     }
 }
 
+/// Seconds a client is told to wait before it tries a timed-out dry run again.
+const RETRY_AFTER_SECS: u32 = 60;
+
+/// The `503` of a dry run that outlasted `[plugins] dry_run_timeout_ms`, with how far it got
+/// and the three ways on.
+fn timed_out(tried: usize, total: usize, timeout: Duration) -> Reply {
+    let secs = timeout.as_secs_f64();
+    let fewer = match tried {
+        0 => "fewer events (last)".to_string(),
+        n => format!("fewer events (last; {n} ran in time)"),
+    };
+    let message = format!(
+        "the dry run ran {tried} of {total} events in {secs:.0} s and was stopped: its runs take only CPU \
+         that live traffic and the machine's other processes leave idle, and this machine has none to \
+         spare. Retry when it is quieter, with {fewer}, or raise [plugins] dry_run_timeout_ms \
+         (now {ms}).",
+        ms = timeout.as_millis()
+    );
+    let mut reply = http::json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({ "error": "dry_run_timed_out", "message": message, "tried": tried, "events": total }),
+    );
+    reply
+        .headers_mut()
+        .insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from(RETRY_AFTER_SECS));
+    reply
+}
+
 /// `90s`, `30m`, `1h`, `7d` in milliseconds.
 pub fn since_ms(text: &str) -> Result<i64, String> {
     let bad = || format!("since must be a number and a unit (90s, 30m, 1h, 7d), not {text:?}");
@@ -95,31 +127,38 @@ impl Admin {
             Ok(keys) => keys,
             Err(e) => return store_error(e),
         };
-        let mut dry_run = match stage.dry_run(merchant, name, wasm).await {
-            Ok(dry_run) => dry_run,
-            Err(e) => return plugin_error(e),
-        };
-        // Each event is read only once the one before it has run: the runs wait for CPU live
-        // traffic leaves idle, and so, at that pace, do these reads on the store's read
-        // connection, which live traffic shares.
-        for key in keys {
-            let event = match self.store.get_event(&key).await {
-                Ok(Some(detail)) => Event {
-                    endpoint: detail.summary.endpoint,
-                    event_type: detail.summary.event_type,
-                    body: Bytes::from(detail.body),
-                    received_at_ms: detail.summary.received_at_ms,
-                    request_id: detail.request_id,
-                    key,
-                },
-                Ok(None) => continue,
-                Err(e) => return store_error(e),
-            };
-            if let Err(e) = dry_run.try_event(event).await {
-                return plugin_error(e);
+        let (total, timeout) = (keys.len(), stage.dry_run_timeout());
+        let mut tried = 0;
+        let dry_run = async {
+            let mut dry_run = stage.dry_run(merchant, name, wasm).await.map_err(plugin_error)?;
+            // Each event is read only once the one before it has run: the runs wait for CPU
+            // live traffic leaves idle, and so, at that pace, do these reads on the store's
+            // read connection, which live traffic shares.
+            for key in keys {
+                let event = match self.store.get_event(&key).await {
+                    Ok(Some(detail)) => Event {
+                        endpoint: detail.summary.endpoint,
+                        event_type: detail.summary.event_type,
+                        body: Bytes::from(detail.body),
+                        received_at_ms: detail.summary.received_at_ms,
+                        request_id: detail.request_id,
+                        key,
+                    },
+                    Ok(None) => continue,
+                    Err(e) => return Err(store_error(e)),
+                };
+                dry_run.try_event(event).await.map_err(plugin_error)?;
+                tried += 1;
             }
+            Ok(dry_run.report())
+        };
+        // Dropping the dry run on timeout drops its runs not yet started with it (the
+        // scheduler skips an idle job nobody waits for).
+        match tokio::time::timeout(timeout, dry_run).await {
+            Ok(Ok(report)) => http::json(StatusCode::OK, &json!(report)),
+            Ok(Err(reply)) => reply,
+            Err(_) => timed_out(tried, total, timeout),
         }
-        http::json(StatusCode::OK, &json!(dry_run.report()))
     }
 
     /// The keys of the merchant's events that went through plugin `name` (not quarantined:
