@@ -382,7 +382,12 @@ async fn a_dry_run_on_a_machine_with_no_idle_cpu_answers_503_at_its_timeout_inst
     };
     let hogs = CpuHogs::start();
     let (status, retry_after, reply, took) = try_it().await;
+    // `plugin try`, which waited with it, now ends too, exit 1 with the API's reason.
+    let (code, _, err) =
+        support::admin_cli(&gw, ACME_TOKEN, &["plugin", "try", "gate", file.to_str().unwrap()]);
     drop(hogs);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("503 dry_run_timed_out") && err.contains("dry_run_timeout_ms"), "{err}");
     assert_eq!((status, reply["error"].as_str()), (503, Some("dry_run_timed_out")), "{reply}");
     assert_eq!(retry_after.as_deref(), Some("60"));
     assert!(took >= Duration::from_secs(3), "answered before its timeout: {took:?}");
