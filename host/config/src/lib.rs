@@ -682,8 +682,8 @@ impl Default for PluginsConfig {
             merchant_storage_mb: 1024,
             canary_window: 20,
             canary_margin_percent: 20,
-            // About four times what a 1,000-event dry run takes beside sustained live traffic (see the
-            // plugin scheduler), so only a machine with no CPU to spare reaches it.
+            // About four times what a 1,000-event dry run takes beside sustained live traffic
+            // (see the plugin scheduler), so only a machine with no CPU to spare reaches it.
             dry_run_timeout_ms: 120_000,
         }
     }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use hyper::header::{HeaderValue, RETRY_AFTER};
 use hyper::StatusCode;
 use serde_json::json;
 
@@ -58,8 +59,9 @@ impl TrialQuery {
     }
 }
 
-/// Seconds a client is told to wait before it tries a timed-out dry run again.
-const RETRY_AFTER_SECS: u32 = 60;
+/// Seconds a client is told to wait before it tries a timed-out dry run again: long enough
+/// for a burst of live traffic to pass, short against the timeout itself.
+const RETRY_AFTER_SECS: HeaderValue = HeaderValue::from_static("60");
 
 /// The `503` of a dry run that outlasted `[plugins] dry_run_timeout_ms`, with how far it got
 /// and the three ways on.
@@ -80,9 +82,7 @@ fn timed_out(tried: usize, total: usize, timeout: Duration) -> Reply {
         StatusCode::SERVICE_UNAVAILABLE,
         &json!({ "error": "dry_run_timed_out", "message": message, "tried": tried, "events": total }),
     );
-    reply
-        .headers_mut()
-        .insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from(RETRY_AFTER_SECS));
+    reply.headers_mut().insert(RETRY_AFTER, RETRY_AFTER_SECS);
     reply
 }
 
