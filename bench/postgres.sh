@@ -10,8 +10,9 @@
 # three-replica ones; EDGE_BIN and BENCH_NO_BUILD pass through to bench/cpu_per_event.sh.
 # SIDE_BY_SIDE="BIN_A BIN_B": instead, per pair, bench/side_by_side.sh on PostgreSQL with those
 # gateway builds (bare hyper and the seed's Express receiver in the same run), A first in odd
-# pairs and B first in even ones. With FIXED_RATES="RATE…" as well, each build runs
-# bench/fixed_rate.sh at those offered rates instead (a fresh database each), in the same order.
+# pairs and B first in even ones, then bench/pair_ratios.py's summary of the pairs. With
+# FIXED_RATES="RATE…" as well, each build runs bench/fixed_rate.sh at those offered rates
+# instead (a fresh database each), in the same order.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/payflow-edge-target}"
@@ -36,7 +37,8 @@ for pair in $(seq 1 "$pairs"); do
     fi
     pg_psql -d postgres -qc "CREATE DATABASE side_$pair"
     echo "pair $pair:"
-    BENCH_NO_BUILD=1 STORE_URL="postgres://payflow@127.0.0.1:$port/side_$pair" bench/side_by_side.sh "$n" "${bins[@]}" | grep '^|'
+    BENCH_NO_BUILD=1 STORE_URL="postgres://payflow@127.0.0.1:$port/side_$pair" bench/side_by_side.sh "$n" "${bins[@]}" |
+      grep '^|' | tee -a "$bench_work/tables"
     continue
   fi
   if [[ -z "${PG_ONLY:-}" ]]; then
@@ -50,3 +52,6 @@ for pair in $(seq 1 "$pairs"); do
       bench/cpu_per_event.sh "$n" | sed 's/^/  /'
   done
 done
+if [[ -f "$bench_work/tables" ]]; then
+  echo; read -r a b <<<"$SIDE_BY_SIDE"; python3 bench/pair_ratios.py "$bench_work/tables" "$(basename "$a")" "$(basename "$b")"
+fi
