@@ -43,8 +43,20 @@ def rounds_of(path):
 
 
 def show(values):
+    """A series as "median (lowest–highest)"."""
     values = sorted(values)
     return f"{statistics.median(values):.3g} ({values[0]:.3g}–{values[-1]:.3g})"
+
+
+def floor(ratios):
+    """Sigma of the ratios' logs and the smallest difference their median resolves, as text.
+
+    Two standard errors of a median (1.25 sigma ÷ sqrt(n)): a B ÷ A closer to 1 is noise.
+    """
+    if len(ratios) < 2:
+        return "sigma needs 2 rounds"
+    sigma = statistics.stdev(math.log(x) for x in ratios)
+    return f"sigma {sigma:.3f}, resolves ±{math.exp(2 * 1.25 * sigma / math.sqrt(len(ratios))) - 1:.0%}"
 
 
 def main():
@@ -77,14 +89,11 @@ def main():
             order = [
                 float((rb if first is ra else ra)[col]) / float(first[col]) for ra, rb, first in pairs
             ]
-            logs = [math.log(x) for x in ratios]
-            sigma = statistics.stdev(logs) if n > 1 else float("nan")
-            resolves = math.exp(2 * 1.25 * sigma / math.sqrt(n)) - 1
             label = "second ÷ first" if same else "B ÷ A"
             line = f"  {name}: {label} {show(order if same else ratios)}"
             if not same:
                 line += f", B lower in {sum(x < 1 for x in ratios)} of {n}; second ÷ first {show(order)}"
-            print(f"{line}; sigma {sigma:.3f}, resolves ±{resolves:.0%}")
+            print(f"{line}; {floor(ratios)}")
         for r in rounds:
             bare, express = r.get("bare hyper"), r.get("seed Express")
             for row in r.get(f"{a} {mode}", []) + ([] if same else r.get(f"{b} {mode}", [])):
