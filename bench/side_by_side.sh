@@ -11,6 +11,7 @@
 # the gateway on that database (and the database server's CPU, as the postgres user's processes);
 # every gateway of the run then shares it, so a later one's bursts land on tables the earlier
 # ones filled, and the earlier gateways stay up (bench/postgres.sh alternates the order).
+# Between two gateways it waits SETTLE_SECS (default 8) for the machine to settle.
 # Prints one markdown row per target; ratios are to bare hyper in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -82,4 +83,9 @@ for edge_bin in "${edges[@]}"; do
   done
   kill "$pid"; wait "$pid" 2>/dev/null || true
   [[ -z "${STORE_URL:-}" ]] || psql "$STORE_URL" -qc "DROP SCHEMA public CASCADE; CREATE SCHEMA public" >/dev/null 2>&1
+  # A pause before the next gateway: without it, the gateway run second in an A/A series (one
+  # build twice) had 1.14-1.29x the first's stored p99 and 1.03-1.11x its stored CPU, and the
+  # stored figures' spread was 2-3x wider; with 8 s, 1.0-1.03x (bench/RESULTS.md, nineteenth
+  # look). What settles is not known: deleting the database and a `sync` did not help.
+  [[ $i -eq ${#edges[@]} ]] || sleep "${SETTLE_SECS:-8}"
 done
