@@ -5,8 +5,9 @@ Usage: bench/pair_ratios.py TABLES NAME_A NAME_B
 
 TABLES is the rounds' output, one side_by_side.sh table after another (bench/pairs.sh and
 bench/postgres.sh with SIDE_BY_SIDE write it); NAME_A and NAME_B are the builds' file names,
-as the tables' rows name them. NAME_A equal to NAME_B (one binary under two names: copy it)
-is an A/A series: it measures the noise floor, what two identical builds differ by.
+as the tables' rows name them. An A/A series measures the noise floor, what two identical
+builds differ by: either one binary given twice (NAME_A equal to NAME_B, summarised as second
+÷ first) or two copies of it under different names (summarised as B ÷ A, like any pair).
 
 Prints, for the stored and the queue-mode burst:
 - B ÷ A per round for CPU per event, acks/s and ack p99: median (range), and in how many

@@ -9,9 +9,9 @@
 # whatever BIN_A and BIN_B are. SQLite; on PostgreSQL, bench/postgres.sh with SIDE_BY_SIDE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[[ $# -ge 3 ]] || { echo "usage: bench/pairs.sh ROUNDS BIN_A BIN_B [REQUESTS]" >&2; exit 2; }
 source bench/lib.sh
 build_release
-[[ $# -ge 3 ]] || { echo "usage: bench/pairs.sh ROUNDS BIN_A BIN_B [REQUESTS]" >&2; exit 2; }
 rounds="$1"; a="$2"; b="$3"; n="${4:-20000}"
 tables="$bench_work/tables"
 for round in $(seq "$rounds"); do
