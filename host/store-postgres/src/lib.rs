@@ -15,6 +15,9 @@
 //!   first hop may be written claimed already by the replica that stored it
 //!   ([`payflow_store::NewEvent::claim_until_ms`]), which hands it to its own workers.
 //! - **Migrations** at start-up, numbered, under an advisory lock (`schema.rs`).
+//! - **Keys in byte order**: text keys compare with the `"C"` collation whatever the database's
+//!   (`collation.rs`): a language's collation made every index lookup dearer, and lists now
+//!   break ties as on SQLite.
 //!
 //! Like every backend it must never decide policy beyond [`payflow_store::settled_status`],
 //! and never know of HTTP, wasmtime or metrics. A lost database is `StoreError::Unavailable`
@@ -23,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod collation;
 mod group;
 mod ingest;
 mod plugins;
@@ -38,6 +42,8 @@ use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, Rec
 use std::sync::Arc;
 
 use payflow_store::{CommitObserver, EventKey, StoreError};
+
+use crate::collation::KeyCollation;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
@@ -100,10 +106,11 @@ impl PostgresStore {
             .build()
             .map_err(unavailable)?;
         let mut client = pool.get().await.map_err(pool_error)?;
-        let applied = schema::migrate(&mut client).await.map_err(unavailable)?;
-        if applied > 0 {
-            tracing::info!(applied, "store: PostgreSQL schema migrated");
+        let migrated = schema::migrate(&mut client).await.map_err(unavailable)?;
+        if migrated.applied > 0 {
+            tracing::info!(applied = migrated.applied, "store: PostgreSQL schema migrated");
         }
+        report_keys(migrated.keys);
         drop(client);
         Ok(PostgresStore {
             ingest: ingest::Batcher::start(pool.clone(), options.max_batch, commits.clone()),
@@ -115,6 +122,32 @@ impl PostgresStore {
 
     async fn client(&self) -> Result<Object, StoreError> {
         self.pool.get().await.map_err(pool_error)
+    }
+}
+
+/// Says what start-up found of the keys' collation ([`collation`]): a warning, with the fix,
+/// when they stay in the database's own.
+fn report_keys(keys: Result<KeyCollation, tokio_postgres::Error>) {
+    match keys {
+        Ok(KeyCollation::Bytes) => {}
+        Ok(KeyCollation::Converted { columns, took }) => tracing::info!(
+            columns,
+            took_ms = took.as_millis() as u64,
+            "store: key columns now compare in byte order (collation \"C\")"
+        ),
+        Ok(KeyCollation::Left { columns, others, collation }) => tracing::warn!(
+            columns,
+            others,
+            collation,
+            "store: event keys compare in the database's collation, which costs the database \
+             more CPU per event; they are put in byte order at a start-up with no other client \
+             connected to the database: stop every replica, then start one"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "store: the key columns could not be put in byte order; the store works as it is, \
+             and the next start-up with no other client connected tries again"
+        ),
     }
 }
 
@@ -388,5 +421,159 @@ mod tests {
             assert_eq!(one.get_event(&key(&dead)).await.unwrap().unwrap().summary.status, "dead", "{dead}");
             assert_eq!(row_status(&db, &ordered).await, "delivered", "{ordered}");
         }
+    }
+
+    /// Every text column of an index on any table in the schema, and whether it compares in
+    /// byte order (its own query, not the one `collation.rs` converts by: a table that module
+    /// does not know of shows here).
+    async fn indexed_text_columns(db: &tokio_postgres::Client) -> Vec<(String, String, bool)> {
+        let rows = db
+            .query(
+                "SELECT DISTINCT c.relname::text, a.attname::text, a.attcollation = 'pg_catalog.\"C\"'::regcollation
+                 FROM pg_index i
+                 JOIN pg_class c ON c.oid = i.indrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey)
+                 WHERE n.nspname = 'public' AND a.atttypid = 'text'::regtype ORDER BY 1, 2",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
+    }
+
+    async fn client_of(url: &str) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connects");
+        tokio::spawn(connection);
+        client
+    }
+
+    /// A new database, migrated, with its keys in the database's collation (as a release
+    /// before `collation.rs` left them), and no client connected; its URL.
+    async fn as_the_previous_release_left_it(name: &str) -> String {
+        let url = server().database(name);
+        let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        payflow_store::Lifecycle::close(&store).await;
+        drop(store);
+        let db = client_of(&url).await;
+        for (table, column, _) in indexed_text_columns(&db).await {
+            db.batch_execute(&format!(
+                "ALTER TABLE {table} ALTER COLUMN {column} TYPE text COLLATE \"default\""
+            ))
+            .await
+            .unwrap();
+        }
+        assert!(indexed_text_columns(&db).await.iter().all(|(_, _, bytes)| !bytes));
+        url
+    }
+
+    /// Replicas started together: while one converts under the migrations' lock, another
+    /// waiting for that lock is connected but has prepared nothing, and does not hold the
+    /// conversion back.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_replica_waiting_to_migrate_does_not_hold_the_conversion_back() {
+        let url = as_the_previous_release_left_it("keys_waiting_replica").await;
+        let mut first = client_of(&url).await;
+        first.execute("SELECT pg_advisory_lock($1)", &[&schema::MIGRATION_LOCK]).await.unwrap();
+        let waiting = tokio::spawn({
+            let url = url.clone();
+            async move { PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.map(drop) }
+        });
+        let mut waiters = 0;
+        for _ in 0..200 {
+            let row = first
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'", &[])
+                .await
+                .unwrap();
+            waiters = row.get::<_, i64>(0);
+            if waiters == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(waiters, 1, "the second replica waits for the lock");
+        let keys = collation::keys_in_byte_order(&mut first, false).await.unwrap();
+        assert!(matches!(keys, KeyCollation::Converted { columns: 30, .. }), "{keys:?}");
+        first.execute("SELECT pg_advisory_unlock($1)", &[&schema::MIGRATION_LOCK]).await.unwrap();
+        waiting.await.unwrap().expect("the second replica starts");
+        assert!(indexed_text_columns(&first).await.iter().all(|(_, _, bytes)| *bytes));
+    }
+
+    /// The test server's databases are in a language's collation (`server.rs`), so this fails
+    /// unless the keys were converted. Another client is connected from the start: the tables
+    /// are new, so it cannot hold a statement the conversion would break.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_new_database_compares_every_indexed_text_column_in_byte_order() {
+        let url = server().database("keys_new");
+        let other = client_of(&url).await;
+        let _store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        let columns = indexed_text_columns(&other).await;
+        assert!(columns.len() >= 20, "every table's keys are there: {columns:?}");
+        let unconverted: Vec<_> = columns.iter().filter(|(_, _, bytes)| !bytes).collect();
+        assert!(unconverted.is_empty(), "in the database's collation: {unconverted:?}");
+    }
+
+    /// A database the previous release left with its keys in the database's collation, and a
+    /// replica of that release still connected, holding a prepared statement that returns a
+    /// key: a start-up leaves the keys as they are (converting them would make that statement
+    /// fail, and that replica answer 503), and the store works. The first start-up with no
+    /// other client connected converts them, and every event is still there, listed in byte
+    /// order.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn keys_in_use_by_another_client_keep_their_collation_until_a_start_up_with_none() {
+        let name = "keys_converted_later";
+        let url = as_the_previous_release_left_it(name).await;
+        let old = client_of(&url).await;
+        let old_statement =
+            old.prepare("SELECT id FROM events WHERE merchant = $1 ORDER BY id").await.unwrap();
+
+        let mut starting = client_of(&url).await;
+        let migrated = schema::migrate(&mut starting).await.unwrap();
+        assert!(
+            matches!(&migrated.keys, Ok(KeyCollation::Left { others: 1, collation, .. }) if collation == "en-US"),
+            "left, for the one other client: {:?}",
+            migrated.keys
+        );
+        let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        for id in ["evt_a", "evt_B"] {
+            queued(&store, &old, id, None, false).await;
+        }
+        let ids = |rows: Vec<Row>| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>();
+        assert_eq!(
+            ids(old.query(&old_statement, &[&"acme"]).await.unwrap()),
+            ["evt_a", "evt_B"],
+            "its collation"
+        );
+        payflow_store::Lifecycle::close(&store).await;
+        drop((store, old, starting));
+
+        // The backends of closed connections end a moment later.
+        let postgres = client_of(&url.replace(&format!("/{name}"), "/postgres")).await;
+        for _ in 0..200 {
+            let row = postgres
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1", &[&name])
+                .await
+                .unwrap();
+            if row.get::<_, i64>(0) == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let mut starting = client_of(&url).await;
+        let migrated = schema::migrate(&mut starting).await.unwrap();
+        assert!(
+            matches!(migrated.keys, Ok(KeyCollation::Converted { .. })),
+            "converted: {:?}",
+            migrated.keys
+        );
+        assert!(indexed_text_columns(&starting).await.iter().all(|(_, _, bytes)| *bytes));
+        let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        let listed =
+            store.list_events(payflow_store::EventFilter { limit: 10, ..Default::default() }).await.unwrap();
+        assert_eq!(
+            listed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["evt_a", "evt_B"],
+            "byte order"
+        );
     }
 }

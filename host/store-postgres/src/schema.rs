@@ -5,8 +5,10 @@
 
 use tokio_postgres::Client;
 
+use crate::collation::{self, KeyCollation};
+
 /// The advisory lock's key: any constant no other application on the database uses.
-const MIGRATION_LOCK: i64 = 0x7061_7966_6c6f_7701; // "payflow" + 1
+pub(crate) const MIGRATION_LOCK: i64 = 0x7061_7966_6c6f_7701; // "payflow" + 1
 
 /// Every migration, in order. Every row of an event's carries its whole key (merchant, scope,
 /// id). `lease_until_ms` is a replica's claim on a due row (see the crate docs).
@@ -197,16 +199,30 @@ CREATE TABLE plugin_canaries (
     ),
 ];
 
-/// Applies the migrations this database lacks, under the advisory lock. Returns the number
-/// applied.
-pub(crate) async fn migrate(client: &mut Client) -> Result<usize, tokio_postgres::Error> {
+/// What start-up did to the schema.
+pub(crate) struct Migrated {
+    /// Migrations applied.
+    pub(crate) applied: usize,
+    /// The key columns' collation, converted or not ([`collation`]). Its failure does not
+    /// stop the replica: the store works in either collation.
+    pub(crate) keys: Result<KeyCollation, tokio_postgres::Error>,
+}
+
+/// Applies the migrations this database lacks, then puts the keys in byte order when that is
+/// safe, all under the advisory lock.
+pub(crate) async fn migrate(client: &mut Client) -> Result<Migrated, tokio_postgres::Error> {
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
     let applied = apply(client).await;
+    let keys = match applied {
+        // Every migration applied now: this start-up created the tables.
+        Ok(n) => Some(collation::keys_in_byte_order(client, n == MIGRATIONS.len()).await),
+        Err(_) => None,
+    };
     // Released even when a migration failed; a lost connection releases it too.
     let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
     let applied = applied?;
     unlocked?;
-    Ok(applied)
+    Ok(Migrated { applied, keys: keys.expect("applied") })
 }
 
 async fn apply(client: &mut Client) -> Result<usize, tokio_postgres::Error> {

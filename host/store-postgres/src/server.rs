@@ -49,7 +49,24 @@ impl TestServer {
         }
         let server = TestServer { dir, bin, port };
         let data = server.data();
-        server.run("initdb", &["-D", &data, "-U", "payflow", "--auth=trust", "-E", "UTF8", "--no-sync"]);
+        // A language's collation, as most servers have, not the environment's (often C.UTF-8,
+        // which compares as bytes do): what depends on the database's collation is then tested
+        // where it differs. ICU's, so no system locale needs to be installed (PostgreSQL 15+).
+        server.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "payflow",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale-provider=icu",
+                "--icu-locale=en-US",
+                "--no-sync",
+            ],
+        );
         let options =
             format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=on", server.dir.path().display());
         let log = server.dir.path().join("log").display().to_string();

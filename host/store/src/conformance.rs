@@ -35,6 +35,7 @@ macro_rules! conformance_tests {
             a_claim_handed_back_is_due_again_at_once_unless_its_lease_passed_on,
             a_first_hop_claimed_at_insert_is_due_for_no_reader_until_its_claim_ends,
             events_page_newest_first_without_gaps_or_repeats,
+            events_sharing_a_timestamp_list_in_the_byte_order_of_their_keys,
             plugin_versions_are_bounded_and_activated,
             compiled_code_is_kept_per_engine,
             a_canary_version_is_stored_beside_the_active_one_and_ends_once,
@@ -651,6 +652,29 @@ pub async fn events_page_newest_first_without_gaps_or_repeats(store: Arc<dyn Sto
         ..EventFilter::default()
     });
     assert_eq!(acme.await.unwrap().len(), 12);
+}
+
+/// Events that share a timestamp list in the byte order of their keys, as Rust and SQLite
+/// compare them, whatever collation a backend's database has: `evt_B` (0x42) after `evt_a`
+/// (0x61) newest first, where a language's collation puts `a` before `B`. Paged one at a time
+/// by cursor, they come in the same order.
+pub async fn events_sharing_a_timestamp_list_in_the_byte_order_of_their_keys(store: Arc<dyn Store>) {
+    let ids = ["evt_a", "evt_B", "evt_c", "evt_É", "evt_e", "evt_A"];
+    for id in ids {
+        store.insert_event(event(&key("acme", "/wh", id), NOW, None)).await.unwrap();
+    }
+    let mut expected: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+    expected.sort();
+    expected.reverse();
+    let listed = store.list_events(EventFilter { limit: 100, ..EventFilter::default() }).await.unwrap();
+    assert_eq!(listed.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), expected, "one page");
+    let mut paged = Vec::new();
+    let mut filter = EventFilter { limit: 1, ..EventFilter::default() };
+    while let Some(last) = store.list_events(filter.clone()).await.unwrap().pop() {
+        filter.before = Some((last.received_at_ms, last.merchant, last.scope, last.id.clone()));
+        paged.push(last.id);
+    }
+    assert_eq!(paged, expected, "paged by cursor");
 }
 
 fn version(name: &str, content: &[u8], at_ms: i64) -> NewPluginVersion {
