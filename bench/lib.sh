@@ -25,13 +25,14 @@ as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 # directory, trust auth for user payflow, a loopback port; as the postgres user when run as
 # root, which PostgreSQL refuses), with those settings and any in $PG_OPTS (e.g.
 # PG_OPTS="-c random_page_cost=1.1"), stopped and removed when the script
-# exits. Sets $pg_bin, $pg_dir (its log is $pg_dir/log) and $pg_port; pg_psql runs psql on it.
+# exits. $PG_INITDB goes to initdb, e.g. PG_INITDB="--locale-provider=icu --icu-locale=en-US"
+# for the collation most servers are created with (the environment's here is C.UTF-8). Sets $pg_bin, $pg_dir (its log is $pg_dir/log) and $pg_port; pg_psql runs psql on it.
 start_postgres() {
   pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
   pg_dir=$(mktemp -d /tmp/payflow-bench-pg.XXXXXX)
   [ "$(id -u)" = 0 ] && chown postgres:postgres "$pg_dir"
   pg_port=$(free_port)
-  as_pg "$pg_bin/initdb" -D "$pg_dir/data" -U payflow --auth=trust -E UTF8 >/dev/null
+  as_pg "$pg_bin/initdb" -D "$pg_dir/data" -U payflow --auth=trust -E UTF8 ${PG_INITDB:-} >/dev/null
   as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w start \
     -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 $* ${PG_OPTS:-}" >/dev/null
   [[ -n "${PG_COLD_WAL:-}" ]] || warm_wal

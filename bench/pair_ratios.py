@@ -10,8 +10,8 @@ builds differ by: either one binary given twice (NAME_A equal to NAME_B, summari
 ÷ first) or two copies of it under different names (summarised as B ÷ A, like any pair).
 
 Prints, for the stored and the queue-mode burst:
-- B ÷ A per round for CPU per event, acks/s and ack p99: median (range), and in how many
-  rounds B was lower;
+- B ÷ A per round for CPU per event, acks/s and ack p99 (and the database server's CPU per
+  event, on PostgreSQL): median (range), and in how many rounds B was lower;
 - the order effect: the gateway run second ÷ the one run first, whatever the build;
 - sigma, the spread of log(B ÷ A) over the rounds, and from it the smallest difference the
   median of this many rounds resolves (two standard errors of a median, 1.25 sigma ÷ sqrt(n)):
@@ -27,6 +27,16 @@ import statistics
 import sys
 
 COLUMNS = {"CPU µs/event": 3, "acks/s": 1, "ack p99": 2}
+DATABASE = "database µs/event"
+
+
+def value(row, name):
+    """A row's figure: a column of COLUMNS, or DATABASE, the database server's CPU per event
+    from the per-thread cell (PostgreSQL runs only; None elsewhere)."""
+    if name == DATABASE:
+        found = re.search(r"database ([\d.]+)", row[6])
+        return float(found.group(1)) if found else None
+    return float(row[COLUMNS[name]])
 
 
 def rounds_of(path):
@@ -85,11 +95,11 @@ def main():
             continue
         n = len(pairs)
         print(f"\n{mode}, {n} rounds:")
-        for name, col in COLUMNS.items():
-            ratios = [float(rb[col]) / float(ra[col]) for ra, rb, _ in pairs]
-            order = [
-                float((rb if first is ra else ra)[col]) / float(first[col]) for ra, rb, first in pairs
-            ]
+        for name in [*COLUMNS, DATABASE]:
+            if any(value(row, name) is None for ra, rb, _ in pairs for row in (ra, rb)):
+                continue
+            ratios = [value(rb, name) / value(ra, name) for ra, rb, _ in pairs]
+            order = [value(rb if first is ra else ra, name) / value(first, name) for ra, rb, first in pairs]
             label = "second ÷ first" if same else "B ÷ A"
             line = f"  {name}: {label} {show(order if same else ratios)}"
             if not same:
@@ -99,6 +109,10 @@ def main():
             bare, express = r.get("bare hyper"), r.get("seed Express")
             for row in r.get(f"{a} {mode}", []) + ([] if same else r.get(f"{b} {mode}", [])):
                 goals.setdefault(f"{mode} CPU × bare", []).append(float(row[3]) / float(bare[0][3]))
+                if value(row, DATABASE) is not None:
+                    goals.setdefault(f"{mode} CPU with the database × bare", []).append(
+                        (float(row[3]) + value(row, DATABASE)) / float(bare[0][3])
+                    )
                 goals.setdefault(f"{mode} ack p99 ms", []).append(float(row[2]))
                 if mode == "queue":
                     goals.setdefault("queue acks, % of bare", []).append(100 * float(row[1]) / float(bare[0][1]))

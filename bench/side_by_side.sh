@@ -9,8 +9,8 @@
 # With several gateway binaries they run one after another against the same bare and Express
 # servers, each on a fresh SQLite file: an A/B pair in one run. STORE_URL=postgres://… measures
 # the gateway on that database (and the database server's CPU, as the postgres user's processes);
-# every gateway of the run then shares it, so a later one's bursts land on tables the earlier
-# ones filled, and the earlier gateways stay up (bench/postgres.sh alternates the order).
+# each gateway of the run is stopped after its bursts and its schema dropped, so the next one
+# starts on a new schema of the same server (bench/postgres.sh alternates the order).
 # Between two gateways it waits SETTLE_SECS (default 8) for the machine to settle.
 # Prints one markdown row per target; ratios are to bare hyper in the same run.
 set -euo pipefail
