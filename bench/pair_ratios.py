@@ -8,6 +8,7 @@ bench/postgres.sh with SIDE_BY_SIDE write it); NAME_A and NAME_B are the builds'
 as the tables' rows name them. An A/A series measures the noise floor, what two identical
 builds differ by: either one binary given twice (NAME_A equal to NAME_B, summarised as second
 ÷ first) or two copies of it under different names (summarised as B ÷ A, like any pair).
+One name given twice where each round ran that build once prints its goals' figures alone.
 
 Prints, for the stored and the queue-mode burst:
 - B ÷ A per round for CPU per event, acks/s and ack p99 (and the database server's CPU per
@@ -91,11 +92,10 @@ def main():
                 ra, rb = r[f"{a} {mode}"][0], r[f"{b} {mode}"][0]
                 first = ra if list(r).index(f"{a} {mode}") < list(r).index(f"{b} {mode}") else rb
                 pairs.append((ra, rb, first))
-        if not pairs:
-            continue
         n = len(pairs)
-        print(f"\n{mode}, {n} rounds:")
-        for name in [*COLUMNS, DATABASE]:
+        if n:
+            print(f"\n{mode}, {n} rounds:")
+        for name in [*COLUMNS, DATABASE] if n else []:
             if any(value(row, name) is None for ra, rb, _ in pairs for row in (ra, rb)):
                 continue
             ratios = [value(rb, name) / value(ra, name) for ra, rb, _ in pairs]

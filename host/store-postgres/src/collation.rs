@@ -1,11 +1,11 @@
 //! Keys in byte order: every text column of a key or an index of ours compares with the `"C"`
 //! collation (bytes, as SQLite and Rust compare them), whatever the database's own collation.
 //!
-//! Most servers are created with a language's collation (`en_US.UTF-8` is the default of
-//! Debian's, Ubuntu's and the official container image's clusters). Every index insert and
+//! Most servers are created with a language's collation (`en_US.UTF-8` wherever that is the
+//! system's locale, and in the official container image). Every index insert and
 //! lookup on a text key then compares through the C library's `strcoll`: on a database in
 //! `en_US.utf8`, the database spent ~45% more CPU per queue-mode event than in byte order, and
-//! acknowledged ~23% fewer (bench/RESULTS.md, issue 21's twentieth look). Keys are opaque ids,
+//! the gateway acknowledged a fifth fewer (bench/RESULTS.md, issue 21's twentieth look). Keys are opaque ids,
 //! so a language's order means nothing for them; and in byte order, lists break ties as on
 //! SQLite.
 //!
