@@ -123,7 +123,9 @@ pub(crate) async fn keys_in_byte_order(
     }
     tx.commit().await?;
     // A column's type change drops its statistics; the planner has them back at once instead
-    // of when autovacuum next analyzes the table.
-    client.batch_execute(&format!("ANALYZE {}", converted.join(", "))).await?;
+    // of when autovacuum next analyzes the table. The conversion is done either way.
+    if let Err(e) = client.batch_execute(&format!("ANALYZE {}", converted.join(", "))).await {
+        tracing::warn!(error = %e, "store: ANALYZE after the key conversion failed; autovacuum will");
+    }
     Ok(KeyCollation::Converted { columns: columns.len(), took: started.elapsed() })
 }

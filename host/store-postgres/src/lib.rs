@@ -141,7 +141,8 @@ fn report_keys(keys: Result<KeyCollation, tokio_postgres::Error>) {
             collation,
             "store: event keys compare in the database's collation, which costs the database \
              more CPU per event; they are put in byte order at a start-up with no other client \
-             connected to the database: stop every replica, then start one"
+             connected to the database (`others` counts them: replicas, psql sessions, monitoring): \
+             stop every replica, then start one"
         ),
         Err(e) => tracing::warn!(
             error = %e,
