@@ -60,7 +60,10 @@ impl Batcher {
 /// the whole table on every batch as it grew: 400 µs of database CPU per event instead of 80.
 async fn insert_batch(pool: &Pool, events: &[NewEvent]) -> Result<Vec<Inserted>, StoreError> {
     // The batch's distinct keys in key order (rows locked in one order across batches and
-    // replicas, so two never deadlock); a stable sort keeps each key's first copy first.
+    // replicas, so two never deadlock); a stable sort keeps each key's first copy first. The
+    // statement inserts them in the same order, bytes' (`COLLATE "C"`, as the key columns
+    // compare): its input's columns would otherwise sort in the database's collation, through
+    // `strcoll` (`collation.rs`).
     let mut order: Vec<usize> = (0..events.len()).collect();
     order.sort_by(|&a, &b| events[a].event.key.cmp(&events[b].event.key));
     order.dedup_by(|later, first| events[*later].event.key == events[*first].event.key);
@@ -114,7 +117,7 @@ async fn insert_batch(pool: &Pool, events: &[NewEvent]) -> Result<Vec<Inserted>,
                                  request_id, received_at_ms, claimed_at_ms, order_key, order_seq)
              SELECT merchant, scope, id, endpoint, event_type, status, reason, body, headers, request_id,
                     received_at_ms, claimed_at_ms, order_key, order_seq
-             FROM numbered ORDER BY merchant, scope, id
+             FROM numbered ORDER BY merchant COLLATE \"C\", scope COLLATE \"C\", id COLLATE \"C\"
              ON CONFLICT (merchant, scope, id) DO NOTHING
              RETURNING merchant, scope, id
          ), steps AS (
