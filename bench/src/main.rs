@@ -1,7 +1,7 @@
 //! `loadgen`: a fixed-concurrency load generator with pre-signed unique events, and `bare`, the
 //! ceiling server (hyper reading the body and answering 200, nothing else).
 //!
-//! loadgen run --url URL --concurrency 64 --requests 50000 --sign payflow|seed --secret S [--rate R] [--timeline F]
+//! loadgen run --url URL --concurrency 64 --requests 50000 --sign payflow|seed --secret S [--rate R] [--ids random] [--timeline F]
 //! loadgen bare --listen 127.0.0.1:7000
 //! loadgen forward --listen 127.0.0.1:7001 --upstream http://127.0.0.1:7000/
 //! loadgen count --url http://127.0.0.1:7000/ [--at-least N]
@@ -45,6 +45,14 @@ enum Sign {
     Seed,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Ids {
+    /// `evt_bench_<pid>_<n>`, n counting up.
+    Sequential,
+    /// `evt_<16 hex digits>`, a bijective mix of the pid and n: unique and in no order.
+    Random,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Send pre-signed unique events and report throughput and latency percentiles.
@@ -68,6 +76,11 @@ enum Command {
         /// as fast as they are answered.
         #[arg(long)]
         rate: Option<f64>,
+        /// How the events' ids follow each other: `sequential` (each after the last, so every
+        /// index on them is appended to) or `random` (as ids a sender draws at random land all
+        /// over such an index).
+        #[arg(long, value_enum, default_value = "sequential")]
+        ids: Ids,
         /// Write each request's start (µs after the run began) and latency (µs) to this file,
         /// one `start,latency` line per request in start order: where the slow ones fall in
         /// time tells a stall that holds every connection from a run that is slow throughout.
@@ -105,12 +118,12 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match Cli::parse().command {
-        Command::Run { url, concurrency, requests, sign, secret, label, rate, timeline } => {
+        Command::Run { url, concurrency, requests, sign, secret, label, rate, ids, timeline } => {
             if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
                 bail!("--rate must be a positive number of requests per second");
             }
             let load = Load { concurrency, requests, rate };
-            runtime.block_on(run(url, load, sign, secret, label, timeline))
+            runtime.block_on(run(url, load, sign, ids, secret, label, timeline))
         }
         Command::Bare { listen } => runtime.block_on(bare(listen)),
         Command::Count { url, at_least, timeout_secs } => {
@@ -212,13 +225,23 @@ struct Prepared {
     headers: Vec<(String, String)>,
 }
 
-fn prepare(count: usize, sign: Sign, secret: &str) -> anyhow::Result<Vec<Prepared>> {
+/// splitmix64's finaliser: a bijection on u64, so distinct inputs give distinct ids.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn prepare(count: usize, sign: Sign, ids: Ids, secret: &str) -> anyhow::Result<Vec<Prepared>> {
     let signer = Signer::new(Scheme::PayFlow, &[secret])?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
     let run = std::process::id();
     (0..count)
         .map(|i| {
-            let id = format!("evt_bench_{run}_{i:08}");
+            let id = match ids {
+                Ids::Sequential => format!("evt_bench_{run}_{i:08}"),
+                Ids::Random => format!("evt_{:016x}", mix(((run as u64) << 40) | i as u64)),
+            };
             let body = serde_json::to_vec_pretty(&payflow_gateway::samples::sample_event(
                 "payment.succeeded",
                 &id,
@@ -268,6 +291,7 @@ async fn run(
     urls: Vec<String>,
     load: Load,
     sign: Sign,
+    ids: Ids,
     secret: String,
     label: String,
     timeline: Option<std::path::PathBuf>,
@@ -281,7 +305,7 @@ async fn run(
             anyhow::Ok((uri, authority))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let prepared = Arc::new(prepare(requests, sign, &secret)?);
+    let prepared = Arc::new(prepare(requests, sign, ids, &secret)?);
     let started = Instant::now();
     let mut workers = Vec::new();
     for w in 0..concurrency {

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The gateway on a database that has run a while, with ids in no order (issue 21): every other
+# script measures a new database and ids that count up, so each insert lands at the end of
+# every index on the id, the cheapest case there is. A real database holds days of events, and
+# ids from many merchants (or drawn at random) land all over those indexes.
+# Usage: bench/aged.sh [PREFILL] [IDS] [EDGE_BIN] [VAR=VALUE…]   (defaults 300000, random)
+# One gateway on a new SQLite file first takes PREFILL queue-mode events with random ids (all
+# delivered), then a 20,000-event stored burst and a queue-mode burst with ids IDS (sequential
+# or random), 64 connections; the gateway runs with VAR=VALUE… in its environment. Bare
+# hyper's CPU per request is measured in the same run. Prints one line: per burst, the
+# gateway's CPU µs/event (× bare), acks/s, ack p99 and CPU per thread; the database's size.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+build_release
+prefill="${1:-300000}"; ids="${2:-random}"; edge_bin="${3:-$bin/payflow-edge}"; shift 3 || shift $#
+work="$bench_work"; hz=$(getconf CLK_TCK); n=20000
+bare=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$bare"; bare_pid=${bench_pids[-1]}
+edge=$(free_port)
+edge_config "$edge" "path = \"$work/g.db\"" "$bare" > "$work/g.toml"
+start_bg env "$@" PAYFLOW_EDGE_LOG=warn "$edge_bin" serve --config "$work/g.toml"
+pid=${bench_pids[-1]}
+wait_port "$edge"; wait_port "$bare"
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+per_event() { python3 -c "print(round(($2 - $1) * 1e6 / $hz / $n, 1))"; }
+if ((prefill > 0)); then
+  "$bin/loadgen" run --url "http://127.0.0.1:$edge/queue" --requests "$prefill" --ids random --label prefill >/dev/null
+  delivered "$bare" "$prefill" >/dev/null
+  sleep 3 # the last records and a checkpoint
+fi
+t0=$(ticks "$bare_pid")
+"$bin/loadgen" run --url "http://127.0.0.1:$bare/" --requests "$n" --label bare >/dev/null
+sleep 0.5
+b_cpu=$(per_event "$t0" "$(ticks "$bare_pid")")
+out="bare $b_cpu µs/request;"
+for path in stored queue; do
+  t0=$(ticks "$pid"); posted=$(delivered "$bare"); before=$(thread_ticks "$pid")
+  line=$("$bin/loadgen" run --url "http://127.0.0.1:$edge/$path" --requests "$n" --ids "$ids" --label "$path")
+  [[ $path == stored ]] || delivered "$bare" $((posted + n)) >/dev/null
+  sleep 1 # the last commits and the pollers' idle rounds
+  cpu=$(per_event "$t0" "$(ticks "$pid")"); after=$(thread_ticks "$pid")
+  threads=$(join -a2 -e0 -o 0,1.2,2.2 <(sort <<<"$before") <(sort <<<"$after") |
+    awk -v hz="$hz" -v n="$n" '{d=($3-$2)*1e6/hz/n; if (d >= 0.5) printf "%s %.0f, ", $1, d}' | sed 's/, $//')
+  out="$out $path $cpu µs/event ($(python3 -c "print(round($cpu / $b_cpu, 2))")× bare)"
+  out="$out $(cut -d'|' -f5 <<<"$line" | xargs)/s p99 $(cut -d'|' -f8 <<<"$line" | xargs) ms [$threads];"
+done
+echo "prefill $prefill, ids $ids: $out database $(du -m "$work/g.db" | cut -f1) MB"
