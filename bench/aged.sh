@@ -18,27 +18,24 @@ work="$bench_work"; hz=$(getconf CLK_TCK); n=20000
 bare=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$bare"; bare_pid=${bench_pids[-1]}
 edge=$(free_port)
 edge_config "$edge" "path = \"$work/g.db\"" "$bare" > "$work/g.toml"
-start_bg env "$@" PAYFLOW_EDGE_LOG=warn "$edge_bin" serve --config "$work/g.toml"
-pid=${bench_pids[-1]}
+start_edge "$edge_bin" "$work/g.toml" "$@"; pid=$edge_pid
 wait_port "$edge"; wait_port "$bare"
-ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-per_event() { python3 -c "print(round(($2 - $1) * 1e6 / $hz / $n, 1))"; }
 if ((prefill > 0)); then
   "$bin/loadgen" run --url "http://127.0.0.1:$edge/queue" --requests "$prefill" --ids random --label prefill >/dev/null
   delivered "$bare" "$prefill" >/dev/null
   sleep 3 # the last records and a checkpoint
 fi
-t0=$(ticks "$bare_pid")
+t0=$(proc_ticks "$bare_pid")
 "$bin/loadgen" run --url "http://127.0.0.1:$bare/" --requests "$n" --label bare >/dev/null
 sleep 0.5
-b_cpu=$(per_event "$t0" "$(ticks "$bare_pid")")
+b_cpu=$(us_per_event "$t0" "$(proc_ticks "$bare_pid")" "$n")
 out="bare $b_cpu µs/request;"
 for path in stored queue; do
-  t0=$(ticks "$pid"); posted=$(delivered "$bare"); before=$(thread_ticks "$pid")
+  t0=$(proc_ticks "$pid"); posted=$(delivered "$bare"); before=$(thread_ticks "$pid")
   line=$("$bin/loadgen" run --url "http://127.0.0.1:$edge/$path" --requests "$n" --ids "$ids" --label "$path")
   [[ $path == stored ]] || delivered "$bare" $((posted + n)) >/dev/null
   sleep 1 # the last commits and the pollers' idle rounds
-  cpu=$(per_event "$t0" "$(ticks "$pid")"); after=$(thread_ticks "$pid")
+  cpu=$(us_per_event "$t0" "$(proc_ticks "$pid")" "$n"); after=$(thread_ticks "$pid")
   threads=$(join -a2 -e0 -o 0,1.2,2.2 <(sort <<<"$before") <(sort <<<"$after") |
     awk -v hz="$hz" -v n="$n" '{d=($3-$2)*1e6/hz/n; if (d >= 0.5) printf "%s %.0f, ", $1, d}' | sed 's/, $//')
   out="$out $path $cpu µs/event ($(python3 -c "print(round($cpu / $b_cpu, 2))")× bare)"

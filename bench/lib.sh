@@ -96,6 +96,17 @@ db_ticks() {
 }
 # thread_ticks PID: user+system ticks of a process's live threads, summed by thread name
 # ("name ticks" lines, spaces in names as _), from /proc/PID/task/*/stat.
+# proc_ticks PID: the process's user+system CPU time so far, in clock ticks.
+proc_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# us_per_event TICKS_BEFORE TICKS_AFTER EVENTS: the CPU time between, in µs per event.
+us_per_event() { python3 -c "print(round(($2 - $1) * 1e6 / $(getconf CLK_TCK) / $3, 1))"; }
+# start_edge BIN CONFIG [VAR=VALUE…]: the gateway serving CONFIG, with those in its environment
+# and only warnings in its log; sets $edge_pid (stopped when the script exits).
+start_edge() {
+  local bin=$1 config=$2; shift 2
+  start_bg env "$@" PAYFLOW_EDGE_LOG=warn "$bin" serve --config "$config"
+  edge_pid=${bench_pids[-1]}
+}
 thread_ticks() {
   local t s name f
   for t in /proc/"$1"/task/*; do

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 build_release
 edge_bin="${1:-$bin/payflow-edge}"; shift || true
-work="$bench_work"; hz=$(getconf CLK_TCK); n=20000
+work="$bench_work"; n=20000
 bare=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$bare"
 edge=$(free_port)
 store="path = \"$work/g.db\""
@@ -22,11 +22,10 @@ if [[ -n "${PG:-}" ]]; then
   store="url = \"postgres://payflow@127.0.0.1:$pg_port/stalls\""
 fi
 edge_config "$edge" "$store" "$bare" > "$work/g.toml"
-start_bg env "$@" PAYFLOW_EDGE_LOG=warn "$edge_bin" serve --config "$work/g.toml"
-pid=${bench_pids[-1]}
+start_edge "$edge_bin" "$work/g.toml" "$@"; pid=$edge_pid
 wait_port "$edge"; wait_port "$bare"
-ticks() { awk '{print $14+$15}' "/proc/$pid/stat"; }
-per_event() { python3 -c "print(round(($2 - $1) * 1e6 / $hz / $n, 1))"; }
+ticks() { proc_ticks "$pid"; }
+per_event() { us_per_event "$1" "$2" "$n"; }
 t0=$(ticks)
 "$bin/loadgen" run --url "http://127.0.0.1:$edge/stored" --concurrency 64 --requests "$n" --label stored >/dev/null
 sleep 1; t1=$(ticks); d1=$(db_ticks)
