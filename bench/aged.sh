@@ -9,6 +9,8 @@
 # or random), 64 connections; the gateway runs with VAR=VALUE… in its environment. Bare
 # hyper's CPU per request is measured in the same run. Prints one line: per burst, the
 # gateway's CPU µs/event (× bare), acks/s, ack p99 and CPU per thread; the database's size.
+# PG=1: on a throw-away PostgreSQL instead (start_postgres; PG_INITDB and PG_OPTS apply), the
+# database server's CPU per event added to each burst.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -17,7 +19,12 @@ prefill="${1:-300000}"; ids="${2:-random}"; edge_bin="${3:-$bin/payflow-edge}"; 
 work="$bench_work"; hz=$(getconf CLK_TCK); n=20000
 bare=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$bare"; bare_pid=${bench_pids[-1]}
 edge=$(free_port)
-edge_config "$edge" "path = \"$work/g.db\"" "$bare" > "$work/g.toml"
+store="path = \"$work/g.db\""
+if [[ -n "${PG:-}" ]]; then
+  start_postgres; pg_psql -d postgres -qc "CREATE DATABASE aged"
+  store="url = \"postgres://payflow@127.0.0.1:$pg_port/aged\""
+fi
+edge_config "$edge" "$store" "$bare" > "$work/g.toml"
 start_edge "$edge_bin" "$work/g.toml" "$@"; pid=$edge_pid
 wait_port "$edge"; wait_port "$bare"
 if ((prefill > 0)); then
@@ -31,14 +38,16 @@ sleep 0.5
 b_cpu=$(us_per_event "$t0" "$(proc_ticks "$bare_pid")" "$n")
 out="bare $b_cpu µs/request;"
 for path in stored queue; do
-  t0=$(proc_ticks "$pid"); posted=$(delivered "$bare"); before=$(thread_ticks "$pid")
+  t0=$(proc_ticks "$pid"); d0=$(db_ticks); posted=$(delivered "$bare"); before=$(thread_ticks "$pid")
   line=$("$bin/loadgen" run --url "http://127.0.0.1:$edge/$path" --requests "$n" --ids "$ids" --label "$path")
   [[ $path == stored ]] || delivered "$bare" $((posted + n)) >/dev/null
   sleep 1 # the last commits and the pollers' idle rounds
-  cpu=$(us_per_event "$t0" "$(proc_ticks "$pid")" "$n"); after=$(thread_ticks "$pid")
+  cpu=$(us_per_event "$t0" "$(proc_ticks "$pid")" "$n"); d1=$(db_ticks); after=$(thread_ticks "$pid")
   threads=$(join -a2 -e0 -o 0,1.2,2.2 <(sort <<<"$before") <(sort <<<"$after") |
     awk -v hz="$hz" -v n="$n" '{d=($3-$2)*1e6/hz/n; if (d >= 0.5) printf "%s %.0f, ", $1, d}' | sed 's/, $//')
   out="$out $path $cpu µs/event ($(python3 -c "print(round($cpu / $b_cpu, 2))")× bare)"
+  [[ -z "${PG:-}" ]] || threads="$threads; database $(us_per_event "$d0" "$d1" "$n")"
   out="$out $(cut -d'|' -f5 <<<"$line" | xargs)/s p99 $(cut -d'|' -f8 <<<"$line" | xargs) ms [$threads];"
 done
-echo "prefill $prefill, ids $ids: $out database $(du -m "$work/g.db" | cut -f1) MB"
+if [[ -n "${PG:-}" ]]; then size=$(pg_psql -d aged -Atc "SELECT pg_database_size('aged') / 1048576"); else size=$(du -m "$work/g.db" | cut -f1); fi
+echo "prefill $prefill, ids $ids: $out database $size MB"
