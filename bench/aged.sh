@@ -19,11 +19,7 @@ prefill="${1:-300000}"; ids="${2:-random}"; edge_bin="${3:-$bin/payflow-edge}"; 
 work="$bench_work"; hz=$(getconf CLK_TCK); n=20000
 bare=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$bare"; bare_pid=${bench_pids[-1]}
 edge=$(free_port)
-store="path = \"$work/g.db\""
-if [[ -n "${PG:-}" ]]; then
-  start_postgres; pg_psql -d postgres -qc "CREATE DATABASE aged"
-  store="url = \"postgres://payflow@127.0.0.1:$pg_port/aged\""
-fi
+one_store aged
 edge_config "$edge" "$store" "$bare" > "$work/g.toml"
 start_edge "$edge_bin" "$work/g.toml" "$@"; pid=$edge_pid
 wait_port "$edge"; wait_port "$bare"
@@ -49,5 +45,9 @@ for path in stored queue; do
   [[ -z "${PG:-}" ]] || threads="$threads; database $(us_per_event "$d0" "$d1" "$n")"
   out="$out $(cut -d'|' -f5 <<<"$line" | xargs)/s p99 $(cut -d'|' -f8 <<<"$line" | xargs) ms [$threads];"
 done
-if [[ -n "${PG:-}" ]]; then size=$(pg_psql -d aged -Atc "SELECT pg_database_size('aged') / 1048576"); else size=$(du -m "$work/g.db" | cut -f1); fi
+if [[ -n "${PG:-}" ]]; then
+  size=$(pg_psql -d aged -Atc "SELECT pg_database_size('aged') / 1048576")
+else
+  size=$(du -m "$work/aged.db" | cut -f1)
+fi
 echo "prefill $prefill, ids $ids: $out database $size MB"

@@ -100,6 +100,15 @@ db_ticks() {
 proc_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 # us_per_event TICKS_BEFORE TICKS_AFTER EVENTS: the CPU time between, in µs per event.
 us_per_event() { python3 -c "print(round(($2 - $1) * 1e6 / $(getconf CLK_TCK) / $3, 1))"; }
+# one_store NAME: sets $store to a gateway config's store line: a SQLite file NAME.db in
+# $bench_work, or with PG set, a new database NAME on a throw-away PostgreSQL (start_postgres).
+one_store() {
+  store="path = \"$bench_work/$1.db\""
+  if [[ -n "${PG:-}" ]]; then
+    start_postgres; pg_psql -d postgres -qc "CREATE DATABASE $1"
+    store="url = \"postgres://payflow@127.0.0.1:$pg_port/$1\""
+  fi
+}
 # start_edge BIN CONFIG [VAR=VALUE…]: the gateway serving CONFIG, with those in its environment
 # and only warnings in its log; sets $edge_pid (stopped when the script exits).
 start_edge() {

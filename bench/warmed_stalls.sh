@@ -16,11 +16,7 @@ edge_bin="${1:-$bin/payflow-edge}"; shift || true
 work="$bench_work"; n=20000
 bare=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$bare"
 edge=$(free_port)
-store="path = \"$work/g.db\""
-if [[ -n "${PG:-}" ]]; then
-  start_postgres; pg_psql -d postgres -qc "CREATE DATABASE stalls"
-  store="url = \"postgres://payflow@127.0.0.1:$pg_port/stalls\""
-fi
+one_store stalls
 edge_config "$edge" "$store" "$bare" > "$work/g.toml"
 start_edge "$edge_bin" "$work/g.toml" "$@"; pid=$edge_pid
 wait_port "$edge"; wait_port "$bare"
