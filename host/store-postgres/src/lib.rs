@@ -42,10 +42,10 @@ use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, Rec
 use std::sync::Arc;
 
 use payflow_store::{CommitObserver, EventKey, StoreError};
-
-use crate::collation::KeyCollation;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
+
+use crate::collation::KeyCollation;
 
 /// How the backend is tuned.
 #[derive(Debug, Clone)]
@@ -243,9 +243,7 @@ mod tests {
         let url = server().database(name);
         let open = || PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(()));
         let (one, two) = (open().await.expect("connects"), open().await.expect("connects"));
-        let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connects");
-        tokio::spawn(connection);
-        (one, two, client)
+        (one, two, client_of(&url).await)
     }
 
     fn key(id: &str) -> EventKey {
@@ -449,6 +447,23 @@ mod tests {
         client
     }
 
+    /// Waits until no client is connected to database `name` (at `url`): the backends of
+    /// closed connections end a moment after them, and would count as other clients.
+    async fn no_clients_left(url: &str, name: &str) {
+        let postgres = client_of(&url.replace(&format!("/{name}"), "/postgres")).await;
+        for _ in 0..200 {
+            let row = postgres
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1", &[&name])
+                .await
+                .unwrap();
+            if row.get::<_, i64>(0) == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("clients still connected to {name} after 10 s");
+    }
+
     /// A new database, migrated, with its keys in the database's collation (as a release
     /// before `collation.rs` left them), and no client connected; its URL.
     async fn as_the_previous_release_left_it(name: &str) -> String {
@@ -465,6 +480,8 @@ mod tests {
             .unwrap();
         }
         assert!(indexed_text_columns(&db).await.iter().all(|(_, _, bytes)| !bytes));
+        drop(db);
+        no_clients_left(&url, name).await;
         url
     }
 
@@ -548,18 +565,7 @@ mod tests {
         payflow_store::Lifecycle::close(&store).await;
         drop((store, old, starting));
 
-        // The backends of closed connections end a moment later.
-        let postgres = client_of(&url.replace(&format!("/{name}"), "/postgres")).await;
-        for _ in 0..200 {
-            let row = postgres
-                .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1", &[&name])
-                .await
-                .unwrap();
-            if row.get::<_, i64>(0) == 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        no_clients_left(&url, name).await;
         let mut starting = client_of(&url).await;
         let migrated = schema::migrate(&mut starting).await.unwrap();
         assert!(
