@@ -25,6 +25,20 @@
 
 #![forbid(unsafe_code)]
 
+/// [`payflow_store::event_status!`] here, where a delivery is found by its event's key.
+macro_rules! status {
+    () => {
+        payflow_store::event_status!(
+            "sd.merchant = events.merchant AND sd.scope = events.scope AND sd.event_id = events.id"
+        )
+    };
+}
+
+/// How this schema numbers events (only those with an ordering key) and ties deliveries to
+/// them, for [`payflow_store::ordering`].
+const NUMBERED: payflow_store::ordering::Numbering =
+    payflow_store::ordering::Numbering { seq: "order_seq", delivery_of: payflow_store::ordering::by_key };
+
 mod admin;
 mod collation;
 mod group;

@@ -163,7 +163,8 @@ pub fn settled_status<'a>(deliveries: impl IntoIterator<Item = &'a str>) -> Opti
 }
 
 /// An event's status as every backend reports it, an SQL expression over a row of `events`
-/// (named `events`, not aliased). Neither backend rewrites an unordered event's row when its
+/// (named `events`, not aliased), given the condition (a string literal) that a row `sd` of
+/// `deliveries` is that event's. Neither backend rewrites an unordered event's row when its
 /// deliveries succeed: a row that says `queued` is `delivered` once the event has deliveries
 /// and every one of them is, [`settled_status`]'s "delivered once all are", read instead of
 /// written. Every other status is the row's own: one written at insert, by a plugin step, by a
@@ -173,15 +174,17 @@ pub fn settled_status<'a>(deliveries: impl IntoIterator<Item = &'a str>) -> Opti
 /// delivery cost a queue-mode event a second copy of its row, body included (bench/RESULTS.md).
 #[macro_export]
 macro_rules! event_status {
-    () => {
-        "(CASE WHEN events.status = 'queued'
-                AND EXISTS (SELECT 1 FROM deliveries sd
-                            WHERE sd.merchant = events.merchant AND sd.scope = events.scope
-                              AND sd.event_id = events.id)
-                AND NOT EXISTS (SELECT 1 FROM deliveries sd
-                                WHERE sd.merchant = events.merchant AND sd.scope = events.scope
-                                  AND sd.event_id = events.id AND sd.status <> 'delivered')
-           THEN 'delivered' ELSE events.status END)"
+    ($delivery_of_event:literal) => {
+        concat!(
+            "(CASE WHEN events.status = 'queued'
+                    AND EXISTS (SELECT 1 FROM deliveries sd WHERE ",
+            $delivery_of_event,
+            ")
+                    AND NOT EXISTS (SELECT 1 FROM deliveries sd WHERE ",
+            $delivery_of_event,
+            " AND sd.status <> 'delivered')
+               THEN 'delivered' ELSE events.status END)"
+        )
     };
 }
 

@@ -41,11 +41,36 @@ use super::{
 };
 use payflow_config::StoreConfig;
 
+/// The number (`events.seq`) of the event whose key is `?1`, `?2`, `?3` (merchant, scope, id):
+/// how a statement given a key finds the event's deliveries.
+macro_rules! seq_of_key {
+    () => {
+        "(SELECT seq FROM events WHERE merchant = ?1 AND scope = ?2 AND id = ?3)"
+    };
+}
+
+/// [`crate::event_status!`] here, where a delivery names its event by `event_ref`.
+macro_rules! status {
+    () => {
+        crate::event_status!("sd.event_ref = events.seq")
+    };
+}
+
+/// How this schema numbers events and ties deliveries to them, for [`crate::ordering`].
+const NUMBERED: crate::ordering::Numbering = crate::ordering::Numbering { seq: "seq", delivery_of };
+
+/// The condition that the `deliveries` row `delivery` is the delivery of the `events` row `event`.
+fn delivery_of(delivery: &str, event: &str) -> String {
+    format!("{delivery}.event_ref = {event}.seq")
+}
+
 /// What the readiness probe writes (and deletes): more than a typical event with its rows.
 const READY_ROOM_BYTES: i64 = 64 << 10;
 
 /// The tables, as a new database gets them. Every row of an event's carries its whole key
-/// (merchant, scope, id): see [`super::EventKey`].
+/// (merchant, scope, id): see [`super::EventKey`]. A delivery is also keyed by its event's
+/// number (`events.seq`, the row's own key, in arrival order): see [`migrate_to_event_refs`]
+/// for why.
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS health (
     id              INTEGER PRIMARY KEY,
@@ -55,6 +80,7 @@ CREATE TABLE IF NOT EXISTS health_room (
     room            BLOB    NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
+    seq             INTEGER PRIMARY KEY,
     merchant        TEXT    NOT NULL,
     scope           TEXT    NOT NULL,
     id              TEXT    NOT NULL,
@@ -70,9 +96,12 @@ CREATE TABLE IF NOT EXISTS events (
     tags            TEXT,
     forced_by       TEXT,
     order_key       TEXT,
-    PRIMARY KEY (merchant, scope, id)
+    UNIQUE (merchant, scope, id)
 );
 CREATE TABLE IF NOT EXISTS deliveries (
+    -- The event's `seq`. The key columns after it say whose delivery the row is, but the
+    -- statements find an event's deliveries by this.
+    event_ref           INTEGER NOT NULL,
     merchant            TEXT    NOT NULL,
     scope               TEXT    NOT NULL,
     event_id            TEXT    NOT NULL,
@@ -89,7 +118,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     last_status_code    INTEGER,
     last_error          TEXT,
     last_response       TEXT,
-    PRIMARY KEY (merchant, scope, event_id, upstream)
+    PRIMARY KEY (event_ref, upstream)
 );
 CREATE TABLE IF NOT EXISTS plugin_steps (
     merchant            TEXT    NOT NULL,
@@ -230,14 +259,14 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              DROP INDEX IF EXISTS attempts_by_event;
              DROP INDEX IF EXISTS plugin_runs_by_event;
              {TABLES}
-             INSERT INTO events (merchant, scope, id, endpoint, event_type, status, reason, body, headers,
+             INSERT INTO events (seq, merchant, scope, id, endpoint, event_type, status, reason, body, headers,
                                  request_id, received_at_ms, claimed_at_ms, tags)
-                 SELECT merchant, endpoint, id, endpoint, event_type, status, reason, body, headers,
+                 SELECT rowid, merchant, endpoint, id, endpoint, event_type, status, reason, body, headers,
                         request_id, received_at_ms, claimed_at_ms, tags
                  FROM events_unscoped;
-             INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts,
+             INSERT INTO deliveries (event_ref, merchant, scope, event_id, upstream, status, attempts,
                                      next_attempt_at_ms, body, headers)
-                 SELECT d.merchant, e.endpoint, d.event_id, d.upstream, d.status, d.attempts,
+                 SELECT e.rowid, d.merchant, e.endpoint, d.event_id, d.upstream, d.status, d.attempts,
                         d.next_attempt_at_ms, d.body, d.headers
                  FROM deliveries_unscoped d JOIN events_unscoped e ON e.merchant = d.merchant AND e.id = d.event_id;
              ALTER TABLE attempts ADD COLUMN scope TEXT NOT NULL DEFAULT '';
@@ -274,7 +303,66 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         // first engine that loads it (an upgrade would mostly have made it unusable anyway).
         conn.execute_batch("ALTER TABLE plugin_versions DROP COLUMN compiled")?;
     }
+    migrate_to_event_refs(conn)?;
     conn.execute_batch(INDEXES)
+}
+
+/// The columns `events` and `deliveries` share between the release that keyed deliveries by
+/// their event's key and this one, in which a delivery also names its event by `seq`.
+const EVENT_ROW: &str =
+    "merchant, scope, id, endpoint, event_type, status, reason, body, headers, request_id,
+    received_at_ms, claimed_at_ms, tags, forced_by, order_key";
+const DELIVERY_ROW: &str = "merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms, body,
+    headers, last_at_ms, last_duration_ms, last_status_code, last_error, last_response";
+
+/// A database from before events were numbered gets `events.seq` and deliveries keyed by it.
+///
+/// Why: an event's key is the sender's id, which lands anywhere in an index on it, while its
+/// number lands at the end. Keyed by the event's key, each delivery put an entry at a random
+/// place in one more index, and each attempt's record looked it up there: on a database that
+/// had run a while, with ids in no order, those pages were mostly out of the cache, and a
+/// queue-mode event cost ~13% more CPU than keyed by the number (bench/RESULTS.md). The
+/// number is the events' `INTEGER PRIMARY KEY`, not the bare rowid, because only such a
+/// column keeps its values through a `VACUUM`.
+///
+/// SQLite cannot change a table's key in place, so both tables are copied, once, in one
+/// transaction: each event keeps its rowid as its number, so arrival order (what ordered
+/// delivery goes by) is unchanged. A delivery whose event is gone (none is left by this
+/// gateway) goes with the copy: nothing could deliver it.
+fn migrate_to_event_refs(conn: &Connection) -> rusqlite::Result<()> {
+    if has_column(conn, "events", "seq")? {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let events: i64 = conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?;
+    // ~13 s per million events on the bench machine (bench/RESULTS.md): worth saying up front.
+    tracing::info!(
+        events,
+        "store: numbering the stored events for the deliveries' new key, once: both tables are copied, \
+         about 15 s per million events, and the file grows by the copy (its freed pages are reused)"
+    );
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE;
+         DROP INDEX IF EXISTS events_by_time;
+         DROP INDEX IF EXISTS events_in_order;
+         DROP INDEX IF EXISTS deliveries_pending;
+         DROP INDEX IF EXISTS deliveries_due;
+         ALTER TABLE events RENAME TO events_by_key;
+         ALTER TABLE deliveries RENAME TO deliveries_by_key;
+         {TABLES}
+         INSERT INTO events (seq, {EVENT_ROW}) SELECT rowid, {EVENT_ROW} FROM events_by_key;
+         INSERT INTO deliveries (event_ref, {DELIVERY_ROW})
+             SELECT e.rowid, {delivery_row}
+             FROM deliveries_by_key d
+             JOIN events_by_key e ON e.merchant = d.merchant AND e.scope = d.scope AND e.id = d.event_id;
+         DROP TABLE deliveries_by_key;
+         DROP TABLE events_by_key;
+         COMMIT;",
+        delivery_row =
+            DELIVERY_ROW.split(',').map(|c| format!("d.{}", c.trim())).collect::<Vec<_>>().join(", ")
+    ))?;
+    tracing::info!(took_ms = started.elapsed().as_millis() as u64, "store: events numbered");
+    Ok(())
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
@@ -625,11 +713,7 @@ fn transaction(conn: &Connection, work: impl FnOnce(&Connection) -> bool) -> Res
 
 fn status_of(conn: &Connection, key: &EventKey) -> rusqlite::Result<EventStatus> {
     let s: String = conn.query_row(
-        concat!(
-            "SELECT ",
-            crate::event_status!(),
-            " FROM events WHERE merchant = ?1 AND scope = ?2 AND id = ?3"
-        ),
+        concat!("SELECT ", status!(), " FROM events WHERE merchant = ?1 AND scope = ?2 AND id = ?3"),
         params![key.merchant, key.scope, key.id],
         |r| r.get(0),
     )?;
@@ -670,7 +754,8 @@ fn record_on_delivery(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<
          SET status = ?5, attempts = ?4, next_attempt_at_ms = COALESCE(?6, next_attempt_at_ms),
              last_at_ms = ?7, last_duration_ms = ?8, last_status_code = ?9, last_error = ?10,
              last_response = ?11
-         WHERE merchant = ?1 AND scope = ?12 AND event_id = ?2 AND upstream = ?3",
+         WHERE event_ref = (SELECT seq FROM events WHERE merchant = ?1 AND scope = ?12 AND id = ?2)
+           AND upstream = ?3",
     )?
     .execute(params![
         merchant,
@@ -692,16 +777,17 @@ fn record_on_delivery(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<
 /// Copies the latest attempt kept on an event's delivery rows (one upstream's, or all of them)
 /// into `attempts`, where the earlier ones are. Needed before a row's latest is replaced.
 fn file_latest_attempt(conn: &Connection, key: &EventKey, upstream: Option<&str>) -> rusqlite::Result<()> {
-    conn.prepare_cached(
+    conn.prepare_cached(concat!(
         "INSERT INTO attempts (merchant, scope, event_id, upstream, number, at_ms, duration_ms, status_code,
                                error, response)
          SELECT merchant, scope, event_id, upstream, attempts, last_at_ms, last_duration_ms, last_status_code,
                 last_error, last_response
          FROM deliveries
-         WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3 AND (?4 IS NULL OR upstream = ?4)
-           AND last_at_ms IS NOT NULL
+         WHERE event_ref = ",
+        seq_of_key!(),
+        " AND (?4 IS NULL OR upstream = ?4) AND last_at_ms IS NOT NULL
          ORDER BY upstream",
-    )?
+    ))?
     .execute(params![key.merchant, key.scope, key.id, upstream])?;
     Ok(())
 }
@@ -710,12 +796,14 @@ fn file_latest_attempt(conn: &Connection, key: &EventKey, upstream: Option<&str>
 /// rows' attempt counts start over (a replay, a plugin's new decision) or the rows go.
 fn file_latest_attempts(conn: &Connection, key: &EventKey) -> rusqlite::Result<()> {
     file_latest_attempt(conn, key, None)?;
-    conn.prepare_cached(
+    conn.prepare_cached(concat!(
         "UPDATE deliveries
          SET last_at_ms = NULL, last_duration_ms = NULL, last_status_code = NULL, last_error = NULL,
              last_response = NULL
-         WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3 AND last_at_ms IS NOT NULL",
-    )?
+         WHERE event_ref = ",
+        seq_of_key!(),
+        " AND last_at_ms IS NOT NULL",
+    ))?
     .execute(params![key.merchant, key.scope, key.id])?;
     Ok(())
 }
@@ -758,8 +846,7 @@ fn settle_after(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
                 "UPDATE events SET status = 'delivered' WHERE merchant = ?1 AND scope = ?2 AND id = ?3
                    AND order_key IS NOT NULL
                    AND NOT EXISTS (SELECT 1 FROM deliveries d
-                                   WHERE d.merchant = events.merchant AND d.scope = events.scope
-                                     AND d.event_id = events.id AND d.status <> 'delivered')",
+                                   WHERE d.event_ref = events.seq AND d.status <> 'delivered')",
             )?
             .execute(params![k.merchant, k.scope, k.id])?;
             Ok(())
@@ -771,7 +858,7 @@ fn settle_after(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
 /// ([`settled_status`]). An event without deliveries keeps its status.
 fn settle_event(conn: &Connection, key: &EventKey) -> rusqlite::Result<()> {
     let statuses: Vec<String> = conn
-        .prepare_cached("SELECT status FROM deliveries WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3")?
+        .prepare_cached(concat!("SELECT status FROM deliveries WHERE event_ref = ", seq_of_key!()))?
         .query_map(params![key.merchant, key.scope, key.id], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     if let Some(status) = settled_status(statuses.iter().map(String::as_str)) {
@@ -782,22 +869,25 @@ fn settle_event(conn: &Connection, key: &EventKey) -> rusqlite::Result<()> {
 }
 
 /// Makes an event's first hop pending, due at `at_ms`: its plugin step, or a delivery. Nothing
-/// when it is already there.
-fn add_first_hop(conn: &Connection, key: &EventKey, hop: &Hop, at_ms: i64) -> rusqlite::Result<()> {
+/// when it is already there. `seq` is the event's number.
+fn add_first_hop(conn: &Connection, key: &EventKey, seq: i64, hop: &Hop, at_ms: i64) -> rusqlite::Result<()> {
     let (merchant, scope, id) = key_of(key);
     match hop {
-        Hop::Plugins => conn.prepare_cached(
-            "INSERT INTO plugin_steps (merchant, scope, event_id, status, attempts, next_attempt_at_ms)
+        Hop::Plugins => conn
+            .prepare_cached(
+                "INSERT INTO plugin_steps (merchant, scope, event_id, status, attempts, next_attempt_at_ms)
              VALUES (?1, ?2, ?3, 'pending', 0, ?4)
              ON CONFLICT (merchant, scope, event_id) DO NOTHING",
-        )?
-        .execute(params![merchant, scope, id, at_ms]),
-        Hop::Upstream(upstream) => conn.prepare_cached(
-            "INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms)
-             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5)
-             ON CONFLICT (merchant, scope, event_id, upstream) DO NOTHING",
-        )?
-        .execute(params![merchant, scope, id, upstream, at_ms]),
+            )?
+            .execute(params![merchant, scope, id, at_ms]),
+        Hop::Upstream(upstream) => conn
+            .prepare_cached(
+                "INSERT INTO deliveries (event_ref, merchant, scope, event_id, upstream, status, attempts,
+                                     next_attempt_at_ms)
+             VALUES (?6, ?1, ?2, ?3, ?4, 'pending', 0, ?5)
+             ON CONFLICT (event_ref, upstream) DO NOTHING",
+            )?
+            .execute(params![merchant, scope, id, upstream, at_ms, seq]),
     }
     .map(drop)
 }
@@ -842,20 +932,20 @@ const SUMMARY_WIDTH: usize = 11;
 /// The last column is the body, for its [`Amount`], when it is small enough to look into.
 const SUMMARY_COLUMNS: &str = concat!(
     "merchant, id, endpoint, event_type, ",
-    crate::event_status!(),
+    status!(),
     ", reason, received_at_ms, tags, scope, forced_by, CASE WHEN length(body) <= 65536 THEN body END"
 );
 
 /// The condition on an ordered upstream's due delivery (see [`crate::ordering`]): events are
-/// numbered in arrival order by their rowid.
-static IN_ORDER: LazyLock<String> = LazyLock::new(|| crate::ordering::in_order("d", "rowid", "?1"));
+/// numbered in arrival order by `seq`.
+static IN_ORDER: LazyLock<String> = LazyLock::new(|| crate::ordering::in_order(&NUMBERED, "d", "?1"));
 
 /// The due-deliveries read, with `condition` (empty, or [`IN_ORDER`]) on each delivery.
 fn due_sql(condition: &str) -> String {
     format!(
         "SELECT d.upstream, d.attempts, d.body, d.headers, d.next_attempt_at_ms, {EVENT_COLUMNS}
          FROM deliveries d
-         JOIN events e ON e.merchant = d.merchant AND e.scope = d.scope AND e.id = d.event_id
+         JOIN events e ON e.seq = d.event_ref
          WHERE d.upstream = ?1 AND d.status = 'pending' AND d.next_attempt_at_ms <= ?2
            AND (?4 IS NULL
                 OR (d.next_attempt_at_ms, d.merchant, d.scope, d.event_id) > (?4, ?5, ?7, ?6))
@@ -935,7 +1025,7 @@ impl Ingest for SqliteStore {
                 return Ok(Inserted::Duplicate(status_of(conn, &event.key)?));
             }
             if let Some(hop) = first_hop {
-                add_first_hop(conn, &event.key, hop, event.received_at_ms)?;
+                add_first_hop(conn, &event.key, conn.last_insert_rowid(), hop, event.received_at_ms)?;
             }
             Ok(Inserted::New)
         })
@@ -1097,10 +1187,11 @@ impl DeliveryQueue for SqliteStore {
                 kv.execute(params![merchant, w.plugin, w.key, w.value])?;
             }
             let mut add = conn.prepare_cached(
-                "INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms,
-                                         body, headers)
-                 VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?7)
-                 ON CONFLICT (merchant, scope, event_id, upstream) DO UPDATE
+                "INSERT INTO deliveries (event_ref, merchant, scope, event_id, upstream, status, attempts,
+                                         next_attempt_at_ms, body, headers)
+                 VALUES ((SELECT seq FROM events WHERE merchant = ?1 AND scope = ?2 AND id = ?3),
+                         ?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?7)
+                 ON CONFLICT (event_ref, upstream) DO UPDATE
                  SET status = 'pending', attempts = 0, next_attempt_at_ms = excluded.next_attempt_at_ms,
                      body = excluded.body, headers = excluded.headers",
             )?;
@@ -1488,7 +1579,7 @@ impl AdminQueries for SqliteStore {
                 add(" AND merchant = ?", m.into());
             }
             if let Some(s) = filter.status {
-                add(concat!(" AND ", crate::event_status!(), " = ?"), s.into());
+                add(concat!(" AND ", status!(), " = ?"), s.into());
             }
             if let Some(t) = filter.event_type {
                 add(" AND event_type = ?", t.into());
@@ -1573,10 +1664,11 @@ impl AdminQueries for SqliteStore {
                 })
                 .optional()?;
             let deliveries = conn
-                .prepare_cached(
-                    "SELECT upstream, status, attempts, next_attempt_at_ms FROM deliveries
-                     WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3 ORDER BY upstream",
-                )?
+                .prepare_cached(concat!(
+                    "SELECT upstream, status, attempts, next_attempt_at_ms FROM deliveries WHERE event_ref = ",
+                    seq_of_key!(),
+                    " ORDER BY upstream"
+                ))?
                 .query_map(params![key.merchant, key.scope, key.id], |r| {
                     let status: String = r.get(1)?;
                     let next: i64 = r.get(3)?;
@@ -1589,7 +1681,7 @@ impl AdminQueries for SqliteStore {
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let attempts = conn
-                .prepare_cached(
+                .prepare_cached(concat!(
                     // The filed attempts, then each delivery's latest (the newest of its own).
                     "SELECT upstream, number, at_ms, duration_ms, status_code, error, response FROM (
                          SELECT upstream, number, at_ms, duration_ms, status_code, error, response,
@@ -1598,10 +1690,11 @@ impl AdminQueries for SqliteStore {
                          UNION ALL
                          SELECT upstream, attempts, last_at_ms, last_duration_ms, last_status_code, last_error,
                                 last_response, 1, 0
-                         FROM deliveries WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3
-                           AND last_at_ms IS NOT NULL)
+                         FROM deliveries WHERE event_ref = ",
+                    seq_of_key!(),
+                    " AND last_at_ms IS NOT NULL)
                      ORDER BY at_ms, latest, filed, upstream",
-                )?
+                ))?
                 .query_map(params![key.merchant, key.scope, key.id], |r| {
                     Ok(AttemptInfo {
                         upstream: r.get(0)?,
@@ -1659,14 +1752,10 @@ impl AdminQueries for SqliteStore {
         let (key, first_hop, forced_by) = (key.clone(), first_hop.clone(), forced_by.map(str::to_string));
         self.write(move |conn| {
             let k = params![key.merchant, key.scope, key.id];
-            let found: bool = conn.query_row(
-                "SELECT COUNT(*) > 0 FROM events WHERE merchant = ?1 AND scope = ?2 AND id = ?3",
-                k,
-                |r| r.get(0),
-            )?;
-            if !found {
-                return Ok(false);
-            }
+            let seq: Option<i64> = conn
+                .query_row("SELECT seq FROM events WHERE merchant = ?1 AND scope = ?2 AND id = ?3", k, |r| r.get(0))
+                .optional()?;
+            let Some(seq) = seq else { return Ok(false) };
             if let Some(who) = &forced_by {
                 conn.execute(
                     "UPDATE events SET forced_by = ?4 WHERE merchant = ?1 AND scope = ?2 AND id = ?3",
@@ -1682,13 +1771,13 @@ impl AdminQueries for SqliteStore {
             file_latest_attempts(conn, &key)?;
             if has_step || first_hop == Hop::Plugins {
                 // The plugins decide again (perhaps a fixed version): what they created goes.
-                conn.execute("DELETE FROM deliveries WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3", k)?;
+                conn.execute("DELETE FROM deliveries WHERE event_ref = ?1", [seq])?;
                 conn.execute(
                     "UPDATE plugin_steps SET status = 'pending', attempts = 0, next_attempt_at_ms = ?4, error = NULL
                      WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3",
                     params![key.merchant, key.scope, key.id, now_ms],
                 )?;
-                add_first_hop(conn, &key, &Hop::Plugins, now_ms)?;
+                add_first_hop(conn, &key, seq, &Hop::Plugins, now_ms)?;
                 conn.execute(
                     "UPDATE events SET status = 'queued', reason = NULL WHERE merchant = ?1 AND scope = ?2 AND id = ?3",
                     k,
@@ -1696,11 +1785,10 @@ impl AdminQueries for SqliteStore {
                 return Ok(true);
             }
             conn.execute(
-                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at_ms = ?4
-                 WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3",
-                params![key.merchant, key.scope, key.id, now_ms],
+                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at_ms = ?2 WHERE event_ref = ?1",
+                params![seq, now_ms],
             )?;
-            add_first_hop(conn, &key, &first_hop, now_ms)?;
+            add_first_hop(conn, &key, seq, &first_hop, now_ms)?;
             settle_event(conn, &key)?;
             Ok(true)
         })
@@ -1710,7 +1798,7 @@ impl AdminQueries for SqliteStore {
     async fn held_keys(&self, merchant: Option<&str>, limit: usize) -> Result<Vec<HeldKey>, StoreError> {
         let merchant = merchant.map(str::to_string);
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&crate::ordering::held_keys("rowid", "?1", "?2"))?;
+            let mut stmt = conn.prepare_cached(&crate::ordering::held_keys(&NUMBERED, "?1", "?2"))?;
             let rows = stmt.query_map(params![merchant, limit as i64], held_key)?;
             rows.collect()
         })
@@ -1880,6 +1968,115 @@ mod tests {
             let detail = store.get_event(&key(id)).await.unwrap().unwrap();
             assert_eq!(detail.summary.status, "delivered", "{id}");
         }
+    }
+
+    /// `events` and `deliveries` as released before events were numbered, with their indexes.
+    const BY_KEY_TABLES: &str = "
+        CREATE TABLE events (
+            merchant TEXT NOT NULL, scope TEXT NOT NULL, id TEXT NOT NULL, endpoint TEXT NOT NULL,
+            event_type TEXT, status TEXT NOT NULL, reason TEXT, body BLOB NOT NULL, headers TEXT NOT NULL,
+            request_id TEXT NOT NULL, received_at_ms BIGINT NOT NULL, claimed_at_ms BIGINT, tags TEXT,
+            forced_by TEXT, order_key TEXT, PRIMARY KEY (merchant, scope, id));
+        CREATE TABLE deliveries (
+            merchant TEXT NOT NULL, scope TEXT NOT NULL, event_id TEXT NOT NULL, upstream TEXT NOT NULL,
+            status TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_at_ms BIGINT NOT NULL, body BLOB,
+            headers TEXT, last_at_ms BIGINT, last_duration_ms BIGINT, last_status_code INTEGER,
+            last_error TEXT, last_response TEXT, PRIMARY KEY (merchant, scope, event_id, upstream));
+        CREATE INDEX events_by_time ON events (received_at_ms);
+        CREATE INDEX events_in_order ON events (merchant, order_key, status) WHERE order_key IS NOT NULL;
+        CREATE INDEX deliveries_pending ON deliveries (upstream, next_attempt_at_ms) WHERE status = 'pending';";
+
+    /// An upgrade from the release that keyed deliveries by their event's key loses nothing:
+    /// each event keeps its arrival order, each delivery its state and latest attempt, and the
+    /// queue goes on from where it was. A delivery whose event is gone is left behind.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_database_from_before_event_numbers_keeps_its_order_deliveries_and_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_in(&dir);
+        let conn = Connection::open(&config.path).unwrap();
+        conn.execute_batch(BY_KEY_TABLES).unwrap();
+        // Arrival order c, a, b: not the ids' order.
+        conn.execute_batch(
+            "INSERT INTO events (merchant, scope, id, endpoint, status, body, headers, request_id, received_at_ms,
+                                 order_key)
+                 VALUES ('acme', '/wh', 'evt_c', '/wh', 'queued', X'7B7D', '[]', 'r1', 100, NULL),
+                        ('acme', '/wh', 'evt_a', '/wh', 'queued', X'7B7D', '[]', 'r2', 200, NULL),
+                        ('acme', '/wh', 'evt_b', '/wh', 'queued', X'7B7D', '[]', 'r3', 300, 'cus_1');
+             INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms,
+                                     last_at_ms, last_duration_ms, last_status_code, last_error)
+                 VALUES ('acme', '/wh', 'evt_c', 'up', 'pending', 0, 1000, NULL, NULL, NULL, NULL),
+                        ('acme', '/wh', 'evt_a', 'up', 'delivered', 1, 200, 500, 4, 200, NULL),
+                        ('acme', '/wh', 'evt_b', 'up', 'pending', 2, 2000, 600, 5, 503, 'busy'),
+                        ('acme', '/wh', 'evt_gone', 'up', 'pending', 0, 100, NULL, NULL, NULL, NULL);",
+        )
+        .unwrap();
+        drop(conn);
+
+        let store = SqliteStore::open(&config, Arc::new(())).unwrap();
+        let key = |id: &str| EventKey { merchant: "acme".into(), scope: "/wh".into(), id: id.into() };
+        let conn = Connection::open(&config.path).unwrap();
+        let numbered: Vec<(i64, String)> = conn
+            .prepare("SELECT seq, id FROM events ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(numbered, [(1, "evt_c".into()), (2, "evt_a".into()), (3, "evt_b".into())]);
+        let rows: i64 = conn.query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 3, "the delivery of no event is left behind");
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for index in ["deliveries_pending", "events_by_time", "events_in_order"] {
+            assert!(indexes.iter().any(|i| i == index), "{index} is rebuilt: {indexes:?}");
+        }
+
+        let due = store.due_deliveries("up", 10_000, None, 10).await.unwrap();
+        let due: Vec<(&str, u32)> = due.iter().map(|d| (d.event.key.id.as_str(), d.attempts)).collect();
+        assert_eq!(due, [("evt_c", 0), ("evt_b", 2)]);
+        let a = store.get_event(&key("evt_a")).await.unwrap().unwrap();
+        assert_eq!(a.summary.status, "delivered");
+        assert_eq!(
+            a.attempts.iter().map(|t| (t.number, t.status_code)).collect::<Vec<_>>(),
+            [(1, Some(200))]
+        );
+
+        let delivered = |id: &str, number: u32| {
+            Arc::new(Attempt {
+                key: key(id),
+                info: AttemptInfo {
+                    upstream: "up".into(),
+                    number,
+                    at_ms: 3_000,
+                    duration_ms: 3,
+                    status_code: Some(200),
+                    error: None,
+                    response: None,
+                },
+                outcome: AttemptOutcome::Delivered,
+            })
+        };
+        store.record_attempts(vec![delivered("evt_c", 1), delivered("evt_b", 3)]).await.unwrap();
+        let b = store.get_event(&key("evt_b")).await.unwrap().unwrap();
+        assert_eq!(b.summary.status, "delivered");
+        let b_attempts: Vec<_> = b.attempts.iter().map(|t| (t.number, t.status_code)).collect();
+        assert_eq!(b_attempts, [(2, Some(503)), (3, Some(200))], "the attempt from before is filed");
+        assert_eq!(store.get_event(&key("evt_c")).await.unwrap().unwrap().summary.status, "delivered");
+        let again =
+            store.insert_event(NewEvent { status: EventStatus::Queued, ..stored("evt_c") }).await.unwrap();
+        assert!(matches!(again, Inserted::Duplicate(EventStatus::Delivered)), "{again:?}");
+        assert!(store.due_deliveries("up", i64::MAX, None, 10).await.unwrap().is_empty());
+        store.close().await;
+
+        // A second start-up finds nothing to do.
+        let store = SqliteStore::open(&config, Arc::new(())).unwrap();
+        assert_eq!(store.get_event(&key("evt_b")).await.unwrap().unwrap().attempts.len(), 2);
+        store.close().await;
     }
 
     /// A first attempt lives on its delivery's row: no `attempts` row of its own. The second
@@ -2101,12 +2298,14 @@ mod tests {
             store.insert_event(new).await.unwrap();
         }
         store.close().await;
-        // What the older gateway wrote, as it wrote it.
+        // What the older gateway wrote: its rows, in the tables of today.
         let conn = Connection::open(&config.path).unwrap();
         conn.execute_batch(
-            "INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms)
-                 VALUES ('acme', '/wh', 'evt_waiting', '@plugins', 'pending', 0, 1000),
-                        ('acme', '/wh', 'evt_failed', '@plugins', 'dead', 2, 1500);
+            "INSERT INTO deliveries (event_ref, merchant, scope, event_id, upstream, status, attempts,
+                                     next_attempt_at_ms)
+                 SELECT seq, merchant, scope, id, '@plugins', CASE id WHEN 'evt_waiting' THEN 'pending' ELSE 'dead' END,
+                        CASE id WHEN 'evt_waiting' THEN 0 ELSE 2 END, CASE id WHEN 'evt_waiting' THEN 1000 ELSE 1500 END
+                 FROM events;
              INSERT INTO attempts VALUES ('acme', '/wh', 'evt_failed', '@plugins', 1, 1000, 5, NULL, 'p: trap', NULL);
              INSERT INTO attempts VALUES ('acme', '/wh', 'evt_failed', '@plugins', 2, 1500, 5, NULL, 'p: timeout', NULL);",
         )
