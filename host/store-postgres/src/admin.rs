@@ -57,9 +57,15 @@ async fn add_first_hop(
         }
         Hop::Upstream(upstream) => {
             let params: [&(dyn ToSql + Sync); 5] = [m, s, i, upstream, &at_ms];
-            exec(tx,
-                "INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms)
-                 VALUES ($1, $2, $3, $4, 'pending', 0, $5) ON CONFLICT DO NOTHING",
+            exec(
+                tx,
+                concat!(
+                    "INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
+                                             next_attempt_at_ms)
+                     VALUES (",
+                    seq_of_key!(),
+                    ", $1, $2, $3, $4, 'pending', 0, $5) ON CONFLICT DO NOTHING"
+                ),
                 &params,
             )
             .await?
@@ -162,8 +168,11 @@ impl AdminQueries for PostgresStore {
         });
         let deliveries = query(
             &client,
-            "SELECT upstream, status, attempts, next_attempt_at_ms FROM deliveries
-                 WHERE merchant = $1 AND scope = $2 AND event_id = $3 ORDER BY upstream",
+            concat!(
+                "SELECT upstream, status, attempts, next_attempt_at_ms FROM deliveries WHERE event_seq = ",
+                seq_of_key!(),
+                " ORDER BY upstream"
+            ),
             k,
         )
         .await
@@ -274,7 +283,7 @@ impl AdminQueries for PostgresStore {
         .is_some();
         if has_step || *first_hop == Hop::Plugins {
             // The plugins decide again (perhaps a fixed version): what they created goes.
-            exec(&tx, "DELETE FROM deliveries WHERE merchant = $1 AND scope = $2 AND event_id = $3", k)
+            exec(&tx, concat!("DELETE FROM deliveries WHERE event_seq = ", seq_of_key!()), k)
                 .await
                 .map_err(unavailable)?;
             exec(&tx,
@@ -293,9 +302,14 @@ impl AdminQueries for PostgresStore {
             .await
             .map_err(unavailable)?;
         } else {
-            exec(&tx,
-                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at_ms = $4, lease_until_ms = NULL
-                 WHERE merchant = $1 AND scope = $2 AND event_id = $3",
+            exec(
+                &tx,
+                concat!(
+                    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at_ms = $4,
+                            lease_until_ms = NULL
+                     WHERE event_seq = ",
+                    seq_of_key!()
+                ),
                 &[m, s, i, &now_ms],
             )
             .await

@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
+use crate::schema::{self, LOCK_TIMEOUT};
+
 /// The tables the gateway creates; only their columns are ever converted (a schema shared
 /// with another application keeps that application's tables as they are).
 const TABLES: &[&str] = &[
@@ -55,24 +57,12 @@ const UNCONVERTED: &str = "
       AND a.attcollation <> 'pg_catalog.\"C\"'::regcollation
     ORDER BY 1, 2";
 
-/// Other clients on this database, but for those waiting for an advisory lock (replicas
-/// waiting to migrate: they prepare their statements after this one is done).
-const OTHER_CLIENTS: &str = "
-    SELECT count(*) FROM pg_stat_activity
-    WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
-      AND (wait_event_type IS DISTINCT FROM 'Lock' OR wait_event IS DISTINCT FROM 'advisory')";
-
 /// The database's own collation: ICU's or the built-in provider's locale where it has one
 /// (the column is `daticulocale` in PostgreSQL 15 and 16, `datlocale` from 17, neither before),
 /// else the C library's.
 const DATABASE_COLLATION: &str = "
     SELECT coalesce(to_jsonb(d) ->> 'datlocale', to_jsonb(d) ->> 'daticulocale', d.datcollate::text)
     FROM pg_database d WHERE datname = current_database()";
-
-/// How long the conversion waits for a table's lock before it gives up (and the replica
-/// starts unconverted): no other client is connected, so only a server process (autovacuum,
-/// which yields) could hold one; a start-up must not hang behind anything else.
-const LOCK_TIMEOUT: &str = "5s";
 
 /// What [`keys_in_byte_order`] found or did.
 #[derive(Debug, PartialEq, Eq)]
@@ -99,7 +89,7 @@ pub(crate) async fn keys_in_byte_order(
     if columns.is_empty() {
         return Ok(KeyCollation::Bytes);
     }
-    let others: i64 = if created { 0 } else { client.query_one(OTHER_CLIENTS, &[]).await?.get(0) };
+    let others = schema::other_clients(client, created).await?;
     if others > 0 {
         let collation: String = client.query_one(DATABASE_COLLATION, &[]).await?.get(0);
         if collation == "C" || collation == "POSIX" {

@@ -119,7 +119,7 @@ async fn insert_batch(pool: &Pool, events: &[NewEvent]) -> Result<Vec<Inserted>,
                     received_at_ms, claimed_at_ms, order_key, order_seq
              FROM numbered ORDER BY merchant COLLATE \"C\", scope COLLATE \"C\", id COLLATE \"C\"
              ON CONFLICT (merchant, scope, id) DO NOTHING
-             RETURNING merchant, scope, id
+             RETURNING merchant, scope, id, seq
          ), steps AS (
              INSERT INTO plugin_steps (merchant, scope, event_id, status, attempts, next_attempt_at_ms,
                                        lease_until_ms)
@@ -128,9 +128,10 @@ async fn insert_batch(pool: &Pool, events: &[NewEvent]) -> Result<Vec<Inserted>,
              WHERE i.hop = 'plugins'
              ON CONFLICT DO NOTHING
          ), deliveries AS (
-             INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms,
-                                     lease_until_ms)
-             SELECT i.merchant, i.scope, i.id, i.upstream, 'pending', 0, i.received_at_ms, i.lease_until_ms
+             INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
+                                     next_attempt_at_ms, lease_until_ms)
+             SELECT inserted.seq, i.merchant, i.scope, i.id, i.upstream, 'pending', 0, i.received_at_ms,
+                    i.lease_until_ms
              FROM inserted JOIN input i USING (merchant, scope, id)
              WHERE i.hop = 'upstream'
              ON CONFLICT DO NOTHING

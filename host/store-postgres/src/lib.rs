@@ -18,6 +18,8 @@
 //! - **Keys in byte order**: text keys compare with the `"C"` collation whatever the database's
 //!   (`collation.rs`): a language's collation made every index lookup dearer, and lists now
 //!   break ties as on SQLite.
+//! - **Deliveries keyed by their event's number** (`events.seq`), which lands at the end of
+//!   an index where a sender's id lands anywhere (`event_numbers.rs`).
 //!
 //! Like every backend it must never decide policy beyond [`payflow_store::settled_status`],
 //! and never know of HTTP, wasmtime or metrics. A lost database is `StoreError::Unavailable`
@@ -25,22 +27,34 @@
 
 #![forbid(unsafe_code)]
 
-/// [`payflow_store::event_status!`] here, where a delivery is found by its event's key.
+/// [`payflow_store::event_status!`] here, where a delivery names its event by `event_seq`.
 macro_rules! status {
     () => {
-        payflow_store::event_status!(
-            "sd.merchant = events.merchant AND sd.scope = events.scope AND sd.event_id = events.id"
-        )
+        payflow_store::event_status!("sd.event_seq = events.seq")
     };
 }
 
-/// How this schema numbers events (only those with an ordering key) and ties deliveries to
-/// them, for [`payflow_store::ordering`].
+/// The number (`events.seq`) of the event whose key is `$1`, `$2`, `$3` (merchant, scope,
+/// id): how a statement given a key finds the event's deliveries.
+macro_rules! seq_of_key {
+    () => {
+        "(SELECT seq FROM events WHERE merchant = $1 AND scope = $2 AND id = $3)"
+    };
+}
+
+/// How this schema numbers ordered events (`order_seq`, in arrival order) and ties deliveries
+/// to their events, for [`payflow_store::ordering`].
 const NUMBERED: payflow_store::ordering::Numbering =
-    payflow_store::ordering::Numbering { seq: "order_seq", delivery_of: payflow_store::ordering::by_key };
+    payflow_store::ordering::Numbering { seq: "order_seq", delivery_of };
+
+/// The condition that the `deliveries` row `delivery` is the delivery of the `events` row `event`.
+fn delivery_of(delivery: &str, event: &str) -> String {
+    format!("{delivery}.event_seq = {event}.seq")
+}
 
 mod admin;
 mod collation;
+mod event_numbers;
 mod group;
 mod ingest;
 mod plugins;
@@ -60,6 +74,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use crate::collation::KeyCollation;
+use crate::event_numbers::EventNumbers;
 
 /// How the backend is tuned.
 #[derive(Debug, Clone)]
@@ -125,6 +140,7 @@ impl PostgresStore {
             tracing::info!(applied = migrated.applied, "store: PostgreSQL schema migrated");
         }
         report_keys(migrated.keys);
+        report_numbers(migrated.numbers);
         drop(client);
         Ok(PostgresStore {
             ingest: ingest::Batcher::start(pool.clone(), options.max_batch, commits.clone()),
@@ -162,6 +178,30 @@ fn report_keys(keys: Result<KeyCollation, tokio_postgres::Error>) {
             error = %e,
             "store: the key columns could not be put in byte order; the store works as it is, \
              and the next start-up with no other client connected tries again"
+        ),
+    }
+}
+
+/// Says what start-up found of the deliveries' key ([`event_numbers`]): a warning, with the
+/// fix, when the old one stays.
+fn report_numbers(numbers: Result<EventNumbers, tokio_postgres::Error>) {
+    match numbers {
+        Ok(EventNumbers::Keyed) => {}
+        Ok(EventNumbers::Converted { took }) => tracing::info!(
+            took_ms = took.as_millis() as u64,
+            "store: deliveries are now keyed by their event's number alone"
+        ),
+        Ok(EventNumbers::Left { others }) => tracing::warn!(
+            others,
+            "store: deliveries keep the key of the previous release beside their event's number, \
+             which costs the database more CPU per event on a database that has run a while; it \
+             goes at a start-up with no other client connected to the database (`others` counts \
+             them: replicas, psql sessions, monitoring): stop every replica, then start one"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "store: the deliveries' old key could not be dropped; the store works as it is, and \
+             the next start-up with no other client connected tries again"
         ),
     }
 }
@@ -291,8 +331,9 @@ mod tests {
         store.insert_event(new).await.unwrap();
         if fanned {
             db.execute(
-                "INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms)
-                 VALUES ('acme', '/wh', $1, 'b', 'pending', 0, 1)",
+                "INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
+                                         next_attempt_at_ms)
+                 SELECT seq, merchant, scope, id, 'b', 'pending', 0, 1 FROM events WHERE id = $1",
                 &[&id],
             )
             .await
@@ -359,8 +400,9 @@ mod tests {
         db.batch_execute(
             "INSERT INTO events (merchant, scope, id, endpoint, status, body, headers, request_id, received_at_ms)
                  SELECT 'acme', '/wh', 'evt_' || i, '/wh', 'queued', '', '[]', 'req', i FROM generate_series(1, 30000) i;
-             INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms)
-                 SELECT 'acme', '/wh', 'evt_' || i, 'a', 'pending', 0, i FROM generate_series(1, 30000) i;",
+             INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
+                                     next_attempt_at_ms)
+                 SELECT seq, merchant, scope, id, 'a', 'pending', 0, received_at_ms FROM events;",
         )
         .await
         .unwrap();
@@ -525,7 +567,7 @@ mod tests {
         }
         assert_eq!(waiters, 1, "the second replica waits for the lock");
         let keys = collation::keys_in_byte_order(&mut first, false).await.unwrap();
-        assert!(matches!(keys, KeyCollation::Converted { columns: 30, .. }), "{keys:?}");
+        assert!(matches!(keys, KeyCollation::Converted { columns: 27, .. }), "{keys:?}");
         first.execute("SELECT pg_advisory_unlock($1)", &[&schema::MIGRATION_LOCK]).await.unwrap();
         waiting.await.unwrap().expect("the second replica starts");
         assert!(indexed_text_columns(&first).await.iter().all(|(_, _, bytes)| *bytes));
@@ -596,5 +638,101 @@ mod tests {
             ["evt_a", "evt_B"],
             "byte order"
         );
+    }
+
+    /// The columns of the deliveries' primary key, in order.
+    async fn delivery_key(db: &tokio_postgres::Client) -> Vec<String> {
+        db.query(
+            "SELECT a.attname::text FROM pg_index i
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+             WHERE i.indrelid = 'deliveries'::regclass AND i.indisprimary
+             ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    }
+
+    /// A new database keys each delivery by its event's number alone, even with another client
+    /// connected from the start: the tables are new, so no replica of an earlier release uses them.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_new_database_keys_each_delivery_by_its_events_number() {
+        let url = server().database("numbers_new");
+        let other = client_of(&url).await;
+        let _store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        assert_eq!(delivery_key(&other).await, ["event_seq", "upstream"]);
+    }
+
+    /// The previous release's ingest, as it wrote an event and its delivery: the delivery
+    /// without its event's number.
+    const PREVIOUS_INGEST: &str = "
+        WITH inserted AS (
+            INSERT INTO events (merchant, scope, id, endpoint, status, body, headers, request_id, received_at_ms)
+            VALUES ('acme', '/wh', $1, '/wh', 'queued', convert_to('{}', 'UTF8'), '[]', 'req', 1)
+            ON CONFLICT (merchant, scope, id) DO NOTHING
+            RETURNING merchant, scope, id)
+        INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms,
+                                lease_until_ms)
+        SELECT merchant, scope, id, 'a', 'pending', 0, 1, NULL FROM inserted
+        ON CONFLICT DO NOTHING";
+
+    /// An upgrade from the release that keyed deliveries by their event's key, one replica at a
+    /// time: while a replica of that release is connected, the deliveries keep that key beside
+    /// the number, and both releases store and deliver, each finding the other's deliveries.
+    /// The first start-up with no other client connected drops the old key, and nothing is lost.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn deliveries_keep_the_old_key_while_the_previous_release_runs_and_lose_it_at_a_start_up_alone() {
+        let name = "numbers_later";
+        let url = server().database(name);
+        let old = client_of(&url).await;
+        schema::apply(&mut client_of(&url).await, 7).await.unwrap();
+        old.execute(PREVIOUS_INGEST, &[&"evt_before"]).await.unwrap();
+
+        let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        assert_eq!(
+            delivery_key(&old).await,
+            ["merchant", "scope", "event_id", "upstream"],
+            "the old key stays"
+        );
+        old.execute(PREVIOUS_INGEST, &[&"evt_during"]).await.unwrap();
+        let again = old
+            .execute(
+                "INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms)
+                 VALUES ('acme', '/wh', 'evt_during', 'a', 'pending', 0, 1)
+                 ON CONFLICT (merchant, scope, event_id, upstream) DO NOTHING",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(again, 0, "the previous release's conflict target still works");
+        queued(&store, &old, "evt_after", None, false).await;
+        let mut due: Vec<String> = store
+            .due_deliveries("a", 10_000, None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.event.key.id)
+            .collect();
+        due.sort();
+        assert_eq!(due, ["evt_after", "evt_before", "evt_during"], "each release's deliveries are due");
+        for id in ["evt_after", "evt_before", "evt_during"] {
+            store.record_attempts(attempt(id, "a", AttemptOutcome::Delivered)).await.unwrap();
+        }
+        payflow_store::Lifecycle::close(&store).await;
+        drop((store, old));
+
+        no_clients_left(&url, name).await;
+        let mut starting = client_of(&url).await;
+        let migrated = schema::migrate(&mut starting).await.unwrap();
+        assert!(matches!(migrated.numbers, Ok(EventNumbers::Converted { .. })), "{:?}", migrated.numbers);
+        assert_eq!(delivery_key(&starting).await, ["event_seq", "upstream"]);
+        let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        for id in ["evt_after", "evt_before", "evt_during"] {
+            let event = store.get_event(&key(id)).await.unwrap().unwrap();
+            assert_eq!((event.summary.status.as_str(), event.deliveries.len()), ("delivered", 1), "{id}");
+        }
     }
 }

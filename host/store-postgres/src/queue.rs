@@ -45,8 +45,42 @@ async fn lock_event(tx: &impl GenericClient, key: &EventKey) -> Result<(), tokio
 /// Where a claimed row's own `columns` start: after its due time and its event.
 const CLAIMED: usize = 9;
 
+/// A table of due rows, as a claim leases them and a hand-back frees them.
+struct Queue {
+    name: &'static str,
+    /// The columns that, with the upstream where there is one, pick out one of its rows.
+    row: &'static str,
+    /// The condition that `t` is the row the claim's `due` picked out.
+    same_row: &'static str,
+    /// The condition that `e` is row `t`'s event.
+    its_event: &'static str,
+    /// What ties row `t` to the event key `r.m`, `r.s`, `r.i` (and upstream `r.u`): a join,
+    /// then a condition.
+    key_join: &'static str,
+    of_key: &'static str,
+}
+
+/// A delivery names its event by number (`event_seq`): see [`crate::schema`].
+const DELIVERIES: Queue = Queue {
+    name: "deliveries",
+    row: "event_seq",
+    same_row: "t.event_seq = due.event_seq",
+    its_event: "e.seq = t.event_seq",
+    key_join: "JOIN events e ON e.merchant = r.m AND e.scope = r.s AND e.id = r.i",
+    of_key: "t.event_seq = e.seq AND t.upstream = r.u",
+};
+
+const PLUGIN_STEPS: Queue = Queue {
+    name: "plugin_steps",
+    row: "merchant, scope, event_id",
+    same_row: "t.merchant = due.merchant AND t.scope = due.scope AND t.event_id = due.event_id",
+    its_event: "e.merchant = t.merchant AND e.scope = t.scope AND e.id = t.event_id",
+    key_join: "",
+    of_key: "t.merchant = r.m AND t.scope = r.s AND t.event_id = r.i",
+};
+
 impl PostgresStore {
-    /// Claims up to `limit` rows of `table` (`deliveries` of `upstream`, or `plugin_steps`)
+    /// Claims up to `limit` rows of `queue` ([`DELIVERIES`] to `upstream`, or [`PLUGIN_STEPS`])
     /// due at `now_ms` that no claim holds: locked past any concurrent claimant (`SKIP
     /// LOCKED`, so two replicas never take the same row) and leased until `now + lease`. A row
     /// is claimable from the later of its due time and its lease's end: the `*_claimable`
@@ -59,13 +93,14 @@ impl PostgresStore {
     /// first (ties in key order).
     async fn claim(
         &self,
-        table: &str,
+        queue: &Queue,
         upstream: Option<&str>,
         now_ms: i64,
         limit: usize,
         columns: &str,
         condition: &str,
     ) -> Result<Vec<Row>, StoreError> {
+        let Queue { name: table, row, same_row, its_event, .. } = queue;
         // Steps have no upstream: there $4 is NULL, and named once so that its type is known.
         let (due_filter, row_filter) = match upstream {
             Some(_) => ("AND upstream = $4", "AND t.upstream = $4"),
@@ -75,7 +110,7 @@ impl PostgresStore {
             &self.client().await?,
             &format!(
                 "WITH due AS (
-                         SELECT merchant, scope, event_id FROM {table} c
+                         SELECT {row} FROM {table} c
                          WHERE status = 'pending' {due_filter}
                            AND GREATEST(next_attempt_at_ms, COALESCE(lease_until_ms, 0)) <= $1
                            {condition}
@@ -84,9 +119,7 @@ impl PostgresStore {
                          FOR UPDATE SKIP LOCKED)
                      UPDATE {table} t SET lease_until_ms = $1 + $3
                      FROM due, events e
-                     WHERE t.merchant = due.merchant AND t.scope = due.scope AND t.event_id = due.event_id
-                       {row_filter}
-                       AND e.merchant = t.merchant AND e.scope = t.scope AND e.id = t.event_id
+                     WHERE {same_row} {row_filter} AND {its_event}
                      RETURNING t.next_attempt_at_ms, {EVENT_COLUMNS}, {columns}, t.lease_until_ms"
             ),
             &[&now_ms, &(limit as i64), &self.lease_ms, &upstream],
@@ -105,10 +138,9 @@ impl PostgresStore {
 static IN_ORDER: LazyLock<String> =
     LazyLock::new(|| payflow_store::ordering::in_order(&crate::NUMBERED, "c", "$4"));
 
-/// Clears the leases of `claims` on `table`'s rows (see [`DeliveryQueue::release_claims`]).
-/// A plugin step's claim has no upstream, and `plugin_steps` no such column: there the
-/// condition on it is left out.
-async fn hand_back(client: &impl GenericClient, table: &str, claims: &[Claim]) -> Result<(), StoreError> {
+/// Clears the leases of `claims` on `queue`'s rows (see [`DeliveryQueue::release_claims`]).
+/// A plugin step's claim has no upstream (`r.u` is empty), and `plugin_steps` no such column.
+async fn hand_back(client: &impl GenericClient, queue: &Queue, claims: &[Claim]) -> Result<(), StoreError> {
     if claims.is_empty() {
         return Ok(());
     }
@@ -116,13 +148,14 @@ async fn hand_back(client: &impl GenericClient, table: &str, claims: &[Claim]) -
     let (m, s, i) = (text(|c| &c.key.merchant), text(|c| &c.key.scope), text(|c| &c.key.id));
     let u = text(|c| c.upstream.as_deref().unwrap_or_default());
     let l: Vec<i64> = claims.iter().map(|c| c.until_ms).collect();
-    let upstream = if table == "deliveries" { "AND t.upstream = r.u" } else { "" };
+    let Queue { name: table, key_join, of_key, .. } = queue;
     exec(
         client,
         &format!(
             "UPDATE {table} t SET lease_until_ms = NULL
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) AS r(m, s, i, u, l)
-             WHERE t.merchant = r.m AND t.scope = r.s AND t.event_id = r.i {upstream}
+                  {key_join}
+             WHERE {of_key}
                AND t.lease_until_ms = r.l AND t.status = 'pending'"
         ),
         &[&m, &s, &i, &u, &l],
@@ -166,7 +199,7 @@ impl DeliveryQueue for PostgresStore {
         limit: usize,
     ) -> Result<Vec<DueDelivery>, StoreError> {
         let rows = self
-            .claim("deliveries", Some(upstream), now_ms, limit, "t.attempts, t.body, t.headers", "")
+            .claim(&DELIVERIES, Some(upstream), now_ms, limit, "t.attempts, t.body, t.headers", "")
             .await?;
         Ok(due_deliveries(upstream, &rows))
     }
@@ -179,7 +212,7 @@ impl DeliveryQueue for PostgresStore {
         limit: usize,
     ) -> Result<Vec<DueDelivery>, StoreError> {
         let columns = "t.attempts, t.body, t.headers";
-        let rows = self.claim("deliveries", Some(upstream), now_ms, limit, columns, &IN_ORDER).await?;
+        let rows = self.claim(&DELIVERIES, Some(upstream), now_ms, limit, columns, &IN_ORDER).await?;
         Ok(due_deliveries(upstream, &rows))
     }
 
@@ -189,7 +222,7 @@ impl DeliveryQueue for PostgresStore {
         _cursor: Option<&DueCursor>,
         limit: usize,
     ) -> Result<Vec<DueStep>, StoreError> {
-        let rows = self.claim("plugin_steps", None, now_ms, limit, "t.attempts", "").await?;
+        let rows = self.claim(&PLUGIN_STEPS, None, now_ms, limit, "t.attempts", "").await?;
         Ok(rows
             .iter()
             .map(|r| DueStep {
@@ -211,8 +244,8 @@ impl DeliveryQueue for PostgresStore {
         let client = self.client().await?;
         let (steps, deliveries): (Vec<Claim>, Vec<Claim>) =
             claims.into_iter().partition(|c| c.upstream.is_none());
-        hand_back(&client, "deliveries", &deliveries).await?;
-        hand_back(&client, "plugin_steps", &steps).await
+        hand_back(&client, &DELIVERIES, &deliveries).await?;
+        hand_back(&client, &PLUGIN_STEPS, &steps).await
     }
 
     async fn finish_plugin_step(&self, step: PluginStep) -> Result<(), StoreError> {
@@ -268,13 +301,18 @@ impl DeliveryQueue for PostgresStore {
         for d in &step.deliveries {
             let headers =
                 (!d.headers.is_empty()).then(|| serde_json::to_string(&d.headers).unwrap_or_default());
-            exec(&tx,
-                "INSERT INTO deliveries (merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms,
-                                         body, headers)
-                 VALUES ($1, $2, $3, $4, 'pending', 0, $5, $6, $7)
-                 ON CONFLICT (merchant, scope, event_id, upstream) DO UPDATE
+            exec(
+                &tx,
+                concat!(
+                    "INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
+                                             next_attempt_at_ms, body, headers)
+                     VALUES (",
+                    seq_of_key!(),
+                    ", $1, $2, $3, $4, 'pending', 0, $5, $6, $7)
+                 ON CONFLICT (event_seq, upstream) DO UPDATE
                  SET status = 'pending', attempts = 0, next_attempt_at_ms = excluded.next_attempt_at_ms,
-                     body = excluded.body, headers = excluded.headers, lease_until_ms = NULL",
+                     body = excluded.body, headers = excluded.headers, lease_until_ms = NULL"
+                ),
                 &[m, s, i, &d.upstream, &step.at_ms, &d.body.as_deref(), &headers],
             )
             .await

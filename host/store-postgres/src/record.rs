@@ -76,13 +76,13 @@ pub(crate) const UPDATE_DELIVERIES: &str = "UPDATE deliveries d
          lease_until_ms = NULL
      FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::int8[])
          AS a(merchant, scope, event_id, upstream, status, number, next_at)
-     WHERE d.merchant = a.merchant AND d.scope = a.scope AND d.event_id = a.event_id AND d.upstream = a.upstream";
+       JOIN events e ON e.merchant = a.merchant AND e.scope = a.scope AND e.id = a.event_id
+     WHERE d.event_seq = e.seq AND d.upstream = a.upstream";
 
 /// The deliveries' statuses of the events to settle (`settle_events`).
-pub(crate) const SETTLING_DELIVERIES: &str =
-    "SELECT d.merchant, d.scope, d.event_id, d.status FROM deliveries d
-     JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(merchant, scope, event_id)
-       USING (merchant, scope, event_id)";
+pub(crate) const SETTLING_DELIVERIES: &str = "SELECT e.merchant, e.scope, e.id, d.status FROM events e
+     JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(merchant, scope, id) USING (merchant, scope, id)
+     JOIN deliveries d ON d.event_seq = e.seq";
 
 /// Writes the events' settled statuses (`settle_events`).
 pub(crate) const SETTLE_EVENTS: &str = "UPDATE events e SET status = x.status

@@ -6,6 +6,7 @@
 use tokio_postgres::Client;
 
 use crate::collation::{self, KeyCollation};
+use crate::event_numbers::{self, EventNumbers};
 
 /// The advisory lock's key: any constant no other application on the database uses.
 pub(crate) const MIGRATION_LOCK: i64 = 0x7061_7966_6c6f_7701; // "payflow" + 1
@@ -25,6 +26,11 @@ pub(crate) const MIGRATION_LOCK: i64 = 0x7061_7966_6c6f_7701; // "payflow" + 1
 /// empty, compiles, and saves there); a later release drops it.
 ///
 /// 5: who forced the replay of a quarantined event.
+///
+/// 8: events numbered (`seq`), and each delivery given its event's number, with a unique
+/// index on (number, upstream): see [`event_numbers`], which later drops the deliveries' old
+/// key. A replica of the previous release inserts deliveries without the number; the trigger
+/// fills it in. Adding the column rewrites `events` once, holding every write to it meanwhile.
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -197,6 +203,27 @@ CREATE TABLE plugin_canaries (
 );
 ",
     ),
+    (
+        8,
+        "
+CREATE SEQUENCE events_seq;
+ALTER TABLE events ADD COLUMN seq BIGINT NOT NULL DEFAULT nextval('events_seq');
+ALTER SEQUENCE events_seq OWNED BY events.seq;
+CREATE UNIQUE INDEX events_by_seq ON events (seq);
+ALTER TABLE deliveries ADD COLUMN event_seq BIGINT;
+UPDATE deliveries d SET event_seq = e.seq FROM events e
+    WHERE e.merchant = d.merchant AND e.scope = d.scope AND e.id = d.event_id;
+CREATE UNIQUE INDEX deliveries_by_event ON deliveries (event_seq, upstream);
+CREATE FUNCTION deliveries_event_seq() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.event_seq := (SELECT seq FROM events
+                      WHERE merchant = NEW.merchant AND scope = NEW.scope AND id = NEW.event_id);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER deliveries_event_seq BEFORE INSERT ON deliveries
+    FOR EACH ROW WHEN (NEW.event_seq IS NULL) EXECUTE FUNCTION deliveries_event_seq();
+",
+    ),
 ];
 
 /// What start-up did to the schema.
@@ -206,26 +233,58 @@ pub(crate) struct Migrated {
     /// The key columns' collation, converted or not ([`collation`]). Its failure does not
     /// stop the replica: the store works in either collation.
     pub(crate) keys: Result<KeyCollation, tokio_postgres::Error>,
+    /// Whether the deliveries' old key is gone ([`event_numbers`]). Its failure does not
+    /// stop the replica either: the store works with or without that key.
+    pub(crate) numbers: Result<EventNumbers, tokio_postgres::Error>,
 }
+
+/// Other clients on this database, but for those waiting for an advisory lock (replicas
+/// waiting to migrate: they prepare their statements after this one is done).
+const OTHER_CLIENTS: &str = "
+    SELECT count(*) FROM pg_stat_activity
+    WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+      AND (wait_event_type IS DISTINCT FROM 'Lock' OR wait_event IS DISTINCT FROM 'advisory')";
+
+/// How many other clients may hold statements prepared on our tables: none when `created`
+/// (this start-up created them; replicas starting beside it wait for the migrations' lock and
+/// prepare nothing before), else [`OTHER_CLIENTS`]. A change that breaks a statement another
+/// process prepared (a replica of the previous release, during a rolling upgrade) runs only
+/// when this is 0.
+pub(crate) async fn other_clients(client: &Client, created: bool) -> Result<i64, tokio_postgres::Error> {
+    if created {
+        return Ok(0);
+    }
+    Ok(client.query_one(OTHER_CLIENTS, &[]).await?.get(0))
+}
+
+/// How long such a change waits for a table's lock before it gives up (and the replica starts
+/// without it): no other client is connected, so only a server process (autovacuum, which
+/// yields) could hold one; a start-up must not hang behind anything else.
+pub(crate) const LOCK_TIMEOUT: &str = "5s";
 
 /// Applies the migrations this database lacks, then puts the keys in byte order when that is
 /// safe, all under the advisory lock.
 pub(crate) async fn migrate(client: &mut Client) -> Result<Migrated, tokio_postgres::Error> {
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
-    let applied = apply(client).await;
-    let keys = match applied {
+    let applied = apply(client, i32::MAX).await;
+    let gated = match applied {
         // Every migration applied now: this start-up created the tables.
-        Ok(n) => Some(collation::keys_in_byte_order(client, n == MIGRATIONS.len()).await),
+        Ok(n) => Some((
+            collation::keys_in_byte_order(client, n == MIGRATIONS.len()).await,
+            event_numbers::deliveries_by_number_alone(client, n == MIGRATIONS.len()).await,
+        )),
         Err(_) => None,
     };
     // Released even when a migration failed; a lost connection releases it too.
     let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
     let applied = applied?;
     unlocked?;
-    Ok(Migrated { applied, keys: keys.expect("applied") })
+    let (keys, numbers) = gated.expect("applied");
+    Ok(Migrated { applied, keys, numbers })
 }
 
-async fn apply(client: &mut Client) -> Result<usize, tokio_postgres::Error> {
+/// Applies the migrations up to version `last` that this database lacks; how many.
+pub(crate) async fn apply(client: &mut Client, last: i32) -> Result<usize, tokio_postgres::Error> {
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -235,7 +294,7 @@ async fn apply(client: &mut Client) -> Result<usize, tokio_postgres::Error> {
         )
         .await?;
     let mut applied = 0;
-    for (version, sql) in MIGRATIONS {
+    for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version <= last) {
         let done = client.query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[version]).await?;
         if done.is_some() {
             continue;
