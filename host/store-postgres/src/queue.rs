@@ -60,7 +60,7 @@ struct Queue {
     of_key: &'static str,
 }
 
-/// A delivery names its event by number (`event_seq`): see [`crate::schema`].
+/// A delivery names its event by number (`event_seq`): see [`crate::event_numbers`].
 const DELIVERIES: Queue = Queue {
     name: "deliveries",
     row: "event_seq",

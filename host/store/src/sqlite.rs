@@ -49,10 +49,10 @@ macro_rules! seq_of_key {
     };
 }
 
-/// [`crate::event_status!`] here, where a delivery names its event by `event_ref`.
+/// [`crate::event_status!`] here, where a delivery names its event by `event_seq`.
 macro_rules! status {
     () => {
-        crate::event_status!("sd.event_ref = events.seq")
+        crate::event_status!("sd.event_seq = events.seq")
     };
 }
 
@@ -61,7 +61,7 @@ const NUMBERED: crate::ordering::Numbering = crate::ordering::Numbering { seq: "
 
 /// The condition that the `deliveries` row `delivery` is the delivery of the `events` row `event`.
 fn delivery_of(delivery: &str, event: &str) -> String {
-    format!("{delivery}.event_ref = {event}.seq")
+    format!("{delivery}.event_seq = {event}.seq")
 }
 
 /// What the readiness probe writes (and deletes): more than a typical event with its rows.
@@ -69,7 +69,7 @@ const READY_ROOM_BYTES: i64 = 64 << 10;
 
 /// The tables, as a new database gets them. Every row of an event's carries its whole key
 /// (merchant, scope, id): see [`super::EventKey`]. A delivery is also keyed by its event's
-/// number (`events.seq`, the row's own key, in arrival order): see [`migrate_to_event_refs`]
+/// number (`events.seq`, the row's own key, in arrival order): see [`migrate_to_event_numbers`]
 /// for why.
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS health (
@@ -101,7 +101,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS deliveries (
     -- The event's `seq`. The key columns after it say whose delivery the row is, but the
     -- statements find an event's deliveries by this.
-    event_ref           INTEGER NOT NULL,
+    event_seq           INTEGER NOT NULL,
     merchant            TEXT    NOT NULL,
     scope               TEXT    NOT NULL,
     event_id            TEXT    NOT NULL,
@@ -118,7 +118,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     last_status_code    INTEGER,
     last_error          TEXT,
     last_response       TEXT,
-    PRIMARY KEY (event_ref, upstream)
+    PRIMARY KEY (event_seq, upstream)
 );
 CREATE TABLE IF NOT EXISTS plugin_steps (
     merchant            TEXT    NOT NULL,
@@ -264,7 +264,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
                  SELECT rowid, merchant, endpoint, id, endpoint, event_type, status, reason, body, headers,
                         request_id, received_at_ms, claimed_at_ms, tags
                  FROM events_unscoped;
-             INSERT INTO deliveries (event_ref, merchant, scope, event_id, upstream, status, attempts,
+             INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
                                      next_attempt_at_ms, body, headers)
                  SELECT e.rowid, d.merchant, e.endpoint, d.event_id, d.upstream, d.status, d.attempts,
                         d.next_attempt_at_ms, d.body, d.headers
@@ -303,7 +303,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         // first engine that loads it (an upgrade would mostly have made it unusable anyway).
         conn.execute_batch("ALTER TABLE plugin_versions DROP COLUMN compiled")?;
     }
-    migrate_to_event_refs(conn)?;
+    migrate_to_event_numbers(conn)?;
     conn.execute_batch(INDEXES)
 }
 
@@ -321,7 +321,8 @@ const DELIVERY_ROW: &str = "merchant, scope, event_id, upstream, status, attempt
 /// number lands at the end. Keyed by the event's key, each delivery put an entry at a random
 /// place in one more index, and each attempt's record looked it up there: on a database that
 /// had run a while, with ids in no order, those pages were mostly out of the cache, and a
-/// queue-mode event cost ~13% more CPU than keyed by the number (bench/RESULTS.md). The
+/// queue-mode event cost ~1.2× the CPU it costs keyed by the number (bench/RESULTS.md, issue
+/// 21's twenty-first look). The
 /// number is the events' `INTEGER PRIMARY KEY`, not the bare rowid, because only such a
 /// column keeps its values through a `VACUUM`.
 ///
@@ -329,13 +330,13 @@ const DELIVERY_ROW: &str = "merchant, scope, event_id, upstream, status, attempt
 /// transaction: each event keeps its rowid as its number, so arrival order (what ordered
 /// delivery goes by) is unchanged. A delivery whose event is gone (none is left by this
 /// gateway) goes with the copy: nothing could deliver it.
-fn migrate_to_event_refs(conn: &Connection) -> rusqlite::Result<()> {
+fn migrate_to_event_numbers(conn: &Connection) -> rusqlite::Result<()> {
     if has_column(conn, "events", "seq")? {
         return Ok(());
     }
     let started = std::time::Instant::now();
     let events: i64 = conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?;
-    // ~13 s per million events on the bench machine (bench/RESULTS.md): worth saying up front.
+    // 13.5 s for a million events on the bench machine (bench/RESULTS.md): worth saying first.
     tracing::info!(
         events,
         "store: numbering the stored events for the deliveries' new key, once: both tables are copied, \
@@ -351,7 +352,7 @@ fn migrate_to_event_refs(conn: &Connection) -> rusqlite::Result<()> {
          ALTER TABLE deliveries RENAME TO deliveries_by_key;
          {TABLES}
          INSERT INTO events (seq, {EVENT_ROW}) SELECT rowid, {EVENT_ROW} FROM events_by_key;
-         INSERT INTO deliveries (event_ref, {DELIVERY_ROW})
+         INSERT INTO deliveries (event_seq, {DELIVERY_ROW})
              SELECT e.rowid, {delivery_row}
              FROM deliveries_by_key d
              JOIN events_by_key e ON e.merchant = d.merchant AND e.scope = d.scope AND e.id = d.event_id;
@@ -754,7 +755,7 @@ fn record_on_delivery(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<
          SET status = ?5, attempts = ?4, next_attempt_at_ms = COALESCE(?6, next_attempt_at_ms),
              last_at_ms = ?7, last_duration_ms = ?8, last_status_code = ?9, last_error = ?10,
              last_response = ?11
-         WHERE event_ref = (SELECT seq FROM events WHERE merchant = ?1 AND scope = ?12 AND id = ?2)
+         WHERE event_seq = (SELECT seq FROM events WHERE merchant = ?1 AND scope = ?12 AND id = ?2)
            AND upstream = ?3",
     )?
     .execute(params![
@@ -783,7 +784,7 @@ fn file_latest_attempt(conn: &Connection, key: &EventKey, upstream: Option<&str>
          SELECT merchant, scope, event_id, upstream, attempts, last_at_ms, last_duration_ms, last_status_code,
                 last_error, last_response
          FROM deliveries
-         WHERE event_ref = ",
+         WHERE event_seq = ",
         seq_of_key!(),
         " AND (?4 IS NULL OR upstream = ?4) AND last_at_ms IS NOT NULL
          ORDER BY upstream",
@@ -800,7 +801,7 @@ fn file_latest_attempts(conn: &Connection, key: &EventKey) -> rusqlite::Result<(
         "UPDATE deliveries
          SET last_at_ms = NULL, last_duration_ms = NULL, last_status_code = NULL, last_error = NULL,
              last_response = NULL
-         WHERE event_ref = ",
+         WHERE event_seq = ",
         seq_of_key!(),
         " AND last_at_ms IS NOT NULL",
     ))?
@@ -846,7 +847,7 @@ fn settle_after(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
                 "UPDATE events SET status = 'delivered' WHERE merchant = ?1 AND scope = ?2 AND id = ?3
                    AND order_key IS NOT NULL
                    AND NOT EXISTS (SELECT 1 FROM deliveries d
-                                   WHERE d.event_ref = events.seq AND d.status <> 'delivered')",
+                                   WHERE d.event_seq = events.seq AND d.status <> 'delivered')",
             )?
             .execute(params![k.merchant, k.scope, k.id])?;
             Ok(())
@@ -858,7 +859,7 @@ fn settle_after(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
 /// ([`settled_status`]). An event without deliveries keeps its status.
 fn settle_event(conn: &Connection, key: &EventKey) -> rusqlite::Result<()> {
     let statuses: Vec<String> = conn
-        .prepare_cached(concat!("SELECT status FROM deliveries WHERE event_ref = ", seq_of_key!()))?
+        .prepare_cached(concat!("SELECT status FROM deliveries WHERE event_seq = ", seq_of_key!()))?
         .query_map(params![key.merchant, key.scope, key.id], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     if let Some(status) = settled_status(statuses.iter().map(String::as_str)) {
@@ -882,10 +883,10 @@ fn add_first_hop(conn: &Connection, key: &EventKey, seq: i64, hop: &Hop, at_ms: 
             .execute(params![merchant, scope, id, at_ms]),
         Hop::Upstream(upstream) => conn
             .prepare_cached(
-                "INSERT INTO deliveries (event_ref, merchant, scope, event_id, upstream, status, attempts,
+                "INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
                                      next_attempt_at_ms)
              VALUES (?6, ?1, ?2, ?3, ?4, 'pending', 0, ?5)
-             ON CONFLICT (event_ref, upstream) DO NOTHING",
+             ON CONFLICT (event_seq, upstream) DO NOTHING",
             )?
             .execute(params![merchant, scope, id, upstream, at_ms, seq]),
     }
@@ -945,7 +946,7 @@ fn due_sql(condition: &str) -> String {
     format!(
         "SELECT d.upstream, d.attempts, d.body, d.headers, d.next_attempt_at_ms, {EVENT_COLUMNS}
          FROM deliveries d
-         JOIN events e ON e.seq = d.event_ref
+         JOIN events e ON e.seq = d.event_seq
          WHERE d.upstream = ?1 AND d.status = 'pending' AND d.next_attempt_at_ms <= ?2
            AND (?4 IS NULL
                 OR (d.next_attempt_at_ms, d.merchant, d.scope, d.event_id) > (?4, ?5, ?7, ?6))
@@ -1186,15 +1187,16 @@ impl DeliveryQueue for SqliteStore {
             for w in &step.kv {
                 kv.execute(params![merchant, w.plugin, w.key, w.value])?;
             }
-            let mut add = conn.prepare_cached(
-                "INSERT INTO deliveries (event_ref, merchant, scope, event_id, upstream, status, attempts,
+            let mut add = conn.prepare_cached(concat!(
+                "INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
                                          next_attempt_at_ms, body, headers)
-                 VALUES ((SELECT seq FROM events WHERE merchant = ?1 AND scope = ?2 AND id = ?3),
-                         ?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?7)
-                 ON CONFLICT (event_ref, upstream) DO UPDATE
+                 VALUES (",
+                seq_of_key!(),
+                ", ?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?7)
+                 ON CONFLICT (event_seq, upstream) DO UPDATE
                  SET status = 'pending', attempts = 0, next_attempt_at_ms = excluded.next_attempt_at_ms,
                      body = excluded.body, headers = excluded.headers",
-            )?;
+            ))?;
             if !step.deliveries.is_empty() {
                 // A delivery the plugins route to again starts its count over.
                 file_latest_attempts(conn, &step.key)?;
@@ -1665,7 +1667,7 @@ impl AdminQueries for SqliteStore {
                 .optional()?;
             let deliveries = conn
                 .prepare_cached(concat!(
-                    "SELECT upstream, status, attempts, next_attempt_at_ms FROM deliveries WHERE event_ref = ",
+                    "SELECT upstream, status, attempts, next_attempt_at_ms FROM deliveries WHERE event_seq = ",
                     seq_of_key!(),
                     " ORDER BY upstream"
                 ))?
@@ -1690,7 +1692,7 @@ impl AdminQueries for SqliteStore {
                          UNION ALL
                          SELECT upstream, attempts, last_at_ms, last_duration_ms, last_status_code, last_error,
                                 last_response, 1, 0
-                         FROM deliveries WHERE event_ref = ",
+                         FROM deliveries WHERE event_seq = ",
                     seq_of_key!(),
                     " AND last_at_ms IS NOT NULL)
                      ORDER BY at_ms, latest, filed, upstream",
@@ -1771,7 +1773,7 @@ impl AdminQueries for SqliteStore {
             file_latest_attempts(conn, &key)?;
             if has_step || first_hop == Hop::Plugins {
                 // The plugins decide again (perhaps a fixed version): what they created goes.
-                conn.execute("DELETE FROM deliveries WHERE event_ref = ?1", [seq])?;
+                conn.execute("DELETE FROM deliveries WHERE event_seq = ?1", [seq])?;
                 conn.execute(
                     "UPDATE plugin_steps SET status = 'pending', attempts = 0, next_attempt_at_ms = ?4, error = NULL
                      WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3",
@@ -1785,7 +1787,7 @@ impl AdminQueries for SqliteStore {
                 return Ok(true);
             }
             conn.execute(
-                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at_ms = ?2 WHERE event_ref = ?1",
+                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at_ms = ?2 WHERE event_seq = ?1",
                 params![seq, now_ms],
             )?;
             add_first_hop(conn, &key, seq, &first_hop, now_ms)?;
@@ -2301,7 +2303,7 @@ mod tests {
         // What the older gateway wrote: its rows, in the tables of today.
         let conn = Connection::open(&config.path).unwrap();
         conn.execute_batch(
-            "INSERT INTO deliveries (event_ref, merchant, scope, event_id, upstream, status, attempts,
+            "INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
                                      next_attempt_at_ms)
                  SELECT seq, merchant, scope, id, '@plugins', CASE id WHEN 'evt_waiting' THEN 'pending' ELSE 'dead' END,
                         CASE id WHEN 'evt_waiting' THEN 0 ELSE 2 END, CASE id WHEN 'evt_waiting' THEN 1000 ELSE 1500 END
