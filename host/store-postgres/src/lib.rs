@@ -666,6 +666,33 @@ mod tests {
         assert_eq!(delivery_key(&other).await, ["event_seq", "upstream"]);
     }
 
+    /// Each new event puts an entry at a random place (by the sender's id) of one index: its
+    /// key, which leads with the id and so also serves a lookup by id alone. The others are
+    /// appended to (by number, by time) or hold only ordered events.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_new_event_lands_by_its_id_in_one_index_only() {
+        let url = server().database("events_indexes");
+        let _store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        let db = client_of(&url).await;
+        let indexes: Vec<(String, String)> = db
+            .query(
+                "SELECT indexname::text, indexdef FROM pg_indexes WHERE tablename = 'events' ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let names: Vec<&str> = indexes.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["events_by_seq", "events_by_time", "events_in_order", "events_pkey"],
+            "{indexes:?}"
+        );
+        assert!(indexes[3].1.contains("(id, merchant, scope)"), "{indexes:?}");
+    }
+
     /// The previous release's ingest, as it wrote an event and its delivery: the delivery
     /// without its event's number.
     const PREVIOUS_INGEST: &str = "

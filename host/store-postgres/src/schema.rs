@@ -31,6 +31,12 @@ pub(crate) const MIGRATION_LOCK: i64 = 0x7061_7966_6c6f_7701; // "payflow" + 1
 /// index on (number, upstream): see [`event_numbers`], which later drops the deliveries' old
 /// key. A replica of the previous release inserts deliveries without the number; the trigger
 /// fills it in. Adding the column rewrites `events` once, holding every write to it meanwhile.
+///
+/// 9: the events' key leads with the sender's id, and `events_by_id` goes: the key serves a
+/// lookup by id alone (the admin API's partial address), and each new event puts an entry at
+/// a random place of one index instead of two. `ON CONFLICT (merchant, scope, id)`, as the
+/// previous release writes it, still finds the key: PostgreSQL matches a conflict target's
+/// columns in any order.
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -222,6 +228,15 @@ BEGIN
 END $$;
 CREATE TRIGGER deliveries_event_seq BEFORE INSERT ON deliveries
     FOR EACH ROW WHEN (NEW.event_seq IS NULL) EXECUTE FUNCTION deliveries_event_seq();
+",
+    ),
+    (
+        9,
+        "
+CREATE UNIQUE INDEX events_key_by_id ON events (id, merchant, scope);
+ALTER TABLE events DROP CONSTRAINT events_pkey,
+    ADD CONSTRAINT events_pkey PRIMARY KEY USING INDEX events_key_by_id;
+DROP INDEX events_by_id;
 ",
     ),
 ];
