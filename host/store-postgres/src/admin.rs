@@ -16,7 +16,7 @@ const SUMMARY_WIDTH: usize = 11;
 /// The last column is the body, for its [`Amount`], when it is small enough to look into.
 const SUMMARY_COLUMNS: &str = concat!(
     "merchant, id, endpoint, event_type, ",
-    status!(),
+    payflow_store::event_status!(),
     ", reason, received_at_ms, tags, scope, forced_by, CASE WHEN length(body) <= 65536 THEN body END"
 );
 
@@ -87,7 +87,7 @@ impl AdminQueries for PostgresStore {
             add(" AND merchant = ?", Box::new(m));
         }
         if let Some(s) = filter.status {
-            add(concat!(" AND ", status!(), " = ?"), Box::new(s));
+            add(concat!(" AND ", payflow_store::event_status!(), " = ?"), Box::new(s));
         }
         if let Some(t) = filter.event_type {
             add(" AND event_type = ?", Box::new(t));
@@ -324,7 +324,7 @@ impl AdminQueries for PostgresStore {
     async fn held_keys(&self, merchant: Option<&str>, limit: usize) -> Result<Vec<HeldKey>, StoreError> {
         let rows = query(
             &self.client().await?,
-            &payflow_store::ordering::held_keys(&crate::NUMBERED, "$1::text", "$2"),
+            &payflow_store::ordering::held_keys("order_seq", "$1::text", "$2"),
             &[&merchant, &(limit as i64)],
         )
         .await

@@ -172,7 +172,7 @@ async fn insert_batch(pool: &Pool, events: &[NewEvent]) -> Result<Vec<Inserted>,
             .query(
                 concat!(
                     "SELECT events.merchant, events.scope, events.id, ",
-                    status!(),
+                    payflow_store::event_status!(),
                     " FROM events
                      JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(merchant, scope, id)
                        ON events.merchant = k.merchant AND events.scope = k.scope AND events.id = k.id"

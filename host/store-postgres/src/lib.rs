@@ -27,29 +27,12 @@
 
 #![forbid(unsafe_code)]
 
-/// [`payflow_store::event_status!`] here, where a delivery names its event by `event_seq`.
-macro_rules! status {
-    () => {
-        payflow_store::event_status!("sd.event_seq = events.seq")
-    };
-}
-
 /// The number (`events.seq`) of the event whose key is `$1`, `$2`, `$3` (merchant, scope,
 /// id): how a statement given a key finds the event's deliveries.
 macro_rules! seq_of_key {
     () => {
         "(SELECT seq FROM events WHERE merchant = $1 AND scope = $2 AND id = $3)"
     };
-}
-
-/// How this schema numbers ordered events (`order_seq`, in arrival order) and ties deliveries
-/// to their events, for [`payflow_store::ordering`].
-const NUMBERED: payflow_store::ordering::Numbering =
-    payflow_store::ordering::Numbering { seq: "order_seq", delivery_of };
-
-/// The condition that the `deliveries` row `delivery` is the delivery of the `events` row `event`.
-fn delivery_of(delivery: &str, event: &str) -> String {
-    format!("{delivery}.event_seq = {event}.seq")
 }
 
 mod admin;

@@ -136,7 +136,7 @@ impl PostgresStore {
 /// The condition on an ordered upstream's claimable delivery `c` (see
 /// [`payflow_store::ordering`]); `$4` is the upstream.
 static IN_ORDER: LazyLock<String> =
-    LazyLock::new(|| payflow_store::ordering::in_order(&crate::NUMBERED, "c", "$4"));
+    LazyLock::new(|| payflow_store::ordering::in_order("c", "order_seq", "$4"));
 
 /// Clears the leases of `claims` on `queue`'s rows (see [`DeliveryQueue::release_claims`]).
 /// A plugin step's claim has no upstream (`r.u` is empty), and `plugin_steps` no such column.

@@ -163,28 +163,23 @@ pub fn settled_status<'a>(deliveries: impl IntoIterator<Item = &'a str>) -> Opti
 }
 
 /// An event's status as every backend reports it, an SQL expression over a row of `events`
-/// (named `events`, not aliased), given the condition (a string literal) that a row `sd` of
-/// `deliveries` is that event's. Neither backend rewrites an unordered event's row when its
-/// deliveries succeed: a row that says `queued` is `delivered` once the event has deliveries
-/// and every one of them is, [`settled_status`]'s "delivered once all are", read instead of
-/// written. Every other status is the row's own: one written at insert, by a plugin step, by a
-/// dead delivery (which any backend writes), by the settle of an ordered event (whose row the
-/// ordered scans read, [`ordering`]), or by a replay (which also resets or removes the
-/// deliveries, so none is left delivered behind a `queued` row). Rewriting the row at each
-/// delivery cost a queue-mode event a second copy of its row, body included (bench/RESULTS.md).
+/// (named `events`, not aliased); its deliveries are those whose `event_seq` is its `seq`.
+/// Neither backend rewrites an unordered event's row when its deliveries succeed: a row that
+/// says `queued` is `delivered` once the event has deliveries and every one of them is,
+/// [`settled_status`]'s "delivered once all are", read instead of written. Every other status
+/// is the row's own: one written at insert, by a plugin step, by a dead delivery (which any
+/// backend writes), by the settle of an ordered event (whose row the ordered scans read,
+/// [`ordering`]), or by a replay (which also resets or removes the deliveries, so none is left
+/// delivered behind a `queued` row). Rewriting the row at each delivery cost a queue-mode event
+/// a second copy of its row, body included (bench/RESULTS.md).
 #[macro_export]
 macro_rules! event_status {
-    ($delivery_of_event:literal) => {
-        concat!(
-            "(CASE WHEN events.status = 'queued'
-                    AND EXISTS (SELECT 1 FROM deliveries sd WHERE ",
-            $delivery_of_event,
-            ")
-                    AND NOT EXISTS (SELECT 1 FROM deliveries sd WHERE ",
-            $delivery_of_event,
-            " AND sd.status <> 'delivered')
-               THEN 'delivered' ELSE events.status END)"
-        )
+    () => {
+        "(CASE WHEN events.status = 'queued'
+                AND EXISTS (SELECT 1 FROM deliveries sd WHERE sd.event_seq = events.seq)
+                AND NOT EXISTS (SELECT 1 FROM deliveries sd
+                                WHERE sd.event_seq = events.seq AND sd.status <> 'delivered')
+           THEN 'delivered' ELSE events.status END)"
     };
 }
 

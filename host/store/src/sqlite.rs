@@ -49,21 +49,6 @@ macro_rules! seq_of_key {
     };
 }
 
-/// [`crate::event_status!`] here, where a delivery names its event by `event_seq`.
-macro_rules! status {
-    () => {
-        crate::event_status!("sd.event_seq = events.seq")
-    };
-}
-
-/// How this schema numbers events and ties deliveries to them, for [`crate::ordering`].
-const NUMBERED: crate::ordering::Numbering = crate::ordering::Numbering { seq: "seq", delivery_of };
-
-/// The condition that the `deliveries` row `delivery` is the delivery of the `events` row `event`.
-fn delivery_of(delivery: &str, event: &str) -> String {
-    format!("{delivery}.event_seq = {event}.seq")
-}
-
 /// What the readiness probe writes (and deletes): more than a typical event with its rows.
 const READY_ROOM_BYTES: i64 = 64 << 10;
 
@@ -714,7 +699,11 @@ fn transaction(conn: &Connection, work: impl FnOnce(&Connection) -> bool) -> Res
 
 fn status_of(conn: &Connection, key: &EventKey) -> rusqlite::Result<EventStatus> {
     let s: String = conn.query_row(
-        concat!("SELECT ", status!(), " FROM events WHERE merchant = ?1 AND scope = ?2 AND id = ?3"),
+        concat!(
+            "SELECT ",
+            crate::event_status!(),
+            " FROM events WHERE merchant = ?1 AND scope = ?2 AND id = ?3"
+        ),
         params![key.merchant, key.scope, key.id],
         |r| r.get(0),
     )?;
@@ -750,27 +739,28 @@ fn record_on_delivery(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<
     let a = &attempt.info;
     let (status, next_at_ms) = attempt.outcome.delivery_row();
     let (merchant, scope, event_id) = key_of(&attempt.key);
-    conn.prepare_cached(
+    conn.prepare_cached(concat!(
         "UPDATE deliveries
-         SET status = ?5, attempts = ?4, next_attempt_at_ms = COALESCE(?6, next_attempt_at_ms),
-             last_at_ms = ?7, last_duration_ms = ?8, last_status_code = ?9, last_error = ?10,
-             last_response = ?11
-         WHERE event_seq = (SELECT seq FROM events WHERE merchant = ?1 AND scope = ?12 AND id = ?2)
-           AND upstream = ?3",
-    )?
+         SET status = ?5, attempts = ?6, next_attempt_at_ms = COALESCE(?7, next_attempt_at_ms),
+             last_at_ms = ?8, last_duration_ms = ?9, last_status_code = ?10, last_error = ?11,
+             last_response = ?12
+         WHERE event_seq = ",
+        seq_of_key!(),
+        " AND upstream = ?4"
+    ))?
     .execute(params![
         merchant,
+        scope,
         event_id,
         a.upstream,
-        a.number,
         status,
+        a.number,
         next_at_ms,
         a.at_ms,
         a.duration_ms,
         a.status_code,
         a.error,
-        a.response,
-        scope
+        a.response
     ])?;
     Ok(())
 }
@@ -933,13 +923,13 @@ const SUMMARY_WIDTH: usize = 11;
 /// The last column is the body, for its [`Amount`], when it is small enough to look into.
 const SUMMARY_COLUMNS: &str = concat!(
     "merchant, id, endpoint, event_type, ",
-    status!(),
+    crate::event_status!(),
     ", reason, received_at_ms, tags, scope, forced_by, CASE WHEN length(body) <= 65536 THEN body END"
 );
 
 /// The condition on an ordered upstream's due delivery (see [`crate::ordering`]): events are
 /// numbered in arrival order by `seq`.
-static IN_ORDER: LazyLock<String> = LazyLock::new(|| crate::ordering::in_order(&NUMBERED, "d", "?1"));
+static IN_ORDER: LazyLock<String> = LazyLock::new(|| crate::ordering::in_order("d", "seq", "?1"));
 
 /// The due-deliveries read, with `condition` (empty, or [`IN_ORDER`]) on each delivery.
 fn due_sql(condition: &str) -> String {
@@ -1581,7 +1571,7 @@ impl AdminQueries for SqliteStore {
                 add(" AND merchant = ?", m.into());
             }
             if let Some(s) = filter.status {
-                add(concat!(" AND ", status!(), " = ?"), s.into());
+                add(concat!(" AND ", crate::event_status!(), " = ?"), s.into());
             }
             if let Some(t) = filter.event_type {
                 add(" AND event_type = ?", t.into());
@@ -1800,7 +1790,7 @@ impl AdminQueries for SqliteStore {
     async fn held_keys(&self, merchant: Option<&str>, limit: usize) -> Result<Vec<HeldKey>, StoreError> {
         let merchant = merchant.map(str::to_string);
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&crate::ordering::held_keys(&NUMBERED, "?1", "?2"))?;
+            let mut stmt = conn.prepare_cached(&crate::ordering::held_keys("seq", "?1", "?2"))?;
             let rows = stmt.query_map(params![merchant, limit as i64], held_key)?;
             rows.collect()
         })
