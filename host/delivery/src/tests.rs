@@ -10,7 +10,9 @@ use payflow_clock::Clock;
 use payflow_config::StoreConfig;
 use payflow_config::UpstreamConfig;
 use payflow_store::{AdminQueries, Ingest, SqliteStore};
-use payflow_store::{AttemptOutcome, DueDelivery, Event, EventKey, EventStatus, Hop, Inserted, NewEvent};
+use payflow_store::{
+    AttemptOutcome, DueDelivery, Event, EventKey, EventSeq, EventStatus, Hop, Inserted, NewEvent,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -48,7 +50,8 @@ fn due(id: &str) -> DueDelivery {
         received_at_ms: 0,
         request_id: String::new(),
     };
-    DueDelivery::new(event, "u".into(), 0)
+    // A number no store gave: these tests' queues never hand it back to one.
+    DueDelivery::new(event, EventSeq(0), "u".into(), 0)
 }
 
 /// A worker takes its next delivery without waiting for the last one's record: the attempt
@@ -171,8 +174,8 @@ impl OneBox {
         OneBox { store, upstream, hand_offs, delivered, stop, _dir: dir }
     }
 
-    /// Stores a new event for `u` as ingress does, not yet handed off.
-    async fn store_new(&self, id: &str) -> Event {
+    /// Stores a new event for `u` as ingress does, not yet handed off; with its number.
+    async fn store_new(&self, id: &str) -> (Event, EventSeq) {
         let mut event = due(id).event;
         event.received_at_ms = payflow_clock::SystemClock.now_ms();
         let new = NewEvent {
@@ -184,8 +187,8 @@ impl OneBox {
             order_key: None,
             claim_until_ms: None,
         };
-        assert_eq!(self.store.insert_event(new).await.unwrap(), Inserted::New);
-        event
+        let Inserted::New(seq) = self.store.insert_event(new).await.unwrap() else { panic!("not new") };
+        (event, seq)
     }
 
     /// Waits (up to 5 s) until the event's delivery is recorded as delivered, then for two
@@ -217,12 +220,12 @@ impl Drop for OneBox {
 async fn a_row_the_poller_reads_before_its_hand_off_is_delivered_once() {
     let one = OneBox::start().await;
     let under_way = one.hand_offs.begin(&due("evt_1").event.key);
-    let event = one.store_new("evt_1").await;
+    let (event, seq) = one.store_new("evt_1").await;
     // The poller reads the row before ingress gets to hand it off.
     one.upstream.poll_store_now();
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(one.delivered.load(Ordering::SeqCst), 0, "the poller took a row whose hand-off was under way");
-    one.upstream.hand_off(DueDelivery::new(event.clone(), "u".into(), 0));
+    one.upstream.hand_off(DueDelivery::new(event.clone(), seq, "u".into(), 0));
     drop(under_way);
     one.settled(&event).await;
     assert_eq!(one.delivered.load(Ordering::SeqCst), 1);
@@ -234,7 +237,7 @@ async fn a_row_the_poller_reads_before_its_hand_off_is_delivered_once() {
 async fn a_row_whose_hand_off_never_came_is_delivered_by_the_poller() {
     let one = OneBox::start().await;
     let under_way = one.hand_offs.begin(&due("evt_1").event.key);
-    let event = one.store_new("evt_1").await;
+    let (event, _) = one.store_new("evt_1").await;
     drop(under_way);
     one.upstream.poll_store_now();
     one.settled(&event).await;

@@ -33,7 +33,8 @@ use payflow_plugins::ChainOutcome;
 use crate::stage::PluginStage;
 use crate::trace::Timeline;
 use payflow_store::{
-    AttemptOutcome, DueDelivery, DueStep, Event, EventKey, EventStatus, Hop, Ingest, Inserted, NewEvent,
+    AttemptOutcome, DueDelivery, DueStep, Event, EventKey, EventSeq, EventStatus, Hop, Ingest, Inserted,
+    NewEvent,
 };
 use payflow_telemetry::Telemetry;
 
@@ -89,16 +90,17 @@ impl FirstHop {
         }
     }
 
-    /// Hands a just-stored event to the hop's workers, due now; `claimed_until_ms` when it was
-    /// stored claimed by this gateway ([`NewEvent::claim_until_ms`]).
-    pub fn hand_off(&self, event: Event, claimed_until_ms: Option<i64>) {
+    /// Hands a just-stored event (number `seq`) to the hop's workers, due now;
+    /// `claimed_until_ms` when it was stored claimed by this gateway ([`NewEvent::claim_until_ms`]).
+    pub fn hand_off(&self, event: Event, seq: EventSeq, claimed_until_ms: Option<i64>) {
         match self {
             FirstHop::Plugins(lane) => {
-                lane.hand_off(DueStep { event, attempts: 0, next_attempt_at_ms: 0, claimed_until_ms })
+                lane.hand_off(DueStep { event, seq, attempts: 0, next_attempt_at_ms: 0, claimed_until_ms })
             }
-            FirstHop::Upstream(u) => {
-                u.hand_off(DueDelivery { claimed_until_ms, ..DueDelivery::new(event, u.name.clone(), 0) })
-            }
+            FirstHop::Upstream(u) => u.hand_off(DueDelivery {
+                claimed_until_ms,
+                ..DueDelivery::new(event, seq, u.name.clone(), 0)
+            }),
         }
     }
 
@@ -293,7 +295,7 @@ impl Pipeline {
         let inserted = self.store.insert_event(new).await;
         if let (Some(t), Some(started)) = (timeline, store_started) {
             let error = inserted.as_ref().err().map(ToString::to_string);
-            t.stored(started, &event, matches!(inserted, Ok(Inserted::New)), error);
+            t.stored(started, &event, matches!(inserted, Ok(Inserted::New(_))), error);
         }
         let inserted = match inserted {
             Ok(inserted) => inserted,
@@ -311,10 +313,10 @@ impl Pipeline {
 
         // Acknowledge (queue mode), or forward and answer with the upstream's reply (proxy).
         match (endpoint.mode, inserted) {
-            (Mode::Queue, Inserted::New) => {
+            (Mode::Queue, Inserted::New(seq)) => {
                 match first_hop {
                     Some(hop) if under_way.is_some() || claim_until_ms.is_some() => {
-                        hop.hand_off(event, claim_until_ms)
+                        hop.hand_off(event, seq, claim_until_ms)
                     }
                     Some(hop) => hop.poll_store_now(),
                     None => {}
@@ -326,8 +328,8 @@ impl Pipeline {
                 }
             }
             (Mode::Queue, Inserted::Duplicate(_)) => Answer::Duplicate,
-            (Mode::Proxy, Inserted::New) if status == EventStatus::Quarantined => Answer::Quarantined,
-            (Mode::Proxy, Inserted::New) => self.proxy(endpoint, event).await,
+            (Mode::Proxy, Inserted::New(_)) if status == EventStatus::Quarantined => Answer::Quarantined,
+            (Mode::Proxy, Inserted::New(_)) => self.proxy(endpoint, event).await,
             (Mode::Proxy, Inserted::Duplicate(EventStatus::Failed | EventStatus::Forwarding)) => {
                 self.forward_again(endpoint, event).await
             }
@@ -381,7 +383,7 @@ impl Pipeline {
             return Answer::NoUpstream;
         };
         let (key, request_id) = (&event.key, event.request_id.as_str());
-        let attempt = AttemptStart::new(key.clone(), 1, self.clock.now_ms());
+        let attempt = AttemptStart::new(key.clone(), None, 1, self.clock.now_ms());
         let result =
             self.client.send(upstream, &key.id, request_id, body, headers, self.clock.now_secs()).await;
         let outcome = match classify(&result) {

@@ -269,7 +269,7 @@ impl PluginStage {
                 let due = |d: NewDelivery| DueDelivery {
                     body: d.body,
                     headers: d.headers,
-                    ..DueDelivery::new(event.clone(), d.upstream, at_ms)
+                    ..DueDelivery::new(event.clone(), due.seq, d.upstream, at_ms)
                 };
                 StepDone::Recorded(created.into_iter().map(due).collect())
             }

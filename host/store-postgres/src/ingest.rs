@@ -13,8 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use payflow_store::{
-    Attempt, AttemptOutcome, CommitObserver, EventKey, EventStatus, Hop, Ingest, Inserted, NewEvent,
-    StoreError,
+    Attempt, AttemptOutcome, CommitObserver, EventKey, EventSeq, EventStatus, Hop, Ingest, Inserted,
+    NewEvent, StoreError,
 };
 
 use crate::group::GroupCommit;
@@ -136,7 +136,7 @@ async fn insert_batch(pool: &Pool, events: &[NewEvent]) -> Result<Vec<Inserted>,
              WHERE i.hop = 'upstream'
              ON CONFLICT DO NOTHING
          )
-         SELECT merchant, scope, id FROM inserted",
+         SELECT merchant, scope, id, seq FROM inserted",
         &[
             &merchants,
             &scopes,
@@ -159,9 +159,17 @@ async fn insert_batch(pool: &Pool, events: &[NewEvent]) -> Result<Vec<Inserted>,
     )
     .await
     .map_err(unavailable)?;
-    // A key's row: None when this statement inserted it, else the status it already had.
-    let mut found: HashMap<EventKey, Option<EventStatus>> =
-        rows.iter().map(|r| (EventKey { merchant: r.get(0), scope: r.get(1), id: r.get(2) }, None)).collect();
+    // A key's row: new with its number when this statement inserted it, else a duplicate with
+    // the status it already had.
+    let mut found: HashMap<EventKey, Inserted> = rows
+        .iter()
+        .map(|r| {
+            (
+                EventKey { merchant: r.get(0), scope: r.get(1), id: r.get(2) },
+                Inserted::New(EventSeq(r.get(3))),
+            )
+        })
+        .collect();
     let known: Vec<&EventKey> =
         order.iter().map(|&i| &events[i].event.key).filter(|k| !found.contains_key(*k)).collect();
     if !known.is_empty() {
@@ -184,7 +192,8 @@ async fn insert_batch(pool: &Pool, events: &[NewEvent]) -> Result<Vec<Inserted>,
         for r in &rows {
             let status: String = r.get(3);
             let key = EventKey { merchant: r.get(0), scope: r.get(1), id: r.get(2) };
-            found.insert(key, Some(EventStatus::parse(&status).unwrap_or(EventStatus::Stored)));
+            found
+                .insert(key, Inserted::Duplicate(EventStatus::parse(&status).unwrap_or(EventStatus::Stored)));
         }
     }
 
@@ -197,9 +206,9 @@ async fn insert_batch(pool: &Pool, events: &[NewEvent]) -> Result<Vec<Inserted>,
         .iter()
         .enumerate()
         .map(|(i, e)| match found.get(&e.event.key) {
-            Some(None) if written[i] => Inserted::New,
-            Some(None) => Inserted::Duplicate(e.status),
-            Some(Some(status)) => Inserted::Duplicate(*status),
+            Some(Inserted::New(seq)) if written[i] => Inserted::New(*seq),
+            Some(Inserted::New(_)) => Inserted::Duplicate(e.status),
+            Some(duplicate) => *duplicate,
             // Neither inserted nor found: deleted in between (retention); it was there.
             None => Inserted::Duplicate(EventStatus::Stored),
         })

@@ -335,7 +335,7 @@ mod tests {
             error: None,
             response: None,
         };
-        vec![Arc::new(Attempt { key: key(id), info, outcome })]
+        vec![Arc::new(Attempt { key: key(id), event_seq: None, info, outcome })]
     }
 
     async fn row_status(db: &tokio_postgres::Client, id: &str) -> String {

@@ -7,26 +7,28 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use deadpool_postgres::GenericClient;
 use payflow_store::{
-    Attempt, Claim, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventKey, PluginStep, StoreError,
+    Attempt, Claim, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventKey, EventSeq, PluginStep,
+    StoreError,
 };
 use tokio_postgres::Row;
 
 use crate::{exec, key_params, query, query_opt, unavailable, PostgresStore};
 
 /// The `events` columns [`event_at`] reads, as `e`.
-pub(crate) const EVENT_COLUMNS: &str =
-    "e.merchant, e.scope, e.id, e.endpoint, e.event_type, e.body, e.received_at_ms, e.request_id";
+const EVENT_COLUMNS: &str =
+    "e.merchant, e.scope, e.id, e.endpoint, e.event_type, e.body, e.received_at_ms, e.request_id, e.seq";
 
-/// The event of a row, read from [`EVENT_COLUMNS`] starting at column `at`.
-pub(crate) fn event_at(r: &Row, at: usize) -> Event {
-    Event {
+/// The event of a row and its number, read from [`EVENT_COLUMNS`] starting at column `at`.
+fn event_at(r: &Row, at: usize) -> (Event, EventSeq) {
+    let event = Event {
         key: EventKey { merchant: r.get(at), scope: r.get(at + 1), id: r.get(at + 2) },
         endpoint: r.get(at + 3),
         event_type: r.get(at + 4),
         body: Bytes::from(r.get::<_, Vec<u8>>(at + 5)),
         received_at_ms: r.get(at + 6),
         request_id: r.get(at + 7),
-    }
+    };
+    (event, EventSeq(r.get(at + 8)))
 }
 
 /// Locks the event's row for the rest of the transaction: two replicas finishing two of its
@@ -43,7 +45,7 @@ async fn lock_event(tx: &impl GenericClient, key: &EventKey) -> Result<(), tokio
 }
 
 /// Where a claimed row's own `columns` start: after its due time and its event.
-const CLAIMED: usize = 9;
+const CLAIMED: usize = 10;
 
 /// A table of due rows, as a claim leases them and a hand-back frees them.
 struct Queue {
@@ -173,10 +175,12 @@ fn claimed_until(r: &Row) -> Option<i64> {
 /// Claimed delivery rows (see `claim`'s columns) as due deliveries to `upstream`.
 fn due_deliveries(upstream: &str, rows: &[Row]) -> Vec<DueDelivery> {
     rows.iter()
-        .map(|r| DueDelivery {
+        .map(|r| (r, event_at(r, 1)))
+        .map(|(r, (event, seq))| DueDelivery {
             upstream: upstream.to_string(),
             next_attempt_at_ms: r.get(0),
-            event: event_at(r, 1),
+            event,
+            seq,
             attempts: r.get::<_, i32>(CLAIMED).max(0) as u32,
             body: r.get::<_, Option<Vec<u8>>>(CLAIMED + 1).map(Bytes::from),
             headers: r
@@ -225,9 +229,11 @@ impl DeliveryQueue for PostgresStore {
         let rows = self.claim(&PLUGIN_STEPS, None, now_ms, limit, "t.attempts", "").await?;
         Ok(rows
             .iter()
-            .map(|r| DueStep {
+            .map(|r| (r, event_at(r, 1)))
+            .map(|(r, (event, seq))| DueStep {
                 next_attempt_at_ms: r.get(0),
-                event: event_at(r, 1),
+                event,
+                seq,
                 attempts: r.get::<_, i32>(CLAIMED).max(0) as u32,
                 claimed_until_ms: claimed_until(r),
             })

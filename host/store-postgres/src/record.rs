@@ -7,16 +7,18 @@
 //! The events to settle are locked first, in key order: two replicas settling two deliveries
 //! of one event then go one after the other, each seeing the other's outcome, and two batches
 //! never deadlock. An unordered event's delivered outcome leaves its row alone (see
-//! `lock_events_to_settle`). A batch's statements join arrays of keys against the tables, and
-//! run in a transaction from `begin` that allows the planner nothing but a nested loop of
-//! index lookups, on a plan made once per connection (see `begin` for why).
+//! `lock_events_to_settle`). A batch's statements join arrays of events' numbers (or, to settle,
+//! keys) against the tables, and run in a transaction from `begin` that allows the planner
+//! nothing but a nested loop of index lookups, on a plan made once per connection (see `begin`
+//! for why). An attempt finds its event's rows by the number its delivery's claim read
+//! (`Attempt::event_seq`), not by the key, whose index a lookup lands anywhere in.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Object, Pool, Transaction};
-use payflow_store::{Attempt, AttemptOutcome, CommitObserver, EventKey, StoreError};
+use payflow_store::{Attempt, AttemptOutcome, CommitObserver, EventKey, EventSeq, StoreError};
 
 use crate::group::GroupCommit;
 use crate::{exec, pool_error, query, unavailable};
@@ -61,23 +63,32 @@ impl Recorder {
     }
 }
 
-/// Locks the events whose rows an outcome may change (`lock_events_to_settle`). This and the
-/// three below join a batch's keys against a table, in a transaction from [`begin`].
+/// Locks the events whose rows an outcome may change (`lock_events_to_settle`), found by
+/// number, in key order (as every earlier release locked them: two replicas of two releases
+/// never lock one batch's events in opposite orders). This and the three below join a batch's
+/// numbers or keys against a table, in a transaction from [`begin`]. A number finds only the
+/// rows that also carry its key ([`payflow_store::EventSeq`]).
 pub(crate) const LOCK_EVENTS: &str = "SELECT e.merchant, e.scope, e.id FROM events e
-     JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::bool[]) AS k(merchant, scope, id, dead)
-       USING (merchant, scope, id)
+     JOIN UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::bool[]) AS k(seq, merchant, scope, id, dead)
+       ON e.seq = k.seq AND e.merchant = k.merchant AND e.scope = k.scope AND e.id = k.id
      WHERE k.dead OR e.order_key IS NOT NULL
      ORDER BY e.merchant, e.scope, e.id
      FOR UPDATE OF e";
 
-/// Leaves deliveries as their attempts' outcomes say (`update_deliveries`).
+/// Leaves deliveries as their attempts' outcomes say (`update_deliveries`), found by their
+/// event's number: the end of `deliveries_by_event`, where the recent rows are, and no lookup
+/// of `events` by key, which lands anywhere in its index.
 pub(crate) const UPDATE_DELIVERIES: &str = "UPDATE deliveries d
      SET status = a.status, attempts = a.number, next_attempt_at_ms = COALESCE(a.next_at, d.next_attempt_at_ms),
          lease_until_ms = NULL
-     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::int8[])
-         AS a(merchant, scope, event_id, upstream, status, number, next_at)
-       JOIN events e ON e.merchant = a.merchant AND e.scope = a.scope AND e.id = a.event_id
-     WHERE d.event_seq = e.seq AND d.upstream = a.upstream";
+     FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::int8[])
+         AS a(seq, merchant, scope, event_id, upstream, status, number, next_at)
+     WHERE d.event_seq = a.seq AND d.upstream = a.upstream
+       AND d.merchant = a.merchant AND d.scope = a.scope AND d.event_id = a.event_id";
+
+/// The numbers of the events an attempt names by key alone (`numbered`).
+const NUMBERS_OF_KEYS: &str = "SELECT e.merchant, e.scope, e.id, e.seq FROM events e
+     JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(merchant, scope, id) USING (merchant, scope, id)";
 
 /// The deliveries' statuses of the events to settle (`settle_events`).
 pub(crate) const SETTLING_DELIVERIES: &str = "SELECT e.merchant, e.scope, e.id, d.status FROM events e
@@ -120,14 +131,15 @@ async fn record_batch(pool: &Pool, attempts: &[Arc<Attempt>]) -> Result<(), Stor
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = begin(&mut client).await.map_err(unavailable)?;
     let all: Vec<&Attempt> = attempts.iter().map(|a| &**a).collect();
-    let to_settle = lock_events_to_settle(&tx, &all).await.map_err(unavailable)?;
+    let numbered = numbered(&tx, &all).await.map_err(unavailable)?;
+    let to_settle = lock_events_to_settle(&tx, &numbered).await.map_err(unavailable)?;
     insert_attempts(&tx, &all).await.map_err(unavailable)?;
     // One update per round, each delivery at most once in a round: a batch never holds two
     // attempts of one delivery today (its next attempt waits for this record), but if it did
     // both would apply, in order.
-    let mut rounds: Vec<Vec<&Attempt>> = Vec::new();
-    for attempt in &all {
-        let same = |a: &&Attempt| a.key == attempt.key && a.info.upstream == attempt.info.upstream;
+    let mut rounds: Vec<Vec<Numbered>> = Vec::new();
+    for attempt in numbered {
+        let same = |a: &Numbered| a.1 == attempt.1 && a.0.info.upstream == attempt.0.info.upstream;
         match rounds.iter_mut().find(|round| !round.iter().any(same)) {
             Some(round) => round.push(attempt),
             None => rounds.push(vec![attempt]),
@@ -138,6 +150,39 @@ async fn record_batch(pool: &Pool, attempts: &[Arc<Attempt>]) -> Result<(), Stor
     }
     settle_events(&tx, &to_settle.iter().collect()).await.map_err(unavailable)?;
     tx.commit().await.map_err(unavailable)
+}
+
+/// An attempt and its event's number.
+type Numbered<'a> = (&'a Attempt, EventSeq);
+
+/// The attempts with their events' numbers: the number each carries ([`Attempt::event_seq`],
+/// which every attempt of a delivery from the queue does), else the one its key has, read in
+/// one statement. An attempt whose event is gone is left out, as a lookup by its key would
+/// find nothing to change.
+async fn numbered<'a>(
+    tx: &Transaction<'_>,
+    attempts: &[&'a Attempt],
+) -> Result<Vec<Numbered<'a>>, tokio_postgres::Error> {
+    let unnumbered: BTreeSet<&EventKey> =
+        attempts.iter().filter(|a| a.event_seq.is_none()).map(|a| &a.key).collect();
+    let mut numbers: BTreeMap<EventKey, EventSeq> = BTreeMap::new();
+    if !unnumbered.is_empty() {
+        let ks = || unnumbered.iter().copied();
+        let rows = query(
+            tx,
+            NUMBERS_OF_KEYS,
+            &[&part(ks(), |k| &k.merchant), &part(ks(), |k| &k.scope), &part(ks(), |k| &k.id)],
+        )
+        .await?;
+        numbers = rows
+            .iter()
+            .map(|r| (EventKey { merchant: r.get(0), scope: r.get(1), id: r.get(2) }, EventSeq(r.get(3))))
+            .collect();
+    }
+    Ok(attempts
+        .iter()
+        .filter_map(|a| Some((*a, a.event_seq.or_else(|| numbers.get(&a.key).copied())?)))
+        .collect())
 }
 
 /// A key part of each of `keys`, as a statement's array parameter.
@@ -160,16 +205,16 @@ fn part<'a>(keys: impl IntoIterator<Item = &'a EventKey>, f: fn(&EventKey) -> &S
 /// outcome's settle, whatever the others' are, and "delivered" is never written for it.
 async fn lock_events_to_settle(
     tx: &Transaction<'_>,
-    attempts: &[&Attempt],
+    attempts: &[Numbered<'_>],
 ) -> Result<BTreeSet<EventKey>, tokio_postgres::Error> {
-    // Each finished event, and whether one of its outcomes here is a dead delivery.
-    let mut finished: BTreeMap<&EventKey, bool> = BTreeMap::new();
-    for a in attempts {
+    // Each finished event, its number, and whether one of its outcomes here is a dead delivery.
+    let mut finished: BTreeMap<&EventKey, (EventSeq, bool)> = BTreeMap::new();
+    for &(a, seq) in attempts {
         match a.outcome {
             AttemptOutcome::Retry { .. } => {}
-            AttemptOutcome::Dead => *finished.entry(&a.key).or_default() = true,
+            AttemptOutcome::Dead => finished.entry(&a.key).or_insert((seq, false)).1 = true,
             AttemptOutcome::Delivered => {
-                finished.entry(&a.key).or_default();
+                finished.entry(&a.key).or_insert((seq, false));
             }
         }
     }
@@ -177,11 +222,12 @@ async fn lock_events_to_settle(
         return Ok(BTreeSet::new());
     }
     let ks = || finished.keys().copied();
-    let dead: Vec<bool> = finished.values().copied().collect();
+    let seqs: Vec<i64> = finished.values().map(|f| f.0 .0).collect();
+    let dead: Vec<bool> = finished.values().map(|f| f.1).collect();
     let rows = query(
         tx,
         LOCK_EVENTS,
-        &[&part(ks(), |k| &k.merchant), &part(ks(), |k| &k.scope), &part(ks(), |k| &k.id), &dead],
+        &[&seqs, &part(ks(), |k| &k.merchant), &part(ks(), |k| &k.scope), &part(ks(), |k| &k.id), &dead],
     )
     .await?;
     Ok(rows.iter().map(|r| EventKey { merchant: r.get(0), scope: r.get(1), id: r.get(2) }).collect())
@@ -224,17 +270,22 @@ pub(crate) async fn insert_attempts(
 }
 
 /// Leaves each attempt's delivery as its outcome says, its claim ended.
-async fn update_deliveries(tx: &Transaction<'_>, attempts: &[&Attempt]) -> Result<(), tokio_postgres::Error> {
-    let ks = || attempts.iter().map(|a| &a.key);
-    let upstreams: Vec<&String> = attempts.iter().map(|a| &a.info.upstream).collect();
-    let rows: Vec<(&str, Option<i64>)> = attempts.iter().map(|a| a.outcome.delivery_row()).collect();
+async fn update_deliveries(
+    tx: &Transaction<'_>,
+    attempts: &[Numbered<'_>],
+) -> Result<(), tokio_postgres::Error> {
+    let ks = || attempts.iter().map(|a| &a.0.key);
+    let upstreams: Vec<&String> = attempts.iter().map(|a| &a.0.info.upstream).collect();
+    let rows: Vec<(&str, Option<i64>)> = attempts.iter().map(|a| a.0.outcome.delivery_row()).collect();
     let statuses: Vec<&str> = rows.iter().map(|r| r.0).collect();
     let next_at: Vec<Option<i64>> = rows.iter().map(|r| r.1).collect();
-    let numbers: Vec<i32> = attempts.iter().map(|a| a.info.number as i32).collect();
+    let numbers: Vec<i32> = attempts.iter().map(|a| a.0.info.number as i32).collect();
+    let seqs: Vec<i64> = attempts.iter().map(|a| a.1 .0).collect();
     exec(
         tx,
         UPDATE_DELIVERIES,
         &[
+            &seqs,
             &part(ks(), |k| &k.merchant),
             &part(ks(), |k| &k.scope),
             &part(ks(), |k| &k.id),

@@ -25,6 +25,8 @@ macro_rules! conformance_tests {
             the_same_key_stored_concurrently_is_new_exactly_once,
             one_id_in_two_scopes_or_merchants_is_two_events,
             a_due_delivery_is_read_recorded_and_retried_at_its_time,
+            an_events_number_is_the_same_in_its_insert_and_its_due_rows,
+            an_attempt_whose_number_is_another_events_changes_neither,
             a_dead_delivery_makes_its_event_dead_and_replay_revives_it,
             a_replay_keeps_the_attempts_so_far_in_the_events_history,
             attempts_recorded_together_each_settle_their_own_event,
@@ -149,7 +151,7 @@ pub async fn the_same_key_stored_concurrently_is_new_exactly_once(store: Arc<dyn
     });
     let mut new = 0;
     for insert in inserts {
-        if insert.await.unwrap() == Inserted::New {
+        if matches!(insert.await.unwrap(), Inserted::New(_)) {
             new += 1;
         }
     }
@@ -170,7 +172,7 @@ pub async fn one_id_in_two_scopes_or_merchants_is_two_events(store: Arc<dyn Stor
         key("globex", "/payflow", "evt_1"),
     ];
     for k in &keys {
-        assert_eq!(store.insert_event(event(k, NOW, None)).await.unwrap(), Inserted::New, "{k:?}");
+        assert!(matches!(store.insert_event(event(k, NOW, None)).await.unwrap(), Inserted::New(_)), "{k:?}");
     }
     let all = store.find_events(None, None, "evt_1", 10).await.unwrap();
     assert_eq!(all.len(), 3);
@@ -197,6 +199,7 @@ pub async fn a_due_delivery_is_read_recorded_and_retried_at_its_time(store: Arc<
     let retry_at = NOW + 60_000;
     let first = crate::Attempt {
         key: k.clone(),
+        event_seq: Some(due[0].seq),
         info: attempt_info("legacy", 1, NOW, 503),
         outcome: AttemptOutcome::Retry { next_at_ms: retry_at },
     };
@@ -210,6 +213,7 @@ pub async fn a_due_delivery_is_read_recorded_and_retried_at_its_time(store: Arc<
 
     let second = crate::Attempt {
         key: k.clone(),
+        event_seq: Some(again[0].seq),
         info: attempt_info("legacy", 2, retry_at, 200),
         outcome: AttemptOutcome::Delivered,
     };
@@ -221,13 +225,70 @@ pub async fn a_due_delivery_is_read_recorded_and_retried_at_its_time(store: Arc<
     assert_eq!(detail.deliveries[0].status, "delivered");
 }
 
+/// An event's number is the one its insert answered, wherever the store hands the event out
+/// again (a due delivery, a due plugin step), and a later event's is greater.
+pub async fn an_events_number_is_the_same_in_its_insert_and_its_due_rows(store: Arc<dyn Store>) {
+    let delivered = key("acme", "/wh", "evt_numbered");
+    let stepped = key("acme", "/wh", "evt_numbered_step");
+    let Inserted::New(first) = store.insert_event(event(&delivered, NOW, to("legacy"))).await.unwrap() else {
+        panic!("new")
+    };
+    let Inserted::New(second) = store.insert_event(event(&stepped, NOW, Some(Hop::Plugins))).await.unwrap()
+    else {
+        panic!("new")
+    };
+    assert!(second > first, "{second:?} after {first:?}");
+    let due = store.due_deliveries("legacy", NOW, None, 10).await.unwrap();
+    assert_eq!((&due[0].event.key, due[0].seq), (&delivered, first));
+    let steps = store.due_steps(NOW, None, 10).await.unwrap();
+    assert_eq!((&steps[0].event.key, steps[0].seq), (&stepped, second));
+}
+
+/// An attempt whose number is another event's changes neither event: a store trusts a number
+/// only on rows that carry the attempt's key. (Numbers are the store's own, so only a bug, or
+/// a gateway pointed at another database mid-flight, could send one; neither may let one
+/// merchant's outcome land on another's delivery.)
+pub async fn an_attempt_whose_number_is_another_events_changes_neither(store: Arc<dyn Store>) {
+    let mine = key("acme", "/wh", "evt_mine");
+    let theirs = key("globex", "/wh", "evt_theirs");
+    store.insert_event(event(&mine, NOW, to("legacy"))).await.unwrap();
+    let Inserted::New(their_seq) = store.insert_event(event(&theirs, NOW, to("legacy"))).await.unwrap()
+    else {
+        panic!("new")
+    };
+    for outcome in [AttemptOutcome::Delivered, AttemptOutcome::Dead] {
+        let crossed = crate::Attempt {
+            key: mine.clone(),
+            event_seq: Some(their_seq),
+            info: attempt_info("legacy", 1, NOW, 200),
+            outcome,
+        };
+        store.record_attempts(vec![Arc::new(crossed)]).await.unwrap();
+    }
+    for k in [&mine, &theirs] {
+        let detail = store.get_event(k).await.unwrap().unwrap();
+        assert_eq!(detail.summary.status, "queued", "{k:?}");
+        assert_eq!(
+            (detail.deliveries[0].status.as_str(), detail.deliveries[0].attempts),
+            ("pending", 0),
+            "{k:?}"
+        );
+    }
+    let due = store.due_deliveries("legacy", NOW, None, 10).await.unwrap();
+    assert_eq!(due.len(), 2, "both still due");
+}
+
 /// An event's attempts are its history: a replay (plain, or through its plugin step, which
 /// drops and makes the deliveries again) starts the counts over and keeps every attempt made,
 /// listed in the order they were made, each upstream's with its own numbers.
 pub async fn a_replay_keeps_the_attempts_so_far_in_the_events_history(store: Arc<dyn Store>) {
-    let attempt = |k: &EventKey, upstream: &str, number: u32, at_ms: i64, status: u16, outcome| {
-        crate::Attempt { key: k.clone(), info: attempt_info(upstream, number, at_ms, status), outcome }
-    };
+    let attempt =
+        |k: &EventKey, upstream: &str, number: u32, at_ms: i64, status: u16, outcome| crate::Attempt {
+            key: k.clone(),
+            event_seq: None,
+            info: attempt_info(upstream, number, at_ms, status),
+            outcome,
+        };
     let history = |detail: &crate::EventDetail| {
         detail.attempts.iter().map(|a| (a.upstream.clone(), a.number, a.at_ms)).collect::<Vec<_>>()
     };
@@ -285,19 +346,23 @@ pub async fn a_replay_keeps_the_attempts_so_far_in_the_events_history(store: Arc
 }
 
 /// Attempts recorded in one write each apply to their own delivery and event, and two of one
-/// delivery apply in the order given.
+/// delivery apply in the order given; alike whether an attempt carries its event's number, as
+/// the insert answered it, or only its key.
 pub async fn attempts_recorded_together_each_settle_their_own_event(store: Arc<dyn Store>) {
     let [done, retried, dead, twice] =
         ["evt_b_done", "evt_b_retried", "evt_b_dead", "evt_b_twice"].map(|id| {
             let k = key("acme", "/wh", id);
             (k.clone(), event(&k, NOW, to("legacy")))
         });
+    let mut seqs = Vec::new();
     for (_, new) in [&done, &retried, &dead, &twice] {
-        store.insert_event(new.clone()).await.unwrap();
+        let Inserted::New(seq) = store.insert_event(new.clone()).await.unwrap() else { panic!("new") };
+        seqs.push(seq);
     }
-    let of = |k: &EventKey, number: u32, status: u16, outcome: AttemptOutcome| {
+    let of = |k: &EventKey, event_seq, number: u32, status: u16, outcome: AttemptOutcome| {
         Arc::new(crate::Attempt {
             key: k.clone(),
+            event_seq,
             info: attempt_info("legacy", number, NOW, status),
             outcome,
         })
@@ -305,11 +370,11 @@ pub async fn attempts_recorded_together_each_settle_their_own_event(store: Arc<d
     let retry_at = NOW + 60_000;
     store
         .record_attempts(vec![
-            of(&done.0, 1, 200, AttemptOutcome::Delivered),
-            of(&retried.0, 1, 503, AttemptOutcome::Retry { next_at_ms: retry_at }),
-            of(&dead.0, 1, 400, AttemptOutcome::Dead),
-            of(&twice.0, 1, 503, AttemptOutcome::Retry { next_at_ms: retry_at }),
-            of(&twice.0, 2, 200, AttemptOutcome::Delivered),
+            of(&done.0, Some(seqs[0]), 1, 200, AttemptOutcome::Delivered),
+            of(&retried.0, None, 1, 503, AttemptOutcome::Retry { next_at_ms: retry_at }),
+            of(&dead.0, Some(seqs[2]), 1, 400, AttemptOutcome::Dead),
+            of(&twice.0, Some(seqs[3]), 1, 503, AttemptOutcome::Retry { next_at_ms: retry_at }),
+            of(&twice.0, None, 2, 200, AttemptOutcome::Delivered),
         ])
         .await
         .unwrap();
@@ -359,6 +424,7 @@ pub async fn an_event_is_delivered_once_every_delivery_is_wherever_its_status_is
     let delivered_to = |upstream: &str| {
         vec![Arc::new(crate::Attempt {
             key: k.clone(),
+            event_seq: None,
             info: attempt_info(upstream, 1, NOW + 1, 200),
             outcome: AttemptOutcome::Delivered,
         })]
@@ -382,6 +448,7 @@ pub async fn a_dead_delivery_makes_its_event_dead_and_replay_revives_it(store: A
     store.finish_plugin_step(step(&k, 1, NOW, AttemptOutcome::Delivered, &["a", "b"])).await.unwrap();
     let delivered = crate::Attempt {
         key: k.clone(),
+        event_seq: None,
         info: attempt_info("a", 1, NOW, 200),
         outcome: AttemptOutcome::Delivered,
     };
@@ -389,6 +456,7 @@ pub async fn a_dead_delivery_makes_its_event_dead_and_replay_revives_it(store: A
     assert_eq!(status_of(&*store, &k).await, "queued", "b is still pending");
     let dead = crate::Attempt {
         key: k.clone(),
+        event_seq: None,
         info: attempt_info("b", 1, NOW, 400),
         outcome: AttemptOutcome::Dead,
     };
@@ -531,6 +599,7 @@ pub async fn a_claimed_row_is_due_for_no_other_reader_until_its_claim_ends(store
     assert!(store.due_deliveries("legacy", NOW, None, 10).await.unwrap().is_empty(), "not a second one");
     let retry = crate::Attempt {
         key: k.clone(),
+        event_seq: None,
         info: attempt_info("legacy", 1, NOW, 503),
         outcome: AttemptOutcome::Retry { next_at_ms: NOW + 10 },
     };
@@ -887,6 +956,7 @@ pub async fn an_ordered_delivery_waits_for_its_keys_head_and_a_skip_releases_it(
     let record = |id: &str, number: u32, at: i64, status: u16, outcome: AttemptOutcome| {
         let attempt = crate::Attempt {
             key: key("acme", "/wh", id),
+            event_seq: None,
             info: attempt_info("ledger", number, at, status),
             outcome,
         };

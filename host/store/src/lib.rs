@@ -83,6 +83,17 @@ pub struct EventKey {
     pub id: String,
 }
 
+/// An event's number in the store that holds it: its row's own key, in arrival order. The
+/// store hands it out with the event (its write's answer, its due reads) and takes it back with
+/// the event's attempts ([`Attempt::event_seq`]), to find the event's rows by it instead of by
+/// the key. A key's place in the key's index is anywhere (ids come in no order), so in a
+/// database of many events that lookup is a random read; a number's is at the end, where the
+/// recent rows are (bench/RESULTS.md, issue 21's twenty-second look). It means nothing to
+/// another store and never comes from a sender; a store still checks the key on the rows it
+/// finds by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventSeq(pub i64);
+
 /// Where an event stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -243,8 +254,8 @@ pub struct NewEvent {
 /// What storing an event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {
-    /// New: stored and durable.
-    New,
+    /// New: stored and durable, with its number.
+    New(EventSeq),
     /// Already known; nothing was written. Its current status.
     Duplicate(EventStatus),
 }
@@ -254,6 +265,8 @@ pub enum Inserted {
 pub struct DueDelivery {
     /// The event it delivers.
     pub event: Event,
+    /// The event's number.
+    pub seq: EventSeq,
     /// Upstream name.
     pub upstream: String,
     /// Attempts made so far.
@@ -270,10 +283,11 @@ pub struct DueDelivery {
 }
 
 impl DueDelivery {
-    /// A new delivery of `event`, due at `at_ms`, with the event's body.
-    pub fn new(event: Event, upstream: String, at_ms: i64) -> Self {
+    /// A new delivery of `event` (number `seq`), due at `at_ms`, with the event's body.
+    pub fn new(event: Event, seq: EventSeq, upstream: String, at_ms: i64) -> Self {
         DueDelivery {
             event,
+            seq,
             upstream,
             attempts: 0,
             body: None,
@@ -294,6 +308,8 @@ impl DueDelivery {
 pub struct DueStep {
     /// The event, as it arrived.
     pub event: Event,
+    /// The event's number.
+    pub seq: EventSeq,
     /// Times the step ran before and failed.
     pub attempts: u32,
     /// When it became due (unix ms).
@@ -374,6 +390,10 @@ impl AttemptOutcome {
 pub struct Attempt {
     /// The event's key.
     pub key: EventKey,
+    /// The event's number, when the caller has it: an attempt of a delivery from the queue
+    /// ([`DueDelivery::seq`]) does, a proxy-mode forward does not. The store finds the
+    /// event's rows by it when it is there, and by the key when not.
+    pub event_seq: Option<EventSeq>,
     /// What happened, as the admin API shows it.
     pub info: AttemptInfo,
     /// What happens next.

@@ -35,9 +35,9 @@ use super::commit_delay::CommitDelay;
 use super::{
     settled_status, AdminQueries, Amount, Attempt, AttemptInfo, AttemptOutcome, Canary, CommitObserver,
     DeliveryInfo, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventDetail, EventFilter, EventKey,
-    EventStatus, EventSummary, HeldKey, Hop, Ingest, Inserted, Lifecycle, NewEvent, NewPluginVersion,
-    PluginHistory, PluginRunInfo, PluginStep, PluginStore, PluginVersionInfo, QuotaExceeded, StepInfo,
-    StoreError, StoredPlugin, VersionBounds,
+    EventSeq, EventStatus, EventSummary, HeldKey, Hop, Ingest, Inserted, Lifecycle, NewEvent,
+    NewPluginVersion, PluginHistory, PluginRunInfo, PluginStep, PluginStore, PluginVersionInfo,
+    QuotaExceeded, StepInfo, StoreError, StoredPlugin, VersionBounds,
 };
 use payflow_config::StoreConfig;
 
@@ -46,6 +46,16 @@ use payflow_config::StoreConfig;
 macro_rules! seq_of_key {
     () => {
         "(SELECT seq FROM events WHERE merchant = ?1 AND scope = ?2 AND id = ?3)"
+    };
+}
+
+/// The number in parameter `$n` ([`Attempt::event_seq`]), or when it is null, [`seq_of_key!`]'s.
+/// SQLite evaluates `COALESCE`'s arguments in order and only as far as the first that is not
+/// null, so a number given skips the key's lookup. A statement that finds rows by it also
+/// compares their key columns with `?1`..`?3`, so a number that is not the key's finds nothing.
+macro_rules! seq_or_key {
+    ($n:literal) => {
+        concat!("COALESCE(", $n, ", ", seq_of_key!(), ")")
     };
 }
 
@@ -745,8 +755,8 @@ fn record_on_delivery(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<
              last_at_ms = ?8, last_duration_ms = ?9, last_status_code = ?10, last_error = ?11,
              last_response = ?12
          WHERE event_seq = ",
-        seq_of_key!(),
-        " AND upstream = ?4"
+        seq_or_key!("?13"),
+        " AND upstream = ?4 AND merchant = ?1 AND scope = ?2 AND event_id = ?3"
     ))?
     .execute(params![
         merchant,
@@ -760,7 +770,8 @@ fn record_on_delivery(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<
         a.duration_ms,
         a.status_code,
         a.error,
-        a.response
+        a.response,
+        attempt.event_seq.map(|s| s.0)
     ])?;
     Ok(())
 }
@@ -833,13 +844,15 @@ fn settle_after(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
         AttemptOutcome::Dead => settle_event(conn, &attempt.key),
         AttemptOutcome::Delivered => {
             let k = &attempt.key;
-            conn.prepare_cached(
-                "UPDATE events SET status = 'delivered' WHERE merchant = ?1 AND scope = ?2 AND id = ?3
+            conn.prepare_cached(concat!(
+                "UPDATE events SET status = 'delivered' WHERE seq = ",
+                seq_or_key!("?4"),
+                " AND merchant = ?1 AND scope = ?2 AND id = ?3
                    AND order_key IS NOT NULL
                    AND NOT EXISTS (SELECT 1 FROM deliveries d
                                    WHERE d.event_seq = events.seq AND d.status <> 'delivered')",
-            )?
-            .execute(params![k.merchant, k.scope, k.id])?;
+            ))?
+            .execute(params![k.merchant, k.scope, k.id, attempt.event_seq.map(|s| s.0)])?;
             Ok(())
         }
     }
@@ -883,21 +896,23 @@ fn add_first_hop(conn: &Connection, key: &EventKey, seq: i64, hop: &Hop, at_ms: 
     .map(drop)
 }
 
-/// The event of a due row, read from `events` columns in [`EVENT_COLUMNS`] order from `at`.
-fn event_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Event> {
-    Ok(Event {
+/// The event of a due row and its number, read from `events` columns in [`EVENT_COLUMNS`]
+/// order from `at`.
+fn event_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<(Event, EventSeq)> {
+    let event = Event {
         key: EventKey { merchant: r.get(at)?, scope: r.get(at + 1)?, id: r.get(at + 2)? },
         endpoint: r.get(at + 3)?,
         event_type: r.get(at + 4)?,
         body: Bytes::from(r.get::<_, Vec<u8>>(at + 5)?),
         received_at_ms: r.get(at + 6)?,
         request_id: r.get(at + 7)?,
-    })
+    };
+    Ok((event, EventSeq(r.get(at + 8)?)))
 }
 
 /// The `events` columns [`event_at`] reads, as `e`.
 const EVENT_COLUMNS: &str =
-    "e.merchant, e.scope, e.id, e.endpoint, e.event_type, e.body, e.received_at_ms, e.request_id";
+    "e.merchant, e.scope, e.id, e.endpoint, e.event_type, e.body, e.received_at_ms, e.request_id, e.seq";
 
 fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventSummary> {
     Ok(EventSummary {
@@ -964,6 +979,7 @@ impl SqliteStore {
             let mut stmt = conn.prepare_cached(&due_sql(&condition))?;
             let rows =
                 stmt.query_map(params![upstream, now_ms, limit as i64, at, merchant, id, scope], |r| {
+                    let (event, seq) = event_at(r, 5)?;
                     Ok(DueDelivery {
                         upstream: r.get(0)?,
                         attempts: r.get(1)?,
@@ -973,7 +989,8 @@ impl SqliteStore {
                             .and_then(|h| serde_json::from_str(&h).ok())
                             .unwrap_or_default(),
                         next_attempt_at_ms: r.get(4)?,
-                        event: event_at(r, 5)?,
+                        event,
+                        seq,
                         claimed_until_ms: None,
                     })
                 })?;
@@ -1015,10 +1032,11 @@ impl Ingest for SqliteStore {
             if inserted == 0 {
                 return Ok(Inserted::Duplicate(status_of(conn, &event.key)?));
             }
+            let seq = conn.last_insert_rowid();
             if let Some(hop) = first_hop {
-                add_first_hop(conn, &event.key, conn.last_insert_rowid(), hop, event.received_at_ms)?;
+                add_first_hop(conn, &event.key, seq, hop, event.received_at_ms)?;
             }
-            Ok(Inserted::New)
+            Ok(Inserted::New(EventSeq(seq)))
         })
         .await
     }
@@ -1115,10 +1133,12 @@ impl DeliveryQueue for SqliteStore {
                  ORDER BY s.next_attempt_at_ms, s.merchant, s.scope, s.event_id LIMIT ?2"
             ))?;
             let rows = stmt.query_map(params![now_ms, limit as i64, at, merchant, scope, id], |r| {
+                let (event, seq) = event_at(r, 2)?;
                 Ok(DueStep {
                     attempts: r.get(0)?,
                     next_attempt_at_ms: r.get(1)?,
-                    event: event_at(r, 2)?,
+                    event,
+                    seq,
                     claimed_until_ms: None,
                 })
             })?;
@@ -1935,6 +1955,7 @@ mod tests {
             store.insert_event(new).await.unwrap();
             let attempt = Attempt {
                 key: key(id),
+                event_seq: None,
                 info: AttemptInfo {
                     upstream: "legacy".into(),
                     number: 1,
@@ -2041,6 +2062,7 @@ mod tests {
         let delivered = |id: &str, number: u32| {
             Arc::new(Attempt {
                 key: key(id),
+                event_seq: None,
                 info: AttemptInfo {
                     upstream: "up".into(),
                     number,
@@ -2089,6 +2111,7 @@ mod tests {
         let attempt = |id: &str, number: u32, status: u16, outcome| {
             Arc::new(Attempt {
                 key: key(id),
+                event_seq: None,
                 info: AttemptInfo {
                     upstream: "legacy".into(),
                     number,
@@ -2151,7 +2174,7 @@ mod tests {
         });
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         let third = store.insert_event(stored("evt_3")).await.unwrap();
-        assert_eq!((second.await.unwrap().unwrap(), third), (Inserted::New, Inserted::New));
+        assert!(matches!((second.await.unwrap().unwrap(), third), (Inserted::New(_), Inserted::New(_))));
         assert_eq!(commits.0.load(Ordering::Relaxed), 2, "the second write waited for the third");
     }
 
@@ -2229,7 +2252,7 @@ mod tests {
                             Bytes::from(vec![b'x'; 2048]),
                             written,
                         );
-                        assert_eq!(store.insert_event(new).await.unwrap(), Inserted::New);
+                        assert!(matches!(store.insert_event(new).await.unwrap(), Inserted::New(_)));
                         written += 1;
                     }
                     written
