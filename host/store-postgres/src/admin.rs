@@ -190,8 +190,12 @@ impl AdminQueries for PostgresStore {
         .collect();
         let attempts = query(
             &client,
-            "SELECT upstream, number, at_ms, duration_ms, status_code, error, response FROM attempts
-                 WHERE merchant = $1 AND scope = $2 AND event_id = $3 ORDER BY at_ms, seq",
+            concat!(
+                "SELECT upstream, number, at_ms, duration_ms, status_code, error, response FROM attempts
+                 WHERE event_seq = ",
+                seq_of_key!(),
+                " ORDER BY at_ms, seq"
+            ),
             k,
         )
         .await

@@ -19,7 +19,7 @@ use payflow_store::{
 
 use crate::group::GroupCommit;
 use crate::record::insert_attempts;
-use crate::{exec, key_params, pool_error, query, unavailable, PostgresStore};
+use crate::{exec, key_params, pool_error, query, query_opt, unavailable, PostgresStore};
 
 /// Batches in flight at once. One: the next batch gathers while the last one commits, so a
 /// batch holds whatever arrived during a commit. Measured with 64 connections on 2 cores, one
@@ -240,10 +240,11 @@ impl Ingest for PostgresStore {
         Ok(n == 1)
     }
 
+    /// The event's row first: its number, which the attempt's row is kept under, comes back
+    /// from its update. An event gone meanwhile has no history left to add to.
     async fn finish_forward(&self, attempt: Attempt) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(unavailable)?;
-        insert_attempts(&tx, &[&attempt]).await.map_err(unavailable)?;
         let (status, reason) = match attempt.outcome {
             AttemptOutcome::Delivered => (EventStatus::Delivered, None),
             _ => (
@@ -254,13 +255,17 @@ impl Ingest for PostgresStore {
             ),
         };
         let [m, s, i] = key_params(&attempt.key);
-        exec(
+        let updated = query_opt(
             &tx,
-            "UPDATE events SET status = $4, reason = $5 WHERE merchant = $1 AND scope = $2 AND id = $3",
+            "UPDATE events SET status = $4, reason = $5 WHERE merchant = $1 AND scope = $2 AND id = $3
+             RETURNING seq",
             &[m, s, i, &status.as_str(), &reason],
         )
         .await
         .map_err(unavailable)?;
+        if let Some(row) = updated {
+            insert_attempts(&tx, &[(&attempt, EventSeq(row.get(0)))]).await.map_err(unavailable)?;
+        }
         tx.commit().await.map_err(unavailable)
     }
 }

@@ -165,25 +165,25 @@ fn report_keys(keys: Result<KeyCollation, tokio_postgres::Error>) {
     }
 }
 
-/// Says what start-up found of the deliveries' key ([`event_numbers`]): a warning, with the
-/// fix, when the old one stays.
+/// Says what start-up found of the deliveries' and attempts' keys ([`event_numbers`]): a
+/// warning, with the fix, when the old ones stay.
 fn report_numbers(numbers: Result<EventNumbers, tokio_postgres::Error>) {
     match numbers {
         Ok(EventNumbers::Keyed) => {}
         Ok(EventNumbers::Converted { took }) => tracing::info!(
             took_ms = took.as_millis() as u64,
-            "store: deliveries are now keyed by their event's number alone"
+            "store: deliveries and attempts are now keyed by their event's number alone"
         ),
         Ok(EventNumbers::Left { others }) => tracing::warn!(
             others,
-            "store: deliveries keep the key of the previous release beside their event's number, \
-             which costs the database more CPU per event on a database that has run a while; it \
-             goes at a start-up with no other client connected to the database (`others` counts \
+            "store: deliveries and attempts keep the keys of the previous release beside their \
+             event's number, which costs the database more CPU per event on a database that has \
+             run a while; they go at a start-up with no other client connected to the database (`others` counts \
              them: replicas, psql sessions, monitoring): stop every replica, then start one"
         ),
         Err(e) => tracing::warn!(
             error = %e,
-            "store: the deliveries' old key could not be dropped; the store works as it is, and \
+            "store: the deliveries' and attempts' old keys could not be dropped; the store works as it is, and \
              the next start-up with no other client connected tries again"
         ),
     }
@@ -550,7 +550,7 @@ mod tests {
         }
         assert_eq!(waiters, 1, "the second replica waits for the lock");
         let keys = collation::keys_in_byte_order(&mut first, false).await.unwrap();
-        assert!(matches!(keys, KeyCollation::Converted { columns: 27, .. }), "{keys:?}");
+        assert!(matches!(keys, KeyCollation::Converted { columns: 24, .. }), "{keys:?}");
         first.execute("SELECT pg_advisory_unlock($1)", &[&schema::MIGRATION_LOCK]).await.unwrap();
         waiting.await.unwrap().expect("the second replica starts");
         assert!(indexed_text_columns(&first).await.iter().all(|(_, _, bytes)| *bytes));
@@ -639,14 +639,35 @@ mod tests {
         .collect()
     }
 
-    /// A new database keys each delivery by its event's number alone, even with another client
-    /// connected from the start: the tables are new, so no replica of an earlier release uses them.
+    /// The names of `table`'s indexes, in order.
+    async fn indexes_of(db: &tokio_postgres::Client, table: &str) -> Vec<String> {
+        let rows = db
+            .query("SELECT indexname::text FROM pg_indexes WHERE tablename = $1 ORDER BY 1", &[&table])
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
+    /// The triggers on our tables, by name.
+    async fn triggers(db: &tokio_postgres::Client) -> Vec<String> {
+        let rows = db
+            .query("SELECT tgname::text FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1", &[])
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
+    /// A new database keys each delivery and each attempt by its event's number alone, even
+    /// with another client connected from the start: the tables are new, so no replica of an
+    /// earlier release uses them.
     #[tokio::test(flavor = "multi_thread")]
-    async fn a_new_database_keys_each_delivery_by_its_events_number() {
+    async fn a_new_database_keys_each_delivery_and_attempt_by_its_events_number() {
         let url = server().database("numbers_new");
         let other = client_of(&url).await;
         let _store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
         assert_eq!(delivery_key(&other).await, ["event_seq", "upstream"]);
+        assert_eq!(indexes_of(&other, "attempts").await, ["attempts_by_event", "attempts_pkey"]);
+        assert!(triggers(&other).await.is_empty(), "{:?}", triggers(&other).await);
     }
 
     /// Each new event puts an entry at a random place (by the sender's id) of one index: its
@@ -745,4 +766,73 @@ mod tests {
             assert_eq!((event.summary.status.as_str(), event.deliveries.len()), ("delivered", 1), "{id}");
         }
     }
+
+    /// The previous release's record of an attempt, and its read of an event's attempts: both
+    /// by the event's key, without its number.
+    const PREVIOUS_ATTEMPT: &str = "
+        INSERT INTO attempts (merchant, scope, event_id, upstream, number, at_ms, duration_ms, status_code)
+        VALUES ('acme', '/wh', $1, 'a', 1, $2, 3, 200)";
+    const PREVIOUS_HISTORY: &str = "
+        SELECT at_ms FROM attempts WHERE merchant = 'acme' AND scope = '/wh' AND event_id = $1
+        ORDER BY at_ms, seq";
+
+    /// An upgrade from the release that kept attempts under their event's key (schema 9, its
+    /// deliveries' old key already gone), one replica at a time: while a replica of that
+    /// release is connected, its attempts are numbered by the trigger and its reads by key
+    /// keep their index; both releases' attempts are in the event's history. The first
+    /// start-up with no other client connected drops that index, and no attempt is lost.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn attempts_keep_their_old_index_while_the_previous_release_runs_and_lose_it_at_a_start_up_alone() {
+        let name = "attempts_later";
+        let url = server().database(name);
+        let mut previous = client_of(&url).await;
+        schema::apply(&mut previous, 9).await.unwrap();
+        assert!(matches!(
+            event_numbers::by_number_alone(&mut previous, true).await,
+            Ok(EventNumbers::Converted { .. })
+        ));
+        assert_eq!(triggers(&previous).await, Vec::<String>::new(), "as the previous release left it");
+        let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        previous.execute(PREVIOUS_INGEST_NUMBERED, &[&"evt_1"]).await.unwrap();
+        previous.execute(PREVIOUS_ATTEMPT, &[&"evt_1", &10i64]).await.unwrap();
+        assert!(indexes_of(&previous, "attempts").await.contains(&"attempts_by_key".to_string()), "it stays");
+        // This release's record of the event's second delivery attempt, then the previous one's.
+        let mut mine = attempt("evt_1", "a", AttemptOutcome::Delivered);
+        Arc::make_mut(&mut mine[0]).info.at_ms = 20;
+        store.record_attempts(mine).await.unwrap();
+        previous.execute(PREVIOUS_ATTEMPT, &[&"evt_1", &30i64]).await.unwrap();
+        let history = |rows: Vec<tokio_postgres::Row>| rows.iter().map(|r| r.get(0)).collect::<Vec<i64>>();
+        assert_eq!(history(previous.query(PREVIOUS_HISTORY, &[&"evt_1"]).await.unwrap()), [10, 20, 30]);
+        let shown = |e: payflow_store::EventDetail| e.attempts.iter().map(|a| a.at_ms).collect::<Vec<_>>();
+        assert_eq!(shown(store.get_event(&key("evt_1")).await.unwrap().unwrap()), [10, 20, 30]);
+        let unnumbered: i64 = previous
+            .query_one("SELECT count(*) FROM attempts WHERE event_seq IS NULL", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(unnumbered, 0, "the trigger numbered the previous release's");
+        payflow_store::Lifecycle::close(&store).await;
+        drop((store, previous));
+
+        no_clients_left(&url, name).await;
+        let mut starting = client_of(&url).await;
+        let migrated = schema::migrate(&mut starting).await.unwrap();
+        assert!(matches!(migrated.numbers, Ok(EventNumbers::Converted { .. })), "{:?}", migrated.numbers);
+        assert_eq!(indexes_of(&starting, "attempts").await, ["attempts_by_event", "attempts_pkey"]);
+        assert!(triggers(&starting).await.is_empty());
+        let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        assert_eq!(shown(store.get_event(&key("evt_1")).await.unwrap().unwrap()), [10, 20, 30]);
+    }
+
+    /// The previous release's ingest (schema 9): an event and its delivery, with its number.
+    const PREVIOUS_INGEST_NUMBERED: &str = "
+        WITH inserted AS (
+            INSERT INTO events (merchant, scope, id, endpoint, status, body, headers, request_id, received_at_ms)
+            VALUES ('acme', '/wh', $1, '/wh', 'queued', convert_to('{}', 'UTF8'), '[]', 'req', 1)
+            ON CONFLICT (merchant, scope, id) DO NOTHING
+            RETURNING merchant, scope, id, seq)
+        INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
+                                next_attempt_at_ms, lease_until_ms)
+        SELECT seq, merchant, scope, id, 'a', 'pending', 0, 1, NULL FROM inserted
+        ON CONFLICT DO NOTHING";
 }

@@ -133,7 +133,7 @@ async fn record_batch(pool: &Pool, attempts: &[Arc<Attempt>]) -> Result<(), Stor
     let all: Vec<&Attempt> = attempts.iter().map(|a| &**a).collect();
     let numbered = numbered(&tx, &all).await.map_err(unavailable)?;
     let to_settle = lock_events_to_settle(&tx, &numbered).await.map_err(unavailable)?;
-    insert_attempts(&tx, &all).await.map_err(unavailable)?;
+    insert_attempts(&tx, &numbered).await.map_err(unavailable)?;
     // One update per round, each delivery at most once in a round: a batch never holds two
     // attempts of one delivery today (its next attempt waits for this record), but if it did
     // both would apply, in order.
@@ -153,7 +153,7 @@ async fn record_batch(pool: &Pool, attempts: &[Arc<Attempt>]) -> Result<(), Stor
 }
 
 /// An attempt and its event's number.
-type Numbered<'a> = (&'a Attempt, EventSeq);
+pub(crate) type Numbered<'a> = (&'a Attempt, EventSeq);
 
 /// The attempts with their events' numbers: the number each carries ([`Attempt::event_seq`],
 /// which every attempt of a delivery from the queue does), else the one its key has, read in
@@ -233,26 +233,30 @@ async fn lock_events_to_settle(
     Ok(rows.iter().map(|r| EventKey { merchant: r.get(0), scope: r.get(1), id: r.get(2) }).collect())
 }
 
-/// Records attempt rows, one multi-row insert.
+/// Records attempt rows, one multi-row insert, each under its event's number
+/// (`attempts_by_event`, where it is appended).
 pub(crate) async fn insert_attempts(
     tx: &impl GenericClient,
-    attempts: &[&Attempt],
+    attempts: &[Numbered<'_>],
 ) -> Result<(), tokio_postgres::Error> {
-    let ks = || attempts.iter().map(|a| &a.key);
+    let ks = || attempts.iter().map(|a| &a.0.key);
     let column = |f: fn(&Attempt) -> Option<String>| -> Vec<Option<String>> {
-        attempts.iter().map(|a| f(a)).collect()
+        attempts.iter().map(|a| f(a.0)).collect()
     };
-    let number: Vec<i32> = attempts.iter().map(|a| a.info.number as i32).collect();
-    let at: Vec<i64> = attempts.iter().map(|a| a.info.at_ms).collect();
-    let duration: Vec<i64> = attempts.iter().map(|a| a.info.duration_ms).collect();
-    let status_code: Vec<Option<i32>> = attempts.iter().map(|a| a.info.status_code.map(i32::from)).collect();
+    let seqs: Vec<i64> = attempts.iter().map(|a| a.1 .0).collect();
+    let number: Vec<i32> = attempts.iter().map(|a| a.0.info.number as i32).collect();
+    let at: Vec<i64> = attempts.iter().map(|a| a.0.info.at_ms).collect();
+    let duration: Vec<i64> = attempts.iter().map(|a| a.0.info.duration_ms).collect();
+    let status_code: Vec<Option<i32>> =
+        attempts.iter().map(|a| a.0.info.status_code.map(i32::from)).collect();
     exec(
         tx,
-        "INSERT INTO attempts (merchant, scope, event_id, upstream, number, at_ms, duration_ms, status_code,
-                               error, response)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int8[],
-                              $7::int8[], $8::int4[], $9::text[], $10::text[])",
+        "INSERT INTO attempts (event_seq, merchant, scope, event_id, upstream, number, at_ms, duration_ms,
+                               status_code, error, response)
+         SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[],
+                              $7::int8[], $8::int8[], $9::int4[], $10::text[], $11::text[])",
         &[
+            &seqs,
             &part(ks(), |k| &k.merchant),
             &part(ks(), |k| &k.scope),
             &part(ks(), |k| &k.id),

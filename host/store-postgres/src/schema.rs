@@ -37,6 +37,12 @@ pub(crate) const MIGRATION_LOCK: i64 = 0x7061_7966_6c6f_7701; // "payflow" + 1
 /// a random place of one index instead of two. `ON CONFLICT (merchant, scope, id)`, as the
 /// previous release writes it, still finds the key: PostgreSQL matches a conflict target's
 /// columns in any order.
+///
+/// 10: each attempt given its event's number, with an index on it, beside the index on its
+/// event's key that [`event_numbers`] later drops: every delivered event adds an attempt, and
+/// by key that entry landed at a random place of the index. A replica of the previous release
+/// inserts attempts without the number; the trigger fills it in. Filling the column rewrites
+/// `attempts` once.
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -239,6 +245,23 @@ ALTER TABLE events DROP CONSTRAINT events_pkey,
 DROP INDEX events_by_id;
 ",
     ),
+    (
+        10,
+        "
+ALTER TABLE attempts ADD COLUMN event_seq BIGINT;
+UPDATE attempts a SET event_seq = e.seq FROM events e
+    WHERE e.merchant = a.merchant AND e.scope = a.scope AND e.id = a.event_id;
+CREATE INDEX attempts_by_event ON attempts (event_seq);
+CREATE FUNCTION attempts_event_seq() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.event_seq := (SELECT seq FROM events
+                      WHERE merchant = NEW.merchant AND scope = NEW.scope AND id = NEW.event_id);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER attempts_event_seq BEFORE INSERT ON attempts
+    FOR EACH ROW WHEN (NEW.event_seq IS NULL) EXECUTE FUNCTION attempts_event_seq();
+",
+    ),
 ];
 
 /// What start-up did to the schema.
@@ -286,7 +309,7 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<Migrated, tokio_postg
         // Every migration applied now: this start-up created the tables.
         Ok(n) => Some((
             collation::keys_in_byte_order(client, n == MIGRATIONS.len()).await,
-            event_numbers::deliveries_by_number_alone(client, n == MIGRATIONS.len()).await,
+            event_numbers::by_number_alone(client, n == MIGRATIONS.len()).await,
         )),
         Err(_) => None,
     };
