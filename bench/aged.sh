@@ -7,8 +7,9 @@
 # One gateway on a new SQLite file first takes PREFILL queue-mode events with random ids (all
 # delivered), then a 20,000-event stored burst and a queue-mode burst with ids IDS (sequential
 # or random), 64 connections; the gateway runs with VAR=VALUE… in its environment. Bare
-# hyper's CPU per request is measured in the same run. Prints one line: per burst, the
-# gateway's CPU µs/event (× bare), acks/s, ack p99 and CPU per thread; the database's size.
+# hyper's CPU per request is measured in the same run. Prints one line: how long the prefill
+# took to be acknowledged and delivered; per burst, the gateway's CPU µs/event (× bare),
+# acks/s, ack p99 and CPU per thread; the database's size.
 # PG=1: on a throw-away PostgreSQL instead (start_postgres; PG_INITDB and PG_OPTS apply), the
 # database server's CPU per event added to each burst.
 set -euo pipefail
@@ -23,9 +24,15 @@ one_store aged
 edge_config "$edge" "$store" "$bare" > "$work/g.toml"
 start_edge "$edge_bin" "$work/g.toml" "$@"; pid=$edge_pid
 wait_port "$edge"; wait_port "$bare"
+filled=""
 if ((prefill > 0)); then
+  # How long the prefill took to be acknowledged, and to be delivered: the backlog's catch-up
+  # on a growing database (the twenty-second look found it 5-10x slower on PostgreSQL before).
+  t=$(date +%s.%N)
   "$bin/loadgen" run --url "http://127.0.0.1:$edge/queue" --requests "$prefill" --ids random --label prefill >/dev/null
+  acked=$(date +%s.%N)
   delivered "$bare" "$prefill" >/dev/null
+  filled=" (prefill acked in $(python3 -c "print(round($acked - $t))") s, delivered in $(python3 -c "print(round($(date +%s.%N) - $t))") s)"
   sleep 3 # the last records and a checkpoint
 fi
 t0=$(proc_ticks "$bare_pid")
@@ -50,4 +57,4 @@ if [[ -n "${PG:-}" ]]; then
 else
   size=$(du -m "$work/aged.db" | cut -f1)
 fi
-echo "prefill $prefill, ids $ids: $out database $size MB"
+echo "prefill $prefill$filled, ids $ids: $out database $size MB"
