@@ -19,7 +19,7 @@ use payflow_store::{
 
 use crate::group::GroupCommit;
 use crate::record::insert_attempts;
-use crate::{exec, key_params, pool_error, query, query_opt, unavailable, PostgresStore};
+use crate::{exec, key_at, key_params, pool_error, query, query_opt, unavailable, PostgresStore};
 
 /// Batches in flight at once. One: the next batch gathers while the last one commits, so a
 /// batch holds whatever arrived during a commit. Measured with 64 connections on 2 cores, one
@@ -161,15 +161,8 @@ async fn insert_batch(pool: &Pool, events: &[NewEvent]) -> Result<Vec<Inserted>,
     .map_err(unavailable)?;
     // A key's row: new with its number when this statement inserted it, else a duplicate with
     // the status it already had.
-    let mut found: HashMap<EventKey, Inserted> = rows
-        .iter()
-        .map(|r| {
-            (
-                EventKey { merchant: r.get(0), scope: r.get(1), id: r.get(2) },
-                Inserted::New(EventSeq(r.get(3))),
-            )
-        })
-        .collect();
+    let mut found: HashMap<EventKey, Inserted> =
+        rows.iter().map(|r| (key_at(r), Inserted::New(EventSeq(r.get(3))))).collect();
     let known: Vec<&EventKey> =
         order.iter().map(|&i| &events[i].event.key).filter(|k| !found.contains_key(*k)).collect();
     if !known.is_empty() {
@@ -191,7 +184,7 @@ async fn insert_batch(pool: &Pool, events: &[NewEvent]) -> Result<Vec<Inserted>,
             .map_err(unavailable)?;
         for r in &rows {
             let status: String = r.get(3);
-            let key = EventKey { merchant: r.get(0), scope: r.get(1), id: r.get(2) };
+            let key = key_at(r);
             found
                 .insert(key, Inserted::Duplicate(EventStatus::parse(&status).unwrap_or(EventStatus::Stored)));
         }

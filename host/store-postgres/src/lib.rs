@@ -234,6 +234,11 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// The event key in a row's first three columns (merchant, scope, id).
+fn key_at(r: &Row) -> EventKey {
+    EventKey { merchant: r.get(0), scope: r.get(1), id: r.get(2) }
+}
+
 /// A key's three parts as statement parameters.
 fn key_params(key: &EventKey) -> [&(dyn tokio_postgres::types::ToSql + Sync); 3] {
     [&key.merchant, &key.scope, &key.id]

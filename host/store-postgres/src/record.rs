@@ -21,7 +21,7 @@ use deadpool_postgres::{GenericClient, Object, Pool, Transaction};
 use payflow_store::{Attempt, AttemptOutcome, CommitObserver, EventKey, EventSeq, StoreError};
 
 use crate::group::GroupCommit;
-use crate::{exec, pool_error, query, unavailable};
+use crate::{exec, key_at, pool_error, query, unavailable};
 
 /// Batches being written at once: as for new events (`ingest.rs`), one, so what finishes
 /// during a commit joins the next batch.
@@ -167,17 +167,9 @@ async fn numbered<'a>(
         attempts.iter().filter(|a| a.event_seq.is_none()).map(|a| &a.key).collect();
     let mut numbers: BTreeMap<EventKey, EventSeq> = BTreeMap::new();
     if !unnumbered.is_empty() {
-        let ks = || unnumbered.iter().copied();
-        let rows = query(
-            tx,
-            NUMBERS_OF_KEYS,
-            &[&part(ks(), |k| &k.merchant), &part(ks(), |k| &k.scope), &part(ks(), |k| &k.id)],
-        )
-        .await?;
-        numbers = rows
-            .iter()
-            .map(|r| (EventKey { merchant: r.get(0), scope: r.get(1), id: r.get(2) }, EventSeq(r.get(3))))
-            .collect();
+        let [m, s, i] = key_arrays(unnumbered.iter().copied());
+        let rows = query(tx, NUMBERS_OF_KEYS, &[&m, &s, &i]).await?;
+        numbers = rows.iter().map(|r| (key_at(r), EventSeq(r.get(3)))).collect();
     }
     Ok(attempts
         .iter()
@@ -185,9 +177,13 @@ async fn numbered<'a>(
         .collect())
 }
 
-/// A key part of each of `keys`, as a statement's array parameter.
-fn part<'a>(keys: impl IntoIterator<Item = &'a EventKey>, f: fn(&EventKey) -> &String) -> Vec<&'a String> {
-    keys.into_iter().map(f).collect()
+/// The parts of each of `keys` as three array parameters: merchants, scopes, ids.
+fn key_arrays<'a>(keys: impl Iterator<Item = &'a EventKey> + Clone) -> [Vec<&'a String>; 3] {
+    [
+        keys.clone().map(|k| &k.merchant).collect(),
+        keys.clone().map(|k| &k.scope).collect(),
+        keys.map(|k| &k.id).collect(),
+    ]
 }
 
 /// Of the events the attempts finish, the ones whose rows an outcome may change, locked for
@@ -221,16 +217,11 @@ async fn lock_events_to_settle(
     if finished.is_empty() {
         return Ok(BTreeSet::new());
     }
-    let ks = || finished.keys().copied();
+    let [m, s, i] = key_arrays(finished.keys().copied());
     let seqs: Vec<i64> = finished.values().map(|f| f.0 .0).collect();
     let dead: Vec<bool> = finished.values().map(|f| f.1).collect();
-    let rows = query(
-        tx,
-        LOCK_EVENTS,
-        &[&seqs, &part(ks(), |k| &k.merchant), &part(ks(), |k| &k.scope), &part(ks(), |k| &k.id), &dead],
-    )
-    .await?;
-    Ok(rows.iter().map(|r| EventKey { merchant: r.get(0), scope: r.get(1), id: r.get(2) }).collect())
+    let rows = query(tx, LOCK_EVENTS, &[&seqs, &m, &s, &i, &dead]).await?;
+    Ok(rows.iter().map(key_at).collect())
 }
 
 /// Records attempt rows, one multi-row insert, each under its event's number
@@ -239,7 +230,7 @@ pub(crate) async fn insert_attempts(
     tx: &impl GenericClient,
     attempts: &[Numbered<'_>],
 ) -> Result<(), tokio_postgres::Error> {
-    let ks = || attempts.iter().map(|a| &a.0.key);
+    let [m, s, i] = key_arrays(attempts.iter().map(|a| &a.0.key));
     let column = |f: fn(&Attempt) -> Option<String>| -> Vec<Option<String>> {
         attempts.iter().map(|a| f(a.0)).collect()
     };
@@ -257,9 +248,9 @@ pub(crate) async fn insert_attempts(
                               $7::int8[], $8::int8[], $9::int4[], $10::text[], $11::text[])",
         &[
             &seqs,
-            &part(ks(), |k| &k.merchant),
-            &part(ks(), |k| &k.scope),
-            &part(ks(), |k| &k.id),
+            &m,
+            &s,
+            &i,
             &column(|a| Some(a.info.upstream.clone())),
             &number,
             &at,
@@ -278,29 +269,16 @@ async fn update_deliveries(
     tx: &Transaction<'_>,
     attempts: &[Numbered<'_>],
 ) -> Result<(), tokio_postgres::Error> {
-    let ks = || attempts.iter().map(|a| &a.0.key);
+    let [m, s, i] = key_arrays(attempts.iter().map(|a| &a.0.key));
     let upstreams: Vec<&String> = attempts.iter().map(|a| &a.0.info.upstream).collect();
     let rows: Vec<(&str, Option<i64>)> = attempts.iter().map(|a| a.0.outcome.delivery_row()).collect();
     let statuses: Vec<&str> = rows.iter().map(|r| r.0).collect();
     let next_at: Vec<Option<i64>> = rows.iter().map(|r| r.1).collect();
     let numbers: Vec<i32> = attempts.iter().map(|a| a.0.info.number as i32).collect();
     let seqs: Vec<i64> = attempts.iter().map(|a| a.1 .0).collect();
-    exec(
-        tx,
-        UPDATE_DELIVERIES,
-        &[
-            &seqs,
-            &part(ks(), |k| &k.merchant),
-            &part(ks(), |k| &k.scope),
-            &part(ks(), |k| &k.id),
-            &upstreams,
-            &statuses,
-            &numbers,
-            &next_at,
-        ],
-    )
-    .await
-    .map(drop)
+    exec(tx, UPDATE_DELIVERIES, &[&seqs, &m, &s, &i, &upstreams, &statuses, &numbers, &next_at])
+        .await
+        .map(drop)
 }
 
 /// Sets each event's status from its deliveries' by [`payflow_store::settled_status`]. Call
@@ -312,16 +290,11 @@ pub(crate) async fn settle_events(
     if keys.is_empty() {
         return Ok(());
     }
-    let ks = || keys.iter().copied();
-    let rows = query(
-        tx,
-        SETTLING_DELIVERIES,
-        &[&part(ks(), |k| &k.merchant), &part(ks(), |k| &k.scope), &part(ks(), |k| &k.id)],
-    )
-    .await?;
+    let [m, s, i] = key_arrays(keys.iter().copied());
+    let rows = query(tx, SETTLING_DELIVERIES, &[&m, &s, &i]).await?;
     let mut deliveries: BTreeMap<EventKey, Vec<String>> = BTreeMap::new();
     for r in &rows {
-        let key = EventKey { merchant: r.get(0), scope: r.get(1), id: r.get(2) };
+        let key = key_at(r);
         deliveries.entry(key).or_default().push(r.get(3));
     }
     let settled: Vec<(&EventKey, &'static str)> = deliveries
@@ -334,12 +307,6 @@ pub(crate) async fn settle_events(
         return Ok(());
     }
     let status: Vec<&str> = settled.iter().map(|s| s.1).collect();
-    let ks = || settled.iter().map(|s| s.0);
-    exec(
-        tx,
-        SETTLE_EVENTS,
-        &[&part(ks(), |k| &k.merchant), &part(ks(), |k| &k.scope), &part(ks(), |k| &k.id), &status],
-    )
-    .await
-    .map(drop)
+    let [m, s, i] = key_arrays(settled.iter().map(|s| s.0));
+    exec(tx, SETTLE_EVENTS, &[&m, &s, &i, &status]).await.map(drop)
 }
