@@ -172,6 +172,39 @@ async fn deliveries_carry_the_event_id_and_a_fresh_signature() {
 /// Regression: replaying a quarantined event delivered it, although quarantined events are
 /// never delivered. Now a replay of one is refused (409, naming `--force`) unless forced; a
 /// forced replay delivers it and the event keeps who forced it, and when.
+/// Regression (admin_scopes failed in CI: "timed out waiting for the replay"): a replay that
+/// came while the event's delivery was under way was lost. The attempt's outcome, recorded
+/// after the replay, marked the replayed delivery delivered, and what the replay asked for was
+/// never sent. Here the upstream holds its answer until the replay has been accepted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_while_a_delivery_is_under_way_is_sent_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    upstream.set_delay(Duration::from_millis(1500));
+    let gw =
+        Gateway::start(dir.path(), &queue_config(&dir.path().join("db"), &upstream.url(), &fast_retries("")));
+    let client = client();
+    assert_eq!(send_event(&client, &gw.url("/webhooks/payflow"), "evt_under_way").await.0, 200);
+    let started = || upstream.started.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..200 {
+        if started() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((started(), upstream.ids().len()), (1, 0), "the first attempt is under way, unanswered");
+    let replay = gw.admin_url("/api/events/evt_under_way/replay");
+    assert_eq!(admin_post(&client, &replay, ADMIN_TOKEN).await, 202);
+    upstream.set_delay(Duration::ZERO);
+
+    upstream.wait_for(Duration::from_secs(10), "the replay", |r| r.len() == 2).await;
+    wait_for_status(&client, &gw, "evt_under_way", "delivered", Duration::from_secs(10)).await;
+    let (_, event) = admin_get(&client, &gw.admin_url("/api/events/evt_under_way"), ADMIN_TOKEN).await;
+    assert_eq!(event["attempts"].as_array().map(Vec::len), Some(2), "both sends are in the history: {event}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(upstream.ids(), ["evt_under_way", "evt_under_way"], "sent once more, not again and again");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_quarantined_event_is_replayed_only_when_forced_and_keeps_who_forced_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -254,6 +254,8 @@ impl AdminQueries for PostgresStore {
         now_ms: i64,
         forced_by: Option<&str>,
     ) -> Result<bool, StoreError> {
+        // After now: an attempt under way leaves the replayed rows alone (`takes_outcome!`).
+        let due_at_ms = payflow_store::replayed_due_at(now_ms);
         let mut client = self.client().await?;
         let tx = begin(&mut client).await.map_err(unavailable)?;
         let [m, s, i] = key_params(key);
@@ -294,11 +296,11 @@ impl AdminQueries for PostgresStore {
                 "UPDATE plugin_steps SET status = 'pending', attempts = 0, next_attempt_at_ms = $4, error = NULL,
                         lease_until_ms = NULL
                  WHERE merchant = $1 AND scope = $2 AND event_id = $3",
-                &[m, s, i, &now_ms],
+                &[m, s, i, &due_at_ms],
             )
             .await
             .map_err(unavailable)?;
-            add_first_hop(&tx, key, &Hop::Plugins, now_ms).await.map_err(unavailable)?;
+            add_first_hop(&tx, key, &Hop::Plugins, due_at_ms).await.map_err(unavailable)?;
             exec(&tx,
                 "UPDATE events SET status = 'queued', reason = NULL WHERE merchant = $1 AND scope = $2 AND id = $3",
                 k,
@@ -314,11 +316,11 @@ impl AdminQueries for PostgresStore {
                      WHERE event_seq = ",
                     seq_of_key!()
                 ),
-                &[m, s, i, &now_ms],
+                &[m, s, i, &due_at_ms],
             )
             .await
             .map_err(unavailable)?;
-            add_first_hop(&tx, key, first_hop, now_ms).await.map_err(unavailable)?;
+            add_first_hop(&tx, key, first_hop, due_at_ms).await.map_err(unavailable)?;
             settle_events(&tx, &[key].into()).await.map_err(unavailable)?;
         }
         tx.commit().await.map_err(unavailable)?;

@@ -259,6 +259,18 @@ impl DeliveryQueue for PostgresStore {
         let tx = client.transaction().await.map_err(unavailable)?;
         let [m, s, i] = key_params(&step.key);
         lock_event(&tx, &step.key).await.map_err(unavailable)?;
+        let replayed_since = query_opt(
+            &tx,
+            concat!(
+                "SELECT 1 FROM plugin_steps WHERE merchant = $1 AND scope = $2 AND event_id = $3 AND NOT (",
+                payflow_store::takes_outcome!("next_attempt_at_ms", "$4"),
+                ")"
+            ),
+            &[m, s, i, &step.at_ms],
+        )
+        .await
+        .map_err(unavailable)?
+        .is_some();
         for r in &step.runs {
             let logs = serde_json::to_string(&r.logs).unwrap_or_else(|_| "[]".into());
             exec(&tx,
@@ -282,6 +294,10 @@ impl DeliveryQueue for PostgresStore {
             )
             .await
             .map_err(unavailable)?;
+        }
+        if replayed_since {
+            // Only its runs are kept, as what ran: the replay's own run decides.
+            return tx.commit().await.map_err(unavailable);
         }
         let (status, next_at_ms) = step.step.step_row();
         let routes = step.routes.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default());

@@ -78,13 +78,18 @@ pub(crate) const LOCK_EVENTS: &str = "SELECT e.merchant, e.scope, e.id FROM even
 /// Leaves deliveries as their attempts' outcomes say (`update_deliveries`), found by their
 /// event's number: the end of `deliveries_by_event`, where the recent rows are, and no lookup
 /// of `events` by key, which lands anywhere in its index.
-pub(crate) const UPDATE_DELIVERIES: &str = "UPDATE deliveries d
+pub(crate) const UPDATE_DELIVERIES: &str = concat!(
+    "UPDATE deliveries d
      SET status = a.status, attempts = a.number, next_attempt_at_ms = COALESCE(a.next_at, d.next_attempt_at_ms),
          lease_until_ms = NULL
-     FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::int8[])
-         AS a(seq, merchant, scope, event_id, upstream, status, number, next_at)
+     FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::int8[],
+                 $9::int8[])
+         AS a(seq, merchant, scope, event_id, upstream, status, number, next_at, begun_at)
      WHERE d.event_seq = a.seq AND d.upstream = a.upstream
-       AND d.merchant = a.merchant AND d.scope = a.scope AND d.event_id = a.event_id";
+       AND d.merchant = a.merchant AND d.scope = a.scope AND d.event_id = a.event_id
+       AND ",
+    payflow_store::takes_outcome!("d.next_attempt_at_ms", "a.begun_at")
+);
 
 /// The numbers of the events an attempt names by key alone (`numbered`).
 const NUMBERS_OF_KEYS: &str = "SELECT e.merchant, e.scope, e.id, e.seq FROM events e
@@ -276,7 +281,8 @@ async fn update_deliveries(
     let next_at: Vec<Option<i64>> = rows.iter().map(|r| r.1).collect();
     let numbers: Vec<i32> = attempts.iter().map(|a| a.0.info.number as i32).collect();
     let seqs: Vec<i64> = attempts.iter().map(|a| a.1 .0).collect();
-    exec(tx, UPDATE_DELIVERIES, &[&seqs, &m, &s, &i, &upstreams, &statuses, &numbers, &next_at])
+    let begun_at: Vec<i64> = attempts.iter().map(|a| a.0.info.at_ms).collect();
+    exec(tx, UPDATE_DELIVERIES, &[&seqs, &m, &s, &i, &upstreams, &statuses, &numbers, &next_at, &begun_at])
         .await
         .map(drop)
 }

@@ -29,6 +29,8 @@ macro_rules! conformance_tests {
             an_attempt_whose_number_is_another_events_changes_neither,
             a_dead_delivery_makes_its_event_dead_and_replay_revives_it,
             a_replay_keeps_the_attempts_so_far_in_the_events_history,
+            an_attempt_under_way_when_its_delivery_is_replayed_leaves_the_replay_due,
+            a_plugin_step_under_way_when_its_event_is_replayed_leaves_the_replay_due,
             attempts_recorded_together_each_settle_their_own_event,
             an_event_is_delivered_once_every_delivery_is_wherever_its_status_is_read,
             a_plugin_step_commits_its_runs_kv_and_deliveries_together,
@@ -307,13 +309,13 @@ pub async fn a_replay_keeps_the_attempts_so_far_in_the_events_history(store: Arc
     assert_eq!(history(&detail), own(&[("legacy", 1, NOW), ("legacy", 2, NOW + 10)]), "kept by the replay");
     assert_eq!(detail.deliveries[0].attempts, 0, "the count starts over");
     store
-        .record_attempt(Arc::new(attempt(&plain, "legacy", 1, NOW + 20, 200, AttemptOutcome::Delivered)))
+        .record_attempt(Arc::new(attempt(&plain, "legacy", 1, NOW + 21, 200, AttemptOutcome::Delivered)))
         .await
         .unwrap();
     let detail = store.get_event(&plain).await.unwrap().unwrap();
     assert_eq!(
         history(&detail),
-        own(&[("legacy", 1, NOW), ("legacy", 2, NOW + 10), ("legacy", 1, NOW + 20)]),
+        own(&[("legacy", 1, NOW), ("legacy", 2, NOW + 10), ("legacy", 1, NOW + 21)]),
         "{detail:?}"
     );
     assert_eq!(detail.attempts[2].status_code, Some(200));
@@ -335,7 +337,7 @@ pub async fn a_replay_keeps_the_attempts_so_far_in_the_events_history(store: Arc
     let detail = store.get_event(&stepped).await.unwrap().unwrap();
     assert!(detail.deliveries.is_empty(), "the step decides again: {detail:?}");
     assert_eq!(history(&detail), own(&[("b", 1, NOW + 1), ("a", 1, NOW + 2)]));
-    store.finish_plugin_step(step(&stepped, 1, NOW + 30, AttemptOutcome::Delivered, &["a"])).await.unwrap();
+    store.finish_plugin_step(step(&stepped, 1, NOW + 31, AttemptOutcome::Delivered, &["a"])).await.unwrap();
     store
         .record_attempt(Arc::new(attempt(&stepped, "a", 1, NOW + 31, 200, AttemptOutcome::Delivered)))
         .await
@@ -343,6 +345,79 @@ pub async fn a_replay_keeps_the_attempts_so_far_in_the_events_history(store: Arc
     let detail = store.get_event(&stepped).await.unwrap().unwrap();
     assert_eq!(history(&detail), own(&[("b", 1, NOW + 1), ("a", 1, NOW + 2), ("a", 1, NOW + 31)]));
     assert_eq!(detail.summary.status, "delivered");
+}
+
+/// Regression (the replay lost to an attempt under way): an attempt begun before its delivery
+/// was replayed, and recorded after, left the row as its outcome said (delivered, or dead), so
+/// what the replay asked for was never sent. Such an outcome now changes neither the row nor
+/// the event; the attempt is kept in the history, and the replayed delivery is due as the
+/// replay made it. An attempt begun after the replay is recorded as usual.
+pub async fn an_attempt_under_way_when_its_delivery_is_replayed_leaves_the_replay_due(store: Arc<dyn Store>) {
+    for (id, outcome, status) in [
+        ("evt_under_way_ok", AttemptOutcome::Delivered, 200),
+        ("evt_under_way_dead", AttemptOutcome::Dead, 400),
+    ] {
+        let k = key("acme", "/wh", id);
+        store.insert_event(event(&k, NOW, to("legacy"))).await.unwrap();
+        let due = store.due_deliveries("legacy", NOW + 1, None, 10).await.unwrap();
+        let due = due.into_iter().find(|d| d.event.key == k).unwrap();
+        let under_way = |number, at_ms, status, outcome| {
+            Arc::new(crate::Attempt {
+                key: k.clone(),
+                event_seq: Some(due.seq),
+                info: attempt_info("legacy", number, at_ms, status),
+                outcome,
+            })
+        };
+        // Begun at NOW + 1; the replay comes in the same millisecond, before it is recorded.
+        assert!(store.replay(&k, &Hop::Upstream("legacy".into()), NOW + 1, None).await.unwrap());
+        store.record_attempts(vec![under_way(1, NOW + 1, status, outcome)]).await.unwrap();
+        let detail = store.get_event(&k).await.unwrap().unwrap();
+        assert_eq!(detail.summary.status, "queued", "{id}: the replay still stands");
+        assert_eq!(
+            (detail.deliveries[0].status.as_str(), detail.deliveries[0].attempts),
+            ("pending", 0),
+            "{id}"
+        );
+        let sent: Vec<_> = detail.attempts.iter().map(|a| (a.number, a.at_ms, a.status_code)).collect();
+        assert_eq!(sent, [(1, NOW + 1, Some(status))], "{id}: what was sent stays in the history");
+        let again = store.due_deliveries("legacy", NOW + 2, None, 10).await.unwrap();
+        assert!(again.iter().any(|d| d.event.key == k && d.attempts == 0), "{id}: the replay is due");
+
+        store.record_attempts(vec![under_way(1, NOW + 2, 200, AttemptOutcome::Delivered)]).await.unwrap();
+        let detail = store.get_event(&k).await.unwrap().unwrap();
+        assert_eq!(detail.summary.status, "delivered", "{id}: the replay's own attempt counts");
+        assert_eq!(detail.attempts.len(), 2, "{id}: {:?}", detail.attempts);
+    }
+}
+
+/// As for a delivery: a plugin step begun before its event was replayed into its plugins, and
+/// finished after, keeps its runs in the history and changes nothing else (no delivery, kv
+/// write, tag or status of its decision). The replay's own step decides.
+pub async fn a_plugin_step_under_way_when_its_event_is_replayed_leaves_the_replay_due(store: Arc<dyn Store>) {
+    let k = key("acme", "/wh", "evt_step_under_way");
+    store.insert_event(event(&k, NOW, Some(Hop::Plugins))).await.unwrap();
+    assert!(store.replay(&k, &Hop::Plugins, NOW + 1, None).await.unwrap());
+    let mut under_way = step(&k, 1, NOW + 1, AttemptOutcome::Delivered, &["a"]);
+    under_way.kv = vec![KvWrite { plugin: "enrich".into(), key: "seen".into(), value: b"old".to_vec() }];
+    under_way.tags = vec!["old-decision".into()];
+    (under_way.status, under_way.reason) =
+        (EventStatus::Dropped, Some("enrich: the old code drops it".into()));
+    store.finish_plugin_step(under_way).await.unwrap();
+    let detail = store.get_event(&k).await.unwrap().unwrap();
+    assert_eq!((detail.summary.status.as_str(), detail.summary.tags.len()), ("queued", 0), "{detail:?}");
+    assert!(detail.deliveries.is_empty(), "the old decision created nothing: {detail:?}");
+    assert_eq!(detail.plugin_runs.len(), 1, "what ran stays in the history");
+    assert!(store.load_kv("acme", "enrich").await.unwrap().is_empty(), "nor wrote anything");
+    let shown = detail.plugin_step.unwrap();
+    assert_eq!((&shown.status[..], shown.attempts), ("pending", 0));
+    let due = store.due_steps(NOW + 2, None, 10).await.unwrap();
+    assert_eq!(due.iter().map(|s| &s.event.key).collect::<Vec<_>>(), [&k], "the replay's step is due");
+
+    store.finish_plugin_step(step(&k, 1, NOW + 2, AttemptOutcome::Delivered, &["b"])).await.unwrap();
+    let detail = store.get_event(&k).await.unwrap().unwrap();
+    assert_eq!(detail.deliveries.iter().map(|d| &d.upstream[..]).collect::<Vec<_>>(), ["b"]);
+    assert_eq!(detail.plugin_runs.len(), 2);
 }
 
 /// Attempts recorded in one write each apply to their own delivery and event, and two of one
@@ -359,15 +434,17 @@ pub async fn attempts_recorded_together_each_settle_their_own_event(store: Arc<d
         let Inserted::New(seq) = store.insert_event(new.clone()).await.unwrap() else { panic!("new") };
         seqs.push(seq);
     }
+    let retry_at = NOW + 60_000;
     let of = |k: &EventKey, event_seq, number: u32, status: u16, outcome: AttemptOutcome| {
+        // A second attempt begins once its retry is due.
+        let at_ms = if number == 1 { NOW } else { retry_at };
         Arc::new(crate::Attempt {
             key: k.clone(),
             event_seq,
-            info: attempt_info("legacy", number, NOW, status),
+            info: attempt_info("legacy", number, at_ms, status),
             outcome,
         })
     };
-    let retry_at = NOW + 60_000;
     store
         .record_attempts(vec![
             of(&done.0, Some(seqs[0]), 1, 200, AttemptOutcome::Delivered),
@@ -471,7 +548,7 @@ pub async fn a_dead_delivery_makes_its_event_dead_and_replay_revives_it(store: A
     assert_eq!(status_of(&*store, &plain).await, "dead");
     assert!(store.replay(&plain, &Hop::Upstream("b".into()), NOW + 5, None).await.unwrap());
     assert_eq!(status_of(&*store, &plain).await, "queued");
-    let due = store.due_deliveries("b", NOW + 5, None, 10).await.unwrap();
+    let due = store.due_deliveries("b", NOW + 6, None, 10).await.unwrap();
     assert_eq!(due.len(), 1, "only the plain event's: the other's wait for its step");
     assert_eq!((&due[0].event.key, due[0].attempts), (&plain, 0));
     assert!(!store
@@ -483,7 +560,7 @@ pub async fn a_dead_delivery_makes_its_event_dead_and_replay_revives_it(store: A
     assert!(store.replay(&k, &Hop::Plugins, NOW + 5, None).await.unwrap());
     assert_eq!(status_of(&*store, &k).await, "queued");
     assert!(store.get_event(&k).await.unwrap().unwrap().deliveries.is_empty());
-    let steps = store.due_steps(NOW + 5, None, 10).await.unwrap();
+    let steps = store.due_steps(NOW + 6, None, 10).await.unwrap();
     assert_eq!((steps.len(), &steps[0].event.key, steps[0].attempts), (1, &k, 0));
 }
 
@@ -508,7 +585,7 @@ pub async fn a_dead_plugin_step_makes_its_event_dead_and_replay_runs_it_again(st
     let detail = store.get_event(&k).await.unwrap().unwrap();
     assert_eq!((&detail.summary.status[..], detail.summary.reason.as_deref()), ("queued", None));
     let shown = detail.plugin_step.unwrap();
-    assert_eq!((&shown.status[..], shown.attempts, shown.next_attempt_at_ms), ("pending", 0, Some(NOW + 9)));
+    assert_eq!((&shown.status[..], shown.attempts, shown.next_attempt_at_ms), ("pending", 0, Some(NOW + 10)));
 
     let quarantined = key("acme", "/wh", "evt_quarantined");
     let mut new = event(&quarantined, NOW, None);
@@ -521,7 +598,7 @@ pub async fn a_dead_plugin_step_makes_its_event_dead_and_replay_runs_it_again(st
     assert_eq!(summary.forced_by.as_deref(), Some(forced), "who forced it is kept");
     assert_eq!(store.get_event(&k).await.unwrap().unwrap().summary.forced_by, None);
     let due: Vec<EventKey> =
-        store.due_steps(NOW + 9, None, 10).await.unwrap().into_iter().map(|s| s.event.key).collect();
+        store.due_steps(NOW + 10, None, 10).await.unwrap().into_iter().map(|s| s.event.key).collect();
     assert_eq!(due, vec![quarantined, k], "oldest first: the quarantined one arrived first");
 }
 

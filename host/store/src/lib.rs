@@ -194,6 +194,33 @@ macro_rules! event_status {
     };
 }
 
+/// Whether a row of the queue (a delivery or a plugin step) takes the outcome of an attempt
+/// begun at `begun_at_ms`: an SQL condition that the row, due at `due_at_ms`, was due when the
+/// attempt began. An attempt can begin only once its row is due (ingress hands over rows due at
+/// once; a reader claims only rows due by its own clock, which then stamps the attempt), so every
+/// attempt's row takes it, except a row replayed while the attempt was under way: the replay
+/// made it due after the attempt began ([`replayed_due_at`]). Without this, the outcome of what
+/// was sent before the replay landed on the replayed row, and the replay was lost: the row said
+/// delivered, and what the replay asked for was never sent. Every backend's record applies
+/// this one rule.
+///
+/// Across replicas the rule is as good as their clocks agree: an attempt begun within the skew
+/// of a replay's moment may still take it, as before. A clock set back between a row's due time
+/// and its attempt has the outcome set aside; the row is sent again, once.
+#[macro_export]
+macro_rules! takes_outcome {
+    ($due_at_ms:literal, $begun_at_ms:literal) => {
+        concat!($due_at_ms, " <= ", $begun_at_ms)
+    };
+}
+
+/// When a row replayed at `now_ms` becomes due: a millisecond later, so that an attempt begun
+/// in the replay's own millisecond, before it, still counts as begun before the replay and
+/// leaves the replayed row alone ([`takes_outcome!`]).
+pub fn replayed_due_at(now_ms: i64) -> i64 {
+    now_ms + 1
+}
+
 /// An event as every stage after verification sees it: ingress stores it, the plugin step
 /// and the deliveries carry it (embedded, never copied field by field), and the plugins get it
 /// as their WIT `event` record through one conversion (`payflow-plugins`).
@@ -783,8 +810,10 @@ pub trait DeliveryQueue: Send + Sync + 'static {
 
     /// Records attempts and their outcomes, and updates their events' statuses: all of them
     /// in one write, or none (so a caller that keeps them on an error records none twice).
-    /// Attempts of one delivery apply in the order given. Shared, so that a caller can keep the
-    /// attempts (to record them again) if the store refuses them, without a copy.
+    /// Attempts of one delivery apply in the order given. An attempt begun before its delivery
+    /// was replayed is kept in the event's history and changes nothing else
+    /// ([`takes_outcome!`]). Shared, so that a caller can keep the attempts (to record them
+    /// again) if the store refuses them, without a copy.
     async fn record_attempts(&self, attempts: Vec<Arc<Attempt>>) -> Result<(), StoreError>;
 
     /// Records one attempt: [`record_attempts`](Self::record_attempts) of one.
@@ -800,7 +829,8 @@ pub trait DeliveryQueue: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<DueStep>, StoreError>;
 
-    /// Records a plugin step (see [`PluginStep`]).
+    /// Records a plugin step (see [`PluginStep`]). A step begun before its event was replayed
+    /// keeps only its runs ([`takes_outcome!`]).
     async fn finish_plugin_step(&self, step: PluginStep) -> Result<(), StoreError>;
 
     /// Pending deliveries (due now or later) to each of `upstreams`, by merchant:
@@ -924,7 +954,9 @@ pub trait AdminQueries: Send + Sync + 'static {
     /// if it has none (e.g. a quarantined event). An event with a plugin step, or replayed
     /// into [`Hop::Plugins`], replays from that step: the deliveries it created are removed,
     /// and the plugins decide again. `forced_by` (who forced the replay of a quarantined
-    /// event, and when) is kept on the event for good. False when the event is not found.
+    /// event, and when) is kept on the event for good. False when the event is not found. The
+    /// rows are due at [`replayed_due_at`]`(now_ms)`, so that an attempt or a step under way
+    /// leaves them alone.
     async fn replay(
         &self,
         key: &EventKey,

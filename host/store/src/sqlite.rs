@@ -744,8 +744,9 @@ fn insert_attempt(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> 
 
 /// Records an attempt on its delivery's row: the delivery's status, attempt count and next
 /// attempt time from the outcome, and the attempt itself as the row's latest. The caller has
-/// filed the row's previous attempt first ([`file_latest_attempt`]).
-fn record_on_delivery(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
+/// filed the row's previous attempt first ([`file_latest_attempt`]). Only a row that was due
+/// when the attempt began takes it ([`crate::takes_outcome!`]); returns whether one did.
+fn record_on_delivery(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<bool> {
     let a = &attempt.info;
     let (status, next_at_ms) = attempt.outcome.delivery_row();
     let (merchant, scope, event_id) = key_of(&attempt.key);
@@ -756,7 +757,8 @@ fn record_on_delivery(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<
              last_response = ?12
          WHERE event_seq = ",
         seq_or_key!("?13"),
-        " AND upstream = ?4 AND merchant = ?1 AND scope = ?2 AND event_id = ?3"
+        " AND upstream = ?4 AND merchant = ?1 AND scope = ?2 AND event_id = ?3 AND ",
+        crate::takes_outcome!("next_attempt_at_ms", "?8")
     ))?
     .execute(params![
         merchant,
@@ -772,13 +774,20 @@ fn record_on_delivery(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<
         a.error,
         a.response,
         attempt.event_seq.map(|s| s.0)
-    ])?;
-    Ok(())
+    ])
+    .map(|changed| changed > 0)
 }
 
 /// Copies the latest attempt kept on an event's delivery rows (one upstream's, or all of them)
-/// into `attempts`, where the earlier ones are. Needed before a row's latest is replaced.
-fn file_latest_attempt(conn: &Connection, key: &EventKey, upstream: Option<&str>) -> rusqlite::Result<()> {
+/// into `attempts`, where the earlier ones are. Needed before a row's latest is replaced: with
+/// `begun_at_ms`, by an attempt begun then, which replaces it only on a row that takes its
+/// outcome ([`crate::takes_outcome!`]).
+fn file_latest_attempt(
+    conn: &Connection,
+    key: &EventKey,
+    upstream: Option<&str>,
+    begun_at_ms: Option<i64>,
+) -> rusqlite::Result<()> {
     conn.prepare_cached(concat!(
         "INSERT INTO attempts (merchant, scope, event_id, upstream, number, at_ms, duration_ms, status_code,
                                error, response)
@@ -787,17 +796,19 @@ fn file_latest_attempt(conn: &Connection, key: &EventKey, upstream: Option<&str>
          FROM deliveries
          WHERE event_seq = ",
         seq_of_key!(),
-        " AND (?4 IS NULL OR upstream = ?4) AND last_at_ms IS NOT NULL
+        " AND (?4 IS NULL OR upstream = ?4) AND last_at_ms IS NOT NULL AND (?5 IS NULL OR ",
+        crate::takes_outcome!("next_attempt_at_ms", "?5"),
+        ")
          ORDER BY upstream",
     ))?
-    .execute(params![key.merchant, key.scope, key.id, upstream])?;
+    .execute(params![key.merchant, key.scope, key.id, upstream, begun_at_ms])?;
     Ok(())
 }
 
 /// Files every delivery's latest attempt of an event and clears it from the rows: before the
 /// rows' attempt counts start over (a replay, a plugin's new decision) or the rows go.
 fn file_latest_attempts(conn: &Connection, key: &EventKey) -> rusqlite::Result<()> {
-    file_latest_attempt(conn, key, None)?;
+    file_latest_attempt(conn, key, None, None)?;
     conn.prepare_cached(concat!(
         "UPDATE deliveries
          SET last_at_ms = NULL, last_duration_ms = NULL, last_status_code = NULL, last_error = NULL,
@@ -814,12 +825,29 @@ fn file_latest_attempts(conn: &Connection, key: &EventKey) -> rusqlite::Result<(
 /// is one from the second attempt on) filed in `attempts`, and what its outcome changes about
 /// the event. A first attempt, the only one of nearly every delivery, is one row update: an
 /// `attempts` row of its own cost a queue-mode event ~4% more CPU (bench/RESULTS.md).
+///
+/// An attempt begun before its row was replayed changes neither the row nor the event: it is
+/// filed in the event's history, as what was sent, and the replay's delivery goes ahead.
 fn apply_attempt(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
+    let begun_at_ms = attempt.info.at_ms;
     if attempt.info.number > 1 {
-        file_latest_attempt(conn, &attempt.key, Some(&attempt.info.upstream))?;
+        file_latest_attempt(conn, &attempt.key, Some(&attempt.info.upstream), Some(begun_at_ms))?;
     }
-    record_on_delivery(conn, attempt)?;
-    settle_after(conn, attempt)
+    if record_on_delivery(conn, attempt)? {
+        return settle_after(conn, attempt);
+    }
+    let (merchant, scope, id) = key_of(&attempt.key);
+    let event_is_there = conn
+        .prepare_cached(concat!(
+            "SELECT 1 FROM events WHERE seq = ",
+            seq_or_key!("?4"),
+            " AND merchant = ?1 AND scope = ?2 AND id = ?3"
+        ))?
+        .exists(params![merchant, scope, id, attempt.event_seq.map(|s| s.0)])?;
+    if event_is_there {
+        insert_attempt(conn, attempt)?;
+    }
+    Ok(())
 }
 
 /// An event key as the statements bind it: (merchant, scope, id).
@@ -1158,6 +1186,13 @@ impl DeliveryQueue for SqliteStore {
     async fn finish_plugin_step(&self, step: PluginStep) -> Result<(), StoreError> {
         self.write_with(Priority::Background(1), move |conn| {
             let (merchant, scope, id) = key_of(&step.key);
+            let replayed_since = conn
+                .prepare_cached(concat!(
+                    "SELECT 1 FROM plugin_steps WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3 AND NOT (",
+                    crate::takes_outcome!("next_attempt_at_ms", "?4"),
+                    ")"
+                ))?
+                .exists(params![merchant, scope, id, step.at_ms])?;
             let mut run = conn.prepare_cached(
                 "INSERT INTO plugin_runs (merchant, scope, event_id, plugin, version, attempt, at_ms, duration_us,
                                           fuel_used, outcome, detail, logs)
@@ -1179,6 +1214,10 @@ impl DeliveryQueue for SqliteStore {
                     r.detail,
                     logs
                 ])?;
+            }
+            if replayed_since {
+                // Only its runs are kept, as what ran: the replay's own run decides.
+                return Ok(());
             }
             let (status, next_at_ms) = step.step.step_row();
             // Proxy mode's steps have no row: they run inside the sender's request.
@@ -1762,6 +1801,8 @@ impl AdminQueries for SqliteStore {
         forced_by: Option<&str>,
     ) -> Result<bool, StoreError> {
         let (key, first_hop, forced_by) = (key.clone(), first_hop.clone(), forced_by.map(str::to_string));
+        // After now: an attempt under way leaves the replayed rows alone (`takes_outcome!`).
+        let due_at_ms = crate::replayed_due_at(now_ms);
         self.write(move |conn| {
             let k = params![key.merchant, key.scope, key.id];
             let seq: Option<i64> = conn
@@ -1787,9 +1828,9 @@ impl AdminQueries for SqliteStore {
                 conn.execute(
                     "UPDATE plugin_steps SET status = 'pending', attempts = 0, next_attempt_at_ms = ?4, error = NULL
                      WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3",
-                    params![key.merchant, key.scope, key.id, now_ms],
+                    params![key.merchant, key.scope, key.id, due_at_ms],
                 )?;
-                add_first_hop(conn, &key, seq, &Hop::Plugins, now_ms)?;
+                add_first_hop(conn, &key, seq, &Hop::Plugins, due_at_ms)?;
                 conn.execute(
                     "UPDATE events SET status = 'queued', reason = NULL WHERE merchant = ?1 AND scope = ?2 AND id = ?3",
                     k,
@@ -1798,9 +1839,9 @@ impl AdminQueries for SqliteStore {
             }
             conn.execute(
                 "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at_ms = ?2 WHERE event_seq = ?1",
-                params![seq, now_ms],
+                params![seq, due_at_ms],
             )?;
-            add_first_hop(conn, &key, seq, &first_hop, now_ms)?;
+            add_first_hop(conn, &key, seq, &first_hop, due_at_ms)?;
             settle_event(conn, &key)?;
             Ok(true)
         })
