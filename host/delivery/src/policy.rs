@@ -10,7 +10,7 @@ use rand::Rng;
 use crate::client::{reply_excerpt, SendError, UpstreamClient, UpstreamReply, MAX_RETRY_AFTER};
 use crate::upstream::Upstream;
 use payflow_clock::Clock;
-use payflow_store::{Attempt, AttemptInfo, AttemptOutcome, DueDelivery, EventKey, EventSeq};
+use payflow_store::{Attempt, AttemptInfo, AttemptOutcome, DueDelivery, Event, EventKey, EventSeq};
 use payflow_telemetry::{new_span_id, traceparent, Attribute, EventTrace, SpanRecord, Telemetry};
 
 /// How often, and how far apart, a delivery or a plugin step is tried.
@@ -78,16 +78,18 @@ pub fn classify(result: &Result<UpstreamReply, SendError>) -> Verdict {
 pub struct AttemptStart {
     pub(crate) key: EventKey,
     pub(crate) event_seq: Option<EventSeq>,
+    pub(crate) ordered: bool,
     pub(crate) number: u32,
     pub(crate) at_ms: i64,
     pub(crate) started: Instant,
 }
 
 impl AttemptStart {
-    /// Starts attempt `number` of delivering the event `key` (number `event_seq` in the store,
-    /// when the caller has it: see [`Attempt::event_seq`]) at `at_ms`.
-    pub fn new(key: EventKey, event_seq: Option<EventSeq>, number: u32, at_ms: i64) -> Self {
-        AttemptStart { key, event_seq, number, at_ms, started: Instant::now() }
+    /// Starts attempt `number` of delivering `event` (number `event_seq` in the store, when the
+    /// caller has it: see [`Attempt::event_seq`]) at `at_ms`.
+    pub fn new(event: &Event, event_seq: Option<EventSeq>, number: u32, at_ms: i64) -> Self {
+        let (key, ordered) = (event.key.clone(), event.ordered);
+        AttemptStart { key, event_seq, ordered, number, at_ms, started: Instant::now() }
     }
 
     /// The record of this attempt, to store.
@@ -101,6 +103,7 @@ impl AttemptStart {
         Attempt {
             key: self.key,
             event_seq: self.event_seq,
+            ordered: self.ordered,
             info: AttemptInfo {
                 upstream: upstream.name.clone(),
                 number: self.number,
@@ -128,7 +131,7 @@ pub async fn attempt(
 ) -> Attempt {
     let number = d.attempts + 1;
     let e = &d.event;
-    let attempt = AttemptStart::new(e.key.clone(), Some(d.seq), number, clock.now_ms());
+    let attempt = AttemptStart::new(e, Some(d.seq), number, clock.now_ms());
     let traced = telemetry.enabled().then(|| {
         let trace = EventTrace::of(&e.key.merchant, &e.key.scope, &e.key.id, e.received_at_ms);
         (trace, new_span_id(), SystemTime::now())

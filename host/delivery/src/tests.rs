@@ -49,6 +49,7 @@ fn due(id: &str) -> DueDelivery {
         body: Bytes::new(),
         received_at_ms: 0,
         request_id: String::new(),
+        ordered: false,
     };
     // A number no store gave: these tests' queues never hand it back to one.
     DueDelivery::new(event, EventSeq(0), "u".into(), 0)

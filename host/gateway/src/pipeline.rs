@@ -254,7 +254,7 @@ impl Pipeline {
             (EventStatus::Queued, Some(hop)) => Some(hop),
             _ => None,
         };
-        let event = Event {
+        let mut event = Event {
             key: EventKey {
                 merchant: endpoint.merchant.clone(),
                 scope: endpoint.scope.clone(),
@@ -265,6 +265,7 @@ impl Pipeline {
             body,
             received_at_ms: self.clock.now_ms(),
             request_id: request_id.to_string(),
+            ordered: false,
         };
         // Read from the event as received, so a plugin's rewrite never reorders it.
         let order_key = match (&endpoint.ordering, first_hop) {
@@ -273,6 +274,7 @@ impl Pipeline {
             }
             _ => None,
         };
+        event.ordered = order_key.is_some();
         // Either the row is stored claimed, or its hand-off is under way until it is handed off
         // below (the guard lives to the end of this function).
         let (claim_until_ms, under_way) = match (&self.hand_off, first_hop) {
@@ -383,7 +385,7 @@ impl Pipeline {
             return Answer::NoUpstream;
         };
         let (key, request_id) = (&event.key, event.request_id.as_str());
-        let attempt = AttemptStart::new(key.clone(), None, 1, self.clock.now_ms());
+        let attempt = AttemptStart::new(event, None, 1, self.clock.now_ms());
         let result =
             self.client.send(upstream, &key.id, request_id, body, headers, self.clock.now_secs()).await;
         let outcome = match classify(&result) {

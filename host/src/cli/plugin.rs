@@ -445,6 +445,7 @@ pub fn run(args: PluginArgs) -> Result<(), Failure> {
                 body: Bytes::from(body),
                 received_at_ms: super::unix_now() * 1000,
                 request_id: String::new(),
+                ordered: false,
             };
             let event = Event::of(&event, &event.body);
             let config = config

@@ -308,6 +308,7 @@ mod tests {
                 body: Bytes::from(format!("{{\"id\":\"{id}\"}}")),
                 received_at_ms: 1,
                 request_id: format!("req_{id}"),
+                ordered: order_key.is_some(),
             },
             status: EventStatus::Queued,
             reason: None,
@@ -340,7 +341,7 @@ mod tests {
             error: None,
             response: None,
         };
-        vec![Arc::new(Attempt { key: key(id), event_seq: None, info, outcome })]
+        vec![Arc::new(Attempt { key: key(id), event_seq: None, ordered: true, info, outcome })]
     }
 
     async fn row_status(db: &tokio_postgres::Client, id: &str) -> String {

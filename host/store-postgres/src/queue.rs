@@ -16,7 +16,8 @@ use crate::{exec, key_params, query, query_opt, unavailable, PostgresStore};
 
 /// The `events` columns [`event_at`] reads, as `e`.
 const EVENT_COLUMNS: &str =
-    "e.merchant, e.scope, e.id, e.endpoint, e.event_type, e.body, e.received_at_ms, e.request_id, e.seq";
+    "e.merchant, e.scope, e.id, e.endpoint, e.event_type, e.body, e.received_at_ms, e.request_id, e.seq,
+     e.order_key IS NOT NULL";
 
 /// The event of a row and its number, read from [`EVENT_COLUMNS`] starting at column `at`.
 fn event_at(r: &Row, at: usize) -> (Event, EventSeq) {
@@ -27,6 +28,7 @@ fn event_at(r: &Row, at: usize) -> (Event, EventSeq) {
         body: Bytes::from(r.get::<_, Vec<u8>>(at + 5)),
         received_at_ms: r.get(at + 6),
         request_id: r.get(at + 7),
+        ordered: r.get(at + 9),
     };
     (event, EventSeq(r.get(at + 8)))
 }
@@ -45,7 +47,7 @@ async fn lock_event(tx: &impl GenericClient, key: &EventKey) -> Result<(), tokio
 }
 
 /// Where a claimed row's own `columns` start: after its due time and its event.
-const CLAIMED: usize = 10;
+const CLAIMED: usize = 11;
 
 /// A table of due rows, as a claim leases them and a hand-back frees them.
 struct Queue {

@@ -196,7 +196,10 @@ fn key_arrays<'a>(keys: impl Iterator<Item = &'a EventKey> + Clone) -> [Vec<&'a 
 /// and an ordered event (the ordered scans read its row's status, so it is marked delivered
 /// when its last delivery is). A delivered attempt of any other event changes nothing on its
 /// row ([`payflow_store::event_status!`] reads it as delivered once every delivery is), and a
-/// retry changes nothing either; their events are neither locked nor written. Writing each
+/// retry changes nothing either; their events are neither locked nor written. An attempt that
+/// says its event is unordered ([`Attempt::ordered`]) and was delivered is not even looked up:
+/// the lookup of each delivered event by number cost the database ~2.4 µs per queue-mode event,
+/// for nothing (bench/RESULTS.md, twenty-third look). Writing each
 /// delivered event's row (a new row version and an entry in each of its indexes) cost the
 /// database more than any other record statement (bench/RESULTS.md).
 ///
@@ -213,6 +216,8 @@ async fn lock_events_to_settle(
     for &(a, seq) in attempts {
         match a.outcome {
             AttemptOutcome::Retry { .. } => {}
+            // Nothing to write on an unordered event's row (see the doc above).
+            AttemptOutcome::Delivered if !a.ordered => {}
             AttemptOutcome::Dead => finished.entry(&a.key).or_insert((seq, false)).1 = true,
             AttemptOutcome::Delivered => {
                 finished.entry(&a.key).or_insert((seq, false));

@@ -75,6 +75,7 @@ fn event(key: &EventKey, at_ms: i64, first_hop: Option<Hop>) -> NewEvent {
             body: Bytes::from(format!("{{\"id\":\"{}\"}}", key.id)),
             received_at_ms: at_ms,
             request_id: format!("req_{}", key.id),
+            ordered: false,
         },
         status: if first_hop.is_none() { EventStatus::Stored } else { EventStatus::Queued },
         reason: None,
@@ -202,6 +203,7 @@ pub async fn a_due_delivery_is_read_recorded_and_retried_at_its_time(store: Arc<
     let first = crate::Attempt {
         key: k.clone(),
         event_seq: Some(due[0].seq),
+        ordered: false,
         info: attempt_info("legacy", 1, NOW, 503),
         outcome: AttemptOutcome::Retry { next_at_ms: retry_at },
     };
@@ -216,6 +218,7 @@ pub async fn a_due_delivery_is_read_recorded_and_retried_at_its_time(store: Arc<
     let second = crate::Attempt {
         key: k.clone(),
         event_seq: Some(again[0].seq),
+        ordered: false,
         info: attempt_info("legacy", 2, retry_at, 200),
         outcome: AttemptOutcome::Delivered,
     };
@@ -262,6 +265,7 @@ pub async fn an_attempt_whose_number_is_another_events_changes_neither(store: Ar
         let crossed = crate::Attempt {
             key: mine.clone(),
             event_seq: Some(their_seq),
+            ordered: false,
             info: attempt_info("legacy", 1, NOW, 200),
             outcome,
         };
@@ -288,6 +292,7 @@ pub async fn a_replay_keeps_the_attempts_so_far_in_the_events_history(store: Arc
         |k: &EventKey, upstream: &str, number: u32, at_ms: i64, status: u16, outcome| crate::Attempt {
             key: k.clone(),
             event_seq: None,
+            ordered: false,
             info: attempt_info(upstream, number, at_ms, status),
             outcome,
         };
@@ -365,6 +370,7 @@ pub async fn an_attempt_under_way_when_its_delivery_is_replayed_leaves_the_repla
             Arc::new(crate::Attempt {
                 key: k.clone(),
                 event_seq: Some(due.seq),
+                ordered: false,
                 info: attempt_info("legacy", number, at_ms, status),
                 outcome,
             })
@@ -441,6 +447,7 @@ pub async fn attempts_recorded_together_each_settle_their_own_event(store: Arc<d
         Arc::new(crate::Attempt {
             key: k.clone(),
             event_seq,
+            ordered: false,
             info: attempt_info("legacy", number, at_ms, status),
             outcome,
         })
@@ -502,6 +509,7 @@ pub async fn an_event_is_delivered_once_every_delivery_is_wherever_its_status_is
         vec![Arc::new(crate::Attempt {
             key: k.clone(),
             event_seq: None,
+            ordered: false,
             info: attempt_info(upstream, 1, NOW + 1, 200),
             outcome: AttemptOutcome::Delivered,
         })]
@@ -526,6 +534,7 @@ pub async fn a_dead_delivery_makes_its_event_dead_and_replay_revives_it(store: A
     let delivered = crate::Attempt {
         key: k.clone(),
         event_seq: None,
+        ordered: false,
         info: attempt_info("a", 1, NOW, 200),
         outcome: AttemptOutcome::Delivered,
     };
@@ -534,6 +543,7 @@ pub async fn a_dead_delivery_makes_its_event_dead_and_replay_revives_it(store: A
     let dead = crate::Attempt {
         key: k.clone(),
         event_seq: None,
+        ordered: false,
         info: attempt_info("b", 1, NOW, 400),
         outcome: AttemptOutcome::Dead,
     };
@@ -677,6 +687,7 @@ pub async fn a_claimed_row_is_due_for_no_other_reader_until_its_claim_ends(store
     let retry = crate::Attempt {
         key: k.clone(),
         event_seq: None,
+        ordered: false,
         info: attempt_info("legacy", 1, NOW, 503),
         outcome: AttemptOutcome::Retry { next_at_ms: NOW + 10 },
     };
@@ -1025,6 +1036,8 @@ pub async fn an_ordered_delivery_waits_for_its_keys_head_and_a_skip_releases_it(
             .await
             .unwrap()
             .into_iter()
+            // The store says which events have a key, for their attempts to carry.
+            .inspect(|d| assert_eq!(d.event.ordered, d.event.key.id != "n1", "{:?}", d.event.key))
             .map(|d| d.event.key.id)
             .collect();
         ids.sort();
@@ -1034,6 +1047,7 @@ pub async fn an_ordered_delivery_waits_for_its_keys_head_and_a_skip_releases_it(
         let attempt = crate::Attempt {
             key: key("acme", "/wh", id),
             event_seq: None,
+            ordered: id != "n1",
             info: attempt_info("ledger", number, at, status),
             outcome,
         };
@@ -1077,4 +1091,13 @@ pub async fn an_ordered_delivery_waits_for_its_keys_head_and_a_skip_releases_it(
     assert_eq!(due(NOW + 3_000).await, ["c1"]);
     record("c1", 1, NOW + 3_000, 200, AttemptOutcome::Delivered).await;
     assert_eq!(due(NOW + 3_000).await, ["c2"]);
+    // c1's row says it is delivered (its attempt said the event is ordered), so c2, failing,
+    // is its key's head: the held keys read the rows' statuses.
+    record("c2", 1, NOW + 3_000, 503, AttemptOutcome::Retry { next_at_ms: NOW + 4_000 }).await;
+    let held = store.held_keys(None, 10).await.unwrap();
+    assert_eq!(
+        held.iter().map(|h| (&h.event_id[..], h.attempts)).collect::<Vec<_>>(),
+        [("c2", 1)],
+        "{held:?}"
+    );
 }

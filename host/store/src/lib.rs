@@ -239,6 +239,9 @@ pub struct Event {
     pub received_at_ms: i64,
     /// Id of the ingress request that stored it, carried into the plugin and delivery logs.
     pub request_id: String,
+    /// Whether it has an ordering key ([`NewEvent::order_key`]): only then does an outcome of
+    /// its deliveries other than a dead one write its row ([`Attempt::ordered`]).
+    pub ordered: bool,
 }
 
 /// Where a stored event goes after the acknowledgement: the steps run in this order, stored →
@@ -421,6 +424,12 @@ pub struct Attempt {
     /// ([`DueDelivery::seq`]) does, a proxy-mode forward does not. The store finds the
     /// event's rows by it when it is there, and by the key when not.
     pub event_seq: Option<EventSeq>,
+    /// Whether the event has an ordering key ([`Event::ordered`]). A delivered outcome of an
+    /// event without one writes nothing on the event's row, so the store neither looks the
+    /// row up nor locks it: the event reads as delivered once all its deliveries are
+    /// ([`event_status!`]). Only the ordered scans, which read an ordered event's own row,
+    /// need it written. A caller that cannot tell says true, which costs only that lookup.
+    pub ordered: bool,
     /// What happened, as the admin API shows it.
     pub info: AttemptInfo,
     /// What happens next.

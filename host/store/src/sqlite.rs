@@ -861,7 +861,8 @@ fn key_of(key: &EventKey) -> (&str, &str, &str) {
 /// [`crate::event_status!`] applies as the event is read: the event's row is left as it is.
 /// Rewriting it (body and all) cost a queue-mode event ~8% more WAL bytes and a few per cent
 /// more CPU (bench/RESULTS.md). Only an event with an ordering key is still marked here, in one
-/// statement, because the ordered scans narrow a key's history by the row's status
+/// statement (run only for an attempt that says its event is ordered, [`Attempt::ordered`]),
+/// because the ordered scans narrow a key's history by the row's status
 /// ([`crate::ordering`]). (The subquery names the row's columns, not the parameters, so that
 /// SQLite runs it after the cheap test on `order_key` instead of once up front for every
 /// event.) PostgreSQL's recorder does the same; the conformance suite holds both to the same
@@ -869,6 +870,7 @@ fn key_of(key: &EventKey) -> (&str, &str, &str) {
 fn settle_after(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
     match attempt.outcome {
         AttemptOutcome::Retry { .. } => Ok(()),
+        AttemptOutcome::Delivered if !attempt.ordered => Ok(()),
         AttemptOutcome::Dead => settle_event(conn, &attempt.key),
         AttemptOutcome::Delivered => {
             let k = &attempt.key;
@@ -934,13 +936,15 @@ fn event_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<(Event, EventS
         body: Bytes::from(r.get::<_, Vec<u8>>(at + 5)?),
         received_at_ms: r.get(at + 6)?,
         request_id: r.get(at + 7)?,
+        ordered: r.get(at + 9)?,
     };
     Ok((event, EventSeq(r.get(at + 8)?)))
 }
 
 /// The `events` columns [`event_at`] reads, as `e`.
 const EVENT_COLUMNS: &str =
-    "e.merchant, e.scope, e.id, e.endpoint, e.event_type, e.body, e.received_at_ms, e.request_id, e.seq";
+    "e.merchant, e.scope, e.id, e.endpoint, e.event_type, e.body, e.received_at_ms, e.request_id, e.seq,
+     e.order_key IS NOT NULL";
 
 fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventSummary> {
     Ok(EventSummary {
@@ -1965,6 +1969,7 @@ mod tests {
             body,
             received_at_ms,
             request_id: "req".into(),
+            ordered: false,
         };
         NewEvent {
             event,
@@ -1997,6 +2002,7 @@ mod tests {
             let attempt = Attempt {
                 key: key(id),
                 event_seq: None,
+                ordered: true,
                 info: AttemptInfo {
                     upstream: "legacy".into(),
                     number: 1,
@@ -2104,6 +2110,7 @@ mod tests {
             Arc::new(Attempt {
                 key: key(id),
                 event_seq: None,
+                ordered: true,
                 info: AttemptInfo {
                     upstream: "up".into(),
                     number,
@@ -2153,6 +2160,7 @@ mod tests {
             Arc::new(Attempt {
                 key: key(id),
                 event_seq: None,
+                ordered: true,
                 info: AttemptInfo {
                     upstream: "legacy".into(),
                     number,
@@ -2341,6 +2349,7 @@ mod tests {
                 body: Bytes::from_static(b"{}"),
                 received_at_ms: 1_000,
                 request_id: "req".into(),
+                ordered: false,
             };
             let new = NewEvent {
                 event,

@@ -142,6 +142,7 @@ impl Admin {
                         body: Bytes::from(detail.body),
                         received_at_ms: detail.summary.received_at_ms,
                         request_id: detail.request_id,
+                        ordered: detail.order_key.is_some(),
                         key,
                     },
                     Ok(None) => continue,
