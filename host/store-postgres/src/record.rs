@@ -198,7 +198,7 @@ fn key_arrays<'a>(keys: impl Iterator<Item = &'a EventKey> + Clone) -> [Vec<&'a 
 /// row ([`payflow_store::event_status!`] reads it as delivered once every delivery is), and a
 /// retry changes nothing either; their events are neither locked nor written. An attempt that
 /// says its event is unordered ([`Attempt::ordered`]) and was delivered is not even looked up:
-/// the lookup of each delivered event by number cost the database ~2.4 µs per queue-mode event,
+/// the lookup of each delivered event by number cost the database 2.2–2.4 µs per queue-mode event,
 /// for nothing (bench/RESULTS.md, twenty-third look). Writing each
 /// delivered event's row (a new row version and an entry in each of its indexes) cost the
 /// database more than any other record statement (bench/RESULTS.md).
