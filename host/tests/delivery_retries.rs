@@ -180,13 +180,16 @@ async fn deliveries_carry_the_event_id_and_a_fresh_signature() {
 async fn a_replay_while_a_delivery_is_under_way_is_sent_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = Upstream::start().await;
-    upstream.set_delay(Duration::from_millis(1500));
+    // Long enough for the replay below to be accepted first, even on a slow, loaded machine, and
+    // well within the upstream's timeout: the first attempt must end with the upstream's answer.
+    upstream.set_delay(Duration::from_secs(3));
+    let upstream_config = "retry_base_ms = 100\nretry_max_ms = 400\ntimeout_ms = 10000";
     let gw =
-        Gateway::start(dir.path(), &queue_config(&dir.path().join("db"), &upstream.url(), &fast_retries("")));
+        Gateway::start(dir.path(), &queue_config(&dir.path().join("db"), &upstream.url(), upstream_config));
     let client = client();
     assert_eq!(send_event(&client, &gw.url("/webhooks/payflow"), "evt_under_way").await.0, 200);
     let started = || upstream.started.load(std::sync::atomic::Ordering::SeqCst);
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if started() > 0 {
             break;
         }
