@@ -261,18 +261,33 @@ impl DeliveryQueue for PostgresStore {
         let tx = client.transaction().await.map_err(unavailable)?;
         let [m, s, i] = key_params(&step.key);
         lock_event(&tx, &step.key).await.map_err(unavailable)?;
-        let replayed_since = query_opt(
+        let (status, next_at_ms) = step.step.step_row();
+        let routes = step.routes.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default());
+        let took = exec(
             &tx,
             concat!(
-                "SELECT 1 FROM plugin_steps WHERE merchant = $1 AND scope = $2 AND event_id = $3 AND NOT (",
-                payflow_store::takes_outcome!("next_attempt_at_ms", "$4"),
-                ")"
+                "UPDATE plugin_steps
+                 SET status = $4, attempts = $5, next_attempt_at_ms = COALESCE($6, next_attempt_at_ms), error = $7,
+                     lease_until_ms = NULL, routes = $8
+                 WHERE merchant = $1 AND scope = $2 AND event_id = $3 AND ",
+                payflow_store::takes_outcome!("next_attempt_at_ms", "$9")
             ),
-            &[m, s, i, &step.at_ms],
+            &[m, s, i, &status, &(step.number as i32), &next_at_ms, &step.error, &routes, &step.at_ms],
         )
         .await
         .map_err(unavailable)?
-        .is_some();
+            > 0;
+        // Proxy mode's steps have no row (they run inside the sender's request); a row the step
+        // did not take was replayed since it began.
+        let replayed_since = !took
+            && query_opt(
+                &tx,
+                "SELECT 1 FROM plugin_steps WHERE merchant = $1 AND scope = $2 AND event_id = $3",
+                &[m, s, i],
+            )
+            .await
+            .map_err(unavailable)?
+            .is_some();
         for r in &step.runs {
             let logs = serde_json::to_string(&r.logs).unwrap_or_else(|_| "[]".into());
             exec(&tx,
@@ -301,17 +316,6 @@ impl DeliveryQueue for PostgresStore {
             // Only its runs are kept, as what ran: the replay's own run decides.
             return tx.commit().await.map_err(unavailable);
         }
-        let (status, next_at_ms) = step.step.step_row();
-        let routes = step.routes.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default());
-        exec(&tx,
-            "UPDATE plugin_steps
-             SET status = $4, attempts = $5, next_attempt_at_ms = COALESCE($6, next_attempt_at_ms), error = $7,
-                 lease_until_ms = NULL, routes = $8
-             WHERE merchant = $1 AND scope = $2 AND event_id = $3",
-            &[m, s, i, &status, &(step.number as i32), &next_at_ms, &step.error, &routes],
-        )
-        .await
-        .map_err(unavailable)?;
         for w in &step.kv {
             exec(
                 &tx,

@@ -1190,13 +1190,24 @@ impl DeliveryQueue for SqliteStore {
     async fn finish_plugin_step(&self, step: PluginStep) -> Result<(), StoreError> {
         self.write_with(Priority::Background(1), move |conn| {
             let (merchant, scope, id) = key_of(&step.key);
-            let replayed_since = conn
+            let (status, next_at_ms) = step.step.step_row();
+            let routes = step.routes.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default());
+            let took = conn
                 .prepare_cached(concat!(
-                    "SELECT 1 FROM plugin_steps WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3 AND NOT (",
-                    crate::takes_outcome!("next_attempt_at_ms", "?4"),
-                    ")"
+                    "UPDATE plugin_steps
+                     SET status = ?4, attempts = ?5, next_attempt_at_ms = COALESCE(?6, next_attempt_at_ms),
+                         error = ?7, routes = ?8
+                     WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3 AND ",
+                    crate::takes_outcome!("next_attempt_at_ms", "?9")
                 ))?
-                .exists(params![merchant, scope, id, step.at_ms])?;
+                .execute(params![merchant, scope, id, status, step.number, next_at_ms, step.error, routes, step.at_ms])?
+                > 0;
+            // Proxy mode's steps have no row (they run inside the sender's request); a row the step
+            // did not take was replayed since it began.
+            let replayed_since = !took
+                && conn
+                    .prepare_cached("SELECT 1 FROM plugin_steps WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3")?
+                    .exists(params![merchant, scope, id])?;
             let mut run = conn.prepare_cached(
                 "INSERT INTO plugin_runs (merchant, scope, event_id, plugin, version, attempt, at_ms, duration_us,
                                           fuel_used, outcome, detail, logs)
@@ -1223,16 +1234,6 @@ impl DeliveryQueue for SqliteStore {
                 // Only its runs are kept, as what ran: the replay's own run decides.
                 return Ok(());
             }
-            let (status, next_at_ms) = step.step.step_row();
-            // Proxy mode's steps have no row: they run inside the sender's request.
-            let routes = step.routes.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default());
-            conn.prepare_cached(
-                "UPDATE plugin_steps
-                 SET status = ?4, attempts = ?5, next_attempt_at_ms = COALESCE(?6, next_attempt_at_ms), error = ?7,
-                     routes = ?8
-                 WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3",
-            )?
-            .execute(params![merchant, scope, id, status, step.number, next_at_ms, step.error, routes])?;
             let mut kv = conn.prepare_cached(
                 "INSERT INTO plugin_kv (merchant, plugin, key, value) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value",
