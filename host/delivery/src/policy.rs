@@ -79,17 +79,35 @@ pub struct AttemptStart {
     pub(crate) key: EventKey,
     pub(crate) event_seq: Option<EventSeq>,
     pub(crate) ordered: bool,
+    pub(crate) claimed_until_ms: Option<i64>,
     pub(crate) number: u32,
     pub(crate) at_ms: i64,
     pub(crate) started: Instant,
 }
 
 impl AttemptStart {
-    /// Starts attempt `number` of delivering `event` (number `event_seq` in the store, when the
-    /// caller has it: see [`Attempt::event_seq`]) at `at_ms`.
-    pub fn new(event: &Event, event_seq: Option<EventSeq>, number: u32, at_ms: i64) -> Self {
+    /// Starts the next attempt of the due delivery `d` at `at_ms`, under its claim.
+    pub fn of(d: &DueDelivery, at_ms: i64) -> Self {
+        AttemptStart {
+            event_seq: Some(d.seq),
+            claimed_until_ms: d.claimed_until_ms,
+            ..AttemptStart::forward(&d.event, d.attempts + 1, at_ms)
+        }
+    }
+
+    /// Starts attempt `number` of a proxy-mode forward of `event` at `at_ms`, which has neither
+    /// its event's number at hand ([`Attempt::event_seq`]) nor a claim.
+    pub fn forward(event: &Event, number: u32, at_ms: i64) -> Self {
         let (key, ordered) = (event.key.clone(), event.ordered);
-        AttemptStart { key, event_seq, ordered, number, at_ms, started: Instant::now() }
+        AttemptStart {
+            key,
+            event_seq: None,
+            ordered,
+            claimed_until_ms: None,
+            number,
+            at_ms,
+            started: Instant::now(),
+        }
     }
 
     /// The record of this attempt, to store.
@@ -104,6 +122,7 @@ impl AttemptStart {
             key: self.key,
             event_seq: self.event_seq,
             ordered: self.ordered,
+            claimed_until_ms: self.claimed_until_ms,
             info: AttemptInfo {
                 upstream: upstream.name.clone(),
                 number: self.number,
@@ -129,9 +148,8 @@ pub async fn attempt(
     d: &DueDelivery,
     telemetry: &Telemetry,
 ) -> Attempt {
-    let number = d.attempts + 1;
-    let e = &d.event;
-    let attempt = AttemptStart::new(e, Some(d.seq), number, clock.now_ms());
+    let attempt = AttemptStart::of(d, clock.now_ms());
+    let (number, e) = (attempt.number, &d.event);
     let traced = telemetry.enabled().then(|| {
         let trace = EventTrace::of(&e.key.merchant, &e.key.scope, &e.key.id, e.received_at_ms);
         (trace, new_span_id(), SystemTime::now())

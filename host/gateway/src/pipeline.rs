@@ -385,7 +385,7 @@ impl Pipeline {
             return Answer::NoUpstream;
         };
         let (key, request_id) = (&event.key, event.request_id.as_str());
-        let attempt = AttemptStart::new(event, None, 1, self.clock.now_ms());
+        let attempt = AttemptStart::forward(event, 1, self.clock.now_ms());
         let result =
             self.client.send(upstream, &key.id, request_id, body, headers, self.clock.now_secs()).await;
         let outcome = match classify(&result) {

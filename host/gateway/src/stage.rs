@@ -264,7 +264,7 @@ impl PluginStage {
             crate::trace::record_step(&self.telemetry, event, span, &runs);
         }
         let decision = Decision { step, status, reason, deliveries, tags, runs, kv, routes };
-        match self.commit(event, number, at_ms, decision).await {
+        match self.commit(event, number, at_ms, due.claimed_until_ms, decision).await {
             Ok(created) => {
                 let due = |d: NewDelivery| DueDelivery {
                     body: d.body,
@@ -308,20 +308,22 @@ impl PluginStage {
             kv,
             routes: None,
         };
-        if let Err(e) = self.commit(event, 1, at_ms, decision).await {
+        if let Err(e) = self.commit(event, 1, at_ms, None, decision).await {
             return ChainOutcome::Failed { reason: format!("cannot record the plugin step: {e}") };
         }
         result.outcome
     }
 
-    /// Records a step (its runs, kv writes and `decision`) in one commit and returns the
-    /// deliveries it created. If the commit fails, the kv writes the chain made visible in
-    /// memory are forgotten (they were not committed).
+    /// Records a step (run `number`, begun at `at_ms`, under the claim that ends at
+    /// `claimed_until_ms` when there is one: its runs, kv writes and `decision`) in one commit
+    /// and returns the deliveries it created. If the commit fails, the kv writes the chain made
+    /// visible in memory are forgotten (they were not committed).
     async fn commit(
         &self,
         event: &Event,
         number: u32,
         at_ms: i64,
+        claimed_until_ms: Option<i64>,
         decision: Decision,
     ) -> Result<Vec<NewDelivery>, payflow_store::StoreError> {
         let Decision { step, status, reason, deliveries, tags, runs, kv, routes } = decision;
@@ -339,6 +341,7 @@ impl PluginStage {
             deliveries: deliveries.clone(),
             tags,
             routes,
+            claimed_until_ms,
         };
         let recorded = self.store.finish_plugin_step(record).await;
         // The next run reads the plugins' kv spaces from the store again when the writes made

@@ -35,6 +35,18 @@ macro_rules! seq_of_key {
     };
 }
 
+/// The condition that a claimed row, whose lease is the column `$lease`, still holds the lease
+/// an attempt's claim took (`$claimed`; an attempt that carries none is not asked): a replay
+/// since the attempt began ended it ([`payflow_store::Attempt::claimed_until_ms`]), and so
+/// would another replica's claim of a row whose lease ran out. Beside
+/// [`payflow_store::takes_outcome!`], whose clock rule alone is only as exact as the replicas'
+/// clocks agree.
+macro_rules! holds_claim {
+    ($lease:literal, $claimed:literal) => {
+        concat!("(", $claimed, " IS NULL OR ", $lease, " = ", $claimed, ")")
+    };
+}
+
 mod admin;
 mod collation;
 mod event_numbers;
@@ -341,7 +353,14 @@ mod tests {
             error: None,
             response: None,
         };
-        vec![Arc::new(Attempt { key: key(id), event_seq: None, ordered: true, info, outcome })]
+        vec![Arc::new(Attempt {
+            key: key(id),
+            event_seq: None,
+            ordered: true,
+            claimed_until_ms: None,
+            info,
+            outcome,
+        })]
     }
 
     async fn row_status(db: &tokio_postgres::Client, id: &str) -> String {

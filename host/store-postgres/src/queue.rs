@@ -270,15 +270,28 @@ impl DeliveryQueue for PostgresStore {
                  SET status = $4, attempts = $5, next_attempt_at_ms = COALESCE($6, next_attempt_at_ms), error = $7,
                      lease_until_ms = NULL, routes = $8
                  WHERE merchant = $1 AND scope = $2 AND event_id = $3 AND ",
-                payflow_store::takes_outcome!("next_attempt_at_ms", "$9")
+                payflow_store::takes_outcome!("next_attempt_at_ms", "$9"),
+                " AND ",
+                holds_claim!("lease_until_ms", "$10::int8")
             ),
-            &[m, s, i, &status, &(step.number as i32), &next_at_ms, &step.error, &routes, &step.at_ms],
+            &[
+                m,
+                s,
+                i,
+                &status,
+                &(step.number as i32),
+                &next_at_ms,
+                &step.error,
+                &routes,
+                &step.at_ms,
+                &step.claimed_until_ms,
+            ],
         )
         .await
         .map_err(unavailable)?
             > 0;
         // Proxy mode's steps have no row (they run inside the sender's request); a row the step
-        // did not take was replayed since it began.
+        // did not take was replayed since it began (or, its lease run out, claimed by another).
         let replayed_since = !took
             && query_opt(
                 &tx,

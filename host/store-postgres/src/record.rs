@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Object, Pool, Transaction};
 use payflow_store::{Attempt, AttemptOutcome, CommitObserver, EventKey, EventSeq, StoreError};
+use tokio_postgres::types::ToSql;
 
 use crate::group::GroupCommit;
 use crate::{exec, key_at, pool_error, query, unavailable};
@@ -83,12 +84,14 @@ pub(crate) const UPDATE_DELIVERIES: &str = concat!(
      SET status = a.status, attempts = a.number, next_attempt_at_ms = COALESCE(a.next_at, d.next_attempt_at_ms),
          lease_until_ms = NULL
      FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::int8[],
-                 $9::int8[])
-         AS a(seq, merchant, scope, event_id, upstream, status, number, next_at, begun_at)
+                 $9::int8[], $10::int8[])
+         AS a(seq, merchant, scope, event_id, upstream, status, number, next_at, begun_at, claimed_until)
      WHERE d.event_seq = a.seq AND d.upstream = a.upstream
        AND d.merchant = a.merchant AND d.scope = a.scope AND d.event_id = a.event_id
        AND ",
-    payflow_store::takes_outcome!("d.next_attempt_at_ms", "a.begun_at")
+    payflow_store::takes_outcome!("d.next_attempt_at_ms", "a.begun_at"),
+    " AND ",
+    holds_claim!("d.lease_until_ms", "a.claimed_until")
 );
 
 /// The numbers of the events an attempt names by key alone (`numbered`).
@@ -287,9 +290,10 @@ async fn update_deliveries(
     let numbers: Vec<i32> = attempts.iter().map(|a| a.0.info.number as i32).collect();
     let seqs: Vec<i64> = attempts.iter().map(|a| a.1 .0).collect();
     let begun_at: Vec<i64> = attempts.iter().map(|a| a.0.info.at_ms).collect();
-    exec(tx, UPDATE_DELIVERIES, &[&seqs, &m, &s, &i, &upstreams, &statuses, &numbers, &next_at, &begun_at])
-        .await
-        .map(drop)
+    let claimed_until: Vec<Option<i64>> = attempts.iter().map(|a| a.0.claimed_until_ms).collect();
+    let params: [&(dyn ToSql + Sync); 10] =
+        [&seqs, &m, &s, &i, &upstreams, &statuses, &numbers, &next_at, &begun_at, &claimed_until];
+    exec(tx, UPDATE_DELIVERIES, &params).await.map(drop)
 }
 
 /// Sets each event's status from its deliveries' by [`payflow_store::settled_status`]. Call

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::{
-    Amount, AttemptInfo, AttemptOutcome, Canary, Claim, Event, EventFilter, EventKey, EventStatus, Hop,
-    Inserted, KvWrite, NewDelivery, NewEvent, NewPluginVersion, PluginRunInfo, PluginStep, Store,
-    VersionBounds,
+    Amount, AttemptInfo, AttemptOutcome, Canary, Claim, DueDelivery, Event, EventFilter, EventKey,
+    EventStatus, Hop, Inserted, KvWrite, NewDelivery, NewEvent, NewPluginVersion, PluginRunInfo, PluginStep,
+    Store, VersionBounds,
 };
 
 /// Generates one `#[tokio::test]` per check, each on a store from `$open`: an async function
@@ -31,6 +31,7 @@ macro_rules! conformance_tests {
             a_replay_keeps_the_attempts_so_far_in_the_events_history,
             an_attempt_under_way_when_its_delivery_is_replayed_leaves_the_replay_due,
             a_plugin_step_under_way_when_its_event_is_replayed_leaves_the_replay_due,
+            a_replay_from_a_replica_whose_clock_is_behind_still_sets_an_attempt_under_way_aside,
             attempts_recorded_together_each_settle_their_own_event,
             an_event_is_delivered_once_every_delivery_is_wherever_its_status_is_read,
             a_plugin_step_commits_its_runs_kv_and_deliveries_together,
@@ -126,6 +127,7 @@ fn step(k: &EventKey, number: u32, at_ms: i64, step: AttemptOutcome, to: &[&str]
             .collect(),
         tags: Vec::new(),
         routes: None,
+        claimed_until_ms: None,
     }
 }
 
@@ -204,6 +206,7 @@ pub async fn a_due_delivery_is_read_recorded_and_retried_at_its_time(store: Arc<
         key: k.clone(),
         event_seq: Some(due[0].seq),
         ordered: false,
+        claimed_until_ms: None,
         info: attempt_info("legacy", 1, NOW, 503),
         outcome: AttemptOutcome::Retry { next_at_ms: retry_at },
     };
@@ -219,6 +222,7 @@ pub async fn a_due_delivery_is_read_recorded_and_retried_at_its_time(store: Arc<
         key: k.clone(),
         event_seq: Some(again[0].seq),
         ordered: false,
+        claimed_until_ms: None,
         info: attempt_info("legacy", 2, retry_at, 200),
         outcome: AttemptOutcome::Delivered,
     };
@@ -266,6 +270,7 @@ pub async fn an_attempt_whose_number_is_another_events_changes_neither(store: Ar
             key: mine.clone(),
             event_seq: Some(their_seq),
             ordered: false,
+            claimed_until_ms: None,
             info: attempt_info("legacy", 1, NOW, 200),
             outcome,
         };
@@ -293,6 +298,7 @@ pub async fn a_replay_keeps_the_attempts_so_far_in_the_events_history(store: Arc
             key: k.clone(),
             event_seq: None,
             ordered: false,
+            claimed_until_ms: None,
             info: attempt_info(upstream, number, at_ms, status),
             outcome,
         };
@@ -371,6 +377,7 @@ pub async fn an_attempt_under_way_when_its_delivery_is_replayed_leaves_the_repla
                 key: k.clone(),
                 event_seq: Some(due.seq),
                 ordered: false,
+                claimed_until_ms: None,
                 info: attempt_info("legacy", number, at_ms, status),
                 outcome,
             })
@@ -426,6 +433,65 @@ pub async fn a_plugin_step_under_way_when_its_event_is_replayed_leaves_the_repla
     assert_eq!(detail.plugin_runs.len(), 2);
 }
 
+/// Regression (a replay lost across replicas): the clock's rule ([`crate::takes_outcome!`])
+/// alone let an attempt begun on a replica whose clock ran ahead of the replaying one's take
+/// the replayed row, as if begun after the replay, and the replay was lost. A store that claims
+/// also asks that the row still hold the attempt's lease, which the replay ended: the outcome
+/// is set aside, deliveries and plugin steps alike, however far apart the clocks are. A store
+/// that makes no claims runs on one clock; for it the check before this one covers it.
+pub async fn a_replay_from_a_replica_whose_clock_is_behind_still_sets_an_attempt_under_way_aside(
+    store: Arc<dyn Store>,
+) {
+    if !store.claims() {
+        return;
+    }
+    // One replica claims and begins at AHEAD; another, 4 s behind it, replays at BEHIND.
+    const AHEAD: i64 = NOW + 5_000;
+    const BEHIND: i64 = NOW + 1_000;
+    let k = key("acme", "/wh", "evt_replayed_behind");
+    store.insert_event(event(&k, NOW, to("legacy"))).await.unwrap();
+    let due = store.due_deliveries("legacy", AHEAD, None, 10).await.unwrap();
+    let due = due.into_iter().find(|d| d.event.key == k).unwrap();
+    let under_way = |due: &DueDelivery, at_ms| {
+        Arc::new(crate::Attempt {
+            key: k.clone(),
+            event_seq: Some(due.seq),
+            ordered: false,
+            claimed_until_ms: due.claimed_until_ms,
+            info: attempt_info("legacy", due.attempts + 1, at_ms, 200),
+            outcome: AttemptOutcome::Delivered,
+        })
+    };
+    assert!(store.replay(&k, &Hop::Upstream("legacy".into()), BEHIND, None).await.unwrap());
+    store.record_attempts(vec![under_way(&due, AHEAD)]).await.unwrap();
+    let detail = store.get_event(&k).await.unwrap().unwrap();
+    assert_eq!(detail.summary.status, "queued", "the replay still stands: {detail:?}");
+    assert_eq!((detail.deliveries[0].status.as_str(), detail.deliveries[0].attempts), ("pending", 0));
+    assert_eq!(detail.attempts.len(), 1, "what was sent stays in the history");
+    let again = store.due_deliveries("legacy", BEHIND + 1, None, 10).await.unwrap();
+    let again = again.into_iter().find(|d| d.event.key == k).expect("the replay is due");
+    store.record_attempts(vec![under_way(&again, BEHIND + 1)]).await.unwrap();
+    assert_eq!(status_of(&*store, &k).await, "delivered", "the replay's own attempt counts");
+
+    let s = key("acme", "/wh", "evt_step_replayed_behind");
+    store.insert_event(event(&s, NOW, Some(Hop::Plugins))).await.unwrap();
+    let claimed = store.due_steps(AHEAD, None, 10).await.unwrap();
+    let claimed = claimed.into_iter().find(|d| d.event.key == s).unwrap();
+    assert!(store.replay(&s, &Hop::Plugins, BEHIND, None).await.unwrap());
+    let mut stale = step(&s, 1, AHEAD, AttemptOutcome::Delivered, &["a"]);
+    stale.claimed_until_ms = claimed.claimed_until_ms;
+    stale.tags = vec!["old-decision".into()];
+    stale.kv = vec![KvWrite { plugin: "enrich".into(), key: "seen".into(), value: b"old".to_vec() }];
+    store.finish_plugin_step(stale).await.unwrap();
+    let detail = store.get_event(&s).await.unwrap().unwrap();
+    assert_eq!((detail.summary.status.as_str(), detail.summary.tags.len()), ("queued", 0), "{detail:?}");
+    assert!(detail.deliveries.is_empty(), "the old decision created nothing: {detail:?}");
+    assert!(store.load_kv("acme", "enrich").await.unwrap().is_empty(), "nor wrote anything");
+    assert_eq!(detail.plugin_runs.len(), 1, "what ran stays in the history");
+    let due = store.due_steps(BEHIND + 1, None, 10).await.unwrap();
+    assert!(due.iter().any(|d| d.event.key == s), "the replay's step is due");
+}
+
 /// Attempts recorded in one write each apply to their own delivery and event, and two of one
 /// delivery apply in the order given; alike whether an attempt carries its event's number, as
 /// the insert answered it, or only its key.
@@ -448,6 +514,7 @@ pub async fn attempts_recorded_together_each_settle_their_own_event(store: Arc<d
             key: k.clone(),
             event_seq,
             ordered: false,
+            claimed_until_ms: None,
             info: attempt_info("legacy", number, at_ms, status),
             outcome,
         })
@@ -510,6 +577,7 @@ pub async fn an_event_is_delivered_once_every_delivery_is_wherever_its_status_is
             key: k.clone(),
             event_seq: None,
             ordered: false,
+            claimed_until_ms: None,
             info: attempt_info(upstream, 1, NOW + 1, 200),
             outcome: AttemptOutcome::Delivered,
         })]
@@ -535,6 +603,7 @@ pub async fn a_dead_delivery_makes_its_event_dead_and_replay_revives_it(store: A
         key: k.clone(),
         event_seq: None,
         ordered: false,
+        claimed_until_ms: None,
         info: attempt_info("a", 1, NOW, 200),
         outcome: AttemptOutcome::Delivered,
     };
@@ -544,6 +613,7 @@ pub async fn a_dead_delivery_makes_its_event_dead_and_replay_revives_it(store: A
         key: k.clone(),
         event_seq: None,
         ordered: false,
+        claimed_until_ms: None,
         info: attempt_info("b", 1, NOW, 400),
         outcome: AttemptOutcome::Dead,
     };
@@ -688,6 +758,7 @@ pub async fn a_claimed_row_is_due_for_no_other_reader_until_its_claim_ends(store
         key: k.clone(),
         event_seq: None,
         ordered: false,
+        claimed_until_ms: None,
         info: attempt_info("legacy", 1, NOW, 503),
         outcome: AttemptOutcome::Retry { next_at_ms: NOW + 10 },
     };
@@ -1048,6 +1119,7 @@ pub async fn an_ordered_delivery_waits_for_its_keys_head_and_a_skip_releases_it(
             key: key("acme", "/wh", id),
             event_seq: None,
             ordered: id != "n1",
+            claimed_until_ms: None,
             info: attempt_info("ledger", number, at, status),
             outcome,
         };

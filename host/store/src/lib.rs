@@ -204,9 +204,12 @@ macro_rules! event_status {
 /// delivered, and what the replay asked for was never sent. Every backend's record applies
 /// this one rule.
 ///
-/// Across replicas the rule is as good as their clocks agree: an attempt begun within the skew
-/// of a replay's moment may still take it, as before. A clock set back between a row's due time
-/// and its attempt has the outcome set aside; the row is sent again, once.
+/// Across replicas this rule is only as good as their clocks agree: an attempt begun within the
+/// skew of a replay's moment would still take it. So a store that claims rows (the replicas'
+/// store) also asks that the row still hold the lease the attempt's claim took
+/// ([`Attempt::claimed_until_ms`]): a replay ends the lease, and no clock decides that. A clock
+/// set back between a row's due time and its attempt has the outcome set aside; the row is sent
+/// again, once.
 #[macro_export]
 macro_rules! takes_outcome {
     ($due_at_ms:literal, $begun_at_ms:literal) => {
@@ -430,6 +433,12 @@ pub struct Attempt {
     /// ([`event_status!`]). Only the ordered scans, which read an ordered event's own row,
     /// need it written. A caller that cannot tell says true, which costs only that lookup.
     pub ordered: bool,
+    /// The end of the lease its delivery's claim took ([`DueDelivery::claimed_until_ms`]),
+    /// when the store claims rows and the caller has it. A store that claims takes the outcome
+    /// only on a row that still holds that very lease: a replay (which ends the lease) since
+    /// the attempt began sets it aside whatever the clocks of the replicas say
+    /// ([`takes_outcome!`]). `None` leaves only the clock's rule.
+    pub claimed_until_ms: Option<i64>,
     /// What happened, as the admin API shows it.
     pub info: AttemptInfo,
     /// What happens next.
@@ -512,6 +521,10 @@ pub struct PluginStep {
     /// What its endpoint's routes matched (`route[0]: crm`, `upstream: legacy`), when the
     /// endpoint has routes; empty when none did.
     pub routes: Option<Vec<String>>,
+    /// The end of the lease the step's claim took ([`DueStep::claimed_until_ms`]), as for
+    /// [`Attempt::claimed_until_ms`]. `None` for a step with no row (proxy mode) or a store
+    /// that does not claim.
+    pub claimed_until_ms: Option<i64>,
 }
 
 /// Where a plugin's code comes from.

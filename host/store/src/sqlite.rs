@@ -2004,6 +2004,7 @@ mod tests {
                 key: key(id),
                 event_seq: None,
                 ordered: true,
+                claimed_until_ms: None,
                 info: AttemptInfo {
                     upstream: "legacy".into(),
                     number: 1,
@@ -2112,6 +2113,7 @@ mod tests {
                 key: key(id),
                 event_seq: None,
                 ordered: true,
+                claimed_until_ms: None,
                 info: AttemptInfo {
                     upstream: "up".into(),
                     number,
@@ -2162,6 +2164,7 @@ mod tests {
                 key: key(id),
                 event_seq: None,
                 ordered: true,
+                claimed_until_ms: None,
                 info: AttemptInfo {
                     upstream: "legacy".into(),
                     number,
