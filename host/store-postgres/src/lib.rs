@@ -40,7 +40,8 @@ macro_rules! seq_of_key {
 /// since the attempt began ended it ([`payflow_store::Attempt::claimed_until_ms`]), and so
 /// would another replica's claim of a row whose lease ran out. Beside
 /// [`payflow_store::takes_outcome!`], whose clock rule alone is only as exact as the replicas'
-/// clocks agree.
+/// clocks agree. A later claim takes the very same lease only if its claimant's clock reads
+/// the millisecond the first claimant's did, and the clock rule must then fail too.
 macro_rules! holds_claim {
     ($lease:literal, $claimed:literal) => {
         concat!("(", $claimed, " IS NULL OR ", $lease, " = ", $claimed, ")")
