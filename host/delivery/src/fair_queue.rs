@@ -48,27 +48,32 @@ impl<T> FairQueue<T> {
         self.merchants.get(merchant).map_or(0, |m| m.waiting)
     }
 
-    /// Queues `item` for `merchant`'s `endpoint`, last of that endpoint's.
-    pub fn push(&mut self, merchant: &str, endpoint: &str, item: T) {
-        // Looked up before inserting: this runs for every delivery, and the names are copied
-        // only the first time a merchant or endpoint is seen (entries are kept once made: there
-        // are as many as configured endpoints).
-        if !self.merchants.contains_key(merchant) {
-            self.merchants.insert(merchant.to_string(), Merchant::default());
-        }
-        let m = self.merchants.get_mut(merchant).expect("inserted above");
-        if m.waiting == 0 {
-            self.turn.push_back(merchant.to_string());
-        }
-        if !m.endpoints.contains_key(endpoint) {
-            m.endpoints.insert(endpoint.to_string(), VecDeque::new());
-        }
-        let queue = m.endpoints.get_mut(endpoint).expect("inserted above");
-        if queue.is_empty() {
-            m.turn.push_back(endpoint.to_string());
-        }
+    /// Queues `item` for the merchant and endpoint `names` reads from it, last of that endpoint's.
+    pub fn push(&mut self, item: T, names: impl Fn(&T) -> (&str, &str)) {
+        let queue = {
+            // The names are read from the item, not given copied: this runs for every delivery.
+            // They are copied only the first time a merchant or endpoint is seen (entries are
+            // kept once made: there are as many as configured endpoints) and when it starts
+            // waiting again.
+            let (merchant, endpoint) = names(&item);
+            if !self.merchants.contains_key(merchant) {
+                self.merchants.insert(merchant.to_string(), Merchant::default());
+            }
+            let m = self.merchants.get_mut(merchant).expect("inserted above");
+            if m.waiting == 0 {
+                self.turn.push_back(merchant.to_string());
+            }
+            if !m.endpoints.contains_key(endpoint) {
+                m.endpoints.insert(endpoint.to_string(), VecDeque::new());
+            }
+            m.waiting += 1;
+            let queue = m.endpoints.get_mut(endpoint).expect("inserted above");
+            if queue.is_empty() {
+                m.turn.push_back(endpoint.to_string());
+            }
+            queue
+        };
         queue.push_back(item);
-        m.waiting += 1;
         self.len += 1;
     }
 
@@ -119,10 +124,10 @@ mod tests {
     fn merchants_take_turns_whatever_their_backlog() {
         let mut queue = FairQueue::default();
         for item in ["a1", "a2", "a3", "a4"] {
-            queue.push("a", "/a", item);
+            queue.push(item, |_| ("a", "/a"));
         }
-        queue.push("b", "/b", "b1");
-        queue.push("c", "/c", "c1");
+        queue.push("b1", |_| ("b", "/b"));
+        queue.push("c1", |_| ("c", "/c"));
         assert_eq!(drain(&mut queue, usize::MAX), ["a1", "b1", "c1", "a2", "a3", "a4"]);
         assert_eq!(queue.len(), 0);
     }
@@ -131,10 +136,10 @@ mod tests {
     fn a_merchants_endpoints_take_turns_within_its_share() {
         let mut queue = FairQueue::default();
         for item in ["x1", "x2", "x3"] {
-            queue.push("a", "/x", item);
+            queue.push(item, |_| ("a", "/x"));
         }
-        queue.push("a", "/y", "y1");
-        queue.push("b", "/b", "b1");
+        queue.push("y1", |_| ("a", "/y"));
+        queue.push("b1", |_| ("b", "/b"));
         assert_eq!(drain(&mut queue, usize::MAX), ["x1", "b1", "y1", "x2", "x3"]);
     }
 
@@ -142,12 +147,12 @@ mod tests {
     fn a_merchant_at_its_in_flight_cap_waits_and_the_others_go_first() {
         let mut queue = FairQueue::default();
         for item in ["a1", "a2", "a3"] {
-            queue.push("a", "/a", item);
+            queue.push(item, |_| ("a", "/a"));
         }
         assert_eq!(queue.pop(2), Some("a1"));
         assert_eq!(queue.pop(2), Some("a2"));
         assert_eq!(queue.pop(2), None, "a has two in flight");
-        queue.push("b", "/b", "b1");
+        queue.push("b1", |_| ("b", "/b"));
         assert_eq!(queue.pop(2), Some("b1"));
         queue.finish("a");
         assert_eq!(queue.pop(2), Some("a3"));

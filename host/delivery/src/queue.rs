@@ -117,8 +117,7 @@ impl<T: Queued> WaitQueue<T> {
         if !s.has_room(&event.key.merchant) || !s.claimed.insert(event.key.clone()) {
             return Err(due);
         }
-        let (merchant, endpoint) = (event.key.merchant.clone(), event.endpoint.clone());
-        s.waiting.push(&merchant, &endpoint, due);
+        s.waiting.push(due, |due| (&due.event().key.merchant, &due.event().endpoint));
         drop(s);
         self.ready.notify_one();
         Ok(())
