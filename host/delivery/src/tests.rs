@@ -43,7 +43,7 @@ fn upstream_at(url: &str) -> Upstream {
 
 fn due(id: &str) -> DueDelivery {
     let event = Event {
-        key: EventKey { merchant: "m".into(), scope: "/e".into(), id: id.into() },
+        key: EventKey::new("m", "/e", id),
         endpoint: "/e".into(),
         event_type: None,
         body: Bytes::new(),

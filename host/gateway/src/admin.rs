@@ -271,8 +271,7 @@ impl Admin {
                 "the event's endpoint has no upstream to deliver to",
             ));
         };
-        let key =
-            EventKey { merchant: event.merchant.clone(), scope: event.scope.clone(), id: event.id.clone() };
+        let key = EventKey::new(event.merchant.clone(), event.scope.clone(), event.id.clone());
         match self.store.replay(&key, &hop.hop(), self.clock.now_ms(), forced_by).await {
             Ok(true) => {
                 hop.poll_store_now();

@@ -255,11 +255,7 @@ impl Pipeline {
             _ => None,
         };
         let mut event = Event {
-            key: EventKey {
-                merchant: endpoint.merchant.clone(),
-                scope: endpoint.scope.clone(),
-                id: parsed.id.clone(),
-            },
+            key: EventKey::new(endpoint.merchant.clone(), endpoint.scope.clone(), parsed.id.clone()),
             endpoint: endpoint.path.clone(),
             event_type: parsed.event_type,
             body,

@@ -439,7 +439,7 @@ pub fn run(args: PluginArgs) -> Result<(), Failure> {
                 );
             }
             let event = payflow_store::Event {
-                key: EventKey { merchant: "default".into(), scope: endpoint.clone(), id: parsed.id },
+                key: EventKey::new("default", endpoint.clone(), parsed.id),
                 endpoint,
                 event_type: parsed.event_type,
                 body: Bytes::from(body),

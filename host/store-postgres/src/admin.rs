@@ -129,7 +129,7 @@ impl AdminQueries for PostgresStore {
         .map_err(unavailable)?;
         Ok(rows
             .iter()
-            .map(|r| EventKey { merchant: r.get(0), scope: r.get(1), id: id.to_string() })
+            .map(|r| EventKey::new(r.get::<_, String>(0), r.get::<_, String>(1), id.to_string()))
             .collect())
     }
 

@@ -249,7 +249,7 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 /// The event key in a row's first three columns (merchant, scope, id).
 fn key_at(r: &Row) -> EventKey {
-    EventKey { merchant: r.get(0), scope: r.get(1), id: r.get(2) }
+    EventKey::new(r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2))
 }
 
 /// A key's three parts as statement parameters.
@@ -302,7 +302,7 @@ mod tests {
     }
 
     fn key(id: &str) -> EventKey {
-        EventKey { merchant: "acme".into(), scope: "/wh".into(), id: id.into() }
+        EventKey::new("acme", "/wh", id)
     }
 
     /// An event queued for upstream `a`, with a second delivery pending to `b` when `fanned`.
@@ -771,7 +771,7 @@ mod tests {
             .await
             .unwrap()
             .into_iter()
-            .map(|d| d.event.key.id)
+            .map(|d| d.event.key.id.clone())
             .collect();
         due.sort();
         assert_eq!(due, ["evt_after", "evt_before", "evt_during"], "each release's deliveries are due");

@@ -22,7 +22,7 @@ const EVENT_COLUMNS: &str =
 /// The event of a row and its number, read from [`EVENT_COLUMNS`] starting at column `at`.
 fn event_at(r: &Row, at: usize) -> (Event, EventSeq) {
     let event = Event {
-        key: EventKey { merchant: r.get(at), scope: r.get(at + 1), id: r.get(at + 2) },
+        key: EventKey::new(r.get::<_, String>(at), r.get::<_, String>(at + 1), r.get::<_, String>(at + 2)),
         endpoint: r.get(at + 3),
         event_type: r.get(at + 4),
         body: Bytes::from(r.get::<_, Vec<u8>>(at + 5)),

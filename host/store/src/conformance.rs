@@ -64,7 +64,7 @@ macro_rules! conformance_tests {
 const NOW: i64 = 1_764_000_000_000;
 
 fn key(merchant: &str, scope: &str, id: &str) -> EventKey {
-    EventKey { merchant: merchant.into(), scope: scope.into(), id: id.into() }
+    EventKey::new(merchant, scope, id)
 }
 
 fn event(key: &EventKey, at_ms: i64, first_hop: Option<Hop>) -> NewEvent {
@@ -854,7 +854,7 @@ pub async fn events_page_newest_first_without_gaps_or_repeats(store: Arc<dyn Sto
     for i in 0..23 {
         let k = key(if i % 2 == 0 { "acme" } else { "globex" }, "/wh", &format!("evt_{i:02}"));
         store.insert_event(event(&k, NOW + (i / 3) as i64, None)).await.unwrap();
-        stored.push(k.id);
+        stored.push(k.id.clone());
     }
     let mut seen: Vec<String> = Vec::new();
     let mut filter = EventFilter { limit: 5, ..EventFilter::default() };
@@ -1109,7 +1109,7 @@ pub async fn an_ordered_delivery_waits_for_its_keys_head_and_a_skip_releases_it(
             .into_iter()
             // The store says which events have a key, for their attempts to carry.
             .inspect(|d| assert_eq!(d.event.ordered, d.event.key.id != "n1", "{:?}", d.event.key))
-            .map(|d| d.event.key.id)
+            .map(|d| d.event.key.id.clone())
             .collect();
         ids.sort();
         ids

@@ -73,14 +73,52 @@ impl CommitObserver for () {
 /// is de-duplicated within its merchant's *scope*: by default the endpoint it arrived on (a
 /// GitHub delivery id never collides with a PayFlow event id on another endpoint); endpoints
 /// that receive the same stream share a scope by naming it (`dedup_scope`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct EventKey {
+///
+/// Its parts are shared, so a clone is a reference count, not three allocations: every stage
+/// keeps the key of each event it holds (ingress's hand-offs, the delivery queue's claims and
+/// its record of what finished, each attempt), and with its parts copied each clone cost three
+/// allocations, most of them freed on another thread than the one that made them
+/// (bench/RESULTS.md, issue 21's twenty-fourth look). Read its parts through it (`key.id`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventKey(Arc<KeyParts>);
+
+/// The parts of an [`EventKey`].
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct KeyParts {
     /// Owning merchant.
     pub merchant: String,
     /// De-duplication scope within the merchant.
     pub scope: String,
     /// The sender's event id.
     pub id: String,
+}
+
+impl EventKey {
+    /// The key of event `id` in `merchant`'s de-duplication scope `scope`.
+    pub fn new(merchant: impl Into<String>, scope: impl Into<String>, id: impl Into<String>) -> Self {
+        EventKey(Arc::new(KeyParts { merchant: merchant.into(), scope: scope.into(), id: id.into() }))
+    }
+}
+
+impl std::ops::Deref for EventKey {
+    type Target = KeyParts;
+
+    fn deref(&self) -> &KeyParts {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for EventKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let KeyParts { merchant, scope, id } = &*self.0;
+        f.debug_struct("EventKey").field("merchant", merchant).field("scope", scope).field("id", id).finish()
+    }
+}
+
+impl Serialize for EventKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
 }
 
 /// An event's number in the store that holds it: its row's own key, in arrival order. The

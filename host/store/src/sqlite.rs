@@ -930,7 +930,7 @@ fn add_first_hop(conn: &Connection, key: &EventKey, seq: i64, hop: &Hop, at_ms: 
 /// order from `at`.
 fn event_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<(Event, EventSeq)> {
     let event = Event {
-        key: EventKey { merchant: r.get(at)?, scope: r.get(at + 1)?, id: r.get(at + 2)? },
+        key: EventKey::new(r.get::<_, String>(at)?, r.get::<_, String>(at + 1)?, r.get::<_, String>(at + 2)?),
         endpoint: r.get(at + 3)?,
         event_type: r.get(at + 4)?,
         body: Bytes::from(r.get::<_, Vec<u8>>(at + 5)?),
@@ -1004,7 +1004,9 @@ impl SqliteStore {
     ) -> Result<Vec<DueDelivery>, StoreError> {
         let upstream = upstream.to_string();
         let (at, merchant, scope, id) = match cursor.cloned() {
-            Some((at, key)) => (Some(at), Some(key.merchant), Some(key.scope), Some(key.id)),
+            Some((at, key)) => {
+                (Some(at), Some(key.merchant.clone()), Some(key.scope.clone()), Some(key.id.clone()))
+            }
             None => (None, None, None, None),
         };
         self.read(move |conn| {
@@ -1151,7 +1153,9 @@ impl DeliveryQueue for SqliteStore {
         limit: usize,
     ) -> Result<Vec<DueStep>, StoreError> {
         let (at, merchant, scope, id) = match cursor.cloned() {
-            Some((at, key)) => (Some(at), Some(key.merchant), Some(key.scope), Some(key.id)),
+            Some((at, key)) => {
+                (Some(at), Some(key.merchant.clone()), Some(key.scope.clone()), Some(key.id.clone()))
+            }
             None => (None, None, None, None),
         };
         self.read(move |conn| {
@@ -1676,7 +1680,7 @@ impl AdminQueries for SqliteStore {
                  ORDER BY merchant, scope LIMIT ?4",
             )?
             .query_map(params![id, merchant, scope, limit as i64], |r| {
-                Ok(EventKey { merchant: r.get(0)?, scope: r.get(1)?, id: id.clone() })
+                Ok(EventKey::new(r.get::<_, String>(0)?, r.get::<_, String>(1)?, id.clone()))
             })?
             .collect()
         })
@@ -1962,7 +1966,7 @@ mod tests {
     }
 
     fn stored_with(id: &str, body: Bytes, received_at_ms: i64) -> NewEvent {
-        let key = EventKey { merchant: "acme".into(), scope: "/wh".into(), id: id.into() };
+        let key = EventKey::new("acme", "/wh", id);
         let event = Event {
             key,
             endpoint: "/wh".into(),
@@ -1991,7 +1995,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config_in(&dir);
         let store = SqliteStore::open(&config, Arc::new(())).unwrap();
-        let key = |id: &str| EventKey { merchant: "acme".into(), scope: "/wh".into(), id: id.into() };
+        let key = |id: &str| EventKey::new("acme", "/wh", id);
         for (id, order_key) in [("evt_plain", None), ("evt_ordered", Some("cus_1".to_string()))] {
             let new = NewEvent {
                 first_hop: Some(Hop::Upstream("legacy".into())),
@@ -2075,7 +2079,7 @@ mod tests {
         drop(conn);
 
         let store = SqliteStore::open(&config, Arc::new(())).unwrap();
-        let key = |id: &str| EventKey { merchant: "acme".into(), scope: "/wh".into(), id: id.into() };
+        let key = |id: &str| EventKey::new("acme", "/wh", id);
         let conn = Connection::open(&config.path).unwrap();
         let numbered: Vec<(i64, String)> = conn
             .prepare("SELECT seq, id FROM events ORDER BY seq")
@@ -2158,7 +2162,7 @@ mod tests {
                 .query_row("SELECT COUNT(*) FROM attempts", [], |r| r.get::<_, i64>(0))
                 .unwrap()
         };
-        let key = |id: &str| EventKey { merchant: "acme".into(), scope: "/wh".into(), id: id.into() };
+        let key = |id: &str| EventKey::new("acme", "/wh", id);
         let attempt = |id: &str, number: u32, status: u16, outcome| {
             Arc::new(Attempt {
                 key: key(id),
@@ -2343,7 +2347,7 @@ mod tests {
     async fn plugin_steps_kept_as_sentinel_deliveries_are_upgraded_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let config = config_in(&dir);
-        let key = |id: &str| EventKey { merchant: "acme".into(), scope: "/wh".into(), id: id.into() };
+        let key = |id: &str| EventKey::new("acme", "/wh", id);
         let store = SqliteStore::open(&config, Arc::new(())).unwrap();
         for id in ["evt_waiting", "evt_failed"] {
             let event = Event {

@@ -186,11 +186,7 @@ impl Admin {
                     break 'pages;
                 }
                 if e.status != EventStatus::Quarantined.as_str() && stage.runs_plugin(&e.endpoint, name) {
-                    picked.push(EventKey {
-                        merchant: e.merchant.clone(),
-                        scope: e.scope.clone(),
-                        id: e.id.clone(),
-                    });
+                    picked.push(EventKey::new(e.merchant.clone(), e.scope.clone(), e.id.clone()));
                     if picked.len() == query.last {
                         break 'pages;
                     }

@@ -60,11 +60,7 @@ impl Admin {
             Err(reply) => return reply,
         };
         let summary = &detail.summary;
-        let key = EventKey {
-            merchant: summary.merchant.clone(),
-            scope: summary.scope.clone(),
-            id: summary.id.clone(),
-        };
+        let key = EventKey::new(summary.merchant.clone(), summary.scope.clone(), summary.id.clone());
         let refused = |why: String| {
             http::json(StatusCode::CONFLICT, &json!({ "error": "not_skippable", "message": why }))
         };
