@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hyper::header::{HeaderValue, ALLOW, CONNECTION};
+use hyper::header::{HeaderName, HeaderValue, ALLOW, CONNECTION};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
@@ -244,7 +244,8 @@ impl Handler for WebhookRouter {
             Some(endpoint) => self.pipeline.receive(endpoint, request, &id).await,
         };
         if let Ok(value) = HeaderValue::from_str(&id) {
-            reply.headers_mut().insert(REQUEST_ID_HEADER, value);
+            // A static name: parsed from text, it was an allocation and a copy per request.
+            reply.headers_mut().insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
         }
         reply
     }
