@@ -10,6 +10,21 @@ type Edit = Box<dyn FnOnce(&mut Value)>;
 /// Recognises the expected envelope error.
 type IsExpected = fn(&EnvelopeError) -> bool;
 
+/// `event::parse` of `body`, after checking that `event::check`, which keeps none of the typed
+/// event's text, gives the same id, type, errors and verdict.
+fn parse(body: &[u8]) -> Result<event::ParsedEvent, EnvelopeError> {
+    let (parsed, checked) = (event::parse(body), event::check(body));
+    match (&parsed, &checked) {
+        (Ok(p), Ok(c)) => {
+            assert_eq!((&c.id, &c.event_type), (&p.id, &p.event_type));
+            assert_eq!(c.checked.as_ref().err(), p.checked.as_ref().err(), "check's verdict is parse's");
+        }
+        (Err(p), Err(c)) => assert_eq!(c, p),
+        _ => panic!("check and parse disagree: {checked:?} against {parsed:?}"),
+    }
+    parsed
+}
+
 fn fixture(name: &str) -> Vec<u8> {
     // Read at run time: the binary may come from a build in another checkout.
     let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR");
@@ -25,7 +40,7 @@ fn seed_types_parse_into_typed_data() {
         ("customer_created", "evt_cus1", None),
     ];
     for (name, id, payment) in cases {
-        let parsed = event::parse(&fixture(name)).unwrap();
+        let parsed = parse(&fixture(name)).unwrap();
         let ev = parsed.checked.unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(ev.id, id);
         match (ev.data, payment) {
@@ -43,14 +58,14 @@ fn seed_types_parse_into_typed_data() {
 
 #[test]
 fn offsets_in_created_at_are_applied() {
-    let ev = event::parse(&fixture("payment_failed")).unwrap().checked.unwrap();
+    let ev = parse(&fixture("payment_failed")).unwrap().checked.unwrap();
     assert_eq!(ev.created_at_unix, 1_705_314_660 - 5 * 3600);
 }
 
 #[test]
 fn unknown_types_pass_through_with_raw_data() {
     let body = fixture("unknown_type");
-    let ev = event::parse(&body).unwrap().checked.unwrap();
+    let ev = parse(&body).unwrap().checked.unwrap();
     assert_eq!(ev.event_type, "refund.created");
     assert_eq!(ev.data, EventData::Other);
     // Byte-exact slice of the body, not a re-serialisation (12.5 and spacing kept).
@@ -61,7 +76,7 @@ fn unknown_types_pass_through_with_raw_data() {
 fn quarantined(edit: impl FnOnce(&mut Value)) -> (String, String) {
     let mut v: Value = serde_json::from_slice(&fixture("payment_succeeded")).unwrap();
     edit(&mut v);
-    let parsed = event::parse(v.to_string().as_bytes()).expect("envelope is usable");
+    let parsed = parse(v.to_string().as_bytes()).expect("envelope is usable");
     assert_eq!(parsed.id, v["id"].as_str().unwrap(), "the id survives quarantine");
     let err = parsed.checked.expect_err("must be quarantined");
     (err.field, err.problem)
@@ -112,18 +127,17 @@ fn unusable_bodies_are_envelope_errors() {
         (b"{\"id\":\"a\\nb\"}", |e| matches!(e, EnvelopeError::BadId)),
     ];
     for (body, is_expected) in cases {
-        let err = event::parse(body).expect_err(&String::from_utf8_lossy(body));
+        let err = parse(body).expect_err(&String::from_utf8_lossy(body));
         assert!(is_expected(&err), "{:?}: got {err:?}", String::from_utf8_lossy(body));
     }
     let long = format!("{{\"id\":\"{}\"}}", "x".repeat(256));
-    assert_eq!(event::parse(long.as_bytes()).unwrap_err(), EnvelopeError::BadId);
+    assert_eq!(parse(long.as_bytes()).unwrap_err(), EnvelopeError::BadId);
 }
 
 #[test]
 fn duplicate_keys_take_the_last_value_like_json_parse() {
     let parsed =
-        event::parse(br#"{"id":"evt_a","id":"evt_b","type":"x.y","created_at":"2024-01-15T10:30:00Z"}"#)
-            .unwrap();
+        parse(br#"{"id":"evt_a","id":"evt_b","type":"x.y","created_at":"2024-01-15T10:30:00Z"}"#).unwrap();
     assert_eq!(parsed.id, "evt_b");
 }
 
@@ -131,7 +145,7 @@ fn duplicate_keys_take_the_last_value_like_json_parse() {
 /// authentic events whose ids differ only there collapsed into one and the second was lost.
 #[test]
 fn ids_that_differ_only_in_a_lone_surrogate_stay_different() {
-    let id = |body: &[u8]| event::parse(body).unwrap().id;
+    let id = |body: &[u8]| parse(body).unwrap().id;
     let a = id(br#"{"id":"evt_\ud800","type":"payment.succeeded"}"#);
     let b = id(br#"{"id":"evt_\udbff","type":"payment.succeeded"}"#);
     assert_ne!(a, b);
@@ -147,13 +161,13 @@ fn ids_that_differ_only_in_a_lone_surrogate_stay_different() {
 fn an_event_nested_past_the_bound_is_kept_for_quarantine_not_refused() {
     let data = "{\"a\":[".repeat(200) + "1" + &"]}".repeat(200);
     let body = format!(r#"{{"id":"evt_deep","type":"payment.succeeded","data":{data}}}"#);
-    let parsed = event::parse(body.as_bytes()).unwrap();
+    let parsed = parse(body.as_bytes()).unwrap();
     assert_eq!(parsed.id, "evt_deep");
     assert_eq!(parsed.event_type.as_deref(), Some("payment.succeeded"));
     let reason = parsed.checked.unwrap_err().to_string();
     assert_eq!(reason, "body: nests deeper than 128 levels");
     // A deep body that is not JSON is still refused, as is one with no id.
-    assert!(matches!(event::parse(&body.as_bytes()[..body.len() - 1]), Err(EnvelopeError::NotJson(_))));
+    assert!(matches!(parse(&body.as_bytes()[..body.len() - 1]), Err(EnvelopeError::NotJson(_))));
     let no_id = format!(r#"{{"type":"payment.succeeded","data":{data}}}"#);
-    assert!(matches!(event::parse(no_id.as_bytes()), Err(EnvelopeError::MissingId)));
+    assert!(matches!(parse(no_id.as_bytes()), Err(EnvelopeError::MissingId)));
 }

@@ -74,6 +74,11 @@ fn json_text() -> impl Strategy<Value = String> {
     proptest::collection::vec(token, 0..40).prop_map(|t| t.concat())
 }
 
+/// What the gateway reads of a parsed body: its id, its type and why it is invalid, if it is.
+fn verdict<S>(p: event::ParsedEvent<S>) -> (String, Option<String>, Option<event::ValidationError>) {
+    (p.id, p.event_type, p.checked.err())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
@@ -98,6 +103,10 @@ proptest! {
         let _ = json::parse(&text);
         let _ = event::parse(text.as_bytes());
         let _ = event::parse(&bytes);
+        // `check` keeps none of the typed event's text and gives `parse`'s verdict.
+        for body in [text.as_bytes(), &bytes] {
+            prop_assert_eq!(event::check(body).map(verdict), event::parse(body).map(verdict));
+        }
         if let Some(canonical) = js_canonical_json(text.as_bytes()) {
             // Canonical output is a fixed point, as JSON.stringify(JSON.parse(x)) is.
             prop_assert_eq!(js_canonical_json(&canonical), Some(canonical));

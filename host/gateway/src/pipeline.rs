@@ -237,8 +237,9 @@ impl Pipeline {
             return Answer::SignatureRefused(e.reason());
         }
 
-        // Parse: no JSON object with an id means nothing to store or de-duplicate.
-        let parsed = match event::parse(&body) {
+        // Parse: no JSON object with an id means nothing to store or de-duplicate. Only the
+        // verdict is needed here, not the typed event (`check` keeps none of its text).
+        let parsed = match event::check(&body) {
             Ok(parsed) => parsed,
             Err(e) => return Answer::NotAnEvent(e.to_string()),
         };
@@ -255,7 +256,7 @@ impl Pipeline {
             _ => None,
         };
         let mut event = Event {
-            key: EventKey::new(endpoint.merchant.clone(), endpoint.scope.clone(), parsed.id.clone()),
+            key: EventKey::new(endpoint.merchant.clone(), endpoint.scope.clone(), parsed.id),
             endpoint: endpoint.path.clone(),
             event_type: parsed.event_type,
             body,
@@ -298,16 +299,16 @@ impl Pipeline {
         let inserted = match inserted {
             Ok(inserted) => inserted,
             Err(e) => {
-                tracing::warn!(request_id, event_id = %parsed.id, error = %e, "not stored; answering 503");
+                tracing::warn!(request_id, event_id = %event.key.id, error = %e, "not stored; answering 503");
                 return Answer::StoreUnavailable;
             }
         };
         if let Some(reason) = &reason {
-            tracing::info!(request_id, event_id = %parsed.id, %reason, "quarantined");
+            tracing::info!(request_id, event_id = %event.key.id, %reason, "quarantined");
         }
         // Debug, not info: one line per accepted webhook costs the hot path a write to stderr;
         // the delivery and plugin lines carry the same request id at info.
-        tracing::debug!(request_id, merchant = %endpoint.merchant, event_id = %parsed.id, duplicate = matches!(inserted, Inserted::Duplicate(_)), "stored");
+        tracing::debug!(request_id, merchant = %endpoint.merchant, event_id = %event.key.id, duplicate = matches!(inserted, Inserted::Duplicate(_)), "stored");
 
         // Acknowledge (queue mode), or forward and answer with the upstream's reply (proxy).
         match (endpoint.mode, inserted) {
