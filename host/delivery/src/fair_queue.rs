@@ -51,10 +51,10 @@ impl<T> FairQueue<T> {
     /// Queues `item` for the merchant and endpoint `names` reads from it, last of that endpoint's.
     pub fn push(&mut self, item: T, names: impl Fn(&T) -> (&str, &str)) {
         let queue = {
-            // The names are read from the item, not given copied: this runs for every delivery.
-            // They are copied only the first time a merchant or endpoint is seen (entries are
-            // kept once made: there are as many as configured endpoints) and when it starts
-            // waiting again.
+            // The names are borrowed from the item, since this runs for every delivery. They
+            // are copied only the first time a merchant or endpoint is seen (entries are kept
+            // once made: there are as many as configured endpoints) and when one starts waiting
+            // again.
             let (merchant, endpoint) = names(&item);
             if !self.merchants.contains_key(merchant) {
                 self.merchants.insert(merchant.to_string(), Merchant::default());
