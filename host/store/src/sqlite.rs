@@ -992,6 +992,13 @@ fn due_sql(condition: &str) -> String {
     )
 }
 
+/// The parts of a page's cursor key as a due read binds them, merchant, scope and id (none on
+/// the first page).
+fn cursor_key(key: &Option<EventKey>) -> [Option<&str>; 3] {
+    let part = |f: fn(&crate::KeyParts) -> &str| key.as_ref().map(|k| f(k));
+    [part(|k| &k.merchant), part(|k| &k.scope), part(|k| &k.id)]
+}
+
 impl SqliteStore {
     /// Due deliveries to `upstream`, with `condition` (empty, or [`IN_ORDER`]) on each.
     async fn due(
@@ -1003,14 +1010,11 @@ impl SqliteStore {
         limit: usize,
     ) -> Result<Vec<DueDelivery>, StoreError> {
         let upstream = upstream.to_string();
-        let (at, merchant, scope, id) = match cursor.cloned() {
-            Some((at, key)) => {
-                (Some(at), Some(key.merchant.clone()), Some(key.scope.clone()), Some(key.id.clone()))
-            }
-            None => (None, None, None, None),
-        };
+        // The key moves into the read shared, not copied.
+        let (at, key) = cursor.cloned().unzip();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&due_sql(&condition))?;
+            let [merchant, scope, id] = cursor_key(&key);
             let rows =
                 stmt.query_map(params![upstream, now_ms, limit as i64, at, merchant, id, scope], |r| {
                     let (event, seq) = event_at(r, 5)?;
@@ -1152,12 +1156,8 @@ impl DeliveryQueue for SqliteStore {
         cursor: Option<&DueCursor>,
         limit: usize,
     ) -> Result<Vec<DueStep>, StoreError> {
-        let (at, merchant, scope, id) = match cursor.cloned() {
-            Some((at, key)) => {
-                (Some(at), Some(key.merchant.clone()), Some(key.scope.clone()), Some(key.id.clone()))
-            }
-            None => (None, None, None, None),
-        };
+        // The key moves into the read shared, not copied.
+        let (at, key) = cursor.cloned().unzip();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT s.attempts, s.next_attempt_at_ms, {EVENT_COLUMNS}
@@ -1168,6 +1168,7 @@ impl DeliveryQueue for SqliteStore {
                         OR (s.next_attempt_at_ms, s.merchant, s.scope, s.event_id) > (?3, ?4, ?5, ?6))
                  ORDER BY s.next_attempt_at_ms, s.merchant, s.scope, s.event_id LIMIT ?2"
             ))?;
+            let [merchant, scope, id] = cursor_key(&key);
             let rows = stmt.query_map(params![now_ms, limit as i64, at, merchant, scope, id], |r| {
                 let (event, seq) = event_at(r, 2)?;
                 Ok(DueStep {
