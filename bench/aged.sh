@@ -12,10 +12,22 @@
 # acks/s, ack p99 and CPU per thread; the database's size.
 # PG=1: on a throw-away PostgreSQL instead (start_postgres; PG_INITDB and PG_OPTS apply), the
 # database server's CPU per event added to each burst.
+# PLUGIN=1: the queue-mode endpoint runs the amount-threshold example plugin (built by
+# scripts/build-plugins.sh, or PLUGIN_WASM), so the prefill and the queue burst go through
+# plugin steps and runs as well.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 build_release
+if [[ -n "${PLUGIN:-}" ]]; then
+  [[ -n "${BENCH_NO_BUILD:-}" ]] || scripts/build-plugins.sh >&2
+  wasm="${PLUGIN_WASM:-$CARGO_TARGET_DIR/guests/wasm32-wasip2/release/amount_threshold.wasm}"
+  QUEUE_EXTRA="plugins = [\"amount-threshold\"]
+[[plugin]]
+name = \"amount-threshold\"
+path = \"$wasm\"
+config = { min_amount = \"1000\" }"
+fi
 prefill="${1:-300000}"; ids="${2:-random}"; edge_bin="${3:-$bin/payflow-edge}"; shift 3 || shift $#
 work="$bench_work"; hz=$(getconf CLK_TCK); n=20000
 bare=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$bare"; bare_pid=${bench_pids[-1]}

@@ -328,7 +328,7 @@ impl Pipeline {
             }
             (Mode::Queue, Inserted::Duplicate(_)) => Answer::Duplicate,
             (Mode::Proxy, Inserted::New(_)) if status == EventStatus::Quarantined => Answer::Quarantined,
-            (Mode::Proxy, Inserted::New(_)) => self.proxy(endpoint, event).await,
+            (Mode::Proxy, Inserted::New(seq)) => self.proxy(endpoint, event, Some(seq)).await,
             (Mode::Proxy, Inserted::Duplicate(EventStatus::Failed | EventStatus::Forwarding)) => {
                 self.forward_again(endpoint, event).await
             }
@@ -336,14 +336,15 @@ impl Pipeline {
         }
     }
 
-    /// Proxy mode: the endpoint's plugins, then the forward. A plugin failure answers 503 so
-    /// the sender retries (and the plugins run again); a drop answers 200.
-    async fn proxy(&self, endpoint: &Endpoint, event: Event) -> Answer {
+    /// Proxy mode: the endpoint's plugins, then the forward, for the event numbered `seq` when
+    /// the caller has it. A plugin failure answers 503 so the sender retries (and the plugins
+    /// run again); a drop answers 200.
+    async fn proxy(&self, endpoint: &Endpoint, event: Event, seq: Option<EventSeq>) -> Answer {
         let Some(plugins) = self.plugins.as_ref().filter(|p| p.has_plugins(&endpoint.path)) else {
             let body = event.body.clone();
             return self.forward(endpoint, &event, body, &[]).await;
         };
-        match plugins.run_proxied(&event).await {
+        match plugins.run_proxied(&event, seq).await {
             ChainOutcome::Continue { body, headers, .. } => {
                 let body = body.unwrap_or_else(|| event.body.clone());
                 self.forward(endpoint, &event, body, &headers).await
@@ -365,7 +366,7 @@ impl Pipeline {
         // A forward still marked in flight after twice its timeout was cut short by a crash.
         let stale_before = now - 2 * timeout.as_millis() as i64;
         match self.store.claim_forward(&event.key, now, stale_before).await {
-            Ok(true) => self.proxy(endpoint, event).await,
+            Ok(true) => self.proxy(endpoint, event, None).await,
             Ok(false) => Answer::InProgress,
             Err(_) => Answer::StoreUnavailable,
         }

@@ -21,7 +21,7 @@ use payflow_delivery::{RetryPolicy, Step, StepDone};
 use payflow_plugins::chain::{self, ChainInput, ChainOutcome, ChainResult};
 use payflow_plugins::{trial, Registry, RegistryError, Scheduler, Side, Trial, TrialEvent, TrialReport};
 use payflow_store::{
-    AttemptOutcome, DeliveryQueue, DueDelivery, DueStep, Event, EventStatus, KvWrite, NewDelivery,
+    AttemptOutcome, DeliveryQueue, DueDelivery, DueStep, Event, EventSeq, EventStatus, KvWrite, NewDelivery,
     PluginRunInfo, PluginStep,
 };
 use payflow_telemetry::Telemetry;
@@ -264,7 +264,7 @@ impl PluginStage {
             crate::trace::record_step(&self.telemetry, event, span, &runs);
         }
         let decision = Decision { step, status, reason, deliveries, tags, runs, kv, routes };
-        match self.commit(event, number, at_ms, due.claimed_until_ms, decision).await {
+        match self.commit(event, Some(due.seq), number, at_ms, due.claimed_until_ms, decision).await {
             Ok(created) => {
                 let due = |d: NewDelivery| DueDelivery {
                     body: d.body,
@@ -280,10 +280,11 @@ impl PluginStage {
         }
     }
 
-    /// Proxy mode: runs the chain before the forward and records it. The event is left
-    /// `dropped` or `failed` (the sender's retry runs the plugins again) as they decided;
-    /// on `Continue` the caller forwards, and the plugins' extra forwards are queued.
-    pub async fn run_proxied(&self, event: &Event) -> ChainOutcome {
+    /// Proxy mode: runs the chain before the forward and records it under the event's number
+    /// `seq` (its insert's; none for a duplicate forwarded again). The event is left `dropped`
+    /// or `failed` (the sender's retry runs the plugins again) as they decided; on `Continue`
+    /// the caller forwards, and the plugins' extra forwards are queued.
+    pub async fn run_proxied(&self, event: &Event, seq: Option<EventSeq>) -> ChainOutcome {
         let at_ms = self.clock.now_ms();
         let result = self.run_chain(event, 1, at_ms).await;
         let (status, reason, deliveries, tags) = match &result.outcome {
@@ -308,19 +309,20 @@ impl PluginStage {
             kv,
             routes: None,
         };
-        if let Err(e) = self.commit(event, 1, at_ms, None, decision).await {
+        if let Err(e) = self.commit(event, seq, 1, at_ms, None, decision).await {
             return ChainOutcome::Failed { reason: format!("cannot record the plugin step: {e}") };
         }
         result.outcome
     }
 
-    /// Records a step (run `number`, begun at `at_ms`, under the claim that ends at
-    /// `claimed_until_ms` when there is one: its runs, kv writes and `decision`) in one commit
-    /// and returns the deliveries it created. If the commit fails, the kv writes the chain made
-    /// visible in memory are forgotten (they were not committed).
+    /// Records a step of the event numbered `seq`, when the caller has it (run `number`, begun at `at_ms`, under the
+    /// claim that ends at `claimed_until_ms` when there is one: its runs, kv writes and
+    /// `decision`) in one commit and returns the deliveries it created. If the commit fails, the
+    /// kv writes the chain made visible in memory are forgotten (they were not committed).
     async fn commit(
         &self,
         event: &Event,
+        seq: Option<EventSeq>,
         number: u32,
         at_ms: i64,
         claimed_until_ms: Option<i64>,
@@ -330,6 +332,7 @@ impl PluginStage {
         let failed = step != AttemptOutcome::Delivered;
         let record = PluginStep {
             key: event.key.clone(),
+            event_seq: seq,
             number,
             at_ms,
             step,

@@ -1,6 +1,7 @@
 //! What the admin API reads and replays, and readiness: any replica answers for every event.
 
 use async_trait::async_trait;
+use payflow_store::ordering::StepsBy;
 use payflow_store::{
     AdminQueries, Amount, AttemptInfo, DeliveryInfo, EventDetail, EventFilter, EventKey, EventSummary,
     HeldKey, Hop, Lifecycle, PluginRunInfo, StepInfo, StoreError,
@@ -330,7 +331,7 @@ impl AdminQueries for PostgresStore {
     async fn held_keys(&self, merchant: Option<&str>, limit: usize) -> Result<Vec<HeldKey>, StoreError> {
         let rows = query(
             &self.client().await?,
-            &payflow_store::ordering::held_keys("order_seq", "$1::text", "$2"),
+            &payflow_store::ordering::held_keys("order_seq", "$1::text", "$2", StepsBy::Key),
             &[&merchant, &(limit as i64)],
         )
         .await

@@ -6,6 +6,7 @@ use std::sync::{Arc, LazyLock};
 use async_trait::async_trait;
 use bytes::Bytes;
 use deadpool_postgres::GenericClient;
+use payflow_store::ordering::StepsBy;
 use payflow_store::{
     Attempt, Claim, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventKey, EventSeq, PluginStep,
     StoreError,
@@ -140,7 +141,7 @@ impl PostgresStore {
 /// The condition on an ordered upstream's claimable delivery `c` (see
 /// [`payflow_store::ordering`]); `$4` is the upstream.
 static IN_ORDER: LazyLock<String> =
-    LazyLock::new(|| payflow_store::ordering::in_order("c", "order_seq", "$4"));
+    LazyLock::new(|| payflow_store::ordering::in_order("c", "order_seq", "$4", StepsBy::Key));
 
 /// Clears the leases of `claims` on `queue`'s rows (see [`DeliveryQueue::release_claims`]).
 /// A plugin step's claim has no upstream (`r.u` is empty), and `plugin_steps` no such column.

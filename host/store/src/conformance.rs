@@ -110,6 +110,7 @@ fn step(k: &EventKey, number: u32, at_ms: i64, step: AttemptOutcome, to: &[&str]
     let failed = step != AttemptOutcome::Delivered;
     PluginStep {
         key: k.clone(),
+        event_seq: None,
         number,
         at_ms,
         step,

@@ -536,6 +536,10 @@ pub struct KvWrite {
 pub struct PluginStep {
     /// The event's key.
     pub key: EventKey,
+    /// The event's number, when the caller has it ([`DueStep::seq`], or the insert's in proxy
+    /// mode). A store that keys steps by it finds the event's rows by it when it is there, and
+    /// by the key when not, as for [`Attempt::event_seq`].
+    pub event_seq: Option<EventSeq>,
     /// Which run of the step this was (1-based).
     pub number: u32,
     /// When it started, unix ms: the created deliveries are due then.

@@ -32,6 +32,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::commit_delay::CommitDelay;
+use super::ordering::StepsBy;
 use super::{
     settled_status, AdminQueries, Amount, Attempt, AttemptInfo, AttemptOutcome, Canary, CommitObserver,
     DeliveryInfo, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventDetail, EventFilter, EventKey,
@@ -63,9 +64,9 @@ macro_rules! seq_or_key {
 const READY_ROOM_BYTES: i64 = 64 << 10;
 
 /// The tables, as a new database gets them. Every row of an event's carries its whole key
-/// (merchant, scope, id): see [`super::EventKey`]. A delivery is also keyed by its event's
-/// number (`events.seq`, the row's own key, in arrival order): see [`migrate_to_event_numbers`]
-/// for why.
+/// (merchant, scope, id): see [`super::EventKey`]. A delivery, a plugin step and a plugin run
+/// are also keyed by their event's number (`events.seq`, the row's own key, in arrival order):
+/// see [`migrate_to_event_numbers`] and [`migrate_steps_to_event_numbers`] for why.
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS health (
     id              INTEGER PRIMARY KEY,
@@ -116,6 +117,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (event_seq, upstream)
 );
 CREATE TABLE IF NOT EXISTS plugin_steps (
+    -- The event's `seq`, as for deliveries: an event has one step at most.
+    event_seq           INTEGER PRIMARY KEY,
     merchant            TEXT    NOT NULL,
     scope               TEXT    NOT NULL,
     event_id            TEXT    NOT NULL,
@@ -123,8 +126,7 @@ CREATE TABLE IF NOT EXISTS plugin_steps (
     attempts            INTEGER NOT NULL,
     next_attempt_at_ms  BIGINT  NOT NULL,
     error               TEXT,
-    routes              TEXT,
-    PRIMARY KEY (merchant, scope, event_id)
+    routes              TEXT
 );
 CREATE TABLE IF NOT EXISTS attempts (
     merchant     TEXT    NOT NULL,
@@ -139,6 +141,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     response     TEXT
 );
 CREATE TABLE IF NOT EXISTS plugin_runs (
+    event_seq    INTEGER NOT NULL,
     merchant     TEXT    NOT NULL,
     scope        TEXT    NOT NULL,
     event_id     TEXT    NOT NULL,
@@ -206,7 +209,7 @@ DROP INDEX IF EXISTS deliveries_due;
 CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (upstream, next_attempt_at_ms) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS plugin_steps_due ON plugin_steps (status, next_attempt_at_ms);
 CREATE INDEX IF NOT EXISTS attempts_by_key ON attempts (merchant, scope, event_id);
-CREATE INDEX IF NOT EXISTS plugin_runs_by_key ON plugin_runs (merchant, scope, event_id);
+CREATE INDEX IF NOT EXISTS plugin_runs_by_seq ON plugin_runs (event_seq);
 CREATE INDEX IF NOT EXISTS events_in_order ON events (merchant, order_key, status) WHERE order_key IS NOT NULL;
 ";
 
@@ -275,23 +278,6 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              COMMIT;"
         ))?;
     }
-    // A database from before plugin steps had a table of their own kept each step as a
-    // delivery to the sentinel upstream `@plugins`, and its failures as that upstream's
-    // attempts: each becomes its event's step, with its last failure (the runs' own records,
-    // which say which plugin failed and how, stay as they are).
-    conn.execute_batch(
-        "BEGIN IMMEDIATE;
-         INSERT INTO plugin_steps (merchant, scope, event_id, status, attempts, next_attempt_at_ms, error)
-             SELECT d.merchant, d.scope, d.event_id, CASE d.status WHEN 'delivered' THEN 'done' ELSE d.status END,
-                    d.attempts, d.next_attempt_at_ms,
-                    (SELECT a.error FROM attempts a WHERE a.merchant = d.merchant AND a.scope = d.scope
-                       AND a.event_id = d.event_id AND a.upstream = '@plugins' ORDER BY a.number DESC LIMIT 1)
-             FROM deliveries d WHERE d.upstream = '@plugins'
-             ON CONFLICT (merchant, scope, event_id) DO NOTHING;
-         DELETE FROM deliveries WHERE upstream = '@plugins';
-         DELETE FROM attempts WHERE upstream = '@plugins';
-         COMMIT;",
-    )?;
     if has_column(conn, "plugin_versions", "compiled")? {
         // A database from before compiled code was kept per engine: the one artifact it held
         // has no engine to go with, so it goes, and each version is compiled once more, by the
@@ -299,6 +285,25 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         conn.execute_batch("ALTER TABLE plugin_versions DROP COLUMN compiled")?;
     }
     migrate_to_event_numbers(conn)?;
+    migrate_steps_to_event_numbers(conn)?;
+    // A database from before plugin steps had a table of their own kept each step as a
+    // delivery to the sentinel upstream `@plugins`, and its failures as that upstream's
+    // attempts: each becomes its event's step, with its last failure (the runs' own records,
+    // which say which plugin failed and how, stay as they are).
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         INSERT INTO plugin_steps (event_seq, merchant, scope, event_id, status, attempts, next_attempt_at_ms,
+                                   error)
+             SELECT d.event_seq, d.merchant, d.scope, d.event_id,
+                    CASE d.status WHEN 'delivered' THEN 'done' ELSE d.status END, d.attempts, d.next_attempt_at_ms,
+                    (SELECT a.error FROM attempts a WHERE a.merchant = d.merchant AND a.scope = d.scope
+                       AND a.event_id = d.event_id AND a.upstream = '@plugins' ORDER BY a.number DESC LIMIT 1)
+             FROM deliveries d WHERE d.upstream = '@plugins'
+             ON CONFLICT (event_seq) DO NOTHING;
+         DELETE FROM deliveries WHERE upstream = '@plugins';
+         DELETE FROM attempts WHERE upstream = '@plugins';
+         COMMIT;",
+    )?;
     conn.execute_batch(INDEXES)
 }
 
@@ -354,11 +359,80 @@ fn migrate_to_event_numbers(conn: &Connection) -> rusqlite::Result<()> {
          DROP TABLE deliveries_by_key;
          DROP TABLE events_by_key;
          COMMIT;",
-        delivery_row =
-            DELIVERY_ROW.split(',').map(|c| format!("d.{}", c.trim())).collect::<Vec<_>>().join(", ")
+        delivery_row = columns_of(DELIVERY_ROW, "d")
     ))?;
     tracing::info!(took_ms = started.elapsed().as_millis() as u64, "store: events numbered");
     Ok(())
+}
+
+/// The columns `plugin_steps` has kept under both of its keys.
+const STEP_ROW: &str = "merchant, scope, event_id, status, attempts, next_attempt_at_ms, error, routes";
+/// The columns `plugin_runs` has kept before and since it named its event by number.
+const RUN_ROW: &str =
+    "merchant, scope, event_id, plugin, version, attempt, at_ms, duration_us, fuel_used, outcome,
+    detail, logs";
+
+/// A database from before plugin steps and runs were keyed by their event's number gets them
+/// so, as deliveries were before ([`migrate_to_event_numbers`]).
+///
+/// Why: keyed by the event's key, each plugin event put an entry at a random place of two
+/// indexes (the steps' key and the runs' index on it), and the step's record found its row
+/// there again. On a database that had run a while, with ids in no order, a queue-mode event
+/// through a plugin cost ~1.35× what it cost on a new one, nearly all of it the store writer's
+/// (bench/RESULTS.md, issue 21's twenty-fifth look). Keyed by the number, a step is a row at
+/// the end of its table (no index of its own) and a run an entry at the end of one index.
+///
+/// Each table that still names its events by key alone is copied, once, in one transaction; a
+/// step or run whose event is gone (none is left by this gateway) goes with the copy.
+fn migrate_steps_to_event_numbers(conn: &Connection) -> rusqlite::Result<()> {
+    let steps = !has_column(conn, "plugin_steps", "event_seq")?;
+    let runs = !has_column(conn, "plugin_runs", "event_seq")?;
+    if !steps && !runs {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    tracing::info!(
+        "store: keying plugin steps and runs by their event's number, once: the tables are copied, \
+         and the file grows by the copy (its freed pages are reused)"
+    );
+    let mut sql = String::from("BEGIN IMMEDIATE;\n");
+    if steps {
+        sql += "DROP INDEX IF EXISTS plugin_steps_due;
+                ALTER TABLE plugin_steps RENAME TO plugin_steps_by_key;\n";
+    }
+    if runs {
+        sql += "DROP INDEX IF EXISTS plugin_runs_by_key;
+                ALTER TABLE plugin_runs RENAME TO plugin_runs_by_key;\n";
+    }
+    sql += TABLES;
+    if steps {
+        sql += &format!(
+            "INSERT INTO plugin_steps (event_seq, {STEP_ROW})
+                 SELECT e.seq, {s_row} FROM plugin_steps_by_key s
+                 JOIN events e ON e.merchant = s.merchant AND e.scope = s.scope AND e.id = s.event_id;
+             DROP TABLE plugin_steps_by_key;\n",
+            s_row = columns_of(STEP_ROW, "s")
+        );
+    }
+    if runs {
+        sql += &format!(
+            "INSERT INTO plugin_runs (event_seq, {RUN_ROW})
+                 SELECT e.seq, {r_row} FROM plugin_runs_by_key r
+                 JOIN events e ON e.merchant = r.merchant AND e.scope = r.scope AND e.id = r.event_id
+                 ORDER BY r.rowid;
+             DROP TABLE plugin_runs_by_key;\n",
+            r_row = columns_of(RUN_ROW, "r")
+        );
+    }
+    sql += "COMMIT;";
+    conn.execute_batch(&sql)?;
+    tracing::info!(took_ms = started.elapsed().as_millis() as u64, "store: plugin steps and runs keyed");
+    Ok(())
+}
+
+/// A list of columns as `table`'s: `a, b` as `t.a, t.b`.
+fn columns_of(row: &str, table: &str) -> String {
+    row.split(',').map(|c| format!("{table}.{}", c.trim())).collect::<Vec<_>>().join(", ")
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
@@ -909,11 +983,11 @@ fn add_first_hop(conn: &Connection, key: &EventKey, seq: i64, hop: &Hop, at_ms: 
     match hop {
         Hop::Plugins => conn
             .prepare_cached(
-                "INSERT INTO plugin_steps (merchant, scope, event_id, status, attempts, next_attempt_at_ms)
-             VALUES (?1, ?2, ?3, 'pending', 0, ?4)
-             ON CONFLICT (merchant, scope, event_id) DO NOTHING",
+                "INSERT INTO plugin_steps (event_seq, merchant, scope, event_id, status, attempts, next_attempt_at_ms)
+             VALUES (?5, ?1, ?2, ?3, 'pending', 0, ?4)
+             ON CONFLICT (event_seq) DO NOTHING",
             )?
-            .execute(params![merchant, scope, id, at_ms]),
+            .execute(params![merchant, scope, id, at_ms, seq]),
         Hop::Upstream(upstream) => conn
             .prepare_cached(
                 "INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
@@ -976,7 +1050,8 @@ const SUMMARY_COLUMNS: &str = concat!(
 
 /// The condition on an ordered upstream's due delivery (see [`crate::ordering`]): events are
 /// numbered in arrival order by `seq`.
-static IN_ORDER: LazyLock<String> = LazyLock::new(|| crate::ordering::in_order("d", "seq", "?1"));
+static IN_ORDER: LazyLock<String> =
+    LazyLock::new(|| crate::ordering::in_order("d", "seq", "?1", StepsBy::Seq));
 
 /// The due-deliveries read, with `condition` (empty, or [`IN_ORDER`]) on each delivery.
 fn due_sql(condition: &str) -> String {
@@ -1162,7 +1237,7 @@ impl DeliveryQueue for SqliteStore {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT s.attempts, s.next_attempt_at_ms, {EVENT_COLUMNS}
                  FROM plugin_steps s
-                 JOIN events e ON e.merchant = s.merchant AND e.scope = s.scope AND e.id = s.event_id
+                 JOIN events e ON e.seq = s.event_seq
                  WHERE s.status = 'pending' AND s.next_attempt_at_ms <= ?1
                    AND (?3 IS NULL
                         OR (s.next_attempt_at_ms, s.merchant, s.scope, s.event_id) > (?3, ?4, ?5, ?6))
@@ -1197,26 +1272,42 @@ impl DeliveryQueue for SqliteStore {
             let (merchant, scope, id) = key_of(&step.key);
             let (status, next_at_ms) = step.step.step_row();
             let routes = step.routes.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default());
+            // The event's number: the step's own, or its key's (proxy mode's steps have none).
+            let seq: Option<i64> = match step.event_seq {
+                Some(seq) => Some(seq.0),
+                None => conn
+                    .prepare_cached(concat!("SELECT ", seq_of_key!()))?
+                    .query_row(params![merchant, scope, id], |r| r.get(0))?,
+            };
             let took = conn
                 .prepare_cached(concat!(
                     "UPDATE plugin_steps
                      SET status = ?4, attempts = ?5, next_attempt_at_ms = COALESCE(?6, next_attempt_at_ms),
                          error = ?7, routes = ?8
-                     WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3 AND ",
+                     WHERE event_seq = ?10 AND merchant = ?1 AND scope = ?2 AND event_id = ?3 AND ",
                     crate::takes_outcome!("next_attempt_at_ms", "?9")
                 ))?
-                .execute(params![merchant, scope, id, status, step.number, next_at_ms, step.error, routes, step.at_ms])?
+                .execute(params![
+                    merchant,
+                    scope,
+                    id,
+                    status,
+                    step.number,
+                    next_at_ms,
+                    step.error,
+                    routes,
+                    step.at_ms,
+                    seq
+                ])?
                 > 0;
             // Proxy mode's steps have no row (they run inside the sender's request); a row the step
             // did not take was replayed since it began.
             let replayed_since = !took
-                && conn
-                    .prepare_cached("SELECT 1 FROM plugin_steps WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3")?
-                    .exists(params![merchant, scope, id])?;
+                && conn.prepare_cached("SELECT 1 FROM plugin_steps WHERE event_seq = ?1")?.exists([seq])?;
             let mut run = conn.prepare_cached(
-                "INSERT INTO plugin_runs (merchant, scope, event_id, plugin, version, attempt, at_ms, duration_us,
-                                          fuel_used, outcome, detail, logs)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                "INSERT INTO plugin_runs (event_seq, merchant, scope, event_id, plugin, version, attempt, at_ms,
+                                          duration_us, fuel_used, outcome, detail, logs)
+                 VALUES (?13, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
             for r in &step.runs {
                 let logs = serde_json::to_string(&r.logs).unwrap_or_else(|_| "[]".into());
@@ -1232,7 +1323,8 @@ impl DeliveryQueue for SqliteStore {
                     r.fuel_used as i64,
                     r.outcome,
                     r.detail,
-                    logs
+                    logs,
+                    seq
                 ])?;
             }
             if replayed_since {
@@ -1708,10 +1800,11 @@ impl AdminQueries for SqliteStore {
                 .optional()?;
             let Some((summary, body, headers, request_id, order_key)) = found else { return Ok(None) };
             let plugin_step = conn
-                .prepare_cached(
+                .prepare_cached(concat!(
                     "SELECT status, attempts, next_attempt_at_ms, error, routes FROM plugin_steps
-                     WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3",
-                )?
+                     WHERE event_seq = ",
+                    seq_of_key!()
+                ))?
                 .query_row(params![key.merchant, key.scope, key.id], |r| {
                     let status: String = r.get(0)?;
                     let next: i64 = r.get(2)?;
@@ -1769,11 +1862,12 @@ impl AdminQueries for SqliteStore {
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let plugin_runs = conn
-                .prepare_cached(
+                .prepare_cached(concat!(
                     "SELECT plugin, version, attempt, at_ms, duration_us, fuel_used, outcome, detail, logs
-                     FROM plugin_runs WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3
-                     ORDER BY at_ms, rowid",
-                )?
+                     FROM plugin_runs WHERE event_seq = ",
+                    seq_of_key!(),
+                    " ORDER BY at_ms, rowid"
+                ))?
                 .query_map(params![key.merchant, key.scope, key.id], |r| {
                     Ok(PluginRunInfo {
                         plugin: r.get(0)?,
@@ -1825,20 +1919,17 @@ impl AdminQueries for SqliteStore {
                     params![key.merchant, key.scope, key.id, who],
                 )?;
             }
-            let has_step: bool = conn.query_row(
-                "SELECT COUNT(*) > 0 FROM plugin_steps WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3",
-                k,
-                |r| r.get(0),
-            )?;
+            let has_step: bool =
+                conn.query_row("SELECT COUNT(*) > 0 FROM plugin_steps WHERE event_seq = ?1", [seq], |r| r.get(0))?;
             // The attempts so far stay in the event's history; the rows start over or go.
             file_latest_attempts(conn, &key)?;
             if has_step || first_hop == Hop::Plugins {
                 // The plugins decide again (perhaps a fixed version): what they created goes.
                 conn.execute("DELETE FROM deliveries WHERE event_seq = ?1", [seq])?;
                 conn.execute(
-                    "UPDATE plugin_steps SET status = 'pending', attempts = 0, next_attempt_at_ms = ?4, error = NULL
-                     WHERE merchant = ?1 AND scope = ?2 AND event_id = ?3",
-                    params![key.merchant, key.scope, key.id, due_at_ms],
+                    "UPDATE plugin_steps SET status = 'pending', attempts = 0, next_attempt_at_ms = ?2, error = NULL
+                     WHERE event_seq = ?1",
+                    params![seq, due_at_ms],
                 )?;
                 add_first_hop(conn, &key, seq, &Hop::Plugins, due_at_ms)?;
                 conn.execute(
@@ -1861,7 +1952,8 @@ impl AdminQueries for SqliteStore {
     async fn held_keys(&self, merchant: Option<&str>, limit: usize) -> Result<Vec<HeldKey>, StoreError> {
         let merchant = merchant.map(str::to_string);
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&crate::ordering::held_keys("seq", "?1", "?2"))?;
+            let mut stmt =
+                conn.prepare_cached(&crate::ordering::held_keys("seq", "?1", "?2", StepsBy::Seq))?;
             let rows = stmt.query_map(params![merchant, limit as i64], held_key)?;
             rows.collect()
         })
@@ -2394,6 +2486,116 @@ mod tests {
         assert_eq!((&step.status[..], step.attempts, step.error.as_deref()), ("dead", 2, Some("p: timeout")));
         assert!(failed.deliveries.is_empty() && failed.attempts.is_empty(), "{failed:?}");
         assert!(store.due_deliveries("@plugins", i64::MAX, None, 10).await.unwrap().is_empty());
+        store.close().await;
+    }
+
+    /// `plugin_steps` and `plugin_runs` as released before they named their event by number.
+    const STEPS_BY_KEY_TABLES: &str = "
+        DROP TABLE plugin_steps;
+        DROP TABLE plugin_runs;
+        CREATE TABLE plugin_steps (
+            merchant TEXT NOT NULL, scope TEXT NOT NULL, event_id TEXT NOT NULL, status TEXT NOT NULL,
+            attempts INTEGER NOT NULL, next_attempt_at_ms BIGINT NOT NULL, error TEXT, routes TEXT,
+            PRIMARY KEY (merchant, scope, event_id));
+        CREATE TABLE plugin_runs (
+            merchant TEXT NOT NULL, scope TEXT NOT NULL, event_id TEXT NOT NULL, plugin TEXT NOT NULL,
+            version INTEGER NOT NULL, attempt INTEGER NOT NULL, at_ms BIGINT NOT NULL, duration_us BIGINT NOT NULL,
+            fuel_used BIGINT NOT NULL, outcome TEXT NOT NULL, detail TEXT, logs TEXT NOT NULL);
+        CREATE INDEX plugin_steps_due ON plugin_steps (status, next_attempt_at_ms);
+        CREATE INDEX plugin_runs_by_key ON plugin_runs (merchant, scope, event_id);";
+
+    /// An upgrade from the release that kept plugin steps and runs under their event's key
+    /// loses nothing: each step keeps its state and is due as before, each run is listed in its
+    /// order, and a step's record after the upgrade takes it. Rows of an event that is gone are
+    /// left behind, and the old index goes.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_database_whose_plugin_steps_are_keyed_by_event_key_keeps_its_steps_and_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_in(&dir);
+        let key = |id: &str| EventKey::new("acme", "/wh", id);
+        let store = SqliteStore::open(&config, Arc::new(())).unwrap();
+        for id in ["evt_b", "evt_a"] {
+            store.insert_event(NewEvent { status: EventStatus::Queued, ..stored(id) }).await.unwrap();
+        }
+        store.close().await;
+        let conn = Connection::open(&config.path).unwrap();
+        conn.execute_batch(STEPS_BY_KEY_TABLES).unwrap();
+        conn.execute_batch(
+            "INSERT INTO plugin_steps VALUES ('acme', '/wh', 'evt_a', 'pending', 1, 5000, 'p: trap', NULL),
+                                             ('acme', '/wh', 'evt_b', 'done', 1, 100, NULL, '[\"route[0]: up\"]'),
+                                             ('acme', '/wh', 'evt_gone', 'pending', 0, 100, NULL, NULL);
+             INSERT INTO plugin_runs VALUES ('acme', '/wh', 'evt_a', 'p', 1, 1, 100, 7, 70, 'trap', 'oops', '[]'),
+                                            ('acme', '/wh', 'evt_b', 'p', 1, 1, 100, 8, 80, 'continue', NULL, '[]'),
+                                            ('acme', '/wh', 'evt_a', 'q', 2, 1, 100, 9, 90, 'continue', NULL, '[]'),
+                                            ('acme', '/wh', 'evt_gone', 'p', 1, 1, 100, 1, 1, 'continue', NULL, '[]');",
+        )
+        .unwrap();
+        drop(conn);
+
+        let store = SqliteStore::open(&config, Arc::new(())).unwrap();
+        let conn = Connection::open(&config.path).unwrap();
+        let steps: Vec<(i64, String)> = conn
+            .prepare("SELECT s.event_seq, e.id FROM plugin_steps s JOIN events e ON e.seq = s.event_seq ORDER BY 1")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(steps, [(1, "evt_b".into()), (2, "evt_a".into())], "each step under its event's number");
+        let orphans: i64 = conn
+            .query_row("SELECT COUNT(*) FROM plugin_runs WHERE event_id = 'evt_gone'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(orphans, 0, "the run of no event is left behind");
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name LIKE 'plugin_%'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(indexes.iter().any(|i| i == "plugin_runs_by_seq"), "{indexes:?}");
+        assert!(!indexes.iter().any(|i| i == "plugin_runs_by_key"), "{indexes:?}");
+
+        let due = store.due_steps(5_000, None, 10).await.unwrap();
+        assert_eq!(
+            due.iter().map(|d| (d.event.key.id.as_str(), d.attempts)).collect::<Vec<_>>(),
+            [("evt_a", 1)]
+        );
+        let a = store.get_event(&key("evt_a")).await.unwrap().unwrap();
+        let step = a.plugin_step.clone().expect("the step is kept");
+        assert_eq!((&step.status[..], step.attempts, step.error.as_deref()), ("pending", 1, Some("p: trap")));
+        let runs: Vec<(&str, &str)> =
+            a.plugin_runs.iter().map(|r| (r.plugin.as_str(), r.outcome.as_str())).collect();
+        assert_eq!(runs, [("p", "trap"), ("q", "continue")], "in their order");
+        let b = store.get_event(&key("evt_b")).await.unwrap().unwrap();
+        assert_eq!(b.plugin_step.unwrap().routes, Some(vec!["route[0]: up".to_string()]));
+
+        // The step's next run is recorded on the row it was moved to.
+        let finished = PluginStep {
+            key: key("evt_a"),
+            event_seq: Some(due[0].seq),
+            number: 2,
+            at_ms: 5_000,
+            step: AttemptOutcome::Delivered,
+            error: None,
+            runs: Vec::new(),
+            kv: Vec::new(),
+            status: EventStatus::Dropped,
+            reason: Some("not ours".into()),
+            deliveries: Vec::new(),
+            tags: Vec::new(),
+            routes: None,
+            claimed_until_ms: None,
+        };
+        store.finish_plugin_step(finished).await.unwrap();
+        assert!(store.due_steps(i64::MAX, None, 10).await.unwrap().is_empty());
+        let a = store.get_event(&key("evt_a")).await.unwrap().unwrap();
+        assert_eq!((a.summary.status.as_str(), a.plugin_step.unwrap().attempts), ("dropped", 2));
+        store.close().await;
+
+        // A second start-up finds nothing to do.
+        let store = SqliteStore::open(&config, Arc::new(())).unwrap();
+        assert_eq!(store.get_event(&key("evt_a")).await.unwrap().unwrap().plugin_runs.len(), 2);
         store.close().await;
     }
 
