@@ -59,6 +59,7 @@ mod record;
 mod schema;
 #[cfg(feature = "test-server")]
 pub mod server;
+mod step_record;
 
 use std::time::Duration;
 
@@ -103,6 +104,7 @@ pub struct PostgresStore {
     pool: Pool,
     ingest: ingest::Batcher,
     recorder: record::Recorder,
+    steps: step_record::StepRecorder,
     lease_ms: i64,
 }
 
@@ -140,7 +142,8 @@ impl PostgresStore {
         drop(client);
         Ok(PostgresStore {
             ingest: ingest::Batcher::start(pool.clone(), options.max_batch, commits.clone()),
-            recorder: record::Recorder::start(pool.clone(), options.max_batch, commits),
+            recorder: record::Recorder::start(pool.clone(), options.max_batch, commits.clone()),
+            steps: step_record::StepRecorder::start(pool.clone(), options.max_batch, commits),
             pool,
             lease_ms: options.lease.as_millis() as i64,
         })
@@ -485,6 +488,96 @@ mod tests {
             assert_eq!(one.get_event(&key(&dead)).await.unwrap().unwrap().summary.status, "dead", "{dead}");
             assert_eq!(row_status(&db, &ordered).await, "delivered", "{ordered}");
         }
+    }
+
+    /// A step that decided to deliver to `up`, for the event `id` (run 1, under no claim).
+    fn forwarding_step(id: &str) -> payflow_store::PluginStep {
+        payflow_store::PluginStep {
+            key: key(id),
+            event_seq: None,
+            number: 1,
+            at_ms: 2,
+            step: AttemptOutcome::Delivered,
+            error: None,
+            runs: vec![payflow_store::PluginRunInfo {
+                plugin: "enrich".into(),
+                version: 1,
+                attempt: 1,
+                at_ms: 2,
+                duration_us: 40,
+                fuel_used: 1000,
+                outcome: "continue".into(),
+                detail: None,
+                logs: Vec::new(),
+            }],
+            kv: Vec::new(),
+            status: EventStatus::Forwarding,
+            reason: None,
+            deliveries: vec![payflow_store::NewDelivery {
+                upstream: "up".into(),
+                body: None,
+                headers: Vec::new(),
+            }],
+            tags: Vec::new(),
+            routes: None,
+            claimed_until_ms: None,
+        }
+    }
+
+    /// Steps finishing together commit together; one the database refuses (its delivery names
+    /// an event that is not there) fails alone, and the others' batch is written again without
+    /// it: each recorded once, none lost, nothing of the refused one kept.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_batch_of_plugin_steps_with_one_refused_records_every_other_step_once() {
+        let url = server().database("steps_batch");
+        let store =
+            PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.expect("connects");
+        let db = client_of(&url).await;
+        let ids: Vec<String> = (0..6).map(|i| format!("evt_step_{i}")).collect();
+        for id in &ids {
+            let new = NewEvent {
+                event: Event {
+                    key: key(id),
+                    endpoint: "/wh".into(),
+                    event_type: None,
+                    body: Bytes::from_static(b"{}"),
+                    received_at_ms: 1,
+                    request_id: "req".into(),
+                    ordered: false,
+                },
+                status: EventStatus::Queued,
+                reason: None,
+                headers: Vec::new(),
+                first_hop: Some(Hop::Plugins),
+                order_key: None,
+                claim_until_ms: None,
+            };
+            store.insert_event(new).await.unwrap();
+        }
+        let mut steps: Vec<_> = ids.iter().map(|id| forwarding_step(id)).collect();
+        steps.insert(3, forwarding_step("evt_not_stored"));
+
+        let answers = step_record::record_batch(&store.pool, steps).await.unwrap();
+        let refused: Vec<usize> =
+            answers.iter().enumerate().filter(|(_, a)| a.is_err()).map(|(i, _)| i).collect();
+        assert_eq!(refused, [3], "{answers:?}");
+        for id in &ids {
+            let detail = store.get_event(&key(id)).await.unwrap().unwrap();
+            assert_eq!(detail.plugin_step.as_ref().map(|s| s.status.as_str()), Some("done"), "{id}");
+            assert_eq!(detail.plugin_runs.len(), 1, "{id}: recorded once");
+            assert_eq!(
+                detail.deliveries.iter().map(|d| d.upstream.as_str()).collect::<Vec<_>>(),
+                ["up"],
+                "{id}"
+            );
+        }
+        let kept: i64 = db
+            .query_one("SELECT COUNT(*) FROM plugin_runs WHERE event_id = 'evt_not_stored'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(kept, 0, "nothing of the refused step is kept");
+        assert_eq!(store.due_deliveries("up", 10, None, 10).await.unwrap().len(), ids.len());
     }
 
     /// Every text column of an index on any table in the schema, and whether it compares in

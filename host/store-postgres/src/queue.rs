@@ -13,7 +13,7 @@ use payflow_store::{
 };
 use tokio_postgres::Row;
 
-use crate::{exec, key_params, query, query_opt, unavailable, PostgresStore};
+use crate::{exec, query, unavailable, PostgresStore};
 
 /// The `events` columns [`event_at`] reads, as `e`.
 const EVENT_COLUMNS: &str =
@@ -32,19 +32,6 @@ fn event_at(r: &Row, at: usize) -> (Event, EventSeq) {
         ordered: r.get(at + 9),
     };
     (event, EventSeq(r.get(at + 8)))
-}
-
-/// Locks the event's row for the rest of the transaction: two replicas finishing two of its
-/// deliveries at once then settle it one after the other, each seeing the other's outcome.
-async fn lock_event(tx: &impl GenericClient, key: &EventKey) -> Result<(), tokio_postgres::Error> {
-    let [m, s, i] = key_params(key);
-    query_opt(
-        tx,
-        "SELECT 1 FROM events WHERE merchant = $1 AND scope = $2 AND id = $3 FOR UPDATE",
-        &[m, s, i],
-    )
-    .await
-    .map(drop)
 }
 
 /// Where a claimed row's own `columns` start: after its due time and its event.
@@ -258,118 +245,7 @@ impl DeliveryQueue for PostgresStore {
     }
 
     async fn finish_plugin_step(&self, step: PluginStep) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(unavailable)?;
-        let [m, s, i] = key_params(&step.key);
-        lock_event(&tx, &step.key).await.map_err(unavailable)?;
-        let (status, next_at_ms) = step.step.step_row();
-        let routes = step.routes.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default());
-        let took = exec(
-            &tx,
-            concat!(
-                "UPDATE plugin_steps
-                 SET status = $4, attempts = $5, next_attempt_at_ms = COALESCE($6, next_attempt_at_ms), error = $7,
-                     lease_until_ms = NULL, routes = $8
-                 WHERE merchant = $1 AND scope = $2 AND event_id = $3 AND ",
-                payflow_store::takes_outcome!("next_attempt_at_ms", "$9"),
-                " AND ",
-                holds_claim!("lease_until_ms", "$10::int8")
-            ),
-            &[
-                m,
-                s,
-                i,
-                &status,
-                &(step.number as i32),
-                &next_at_ms,
-                &step.error,
-                &routes,
-                &step.at_ms,
-                &step.claimed_until_ms,
-            ],
-        )
-        .await
-        .map_err(unavailable)?
-            > 0;
-        // Proxy mode's steps have no row (they run inside the sender's request); a row the step
-        // did not take was replayed since it began (or, its lease run out, claimed by another).
-        let replayed_since = !took
-            && query_opt(
-                &tx,
-                "SELECT 1 FROM plugin_steps WHERE merchant = $1 AND scope = $2 AND event_id = $3",
-                &[m, s, i],
-            )
-            .await
-            .map_err(unavailable)?
-            .is_some();
-        for r in &step.runs {
-            let logs = serde_json::to_string(&r.logs).unwrap_or_else(|_| "[]".into());
-            exec(&tx,
-                "INSERT INTO plugin_runs (merchant, scope, event_id, plugin, version, attempt, at_ms, duration_us,
-                                          fuel_used, outcome, detail, logs)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                &[
-                    m,
-                    s,
-                    i,
-                    &r.plugin,
-                    &(r.version as i32),
-                    &(r.attempt as i32),
-                    &r.at_ms,
-                    &r.duration_us,
-                    &(r.fuel_used as i64),
-                    &r.outcome,
-                    &r.detail,
-                    &logs,
-                ],
-            )
-            .await
-            .map_err(unavailable)?;
-        }
-        if replayed_since {
-            // Only its runs are kept, as what ran: the replay's own run decides.
-            return tx.commit().await.map_err(unavailable);
-        }
-        for w in &step.kv {
-            exec(
-                &tx,
-                "INSERT INTO plugin_kv (merchant, plugin, key, value) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value",
-                &[m, &w.plugin, &w.key, &w.value],
-            )
-            .await
-            .map_err(unavailable)?;
-        }
-        for d in &step.deliveries {
-            let headers =
-                (!d.headers.is_empty()).then(|| serde_json::to_string(&d.headers).unwrap_or_default());
-            exec(
-                &tx,
-                concat!(
-                    "INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
-                                             next_attempt_at_ms, body, headers)
-                     VALUES (",
-                    seq_of_key!(),
-                    ", $1, $2, $3, $4, 'pending', 0, $5, $6, $7)
-                 ON CONFLICT (event_seq, upstream) DO UPDATE
-                 SET status = 'pending', attempts = 0, next_attempt_at_ms = excluded.next_attempt_at_ms,
-                     body = excluded.body, headers = excluded.headers, lease_until_ms = NULL"
-                ),
-                &[m, s, i, &d.upstream, &step.at_ms, &d.body.as_deref(), &headers],
-            )
-            .await
-            .map_err(unavailable)?;
-        }
-        let tags = (!step.tags.is_empty()).then(|| serde_json::to_string(&step.tags).unwrap_or_default());
-        exec(
-            &tx,
-            "UPDATE events SET status = $4, reason = $5, tags = COALESCE($6, tags)
-             WHERE merchant = $1 AND scope = $2 AND id = $3",
-            &[m, s, i, &step.status.as_str(), &step.reason, &tags],
-        )
-        .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)
+        self.steps.record(step).await
     }
 
     async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<(String, String, u64)>, StoreError> {
