@@ -1,7 +1,6 @@
 //! What the admin API reads and replays, and readiness: any replica answers for every event.
 
 use async_trait::async_trait;
-use payflow_store::ordering::StepsBy;
 use payflow_store::{
     AdminQueries, Amount, AttemptInfo, DeliveryInfo, EventDetail, EventFilter, EventKey, EventSummary,
     HeldKey, Hop, Lifecycle, PluginRunInfo, StepInfo, StoreError,
@@ -50,8 +49,13 @@ async fn add_first_hop(
             let params: [&(dyn ToSql + Sync); 4] = [m, s, i, &at_ms];
             exec(
                 tx,
-                "INSERT INTO plugin_steps (merchant, scope, event_id, status, attempts, next_attempt_at_ms)
-                 VALUES ($1, $2, $3, 'pending', 0, $4) ON CONFLICT DO NOTHING",
+                concat!(
+                    "INSERT INTO plugin_steps (event_seq, merchant, scope, event_id, status, attempts,
+                                               next_attempt_at_ms)
+                     VALUES (",
+                    seq_of_key!(),
+                    ", $1, $2, $3, 'pending', 0, $4) ON CONFLICT DO NOTHING"
+                ),
                 &params,
             )
             .await?
@@ -151,8 +155,10 @@ impl AdminQueries for PostgresStore {
         let Some(row) = found else { return Ok(None) };
         let plugin_step = query_opt(
             &client,
-            "SELECT status, attempts, next_attempt_at_ms, error, routes FROM plugin_steps
-                 WHERE merchant = $1 AND scope = $2 AND event_id = $3",
+            concat!(
+                "SELECT status, attempts, next_attempt_at_ms, error, routes FROM plugin_steps WHERE event_seq = ",
+                seq_of_key!()
+            ),
             k,
         )
         .await
@@ -214,8 +220,12 @@ impl AdminQueries for PostgresStore {
         .collect();
         let plugin_runs = query(
             &client,
-            "SELECT plugin, version, attempt, at_ms, duration_us, fuel_used, outcome, detail, logs
-                 FROM plugin_runs WHERE merchant = $1 AND scope = $2 AND event_id = $3 ORDER BY at_ms, seq",
+            concat!(
+                "SELECT plugin, version, attempt, at_ms, duration_us, fuel_used, outcome, detail, logs
+                 FROM plugin_runs WHERE event_seq = ",
+                seq_of_key!(),
+                " ORDER BY at_ms, seq"
+            ),
             k,
         )
         .await
@@ -280,23 +290,24 @@ impl AdminQueries for PostgresStore {
             .await
             .map_err(unavailable)?;
         }
-        let has_step = query_opt(
-            &tx,
-            "SELECT 1 FROM plugin_steps WHERE merchant = $1 AND scope = $2 AND event_id = $3",
-            k,
-        )
-        .await
-        .map_err(unavailable)?
-        .is_some();
+        let has_step =
+            query_opt(&tx, concat!("SELECT 1 FROM plugin_steps WHERE event_seq = ", seq_of_key!()), k)
+                .await
+                .map_err(unavailable)?
+                .is_some();
         if has_step || *first_hop == Hop::Plugins {
             // The plugins decide again (perhaps a fixed version): what they created goes.
             exec(&tx, concat!("DELETE FROM deliveries WHERE event_seq = ", seq_of_key!()), k)
                 .await
                 .map_err(unavailable)?;
-            exec(&tx,
-                "UPDATE plugin_steps SET status = 'pending', attempts = 0, next_attempt_at_ms = $4, error = NULL,
-                        lease_until_ms = NULL
-                 WHERE merchant = $1 AND scope = $2 AND event_id = $3",
+            exec(
+                &tx,
+                concat!(
+                    "UPDATE plugin_steps SET status = 'pending', attempts = 0, next_attempt_at_ms = $4, error = NULL,
+                            lease_until_ms = NULL
+                     WHERE event_seq = ",
+                    seq_of_key!()
+                ),
                 &[m, s, i, &due_at_ms],
             )
             .await
@@ -331,7 +342,7 @@ impl AdminQueries for PostgresStore {
     async fn held_keys(&self, merchant: Option<&str>, limit: usize) -> Result<Vec<HeldKey>, StoreError> {
         let rows = query(
             &self.client().await?,
-            &payflow_store::ordering::held_keys("order_seq", "$1::text", "$2", StepsBy::Key),
+            &payflow_store::ordering::held_keys("order_seq", "$1::text", "$2"),
             &[&merchant, &(limit as i64)],
         )
         .await

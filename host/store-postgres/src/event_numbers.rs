@@ -1,24 +1,27 @@
-//! Deliveries and attempts keyed by their event's number (`events.seq`), not by the event's key.
+//! Deliveries, attempts, plugin steps and plugin runs keyed by their event's number
+//! (`events.seq`), not by the event's key.
 //!
 //! An event's key ends in the sender's id, which lands anywhere in an index on it; its number
 //! comes from a sequence and lands at the end. Keyed by the event's key, every delivery put
 //! an entry at a random place of the deliveries' primary key three times (its insert, and the
 //! claim's and the record's updates, which PostgreSQL writes as new row versions with new
-//! index entries), and its attempt one more in `attempts_by_key`: on a database that had run a
-//! while, with ids in no order, those pages were mostly out of the cache. On a database holding
-//! 300,000 such events, keyed by number, the database spent ~0.78× the CPU per queue-mode
-//! event (bench/RESULTS.md, issue 21's twenty-first look).
+//! index entries), and its attempt one more in `attempts_by_key`; a plugin step and its run
+//! did the same in theirs: on a database that had run a while, with ids in no order, those
+//! pages were mostly out of the cache. On a database holding 300,000 such events, keyed by
+//! number, the database spent ~0.78× the CPU per queue-mode event (bench/RESULTS.md, issue
+//! 21's twenty-first look).
 //!
-//! Migrations 8 and 10 ([`crate::schema`]) only add: the numbers, each delivery's and each
-//! attempt's `event_seq`, an index on it, and a trigger per table that numbers the rows a
-//! replica of the previous release inserts without one. That replica, still running during a
-//! rolling upgrade, finds its rows by the old key, whose index stays. This release finds them
-//! by number. What pays off is the old keys' going, and that breaks the previous release (its
+//! Migrations 8, 10 and 11 ([`crate::schema`]) only add: the numbers, each row's
+//! `event_seq`, an index on it, and a trigger per table that numbers the rows a replica of the
+//! previous release inserts without one. That replica, still running during a rolling
+//! upgrade, finds its rows by the old key, whose index stays. This release finds them by
+//! number. What pays off is the old keys' going, and that breaks the previous release (its
 //! `ON CONFLICT` names the deliveries' old key; its inserts need the triggers; its reads of an
-//! event's attempts need their old index): so, as [`crate::collation`] does, it runs only at
-//! start-up, under the migrations' lock, on tables this start-up created or with no other
-//! client connected. Otherwise each start says so, with the fix: stop every replica, then start
-//! one. It must never run while a replica of the previous release may be connected.
+//! event's attempts, runs and step need their old indexes): so, as [`crate::collation`] does,
+//! it runs only at start-up, under the migrations' lock, on tables this start-up created or
+//! with no other client connected. Otherwise each start says so, with the fix: stop every
+//! replica, then start one. It must never run while a replica of the previous release may be
+//! connected.
 
 use std::time::{Duration, Instant};
 
@@ -36,7 +39,7 @@ struct ByNumber {
     drop_old_key: &'static str,
 }
 
-const BY_NUMBER: [ByNumber; 2] = [
+const BY_NUMBER: [ByNumber; 4] = [
     ByNumber {
         table: "deliveries",
         drop_old_key: "
@@ -52,6 +55,21 @@ const BY_NUMBER: [ByNumber; 2] = [
             ALTER TABLE attempts ALTER COLUMN event_seq SET NOT NULL;
             DROP INDEX attempts_by_key;",
     },
+    ByNumber {
+        table: "plugin_steps",
+        drop_old_key: "
+            DELETE FROM plugin_steps WHERE event_seq IS NULL;
+            ALTER TABLE plugin_steps ALTER COLUMN event_seq SET NOT NULL;
+            ALTER TABLE plugin_steps DROP CONSTRAINT plugin_steps_pkey;
+            ALTER TABLE plugin_steps ADD CONSTRAINT plugin_steps_pkey PRIMARY KEY USING INDEX plugin_steps_by_event;",
+    },
+    ByNumber {
+        table: "plugin_runs",
+        drop_old_key: "
+            DELETE FROM plugin_runs WHERE event_seq IS NULL;
+            ALTER TABLE plugin_runs ALTER COLUMN event_seq SET NOT NULL;
+            DROP INDEX plugin_runs_by_key;",
+    },
 ];
 
 /// The tables of [`BY_NUMBER`] whose old key is still there: their trigger is.
@@ -62,7 +80,7 @@ const OLD_KEYS_LEFT: &str = "
 /// What [`by_number_alone`] found or did.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum EventNumbers {
-    /// The deliveries and attempts are keyed by their event's number alone already.
+    /// Every table of [`BY_NUMBER`] is keyed by its event's number alone already.
     Keyed,
     /// The old keys went now, in this long.
     Converted { took: Duration },

@@ -121,9 +121,9 @@ async fn insert_batch(pool: &Pool, events: &[NewEvent]) -> Result<Vec<Inserted>,
              ON CONFLICT (merchant, scope, id) DO NOTHING
              RETURNING merchant, scope, id, seq
          ), steps AS (
-             INSERT INTO plugin_steps (merchant, scope, event_id, status, attempts, next_attempt_at_ms,
-                                       lease_until_ms)
-             SELECT i.merchant, i.scope, i.id, 'pending', 0, i.received_at_ms, i.lease_until_ms
+             INSERT INTO plugin_steps (event_seq, merchant, scope, event_id, status, attempts,
+                                       next_attempt_at_ms, lease_until_ms)
+             SELECT inserted.seq, i.merchant, i.scope, i.id, 'pending', 0, i.received_at_ms, i.lease_until_ms
              FROM inserted JOIN input i USING (merchant, scope, id)
              WHERE i.hop = 'plugins'
              ON CONFLICT DO NOTHING

@@ -6,7 +6,8 @@
 //!   (the server's `synchronous_commit`, on by default, makes that a flushed WAL record).
 //!   New events are group-committed: concurrent requests share one transaction and one
 //!   multi-row insert (`ingest.rs`), so throughput is not one round trip per webhook; so are
-//!   deliveries' outcomes (`record.rs`). Both through one group-commit task type (`group.rs`).
+//!   deliveries' outcomes (`record.rs`) and plugin steps' (`step_record.rs`). All through one
+//!   group-commit task type (`group.rs`).
 //! - **De-duplication across replicas**: the events' primary key and `ON CONFLICT DO NOTHING`.
 //! - **Claims**: a due delivery or plugin step is claimed by the read that returns it (`FOR
 //!   UPDATE SKIP LOCKED`, then a lease until `now + lease`), so no two replicas take the same
@@ -18,8 +19,9 @@
 //! - **Keys in byte order**: text keys compare with the `"C"` collation whatever the database's
 //!   (`collation.rs`): a language's collation made every index lookup dearer, and lists now
 //!   break ties as on SQLite.
-//! - **Deliveries keyed by their event's number** (`events.seq`), which lands at the end of
-//!   an index where a sender's id lands anywhere (`event_numbers.rs`).
+//! - **An event's deliveries, attempts, plugin step and runs keyed by its number**
+//!   (`events.seq`), which lands at the end of an index where a sender's id lands anywhere
+//!   (`event_numbers.rs`).
 //!
 //! Like every backend it must never decide policy beyond [`payflow_store::settled_status`],
 //! and never know of HTTP, wasmtime or metrics. A lost database is `StoreError::Unavailable`
@@ -181,25 +183,25 @@ fn report_keys(keys: Result<KeyCollation, tokio_postgres::Error>) {
     }
 }
 
-/// Says what start-up found of the deliveries' and attempts' keys ([`event_numbers`]): a
+/// Says what start-up found of the keys of the rows an event owns ([`event_numbers`]): a
 /// warning, with the fix, when the old ones stay.
 fn report_numbers(numbers: Result<EventNumbers, tokio_postgres::Error>) {
     match numbers {
         Ok(EventNumbers::Keyed) => {}
         Ok(EventNumbers::Converted { took }) => tracing::info!(
             took_ms = took.as_millis() as u64,
-            "store: deliveries and attempts are now keyed by their event's number alone"
+            "store: deliveries, attempts, plugin steps and plugin runs are now keyed by their event's number alone"
         ),
         Ok(EventNumbers::Left { others }) => tracing::warn!(
             others,
-            "store: deliveries and attempts keep the keys of the previous release beside their \
+            "store: deliveries, attempts, plugin steps or plugin runs keep the keys of the previous release beside their \
              event's number, which costs the database more CPU per event on a database that has \
              run a while; they go at a start-up with no other client connected to the database (`others` counts \
              them: replicas, psql sessions, monitoring): stop every replica, then start one"
         ),
         Err(e) => tracing::warn!(
             error = %e,
-            "store: the deliveries' and attempts' old keys could not be dropped; the store works as it is, and \
+            "store: the old keys of deliveries, attempts, plugin steps and plugin runs could not be dropped; the store works as it is, and \
              the next start-up with no other client connected tries again"
         ),
     }
@@ -669,7 +671,7 @@ mod tests {
         }
         assert_eq!(waiters, 1, "the second replica waits for the lock");
         let keys = collation::keys_in_byte_order(&mut first, false).await.unwrap();
-        assert!(matches!(keys, KeyCollation::Converted { columns: 24, .. }), "{keys:?}");
+        assert!(matches!(keys, KeyCollation::Converted { columns: 18, .. }), "{keys:?}");
         first.execute("SELECT pg_advisory_unlock($1)", &[&schema::MIGRATION_LOCK]).await.unwrap();
         waiting.await.unwrap().expect("the second replica starts");
         assert!(indexed_text_columns(&first).await.iter().all(|(_, _, bytes)| *bytes));
@@ -684,7 +686,7 @@ mod tests {
         let other = client_of(&url).await;
         let _store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
         let columns = indexed_text_columns(&other).await;
-        assert!(columns.len() >= 20, "every table's keys are there: {columns:?}");
+        assert!(columns.len() >= 18, "every table's keys are there: {columns:?}");
         let unconverted: Vec<_> = columns.iter().filter(|(_, _, bytes)| !bytes).collect();
         assert!(unconverted.is_empty(), "in the database's collation: {unconverted:?}");
     }
@@ -742,14 +744,14 @@ mod tests {
         );
     }
 
-    /// The columns of the deliveries' primary key, in order.
-    async fn delivery_key(db: &tokio_postgres::Client) -> Vec<String> {
+    /// The columns of `table`'s primary key, in order.
+    async fn primary_key(db: &tokio_postgres::Client, table: &str) -> Vec<String> {
         db.query(
             "SELECT a.attname::text FROM pg_index i
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-             WHERE i.indrelid = 'deliveries'::regclass AND i.indisprimary
+             WHERE i.indrelid = $1::text::regclass AND i.indisprimary
              ORDER BY array_position(i.indkey::int2[], a.attnum)",
-            &[],
+            &[&table],
         )
         .await
         .unwrap()
@@ -776,16 +778,19 @@ mod tests {
         rows.iter().map(|r| r.get(0)).collect()
     }
 
-    /// A new database keys each delivery and each attempt by its event's number alone, even
-    /// with another client connected from the start: the tables are new, so no replica of an
-    /// earlier release uses them.
+    /// A new database keys each delivery, attempt, plugin step and plugin run by its event's
+    /// number alone, even with another client connected from the start: the tables are new, so
+    /// no replica of an earlier release uses them.
     #[tokio::test(flavor = "multi_thread")]
-    async fn a_new_database_keys_each_delivery_and_attempt_by_its_events_number() {
+    async fn a_new_database_keys_each_delivery_attempt_step_and_run_by_its_events_number() {
         let url = server().database("numbers_new");
         let other = client_of(&url).await;
         let _store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
-        assert_eq!(delivery_key(&other).await, ["event_seq", "upstream"]);
+        assert_eq!(primary_key(&other, "deliveries").await, ["event_seq", "upstream"]);
         assert_eq!(indexes_of(&other, "attempts").await, ["attempts_by_event", "attempts_pkey"]);
+        assert_eq!(primary_key(&other, "plugin_steps").await, ["event_seq"]);
+        assert_eq!(indexes_of(&other, "plugin_steps").await, ["plugin_steps_claimable", "plugin_steps_pkey"]);
+        assert_eq!(indexes_of(&other, "plugin_runs").await, ["plugin_runs_by_event", "plugin_runs_pkey"]);
         assert!(triggers(&other).await.is_empty(), "{:?}", triggers(&other).await);
     }
 
@@ -843,7 +848,7 @@ mod tests {
 
         let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
         assert_eq!(
-            delivery_key(&old).await,
+            primary_key(&old, "deliveries").await,
             ["merchant", "scope", "event_id", "upstream"],
             "the old key stays"
         );
@@ -878,7 +883,7 @@ mod tests {
         let mut starting = client_of(&url).await;
         let migrated = schema::migrate(&mut starting).await.unwrap();
         assert!(matches!(migrated.numbers, Ok(EventNumbers::Converted { .. })), "{:?}", migrated.numbers);
-        assert_eq!(delivery_key(&starting).await, ["event_seq", "upstream"]);
+        assert_eq!(primary_key(&starting, "deliveries").await, ["event_seq", "upstream"]);
         let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
         for id in ["evt_after", "evt_before", "evt_during"] {
             let event = store.get_event(&key(id)).await.unwrap().unwrap();
@@ -954,4 +959,101 @@ mod tests {
                                 next_attempt_at_ms, lease_until_ms)
         SELECT seq, merchant, scope, id, 'a', 'pending', 0, 1, NULL FROM inserted
         ON CONFLICT DO NOTHING";
+
+    /// The previous release's (schema 10) ingest of an event whose first hop is the plugins:
+    /// its step without its event's number.
+    const PREVIOUS_STEP: &str = "
+        WITH inserted AS (
+            INSERT INTO events (merchant, scope, id, endpoint, status, body, headers, request_id, received_at_ms)
+            VALUES ('acme', '/wh', $1, '/wh', 'queued', convert_to('{}', 'UTF8'), '[]', 'req', 1)
+            ON CONFLICT (merchant, scope, id) DO NOTHING
+            RETURNING merchant, scope, id)
+        INSERT INTO plugin_steps (merchant, scope, event_id, status, attempts, next_attempt_at_ms)
+        SELECT merchant, scope, id, 'pending', 0, 1 FROM inserted
+        ON CONFLICT DO NOTHING";
+    /// Its record of a plugin run, and its read of an event's runs: by the event's key.
+    const PREVIOUS_RUN: &str = "
+        INSERT INTO plugin_runs (merchant, scope, event_id, plugin, version, attempt, at_ms, duration_us,
+                                 fuel_used, outcome, logs)
+        VALUES ('acme', '/wh', $1, 'enrich', 1, 1, $2, 40, 1000, 'continue', '[]')";
+    const PREVIOUS_RUNS: &str = "
+        SELECT at_ms FROM plugin_runs WHERE merchant = 'acme' AND scope = '/wh' AND event_id = $1
+        ORDER BY at_ms, seq";
+
+    /// An upgrade from the release that kept plugin steps and runs under their event's key
+    /// (schema 10), one replica at a time: a step that release stored before the upgrade is
+    /// numbered by the migration, one it stores during it by the trigger, and this release
+    /// claims and records both by number while that release's reads by key keep their index;
+    /// both releases' runs are in the event's history. The first start-up with no other
+    /// client connected drops the old keys, and no step or run is lost.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn plugin_steps_and_runs_keep_their_old_keys_while_the_previous_release_runs_and_lose_them_at_a_start_up_alone(
+    ) {
+        let name = "steps_later";
+        let url = server().database(name);
+        let mut previous = client_of(&url).await;
+        schema::apply(&mut previous, 10).await.unwrap();
+        assert!(matches!(
+            event_numbers::by_number_alone(&mut previous, true).await,
+            Ok(EventNumbers::Converted { .. })
+        ));
+        previous.execute(PREVIOUS_STEP, &[&"evt_before"]).await.unwrap();
+        previous.execute(PREVIOUS_RUN, &[&"evt_before", &10i64]).await.unwrap();
+
+        let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        assert_eq!(
+            primary_key(&previous, "plugin_steps").await,
+            ["merchant", "scope", "event_id"],
+            "it stays"
+        );
+        assert!(indexes_of(&previous, "plugin_runs").await.contains(&"plugin_runs_by_key".to_string()));
+        previous.execute(PREVIOUS_STEP, &[&"evt_during"]).await.unwrap();
+        let due = store.due_steps(10_000, None, 10).await.unwrap();
+        let mut ids: Vec<&str> = due.iter().map(|d| d.event.key.id.as_str()).collect();
+        ids.sort();
+        assert_eq!(ids, ["evt_before", "evt_during"], "each release's steps are due");
+        for d in &due {
+            let mut step = forwarding_step(&d.event.key.id);
+            step.event_seq = Some(d.seq);
+            step.claimed_until_ms = d.claimed_until_ms;
+            step.runs[0].at_ms = 20;
+            store.finish_plugin_step(step).await.unwrap();
+        }
+        previous.execute(PREVIOUS_RUN, &[&"evt_before", &30i64]).await.unwrap();
+        let history = |rows: Vec<tokio_postgres::Row>| rows.iter().map(|r| r.get(0)).collect::<Vec<i64>>();
+        assert_eq!(history(previous.query(PREVIOUS_RUNS, &[&"evt_before"]).await.unwrap()), [10, 20, 30]);
+        for table in ["plugin_steps", "plugin_runs"] {
+            let unnumbered: i64 = previous
+                .query_one(&format!("SELECT count(*) FROM {table} WHERE event_seq IS NULL"), &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(
+                unnumbered, 0,
+                "{table}: the migration and the trigger numbered the previous release's"
+            );
+        }
+        payflow_store::Lifecycle::close(&store).await;
+        drop((store, previous));
+
+        no_clients_left(&url, name).await;
+        let mut starting = client_of(&url).await;
+        let migrated = schema::migrate(&mut starting).await.unwrap();
+        assert!(matches!(migrated.numbers, Ok(EventNumbers::Converted { .. })), "{:?}", migrated.numbers);
+        assert_eq!(primary_key(&starting, "plugin_steps").await, ["event_seq"]);
+        assert_eq!(indexes_of(&starting, "plugin_runs").await, ["plugin_runs_by_event", "plugin_runs_pkey"]);
+        assert!(triggers(&starting).await.is_empty());
+        let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        let runs = |e: &payflow_store::EventDetail| e.plugin_runs.iter().map(|r| r.at_ms).collect::<Vec<_>>();
+        for (id, shown) in [("evt_before", vec![10, 20, 30]), ("evt_during", vec![20])] {
+            let event = store.get_event(&key(id)).await.unwrap().unwrap();
+            assert_eq!(runs(&event), shown, "{id}");
+            assert_eq!(event.plugin_step.as_ref().map(|s| s.status.as_str()), Some("done"), "{id}");
+            assert_eq!(
+                event.deliveries.iter().map(|d| d.upstream.as_str()).collect::<Vec<_>>(),
+                ["up"],
+                "{id}"
+            );
+        }
+    }
 }

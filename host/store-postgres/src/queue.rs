@@ -6,7 +6,6 @@ use std::sync::{Arc, LazyLock};
 use async_trait::async_trait;
 use bytes::Bytes;
 use deadpool_postgres::GenericClient;
-use payflow_store::ordering::StepsBy;
 use payflow_store::{
     Attempt, Claim, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventKey, EventSeq, PluginStep,
     StoreError,
@@ -62,13 +61,14 @@ const DELIVERIES: Queue = Queue {
     of_key: "t.event_seq = e.seq AND t.upstream = r.u",
 };
 
+/// So does a plugin step.
 const PLUGIN_STEPS: Queue = Queue {
     name: "plugin_steps",
-    row: "merchant, scope, event_id",
-    same_row: "t.merchant = due.merchant AND t.scope = due.scope AND t.event_id = due.event_id",
-    its_event: "e.merchant = t.merchant AND e.scope = t.scope AND e.id = t.event_id",
-    key_join: "",
-    of_key: "t.merchant = r.m AND t.scope = r.s AND t.event_id = r.i",
+    row: "event_seq",
+    same_row: "t.event_seq = due.event_seq",
+    its_event: "e.seq = t.event_seq",
+    key_join: "JOIN events e ON e.merchant = r.m AND e.scope = r.s AND e.id = r.i",
+    of_key: "t.event_seq = e.seq",
 };
 
 impl PostgresStore {
@@ -128,7 +128,7 @@ impl PostgresStore {
 /// The condition on an ordered upstream's claimable delivery `c` (see
 /// [`payflow_store::ordering`]); `$4` is the upstream.
 static IN_ORDER: LazyLock<String> =
-    LazyLock::new(|| payflow_store::ordering::in_order("c", "order_seq", "$4", StepsBy::Key));
+    LazyLock::new(|| payflow_store::ordering::in_order("c", "order_seq", "$4"));
 
 /// Clears the leases of `claims` on `queue`'s rows (see [`DeliveryQueue::release_claims`]).
 /// A plugin step's claim has no upstream (`r.u` is empty), and `plugin_steps` no such column.

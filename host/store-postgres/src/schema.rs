@@ -43,6 +43,13 @@ pub(crate) const MIGRATION_LOCK: i64 = 0x7061_7966_6c6f_7701; // "payflow" + 1
 /// by key that entry landed at a random place of the index. A replica of the previous release
 /// inserts attempts without the number; the trigger fills it in. Filling the column rewrites
 /// `attempts` once.
+///
+/// 11: each plugin step and each plugin run given its event's number, as 8 and 10 did for
+/// deliveries and attempts, for the same reason: a step's row and a run's index entry landed
+/// at a random place of an index on the key, three times per step (its insert, its claim, its
+/// record). A unique index on the step's number, an index on the run's, and a trigger per
+/// table for the previous release's inserts; [`event_numbers`] later drops the old keys.
+/// Filling the columns rewrites both tables once.
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -260,6 +267,35 @@ BEGIN
 END $$;
 CREATE TRIGGER attempts_event_seq BEFORE INSERT ON attempts
     FOR EACH ROW WHEN (NEW.event_seq IS NULL) EXECUTE FUNCTION attempts_event_seq();
+",
+    ),
+    (
+        11,
+        "
+ALTER TABLE plugin_steps ADD COLUMN event_seq BIGINT;
+UPDATE plugin_steps t SET event_seq = e.seq FROM events e
+    WHERE e.merchant = t.merchant AND e.scope = t.scope AND e.id = t.event_id;
+CREATE UNIQUE INDEX plugin_steps_by_event ON plugin_steps (event_seq);
+CREATE FUNCTION plugin_steps_event_seq() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.event_seq := (SELECT seq FROM events
+                      WHERE merchant = NEW.merchant AND scope = NEW.scope AND id = NEW.event_id);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER plugin_steps_event_seq BEFORE INSERT ON plugin_steps
+    FOR EACH ROW WHEN (NEW.event_seq IS NULL) EXECUTE FUNCTION plugin_steps_event_seq();
+ALTER TABLE plugin_runs ADD COLUMN event_seq BIGINT;
+UPDATE plugin_runs t SET event_seq = e.seq FROM events e
+    WHERE e.merchant = t.merchant AND e.scope = t.scope AND e.id = t.event_id;
+CREATE INDEX plugin_runs_by_event ON plugin_runs (event_seq);
+CREATE FUNCTION plugin_runs_event_seq() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.event_seq := (SELECT seq FROM events
+                      WHERE merchant = NEW.merchant AND scope = NEW.scope AND id = NEW.event_id);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER plugin_runs_event_seq BEFORE INSERT ON plugin_runs
+    FOR EACH ROW WHEN (NEW.event_seq IS NULL) EXECUTE FUNCTION plugin_runs_event_seq();
 ",
     ),
 ];

@@ -13,8 +13,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{GenericClient, Pool, Transaction};
-use payflow_store::{CommitObserver, EventKey, PluginStep, StoreError};
+use deadpool_postgres::{Pool, Transaction};
+use payflow_store::{CommitObserver, EventSeq, PluginStep, StoreError};
 
 use crate::group::GroupCommit;
 use crate::{exec, key_params, pool_error, query_opt, unavailable};
@@ -60,70 +60,87 @@ pub(crate) async fn record_batch(
     let mut in_key_order: Vec<&PluginStep> = steps.iter().collect();
     in_key_order.sort_by(|a, b| a.key.cmp(&b.key));
     let together = async {
-        let tx = client.transaction().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
         for step in in_key_order {
             write_step(&tx, step).await?;
         }
-        tx.commit().await
+        tx.commit().await.map_err(unavailable)
     }
     .await;
     match together {
         Ok(()) => Ok(steps.iter().map(|_| Ok(())).collect()),
-        Err(e) if steps.len() == 1 => Ok(vec![Err(unavailable(e))]),
+        Err(e) if steps.len() == 1 => Ok(vec![Err(e)]),
         Err(e) => {
             tracing::debug!(steps = steps.len(), error = %e, "a batch of plugin steps failed; writing each alone");
             let mut answers = Vec::with_capacity(steps.len());
             for step in &steps {
                 let alone = async {
-                    let tx = client.transaction().await?;
+                    let tx = client.transaction().await.map_err(unavailable)?;
                     write_step(&tx, step).await?;
-                    tx.commit().await
+                    tx.commit().await.map_err(unavailable)
                 }
                 .await;
-                answers.push(alone.map_err(unavailable));
+                answers.push(alone);
             }
             Ok(answers)
         }
     }
 }
 
-/// Locks the event's row for the rest of the transaction: two writers changing its status at
-/// once (a step's record, a delivery's outcome, a replay) then go one after the other, each
-/// seeing the other's change.
-async fn lock_event(tx: &impl GenericClient, key: &EventKey) -> Result<(), tokio_postgres::Error> {
-    let [m, s, i] = key_params(key);
-    query_opt(
-        tx,
-        "SELECT 1 FROM events WHERE merchant = $1 AND scope = $2 AND id = $3 FOR UPDATE",
-        &[m, s, i],
-    )
-    .await
-    .map(drop)
+/// Locks the event's row for the rest of the transaction, and returns its number: two writers
+/// changing its status at once (a step's record, a delivery's outcome, a replay) then go one
+/// after the other, each seeing the other's change. Found by the number the step carries
+/// (the end of `events_by_seq`, where recent events are) and checked against its key; by the
+/// key only when it carries none (proxy mode forwarding a duplicate again).
+async fn lock_event(tx: &Transaction<'_>, step: &PluginStep) -> Result<i64, StoreError> {
+    let [m, s, i] = key_params(&step.key);
+    let found = match step.event_seq {
+        Some(EventSeq(seq)) => query_opt(
+            tx,
+            "SELECT seq FROM events WHERE seq = $4 AND merchant = $1 AND scope = $2 AND id = $3 FOR UPDATE",
+            &[m, s, i, &seq],
+        )
+        .await,
+        None => {
+            query_opt(
+                tx,
+                "SELECT seq FROM events WHERE merchant = $1 AND scope = $2 AND id = $3 FOR UPDATE",
+                &[m, s, i],
+            )
+            .await
+        }
+    };
+    match found.map_err(unavailable)? {
+        Some(row) => Ok(row.get(0)),
+        None => Err(StoreError::Unavailable(format!(
+            "the plugin step's event {}/{}/{} is not in the store",
+            step.key.merchant, step.key.scope, step.key.id
+        ))),
+    }
 }
 
 /// Writes one step's outcome in `tx`: its row (only while the row still holds the claim the
 /// step ran under, and was due when the step began), its runs, and, unless the row was replayed
-/// since, its kv writes, the deliveries it created and its event's status.
-async fn write_step(tx: &Transaction<'_>, step: &PluginStep) -> Result<(), tokio_postgres::Error> {
+/// since, its kv writes, the deliveries it created and its event's status. Every row is
+/// found by the event's number.
+async fn write_step(tx: &Transaction<'_>, step: &PluginStep) -> Result<(), StoreError> {
+    let seq = lock_event(tx, step).await?;
     let [m, s, i] = key_params(&step.key);
-    lock_event(tx, &step.key).await?;
     let (status, next_at_ms) = step.step.step_row();
     let routes = step.routes.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default());
     let took = exec(
         tx,
         concat!(
             "UPDATE plugin_steps
-             SET status = $4, attempts = $5, next_attempt_at_ms = COALESCE($6, next_attempt_at_ms), error = $7,
-                 lease_until_ms = NULL, routes = $8
-             WHERE merchant = $1 AND scope = $2 AND event_id = $3 AND ",
-            payflow_store::takes_outcome!("next_attempt_at_ms", "$9"),
+             SET status = $2, attempts = $3, next_attempt_at_ms = COALESCE($4, next_attempt_at_ms), error = $5,
+                 lease_until_ms = NULL, routes = $6
+             WHERE event_seq = $1 AND ",
+            payflow_store::takes_outcome!("next_attempt_at_ms", "$7"),
             " AND ",
-            holds_claim!("lease_until_ms", "$10::int8")
+            holds_claim!("lease_until_ms", "$8::int8")
         ),
         &[
-            m,
-            s,
-            i,
+            &seq,
             &status,
             &(step.number as i32),
             &next_at_ms,
@@ -134,25 +151,24 @@ async fn write_step(tx: &Transaction<'_>, step: &PluginStep) -> Result<(), tokio
         ],
     )
     .await
-    ?
+    .map_err(unavailable)?
         > 0;
     // Proxy mode's steps have no row (they run inside the sender's request); a row the step
     // did not take was replayed since it began (or, its lease run out, claimed by another).
     let replayed_since = !took
-        && query_opt(
-            tx,
-            "SELECT 1 FROM plugin_steps WHERE merchant = $1 AND scope = $2 AND event_id = $3",
-            &[m, s, i],
-        )
-        .await?
-        .is_some();
+        && query_opt(tx, "SELECT 1 FROM plugin_steps WHERE event_seq = $1", &[&seq])
+            .await
+            .map_err(unavailable)?
+            .is_some();
     for r in &step.runs {
         let logs = serde_json::to_string(&r.logs).unwrap_or_else(|_| "[]".into());
-        exec(tx,
-            "INSERT INTO plugin_runs (merchant, scope, event_id, plugin, version, attempt, at_ms, duration_us,
-                                      fuel_used, outcome, detail, logs)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        exec(
+            tx,
+            "INSERT INTO plugin_runs (event_seq, merchant, scope, event_id, plugin, version, attempt, at_ms,
+                                      duration_us, fuel_used, outcome, detail, logs)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             &[
+                &seq,
                 m,
                 s,
                 i,
@@ -168,7 +184,7 @@ async fn write_step(tx: &Transaction<'_>, step: &PluginStep) -> Result<(), tokio
             ],
         )
         .await
-        ?;
+        .map_err(unavailable)?;
     }
     if replayed_since {
         // Only its runs are kept, as what ran: the replay's own run decides.
@@ -181,33 +197,31 @@ async fn write_step(tx: &Transaction<'_>, step: &PluginStep) -> Result<(), tokio
              ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value",
             &[m, &w.plugin, &w.key, &w.value],
         )
-        .await?;
+        .await
+        .map_err(unavailable)?;
     }
     for d in &step.deliveries {
         let headers = (!d.headers.is_empty()).then(|| serde_json::to_string(&d.headers).unwrap_or_default());
         exec(
             tx,
-            concat!(
-                "INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
-                                         next_attempt_at_ms, body, headers)
-                 VALUES (",
-                seq_of_key!(),
-                ", $1, $2, $3, $4, 'pending', 0, $5, $6, $7)
+            "INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
+                                     next_attempt_at_ms, body, headers)
+             VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $8)
              ON CONFLICT (event_seq, upstream) DO UPDATE
              SET status = 'pending', attempts = 0, next_attempt_at_ms = excluded.next_attempt_at_ms,
-                 body = excluded.body, headers = excluded.headers, lease_until_ms = NULL"
-            ),
-            &[m, s, i, &d.upstream, &step.at_ms, &d.body.as_deref(), &headers],
+                 body = excluded.body, headers = excluded.headers, lease_until_ms = NULL",
+            &[&seq, m, s, i, &d.upstream, &step.at_ms, &d.body.as_deref(), &headers],
         )
-        .await?;
+        .await
+        .map_err(unavailable)?;
     }
     let tags = (!step.tags.is_empty()).then(|| serde_json::to_string(&step.tags).unwrap_or_default());
     exec(
         tx,
-        "UPDATE events SET status = $4, reason = $5, tags = COALESCE($6, tags)
-         WHERE merchant = $1 AND scope = $2 AND id = $3",
-        &[m, s, i, &step.status.as_str(), &step.reason, &tags],
+        "UPDATE events SET status = $2, reason = $3, tags = COALESCE($4, tags) WHERE seq = $1",
+        &[&seq, &step.status.as_str(), &step.reason, &tags],
     )
-    .await?;
+    .await
+    .map_err(unavailable)?;
     Ok(())
 }

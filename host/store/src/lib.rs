@@ -537,8 +537,8 @@ pub struct PluginStep {
     /// The event's key.
     pub key: EventKey,
     /// The event's number, when the caller has it ([`DueStep::seq`], or the insert's in proxy
-    /// mode). A store that keys steps by it finds the event's rows by it when it is there, and
-    /// by the key when not, as for [`Attempt::event_seq`].
+    /// mode). The store finds the event's rows by it when it is there, and by the key when
+    /// not, as for [`Attempt::event_seq`].
     pub event_seq: Option<EventSeq>,
     /// Which run of the step this was (1-based).
     pub number: u32,

@@ -1,31 +1,10 @@
 //! Ordered delivery in SQL, shared by the backends (they differ only in the column that numbers
-//! events in arrival order, in how parameters are written and in how a plugin step names its
-//! event, [`StepsBy`]; a delivery names its event by the event's `seq` in `event_seq` on both). An event with an ordering key
-//! is delivered to an ordered upstream only once every earlier event of its merchant with that
+//! events in arrival order and in how parameters are written; a delivery and a plugin step
+//! name their event by the event's `seq`, in `event_seq`, on both). An event with an ordering
+//! key is delivered to an ordered upstream only once every earlier event of its merchant with that
 //! key is finished there; the key's head (its oldest unfinished event) holds the others back
 //! while it retries, and, dead, until an operator skips or replays it. These are only query
 //! texts: this module never runs anything.
-
-/// How a backend's `plugin_steps` rows name their event.
-#[derive(Debug, Clone, Copy)]
-pub enum StepsBy {
-    /// By its number, in `event_seq` (SQLite).
-    Seq,
-    /// By its key, in (`merchant`, `scope`, `event_id`) (PostgreSQL).
-    Key,
-}
-
-impl StepsBy {
-    /// The condition that the step row `step` is the event row `event`'s.
-    fn of(self, step: &str, event: &str) -> String {
-        match self {
-            StepsBy::Seq => format!("{step}.event_seq = {event}.seq"),
-            StepsBy::Key => format!(
-                "{step}.merchant = {event}.merchant AND {step}.scope = {event}.scope AND {step}.event_id = {event}.id"
-            ),
-        }
-    }
-}
 
 /// The condition on a due delivery (alias `delivery`) to an ordered upstream (the parameter
 /// `upstream`): no earlier event (by `seq`) of its merchant with the same key is unfinished
@@ -33,8 +12,7 @@ impl StepsBy {
 /// pending or dead. An index on `events (merchant, order_key, status, …) WHERE order_key IS NOT
 /// NULL` narrows the earlier events to the key's queued and dead ones, so a key's finished
 /// history costs nothing. Starts with `AND`.
-pub fn in_order(delivery: &str, seq: &str, upstream: &str, steps: StepsBy) -> String {
-    let step_of_p = steps.of("ps", "p");
+pub fn in_order(delivery: &str, seq: &str, upstream: &str) -> String {
     format!(
         "AND NOT EXISTS (
             SELECT 1 FROM events e0
@@ -45,7 +23,7 @@ pub fn in_order(delivery: &str, seq: &str, upstream: &str, steps: StepsBy) -> St
                            WHERE pd.event_seq = p.seq AND pd.upstream = {upstream}
                              AND pd.status IN ('pending', 'dead'))
                    OR EXISTS (SELECT 1 FROM plugin_steps ps
-                              WHERE {step_of_p} AND ps.status IN ('pending', 'dead'))))"
+                              WHERE ps.event_seq = p.seq AND ps.status IN ('pending', 'dead'))))"
     )
 }
 
@@ -53,8 +31,7 @@ pub fn in_order(delivery: &str, seq: &str, upstream: &str, steps: StepsBy) -> St
 /// event id, scope, status, attempts (the most of its unfinished deliveries or its plugin
 /// step's), next attempt (ms, while pending) and how many wait behind it. `merchant` is the
 /// parameter narrowing it to one merchant (NULL: all), `limit` the one bounding the rows.
-pub fn held_keys(seq: &str, merchant: &str, limit: &str, steps: StepsBy) -> String {
-    let step_of_e = steps.of("s", "e");
+pub fn held_keys(seq: &str, merchant: &str, limit: &str) -> String {
     format!(
         "SELECT * FROM (
             SELECT e.merchant, e.order_key, e.id, e.scope, e.status,
@@ -63,11 +40,11 @@ pub fn held_keys(seq: &str, merchant: &str, limit: &str, steps: StepsBy) -> Stri
                         WHERE d.event_seq = e.seq AND d.status IN ('pending', 'dead')
                         UNION ALL
                         SELECT s.attempts FROM plugin_steps s
-                        WHERE {step_of_e} AND s.status IN ('pending', 'dead')) unfinished) AS attempts,
+                        WHERE s.event_seq = e.seq AND s.status IN ('pending', 'dead')) unfinished) AS attempts,
                    COALESCE((SELECT MIN(d.next_attempt_at_ms) FROM deliveries d
                              WHERE d.event_seq = e.seq AND d.status = 'pending'),
                             (SELECT s.next_attempt_at_ms FROM plugin_steps s
-                             WHERE {step_of_e} AND s.status = 'pending')) AS next_at,
+                             WHERE s.event_seq = e.seq AND s.status = 'pending')) AS next_at,
                    (SELECT COUNT(*) FROM events w
                     WHERE w.merchant = e.merchant AND w.order_key = e.order_key
                       AND w.status IN ('queued', 'dead') AND w.{seq} > e.{seq}) AS waiting,

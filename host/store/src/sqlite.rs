@@ -32,7 +32,6 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::commit_delay::CommitDelay;
-use super::ordering::StepsBy;
 use super::{
     settled_status, AdminQueries, Amount, Attempt, AttemptInfo, AttemptOutcome, Canary, CommitObserver,
     DeliveryInfo, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventDetail, EventFilter, EventKey,
@@ -1050,8 +1049,7 @@ const SUMMARY_COLUMNS: &str = concat!(
 
 /// The condition on an ordered upstream's due delivery (see [`crate::ordering`]): events are
 /// numbered in arrival order by `seq`.
-static IN_ORDER: LazyLock<String> =
-    LazyLock::new(|| crate::ordering::in_order("d", "seq", "?1", StepsBy::Seq));
+static IN_ORDER: LazyLock<String> = LazyLock::new(|| crate::ordering::in_order("d", "seq", "?1"));
 
 /// The due-deliveries read, with `condition` (empty, or [`IN_ORDER`]) on each delivery.
 fn due_sql(condition: &str) -> String {
@@ -1952,8 +1950,7 @@ impl AdminQueries for SqliteStore {
     async fn held_keys(&self, merchant: Option<&str>, limit: usize) -> Result<Vec<HeldKey>, StoreError> {
         let merchant = merchant.map(str::to_string);
         self.read(move |conn| {
-            let mut stmt =
-                conn.prepare_cached(&crate::ordering::held_keys("seq", "?1", "?2", StepsBy::Seq))?;
+            let mut stmt = conn.prepare_cached(&crate::ordering::held_keys("seq", "?1", "?2"))?;
             let rows = stmt.query_map(params![merchant, limit as i64], held_key)?;
             rows.collect()
         })
