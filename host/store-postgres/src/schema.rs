@@ -339,6 +339,9 @@ pub(crate) const LOCK_TIMEOUT: &str = "5s";
 /// Applies the migrations this database lacks, then puts the keys in byte order when that is
 /// safe, all under the advisory lock.
 pub(crate) async fn migrate(client: &mut Client) -> Result<Migrated, tokio_postgres::Error> {
+    // A migration that fills a column reads whole tables: sequentially, not through an index
+    // as the pool's connections are told to (`RESET` gives the connection that back).
+    client.batch_execute("SET enable_seqscan = on").await?;
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
     let applied = apply(client, i32::MAX).await;
     let gated = match applied {
@@ -351,8 +354,10 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<Migrated, tokio_postg
     };
     // Released even when a migration failed; a lost connection releases it too.
     let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+    let reset = client.batch_execute("RESET enable_seqscan").await;
     let applied = applied?;
     unlocked?;
+    reset?;
     let (keys, numbers) = gated.expect("applied");
     Ok(Migrated { applied, keys, numbers })
 }
