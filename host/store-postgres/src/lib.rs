@@ -1156,4 +1156,52 @@ mod tests {
         assert_eq!(scans.len(), 5, "{scans:?}");
         assert!(scans.iter().all(|(_, n)| *n == 0), "sequential scans: {scans:?}");
     }
+
+    /// How many index entries of `events_by_seq` statements have read.
+    async fn event_numbers_read(db: &tokio_postgres::Client) -> i64 {
+        db.query_one(
+            "SELECT idx_tup_read FROM pg_stat_user_indexes WHERE indexrelname = 'events_by_seq'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+    }
+
+    /// A claim is planned for the tables as they are when it runs. Kept from claims on a new
+    /// database's empty tables, its plan read every entry of `events_by_seq` once per claimed
+    /// row (bench/RESULTS.md, twenty-sixth look): here 100 claimed deliveries read ~100
+    /// entries, where that plan read 5,050 (each claim walked the index from its start to
+    /// each of its rows).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_claim_reads_its_own_events_only_after_claims_on_empty_tables() {
+        let name = "claims_planned_now";
+        let url = server().database(name);
+        let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        for _ in 0..10 {
+            assert!(store.due_deliveries("a", 10_000, None, 20).await.unwrap().is_empty());
+        }
+        let db = client_of(&url).await;
+        db.batch_execute(
+            "INSERT INTO events (merchant, scope, id, endpoint, status, body, headers, request_id, received_at_ms)
+                 SELECT 'acme', '/wh', 'evt_' || i, '/wh', 'queued', '', '[]', 'req', i FROM generate_series(1, 3000) i;
+             INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
+                                     next_attempt_at_ms)
+                 SELECT seq, merchant, scope, id, 'a', 'pending', 0, received_at_ms FROM events;",
+        )
+        .await
+        .unwrap();
+        drop(db);
+        let mut claimed = 0;
+        for _ in 0..5 {
+            claimed += store.due_deliveries("a", 10_000, None, 20).await.unwrap().len() as i64;
+        }
+        assert_eq!(claimed, 100);
+        payflow_store::Lifecycle::close(&store).await;
+        drop(store);
+        no_clients_left(&url, name).await;
+        // Nothing else reads that index here: the claims on empty tables found no entry.
+        let read = event_numbers_read(&client_of(&url).await).await;
+        assert!(read <= 3 * claimed, "{read} entries of events_by_seq read for {claimed} claimed deliveries");
+    }
 }

@@ -5,14 +5,15 @@ use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use deadpool_postgres::GenericClient;
+use deadpool_postgres::Object;
 use payflow_store::{
     Attempt, Claim, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventKey, EventSeq, PluginStep,
     StoreError,
 };
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 
-use crate::{exec, query, unavailable, PostgresStore};
+use crate::{query, unavailable, PostgresStore};
 
 /// The `events` columns [`event_at`] reads, as `e`.
 const EVENT_COLUMNS: &str =
@@ -82,7 +83,7 @@ impl PostgresStore {
     /// the `ORDER BY` made every claim read and sort the whole backlog (28 ms per claim of 400
     /// with 20,000 due). Each row comes back as its due time, its event ([`EVENT_COLUMNS`]),
     /// `columns` (of the row as `t`), then the lease's end (see [`claimed_until`]), oldest
-    /// first (ties in key order).
+    /// first (ties in key order). Planned at each claim ([`planned_now`]).
     async fn claim(
         &self,
         queue: &Queue,
@@ -98,8 +99,9 @@ impl PostgresStore {
             Some(_) => ("AND upstream = $4", "AND t.upstream = $4"),
             None => ("AND $4::text IS NULL", ""),
         };
-        let mut rows = query(
-            &self.client().await?,
+        let client = self.client().await?;
+        let mut rows = planned_now(
+            &client,
             &format!(
                 "WITH due AS (
                          SELECT {row} FROM {table} c
@@ -114,7 +116,12 @@ impl PostgresStore {
                      WHERE {same_row} {row_filter} AND {its_event}
                      RETURNING t.next_attempt_at_ms, {EVENT_COLUMNS}, {columns}, t.lease_until_ms"
             ),
-            &[&now_ms, &(limit as i64), &self.lease_ms, &upstream],
+            &[
+                (&now_ms, Type::INT8),
+                (&(limit as i64), Type::INT8),
+                (&self.lease_ms, Type::INT8),
+                (&upstream, Type::TEXT),
+            ],
         )
         .await
         .map_err(unavailable)?;
@@ -130,9 +137,24 @@ impl PostgresStore {
 static IN_ORDER: LazyLock<String> =
     LazyLock::new(|| payflow_store::ordering::in_order("c", "order_seq", "$4"));
 
+/// Runs `sql`, planned for this run: with its parameters and the tables as they are now
+/// (PostgreSQL's unnamed statement, in one round trip), never on a plan kept from an earlier
+/// run. For the statements that join many rows of the queue to their events: a plan kept from
+/// a new database's empty tables scanned `events` once per claimed row (a claim of 47
+/// deliveries read 20,000 index entries 47 times: 345 ms), and autovacuum's next analysis of
+/// the tables, which would have the plan made again, is up to a minute away. Planning costs a
+/// claim a fraction of a millisecond, and a claim takes up to a batch of rows.
+async fn planned_now(
+    client: &Object,
+    sql: &str,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    client.query_typed(sql, params).await
+}
+
 /// Clears the leases of `claims` on `queue`'s rows (see [`DeliveryQueue::release_claims`]).
 /// A plugin step's claim has no upstream (`r.u` is empty), and `plugin_steps` no such column.
-async fn hand_back(client: &impl GenericClient, queue: &Queue, claims: &[Claim]) -> Result<(), StoreError> {
+async fn hand_back(client: &Object, queue: &Queue, claims: &[Claim]) -> Result<(), StoreError> {
     if claims.is_empty() {
         return Ok(());
     }
@@ -141,7 +163,7 @@ async fn hand_back(client: &impl GenericClient, queue: &Queue, claims: &[Claim])
     let u = text(|c| c.upstream.as_deref().unwrap_or_default());
     let l: Vec<i64> = claims.iter().map(|c| c.until_ms).collect();
     let Queue { name: table, key_join, of_key, .. } = queue;
-    exec(
+    planned_now(
         client,
         &format!(
             "UPDATE {table} t SET lease_until_ms = NULL
@@ -150,7 +172,13 @@ async fn hand_back(client: &impl GenericClient, queue: &Queue, claims: &[Claim])
              WHERE {of_key}
                AND t.lease_until_ms = r.l AND t.status = 'pending'"
         ),
-        &[&m, &s, &i, &u, &l],
+        &[
+            (&m, Type::TEXT_ARRAY),
+            (&s, Type::TEXT_ARRAY),
+            (&i, Type::TEXT_ARRAY),
+            (&u, Type::TEXT_ARRAY),
+            (&l, Type::INT8_ARRAY),
+        ],
     )
     .await
     .map(drop)
