@@ -504,6 +504,27 @@ mod tests {
         }
     }
 
+    /// A new unordered event `id` whose first hop is the plugins.
+    fn to_the_plugins(id: &str) -> NewEvent {
+        NewEvent {
+            event: Event {
+                key: key(id),
+                endpoint: "/wh".into(),
+                event_type: None,
+                body: Bytes::from_static(b"{}"),
+                received_at_ms: 1,
+                request_id: "req".into(),
+                ordered: false,
+            },
+            status: EventStatus::Queued,
+            reason: None,
+            headers: Vec::new(),
+            first_hop: Some(Hop::Plugins),
+            order_key: None,
+            claim_until_ms: None,
+        }
+    }
+
     /// A step that decided to deliver to `up`, for the event `id` (run 1, under no claim).
     fn forwarding_step(id: &str) -> payflow_store::PluginStep {
         payflow_store::PluginStep {
@@ -549,24 +570,7 @@ mod tests {
         let db = client_of(&url).await;
         let ids: Vec<String> = (0..6).map(|i| format!("evt_step_{i}")).collect();
         for id in &ids {
-            let new = NewEvent {
-                event: Event {
-                    key: key(id),
-                    endpoint: "/wh".into(),
-                    event_type: None,
-                    body: Bytes::from_static(b"{}"),
-                    received_at_ms: 1,
-                    request_id: "req".into(),
-                    ordered: false,
-                },
-                status: EventStatus::Queued,
-                reason: None,
-                headers: Vec::new(),
-                first_hop: Some(Hop::Plugins),
-                order_key: None,
-                claim_until_ms: None,
-            };
-            store.insert_event(new).await.unwrap();
+            store.insert_event(to_the_plugins(id)).await.unwrap();
         }
         let mut steps: Vec<_> = ids.iter().map(|id| forwarding_step(id)).collect();
         steps.insert(3, forwarding_step("evt_not_stored"));
@@ -1102,24 +1106,7 @@ mod tests {
         let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
         for round in 0..3 {
             for i in 0..40 {
-                let new = NewEvent {
-                    event: Event {
-                        key: key(&format!("evt_{round}_{i}")),
-                        endpoint: "/wh".into(),
-                        event_type: None,
-                        body: Bytes::from_static(b"{}"),
-                        received_at_ms: 1,
-                        request_id: "req".into(),
-                        ordered: false,
-                    },
-                    status: EventStatus::Queued,
-                    reason: None,
-                    headers: Vec::new(),
-                    first_hop: Some(Hop::Plugins),
-                    order_key: None,
-                    claim_until_ms: None,
-                };
-                store.insert_event(new).await.unwrap();
+                store.insert_event(to_the_plugins(&format!("evt_{round}_{i}"))).await.unwrap();
             }
             let mut stepped = 0;
             while stepped < 40 {
