@@ -385,6 +385,24 @@ mod tests {
         db.query_one("SELECT status FROM events WHERE id = $1", &[&id]).await.unwrap().get(0)
     }
 
+    /// `n` events written straight into the tables, each with a delivery to `a` due.
+    async fn with_deliveries_due(db: &tokio_postgres::Client, n: i32) {
+        db.execute(
+            "INSERT INTO events (merchant, scope, id, endpoint, status, body, headers, request_id, received_at_ms)
+                 SELECT 'acme', '/wh', 'evt_' || i, '/wh', 'queued', '', '[]', 'req', i FROM generate_series(1, $1) i",
+            &[&n],
+        )
+        .await
+        .unwrap();
+        db.batch_execute(
+            "INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
+                                     next_attempt_at_ms)
+                 SELECT seq, merchant, scope, id, 'a', 'pending', 0, received_at_ms FROM events",
+        )
+        .await
+        .unwrap();
+    }
+
     /// `plan` of `sql` on `db` under the transaction's `settings`: PREPAREd, then `EXPLAIN
     /// EXECUTE` with a batch of 130 keys in each array parameter (`$n::type[]`).
     async fn plan(db: &tokio_postgres::Client, settings: &str, sql: &str) -> String {
@@ -423,15 +441,7 @@ mod tests {
         let _migrated = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
         let (db, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
         tokio::spawn(connection);
-        db.batch_execute(
-            "INSERT INTO events (merchant, scope, id, endpoint, status, body, headers, request_id, received_at_ms)
-                 SELECT 'acme', '/wh', 'evt_' || i, '/wh', 'queued', '', '[]', 'req', i FROM generate_series(1, 30000) i;
-             INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
-                                     next_attempt_at_ms)
-                 SELECT seq, merchant, scope, id, 'a', 'pending', 0, received_at_ms FROM events;",
-        )
-        .await
-        .unwrap();
+        with_deliveries_due(&db, 30_000).await;
         let keyed = [
             record::LOCK_EVENTS,
             record::UPDATE_DELIVERIES,
@@ -837,6 +847,28 @@ mod tests {
         assert!(indexes[3].1.contains("(id, merchant, scope)"), "{indexes:?}");
     }
 
+    /// A new database as the release of schema `version` left it (its old keys already gone),
+    /// and a client of it: that release's replica. Its URL.
+    async fn as_release_of_schema(name: &str, version: i32) -> (String, tokio_postgres::Client) {
+        let url = server().database(name);
+        let mut previous = client_of(&url).await;
+        schema::apply(&mut previous, version).await.unwrap();
+        assert!(matches!(
+            event_numbers::by_number_alone(&mut previous, true).await,
+            Ok(EventNumbers::Converted { .. })
+        ));
+        (url, previous)
+    }
+
+    /// A start-up once every other client is gone: it drops the old keys. Its client.
+    async fn started_alone(url: &str, name: &str) -> tokio_postgres::Client {
+        no_clients_left(url, name).await;
+        let mut starting = client_of(url).await;
+        let migrated = schema::migrate(&mut starting).await.unwrap();
+        assert!(matches!(migrated.numbers, Ok(EventNumbers::Converted { .. })), "{:?}", migrated.numbers);
+        starting
+    }
+
     /// The previous release's ingest, as it wrote an event and its delivery: the delivery
     /// without its event's number.
     const PREVIOUS_INGEST: &str = "
@@ -895,10 +927,7 @@ mod tests {
         payflow_store::Lifecycle::close(&store).await;
         drop((store, old));
 
-        no_clients_left(&url, name).await;
-        let mut starting = client_of(&url).await;
-        let migrated = schema::migrate(&mut starting).await.unwrap();
-        assert!(matches!(migrated.numbers, Ok(EventNumbers::Converted { .. })), "{:?}", migrated.numbers);
+        let starting = started_alone(&url, name).await;
         assert_eq!(primary_key(&starting, "deliveries").await, ["event_seq", "upstream"]);
         let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
         for id in ["evt_after", "evt_before", "evt_during"] {
@@ -924,13 +953,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn attempts_keep_their_old_index_while_the_previous_release_runs_and_lose_it_at_a_start_up_alone() {
         let name = "attempts_later";
-        let url = server().database(name);
-        let mut previous = client_of(&url).await;
-        schema::apply(&mut previous, 9).await.unwrap();
-        assert!(matches!(
-            event_numbers::by_number_alone(&mut previous, true).await,
-            Ok(EventNumbers::Converted { .. })
-        ));
+        let (url, previous) = as_release_of_schema(name, 9).await;
         assert_eq!(triggers(&previous).await, Vec::<String>::new(), "as the previous release left it");
         let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
         previous.execute(PREVIOUS_INGEST_NUMBERED, &[&"evt_1"]).await.unwrap();
@@ -954,10 +977,7 @@ mod tests {
         payflow_store::Lifecycle::close(&store).await;
         drop((store, previous));
 
-        no_clients_left(&url, name).await;
-        let mut starting = client_of(&url).await;
-        let migrated = schema::migrate(&mut starting).await.unwrap();
-        assert!(matches!(migrated.numbers, Ok(EventNumbers::Converted { .. })), "{:?}", migrated.numbers);
+        let starting = started_alone(&url, name).await;
         assert_eq!(indexes_of(&starting, "attempts").await, ["attempts_by_event", "attempts_pkey"]);
         assert!(triggers(&starting).await.is_empty());
         let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
@@ -1006,13 +1026,7 @@ mod tests {
     async fn plugin_steps_and_runs_keep_their_old_keys_while_the_previous_release_runs_and_lose_them_at_a_start_up_alone(
     ) {
         let name = "steps_later";
-        let url = server().database(name);
-        let mut previous = client_of(&url).await;
-        schema::apply(&mut previous, 10).await.unwrap();
-        assert!(matches!(
-            event_numbers::by_number_alone(&mut previous, true).await,
-            Ok(EventNumbers::Converted { .. })
-        ));
+        let (url, previous) = as_release_of_schema(name, 10).await;
         previous.execute(PREVIOUS_STEP, &[&"evt_before"]).await.unwrap();
         previous.execute(PREVIOUS_RUN, &[&"evt_before", &10i64]).await.unwrap();
 
@@ -1052,10 +1066,7 @@ mod tests {
         payflow_store::Lifecycle::close(&store).await;
         drop((store, previous));
 
-        no_clients_left(&url, name).await;
-        let mut starting = client_of(&url).await;
-        let migrated = schema::migrate(&mut starting).await.unwrap();
-        assert!(matches!(migrated.numbers, Ok(EventNumbers::Converted { .. })), "{:?}", migrated.numbers);
+        let starting = started_alone(&url, name).await;
         assert_eq!(primary_key(&starting, "plugin_steps").await, ["event_seq"]);
         assert_eq!(indexes_of(&starting, "plugin_runs").await, ["plugin_runs_by_event", "plugin_runs_pkey"]);
         assert!(triggers(&starting).await.is_empty());
@@ -1169,15 +1180,7 @@ mod tests {
             assert!(store.due_deliveries("a", 10_000, None, 20).await.unwrap().is_empty());
         }
         let db = client_of(&url).await;
-        db.batch_execute(
-            "INSERT INTO events (merchant, scope, id, endpoint, status, body, headers, request_id, received_at_ms)
-                 SELECT 'acme', '/wh', 'evt_' || i, '/wh', 'queued', '', '[]', 'req', i FROM generate_series(1, 3000) i;
-             INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
-                                     next_attempt_at_ms)
-                 SELECT seq, merchant, scope, id, 'a', 'pending', 0, received_at_ms FROM events;",
-        )
-        .await
-        .unwrap();
+        with_deliveries_due(&db, 3_000).await;
         drop(db);
         let mut claimed = 0;
         for _ in 0..5 {
