@@ -514,6 +514,11 @@ mod tests {
         }
     }
 
+    /// The count `sql` returns.
+    async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
+        db.query_one(sql, &[]).await.unwrap().get(0)
+    }
+
     /// A new unordered event `id` whose first hop is the plugins.
     fn to_the_plugins(id: &str) -> NewEvent {
         NewEvent {
@@ -599,11 +604,7 @@ mod tests {
                 "{id}"
             );
         }
-        let kept: i64 = db
-            .query_one("SELECT COUNT(*) FROM plugin_runs WHERE event_id = 'evt_not_stored'", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let kept = count(&db, "SELECT COUNT(*) FROM plugin_runs WHERE event_id = 'evt_not_stored'").await;
         assert_eq!(kept, 0, "nothing of the refused step is kept");
         assert_eq!(store.due_deliveries("up", 10, None, 10).await.unwrap().len(), ids.len());
     }
@@ -968,11 +969,7 @@ mod tests {
         assert_eq!(history(previous.query(PREVIOUS_HISTORY, &[&"evt_1"]).await.unwrap()), [10, 20, 30]);
         let shown = |e: payflow_store::EventDetail| e.attempts.iter().map(|a| a.at_ms).collect::<Vec<_>>();
         assert_eq!(shown(store.get_event(&key("evt_1")).await.unwrap().unwrap()), [10, 20, 30]);
-        let unnumbered: i64 = previous
-            .query_one("SELECT count(*) FROM attempts WHERE event_seq IS NULL", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let unnumbered = count(&previous, "SELECT count(*) FROM attempts WHERE event_seq IS NULL").await;
         assert_eq!(unnumbered, 0, "the trigger numbered the previous release's");
         payflow_store::Lifecycle::close(&store).await;
         drop((store, previous));
@@ -1053,11 +1050,8 @@ mod tests {
         let history = |rows: Vec<tokio_postgres::Row>| rows.iter().map(|r| r.get(0)).collect::<Vec<i64>>();
         assert_eq!(history(previous.query(PREVIOUS_RUNS, &[&"evt_before"]).await.unwrap()), [10, 20, 30]);
         for table in ["plugin_steps", "plugin_runs"] {
-            let unnumbered: i64 = previous
-                .query_one(&format!("SELECT count(*) FROM {table} WHERE event_seq IS NULL"), &[])
-                .await
-                .unwrap()
-                .get(0);
+            let unnumbered =
+                count(&previous, &format!("SELECT count(*) FROM {table} WHERE event_seq IS NULL")).await;
             assert_eq!(
                 unnumbered, 0,
                 "{table}: the migration and the trigger numbered the previous release's"
