@@ -64,15 +64,15 @@ impl Recorder {
     }
 }
 
-/// Locks the events whose rows an outcome may change (`lock_events_to_settle`), found by
-/// number, in key order (as every earlier release locked them: two replicas of two releases
+/// Locks the events whose rows an outcome may change (`lock_events_to_settle`), or that plugin
+/// steps will write (`step_record.rs`), found by number, in key order (as every earlier release locked them: two replicas of two releases
 /// never lock one batch's events in opposite orders). This and the three below join a batch's
 /// numbers or keys against a table, in a transaction from [`begin`]. A number finds only the
 /// rows that also carry its key ([`payflow_store::EventSeq`]).
 pub(crate) const LOCK_EVENTS: &str = "SELECT e.merchant, e.scope, e.id FROM events e
-     JOIN UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::bool[]) AS k(seq, merchant, scope, id, dead)
+     JOIN UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::bool[]) AS k(seq, merchant, scope, id, always)
        ON e.seq = k.seq AND e.merchant = k.merchant AND e.scope = k.scope AND e.id = k.id
-     WHERE k.dead OR e.order_key IS NOT NULL
+     WHERE k.always OR e.order_key IS NOT NULL
      ORDER BY e.merchant, e.scope, e.id
      FOR UPDATE OF e";
 
@@ -171,22 +171,30 @@ async fn numbered<'a>(
     tx: &Transaction<'_>,
     attempts: &[&'a Attempt],
 ) -> Result<Vec<Numbered<'a>>, tokio_postgres::Error> {
-    let unnumbered: BTreeSet<&EventKey> =
-        attempts.iter().filter(|a| a.event_seq.is_none()).map(|a| &a.key).collect();
-    let mut numbers: BTreeMap<EventKey, EventSeq> = BTreeMap::new();
-    if !unnumbered.is_empty() {
-        let [m, s, i] = key_arrays(unnumbered.iter().copied());
-        let rows = query(tx, NUMBERS_OF_KEYS, &[&m, &s, &i]).await?;
-        numbers = rows.iter().map(|r| (key_at(r), EventSeq(r.get(3)))).collect();
-    }
+    let numbers = numbers_of(tx, attempts.iter().filter(|a| a.event_seq.is_none()).map(|a| &a.key)).await?;
     Ok(attempts
         .iter()
         .filter_map(|a| Some((*a, a.event_seq.or_else(|| numbers.get(&a.key).copied())?)))
         .collect())
 }
 
+/// The numbers of the events of `keys` that are in the store, read in one statement (none
+/// when there are no keys).
+pub(crate) async fn numbers_of<'a>(
+    tx: &Transaction<'_>,
+    keys: impl Iterator<Item = &'a EventKey>,
+) -> Result<BTreeMap<EventKey, EventSeq>, tokio_postgres::Error> {
+    let keys: BTreeSet<&EventKey> = keys.collect();
+    if keys.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let [m, s, i] = key_arrays(keys.iter().copied());
+    let rows = query(tx, NUMBERS_OF_KEYS, &[&m, &s, &i]).await?;
+    Ok(rows.iter().map(|r| (key_at(r), EventSeq(r.get(3)))).collect())
+}
+
 /// The parts of each of `keys` as three array parameters: merchants, scopes, ids.
-fn key_arrays<'a>(keys: impl Iterator<Item = &'a EventKey> + Clone) -> [Vec<&'a String>; 3] {
+pub(crate) fn key_arrays<'a>(keys: impl Iterator<Item = &'a EventKey> + Clone) -> [Vec<&'a String>; 3] {
     [
         keys.clone().map(|k| &k.merchant).collect(),
         keys.clone().map(|k| &k.scope).collect(),
@@ -227,13 +235,22 @@ async fn lock_events_to_settle(
             }
         }
     }
-    if finished.is_empty() {
+    lock_events(tx, &finished).await
+}
+
+/// Locks the rows of the events in `events` ([`LOCK_EVENTS`]), each found by its key and
+/// number: every ordered one, and the others whose flag says "always". Returns the keys locked.
+pub(crate) async fn lock_events(
+    tx: &Transaction<'_>,
+    events: &BTreeMap<&EventKey, (EventSeq, bool)>,
+) -> Result<BTreeSet<EventKey>, tokio_postgres::Error> {
+    if events.is_empty() {
         return Ok(BTreeSet::new());
     }
-    let [m, s, i] = key_arrays(finished.keys().copied());
-    let seqs: Vec<i64> = finished.values().map(|f| f.0 .0).collect();
-    let dead: Vec<bool> = finished.values().map(|f| f.1).collect();
-    let rows = query(tx, LOCK_EVENTS, &[&seqs, &m, &s, &i, &dead]).await?;
+    let [m, s, i] = key_arrays(events.keys().copied());
+    let seqs: Vec<i64> = events.values().map(|f| f.0 .0).collect();
+    let always: Vec<bool> = events.values().map(|f| f.1).collect();
+    let rows = query(tx, LOCK_EVENTS, &[&seqs, &m, &s, &i, &always]).await?;
     Ok(rows.iter().map(key_at).collect())
 }
 

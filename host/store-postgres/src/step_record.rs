@@ -4,20 +4,28 @@
 //! (a WAL flush) of its own, as new events (`ingest.rs`) and deliveries' outcomes
 //! (`record.rs`) do.
 //!
-//! Each step is written by the same statements as before, one after another in the batch's
-//! transaction, in key order, so two batches lock their events in one order. A batch that
-//! fails is written again one step per transaction, so one step the database refuses (or a
-//! deadlock with another replica) fails that step alone, and no step is ever told "done" for a
-//! write that did not commit.
+//! A batch is written by one statement per table, each joining arrays of the steps' values
+//! against the table by the events' numbers (as `record.rs` does, in a transaction from its
+//! `begin`): a batch of 20 steps is 6 statements, not 120. Its events are locked first, in key
+//! order, as every other writer of their rows locks them, so two batches never deadlock. A
+//! batch that fails is written again one step per transaction, by the same code, so one step the
+//! database refuses (or a deadlock with another replica) fails that step alone, and no step is
+//! ever told "done" for a write that did not commit.
+//!
+//! It must never write a step's kv writes, deliveries or event status when the step's row was
+//! replayed (or claimed by another) since the step began: only its runs are kept then.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Pool, Transaction};
-use payflow_store::{CommitObserver, EventSeq, PluginStep, StoreError};
+use payflow_store::{CommitObserver, EventKey, EventSeq, PluginStep, StoreError};
+use tokio_postgres::types::ToSql;
 
 use crate::group::GroupCommit;
-use crate::{exec, key_params, pool_error, query_opt, unavailable};
+use crate::record::{begin, key_arrays, lock_events, numbers_of};
+use crate::{exec, pool_error, query, unavailable};
 
 /// Batches being written at once: one, so what finishes during a commit joins the next batch
 /// (as for new events and deliveries' outcomes).
@@ -50,8 +58,10 @@ impl StepRecorder {
     }
 }
 
-/// Writes `steps` in one transaction, in key order; if that fails, each in a transaction of its
-/// own. One answer per step, in the steps' order.
+/// Writes `steps` in one transaction; if that fails, each in a transaction of its own. One
+/// answer per step, in the steps' order. Two steps of one event (proxy mode forwarding a
+/// duplicate twice at once) are always written one after the other, each alone: one statement
+/// per table could not apply both, in order.
 pub(crate) async fn record_batch(
     pool: &Pool,
     steps: Vec<PluginStep>,
@@ -59,169 +69,237 @@ pub(crate) async fn record_batch(
     let mut client = pool.get().await.map_err(pool_error)?;
     let mut in_key_order: Vec<&PluginStep> = steps.iter().collect();
     in_key_order.sort_by(|a, b| a.key.cmp(&b.key));
-    let together = async {
-        let tx = client.transaction().await.map_err(unavailable)?;
-        for step in in_key_order {
-            write_step(&tx, step).await?;
+    let one_each = in_key_order.windows(2).all(|w| w[0].key != w[1].key);
+    if one_each {
+        let together = async {
+            let tx = begin(&mut client).await.map_err(unavailable)?;
+            write_steps(&tx, &in_key_order).await?;
+            tx.commit().await.map_err(unavailable)
         }
-        tx.commit().await.map_err(unavailable)
-    }
-    .await;
-    match together {
-        Ok(()) => Ok(steps.iter().map(|_| Ok(())).collect()),
-        Err(e) if steps.len() == 1 => Ok(vec![Err(e)]),
-        Err(e) => {
-            tracing::debug!(steps = steps.len(), error = %e, "a batch of plugin steps failed; writing each alone");
-            let mut answers = Vec::with_capacity(steps.len());
-            for step in &steps {
-                let alone = async {
-                    let tx = client.transaction().await.map_err(unavailable)?;
-                    write_step(&tx, step).await?;
-                    tx.commit().await.map_err(unavailable)
-                }
-                .await;
-                answers.push(alone);
+        .await;
+        match together {
+            Ok(()) => return Ok(steps.iter().map(|_| Ok(())).collect()),
+            Err(e) if steps.len() == 1 => return Ok(vec![Err(e)]),
+            Err(e) => {
+                tracing::debug!(steps = steps.len(), error = %e, "a batch of plugin steps failed; writing each alone")
             }
-            Ok(answers)
         }
     }
-}
-
-/// Locks the event's row for the rest of the transaction, and returns its number: two writers
-/// changing its status at once (a step's record, a delivery's outcome, a replay) then go one
-/// after the other, each seeing the other's change. Found by the number the step carries
-/// (the end of `events_by_seq`, where recent events are) and checked against its key; by the
-/// key only when it carries none (proxy mode forwarding a duplicate again).
-async fn lock_event(tx: &Transaction<'_>, step: &PluginStep) -> Result<i64, StoreError> {
-    let [m, s, i] = key_params(&step.key);
-    let found = match step.event_seq {
-        Some(EventSeq(seq)) => query_opt(
-            tx,
-            "SELECT seq FROM events WHERE seq = $4 AND merchant = $1 AND scope = $2 AND id = $3 FOR UPDATE",
-            &[m, s, i, &seq],
-        )
-        .await,
-        None => {
-            query_opt(
-                tx,
-                "SELECT seq FROM events WHERE merchant = $1 AND scope = $2 AND id = $3 FOR UPDATE",
-                &[m, s, i],
-            )
-            .await
+    let mut answers = Vec::with_capacity(steps.len());
+    for step in &steps {
+        let alone = async {
+            let tx = begin(&mut client).await.map_err(unavailable)?;
+            write_steps(&tx, &[step]).await?;
+            tx.commit().await.map_err(unavailable)
         }
-    };
-    match found.map_err(unavailable)? {
-        Some(row) => Ok(row.get(0)),
-        None => Err(StoreError::Unavailable(format!(
-            "the plugin step's event {}/{}/{} is not in the store",
-            step.key.merchant, step.key.scope, step.key.id
-        ))),
+        .await;
+        answers.push(alone);
     }
+    Ok(answers)
 }
 
-/// Writes one step's outcome in `tx`: its row (only while the row still holds the claim the
-/// step ran under, and was due when the step began), its runs, and, unless the row was replayed
-/// since, its kv writes, the deliveries it created and its event's status. Every row is
-/// found by the event's number.
-async fn write_step(tx: &Transaction<'_>, step: &PluginStep) -> Result<(), StoreError> {
-    let seq = lock_event(tx, step).await?;
-    let [m, s, i] = key_params(&step.key);
-    let (status, next_at_ms) = step.step.step_row();
-    let routes = step.routes.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default());
-    let took = exec(
-        tx,
-        concat!(
-            "UPDATE plugin_steps
-             SET status = $2, attempts = $3, next_attempt_at_ms = COALESCE($4, next_attempt_at_ms), error = $5,
-                 lease_until_ms = NULL, routes = $6
-             WHERE event_seq = $1 AND ",
-            payflow_store::takes_outcome!("next_attempt_at_ms", "$7"),
-            " AND ",
-            holds_claim!("lease_until_ms", "$8::int8")
-        ),
-        &[
-            &seq,
-            &status,
-            &(step.number as i32),
-            &next_at_ms,
-            &step.error,
-            &routes,
-            &step.at_ms,
-            &step.claimed_until_ms,
-        ],
-    )
-    .await
-    .map_err(unavailable)?
-        > 0;
+/// Updates the steps' rows, each only while it still holds the claim the step ran under and
+/// was due when the step began; returns the numbers of the rows it updated.
+pub(crate) const UPDATE_STEPS: &str = concat!(
+    "UPDATE plugin_steps p
+     SET status = u.status, attempts = u.number, next_attempt_at_ms = COALESCE(u.next_at, p.next_attempt_at_ms),
+         error = u.error, lease_until_ms = NULL, routes = u.routes
+     FROM UNNEST($1::int8[], $2::text[], $3::int4[], $4::int8[], $5::text[], $6::text[], $7::int8[], $8::int8[])
+         AS u(seq, status, number, next_at, error, routes, begun_at, claimed_until)
+     WHERE p.event_seq = u.seq AND ",
+    payflow_store::takes_outcome!("p.next_attempt_at_ms", "u.begun_at"),
+    " AND ",
+    holds_claim!("p.lease_until_ms", "u.claimed_until"),
+    " RETURNING p.event_seq"
+);
+
+/// Which of the events have a step row.
+pub(crate) const STEP_ROWS: &str = "SELECT p.event_seq FROM plugin_steps p
+     JOIN UNNEST($1::int8[]) AS u(seq) ON p.event_seq = u.seq";
+
+/// Appends the plugins' runs, under their events' numbers (`plugin_runs_by_event`).
+const INSERT_RUNS: &str =
+    "INSERT INTO plugin_runs (event_seq, merchant, scope, event_id, plugin, version, attempt, at_ms,
+                              duration_us, fuel_used, outcome, detail, logs)
+     SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::int4[],
+                          $8::int8[], $9::int8[], $10::int8[], $11::text[], $12::text[], $13::text[])";
+
+/// Applies the plugins' kv writes (one per key: see `write_kv`).
+const WRITE_KV: &str = "INSERT INTO plugin_kv (merchant, plugin, key, value)
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[])
+     ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value";
+
+/// Creates the deliveries the steps asked for, due when their steps began (one per event and
+/// upstream: see `insert_deliveries`); a replayed event's earlier row starts over.
+const INSERT_DELIVERIES: &str =
+    "INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
+                             next_attempt_at_ms, body, headers)
+     SELECT d.seq, d.merchant, d.scope, d.event_id, d.upstream, 'pending', 0, d.due_at, d.body, d.headers
+     FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::bytea[], $8::text[])
+         AS d(seq, merchant, scope, event_id, upstream, due_at, body, headers)
+     ON CONFLICT (event_seq, upstream) DO UPDATE
+     SET status = 'pending', attempts = 0, next_attempt_at_ms = excluded.next_attempt_at_ms,
+         body = excluded.body, headers = excluded.headers, lease_until_ms = NULL";
+
+/// Writes the events' statuses after their steps, and the plugins' tags.
+pub(crate) const UPDATE_EVENTS: &str = "UPDATE events e
+     SET status = u.status, reason = u.reason, tags = COALESCE(u.tags, e.tags)
+     FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[]) AS u(seq, status, reason, tags)
+     WHERE e.seq = u.seq";
+
+/// A step and its event's number.
+type Numbered<'a> = (&'a PluginStep, i64);
+
+/// Writes the outcomes of `steps` (in key order, one per event) in `tx`, a transaction from
+/// `begin`: their events locked, their rows, their runs, and, for each whose row was not
+/// replayed since it began, its kv writes, the deliveries it created and its event's status.
+/// Fails as a whole if any step's event is not in the store.
+async fn write_steps(tx: &Transaction<'_>, steps: &[&PluginStep]) -> Result<(), StoreError> {
+    let numbers = numbers_of(tx, steps.iter().filter(|s| s.event_seq.is_none()).map(|s| &s.key))
+        .await
+        .map_err(unavailable)?;
+    let mut numbered: Vec<Numbered> = Vec::with_capacity(steps.len());
+    for step in steps {
+        match step.event_seq.or_else(|| numbers.get(&step.key).copied()) {
+            Some(EventSeq(seq)) => numbered.push((step, seq)),
+            None => return Err(not_in_the_store(&step.key)),
+        }
+    }
+    // Locked whatever their order: each step writes its event's row.
+    let to_lock: BTreeMap<&EventKey, (EventSeq, bool)> =
+        numbered.iter().map(|&(step, seq)| (&step.key, (EventSeq(seq), true))).collect();
+    let locked = lock_events(tx, &to_lock).await.map_err(unavailable)?;
+    if let Some((step, _)) = numbered.iter().find(|(step, _)| !locked.contains(&step.key)) {
+        return Err(not_in_the_store(&step.key));
+    }
+    let took = update_steps(tx, &numbered).await.map_err(unavailable)?;
     // Proxy mode's steps have no row (they run inside the sender's request); a row the step
     // did not take was replayed since it began (or, its lease run out, claimed by another).
-    let replayed_since = !took
-        && query_opt(tx, "SELECT 1 FROM plugin_steps WHERE event_seq = $1", &[&seq])
-            .await
-            .map_err(unavailable)?
-            .is_some();
-    for r in &step.runs {
-        let logs = serde_json::to_string(&r.logs).unwrap_or_else(|_| "[]".into());
-        exec(
-            tx,
-            "INSERT INTO plugin_runs (event_seq, merchant, scope, event_id, plugin, version, attempt, at_ms,
-                                      duration_us, fuel_used, outcome, detail, logs)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            &[
-                &seq,
-                m,
-                s,
-                i,
-                &r.plugin,
-                &(r.version as i32),
-                &(r.attempt as i32),
-                &r.at_ms,
-                &r.duration_us,
-                &(r.fuel_used as i64),
-                &r.outcome,
-                &r.detail,
-                &logs,
-            ],
-        )
-        .await
-        .map_err(unavailable)?;
-    }
-    if replayed_since {
-        // Only its runs are kept, as what ran: the replay's own run decides.
+    let not_taken: Vec<i64> = numbered.iter().map(|n| n.1).filter(|seq| !took.contains(seq)).collect();
+    let replayed_since: BTreeSet<i64> = if not_taken.is_empty() {
+        BTreeSet::new()
+    } else {
+        let rows = query(tx, STEP_ROWS, &[&not_taken]).await.map_err(unavailable)?;
+        rows.iter().map(|r| r.get(0)).collect()
+    };
+    insert_runs(tx, &numbered).await.map_err(unavailable)?;
+    // Of a step replayed since, only its runs are kept, as what ran: the replay's own run decides.
+    numbered.retain(|(_, seq)| !replayed_since.contains(seq));
+    write_kv(tx, &numbered).await.map_err(unavailable)?;
+    insert_deliveries(tx, &numbered).await.map_err(unavailable)?;
+    update_events(tx, &numbered).await.map_err(unavailable)?;
+    Ok(())
+}
+
+fn not_in_the_store(key: &EventKey) -> StoreError {
+    StoreError::Unavailable(format!(
+        "the plugin step's event {}/{}/{} is not in the store",
+        key.merchant, key.scope, key.id
+    ))
+}
+
+async fn update_steps(
+    tx: &Transaction<'_>,
+    steps: &[Numbered<'_>],
+) -> Result<BTreeSet<i64>, tokio_postgres::Error> {
+    let seqs: Vec<i64> = steps.iter().map(|s| s.1).collect();
+    let rows: Vec<(&str, Option<i64>)> = steps.iter().map(|s| s.0.step.step_row()).collect();
+    let status: Vec<&str> = rows.iter().map(|r| r.0).collect();
+    let next_at: Vec<Option<i64>> = rows.iter().map(|r| r.1).collect();
+    let number: Vec<i32> = steps.iter().map(|s| s.0.number as i32).collect();
+    let error: Vec<Option<&str>> = steps.iter().map(|s| s.0.error.as_deref()).collect();
+    let routes: Vec<Option<String>> = steps
+        .iter()
+        .map(|s| s.0.routes.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default()))
+        .collect();
+    let begun_at: Vec<i64> = steps.iter().map(|s| s.0.at_ms).collect();
+    let claimed_until: Vec<Option<i64>> = steps.iter().map(|s| s.0.claimed_until_ms).collect();
+    let params: [&(dyn ToSql + Sync); 8] =
+        [&seqs, &status, &number, &next_at, &error, &routes, &begun_at, &claimed_until];
+    let rows = query(tx, UPDATE_STEPS, &params).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+async fn insert_runs(tx: &Transaction<'_>, steps: &[Numbered<'_>]) -> Result<(), tokio_postgres::Error> {
+    let runs: Vec<_> =
+        steps.iter().flat_map(|&(step, seq)| step.runs.iter().map(move |r| (step, seq, r))).collect();
+    if runs.is_empty() {
         return Ok(());
     }
-    for w in &step.kv {
-        exec(
-            tx,
-            "INSERT INTO plugin_kv (merchant, plugin, key, value) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value",
-            &[m, &w.plugin, &w.key, &w.value],
-        )
-        .await
-        .map_err(unavailable)?;
+    let seqs: Vec<i64> = runs.iter().map(|r| r.1).collect();
+    let [m, s, i] = key_arrays(runs.iter().map(|r| &r.0.key));
+    let plugin: Vec<&str> = runs.iter().map(|r| r.2.plugin.as_str()).collect();
+    let version: Vec<i32> = runs.iter().map(|r| r.2.version as i32).collect();
+    let attempt: Vec<i32> = runs.iter().map(|r| r.2.attempt as i32).collect();
+    let at: Vec<i64> = runs.iter().map(|r| r.2.at_ms).collect();
+    let duration: Vec<i64> = runs.iter().map(|r| r.2.duration_us).collect();
+    let fuel: Vec<i64> = runs.iter().map(|r| r.2.fuel_used as i64).collect();
+    let outcome: Vec<&str> = runs.iter().map(|r| r.2.outcome.as_str()).collect();
+    let detail: Vec<Option<&str>> = runs.iter().map(|r| r.2.detail.as_deref()).collect();
+    let logs: Vec<String> =
+        runs.iter().map(|r| serde_json::to_string(&r.2.logs).unwrap_or_else(|_| "[]".into())).collect();
+    let params: [&(dyn ToSql + Sync); 13] =
+        [&seqs, &m, &s, &i, &plugin, &version, &attempt, &at, &duration, &fuel, &outcome, &detail, &logs];
+    exec(tx, INSERT_RUNS, &params).await.map(drop)
+}
+
+/// One row per (merchant, plugin, key), the last write in the steps' (key) order: one
+/// statement may not change a row twice, and one step after another the last one stayed.
+async fn write_kv(tx: &Transaction<'_>, steps: &[Numbered<'_>]) -> Result<(), tokio_postgres::Error> {
+    let mut writes: BTreeMap<(&str, &str, &str), &[u8]> = BTreeMap::new();
+    for (step, _) in steps {
+        for w in &step.kv {
+            writes.insert((&step.key.merchant, &w.plugin, &w.key), &w.value);
+        }
     }
-    for d in &step.deliveries {
-        let headers = (!d.headers.is_empty()).then(|| serde_json::to_string(&d.headers).unwrap_or_default());
-        exec(
-            tx,
-            "INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
-                                     next_attempt_at_ms, body, headers)
-             VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $8)
-             ON CONFLICT (event_seq, upstream) DO UPDATE
-             SET status = 'pending', attempts = 0, next_attempt_at_ms = excluded.next_attempt_at_ms,
-                 body = excluded.body, headers = excluded.headers, lease_until_ms = NULL",
-            &[&seq, m, s, i, &d.upstream, &step.at_ms, &d.body.as_deref(), &headers],
-        )
-        .await
-        .map_err(unavailable)?;
+    if writes.is_empty() {
+        return Ok(());
     }
-    let tags = (!step.tags.is_empty()).then(|| serde_json::to_string(&step.tags).unwrap_or_default());
-    exec(
-        tx,
-        "UPDATE events SET status = $2, reason = $3, tags = COALESCE($4, tags) WHERE seq = $1",
-        &[&seq, &step.status.as_str(), &step.reason, &tags],
-    )
-    .await
-    .map_err(unavailable)?;
-    Ok(())
+    let merchant: Vec<&str> = writes.keys().map(|k| k.0).collect();
+    let plugin: Vec<&str> = writes.keys().map(|k| k.1).collect();
+    let key: Vec<&str> = writes.keys().map(|k| k.2).collect();
+    let value: Vec<&[u8]> = writes.values().copied().collect();
+    exec(tx, WRITE_KV, &[&merchant, &plugin, &key, &value]).await.map(drop)
+}
+
+/// One row per event and upstream, the step's last one for it (as one insert after another
+/// left it).
+async fn insert_deliveries(
+    tx: &Transaction<'_>,
+    steps: &[Numbered<'_>],
+) -> Result<(), tokio_postgres::Error> {
+    let mut deliveries = BTreeMap::new();
+    for &(step, seq) in steps {
+        for d in &step.deliveries {
+            deliveries.insert((seq, d.upstream.as_str()), (step, d));
+        }
+    }
+    if deliveries.is_empty() {
+        return Ok(());
+    }
+    let seqs: Vec<i64> = deliveries.keys().map(|k| k.0).collect();
+    let upstream: Vec<&str> = deliveries.keys().map(|k| k.1).collect();
+    let [m, s, i] = key_arrays(deliveries.values().map(|d| &d.0.key));
+    let due_at: Vec<i64> = deliveries.values().map(|d| d.0.at_ms).collect();
+    let body: Vec<Option<&[u8]>> = deliveries.values().map(|d| d.1.body.as_deref()).collect();
+    let headers: Vec<Option<String>> = deliveries
+        .values()
+        .map(|d| (!d.1.headers.is_empty()).then(|| serde_json::to_string(&d.1.headers).unwrap_or_default()))
+        .collect();
+    let params: [&(dyn ToSql + Sync); 8] = [&seqs, &m, &s, &i, &upstream, &due_at, &body, &headers];
+    exec(tx, INSERT_DELIVERIES, &params).await.map(drop)
+}
+
+async fn update_events(tx: &Transaction<'_>, steps: &[Numbered<'_>]) -> Result<(), tokio_postgres::Error> {
+    if steps.is_empty() {
+        return Ok(());
+    }
+    let seqs: Vec<i64> = steps.iter().map(|s| s.1).collect();
+    let status: Vec<&str> = steps.iter().map(|s| s.0.status.as_str()).collect();
+    let reason: Vec<Option<&str>> = steps.iter().map(|s| s.0.reason.as_deref()).collect();
+    let tags: Vec<Option<String>> = steps
+        .iter()
+        .map(|s| (!s.0.tags.is_empty()).then(|| serde_json::to_string(&s.0.tags).unwrap_or_default()))
+        .collect();
+    exec(tx, UPDATE_EVENTS, &[&seqs, &status, &reason, &tags]).await.map(drop)
 }
