@@ -9,7 +9,7 @@
 # or random), 64 connections; the gateway runs with VAR=VALUE… in its environment. Bare
 # hyper's CPU per request is measured in the same run. Prints one line: how long the prefill
 # took to be acknowledged and delivered; per burst, the gateway's CPU µs/event (× bare),
-# acks/s, ack p99 and CPU per thread; the database's size.
+# acks/s (and the queue burst's delivered/s), ack p99 and CPU per thread; the database's size.
 # PG=1: on a throw-away PostgreSQL instead (start_postgres; PG_INITDB and PG_OPTS apply), the
 # database server's CPU per event added to each burst.
 # PLUGIN=1: the queue-mode endpoint runs the amount-threshold example plugin (built by
@@ -54,15 +54,22 @@ b_cpu=$(us_per_event "$t0" "$(proc_ticks "$bare_pid")" "$n")
 out="bare $b_cpu µs/request;"
 for path in stored queue; do
   t0=$(proc_ticks "$pid"); d0=$(db_ticks); posted=$(delivered "$bare"); before=$(thread_ticks "$pid")
+  t=$(date +%s.%N)
   line=$("$bin/loadgen" run --url "http://127.0.0.1:$edge/$path" --requests "$n" --ids "$ids" --label "$path")
-  [[ $path == stored ]] || delivered "$bare" $((posted + n)) >/dev/null
+  pace=""
+  if [[ $path != stored ]]; then
+    # The burst's delivery rate: its events over the time from its first request until the
+    # upstream had answered the last, against the acks/s beside it.
+    delivered "$bare" $((posted + n)) >/dev/null
+    pace=", delivered $(python3 -c "print(round($n / ($(date +%s.%N) - $t)))")/s"
+  fi
   sleep 1 # the last commits and the pollers' idle rounds
   cpu=$(us_per_event "$t0" "$(proc_ticks "$pid")" "$n"); d1=$(db_ticks); after=$(thread_ticks "$pid")
   threads=$(join -a2 -e0 -o 0,1.2,2.2 <(sort <<<"$before") <(sort <<<"$after") |
     awk -v hz="$hz" -v n="$n" '{d=($3-$2)*1e6/hz/n; if (d >= 0.5) printf "%s %.0f, ", $1, d}' | sed 's/, $//')
   out="$out $path $cpu µs/event ($(python3 -c "print(round($cpu / $b_cpu, 2))")× bare)"
   [[ -z "${PG:-}" ]] || threads="$threads; database $(us_per_event "$d0" "$d1" "$n")"
-  out="$out $(cut -d'|' -f5 <<<"$line" | xargs)/s p99 $(cut -d'|' -f8 <<<"$line" | xargs) ms [$threads];"
+  out="$out $(cut -d'|' -f5 <<<"$line" | xargs)/s$pace p99 $(cut -d'|' -f8 <<<"$line" | xargs) ms [$threads];"
 done
 if [[ -n "${PG:-}" ]]; then
   size=$(pg_psql -d aged -Atc "SELECT pg_database_size('aged') / 1048576")
