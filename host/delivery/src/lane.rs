@@ -31,8 +31,9 @@ pub struct Lane<T> {
     /// Set while the store holds more due rows than the last poll could take: workers that
     /// run dry then ask for the next page at once instead of waiting for the interval.
     pub(crate) backlog: AtomicBool,
-    /// Claims taken at insert for hand-offs the queue refused (see [`Lane::hand_off`]): the
-    /// poller hands them back to the store before its next read.
+    /// Claims this gateway holds on rows nothing in memory will start: taken at insert for
+    /// hand-offs the queue refused (see [`Lane::hand_off`]), or by a poll's read for rows it
+    /// did not queue. The poller hands them back to the store.
     refused: Mutex<Vec<Claim>>,
 }
 
@@ -72,12 +73,12 @@ impl<T: Queued> Lane<T> {
         self.queue.has_room(merchant)
     }
 
-    /// Keeps claims of refused hand-offs for the poller to hand back.
+    /// Keeps claims of rows nothing in memory will start, for the poller to hand back.
     pub(crate) fn keep_refused(&self, claims: impl IntoIterator<Item = Claim>) {
         self.refused.lock().unwrap_or_else(|p| p.into_inner()).extend(claims);
     }
 
-    /// Takes the claims of refused hand-offs, to hand back.
+    /// Takes the claims kept to hand back.
     pub(crate) fn take_refused(&self) -> Vec<Claim> {
         std::mem::take(&mut *self.refused.lock().unwrap_or_else(|p| p.into_inner()))
     }

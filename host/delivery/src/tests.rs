@@ -1,5 +1,6 @@
 //! Unit tests of the retry policy, the queue and the client's header parsing, and of the
-//! dispatcher's pollers against a real SQLite store and a counting upstream on loopback.
+//! dispatcher's pollers against a real store (SQLite, and PostgreSQL where the store claims
+//! what it reads) and an upstream on loopback.
 
 use crate::client::MAX_RETRY_AFTER;
 use crate::queue::WaitQueue;
@@ -9,10 +10,10 @@ use hyper::StatusCode;
 use payflow_clock::Clock;
 use payflow_config::StoreConfig;
 use payflow_config::UpstreamConfig;
-use payflow_store::{AdminQueries, Ingest, SqliteStore};
 use payflow_store::{
     AttemptOutcome, DueDelivery, Event, EventKey, EventSeq, EventStatus, Hop, Inserted, NewEvent,
 };
+use payflow_store::{SqliteStore, Store};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -145,27 +146,52 @@ async fn counting_upstream() -> (String, Arc<AtomicUsize>) {
 /// A dispatcher over one upstream (`u`, to a counting upstream) on a fresh SQLite store, as
 /// a gateway on one box runs it: rows reach its workers by hand-offs and by its poller.
 struct OneBox {
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     upstream: Arc<Upstream>,
     hand_offs: Arc<HandOffs>,
     delivered: Arc<AtomicUsize>,
     stop: tokio::sync::watch::Sender<bool>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl OneBox {
     async fn start() -> OneBox {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("one-box.db").to_str().unwrap().to_string();
-        let store = Arc::new(
-            SqliteStore::open(
-                &StoreConfig { path, wal_prefill_mb: 1, ..StoreConfig::default() },
-                Arc::new(()),
-            )
-            .unwrap(),
-        );
+        let store = SqliteStore::open(
+            &StoreConfig { path, wal_prefill_mb: 1, ..StoreConfig::default() },
+            Arc::new(()),
+        )
+        .unwrap();
         let (url, delivered) = counting_upstream().await;
-        let upstream = Arc::new(upstream_at(&url));
+        OneBox::over(Arc::new(store), &url, delivered, Some(dir))
+    }
+
+    /// As a replica runs it: on a fresh database of the test PostgreSQL server (a store that
+    /// claims the rows it reads, for `lease_ms`' default, 60 s), to `url`.
+    async fn on_postgres(name: &str, url: &str, delivered: Arc<AtomicUsize>) -> OneBox {
+        static SERVER: std::sync::OnceLock<payflow_store_postgres::server::TestServer> =
+            std::sync::OnceLock::new();
+        let server = SERVER.get_or_init(|| {
+            let server = payflow_store_postgres::server::TestServer::start();
+            server.stop_when_this_process_exits();
+            server
+        });
+        let options = payflow_store_postgres::PostgresOptions::default();
+        let store =
+            payflow_store_postgres::PostgresStore::connect(&server.database(name), options, Arc::new(()))
+                .await
+                .unwrap();
+        OneBox::over(Arc::new(store), url, delivered, None)
+    }
+
+    fn over(
+        store: Arc<dyn Store>,
+        url: &str,
+        delivered: Arc<AtomicUsize>,
+        dir: Option<tempfile::TempDir>,
+    ) -> OneBox {
+        let upstream = Arc::new(upstream_at(url));
         let hand_offs = Arc::new(HandOffs::default());
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let upstreams = HashMap::from([("u".to_string(), upstream.clone())]);
@@ -243,6 +269,63 @@ async fn a_row_whose_hand_off_never_came_is_delivered_by_the_poller() {
     one.upstream.poll_store_now();
     one.settled(&event).await;
     assert_eq!(one.delivered.load(Ordering::SeqCst), 1);
+}
+
+/// Regression (a burst's tail waited out its lease): on a store that claims the rows it reads,
+/// a row the poller read while its hand-off was under way stayed claimed by that read, and
+/// when the hand-off never came (the request ended first) it waited for its lease, 60 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_read_while_its_hand_off_was_under_way_is_not_left_claimed() {
+    let (url, delivered) = counting_upstream().await;
+    let one = OneBox::on_postgres("under_way", &url, delivered).await;
+    let under_way = one.hand_offs.begin(&due("evt_1").event.key);
+    let (event, _) = one.store_new("evt_1").await;
+    one.upstream.poll_store_now();
+    tokio::time::sleep(Duration::from_millis(400)).await; // read, claimed, left to its hand-off
+    drop(under_way);
+    one.upstream.poll_store_now();
+    one.settled(&event).await;
+    assert_eq!(one.delivered.load(Ordering::SeqCst), 1);
+}
+
+/// Regression (a burst's tail waited out its lease): the poller reads as many rows as its
+/// queue has room for, but a merchant may queue only its share of that room; the rows past
+/// the share stayed claimed by the read, and waited for their lease (60 s) on a store that
+/// claims. In a 20,000-event burst through a plugin, 958 did. They are handed back at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_read_past_a_merchants_share_of_the_queue_are_handed_back_at_once() {
+    // An upstream that accepts and never answers: each attempt takes the upstream's timeout,
+    // so what is queued stays queued while the test looks.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    let one = OneBox::on_postgres("merchant_share", &url, Arc::default()).await;
+    // The merchant's share of the queue, all but two, taken by rows that are not in the store.
+    for i in 0..crate::queue::MERCHANT_QUEUE_SHARE - 2 {
+        one.upstream.hand_off(due(&format!("evt_in_memory_{i}")));
+    }
+    for i in 0..50 {
+        one.store_new(&format!("evt_stored_{i}")).await;
+    }
+    // With its workers busy, the poller reads once a second (`BUSY_POLL_INTERVAL`).
+    tokio::time::sleep(crate::dispatcher::BUSY_POLL_INTERVAL + Duration::from_millis(500)).await;
+    // Every stored row is held in memory (queued or in flight) or claimable well before a
+    // lease taken now would run out (due, or due again after a failed attempt's backoff).
+    let held = {
+        let state = one.upstream.lane.queue.state.lock().unwrap();
+        state.claimed.iter().filter(|k| k.id.starts_with("evt_stored_")).count()
+    };
+    let soon = payflow_clock::SystemClock.now_ms() + 30_000;
+    let claimable = one.store.due_deliveries("u", soon, None, 100).await.unwrap().len();
+    assert!(
+        held + claimable >= 50,
+        "of the 50 rows, {held} are held and {claimable} claimable; the rest wait out a lease"
+    );
 }
 
 /// Two requests with one id: a hand-off stays under way until both have ended.
