@@ -1247,6 +1247,28 @@ mod tests {
         .get(0)
     }
 
+    /// A hand-back finds its row by the event's number only where the row also carries the
+    /// claim's key: a claim naming one event's number and another's key frees neither.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_hand_back_whose_number_and_key_disagree_frees_nothing() {
+        let url = server().database("hand_back_by_number");
+        let store =
+            PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.expect("connects");
+        for id in ["evt_a", "evt_b"] {
+            let to_up = NewEvent { first_hop: Some(Hop::Upstream("up".into())), ..to_the_plugins(id) };
+            store.insert_event(to_up).await.unwrap();
+        }
+        let claimed = store.due_deliveries("up", 10, None, 10).await.unwrap();
+        let claims: Vec<payflow_store::Claim> = claimed.iter().filter_map(|d| d.claim()).collect();
+        assert_eq!(claims.len(), 2);
+        let crossed = payflow_store::Claim { key: claims[1].key.clone(), ..claims[0].clone() };
+        store.release_claims(vec![crossed]).await.unwrap();
+        assert!(store.due_deliveries("up", 11, None, 10).await.unwrap().is_empty(), "neither was freed");
+        store.release_claims(vec![claims[0].clone()]).await.unwrap();
+        let due = store.due_deliveries("up", 12, None, 10).await.unwrap();
+        assert_eq!(due.iter().map(|d| &d.event.key).collect::<Vec<_>>(), [&claims[0].key]);
+    }
+
     /// A claim is planned for the tables as they are when it runs. Kept from claims on a new
     /// database's empty tables, its plan read every entry of `events_by_seq` once per claimed
     /// row (bench/RESULTS.md, twenty-sixth look): here 100 claimed deliveries read ~100

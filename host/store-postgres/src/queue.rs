@@ -46,10 +46,9 @@ struct Queue {
     same_row: &'static str,
     /// The condition that `e` is row `t`'s event.
     its_event: &'static str,
-    /// What ties row `t` to the event key `r.m`, `r.s`, `r.i` (and upstream `r.u`): a join,
-    /// then a condition.
-    key_join: &'static str,
-    of_key: &'static str,
+    /// The condition that row `t` is the one claim `r` names: its event's number `r.seq`,
+    /// checked against its key `r.m`, `r.s`, `r.i` (and its upstream, `r.u`).
+    of_claim: &'static str,
 }
 
 /// A delivery names its event by number (`event_seq`): see [`crate::event_numbers`].
@@ -58,8 +57,8 @@ const DELIVERIES: Queue = Queue {
     row: "event_seq",
     same_row: "t.event_seq = due.event_seq",
     its_event: "e.seq = t.event_seq",
-    key_join: "JOIN events e ON e.merchant = r.m AND e.scope = r.s AND e.id = r.i",
-    of_key: "t.event_seq = e.seq AND t.upstream = r.u",
+    of_claim: "t.event_seq = r.seq AND t.upstream = r.u
+               AND t.merchant = r.m AND t.scope = r.s AND t.event_id = r.i",
 };
 
 /// So does a plugin step.
@@ -68,8 +67,7 @@ const PLUGIN_STEPS: Queue = Queue {
     row: "event_seq",
     same_row: "t.event_seq = due.event_seq",
     its_event: "e.seq = t.event_seq",
-    key_join: "JOIN events e ON e.merchant = r.m AND e.scope = r.s AND e.id = r.i",
-    of_key: "t.event_seq = e.seq",
+    of_claim: "t.event_seq = r.seq AND t.merchant = r.m AND t.scope = r.s AND t.event_id = r.i",
 };
 
 impl PostgresStore {
@@ -152,8 +150,12 @@ async fn planned_now(
     client.query_typed(sql, params).await
 }
 
-/// Clears the leases of `claims` on `queue`'s rows (see [`DeliveryQueue::release_claims`]).
-/// A plugin step's claim has no upstream (`r.u` is empty), and `plugin_steps` no such column.
+/// Clears the leases of `claims` on `queue`'s rows (see [`DeliveryQueue::release_claims`]),
+/// each found by its event's number and checked against its key. A plugin step's claim has no
+/// upstream (`r.u` is empty), and `plugin_steps` no such column. Found through `events` by
+/// key instead, a hand-back cost the database ~100 µs a row, and a burst through a plugin
+/// hands back a third of its steps' claims (the rows a poll read past a merchant's share of
+/// the queue). Planned for each run, as the claims are ([`planned_now`]).
 async fn hand_back(client: &Object, queue: &Queue, claims: &[Claim]) -> Result<(), StoreError> {
     if claims.is_empty() {
         return Ok(());
@@ -162,14 +164,15 @@ async fn hand_back(client: &Object, queue: &Queue, claims: &[Claim]) -> Result<(
     let (m, s, i) = (text(|c| &c.key.merchant), text(|c| &c.key.scope), text(|c| &c.key.id));
     let u = text(|c| c.upstream.as_deref().unwrap_or_default());
     let l: Vec<i64> = claims.iter().map(|c| c.until_ms).collect();
-    let Queue { name: table, key_join, of_key, .. } = queue;
+    let seqs: Vec<i64> = claims.iter().map(|c| c.seq.0).collect();
+    let Queue { name: table, of_claim, .. } = queue;
     planned_now(
         client,
         &format!(
             "UPDATE {table} t SET lease_until_ms = NULL
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) AS r(m, s, i, u, l)
-                  {key_join}
-             WHERE {of_key}
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])
+                 AS r(m, s, i, u, l, seq)
+             WHERE {of_claim}
                AND t.lease_until_ms = r.l AND t.status = 'pending'"
         ),
         &[
@@ -178,6 +181,7 @@ async fn hand_back(client: &Object, queue: &Queue, claims: &[Claim]) -> Result<(
             (&i, Type::TEXT_ARRAY),
             (&u, Type::TEXT_ARRAY),
             (&l, Type::INT8_ARRAY),
+            (&seqs, Type::INT8_ARRAY),
         ],
     )
     .await

@@ -825,7 +825,10 @@ pub async fn a_first_hop_claimed_at_insert_is_due_for_no_reader_until_its_claim_
     };
     store.insert_event(claimed("evt_held", to("legacy"))).await.unwrap();
     store.insert_event(claimed("evt_held_step", Some(Hop::Plugins))).await.unwrap();
-    store.insert_event(claimed("evt_handed_back", to("legacy"))).await.unwrap();
+    let Inserted::New(seq) = store.insert_event(claimed("evt_handed_back", to("legacy"))).await.unwrap()
+    else {
+        panic!("not new")
+    };
     let due_now = store.due_deliveries("legacy", NOW, None, 10).await.unwrap().len();
     let steps_now = store.due_steps(NOW, None, 10).await.unwrap().len();
     if !store.claims() {
@@ -835,6 +838,7 @@ pub async fn a_first_hop_claimed_at_insert_is_due_for_no_reader_until_its_claim_
     assert_eq!((due_now, steps_now), (0, 0), "claimed by the gateway that stored them");
     let handed_back = Claim {
         key: key("acme", "/wh", "evt_handed_back"),
+        seq,
         upstream: Some("legacy".into()),
         until_ms: until,
     };

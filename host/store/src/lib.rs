@@ -395,6 +395,9 @@ pub struct DueStep {
 pub struct Claim {
     /// The row's event.
     pub key: EventKey,
+    /// The event's number ([`DueDelivery::seq`]): a store keyed by it finds the row by it,
+    /// checked against the key.
+    pub seq: EventSeq,
     /// The delivery's upstream; `None` for the event's plugin step.
     pub upstream: Option<String>,
     /// The end of the lease the claim took ([`DueDelivery::claimed_until_ms`]): a row whose
@@ -406,7 +409,12 @@ impl DueDelivery {
     /// This gateway's claim on the row, if the store claimed it.
     pub fn claim(&self) -> Option<Claim> {
         let until_ms = self.claimed_until_ms?;
-        Some(Claim { key: self.event.key.clone(), upstream: Some(self.upstream.clone()), until_ms })
+        Some(Claim {
+            key: self.event.key.clone(),
+            seq: self.seq,
+            upstream: Some(self.upstream.clone()),
+            until_ms,
+        })
     }
 }
 
@@ -414,7 +422,7 @@ impl DueStep {
     /// This gateway's claim on the row, if the store claimed it.
     pub fn claim(&self) -> Option<Claim> {
         let until_ms = self.claimed_until_ms?;
-        Some(Claim { key: self.event.key.clone(), upstream: None, until_ms })
+        Some(Claim { key: self.event.key.clone(), seq: self.seq, upstream: None, until_ms })
     }
 }
 
