@@ -303,8 +303,7 @@ mod tests {
     async fn open() -> (Arc<dyn Store>, ()) {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let url = server().database(&format!("conformance_{}", NEXT.fetch_add(1, Ordering::Relaxed)));
-        let store =
-            PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.expect("connects");
+        let store = connected(&url).await;
         (Arc::new(store), ())
     }
 
@@ -439,7 +438,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn record_statements_look_keys_up_by_index_where_a_scan_looks_cheaper() {
         let url = server().database("keyed_plans");
-        let _migrated = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        let _migrated = connected(&url).await;
         let (db, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
         tokio::spawn(connection);
         with_deliveries_due(&db, 30_000).await;
@@ -585,8 +584,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_batch_of_plugin_steps_with_one_refused_records_every_other_step_once() {
         let url = server().database("steps_batch");
-        let store =
-            PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.expect("connects");
+        let store = connected(&url).await;
         let db = client_of(&url).await;
         let ids: Vec<String> = (0..6).map(|i| format!("evt_step_{i}")).collect();
         for id in &ids {
@@ -622,8 +620,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_batch_of_plugin_steps_leaves_what_one_step_after_another_would() {
         let url = server().database("steps_batch_as_one");
-        let store =
-            PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.expect("connects");
+        let store = connected(&url).await;
         let db = client_of(&url).await;
         for id in ["evt_a", "evt_b", "evt_replayed"] {
             store.insert_event(to_the_plugins(id)).await.unwrap();
@@ -684,8 +681,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn two_plugin_steps_of_one_event_in_one_batch_are_both_recorded() {
         let url = server().database("steps_batch_one_event");
-        let store =
-            PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.expect("connects");
+        let store = connected(&url).await;
         store.insert_event(to_the_plugins("evt_twice")).await.unwrap();
         let second = payflow_store::PluginStep { number: 2, at_ms: 3, ..forwarding_step("evt_twice") };
         let answers =
@@ -715,6 +711,11 @@ mod tests {
         rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
     }
 
+    /// A store on the database at `url`, with the default options (migrated on connecting).
+    async fn connected(url: &str) -> PostgresStore {
+        PostgresStore::connect(url, PostgresOptions::default(), Arc::new(())).await.expect("connects")
+    }
+
     async fn client_of(url: &str) -> tokio_postgres::Client {
         let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connects");
         tokio::spawn(connection);
@@ -742,7 +743,7 @@ mod tests {
     /// before `collation.rs` left them), and no client connected; its URL.
     async fn as_the_previous_release_left_it(name: &str) -> String {
         let url = server().database(name);
-        let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        let store = connected(&url).await;
         payflow_store::Lifecycle::close(&store).await;
         drop(store);
         let db = client_of(&url).await;
@@ -798,7 +799,7 @@ mod tests {
     async fn a_new_database_compares_every_indexed_text_column_in_byte_order() {
         let url = server().database("keys_new");
         let other = client_of(&url).await;
-        let _store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        let _store = connected(&url).await;
         let columns = indexed_text_columns(&other).await;
         assert!(columns.len() >= 18, "every table's keys are there: {columns:?}");
         let unconverted: Vec<_> = columns.iter().filter(|(_, _, bytes)| !bytes).collect();
@@ -826,7 +827,7 @@ mod tests {
             "left, for the one other client: {:?}",
             migrated.keys
         );
-        let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        let store = connected(&url).await;
         for id in ["evt_a", "evt_B"] {
             queued(&store, &old, id, None, false).await;
         }
@@ -848,7 +849,7 @@ mod tests {
             migrated.keys
         );
         assert!(indexed_text_columns(&starting).await.iter().all(|(_, _, bytes)| *bytes));
-        let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        let store = connected(&url).await;
         let listed =
             store.list_events(payflow_store::EventFilter { limit: 10, ..Default::default() }).await.unwrap();
         assert_eq!(
@@ -899,7 +900,7 @@ mod tests {
     async fn a_new_database_keys_each_delivery_attempt_step_and_run_by_its_events_number() {
         let url = server().database("numbers_new");
         let other = client_of(&url).await;
-        let _store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        let _store = connected(&url).await;
         assert_eq!(primary_key(&other, "deliveries").await, ["event_seq", "upstream"]);
         assert_eq!(indexes_of(&other, "attempts").await, ["attempts_by_event", "attempts_pkey"]);
         assert_eq!(primary_key(&other, "plugin_steps").await, ["event_seq"]);
@@ -914,7 +915,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_new_event_lands_by_its_id_in_one_index_only() {
         let url = server().database("events_indexes");
-        let _store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        let _store = connected(&url).await;
         let db = client_of(&url).await;
         let indexes: Vec<(String, String)> = db
             .query(
@@ -982,7 +983,7 @@ mod tests {
         schema::apply(&mut client_of(&url).await, 7).await.unwrap();
         old.execute(PREVIOUS_INGEST, &[&"evt_before"]).await.unwrap();
 
-        let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        let store = connected(&url).await;
         assert_eq!(
             primary_key(&old, "deliveries").await,
             ["merchant", "scope", "event_id", "upstream"],
@@ -1017,7 +1018,7 @@ mod tests {
 
         let starting = started_alone(&url, name).await;
         assert_eq!(primary_key(&starting, "deliveries").await, ["event_seq", "upstream"]);
-        let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        let store = connected(&url).await;
         for id in ["evt_after", "evt_before", "evt_during"] {
             let event = store.get_event(&key(id)).await.unwrap().unwrap();
             assert_eq!((event.summary.status.as_str(), event.deliveries.len()), ("delivered", 1), "{id}");
@@ -1043,7 +1044,7 @@ mod tests {
         let name = "attempts_later";
         let (url, previous) = as_release_of_schema(name, 9).await;
         assert_eq!(triggers(&previous).await, Vec::<String>::new(), "as the previous release left it");
-        let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        let store = connected(&url).await;
         previous.execute(PREVIOUS_INGEST_NUMBERED, &[&"evt_1"]).await.unwrap();
         previous.execute(PREVIOUS_ATTEMPT, &[&"evt_1", &10i64]).await.unwrap();
         assert!(indexes_of(&previous, "attempts").await.contains(&"attempts_by_key".to_string()), "it stays");
@@ -1064,7 +1065,7 @@ mod tests {
         let starting = started_alone(&url, name).await;
         assert_eq!(indexes_of(&starting, "attempts").await, ["attempts_by_event", "attempts_pkey"]);
         assert!(triggers(&starting).await.is_empty());
-        let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        let store = connected(&url).await;
         assert_eq!(shown(store.get_event(&key("evt_1")).await.unwrap().unwrap()), [10, 20, 30]);
     }
 
@@ -1114,7 +1115,7 @@ mod tests {
         previous.execute(PREVIOUS_STEP, &[&"evt_before"]).await.unwrap();
         previous.execute(PREVIOUS_RUN, &[&"evt_before", &10i64]).await.unwrap();
 
-        let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        let store = connected(&url).await;
         assert_eq!(
             primary_key(&previous, "plugin_steps").await,
             ["merchant", "scope", "event_id"],
@@ -1151,7 +1152,7 @@ mod tests {
         assert_eq!(primary_key(&starting, "plugin_steps").await, ["event_seq"]);
         assert_eq!(indexes_of(&starting, "plugin_runs").await, ["plugin_runs_by_event", "plugin_runs_pkey"]);
         assert!(triggers(&starting).await.is_empty());
-        let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        let store = connected(&url).await;
         let runs = |e: &payflow_store::EventDetail| e.plugin_runs.iter().map(|r| r.at_ms).collect::<Vec<_>>();
         for (id, shown) in [("evt_before", vec![10, 20, 30]), ("evt_during", vec![20])] {
             let event = store.get_event(&key(id)).await.unwrap().unwrap();
@@ -1188,14 +1189,14 @@ mod tests {
     async fn an_events_way_scans_no_table_whole_on_plans_made_while_the_tables_were_empty() {
         let name = "no_table_scans";
         let url = server().database(name);
-        let created = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        let created = connected(&url).await;
         payflow_store::Lifecycle::close(&created).await;
         drop(created);
         no_clients_left(&url, name).await;
         client_of(&url).await.execute("SELECT pg_stat_reset()", &[]).await.unwrap();
         no_clients_left(&url, name).await;
 
-        let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        let store = connected(&url).await;
         for round in 0..3 {
             for i in 0..40 {
                 store.insert_event(to_the_plugins(&format!("evt_{round}_{i}"))).await.unwrap();
@@ -1252,8 +1253,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_hand_back_whose_number_and_key_disagree_frees_nothing() {
         let url = server().database("hand_back_by_number");
-        let store =
-            PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.expect("connects");
+        let store = connected(&url).await;
         for id in ["evt_a", "evt_b"] {
             let to_up = NewEvent { first_hop: Some(Hop::Upstream("up".into())), ..to_the_plugins(id) };
             store.insert_event(to_up).await.unwrap();
@@ -1278,7 +1278,7 @@ mod tests {
     async fn a_claim_reads_its_own_events_only_after_claims_on_empty_tables() {
         let name = "claims_planned_now";
         let url = server().database(name);
-        let store = PostgresStore::connect(&url, PostgresOptions::default(), Arc::new(())).await.unwrap();
+        let store = connected(&url).await;
         for _ in 0..10 {
             assert!(store.due_deliveries("a", 10_000, None, 20).await.unwrap().is_empty());
         }
