@@ -346,10 +346,15 @@ impl Dispatcher {
                             lane.backlog.store(cursor.is_some(), Ordering::Release);
                             // A row whose writer is about to hand it off is left to it. A row
                             // the queue has no room for waits in the store: the page is bounded
-                            // by the queue's room, but not by each merchant's share of it.
+                            // by the queue's room, but not by each merchant's share of it. A row
+                            // held in memory already (its lease ran out while it waited) keeps
+                            // the claim this read took, so that no other replica takes it too.
                             let mut not_queued = Vec::new();
                             for d in due {
                                 let claim = d.claim();
+                                if lane.queue.holds(&d.event().key) {
+                                    continue;
+                                }
                                 if !self.hand_offs.under_way(&d.event().key)
                                     && lane.queue.push_polled(d, since)
                                 {

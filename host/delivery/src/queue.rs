@@ -123,6 +123,12 @@ impl<T: Queued> WaitQueue<T> {
         Ok(())
     }
 
+    /// Whether the event's delivery is claimed in memory: queued, or in flight until its
+    /// record.
+    pub(crate) fn holds(&self, key: &EventKey) -> bool {
+        self.state.lock().is_ok_and(|s| s.claimed.contains(key))
+    }
+
     /// Whether one more of `merchant`'s would be queued now (unless already claimed).
     pub(crate) fn has_room(&self, merchant: &str) -> bool {
         self.state.lock().is_ok_and(|s| s.has_room(merchant))
