@@ -146,6 +146,45 @@ async fn queue_mode_runs_the_plugins_in_order_and_delivers_what_they_decided() {
     assert_eq!(legacy.received()[2].header("x-ledger-total"), Some("7500 PKR"));
 }
 
+/// Regression (a replaced decision delivered): an event replayed while its plugin step ran
+/// had that step's decision set aside by the store (only its run is kept), but the gateway
+/// handed the delivery the step had decided to its workers all the same. The upstream got the
+/// event from the old decision, then again from the replay's. It gets it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_replayed_while_its_plugin_step_runs_is_delivered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let legacy = Upstream::start().await;
+    let config = base(&dir.path().join("db.sqlite"))
+        + &endpoint("/webhooks/slow", "default", &["slow"], Some("legacy"), "queue")
+        + &upstream("legacy", "default", &legacy.url())
+        + &plugin("slow", "default", "clocks", "timeout_ms = 10000\nconfig = { sleep_ms = \"1500\" }");
+    let gateway = Gateway::start(dir.path(), &config);
+    let client = client();
+    let url = gateway.url("/webhooks/slow");
+    assert_eq!(send(&client, &url, "evt_1", payment("evt_1", 5000, "ann@example.com")).await.0, 200);
+    // The first step sleeps in its plugin for 1.5 s; the replay comes meanwhile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let replay = client
+        .post(gateway.admin_url("/api/events/evt_1/replay"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 202);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let e = event(&client, &gateway, "evt_1").await;
+        if e["plugin_runs"].as_array().map_or(0, Vec::len) == 2 && e["status"] == "delivered" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the replay's step did not run and deliver: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Time for a second delivery, had one been handed to the workers.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(legacy.ids(), ["evt_1"], "delivered once, by the replay's step");
+}
+
 /// Each hostile plugin on its own endpoint, with a stream of events to a well-behaved merchant
 /// going on meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

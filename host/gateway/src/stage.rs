@@ -22,7 +22,7 @@ use payflow_plugins::chain::{self, ChainInput, ChainOutcome, ChainResult};
 use payflow_plugins::{trial, Registry, RegistryError, Scheduler, Side, Trial, TrialEvent, TrialReport};
 use payflow_store::{
     AttemptOutcome, DeliveryQueue, DueDelivery, DueStep, Event, EventSeq, EventStatus, KvWrite, NewDelivery,
-    PluginRunInfo, PluginStep,
+    PluginRunInfo, PluginStep, StepRecorded,
 };
 use payflow_telemetry::Telemetry;
 
@@ -350,11 +350,20 @@ impl PluginStage {
         // The next run reads the plugins' kv spaces from the store again when the writes made
         // visible in memory were not committed, and, with replicas sharing the store, always:
         // another replica may have written since (across replicas the last write wins).
-        if recorded.is_err() || self.store.claims() {
+        if !matches!(recorded, Ok(StepRecorded::Applied)) || self.store.claims() {
             let chain = self.endpoints.get(&event.endpoint).map(|e| e.chain.clone()).unwrap_or_default();
             chain::forget_kv(&self.registry, &event.key.merchant, &chain);
         }
-        recorded.map(|()| deliveries)
+        match recorded? {
+            StepRecorded::Applied => Ok(deliveries),
+            // Regression (a replaced decision delivered): the event was replayed while the step
+            // ran, and the deliveries it decided were not created; handed to the workers all the
+            // same, they were sent. The replay's own step decides what is sent.
+            StepRecorded::SetAside => {
+                tracing::info!(event_id = %event.key.id, "the event was replayed while its plugin step ran; the step's decision is set aside");
+                Ok(Vec::new())
+            }
+        }
     }
 
     /// Stops the scheduler's threads once their queued work is done.

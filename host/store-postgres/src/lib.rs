@@ -651,7 +651,9 @@ mod tests {
             .unwrap();
 
         let answers = step_record::record_batch(&store.pool, vec![b, replayed, a]).await.unwrap();
-        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        let answers: Vec<_> = answers.into_iter().map(Result::unwrap).collect();
+        use payflow_store::StepRecorded::{Applied, SetAside};
+        assert_eq!(answers, [Applied, SetAside, Applied], "each step's own answer, in the order given");
         assert_eq!(
             store.load_kv("acme", "enrich").await.unwrap(),
             [("last".to_string(), b"from b".to_vec())],

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use deadpool_postgres::Object;
 use payflow_store::{
     Attempt, Claim, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventKey, EventSeq, PluginStep,
-    StoreError,
+    StepRecorded, StoreError,
 };
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
@@ -276,7 +276,7 @@ impl DeliveryQueue for PostgresStore {
         hand_back(&client, &PLUGIN_STEPS, &steps).await
     }
 
-    async fn finish_plugin_step(&self, step: PluginStep) -> Result<(), StoreError> {
+    async fn finish_plugin_step(&self, step: PluginStep) -> Result<StepRecorded, StoreError> {
         self.steps.record(step).await
     }
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Pool, Transaction};
-use payflow_store::{CommitObserver, EventKey, EventSeq, PluginStep, StoreError};
+use payflow_store::{CommitObserver, EventKey, EventSeq, PluginStep, StepRecorded, StoreError};
 use tokio_postgres::types::ToSql;
 
 use crate::group::GroupCommit;
@@ -33,7 +33,7 @@ const BATCHES_IN_FLIGHT: usize = 1;
 
 /// The group-commit task of plugin steps' outcomes. Its answers are each step's own: the batch's
 /// commit, or the step's own transaction when the batch had to be written again.
-pub(crate) struct StepRecorder(GroupCommit<PluginStep, Result<(), StoreError>>);
+pub(crate) struct StepRecorder(GroupCommit<PluginStep, Result<StepRecorded, StoreError>>);
 
 impl StepRecorder {
     pub(crate) fn start(pool: Pool, max_batch: usize, commits: Arc<dyn CommitObserver>) -> Self {
@@ -53,7 +53,7 @@ impl StepRecorder {
     }
 
     /// Records `step` with whatever other steps are being recorded; returns once it committed.
-    pub(crate) async fn record(&self, step: PluginStep) -> Result<(), StoreError> {
+    pub(crate) async fn record(&self, step: PluginStep) -> Result<StepRecorded, StoreError> {
         self.0.submit(step).await?
     }
 }
@@ -65,7 +65,7 @@ impl StepRecorder {
 pub(crate) async fn record_batch(
     pool: &Pool,
     steps: Vec<PluginStep>,
-) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+) -> Result<Vec<Result<StepRecorded, StoreError>>, StoreError> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let mut in_key_order: Vec<&PluginStep> = steps.iter().collect();
     in_key_order.sort_by(|a, b| a.key.cmp(&b.key));
@@ -73,12 +73,15 @@ pub(crate) async fn record_batch(
     if one_each {
         let together = async {
             let tx = begin(&mut client).await.map_err(unavailable)?;
-            write_steps(&tx, &in_key_order).await?;
-            tx.commit().await.map_err(unavailable)
+            let set_aside = write_steps(&tx, &in_key_order).await?;
+            tx.commit().await.map_err(unavailable)?;
+            Ok(set_aside)
         }
         .await;
         match together {
-            Ok(()) => return Ok(steps.iter().map(|_| Ok(())).collect()),
+            Ok(set_aside) => {
+                return Ok(steps.iter().map(|s| Ok(recorded(set_aside.contains(&s.key)))).collect())
+            }
             Err(e) if steps.len() == 1 => return Ok(vec![Err(e)]),
             Err(e) => {
                 tracing::debug!(steps = steps.len(), error = %e, "a batch of plugin steps failed; writing each alone")
@@ -89,8 +92,9 @@ pub(crate) async fn record_batch(
     for step in &steps {
         let alone = async {
             let tx = begin(&mut client).await.map_err(unavailable)?;
-            write_steps(&tx, &[step]).await?;
-            tx.commit().await.map_err(unavailable)
+            let set_aside = write_steps(&tx, &[step]).await?;
+            tx.commit().await.map_err(unavailable)?;
+            Ok(recorded(!set_aside.is_empty()))
         }
         .await;
         answers.push(alone);
@@ -150,11 +154,23 @@ pub(crate) const UPDATE_EVENTS: &str = "UPDATE events e
 /// A step and its event's number.
 type Numbered<'a> = (&'a PluginStep, i64);
 
+fn recorded(set_aside: bool) -> StepRecorded {
+    if set_aside {
+        StepRecorded::SetAside
+    } else {
+        StepRecorded::Applied
+    }
+}
+
 /// Writes the outcomes of `steps` (in key order, one per event) in `tx`, a transaction from
 /// `begin`: their events locked, their rows, their runs, and, for each whose row was not
 /// replayed since it began, its kv writes, the deliveries it created and its event's status.
-/// Fails as a whole if any step's event is not in the store.
-async fn write_steps(tx: &Transaction<'_>, steps: &[&PluginStep]) -> Result<(), StoreError> {
+/// Fails as a whole if any step's event is not in the store; else returns the keys of the
+/// steps set aside (replayed since they began).
+async fn write_steps<'a>(
+    tx: &Transaction<'_>,
+    steps: &[&'a PluginStep],
+) -> Result<BTreeSet<&'a EventKey>, StoreError> {
     let numbers = numbers_of(tx, steps.iter().filter(|s| s.event_seq.is_none()).map(|s| &s.key))
         .await
         .map_err(unavailable)?;
@@ -184,11 +200,13 @@ async fn write_steps(tx: &Transaction<'_>, steps: &[&PluginStep]) -> Result<(), 
     };
     insert_runs(tx, &numbered).await.map_err(unavailable)?;
     // Of a step replayed since, only its runs are kept, as what ran: the replay's own run decides.
+    let set_aside =
+        numbered.iter().filter(|(_, seq)| replayed_since.contains(seq)).map(|(s, _)| &s.key).collect();
     numbered.retain(|(_, seq)| !replayed_since.contains(seq));
     write_kv(tx, &numbered).await.map_err(unavailable)?;
     insert_deliveries(tx, &numbered).await.map_err(unavailable)?;
     update_events(tx, &numbered).await.map_err(unavailable)?;
-    Ok(())
+    Ok(set_aside)
 }
 
 fn not_in_the_store(key: &EventKey) -> StoreError {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use crate::{
     Amount, AttemptInfo, AttemptOutcome, Canary, Claim, DueDelivery, Event, EventFilter, EventKey,
     EventStatus, Hop, Inserted, KvWrite, NewDelivery, NewEvent, NewPluginVersion, PluginRunInfo, PluginStep,
-    Store, VersionBounds,
+    StepRecorded, Store, VersionBounds,
 };
 
 /// Generates one `#[tokio::test]` per check, each on a store from `$open`: an async function
@@ -417,7 +417,8 @@ pub async fn a_plugin_step_under_way_when_its_event_is_replayed_leaves_the_repla
     under_way.tags = vec!["old-decision".into()];
     (under_way.status, under_way.reason) =
         (EventStatus::Dropped, Some("enrich: the old code drops it".into()));
-    store.finish_plugin_step(under_way).await.unwrap();
+    let recorded = store.finish_plugin_step(under_way).await.unwrap();
+    assert_eq!(recorded, StepRecorded::SetAside, "its caller must not send what it decided");
     let detail = store.get_event(&k).await.unwrap().unwrap();
     assert_eq!((detail.summary.status.as_str(), detail.summary.tags.len()), ("queued", 0), "{detail:?}");
     assert!(detail.deliveries.is_empty(), "the old decision created nothing: {detail:?}");
@@ -428,7 +429,8 @@ pub async fn a_plugin_step_under_way_when_its_event_is_replayed_leaves_the_repla
     let due = store.due_steps(NOW + 2, None, 10).await.unwrap();
     assert_eq!(due.iter().map(|s| &s.event.key).collect::<Vec<_>>(), [&k], "the replay's step is due");
 
-    store.finish_plugin_step(step(&k, 1, NOW + 2, AttemptOutcome::Delivered, &["b"])).await.unwrap();
+    let recorded = store.finish_plugin_step(step(&k, 1, NOW + 2, AttemptOutcome::Delivered, &["b"])).await;
+    assert_eq!(recorded.unwrap(), StepRecorded::Applied);
     let detail = store.get_event(&k).await.unwrap().unwrap();
     assert_eq!(detail.deliveries.iter().map(|d| &d.upstream[..]).collect::<Vec<_>>(), ["b"]);
     assert_eq!(detail.plugin_runs.len(), 2);

@@ -577,6 +577,16 @@ pub struct PluginStep {
     pub claimed_until_ms: Option<i64>,
 }
 
+/// What became of a recorded plugin step's decision ([`DeliveryQueue::finish_plugin_step`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepRecorded {
+    /// Its kv writes, the deliveries it created and its event's status are in the store.
+    Applied,
+    /// Its event was replayed (or its claim passed to another reader) since it began: only its
+    /// runs were kept, and the replay's own step decides.
+    SetAside,
+}
+
 /// Where a plugin's code comes from.
 #[derive(Debug, Clone)]
 pub struct NewPluginVersion {
@@ -902,8 +912,9 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     ) -> Result<Vec<DueStep>, StoreError>;
 
     /// Records a plugin step (see [`PluginStep`]). A step begun before its event was replayed
-    /// keeps only its runs ([`takes_outcome!`]).
-    async fn finish_plugin_step(&self, step: PluginStep) -> Result<(), StoreError>;
+    /// keeps only its runs ([`takes_outcome!`]), and says so: the deliveries it decided were
+    /// not created, and must not be sent.
+    async fn finish_plugin_step(&self, step: PluginStep) -> Result<StepRecorded, StoreError>;
 
     /// Pending deliveries (due now or later) to each of `upstreams`, by merchant:
     /// (upstream, merchant, count).

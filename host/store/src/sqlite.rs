@@ -37,7 +37,7 @@ use super::{
     DeliveryInfo, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventDetail, EventFilter, EventKey,
     EventSeq, EventStatus, EventSummary, HeldKey, Hop, Ingest, Inserted, Lifecycle, NewEvent,
     NewPluginVersion, PluginHistory, PluginRunInfo, PluginStep, PluginStore, PluginVersionInfo,
-    QuotaExceeded, StepInfo, StoreError, StoredPlugin, VersionBounds,
+    QuotaExceeded, StepInfo, StepRecorded, StoreError, StoredPlugin, VersionBounds,
 };
 use payflow_config::StoreConfig;
 
@@ -1265,7 +1265,7 @@ impl DeliveryQueue for SqliteStore {
         .await
     }
 
-    async fn finish_plugin_step(&self, step: PluginStep) -> Result<(), StoreError> {
+    async fn finish_plugin_step(&self, step: PluginStep) -> Result<StepRecorded, StoreError> {
         self.write_with(Priority::Background(1), move |conn| {
             let (merchant, scope, id) = key_of(&step.key);
             let (status, next_at_ms) = step.step.step_row();
@@ -1327,7 +1327,7 @@ impl DeliveryQueue for SqliteStore {
             }
             if replayed_since {
                 // Only its runs are kept, as what ran: the replay's own run decides.
-                return Ok(());
+                return Ok(StepRecorded::SetAside);
             }
             let mut kv = conn.prepare_cached(
                 "INSERT INTO plugin_kv (merchant, plugin, key, value) VALUES (?1, ?2, ?3, ?4)
@@ -1369,7 +1369,7 @@ impl DeliveryQueue for SqliteStore {
                 )?
                 .execute(params![merchant, id, step.status.as_str(), step.reason, tags, scope])?;
             }
-            Ok(())
+            Ok(StepRecorded::Applied)
         })
         .await
     }
