@@ -678,6 +678,52 @@ mod tests {
         }
     }
 
+    /// A step that changes nothing about its event (a first run that continued, untagged) does
+    /// not rewrite its row, as on SQLite; one that drops it, or tags it, does.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_plugin_step_rewrites_its_events_row_only_when_it_changes_it() {
+        let url = server().database("steps_unchanged_event");
+        let store = connected(&url).await;
+        let db = client_of(&url).await;
+        let version = |id: &'static str| {
+            let db = &db;
+            async move {
+                let sql = "SELECT xmin::text FROM events WHERE id = $1";
+                db.query_one(sql, &[&id]).await.unwrap().get::<_, String>(0)
+            }
+        };
+        let continued =
+            |id: &str| payflow_store::PluginStep { status: EventStatus::Queued, ..forwarding_step(id) };
+        let steps = [
+            ("evt_continued", continued("evt_continued"), false),
+            (
+                "evt_tagged",
+                payflow_store::PluginStep { tags: vec!["vip".into()], ..continued("evt_tagged") },
+                true,
+            ),
+            (
+                "evt_dropped",
+                payflow_store::PluginStep {
+                    status: EventStatus::Dropped,
+                    reason: Some("under min_amount".into()),
+                    deliveries: Vec::new(),
+                    ..forwarding_step("evt_dropped")
+                },
+                true,
+            ),
+        ];
+        for (id, step, rewritten) in steps {
+            store.insert_event(to_the_plugins(id)).await.unwrap();
+            let before = version(id).await;
+            store.finish_plugin_step(step).await.unwrap();
+            assert_eq!(version(id).await != before, rewritten, "{id}");
+        }
+        let detail = store.get_event(&key("evt_dropped")).await.unwrap().unwrap();
+        assert_eq!(detail.summary.status, "dropped");
+        let tagged = store.get_event(&key("evt_tagged")).await.unwrap().unwrap();
+        assert_eq!(tagged.summary.tags, ["vip"]);
+    }
+
     /// Two steps of one event in one batch (proxy mode forwarding a duplicate twice at once)
     /// are both recorded, one after the other: one statement per table could apply only one.
     #[tokio::test(flavor = "multi_thread")]

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Pool, Transaction};
-use payflow_store::{CommitObserver, EventKey, EventSeq, PluginStep, StepRecorded, StoreError};
+use payflow_store::{CommitObserver, EventKey, EventSeq, EventStatus, PluginStep, StepRecorded, StoreError};
 use tokio_postgres::types::ToSql;
 
 use crate::group::GroupCommit;
@@ -308,7 +308,14 @@ async fn insert_deliveries(
     exec(tx, INSERT_DELIVERIES, &params).await.map(drop)
 }
 
+/// Leaves alone the events a step changes nothing about: a first run (ingress left the
+/// event queued, without a reason) that continued, untagged, as on SQLite. Most steps are
+/// such, and writing an event's row costs a new row version and an entry in each of its indexes.
 async fn update_events(tx: &Transaction<'_>, steps: &[Numbered<'_>]) -> Result<(), tokio_postgres::Error> {
+    let unchanged = |s: &PluginStep| {
+        s.number == 1 && s.status == EventStatus::Queued && s.reason.is_none() && s.tags.is_empty()
+    };
+    let steps: Vec<&Numbered> = steps.iter().filter(|s| !unchanged(s.0)).collect();
     if steps.is_empty() {
         return Ok(());
     }
