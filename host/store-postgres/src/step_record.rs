@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::{Object, Pool, Transaction};
 use payflow_store::{CommitObserver, EventKey, EventSeq, EventStatus, PluginStep, StepRecorded, StoreError};
 use tokio_postgres::types::ToSql;
 
@@ -71,14 +71,7 @@ pub(crate) async fn record_batch(
     in_key_order.sort_by(|a, b| a.key.cmp(&b.key));
     let one_each = in_key_order.windows(2).all(|w| w[0].key != w[1].key);
     if one_each {
-        let together = async {
-            let tx = begin(&mut client).await.map_err(unavailable)?;
-            let set_aside = write_steps(&tx, &in_key_order).await?;
-            tx.commit().await.map_err(unavailable)?;
-            Ok(set_aside)
-        }
-        .await;
-        match together {
+        match committed(&mut client, &in_key_order).await {
             Ok(set_aside) => {
                 return Ok(steps.iter().map(|s| Ok(recorded(set_aside.contains(&s.key)))).collect())
             }
@@ -90,16 +83,20 @@ pub(crate) async fn record_batch(
     }
     let mut answers = Vec::with_capacity(steps.len());
     for step in &steps {
-        let alone = async {
-            let tx = begin(&mut client).await.map_err(unavailable)?;
-            let set_aside = write_steps(&tx, &[step]).await?;
-            tx.commit().await.map_err(unavailable)?;
-            Ok(recorded(!set_aside.is_empty()))
-        }
-        .await;
-        answers.push(alone);
+        answers.push(committed(&mut client, &[step]).await.map(|set_aside| recorded(!set_aside.is_empty())));
     }
     Ok(answers)
+}
+
+/// Writes `steps` ([`write_steps`]) in a transaction of their own, committed.
+async fn committed<'a>(
+    client: &mut Object,
+    steps: &[&'a PluginStep],
+) -> Result<BTreeSet<&'a EventKey>, StoreError> {
+    let tx = begin(client).await.map_err(unavailable)?;
+    let set_aside = write_steps(&tx, steps).await?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(set_aside)
 }
 
 /// Updates the steps' rows, each only while it still holds the claim the step ran under and
