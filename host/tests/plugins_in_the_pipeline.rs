@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::{
-    admin_get, client, guests, send_event, wait_for_status, Gateway, Upstream, ADMIN_TOKEN, SECRET,
+    admin_get, admin_post, client, guests, send_event, wait_for_status, Gateway, Upstream, ADMIN_TOKEN,
+    SECRET,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -135,13 +136,8 @@ async fn queue_mode_runs_the_plugins_in_order_and_delivers_what_they_decided() {
     assert_eq!(names, ["amount-threshold", "ledger", "legacy-form"], "{a}");
 
     // A replay runs the plugins again; the ledger counts each event once.
-    let replay = client
-        .post(gateway.admin_url("/api/events/evt_a/replay"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(replay.status(), 202);
+    let replay = admin_post(&client, &gateway.admin_url("/api/events/evt_a/replay"), ADMIN_TOKEN).await;
+    assert_eq!(replay, 202);
     legacy.wait_for(WAIT, "the replayed evt_a", |r| r.len() == 3).await;
     assert_eq!(legacy.received()[2].header("x-ledger-total"), Some("7500 PKR"));
 }
@@ -164,13 +160,8 @@ async fn an_event_replayed_while_its_plugin_step_runs_is_delivered_once() {
     assert_eq!(send(&client, &url, "evt_1", payment("evt_1", 5000, "ann@example.com")).await.0, 200);
     // The first step sleeps in its plugin for 1.5 s; the replay comes meanwhile.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let replay = client
-        .post(gateway.admin_url("/api/events/evt_1/replay"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(replay.status(), 202);
+    let replay = admin_post(&client, &gateway.admin_url("/api/events/evt_1/replay"), ADMIN_TOKEN).await;
+    assert_eq!(replay, 202);
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let e = event(&client, &gateway, "evt_1").await;
