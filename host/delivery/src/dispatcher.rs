@@ -349,18 +349,23 @@ impl Dispatcher {
                             // by the queue's room, but not by each merchant's share of it. A row
                             // held in memory already (its lease ran out while it waited) keeps
                             // the claim this read took, so that no other replica takes it too.
+                            // (The claim is only read off a row that was not queued: a row
+                            // queued, the common case, costs no copy of its key and no second
+                            // look at the queue.)
                             let mut not_queued = Vec::new();
                             for d in due {
-                                let claim = d.claim();
-                                if lane.queue.holds(&d.event().key) {
-                                    continue;
-                                }
-                                if !self.hand_offs.under_way(&d.event().key)
-                                    && lane.queue.push_polled(d, since)
-                                {
-                                    added += 1;
-                                } else {
-                                    not_queued.extend(claim);
+                                let left = match self.hand_offs.under_way(&d.event().key) {
+                                    true => d,
+                                    false => match lane.queue.push_polled(d, since) {
+                                        Ok(()) => {
+                                            added += 1;
+                                            continue;
+                                        }
+                                        Err(d) => d,
+                                    },
+                                };
+                                if !lane.queue.holds(&left.event().key) {
+                                    not_queued.extend(left.claim());
                                 }
                             }
                             lane.queue.forget_finished(since);

@@ -105,12 +105,7 @@ impl<T> QueueState<T> {
 
 impl<T: Queued> WaitQueue<T> {
     /// Queues a delivery unless it is already claimed or the queue is full (the store keeps it
-    /// either way). True when queued.
-    pub(crate) fn push(&self, due: T) -> bool {
-        self.try_push(due).is_ok()
-    }
-
-    /// As [`Self::push`], giving back what it did not queue.
+    /// either way); gives back what it did not queue.
     pub(crate) fn try_push(&self, due: T) -> Result<(), T> {
         let Ok(mut s) = self.state.lock() else { return Err(due) };
         let event = due.event();
@@ -135,12 +130,15 @@ impl<T: Queued> WaitQueue<T> {
     }
 
     /// Queues what the poller read in a read that began at `since` (see [`Self::since`]),
-    /// except deliveries finished after that: the read may predate their record. True when
-    /// queued.
-    pub(crate) fn push_polled(&self, due: T, since: u64) -> bool {
+    /// except deliveries finished after that: the read may predate their record. Gives back
+    /// what it did not queue.
+    pub(crate) fn push_polled(&self, due: T, since: u64) -> Result<(), T> {
         let stale =
             self.state.lock().is_ok_and(|s| s.finished.get(&due.event().key).is_some_and(|&at| at > since));
-        !stale && self.push(due)
+        if stale {
+            return Err(due);
+        }
+        self.try_push(due)
     }
 
     /// The release sequence a poll's read starts at.

@@ -62,16 +62,16 @@ fn due(id: &str) -> DueDelivery {
 #[test]
 fn an_attempt_frees_its_turn_at_once_but_its_claim_only_once_recorded() {
     let queue = WaitQueue::<DueDelivery>::default();
-    assert!(queue.push(due("evt_1")));
-    assert!(queue.push(due("evt_2")));
+    assert!(queue.try_push(due("evt_1")).is_ok());
+    assert!(queue.try_push(due("evt_2")).is_ok());
     let first = queue.pop(1).unwrap();
     assert!(queue.pop(1).is_none(), "one in flight per merchant here: the second waits its turn");
     queue.attempted(&first.event.key.merchant);
     let second = queue.pop(1).expect("the attempt ended: the merchant's turn is free");
     assert_eq!(second.event.key.id, "evt_2");
-    assert!(!queue.push(due("evt_1")), "queued again before its record is in the store");
+    assert!(queue.try_push(due("evt_1")).is_err(), "queued again before its record is in the store");
     queue.unclaim(&first.event.key);
-    assert!(queue.push(due("evt_1")), "recorded and still due (a retry): it may be queued again");
+    assert!(queue.try_push(due("evt_1")).is_ok(), "recorded and still due (a retry): it may be queued again");
 }
 
 /// On a store shared by replicas, a hand-off is stored claimed by this gateway: one its
@@ -104,19 +104,19 @@ fn a_claimed_hand_off_the_full_queue_refuses_is_kept_for_the_poller_to_hand_back
 #[test]
 fn a_delivery_finished_during_a_poll_is_not_queued_again() {
     let queue = WaitQueue::<DueDelivery>::default();
-    assert!(queue.push(due("evt_1")));
+    assert!(queue.try_push(due("evt_1")).is_ok());
     let since = queue.since(); // the poller's read begins
     let taken = queue.pop(usize::MAX).unwrap(); // a worker delivers it, records it, releases it
     queue.release(&taken.event.key);
-    assert!(!queue.push_polled(due("evt_1"), since), "the stale row must not be queued");
-    assert!(queue.push_polled(due("evt_2"), since), "other rows are");
+    assert!(queue.push_polled(due("evt_1"), since).is_err(), "the stale row must not be queued");
+    assert!(queue.push_polled(due("evt_2"), since).is_ok(), "other rows are");
     queue.forget_finished(since);
     // A read that began after the release sees the record; if the row is still due then
     // (a retry), it is queued.
     let later = queue.since();
     queue.forget_finished(later);
     assert!(queue.pop(usize::MAX).is_some());
-    assert!(queue.push_polled(due("evt_1"), later));
+    assert!(queue.push_polled(due("evt_1"), later).is_ok());
 }
 
 /// A bare upstream on loopback: answers 200 to every request, and counts them.
