@@ -151,31 +151,60 @@ async fn deliveries_claimed_by_a_killed_replica_are_taken_over_when_their_lease_
 /// test in one run of three).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_a_replica_acknowledged_are_delivered_by_it_while_another_polls_the_same_store() {
+    delivered_by_the_replica_that_acknowledged("own_events", |config| config, 60).await;
+}
+
+/// The same for the deliveries a replica's plugin step creates: they are stored claimed by
+/// the replica that ran the step and handed to its own workers. Before, they were stored
+/// unclaimed and left to whichever replica's poll read them first (with the claims turned
+/// off, the other replica took 32 and 3 of 200 in two runs of three).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_a_replicas_plugin_step_created_are_delivered_by_it_while_another_polls() {
+    let with_plugin = |config: String| {
+        config.replace("upstream = \"legacy\"\n", "upstream = \"legacy\"\nplugins = [\"noop\"]\n")
+            + &format!("[[plugin]]\nname = \"noop\"\npath = {:?}\n", guests().join("noop.wasm"))
+    };
+    delivered_by_the_replica_that_acknowledged("own_steps", with_plugin, 200).await;
+}
+
+/// Sends `count` events to replica A of two on database `db` (their configs changed by
+/// `configure`) and checks that A alone delivered them, each once.
+async fn delivered_by_the_replica_that_acknowledged(
+    db: &str,
+    configure: impl Fn(String) -> String,
+    count: usize,
+) {
     let pg = TestServer::start();
-    let url = pg.database("own_events");
+    let url = pg.database(db);
     let (mine, theirs) = (Upstream::start().await, Upstream::start().await);
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Gateway::start(dir_a.path(), &replica_config(&url, &mine.url()));
-    let _b = Gateway::start(dir_b.path(), &replica_config(&url, &theirs.url()));
+    let a = Gateway::start(dir_a.path(), &configure(replica_config(&url, &mine.url())));
+    let _b = Gateway::start(dir_b.path(), &configure(replica_config(&url, &theirs.url())));
     let client = client();
-    let sends: Vec<_> = (0..60)
+    let id = |i: usize| format!("evt_own{i:03}");
+    let sends: Vec<_> = (0..count)
         .map(|i| {
-            let (client, url) = (client.clone(), a.url("/webhooks/payflow"));
-            tokio::spawn(async move { send_event(&client, &url, &format!("evt_own{i:02}")).await })
+            let (client, url, id) = (client.clone(), a.url("/webhooks/payflow"), id(i));
+            tokio::spawn(async move { send_event(&client, &url, &id).await })
         })
         .collect();
     for send in sends {
         let (status, reply) = send.await.unwrap();
         assert_eq!(status, 200, "{reply}");
     }
-    mine.wait_for(WAIT, "the sixty deliveries", |r| r.len() >= 60).await;
-    for i in 0..60 {
-        wait_for_status(&client, &a, &format!("evt_own{i:02}"), "delivered", WAIT).await;
+    mine.wait_for(WAIT, "every delivery", |r| r.len() + theirs.received().len() >= count).await;
+    for i in 0..count {
+        wait_for_status(&client, &a, &id(i), "delivered", WAIT).await;
     }
+    assert!(
+        theirs.received().is_empty(),
+        "the other replica took {} of {count}: {:?}",
+        theirs.received().len(),
+        theirs.ids()
+    );
     let mut ids = mine.ids();
     ids.sort();
-    assert_eq!(ids, (0..60).map(|i| format!("evt_own{i:02}")).collect::<Vec<_>>(), "each once");
-    assert!(theirs.received().is_empty(), "the other replica took {:?}", theirs.ids());
+    assert_eq!(ids, (0..count).map(id).collect::<Vec<_>>(), "each once");
 }
 
 /// Senders that keep webhooks coming, as PayFlow would: `senders` tasks, each sending its own

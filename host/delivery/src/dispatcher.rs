@@ -14,12 +14,12 @@ use tokio::sync::watch;
 
 use crate::client::UpstreamClient;
 use crate::flow::{Flow, Permit};
-use crate::hand_offs::HandOffs;
+use crate::hand_offs::HandOff;
 use crate::lane::Lane;
 use crate::policy::attempt;
 use crate::queue::Queued;
 use crate::recorder::Recorder;
-use crate::step::{Step, StepDone};
+use crate::step::{ClaimDeliveries, Step, StepDone};
 use crate::upstream::Upstream;
 use payflow_clock::Clock;
 use payflow_store::{Claim, DueCursor, DueDelivery, DueStep, Store, StoreError};
@@ -64,8 +64,11 @@ pub struct Dispatcher {
     telemetry: Arc<Telemetry>,
     /// Attempt records on their way to the store.
     recorder: Recorder,
-    /// Rows whose writer hands them off itself: the pollers leave them alone meanwhile.
-    hand_offs: Arc<HandOffs>,
+    /// How the rows this gateway's writers store reach its workers (and, on a store that
+    /// does not claim rows, which ones the pollers leave alone meanwhile).
+    hand_off: HandOff,
+    /// Each merchant's upstreams: those its plugin steps' deliveries may go to.
+    by_merchant: HashMap<String, Vec<Arc<Upstream>>>,
 }
 
 /// The plugin steps' lane and what runs them, as [`Dispatcher::new`] takes them.
@@ -156,15 +159,22 @@ impl Drain for Steps {
     }
     async fn run(self: Arc<Self>, dispatcher: Arc<Dispatcher>, due: DueStep, _: Option<Permit>) -> bool {
         let (key, attempts) = (due.event.key.clone(), due.attempts);
-        let hand_off = !dispatcher.store.claims();
-        // The deliveries the step creates are visible to the pollers from its record on.
-        let under_way = hand_off.then(|| dispatcher.hand_offs.begin(&key));
-        match self.step.run(&self.lane.policy, due).await {
+        // The deliveries the step creates are visible to the pollers from its record on: either
+        // the hand-off is under way until they are handed off, or they are stored claimed.
+        let (under_way, claim) = match &dispatcher.hand_off {
+            HandOff::Direct(hand_offs) => (Some(hand_offs.begin(&key)), None),
+            HandOff::Claimed { lease_ms } => {
+                (None, Some(dispatcher.claim_deliveries(&key.merchant, *lease_ms)))
+            }
+        };
+        match self.step.run(&self.lane.policy, due, claim.as_ref()).await {
             StepDone::Recorded(deliveries) => {
                 for d in deliveries {
                     match dispatcher.upstreams.get(&d.upstream) {
-                        // Replicas share the store: the row is taken by the read that claims it.
-                        Some(upstream) if !hand_off => upstream.poll_store_now(),
+                        // Stored unclaimed on a shared store: taken by the read that claims it.
+                        Some(upstream) if under_way.is_none() && d.claimed_until_ms.is_none() => {
+                            upstream.poll_store_now()
+                        }
                         Some(upstream) => upstream.hand_off(d),
                         None => {
                             tracing::warn!(upstream = %d.upstream, "a plugin step created a delivery to an unknown upstream")
@@ -193,16 +203,20 @@ impl Drain for Steps {
 
 impl Dispatcher {
     /// A dispatcher over these upstreams and, when `steps`, the plugin steps' lane with what
-    /// runs them; `hand_offs` is shared with the ingress that hands it stored events.
+    /// runs them; `hand_off` is shared with the ingress that hands it stored events.
     pub fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         client: UpstreamClient,
         upstreams: HashMap<String, Arc<Upstream>>,
         steps: Option<StepLane>,
-        hand_offs: Arc<HandOffs>,
+        hand_off: HandOff,
     ) -> Self {
         let steps = steps.map(|(lane, step)| Arc::new(Steps { lane, step }));
+        let mut by_merchant: HashMap<String, Vec<Arc<Upstream>>> = HashMap::new();
+        for u in upstreams.values() {
+            by_merchant.entry(u.merchant.clone()).or_default().push(u.clone());
+        }
         Dispatcher {
             store,
             clock,
@@ -211,8 +225,20 @@ impl Dispatcher {
             steps,
             telemetry: Arc::new(Telemetry::disabled()),
             recorder: Recorder::default(),
-            hand_offs,
+            hand_off,
+            by_merchant,
         }
+    }
+
+    /// Which of the deliveries a step of `merchant`'s creates are stored claimed by this
+    /// gateway for `lease_ms`: those to its upstreams whose queues take a hand-off now (see
+    /// [`Upstream::takes_hand_off`]: a full queue would refuse it and hand the claim back, and
+    /// an ordered upstream's come from the store only).
+    pub(crate) fn claim_deliveries(&self, merchant: &str, lease_ms: i64) -> ClaimDeliveries {
+        let upstreams = self.by_merchant.get(merchant).map(Vec::as_slice).unwrap_or_default();
+        let upstreams =
+            upstreams.iter().filter(|u| u.takes_hand_off(merchant)).map(|u| u.name.clone()).collect();
+        ClaimDeliveries { lease_ms, upstreams }
     }
 
     /// Records a span of each delivery attempt there (and sends its `traceparent`).
@@ -354,7 +380,7 @@ impl Dispatcher {
                             // look at the queue.)
                             let mut not_queued = Vec::new();
                             for d in due {
-                                let left = match self.hand_offs.under_way(&d.event().key) {
+                                let left = match self.hand_off.under_way(&d.event().key) {
                                     true => d,
                                     false => match lane.queue.push_polled(d, since) {
                                         Ok(()) => {

@@ -14,9 +14,40 @@
 //! the next poll.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use payflow_store::EventKey;
+
+/// How a row a writer of this gateway stores reaches this gateway's workers (an event's first
+/// hop from ingress, a delivery from its plugin step), by whether replicas share the store.
+#[derive(Clone)]
+pub enum HandOff {
+    /// Straight away: this gateway alone drains the store. The hand-off is under way in
+    /// [`HandOffs`] (shared by ingress and the dispatcher) from before the write until it is
+    /// done, so that the store poller, which sees the row from its commit, leaves it alone
+    /// meanwhile.
+    Direct(Arc<HandOffs>),
+    /// Replicas share the store ([`payflow_store::DeliveryQueue::claims`]): stored claimed by
+    /// this gateway for `lease_ms` (as a poll's read would claim it) and handed over, when
+    /// its lane's queue has room; otherwise left to whichever replica's poll claims it, and
+    /// this gateway's poller told to read.
+    Claimed {
+        /// How long the claim lasts (`[store] lease_ms`): if this gateway dies holding it,
+        /// another replica takes the row then.
+        lease_ms: i64,
+    },
+}
+
+impl HandOff {
+    /// Whether a hand-off of `key`'s rows is under way: a poll must not queue them.
+    pub(crate) fn under_way(&self, key: &EventKey) -> bool {
+        match self {
+            HandOff::Direct(hand_offs) => hand_offs.under_way(key),
+            // Stored claimed: no read gets the row while its writer holds it.
+            HandOff::Claimed { .. } => false,
+        }
+    }
+}
 
 /// See the module docs. Shared by a gateway's ingress and its dispatcher.
 #[derive(Default)]

@@ -21,13 +21,39 @@ use crate::policy::RetryPolicy;
 #[async_trait]
 pub trait Step: Send + Sync {
     /// Runs the step of `due` under `policy` (which decides its retries) and records the
-    /// outcome in the store.
-    async fn run(&self, policy: &RetryPolicy, due: DueStep) -> StepDone;
+    /// outcome in the store; the deliveries it creates to the upstreams `claim` names, when
+    /// there is one, stored claimed by this gateway (see [`ClaimDeliveries`]).
+    async fn run(&self, policy: &RetryPolicy, due: DueStep, claim: Option<&ClaimDeliveries>) -> StepDone;
+}
+
+/// On a store that claims rows, which of the deliveries a step creates this gateway's workers
+/// start at once: those to these upstreams (the event's merchant's, unordered, with room in
+/// their queues for it when the step began), stored claimed for `lease_ms` from the step's
+/// record, as ingress stores an event's first hop. The others are left to whichever replica's
+/// poll claims them.
+///
+/// Why: else every delivery a step created was read back by a poll, a statement with its body,
+/// and past the merchant's share of the queue claimed, not queued and handed back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimDeliveries {
+    /// How long the claim lasts (`[store] lease_ms`): if this gateway dies holding it, another
+    /// replica takes the delivery then.
+    pub lease_ms: i64,
+    /// Upstream names.
+    pub upstreams: Vec<String>,
+}
+
+impl ClaimDeliveries {
+    /// Whether a delivery to `upstream` is stored claimed.
+    pub fn covers(&self, upstream: &str) -> bool {
+        self.upstreams.iter().any(|u| u == upstream)
+    }
 }
 
 /// How a step ended, for the dispatcher.
 pub enum StepDone {
-    /// Its outcome is in the store; these deliveries were created by it, due now.
+    /// Its outcome is in the store; these deliveries were created by it, due now (those stored
+    /// claimed with [`DueDelivery::claimed_until_ms`] set).
     Recorded(Vec<DueDelivery>),
     /// The store refused the record: the step stays claimed and runs again after its backoff,
     /// once the store takes writes again.

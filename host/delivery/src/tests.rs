@@ -24,9 +24,13 @@ fn upstream() -> Upstream {
 }
 
 fn upstream_at(url: &str) -> Upstream {
-    Upstream::new(&UpstreamConfig {
-        name: "u".into(),
-        merchant: "default".into(),
+    Upstream::new(&upstream_config("u", "default", url)).unwrap()
+}
+
+fn upstream_config(name: &str, merchant: &str, url: &str) -> UpstreamConfig {
+    UpstreamConfig {
+        name: name.into(),
+        merchant: merchant.into(),
         url: url.into(),
         timeout_ms: 100,
         max_attempts: 5,
@@ -38,8 +42,7 @@ fn upstream_at(url: &str) -> Upstream {
         ordering_key: None,
         rate: None,
         breaker: None,
-    })
-    .unwrap()
+    }
 }
 
 fn due(id: &str) -> DueDelivery {
@@ -97,6 +100,54 @@ fn a_claimed_hand_off_the_full_queue_refuses_is_kept_for_the_poller_to_hand_back
     assert_eq!((refused[0].key.id.as_str(), refused[0].until_ms), ("evt_claimed", 60_000));
     assert_eq!(refused[0].upstream.as_deref(), Some("u"));
     assert!(upstream.lane.take_refused().is_empty(), "taken once");
+}
+
+/// On a store shared by replicas, a plugin step stores claimed (for the lease) the deliveries
+/// this gateway's workers will start at once: those to the event's merchant's upstreams whose
+/// queues have room for it. Not another merchant's upstream, not one whose merchant share is
+/// full (the hand-off would be refused and its claim handed back), not an ordered one (its
+/// deliveries come from the store only, and a claimed one would wait out the lease).
+#[test]
+fn a_step_claims_only_the_deliveries_its_merchants_unordered_upstreams_with_room_take() {
+    let url = "http://127.0.0.1:1/";
+    let ordered = UpstreamConfig {
+        ordering_key: Some("data.object.id".into()),
+        ..upstream_config("ordered", "m", url)
+    };
+    let upstreams: HashMap<String, Arc<Upstream>> = [
+        upstream_config("crm", "m", url),
+        upstream_config("ledger", "m", url),
+        upstream_config("theirs", "other", url),
+        ordered,
+    ]
+    .iter()
+    .map(|c| (c.name.clone(), Arc::new(Upstream::new(c).unwrap())))
+    .collect();
+    let ledger = upstreams["ledger"].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("unused.db").to_str().unwrap().to_string();
+    let store =
+        SqliteStore::open(&StoreConfig { path, wal_prefill_mb: 1, ..StoreConfig::default() }, Arc::new(()));
+    let dispatcher = Dispatcher::new(
+        Arc::new(store.unwrap()),
+        Arc::new(payflow_clock::SystemClock),
+        UpstreamClient::default(),
+        upstreams,
+        None,
+        HandOff::Claimed { lease_ms: 60_000 },
+    );
+    let claimed = |merchant: &str| {
+        let mut names = dispatcher.claim_deliveries(merchant, 60_000).upstreams;
+        names.sort();
+        names
+    };
+    assert_eq!(claimed("m"), ["crm", "ledger"]);
+    assert_eq!(claimed("other"), ["theirs"]);
+    for i in 0..crate::queue::MERCHANT_QUEUE_SHARE {
+        ledger.hand_off(due(&format!("evt_{i}")));
+    }
+    assert_eq!(claimed("m"), ["crm"], "the ledger's queue holds the merchant's share");
+    assert!(claimed("nobody").is_empty());
 }
 
 /// Regression: a poll whose read began before a delivery was recorded saw it still pending
@@ -193,10 +244,14 @@ impl OneBox {
     ) -> OneBox {
         let upstream = Arc::new(upstream_at(url));
         let hand_offs = Arc::new(HandOffs::default());
+        let hand_off = match store.claims() {
+            true => HandOff::Claimed { lease_ms: 60_000 },
+            false => HandOff::Direct(hand_offs.clone()),
+        };
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let upstreams = HashMap::from([("u".to_string(), upstream.clone())]);
         let clock = Arc::new(payflow_clock::SystemClock);
-        Dispatcher::new(store.clone(), clock, UpstreamClient::default(), upstreams, None, hand_offs.clone())
+        Dispatcher::new(store.clone(), clock, UpstreamClient::default(), upstreams, None, hand_off)
             .spawn(shutdown);
         OneBox { store, upstream, hand_offs, delivered, stop, _dir: dir }
     }
@@ -265,23 +320,6 @@ async fn a_row_whose_hand_off_never_came_is_delivered_by_the_poller() {
     let one = OneBox::start().await;
     let under_way = one.hand_offs.begin(&due("evt_1").event.key);
     let (event, _) = one.store_new("evt_1").await;
-    drop(under_way);
-    one.upstream.poll_store_now();
-    one.settled(&event).await;
-    assert_eq!(one.delivered.load(Ordering::SeqCst), 1);
-}
-
-/// Regression (a burst's tail waited out its lease): on a store that claims the rows it reads,
-/// a row the poller read while its hand-off was under way stayed claimed by that read, and
-/// when the hand-off never came (the request ended first) it waited for its lease, 60 s.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_row_read_while_its_hand_off_was_under_way_is_not_left_claimed() {
-    let (url, delivered) = counting_upstream().await;
-    let one = OneBox::on_postgres("under_way", &url, delivered).await;
-    let under_way = one.hand_offs.begin(&due("evt_1").event.key);
-    let (event, _) = one.store_new("evt_1").await;
-    one.upstream.poll_store_now();
-    tokio::time::sleep(Duration::from_millis(400)).await; // read, claimed, left to its hand-off
     drop(under_way);
     one.upstream.poll_store_now();
     one.settled(&event).await;

@@ -15,11 +15,11 @@ use tokio::task::JoinHandle;
 use crate::admin::Admin;
 use crate::connections::Caps;
 use crate::ingress::{self, ServeOptions, WebhookRouter};
-use crate::pipeline::{Endpoint, FirstHop, HandOff, Pipeline};
+use crate::pipeline::{Endpoint, FirstHop, Pipeline};
 use payflow_clock::{Clock, SystemClock};
 use payflow_config::Config;
 use payflow_delivery::route::Routes;
-use payflow_delivery::{Dispatcher, HandOffs, Lane, Step, Upstream, UpstreamClient};
+use payflow_delivery::{Dispatcher, HandOff, HandOffs, Lane, Step, Upstream, UpstreamClient};
 use payflow_plugins::{Registry, Runtime, Scheduler};
 use payflow_telemetry::Telemetry;
 
@@ -194,7 +194,10 @@ impl Gateway {
 
         let (shutdown, watch_shutdown) = watch::channel(false);
         let client = UpstreamClient::default();
-        let hand_offs = Arc::new(HandOffs::default());
+        let hand_off = match store.claims() {
+            true => HandOff::Claimed { lease_ms: config.store.lease_ms as i64 },
+            false => HandOff::Direct(Arc::new(HandOffs::default())),
+        };
         let header_timeout = Duration::from_millis(config.server.header_timeout_ms);
         let router = Arc::new(WebhookRouter {
             endpoints: endpoints.clone(),
@@ -206,10 +209,7 @@ impl Gateway {
                 body_timeout: Duration::from_millis(config.server.body_timeout_ms),
                 plugins: plugins.clone(),
                 telemetry: telemetry.clone(),
-                hand_off: match store.claims() {
-                    true => HandOff::Claimed { lease_ms: config.store.lease_ms as i64 },
-                    false => HandOff::Direct(hand_offs.clone()),
-                },
+                hand_off: hand_off.clone(),
             },
         });
         let ingress_tls = tls.is_some();
@@ -274,7 +274,7 @@ impl Gateway {
         // (lower-priority) delivery thread.
         let steps = steps.zip(plugins.clone().map(|stage| stage as Arc<dyn Step>));
         let dispatcher =
-            Dispatcher::new(store.clone(), clock, UpstreamClient::default(), upstreams, steps, hand_offs)
+            Dispatcher::new(store.clone(), clock, UpstreamClient::default(), upstreams, steps, hand_off)
                 .with_telemetry(telemetry.clone())
                 .start(watch_shutdown)
                 .map_err(StartError::DeliveryThread)?;

@@ -25,7 +25,7 @@ use crate::http::{self, BodyError, HttpHeaders, Reply, RequestBody};
 use payflow_clock::Clock;
 use payflow_config::Mode;
 use payflow_delivery::{
-    classify, fields, AttemptStart, HandOffs, Lane, SendError, Upstream, UpstreamClient, Verdict,
+    classify, fields, AttemptStart, HandOff, Lane, SendError, Upstream, UpstreamClient, Verdict,
 };
 use payflow_metrics::{Counter, CounterMap};
 use payflow_plugins::ChainOutcome;
@@ -154,24 +154,6 @@ pub struct Pipeline {
     pub telemetry: Arc<Telemetry>,
     /// How a stored event reaches this gateway's workers.
     pub hand_off: HandOff,
-}
-
-/// How a stored event reaches this gateway's workers.
-#[derive(Clone)]
-pub enum HandOff {
-    /// Straight away: this gateway alone drains the store. The hand-off is under way in
-    /// [`HandOffs`] (shared with the dispatcher) from before the write until it is done, so
-    /// that the store poller, which sees the row from its commit, leaves it alone meanwhile.
-    Direct(Arc<HandOffs>),
-    /// Replicas share the store ([`payflow_store::DeliveryQueue::claims`]): stored claimed by
-    /// this gateway for `lease_ms` (as a poll's read would claim it) and handed over, when
-    /// its hop's queue has room; otherwise left to whichever replica's poll claims it, and
-    /// this gateway's poller told to read.
-    Claimed {
-        /// How long the claim lasts (`[store] lease_ms`): if this gateway dies holding it,
-        /// another replica takes the row then.
-        lease_ms: i64,
-    },
 }
 
 impl Pipeline {

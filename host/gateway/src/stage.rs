@@ -17,7 +17,7 @@ use tokio::runtime::Handle;
 
 use payflow_clock::Clock;
 use payflow_delivery::route::Routes;
-use payflow_delivery::{RetryPolicy, Step, StepDone};
+use payflow_delivery::{ClaimDeliveries, RetryPolicy, Step, StepDone};
 use payflow_plugins::chain::{self, ChainInput, ChainOutcome, ChainResult};
 use payflow_plugins::{trial, Registry, RegistryError, Scheduler, Side, Trial, TrialEvent, TrialReport};
 use payflow_store::{
@@ -185,17 +185,23 @@ impl PluginStage {
         }
     }
 
-    /// Queue mode: runs a due plugin step under `policy` and records it. The deliveries it
-    /// created are given back, due now; none when the store refused the record (the step is
-    /// still pending there and runs again).
-    pub async fn run_queued(&self, policy: &RetryPolicy, due: DueStep) -> StepDone {
+    /// Queue mode: runs a due plugin step under `policy` and records it, its deliveries to the
+    /// upstreams `claim` names stored claimed by this gateway. The deliveries it created are
+    /// given back, due now; none when the store refused the record (the step is still pending
+    /// there and runs again).
+    pub async fn run_queued(
+        &self,
+        policy: &RetryPolicy,
+        due: DueStep,
+        claim: Option<&ClaimDeliveries>,
+    ) -> StepDone {
         let event = &due.event;
         let mut number = due.attempts + 1;
         let at_ms = self.clock.now_ms();
         let ChainResult { runs, kv, outcome } = self.run_chain(event, number, at_ms).await;
         let endpoint = self.endpoints.get(&event.endpoint).cloned();
         let mut routes = None;
-        let (status, reason, step, deliveries, tags) = match outcome {
+        let (status, reason, step, mut deliveries, tags) = match outcome {
             ChainOutcome::Continue { body, headers, forwards, tags } => {
                 let routing = endpoint.as_ref().map(|e| &e.routes);
                 let delivered = body.as_ref().unwrap_or(&event.body);
@@ -207,9 +213,9 @@ impl PluginStage {
                     .flat_map(|r| &r.upstreams)
                     .filter(|u| !forwards.iter().any(|f| &f.upstream == *u))
                     .map(|u| NewDelivery {
-                        upstream: u.clone(),
                         body: body.clone(),
                         headers: headers.clone(),
+                        ..NewDelivery::to(u)
                     })
                     .collect();
                 deliveries.extend(forwards);
@@ -263,12 +269,20 @@ impl PluginStage {
             let span = StepSpan { name, number, at_ms, status: status.as_str(), error };
             crate::trace::record_step(&self.telemetry, event, span, &runs);
         }
+        if let Some(claim) = claim {
+            // The lease runs from the record on, as a poll's claim runs from its read.
+            let until_ms = self.clock.now_ms() + claim.lease_ms;
+            for d in deliveries.iter_mut().filter(|d| claim.covers(&d.upstream)) {
+                d.claim_until_ms = Some(until_ms);
+            }
+        }
         let decision = Decision { step, status, reason, deliveries, tags, runs, kv, routes };
         match self.commit(event, Some(due.seq), number, at_ms, due.claimed_until_ms, decision).await {
             Ok(created) => {
                 let due = |d: NewDelivery| DueDelivery {
                     body: d.body,
                     headers: d.headers,
+                    claimed_until_ms: d.claim_until_ms,
                     ..DueDelivery::new(event.clone(), due.seq, d.upstream, at_ms)
                 };
                 StepDone::Recorded(created.into_iter().map(due).collect())
@@ -383,8 +397,8 @@ fn waiting_recheck(waited_ms: i64) -> Duration {
 /// Queue mode: the dispatcher's step before an event's deliveries.
 #[async_trait::async_trait]
 impl Step for PluginStage {
-    async fn run(&self, policy: &RetryPolicy, due: DueStep) -> StepDone {
-        self.run_queued(policy, due).await
+    async fn run(&self, policy: &RetryPolicy, due: DueStep, claim: Option<&ClaimDeliveries>) -> StepDone {
+        self.run_queued(policy, due, claim).await
     }
 }
 

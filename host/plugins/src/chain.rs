@@ -236,6 +236,7 @@ pub fn run(
             upstream: f.upstream,
             body: f.body.map(Bytes::from),
             headers: f.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+            claim_until_ms: None,
         }));
     }
     ChainResult { runs, kv, outcome: ChainOutcome::Continue { body, headers, forwards, tags } }

@@ -567,11 +567,7 @@ mod tests {
             kv: Vec::new(),
             status: EventStatus::Forwarding,
             reason: None,
-            deliveries: vec![payflow_store::NewDelivery {
-                upstream: "up".into(),
-                body: None,
-                headers: Vec::new(),
-            }],
+            deliveries: vec![payflow_store::NewDelivery::to("up")],
             tags: Vec::new(),
             routes: None,
             claimed_until_ms: None,
@@ -633,9 +629,8 @@ mod tests {
             }]
         };
         let delivery = |body: &'static [u8]| payflow_store::NewDelivery {
-            upstream: "up".into(),
             body: Some(Bytes::from_static(body)),
-            headers: Vec::new(),
+            ..payflow_store::NewDelivery::to("up")
         };
         let b = payflow_store::PluginStep {
             kv: kv(b"from b"),

@@ -131,16 +131,19 @@ const WRITE_KV: &str = "INSERT INTO plugin_kv (merchant, plugin, key, value)
      ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value";
 
 /// Creates the deliveries the steps asked for, due when their steps began (one per event and
-/// upstream: see `insert_deliveries`); a replayed event's earlier row starts over.
+/// upstream: see `insert_deliveries`), claimed by the gateway that ran the step when it starts
+/// them itself (`NewDelivery::claim_until_ms`); a replayed event's earlier row starts over.
 const INSERT_DELIVERIES: &str =
     "INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
-                             next_attempt_at_ms, body, headers)
-     SELECT d.seq, d.merchant, d.scope, d.event_id, d.upstream, 'pending', 0, d.due_at, d.body, d.headers
-     FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::bytea[], $8::text[])
-         AS d(seq, merchant, scope, event_id, upstream, due_at, body, headers)
+                             next_attempt_at_ms, body, headers, lease_until_ms)
+     SELECT d.seq, d.merchant, d.scope, d.event_id, d.upstream, 'pending', 0, d.due_at, d.body, d.headers,
+            d.claim_until
+     FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::bytea[], $8::text[],
+                 $9::int8[])
+         AS d(seq, merchant, scope, event_id, upstream, due_at, body, headers, claim_until)
      ON CONFLICT (event_seq, upstream) DO UPDATE
      SET status = 'pending', attempts = 0, next_attempt_at_ms = excluded.next_attempt_at_ms,
-         body = excluded.body, headers = excluded.headers, lease_until_ms = NULL";
+         body = excluded.body, headers = excluded.headers, lease_until_ms = excluded.lease_until_ms";
 
 /// Writes the events' statuses after their steps, and the plugins' tags.
 pub(crate) const UPDATE_EVENTS: &str = "UPDATE events e
@@ -301,7 +304,9 @@ async fn insert_deliveries(
         .values()
         .map(|d| (!d.1.headers.is_empty()).then(|| serde_json::to_string(&d.1.headers).unwrap_or_default()))
         .collect();
-    let params: [&(dyn ToSql + Sync); 8] = [&seqs, &m, &s, &i, &upstream, &due_at, &body, &headers];
+    let claim_until: Vec<Option<i64>> = deliveries.values().map(|d| d.1.claim_until_ms).collect();
+    let params: [&(dyn ToSql + Sync); 9] =
+        [&seqs, &m, &s, &i, &upstream, &due_at, &body, &headers, &claim_until];
     exec(tx, INSERT_DELIVERIES, &params).await.map(drop)
 }
 

@@ -39,6 +39,7 @@ macro_rules! conformance_tests {
             a_claimed_row_is_due_for_no_other_reader_until_its_claim_ends,
             a_claim_handed_back_is_due_again_at_once_unless_its_lease_passed_on,
             a_first_hop_claimed_at_insert_is_due_for_no_reader_until_its_claim_ends,
+            a_delivery_a_step_created_claimed_is_due_for_no_reader_until_its_claim_ends,
             events_page_newest_first_without_gaps_or_repeats,
             events_sharing_a_timestamp_list_in_the_byte_order_of_their_keys,
             plugin_versions_are_bounded_and_activated,
@@ -122,10 +123,7 @@ fn step(k: &EventKey, number: u32, at_ms: i64, step: AttemptOutcome, to: &[&str]
             _ => EventStatus::Queued,
         },
         reason: failed.then(|| "enrich: trap".into()),
-        deliveries: to
-            .iter()
-            .map(|u| NewDelivery { upstream: u.to_string(), body: None, headers: Vec::new() })
-            .collect(),
+        deliveries: to.iter().map(|u| NewDelivery::to(*u)).collect(),
         tags: Vec::new(),
         routes: None,
         claimed_until_ms: None,
@@ -719,6 +717,7 @@ pub async fn a_plugin_step_commits_its_runs_kv_and_deliveries_together(store: Ar
             upstream: "legacy".into(),
             body: Some(Bytes::from_static(b"{\"rewritten\":true}")),
             headers: vec![("x-tier".into(), "gold".into())],
+            claim_until_ms: None,
         }],
         tags: vec!["gold".into()],
         routes: Some(vec!["route[1]: legacy".into()]),
@@ -852,6 +851,48 @@ pub async fn a_first_hop_claimed_at_insert_is_due_for_no_reader_until_its_claim_
     assert_eq!(due.len(), 1, "a claim nobody ended runs out");
     assert_eq!(due[0].event.key.id, "evt_held");
     assert_eq!(store.due_steps(until, None, 10).await.unwrap().len(), 1, "the step's too");
+}
+
+/// A gateway that starts the deliveries its plugin step created itself stores them already
+/// claimed ([`NewDelivery::claim_until_ms`]), as it does an event's first hop: no reader gets
+/// such a delivery before the claim ends, the others the step created are due at once, and
+/// an attempt made under that claim is taken. A store that makes no claims ignores it.
+pub async fn a_delivery_a_step_created_claimed_is_due_for_no_reader_until_its_claim_ends(
+    store: Arc<dyn Store>,
+) {
+    let k = key("acme", "/wh", "evt_step_claims");
+    store.insert_event(event(&k, NOW, Some(Hop::Plugins))).await.unwrap();
+    let due = store.due_steps(NOW, None, 10).await.unwrap();
+    let until = NOW + 60_000;
+    let finished = PluginStep {
+        event_seq: Some(due[0].seq),
+        claimed_until_ms: due[0].claimed_until_ms,
+        deliveries: vec![
+            NewDelivery { claim_until_ms: Some(until), ..NewDelivery::to("legacy") },
+            NewDelivery::to("crm"),
+        ],
+        ..step(&k, 1, NOW, AttemptOutcome::Delivered, &[])
+    };
+    assert_eq!(store.finish_plugin_step(finished).await.unwrap(), StepRecorded::Applied);
+    let held = store.due_deliveries("legacy", NOW, None, 10).await.unwrap().len();
+    let unclaimed = store.due_deliveries("crm", NOW, None, 10).await.unwrap().len();
+    match store.claims() {
+        true => assert_eq!((held, unclaimed), (0, 1), "claimed by the gateway that ran the step"),
+        false => assert_eq!((held, unclaimed), (1, 1), "a store that does not claim ignores the claim"),
+    }
+    let delivered = crate::Attempt {
+        key: k.clone(),
+        event_seq: Some(due[0].seq),
+        ordered: false,
+        claimed_until_ms: store.claims().then_some(until),
+        info: attempt_info("legacy", 1, NOW + 1, 200),
+        outcome: AttemptOutcome::Delivered,
+    };
+    store.record_attempt(Arc::new(delivered)).await.unwrap();
+    let detail = store.get_event(&k).await.unwrap().unwrap();
+    let legacy = detail.deliveries.iter().find(|d| d.upstream == "legacy").unwrap();
+    assert_eq!(legacy.status, "delivered", "the attempt under the step's claim is taken");
+    assert!(store.due_deliveries("legacy", NOW + 120_000, None, 10).await.unwrap().is_empty());
 }
 
 /// Listing pages newest first by cursor, with no event missed or repeated, even when events

@@ -500,6 +500,19 @@ pub struct NewDelivery {
     pub body: Option<Bytes>,
     /// Headers to add.
     pub headers: Vec<(String, String)>,
+    /// Set when the gateway that ran the step starts the delivery itself: a store that claims
+    /// rows ([`DeliveryQueue::claims`]) writes it already claimed by that gateway until then
+    /// (unix ms), as [`NewEvent::claim_until_ms`] does an event's first hop, so that no poll
+    /// (this gateway's or another replica's) reads back what its workers hold. Stores that do
+    /// not claim ignore it.
+    pub claim_until_ms: Option<i64>,
+}
+
+impl NewDelivery {
+    /// A delivery to `upstream` of the event's own body, unclaimed.
+    pub fn to(upstream: impl Into<String>) -> Self {
+        NewDelivery { upstream: upstream.into(), body: None, headers: Vec::new(), claim_until_ms: None }
+    }
 }
 
 /// One plugin's run in a plugin step, as recorded and shown.
