@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::client::UpstreamClient;
 use crate::flow::{Flow, Permit};
 use crate::hand_offs::HandOff;
-use crate::lane::Lane;
+use crate::lane::{Lane, Reserved};
 use crate::policy::attempt;
 use crate::queue::Queued;
 use crate::recorder::Recorder;
@@ -161,22 +161,31 @@ impl Drain for Steps {
         let (key, attempts) = (due.event.key.clone(), due.attempts);
         // The deliveries the step creates are visible to the pollers from its record on: either
         // the hand-off is under way until they are handed off, or they are stored claimed.
+        let mut places = Vec::new();
         let (under_way, claim) = match &dispatcher.hand_off {
             HandOff::Direct(hand_offs) => (Some(hand_offs.begin(&key)), None),
             HandOff::Claimed { lease_ms } => {
-                (None, Some(dispatcher.claim_deliveries(&key.merchant, *lease_ms)))
+                places = dispatcher.places(&key.merchant);
+                let upstreams = places.iter().map(|(u, _)| u.name.clone()).collect();
+                (None, Some(ClaimDeliveries { lease_ms: *lease_ms, upstreams }))
             }
         };
         match self.step.run(&self.lane.policy, due, claim.as_ref()).await {
             StepDone::Recorded(deliveries) => {
                 for d in deliveries {
-                    match dispatcher.upstreams.get(&d.upstream) {
+                    // A step creates one delivery per upstream at most: one place each.
+                    let place = match d.claimed_until_ms {
+                        Some(_) => places.iter().position(|(u, _)| u.name == d.upstream),
+                        None => None,
+                    };
+                    match (dispatcher.upstreams.get(&d.upstream), place) {
+                        (Some(_), Some(i)) => places.swap_remove(i).1.hand_off(d),
                         // Stored unclaimed on a shared store: taken by the read that claims it.
-                        Some(upstream) if under_way.is_none() && d.claimed_until_ms.is_none() => {
+                        (Some(upstream), None) if under_way.is_none() && d.claimed_until_ms.is_none() => {
                             upstream.poll_store_now()
                         }
-                        Some(upstream) => upstream.hand_off(d),
-                        None => {
+                        (Some(upstream), None) => upstream.hand_off(d),
+                        (None, _) => {
                             tracing::warn!(upstream = %d.upstream, "a plugin step created a delivery to an unknown upstream")
                         }
                     }
@@ -185,7 +194,7 @@ impl Drain for Steps {
                 true
             }
             StepDone::Refused => {
-                drop(under_way);
+                drop((under_way, places));
                 // Runs again, but not before its backoff and not before the store takes
                 // writes again.
                 tokio::spawn(async move {
@@ -230,15 +239,13 @@ impl Dispatcher {
         }
     }
 
-    /// Which of the deliveries a step of `merchant`'s creates are stored claimed by this
-    /// gateway for `lease_ms`: those to its upstreams whose queues take a hand-off now (see
-    /// [`Upstream::takes_hand_off`]: a full queue would refuse it and hand the claim back, and
-    /// an ordered upstream's come from the store only).
-    pub(crate) fn claim_deliveries(&self, merchant: &str, lease_ms: i64) -> ClaimDeliveries {
+    /// Places held for a step of `merchant`'s in the queues of its upstreams that have room
+    /// now ([`Upstream::reserve`]: an ordered upstream's deliveries come from the store only):
+    /// the deliveries it creates to those upstreams are stored claimed by this gateway (see
+    /// [`ClaimDeliveries`]) and handed off into them.
+    pub(crate) fn places(&self, merchant: &str) -> Vec<(&Arc<Upstream>, Reserved<'_, DueDelivery>)> {
         let upstreams = self.by_merchant.get(merchant).map(Vec::as_slice).unwrap_or_default();
-        let upstreams =
-            upstreams.iter().filter(|u| u.takes_hand_off(merchant)).map(|u| u.name.clone()).collect();
-        ClaimDeliveries { lease_ms, upstreams }
+        upstreams.iter().filter_map(|u| Some((u, u.reserve(merchant)?))).collect()
     }
 
     /// Records a span of each delivery attempt there (and sends its `traceparent`).

@@ -39,7 +39,7 @@ pub use client::{
 pub use dispatcher::{lower_this_threads_priority, Dispatcher, StepLane, DELIVERY_NICE};
 pub use flow::{BreakerState, Flow, FlowCounts, Permit};
 pub use hand_offs::{HandOff, HandOffs, UnderWay};
-pub use lane::Lane;
+pub use lane::{Lane, Reserved};
 pub use policy::{attempt, classify, AttemptStart, RetryPolicy, Verdict};
 pub use queue::Queued;
 pub use step::{plugin_steps, ClaimDeliveries, Step, StepDone};

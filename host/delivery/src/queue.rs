@@ -4,7 +4,7 @@
 //! store keeps every one.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
@@ -77,6 +77,10 @@ pub(crate) struct QueueState<T> {
     /// finished while the read ran; without this, it would be queued and sent again.
     pub(crate) finished: HashMap<EventKey, u64>,
     pub(crate) released: u64,
+    /// Places held for hand-offs on their way (see [`WaitQueue::try_reserve`]), per merchant
+    /// (entries are kept once made: there are as many as configured merchants), and in all.
+    reserved: HashMap<String, usize>,
+    reserved_total: usize,
 }
 
 impl<T> Default for QueueState<T> {
@@ -86,13 +90,26 @@ impl<T> Default for QueueState<T> {
             claimed: HashSet::new(),
             finished: HashMap::new(),
             released: 0,
+            reserved: HashMap::new(),
+            reserved_total: 0,
         }
     }
 }
 
 impl<T> QueueState<T> {
+    /// Whether one more of `merchant`'s fits beside what waits and the places held.
     fn has_room(&self, merchant: &str) -> bool {
-        self.waiting.len() < QUEUE_CAPACITY && self.waiting.waiting(merchant) < MERCHANT_QUEUE_SHARE
+        let held = self.reserved.get(merchant).copied().unwrap_or(0);
+        self.waiting.len() + self.reserved_total < QUEUE_CAPACITY
+            && self.waiting.waiting(merchant) + held < MERCHANT_QUEUE_SHARE
+    }
+
+    /// Gives back a place held for one of `merchant`'s.
+    fn unreserve(&mut self, merchant: &str) {
+        if let Some(n) = self.reserved.get_mut(merchant).filter(|n| **n > 0) {
+            *n -= 1;
+            self.reserved_total -= 1;
+        }
     }
 
     fn unclaim(&mut self, key: &EventKey) {
@@ -107,9 +124,16 @@ impl<T: Queued> WaitQueue<T> {
     /// Queues a delivery unless it is already claimed or the queue is full (the store keeps it
     /// either way); gives back what it did not queue.
     pub(crate) fn try_push(&self, due: T) -> Result<(), T> {
-        let Ok(mut s) = self.state.lock() else { return Err(due) };
-        let event = due.event();
-        if !s.has_room(&event.key.merchant) || !s.claimed.insert(event.key.clone()) {
+        let Ok(s) = self.state.lock() else { return Err(due) };
+        if !s.has_room(&due.event().key.merchant) {
+            return Err(due);
+        }
+        self.push_unclaimed(s, due)
+    }
+
+    /// Queues `due` (under the lock `s`) unless it is already claimed.
+    fn push_unclaimed(&self, mut s: MutexGuard<'_, QueueState<T>>, due: T) -> Result<(), T> {
+        if !s.claimed.insert(due.event().key.clone()) {
             return Err(due);
         }
         s.waiting.push(due, |due| (&due.event().key.merchant, &due.event().endpoint));
@@ -118,15 +142,45 @@ impl<T: Queued> WaitQueue<T> {
         Ok(())
     }
 
+    /// Holds a place for one of `merchant`'s, if there is room: until it is used
+    /// ([`Self::push_reserved`]) or given back ([`Self::unreserve`]), every other push and
+    /// reservation sees it taken. Whoever stores a row claimed and hands it off a commit later
+    /// holds one, so that the hand-offs of that moment cannot fill the merchant's share first.
+    pub(crate) fn try_reserve(&self, merchant: &str) -> bool {
+        let Ok(mut s) = self.state.lock() else { return false };
+        if !s.has_room(merchant) {
+            return false;
+        }
+        match s.reserved.get_mut(merchant) {
+            Some(n) => *n += 1,
+            None => {
+                s.reserved.insert(merchant.to_string(), 1);
+            }
+        }
+        s.reserved_total += 1;
+        true
+    }
+
+    /// Gives back a place [`Self::try_reserve`] held for one of `merchant`'s, unused.
+    pub(crate) fn unreserve(&self, merchant: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            s.unreserve(merchant);
+        }
+    }
+
+    /// Queues `due` in a place [`Self::try_reserve`] held for one of `merchant`'s (whatever the
+    /// room now), unless it is already claimed; the place is used either way. Gives back what
+    /// it did not queue.
+    pub(crate) fn push_reserved(&self, merchant: &str, due: T) -> Result<(), T> {
+        let Ok(mut s) = self.state.lock() else { return Err(due) };
+        s.unreserve(merchant);
+        self.push_unclaimed(s, due)
+    }
+
     /// Whether the event's delivery is claimed in memory: queued, or in flight until its
     /// record.
     pub(crate) fn holds(&self, key: &EventKey) -> bool {
         self.state.lock().is_ok_and(|s| s.claimed.contains(key))
-    }
-
-    /// Whether one more of `merchant`'s would be queued now (unless already claimed).
-    pub(crate) fn has_room(&self, merchant: &str) -> bool {
-        self.state.lock().is_ok_and(|s| s.has_room(merchant))
     }
 
     /// Queues what the poller read in a read that began at `since` (see [`Self::since`]),

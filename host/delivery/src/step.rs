@@ -27,10 +27,10 @@ pub trait Step: Send + Sync {
 }
 
 /// On a store that claims rows, which of the deliveries a step creates this gateway's workers
-/// start at once: those to these upstreams (the event's merchant's, unordered, with room in
-/// their queues for it when the step began), stored claimed for `lease_ms` from the step's
-/// record, as ingress stores an event's first hop. The others are left to whichever replica's
-/// poll claims them.
+/// start at once: those to these upstreams (the event's merchant's, unordered, each with a
+/// place held in its queue for the step's delivery), stored claimed for `lease_ms` from the
+/// step's record, as ingress stores an event's first hop. The others are left to whichever
+/// replica's poll claims them.
 ///
 /// Why: else every delivery a step created was read back by a poll, a statement with its body,
 /// and past the merchant's share of the queue claimed, not queued and handed back.

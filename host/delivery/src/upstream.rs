@@ -8,7 +8,7 @@ use hyper::Uri;
 use payflow_verify::{PayFlowForm, Signer};
 
 use crate::flow::Flow;
-use crate::lane::Lane;
+use crate::lane::{Lane, Reserved};
 use crate::policy::RetryPolicy;
 use payflow_config::UpstreamConfig;
 use payflow_metrics::Counter;
@@ -95,10 +95,10 @@ impl Upstream {
         }
     }
 
-    /// Whether [`Upstream::hand_off`] would queue one of `merchant`'s now: never on an
-    /// ordered upstream (see there).
-    pub fn takes_hand_off(&self, merchant: &str) -> bool {
-        self.ordering.is_none() && self.lane.has_room(merchant)
+    /// Holds a place for a hand-off of `merchant`'s ([`Lane::reserve`]) if there is room now:
+    /// never on an ordered upstream (see [`Upstream::hand_off`]).
+    pub fn reserve(&self, merchant: &str) -> Option<Reserved<'_, DueDelivery>> {
+        self.ordering.is_none().then(|| self.lane.reserve(merchant)).flatten()
     }
 
     /// Tells the poller the store has due deliveries it has not seen (e.g. after a replay).

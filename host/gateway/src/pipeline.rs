@@ -25,7 +25,7 @@ use crate::http::{self, BodyError, HttpHeaders, Reply, RequestBody};
 use payflow_clock::Clock;
 use payflow_config::Mode;
 use payflow_delivery::{
-    classify, fields, AttemptStart, HandOff, Lane, SendError, Upstream, UpstreamClient, Verdict,
+    classify, fields, AttemptStart, HandOff, Lane, Reserved, SendError, Upstream, UpstreamClient, Verdict,
 };
 use payflow_metrics::{Counter, CounterMap};
 use payflow_plugins::ChainOutcome;
@@ -90,25 +90,21 @@ impl FirstHop {
         }
     }
 
-    /// Hands a just-stored event (number `seq`) to the hop's workers, due now;
-    /// `claimed_until_ms` when it was stored claimed by this gateway ([`NewEvent::claim_until_ms`]).
-    pub fn hand_off(&self, event: Event, seq: EventSeq, claimed_until_ms: Option<i64>) {
+    /// Hands a just-stored event (number `seq`, stored unclaimed: this gateway alone drains the
+    /// store) to the hop's workers, due now, if its queue has room.
+    pub fn hand_off(&self, event: Event, seq: EventSeq) {
         match self {
-            FirstHop::Plugins(lane) => {
-                lane.hand_off(DueStep { event, seq, attempts: 0, next_attempt_at_ms: 0, claimed_until_ms })
-            }
-            FirstHop::Upstream(u) => u.hand_off(DueDelivery {
-                claimed_until_ms,
-                ..DueDelivery::new(event, seq, u.name.clone(), 0)
-            }),
+            FirstHop::Plugins(lane) => lane.hand_off(first_step(event, seq, None)),
+            FirstHop::Upstream(u) => u.hand_off(first_delivery(u, event, seq, None)),
         }
     }
 
-    /// Whether [`FirstHop::hand_off`] would queue one of `merchant`'s now.
-    fn takes_hand_off(&self, merchant: &str) -> bool {
+    /// Holds a place in the hop's queue for one of `merchant`'s, if it has room now: the event
+    /// is then stored claimed by this gateway and handed off into it ([`Place::hand_off`]).
+    fn reserve(&self, merchant: &str) -> Option<Place<'_>> {
         match self {
-            FirstHop::Plugins(lane) => lane.has_room(merchant),
-            FirstHop::Upstream(u) => u.takes_hand_off(merchant),
+            FirstHop::Plugins(lane) => lane.reserve(merchant).map(Place::Step),
+            FirstHop::Upstream(u) => u.reserve(merchant).map(|place| Place::Delivery(u, place)),
         }
     }
 
@@ -119,6 +115,40 @@ impl FirstHop {
             FirstHop::Upstream(u) => u.poll_store_now(),
         }
     }
+}
+
+/// A place held in a first hop's queue ([`FirstHop::reserve`]); given back if dropped unused.
+enum Place<'a> {
+    Step(Reserved<'a, DueStep>),
+    Delivery(&'a Upstream, Reserved<'a, DueDelivery>),
+}
+
+impl Place<'_> {
+    /// Hands a just-stored event (number `seq`), stored claimed by this gateway until
+    /// `claimed_until_ms` ([`NewEvent::claim_until_ms`]), into the place held for it.
+    fn hand_off(self, event: Event, seq: EventSeq, claimed_until_ms: i64) {
+        match self {
+            Place::Step(place) => place.hand_off(first_step(event, seq, Some(claimed_until_ms))),
+            Place::Delivery(u, place) => {
+                place.hand_off(first_delivery(u, event, seq, Some(claimed_until_ms)))
+            }
+        }
+    }
+}
+
+/// A new event's plugin step, due now.
+fn first_step(event: Event, seq: EventSeq, claimed_until_ms: Option<i64>) -> DueStep {
+    DueStep { event, seq, attempts: 0, next_attempt_at_ms: 0, claimed_until_ms }
+}
+
+/// A new event's delivery to `upstream`, due now.
+fn first_delivery(
+    upstream: &Upstream,
+    event: Event,
+    seq: EventSeq,
+    claimed_until_ms: Option<i64>,
+) -> DueDelivery {
+    DueDelivery { claimed_until_ms, ..DueDelivery::new(event, seq, upstream.name.clone(), 0) }
 }
 
 /// An endpoint's request counts.
@@ -254,15 +284,18 @@ impl Pipeline {
             _ => None,
         };
         event.ordered = order_key.is_some();
-        // Either the row is stored claimed, or its hand-off is under way until it is handed off
-        // below (the guard lives to the end of this function).
-        let (claim_until_ms, under_way) = match (&self.hand_off, first_hop) {
-            (HandOff::Claimed { lease_ms }, Some(hop)) if hop.takes_hand_off(&event.key.merchant) => {
-                (Some(event.received_at_ms + lease_ms), None)
+        // Either the row is stored claimed into a place held in the hop's queue, or its
+        // hand-off is under way until it is handed off below (the guard lives to the end of this
+        // function).
+        let (claimed, under_way) = match (&self.hand_off, first_hop) {
+            (HandOff::Claimed { lease_ms }, Some(hop)) => {
+                let place = hop.reserve(&event.key.merchant);
+                (place.map(|place| (place, event.received_at_ms + lease_ms)), None)
             }
             (HandOff::Direct(hand_offs), Some(_)) => (None, Some(hand_offs.begin(&event.key))),
             _ => (None, None),
         };
+        let claim_until_ms = claimed.as_ref().map(|c| c.1);
         let new = NewEvent {
             event: event.clone(),
             status,
@@ -295,12 +328,11 @@ impl Pipeline {
         // Acknowledge (queue mode), or forward and answer with the upstream's reply (proxy).
         match (endpoint.mode, inserted) {
             (Mode::Queue, Inserted::New(seq)) => {
-                match first_hop {
-                    Some(hop) if under_way.is_some() || claim_until_ms.is_some() => {
-                        hop.hand_off(event, seq, claim_until_ms)
-                    }
-                    Some(hop) => hop.poll_store_now(),
-                    None => {}
+                match (first_hop, claimed) {
+                    (Some(_), Some((place, until_ms))) => place.hand_off(event, seq, until_ms),
+                    (Some(hop), None) if under_way.is_some() => hop.hand_off(event, seq),
+                    (Some(hop), None) => hop.poll_store_now(),
+                    (None, _) => {}
                 }
                 if status == EventStatus::Quarantined {
                     Answer::Quarantined
