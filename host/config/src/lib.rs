@@ -639,8 +639,13 @@ fn default_kv_bytes() -> usize {
 pub struct PluginsConfig {
     /// Threads running plugins (0: one per CPU). Plugins never run on the ingress threads.
     pub workers: usize,
-    /// Plugin steps in flight at once. A step spends most of its time waiting for its commit,
-    /// not running: this many keep the plugin threads busy while earlier steps are committed.
+    /// Plugin steps in flight at once. A step spends most of its time waiting (for a plugin
+    /// thread, then for its group commit), not running: this many keep the plugin threads busy
+    /// and each commit's batch large while earlier steps are committed. An in-flight step costs
+    /// a task and its event in memory; the scheduler shares the threads fairly however many
+    /// wait. 64 left PostgreSQL's steps at ~0.4 of the acknowledgement rate, one short batch
+    /// after another; 512 delivered a burst at ~0.9 of it, at 0.6 the CPU per event
+    /// (bench/RESULTS.md, twenty-eighth look).
     pub concurrency: usize,
     /// Attempts of an event's plugin step before the event is `dead`.
     pub max_attempts: u32,
@@ -673,7 +678,7 @@ impl Default for PluginsConfig {
     fn default() -> Self {
         PluginsConfig {
             workers: 0,
-            concurrency: 64,
+            concurrency: 512,
             max_attempts: 3,
             retry_base_ms: 1_000,
             retry_max_ms: 60_000,
