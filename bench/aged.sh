@@ -19,15 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 build_release
-if [[ -n "${PLUGIN:-}" ]]; then
-  [[ -n "${BENCH_NO_BUILD:-}" ]] || scripts/build-plugins.sh >&2
-  wasm="${PLUGIN_WASM:-$CARGO_TARGET_DIR/guests/wasm32-wasip2/release/amount_threshold.wasm}"
-  QUEUE_EXTRA="plugins = [\"amount-threshold\"]
-[[plugin]]
-name = \"amount-threshold\"
-path = \"$wasm\"
-config = { min_amount = \"1000\" }"
-fi
+[[ -z "${PLUGIN:-}" ]] || through_the_example_plugin
 prefill="${1:-300000}"; ids="${2:-random}"; edge_bin="${3:-$bin/payflow-edge}"; shift 3 || shift $#
 work="$bench_work"; hz=$(getconf CLK_TCK); n=20000
 bare=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$bare"; bare_pid=${bench_pids[-1]}

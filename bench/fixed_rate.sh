@@ -10,7 +10,9 @@
 # per request at a steady rate than in a burst). Usage: bench/fixed_rate.sh [RATE…] (default
 # 3000 6000 9000); EDGE_BIN=… measures another build, SECONDS_PER_RATE=… (8), STORE_URL=
 # postgres://… the gateway on that database (and the database server's CPU per event, as the
-# postgres user's processes; no WAL size then), STORE_EXTRA=… TOML lines for [store].
+# postgres user's processes; no WAL size then), PG=1 the same on a throw-away PostgreSQL
+# (start_postgres), STORE_EXTRA=… TOML lines for [store], PLUGIN=1 the events through the
+# amount-threshold example plugin (as in aged.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -18,6 +20,8 @@ build_release
 work="$bench_work"
 L="$bin/loadgen"
 bare=$(free_port); edge=$(free_port)
+[[ -z "${PLUGIN:-}" ]] || through_the_example_plugin
+if [[ -n "${PG:-}" ]]; then one_store fixed; STORE_URL="postgres://payflow@127.0.0.1:$pg_port/fixed"; fi
 if [[ -n "${STORE_URL:-}" ]]; then store="url = \"$STORE_URL\""; else store="path = \"$work/b.db\""; fi
 edge_config "$edge" "$store" "$bare" > "$work/e.toml"
 start_bg "$L" bare --listen "127.0.0.1:$bare"
