@@ -32,8 +32,8 @@ pub trait Step: Send + Sync {
 /// step's record, as ingress stores an event's first hop. The others are left to whichever
 /// replica's poll claims them.
 ///
-/// Why: else every delivery a step created was read back by a poll, a statement with its body,
-/// and past the merchant's share of the queue claimed, not queued and handed back.
+/// Why: else every delivery a step created was read back by a poll's claim (a statement with
+/// its body), and with replicas taken by whichever replica's poll came first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimDeliveries {
     /// How long the claim lasts (`[store] lease_ms`): if this gateway dies holding it, another
