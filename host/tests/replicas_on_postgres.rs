@@ -151,7 +151,7 @@ async fn deliveries_claimed_by_a_killed_replica_are_taken_over_when_their_lease_
 /// test in one run of three).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_a_replica_acknowledged_are_delivered_by_it_while_another_polls_the_same_store() {
-    delivered_by_the_replica_that_acknowledged("own_events", |config| config, 60).await;
+    delivered_by_the_replica_that_acknowledged("own_events", |config| config, 0, 60).await;
 }
 
 /// The same for the deliveries a replica's plugin step creates: they are stored claimed by
@@ -164,14 +164,26 @@ async fn deliveries_a_replicas_plugin_step_created_are_delivered_by_it_while_ano
         config.replace("upstream = \"legacy\"\n", "upstream = \"legacy\"\nplugins = [\"noop\"]\n")
             + &format!("[[plugin]]\nname = \"noop\"\npath = {:?}\n", guests().join("noop.wasm"))
     };
-    delivered_by_the_replica_that_acknowledged("own_steps", with_plugin, 200).await;
+    delivered_by_the_replica_that_acknowledged("own_steps", with_plugin, 0, 200).await;
 }
 
-/// Sends `count` events to replica A of two on database `db` (their configs changed by
-/// `configure`) and checks that A alone delivered them, each once.
+/// A hostile sender's copies of one event do not use up the places a replica holds in its
+/// queue for its hand-offs: each copy holds one while it is stored and gives it back as a
+/// duplicate. After 1,100 copies (more than a merchant's share of the queue, 1,024), the new
+/// events are still stored claimed and delivered by the replica that acknowledged them. (With
+/// a duplicate's place kept, the other replica took all 200: the places used up, the replica
+/// that acknowledged them could queue nothing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_senders_copies_of_one_event_do_not_use_up_a_replicas_hand_off_places() {
+    delivered_by_the_replica_that_acknowledged("copies", |config| config, 1_100, 200).await;
+}
+
+/// Sends `copies` copies of one event, then `count` events, to replica A of two on database
+/// `db` (their configs changed by `configure`) and checks that A alone delivered them, each once.
 async fn delivered_by_the_replica_that_acknowledged(
     db: &str,
     configure: impl Fn(String) -> String,
+    copies: usize,
     count: usize,
 ) {
     let pg = TestServer::start();
@@ -181,6 +193,19 @@ async fn delivered_by_the_replica_that_acknowledged(
     let a = Gateway::start(dir_a.path(), &configure(replica_config(&url, &mine.url())));
     let _b = Gateway::start(dir_b.path(), &configure(replica_config(&url, &theirs.url())));
     let client = client();
+    let copier = |n: usize| {
+        let (client, url) = (client.clone(), a.url("/webhooks/payflow"));
+        tokio::spawn(async move {
+            for _ in 0..n {
+                let (status, reply) = send_event(&client, &url, "evt_copied").await;
+                assert_eq!(status, 200, "{reply}");
+            }
+        })
+    };
+    let copiers: Vec<_> = (0..8).map(|i| copier(copies / 8 + usize::from(i < copies % 8))).collect();
+    for copier in copiers {
+        copier.await.unwrap();
+    }
     let id = |i: usize| format!("evt_own{i:03}");
     let sends: Vec<_> = (0..count)
         .map(|i| {
@@ -192,7 +217,10 @@ async fn delivered_by_the_replica_that_acknowledged(
         let (status, reply) = send.await.unwrap();
         assert_eq!(status, 200, "{reply}");
     }
-    mine.wait_for(WAIT, "every delivery", |r| r.len() + theirs.received().len() >= count).await;
+    let expected: BTreeSet<String> =
+        (0..count).map(id).chain((copies > 0).then(|| "evt_copied".to_string())).collect();
+    let all = expected.len();
+    mine.wait_for(WAIT, "every delivery", |r| r.len() + theirs.received().len() >= all).await;
     for i in 0..count {
         wait_for_status(&client, &a, &id(i), "delivered", WAIT).await;
     }
@@ -204,7 +232,7 @@ async fn delivered_by_the_replica_that_acknowledged(
     );
     let mut ids = mine.ids();
     ids.sort();
-    assert_eq!(ids, (0..count).map(id).collect::<Vec<_>>(), "each once");
+    assert_eq!(ids, expected.into_iter().collect::<Vec<_>>(), "each once");
 }
 
 /// Senders that keep webhooks coming, as PayFlow would: `senders` tasks, each sending its own
