@@ -451,9 +451,16 @@ enum Priority {
 
 /// While acknowledgements are waiting, background writes join a batch only until they carry
 /// this many records (the first always joins, whatever it carries), so delivery bookkeeping
-/// cannot lengthen the commits senders wait on; it still progresses, and takes the whole batch
-/// whenever no acknowledgement is waiting.
+/// cannot lengthen the commits senders wait on; it still progresses, and takes a batch of its
+/// own ([`BACKGROUND_ALONE_BATCH`]) whenever no acknowledgement is waiting.
 const BACKGROUND_PER_BUSY_BATCH: usize = 8;
+
+/// With no acknowledgement waiting, background writes take a batch of their own only until it
+/// carries this many records: an acknowledgement that arrives meanwhile waits for that batch's
+/// commit. With 512 plugin steps in flight, whole batches of their records (up to 512) held a
+/// burst's acks at 7.6–10.8 ms p99; 256 gave 7.3–7.9 ms at 0.97 the delivery rate, 64 gave 6.2
+/// ms but delivered at 0.90 (bench/RESULTS.md, twenty-eighth look).
+const BACKGROUND_ALONE_BATCH: usize = 256;
 
 /// A write waiting for the writer thread. It may run twice: once in its batch and, if another
 /// write in the batch failed, again in a transaction of its own.
@@ -713,7 +720,7 @@ fn writer_loop(
         let [acks, background] = &mut queues;
         let mut batch: Vec<_> = acks.drain(..acks.len().min(max_batch)).collect();
         let acks_in_batch = batch.len();
-        let share = if batch.is_empty() { usize::MAX } else { BACKGROUND_PER_BUSY_BATCH };
+        let share = if batch.is_empty() { BACKGROUND_ALONE_BATCH } else { BACKGROUND_PER_BUSY_BATCH };
         let mut records = 0;
         while let Some(Priority::Background(carries)) = background.front().map(|job| job.priority()) {
             if batch.len() == max_batch || (records > 0 && records + carries > share) {
@@ -2040,6 +2047,29 @@ mod tests {
         fn committed(&self, _took: std::time::Duration) {
             self.0.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// With no acknowledgement waiting, background writes are committed `BACKGROUND_ALONE_BATCH`
+    /// records at a time, not a whole batch (512): an acknowledgement that arrives meanwhile
+    /// waits for no more than that. 600 queued at once are three commits (256, 256, 88).
+    #[test]
+    fn background_writes_alone_are_committed_a_bounded_share_at_a_time() {
+        let (jobs, queued) = mpsc::channel::<Box<dyn WriteJob>>();
+        let mut answers = Vec::new();
+        for _ in 0..600 {
+            let (reply, answer) = oneshot::channel();
+            let work = |conn: &Connection| conn.execute_batch("SELECT 1");
+            jobs.send(Box::new(Job { priority: Priority::Background(1), work, result: None, reply }))
+                .unwrap();
+            answers.push(answer);
+        }
+        drop(jobs);
+        let commits = Commits::default();
+        let conn = Connection::open_in_memory().unwrap();
+        let delay = CommitDelay::new(std::time::Duration::ZERO);
+        writer_loop(conn, queued, 512, delay, &commits, &AtomicBool::new(false));
+        assert_eq!(commits.0.load(Ordering::Relaxed), 3);
+        assert!(answers.into_iter().all(|a| a.blocking_recv().is_ok_and(|r| r.is_ok())), "every write done");
     }
 
     /// A store whose writer waits `delay_ms` for company, and its commit count.
