@@ -1,7 +1,8 @@
-//! Hand-offs under way: the events whose rows are being stored by a writer that hands them to
-//! this gateway's workers itself once they are stored (ingress, the first hop of a new event;
-//! a plugin step, the deliveries it creates). The store pollers leave those events' rows alone
-//! until the hand-off is done.
+//! How a row a writer of this gateway stores reaches its workers ([`HandOff`]): the writer
+//! (ingress, the first hop of a new event; a plugin step, the deliveries it creates) hands it
+//! over itself once it is stored, either stored claimed (a store shared by replicas) or with
+//! the hand-off marked under way ([`HandOffs`]): the events whose rows are being stored, which
+//! the store pollers leave alone until the hand-off is done.
 //!
 //! Why: a row is visible to the pollers from its commit, and its writer hands it off a moment
 //! later. A poll in between queued it, and if a worker delivered it and released it before the
