@@ -643,9 +643,10 @@ pub struct PluginsConfig {
     /// thread, then for its group commit), not running: this many keep the plugin threads busy
     /// and each commit's batch large while earlier steps are committed. An in-flight step costs
     /// a task and its event in memory; the scheduler shares the threads fairly however many
-    /// wait. 64 left PostgreSQL's steps at ~0.4 of the acknowledgement rate, one short batch
-    /// after another; 512 delivered a burst at ~0.9 of it, at 0.6 the CPU per event
-    /// (bench/RESULTS.md, twenty-eighth look).
+    /// wait. With 64, PostgreSQL recorded the steps in short batches, one after another, and
+    /// delivered a burst through a plugin at ~0.4 of its acknowledgement rate; with 512, at
+    /// 0.95 of it, for 0.7 the gateway's and database's CPU per event (bench/RESULTS.md,
+    /// twenty-eighth look).
     pub concurrency: usize,
     /// Attempts of an event's plugin step before the event is `dead`.
     pub max_attempts: u32,
