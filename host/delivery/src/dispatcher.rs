@@ -161,15 +161,14 @@ impl Drain for Steps {
         let (key, attempts) = (due.event.key.clone(), due.attempts);
         // The deliveries the step creates are visible to the pollers from its record on: either
         // the hand-off is under way until they are handed off, or they are stored claimed.
-        let mut places = Vec::new();
-        let (under_way, claim) = match &dispatcher.hand_off {
-            HandOff::Direct(hand_offs) => (Some(hand_offs.begin(&key)), None),
-            HandOff::Claimed { lease_ms } => {
-                places = dispatcher.places(&key.merchant);
-                let upstreams = places.iter().map(|(u, _)| u.name.clone()).collect();
-                (None, Some(ClaimDeliveries { lease_ms: *lease_ms, upstreams }))
-            }
+        let (under_way, mut places, lease_ms) = match &dispatcher.hand_off {
+            HandOff::Direct(hand_offs) => (Some(hand_offs.begin(&key)), Vec::new(), None),
+            HandOff::Claimed { lease_ms } => (None, dispatcher.places(&key.merchant), Some(*lease_ms)),
         };
+        let claim = lease_ms.map(|lease_ms| {
+            let upstreams = places.iter().map(|&(u, _)| u.name.as_str()).collect();
+            ClaimDeliveries { lease_ms, upstreams }
+        });
         match self.step.run(&self.lane.policy, due, claim.as_ref()).await {
             StepDone::Recorded(deliveries) => {
                 for d in deliveries {

@@ -23,7 +23,7 @@ pub trait Step: Send + Sync {
     /// Runs the step of `due` under `policy` (which decides its retries) and records the
     /// outcome in the store; the deliveries it creates to the upstreams `claim` names, when
     /// there is one, stored claimed by this gateway (see [`ClaimDeliveries`]).
-    async fn run(&self, policy: &RetryPolicy, due: DueStep, claim: Option<&ClaimDeliveries>) -> StepDone;
+    async fn run(&self, policy: &RetryPolicy, due: DueStep, claim: Option<&ClaimDeliveries<'_>>) -> StepDone;
 }
 
 /// On a store that claims rows, which of the deliveries a step creates this gateway's workers
@@ -35,18 +35,18 @@ pub trait Step: Send + Sync {
 /// Why: else every delivery a step created was read back by a poll's claim (a statement with
 /// its body), and with replicas taken by whichever replica's poll came first.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClaimDeliveries {
+pub struct ClaimDeliveries<'a> {
     /// How long the claim lasts (`[store] lease_ms`): if this gateway dies holding it, another
     /// replica takes the delivery then.
     pub lease_ms: i64,
-    /// Upstream names.
-    pub upstreams: Vec<String>,
+    /// Upstream names (borrowed: a step is no reason to copy them).
+    pub upstreams: Vec<&'a str>,
 }
 
-impl ClaimDeliveries {
+impl ClaimDeliveries<'_> {
     /// Whether a delivery to `upstream` is stored claimed.
     pub fn covers(&self, upstream: &str) -> bool {
-        self.upstreams.iter().any(|u| u == upstream)
+        self.upstreams.contains(&upstream)
     }
 }
 

@@ -193,7 +193,7 @@ impl PluginStage {
         &self,
         policy: &RetryPolicy,
         due: DueStep,
-        claim: Option<&ClaimDeliveries>,
+        claim: Option<&ClaimDeliveries<'_>>,
     ) -> StepDone {
         let event = &due.event;
         let mut number = due.attempts + 1;
@@ -397,7 +397,7 @@ fn waiting_recheck(waited_ms: i64) -> Duration {
 /// Queue mode: the dispatcher's step before an event's deliveries.
 #[async_trait::async_trait]
 impl Step for PluginStage {
-    async fn run(&self, policy: &RetryPolicy, due: DueStep, claim: Option<&ClaimDeliveries>) -> StepDone {
+    async fn run(&self, policy: &RetryPolicy, due: DueStep, claim: Option<&ClaimDeliveries<'_>>) -> StepDone {
         self.run_queued(policy, due, claim).await
     }
 }
