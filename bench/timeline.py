@@ -10,7 +10,7 @@ Usage: bench/timeline.py [--comm PREFIX] [--upstream URL] [--every SECONDS]
 Runs until interrupted, one line per sample on stdout:
     SECONDS up COUNT idle PERCENT THREAD=PERCENT_OF_A_CORE ...
 --comm: the gateway process's name (its binary's file name, as /proc/PID/comm has it; default
-payflow-edge); the newest such process is followed, and a new one is picked up when it starts.
+payflow-edge); the newest such process is followed until it exits, then the next one.
 --upstream: the `loadgen bare` server the gateway delivers to (for example
 http://127.0.0.1:PORT), or `auto`: the one running now (as a bench script starts it, on a port
 of its choosing); without it the count is -1.
@@ -79,8 +79,6 @@ def running_bare():
 
 
 def count(upstream):
-    if upstream == "auto":
-        upstream = running_bare()
     if not upstream:
         return -1
     try:
@@ -96,9 +94,14 @@ def main():
     ap.add_argument("--upstream")
     ap.add_argument("--every", type=float, default=0.1)
     a = ap.parse_args()
-    start, prev = time.time(), None
+    start, prev, pid, upstream = time.time(), None, None, a.upstream
     while True:
-        pid = newest(a.comm)
+        # /proc is scanned only until the gateway (and an `auto` upstream) is found, and again
+        # once it has gone: the sampler must not take the CPU it measures.
+        if pid is None or not os.path.exists(f"/proc/{pid}"):
+            pid = newest(a.comm)
+        if a.upstream == "auto" and (upstream == "auto" or upstream is None):
+            upstream = running_bare()
         if pid is None:
             prev = None
             time.sleep(a.every)
@@ -109,7 +112,10 @@ def main():
             busy = {k: (now[1][k] - prev[1].get(k, 0)) * 100 / HZ / dt for k in now[1]}
             idle = 100 * (now[2][0] - prev[2][0]) / max(now[2][1] - prev[2][1], 1)
             threads = " ".join(f"{k}={v:.0f}" for k, v in sorted(busy.items()) if v >= 1)
-            print(f"{now[3] - start:7.1f} up {count(a.upstream):7d} idle {idle:3.0f}% {threads}", flush=True)
+            delivered = count(upstream)
+            if delivered < 0 and a.upstream == "auto":
+                upstream = None  # that server is gone: look for the next one
+            print(f"{now[3] - start:7.1f} up {delivered:7d} idle {idle:3.0f}% {threads}", flush=True)
         prev = now
         time.sleep(a.every)
 
