@@ -169,9 +169,6 @@ async fn deliveries_carry_the_event_id_and_a_fresh_signature() {
     assert_eq!(event["body"].as_str().unwrap().as_bytes(), &r.body[..]);
 }
 
-/// Regression: replaying a quarantined event delivered it, although quarantined events are
-/// never delivered. Now a replay of one is refused (409, naming `--force`) unless forced; a
-/// forced replay delivers it and the event keeps who forced it, and when.
 /// Regression (admin_scopes failed in CI: "timed out waiting for the replay"): a replay that
 /// came while the event's delivery was under way was lost. The attempt's outcome, recorded
 /// after the replay, marked the replayed delivery delivered, and what the replay asked for was
@@ -180,14 +177,46 @@ async fn deliveries_carry_the_event_id_and_a_fresh_signature() {
 async fn a_replay_while_a_delivery_is_under_way_is_sent_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = Upstream::start().await;
+    let gw = Gateway::start(dir.path(), &under_way_config(dir.path(), &upstream));
+    replay_while_under_way(&upstream, &gw.url(""), &gw.admin_url(""), || {}).await;
+}
+
+/// Regression (SQLite's replay guard rested on the wall clock): the store tells an attempt begun
+/// before a replay from one begun after it by their stamps. With the clock set back between an
+/// attempt's start and a replay, the replay's stamp came before the attempt's, the attempt's
+/// outcome took the replayed row, and the replay was lost. The gateway's stamps now never go
+/// back. Run in this process, to set its clock back as NTP or an administrator would.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_after_the_clock_was_set_back_is_still_sent_after_the_attempt_under_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let config = payflow_config::Config::parse(&under_way_config(dir.path(), &upstream), |_| None).unwrap();
+    let clock = std::sync::Arc::new(payflow_clock::SteppedClock::default());
+    let gw = payflow_gateway::Gateway::start_with_clock(config, clock.clone()).await.unwrap();
+    let (ingress, admin) =
+        (format!("http://{}", gw.ingress_addr), format!("http://{}", gw.admin_addr.unwrap()));
+    // Two seconds: more than the attempt's head start, less than the upstream holds its answer.
+    replay_while_under_way(&upstream, &ingress, &admin, || clock.step(-2_000)).await;
+    gw.shutdown().await;
+}
+
+/// A queue endpoint whose upstream is given long enough to answer (see [`replay_while_under_way`]).
+fn under_way_config(dir: &std::path::Path, upstream: &Upstream) -> String {
+    queue_config(
+        &dir.join("db"),
+        &upstream.url(),
+        "retry_base_ms = 100\nretry_max_ms = 400\ntimeout_ms = 10000",
+    )
+}
+
+/// Sends an event, and once its first attempt is under way, calls `meanwhile`, then replays it:
+/// the event is sent once more after the first attempt, and not again.
+async fn replay_while_under_way(upstream: &Upstream, ingress: &str, admin: &str, meanwhile: impl FnOnce()) {
     // Long enough for the replay below to be accepted first, even on a slow, loaded machine, and
     // well within the upstream's timeout: the first attempt must end with the upstream's answer.
     upstream.set_delay(Duration::from_secs(3));
-    let upstream_config = "retry_base_ms = 100\nretry_max_ms = 400\ntimeout_ms = 10000";
-    let gw =
-        Gateway::start(dir.path(), &queue_config(&dir.path().join("db"), &upstream.url(), upstream_config));
     let client = client();
-    assert_eq!(send_event(&client, &gw.url("/webhooks/payflow"), "evt_under_way").await.0, 200);
+    assert_eq!(send_event(&client, &format!("{ingress}/webhooks/payflow"), "evt_under_way").await.0, 200);
     let started = || upstream.started.load(std::sync::atomic::Ordering::SeqCst);
     for _ in 0..1000 {
         if started() > 0 {
@@ -196,18 +225,24 @@ async fn a_replay_while_a_delivery_is_under_way_is_sent_after_it() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!((started(), upstream.ids().len()), (1, 0), "the first attempt is under way, unanswered");
-    let replay = gw.admin_url("/api/events/evt_under_way/replay");
-    assert_eq!(admin_post(&client, &replay, ADMIN_TOKEN).await, 202);
+    meanwhile();
+    assert_eq!(
+        admin_post(&client, &format!("{admin}/api/events/evt_under_way/replay"), ADMIN_TOKEN).await,
+        202
+    );
     upstream.set_delay(Duration::ZERO);
 
     upstream.wait_for(Duration::from_secs(10), "the replay", |r| r.len() == 2).await;
-    wait_for_status(&client, &gw, "evt_under_way", "delivered", Duration::from_secs(10)).await;
-    let (_, event) = admin_get(&client, &gw.admin_url("/api/events/evt_under_way"), ADMIN_TOKEN).await;
+    wait_for_status_at(&client, admin, "evt_under_way", "delivered", Duration::from_secs(10)).await;
+    let (_, event) = admin_get(&client, &format!("{admin}/api/events/evt_under_way"), ADMIN_TOKEN).await;
     assert_eq!(event["attempts"].as_array().map(Vec::len), Some(2), "both sends are in the history: {event}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(upstream.ids(), ["evt_under_way", "evt_under_way"], "sent once more, not again and again");
 }
 
+/// Regression: replaying a quarantined event delivered it, although quarantined events are
+/// never delivered. Now a replay of one is refused (409, naming `--force`) unless forced; a
+/// forced replay delivers it and the event keeps who forced it, and when.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_quarantined_event_is_replayed_only_when_forced_and_keeps_who_forced_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -167,7 +167,7 @@ pub async fn attempt(
         None => &d.headers,
     };
     let result =
-        client.send(upstream, &e.key.id, &e.request_id, d.body().clone(), headers, clock.now_secs()).await;
+        client.send(upstream, &e.key.id, &e.request_id, d.body().clone(), headers, clock.wall_secs()).await;
     let outcome = match classify(&result) {
         Verdict::Delivered => AttemptOutcome::Delivered,
         Verdict::Permanent => AttemptOutcome::Dead,

@@ -16,7 +16,7 @@ use crate::admin::Admin;
 use crate::connections::Caps;
 use crate::ingress::{self, ServeOptions, WebhookRouter};
 use crate::pipeline::{Endpoint, FirstHop, Pipeline};
-use payflow_clock::{Clock, SystemClock};
+use payflow_clock::{Clock, NonDecreasing, SystemClock};
 use payflow_config::Config;
 use payflow_delivery::route::Routes;
 use payflow_delivery::{Dispatcher, HandOff, HandOffs, Lane, Step, Upstream, UpstreamClient};
@@ -106,8 +106,12 @@ impl Gateway {
         Gateway::start_with_clock(config, Arc::new(SystemClock)).await
     }
 
-    /// Starts everything with the given clock.
+    /// Starts everything with the given clock. Every part stamps with it through one
+    /// [`NonDecreasing`], so that no stamp in this process is earlier than one before it, even
+    /// if the clock is set back: a replay's stamp then always comes after that of an attempt
+    /// under way, and the store can tell the two apart (`payflow_store::takes_outcome!`).
     pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Gateway, StartError> {
+        let clock: Arc<dyn Clock> = Arc::new(NonDecreasing::new(clock));
         let config = Arc::new(config);
         // Cheap checks first, so a bad certificate leaves no database behind.
         let tls = match (&config.server.tls_cert, &config.server.tls_key) {

@@ -221,7 +221,7 @@ impl Pipeline {
         };
 
         // Verify: over the raw bytes, before anything looks inside them.
-        let (headers, now) = (HttpHeaders(&parts.headers), self.clock.now_secs());
+        let (headers, now) = (HttpHeaders(&parts.headers), self.clock.wall_secs());
         let verify_started = timeline.is_some().then(SystemTime::now);
         let verified = endpoint.verifier.verify(&headers, &body, now);
         if let (Some(t), Some(started)) = (timeline.as_deref_mut(), verify_started) {
@@ -399,7 +399,7 @@ impl Pipeline {
         let (key, request_id) = (&event.key, event.request_id.as_str());
         let attempt = AttemptStart::forward(event, 1, self.clock.now_ms());
         let result =
-            self.client.send(upstream, &key.id, request_id, body, headers, self.clock.now_secs()).await;
+            self.client.send(upstream, &key.id, request_id, body, headers, self.clock.wall_secs()).await;
         let outcome = match classify(&result) {
             Verdict::Delivered => AttemptOutcome::Delivered,
             _ => AttemptOutcome::Dead,

@@ -84,7 +84,7 @@ fn log(notice: &Notice, now: i64) {
 pub async fn watch(config: Arc<Config>, clock: Arc<dyn Clock>, mut shutdown: watch::Receiver<bool>) {
     let mut given = HashSet::new();
     loop {
-        let now = clock.now_secs();
+        let now = clock.wall_secs();
         for notice in due(&config, now, &mut given) {
             log(&notice, now);
         }

@@ -372,11 +372,21 @@ pub async fn wait_for_status(
     status: &str,
     timeout: Duration,
 ) {
+    wait_for_status_at(client, &gateway.admin_url(""), id, status, timeout).await
+}
+
+/// [`wait_for_status`] on the admin API at `admin` (its base URL), of a gateway run in any way.
+pub async fn wait_for_status_at(
+    client: &reqwest::Client,
+    admin: &str,
+    id: &str,
+    status: &str,
+    timeout: Duration,
+) {
     let deadline = Instant::now() + timeout;
     let mut last = Value::Null;
     while Instant::now() < deadline {
-        let (code, event) =
-            admin_get(client, &gateway.admin_url(&format!("/api/events/{id}")), ADMIN_TOKEN).await;
+        let (code, event) = admin_get(client, &format!("{admin}/api/events/{id}"), ADMIN_TOKEN).await;
         if code == 200 && event["status"] == status {
             return;
         }

@@ -79,7 +79,7 @@ impl Admin {
         };
         let ingress = &self.ingress_url;
         let id = format!("evt_test_{:016x}", rand::rng().random::<u64>());
-        let now = self.clock.now_secs();
+        let now = self.clock.wall_secs();
         let mut event = sample_event(&request.event_type, &id, now);
         for (path, value) in request.set {
             let path: Vec<String> = path.split('.').map(str::to_string).collect();
