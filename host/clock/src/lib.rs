@@ -6,10 +6,11 @@
 //! dates and secrets' expiry are compared with other machines' clocks, so they must follow the
 //! wall clock even when it is set back. [`Clock::now_ms`] is what the gateway stamps its own
 //! records with (receipt, attempts, due times, replays, leases). The gateway wraps its clock in
-//! [`NonDecreasing`], so that within one process no stamp is earlier than one taken before it:
-//! the store decides by comparing stamps whether an attempt began before a replay
-//! (`payflow_store::takes_outcome!`), and a wall clock set back between the two must not make an
-//! attempt look later than the replay that came after it.
+//! [`NonDecreasing`], so that within one process no stamp is earlier than one taken before it
+//! when the wall clock is stepped back (by up to [`HOLD_AT_MOST`]): the store decides by
+//! comparing stamps whether an attempt began before a replay (`payflow_store::takes_outcome!`),
+//! and a step back between the two must not make an attempt look later than the replay that
+//! came after it. Stamps must never be used for what another machine checks against its clock.
 
 #![forbid(unsafe_code)]
 
@@ -39,9 +40,11 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock whose stamps ([`Clock::now_ms`]) never go back: when the clock inside is set back,
-/// the stamps hold at the latest they gave until it has caught up, and follow it again from
-/// there. A step forward is followed at once. Its [`Clock::wall_secs`] is the inner clock's, unheld.
+/// A clock whose stamps ([`Clock::now_ms`]) do not go back through a step back of up to
+/// [`HOLD_AT_MOST`]: the stamps hold at the latest they gave until the clock inside has caught
+/// up, and follow it again from there. A step forward is followed at once, and so is a step back
+/// longer than that (logged): a correction, not a step as NTP makes them. Its
+/// [`Clock::wall_secs`] is the inner clock's, unheld.
 ///
 /// Holding, rather than running on from the latest stamp at the pace of a monotonic clock,
 /// keeps the stamps on the wall clock's time: stamps stay comparable with those already stored
@@ -62,16 +65,38 @@ impl<C: Clock + ?Sized> NonDecreasing<C> {
     }
 }
 
+/// The longest step back [`NonDecreasing`] holds through. A step as NTP makes them is a
+/// fraction of a second, and a VM resumed or a clock set by hand is seconds off; holding through
+/// those keeps a replay from being lost to an attempt under way. A clock hours ahead that is put
+/// right would hold every retry and replay for those hours: it is followed instead, at the risk
+/// of that one race on SQLite during the correction (PostgreSQL's leases do not rest on clocks).
+pub const HOLD_AT_MOST: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl<C: Clock + ?Sized> Clock for NonDecreasing<C> {
     fn now_ms(&self) -> i64 {
         let now = self.inner.now_ms();
         // Read first: the latest stamp changes once a millisecond, and a plain load keeps the
         // threads that stamp in the same millisecond from writing one shared line each time.
-        let latest = self.latest.load(Ordering::Relaxed);
-        if now <= latest {
-            return latest;
+        let mut latest = self.latest.load(Ordering::Relaxed);
+        loop {
+            if now > latest {
+                return self.latest.fetch_max(now, Ordering::Relaxed).max(now);
+            }
+            if latest - now <= HOLD_AT_MOST.as_millis() as i64 {
+                return latest;
+            }
+            match self.latest.compare_exchange_weak(latest, now, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => {
+                    tracing::warn!(
+                        back_ms = latest - now,
+                        "the system clock went back further than stamps hold through; they follow it. \
+                         A delivery replayed while its attempt was under way may need replaying again"
+                    );
+                    return now;
+                }
+                Err(current) => latest = current,
+            }
         }
-        self.latest.fetch_max(now, Ordering::Relaxed).max(now)
     }
 
     fn wall_secs(&self) -> i64 {
@@ -140,12 +165,28 @@ mod tests {
     }
 
     #[test]
+    fn a_step_back_longer_than_the_hold_is_followed_at_once() {
+        let wall = Arc::new(ManualClock::at(10_000_000));
+        let stamps = NonDecreasing::new(wall.clone());
+        assert_eq!(stamps.now_ms(), 10_000_000);
+        let hold = HOLD_AT_MOST.as_millis() as i64;
+        wall.advance(-hold);
+        assert_eq!(stamps.now_ms(), 10_000_000, "held through a step of exactly the hold");
+        wall.advance(-1);
+        assert_eq!(stamps.now_ms(), 10_000_000 - hold - 1, "a longer one is followed");
+        wall.advance(-1);
+        assert_eq!(stamps.now_ms(), 10_000_000 - hold - 1, "and held from there");
+        wall.advance(-3_600_000);
+        assert_eq!(stamps.now_ms(), 10_000_000 - hold - 3_600_002, "an hour back: a correction");
+    }
+
+    #[test]
     fn the_wall_reading_goes_back_with_the_clock_while_stamps_hold() {
         let wall = Arc::new(ManualClock::at(10_000_000));
         let stamps = NonDecreasing::new(wall.clone());
         assert_eq!((stamps.now_ms(), stamps.wall_secs()), (10_000_000, 10_000));
-        wall.advance(-5_000_000);
-        assert_eq!((stamps.now_ms(), stamps.wall_secs()), (10_000_000, 5_000));
+        wall.advance(-30_000);
+        assert_eq!((stamps.now_ms(), stamps.wall_secs()), (10_000_000, 9_970));
     }
 
     #[test]

@@ -107,9 +107,10 @@ impl Gateway {
     }
 
     /// Starts everything with the given clock. Every part stamps with it through one
-    /// [`NonDecreasing`], so that no stamp in this process is earlier than one before it, even
-    /// if the clock is set back: a replay's stamp then always comes after that of an attempt
-    /// under way, and the store can tell the two apart (`payflow_store::takes_outcome!`).
+    /// [`NonDecreasing`], so that no stamp in this process is earlier than one before it when
+    /// the clock is stepped back (by up to [`payflow_clock::HOLD_AT_MOST`]): a replay's stamp
+    /// then comes after that of an attempt under way, and the store can tell the two apart
+    /// (`payflow_store::takes_outcome!`).
     pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Gateway, StartError> {
         let clock: Arc<dyn Clock> = Arc::new(NonDecreasing::new(clock));
         let config = Arc::new(config);

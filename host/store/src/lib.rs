@@ -242,14 +242,14 @@ macro_rules! event_status {
 /// delivered, and what the replay asked for was never sent. Every backend's record applies
 /// this one rule.
 ///
-/// The rule needs stamps that do not go back: the gateway's never do within one process
-/// (`payflow_clock::NonDecreasing`), whatever is done to the wall clock, so on one box, the only
-/// way SQLite runs, the rule is exact. Across replicas it is only as good as their clocks
-/// agree: an attempt begun within the skew of a replay's moment would still take it. So a store
-/// that claims rows (the replicas' store) also asks that the row still hold the lease the
-/// attempt's claim took ([`Attempt::claimed_until_ms`]): a replay ends the lease, and no clock
-/// decides that. A row made due by a replica whose clock is ahead of the attempt's has the
-/// outcome set aside; the row is sent again, once.
+/// The rule needs stamps that do not go back: the gateway's do not within one process when the
+/// wall clock is stepped back by up to a minute (`payflow_clock::NonDecreasing`), so on one
+/// box, the only way SQLite runs, the rule holds through such steps. Across replicas it is
+/// only as good as their clocks agree: an attempt begun within the skew of a replay's moment
+/// would still take it. So a store that claims rows (the replicas' store) also asks that the
+/// row still hold the lease the attempt's claim took ([`Attempt::claimed_until_ms`]): a replay
+/// ends the lease, and no clock decides that. A row made due by a replica whose clock is ahead
+/// of the attempt's has the outcome set aside; the row is sent again, once.
 #[macro_export]
 macro_rules! takes_outcome {
     ($due_at_ms:literal, $begun_at_ms:literal) => {
