@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Gateway CPU time per event, queue mode with and without an upstream. Steadier than req/s on
 # a shared machine: it counts the gateway's own user+system time (/proc/PID/stat) per event.
-# Usage: bench/cpu_per_event.sh [REQUESTS]   (default 30000; 64 connections)
+# Usage: bench/cpu_per_event.sh [REQUESTS]   (default 30000; CONNECTIONS, default 64, spread
+# over the replicas)
 # A/B: EDGE_BIN=/path/to/other/payflow-edge bench/cpu_per_event.sh measures that build instead;
 # with BENCH_NO_BUILD=1 nothing is rebuilt between runs. STORE_URL=postgres://… measures the
 # gateway on that PostgreSQL database instead of SQLite, and the database server's own CPU per
@@ -37,7 +38,7 @@ hz=$(getconf CLK_TCK)
 for path in stored queue; do
   t0=$(ticks); d0=$(db_ticks); started=$(date +%s.%N)
   urls=(); for port in "${ports[@]}"; do urls+=(--url "http://127.0.0.1:$port/$path"); done
-  line=$("$bin/loadgen" run "${urls[@]}" --concurrency 64 --requests "$n" --label "$path")
+  line=$("$bin/loadgen" run "${urls[@]}" --concurrency "${CONNECTIONS:-64}" --requests "$n" --label "$path")
   delivered_rate=""
   if [[ $path == queue ]]; then
     # Every queued delivery done (their CPU belongs to these events), and how fast, counted
