@@ -393,3 +393,56 @@ async fn a_failing_plugins_recent_failures_are_listed_by_reason() {
         2.0
     );
 }
+
+/// Deliveries that fall behind show as lag: how long the earliest pending delivery to an
+/// upstream has been due. One merchant's upstream holding its deliveries is that merchant's
+/// lag only, and not in another merchant's scrape; the lag ends once they are delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_held_up_by_a_slow_upstream_show_as_its_lag_until_they_are_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slow, fast) = (Upstream::start().await, Upstream::start().await);
+    slow.set_delay(Duration::from_secs(2));
+    let globex_at = |url: &str| format!("merchant = \"globex\"\nurl = \"{url}\"");
+    let config = two_merchants_config(&dir.path().join("db"), &slow.url(), "")
+        .replace("name = \"acme-app\"\n", "name = \"acme-app\"\nconcurrency = 1\ntimeout_ms = 10000\n")
+        .replace(&globex_at(&slow.url()), &globex_at(&fast.url()));
+    assert!(config.contains(&fast.url()), "{config}");
+    let gw = Gateway::start(dir.path(), &config);
+    let client = client();
+    let held = ["evt_held1", "evt_held2", "evt_held3"];
+    for id in held {
+        assert_eq!(send_event(&client, &gw.url("/acme"), id).await.0, 200);
+    }
+    assert_eq!(send_event(&client, &gw.url("/globex"), "evt_quick").await.0, 200);
+    fast.wait_for(Duration::from_secs(10), "globex's delivery", |r| r.len() == 1).await;
+    // The first of acme's is under way (2 s at the upstream), the others wait their turn.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let (_, page) = scrape(&client, &gw, ADMIN_TOKEN).await;
+    let s = samples(&page);
+    let get = |name: &str, m: &str, u: &str| {
+        let key = format!("{name}{{merchant=\"{m}\",upstream=\"{u}\"}}");
+        *s.get(&key).unwrap_or_else(|| panic!("no sample {key} in\n{page}"))
+    };
+    let lag = get("payflow_edge_delivery_lag_seconds", "acme", "acme-app");
+    assert!(lag >= 1.0, "acme's deliveries have waited at least 1.5 s, not {lag}");
+    assert_eq!(get("payflow_edge_queue_depth", "acme", "acme-app"), 3.0);
+    assert_eq!(get("payflow_edge_delivery_lag_seconds", "globex", "globex-app"), 0.0);
+    assert_eq!(get("payflow_edge_queue_depth", "globex", "globex-app"), 0.0);
+    let (status, globex_page) = scrape(&client, &gw, GLOBEX_TOKEN).await;
+    assert_eq!(status, 200);
+    assert!(globex_page.contains("payflow_edge_delivery_lag_seconds{merchant=\"globex\""), "{globex_page}");
+    assert!(!globex_page.contains("merchant=\"acme\""), "another merchant's series:\n{globex_page}");
+
+    slow.set_delay(Duration::ZERO);
+    for id in held {
+        wait_for_status(&client, &gw, id, "delivered", Duration::from_secs(20)).await;
+    }
+    let (_, page) = scrape(&client, &gw, ADMIN_TOKEN).await;
+    let s = samples(&page);
+    assert_eq!(
+        s["payflow_edge_delivery_lag_seconds{merchant=\"acme\",upstream=\"acme-app\"}"], 0.0,
+        "{page}"
+    );
+    assert_eq!(s["payflow_edge_queue_depth{merchant=\"acme\",upstream=\"acme-app\"}"], 0.0, "{page}");
+}

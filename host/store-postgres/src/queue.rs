@@ -8,7 +8,7 @@ use bytes::Bytes;
 use deadpool_postgres::Object;
 use payflow_store::{
     Attempt, Claim, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventKey, EventSeq, PluginStep,
-    StepRecorded, StoreError,
+    QueueDepth, StepRecorded, StoreError,
 };
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
@@ -280,16 +280,24 @@ impl DeliveryQueue for PostgresStore {
         self.steps.record(step).await
     }
 
-    async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<(String, String, u64)>, StoreError> {
+    async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<QueueDepth>, StoreError> {
         let rows = query(
             &self.client().await?,
-            "SELECT upstream, merchant, COUNT(*) FROM deliveries
+            "SELECT upstream, merchant, COUNT(*), MIN(next_attempt_at_ms) FROM deliveries
                  WHERE upstream = ANY($1) AND status = 'pending' GROUP BY upstream, merchant",
             &[&upstreams],
         )
         .await
         .map_err(unavailable)?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2) as u64)).collect())
+        Ok(rows
+            .iter()
+            .map(|r| QueueDepth {
+                upstream: r.get(0),
+                merchant: r.get(1),
+                pending: r.get::<_, i64>(2) as u64,
+                earliest_due_ms: r.get(3),
+            })
+            .collect())
     }
 
     async fn steps_pending(&self) -> Result<Vec<(String, u64)>, StoreError> {

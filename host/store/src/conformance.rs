@@ -12,7 +12,7 @@ use bytes::Bytes;
 use crate::{
     Amount, AttemptInfo, AttemptOutcome, Canary, Claim, DueDelivery, Event, EventFilter, EventKey,
     EventStatus, Hop, Inserted, KvWrite, NewDelivery, NewEvent, NewPluginVersion, PluginRunInfo, PluginStep,
-    StepRecorded, Store, VersionBounds,
+    QueueDepth, StepRecorded, Store, VersionBounds,
 };
 
 /// Generates one `#[tokio::test]` per check, each on a store from `$open`: an async function
@@ -25,6 +25,7 @@ macro_rules! conformance_tests {
             the_same_key_stored_concurrently_is_new_exactly_once,
             one_id_in_two_scopes_or_merchants_is_two_events,
             a_due_delivery_is_read_recorded_and_retried_at_its_time,
+            the_queue_depth_counts_each_merchants_pending_deliveries_from_the_earliest_due,
             an_events_number_is_the_same_in_its_insert_and_its_due_rows,
             an_attempt_whose_number_is_another_events_changes_neither,
             a_dead_delivery_makes_its_event_dead_and_replay_revives_it,
@@ -215,7 +216,13 @@ pub async fn a_due_delivery_is_read_recorded_and_retried_at_its_time(store: Arc<
     assert_eq!(again[0].attempts, 1);
     assert_eq!(status_of(&*store, &k).await, "queued");
     let depth = store.queue_depth(vec!["legacy".into()]).await.unwrap();
-    assert_eq!(depth, vec![("legacy".to_string(), "acme".to_string(), 1)]);
+    let pending = QueueDepth {
+        upstream: "legacy".into(),
+        merchant: "acme".into(),
+        pending: 1,
+        earliest_due_ms: retry_at,
+    };
+    assert_eq!(depth, vec![pending]);
 
     let second = crate::Attempt {
         key: k.clone(),
@@ -231,6 +238,74 @@ pub async fn a_due_delivery_is_read_recorded_and_retried_at_its_time(store: Arc<
     assert_eq!(detail.summary.status, "delivered");
     assert_eq!(detail.attempts.iter().map(|a| a.number).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(detail.deliveries[0].status, "delivered");
+}
+
+/// The queue's depth counts each merchant's pending deliveries to each upstream asked about,
+/// and says when the earliest of them fell due: a delivered row no longer counts, and a row
+/// waiting to retry counts from its retry's time.
+pub async fn the_queue_depth_counts_each_merchants_pending_deliveries_from_the_earliest_due(
+    store: Arc<dyn Store>,
+) {
+    let pending = |upstream: &str, merchant: &str, pending: u64, earliest_due_ms: i64| QueueDepth {
+        upstream: upstream.into(),
+        merchant: merchant.into(),
+        pending,
+        earliest_due_ms,
+    };
+    let (delivered, later) = (key("acme", "/wh", "evt_q1"), key("acme", "/wh", "evt_q2"));
+    let (retried, elsewhere) = (key("globex", "/wh", "evt_q3"), key("acme", "/wh", "evt_q4"));
+    let unasked = key("acme", "/wh", "evt_q5");
+    for (k, at, upstream) in [
+        (&delivered, NOW, "legacy"),
+        (&later, NOW + 10, "legacy"),
+        (&retried, NOW + 5, "legacy"),
+        (&elsewhere, NOW + 1, "other"),
+        (&unasked, NOW + 2, "unasked"),
+    ] {
+        store.insert_event(event(k, at, to(upstream))).await.unwrap();
+    }
+    let asked = || vec!["legacy".to_string(), "other".to_string()];
+    let mut depth = store.queue_depth(asked()).await.unwrap();
+    depth.sort();
+    assert_eq!(
+        depth,
+        [
+            pending("legacy", "acme", 2, NOW),
+            pending("legacy", "globex", 1, NOW + 5),
+            pending("other", "acme", 1, NOW + 1)
+        ]
+    );
+
+    let due = store.due_deliveries("legacy", NOW + 10, None, 10).await.unwrap();
+    let seq_of = |k: &EventKey| due.iter().find(|d| &d.event.key == k).map(|d| d.seq);
+    let outcome = |k: &EventKey, status_code: u16, outcome: AttemptOutcome| crate::Attempt {
+        key: k.clone(),
+        event_seq: seq_of(k),
+        ordered: false,
+        claimed_until_ms: None,
+        info: attempt_info("legacy", 1, NOW + 10, status_code),
+        outcome,
+    };
+    store.record_attempt(Arc::new(outcome(&delivered, 200, AttemptOutcome::Delivered))).await.unwrap();
+    let retry_at = NOW + 60_000;
+    store
+        .record_attempt(Arc::new(outcome(&retried, 503, AttemptOutcome::Retry { next_at_ms: retry_at })))
+        .await
+        .unwrap();
+    let mut depth = store.queue_depth(asked()).await.unwrap();
+    depth.sort();
+    assert_eq!(
+        depth,
+        [
+            pending("legacy", "acme", 1, NOW + 10),
+            pending("legacy", "globex", 1, retry_at),
+            pending("other", "acme", 1, NOW + 1)
+        ]
+    );
+    assert!(
+        store.queue_depth(vec!["nobody".into()]).await.unwrap().is_empty(),
+        "no entry without a pending row"
+    );
 }
 
 /// An event's number is the one its insert answered, wherever the store hands the event out

@@ -264,6 +264,22 @@ pub fn replayed_due_at(now_ms: i64) -> i64 {
     now_ms + 1
 }
 
+/// What is pending for one merchant's deliveries to one upstream ([`DeliveryQueue::queue_depth`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QueueDepth {
+    /// The upstream's name.
+    pub upstream: String,
+    /// The merchant whose deliveries these are.
+    pub merchant: String,
+    /// Deliveries pending: due now, under way, or waiting to retry.
+    pub pending: u64,
+    /// When the earliest of them fell due (or falls due, when every one is waiting to retry).
+    /// Once past, the time since is how far this upstream's deliveries are behind: an attempt
+    /// under way keeps its row due until its outcome is recorded, so a slow upstream shows
+    /// here as well as a dispatcher that cannot keep up.
+    pub earliest_due_ms: i64,
+}
+
 /// An event as every stage after verification sees it: ingress stores it, the plugin step
 /// and the deliveries carry it (embedded, never copied field by field), and the plugins get it
 /// as their WIT `event` record through one conversion (`payflow-plugins`).
@@ -931,9 +947,9 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     /// not created, and must not be sent.
     async fn finish_plugin_step(&self, step: PluginStep) -> Result<StepRecorded, StoreError>;
 
-    /// Pending deliveries (due now or later) to each of `upstreams`, by merchant:
-    /// (upstream, merchant, count).
-    async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<(String, String, u64)>, StoreError>;
+    /// Pending deliveries (due now or later) to each of `upstreams`, by merchant; an upstream
+    /// with none pending has no entry.
+    async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<QueueDepth>, StoreError>;
 
     /// Pending plugin steps (due now or later), by merchant: (merchant, count).
     async fn steps_pending(&self) -> Result<Vec<(String, u64)>, StoreError>;

@@ -36,7 +36,7 @@ use super::{
     settled_status, AdminQueries, Amount, Attempt, AttemptInfo, AttemptOutcome, Canary, CommitObserver,
     DeliveryInfo, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventDetail, EventFilter, EventKey,
     EventSeq, EventStatus, EventSummary, HeldKey, Hop, Ingest, Inserted, Lifecycle, NewEvent,
-    NewPluginVersion, PluginHistory, PluginRunInfo, PluginStep, PluginStore, PluginVersionInfo,
+    NewPluginVersion, PluginHistory, PluginRunInfo, PluginStep, PluginStore, PluginVersionInfo, QueueDepth,
     QuotaExceeded, StepInfo, StepRecorded, StoreError, StoredPlugin, VersionBounds,
 };
 use payflow_config::StoreConfig;
@@ -1381,21 +1381,24 @@ impl DeliveryQueue for SqliteStore {
         .await
     }
 
-    async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<(String, String, u64)>, StoreError> {
+    async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<QueueDepth>, StoreError> {
         self.read(move |conn| {
             // Per upstream, so each count is a range of the `deliveries_pending` index.
             let mut statement = conn.prepare_cached(
-                "SELECT merchant, COUNT(*) FROM deliveries WHERE upstream = ?1 AND status = 'pending'
-                 GROUP BY merchant",
+                "SELECT merchant, COUNT(*), MIN(next_attempt_at_ms) FROM deliveries
+                 WHERE upstream = ?1 AND status = 'pending' GROUP BY merchant",
             )?;
             let mut depths = Vec::new();
             for upstream in upstreams {
-                let rows = statement
-                    .query_map(params![upstream], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-                for row in rows {
-                    let (merchant, n) = row?;
-                    depths.push((upstream.clone(), merchant, n as u64));
-                }
+                let rows = statement.query_map(params![upstream], |r| {
+                    Ok(QueueDepth {
+                        upstream: upstream.clone(),
+                        merchant: r.get(0)?,
+                        pending: r.get::<_, i64>(1)? as u64,
+                        earliest_due_ms: r.get(2)?,
+                    })
+                })?;
+                depths.extend(rows.collect::<rusqlite::Result<Vec<_>>>()?);
             }
             Ok(depths)
         })

@@ -15,6 +15,7 @@ use crate::answer::Outcome;
 use crate::http::{self, Reply};
 use payflow_delivery::Upstream;
 use payflow_metrics::{Exposition, CONTENT_TYPE as METRICS_TYPE};
+use payflow_store::QueueDepth;
 
 /// The verification failure reasons, so that each has a series from the start (a rate over
 /// a series that appears only with its first failure misses that failure).
@@ -112,20 +113,36 @@ impl Admin {
         let names: Vec<String> = upstreams.iter().map(|u| u.name.clone()).collect();
         match self.store.queue_depth(names).await {
             Ok(depths) => {
-                let mut depths: Vec<_> = depths.into_iter().filter(|(_, m, _)| visible(&scope, m)).collect();
+                let now = self.clock.now_ms();
+                let mut depths: Vec<_> =
+                    depths.into_iter().filter(|d| visible(&scope, &d.merchant)).collect();
                 // Every visible upstream has a series, zero when nothing is pending.
                 for u in &upstreams {
-                    if !depths.iter().any(|(name, m, _)| name == &u.name && m == &u.merchant) {
-                        depths.push((u.name.clone(), u.merchant.clone(), 0));
+                    if !depths.iter().any(|d| d.upstream == u.name && d.merchant == u.merchant) {
+                        let none = QueueDepth {
+                            upstream: u.name.clone(),
+                            merchant: u.merchant.clone(),
+                            pending: 0,
+                            earliest_due_ms: now,
+                        };
+                        depths.push(none);
                     }
                 }
                 depths.sort();
-                for (upstream, merchant, n) in depths {
+                for d in &depths {
                     page.gauge(
                         "payflow_edge_queue_depth",
                         "Deliveries pending (due now or waiting to retry), by upstream.",
-                        &[("merchant", &merchant), ("upstream", &upstream)],
-                        n as f64,
+                        &[("merchant", &d.merchant), ("upstream", &d.upstream)],
+                        d.pending as f64,
+                    );
+                }
+                for d in &depths {
+                    page.gauge(
+                        "payflow_edge_delivery_lag_seconds",
+                        "How long the earliest pending delivery to an upstream has been due: 0 while deliveries keep up.",
+                        &[("merchant", &d.merchant), ("upstream", &d.upstream)],
+                        (now - d.earliest_due_ms).max(0) as f64 / 1000.0,
                     );
                 }
             }
