@@ -142,6 +142,21 @@ async fn queue_mode_runs_the_plugins_in_order_and_delivers_what_they_decided() {
     assert_eq!(legacy.received()[2].header("x-ledger-total"), Some("7500 PKR"));
 }
 
+/// A gateway whose `/webhooks/slow` endpoint runs a plugin that sleeps 1.5 s, then delivers to
+/// the upstream returned; `evt_1` has just been acknowledged there.
+async fn one_event_in_a_slow_plugin(dir: &Path) -> (Upstream, Gateway, reqwest::Client) {
+    let legacy = Upstream::start().await;
+    let config = base(&dir.join("db.sqlite"))
+        + &endpoint("/webhooks/slow", "default", &["slow"], Some("legacy"), "queue")
+        + &upstream("legacy", "default", &legacy.url())
+        + &plugin("slow", "default", "clocks", "timeout_ms = 10000\nconfig = { sleep_ms = \"1500\" }");
+    let gateway = Gateway::start(dir, &config);
+    let client = client();
+    let url = gateway.url("/webhooks/slow");
+    assert_eq!(send(&client, &url, "evt_1", payment("evt_1", 5000, "ann@example.com")).await.0, 200);
+    (legacy, gateway, client)
+}
+
 /// Regression (a replaced decision delivered): an event replayed while its plugin step ran
 /// had that step's decision set aside by the store (only its run is kept), but the gateway
 /// handed the delivery the step had decided to its workers all the same. The upstream got the
@@ -149,15 +164,7 @@ async fn queue_mode_runs_the_plugins_in_order_and_delivers_what_they_decided() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_replayed_while_its_plugin_step_runs_is_delivered_once() {
     let dir = tempfile::tempdir().unwrap();
-    let legacy = Upstream::start().await;
-    let config = base(&dir.path().join("db.sqlite"))
-        + &endpoint("/webhooks/slow", "default", &["slow"], Some("legacy"), "queue")
-        + &upstream("legacy", "default", &legacy.url())
-        + &plugin("slow", "default", "clocks", "timeout_ms = 10000\nconfig = { sleep_ms = \"1500\" }");
-    let gateway = Gateway::start(dir.path(), &config);
-    let client = client();
-    let url = gateway.url("/webhooks/slow");
-    assert_eq!(send(&client, &url, "evt_1", payment("evt_1", 5000, "ann@example.com")).await.0, 200);
+    let (legacy, gateway, client) = one_event_in_a_slow_plugin(dir.path()).await;
     // The first step sleeps in its plugin for 1.5 s; the replay comes meanwhile.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let replay = admin_post(&client, &gateway.admin_url("/api/events/evt_1/replay"), ADMIN_TOKEN).await;
@@ -174,6 +181,33 @@ async fn an_event_replayed_while_its_plugin_step_runs_is_delivered_once() {
     // Time for a second delivery, had one been handed to the workers.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(legacy.ids(), ["evt_1"], "delivered once, by the replay's step");
+}
+
+/// An event held in a slow plugin shows as its merchant's plugin lag (how long the earliest
+/// event waiting for its plugins has been due) until its step is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_held_in_a_slow_plugin_shows_as_plugin_lag_until_its_step_is_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let (legacy, gateway, client) = one_event_in_a_slow_plugin(dir.path()).await;
+    // The step sleeps in its plugin for 1.5 s.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let sample = |page: &str, name: &str| {
+        let prefix = format!("{name}{{merchant=\"default\"}} ");
+        page.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.parse::<f64>().unwrap())
+    };
+    let scrape = || async {
+        let response =
+            client.get(gateway.admin_url("/metrics")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+        response.text().await.unwrap()
+    };
+    let page = scrape().await;
+    assert_eq!(sample(&page, "payflow_edge_plugin_queue_depth"), Some(1.0), "{page}");
+    let lag = sample(&page, "payflow_edge_plugin_lag_seconds").unwrap_or_else(|| panic!("no lag in\n{page}"));
+    assert!(lag >= 0.5, "the event has waited at least 1 s for its plugin, not {lag}");
+
+    legacy.wait_for(WAIT, "the event, once its plugin is done", |r| r.len() == 1).await;
+    let page = scrape().await;
+    assert_eq!(sample(&page, "payflow_edge_plugin_lag_seconds"), None, "nothing waits:\n{page}");
 }
 
 /// Each hostile plugin on its own endpoint, with a stream of events to a well-behaved merchant

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use deadpool_postgres::Object;
 use payflow_store::{
-    Attempt, Claim, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventKey, EventSeq, PluginStep,
-    QueueDepth, StepRecorded, StoreError,
+    Attempt, Backlog, Claim, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventKey, EventSeq,
+    PluginStep, QueueDepth, StepRecorded, StoreError,
 };
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
@@ -291,27 +291,29 @@ impl DeliveryQueue for PostgresStore {
         .map_err(unavailable)?;
         Ok(rows
             .iter()
-            .map(|r| QueueDepth {
-                upstream: r.get(0),
-                merchant: r.get(1),
-                pending: r.get::<_, i64>(2) as u64,
-                earliest_due_ms: r.get(3),
-            })
+            .map(|r| QueueDepth { upstream: r.get(0), merchant: r.get(1), backlog: backlog_at(r, 2) })
             .collect())
     }
 
-    async fn steps_pending(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    async fn steps_pending(&self) -> Result<Vec<(String, Backlog)>, StoreError> {
         let rows = query(
             &self.client().await?,
-            "SELECT merchant, COUNT(*) FROM plugin_steps WHERE status = 'pending' GROUP BY merchant",
+            "SELECT merchant, COUNT(*), MIN(next_attempt_at_ms) FROM plugin_steps WHERE status = 'pending'
+                 GROUP BY merchant",
             &[],
         )
         .await
         .map_err(unavailable)?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get::<_, i64>(1) as u64)).collect())
+        Ok(rows.iter().map(|r| (r.get(0), backlog_at(r, 1))).collect())
     }
 
     fn claims(&self) -> bool {
         true
     }
+}
+
+/// A [`Backlog`] from a row's `COUNT(*)` and `MIN(next_attempt_at_ms)`, at columns `at` and
+/// `at + 1`.
+fn backlog_at(row: &tokio_postgres::Row, at: usize) -> Backlog {
+    Backlog { pending: row.get::<_, i64>(at) as u64, earliest_due_ms: row.get(at + 1) }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::{
-    Amount, AttemptInfo, AttemptOutcome, Canary, Claim, DueDelivery, Event, EventFilter, EventKey,
+    Amount, AttemptInfo, AttemptOutcome, Backlog, Canary, Claim, DueDelivery, Event, EventFilter, EventKey,
     EventStatus, Hop, Inserted, KvWrite, NewDelivery, NewEvent, NewPluginVersion, PluginRunInfo, PluginStep,
     QueueDepth, StepRecorded, Store, VersionBounds,
 };
@@ -216,13 +216,8 @@ pub async fn a_due_delivery_is_read_recorded_and_retried_at_its_time(store: Arc<
     assert_eq!(again[0].attempts, 1);
     assert_eq!(status_of(&*store, &k).await, "queued");
     let depth = store.queue_depth(vec!["legacy".into()]).await.unwrap();
-    let pending = QueueDepth {
-        upstream: "legacy".into(),
-        merchant: "acme".into(),
-        pending: 1,
-        earliest_due_ms: retry_at,
-    };
-    assert_eq!(depth, vec![pending]);
+    let backlog = Backlog { pending: 1, earliest_due_ms: retry_at };
+    assert_eq!(depth, vec![QueueDepth { upstream: "legacy".into(), merchant: "acme".into(), backlog }]);
 
     let second = crate::Attempt {
         key: k.clone(),
@@ -249,8 +244,7 @@ pub async fn the_queue_depth_counts_each_merchants_pending_deliveries_from_the_e
     let pending = |upstream: &str, merchant: &str, pending: u64, earliest_due_ms: i64| QueueDepth {
         upstream: upstream.into(),
         merchant: merchant.into(),
-        pending,
-        earliest_due_ms,
+        backlog: Backlog { pending, earliest_due_ms },
     };
     let (delivered, later) = (key("acme", "/wh", "evt_q1"), key("acme", "/wh", "evt_q2"));
     let (retried, elsewhere) = (key("globex", "/wh", "evt_q3"), key("acme", "/wh", "evt_q4"));
@@ -726,7 +720,8 @@ pub async fn a_dead_delivery_makes_its_event_dead_and_replay_revives_it(store: A
 pub async fn a_dead_plugin_step_makes_its_event_dead_and_replay_runs_it_again(store: Arc<dyn Store>) {
     let k = key("acme", "/wh", "evt_step_dead");
     store.insert_event(event(&k, NOW, Some(Hop::Plugins))).await.unwrap();
-    assert_eq!(store.steps_pending().await.unwrap(), vec![("acme".to_string(), 1)]);
+    let backlog = Backlog { pending: 1, earliest_due_ms: NOW };
+    assert_eq!(store.steps_pending().await.unwrap(), vec![("acme".to_string(), backlog)]);
     store.finish_plugin_step(step(&k, 1, NOW, AttemptOutcome::Dead, &[])).await.unwrap();
     assert_eq!(status_of(&*store, &k).await, "dead");
     assert!(store.due_steps(NOW * 2, None, 10).await.unwrap().is_empty(), "a dead step is not due");

@@ -264,20 +264,38 @@ pub fn replayed_due_at(now_ms: i64) -> i64 {
     now_ms + 1
 }
 
-/// What is pending for one merchant's deliveries to one upstream ([`DeliveryQueue::queue_depth`]).
+/// What one of the queues holds (a merchant's deliveries to an upstream, or its events waiting
+/// for their plugins): how many rows are pending, and since when the earliest is due.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Backlog {
+    /// Rows pending: due now, under way, or waiting to retry.
+    pub pending: u64,
+    /// When the earliest of them fell due (or falls due, when every one is waiting to retry).
+    /// An attempt under way keeps its row due until its outcome is recorded, so an upstream
+    /// (or a plugin) that is slow to answer shows here as well as a dispatcher that cannot keep up.
+    pub earliest_due_ms: i64,
+}
+
+impl Backlog {
+    /// How long the earliest pending row has been due at `now_ms`: how far the queue is behind.
+    /// 0 when nothing is pending or nothing is due yet.
+    pub fn behind_ms(&self, now_ms: i64) -> i64 {
+        if self.pending == 0 {
+            return 0;
+        }
+        (now_ms - self.earliest_due_ms).max(0)
+    }
+}
+
+/// One merchant's deliveries to one upstream ([`DeliveryQueue::queue_depth`]).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct QueueDepth {
     /// The upstream's name.
     pub upstream: String,
     /// The merchant whose deliveries these are.
     pub merchant: String,
-    /// Deliveries pending: due now, under way, or waiting to retry.
-    pub pending: u64,
-    /// When the earliest of them fell due (or falls due, when every one is waiting to retry).
-    /// Once past, the time since is how far this upstream's deliveries are behind: an attempt
-    /// under way keeps its row due until its outcome is recorded, so a slow upstream shows
-    /// here as well as a dispatcher that cannot keep up.
-    pub earliest_due_ms: i64,
+    /// What is pending.
+    pub backlog: Backlog,
 }
 
 /// An event as every stage after verification sees it: ingress stores it, the plugin step
@@ -951,8 +969,9 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     /// with none pending has no entry.
     async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<QueueDepth>, StoreError>;
 
-    /// Pending plugin steps (due now or later), by merchant: (merchant, count).
-    async fn steps_pending(&self) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Pending plugin steps (due now or later), by merchant; a merchant with none pending has
+    /// no entry.
+    async fn steps_pending(&self) -> Result<Vec<(String, Backlog)>, StoreError>;
 
     /// True when several gateways share this store: then a due row is claimed by the read that
     /// returns it (until its outcome is recorded, or its lease runs out), and a gateway must
@@ -1109,6 +1128,16 @@ impl<T: Ingest + DeliveryQueue + PluginStore + AdminQueries + Lifecycle> Store f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backlog_is_behind_by_the_time_its_earliest_row_has_been_due_and_never_less_than_nothing() {
+        let backlog = Backlog { pending: 3, earliest_due_ms: 10_000 };
+        assert_eq!(backlog.behind_ms(12_500), 2_500);
+        assert_eq!(backlog.behind_ms(10_000), 0, "due this moment");
+        assert_eq!(backlog.behind_ms(9_000), 0, "every row waits to retry");
+        assert_eq!(Backlog::default().behind_ms(12_500), 0, "nothing pending");
+        assert_eq!(Backlog { pending: 0, earliest_due_ms: 1 }.behind_ms(12_500), 0, "nothing pending");
+    }
 
     #[test]
     fn an_event_is_dead_if_any_delivery_is_and_delivered_once_all_are() {

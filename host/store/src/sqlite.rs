@@ -33,11 +33,11 @@ use tokio::sync::oneshot;
 
 use super::commit_delay::CommitDelay;
 use super::{
-    settled_status, AdminQueries, Amount, Attempt, AttemptInfo, AttemptOutcome, Canary, CommitObserver,
-    DeliveryInfo, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventDetail, EventFilter, EventKey,
-    EventSeq, EventStatus, EventSummary, HeldKey, Hop, Ingest, Inserted, Lifecycle, NewEvent,
-    NewPluginVersion, PluginHistory, PluginRunInfo, PluginStep, PluginStore, PluginVersionInfo, QueueDepth,
-    QuotaExceeded, StepInfo, StepRecorded, StoreError, StoredPlugin, VersionBounds,
+    settled_status, AdminQueries, Amount, Attempt, AttemptInfo, AttemptOutcome, Backlog, Canary,
+    CommitObserver, DeliveryInfo, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventDetail,
+    EventFilter, EventKey, EventSeq, EventStatus, EventSummary, HeldKey, Hop, Ingest, Inserted, Lifecycle,
+    NewEvent, NewPluginVersion, PluginHistory, PluginRunInfo, PluginStep, PluginStore, PluginVersionInfo,
+    QueueDepth, QuotaExceeded, StepInfo, StepRecorded, StoreError, StoredPlugin, VersionBounds,
 };
 use payflow_config::StoreConfig;
 
@@ -930,6 +930,12 @@ fn apply_attempt(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// A [`Backlog`] from a row's `COUNT(*)` and `MIN(next_attempt_at_ms)`, at columns `at` and
+/// `at + 1`.
+fn backlog_at(row: &rusqlite::Row, at: usize) -> rusqlite::Result<Backlog> {
+    Ok(Backlog { pending: row.get::<_, i64>(at)? as u64, earliest_due_ms: row.get(at + 1)? })
+}
+
 /// An event key as the statements bind it: (merchant, scope, id).
 fn key_of(key: &EventKey) -> (&str, &str, &str) {
     (&key.merchant, &key.scope, &key.id)
@@ -1394,8 +1400,7 @@ impl DeliveryQueue for SqliteStore {
                     Ok(QueueDepth {
                         upstream: upstream.clone(),
                         merchant: r.get(0)?,
-                        pending: r.get::<_, i64>(1)? as u64,
-                        earliest_due_ms: r.get(2)?,
+                        backlog: backlog_at(r, 1)?,
                     })
                 })?;
                 depths.extend(rows.collect::<rusqlite::Result<Vec<_>>>()?);
@@ -1405,12 +1410,13 @@ impl DeliveryQueue for SqliteStore {
         .await
     }
 
-    async fn steps_pending(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    async fn steps_pending(&self) -> Result<Vec<(String, Backlog)>, StoreError> {
         self.read(move |conn| {
             conn.prepare_cached(
-                "SELECT merchant, COUNT(*) FROM plugin_steps WHERE status = 'pending' GROUP BY merchant",
+                "SELECT merchant, COUNT(*), MIN(next_attempt_at_ms) FROM plugin_steps WHERE status = 'pending'
+                 GROUP BY merchant",
             )?
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, backlog_at(r, 1)?)))?
             .collect()
         })
         .await

@@ -15,7 +15,7 @@ use crate::answer::Outcome;
 use crate::http::{self, Reply};
 use payflow_delivery::Upstream;
 use payflow_metrics::{Exposition, CONTENT_TYPE as METRICS_TYPE};
-use payflow_store::QueueDepth;
+use payflow_store::{Backlog, QueueDepth};
 
 /// The verification failure reasons, so that each has a series from the start (a rate over
 /// a series that appears only with its first failure misses that failure).
@@ -119,13 +119,8 @@ impl Admin {
                 // Every visible upstream has a series, zero when nothing is pending.
                 for u in &upstreams {
                     if !depths.iter().any(|d| d.upstream == u.name && d.merchant == u.merchant) {
-                        let none = QueueDepth {
-                            upstream: u.name.clone(),
-                            merchant: u.merchant.clone(),
-                            pending: 0,
-                            earliest_due_ms: now,
-                        };
-                        depths.push(none);
+                        let (upstream, merchant) = (u.name.clone(), u.merchant.clone());
+                        depths.push(QueueDepth { upstream, merchant, backlog: Backlog::default() });
                     }
                 }
                 depths.sort();
@@ -134,7 +129,7 @@ impl Admin {
                         "payflow_edge_queue_depth",
                         "Deliveries pending (due now or waiting to retry), by upstream.",
                         &[("merchant", &d.merchant), ("upstream", &d.upstream)],
-                        d.pending as f64,
+                        d.backlog.pending as f64,
                     );
                 }
                 for d in &depths {
@@ -142,7 +137,7 @@ impl Admin {
                         "payflow_edge_delivery_lag_seconds",
                         "How long the earliest pending delivery to an upstream has been due: 0 while deliveries keep up.",
                         &[("merchant", &d.merchant), ("upstream", &d.upstream)],
-                        (now - d.earliest_due_ms).max(0) as f64 / 1000.0,
+                        seconds(d.backlog.behind_ms(now)),
                     );
                 }
             }
@@ -151,15 +146,24 @@ impl Admin {
         if self.plugins.is_some() {
             match self.store.steps_pending().await {
                 Ok(pending) => {
+                    let now = self.clock.now_ms();
                     let mut pending: Vec<_> =
                         pending.into_iter().filter(|(m, _)| visible(&scope, m)).collect();
                     pending.sort();
-                    for (merchant, n) in pending {
+                    for (merchant, backlog) in &pending {
                         page.gauge(
                             "payflow_edge_plugin_queue_depth",
                             "Events waiting for their plugins (due now or waiting to retry), by merchant.",
-                            &[("merchant", &merchant)],
-                            n as f64,
+                            &[("merchant", merchant)],
+                            backlog.pending as f64,
+                        );
+                    }
+                    for (merchant, backlog) in &pending {
+                        page.gauge(
+                            "payflow_edge_plugin_lag_seconds",
+                            "How long the earliest event waiting for its plugins has been due: 0 while they keep up.",
+                            &[("merchant", merchant)],
+                            seconds(backlog.behind_ms(now)),
                         );
                     }
                 }
@@ -324,4 +328,9 @@ impl Admin {
         let buckets = self.history.buckets(|m| visible(&scope, m), now, &self.totals_by_merchant());
         http::json(StatusCode::OK, &json!({ "at_ms": now, "step_ms": STEP_MS, "buckets": buckets }))
     }
+}
+
+/// Milliseconds as the seconds Prometheus expects.
+fn seconds(ms: i64) -> f64 {
+    ms as f64 / 1000.0
 }
