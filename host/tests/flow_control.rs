@@ -117,6 +117,13 @@ async fn the_breaker_opens_after_failures_in_a_row_holds_attempts_then_closes_af
     if opened.elapsed() < Duration::from_millis(1_900) {
         assert_eq!(legacy.received().len(), 3, "attempts while the breaker was open");
     }
+    // The deliveries the breaker holds are the upstream's backlog, due since before it opened.
+    let (_, upstreams) = admin_get(&client, &gateway.admin_url("/api/upstreams"), ADMIN_TOKEN).await;
+    let held = &upstreams["upstreams"][0];
+    assert!(held["behind_ms"].as_i64().is_some_and(|ms| ms >= 1_000), "{held}");
+    if opened.elapsed() < Duration::from_millis(1_900) {
+        assert_eq!(held["pending"], 5, "{held}");
+    }
     let (_, queued) = admin_get(&client, &gateway.admin_url("/api/events?status=queued"), ADMIN_TOKEN).await;
     assert_eq!(queued["events"].as_array().unwrap().len(), 5, "{queued}");
 
@@ -132,6 +139,9 @@ async fn the_breaker_opens_after_failures_in_a_row_holds_attempts_then_closes_af
     assert_eq!(metric(&client, &gateway, state).await, 0.0, "closed by the probe");
     let b = breaker(&client, &gateway).await;
     assert_eq!((&b["state"], &b["opened"], &b["closed"]), (&"closed".into(), &1.into(), &1.into()), "{b}");
+    let (_, upstreams) = admin_get(&client, &gateway.admin_url("/api/upstreams"), ADMIN_TOKEN).await;
+    let caught_up = &upstreams["upstreams"][0];
+    assert_eq!((&caught_up["pending"], &caught_up["behind_ms"]), (&0.into(), &0.into()), "{caught_up}");
     let transitions = |to: &str| {
         format!(
             "payflow_edge_breaker_transitions_total{{merchant=\"default\",upstream=\"legacy\",to=\"{to}\"}}"

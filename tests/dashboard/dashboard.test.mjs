@@ -563,6 +563,7 @@ test("a merchant sees its upstream's flow control, finds the key a dead event ho
   const row = await page.textContent('#upstreams tr[data-upstream="globex-legacy"]');
   assert.match(row, /data\.customer_email/);
   assert.match(row, /closed/);
+  assert.match(row, /\d+\.\d s/, 'the delivery held behind the dead head shows how far behind it is');
   assert.equal(await page.locator('#upstreams tr[data-upstream="acme-legacy"]').count(), 0, "another merchant's upstream");
   await page.waitForSelector('#held tr[data-key="customer@example.com"]');
   const held = await page.textContent('#held tr[data-key="customer@example.com"]');

@@ -582,7 +582,7 @@ impl Handler for Admin {
             (["stats"], &Method::GET) => self.stats(scope),
             (["stats", "history"], &Method::GET) => self.stats_history(scope),
             (["endpoints"], &Method::GET) => self.list_endpoints(&scope),
-            (["upstreams"], &Method::GET) => self.list_upstreams(&scope),
+            (["upstreams"], &Method::GET) => self.list_upstreams(&scope).await,
             (["ordering"], &Method::GET) => self.held_keys(&scope).await,
             (["test-webhook"], &Method::POST) => {
                 match http::read_body(request.into_body(), endpoints::MAX_TEST_REQUEST, TEST_REQUEST_TIMEOUT)

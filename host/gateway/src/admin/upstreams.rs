@@ -1,5 +1,5 @@
 //! What the admin API shows of delivery's flow control and ordering: each upstream's breaker,
-//! rate and counts (`GET /api/upstreams`), the ordering keys held back by a failing or dead head
+//! rate, counts and backlog (`GET /api/upstreams`), the ordering keys held back by a failing or dead head
 //! (`GET /api/ordering`), and the operator's way to release a dead head (`POST
 //! /api/events/{id}/skip`). This module reads state and asks the store; it never sends.
 
@@ -11,13 +11,26 @@ use crate::http::{self, Reply};
 use payflow_store::{EventKey, EventStatus};
 
 impl Admin {
-    /// `GET /api/upstreams`: the token's upstreams with their flow control's state.
-    pub(super) fn list_upstreams(&self, scope: &Scope) -> Reply {
-        let upstreams: Vec<Value> = self
-            .upstreams
-            .iter()
-            .filter(|u| visible(scope, &u.merchant))
+    /// `GET /api/upstreams`: the token's upstreams with their flow control's state and backlog.
+    /// A store that cannot answer leaves the backlog null: the flow control's state is what an
+    /// operator needs most while deliveries fail.
+    pub(super) async fn list_upstreams(&self, scope: &Scope) -> Reply {
+        let mine: Vec<_> = self.upstreams.iter().filter(|u| visible(scope, &u.merchant)).collect();
+        let backlogs = match self.store.queue_depth(mine.iter().map(|u| u.name.clone()).collect()).await {
+            Ok(depths) => Some(depths),
+            Err(e) => {
+                tracing::warn!(error = %e, "upstreams: cannot read the queue depth");
+                None
+            }
+        };
+        let now = self.clock.now_ms();
+        let upstreams: Vec<Value> = mine
+            .into_iter()
             .map(|u| {
+                let backlog = backlogs.as_ref().map(|depths| {
+                    let mine = depths.iter().find(|d| d.upstream == u.name && d.merchant == u.merchant);
+                    mine.map(|d| d.backlog).unwrap_or_default()
+                });
                 let config = self.config.upstream.iter().find(|c| c.name == u.name);
                 let flow = &u.flow.counts;
                 json!({
@@ -34,6 +47,8 @@ impl Admin {
                         "closed": flow.closed.get(),
                     })),
                     "rate_limited": flow.rate_limited.get(),
+                    "pending": backlog.map(|b| b.pending),
+                    "behind_ms": backlog.map(|b| b.behind_ms(now)),
                     "delivered": u.counts.delivered.get(),
                     "retried": u.counts.retry.get(),
                     "dead": u.counts.dead.get(),

@@ -20,6 +20,8 @@ function el(tag, attrs = {}, ...children) {
 }
 
 const time = (ms) => (ms ? new Date(ms).toLocaleString() : '');
+/** How long an upstream's earliest pending delivery has been due: '—' when none is, or unknown. */
+const behind = (ms) => (ms ? `${(ms / 1000).toFixed(1)} s` : '—');
 const fill = (tbody, rows) => tbody.replaceChildren(...rows);
 
 class Unauthorized extends Error {}
@@ -502,6 +504,7 @@ async function loadFlow() {
     el('td', {}, u.name), el('td', {}, u.merchant), el('td', {}, u.ordering_key ?? '—'), el('td', {}, u.rate ?? '—'),
     el('td', { class: `breaker breaker-${u.breaker?.state ?? 'none'}` },
       u.breaker ? `${u.breaker.state} (opened ${u.breaker.opened}×)` : '—'),
+    el('td', {}, u.pending ?? '—'), el('td', { class: 'behind' }, behind(u.behind_ms)),
     el('td', {}, u.delivered), el('td', {}, u.retried), el('td', {}, u.dead))));
   $('held-empty').hidden = keys.length > 0;
   fill($('held').tBodies[0], keys.map((k) => el('tr', { 'data-key': k.key },
