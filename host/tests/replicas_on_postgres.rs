@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use payflow_store_postgres::server::TestServer;
 use serde_json::Value;
 use support::{
-    client, guests, queue_config, send_event, sigterm_mid_delivery_then_restart, try_send_event,
+    admin_get, client, guests, queue_config, send_event, sigterm_mid_delivery_then_restart, try_send_event,
     wait_for_status, Gateway, Upstream, ADMIN_TOKEN,
 };
 
@@ -390,7 +390,8 @@ async fn a_database_restart_under_load_loses_no_acknowledged_event() {
 }
 
 /// PostgreSQL stopped: webhooks get `503 store_unavailable` (never a 200 that was not
-/// committed) and `/readyz` 503. Started again: the same replica recovers without a restart.
+/// committed) and `/readyz` 503, while `/api/upstreams` still shows flow control (the backlog
+/// unknown). Started again: the same replica recovers without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_database_is_503_and_the_replica_recovers_when_it_is_back() {
     let pg = TestServer::start();
@@ -411,6 +412,12 @@ async fn a_stopped_database_is_503_and_the_replica_recovers_when_it_is_back() {
     let (status, reply) = send_event(&client, &webhooks, "evt_during").await;
     assert_eq!((status, &reply["error"]), (503, &"store_unavailable".into()), "{reply}");
     assert_eq!(ready(client.clone()).await, 503);
+    // The upstreams' flow control still answers; only their backlog is unknown.
+    let (code, upstreams) = admin_get(&client, &gw.admin_url("/api/upstreams"), ADMIN_TOKEN).await;
+    assert_eq!(code, 200, "{upstreams}");
+    let legacy_upstream = &upstreams["upstreams"][0];
+    assert!(legacy_upstream["pending"].is_null() && legacy_upstream["behind_ms"].is_null(), "{upstreams}");
+    assert!(legacy_upstream["delivered"].is_u64(), "{upstreams}");
 
     pg.restart();
     let deadline = std::time::Instant::now() + WAIT;
