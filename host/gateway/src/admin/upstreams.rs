@@ -1,6 +1,6 @@
 //! What the admin API shows of delivery's flow control and ordering: each upstream's breaker,
-//! rate, counts and backlog (`GET /api/upstreams`), the ordering keys held back by a failing or dead head
-//! (`GET /api/ordering`), and the operator's way to release a dead head (`POST
+//! rate, counts and backlog (`GET /api/upstreams`), the ordering keys held back by a failing or
+//! dead head (`GET /api/ordering`), and the operator's way to release a dead head (`POST
 //! /api/events/{id}/skip`). This module reads state and asks the store; it never sends.
 
 use hyper::StatusCode;
@@ -28,8 +28,8 @@ impl Admin {
             .into_iter()
             .map(|u| {
                 let backlog = backlogs.as_ref().map(|depths| {
-                    let mine = depths.iter().find(|d| d.upstream == u.name && d.merchant == u.merchant);
-                    mine.map(|d| d.backlog).unwrap_or_default()
+                    let this = depths.iter().find(|d| d.upstream == u.name && d.merchant == u.merchant);
+                    this.map(|d| d.backlog).unwrap_or_default()
                 });
                 let config = self.config.upstream.iter().find(|c| c.name == u.name);
                 let flow = &u.flow.counts;
