@@ -15,7 +15,7 @@ use crate::answer::Outcome;
 use crate::http::{self, Reply};
 use payflow_delivery::Upstream;
 use payflow_metrics::{Exposition, CONTENT_TYPE as METRICS_TYPE};
-use payflow_store::{Backlog, QueueDepth};
+use payflow_store::{Backlog, QueueDepth, StoreError};
 
 /// The verification failure reasons, so that each has a series from the start (a rate over
 /// a series that appears only with its first failure misses that failure).
@@ -110,20 +110,9 @@ impl Admin {
                 u.flow.counts.rate_limited.get(),
             );
         }
-        let names: Vec<String> = upstreams.iter().map(|u| u.name.clone()).collect();
-        match self.store.queue_depth(names).await {
+        match self.backlogs(&scope).await {
             Ok(depths) => {
                 let now = self.clock.now_ms();
-                let mut depths: Vec<_> =
-                    depths.into_iter().filter(|d| visible(&scope, &d.merchant)).collect();
-                // Every visible upstream has a series, zero when nothing is pending.
-                for u in &upstreams {
-                    if !depths.iter().any(|d| d.upstream == u.name && d.merchant == u.merchant) {
-                        let (upstream, merchant) = (u.name.clone(), u.merchant.clone());
-                        depths.push(QueueDepth { upstream, merchant, backlog: Backlog::default() });
-                    }
-                }
-                depths.sort();
                 for d in &depths {
                     page.gauge(
                         "payflow_edge_queue_depth",
@@ -327,6 +316,25 @@ impl Admin {
         let now = self.clock.now_ms();
         let buckets = self.history.buckets(|m| visible(&scope, m), now, &self.totals_by_merchant());
         http::json(StatusCode::OK, &json!({ "at_ms": now, "step_ms": STEP_MS, "buckets": buckets }))
+    }
+}
+
+impl Admin {
+    /// What waits for each upstream in `scope`, by merchant, sorted: every visible upstream has
+    /// an entry (an empty backlog when nothing is pending), so each has a series from the start.
+    /// `/metrics` and `GET /api/upstreams` both read it.
+    pub(super) async fn backlogs(&self, scope: &Scope) -> Result<Vec<QueueDepth>, StoreError> {
+        let upstreams: Vec<_> = self.upstreams.iter().filter(|u| visible(scope, &u.merchant)).collect();
+        let depths = self.store.queue_depth(upstreams.iter().map(|u| u.name.clone()).collect()).await?;
+        let mut depths: Vec<_> = depths.into_iter().filter(|d| visible(scope, &d.merchant)).collect();
+        for u in upstreams {
+            if !depths.iter().any(|d| d.upstream == u.name && d.merchant == u.merchant) {
+                let (upstream, merchant) = (u.name.clone(), u.merchant.clone());
+                depths.push(QueueDepth { upstream, merchant, backlog: Backlog::default() });
+            }
+        }
+        depths.sort();
+        Ok(depths)
     }
 }
 

@@ -15,8 +15,7 @@ impl Admin {
     /// A store that cannot answer leaves the backlog null: the flow control's state is what an
     /// operator needs most while deliveries fail.
     pub(super) async fn list_upstreams(&self, scope: &Scope) -> Reply {
-        let mine: Vec<_> = self.upstreams.iter().filter(|u| visible(scope, &u.merchant)).collect();
-        let backlogs = match self.store.queue_depth(mine.iter().map(|u| u.name.clone()).collect()).await {
+        let backlogs = match self.backlogs(scope).await {
             Ok(depths) => Some(depths),
             Err(e) => {
                 tracing::warn!(error = %e, "upstreams: cannot read the queue depth");
@@ -24,12 +23,16 @@ impl Admin {
             }
         };
         let now = self.clock.now_ms();
-        let upstreams: Vec<Value> = mine
-            .into_iter()
+        let upstreams: Vec<Value> = self
+            .upstreams
+            .iter()
+            .filter(|u| visible(scope, &u.merchant))
             .map(|u| {
-                let backlog = backlogs.as_ref().map(|depths| {
-                    let this = depths.iter().find(|d| d.upstream == u.name && d.merchant == u.merchant);
-                    this.map(|d| d.backlog).unwrap_or_default()
+                let backlog = backlogs.as_ref().and_then(|depths| {
+                    depths
+                        .iter()
+                        .find(|d| d.upstream == u.name && d.merchant == u.merchant)
+                        .map(|d| d.backlog)
                 });
                 let config = self.config.upstream.iter().find(|c| c.name == u.name);
                 let flow = &u.flow.counts;
