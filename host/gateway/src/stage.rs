@@ -18,7 +18,7 @@ use tokio::runtime::Handle;
 use payflow_clock::Clock;
 use payflow_delivery::route::Routes;
 use payflow_delivery::{ClaimDeliveries, RetryPolicy, Step, StepDone};
-use payflow_plugins::chain::{self, ChainInput, ChainOutcome, ChainResult};
+use payflow_plugins::chain::{self, ChainInput, ChainOutcome, ChainResult, Published};
 use payflow_plugins::{trial, Registry, RegistryError, Scheduler, Side, Trial, TrialEvent, TrialReport};
 use payflow_store::{
     AttemptOutcome, DeliveryQueue, DueDelivery, DueStep, Event, EventSeq, EventStatus, KvWrite, NewDelivery,
@@ -142,13 +142,9 @@ impl PluginStage {
     /// for it.
     async fn run_chain(&self, event: &Event, number: u32, at_ms: i64) -> ChainResult {
         let Some(plugins) = self.endpoints.get(&event.endpoint).cloned() else {
-            return ChainResult {
-                runs: Vec::new(),
-                kv: Vec::new(),
-                outcome: ChainOutcome::Failed {
-                    reason: format!("endpoint {} is no longer configured", event.endpoint),
-                },
-            };
+            return ChainResult::ran_nothing(ChainOutcome::Failed {
+                reason: format!("endpoint {} is no longer configured", event.endpoint),
+            });
         };
         if plugins.chain.is_empty() {
             // An endpoint with routes and no plugins: nothing to run, only to route.
@@ -158,7 +154,7 @@ impl PluginStage {
                 forwards: Vec::new(),
                 tags: Vec::new(),
             };
-            return ChainResult { runs: Vec::new(), kv: Vec::new(), outcome };
+            return ChainResult::ran_nothing(outcome);
         }
         let merchant = event.key.merchant.clone();
         let chain_input = ChainInput { event: event.clone(), attempt: number, at_ms };
@@ -177,11 +173,9 @@ impl PluginStage {
         };
         match self.scheduler.submit(&merchant, job).await {
             Ok(result) => result,
-            Err(_) => ChainResult {
-                runs: Vec::new(),
-                kv: Vec::new(),
-                outcome: ChainOutcome::Failed { reason: "the plugin scheduler stopped".into() },
-            },
+            Err(_) => ChainResult::ran_nothing(ChainOutcome::Failed {
+                reason: "the plugin scheduler stopped".into(),
+            }),
         }
     }
 
@@ -198,7 +192,7 @@ impl PluginStage {
         let event = &due.event;
         let mut number = due.attempts + 1;
         let at_ms = self.clock.now_ms();
-        let ChainResult { runs, kv, outcome } = self.run_chain(event, number, at_ms).await;
+        let ChainResult { runs, kv, published, outcome } = self.run_chain(event, number, at_ms).await;
         let endpoint = self.endpoints.get(&event.endpoint).cloned();
         let mut routes = None;
         let (status, reason, step, mut deliveries, tags) = match outcome {
@@ -276,7 +270,7 @@ impl PluginStage {
                 d.claim_until_ms = Some(until_ms);
             }
         }
-        let decision = Decision { step, status, reason, deliveries, tags, runs, kv, routes };
+        let decision = Decision { step, status, reason, deliveries, tags, runs, kv, published, routes };
         match self.commit(event, Some(due.seq), number, at_ms, due.claimed_until_ms, decision).await {
             Ok(created) => {
                 let due = |d: NewDelivery| DueDelivery {
@@ -312,7 +306,7 @@ impl PluginStage {
                 (EventStatus::Failed, Some(reason.clone()), Vec::new(), Vec::new())
             }
         };
-        let (runs, kv) = (result.runs, result.kv);
+        let ChainResult { runs, kv, published, outcome } = result;
         let decision = Decision {
             step: AttemptOutcome::Delivered,
             status,
@@ -321,18 +315,19 @@ impl PluginStage {
             tags,
             runs,
             kv,
+            published,
             routes: None,
         };
         if let Err(e) = self.commit(event, seq, 1, at_ms, None, decision).await {
             return ChainOutcome::Failed { reason: format!("cannot record the plugin step: {e}") };
         }
-        result.outcome
+        outcome
     }
 
     /// Records a step of the event numbered `seq`, when the caller has it (run `number`, begun at `at_ms`, under the
     /// claim that ends at `claimed_until_ms` when there is one: its runs, kv writes and
-    /// `decision`) in one commit and returns the deliveries it created. If the commit fails, the
-    /// kv writes the chain made visible in memory are forgotten (they were not committed).
+    /// `decision`) in one commit and returns the deliveries it created. The kv writes the chain
+    /// made visible in memory are settled with the answer: forgotten unless they committed.
     async fn commit(
         &self,
         event: &Event,
@@ -342,7 +337,7 @@ impl PluginStage {
         claimed_until_ms: Option<i64>,
         decision: Decision,
     ) -> Result<Vec<NewDelivery>, payflow_store::StoreError> {
-        let Decision { step, status, reason, deliveries, tags, runs, kv, routes } = decision;
+        let Decision { step, status, reason, deliveries, tags, runs, kv, published, routes } = decision;
         let failed = step != AttemptOutcome::Delivered;
         let record = PluginStep {
             key: event.key.clone(),
@@ -364,7 +359,8 @@ impl PluginStage {
         // The next run reads the plugins' kv spaces from the store again when the writes made
         // visible in memory were not committed, and, with replicas sharing the store, always:
         // another replica may have written since (across replicas the last write wins).
-        if !matches!(recorded, Ok(StepRecorded::Applied)) || self.store.claims() {
+        published.settle(matches!(recorded, Ok(StepRecorded::Applied)));
+        if self.store.claims() {
             let chain = self.endpoints.get(&event.endpoint).map(|e| e.chain.clone()).unwrap_or_default();
             chain::forget_kv(&self.registry, &event.key.merchant, &chain);
         }
@@ -411,6 +407,7 @@ struct Decision {
     tags: Vec<String>,
     runs: Vec<PluginRunInfo>,
     kv: Vec<KvWrite>,
+    published: Published,
     routes: Option<Vec<String>>,
 }
 

@@ -5,9 +5,12 @@
 //! an upstream that is not their merchant's, or set a header the gateway owns. A run's kv
 //! writes are kept aside while it runs, made visible to the plugin's next run as soon as it
 //! succeeds (still within its turn, so no run of that plugin reads a value older than the last
-//! successful run's), and committed by the caller with the step. If a later plugin fails, or
-//! the commit does, the plugins' spaces are read again from the store: a failed step leaves no
-//! trace in the store but its record (a run that overlapped it may have seen its writes).
+//! successful run's), and committed by the caller with the step, under the version the space
+//! gave them ([`KvSpace::publish`](crate::kv_space::KvSpace::publish)), so steps committing out
+//! of their runs' order leave the latest run's value. The caller settles them with the step's
+//! answer ([`Published::settle`]). If a later plugin fails, or the commit does, the plugins'
+//! spaces are read again from the store: a failed step leaves no trace in the store but its
+//! record (a run that overlapped it may have seen its writes).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -16,7 +19,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::runtime::Handle;
 
-use super::registry::{KvSpace, Slot};
+use super::registry::Slot;
 use super::{check_quota, Action, Event, Failure, Kv, KvMap, KvQuotaExceeded, Outcome, Registry, Run};
 use payflow_store::{Event as StoredEvent, KvWrite, NewDelivery, PluginRunInfo, StoreError};
 
@@ -88,8 +91,50 @@ pub struct ChainResult {
     pub runs: Vec<PluginRunInfo>,
     /// kv writes to commit with the step (empty unless it continued or dropped).
     pub kv: Vec<KvWrite>,
+    /// The same writes, visible in the plugins' spaces until the step's answer settles them.
+    pub published: Published,
     /// How the chain ended.
     pub outcome: ChainOutcome,
+}
+
+impl ChainResult {
+    /// A chain that ran nothing (and wrote nothing).
+    pub fn ran_nothing(outcome: ChainOutcome) -> Self {
+        ChainResult { runs: Vec::new(), kv: Vec::new(), published: Published::default(), outcome }
+    }
+}
+
+/// The versions a step's runs wrote their kv writes under, visible in their plugins' spaces
+/// before the step commits. Dropped unsettled (the step's future given up), they count as not
+/// committed: the spaces are read again from the store.
+#[derive(Default)]
+#[must_use = "settle it with the step's answer"]
+pub struct Published(Vec<(Arc<Slot>, i64)>);
+
+impl Published {
+    /// The step is answered: its writes `committed`, or not (the spaces that had them are read
+    /// again from the store before their next run).
+    pub fn settle(mut self, committed: bool) {
+        self.settle_each(committed);
+    }
+
+    fn settle_each(&mut self, committed: bool) {
+        for (slot, version) in self.0.drain(..) {
+            slot.kv.lock().unwrap_or_else(|p| p.into_inner()).settle(version, committed);
+        }
+    }
+}
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        self.settle_each(false);
+    }
+}
+
+impl std::fmt::Debug for Published {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|(slot, version)| (&slot.name, version))).finish()
+    }
 }
 
 /// A run's view of a plugin's kv space: reads see the committed values and this run's own
@@ -108,8 +153,7 @@ struct Writes {
 
 impl Overlay {
     fn with_space<T>(&self, f: impl FnOnce(&KvMap) -> T) -> T {
-        let space = self.slot.kv.lock().unwrap_or_else(|p| p.into_inner());
-        f(space.values.as_ref().unwrap_or(&KvMap::default()))
+        f(self.slot.kv.lock().unwrap_or_else(|p| p.into_inner()).values())
     }
 }
 
@@ -149,29 +193,29 @@ pub fn run(
     let mut headers: Vec<(String, String)> = Vec::new();
     let mut forwards: Vec<NewDelivery> = Vec::new();
     let mut tags: Vec<String> = Vec::new();
-    // Plugins whose writes are visible in memory but not committed yet.
-    let mut written: Vec<Arc<Slot>> = Vec::new();
-    let failed = |runs, written: &[Arc<Slot>], reason| {
-        forget(written);
-        ChainResult { runs, kv: Vec::new(), outcome: ChainOutcome::Failed { reason } }
+    // Writes visible in memory but not committed yet.
+    let mut published = Published::default();
+    let failed = |runs, published: Published, reason| {
+        published.settle(false);
+        ChainResult { runs, ..ChainResult::ran_nothing(ChainOutcome::Failed { reason }) }
     };
     for name in chain {
         let Some(slot) = registry.slot(&input.event.key.merchant, name).cloned() else {
-            return failed(runs, &written, format!("{name}: plugin_missing: not configured"));
+            return failed(runs, published, format!("{name}: plugin_missing: not configured"));
         };
         // The canary for its share of event ids, else the active version.
         let Some((version, _)) = slot.version_for(&input.event.key.id) else {
-            forget(&written);
+            published.settle(false);
             let reason = format!(
                 "waiting: plugin {name} has no version yet (upload one: payflow-edge plugin upload {name} FILE.wasm)"
             );
-            return ChainResult { runs, kv: Vec::new(), outcome: ChainOutcome::Waiting { reason } };
+            return ChainResult { runs, ..ChainResult::ran_nothing(ChainOutcome::Waiting { reason }) };
         };
         // Runs of one plugin are serialized, so a read-modify-write of a key is never
         // interleaved with another run's.
         let _turn = slot.turn.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = ensure_loaded(registry, handle, &slot) {
-            return failed(runs, &written, format!("{name}: store_unavailable: {e}"));
+            return failed(runs, published, format!("{name}: store_unavailable: {e}"));
         }
         let overlay = Arc::new(Overlay { slot: slot.clone(), writes: Mutex::default() });
         let event = Event::of(&input.event, body.as_ref().unwrap_or(&input.event.body));
@@ -203,28 +247,26 @@ pub fn run(
         let outcome = match (run.result, checked) {
             (Ok(outcome), Ok(())) => outcome,
             (_, Err(failure)) | (Err(failure), _) => {
-                return failed(runs, &written, format!("{name}: {failure}"));
+                return failed(runs, published, format!("{name}: {failure}"));
             }
         };
         let writes = std::mem::take(&mut overlay.writes.lock().unwrap_or_else(|p| p.into_inner()).values);
         if !writes.is_empty() {
-            kv.extend(writes.iter().map(|(k, v)| KvWrite {
+            let version = slot.kv.lock().unwrap_or_else(|p| p.into_inner()).publish(&writes);
+            kv.extend(writes.into_iter().map(|(key, value)| KvWrite {
                 plugin: name.clone(),
-                key: k.clone(),
-                value: v.clone(),
+                key,
+                value,
+                version,
             }));
-            if let Some(space) = &mut slot.kv.lock().unwrap_or_else(|p| p.into_inner()).values {
-                for (key, value) in writes {
-                    space.insert(key, value);
-                }
-            }
-            written.push(slot.clone());
+            published.0.push((slot.clone(), version));
         }
         tags.extend(outcome.tags);
         if let Action::Drop(reason) = outcome.action {
             return ChainResult {
                 runs,
                 kv,
+                published,
                 outcome: ChainOutcome::Drop { reason: format!("{name}: {reason}"), tags },
             };
         }
@@ -239,36 +281,38 @@ pub fn run(
             claim_until_ms: None,
         }));
     }
-    ChainResult { runs, kv, outcome: ChainOutcome::Continue { body, headers, forwards, tags } }
-}
-
-/// What is in memory may be ahead of the store (a failed step, a failed commit): the next run
-/// of each of these plugins reads its space from the store again.
-fn forget(slots: &[Arc<Slot>]) {
-    for slot in slots {
-        slot.kv.lock().unwrap_or_else(|p| p.into_inner()).values = None;
-    }
+    ChainResult { runs, kv, published, outcome: ChainOutcome::Continue { body, headers, forwards, tags } }
 }
 
 /// Forgets the in-memory key-value spaces of the plugins of `chain`, so that their next run
-/// reads the store: after the step's commit failed, or after any step when replicas share the
-/// store (their next run reads what the others wrote).
+/// reads the store: after any step when replicas share the store (their next run reads what
+/// the others wrote).
 pub fn forget_kv(registry: &Registry, merchant: &str, chain: &[String]) {
-    let slots: Vec<Arc<Slot>> =
-        chain.iter().filter_map(|name| registry.slot(merchant, name).cloned()).collect();
-    forget(&slots);
+    for slot in chain.iter().filter_map(|name| registry.slot(merchant, name)) {
+        slot.kv.lock().unwrap_or_else(|p| p.into_inner()).forget();
+    }
 }
 
 fn ensure_loaded(registry: &Registry, handle: &Handle, slot: &Slot) -> Result<(), StoreError> {
-    if slot.kv.lock().unwrap_or_else(|p| p.into_inner()).values.is_some() {
-        return Ok(());
+    let space = || slot.kv.lock().unwrap_or_else(|p| p.into_inner());
+    let load = {
+        let mut space = space();
+        if space.is_fresh() {
+            return Ok(());
+        }
+        space.begin_load()
+    };
+    // Outside the space's lock: a step's answer settles its writes meanwhile.
+    match handle.block_on(registry.store().load_kv(&slot.merchant, &slot.name)) {
+        Ok(entries) => {
+            space().finish_load(load, entries);
+            Ok(())
+        }
+        Err(e) => {
+            space().abandon_load(load);
+            Err(e)
+        }
     }
-    let rows = handle.block_on(registry.store().load_kv(&slot.merchant, &slot.name))?;
-    let mut space = slot.kv.lock().unwrap_or_else(|p| p.into_inner());
-    if space.values.is_none() {
-        *space = KvSpace { values: Some(rows.into_iter().collect::<KvMap>()) };
-    }
-    Ok(())
 }
 
 /// A failed run as a canary's rollback names it: the failure, and the run's last log line

@@ -60,6 +60,7 @@ mod failure;
 pub mod host;
 pub mod instance;
 pub mod kv;
+pub mod kv_space;
 pub mod limits;
 mod log_stream;
 mod output;

@@ -15,9 +15,10 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::canary::{CanaryVersion, Watch};
+use super::kv_space::KvSpace;
 use super::run_log::RunLog;
 use super::stats::{VersionFigures, VersionStats};
-use super::{Kv, KvMap, Limits, LoadError, LoadedPlugin, Runtime, Trial, WarmInstance};
+use super::{Kv, Limits, LoadError, LoadedPlugin, Runtime, Trial, WarmInstance};
 use payflow_clock::Clock;
 use payflow_config::{PluginConfig, PluginsConfig};
 use payflow_metrics::{Counter, Histogram, FUEL_BUCKETS, SECONDS_BUCKETS};
@@ -94,14 +95,6 @@ impl Version {
     pub fn put_warm(&self, instance: WarmInstance) {
         self.warm.lock().unwrap_or_else(|p| p.into_inner()).push(instance);
     }
-}
-
-/// A plugin's key-value space in memory, loaded from the store on first use. The store holds
-/// the committed state; this copy lets a run read without a query.
-#[derive(Default)]
-pub struct KvSpace {
-    /// `None` until loaded (and again after a failed step or commit, to reload).
-    pub values: Option<KvMap>,
 }
 
 /// One configured plugin.
@@ -696,7 +689,7 @@ impl Registry {
             )));
         };
         let candidate = self.trial_compile(wasm).await?;
-        let kv = self.store.load_kv(merchant, name).await?;
+        let kv = self.store.load_kv(merchant, name).await?.into_iter().map(|e| (e.key, e.value)).collect();
         Ok(Trial::new(slot.clone(), active, candidate, kv, upstreams))
     }
 
@@ -784,7 +777,7 @@ impl Registry {
         let deleted = self.store.delete_plugin(merchant, name).await?;
         slot.swap(None);
         slot.set_canary(None, Watch::new(self.canary_window, self.canary_margin));
-        slot.kv.lock().unwrap_or_else(|p| p.into_inner()).values = None;
+        slot.kv.lock().unwrap_or_else(|p| p.into_inner()).clear();
         Ok(deleted)
     }
 
@@ -812,7 +805,7 @@ impl Registry {
                 None if loaded(slot).is_some() => {
                     tracing::info!(merchant = %slot.merchant, plugin = %slot.name, "plugin deleted elsewhere; unloaded");
                     slot.swap(None);
-                    slot.kv.lock().unwrap_or_else(|p| p.into_inner()).values = None;
+                    slot.kv.lock().unwrap_or_else(|p| p.into_inner()).clear();
                     changed += 1;
                 }
                 _ => {}
@@ -838,7 +831,8 @@ impl Registry {
     /// `merchant`'s plugin `name`'s key-value space, as committed, in key order.
     pub async fn kv(&self, merchant: &str, name: &str) -> Result<Vec<(String, Vec<u8>)>, RegistryError> {
         self.find(merchant, name)?;
-        let mut entries = self.store.load_kv(merchant, name).await?;
+        let mut entries: Vec<(String, Vec<u8>)> =
+            self.store.load_kv(merchant, name).await?.into_iter().map(|e| (e.key, e.value)).collect();
         entries.sort();
         Ok(entries)
     }
@@ -851,7 +845,7 @@ impl Registry {
         let deleted = self.store.delete_kv(merchant, name, key).await?;
         tokio::task::spawn_blocking(move || {
             let _turn = slot.turn.lock().unwrap_or_else(|p| p.into_inner());
-            slot.kv.lock().unwrap_or_else(|p| p.into_inner()).values = None;
+            slot.kv.lock().unwrap_or_else(|p| p.into_inner()).forget();
         })
         .await
         .map_err(|e| RegistryError::Store(StoreError::Unavailable(e.to_string())))?;

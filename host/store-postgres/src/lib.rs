@@ -609,8 +609,8 @@ mod tests {
     }
 
     /// What one statement per table could get wrong in a batch, each written as one step after
-    /// another would leave it: two steps writing one kv key (the later step in key order wins,
-    /// and the batch commits whole: written alone, in the order given here, the other would);
+    /// another would leave it: two steps writing one kv key (the higher version wins though it
+    /// is the earlier step in key order and in the order given, and the batch commits whole);
     /// one step creating two deliveries to one upstream (its last one stays); and a step whose
     /// row was replayed since it began beside two that were not (only its run is kept).
     #[tokio::test(flavor = "multi_thread")]
@@ -621,11 +621,12 @@ mod tests {
         for id in ["evt_a", "evt_b", "evt_replayed"] {
             store.insert_event(to_the_plugins(id)).await.unwrap();
         }
-        let kv = |value: &[u8]| {
+        let kv = |value: &[u8], version| {
             vec![payflow_store::KvWrite {
                 plugin: "enrich".into(),
                 key: "last".into(),
                 value: value.to_vec(),
+                version,
             }]
         };
         let delivery = |body: &'static [u8]| payflow_store::NewDelivery {
@@ -633,13 +634,13 @@ mod tests {
             ..payflow_store::NewDelivery::to("up")
         };
         let b = payflow_store::PluginStep {
-            kv: kv(b"from b"),
+            kv: kv(b"from b", 1),
             deliveries: vec![delivery(b"first"), delivery(b"second")],
             ..forwarding_step("evt_b")
         };
-        let a = payflow_store::PluginStep { kv: kv(b"from a"), ..forwarding_step("evt_a") };
+        let a = payflow_store::PluginStep { kv: kv(b"from a", 2), ..forwarding_step("evt_a") };
         let replayed =
-            payflow_store::PluginStep { kv: kv(b"from the replayed"), ..forwarding_step("evt_replayed") };
+            payflow_store::PluginStep { kv: kv(b"from the replayed", 3), ..forwarding_step("evt_replayed") };
         // The replay, after the step began (at 2): its row is due later.
         db.execute("UPDATE plugin_steps SET next_attempt_at_ms = 3 WHERE event_id = 'evt_replayed'", &[])
             .await
@@ -651,8 +652,8 @@ mod tests {
         assert_eq!(answers, [Applied, SetAside, Applied], "each step's own answer, in the order given");
         assert_eq!(
             store.load_kv("acme", "enrich").await.unwrap(),
-            [("last".to_string(), b"from b".to_vec())],
-            "the later step in key order wins, the replayed step's write is not applied"
+            [payflow_store::KvEntry { key: "last".into(), value: b"from a".to_vec(), version: 2 }],
+            "the highest version wins, the replayed step's write is not applied"
         );
         let bodies: Vec<Vec<u8>> = db
             .query("SELECT body FROM deliveries WHERE event_id = 'evt_b'", &[])

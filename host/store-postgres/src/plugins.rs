@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use payflow_store::{
-    Canary, NewPluginVersion, PluginHistory, PluginStore, PluginVersionInfo, QuotaExceeded, StoreError,
-    StoredPlugin, VersionBounds,
+    Canary, KvEntry, NewPluginVersion, PluginHistory, PluginStore, PluginVersionInfo, QuotaExceeded,
+    StoreError, StoredPlugin, VersionBounds,
 };
 
 use crate::{exec, query, query_opt, unavailable, PostgresStore};
@@ -22,15 +22,15 @@ fn version_info(r: &tokio_postgres::Row) -> PluginVersionInfo {
 
 #[async_trait]
 impl PluginStore for PostgresStore {
-    async fn load_kv(&self, merchant: &str, plugin: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    async fn load_kv(&self, merchant: &str, plugin: &str) -> Result<Vec<KvEntry>, StoreError> {
         let rows = query(
             &self.client().await?,
-            "SELECT key, value FROM plugin_kv WHERE merchant = $1 AND plugin = $2",
+            "SELECT key, value, version FROM plugin_kv WHERE merchant = $1 AND plugin = $2",
             &[&merchant, &plugin],
         )
         .await
         .map_err(unavailable)?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows.iter().map(|r| KvEntry { key: r.get(0), value: r.get(1), version: r.get(2) }).collect())
     }
 
     async fn delete_kv(&self, merchant: &str, plugin: &str, key: &str) -> Result<bool, StoreError> {

@@ -298,6 +298,9 @@ CREATE TRIGGER plugin_runs_event_seq BEFORE INSERT ON plugin_runs
     FOR EACH ROW WHEN (NEW.event_seq IS NULL) EXECUTE FUNCTION plugin_runs_event_seq();
 ",
     ),
+    // Each kv write carries its run's version, so steps that commit out of their runs' order
+    // leave the latest run's value (`step_record::write_kv`).
+    (12, "ALTER TABLE plugin_kv ADD COLUMN version BIGINT NOT NULL DEFAULT 0;"),
 ];
 
 /// What start-up did to the schema.

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Object, Pool, Transaction};
-use payflow_store::{CommitObserver, EventKey, EventSeq, EventStatus, PluginStep, StepRecorded, StoreError};
+use payflow_store::{
+    CommitObserver, EventKey, EventSeq, EventStatus, KvWrite, PluginStep, StepRecorded, StoreError,
+};
 use tokio_postgres::types::ToSql;
 
 use crate::group::GroupCommit;
@@ -125,10 +127,12 @@ const INSERT_RUNS: &str =
      SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::int4[],
                           $8::int8[], $9::int8[], $10::int8[], $11::text[], $12::text[], $13::text[])";
 
-/// Applies the plugins' kv writes (one per key: see `write_kv`).
-const WRITE_KV: &str = "INSERT INTO plugin_kv (merchant, plugin, key, value)
-     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[])
-     ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value";
+/// Applies the plugins' kv writes (one per key: see `write_kv`), each unless the key holds a
+/// later version's write already.
+const WRITE_KV: &str = "INSERT INTO plugin_kv (merchant, plugin, key, value, version)
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int8[])
+     ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value, version = excluded.version
+     WHERE excluded.version >= plugin_kv.version";
 
 /// Creates the deliveries the steps asked for, due when their steps began (one per event and
 /// upstream: see `insert_deliveries`), claimed by the gateway that ran the step when it starts
@@ -261,13 +265,17 @@ async fn insert_runs(tx: &Transaction<'_>, steps: &[Numbered<'_>]) -> Result<(),
     exec(tx, INSERT_RUNS, &params).await.map(drop)
 }
 
-/// One row per (merchant, plugin, key), the last write in the steps' (key) order: one
-/// statement may not change a row twice, and one step after another the last one stayed.
+/// One row per (merchant, plugin, key), the write of the highest version (the latest run's,
+/// whatever order the steps reached the batch in): one statement may not change a row twice,
+/// and one step after another the highest version stays.
 async fn write_kv(tx: &Transaction<'_>, steps: &[Numbered<'_>]) -> Result<(), tokio_postgres::Error> {
-    let mut writes: BTreeMap<(&str, &str, &str), &[u8]> = BTreeMap::new();
+    let mut writes: BTreeMap<(&str, &str, &str), &KvWrite> = BTreeMap::new();
     for (step, _) in steps {
         for w in &step.kv {
-            writes.insert((&step.key.merchant, &w.plugin, &w.key), &w.value);
+            let newest = writes.entry((&step.key.merchant, &w.plugin, &w.key)).or_insert(w);
+            if w.version >= newest.version {
+                *newest = w;
+            }
         }
     }
     if writes.is_empty() {
@@ -276,8 +284,9 @@ async fn write_kv(tx: &Transaction<'_>, steps: &[Numbered<'_>]) -> Result<(), to
     let merchant: Vec<&str> = writes.keys().map(|k| k.0).collect();
     let plugin: Vec<&str> = writes.keys().map(|k| k.1).collect();
     let key: Vec<&str> = writes.keys().map(|k| k.2).collect();
-    let value: Vec<&[u8]> = writes.values().copied().collect();
-    exec(tx, WRITE_KV, &[&merchant, &plugin, &key, &value]).await.map(drop)
+    let value: Vec<&[u8]> = writes.values().map(|w| &w.value[..]).collect();
+    let version: Vec<i64> = writes.values().map(|w| w.version).collect();
+    exec(tx, WRITE_KV, &[&merchant, &plugin, &key, &value, &version]).await.map(drop)
 }
 
 /// One row per event and upstream, the step's last one for it (as one insert after another

@@ -11,8 +11,8 @@ use bytes::Bytes;
 
 use crate::{
     Amount, AttemptInfo, AttemptOutcome, Backlog, Canary, Claim, DueDelivery, Event, EventFilter, EventKey,
-    EventStatus, Hop, Inserted, KvWrite, NewDelivery, NewEvent, NewPluginVersion, PluginRunInfo, PluginStep,
-    QueueDepth, StepRecorded, Store, VersionBounds,
+    EventStatus, Hop, Inserted, KvEntry, KvWrite, NewDelivery, NewEvent, NewPluginVersion, PluginRunInfo,
+    PluginStep, QueueDepth, StepRecorded, Store, VersionBounds,
 };
 
 /// Generates one `#[tokio::test]` per check, each on a store from `$open`: an async function
@@ -47,6 +47,7 @@ macro_rules! conformance_tests {
             compiled_code_is_kept_per_engine,
             a_canary_version_is_stored_beside_the_active_one_and_ends_once,
             a_kv_key_deleted_is_gone_for_that_plugin_only,
+            a_kv_write_committed_after_a_later_versions_leaves_the_later_value,
             a_stored_body_comes_back_byte_for_byte,
             listed_events_show_the_amount_of_their_body,
             an_ordered_delivery_waits_for_its_keys_head_and_a_skip_releases_it,
@@ -480,7 +481,8 @@ pub async fn a_plugin_step_under_way_when_its_event_is_replayed_leaves_the_repla
     store.insert_event(event(&k, NOW, Some(Hop::Plugins))).await.unwrap();
     assert!(store.replay(&k, &Hop::Plugins, NOW + 1, None).await.unwrap());
     let mut under_way = step(&k, 1, NOW + 1, AttemptOutcome::Delivered, &["a"]);
-    under_way.kv = vec![KvWrite { plugin: "enrich".into(), key: "seen".into(), value: b"old".to_vec() }];
+    under_way.kv =
+        vec![KvWrite { plugin: "enrich".into(), key: "seen".into(), value: b"old".to_vec(), version: 1 }];
     under_way.tags = vec!["old-decision".into()];
     (under_way.status, under_way.reason) =
         (EventStatus::Dropped, Some("enrich: the old code drops it".into()));
@@ -551,7 +553,8 @@ pub async fn a_replay_from_a_replica_whose_clock_is_behind_still_sets_an_attempt
     let mut stale = step(&s, 1, AHEAD, AttemptOutcome::Delivered, &["a"]);
     stale.claimed_until_ms = claimed.claimed_until_ms;
     stale.tags = vec!["old-decision".into()];
-    stale.kv = vec![KvWrite { plugin: "enrich".into(), key: "seen".into(), value: b"old".to_vec() }];
+    stale.kv =
+        vec![KvWrite { plugin: "enrich".into(), key: "seen".into(), value: b"old".to_vec(), version: 1 }];
     store.finish_plugin_step(stale).await.unwrap();
     let detail = store.get_event(&s).await.unwrap().unwrap();
     assert_eq!((detail.summary.status.as_str(), detail.summary.tags.len()), ("queued", 0), "{detail:?}");
@@ -782,7 +785,7 @@ pub async fn a_plugin_step_commits_its_runs_kv_and_deliveries_together(store: Ar
     assert!(detail.deliveries.is_empty() && detail.attempts.is_empty(), "a step is neither");
 
     let finished = PluginStep {
-        kv: vec![KvWrite { plugin: "enrich".into(), key: "seen".into(), value: b"2".to_vec() }],
+        kv: vec![KvWrite { plugin: "enrich".into(), key: "seen".into(), value: b"2".to_vec(), version: 1 }],
         deliveries: vec![NewDelivery {
             upstream: "legacy".into(),
             body: Some(Bytes::from_static(b"{\"rewritten\":true}")),
@@ -795,7 +798,8 @@ pub async fn a_plugin_step_commits_its_runs_kv_and_deliveries_together(store: Ar
     };
     store.finish_plugin_step(finished).await.unwrap();
     assert!(store.due_steps(NOW * 2, None, 10).await.unwrap().is_empty(), "a finished step is not due");
-    assert_eq!(store.load_kv("acme", "enrich").await.unwrap(), vec![("seen".to_string(), b"2".to_vec())]);
+    let stored = store.load_kv("acme", "enrich").await.unwrap();
+    assert_eq!(stored, [KvEntry { key: "seen".into(), value: b"2".to_vec(), version: 1 }]);
     assert!(store.load_kv("globex", "enrich").await.unwrap().is_empty(), "kv is per merchant");
     let due = store.due_deliveries("legacy", NOW + 1_000, None, 10).await.unwrap();
     assert_eq!(&due[0].body()[..], b"{\"rewritten\":true}");
@@ -1106,8 +1110,12 @@ pub async fn a_canary_version_is_stored_beside_the_active_one_and_ends_once(stor
 pub async fn a_kv_key_deleted_is_gone_for_that_plugin_only(store: Arc<dyn Store>) {
     let k = key("acme", "/wh", "evt_kv");
     store.insert_event(event(&k, NOW, Some(Hop::Plugins))).await.unwrap();
-    let write =
-        |plugin: &str, key: &str| KvWrite { plugin: plugin.into(), key: key.into(), value: b"v".to_vec() };
+    let write = |plugin: &str, key: &str| KvWrite {
+        plugin: plugin.into(),
+        key: key.into(),
+        value: b"v".to_vec(),
+        version: 1,
+    };
     let finished = PluginStep {
         kv: vec![write("p", "a"), write("p", "b"), write("q", "a")],
         ..step(&k, 1, NOW, AttemptOutcome::Delivered, &[])
@@ -1116,8 +1124,45 @@ pub async fn a_kv_key_deleted_is_gone_for_that_plugin_only(store: Arc<dyn Store>
     assert!(store.delete_kv("acme", "p", "a").await.unwrap());
     assert!(!store.delete_kv("acme", "p", "a").await.unwrap(), "already gone");
     assert!(!store.delete_kv("globex", "q", "a").await.unwrap(), "another merchant's space");
-    assert_eq!(store.load_kv("acme", "p").await.unwrap(), vec![("b".to_string(), b"v".to_vec())]);
+    let left = store.load_kv("acme", "p").await.unwrap();
+    assert_eq!(left.iter().map(|e| &e.key[..]).collect::<Vec<_>>(), ["b"]);
     assert_eq!(store.load_kv("acme", "q").await.unwrap().len(), 1, "another plugin's key stays");
+}
+
+/// Steps commit in whatever order their workers reach the store, not their runs' order: per
+/// key, the write of the highest version stays, whichever committed last; an equal version (two
+/// replicas that loaded the same space) is the last write; a key the later run did not write
+/// takes the earlier run's.
+pub async fn a_kv_write_committed_after_a_later_versions_leaves_the_later_value(store: Arc<dyn Store>) {
+    let write = |key: &str, value: &str, version| KvWrite {
+        plugin: "ledger".into(),
+        key: key.into(),
+        value: value.into(),
+        version,
+    };
+    let commit = |id: &str, kv: Vec<KvWrite>| {
+        let (store, k) = (store.clone(), key("acme", "/wh", id));
+        async move {
+            store.insert_event(event(&k, NOW, Some(Hop::Plugins))).await.unwrap();
+            let finished = PluginStep { kv, ..step(&k, 1, NOW, AttemptOutcome::Delivered, &[]) };
+            assert_eq!(store.finish_plugin_step(finished).await.unwrap(), StepRecorded::Applied);
+        }
+    };
+    commit("evt_second_run", vec![write("total", "5700", 2)]).await;
+    commit("evt_first_run", vec![write("total", "5000", 1), write("count", "1", 1)]).await;
+    let stored = |key: &str| {
+        let store = store.clone();
+        let key = key.to_string();
+        async move {
+            let space = store.load_kv("acme", "ledger").await.unwrap();
+            let e = space.into_iter().find(|e| e.key == key).unwrap();
+            (String::from_utf8(e.value).unwrap(), e.version)
+        }
+    };
+    assert_eq!(stored("total").await, ("5700".into(), 2), "the first run's late commit left it");
+    assert_eq!(stored("count").await, ("1".into(), 1));
+    commit("evt_other_replica", vec![write("total", "6000", 2)]).await;
+    assert_eq!(stored("total").await, ("6000".into(), 2), "an equal version is the last write");
 }
 
 /// Each engine (fingerprint) has its own compiled artifact of a version: one engine saving its

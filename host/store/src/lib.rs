@@ -583,6 +583,21 @@ pub struct KvWrite {
     pub key: String,
     /// The value, opaque bytes.
     pub value: Vec<u8>,
+    /// The plugin's count of runs that wrote, at the run that wrote this (see the plugins'
+    /// `kv_space`). Steps may commit out of their runs' order; the store keeps, per key, the
+    /// write of the highest version, so an earlier run's write never replaces a later one's.
+    pub version: i64,
+}
+
+/// A key of a plugin's key-value space as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEntry {
+    /// Key within the plugin's space.
+    pub key: String,
+    /// The value, opaque bytes.
+    pub value: Vec<u8>,
+    /// The version of the write that stored it ([`KvWrite::version`]; 0 before versions).
+    pub version: i64,
 }
 
 /// The result of an event's plugin step, written in one commit: the runs, the plugins' kv
@@ -993,7 +1008,7 @@ pub trait DeliveryQueue: Send + Sync + 'static {
 #[async_trait]
 pub trait PluginStore: Send + Sync + 'static {
     /// A plugin's key-value space.
-    async fn load_kv(&self, merchant: &str, plugin: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    async fn load_kv(&self, merchant: &str, plugin: &str) -> Result<Vec<KvEntry>, StoreError>;
 
     /// Deletes one key of a plugin's key-value space (an operator's or merchant's repair).
     /// False when it was not there.

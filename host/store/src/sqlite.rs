@@ -35,9 +35,10 @@ use super::commit_delay::CommitDelay;
 use super::{
     settled_status, AdminQueries, Amount, Attempt, AttemptInfo, AttemptOutcome, Backlog, Canary,
     CommitObserver, DeliveryInfo, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventDetail,
-    EventFilter, EventKey, EventSeq, EventStatus, EventSummary, HeldKey, Hop, Ingest, Inserted, Lifecycle,
-    NewEvent, NewPluginVersion, PluginHistory, PluginRunInfo, PluginStep, PluginStore, PluginVersionInfo,
-    QueueDepth, QuotaExceeded, StepInfo, StepRecorded, StoreError, StoredPlugin, VersionBounds,
+    EventFilter, EventKey, EventSeq, EventStatus, EventSummary, HeldKey, Hop, Ingest, Inserted, KvEntry,
+    Lifecycle, NewEvent, NewPluginVersion, PluginHistory, PluginRunInfo, PluginStep, PluginStore,
+    PluginVersionInfo, QueueDepth, QuotaExceeded, StepInfo, StepRecorded, StoreError, StoredPlugin,
+    VersionBounds,
 };
 use payflow_config::StoreConfig;
 
@@ -194,6 +195,7 @@ CREATE TABLE IF NOT EXISTS plugin_kv (
     plugin    TEXT  NOT NULL,
     key       TEXT  NOT NULL,
     value     BLOB  NOT NULL,
+    version   INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (merchant, plugin, key)
 );
 ";
@@ -213,7 +215,7 @@ CREATE INDEX IF NOT EXISTS events_in_order ON events (merchant, order_key, statu
 ";
 
 /// Columns added after the first release, for databases created before them.
-const ADDED_COLUMNS: [(&str, &str, &str); 11] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 12] = [
     ("events", "tags", "TEXT"),
     ("deliveries", "body", "BLOB"),
     ("deliveries", "headers", "TEXT"),
@@ -225,6 +227,7 @@ const ADDED_COLUMNS: [(&str, &str, &str); 11] = [
     ("deliveries", "last_status_code", "INTEGER"),
     ("deliveries", "last_error", "TEXT"),
     ("deliveries", "last_response", "TEXT"),
+    ("plugin_kv", "version", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
@@ -1343,11 +1346,12 @@ impl DeliveryQueue for SqliteStore {
                 return Ok(StepRecorded::SetAside);
             }
             let mut kv = conn.prepare_cached(
-                "INSERT INTO plugin_kv (merchant, plugin, key, value) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value",
+                "INSERT INTO plugin_kv (merchant, plugin, key, value, version) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value, version = excluded.version
+                 WHERE excluded.version >= plugin_kv.version",
             )?;
             for w in &step.kv {
-                kv.execute(params![merchant, w.plugin, w.key, w.value])?;
+                kv.execute(params![merchant, w.plugin, w.key, w.value, w.version])?;
             }
             let mut add = conn.prepare_cached(concat!(
                 "INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
@@ -1425,12 +1429,16 @@ impl DeliveryQueue for SqliteStore {
 
 #[async_trait]
 impl PluginStore for SqliteStore {
-    async fn load_kv(&self, merchant: &str, plugin: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    async fn load_kv(&self, merchant: &str, plugin: &str) -> Result<Vec<KvEntry>, StoreError> {
         let (merchant, plugin) = (merchant.to_string(), plugin.to_string());
         self.read(move |conn| {
-            conn.prepare_cached("SELECT key, value FROM plugin_kv WHERE merchant = ?1 AND plugin = ?2")?
-                .query_map(params![merchant, plugin], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect()
+            conn.prepare_cached(
+                "SELECT key, value, version FROM plugin_kv WHERE merchant = ?1 AND plugin = ?2",
+            )?
+            .query_map(params![merchant, plugin], |r| {
+                Ok(KvEntry { key: r.get(0)?, value: r.get(1)?, version: r.get(2)? })
+            })?
+            .collect()
         })
         .await
     }
@@ -2665,6 +2673,74 @@ mod tests {
         store.save_compiled("acme", "p", 1, "engine-a", vec![7; 4]).await.unwrap();
         let active = store.active_plugin("acme", "p", "engine-a").await.unwrap().unwrap();
         assert_eq!(active.compiled, Some(vec![7; 4]));
+        store.close().await;
+    }
+    /// A database from before kv writes carried versions: its keys load as version 0, and the
+    /// first versioned write replaces them.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn plugin_kv_from_before_versions_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db").display().to_string();
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE plugin_kv (merchant TEXT NOT NULL, plugin TEXT NOT NULL, key TEXT NOT NULL,
+                 value BLOB NOT NULL, PRIMARY KEY (merchant, plugin, key));
+             INSERT INTO plugin_kv VALUES ('acme', 'ledger', 'total', X'35303030');",
+        )
+        .unwrap();
+        drop(conn);
+
+        let store = SqliteStore::open(
+            &StoreConfig { path, wal_prefill_mb: 1, ..StoreConfig::default() },
+            Arc::new(()),
+        )
+        .unwrap();
+        let total = |value: &str, version| KvEntry { key: "total".into(), value: value.into(), version };
+        assert_eq!(store.load_kv("acme", "ledger").await.unwrap(), [total("5000", 0)]);
+        let k = EventKey::new("acme", "/wh", "evt_after_upgrade");
+        let event = Event {
+            key: k.clone(),
+            endpoint: "/wh".into(),
+            event_type: None,
+            body: Bytes::from_static(b"{}"),
+            received_at_ms: 1,
+            request_id: "req".into(),
+            ordered: false,
+        };
+        let new = NewEvent {
+            event,
+            status: EventStatus::Queued,
+            reason: None,
+            headers: Vec::new(),
+            first_hop: Some(Hop::Plugins),
+            order_key: None,
+            claim_until_ms: None,
+        };
+        store.insert_event(new).await.unwrap();
+        let write = crate::KvWrite {
+            plugin: "ledger".into(),
+            key: "total".into(),
+            value: b"5700".to_vec(),
+            version: 1,
+        };
+        let step = PluginStep {
+            key: k,
+            event_seq: None,
+            number: 1,
+            at_ms: 1,
+            step: AttemptOutcome::Delivered,
+            error: None,
+            runs: Vec::new(),
+            kv: vec![write],
+            status: EventStatus::Stored,
+            reason: None,
+            deliveries: Vec::new(),
+            tags: Vec::new(),
+            routes: None,
+            claimed_until_ms: None,
+        };
+        assert_eq!(store.finish_plugin_step(step).await.unwrap(), StepRecorded::Applied);
+        assert_eq!(store.load_kv("acme", "ledger").await.unwrap(), [total("5700", 1)]);
         store.close().await;
     }
 }

@@ -1,0 +1,259 @@
+//! A plugin's key-value space in memory, between the store and the plugin's runs.
+//!
+//! Runs read the space here, not from the store, and a run's writes become visible here as soon
+//! as it succeeds, before its step commits them (the stage commits the step after the chain).
+//! Runs of one plugin take turns, but their steps commit in whatever order the workers reach the
+//! store. So each run's writes carry a version, one more than the last run's that wrote, and the
+//! store keeps per key the write of the highest version: an earlier run's write that commits
+//! late never replaces a later run's.
+//!
+//! The space is loaded again after a step whose writes did not commit, and after every step
+//! when replicas share the store. A load reads what has committed; the writes visible here whose
+//! steps are still committing, or committed while the load was reading, are laid over what it
+//! read, so a run never reads a value older than one an earlier run of this gateway wrote.
+//!
+//! It must never do I/O or wait on anything: the chain loads from the store outside its lock.
+
+use std::collections::HashMap;
+
+use payflow_store::KvEntry;
+
+use crate::KvMap;
+
+/// See the module docs.
+#[derive(Default)]
+pub struct KvSpace {
+    values: KvMap,
+    /// Whether the next run may read `values`, or must load the store first (never loaded, or
+    /// forgotten since).
+    fresh: bool,
+    /// Times forgotten: a load during which it was forgotten leaves the space to load again.
+    forgotten: u64,
+    /// The highest version written here or loaded.
+    version: i64,
+    /// Loads reading the store now.
+    loading: usize,
+    /// Writes a load might not find in the store: their steps are committing, or committed
+    /// while a load was reading.
+    pending: HashMap<String, Pending>,
+}
+
+/// A write visible here that a load may not find in the store.
+struct Pending {
+    version: i64,
+    value: Vec<u8>,
+    committed: bool,
+}
+
+/// A load under way: [`KvSpace::begin_load`], then [`KvSpace::finish_load`] with what the store
+/// read, or [`KvSpace::abandon_load`].
+#[must_use]
+pub struct Load {
+    forgotten: u64,
+}
+
+impl KvSpace {
+    /// Whether runs may read the space as it is (else: load it first).
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// What runs read.
+    pub fn values(&self) -> &KvMap {
+        &self.values
+    }
+
+    /// The next run loads the store first: what is here may be ahead of it (a write that did
+    /// not commit) or behind it (another replica's write).
+    pub fn forget(&mut self) {
+        self.fresh = false;
+        self.forgotten += 1;
+    }
+
+    /// The plugin was deleted, its space with it: what was written here is gone too (a step
+    /// still committing may write its keys again, as it would after the delete).
+    pub fn clear(&mut self) {
+        self.pending.clear();
+        self.values = KvMap::default();
+        self.forget();
+    }
+
+    /// A load of the store is about to read.
+    pub fn begin_load(&mut self) -> Load {
+        self.loading += 1;
+        Load { forgotten: self.forgotten }
+    }
+
+    /// The store read `entries`: they become the space, under the writes still pending.
+    pub fn finish_load(&mut self, load: Load, entries: Vec<KvEntry>) {
+        let mut stored_versions: HashMap<&str, i64> = HashMap::new();
+        for e in &entries {
+            self.version = self.version.max(e.version);
+            if self.pending.contains_key(&e.key) {
+                stored_versions.insert(&e.key, e.version);
+            }
+        }
+        let mut values: KvMap = entries.iter().map(|e| (e.key.clone(), e.value.clone())).collect();
+        for (key, p) in &self.pending {
+            if stored_versions.get(key.as_str()).is_none_or(|&stored| stored <= p.version) {
+                values.insert(key.clone(), p.value.clone());
+            }
+        }
+        self.values = values;
+        self.fresh = load.forgotten == self.forgotten;
+        self.end_load();
+    }
+
+    /// The load failed; the space stays to be loaded.
+    pub fn abandon_load(&mut self, load: Load) {
+        let Load { .. } = load;
+        self.end_load();
+    }
+
+    fn end_load(&mut self) {
+        self.loading -= 1;
+        if self.loading == 0 {
+            // Every later load reads them from the store.
+            self.pending.retain(|_, p| !p.committed);
+        }
+    }
+
+    /// A run's `writes` become visible to the next runs; the version they are committed under.
+    pub fn publish(&mut self, writes: &HashMap<String, Vec<u8>>) -> i64 {
+        self.version += 1;
+        for (key, value) in writes {
+            self.values.insert(key.clone(), value.clone());
+            let pending = Pending { version: self.version, value: value.clone(), committed: false };
+            self.pending.insert(key.clone(), pending);
+        }
+        self.version
+    }
+
+    /// The step that committed the writes of `version` has its answer: `committed`, or not (the
+    /// writes are then forgotten, and the space loaded again before the next run).
+    pub fn settle(&mut self, version: i64, committed: bool) {
+        let loading = self.loading > 0;
+        self.pending.retain(|_, p| {
+            if p.version != version {
+                return true;
+            }
+            p.committed = committed;
+            committed && loading
+        });
+        if !committed {
+            self.forget();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str, value: &str, version: i64) -> KvEntry {
+        KvEntry { key: key.into(), value: value.into(), version }
+    }
+
+    fn writes(key: &str, value: &str) -> HashMap<String, Vec<u8>> {
+        HashMap::from([(key.to_string(), value.as_bytes().to_vec())])
+    }
+
+    fn value(space: &KvSpace, key: &str) -> Option<String> {
+        space.values().get(key).map(|v| String::from_utf8(v.clone()).unwrap())
+    }
+
+    fn loaded(entries: Vec<KvEntry>) -> KvSpace {
+        let mut space = KvSpace::default();
+        let load = space.begin_load();
+        space.finish_load(load, entries);
+        space
+    }
+
+    #[test]
+    fn writes_after_a_load_are_numbered_past_the_highest_version_stored() {
+        let mut space = KvSpace::default();
+        assert!(!space.is_fresh(), "never loaded");
+        let load = space.begin_load();
+        space.finish_load(load, vec![entry("a", "1", 7), entry("b", "2", 3)]);
+        assert!(space.is_fresh());
+        assert_eq!(space.publish(&writes("a", "3")), 8);
+        assert_eq!(space.publish(&writes("b", "4")), 9);
+        assert_eq!((value(&space, "a").as_deref(), value(&space, "b").as_deref()), (Some("3"), Some("4")));
+    }
+
+    #[test]
+    fn a_load_while_a_step_commits_keeps_that_steps_write() {
+        let mut space = loaded(vec![entry("total", "100", 1)]);
+        let v = space.publish(&writes("total", "150"));
+        space.forget();
+        // Read before the step committed: the store still has 100.
+        let load = space.begin_load();
+        space.finish_load(load, vec![entry("total", "100", 1)]);
+        assert_eq!(value(&space, "total").as_deref(), Some("150"));
+        space.settle(v, true);
+        assert!(space.pending.is_empty(), "committed, with no load reading: the store has it");
+    }
+
+    #[test]
+    fn a_write_that_commits_while_a_load_reads_is_laid_over_what_it_read() {
+        let mut space = loaded(Vec::new());
+        let v = space.publish(&writes("total", "150"));
+        space.forget();
+        let load = space.begin_load();
+        space.settle(v, true);
+        // Whether the read saw the commit or not, the value is the committed one.
+        space.finish_load(load, Vec::new());
+        assert_eq!(value(&space, "total").as_deref(), Some("150"));
+        assert!(space.pending.is_empty(), "every later load reads it from the store");
+    }
+
+    #[test]
+    fn a_later_version_in_the_store_wins_over_a_pending_write() {
+        let mut space = loaded(Vec::new());
+        let v = space.publish(&writes("k", "mine"));
+        space.forget();
+        let load = space.begin_load();
+        // Another replica wrote the key after this run, under a later version.
+        space.finish_load(load, vec![entry("k", "theirs", v + 5)]);
+        assert_eq!(value(&space, "k").as_deref(), Some("theirs"));
+        assert_eq!(space.publish(&writes("k", "next")), v + 6, "numbered past what was loaded");
+    }
+
+    #[test]
+    fn a_write_that_did_not_commit_is_forgotten_and_never_laid_over_a_load() {
+        let mut space = loaded(vec![entry("total", "100", 1)]);
+        let v = space.publish(&writes("total", "150"));
+        space.settle(v, false);
+        assert!(!space.is_fresh(), "the space must be read again");
+        let load = space.begin_load();
+        space.finish_load(load, vec![entry("total", "100", 1)]);
+        assert_eq!(value(&space, "total").as_deref(), Some("100"));
+    }
+
+    #[test]
+    fn an_earlier_steps_answer_does_not_settle_a_later_write_of_the_same_key() {
+        let mut space = loaded(Vec::new());
+        let first = space.publish(&writes("total", "1"));
+        let second = space.publish(&writes("total", "2"));
+        space.settle(first, true);
+        space.forget();
+        let load = space.begin_load();
+        space.finish_load(load, vec![entry("total", "1", first)]);
+        assert_eq!(value(&space, "total").as_deref(), Some("2"), "the second is still committing");
+        space.settle(second, true);
+        assert!(space.pending.is_empty());
+    }
+
+    #[test]
+    fn a_space_forgotten_while_it_loads_is_loaded_again() {
+        let mut space = loaded(Vec::new());
+        space.forget();
+        let load = space.begin_load();
+        space.forget();
+        space.finish_load(load, Vec::new());
+        assert!(!space.is_fresh(), "what it read may predate what the forget was for");
+        let load = space.begin_load();
+        space.abandon_load(load);
+        assert!(!space.is_fresh(), "a failed load leaves it to load");
+    }
+}
