@@ -230,3 +230,54 @@ async fn stored_total_counts_every_event(url: Option<&str>) {
     let after = app.received().into_iter().find(|r| r.event_id == "evt_sum_after_restart").unwrap();
     assert_eq!(after.header("x-ledger-total"), Some(format!("{} PKR", ROUNDS * AT_ONCE + 1).as_str()));
 }
+
+/// A plugin that never reads or writes kv runs without its space being loaded (with a shared
+/// store, a load was a query on every step). Shown with a kv table the gateway cannot read:
+/// the amount-threshold example keeps passing events, while the ledger, which uses kv, fails
+/// its step with `store_unavailable`, as any plugin did before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_that_never_touches_kv_runs_without_its_space_being_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = Upstream::start().await;
+    let db = dir.path().join("db");
+    let config = support::two_merchants_config(&db, &app.url(), r#"plugins = ["amount-threshold"]"#)
+        .replace("path = \"/globex\"\n", "path = \"/globex\"\nplugins = [\"ledger\"]\n")
+        + &format!(
+            r#"
+[[plugin]]
+name = "amount-threshold"
+merchant = "acme"
+path = "{}"
+config = {{ min_amount = "100" }}
+[[plugin]]
+name = "ledger"
+merchant = "globex"
+path = "{}"
+"#,
+            guests().join("amount_threshold.wasm").display(),
+            guests().join("ledger.wasm").display()
+        );
+    let gw = Gateway::start(dir.path(), &config);
+    // The kv table out of the gateway's reach, from another connection, before any run.
+    let other = rusqlite::Connection::open(&db).unwrap();
+    other.execute_batch("ALTER TABLE plugin_kv RENAME TO plugin_kv_away").unwrap();
+
+    send(&gw, "evt_no_kv", 5000).await;
+    app.wait_for(WAIT, "the event through amount-threshold", |r| r.len() == 1).await;
+    let body = serde_json::to_vec(&payment_with_amount("evt_uses_kv", 5000)).unwrap();
+    let headers = sign(payflow_verify::Scheme::PayFlow, SECRET, &body, "evt_uses_kv");
+    assert_eq!(post(&client(), &gw.url("/globex"), &headers, body).await.0, 200);
+    let deadline = std::time::Instant::now() + WAIT;
+    let step = loop {
+        let url = gw.admin_url("/api/events/evt_uses_kv");
+        let (_, event) = support::admin_get(&client(), &url, GLOBEX_TOKEN).await;
+        if event["plugin_step"]["attempts"].as_u64().unwrap_or(0) >= 1 {
+            break event["plugin_step"].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "the ledger's step never ran: {event}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = step["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("ledger: store_unavailable"), "{step}");
+    assert_eq!(app.received().len(), 1, "the ledger's event was not delivered");
+}

@@ -13,13 +13,14 @@
 //! record (a run that overlapped it may have seen its writes).
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::runtime::Handle;
 
-use super::registry::Slot;
+use super::registry::{Slot, Version};
 use super::{check_quota, Action, Event, Failure, Kv, KvMap, KvQuotaExceeded, Outcome, Registry, Run};
 use payflow_store::{Event as StoredEvent, KvWrite, NewDelivery, PluginRunInfo, StoreError};
 
@@ -137,10 +138,40 @@ impl std::fmt::Debug for Published {
     }
 }
 
+/// Runs `version` of the plugin in `slot` on `event` once, over a fresh view of its kv space
+/// (`loaded`: whether the space was loaded for it); the view, the run and when it began.
+fn run_once(
+    slot: &Arc<Slot>,
+    version: &Version,
+    event: &Event,
+    loaded: bool,
+) -> (Arc<Overlay>, Run, Instant) {
+    let overlay = Arc::new(Overlay {
+        slot: slot.clone(),
+        loaded,
+        missed: AtomicBool::new(false),
+        writes: Mutex::default(),
+    });
+    let started = Instant::now();
+    let run = if slot.warm {
+        let mut instance = version.take_warm(slot, overlay.clone());
+        let run = instance.run(event);
+        version.put_warm(instance);
+        run
+    } else {
+        version.plugin.run(event, &slot.config, overlay.clone(), &slot.limits)
+    };
+    (overlay, run, started)
+}
+
 /// A run's view of a plugin's kv space: reads see the committed values and this run's own
 /// writes; writes stay here until the run succeeds.
 struct Overlay {
     slot: Arc<Slot>,
+    /// Whether the space was loaded for this run. If not, the run is stopped at its first kv
+    /// call and marked `missed`, to be made again with the space loaded.
+    loaded: bool,
+    missed: AtomicBool,
     writes: Mutex<Writes>,
 }
 
@@ -158,7 +189,17 @@ impl Overlay {
 }
 
 impl Kv for Overlay {
+    fn available(&self) -> bool {
+        if !self.loaded {
+            self.missed.store(true, Ordering::Relaxed);
+        }
+        self.loaded
+    }
+
     fn get(&self, key: &str) -> Option<Vec<u8>> {
+        if !self.available() {
+            return None;
+        }
         if let Some(v) = self.writes.lock().unwrap_or_else(|p| p.into_inner()).values.get(key) {
             return Some(v.clone());
         }
@@ -166,6 +207,9 @@ impl Kv for Overlay {
     }
 
     fn set(&self, key: &str, value: &[u8], quota_bytes: usize) -> Result<(), KvQuotaExceeded> {
+        if !self.available() {
+            return Err(KvQuotaExceeded { quota_bytes });
+        }
         let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
         let (committed, old) = self.with_space(|space| (space.used(), space.size(key)));
         let old = writes.values.get(key).map_or(old, |v| key.len() + v.len());
@@ -214,20 +258,27 @@ pub fn run(
         // Runs of one plugin are serialized, so a read-modify-write of a key is never
         // interleaved with another run's.
         let _turn = slot.turn.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = ensure_loaded(registry, handle, &slot) {
-            return failed(runs, published, format!("{name}: store_unavailable: {e}"));
+        // A version seen to use kv has its space loaded before the run, outside its deadline.
+        // One not seen to yet runs without: most plugins never touch kv, and with a shared
+        // store a load is a query per step (its skip measured in bench/RESULTS.md, thirty-first
+        // look). If it does touch kv, that run is stopped at its first kv call, set aside
+        // unrecorded, and made again with the space loaded. A warm instance keeps state between events, so it never runs an event
+        // twice: its space is always loaded first.
+        let load_first = slot.warm || version.uses_kv();
+        if load_first {
+            if let Err(e) = ensure_loaded(registry, handle, &slot) {
+                return failed(runs, published, format!("{name}: store_unavailable: {e}"));
+            }
         }
-        let overlay = Arc::new(Overlay { slot: slot.clone(), writes: Mutex::default() });
         let event = Event::of(&input.event, body.as_ref().unwrap_or(&input.event.body));
-        let started = Instant::now();
-        let run = if slot.warm {
-            let mut instance = version.take_warm(&slot, overlay.clone());
-            let run = instance.run(&event);
-            version.put_warm(instance);
-            run
-        } else {
-            version.plugin.run(&event, &slot.config, overlay.clone(), &slot.limits)
-        };
+        let (mut overlay, mut run, mut started) = run_once(&slot, &version, &event, load_first);
+        if overlay.missed.load(Ordering::Relaxed) {
+            version.mark_uses_kv();
+            if let Err(e) = ensure_loaded(registry, handle, &slot) {
+                return failed(runs, published, format!("{name}: store_unavailable: {e}"));
+            }
+            (overlay, run, started) = run_once(&slot, &version, &event, true);
+        }
         let checked = run
             .result
             .as_ref()

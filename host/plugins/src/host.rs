@@ -57,6 +57,16 @@ impl WasiView for RunState {
 }
 
 impl RunState {
+    /// Stops the run (a trap) if its kv space was not loaded for it: the caller makes it again
+    /// with the space loaded ([`Kv::available`]).
+    fn kv_available(&self) -> wasmtime::Result<()> {
+        if self.kv.available() {
+            Ok(())
+        } else {
+            Err(wasmtime::Error::msg("the plugin's kv space was not loaded for this run"))
+        }
+    }
+
     pub(crate) fn log_line(&mut self, level: &'static str, message: String) {
         let cost = message.len() + LOG_LINE_OVERHEAD;
         if cost > self.log_room {
@@ -86,12 +96,14 @@ impl bindings::payflow::plugin::host::Host for RunState {
         self.config.get(&key).cloned()
     }
 
-    fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.kv.get(&key)
+    fn kv_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        self.kv_available()?;
+        Ok(self.kv.get(&key))
     }
 
     // The WIT boundary: the guest gets the refusal as text.
-    fn kv_set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
-        self.kv.set(&key, &value, self.kv_quota).map_err(|e| e.to_string())
+    fn kv_set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+        self.kv_available()?;
+        Ok(self.kv.set(&key, &value, self.kv_quota).map_err(|e| e.to_string()))
     }
 }

@@ -11,6 +11,12 @@ pub trait Kv: Send + Sync {
     fn get(&self, key: &str) -> Option<Vec<u8>>;
     /// Stores `value`, unless the space would then exceed `quota_bytes`.
     fn set(&self, key: &str, value: &[u8], quota_bytes: usize) -> Result<(), KvQuotaExceeded>;
+    /// Whether the run may use the space. A space not loaded for the run answers false (and
+    /// notes that the run needed it): the run is then stopped at that call, to be made again
+    /// with the space loaded.
+    fn available(&self) -> bool {
+        true
+    }
 }
 
 /// Keys and values with their total size (keys and values together) kept up to date, so a

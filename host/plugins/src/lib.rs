@@ -46,6 +46,11 @@ mod bindings {
         world: "payflow:plugin/plugin",
         // A dry run compares two versions' outcomes field by field.
         additional_derives: [PartialEq],
+        // A run over a kv space not loaded for it is stopped at its first kv call (`chain`).
+        imports: {
+            "payflow:plugin/host.kv-get": trappable,
+            "payflow:plugin/host.kv-set": trappable,
+        },
     });
 }
 

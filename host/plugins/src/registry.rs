@@ -9,6 +9,7 @@
 //! scheduler's threads) nor decide who may change one (the admin API checks scopes).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
@@ -76,9 +77,32 @@ pub struct Version {
     pub from_cache: bool,
     /// Idle warm instances (`warm = true` only).
     warm: Mutex<Vec<WarmInstance>>,
+    /// Whether a run of it has read or written kv: its space is then loaded before each run
+    /// (see `chain`).
+    uses_kv: AtomicBool,
 }
 
 impl Version {
+    fn new(info: PluginVersionInfo, plugin: LoadedPlugin, from_cache: bool) -> Arc<Self> {
+        Arc::new(Version {
+            info,
+            plugin,
+            from_cache,
+            warm: Mutex::default(),
+            uses_kv: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether a run of this version has read or written kv.
+    pub fn uses_kv(&self) -> bool {
+        self.uses_kv.load(Ordering::Relaxed)
+    }
+
+    /// A run of this version read or wrote kv.
+    pub fn mark_uses_kv(&self) {
+        self.uses_kv.store(true, Ordering::Relaxed);
+    }
+
     /// Takes an idle warm instance, or makes one.
     pub fn take_warm(&self, slot: &Slot, kv: Arc<dyn Kv>) -> WarmInstance {
         let idle = self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop();
@@ -568,7 +592,7 @@ impl Registry {
                 (plugin, false)
             }
         };
-        Ok(Arc::new(Version { info: stored.info, plugin, from_cache, warm: Mutex::new(Vec::new()) }))
+        Ok(Version::new(stored.info, plugin, from_cache))
     }
 
     async fn compile(&self, wasm: Bytes) -> Result<(LoadedPlugin, Vec<u8>), RegistryError> {
@@ -620,7 +644,7 @@ impl Registry {
         let version = self.store.add_plugin_version(new, file_sha256, self.bounds).await??;
         let info = PluginVersionInfo { version, sha256, size, source: source.to_string(), created_at_ms };
         tracing::info!(merchant = %slot.merchant, plugin = %slot.name, version, source, activate, "plugin version stored");
-        Ok(Arc::new(Version { info, plugin, from_cache: false, warm: Mutex::new(Vec::new()) }))
+        Ok(Version::new(info, plugin, false))
     }
 
     /// The slot of `merchant`'s plugin `name`.

@@ -1345,13 +1345,15 @@ impl DeliveryQueue for SqliteStore {
                 // Only its runs are kept, as what ran: the replay's own run decides.
                 return Ok(StepRecorded::SetAside);
             }
-            let mut kv = conn.prepare_cached(
-                "INSERT INTO plugin_kv (merchant, plugin, key, value, version) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value, version = excluded.version
-                 WHERE excluded.version >= plugin_kv.version",
-            )?;
-            for w in &step.kv {
-                kv.execute(params![merchant, w.plugin, w.key, w.value, w.version])?;
+            if !step.kv.is_empty() {
+                let mut kv = conn.prepare_cached(
+                    "INSERT INTO plugin_kv (merchant, plugin, key, value, version) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value, version = excluded.version
+                     WHERE excluded.version >= plugin_kv.version",
+                )?;
+                for w in &step.kv {
+                    kv.execute(params![merchant, w.plugin, w.key, w.value, w.version])?;
+                }
             }
             let mut add = conn.prepare_cached(concat!(
                 "INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
