@@ -70,7 +70,7 @@ fn key(merchant: &str, scope: &str, id: &str) -> EventKey {
     EventKey::new(merchant, scope, id)
 }
 
-fn event(key: &EventKey, at_ms: i64, first_hop: Option<Hop>) -> NewEvent {
+pub(crate) fn event(key: &EventKey, at_ms: i64, first_hop: Option<Hop>) -> NewEvent {
     NewEvent {
         event: Event {
             key: key.clone(),
@@ -109,7 +109,7 @@ fn run(attempt: u32, outcome: &str) -> PluginRunInfo {
 }
 
 /// A plugin step that ran as `number` and ended as `step`, creating deliveries to `to`.
-fn step(k: &EventKey, number: u32, at_ms: i64, step: AttemptOutcome, to: &[&str]) -> PluginStep {
+pub(crate) fn step(k: &EventKey, number: u32, at_ms: i64, step: AttemptOutcome, to: &[&str]) -> PluginStep {
     let failed = step != AttemptOutcome::Delivered;
     PluginStep {
         key: k.clone(),

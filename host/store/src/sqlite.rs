@@ -2051,6 +2051,16 @@ mod tests {
         }
     }
 
+    /// A store opened (and so upgraded) on a database in `dir` that an older gateway left as
+    /// `older` made it.
+    fn opened_after(dir: &tempfile::TempDir, older: &str) -> SqliteStore {
+        let config = config_in(dir);
+        let conn = Connection::open(&config.path).unwrap();
+        conn.execute_batch(older).unwrap();
+        drop(conn);
+        SqliteStore::open(&config, Arc::new(())).unwrap()
+    }
+
     async fn open() -> (Arc<dyn Store>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         (Arc::new(SqliteStore::open(&config_in(&dir), Arc::new(())).unwrap()), dir)
@@ -2650,10 +2660,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn plugin_versions_with_one_compiled_artifact_are_upgraded_in_place() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db").display().to_string();
         // The older gateway's table, as it made it.
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(
+        let store = opened_after(
+            &dir,
             "CREATE TABLE plugin_versions (merchant TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL,
                  sha256 TEXT NOT NULL, wasm BLOB NOT NULL, compiled BLOB NOT NULL, source TEXT NOT NULL,
                  created_at_ms BIGINT NOT NULL, PRIMARY KEY (merchant, name, version));
@@ -2661,15 +2670,7 @@ mod tests {
                  file_sha256 TEXT, PRIMARY KEY (merchant, name));
              INSERT INTO plugin_versions VALUES ('acme', 'p', 1, 'abc', X'0061736d', X'01020304', 'upload', 5);
              INSERT INTO plugins VALUES ('acme', 'p', 1, NULL);",
-        )
-        .unwrap();
-        drop(conn);
-
-        let store = SqliteStore::open(
-            &StoreConfig { path, wal_prefill_mb: 1, ..StoreConfig::default() },
-            Arc::new(()),
-        )
-        .unwrap();
+        );
         let active = store.active_plugin("acme", "p", "engine-a").await.unwrap().expect("still active");
         assert_eq!((active.version, &active.wasm[..], active.compiled), (1, &b"\0asm"[..], None));
         store.save_compiled("acme", "p", 1, "engine-a", vec![7; 4]).await.unwrap();
@@ -2677,48 +2678,22 @@ mod tests {
         assert_eq!(active.compiled, Some(vec![7; 4]));
         store.close().await;
     }
+
     /// A database from before kv writes carried versions: its keys load as version 0, and the
     /// first versioned write replaces them.
     #[tokio::test(flavor = "multi_thread")]
     async fn plugin_kv_from_before_versions_is_upgraded_in_place() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db").display().to_string();
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(
+        let store = opened_after(
+            &dir,
             "CREATE TABLE plugin_kv (merchant TEXT NOT NULL, plugin TEXT NOT NULL, key TEXT NOT NULL,
                  value BLOB NOT NULL, PRIMARY KEY (merchant, plugin, key));
              INSERT INTO plugin_kv VALUES ('acme', 'ledger', 'total', X'35303030');",
-        )
-        .unwrap();
-        drop(conn);
-
-        let store = SqliteStore::open(
-            &StoreConfig { path, wal_prefill_mb: 1, ..StoreConfig::default() },
-            Arc::new(()),
-        )
-        .unwrap();
+        );
         let total = |value: &str, version| KvEntry { key: "total".into(), value: value.into(), version };
         assert_eq!(store.load_kv("acme", "ledger").await.unwrap(), [total("5000", 0)]);
         let k = EventKey::new("acme", "/wh", "evt_after_upgrade");
-        let event = Event {
-            key: k.clone(),
-            endpoint: "/wh".into(),
-            event_type: None,
-            body: Bytes::from_static(b"{}"),
-            received_at_ms: 1,
-            request_id: "req".into(),
-            ordered: false,
-        };
-        let new = NewEvent {
-            event,
-            status: EventStatus::Queued,
-            reason: None,
-            headers: Vec::new(),
-            first_hop: Some(Hop::Plugins),
-            order_key: None,
-            claim_until_ms: None,
-        };
-        store.insert_event(new).await.unwrap();
+        store.insert_event(crate::conformance::event(&k, 1, Some(Hop::Plugins))).await.unwrap();
         let write = crate::KvWrite {
             plugin: "ledger".into(),
             key: "total".into(),
@@ -2726,20 +2701,8 @@ mod tests {
             version: 1,
         };
         let step = PluginStep {
-            key: k,
-            event_seq: None,
-            number: 1,
-            at_ms: 1,
-            step: AttemptOutcome::Delivered,
-            error: None,
-            runs: Vec::new(),
             kv: vec![write],
-            status: EventStatus::Stored,
-            reason: None,
-            deliveries: Vec::new(),
-            tags: Vec::new(),
-            routes: None,
-            claimed_until_ms: None,
+            ..crate::conformance::step(&k, 1, 1, AttemptOutcome::Delivered, &[])
         };
         assert_eq!(store.finish_plugin_step(step).await.unwrap(), StepRecorded::Applied);
         assert_eq!(store.load_kv("acme", "ledger").await.unwrap(), [total("5700", 1)]);
