@@ -262,8 +262,8 @@ pub fn run(
         // One not seen to yet runs without: most plugins never touch kv, and with a shared
         // store a load is a query per step (its skip measured in bench/RESULTS.md, thirty-first
         // look). If it does touch kv, that run is stopped at its first kv call, set aside
-        // unrecorded, and made again with the space loaded. A warm instance keeps state between events, so it never runs an event
-        // twice: its space is always loaded first.
+        // unrecorded, and made again with the space loaded. A warm instance keeps state between
+        // events, so it never runs an event twice: its space is always loaded first.
         let load_first = slot.warm || version.uses_kv();
         if load_first {
             if let Err(e) = ensure_loaded(registry, handle, &slot) {
