@@ -713,7 +713,7 @@ impl Registry {
             )));
         };
         let candidate = self.trial_compile(wasm).await?;
-        let kv = self.store.load_kv(merchant, name).await?.into_iter().map(|e| (e.key, e.value)).collect();
+        let kv = self.kv(merchant, name).await?;
         Ok(Trial::new(slot.clone(), active, candidate, kv, upstreams))
     }
 
