@@ -15,6 +15,9 @@
 # PLUGIN=1: the queue-mode endpoint runs the amount-threshold example plugin (built by
 # scripts/build-plugins.sh, or PLUGIN_WASM), so the prefill and the queue burst go through
 # plugin steps and runs as well.
+# KV_FILL=N (with PLUGIN): before the bursts, the plugin's kv space is filled with N keys of
+# 900 bytes each (directly in the store, as a plugin that remembers many customers would have
+# it), so that what reading the space costs shows in the queue burst.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -29,6 +32,19 @@ edge_config "$edge" "$store" "$bare" > "$work/g.toml"
 start_edge "$edge_bin" "$work/g.toml" "$@"; pid=$edge_pid
 wait_port "$edge"; wait_port "$bare"
 filled=""
+if [[ -n "${KV_FILL:-}" ]]; then
+  fill="SELECT 'fill:' || g, repeat('x', 900), 0 FROM generate_series(1, $KV_FILL) AS g"
+  if [[ -n "${PG:-}" ]]; then
+    pg_psql -d aged -qc "INSERT INTO plugin_kv (merchant, plugin, key, value, version)
+      SELECT 'default', 'amount-threshold', k, convert_to(v, 'UTF8'), n FROM ($fill) AS f(k, v, n)"
+  else
+    python3 -c "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('PRAGMA busy_timeout = 10000')
+c.execute(\"WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < $KV_FILL) \" +
+          \"INSERT INTO plugin_kv (merchant, plugin, key, value, version) \" +
+          \"SELECT 'default', 'amount-threshold', 'fill:' || g, CAST(printf('%.900c', 'x') AS BLOB), 0 FROM s\"); c.commit()" "$work/aged.db"
+  fi
+  filled=" (kv filled with $KV_FILL keys)"
+fi
 if ((prefill > 0)); then
   # How long the prefill took to be acknowledged, and to be delivered: the backlog's catch-up
   # on a growing database (the twenty-second look found it 5-10x slower on PostgreSQL before).
