@@ -172,8 +172,9 @@ async fn regression_a_plugins_stored_total_counts_every_event_whatever_order_the
     stored_total_counts_every_event(None).await;
 }
 
-/// As on SQLite, and more: with a shared store the space is loaded again after every step,
-/// while other steps' writes are still committing; a load must not miss them.
+/// As on SQLite, and more: with a shared store the space is loaded again whenever the store
+/// counts a change made elsewhere (here, the rounds' repairs), while other steps' writes are
+/// still committing; a load must not miss them.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugins_stored_total_on_postgres_counts_every_event_whatever_order_their_steps_commit() {
     let pg = TestServer::start();
@@ -182,8 +183,9 @@ async fn a_plugins_stored_total_on_postgres_counts_every_event_whatever_order_th
 
 /// Rounds of events sent at once through the ledger, so that their steps run side by side:
 /// after each round, the stored total counts every event so far, and each run read the total
-/// the run before it left; after a kill -9, so does the first run. On the PostgreSQL database
-/// at `url`, else on SQLite.
+/// the run before it left; after a kill -9, so does the first run. Amid each round, a repair
+/// of a key nobody uses makes the next run load the space from the store while other runs'
+/// steps are committing. On the PostgreSQL database at `url`, else on SQLite.
 async fn stored_total_counts_every_event(url: Option<&str>) {
     const ROUNDS: usize = 30;
     const AT_ONCE: usize = 8;
@@ -209,6 +211,9 @@ async fn stored_total_counts_every_event(url: Option<&str>) {
         let mut senders = tokio::task::JoinSet::new();
         for n in 0..AT_ONCE {
             senders.spawn(send_to(gw.url("/acme"), format!("evt_sum_{round}_{n}"), 1));
+            if n == AT_ONCE / 2 {
+                senders.spawn(repair(gw.admin_url("/api/plugins/ledger/kv/unused")));
+            }
         }
         senders.join_all().await;
         let sent = (round + 1) * AT_ONCE;
@@ -229,6 +234,63 @@ async fn stored_total_counts_every_event(url: Option<&str>) {
     app.wait_for(WAIT, "the event after the restart", |r| r.len() == ROUNDS * AT_ONCE + 1).await;
     let after = app.received().into_iter().find(|r| r.event_id == "evt_sum_after_restart").unwrap();
     assert_eq!(after.header("x-ledger-total"), Some(format!("{} PKR", ROUNDS * AT_ONCE + 1).as_str()));
+}
+
+/// A repair of a plugin's kv through the admin API at `url` (`…/kv/KEY`): deleted, or not there.
+async fn repair(url: String) {
+    let answer = client().delete(url).bearer_auth(ACME_TOKEN).send().await.unwrap();
+    assert!(matches!(answer.status().as_u16(), 200 | 204 | 404), "{answer:?}");
+}
+
+/// With replicas sharing a PostgreSQL store, a gateway runs a plugin on its copy of the
+/// plugin's space, and loads the space again only once the store counts a change made
+/// elsewhere: another replica's step, or an admin repair through any replica. Before, it
+/// loaded the whole space before every run. Shown with a total changed behind every gateway's
+/// back, directly in the database: a run reads it only after such a change.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgres_a_plugins_space_is_loaded_again_only_after_a_change_made_elsewhere() {
+    let pg = TestServer::start();
+    let url = pg.database("kv_changes");
+    let app = Upstream::start().await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = |dir: &std::path::Path| {
+        config(&dir.join("db"), &app.url()).replace("[store]\n", &format!("[store]\nurl = {url:?}\n"))
+    };
+    let a = Gateway::start(dir_a.path(), &config(dir_a.path()));
+    let behind_their_backs = |total: u64| {
+        pg.sql(
+            "kv_changes",
+            &format!("UPDATE plugin_kv SET value = convert_to('{total}', 'UTF8') WHERE key = '{TOTAL_KEY}'"),
+        )
+    };
+    let mut sent = 0;
+    let mut total_after = |gw: &Gateway, id: &'static str, amount: i64| {
+        sent += 1;
+        let (url, app, sent) = (gw.url("/acme"), &app, sent);
+        async move {
+            send_to(url, id.to_string(), amount).await;
+            app.wait_for(WAIT, id, |r| r.len() == sent).await;
+            let received = app.received().into_iter().find(|r| r.event_id == id).unwrap();
+            received.header("x-ledger-total").unwrap().to_string()
+        }
+    };
+
+    assert_eq!(total_after(&a, "evt_a1", 5000).await, "5000 PKR");
+    behind_their_backs(1_000_000);
+    assert_eq!(total_after(&a, "evt_a2", 700).await, "5700 PKR", "nobody else changed it: A's copy");
+
+    let b = Gateway::start(dir_b.path(), &config(dir_b.path()));
+    behind_their_backs(2_000_000);
+    assert_eq!(total_after(&b, "evt_b1", 300).await, "2000300 PKR", "B's first run loads it");
+    assert_eq!(total_after(&a, "evt_a3", 40).await, "2000340 PKR", "B's step changed it: A loads it again");
+    assert_eq!(total_after(&a, "evt_a4", 2).await, "2000342 PKR", "A's own step did not");
+
+    behind_their_backs(3_000_000);
+    repair(b.admin_url("/api/plugins/ledger/kv/unused")).await;
+    assert_eq!(total_after(&a, "evt_a5", 5).await, "3000005 PKR", "a repair through B counts for A");
+    behind_their_backs(4_000_000);
+    repair(a.admin_url("/api/plugins/ledger/kv/unused")).await;
+    assert_eq!(total_after(&a, "evt_a6", 6).await, "4000006 PKR", "and for the replica that made it");
 }
 
 /// A plugin that never reads or writes kv runs without its space being loaded (with a shared

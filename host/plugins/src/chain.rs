@@ -335,17 +335,28 @@ pub fn run(
     ChainResult { runs, kv, published, outcome: ChainOutcome::Continue { body, headers, forwards, tags } }
 }
 
-/// Forgets the in-memory key-value spaces of the plugins of `chain`, so that their next run
-/// reads the store: after any step when replicas share the store (their next run reads what
-/// the others wrote).
-pub fn forget_kv(registry: &Registry, merchant: &str, chain: &[String]) {
-    for slot in chain.iter().filter_map(|name| registry.slot(merchant, name)) {
-        slot.kv.lock().unwrap_or_else(|p| p.into_inner()).forget();
-    }
-}
-
+/// Makes the plugin's space in memory fit for its next run: loaded if it is not, or if gateways
+/// share the store and the store counts a change made elsewhere since it was loaded (another
+/// gateway's step, an admin repair). Reading that count is one small query; reading the whole
+/// space before every run made each event of a plugin with a large space cost the database a
+/// read of all of it (bench/RESULTS.md, thirty-second look).
 fn ensure_loaded(registry: &Registry, handle: &Handle, slot: &Slot) -> Result<(), StoreError> {
     let space = || slot.kv.lock().unwrap_or_else(|p| p.into_inner());
+    let store = registry.store();
+    if store.shares_kv() {
+        let loaded_at = {
+            let space = space();
+            space.is_fresh().then(|| space.changes())
+        };
+        if let Some(loaded_at) = loaded_at {
+            // Outside the space's lock, as a load is. Runs of the plugin take turns, so no load
+            // happens meanwhile; a step that did not commit may forget the space, and then the
+            // load below reads it anyway.
+            if handle.block_on(store.kv_changes(&slot.merchant, &slot.name))? != loaded_at {
+                space().forget();
+            }
+        }
+    }
     let load = {
         let mut space = space();
         if space.is_fresh() {
@@ -354,9 +365,9 @@ fn ensure_loaded(registry: &Registry, handle: &Handle, slot: &Slot) -> Result<()
         space.begin_load()
     };
     // Outside the space's lock: a step's answer settles its writes meanwhile.
-    match handle.block_on(registry.store().load_kv(&slot.merchant, &slot.name)) {
-        Ok(entries) => {
-            space().finish_load(load, entries);
+    match handle.block_on(store.load_kv_space(&slot.merchant, &slot.name)) {
+        Ok(read) => {
+            space().finish_load(load, read);
             Ok(())
         }
         Err(e) => {

@@ -7,16 +7,18 @@
 //! store keeps per key the write of the highest version: an earlier run's write that commits
 //! late never replaces a later run's.
 //!
-//! The space is loaded again after a step whose writes did not commit, and after every step
-//! when replicas share the store. A load reads what has committed; the writes visible here whose
-//! steps are still committing, or committed while the load was reading, are laid over what it
-//! read, so a run never reads a value older than one an earlier run of this gateway wrote.
+//! The space is loaded again after a step whose writes did not commit, and, when replicas share
+//! the store, whenever the store counts a change made elsewhere since the last load (another
+//! replica's step, or an admin repair: [`KvChanges`]). A load reads what has committed; the
+//! writes visible here whose steps are still committing, or committed while the load was
+//! reading, are laid over what it read, so a run never reads a value older than one an earlier
+//! run of this gateway wrote.
 //!
 //! It must never do I/O or wait on anything: the chain loads from the store outside its lock.
 
 use std::collections::HashMap;
 
-use payflow_store::KvEntry;
+use payflow_store::{KvChanges, KvRead};
 
 use crate::KvMap;
 
@@ -31,6 +33,8 @@ pub struct KvSpace {
     forgotten: u64,
     /// The highest version written here or loaded.
     version: i64,
+    /// The changes made elsewhere that the last load read.
+    changes: KvChanges,
     /// Loads reading the store now.
     loading: usize,
     /// Writes a load might not find in the store: their steps are committing, or committed
@@ -63,6 +67,12 @@ impl KvSpace {
         &self.values
     }
 
+    /// The changes made elsewhere that the space includes: while the store counts the same,
+    /// nobody but this gateway has written to it since it was loaded.
+    pub fn changes(&self) -> KvChanges {
+        self.changes
+    }
+
     /// The next run loads the store first: what is here may be ahead of it (a write that did
     /// not commit) or behind it (another replica's write).
     pub fn forget(&mut self) {
@@ -84,8 +94,10 @@ impl KvSpace {
         Load { forgotten: self.forgotten }
     }
 
-    /// The store read `entries`: they become the space, under the writes still pending.
-    pub fn finish_load(&mut self, load: Load, entries: Vec<KvEntry>) {
+    /// The store read `read`: its entries become the space, under the writes still pending.
+    pub fn finish_load(&mut self, load: Load, read: KvRead) {
+        let KvRead { entries, changes } = read;
+        self.changes = changes;
         let mut stored_versions: HashMap<&str, i64> = HashMap::new();
         for e in &entries {
             self.version = self.version.max(e.version);
@@ -148,6 +160,8 @@ impl KvSpace {
 
 #[cfg(test)]
 mod tests {
+    use payflow_store::KvEntry;
+
     use super::*;
 
     fn entry(key: &str, value: &str, version: i64) -> KvEntry {
@@ -162,10 +176,14 @@ mod tests {
         space.values().get(key).map(|v| String::from_utf8(v.clone()).unwrap())
     }
 
+    fn read(entries: Vec<KvEntry>) -> KvRead {
+        KvRead { entries, changes: KvChanges::default() }
+    }
+
     fn loaded(entries: Vec<KvEntry>) -> KvSpace {
         let mut space = KvSpace::default();
         let load = space.begin_load();
-        space.finish_load(load, entries);
+        space.finish_load(load, read(entries));
         space
     }
 
@@ -174,7 +192,7 @@ mod tests {
         let mut space = KvSpace::default();
         assert!(!space.is_fresh(), "never loaded");
         let load = space.begin_load();
-        space.finish_load(load, vec![entry("a", "1", 7), entry("b", "2", 3)]);
+        space.finish_load(load, read(vec![entry("a", "1", 7), entry("b", "2", 3)]));
         assert!(space.is_fresh());
         assert_eq!(space.publish(&writes("a", "3")), 8);
         assert_eq!(space.publish(&writes("b", "4")), 9);
@@ -188,7 +206,7 @@ mod tests {
         space.forget();
         // Read before the step committed: the store still has 100.
         let load = space.begin_load();
-        space.finish_load(load, vec![entry("total", "100", 1)]);
+        space.finish_load(load, read(vec![entry("total", "100", 1)]));
         assert_eq!(value(&space, "total").as_deref(), Some("150"));
         space.settle(v, true);
         assert!(space.pending.is_empty(), "committed, with no load reading: the store has it");
@@ -202,7 +220,7 @@ mod tests {
         let load = space.begin_load();
         space.settle(v, true);
         // Whether the read saw the commit or not, the value is the committed one.
-        space.finish_load(load, Vec::new());
+        space.finish_load(load, read(Vec::new()));
         assert_eq!(value(&space, "total").as_deref(), Some("150"));
         assert!(space.pending.is_empty(), "every later load reads it from the store");
     }
@@ -214,7 +232,7 @@ mod tests {
         space.forget();
         let load = space.begin_load();
         // Another replica wrote the key after this run, under a later version.
-        space.finish_load(load, vec![entry("k", "theirs", v + 5)]);
+        space.finish_load(load, read(vec![entry("k", "theirs", v + 5)]));
         assert_eq!(value(&space, "k").as_deref(), Some("theirs"));
         assert_eq!(space.publish(&writes("k", "next")), v + 6, "numbered past what was loaded");
     }
@@ -226,7 +244,7 @@ mod tests {
         space.settle(v, false);
         assert!(!space.is_fresh(), "the space must be read again");
         let load = space.begin_load();
-        space.finish_load(load, vec![entry("total", "100", 1)]);
+        space.finish_load(load, read(vec![entry("total", "100", 1)]));
         assert_eq!(value(&space, "total").as_deref(), Some("100"));
     }
 
@@ -238,7 +256,7 @@ mod tests {
         space.settle(first, true);
         space.forget();
         let load = space.begin_load();
-        space.finish_load(load, vec![entry("total", "1", first)]);
+        space.finish_load(load, read(vec![entry("total", "1", first)]));
         assert_eq!(value(&space, "total").as_deref(), Some("2"), "the second is still committing");
         space.settle(second, true);
         assert!(space.pending.is_empty());
@@ -250,7 +268,7 @@ mod tests {
         space.forget();
         let load = space.begin_load();
         space.forget();
-        space.finish_load(load, Vec::new());
+        space.finish_load(load, read(Vec::new()));
         assert!(!space.is_fresh(), "what it read may predate what the forget was for");
         let load = space.begin_load();
         space.abandon_load(load);

@@ -40,6 +40,7 @@ const TABLES: &[&str] = &[
     "plugins",
     "plugin_versions",
     "plugin_kv",
+    "plugin_kv_changes",
     "plugin_compiled",
     "plugin_canaries",
 ];

@@ -117,6 +117,9 @@ pub struct PostgresStore {
     recorder: record::Recorder,
     steps: step_record::StepRecorder,
     lease_ms: i64,
+    /// This replica's number as a writer of plugins' kv spaces (`plugin_kv_changes`), new at
+    /// each start.
+    kv_writer: i64,
 }
 
 impl PostgresStore {
@@ -153,13 +156,17 @@ impl PostgresStore {
         }
         report_keys(migrated.keys);
         report_numbers(migrated.numbers);
+        let kv_writer: i64 =
+            client.query_one("SELECT nextval('plugin_kv_writers')", &[]).await.map_err(unavailable)?.get(0);
+        client.execute(plugins::FOLD_ALL, &[]).await.map_err(unavailable)?;
         drop(client);
         Ok(PostgresStore {
             ingest: ingest::Batcher::start(pool.clone(), options.max_batch, commits.clone()),
             recorder: record::Recorder::start(pool.clone(), options.max_batch, commits.clone()),
-            steps: step_record::StepRecorder::start(pool.clone(), options.max_batch, commits),
+            steps: step_record::StepRecorder::start(pool.clone(), options.max_batch, kv_writer, commits),
             pool,
             lease_ms: options.lease.as_millis() as i64,
+            kv_writer,
         })
     }
 
@@ -258,6 +265,16 @@ async fn query_opt(
 ) -> Result<Option<Row>, tokio_postgres::Error> {
     let statement = c.prepare_cached(sql).await?;
     c.query_opt(&statement, params).await
+}
+
+/// [`exec`] for a statement that returns exactly one row.
+async fn query_one(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Row, tokio_postgres::Error> {
+    let statement = c.prepare_cached(sql).await?;
+    c.query_one(&statement, params).await
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -574,6 +591,55 @@ mod tests {
         }
     }
 
+    /// Each replica counts the changes the others made to a plugin's kv space, never its own, so
+    /// a replica loads the space again only after another wrote to it. A start folds every
+    /// count into one row (no row per replica that ever ran), and that, like deleting the
+    /// plugin, moves every replica's count.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_replica_counts_the_others_kv_changes_never_its_own_and_a_start_folds_them() {
+        let url = server().database("kv_changes");
+        let (one, two, db) = (connected(&url).await, connected(&url).await, client_of(&url).await);
+        async fn changes(store: &PostgresStore) -> i64 {
+            store.kv_changes("acme", "ledger").await.unwrap().0
+        }
+        async fn write(store: &PostgresStore, id: &str, value: &str) {
+            let mut step = forwarding_step(id);
+            step.kv = vec![payflow_store::KvWrite {
+                plugin: "ledger".into(),
+                key: "total".into(),
+                value: value.into(),
+                version: 1,
+            }];
+            store.insert_event(to_the_plugins(id)).await.unwrap();
+            store.finish_plugin_step(step).await.unwrap();
+        }
+        assert_eq!((changes(&one).await, changes(&two).await), (0, 0));
+        write(&one, "evt_one", "1").await;
+        assert_eq!(
+            (changes(&one).await, changes(&two).await),
+            (0, 1),
+            "one's own write is not a change for it"
+        );
+        write(&two, "evt_two", "2").await;
+        assert_eq!((changes(&one).await, changes(&two).await), (1, 1));
+        let read = two.load_kv_space("acme", "ledger").await.unwrap();
+        assert_eq!((read.entries.len(), read.changes.0), (1, 1), "a load reads the count with the keys");
+        assert_eq!(one.load_kv_space("acme", "nothing").await.unwrap(), payflow_store::KvRead::default());
+
+        let before = (changes(&one).await, changes(&two).await);
+        let _three = connected(&url).await;
+        let rows: i64 = db.query_one("SELECT count(*) FROM plugin_kv_changes", &[]).await.unwrap().get(0);
+        assert_eq!(rows, 1, "folded into one row");
+        let after = (changes(&one).await, changes(&two).await);
+        assert!(after.0 > before.0 && after.1 > before.1, "{before:?} then {after:?}");
+        assert!(!one.delete_kv("acme", "ledger", "nobody").await.unwrap());
+        let repaired = (changes(&one).await, changes(&two).await);
+        assert!(repaired.0 > after.0 && repaired.1 > after.1, "a repair counts for both: {repaired:?}");
+        assert!(one.delete_plugin("acme", "ledger").await.is_ok());
+        let deleted = (changes(&one).await, changes(&two).await);
+        assert!(deleted.0 > repaired.0 && deleted.1 > repaired.1, "so does a delete: {deleted:?}");
+    }
+
     /// Steps finishing together commit together; one the database refuses (its delivery names
     /// an event that is not there) fails alone, and the others' batch is written again without
     /// it: each recorded once, none lost, nothing of the refused one kept.
@@ -589,7 +655,7 @@ mod tests {
         let mut steps: Vec<_> = ids.iter().map(|id| forwarding_step(id)).collect();
         steps.insert(3, forwarding_step("evt_not_stored"));
 
-        let answers = step_record::record_batch(&store.pool, steps).await.unwrap();
+        let answers = step_record::record_batch(&store.pool, store.kv_writer, steps).await.unwrap();
         let refused: Vec<usize> =
             answers.iter().enumerate().filter(|(_, a)| a.is_err()).map(|(i, _)| i).collect();
         assert_eq!(refused, [3], "{answers:?}");
@@ -646,7 +712,8 @@ mod tests {
             .await
             .unwrap();
 
-        let answers = step_record::record_batch(&store.pool, vec![b, replayed, a]).await.unwrap();
+        let answers =
+            step_record::record_batch(&store.pool, store.kv_writer, vec![b, replayed, a]).await.unwrap();
         let answers: Vec<_> = answers.into_iter().map(Result::unwrap).collect();
         use payflow_store::StepRecorded::{Applied, SetAside};
         assert_eq!(answers, [Applied, SetAside, Applied], "each step's own answer, in the order given");
@@ -728,8 +795,13 @@ mod tests {
         let store = connected(&url).await;
         store.insert_event(to_the_plugins("evt_twice")).await.unwrap();
         let second = payflow_store::PluginStep { number: 2, at_ms: 3, ..forwarding_step("evt_twice") };
-        let answers =
-            step_record::record_batch(&store.pool, vec![forwarding_step("evt_twice"), second]).await.unwrap();
+        let answers = step_record::record_batch(
+            &store.pool,
+            store.kv_writer,
+            vec![forwarding_step("evt_twice"), second],
+        )
+        .await
+        .unwrap();
         assert!(answers.iter().all(Result::is_ok), "{answers:?}");
         let detail = store.get_event(&key("evt_twice")).await.unwrap().unwrap();
         assert_eq!(detail.plugin_runs.len(), 2, "{detail:?}");
@@ -830,7 +902,7 @@ mod tests {
         }
         assert_eq!(waiters, 1, "the second replica waits for the lock");
         let keys = collation::keys_in_byte_order(&mut first, false).await.unwrap();
-        assert!(matches!(keys, KeyCollation::Converted { columns: 18, .. }), "{keys:?}");
+        assert!(matches!(keys, KeyCollation::Converted { columns: 20, .. }), "{keys:?}");
         first.execute("SELECT pg_advisory_unlock($1)", &[&schema::MIGRATION_LOCK]).await.unwrap();
         waiting.await.unwrap().expect("the second replica starts");
         assert!(indexed_text_columns(&first).await.iter().all(|(_, _, bytes)| *bytes));

@@ -4,11 +4,58 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use payflow_store::{
-    Canary, KvEntry, NewPluginVersion, PluginHistory, PluginStore, PluginVersionInfo, QuotaExceeded,
-    StoreError, StoredPlugin, VersionBounds,
+    Canary, KvChanges, KvEntry, KvRead, NewPluginVersion, PluginHistory, PluginStore, PluginVersionInfo,
+    QuotaExceeded, StoreError, StoredPlugin, VersionBounds,
 };
 
-use crate::{exec, query, query_opt, unavailable, PostgresStore};
+use crate::{exec, query, query_one, query_opt, unavailable, PostgresStore};
+
+/// How many times writers other than `$3` changed the space of plugin `$2` of merchant `$1`
+/// ([`KvChanges`]). Each replica's steps count their changes under the replica's own number
+/// (`step_record::WRITE_KV`), so a replica's own writes never make it read the space again.
+/// Writer 0 is the admin API's repairs: no replica's number (those count from 1), so every
+/// replica counts them as made elsewhere, the one that made them included.
+macro_rules! kv_changes_elsewhere {
+    () => {
+        "SELECT COALESCE(SUM(changes), 0)::int8 FROM plugin_kv_changes
+         WHERE merchant = $1 AND plugin = $2 AND writer <> $3"
+    };
+}
+
+/// The space and the changes made elsewhere that it includes, in one statement: one snapshot.
+/// A space with no keys is one row without a key.
+const LOAD_KV_SPACE: &str = concat!(
+    "SELECT c.n, k.key, k.value, k.version FROM (",
+    kv_changes_elsewhere!(),
+    ") AS c(n) LEFT JOIN plugin_kv k ON k.merchant = $1 AND k.plugin = $2"
+);
+
+/// Deletes a key and counts the repair as a change by writer 0, the admin API (whether or not the key
+/// was there: a count that moves for nothing costs one reread).
+const DELETE_KV: &str = "WITH deleted AS (
+         DELETE FROM plugin_kv WHERE merchant = $1 AND plugin = $2 AND key = $3 RETURNING 1
+     ), counted AS (
+         INSERT INTO plugin_kv_changes (merchant, plugin, writer, changes) VALUES ($1, $2, 0, 1)
+         ON CONFLICT (merchant, plugin, writer) DO UPDATE SET changes = plugin_kv_changes.changes + 1
+     )
+     SELECT count(*) FROM deleted";
+
+/// Folds a deleted plugin's change counts into one of writer 0's, one more than their
+/// sum: every replica's count of changes made elsewhere grows (it counted at most that sum).
+const FOLD_ONE: &str = "WITH folded AS (
+         DELETE FROM plugin_kv_changes WHERE merchant = $1 AND plugin = $2 RETURNING changes
+     )
+     INSERT INTO plugin_kv_changes (merchant, plugin, writer, changes)
+     SELECT $1, $2, 0, COALESCE(SUM(changes), 0) + 1 FROM folded";
+
+/// The same for every plugin, at a replica's start: each start adds a writer, and without
+/// this every plugin's counts would keep a row for every replica that ever ran. A replica
+/// still running reads its spaces once more after it; nothing else changes.
+pub(crate) const FOLD_ALL: &str = "WITH folded AS (
+         DELETE FROM plugin_kv_changes RETURNING merchant, plugin, changes
+     )
+     INSERT INTO plugin_kv_changes (merchant, plugin, writer, changes)
+     SELECT merchant, plugin, 0, SUM(changes) + 1 FROM folded GROUP BY merchant, plugin";
 
 fn version_info(r: &tokio_postgres::Row) -> PluginVersionInfo {
     PluginVersionInfo {
@@ -33,15 +80,38 @@ impl PluginStore for PostgresStore {
         Ok(rows.iter().map(|r| KvEntry { key: r.get(0), value: r.get(1), version: r.get(2) }).collect())
     }
 
+    fn shares_kv(&self) -> bool {
+        true
+    }
+
+    async fn load_kv_space(&self, merchant: &str, plugin: &str) -> Result<KvRead, StoreError> {
+        let rows = query(&self.client().await?, LOAD_KV_SPACE, &[&merchant, &plugin, &self.kv_writer])
+            .await
+            .map_err(unavailable)?;
+        let changes = KvChanges(rows.first().map_or(0, |r| r.get(0)));
+        let entries = rows
+            .iter()
+            .filter_map(|r| {
+                let key: Option<String> = r.get(1);
+                Some(KvEntry { key: key?, value: r.get(2), version: r.get(3) })
+            })
+            .collect();
+        Ok(KvRead { entries, changes })
+    }
+
+    async fn kv_changes(&self, merchant: &str, plugin: &str) -> Result<KvChanges, StoreError> {
+        let row =
+            query_one(&self.client().await?, kv_changes_elsewhere!(), &[&merchant, &plugin, &self.kv_writer])
+                .await
+                .map_err(unavailable)?;
+        Ok(KvChanges(row.get(0)))
+    }
+
     async fn delete_kv(&self, merchant: &str, plugin: &str, key: &str) -> Result<bool, StoreError> {
-        let n = exec(
-            &self.client().await?,
-            "DELETE FROM plugin_kv WHERE merchant = $1 AND plugin = $2 AND key = $3",
-            &[&merchant, &plugin, &key],
-        )
-        .await
-        .map_err(unavailable)?;
-        Ok(n == 1)
+        let row = query_one(&self.client().await?, DELETE_KV, &[&merchant, &plugin, &key])
+            .await
+            .map_err(unavailable)?;
+        Ok(row.get::<_, i64>(0) == 1)
     }
 
     async fn add_plugin_version(
@@ -288,6 +358,7 @@ impl PluginStore for PostgresStore {
             "DELETE FROM plugin_compiled WHERE merchant = $1 AND name = $2",
             "DELETE FROM plugin_kv WHERE merchant = $1 AND plugin = $2",
             "DELETE FROM plugin_canaries WHERE merchant = $1 AND name = $2",
+            FOLD_ONE,
         ] {
             exec(&tx, sql, &[&merchant, &name]).await.map_err(unavailable)?;
         }

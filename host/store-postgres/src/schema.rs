@@ -301,6 +301,22 @@ CREATE TRIGGER plugin_runs_event_seq BEFORE INSERT ON plugin_runs
     // Each kv write carries its run's version, so steps that commit out of their runs' order
     // leave the latest run's value (`step_record::write_kv`).
     (12, "ALTER TABLE plugin_kv ADD COLUMN version BIGINT NOT NULL DEFAULT 0;"),
+    // How many times each writer changed a plugin's kv space (`plugins::kv_changes_elsewhere!`): a
+    // replica reads the whole space again only when the others' count moved. Writer 0 is the
+    // admin API; each replica takes a number of its own from the sequence when it starts.
+    (
+        13,
+        "
+CREATE SEQUENCE plugin_kv_writers START 1;
+CREATE TABLE plugin_kv_changes (
+    merchant  TEXT COLLATE \"C\" NOT NULL,
+    plugin    TEXT COLLATE \"C\" NOT NULL,
+    writer    BIGINT NOT NULL,
+    changes   BIGINT NOT NULL,
+    PRIMARY KEY (merchant, plugin, writer)
+);
+",
+    ),
 ];
 
 /// What start-up did to the schema.

@@ -110,13 +110,20 @@ impl TestServer {
 
     /// A new, empty database on this server, as a `postgres://` URL.
     pub fn database(&self, name: &str) -> String {
+        self.sql("postgres", &format!("CREATE DATABASE \"{name}\""));
+        format!("postgres://payflow@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Runs `statement` on `database` from a client of its own, as an operator's `psql` would:
+    /// its rows, one per line, columns separated by `|`.
+    pub fn sql(&self, database: &str, statement: &str) -> String {
         let out = Command::new(self.bin.join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "payflow", "-d", "postgres", "-c"])
-            .arg(format!("CREATE DATABASE \"{name}\""))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "payflow", "-d", database, "-Atc"])
+            .arg(statement)
             .output()
             .expect("psql runs");
-        assert!(out.status.success(), "CREATE DATABASE {name}: {}", String::from_utf8_lossy(&out.stderr));
-        format!("postgres://payflow@127.0.0.1:{}/{name}", self.port)
+        assert!(out.status.success(), "{statement} on {database}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Stops the server at once (as a crash would), keeping its data.

@@ -48,6 +48,7 @@ macro_rules! conformance_tests {
             a_canary_version_is_stored_beside_the_active_one_and_ends_once,
             a_kv_key_deleted_is_gone_for_that_plugin_only,
             a_kv_write_committed_after_a_later_versions_leaves_the_later_value,
+            a_kv_spaces_count_of_changes_made_elsewhere_moves_for_a_repair_not_for_own_steps,
             a_stored_body_comes_back_byte_for_byte,
             listed_events_show_the_amount_of_their_body,
             an_ordered_delivery_waits_for_its_keys_head_and_a_skip_releases_it,
@@ -1163,6 +1164,36 @@ pub async fn a_kv_write_committed_after_a_later_versions_leaves_the_later_value(
     assert_eq!(stored("count").await, ("1".into(), 1));
     commit("evt_other_replica", vec![write("total", "6000", 2)]).await;
     assert_eq!(stored("total").await, ("6000".into(), 2), "an equal version is the last write");
+}
+
+/// A store that shares the plugins' kv spaces between gateways counts the changes made to a
+/// space other than by the gateway's own steps ([`crate::KvChanges`]): a gateway runs a
+/// plugin on its copy of the space while the count stays, so its own steps must not move it
+/// and an admin repair (even of a key that is not there) must. A load reads the count with
+/// the keys. A store one gateway owns counts nothing: nobody else writes to it.
+pub async fn a_kv_spaces_count_of_changes_made_elsewhere_moves_for_a_repair_not_for_own_steps(
+    store: Arc<dyn Store>,
+) {
+    let k = key("acme", "/wh", "evt_kv_counted");
+    store.insert_event(event(&k, NOW, Some(Hop::Plugins))).await.unwrap();
+    let before = store.kv_changes("acme", "ledger").await.unwrap();
+    let mut own = step(&k, 1, NOW + 1, AttemptOutcome::Delivered, &[]);
+    own.kv = vec![KvWrite { plugin: "ledger".into(), key: "total".into(), value: b"5".to_vec(), version: 1 }];
+    assert_eq!(store.finish_plugin_step(own).await.unwrap(), StepRecorded::Applied);
+    assert_eq!(store.kv_changes("acme", "ledger").await.unwrap(), before, "the gateway's own step");
+    let read = store.load_kv_space("acme", "ledger").await.unwrap();
+    assert_eq!(read.entries, [KvEntry { key: "total".into(), value: b"5".to_vec(), version: 1 }]);
+    assert_eq!(read.changes, before);
+
+    assert!(!store.delete_kv("acme", "ledger", "nobody").await.unwrap());
+    let after = store.kv_changes("acme", "ledger").await.unwrap();
+    if store.shares_kv() {
+        assert!(after > before, "a repair is a change made elsewhere: {before:?} then {after:?}");
+    } else {
+        assert_eq!(after, before, "nobody else writes to the store");
+    }
+    assert_eq!(store.load_kv_space("acme", "ledger").await.unwrap().changes, after);
+    assert_eq!(store.kv_changes("acme", "other").await.unwrap(), crate::KvChanges::default(), "per plugin");
 }
 
 /// Each engine (fingerprint) has its own compiled artifact of a version: one engine saving its

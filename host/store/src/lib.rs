@@ -600,6 +600,23 @@ pub struct KvEntry {
     pub version: i64,
 }
 
+/// How many times a plugin's key-value space has been changed other than by this gateway: by
+/// other gateways sharing the store, and by the admin API's repairs. Only ever grows (or is
+/// replaced by a larger number), so a gateway whose space in memory was loaded at one count
+/// knows that nobody else changed the stored space while the count reads the same, and can
+/// run the plugin on what it has rather than read the whole space again before every run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KvChanges(pub i64);
+
+/// A plugin's key-value space as one read found it ([`PluginStore::load_kv_space`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KvRead {
+    /// Its keys, in no order.
+    pub entries: Vec<KvEntry>,
+    /// The changes made elsewhere that those entries include.
+    pub changes: KvChanges,
+}
+
 /// The result of an event's plugin step, written in one commit: the runs, the plugins' kv
 /// writes, the step's own outcome, the event's new status and the deliveries it created. The
 /// chain gives no kv writes for a failed step, so a run that failed leaves nothing behind but
@@ -1009,6 +1026,30 @@ pub trait DeliveryQueue: Send + Sync + 'static {
 pub trait PluginStore: Send + Sync + 'static {
     /// A plugin's key-value space.
     async fn load_kv(&self, merchant: &str, plugin: &str) -> Result<Vec<KvEntry>, StoreError>;
+
+    /// Whether other gateways may write the plugins' key-value spaces (they share the store):
+    /// then a gateway's copy of a space is good only while [`PluginStore::kv_changes`] reads
+    /// the same as when it was loaded. False by default: a store one gateway owns.
+    fn shares_kv(&self) -> bool {
+        false
+    }
+
+    /// A plugin's key-value space for its runs: its keys and, read at the same moment, how
+    /// many times others have changed it ([`KvChanges`]). A store that
+    /// [`PluginStore::shares_kv`] must count every change but this gateway's own steps':
+    /// other gateways' steps and every admin repair (whichever gateway made it). The default
+    /// is for a store one gateway owns: nobody else writes to it, and that gateway's repairs
+    /// drop its copy of the space themselves.
+    async fn load_kv_space(&self, merchant: &str, plugin: &str) -> Result<KvRead, StoreError> {
+        Ok(KvRead { entries: self.load_kv(merchant, plugin).await?, changes: KvChanges::default() })
+    }
+
+    /// How many times others have changed a plugin's key-value space now, as
+    /// [`PluginStore::load_kv_space`] counts them: a cheap read, made before each run of a plugin
+    /// that uses kv when gateways share the store, instead of reading the whole space again.
+    async fn kv_changes(&self, _merchant: &str, _plugin: &str) -> Result<KvChanges, StoreError> {
+        Ok(KvChanges::default())
+    }
 
     /// Deletes one key of a plugin's key-value space (an operator's or merchant's repair).
     /// False when it was not there.
