@@ -11,10 +11,12 @@
 # Usage: bench/pg_statements.sh [REQUESTS]   (default 20000); EDGE_BIN=… measures another build;
 # REPLICAS=N runs N gateways on the database, the load spread over them; RATE=R offers the
 # events at R a second instead of as one burst (a steady load's statements, batched less).
+# PLUGIN=1 (and PLUGIN_WASM) puts the example plugin in front of the deliveries, as aged.sh does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 build_release
+[[ -z "${PLUGIN:-}" ]] || through_the_example_plugin
 edge_bin="${EDGE_BIN:-$bin/payflow-edge}"
 n="${1:-20000}"
 libs=pg_stat_statements; [[ -z "${PLANS:-}" ]] || libs=pg_stat_statements,auto_explain

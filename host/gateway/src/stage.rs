@@ -357,9 +357,13 @@ impl PluginStage {
         };
         let recorded = self.store.finish_plugin_step(record).await;
         // The next run reads the plugins' kv spaces from the store again when the writes made
-        // visible in memory were not committed (with replicas sharing the store, also when
-        // another has written since: `chain`'s `ensure_loaded`).
+        // visible in memory were not committed, and, with replicas sharing the store, when the
+        // store says another has written since (asked by the first run after each step).
         published.settle(matches!(recorded, Ok(StepRecorded::Applied)));
+        if self.registry.store().shares_kv() {
+            let chain = self.endpoints.get(&event.endpoint).map(|e| e.chain.clone()).unwrap_or_default();
+            chain::doubt_kv(&self.registry, &event.key.merchant, &chain);
+        }
         match recorded? {
             StepRecorded::Applied => Ok(deliveries),
             // Regression (a replaced decision delivered): the event was replayed while the step

@@ -335,25 +335,34 @@ pub fn run(
     ChainResult { runs, kv, published, outcome: ChainOutcome::Continue { body, headers, forwards, tags } }
 }
 
-/// Makes the plugin's space in memory fit for its next run: loaded if it is not, or if gateways
-/// share the store and the store counts a change made elsewhere since it was loaded (another
-/// gateway's step, an admin repair). Reading that count is one small query; reading the whole
-/// space before every run made each event of a plugin with a large space cost the database a
-/// read of all of it (bench/RESULTS.md, thirty-second look).
+/// Tells the key-value spaces of the plugins of `chain` that another gateway may have written
+/// to them since they were loaded: after each step when gateways share the store. Their next
+/// run asks the store whether one did ([`KvSpace::doubt`](crate::kv_space::KvSpace::doubt)).
+pub fn doubt_kv(registry: &Registry, merchant: &str, chain: &[String]) {
+    for slot in chain.iter().filter_map(|name| registry.slot(merchant, name)) {
+        slot.kv.lock().unwrap_or_else(|p| p.into_inner()).doubt();
+    }
+}
+
+/// Makes the plugin's space in memory fit for its next run: loaded if it is not, or if it is
+/// doubted ([`doubt_kv`]) and the store counts a change made elsewhere since it was loaded
+/// (another gateway's step, an admin repair). Reading that count is one small query; before,
+/// the space was read whole instead, which made each step of a plugin with a large space cost
+/// the database a read of all of it (bench/RESULTS.md, thirty-second look).
 fn ensure_loaded(registry: &Registry, handle: &Handle, slot: &Slot) -> Result<(), StoreError> {
     let space = || slot.kv.lock().unwrap_or_else(|p| p.into_inner());
     let store = registry.store();
-    if store.shares_kv() {
-        let loaded_at = {
-            let space = space();
-            space.is_fresh().then(|| space.changes())
-        };
-        if let Some(loaded_at) = loaded_at {
-            // Outside the space's lock, as a load is. Runs of the plugin take turns, so no load
-            // happens meanwhile; a step that did not commit may forget the space, and then the
-            // load below reads it anyway.
-            if handle.block_on(store.kv_changes(&slot.merchant, &slot.name))? != loaded_at {
-                space().forget();
+    let doubted = space().take_doubt();
+    if let Some(loaded_at) = doubted {
+        // Outside the space's lock, as a load is. Runs of the plugin take turns, so no load
+        // happens meanwhile; a step that did not commit may forget the space, and then the
+        // load below reads it anyway.
+        match handle.block_on(store.kv_changes(&slot.merchant, &slot.name)) {
+            Ok(now) if now == loaded_at => {}
+            Ok(_) => space().forget(),
+            Err(e) => {
+                space().doubt();
+                return Err(e);
             }
         }
     }

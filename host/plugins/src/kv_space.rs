@@ -8,8 +8,12 @@
 //! late never replaces a later run's.
 //!
 //! The space is loaded again after a step whose writes did not commit, and, when replicas share
-//! the store, whenever the store counts a change made elsewhere since the last load (another
-//! replica's step, or an admin repair: [`KvChanges`]). A load reads what has committed; the
+//! the store, when the store counts a change made elsewhere since the last load (another
+//! replica's step, or an admin repair: [`KvChanges`]). The count is asked for by the first run
+//! after each step of this gateway commits ([`KvSpace::doubt`]), not before every run: runs
+//! of one plugin take turns, and a query within every turn held each run for a round trip,
+//! which under load shrank the batches steps commit in and cost the database more than the
+//! loads it saved. A load reads what has committed; the
 //! writes visible here whose steps are still committing, or committed while the load was
 //! reading, are laid over what it read, so a run never reads a value older than one an earlier
 //! run of this gateway wrote.
@@ -35,6 +39,9 @@ pub struct KvSpace {
     version: i64,
     /// The changes made elsewhere that the last load read.
     changes: KvChanges,
+    /// Whether another gateway may have written to the store since the space was loaded or
+    /// last checked ([`KvSpace::doubt`]).
+    doubted: bool,
     /// Loads reading the store now.
     loading: usize,
     /// Writes a load might not find in the store: their steps are committing, or committed
@@ -67,10 +74,18 @@ impl KvSpace {
         &self.values
     }
 
-    /// The changes made elsewhere that the space includes: while the store counts the same,
-    /// nobody but this gateway has written to it since it was loaded.
-    pub fn changes(&self) -> KvChanges {
-        self.changes
+    /// Another gateway may have written to the store since the space was loaded: the next run
+    /// asks the store's count of changes made elsewhere first ([`KvSpace::take_doubt`]).
+    pub fn doubt(&mut self) {
+        self.doubted = true;
+    }
+
+    /// When the space is fresh but doubted: the count of changes made elsewhere that it
+    /// includes, to compare with the store's now (the doubt is cleared; [`KvSpace::doubt`]
+    /// again if the store cannot say). While the store counts the same, nobody but this
+    /// gateway has written to it since it was loaded.
+    pub fn take_doubt(&mut self) -> Option<KvChanges> {
+        (self.fresh && std::mem::take(&mut self.doubted)).then_some(self.changes)
     }
 
     /// The next run loads the store first: what is here may be ahead of it (a write that did
@@ -90,6 +105,8 @@ impl KvSpace {
 
     /// A load of the store is about to read.
     pub fn begin_load(&mut self) -> Load {
+        // What it reads settles every doubt so far.
+        self.doubted = false;
         self.loading += 1;
         Load { forgotten: self.forgotten }
     }
@@ -185,6 +202,23 @@ mod tests {
         let load = space.begin_load();
         space.finish_load(load, read(entries));
         space
+    }
+
+    #[test]
+    fn a_doubt_asks_once_and_a_load_settles_it() {
+        let mut space = KvSpace::default();
+        space.doubt();
+        assert_eq!(space.take_doubt(), None, "never loaded: it loads anyway");
+        let load = space.begin_load();
+        space.finish_load(load, KvRead { entries: Vec::new(), changes: KvChanges(4) });
+        assert_eq!(space.take_doubt(), None, "the load settled the doubt before it");
+        space.doubt();
+        space.doubt();
+        assert_eq!(space.take_doubt(), Some(KvChanges(4)), "the count the load read, to compare");
+        assert_eq!(space.take_doubt(), None, "asked once for any number of doubts");
+        space.doubt();
+        space.forget();
+        assert_eq!(space.take_doubt(), None, "forgotten: it loads anyway");
     }
 
     #[test]

@@ -30,8 +30,8 @@ const LOAD_KV_SPACE: &str = concat!(
     ") AS c(n) LEFT JOIN plugin_kv k ON k.merchant = $1 AND k.plugin = $2"
 );
 
-/// Deletes a key and counts the repair as a change by writer 0, the admin API (whether or not the key
-/// was there: a count that moves for nothing costs one reread).
+/// Deletes a key and counts the repair as a change by writer 0, the admin API (whether or not
+/// the key was there: a count that moves for nothing costs one reread).
 const DELETE_KV: &str = "WITH deleted AS (
          DELETE FROM plugin_kv WHERE merchant = $1 AND plugin = $2 AND key = $3 RETURNING 1
      ), counted AS (
