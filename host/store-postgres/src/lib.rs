@@ -117,8 +117,8 @@ pub struct PostgresStore {
     recorder: record::Recorder,
     steps: step_record::StepRecorder,
     lease_ms: i64,
-    /// This replica's number as a writer of plugins' kv spaces (`plugin_kv_changes`), new at
-    /// each start.
+    /// This store's number as a writer of plugins' kv spaces (`plugin_kv_changes`), new each
+    /// time a replica starts: its connections set it ([`plugins::KV_WRITER`]).
     kv_writer: i64,
 }
 
@@ -138,7 +138,13 @@ impl PostgresStore {
         // sequential scans (see the crate docs): the planner plans our statements on a new
         // database's empty tables, and went on running those plans, a whole-table scan per
         // row, as the tables grew.
-        config.options("-c synchronous_commit=on -c enable_seqscan=off");
+        // Each connection also says which replica it is, for the count of changes to the
+        // plugins' kv spaces (`plugins::kv_changes_elsewhere!`).
+        let kv_writer = plugins::new_kv_writer();
+        config.options(format!(
+            "-c synchronous_commit=on -c enable_seqscan=off -c {}={kv_writer}",
+            plugins::KV_WRITER
+        ));
         let manager =
             Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
@@ -156,14 +162,12 @@ impl PostgresStore {
         }
         report_keys(migrated.keys);
         report_numbers(migrated.numbers);
-        let kv_writer: i64 =
-            client.query_one("SELECT nextval('plugin_kv_writers')", &[]).await.map_err(unavailable)?.get(0);
         client.execute(plugins::FOLD_ALL, &[]).await.map_err(unavailable)?;
         drop(client);
         Ok(PostgresStore {
             ingest: ingest::Batcher::start(pool.clone(), options.max_batch, commits.clone()),
             recorder: record::Recorder::start(pool.clone(), options.max_batch, commits.clone()),
-            steps: step_record::StepRecorder::start(pool.clone(), options.max_batch, kv_writer, commits),
+            steps: step_record::StepRecorder::start(pool.clone(), options.max_batch, commits),
             pool,
             lease_ms: options.lease.as_millis() as i64,
             kv_writer,
@@ -632,7 +636,7 @@ mod tests {
         assert_eq!(rows, 1, "folded into one row");
         let after = (changes(&one).await, changes(&two).await);
         assert!(after.0 > before.0 && after.1 > before.1, "{before:?} then {after:?}");
-        assert!(!one.delete_kv("acme", "ledger", "nobody").await.unwrap());
+        assert!(one.delete_kv("acme", "ledger", "total").await.unwrap());
         let repaired = (changes(&one).await, changes(&two).await);
         assert!(repaired.0 > after.0 && repaired.1 > after.1, "a repair counts for both: {repaired:?}");
         assert!(one.delete_plugin("acme", "ledger").await.is_ok());
@@ -655,7 +659,7 @@ mod tests {
         let mut steps: Vec<_> = ids.iter().map(|id| forwarding_step(id)).collect();
         steps.insert(3, forwarding_step("evt_not_stored"));
 
-        let answers = step_record::record_batch(&store.pool, store.kv_writer, steps).await.unwrap();
+        let answers = step_record::record_batch(&store.pool, steps).await.unwrap();
         let refused: Vec<usize> =
             answers.iter().enumerate().filter(|(_, a)| a.is_err()).map(|(i, _)| i).collect();
         assert_eq!(refused, [3], "{answers:?}");
@@ -712,8 +716,7 @@ mod tests {
             .await
             .unwrap();
 
-        let answers =
-            step_record::record_batch(&store.pool, store.kv_writer, vec![b, replayed, a]).await.unwrap();
+        let answers = step_record::record_batch(&store.pool, vec![b, replayed, a]).await.unwrap();
         let answers: Vec<_> = answers.into_iter().map(Result::unwrap).collect();
         use payflow_store::StepRecorded::{Applied, SetAside};
         assert_eq!(answers, [Applied, SetAside, Applied], "each step's own answer, in the order given");
@@ -795,13 +798,8 @@ mod tests {
         let store = connected(&url).await;
         store.insert_event(to_the_plugins("evt_twice")).await.unwrap();
         let second = payflow_store::PluginStep { number: 2, at_ms: 3, ..forwarding_step("evt_twice") };
-        let answers = step_record::record_batch(
-            &store.pool,
-            store.kv_writer,
-            vec![forwarding_step("evt_twice"), second],
-        )
-        .await
-        .unwrap();
+        let answers =
+            step_record::record_batch(&store.pool, vec![forwarding_step("evt_twice"), second]).await.unwrap();
         assert!(answers.iter().all(Result::is_ok), "{answers:?}");
         let detail = store.get_event(&key("evt_twice")).await.unwrap().unwrap();
         assert_eq!(detail.plugin_runs.len(), 2, "{detail:?}");
@@ -1000,10 +998,15 @@ mod tests {
         rows.iter().map(|r| r.get(0)).collect()
     }
 
-    /// The triggers on our tables, by name.
+    /// The triggers on our tables that keep rows keyed for an earlier release, by name (not
+    /// those that count changes to the plugins' kv spaces, which stay).
     async fn triggers(db: &tokio_postgres::Client) -> Vec<String> {
         let rows = db
-            .query("SELECT tgname::text FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1", &[])
+            .query(
+                "SELECT tgname::text FROM pg_trigger WHERE NOT tgisinternal AND tgrelid <> 'plugin_kv'::regclass
+                 ORDER BY 1",
+                &[],
+            )
             .await
             .unwrap();
         rows.iter().map(|r| r.get(0)).collect()

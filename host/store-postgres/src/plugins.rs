@@ -10,11 +10,25 @@ use payflow_store::{
 
 use crate::{exec, query, query_one, query_opt, unavailable, PostgresStore};
 
+/// The setting by which a replica's connections name it as a writer of the plugins' kv spaces:
+/// the triggers on `plugin_kv` (schema migration 13) count each change under it, and under
+/// writer 0 where it is not set.
+pub(crate) const KV_WRITER: &str = "payflow.kv_writer";
+
+/// A new writer number: random, so that replicas need not agree on numbers (two of 2^62
+/// colliding would only make each miss the other's changes), and never 0.
+pub(crate) fn new_kv_writer() -> i64 {
+    use std::hash::BuildHasher;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let random = std::collections::hash_map::RandomState::new().hash_one((std::process::id(), nanos));
+    (random >> 2) as i64 + 1
+}
+
 /// How many times writers other than `$3` changed the space of plugin `$2` of merchant `$1`
-/// ([`KvChanges`]). Each replica's steps count their changes under the replica's own number
-/// (`step_record::WRITE_KV`), so a replica's own writes never make it read the space again.
-/// Writer 0 is the admin API's repairs: no replica's number (those count from 1), so every
-/// replica counts them as made elsewhere, the one that made them included.
+/// ([`KvChanges`]). A replica's own steps count under its own number, so they never make it
+/// read the space again. Writer 0 is everything that does not name itself: the admin API's
+/// repairs (`DELETE_KV`), a replica of an earlier release, an operator's psql. Every replica
+/// counts it as made elsewhere, the one that made a repair included.
 macro_rules! kv_changes_elsewhere {
     () => {
         "SELECT COALESCE(SUM(changes), 0)::int8 FROM plugin_kv_changes
@@ -30,15 +44,8 @@ const LOAD_KV_SPACE: &str = concat!(
     ") AS c(n) LEFT JOIN plugin_kv k ON k.merchant = $1 AND k.plugin = $2"
 );
 
-/// Deletes a key and counts the repair as a change by writer 0, the admin API (whether or not
-/// the key was there: a count that moves for nothing costs one reread).
-const DELETE_KV: &str = "WITH deleted AS (
-         DELETE FROM plugin_kv WHERE merchant = $1 AND plugin = $2 AND key = $3 RETURNING 1
-     ), counted AS (
-         INSERT INTO plugin_kv_changes (merchant, plugin, writer, changes) VALUES ($1, $2, 0, 1)
-         ON CONFLICT (merchant, plugin, writer) DO UPDATE SET changes = plugin_kv_changes.changes + 1
-     )
-     SELECT count(*) FROM deleted";
+/// Makes the rest of the transaction count as writer 0's (see [`kv_changes_elsewhere!`]).
+const AS_WRITER_0: &str = "SET LOCAL payflow.kv_writer = '0'";
 
 /// Folds a deleted plugin's change counts into one of writer 0's, one more than their
 /// sum: every replica's count of changes made elsewhere grows (it counted at most that sum).
@@ -108,10 +115,18 @@ impl PluginStore for PostgresStore {
     }
 
     async fn delete_kv(&self, merchant: &str, plugin: &str, key: &str) -> Result<bool, StoreError> {
-        let row = query_one(&self.client().await?, DELETE_KV, &[&merchant, &plugin, &key])
-            .await
-            .map_err(unavailable)?;
-        Ok(row.get::<_, i64>(0) == 1)
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        tx.batch_execute(AS_WRITER_0).await.map_err(unavailable)?;
+        let n = exec(
+            &tx,
+            "DELETE FROM plugin_kv WHERE merchant = $1 AND plugin = $2 AND key = $3",
+            &[&merchant, &plugin, &key],
+        )
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(n == 1)
     }
 
     async fn add_plugin_version(

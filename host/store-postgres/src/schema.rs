@@ -301,13 +301,14 @@ CREATE TRIGGER plugin_runs_event_seq BEFORE INSERT ON plugin_runs
     // Each kv write carries its run's version, so steps that commit out of their runs' order
     // leave the latest run's value (`step_record::write_kv`).
     (12, "ALTER TABLE plugin_kv ADD COLUMN version BIGINT NOT NULL DEFAULT 0;"),
-    // How many times each writer changed a plugin's kv space (`plugins::kv_changes_elsewhere!`): a
-    // replica reads the whole space again only when the others' count moved. Writer 0 is the
-    // admin API; each replica takes a number of its own from the sequence when it starts.
+    // How many times each writer changed a plugin's kv space (`plugins::kv_changes_elsewhere!`):
+    // a replica reads the whole space again only when the others' count moved. Counted by
+    // triggers, so that every change counts, whoever makes it: a replica's own connections
+    // name it (`plugins::KV_WRITER`), and anything else (a replica of a release before this
+    // one, the admin API, an operator's psql) counts as writer 0.
     (
         13,
         "
-CREATE SEQUENCE plugin_kv_writers START 1;
 CREATE TABLE plugin_kv_changes (
     merchant  TEXT COLLATE \"C\" NOT NULL,
     plugin    TEXT COLLATE \"C\" NOT NULL,
@@ -315,6 +316,20 @@ CREATE TABLE plugin_kv_changes (
     changes   BIGINT NOT NULL,
     PRIMARY KEY (merchant, plugin, writer)
 );
+CREATE FUNCTION plugin_kv_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO plugin_kv_changes (merchant, plugin, writer, changes)
+    SELECT DISTINCT merchant, plugin, COALESCE(NULLIF(current_setting('payflow.kv_writer', true), '')::int8, 0), 1
+    FROM changed ORDER BY 1, 2
+    ON CONFLICT (merchant, plugin, writer) DO UPDATE SET changes = plugin_kv_changes.changes + 1;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER plugin_kv_inserted AFTER INSERT ON plugin_kv
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION plugin_kv_changed();
+CREATE TRIGGER plugin_kv_updated AFTER UPDATE ON plugin_kv
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION plugin_kv_changed();
+CREATE TRIGGER plugin_kv_deleted AFTER DELETE ON plugin_kv
+    REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION plugin_kv_changed();
 ",
     ),
 ];

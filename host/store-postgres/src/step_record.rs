@@ -38,13 +38,7 @@ const BATCHES_IN_FLIGHT: usize = 1;
 pub(crate) struct StepRecorder(GroupCommit<PluginStep, Result<StepRecorded, StoreError>>);
 
 impl StepRecorder {
-    /// `kv_writer`: the replica's number as a writer of kv spaces (`PostgresStore::kv_writer`).
-    pub(crate) fn start(
-        pool: Pool,
-        max_batch: usize,
-        kv_writer: i64,
-        commits: Arc<dyn CommitObserver>,
-    ) -> Self {
+    pub(crate) fn start(pool: Pool, max_batch: usize, commits: Arc<dyn CommitObserver>) -> Self {
         StepRecorder(GroupCommit::start(
             max_batch,
             BATCHES_IN_FLIGHT,
@@ -54,7 +48,7 @@ impl StepRecorder {
             Duration::ZERO,
             move |steps: Vec<PluginStep>| {
                 let pool = pool.clone();
-                async move { record_batch(&pool, kv_writer, steps).await }
+                async move { record_batch(&pool, steps).await }
             },
             move |took| commits.committed(took),
         ))
@@ -72,7 +66,6 @@ impl StepRecorder {
 /// per table could not apply both, in order.
 pub(crate) async fn record_batch(
     pool: &Pool,
-    kv_writer: i64,
     steps: Vec<PluginStep>,
 ) -> Result<Vec<Result<StepRecorded, StoreError>>, StoreError> {
     let mut client = pool.get().await.map_err(pool_error)?;
@@ -80,7 +73,7 @@ pub(crate) async fn record_batch(
     in_key_order.sort_by(|a, b| a.key.cmp(&b.key));
     let one_each = in_key_order.windows(2).all(|w| w[0].key != w[1].key);
     if one_each {
-        match committed(&mut client, kv_writer, &in_key_order).await {
+        match committed(&mut client, &in_key_order).await {
             Ok(set_aside) => {
                 return Ok(steps.iter().map(|s| Ok(recorded(set_aside.contains(&s.key)))).collect())
             }
@@ -92,9 +85,7 @@ pub(crate) async fn record_batch(
     }
     let mut answers = Vec::with_capacity(steps.len());
     for step in &steps {
-        answers.push(
-            committed(&mut client, kv_writer, &[step]).await.map(|set_aside| recorded(!set_aside.is_empty())),
-        );
+        answers.push(committed(&mut client, &[step]).await.map(|set_aside| recorded(!set_aside.is_empty())));
     }
     Ok(answers)
 }
@@ -102,11 +93,10 @@ pub(crate) async fn record_batch(
 /// Writes `steps` ([`write_steps`]) in a transaction of their own, committed.
 async fn committed<'a>(
     client: &mut Object,
-    kv_writer: i64,
     steps: &[&'a PluginStep],
 ) -> Result<BTreeSet<&'a EventKey>, StoreError> {
     let tx = begin(client).await.map_err(unavailable)?;
-    let set_aside = write_steps(&tx, kv_writer, steps).await?;
+    let set_aside = write_steps(&tx, steps).await?;
     tx.commit().await.map_err(unavailable)?;
     Ok(set_aside)
 }
@@ -138,20 +128,11 @@ const INSERT_RUNS: &str =
                           $8::int8[], $9::int8[], $10::int8[], $11::text[], $12::text[], $13::text[])";
 
 /// Applies the plugins' kv writes (one per key: see `write_kv`), each unless the key holds a
-/// later version's write already, and counts one change of each space they wrote to under
-/// the replica's writer number, `$6` (`plugins::kv_changes_elsewhere!`): the other replicas read the
-/// space again before their next run. The count is this replica's own row, which no other
-/// replica writes, so batches of different replicas never wait for each other on it.
-const WRITE_KV: &str = "WITH written AS (
-         INSERT INTO plugin_kv (merchant, plugin, key, value, version)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int8[])
-         ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value, version = excluded.version
-         WHERE excluded.version >= plugin_kv.version
-     )
-     INSERT INTO plugin_kv_changes (merchant, plugin, writer, changes)
-     SELECT DISTINCT merchant, plugin, $6::int8, 1::int8 FROM UNNEST($1::text[], $2::text[]) AS w(merchant, plugin)
-     ORDER BY 1, 2
-     ON CONFLICT (merchant, plugin, writer) DO UPDATE SET changes = plugin_kv_changes.changes + 1";
+/// later version's write already.
+const WRITE_KV: &str = "INSERT INTO plugin_kv (merchant, plugin, key, value, version)
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int8[])
+     ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value, version = excluded.version
+     WHERE excluded.version >= plugin_kv.version";
 
 /// Creates the deliveries the steps asked for, due when their steps began (one per event and
 /// upstream: see `insert_deliveries`), claimed by the gateway that ran the step when it starts
@@ -187,12 +168,11 @@ fn recorded(set_aside: bool) -> StepRecorded {
 
 /// Writes the outcomes of `steps` (in key order, one per event) in `tx`, a transaction from
 /// `begin`: their events locked, their rows, their runs, and, for each whose row was not
-/// replayed since it began, its kv writes (counted as `kv_writer`'s changes), the deliveries
-/// it created and its event's status. Fails as a whole if any step's event is not in the
-/// store; else returns the keys of the steps set aside (replayed since they began).
+/// replayed since it began, its kv writes, the deliveries it created and its event's status.
+/// Fails as a whole if any step's event is not in the store; else returns the keys of the
+/// steps set aside (replayed since they began).
 async fn write_steps<'a>(
     tx: &Transaction<'_>,
-    kv_writer: i64,
     steps: &[&'a PluginStep],
 ) -> Result<BTreeSet<&'a EventKey>, StoreError> {
     let numbers = numbers_of(tx, steps.iter().filter(|s| s.event_seq.is_none()).map(|s| &s.key))
@@ -227,7 +207,7 @@ async fn write_steps<'a>(
     let set_aside =
         numbered.iter().filter(|(_, seq)| replayed_since.contains(seq)).map(|(s, _)| &s.key).collect();
     numbered.retain(|(_, seq)| !replayed_since.contains(seq));
-    write_kv(tx, kv_writer, &numbered).await.map_err(unavailable)?;
+    write_kv(tx, &numbered).await.map_err(unavailable)?;
     insert_deliveries(tx, &numbered).await.map_err(unavailable)?;
     update_events(tx, &numbered).await.map_err(unavailable)?;
     Ok(set_aside)
@@ -288,11 +268,7 @@ async fn insert_runs(tx: &Transaction<'_>, steps: &[Numbered<'_>]) -> Result<(),
 /// One row per (merchant, plugin, key), the write of the highest version (the latest run's,
 /// whatever order the steps reached the batch in): one statement may not change a row twice,
 /// and one step after another the highest version stays.
-async fn write_kv(
-    tx: &Transaction<'_>,
-    kv_writer: i64,
-    steps: &[Numbered<'_>],
-) -> Result<(), tokio_postgres::Error> {
+async fn write_kv(tx: &Transaction<'_>, steps: &[Numbered<'_>]) -> Result<(), tokio_postgres::Error> {
     let mut writes: BTreeMap<(&str, &str, &str), &KvWrite> = BTreeMap::new();
     for (step, _) in steps {
         for w in &step.kv {
@@ -310,7 +286,7 @@ async fn write_kv(
     let key: Vec<&str> = writes.keys().map(|k| k.2).collect();
     let value: Vec<&[u8]> = writes.values().map(|w| &w.value[..]).collect();
     let version: Vec<i64> = writes.values().map(|w| w.version).collect();
-    exec(tx, WRITE_KV, &[&merchant, &plugin, &key, &value, &version, &kv_writer]).await.map(drop)
+    exec(tx, WRITE_KV, &[&merchant, &plugin, &key, &value, &version]).await.map(drop)
 }
 
 /// One row per event and upstream, the step's last one for it (as one insert after another
