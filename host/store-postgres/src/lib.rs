@@ -644,6 +644,38 @@ mod tests {
         assert!(deleted.0 > repaired.0 && deleted.1 > repaired.1, "so does a delete: {deleted:?}");
     }
 
+    /// During a rolling upgrade, a replica of the release before the kv change counts (schema
+    /// 12) keeps writing kv without naming itself: its writes still count, as writer 0's, so a
+    /// replica of this release reads the space again rather than overwrite them from its copy.
+    /// The keys it wrote before the upgrade load as they were.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_previous_releases_kv_writes_count_as_changes_made_elsewhere() {
+        let (url, previous) = as_release_of_schema("kv_changes_upgrade", 12).await;
+        let write = |value: &'static str| {
+            let previous = &previous;
+            async move {
+                previous
+                    .execute(
+                        "INSERT INTO plugin_kv (merchant, plugin, key, value, version) VALUES ('acme', 'ledger', 'total', $1, 1)
+                         ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value",
+                        &[&value.as_bytes()],
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        write("before").await;
+        let store = connected(&url).await;
+        let read = store.load_kv_space("acme", "ledger").await.unwrap();
+        assert_eq!(read.entries.len(), 1);
+        assert_eq!(read.entries[0].value, b"before");
+        write("during").await;
+        assert!(
+            store.kv_changes("acme", "ledger").await.unwrap() > read.changes,
+            "the old replica's write counts"
+        );
+    }
+
     /// Steps finishing together commit together; one the database refuses (its delivery names
     /// an event that is not there) fails alone, and the others' batch is written again without
     /// it: each recorded once, none lost, nothing of the refused one kept.
