@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# One merchant's large kv space against another merchant, on the shared database (issue 21,
+# thirty-second look). One gateway on a throw-away PostgreSQL serves two merchants, each with
+# an upstream of its own (`loadgen bare`): "big", whose /big events go through the ledger
+# example (or $PLUGIN_WASM) with its kv space filled with KV_FILL keys of 900 bytes (default
+# 1000), and "small", whose /small events go straight to its upstream. "small" offers RATE
+# events a second (default 1000) for SECONDS (default 10); two seconds in, "big" sends a burst
+# of REQUESTS events (default 20000, 64 connections). Prints one line: small's ack p99, how long
+# after its offer ended its upstream had every event, big's acks/s and delivered/s, and the
+# gateway's and the database's CPU per event of both.
+# Usage: bench/kv_neighbour.sh [EDGE_BIN]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+build_release
+[[ -n "${BENCH_NO_BUILD:-}" ]] || scripts/build-plugins.sh >&2
+edge_bin="${1:-$bin/payflow-edge}"
+wasm="${PLUGIN_WASM:-$CARGO_TARGET_DIR/guests/wasm32-wasip2/release/ledger.wasm}"
+fill="${KV_FILL:-1000}"; n="${REQUESTS:-20000}"; rate="${RATE:-1000}"; seconds="${SECONDS_OFFERED:-10}"
+small_n=$((rate * seconds))
+work="$bench_work"
+PG=1 one_store neighbour
+big_up=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$big_up"
+small_up=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$small_up"
+edge=$(free_port)
+cat > "$work/n.toml" <<TOML
+[server]
+listen = "127.0.0.1:$edge"
+[store]
+$store
+[[merchant]]
+id = "big"
+token = "big-token-0123456789abcdef"
+[[merchant]]
+id = "small"
+token = "small-token-0123456789abcdef"
+[[endpoint]]
+merchant = "big"
+path = "/big"
+secrets = ["whsec_bench_secret"]
+upstream = "big-app"
+plugins = ["ledger"]
+[[endpoint]]
+merchant = "small"
+path = "/small"
+secrets = ["whsec_bench_secret"]
+upstream = "small-app"
+[[upstream]]
+name = "big-app"
+merchant = "big"
+url = "http://127.0.0.1:$big_up/"
+concurrency = 32
+[[upstream]]
+name = "small-app"
+merchant = "small"
+url = "http://127.0.0.1:$small_up/"
+concurrency = 32
+[[plugin]]
+name = "ledger"
+merchant = "big"
+path = "$wasm"
+TOML
+start_edge "$edge_bin" "$work/n.toml"; pid=$edge_pid
+wait_port "$edge"; wait_port "$big_up"; wait_port "$small_up"
+pg_psql -d neighbour -qc "INSERT INTO plugin_kv (merchant, plugin, key, value, version)
+  SELECT 'big', 'ledger', 'fill:' || g, convert_to(repeat('x', 900), 'UTF8'), 0 FROM generate_series(1, $fill) AS g"
+t0=$(proc_ticks "$pid"); d0=$(db_ticks)
+"$bin/loadgen" run --url "http://127.0.0.1:$edge/small" --requests "$small_n" --rate "$rate" --label small \
+  > "$work/small.txt" 2>/dev/null &
+small_pid=$!
+sleep 2
+t=$(date +%s.%N)
+big=$("$bin/loadgen" run --url "http://127.0.0.1:$edge/big" --requests "$n" --ids random --label big)
+delivered "$big_up" "$n" >/dev/null
+big_dl=$(python3 -c "print(round($n / ($(date +%s.%N) - $t)))")
+wait "$small_pid"
+offered=$(date +%s.%N)
+delivered "$small_up" "$small_n" >/dev/null
+small_behind=$(python3 -c "print(round(($(date +%s.%N) - $offered) * 1000))")
+sleep 1
+cpu=$(us_per_event "$t0" "$(proc_ticks "$pid")" $((n + small_n))); db=$(us_per_event "$d0" "$(db_ticks)" $((n + small_n)))
+small=$(cat "$work/small.txt")
+echo "kv $fill keys: small p99 $(cut -d'|' -f8 <<<"$small" | xargs) ms, all delivered ${small_behind} ms after its offer;" \
+  "big $(cut -d'|' -f5 <<<"$big" | xargs) acks/s, delivered ${big_dl}/s; gateway $cpu µs/event, database $db µs/event"
