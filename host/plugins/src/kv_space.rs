@@ -13,10 +13,11 @@
 //! after each step of this gateway commits ([`KvSpace::doubt`]), not before every run: runs
 //! of one plugin take turns, and a query within every turn held each run for a round trip,
 //! which under load shrank the batches steps commit in and cost the database more than the
-//! loads it saved. A load reads what has committed; the
-//! writes visible here whose steps are still committing, or committed while the load was
-//! reading, are laid over what it read, so a run never reads a value older than one an earlier
-//! run of this gateway wrote.
+//! loads it saved.
+//!
+//! A load reads what has committed; the writes visible here whose steps are still committing,
+//! or committed while the load was reading, are laid over what it read, so a run never reads a
+//! value older than one an earlier run of this gateway wrote.
 //!
 //! It must never do I/O or wait on anything: the chain loads from the store outside its lock.
 

@@ -11,8 +11,8 @@ use payflow_store::{
 use crate::{exec, query, query_one, query_opt, unavailable, PostgresStore};
 
 /// The setting by which a replica's connections name it as a writer of the plugins' kv spaces:
-/// the triggers on `plugin_kv` (schema migration 13) count each change under it, and under
-/// writer 0 where it is not set.
+/// the triggers on `plugin_kv` (schema migration 13, which spells the name out as it must stay)
+/// count each change under it, and under writer 0 where it is not set.
 pub(crate) const KV_WRITER: &str = "payflow.kv_writer";
 
 /// A new writer number: random, so that replicas need not agree on numbers (two of 2^62

@@ -600,11 +600,12 @@ pub struct KvEntry {
     pub version: i64,
 }
 
-/// How many times a plugin's key-value space has been changed other than by this gateway: by
-/// other gateways sharing the store, and by the admin API's repairs. Only ever grows (or is
-/// replaced by a larger number), so a gateway whose space in memory was loaded at one count
-/// knows that nobody else changed the stored space while the count reads the same, and can
-/// run the plugin on what it has rather than read the whole space again before every run.
+/// How many times a plugin's key-value space has been changed other than by this gateway's own
+/// steps: by other gateways sharing the store, by the admin API's repairs, by anything else
+/// that writes to the store. Only ever grows (or is replaced by a larger number), so a gateway
+/// whose space in memory was loaded at one count knows that nobody else changed the stored
+/// space while the count reads the same, and can run the plugin on what it has rather than
+/// read the whole space again after every step.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct KvChanges(pub i64);
 
