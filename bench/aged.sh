@@ -33,16 +33,7 @@ start_edge "$edge_bin" "$work/g.toml" "$@"; pid=$edge_pid
 wait_port "$edge"; wait_port "$bare"
 filled=""
 if [[ -n "${KV_FILL:-}" ]]; then
-  fill="SELECT 'fill:' || g, repeat('x', 900), 0 FROM generate_series(1, $KV_FILL) AS g"
-  if [[ -n "${PG:-}" ]]; then
-    pg_psql -d aged -qc "INSERT INTO plugin_kv (merchant, plugin, key, value, version)
-      SELECT 'default', 'amount-threshold', k, convert_to(v, 'UTF8'), n FROM ($fill) AS f(k, v, n)"
-  else
-    python3 -c "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('PRAGMA busy_timeout = 10000')
-c.execute(\"WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < $KV_FILL) \" +
-          \"INSERT INTO plugin_kv (merchant, plugin, key, value, version) \" +
-          \"SELECT 'default', 'amount-threshold', 'fill:' || g, CAST(printf('%.900c', 'x') AS BLOB), 0 FROM s\"); c.commit()" "$work/aged.db"
-  fi
+  fill_kv aged default amount-threshold "$KV_FILL"
   filled=" (kv filled with $KV_FILL keys)"
 fi
 if ((prefill > 0)); then

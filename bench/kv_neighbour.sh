@@ -62,8 +62,7 @@ path = "$wasm"
 TOML
 start_edge "$edge_bin" "$work/n.toml"; pid=$edge_pid
 wait_port "$edge"; wait_port "$big_up"; wait_port "$small_up"
-pg_psql -d neighbour -qc "INSERT INTO plugin_kv (merchant, plugin, key, value, version)
-  SELECT 'big', 'ledger', 'fill:' || g, convert_to(repeat('x', 900), 'UTF8'), 0 FROM generate_series(1, $fill) AS g"
+PG=1 fill_kv neighbour big ledger "$fill"
 t0=$(proc_ticks "$pid"); d0=$(db_ticks)
 "$bin/loadgen" run --url "http://127.0.0.1:$edge/small" --requests "$small_n" --rate "$rate" --label small \
   > "$work/small.txt" 2>/dev/null &

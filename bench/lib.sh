@@ -121,6 +121,21 @@ one_store() {
     store="url = \"postgres://payflow@127.0.0.1:$pg_port/$1\""
   fi
 }
+# fill_kv DATABASE MERCHANT PLUGIN N: fills the plugin's kv space with N keys of 900 bytes
+# (fill:1 … fill:N), directly in the store, as a plugin that remembers many customers would have
+# it: on PostgreSQL (PG set) the database DATABASE, else the SQLite file $bench_work/DATABASE.db.
+fill_kv() {
+  if [[ -n "${PG:-}" ]]; then
+    pg_psql -d "$1" -qc "INSERT INTO plugin_kv (merchant, plugin, key, value, version)
+      SELECT '$2', '$3', 'fill:' || g, convert_to(repeat('x', 900), 'UTF8'), 0 FROM generate_series(1, $4) AS g"
+  else
+    python3 -c "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('PRAGMA busy_timeout = 10000')
+c.execute(\"WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < $4) \" +
+          \"INSERT INTO plugin_kv (merchant, plugin, key, value, version) \" +
+          \"SELECT '$2', '$3', 'fill:' || g, CAST(printf('%.900c', 'x') AS BLOB), 0 FROM s\"); c.commit()" \
+      "$bench_work/$1.db"
+  fi
+}
 # start_edge BIN CONFIG [VAR=VALUE…]: the gateway serving CONFIG, with those in its environment
 # and only warnings in its log; sets $edge_pid (stopped when the script exits).
 start_edge() {
