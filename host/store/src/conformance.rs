@@ -1170,10 +1170,12 @@ pub async fn a_kv_write_committed_after_a_later_versions_leaves_the_later_value(
 /// space other than by the gateway's own steps ([`crate::KvChanges`]): a gateway runs a
 /// plugin on its copy of the space while the count stays, so its own steps must not move it
 /// and an admin repair must. A load reads the count with the keys. A store one gateway owns
-/// counts nothing: nobody else writes to it.
+/// counts nothing: nobody else writes to it. A store several gateways share (it claims rows)
+/// shares the kv spaces too.
 pub async fn a_kv_spaces_count_of_changes_made_elsewhere_moves_for_a_repair_not_for_own_steps(
     store: Arc<dyn Store>,
 ) {
+    assert_eq!(store.shares_kv(), store.claims(), "shared by several gateways, kv and all");
     let k = key("acme", "/wh", "evt_kv_counted");
     store.insert_event(event(&k, NOW, Some(Hop::Plugins))).await.unwrap();
     let before = store.kv_changes("acme", "ledger").await.unwrap();
