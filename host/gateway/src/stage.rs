@@ -360,9 +360,10 @@ impl PluginStage {
         // visible in memory were not committed, and, with replicas sharing the store, when the
         // store says another has written since (asked by the first run after each step).
         published.settle(matches!(recorded, Ok(StepRecorded::Applied)));
-        if self.registry.store().shares_kv() {
-            let chain = self.endpoints.get(&event.endpoint).map(|e| e.chain.clone()).unwrap_or_default();
-            chain::doubt_kv(&self.registry, &event.key.merchant, &chain);
+        if let Some(plugins) =
+            self.endpoints.get(&event.endpoint).filter(|_| self.registry.store().shares_kv())
+        {
+            chain::doubt_kv(&self.registry, &event.key.merchant, &plugins.chain);
         }
         match recorded? {
             StepRecorded::Applied => Ok(deliveries),
