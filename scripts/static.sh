@@ -3,7 +3,7 @@
 # ships, and smoke-tests it: no dynamic loader or libraries, the demo with the embedded example
 # plugins, and a served dashboard with the embedded signature checker.
 #   scripts/static.sh            → $CARGO_TARGET_DIR/dist/payflow-edge (release, debug info
-#                                  stripped: ~38 MB instead of ~170 MB; symbols stay for backtraces)
+#                                  stripped: ~34 MB instead of ~150 MB; symbols stay for backtraces)
 #   scripts/static.sh --profile static-ci   what CI builds and checks: the same code and embedded
 #                                  assets at about half the build time (see Cargo.toml)
 # Installs the musl target (rustup) and musl-gcc (Debian's musl-tools; SQLite, ring and mimalloc
