@@ -5,7 +5,8 @@
 #   scripts/static.sh            → $CARGO_TARGET_DIR/dist/payflow-edge (release, debug info
 #                                  stripped: ~34 MB instead of ~150 MB; symbols stay for backtraces)
 #   scripts/static.sh --profile static-ci   what CI builds and checks: the same code and embedded
-#                                  assets at about half the build time (see Cargo.toml)
+#                                  assets; a rebuild after a change is incremental, where the
+#                                  release profile's LTO optimises the whole program again (see Cargo.toml)
 # Installs the musl target (rustup) and musl-gcc (Debian's musl-tools; SQLite, ring and mimalloc
 # have C parts) when missing.
 set -euo pipefail

@@ -37,7 +37,8 @@ cargo test --workspace --locked
 cargo test -p payflow-verify --locked --no-default-features --lib
 
 step "the static binary (musl): built, then its demo, dashboard and checker smoke-tested"
-# The static-ci profile: the release binary's code and assets at half a release build's cost.
+# The static-ci profile: the release binary's code and assets, rebuilt incrementally (a release
+# build's LTO takes ~6 min after any change; see Cargo.toml).
 scripts/static.sh --profile static-ci
 
 step "dashboard: headless Chromium against a running gateway (screenshots in tests/dashboard/artifacts)"
