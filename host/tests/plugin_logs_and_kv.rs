@@ -292,6 +292,58 @@ async fn on_postgres_a_plugins_space_is_loaded_again_only_after_a_change_made_el
     assert_eq!(total_after(&a, "evt_a6", 6).await, "6 PKR", "a repair through B counts for A");
 }
 
+/// Two replicas running one plugin at once, each on its copy of the space, never write over
+/// each other's changes: events sent at once, half to each replica, all add to one customer's
+/// total, and after each round the stored total counts every event and each run read a total
+/// no other run read. Before, both replicas read the same total and the last write won: the
+/// stored total fell behind the events sent (regression).
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_adding_to_one_total_at_once_count_every_event() {
+    const ROUNDS: usize = 12;
+    const AT_ONCE: usize = 8;
+    let pg = TestServer::start();
+    let url = pg.database("kv_two_replicas");
+    let app = Upstream::start().await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = |dir: &std::path::Path| {
+        config(&dir.join("db"), &app.url()).replace("[store]\n", &format!("[store]\nurl = {url:?}\n"))
+            + "[plugins]\nworkers = 4\n"
+    };
+    let a = Gateway::start(dir_a.path(), &config(dir_a.path()));
+    let b = Gateway::start(dir_b.path(), &config(dir_b.path()));
+    let stored_total = || {
+        let url = a.admin_url(&format!("/api/plugins/ledger/kv/{}", TOTAL_KEY.replace('@', "%40")));
+        async move {
+            let answer = client().get(url).bearer_auth(ACME_TOKEN).send().await.unwrap();
+            assert_eq!(answer.status(), 200);
+            let value: serde_json::Value = answer.json().await.unwrap();
+            value["text"].as_str().unwrap().lines().next().unwrap().parse::<usize>().unwrap()
+        }
+    };
+    for round in 0..ROUNDS {
+        let mut senders = tokio::task::JoinSet::new();
+        for n in 0..AT_ONCE {
+            let replica = if n % 2 == 0 { &a } else { &b };
+            senders.spawn(send_to(replica.url("/acme"), format!("evt_two_{round}_{n}"), 1));
+        }
+        senders.join_all().await;
+        let sent = (round + 1) * AT_ONCE;
+        app.wait_for(WAIT, "the round's events", |r| r.len() == sent).await;
+        assert_eq!(stored_total().await, sent, "after round {round}");
+    }
+    let mut totals: Vec<usize> = app
+        .received()
+        .iter()
+        .map(|r| r.header("x-ledger-total").unwrap().trim_end_matches(" PKR").parse().unwrap())
+        .collect();
+    totals.sort_unstable();
+    assert_eq!(
+        totals,
+        (1..=ROUNDS * AT_ONCE).collect::<Vec<_>>(),
+        "each run read the total the one before left"
+    );
+}
+
 /// A plugin that never reads or writes kv runs without its space being loaded (with a shared
 /// store, a load was a query on every step). Shown with a kv table the gateway cannot read:
 /// the amount-threshold example keeps passing events, while the ledger, which uses kv, fails

@@ -21,8 +21,8 @@ use payflow_delivery::{ClaimDeliveries, RetryPolicy, Step, StepDone};
 use payflow_plugins::chain::{self, ChainInput, ChainOutcome, ChainResult, Published};
 use payflow_plugins::{trial, Registry, RegistryError, Scheduler, Side, Trial, TrialEvent, TrialReport};
 use payflow_store::{
-    AttemptOutcome, DeliveryQueue, DueDelivery, DueStep, Event, EventSeq, EventStatus, KvWrite, NewDelivery,
-    PluginRunInfo, PluginStep, StepRecorded,
+    AttemptOutcome, DeliveryQueue, DueDelivery, DueStep, Event, EventSeq, EventStatus, KvReadOf, KvWrite,
+    NewDelivery, PluginRunInfo, PluginStep, StepRecorded,
 };
 use payflow_telemetry::Telemetry;
 
@@ -189,10 +189,32 @@ impl PluginStage {
         due: DueStep,
         claim: Option<&ClaimDeliveries<'_>>,
     ) -> StepDone {
+        for _ in 0..STALE_RUNS {
+            match self.run_queued_once(policy, &due, claim).await {
+                Recorded::Done(done) => return done,
+                Recorded::Stale => continue,
+            }
+        }
+        tracing::warn!(
+            event_id = %due.event.key.id, runs = STALE_RUNS,
+            "another replica kept changing what the plugin step read; it will run again"
+        );
+        StepDone::Refused
+    }
+
+    /// [`PluginStage::run_queued`]'s step once: [`Recorded::Stale`] when a kv key its runs read
+    /// changed before it committed.
+    async fn run_queued_once(
+        &self,
+        policy: &RetryPolicy,
+        due: &DueStep,
+        claim: Option<&ClaimDeliveries<'_>>,
+    ) -> Recorded<StepDone> {
         let event = &due.event;
         let mut number = due.attempts + 1;
         let at_ms = self.clock.now_ms();
-        let ChainResult { runs, kv, published, outcome } = self.run_chain(event, number, at_ms).await;
+        let ChainResult { runs, kv, kv_read, published, outcome } =
+            self.run_chain(event, number, at_ms).await;
         let endpoint = self.endpoints.get(&event.endpoint).cloned();
         let mut routes = None;
         let (status, reason, step, mut deliveries, tags) = match outcome {
@@ -270,20 +292,22 @@ impl PluginStage {
                 d.claim_until_ms = Some(until_ms);
             }
         }
-        let decision = Decision { step, status, reason, deliveries, tags, runs, kv, published, routes };
+        let decision =
+            Decision { step, status, reason, deliveries, tags, runs, kv, kv_read, published, routes };
         match self.commit(event, Some(due.seq), number, at_ms, due.claimed_until_ms, decision).await {
-            Ok(created) => {
+            Ok(Recorded::Done(created)) => {
                 let due = |d: NewDelivery| DueDelivery {
                     body: d.body,
                     headers: d.headers,
                     claimed_until_ms: d.claim_until_ms,
                     ..DueDelivery::new(event.clone(), due.seq, d.upstream, at_ms)
                 };
-                StepDone::Recorded(created.into_iter().map(due).collect())
+                Recorded::Done(StepDone::Recorded(created.into_iter().map(due).collect()))
             }
+            Ok(Recorded::Stale) => Recorded::Stale,
             Err(e) => {
                 tracing::warn!(event_id = %event.key.id, error = %e, "cannot record a plugin step; it will run again");
-                StepDone::Refused
+                Recorded::Done(StepDone::Refused)
             }
         }
     }
@@ -293,6 +317,17 @@ impl PluginStage {
     /// or `failed` (the sender's retry runs the plugins again) as they decided; on `Continue`
     /// the caller forwards, and the plugins' extra forwards are queued.
     pub async fn run_proxied(&self, event: &Event, seq: Option<EventSeq>) -> ChainOutcome {
+        for _ in 0..STALE_RUNS {
+            if let Recorded::Done(outcome) = self.run_proxied_once(event, seq).await {
+                return outcome;
+            }
+        }
+        let reason = "cannot record the plugin step: another replica kept changing what it read";
+        ChainOutcome::Failed { reason: reason.into() }
+    }
+
+    /// [`PluginStage::run_proxied`]'s step once, as [`PluginStage::run_queued_once`].
+    async fn run_proxied_once(&self, event: &Event, seq: Option<EventSeq>) -> Recorded<ChainOutcome> {
         let at_ms = self.clock.now_ms();
         let result = self.run_chain(event, 1, at_ms).await;
         let (status, reason, deliveries, tags) = match &result.outcome {
@@ -306,7 +341,7 @@ impl PluginStage {
                 (EventStatus::Failed, Some(reason.clone()), Vec::new(), Vec::new())
             }
         };
-        let ChainResult { runs, kv, published, outcome } = result;
+        let ChainResult { runs, kv, kv_read, published, outcome } = result;
         let decision = Decision {
             step: AttemptOutcome::Delivered,
             status,
@@ -315,18 +350,23 @@ impl PluginStage {
             tags,
             runs,
             kv,
+            kv_read,
             published,
             routes: None,
         };
-        if let Err(e) = self.commit(event, seq, 1, at_ms, None, decision).await {
-            return ChainOutcome::Failed { reason: format!("cannot record the plugin step: {e}") };
+        match self.commit(event, seq, 1, at_ms, None, decision).await {
+            Ok(Recorded::Done(_)) => Recorded::Done(outcome),
+            Ok(Recorded::Stale) => Recorded::Stale,
+            Err(e) => {
+                Recorded::Done(ChainOutcome::Failed { reason: format!("cannot record the plugin step: {e}") })
+            }
         }
-        outcome
     }
 
     /// Records a step of the event numbered `seq`, when the caller has it (run `number`, begun at `at_ms`, under the
     /// claim that ends at `claimed_until_ms` when there is one: its runs, kv writes and
-    /// `decision`) in one commit and returns the deliveries it created. The kv writes the chain
+    /// `decision`) in one commit and returns the deliveries it created, or [`Recorded::Stale`]
+    /// when a key its runs read changed since (nothing recorded). The kv writes the chain
     /// made visible in memory are settled with the answer: forgotten unless they committed.
     async fn commit(
         &self,
@@ -336,8 +376,9 @@ impl PluginStage {
         at_ms: i64,
         claimed_until_ms: Option<i64>,
         decision: Decision,
-    ) -> Result<Vec<NewDelivery>, payflow_store::StoreError> {
-        let Decision { step, status, reason, deliveries, tags, runs, kv, published, routes } = decision;
+    ) -> Result<Recorded<Vec<NewDelivery>>, payflow_store::StoreError> {
+        let Decision { step, status, reason, deliveries, tags, runs, kv, kv_read, published, routes } =
+            decision;
         let failed = step != AttemptOutcome::Delivered;
         let record = PluginStep {
             key: event.key.clone(),
@@ -348,6 +389,7 @@ impl PluginStage {
             error: if failed { reason.clone() } else { None },
             runs,
             kv,
+            kv_read,
             status,
             reason,
             deliveries: deliveries.clone(),
@@ -366,13 +408,18 @@ impl PluginStage {
             chain::doubt_kv(&self.registry, &event.key.merchant, &plugins.chain);
         }
         match recorded? {
-            StepRecorded::Applied => Ok(deliveries),
+            StepRecorded::Applied => Ok(Recorded::Done(deliveries)),
             // Regression (a replaced decision delivered): the event was replayed while the step
             // ran, and the deliveries it decided were not created; handed to the workers all the
             // same, they were sent. The replay's own step decides what is sent.
             StepRecorded::SetAside => {
                 tracing::info!(event_id = %event.key.id, "the event was replayed while its plugin step ran; the step's decision is set aside");
-                Ok(Vec::new())
+                Ok(Recorded::Done(Vec::new()))
+            }
+            // The space was forgotten with the writes above: the next run loads it.
+            StepRecorded::Stale => {
+                tracing::debug!(event_id = %event.key.id, "a kv key the plugin step read changed before it committed; running it again");
+                Ok(Recorded::Stale)
             }
         }
     }
@@ -399,6 +446,17 @@ impl Step for PluginStage {
     }
 }
 
+/// How many times a step runs in a row while another replica keeps changing a kv key its runs
+/// read before it commits ([`StepRecorded::Stale`]). Each time, some replica's step committed;
+/// past this, the step is left to run again later rather than hold a plugin worker.
+const STALE_RUNS: usize = 8;
+
+/// A step's record, or [`StepRecorded::Stale`]: run it again.
+enum Recorded<T> {
+    Done(T),
+    Stale,
+}
+
 /// What a step decided about its event.
 struct Decision {
     step: AttemptOutcome,
@@ -408,6 +466,7 @@ struct Decision {
     tags: Vec<String>,
     runs: Vec<PluginRunInfo>,
     kv: Vec<KvWrite>,
+    kv_read: Vec<KvReadOf>,
     published: Published,
     routes: Option<Vec<String>>,
 }

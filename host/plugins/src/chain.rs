@@ -22,7 +22,9 @@ use tokio::runtime::Handle;
 
 use super::registry::{Slot, Version};
 use super::{check_quota, Action, Event, Failure, Kv, KvMap, KvQuotaExceeded, Outcome, Registry, Run};
-use payflow_store::{Event as StoredEvent, KvWrite, NewDelivery, PluginRunInfo, StoreError};
+use payflow_store::{
+    Event as StoredEvent, KvReadOf, KvStamp, KvWrite, NewDelivery, PluginRunInfo, StoreError,
+};
 
 /// Headers the gateway sets itself; a plugin may not set or override them.
 const RESERVED_HEADERS: [&str; 12] = [
@@ -92,6 +94,9 @@ pub struct ChainResult {
     pub runs: Vec<PluginRunInfo>,
     /// kv writes to commit with the step (empty unless it continued or dropped).
     pub kv: Vec<KvWrite>,
+    /// What its runs read from kv, when gateways share the store (empty unless it continued
+    /// or dropped): the step commits only while those keys hold what the runs found.
+    pub kv_read: Vec<KvReadOf>,
     /// The same writes, visible in the plugins' spaces until the step's answer settles them.
     pub published: Published,
     /// How the chain ended.
@@ -101,7 +106,13 @@ pub struct ChainResult {
 impl ChainResult {
     /// A chain that ran nothing (and wrote nothing).
     pub fn ran_nothing(outcome: ChainOutcome) -> Self {
-        ChainResult { runs: Vec::new(), kv: Vec::new(), published: Published::default(), outcome }
+        ChainResult {
+            runs: Vec::new(),
+            kv: Vec::new(),
+            kv_read: Vec::new(),
+            published: Published::default(),
+            outcome,
+        }
     }
 }
 
@@ -139,16 +150,19 @@ impl std::fmt::Debug for Published {
 }
 
 /// Runs `version` of the plugin in `slot` on `event` once, over a fresh view of its kv space
-/// (`loaded`: whether the space was loaded for it); the view, the run and when it began.
+/// (`loaded`: whether the space was loaded for it; `shared`: whether other gateways write to
+/// it, so what the run reads is noted); the view, the run and when it began.
 fn run_once(
     slot: &Arc<Slot>,
     version: &Version,
     event: &Event,
     loaded: bool,
+    shared: bool,
 ) -> (Arc<Overlay>, Run, Instant) {
     let overlay = Arc::new(Overlay {
         slot: slot.clone(),
         loaded,
+        shared,
         missed: AtomicBool::new(false),
         writes: Mutex::default(),
     });
@@ -171,6 +185,8 @@ struct Overlay {
     /// Whether the space was loaded for this run. If not, the run is stopped at its first kv
     /// call and marked `missed`, to be made again with the space loaded.
     loaded: bool,
+    /// Whether other gateways write to the space: then `Writes::found` is kept.
+    shared: bool,
     missed: AtomicBool,
     writes: Mutex<Writes>,
 }
@@ -180,6 +196,9 @@ struct Overlay {
 struct Writes {
     values: HashMap<String, Vec<u8>>,
     growth: isize,
+    /// The keys it read from the space (not its own writes), each with the write it found
+    /// there first.
+    found: HashMap<String, Option<KvStamp>>,
 }
 
 impl Overlay {
@@ -200,10 +219,15 @@ impl Kv for Overlay {
         if !self.available() {
             return None;
         }
-        if let Some(v) = self.writes.lock().unwrap_or_else(|p| p.into_inner()).values.get(key) {
+        let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = writes.values.get(key) {
             return Some(v.clone());
         }
-        self.with_space(|space| space.get(key).cloned())
+        let space = self.slot.kv.lock().unwrap_or_else(|p| p.into_inner());
+        if self.shared && !writes.found.contains_key(key) {
+            writes.found.insert(key.to_string(), space.stamp(key));
+        }
+        space.values().get(key).cloned()
     }
 
     fn set(&self, key: &str, value: &[u8], quota_bytes: usize) -> Result<(), KvQuotaExceeded> {
@@ -233,6 +257,8 @@ pub fn run(
 ) -> ChainResult {
     let mut runs = Vec::new();
     let mut kv = Vec::new();
+    let mut kv_read = Vec::new();
+    let shared = registry.store().shares_kv();
     let mut body: Option<Bytes> = None;
     let mut headers: Vec<(String, String)> = Vec::new();
     let mut forwards: Vec<NewDelivery> = Vec::new();
@@ -271,13 +297,13 @@ pub fn run(
             }
         }
         let event = Event::of(&input.event, body.as_ref().unwrap_or(&input.event.body));
-        let (mut overlay, mut run, mut started) = run_once(&slot, &version, &event, load_first);
+        let (mut overlay, mut run, mut started) = run_once(&slot, &version, &event, load_first, shared);
         if overlay.missed.load(Ordering::Relaxed) {
             version.mark_uses_kv();
             if let Err(e) = ensure_loaded(registry, handle, &slot) {
                 return failed(runs, published, format!("{name}: store_unavailable: {e}"));
             }
-            (overlay, run, started) = run_once(&slot, &version, &event, true);
+            (overlay, run, started) = run_once(&slot, &version, &event, true, shared);
         }
         let checked = run
             .result
@@ -301,7 +327,9 @@ pub fn run(
                 return failed(runs, published, format!("{name}: {failure}"));
             }
         };
-        let writes = std::mem::take(&mut overlay.writes.lock().unwrap_or_else(|p| p.into_inner()).values);
+        let Writes { values: writes, found, .. } =
+            std::mem::take(&mut *overlay.writes.lock().unwrap_or_else(|p| p.into_inner()));
+        kv_read.extend(found.into_iter().map(|(key, found)| KvReadOf { plugin: name.clone(), key, found }));
         if !writes.is_empty() {
             let version = slot.kv.lock().unwrap_or_else(|p| p.into_inner()).publish(&writes);
             kv.extend(writes.into_iter().map(|(key, value)| KvWrite {
@@ -317,6 +345,7 @@ pub fn run(
             return ChainResult {
                 runs,
                 kv,
+                kv_read,
                 published,
                 outcome: ChainOutcome::Drop { reason: format!("{name}: {reason}"), tags },
             };
@@ -332,7 +361,13 @@ pub fn run(
             claim_until_ms: None,
         }));
     }
-    ChainResult { runs, kv, published, outcome: ChainOutcome::Continue { body, headers, forwards, tags } }
+    ChainResult {
+        runs,
+        kv,
+        kv_read,
+        published,
+        outcome: ChainOutcome::Continue { body, headers, forwards, tags },
+    }
 }
 
 /// Tells the key-value spaces of the plugins of `chain` that another gateway may have written

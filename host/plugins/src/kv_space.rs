@@ -19,11 +19,17 @@
 //! or committed while the load was reading, are laid over what it read, so a run never reads a
 //! value older than one an earlier run of this gateway wrote.
 //!
+//! Each value here carries the write it came from ([`KvStamp`]): a loaded one its stored stamp,
+//! one of this gateway's runs its version and this gateway's number. A run that reads a key
+//! notes that stamp, and with a shared store its step commits only while the key still holds
+//! that write (`StepRecorded::Stale` otherwise): the doubt above only saves loads, it cannot
+//! see a change that lands between a run and its commit.
+//!
 //! It must never do I/O or wait on anything: the chain loads from the store outside its lock.
 
 use std::collections::HashMap;
 
-use payflow_store::{KvChanges, KvRead};
+use payflow_store::{KvChanges, KvRead, KvStamp};
 
 use crate::KvMap;
 
@@ -31,6 +37,10 @@ use crate::KvMap;
 #[derive(Default)]
 pub struct KvSpace {
     values: KvMap,
+    /// The write each of `values` came from.
+    stamps: HashMap<String, KvStamp>,
+    /// This gateway's number ([`payflow_store::PluginStore::kv_writer`]), on its runs' writes.
+    writer: i64,
     /// Whether the next run may read `values`, or must load the store first (never loaded, or
     /// forgotten since).
     fresh: bool,
@@ -65,6 +75,11 @@ pub struct Load {
 }
 
 impl KvSpace {
+    /// The space of a gateway whose writes the store stamps with `writer`.
+    pub fn of_writer(writer: i64) -> Self {
+        KvSpace { writer, ..KvSpace::default() }
+    }
+
     /// Whether runs may read the space as it is (else: load it first).
     pub fn is_fresh(&self) -> bool {
         self.fresh
@@ -73,6 +88,11 @@ impl KvSpace {
     /// What runs read.
     pub fn values(&self) -> &KvMap {
         &self.values
+    }
+
+    /// The write the value under `key` came from; `None` when the key is absent.
+    pub fn stamp(&self, key: &str) -> Option<KvStamp> {
+        self.stamps.get(key).copied()
     }
 
     /// Another gateway may have written to the store since the space was loaded: the next run
@@ -101,6 +121,7 @@ impl KvSpace {
     pub fn clear(&mut self) {
         self.pending.clear();
         self.values = KvMap::default();
+        self.stamps.clear();
         self.forget();
     }
 
@@ -124,12 +145,16 @@ impl KvSpace {
             }
         }
         let mut values: KvMap = entries.iter().map(|e| (e.key.clone(), e.value.clone())).collect();
+        let mut stamps: HashMap<String, KvStamp> =
+            entries.iter().map(|e| (e.key.clone(), e.stamp())).collect();
         for (key, p) in &self.pending {
             if stored_versions.get(key.as_str()).is_none_or(|&stored| stored <= p.version) {
                 values.insert(key.clone(), p.value.clone());
+                stamps.insert(key.clone(), KvStamp { version: p.version, writer: self.writer });
             }
         }
         self.values = values;
+        self.stamps = stamps;
         self.fresh = load.forgotten == self.forgotten;
         self.end_load();
     }
@@ -153,6 +178,7 @@ impl KvSpace {
         self.version += 1;
         for (key, value) in writes {
             self.values.insert(key.clone(), value.clone());
+            self.stamps.insert(key.clone(), KvStamp { version: self.version, writer: self.writer });
             let pending = Pending { version: self.version, value: value.clone(), committed: false };
             self.pending.insert(key.clone(), pending);
         }
@@ -183,7 +209,7 @@ mod tests {
     use super::*;
 
     fn entry(key: &str, value: &str, version: i64) -> KvEntry {
-        KvEntry { key: key.into(), value: value.into(), version }
+        KvEntry { key: key.into(), value: value.into(), version, writer: 9 }
     }
 
     fn writes(key: &str, value: &str) -> HashMap<String, Vec<u8>> {
@@ -295,6 +321,28 @@ mod tests {
         assert_eq!(value(&space, "total").as_deref(), Some("2"), "the second is still committing");
         space.settle(second, true);
         assert!(space.pending.is_empty());
+    }
+
+    #[test]
+    fn each_value_carries_the_write_it_came_from() {
+        let mut space = KvSpace::of_writer(4);
+        let load = space.begin_load();
+        space.finish_load(load, read(vec![entry("stored", "1", 7), entry("mine", "2", 3)]));
+        let theirs = |version| Some(KvStamp { version, writer: 9 });
+        let mine = |version| Some(KvStamp { version, writer: 4 });
+        assert_eq!((space.stamp("stored"), space.stamp("absent")), (theirs(7), None));
+        let v = space.publish(&writes("mine", "3"));
+        assert_eq!(
+            (space.stamp("mine"), space.stamp("stored")),
+            (mine(v), theirs(7)),
+            "a run's write is this gateway's"
+        );
+        space.forget();
+        let load = space.begin_load();
+        space.finish_load(load, read(vec![entry("stored", "1", 7), entry("mine", "2", 3)]));
+        assert_eq!(space.stamp("mine"), mine(v), "still committing: laid over the load, stamp and all");
+        space.clear();
+        assert_eq!(space.stamp("stored"), None, "deleted with its plugin");
     }
 
     #[test]

@@ -399,7 +399,7 @@ impl Registry {
                 config: p.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                 warm: p.warm,
                 active: RwLock::new(None),
-                kv: Mutex::new(KvSpace::default()),
+                kv: Mutex::new(KvSpace::of_writer(registry.store.kv_writer())),
                 turn: Mutex::new(()),
                 changing: tokio::sync::Mutex::new(()),
                 canary: RwLock::new(None),

@@ -167,7 +167,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             ingest: ingest::Batcher::start(pool.clone(), options.max_batch, commits.clone()),
             recorder: record::Recorder::start(pool.clone(), options.max_batch, commits.clone()),
-            steps: step_record::StepRecorder::start(pool.clone(), options.max_batch, commits),
+            steps: step_record::StepRecorder::start(pool.clone(), kv_writer, options.max_batch, commits),
             pool,
             lease_ms: options.lease.as_millis() as i64,
             kv_writer,
@@ -586,6 +586,7 @@ mod tests {
                 logs: Vec::new(),
             }],
             kv: Vec::new(),
+            kv_read: Vec::new(),
             status: EventStatus::Forwarding,
             reason: None,
             deliveries: vec![payflow_store::NewDelivery::to("up")],
@@ -691,7 +692,7 @@ mod tests {
         let mut steps: Vec<_> = ids.iter().map(|id| forwarding_step(id)).collect();
         steps.insert(3, forwarding_step("evt_not_stored"));
 
-        let answers = step_record::record_batch(&store.pool, steps).await.unwrap();
+        let answers = step_record::record_batch(&store.pool, store.kv_writer, steps).await.unwrap();
         let refused: Vec<usize> =
             answers.iter().enumerate().filter(|(_, a)| a.is_err()).map(|(i, _)| i).collect();
         assert_eq!(refused, [3], "{answers:?}");
@@ -748,13 +749,19 @@ mod tests {
             .await
             .unwrap();
 
-        let answers = step_record::record_batch(&store.pool, vec![b, replayed, a]).await.unwrap();
+        let answers =
+            step_record::record_batch(&store.pool, store.kv_writer, vec![b, replayed, a]).await.unwrap();
         let answers: Vec<_> = answers.into_iter().map(Result::unwrap).collect();
         use payflow_store::StepRecorded::{Applied, SetAside};
         assert_eq!(answers, [Applied, SetAside, Applied], "each step's own answer, in the order given");
         assert_eq!(
             store.load_kv("acme", "enrich").await.unwrap(),
-            [payflow_store::KvEntry { key: "last".into(), value: b"from a".to_vec(), version: 2 }],
+            [payflow_store::KvEntry {
+                key: "last".into(),
+                value: b"from a".to_vec(),
+                version: 2,
+                writer: store.kv_writer
+            }],
             "the highest version wins, the replayed step's write is not applied"
         );
         let bodies: Vec<Vec<u8>> = db
@@ -830,8 +837,13 @@ mod tests {
         let store = connected(&url).await;
         store.insert_event(to_the_plugins("evt_twice")).await.unwrap();
         let second = payflow_store::PluginStep { number: 2, at_ms: 3, ..forwarding_step("evt_twice") };
-        let answers =
-            step_record::record_batch(&store.pool, vec![forwarding_step("evt_twice"), second]).await.unwrap();
+        let answers = step_record::record_batch(
+            &store.pool,
+            store.kv_writer,
+            vec![forwarding_step("evt_twice"), second],
+        )
+        .await
+        .unwrap();
         assert!(answers.iter().all(Result::is_ok), "{answers:?}");
         let detail = store.get_event(&key("evt_twice")).await.unwrap().unwrap();
         assert_eq!(detail.plugin_runs.len(), 2, "{detail:?}");

@@ -8,6 +8,7 @@ use payflow_store::{
     QuotaExceeded, StoreError, StoredPlugin, VersionBounds,
 };
 
+use crate::step_record::space_lock;
 use crate::{exec, query, query_one, query_opt, unavailable, PostgresStore};
 
 /// The setting by which a replica's connections name it as a writer of the plugins' kv spaces:
@@ -39,7 +40,7 @@ macro_rules! kv_changes_elsewhere {
 /// The space and the changes made elsewhere that it includes, in one statement: one snapshot.
 /// A space with no keys is one row without a key.
 const LOAD_KV_SPACE: &str = concat!(
-    "SELECT c.n, k.key, k.value, k.version FROM (",
+    "SELECT c.n, k.key, k.value, k.version, k.writer FROM (",
     kv_changes_elsewhere!(),
     ") AS c(n) LEFT JOIN plugin_kv k ON k.merchant = $1 AND k.plugin = $2"
 );
@@ -79,16 +80,23 @@ impl PluginStore for PostgresStore {
     async fn load_kv(&self, merchant: &str, plugin: &str) -> Result<Vec<KvEntry>, StoreError> {
         let rows = query(
             &self.client().await?,
-            "SELECT key, value, version FROM plugin_kv WHERE merchant = $1 AND plugin = $2",
+            "SELECT key, value, version, writer FROM plugin_kv WHERE merchant = $1 AND plugin = $2",
             &[&merchant, &plugin],
         )
         .await
         .map_err(unavailable)?;
-        Ok(rows.iter().map(|r| KvEntry { key: r.get(0), value: r.get(1), version: r.get(2) }).collect())
+        Ok(rows
+            .iter()
+            .map(|r| KvEntry { key: r.get(0), value: r.get(1), version: r.get(2), writer: r.get(3) })
+            .collect())
     }
 
     fn shares_kv(&self) -> bool {
         true
+    }
+
+    fn kv_writer(&self) -> i64 {
+        self.kv_writer
     }
 
     async fn load_kv_space(&self, merchant: &str, plugin: &str) -> Result<KvRead, StoreError> {
@@ -100,7 +108,7 @@ impl PluginStore for PostgresStore {
             .iter()
             .filter_map(|r| {
                 let key: Option<String> = r.get(1);
-                Some(KvEntry { key: key?, value: r.get(2), version: r.get(3) })
+                Some(KvEntry { key: key?, value: r.get(2), version: r.get(3), writer: r.get(4) })
             })
             .collect();
         Ok(KvRead { entries, changes })
@@ -118,6 +126,11 @@ impl PluginStore for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(unavailable)?;
         tx.batch_execute(AS_WRITER_0).await.map_err(unavailable)?;
+        // As a step batch that uses the space takes it: the batch's check of what its runs
+        // read and its writes are one, never split by a repair.
+        exec(&tx, "SELECT pg_advisory_xact_lock($1)", &[&space_lock(merchant, plugin)])
+            .await
+            .map_err(unavailable)?;
         let n = exec(
             &tx,
             "DELETE FROM plugin_kv WHERE merchant = $1 AND plugin = $2 AND key = $3",

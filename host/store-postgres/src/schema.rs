@@ -332,6 +332,11 @@ CREATE TRIGGER plugin_kv_deleted AFTER DELETE ON plugin_kv
     REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION plugin_kv_changed();
 ",
     ),
+    // Which replica wrote each key (`payflow_store::KvStamp`): replicas count their versions
+    // each on their own, so only version and writer together tell whether a key still holds
+    // the write a run read (`step_record::stale_steps`). A replica of the previous release
+    // leaves it as it was while it changes the version, which tells as well.
+    (14, "ALTER TABLE plugin_kv ADD COLUMN writer BIGINT NOT NULL DEFAULT 0;"),
 ];
 
 /// What start-up did to the schema.

@@ -12,16 +12,24 @@
 //! database refuses (or a deadlock with another replica) fails that step alone, and no step is
 //! ever told "done" for a write that did not commit.
 //!
+//! Replicas share the plugins' kv spaces, and each runs a plugin on its copy of a space. A step
+//! is written only while every key its runs read still holds the write they found
+//! (`PluginStep::kv_read`); else it is answered `Stale` and nothing of it is written, and its
+//! gateway runs it again on the space as stored. The spaces a batch reads or writes are locked
+//! (an advisory lock each, in one order, after the events) from that check to the commit, so
+//! no other replica's step or repair lands between them.
+//!
 //! It must never write a step's kv writes, deliveries or event status when the step's row was
-//! replayed (or claimed by another) since the step began: only its runs are kept then.
+//! replayed (or claimed by another) since the step began: only its runs are kept then. It must
+//! never write anything of a stale step, not even its runs: they are made again.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Object, Pool, Transaction};
 use payflow_store::{
-    CommitObserver, EventKey, EventSeq, EventStatus, KvWrite, PluginStep, StepRecorded, StoreError,
+    CommitObserver, EventKey, EventSeq, EventStatus, KvStamp, KvWrite, PluginStep, StepRecorded, StoreError,
 };
 use tokio_postgres::types::ToSql;
 
@@ -38,7 +46,8 @@ const BATCHES_IN_FLIGHT: usize = 1;
 pub(crate) struct StepRecorder(GroupCommit<PluginStep, Result<StepRecorded, StoreError>>);
 
 impl StepRecorder {
-    pub(crate) fn start(pool: Pool, max_batch: usize, commits: Arc<dyn CommitObserver>) -> Self {
+    /// `writer`: the replica's number, stamped on its kv writes (`PluginStore::kv_writer`).
+    pub(crate) fn start(pool: Pool, writer: i64, max_batch: usize, commits: Arc<dyn CommitObserver>) -> Self {
         StepRecorder(GroupCommit::start(
             max_batch,
             BATCHES_IN_FLIGHT,
@@ -48,7 +57,7 @@ impl StepRecorder {
             Duration::ZERO,
             move |steps: Vec<PluginStep>| {
                 let pool = pool.clone();
-                async move { record_batch(&pool, steps).await }
+                async move { record_batch(&pool, writer, steps).await }
             },
             move |took| commits.committed(took),
         ))
@@ -66,6 +75,7 @@ impl StepRecorder {
 /// per table could not apply both, in order.
 pub(crate) async fn record_batch(
     pool: &Pool,
+    writer: i64,
     steps: Vec<PluginStep>,
 ) -> Result<Vec<Result<StepRecorded, StoreError>>, StoreError> {
     let mut client = pool.get().await.map_err(pool_error)?;
@@ -73,10 +83,8 @@ pub(crate) async fn record_batch(
     in_key_order.sort_by(|a, b| a.key.cmp(&b.key));
     let one_each = in_key_order.windows(2).all(|w| w[0].key != w[1].key);
     if one_each {
-        match committed(&mut client, &in_key_order).await {
-            Ok(set_aside) => {
-                return Ok(steps.iter().map(|s| Ok(recorded(set_aside.contains(&s.key)))).collect())
-            }
+        match committed(&mut client, writer, &in_key_order).await {
+            Ok(not_applied) => return Ok(steps.iter().map(|s| Ok(not_applied.answer(&s.key))).collect()),
             Err(e) if steps.len() == 1 => return Ok(vec![Err(e)]),
             Err(e) => {
                 tracing::debug!(steps = steps.len(), error = %e, "a batch of plugin steps failed; writing each alone")
@@ -85,7 +93,9 @@ pub(crate) async fn record_batch(
     }
     let mut answers = Vec::with_capacity(steps.len());
     for step in &steps {
-        answers.push(committed(&mut client, &[step]).await.map(|set_aside| recorded(!set_aside.is_empty())));
+        answers.push(
+            committed(&mut client, writer, &[step]).await.map(|not_applied| not_applied.answer(&step.key)),
+        );
     }
     Ok(answers)
 }
@@ -93,12 +103,34 @@ pub(crate) async fn record_batch(
 /// Writes `steps` ([`write_steps`]) in a transaction of their own, committed.
 async fn committed<'a>(
     client: &mut Object,
+    writer: i64,
     steps: &[&'a PluginStep],
-) -> Result<BTreeSet<&'a EventKey>, StoreError> {
+) -> Result<NotApplied<'a>, StoreError> {
     let tx = begin(client).await.map_err(unavailable)?;
-    let set_aside = write_steps(&tx, steps).await?;
+    let not_applied = write_steps(&tx, writer, steps).await?;
     tx.commit().await.map_err(unavailable)?;
-    Ok(set_aside)
+    Ok(not_applied)
+}
+
+/// The steps of a batch whose decisions were not written.
+#[derive(Default)]
+struct NotApplied<'a> {
+    /// Replayed since they began: only their runs were written.
+    set_aside: BTreeSet<&'a EventKey>,
+    /// Read a kv key that holds another write now: nothing of them was written.
+    stale: BTreeSet<&'a EventKey>,
+}
+
+impl NotApplied<'_> {
+    fn answer(&self, key: &EventKey) -> StepRecorded {
+        if self.stale.contains(key) {
+            StepRecorded::Stale
+        } else if self.set_aside.contains(key) {
+            StepRecorded::SetAside
+        } else {
+            StepRecorded::Applied
+        }
+    }
 }
 
 /// Updates the steps' rows, each only while it still holds the claim the step ran under and
@@ -128,11 +160,23 @@ const INSERT_RUNS: &str =
                           $8::int8[], $9::int8[], $10::int8[], $11::text[], $12::text[], $13::text[])";
 
 /// Applies the plugins' kv writes (one per key: see `write_kv`), each unless the key holds a
-/// later version's write already.
-const WRITE_KV: &str = "INSERT INTO plugin_kv (merchant, plugin, key, value, version)
-     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int8[])
-     ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value, version = excluded.version
+/// later version's write already, stamped with the replica's number (`$6`).
+const WRITE_KV: &str = "INSERT INTO plugin_kv (merchant, plugin, key, value, version, writer)
+     SELECT m, p, k, v, n, $6 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int8[]) AS u(m, p, k, v, n)
+     ON CONFLICT (merchant, plugin, key) DO UPDATE
+     SET value = excluded.value, version = excluded.version, writer = excluded.writer
      WHERE excluded.version >= plugin_kv.version";
+
+/// Takes the advisory locks of the kv spaces `$1` ([`space_lock`]), in the array's order
+/// (ascending): every batch takes them so, after its events, so two batches never deadlock.
+/// Volatile, the lock is taken after the sort.
+const LOCK_SPACES: &str =
+    "SELECT pg_advisory_xact_lock(s.lock) FROM UNNEST($1::int8[]) AS s(lock) ORDER BY s.lock";
+
+/// The write each key read holds now (none: absent), by the key's place in the arrays.
+const KV_NOW: &str = "SELECT r.n, k.version, k.writer
+     FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS r(merchant, plugin, key, n)
+     JOIN plugin_kv k ON k.merchant = r.merchant AND k.plugin = r.plugin AND k.key = r.key";
 
 /// Creates the deliveries the steps asked for, due when their steps began (one per event and
 /// upstream: see `insert_deliveries`), claimed by the gateway that ran the step when it starts
@@ -158,23 +202,27 @@ pub(crate) const UPDATE_EVENTS: &str = "UPDATE events e
 /// A step and its event's number.
 type Numbered<'a> = (&'a PluginStep, i64);
 
-fn recorded(set_aside: bool) -> StepRecorded {
-    if set_aside {
-        StepRecorded::SetAside
-    } else {
-        StepRecorded::Applied
+/// The advisory lock of merchant `merchant`'s plugin `plugin`'s kv space: the batches that read
+/// or write it take it, and so does a repair (`plugins::delete_kv`). FNV-1a over the two names:
+/// stable across replicas and releases. Two spaces sharing a lock only wait for each other.
+pub(crate) fn space_lock(merchant: &str, plugin: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in merchant.bytes().chain([0x1f]).chain(plugin.bytes()) {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
     }
+    hash as i64
 }
 
 /// Writes the outcomes of `steps` (in key order, one per event) in `tx`, a transaction from
-/// `begin`: their events locked, their rows, their runs, and, for each whose row was not
-/// replayed since it began, its kv writes, the deliveries it created and its event's status.
-/// Fails as a whole if any step's event is not in the store; else returns the keys of the
-/// steps set aside (replayed since they began).
+/// `begin`: their events locked, then the kv spaces they use; of each step that is not stale
+/// ([`stale_steps`]), its row and its runs, and, unless its row was replayed since it began,
+/// its kv writes (stamped `writer`), the deliveries it created and its event's status. Fails
+/// as a whole if any step's event is not in the store; else returns the steps not applied.
 async fn write_steps<'a>(
     tx: &Transaction<'_>,
+    writer: i64,
     steps: &[&'a PluginStep],
-) -> Result<BTreeSet<&'a EventKey>, StoreError> {
+) -> Result<NotApplied<'a>, StoreError> {
     let numbers = numbers_of(tx, steps.iter().filter(|s| s.event_seq.is_none()).map(|s| &s.key))
         .await
         .map_err(unavailable)?;
@@ -192,6 +240,10 @@ async fn write_steps<'a>(
     if let Some((step, _)) = numbered.iter().find(|(step, _)| !locked.contains(&step.key)) {
         return Err(not_in_the_store(&step.key));
     }
+    let stale = stale_steps(tx, writer, &numbered).await.map_err(unavailable)?;
+    let stale: BTreeSet<&EventKey> =
+        numbered.iter().zip(&stale).filter(|(_, &s)| s).map(|((s, _), _)| &s.key).collect();
+    numbered.retain(|(step, _)| !stale.contains(&step.key));
     let took = update_steps(tx, &numbered).await.map_err(unavailable)?;
     // Proxy mode's steps have no row (they run inside the sender's request); a row the step
     // did not take was replayed since it began (or, its lease run out, claimed by another).
@@ -209,10 +261,81 @@ async fn write_steps<'a>(
     numbered.retain(|(_, seq)| !replayed_since.contains(seq));
     insert_deliveries(tx, &numbered).await.map_err(unavailable)?;
     update_events(tx, &numbered).await.map_err(unavailable)?;
-    // Last: a key's row stays locked from its write until the commit, and replicas running one
-    // plugin's steps wait on it for each other (bench/RESULTS.md, thirty-second look).
-    write_kv(tx, &numbered).await.map_err(unavailable)?;
-    Ok(set_aside)
+    // Last: a key's row stays locked from its write until the commit (bench/RESULTS.md,
+    // thirty-second look). Replicas using one space wait for each other on its advisory lock
+    // anyway, but a repair of a key (`plugins::delete_kv`) also waits on the row.
+    write_kv(tx, writer, &numbered).await.map_err(unavailable)?;
+    Ok(NotApplied { set_aside, stale })
+}
+
+/// Locks the kv spaces the steps read or write, then tells, for each step, whether it is stale:
+/// a key its runs read holds another write now than the one they found. Steps are taken in
+/// turns: a step whose reads all match is taken, and its writes count for the steps after it
+/// (one of this replica's runs reads the last one's writes before they commit, so a batch may
+/// hold both, in any order). What is left when no step can be taken is stale. A batch that
+/// reads and writes no kv takes no lock and makes no query.
+async fn stale_steps(
+    tx: &Transaction<'_>,
+    writer: i64,
+    steps: &[Numbered<'_>],
+) -> Result<Vec<bool>, tokio_postgres::Error> {
+    let spaces: BTreeSet<i64> = steps
+        .iter()
+        .flat_map(|(step, _)| {
+            let read = step.kv_read.iter().map(|r| &r.plugin);
+            let written = step.kv.iter().map(|w| &w.plugin);
+            read.chain(written).map(|plugin| space_lock(&step.key.merchant, plugin))
+        })
+        .collect();
+    if spaces.is_empty() {
+        return Ok(vec![false; steps.len()]);
+    }
+    let spaces: Vec<i64> = spaces.into_iter().collect();
+    exec(tx, LOCK_SPACES, &[&spaces]).await?;
+    type Key<'k> = (&'k str, &'k str, &'k str);
+    let mut read: Vec<Key> = steps
+        .iter()
+        .flat_map(|(step, _)| {
+            step.kv_read.iter().map(|r| (&step.key.merchant[..], &r.plugin[..], &r.key[..]))
+        })
+        .collect();
+    read.sort_unstable();
+    read.dedup();
+    if read.is_empty() {
+        return Ok(vec![false; steps.len()]);
+    }
+    let mut now: HashMap<Key, Option<KvStamp>> = read.iter().map(|&k| (k, None)).collect();
+    let merchant: Vec<&str> = read.iter().map(|k| k.0).collect();
+    let plugin: Vec<&str> = read.iter().map(|k| k.1).collect();
+    let key: Vec<&str> = read.iter().map(|k| k.2).collect();
+    for row in query(tx, KV_NOW, &[&merchant, &plugin, &key]).await? {
+        let n: i64 = row.get(0);
+        now.insert(read[n as usize - 1], Some(KvStamp { version: row.get(1), writer: row.get(2) }));
+    }
+    let mut stale = vec![true; steps.len()];
+    loop {
+        let mut took_one = false;
+        for (i, (step, _)) in steps.iter().enumerate() {
+            let merchant = &step.key.merchant[..];
+            let holds = |r: &payflow_store::KvReadOf| now[&(merchant, &r.plugin[..], &r.key[..])] == r.found;
+            if !stale[i] || !step.kv_read.iter().all(holds) {
+                continue;
+            }
+            stale[i] = false;
+            took_one = true;
+            for w in &step.kv {
+                // As `WRITE_KV` applies it; keys nobody read need no account.
+                if let Some(held) = now.get_mut(&(merchant, &w.plugin[..], &w.key[..])) {
+                    if held.is_none_or(|h| w.version >= h.version) {
+                        *held = Some(KvStamp { version: w.version, writer });
+                    }
+                }
+            }
+        }
+        if !took_one {
+            return Ok(stale);
+        }
+    }
 }
 
 fn not_in_the_store(key: &EventKey) -> StoreError {
@@ -270,7 +393,11 @@ async fn insert_runs(tx: &Transaction<'_>, steps: &[Numbered<'_>]) -> Result<(),
 /// One row per (merchant, plugin, key), the write of the highest version (the latest run's,
 /// whatever order the steps reached the batch in): one statement may not change a row twice,
 /// and one step after another the highest version stays.
-async fn write_kv(tx: &Transaction<'_>, steps: &[Numbered<'_>]) -> Result<(), tokio_postgres::Error> {
+async fn write_kv(
+    tx: &Transaction<'_>,
+    writer: i64,
+    steps: &[Numbered<'_>],
+) -> Result<(), tokio_postgres::Error> {
     let mut writes: BTreeMap<(&str, &str, &str), &KvWrite> = BTreeMap::new();
     for (step, _) in steps {
         for w in &step.kv {
@@ -288,7 +415,7 @@ async fn write_kv(tx: &Transaction<'_>, steps: &[Numbered<'_>]) -> Result<(), to
     let key: Vec<&str> = writes.keys().map(|k| k.2).collect();
     let value: Vec<&[u8]> = writes.values().map(|w| &w.value[..]).collect();
     let version: Vec<i64> = writes.values().map(|w| w.version).collect();
-    exec(tx, WRITE_KV, &[&merchant, &plugin, &key, &value, &version]).await.map(drop)
+    exec(tx, WRITE_KV, &[&merchant, &plugin, &key, &value, &version, &writer]).await.map(drop)
 }
 
 /// One row per event and upstream, the step's last one for it (as one insert after another

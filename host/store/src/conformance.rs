@@ -11,8 +11,8 @@ use bytes::Bytes;
 
 use crate::{
     Amount, AttemptInfo, AttemptOutcome, Backlog, Canary, Claim, DueDelivery, Event, EventFilter, EventKey,
-    EventStatus, Hop, Inserted, KvEntry, KvWrite, NewDelivery, NewEvent, NewPluginVersion, PluginRunInfo,
-    PluginStep, QueueDepth, StepRecorded, Store, VersionBounds,
+    EventStatus, Hop, Inserted, KvEntry, KvReadOf, KvStamp, KvWrite, NewDelivery, NewEvent, NewPluginVersion,
+    PluginRunInfo, PluginStep, QueueDepth, StepRecorded, Store, VersionBounds,
 };
 
 /// Generates one `#[tokio::test]` per check, each on a store from `$open`: an async function
@@ -49,6 +49,7 @@ macro_rules! conformance_tests {
             a_kv_key_deleted_is_gone_for_that_plugin_only,
             a_kv_write_committed_after_a_later_versions_leaves_the_later_value,
             a_kv_spaces_count_of_changes_made_elsewhere_moves_for_a_repair_not_for_own_steps,
+            a_step_whose_runs_read_a_kv_key_changed_since_is_stale_and_records_nothing,
             a_stored_body_comes_back_byte_for_byte,
             listed_events_show_the_amount_of_their_body,
             an_ordered_delivery_waits_for_its_keys_head_and_a_skip_releases_it,
@@ -121,6 +122,7 @@ pub(crate) fn step(k: &EventKey, number: u32, at_ms: i64, step: AttemptOutcome, 
         error: failed.then(|| "enrich: trap".into()),
         runs: vec![run(number, if failed { "trap" } else { "continue" })],
         kv: Vec::new(),
+        kv_read: Vec::new(),
         status: match step {
             AttemptOutcome::Dead => EventStatus::Dead,
             _ => EventStatus::Queued,
@@ -800,7 +802,8 @@ pub async fn a_plugin_step_commits_its_runs_kv_and_deliveries_together(store: Ar
     store.finish_plugin_step(finished).await.unwrap();
     assert!(store.due_steps(NOW * 2, None, 10).await.unwrap().is_empty(), "a finished step is not due");
     let stored = store.load_kv("acme", "enrich").await.unwrap();
-    assert_eq!(stored, [KvEntry { key: "seen".into(), value: b"2".to_vec(), version: 1 }]);
+    let writer = store.kv_writer();
+    assert_eq!(stored, [KvEntry { key: "seen".into(), value: b"2".to_vec(), version: 1, writer }]);
     assert!(store.load_kv("globex", "enrich").await.unwrap().is_empty(), "kv is per merchant");
     let due = store.due_deliveries("legacy", NOW + 1_000, None, 10).await.unwrap();
     assert_eq!(&due[0].body()[..], b"{\"rewritten\":true}");
@@ -1184,7 +1187,8 @@ pub async fn a_kv_spaces_count_of_changes_made_elsewhere_moves_for_a_repair_not_
     assert_eq!(store.finish_plugin_step(own).await.unwrap(), StepRecorded::Applied);
     assert_eq!(store.kv_changes("acme", "ledger").await.unwrap(), before, "the gateway's own step");
     let read = store.load_kv_space("acme", "ledger").await.unwrap();
-    assert_eq!(read.entries, [KvEntry { key: "total".into(), value: b"5".to_vec(), version: 1 }]);
+    let writer = store.kv_writer();
+    assert_eq!(read.entries, [KvEntry { key: "total".into(), value: b"5".to_vec(), version: 1, writer }]);
     assert_eq!(read.changes, before);
 
     assert!(store.delete_kv("acme", "ledger", "total").await.unwrap());
@@ -1196,6 +1200,135 @@ pub async fn a_kv_spaces_count_of_changes_made_elsewhere_moves_for_a_repair_not_
     }
     assert_eq!(store.load_kv_space("acme", "ledger").await.unwrap().changes, after);
     assert_eq!(store.kv_changes("acme", "other").await.unwrap(), crate::KvChanges::default(), "per plugin");
+}
+
+/// With gateways sharing the store, a step is recorded only while every kv key its runs read
+/// holds what they found ([`PluginStep::kv_read`]): a step that read a key another gateway (or
+/// a repair) wrote or deleted since, or found absent a key written since, is answered
+/// [`StepRecorded::Stale`] and leaves nothing behind: no kv write, no run, no delivery, its
+/// event and step row as they were, due to run again. Two steps of one gateway in one batch,
+/// the second reading the first's write, both commit, whichever reached the store first. A
+/// store one gateway owns has no other writer and is never asked.
+pub async fn a_step_whose_runs_read_a_kv_key_changed_since_is_stale_and_records_nothing(
+    store: Arc<dyn Store>,
+) {
+    if !store.shares_kv() {
+        return;
+    }
+    let me = store.kv_writer();
+    let read =
+        |key: &str, found: Option<KvStamp>| KvReadOf { plugin: "ledger".into(), key: key.into(), found };
+    let write = |key: &str, value: &str, version| KvWrite {
+        plugin: "ledger".into(),
+        key: key.into(),
+        value: value.into(),
+        version,
+    };
+    let ours = |version| Some(KvStamp { version, writer: me });
+    let new_step = |id: &str| {
+        let (store, k) = (store.clone(), key("acme", "/wh", id));
+        async move {
+            store.insert_event(event(&k, NOW, Some(Hop::Plugins))).await.unwrap();
+            step(&k, 1, NOW, AttemptOutcome::Delivered, &["legacy"])
+        }
+    };
+    let stored = || {
+        let store = store.clone();
+        async move {
+            let mut space = store.load_kv("acme", "ledger").await.unwrap();
+            space.sort_by(|a, b| a.key.cmp(&b.key));
+            space
+                .into_iter()
+                .map(|e| {
+                    let stamp = e.stamp();
+                    (e.key, String::from_utf8(e.value).unwrap(), stamp)
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+
+    // A first write of an absent key, read absent: applied.
+    let first = PluginStep {
+        kv: vec![write("total", "5", 1)],
+        kv_read: vec![read("total", None)],
+        ..new_step("evt_kv_first").await
+    };
+    assert_eq!(store.finish_plugin_step(first).await.unwrap(), StepRecorded::Applied);
+    let total_1 = KvStamp { version: 1, writer: me };
+    assert_eq!(stored().await, [("total".into(), "5".into(), total_1)]);
+
+    // Another gateway's step read the same absent key: stale, and nothing of it is recorded.
+    let k = key("acme", "/wh", "evt_kv_late");
+    let late = PluginStep {
+        kv: vec![write("total", "7", 1)],
+        kv_read: vec![read("total", None)],
+        ..new_step("evt_kv_late").await
+    };
+    assert_eq!(store.finish_plugin_step(late).await.unwrap(), StepRecorded::Stale);
+    assert_eq!(stored().await, [("total".into(), "5".into(), total_1)], "its write was not applied");
+    let detail = store.get_event(&k).await.unwrap().unwrap();
+    assert!(detail.plugin_runs.is_empty(), "its runs were not recorded: the step runs again");
+    assert!(detail.deliveries.is_empty(), "its delivery was not created");
+    assert_eq!(detail.summary.status, "queued");
+    let due = store.due_steps(NOW + 60_000, None, 10).await.unwrap();
+    assert!(due.iter().any(|d| d.event.key == k), "its step is due to run again");
+
+    // A read of what is there, then two steps of this gateway in one batch, the second
+    // reading the first's write and reaching the store first: all applied.
+    let reads_stored = PluginStep {
+        kv: vec![write("total", "12", 2)],
+        kv_read: vec![read("total", Some(total_1))],
+        ..new_step("evt_kv_reads_stored").await
+    };
+    let (second, first) = (new_step("evt_kv_second").await, new_step("evt_kv_first_of_two").await);
+    let first =
+        PluginStep { kv: vec![write("total", "20", 3)], kv_read: vec![read("total", ours(2))], ..first };
+    let second =
+        PluginStep { kv: vec![write("total", "21", 4)], kv_read: vec![read("total", ours(3))], ..second };
+    assert_eq!(store.finish_plugin_step(reads_stored).await.unwrap(), StepRecorded::Applied);
+    let (a, b) = tokio::join!(store.finish_plugin_step(second), store.finish_plugin_step(first));
+    // One batch or two: the second can commit only once the first has.
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(b, StepRecorded::Applied, "the first of the two");
+    assert!(matches!(a, StepRecorded::Applied | StepRecorded::Stale), "{a:?}");
+    if a == StepRecorded::Stale {
+        // It reached a batch of its own before the first: it runs again, on the first's write.
+        let again = PluginStep {
+            kv: vec![write("total", "21", 4)],
+            kv_read: vec![read("total", ours(3))],
+            ..step(&key("acme", "/wh", "evt_kv_second"), 1, NOW, AttemptOutcome::Delivered, &["legacy"])
+        };
+        assert_eq!(store.finish_plugin_step(again).await.unwrap(), StepRecorded::Applied);
+    }
+    assert_eq!(stored().await, [("total".into(), "21".into(), KvStamp { version: 4, writer: me })]);
+
+    // A read of an earlier write of this gateway, or of a key repaired since: stale.
+    let behind = PluginStep {
+        kv: vec![write("total", "30", 5)],
+        kv_read: vec![read("total", ours(3))],
+        ..new_step("evt_kv_behind").await
+    };
+    assert_eq!(store.finish_plugin_step(behind).await.unwrap(), StepRecorded::Stale);
+    assert!(store.delete_kv("acme", "ledger", "total").await.unwrap());
+    let repaired = PluginStep {
+        kv: vec![write("total", "22", 5)],
+        kv_read: vec![read("total", ours(4))],
+        ..new_step("evt_kv_repaired").await
+    };
+    assert_eq!(store.finish_plugin_step(repaired).await.unwrap(), StepRecorded::Stale);
+    assert!(stored().await.is_empty(), "the repair stands");
+
+    // A step that read a key and wrote another (its write depends on the read): stale too;
+    // one that only wrote is applied whatever is stored.
+    let other_key = PluginStep {
+        kv: vec![write("count", "1", 6)],
+        kv_read: vec![read("total", ours(4))],
+        ..new_step("evt_kv_other_key").await
+    };
+    assert_eq!(store.finish_plugin_step(other_key).await.unwrap(), StepRecorded::Stale);
+    let blind = PluginStep { kv: vec![write("count", "1", 6)], ..new_step("evt_kv_blind").await };
+    assert_eq!(store.finish_plugin_step(blind).await.unwrap(), StepRecorded::Applied);
+    assert_eq!(stored().await, [("count".into(), "1".into(), KvStamp { version: 6, writer: me })]);
 }
 
 /// Each engine (fingerprint) has its own compiled artifact of a version: one engine saving its

@@ -598,6 +598,40 @@ pub struct KvEntry {
     pub value: Vec<u8>,
     /// The version of the write that stored it ([`KvWrite::version`]; 0 before versions).
     pub version: i64,
+    /// The gateway whose write stored it ([`PluginStore::kv_writer`]; 0 for a store that
+    /// does not share kv, a write from before writers were kept, or a write of no gateway's).
+    pub writer: i64,
+}
+
+impl KvEntry {
+    /// The write that stored it.
+    pub fn stamp(&self) -> KvStamp {
+        KvStamp { version: self.version, writer: self.writer }
+    }
+}
+
+/// Which write a key's value came from: its version and its writer. Two gateways' versions
+/// may be equal (each counts its own runs), so the writer tells them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KvStamp {
+    /// [`KvWrite::version`].
+    pub version: i64,
+    /// [`PluginStore::kv_writer`] of the gateway that wrote it.
+    pub writer: i64,
+}
+
+/// A key a step's run read, and what it found there: the write its value came from, or
+/// nothing. With gateways sharing the store, the step commits only while every key its runs
+/// read still holds what they found ([`StepRecorded::Stale`]), so a run never writes over a
+/// change it did not see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvReadOf {
+    /// Plugin name.
+    pub plugin: String,
+    /// Key within the plugin's space.
+    pub key: String,
+    /// The write the run read; `None` when the key was absent.
+    pub found: Option<KvStamp>,
 }
 
 /// How many times a plugin's key-value space has been changed other than by this gateway's own
@@ -642,6 +676,9 @@ pub struct PluginStep {
     pub runs: Vec<PluginRunInfo>,
     /// kv writes, applied with the step. The chain gives none for a step that failed.
     pub kv: Vec<KvWrite>,
+    /// What its runs read from kv, when gateways share the store (else empty): the step is
+    /// recorded only while those keys still hold what the runs found.
+    pub kv_read: Vec<KvReadOf>,
     /// The event's status after the step.
     pub status: EventStatus,
     /// Its reason (drop reason, failure).
@@ -667,6 +704,11 @@ pub enum StepRecorded {
     /// Its event was replayed (or its claim passed to another reader) since it began: only its
     /// runs were kept, and the replay's own step decides.
     SetAside,
+    /// A key its runs read ([`PluginStep::kv_read`]) was written by another since: nothing of
+    /// the step was recorded, and its step row is as it was. Its caller runs the step again
+    /// on the space as stored now; recorded, the step would have overwritten a change its runs
+    /// never saw (two replicas adding to one total, each from the same old value).
+    Stale,
 }
 
 /// Where a plugin's code comes from.
@@ -1050,6 +1092,12 @@ pub trait PluginStore: Send + Sync + 'static {
     /// that uses kv when gateways share the store, instead of reading the whole space again.
     async fn kv_changes(&self, _merchant: &str, _plugin: &str) -> Result<KvChanges, StoreError> {
         Ok(KvChanges::default())
+    }
+
+    /// The number this gateway's kv writes are stamped with ([`KvStamp::writer`]): unique
+    /// among the gateways sharing the store. 0 for a store one gateway owns.
+    fn kv_writer(&self) -> i64 {
+        0
     }
 
     /// Deletes one key of a plugin's key-value space (an operator's or merchant's repair).

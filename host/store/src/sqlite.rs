@@ -1438,7 +1438,7 @@ impl PluginStore for SqliteStore {
                 "SELECT key, value, version FROM plugin_kv WHERE merchant = ?1 AND plugin = ?2",
             )?
             .query_map(params![merchant, plugin], |r| {
-                Ok(KvEntry { key: r.get(0)?, value: r.get(1)?, version: r.get(2)? })
+                Ok(KvEntry { key: r.get(0)?, value: r.get(1)?, version: r.get(2)?, writer: 0 })
             })?
             .collect()
         })
@@ -2636,6 +2636,7 @@ mod tests {
             error: None,
             runs: Vec::new(),
             kv: Vec::new(),
+            kv_read: Vec::new(),
             status: EventStatus::Dropped,
             reason: Some("not ours".into()),
             deliveries: Vec::new(),
@@ -2690,7 +2691,8 @@ mod tests {
                  value BLOB NOT NULL, PRIMARY KEY (merchant, plugin, key));
              INSERT INTO plugin_kv VALUES ('acme', 'ledger', 'total', X'35303030');",
         );
-        let total = |value: &str, version| KvEntry { key: "total".into(), value: value.into(), version };
+        let total =
+            |value: &str, version| KvEntry { key: "total".into(), value: value.into(), version, writer: 0 };
         assert_eq!(store.load_kv("acme", "ledger").await.unwrap(), [total("5000", 0)]);
         let k = EventKey::new("acme", "/wh", "evt_after_upgrade");
         store.insert_event(crate::conformance::event(&k, 1, Some(Hop::Plugins))).await.unwrap();
@@ -2702,6 +2704,7 @@ mod tests {
         };
         let step = PluginStep {
             kv: vec![write],
+            kv_read: Vec::new(),
             ..crate::conformance::step(&k, 1, 1, AttemptOutcome::Delivered, &[])
         };
         assert_eq!(store.finish_plugin_step(step).await.unwrap(), StepRecorded::Applied);
