@@ -31,6 +31,11 @@ path = "{}"
         )
 }
 
+/// `config` on the PostgreSQL database at `url` instead of its SQLite file.
+fn on_postgres(config: &str, url: &str) -> String {
+    config.replace("[store]\n", &format!("[store]\nurl = {url:?}\n"))
+}
+
 async fn send(gw: &Gateway, id: &str, amount: i64) {
     send_to(gw.url("/acme"), id.to_string(), amount).await
 }
@@ -194,18 +199,9 @@ async fn stored_total_counts_every_event(url: Option<&str>) {
     // and its commit, as on a busy machine.
     let mut config = config(&dir.path().join("db"), &app.url()) + "[plugins]\nworkers = 6\n";
     if let Some(url) = url {
-        config = config.replace("[store]\n", &format!("[store]\nurl = {url:?}\n"));
+        config = on_postgres(&config, url);
     }
     let mut gw = Gateway::start(dir.path(), &config);
-    let stored_total = |gw: &Gateway| {
-        let url = gw.admin_url(&format!("/api/plugins/ledger/kv/{}", TOTAL_KEY.replace('@', "%40")));
-        async move {
-            let answer = client().get(url).bearer_auth(ACME_TOKEN).send().await.unwrap();
-            assert_eq!(answer.status(), 200);
-            let value: serde_json::Value = answer.json().await.unwrap();
-            value["text"].as_str().unwrap().lines().next().unwrap().parse::<usize>().unwrap()
-        }
-    };
     for round in 0..ROUNDS {
         let mut senders = tokio::task::JoinSet::new();
         for n in 0..AT_ONCE {
@@ -219,13 +215,7 @@ async fn stored_total_counts_every_event(url: Option<&str>) {
         app.wait_for(WAIT, "the round's events", |r| r.len() == sent).await;
         assert_eq!(stored_total(&gw).await, sent, "after round {round}");
     }
-    let mut totals: Vec<usize> = app
-        .received()
-        .iter()
-        .map(|r| r.header("x-ledger-total").unwrap().trim_end_matches(" PKR").parse().unwrap())
-        .collect();
-    totals.sort_unstable();
-    assert_eq!(totals, (1..=ROUNDS * AT_ONCE).collect::<Vec<_>>(), "each run read the last run's total");
+    each_run_read_the_last_runs_total(&app, ROUNDS * AT_ONCE);
 
     gw.kill9();
     let gw = Gateway::start(dir.path(), &config);
@@ -233,6 +223,27 @@ async fn stored_total_counts_every_event(url: Option<&str>) {
     app.wait_for(WAIT, "the event after the restart", |r| r.len() == ROUNDS * AT_ONCE + 1).await;
     let after = app.received().into_iter().find(|r| r.event_id == "evt_sum_after_restart").unwrap();
     assert_eq!(after.header("x-ledger-total"), Some(format!("{} PKR", ROUNDS * AT_ONCE + 1).as_str()));
+}
+
+/// The ledger's stored total, through `gw`'s admin API.
+async fn stored_total(gw: &Gateway) -> usize {
+    let url = gw.admin_url(&format!("/api/plugins/ledger/kv/{}", TOTAL_KEY.replace('@', "%40")));
+    let answer = client().get(url).bearer_auth(ACME_TOKEN).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let value: serde_json::Value = answer.json().await.unwrap();
+    value["text"].as_str().unwrap().lines().next().unwrap().parse::<usize>().unwrap()
+}
+
+/// The `sent` events of 1 each, delivered with the totals 1 to `sent`, each once: every run
+/// read the total the run before it left.
+fn each_run_read_the_last_runs_total(app: &Upstream, sent: usize) {
+    let mut totals: Vec<usize> = app
+        .received()
+        .iter()
+        .map(|r| r.header("x-ledger-total").unwrap().trim_end_matches(" PKR").parse().unwrap())
+        .collect();
+    totals.sort_unstable();
+    assert_eq!(totals, (1..=sent).collect::<Vec<_>>(), "each run read the last run's total");
 }
 
 /// A repair of a plugin's kv through the admin API at `url` (`…/kv/KEY`): deleted, or not there.
@@ -253,9 +264,7 @@ async fn on_postgres_a_plugins_space_is_loaded_again_only_after_a_change_made_el
     let url = pg.database("kv_changes");
     let app = Upstream::start().await;
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let config = |dir: &std::path::Path| {
-        config(&dir.join("db"), &app.url()).replace("[store]\n", &format!("[store]\nurl = {url:?}\n"))
-    };
+    let config = |dir: &std::path::Path| on_postgres(&config(&dir.join("db"), &app.url()), &url);
     // Both started first: a start alone makes every replica load its spaces again.
     let a = Gateway::start(dir_a.path(), &config(dir_a.path()));
     let b = Gateway::start(dir_b.path(), &config(dir_b.path()));
@@ -306,20 +315,10 @@ async fn two_replicas_adding_to_one_total_at_once_count_every_event() {
     let app = Upstream::start().await;
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let config = |dir: &std::path::Path| {
-        config(&dir.join("db"), &app.url()).replace("[store]\n", &format!("[store]\nurl = {url:?}\n"))
-            + "[plugins]\nworkers = 4\n"
+        on_postgres(&config(&dir.join("db"), &app.url()), &url) + "[plugins]\nworkers = 4\n"
     };
     let a = Gateway::start(dir_a.path(), &config(dir_a.path()));
     let b = Gateway::start(dir_b.path(), &config(dir_b.path()));
-    let stored_total = || {
-        let url = a.admin_url(&format!("/api/plugins/ledger/kv/{}", TOTAL_KEY.replace('@', "%40")));
-        async move {
-            let answer = client().get(url).bearer_auth(ACME_TOKEN).send().await.unwrap();
-            assert_eq!(answer.status(), 200);
-            let value: serde_json::Value = answer.json().await.unwrap();
-            value["text"].as_str().unwrap().lines().next().unwrap().parse::<usize>().unwrap()
-        }
-    };
     for round in 0..ROUNDS {
         let mut senders = tokio::task::JoinSet::new();
         for n in 0..AT_ONCE {
@@ -329,19 +328,9 @@ async fn two_replicas_adding_to_one_total_at_once_count_every_event() {
         senders.join_all().await;
         let sent = (round + 1) * AT_ONCE;
         app.wait_for(WAIT, "the round's events", |r| r.len() == sent).await;
-        assert_eq!(stored_total().await, sent, "after round {round}");
+        assert_eq!(stored_total(&a).await, sent, "after round {round}");
     }
-    let mut totals: Vec<usize> = app
-        .received()
-        .iter()
-        .map(|r| r.header("x-ledger-total").unwrap().trim_end_matches(" PKR").parse().unwrap())
-        .collect();
-    totals.sort_unstable();
-    assert_eq!(
-        totals,
-        (1..=ROUNDS * AT_ONCE).collect::<Vec<_>>(),
-        "each run read the total the one before left"
-    );
+    each_run_read_the_last_runs_total(&app, ROUNDS * AT_ONCE);
 }
 
 /// A plugin that never reads or writes kv runs without its space being loaded (with a shared

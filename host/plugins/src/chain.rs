@@ -130,6 +130,15 @@ impl Published {
         self.settle_each(committed);
     }
 
+    /// The step was stale (a kv key its runs read had been changed elsewhere): its writes, and
+    /// the later runs' that may have read them, are forgotten
+    /// ([`KvSpace::settle_stale`](crate::kv_space::KvSpace::settle_stale)).
+    pub fn settle_stale(mut self) {
+        for (slot, version) in self.0.drain(..) {
+            slot.kv.lock().unwrap_or_else(|p| p.into_inner()).settle_stale(version);
+        }
+    }
+
     fn settle_each(&mut self, committed: bool) {
         for (slot, version) in self.0.drain(..) {
             slot.kv.lock().unwrap_or_else(|p| p.into_inner()).settle(version, committed);

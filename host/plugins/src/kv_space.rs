@@ -185,6 +185,17 @@ impl KvSpace {
         self.version
     }
 
+    /// The step that wrote under `version` was stale: a key its run read had been changed
+    /// elsewhere. Its writes are forgotten, and so are the later runs' still pending: they read
+    /// this run's writes, or a space as stale, and their steps will be stale too. Laid over the
+    /// next load, they would make every run after it stale as well, for as long as this gateway
+    /// kept running the plugin (measured: a replica whose steps never committed again while it
+    /// had work). Earlier runs' writes stay laid over loads until their steps answer.
+    pub fn settle_stale(&mut self, version: i64) {
+        self.pending.retain(|_, p| p.version < version);
+        self.forget();
+    }
+
     /// The step that committed the writes of `version` has its answer: `committed`, or not (the
     /// writes are then forgotten, and the space loaded again before the next run).
     pub fn settle(&mut self, version: i64, committed: bool) {
@@ -343,6 +354,22 @@ mod tests {
         assert_eq!(space.stamp("mine"), mine(v), "still committing: laid over the load, stamp and all");
         space.clear();
         assert_eq!(space.stamp("stored"), None, "deleted with its plugin");
+    }
+
+    #[test]
+    fn a_stale_steps_answer_forgets_the_later_runs_writes_too_but_not_the_earlier() {
+        let mut space = loaded(vec![entry("total", "100", 1)]);
+        let earlier = space.publish(&writes("count", "1"));
+        let stale = space.publish(&writes("total", "150"));
+        let later = space.publish(&writes("total", "175"));
+        space.settle_stale(stale);
+        assert!(!space.is_fresh());
+        let load = space.begin_load();
+        // Another replica's write is stored, under a version below this gateway's.
+        space.finish_load(load, read(vec![entry("total", "130", 1)]));
+        assert_eq!(value(&space, "total").as_deref(), Some("130"), "not the later run's {later}");
+        assert_eq!(value(&space, "count").as_deref(), Some("1"), "the earlier run's is still committing");
+        space.settle(earlier, true);
     }
 
     #[test]
