@@ -8,6 +8,9 @@
 # of REQUESTS events (default 20000, 64 connections). Prints one line: small's ack p99, how long
 # after its offer ended its upstream had every event, big's acks/s and delivered/s, and the
 # gateway's and the database's CPU per event of both.
+# REPLICAS=N: N gateways share the database, each merchant's events spread over them (the
+# gateways' CPU summed); with KV_FILL=0 and one customer in every event, the replicas contend
+# for one kv key (thirty-fourth look).
 # Usage: bench/kv_neighbour.sh [EDGE_BIN]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,10 +25,10 @@ work="$bench_work"
 PG=1 one_store neighbour
 big_up=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$big_up"
 small_up=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$small_up"
-edge=$(free_port)
 cat > "$work/n.toml" <<TOML
 [server]
-listen = "127.0.0.1:$edge"
+listen = "127.0.0.1:EDGE_PORT"
+replica = "EDGE_REPLICA"
 [store]
 $store
 [[merchant]]
@@ -60,16 +63,24 @@ name = "ledger"
 merchant = "big"
 path = "$wasm"
 TOML
-start_edge "$edge_bin" "$work/n.toml"; pid=$edge_pid
-wait_port "$edge"; wait_port "$big_up"; wait_port "$small_up"
-PG=1 fill_kv neighbour big ledger "$fill"
-t0=$(proc_ticks "$pid"); d0=$(db_ticks)
-"$bin/loadgen" run --url "http://127.0.0.1:$edge/small" --requests "$small_n" --rate "$rate" --label small \
+pids=(); small_urls=(); big_urls=()
+for r in $(seq 1 "${REPLICAS:-1}"); do
+  edge=$(free_port)
+  sed "s/EDGE_PORT/$edge/; s/EDGE_REPLICA/r$r/" "$work/n.toml" > "$work/n$r.toml"
+  start_edge "$edge_bin" "$work/n$r.toml"; pids+=("$edge_pid")
+  wait_port "$edge"   # one at a time: the first migrates while the others would wait
+  small_urls+=(--url "http://127.0.0.1:$edge/small"); big_urls+=(--url "http://127.0.0.1:$edge/big")
+done
+wait_port "$big_up"; wait_port "$small_up"
+((fill == 0)) || PG=1 fill_kv neighbour big ledger "$fill"
+ticks() { local t=0 p; for p in "${pids[@]}"; do t=$(( t + $(proc_ticks "$p") )); done; echo "$t"; }
+t0=$(ticks); d0=$(db_ticks)
+"$bin/loadgen" run "${small_urls[@]}" --requests "$small_n" --rate "$rate" --label small \
   > "$work/small.txt" 2>/dev/null &
 small_pid=$!
 sleep 2
 t=$(date +%s.%N)
-big=$("$bin/loadgen" run --url "http://127.0.0.1:$edge/big" --requests "$n" --ids random --label big)
+big=$("$bin/loadgen" run "${big_urls[@]}" --requests "$n" --ids random --label big)
 delivered "$big_up" "$n" >/dev/null
 big_dl=$(python3 -c "print(round($n / ($(date +%s.%N) - $t)))")
 wait "$small_pid"
@@ -77,7 +88,7 @@ offered=$(date +%s.%N)
 delivered "$small_up" "$small_n" >/dev/null
 small_behind=$(python3 -c "print(round(($(date +%s.%N) - $offered) * 1000))")
 sleep 1
-cpu=$(us_per_event "$t0" "$(proc_ticks "$pid")" $((n + small_n))); db=$(us_per_event "$d0" "$(db_ticks)" $((n + small_n)))
+cpu=$(us_per_event "$t0" "$(ticks)" $((n + small_n))); db=$(us_per_event "$d0" "$(db_ticks)" $((n + small_n)))
 small=$(cat "$work/small.txt")
 echo "kv $fill keys: small p99 $(cut -d'|' -f8 <<<"$small" | xargs) ms, all delivered ${small_behind} ms after its offer;" \
   "big $(cut -d'|' -f5 <<<"$big" | xargs) acks/s, delivered ${big_dl}/s; gateway $cpu µs/event, database $db µs/event"
