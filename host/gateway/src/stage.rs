@@ -189,12 +189,8 @@ impl PluginStage {
         due: DueStep,
         claim: Option<&ClaimDeliveries<'_>>,
     ) -> StepDone {
-        for stale in 0..STALE_RUNS {
-            stale_pause(stale).await;
-            match self.run_queued_once(policy, &due, claim).await {
-                Recorded::Done(done) => return done,
-                Recorded::Stale => continue,
-            }
+        if let Some(done) = until_not_stale(|| self.run_queued_once(policy, &due, claim)).await {
+            return done;
         }
         tracing::warn!(
             event_id = %due.event.key.id, runs = STALE_RUNS,
@@ -318,11 +314,8 @@ impl PluginStage {
     /// or `failed` (the sender's retry runs the plugins again) as they decided; on `Continue`
     /// the caller forwards, and the plugins' extra forwards are queued.
     pub async fn run_proxied(&self, event: &Event, seq: Option<EventSeq>) -> ChainOutcome {
-        for stale in 0..STALE_RUNS {
-            stale_pause(stale).await;
-            if let Recorded::Done(outcome) = self.run_proxied_once(event, seq).await {
-                return outcome;
-            }
+        if let Some(outcome) = until_not_stale(|| self.run_proxied_once(event, seq)).await {
+            return outcome;
         }
         let reason = "cannot record the plugin step: another replica kept changing what it read";
         ChainOutcome::Failed { reason: reason.into() }
@@ -457,6 +450,20 @@ impl Step for PluginStage {
 /// replicas adding to one total left hundreds of steps to that backoff in a 20,000-event burst
 /// (a tail of a minute); with 64 and [`stale_pause`], none.
 const STALE_RUNS: usize = 64;
+
+/// Makes a step (`once`) until it is not stale, at most [`STALE_RUNS`] times, each run after
+/// the first after [`stale_pause`]; `None` when every run was stale.
+async fn until_not_stale<T, F: std::future::Future<Output = Recorded<T>>>(
+    mut once: impl FnMut() -> F,
+) -> Option<T> {
+    for stale in 0..STALE_RUNS {
+        stale_pause(stale).await;
+        if let Recorded::Done(done) = once().await {
+            return Some(done);
+        }
+    }
+    None
+}
 
 /// Before a step's run after `stale` stale ones: none the first time; then a random pause of up
 /// to 1, 2, 4 … 64 ms. Another replica whose steps keep changing the key commits a batch every
