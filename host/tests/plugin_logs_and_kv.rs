@@ -253,11 +253,12 @@ async fn repair(url: String) {
 }
 
 /// With replicas sharing a PostgreSQL store, a gateway runs a plugin on its copy of the
-/// plugin's space, and loads the space again only once the store counts a change made
-/// elsewhere: another replica's step, a repair through any replica, an operator's own SQL.
-/// Before, it loaded the whole space after every step. Shown with a total changed behind
-/// every gateway's back (with the database's triggers off, as no writer can): a run reads it
-/// only after such a change.
+/// plugin's space, and reads the store again only once it counts a change made elsewhere:
+/// another replica's step, a repair through any replica, an operator's own SQL. Before, it
+/// loaded the whole space after every step. Shown with a total changed behind every gateway's
+/// back (with the database's triggers off, as no writer can): a run reads it only after such a
+/// change. What it reads then is the keys written since (the repair, a delete, the whole
+/// space), and the total is among them.
 #[tokio::test(flavor = "multi_thread")]
 async fn on_postgres_a_plugins_space_is_loaded_again_only_after_a_change_made_elsewhere() {
     let pg = TestServer::start();

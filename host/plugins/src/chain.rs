@@ -388,24 +388,31 @@ pub fn doubt_kv(registry: &Registry, merchant: &str, chain: &[String]) {
     }
 }
 
-/// Makes the plugin's space in memory fit for its next run: loaded if it is not, or if it is
-/// doubted ([`doubt_kv`]) and the store counts a change made elsewhere since it was loaded
-/// (another gateway's step, an admin repair). Reading that count is one small query; before,
-/// the space was read whole instead, which made each step of a plugin with a large space cost
-/// the database a read of all of it (bench/RESULTS.md, thirty-second look).
+/// Makes the plugin's space in memory fit for its next run: loaded if it is not; if it is
+/// doubted ([`doubt_kv`]), with what the store says was changed elsewhere since its last read
+/// laid over it (another gateway's step, an admin repair), or loaded whole when a key was
+/// deleted since. That is one small query; before, the space was read whole whenever the
+/// store counted a change made elsewhere, which for replicas taking turns on one plugin was
+/// after a third of their steps (bench/RESULTS.md, thirty-second and thirty-fifth looks).
 fn ensure_loaded(registry: &Registry, handle: &Handle, slot: &Slot) -> Result<(), StoreError> {
     let space = || slot.kv.lock().unwrap_or_else(|p| p.into_inner());
     let store = registry.store();
     let doubted = space().take_doubt();
-    if let Some(loaded_at) = doubted {
-        // Outside the space's lock, as a load is. Runs of the plugin take turns, so no load
-        // happens meanwhile; a step that did not commit may forget the space, and then the
-        // load below reads it anyway.
-        match handle.block_on(store.kv_changes(&slot.merchant, &slot.name)) {
-            Ok(now) if now == loaded_at => {}
-            Ok(_) => space().forget(),
+    if let Some(since) = doubted {
+        // Outside the space's lock, as a load is: a step's answer settles its writes meanwhile.
+        // Runs of the plugin take turns, so no other read happens meanwhile.
+        let load = space().begin_load();
+        match handle.block_on(store.kv_changed_since(&slot.merchant, &slot.name, since)) {
+            Ok(Some(read)) => space().finish_refresh(load, read),
+            Ok(None) => {
+                let mut space = space();
+                space.abandon_load(load);
+                space.forget();
+            }
             Err(e) => {
-                space().doubt();
+                let mut space = space();
+                space.abandon_load(load);
+                space.doubt();
                 return Err(e);
             }
         }

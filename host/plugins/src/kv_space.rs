@@ -7,17 +7,17 @@
 //! store keeps per key the write of the highest version: an earlier run's write that commits
 //! late never replaces a later run's.
 //!
-//! The space is loaded again after a step whose writes did not commit, and, when replicas share
-//! the store, when the store counts a change made elsewhere since the last load (another
-//! replica's step, or an admin repair: [`KvChanges`]). The count is asked for by the first run
-//! after each step of this gateway commits ([`KvSpace::doubt`]), not before every run: runs
-//! of one plugin take turns, and a query within every turn held each run for a round trip,
-//! which under load shrank the batches steps commit in and cost the database more than the
-//! loads it saved.
+//! The space is loaded again after a step whose writes did not commit. When replicas share
+//! the store, the first run after each step of this gateway commits ([`KvSpace::doubt`])
+//! asks the store what was changed elsewhere since the last read (another replica's step,
+//! or an admin repair: [`KvChanges`]), and lays the keys written since over the space; only
+//! after a key was deleted is the space read whole. Not before every run: runs of one plugin
+//! take turns, and a query within every turn held each run for a round trip, which under load
+//! shrank the batches steps commit in and cost the database more than the loads it saved.
 //!
-//! A load reads what has committed; the writes visible here whose steps are still committing,
-//! or committed while the load was reading, are laid over what it read, so a run never reads a
-//! value older than one an earlier run of this gateway wrote.
+//! A read finds what has committed; the writes visible here whose steps are still committing,
+//! or committed while the read was under way, are laid over what it found, so a run never reads
+//! a value older than one an earlier run of this gateway wrote.
 //!
 //! Each value here carries the write it came from ([`KvStamp`]): a loaded one its stored stamp,
 //! one of this gateway's runs its version and this gateway's number. A run that reads a key
@@ -48,7 +48,7 @@ pub struct KvSpace {
     forgotten: u64,
     /// The highest version written here or loaded.
     version: i64,
-    /// The changes made elsewhere that the last load read.
+    /// Where the last read of the store stood.
     changes: KvChanges,
     /// Whether another gateway may have written to the store since the space was loaded or
     /// last checked ([`KvSpace::doubt`]).
@@ -67,8 +67,8 @@ struct Pending {
     committed: bool,
 }
 
-/// A load under way: [`KvSpace::begin_load`], then [`KvSpace::finish_load`] with what the store
-/// read, or [`KvSpace::abandon_load`].
+/// A read of the store under way: [`KvSpace::begin_load`], then [`KvSpace::finish_load`] or
+/// [`KvSpace::finish_refresh`] with what it found, or [`KvSpace::abandon_load`].
 #[must_use]
 pub struct Load {
     forgotten: u64,
@@ -95,16 +95,15 @@ impl KvSpace {
         self.stamps.get(key).copied()
     }
 
-    /// Another gateway may have written to the store since the space was loaded: the next run
-    /// asks the store's count of changes made elsewhere first ([`KvSpace::take_doubt`]).
+    /// Another gateway may have written to the store since the space was last read: the next
+    /// run asks the store what was changed elsewhere since first ([`KvSpace::take_doubt`]).
     pub fn doubt(&mut self) {
         self.doubted = true;
     }
 
-    /// When the space is fresh but doubted: the count of changes made elsewhere that it
-    /// includes, to compare with the store's now (the doubt is cleared; [`KvSpace::doubt`]
-    /// again if the store cannot say). While the store counts the same, nobody but this
-    /// gateway has written to it since it was loaded.
+    /// When the space is fresh but doubted: where its last read of the store stood, to ask the
+    /// store what changed since (the doubt is cleared; [`KvSpace::doubt`] again if the store
+    /// cannot say).
     pub fn take_doubt(&mut self) -> Option<KvChanges> {
         (self.fresh && std::mem::take(&mut self.doubted)).then_some(self.changes)
     }
@@ -133,33 +132,46 @@ impl KvSpace {
         Load { forgotten: self.forgotten }
     }
 
-    /// The store read `read`: its entries become the space, under the writes still pending.
+    /// The store read the whole space, `read`: its entries become the space, under the writes
+    /// still pending.
     pub fn finish_load(&mut self, load: Load, read: KvRead) {
-        let KvRead { entries, changes } = read;
-        self.changes = changes;
-        let mut stored_versions: HashMap<&str, i64> = HashMap::new();
-        for e in &entries {
-            self.version = self.version.max(e.version);
-            if self.pending.contains_key(&e.key) {
-                stored_versions.insert(&e.key, e.version);
-            }
-        }
-        let mut values: KvMap = entries.iter().map(|e| (e.key.clone(), e.value.clone())).collect();
-        let mut stamps: HashMap<String, KvStamp> =
-            entries.iter().map(|e| (e.key.clone(), e.stamp())).collect();
-        for (key, p) in &self.pending {
-            if stored_versions.get(key.as_str()).is_none_or(|&stored| stored <= p.version) {
-                values.insert(key.clone(), p.value.clone());
-                stamps.insert(key.clone(), KvStamp { version: p.version, writer: self.writer });
-            }
-        }
-        self.values = values;
-        self.stamps = stamps;
+        let writer = self.writer;
+        self.values = self.pending.iter().map(|(key, p)| (key.clone(), p.value.clone())).collect();
+        self.stamps = self
+            .pending
+            .iter()
+            .map(|(key, p)| (key.clone(), KvStamp { version: p.version, writer }))
+            .collect();
+        self.lay(read);
         self.fresh = load.forgotten == self.forgotten;
         self.end_load();
     }
 
-    /// The load failed; the space stays to be loaded.
+    /// The store read what others changed since the space's last read, `read`
+    /// (`PluginStore::kv_changed_since`): its entries are laid over the space, under the
+    /// writes still pending. A space forgotten before or meanwhile stays to be loaded.
+    pub fn finish_refresh(&mut self, load: Load, read: KvRead) {
+        self.lay(read);
+        self.fresh &= load.forgotten == self.forgotten;
+        self.end_load();
+    }
+
+    /// Lays what the store read over the space: each entry, unless a write still pending
+    /// here is of its version or later (the store keeps per key the write of the highest).
+    fn lay(&mut self, read: KvRead) {
+        let KvRead { entries, changes } = read;
+        self.changes = changes;
+        for e in entries {
+            self.version = self.version.max(e.version);
+            if self.pending.get(&e.key).is_some_and(|p| p.version >= e.version) {
+                continue;
+            }
+            self.stamps.insert(e.key.clone(), e.stamp());
+            self.values.insert(e.key, e.value);
+        }
+    }
+
+    /// The read failed, or found the space must be read whole: the space stays as it was.
     pub fn abandon_load(&mut self, load: Load) {
         let Load { .. } = load;
         self.end_load();
@@ -242,17 +254,19 @@ mod tests {
         space
     }
 
+    const FOUR: KvChanges = KvChanges { elsewhere: 4, deletes: 0, since: 0 };
+
     #[test]
     fn a_doubt_asks_once_and_a_load_settles_it() {
         let mut space = KvSpace::default();
         space.doubt();
         assert_eq!(space.take_doubt(), None, "never loaded: it loads anyway");
         let load = space.begin_load();
-        space.finish_load(load, KvRead { entries: Vec::new(), changes: KvChanges(4) });
+        space.finish_load(load, KvRead { entries: Vec::new(), changes: FOUR });
         assert_eq!(space.take_doubt(), None, "the load settled the doubt before it");
         space.doubt();
         space.doubt();
-        assert_eq!(space.take_doubt(), Some(KvChanges(4)), "the count the load read, to compare");
+        assert_eq!(space.take_doubt(), Some(FOUR), "where the load stood, to ask what changed since");
         assert_eq!(space.take_doubt(), None, "asked once for any number of doubts");
         space.doubt();
         space.forget();
@@ -383,5 +397,43 @@ mod tests {
         let load = space.begin_load();
         space.abandon_load(load);
         assert!(!space.is_fresh(), "a failed load leaves it to load");
+    }
+    #[test]
+    fn a_refresh_lays_the_keys_changed_elsewhere_over_the_space_and_keeps_the_rest() {
+        let mut space = KvSpace::of_writer(4);
+        let load = space.begin_load();
+        space.finish_load(
+            load,
+            read(vec![entry("kept", "1", 2), entry("theirs", "old", 3), entry("mine", "a", 5)]),
+        );
+        let committing = space.publish(&writes("mine", "b"));
+        space.doubt();
+        let since = space.take_doubt().expect("fresh and doubted");
+        let load = space.begin_load();
+        let now = KvChanges { elsewhere: since.elsewhere + 1, deletes: 0, since: 77 };
+        // Another replica rewrote one key and added one; the store also hands back this
+        // gateway's key as it stood before its step committed (an older version).
+        let changed = vec![entry("theirs", "new", 4), entry("added", "x", 9), entry("mine", "a", 5)];
+        space.finish_refresh(load, KvRead { entries: changed, changes: now });
+        assert!(space.is_fresh());
+        let values: Vec<_> = ["kept", "theirs", "added", "mine"].iter().map(|k| value(&space, k)).collect();
+        let want = [Some("1"), Some("new"), Some("x"), Some("b")].map(|v| v.map(String::from));
+        assert_eq!(values, want, "the step still committing keeps its write");
+        assert_eq!(space.stamp("theirs"), Some(KvStamp { version: 4, writer: 9 }), "stamped as stored");
+        assert_eq!(space.stamp("mine"), Some(KvStamp { version: committing, writer: 4 }));
+        assert_eq!(space.publish(&writes("kept", "2")), 10, "numbered past what was read");
+        space.doubt();
+        assert_eq!(space.take_doubt(), Some(now), "the next asks from where this read stood");
+    }
+
+    #[test]
+    fn a_space_forgotten_while_a_refresh_reads_is_loaded_again() {
+        let mut space = loaded(vec![entry("total", "100", 1)]);
+        space.doubt();
+        let since = space.take_doubt().unwrap();
+        let load = space.begin_load();
+        space.forget();
+        space.finish_refresh(load, KvRead { entries: Vec::new(), changes: since });
+        assert!(!space.is_fresh(), "what it read may predate what the forget was for");
     }
 }

@@ -9,7 +9,7 @@ use payflow_store::{
 };
 
 use crate::step_record::space_lock;
-use crate::{exec, query, query_one, query_opt, unavailable, PostgresStore};
+use crate::{exec, query, query_opt, unavailable, PostgresStore};
 
 /// The setting by which a replica's connections name it as a writer of the plugins' kv spaces:
 /// the triggers on `plugin_kv` (schema migration 13, which spells the name out as it must stay)
@@ -25,45 +25,88 @@ pub(crate) fn new_kv_writer() -> i64 {
     (random >> 2) as i64 + 1
 }
 
-/// How many times writers other than `$3` changed the space of plugin `$2` of merchant `$1`
-/// ([`KvChanges`]). A replica's own steps count under its own number, so they never make it
-/// read the space again. Writer 0 is everything that does not name itself: the admin API's
-/// repairs (`DELETE_KV`), a replica of an earlier release, an operator's psql. Every replica
-/// counts it as made elsewhere, the one that made a repair included.
-macro_rules! kv_changes_elsewhere {
+/// Where a read of the space of plugin `$2` of merchant `$1` stands ([`KvChanges`]), as one
+/// row `(elsewhere, deletes, since)`:
+/// - how many times writers other than `$3` changed it. A replica's own steps count under its
+///   own number, so they never make it read the space again. Writer 0 is everything that does
+///   not name itself: the admin API's repairs (`DELETE_KV`), a replica of an earlier release,
+///   an operator's psql. Every replica counts it as made elsewhere, the one that made a repair
+///   included;
+/// - how many times keys were deleted from it, by anyone;
+/// - the oldest transaction the statement's snapshot does not see as committed: every write
+///   the read did not see was made by it or a younger one.
+macro_rules! kv_stand {
     () => {
-        "SELECT COALESCE(SUM(changes), 0)::int8 FROM plugin_kv_changes
-         WHERE merchant = $1 AND plugin = $2 AND writer <> $3"
+        "SELECT COALESCE(SUM(changes) FILTER (WHERE writer <> $3), 0)::int8, COALESCE(SUM(deletes), 0)::int8,
+                pg_snapshot_xmin(pg_current_snapshot())::text::int8
+         FROM plugin_kv_changes WHERE merchant = $1 AND plugin = $2"
     };
 }
 
-/// The space and the changes made elsewhere that it includes, in one statement: one snapshot.
-/// A space with no keys is one row without a key.
+/// The space and where the read stands, in one statement: one snapshot. A space with no keys
+/// is one row without a key.
 const LOAD_KV_SPACE: &str = concat!(
-    "SELECT c.n, k.key, k.value, k.version, k.writer FROM (",
-    kv_changes_elsewhere!(),
-    ") AS c(n) LEFT JOIN plugin_kv k ON k.merchant = $1 AND k.plugin = $2"
+    "SELECT c.n, c.d, c.x, k.key, k.value, k.version, k.writer FROM (",
+    kv_stand!(),
+    ") AS c(n, d, x) LEFT JOIN plugin_kv k ON k.merchant = $1 AND k.plugin = $2"
 );
 
-/// Makes the rest of the transaction count as writer 0's (see [`kv_changes_elsewhere!`]).
+/// Where the space stands now and, when others changed it since a read that stood at
+/// `($4, $5, $6)` but deleted no key, its keys written since: those whose row was written by
+/// a transaction no older than `$6`, the oldest that read did not see committed. Rows keep
+/// their writer's transaction id in 32 bits (`xmin`), so the two are compared modulo 2^32,
+/// within half of it: a row written more than 2^31 transactions before `$6` would come back
+/// too, which costs a copy, never a miss. Nothing comes back past 2^30 transactions since
+/// (the caller reads the space whole), long before the 32 bits could wrap. All in one
+/// statement, so the keys and the new stand come from one snapshot.
+const KV_CHANGED_SINCE: &str = concat!(
+    "SELECT c.n, c.d, c.x, k.key, k.value, k.version, k.writer FROM (",
+    kv_stand!(),
+    ") AS c(n, d, x) LEFT JOIN LATERAL (
+         SELECT key, value, version, writer FROM plugin_kv
+         WHERE c.n <> $4 AND c.d = $5 AND c.x - $6 < 1073741824
+           AND merchant = $1 AND plugin = $2 AND ((xmin::text::int8 - $6) & 4294967295) < 2147483648
+     ) AS k ON true"
+);
+
+/// The rows of [`LOAD_KV_SPACE`] and [`KV_CHANGED_SINCE`] as a read: where it stands and its keys.
+fn kv_read(rows: &[tokio_postgres::Row]) -> KvRead {
+    let changes = rows.first().map_or_else(KvChanges::default, |r| KvChanges {
+        elsewhere: r.get(0),
+        deletes: r.get(1),
+        since: r.get(2),
+    });
+    let entries = rows
+        .iter()
+        .filter_map(|r| {
+            let key: Option<String> = r.get(3);
+            Some(KvEntry { key: key?, value: r.get(4), version: r.get(5), writer: r.get(6) })
+        })
+        .collect();
+    KvRead { entries, changes }
+}
+
+/// Makes the rest of the transaction count as writer 0's (see [`kv_stand!`]).
 const AS_WRITER_0: &str = "SET LOCAL payflow.kv_writer = '0'";
 
 /// Folds a deleted plugin's change counts into one of writer 0's, one more than their
-/// sum: every replica's count of changes made elsewhere grows (it counted at most that sum).
+/// sum: every replica's count of changes made elsewhere grows (it counted at most that sum),
+/// and so does the count of deletes, so every replica reads the space whole again.
 const FOLD_ONE: &str = "WITH folded AS (
-         DELETE FROM plugin_kv_changes WHERE merchant = $1 AND plugin = $2 RETURNING changes
+         DELETE FROM plugin_kv_changes WHERE merchant = $1 AND plugin = $2 RETURNING changes, deletes
      )
-     INSERT INTO plugin_kv_changes (merchant, plugin, writer, changes)
-     SELECT $1, $2, 0, COALESCE(SUM(changes), 0) + 1 FROM folded";
+     INSERT INTO plugin_kv_changes (merchant, plugin, writer, changes, deletes)
+     SELECT $1, $2, 0, COALESCE(SUM(changes), 0) + 1, COALESCE(SUM(deletes), 0) + 1 FROM folded";
 
 /// The same for every plugin, at a replica's start: each start adds a writer, and without
 /// this every plugin's counts would keep a row for every replica that ever ran. A replica
-/// still running reads its spaces once more after it; nothing else changes.
+/// still running reads the keys written since its last read once more after it; nothing else
+/// changes.
 pub(crate) const FOLD_ALL: &str = "WITH folded AS (
-         DELETE FROM plugin_kv_changes RETURNING merchant, plugin, changes
+         DELETE FROM plugin_kv_changes RETURNING merchant, plugin, changes, deletes
      )
-     INSERT INTO plugin_kv_changes (merchant, plugin, writer, changes)
-     SELECT merchant, plugin, 0, SUM(changes) + 1 FROM folded GROUP BY merchant, plugin";
+     INSERT INTO plugin_kv_changes (merchant, plugin, writer, changes, deletes)
+     SELECT merchant, plugin, 0, SUM(changes) + 1, SUM(deletes) FROM folded GROUP BY merchant, plugin";
 
 fn version_info(r: &tokio_postgres::Row) -> PluginVersionInfo {
     PluginVersionInfo {
@@ -103,23 +146,22 @@ impl PluginStore for PostgresStore {
         let rows = query(&self.client().await?, LOAD_KV_SPACE, &[&merchant, &plugin, &self.kv_writer])
             .await
             .map_err(unavailable)?;
-        let changes = KvChanges(rows.first().map_or(0, |r| r.get(0)));
-        let entries = rows
-            .iter()
-            .filter_map(|r| {
-                let key: Option<String> = r.get(1);
-                Some(KvEntry { key: key?, value: r.get(2), version: r.get(3), writer: r.get(4) })
-            })
-            .collect();
-        Ok(KvRead { entries, changes })
+        Ok(kv_read(&rows))
     }
 
-    async fn kv_changes(&self, merchant: &str, plugin: &str) -> Result<KvChanges, StoreError> {
-        let row =
-            query_one(&self.client().await?, kv_changes_elsewhere!(), &[&merchant, &plugin, &self.kv_writer])
-                .await
-                .map_err(unavailable)?;
-        Ok(KvChanges(row.get(0)))
+    async fn kv_changed_since(
+        &self,
+        merchant: &str,
+        plugin: &str,
+        since: KvChanges,
+    ) -> Result<Option<KvRead>, StoreError> {
+        let KvChanges { elsewhere, deletes, since: xid } = since;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+            [&merchant, &plugin, &self.kv_writer, &elsewhere, &deletes, &xid];
+        let rows = query(&self.client().await?, KV_CHANGED_SINCE, &params).await.map_err(unavailable)?;
+        let read = kv_read(&rows);
+        let now = read.changes;
+        Ok((now.deletes == deletes && now.since - xid < 1 << 30).then_some(read))
     }
 
     async fn delete_kv(&self, merchant: &str, plugin: &str, key: &str) -> Result<bool, StoreError> {

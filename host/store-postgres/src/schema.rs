@@ -337,6 +337,28 @@ CREATE TRIGGER plugin_kv_deleted AFTER DELETE ON plugin_kv
     // the write a run read (`step_record::stale_steps`). A replica of the previous release
     // leaves it as it was while it changes the version, which tells as well.
     (14, "ALTER TABLE plugin_kv ADD COLUMN writer BIGINT NOT NULL DEFAULT 0;"),
+    // How many times keys were deleted from each space (`plugins::kv_stand!`): a replica reads
+    // only the keys written since its last read (`plugins::KV_CHANGED_SINCE`), and a delete
+    // leaves no row to read, so after one it reads the space whole. A replica of the previous
+    // release that folds the counts at its start drops these to 0: a change all the same.
+    (
+        15,
+        "
+ALTER TABLE plugin_kv_changes ADD COLUMN deletes BIGINT NOT NULL DEFAULT 0;
+CREATE FUNCTION plugin_kv_keys_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO plugin_kv_changes (merchant, plugin, writer, changes, deletes)
+    SELECT DISTINCT merchant, plugin, COALESCE(NULLIF(current_setting('payflow.kv_writer', true), '')::int8, 0), 1, 1
+    FROM changed ORDER BY 1, 2
+    ON CONFLICT (merchant, plugin, writer) DO UPDATE
+    SET changes = plugin_kv_changes.changes + 1, deletes = plugin_kv_changes.deletes + 1;
+    RETURN NULL;
+END $$;
+DROP TRIGGER plugin_kv_deleted ON plugin_kv;
+CREATE TRIGGER plugin_kv_deleted AFTER DELETE ON plugin_kv
+    REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION plugin_kv_keys_deleted();
+",
+    ),
 ];
 
 /// What start-up did to the schema.

@@ -11,8 +11,8 @@ use bytes::Bytes;
 
 use crate::{
     Amount, AttemptInfo, AttemptOutcome, Backlog, Canary, Claim, DueDelivery, Event, EventFilter, EventKey,
-    EventStatus, Hop, Inserted, KvEntry, KvReadOf, KvStamp, KvWrite, NewDelivery, NewEvent, NewPluginVersion,
-    PluginRunInfo, PluginStep, QueueDepth, StepRecorded, Store, VersionBounds,
+    EventStatus, Hop, Inserted, KvEntry, KvRead, KvReadOf, KvStamp, KvWrite, NewDelivery, NewEvent,
+    NewPluginVersion, PluginRunInfo, PluginStep, QueueDepth, StepRecorded, Store, VersionBounds,
 };
 
 /// Generates one `#[tokio::test]` per check, each on a store from `$open`: an async function
@@ -48,7 +48,7 @@ macro_rules! conformance_tests {
             a_canary_version_is_stored_beside_the_active_one_and_ends_once,
             a_kv_key_deleted_is_gone_for_that_plugin_only,
             a_kv_write_committed_after_a_later_versions_leaves_the_later_value,
-            a_kv_spaces_count_of_changes_made_elsewhere_moves_for_a_repair_not_for_own_steps,
+            a_kv_space_changed_by_own_steps_is_unchanged_and_by_a_repair_is_read_whole,
             a_step_whose_runs_read_a_kv_key_changed_since_is_stale_and_records_nothing,
             a_stored_body_comes_back_byte_for_byte,
             listed_events_show_the_amount_of_their_body,
@@ -1169,37 +1169,47 @@ pub async fn a_kv_write_committed_after_a_later_versions_leaves_the_later_value(
     assert_eq!(stored("total").await, ("6000".into(), 2), "an equal version is the last write");
 }
 
-/// A store that shares the plugins' kv spaces between gateways counts the changes made to a
-/// space other than by the gateway's own steps ([`crate::KvChanges`]): a gateway runs a
-/// plugin on its copy of the space while the count stays, so its own steps must not move it
-/// and an admin repair must. A load reads the count with the keys. A store one gateway owns
-/// counts nothing: nobody else writes to it. A store several gateways share (it claims rows)
-/// shares the kv spaces too.
-pub async fn a_kv_spaces_count_of_changes_made_elsewhere_moves_for_a_repair_not_for_own_steps(
+/// A store that shares the plugins' kv spaces between gateways tells what was changed in a
+/// space other than by the gateway's own steps since a read ([`PluginStore::kv_changed_since`]):
+/// a gateway runs a plugin on its copy of the space with those changes laid over it, so its own
+/// steps must not count as changes, and an admin repair, which deletes a key, must make it read
+/// the space whole. A load reads where it stands with the keys. A store one gateway owns tells
+/// nothing: nobody else writes to it. A store several gateways share (it claims rows) shares
+/// the kv spaces too.
+///
+/// [`PluginStore::kv_changed_since`]: crate::PluginStore::kv_changed_since
+pub async fn a_kv_space_changed_by_own_steps_is_unchanged_and_by_a_repair_is_read_whole(
     store: Arc<dyn Store>,
 ) {
     assert_eq!(store.shares_kv(), store.claims(), "shared by several gateways, kv and all");
     let k = key("acme", "/wh", "evt_kv_counted");
     store.insert_event(event(&k, NOW, Some(Hop::Plugins))).await.unwrap();
-    let before = store.kv_changes("acme", "ledger").await.unwrap();
+    let before = store.load_kv_space("acme", "ledger").await.unwrap();
+    assert_eq!(before.entries, []);
     let mut own = step(&k, 1, NOW + 1, AttemptOutcome::Delivered, &[]);
     own.kv = vec![KvWrite { plugin: "ledger".into(), key: "total".into(), value: b"5".to_vec(), version: 1 }];
     assert_eq!(store.finish_plugin_step(own).await.unwrap(), StepRecorded::Applied);
-    assert_eq!(store.kv_changes("acme", "ledger").await.unwrap(), before, "the gateway's own step");
+    let since = store.kv_changed_since("acme", "ledger", before.changes).await.unwrap();
+    let since = since.expect("no key deleted");
+    assert!(since.entries.iter().all(|e| e.writer == store.kv_writer()), "the gateway's own step: {since:?}");
+    assert_eq!(since.changes.elsewhere, before.changes.elsewhere, "the gateway's own step");
     let read = store.load_kv_space("acme", "ledger").await.unwrap();
     let writer = store.kv_writer();
     assert_eq!(read.entries, [KvEntry { key: "total".into(), value: b"5".to_vec(), version: 1, writer }]);
-    assert_eq!(read.changes, before);
+    assert_eq!(read.changes.elsewhere, before.changes.elsewhere);
 
     assert!(store.delete_kv("acme", "ledger", "total").await.unwrap());
-    let after = store.kv_changes("acme", "ledger").await.unwrap();
+    let after = store.kv_changed_since("acme", "ledger", read.changes).await.unwrap();
     if store.shares_kv() {
-        assert!(after > before, "a repair is a change made elsewhere: {before:?} then {after:?}");
+        assert_eq!(after, None, "a repair deleted a key: the space is read whole");
+        let reread = store.load_kv_space("acme", "ledger").await.unwrap();
+        assert_eq!(reread.entries, []);
+        assert!(reread.changes.elsewhere > read.changes.elsewhere, "a repair is a change made elsewhere");
     } else {
-        assert_eq!(after, before, "nobody else writes to the store");
+        assert_eq!(after, Some(KvRead { entries: Vec::new(), changes: read.changes }), "nobody else writes");
     }
-    assert_eq!(store.load_kv_space("acme", "ledger").await.unwrap().changes, after);
-    assert_eq!(store.kv_changes("acme", "other").await.unwrap(), crate::KvChanges::default(), "per plugin");
+    let other = store.kv_changed_since("acme", "other", crate::KvChanges::default()).await.unwrap();
+    assert_eq!(other.map(|r| r.entries), Some(Vec::new()), "per plugin");
 }
 
 /// With gateways sharing the store, a step is recorded only while every kv key its runs read

@@ -634,21 +634,32 @@ pub struct KvReadOf {
     pub found: Option<KvStamp>,
 }
 
-/// How many times a plugin's key-value space has been changed other than by this gateway's own
-/// steps: by other gateways sharing the store, by the admin API's repairs, by anything else
-/// that writes to the store. Only ever grows (or is replaced by a larger number), so a gateway
-/// whose space in memory was loaded at one count knows that nobody else changed the stored
-/// space while the count reads the same, and can run the plugin on what it has rather than
-/// read the whole space again after every step.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct KvChanges(pub i64);
+/// Where a read of a plugin's key-value space stands in the store's history: what a gateway
+/// keeps with its copy of the space, and gives back to the store to learn what changed since
+/// ([`PluginStore::kv_changed_since`]). Only the store that made it reads its fields; a store
+/// one gateway owns leaves them 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvChanges {
+    /// How many times the space was changed other than by this gateway's own steps: by other
+    /// gateways sharing the store, by the admin API's repairs, by anything else that writes to
+    /// the store. It never reads the same again once it moved, so while it reads the same,
+    /// nobody else changed the stored space and a gateway may run the plugin on its copy.
+    pub elsewhere: i64,
+    /// How many times keys were deleted from the space, by anyone. The keys changed since a
+    /// read can be read alone, but not the keys deleted since: when this moved, the space is
+    /// read whole.
+    pub deletes: i64,
+    /// The point in the store's history the read saw: every change made after it is younger.
+    pub since: i64,
+}
 
-/// A plugin's key-value space as one read found it ([`PluginStore::load_kv_space`]).
+/// A plugin's key-value space as one read found it ([`PluginStore::load_kv_space`]), or the
+/// part of it that changed since an earlier read ([`PluginStore::kv_changed_since`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KvRead {
     /// Its keys, in no order.
     pub entries: Vec<KvEntry>,
-    /// The changes made elsewhere that those entries include.
+    /// Where the read stands.
     pub changes: KvChanges,
 }
 
@@ -1071,14 +1082,14 @@ pub trait PluginStore: Send + Sync + 'static {
     async fn load_kv(&self, merchant: &str, plugin: &str) -> Result<Vec<KvEntry>, StoreError>;
 
     /// Whether other gateways may write the plugins' key-value spaces (they share the store):
-    /// then a gateway's copy of a space is good only while [`PluginStore::kv_changes`] reads
-    /// the same as when it was loaded. False by default: a store one gateway owns.
+    /// then a gateway's copy of a space is good only with what [`PluginStore::kv_changed_since`]
+    /// tells laid over it. False by default: a store one gateway owns.
     fn shares_kv(&self) -> bool {
         false
     }
 
-    /// A plugin's key-value space for its runs: its keys and, read at the same moment, how
-    /// many times others have changed it ([`KvChanges`]). A store that
+    /// A plugin's key-value space for its runs: its keys and, read at the same moment, where
+    /// the read stands ([`KvChanges`]). A store that
     /// [`PluginStore::shares_kv`] must count every change but this gateway's own steps':
     /// other gateways' steps and every admin repair (whichever gateway made it). The default
     /// is for a store one gateway owns: nobody else writes to it, and that gateway's repairs
@@ -1087,11 +1098,23 @@ pub trait PluginStore: Send + Sync + 'static {
         Ok(KvRead { entries: self.load_kv(merchant, plugin).await?, changes: KvChanges::default() })
     }
 
-    /// How many times others have changed a plugin's key-value space now, as
-    /// [`PluginStore::load_kv_space`] counts them: a cheap read, made before each run of a plugin
-    /// that uses kv when gateways share the store, instead of reading the whole space again.
-    async fn kv_changes(&self, _merchant: &str, _plugin: &str) -> Result<KvChanges, StoreError> {
-        Ok(KvChanges::default())
+    /// What others changed in a plugin's key-value space since a read that stood at `since`
+    /// ([`KvRead::changes`]): `Some` with the keys they wrote since, as stored now, and where
+    /// this read stands; `None` when the space must be read whole again (a key was deleted
+    /// since). A store that [`PluginStore::shares_kv`] must tell every change but this
+    /// gateway's own steps': other gateways' steps and every admin repair (whichever gateway
+    /// made it). Its answer may hold keys that did not change, never leave out one that did.
+    /// One cheap read, made by the first run of a plugin that uses kv after each of its steps
+    /// when gateways share the store: before, the whole space was read again. The default is
+    /// for a store one gateway owns: nobody else writes to it, and that gateway's repairs drop
+    /// its copy of the space themselves.
+    async fn kv_changed_since(
+        &self,
+        _merchant: &str,
+        _plugin: &str,
+        since: KvChanges,
+    ) -> Result<Option<KvRead>, StoreError> {
+        Ok(Some(KvRead { entries: Vec::new(), changes: since }))
     }
 
     /// The number this gateway's kv writes are stamped with ([`KvStamp::writer`]): unique
