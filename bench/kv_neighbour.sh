@@ -11,6 +11,8 @@
 # REPLICAS=N: N gateways share the database, each merchant's events spread over them (the
 # gateways' CPU summed); with KV_FILL=0 and one customer in every event, the replicas contend
 # for one kv key (thirty-fourth look).
+# CUSTOMERS=N: big's events pay N customers in turn, so the ledger keeps N totals and replicas
+# seldom contend for one (the plugin's kv quota is raised to 8 MB to hold them beside the fill).
 # Usage: bench/kv_neighbour.sh [EDGE_BIN]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +21,7 @@ build_release
 [[ -n "${BENCH_NO_BUILD:-}" ]] || scripts/build-plugins.sh >&2
 edge_bin="${1:-$bin/payflow-edge}"
 wasm="${PLUGIN_WASM:-$CARGO_TARGET_DIR/guests/wasm32-wasip2/release/ledger.wasm}"
-fill="${KV_FILL:-1000}"; n="${REQUESTS:-20000}"; rate="${RATE:-1000}"; seconds="${SECONDS_OFFERED:-10}"
+fill="${KV_FILL:-1000}"; customers=(${CUSTOMERS:+--customers "$CUSTOMERS"}); n="${REQUESTS:-20000}"; rate="${RATE:-1000}"; seconds="${SECONDS_OFFERED:-10}"
 small_n=$((rate * seconds))
 work="$bench_work"
 PG=1 one_store neighbour
@@ -62,6 +64,7 @@ concurrency = 32
 name = "ledger"
 merchant = "big"
 path = "$wasm"
+${CUSTOMERS:+kv_bytes = 8388608}
 TOML
 pids=(); small_urls=(); big_urls=()
 for r in $(seq 1 "${REPLICAS:-1}"); do
@@ -80,7 +83,7 @@ t0=$(ticks); d0=$(db_ticks)
 small_pid=$!
 sleep 2
 t=$(date +%s.%N)
-big=$("$bin/loadgen" run "${big_urls[@]}" --requests "$n" --ids random --label big)
+big=$("$bin/loadgen" run "${big_urls[@]}" --requests "$n" --ids random "${customers[@]}" --label big)
 delivered "$big_up" "$n" >/dev/null
 big_dl=$(python3 -c "print(round($n / ($(date +%s.%N) - $t)))")
 wait "$small_pid"
@@ -90,5 +93,5 @@ small_behind=$(python3 -c "print(round(($(date +%s.%N) - $offered) * 1000))")
 sleep 1
 cpu=$(us_per_event "$t0" "$(ticks)" $((n + small_n))); db=$(us_per_event "$d0" "$(db_ticks)" $((n + small_n)))
 small=$(cat "$work/small.txt")
-echo "kv $fill keys: small p99 $(cut -d'|' -f8 <<<"$small" | xargs) ms, all delivered ${small_behind} ms after its offer;" \
+echo "kv $fill keys${CUSTOMERS:+, $CUSTOMERS customers}: small p99 $(cut -d'|' -f8 <<<"$small" | xargs) ms, all delivered ${small_behind} ms after its offer;" \
   "big $(cut -d'|' -f5 <<<"$big" | xargs) acks/s, delivered ${big_dl}/s; gateway $cpu µs/event, database $db µs/event"

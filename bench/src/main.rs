@@ -1,7 +1,7 @@
 //! `loadgen`: a fixed-concurrency load generator with pre-signed unique events, and `bare`, the
 //! ceiling server (hyper reading the body and answering 200, nothing else).
 //!
-//! loadgen run --url URL --concurrency 64 --requests 50000 --sign payflow|seed --secret S [--rate R] [--ids random] [--timeline F]
+//! loadgen run --url URL --concurrency 64 --requests 50000 --sign payflow|seed --secret S [--rate R] [--ids random] [--customers N] [--timeline F]
 //! loadgen bare --listen 127.0.0.1:7000
 //! loadgen forward --listen 127.0.0.1:7001 --upstream http://127.0.0.1:7000/
 //! loadgen count --url http://127.0.0.1:7000/ [--at-least N]
@@ -81,6 +81,11 @@ enum Command {
         /// over such an index).
         #[arg(long, value_enum, default_value = "sequential")]
         ids: Ids,
+        /// Spread the payments over this many customers (`customer<n>@example.com`, event `i`
+        /// paying customer `i mod N`) instead of the sample's one: a plugin that keeps a kv
+        /// key per customer then writes many keys, as for a real merchant.
+        #[arg(long)]
+        customers: Option<u32>,
         /// Write each request's start (µs after the run began) and latency (µs) to this file,
         /// one `start,latency` line per request in start order: where the slow ones fall in
         /// time tells a stall that holds every connection from a run that is slow throughout.
@@ -118,12 +123,16 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match Cli::parse().command {
-        Command::Run { url, concurrency, requests, sign, secret, label, rate, ids, timeline } => {
+        Command::Run { url, concurrency, requests, sign, secret, label, rate, ids, customers, timeline } => {
             if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
                 bail!("--rate must be a positive number of requests per second");
             }
+            if customers == Some(0) {
+                bail!("--customers must be at least 1");
+            }
             let load = Load { concurrency, requests, rate };
-            runtime.block_on(run(url, load, sign, ids, secret, label, timeline))
+            let events = Events { sign, ids, customers, secret };
+            runtime.block_on(run(url, load, events, label, timeline))
         }
         Command::Bare { listen } => runtime.block_on(bare(listen)),
         Command::Count { url, at_least, timeout_secs } => {
@@ -232,8 +241,17 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn prepare(count: usize, sign: Sign, ids: Ids, secret: &str) -> anyhow::Result<Vec<Prepared>> {
-    let signer = Signer::new(Scheme::PayFlow, &[secret])?;
+/// What the events sent are: how signed, their ids, whom they pay.
+struct Events {
+    sign: Sign,
+    ids: Ids,
+    customers: Option<u32>,
+    secret: String,
+}
+
+fn prepare(count: usize, events: &Events) -> anyhow::Result<Vec<Prepared>> {
+    let Events { sign, ids, customers, ref secret } = *events;
+    let signer = Signer::new(Scheme::PayFlow, &[secret.as_str()])?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
     let run = std::process::id();
     (0..count)
@@ -242,11 +260,11 @@ fn prepare(count: usize, sign: Sign, ids: Ids, secret: &str) -> anyhow::Result<V
                 Ids::Sequential => format!("evt_bench_{run}_{i:08}"),
                 Ids::Random => format!("evt_{:016x}", mix(((run as u64) << 40) | i as u64)),
             };
-            let body = serde_json::to_vec_pretty(&payflow_gateway::samples::sample_event(
-                "payment.succeeded",
-                &id,
-                now,
-            ))?;
+            let mut event = payflow_gateway::samples::sample_event("payment.succeeded", &id, now);
+            if let Some(n) = customers {
+                event["data"]["customer_email"] = format!("customer{}@example.com", i as u32 % n).into();
+            }
+            let body = serde_json::to_vec_pretty(&event)?;
             let headers = match sign {
                 Sign::Payflow => signer.sign(&body, &SignOptions::at(now))?,
                 Sign::Seed => {
@@ -290,9 +308,7 @@ struct Load {
 async fn run(
     urls: Vec<String>,
     load: Load,
-    sign: Sign,
-    ids: Ids,
-    secret: String,
+    events: Events,
     label: String,
     timeline: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
@@ -305,7 +321,7 @@ async fn run(
             anyhow::Ok((uri, authority))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let prepared = Arc::new(prepare(requests, sign, ids, &secret)?);
+    let prepared = Arc::new(prepare(requests, &events)?);
     let started = Instant::now();
     let mut workers = Vec::new();
     for w in 0..concurrency {
