@@ -397,22 +397,21 @@ pub fn doubt_kv(registry: &Registry, merchant: &str, chain: &[String]) {
 fn ensure_loaded(registry: &Registry, handle: &Handle, slot: &Slot) -> Result<(), StoreError> {
     let space = || slot.kv.lock().unwrap_or_else(|p| p.into_inner());
     let store = registry.store();
-    let doubted = space().take_doubt();
-    if let Some(since) = doubted {
+    let refresh = space().begin_refresh();
+    if let Some(refresh) = refresh {
         // Outside the space's lock, as a load is: a step's answer settles its writes meanwhile.
         // Runs of the plugin take turns, so no other read happens meanwhile.
-        let load = space().begin_load();
-        match handle.block_on(store.kv_changed_since(&slot.merchant, &slot.name, since)) {
-            Ok(Some(read)) => space().finish_refresh(load, read),
+        let read =
+            handle.block_on(store.kv_changed_since(&slot.merchant, &slot.name, refresh.since, &refresh.keys));
+        match read {
+            Ok(Some(read)) => space().finish_refresh(refresh, read),
             Ok(None) => {
                 let mut space = space();
-                space.abandon_load(load);
+                space.abandon_refresh(refresh);
                 space.forget();
             }
             Err(e) => {
-                let mut space = space();
-                space.abandon_load(load);
-                space.doubt();
+                space().abandon_refresh(refresh);
                 return Err(e);
             }
         }

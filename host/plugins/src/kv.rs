@@ -43,6 +43,13 @@ impl KvMap {
         self.used
     }
 
+    /// Drops `key` and its value.
+    pub fn remove(&mut self, key: &str) {
+        if let Some(value) = self.values.remove(key) {
+            self.used -= key.len() + value.len();
+        }
+    }
+
     /// Stores `value` under `key`, with no quota check.
     pub fn insert(&mut self, key: String, value: Vec<u8>) {
         self.used = self.used - self.size(&key) + key.len() + value.len();

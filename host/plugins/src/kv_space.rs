@@ -27,7 +27,7 @@
 //!
 //! It must never do I/O or wait on anything: the chain loads from the store outside its lock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use payflow_store::{KvChanges, KvRead, KvStamp};
 
@@ -58,6 +58,10 @@ pub struct KvSpace {
     /// Writes a load might not find in the store: their steps are committing, or committed
     /// while a load was reading.
     pending: HashMap<String, Pending>,
+    /// Keys whose value here may not be the store's though nobody else changed them: written
+    /// by runs whose steps were stale ([`KvSpace::settle_stale`]). The next read of the store
+    /// reads them as well as what others changed.
+    reread: HashSet<String>,
 }
 
 /// A write visible here that a load may not find in the store.
@@ -67,11 +71,24 @@ struct Pending {
     committed: bool,
 }
 
-/// A read of the store under way: [`KvSpace::begin_load`], then [`KvSpace::finish_load`] or
-/// [`KvSpace::finish_refresh`] with what it found, or [`KvSpace::abandon_load`].
+/// A read of the whole space under way: [`KvSpace::begin_load`], then [`KvSpace::finish_load`]
+/// with what it found, or [`KvSpace::abandon_load`].
 #[must_use]
 pub struct Load {
     forgotten: u64,
+}
+
+/// A read of what changed in the store under way ([`KvSpace::begin_refresh`]): of the changes
+/// made elsewhere since a read that stood at `since`, and of the keys `keys` whatever changed
+/// (`PluginStore::kv_changed_since`); then [`KvSpace::finish_refresh`] with what it found, or
+/// [`KvSpace::abandon_refresh`].
+#[must_use]
+pub struct Refresh {
+    load: Load,
+    /// Where the space's last read of the store stood.
+    pub since: KvChanges,
+    /// The keys to read whatever changed ([`KvSpace::settle_stale`]).
+    pub keys: Vec<String>,
 }
 
 impl KvSpace {
@@ -96,16 +113,19 @@ impl KvSpace {
     }
 
     /// Another gateway may have written to the store since the space was last read: the next
-    /// run asks the store what was changed elsewhere since first ([`KvSpace::take_doubt`]).
+    /// run asks the store what was changed elsewhere since first ([`KvSpace::begin_refresh`]).
     pub fn doubt(&mut self) {
         self.doubted = true;
     }
 
-    /// When the space is fresh but doubted: where its last read of the store stood, to ask the
-    /// store what changed since (the doubt is cleared; [`KvSpace::doubt`] again if the store
-    /// cannot say).
-    pub fn take_doubt(&mut self) -> Option<KvChanges> {
-        (self.fresh && std::mem::take(&mut self.doubted)).then_some(self.changes)
+    /// When the space is fresh but doubted: a read of what changed in the store since its last
+    /// read, to make (the doubt is cleared by it).
+    pub fn begin_refresh(&mut self) -> Option<Refresh> {
+        if !(self.fresh && self.doubted) {
+            return None;
+        }
+        let keys = self.reread.drain().collect();
+        Some(Refresh { since: self.changes, keys, load: self.begin_load() })
     }
 
     /// The next run loads the store first: what is here may be ahead of it (a write that did
@@ -119,6 +139,7 @@ impl KvSpace {
     /// still committing may write its keys again, as it would after the delete).
     pub fn clear(&mut self) {
         self.pending.clear();
+        self.reread.clear();
         self.values = KvMap::default();
         self.stamps.clear();
         self.forget();
@@ -142,18 +163,36 @@ impl KvSpace {
             .iter()
             .map(|(key, p)| (key.clone(), KvStamp { version: p.version, writer }))
             .collect();
+        self.reread.clear();
         self.lay(read);
         self.fresh = load.forgotten == self.forgotten;
         self.end_load();
     }
 
-    /// The store read what others changed since the space's last read, `read`
-    /// (`PluginStore::kv_changed_since`): its entries are laid over the space, under the
-    /// writes still pending. A space forgotten before or meanwhile stays to be loaded.
-    pub fn finish_refresh(&mut self, load: Load, read: KvRead) {
+    /// The store read what others changed since the space's last read and the keys asked for,
+    /// `read`: its entries are laid over the space, under the writes still pending, and a key
+    /// asked for that the store does not hold is dropped (only a run whose step was stale
+    /// wrote it). A space forgotten before or meanwhile stays to be loaded.
+    pub fn finish_refresh(&mut self, refresh: Refresh, read: KvRead) {
+        let Refresh { load, keys, .. } = refresh;
+        for key in keys {
+            if !self.pending.contains_key(&key) && !read.entries.iter().any(|e| e.key == key) {
+                self.values.remove(&key);
+                self.stamps.remove(&key);
+            }
+        }
         self.lay(read);
         self.fresh &= load.forgotten == self.forgotten;
         self.end_load();
+    }
+
+    /// The refresh failed, or found the space must be read whole: the next run asks again,
+    /// for the same keys.
+    pub fn abandon_refresh(&mut self, refresh: Refresh) {
+        let Refresh { load, keys, .. } = refresh;
+        self.reread.extend(keys);
+        self.doubted = true;
+        self.abandon_load(load);
     }
 
     /// Lays what the store read over the space: each entry, unless a write still pending
@@ -203,9 +242,26 @@ impl KvSpace {
     /// next load, they would make every run after it stale as well, for as long as this gateway
     /// kept running the plugin (measured: a replica whose steps never committed again while it
     /// had work). Earlier runs' writes stay laid over loads until their steps answer.
+    ///
+    /// The keys those writes leave here are then read with what others changed, not the
+    /// whole space: a change that made the step stale is one of those, or the store holds a
+    /// key a forgotten write hid here (bench/RESULTS.md, thirty-fifth look). While a read is
+    /// under way, which may have been asked for without them, the space is read whole.
     pub fn settle_stale(&mut self, version: i64) {
-        self.pending.retain(|_, p| p.version < version);
-        self.forget();
+        let mut forgotten = Vec::new();
+        self.pending.retain(|key, p| {
+            let keep = p.version < version;
+            if !keep {
+                forgotten.push(key.clone());
+            }
+            keep
+        });
+        if self.fresh && self.loading == 0 {
+            self.reread.extend(forgotten);
+            self.doubted = true;
+        } else {
+            self.forget();
+        }
     }
 
     /// The step that committed the writes of `version` has its answer: `committed`, or not (the
@@ -260,17 +316,21 @@ mod tests {
     fn a_doubt_asks_once_and_a_load_settles_it() {
         let mut space = KvSpace::default();
         space.doubt();
-        assert_eq!(space.take_doubt(), None, "never loaded: it loads anyway");
+        assert!(space.begin_refresh().is_none(), "never loaded: it loads anyway");
         let load = space.begin_load();
         space.finish_load(load, KvRead { entries: Vec::new(), changes: FOUR });
-        assert_eq!(space.take_doubt(), None, "the load settled the doubt before it");
+        assert!(space.begin_refresh().is_none(), "the load settled the doubt before it");
         space.doubt();
         space.doubt();
-        assert_eq!(space.take_doubt(), Some(FOUR), "where the load stood, to ask what changed since");
-        assert_eq!(space.take_doubt(), None, "asked once for any number of doubts");
+        let refresh = space.begin_refresh().expect("fresh and doubted");
+        assert_eq!((refresh.since, &refresh.keys[..]), (FOUR, &[][..]), "asks what changed since the load");
+        assert!(space.begin_refresh().is_none(), "asked once for any number of doubts");
+        space.abandon_refresh(refresh);
+        let refresh = space.begin_refresh().expect("a failed refresh is made again");
+        space.finish_refresh(refresh, KvRead::default());
         space.doubt();
         space.forget();
-        assert_eq!(space.take_doubt(), None, "forgotten: it loads anyway");
+        assert!(space.begin_refresh().is_none(), "forgotten: it loads anyway");
     }
 
     #[test]
@@ -376,14 +436,40 @@ mod tests {
         let earlier = space.publish(&writes("count", "1"));
         let stale = space.publish(&writes("total", "150"));
         let later = space.publish(&writes("total", "175"));
+        let new_key = space.publish(&writes("new", "x"));
         space.settle_stale(stale);
-        assert!(!space.is_fresh());
-        let load = space.begin_load();
-        // Another replica's write is stored, under a version below this gateway's.
-        space.finish_load(load, read(vec![entry("total", "130", 1)]));
+        assert!(space.is_fresh(), "not read whole again");
+        let refresh = space.begin_refresh().expect("read what changed, and the keys it forgot, first");
+        let mut asked = refresh.keys.clone();
+        asked.sort();
+        assert_eq!(asked, ["new", "total"], "the keys of the writes forgotten, not the earlier run's");
+        // Another replica's write is stored, under a version below this gateway's; the key
+        // only forgotten runs wrote is not stored at all.
+        space.finish_refresh(refresh, read(vec![entry("total", "130", 1)]));
+        assert!(space.is_fresh());
         assert_eq!(value(&space, "total").as_deref(), Some("130"), "not the later run's {later}");
+        assert_eq!(value(&space, "new"), None, "only run {new_key}, forgotten, wrote it");
+        assert_eq!(
+            (space.stamp("total"), space.stamp("new")),
+            (Some(KvStamp { version: 1, writer: 9 }), None)
+        );
         assert_eq!(value(&space, "count").as_deref(), Some("1"), "the earlier run's is still committing");
         space.settle(earlier, true);
+    }
+
+    #[test]
+    fn a_stale_steps_answer_while_the_space_is_read_makes_it_read_whole() {
+        let mut space = loaded(vec![entry("total", "100", 1)]);
+        let stale = space.publish(&writes("total", "150"));
+        space.doubt();
+        let refresh = space.begin_refresh().unwrap();
+        // Asked for before the answer: it cannot know to read the forgotten write's key.
+        space.settle_stale(stale);
+        space.finish_refresh(refresh, read(Vec::new()));
+        assert!(!space.is_fresh());
+        let load = space.begin_load();
+        space.finish_load(load, read(vec![entry("total", "100", 1)]));
+        assert_eq!(value(&space, "total").as_deref(), Some("100"));
     }
 
     #[test]
@@ -408,13 +494,12 @@ mod tests {
         );
         let committing = space.publish(&writes("mine", "b"));
         space.doubt();
-        let since = space.take_doubt().expect("fresh and doubted");
-        let load = space.begin_load();
-        let now = KvChanges { elsewhere: since.elsewhere + 1, deletes: 0, since: 77 };
+        let refresh = space.begin_refresh().expect("fresh and doubted");
+        let now = KvChanges { elsewhere: refresh.since.elsewhere + 1, deletes: 0, since: 77 };
         // Another replica rewrote one key and added one; the store also hands back this
         // gateway's key as it stood before its step committed (an older version).
         let changed = vec![entry("theirs", "new", 4), entry("added", "x", 9), entry("mine", "a", 5)];
-        space.finish_refresh(load, KvRead { entries: changed, changes: now });
+        space.finish_refresh(refresh, KvRead { entries: changed, changes: now });
         assert!(space.is_fresh());
         let values: Vec<_> = ["kept", "theirs", "added", "mine"].iter().map(|k| value(&space, k)).collect();
         let want = [Some("1"), Some("new"), Some("x"), Some("b")].map(|v| v.map(String::from));
@@ -423,17 +508,20 @@ mod tests {
         assert_eq!(space.stamp("mine"), Some(KvStamp { version: committing, writer: 4 }));
         assert_eq!(space.publish(&writes("kept", "2")), 10, "numbered past what was read");
         space.doubt();
-        assert_eq!(space.take_doubt(), Some(now), "the next asks from where this read stood");
+        assert_eq!(
+            space.begin_refresh().map(|r| r.since),
+            Some(now),
+            "the next asks from where this read stood"
+        );
     }
 
     #[test]
     fn a_space_forgotten_while_a_refresh_reads_is_loaded_again() {
         let mut space = loaded(vec![entry("total", "100", 1)]);
         space.doubt();
-        let since = space.take_doubt().unwrap();
-        let load = space.begin_load();
+        let refresh = space.begin_refresh().unwrap();
         space.forget();
-        space.finish_refresh(load, KvRead { entries: Vec::new(), changes: since });
+        space.finish_refresh(refresh, read(Vec::new()));
         assert!(!space.is_fresh(), "what it read may predate what the forget was for");
     }
 }

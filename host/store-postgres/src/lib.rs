@@ -614,7 +614,7 @@ mod tests {
             store.finish_plugin_step(step).await.unwrap();
         }
         async fn since(store: &PostgresStore, read: &KvRead) -> Option<KvRead> {
-            store.kv_changed_since("acme", "ledger", read.changes).await.unwrap()
+            store.kv_changed_since("acme", "ledger", read.changes, &[]).await.unwrap()
         }
         let keys = |read: &KvRead| {
             let mut keys: Vec<String> = read.entries.iter().map(|e| e.key.clone()).collect();
@@ -707,7 +707,7 @@ mod tests {
         assert_eq!(read.entries.len(), 1);
         assert_eq!(read.entries[0].value, b"before");
         write("during").await;
-        let since = store.kv_changed_since("acme", "ledger", read.changes).await.unwrap().unwrap();
+        let since = store.kv_changed_since("acme", "ledger", read.changes, &[]).await.unwrap().unwrap();
         assert!(since.changes.elsewhere > read.changes.elsewhere, "the old replica's write counts");
         assert_eq!(since.entries.len(), 1, "and is read");
         assert_eq!(since.entries[0].value, b"during");

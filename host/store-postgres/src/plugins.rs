@@ -51,9 +51,10 @@ const LOAD_KV_SPACE: &str = concat!(
     ") AS c(n, d, x) LEFT JOIN plugin_kv k ON k.merchant = $1 AND k.plugin = $2"
 );
 
-/// Where the space stands now and, when others changed it since a read that stood at
-/// `($4, $5, $6)` but deleted no key, its keys written since: those whose row was written by
-/// a transaction no older than `$6`, the oldest that read did not see committed. Rows keep
+/// Where the space stands now and, unless a key was deleted since a read that stood at
+/// `($4, $5, $6)`, the keys `$7` and, when others changed the space since that read, its keys
+/// written since: those whose row was written by a transaction no older than `$6`, the oldest
+/// that read did not see committed (a key may come back twice). Rows keep
 /// their writer's transaction id in 32 bits (`xmin`), so the two are compared modulo 2^32,
 /// within half of it: a row written more than 2^31 transactions before `$6` would come back
 /// too, which costs a copy, never a miss. Nothing comes back past 2^30 transactions since
@@ -66,6 +67,9 @@ const KV_CHANGED_SINCE: &str = concat!(
          SELECT key, value, version, writer FROM plugin_kv
          WHERE c.n <> $4 AND c.d = $5 AND c.x - $6 < 1073741824
            AND merchant = $1 AND plugin = $2 AND ((xmin::text::int8 - $6) & 4294967295) < 2147483648
+         UNION ALL
+         SELECT key, value, version, writer FROM plugin_kv
+         WHERE c.d = $5 AND c.x - $6 < 1073741824 AND merchant = $1 AND plugin = $2 AND key = ANY($7)
      ) AS k ON true"
 );
 
@@ -154,10 +158,11 @@ impl PluginStore for PostgresStore {
         merchant: &str,
         plugin: &str,
         since: KvChanges,
+        keys: &[String],
     ) -> Result<Option<KvRead>, StoreError> {
         let KvChanges { elsewhere, deletes, since: xid } = since;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
-            [&merchant, &plugin, &self.kv_writer, &elsewhere, &deletes, &xid];
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+            [&merchant, &plugin, &self.kv_writer, &elsewhere, &deletes, &xid, &keys];
         let rows = query(&self.client().await?, KV_CHANGED_SINCE, &params).await.map_err(unavailable)?;
         let read = kv_read(&rows);
         let now = read.changes;

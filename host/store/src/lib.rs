@@ -1099,22 +1099,25 @@ pub trait PluginStore: Send + Sync + 'static {
     }
 
     /// What others changed in a plugin's key-value space since a read that stood at `since`
-    /// ([`KvRead::changes`]): `Some` with the keys they wrote since, as stored now, and where
-    /// this read stands; `None` when the space must be read whole again (a key was deleted
-    /// since). A store that [`PluginStore::shares_kv`] must tell every change but this
-    /// gateway's own steps': other gateways' steps and every admin repair (whichever gateway
-    /// made it). Its answer may hold keys that did not change, never leave out one that did.
-    /// One cheap read, made by the first run of a plugin that uses kv after each of its steps
-    /// when gateways share the store: before, the whole space was read again. The default is
-    /// for a store one gateway owns: nobody else writes to it, and that gateway's repairs drop
-    /// its copy of the space themselves.
+    /// ([`KvRead::changes`]), and the keys `keys` whatever changed: `Some` with the keys they
+    /// wrote since and those of `keys` it holds, as stored now, and where this read stands;
+    /// `None` when the space must be read whole again (a key was deleted since). A store that
+    /// [`PluginStore::shares_kv`] must tell every change but this gateway's own steps': other
+    /// gateways' steps and every admin repair (whichever gateway made it). Its answer may hold
+    /// keys that did not change, never leave out one that did. One cheap read, made by the
+    /// first run of a plugin that uses kv after each of its steps when gateways share the
+    /// store: before, the whole space was read again. `keys` are those the gateway's copy may
+    /// hold another value of (written by runs whose steps were [`StepRecorded::Stale`]). The
+    /// default is for a store one gateway owns: nobody else writes to it, that gateway's
+    /// repairs drop its copy of the space themselves, and it answers no step stale.
     async fn kv_changed_since(
         &self,
         _merchant: &str,
         _plugin: &str,
         since: KvChanges,
+        keys: &[String],
     ) -> Result<Option<KvRead>, StoreError> {
-        Ok(Some(KvRead { entries: Vec::new(), changes: since }))
+        Ok(keys.is_empty().then(|| KvRead { entries: Vec::new(), changes: since }))
     }
 
     /// The number this gateway's kv writes are stamped with ([`KvStamp::writer`]): unique
