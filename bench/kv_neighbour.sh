@@ -13,6 +13,8 @@
 # for one kv key (thirty-fourth look).
 # CUSTOMERS=N: big's events pay N customers in turn, so the ledger keeps N totals and replicas
 # seldom contend for one (the plugin's kv quota is raised to 8 MB to hold them beside the fill).
+# KV_STATS=1: the database also counts its statements (pg_stat_statements), and the run prints,
+# before its line, the costliest on plugin_kv: calls, rows, milliseconds (thirty-fifth look).
 # Usage: bench/kv_neighbour.sh [EDGE_BIN]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +26,12 @@ wasm="${PLUGIN_WASM:-$CARGO_TARGET_DIR/guests/wasm32-wasip2/release/ledger.wasm}
 fill="${KV_FILL:-1000}"; customers=(${CUSTOMERS:+--customers "$CUSTOMERS"}); n="${REQUESTS:-20000}"; rate="${RATE:-1000}"; seconds="${SECONDS_OFFERED:-10}"
 small_n=$((rate * seconds))
 work="$bench_work"
-PG=1 one_store neighbour
+if [[ -n "${KV_STATS:-}" ]]; then
+  PG=1 PG_OPTS="-c shared_preload_libraries=pg_stat_statements" one_store neighbour
+  pg_psql -d neighbour -qc "CREATE EXTENSION pg_stat_statements"
+else
+  PG=1 one_store neighbour
+fi
 big_up=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$big_up"
 small_up=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$small_up"
 cat > "$work/n.toml" <<TOML
@@ -90,6 +97,9 @@ wait "$small_pid"
 offered=$(date +%s.%N)
 delivered "$small_up" "$small_n" >/dev/null
 small_behind=$(python3 -c "print(round(($(date +%s.%N) - $offered) * 1000))")
+[[ -z "${KV_STATS:-}" ]] || pg_psql -d neighbour -c "SELECT calls, rows, round(total_exec_time::numeric) AS ms,
+    left(regexp_replace(query, '\s+', ' ', 'g'), 80) AS statement FROM pg_stat_statements
+    WHERE query ILIKE '%plugin_kv%' ORDER BY total_exec_time DESC LIMIT 4"
 sleep 1
 cpu=$(us_per_event "$t0" "$(ticks)" $((n + small_n))); db=$(us_per_event "$d0" "$(db_ticks)" $((n + small_n)))
 small=$(cat "$work/small.txt")
