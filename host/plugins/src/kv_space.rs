@@ -484,6 +484,7 @@ mod tests {
         space.abandon_load(load);
         assert!(!space.is_fresh(), "a failed load leaves it to load");
     }
+
     #[test]
     fn a_refresh_lays_the_keys_changed_elsewhere_over_the_space_and_keeps_the_rest() {
         let mut space = KvSpace::of_writer(4);
