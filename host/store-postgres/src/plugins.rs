@@ -54,12 +54,13 @@ const LOAD_KV_SPACE: &str = concat!(
 /// Where the space stands now and, unless a key was deleted since a read that stood at
 /// `($4, $5, $6)`, the keys `$7` and, when others changed the space since that read, its keys
 /// written since: those whose row was written by a transaction no older than `$6`, the oldest
-/// that read did not see committed (a key may come back twice). Rows keep
-/// their writer's transaction id in 32 bits (`xmin`), so the two are compared modulo 2^32,
-/// within half of it: a row written more than 2^31 transactions before `$6` would come back
-/// too, which costs a copy, never a miss. Nothing comes back past 2^30 transactions since
-/// (the caller reads the space whole), long before the 32 bits could wrap. All in one
-/// statement, so the keys and the new stand come from one snapshot.
+/// that read did not see committed (a key may come back twice). Rows keep their writer's
+/// transaction id in 32 bits (`xmin`), so the two are compared modulo 2^32, within half of it:
+/// a row written more than 2^31 transactions before `$6` would come back too, which costs a
+/// copy, never a miss. Nothing comes back past 2^30 transactions since (the caller reads the
+/// space whole), long before the 32 bits could wrap. All in one statement, so the keys and the
+/// new stand come from one snapshot; when the others' count did not move, the plan never
+/// scans the space's rows (a one-time filter on the first branch).
 const KV_CHANGED_SINCE: &str = concat!(
     "SELECT c.n, c.d, c.x, k.key, k.value, k.version, k.writer FROM (",
     kv_stand!(),
