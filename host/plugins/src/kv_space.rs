@@ -310,7 +310,7 @@ mod tests {
         space
     }
 
-    const FOUR: KvChanges = KvChanges { elsewhere: 4, deletes: 0, since: 0 };
+    const FOUR: KvChanges = KvChanges { elsewhere: 4, unlisted: 0, since: 0 };
 
     #[test]
     fn a_doubt_asks_once_and_a_load_settles_it() {
@@ -496,7 +496,7 @@ mod tests {
         let committing = space.publish(&writes("mine", "b"));
         space.doubt();
         let refresh = space.begin_refresh().expect("fresh and doubted");
-        let now = KvChanges { elsewhere: refresh.since.elsewhere + 1, deletes: 0, since: 77 };
+        let now = KvChanges { elsewhere: refresh.since.elsewhere + 1, unlisted: 0, since: 77 };
         // Another replica rewrote one key and added one; the store also hands back this
         // gateway's key as it stood before its step committed (an older version).
         let changed = vec![entry("theirs", "new", 4), entry("added", "x", 9), entry("mine", "a", 5)];

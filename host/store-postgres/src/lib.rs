@@ -139,11 +139,12 @@ impl PostgresStore {
         // database's empty tables, and went on running those plans, a whole-table scan per
         // row, as the tables grew.
         // Each connection also says which replica it is, for the count of changes to the
-        // plugins' kv spaces (`plugins::kv_stand!`).
+        // plugins' kv spaces (`plugins::kv_stand!`), and that it numbers its kv writes.
         let kv_writer = plugins::new_kv_writer();
         config.options(format!(
-            "-c synchronous_commit=on -c enable_seqscan=off -c {}={kv_writer}",
-            plugins::KV_WRITER
+            "-c synchronous_commit=on -c enable_seqscan=off -c {}={kv_writer} -c {}=on",
+            plugins::KV_WRITER,
+            plugins::KV_NUMBERED
         ));
         let manager =
             Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
@@ -593,11 +594,7 @@ mod tests {
     /// deleted) leaves no row to read: the space is read whole.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_replica_reads_only_the_keys_others_wrote_since_and_the_whole_space_after_a_delete() {
-        // A server of its own: a transaction still running in another test's database holds
-        // back every snapshot's oldest running transaction, and the keys written since that
-        // one began are read again (a copy, never a miss, but not what this test counts).
-        let pg = TestServer::start();
-        let url = pg.database("kv_changes");
+        let url = server().database("kv_changes");
         let (one, two, db) = (connected(&url).await, connected(&url).await, client_of(&url).await);
         async fn write(store: &PostgresStore, id: &str, keys: &[&str], value: &str) {
             let mut step = forwarding_step(id);
@@ -681,36 +678,51 @@ mod tests {
         );
     }
 
-    /// During a rolling upgrade, a replica of the release before the kv change counts (schema
-    /// 12) keeps writing kv without naming itself: its writes still count, as writer 0's, so a
-    /// replica of this release reads the space again rather than overwrite them from its copy.
-    /// The keys it wrote before the upgrade load as they were.
+    /// During a rolling upgrade, a replica of an earlier release keeps writing kv: one of the
+    /// release before the kv change counts (schema 12) without naming itself, one of the
+    /// release before the change numbers (schema 15) naming itself. Neither numbers its writes,
+    /// so a replica of this release cannot find them among the keys changed since its last
+    /// read: they count as changes it cannot list, and it reads the space whole rather than
+    /// run the plugin on its copy, also after the earlier release's start folded the counts.
+    /// The keys written before the upgrade load as they were.
     #[tokio::test(flavor = "multi_thread")]
-    async fn a_previous_releases_kv_writes_count_as_changes_made_elsewhere() {
-        let (url, previous) = as_release_of_schema("kv_changes_upgrade", 12).await;
-        let write = |value: &'static str| {
-            let previous = &previous;
-            async move {
-                previous
-                    .execute(
-                        "INSERT INTO plugin_kv (merchant, plugin, key, value, version) VALUES ('acme', 'ledger', 'total', $1, 1)
-                         ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value",
-                        &[&value.as_bytes()],
-                    )
-                    .await
-                    .unwrap()
+    async fn an_earlier_releases_kv_writes_make_a_replica_read_the_space_whole() {
+        for (schema, names_itself) in [(12, false), (15, true)] {
+            let (url, previous) = as_release_of_schema(&format!("kv_upgrade_from_{schema}"), schema).await;
+            if names_itself {
+                previous.batch_execute("SET payflow.kv_writer = '77'").await.unwrap();
             }
-        };
-        write("before").await;
-        let store = connected(&url).await;
-        let read = store.load_kv_space("acme", "ledger").await.unwrap();
-        assert_eq!(read.entries.len(), 1);
-        assert_eq!(read.entries[0].value, b"before");
-        write("during").await;
-        let since = store.kv_changed_since("acme", "ledger", read.changes, &[]).await.unwrap().unwrap();
-        assert!(since.changes.elsewhere > read.changes.elsewhere, "the old replica's write counts");
-        assert_eq!(since.entries.len(), 1, "and is read");
-        assert_eq!(since.entries[0].value, b"during");
+            let write = |value: &'static str| {
+                let previous = &previous;
+                async move {
+                    previous
+                        .execute(
+                            "INSERT INTO plugin_kv (merchant, plugin, key, value, version) VALUES ('acme', 'ledger', 'total', $1, 1)
+                             ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value",
+                            &[&value.as_bytes()],
+                        )
+                        .await
+                        .unwrap()
+                }
+            };
+            write("before").await;
+            let store = connected(&url).await;
+            let read = store.load_kv_space("acme", "ledger").await.unwrap();
+            assert_eq!(read.entries.len(), 1);
+            assert_eq!(read.entries[0].value, b"before");
+            write("during").await;
+            let since = store.kv_changed_since("acme", "ledger", read.changes, &[]).await.unwrap();
+            assert_eq!(since, None, "schema {schema}: the earlier release's write is read whole");
+            let read = store.load_kv_space("acme", "ledger").await.unwrap();
+            assert_eq!(read.entries[0].value, b"during");
+            assert!(store.kv_changed_since("acme", "ledger", read.changes, &[]).await.unwrap().is_some());
+            if names_itself {
+                previous.batch_execute(plugins::FOLD_ALL).await.unwrap();
+            }
+            write("after its start").await;
+            let since = store.kv_changed_since("acme", "ledger", read.changes, &[]).await.unwrap();
+            assert_eq!(since, None, "schema {schema}: again");
+        }
     }
 
     /// Steps finishing together commit together; one the database refuses (its delivery names

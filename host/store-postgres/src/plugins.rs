@@ -16,6 +16,11 @@ use crate::{exec, query, query_opt, unavailable, PostgresStore};
 /// count each change under it, and under writer 0 where it is not set.
 pub(crate) const KV_WRITER: &str = "payflow.kv_writer";
 
+/// The setting by which a replica's connections say that they number their kv writes
+/// (schema migration 16): the triggers count a write made without it as one a read of what
+/// changed cannot find ([`KvChanges::unlisted`]).
+pub(crate) const KV_NUMBERED: &str = "payflow.kv_numbered";
+
 /// A new writer number: random, so that replicas need not agree on numbers (two of 2^62
 /// colliding would only make each miss the other's changes), and never 0.
 pub(crate) fn new_kv_writer() -> i64 {
@@ -26,19 +31,21 @@ pub(crate) fn new_kv_writer() -> i64 {
 }
 
 /// Where a read of the space of plugin `$2` of merchant `$1` stands ([`KvChanges`]), as one
-/// row `(elsewhere, deletes, since)`:
+/// row `(elsewhere, unlisted, since)`:
 /// - how many times writers other than `$3` changed it. A replica's own steps count under its
 ///   own number, so they never make it read the space again. Writer 0 is everything that does
 ///   not name itself: the admin API's repairs (`DELETE_KV`), a replica of an earlier release,
 ///   an operator's psql. Every replica counts it as made elsewhere, the one that made a repair
 ///   included;
-/// - how many times keys were deleted from it, by anyone;
-/// - the oldest transaction the statement's snapshot does not see as committed: every write
-///   the read did not see was made by it or a younger one.
+/// - how many changes a read of what changed cannot find, by anyone: keys deleted, and writes
+///   that carry no change number (the column is named for the first; schema migration 16);
+/// - the highest change number among the space's keys (0: none numbered). Numbers grow in
+///   each space in commit order, so every write the read did not see has a higher one. An
+///   index probe (`plugin_kv_by_change`), not a scan.
 macro_rules! kv_stand {
     () => {
         "SELECT COALESCE(SUM(changes) FILTER (WHERE writer <> $3), 0)::int8, COALESCE(SUM(deletes), 0)::int8,
-                pg_snapshot_xmin(pg_current_snapshot())::text::int8
+                (SELECT COALESCE(MAX(change), 0) FROM plugin_kv WHERE merchant = $1 AND plugin = $2)
          FROM plugin_kv_changes WHERE merchant = $1 AND plugin = $2"
     };
 }
@@ -51,26 +58,22 @@ const LOAD_KV_SPACE: &str = concat!(
     ") AS c(n, d, x) LEFT JOIN plugin_kv k ON k.merchant = $1 AND k.plugin = $2"
 );
 
-/// Where the space stands now and, unless a key was deleted since a read that stood at
-/// `($4, $5, $6)`, the keys `$7` and, when others changed the space since that read, its keys
-/// written since: those whose row was written by a transaction no older than `$6`, the oldest
-/// that read did not see committed (a key may come back twice). Rows keep their writer's
-/// transaction id in 32 bits (`xmin`), so the two are compared modulo 2^32, within half of it:
-/// a row written more than 2^31 transactions before `$6` would come back too, which costs a
-/// copy, never a miss. Nothing comes back past 2^30 transactions since (the caller reads the
-/// space whole), long before the 32 bits could wrap. All in one statement, so the keys and the
-/// new stand come from one snapshot; when the others' count did not move, the plan never
-/// scans the space's rows (a one-time filter on the first branch).
+/// Where the space stands now and, unless a change that cannot be listed (a delete) was made
+/// since a read that stood at `($4, $5, $6)`, the keys `$7` and, when others changed the space
+/// since that read, its keys written since: those numbered above `$6`, through the index on
+/// the numbers (a key may come back twice, and a key this replica wrote since comes back too).
+/// All in one statement, so the keys and the new stand come from one snapshot; when the
+/// others' count did not move, the plan never reads the index (a one-time filter on the first
+/// branch).
 const KV_CHANGED_SINCE: &str = concat!(
     "SELECT c.n, c.d, c.x, k.key, k.value, k.version, k.writer FROM (",
     kv_stand!(),
     ") AS c(n, d, x) LEFT JOIN LATERAL (
          SELECT key, value, version, writer FROM plugin_kv
-         WHERE c.n <> $4 AND c.d = $5 AND c.x - $6 < 1073741824
-           AND merchant = $1 AND plugin = $2 AND ((xmin::text::int8 - $6) & 4294967295) < 2147483648
+         WHERE c.n <> $4 AND c.d = $5 AND merchant = $1 AND plugin = $2 AND change > $6
          UNION ALL
          SELECT key, value, version, writer FROM plugin_kv
-         WHERE c.d = $5 AND c.x - $6 < 1073741824 AND merchant = $1 AND plugin = $2 AND key = ANY($7)
+         WHERE c.d = $5 AND merchant = $1 AND plugin = $2 AND key = ANY($7)
      ) AS k ON true"
 );
 
@@ -78,7 +81,7 @@ const KV_CHANGED_SINCE: &str = concat!(
 fn kv_read(rows: &[tokio_postgres::Row]) -> KvRead {
     let changes = rows.first().map_or_else(KvChanges::default, |r| KvChanges {
         elsewhere: r.get(0),
-        deletes: r.get(1),
+        unlisted: r.get(1),
         since: r.get(2),
     });
     let entries = rows
@@ -161,13 +164,12 @@ impl PluginStore for PostgresStore {
         since: KvChanges,
         keys: &[String],
     ) -> Result<Option<KvRead>, StoreError> {
-        let KvChanges { elsewhere, deletes, since: xid } = since;
+        let KvChanges { elsewhere, unlisted, since: number } = since;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
-            [&merchant, &plugin, &self.kv_writer, &elsewhere, &deletes, &xid, &keys];
+            [&merchant, &plugin, &self.kv_writer, &elsewhere, &unlisted, &number, &keys];
         let rows = query(&self.client().await?, KV_CHANGED_SINCE, &params).await.map_err(unavailable)?;
         let read = kv_read(&rows);
-        let now = read.changes;
-        Ok((now.deletes == deletes && now.since - xid < 1 << 30).then_some(read))
+        Ok((read.changes.unlisted == unlisted).then_some(read))
     }
 
     async fn delete_kv(&self, merchant: &str, plugin: &str, key: &str) -> Result<bool, StoreError> {

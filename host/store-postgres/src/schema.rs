@@ -359,6 +359,34 @@ CREATE TRIGGER plugin_kv_deleted AFTER DELETE ON plugin_kv
     REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION plugin_kv_keys_deleted();
 ",
     ),
+    // Each kv write is numbered (`plugins::KV_CHANGED_SINCE`): a replica reads the keys
+    // written since its last read through an index, instead of testing every row of the space.
+    // The numbers come from one sequence, taken by each step batch's write (`step_record::
+    // WRITE_KV`) under the space's advisory lock, held to its commit, so in each space they
+    // grow in commit order: a read that sees a number sees every lower one. A write that
+    // carries no number (a replica of the previous release, an operator's psql) cannot be
+    // found so, and is counted where deletes are: after either, a space is read whole. The
+    // column keeps migration 15's name because a replica of the previous release folds it at
+    // its start (`plugins::FOLD_ALL`) and must keep it growing. The connections of a release
+    // that numbers its writes say so (`plugins::KV_NUMBERED`).
+    (
+        16,
+        "
+CREATE SEQUENCE plugin_kv_change_numbers AS BIGINT;
+ALTER TABLE plugin_kv ADD COLUMN change BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX plugin_kv_by_change ON plugin_kv (merchant, plugin, change);
+CREATE OR REPLACE FUNCTION plugin_kv_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO plugin_kv_changes (merchant, plugin, writer, changes, deletes)
+    SELECT DISTINCT merchant, plugin, COALESCE(NULLIF(current_setting('payflow.kv_writer', true), '')::int8, 0), 1,
+           CASE WHEN current_setting('payflow.kv_numbered', true) = 'on' THEN 0 ELSE 1 END
+    FROM changed ORDER BY 1, 2
+    ON CONFLICT (merchant, plugin, writer) DO UPDATE
+    SET changes = plugin_kv_changes.changes + 1, deletes = plugin_kv_changes.deletes + excluded.deletes;
+    RETURN NULL;
+END $$;
+",
+    ),
 ];
 
 /// What start-up did to the schema.

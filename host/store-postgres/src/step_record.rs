@@ -160,11 +160,15 @@ const INSERT_RUNS: &str =
                           $8::int8[], $9::int8[], $10::int8[], $11::text[], $12::text[], $13::text[])";
 
 /// Applies the plugins' kv writes (one per key: see `write_kv`), each unless the key holds a
-/// later version's write already, stamped with the replica's number (`$6`).
-const WRITE_KV: &str = "INSERT INTO plugin_kv (merchant, plugin, key, value, version, writer)
-     SELECT m, p, k, v, n, $6 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int8[]) AS u(m, p, k, v, n)
+/// later version's write already, stamped with the replica's number (`$6`) and numbered: one
+/// change number for the statement (an uncorrelated subquery runs once), taken under the
+/// spaces' locks ([`LOCK_SPACES`]), so that in each space the numbers grow in commit order
+/// (`plugins::KV_CHANGED_SINCE` relies on it).
+const WRITE_KV: &str = "INSERT INTO plugin_kv (merchant, plugin, key, value, version, writer, change)
+     SELECT m, p, k, v, n, $6, (SELECT nextval('plugin_kv_change_numbers'))
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int8[]) AS u(m, p, k, v, n)
      ON CONFLICT (merchant, plugin, key) DO UPDATE
-     SET value = excluded.value, version = excluded.version, writer = excluded.writer
+     SET value = excluded.value, version = excluded.version, writer = excluded.writer, change = excluded.change
      WHERE excluded.version >= plugin_kv.version";
 
 /// Takes the advisory locks of the kv spaces `$1` ([`space_lock`]), in the array's order

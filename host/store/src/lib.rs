@@ -645,11 +645,12 @@ pub struct KvChanges {
     /// the store. It never reads the same again once it moved, so while it reads the same,
     /// nobody else changed the stored space and a gateway may run the plugin on its copy.
     pub elsewhere: i64,
-    /// How many times keys were deleted from the space, by anyone. The keys changed since a
-    /// read can be read alone, but not the keys deleted since: when this moved, the space is
-    /// read whole.
-    pub deletes: i64,
-    /// The point in the store's history the read saw: every change made after it is younger.
+    /// How many changes were made to the space, by anyone, that a read of what changed cannot
+    /// list: keys deleted (they leave nothing to read), and writes the store could not mark as
+    /// changes. The keys written since a read can be read alone, but when this moved, the space
+    /// is read whole.
+    pub unlisted: i64,
+    /// The point in the store's history the read saw: every change made after it is later.
     pub since: i64,
 }
 
@@ -1101,7 +1102,8 @@ pub trait PluginStore: Send + Sync + 'static {
     /// What others changed in a plugin's key-value space since a read that stood at `since`
     /// ([`KvRead::changes`]), and the keys `keys` whatever changed: `Some` with the keys they
     /// wrote since and those of `keys` it holds, as stored now, and where this read stands;
-    /// `None` when the space must be read whole again (a key was deleted since). A store that
+    /// `None` when the space must be read whole again (a key was deleted since:
+    /// [`KvChanges::unlisted`]). A store that
     /// [`PluginStore::shares_kv`] must tell every change but this gateway's own steps': other
     /// gateways' steps and every admin repair (whichever gateway made it). Its answer may hold
     /// keys that did not change, never leave out one that did. One cheap read, made by the
