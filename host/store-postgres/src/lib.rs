@@ -479,6 +479,55 @@ mod tests {
         }
     }
 
+    /// The kv statements reach each index only for what it is for, on plans made once before
+    /// the table's statistics caught up with a space that grew (a generic plan, as the step
+    /// batches' transactions use and a pool connection may come to): the check of the keys a
+    /// step batch's runs read goes by key; the read of what changed since goes by change
+    /// number, and the keys it is asked for by key. When the change numbers' index led with the
+    /// space's two columns, the check took it on such a plan and read the whole space for each
+    /// key: 6,000 rows per key and ~0.2 s per batch, under the space's lock (bench/RESULTS.md,
+    /// thirty-sixth look). With `key = ANY(…)`, the read of the keys asked for read the whole
+    /// space too.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_kv_lookup_by_key_planned_before_a_space_grew_never_reads_the_whole_space() {
+        let url = server().database("kv_plans");
+        let _migrated = connected(&url).await;
+        let db = client_of(&url).await;
+        db.batch_execute(
+            "INSERT INTO plugin_kv (merchant, plugin, key, value, version, change)
+                 SELECT 'acme', 'ledger', 'customer_' || i, '0', 1, i FROM generate_series(1, 6000) i",
+        )
+        .await
+        .unwrap();
+        let explain = |sql: &'static str, args: &'static str| {
+            let db = &db;
+            async move {
+                db.batch_execute(&format!("BEGIN; {}; PREPARE p AS {sql}", record::KEYED_PLANS))
+                    .await
+                    .unwrap();
+                let rows = db.simple_query(&format!("EXPLAIN EXECUTE p({args})")).await.unwrap();
+                db.batch_execute("DEALLOCATE p; ROLLBACK").await.unwrap();
+                let lines = rows.iter().filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                    _ => None,
+                });
+                lines.collect::<Vec<_>>().join("\n")
+            }
+        };
+        let by_key =
+            explain(step_record::KV_NOW, "'{acme,acme}', '{ledger,ledger}', '{customer_1,customer_2}'").await;
+        assert!(by_key.contains("plugin_kv_pkey") && !by_key.contains("plugin_kv_by_change"), "{by_key}");
+        let since = explain(plugins::KV_CHANGED_SINCE, "'acme', 'ledger', 1, 0, 0, 3, '{customer_1}'").await;
+        let index_conditions: Vec<&str> = since.lines().filter(|l| l.contains("Index Cond")).collect();
+        assert!(
+            since.matches("plugin_kv_by_change").count() == 2
+                && index_conditions.iter().any(|l| l.contains("(change > $6)"))
+                && index_conditions.iter().any(|l| l.contains("(key = a.key)"))
+                && !since.contains("Filter: (key"),
+            "the highest number and the rows above it by change number, the keys asked for by key:\n{since}"
+        );
+    }
+
     /// A delivered attempt rewrites no unordered event's row (a new row version, and an entry in
     /// each of its indexes); the event still reads as delivered. An ordered event's row is
     /// marked, since the ordered scans read it.

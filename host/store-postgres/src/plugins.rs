@@ -41,12 +41,26 @@ pub(crate) fn new_kv_writer() -> i64 {
 ///   that carry no change number (the column is named for the first; schema migration 16);
 /// - the highest change number among the space's keys (0: none numbered). Numbers grow in
 ///   each space in commit order, so every write the read did not see has a higher one. An
-///   index probe (`plugin_kv_by_change`), not a scan.
+///   index probe ([`by_change!`]), not a scan.
 macro_rules! kv_stand {
     () => {
-        "SELECT COALESCE(SUM(changes) FILTER (WHERE writer <> $3), 0)::int8, COALESCE(SUM(deletes), 0)::int8,
-                (SELECT COALESCE(MAX(change), 0) FROM plugin_kv WHERE merchant = $1 AND plugin = $2)
-         FROM plugin_kv_changes WHERE merchant = $1 AND plugin = $2"
+        concat!(
+            "SELECT COALESCE(SUM(changes) FILTER (WHERE writer <> $3), 0)::int8, COALESCE(SUM(deletes), 0)::int8,
+                    (SELECT COALESCE(MAX(change), 0) FROM plugin_kv WHERE ",
+            by_change!(),
+            ")
+             FROM plugin_kv_changes WHERE merchant = $1 AND plugin = $2"
+        )
+    };
+}
+
+/// The rows of the space of plugin `$2` of merchant `$1`, through the index on their change
+/// numbers (`plugin_kv_by_change`, schema migration 16), which only a condition on the same
+/// expression of the space reaches, and which that condition reaches alone: with the columns
+/// compared one by one, a plan could as well read the whole space through the key's index.
+macro_rules! by_change {
+    () => {
+        "ARRAY[merchant, plugin] = ARRAY[$1, $2]"
     };
 }
 
@@ -64,16 +78,22 @@ const LOAD_KV_SPACE: &str = concat!(
 /// the numbers (a key may come back twice, and a key this replica wrote since comes back too).
 /// All in one statement, so the keys and the new stand come from one snapshot; when the
 /// others' count did not move, the plan never reads the index (a one-time filter on the first
-/// branch).
-const KV_CHANGED_SINCE: &str = concat!(
+/// branch). The keys asked for are each looked up by key: a subquery with a `LIMIT` is planned
+/// on its own, for each key, where `key = ANY($7)` let a plan made once on a small space read
+/// the whole space and test each key (the statement runs on plans the pool's connections keep).
+pub(crate) const KV_CHANGED_SINCE: &str = concat!(
     "SELECT c.n, c.d, c.x, k.key, k.value, k.version, k.writer FROM (",
     kv_stand!(),
     ") AS c(n, d, x) LEFT JOIN LATERAL (
          SELECT key, value, version, writer FROM plugin_kv
-         WHERE c.n <> $4 AND c.d = $5 AND merchant = $1 AND plugin = $2 AND change > $6
+         WHERE c.n <> $4 AND c.d = $5 AND ",
+    by_change!(),
+    " AND change > $6
          UNION ALL
-         SELECT key, value, version, writer FROM plugin_kv
-         WHERE c.d = $5 AND merchant = $1 AND plugin = $2 AND key = ANY($7)
+         SELECT k.key, k.value, k.version, k.writer FROM UNNEST($7::text[]) AS a(key), LATERAL (
+             SELECT key, value, version, writer FROM plugin_kv
+             WHERE c.d = $5 AND merchant = $1 AND plugin = $2 AND key = a.key LIMIT 1
+         ) AS k
      ) AS k ON true"
 );
 

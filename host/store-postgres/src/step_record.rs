@@ -178,7 +178,7 @@ const LOCK_SPACES: &str =
     "SELECT pg_advisory_xact_lock(s.lock) FROM UNNEST($1::int8[]) AS s(lock) ORDER BY s.lock";
 
 /// The write each key read holds now (none: absent), by the key's place in the arrays.
-const KV_NOW: &str = "SELECT r.n, k.version, k.writer
+pub(crate) const KV_NOW: &str = "SELECT r.n, k.version, k.writer
      FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS r(merchant, plugin, key, n)
      JOIN plugin_kv k ON k.merchant = r.merchant AND k.plugin = r.plugin AND k.key = r.key";
 
