@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use payflow_verify::Scheme;
@@ -31,17 +30,6 @@ async fn start(edit: impl FnOnce(String) -> String) -> (tempfile::TempDir, Upstr
 
 fn noop() -> std::path::PathBuf {
     guests().join("noop.wasm")
-}
-
-/// `name{labels} value` lines of a scrape, by `name{labels}`.
-fn samples(page: &str) -> BTreeMap<String, f64> {
-    page.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (key, value) = l.rsplit_once(' ').unwrap();
-            (key.to_string(), value.parse().unwrap())
-        })
-        .collect()
 }
 
 async fn scrape(client: &reqwest::Client, gw: &Gateway, token: &str) -> (u16, String) {

@@ -223,6 +223,10 @@ async fn stored_total_counts_every_event(url: Option<&str>) {
     app.wait_for(WAIT, "the event after the restart", |r| r.len() == ROUNDS * AT_ONCE + 1).await;
     let after = app.received().into_iter().find(|r| r.event_id == "evt_sum_after_restart").unwrap();
     assert_eq!(after.header("x-ledger-total"), Some(format!("{} PKR", ROUNDS * AT_ONCE + 1).as_str()));
+    // The restarted gateway's one run read the space whole, once, and nothing else.
+    let m = support::metrics(&gw).await;
+    let reads: Vec<_> = m.iter().filter(|(k, _)| k.starts_with("payflow_edge_plugin_kv_")).collect();
+    assert!(reads.len() == 1 && reads[0].0.contains("read=\"whole\"") && *reads[0].1 == 1.0, "{reads:?}");
 }
 
 /// The ledger's stored total, through `gw`'s admin API.
@@ -332,6 +336,25 @@ async fn two_replicas_adding_to_one_total_at_once_count_every_event() {
         assert_eq!(stored_total(&a).await, sent, "after round {round}");
     }
     each_run_read_the_last_runs_total(&app, ROUNDS * AT_ONCE);
+
+    // What an operator sees of it: every run of the ledger beyond one per event is a step run
+    // again after a conflict, counted on the replica that ran it; each replica read the space
+    // whole once at least, and read what the other changed after its own steps.
+    let ledger = |m: &std::collections::BTreeMap<String, f64>, name: &str, label: &str| -> f64 {
+        let ours = |k: &String| k.starts_with(&format!("{name}{{")) && k.contains("plugin=\"ledger\"");
+        m.iter().filter(|(k, _)| ours(k) && k.contains(label)).map(|(_, v)| v).sum()
+    };
+    let (mut runs, mut conflicts) = (0.0, 0.0);
+    for (replica, gw) in [("a", &a), ("b", &b)] {
+        let m = support::metrics(gw).await;
+        runs += ledger(&m, "payflow_edge_plugin_runs_total", "outcome=\"continue\"");
+        conflicts += ledger(&m, "payflow_edge_plugin_kv_conflicts_total", "");
+        for read in ["whole", "changes"] {
+            let reads = ledger(&m, "payflow_edge_plugin_kv_reads_total", &format!("read=\"{read}\""));
+            assert!(reads >= 1.0, "replica {replica}: no {read} read: {m:?}");
+        }
+    }
+    assert_eq!(runs, (ROUNDS * AT_ONCE) as f64 + conflicts, "every run is an event's or a conflict's");
 }
 
 /// A plugin that never reads or writes kv runs without its space being loaded (with a shared

@@ -117,11 +117,19 @@ impl ChainResult {
 }
 
 /// The versions a step's runs wrote their kv writes under, visible in their plugins' spaces
-/// before the step commits. Dropped unsettled (the step's future given up), they count as not
-/// committed: the spaces are read again from the store.
+/// before the step commits, and the plugins whose runs read kv. Dropped unsettled (the step's
+/// future given up), the writes count as not committed: the spaces are read again from the
+/// store.
 #[derive(Default)]
 #[must_use = "settle it with the step's answer"]
-pub struct Published(Vec<(Arc<Slot>, i64)>);
+pub struct Published {
+    writes: Vec<(Arc<Slot>, i64)>,
+    /// The plugins a stale answer counts a conflict against
+    /// ([`PluginCounts::kv_conflicts`](crate::registry::PluginCounts::kv_conflicts)): a read
+    /// of theirs changed, whether or not their run wrote (the ledger writes nothing for an event
+    /// its total already holds).
+    readers: Vec<Arc<Slot>>,
+}
 
 impl Published {
     /// The step is answered: its writes `committed`, or not (the spaces that had them are read
@@ -132,15 +140,19 @@ impl Published {
 
     /// The step was stale (a kv key its runs read had been changed elsewhere): its writes, and
     /// the later runs' that may have read them, are forgotten
-    /// ([`KvSpace::settle_stale`](crate::kv_space::KvSpace::settle_stale)).
+    /// ([`KvSpace::settle_stale`](crate::kv_space::KvSpace::settle_stale)), and each plugin
+    /// whose run read kv counts a conflict.
     pub fn settle_stale(mut self) {
-        for (slot, version) in self.0.drain(..) {
+        for slot in self.readers.drain(..) {
+            slot.counts.kv_conflicts.inc();
+        }
+        for (slot, version) in self.writes.drain(..) {
             slot.kv.lock().unwrap_or_else(|p| p.into_inner()).settle_stale(version);
         }
     }
 
     fn settle_each(&mut self, committed: bool) {
-        for (slot, version) in self.0.drain(..) {
+        for (slot, version) in self.writes.drain(..) {
             slot.kv.lock().unwrap_or_else(|p| p.into_inner()).settle(version, committed);
         }
     }
@@ -154,7 +166,7 @@ impl Drop for Published {
 
 impl std::fmt::Debug for Published {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.0.iter().map(|(slot, version)| (&slot.name, version))).finish()
+        f.debug_list().entries(self.writes.iter().map(|(slot, version)| (&slot.name, version))).finish()
     }
 }
 
@@ -338,6 +350,9 @@ pub fn run(
         };
         let Writes { values: writes, found, .. } =
             std::mem::take(&mut *overlay.writes.lock().unwrap_or_else(|p| p.into_inner()));
+        if !found.is_empty() {
+            published.readers.push(slot.clone());
+        }
         kv_read.extend(found.into_iter().map(|(key, found)| KvReadOf { plugin: name.clone(), key, found }));
         if !writes.is_empty() {
             let version = slot.kv.lock().unwrap_or_else(|p| p.into_inner()).publish(&writes);
@@ -347,7 +362,7 @@ pub fn run(
                 value,
                 version,
             }));
-            published.0.push((slot.clone(), version));
+            published.writes.push((slot.clone(), version));
         }
         tags.extend(outcome.tags);
         if let Action::Drop(reason) = outcome.action {
@@ -403,6 +418,7 @@ fn ensure_loaded(registry: &Registry, handle: &Handle, slot: &Slot) -> Result<()
         // Runs of the plugin take turns, so no other read happens meanwhile.
         let read =
             handle.block_on(store.kv_changed_since(&slot.merchant, &slot.name, refresh.since, &refresh.keys));
+        slot.counts.kv_refreshes.inc();
         match read {
             Ok(Some(read)) => space().finish_refresh(refresh, read),
             Ok(None) => {
@@ -424,6 +440,7 @@ fn ensure_loaded(registry: &Registry, handle: &Handle, slot: &Slot) -> Result<()
         space.begin_load()
     };
     // Outside the space's lock: a step's answer settles its writes meanwhile.
+    slot.counts.kv_loads.inc();
     match handle.block_on(store.load_kv_space(&slot.merchant, &slot.name)) {
         Ok(read) => {
             space().finish_load(load, read);

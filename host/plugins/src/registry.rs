@@ -163,6 +163,16 @@ pub struct PluginCounts {
     failures: Mutex<BTreeMap<String, RecentFailure>>,
     /// Per version (one uncontended lock per run: runs of a plugin are serialized anyway).
     versions: Mutex<BTreeMap<u32, VersionStats>>,
+    /// Reads of its kv space from the store, whole: the first run's, and each after the
+    /// gateway's copy was dropped (a step that did not commit, a repair, a key deleted
+    /// elsewhere).
+    pub kv_loads: Counter,
+    /// Reads from the store of what others changed in its kv space since the last read (only
+    /// where replicas share the store; each after a step of the plugin's).
+    pub kv_refreshes: Counter,
+    /// Steps run again because another replica changed a kv key this plugin's run read before
+    /// the step committed (its writes, if any, thrown away): each is an event that ran again.
+    pub kv_conflicts: Counter,
 }
 
 /// The failures of one reason since the gateway started, and the latest one.
@@ -191,6 +201,9 @@ impl Default for PluginCounts {
             fuel: Histogram::new(FUEL_BUCKETS),
             failures: Mutex::default(),
             versions: Mutex::default(),
+            kv_loads: Counter::default(),
+            kv_refreshes: Counter::default(),
+            kv_conflicts: Counter::default(),
         }
     }
 }

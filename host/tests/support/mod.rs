@@ -352,6 +352,24 @@ pub async fn try_send_event(
     try_post(client, url, &sign(Scheme::PayFlow, SECRET, &body, id), body).await
 }
 
+/// `name{labels} value` lines of a `/metrics` scrape, by `name{labels}`.
+pub fn samples(page: &str) -> std::collections::BTreeMap<String, f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (key, value) = l.rsplit_once(' ').unwrap();
+            (key.to_string(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The operator's scrape of `gw`'s `/metrics`, by `name{labels}`.
+pub async fn metrics(gw: &Gateway) -> std::collections::BTreeMap<String, f64> {
+    let response = client().get(gw.admin_url("/metrics")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    samples(&response.text().await.unwrap())
+}
+
 /// GET on the admin API with a token.
 pub async fn admin_get(client: &reqwest::Client, url: &str, token: &str) -> (u16, Value) {
     let response = client.get(url).bearer_auth(token).send().await.expect("admin request");

@@ -213,6 +213,26 @@ impl Admin {
                 }
             }
             for s in &slots {
+                for (read, counter) in [("whole", &s.counts.kv_loads), ("changes", &s.counts.kv_refreshes)] {
+                    if counter.get() > 0 {
+                        page.counter(
+                            "payflow_edge_plugin_kv_reads_total",
+                            "Reads of a plugin's kv space from the store: whole, or only what other replicas changed since the last read.",
+                            &[("merchant", &s.merchant), ("plugin", &s.name), ("read", read)],
+                            counter.get(),
+                        );
+                    }
+                }
+            }
+            for s in slots.iter().filter(|s| s.counts.kv_conflicts.get() > 0) {
+                page.counter(
+                    "payflow_edge_plugin_kv_conflicts_total",
+                    "Plugin steps run again because another replica changed a kv key their runs read before they committed.",
+                    &[("merchant", &s.merchant), ("plugin", &s.name)],
+                    s.counts.kv_conflicts.get(),
+                );
+            }
+            for s in &slots {
                 page.histogram(
                     "payflow_edge_plugin_duration_seconds",
                     "Wall-clock time of one plugin run, instantiation included.",
