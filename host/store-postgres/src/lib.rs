@@ -429,8 +429,14 @@ mod tests {
                 .collect();
             args.push(format!("'{{{}}}'::{ty}[]", items.join(",")));
         }
+        plan_of(db, settings, sql, &args.join(", ")).await
+    }
+
+    /// The plan of `sql` on `db` under the transaction's `settings`, PREPAREd, then `EXPLAIN
+    /// EXECUTE`d with `args` (SQL literals): [`plan`] with arguments of the caller's.
+    async fn plan_of(db: &tokio_postgres::Client, settings: &str, sql: &str, args: &str) -> String {
         db.batch_execute(&format!("BEGIN; {settings}; PREPARE p AS {sql}")).await.unwrap();
-        let rows = db.simple_query(&format!("EXPLAIN EXECUTE p({})", args.join(", "))).await.unwrap();
+        let rows = db.simple_query(&format!("EXPLAIN EXECUTE p({args})")).await.unwrap();
         db.batch_execute("DEALLOCATE p; ROLLBACK").await.unwrap();
         rows.iter()
             .filter_map(|m| match m {
@@ -499,25 +505,11 @@ mod tests {
         )
         .await
         .unwrap();
-        let explain = |sql: &'static str, args: &'static str| {
-            let db = &db;
-            async move {
-                db.batch_execute(&format!("BEGIN; {}; PREPARE p AS {sql}", record::KEYED_PLANS))
-                    .await
-                    .unwrap();
-                let rows = db.simple_query(&format!("EXPLAIN EXECUTE p({args})")).await.unwrap();
-                db.batch_execute("DEALLOCATE p; ROLLBACK").await.unwrap();
-                let lines = rows.iter().filter_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                    _ => None,
-                });
-                lines.collect::<Vec<_>>().join("\n")
-            }
-        };
-        let by_key =
-            explain(step_record::KV_NOW, "'{acme,acme}', '{ledger,ledger}', '{customer_1,customer_2}'").await;
+        let by_key = "'{acme,acme}', '{ledger,ledger}', '{customer_1,customer_2}'";
+        let by_key = plan_of(&db, record::KEYED_PLANS, step_record::KV_NOW, by_key).await;
         assert!(by_key.contains("plugin_kv_pkey") && !by_key.contains("plugin_kv_by_change"), "{by_key}");
-        let since = explain(plugins::KV_CHANGED_SINCE, "'acme', 'ledger', 1, 0, 0, 3, '{customer_1}'").await;
+        let since = "'acme', 'ledger', 1, 0, 0, 3, '{customer_1}'";
+        let since = plan_of(&db, record::KEYED_PLANS, plugins::KV_CHANGED_SINCE, since).await;
         let index_conditions: Vec<&str> = since.lines().filter(|l| l.contains("Index Cond")).collect();
         assert!(
             since.matches("plugin_kv_by_change").count() == 2
