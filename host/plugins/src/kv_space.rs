@@ -487,7 +487,7 @@ mod tests {
 
     /// Regression (each stale answer of the runs an earlier answer forgot forgot again the runs
     /// published after it, which had read the store's value: the next runs read theirs and
-    /// were stale in turn; ~2.7-3.3 runs per event with two replicas adding to one total).
+    /// were stale in turn; 2.4-3.4 runs per event with two replicas adding to one total).
     #[test]
     fn a_stale_answer_for_writes_already_forgotten_forgets_nothing_more() {
         let mut space = loaded(vec![entry("total", "100", 1)]);
