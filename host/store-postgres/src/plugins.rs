@@ -72,10 +72,11 @@ const LOAD_KV_SPACE: &str = concat!(
     ") AS c(n, d, x) LEFT JOIN plugin_kv k ON k.merchant = $1 AND k.plugin = $2"
 );
 
-/// Where the space stands now and, unless a change that cannot be listed (a delete) was made
-/// since a read that stood at `($4, $5, $6)`, the keys `$7` and, when others changed the space
-/// since that read, its keys written since: those numbered above `$6`, through the index on
-/// the numbers (a key may come back twice, and a key this replica wrote since comes back too).
+/// Where the space stands now and, unless a change that cannot be listed (a delete, a write
+/// without a number) was made since a read that stood at `($4, $5, $6)`, the keys `$7` and,
+/// when others changed the space since that read, its keys written since: those numbered
+/// above `$6`, through the index on the numbers (a key may come back twice, and a key this
+/// replica wrote since comes back too).
 /// All in one statement, so the keys and the new stand come from one snapshot; when the
 /// others' count did not move, the plan never reads the index (a one-time filter on the first
 /// branch). The keys asked for are each looked up by key: a subquery with a `LIMIT` is planned

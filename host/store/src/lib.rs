@@ -1102,11 +1102,11 @@ pub trait PluginStore: Send + Sync + 'static {
     /// What others changed in a plugin's key-value space since a read that stood at `since`
     /// ([`KvRead::changes`]), and the keys `keys` whatever changed: `Some` with the keys they
     /// wrote since and those of `keys` it holds, as stored now, and where this read stands;
-    /// `None` when the space must be read whole again (a key was deleted since:
-    /// [`KvChanges::unlisted`]). A store that
-    /// [`PluginStore::shares_kv`] must tell every change but this gateway's own steps': other
-    /// gateways' steps and every admin repair (whichever gateway made it). Its answer may hold
-    /// keys that did not change, never leave out one that did. One cheap read, made by the
+    /// `None` when the space must be read whole again (a change it cannot list was made since,
+    /// such as a delete: [`KvChanges::unlisted`]). A store that [`PluginStore::shares_kv`] must
+    /// tell every change but this gateway's own steps': other gateways' steps and every admin
+    /// repair (whichever gateway made it). Its answer may hold keys that did not change, never
+    /// leave out one that did. One cheap read, made by the
     /// first run of a plugin that uses kv after each of its steps when gateways share the
     /// store: before, the whole space was read again. `keys` are those the gateway's copy may
     /// hold another value of (written by runs whose steps were [`StepRecorded::Stale`]). The
