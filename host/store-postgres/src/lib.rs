@@ -872,6 +872,60 @@ mod tests {
         }
     }
 
+    /// Regression (a set-aside step's kv write counted in its batch): a step whose row was
+    /// replayed since it began writes no kv, yet in its batch's check its write counted for
+    /// the steps that read it, which then committed values built on a write never applied (a
+    /// ledger then counted the replayed event twice: once in the later totals, once more when
+    /// the replay ran). Those steps are stale now, and so is one that read theirs.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_step_that_read_a_set_aside_steps_kv_write_in_its_batch_is_stale() {
+        let url = server().database("steps_read_set_aside");
+        let store = connected(&url).await;
+        let db = client_of(&url).await;
+        let me = store.kv_writer;
+        let ids = ["evt_set_aside", "evt_reads_it", "evt_reads_that"];
+        for id in ids {
+            store.insert_event(to_the_plugins(id)).await.unwrap();
+        }
+        // Each adds to the total what the one before left there, before any of them committed.
+        let adding = |id: &str, found: Option<i64>, total: &str, version| payflow_store::PluginStep {
+            kv: vec![payflow_store::KvWrite {
+                plugin: "enrich".into(),
+                key: "total".into(),
+                value: total.into(),
+                version,
+            }],
+            kv_read: vec![payflow_store::KvReadOf {
+                plugin: "enrich".into(),
+                key: "total".into(),
+                found: found.map(|version| payflow_store::KvStamp { version, writer: me }),
+            }],
+            ..forwarding_step(id)
+        };
+        let steps = vec![
+            adding(ids[2], Some(2), "15", 3),
+            adding(ids[0], None, "5", 1),
+            adding(ids[1], Some(1), "12", 2),
+        ];
+        // The replay, after the first step began (at 2): its row is due later.
+        db.execute("UPDATE plugin_steps SET next_attempt_at_ms = 3 WHERE event_id = 'evt_set_aside'", &[])
+            .await
+            .unwrap();
+
+        let answers = step_record::record_batch(&store.pool, me, steps).await.unwrap();
+        let answers: Vec<_> = answers.into_iter().map(Result::unwrap).collect();
+        use payflow_store::StepRecorded::{SetAside, Stale};
+        assert_eq!(answers, [Stale, SetAside, Stale], "each step's own answer, in the order given");
+        assert_eq!(store.load_kv("acme", "enrich").await.unwrap(), [], "no total was written");
+        for id in &ids[1..] {
+            let detail = store.get_event(&key(id)).await.unwrap().unwrap();
+            assert!(detail.plugin_runs.is_empty() && detail.deliveries.is_empty(), "{id}: {detail:?}");
+            assert_eq!(detail.plugin_step.map(|s| s.status), Some("pending".to_string()), "{id}: runs again");
+        }
+        let set_aside = store.get_event(&key(ids[0])).await.unwrap().unwrap();
+        assert_eq!(set_aside.plugin_runs.len(), 1, "only its run is kept: {set_aside:?}");
+    }
+
     /// A step that changes nothing about its event (a first run that continued, untagged) does
     /// not rewrite its row, as on SQLite; one that drops it, or tags it, does.
     #[tokio::test(flavor = "multi_thread")]

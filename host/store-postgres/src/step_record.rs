@@ -21,7 +21,8 @@
 //!
 //! It must never write a step's kv writes, deliveries or event status when the step's row was
 //! replayed (or claimed by another) since the step began: only its runs are kept then. It must
-//! never write anything of a stale step, not even its runs: they are made again.
+//! never write anything of a stale step, not even its runs: they are made again; and a step that
+//! read such a set-aside step's kv write is stale, for that write is never applied.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -152,6 +153,19 @@ pub(crate) const UPDATE_STEPS: &str = concat!(
 pub(crate) const STEP_ROWS: &str = "SELECT p.event_seq FROM plugin_steps p
      JOIN UNNEST($1::int8[]) AS u(seq) ON p.event_seq = u.seq";
 
+/// Of the steps' rows, whether `UPDATE_STEPS` would take each (as its `WHERE` says), locked
+/// until the commit. A step without a row (proxy mode) is not listed.
+pub(crate) const STEPS_GIVING_WAY: &str = concat!(
+    "SELECT p.event_seq, (",
+    payflow_store::takes_outcome!("p.next_attempt_at_ms", "u.begun_at"),
+    " AND ",
+    holds_claim!("p.lease_until_ms", "u.claimed_until"),
+    ") IS TRUE
+     FROM plugin_steps p
+     JOIN UNNEST($1::int8[], $2::int8[], $3::int8[]) AS u(seq, begun_at, claimed_until) ON p.event_seq = u.seq
+     FOR UPDATE OF p"
+);
+
 /// Appends the plugins' runs, under their events' numbers (`plugin_runs_by_event`).
 const INSERT_RUNS: &str =
     "INSERT INTO plugin_runs (event_seq, merchant, scope, event_id, plugin, version, attempt, at_ms,
@@ -274,10 +288,14 @@ async fn write_steps<'a>(
 
 /// Locks the kv spaces the steps read or write, then tells, for each step, whether it is stale:
 /// a key its runs read holds another write now than the one they found. Steps are taken in
-/// turns: a step whose reads all match is taken, and its writes count for the steps after it
-/// (one of this replica's runs reads the last one's writes before they commit, so a batch may
-/// hold both, in any order). What is left when no step can be taken is stale. A batch that
-/// reads and writes no kv takes no lock and makes no query.
+/// turns ([`take_in_turns`]): a step whose reads all match is taken, and its writes count for
+/// the steps after it (one of this replica's runs reads the last one's writes before they
+/// commit, so a batch may hold both, in any order). What is left when no step can be taken is
+/// stale. A step whose row was replayed since it began writes no kv ([`write_steps`]), so its
+/// writes count for nobody: when a step was taken on another's write, the rows of the steps
+/// leaned on are locked and looked at ([`giving_way`]), and the turns are taken again without
+/// the writes of those that will be set aside. A batch that reads and writes no kv takes no
+/// lock and makes no query.
 async fn stale_steps(
     tx: &Transaction<'_>,
     writer: i64,
@@ -296,7 +314,6 @@ async fn stale_steps(
     }
     let spaces: Vec<i64> = spaces.into_iter().collect();
     exec(tx, LOCK_SPACES, &[&spaces]).await?;
-    type Key<'k> = (&'k str, &'k str, &'k str);
     let mut read: Vec<Key> = steps
         .iter()
         .flat_map(|(step, _)| {
@@ -316,30 +333,95 @@ async fn stale_steps(
         let n: i64 = row.get(0);
         now.insert(read[n as usize - 1], Some(KvStamp { version: row.get(1), writer: row.get(2) }));
     }
-    let mut stale = vec![true; steps.len()];
+    let mut looked_at = BTreeSet::new();
+    let mut set_aside = BTreeSet::new();
+    loop {
+        let turns = take_in_turns(steps.iter().map(|(step, _)| *step), &now, writer, &set_aside);
+        let unseen: Vec<usize> = turns.leaned_on.difference(&looked_at).copied().collect();
+        if unseen.is_empty() {
+            return Ok(turns.stale);
+        }
+        looked_at.extend(unseen.iter().copied());
+        let newly = giving_way(tx, &unseen.iter().map(|&i| steps[i]).collect::<Vec<_>>()).await?;
+        if newly.is_empty() {
+            return Ok(turns.stale);
+        }
+        set_aside.extend(newly.into_iter().map(|n| unseen[n]));
+    }
+}
+
+/// A kv key: merchant, plugin, key.
+type Key<'k> = (&'k str, &'k str, &'k str);
+
+/// What [`take_in_turns`] found.
+struct Turns {
+    /// Per step, in the order given: whether it is stale.
+    stale: Vec<bool>,
+    /// The steps (by place) whose writes a step taken after them read.
+    leaned_on: BTreeSet<usize>,
+}
+
+/// The check of [`stale_steps`], once the keys' writes `now` are known (every key a step read;
+/// none: absent): a step whose reads all find what `now` holds is taken, and its writes (as
+/// `WRITE_KV` applies them, stamped `writer`) are what the steps after it find, unless it is
+/// one of `set_aside`, whose writes are not applied; rounds until no step is taken. The steps
+/// of `set_aside` are taken or stale by their own reads like any other.
+fn take_in_turns<'a>(
+    steps: impl Iterator<Item = &'a PluginStep> + Clone,
+    now: &HashMap<Key<'a>, Option<KvStamp>>,
+    writer: i64,
+    set_aside: &BTreeSet<usize>,
+) -> Turns {
+    // Each key's write, and the step of this batch that wrote it (none: the store's).
+    let mut now: HashMap<Key, (Option<KvStamp>, Option<usize>)> =
+        now.iter().map(|(&k, &stamp)| (k, (stamp, None))).collect();
+    let mut stale = vec![true; steps.clone().count()];
+    let mut leaned_on = BTreeSet::new();
     loop {
         let mut took_one = false;
-        for (i, (step, _)) in steps.iter().enumerate() {
+        for (i, step) in steps.clone().enumerate() {
             let merchant = &step.key.merchant[..];
-            let holds = |r: &payflow_store::KvReadOf| now[&(merchant, &r.plugin[..], &r.key[..])] == r.found;
-            if !stale[i] || !step.kv_read.iter().all(holds) {
+            let found = |r: &payflow_store::KvReadOf| now[&(merchant, &r.plugin[..], &r.key[..])];
+            if !stale[i] || !step.kv_read.iter().all(|r| found(r).0 == r.found) {
                 continue;
             }
+            leaned_on.extend(step.kv_read.iter().filter_map(|r| found(r).1));
             stale[i] = false;
             took_one = true;
+            if set_aside.contains(&i) {
+                continue;
+            }
             for w in &step.kv {
                 // As `WRITE_KV` applies it; keys nobody read need no account.
-                if let Some(held) = now.get_mut(&(merchant, &w.plugin[..], &w.key[..])) {
+                if let Some((held, by)) = now.get_mut(&(merchant, &w.plugin[..], &w.key[..])) {
                     if held.is_none_or(|h| w.version >= h.version) {
                         *held = Some(KvStamp { version: w.version, writer });
+                        *by = Some(i);
                     }
                 }
             }
         }
         if !took_one {
-            return Ok(stale);
+            return Turns { stale, leaned_on };
         }
     }
+}
+
+/// Which of `steps` (by place) will be set aside: their rows were replayed (or claimed by
+/// another) since they began, so `UPDATE_STEPS` will not take them. Their rows are locked
+/// (`FOR UPDATE`, after the events' and the spaces' locks, as nothing else locks a step row
+/// while it waits for those), so no claim changes them before that update: what is found here
+/// is what it does.
+async fn giving_way(
+    tx: &Transaction<'_>,
+    steps: &[Numbered<'_>],
+) -> Result<Vec<usize>, tokio_postgres::Error> {
+    let seqs: Vec<i64> = steps.iter().map(|s| s.1).collect();
+    let begun_at: Vec<i64> = steps.iter().map(|s| s.0.at_ms).collect();
+    let claimed_until: Vec<Option<i64>> = steps.iter().map(|s| s.0.claimed_until_ms).collect();
+    let rows = query(tx, STEPS_GIVING_WAY, &[&seqs, &begun_at, &claimed_until]).await?;
+    let giving_way: BTreeSet<i64> = rows.iter().filter(|r| !r.get::<_, bool>(1)).map(|r| r.get(0)).collect();
+    Ok(seqs.iter().enumerate().filter(|(_, seq)| giving_way.contains(seq)).map(|(i, _)| i).collect())
 }
 
 fn not_in_the_store(key: &EventKey) -> StoreError {
