@@ -64,6 +64,7 @@ mod collation;
 mod event_numbers;
 mod group;
 mod ingest;
+mod kv_turn;
 mod plugins;
 mod queue;
 mod record;
@@ -120,6 +121,10 @@ pub struct PostgresStore {
     /// This store's number as a writer of plugins' kv spaces (`plugin_kv_changes`), new each
     /// time a replica starts: its connections set it ([`plugins::KV_WRITER`]).
     kv_writer: i64,
+    /// The kv turns this replica may hold (or wait for) at once, each on a connection of the
+    /// pool: a quarter of it, so that turns on many spaces never take the connections that
+    /// ingest and deliveries need ([`kv_turn`]).
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl PostgresStore {
@@ -172,6 +177,7 @@ impl PostgresStore {
             pool,
             lease_ms: options.lease.as_millis() as i64,
             kv_writer,
+            turns: Arc::new(tokio::sync::Semaphore::new((options.pool_size / 4).max(1))),
         })
     }
 
@@ -924,6 +930,93 @@ mod tests {
         }
         let set_aside = store.get_event(&key(ids[0])).await.unwrap().unwrap();
         assert_eq!(set_aside.plugin_runs.len(), 1, "only its run is kept: {set_aside:?}");
+    }
+
+    /// A kv space's turn is one replica's at a time: another asking waits until it is dropped,
+    /// or held past its time, and gets none past the store's wait. It is the space's alone (not
+    /// another space's, nor the lock the space's step batches take), and no pooled connection
+    /// keeps it after it is given up (and when given up with `give_up`, not even a moment).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_kv_turn_is_one_replicas_at_a_time_until_given_up() {
+        use std::time::Duration;
+        let (one, two, db) = two_replicas("kv_turns").await;
+        let long = Duration::from_secs(30);
+        let first = one.kv_turn("acme", "enrich", long).await.unwrap().expect("nobody holds it");
+        assert!(!first.waited());
+        let other = two.kv_turn("acme", "ledger", long).await.unwrap().expect("another space's turn");
+        assert!(!other.waited());
+        let mut second = Box::pin(two.kv_turn("acme", "enrich", long));
+        let waiting = tokio::time::timeout(Duration::from_millis(300), &mut second).await;
+        assert!(waiting.is_err(), "it waits while the first is held");
+
+        // The space's step batches do not wait for its turn.
+        one.insert_event(to_the_plugins("evt_in_a_turn")).await.unwrap();
+        let step = payflow_store::PluginStep {
+            kv: vec![payflow_store::KvWrite {
+                plugin: "enrich".into(),
+                key: "seen".into(),
+                value: b"1".to_vec(),
+                version: 1,
+            }],
+            kv_read: vec![payflow_store::KvReadOf {
+                plugin: "enrich".into(),
+                key: "seen".into(),
+                found: None,
+            }],
+            ..forwarding_step("evt_in_a_turn")
+        };
+        let recorded = tokio::time::timeout(Duration::from_secs(5), one.finish_plugin_step(step)).await;
+        assert_eq!(recorded.expect("not held up by the turn").unwrap(), payflow_store::StepRecorded::Applied);
+
+        drop(first);
+        let second =
+            tokio::time::timeout(Duration::from_secs(1), second).await.expect("given up when dropped");
+        let second = second.unwrap().expect("taken");
+        assert!(second.waited());
+        let none = one.kv_turn("acme", "enrich", long).await.unwrap();
+        assert!(none.is_none(), "no turn past the store's wait");
+
+        let short = one.kv_turn("acme", "short", Duration::from_millis(100)).await.unwrap().unwrap();
+        let after =
+            tokio::time::timeout(Duration::from_millis(900), two.kv_turn("acme", "short", long)).await;
+        let after = after.expect("given up by itself past its time").unwrap().expect("taken");
+        assert!(after.waited());
+
+        let mine = one.kv_turn("acme", "mine", long).await.unwrap().unwrap();
+        mine.give_up().await;
+        let next = one.kv_turn("acme", "mine", long).await.unwrap().unwrap();
+        assert!(!next.waited(), "a turn given up is gone before the next is asked for");
+
+        drop((short, after, second, other, next));
+        let held = "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                    WHERE l.locktype = 'advisory' AND d.datname = current_database()";
+        for _ in 0..100 {
+            if count(&db, held).await == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("a connection still holds a turn: {} advisory locks", count(&db, held).await);
+    }
+
+    /// A replica holds kv turns on a quarter of its pool's connections at most: past that, a
+    /// turn is refused at once (the run goes without one), and ingest keeps its connections.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn kv_turns_take_a_quarter_of_the_pool_at_most() {
+        use std::time::Duration;
+        let url = server().database("kv_turns_capped");
+        let options = PostgresOptions { pool_size: 8, ..PostgresOptions::default() };
+        let store = PostgresStore::connect(&url, options, Arc::new(())).await.expect("connects");
+        let long = Duration::from_secs(30);
+        let one = store.kv_turn("acme", "one", long).await.unwrap().expect("the first");
+        let two = store.kv_turn("acme", "two", long).await.unwrap().expect("the second");
+        let refused =
+            tokio::time::timeout(Duration::from_millis(200), store.kv_turn("acme", "three", long)).await;
+        assert!(refused.expect("at once").unwrap().is_none(), "a third of eight connections' turns");
+        store.insert_event(to_the_plugins("evt_beside_turns")).await.unwrap();
+        one.give_up().await;
+        assert!(store.kv_turn("acme", "three", long).await.unwrap().is_some(), "one given up, one more");
+        drop(two);
     }
 
     /// A step that changes nothing about its event (a first run that continued, untagged) does

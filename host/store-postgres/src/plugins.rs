@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use payflow_store::{
-    Canary, KvChanges, KvEntry, KvRead, NewPluginVersion, PluginHistory, PluginStore, PluginVersionInfo,
-    QuotaExceeded, StoreError, StoredPlugin, VersionBounds,
+    Canary, KvChanges, KvEntry, KvRead, KvTurn, NewPluginVersion, PluginHistory, PluginStore,
+    PluginVersionInfo, QuotaExceeded, StoreError, StoredPlugin, VersionBounds,
 };
 
 use crate::step_record::space_lock;
@@ -191,6 +191,15 @@ impl PluginStore for PostgresStore {
         let rows = query(&self.client().await?, KV_CHANGED_SINCE, &params).await.map_err(unavailable)?;
         let read = kv_read(&rows);
         Ok((read.changes.unlisted == unlisted).then_some(read))
+    }
+
+    async fn kv_turn(
+        &self,
+        merchant: &str,
+        plugin: &str,
+        hold_at_most: std::time::Duration,
+    ) -> Result<Option<KvTurn>, StoreError> {
+        crate::kv_turn::take(self, merchant, plugin, hold_at_most).await
     }
 
     async fn delete_kv(&self, merchant: &str, plugin: &str, key: &str) -> Result<bool, StoreError> {

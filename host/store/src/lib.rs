@@ -634,6 +634,49 @@ pub struct KvReadOf {
     pub found: Option<KvStamp>,
 }
 
+/// This gateway's turn on a plugin's key-value space among the gateways sharing the store
+/// ([`PluginStore::kv_turn`]): while it is held, another gateway asking for a turn on the space
+/// waits. Dropping it gives the turn up; the store also gives it up by itself after a while, so
+/// a gateway that stops running the plugin never holds the others back for long.
+///
+/// A turn only spares runs made again: it must never be what keeps an update from being lost.
+/// The store's check of what a step's runs read ([`PluginStep::kv_read`]) does that, turn or
+/// not (a turn may have run out, or been taken by a gateway that does not ask for turns).
+pub struct KvTurn {
+    waited: bool,
+    /// Dropped when the turn is given up.
+    release: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Answered (or dropped) once the store has given the turn up.
+    given_up: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl KvTurn {
+    /// A turn taken after waiting for another gateway's (`waited`), or at once. The store gives
+    /// it up when `release` is dropped, then answers `given_up`.
+    pub fn new(
+        waited: bool,
+        release: tokio::sync::oneshot::Sender<()>,
+        given_up: tokio::sync::oneshot::Receiver<()>,
+    ) -> Self {
+        KvTurn { waited, release: Some(release), given_up: Some(given_up) }
+    }
+
+    /// Whether another gateway held the turn when this one was asked for.
+    pub fn waited(&self) -> bool {
+        self.waited
+    }
+
+    /// Gives the turn up, and returns once the store has: a turn asked for next, by this
+    /// gateway or another, then never waits for this one. (Dropped, it is given up as well, a
+    /// moment later.)
+    pub async fn give_up(mut self) {
+        drop(self.release.take());
+        if let Some(given_up) = self.given_up.take() {
+            let _ = given_up.await;
+        }
+    }
+}
+
 /// Where a read of a plugin's key-value space stands in the store's history: what a gateway
 /// keeps with its copy of the space, and gives back to the store to learn what changed since
 /// ([`PluginStore::kv_changed_since`]). Only the store that made it reads its fields; a store
@@ -1126,6 +1169,21 @@ pub trait PluginStore: Send + Sync + 'static {
     /// among the gateways sharing the store. 0 for a store one gateway owns.
     fn kv_writer(&self) -> i64 {
         0
+    }
+
+    /// Takes this gateway's turn on a plugin's key-value space ([`KvTurn`]), waiting while
+    /// another gateway holds it, but not for long: `None` when the wait ran out (the caller runs
+    /// without a turn). A gateway asks only while its steps on the space keep finding keys
+    /// changed by another ([`StepRecorded::Stale`]). The default is for a store one gateway
+    /// owns: nobody to take turns with.
+    /// The store gives the turn up by itself after `hold_at_most`, dropped or not.
+    async fn kv_turn(
+        &self,
+        _merchant: &str,
+        _plugin: &str,
+        _hold_at_most: std::time::Duration,
+    ) -> Result<Option<KvTurn>, StoreError> {
+        Ok(None)
     }
 
     /// Deletes one key of a plugin's key-value space (an operator's or merchant's repair).
