@@ -124,10 +124,11 @@ impl ChainResult {
 #[must_use = "settle it with the step's answer"]
 pub struct Published {
     writes: Vec<(Arc<Slot>, i64)>,
-    /// The plugins a stale answer counts a conflict against
-    /// ([`PluginCounts::kv_conflicts`](crate::registry::PluginCounts::kv_conflicts)): a read
+    /// The plugins whose runs read kv: a stale answer counts a conflict against them
+    /// ([`PluginCounts::kv_conflicts`](crate::registry::PluginCounts::kv_conflicts)), a read
     /// of theirs changed, whether or not their run wrote (the ledger writes nothing for an event
-    /// its total already holds).
+    /// its total already holds); and every answer counts toward their turns with other replicas
+    /// ([`ReplicaTurn::answered`](crate::replica_turn::ReplicaTurn::answered)).
     readers: Vec<Arc<Slot>>,
 }
 
@@ -145,6 +146,7 @@ impl Published {
     pub fn settle_stale(mut self) {
         for slot in self.readers.drain(..) {
             slot.counts.kv_conflicts.inc();
+            slot.replica_turn.answered(true);
         }
         for (slot, version) in self.writes.drain(..) {
             slot.kv.lock().unwrap_or_else(|p| p.into_inner()).settle_stale(version);
@@ -152,6 +154,9 @@ impl Published {
     }
 
     fn settle_each(&mut self, committed: bool) {
+        for slot in self.readers.drain(..) {
+            slot.replica_turn.answered(false);
+        }
         for (slot, version) in self.writes.drain(..) {
             slot.kv.lock().unwrap_or_else(|p| p.into_inner()).settle(version, committed);
         }
@@ -351,6 +356,7 @@ pub fn run(
         let Writes { values: writes, found, .. } =
             std::mem::take(&mut *overlay.writes.lock().unwrap_or_else(|p| p.into_inner()));
         if !found.is_empty() {
+            slot.replica_turn.note_reads(found.keys());
             published.readers.push(slot.clone());
         }
         kv_read.extend(found.into_iter().map(|(key, found)| KvReadOf { plugin: name.clone(), key, found }));
@@ -409,7 +415,21 @@ pub fn doubt_kv(registry: &Registry, merchant: &str, chain: &[String]) {
 /// deleted since. That is one small query; before, the space was read whole whenever the
 /// store counted a change made elsewhere, which for replicas taking turns on one plugin was
 /// after a third of their steps (bench/RESULTS.md, thirty-second and thirty-fifth looks).
+/// With replicas contending for the space, first holds this replica's turn on it, and then
+/// tells it what the read found ([`crate::replica_turn`]).
 fn ensure_loaded(registry: &Registry, handle: &Handle, slot: &Slot) -> Result<(), StoreError> {
+    let store = registry.store();
+    if !store.shares_kv() {
+        return read_space(registry, handle, slot);
+    }
+    slot.replica_turn.before_run(slot, store.as_ref(), handle);
+    let read = read_space(registry, handle, slot);
+    slot.replica_turn.after_read(&slot.kv.lock().unwrap_or_else(|p| p.into_inner()));
+    read
+}
+
+/// [`ensure_loaded`]'s read of the store: what changed, or the whole space.
+fn read_space(registry: &Registry, handle: &Handle, slot: &Slot) -> Result<(), StoreError> {
     let space = || slot.kv.lock().unwrap_or_else(|p| p.into_inner());
     let store = registry.store();
     let refresh = space().begin_refresh();

@@ -66,6 +66,8 @@ pub struct KvSpace {
     /// The versions stale answers forgot, as ranges, the latest last; only the last
     /// [`STALE_RANGES`] are kept.
     stale_ranges: VecDeque<RangeInclusive<i64>>,
+    /// Versions published whose steps have not answered yet ([`KvSpace::all_answered`]).
+    unanswered: usize,
 }
 
 /// How many ranges of forgotten versions a space keeps. A step answers within seconds, so an
@@ -113,6 +115,11 @@ impl KvSpace {
     /// What runs read.
     pub fn values(&self) -> &KvMap {
         &self.values
+    }
+
+    /// This gateway's number, on its runs' writes.
+    pub fn writer(&self) -> i64 {
+        self.writer
     }
 
     /// The write the value under `key` came from; `None` when the key is absent.
@@ -236,6 +243,7 @@ impl KvSpace {
     /// A run's `writes` become visible to the next runs; the version they are committed under.
     pub fn publish(&mut self, writes: &HashMap<String, Vec<u8>>) -> i64 {
         self.version += 1;
+        self.unanswered += 1;
         for (key, value) in writes {
             self.values.insert(key.clone(), value.clone());
             self.stamps.insert(key.clone(), KvStamp { version: self.version, writer: self.writer });
@@ -243,6 +251,13 @@ impl KvSpace {
             self.pending.insert(key.clone(), pending);
         }
         self.version
+    }
+
+    /// Whether every step that committed writes published here has answered (each publish is
+    /// settled once, [`KvSpace::settle`] or [`KvSpace::settle_stale`]): what this gateway wrote
+    /// is then in the store, or known not to be.
+    pub fn all_answered(&self) -> bool {
+        self.unanswered == 0
     }
 
     /// The step that wrote under `version` was stale: a key its run read had been changed
@@ -263,6 +278,7 @@ impl KvSpace {
     /// other's). Forgetting their writes again made the next runs stale in turn
     /// (bench/RESULTS.md, thirty-seventh look).
     pub fn settle_stale(&mut self, version: i64) {
+        self.unanswered = self.unanswered.saturating_sub(1);
         if self.stale_ranges.iter().any(|r| r.contains(&version)) {
             return;
         }
@@ -295,6 +311,7 @@ impl KvSpace {
     /// The step that committed the writes of `version` has its answer: `committed`, or not (the
     /// writes are then forgotten, and the space loaded again before the next run).
     pub fn settle(&mut self, version: i64, committed: bool) {
+        self.unanswered = self.unanswered.saturating_sub(1);
         let loading = self.loading > 0;
         self.pending.retain(|_, p| {
             if p.version != version {
@@ -483,6 +500,20 @@ mod tests {
         );
         assert_eq!(value(&space, "count").as_deref(), Some("1"), "the earlier run's is still committing");
         space.settle(earlier, true);
+    }
+
+    #[test]
+    fn every_published_steps_answer_counts_once_toward_all_answered() {
+        let mut space = loaded(vec![]);
+        assert!(space.all_answered(), "nothing published");
+        let committed = space.publish(&writes("a", "1"));
+        let stale = space.publish(&writes("a", "2"));
+        let failed = space.publish(&writes("b", "3"));
+        space.settle(committed, true);
+        space.settle_stale(stale);
+        assert!(!space.all_answered(), "run {failed}'s step has not answered");
+        space.settle(failed, false);
+        assert!(space.all_answered());
     }
 
     /// Regression (each stale answer of the runs an earlier answer forgot forgot again the runs

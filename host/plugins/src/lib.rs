@@ -20,6 +20,7 @@
 pub mod canary;
 pub mod chain;
 pub mod registry;
+pub mod replica_turn;
 mod scheduler;
 pub mod stats;
 pub mod trial;

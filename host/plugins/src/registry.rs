@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::canary::{CanaryVersion, Watch};
 use super::kv_space::KvSpace;
+use super::replica_turn::ReplicaTurn;
 use super::run_log::RunLog;
 use super::stats::{VersionFigures, VersionStats};
 use super::{Kv, Limits, LoadError, LoadedPlugin, Runtime, Trial, WarmInstance};
@@ -138,6 +139,8 @@ pub struct Slot {
     pub kv: Mutex<KvSpace>,
     /// Held for a whole run: runs of one plugin are serialized.
     pub(super) turn: Mutex<()>,
+    /// Its runs' turns with other replicas' on its kv space, while they contend for it.
+    pub replica_turn: ReplicaTurn,
     /// Serializes changes (upload, rollback, delete) to this slot.
     changing: tokio::sync::Mutex<()>,
     /// The version taking a share of events beside the active one, while a canary runs.
@@ -173,6 +176,24 @@ pub struct PluginCounts {
     /// Steps run again because another replica changed a kv key this plugin's run read before
     /// the step committed (its writes, if any, thrown away): each is an event that ran again.
     pub kv_conflicts: Counter,
+    /// Turns taken on its kv space with other replicas ([`crate::replica_turn`]).
+    pub kv_turns: TurnCounts,
+}
+
+/// Turns taken on a plugin's kv space: at once, and after waiting for another replica's.
+#[derive(Default)]
+pub struct TurnCounts {
+    /// Taken at once: nobody held the turn.
+    pub at_once: Counter,
+    /// Taken after another replica gave it up.
+    pub waited: Counter,
+}
+
+impl TurnCounts {
+    /// Counts a turn taken, after a wait or not.
+    pub fn inc(&self, waited: bool) {
+        if waited { &self.waited } else { &self.at_once }.inc();
+    }
 }
 
 /// The failures of one reason since the gateway started, and the latest one.
@@ -204,6 +225,7 @@ impl Default for PluginCounts {
             kv_loads: Counter::default(),
             kv_refreshes: Counter::default(),
             kv_conflicts: Counter::default(),
+            kv_turns: TurnCounts::default(),
         }
     }
 }
@@ -414,6 +436,7 @@ impl Registry {
                 active: RwLock::new(None),
                 kv: Mutex::new(KvSpace::of_writer(registry.store.kv_writer())),
                 turn: Mutex::new(()),
+                replica_turn: ReplicaTurn::default(),
                 changing: tokio::sync::Mutex::new(()),
                 canary: RwLock::new(None),
                 watch: Mutex::new(Watch::new(1, 0)),

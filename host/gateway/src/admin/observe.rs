@@ -233,6 +233,19 @@ impl Admin {
                 );
             }
             for s in &slots {
+                let turns = &s.counts.kv_turns;
+                for (waited, counter) in [("false", &turns.at_once), ("true", &turns.waited)] {
+                    if counter.get() > 0 {
+                        page.counter(
+                            "payflow_edge_plugin_kv_turns_total",
+                            "Turns a replica took on a plugin's kv space while other replicas contended for it, at once or after waiting for another's.",
+                            &[("merchant", &s.merchant), ("plugin", &s.name), ("waited", waited)],
+                            counter.get(),
+                        );
+                    }
+                }
+            }
+            for s in &slots {
                 page.histogram(
                     "payflow_edge_plugin_duration_seconds",
                     "Wall-clock time of one plugin run, instantiation included.",
