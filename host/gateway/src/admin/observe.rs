@@ -3,6 +3,7 @@
 //! changes anything, and never shows a merchant's token another merchant's series.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -14,7 +15,8 @@ use super::{visible, Admin, Scope};
 use crate::answer::Outcome;
 use crate::http::{self, Reply};
 use payflow_delivery::Upstream;
-use payflow_metrics::{Exposition, CONTENT_TYPE as METRICS_TYPE};
+use payflow_metrics::{Counter, Exposition, CONTENT_TYPE as METRICS_TYPE};
+use payflow_plugins::registry::{PluginCounts, Slot};
 use payflow_store::{Backlog, QueueDepth, StoreError};
 
 /// The verification failure reasons, so that each has a series from the start (a rate over
@@ -212,18 +214,14 @@ impl Admin {
                     }
                 }
             }
-            for s in &slots {
-                for (read, counter) in [("whole", &s.counts.kv_loads), ("changes", &s.counts.kv_refreshes)] {
-                    if counter.get() > 0 {
-                        page.counter(
-                            "payflow_edge_plugin_kv_reads_total",
-                            "Reads of a plugin's kv space from the store: whole, or only what other replicas changed since the last read.",
-                            &[("merchant", &s.merchant), ("plugin", &s.name), ("read", read)],
-                            counter.get(),
-                        );
-                    }
-                }
-            }
+            per_slot(
+                &mut page,
+                &slots,
+                "payflow_edge_plugin_kv_reads_total",
+                "Reads of a plugin's kv space from the store: whole, or only what other replicas changed since the last read.",
+                "read",
+                |c| [("whole", &c.kv_loads), ("changes", &c.kv_refreshes)],
+            );
             for s in slots.iter().filter(|s| s.counts.kv_conflicts.get() > 0) {
                 page.counter(
                     "payflow_edge_plugin_kv_conflicts_total",
@@ -232,19 +230,14 @@ impl Admin {
                     s.counts.kv_conflicts.get(),
                 );
             }
-            for s in &slots {
-                let turns = &s.counts.kv_turns;
-                for (waited, counter) in [("false", &turns.at_once), ("true", &turns.waited)] {
-                    if counter.get() > 0 {
-                        page.counter(
-                            "payflow_edge_plugin_kv_turns_total",
-                            "Turns a replica took on a plugin's kv space while other replicas contended for it, at once or after waiting for another's.",
-                            &[("merchant", &s.merchant), ("plugin", &s.name), ("waited", waited)],
-                            counter.get(),
-                        );
-                    }
-                }
-            }
+            per_slot(
+                &mut page,
+                &slots,
+                "payflow_edge_plugin_kv_turns_total",
+                "Turns a replica took on a plugin's kv space while other replicas contended for it, at once or after waiting for another's.",
+                "waited",
+                |c| [("false", &c.kv_turns.at_once), ("true", &c.kv_turns.waited)],
+            );
             for s in &slots {
                 page.histogram(
                     "payflow_edge_plugin_duration_seconds",
@@ -374,4 +367,24 @@ impl Admin {
 /// Milliseconds as the seconds Prometheus expects.
 fn seconds(ms: i64) -> f64 {
     ms as f64 / 1000.0
+}
+
+/// One counter family over the plugins' `slots`: per slot, a sample for each value of `label`
+/// whose counter (from `counters`) counted anything.
+fn per_slot<'s, const N: usize>(
+    page: &mut Exposition,
+    slots: &[&'s Arc<Slot>],
+    name: &'static str,
+    help: &str,
+    label: &str,
+    counters: impl Fn(&'s PluginCounts) -> [(&'static str, &'s Counter); N],
+) {
+    for s in slots {
+        for (value, counter) in counters(&s.counts) {
+            if counter.get() > 0 {
+                let labels = [("merchant", &s.merchant[..]), ("plugin", &s.name[..]), (label, value)];
+                page.counter(name, help, &labels, counter.get());
+            }
+        }
+    }
 }
