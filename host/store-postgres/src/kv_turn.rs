@@ -1,7 +1,8 @@
 //! Replicas' turns on a plugin's kv space ([`payflow_store::KvTurn`]): a session-level advisory
 //! lock of the space's own (not the one its step batches take, [`space_lock`]), held on a
 //! connection of the pool for as long as the turn lasts, and given up by an unlock on that same
-//! connection before it goes back to the pool.
+//! connection before it goes back to the pool. The lock and the unlock are statements the
+//! connection keeps prepared: one round trip each.
 //!
 //! It must never leave a pooled connection holding the lock: a connection whose unlock failed
 //! is detached from the pool and closed, which ends its session and so its locks.
@@ -13,7 +14,7 @@ use payflow_store::{KvTurn, StoreError};
 use tokio_postgres::error::SqlState;
 
 use crate::step_record::space_lock;
-use crate::{unavailable, PostgresStore};
+use crate::{query_opt, unavailable, PostgresStore};
 
 /// How long a replica waits for another's turn on a space before it runs without one. A turn
 /// lasts a few tens of milliseconds; a wait this long means the holder is stuck (its database
@@ -42,8 +43,9 @@ pub(crate) async fn take(
     };
     let lock = turn_lock(merchant, plugin);
     let client = store.client().await?;
-    let at_once: bool =
-        client.query_one("SELECT pg_try_advisory_lock($1)", &[&lock]).await.map_err(unavailable)?.get(0);
+    let at_once =
+        query_opt(&client, "SELECT pg_try_advisory_lock($1)", &[&lock]).await.map_err(unavailable)?;
+    let at_once = at_once.is_some_and(|r| r.get::<_, bool>(0));
     if !at_once {
         // A session lock taken inside a transaction outlives it; the transaction bounds the wait.
         let wait = format!(
@@ -62,8 +64,8 @@ pub(crate) async fn take(
     let (tell_given_up, given_up) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let _ = tokio::time::timeout(hold_at_most, released).await;
-        let unlocked = client.query_one("SELECT pg_advisory_unlock($1)", &[&lock]).await;
-        if !matches!(unlocked.map(|r| r.get::<_, bool>(0)), Ok(true)) {
+        let unlocked = query_opt(&client, "SELECT pg_advisory_unlock($1)", &[&lock]).await;
+        if !matches!(unlocked.map(|r| r.map(|r| r.get::<_, bool>(0))), Ok(Some(true))) {
             tracing::debug!("a kv turn's unlock failed; its connection is closed instead");
             drop(Object::take(client));
         }
