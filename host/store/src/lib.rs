@@ -1172,11 +1172,12 @@ pub trait PluginStore: Send + Sync + 'static {
     }
 
     /// Takes this gateway's turn on a plugin's key-value space ([`KvTurn`]), waiting while
-    /// another gateway holds it, but not for long: `None` when the wait ran out (the caller runs
-    /// without a turn). A gateway asks only while its steps on the space keep finding keys
-    /// changed by another ([`StepRecorded::Stale`]). The default is for a store one gateway
-    /// owns: nobody to take turns with.
-    /// The store gives the turn up by itself after `hold_at_most`, dropped or not.
+    /// another gateway holds it, but not for long: `None` when the wait ran out, or when this
+    /// gateway already holds as many turns as the store allows (the caller runs without one).
+    /// The store gives the turn up by itself after `hold_at_most`, dropped or not. A gateway
+    /// asks only while its steps on the space keep finding keys changed by another
+    /// ([`StepRecorded::Stale`]). The default is for a store one gateway owns: nobody to take
+    /// turns with.
     async fn kv_turn(
         &self,
         _merchant: &str,
