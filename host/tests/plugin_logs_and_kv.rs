@@ -250,6 +250,92 @@ fn each_run_read_the_last_runs_total(app: &Upstream, sent: usize) {
     assert_eq!(totals, (1..=sent).collect::<Vec<_>>(), "each run read the last run's total");
 }
 
+/// Regression (a total built on a failed step's write, on SQLite): a run reads the plugin's
+/// last run's writes before that run's step commits. When a later plugin of the chain then
+/// failed that step, its write was never applied, yet the step that read it committed a total
+/// built on it: the ledger counted an event it never finished. Shown with a plugin after the
+/// ledger that fails one event slowly, while another event's ledger run reads its total. That
+/// step is now stale, and runs again on the total as stored. On PostgreSQL too.
+#[tokio::test(flavor = "multi_thread")]
+async fn regression_a_total_built_on_a_failed_steps_kv_write_is_run_again_without_it() {
+    a_total_built_on_a_failed_steps_kv_write_is_run_again_without_it(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgres_a_total_built_on_a_failed_steps_kv_write_is_run_again_without_it() {
+    let pg = TestServer::start();
+    a_total_built_on_a_failed_steps_kv_write_is_run_again_without_it(Some(&pg.database("kv_failed_write")))
+        .await;
+}
+
+async fn a_total_built_on_a_failed_steps_kv_write_is_run_again_without_it(url: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let app = Upstream::start().await;
+    let mut config = support::two_merchants_config(
+        &dir.path().join("db"),
+        &app.url(),
+        r#"plugins = ["ledger", "late-failure"]"#,
+    ) + &format!(
+        r#"
+[[plugin]]
+name = "ledger"
+merchant = "acme"
+path = "{}"
+[[plugin]]
+name = "late-failure"
+merchant = "acme"
+path = "{}"
+timeout_ms = 10000
+config = {{ sleep_ms = "1500" }}
+[plugins]
+workers = 4
+"#,
+        guests().join("ledger.wasm").display(),
+        guests().join("late_failure.wasm").display()
+    );
+    if let Some(url) = url {
+        config = on_postgres(&config, url);
+    }
+    let gw = Gateway::start(dir.path(), &config);
+    let ledger_runs = || async {
+        let m = support::metrics(&gw).await;
+        let ours =
+            |k: &String| k.starts_with("payflow_edge_plugin_runs_total{") && k.contains("plugin=\"ledger\"");
+        m.iter().filter(|(k, _)| ours(k)).map(|(_, v)| *v).sum::<f64>()
+    };
+
+    send(&gw, "evt_doomed", 100).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while ledger_runs().await < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "the ledger never ran on evt_doomed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The ledger has added 100 for evt_doomed, which late-failure holds for 1.5 s, then fails.
+    send(&gw, "evt_fine", 1).await;
+    app.wait_for(WAIT, "evt_fine", |r| r.len() == 1).await;
+    let fine = app.received().into_iter().next().unwrap();
+    assert_eq!(fine.event_id, "evt_fine");
+    assert_eq!(fine.header("x-ledger-total"), Some("1 PKR"), "evt_doomed's 100 was never applied");
+    assert_eq!(stored_total(&gw).await, 1);
+    let (_, doomed) =
+        support::admin_get(&client(), &gw.admin_url("/api/events/evt_doomed"), ACME_TOKEN).await;
+    let error = doomed["plugin_step"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("evt_doomed is doomed"), "{doomed}");
+
+    // The ledger goes on from the stored total, whatever evt_doomed's retries do meanwhile.
+    send(&gw, "evt_after", 2).await;
+    app.wait_for(WAIT, "evt_after", |r| r.len() == 2).await;
+    let after = app.received().into_iter().find(|r| r.event_id == "evt_after").unwrap();
+    assert_eq!(after.header("x-ledger-total"), Some("3 PKR"));
+    let m = support::metrics(&gw).await;
+    let conflicts: f64 = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("payflow_edge_plugin_kv_conflicts_total{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(conflicts >= 1.0, "evt_fine's step ran again: {m:?}");
+}
+
 /// A repair of a plugin's kv through the admin API at `url` (`…/kv/KEY`): deleted, or not there.
 async fn repair(url: String) {
     let answer = client().delete(url).bearer_auth(ACME_TOKEN).send().await.unwrap();

@@ -10,7 +10,10 @@
 //! of their runs' order leave the latest run's value. The caller settles them with the step's
 //! answer ([`Published::settle`]). If a later plugin fails, or the commit does, the plugins'
 //! spaces are read again from the store: a failed step leaves no trace in the store but its
-//! record (a run that overlapped it may have seen its writes).
+//! record. A run that overlapped it may have seen its writes: each run notes the write every key
+//! it read came from, and its step commits only while the store holds those writes
+//! ([`StepRecorded::Stale`](payflow_store::StepRecorded::Stale) else, and it runs again), so
+//! nothing built on a write never applied is kept, whichever store.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -176,19 +179,16 @@ impl std::fmt::Debug for Published {
 }
 
 /// Runs `version` of the plugin in `slot` on `event` once, over a fresh view of its kv space
-/// (`loaded`: whether the space was loaded for it; `shared`: whether other gateways write to
-/// it, so what the run reads is noted); the view, the run and when it began.
+/// (`loaded`: whether the space was loaded for it); the view, the run and when it began.
 fn run_once(
     slot: &Arc<Slot>,
     version: &Version,
     event: &Event,
     loaded: bool,
-    shared: bool,
 ) -> (Arc<Overlay>, Run, Instant) {
     let overlay = Arc::new(Overlay {
         slot: slot.clone(),
         loaded,
-        shared,
         missed: AtomicBool::new(false),
         writes: Mutex::default(),
     });
@@ -211,8 +211,6 @@ struct Overlay {
     /// Whether the space was loaded for this run. If not, the run is stopped at its first kv
     /// call and marked `missed`, to be made again with the space loaded.
     loaded: bool,
-    /// Whether other gateways write to the space: then `Writes::found` is kept.
-    shared: bool,
     missed: AtomicBool,
     writes: Mutex<Writes>,
 }
@@ -250,7 +248,7 @@ impl Kv for Overlay {
             return Some(v.clone());
         }
         let space = self.slot.kv.lock().unwrap_or_else(|p| p.into_inner());
-        if self.shared && !writes.found.contains_key(key) {
+        if !writes.found.contains_key(key) {
             writes.found.insert(key.to_string(), space.stamp(key));
         }
         space.values().get(key).cloned()
@@ -284,7 +282,6 @@ pub fn run(
     let mut runs = Vec::new();
     let mut kv = Vec::new();
     let mut kv_read = Vec::new();
-    let shared = registry.store().shares_kv();
     let mut body: Option<Bytes> = None;
     let mut headers: Vec<(String, String)> = Vec::new();
     let mut forwards: Vec<NewDelivery> = Vec::new();
@@ -323,13 +320,13 @@ pub fn run(
             }
         }
         let event = Event::of(&input.event, body.as_ref().unwrap_or(&input.event.body));
-        let (mut overlay, mut run, mut started) = run_once(&slot, &version, &event, load_first, shared);
+        let (mut overlay, mut run, mut started) = run_once(&slot, &version, &event, load_first);
         if overlay.missed.load(Ordering::Relaxed) {
             version.mark_uses_kv();
             if let Err(e) = ensure_loaded(registry, handle, &slot) {
                 return failed(runs, published, format!("{name}: store_unavailable: {e}"));
             }
-            (overlay, run, started) = run_once(&slot, &version, &event, true, shared);
+            (overlay, run, started) = run_once(&slot, &version, &event, true);
         }
         let checked = run
             .result

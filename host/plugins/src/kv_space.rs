@@ -21,9 +21,11 @@
 //!
 //! Each value here carries the write it came from ([`KvStamp`]): a loaded one its stored stamp,
 //! one of this gateway's runs its version and this gateway's number. A run that reads a key
-//! notes that stamp, and with a shared store its step commits only while the key still holds
-//! that write (`StepRecorded::Stale` otherwise): the doubt above only saves loads, it cannot
-//! see a change that lands between a run and its commit.
+//! notes that stamp, and its step commits only while the key still holds that write
+//! (`StepRecorded::Stale` otherwise): the doubt above only saves loads, it cannot see a change
+//! that lands between a run and its commit; and even with one gateway, a run may read a write
+//! published here whose step then never applies it (a later plugin failed, the event was
+//! replayed).
 //!
 //! It must never do I/O or wait on anything: the chain loads from the store outside its lock.
 

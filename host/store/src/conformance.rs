@@ -1221,19 +1221,17 @@ pub async fn a_kv_space_changed_by_own_steps_is_unchanged_and_by_a_repair_is_rea
     assert_eq!(other.map(|r| r.entries), Some(Vec::new()), "per plugin");
 }
 
-/// With gateways sharing the store, a step is recorded only while every kv key its runs read
-/// holds what they found ([`PluginStep::kv_read`]): a step that read a key another gateway (or
-/// a repair) wrote or deleted since, or found absent a key written since, is answered
-/// [`StepRecorded::Stale`] and leaves nothing behind: no kv write, no run, no delivery, its
-/// event and step row as they were, due to run again. Two steps of one gateway in one batch,
-/// the second reading the first's write, both commit, whichever reached the store first. A
-/// store one gateway owns has no other writer and is never asked.
+/// A step is recorded only while every kv key its runs read holds what they found
+/// ([`PluginStep::kv_read`]): a step that read a key another gateway (or a repair) wrote or
+/// deleted since, found absent a key written since, or read a write of this gateway's that was
+/// never applied (its step failed or was set aside), is answered [`StepRecorded::Stale`] and
+/// leaves nothing behind: no kv write, no run, no delivery, its event and step row as they
+/// were, due to run again. Two steps of one gateway in one batch, the second reading the
+/// first's write, both commit, whichever reached the store first. A store one gateway owns is
+/// held to it too: its runs read writes before their steps commit.
 pub async fn a_step_whose_runs_read_a_kv_key_changed_since_is_stale_and_records_nothing(
     store: Arc<dyn Store>,
 ) {
-    if !store.shares_kv() {
-        return;
-    }
     let me = store.kv_writer();
     let read =
         |key: &str, found: Option<KvStamp>| KvReadOf { plugin: "ledger".into(), key: key.into(), found };
@@ -1276,7 +1274,8 @@ pub async fn a_step_whose_runs_read_a_kv_key_changed_since_is_stale_and_records_
     let total_1 = KvStamp { version: 1, writer: me };
     assert_eq!(stored().await, [("total".into(), "5".into(), total_1)]);
 
-    // Another gateway's step read the same absent key: stale, and nothing of it is recorded.
+    // Another step read the same absent key (another gateway's, or one run before the first
+    // wrote): stale, and nothing of it is recorded.
     let k = key("acme", "/wh", "evt_kv_late");
     let late = PluginStep {
         kv: vec![write("total", "7", 1)],
@@ -1321,13 +1320,21 @@ pub async fn a_step_whose_runs_read_a_kv_key_changed_since_is_stale_and_records_
     }
     assert_eq!(stored().await, [("total".into(), "21".into(), KvStamp { version: 4, writer: me })]);
 
-    // A read of an earlier write of this gateway, or of a key repaired since: stale.
+    // A read of an earlier write of this gateway, of one never applied (a later run's, whose
+    // step failed), or of a key repaired since: stale.
     let behind = PluginStep {
         kv: vec![write("total", "30", 5)],
         kv_read: vec![read("total", ours(3))],
         ..new_step("evt_kv_behind").await
     };
     assert_eq!(store.finish_plugin_step(behind).await.unwrap(), StepRecorded::Stale);
+    let on_a_failed_write = PluginStep {
+        kv: vec![write("total", "40", 6)],
+        kv_read: vec![read("total", ours(5))],
+        ..new_step("evt_kv_on_a_failed_write").await
+    };
+    assert_eq!(store.finish_plugin_step(on_a_failed_write).await.unwrap(), StepRecorded::Stale);
+    assert_eq!(stored().await, [("total".into(), "21".into(), KvStamp { version: 4, writer: me })]);
     assert!(store.delete_kv("acme", "ledger", "total").await.unwrap());
     let repaired = PluginStep {
         kv: vec![write("total", "22", 5)],

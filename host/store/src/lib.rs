@@ -621,9 +621,10 @@ pub struct KvStamp {
 }
 
 /// A key a step's run read, and what it found there: the write its value came from, or
-/// nothing. With gateways sharing the store, the step commits only while every key its runs
-/// read still holds what they found ([`StepRecorded::Stale`]), so a run never writes over a
-/// change it did not see.
+/// nothing. The step commits only while every key its runs read still holds what they found
+/// ([`StepRecorded::Stale`]), so a run never writes over a change it did not see (another
+/// gateway's, a repair), nor builds on a write that was never applied (a run reads the last
+/// run's writes before their step commits, and that step may fail or be set aside).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvReadOf {
     /// Plugin name.
@@ -731,8 +732,8 @@ pub struct PluginStep {
     pub runs: Vec<PluginRunInfo>,
     /// kv writes, applied with the step. The chain gives none for a step that failed.
     pub kv: Vec<KvWrite>,
-    /// What its runs read from kv, when gateways share the store (else empty): the step is
-    /// recorded only while those keys still hold what the runs found.
+    /// What its runs read from kv (each key once, with what the first read found): the step
+    /// is recorded only while those keys still hold what the runs found.
     pub kv_read: Vec<KvReadOf>,
     /// The event's status after the step.
     pub status: EventStatus,
@@ -759,10 +760,12 @@ pub enum StepRecorded {
     /// Its event was replayed (or its claim passed to another reader) since it began: only its
     /// runs were kept, and the replay's own step decides.
     SetAside,
-    /// A key its runs read ([`PluginStep::kv_read`]) was written by another since: nothing of
-    /// the step was recorded, and its step row is as it was. Its caller runs the step again
-    /// on the space as stored now; recorded, the step would have overwritten a change its runs
-    /// never saw (two replicas adding to one total, each from the same old value).
+    /// A key its runs read ([`PluginStep::kv_read`]) holds another write than they found:
+    /// nothing of the step was recorded, and its step row is as it was. Its caller runs the
+    /// step again on the space as stored now. Recorded, the step would have overwritten a
+    /// change its runs never saw (two replicas adding to one total, each from the same old
+    /// value; a repair), or kept a value built on a write never applied (a ledger's total
+    /// counting an event whose step failed after the ledger ran).
     Stale,
 }
 
@@ -1153,8 +1156,10 @@ pub trait PluginStore: Send + Sync + 'static {
     /// first run of a plugin that uses kv after each of its steps when gateways share the
     /// store: before, the whole space was read again. `keys` are those the gateway's copy may
     /// hold another value of (written by runs whose steps were [`StepRecorded::Stale`]). The
-    /// default is for a store one gateway owns: nobody else writes to it, that gateway's
-    /// repairs drop its copy of the space themselves, and it answers no step stale.
+    /// default is for a store one gateway owns: nobody else writes to it, and that gateway's
+    /// repairs drop its copy of the space themselves. Its steps are stale only when built on a
+    /// write of its own that was never applied, which is rare: then `keys` are read with the
+    /// whole space.
     async fn kv_changed_since(
         &self,
         _merchant: &str,

@@ -36,9 +36,9 @@ use super::{
     settled_status, AdminQueries, Amount, Attempt, AttemptInfo, AttemptOutcome, Backlog, Canary,
     CommitObserver, DeliveryInfo, DeliveryQueue, DueCursor, DueDelivery, DueStep, Event, EventDetail,
     EventFilter, EventKey, EventSeq, EventStatus, EventSummary, HeldKey, Hop, Ingest, Inserted, KvEntry,
-    Lifecycle, NewEvent, NewPluginVersion, PluginHistory, PluginRunInfo, PluginStep, PluginStore,
-    PluginVersionInfo, QueueDepth, QuotaExceeded, StepInfo, StepRecorded, StoreError, StoredPlugin,
-    VersionBounds,
+    KvReadOf, KvStamp, Lifecycle, NewEvent, NewPluginVersion, PluginHistory, PluginRunInfo, PluginStep,
+    PluginStore, PluginVersionInfo, QueueDepth, QuotaExceeded, StepInfo, StepRecorded, StoreError,
+    StoredPlugin, VersionBounds,
 };
 use payflow_config::StoreConfig;
 
@@ -944,6 +944,30 @@ fn key_of(key: &EventKey) -> (&str, &str, &str) {
     (&key.merchant, &key.scope, &key.id)
 }
 
+/// Whether every key a plugin step's runs read (of `merchant`'s plugins) still holds the write
+/// they found. Nobody else writes here, yet a read can still be wrong: a run reads the writes of
+/// the plugin's last run before that run's step commits, and that step may never apply them
+/// (a later plugin of its chain failed, its commit failed, or its event was replayed while it
+/// ran and it was set aside); a repair may have deleted the key since. A step built on such a
+/// read is stale. A primary-key lookup per key read, in the writer's transaction, so checked
+/// and written with nothing between them.
+fn reads_hold(conn: &Connection, merchant: &str, reads: &[KvReadOf]) -> rusqlite::Result<bool> {
+    if reads.is_empty() {
+        return Ok(true);
+    }
+    let mut now = conn
+        .prepare_cached("SELECT version FROM plugin_kv WHERE merchant = ?1 AND plugin = ?2 AND key = ?3")?;
+    for read in reads {
+        let version: Option<i64> =
+            now.query_row(params![merchant, read.plugin, read.key], |r| r.get(0)).optional()?;
+        // This store stamps every write with writer 0 (`PluginStore::kv_writer`).
+        if version.map(|version| KvStamp { version, writer: 0 }) != read.found {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// What an attempt's outcome changes about its event, by [`settled_status`]: a retry leaves
 /// the delivery pending, which changes nothing; a dead delivery settles the event. A delivered
 /// one, the outcome of nearly every attempt, is the rule's "delivered once all are", which
@@ -1293,6 +1317,9 @@ impl DeliveryQueue for SqliteStore {
                     .prepare_cached(concat!("SELECT ", seq_of_key!()))?
                     .query_row(params![merchant, scope, id], |r| r.get(0))?,
             };
+            if !reads_hold(conn, merchant, &step.kv_read)? {
+                return Ok(StepRecorded::Stale);
+            }
             let took = conn
                 .prepare_cached(concat!(
                     "UPDATE plugin_steps
