@@ -10,6 +10,7 @@
 //! replay. The stage never sends and never queues a delivery: delivery is the next step's job.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -392,7 +393,11 @@ impl PluginStage {
             routes,
             claimed_until_ms,
         };
-        let recorded = self.store.finish_plugin_step(record).await;
+        // Written after the steps whose writes its runs read, so it finds them in the store.
+        published.after_the_writes_read().await;
+        let recorded =
+            handed_on_first_poll(self.store.finish_plugin_step(record), || published.handed_to_the_store())
+                .await;
         // The next run reads the plugins' kv spaces from the store again when the writes made
         // visible in memory were not committed, and, with replicas sharing the store, when the
         // store says another has written since (asked by the first run after each step).
@@ -426,6 +431,21 @@ impl PluginStage {
     pub fn stop(&self) {
         self.scheduler.stop();
     }
+}
+
+/// Awaits `store_write` (a store's write), calling `handed` once it was first polled: the
+/// stores take a write's place among theirs on its first poll (`DeliveryQueue::finish_plugin_step`).
+async fn handed_on_first_poll<T>(store_write: impl Future<Output = T>, handed: impl FnOnce()) -> T {
+    let mut store_write = std::pin::pin!(store_write);
+    let mut handed = Some(handed);
+    std::future::poll_fn(|cx| {
+        let poll = store_write.as_mut().poll(cx);
+        if let Some(handed) = handed.take() {
+            handed();
+        }
+        poll
+    })
+    .await
 }
 
 /// How long an event whose plugin has no version yet waits before it looks again, after

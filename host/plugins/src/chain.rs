@@ -127,6 +127,9 @@ impl ChainResult {
 #[must_use = "settle it with the step's answer"]
 pub struct Published {
     writes: Vec<(Arc<Slot>, i64)>,
+    /// The writes of other steps, not handed to the store yet, that these runs read
+    /// ([`KvSpace::unsent`](crate::kv_space::KvSpace::unsent)).
+    leans_on: Vec<(Arc<Slot>, i64)>,
     /// The plugins whose runs read kv: a stale answer counts a conflict against them
     /// ([`PluginCounts::kv_conflicts`](crate::registry::PluginCounts::kv_conflicts)), a read
     /// of theirs changed, whether or not their run wrote (the ledger writes nothing for an event
@@ -153,6 +156,7 @@ impl Published {
         }
         for (slot, version) in self.writes.drain(..) {
             slot.kv.lock().unwrap_or_else(|p| p.into_inner()).settle_stale(version);
+            slot.handed.notify_waiters();
         }
     }
 
@@ -162,6 +166,35 @@ impl Published {
         }
         for (slot, version) in self.writes.drain(..) {
             slot.kv.lock().unwrap_or_else(|p| p.into_inner()).settle(version, committed);
+            slot.handed.notify_waiters();
+        }
+    }
+
+    /// Waits until every step whose writes these runs read has been handed to the store, or
+    /// answered (it failed before): handed to the store after them, this step is written after
+    /// them, and finds their writes there. Those steps' runs came first, so they never wait for
+    /// this one.
+    pub async fn after_the_writes_read(&self) {
+        for (slot, version) in &self.leans_on {
+            loop {
+                let handed = slot.handed.notified();
+                let mut handed = std::pin::pin!(handed);
+                // Woken by any hand-off from now on, so none between the look and the wait is missed.
+                handed.as_mut().enable();
+                if !slot.kv.lock().unwrap_or_else(|p| p.into_inner()).is_unsent(*version) {
+                    break;
+                }
+                handed.await;
+            }
+        }
+    }
+
+    /// The step is handed to the store (its place among the store's writes is taken): the steps
+    /// whose runs read its writes may follow it ([`Published::after_the_writes_read`]).
+    pub fn handed_to_the_store(&self) {
+        for (slot, version) in &self.writes {
+            slot.kv.lock().unwrap_or_else(|p| p.into_inner()).handed_to_the_store(*version);
+            slot.handed.notify_waiters();
         }
     }
 }
@@ -223,6 +256,9 @@ struct Writes {
     /// The keys it read from the space (not its own writes), each with the write it found
     /// there first.
     found: HashMap<String, Option<KvStamp>>,
+    /// Of those writes, the versions of this gateway's whose steps were not handed to the
+    /// store yet ([`KvSpace::unsent`](crate::kv_space::KvSpace::unsent)).
+    leans_on: Vec<i64>,
 }
 
 impl Overlay {
@@ -249,7 +285,9 @@ impl Kv for Overlay {
         }
         let space = self.slot.kv.lock().unwrap_or_else(|p| p.into_inner());
         if !writes.found.contains_key(key) {
-            writes.found.insert(key.to_string(), space.stamp(key));
+            let found = space.stamp(key);
+            writes.leans_on.extend(space.unsent(found));
+            writes.found.insert(key.to_string(), found);
         }
         space.values().get(key).cloned()
     }
@@ -350,8 +388,9 @@ pub fn run(
                 return failed(runs, published, format!("{name}: {failure}"));
             }
         };
-        let Writes { values: writes, found, .. } =
+        let Writes { values: writes, found, leans_on, .. } =
             std::mem::take(&mut *overlay.writes.lock().unwrap_or_else(|p| p.into_inner()));
+        published.leans_on.extend(leans_on.into_iter().map(|version| (slot.clone(), version)));
         if !found.is_empty() {
             slot.replica_turn.note_reads(found.keys());
             published.readers.push(slot.clone());

@@ -29,7 +29,7 @@
 //!
 //! It must never do I/O or wait on anything: the chain loads from the store outside its lock.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::RangeInclusive;
 
 use payflow_store::{KvChanges, KvRead, KvStamp};
@@ -70,6 +70,10 @@ pub struct KvSpace {
     stale_ranges: VecDeque<RangeInclusive<i64>>,
     /// Versions published whose steps have not answered yet ([`KvSpace::all_answered`]).
     unanswered: usize,
+    /// Versions published whose steps have not been handed to the store yet
+    /// ([`KvSpace::handed_to_the_store`]): a step whose run read one of them goes to the store
+    /// after it ([`KvSpace::unsent`]).
+    unsent: BTreeSet<i64>,
 }
 
 /// How many ranges of forgotten versions a space keeps. A step answers within seconds, so an
@@ -246,6 +250,7 @@ impl KvSpace {
     pub fn publish(&mut self, writes: &HashMap<String, Vec<u8>>) -> i64 {
         self.version += 1;
         self.unanswered += 1;
+        self.unsent.insert(self.version);
         for (key, value) in writes {
             self.values.insert(key.clone(), value.clone());
             self.stamps.insert(key.clone(), KvStamp { version: self.version, writer: self.writer });
@@ -253,6 +258,27 @@ impl KvSpace {
             self.pending.insert(key.clone(), pending);
         }
         self.version
+    }
+
+    /// The step that commits the writes of `version` has been handed to the store: a step
+    /// handed to it later is written after it.
+    pub fn handed_to_the_store(&mut self, version: i64) {
+        self.unsent.remove(&version);
+    }
+
+    /// The version of the write `found` (a run's read of a key: [`KvSpace::stamp`]) when it is
+    /// one of this gateway's whose step has not been handed to the store yet. The store writes
+    /// steps in the order they are handed to it, and checks what each step's runs read against
+    /// what it holds then: a step that read such a write and overtook the step that made it
+    /// would find that write missing, and run again for nothing. (With a ledger on one hot key
+    /// on SQLite, half the steps did: bench/RESULTS.md, thirty-ninth look.)
+    pub fn unsent(&self, found: Option<KvStamp>) -> Option<i64> {
+        found.filter(|s| s.writer == self.writer && self.is_unsent(s.version)).map(|s| s.version)
+    }
+
+    /// Whether the step that commits the writes of `version` has yet to be handed to the store.
+    pub fn is_unsent(&self, version: i64) -> bool {
+        self.unsent.contains(&version)
     }
 
     /// Whether every step that committed writes published here has answered (each publish is
@@ -281,6 +307,7 @@ impl KvSpace {
     /// (bench/RESULTS.md, thirty-seventh look).
     pub fn settle_stale(&mut self, version: i64) {
         self.unanswered = self.unanswered.saturating_sub(1);
+        self.unsent.remove(&version);
         if self.stale_ranges.iter().any(|r| r.contains(&version)) {
             return;
         }
@@ -314,6 +341,8 @@ impl KvSpace {
     /// writes are then forgotten, and the space loaded again before the next run).
     pub fn settle(&mut self, version: i64, committed: bool) {
         self.unanswered = self.unanswered.saturating_sub(1);
+        // A step dropped or failed before it reached the store never will.
+        self.unsent.remove(&version);
         let loading = self.loading > 0;
         self.pending.retain(|_, p| {
             if p.version != version {
@@ -516,6 +545,23 @@ mod tests {
         assert!(!space.all_answered(), "run {failed}'s step has not answered");
         space.settle(failed, false);
         assert!(space.all_answered());
+    }
+
+    #[test]
+    fn a_write_is_unsent_until_its_step_is_handed_to_the_store_or_answered() {
+        let mut space = loaded(vec![entry("old", "1", 3)]);
+        let handed = space.publish(&writes("a", "1"));
+        let dropped = space.publish(&writes("b", "2"));
+        let (a, b) = (space.stamp("a"), space.stamp("b"));
+        assert_eq!((space.unsent(a), space.unsent(b)), (Some(handed), Some(dropped)));
+        assert_eq!(space.unsent(space.stamp("old")), None, "a loaded value is in the store");
+        assert_eq!(space.unsent(None), None);
+        let elsewhere = KvStamp { version: handed, writer: space.writer() + 1 };
+        assert_eq!(space.unsent(Some(elsewhere)), None, "another gateway's write of the same number");
+        space.handed_to_the_store(handed);
+        assert_eq!(space.unsent(a), None);
+        space.settle(dropped, false);
+        assert_eq!(space.unsent(b), None, "a step that never reaches the store is waited for no more");
     }
 
     /// Regression (each stale answer of the runs an earlier answer forgot forgot again the runs

@@ -141,6 +141,9 @@ pub struct Slot {
     pub(super) turn: Mutex<()>,
     /// Its runs' turns with other replicas' on its kv space, while they contend for it.
     pub replica_turn: ReplicaTurn,
+    /// Woken when steps whose writes are in `kv` are handed to the store or answered
+    /// ([`KvSpace::unsent`]).
+    pub handed: tokio::sync::Notify,
     /// Serializes changes (upload, rollback, delete) to this slot.
     changing: tokio::sync::Mutex<()>,
     /// The version taking a share of events beside the active one, while a canary runs.
@@ -437,6 +440,7 @@ impl Registry {
                 kv: Mutex::new(KvSpace::of_writer(registry.store.kv_writer())),
                 turn: Mutex::new(()),
                 replica_turn: ReplicaTurn::default(),
+                handed: tokio::sync::Notify::new(),
                 changing: tokio::sync::Mutex::new(()),
                 canary: RwLock::new(None),
                 watch: Mutex::new(Watch::new(1, 0)),

@@ -1096,6 +1096,12 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     /// Records a plugin step (see [`PluginStep`]). A step begun before its event was replayed
     /// keeps only its runs ([`takes_outcome!`]), and says so: the deliveries it decided were
     /// not created, and must not be sent.
+    ///
+    /// The step takes its place among the store's writes when the returned future is first
+    /// polled, and a step is checked ([`PluginStep::kv_read`]) and written after those that
+    /// took theirs before it (or beside them, in one batch that accounts for their writes): a
+    /// gateway hands a step to the store once the steps whose kv writes its runs read have
+    /// taken theirs, so it finds those writes there.
     async fn finish_plugin_step(&self, step: PluginStep) -> Result<StepRecorded, StoreError>;
 
     /// Pending deliveries (due now or later) to each of `upstreams`, by merchant; an upstream

@@ -944,173 +944,28 @@ fn key_of(key: &EventKey) -> (&str, &str, &str) {
     (&key.merchant, &key.scope, &key.id)
 }
 
-/// What the keys a plugin step's runs read ([`PluginStep::kv_read`]) hold now, against what
-/// the runs found ([`reads_now`]).
-enum Reads {
-    /// Every key holds the write the runs found.
-    Hold,
-    /// A key holds an earlier write (or none) than the one of this gateway's a run found there,
-    /// and none other changed: that write's step has not reached the store yet, or never will.
-    NotYetWritten,
-    /// A key holds another write than the runs found.
-    Changed,
-}
-
-/// What the keys a plugin step's runs read (of `merchant`'s plugins) hold now. Nobody else
-/// writes here, yet a read can still be wrong: a run reads the writes of the plugin's last run
-/// before that run's step commits, and that step may never apply them (a later plugin of its
-/// chain failed, its commit failed, or its event was replayed while it ran and it was set
-/// aside); a repair may have deleted the key since. A step built on such a read is stale. A
-/// primary-key lookup per key read, in the writer's transaction, so checked and written with
-/// nothing between them.
-fn reads_now(conn: &Connection, merchant: &str, reads: &[KvReadOf]) -> rusqlite::Result<Reads> {
+/// Whether every key a plugin step's runs read (of `merchant`'s plugins) still holds the write
+/// they found. Nobody else writes here, yet a read can still be wrong: a run reads the writes of
+/// the plugin's last run before that run's step commits, and that step may never apply them
+/// (a later plugin of its chain failed, its commit failed, or its event was replayed while it
+/// ran and it was set aside); a repair may have deleted the key since. A step built on such a
+/// read is stale. A primary-key lookup per key read, in the writer's transaction, so checked
+/// and written with nothing between them.
+fn reads_hold(conn: &Connection, merchant: &str, reads: &[KvReadOf]) -> rusqlite::Result<bool> {
     if reads.is_empty() {
-        return Ok(Reads::Hold);
+        return Ok(true);
     }
     let mut now = conn
         .prepare_cached("SELECT version FROM plugin_kv WHERE merchant = ?1 AND plugin = ?2 AND key = ?3")?;
-    let mut reads_now = Reads::Hold;
     for read in reads {
         let version: Option<i64> =
             now.query_row(params![merchant, read.plugin, read.key], |r| r.get(0)).optional()?;
         // This store stamps every write with writer 0 (`PluginStore::kv_writer`).
-        let held = version.map(|version| KvStamp { version, writer: 0 });
-        if held == read.found {
-            continue;
-        }
-        match (held, read.found) {
-            (held, Some(found)) if held.is_none_or(|held| held.version < found.version) => {
-                reads_now = Reads::NotYetWritten;
-            }
-            _ => return Ok(Reads::Changed),
+        if version.map(|version| KvStamp { version, writer: 0 }) != read.found {
+            return Ok(false);
         }
     }
-    Ok(reads_now)
-}
-
-/// How many times a plugin step goes to the writer when a write its runs read is not in the
-/// store yet (see [`record_step`]): it waits a batch each time, then is answered stale.
-const STEP_TRIES: u32 = 4;
-
-/// Records a plugin step, in the writer's transaction: `Some` with what became of it, or, if
-/// `may_wait`, `None` when a write of this gateway's that its runs read is not in the store yet,
-/// nothing of it written. A run reads the last run's writes at once, but the steps reach the
-/// writer in whatever order their tasks get there: the step that made that write is most
-/// likely a little behind, and is then in the store by the next batch. Answered stale at once,
-/// a step that only overtook the one it read ran again: half the steps of a ledger on one hot
-/// key did (bench/RESULTS.md, thirty-ninth look).
-fn record_step(
-    conn: &Connection,
-    step: &PluginStep,
-    may_wait: bool,
-) -> rusqlite::Result<Option<StepRecorded>> {
-    let (merchant, scope, id) = key_of(&step.key);
-    let (status, next_at_ms) = step.step.step_row();
-    let routes = step.routes.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default());
-    // The event's number: the step's own, or its key's (proxy mode's steps have none).
-    let seq: Option<i64> = match step.event_seq {
-        Some(seq) => Some(seq.0),
-        None => conn
-            .prepare_cached(concat!("SELECT ", seq_of_key!()))?
-            .query_row(params![merchant, scope, id], |r| r.get(0))?,
-    };
-    match reads_now(conn, merchant, &step.kv_read)? {
-        Reads::Hold => {}
-        Reads::NotYetWritten if may_wait => return Ok(None),
-        Reads::NotYetWritten | Reads::Changed => return Ok(Some(StepRecorded::Stale)),
-    }
-    let took =
-        conn.prepare_cached(concat!(
-            "UPDATE plugin_steps
-             SET status = ?4, attempts = ?5, next_attempt_at_ms = COALESCE(?6, next_attempt_at_ms),
-                 error = ?7, routes = ?8
-             WHERE event_seq = ?10 AND merchant = ?1 AND scope = ?2 AND event_id = ?3 AND ",
-            crate::takes_outcome!("next_attempt_at_ms", "?9")
-        ))?
-        .execute(params![
-            merchant,
-            scope,
-            id,
-            status,
-            step.number,
-            next_at_ms,
-            step.error,
-            routes,
-            step.at_ms,
-            seq
-        ])? > 0;
-    // Proxy mode's steps have no row (they run inside the sender's request); a row the step
-    // did not take was replayed since it began.
-    let replayed_since =
-        !took && conn.prepare_cached("SELECT 1 FROM plugin_steps WHERE event_seq = ?1")?.exists([seq])?;
-    let mut run = conn.prepare_cached(
-        "INSERT INTO plugin_runs (event_seq, merchant, scope, event_id, plugin, version, attempt, at_ms,
-                                  duration_us, fuel_used, outcome, detail, logs)
-         VALUES (?13, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-    )?;
-    for r in &step.runs {
-        let logs = serde_json::to_string(&r.logs).unwrap_or_else(|_| "[]".into());
-        run.execute(params![
-            merchant,
-            scope,
-            id,
-            r.plugin,
-            r.version,
-            r.attempt,
-            r.at_ms,
-            r.duration_us,
-            r.fuel_used as i64,
-            r.outcome,
-            r.detail,
-            logs,
-            seq
-        ])?;
-    }
-    if replayed_since {
-        // Only its runs are kept, as what ran: the replay's own run decides.
-        return Ok(Some(StepRecorded::SetAside));
-    }
-    if !step.kv.is_empty() {
-        let mut kv = conn.prepare_cached(
-            "INSERT INTO plugin_kv (merchant, plugin, key, value, version) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value, version = excluded.version
-             WHERE excluded.version >= plugin_kv.version",
-        )?;
-        for w in &step.kv {
-            kv.execute(params![merchant, w.plugin, w.key, w.value, w.version])?;
-        }
-    }
-    let mut add = conn.prepare_cached(concat!(
-        "INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
-                                 next_attempt_at_ms, body, headers)
-         VALUES (",
-        seq_of_key!(),
-        ", ?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?7)
-         ON CONFLICT (event_seq, upstream) DO UPDATE
-         SET status = 'pending', attempts = 0, next_attempt_at_ms = excluded.next_attempt_at_ms,
-             body = excluded.body, headers = excluded.headers",
-    ))?;
-    if !step.deliveries.is_empty() {
-        // A delivery the plugins route to again starts its count over.
-        file_latest_attempts(conn, &step.key)?;
-    }
-    for d in &step.deliveries {
-        let headers = (!d.headers.is_empty()).then(|| serde_json::to_string(&d.headers).unwrap_or_default());
-        add.execute(params![merchant, scope, id, d.upstream, step.at_ms, d.body.as_deref(), headers])?;
-    }
-    let tags = (!step.tags.is_empty()).then(|| serde_json::to_string(&step.tags).unwrap_or_default());
-    // The common case changes nothing about the event: a first attempt (ingress left it
-    // queued, without a reason) that continued, untagged.
-    let unchanged =
-        step.number == 1 && step.status == EventStatus::Queued && step.reason.is_none() && tags.is_none();
-    if !unchanged {
-        conn.prepare_cached(
-            "UPDATE events SET status = ?3, reason = ?4, tags = COALESCE(?5, tags)
-             WHERE merchant = ?1 AND scope = ?6 AND id = ?2",
-        )?
-        .execute(params![merchant, id, step.status.as_str(), step.reason, tags, scope])?;
-    }
-    Ok(Some(StepRecorded::Applied))
+    Ok(true)
 }
 
 /// What an attempt's outcome changes about its event, by [`settled_status`]: a retry leaves
@@ -1451,18 +1306,118 @@ impl DeliveryQueue for SqliteStore {
     }
 
     async fn finish_plugin_step(&self, step: PluginStep) -> Result<StepRecorded, StoreError> {
-        let step = Arc::new(step);
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let (this, may_wait) = (step.clone(), tries < STEP_TRIES);
-            let recorded = self
-                .write_with(Priority::Background(1), move |conn| record_step(conn, &this, may_wait))
-                .await?;
-            if let Some(recorded) = recorded {
-                return Ok(recorded);
+        self.write_with(Priority::Background(1), move |conn| {
+            let (merchant, scope, id) = key_of(&step.key);
+            let (status, next_at_ms) = step.step.step_row();
+            let routes = step.routes.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default());
+            // The event's number: the step's own, or its key's (proxy mode's steps have none).
+            let seq: Option<i64> = match step.event_seq {
+                Some(seq) => Some(seq.0),
+                None => conn
+                    .prepare_cached(concat!("SELECT ", seq_of_key!()))?
+                    .query_row(params![merchant, scope, id], |r| r.get(0))?,
+            };
+            if !reads_hold(conn, merchant, &step.kv_read)? {
+                return Ok(StepRecorded::Stale);
             }
-        }
+            let took = conn
+                .prepare_cached(concat!(
+                    "UPDATE plugin_steps
+                     SET status = ?4, attempts = ?5, next_attempt_at_ms = COALESCE(?6, next_attempt_at_ms),
+                         error = ?7, routes = ?8
+                     WHERE event_seq = ?10 AND merchant = ?1 AND scope = ?2 AND event_id = ?3 AND ",
+                    crate::takes_outcome!("next_attempt_at_ms", "?9")
+                ))?
+                .execute(params![
+                    merchant,
+                    scope,
+                    id,
+                    status,
+                    step.number,
+                    next_at_ms,
+                    step.error,
+                    routes,
+                    step.at_ms,
+                    seq
+                ])?
+                > 0;
+            // Proxy mode's steps have no row (they run inside the sender's request); a row the step
+            // did not take was replayed since it began.
+            let replayed_since = !took
+                && conn.prepare_cached("SELECT 1 FROM plugin_steps WHERE event_seq = ?1")?.exists([seq])?;
+            let mut run = conn.prepare_cached(
+                "INSERT INTO plugin_runs (event_seq, merchant, scope, event_id, plugin, version, attempt, at_ms,
+                                          duration_us, fuel_used, outcome, detail, logs)
+                 VALUES (?13, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?;
+            for r in &step.runs {
+                let logs = serde_json::to_string(&r.logs).unwrap_or_else(|_| "[]".into());
+                run.execute(params![
+                    merchant,
+                    scope,
+                    id,
+                    r.plugin,
+                    r.version,
+                    r.attempt,
+                    r.at_ms,
+                    r.duration_us,
+                    r.fuel_used as i64,
+                    r.outcome,
+                    r.detail,
+                    logs,
+                    seq
+                ])?;
+            }
+            if replayed_since {
+                // Only its runs are kept, as what ran: the replay's own run decides.
+                return Ok(StepRecorded::SetAside);
+            }
+            if !step.kv.is_empty() {
+                let mut kv = conn.prepare_cached(
+                    "INSERT INTO plugin_kv (merchant, plugin, key, value, version) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (merchant, plugin, key) DO UPDATE SET value = excluded.value, version = excluded.version
+                     WHERE excluded.version >= plugin_kv.version",
+                )?;
+                for w in &step.kv {
+                    kv.execute(params![merchant, w.plugin, w.key, w.value, w.version])?;
+                }
+            }
+            let mut add = conn.prepare_cached(concat!(
+                "INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
+                                         next_attempt_at_ms, body, headers)
+                 VALUES (",
+                seq_of_key!(),
+                ", ?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?7)
+                 ON CONFLICT (event_seq, upstream) DO UPDATE
+                 SET status = 'pending', attempts = 0, next_attempt_at_ms = excluded.next_attempt_at_ms,
+                     body = excluded.body, headers = excluded.headers",
+            ))?;
+            if !step.deliveries.is_empty() {
+                // A delivery the plugins route to again starts its count over.
+                file_latest_attempts(conn, &step.key)?;
+            }
+            for d in &step.deliveries {
+                let headers =
+                    (!d.headers.is_empty()).then(|| serde_json::to_string(&d.headers).unwrap_or_default());
+                add.execute(params![merchant, scope, id, d.upstream, step.at_ms, d.body.as_deref(), headers])?;
+            }
+            let tags = (!step.tags.is_empty()).then(|| serde_json::to_string(&step.tags).unwrap_or_default());
+            // The common case changes nothing about the event: a first attempt (ingress left it
+            // queued, without a reason) that continued, untagged.
+            let unchanged = step.number == 1
+                && step.status == EventStatus::Queued
+                && step.reason.is_none()
+                && tags.is_none();
+            if !unchanged {
+                conn.prepare_cached(
+                    "UPDATE events SET status = ?3, reason = ?4, tags = COALESCE(?5, tags)
+                     WHERE merchant = ?1 AND scope = ?6 AND id = ?2",
+                )?
+                .execute(params![merchant, id, step.status.as_str(), step.reason, tags, scope])?;
+            }
+            Ok(StepRecorded::Applied)
+        })
+        .await
     }
 
     async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<QueueDepth>, StoreError> {
@@ -2750,42 +2705,6 @@ mod tests {
         let active = store.active_plugin("acme", "p", "engine-a").await.unwrap().unwrap();
         assert_eq!(active.compiled, Some(vec![7; 4]));
         store.close().await;
-    }
-
-    /// Regression (half a hot key's steps run again): a run reads the last run's kv write
-    /// before that run's step commits, and the two steps reach the writer in whatever order
-    /// their tasks get there. A step that overtook the one whose write it read was answered
-    /// stale at once, and ran again. It now waits for that write for a few batches.
-    #[tokio::test(flavor = "multi_thread")]
-    async fn regression_a_step_that_overtook_the_step_whose_kv_write_it_read_is_applied_after_it() {
-        let (store, _dir) = open().await;
-        let total = |value: &str, version| crate::KvWrite {
-            plugin: "ledger".into(),
-            key: "total".into(),
-            value: value.into(),
-            version,
-        };
-        let read = |found: Option<i64>| crate::KvReadOf {
-            plugin: "ledger".into(),
-            key: "total".into(),
-            found: found.map(|version| crate::KvStamp { version, writer: 0 }),
-        };
-        let mut steps = Vec::new();
-        for (id, value, version, found) in [("evt_first", "5", 1, None), ("evt_second", "12", 2, Some(1))] {
-            let k = EventKey::new("acme", "/wh", id);
-            store.insert_event(crate::conformance::event(&k, 1, Some(Hop::Plugins))).await.unwrap();
-            steps.push(PluginStep {
-                kv: vec![total(value, version)],
-                kv_read: vec![read(found)],
-                ..crate::conformance::step(&k, 1, 1, AttemptOutcome::Delivered, &["legacy"])
-            });
-        }
-        let (second, first) = (steps.pop().unwrap(), steps.pop().unwrap());
-        // The second reaches the writer first.
-        let (second, first) = tokio::join!(store.finish_plugin_step(second), store.finish_plugin_step(first));
-        assert_eq!((second.unwrap(), first.unwrap()), (StepRecorded::Applied, StepRecorded::Applied));
-        let stored = store.load_kv("acme", "ledger").await.unwrap();
-        assert_eq!(stored, [KvEntry { key: "total".into(), value: "12".into(), version: 2, writer: 0 }]);
     }
 
     /// A database from before kv writes carried versions: its keys load as version 0, and the
