@@ -23,6 +23,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::runtime::Handle;
 
+use super::kv_space::KvSpace;
 use super::registry::{Slot, Version};
 use super::{check_quota, Action, Event, Failure, Kv, KvMap, KvQuotaExceeded, Outcome, Registry, Run};
 use payflow_store::{
@@ -171,20 +172,13 @@ impl Published {
     }
 
     /// Waits until every step whose writes these runs read has been handed to the store, or
-    /// answered (it failed before): handed to the store after them, this step is written after
-    /// them, and finds their writes there. Those steps' runs came first, so they never wait for
-    /// this one.
+    /// answered (it failed before), but no longer than [`HANDED_WITHIN`]: handed to the store
+    /// after them, this step is written after them, and finds their writes there.
     pub async fn after_the_writes_read(&self) {
+        let deadline = tokio::time::Instant::now() + HANDED_WITHIN;
         for (slot, version) in &self.leans_on {
-            loop {
-                let handed = slot.handed.notified();
-                let mut handed = std::pin::pin!(handed);
-                // Woken by any hand-off from now on, so none between the look and the wait is missed.
-                handed.as_mut().enable();
-                if !slot.kv.lock().unwrap_or_else(|p| p.into_inner()).is_unsent(*version) {
-                    break;
-                }
-                handed.await;
+            if !until_handed(&slot.kv, &slot.handed, *version, deadline).await {
+                return;
             }
         }
     }
@@ -195,6 +189,36 @@ impl Published {
         for (slot, version) in &self.writes {
             slot.kv.lock().unwrap_or_else(|p| p.into_inner()).handed_to_the_store(*version);
             slot.handed.notify_waiters();
+        }
+    }
+}
+
+/// How long a step waits for the steps whose kv writes its runs read to be handed to the store
+/// ([`Published::after_the_writes_read`]). Those steps' runs came first, and they are usually
+/// handed on within a millisecond; one whose chain goes on with slow plugins takes longer. But
+/// two steps may each have read the other's write (two endpoints of a merchant running the
+/// same two plugins in opposite orders), and then neither would ever be handed on. Past this,
+/// the step goes to the store as it is, and is stale if what it read is not there.
+const HANDED_WITHIN: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Waits until the step that commits the writes of `version` in `space` is handed to the store
+/// or answered (`handed` is woken each time one is), or until `deadline`: false then.
+async fn until_handed(
+    space: &Mutex<KvSpace>,
+    handed: &tokio::sync::Notify,
+    version: i64,
+    deadline: tokio::time::Instant,
+) -> bool {
+    loop {
+        let handed = handed.notified();
+        let mut handed = std::pin::pin!(handed);
+        // Woken by any hand-off from now on, so none between the look and the wait is missed.
+        handed.as_mut().enable();
+        if !space.lock().unwrap_or_else(|p| p.into_inner()).is_unsent(version) {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, handed).await.is_err() {
+            return false;
         }
     }
 }
@@ -584,5 +608,55 @@ fn record(
         outcome,
         detail,
         logs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn published_in(space: &Mutex<KvSpace>) -> i64 {
+        let writes = HashMap::from([("total".to_string(), b"1".to_vec())]);
+        space.lock().unwrap().publish(&writes)
+    }
+
+    #[tokio::test]
+    async fn a_step_waits_until_the_write_it_read_is_handed_to_the_store_or_answered() {
+        let space = Arc::new(Mutex::new(KvSpace::default()));
+        let handed = Arc::new(tokio::sync::Notify::new());
+        let (sent, failed) = (published_in(&space), published_in(&space));
+        let far = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        for (version, hand_on) in [(sent, true), (failed, false)] {
+            let waiting = {
+                let (space, handed) = (space.clone(), handed.clone());
+                tokio::spawn(async move { until_handed(&space, &handed, version, far).await })
+            };
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            assert!(!waiting.is_finished(), "version {version} waits");
+            if hand_on {
+                space.lock().unwrap().handed_to_the_store(version);
+            } else {
+                space.lock().unwrap().settle(version, false);
+            }
+            handed.notify_waiters();
+            assert!(waiting.await.unwrap(), "version {version} goes on");
+        }
+    }
+
+    /// Two steps that each read the other's write (two endpoints running the same two plugins
+    /// in opposite orders) would wait for each other for ever: each goes on after
+    /// `HANDED_WITHIN`, and the store decides.
+    #[tokio::test]
+    async fn steps_that_read_each_others_writes_go_on_after_a_while() {
+        let (a, b) = (Mutex::new(KvSpace::default()), Mutex::new(KvSpace::default()));
+        let (first_in_a, second_in_b) = (published_in(&a), published_in(&b));
+        let handed = tokio::sync::Notify::new();
+        let deadline = tokio::time::Instant::now() + HANDED_WITHIN;
+        let (first, second) = tokio::join!(
+            until_handed(&b, &handed, second_in_b, deadline),
+            until_handed(&a, &handed, first_in_a, deadline)
+        );
+        assert_eq!((first, second), (false, false));
+        assert!(tokio::time::Instant::now() >= deadline);
     }
 }
