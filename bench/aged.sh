@@ -15,6 +15,8 @@
 # PLUGIN=1: the queue-mode endpoint runs the amount-threshold example plugin (built by
 # scripts/build-plugins.sh, or PLUGIN_WASM), so the prefill and the queue burst go through
 # plugin steps and runs as well.
+# With PLUGIN, the queue burst also says how many plugin runs it made per event, and how many
+# steps were run again after a kv conflict (from the gateway's metrics, on an admin listener).
 # KV_FILL=N (with PLUGIN): before the bursts, the plugin's kv space is filled with N keys of
 # 900 bytes each (directly in the store, as a plugin that remembers many customers would have
 # it), so that what reading the space costs shows in the queue burst.
@@ -28,9 +30,16 @@ work="$bench_work"; hz=$(getconf CLK_TCK); n=20000
 bare=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$bare"; bare_pid=${bench_pids[-1]}
 edge=$(free_port)
 one_store aged
-edge_config "$edge" "$store" "$bare" > "$work/g.toml"
+token="bench-admin-token-0123456789"
+if [[ -n "${PLUGIN:-}" ]]; then
+  admin=$(free_port)
+  SERVER_EXTRA="[admin]
+listen = \"127.0.0.1:$admin\"
+token = \"$token\""
+fi
+SERVER_EXTRA="${SERVER_EXTRA:-}" edge_config "$edge" "$store" "$bare" > "$work/g.toml"
 start_edge "$edge_bin" "$work/g.toml" "$@"; pid=$edge_pid
-wait_port "$edge"; wait_port "$bare"
+wait_port "$edge"; wait_port "$bare"; [[ -z "${PLUGIN:-}" ]] || wait_port "$admin"
 filled=""
 if [[ -n "${KV_FILL:-}" ]]; then
   fill_kv aged default amount-threshold "$KV_FILL"
@@ -52,6 +61,7 @@ sleep 0.5
 b_cpu=$(us_per_event "$t0" "$(proc_ticks "$bare_pid")" "$n")
 out="bare $b_cpu µs/request;"
 for path in stored queue; do
+  [[ -z "${PLUGIN:-}" ]] || read -r runs0 conflicts0 < <(plugin_runs "$admin" "$token")
   t0=$(proc_ticks "$pid"); d0=$(db_ticks); posted=$(delivered "$bare"); before=$(thread_ticks "$pid")
   t=$(date +%s.%N)
   line=$("$bin/loadgen" run --url "http://127.0.0.1:$edge/$path" --requests "$n" --ids "$ids" --label "$path")
@@ -64,6 +74,11 @@ for path in stored queue; do
   fi
   sleep 1 # the last commits and the pollers' idle rounds
   cpu=$(us_per_event "$t0" "$(proc_ticks "$pid")" "$n"); d1=$(db_ticks); after=$(thread_ticks "$pid")
+  if [[ $path != stored && -n "${PLUGIN:-}" ]]; then
+    # Read after the CPU, so that the metrics' own request is not counted in it.
+    read -r runs1 conflicts1 < <(plugin_runs "$admin" "$token")
+    pace="$pace, plugin runs/event $(python3 -c "print(round(($runs1 - $runs0) / $n, 3))"), kv conflicts $((conflicts1 - conflicts0))"
+  fi
   threads=$(join -a2 -e0 -o 0,1.2,2.2 <(sort <<<"$before") <(sort <<<"$after") |
     awk -v hz="$hz" -v n="$n" '{d=($3-$2)*1e6/hz/n; if (d >= 0.5) printf "%s %.0f, ", $1, d}' | sed 's/, $//')
   out="$out $path $cpu µs/event ($(python3 -c "print(round($cpu / $b_cpu, 2))")× bare)"

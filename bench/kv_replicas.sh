@@ -55,8 +55,7 @@ path = \"$wasm\"" SERVER_EXTRA="replica = \"r$r\"" \
     total=$(pg_psql -d "$db" -tAc "SELECT split_part(convert_from(value, 'UTF8'), E'\n', 1) FROM plugin_kv WHERE plugin = 'ledger'")
     runs=0
     for admin in "${admins[@]}"; do
-      runs=$(( runs + $(curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$admin/metrics" |
-        awk '/^payflow_edge_plugin_runs_total\{/ {s+=$2} END {printf "%d", s}') ))
+      runs=$(( runs + $(plugin_runs "$admin" "$token" | cut -d' ' -f1) ))
     done
     for p in "${gws[@]}"; do kill "$p"; done
     echo "| $round | $(basename "$b") | $(us_per_event "$t0" "$t1" "$n") | $(us_per_event "$d0" "$d1" "$n") |" \

@@ -151,6 +151,13 @@ thread_ticks() {
     echo "${name// /_} $((f[11] + f[12]))"
   done | awk '{t[$1]+=$2} END {for (k in t) print k, t[k]}'
 }
+# plugin_runs ADMIN_PORT TOKEN: "RUNS CONFLICTS", the gateway's plugin runs so far and how many
+# of its steps were run again after a kv conflict (payflow_edge_plugin_runs_total and
+# payflow_edge_plugin_kv_conflicts_total, every plugin).
+plugin_runs() {
+  curl -s -H "Authorization: Bearer $2" "http://127.0.0.1:$1/metrics" |
+    awk '/^payflow_edge_plugin_runs_total\{/ {r+=$2} /^payflow_edge_plugin_kv_conflicts_total\{/ {c+=$2} END {printf "%d %d\n", r, c}'
+}
 # commit_seconds ADMIN_PORT TOKEN: "sum count" of the gateway's payflow_edge_store_commit_seconds.
 commit_seconds() {
   curl -s -H "Authorization: Bearer $2" "http://127.0.0.1:$1/metrics" |
