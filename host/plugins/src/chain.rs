@@ -172,7 +172,7 @@ impl Published {
     }
 
     /// Waits until every step whose writes these runs read has been handed to the store, or
-    /// answered (it failed before), but no longer than [`HANDED_WITHIN`]: handed to the store
+    /// answered (it failed before), but no longer than 100 ms (`HANDED_WITHIN`): handed to the store
     /// after them, this step is written after them, and finds their writes there.
     pub async fn after_the_writes_read(&self) {
         let deadline = tokio::time::Instant::now() + HANDED_WITHIN;
