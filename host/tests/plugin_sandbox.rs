@@ -74,6 +74,22 @@ fn hostile_plugins_fail_with_the_reason_named() {
     assert!(text(&run_plugin("panic", &[])).contains("plugin bug on evt_plugin_1"));
 }
 
+/// A run's kv reads are bounded: each is checked against the store when its step commits, on
+/// the writer every merchant shares, and nothing but fuel bounded them (one merchant's loop
+/// could hold that writer for seconds per event). The thousandth read is allowed; the next
+/// stops the run, naming the limit and the fix. The same limit holds in the gateway.
+#[test]
+fn a_plugin_reading_kv_past_the_limit_per_run_is_stopped_with_a_reason() {
+    let within = run_plugin("kv_scan", &["--config", "reads=1000"]);
+    assert!(within.status.success(), "{}", text(&within));
+    assert!(text(&within).contains("outcome: continue"), "{}", text(&within));
+    let past = run_plugin("kv_scan", &["--config", "reads=1001"]);
+    assert_eq!(past.status.code(), Some(1), "{}", text(&past));
+    let out = text(&past);
+    assert!(out.contains("plugin run failed: trap: kv_reads: a run may read kv at most 1000 times"), "{out}");
+    assert!(out.contains("keep what one event needs under fewer keys"), "{out}");
+}
+
 #[test]
 fn a_spinning_plugin_with_fuel_to_spare_is_stopped_by_its_deadline() {
     let output = run_plugin("spin", &["--fuel", "100000000000000", "--timeout-ms", "200"]);

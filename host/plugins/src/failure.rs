@@ -79,6 +79,8 @@ pub(crate) fn classify(error: &wasmtime::Error, memory_denied: bool) -> Failure 
         _ if memory_denied => Failure::MemoryExhausted,
         _ if error.is::<PoolConcurrencyLimitError>() => Failure::PoolBusy,
         Some(trap) => Failure::Trap(trap.to_string()),
-        None => Failure::Trap(truncate(format!("{error:#}"), MAX_MESSAGE_BYTES)),
+        // A host function's refusal (a limit): its own words, not the wasm backtrace wasmtime
+        // wraps it in, which would push them past what an operator reads first.
+        None => Failure::Trap(truncate(error.root_cause().to_string(), MAX_MESSAGE_BYTES)),
     }
 }

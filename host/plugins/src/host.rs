@@ -11,7 +11,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::clocks::{FixedWallClock, ProcessClock};
-use crate::kv::Kv;
+use crate::kv::{Kv, MAX_READS_PER_RUN};
 use crate::limits::MemoryCap;
 use crate::log_stream::CappedOutput;
 use crate::output::LOG_LINE_OVERHEAD;
@@ -35,6 +35,8 @@ pub(crate) struct RunState {
     pub(crate) config: HashMap<String, String>,
     pub(crate) kv: Arc<dyn Kv>,
     pub(crate) kv_quota: usize,
+    /// `kv-get` calls the run may still make ([`crate::kv::MAX_READS_PER_RUN`]).
+    pub(crate) kv_reads_left: usize,
     pub(crate) logs: Vec<LogLine>,
     pub(crate) log_room: usize,
     pub(crate) logs_dropped_bytes: usize,
@@ -98,6 +100,11 @@ impl bindings::payflow::plugin::host::Host for RunState {
 
     fn kv_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
         self.kv_available()?;
+        self.kv_reads_left = self.kv_reads_left.checked_sub(1).ok_or_else(|| {
+            wasmtime::Error::msg(format!(
+                "kv_reads: a run may read kv at most {MAX_READS_PER_RUN} times (keep what one event needs under fewer keys)"
+            ))
+        })?;
         Ok(self.kv.get(&key))
     }
 

@@ -84,6 +84,7 @@ impl LoadedPlugin {
             config: config.clone(),
             kv,
             kv_quota: limits.kv_bytes,
+            kv_reads_left: crate::kv::MAX_READS_PER_RUN,
             logs: Vec::new(),
             log_room: limits.log_bytes,
             logs_dropped_bytes: 0,
@@ -139,7 +140,7 @@ impl WarmInstance {
     }
 }
 
-/// Gives the store a fresh fuel budget, deadline and log allowance for one run.
+/// Gives the store a fresh fuel budget, deadline, log allowance and kv reads for one run.
 pub(crate) fn arm(store: &mut Store<RunState>, limits: &Limits) {
     let _ = store.set_fuel(limits.fuel);
     let ticks = limits.timeout.as_micros().div_ceil(EPOCH_TICK.as_micros()).max(1) as u64;
@@ -152,6 +153,7 @@ pub(crate) fn arm(store: &mut Store<RunState>, limits: &Limits) {
     state.log_room = limits.log_bytes;
     state.logs_dropped_bytes = 0;
     state.logs_dropped_lines = 0;
+    state.kv_reads_left = crate::kv::MAX_READS_PER_RUN;
 }
 
 pub(crate) fn call(

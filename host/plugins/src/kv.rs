@@ -67,6 +67,15 @@ impl FromIterator<(String, Vec<u8>)> for KvMap {
     }
 }
 
+/// How many `kv-get` calls one run may make; the next one stops the run (a trap naming this
+/// limit). Nothing else bounds them but fuel: a run reading a million distinct keys is one
+/// loop. Each key a run reads is noted and checked against the store when its step commits,
+/// one lookup per key on the writer every merchant's acknowledgements share (SQLite), or in
+/// the batch's one query (PostgreSQL): unbounded, one merchant's plugin could hold that writer
+/// for seconds per event. A thousand keeps a step's check to a millisecond or two, and is
+/// far more than an event needs (the ledger reads one key).
+pub const MAX_READS_PER_RUN: usize = 1_000;
+
 /// A write that would take a plugin's key-value space over its quota; what the guest's
 /// `kv-set` gets back as its error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
