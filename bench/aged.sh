@@ -14,7 +14,8 @@
 # database server's CPU per event added to each burst.
 # PLUGIN=1: the queue-mode endpoint runs the amount-threshold example plugin (built by
 # scripts/build-plugins.sh, or PLUGIN_WASM), so the prefill and the queue burst go through
-# plugin steps and runs as well.
+# plugin steps and runs as well (PLUGIN_WASM and PLUGIN_CONFIG: another plugin, another config).
+# EVENTS=N: each burst has N events instead of 20,000.
 # With PLUGIN, the queue burst also says how many plugin runs it made per event, and how many
 # steps were run again after a kv conflict (from the gateway's metrics, on an admin listener).
 # KV_FILL=N (with PLUGIN): before the bursts, the plugin's kv space is filled with N keys of
@@ -26,7 +27,7 @@ source bench/lib.sh
 build_release
 [[ -z "${PLUGIN:-}" ]] || through_the_example_plugin
 prefill="${1:-300000}"; ids="${2:-random}"; edge_bin="${3:-$bin/payflow-edge}"; shift 3 || shift $#
-work="$bench_work"; hz=$(getconf CLK_TCK); n=20000
+work="$bench_work"; hz=$(getconf CLK_TCK); n="${EVENTS:-20000}"
 bare=$(free_port); start_bg "$bin/loadgen" bare --listen "127.0.0.1:$bare"; bare_pid=${bench_pids[-1]}
 edge=$(free_port)
 one_store aged

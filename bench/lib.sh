@@ -101,16 +101,17 @@ proc_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 # us_per_event TICKS_BEFORE TICKS_AFTER EVENTS: the CPU time between, in µs per event.
 us_per_event() { python3 -c "print(round(($2 - $1) * 1e6 / $(getconf CLK_TCK) / $3, 1))"; }
 # through_the_example_plugin: the /queue endpoint of edge_config runs the amount-threshold
-# example plugin (built by scripts/build-plugins.sh unless BENCH_NO_BUILD, or $PLUGIN_WASM), so
-# its events go through plugin steps and runs ($QUEUE_EXTRA).
+# example plugin (built by scripts/build-plugins.sh unless BENCH_NO_BUILD, or $PLUGIN_WASM, with
+# the config table $PLUGIN_CONFIG), so its events go through plugin steps and runs ($QUEUE_EXTRA).
 through_the_example_plugin() {
   [[ -n "${BENCH_NO_BUILD:-}" ]] || scripts/build-plugins.sh >&2
   local wasm="${PLUGIN_WASM:-$CARGO_TARGET_DIR/guests/wasm32-wasip2/release/amount_threshold.wasm}"
+  local config='{ min_amount = "1000" }'
   QUEUE_EXTRA="plugins = [\"amount-threshold\"]
 [[plugin]]
 name = \"amount-threshold\"
 path = \"$wasm\"
-config = { min_amount = \"1000\" }"
+config = ${PLUGIN_CONFIG:-$config}"
 }
 # one_store NAME: sets $store to a gateway config's store line: a SQLite file NAME.db in
 # $bench_work, or with PG set, a new database NAME on a throw-away PostgreSQL (start_postgres).
