@@ -72,8 +72,11 @@ impl FromIterator<(String, Vec<u8>)> for KvMap {
 /// loop. Each key a run reads is noted and checked against the store when its step commits,
 /// one lookup per key on the writer every merchant's acknowledgements share (SQLite), or in
 /// the batch's one query (PostgreSQL): unbounded, one merchant's plugin could hold that writer
-/// for seconds per event. A thousand keeps a step's check to a millisecond or two, and is
-/// far more than an event needs (the ledger reads one key).
+/// for seconds per event. At a thousand the check took the writer ~0.3 ms per step, less than
+/// the run's own reads took its plugin thread, which the scheduler shares fairly; at 20,000 it
+/// took 6 ms, and every acknowledgement waited behind it (bench/RESULTS.md, thirty-ninth
+/// look). It is also what edge runtimes allow a function's key-value calls (Cloudflare Workers:
+/// 1,000 per invocation), and far more than an event needs: the ledger reads one key.
 pub const MAX_READS_PER_RUN: usize = 1_000;
 
 /// A write that would take a plugin's key-value space over its quota; what the guest's
