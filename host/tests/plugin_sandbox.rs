@@ -74,20 +74,30 @@ fn hostile_plugins_fail_with_the_reason_named() {
     assert!(text(&run_plugin("panic", &[])).contains("plugin bug on evt_plugin_1"));
 }
 
-/// A run's kv reads are bounded: each is checked against the store when its step commits, on
-/// the writer every merchant shares, and nothing but fuel bounded them (one merchant's loop
-/// could hold that writer for seconds per event). The thousandth read is allowed; the next
-/// stops the run, naming the limit and the fix. The same limit holds in the gateway.
+/// A run's kv reads and writes are bounded: each read is checked and each write applied when
+/// the step commits, on the writer every merchant shares, and nothing bounded the reads but
+/// fuel, nor the writes but the quota's bytes (one merchant's loop could hold that writer for
+/// seconds per event). The thousandth call is allowed; the next read stops the run, the next
+/// write is refused (the guest gets the refusal, as for its quota), each naming the limit and
+/// the fix. The gateway's runs share this code.
 #[test]
-fn a_plugin_reading_kv_past_the_limit_per_run_is_stopped_with_a_reason() {
-    let within = run_plugin("kv_scan", &["--config", "reads=1000"]);
-    assert!(within.status.success(), "{}", text(&within));
-    assert!(text(&within).contains("outcome: continue"), "{}", text(&within));
-    let past = run_plugin("kv_scan", &["--config", "reads=1001"]);
-    assert_eq!(past.status.code(), Some(1), "{}", text(&past));
-    let out = text(&past);
-    assert!(out.contains("plugin run failed: trap: kv_reads: a run may read kv at most 1000 times"), "{out}");
-    assert!(out.contains("keep what one event needs under fewer keys"), "{out}");
+fn a_plugin_using_kv_past_the_limits_per_run_is_stopped_with_a_reason() {
+    for config in ["reads=1000", "writes=1000"] {
+        let within = run_plugin("kv_scan", &["--config", config]);
+        assert!(within.status.success(), "{config}: {}", text(&within));
+        assert!(text(&within).contains("outcome: continue"), "{config}: {}", text(&within));
+    }
+    let cases = [
+        ("reads=1001", "trap: kv_reads: a run may read kv at most 1000 times"),
+        ("writes=1001", "plugin_error: kv_writes: a run may write kv at most 1000 times"),
+    ];
+    for (config, reason) in cases {
+        let past = run_plugin("kv_scan", &["--config", config]);
+        assert_eq!(past.status.code(), Some(1), "{config}: {}", text(&past));
+        let out = text(&past);
+        assert!(out.contains(&format!("plugin run failed: {reason}")), "{config}: {out}");
+        assert!(out.contains("keep what one event needs under fewer keys"), "{config}: {out}");
+    }
 }
 
 #[test]

@@ -11,7 +11,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::clocks::{FixedWallClock, ProcessClock};
-use crate::kv::{Kv, MAX_READS_PER_RUN};
+use crate::kv::{Kv, MAX_READS_PER_RUN, MAX_WRITES_PER_RUN};
 use crate::limits::MemoryCap;
 use crate::log_stream::CappedOutput;
 use crate::output::LOG_LINE_OVERHEAD;
@@ -37,6 +37,8 @@ pub(crate) struct RunState {
     pub(crate) kv_quota: usize,
     /// `kv-get` calls the run may still make ([`crate::kv::MAX_READS_PER_RUN`]).
     pub(crate) kv_reads_left: usize,
+    /// `kv-set` calls the run may still make ([`crate::kv::MAX_WRITES_PER_RUN`]).
+    pub(crate) kv_writes_left: usize,
     pub(crate) logs: Vec<LogLine>,
     pub(crate) log_room: usize,
     pub(crate) logs_dropped_bytes: usize,
@@ -111,6 +113,12 @@ impl bindings::payflow::plugin::host::Host for RunState {
     // The WIT boundary: the guest gets the refusal as text.
     fn kv_set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
         self.kv_available()?;
+        let Some(left) = self.kv_writes_left.checked_sub(1) else {
+            return Ok(Err(format!(
+                "kv_writes: a run may write kv at most {MAX_WRITES_PER_RUN} times (keep what one event needs under fewer keys)"
+            )));
+        };
+        self.kv_writes_left = left;
         Ok(self.kv.set(&key, &value, self.kv_quota).map_err(|e| e.to_string()))
     }
 }

@@ -85,6 +85,7 @@ impl LoadedPlugin {
             kv,
             kv_quota: limits.kv_bytes,
             kv_reads_left: crate::kv::MAX_READS_PER_RUN,
+            kv_writes_left: crate::kv::MAX_WRITES_PER_RUN,
             logs: Vec::new(),
             log_room: limits.log_bytes,
             logs_dropped_bytes: 0,
@@ -140,7 +141,7 @@ impl WarmInstance {
     }
 }
 
-/// Gives the store a fresh fuel budget, deadline, log allowance and kv reads for one run.
+/// Gives the store a fresh fuel budget, deadline, log allowance and kv calls for one run.
 pub(crate) fn arm(store: &mut Store<RunState>, limits: &Limits) {
     let _ = store.set_fuel(limits.fuel);
     let ticks = limits.timeout.as_micros().div_ceil(EPOCH_TICK.as_micros()).max(1) as u64;
@@ -154,6 +155,7 @@ pub(crate) fn arm(store: &mut Store<RunState>, limits: &Limits) {
     state.logs_dropped_bytes = 0;
     state.logs_dropped_lines = 0;
     state.kv_reads_left = crate::kv::MAX_READS_PER_RUN;
+    state.kv_writes_left = crate::kv::MAX_WRITES_PER_RUN;
 }
 
 pub(crate) fn call(

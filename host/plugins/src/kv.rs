@@ -79,6 +79,13 @@ impl FromIterator<(String, Vec<u8>)> for KvMap {
 /// 1,000 per invocation), and far more than an event needs: the ledger reads one key.
 pub const MAX_READS_PER_RUN: usize = 1_000;
 
+/// How many `kv-set` calls one run may make; the next ones are refused (the guest gets the
+/// refusal, as for its quota). The quota bounds the space's bytes, not the writes: a plugin
+/// overwriting 20,000 one-byte keys on every event stays well within 1 MB, and each of those
+/// writes is an upsert on the store's writer, which took it 31 ms per event. A thousand took
+/// ~1.2 ms (bench/RESULTS.md, thirty-ninth look); the ledger writes one key.
+pub const MAX_WRITES_PER_RUN: usize = 1_000;
+
 /// A write that would take a plugin's key-value space over its quota; what the guest's
 /// `kv-set` gets back as its error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
