@@ -10,10 +10,11 @@ use hyper::StatusCode;
 use payflow_clock::Clock;
 use payflow_config::StoreConfig;
 use payflow_config::UpstreamConfig;
+use payflow_store::Store;
 use payflow_store::{
     AttemptOutcome, DueDelivery, Event, EventKey, EventSeq, EventStatus, Hop, Inserted, NewEvent,
 };
-use payflow_store::{SqliteStore, Store};
+use payflow_store_sqlite::SqliteStore;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -25,8 +25,9 @@ use payflow_telemetry::Telemetry;
 
 use crate::stage::{EndpointPlugins, PluginStage};
 use payflow_metrics::{Histogram, SECONDS_BUCKETS};
-use payflow_store::{CommitObserver, DueStep, SqliteStore, Store, StoreError};
+use payflow_store::{CommitObserver, DueStep, Store, StoreError};
 use payflow_store_postgres::{PostgresOptions, PostgresStore};
+use payflow_store_sqlite::SqliteStore;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]

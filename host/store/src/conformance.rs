@@ -72,7 +72,9 @@ fn key(merchant: &str, scope: &str, id: &str) -> EventKey {
     EventKey::new(merchant, scope, id)
 }
 
-pub(crate) fn event(key: &EventKey, at_ms: i64, first_hop: Option<Hop>) -> NewEvent {
+/// A new event of `key` received at `at_ms`, with a small JSON body and `first_hop` (stored
+/// without one, queued with one): what the checks and a backend's own tests insert.
+pub fn event(key: &EventKey, at_ms: i64, first_hop: Option<Hop>) -> NewEvent {
     NewEvent {
         event: Event {
             key: key.clone(),
@@ -110,8 +112,9 @@ fn run(attempt: u32, outcome: &str) -> PluginRunInfo {
     }
 }
 
-/// A plugin step that ran as `number` and ended as `step`, creating deliveries to `to`.
-pub(crate) fn step(k: &EventKey, number: u32, at_ms: i64, step: AttemptOutcome, to: &[&str]) -> PluginStep {
+/// A plugin step that ran as `number` and ended as `step`, creating deliveries to `to`: what
+/// the checks and a backend's own tests record.
+pub fn step(k: &EventKey, number: u32, at_ms: i64, step: AttemptOutcome, to: &[&str]) -> PluginStep {
     let failed = step != AttemptOutcome::Delivered;
     PluginStep {
         key: k.clone(),

@@ -1,8 +1,9 @@
 //! payflow-store: the durable store's contract, split by role ([`Ingest`], [`DeliveryQueue`],
-//! [`PluginStore`], [`AdminQueries`], [`Lifecycle`]; [`Store`] is all of them), the
-//! conformance suite every backend passes (`conformance`, feature `conformance`), and the
-//! embedded SQLite backend ([`SqliteStore`]), the only crate that links rusqlite, with its
-//! group commit's [`commit_delay`].
+//! [`PluginStore`], [`AdminQueries`], [`Lifecycle`]; [`Store`] is all of them), the rules and
+//! SQL both backends share ([`settled_status`], [`takes_outcome!`], [`ordering`]), and the
+//! conformance suite every backend passes (`conformance`, feature `conformance`). The backends
+//! are crates of their own: `payflow-store-sqlite` (embedded) and `payflow-store-postgres`
+//! (replicas). This crate links no database.
 //!
 //! What the store promises: a write that returns `Ok` is on disk (fsync'd) — the gateway
 //! acknowledges a webhook only after it; de-duplication by [`EventKey`] (merchant, scope, event
@@ -13,16 +14,11 @@
 
 #![forbid(unsafe_code)]
 
-pub mod commit_delay;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod ordering;
-mod sqlite;
-mod wal_prefill;
 
 use std::sync::Arc;
-
-pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -74,7 +74,8 @@ mod tests {
     use payflow_config::StoreConfig;
 
     use super::*;
-    use crate::{Lifecycle, SqliteStore};
+    use crate::SqliteStore;
+    use payflow_store::Lifecycle;
 
     fn config(dir: &Path, mib: u64) -> StoreConfig {
         StoreConfig {
