@@ -13,6 +13,6 @@ pub struct AdminConfig {
     pub token: String,
 }
 
-pub(crate) fn default_admin_listen() -> String {
+fn default_admin_listen() -> String {
     "127.0.0.1:9090".into()
 }

@@ -499,6 +499,6 @@ impl Config {
     }
 }
 
-pub(crate) fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value.parse().map_err(|_| invalid(key, format!("{value:?} is not an address such as 127.0.0.1:8080")))
 }

@@ -136,10 +136,10 @@ impl EndpointConfig {
     }
 }
 
-pub(crate) fn default_scheme() -> String {
+fn default_scheme() -> String {
     "payflow".into()
 }
-pub(crate) fn default_tolerance() -> u64 {
+fn default_tolerance() -> u64 {
     payflow_verify::DEFAULT_TOLERANCE_SECS
 }
 

@@ -38,7 +38,7 @@ pub enum ConfigError {
 }
 
 /// For a config file that is not there: where to start one.
-pub(crate) fn missing_file_hint(error: &std::io::Error) -> &'static str {
+fn missing_file_hint(error: &std::io::Error) -> &'static str {
     if error.kind() == std::io::ErrorKind::NotFound {
         " (start from the example: copy payflow-edge.example.toml from the repository to this \
          path and edit it; `payflow-edge demo` runs without one)"

@@ -47,22 +47,22 @@ pub struct PluginConfig {
     pub config: BTreeMap<String, String>,
 }
 
-pub(crate) fn default_fuel() -> u64 {
+fn default_fuel() -> u64 {
     100_000_000
 }
-pub(crate) fn default_plugin_timeout() -> u64 {
+fn default_plugin_timeout() -> u64 {
     1_000
 }
-pub(crate) fn default_memory_mb() -> u64 {
+fn default_memory_mb() -> u64 {
     32
 }
-pub(crate) fn default_output_bytes() -> usize {
+fn default_output_bytes() -> usize {
     1 << 20
 }
-pub(crate) fn default_log_bytes() -> usize {
+fn default_log_bytes() -> usize {
     16 << 10
 }
-pub(crate) fn default_kv_bytes() -> usize {
+fn default_kv_bytes() -> usize {
     1 << 20
 }
 

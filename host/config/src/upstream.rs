@@ -45,7 +45,7 @@ pub struct BreakerConfig {
     pub cool_down_ms: u64,
 }
 
-pub(crate) fn default_cool_down() -> u64 {
+fn default_cool_down() -> u64 {
     30_000
 }
 
@@ -146,18 +146,18 @@ impl UpstreamConfig {
     }
 }
 
-pub(crate) fn default_timeout() -> u64 {
+fn default_timeout() -> u64 {
     5_000
 }
-pub(crate) fn default_attempts() -> u32 {
+fn default_attempts() -> u32 {
     8
 }
-pub(crate) fn default_concurrency() -> usize {
+fn default_concurrency() -> usize {
     16
 }
-pub(crate) fn default_retry_base() -> u64 {
+fn default_retry_base() -> u64 {
     1_000
 }
-pub(crate) fn default_retry_max() -> u64 {
+fn default_retry_max() -> u64 {
     3_600_000
 }

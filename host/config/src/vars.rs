@@ -45,7 +45,7 @@ impl Config {
 
 /// Replaces each `${NAME}` with the variable's value; an unset variable is an error naming
 /// both the key and the variable. `$$` is no escape: values with `${` are rare in secrets.
-pub(crate) fn expand_vars(
+fn expand_vars(
     key: &str,
     value: &mut String,
     env: &impl Fn(&str) -> Option<String>,

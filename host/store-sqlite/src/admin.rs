@@ -33,9 +33,9 @@ pub(crate) fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventSummary>
 }
 
 /// How many columns [`SUMMARY_COLUMNS`] names.
-pub(crate) const SUMMARY_WIDTH: usize = 11;
+const SUMMARY_WIDTH: usize = 11;
 /// The last column is the body, for its [`Amount`], when it is small enough to look into.
-pub(crate) const SUMMARY_COLUMNS: &str = concat!(
+const SUMMARY_COLUMNS: &str = concat!(
     "merchant, id, endpoint, event_type, ",
     payflow_store::event_status!(),
     ", reason, received_at_ms, tags, scope, forced_by, CASE WHEN length(body) <= 65536 THEN body END"
@@ -295,7 +295,7 @@ impl AdminQueries for SqliteStore {
     }
 }
 
-pub(crate) fn held_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<HeldKey> {
+fn held_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<HeldKey> {
     let status: String = r.get(4)?;
     Ok(HeldKey {
         merchant: r.get(0)?,

@@ -12,7 +12,7 @@ use rusqlite::Connection;
 /// How often WAL frames are copied back into the database file. SQLite's automatic
 /// checkpoint would do it inside a commit on the writer thread, stalling every request in
 /// that batch; a PASSIVE checkpoint on its own connection never blocks the writer.
-pub(crate) const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The WAL size (in frames, a page each) past which the writer is asked to let the WAL start
 /// over. The checkpointer copies frames back but cannot make SQLite reuse the file: that
@@ -23,7 +23,7 @@ pub(crate) const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration:
 /// Each start-over holds the writer up for a few fsyncs (its checkpoint's two took 3–7 ms
 /// here, then the new WAL header's), so it should be rare: 32,768 frames is 128 MiB at the default 4 KiB
 /// pages, once per ~20,000 events of a burst. Small in tests, to reach it quickly.
-pub(crate) const WAL_RESTART_FRAMES: i64 = if cfg!(test) { 256 } else { 32_768 };
+const WAL_RESTART_FRAMES: i64 = if cfg!(test) { 256 } else { 32_768 };
 
 /// What the WAL file is cut back to when it starts over after a lull, in bytes. Twice the
 /// bound, so that under load, when the WAL starts over near the bound, the file is reused as it
@@ -33,14 +33,14 @@ pub(crate) const WAL_KEPT_BYTES: i64 = 2 * WAL_RESTART_FRAMES * 4096;
 
 /// A checkpoint short enough that what was committed meanwhile is little for the writer to
 /// copy (see [`let_the_wal_start_over`]): the writer's own copy holds up acknowledgements.
-pub(crate) const QUICK_CHECKPOINT: std::time::Duration = std::time::Duration::from_millis(5);
+const QUICK_CHECKPOINT: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Checkpoints of a full WAL before the writer is asked: each copies what came in during the
 /// one before, so they get shorter as long as copying outpaces committing.
-pub(crate) const CATCH_UP_CHECKPOINTS: usize = 4;
+const CATCH_UP_CHECKPOINTS: usize = 4;
 
 /// Copies what it can of the WAL back without waiting for anyone; the WAL's size in frames.
-pub(crate) fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
+fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
 }
 

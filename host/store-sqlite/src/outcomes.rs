@@ -48,7 +48,7 @@ pub(crate) fn insert_attempt(conn: &Connection, attempt: &Attempt) -> rusqlite::
 /// attempt time from the outcome, and the attempt itself as the row's latest. The caller has
 /// filed the row's previous attempt first ([`file_latest_attempt`]). Only a row that was due
 /// when the attempt began takes it ([`payflow_store::takes_outcome!`]); returns whether one did.
-pub(crate) fn record_on_delivery(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<bool> {
+fn record_on_delivery(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<bool> {
     let a = &attempt.info;
     let (status, next_at_ms) = attempt.outcome.delivery_row();
     let (merchant, scope, event_id) = key_of(&attempt.key);
@@ -84,7 +84,7 @@ pub(crate) fn record_on_delivery(conn: &Connection, attempt: &Attempt) -> rusqli
 /// into `attempts`, where the earlier ones are. Needed before a row's latest is replaced: with
 /// `begun_at_ms`, by an attempt begun then, which replaces it only on a row that takes its
 /// outcome ([`payflow_store::takes_outcome!`]).
-pub(crate) fn file_latest_attempt(
+fn file_latest_attempt(
     conn: &Connection,
     key: &EventKey,
     upstream: Option<&str>,
@@ -164,7 +164,7 @@ pub(crate) fn apply_attempt(conn: &Connection, attempt: &Attempt) -> rusqlite::R
 /// SQLite runs it after the cheap test on `order_key` instead of once up front for every
 /// event.) PostgreSQL's recorder does the same; the conformance suite holds both to the same
 /// answers.
-pub(crate) fn settle_after(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
+fn settle_after(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
     match attempt.outcome {
         AttemptOutcome::Retry { .. } => Ok(()),
         AttemptOutcome::Delivered if !attempt.ordered => Ok(()),

@@ -316,7 +316,7 @@ impl SqliteStore {
 }
 
 /// A canary from its five columns (version, percent, state, reason, at_ms) starting at `at`.
-pub(crate) fn canary_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Canary> {
+fn canary_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Canary> {
     Ok(Canary {
         version: r.get(at)?,
         percent: r.get(at + 1)?,

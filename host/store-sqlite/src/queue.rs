@@ -19,13 +19,13 @@ use crate::SqliteStore;
 
 /// A [`Backlog`] from a row's `COUNT(*)` and `MIN(next_attempt_at_ms)`, at columns `at` and
 /// `at + 1`.
-pub(crate) fn backlog_at(row: &rusqlite::Row, at: usize) -> rusqlite::Result<Backlog> {
+fn backlog_at(row: &rusqlite::Row, at: usize) -> rusqlite::Result<Backlog> {
     Ok(Backlog { pending: row.get::<_, i64>(at)? as u64, earliest_due_ms: row.get(at + 1)? })
 }
 
 /// The event of a due row and its number, read from `events` columns in [`EVENT_COLUMNS`]
 /// order from `at`.
-pub(crate) fn event_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<(Event, EventSeq)> {
+fn event_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<(Event, EventSeq)> {
     let event = Event {
         key: EventKey::new(r.get::<_, String>(at)?, r.get::<_, String>(at + 1)?, r.get::<_, String>(at + 2)?),
         endpoint: r.get(at + 3)?,
@@ -39,14 +39,13 @@ pub(crate) fn event_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<(Ev
 }
 
 /// The `events` columns [`event_at`] reads, as `e`.
-pub(crate) const EVENT_COLUMNS: &str =
+const EVENT_COLUMNS: &str =
     "e.merchant, e.scope, e.id, e.endpoint, e.event_type, e.body, e.received_at_ms, e.request_id, e.seq,
      e.order_key IS NOT NULL";
 
 /// The condition on an ordered upstream's due delivery (see [`payflow_store::ordering`]): events are
 /// numbered in arrival order by `seq`.
-pub(crate) static IN_ORDER: LazyLock<String> =
-    LazyLock::new(|| payflow_store::ordering::in_order("d", "seq", "?1"));
+static IN_ORDER: LazyLock<String> = LazyLock::new(|| payflow_store::ordering::in_order("d", "seq", "?1"));
 
 /// The due-deliveries read, with `condition` (empty, or [`IN_ORDER`]) on each delivery.
 pub(crate) fn due_sql(condition: &str) -> String {
@@ -64,7 +63,7 @@ pub(crate) fn due_sql(condition: &str) -> String {
 
 /// The parts of a page's cursor key as a due read binds them, merchant, scope and id (none on
 /// the first page).
-pub(crate) fn cursor_key(key: &Option<EventKey>) -> [Option<&str>; 3] {
+fn cursor_key(key: &Option<EventKey>) -> [Option<&str>; 3] {
     let part = |f: fn(&payflow_store::KeyParts) -> &str| key.as_ref().map(|k| f(k));
     [part(|k| &k.merchant), part(|k| &k.scope), part(|k| &k.id)]
 }

@@ -143,7 +143,7 @@ CREATE TABLE IF NOT EXISTS plugin_kv (
 ";
 
 /// Indexes, created once the tables (old ones migrated) have every column they name.
-pub(crate) const INDEXES: &str = "
+const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS events_by_time ON events (received_at_ms);
 -- Pending deliveries only, as on PostgreSQL: the due scans and the queue depths read nothing
 -- else, and the index that held every delivery ever made (upstream, status, time) grew by one
@@ -157,7 +157,7 @@ CREATE INDEX IF NOT EXISTS events_in_order ON events (merchant, order_key, statu
 ";
 
 /// Columns added after the first release, for databases created before them.
-pub(crate) const ADDED_COLUMNS: [(&str, &str, &str); 12] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 12] = [
     ("events", "tags", "TEXT"),
     ("deliveries", "body", "BLOB"),
     ("deliveries", "headers", "TEXT"),
@@ -172,7 +172,7 @@ pub(crate) const ADDED_COLUMNS: [(&str, &str, &str); 12] = [
     ("plugin_kv", "version", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
-pub(crate) fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
     conn.query_row(
         &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
         [column],
@@ -253,11 +253,10 @@ pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 
 /// The columns `events` and `deliveries` share between the release that keyed deliveries by
 /// their event's key and this one, in which a delivery also names its event by `seq`.
-pub(crate) const EVENT_ROW: &str =
+const EVENT_ROW: &str =
     "merchant, scope, id, endpoint, event_type, status, reason, body, headers, request_id,
     received_at_ms, claimed_at_ms, tags, forced_by, order_key";
-pub(crate) const DELIVERY_ROW: &str =
-    "merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms, body,
+const DELIVERY_ROW: &str = "merchant, scope, event_id, upstream, status, attempts, next_attempt_at_ms, body,
     headers, last_at_ms, last_duration_ms, last_status_code, last_error, last_response";
 
 /// A database from before events were numbered gets `events.seq` and deliveries keyed by it.
@@ -275,7 +274,7 @@ pub(crate) const DELIVERY_ROW: &str =
 /// transaction: each event keeps its rowid as its number, so arrival order (what ordered
 /// delivery goes by) is unchanged. A delivery whose event is gone (none is left by this
 /// gateway) goes with the copy: nothing could deliver it.
-pub(crate) fn migrate_to_event_numbers(conn: &Connection) -> rusqlite::Result<()> {
+fn migrate_to_event_numbers(conn: &Connection) -> rusqlite::Result<()> {
     if has_column(conn, "events", "seq")? {
         return Ok(());
     }
@@ -311,10 +310,9 @@ pub(crate) fn migrate_to_event_numbers(conn: &Connection) -> rusqlite::Result<()
 }
 
 /// The columns `plugin_steps` has kept under both of its keys.
-pub(crate) const STEP_ROW: &str =
-    "merchant, scope, event_id, status, attempts, next_attempt_at_ms, error, routes";
+const STEP_ROW: &str = "merchant, scope, event_id, status, attempts, next_attempt_at_ms, error, routes";
 /// The columns `plugin_runs` has kept before and since it named its event by number.
-pub(crate) const RUN_ROW: &str =
+const RUN_ROW: &str =
     "merchant, scope, event_id, plugin, version, attempt, at_ms, duration_us, fuel_used, outcome,
     detail, logs";
 
@@ -330,7 +328,7 @@ pub(crate) const RUN_ROW: &str =
 ///
 /// Each table that still names its events by key alone is copied, once, in one transaction; a
 /// step or run whose event is gone (none is left by this gateway) goes with the copy.
-pub(crate) fn migrate_steps_to_event_numbers(conn: &Connection) -> rusqlite::Result<()> {
+fn migrate_steps_to_event_numbers(conn: &Connection) -> rusqlite::Result<()> {
     let steps = !has_column(conn, "plugin_steps", "event_seq")?;
     let runs = !has_column(conn, "plugin_runs", "event_seq")?;
     if !steps && !runs {
@@ -377,6 +375,6 @@ pub(crate) fn migrate_steps_to_event_numbers(conn: &Connection) -> rusqlite::Res
 }
 
 /// A list of columns as `table`'s: `a, b` as `t.a, t.b`.
-pub(crate) fn columns_of(row: &str, table: &str) -> String {
+fn columns_of(row: &str, table: &str) -> String {
     row.split(',').map(|c| format!("{table}.{}", c.trim())).collect::<Vec<_>>().join(", ")
 }

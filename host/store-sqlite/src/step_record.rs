@@ -26,7 +26,7 @@ pub(crate) fn step_records(step: &PluginStep) -> usize {
 /// ran and it was set aside); a repair may have deleted the key since. A step built on such a
 /// read is stale. A primary-key lookup per key read, in the writer's transaction, so checked
 /// and written with nothing between them.
-pub(crate) fn reads_hold(conn: &Connection, merchant: &str, reads: &[KvReadOf]) -> rusqlite::Result<bool> {
+fn reads_hold(conn: &Connection, merchant: &str, reads: &[KvReadOf]) -> rusqlite::Result<bool> {
     if reads.is_empty() {
         return Ok(true);
     }

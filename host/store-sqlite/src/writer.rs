@@ -31,14 +31,14 @@ pub(crate) enum Priority {
 /// this many records (the first always joins, whatever it carries), so delivery bookkeeping
 /// cannot lengthen the commits senders wait on; it still progresses, and takes a batch of its
 /// own ([`BACKGROUND_ALONE_BATCH`]) whenever no acknowledgement is waiting.
-pub(crate) const BACKGROUND_PER_BUSY_BATCH: usize = 8;
+const BACKGROUND_PER_BUSY_BATCH: usize = 8;
 
 /// With no acknowledgement waiting, background writes take a batch of their own only until it
 /// carries this many records: an acknowledgement that arrives meanwhile waits for that batch's
 /// commit. With 512 plugin steps in flight, whole batches of their records (up to 512) held a
 /// burst's acks at 7.6–10.8 ms p99; 256 gave 7.3–7.9 ms at 0.97 the delivery rate, 64 gave 6.2
 /// ms but delivered at 0.90 (bench/RESULTS.md, twenty-eighth look).
-pub(crate) const BACKGROUND_ALONE_BATCH: usize = 256;
+const BACKGROUND_ALONE_BATCH: usize = 256;
 
 /// A write waiting for the writer thread. It may run twice: once in its batch and, if another
 /// write in the batch failed, again in a transaction of its own.
@@ -144,7 +144,7 @@ pub(crate) fn writer_loop(
 }
 
 /// Runs one of the batch's fixed control statements, prepared once per connection.
-pub(crate) fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
@@ -152,7 +152,7 @@ pub(crate) fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 /// rolled back and each write is redone in a transaction of its own, so one failure (a full
 /// disk, say) never takes the others down. Savepoints would isolate writes too, but cost a
 /// page copy into the statement journal for every page each write touches, on every batch.
-pub(crate) fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> Vec<Result<(), StoreError>> {
+fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> Vec<Result<(), StoreError>> {
     let all = transaction(conn, |conn| {
         let mut ok = true;
         for job in batch.iter_mut() {
@@ -171,10 +171,7 @@ pub(crate) fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> V
 }
 
 /// Runs `work` in a transaction: committed when it returns true, rolled back when false.
-pub(crate) fn transaction(
-    conn: &Connection,
-    work: impl FnOnce(&Connection) -> bool,
-) -> Result<bool, StoreError> {
+fn transaction(conn: &Connection, work: impl FnOnce(&Connection) -> bool) -> Result<bool, StoreError> {
     control(conn, "BEGIN IMMEDIATE").map_err(unavailable)?;
     if !work(conn) {
         control(conn, "ROLLBACK").map_err(unavailable)?;
