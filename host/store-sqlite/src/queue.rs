@@ -1,6 +1,8 @@
 //! The delivery queue's statements: the due scans (in arrival order, and ordered keys' heads
-//! alone), claims, attempts' and steps' records, and the depths the metrics read. It must never
-//! hand out a delivery or step that is not due, nor two of one ordered key at once.
+//! alone), attempts' and plugin steps' records (written by `outcomes.rs` and `step_record.rs`),
+//! and the depths the metrics read. On one box no row is claimed: ingress hands each new row to
+//! this gateway's own workers. It must never hand out a delivery or step that is not due, nor
+//! two of one ordered key at once.
 
 use std::sync::{Arc, LazyLock};
 
