@@ -316,23 +316,32 @@ impl PluginStore for PostgresStore {
         Ok(Ok(version as u32))
     }
 
-    async fn active_plugin(
+    async fn stored_at(
         &self,
         merchant: &str,
         name: &str,
         engine: &str,
+        version: Option<u32>,
     ) -> Result<Option<StoredPlugin>, StoreError> {
-        self.stored_at(merchant, name, engine, None).await
-    }
-
-    async fn stored_plugin(
-        &self,
-        merchant: &str,
-        name: &str,
-        version: u32,
-        engine: &str,
-    ) -> Result<Option<StoredPlugin>, StoreError> {
-        self.stored_at(merchant, name, engine, Some(version)).await
+        let version = version.map(|v| v as i32);
+        let row = query_opt(
+            &self.client().await?,
+            "SELECT v.version, v.sha256, LENGTH(v.wasm), v.source, v.created_at_ms, v.wasm, c.compiled
+                 FROM plugins p JOIN plugin_versions v
+                   ON v.merchant = p.merchant AND v.name = p.name AND v.version = COALESCE($4, p.active_version)
+                 LEFT JOIN plugin_compiled c
+                   ON c.merchant = v.merchant AND c.name = v.name AND c.version = v.version AND c.engine = $3
+                 WHERE p.merchant = $1 AND p.name = $2",
+            &[&merchant, &name, &engine, &version],
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(row.map(|r| StoredPlugin {
+            version: r.get::<_, i32>(0) as u32,
+            info: version_info(&r),
+            wasm: Bytes::from(r.get::<_, Vec<u8>>(5)),
+            compiled: r.get(6),
+        }))
     }
 
     async fn set_canary(&self, merchant: &str, name: &str, c: Canary) -> Result<bool, StoreError> {
@@ -472,37 +481,6 @@ impl PluginStore for PostgresStore {
         }
         tx.commit().await.map_err(unavailable)?;
         Ok(n == 1)
-    }
-}
-
-impl PostgresStore {
-    /// A stored version with the compiled artifact of `engine`: `version`, or the active one.
-    async fn stored_at(
-        &self,
-        merchant: &str,
-        name: &str,
-        engine: &str,
-        version: Option<u32>,
-    ) -> Result<Option<StoredPlugin>, StoreError> {
-        let version = version.map(|v| v as i32);
-        let row = query_opt(
-            &self.client().await?,
-            "SELECT v.version, v.sha256, LENGTH(v.wasm), v.source, v.created_at_ms, v.wasm, c.compiled
-                 FROM plugins p JOIN plugin_versions v
-                   ON v.merchant = p.merchant AND v.name = p.name AND v.version = COALESCE($4, p.active_version)
-                 LEFT JOIN plugin_compiled c
-                   ON c.merchant = v.merchant AND c.name = v.name AND c.version = v.version AND c.engine = $3
-                 WHERE p.merchant = $1 AND p.name = $2",
-            &[&merchant, &name, &engine, &version],
-        )
-        .await
-        .map_err(unavailable)?;
-        Ok(row.map(|r| StoredPlugin {
-            version: r.get::<_, i32>(0) as u32,
-            info: version_info(&r),
-            wasm: Bytes::from(r.get::<_, Vec<u8>>(5)),
-            compiled: r.get(6),
-        }))
     }
 }
 

@@ -114,23 +114,42 @@ impl PluginStore for SqliteStore {
         .await
     }
 
-    async fn active_plugin(
+    async fn stored_at(
         &self,
         merchant: &str,
         name: &str,
         engine: &str,
+        version: Option<u32>,
     ) -> Result<Option<StoredPlugin>, StoreError> {
-        self.stored_at(merchant, name, engine, None).await
-    }
-
-    async fn stored_plugin(
-        &self,
-        merchant: &str,
-        name: &str,
-        version: u32,
-        engine: &str,
-    ) -> Result<Option<StoredPlugin>, StoreError> {
-        self.stored_at(merchant, name, engine, Some(version)).await
+        let (merchant, name, engine) = (merchant.to_string(), name.to_string(), engine.to_string());
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT v.version, v.wasm, c.compiled, v.sha256, v.source, v.created_at_ms
+                 FROM plugins p JOIN plugin_versions v
+                   ON v.merchant = p.merchant AND v.name = p.name AND v.version = COALESCE(?4, p.active_version)
+                 LEFT JOIN plugin_compiled c
+                   ON c.merchant = v.merchant AND c.name = v.name AND c.version = v.version AND c.engine = ?3
+                 WHERE p.merchant = ?1 AND p.name = ?2",
+                params![merchant, name, engine, version],
+                |r| {
+                    let wasm: Vec<u8> = r.get(1)?;
+                    Ok(StoredPlugin {
+                        version: r.get(0)?,
+                        compiled: r.get(2)?,
+                        info: PluginVersionInfo {
+                            version: r.get(0)?,
+                            sha256: r.get(3)?,
+                            size: wasm.len(),
+                            source: r.get(4)?,
+                            created_at_ms: r.get(5)?,
+                        },
+                        wasm: Bytes::from(wasm),
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
     }
 
     async fn set_canary(&self, merchant: &str, name: &str, c: Canary) -> Result<bool, StoreError> {
@@ -269,47 +288,6 @@ impl PluginStore for SqliteStore {
                 conn.execute(sql, params![merchant, name])?;
             }
             Ok(n == 1)
-        })
-        .await
-    }
-}
-
-impl SqliteStore {
-    /// A stored version with the compiled artifact of `engine`: `version`, or the active one.
-    async fn stored_at(
-        &self,
-        merchant: &str,
-        name: &str,
-        engine: &str,
-        version: Option<u32>,
-    ) -> Result<Option<StoredPlugin>, StoreError> {
-        let (merchant, name, engine) = (merchant.to_string(), name.to_string(), engine.to_string());
-        self.read(move |conn| {
-            conn.query_row(
-                "SELECT v.version, v.wasm, c.compiled, v.sha256, v.source, v.created_at_ms
-                 FROM plugins p JOIN plugin_versions v
-                   ON v.merchant = p.merchant AND v.name = p.name AND v.version = COALESCE(?4, p.active_version)
-                 LEFT JOIN plugin_compiled c
-                   ON c.merchant = v.merchant AND c.name = v.name AND c.version = v.version AND c.engine = ?3
-                 WHERE p.merchant = ?1 AND p.name = ?2",
-                params![merchant, name, engine, version],
-                |r| {
-                    let wasm: Vec<u8> = r.get(1)?;
-                    Ok(StoredPlugin {
-                        version: r.get(0)?,
-                        compiled: r.get(2)?,
-                        info: PluginVersionInfo {
-                            version: r.get(0)?,
-                            sha256: r.get(3)?,
-                            size: wasm.len(),
-                            source: r.get(4)?,
-                            created_at_ms: r.get(5)?,
-                        },
-                        wasm: Bytes::from(wasm),
-                    })
-                },
-            )
-            .optional()
         })
         .await
     }

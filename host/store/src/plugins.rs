@@ -203,6 +203,17 @@ pub trait PluginStore: Send + Sync + 'static {
         bounds: VersionBounds,
     ) -> Result<Result<u32, QuotaExceeded>, StoreError>;
 
+    /// A version of a plugin, with its bytes and the compiled artifact of the engine whose
+    /// fingerprint is `engine`: `version`, or the active one when `None`. What
+    /// [`PluginStore::active_plugin`] and [`PluginStore::stored_plugin`] read.
+    async fn stored_at(
+        &self,
+        merchant: &str,
+        name: &str,
+        engine: &str,
+        version: Option<u32>,
+    ) -> Result<Option<StoredPlugin>, StoreError>;
+
     /// The active version of a plugin, with its bytes and the compiled artifact of the engine
     /// whose fingerprint is `engine`.
     async fn active_plugin(
@@ -210,7 +221,9 @@ pub trait PluginStore: Send + Sync + 'static {
         merchant: &str,
         name: &str,
         engine: &str,
-    ) -> Result<Option<StoredPlugin>, StoreError>;
+    ) -> Result<Option<StoredPlugin>, StoreError> {
+        self.stored_at(merchant, name, engine, None).await
+    }
 
     /// A stored version, as [`PluginStore::active_plugin`] gives the active one.
     async fn stored_plugin(
@@ -219,7 +232,9 @@ pub trait PluginStore: Send + Sync + 'static {
         name: &str,
         version: u32,
         engine: &str,
-    ) -> Result<Option<StoredPlugin>, StoreError>;
+    ) -> Result<Option<StoredPlugin>, StoreError> {
+        self.stored_at(merchant, name, engine, Some(version)).await
+    }
 
     /// Starts a canary (state `running`) or records how it ended. Ending one that is not the
     /// running canary of that version changes nothing and answers false (another replica
