@@ -33,24 +33,21 @@ pub(crate) const POLL_PAGE: usize = 512;
 /// retry may start up to this late; polling more often costs reads for nothing.
 pub(crate) const STORE_POLL_INTERVAL: Duration = Duration::from_millis(200);
 
-/// How much lower than ingress the delivery thread's CPU priority is. Linux weighs nice 5
-/// against nice 0 at about 1:3: under contention deliveries get a third of a core per busy
-/// ingress core; when ingress is quiet they get all the CPU there is. At nice 10 (1:9) a burst
-/// through a plugin, whose events cost the delivery thread twice what plain ones do, was
-/// delivered at 0.62–0.67 of its ack rate; at 5, 0.81 (ack rate 0.88, ack p99 1.05). Plain
-/// bursts did not move either way (bench/RESULTS.md, issue 21's fortieth look).
-pub const DELIVERY_NICE: i32 = 5;
+/// How much lower than ingress the delivery thread's CPU priority is. Linux weighs nice 10
+/// against nice 0 at about 1:10: under contention deliveries get a tenth of a core per busy
+/// ingress core; when ingress is quiet they get all the CPU there is.
+pub const DELIVERY_NICE: i32 = 10;
 
-/// Lowers the calling thread's CPU priority by `nice` (Linux, where a nice value is per
-/// thread). Elsewhere, or if refused, the thread simply runs at normal priority.
-pub fn lower_this_threads_priority(nice: i32) {
+/// Lowers the calling thread's CPU priority by [`DELIVERY_NICE`] (Linux, where a nice value is
+/// per thread). Elsewhere, or if refused, deliveries simply run at normal priority.
+pub fn lower_this_threads_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: plain syscalls on the calling thread's own id, with no memory passed.
     unsafe {
         let tid = libc::gettid();
         let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, now + nice) != 0 {
-            tracing::debug!(nice, "could not lower this thread's priority");
+        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, now + DELIVERY_NICE) != 0 {
+            tracing::debug!("could not lower the delivery thread's priority");
         }
     }
 }
@@ -267,7 +264,7 @@ impl Dispatcher {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (done, stopped) = tokio::sync::oneshot::channel();
         std::thread::Builder::new().name("payflow-deliver".into()).spawn(move || {
-            lower_this_threads_priority(DELIVERY_NICE);
+            lower_this_threads_priority();
             runtime.block_on(async move {
                 let (this, tasks) = self.spawn(shutdown);
                 for task in tasks {

@@ -327,18 +327,6 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// How much lower than ingress the plugin workers' CPU priority is: below the delivery
-/// thread's ([`payflow_delivery::DELIVERY_NICE`], 5), so that a merchant whose plugin computes
-/// for its whole deadline takes about a tenth of a core per worker and busy ingress core from
-/// the other merchants' acknowledgements. Raising the workers to 5 as well brought a plugin
-/// burst's deliveries nothing more (bench/RESULTS.md, issue 21's fortieth look).
-const PLUGIN_NICE: i32 = 10;
-
-/// Lowers a plugin worker's CPU priority by [`PLUGIN_NICE`], as it starts.
-fn lower_plugin_workers_priority() {
-    payflow_delivery::lower_this_threads_priority(PLUGIN_NICE);
-}
-
 /// The plugin runtime, registry (each plugin's active version loaded), scheduler and stage, and
 /// the plugin steps' lane; `None` when no plugin and no route is configured (the step runs
 /// an endpoint's plugins, then its routes).
@@ -384,7 +372,7 @@ async fn start_plugins(
             );
         }
     }
-    let scheduler = Scheduler::start(workers, lower_plugin_workers_priority)
+    let scheduler = Scheduler::start(workers, payflow_delivery::lower_this_threads_priority)
         .map_err(|e| problem("*", format!("cannot start the plugin threads: {e}")))?;
     let endpoints = config
         .endpoint
