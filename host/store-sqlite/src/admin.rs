@@ -245,7 +245,7 @@ impl AdminQueries for SqliteStore {
             let has_step: bool =
                 conn.query_row("SELECT COUNT(*) > 0 FROM plugin_steps WHERE event_seq = ?1", [seq], |r| r.get(0))?;
             // The attempts so far stay in the event's history; the rows start over or go.
-            file_latest_attempts(conn, &key)?;
+            file_latest_attempts(conn, &key, Some(seq))?;
             if has_step || first_hop == Hop::Plugins {
                 // The plugins decide again (perhaps a fixed version): what they created goes.
                 conn.execute("DELETE FROM deliveries WHERE event_seq = ?1", [seq])?;

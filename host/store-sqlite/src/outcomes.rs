@@ -81,15 +81,17 @@ fn record_on_delivery(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<
 }
 
 /// Copies the latest attempt kept on an event's delivery rows (one upstream's, or all of them)
-/// into `attempts`, where the earlier ones are. Needed before a row's latest is replaced: with
-/// `begun_at_ms`, by an attempt begun then, which replaces it only on a row that takes its
-/// outcome ([`payflow_store::takes_outcome!`]).
+/// into `attempts`, where the earlier ones are, and says how many it copied. Needed before a
+/// row's latest is replaced: with `begun_at_ms`, by an attempt begun then, which replaces it
+/// only on a row that takes its outcome ([`payflow_store::takes_outcome!`]). The event is
+/// found by its number `seq` when the caller has it ([`seq_or_key!`]).
 fn file_latest_attempt(
     conn: &Connection,
     key: &EventKey,
+    seq: Option<i64>,
     upstream: Option<&str>,
     begun_at_ms: Option<i64>,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<usize> {
     conn.prepare_cached(concat!(
         "INSERT INTO attempts (merchant, scope, event_id, upstream, number, at_ms, duration_ms, status_code,
                                error, response)
@@ -97,29 +99,39 @@ fn file_latest_attempt(
                 last_error, last_response
          FROM deliveries
          WHERE event_seq = ",
-        seq_of_key!(),
-        " AND (?4 IS NULL OR upstream = ?4) AND last_at_ms IS NOT NULL AND (?5 IS NULL OR ",
+        seq_or_key!("?6"),
+        " AND merchant = ?1 AND scope = ?2 AND event_id = ?3
+           AND (?4 IS NULL OR upstream = ?4) AND last_at_ms IS NOT NULL AND (?5 IS NULL OR ",
         payflow_store::takes_outcome!("next_attempt_at_ms", "?5"),
         ")
          ORDER BY upstream",
     ))?
-    .execute(params![key.merchant, key.scope, key.id, upstream, begun_at_ms])?;
-    Ok(())
+    .execute(params![key.merchant, key.scope, key.id, upstream, begun_at_ms, seq])
 }
 
-/// Files every delivery's latest attempt of an event and clears it from the rows: before the
-/// rows' attempt counts start over (a replay, a plugin's new decision) or the rows go.
-pub(crate) fn file_latest_attempts(conn: &Connection, key: &EventKey) -> rusqlite::Result<()> {
-    file_latest_attempt(conn, key, None, None)?;
+/// Files every delivery's latest attempt of an event (numbered `seq`, when the caller has it)
+/// and clears it from the rows: before the rows' attempt counts start over (a replay, a
+/// plugin's new decision) or the rows go. Nearly always there is none to file: a plugin step's
+/// record asks for every event it creates deliveries for, and only a replay leaves rows behind.
+/// That case costs one read of the event's delivery rows, found by its number (by its key, a
+/// plugin burst's store writer spent 15% of its time here: bench/RESULTS.md, forty-first look).
+pub(crate) fn file_latest_attempts(
+    conn: &Connection,
+    key: &EventKey,
+    seq: Option<i64>,
+) -> rusqlite::Result<()> {
+    if file_latest_attempt(conn, key, seq, None, None)? == 0 {
+        return Ok(()); // no row keeps an attempt: nothing to clear
+    }
     conn.prepare_cached(concat!(
         "UPDATE deliveries
          SET last_at_ms = NULL, last_duration_ms = NULL, last_status_code = NULL, last_error = NULL,
              last_response = NULL
          WHERE event_seq = ",
-        seq_of_key!(),
-        " AND last_at_ms IS NOT NULL",
+        seq_or_key!("?4"),
+        " AND merchant = ?1 AND scope = ?2 AND event_id = ?3 AND last_at_ms IS NOT NULL",
     ))?
-    .execute(params![key.merchant, key.scope, key.id])?;
+    .execute(params![key.merchant, key.scope, key.id, seq])?;
     Ok(())
 }
 
@@ -133,7 +145,8 @@ pub(crate) fn file_latest_attempts(conn: &Connection, key: &EventKey) -> rusqlit
 pub(crate) fn apply_attempt(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
     let begun_at_ms = attempt.info.at_ms;
     if attempt.info.number > 1 {
-        file_latest_attempt(conn, &attempt.key, Some(&attempt.info.upstream), Some(begun_at_ms))?;
+        let (seq, upstream) = (attempt.event_seq.map(|s| s.0), Some(attempt.info.upstream.as_str()));
+        file_latest_attempt(conn, &attempt.key, seq, upstream, Some(begun_at_ms))?;
     }
     if record_on_delivery(conn, attempt)? {
         return settle_after(conn, attempt);

@@ -124,7 +124,7 @@ pub(crate) fn record(conn: &Connection, step: &PluginStep) -> rusqlite::Result<S
         "INSERT INTO deliveries (event_seq, merchant, scope, event_id, upstream, status, attempts,
                                  next_attempt_at_ms, body, headers)
          VALUES (",
-        seq_of_key!(),
+        seq_or_key!("?8"),
         ", ?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?7)
          ON CONFLICT (event_seq, upstream) DO UPDATE
          SET status = 'pending', attempts = 0, next_attempt_at_ms = excluded.next_attempt_at_ms,
@@ -132,11 +132,11 @@ pub(crate) fn record(conn: &Connection, step: &PluginStep) -> rusqlite::Result<S
     ))?;
     if !step.deliveries.is_empty() {
         // A delivery the plugins route to again starts its count over.
-        file_latest_attempts(conn, &step.key)?;
+        file_latest_attempts(conn, &step.key, seq)?;
     }
     for d in &step.deliveries {
         let headers = (!d.headers.is_empty()).then(|| serde_json::to_string(&d.headers).unwrap_or_default());
-        add.execute(params![merchant, scope, id, d.upstream, step.at_ms, d.body.as_deref(), headers])?;
+        add.execute(params![merchant, scope, id, d.upstream, step.at_ms, d.body.as_deref(), headers, seq])?;
     }
     let tags = (!step.tags.is_empty()).then(|| serde_json::to_string(&step.tags).unwrap_or_default());
     // The common case changes nothing about the event: a first attempt (ingress left it

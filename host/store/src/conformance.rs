@@ -30,6 +30,7 @@ macro_rules! conformance_tests {
             an_attempt_whose_number_is_another_events_changes_neither,
             a_dead_delivery_makes_its_event_dead_and_replay_revives_it,
             a_replay_keeps_the_attempts_so_far_in_the_events_history,
+            a_step_that_makes_a_delivery_again_keeps_its_earlier_attempt_in_the_history,
             an_attempt_under_way_when_its_delivery_is_replayed_leaves_the_replay_due,
             a_plugin_step_under_way_when_its_event_is_replayed_leaves_the_replay_due,
             a_replay_from_a_replica_whose_clock_is_behind_still_sets_an_attempt_under_way_aside,
@@ -364,24 +365,39 @@ pub async fn an_attempt_whose_number_is_another_events_changes_neither(store: Ar
     assert_eq!(due.len(), 2, "both still due");
 }
 
+/// Attempt `number` of `k`'s delivery to `upstream`, made at `at_ms` and answered `status`,
+/// given by its key (no number), as an attempt recorded after a restart is.
+fn attempt(
+    k: &EventKey,
+    upstream: &str,
+    number: u32,
+    at_ms: i64,
+    status: u16,
+    outcome: AttemptOutcome,
+) -> crate::Attempt {
+    crate::Attempt {
+        key: k.clone(),
+        event_seq: None,
+        ordered: false,
+        claimed_until_ms: None,
+        info: attempt_info(upstream, number, at_ms, status),
+        outcome,
+    }
+}
+
+/// An event's attempt history as (upstream, number, made at).
+fn history(detail: &crate::EventDetail) -> Vec<(String, u32, i64)> {
+    detail.attempts.iter().map(|a| (a.upstream.clone(), a.number, a.at_ms)).collect()
+}
+
+fn own(v: &[(&str, u32, i64)]) -> Vec<(String, u32, i64)> {
+    v.iter().map(|(u, n, t)| (u.to_string(), *n, *t)).collect()
+}
+
 /// An event's attempts are its history: a replay (plain, or through its plugin step, which
 /// drops and makes the deliveries again) starts the counts over and keeps every attempt made,
 /// listed in the order they were made, each upstream's with its own numbers.
 pub async fn a_replay_keeps_the_attempts_so_far_in_the_events_history(store: Arc<dyn Store>) {
-    let attempt =
-        |k: &EventKey, upstream: &str, number: u32, at_ms: i64, status: u16, outcome| crate::Attempt {
-            key: k.clone(),
-            event_seq: None,
-            ordered: false,
-            claimed_until_ms: None,
-            info: attempt_info(upstream, number, at_ms, status),
-            outcome,
-        };
-    let history = |detail: &crate::EventDetail| {
-        detail.attempts.iter().map(|a| (a.upstream.clone(), a.number, a.at_ms)).collect::<Vec<_>>()
-    };
-    let own = |v: &[(&str, u32, i64)]| v.iter().map(|(u, n, t)| (u.to_string(), *n, *t)).collect::<Vec<_>>();
-
     let plain = key("acme", "/wh", "evt_history");
     store.insert_event(event(&plain, NOW, to("legacy"))).await.unwrap();
     let retry = AttemptOutcome::Retry { next_at_ms: NOW + 10 };
@@ -431,6 +447,49 @@ pub async fn a_replay_keeps_the_attempts_so_far_in_the_events_history(store: Arc
     let detail = store.get_event(&stepped).await.unwrap().unwrap();
     assert_eq!(history(&detail), own(&[("b", 1, NOW + 1), ("a", 1, NOW + 2), ("a", 1, NOW + 31)]));
     assert_eq!(detail.summary.status, "delivered");
+}
+
+/// A plugin step that makes an event's delivery again (proxy mode forwards a duplicate again,
+/// and runs its plugins again) starts the delivery's count over and keeps the attempt made
+/// before in the event's history once, whether the step names the event by its number or its
+/// key.
+pub async fn a_step_that_makes_a_delivery_again_keeps_its_earlier_attempt_in_the_history(
+    store: Arc<dyn Store>,
+) {
+    for (id, first_by_number, second_by_number) in
+        [("evt_again_number_key", true, false), ("evt_again_key_number", false, true)]
+    {
+        let k = key("acme", "/wh", id);
+        let Inserted::New(seq) = store.insert_event(event(&k, NOW, None)).await.unwrap() else {
+            panic!("{id} is new")
+        };
+        let forward = |number: bool, at_ms: i64| PluginStep {
+            event_seq: number.then_some(seq),
+            status: EventStatus::Forwarding,
+            ..step(&k, 1, at_ms, AttemptOutcome::Delivered, &["audit"])
+        };
+        assert_eq!(
+            store.finish_plugin_step(forward(first_by_number, NOW)).await.unwrap(),
+            StepRecorded::Applied
+        );
+        let retry = AttemptOutcome::Retry { next_at_ms: NOW + 10 };
+        store.record_attempt(Arc::new(attempt(&k, "audit", 1, NOW + 1, 503, retry))).await.unwrap();
+        // Twice: the second finds the attempt filed already, and files nothing again.
+        for _ in 0..2 {
+            let again = store.finish_plugin_step(forward(second_by_number, NOW + 2)).await.unwrap();
+            assert_eq!(again, StepRecorded::Applied);
+        }
+        let detail = store.get_event(&k).await.unwrap().unwrap();
+        assert_eq!(history(&detail), own(&[("audit", 1, NOW + 1)]), "{id}: kept: {detail:?}");
+        assert_eq!(detail.deliveries[0].attempts, 0, "{id}: the count starts over");
+        store
+            .record_attempt(Arc::new(attempt(&k, "audit", 1, NOW + 3, 200, AttemptOutcome::Delivered)))
+            .await
+            .unwrap();
+        let detail = store.get_event(&k).await.unwrap().unwrap();
+        assert_eq!(history(&detail), own(&[("audit", 1, NOW + 1), ("audit", 1, NOW + 3)]), "{id}");
+        assert_eq!(detail.attempts[0].status_code, Some(503), "{id}: the earlier attempt as it was");
+    }
 }
 
 /// Regression (the replay lost to an attempt under way): an attempt begun before its delivery
