@@ -378,29 +378,35 @@ async fn writes_soon_after_a_commit_wait_to_share_the_next_one() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_due_index_holds_pending_deliveries_only_and_replaces_the_old_one() {
+async fn the_due_indexes_hold_pending_rows_only_and_replace_the_old_ones() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     SqliteStore::open(&config_in(&dir), Arc::new(())).unwrap().close().await;
-    // A database from before: the index over every delivery.
+    // A database from before: the indexes over every delivery and every plugin step.
     Connection::open(&db)
         .unwrap()
-        .execute_batch("CREATE INDEX deliveries_due ON deliveries (upstream, status, next_attempt_at_ms)")
+        .execute_batch(
+            "CREATE INDEX deliveries_due ON deliveries (upstream, status, next_attempt_at_ms);
+             DROP INDEX plugin_steps_pending;
+             CREATE INDEX plugin_steps_due ON plugin_steps (status, next_attempt_at_ms);",
+        )
         .unwrap();
     let store = SqliteStore::open(&config_in(&dir), Arc::new(())).unwrap();
-    let indexes: Vec<(String, String)> = store
-        .reader
-        .lock()
-        .unwrap()
-        .prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'deliveries' AND sql IS NOT NULL")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap();
-    assert_eq!(indexes.len(), 1, "{indexes:?}");
-    assert_eq!(indexes[0].0, "deliveries_pending");
-    assert!(indexes[0].1.ends_with("WHERE status = 'pending'"), "{}", indexes[0].1);
+    for (table, pending) in [("deliveries", "deliveries_pending"), ("plugin_steps", "plugin_steps_pending")] {
+        let indexes: Vec<(String, String)> = store
+            .reader
+            .lock()
+            .unwrap()
+            .prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL")
+            .unwrap()
+            .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(indexes.len(), 1, "{indexes:?}");
+        assert_eq!(indexes[0].0, pending);
+        assert!(indexes[0].1.ends_with("WHERE status = 'pending'"), "{}", indexes[0].1);
+    }
 }
 
 /// Regression: every due scan was parsed and planned again (SQLite's `LIMIT ?` marked the
