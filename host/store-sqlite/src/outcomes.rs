@@ -111,10 +111,11 @@ fn file_latest_attempt(
 
 /// Files every delivery's latest attempt of an event (numbered `seq`, when the caller has it)
 /// and clears it from the rows: before the rows' attempt counts start over (a replay, a
-/// plugin's new decision) or the rows go. Nearly always there is none to file: a plugin step's
-/// record asks for every event it creates deliveries for, and only a replay leaves rows behind.
-/// That case costs one read of the event's delivery rows, found by its number (by its key, a
-/// plugin burst's store writer spent 15% of its time here: bench/RESULTS.md, forty-first look).
+/// plugin's new decision) or the rows go. A plugin step's record asks for every event it
+/// creates deliveries for, and nearly always there is none to file (rows keep an attempt then
+/// only when a step makes them again: proxy mode's duplicate forwarded again). That case costs
+/// one read of the event's delivery rows, found by its number (by its key, a plugin burst's
+/// store writer spent 15% of its time here: bench/RESULTS.md, forty-first look).
 pub(crate) fn file_latest_attempts(
     conn: &Connection,
     key: &EventKey,

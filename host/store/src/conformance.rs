@@ -390,6 +390,7 @@ fn history(detail: &crate::EventDetail) -> Vec<(String, u32, i64)> {
     detail.attempts.iter().map(|a| (a.upstream.clone(), a.number, a.at_ms)).collect()
 }
 
+/// A history as [`history`] gives it, from borrowed names.
 fn own(v: &[(&str, u32, i64)]) -> Vec<(String, u32, i64)> {
     v.iter().map(|(u, n, t)| (u.to_string(), *n, *t)).collect()
 }
