@@ -62,6 +62,7 @@ macro_rules! seq_or_key {
 }
 
 mod admin;
+mod background;
 mod checkpoint;
 pub mod commit_delay;
 mod connection;
@@ -172,7 +173,7 @@ pub(crate) fn key_of(key: &EventKey) -> (&str, &str, &str) {
 #[async_trait]
 impl Lifecycle for SqliteStore {
     async fn check_writable(&self, now_ms: i64) -> Result<(), StoreError> {
-        self.write_with(Priority::Background(1), move |conn| {
+        self.write_with(Priority::shared(1), move |conn| {
             // Room for a real write, not just the one-row stamp: a full database (max_size_mb,
             // or a full disk) may still update a row in place while refusing every event. The
             // blob is deleted in the same transaction; only the room is tried.

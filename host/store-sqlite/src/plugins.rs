@@ -260,7 +260,7 @@ impl PluginStore for SqliteStore {
         compiled: Vec<u8>,
     ) -> Result<(), StoreError> {
         let (merchant, name, engine) = (merchant.to_string(), name.to_string(), engine.to_string());
-        self.write_with(Priority::Background(1), move |conn| {
+        self.write_with(Priority::shared(1), move |conn| {
             // Only for a version that still exists: one pruned meanwhile leaves nothing behind.
             conn.execute(
                 "INSERT INTO plugin_compiled (merchant, name, version, engine, compiled)

@@ -167,17 +167,19 @@ impl DeliveryQueue for SqliteStore {
 
     async fn record_attempts(&self, attempts: Vec<Arc<Attempt>>) -> Result<(), StoreError> {
         let records = attempts.len();
-        self.write_with(Priority::Background(records), move |conn| {
+        self.write_with(Priority::shared(records), move |conn| {
             attempts.iter().try_for_each(|attempt| apply_attempt(conn, attempt))
         })
         .await
     }
 
     async fn finish_plugin_step(&self, step: PluginStep) -> Result<StepRecorded, StoreError> {
-        self.write_with(Priority::Background(step_records(&step)), move |conn| {
-            step_record::record(conn, &step)
-        })
-        .await
+        // A merchant's steps take their turn beside other merchants' (`background.rs`).
+        let priority = Priority::Background {
+            records: step_records(&step),
+            owner: Some(step.key.merchant.as_str().into()),
+        };
+        self.write_with(priority, move |conn| step_record::record(conn, &step)).await
     }
 
     async fn queue_depth(&self, upstreams: Vec<String>) -> Result<Vec<QueueDepth>, StoreError> {

@@ -69,7 +69,7 @@ fn background_writes_alone_are_committed_a_bounded_share_at_a_time() {
     for _ in 0..600 {
         let (reply, answer) = oneshot::channel();
         let work = |conn: &Connection| conn.execute_batch("SELECT 1");
-        jobs.send(Box::new(Job { priority: Priority::Background(1), work, result: None, reply })).unwrap();
+        jobs.send(Box::new(Job { priority: Priority::shared(1), work, result: None, reply })).unwrap();
         answers.push(answer);
     }
     drop(jobs);
@@ -79,6 +79,52 @@ fn background_writes_alone_are_committed_a_bounded_share_at_a_time() {
     writer_loop(conn, queued, 512, delay, &commits, &AtomicBool::new(false));
     assert_eq!(commits.0.load(Ordering::Relaxed), 3);
     assert!(answers.into_iter().all(|a| a.blocking_recv().is_ok_and(|r| r.is_ok())), "every write done");
+}
+
+/// Regression (one merchant's heavy plugin steps held up another's): background writes were
+/// taken first come first served, so a merchant whose plugin writes a thousand kv keys a run
+/// put its whole backlog of steps ahead of another merchant's. Now the other's step is
+/// committed after one of the heavy ones, and the heavy ones keep their order.
+#[test]
+fn a_merchants_step_waits_behind_one_of_anothers_heavy_steps_not_all_of_them() {
+    let (jobs, queued) = mpsc::channel::<Box<dyn WriteJob>>();
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut answers = Vec::new();
+    let mut send = |merchant: &str, records: usize, name: String| {
+        let (reply, answer) = oneshot::channel();
+        let order = order.clone();
+        let work = move |_: &Connection| {
+            order.lock().unwrap().push(name.clone());
+            Ok(())
+        };
+        let priority = Priority::Background { records, owner: Some(merchant.into()) };
+        jobs.send(Box::new(Job { priority, work, result: None, reply })).unwrap();
+        answers.push(answer);
+    };
+    for i in 0..10 {
+        send("big", 1001, format!("big-{i}"));
+    }
+    send("small", 3, "small".into());
+    drop(send);
+    drop(jobs);
+    let commits = Commits::default();
+    let conn = Connection::open_in_memory().unwrap();
+    writer_loop(
+        conn,
+        queued,
+        512,
+        CommitDelay::new(std::time::Duration::ZERO),
+        &commits,
+        &AtomicBool::new(false),
+    );
+    assert!(answers.into_iter().all(|a| a.blocking_recv().is_ok_and(|r| r.is_ok())), "every write done");
+    let order = order.lock().unwrap();
+    assert_eq!(order.iter().position(|w| w == "small"), Some(1), "{order:?}");
+    let big: Vec<_> = order.iter().filter(|w| w.starts_with("big")).cloned().collect();
+    assert_eq!(big, (0..10).map(|i| format!("big-{i}")).collect::<Vec<_>>(), "big's steps in their order");
+    // Each heavy step is a commit of its own (more than a batch's share of records), and so
+    // is small's, between two of them.
+    assert_eq!(commits.0.load(Ordering::Relaxed), 11);
 }
 
 /// A plugin step weighs what it writes and reads in the writer's batches, so a step with

@@ -1,6 +1,7 @@
 //! The writer thread: every write of the store is a job sent here, batched with whatever else
 //! waits, run in one transaction and answered after that transaction's commit (one fsync).
-//! Acknowledgements' writes go first; background bookkeeping takes a bounded share of a batch.
+//! Acknowledgements' writes go first; background bookkeeping takes a bounded share of a batch,
+//! its writes taken in turn between their owners (`background.rs`).
 //! It must never answer a write before its commit, and never let one failed write fail the
 //! others of its batch (they are run again, each alone).
 
@@ -12,6 +13,7 @@ use payflow_store::{CommitObserver, StoreError};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use crate::background::{BackgroundQueue, Owner};
 use crate::checkpoint::let_the_wal_start_over;
 use crate::commit_delay::CommitDelay;
 use crate::unavailable;
@@ -19,12 +21,23 @@ use crate::unavailable;
 /// How urgent a write is. Someone is waiting on an acknowledgement for an `Ack` write (a
 /// sender with a timeout); a `Background` write records what the dispatcher did, which no
 /// one waits on (its delivery stays claimed in memory until it is recorded).
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) enum Priority {
     Ack,
     /// Bookkeeping no sender waits on, with how many records it writes (a delivery's attempts
-    /// come in batches): the writer shares its batches by records, not by writes.
-    Background(usize),
+    /// come in batches) and whose it is: the writer shares its batches by records, not by
+    /// writes, and takes background writes in turn between their owners ([`BackgroundQueue`]).
+    Background {
+        records: usize,
+        owner: Owner,
+    },
+}
+
+impl Priority {
+    /// Background bookkeeping of no one merchant's (the deliveries' attempts, upkeep).
+    pub(crate) fn shared(records: usize) -> Priority {
+        Priority::Background { records, owner: None }
+    }
 }
 
 /// While acknowledgements are waiting, background writes join a batch only until they carry
@@ -48,7 +61,7 @@ pub(crate) trait WriteJob: Send {
     /// Answers the caller once the write's fate is known.
     fn finish(self: Box<Self>, committed: Result<(), StoreError>);
     /// Its priority.
-    fn priority(&self) -> Priority;
+    fn priority(&self) -> &Priority;
 }
 
 pub(crate) struct Job<T, F> {
@@ -76,8 +89,8 @@ impl<T: Send, F: Fn(&Connection) -> rusqlite::Result<T> + Send> WriteJob for Job
         let _ = self.reply.send(answer);
     }
 
-    fn priority(&self) -> Priority {
-        self.priority
+    fn priority(&self) -> &Priority {
+        &self.priority
     }
 }
 
@@ -89,15 +102,13 @@ pub(crate) fn writer_loop(
     commits: &dyn CommitObserver,
     wal_full: &AtomicBool,
 ) {
-    let mut queues: [VecDeque<Box<dyn WriteJob>>; 2] = Default::default();
-    let sort = |queues: &mut [VecDeque<_>; 2], job: Box<dyn WriteJob>| {
-        queues[usize::from(job.priority() != Priority::Ack)].push_back(job)
-    };
+    let mut acks: VecDeque<Box<dyn WriteJob>> = VecDeque::new();
+    let mut background = BackgroundQueue::default();
     loop {
         let mut waited = false;
-        if queues.iter().all(VecDeque::is_empty) {
+        if acks.is_empty() && background.is_empty() {
             match jobs.recv() {
-                Ok(job) => sort(&mut queues, job),
+                Ok(job) => sort(&mut acks, &mut background, job),
                 Err(_) => break,
             }
             // A sleep, not a wait on the channel: writes arriving meanwhile must not wake the
@@ -109,22 +120,21 @@ pub(crate) fn writer_loop(
         }
         // Everything waiting (bounded: every caller awaits its write), sorted by priority.
         while let Ok(job) = jobs.try_recv() {
-            sort(&mut queues, job);
+            sort(&mut acks, &mut background, job);
         }
         if waited {
-            delay.waited(queues.iter().map(VecDeque::len).sum::<usize>() - 1);
+            delay.waited(acks.len() + background.len() - 1);
         }
-        let [acks, background] = &mut queues;
         let mut batch: Vec<_> = acks.drain(..acks.len().min(max_batch)).collect();
         let acks_in_batch = batch.len();
         let share = if batch.is_empty() { BACKGROUND_ALONE_BATCH } else { BACKGROUND_PER_BUSY_BATCH };
         let mut records = 0;
-        while let Some(Priority::Background(carries)) = background.front().map(|job| job.priority()) {
+        while let Some(carries) = background.front_records() {
             if batch.len() == max_batch || (records > 0 && records + carries > share) {
                 break;
             }
             records += carries;
-            batch.extend(background.pop_front());
+            batch.extend(background.pop());
         }
         let started = std::time::Instant::now();
         let outcomes = run_batch(&conn, &mut batch);
@@ -140,6 +150,21 @@ pub(crate) fn writer_loop(
     // Every sender is gone: fold the WAL back into the main file so the db is self-contained.
     if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
         tracing::warn!(error = %e, "final WAL checkpoint failed");
+    }
+}
+
+/// Queues `job` among the acknowledgements' writes or the background ones.
+fn sort(
+    acks: &mut VecDeque<Box<dyn WriteJob>>,
+    background: &mut BackgroundQueue<Box<dyn WriteJob>>,
+    job: Box<dyn WriteJob>,
+) {
+    match job.priority() {
+        Priority::Ack => acks.push_back(job),
+        Priority::Background { records, owner } => {
+            let (records, owner) = (*records, owner.clone());
+            background.push(owner, records, job)
+        }
     }
 }
 

@@ -1,0 +1,173 @@
+//! The order in which the writer takes background writes (what no sender waits on): shared
+//! fairly between their owners, by the records they carry, never first come first served.
+//!
+//! A merchant's plugin steps are its own; the dispatcher's bookkeeping (the deliveries'
+//! attempts, which mix merchants in one write) and the store's own upkeep share one owner. The
+//! writer takes next the first write of the owner that has had the fewest records written
+//! while it waited (start-time fair queueing, as the plugin scheduler shares its threads), and
+//! an owner that starts waiting again starts level with those already waiting, with no credit
+//! saved up. So one merchant whose plugin writes a thousand kv keys a run delays another's steps
+//! by about one of its own, not by its whole backlog: queued first come first served, another
+//! merchant's deliveries through a plugin fell seconds behind its offer (bench/RESULTS.md,
+//! forty-second look).
+//!
+//! One owner's writes keep their order: a step goes to the store after the steps whose kv
+//! writes it read, and those are always its own merchant's. This module must never reorder
+//! one owner's writes, nor look inside a write.
+
+use std::collections::{BTreeMap, VecDeque};
+
+/// Whose a background write is, for [`BackgroundQueue`]: a merchant's, or shared (`None`).
+pub(crate) type Owner = Option<Box<str>>;
+
+/// See the module docs.
+pub(crate) struct BackgroundQueue<T> {
+    /// Owners with something waiting. Ordered, so that owners level on records take turns in
+    /// one order run after run.
+    waiting: BTreeMap<Owner, Waiting<T>>,
+}
+
+struct Waiting<T> {
+    /// Records of this owner's taken since it started waiting, plus where it started (the
+    /// least of those already waiting then).
+    served: u64,
+    writes: VecDeque<(usize, T)>,
+}
+
+impl<T> Default for BackgroundQueue<T> {
+    fn default() -> Self {
+        BackgroundQueue { waiting: BTreeMap::new() }
+    }
+}
+
+impl<T> BackgroundQueue<T> {
+    /// Whether nothing waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Writes waiting, in all.
+    pub(crate) fn len(&self) -> usize {
+        self.waiting.values().map(|w| w.writes.len()).sum()
+    }
+
+    /// Queues `write`, carrying `records`, last of `owner`'s.
+    pub(crate) fn push(&mut self, owner: Owner, records: usize, write: T) {
+        let level = self.waiting.values().map(|w| w.served).min().unwrap_or(0);
+        self.waiting
+            .entry(owner)
+            .or_insert_with(|| Waiting { served: level, writes: VecDeque::new() })
+            .writes
+            .push_back((records, write));
+    }
+
+    /// The owner whose turn it is: the fewest records served, the first in order among equals.
+    fn next(&self) -> Option<&Owner> {
+        self.waiting.iter().min_by_key(|(_, w)| w.served).map(|(owner, _)| owner)
+    }
+
+    /// The records of the write [`BackgroundQueue::pop`] would take.
+    pub(crate) fn front_records(&self) -> Option<usize> {
+        let owner = self.next()?;
+        self.waiting[owner].writes.front().map(|&(records, _)| records)
+    }
+
+    /// Takes the next write in turn.
+    pub(crate) fn pop(&mut self) -> Option<T> {
+        let owner = self.next()?.clone();
+        let waiting = self.waiting.get_mut(&owner)?;
+        let (records, write) = waiting.writes.pop_front()?;
+        waiting.served += records as u64;
+        if waiting.writes.is_empty() {
+            self.waiting.remove(&owner);
+        }
+        Some(write)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(name: &str) -> Owner {
+        Some(name.into())
+    }
+
+    fn drain(queue: &mut BackgroundQueue<&'static str>) -> Vec<&'static str> {
+        std::iter::from_fn(|| queue.pop()).collect()
+    }
+
+    #[test]
+    fn a_light_owner_waits_behind_one_heavy_write_not_the_heavy_owners_backlog() {
+        let mut queue = BackgroundQueue::default();
+        for _ in 0..20 {
+            queue.push(owner("big"), 1000, "big");
+        }
+        queue.push(owner("small"), 3, "small");
+        let order = drain(&mut queue);
+        assert_eq!(order.iter().position(|&w| w == "small"), Some(1), "{order:?}");
+        assert_eq!(order.len(), 21);
+    }
+
+    #[test]
+    fn owners_share_by_records_not_by_writes() {
+        let mut queue = BackgroundQueue::default();
+        for _ in 0..4 {
+            queue.push(owner("heavy"), 10, "heavy");
+        }
+        for _ in 0..40 {
+            queue.push(owner("light"), 1, "light");
+        }
+        let order = drain(&mut queue);
+        // After its first write, each of heavy's waits for ten of light's.
+        let heavy: Vec<usize> =
+            order.iter().enumerate().filter(|(_, &w)| w == "heavy").map(|(i, _)| i).collect();
+        assert_eq!(heavy, [0, 11, 22, 33], "{order:?}");
+    }
+
+    #[test]
+    fn one_owners_writes_keep_their_order() {
+        let mut queue = BackgroundQueue::default();
+        for (i, write) in ["a1", "a2", "a3"].into_iter().enumerate() {
+            queue.push(owner("a"), 1 + i * 100, write);
+            queue.push(None, 1, "shared");
+        }
+        let order: Vec<_> = drain(&mut queue).into_iter().filter(|w| w.starts_with('a')).collect();
+        assert_eq!(order, ["a1", "a2", "a3"]);
+    }
+
+    #[test]
+    fn an_owner_that_starts_waiting_again_has_no_credit_saved_up() {
+        let mut queue = BackgroundQueue::default();
+        // Busy alone for a while: a thousand records served.
+        for _ in 0..10 {
+            queue.push(owner("busy"), 100, "busy");
+        }
+        for _ in 0..5 {
+            queue.pop();
+        }
+        // Another comes now, with much less served than busy's 500 so far: it starts level
+        // with busy, so the two alternate instead of the newcomer taking all its writes first.
+        for _ in 0..3 {
+            queue.push(owner("new"), 100, "new");
+        }
+        assert_eq!(drain(&mut queue), ["busy", "new", "busy", "new", "busy", "new", "busy", "busy"]);
+    }
+
+    #[test]
+    fn counts_and_the_front_follow_the_turns() {
+        let mut queue = BackgroundQueue::default();
+        assert!(queue.is_empty());
+        assert_eq!(queue.front_records(), None);
+        queue.push(owner("b"), 7, "b");
+        queue.push(owner("a"), 5, "a");
+        assert_eq!(queue.len(), 2);
+        // Level, so the first in order goes first.
+        assert_eq!(queue.front_records(), Some(5));
+        assert_eq!(queue.pop(), Some("a"));
+        assert_eq!(queue.front_records(), Some(7));
+        assert_eq!(queue.pop(), Some("b"));
+        assert!(queue.is_empty());
+        assert_eq!(queue.pop(), None);
+    }
+}
