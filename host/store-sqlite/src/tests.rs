@@ -90,22 +90,24 @@ fn a_merchants_step_waits_behind_one_of_anothers_heavy_steps_not_all_of_them() {
     let (jobs, queued) = mpsc::channel::<Box<dyn WriteJob>>();
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut answers = Vec::new();
-    let mut send = |merchant: &str, records: usize, name: String| {
-        let (reply, answer) = oneshot::channel();
-        let order = order.clone();
-        let work = move |_: &Connection| {
-            order.lock().unwrap().push(name.clone());
-            Ok(())
+    {
+        // Sent before the writer starts, so that all of them wait at once.
+        let mut send = |merchant: &str, records: usize, name: String| {
+            let (reply, answer) = oneshot::channel();
+            let order = order.clone();
+            let work = move |_: &Connection| {
+                order.lock().unwrap().push(name.clone());
+                Ok(())
+            };
+            let priority = Priority::Background { records, owner: Some(merchant.into()) };
+            jobs.send(Box::new(Job { priority, work, result: None, reply })).unwrap();
+            answers.push(answer);
         };
-        let priority = Priority::Background { records, owner: Some(merchant.into()) };
-        jobs.send(Box::new(Job { priority, work, result: None, reply })).unwrap();
-        answers.push(answer);
-    };
-    for i in 0..10 {
-        send("big", 1001, format!("big-{i}"));
+        for i in 0..10 {
+            send("big", 1001, format!("big-{i}"));
+        }
+        send("small", 3, "small".into());
     }
-    send("small", 3, "small".into());
-    drop(send);
     drop(jobs);
     let commits = Commits::default();
     let conn = Connection::open_in_memory().unwrap();
