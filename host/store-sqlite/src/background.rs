@@ -51,14 +51,16 @@ impl<T> BackgroundQueue<T> {
         self.waiting.values().map(|w| w.writes.len()).sum()
     }
 
-    /// Queues `write`, carrying `records`, last of `owner`'s.
-    pub(crate) fn push(&mut self, owner: Owner, records: usize, write: T) {
+    /// Queues `write`, carrying `records`, last of its owner's (`owner_of` reads it from the
+    /// write, which runs for every write: the owner is copied only when it starts waiting).
+    pub(crate) fn push(&mut self, records: usize, write: T, owner_of: impl Fn(&T) -> &Owner) {
+        if let Some(waiting) = self.waiting.get_mut(owner_of(&write)) {
+            waiting.writes.push_back((records, write));
+            return;
+        }
         let level = self.waiting.values().map(|w| w.served).min().unwrap_or(0);
-        self.waiting
-            .entry(owner)
-            .or_insert_with(|| Waiting { served: level, writes: VecDeque::new() })
-            .writes
-            .push_back((records, write));
+        let owner = owner_of(&write).clone();
+        self.waiting.insert(owner, Waiting { served: level, writes: VecDeque::from([(records, write)]) });
     }
 
     /// The owner whose turn it is: the fewest records served, the first in order among equals.
@@ -93,17 +95,24 @@ mod tests {
         Some(name.into())
     }
 
-    fn drain(queue: &mut BackgroundQueue<&'static str>) -> Vec<&'static str> {
-        std::iter::from_fn(|| queue.pop()).collect()
+    type Queue = BackgroundQueue<(Owner, &'static str)>;
+
+    /// Queues a write named `name` of `owner`'s.
+    fn push(queue: &mut Queue, owner: Owner, records: usize, name: &'static str) {
+        queue.push(records, (owner, name), |(owner, _)| owner);
+    }
+
+    fn drain(queue: &mut Queue) -> Vec<&'static str> {
+        std::iter::from_fn(|| queue.pop().map(|(_, name)| name)).collect()
     }
 
     #[test]
     fn a_light_owner_waits_behind_one_heavy_write_not_the_heavy_owners_backlog() {
         let mut queue = BackgroundQueue::default();
         for _ in 0..20 {
-            queue.push(owner("big"), 1000, "big");
+            push(&mut queue, owner("big"), 1000, "big");
         }
-        queue.push(owner("small"), 3, "small");
+        push(&mut queue, owner("small"), 3, "small");
         let order = drain(&mut queue);
         assert_eq!(order.iter().position(|&w| w == "small"), Some(1), "{order:?}");
         assert_eq!(order.len(), 21);
@@ -113,10 +122,10 @@ mod tests {
     fn owners_share_by_records_not_by_writes() {
         let mut queue = BackgroundQueue::default();
         for _ in 0..4 {
-            queue.push(owner("heavy"), 10, "heavy");
+            push(&mut queue, owner("heavy"), 10, "heavy");
         }
         for _ in 0..40 {
-            queue.push(owner("light"), 1, "light");
+            push(&mut queue, owner("light"), 1, "light");
         }
         let order = drain(&mut queue);
         // After its first write, each of heavy's waits for ten of light's.
@@ -129,8 +138,8 @@ mod tests {
     fn one_owners_writes_keep_their_order() {
         let mut queue = BackgroundQueue::default();
         for (i, write) in ["a1", "a2", "a3"].into_iter().enumerate() {
-            queue.push(owner("a"), 1 + i * 100, write);
-            queue.push(None, 1, "shared");
+            push(&mut queue, owner("a"), 1 + i * 100, write);
+            push(&mut queue, None, 1, "shared");
         }
         let order: Vec<_> = drain(&mut queue).into_iter().filter(|w| w.starts_with('a')).collect();
         assert_eq!(order, ["a1", "a2", "a3"]);
@@ -141,7 +150,7 @@ mod tests {
         let mut queue = BackgroundQueue::default();
         // Busy alone for a while: a thousand records served.
         for _ in 0..10 {
-            queue.push(owner("busy"), 100, "busy");
+            push(&mut queue, owner("busy"), 100, "busy");
         }
         for _ in 0..5 {
             queue.pop();
@@ -149,7 +158,7 @@ mod tests {
         // Another comes now, with much less served than busy's 500 so far: it starts level
         // with busy, so the two alternate instead of the newcomer taking all its writes first.
         for _ in 0..3 {
-            queue.push(owner("new"), 100, "new");
+            push(&mut queue, owner("new"), 100, "new");
         }
         assert_eq!(drain(&mut queue), ["busy", "new", "busy", "new", "busy", "new", "busy", "busy"]);
     }
@@ -159,14 +168,14 @@ mod tests {
         let mut queue = BackgroundQueue::default();
         assert!(queue.is_empty());
         assert_eq!(queue.front_records(), None);
-        queue.push(owner("b"), 7, "b");
-        queue.push(owner("a"), 5, "a");
+        push(&mut queue, owner("b"), 7, "b");
+        push(&mut queue, owner("a"), 5, "a");
         assert_eq!(queue.len(), 2);
         // Level, so the first in order goes first.
         assert_eq!(queue.front_records(), Some(5));
-        assert_eq!(queue.pop(), Some("a"));
+        assert_eq!(queue.pop().map(|(_, name)| name), Some("a"));
         assert_eq!(queue.front_records(), Some(7));
-        assert_eq!(queue.pop(), Some("b"));
+        assert_eq!(queue.pop().map(|(_, name)| name), Some("b"));
         assert!(queue.is_empty());
         assert_eq!(queue.pop(), None);
     }

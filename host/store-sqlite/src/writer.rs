@@ -38,6 +38,15 @@ impl Priority {
     pub(crate) fn shared(records: usize) -> Priority {
         Priority::Background { records, owner: None }
     }
+
+    /// Whose the write is (an acknowledgement's: no one's in particular).
+    fn owner(&self) -> &Owner {
+        static NO_ONE: Owner = None;
+        match self {
+            Priority::Background { owner, .. } => owner,
+            Priority::Ack => &NO_ONE,
+        }
+    }
 }
 
 /// While acknowledgements are waiting, background writes join a batch only until they carry
@@ -161,10 +170,7 @@ fn sort(
 ) {
     match job.priority() {
         Priority::Ack => acks.push_back(job),
-        Priority::Background { records, owner } => {
-            let (records, owner) = (*records, owner.clone());
-            background.push(owner, records, job)
-        }
+        &Priority::Background { records, .. } => background.push(records, job, |job| job.priority().owner()),
     }
 }
 
