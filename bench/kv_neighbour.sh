@@ -18,6 +18,8 @@
 # PLUGIN_WASM: a plugin that writes a thousand keys a run). SMALL_PLUGIN=WASM: small's events go
 # through that plugin too (amount-threshold's config), so that its steps are recorded beside
 # big's on the shared database and "all delivered … after its offer" includes their records.
+# BIG_PAD=BYTES: big's events are padded to about that size (loadgen --pad): a sender of large
+# events against another's acknowledgements.
 # SQLITE=1: on a SQLite file instead (one gateway; its writer is the one both merchants'
 # acknowledgements and plugin steps share).
 # KV_STATS=1: the database also counts its statements (pg_stat_statements), and the run prints,
@@ -124,7 +126,7 @@ small_start=$(date +%s.%N)
 sampler_pid=$!
 sleep 2
 t=$(date +%s.%N)
-big=$("$bin/loadgen" run "${big_urls[@]}" --requests "$n" --ids random "${customers[@]}" --label big)
+big=$("$bin/loadgen" run "${big_urls[@]}" --requests "$n" --ids random "${customers[@]}" ${BIG_PAD:+--pad "$BIG_PAD"} --label big)
 delivered "$big_up" "$n" >/dev/null
 big_dl=$(python3 -c "print(round($n / ($(date +%s.%N) - $t)))")
 wait "$small_pid" "$sampler_pid"

@@ -91,6 +91,10 @@ enum Command {
         /// time tells a stall that holds every connection from a run that is slow throughout.
         #[arg(long)]
         timeline: Option<std::path::PathBuf>,
+        /// Pad each event's `data` with a string of this many bytes (`data.pad`): a sender
+        /// whose events are large, up to the gateway's `max_body_bytes`.
+        #[arg(long)]
+        pad: Option<usize>,
     },
     /// The ceiling: read the body, answer 200 {"received":true}.
     Bare {
@@ -123,7 +127,19 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match Cli::parse().command {
-        Command::Run { url, concurrency, requests, sign, secret, label, rate, ids, customers, timeline } => {
+        Command::Run {
+            url,
+            concurrency,
+            requests,
+            sign,
+            secret,
+            label,
+            rate,
+            ids,
+            customers,
+            timeline,
+            pad,
+        } => {
             if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
                 bail!("--rate must be a positive number of requests per second");
             }
@@ -131,7 +147,7 @@ fn main() -> anyhow::Result<()> {
                 bail!("--customers must be at least 1");
             }
             let load = Load { concurrency, requests, rate };
-            let events = Events { sign, ids, customers, secret };
+            let events = Events { sign, ids, customers, secret, pad };
             runtime.block_on(run(url, load, events, label, timeline))
         }
         Command::Bare { listen } => runtime.block_on(bare(listen)),
@@ -247,10 +263,11 @@ struct Events {
     ids: Ids,
     customers: Option<u32>,
     secret: String,
+    pad: Option<usize>,
 }
 
 fn prepare(count: usize, events: &Events) -> anyhow::Result<Vec<Prepared>> {
-    let Events { sign, ids, customers, ref secret } = *events;
+    let Events { sign, ids, customers, ref secret, pad } = *events;
     let signer = Signer::new(Scheme::PayFlow, &[secret.as_str()])?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
     let run = std::process::id();
@@ -263,6 +280,9 @@ fn prepare(count: usize, events: &Events) -> anyhow::Result<Vec<Prepared>> {
             let mut event = payflow_gateway::samples::sample_event("payment.succeeded", &id, now);
             if let Some(n) = customers {
                 event["data"]["customer_email"] = format!("customer{}@example.com", i as u32 % n).into();
+            }
+            if let Some(bytes) = pad {
+                event["data"]["pad"] = "x".repeat(bytes).into();
             }
             let body = serde_json::to_vec_pretty(&event)?;
             let headers = match sign {
