@@ -63,24 +63,21 @@ impl<T> BackgroundQueue<T> {
         self.waiting.insert(owner, Waiting { served: level, writes: VecDeque::from([(records, write)]) });
     }
 
-    /// The owner whose turn it is: the fewest records served, the first in order among equals.
-    fn next(&self) -> Option<&Owner> {
-        self.waiting.iter().min_by_key(|(_, w)| w.served).map(|(owner, _)| owner)
-    }
-
-    /// The records of the write [`BackgroundQueue::pop`] would take.
+    /// The records of the write [`BackgroundQueue::pop`] would take: the first of the owner
+    /// with the fewest records served, the first in order among equals (`min_by_key` keeps the
+    /// first of equal keys).
     pub(crate) fn front_records(&self) -> Option<usize> {
-        let owner = self.next()?;
-        self.waiting[owner].writes.front().map(|&(records, _)| records)
+        let (_, waiting) = self.waiting.iter().min_by_key(|(_, w)| w.served)?;
+        waiting.writes.front().map(|&(records, _)| records)
     }
 
-    /// Takes the next write in turn.
+    /// Takes the next write in turn (the owner [`BackgroundQueue::front_records`] reads from).
     pub(crate) fn pop(&mut self) -> Option<T> {
-        let owner = self.next()?.clone();
-        let waiting = self.waiting.get_mut(&owner)?;
+        let (owner, waiting) = self.waiting.iter_mut().min_by_key(|(_, w)| w.served)?;
         let (records, write) = waiting.writes.pop_front()?;
         waiting.served += records as u64;
         if waiting.writes.is_empty() {
+            let owner = owner.clone();
             self.waiting.remove(&owner);
         }
         Some(write)
