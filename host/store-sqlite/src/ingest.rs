@@ -10,6 +10,7 @@ use payflow_store::{
 use rusqlite::{params, Connection};
 
 use crate::outcomes::{insert_attempt, status_of};
+use crate::writer::Priority;
 use crate::{key_of, SqliteStore};
 
 /// Makes an event's first hop pending, due at `at_ms`: its plugin step, or a delivery. Nothing
@@ -45,7 +46,8 @@ pub(crate) fn add_first_hop(
 #[async_trait]
 impl Ingest for SqliteStore {
     async fn insert_event(&self, new: NewEvent) -> Result<Inserted, StoreError> {
-        self.write(move |conn| {
+        let priority = Priority::event(&new.event.key.merchant, new.event.body.len());
+        self.write_with(priority, move |conn| {
             let NewEvent { event, status, reason, headers, first_hop, order_key, .. } = &new;
             let headers = serde_json::to_string(headers).unwrap_or_else(|_| "[]".into());
             let claimed = (*status == EventStatus::Forwarding).then_some(event.received_at_ms);

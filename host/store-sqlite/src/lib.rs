@@ -62,7 +62,6 @@ macro_rules! seq_or_key {
 }
 
 mod admin;
-mod background;
 mod checkpoint;
 pub mod commit_delay;
 mod connection;
@@ -72,6 +71,7 @@ mod plugins;
 mod queue;
 mod schema;
 mod step_record;
+mod turns;
 mod wal_prefill;
 mod writer;
 
@@ -133,7 +133,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.write_with(Priority::Ack, work).await
+        self.write_with(Priority::ack(), work).await
     }
 
     async fn write_with<T, F>(&self, priority: Priority, work: F) -> Result<T, StoreError>

@@ -81,52 +81,72 @@ fn background_writes_alone_are_committed_a_bounded_share_at_a_time() {
     assert!(answers.into_iter().all(|a| a.blocking_recv().is_ok_and(|r| r.is_ok())), "every write done");
 }
 
+/// Runs the writer loop over `writes` (a name and a priority each), all queued before it
+/// starts so that they wait at once; the names in the order they were written, and how many
+/// commits that took.
+fn write_in_turns(writes: Vec<(String, Priority)>) -> (Vec<String>, usize) {
+    let (jobs, queued) = mpsc::channel::<Box<dyn WriteJob>>();
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut answers = Vec::new();
+    for (name, priority) in writes {
+        let (reply, answer) = oneshot::channel();
+        let order = order.clone();
+        let work = move |_: &Connection| {
+            order.lock().unwrap().push(name.clone());
+            Ok(())
+        };
+        jobs.send(Box::new(Job { priority, work, result: None, reply })).unwrap();
+        answers.push(answer);
+    }
+    drop(jobs);
+    let commits = Commits::default();
+    let conn = Connection::open_in_memory().unwrap();
+    let delay = CommitDelay::new(std::time::Duration::ZERO);
+    writer_loop(conn, queued, 512, delay, &commits, &AtomicBool::new(false));
+    assert!(answers.into_iter().all(|a| a.blocking_recv().is_ok_and(|r| r.is_ok())), "every write done");
+    let order = std::mem::take(&mut *order.lock().unwrap());
+    (order, commits.0.load(Ordering::Relaxed))
+}
+
+/// The names starting with `prefix`, in the order written.
+fn written<'a>(order: &'a [String], prefix: &str) -> Vec<&'a str> {
+    order.iter().filter(|w| w.starts_with(prefix)).map(String::as_str).collect()
+}
+
 /// Regression (one merchant's heavy plugin steps held up another's): background writes were
 /// taken first come first served, so a merchant whose plugin writes a thousand kv keys a run
 /// put its whole backlog of steps ahead of another merchant's. Now the other's step is
 /// committed after one of the heavy ones, and the heavy ones keep their order.
 #[test]
 fn a_merchants_step_waits_behind_one_of_anothers_heavy_steps_not_all_of_them() {
-    let (jobs, queued) = mpsc::channel::<Box<dyn WriteJob>>();
-    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut answers = Vec::new();
-    {
-        // Sent before the writer starts, so that all of them wait at once.
-        let mut send = |merchant: &str, records: usize, name: String| {
-            let (reply, answer) = oneshot::channel();
-            let order = order.clone();
-            let work = move |_: &Connection| {
-                order.lock().unwrap().push(name.clone());
-                Ok(())
-            };
-            let priority = Priority::Background { records, owner: Some(merchant.into()) };
-            jobs.send(Box::new(Job { priority, work, result: None, reply })).unwrap();
-            answers.push(answer);
-        };
-        for i in 0..10 {
-            send("big", 1001, format!("big-{i}"));
-        }
-        send("small", 3, "small".into());
-    }
-    drop(jobs);
-    let commits = Commits::default();
-    let conn = Connection::open_in_memory().unwrap();
-    writer_loop(
-        conn,
-        queued,
-        512,
-        CommitDelay::new(std::time::Duration::ZERO),
-        &commits,
-        &AtomicBool::new(false),
-    );
-    assert!(answers.into_iter().all(|a| a.blocking_recv().is_ok_and(|r| r.is_ok())), "every write done");
-    let order = order.lock().unwrap();
+    let step = |merchant: &str, records| Priority::Background { records, owner: Some(merchant.into()) };
+    let mut writes: Vec<_> = (0..10).map(|i| (format!("big-{i}"), step("big", 1001))).collect();
+    writes.push(("small".into(), step("small", 3)));
+    let (order, commits) = write_in_turns(writes);
     assert_eq!(order.iter().position(|w| w == "small"), Some(1), "{order:?}");
-    let big: Vec<_> = order.iter().filter(|w| w.starts_with("big")).cloned().collect();
-    assert_eq!(big, (0..10).map(|i| format!("big-{i}")).collect::<Vec<_>>(), "big's steps in their order");
+    let big: Vec<_> = (0..10).map(|i| format!("big-{i}")).collect();
+    assert_eq!(written(&order, "big"), big, "big's steps in their order");
     // Each heavy step is a commit of its own (more than a batch's share of records), and so
     // is small's, between two of them.
-    assert_eq!(commits.0.load(Ordering::Relaxed), 11);
+    assert_eq!(commits, 11);
+}
+
+/// Regression (a sender of large events held up another merchant's acknowledgements): a
+/// batch took every acknowledgement waiting, first come first served, so another merchant's
+/// ack waited for the fsync of up to sixty-four 256 KiB events, and of the batch before. Now
+/// a batch carries about 2 MiB of events, taken in turn between merchants: the other's ack is
+/// in the first batch, and the large events keep their order.
+#[test]
+fn a_merchants_ack_waits_for_a_bounded_commit_not_anothers_backlog_of_large_events() {
+    let mut writes: Vec<_> =
+        (0..64).map(|i| (format!("big-{i}"), Priority::event("big", 256 << 10))).collect();
+    writes.push(("small".into(), Priority::event("small", 1_000)));
+    let (order, commits) = write_in_turns(writes);
+    assert_eq!(order.iter().position(|w| w == "small"), Some(1), "{order:?}");
+    let big: Vec<_> = (0..64).map(|i| format!("big-{i}")).collect();
+    assert_eq!(written(&order, "big"), big, "big's events in their order");
+    // Seven 256 KiB events (and some) to a commit of 2 MiB: ten commits for 64, not one.
+    assert_eq!(commits, 10);
 }
 
 /// A plugin step weighs what it writes and reads in the writer's batches, so a step with

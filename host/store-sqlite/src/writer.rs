@@ -1,11 +1,11 @@
 //! The writer thread: every write of the store is a job sent here, batched with whatever else
 //! waits, run in one transaction and answered after that transaction's commit (one fsync).
-//! Acknowledgements' writes go first; background bookkeeping takes a bounded share of a batch,
-//! its writes taken in turn between their owners (`background.rs`).
+//! Acknowledgements' writes go first, up to a bounded number of bytes a batch; background
+//! bookkeeping takes a bounded share of a batch; both are taken in turn between their owners
+//! (`turns.rs`).
 //! It must never answer a write before its commit, and never let one failed write fail the
 //! others of its batch (they are run again, each alone).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
@@ -13,9 +13,9 @@ use payflow_store::{CommitObserver, StoreError};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use crate::background::{BackgroundQueue, Owner};
 use crate::checkpoint::let_the_wal_start_over;
 use crate::commit_delay::CommitDelay;
+use crate::turns::{Owner, Turns};
 use crate::unavailable;
 
 /// How urgent a write is. Someone is waiting on an acknowledgement for an `Ack` write (a
@@ -23,14 +23,14 @@ use crate::unavailable;
 /// one waits on (its delivery stays claimed in memory until it is recorded).
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) enum Priority {
-    Ack,
+    /// A write someone waits on, with about how many bytes it writes (an event's body and its
+    /// row) and whose it is: the writer bounds a batch's acknowledgements by bytes, and takes
+    /// them in turn between their owners ([`Turns`]).
+    Ack { bytes: usize, owner: Owner },
     /// Bookkeeping no sender waits on, with how many records it writes (a delivery's attempts
     /// come in batches) and whose it is: the writer shares its batches by records, not by
-    /// writes, and takes background writes in turn between their owners ([`BackgroundQueue`]).
-    Background {
-        records: usize,
-        owner: Owner,
-    },
+    /// writes, and takes background writes in turn between their owners ([`Turns`]).
+    Background { records: usize, owner: Owner },
 }
 
 impl Priority {
@@ -39,15 +39,35 @@ impl Priority {
         Priority::Background { records, owner: None }
     }
 
-    /// Whose the write is (an acknowledgement's: no one's in particular).
+    /// A write someone waits on that is no one merchant's, of a row or a few (the admin API's).
+    pub(crate) fn ack() -> Priority {
+        Priority::Ack { bytes: ROW_BYTES, owner: None }
+    }
+
+    /// Storing an event of `merchant`'s with a body of `body` bytes.
+    pub(crate) fn event(merchant: &str, body: usize) -> Priority {
+        Priority::Ack { bytes: ROW_BYTES + body, owner: Some(merchant.into()) }
+    }
+
+    /// Whose the write is.
     fn owner(&self) -> &Owner {
-        static NO_ONE: Owner = None;
         match self {
-            Priority::Background { owner, .. } => owner,
-            Priority::Ack => &NO_ONE,
+            Priority::Ack { owner, .. } | Priority::Background { owner, .. } => owner,
         }
     }
 }
+
+/// About what a row costs besides its body, in bytes: its other columns, its index entries and
+/// the delivery row an event comes with. Only a weight for taking turns, not a measure.
+const ROW_BYTES: usize = 512;
+
+/// Acknowledgements join a batch only until they carry this many bytes (the first always
+/// joins, whatever it weighs). Every acknowledgement waits for its whole batch: a merchant
+/// sending 256 KiB events made commits of 8-17 MiB, ~4 a second, and another merchant's ack
+/// p99 was 1.9-2.9 s; batches of 2 MiB made it 45-386 ms, and wrote more bytes a second
+/// (bench/RESULTS.md, forty-third look). Events of a few KB never reach it: a whole batch
+/// (`max_batch`, 512) of them is under 2 MiB.
+const ACK_BYTES_PER_BATCH: usize = 2 << 20;
 
 /// While acknowledgements are waiting, background writes join a batch only until they carry
 /// this many records (the first always joins, whatever it carries), so delivery bookkeeping
@@ -111,8 +131,8 @@ pub(crate) fn writer_loop(
     commits: &dyn CommitObserver,
     wal_full: &AtomicBool,
 ) {
-    let mut acks: VecDeque<Box<dyn WriteJob>> = VecDeque::new();
-    let mut background = BackgroundQueue::default();
+    let mut acks = Turns::default();
+    let mut background = Turns::default();
     loop {
         let mut waited = false;
         if acks.is_empty() && background.is_empty() {
@@ -134,17 +154,11 @@ pub(crate) fn writer_loop(
         if waited {
             delay.waited(acks.len() + background.len() - 1);
         }
-        let mut batch: Vec<_> = acks.drain(..acks.len().min(max_batch)).collect();
+        let mut batch = Vec::new();
+        acks.take_into(&mut batch, max_batch, ACK_BYTES_PER_BATCH);
         let acks_in_batch = batch.len();
         let share = if batch.is_empty() { BACKGROUND_ALONE_BATCH } else { BACKGROUND_PER_BUSY_BATCH };
-        let mut records = 0;
-        while let Some(carries) = background.front_records() {
-            if batch.len() == max_batch || (records > 0 && records + carries > share) {
-                break;
-            }
-            records += carries;
-            batch.extend(background.pop());
-        }
+        background.take_into(&mut batch, max_batch, share);
         let started = std::time::Instant::now();
         let outcomes = run_batch(&conn, &mut batch);
         commits.committed(started.elapsed());
@@ -164,13 +178,13 @@ pub(crate) fn writer_loop(
 
 /// Queues `job` among the acknowledgements' writes or the background ones.
 fn sort(
-    acks: &mut VecDeque<Box<dyn WriteJob>>,
-    background: &mut BackgroundQueue<Box<dyn WriteJob>>,
+    acks: &mut Turns<Box<dyn WriteJob>>,
+    background: &mut Turns<Box<dyn WriteJob>>,
     job: Box<dyn WriteJob>,
 ) {
-    match job.priority() {
-        Priority::Ack => acks.push_back(job),
-        &Priority::Background { records, .. } => background.push(records, job, |job| job.priority().owner()),
+    match *job.priority() {
+        Priority::Ack { bytes, .. } => acks.push(bytes, job, |job| job.priority().owner()),
+        Priority::Background { records, .. } => background.push(records, job, |job| job.priority().owner()),
     }
 }
 

@@ -1,15 +1,20 @@
-//! The order in which the writer takes background writes (what no sender waits on): shared
-//! fairly between their owners, by the records they carry, never first come first served.
+//! The order in which the writer takes the writes of one priority: shared fairly between their
+//! owners, by what the writes weigh, never first come first served.
 //!
-//! A merchant's plugin steps are its own; the dispatcher's bookkeeping (the deliveries'
-//! attempts, which mix merchants in one write) and the store's own upkeep share one owner. The
-//! writer takes next the first write of the owner that has had the fewest records written
+//! Acknowledgements weigh their event's bytes and belong to its merchant: one merchant sending
+//! large events delays another's acknowledgement by about one of its own, not by the whole
+//! backlog of them in one commit; first come first served, another merchant's acks waited
+//! seconds behind commits of up to sixty-four 256 KiB events (bench/RESULTS.md, forty-third
+//! look). Background writes weigh their records: a merchant's plugin steps are its own, and
+//! the dispatcher's bookkeeping (the deliveries' attempts, which mix merchants in one write)
+//! and the store's own upkeep share one owner; queued first come first served, a merchant
+//! whose plugin writes a thousand kv keys a run held another merchant's deliveries seconds
+//! behind its offer (forty-second look).
+//!
+//! The writer takes next the first write of the owner that has had the least weight written
 //! while it waited (start-time fair queueing, as the plugin scheduler shares its threads), and
 //! an owner that starts waiting again starts level with those already waiting, with no credit
-//! saved up. So one merchant whose plugin writes a thousand kv keys a run delays another's steps
-//! by about one of its own, not by its whole backlog: queued first come first served, another
-//! merchant's deliveries through a plugin fell seconds behind its offer (bench/RESULTS.md,
-//! forty-second look).
+//! saved up.
 //!
 //! One owner's writes keep their order: a step goes to the store after the steps whose kv
 //! writes it read, and those are always its own merchant's. This module must never reorder
@@ -17,30 +22,30 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-/// Whose a background write is, for [`BackgroundQueue`]: a merchant's, or shared (`None`).
+/// Whose a write is, for [`Turns`]: a merchant's, or shared (`None`).
 pub(crate) type Owner = Option<Box<str>>;
 
 /// See the module docs.
-pub(crate) struct BackgroundQueue<T> {
-    /// Owners with something waiting. Ordered, so that owners level on records take turns in
+pub(crate) struct Turns<T> {
+    /// Owners with something waiting. Ordered, so that owners level on weight take turns in
     /// one order run after run.
     waiting: BTreeMap<Owner, Waiting<T>>,
 }
 
 struct Waiting<T> {
-    /// Records of this owner's taken since it started waiting, plus where it started (the
-    /// least of those already waiting then).
+    /// The weight of this owner's writes taken since it started waiting, plus where it started
+    /// (the least of those already waiting then).
     served: u64,
     writes: VecDeque<(usize, T)>,
 }
 
-impl<T> Default for BackgroundQueue<T> {
+impl<T> Default for Turns<T> {
     fn default() -> Self {
-        BackgroundQueue { waiting: BTreeMap::new() }
+        Turns { waiting: BTreeMap::new() }
     }
 }
 
-impl<T> BackgroundQueue<T> {
+impl<T> Turns<T> {
     /// Whether nothing waits.
     pub(crate) fn is_empty(&self) -> bool {
         self.waiting.is_empty()
@@ -51,36 +56,49 @@ impl<T> BackgroundQueue<T> {
         self.waiting.values().map(|w| w.writes.len()).sum()
     }
 
-    /// Queues `write`, carrying `records`, last of its owner's (`owner_of` reads it from the
+    /// Queues `write`, weighing `weight`, last of its owner's (`owner_of` reads it from the
     /// write, which runs for every write: the owner is copied only when it starts waiting).
-    pub(crate) fn push(&mut self, records: usize, write: T, owner_of: impl Fn(&T) -> &Owner) {
+    pub(crate) fn push(&mut self, weight: usize, write: T, owner_of: impl Fn(&T) -> &Owner) {
         if let Some(waiting) = self.waiting.get_mut(owner_of(&write)) {
-            waiting.writes.push_back((records, write));
+            waiting.writes.push_back((weight, write));
             return;
         }
         let level = self.waiting.values().map(|w| w.served).min().unwrap_or(0);
         let owner = owner_of(&write).clone();
-        self.waiting.insert(owner, Waiting { served: level, writes: VecDeque::from([(records, write)]) });
+        self.waiting.insert(owner, Waiting { served: level, writes: VecDeque::from([(weight, write)]) });
     }
 
-    /// The records of the write [`BackgroundQueue::pop`] would take: the first of the owner
-    /// with the fewest records served, the first in order among equals (`min_by_key` keeps the
+    /// The weight of the write [`Turns::pop`] would take: the first of the owner
+    /// with the least weight served, the first in order among equals (`min_by_key` keeps the
     /// first of equal keys).
-    pub(crate) fn front_records(&self) -> Option<usize> {
+    pub(crate) fn front_weight(&self) -> Option<usize> {
         let (_, waiting) = self.waiting.iter().min_by_key(|(_, w)| w.served)?;
-        waiting.writes.front().map(|&(records, _)| records)
+        waiting.writes.front().map(|&(weight, _)| weight)
     }
 
-    /// Takes the next write in turn (the owner [`BackgroundQueue::front_records`] reads from).
+    /// Takes the next write in turn (the owner [`Turns::front_weight`] reads from).
     pub(crate) fn pop(&mut self) -> Option<T> {
         let (owner, waiting) = self.waiting.iter_mut().min_by_key(|(_, w)| w.served)?;
-        let (records, write) = waiting.writes.pop_front()?;
-        waiting.served += records as u64;
+        let (weight, write) = waiting.writes.pop_front()?;
+        waiting.served += weight as u64;
         if waiting.writes.is_empty() {
             let owner = owner.clone();
             self.waiting.remove(&owner);
         }
         Some(write)
+    }
+
+    /// Moves writes into `batch` in turn until it holds `max_len` writes or the next would take
+    /// the weight moved past `budget` (the first always goes, whatever it weighs).
+    pub(crate) fn take_into(&mut self, batch: &mut Vec<T>, max_len: usize, budget: usize) {
+        let mut taken = 0;
+        while let Some(weight) = self.front_weight() {
+            if batch.len() >= max_len || (taken > 0 && taken + weight > budget) {
+                break;
+            }
+            taken += weight;
+            batch.extend(self.pop());
+        }
     }
 }
 
@@ -92,7 +110,7 @@ mod tests {
         Some(name.into())
     }
 
-    type Queue = BackgroundQueue<(Owner, &'static str)>;
+    type Queue = Turns<(Owner, &'static str)>;
 
     /// Queues a write named `name` of `owner`'s.
     fn push(queue: &mut Queue, owner: Owner, records: usize, name: &'static str) {
@@ -105,7 +123,7 @@ mod tests {
 
     #[test]
     fn a_light_owner_waits_behind_one_heavy_write_not_the_heavy_owners_backlog() {
-        let mut queue = BackgroundQueue::default();
+        let mut queue = Turns::default();
         for _ in 0..20 {
             push(&mut queue, owner("big"), 1000, "big");
         }
@@ -117,7 +135,7 @@ mod tests {
 
     #[test]
     fn owners_share_by_records_not_by_writes() {
-        let mut queue = BackgroundQueue::default();
+        let mut queue = Turns::default();
         for _ in 0..4 {
             push(&mut queue, owner("heavy"), 10, "heavy");
         }
@@ -133,7 +151,7 @@ mod tests {
 
     #[test]
     fn one_owners_writes_keep_their_order() {
-        let mut queue = BackgroundQueue::default();
+        let mut queue = Turns::default();
         for (i, write) in ["a1", "a2", "a3"].into_iter().enumerate() {
             push(&mut queue, owner("a"), 1 + i * 100, write);
             push(&mut queue, None, 1, "shared");
@@ -144,7 +162,7 @@ mod tests {
 
     #[test]
     fn an_owner_that_starts_waiting_again_has_no_credit_saved_up() {
-        let mut queue = BackgroundQueue::default();
+        let mut queue = Turns::default();
         // Busy alone for a while: a thousand records served.
         for _ in 0..10 {
             push(&mut queue, owner("busy"), 100, "busy");
@@ -162,16 +180,16 @@ mod tests {
 
     #[test]
     fn counts_and_the_front_follow_the_turns() {
-        let mut queue = BackgroundQueue::default();
+        let mut queue = Turns::default();
         assert!(queue.is_empty());
-        assert_eq!(queue.front_records(), None);
+        assert_eq!(queue.front_weight(), None);
         push(&mut queue, owner("b"), 7, "b");
         push(&mut queue, owner("a"), 5, "a");
         assert_eq!(queue.len(), 2);
         // Level, so the first in order goes first.
-        assert_eq!(queue.front_records(), Some(5));
+        assert_eq!(queue.front_weight(), Some(5));
         assert_eq!(queue.pop().map(|(_, name)| name), Some("a"));
-        assert_eq!(queue.front_records(), Some(7));
+        assert_eq!(queue.front_weight(), Some(7));
         assert_eq!(queue.pop().map(|(_, name)| name), Some("b"));
         assert!(queue.is_empty());
         assert_eq!(queue.pop(), None);
