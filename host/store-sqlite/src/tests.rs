@@ -113,6 +113,18 @@ fn written<'a>(order: &'a [String], prefix: &str) -> Vec<&'a str> {
     order.iter().filter(|w| w.starts_with(prefix)).map(String::as_str).collect()
 }
 
+/// Queues `count` writes of "big" with `heavy`, then one of "small" with `light`, and runs the
+/// writer: small's must be written second and big's in their order. How many commits it took.
+fn one_light_write_behind_many_heavy(count: usize, heavy: Priority, light: Priority) -> usize {
+    let big: Vec<_> = (0..count).map(|i| format!("big-{i}")).collect();
+    let mut writes: Vec<_> = big.iter().map(|name| (name.clone(), heavy.clone())).collect();
+    writes.push(("small".into(), light));
+    let (order, commits) = write_in_turns(writes);
+    assert_eq!(order.iter().position(|w| w == "small"), Some(1), "{order:?}");
+    assert_eq!(written(&order, "big"), big, "big's writes in their order");
+    commits
+}
+
 /// Regression (one merchant's heavy plugin steps held up another's): background writes were
 /// taken first come first served, so a merchant whose plugin writes a thousand kv keys a run
 /// put its whole backlog of steps ahead of another merchant's. Now the other's step is
@@ -120,12 +132,7 @@ fn written<'a>(order: &'a [String], prefix: &str) -> Vec<&'a str> {
 #[test]
 fn a_merchants_step_waits_behind_one_of_anothers_heavy_steps_not_all_of_them() {
     let step = |merchant: &str, records| Priority::Background { records, owner: Some(merchant.into()) };
-    let mut writes: Vec<_> = (0..10).map(|i| (format!("big-{i}"), step("big", 1001))).collect();
-    writes.push(("small".into(), step("small", 3)));
-    let (order, commits) = write_in_turns(writes);
-    assert_eq!(order.iter().position(|w| w == "small"), Some(1), "{order:?}");
-    let big: Vec<_> = (0..10).map(|i| format!("big-{i}")).collect();
-    assert_eq!(written(&order, "big"), big, "big's steps in their order");
+    let commits = one_light_write_behind_many_heavy(10, step("big", 1001), step("small", 3));
     // Each heavy step is a commit of its own (more than a batch's share of records), and so
     // is small's, between two of them.
     assert_eq!(commits, 11);
@@ -133,18 +140,16 @@ fn a_merchants_step_waits_behind_one_of_anothers_heavy_steps_not_all_of_them() {
 
 /// Regression (a sender of large events held up another merchant's acknowledgements): a
 /// batch took every acknowledgement waiting, first come first served, so another merchant's
-/// ack waited for the fsync of up to sixty-four 256 KiB events, and of the batch before. Now
-/// a batch carries about 2 MiB of events, taken in turn between merchants: the other's ack is
-/// in the first batch, and the large events keep their order.
+/// ack waited for a transaction of up to sixty-four 256 KiB events, and for the one before.
+/// Now a batch carries about 2 MiB of events, taken in turn between merchants: the other's ack
+/// is in the first batch, and the large events keep their order.
 #[test]
 fn a_merchants_ack_waits_for_a_bounded_commit_not_anothers_backlog_of_large_events() {
-    let mut writes: Vec<_> =
-        (0..64).map(|i| (format!("big-{i}"), Priority::event("big", 256 << 10))).collect();
-    writes.push(("small".into(), Priority::event("small", 1_000)));
-    let (order, commits) = write_in_turns(writes);
-    assert_eq!(order.iter().position(|w| w == "small"), Some(1), "{order:?}");
-    let big: Vec<_> = (0..64).map(|i| format!("big-{i}")).collect();
-    assert_eq!(written(&order, "big"), big, "big's events in their order");
+    let commits = one_light_write_behind_many_heavy(
+        64,
+        Priority::event("big", 256 << 10),
+        Priority::event("small", 1_000),
+    );
     // Seven 256 KiB events (and some) to a commit of 2 MiB: ten commits for 64, not one.
     assert_eq!(commits, 10);
 }

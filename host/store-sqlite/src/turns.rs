@@ -134,7 +134,7 @@ mod tests {
     }
 
     #[test]
-    fn owners_share_by_records_not_by_writes() {
+    fn owners_share_by_weight_not_by_writes() {
         let mut queue = Turns::default();
         for _ in 0..4 {
             push(&mut queue, owner("heavy"), 10, "heavy");
@@ -163,7 +163,7 @@ mod tests {
     #[test]
     fn an_owner_that_starts_waiting_again_has_no_credit_saved_up() {
         let mut queue = Turns::default();
-        // Busy alone for a while: a thousand records served.
+        // Busy alone for a while: a weight of a thousand served.
         for _ in 0..10 {
             push(&mut queue, owner("busy"), 100, "busy");
         }

@@ -39,7 +39,8 @@ impl Priority {
         Priority::Background { records, owner: None }
     }
 
-    /// A write someone waits on that is no one merchant's, of a row or a few (the admin API's).
+    /// A write someone waits on, of a row or a few, that takes no merchant's turn (the admin
+    /// API's, proxy mode's forwards).
     pub(crate) fn ack() -> Priority {
         Priority::Ack { bytes: ROW_BYTES, owner: None }
     }
