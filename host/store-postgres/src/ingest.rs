@@ -1,8 +1,9 @@
 //! Ingress's writes: new events, group-committed, and proxy mode's forwards.
 //!
-//! Group commit: `insert_event` queues the event for the batcher task, which takes whatever is
-//! waiting (up to `max_batch`) and writes it with one statement (a transaction of its own, one
-//! round trip): a multi-row insert per table. What arrives while a batch commits waits for the
+//! Group commit: `insert_event` queues the event for the batcher task, which takes what is
+//! waiting (up to `max_batch`, and about [`EVENT_BYTES_PER_COMMIT`] of events, in turn between
+//! merchants by their events' bytes) and writes it with one statement (a transaction of its
+//! own, one round trip): a multi-row insert per table. What arrives while a batch commits waits for the
 //! next one (`BATCHES_IN_FLIGHT`). Rows go in key order, so two batches (or two
 //! replicas) that share keys wait on each other instead of deadlocking.
 
@@ -14,10 +15,10 @@ use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use payflow_store::{
     Attempt, AttemptOutcome, CommitObserver, EventKey, EventSeq, EventStatus, Hop, Ingest, Inserted,
-    NewEvent, StoreError,
+    NewEvent, StoreError, EVENT_BYTES_PER_COMMIT,
 };
 
-use crate::group::GroupCommit;
+use crate::group::{GroupCommit, Shares};
 use crate::record::insert_attempts;
 use crate::{exec, key_at, key_params, pool_error, query, query_opt, unavailable, PostgresStore};
 
@@ -40,6 +41,14 @@ impl Batcher {
             // Acknowledgements wait on these commits, and a wait for company measured no gain
             // for them (bench/RESULTS.md, issue 21's sixth look).
             Duration::ZERO,
+            // Taken first come first served, a merchant sending 256 KiB events filled each
+            // statement with up to sixty-four of them, and another merchant's ack p99 was
+            // 11–14 s at a thousand events a second (bench/RESULTS.md, forty-fourth look).
+            Shares {
+                weight: NewEvent::weight,
+                owner: |e| &e.event.key.merchant,
+                budget: EVENT_BYTES_PER_COMMIT,
+            },
             move |events| {
                 let pool = pool.clone();
                 async move { insert_batch(&pool, &events).await }

@@ -21,7 +21,7 @@ use deadpool_postgres::{GenericClient, Object, Pool, Transaction};
 use payflow_store::{Attempt, AttemptOutcome, CommitObserver, EventKey, EventSeq, StoreError};
 use tokio_postgres::types::ToSql;
 
-use crate::group::GroupCommit;
+use crate::group::{GroupCommit, Shares};
 use crate::{exec, key_at, pool_error, query, unavailable};
 
 /// Batches being written at once: as for new events (`ingest.rs`), one, so what finishes
@@ -50,6 +50,7 @@ impl Recorder {
             max_batch,
             BATCHES_IN_FLIGHT,
             RECORD_GATHER,
+            Shares::alike(),
             move |sets: Vec<Vec<Arc<Attempt>>>| {
                 let pool = pool.clone();
                 async move { record_batch(&pool, &sets.concat()).await.map(|()| vec![(); sets.len()]) }

@@ -34,7 +34,7 @@ use payflow_store::{
 };
 use tokio_postgres::types::ToSql;
 
-use crate::group::GroupCommit;
+use crate::group::{GroupCommit, Shares};
 use crate::record::{begin, key_arrays, lock_events, numbers_of};
 use crate::{exec, pool_error, query, unavailable};
 
@@ -56,6 +56,7 @@ impl StepRecorder {
             // with the plugin lane's many workers a busy gateway has steps finishing during
             // every commit anyway.
             Duration::ZERO,
+            Shares::alike(),
             move |steps: Vec<PluginStep>| {
                 let pool = pool.clone();
                 async move { record_batch(&pool, writer, steps).await }

@@ -46,7 +46,7 @@ pub(crate) fn add_first_hop(
 #[async_trait]
 impl Ingest for SqliteStore {
     async fn insert_event(&self, new: NewEvent) -> Result<Inserted, StoreError> {
-        let priority = Priority::event(&new.event.key.merchant, new.event.body.len());
+        let priority = Priority::event(&new.event.key.merchant, new.weight());
         self.write_with(priority, move |conn| {
             let NewEvent { event, status, reason, headers, first_hop, order_key, .. } = &new;
             let headers = serde_json::to_string(headers).unwrap_or_else(|_| "[]".into());

@@ -71,7 +71,6 @@ mod plugins;
 mod queue;
 mod schema;
 mod step_record;
-mod turns;
 mod wal_prefill;
 mod writer;
 

@@ -174,7 +174,7 @@ impl DeliveryQueue for SqliteStore {
     }
 
     async fn finish_plugin_step(&self, step: PluginStep) -> Result<StepRecorded, StoreError> {
-        // A merchant's steps take their turn beside other merchants' (`turns.rs`).
+        // A merchant's steps take their turn beside other merchants' (`payflow-turns`).
         let priority = Priority::Background {
             records: step_records(&step),
             owner: Some(step.key.merchant.as_str().into()),

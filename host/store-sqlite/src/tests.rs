@@ -147,8 +147,8 @@ fn a_merchants_step_waits_behind_one_of_anothers_heavy_steps_not_all_of_them() {
 fn a_merchants_ack_waits_for_a_bounded_commit_not_anothers_backlog_of_large_events() {
     let commits = one_light_write_behind_many_heavy(
         64,
-        Priority::event("big", 256 << 10),
-        Priority::event("small", 1_000),
+        Priority::event("big", payflow_store::ROW_BYTES + (256 << 10)),
+        Priority::event("small", payflow_store::ROW_BYTES + 1_000),
     );
     // Seven 256 KiB events (and some) to a commit of 2 MiB: ten commits for 64, not one.
     assert_eq!(commits, 10);

@@ -2,21 +2,24 @@
 //! waits, run in one transaction and answered after that transaction's commit (one fsync).
 //! Acknowledgements' writes go first, up to a bounded number of bytes a batch; background
 //! bookkeeping takes a bounded share of a batch; both are taken in turn between their owners
-//! (`turns.rs`).
+//! (`payflow-turns`).
 //! It must never answer a write before its commit, and never let one failed write fail the
 //! others of its batch (they are run again, each alone).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
-use payflow_store::{CommitObserver, StoreError};
+use payflow_store::{CommitObserver, StoreError, EVENT_BYTES_PER_COMMIT, ROW_BYTES};
+use payflow_turns::Turns;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use crate::checkpoint::let_the_wal_start_over;
 use crate::commit_delay::CommitDelay;
-use crate::turns::{Owner, Turns};
 use crate::unavailable;
+
+/// Whose a write is, for [`Turns`]: a merchant's, or shared (`None`).
+pub(crate) type Owner = Option<Box<str>>;
 
 /// How urgent a write is. Someone is waiting on an acknowledgement for an `Ack` write (a
 /// sender with a timeout); a `Background` write records what the dispatcher did, which no
@@ -45,9 +48,11 @@ impl Priority {
         Priority::Ack { bytes: ROW_BYTES, owner: None }
     }
 
-    /// Storing an event of `merchant`'s with a body of `body` bytes.
-    pub(crate) fn event(merchant: &str, body: usize) -> Priority {
-        Priority::Ack { bytes: ROW_BYTES + body, owner: Some(merchant.into()) }
+    /// Storing an event of `merchant`'s weighing `bytes` ([`NewEvent::weight`]).
+    ///
+    /// [`NewEvent::weight`]: payflow_store::NewEvent::weight
+    pub(crate) fn event(merchant: &str, bytes: usize) -> Priority {
+        Priority::Ack { bytes, owner: Some(merchant.into()) }
     }
 
     /// Whose the write is.
@@ -57,18 +62,6 @@ impl Priority {
         }
     }
 }
-
-/// About what a row costs besides its body, in bytes: its other columns, its index entries and
-/// the delivery row an event comes with. Only a weight for taking turns, not a measure.
-const ROW_BYTES: usize = 512;
-
-/// Acknowledgements join a batch only until they carry this many bytes (the first always
-/// joins, whatever it weighs). Every acknowledgement waits for its whole batch: a merchant
-/// sending 256 KiB events made commits of 8-17 MiB, ~4 a second, and another merchant's ack
-/// p99 was 1.9-2.9 s; batches of 2 MiB made it 45-386 ms, and wrote more bytes a second
-/// (bench/RESULTS.md, forty-third look). Events of a few KB never reach it: a whole batch
-/// (`max_batch`, 512) of them is under 2 MiB.
-const ACK_BYTES_PER_BATCH: usize = 2 << 20;
 
 /// While acknowledgements are waiting, background writes join a batch only until they carry
 /// this many records (the first always joins, whatever it carries), so delivery bookkeeping
@@ -156,7 +149,7 @@ pub(crate) fn writer_loop(
             delay.waited(acks.len() + background.len() - 1);
         }
         let mut batch = Vec::new();
-        acks.take_into(&mut batch, max_batch, ACK_BYTES_PER_BATCH);
+        acks.take_into(&mut batch, max_batch, EVENT_BYTES_PER_COMMIT);
         let acks_in_batch = batch.len();
         let share = if batch.is_empty() { BACKGROUND_ALONE_BATCH } else { BACKGROUND_PER_BUSY_BATCH };
         background.take_into(&mut batch, max_batch, share);
@@ -179,8 +172,8 @@ pub(crate) fn writer_loop(
 
 /// Queues `job` among the acknowledgements' writes or the background ones.
 fn sort(
-    acks: &mut Turns<Box<dyn WriteJob>>,
-    background: &mut Turns<Box<dyn WriteJob>>,
+    acks: &mut Turns<Owner, Box<dyn WriteJob>>,
+    background: &mut Turns<Owner, Box<dyn WriteJob>>,
     job: Box<dyn WriteJob>,
 ) {
     match *job.priority() {

@@ -34,6 +34,27 @@ pub struct NewEvent {
     pub claim_until_ms: Option<i64>,
 }
 
+impl NewEvent {
+    /// What storing this event weighs when a backend's commit takes waiting events in turn
+    /// between merchants (`payflow-turns`): its body's bytes and about what its rows cost
+    /// besides ([`ROW_BYTES`]).
+    pub fn weight(&self) -> usize {
+        ROW_BYTES + self.event.body.len()
+    }
+}
+
+/// About what an event's rows cost besides its body, in bytes: their other columns, their index
+/// entries and the hop's row. Only a weight for taking turns, not a measure.
+pub const ROW_BYTES: usize = 512;
+
+/// Events join one commit only until they weigh this much ([`NewEvent::weight`]; the first
+/// always joins, whatever it weighs). Every acknowledgement waits for its whole commit: a
+/// merchant sending 256 KiB events made commits of 8–17 MiB on SQLite, and another merchant's
+/// ack p99 was 1.9–2.9 s; commits of 2 MiB made it 45–386 ms, and wrote more bytes a second
+/// (bench/RESULTS.md, forty-third look). Events of a few KB never reach it: a whole batch of
+/// 512 of them is under 2 MiB.
+pub const EVENT_BYTES_PER_COMMIT: usize = 2 << 20;
+
 /// What storing an event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {

@@ -1,6 +1,7 @@
 //! payflow-store: the durable store's contract, split by role ([`Ingest`], [`DeliveryQueue`],
 //! [`PluginStore`], [`AdminQueries`], [`Lifecycle`]; [`Store`] is all of them), the rules and
-//! SQL both backends share ([`settled_status`], [`takes_outcome!`], [`ordering`]), and the
+//! SQL both backends share ([`settled_status`], [`takes_outcome!`], [`ordering`], what an
+//! event weighs in a commit, [`EVENT_BYTES_PER_COMMIT`]), and the
 //! conformance suite every backend passes (`conformance`, feature `conformance`). The backends
 //! are crates of their own: `payflow-store-sqlite` (embedded) and `payflow-store-postgres`
 //! (replicas). This crate links no database.
@@ -37,7 +38,7 @@ pub use admin::{
     AMOUNT_BODY_LIMIT,
 };
 pub use event::{settled_status, Event, EventKey, EventSeq, EventStatus, Hop, KeyParts};
-pub use ingest::{Ingest, Inserted, NewEvent};
+pub use ingest::{Ingest, Inserted, NewEvent, EVENT_BYTES_PER_COMMIT, ROW_BYTES};
 pub use kv::{KvChanges, KvEntry, KvRead, KvReadOf, KvStamp, KvTurn, KvWrite};
 pub use plugins::{
     Canary, NewPluginVersion, PluginHistory, PluginStore, PluginVersionInfo, QuotaExceeded, StoredPlugin,

@@ -1,35 +1,32 @@
-//! The order in which the writer takes the writes of one priority: shared fairly between their
-//! owners, by what the writes weigh, never first come first served.
-//!
-//! Acknowledgements weigh their event's bytes and belong to its merchant: one merchant sending
-//! large events delays another's acknowledgement by about one of its own, not by the whole
-//! backlog of them in one commit; first come first served, another merchant's acks waited
-//! seconds behind commits of up to sixty-four 256 KiB events (bench/RESULTS.md, forty-third
-//! look). Background writes weigh their records: a merchant's plugin steps are its own, and
-//! the dispatcher's bookkeeping (the deliveries' attempts, which mix merchants in one write)
-//! and the store's own upkeep share one owner; queued first come first served, a merchant
-//! whose plugin writes a thousand kv keys a run held another merchant's deliveries seconds
-//! behind its offer (forty-second look).
+//! payflow-turns: the order in which a store's commits take waiting writes, shared fairly
+//! between their owners by what the writes weigh, never first come first served. Both backends
+//! batch many callers' writes into one commit, and every caller waits for its whole batch:
+//! taken first come first served, one owner's backlog of heavy writes fills the batches another
+//! owner's light write waits on.
 //!
 //! The writer takes next the first write of the owner that has had the least weight written
 //! while it waited (start-time fair queueing, as the plugin scheduler shares its threads), and
 //! an owner that starts waiting again starts level with those already waiting, with no credit
-//! saved up.
+//! saved up. A batch is filled in that order up to a weight ([`Turns::take_into`]), so an owner
+//! waits behind about one of another's writes, not behind all of them in one commit.
 //!
-//! One owner's writes keep their order: a step goes to the store after the steps whose kv
-//! writes it read, and those are always its own merchant's. This module must never reorder
+//! What a write weighs and whose it is are the caller's to say (an event's bytes and its
+//! merchant, a plugin step's records, nobody's for shared bookkeeping): what that buys is
+//! measured in bench/RESULTS.md (forty-second to forty-fourth looks).
+//!
+//! One owner's writes keep their order: a plugin step goes to the store after the steps whose
+//! kv writes it read, and those are always its own merchant's. This crate must never reorder
 //! one owner's writes, nor look inside a write.
+
+#![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, VecDeque};
 
-/// Whose a write is, for [`Turns`]: a merchant's, or shared (`None`).
-pub(crate) type Owner = Option<Box<str>>;
-
-/// See the module docs.
-pub(crate) struct Turns<T> {
+/// Writes of type `T` waiting, in turn between owners of type `O` (see the crate docs).
+pub struct Turns<O, T> {
     /// Owners with something waiting. Ordered, so that owners level on weight take turns in
     /// one order run after run.
-    waiting: BTreeMap<Owner, Waiting<T>>,
+    waiting: BTreeMap<O, Waiting<T>>,
 }
 
 struct Waiting<T> {
@@ -39,26 +36,26 @@ struct Waiting<T> {
     writes: VecDeque<(usize, T)>,
 }
 
-impl<T> Default for Turns<T> {
+impl<O, T> Default for Turns<O, T> {
     fn default() -> Self {
         Turns { waiting: BTreeMap::new() }
     }
 }
 
-impl<T> Turns<T> {
+impl<O: Ord + Clone, T> Turns<O, T> {
     /// Whether nothing waits.
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.waiting.is_empty()
     }
 
     /// Writes waiting, in all.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.waiting.values().map(|w| w.writes.len()).sum()
     }
 
     /// Queues `write`, weighing `weight`, last of its owner's (`owner_of` reads it from the
     /// write, which runs for every write: the owner is copied only when it starts waiting).
-    pub(crate) fn push(&mut self, weight: usize, write: T, owner_of: impl Fn(&T) -> &Owner) {
+    pub fn push(&mut self, weight: usize, write: T, owner_of: impl Fn(&T) -> &O) {
         if let Some(waiting) = self.waiting.get_mut(owner_of(&write)) {
             waiting.writes.push_back((weight, write));
             return;
@@ -68,18 +65,39 @@ impl<T> Turns<T> {
         self.waiting.insert(owner, Waiting { served: level, writes: VecDeque::from([(weight, write)]) });
     }
 
-    /// The weight of the write [`Turns::pop`] would take: the first of the owner
-    /// with the least weight served, the first in order among equals (`min_by_key` keeps the
-    /// first of equal keys).
-    pub(crate) fn front_weight(&self) -> Option<usize> {
-        let (_, waiting) = self.waiting.iter().min_by_key(|(_, w)| w.served)?;
-        waiting.writes.front().map(|&(weight, _)| weight)
+    /// Takes the next write in turn: the first of the owner with the least weight served, the
+    /// first in order among equals (`min_by_key` keeps the first of equal keys).
+    pub fn pop(&mut self) -> Option<T> {
+        self.take_next(|_| true)
     }
 
-    /// Takes the next write in turn (the owner [`Turns::front_weight`] reads from).
-    pub(crate) fn pop(&mut self) -> Option<T> {
+    /// Moves writes into `batch` in turn until it holds `max_len` writes or the next would take
+    /// the weight moved past `budget` (the first always goes, whatever it weighs).
+    pub fn take_into(&mut self, batch: &mut Vec<T>, max_len: usize, budget: usize) {
+        let mut taken = 0;
+        while batch.len() < max_len {
+            let fits = |weight| {
+                if taken > 0 && taken + weight > budget {
+                    return false;
+                }
+                taken += weight;
+                true
+            };
+            match self.take_next(fits) {
+                Some(write) => batch.push(write),
+                None => break,
+            }
+        }
+    }
+
+    /// Takes the next write in turn if `fits` its weight; one look for the owner in turn.
+    fn take_next(&mut self, fits: impl FnOnce(usize) -> bool) -> Option<T> {
         let (owner, waiting) = self.waiting.iter_mut().min_by_key(|(_, w)| w.served)?;
-        let (weight, write) = waiting.writes.pop_front()?;
+        let &(weight, _) = waiting.writes.front()?;
+        if !fits(weight) {
+            return None;
+        }
+        let (_, write) = waiting.writes.pop_front()?;
         waiting.served += weight as u64;
         if waiting.writes.is_empty() {
             let owner = owner.clone();
@@ -87,30 +105,19 @@ impl<T> Turns<T> {
         }
         Some(write)
     }
-
-    /// Moves writes into `batch` in turn until it holds `max_len` writes or the next would take
-    /// the weight moved past `budget` (the first always goes, whatever it weighs).
-    pub(crate) fn take_into(&mut self, batch: &mut Vec<T>, max_len: usize, budget: usize) {
-        let mut taken = 0;
-        while let Some(weight) = self.front_weight() {
-            if batch.len() >= max_len || (taken > 0 && taken + weight > budget) {
-                break;
-            }
-            taken += weight;
-            batch.extend(self.pop());
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    type Owner = Option<Box<str>>;
+
     fn owner(name: &str) -> Owner {
         Some(name.into())
     }
 
-    type Queue = Turns<(Owner, &'static str)>;
+    type Queue = Turns<Owner, (Owner, &'static str)>;
 
     /// Queues a write named `name` of `owner`'s.
     fn push(queue: &mut Queue, owner: Owner, records: usize, name: &'static str) {
@@ -179,19 +186,52 @@ mod tests {
     }
 
     #[test]
-    fn counts_and_the_front_follow_the_turns() {
+    fn counts_follow_the_turns_and_level_owners_go_in_order() {
         let mut queue = Turns::default();
         assert!(queue.is_empty());
-        assert_eq!(queue.front_weight(), None);
         push(&mut queue, owner("b"), 7, "b");
         push(&mut queue, owner("a"), 5, "a");
         assert_eq!(queue.len(), 2);
         // Level, so the first in order goes first.
-        assert_eq!(queue.front_weight(), Some(5));
         assert_eq!(queue.pop().map(|(_, name)| name), Some("a"));
-        assert_eq!(queue.front_weight(), Some(7));
+        assert_eq!(queue.len(), 1);
         assert_eq!(queue.pop().map(|(_, name)| name), Some("b"));
         assert!(queue.is_empty());
         assert_eq!(queue.pop(), None);
+    }
+
+    /// The names `take_into` moves into one batch.
+    fn one_batch(queue: &mut Queue, max_len: usize, budget: usize) -> Vec<&'static str> {
+        let mut batch = Vec::new();
+        queue.take_into(&mut batch, max_len, budget);
+        batch.into_iter().map(|(_, name)| name).collect()
+    }
+
+    #[test]
+    fn a_batch_stops_before_the_write_that_would_pass_its_budget_but_always_takes_one() {
+        let mut queue = Turns::default();
+        push(&mut queue, owner("big"), 300, "huge");
+        for _ in 0..3 {
+            push(&mut queue, owner("big"), 40, "big");
+        }
+        push(&mut queue, owner("small"), 1, "small");
+        // Heavier than the budget alone, yet taken (nothing would ever take it otherwise), and
+        // alone: even the lightest write would pass the budget after it.
+        assert_eq!(one_batch(&mut queue, 10, 100), ["huge"]);
+        // Small's turn first (big has had 300); then 1 + 40 + 40 fit in 100, another 40 would not.
+        assert_eq!(one_batch(&mut queue, 10, 100), ["small", "big", "big"]);
+        assert_eq!(one_batch(&mut queue, 10, 100), ["big"]);
+        assert!(queue.is_empty());
+        assert_eq!(one_batch(&mut queue, 10, 100), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_its_length_whatever_the_budget() {
+        let mut queue = Turns::default();
+        for _ in 0..5 {
+            push(&mut queue, None, 1, "shared");
+        }
+        assert_eq!(one_batch(&mut queue, 3, usize::MAX).len(), 3);
+        assert_eq!(queue.len(), 2);
     }
 }
