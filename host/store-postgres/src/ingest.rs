@@ -43,7 +43,8 @@ impl Batcher {
             Duration::ZERO,
             // Taken first come first served, a merchant sending 256 KiB events filled each
             // statement with up to sixty-four of them, and another merchant's ack p99 was
-            // 11–14 s at a thousand events a second (bench/RESULTS.md, forty-fourth look).
+            // 9–13 s at a thousand events a second; in turn, 70–465 ms, and the large events
+            // were acknowledged a quarter faster (bench/RESULTS.md, forty-fourth look).
             Shares {
                 weight: NewEvent::weight,
                 owner: |e| &e.event.key.merchant,
