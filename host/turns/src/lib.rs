@@ -124,6 +124,13 @@ mod tests {
         queue.push(records, (owner, name), |(owner, _)| owner);
     }
 
+    /// Queues `count` writes of `name`'s, each weighing `weight` and named after its owner.
+    fn push_many(queue: &mut Queue, name: &'static str, count: usize, weight: usize) {
+        for _ in 0..count {
+            push(queue, owner(name), weight, name);
+        }
+    }
+
     fn drain(queue: &mut Queue) -> Vec<&'static str> {
         std::iter::from_fn(|| queue.pop().map(|(_, name)| name)).collect()
     }
@@ -131,9 +138,7 @@ mod tests {
     #[test]
     fn a_light_owner_waits_behind_one_heavy_write_not_the_heavy_owners_backlog() {
         let mut queue = Turns::default();
-        for _ in 0..20 {
-            push(&mut queue, owner("big"), 1000, "big");
-        }
+        push_many(&mut queue, "big", 20, 1000);
         push(&mut queue, owner("small"), 3, "small");
         let order = drain(&mut queue);
         assert_eq!(order.iter().position(|&w| w == "small"), Some(1), "{order:?}");
@@ -143,12 +148,8 @@ mod tests {
     #[test]
     fn owners_share_by_weight_not_by_writes() {
         let mut queue = Turns::default();
-        for _ in 0..4 {
-            push(&mut queue, owner("heavy"), 10, "heavy");
-        }
-        for _ in 0..40 {
-            push(&mut queue, owner("light"), 1, "light");
-        }
+        push_many(&mut queue, "heavy", 4, 10);
+        push_many(&mut queue, "light", 40, 1);
         let order = drain(&mut queue);
         // After its first write, each of heavy's waits for ten of light's.
         let heavy: Vec<usize> =
@@ -171,17 +172,13 @@ mod tests {
     fn an_owner_that_starts_waiting_again_has_no_credit_saved_up() {
         let mut queue = Turns::default();
         // Busy alone for a while: a weight of a thousand served.
-        for _ in 0..10 {
-            push(&mut queue, owner("busy"), 100, "busy");
-        }
+        push_many(&mut queue, "busy", 10, 100);
         for _ in 0..5 {
             queue.pop();
         }
         // Another comes now, with much less served than busy's 500 so far: it starts level
         // with busy, so the two alternate instead of the newcomer taking all its writes first.
-        for _ in 0..3 {
-            push(&mut queue, owner("new"), 100, "new");
-        }
+        push_many(&mut queue, "new", 3, 100);
         assert_eq!(drain(&mut queue), ["busy", "new", "busy", "new", "busy", "new", "busy", "busy"]);
     }
 
@@ -211,9 +208,7 @@ mod tests {
     fn a_batch_stops_before_the_write_that_would_pass_its_budget_but_always_takes_one() {
         let mut queue = Turns::default();
         push(&mut queue, owner("big"), 300, "huge");
-        for _ in 0..3 {
-            push(&mut queue, owner("big"), 40, "big");
-        }
+        push_many(&mut queue, "big", 3, 40);
         push(&mut queue, owner("small"), 1, "small");
         // Heavier than the budget alone, yet taken (nothing would ever take it otherwise), and
         // alone: even the lightest write would pass the budget after it.
